@@ -1,0 +1,96 @@
+import { randomUUID } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { mkdir, open, rename, rm, stat, unlink } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { BlobInfo, BlobStore, ByteRange, IngestExpectation } from '../blob-store.js';
+import { hashToDigest, newHash, parseDigest, type Digest } from '../digest.js';
+import { RegistryError } from '../errors.js';
+import { hashingStage } from '../hashing.js';
+
+const READ_CHUNK = 256 * 1024;
+
+/**
+ * Content-addressed blob files: `<root>/blobs/<algorithm>/<hex[0:2]>/<hex>`. Every write goes to a temp
+ * file under `tempRoot` (same filesystem, checked at start-up), is hashed while it streams, fsynced, and
+ * renamed into place, so a reader never sees a partial blob.
+ */
+export class FsBlobStore implements BlobStore {
+  constructor(
+    private readonly root: string,
+    private readonly tempRoot: string,
+  ) {}
+
+  pathOf(digest: Digest): string {
+    const { algorithm, hex } = parseDigest(digest);
+    return join(this.root, 'blobs', algorithm, hex.slice(0, 2), hex);
+  }
+
+  async stat(digest: Digest): Promise<BlobInfo | undefined> {
+    try {
+      const s = await stat(this.pathOf(digest));
+      return { digest, size: s.size };
+    } catch (err) {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    }
+  }
+
+  async open(digest: Digest, range?: ByteRange): Promise<Readable | undefined> {
+    const path = this.pathOf(digest);
+    const handle = await open(path, 'r').catch((err: unknown) => {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    });
+    if (!handle) return undefined;
+    return handle.createReadStream({ highWaterMark: READ_CHUNK, ...(range ? { start: range.start, end: range.end } : {}) });
+  }
+
+  async ingest(source: Readable, expect: IngestExpectation, signal?: AbortSignal): Promise<BlobInfo> {
+    const algorithm = expect.digest ? parseDigest(expect.digest).algorithm : (expect.algorithm ?? 'sha256');
+    const temp = join(this.tempRoot, `ingest-${randomUUID()}`);
+    const hash = newHash(algorithm);
+    const counter = { bytes: 0 };
+    let adopted = false;
+    try {
+      // flush: the file is fsynced before the stream closes, so what is renamed into place is on disk.
+      const sink = createWriteStream(temp, { mode: 0o644, flush: true, highWaterMark: 1024 * 1024 });
+      await pipeline(source, hashingStage(hash, counter, expect.size), sink, signal ? { signal } : {});
+      const digest = hashToDigest(algorithm, hash);
+      if (expect.size !== undefined && counter.bytes !== expect.size) {
+        throw new RegistryError('SIZE_INVALID', 'content size does not match the declared size', { expected: expect.size, actual: counter.bytes });
+      }
+      if (expect.digest && digest !== expect.digest) {
+        throw new RegistryError('DIGEST_INVALID', 'content does not match the digest', { expected: expect.digest, actual: digest });
+      }
+      const blob = { digest, size: counter.bytes };
+      await this.adopt(temp, blob);
+      adopted = true;
+      return blob;
+    } finally {
+      if (!adopted) await rm(temp, { force: true });
+    }
+  }
+
+  async adopt(file: string, blob: BlobInfo): Promise<void> {
+    const target = this.pathOf(blob.digest);
+    await mkdir(dirname(target), { recursive: true });
+    // Content addressing makes this idempotent: an existing file already holds these bytes.
+    await rename(file, target);
+  }
+
+  async remove(digest: Digest): Promise<boolean> {
+    try {
+      await unlink(this.pathOf(digest));
+      return true;
+    } catch (err) {
+      if (isNotFound(err)) return false;
+      throw err;
+    }
+  }
+}
+
+export function isNotFound(err: unknown): boolean {
+  return typeof err === 'object' && err !== null && (err as { code?: unknown }).code === 'ENOENT';
+}

@@ -1,0 +1,186 @@
+import { randomUUID, type Hash } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { mkdir, open, readdir, readFile, rename, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { BlobInfo } from '../blob-store.js';
+import { hashToDigest, isDigestAlgorithm, newHash, parseDigest, type Digest, type DigestAlgorithm } from '../digest.js';
+import { RegistryError } from '../errors.js';
+import { hashFile, hashingStage } from '../hashing.js';
+import type { ChunkPosition, UploadSessions, UploadStatus } from '../uploads.js';
+import { isNotFound } from './fs-blob-store.js';
+
+const SESSION_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+interface SessionInfo {
+  readonly repo: string;
+  readonly algorithm: DigestAlgorithm;
+  readonly startedAt: string;
+}
+
+interface RunningHash {
+  readonly algorithm: DigestAlgorithm;
+  hash: Hash;
+  offset: number;
+}
+
+/**
+ * Upload sessions as folders under the temporary storage: `<tempRoot>/uploads/<id>/{info.json,data}`.
+ * PATCHes to one session are serialised; a chunk that does not start where the data ends is refused
+ * (RANGE_INVALID, 416) and the client can ask for the current offset.
+ */
+export class FsUploadSessions implements UploadSessions {
+  private readonly dir: string;
+  private readonly running = new Map<string, RunningHash>();
+  private readonly locks = new Map<string, Promise<unknown>>();
+
+  constructor(tempRoot: string) {
+    this.dir = join(tempRoot, 'uploads');
+  }
+
+  async init(): Promise<void> {
+    await mkdir(this.dir, { recursive: true });
+  }
+
+  async begin(repo: string, algorithm: DigestAlgorithm = 'sha256'): Promise<UploadStatus> {
+    const id = randomUUID();
+    const folder = join(this.dir, id);
+    await mkdir(folder, { recursive: true });
+    const info: SessionInfo = { repo, algorithm, startedAt: new Date().toISOString() };
+    await writeFile(join(folder, 'data'), '');
+    await writeFile(join(folder, 'info.tmp'), JSON.stringify(info));
+    await rename(join(folder, 'info.tmp'), join(folder, 'info.json'));
+    this.running.set(id, { algorithm, hash: newHash(algorithm), offset: 0 });
+    return { id, repo, size: 0, startedAt: new Date(info.startedAt) };
+  }
+
+  async status(repo: string, id: string): Promise<UploadStatus | undefined> {
+    const info = await this.info(repo, id);
+    if (!info) return undefined;
+    const size = (await stat(this.dataPath(id)).catch(() => undefined))?.size;
+    if (size === undefined) return undefined;
+    return { id, repo, size, startedAt: new Date(info.startedAt) };
+  }
+
+  append(repo: string, id: string, chunk: Readable, position: ChunkPosition, signal?: AbortSignal): Promise<UploadStatus> {
+    return this.exclusive(id, async () => {
+      const current = await this.require(repo, id);
+      if (position.start !== undefined && position.start !== current.size) {
+        throw new RegistryError('RANGE_INVALID', 'chunk does not start where the upload ends', {
+          expectedStart: current.size,
+          start: position.start,
+        });
+      }
+      const expected = position.start !== undefined && position.end !== undefined ? position.end - position.start + 1 : undefined;
+      const running = await this.runningHash(id, current.size);
+      const counter = { bytes: 0 };
+      try {
+        const sink = createWriteStream(this.dataPath(id), { flags: 'a', highWaterMark: 1024 * 1024 });
+        await pipeline(chunk, hashingStage(running.hash, counter, expected), sink, signal ? { signal } : {});
+        if (expected !== undefined && counter.bytes !== expected) {
+          throw new RegistryError('SIZE_INVALID', 'chunk length does not match Content-Range', { expected, actual: counter.bytes });
+        }
+        running.offset += counter.bytes;
+      } catch (err) {
+        // The hash has seen bytes that may not all be on disk: forget it and cut the file back to the
+        // last good offset, so a retry of the same chunk starts clean.
+        this.running.delete(id);
+        await truncate(this.dataPath(id), current.size).catch(() => undefined);
+        throw err;
+      }
+      return { ...current, size: current.size + counter.bytes };
+    });
+  }
+
+  seal(repo: string, id: string, digest: Digest): Promise<{ blob: BlobInfo; file: string }> {
+    return this.exclusive(id, async () => {
+      const current = await this.require(repo, id);
+      const { algorithm } = parseDigest(digest);
+      let actual: Digest;
+      const running = this.running.get(id);
+      if (running && running.algorithm === algorithm && running.offset === current.size) {
+        actual = hashToDigest(algorithm, running.hash.copy());
+      } else {
+        actual = hashToDigest(algorithm, (await hashFile(this.dataPath(id), algorithm)).hash);
+      }
+      if (actual !== digest) {
+        throw new RegistryError('DIGEST_INVALID', 'uploaded content does not match the digest', { expected: digest, actual });
+      }
+      const handle = await open(this.dataPath(id), 'r+');
+      try {
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+      return { blob: { digest, size: current.size }, file: this.dataPath(id) };
+    });
+  }
+
+  async cancel(repo: string, id: string): Promise<boolean> {
+    if (!(await this.info(repo, id))) return false;
+    this.running.delete(id);
+    await rm(join(this.dir, id), { recursive: true, force: true });
+    return true;
+  }
+
+  async expire(olderThan: Date): Promise<number> {
+    let removed = 0;
+    for (const id of await readdir(this.dir).catch(() => [] as string[])) {
+      if (this.locks.has(id)) continue;
+      const folder = join(this.dir, id);
+      const s = await stat(join(folder, 'data')).catch(() => stat(folder).catch(() => undefined));
+      if (s && s.mtime < olderThan) {
+        this.running.delete(id);
+        await rm(folder, { recursive: true, force: true });
+        removed += 1;
+      }
+    }
+    return removed;
+  }
+
+  private dataPath(id: string): string {
+    return join(this.dir, id, 'data');
+  }
+
+  private async info(repo: string, id: string): Promise<SessionInfo | undefined> {
+    if (!SESSION_ID.test(id)) return undefined;
+    let raw: string;
+    try {
+      raw = await readFile(join(this.dir, id, 'info.json'), 'utf8');
+    } catch (err) {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    }
+    const info = JSON.parse(raw) as SessionInfo;
+    if (info.repo !== repo || !isDigestAlgorithm(info.algorithm)) return undefined;
+    return info;
+  }
+
+  private async require(repo: string, id: string): Promise<UploadStatus> {
+    const s = await this.status(repo, id);
+    if (!s) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', 'blob upload unknown to registry', { id });
+    return s;
+  }
+
+  private async runningHash(id: string, size: number): Promise<RunningHash> {
+    const known = this.running.get(id);
+    if (known && known.offset === size) return known;
+    const info = JSON.parse(await readFile(join(this.dir, id, 'info.json'), 'utf8')) as SessionInfo;
+    const { hash, size: hashed } = await hashFile(this.dataPath(id), info.algorithm);
+    const rebuilt = { algorithm: info.algorithm, hash, offset: hashed };
+    this.running.set(id, rebuilt);
+    return rebuilt;
+  }
+
+  private async exclusive<T>(id: string, work: () => Promise<T>): Promise<T> {
+    const previous = this.locks.get(id) ?? Promise.resolve();
+    const next = previous.catch(() => undefined).then(work);
+    this.locks.set(id, next);
+    try {
+      return await next;
+    } finally {
+      if (this.locks.get(id) === next) this.locks.delete(id);
+    }
+  }
+}

@@ -1,0 +1,14 @@
+export * from './errors.js';
+export * from './digest.js';
+export * from './reference.js';
+export * from './media-types.js';
+export * from './manifest.js';
+export * from './blob-store.js';
+export * from './metadata-store.js';
+export * from './uploads.js';
+export * from './registry.js';
+export * from './local-registry.js';
+export { FsBlobStore } from './fs/fs-blob-store.js';
+export { FsUploadSessions } from './fs/fs-uploads.js';
+export { openDatabase, type SqliteDatabase } from './sqlite/database.js';
+export { SqliteMetadataStore, MAX_PAGE } from './sqlite/sqlite-metadata-store.js';

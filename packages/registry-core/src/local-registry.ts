@@ -1,0 +1,136 @@
+import type { Readable } from 'node:stream';
+import type { BlobInfo, BlobStore, ByteRange } from './blob-store.js';
+import { parseDigest, tryParseDigest, type Digest, type DigestAlgorithm } from './digest.js';
+import { RegistryError } from './errors.js';
+import { parseManifest, type Descriptor } from './manifest.js';
+import type { MetadataStore, Page, StoredManifest } from './metadata-store.js';
+import { assertTag, isValidRepositoryName } from './reference.js';
+import type { PutManifestResult, RepositoryReader, RepositoryWriter } from './registry.js';
+import type { ChunkPosition, UploadSessions, UploadStatus } from './uploads.js';
+
+/**
+ * The private registry: blobs in a content-addressed store, everything else in the metadata store, and
+ * a repository serves only what is linked to it.
+ */
+export class LocalRegistry implements RepositoryReader, RepositoryWriter {
+  constructor(
+    private readonly blobs: BlobStore,
+    private readonly metadata: MetadataStore,
+    private readonly uploads: UploadSessions,
+  ) {}
+
+  async manifest(repo: string, reference: string): Promise<StoredManifest | undefined> {
+    const digest = tryParseDigest(reference);
+    if (digest) return this.metadata.manifest(repo, digest.digest);
+    if (reference.includes(':')) parseDigest(reference); // throws DIGEST_INVALID for a malformed digest
+    assertTag(reference);
+    return this.metadata.taggedManifest(repo, reference);
+  }
+
+  blob(repo: string, digest: Digest): Promise<BlobInfo | undefined> {
+    return this.metadata.blob(repo, digest);
+  }
+
+  openBlob(_repo: string, blob: BlobInfo, range?: ByteRange): Promise<Readable | undefined> {
+    return this.blobs.open(blob.digest, range);
+  }
+
+  tags(repo: string, page: Page): Promise<string[] | undefined> {
+    return this.metadata.tags(repo, page);
+  }
+
+  referrers(repo: string, subject: Digest): Promise<Descriptor[]> {
+    return this.metadata.referrers(repo, subject);
+  }
+
+  repositories(page: Page): Promise<string[]> {
+    return this.metadata.repositories(page);
+  }
+
+  repositoryExists(repo: string): Promise<boolean> {
+    return this.metadata.repositoryExists(repo);
+  }
+
+  async putManifest(
+    repo: string,
+    reference: string,
+    bytes: Buffer,
+    contentType: string | undefined,
+    extraTags: readonly string[] = [],
+  ): Promise<PutManifestResult> {
+    const byDigest = reference.includes(':') ? parseDigest(reference) : undefined;
+    const manifest = parseManifest(bytes, contentType, byDigest?.algorithm ?? 'sha256');
+    if (byDigest && byDigest.digest !== manifest.digest) {
+      throw new RegistryError('DIGEST_INVALID', 'manifest content does not match the digest in the URL', {
+        expected: byDigest.digest,
+        actual: manifest.digest,
+      });
+    }
+    const tags = byDigest ? [...extraTags] : [reference, ...extraTags];
+    for (const tag of tags) assertTag(tag);
+    await this.metadata.putManifest(repo, manifest, bytes, tags);
+    return { digest: manifest.digest, ...(manifest.subject ? { subject: manifest.subject.digest } : {}) };
+  }
+
+  async deleteManifest(repo: string, reference: string): Promise<boolean> {
+    if (reference.includes(':')) return this.metadata.deleteManifest(repo, parseDigest(reference).digest);
+    assertTag(reference);
+    return this.metadata.deleteTag(repo, reference);
+  }
+
+  deleteBlob(repo: string, digest: Digest): Promise<boolean> {
+    return this.metadata.unlinkBlob(repo, digest);
+  }
+
+  async putBlob(repo: string, body: Readable, expect: { digest: Digest; size?: number }, signal?: AbortSignal): Promise<BlobInfo> {
+    const blob = await this.blobs.ingest(body, expect, signal);
+    await this.metadata.linkBlob(repo, blob);
+    return blob;
+  }
+
+  async mountBlob(repo: string, digest: Digest, from: string): Promise<BlobInfo | undefined> {
+    if (!isValidRepositoryName(from)) return undefined;
+    const blob = await this.metadata.blob(from, digest);
+    if (!blob || !(await this.blobs.stat(digest))) return undefined;
+    await this.metadata.linkBlob(repo, blob);
+    return blob;
+  }
+
+  beginUpload(repo: string, algorithm?: DigestAlgorithm): Promise<UploadStatus> {
+    return this.uploads.begin(repo, algorithm);
+  }
+
+  uploadStatus(repo: string, id: string): Promise<UploadStatus | undefined> {
+    return this.uploads.status(repo, id);
+  }
+
+  appendUpload(repo: string, id: string, chunk: Readable, position: ChunkPosition, signal?: AbortSignal): Promise<UploadStatus> {
+    return this.uploads.append(repo, id, chunk, position, signal);
+  }
+
+  async completeUpload(
+    repo: string,
+    id: string,
+    digest: Digest,
+    finalChunk?: { body: Readable; position: ChunkPosition },
+    signal?: AbortSignal,
+  ): Promise<BlobInfo> {
+    if (finalChunk) await this.uploads.append(repo, id, finalChunk.body, finalChunk.position, signal);
+    let sealed: Awaited<ReturnType<UploadSessions['seal']>>;
+    try {
+      sealed = await this.uploads.seal(repo, id, digest);
+    } catch (err) {
+      // As distribution does: a session whose content failed verification is gone.
+      if (err instanceof RegistryError && err.code === 'DIGEST_INVALID') await this.uploads.cancel(repo, id);
+      throw err;
+    }
+    await this.blobs.adopt(sealed.file, sealed.blob);
+    await this.metadata.linkBlob(repo, sealed.blob);
+    await this.uploads.cancel(repo, id);
+    return sealed.blob;
+  }
+
+  cancelUpload(repo: string, id: string): Promise<boolean> {
+    return this.uploads.cancel(repo, id);
+  }
+}

@@ -1,0 +1,150 @@
+import { digestOf, tryParseDigest, type Digest, type DigestAlgorithm } from './digest.js';
+import { RegistryError } from './errors.js';
+import {
+  MediaType,
+  bareMediaType,
+  isIndexMediaType,
+  isManifestMediaType,
+  isNonDistributable,
+  type ManifestMediaType,
+} from './media-types.js';
+
+export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
+
+export interface Descriptor {
+  readonly mediaType: string;
+  readonly digest: Digest;
+  readonly size: number;
+  readonly artifactType?: string;
+  readonly annotations?: Record<string, string>;
+  readonly urls?: readonly string[];
+  readonly platform?: unknown;
+}
+
+/** What the registry needs to know of a manifest; the bytes themselves are kept as received. */
+export interface ParsedManifest {
+  readonly mediaType: ManifestMediaType;
+  readonly digest: Digest;
+  readonly size: number;
+  /** `artifactType`, or for an image manifest without one, its config media type (for referrers). */
+  readonly artifactType?: string;
+  readonly subject?: Descriptor;
+  readonly annotations?: Record<string, string>;
+  /** Blobs the manifest needs present in the repository (config and distributable layers). */
+  readonly blobs: readonly Descriptor[];
+  /** Child manifests (index entries). */
+  readonly manifests: readonly Descriptor[];
+}
+
+function invalid(message: string, detail?: unknown): RegistryError {
+  return new RegistryError('MANIFEST_INVALID', message, detail);
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function stringMap(value: unknown, where: string): Record<string, string> | undefined {
+  if (value === undefined) return undefined;
+  if (!isObject(value) || Object.values(value).some((v) => typeof v !== 'string')) {
+    throw invalid(`${where} must be a map of strings`);
+  }
+  return value as Record<string, string>;
+}
+
+function descriptor(value: unknown, where: string): Descriptor {
+  if (!isObject(value)) throw invalid(`${where} must be a descriptor object`);
+  const { mediaType, digest, size } = value;
+  if (typeof mediaType !== 'string' || mediaType === '') throw invalid(`${where}.mediaType is missing`);
+  if (typeof digest !== 'string' || !tryParseDigest(digest)) throw invalid(`${where}.digest is not a valid digest`, { digest });
+  if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0) throw invalid(`${where}.size must be a non-negative integer`);
+  if (value.urls !== undefined && (!Array.isArray(value.urls) || value.urls.some((u) => typeof u !== 'string'))) {
+    throw invalid(`${where}.urls must be an array of strings`);
+  }
+  if (value.artifactType !== undefined && typeof value.artifactType !== 'string') throw invalid(`${where}.artifactType must be a string`);
+  return {
+    mediaType,
+    digest: digest as Digest,
+    size,
+    ...(typeof value.artifactType === 'string' ? { artifactType: value.artifactType } : {}),
+    ...(value.annotations !== undefined ? { annotations: stringMap(value.annotations, `${where}.annotations`)! } : {}),
+    ...(Array.isArray(value.urls) ? { urls: value.urls as string[] } : {}),
+    ...(value.platform !== undefined ? { platform: value.platform } : {}),
+  };
+}
+
+/**
+ * Decides the manifest's media type from the request's Content-Type and the document's own
+ * `mediaType`. They must agree when both are given; a known Content-Type alone is enough (the OCI
+ * image manifest's `mediaType` field is optional), and so is a known `mediaType` when the client sent
+ * no Content-Type.
+ */
+function effectiveMediaType(contentType: string | undefined, declared: unknown): ManifestMediaType {
+  const fromHeader = bareMediaType(contentType);
+  if (declared !== undefined && typeof declared !== 'string') throw invalid('mediaType must be a string');
+  if (fromHeader && isManifestMediaType(fromHeader)) {
+    if (declared !== undefined && declared !== fromHeader) {
+      throw invalid('Content-Type does not match the manifest mediaType', { contentType: fromHeader, mediaType: declared });
+    }
+    return fromHeader;
+  }
+  if (fromHeader && fromHeader !== 'application/json' && fromHeader !== 'application/octet-stream') {
+    throw invalid('unsupported manifest media type', { contentType: fromHeader });
+  }
+  if (isManifestMediaType(declared)) return declared;
+  throw invalid('manifest media type is missing or unsupported; send a Content-Type of a manifest media type', {
+    mediaType: declared,
+  });
+}
+
+/**
+ * Parses and validates manifest bytes as received. Throws MANIFEST_INVALID for anything a client must
+ * fix, TOO_LARGE over the cap. Never re-serialises: the digest is of exactly these bytes.
+ */
+export function parseManifest(bytes: Buffer, contentType: string | undefined, algorithm: DigestAlgorithm = 'sha256'): ParsedManifest {
+  if (bytes.length > MAX_MANIFEST_BYTES) {
+    throw new RegistryError('TOO_LARGE', `manifest is larger than ${MAX_MANIFEST_BYTES} bytes`, { size: bytes.length });
+  }
+  let doc: unknown;
+  try {
+    doc = JSON.parse(bytes.toString('utf8'));
+  } catch {
+    throw invalid('manifest is not valid JSON');
+  }
+  if (!isObject(doc)) throw invalid('manifest must be a JSON object');
+  if (doc.schemaVersion !== 2) throw invalid('only schemaVersion 2 manifests are supported', { schemaVersion: doc.schemaVersion });
+  const mediaType = effectiveMediaType(contentType, doc.mediaType);
+  if (doc.artifactType !== undefined && typeof doc.artifactType !== 'string') throw invalid('artifactType must be a string');
+  const subject = doc.subject === undefined ? undefined : descriptor(doc.subject, 'subject');
+  const annotations = stringMap(doc.annotations, 'annotations');
+  const base = {
+    mediaType,
+    digest: digestOf(bytes, algorithm),
+    size: bytes.length,
+    ...(subject ? { subject } : {}),
+    ...(annotations ? { annotations } : {}),
+  };
+
+  if (isIndexMediaType(mediaType)) {
+    if (!Array.isArray(doc.manifests)) throw invalid('an index needs a manifests array');
+    if (doc.config !== undefined || doc.layers !== undefined) throw invalid('an index has no config or layers');
+    const manifests = doc.manifests.map((m, i) => descriptor(m, `manifests[${i}]`));
+    return {
+      ...base,
+      ...(typeof doc.artifactType === 'string' ? { artifactType: doc.artifactType } : {}),
+      blobs: [],
+      manifests,
+    };
+  }
+
+  if (doc.manifests !== undefined) throw invalid('an image manifest has no manifests array');
+  const config = descriptor(doc.config, 'config');
+  if (!Array.isArray(doc.layers)) throw invalid('an image manifest needs a layers array');
+  const layers = doc.layers.map((l, i) => descriptor(l, `layers[${i}]`));
+  if (mediaType === MediaType.DockerManifest && layers.length === 0) {
+    throw invalid('a Docker image manifest needs at least one layer');
+  }
+  const artifactType = typeof doc.artifactType === 'string' ? doc.artifactType : config.mediaType;
+  const blobs = [config, ...layers.filter((l) => !(isNonDistributable(l.mediaType) && l.urls && l.urls.length > 0))];
+  return { ...base, artifactType, blobs, manifests: [] };
+}

@@ -1,0 +1,42 @@
+import type { BlobInfo } from './blob-store.js';
+import type { Digest } from './digest.js';
+import type { Descriptor, ParsedManifest } from './manifest.js';
+
+export interface StoredManifest {
+  readonly digest: Digest;
+  readonly mediaType: string;
+  readonly bytes: Buffer;
+}
+
+export interface Page {
+  readonly n?: number;
+  readonly last?: string;
+}
+
+export interface MetadataReader {
+  /** A blob linked to the repository; a blob in another repository is absent here. */
+  blob(repo: string, digest: Digest): Promise<BlobInfo | undefined>;
+  manifest(repo: string, reference: Digest): Promise<StoredManifest | undefined>;
+  /** Resolves a tag and returns its manifest in one step. */
+  taggedManifest(repo: string, tag: string): Promise<StoredManifest | undefined>;
+  /** undefined when the repository does not exist. */
+  tags(repo: string, page: Page): Promise<string[] | undefined>;
+  repositories(page: Page): Promise<string[]>;
+  referrers(repo: string, subject: Digest): Promise<Descriptor[]>;
+  repositoryExists(repo: string): Promise<boolean>;
+}
+
+export interface MetadataWriter {
+  linkBlob(repo: string, blob: BlobInfo): Promise<void>;
+  unlinkBlob(repo: string, digest: Digest): Promise<boolean>;
+  /**
+   * Stores a manifest and its tags in one transaction, after checking in the same transaction that every
+   * blob and child manifest it references is present in the repository (MANIFEST_BLOB_UNKNOWN if not).
+   */
+  putManifest(repo: string, manifest: ParsedManifest, bytes: Buffer, tags: readonly string[]): Promise<void>;
+  /** Deletes a manifest and every tag that points at it. */
+  deleteManifest(repo: string, digest: Digest): Promise<boolean>;
+  deleteTag(repo: string, tag: string): Promise<boolean>;
+}
+
+export type MetadataStore = MetadataReader & MetadataWriter;

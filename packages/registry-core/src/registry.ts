@@ -1,0 +1,37 @@
+import type { Readable } from 'node:stream';
+import type { BlobInfo, ByteRange } from './blob-store.js';
+import type { Digest, DigestAlgorithm } from './digest.js';
+import type { Descriptor } from './manifest.js';
+import type { Page, StoredManifest } from './metadata-store.js';
+import type { ChunkPosition, UploadStatus } from './uploads.js';
+
+/** What pull routes need of a repository. The local registry and the pull-through proxy both provide it. */
+export interface RepositoryReader {
+  /** `reference` is a tag or a digest. */
+  manifest(repo: string, reference: string): Promise<StoredManifest | undefined>;
+  blob(repo: string, digest: Digest): Promise<BlobInfo | undefined>;
+  openBlob(repo: string, blob: BlobInfo, range?: ByteRange): Promise<Readable | undefined>;
+  /** undefined when the repository is unknown. */
+  tags(repo: string, page: Page): Promise<string[] | undefined>;
+  referrers(repo: string, subject: Digest): Promise<Descriptor[]>;
+}
+
+export interface PutManifestResult {
+  readonly digest: Digest;
+  readonly subject?: Digest;
+}
+
+/** What push and delete routes need. Only the local registry provides it. */
+export interface RepositoryWriter {
+  putManifest(repo: string, reference: string, bytes: Buffer, contentType: string | undefined, extraTags?: readonly string[]): Promise<PutManifestResult>;
+  /** Deletes by digest (the manifest and its tags) or by tag (the tag only). false when absent. */
+  deleteManifest(repo: string, reference: string): Promise<boolean>;
+  deleteBlob(repo: string, digest: Digest): Promise<boolean>;
+  putBlob(repo: string, body: Readable, expect: { digest: Digest; size?: number }, signal?: AbortSignal): Promise<BlobInfo>;
+  mountBlob(repo: string, digest: Digest, from: string): Promise<BlobInfo | undefined>;
+  beginUpload(repo: string, algorithm?: DigestAlgorithm): Promise<UploadStatus>;
+  uploadStatus(repo: string, id: string): Promise<UploadStatus | undefined>;
+  appendUpload(repo: string, id: string, chunk: Readable, position: ChunkPosition, signal?: AbortSignal): Promise<UploadStatus>;
+  completeUpload(repo: string, id: string, digest: Digest, finalChunk?: { body: Readable; position: ChunkPosition }, signal?: AbortSignal): Promise<BlobInfo>;
+  cancelUpload(repo: string, id: string): Promise<boolean>;
+}

@@ -1,0 +1,172 @@
+import type { Statement } from 'better-sqlite3';
+import type { BlobInfo } from '../blob-store.js';
+import type { Digest } from '../digest.js';
+import { RegistryError } from '../errors.js';
+import type { Descriptor, ParsedManifest } from '../manifest.js';
+import type { MetadataStore, Page, StoredManifest } from '../metadata-store.js';
+import type { SqliteDatabase } from './database.js';
+
+interface ManifestRow {
+  digest: string;
+  media_type: string;
+  content: Buffer;
+}
+
+/** Unbounded pages are still bounded: a client that asks for everything gets this many at a time. */
+export const MAX_PAGE = 10_000;
+
+function limitOf(page: Page): number {
+  return page.n === undefined ? MAX_PAGE : Math.min(page.n, MAX_PAGE);
+}
+
+/**
+ * Metadata in SQLite: repositories, repository→blob links, manifests kept byte for byte, their
+ * references, and tags. Statements are prepared once; every multi-row change is one transaction.
+ */
+export class SqliteMetadataStore implements MetadataStore {
+  private readonly q: Record<string, Statement>;
+
+  constructor(private readonly db: SqliteDatabase) {
+    const s = (sql: string) => db.prepare(sql);
+    this.q = {
+      repoId: s('SELECT id FROM repositories WHERE name = ?'),
+      insertRepo: s('INSERT INTO repositories (name, created_at) VALUES (?, ?) ON CONFLICT(name) DO NOTHING'),
+      blob: s(`SELECT b.size AS size FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id
+               JOIN blobs b ON b.digest = rb.digest WHERE r.name = ? AND rb.digest = ?`),
+      blobById: s(`SELECT b.size AS size FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest
+                   WHERE rb.repository_id = ? AND rb.digest = ?`),
+      insertBlob: s('INSERT INTO blobs (digest, size, created_at) VALUES (?, ?, ?) ON CONFLICT(digest) DO NOTHING'),
+      link: s('INSERT INTO repository_blobs (repository_id, digest, linked_at) VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET linked_at = excluded.linked_at'),
+      unlink: s(`DELETE FROM repository_blobs WHERE digest = ? AND repository_id = (SELECT id FROM repositories WHERE name = ?)`),
+      manifest: s(`SELECT m.digest, m.media_type, m.content FROM manifests m JOIN repositories r ON r.id = m.repository_id
+                   WHERE r.name = ? AND m.digest = ?`),
+      manifestExists: s('SELECT 1 FROM manifests WHERE repository_id = ? AND digest = ?'),
+      tagged: s(`SELECT m.digest, m.media_type, m.content FROM tags t JOIN repositories r ON r.id = t.repository_id
+                 JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest
+                 WHERE r.name = ? AND t.name = ?`),
+      insertManifest: s(`INSERT INTO manifests (repository_id, digest, media_type, artifact_type, subject, annotations, size, content, created_at)
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`),
+      insertRef: s('INSERT INTO manifest_references (repository_id, parent, child, kind) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING'),
+      upsertTag: s(`INSERT INTO tags (repository_id, name, digest, updated_at) VALUES (?, ?, ?, ?)
+                    ON CONFLICT(repository_id, name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at`),
+      deleteManifest: s('DELETE FROM manifests WHERE digest = ? AND repository_id = (SELECT id FROM repositories WHERE name = ?)'),
+      deleteTag: s('DELETE FROM tags WHERE name = ? AND repository_id = (SELECT id FROM repositories WHERE name = ?)'),
+      tags: s(`SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repository_id
+               WHERE r.name = ? AND t.name > ? ORDER BY t.name LIMIT ?`),
+      repositories: s(`SELECT r.name FROM repositories r WHERE r.name > ?
+                       AND EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = r.id) ORDER BY r.name LIMIT ?`),
+      referrers: s(`SELECT m.digest, m.media_type, m.artifact_type, m.annotations, m.size FROM manifests m
+                    JOIN repositories r ON r.id = m.repository_id WHERE r.name = ? AND m.subject = ? ORDER BY m.created_at, m.digest`),
+    };
+  }
+
+  async blob(repo: string, digest: Digest): Promise<BlobInfo | undefined> {
+    const row = this.q.blob!.get(repo, digest) as { size: number } | undefined;
+    return row ? { digest, size: row.size } : undefined;
+  }
+
+  async manifest(repo: string, digest: Digest): Promise<StoredManifest | undefined> {
+    return toStored(this.q.manifest!.get(repo, digest) as ManifestRow | undefined);
+  }
+
+  async taggedManifest(repo: string, tag: string): Promise<StoredManifest | undefined> {
+    return toStored(this.q.tagged!.get(repo, tag) as ManifestRow | undefined);
+  }
+
+  async repositoryExists(repo: string): Promise<boolean> {
+    return this.q.repoId!.get(repo) !== undefined;
+  }
+
+  async tags(repo: string, page: Page): Promise<string[] | undefined> {
+    if (!(await this.repositoryExists(repo))) return undefined;
+    return (this.q.tags!.all(repo, page.last ?? '', limitOf(page)) as { name: string }[]).map((r) => r.name);
+  }
+
+  async repositories(page: Page): Promise<string[]> {
+    return (this.q.repositories!.all(page.last ?? '', limitOf(page)) as { name: string }[]).map((r) => r.name);
+  }
+
+  async referrers(repo: string, subject: Digest): Promise<Descriptor[]> {
+    const rows = this.q.referrers!.all(repo, subject) as {
+      digest: Digest;
+      media_type: string;
+      artifact_type: string | null;
+      annotations: string | null;
+      size: number;
+    }[];
+    return rows.map((r) => ({
+      mediaType: r.media_type,
+      digest: r.digest,
+      size: r.size,
+      ...(r.artifact_type ? { artifactType: r.artifact_type } : {}),
+      ...(r.annotations ? { annotations: JSON.parse(r.annotations) as Record<string, string> } : {}),
+    }));
+  }
+
+  async linkBlob(repo: string, blob: BlobInfo): Promise<void> {
+    const now = Date.now();
+    this.db.transaction(() => {
+      const id = this.ensureRepository(repo, now);
+      this.q.insertBlob!.run(blob.digest, blob.size, now);
+      this.q.link!.run(id, blob.digest, now);
+    })();
+  }
+
+  async unlinkBlob(repo: string, digest: Digest): Promise<boolean> {
+    return this.q.unlink!.run(digest, repo).changes > 0;
+  }
+
+  async putManifest(repo: string, manifest: ParsedManifest, bytes: Buffer, tags: readonly string[]): Promise<void> {
+    const now = Date.now();
+    this.db.transaction(() => {
+      const id = this.ensureRepository(repo, now);
+      for (const blob of manifest.blobs) {
+        const row = this.q.blobById!.get(id, blob.digest) as { size: number } | undefined;
+        if (!row) throw new RegistryError('MANIFEST_BLOB_UNKNOWN', 'manifest references a blob unknown to the repository', { digest: blob.digest });
+        if (row.size !== blob.size) {
+          throw new RegistryError('MANIFEST_INVALID', 'descriptor size does not match the stored blob', {
+            digest: blob.digest,
+            size: blob.size,
+            stored: row.size,
+          });
+        }
+      }
+      for (const child of manifest.manifests) {
+        if (!this.q.manifestExists!.get(id, child.digest)) {
+          throw new RegistryError('MANIFEST_BLOB_UNKNOWN', 'index references a manifest unknown to the repository', { digest: child.digest });
+        }
+      }
+      this.q.insertManifest!.run(
+        id,
+        manifest.digest,
+        manifest.mediaType,
+        manifest.artifactType ?? null,
+        manifest.subject?.digest ?? null,
+        manifest.annotations ? JSON.stringify(manifest.annotations) : null,
+        bytes.length,
+        bytes,
+        now,
+      );
+      for (const blob of manifest.blobs) this.q.insertRef!.run(id, manifest.digest, blob.digest, 'blob');
+      for (const child of manifest.manifests) this.q.insertRef!.run(id, manifest.digest, child.digest, 'manifest');
+      for (const tag of tags) this.q.upsertTag!.run(id, tag, manifest.digest, now);
+    })();
+  }
+
+  async deleteManifest(repo: string, digest: Digest): Promise<boolean> {
+    return this.q.deleteManifest!.run(digest, repo).changes > 0;
+  }
+
+  async deleteTag(repo: string, tag: string): Promise<boolean> {
+    return this.q.deleteTag!.run(tag, repo).changes > 0;
+  }
+
+  private ensureRepository(repo: string, now: number): number {
+    this.q.insertRepo!.run(repo, now);
+    return (this.q.repoId!.get(repo) as { id: number }).id;
+  }
+}
+
+function toStored(row: ManifestRow | undefined): StoredManifest | undefined {
+  return row ? { digest: row.digest as Digest, mediaType: row.media_type, bytes: row.content } : undefined;
+}

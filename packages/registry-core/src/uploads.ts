@@ -1,0 +1,32 @@
+import type { Readable } from 'node:stream';
+import type { BlobInfo } from './blob-store.js';
+import type { Digest, DigestAlgorithm } from './digest.js';
+
+export interface UploadStatus {
+  readonly id: string;
+  readonly repo: string;
+  /** Bytes received so far. */
+  readonly size: number;
+  readonly startedAt: Date;
+}
+
+/** Where the bytes of a PATCH go: `start` is the Content-Range start, when the client sent one. */
+export interface ChunkPosition {
+  readonly start?: number;
+  readonly end?: number;
+}
+
+/**
+ * Resumable upload sessions. Sessions live on disk, so they survive a restart; the running hash is kept
+ * in memory while the process lives and rebuilt from the file when it is missing.
+ */
+export interface UploadSessions {
+  begin(repo: string, algorithm?: DigestAlgorithm): Promise<UploadStatus>;
+  status(repo: string, id: string): Promise<UploadStatus | undefined>;
+  append(repo: string, id: string, chunk: Readable, position: ChunkPosition, signal?: AbortSignal): Promise<UploadStatus>;
+  /** Verifies the whole upload against `digest` and hands back the file to adopt into the blob store. */
+  seal(repo: string, id: string, digest: Digest): Promise<{ blob: BlobInfo; file: string }>;
+  cancel(repo: string, id: string): Promise<boolean>;
+  /** Removes sessions not written to since `olderThan`; returns how many. */
+  expire(olderThan: Date): Promise<number>;
+}

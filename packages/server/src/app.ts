@@ -1,0 +1,47 @@
+import { Router } from '@koa/router';
+import type { LocalRegistry } from '@wharf/registry-core';
+import Koa from 'koa';
+import type { Logger } from 'pino';
+import { ociErrors } from './http/oci-errors.js';
+import { requestLog } from './http/request-log.js';
+import type { RepositoryResolver } from './repositories.js';
+import { registerBase } from './routes/base.js';
+import { registerBlobs } from './routes/blobs.js';
+import { registerCatalog } from './routes/catalog.js';
+import { registerManifests } from './routes/manifests.js';
+import { registerReferrers } from './routes/referrers.js';
+import { registerTags } from './routes/tags.js';
+import { registerUploads } from './routes/uploads.js';
+
+export interface AppOptions {
+  readonly local: LocalRegistry;
+  /** Decides which repository serves a name: the one place that knows local from pull-through. */
+  readonly resolver: RepositoryResolver;
+  readonly logger: Logger;
+}
+
+export function createApp(options: AppOptions): Koa {
+  const app = new Koa({ proxy: false });
+  app.silent = true;
+  const deps = { resolver: options.resolver };
+
+  const v2 = new Router();
+  // Order matters where patterns overlap: uploads before blobs, the catalog before repository routes.
+  registerBase(v2);
+  registerCatalog(v2, options.local);
+  registerUploads(v2, deps);
+  registerBlobs(v2, deps);
+  registerManifests(v2, deps);
+  registerTags(v2, deps);
+  registerReferrers(v2, deps);
+
+  app.use(requestLog(options.logger));
+  app.use(async (ctx, next) => {
+    ctx.set('Docker-Distribution-API-Version', 'registry/2.0');
+    await next();
+  });
+  app.use(ociErrors(options.logger));
+  app.use(v2.routes());
+  app.use(v2.allowedMethods({ throw: true }));
+  return app;
+}

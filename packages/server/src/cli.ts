@@ -1,0 +1,57 @@
+#!/usr/bin/env node
+import { Command } from 'commander';
+import { ConfigError, loadConfig } from './config.js';
+import { startServer } from './server.js';
+
+const program = new Command();
+program.name('wharf').description('Wharf: a container registry and pull-through dependency proxy').showHelpAfterError();
+
+function fail(err: unknown): never {
+  if (err instanceof ConfigError) {
+    process.stderr.write(`wharf: configuration error: ${err.message}\n`);
+    process.exit(2);
+  }
+  process.stderr.write(`wharf: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  process.exit(1);
+}
+
+program
+  .command('serve')
+  .description('start the registry with the given configuration (default ./configuration.toml)')
+  .option('-c, --config <file>', 'configuration file', 'configuration.toml')
+  .action(async (opts: { config: string }) => {
+    let running: Awaited<ReturnType<typeof startServer>>;
+    try {
+      running = await startServer(loadConfig({ file: opts.config }));
+    } catch (err) {
+      fail(err);
+    }
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) process.exit(1); // a second signal: exit at once
+      stopping = true;
+      process.stderr.write(`wharf: ${signal} received, shutting down\n`);
+      running.close().then(
+        () => process.exit(0),
+        (err: unknown) => fail(err),
+      );
+    };
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
+  });
+
+const config = program.command('config').description('configuration tools');
+config
+  .command('check')
+  .description('validate the configuration without starting')
+  .option('-c, --config <file>', 'configuration file', 'configuration.toml')
+  .action((opts: { config: string }) => {
+    try {
+      const c = loadConfig({ file: opts.config });
+      process.stdout.write(`configuration OK: listen ${c.listen.host}:${c.listen.port}, registry_storage ${c.registryStorage}, database ${c.database}\n`);
+    } catch (err) {
+      fail(err);
+    }
+  });
+
+await program.parseAsync(process.argv);

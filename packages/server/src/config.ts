@@ -1,0 +1,166 @@
+import { readFileSync } from 'node:fs';
+import { dirname, isAbsolute, resolve } from 'node:path';
+import { parse as parseToml } from 'smol-toml';
+import { parseDuration } from './duration.js';
+
+/** Raised for any configuration problem; the message always names the key (or the file). */
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+
+export interface WharfConfig {
+  /** host:port to listen on. */
+  readonly listen: { readonly host: string; readonly port: number };
+  readonly registryStorage: string;
+  readonly temporaryRegistryStorage: string;
+  readonly proxyStorage: string;
+  readonly database: string;
+  /** Upload sessions not written to for this long are removed (ms). */
+  readonly uploadMaxAge: number;
+  readonly logLevel: LogLevel;
+}
+
+type Kind = 'string' | 'path' | 'listen' | 'duration' | 'log_level';
+
+interface KeySpec {
+  readonly kind: Kind;
+  readonly required?: boolean;
+  readonly default?: string;
+  readonly doc: string;
+}
+
+/**
+ * Every key, with its default and its meaning, in one place. Each can be overridden from the
+ * environment as WHARF_<KEY> (upper case): WHARF_LISTEN=127.0.0.1:5001.
+ */
+export const CONFIG_KEYS = {
+  listen: { kind: 'listen', default: '0.0.0.0:5000', doc: 'address and port to listen on' },
+  registry_storage: { kind: 'path', required: true, doc: 'folder for blobs pushed by users' },
+  temporary_registry_storage: { kind: 'path', required: true, doc: 'folder for uploads and cache fills in progress (same filesystem)' },
+  proxy_storage: { kind: 'path', required: true, doc: 'folder for blobs cached from upstreams (same filesystem)' },
+  database: { kind: 'path', default: 'storage/wharf.db', doc: 'SQLite metadata database' },
+  upload_max_age: { kind: 'duration', default: '24h', doc: 'abandoned upload sessions are removed after this long' },
+  log_level: { kind: 'log_level', default: 'info', doc: 'fatal, error, warn, info, debug, trace or silent' },
+} as const satisfies Record<string, KeySpec>;
+
+type Key = keyof typeof CONFIG_KEYS;
+const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
+export function envName(key: string): string {
+  return `WHARF_${key.toUpperCase()}`;
+}
+
+export function parseListen(value: string, key = 'listen'): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]*)):(\d{1,5})$/.exec(value.trim());
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) {
+    throw new ConfigError(`"${key}" must be host:port, such as "0.0.0.0:5000" or "[::]:5000" (got "${value}")`);
+  }
+  const host = m[1] ?? m[2] ?? '';
+  return { host: host === '' ? '0.0.0.0' : host, port };
+}
+
+export interface LoadOptions {
+  /** Path of the TOML file; undefined → ./configuration.toml if it exists. */
+  readonly file?: string;
+  readonly env?: NodeJS.ProcessEnv;
+  readonly cwd?: string;
+}
+
+/** Reads the file and the environment, validates everything, and resolves relative paths. */
+export function loadConfig(options: LoadOptions = {}): WharfConfig {
+  const cwd = options.cwd ?? process.cwd();
+  const env = options.env ?? process.env;
+  const file = resolve(cwd, options.file ?? 'configuration.toml');
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`cannot read configuration file ${file}: ${(err as Error).message}`);
+  }
+  let doc: Record<string, unknown>;
+  try {
+    doc = parseToml(text) as Record<string, unknown>;
+  } catch (err) {
+    throw new ConfigError(`${file} is not valid TOML: ${(err as Error).message}`);
+  }
+  return buildConfig(doc, { env, fileDir: dirname(file), cwd, source: file });
+}
+
+/** Builds a configuration from a parsed document (tests build theirs in code with this). */
+export function buildConfig(
+  doc: Record<string, unknown>,
+  options: { env?: NodeJS.ProcessEnv; fileDir?: string; cwd?: string; source?: string } = {},
+): WharfConfig {
+  const env = options.env ?? {};
+  const cwd = options.cwd ?? process.cwd();
+  const fileDir = options.fileDir ?? cwd;
+  const source = options.source ?? 'configuration';
+  for (const key of Object.keys(doc)) {
+    if (!(key in CONFIG_KEYS)) throw new ConfigError(`${source}: unknown key "${key}"`);
+  }
+  const values = {} as Record<Key, unknown>;
+  for (const [key, spec] of Object.entries(CONFIG_KEYS) as [Key, KeySpec][]) {
+    const fromEnv = env[envName(key)];
+    let raw: unknown;
+    let base = fileDir;
+    if (fromEnv !== undefined && fromEnv !== '') {
+      raw = fromEnv;
+      base = cwd;
+    } else if (doc[key] !== undefined) {
+      raw = doc[key];
+    } else if (spec.required) {
+      throw new ConfigError(`${source}: missing required key "${key}" (or set ${envName(key)})`);
+    } else {
+      raw = spec.default;
+      base = cwd;
+    }
+    values[key] = convert(key, spec.kind, raw, base);
+  }
+  return {
+    listen: values.listen as WharfConfig['listen'],
+    registryStorage: values.registry_storage as string,
+    temporaryRegistryStorage: values.temporary_registry_storage as string,
+    proxyStorage: values.proxy_storage as string,
+    database: values.database as string,
+    uploadMaxAge: values.upload_max_age as number,
+    logLevel: values.log_level as LogLevel,
+  };
+}
+
+function convert(key: string, kind: Kind, raw: unknown, base: string): unknown {
+  if (typeof raw !== 'string' && !(kind === 'duration' && typeof raw === 'number')) {
+    throw new ConfigError(`"${key}" must be a ${kind === 'duration' ? 'duration such as "24h" or a number of seconds' : 'string'} (got ${describe(raw)})`);
+  }
+  switch (kind) {
+    case 'string':
+      return raw;
+    case 'path': {
+      const text = raw as string;
+      if (text.trim() === '') throw new ConfigError(`"${key}" must not be empty`);
+      return text === ':memory:' ? text : isAbsolute(text) ? text : resolve(base, text);
+    }
+    case 'listen':
+      return parseListen(raw as string, key);
+    case 'duration': {
+      const ms = typeof raw === 'number' ? raw * 1000 : /^\d+$/.test(raw as string) ? Number(raw) * 1000 : parseDuration(raw as string);
+      if (ms === undefined || !Number.isFinite(ms) || ms < 0) {
+        throw new ConfigError(`"${key}" must be a duration such as "90d", "24h", "5m" or "30s" (got "${String(raw)}")`);
+      }
+      return ms;
+    }
+    case 'log_level':
+      if (!(LOG_LEVELS as readonly string[]).includes(raw as string)) {
+        throw new ConfigError(`"${key}" must be one of ${LOG_LEVELS.join(', ')} (got "${String(raw)}")`);
+      }
+      return raw;
+  }
+}
+
+function describe(value: unknown): string {
+  if (Array.isArray(value)) return 'an array';
+  if (value === null) return 'null';
+  return typeof value === 'object' ? 'a table' : `${typeof value} ${JSON.stringify(value)}`;
+}

@@ -1,0 +1,52 @@
+import { RegistryError } from '@wharf/registry-core';
+import type { Context, Next } from 'koa';
+import type { Logger } from 'pino';
+import { ERROR_STATUS } from './error-status.js';
+
+/** Headers a route may have set for the success it did not reach; an error body must not carry them. */
+const SUCCESS_ONLY_HEADERS = ['content-length', 'content-type', 'docker-content-digest', 'etag', 'location', 'accept-ranges'];
+
+/** Errors a client causes by going away or sending a broken body: no stack trace, no 500 in the log. */
+const CLIENT_STREAM_ERRORS = new Set(['ECONNRESET', 'ERR_STREAM_PREMATURE_CLOSE', 'ECONNABORTED', 'EPIPE', 'ABORT_ERR']);
+
+export function isClientStreamError(err: unknown): boolean {
+  if (typeof err !== 'object' || err === null) return false;
+  const e = err as { code?: string; message?: string; name?: string };
+  return CLIENT_STREAM_ERRORS.has(e.code ?? '') || e.message === 'aborted' || e.name === 'AbortError';
+}
+
+/**
+ * First middleware: turns every failure into the OCI error body `{"errors":[{code,message,detail}]}`
+ * with the status from ERROR_STATUS. Once headers are out, the only safe move is to cut the connection.
+ */
+export function ociErrors(logger: Logger) {
+  return async function ociErrorMiddleware(ctx: Context, next: Next): Promise<void> {
+    try {
+      await next();
+      if (ctx.status === 404 && ctx.body === undefined && !ctx.state.routed) {
+        throw new RegistryError('NOT_FOUND', 'no such endpoint', { path: ctx.path });
+      }
+    } catch (err) {
+      if (ctx.headerSent || !ctx.writable) {
+        logger.warn({ err, reqId: ctx.state.reqId }, 'error after response started; connection cut');
+        ctx.req.socket.destroy();
+        return;
+      }
+      let error: RegistryError;
+      if (err instanceof RegistryError) {
+        error = err;
+      } else if (isClientStreamError(err)) {
+        error = new RegistryError('BLOB_UPLOAD_INVALID', 'request body ended early', undefined);
+      } else if (typeof err === 'object' && err !== null && (err as { status?: number }).status === 405) {
+        error = new RegistryError('UNSUPPORTED', 'method not allowed on this endpoint', { method: ctx.method });
+      } else {
+        logger.error({ err, reqId: ctx.state.reqId }, 'unexpected error');
+        error = new RegistryError('UNKNOWN', 'internal server error', undefined);
+      }
+      for (const h of SUCCESS_ONLY_HEADERS) ctx.remove(h);
+      ctx.status = ERROR_STATUS[error.code];
+      ctx.body = { errors: [{ code: error.code, message: error.message, detail: error.detail ?? null }] };
+      ctx.state.errorCode = error.code;
+    }
+  };
+}

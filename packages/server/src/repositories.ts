@@ -1,0 +1,32 @@
+import { RegistryError, assertRepositoryName, type LocalRegistry, type RepositoryReader, type RepositoryWriter } from '@wharf/registry-core';
+
+/** A repository name resolved to what serves it. Pull-through repositories have no writer. */
+export interface ResolvedRepository {
+  /** The name as the serving side knows it. */
+  readonly repo: string;
+  readonly reader: RepositoryReader;
+  readonly writer?: RepositoryWriter;
+  /** Why pushes are refused here, for the UNSUPPORTED message. */
+  readonly readOnlyReason?: string;
+}
+
+export interface RepositoryResolver {
+  resolve(name: string, query: URLSearchParams): Promise<ResolvedRepository>;
+}
+
+/** Every name is a local repository. (The proxy wraps this to claim `proxy/...` names.) */
+export class LocalResolver implements RepositoryResolver {
+  constructor(private readonly local: LocalRegistry) {}
+
+  async resolve(name: string): Promise<ResolvedRepository> {
+    assertRepositoryName(name);
+    return { repo: name, reader: this.local, writer: this.local };
+  }
+}
+
+export function writerOf(target: ResolvedRepository): RepositoryWriter {
+  if (!target.writer) {
+    throw new RegistryError('UNSUPPORTED', target.readOnlyReason ?? 'this repository is read-only', { repository: target.repo });
+  }
+  return target.writer;
+}

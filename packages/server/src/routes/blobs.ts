@@ -1,0 +1,56 @@
+import type { Router, RouterContext } from '@koa/router';
+import { RegistryError } from '@wharf/registry-core';
+import { emptyBody } from '../http/body.js';
+import { parseRange } from '../http/range.js';
+import { writerOf } from '../repositories.js';
+import { capture, digestParam, repository, type RouteDeps } from './context.js';
+
+const BLOB = /^\/v2\/(.+)\/blobs\/([^/]+)$/;
+
+export function registerBlobs(router: Router, deps: RouteDeps): void {
+  const serve = async (ctx: RouterContext) => {
+    const target = await repository(ctx, deps);
+    const digest = digestParam(capture(ctx, 1));
+    const blob = await target.reader.blob(target.repo, digest);
+    if (!blob) throw new RegistryError('BLOB_UNKNOWN', 'blob unknown to registry', { digest });
+
+    ctx.set('Docker-Content-Digest', blob.digest);
+    ctx.set('Accept-Ranges', 'bytes');
+    ctx.set('ETag', `"${blob.digest}"`);
+    ctx.set('Cache-Control', 'max-age=31536000');
+    const range = parseRange(ctx.get('Range') || undefined, blob.size);
+    if (range === 'unsatisfiable') {
+      ctx.set('Content-Range', `bytes */${blob.size}`);
+      throw new RegistryError('RANGE_INVALID', 'requested range not satisfiable', { size: blob.size });
+    }
+    ctx.set('Content-Type', 'application/octet-stream');
+    if (range) {
+      ctx.status = 206;
+      ctx.set('Content-Range', `bytes ${range.start}-${range.end}/${blob.size}`);
+    } else {
+      ctx.status = 200;
+    }
+    const length = range ? range.end - range.start + 1 : blob.size;
+    if (ctx.method === 'HEAD') {
+      ctx.length = length;
+      return;
+    }
+    const body = await target.reader.openBlob(target.repo, blob, range);
+    if (!body) throw new RegistryError('BLOB_UNKNOWN', 'blob unknown to registry', { digest });
+    ctx.body = body;
+    ctx.length = length;
+  };
+
+  router.get(BLOB, serve);
+  router.head(BLOB, serve);
+  router.delete(BLOB, async (ctx) => {
+    const target = await repository(ctx, deps);
+    const digest = digestParam(capture(ctx, 1));
+    if (!(await writerOf(target).deleteBlob(target.repo, digest))) {
+      throw new RegistryError('BLOB_UNKNOWN', 'blob unknown to registry', { digest });
+    }
+    ctx.status = 202;
+    ctx.set('Docker-Content-Digest', digest);
+    emptyBody(ctx);
+  });
+}

@@ -1,0 +1,55 @@
+import type { Router, RouterContext } from '@koa/router';
+import { MAX_MANIFEST_BYTES, RegistryError } from '@wharf/registry-core';
+import { emptyBody, readSmallBody } from '../http/body.js';
+import { writerOf } from '../repositories.js';
+import { capture, repository, type RouteDeps } from './context.js';
+
+const MANIFEST = /^\/v2\/(.+)\/manifests\/([^/]+)$/;
+
+function manifestUnknown(reference: string): RegistryError {
+  return new RegistryError('MANIFEST_UNKNOWN', 'manifest unknown to registry', { reference });
+}
+
+export function registerManifests(router: Router, deps: RouteDeps): void {
+  const serve = async (ctx: RouterContext) => {
+    const target = await repository(ctx, deps);
+    const reference = capture(ctx, 1);
+    const manifest = await target.reader.manifest(target.repo, reference);
+    if (!manifest) throw manifestUnknown(reference);
+    ctx.status = 200;
+    ctx.set('Content-Type', manifest.mediaType);
+    ctx.set('Docker-Content-Digest', manifest.digest);
+    ctx.set('ETag', `"${manifest.digest}"`);
+    if (ctx.method === 'HEAD') {
+      ctx.length = manifest.bytes.length;
+      return;
+    }
+    ctx.body = manifest.bytes;
+  };
+  router.get(MANIFEST, serve);
+  router.head(MANIFEST, serve);
+
+  router.put(MANIFEST, async (ctx) => {
+    const name = capture(ctx, 0);
+    const target = await repository(ctx, deps);
+    const reference = capture(ctx, 1);
+    const writer = writerOf(target);
+    const bytes = await readSmallBody(ctx.req, MAX_MANIFEST_BYTES);
+    const tagParams = ctx.query.tag;
+    const extraTags = tagParams === undefined ? [] : Array.isArray(tagParams) ? tagParams : [tagParams];
+    const result = await writer.putManifest(target.repo, reference, bytes, ctx.get('Content-Type') || undefined, extraTags);
+    ctx.status = 201;
+    ctx.set('Location', `/v2/${name}/manifests/${result.digest}`);
+    ctx.set('Docker-Content-Digest', result.digest);
+    if (result.subject) ctx.set('OCI-Subject', result.subject);
+    emptyBody(ctx);
+  });
+
+  router.delete(MANIFEST, async (ctx) => {
+    const target = await repository(ctx, deps);
+    const reference = capture(ctx, 1);
+    if (!(await writerOf(target).deleteManifest(target.repo, reference))) throw manifestUnknown(reference);
+    ctx.status = 202;
+    emptyBody(ctx);
+  });
+}

@@ -1,0 +1,111 @@
+import type { Router, RouterContext } from '@koa/router';
+import { RegistryError, isDigestAlgorithm, parseDigest, tryParseDigest, type UploadStatus } from '@wharf/registry-core';
+import type { Context } from 'koa';
+import { declaredLength, emptyBody, hasBody } from '../http/body.js';
+import { parseContentRange, uploadRange } from '../http/range.js';
+import { writerOf } from '../repositories.js';
+import { capture, digestParam, repository, type RouteDeps } from './context.js';
+
+const START = /^\/v2\/(.+)\/blobs\/uploads\/?$/;
+const SESSION = /^\/v2\/(.+)\/blobs\/uploads\/([^/]+)$/;
+
+function uploadUnknown(id: string): RegistryError {
+  return new RegistryError('BLOB_UPLOAD_UNKNOWN', 'blob upload unknown to registry', { id });
+}
+
+/** The reply headers of an open session: where to send the next chunk and how much is there. */
+function describeSession(ctx: Context, name: string, upload: UploadStatus): void {
+  ctx.set('Location', `/v2/${name}/blobs/uploads/${upload.id}`);
+  ctx.set('Range', uploadRange(upload.size));
+  ctx.set('Docker-Upload-UUID', upload.id);
+  emptyBody(ctx);
+}
+
+function describeBlob(ctx: Context, name: string, digest: string): void {
+  ctx.status = 201;
+  ctx.set('Location', `/v2/${name}/blobs/${digest}`);
+  ctx.set('Docker-Content-Digest', digest);
+  emptyBody(ctx);
+}
+
+export function registerUploads(router: Router, deps: RouteDeps): void {
+  // POST: a new session, a monolithic upload (?digest=), or a cross-repository mount (?mount=&from=).
+  router.post(START, async (ctx) => {
+    const name = capture(ctx, 0);
+    const target = await repository(ctx, deps);
+    const writer = writerOf(target);
+    const { mount, from, digest } = ctx.query;
+
+    if (typeof mount === 'string' && mount !== '') {
+      const wanted = tryParseDigest(mount);
+      if (wanted && typeof from === 'string' && from !== '') {
+        const fromTarget = await deps.resolver.resolve(from, new URLSearchParams()).catch(() => undefined);
+        // Only a blob of a local repository can be linked; anything else falls back to an upload.
+        if (fromTarget?.writer === writer) {
+          const mounted = await writer.mountBlob(target.repo, wanted.digest, fromTarget.repo);
+          if (mounted) return describeBlob(ctx, name, mounted.digest);
+        }
+      }
+    } else if (typeof digest === 'string') {
+      const expect = digestParam(digest);
+      const size = declaredLength(ctx.req);
+      const blob = await writer.putBlob(target.repo, ctx.req, { digest: expect, ...(size !== undefined ? { size } : {}) });
+      return describeBlob(ctx, name, blob.digest);
+    }
+
+    const algorithm = ctx.query['digest-algorithm'];
+    if (algorithm !== undefined && (typeof algorithm !== 'string' || !isDigestAlgorithm(algorithm))) {
+      throw new RegistryError('DIGEST_INVALID', 'unsupported digest algorithm; use sha256 or sha512', { algorithm });
+    }
+    const upload = await writer.beginUpload(target.repo, algorithm);
+    ctx.status = 202;
+    describeSession(ctx, name, upload);
+  });
+
+  router.get(SESSION, async (ctx) => {
+    const target = await repository(ctx, deps);
+    const id = capture(ctx, 1);
+    const upload = await writerOf(target).uploadStatus(target.repo, id);
+    if (!upload) throw uploadUnknown(id);
+    ctx.status = 204;
+    describeSession(ctx, capture(ctx, 0), upload);
+  });
+
+  // PATCH: a chunk with Content-Range, or (Docker-lineage clients) the whole blob as one streamed body.
+  router.patch(SESSION, async (ctx) => {
+    const target = await repository(ctx, deps);
+    const id = capture(ctx, 1);
+    const position = parseContentRange(ctx.get('Content-Range') || undefined);
+    const writer = writerOf(target);
+    if (!(await writer.uploadStatus(target.repo, id))) throw uploadUnknown(id);
+    const upload = await writer.appendUpload(target.repo, id, ctx.req, position);
+    ctx.status = 202;
+    describeSession(ctx, capture(ctx, 0), upload);
+  });
+
+  // PUT: closes the session with the digest of the whole blob, after an optional last chunk.
+  router.put(SESSION, async (ctx) => {
+    const target = await repository(ctx, deps);
+    const id = capture(ctx, 1);
+    const digest = ctx.query.digest;
+    if (typeof digest !== 'string' || digest === '') {
+      throw new RegistryError('DIGEST_INVALID', 'the digest query parameter is required to complete an upload', undefined);
+    }
+    const expect = parseDigest(digest).digest;
+    const writer = writerOf(target);
+    if (!(await writer.uploadStatus(target.repo, id))) throw uploadUnknown(id);
+    const finalChunk = hasBody(ctx.req)
+      ? { body: ctx.req, position: parseContentRange(ctx.get('Content-Range') || undefined) }
+      : undefined;
+    const blob = await writer.completeUpload(target.repo, id, expect, finalChunk);
+    describeBlob(ctx, capture(ctx, 0), blob.digest);
+  });
+
+  router.delete(SESSION, async (ctx) => {
+    const target = await repository(ctx, deps);
+    const id = capture(ctx, 1);
+    if (!(await writerOf(target).cancelUpload(target.repo, id))) throw uploadUnknown(id);
+    ctx.status = 204;
+    ctx.body = null;
+  });
+}

@@ -1,0 +1,128 @@
+import { mkdir, readdir, rm, stat } from 'node:fs/promises';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import {
+  FsBlobStore,
+  FsUploadSessions,
+  LocalRegistry,
+  SqliteMetadataStore,
+  openDatabase,
+  type SqliteDatabase,
+} from '@wharf/registry-core';
+import { pino, type Logger } from 'pino';
+import { createApp } from './app.js';
+import { ConfigError, type WharfConfig } from './config.js';
+import { LocalResolver } from './repositories.js';
+
+export interface RunningServer {
+  readonly url: string;
+  readonly port: number;
+  readonly server: Server;
+  readonly local: LocalRegistry;
+  readonly db: SqliteDatabase;
+  close(): Promise<void>;
+}
+
+export interface StartOptions {
+  readonly logger?: Logger;
+}
+
+/**
+ * The three storage folders must share one filesystem: blobs are written to the temporary folder and
+ * renamed into place, and only a same-filesystem rename is atomic.
+ */
+async function prepareStorage(config: WharfConfig): Promise<void> {
+  const folders = {
+    registry_storage: config.registryStorage,
+    temporary_registry_storage: config.temporaryRegistryStorage,
+    proxy_storage: config.proxyStorage,
+  };
+  const devices = new Map<string, number>();
+  for (const [key, folder] of Object.entries(folders)) {
+    try {
+      await mkdir(folder, { recursive: true });
+      devices.set(key, (await stat(folder)).dev);
+    } catch (err) {
+      throw new ConfigError(`"${key}" (${folder}) is not a usable folder: ${(err as Error).message}`);
+    }
+  }
+  const tempDevice = devices.get('temporary_registry_storage');
+  for (const key of ['registry_storage', 'proxy_storage']) {
+    if (devices.get(key) !== tempDevice) {
+      throw new ConfigError(
+        `"temporary_registry_storage" (${config.temporaryRegistryStorage}) must be on the same filesystem as "${key}" (${folders[key as keyof typeof folders]}), so that finished blobs are moved into place atomically`,
+      );
+    }
+  }
+  // Leftovers of writes interrupted by a crash: no ingest is running before we start.
+  for (const entry of await readdir(config.temporaryRegistryStorage)) {
+    if (entry.startsWith('ingest-')) await rm(join(config.temporaryRegistryStorage, entry), { force: true });
+  }
+}
+
+export async function startServer(config: WharfConfig, options: StartOptions = {}): Promise<RunningServer> {
+  const logger = options.logger ?? pino({ level: config.logLevel });
+  await prepareStorage(config);
+  const db = openDatabase(config.database);
+  const uploads = new FsUploadSessions(config.temporaryRegistryStorage);
+  await uploads.init();
+  const local = new LocalRegistry(
+    new FsBlobStore(config.registryStorage, config.temporaryRegistryStorage),
+    new SqliteMetadataStore(db),
+    uploads,
+  );
+  const app = createApp({ local, resolver: new LocalResolver(local), logger });
+
+  const server = createServer(app.callback());
+  // Blob transfers are limited by idle time, never by total time (a multi-GB layer takes a while).
+  server.requestTimeout = 0;
+  server.headersTimeout = 60_000;
+  server.keepAliveTimeout = 65_000;
+  server.timeout = 300_000;
+
+  const expireUploads = async () => {
+    try {
+      const removed = await uploads.expire(new Date(Date.now() - config.uploadMaxAge));
+      if (removed > 0) logger.info({ removed }, 'abandoned upload sessions removed');
+    } catch (err) {
+      logger.warn({ err }, 'upload expiry failed');
+    }
+  };
+  await expireUploads();
+  const expiry = setInterval(expireUploads, Math.max(60_000, Math.min(config.uploadMaxAge / 4, 3_600_000)));
+  expiry.unref();
+
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.listen.port, config.listen.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const address = server.address() as AddressInfo;
+  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+  const url = `http://${host === '0.0.0.0' || host === '[::]' ? '127.0.0.1' : host}:${address.port}`;
+  logger.info({ listen: `${host}:${address.port}`, registryStorage: config.registryStorage, database: config.database }, 'wharf listening');
+
+  let closed: Promise<void> | undefined;
+  return {
+    url,
+    port: address.port,
+    server,
+    local,
+    db,
+    close() {
+      closed ??= (async () => {
+        clearInterval(expiry);
+        await new Promise<void>((resolve) => {
+          server.close(() => resolve());
+          server.closeIdleConnections();
+          setTimeout(() => server.closeAllConnections(), 5_000).unref();
+        });
+        db.close();
+      })();
+      return closed;
+    },
+  };
+}
