@@ -1,0 +1,43 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import { buildConfig, type WharfConfig } from '../../src/config.js';
+import { startServer, type RunningServer } from '../../src/server.js';
+
+export interface TestRegistry extends RunningServer {
+  /** The temp folder holding storage and database; removed by close() unless `keep` was set. */
+  readonly root: string;
+  readonly config: WharfConfig;
+}
+
+export interface StartRegistryOptions {
+  /** Reuse a folder (for restart tests); it is then not removed on close. */
+  readonly root?: string;
+  /** Extra configuration keys, as they would appear in configuration.toml. */
+  readonly settings?: Record<string, unknown>;
+}
+
+/** A real Wharf on 127.0.0.1 port 0 with storage in a fresh temp folder. */
+export async function startRegistry(options: StartRegistryOptions = {}): Promise<TestRegistry> {
+  const root = options.root ?? (await mkdtemp(join(tmpdir(), 'wharf-test-')));
+  const config = buildConfig({
+    listen: '127.0.0.1:0',
+    registry_storage: join(root, 'registry'),
+    temporary_registry_storage: join(root, '_tmp'),
+    proxy_storage: join(root, 'proxy'),
+    database: join(root, 'wharf.db'),
+    log_level: 'silent',
+    ...options.settings,
+  });
+  const running = await startServer(config, { logger: pino({ level: process.env.WHARF_TEST_LOG ?? 'silent' }) });
+  return {
+    ...running,
+    root,
+    config,
+    async close() {
+      await running.close();
+      if (!options.root) await rm(root, { recursive: true, force: true });
+    },
+  };
+}
