@@ -1,0 +1,164 @@
+import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { promisify } from 'node:util';
+import { ConfigError, buildConfig, loadConfig } from '../src/config.js';
+import { startServer } from '../src/server.js';
+
+const exec = promisify(execFile);
+const CLI = resolve(import.meta.dirname, '../dist/cli.js');
+const SHIPPED = resolve(import.meta.dirname, '../../../configuration.toml');
+
+const REQUIRED = {
+  registry_storage: 'storage/registry',
+  temporary_registry_storage: 'storage/_tmp',
+  proxy_storage: 'storage/proxy',
+};
+
+describe('configuration', () => {
+  let dir: string;
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'wharf-config-'));
+  });
+  afterEach(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test('the shipped configuration.toml is valid and listens on 0.0.0.0:5000', () => {
+    const config = loadConfig({ file: SHIPPED, env: {} });
+    expect(config.listen).toEqual({ host: '0.0.0.0', port: 5000 });
+    expect(config.database).toBe(resolve(SHIPPED, '../storage/wharf.db'));
+    expect(config.uploadMaxAge).toBe(24 * 3600 * 1000);
+  });
+
+  test('defaults apply to optional keys', () => {
+    const config = buildConfig(REQUIRED, { cwd: dir });
+    expect(config.listen).toEqual({ host: '0.0.0.0', port: 5000 });
+    expect(config.database).toBe(join(dir, 'storage/wharf.db'));
+    expect(config.logLevel).toBe('info');
+  });
+
+  test.each(Object.keys(REQUIRED))('a file without %s is refused with a message naming it', (key) => {
+    const doc: Record<string, string> = { ...REQUIRED };
+    delete doc[key];
+    expect(() => buildConfig(doc)).toThrow(ConfigError);
+    expect(() => buildConfig(doc)).toThrow(`missing required key "${key}"`);
+  });
+
+  test('an unknown key is an error naming it', () => {
+    expect(() => buildConfig({ ...REQUIRED, registry_storag: 'x' })).toThrow('unknown key "registry_storag"');
+  });
+
+  test('a wrong type is an error naming the key', () => {
+    expect(() => buildConfig({ ...REQUIRED, listen: 5000 })).toThrow('"listen" must be a string');
+    expect(() => buildConfig({ ...REQUIRED, listen: 'nonsense' })).toThrow('"listen" must be host:port');
+    expect(() => buildConfig({ ...REQUIRED, upload_max_age: 'soon' })).toThrow('"upload_max_age" must be a duration');
+    expect(() => buildConfig({ ...REQUIRED, log_level: 'loud' })).toThrow('"log_level" must be one of');
+  });
+
+  test('every key can be overridden from the environment as WHARF_<KEY>', () => {
+    const config = buildConfig(REQUIRED, {
+      cwd: dir,
+      env: { WHARF_LISTEN: '127.0.0.1:5001', WHARF_DATABASE: '/var/lib/wharf.db', WHARF_UPLOAD_MAX_AGE: '2h', WHARF_REGISTRY_STORAGE: 'elsewhere' },
+    });
+    expect(config.listen).toEqual({ host: '127.0.0.1', port: 5001 });
+    expect(config.database).toBe('/var/lib/wharf.db');
+    expect(config.uploadMaxAge).toBe(2 * 3600 * 1000);
+    expect(config.registryStorage).toBe(join(dir, 'elsewhere'));
+  });
+
+  test('the environment can supply a required key the file lacks', () => {
+    const doc: Record<string, string> = { ...REQUIRED };
+    delete doc.proxy_storage;
+    expect(buildConfig(doc, { env: { WHARF_PROXY_STORAGE: '/srv/proxy' } }).proxyStorage).toBe('/srv/proxy');
+  });
+
+  test('listen accepts IPv6 and a bare port', () => {
+    expect(buildConfig({ ...REQUIRED, listen: '[::1]:5000' }).listen).toEqual({ host: '::1', port: 5000 });
+    expect(buildConfig({ ...REQUIRED, listen: ':5000' }).listen).toEqual({ host: '0.0.0.0', port: 5000 });
+  });
+
+  test('relative paths in a file are relative to that file', async () => {
+    const file = join(dir, 'wharf.toml');
+    await writeFile(file, Object.entries(REQUIRED).map(([k, v]) => `${k} = "${v}"`).join('\n'));
+    expect(loadConfig({ file, env: {}, cwd: '/' }).registryStorage).toBe(join(dir, 'storage/registry'));
+  });
+
+  test('invalid TOML is reported with the file name', async () => {
+    const file = join(dir, 'broken.toml');
+    await writeFile(file, 'listen = ');
+    expect(() => loadConfig({ file, env: {} })).toThrow(`${file} is not valid TOML`);
+  });
+
+  test('the server refuses a temporary folder on another filesystem', async () => {
+    if (!existsSync('/dev/shm')) throw new Error('this test needs /dev/shm (a tmpfs) to put the temp folder on another filesystem');
+    const shm = await mkdtemp('/dev/shm/wharf-');
+    try {
+      const config = buildConfig({
+        listen: '127.0.0.1:0',
+        registry_storage: join(dir, 'registry'),
+        temporary_registry_storage: shm,
+        proxy_storage: join(dir, 'proxy'),
+        database: join(dir, 'wharf.db'),
+      });
+      await expect(startServer(config)).rejects.toThrow('must be on the same filesystem');
+    } finally {
+      await rm(shm, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('wharf CLI', () => {
+  let dir: string;
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'wharf-cli-'));
+  });
+  afterEach(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test('config check accepts the shipped configuration', async () => {
+    const { stdout } = await exec(process.execPath, [CLI, 'config', 'check', '--config', SHIPPED]);
+    expect(stdout).toContain('configuration OK');
+  });
+
+  test('config check and serve refuse a file without a storage key, naming it', async () => {
+    const file = join(dir, 'bad.toml');
+    await writeFile(file, 'registry_storage = "r"\nproxy_storage = "p"\n');
+    for (const command of [['config', 'check'], ['serve']]) {
+      const run = exec(process.execPath, [CLI, ...command, '--config', file], { env: { PATH: process.env.PATH } });
+      await expect(run).rejects.toMatchObject({ code: 2, stderr: expect.stringContaining('"temporary_registry_storage"') });
+    }
+  });
+
+  test('serve starts with a configuration file and the environment override of listen', async () => {
+    const file = join(dir, 'ok.toml');
+    await writeFile(file, Object.entries(REQUIRED).map(([k, v]) => `${k} = "${v}"`).join('\n') + '\ndatabase = "storage/w.db"\n');
+    const { spawn } = await import('node:child_process');
+    const child = spawn(process.execPath, [CLI, 'serve', '--config', file], {
+      env: { PATH: process.env.PATH, WHARF_LISTEN: '127.0.0.1:0' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    try {
+      const line = await new Promise<string>((resolveLine, reject) => {
+        let out = '';
+        child.stdout.on('data', (d: Buffer) => {
+          out += d.toString();
+          const m = /"listen":"127\.0\.0\.1:(\d+)"/.exec(out);
+          if (m) resolveLine(m[1]!);
+        });
+        child.once('exit', (code) => reject(new Error(`wharf exited with ${code}: ${out}`)));
+      });
+      const res = await fetch(`http://127.0.0.1:${line}/v2/`);
+      expect(res.status).toBe(200);
+      expect(existsSync(join(dir, 'storage/w.db'))).toBe(true);
+    } finally {
+      child.kill('SIGTERM');
+      await new Promise((r) => child.once('exit', r));
+    }
+    expect(child.exitCode).toBe(0);
+  });
+});

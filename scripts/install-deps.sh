@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what a fresh machine with only Node and npm lacks for Wharf's test suite:
+# pnpm (from npm) and the real clients the end-to-end tests drive (Debian packages).
+# Idempotent: it installs only what is missing.
+set -euo pipefail
+
+PNPM_VERSION=10.34.9
+# command → Debian package
+declare -A TOOLS=(
+  [skopeo]=skopeo
+  [podman]=podman
+  [ctr]=containerd
+  [containerd]=containerd
+  [docker-registry]=docker-registry
+  [umoci]=umoci
+  [jq]=jq
+  [curl]=curl
+)
+
+missing=()
+for tool in "${!TOOLS[@]}"; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("${TOOLS[$tool]}")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: missing Debian packages: ${missing[*]}" >&2
+    echo "install-deps: run as root, or: sudo apt-get install -y --no-install-recommends ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ "$(pnpm --version 2>/dev/null || true)" != "$PNPM_VERSION" ]; then
+  echo "install-deps: installing pnpm@$PNPM_VERSION"
+  npm install -g "pnpm@$PNPM_VERSION" --silent
+fi

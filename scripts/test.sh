@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs everything and runs every test: type checks, unit and contract tests, HTTP tests against a
+# real server, and end-to-end tests with skopeo, podman and containerd's ctr.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-deps.sh
+export TURBO_TELEMETRY_DISABLED=1
+# pnpm and turbo want CI=true when there is no terminal (no prompts, no purge confirmation).
+[ -t 0 ] || export CI="${CI:-true}"
+
+pnpm install --frozen-lockfile
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+pnpm test 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+
+# One closing line for the whole run, summed over every package's jest summary.
+passed=$(grep -E 'Tests: ' "$log" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -E 'Tests: ' "$log" | grep -oE '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
+echo
+echo "tests: $passed passed, $failed failed"
+if [ "$status" -eq 0 ] && [ "$passed" -eq 0 ]; then
+  echo "no test ran" >&2
+  exit 1
+fi
+exit "$status"
