@@ -1,1 +1,6 @@
-export {};
+export * from './upstream.js';
+export * from './token-auth.js';
+export * from './http-upstream.js';
+export * from './blob-fill.js';
+export * from './cache-index.js';
+export * from './pull-through.js';

@@ -25,6 +25,8 @@ export const ERROR_CODES = [
   // client's fault
   'TOO_LARGE',
   'NOT_FOUND',
+  'UPSTREAM_ERROR',
+  'UPSTREAM_TIMEOUT',
   'UNAVAILABLE',
   'UNKNOWN',
 ] as const;

@@ -10,5 +10,5 @@ export * from './registry.js';
 export * from './local-registry.js';
 export { FsBlobStore } from './fs/fs-blob-store.js';
 export { FsUploadSessions } from './fs/fs-uploads.js';
-export { openDatabase, type SqliteDatabase } from './sqlite/database.js';
+export { openDatabase, type SqliteDatabase, type SqliteStatement } from './sqlite/database.js';
 export { SqliteMetadataStore, MAX_PAGE } from './sqlite/sqlite-metadata-store.js';

@@ -6,6 +6,8 @@ export interface StoredManifest {
   readonly digest: Digest;
   readonly mediaType: string;
   readonly bytes: Buffer;
+  /** Set when the manifest is served although it may be out of date (a cached copy, upstream down). */
+  readonly warning?: string;
 }
 
 export interface Page {

@@ -3,10 +3,10 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import { parse as parseToml } from 'smol-toml';
 import { parseDuration } from './duration.js';
 
-/** Raised for any configuration problem; the message always names the key (or the file). */
-export class ConfigError extends Error {
-  override name = 'ConfigError';
-}
+import { ConfigError } from './config-error.js';
+import { buildProxyConfig, type ProxyConfig } from './proxy-config.js';
+
+export { ConfigError };
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
@@ -20,6 +20,7 @@ export interface WharfConfig {
   /** Upload sessions not written to for this long are removed (ms). */
   readonly uploadMaxAge: number;
   readonly logLevel: LogLevel;
+  readonly proxy: ProxyConfig;
 }
 
 type Kind = 'string' | 'path' | 'listen' | 'duration' | 'log_level';
@@ -44,6 +45,9 @@ export const CONFIG_KEYS = {
   upload_max_age: { kind: 'duration', default: '24h', doc: 'abandoned upload sessions are removed after this long' },
   log_level: { kind: 'log_level', default: 'info', doc: 'fatal, error, warn, info, debug, trace or silent' },
 } as const satisfies Record<string, KeySpec>;
+
+/** Tables of settings, each validated by its own module. */
+const TABLES = { proxy: true } as const;
 
 type Key = keyof typeof CONFIG_KEYS;
 const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -99,7 +103,7 @@ export function buildConfig(
   const fileDir = options.fileDir ?? cwd;
   const source = options.source ?? 'configuration';
   for (const key of Object.keys(doc)) {
-    if (!(key in CONFIG_KEYS)) throw new ConfigError(`${source}: unknown key "${key}"`);
+    if (!(key in CONFIG_KEYS) && !(key in TABLES)) throw new ConfigError(`${source}: unknown key "${key}"`);
   }
   const values = {} as Record<Key, unknown>;
   for (const [key, spec] of Object.entries(CONFIG_KEYS) as [Key, KeySpec][]) {
@@ -127,6 +131,7 @@ export function buildConfig(
     database: values.database as string,
     uploadMaxAge: values.upload_max_age as number,
     logLevel: values.log_level as LogLevel,
+    proxy: buildProxyConfig(doc.proxy, env),
   };
 }
 

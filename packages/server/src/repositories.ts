@@ -8,10 +8,18 @@ export interface ResolvedRepository {
   readonly writer?: RepositoryWriter;
   /** Why pushes are refused here, for the UNSUPPORTED message. */
   readonly readOnlyReason?: string;
+  /** The upstream a pull-through repository comes from (echoed as OCI-Namespace). */
+  readonly namespace?: string;
+}
+
+/** What of the request decides routing: reads may go upstream, writes never; who asks. */
+export interface RequestInfo {
+  readonly method: string;
+  readonly remoteAddress?: string;
 }
 
 export interface RepositoryResolver {
-  resolve(name: string, query: URLSearchParams): Promise<ResolvedRepository>;
+  resolve(name: string, query: URLSearchParams, request: RequestInfo): Promise<ResolvedRepository>;
 }
 
 /** Every name is a local repository. (The proxy wraps this to claim `proxy/...` names.) */

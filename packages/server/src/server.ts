@@ -10,10 +10,12 @@ import {
   openDatabase,
   type SqliteDatabase,
 } from '@wharf/registry-core';
+import { BlobFills, CacheIndex, HttpUpstream, PullThroughRepository } from '@wharf/proxy';
 import { pino, type Logger } from 'pino';
 import { createApp } from './app.js';
 import { ConfigError, type WharfConfig } from './config.js';
-import { LocalResolver } from './repositories.js';
+import { ProxyResolver } from './proxy-resolver.js';
+import { LocalResolver, type RepositoryResolver } from './repositories.js';
 
 export interface RunningServer {
   readonly url: string;
@@ -21,6 +23,9 @@ export interface RunningServer {
   readonly server: Server;
   readonly local: LocalRegistry;
   readonly db: SqliteDatabase;
+  /** Pull-through repositories by upstream key (empty when the proxy is disabled). */
+  readonly proxies: ReadonlyMap<string, PullThroughRepository>;
+  readonly fills: BlobFills;
   close(): Promise<void>;
 }
 
@@ -57,7 +62,7 @@ async function prepareStorage(config: WharfConfig): Promise<void> {
   }
   // Leftovers of writes interrupted by a crash: no ingest is running before we start.
   for (const entry of await readdir(config.temporaryRegistryStorage)) {
-    if (entry.startsWith('ingest-')) await rm(join(config.temporaryRegistryStorage, entry), { force: true });
+    if (entry.startsWith('ingest-') || entry.startsWith('fill-')) await rm(join(config.temporaryRegistryStorage, entry), { force: true });
   }
 }
 
@@ -72,7 +77,37 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
     new SqliteMetadataStore(db),
     uploads,
   );
-  const app = createApp({ local, resolver: new LocalResolver(local), logger });
+  const proxyBlobs = new FsBlobStore(config.proxyStorage, config.temporaryRegistryStorage);
+  const fills = new BlobFills({ store: proxyBlobs, tempRoot: config.temporaryRegistryStorage });
+  const proxies = new Map<string, PullThroughRepository>();
+  let resolver: RepositoryResolver = new LocalResolver(local);
+  if (config.proxy.enabled) {
+    const index = new CacheIndex(db);
+    const proxyLog = logger.child({ component: 'proxy' });
+    for (const u of config.proxy.upstreams) {
+      const repository: PullThroughRepository = new PullThroughRepository(
+        new HttpUpstream({
+          name: u.key,
+          url: u.url,
+          ...(u.username !== undefined ? { username: u.username } : {}),
+          ...(u.password !== undefined ? { password: u.password } : {}),
+          timeouts: { connect: config.proxy.connectTimeout, firstByte: config.proxy.firstByteTimeout, idle: config.proxy.idleTimeout },
+          retries: config.proxy.retries,
+          onRateLimit: (remaining) => {
+            repository.rateLimitRemaining = remaining;
+          },
+        }),
+        index,
+        proxyBlobs,
+        fills,
+        { manifestTtl: config.proxy.manifestTtl, absentTtl: config.proxy.absentTtl, rateLimitFloor: config.proxy.rateLimitFloor },
+        proxyLog,
+      );
+      proxies.set(u.key, repository);
+    }
+    resolver = new ProxyResolver(local, config.proxy, proxies);
+  }
+  const app = createApp({ local, resolver, logger });
 
   const server = createServer(app.callback());
   // Blob transfers are limited by idle time, never by total time (a multi-GB layer takes a while).
@@ -112,6 +147,8 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
     server,
     local,
     db,
+    proxies,
+    fills,
     close() {
       closed ??= (async () => {
         clearInterval(expiry);

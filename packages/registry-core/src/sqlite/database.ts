@@ -4,6 +4,7 @@ import { dirname } from 'node:path';
 import { MIGRATIONS } from './schema.js';
 
 export type SqliteDatabase = Database.Database;
+export type SqliteStatement = Database.Statement;
 
 /** Opens (creating if needed) the metadata database in WAL mode with foreign keys on, and migrates it. */
 export function openDatabase(file: string): SqliteDatabase {

@@ -44,6 +44,8 @@ export function ociErrors(logger: Logger) {
         error = new RegistryError('UNKNOWN', 'internal server error', undefined);
       }
       for (const h of SUCCESS_ONLY_HEADERS) ctx.remove(h);
+      const retryAfter = (error.detail as { retryAfter?: unknown } | undefined)?.retryAfter;
+      if (typeof retryAfter === 'number') ctx.set('Retry-After', String(retryAfter));
       ctx.status = ERROR_STATUS[error.code];
       ctx.body = { errors: [{ code: error.code, message: error.message, detail: error.detail ?? null }] };
       ctx.state.errorCode = error.code;

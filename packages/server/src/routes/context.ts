@@ -9,7 +9,12 @@ export interface RouteDeps {
 /** The repository named by the route's first capture, validated and resolved. */
 export function repository(ctx: Context, deps: RouteDeps): Promise<ResolvedRepository> {
   const name = decodeURIComponent(ctx.captures[0] ?? '');
-  return deps.resolver.resolve(name, new URLSearchParams(ctx.querystring));
+  return deps.resolver
+    .resolve(name, new URLSearchParams(ctx.querystring), { method: ctx.method, remoteAddress: ctx.socket.remoteAddress })
+    .then((target) => {
+      if (target.namespace) ctx.set('OCI-Namespace', target.namespace);
+      return target;
+    });
 }
 
 /** The route's capture at `index`, URL-decoded. */

@@ -6,6 +6,12 @@ import { capture, repository, type RouteDeps } from './context.js';
 
 const MANIFEST = /^\/v2\/(.+)\/manifests\/([^/]+)$/;
 
+/** `Warning: 299 - "text"`, as the spec allows: one code, quoted text, within 4096 bytes. */
+function warningHeader(text: string): string {
+  const clean = text.replace(/["\\\r\n]/g, ' ').slice(0, 1000);
+  return `299 - "${clean}"`;
+}
+
 function manifestUnknown(reference: string): RegistryError {
   return new RegistryError('MANIFEST_UNKNOWN', 'manifest unknown to registry', { reference });
 }
@@ -20,6 +26,7 @@ export function registerManifests(router: Router, deps: RouteDeps): void {
     ctx.set('Content-Type', manifest.mediaType);
     ctx.set('Docker-Content-Digest', manifest.digest);
     ctx.set('ETag', `"${manifest.digest}"`);
+    if (manifest.warning) ctx.set('Warning', warningHeader(manifest.warning));
     if (ctx.method === 'HEAD') {
       ctx.length = manifest.bytes.length;
       return;

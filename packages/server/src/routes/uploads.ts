@@ -39,7 +39,7 @@ export function registerUploads(router: Router, deps: RouteDeps): void {
     if (typeof mount === 'string' && mount !== '') {
       const wanted = tryParseDigest(mount);
       if (wanted && typeof from === 'string' && from !== '') {
-        const fromTarget = await deps.resolver.resolve(from, new URLSearchParams()).catch(() => undefined);
+        const fromTarget = await deps.resolver.resolve(from, new URLSearchParams(), { method: 'POST' }).catch(() => undefined);
         // Only a blob of a local repository can be linked; anything else falls back to an upload.
         if (fromTarget?.writer === writer) {
           const mounted = await writer.mountBlob(target.repo, wanted.digest, fromTarget.repo);

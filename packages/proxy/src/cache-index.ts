@@ -1,0 +1,132 @@
+import type { Digest, SqliteDatabase, SqliteStatement as Statement, StoredManifest } from '@wharf/registry-core';
+
+const SCHEMA = `
+  CREATE TABLE IF NOT EXISTS proxy_manifests (
+    upstream TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    media_type TEXT NOT NULL,
+    content BLOB NOT NULL,
+    fetched_at INTEGER NOT NULL,
+    accessed_at INTEGER NOT NULL,
+    PRIMARY KEY (upstream, repository, digest)
+  ) WITHOUT ROWID;
+  CREATE TABLE IF NOT EXISTS proxy_tags (
+    upstream TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    checked_at INTEGER NOT NULL,
+    PRIMARY KEY (upstream, repository, tag)
+  ) WITHOUT ROWID;
+  CREATE TABLE IF NOT EXISTS proxy_blobs (
+    digest TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    fetched_at INTEGER NOT NULL,
+    accessed_at INTEGER NOT NULL
+  ) WITHOUT ROWID;
+  CREATE TABLE IF NOT EXISTS proxy_repository_blobs (
+    upstream TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    PRIMARY KEY (upstream, repository, digest)
+  ) WITHOUT ROWID;
+  CREATE TABLE IF NOT EXISTS proxy_absent (
+    upstream TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    reference TEXT NOT NULL,
+    until INTEGER NOT NULL,
+    PRIMARY KEY (upstream, repository, reference)
+  ) WITHOUT ROWID;
+`;
+
+export interface CachedTag {
+  readonly digest: Digest;
+  readonly checkedAt: number;
+}
+
+/** The dependency proxy's index of what it cached, in the same SQLite database as the registry. */
+export class CacheIndex {
+  private readonly q: Record<string, Statement>;
+
+  constructor(db: SqliteDatabase) {
+    db.exec(SCHEMA);
+    const s = (sql: string) => db.prepare(sql);
+    this.q = {
+      manifest: s('SELECT digest, media_type, content FROM proxy_manifests WHERE upstream = ? AND repository = ? AND digest = ?'),
+      touchManifest: s('UPDATE proxy_manifests SET accessed_at = ? WHERE upstream = ? AND repository = ? AND digest = ?'),
+      putManifest: s(`INSERT INTO proxy_manifests (upstream, repository, digest, media_type, content, fetched_at, accessed_at)
+                      VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET accessed_at = excluded.accessed_at`),
+      tag: s('SELECT digest, checked_at FROM proxy_tags WHERE upstream = ? AND repository = ? AND tag = ?'),
+      putTag: s(`INSERT INTO proxy_tags (upstream, repository, tag, digest, checked_at) VALUES (?, ?, ?, ?, ?)
+                 ON CONFLICT DO UPDATE SET digest = excluded.digest, checked_at = excluded.checked_at`),
+      tags: s('SELECT tag FROM proxy_tags WHERE upstream = ? AND repository = ? AND tag > ? ORDER BY tag LIMIT ?'),
+      blob: s(`SELECT b.size FROM proxy_blobs b JOIN proxy_repository_blobs l ON l.digest = b.digest
+               WHERE l.upstream = ? AND l.repository = ? AND b.digest = ?`),
+      anyBlob: s('SELECT size FROM proxy_blobs WHERE digest = ?'),
+      putBlob: s(`INSERT INTO proxy_blobs (digest, size, fetched_at, accessed_at) VALUES (?, ?, ?, ?)
+                  ON CONFLICT DO UPDATE SET accessed_at = excluded.accessed_at`),
+      touchBlob: s('UPDATE proxy_blobs SET accessed_at = ? WHERE digest = ?'),
+      link: s('INSERT INTO proxy_repository_blobs (upstream, repository, digest) VALUES (?, ?, ?) ON CONFLICT DO NOTHING'),
+      absent: s('SELECT until FROM proxy_absent WHERE upstream = ? AND repository = ? AND reference = ?'),
+      putAbsent: s(`INSERT INTO proxy_absent (upstream, repository, reference, until) VALUES (?, ?, ?, ?)
+                    ON CONFLICT DO UPDATE SET until = excluded.until`),
+      clearAbsent: s('DELETE FROM proxy_absent WHERE upstream = ? AND repository = ? AND reference = ?'),
+    };
+  }
+
+  manifest(upstream: string, repo: string, digest: Digest, now = Date.now()): StoredManifest | undefined {
+    const row = this.q.manifest!.get(upstream, repo, digest) as { digest: Digest; media_type: string; content: Buffer } | undefined;
+    if (!row) return undefined;
+    this.q.touchManifest!.run(now, upstream, repo, digest);
+    return { digest: row.digest, mediaType: row.media_type, bytes: row.content };
+  }
+
+  putManifest(upstream: string, repo: string, manifest: StoredManifest, now = Date.now()): void {
+    this.q.putManifest!.run(upstream, repo, manifest.digest, manifest.mediaType, manifest.bytes, now, now);
+  }
+
+  tag(upstream: string, repo: string, tag: string): CachedTag | undefined {
+    const row = this.q.tag!.get(upstream, repo, tag) as { digest: Digest; checked_at: number } | undefined;
+    return row ? { digest: row.digest, checkedAt: row.checked_at } : undefined;
+  }
+
+  putTag(upstream: string, repo: string, tag: string, digest: Digest, now = Date.now()): void {
+    this.q.putTag!.run(upstream, repo, tag, digest, now);
+  }
+
+  tags(upstream: string, repo: string, last: string, n: number): string[] {
+    return (this.q.tags!.all(upstream, repo, last, n) as { tag: string }[]).map((r) => r.tag);
+  }
+
+  blob(upstream: string, repo: string, digest: Digest, now = Date.now()): number | undefined {
+    const row = this.q.blob!.get(upstream, repo, digest) as { size: number } | undefined;
+    if (row) this.q.touchBlob!.run(now, digest);
+    return row?.size;
+  }
+
+  anyBlob(digest: Digest): number | undefined {
+    return (this.q.anyBlob!.get(digest) as { size: number } | undefined)?.size;
+  }
+
+  putBlob(digest: Digest, size: number, now = Date.now()): void {
+    this.q.putBlob!.run(digest, size, now, now);
+  }
+
+  link(upstream: string, repo: string, digest: Digest): void {
+    this.q.link!.run(upstream, repo, digest);
+  }
+
+  isAbsent(upstream: string, repo: string, reference: string, now = Date.now()): boolean {
+    const row = this.q.absent!.get(upstream, repo, reference) as { until: number } | undefined;
+    return row !== undefined && row.until > now;
+  }
+
+  markAbsent(upstream: string, repo: string, reference: string, until: number): void {
+    this.q.putAbsent!.run(upstream, repo, reference, until);
+  }
+
+  clearAbsent(upstream: string, repo: string, reference: string): void {
+    this.q.clearAbsent!.run(upstream, repo, reference);
+  }
+}

@@ -1,0 +1,193 @@
+import type { Readable } from 'node:stream';
+import {
+  RegistryError,
+  assertTag,
+  parseDigest,
+  tryParseDigest,
+  type BlobInfo,
+  type BlobStore,
+  type ByteRange,
+  type Descriptor,
+  type Digest,
+  type Page,
+  type RepositoryReader,
+  type StoredManifest,
+} from '@wharf/registry-core';
+import type { BlobFill, BlobFills } from './blob-fill.js';
+import type { CacheIndex } from './cache-index.js';
+import { UpstreamError, type Upstream } from './upstream.js';
+
+export interface PullThroughPolicy {
+  /** Within this long of the last upstream check, a tag is served from the cache with no request (ms). */
+  readonly manifestTtl: number;
+  /** How long an upstream 404 is remembered (ms). */
+  readonly absentTtl: number;
+  /** Below this RateLimit-Remaining, a cached tag is served rather than re-checked. */
+  readonly rateLimitFloor: number;
+}
+
+export const DEFAULT_POLICY: PullThroughPolicy = { manifestTtl: 5 * 60_000, absentTtl: 60_000, rateLimitFloor: 10 };
+
+export interface PullThroughLogger {
+  warn(fields: Record<string, unknown>, message: string): void;
+}
+
+/**
+ * One upstream registry seen as a read-only repository source. Policy, stated where it happens:
+ * - by digest: the cache first; on a miss, the upstream; verified, stored, immutable;
+ * - by tag: within manifestTtl of the last check, the cache with no upstream request; after it, a HEAD
+ *   (which Docker Hub does not count as a pull): same digest → cache, new digest or no digest → GET;
+ * - upstream unreachable, timing out, 5xx or 429 with a cached copy → the copy, marked stale;
+ *   without one → the upstream error; upstream 404 → absent, remembered for absentTtl;
+ * - blobs: one fill per digest whatever the number of clients (BlobFills).
+ */
+export class PullThroughRepository implements RepositoryReader {
+  /** Last RateLimit-Remaining the upstream sent. */
+  rateLimitRemaining: number | undefined;
+  /** Manifests served from the cache while the upstream could not be asked. */
+  staleServed = 0;
+
+  constructor(
+    readonly upstream: Upstream,
+    private readonly index: CacheIndex,
+    private readonly store: BlobStore,
+    private readonly fills: BlobFills,
+    private readonly policy: PullThroughPolicy = DEFAULT_POLICY,
+    private readonly logger?: PullThroughLogger,
+  ) {}
+
+  private get key(): string {
+    return this.upstream.name;
+  }
+
+  async manifest(repo: string, reference: string): Promise<StoredManifest | undefined> {
+    const digest = tryParseDigest(reference);
+    if (!digest && reference.includes(':')) parseDigest(reference);
+    if (!digest) assertTag(reference);
+    try {
+      return await (digest ? this.manifestByDigest(repo, digest.digest) : this.manifestByTag(repo, reference));
+    } catch (err) {
+      throw toRegistryError(err);
+    }
+  }
+
+  private async manifestByDigest(repo: string, digest: Digest): Promise<StoredManifest | undefined> {
+    const cached = this.index.manifest(this.key, repo, digest);
+    if (cached) return cached;
+    if (this.index.isAbsent(this.key, repo, digest)) return undefined;
+    const fetched = await this.upstream.manifest(repo, digest);
+    if (!fetched) {
+      this.index.markAbsent(this.key, repo, digest, Date.now() + this.policy.absentTtl);
+      return undefined;
+    }
+    this.index.putManifest(this.key, repo, fetched);
+    return fetched;
+  }
+
+  private async manifestByTag(repo: string, tag: string): Promise<StoredManifest | undefined> {
+    const now = Date.now();
+    const known = this.index.tag(this.key, repo, tag);
+    const cached = known ? this.index.manifest(this.key, repo, known.digest) : undefined;
+    if (cached && known && now - known.checkedAt < this.policy.manifestTtl) return cached;
+    if (!cached && this.index.isAbsent(this.key, repo, tag)) return undefined;
+    if (cached && this.rateLimitRemaining !== undefined && this.rateLimitRemaining < this.policy.rateLimitFloor) {
+      return this.stale(cached, repo, tag, `upstream rate limit nearly exhausted (${this.rateLimitRemaining} left); serving the cached manifest`);
+    }
+    try {
+      if (cached) {
+        const head = await this.upstream.head(repo, tag);
+        if (!head) return this.forget(repo, tag);
+        if (head.digest === cached.digest) {
+          this.index.putTag(this.key, repo, tag, cached.digest, now);
+          return cached;
+        }
+      }
+      const fetched = await this.upstream.manifest(repo, tag);
+      if (!fetched) return this.forget(repo, tag);
+      this.index.putManifest(this.key, repo, fetched, now);
+      this.index.putTag(this.key, repo, tag, fetched.digest, now);
+      this.index.clearAbsent(this.key, repo, tag);
+      return fetched;
+    } catch (err) {
+      if (cached && err instanceof UpstreamError && err.failure !== 'invalid') {
+        return this.stale(cached, repo, tag, `upstream ${this.key} unavailable (${err.message}); serving the cached manifest`);
+      }
+      throw err;
+    }
+  }
+
+  private stale(cached: StoredManifest, repo: string, tag: string, reason: string): StoredManifest {
+    this.logger?.warn({ upstream: this.key, repo, tag, reason }, 'serving stale manifest');
+    this.staleServed += 1;
+    return { ...cached, warning: reason };
+  }
+
+  private forget(repo: string, tag: string): undefined {
+    this.index.markAbsent(this.key, repo, tag, Date.now() + this.policy.absentTtl);
+    return undefined;
+  }
+
+  async blob(repo: string, digest: Digest): Promise<BlobInfo | undefined> {
+    try {
+      return await this.cachedOrFilledBlob(repo, digest);
+    } catch (err) {
+      throw toRegistryError(err);
+    }
+  }
+
+  private async cachedOrFilledBlob(repo: string, digest: Digest): Promise<BlobInfo | undefined> {
+    const size = this.index.blob(this.key, repo, digest);
+    if (size !== undefined && (await this.store.stat(digest))) return { digest, size };
+    // Cached for another repository: serve it here only if this repository has it upstream too.
+    const anySize = this.index.anyBlob(digest);
+    if (anySize !== undefined && (await this.store.stat(digest)) && (await this.upstream.hasBlob(repo, digest))) {
+      this.index.link(this.key, repo, digest);
+      return { digest, size: anySize };
+    }
+    const fill = await this.fill(repo, digest);
+    if (!fill) return undefined;
+    if (fill.size === undefined) {
+      // The upstream did not announce a size: wait for the whole blob before answering.
+      return await fill.done.catch((err: unknown) => {
+        throw new UpstreamError('invalid', `upstream ${this.key} sent a bad blob: ${(err as Error).message}`);
+      });
+    }
+    return { digest, size: fill.size };
+  }
+
+  async openBlob(repo: string, blob: BlobInfo, range?: ByteRange): Promise<Readable | undefined> {
+    const fill = await this.fills.current(blob.digest);
+    if (fill && fill.state !== 'failed') return fill.reader(range);
+    return this.store.open(blob.digest, range);
+  }
+
+  private async fill(repo: string, digest: Digest): Promise<BlobFill | undefined> {
+    const fill = await this.fills.join(digest, () => this.upstream.blob(repo, digest));
+    fill?.done.then(
+      (blob) => {
+        this.index.putBlob(blob.digest, blob.size);
+        this.index.link(this.key, repo, blob.digest);
+      },
+      (err: unknown) => this.logger?.warn({ upstream: this.key, repo, digest, err: (err as Error).message }, 'upstream blob fill failed'),
+    );
+    return fill;
+  }
+
+  async tags(repo: string, page: Page): Promise<string[] | undefined> {
+    const tags = this.index.tags(this.key, repo, page.last ?? '', page.n ?? 10_000);
+    return tags.length > 0 || page.last ? tags : undefined;
+  }
+
+  async referrers(): Promise<Descriptor[]> {
+    return [];
+  }
+}
+
+/** The upstream's failure as the client sees it: 429 stays 429, a timeout is 504, the rest 502. */
+export function toRegistryError(err: unknown): unknown {
+  if (!(err instanceof UpstreamError)) return err;
+  const detail = { failure: err.failure, ...(err.status ? { status: err.status } : {}), ...(err.retryAfter !== undefined ? { retryAfter: err.retryAfter } : {}) };
+  if (err.failure === 'rate-limited') return new RegistryError('TOOMANYREQUESTS', err.message, detail);
+  if (err.failure === 'timeout') return new RegistryError('UPSTREAM_TIMEOUT', err.message, detail);
+  return new RegistryError('UPSTREAM_ERROR', err.message, detail);
+}

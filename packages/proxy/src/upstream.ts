@@ -1,0 +1,46 @@
+import type { Readable } from 'node:stream';
+import type { ByteRange, Digest } from '@wharf/registry-core';
+
+export interface UpstreamManifest {
+  readonly digest: Digest;
+  readonly mediaType: string;
+  readonly bytes: Buffer;
+}
+
+export interface UpstreamHead {
+  /** Absent when the upstream did not send Docker-Content-Digest (then a GET is needed). */
+  readonly digest?: Digest;
+  readonly mediaType?: string;
+}
+
+export interface UpstreamBlob {
+  /** The full blob size, when the upstream said it. */
+  readonly size?: number;
+  readonly body: Readable;
+}
+
+/** One remote registry, as the pull-through side needs it. Absence (404) is undefined. */
+export interface Upstream {
+  readonly name: string;
+  head(repo: string, reference: string, signal?: AbortSignal): Promise<UpstreamHead | undefined>;
+  manifest(repo: string, reference: string, signal?: AbortSignal): Promise<UpstreamManifest | undefined>;
+  blob(repo: string, digest: Digest, range?: ByteRange, signal?: AbortSignal): Promise<UpstreamBlob | undefined>;
+  /** Whether the repository has the blob (a HEAD): a cached blob is served under a repository only then. */
+  hasBlob(repo: string, digest: Digest, signal?: AbortSignal): Promise<boolean>;
+}
+
+export type UpstreamFailure = 'unreachable' | 'timeout' | 'server-error' | 'rate-limited' | 'unauthorized' | 'invalid';
+
+/** The upstream could not answer. The proxy serves a stale copy when it has one. */
+export class UpstreamError extends Error {
+  override name = 'UpstreamError';
+  constructor(
+    readonly failure: UpstreamFailure,
+    message: string,
+    readonly status?: number,
+    /** Seconds, from Retry-After. */
+    readonly retryAfter?: number,
+  ) {
+    super(message);
+  }
+}

@@ -1,0 +1,144 @@
+import { isValidRepositoryName } from '@wharf/registry-core';
+import { ConfigError } from './config-error.js';
+import { parseDuration } from './duration.js';
+
+export interface UpstreamConfig {
+  /** The path component under /v2/proxy/ that names it. */
+  readonly key: string;
+  readonly url: string;
+  readonly aliases: readonly string[];
+  readonly username?: string;
+  readonly password?: string;
+  /** Docker Hub puts one-component names under library/. */
+  readonly officialPrefix?: string;
+}
+
+export interface ProxyConfig {
+  readonly enabled: boolean;
+  /** Serve anonymous clients from any address (otherwise only loopback clients may use the proxy). */
+  readonly anonymous: boolean;
+  /** Docker `registry-mirrors` mode: a pull of a name that is not local goes to this upstream. */
+  readonly defaultUpstream?: string;
+  readonly manifestTtl: number;
+  readonly absentTtl: number;
+  readonly rateLimitFloor: number;
+  readonly connectTimeout: number;
+  readonly firstByteTimeout: number;
+  readonly idleTimeout: number;
+  readonly retries: number;
+  readonly upstreams: readonly UpstreamConfig[];
+}
+
+/** Upstreams every Wharf knows; `[proxy.upstreams.<key>]` overrides or adds. */
+export const BUILT_IN_UPSTREAMS: readonly UpstreamConfig[] = [
+  { key: 'docker.io', url: 'https://registry-1.docker.io', aliases: ['docker', 'index.docker.io', 'registry-1.docker.io'], officialPrefix: 'library/' },
+  { key: 'ghcr.io', url: 'https://ghcr.io', aliases: ['ghcr'] },
+  { key: 'quay.io', url: 'https://quay.io', aliases: ['quay'] },
+  { key: 'registry.k8s.io', url: 'https://registry.k8s.io', aliases: ['k8s'] },
+  { key: 'gcr.io', url: 'https://gcr.io', aliases: ['gcr'] },
+  { key: 'k8s.gcr.io', url: 'https://k8s.gcr.io', aliases: [] },
+  { key: 'nvcr.io', url: 'https://nvcr.io', aliases: ['nvcr'] },
+  { key: 'registry.gitlab.com', url: 'https://registry.gitlab.com', aliases: ['gitlab'] },
+  { key: 'docker.cloudsmith.io', url: 'https://docker.cloudsmith.io', aliases: ['cloudsmith'] },
+  { key: 'mcr.microsoft.com', url: 'https://mcr.microsoft.com', aliases: ['mcr'] },
+  { key: 'public.ecr.aws', url: 'https://public.ecr.aws', aliases: ['ecr'] },
+];
+
+const PROXY_KEYS = new Set([
+  'enabled', 'anonymous', 'default_upstream', 'manifest_ttl', 'absent_ttl', 'rate_limit_floor',
+  'connect_timeout', 'first_byte_timeout', 'idle_timeout', 'retries', 'upstreams',
+]);
+const UPSTREAM_KEYS = new Set(['url', 'aliases', 'username', 'password', 'password_env', 'library_prefix']);
+
+function isTable(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value) && !(value instanceof Date);
+}
+
+function duration(table: Record<string, unknown>, key: string, fallback: string): number {
+  const raw = table[key] ?? fallback;
+  const ms = typeof raw === 'number' ? raw * 1000 : typeof raw === 'string' ? (/^\d+$/.test(raw) ? Number(raw) * 1000 : parseDuration(raw)) : undefined;
+  if (ms === undefined || !Number.isFinite(ms) || ms < 0) {
+    throw new ConfigError(`"proxy.${key}" must be a duration such as "5m" or "30s" (got ${JSON.stringify(raw)})`);
+  }
+  return ms;
+}
+
+function integer(table: Record<string, unknown>, key: string, fallback: number): number {
+  const raw = table[key] ?? fallback;
+  if (typeof raw !== 'number' || !Number.isInteger(raw) || raw < 0) throw new ConfigError(`"proxy.${key}" must be a non-negative integer`);
+  return raw;
+}
+
+function boolean(table: Record<string, unknown>, key: string, fallback: boolean): boolean {
+  const raw = table[key] ?? fallback;
+  if (typeof raw !== 'boolean') throw new ConfigError(`"proxy.${key}" must be true or false`);
+  return raw;
+}
+
+function upstream(key: string, raw: unknown, env: NodeJS.ProcessEnv, builtIn: UpstreamConfig | undefined): UpstreamConfig {
+  const where = `proxy.upstreams.${key}`;
+  if (!isTable(raw)) throw new ConfigError(`"${where}" must be a table`);
+  for (const k of Object.keys(raw)) if (!UPSTREAM_KEYS.has(k)) throw new ConfigError(`unknown key "${where}.${k}"`);
+  if (!/^[a-z0-9]+(?:[._-][a-z0-9]+)*$/.test(key)) {
+    throw new ConfigError(`"${where}": the key must be lower case letters, digits, ".", "_" or "-" (it is a path component); give a host with a port or capitals a key like "myreg"`);
+  }
+  const url = raw.url ?? builtIn?.url;
+  if (typeof url !== 'string' || !/^https?:\/\/[^/]+/.test(url)) throw new ConfigError(`"${where}.url" must be an http(s) URL`);
+  const aliases = raw.aliases ?? builtIn?.aliases ?? [];
+  if (!Array.isArray(aliases) || aliases.some((a) => typeof a !== 'string' || !isValidRepositoryName(a) || a.includes('/'))) {
+    throw new ConfigError(`"${where}.aliases" must be an array of lower-case names`);
+  }
+  for (const k of ['username', 'password', 'password_env', 'library_prefix']) {
+    if (raw[k] !== undefined && typeof raw[k] !== 'string') throw new ConfigError(`"${where}.${k}" must be a string`);
+  }
+  let password = raw.password as string | undefined;
+  if (raw.password_env !== undefined) {
+    password = env[raw.password_env as string];
+    if (password === undefined) throw new ConfigError(`"${where}.password_env" names ${String(raw.password_env)}, which is not set`);
+  }
+  const prefix = (raw.library_prefix as string | undefined) ?? builtIn?.officialPrefix;
+  return {
+    key,
+    url: url.replace(/\/+$/, ''),
+    aliases: aliases as string[],
+    ...(raw.username !== undefined ? { username: raw.username as string } : {}),
+    ...(password !== undefined ? { password } : {}),
+    ...(prefix ? { officialPrefix: prefix.endsWith('/') ? prefix : `${prefix}/` } : {}),
+  };
+}
+
+export function buildProxyConfig(raw: unknown, env: NodeJS.ProcessEnv): ProxyConfig {
+  const table = raw === undefined ? {} : raw;
+  if (!isTable(table)) throw new ConfigError('"proxy" must be a table');
+  for (const k of Object.keys(table)) if (!PROXY_KEYS.has(k)) throw new ConfigError(`unknown key "proxy.${k}"`);
+  const configured = table.upstreams ?? {};
+  if (!isTable(configured)) throw new ConfigError('"proxy.upstreams" must be a table of upstreams');
+  const byKey = new Map(BUILT_IN_UPSTREAMS.map((u) => [u.key, u]));
+  for (const [key, value] of Object.entries(configured)) byKey.set(key, upstream(key, value, env, byKey.get(key)));
+  const upstreams = [...byKey.values()];
+  const names = new Map<string, string>();
+  for (const u of upstreams) {
+    for (const name of [u.key, ...u.aliases]) {
+      const other = names.get(name);
+      if (other && other !== u.key) throw new ConfigError(`proxy upstreams "${other}" and "${u.key}" both answer to "${name}"`);
+      names.set(name, u.key);
+    }
+  }
+  const defaultUpstream = table.default_upstream;
+  if (defaultUpstream !== undefined && (typeof defaultUpstream !== 'string' || (defaultUpstream !== '' && !names.has(defaultUpstream)))) {
+    throw new ConfigError(`"proxy.default_upstream" must name a configured upstream (got ${JSON.stringify(defaultUpstream)})`);
+  }
+  return {
+    enabled: boolean(table, 'enabled', true),
+    anonymous: boolean(table, 'anonymous', false),
+    ...(typeof defaultUpstream === 'string' && defaultUpstream !== '' ? { defaultUpstream: names.get(defaultUpstream)! } : {}),
+    manifestTtl: duration(table, 'manifest_ttl', '5m'),
+    absentTtl: duration(table, 'absent_ttl', '1m'),
+    rateLimitFloor: integer(table, 'rate_limit_floor', 10),
+    connectTimeout: duration(table, 'connect_timeout', '10s'),
+    firstByteTimeout: duration(table, 'first_byte_timeout', '30s'),
+    idleTimeout: duration(table, 'idle_timeout', '60s'),
+    retries: integer(table, 'retries', 3),
+    upstreams,
+  };
+}

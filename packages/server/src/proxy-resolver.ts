@@ -1,0 +1,73 @@
+import { RegistryError, assertRepositoryName, type LocalRegistry } from '@wharf/registry-core';
+import type { PullThroughRepository } from '@wharf/proxy';
+import type { ProxyConfig, UpstreamConfig } from './proxy-config.js';
+import type { RepositoryResolver, RequestInfo, ResolvedRepository } from './repositories.js';
+
+const PREFIX = 'proxy/';
+
+function isLoopback(address: string | undefined): boolean {
+  if (!address) return false;
+  return address === '::1' || address.startsWith('127.') || address.startsWith('::ffff:127.');
+}
+
+/**
+ * The one place that decides "local, or pull-through": `proxy/<upstream>/<repository>` names, a
+ * containerd `?ns=<host>` for a name that is not local, and Docker's registry-mirrors mode
+ * (`default_upstream`) for reads of names that are not local. Pushes always stay local.
+ */
+export class ProxyResolver implements RepositoryResolver {
+  private readonly byName = new Map<string, UpstreamConfig>();
+  private readonly byHost = new Map<string, UpstreamConfig>();
+
+  constructor(
+    private readonly local: LocalRegistry,
+    private readonly config: ProxyConfig,
+    private readonly repositories: ReadonlyMap<string, PullThroughRepository>,
+  ) {
+    for (const u of config.upstreams) {
+      for (const name of [u.key, ...u.aliases]) this.byName.set(name, u);
+      this.byHost.set(new URL(u.url).host.toLowerCase(), u);
+      this.byHost.set(u.key, u);
+      for (const alias of u.aliases) this.byHost.set(alias, u);
+    }
+  }
+
+  async resolve(name: string, query: URLSearchParams, request: RequestInfo): Promise<ResolvedRepository> {
+    assertRepositoryName(name);
+    if (name.startsWith(PREFIX)) {
+      const rest = name.slice(PREFIX.length);
+      const slash = rest.indexOf('/');
+      const key = slash < 0 ? rest : rest.slice(0, slash);
+      const upstream = this.byName.get(key);
+      if (!upstream) {
+        throw new RegistryError('NAME_UNKNOWN', `no upstream named "${key}" is configured under proxy/`, { upstream: key });
+      }
+      if (slash < 0) throw new RegistryError('NAME_INVALID', 'a proxy name needs a repository after the upstream', { name });
+      return this.pullThrough(upstream, rest.slice(slash + 1), request);
+    }
+    const local: ResolvedRepository = { repo: name, reader: this.local, writer: this.local };
+    const isRead = request.method === 'GET' || request.method === 'HEAD';
+    if (!isRead) return local;
+    const ns = query.get('ns');
+    const upstream = ns ? this.byHost.get(ns.toLowerCase()) : this.config.defaultUpstream ? this.byName.get(this.config.defaultUpstream) : undefined;
+    if (!upstream || (await this.local.repositoryExists(name))) return local;
+    return this.pullThrough(upstream, name, request);
+  }
+
+  private pullThrough(upstream: UpstreamConfig, path: string, request: RequestInfo): ResolvedRepository {
+    if (!this.config.anonymous && !isLoopback(request.remoteAddress)) {
+      throw new RegistryError('DENIED', 'the dependency proxy serves only local clients until accounts are configured; set [proxy] anonymous = true to open it', {
+        upstream: upstream.key,
+      });
+    }
+    const repo = upstream.officialPrefix && !path.includes('/') ? `${upstream.officialPrefix}${path}` : path;
+    const reader = this.repositories.get(upstream.key);
+    if (!reader) throw new RegistryError('NAME_UNKNOWN', `upstream "${upstream.key}" is not available`, { upstream: upstream.key });
+    return {
+      repo,
+      reader,
+      readOnlyReason: `proxy/${upstream.key}/... is a read-only pull-through cache of ${upstream.key}; push to a repository of your own namespace instead`,
+      namespace: upstream.key,
+    };
+  }
+}
