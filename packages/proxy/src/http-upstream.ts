@@ -196,7 +196,7 @@ export class HttpUpstream implements Upstream {
       const status = 'response' in result ? result.response.statusCode : result.statusCode;
       const headers = 'response' in result ? result.response.headers : result.headers;
       if (status === 429 || status >= 500) {
-        if ('body' in result) result.body.destroy();
+        if ('response' in result) result.body.destroy();
         last = new UpstreamError(
           status === 429 ? 'rate-limited' : 'server-error',
           `upstream ${this.name} answered ${status}`,

@@ -4,3 +4,4 @@ export * from './http-upstream.js';
 export * from './blob-fill.js';
 export * from './cache-index.js';
 export * from './pull-through.js';
+export * from './mirrors.js';

@@ -1,3 +1,4 @@
+import type { MirrorStrategy } from '@wharf/proxy';
 import { isValidRepositoryName } from '@wharf/registry-core';
 import { ConfigError } from './config-error.js';
 import { parseDuration } from './duration.js';
@@ -11,6 +12,10 @@ export interface UpstreamConfig {
   readonly password?: string;
   /** Docker Hub puts one-component names under library/. */
   readonly officialPrefix?: string;
+  /** Further URLs serving the same content; with `url` first, used by `strategy`. */
+  readonly mirrors: readonly string[];
+  readonly strategy: MirrorStrategy;
+  readonly hedgeDelay: number;
 }
 
 export interface ProxyConfig {
@@ -30,7 +35,9 @@ export interface ProxyConfig {
 }
 
 /** Upstreams every Wharf knows; `[proxy.upstreams.<key>]` overrides or adds. */
-export const BUILT_IN_UPSTREAMS: readonly UpstreamConfig[] = [
+const NO_MIRRORS = { mirrors: [], strategy: 'failover', hedgeDelay: 500 } as const;
+
+export const BUILT_IN_UPSTREAMS: readonly UpstreamConfig[] = ([
   { key: 'docker.io', url: 'https://registry-1.docker.io', aliases: ['docker', 'index.docker.io', 'registry-1.docker.io'], officialPrefix: 'library/' },
   { key: 'ghcr.io', url: 'https://ghcr.io', aliases: ['ghcr'] },
   { key: 'quay.io', url: 'https://quay.io', aliases: ['quay'] },
@@ -42,13 +49,14 @@ export const BUILT_IN_UPSTREAMS: readonly UpstreamConfig[] = [
   { key: 'docker.cloudsmith.io', url: 'https://docker.cloudsmith.io', aliases: ['cloudsmith'] },
   { key: 'mcr.microsoft.com', url: 'https://mcr.microsoft.com', aliases: ['mcr'] },
   { key: 'public.ecr.aws', url: 'https://public.ecr.aws', aliases: ['ecr'] },
-];
+] as const).map((u) => ({ ...NO_MIRRORS, ...u }));
 
 const PROXY_KEYS = new Set([
   'enabled', 'anonymous', 'default_upstream', 'manifest_ttl', 'absent_ttl', 'rate_limit_floor',
   'connect_timeout', 'first_byte_timeout', 'idle_timeout', 'retries', 'upstreams',
 ]);
-const UPSTREAM_KEYS = new Set(['url', 'aliases', 'username', 'password', 'password_env', 'library_prefix']);
+const UPSTREAM_KEYS = new Set(['url', 'aliases', 'username', 'password', 'password_env', 'library_prefix', 'mirrors', 'strategy', 'hedge_delay']);
+const STRATEGIES: readonly MirrorStrategy[] = ['failover', 'hedged', 'striped', 'adaptive'];
 
 function isTable(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value) && !(value instanceof Date);
@@ -97,6 +105,16 @@ function upstream(key: string, raw: unknown, env: NodeJS.ProcessEnv, builtIn: Up
     if (password === undefined) throw new ConfigError(`"${where}.password_env" names ${String(raw.password_env)}, which is not set`);
   }
   const prefix = (raw.library_prefix as string | undefined) ?? builtIn?.officialPrefix;
+  const mirrors = raw.mirrors ?? [];
+  if (!Array.isArray(mirrors) || mirrors.some((m) => typeof m !== 'string' || !/^https?:\/\/[^/]+/.test(m))) {
+    throw new ConfigError(`"${where}.mirrors" must be an array of http(s) URLs`);
+  }
+  const strategy = raw.strategy ?? 'failover';
+  if (!STRATEGIES.includes(strategy as MirrorStrategy)) {
+    throw new ConfigError(`"${where}.strategy" must be one of ${STRATEGIES.join(', ')} (got ${JSON.stringify(strategy)})`);
+  }
+  const hedgeDelay = raw.hedge_delay === undefined ? 500 : typeof raw.hedge_delay === 'string' ? parseDuration(raw.hedge_delay) : undefined;
+  if (hedgeDelay === undefined) throw new ConfigError(`"${where}.hedge_delay" must be a duration such as "300ms"`);
   return {
     key,
     url: url.replace(/\/+$/, ''),
@@ -104,6 +122,9 @@ function upstream(key: string, raw: unknown, env: NodeJS.ProcessEnv, builtIn: Up
     ...(raw.username !== undefined ? { username: raw.username as string } : {}),
     ...(password !== undefined ? { password } : {}),
     ...(prefix ? { officialPrefix: prefix.endsWith('/') ? prefix : `${prefix}/` } : {}),
+    mirrors: (mirrors as string[]).map((m) => m.replace(/\/+$/, '')),
+    strategy: strategy as MirrorStrategy,
+    hedgeDelay,
   };
 }
 

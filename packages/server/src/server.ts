@@ -10,12 +10,13 @@ import {
   openDatabase,
   type SqliteDatabase,
 } from '@wharf/registry-core';
-import { BlobFills, CacheIndex, HttpUpstream, PullThroughRepository } from '@wharf/proxy';
+import { BlobFills, CacheIndex, PullThroughRepository } from '@wharf/proxy';
 import { pino, type Logger } from 'pino';
 import { createApp } from './app.js';
 import { ConfigError, type WharfConfig } from './config.js';
 import { ProxyResolver } from './proxy-resolver.js';
 import { LocalResolver, type RepositoryResolver } from './repositories.js';
+import { buildUpstream } from './upstreams.js';
 
 export interface RunningServer {
   readonly url: string;
@@ -86,16 +87,8 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
     const proxyLog = logger.child({ component: 'proxy' });
     for (const u of config.proxy.upstreams) {
       const repository: PullThroughRepository = new PullThroughRepository(
-        new HttpUpstream({
-          name: u.key,
-          url: u.url,
-          ...(u.username !== undefined ? { username: u.username } : {}),
-          ...(u.password !== undefined ? { password: u.password } : {}),
-          timeouts: { connect: config.proxy.connectTimeout, firstByte: config.proxy.firstByteTimeout, idle: config.proxy.idleTimeout },
-          retries: config.proxy.retries,
-          onRateLimit: (remaining) => {
-            repository.rateLimitRemaining = remaining;
-          },
+        buildUpstream(u, config.proxy, (remaining) => {
+          repository.rateLimitRemaining = remaining;
         }),
         index,
         proxyBlobs,

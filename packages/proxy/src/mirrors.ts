@@ -1,0 +1,289 @@
+import { PassThrough } from 'node:stream';
+import type { ByteRange, Digest } from '@wharf/registry-core';
+import { UpstreamError, type Upstream, type UpstreamBlob, type UpstreamHead, type UpstreamManifest } from './upstream.js';
+
+export type MirrorStrategy = 'failover' | 'hedged' | 'striped' | 'adaptive';
+
+export interface MirrorOptions {
+  readonly strategy: MirrorStrategy;
+  /** hedged: start the next mirror when the current one has not answered within this (ms). */
+  readonly hedgeDelay?: number;
+  /** striped: blobs at least this large are fetched as ranges from several mirrors (bytes). */
+  readonly stripeThreshold?: number;
+  /** striped: bytes per range request. */
+  readonly stripeSize?: number;
+  /** striped: ranges in flight at once (bounds memory to about this many stripes). */
+  readonly stripeWindow?: number;
+  /** adaptive: share of requests sent to a mirror other than the best, to keep measuring it. */
+  readonly probeRate?: number;
+  readonly random?: () => number;
+}
+
+interface MirrorStats {
+  /** Exponentially weighted seconds to first answer. */
+  latency: number;
+  /** Exponentially weighted bytes per second of blob bodies. */
+  throughput: number;
+  samples: number;
+  failures: number;
+}
+
+const EWMA = 0.3;
+
+/**
+ * One upstream served by several mirror URLs (the configured `url` first, then `mirrors`):
+ * - failover: in order, the next one on an error or a 404;
+ * - hedged: the next one starts when the current has not answered within hedgeDelay; the first
+ *   answer wins and the others are cancelled;
+ * - striped: a large blob is fetched as byte ranges from all mirrors at once and reassembled in order
+ *   (the fill verifies the digest of the whole);
+ * - adaptive: the mirror with the best recent latency and throughput, with an occasional probe of
+ *   another, and failover behind it.
+ */
+export class MirroredUpstream implements Upstream {
+  readonly name: string;
+  private readonly stats: MirrorStats[];
+  private readonly random: () => number;
+
+  constructor(
+    private readonly mirrors: readonly Upstream[],
+    private readonly options: MirrorOptions,
+  ) {
+    if (mirrors.length === 0) throw new Error('MirroredUpstream needs at least one mirror');
+    this.name = mirrors[0]!.name;
+    this.stats = mirrors.map(() => ({ latency: 0, throughput: 0, samples: 0, failures: 0 }));
+    this.random = options.random ?? Math.random;
+  }
+
+  head(repo: string, reference: string, signal?: AbortSignal): Promise<UpstreamHead | undefined> {
+    return this.pick((m, s) => m.head(repo, reference, s), signal);
+  }
+
+  manifest(repo: string, reference: string, signal?: AbortSignal): Promise<UpstreamManifest | undefined> {
+    return this.pick((m, s) => m.manifest(repo, reference, s), signal);
+  }
+
+  hasBlob(repo: string, digest: Digest, signal?: AbortSignal): Promise<boolean> {
+    return this.pick(async (m, s) => ((await m.hasBlob(repo, digest, s)) ? true : undefined), signal).then((found) => found === true);
+  }
+
+  async blob(repo: string, digest: Digest, range?: ByteRange, signal?: AbortSignal): Promise<UpstreamBlob | undefined> {
+    if (this.options.strategy === 'striped' && !range && this.mirrors.length > 1) {
+      const striped = await this.striped(repo, digest, signal);
+      if (striped) return striped;
+    }
+    return this.pick((m, s) => m.blob(repo, digest, range, s), signal, true);
+  }
+
+  /** Order in which mirrors are asked, by strategy. */
+  order(): number[] {
+    const all = this.mirrors.map((_, i) => i);
+    if (this.options.strategy !== 'adaptive') return all;
+    const ranked = [...all].sort((a, b) => this.score(b) - this.score(a));
+    const probeRate = this.options.probeRate ?? 0.1;
+    if (ranked.length > 1 && this.random() < probeRate) {
+      // Probe: put a random other mirror first so its figures stay current.
+      const other = 1 + Math.floor(this.random() * (ranked.length - 1));
+      [ranked[0], ranked[other]] = [ranked[other]!, ranked[0]!];
+    }
+    return ranked;
+  }
+
+  /** Higher is better; unmeasured mirrors score high so that each is tried. */
+  private score(i: number): number {
+    const s = this.stats[i]!;
+    if (s.samples === 0) return Number.MAX_SAFE_INTEGER - i;
+    const penalty = 1 + s.failures;
+    return (1 / Math.max(s.latency, 0.001) + s.throughput / 1e6) / penalty;
+  }
+
+  private record(i: number, started: number, ok: boolean): void {
+    const s = this.stats[i]!;
+    const seconds = (performance.now() - started) / 1000;
+    if (!ok) {
+      s.failures += 1;
+      return;
+    }
+    s.failures = Math.max(0, s.failures - 1);
+    s.latency = s.samples === 0 ? seconds : s.latency * (1 - EWMA) + seconds * EWMA;
+    s.samples += 1;
+  }
+
+  private measureBody(i: number, blob: UpstreamBlob): UpstreamBlob {
+    const started = performance.now();
+    let bytes = 0;
+    blob.body.on('data', (chunk: Buffer) => {
+      bytes += chunk.length;
+    });
+    blob.body.once('end', () => {
+      const seconds = (performance.now() - started) / 1000;
+      if (seconds > 0.01 && bytes > 64 * 1024) {
+        const s = this.stats[i]!;
+        const rate = bytes / seconds;
+        s.throughput = s.throughput === 0 ? rate : s.throughput * (1 - EWMA) + rate * EWMA;
+      }
+    });
+    return blob;
+  }
+
+  /**
+   * Runs `call` against mirrors in strategy order. undefined (404) from one mirror moves on to the
+   * next; the result is undefined only when every mirror said so. Errors move on too; the last error is
+   * thrown when no mirror answered.
+   */
+  private async pick<T>(call: (m: Upstream, signal?: AbortSignal) => Promise<T | undefined>, signal?: AbortSignal, isBlob = false): Promise<T | undefined> {
+    const order = this.order();
+    if (this.options.strategy === 'hedged') return this.hedged(order, call, signal, isBlob);
+    let lastError: unknown;
+    let sawAbsent = false;
+    for (const i of order) {
+      const started = performance.now();
+      try {
+        const result = await call(this.mirrors[i]!, signal);
+        this.record(i, started, true);
+        if (result !== undefined) return isBlob ? (this.measureBody(i, result as UpstreamBlob) as T) : result;
+        sawAbsent = true;
+      } catch (err) {
+        if (signal?.aborted) throw err;
+        this.record(i, started, false);
+        lastError = err;
+      }
+    }
+    if (sawAbsent || lastError === undefined) return undefined;
+    throw lastError;
+  }
+
+  private hedged<T>(order: number[], call: (m: Upstream, signal?: AbortSignal) => Promise<T | undefined>, signal: AbortSignal | undefined, isBlob: boolean): Promise<T | undefined> {
+    const delay = this.options.hedgeDelay ?? 500;
+    return new Promise<T | undefined>((resolve, reject) => {
+      const controllers: AbortController[] = [];
+      let settled = false;
+      let pending = 0;
+      let next = 0;
+      let sawAbsent = false;
+      let lastError: unknown;
+      let timer: NodeJS.Timeout | undefined;
+
+      const finish = (winner: number | undefined, result: T | undefined, error?: unknown) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        controllers.forEach((c, i) => {
+          if (i !== winner) c.abort(new Error('hedged request lost the race'));
+        });
+        if (error !== undefined) reject(error);
+        else resolve(result);
+      };
+      const launch = () => {
+        if (settled || next >= order.length) return;
+        const position = next++;
+        const i = order[position]!;
+        const controller = new AbortController();
+        controllers[position] = controller;
+        signal?.addEventListener('abort', () => controller.abort(signal.reason), { once: true });
+        pending += 1;
+        const started = performance.now();
+        clearTimeout(timer);
+        timer = setTimeout(launch, delay);
+        call(this.mirrors[i]!, controller.signal).then(
+          (result) => {
+            pending -= 1;
+            this.record(i, started, true);
+            if (result !== undefined) {
+              if (settled && isBlob) (result as UpstreamBlob).body.destroy();
+              finish(position, isBlob ? (this.measureBody(i, result as UpstreamBlob) as T) : result);
+              return;
+            }
+            sawAbsent = true;
+            if (next < order.length) launch();
+            else if (pending === 0) finish(undefined, undefined);
+          },
+          (err: unknown) => {
+            pending -= 1;
+            if (!controller.signal.aborted) this.record(i, started, false);
+            lastError = err;
+            if (next < order.length) launch();
+            else if (pending === 0) finish(undefined, undefined, sawAbsent ? undefined : lastError);
+          },
+        );
+      };
+      launch();
+    });
+  }
+
+  /**
+   * Fetches the blob as consecutive ranges spread over the mirrors, a bounded window in flight, and
+   * emits them in order. undefined when the size cannot be learnt cheaply or the blob is small: the
+   * caller then falls back to one mirror.
+   */
+  private async striped(repo: string, digest: Digest, signal?: AbortSignal): Promise<UpstreamBlob | undefined> {
+    const threshold = this.options.stripeThreshold ?? 32 * 1024 * 1024;
+    const stripe = this.options.stripeSize ?? 8 * 1024 * 1024;
+    const window = this.options.stripeWindow ?? Math.max(2, this.mirrors.length * 2);
+    let probe: UpstreamBlob | undefined;
+    try {
+      probe = await this.pick((m, s) => m.blob(repo, digest, { start: 0, end: 0 }, s), signal);
+    } catch {
+      return undefined;
+    }
+    if (!probe) return undefined;
+    probe.body.resume();
+    const size = probe.size;
+    if (size === undefined || size < threshold) return undefined;
+
+    const ranges: ByteRange[] = [];
+    for (let start = 0; start < size; start += stripe) ranges.push({ start, end: Math.min(size, start + stripe) - 1 });
+    const out = new PassThrough({ highWaterMark: stripe });
+    const fetchRange = async (index: number): Promise<Buffer> => {
+      const range = ranges[index]!;
+      // Each range goes to the next mirror in turn; a failing mirror hands the range to the others.
+      const first = index % this.mirrors.length;
+      const order = this.mirrors.map((_, k) => (first + k) % this.mirrors.length);
+      let lastError: unknown;
+      for (const i of order) {
+        try {
+          const part = await this.mirrors[i]!.blob(repo, digest, range, signal);
+          if (!part) continue;
+          const chunks: Buffer[] = [];
+          for await (const chunk of part.body as AsyncIterable<Buffer>) chunks.push(chunk);
+          const bytes = Buffer.concat(chunks);
+          if (bytes.length !== range.end - range.start + 1) throw new UpstreamError('invalid', `mirror sent ${bytes.length} bytes for a range of ${range.end - range.start + 1}`);
+          return bytes;
+        } catch (err) {
+          lastError = err;
+        }
+      }
+      throw lastError ?? new UpstreamError('invalid', 'no mirror has this blob range');
+    };
+    const inFlight = new Map<number, Promise<Buffer>>();
+    let launched = 0;
+    const fill = () => {
+      while (launched < ranges.length && inFlight.size < window) {
+        const index = launched++;
+        const promise = fetchRange(index);
+        promise.catch(() => undefined);
+        inFlight.set(index, promise);
+      }
+    };
+    void (async () => {
+      try {
+        for (let index = 0; index < ranges.length; index++) {
+          fill();
+          const bytes = await inFlight.get(index)!;
+          inFlight.delete(index);
+          if (out.destroyed) return; // the fill went away: stop fetching
+          if (!out.write(bytes)) {
+            await new Promise((r) => {
+              out.once('drain', r);
+              out.once('close', r);
+            });
+          }
+        }
+        out.end();
+      } catch (err) {
+        out.destroy(err as Error);
+      }
+    })();
+    return { size, body: out };
+  }
+}

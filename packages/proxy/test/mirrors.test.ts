@@ -1,0 +1,173 @@
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { createHash, randomBytes } from 'node:crypto';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Digest } from '@wharf/registry-core';
+import { HttpUpstream } from '../src/http-upstream.js';
+import { MirroredUpstream, type MirrorOptions } from '../src/mirrors.js';
+
+const BLOB = randomBytes(3 * 1024 * 1024 + 123);
+const DIGEST = `sha256:${createHash('sha256').update(BLOB).digest('hex')}` as Digest;
+const MANIFEST = Buffer.from('{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}');
+const MANIFEST_DIGEST = `sha256:${createHash('sha256').update(MANIFEST).digest('hex')}`;
+
+interface Mirror {
+  url: string;
+  server: Server;
+  /** Requests seen, as "METHOD path [range]". */
+  log: string[];
+  delayMs: number;
+  mode: 'ok' | 'fail' | 'missing';
+}
+
+/** A real registry-shaped HTTP server that serves one blob and one manifest, with a delay or a failure. */
+async function startMirror(): Promise<Mirror> {
+  const mirror = { log: [] as string[], delayMs: 0, mode: 'ok' } as Mirror;
+  mirror.server = createServer((req, res) => {
+    mirror.log.push(`${req.method} ${req.url}${req.headers.range ? ` ${req.headers.range}` : ''}`);
+    setTimeout(() => {
+      if (res.destroyed) return;
+      if (mirror.mode === 'fail') {
+        res.writeHead(500).end();
+        return;
+      }
+      if (mirror.mode === 'missing') {
+        res.writeHead(404).end();
+        return;
+      }
+      if (req.url?.includes('/manifests/')) {
+        res.writeHead(200, { 'content-type': 'application/vnd.oci.image.manifest.v1+json', 'docker-content-digest': MANIFEST_DIGEST, 'content-length': MANIFEST.length });
+        res.end(req.method === 'HEAD' ? undefined : MANIFEST);
+        return;
+      }
+      const m = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '');
+      if (m) {
+        const start = Number(m[1]);
+        const end = Math.min(Number(m[2]), BLOB.length - 1);
+        res.writeHead(206, { 'content-length': end - start + 1, 'content-range': `bytes ${start}-${end}/${BLOB.length}` });
+        res.end(BLOB.subarray(start, end + 1));
+        return;
+      }
+      res.writeHead(200, { 'content-length': BLOB.length });
+      res.end(req.method === 'HEAD' ? undefined : BLOB);
+    }, mirror.delayMs);
+  });
+  await new Promise<void>((r) => mirror.server.listen(0, '127.0.0.1', r));
+  mirror.url = `http://127.0.0.1:${(mirror.server.address() as AddressInfo).port}`;
+  return mirror;
+}
+
+async function readAll(body: NodeJS.ReadableStream): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of body as AsyncIterable<Buffer>) chunks.push(chunk);
+  return Buffer.concat(chunks);
+}
+
+describe('mirror strategies', () => {
+  const mirrors: Mirror[] = [];
+  beforeAll(async () => {
+    for (let i = 0; i < 3; i++) mirrors.push(await startMirror());
+  });
+  afterAll(async () => {
+    for (const m of mirrors) {
+      m.server.closeAllConnections();
+      await new Promise((r) => m.server.close(r));
+    }
+  });
+  function reset(): void {
+    for (const m of mirrors) {
+      m.log.length = 0;
+      m.delayMs = 0;
+      m.mode = 'ok';
+    }
+  }
+  function upstream(options: MirrorOptions): MirroredUpstream {
+    return new MirroredUpstream(
+      mirrors.map((m) => new HttpUpstream({ name: 'up', url: m.url, retries: 0 })),
+      options,
+    );
+  }
+
+  test('failover tries mirrors in order and moves past a failing one', async () => {
+    reset();
+    mirrors[0]!.mode = 'fail';
+    const blob = await upstream({ strategy: 'failover' }).blob('lib/app', DIGEST);
+    expect((await readAll(blob!.body)).equals(BLOB)).toBe(true);
+    expect(mirrors[0]!.log).toHaveLength(1);
+    expect(mirrors[1]!.log).toHaveLength(1);
+    expect(mirrors[2]!.log).toHaveLength(0);
+  });
+
+  test('failover passes a 404 on to the next mirror and answers absent only when all lack it', async () => {
+    reset();
+    mirrors[0]!.mode = 'missing';
+    expect(await upstream({ strategy: 'failover' }).manifest('lib/app', '1')).toBeDefined();
+    for (const m of mirrors) m.mode = 'missing';
+    expect(await upstream({ strategy: 'failover' }).manifest('lib/app', '1')).toBeUndefined();
+  });
+
+  test('failover throws the last error when every mirror fails', async () => {
+    reset();
+    for (const m of mirrors) m.mode = 'fail';
+    await expect(upstream({ strategy: 'failover' }).manifest('lib/app', '1')).rejects.toMatchObject({ failure: 'server-error' });
+  });
+
+  test('hedged starts the next mirror after the delay and takes the first answer', async () => {
+    reset();
+    mirrors[0]!.delayMs = 1500;
+    const started = performance.now();
+    const manifest = await upstream({ strategy: 'hedged', hedgeDelay: 100 }).manifest('lib/app', '1');
+    const elapsed = performance.now() - started;
+    expect(manifest?.bytes.equals(MANIFEST)).toBe(true);
+    expect(mirrors[0]!.log).toHaveLength(1);
+    expect(mirrors[1]!.log).toHaveLength(1);
+    expect(mirrors[2]!.log).toHaveLength(0); // the second answered before a third was needed
+    expect(elapsed).toBeLessThan(1500);
+  });
+
+  test('hedged does not start a second request when the first answers in time', async () => {
+    reset();
+    await upstream({ strategy: 'hedged', hedgeDelay: 1000 }).manifest('lib/app', '1');
+    expect(mirrors[0]!.log).toHaveLength(1);
+    expect(mirrors[1]!.log).toHaveLength(0);
+  });
+
+  test('striped fetches ranges from every mirror and reassembles them in order', async () => {
+    reset();
+    const blob = await upstream({ strategy: 'striped', stripeThreshold: 1024 * 1024, stripeSize: 256 * 1024 }).blob('lib/app', DIGEST);
+    expect(blob?.size).toBe(BLOB.length);
+    const bytes = await readAll(blob!.body);
+    expect(createHash('sha256').update(bytes).digest('hex')).toBe(DIGEST.slice(7));
+    for (const m of mirrors) expect(m.log.filter((l) => l.includes('bytes=') && !l.endsWith('bytes=0-0')).length).toBeGreaterThan(2);
+  });
+
+  test('striped hands the ranges of a failing mirror to the others', async () => {
+    reset();
+    const up = upstream({ strategy: 'striped', stripeThreshold: 1024 * 1024, stripeSize: 256 * 1024 });
+    mirrors[1]!.mode = 'fail';
+    const blob = await up.blob('lib/app', DIGEST);
+    expect((await readAll(blob!.body)).equals(BLOB)).toBe(true);
+  });
+
+  test('striped leaves small blobs to a single mirror', async () => {
+    reset();
+    const blob = await upstream({ strategy: 'striped', stripeThreshold: 64 * 1024 * 1024 }).blob('lib/app', DIGEST);
+    expect((await readAll(blob!.body)).equals(BLOB)).toBe(true);
+    const full = mirrors.flatMap((m) => m.log).filter((l) => l.startsWith('GET') && !l.includes('bytes='));
+    expect(full).toHaveLength(1);
+  });
+
+  test('adaptive prefers the mirror that answers fastest, and still probes the others', async () => {
+    reset();
+    mirrors[0]!.delayMs = 150;
+    mirrors[1]!.delayMs = 5;
+    mirrors[2]!.delayMs = 80;
+    let tick = 0;
+    const up = upstream({ strategy: 'adaptive', probeRate: 0.2, random: () => ((tick++ * 0.37) % 1) });
+    for (let i = 0; i < 20; i++) await up.manifest('lib/app', '1');
+    const counts = mirrors.map((m) => m.log.length);
+    expect(counts[1]).toBeGreaterThan(counts[0]!);
+    expect(counts[1]).toBeGreaterThan(counts[2]!);
+    expect(counts[0]! + counts[2]!).toBeGreaterThan(2); // probes keep measuring the slower ones
+  });
+});

@@ -1,0 +1,18 @@
+import { HttpUpstream, MirroredUpstream, type Upstream } from '@wharf/proxy';
+import type { ProxyConfig, UpstreamConfig } from './proxy-config.js';
+
+/** The client for one configured upstream: one URL, or its URL and mirrors behind a strategy. */
+export function buildUpstream(u: UpstreamConfig, proxy: ProxyConfig, onRateLimit: (remaining: number) => void): Upstream {
+  const client = (url: string) =>
+    new HttpUpstream({
+      name: u.key,
+      url,
+      ...(u.username !== undefined ? { username: u.username } : {}),
+      ...(u.password !== undefined ? { password: u.password } : {}),
+      timeouts: { connect: proxy.connectTimeout, firstByte: proxy.firstByteTimeout, idle: proxy.idleTimeout },
+      retries: proxy.retries,
+      onRateLimit,
+    });
+  if (u.mirrors.length === 0) return client(u.url);
+  return new MirroredUpstream([u.url, ...u.mirrors].map(client), { strategy: u.strategy, hedgeDelay: u.hedgeDelay });
+}
