@@ -5,3 +5,4 @@ export * from './blob-fill.js';
 export * from './cache-index.js';
 export * from './pull-through.js';
 export * from './mirrors.js';
+export * from './cache-eviction.js';

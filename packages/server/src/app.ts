@@ -5,6 +5,7 @@ import type { Logger } from 'pino';
 import { ociErrors } from './http/oci-errors.js';
 import { requestLog } from './http/request-log.js';
 import type { RepositoryResolver } from './repositories.js';
+import { registerAdmin, type AdminDeps } from './routes/admin.js';
 import { registerBase } from './routes/base.js';
 import { registerBlobs } from './routes/blobs.js';
 import { registerCatalog } from './routes/catalog.js';
@@ -18,6 +19,7 @@ export interface AppOptions {
   /** Decides which repository serves a name: the one place that knows local from pull-through. */
   readonly resolver: RepositoryResolver;
   readonly logger: Logger;
+  readonly admin?: AdminDeps;
 }
 
 export function createApp(options: AppOptions): Koa {
@@ -41,6 +43,11 @@ export function createApp(options: AppOptions): Koa {
     await next();
   });
   app.use(ociErrors(options.logger));
+  if (options.admin) {
+    const admin = new Router();
+    registerAdmin(admin, options.admin);
+    app.use(admin.routes());
+  }
   app.use(v2.routes());
   app.use(v2.allowedMethods({ throw: true }));
   return app;

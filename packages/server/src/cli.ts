@@ -1,6 +1,9 @@
 #!/usr/bin/env node
 import { Command } from 'commander';
+import { CacheEviction } from '@wharf/proxy';
+import { FsBlobStore, openDatabase } from '@wharf/registry-core';
 import { ConfigError, loadConfig } from './config.js';
+import { findUpstream } from './proxy-config.js';
 import { startServer } from './server.js';
 
 const program = new Command();
@@ -49,6 +52,31 @@ config
     try {
       const c = loadConfig({ file: opts.config });
       process.stdout.write(`configuration OK: listen ${c.listen.host}:${c.listen.port}, registry_storage ${c.registryStorage}, database ${c.database}\n`);
+    } catch (err) {
+      fail(err);
+    }
+  });
+
+const proxy = program.command('proxy').description('dependency proxy tools');
+proxy
+  .command('purge')
+  .description('forget what the proxy cached from an upstream, or from one of its repositories')
+  .argument('<upstream>', 'upstream key or alias, e.g. docker.io')
+  .argument('[repository]', 'repository at that upstream, e.g. library/alpine')
+  .option('-c, --config <file>', 'configuration file', 'configuration.toml')
+  .action(async (name: string, repository: string | undefined, opts: { config: string }) => {
+    try {
+      const c = loadConfig({ file: opts.config });
+      const upstream = findUpstream(c.proxy, name);
+      if (!upstream) throw new ConfigError(`no upstream "${name}" in the configuration`);
+      const repo = repository && upstream.officialPrefix && !repository.includes('/') ? `${upstream.officialPrefix}${repository}` : repository;
+      const db = openDatabase(c.database);
+      try {
+        const report = await new CacheEviction(db, new FsBlobStore(c.proxyStorage, c.temporaryRegistryStorage)).purge(upstream.key, repo);
+        process.stdout.write(`purged ${upstream.key}${repo ? `/${repo}` : ''}: ${report.manifests} manifests, ${report.blobs} blobs, ${report.bytes} bytes\n`);
+      } finally {
+        db.close();
+      }
     } catch (err) {
       fail(err);
     }

@@ -31,6 +31,12 @@ export interface ProxyConfig {
   readonly firstByteTimeout: number;
   readonly idleTimeout: number;
   readonly retries: number;
+  /** Cached content not accessed for this long is evicted (ms). */
+  readonly cacheTtl: number;
+  /** Upper bound of cached blob bytes, least recently used evicted first (0: none). */
+  readonly maxSize: number;
+  /** How often the eviction sweep runs (ms). */
+  readonly evictionInterval: number;
   readonly upstreams: readonly UpstreamConfig[];
 }
 
@@ -54,7 +60,21 @@ export const BUILT_IN_UPSTREAMS: readonly UpstreamConfig[] = ([
 const PROXY_KEYS = new Set([
   'enabled', 'anonymous', 'default_upstream', 'manifest_ttl', 'absent_ttl', 'rate_limit_floor',
   'connect_timeout', 'first_byte_timeout', 'idle_timeout', 'retries', 'upstreams',
+  'cache_ttl', 'max_size', 'eviction_interval',
 ]);
+
+const SIZE_UNITS: Record<string, number> = {
+  '': 1, b: 1, kb: 1e3, mb: 1e6, gb: 1e9, tb: 1e12, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3, tib: 1024 ** 4,
+};
+
+/** "50GB", "500MiB", "0", or a number of bytes. */
+export function parseSize(value: unknown): number | undefined {
+  if (typeof value === 'number') return Number.isSafeInteger(value) && value >= 0 ? value : undefined;
+  if (typeof value !== 'string') return undefined;
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(value);
+  const unit = m ? SIZE_UNITS[m[2]!.toLowerCase()] : undefined;
+  return m && unit !== undefined ? Math.floor(Number(m[1]) * unit) : undefined;
+}
 const UPSTREAM_KEYS = new Set(['url', 'aliases', 'username', 'password', 'password_env', 'library_prefix', 'mirrors', 'strategy', 'hedge_delay']);
 const STRATEGIES: readonly MirrorStrategy[] = ['failover', 'hedged', 'striped', 'adaptive'];
 
@@ -75,6 +95,12 @@ function integer(table: Record<string, unknown>, key: string, fallback: number):
   const raw = table[key] ?? fallback;
   if (typeof raw !== 'number' || !Number.isInteger(raw) || raw < 0) throw new ConfigError(`"proxy.${key}" must be a non-negative integer`);
   return raw;
+}
+
+function size(table: Record<string, unknown>, key: string): number {
+  const bytes = parseSize(table[key] ?? 0);
+  if (bytes === undefined) throw new ConfigError(`"proxy.${key}" must be a size such as "50GB" or "500MiB" (got ${JSON.stringify(table[key])})`);
+  return bytes;
 }
 
 function boolean(table: Record<string, unknown>, key: string, fallback: boolean): boolean {
@@ -160,6 +186,14 @@ export function buildProxyConfig(raw: unknown, env: NodeJS.ProcessEnv): ProxyCon
     firstByteTimeout: duration(table, 'first_byte_timeout', '30s'),
     idleTimeout: duration(table, 'idle_timeout', '60s'),
     retries: integer(table, 'retries', 3),
+    cacheTtl: duration(table, 'cache_ttl', '90d'),
+    maxSize: size(table, 'max_size'),
+    evictionInterval: duration(table, 'eviction_interval', '1h'),
     upstreams,
   };
+}
+
+/** The upstream a key or alias names. */
+export function findUpstream(proxy: ProxyConfig, name: string): UpstreamConfig | undefined {
+  return proxy.upstreams.find((u) => u.key === name || u.aliases.includes(name));
 }

@@ -1,14 +1,10 @@
 import { RegistryError, assertRepositoryName, type LocalRegistry } from '@wharf/registry-core';
 import type { PullThroughRepository } from '@wharf/proxy';
+import { isLoopback } from './http/loopback.js';
 import type { ProxyConfig, UpstreamConfig } from './proxy-config.js';
 import type { RepositoryResolver, RequestInfo, ResolvedRepository } from './repositories.js';
 
 const PREFIX = 'proxy/';
-
-function isLoopback(address: string | undefined): boolean {
-  if (!address) return false;
-  return address === '::1' || address.startsWith('127.') || address.startsWith('::ffff:127.');
-}
 
 /**
  * The one place that decides "local, or pull-through": `proxy/<upstream>/<repository>` names, a

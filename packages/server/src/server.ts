@@ -10,10 +10,11 @@ import {
   openDatabase,
   type SqliteDatabase,
 } from '@wharf/registry-core';
-import { BlobFills, CacheIndex, PullThroughRepository } from '@wharf/proxy';
+import { BlobFills, CacheEviction, CacheIndex, PullThroughRepository } from '@wharf/proxy';
 import { pino, type Logger } from 'pino';
 import { createApp } from './app.js';
 import { ConfigError, type WharfConfig } from './config.js';
+import { findUpstream } from './proxy-config.js';
 import { ProxyResolver } from './proxy-resolver.js';
 import { LocalResolver, type RepositoryResolver } from './repositories.js';
 import { buildUpstream } from './upstreams.js';
@@ -27,6 +28,7 @@ export interface RunningServer {
   /** Pull-through repositories by upstream key (empty when the proxy is disabled). */
   readonly proxies: ReadonlyMap<string, PullThroughRepository>;
   readonly fills: BlobFills;
+  readonly eviction: CacheEviction;
   close(): Promise<void>;
 }
 
@@ -81,6 +83,7 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
   const proxyBlobs = new FsBlobStore(config.proxyStorage, config.temporaryRegistryStorage);
   const fills = new BlobFills({ store: proxyBlobs, tempRoot: config.temporaryRegistryStorage });
   const proxies = new Map<string, PullThroughRepository>();
+  const eviction = new CacheEviction(db, proxyBlobs, fills);
   let resolver: RepositoryResolver = new LocalResolver(local);
   if (config.proxy.enabled) {
     const index = new CacheIndex(db);
@@ -100,7 +103,12 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
     }
     resolver = new ProxyResolver(local, config.proxy, proxies);
   }
-  const app = createApp({ local, resolver, logger });
+  const app = createApp({
+    local,
+    resolver,
+    logger,
+    admin: { eviction, resolveUpstream: (name) => findUpstream(config.proxy, name) },
+  });
 
   const server = createServer(app.callback());
   // Blob transfers are limited by idle time, never by total time (a multi-GB layer takes a while).
@@ -120,6 +128,16 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
   await expireUploads();
   const expiry = setInterval(expireUploads, Math.max(60_000, Math.min(config.uploadMaxAge / 4, 3_600_000)));
   expiry.unref();
+  const sweep = async () => {
+    try {
+      const report = await eviction.sweep({ cacheTtl: config.proxy.cacheTtl, maxSize: config.proxy.maxSize });
+      if (report.blobs + report.manifests > 0) logger.info(report, 'proxy cache evicted');
+    } catch (err) {
+      logger.warn({ err }, 'proxy cache eviction failed');
+    }
+  };
+  const sweeper = config.proxy.enabled ? setInterval(sweep, Math.max(1000, config.proxy.evictionInterval)) : undefined;
+  sweeper?.unref();
 
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -142,9 +160,11 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
     db,
     proxies,
     fills,
+    eviction,
     close() {
       closed ??= (async () => {
         clearInterval(expiry);
+        if (sweeper) clearInterval(sweeper);
         await new Promise<void>((resolve) => {
           server.close(() => resolve());
           server.closeIdleConnections();

@@ -1,0 +1,106 @@
+import type { BlobStore, Digest, SqliteDatabase } from '@wharf/registry-core';
+import type { BlobFills } from './blob-fill.js';
+import { CacheIndex } from './cache-index.js';
+
+export interface EvictionPolicy {
+  /** Cached content not accessed for this long is removed (ms). */
+  readonly cacheTtl: number;
+  /** Past this many bytes of cached blobs, the least recently used go (0: no limit). */
+  readonly maxSize: number;
+}
+
+export interface EvictionReport {
+  readonly manifests: number;
+  readonly blobs: number;
+  readonly bytes: number;
+}
+
+/**
+ * Removes cached proxy content: by last access (cacheTtl), by total size (least recently used first),
+ * and on demand for one upstream or one repository. Expiry is data, not timers: every row carries its
+ * access time and a sweep compares. A blob that a fill is writing is never touched.
+ */
+export class CacheEviction {
+  constructor(
+    private readonly db: SqliteDatabase,
+    private readonly store: BlobStore,
+    private readonly fills?: BlobFills,
+  ) {
+    new CacheIndex(db); // make sure the tables exist
+  }
+
+  async sweep(policy: EvictionPolicy, now = Date.now()): Promise<EvictionReport> {
+    const cutoff = now - policy.cacheTtl;
+    const manifests = this.db.transaction(() => {
+      const removed = this.db.prepare('DELETE FROM proxy_manifests WHERE accessed_at < ?').run(cutoff).changes;
+      this.deleteDanglingTags();
+      return removed;
+    })();
+    const expired = this.db.prepare('SELECT digest, size FROM proxy_blobs WHERE accessed_at < ?').all(cutoff) as { digest: Digest; size: number }[];
+    let { blobs, bytes } = await this.removeBlobs(expired);
+    if (policy.maxSize > 0) {
+      let total = (this.db.prepare('SELECT COALESCE(SUM(size), 0) AS total FROM proxy_blobs').get() as { total: number }).total;
+      if (total > policy.maxSize) {
+        const lru = this.db.prepare('SELECT digest, size FROM proxy_blobs ORDER BY accessed_at ASC').iterate() as Iterable<{ digest: Digest; size: number }>;
+        const victims: { digest: Digest; size: number }[] = [];
+        for (const row of lru) {
+          if (total <= policy.maxSize) break;
+          if (this.fills?.current(row.digest)) continue;
+          victims.push(row);
+          total -= row.size;
+        }
+        const more = await this.removeBlobs(victims);
+        blobs += more.blobs;
+        bytes += more.bytes;
+      }
+    }
+    return { manifests, blobs, bytes };
+  }
+
+  /** Forgets everything cached from one upstream, or from one of its repositories. */
+  async purge(upstream: string, repository?: string): Promise<EvictionReport> {
+    const where = repository === undefined ? 'upstream = ?' : 'upstream = ? AND repository = ?';
+    const args = repository === undefined ? [upstream] : [upstream, repository];
+    const manifests = this.db.transaction(() => {
+      const removed = this.db.prepare(`DELETE FROM proxy_manifests WHERE ${where}`).run(...args).changes;
+      this.db.prepare(`DELETE FROM proxy_tags WHERE ${where}`).run(...args);
+      this.db.prepare(`DELETE FROM proxy_absent WHERE ${where}`).run(...args);
+      this.db.prepare(`DELETE FROM proxy_repository_blobs WHERE ${where}`).run(...args);
+      return removed;
+    })();
+    // Blobs that no repository of any upstream links any more.
+    const orphans = this.db
+      .prepare('SELECT b.digest, b.size FROM proxy_blobs b WHERE NOT EXISTS (SELECT 1 FROM proxy_repository_blobs l WHERE l.digest = b.digest)')
+      .all() as { digest: Digest; size: number }[];
+    const { blobs, bytes } = await this.removeBlobs(orphans);
+    return { manifests, blobs, bytes };
+  }
+
+  private deleteDanglingTags(): void {
+    this.db
+      .prepare(
+        `DELETE FROM proxy_tags WHERE NOT EXISTS (SELECT 1 FROM proxy_manifests m WHERE m.upstream = proxy_tags.upstream
+         AND m.repository = proxy_tags.repository AND m.digest = proxy_tags.digest)`,
+      )
+      .run();
+  }
+
+  private async removeBlobs(rows: readonly { digest: Digest; size: number }[]): Promise<{ blobs: number; bytes: number }> {
+    let blobs = 0;
+    let bytes = 0;
+    const forget = this.db.transaction((digest: Digest) => {
+      this.db.prepare('DELETE FROM proxy_repository_blobs WHERE digest = ?').run(digest);
+      return this.db.prepare('DELETE FROM proxy_blobs WHERE digest = ?').run(digest).changes;
+    });
+    for (const row of rows) {
+      if (this.fills?.current(row.digest)) continue;
+      // Rows first: a reader that still finds the row finds the file; one that misses the row refetches.
+      if (forget(row.digest) > 0) {
+        await this.store.remove(row.digest);
+        blobs += 1;
+        bytes += row.size;
+      }
+    }
+    return { blobs, bytes };
+  }
+}

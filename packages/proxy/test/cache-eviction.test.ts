@@ -1,0 +1,121 @@
+import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { FsBlobStore, digestOf, openDatabase, type Digest, type SqliteDatabase } from '@wharf/registry-core';
+import { CacheEviction } from '../src/cache-eviction.js';
+import { CacheIndex } from '../src/cache-index.js';
+
+const DAY = 86_400_000;
+
+describe('proxy cache eviction', () => {
+  let dir: string;
+  let db: SqliteDatabase;
+  let store: FsBlobStore;
+  let index: CacheIndex;
+  let eviction: CacheEviction;
+
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'wharf-evict-'));
+    await mkdir(join(dir, 'tmp'));
+    db = openDatabase(join(dir, 'db'));
+    store = new FsBlobStore(join(dir, 'proxy'), join(dir, 'tmp'));
+    index = new CacheIndex(db);
+    eviction = new CacheEviction(db, store);
+  });
+  afterEach(async () => {
+    db.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  /** Caches a blob of `size` bytes for upstream/repo, last accessed at `at`. */
+  async function cacheBlob(upstream: string, repo: string, size: number, at: number): Promise<Digest> {
+    const bytes = Buffer.alloc(size, `${upstream}/${repo}/${size}/${at}`);
+    const blob = await store.ingest(Readable.from([bytes]), { digest: digestOf(bytes) });
+    index.putBlob(blob.digest, blob.size, at);
+    index.link(upstream, repo, blob.digest);
+    return blob.digest;
+  }
+
+  function cacheManifest(upstream: string, repo: string, tag: string, at: number): Digest {
+    const bytes = Buffer.from(`{"schemaVersion":2,"tag":"${tag}"}`);
+    const manifest = { digest: digestOf(bytes), mediaType: 'application/vnd.oci.image.manifest.v1+json', bytes };
+    index.putManifest(upstream, repo, manifest, at);
+    index.putTag(upstream, repo, tag, manifest.digest, at);
+    return manifest.digest;
+  }
+
+  test('a sweep removes what was not accessed within cache_ttl and keeps the rest', async () => {
+    const now = Date.now();
+    const old = await cacheBlob('docker.io', 'library/a', 100, now - 100 * DAY);
+    const fresh = await cacheBlob('docker.io', 'library/a', 200, now - DAY);
+    const oldManifest = cacheManifest('docker.io', 'library/a', 'old', now - 100 * DAY);
+    cacheManifest('docker.io', 'library/a', 'new', now - DAY);
+
+    const report = await eviction.sweep({ cacheTtl: 90 * DAY, maxSize: 0 }, now);
+
+    expect(report).toEqual({ manifests: 1, blobs: 1, bytes: 100 });
+    expect(await store.stat(old)).toBeUndefined();
+    expect(await store.stat(fresh)).toBeDefined();
+    expect(index.manifest('docker.io', 'library/a', oldManifest)).toBeUndefined();
+    expect(index.tag('docker.io', 'library/a', 'old')).toBeUndefined();
+    expect(index.tag('docker.io', 'library/a', 'new')).toBeDefined();
+  });
+
+  test('past max_size the least recently used blobs go first', async () => {
+    const now = Date.now();
+    const oldest = await cacheBlob('ghcr.io', 'o/a', 400, now - 3000);
+    const middle = await cacheBlob('ghcr.io', 'o/a', 400, now - 2000);
+    const newest = await cacheBlob('ghcr.io', 'o/a', 400, now - 1000);
+
+    const report = await eviction.sweep({ cacheTtl: 90 * DAY, maxSize: 900 }, now);
+
+    expect(report.blobs).toBe(1);
+    expect(await store.stat(oldest)).toBeUndefined();
+    expect(await store.stat(middle)).toBeDefined();
+    expect(await store.stat(newest)).toBeDefined();
+  });
+
+  test('an access refreshes a blob so that size eviction spares it', async () => {
+    const now = Date.now();
+    const first = await cacheBlob('quay.io', 'x/y', 500, now - 5000);
+    const second = await cacheBlob('quay.io', 'x/y', 500, now - 4000);
+    expect(index.blob('quay.io', 'x/y', first, now - 10)).toBe(500); // a pull touches it
+
+    await eviction.sweep({ cacheTtl: 90 * DAY, maxSize: 600 }, now);
+
+    expect(await store.stat(first)).toBeDefined();
+    expect(await store.stat(second)).toBeUndefined();
+  });
+
+  test('purging a repository removes its manifests, tags and the blobs no one else links', async () => {
+    const now = Date.now();
+    const own = await cacheBlob('docker.io', 'library/a', 10, now);
+    const shared = await cacheBlob('docker.io', 'library/a', 20, now);
+    index.link('docker.io', 'library/b', shared);
+    cacheManifest('docker.io', 'library/a', '1', now);
+    const other = cacheManifest('docker.io', 'library/b', '1', now);
+
+    const report = await eviction.purge('docker.io', 'library/a');
+
+    expect(report).toEqual({ manifests: 1, blobs: 1, bytes: 10 });
+    expect(await store.stat(own)).toBeUndefined();
+    expect(await store.stat(shared)).toBeDefined();
+    expect(index.tag('docker.io', 'library/a', '1')).toBeUndefined();
+    expect(index.manifest('docker.io', 'library/b', other)).toBeDefined();
+  });
+
+  test('purging an upstream leaves other upstreams alone', async () => {
+    const now = Date.now();
+    const hub = await cacheBlob('docker.io', 'library/a', 10, now);
+    const ghcr = await cacheBlob('ghcr.io', 'o/a', 10, now + 1);
+    cacheManifest('ghcr.io', 'o/a', '1', now);
+
+    await eviction.purge('docker.io');
+
+    expect(await store.stat(hub)).toBeUndefined();
+    expect(await store.stat(ghcr)).toBeDefined();
+    expect(index.tag('ghcr.io', 'o/a', '1')).toBeDefined();
+  });
+});

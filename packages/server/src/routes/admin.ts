@@ -1,0 +1,29 @@
+import type { Router } from '@koa/router';
+import type { CacheEviction } from '@wharf/proxy';
+import { RegistryError, isValidRepositoryName } from '@wharf/registry-core';
+import { isLoopback } from '../http/loopback.js';
+
+export interface AdminDeps {
+  readonly eviction: CacheEviction;
+  /** An upstream key or alias → the key, and the prefix one-component names get (Docker Hub's library/). */
+  resolveUpstream(name: string): { key: string; officialPrefix?: string } | undefined;
+}
+
+/**
+ * Operator endpoints. Until accounts exist they answer loopback clients only.
+ * DELETE /admin/proxy/cache/<upstream>[/<repository>] purges what the proxy cached.
+ */
+export function registerAdmin(router: Router, deps: AdminDeps): void {
+  router.delete(/^\/admin\/proxy\/cache\/([^/]+)(?:\/(.+))?$/, async (ctx) => {
+    if (!isLoopback(ctx.socket.remoteAddress)) {
+      throw new RegistryError('DENIED', 'admin endpoints answer local clients only', undefined);
+    }
+    const [name = '', path] = ctx.captures ?? [];
+    const upstream = deps.resolveUpstream(decodeURIComponent(name));
+    if (!upstream) throw new RegistryError('NAME_UNKNOWN', 'no such upstream', { upstream: name });
+    let repository = path === undefined ? undefined : decodeURIComponent(path);
+    if (repository !== undefined && !isValidRepositoryName(repository)) throw new RegistryError('NAME_INVALID', 'invalid repository name', { repository });
+    if (repository !== undefined && upstream.officialPrefix && !repository.includes('/')) repository = `${upstream.officialPrefix}${repository}`;
+    ctx.body = { upstream: upstream.key, ...(repository ? { repository } : {}), purged: await deps.eviction.purge(upstream.key, repository) };
+  });
+}
