@@ -24,7 +24,11 @@ export interface UploadSessions {
   begin(repo: string, algorithm?: DigestAlgorithm): Promise<UploadStatus>;
   status(repo: string, id: string): Promise<UploadStatus | undefined>;
   append(repo: string, id: string, chunk: Readable, position: ChunkPosition, signal?: AbortSignal): Promise<UploadStatus>;
-  /** Verifies the whole upload against `digest` and hands back the file to adopt into the blob store. */
+  /**
+   * Verifies the whole upload against `digest` and hands back the file to adopt into the blob store. Once
+   * sealed, the session takes no more chunks (BLOB_UPLOAD_UNKNOWN), so the file stays as verified; a
+   * refused seal (DIGEST_INVALID) leaves the session as it was.
+   */
   seal(repo: string, id: string, digest: Digest): Promise<{ blob: BlobInfo; file: string }>;
   cancel(repo: string, id: string): Promise<boolean>;
   /** Removes sessions not written to since `olderThan`; returns how many. */

@@ -38,6 +38,9 @@ export class FsBlobStore implements BlobStore {
   }
 
   async open(digest: Digest, range?: ByteRange): Promise<Readable | undefined> {
+    if (range && (range.start < 0 || range.end < range.start)) {
+      throw new RegistryError('RANGE_INVALID', 'invalid byte range', { start: range.start, end: range.end });
+    }
     const path = this.pathOf(digest);
     const handle = await open(path, 'r').catch((err: unknown) => {
       if (isNotFound(err)) return undefined;

@@ -28,7 +28,8 @@ interface RunningHash {
 /**
  * Upload sessions as folders under the temporary storage: `<tempRoot>/uploads/<id>/{info.json,data}`.
  * PATCHes to one session are serialised; a chunk that does not start where the data ends is refused
- * (RANGE_INVALID, 416) and the client can ask for the current offset.
+ * (RANGE_INVALID, 416) and the client can ask for the current offset. Sealing renames `data` to `sealed`,
+ * which ends the session for PATCHes.
  */
 export class FsUploadSessions implements UploadSessions {
   private readonly dir: string;
@@ -113,7 +114,12 @@ export class FsUploadSessions implements UploadSessions {
       } finally {
         await handle.close();
       }
-      return { blob: { digest, size: current.size }, file: this.dataPath(id) };
+      // Still under the lock: move the verified bytes out of `data`, so that a PATCH arriving before the
+      // caller adopts the file finds no session instead of appending to what was just verified.
+      const sealed = join(this.dir, id, 'sealed');
+      await rename(this.dataPath(id), sealed);
+      this.running.delete(id);
+      return { blob: { digest, size: current.size }, file: sealed };
     });
   }
 

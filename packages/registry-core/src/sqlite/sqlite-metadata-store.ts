@@ -16,7 +16,7 @@ interface ManifestRow {
 export const MAX_PAGE = 10_000;
 
 function limitOf(page: Page): number {
-  return page.n === undefined ? MAX_PAGE : Math.min(page.n, MAX_PAGE);
+  return page.n === undefined ? MAX_PAGE : Math.max(0, Math.min(page.n, MAX_PAGE));
 }
 
 /**

@@ -1,0 +1,186 @@
+import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { FsUploadSessions } from '../src/fs/fs-uploads.js';
+import { describeUploadSessions } from './uploads.contract.js';
+import { sha256, sha512, streamOf } from './helpers.js';
+
+describeUploadSessions('FsUploadSessions', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'wharf-uploads-'));
+  const sessions = new FsUploadSessions(dir);
+  await sessions.init();
+  return { sessions, cleanup: () => rm(dir, { recursive: true, force: true }) };
+});
+
+describe('FsUploadSessions on disk', () => {
+  let dir: string;
+  let sessions: FsUploadSessions;
+  const part1 = Buffer.from('first part|');
+  const part2 = Buffer.from('second part|');
+  const whole = Buffer.concat([part1, part2]);
+
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'wharf-uploads-'));
+    sessions = new FsUploadSessions(dir);
+    await sessions.init();
+  });
+
+  afterEach(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test('a session is a folder under <tempRoot>/uploads with its data', async () => {
+    const s = await sessions.begin('alice/a');
+    await sessions.append('alice/a', s.id, streamOf(part1), {});
+    expect(await readdir(join(dir, 'uploads'))).toEqual([s.id]);
+    expect((await readFile(join(dir, 'uploads', s.id, 'data'))).equals(part1)).toBe(true);
+    expect(JSON.parse(await readFile(join(dir, 'uploads', s.id, 'info.json'), 'utf8'))).toMatchObject({ repo: 'alice/a', algorithm: 'sha256' });
+    await sessions.cancel('alice/a', s.id);
+    expect(await readdir(join(dir, 'uploads'))).toEqual([]);
+  });
+
+  describe('restart survival', () => {
+    test('a new instance continues the upload and seals with the right digest', async () => {
+      const s = await sessions.begin('alice/a');
+      await sessions.append('alice/a', s.id, streamOf(part1), { start: 0, end: part1.length - 1 });
+
+      const restarted = new FsUploadSessions(dir); // the running hash is gone
+      await restarted.init();
+      expect(await restarted.status('alice/a', s.id)).toEqual({ id: s.id, repo: 'alice/a', size: part1.length, startedAt: s.startedAt });
+      await restarted.append('alice/a', s.id, streamOf(part2), { start: part1.length, end: whole.length - 1 });
+      const sealed = await restarted.seal('alice/a', s.id, sha256(whole));
+      expect(sealed.blob).toEqual({ digest: sha256(whole), size: whole.length });
+      expect((await readFile(sealed.file)).equals(whole)).toBe(true);
+    });
+
+    test('a new instance refuses a chunk at the wrong offset', async () => {
+      const s = await sessions.begin('alice/a');
+      await sessions.append('alice/a', s.id, streamOf(part1), {});
+      const restarted = new FsUploadSessions(dir);
+      await expect(restarted.append('alice/a', s.id, streamOf(part2), { start: 0, end: part2.length - 1 })).rejects.toMatchObject({
+        code: 'RANGE_INVALID',
+      });
+    });
+
+    test('a new instance seals an upload it never appended to', async () => {
+      const s = await sessions.begin('alice/a');
+      await sessions.append('alice/a', s.id, streamOf(part1, part2), {});
+      const restarted = new FsUploadSessions(dir);
+      await expect(restarted.seal('alice/a', s.id, sha256(part1))).rejects.toMatchObject({ code: 'DIGEST_INVALID' });
+      expect((await restarted.seal('alice/a', s.id, sha256(whole))).blob).toEqual({ digest: sha256(whole), size: whole.length });
+    });
+
+    test('a sha512 session keeps its algorithm across a restart', async () => {
+      const s = await sessions.begin('alice/a', 'sha512');
+      await sessions.append('alice/a', s.id, streamOf(part1), {});
+      const restarted = new FsUploadSessions(dir);
+      await restarted.append('alice/a', s.id, streamOf(part2), {});
+      expect((await restarted.seal('alice/a', s.id, sha512(whole))).blob.digest).toBe(sha512(whole));
+    });
+
+    test('an instance whose in-memory hash went stale re-hashes from disk', async () => {
+      const s = await sessions.begin('alice/a');
+      await sessions.append('alice/a', s.id, streamOf(part1), {});
+      // another process (or the instance after a restart) appends: the first one's hash no longer covers the file
+      await new FsUploadSessions(dir).append('alice/a', s.id, streamOf(part2), {});
+      expect((await sessions.seal('alice/a', s.id, sha256(whole))).blob).toEqual({ digest: sha256(whole), size: whole.length });
+    });
+
+    test('an instance whose in-memory hash went stale appends correctly', async () => {
+      const s = await sessions.begin('alice/a');
+      await sessions.append('alice/a', s.id, streamOf(part1), {});
+      await new FsUploadSessions(dir).append('alice/a', s.id, streamOf(part2), {});
+      const part3 = Buffer.from('third');
+      await sessions.append('alice/a', s.id, streamOf(part3), { start: whole.length, end: whole.length + part3.length - 1 });
+      const all = Buffer.concat([whole, part3]);
+      expect((await sessions.seal('alice/a', s.id, sha256(all))).blob).toEqual({ digest: sha256(all), size: all.length });
+    });
+
+    test('a session works without init() having been called', async () => {
+      const fresh = new FsUploadSessions(join(dir, 'elsewhere'));
+      const s = await fresh.begin('alice/a');
+      await fresh.append('alice/a', s.id, streamOf(whole), {});
+      expect((await fresh.seal('alice/a', s.id, sha256(whole))).blob.size).toBe(whole.length);
+    });
+  });
+
+  describe('session ids never become paths', () => {
+    let victim: string;
+
+    beforeEach(async () => {
+      // A folder shaped like a session, outside uploads/: what '../victim' would reach.
+      victim = join(dir, 'victim');
+      await mkdir(victim);
+      await writeFile(join(victim, 'info.json'), JSON.stringify({ repo: 'alice/a', algorithm: 'sha256', startedAt: new Date().toISOString() }));
+      await writeFile(join(victim, 'data'), 'precious');
+    });
+
+    for (const id of ['../victim', '../../' + 'victim', 'x/../../victim']) {
+      test(`id ${JSON.stringify(id)} is unknown and the folder it names is untouched`, async () => {
+        expect(await sessions.status('alice/a', id)).toBeUndefined();
+        await expect(sessions.append('alice/a', id, streamOf('overwrite'), {})).rejects.toMatchObject({ code: 'BLOB_UPLOAD_UNKNOWN' });
+        await expect(sessions.seal('alice/a', id, sha256('precious'))).rejects.toMatchObject({ code: 'BLOB_UPLOAD_UNKNOWN' });
+        expect(await sessions.cancel('alice/a', id)).toBe(false);
+        expect(await readFile(join(victim, 'data'), 'utf8')).toBe('precious');
+        expect((await readdir(victim)).sort()).toEqual(['data', 'info.json']);
+      });
+    }
+
+    test('the same folder is a valid session when it is where sessions live (control)', async () => {
+      // Shows the fixture would be accepted if an id could reach it, so the tests above are meaningful.
+      const id = '6f1c1d3e-0f4b-4f7e-9a55-2a1f7c3b9d10';
+      await mkdir(join(dir, 'uploads', id));
+      await writeFile(join(dir, 'uploads', id, 'info.json'), await readFile(join(victim, 'info.json')));
+      await writeFile(join(dir, 'uploads', id, 'data'), 'precious');
+      expect((await sessions.status('alice/a', id))?.size).toBe('precious'.length);
+    });
+  });
+
+  describe('expire', () => {
+    async function age(id: string, minutes: number): Promise<void> {
+      const then = new Date(Date.now() - minutes * 60_000);
+      await utimes(join(dir, 'uploads', id, 'data'), then, then);
+      await utimes(join(dir, 'uploads', id), then, then);
+    }
+
+    test('removes sessions not written to since the cutoff and keeps fresh ones', async () => {
+      const old = await sessions.begin('alice/a');
+      await sessions.append('alice/a', old.id, streamOf(part1), {});
+      const fresh = await sessions.begin('alice/a');
+      await sessions.append('alice/a', fresh.id, streamOf(part2), {});
+      await age(old.id, 120);
+
+      expect(await sessions.expire(new Date(Date.now() - 60 * 60_000))).toBe(1);
+      expect(await sessions.status('alice/a', old.id)).toBeUndefined();
+      expect(await readdir(join(dir, 'uploads'))).toEqual([fresh.id]);
+      expect((await sessions.status('alice/a', fresh.id))?.size).toBe(part2.length);
+    });
+
+    test('an old session that is written to again is fresh', async () => {
+      const s = await sessions.begin('alice/a');
+      await sessions.append('alice/a', s.id, streamOf(part1), {});
+      await age(s.id, 120);
+      await sessions.append('alice/a', s.id, streamOf(part2), {});
+      expect(await sessions.expire(new Date(Date.now() - 60 * 60_000))).toBe(0);
+      expect((await sessions.status('alice/a', s.id))?.size).toBe(whole.length);
+    });
+
+    test('an expired session cannot be continued', async () => {
+      const s = await sessions.begin('alice/a');
+      await sessions.append('alice/a', s.id, streamOf(part1), {});
+      await age(s.id, 120);
+      await sessions.expire(new Date(Date.now() - 60 * 60_000));
+      await expect(sessions.append('alice/a', s.id, streamOf(part2), {})).rejects.toMatchObject({ code: 'BLOB_UPLOAD_UNKNOWN' });
+    });
+
+    test('a half-created session folder (no data file) is expired by the folder age', async () => {
+      const id = '6f1c1d3e-0f4b-4f7e-9a55-2a1f7c3b9d10';
+      await mkdir(join(dir, 'uploads', id));
+      const then = new Date(Date.now() - 120 * 60_000);
+      await utimes(join(dir, 'uploads', id), then, then);
+      expect(await sessions.expire(new Date(Date.now() - 60 * 60_000))).toBe(1);
+      await expect(stat(join(dir, 'uploads', id))).rejects.toMatchObject({ code: 'ENOENT' });
+    });
+  });
+});

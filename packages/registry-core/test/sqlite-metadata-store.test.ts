@@ -1,0 +1,104 @@
+import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { openDatabase, type SqliteDatabase } from '../src/sqlite/database.js';
+import { MAX_PAGE, SqliteMetadataStore } from '../src/sqlite/sqlite-metadata-store.js';
+import { MIGRATIONS } from '../src/sqlite/schema.js';
+import { describeMetadataStore, testImage } from './metadata-store.contract.js';
+import { sha256 } from './helpers.js';
+
+describeMetadataStore('SqliteMetadataStore', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'wharf-sqlite-'));
+  const db = openDatabase(join(dir, 'metadata.db'));
+  return {
+    store: new SqliteMetadataStore(db),
+    cleanup: async () => {
+      db.close();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+});
+
+describe('SqliteMetadataStore on a database file', () => {
+  let dir: string;
+  let file: string;
+  const open: SqliteDatabase[] = [];
+
+  function openDb(): SqliteDatabase {
+    const db = openDatabase(file);
+    open.push(db);
+    return db;
+  }
+
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'wharf-sqlite-'));
+    file = join(dir, 'nested', 'metadata.db');
+  });
+
+  afterEach(async () => {
+    for (const db of open.splice(0)) if (db.open) db.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test('openDatabase creates the missing folder and turns on WAL and foreign keys', () => {
+    const db = openDb();
+    expect(db.pragma('journal_mode', { simple: true })).toBe('wal');
+    expect(db.pragma('foreign_keys', { simple: true })).toBe(1);
+    expect(db.pragma('user_version', { simple: true })).toBe(MIGRATIONS.length);
+  });
+
+  test('reopening the database file keeps blobs, manifests and tags', async () => {
+    const img = testImage('persist');
+    const first = openDb();
+    const store = new SqliteMetadataStore(first);
+    await store.linkBlob('alice/a', { digest: sha256(img.config), size: img.config.length });
+    await store.linkBlob('alice/a', { digest: sha256(img.layer), size: img.layer.length });
+    await store.putManifest('alice/a', img.manifest, img.bytes, ['latest']);
+    first.close();
+
+    const reopened = new SqliteMetadataStore(openDb());
+    expect(await reopened.blob('alice/a', sha256(img.layer))).toEqual({ digest: sha256(img.layer), size: img.layer.length });
+    const stored = await reopened.taggedManifest('alice/a', 'latest');
+    expect(stored?.digest).toBe(img.digest);
+    expect(stored?.bytes.equals(img.bytes)).toBe(true);
+    expect(await reopened.tags('alice/a', {})).toEqual(['latest']);
+    expect(await reopened.repositories({})).toEqual(['alice/a']);
+  });
+
+  test('reopening does not re-run migrations', () => {
+    openDb().close();
+    const db = openDb();
+    expect(db.pragma('user_version', { simple: true })).toBe(MIGRATIONS.length);
+  });
+
+  test('a database from a newer Wharf is refused', () => {
+    const db = openDb();
+    db.pragma(`user_version = ${MIGRATIONS.length + 1}`);
+    db.close();
+    expect(() => openDb()).toThrow(/newer than this Wharf/);
+  });
+
+  test('a refused putManifest rolls back the repository row it created', async () => {
+    // The transaction covers ensureRepository too: a failed first push leaves no empty repository behind.
+    const store = new SqliteMetadataStore(openDb());
+    const img = testImage('missing');
+    await expect(store.putManifest('ghost/repo', img.manifest, img.bytes, ['latest'])).rejects.toMatchObject({ code: 'MANIFEST_BLOB_UNKNOWN' });
+    expect(await store.repositoryExists('ghost/repo')).toBe(false);
+    expect(await store.tags('ghost/repo', {})).toBeUndefined();
+  });
+
+  test('pages without n are capped at MAX_PAGE', async () => {
+    const db = openDb();
+    const store = new SqliteMetadataStore(db);
+    const img = testImage('many');
+    await store.linkBlob('alice/a', { digest: sha256(img.config), size: img.config.length });
+    await store.linkBlob('alice/a', { digest: sha256(img.layer), size: img.layer.length });
+    const tags = Array.from({ length: MAX_PAGE + 5 }, (_, i) => `t${String(i).padStart(6, '0')}`);
+    await store.putManifest('alice/a', img.manifest, img.bytes, tags);
+    const page = await store.tags('alice/a', {});
+    expect(page).toHaveLength(MAX_PAGE);
+    expect(await store.tags('alice/a', { last: page!.at(-1)! })).toEqual(tags.slice(MAX_PAGE));
+    expect(await store.tags('alice/a', { n: MAX_PAGE + 100 })).toHaveLength(MAX_PAGE);
+  });
+});
