@@ -37,7 +37,9 @@ export function ociErrors(logger: Logger) {
         error = err;
       } else if (isClientStreamError(err)) {
         error = new RegistryError('BLOB_UPLOAD_INVALID', 'request body ended early', undefined);
-      } else if (typeof err === 'object' && err !== null && (err as { status?: number }).status === 405) {
+      } else if (typeof err === 'object' && err !== null && [405, 501].includes((err as { status?: number }).status ?? 0)) {
+        // 405 from the router for a known path, 501 for a method it implements nowhere (PROPFIND...).
+        // Both are the client asking for something we do not do, never a server failure.
         error = new RegistryError('UNSUPPORTED', 'method not allowed on this endpoint', { method: ctx.method });
       } else {
         logger.error({ err, reqId: ctx.state.reqId }, 'unexpected error');

@@ -2,6 +2,7 @@ import type { Router } from '@koa/router';
 import type { CacheEviction } from '@wharf/proxy';
 import { RegistryError, isValidRepositoryName } from '@wharf/registry-core';
 import { isLoopback } from '../http/loopback.js';
+import { decodeCapture } from './context.js';
 
 export interface AdminDeps {
   readonly eviction: CacheEviction;
@@ -19,9 +20,9 @@ export function registerAdmin(router: Router, deps: AdminDeps): void {
       throw new RegistryError('DENIED', 'admin endpoints answer local clients only', undefined);
     }
     const [name = '', path] = ctx.captures ?? [];
-    const upstream = deps.resolveUpstream(decodeURIComponent(name));
+    const upstream = deps.resolveUpstream(decodeCapture(name));
     if (!upstream) throw new RegistryError('NAME_UNKNOWN', 'no such upstream', { upstream: name });
-    let repository = path === undefined ? undefined : decodeURIComponent(path);
+    let repository = path === undefined ? undefined : decodeCapture(path);
     if (repository !== undefined && !isValidRepositoryName(repository)) throw new RegistryError('NAME_INVALID', 'invalid repository name', { repository });
     if (repository !== undefined && upstream.officialPrefix && !repository.includes('/')) repository = `${upstream.officialPrefix}${repository}`;
     ctx.body = { upstream: upstream.key, ...(repository ? { repository } : {}), purged: await deps.eviction.purge(upstream.key, repository) };

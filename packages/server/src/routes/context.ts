@@ -6,9 +6,21 @@ export interface RouteDeps {
   readonly resolver: RepositoryResolver;
 }
 
+/**
+ * URL-decodes a path capture. Malformed percent-encoding (`%zz`, a lone `%`) is kept as written, so the
+ * name, tag or digest check downstream refuses it with its own 4xx instead of a URIError becoming a 500.
+ */
+export function decodeCapture(value: string): string {
+  try {
+    return decodeURIComponent(value);
+  } catch {
+    return value;
+  }
+}
+
 /** The repository named by the route's first capture, validated and resolved. */
 export function repository(ctx: Context, deps: RouteDeps): Promise<ResolvedRepository> {
-  const name = decodeURIComponent(ctx.captures[0] ?? '');
+  const name = decodeCapture(ctx.captures[0] ?? '');
   return deps.resolver
     .resolve(name, new URLSearchParams(ctx.querystring), { method: ctx.method, remoteAddress: ctx.socket.remoteAddress })
     .then((target) => {
@@ -19,7 +31,7 @@ export function repository(ctx: Context, deps: RouteDeps): Promise<ResolvedRepos
 
 /** The route's capture at `index`, URL-decoded. */
 export function capture(ctx: Context, index: number): string {
-  return decodeURIComponent(ctx.captures[index] ?? '');
+  return decodeCapture(ctx.captures[index] ?? '');
 }
 
 export function digestParam(value: string | undefined): Digest {
