@@ -79,11 +79,14 @@ class TailReader extends Readable {
   override _read(): void {
     if (this.reading || this.destroyed) return;
     const last = this.end ?? (this.fill.size !== undefined ? this.fill.size - 1 : undefined);
-    if (last !== undefined && this.position > last) {
+    // The reader's last byte (and the end of an empty blob) waits until the fill is verified: with
+    // Content-Length sent, a client that got every byte would take a corrupt blob for a complete one.
+    if (last !== undefined && this.position > last && this.fill.state === 'done') {
       this.push(null);
       return;
     }
-    const available = this.fill.written;
+    const verified = this.fill.state === 'done';
+    const available = verified || last === undefined ? this.fill.written : Math.min(this.fill.written, last);
     if (this.position >= available) {
       if (this.fill.state === 'failed') {
         this.destroy(this.fill.error);

@@ -24,9 +24,14 @@ export interface PullThroughPolicy {
   readonly absentTtl: number;
   /** Below this RateLimit-Remaining, a cached tag is served rather than re-checked. */
   readonly rateLimitFloor: number;
+  /**
+   * With a cached copy to fall back on, the longest a tag re-check may take, retries and Retry-After
+   * waits included, before the copy is served stale (ms).
+   */
+  readonly revalidateTimeout?: number;
 }
 
-export const DEFAULT_POLICY: PullThroughPolicy = { manifestTtl: 5 * 60_000, absentTtl: 60_000, rateLimitFloor: 10 };
+export const DEFAULT_POLICY: PullThroughPolicy = { manifestTtl: 5 * 60_000, absentTtl: 60_000, rateLimitFloor: 10, revalidateTimeout: 5_000 };
 
 export interface PullThroughLogger {
   warn(fields: Record<string, unknown>, message: string): void;
@@ -93,16 +98,19 @@ export class PullThroughRepository implements RepositoryReader {
     if (cached && this.rateLimitRemaining !== undefined && this.rateLimitRemaining < this.policy.rateLimitFloor) {
       return this.stale(cached, repo, tag, `upstream rate limit nearly exhausted (${this.rateLimitRemaining} left); serving the cached manifest`);
     }
+    // A client with a cached copy waiting on it must not sit out the upstream's full timeouts and retries.
+    const deadline = this.policy.revalidateTimeout ?? DEFAULT_POLICY.revalidateTimeout!;
+    const signal = cached ? AbortSignal.timeout(deadline) : undefined;
     try {
       if (cached) {
-        const head = await this.upstream.head(repo, tag);
+        const head = await this.upstream.head(repo, tag, signal);
         if (!head) return this.forget(repo, tag);
         if (head.digest === cached.digest) {
           this.index.putTag(this.key, repo, tag, cached.digest, now);
           return cached;
         }
       }
-      const fetched = await this.upstream.manifest(repo, tag);
+      const fetched = await this.upstream.manifest(repo, tag, signal);
       if (!fetched) return this.forget(repo, tag);
       this.index.putManifest(this.key, repo, fetched, now);
       this.index.putTag(this.key, repo, tag, fetched.digest, now);
@@ -111,6 +119,9 @@ export class PullThroughRepository implements RepositoryReader {
     } catch (err) {
       if (cached && err instanceof UpstreamError && err.failure !== 'invalid') {
         return this.stale(cached, repo, tag, `upstream ${this.key} unavailable (${err.message}); serving the cached manifest`);
+      }
+      if (cached && signal?.aborted) {
+        return this.stale(cached, repo, tag, `upstream ${this.key} did not answer within ${deadline} ms; serving the cached manifest`);
       }
       throw err;
     }
@@ -163,13 +174,17 @@ export class PullThroughRepository implements RepositoryReader {
 
   private async fill(repo: string, digest: Digest): Promise<BlobFill | undefined> {
     const fill = await this.fills.join(digest, () => this.upstream.blob(repo, digest));
-    fill?.done.then(
-      (blob) => {
-        this.index.putBlob(blob.digest, blob.size);
-        this.index.link(this.key, repo, blob.digest);
-      },
-      (err: unknown) => this.logger?.warn({ upstream: this.key, repo, digest, err: (err as Error).message }, 'upstream blob fill failed'),
-    );
+    fill?.done
+      .then(
+        (blob) => {
+          this.index.putBlob(blob.digest, blob.size);
+          this.index.link(this.key, repo, blob.digest);
+        },
+        (err: unknown) => this.logger?.warn({ upstream: this.key, repo, digest, err: (err as Error).message }, 'upstream blob fill failed'),
+      )
+      // Nobody awaits this chain: a failed index write (say, the database closed at shutdown) must be
+      // logged, not become an unhandled rejection that ends the process.
+      .catch((err: unknown) => this.logger?.warn({ upstream: this.key, repo, digest, err: (err as Error).message }, 'cache index update failed'));
     return fill;
   }
 

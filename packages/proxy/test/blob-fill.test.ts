@@ -1,0 +1,258 @@
+import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PassThrough, type Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { FsBlobStore, RegistryError, type Digest } from '@wharf/registry-core';
+import { BlobFills, type BlobFill } from '../src/blob-fill.js';
+import { HttpUpstream } from '../src/http-upstream.js';
+import type { UpstreamBlob } from '../src/upstream.js';
+import { FakeUpstream, type Fault } from './helpers/fake-upstream.js';
+
+const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}` as Digest;
+
+async function readAll(body: Readable): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of body as AsyncIterable<Buffer>) chunks.push(chunk);
+  return Buffer.concat(chunks);
+}
+
+/** Writes `bytes` into `into` in `chunk`-sized pieces, `delay` ms apart; ends it unless told not to. */
+async function feed(into: PassThrough, bytes: Buffer, chunk: number, delay: number, end = true): Promise<void> {
+  for (let at = 0; at < bytes.length; at += chunk) {
+    into.write(bytes.subarray(at, at + chunk));
+    await sleep(delay);
+  }
+  if (end) into.end();
+}
+
+function outcome(p: Promise<unknown>): Promise<'resolved' | 'rejected' | 'pending'> {
+  return Promise.race([
+    p.then(
+      () => 'resolved' as const,
+      () => 'rejected' as const,
+    ),
+    sleep(50).then(() => 'pending' as const),
+  ]);
+}
+
+describe('BlobFills and BlobFill on an FsBlobStore', () => {
+  let dir: string;
+  let temp: string;
+  let store: FsBlobStore;
+  let fills: BlobFills;
+  let fake: FakeUpstream | undefined;
+
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'wharf-fill-'));
+    temp = join(dir, 'tmp');
+    await mkdir(temp);
+    store = new FsBlobStore(join(dir, 'blobs'), temp);
+    fills = new BlobFills({ store, tempRoot: temp });
+  });
+  afterEach(async () => {
+    await fake?.close();
+    fake = undefined;
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  /** A fill of `bytes` fed from a PassThrough the test controls. */
+  function controlled(bytes: Buffer, digest = sha256(bytes), size: number | undefined = bytes.length) {
+    const source = new PassThrough();
+    let fetches = 0;
+    const fetch = async (): Promise<UpstreamBlob> => {
+      fetches += 1;
+      return { ...(size !== undefined ? { size } : {}), body: source };
+    };
+    return { source, fetch, digest, fetches: () => fetches };
+  }
+
+  async function fromFake(fault: Fault, bytes = randomBytes(300_000), times = Infinity) {
+    fake = await FakeUpstream.start();
+    const digest = fake.addBlob(bytes);
+    fake.fault = fault;
+    fake.faultTimes = times;
+    const upstream = new HttpUpstream({ name: 'fake', url: fake.url, retries: 0 });
+    return { digest, fetch: () => upstream.blob('alice/app', digest) };
+  }
+
+  test('16 concurrent joins share one fetch, and every reader gets the whole blob', async () => {
+    const bytes = randomBytes(3 * 1024 * 1024 + 17);
+    const c = controlled(bytes);
+    const joined = await Promise.all(Array.from({ length: 16 }, () => fills.join(c.digest, c.fetch)));
+    expect(c.fetches()).toBe(1);
+    expect(fills.started).toBe(1);
+    expect(new Set(joined).size).toBe(1);
+    const reads = joined.map((fill) => readAll(fill!.reader()));
+    await feed(c.source, bytes, 64 * 1024, 1);
+    for (const got of await Promise.all(reads)) expect(sha256(got)).toBe(c.digest);
+    expect(await joined[0]!.done).toEqual({ digest: c.digest, size: bytes.length });
+    expect((await readFile(store.pathOf(c.digest))).equals(bytes)).toBe(true);
+    expect(fills.running).toBe(0);
+    expect(await readdir(temp)).toEqual([]);
+  });
+
+  test('readers started midway and after the end still get every byte', async () => {
+    const bytes = randomBytes(1024 * 1024);
+    const c = controlled(bytes);
+    const fill = (await fills.join(c.digest, c.fetch))!;
+    const feeding = feed(c.source, bytes, 32 * 1024, 2);
+    while (fill.written < bytes.length / 2) await sleep(2);
+    const midway = readAll(fill.reader());
+    await feeding;
+    await fill.done;
+    const late = readAll(fill.reader());
+    expect((await midway).equals(bytes)).toBe(true);
+    expect((await late).equals(bytes)).toBe(true);
+  });
+
+  test('a reader destroyed midway does not stop the fill: the blob lands in the store', async () => {
+    const bytes = randomBytes(2 * 1024 * 1024);
+    const c = controlled(bytes);
+    const fill = (await fills.join(c.digest, c.fetch))!;
+    const quitter = fill.reader();
+    const feeding = feed(c.source, bytes, 64 * 1024, 2);
+    await new Promise<void>((resolve) => quitter.once('data', () => resolve()));
+    quitter.destroy();
+    await feeding;
+    expect(await fill.done).toEqual({ digest: c.digest, size: bytes.length });
+    expect(await store.stat(c.digest)).toEqual({ digest: c.digest, size: bytes.length });
+  });
+
+  test('a range reader on a fill in progress gets exactly its range', async () => {
+    const bytes = randomBytes(1024 * 1024);
+    const c = controlled(bytes);
+    const fill = (await fills.join(c.digest, c.fetch))!;
+    const feeding = feed(c.source, bytes, 16 * 1024, 1);
+    const head = readAll(fill.reader({ start: 0, end: 99 }));
+    const middle = readAll(fill.reader({ start: 300_000, end: 700_000 }));
+    const tail = readAll(fill.reader({ start: bytes.length - 10, end: bytes.length - 1 }));
+    await feeding;
+    expect((await head).equals(bytes.subarray(0, 100))).toBe(true);
+    expect((await middle).equals(bytes.subarray(300_000, 700_001))).toBe(true);
+    expect((await tail).equals(bytes.subarray(bytes.length - 10))).toBe(true);
+  });
+
+  test('a fill of unknown size is read to its verified end', async () => {
+    const bytes = randomBytes(500_000);
+    const c = controlled(bytes, sha256(bytes), undefined);
+    const fill = (await fills.join(c.digest, c.fetch))!;
+    const reading = readAll(fill.reader());
+    await feed(c.source, bytes, 50_000, 1);
+    expect((await reading).equals(bytes)).toBe(true);
+  });
+
+  test('wrong bytes of the right length: no reader ever completes, every reader errors', async () => {
+    const bytes = randomBytes(512 * 1024);
+    const c = controlled(randomBytes(bytes.length), sha256(bytes));
+    const fill = (await fills.join(c.digest, c.fetch))!;
+    const readers = [fill.reader(), fill.reader(), fill.reader({ start: 0, end: bytes.length - 1 })].map(readAll);
+    // Every byte is there, but the upstream has not ended: the digest cannot be checked yet.
+    await feed(c.source, randomBytes(bytes.length), 64 * 1024, 1, false);
+    await sleep(100);
+    for (const r of readers) expect(await outcome(r)).toBe('pending');
+    c.source.end();
+    for (const r of readers) await expect(r).rejects.toThrow();
+    await expect(fill.done).rejects.toMatchObject({ code: 'DIGEST_INVALID' });
+    expect(await store.stat(c.digest)).toBeUndefined();
+    expect(await readdir(temp)).toEqual([]);
+  });
+
+  test('an empty body for a non-empty digest: the reader errors instead of ending at once', async () => {
+    const c = controlled(Buffer.alloc(0), sha256(Buffer.from('not empty')), 0);
+    const fill = (await fills.join(c.digest, c.fetch))!;
+    const reader = readAll(fill.reader());
+    await sleep(20);
+    expect(await outcome(reader)).toBe('pending');
+    c.source.end();
+    await expect(reader).rejects.toThrow();
+    await expect(fill.done).rejects.toMatchObject({ code: 'DIGEST_INVALID' });
+  });
+
+  test('the empty blob itself is read as empty once verified', async () => {
+    const c = controlled(Buffer.alloc(0));
+    const fill = (await fills.join(c.digest, c.fetch))!;
+    const reader = readAll(fill.reader());
+    c.source.end();
+    expect((await reader).length).toBe(0);
+    expect(await store.stat(c.digest)).toEqual({ digest: c.digest, size: 0 });
+  });
+
+  test('more bytes than announced fails the fill as SIZE_INVALID', async () => {
+    const bytes = randomBytes(100_000);
+    const c = controlled(bytes, sha256(bytes), 50_000);
+    const fill = (await fills.join(c.digest, c.fetch))!;
+    const reader = readAll(fill.reader());
+    await feed(c.source, bytes, 10_000, 1);
+    await expect(fill.done).rejects.toBeInstanceOf(RegistryError);
+    await expect(fill.done).rejects.toMatchObject({ code: 'SIZE_INVALID' });
+    await expect(reader).rejects.toThrow();
+    expect(await readdir(temp)).toEqual([]);
+  });
+
+  for (const fault of ['wrong-bytes', 'truncate', 'reset'] as const) {
+    test(`upstream ${fault}: every reader errors, nothing in the store, no temp file left`, async () => {
+      const { digest, fetch } = await fromFake(fault);
+      const joined = await Promise.all(Array.from({ length: 4 }, () => fills.join(digest, fetch)));
+      expect(fills.started).toBe(1);
+      const results = await Promise.allSettled(joined.map((fill) => readAll(fill!.reader())));
+      expect(results.map((r) => r.status)).toEqual(['rejected', 'rejected', 'rejected', 'rejected']);
+      await expect(joined[0]!.done).rejects.toThrow();
+      expect(await store.stat(digest)).toBeUndefined();
+      expect(await readdir(temp)).toEqual([]);
+      expect(fills.running).toBe(0);
+    });
+  }
+
+  test('after a failed fill, the next join fetches again and can succeed', async () => {
+    const bytes = randomBytes(200_000);
+    const { digest, fetch } = await fromFake('wrong-bytes', bytes, 1);
+    const first = (await fills.join(digest, fetch))!;
+    await expect(first.done).rejects.toThrow();
+    await sleep(10);
+    const second = (await fills.join(digest, fetch))!;
+    expect(second).not.toBe(first);
+    expect((await readAll(second.reader())).equals(bytes)).toBe(true);
+    expect(await second.done).toEqual({ digest, size: bytes.length });
+    expect(fills.started).toBe(2);
+  });
+
+  test('an upstream without the blob: undefined, nothing in flight', async () => {
+    const digest = sha256(Buffer.from('absent'));
+    expect(await fills.join(digest, async () => undefined)).toBeUndefined();
+    expect(fills.running).toBe(0);
+    expect(fills.started).toBe(0);
+  });
+
+  test('a fetch that throws rejects every joiner, and the next join tries again', async () => {
+    const bytes = randomBytes(1000);
+    const digest = sha256(bytes);
+    let calls = 0;
+    const failing = async (): Promise<UpstreamBlob> => {
+      calls += 1;
+      await sleep(20);
+      throw new Error('upstream down');
+    };
+    const all = await Promise.allSettled([fills.join(digest, failing), fills.join(digest, failing)]);
+    expect(all.map((r) => r.status)).toEqual(['rejected', 'rejected']);
+    expect(calls).toBe(1);
+    await sleep(5);
+    const c = controlled(bytes);
+    const fill: BlobFill | undefined = await fills.join(digest, c.fetch);
+    c.source.end(bytes);
+    expect(await fill!.done).toEqual({ digest, size: bytes.length });
+  });
+
+  test('onStored is called once the blob is in place', async () => {
+    const stored: unknown[] = [];
+    fills = new BlobFills({ store, tempRoot: temp, onStored: (blob) => void stored.push(blob) });
+    const bytes = randomBytes(10_000);
+    const c = controlled(bytes);
+    const fill = (await fills.join(c.digest, c.fetch))!;
+    c.source.end(bytes);
+    await fill.done;
+    expect(stored).toEqual([{ digest: c.digest, size: bytes.length }]);
+  });
+});

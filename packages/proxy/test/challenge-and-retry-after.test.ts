@@ -1,0 +1,87 @@
+import { describe, expect, test } from '@jest/globals';
+import { parseRetryAfter } from '../src/http-upstream.js';
+import { TokenCache, parseChallenge } from '../src/token-auth.js';
+
+describe('parseChallenge', () => {
+  test('Bearer with quoted realm, service and a scope containing commas and a host:port', () => {
+    expect(parseChallenge('Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:reg.example:5000/ns/app:pull,push"')).toEqual({
+      scheme: 'bearer',
+      params: { realm: 'https://auth.docker.io/token', service: 'registry.docker.io', scope: 'repository:reg.example:5000/ns/app:pull,push' },
+    });
+  });
+
+  test('scheme and parameter names are case-insensitive, bare values and spaces allowed', () => {
+    expect(parseChallenge('BEARER Realm = https://a.example/token , Service=svc')).toEqual({
+      scheme: 'bearer',
+      params: { realm: 'https://a.example/token', service: 'svc' },
+    });
+  });
+
+  test('escaped quotes inside a quoted value are unescaped', () => {
+    expect(parseChallenge('Basic realm="say \\"hi\\""')).toEqual({ scheme: 'basic', params: { realm: 'say "hi"' } });
+  });
+
+  test('Basic without parameters', () => {
+    expect(parseChallenge('Basic')).toEqual({ scheme: 'basic', params: {} });
+  });
+
+  test('absent, empty, or another scheme is undefined', () => {
+    expect(parseChallenge(undefined)).toBeUndefined();
+    expect(parseChallenge('')).toBeUndefined();
+    expect(parseChallenge('Digest realm="x", nonce="y"')).toBeUndefined();
+    expect(parseChallenge('Negotiate')).toBeUndefined();
+  });
+});
+
+describe('parseRetryAfter', () => {
+  const now = Date.parse('2026-01-01T00:00:00Z');
+
+  test('delta-seconds', () => {
+    expect(parseRetryAfter('1', now)).toBe(1);
+    expect(parseRetryAfter(' 120 ', now)).toBe(120);
+    expect(parseRetryAfter('0', now)).toBe(0);
+  });
+
+  test('an HTTP date is seconds from now, rounded up, never negative', () => {
+    expect(parseRetryAfter('Thu, 01 Jan 2026 00:00:30 GMT', now)).toBe(30);
+    expect(parseRetryAfter('Wed, 31 Dec 2025 23:59:00 GMT', now)).toBe(0);
+  });
+
+  test('the first of repeated headers counts', () => {
+    expect(parseRetryAfter(['5', '7'], now)).toBe(5);
+  });
+
+  test('absent or garbage is undefined', () => {
+    expect(parseRetryAfter(undefined, now)).toBeUndefined();
+    expect(parseRetryAfter('', now)).toBeUndefined();
+    expect(parseRetryAfter('soon', now)).toBeUndefined();
+  });
+
+  test('a negative value never means waiting (Date.parse reads "-5" as a date long past)', () => {
+    expect(parseRetryAfter('-5', now) ?? 0).toBe(0);
+  });
+});
+
+describe('TokenCache', () => {
+  test('a token is served until shortly before it expires, never less than the 60 s floor', () => {
+    const cache = new TokenCache();
+    const t0 = 1_000_000;
+    cache.set('repository:a:pull', 'tok', 10, t0); // below the floor: treated as 60 s, minus a 15 s margin
+    expect(cache.get('repository:a:pull', t0 + 44_000)).toBe('tok');
+    expect(cache.get('repository:a:pull', t0 + 45_000)).toBeUndefined();
+    expect(cache.get('repository:a:pull', t0)).toBeUndefined();
+  });
+
+  test('long-lived tokens expire 30 s early', () => {
+    const cache = new TokenCache();
+    cache.set('k', 'tok', 300, 0);
+    expect(cache.get('k', 269_999)).toBe('tok');
+    expect(cache.get('k', 270_000)).toBeUndefined();
+  });
+
+  test('keys are independent', () => {
+    const cache = new TokenCache();
+    cache.set('repository:a:pull', 'A', 300, 0);
+    expect(cache.get('repository:b:pull', 0)).toBeUndefined();
+  });
+});

@@ -1,0 +1,142 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Digest } from '@wharf/registry-core';
+
+/** What the next matching requests get instead of a correct answer. */
+export type Fault = 'wrong-bytes' | 'truncate' | 'reset' | '500' | '429' | 'stall';
+
+export interface SeenRequest {
+  readonly method: string;
+  readonly path: string;
+  readonly query: string;
+  readonly authorization?: string;
+  readonly at: number;
+}
+
+const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}` as Digest;
+
+/**
+ * A real, deliberately misbehaving registry: serves /v2/<repo>/blobs/<digest> and
+ * /v2/<repo>/manifests/<ref>, counts requests per "METHOD path", and can be told to corrupt,
+ * truncate, reset, fail, rate-limit or stall; to require Bearer (with its own /token) or Basic auth;
+ * and to redirect blob GETs to another server.
+ */
+export class FakeUpstream {
+  url = '';
+  readonly requests: SeenRequest[] = [];
+  readonly blobs = new Map<string, Buffer>();
+  readonly manifests = new Map<string, { bytes: Buffer; mediaType: string }>();
+  fault: Fault | undefined;
+  /** How many matching requests get the fault (then it clears). */
+  faultTimes = Infinity;
+  /** Which request paths the fault applies to. */
+  faultOn: RegExp = /\/v2\/.+\/(blobs|manifests)\//;
+  auth: 'none' | 'bearer' | 'basic' = 'none';
+  credentials = { username: 'alice', password: 's3cret' };
+  tokenExpiresIn = 300;
+  /** Base URL blob GETs are redirected to (307), same path. */
+  redirectBlobsTo: string | undefined;
+  private readonly issued = new Set<string>();
+  private server!: Server;
+
+  static async start(): Promise<FakeUpstream> {
+    const up = new FakeUpstream();
+    up.server = createServer((req, res) => up.handle(req, res));
+    await new Promise<void>((resolve) => up.server.listen(0, '127.0.0.1', resolve));
+    up.url = `http://127.0.0.1:${(up.server.address() as AddressInfo).port}`;
+    return up;
+  }
+
+  addBlob(bytes: Buffer): Digest {
+    const digest = sha256(bytes);
+    this.blobs.set(digest, bytes);
+    return digest;
+  }
+
+  addManifest(repo: string, tag: string, doc: unknown, mediaType = 'application/vnd.oci.image.manifest.v1+json'): Digest {
+    const bytes = Buffer.from(JSON.stringify(doc));
+    const digest = sha256(bytes);
+    this.manifests.set(`${repo}@${digest}`, { bytes, mediaType });
+    this.manifests.set(`${repo}:${tag}`, { bytes, mediaType });
+    return digest;
+  }
+
+  /** Requests seen for "METHOD path" (path without the query). */
+  count(method: string, path: string): number {
+    return this.requests.filter((r) => r.method === method && r.path === path).length;
+  }
+
+  async close(): Promise<void> {
+    this.server.closeAllConnections();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+
+  private handle(req: IncomingMessage, res: ServerResponse): void {
+    const [path = '/', query = ''] = (req.url ?? '/').split('?');
+    this.requests.push({ method: req.method!, path, query, ...(req.headers.authorization ? { authorization: req.headers.authorization } : {}), at: Date.now() });
+    if (path === '/token') return this.token(req, res);
+    if (!this.authorized(req, path, res)) return;
+    const m = /^\/v2\/(.+)\/(blobs|manifests)\/([^/]+)$/.exec(path);
+    if (!m) return void res.writeHead(path === '/v2/' ? 200 : 404, { 'content-type': 'application/json' }).end('{}');
+    const [, repo, kind, ref] = m as unknown as [string, string, string, string];
+    const fault = this.fault && this.faultTimes > 0 && this.faultOn.test(path) ? this.fault : undefined;
+    if (fault && --this.faultTimes <= 0) this.fault = undefined;
+    if (fault === 'stall') return; // accepted, never answered
+    if (fault === '500') return void res.writeHead(500, { 'content-type': 'application/json' }).end('{"errors":[{"code":"UNKNOWN"}]}');
+    if (fault === '429') return void res.writeHead(429, { 'retry-after': '1', 'content-type': 'application/json' }).end('{"errors":[{"code":"TOOMANYREQUESTS"}]}');
+    if (kind === 'manifests') {
+      const manifest = this.manifests.get(ref.includes(':') ? `${repo}@${ref}` : `${repo}:${ref}`);
+      if (!manifest) return void res.writeHead(404, { 'content-type': 'application/json' }).end('{"errors":[{"code":"MANIFEST_UNKNOWN"}]}');
+      res.writeHead(200, { 'content-type': manifest.mediaType, 'content-length': manifest.bytes.length, 'docker-content-digest': sha256(manifest.bytes) });
+      return void res.end(req.method === 'HEAD' ? undefined : manifest.bytes);
+    }
+    const bytes = this.blobs.get(ref);
+    if (!bytes) return void res.writeHead(404).end();
+    if (this.redirectBlobsTo && req.method === 'GET') return void res.writeHead(307, { location: `${this.redirectBlobsTo}${req.url}` }).end();
+    const range = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '');
+    const body = fault === 'wrong-bytes' ? randomBytes(bytes.length) : range ? bytes.subarray(Number(range[1]), Number(range[2]) + 1) : bytes;
+    res.writeHead(range ? 206 : 200, {
+      'content-type': 'application/octet-stream',
+      'content-length': body.length,
+      'docker-content-digest': ref,
+      ...(range ? { 'content-range': `bytes ${range[1]}-${Math.min(Number(range[2]), bytes.length - 1)}/${bytes.length}` } : {}),
+    });
+    if (req.method === 'HEAD') return void res.end();
+    if (fault === 'truncate' || fault === 'reset') {
+      // Half the announced bytes, then a clean FIN (truncate) or an RST (reset).
+      res.write(body.subarray(0, Math.floor(body.length / 2)), () => {
+        setTimeout(() => (fault === 'reset' ? res.socket?.resetAndDestroy() : res.socket?.end()), 20);
+      });
+      return;
+    }
+    res.end(body);
+  }
+
+  private basicOk(header: string | undefined): boolean {
+    const { username, password } = this.credentials;
+    return header === `Basic ${Buffer.from(`${username}:${password}`).toString('base64')}`;
+  }
+
+  private authorized(req: IncomingMessage, path: string, res: ServerResponse): boolean {
+    const header = req.headers.authorization;
+    if (this.auth === 'none') return true;
+    if (this.auth === 'basic' && this.basicOk(header)) return true;
+    if (this.auth === 'bearer' && header?.startsWith('Bearer ') && this.issued.has(header.slice(7))) return true;
+    const repo = /^\/v2\/(.+)\/(?:blobs|manifests)\//.exec(path)?.[1];
+    res.writeHead(401, {
+      'content-type': 'application/json',
+      'www-authenticate':
+        this.auth === 'basic' ? 'Basic realm="fake"' : `Bearer realm="${this.url}/token",service="fake-registry"${repo ? `,scope="repository:${repo}:pull"` : ''}`,
+    });
+    res.end('{"errors":[{"code":"UNAUTHORIZED"}]}');
+    return false;
+  }
+
+  private token(req: IncomingMessage, res: ServerResponse): void {
+    if (!this.basicOk(req.headers.authorization)) return void res.writeHead(401).end();
+    const token = randomBytes(12).toString('hex');
+    this.issued.add(token);
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ token, expires_in: this.tokenExpiresIn }));
+  }
+}

@@ -1,0 +1,234 @@
+import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
+import { createHash, randomBytes } from 'node:crypto';
+import { createServer } from 'node:net';
+import type { Readable } from 'node:stream';
+import type { Digest } from '@wharf/registry-core';
+import { HttpUpstream, type HttpUpstreamOptions } from '../src/http-upstream.js';
+import { UpstreamError } from '../src/upstream.js';
+import { FakeUpstream } from './helpers/fake-upstream.js';
+
+const MANIFEST = { schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: {}, layers: [] };
+const FAST = { connect: 300, firstByte: 300, idle: 300 };
+
+async function readAll(body: Readable): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of body as AsyncIterable<Buffer>) chunks.push(chunk);
+  return Buffer.concat(chunks);
+}
+
+async function failureOf(promise: Promise<unknown>): Promise<UpstreamError> {
+  const err = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(UpstreamError);
+  return err as UpstreamError;
+}
+
+describe('HttpUpstream against a real misbehaving server', () => {
+  let fake: FakeUpstream;
+  let blobBytes: Buffer;
+  let blobDigest: Digest;
+  let manifestDigest: Digest;
+  const others: FakeUpstream[] = [];
+  const client = (options: Partial<HttpUpstreamOptions> = {}) => new HttpUpstream({ name: 'fake', url: fake.url, retries: 0, ...options });
+
+  beforeEach(async () => {
+    fake = await FakeUpstream.start();
+    blobBytes = randomBytes(200_000);
+    blobDigest = fake.addBlob(blobBytes);
+    manifestDigest = fake.addManifest('alice/app', '1', MANIFEST);
+  });
+  afterEach(async () => {
+    await fake.close();
+    for (const o of others.splice(0)) await o.close();
+  });
+
+  test('anonymous manifest GET and HEAD return the digest the bytes hash to', async () => {
+    const up = client();
+    const manifest = await up.manifest('alice/app', '1');
+    expect(manifest?.digest).toBe(manifestDigest);
+    expect(manifest?.mediaType).toBe('application/vnd.oci.image.manifest.v1+json');
+    expect((await up.head('alice/app', '1'))?.digest).toBe(manifestDigest);
+    expect((await up.manifest('alice/app', manifestDigest))?.digest).toBe(manifestDigest);
+  });
+
+  test('404 is absence: undefined manifest, HEAD and blob, false hasBlob', async () => {
+    const up = client();
+    const missing = `sha256:${'0'.repeat(64)}` as Digest;
+    expect(await up.manifest('alice/app', 'nope')).toBeUndefined();
+    expect(await up.head('alice/app', 'nope')).toBeUndefined();
+    expect(await up.blob('alice/app', missing)).toBeUndefined();
+    expect(await up.hasBlob('alice/app', missing)).toBe(false);
+    expect(await up.hasBlob('alice/app', blobDigest)).toBe(true);
+  });
+
+  test('a manifest whose bytes do not match the requested digest is refused as invalid', async () => {
+    fake.manifests.set(`alice/app@${manifestDigest}`, { bytes: Buffer.from('{"schemaVersion":2,"tampered":true}'), mediaType: 'application/vnd.oci.image.manifest.v1+json' });
+    expect((await failureOf(client().manifest('alice/app', manifestDigest))).failure).toBe('invalid');
+  });
+
+  test('Bearer: the 401 challenge leads to a token from the realm, fetched with Basic credentials for the pull scope', async () => {
+    fake.auth = 'bearer';
+    const up = client({ username: 'alice', password: 's3cret' });
+    expect((await up.manifest('alice/app', '1'))?.digest).toBe(manifestDigest);
+    const tokenRequests = fake.requests.filter((r) => r.path === '/token');
+    expect(tokenRequests).toHaveLength(1);
+    const query = new URLSearchParams(tokenRequests[0]!.query);
+    expect(query.get('scope')).toBe('repository:alice/app:pull');
+    expect(query.get('service')).toBe('fake-registry');
+    expect(tokenRequests[0]!.authorization).toBe(`Basic ${Buffer.from('alice:s3cret').toString('base64')}`);
+    const manifestGets = fake.requests.filter((r) => r.path === '/v2/alice/app/manifests/1');
+    expect(manifestGets.map((r) => r.authorization?.split(' ')[0])).toEqual([undefined, 'Bearer']);
+  });
+
+  test('Bearer: a cached token is reused, so a second request does not hit /token or get a 401', async () => {
+    fake.auth = 'bearer';
+    const up = client({ username: 'alice', password: 's3cret' });
+    await up.manifest('alice/app', '1');
+    const before = fake.requests.length;
+    const blob = await up.blob('alice/app', blobDigest);
+    expect(createHash('sha256').update(await readAll(blob!.body)).digest('hex')).toBe(blobDigest.slice(7));
+    expect(await up.head('alice/app', '1')).toBeDefined();
+    const after = fake.requests.slice(before);
+    expect(after.map((r) => r.path)).toEqual([`/v2/alice/app/blobs/${blobDigest}`, '/v2/alice/app/manifests/1']);
+    expect(after.every((r) => r.authorization?.startsWith('Bearer '))).toBe(true);
+    expect(fake.count('GET', '/token')).toBe(1);
+  });
+
+  test('Bearer: a token service refusing our credentials is an "unauthorized" failure, not retried', async () => {
+    fake.auth = 'bearer';
+    const err = await failureOf(client({ username: 'alice', password: 'wrong', retries: 3 }).manifest('alice/app', '1'));
+    expect(err.failure).toBe('unauthorized');
+    expect(fake.count('GET', '/token')).toBe(1);
+  });
+
+  test('Basic: after the first challenge, credentials go with every request', async () => {
+    fake.auth = 'basic';
+    const up = client({ username: 'alice', password: 's3cret' });
+    expect((await up.manifest('alice/app', '1'))?.digest).toBe(manifestDigest);
+    expect(await up.hasBlob('alice/app', blobDigest)).toBe(true);
+    const auth = fake.requests.map((r) => r.authorization?.split(' ')[0]);
+    expect(auth).toEqual([undefined, 'Basic', 'Basic']);
+  });
+
+  test('Basic with wrong credentials is an "unauthorized" failure', async () => {
+    fake.auth = 'basic';
+    expect((await failureOf(client({ username: 'alice', password: 'nope' }).manifest('alice/app', '1'))).failure).toBe('unauthorized');
+  });
+
+  test('500 twice, then success: retried and answered', async () => {
+    fake.fault = '500';
+    fake.faultTimes = 2;
+    const manifest = await client({ retries: 3 }).manifest('alice/app', '1');
+    expect(manifest?.digest).toBe(manifestDigest);
+    expect(fake.count('GET', '/v2/alice/app/manifests/1')).toBe(3);
+  });
+
+  test('500 on a blob twice, then success: retried and streamed', async () => {
+    fake.fault = '500';
+    fake.faultTimes = 2;
+    const blob = await client({ retries: 2 }).blob('alice/app', blobDigest);
+    expect((await readAll(blob!.body)).equals(blobBytes)).toBe(true);
+    expect(fake.count('GET', `/v2/alice/app/blobs/${blobDigest}`)).toBe(3);
+  });
+
+  test('500 every time: a "server-error" after retries+1 attempts', async () => {
+    fake.fault = '500';
+    const err = await failureOf(client({ retries: 1 }).manifest('alice/app', '1'));
+    expect(err.failure).toBe('server-error');
+    expect(err.status).toBe(500);
+    expect(fake.count('GET', '/v2/alice/app/manifests/1')).toBe(2);
+  });
+
+  test('429 with Retry-After: 1 is waited out before the retry', async () => {
+    fake.fault = '429';
+    fake.faultTimes = 1;
+    const manifest = await client({ retries: 1 }).manifest('alice/app', '1');
+    expect(manifest?.digest).toBe(manifestDigest);
+    const [first, second] = fake.requests.filter((r) => r.path === '/v2/alice/app/manifests/1');
+    expect(second!.at - first!.at).toBeGreaterThanOrEqual(950);
+  });
+
+  test('429 with no retries left is "rate-limited" and keeps Retry-After', async () => {
+    fake.fault = '429';
+    const err = await failureOf(client().manifest('alice/app', '1'));
+    expect(err.failure).toBe('rate-limited');
+    expect(err.status).toBe(429);
+    expect(err.retryAfter).toBe(1);
+  });
+
+  test('429 with a Retry-After longer than maxRetryWait gives up at once', async () => {
+    fake.fault = '429';
+    const started = Date.now();
+    const err = await failureOf(client({ retries: 3, maxRetryWait: 200 }).manifest('alice/app', '1'));
+    expect(err.failure).toBe('rate-limited');
+    expect(Date.now() - started).toBeLessThan(900);
+    expect(fake.count('GET', '/v2/alice/app/manifests/1')).toBe(1);
+  });
+
+  test('a stalled manifest request fails as "timeout" within the first-byte timeout', async () => {
+    fake.fault = 'stall';
+    const started = Date.now();
+    const err = await failureOf(client({ timeouts: FAST }).manifest('alice/app', '1'));
+    expect(err.failure).toBe('timeout');
+    expect(Date.now() - started).toBeLessThan(2_000);
+  });
+
+  test('a stalled blob request fails as "timeout", after retries, quickly', async () => {
+    fake.fault = 'stall';
+    const started = Date.now();
+    const err = await failureOf(client({ timeouts: FAST, retries: 1 }).blob('alice/app', blobDigest));
+    expect(err.failure).toBe('timeout');
+    expect(fake.count('GET', `/v2/alice/app/blobs/${blobDigest}`)).toBe(2);
+    expect(Date.now() - started).toBeLessThan(3_000);
+  });
+
+  test('a refused connection is "unreachable"', async () => {
+    const port = await new Promise<number>((resolve) => {
+      const s = createServer().listen(0, '127.0.0.1', () => {
+        const p = (s.address() as { port: number }).port;
+        s.close(() => resolve(p));
+      });
+    });
+    const err = await failureOf(new HttpUpstream({ name: 'gone', url: `http://127.0.0.1:${port}`, retries: 1 }).manifest('alice/app', '1'));
+    expect(err.failure).toBe('unreachable');
+  });
+
+  test('a blob reset mid-body makes the body stream error', async () => {
+    fake.fault = 'reset';
+    const blob = await client().blob('alice/app', blobDigest);
+    expect(blob?.size).toBe(blobBytes.length);
+    await expect(readAll(blob!.body)).rejects.toThrow();
+  });
+
+  test('a blob truncated after its Content-Length was announced never reads as complete', async () => {
+    fake.fault = 'truncate';
+    const blob = await client().blob('alice/app', blobDigest);
+    const outcome = await readAll(blob!.body).then(
+      (bytes) => bytes.length,
+      () => 'error',
+    );
+    expect(outcome === 'error' || (typeof outcome === 'number' && outcome < blobBytes.length)).toBe(true);
+  });
+
+  test('a blob redirect to another host and port is followed without our Authorization header', async () => {
+    const cdn = await FakeUpstream.start();
+    others.push(cdn);
+    cdn.addBlob(blobBytes);
+    fake.auth = 'bearer';
+    fake.redirectBlobsTo = cdn.url;
+    const blob = await client({ username: 'alice', password: 's3cret' }).blob('alice/app', blobDigest);
+    expect((await readAll(blob!.body)).equals(blobBytes)).toBe(true);
+    const atOrigin = fake.requests.filter((r) => r.path === `/v2/alice/app/blobs/${blobDigest}`);
+    expect(atOrigin.at(-1)?.authorization).toMatch(/^Bearer /);
+    expect(cdn.requests).toHaveLength(1);
+    expect(cdn.requests[0]!.authorization).toBeUndefined();
+  });
+
+  test('a range request returns 206 bytes and the full size', async () => {
+    const blob = await client().blob('alice/app', blobDigest, { start: 10, end: 99 });
+    expect(blob?.size).toBe(blobBytes.length);
+    expect((await readAll(blob!.body)).equals(blobBytes.subarray(10, 100))).toBe(true);
+  });
+});

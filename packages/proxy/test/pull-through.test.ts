@@ -1,0 +1,189 @@
+import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
+import { randomBytes } from 'node:crypto';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { FsBlobStore, openDatabase, type Digest, type SqliteDatabase } from '@wharf/registry-core';
+import { BlobFills } from '../src/blob-fill.js';
+import { CacheIndex } from '../src/cache-index.js';
+import { HttpUpstream } from '../src/http-upstream.js';
+import { PullThroughRepository } from '../src/pull-through.js';
+import { FakeUpstream } from './helpers/fake-upstream.js';
+
+const DOC = (seed: string) => ({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: {}, layers: [], annotations: { seed } });
+const TTL = 300;
+
+async function readAll(body: Readable): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of body as AsyncIterable<Buffer>) chunks.push(chunk);
+  return Buffer.concat(chunks);
+}
+
+describe('PullThroughRepository over a real misbehaving upstream', () => {
+  let fake: FakeUpstream;
+  let dir: string;
+  let db: SqliteDatabase;
+  let repo: PullThroughRepository;
+  let fills: BlobFills;
+  const tagPath = '/v2/alice/app/manifests/1';
+
+  beforeEach(async () => {
+    fake = await FakeUpstream.start();
+    dir = await mkdtemp(join(tmpdir(), 'wharf-pt-'));
+    await mkdir(join(dir, 'tmp'));
+    db = openDatabase(':memory:');
+    const store = new FsBlobStore(join(dir, 'blobs'), join(dir, 'tmp'));
+    fills = new BlobFills({ store, tempRoot: join(dir, 'tmp') });
+    const upstream = new HttpUpstream({ name: 'up', url: fake.url, retries: 0, timeouts: { connect: 300, firstByte: 300, idle: 300 } });
+    repo = new PullThroughRepository(upstream, new CacheIndex(db), store, fills, { manifestTtl: TTL, absentTtl: 60_000, rateLimitFloor: 0 });
+  });
+  afterEach(async () => {
+    await fake.close();
+    db.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test('by tag within manifest_ttl: served from the cache with no upstream request', async () => {
+    const digest = fake.addManifest('alice/app', '1', DOC('a'));
+    expect((await repo.manifest('alice/app', '1'))?.digest).toBe(digest);
+    const seen = fake.requests.length;
+    expect((await repo.manifest('alice/app', '1'))?.digest).toBe(digest);
+    expect(fake.requests.length).toBe(seen);
+  });
+
+  test('by tag after manifest_ttl, same digest: one HEAD, no GET', async () => {
+    const digest = fake.addManifest('alice/app', '1', DOC('a'));
+    await repo.manifest('alice/app', '1');
+    await sleep(TTL + 50);
+    expect((await repo.manifest('alice/app', '1'))?.digest).toBe(digest);
+    expect(fake.count('HEAD', tagPath)).toBe(1);
+    expect(fake.count('GET', tagPath)).toBe(1);
+  });
+
+  test('by tag after manifest_ttl, moved tag: HEAD then GET of the new manifest', async () => {
+    fake.addManifest('alice/app', '1', DOC('a'));
+    await repo.manifest('alice/app', '1');
+    const moved = fake.addManifest('alice/app', '1', DOC('b'));
+    await sleep(TTL + 50);
+    expect((await repo.manifest('alice/app', '1'))?.digest).toBe(moved);
+    expect(fake.count('HEAD', tagPath)).toBe(1);
+    expect(fake.count('GET', tagPath)).toBe(2);
+  });
+
+  test('by digest: once cached, never asked upstream again', async () => {
+    const digest = fake.addManifest('alice/app', '1', DOC('a'));
+    await repo.manifest('alice/app', digest);
+    await sleep(TTL + 50);
+    fake.fault = '500';
+    expect((await repo.manifest('alice/app', digest))?.digest).toBe(digest);
+    expect(fake.requests).toHaveLength(1);
+  });
+
+  for (const fault of ['500', '429', 'stall'] as const) {
+    test(`upstream ${fault} after the TTL with a cached copy: the copy, marked stale`, async () => {
+      const digest = fake.addManifest('alice/app', '1', DOC('a'));
+      await repo.manifest('alice/app', '1');
+      await sleep(TTL + 50);
+      fake.fault = fault;
+      const manifest = await repo.manifest('alice/app', '1');
+      expect(manifest?.digest).toBe(digest);
+      expect(manifest?.warning).toMatch(/upstream up unavailable/);
+      expect(repo.staleServed).toBe(1);
+    });
+  }
+
+  test('with a cached copy, a stalled upstream gets a short deadline (retries included) before the copy is served', async () => {
+    const patient = new HttpUpstream({ name: 'up', url: fake.url, retries: 3, timeouts: { connect: 2_000, firstByte: 2_000, idle: 2_000 } });
+    const index = new CacheIndex(db);
+    const store = new FsBlobStore(join(dir, 'blobs'), join(dir, 'tmp'));
+    const slow = new PullThroughRepository(patient, index, store, fills, { manifestTtl: TTL, absentTtl: 60_000, rateLimitFloor: 0, revalidateTimeout: 400 });
+    const digest = fake.addManifest('alice/app', '1', DOC('a'));
+    await slow.manifest('alice/app', '1');
+    await sleep(TTL + 50);
+    fake.fault = 'stall';
+    const started = Date.now();
+    const manifest = await slow.manifest('alice/app', '1');
+    expect(manifest?.digest).toBe(digest);
+    expect(manifest?.warning).toMatch(/did not answer within 400 ms/);
+    expect(Date.now() - started).toBeLessThan(1_500);
+  });
+
+  test('with a cached copy, a 429 with Retry-After is not waited out', async () => {
+    const patient = new HttpUpstream({ name: 'up', url: fake.url, retries: 3 });
+    const slow = new PullThroughRepository(patient, new CacheIndex(db), new FsBlobStore(join(dir, 'blobs'), join(dir, 'tmp')), fills, {
+      manifestTtl: TTL,
+      absentTtl: 60_000,
+      rateLimitFloor: 0,
+      revalidateTimeout: 400,
+    });
+    fake.addManifest('alice/app', '1', DOC('a'));
+    await slow.manifest('alice/app', '1');
+    await sleep(TTL + 50);
+    fake.fault = '429';
+    const started = Date.now();
+    expect((await slow.manifest('alice/app', '1'))?.warning).toBeDefined();
+    expect(Date.now() - started).toBeLessThan(900);
+  });
+
+  test('upstream closed after the TTL with a cached copy: the copy, marked stale', async () => {
+    const digest = fake.addManifest('alice/app', '1', DOC('a'));
+    await repo.manifest('alice/app', '1');
+    await fake.close();
+    await sleep(TTL + 50);
+    expect((await repo.manifest('alice/app', '1'))?.warning).toBeDefined();
+    expect((await repo.manifest('alice/app', digest))?.warning).toBeUndefined();
+    fake = await FakeUpstream.start(); // for afterEach
+  });
+
+  test('nothing cached: 500 → UPSTREAM_ERROR, 429 → TOOMANYREQUESTS with retryAfter, stall → UPSTREAM_TIMEOUT', async () => {
+    fake.addManifest('alice/app', '1', DOC('a'));
+    fake.fault = '500';
+    await expect(repo.manifest('alice/app', '1')).rejects.toMatchObject({ code: 'UPSTREAM_ERROR' });
+    fake.fault = '429';
+    await expect(repo.manifest('alice/app', '1')).rejects.toMatchObject({ code: 'TOOMANYREQUESTS', detail: { retryAfter: 1 } });
+    fake.fault = 'stall';
+    await expect(repo.manifest('alice/app', '1')).rejects.toMatchObject({ code: 'UPSTREAM_TIMEOUT' });
+  });
+
+  test('upstream 404: absent, and remembered for absent_ttl', async () => {
+    expect(await repo.manifest('alice/app', 'missing')).toBeUndefined();
+    expect(await repo.manifest('alice/app', 'missing')).toBeUndefined();
+    expect(fake.count('GET', '/v2/alice/app/manifests/missing')).toBe(1);
+  });
+
+  test('a blob is fetched once, then served from the store with the upstream gone', async () => {
+    const bytes = randomBytes(300_000);
+    const digest = fake.addBlob(bytes) as Digest;
+    const infos = await Promise.all(Array.from({ length: 8 }, () => repo.blob('alice/app', digest)));
+    const bodies = await Promise.all(infos.map(async (info) => readAll((await repo.openBlob('alice/app', info!))!)));
+    for (const b of bodies) expect(b.equals(bytes)).toBe(true);
+    expect(fake.count('GET', `/v2/alice/app/blobs/${digest}`)).toBe(1);
+    await sleep(20);
+    await fake.close();
+    const again = await repo.blob('alice/app', digest);
+    expect((await readAll((await repo.openBlob('alice/app', again!))!)).equals(bytes)).toBe(true);
+    fake = await FakeUpstream.start();
+  });
+
+  test('a blob cached for one repository is served under another only if the upstream has it there', async () => {
+    const bytes = randomBytes(1000);
+    const digest = fake.addBlob(bytes) as Digest;
+    const first = await repo.blob('alice/app', digest);
+    await readAll((await repo.openBlob('alice/app', first!))!);
+    await sleep(20);
+    fake.blobs.delete(digest);
+    expect(await repo.blob('bob/other', digest)).toBeUndefined();
+    expect(fake.count('HEAD', `/v2/bob/other/blobs/${digest}`)).toBe(1);
+  });
+
+  test('tags lists what was pulled by tag', async () => {
+    fake.addManifest('alice/app', '1', DOC('a'));
+    fake.addManifest('alice/app', '2', DOC('b'));
+    expect(await repo.tags('alice/app', {})).toBeUndefined();
+    await repo.manifest('alice/app', '2');
+    await repo.manifest('alice/app', '1');
+    expect(await repo.tags('alice/app', {})).toEqual(['1', '2']);
+  });
+});

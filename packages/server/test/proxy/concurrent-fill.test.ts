@@ -1,0 +1,127 @@
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { createHash, randomBytes } from 'node:crypto';
+import { stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { blob, pushBlob } from '../helpers/oci.js';
+import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
+import { CountingForwarder } from './helpers/counting-forwarder.js';
+
+const SIZE = 64 * 1024 * 1024;
+const CLIENTS = 16;
+/** The forwarder lets the upstream body through at this rate, so the fill takes about 2 s. */
+const RATE = 32 * 1024 * 1024;
+
+interface ClientResult {
+  status: number;
+  digest: string;
+  bytes: number;
+  firstChunkAt: number;
+  endAt: number;
+}
+
+async function client(url: string): Promise<ClientResult> {
+  const res = await fetch(url);
+  const hash = createHash('sha256');
+  let firstChunkAt = 0;
+  let bytes = 0;
+  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+    if (!firstChunkAt) firstChunkAt = Date.now();
+    bytes += chunk.length;
+    hash.update(chunk);
+  }
+  return { status: res.status, digest: `sha256:${hash.digest('hex')}`, bytes, firstChunkAt, endAt: Date.now() };
+}
+
+/** Resolves with the time a file appears (polled every 5 ms). */
+async function appearance(path: string, deadline: number): Promise<number> {
+  while (Date.now() < deadline) {
+    if (await stat(path).then(() => true, () => false)) return Date.now();
+    await sleep(5);
+  }
+  throw new Error(`${path} did not appear`);
+}
+
+describe('blob fills through the server: one upstream GET per blob, clients stream as it fills', () => {
+  let up: TestRegistry;
+  let fwd: CountingForwarder;
+  let proxy: TestRegistry;
+  let digest: string;
+  let small: ReturnType<typeof blob>;
+  let other: ReturnType<typeof blob>;
+
+  beforeAll(async () => {
+    up = await startRegistry();
+    const big = blob(randomBytes(SIZE));
+    digest = big.digest;
+    await pushBlob(up.url, 'alice/big', big);
+    small = blob(randomBytes(16 * 1024 * 1024));
+    await pushBlob(up.url, 'alice/big', small);
+    other = blob(randomBytes(16 * 1024 * 1024));
+    await pushBlob(up.url, 'alice/big', other);
+    fwd = await CountingForwarder.start(up.url);
+    fwd.throttle = { match: /\/blobs\/sha256:/, rate: RATE };
+    proxy = await startRegistry({ settings: { proxy: { retries: 0, upstreams: { up: { url: fwd.url } } } } });
+  });
+  afterAll(async () => {
+    await proxy?.close();
+    await fwd?.close();
+    await up?.close();
+  });
+
+  test('16 concurrent cold pulls of one 64 MiB blob: one upstream GET; every client gets the right sha256 and its first bytes before the fill ends', async () => {
+    const url = `${proxy.url}/v2/proxy/up/alice/big/blobs/${digest}`;
+    const stored = join(proxy.root, 'proxy', 'blobs', 'sha256', digest.slice(7, 9), digest.slice(7));
+    const started = Date.now();
+    const landed = appearance(stored, started + 30_000);
+    const results = await Promise.all(Array.from({ length: CLIENTS }, () => client(url)));
+    const fileAt = await landed;
+
+    expect(fwd.count('GET', `/v2/alice/big/blobs/${digest}`)).toBe(1);
+    for (const r of results) {
+      expect(r.status).toBe(200);
+      expect(r.bytes).toBe(SIZE);
+      expect(r.digest).toBe(digest);
+    }
+    // The throttle made the fill slow...
+    expect(fileAt - started).toBeGreaterThan(1_200);
+    // ...and every client was streaming long before it ended: nobody waited for the whole blob.
+    const lastFirstChunk = Math.max(...results.map((r) => r.firstChunkAt));
+    expect(lastFirstChunk).toBeLessThan(fileAt - 1_000);
+    // No client finished with bytes the proxy had not verified.
+    expect(Math.min(...results.map((r) => r.endAt))).toBeGreaterThanOrEqual(fileAt - 50);
+    expect(proxy.fills.running).toBe(0);
+  });
+
+  test('a later client is served from the proxy storage with no upstream request', async () => {
+    const before = fwd.seen.length;
+    const r = await client(`${proxy.url}/v2/proxy/up/alice/big/blobs/${digest}`);
+    expect(r.digest).toBe(digest);
+    expect(fwd.seen.length).toBe(before);
+  });
+
+  test('a client that disconnects midway does not stop the fill: the blob lands, and the next client needs no upstream request', async () => {
+    const url = `${proxy.url}/v2/proxy/up/alice/big/blobs/${small.digest}`;
+    const stored = join(proxy.root, 'proxy', 'blobs', 'sha256', small.digest.slice(7, 9), small.digest.slice(7));
+    const abort = new AbortController();
+    const res = await fetch(url, { signal: abort.signal });
+    const reader = res.body!.getReader();
+    await reader.read();
+    abort.abort();
+    await reader.read().catch(() => undefined);
+    await appearance(stored, Date.now() + 10_000);
+    const r = await client(url);
+    expect(r.digest).toBe(small.digest);
+    expect(fwd.count('GET', `/v2/alice/big/blobs/${small.digest}`)).toBe(1);
+  });
+
+  test('a range request on a cold blob gets exactly its bytes (206), from the single fill', async () => {
+    const url = `${proxy.url}/v2/proxy/up/alice/big/blobs/${other.digest}`;
+    const [whole, part] = await Promise.all([client(url), fetch(url, { headers: { range: 'bytes=1000-1999' } })]);
+    expect(whole.digest).toBe(other.digest);
+    expect(part.status).toBe(206);
+    expect(part.headers.get('content-range')).toBe(`bytes 1000-1999/${other.bytes.length}`);
+    expect(Buffer.from(await part.arrayBuffer()).equals(other.bytes.subarray(1000, 2000))).toBe(true);
+    expect(fwd.count('GET', `/v2/alice/big/blobs/${other.digest}`)).toBe(1);
+  });
+});

@@ -1,0 +1,117 @@
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
+import { buildLayout, mkdtemp, removeTemps, run, seed, type Layout } from './helpers/tools.js';
+
+/** A private containerd (no CRI, unix socket in a temp folder), stopped in afterAll. */
+async function startContainerd(dir: string): Promise<{ socket: string; stop(): Promise<void> }> {
+  const socket = join(dir, 'c.sock');
+  const config = join(dir, 'config.toml');
+  await writeFile(
+    config,
+    [
+      'version = 2',
+      `root = "${join(dir, 'root')}"`,
+      `state = "${join(dir, 'state')}"`,
+      'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
+      '[grpc]',
+      `  address = "${socket}"`,
+      '[ttrpc]',
+      `  address = "${socket}.ttrpc"`,
+      '[debug]',
+      '  address = ""',
+      '[metrics]',
+      '  address = ""',
+    ].join('\n'),
+  );
+  const child: ChildProcess = spawn('containerd', ['--config', config], { stdio: 'ignore' });
+  const spawned = new Promise<void>((resolve, reject) => {
+    child.once('spawn', resolve);
+    child.once('error', (err) => reject(new Error(`cannot start containerd (apt-get install containerd): ${err.message}`)));
+  });
+  await spawned;
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const deadline = Date.now() + 15_000;
+  for (;;) {
+    const ok = await run('ctr', ['-a', socket, 'version'], { timeout: 5_000 }).then(
+      () => true,
+      () => false,
+    );
+    if (ok) break;
+    if (Date.now() > deadline || child.exitCode !== null) {
+      child.kill('SIGKILL');
+      throw new Error('containerd did not come up within 15 s');
+    }
+    await sleep(100);
+  }
+  return {
+    socket,
+    async stop() {
+      child.kill('SIGTERM');
+      await Promise.race([exited, sleep(5_000, undefined, { ref: false }).then(() => child.kill('SIGKILL'))]);
+    },
+  };
+}
+
+async function hostsDir(registry: string, toml: string): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'wharf-hosts-'));
+  await mkdir(join(dir, registry));
+  await writeFile(join(dir, registry, 'hosts.toml'), toml);
+  return dir;
+}
+
+describe('containerd (ctr images pull --hosts-dir) through the proxy', () => {
+  let layout: Layout;
+  let up: TestRegistry;
+  let proxy: TestRegistry;
+  let containerd: Awaited<ReturnType<typeof startContainerd>>;
+  let ctr: (...args: string[]) => Promise<string>;
+
+  beforeAll(async () => {
+    layout = await buildLayout('containerd');
+    up = await startRegistry();
+    await seed(layout, new URL(up.url).host, 'alice/app', 'alice/multi');
+    // "upstream" is what image references call the registry; it resolves nowhere, so a pull that
+    // succeeds came through the proxy.
+    proxy = await startRegistry({ settings: { proxy: { retries: 0, upstreams: { up: { url: up.url, aliases: ['upstream'] } } } } });
+    containerd = await startContainerd(await mkdtemp(join(tmpdir(), 'wharf-ctr-')));
+    ctr = async (...args) => (await run('ctr', ['-a', containerd.socket, '-n', 'wharf-test', ...args], { timeout: 60_000 })).stdout;
+  });
+  afterAll(async () => {
+    await containerd?.stop();
+    await proxy?.close();
+    await up?.close();
+    await removeTemps();
+  });
+
+  test('a mirror host at the proxy root: containerd appends ?ns=<registry>, the proxy routes it to that upstream', async () => {
+    const dir = await hostsDir(
+      'upstream',
+      `server = "http://upstream"\n\n[host."${proxy.url}"]\n  capabilities = ["pull", "resolve"]\n`,
+    );
+    await ctr('images', 'pull', '--plain-http', '--hosts-dir', dir, '--snapshotter', 'native', 'upstream/alice/app:1');
+    const listed = await ctr('images', 'ls', '-q');
+    expect(listed.split('\n')).toContain('upstream/alice/app:1');
+    const info = await ctr('images', 'ls', 'name==upstream/alice/app:1');
+    expect(info).toContain(layout.single);
+    // The proxy's cache now knows the tag: it was served as a pull-through of "up".
+    const tags = proxy.db.prepare('SELECT repository, tag, digest FROM proxy_tags WHERE upstream = ?').all('up');
+    expect(tags).toContainEqual({ repository: 'alice/app', tag: '1', digest: layout.single });
+  });
+
+  test('a mirror host at /v2/proxy/<upstream> with override_path = true', async () => {
+    const dir = await hostsDir(
+      'upstream',
+      `server = "http://upstream"\n\n[host."${proxy.url}/v2/proxy/up"]\n  capabilities = ["pull", "resolve"]\n  override_path = true\n`,
+    );
+    await ctr('images', 'pull', '--plain-http', '--hosts-dir', dir, '--snapshotter', 'native', '--all-platforms', 'upstream/alice/multi:1');
+    const info = await ctr('images', 'ls', 'name==upstream/alice/multi:1');
+    expect(info).toContain(layout.multi);
+    const tags = proxy.db.prepare('SELECT repository, tag, digest FROM proxy_tags WHERE upstream = ?').all('up');
+    expect(tags).toContainEqual({ repository: 'alice/multi', tag: '1', digest: layout.multi });
+  });
+});

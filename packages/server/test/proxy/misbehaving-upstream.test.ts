@@ -1,0 +1,188 @@
+import { afterAll, beforeAll, beforeEach, describe, expect, test } from '@jest/globals';
+import { randomBytes } from 'node:crypto';
+import { stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { FakeUpstream } from '../../../proxy/test/helpers/fake-upstream.js';
+import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
+import { sha256 } from './helpers/tools.js';
+
+const TTL_MS = 300;
+
+/** What a client ends up with: the status, and the body's sha256 or 'cut' when reading it failed. */
+async function download(url: string): Promise<{ status: number; body: string }> {
+  const res = await fetch(url).catch(() => undefined);
+  if (!res) return { status: 0, body: 'cut' };
+  const body = await res.arrayBuffer().then(
+    (b) => sha256(new Uint8Array(b)),
+    () => 'cut',
+  );
+  return { status: res.status, body };
+}
+
+describe('pull-through from a misbehaving upstream', () => {
+  let fake: FakeUpstream;
+  let proxy: TestRegistry;
+  let bytes: Buffer;
+  let digest: string;
+  let manifestDigest: string;
+  let n = 0;
+  /** A fresh repository per test, so that nothing is cached from an earlier one. */
+  let repo: string;
+
+  beforeAll(async () => {
+    fake = await FakeUpstream.start();
+    proxy = await startRegistry({
+      settings: {
+        proxy: {
+          manifest_ttl: `${TTL_MS}ms`,
+          retries: 0,
+          connect_timeout: '500ms',
+          first_byte_timeout: '500ms',
+          idle_timeout: '500ms',
+          upstreams: { fake: { url: fake.url } },
+        },
+      },
+    });
+  });
+  afterAll(async () => {
+    await proxy?.close();
+    await fake?.close();
+  });
+  beforeEach(() => {
+    fake.fault = undefined;
+    fake.faultTimes = Infinity;
+    fake.faultOn = /\/v2\/.+\/(blobs|manifests)\//;
+    fake.auth = 'none';
+    repo = `alice/app${++n}`;
+    bytes = randomBytes(4 * 1024 * 1024);
+    digest = fake.addBlob(bytes);
+    manifestDigest = fake.addManifest(repo, '1', {
+      schemaVersion: 2,
+      mediaType: 'application/vnd.oci.image.manifest.v1+json',
+      config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest, size: bytes.length },
+      layers: [],
+    });
+  });
+
+  const blobUrl = () => `${proxy.url}/v2/proxy/fake/${repo}/blobs/${digest}`;
+  const proxyPath = () => join(proxy.root, 'proxy', 'blobs', 'sha256', digest.slice(7, 9), digest.slice(7));
+
+  for (const fault of ['wrong-bytes', 'truncate', 'reset'] as const) {
+    test(`${fault}: the client's body is cut (never complete-looking), nothing is cached, and a retry after recovery is correct`, async () => {
+      fake.fault = fault;
+      fake.faultOn = /\/blobs\//;
+      for (let attempt = 0; attempt < 2; attempt++) {
+        const got = await download(blobUrl());
+        // Either the reply was an error, or its body was cut: a 200 with a full body would be a lie.
+        expect(got.status !== 200 || got.body === 'cut').toBe(true);
+        expect(got.body).not.toBe(digest);
+      }
+      await sleep(50);
+      await expect(stat(proxyPath())).rejects.toMatchObject({ code: 'ENOENT' });
+      fake.fault = undefined;
+      expect(await download(blobUrl())).toEqual({ status: 200, body: digest });
+      await expect(stat(proxyPath())).resolves.toMatchObject({ size: bytes.length });
+    });
+  }
+
+  test('500 after the TTL with a cached manifest: 200 with a 299 Warning', async () => {
+    expect((await fetch(`${proxy.url}/v2/proxy/fake/${repo}/manifests/1`)).status).toBe(200);
+    await sleep(TTL_MS + 50);
+    fake.fault = '500';
+    const res = await fetch(`${proxy.url}/v2/proxy/fake/${repo}/manifests/1`);
+    expect(res.status).toBe(200);
+    expect(res.headers.get('docker-content-digest')).toBe(manifestDigest);
+    expect(res.headers.get('warning')).toMatch(/^299 - ".+"$/);
+  });
+
+  test('429 after the TTL with a cached manifest: 200 with a 299 Warning', async () => {
+    expect((await fetch(`${proxy.url}/v2/proxy/fake/${repo}/manifests/1`)).status).toBe(200);
+    await sleep(TTL_MS + 50);
+    fake.fault = '429';
+    const res = await fetch(`${proxy.url}/v2/proxy/fake/${repo}/manifests/1`);
+    expect(res.status).toBe(200);
+    expect(res.headers.get('warning')).toMatch(/^299 - ".+"$/);
+  });
+
+  test('500 with nothing cached: 502 UPSTREAM_ERROR', async () => {
+    fake.fault = '500';
+    const res = await fetch(`${proxy.url}/v2/proxy/fake/${repo}/manifests/1`);
+    expect(res.status).toBe(502);
+    expect(((await res.json()) as { errors: { code: string }[] }).errors[0]!.code).toBe('UPSTREAM_ERROR');
+  });
+
+  test('429 with nothing cached: 429 TOOMANYREQUESTS with Retry-After', async () => {
+    fake.fault = '429';
+    for (const path of [`manifests/1`, `blobs/${digest}`]) {
+      const res = await fetch(`${proxy.url}/v2/proxy/fake/${repo}/${path}`);
+      expect([path, res.status]).toEqual([path, 429]);
+      expect(res.headers.get('retry-after')).toBe('1');
+      expect(((await res.json()) as { errors: { code: string }[] }).errors[0]!.code).toBe('TOOMANYREQUESTS');
+    }
+  });
+
+  test('a stalled upstream with nothing cached: 504 UPSTREAM_TIMEOUT within the configured timeout', async () => {
+    fake.fault = 'stall';
+    const started = Date.now();
+    for (const path of [`manifests/1`, `blobs/${digest}`]) {
+      const res = await fetch(`${proxy.url}/v2/proxy/fake/${repo}/${path}`);
+      expect([path, res.status]).toEqual([path, 504]);
+      expect(((await res.json()) as { errors: { code: string }[] }).errors[0]!.code).toBe('UPSTREAM_TIMEOUT');
+    }
+    expect(Date.now() - started).toBeLessThan(3_000);
+  });
+
+  test('a stalled upstream after the TTL with a cached manifest: 200 with a 299 Warning', async () => {
+    expect((await fetch(`${proxy.url}/v2/proxy/fake/${repo}/manifests/1`)).status).toBe(200);
+    await sleep(TTL_MS + 50);
+    fake.fault = 'stall';
+    const res = await fetch(`${proxy.url}/v2/proxy/fake/${repo}/manifests/1`);
+    expect(res.status).toBe(200);
+    expect(res.headers.get('warning')).toMatch(/timed out/);
+  });
+
+  test('default timeouts and retries: a stalled upstream with a cached manifest still answers within about 5 s', async () => {
+    const patient = await startRegistry({ settings: { proxy: { manifest_ttl: `${TTL_MS}ms`, upstreams: { fake: { url: fake.url } } } } });
+    try {
+      expect((await fetch(`${patient.url}/v2/proxy/fake/${repo}/manifests/1`)).status).toBe(200);
+      await sleep(TTL_MS + 50);
+      fake.fault = 'stall';
+      const started = Date.now();
+      const res = await fetch(`${patient.url}/v2/proxy/fake/${repo}/manifests/1`);
+      expect(res.status).toBe(200);
+      expect(res.headers.get('warning')).toMatch(/did not answer within 5000 ms/);
+      expect(Date.now() - started).toBeLessThan(7_000);
+    } finally {
+      await patient.close();
+    }
+  });
+
+  test('a blob cached once is served with the upstream failing', async () => {
+    expect(await download(blobUrl())).toEqual({ status: 200, body: digest });
+    fake.fault = '500';
+    expect(await download(blobUrl())).toEqual({ status: 200, body: digest });
+    expect(fake.count('GET', `/v2/${repo}/blobs/${digest}`)).toBe(1);
+  });
+
+  test('a Bearer-token upstream is served with the configured credentials; the client sends none', async () => {
+    const bearer = await FakeUpstream.start();
+    const reg = await startRegistry({
+      settings: { proxy: { retries: 0, upstreams: { tok: { url: bearer.url, username: 'alice', password: 's3cret' } } } },
+    });
+    try {
+      bearer.auth = 'bearer';
+      const d = bearer.addBlob(bytes);
+      const m = bearer.addManifest('alice/app', '1', { schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: {}, layers: [] });
+      const res = await fetch(`${reg.url}/v2/proxy/tok/alice/app/manifests/1`);
+      expect(res.status).toBe(200);
+      expect(res.headers.get('docker-content-digest')).toBe(m);
+      const blobRes = await download(`${reg.url}/v2/proxy/tok/alice/app/blobs/${d}`);
+      expect(blobRes).toEqual({ status: 200, body: d });
+      expect(bearer.count('GET', '/token')).toBe(1);
+    } finally {
+      await reg.close();
+      await bearer.close();
+    }
+  });
+});

@@ -1,0 +1,74 @@
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { startDistribution, type Distribution } from '../helpers/distribution.js';
+import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
+import { buildLayout, pull, removeTemps, seed, type Layout } from './helpers/tools.js';
+
+const TTL_MS = 1000;
+
+describe('pull-through from CNCF distribution (docker-registry) with htpasswd auth', () => {
+  let layout: Layout;
+  let dist: Distribution;
+  let proxy: TestRegistry;
+  let host: string;
+
+  beforeAll(async () => {
+    layout = await buildLayout('distribution-upstream');
+    dist = await startDistribution({ htpasswd: { username: 'alice', password: 's3cret' } });
+    await seed(layout, dist.host, 'alice/app', 'alice/multi', 'alice:s3cret');
+    proxy = await startRegistry({
+      settings: {
+        proxy: {
+          manifest_ttl: `${TTL_MS}ms`,
+          retries: 0,
+          upstreams: {
+            dist: { url: dist.url, username: 'alice', password: 's3cret' },
+            'dist-anonymous': { url: dist.url },
+          },
+        },
+      },
+    });
+    host = new URL(proxy.url).host;
+  });
+  afterAll(async () => {
+    await proxy?.close();
+    await dist?.close();
+    await removeTemps();
+  });
+
+  test('the upstream really requires credentials', async () => {
+    expect((await fetch(`${dist.url}/v2/alice/app/manifests/1`)).status).toBe(401);
+  });
+
+  test('skopeo pulls by tag with the configured username/password; the manifest digest is the upstream one', async () => {
+    expect(await pull(`${host}/proxy/dist/alice/app:1`)).toBe(layout.single);
+  });
+
+  test('skopeo pulls by digest', async () => {
+    expect(await pull(`${host}/proxy/dist/alice/app@${layout.single}`)).toBe(layout.single);
+  });
+
+  test('skopeo copy --all of a two-platform index keeps the index digest', async () => {
+    expect(await pull(`${host}/proxy/dist/alice/multi:1`, { all: true })).toBe(layout.multi);
+  });
+
+  test('without configured credentials: 502 UPSTREAM_ERROR, and the upstream challenge never reaches the client', async () => {
+    const res = await fetch(`${proxy.url}/v2/proxy/dist-anonymous/alice/app/manifests/1`);
+    expect(res.status).toBe(502);
+    expect(res.headers.get('www-authenticate')).toBeNull();
+    const body = (await res.json()) as { errors: { code: string }[] };
+    expect(body.errors[0]!.code).toBe('UPSTREAM_ERROR');
+  });
+
+  test('upstream killed: cached images still pull with skopeo (Warning on the manifest); uncached → 502', async () => {
+    await dist.kill();
+    await sleep(TTL_MS + 100);
+    expect(await pull(`${host}/proxy/dist/alice/app:1`)).toBe(layout.single);
+    expect(await pull(`${host}/proxy/dist/alice/multi:1`, { all: true })).toBe(layout.multi);
+    const res = await fetch(`${proxy.url}/v2/proxy/dist/alice/app/manifests/1`);
+    expect(res.status).toBe(200);
+    expect(res.headers.get('warning')).toMatch(/^299 - ".+"$/);
+    const cold = await fetch(`${proxy.url}/v2/proxy/dist/alice/other/manifests/1`);
+    expect(cold.status).toBe(502);
+  });
+});

@@ -1,0 +1,224 @@
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { blob, pushImage } from '../helpers/oci.js';
+import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
+import { CountingForwarder } from './helpers/counting-forwarder.js';
+import { buildLayout, pull, removeTemps, run, seed, type Layout } from './helpers/tools.js';
+
+const TTL_MS = 1000;
+
+async function errorOf(res: Response): Promise<{ code: string; message: string }> {
+  expect(res.headers.get('content-type')).toMatch(/^application\/json/);
+  const body = (await res.json()) as { errors: { code: string; message: string }[] };
+  return body.errors[0]!;
+}
+
+describe('pull-through from another Wharf', () => {
+  let layout: Layout;
+  let up: TestRegistry;
+  let fwd: CountingForwarder;
+  let proxy: TestRegistry;
+  let host: string;
+
+  beforeAll(async () => {
+    layout = await buildLayout('wharf-upstream');
+    up = await startRegistry();
+    await seed(layout, new URL(up.url).host, 'alice/app', 'alice/multi');
+    fwd = await CountingForwarder.start(up.url);
+    proxy = await startRegistry({
+      settings: {
+        proxy: {
+          manifest_ttl: `${TTL_MS}ms`,
+          retries: 0,
+          upstreams: {
+            up: { url: fwd.url, aliases: ['upstream-alias'] },
+            hub: { url: up.url, library_prefix: 'library' },
+          },
+        },
+      },
+    });
+    host = new URL(proxy.url).host;
+  });
+  afterAll(async () => {
+    await proxy?.close();
+    await fwd?.close();
+    await up?.close();
+    await removeTemps();
+  });
+
+  test('skopeo pulls by tag through /v2/proxy/<key>/ and gets the upstream manifest digest', async () => {
+    expect(await pull(`${host}/proxy/up/alice/app:1`)).toBe(layout.single);
+  });
+
+  test('skopeo pulls by digest through the proxy', async () => {
+    expect(await pull(`${host}/proxy/up/alice/app@${layout.single}`)).toBe(layout.single);
+  });
+
+  test('skopeo copy --all of a two-platform index keeps the index digest and fetches both platforms', async () => {
+    expect(await pull(`${host}/proxy/up/alice/multi:1`, { all: true })).toBe(layout.multi);
+    for (const digest of [layout.amd64, layout.arm64]) {
+      const res = await fetch(`${proxy.url}/v2/proxy/up/alice/multi/manifests/${digest}`);
+      expect(res.status).toBe(200);
+      expect(res.headers.get('docker-content-digest')).toBe(digest);
+    }
+  });
+
+  test('an alias names the same upstream, and replies carry OCI-Namespace', async () => {
+    const res = await fetch(`${proxy.url}/v2/proxy/upstream-alias/alice/app/manifests/1`);
+    expect(res.status).toBe(200);
+    expect(res.headers.get('docker-content-digest')).toBe(layout.single);
+    expect(res.headers.get('oci-namespace')).toBe('up');
+  });
+
+  test('a one-component name on an upstream with library_prefix is served from library/<name>', async () => {
+    const { manifest } = await pushImage(up.url, 'library/busybox', '1');
+    const res = await fetch(`${proxy.url}/v2/proxy/hub/busybox/manifests/1`);
+    expect(res.status).toBe(200);
+    expect(res.headers.get('docker-content-digest')).toBe(manifest.digest);
+  });
+
+  test('by tag: no upstream request within manifest_ttl; after it a HEAD; a moved tag is fetched with GET', async () => {
+    const path = '/v2/alice/ttl/manifests/1';
+    const first = await pushImage(up.url, 'alice/ttl', '1', 'first');
+    const get = () => fetch(`${proxy.url}/v2/proxy/up/alice/ttl/manifests/1`).then((r) => r.headers.get('docker-content-digest'));
+    expect(await get()).toBe(first.manifest.digest);
+    expect(await get()).toBe(first.manifest.digest);
+    expect([fwd.count('GET', path), fwd.count('HEAD', path)]).toEqual([1, 0]);
+
+    await sleep(TTL_MS + 100);
+    expect(await get()).toBe(first.manifest.digest);
+    expect([fwd.count('GET', path), fwd.count('HEAD', path)]).toEqual([1, 1]);
+
+    const second = await pushImage(up.url, 'alice/ttl', '1', 'second');
+    expect(await get()).toBe(first.manifest.digest); // still within the TTL of the last check
+    await sleep(TTL_MS + 100);
+    expect(await get()).toBe(second.manifest.digest);
+    expect([fwd.count('GET', path), fwd.count('HEAD', path)]).toEqual([2, 2]);
+  });
+
+  test('by digest: served from the cache with no upstream request, whatever the TTL', async () => {
+    const path = `/v2/alice/app/manifests/${layout.single}`;
+    await fetch(`${proxy.url}/v2/proxy/up/alice/app/manifests/${layout.single}`);
+    const before = fwd.count('GET', path) + fwd.count('HEAD', path);
+    await sleep(TTL_MS + 100);
+    const res = await fetch(`${proxy.url}/v2/proxy/up/alice/app/manifests/${layout.single}`);
+    expect(res.status).toBe(200);
+    expect(fwd.count('GET', path) + fwd.count('HEAD', path)).toBe(before);
+  });
+
+  test('upstream down: a cached image still pulls with skopeo, and the manifest carries a 299 Warning', async () => {
+    expect(await pull(`${host}/proxy/up/alice/app:1`)).toBe(layout.single);
+    fwd.setDown(true);
+    try {
+      await sleep(TTL_MS + 100);
+      expect(await pull(`${host}/proxy/up/alice/app:1`)).toBe(layout.single);
+      const res = await fetch(`${proxy.url}/v2/proxy/up/alice/app/manifests/1`);
+      expect(res.status).toBe(200);
+      expect(res.headers.get('docker-content-digest')).toBe(layout.single);
+      expect(res.headers.get('warning')).toMatch(/^299 - ".+"$/);
+    } finally {
+      fwd.setDown(false);
+    }
+  });
+
+  test('upstream down and nothing cached: 502 UPSTREAM_ERROR as an OCI error body', async () => {
+    fwd.setDown(true);
+    try {
+      const res = await fetch(`${proxy.url}/v2/proxy/up/alice/never-pulled/manifests/1`);
+      expect(res.status).toBe(502);
+      expect((await errorOf(res)).code).toBe('UPSTREAM_ERROR');
+      const blobRes = await fetch(`${proxy.url}/v2/proxy/up/alice/never-pulled/blobs/${blob('never').digest}`);
+      expect(blobRes.status).toBe(502);
+      expect((await errorOf(blobRes)).code).toBe('UPSTREAM_ERROR');
+    } finally {
+      fwd.setDown(false);
+    }
+  });
+
+  test('upstream 404: 404 MANIFEST_UNKNOWN and BLOB_UNKNOWN', async () => {
+    const res = await fetch(`${proxy.url}/v2/proxy/up/alice/app/manifests/no-such-tag`);
+    expect(res.status).toBe(404);
+    expect((await errorOf(res)).code).toBe('MANIFEST_UNKNOWN');
+    const other = await fetch(`${proxy.url}/v2/proxy/up/nobody/nothing/manifests/1`);
+    expect(other.status).toBe(404);
+    expect((await errorOf(other)).code).toBe('MANIFEST_UNKNOWN');
+    const blobRes = await fetch(`${proxy.url}/v2/proxy/up/alice/app/blobs/${blob('not there').digest}`);
+    expect(blobRes.status).toBe(404);
+    expect((await errorOf(blobRes)).code).toBe('BLOB_UNKNOWN');
+  });
+
+  test('an unknown upstream key is 404 NAME_UNKNOWN', async () => {
+    const res = await fetch(`${proxy.url}/v2/proxy/nope/alice/app/manifests/1`);
+    expect(res.status).toBe(404);
+    expect((await errorOf(res)).code).toBe('NAME_UNKNOWN');
+  });
+
+  test('push, upload and delete on proxy names are 405 UNSUPPORTED with a message', async () => {
+    const base = `${proxy.url}/v2/proxy/up/alice/app`;
+    const b = blob('pushed to a proxy name');
+    const attempts: [string, RequestInit][] = [
+      [`${base}/blobs/uploads/`, { method: 'POST' }],
+      [`${base}/blobs/uploads/?digest=${b.digest}`, { method: 'POST', body: b.bytes }],
+      [`${base}/manifests/2`, { method: 'PUT', headers: { 'content-type': 'application/vnd.oci.image.manifest.v1+json' }, body: '{}' }],
+      [`${base}/manifests/1`, { method: 'DELETE' }],
+      [`${base}/blobs/${layout.single}`, { method: 'DELETE' }],
+    ];
+    for (const [url, init] of attempts) {
+      const res = await fetch(url, init);
+      expect([init.method, res.status]).toEqual([init.method, 405]);
+      const error = await errorOf(res);
+      expect(error.code).toBe('UNSUPPORTED');
+      expect(error.message).toMatch(/read-only pull-through cache/);
+    }
+    // The manifest is still there.
+    expect((await fetch(`${base}/manifests/1`)).status).toBe(200);
+  });
+
+  test('skopeo cannot push to a proxy name', async () => {
+    await expect(run('skopeo', ['copy', '--dest-tls-verify=false', `oci:${layout.dir}:single`, `docker://${host}/proxy/up/alice/pushed:1`])).rejects.toThrow();
+  });
+
+  test('?ns=<upstream host> routes a non-local name to that upstream and answers OCI-Namespace', async () => {
+    for (const ns of [fwd.host, 'up', 'upstream-alias']) {
+      const res = await fetch(`${proxy.url}/v2/alice/app/manifests/1?ns=${encodeURIComponent(ns)}`);
+      expect([ns, res.status]).toEqual([ns, 200]);
+      expect(res.headers.get('docker-content-digest')).toBe(layout.single);
+      expect(res.headers.get('oci-namespace')).toBe('up');
+    }
+    // Without ns the name is local, and there is no local alice/app.
+    expect((await fetch(`${proxy.url}/v2/alice/app/manifests/1`)).status).toBe(404);
+  });
+
+  test('?ns= naming no configured upstream is served locally', async () => {
+    const res = await fetch(`${proxy.url}/v2/alice/app/manifests/1?ns=registry.unknown.example`);
+    expect(res.status).toBe(404);
+    expect(res.headers.get('oci-namespace')).toBeNull();
+  });
+
+  test('?ns=: a local repository of the same name wins, and pushes with ns stay local', async () => {
+    await pushImage(up.url, 'carol/app', '1', 'upstream copy');
+    const local = await pushImage(`${proxy.url}`, 'carol/app', '1', 'local copy');
+    const res = await fetch(`${proxy.url}/v2/carol/app/manifests/1?ns=${fwd.host}`);
+    expect(res.status).toBe(200);
+    expect(res.headers.get('docker-content-digest')).toBe(local.manifest.digest);
+    expect(res.headers.get('oci-namespace')).toBeNull();
+    const b = blob('pushed with ns');
+    const put = await fetch(`${proxy.url}/v2/dave/app/blobs/uploads/?digest=${b.digest}&ns=${fwd.host}`, { method: 'POST', body: b.bytes });
+    expect(put.status).toBe(201);
+    expect(fwd.seen.some((r) => r.path.startsWith('/v2/dave/'))).toBe(false);
+    expect((await fetch(`${proxy.url}/v2/dave/app/blobs/${b.digest}`)).status).toBe(200);
+  });
+
+  test('HEAD of a proxied manifest and blob answers the GET headers with no body', async () => {
+    const res = await fetch(`${proxy.url}/v2/proxy/up/alice/app/manifests/1`, { method: 'HEAD' });
+    expect(res.status).toBe(200);
+    expect(res.headers.get('docker-content-digest')).toBe(layout.single);
+    expect(Number(res.headers.get('content-length'))).toBeGreaterThan(0);
+    expect((await res.arrayBuffer()).byteLength).toBe(0);
+    const manifest = (await (await fetch(`${proxy.url}/v2/proxy/up/alice/app/manifests/1`)).json()) as { config: { digest: string; size: number } };
+    const blobRes = await fetch(`${proxy.url}/v2/proxy/up/alice/app/blobs/${manifest.config.digest}`, { method: 'HEAD' });
+    expect(blobRes.status).toBe(200);
+    expect(blobRes.headers.get('docker-content-digest')).toBe(manifest.config.digest);
+    expect(Number(blobRes.headers.get('content-length'))).toBe(manifest.config.size);
+  });
+});
