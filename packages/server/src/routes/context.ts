@@ -1,4 +1,4 @@
-import { RegistryError, parseDigest, type Digest } from '@wharf/registry-core';
+import { MAX_PAGE, RegistryError, parseDigest, type Digest } from '@wharf/registry-core';
 import type { Context } from 'koa';
 import type { RepositoryResolver, ResolvedRepository } from '../repositories.js';
 
@@ -54,8 +54,26 @@ export function pageParams(ctx: Context): { n?: number; last?: string } {
   return page;
 }
 
-/** Sets `Link: <path?n=&last=>; rel="next"` when a page was full and more may follow. */
-export function setNextLink(ctx: Context, path: string, n: number, last: string | undefined): void {
-  if (last === undefined) return;
-  ctx.set('Link', `<${path}?n=${n}&last=${encodeURIComponent(last)}>; rel="next"`);
+/** The largest page we answer; a listing without `n`, or with a larger one, is paginated with `Link`. */
+export const MAX_PAGE_SIZE = MAX_PAGE - 1;
+
+/**
+ * Runs a paginated listing: asks the store for one entry more than the page holds, and when that entry
+ * exists sets `Link: <path?n=&last=>; rel="next"` so the client can fetch the rest. undefined when the
+ * listing's owner does not exist.
+ */
+export async function paginate(
+  ctx: Context,
+  path: string,
+  list: (page: { n: number; last?: string }) => Promise<string[] | undefined>,
+): Promise<string[] | undefined> {
+  const page = pageParams(ctx);
+  const size = Math.min(page.n ?? MAX_PAGE_SIZE, MAX_PAGE_SIZE);
+  const items = await list({ n: size + 1, ...(page.last ? { last: page.last } : {}) });
+  if (!items) return undefined;
+  if (items.length > size) {
+    items.length = size;
+    if (size > 0) ctx.set('Link', `<${path}?n=${size}&last=${encodeURIComponent(items.at(-1)!)}>; rel="next"`);
+  }
+  return items;
 }
