@@ -55,8 +55,13 @@ export class BlobFill {
     try {
       fd = openSync(this.tempPath, 'r');
     } catch {
-      // The fill finished and renamed its file between our check and the open: read the final file.
-      fd = openSync(this.finalPath, 'r');
+      try {
+        // The fill finished and renamed its file between our check and the open: read the final file.
+        fd = openSync(this.finalPath, 'r');
+      } catch {
+        // Neither: the fill failed and removed its file just now.
+        throw fillFailed(this.digest, this.error);
+      }
     }
     return new TailReader(this, fd, range?.start ?? 0, range?.end);
   }
@@ -125,6 +130,14 @@ class TailReader extends Readable {
     }
     callback(err);
   }
+}
+
+/** What a client is told when the download it waited on failed: the upstream's fault, a 502. */
+export function fillFailed(digest: Digest, cause: Error | undefined): RegistryError {
+  return new RegistryError('UPSTREAM_ERROR', 'the upstream download of this blob failed; try again', {
+    digest,
+    ...(cause ? { reason: cause.message } : {}),
+  });
 }
 
 export interface BlobFillsOptions {

@@ -13,7 +13,7 @@ import {
   type RepositoryReader,
   type StoredManifest,
 } from '@wharf/registry-core';
-import type { BlobFill, BlobFills } from './blob-fill.js';
+import { fillFailed, type BlobFill, type BlobFills } from './blob-fill.js';
 import type { CacheIndex } from './cache-index.js';
 import { UpstreamError, type Upstream } from './upstream.js';
 
@@ -29,9 +29,20 @@ export interface PullThroughPolicy {
    * waits included, before the copy is served stale (ms).
    */
   readonly revalidateTimeout?: number;
+  /**
+   * After a re-check failed because the upstream was down, for this long cached tags are served at once
+   * without asking it again (ms); a 429's Retry-After lengthens it.
+   */
+  readonly outageBackoff?: number;
 }
 
-export const DEFAULT_POLICY: PullThroughPolicy = { manifestTtl: 5 * 60_000, absentTtl: 60_000, rateLimitFloor: 10, revalidateTimeout: 5_000 };
+export const DEFAULT_POLICY: PullThroughPolicy = {
+  manifestTtl: 5 * 60_000,
+  absentTtl: 60_000,
+  rateLimitFloor: 10,
+  revalidateTimeout: 5_000,
+  outageBackoff: 30_000,
+};
 
 export interface PullThroughLogger {
   warn(fields: Record<string, unknown>, message: string): void;
@@ -51,6 +62,8 @@ export class PullThroughRepository implements RepositoryReader {
   rateLimitRemaining: number | undefined;
   /** Manifests served from the cache while the upstream could not be asked. */
   staleServed = 0;
+  /** Until then, the upstream is taken as down: cached tags are served without asking it. */
+  private unavailableUntil = 0;
 
   constructor(
     readonly upstream: Upstream,
@@ -95,6 +108,9 @@ export class PullThroughRepository implements RepositoryReader {
     const cached = known ? this.index.manifest(this.key, repo, known.digest) : undefined;
     if (cached && known && now - known.checkedAt < this.policy.manifestTtl) return cached;
     if (!cached && this.index.isAbsent(this.key, repo, tag)) return undefined;
+    if (cached && now < this.unavailableUntil) {
+      return this.stale(cached, repo, tag, `upstream ${this.key} is unavailable; serving the cached manifest`);
+    }
     if (cached && this.rateLimitRemaining !== undefined && this.rateLimitRemaining < this.policy.rateLimitFloor) {
       return this.stale(cached, repo, tag, `upstream rate limit nearly exhausted (${this.rateLimitRemaining} left); serving the cached manifest`);
     }
@@ -118,13 +134,20 @@ export class PullThroughRepository implements RepositoryReader {
       return fetched;
     } catch (err) {
       if (cached && err instanceof UpstreamError && err.failure !== 'invalid') {
+        this.backOff(err.retryAfter);
         return this.stale(cached, repo, tag, `upstream ${this.key} unavailable (${err.message}); serving the cached manifest`);
       }
       if (cached && signal?.aborted) {
+        this.backOff(undefined);
         return this.stale(cached, repo, tag, `upstream ${this.key} did not answer within ${deadline} ms; serving the cached manifest`);
       }
       throw err;
     }
+  }
+
+  private backOff(retryAfterSeconds: number | undefined): void {
+    const window = Math.max(this.policy.outageBackoff ?? DEFAULT_POLICY.outageBackoff!, (retryAfterSeconds ?? 0) * 1000);
+    this.unavailableUntil = Date.now() + window;
   }
 
   private stale(cached: StoredManifest, repo: string, tag: string, reason: string): StoredManifest {
@@ -168,7 +191,8 @@ export class PullThroughRepository implements RepositoryReader {
 
   async openBlob(repo: string, blob: BlobInfo, range?: ByteRange): Promise<Readable | undefined> {
     const fill = await this.fills.current(blob.digest);
-    if (fill && fill.state !== 'failed') return fill.reader(range);
+    if (fill?.state === 'failed') throw fillFailed(blob.digest, fill.error);
+    if (fill) return fill.reader(range);
     return this.store.open(blob.digest, range);
   }
 

@@ -2,6 +2,7 @@ import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
 import { FsUploadSessions } from '../src/fs/fs-uploads.js';
 import { describeUploadSessions } from './uploads.contract.js';
 import { sha256, sha512, streamOf } from './helpers.js';
@@ -182,5 +183,30 @@ describe('FsUploadSessions on disk', () => {
       expect(await sessions.expire(new Date(Date.now() - 60 * 60_000))).toBe(1);
       await expect(stat(join(dir, 'uploads', id))).rejects.toMatchObject({ code: 'ENOENT' });
     });
+  });
+});
+
+describe('FsUploadSessions status during a chunk', () => {
+  let dir: string;
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'wharf-status-'));
+  });
+  afterEach(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test('reports only the bytes before a chunk still arriving, which may yet be cut', async () => {
+    const uploads = new FsUploadSessions(dir);
+    await uploads.init();
+    const s = await uploads.begin('a/b');
+    await uploads.append('a/b', s.id, streamOf(Buffer.alloc(100, 1)), { start: 0, end: 99 });
+    const slow = new PassThrough();
+    const arriving = uploads.append('a/b', s.id, slow, {});
+    slow.write(Buffer.alloc(5000, 2));
+    await new Promise((r) => setTimeout(r, 50));
+    expect((await uploads.status('a/b', s.id))?.size).toBe(100);
+    slow.destroy(new Error('client went away'));
+    await expect(arriving).rejects.toThrow();
+    expect((await uploads.status('a/b', s.id))?.size).toBe(100);
   });
 });

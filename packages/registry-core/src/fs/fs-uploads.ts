@@ -35,6 +35,8 @@ export class FsUploadSessions implements UploadSessions {
   private readonly dir: string;
   private readonly running = new Map<string, RunningHash>();
   private readonly locks = new Map<string, Promise<unknown>>();
+  /** Sessions with a chunk being written, and the size they had before it: what status reports. */
+  private readonly committed = new Map<string, number>();
 
   constructor(tempRoot: string) {
     this.dir = join(tempRoot, 'uploads');
@@ -59,8 +61,10 @@ export class FsUploadSessions implements UploadSessions {
   async status(repo: string, id: string): Promise<UploadStatus | undefined> {
     const info = await this.info(repo, id);
     if (!info) return undefined;
-    const size = (await stat(this.dataPath(id)).catch(() => undefined))?.size;
-    if (size === undefined) return undefined;
+    const onDisk = (await stat(this.dataPath(id)).catch(() => undefined))?.size;
+    if (onDisk === undefined) return undefined;
+    // While a chunk is arriving, its bytes are not the client's to resume from: they may yet be cut.
+    const size = this.committed.get(id) ?? onDisk;
     return { id, repo, size, startedAt: new Date(info.startedAt) };
   }
 
@@ -76,6 +80,7 @@ export class FsUploadSessions implements UploadSessions {
       const expected = position.start !== undefined && position.end !== undefined ? position.end - position.start + 1 : undefined;
       const running = await this.runningHash(id, current.size);
       const counter = { bytes: 0 };
+      this.committed.set(id, current.size);
       try {
         const sink = createWriteStream(this.dataPath(id), { flags: 'a', highWaterMark: 1024 * 1024 });
         await pipeline(chunk, hashingStage(running.hash, counter, expected), sink, signal ? { signal } : {});
@@ -89,6 +94,8 @@ export class FsUploadSessions implements UploadSessions {
         this.running.delete(id);
         await truncate(this.dataPath(id), current.size).catch(() => undefined);
         throw err;
+      } finally {
+        this.committed.delete(id);
       }
       return { ...current, size: current.size + counter.bytes };
     });

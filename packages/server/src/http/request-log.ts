@@ -20,7 +20,8 @@ export function requestLog(logger: Logger) {
         reqId,
         method: ctx.method,
         path: ctx.path,
-        status: ctx.res.statusCode,
+        // 499, as nginx logs it: the client went away before a response was sent.
+        status: ctx.res.headersSent ? ctx.res.statusCode : 499,
         bytesOut: ctx.res.getHeader('content-length') !== undefined ? Number(ctx.res.getHeader('content-length')) : undefined,
         durationMs: Math.round((performance.now() - started) * 10) / 10,
         ...(ctx.state.errorCode ? { error: ctx.state.errorCode } : {}),

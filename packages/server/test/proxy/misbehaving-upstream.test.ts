@@ -139,7 +139,9 @@ describe('pull-through from a misbehaving upstream', () => {
     fake.fault = 'stall';
     const res = await fetch(`${proxy.url}/v2/proxy/fake/${repo}/manifests/1`);
     expect(res.status).toBe(200);
-    expect(res.headers.get('warning')).toMatch(/timed out/);
+    // An earlier test in this file may already have put the upstream in its back-off window, in which
+    // case the copy is served without asking; either way it is the cached copy, marked stale.
+    expect(res.headers.get('warning')).toMatch(/^299 - "upstream fake (did not answer|.*timed out|is unavailable)/);
   });
 
   test('default timeouts and retries: a stalled upstream with a cached manifest still answers within about 5 s', async () => {

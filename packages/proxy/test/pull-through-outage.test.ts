@@ -1,0 +1,64 @@
+import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { FsBlobStore, openDatabase, type SqliteDatabase } from '@wharf/registry-core';
+import { BlobFills } from '../src/blob-fill.js';
+import { CacheIndex } from '../src/cache-index.js';
+import { HttpUpstream } from '../src/http-upstream.js';
+import { PullThroughRepository } from '../src/pull-through.js';
+import { FakeUpstream } from './helpers/fake-upstream.js';
+
+const DOC = { schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: {}, layers: [] };
+const TTL = 100;
+
+describe('PullThroughRepository during an upstream outage', () => {
+  let fake: FakeUpstream;
+  let dir: string;
+  let db: SqliteDatabase;
+  let repo: PullThroughRepository;
+
+  beforeEach(async () => {
+    fake = await FakeUpstream.start();
+    dir = await mkdtemp(join(tmpdir(), 'wharf-outage-'));
+    await mkdir(join(dir, 'tmp'));
+    db = openDatabase(':memory:');
+    const store = new FsBlobStore(join(dir, 'blobs'), join(dir, 'tmp'));
+    const upstream = new HttpUpstream({ name: 'up', url: fake.url, retries: 0, timeouts: { connect: 300, firstByte: 300, idle: 300 } });
+    repo = new PullThroughRepository(upstream, new CacheIndex(db), store, new BlobFills({ store, tempRoot: join(dir, 'tmp') }), {
+      manifestTtl: TTL,
+      absentTtl: 60_000,
+      rateLimitFloor: 0,
+      outageBackoff: 400,
+    });
+  });
+  afterEach(async () => {
+    await fake.close();
+    db.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test('after one failed re-check, cached tags are served at once without asking the upstream again', async () => {
+    fake.addManifest('alice/app', '1', DOC);
+    await repo.manifest('alice/app', '1');
+    await sleep(TTL + 20);
+    fake.fault = '500';
+    expect((await repo.manifest('alice/app', '1'))?.warning).toBeDefined();
+    const asked = fake.requests.length;
+    for (let i = 0; i < 5; i++) expect((await repo.manifest('alice/app', '1'))?.warning).toMatch(/unavailable/);
+    expect(fake.requests.length).toBe(asked);
+  });
+
+  test('once the back-off window has passed, the upstream is asked again and a recovery is seen', async () => {
+    fake.addManifest('alice/app', '1', DOC);
+    await repo.manifest('alice/app', '1');
+    await sleep(TTL + 20);
+    fake.fault = '500';
+    await repo.manifest('alice/app', '1');
+    fake.fault = undefined;
+    await sleep(450);
+    const fresh = await repo.manifest('alice/app', '1');
+    expect(fresh?.warning).toBeUndefined();
+  });
+});
