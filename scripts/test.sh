@@ -17,9 +17,11 @@ pnpm test 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 
-# One closing line for the whole run, summed over every package's jest summary.
-passed=$(grep -E 'Tests: ' "$log" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
-failed=$(grep -E 'Tests: ' "$log" | grep -oE '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
+# One closing line for the whole run, summed over every package's jest summary
+# ("Tests:       3 failed, 299 passed, 302 total").
+read -r passed failed < <(awk '/Tests: / {
+    for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) }
+  } END { print p + 0, f + 0 }' "$log")
 echo
 echo "tests: $passed passed, $failed failed"
 if [ "$status" -eq 0 ] && [ "$passed" -eq 0 ]; then
