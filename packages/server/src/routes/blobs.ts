@@ -1,6 +1,7 @@
 import type { Router, RouterContext } from '@koa/router';
 import { RegistryError } from '@wharf/registry-core';
 import { emptyBody } from '../http/body.js';
+import { sendStream } from '../http/send-stream.js';
 import { parseRange } from '../http/range.js';
 import { writerOf } from '../repositories.js';
 import { capture, digestParam, repository, type RouteDeps } from './context.js';
@@ -37,8 +38,8 @@ export function registerBlobs(router: Router, deps: RouteDeps): void {
     }
     const body = await target.reader.openBlob(target.repo, blob, range);
     if (!body) throw new RegistryError('BLOB_UNKNOWN', 'blob unknown to registry', { digest });
-    ctx.body = body;
     ctx.length = length;
+    sendStream(ctx, body);
   };
 
   router.get(BLOB, serve);

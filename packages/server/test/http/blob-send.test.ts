@@ -1,0 +1,73 @@
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { randomBytes } from 'node:crypto';
+import { readdir } from 'node:fs/promises';
+import { request } from 'node:http';
+import { blob, pushBlob, sha256 } from '../helpers/oci.js';
+import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
+
+/** Blob bodies are sent from the file descriptor through reused buffers; none of it may leak or corrupt. */
+describe('blob sending from files', () => {
+  let reg: TestRegistry;
+  const big = blob(randomBytes(5 * 1024 * 1024 + 321));
+  const empty = blob(Buffer.alloc(0));
+
+  beforeAll(async () => {
+    reg = await startRegistry();
+    await pushBlob(reg.url, 'send/test', big);
+    await pushBlob(reg.url, 'send/test', empty);
+  });
+  afterAll(async () => {
+    await reg.close();
+  });
+
+  const openFds = async () => (await readdir('/proc/self/fd')).length;
+
+  test('a multi-chunk blob arrives whole, twice in parallel', async () => {
+    const [a, b] = await Promise.all(
+      [0, 1].map(async () => Buffer.from(await (await fetch(`${reg.url}/v2/send/test/blobs/${big.digest}`)).arrayBuffer())),
+    );
+    expect(sha256(a!)).toBe(big.digest);
+    expect(sha256(b!)).toBe(big.digest);
+  });
+
+  test('a range across a chunk boundary is exact', async () => {
+    const start = 1024 * 1024 - 10;
+    const end = 2 * 1024 * 1024 + 10;
+    const res = await fetch(`${reg.url}/v2/send/test/blobs/${big.digest}`, { headers: { Range: `bytes=${start}-${end}` } });
+    expect(res.status).toBe(206);
+    expect(Buffer.from(await res.arrayBuffer()).equals(big.bytes.subarray(start, end + 1))).toBe(true);
+  });
+
+  test('an empty blob is an empty 200', async () => {
+    const res = await fetch(`${reg.url}/v2/send/test/blobs/${empty.digest}`);
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-length')).toBe('0');
+    expect((await res.arrayBuffer()).byteLength).toBe(0);
+  });
+
+  test('no file descriptor leaks across whole, ranged, empty and abandoned downloads', async () => {
+    const before = await openFds();
+    for (let i = 0; i < 20; i++) {
+      await (await fetch(`${reg.url}/v2/send/test/blobs/${big.digest}`)).arrayBuffer();
+      await (await fetch(`${reg.url}/v2/send/test/blobs/${big.digest}`, { headers: { Range: 'bytes=5-9' } })).arrayBuffer();
+      await (await fetch(`${reg.url}/v2/send/test/blobs/${empty.digest}`)).arrayBuffer();
+    }
+    // Clients that go away after the first bytes.
+    for (let i = 0; i < 10; i++) {
+      await new Promise<void>((resolve) => {
+        const req = request(`${reg.url}/v2/send/test/blobs/${big.digest}`, (res) => {
+          res.once('data', () => {
+            req.destroy();
+            resolve();
+          });
+        });
+        req.on('error', () => resolve());
+        req.end();
+      });
+    }
+    await new Promise((r) => setTimeout(r, 300));
+    expect(await openFds()).toBeLessThanOrEqual(before + 2);
+    // And the server still answers.
+    expect((await fetch(`${reg.url}/v2/`)).status).toBe(200);
+  });
+});
