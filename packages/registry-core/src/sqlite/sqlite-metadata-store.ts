@@ -5,6 +5,7 @@ import { RegistryError } from '../errors.js';
 import type { Descriptor, ParsedManifest } from '../manifest.js';
 import type { MetadataStore, Page, StoredManifest } from '../metadata-store.js';
 import type { SqliteDatabase } from './database.js';
+import { ManifestCache } from './manifest-cache.js';
 
 interface ManifestRow {
   digest: string;
@@ -25,6 +26,8 @@ function limitOf(page: Page): number {
  */
 export class SqliteMetadataStore implements MetadataStore {
   private readonly q: Record<string, Statement>;
+
+  private readonly cache = new ManifestCache();
 
   constructor(private readonly db: SqliteDatabase) {
     const s = (sql: string) => db.prepare(sql);
@@ -66,11 +69,20 @@ export class SqliteMetadataStore implements MetadataStore {
   }
 
   async manifest(repo: string, digest: Digest): Promise<StoredManifest | undefined> {
-    return toStored(this.q.manifest!.get(repo, digest) as ManifestRow | undefined);
+    return this.cached(repo, digest, () => toStored(this.q.manifest!.get(repo, digest) as ManifestRow | undefined));
   }
 
   async taggedManifest(repo: string, tag: string): Promise<StoredManifest | undefined> {
-    return toStored(this.q.tagged!.get(repo, tag) as ManifestRow | undefined);
+    // A tag and a digest never collide as keys: a digest contains ':', a tag cannot.
+    return this.cached(repo, tag, () => toStored(this.q.tagged!.get(repo, tag) as ManifestRow | undefined));
+  }
+
+  private cached(repo: string, reference: string, read: () => StoredManifest | undefined): StoredManifest | undefined {
+    const hit = this.cache.get(repo, reference);
+    if (hit) return hit.manifest;
+    const manifest = read();
+    this.cache.set(repo, reference, manifest);
+    return manifest;
   }
 
   async repositoryExists(repo: string): Promise<boolean> {
@@ -118,6 +130,7 @@ export class SqliteMetadataStore implements MetadataStore {
 
   async putManifest(repo: string, manifest: ParsedManifest, bytes: Buffer, tags: readonly string[]): Promise<void> {
     const now = Date.now();
+    this.cache.forgetRepository(repo);
     this.db.transaction(() => {
       const id = this.ensureRepository(repo, now);
       for (const blob of manifest.blobs) {
@@ -154,10 +167,12 @@ export class SqliteMetadataStore implements MetadataStore {
   }
 
   async deleteManifest(repo: string, digest: Digest): Promise<boolean> {
+    this.cache.forgetRepository(repo);
     return this.q.deleteManifest!.run(digest, repo).changes > 0;
   }
 
   async deleteTag(repo: string, tag: string): Promise<boolean> {
+    this.cache.forgetRepository(repo);
     return this.q.deleteTag!.run(tag, repo).changes > 0;
   }
 
