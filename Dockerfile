@@ -14,6 +14,6 @@ RUN mkdir -p /app/storage && chown -R node:node /app/storage
 USER node
 VOLUME ["/app/storage"]
 EXPOSE 5000
-HEALTHCHECK --interval=30s --timeout=3s CMD node -e "fetch('http://127.0.0.1:5000/v2/').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"
+HEALTHCHECK --interval=30s --timeout=3s CMD node -e "fetch('http://127.0.0.1:5000/v2/').then(r=>process.exit(r.ok||r.status===401?0:1),()=>process.exit(1))"
 ENTRYPOINT ["node", "packages/server/dist/cli.js"]
 CMD ["serve", "--config", "/app/configuration.toml"]

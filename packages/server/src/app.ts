@@ -5,6 +5,10 @@ import type { Logger } from 'pino';
 import { ociErrors } from './http/oci-errors.js';
 import { requestLog } from './http/request-log.js';
 import type { RepositoryResolver } from './repositories.js';
+import { authMiddleware } from './auth/auth-middleware.js';
+import type { AuthService } from './auth/auth-service.js';
+import { catalogFilter } from './auth/catalog-visibility.js';
+import { registerTokenEndpoint } from './routes/token.js';
 import { registerAdmin, type AdminDeps } from './routes/admin.js';
 import { registerBase } from './routes/base.js';
 import { registerBlobs } from './routes/blobs.js';
@@ -20,6 +24,8 @@ export interface AppOptions {
   readonly resolver: RepositoryResolver;
   readonly logger: Logger;
   readonly admin?: AdminDeps;
+  /** Accounts and token auth; undefined when `[auth] enabled = false`. */
+  readonly auth?: AuthService;
 }
 
 export function createApp(options: AppOptions): Koa {
@@ -30,7 +36,7 @@ export function createApp(options: AppOptions): Koa {
   const v2 = new Router();
   // Order matters where patterns overlap: uploads before blobs, the catalog before repository routes.
   registerBase(v2);
-  registerCatalog(v2, options.local);
+  registerCatalog(v2, options.local, options.auth ? catalogFilter(options.auth) : undefined);
   registerUploads(v2, deps);
   registerBlobs(v2, deps);
   registerManifests(v2, deps);
@@ -43,6 +49,13 @@ export function createApp(options: AppOptions): Koa {
     await next();
   });
   app.use(ociErrors(options.logger));
+  if (options.auth) {
+    // /auth/token needs no credentials; everything under /v2 and /admin passes the auth middleware.
+    const token = new Router();
+    registerTokenEndpoint(token, options.auth);
+    app.use(token.routes());
+    app.use(authMiddleware({ auth: options.auth, resolver: options.resolver }));
+  }
   if (options.admin) {
     const admin = new Router();
     registerAdmin(admin, options.admin);

@@ -5,6 +5,7 @@ import { FsBlobStore, openDatabase } from '@wharf/registry-core';
 import { ConfigError, loadConfig } from './config.js';
 import { findUpstream } from './proxy-config.js';
 import { startServer } from './server.js';
+import { registerAuthCommands } from './cli-auth.js';
 
 const program = new Command();
 program.name('wharf').description('Wharf: a container registry and pull-through dependency proxy').showHelpAfterError();
@@ -81,5 +82,7 @@ proxy
       fail(err);
     }
   });
+
+registerAuthCommands(program, fail);
 
 await program.parseAsync(process.argv);

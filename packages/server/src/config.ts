@@ -5,6 +5,7 @@ import { parseDuration } from './duration.js';
 
 import { ConfigError } from './config-error.js';
 import { buildProxyConfig, type ProxyConfig } from './proxy-config.js';
+import { buildAuthConfig, checkAuthConfig, type AuthConfig } from './auth-config.js';
 
 export { ConfigError };
 
@@ -21,6 +22,7 @@ export interface WharfConfig {
   readonly uploadMaxAge: number;
   readonly logLevel: LogLevel;
   readonly proxy: ProxyConfig;
+  readonly auth: AuthConfig;
 }
 
 type Kind = 'string' | 'path' | 'listen' | 'duration' | 'log_level';
@@ -47,7 +49,7 @@ export const CONFIG_KEYS = {
 } as const satisfies Record<string, KeySpec>;
 
 /** Tables of settings, each validated by its own module. */
-const TABLES = { proxy: true } as const;
+const TABLES = { proxy: true, auth: true } as const;
 
 type Key = keyof typeof CONFIG_KEYS;
 const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -123,6 +125,9 @@ export function buildConfig(
     }
     values[key] = convert(key, spec.kind, raw, base);
   }
+  const proxy = buildProxyConfig(doc.proxy, env);
+  const auth = buildAuthConfig(doc.auth, env);
+  checkAuthConfig(auth, values.listen as WharfConfig['listen'], proxy);
   return {
     listen: values.listen as WharfConfig['listen'],
     registryStorage: values.registry_storage as string,
@@ -131,7 +136,8 @@ export function buildConfig(
     database: values.database as string,
     uploadMaxAge: values.upload_max_age as number,
     logLevel: values.log_level as LogLevel,
-    proxy: buildProxyConfig(doc.proxy, env),
+    proxy,
+    auth,
   };
 }
 

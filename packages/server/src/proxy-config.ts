@@ -16,7 +16,15 @@ export interface UpstreamConfig {
   readonly mirrors: readonly string[];
   readonly strategy: MirrorStrategy;
   readonly hedgeDelay: number;
+  /**
+   * Who may pull through this upstream when auth is enabled: any signed-in user ("authenticated"),
+   * everyone ("anonymous"), or members of the named groups. Unset: "authenticated", or "anonymous"
+   * with `[proxy] anonymous = true`.
+   */
+  readonly access?: UpstreamAccess;
 }
+
+export type UpstreamAccess = 'authenticated' | 'anonymous' | readonly string[];
 
 export interface ProxyConfig {
   readonly enabled: boolean;
@@ -75,7 +83,7 @@ export function parseSize(value: unknown): number | undefined {
   const unit = m ? SIZE_UNITS[m[2]!.toLowerCase()] : undefined;
   return m && unit !== undefined ? Math.floor(Number(m[1]) * unit) : undefined;
 }
-const UPSTREAM_KEYS = new Set(['url', 'aliases', 'username', 'password', 'password_env', 'library_prefix', 'mirrors', 'strategy', 'hedge_delay']);
+const UPSTREAM_KEYS = new Set(['url', 'aliases', 'username', 'password', 'password_env', 'library_prefix', 'mirrors', 'strategy', 'hedge_delay', 'access']);
 const STRATEGIES: readonly MirrorStrategy[] = ['failover', 'hedged', 'striped', 'adaptive'];
 
 function isTable(value: unknown): value is Record<string, unknown> {
@@ -141,6 +149,15 @@ function upstream(key: string, raw: unknown, env: NodeJS.ProcessEnv, builtIn: Up
   }
   const hedgeDelay = raw.hedge_delay === undefined ? 500 : typeof raw.hedge_delay === 'string' ? parseDuration(raw.hedge_delay) : undefined;
   if (hedgeDelay === undefined) throw new ConfigError(`"${where}.hedge_delay" must be a duration such as "300ms"`);
+  const access = raw.access;
+  if (
+    access !== undefined &&
+    access !== 'authenticated' &&
+    access !== 'anonymous' &&
+    !(Array.isArray(access) && access.length > 0 && access.every((g) => typeof g === 'string' && g !== ''))
+  ) {
+    throw new ConfigError(`"${where}.access" must be "authenticated", "anonymous" or an array of group names (got ${JSON.stringify(access)})`);
+  }
   return {
     key,
     url: url.replace(/\/+$/, ''),
@@ -151,6 +168,7 @@ function upstream(key: string, raw: unknown, env: NodeJS.ProcessEnv, builtIn: Up
     mirrors: (mirrors as string[]).map((m) => m.replace(/\/+$/, '')),
     strategy: strategy as MirrorStrategy,
     hedgeDelay,
+    ...(access !== undefined ? { access: access as UpstreamAccess } : {}),
   };
 }
 

@@ -19,6 +19,8 @@ export class ProxyResolver implements RepositoryResolver {
     private readonly local: LocalRegistry,
     private readonly config: ProxyConfig,
     private readonly repositories: ReadonlyMap<string, PullThroughRepository>,
+    /** With auth enabled, per-upstream `access` (auth middleware) replaces the loopback-only rule. */
+    private readonly options: { readonly loopbackOnly: boolean } = { loopbackOnly: true },
   ) {
     for (const u of config.upstreams) {
       for (const name of [u.key, ...u.aliases]) this.byName.set(name, u);
@@ -51,7 +53,7 @@ export class ProxyResolver implements RepositoryResolver {
   }
 
   private pullThrough(upstream: UpstreamConfig, path: string, request: RequestInfo): ResolvedRepository {
-    if (!this.config.anonymous && !isLoopback(request.remoteAddress)) {
+    if (this.options.loopbackOnly && !this.config.anonymous && !isLoopback(request.remoteAddress)) {
       throw new RegistryError('DENIED', 'the dependency proxy serves only local clients until accounts are configured; set [proxy] anonymous = true to open it', {
         upstream: upstream.key,
       });

@@ -18,6 +18,7 @@ import { findUpstream } from './proxy-config.js';
 import { ProxyResolver } from './proxy-resolver.js';
 import { LocalResolver, type RepositoryResolver } from './repositories.js';
 import { buildUpstream } from './upstreams.js';
+import { AuthService, type AuthTuning } from './auth/auth-service.js';
 
 export interface RunningServer {
   readonly url: string;
@@ -29,11 +30,15 @@ export interface RunningServer {
   readonly proxies: ReadonlyMap<string, PullThroughRepository>;
   readonly fills: BlobFills;
   readonly eviction: CacheEviction;
+  /** Accounts and tokens (undefined when auth is disabled). */
+  readonly auth?: AuthService;
   close(): Promise<void>;
 }
 
 export interface StartOptions {
   readonly logger?: Logger;
+  /** Internal knobs of auth for tests (bcrypt cost, login limits, where the admin password goes). */
+  readonly auth?: AuthTuning;
 }
 
 /**
@@ -101,13 +106,17 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
       );
       proxies.set(u.key, repository);
     }
-    resolver = new ProxyResolver(local, config.proxy, proxies);
+    resolver = new ProxyResolver(local, config.proxy, proxies, { loopbackOnly: !config.auth.enabled });
   }
+  const auth = config.auth.enabled
+    ? await AuthService.create({ config, db, repositoryExists: (name) => local.repositoryExists(name), logger, ...(options.auth ? { tuning: options.auth } : {}) })
+    : undefined;
   const app = createApp({
+    ...(auth ? { auth } : {}),
     local,
     resolver,
     logger,
-    admin: { eviction, resolveUpstream: (name) => findUpstream(config.proxy, name) },
+    admin: { eviction, resolveUpstream: (name) => findUpstream(config.proxy, name), authEnabled: config.auth.enabled },
   });
 
   const server = createServer(app.callback());
@@ -161,6 +170,7 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
     proxies,
     fills,
     eviction,
+    ...(auth ? { auth } : {}),
     close() {
       closed ??= (async () => {
         clearInterval(expiry);

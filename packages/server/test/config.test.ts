@@ -153,7 +153,9 @@ describe('wharf CLI', () => {
         child.once('exit', (code) => reject(new Error(`wharf exited with ${code}: ${out}`)));
       });
       const res = await fetch(`http://127.0.0.1:${line}/v2/`);
-      expect(res.status).toBe(200);
+      // Auth is on by default: the server answers, and asks for credentials.
+      expect(res.status).toBe(401);
+      expect(res.headers.get('www-authenticate')).toMatch(/^Bearer realm="http:\/\/127\.0\.0\.1:\d+\/auth\/token",service="wharf"$/);
       expect(existsSync(join(dir, 'storage/w.db'))).toBe(true);
     } finally {
       child.kill('SIGTERM');

@@ -8,15 +8,17 @@ export interface AdminDeps {
   readonly eviction: CacheEviction;
   /** An upstream key or alias → the key, and the prefix one-component names get (Docker Hub's library/). */
   resolveUpstream(name: string): { key: string; officialPrefix?: string } | undefined;
+  /** With auth on, the auth middleware admits administrators only, from any address. */
+  readonly authEnabled?: boolean;
 }
 
 /**
- * Operator endpoints. Until accounts exist they answer loopback clients only.
+ * Operator endpoints. With auth off they answer loopback clients only; with auth on, administrators.
  * DELETE /admin/proxy/cache/<upstream>[/<repository>] purges what the proxy cached.
  */
 export function registerAdmin(router: Router, deps: AdminDeps): void {
   router.delete(/^\/admin\/proxy\/cache\/([^/]+)(?:\/(.+))?$/, async (ctx) => {
-    if (!isLoopback(ctx.socket.remoteAddress)) {
+    if (!deps.authEnabled && !isLoopback(ctx.socket.remoteAddress)) {
       throw new RegistryError('DENIED', 'admin endpoints answer local clients only', undefined);
     }
     const [name = '', path] = ctx.captures ?? [];

@@ -1,7 +1,8 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pino } from 'pino';
+import { pino, type Logger } from 'pino';
+import type { AuthTuning } from '../../src/auth/auth-service.js';
 import { buildConfig, type WharfConfig } from '../../src/config.js';
 import { startServer, type RunningServer } from '../../src/server.js';
 
@@ -16,6 +17,12 @@ export interface StartRegistryOptions {
   readonly root?: string;
   /** Extra configuration keys, as they would appear in configuration.toml. */
   readonly settings?: Record<string, unknown>;
+  /** Environment seen by the configuration (WHARF_ADMIN_PASSWORD, ...). */
+  readonly env?: NodeJS.ProcessEnv;
+  /** Internal auth knobs (bcrypt cost, login limits, where a generated admin password goes). */
+  readonly auth?: AuthTuning;
+  /** Capture the server's log (default: silent, or WHARF_TEST_LOG). */
+  readonly logger?: Logger;
 }
 
 /** A real Wharf on 127.0.0.1 port 0 with storage in a fresh temp folder. */
@@ -28,9 +35,15 @@ export async function startRegistry(options: StartRegistryOptions = {}): Promise
     proxy_storage: join(root, 'proxy'),
     database: join(root, 'wharf.db'),
     log_level: 'silent',
+    // Auth is off unless a test turns it on with settings.auth: the other suites push anonymously.
+    // A test that listens on every interface (the proxy's loopback rule) knows it runs an open registry.
+    auth: { enabled: false, allow_anonymous_push: !/^127\.|^\[?::1\]?:|^localhost:/.test(String(options.settings?.listen ?? '127.0.0.1:0')) },
     ...options.settings,
+  }, { env: options.env ?? {} });
+  const running = await startServer(config, {
+    logger: options.logger ?? pino({ level: process.env.WHARF_TEST_LOG ?? 'silent' }),
+    ...(options.auth ? { auth: options.auth } : {}),
   });
-  const running = await startServer(config, { logger: pino({ level: process.env.WHARF_TEST_LOG ?? 'silent' }) });
   return {
     ...running,
     root,

@@ -34,6 +34,8 @@ export async function writeWharfConfig(root: string, port: number): Promise<stri
       'log_level = "warn"',
       '[proxy]',
       'enabled = false',
+      '[auth]',
+      'enabled = false   # loopback only; the auth suites turn it on',
       '',
     ].join('\n'),
   );

@@ -1,0 +1,156 @@
+import { createHmac, randomBytes } from 'node:crypto';
+import type { AuthConfig } from '../auth-config.js';
+import { TOKEN_PREFIX, type AuthStore, type StoredToken } from './auth-store.js';
+import { hashPassword, verifyPassword } from './passwords.js';
+import type { Principal } from './permissions.js';
+import { safeEqual } from './secrets.js';
+
+export interface Account {
+  readonly name: string;
+  readonly admin: boolean;
+  readonly passwordHash: string;
+  /** Users of configuration.toml are read-only; the CLI manages the database's. */
+  readonly source: 'config' | 'database';
+}
+
+/** A verified password stays verified this long in memory (bcrypt at cost 12 takes about 0.3 s). */
+const VERIFIED_TTL_MS = 60_000;
+const VERIFIED_MAX = 10_000;
+/** last_used_at is written at most this often per token. */
+const TOUCH_INTERVAL_MS = 60_000;
+
+/**
+ * Users (configuration, then database) and their credentials: passwords, personal access tokens,
+ * CI tokens and refresh tokens, each turned into a Principal or refused.
+ */
+export class Accounts {
+  private readonly configUsers: ReadonlyMap<string, Account>;
+  /** HMAC(process key, user NUL password) → the stored hash it matched and until when. */
+  private readonly verified = new Map<string, { hash: string; until: number }>();
+  private readonly cacheKey = randomBytes(32);
+  private dummyHash: Promise<string> | undefined;
+
+  constructor(
+    readonly store: AuthStore,
+    private readonly config: AuthConfig,
+    private readonly bcryptCost: number,
+  ) {
+    this.configUsers = new Map(config.users.map((u) => [u.name, { name: u.name, admin: u.admin, passwordHash: u.passwordHash, source: 'config' as const }]));
+  }
+
+  find(name: string): Account | undefined {
+    const fromConfig = this.configUsers.get(name);
+    if (fromConfig) return fromConfig;
+    const stored = this.store.user(name);
+    return stored && { name: stored.name, admin: stored.admin, passwordHash: stored.passwordHash, source: 'database' };
+  }
+
+  list(): Account[] {
+    const out = new Map<string, Account>();
+    for (const u of this.store.users()) out.set(u.name, { name: u.name, admin: u.admin, passwordHash: u.passwordHash, source: 'database' });
+    for (const u of this.configUsers.values()) out.set(u.name, u);
+    return [...out.values()].sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  hasAdmin(): boolean {
+    return [...this.configUsers.values()].some((u) => u.admin) || this.store.hasAdmin();
+  }
+
+  /** The user's principal when the password is right; a missing user costs the same bcrypt time. */
+  async verifyPassword(name: string, password: string): Promise<Principal | undefined> {
+    const account = this.find(name);
+    if (!account) {
+      this.dummyHash ??= hashPassword('wharf-no-such-user', this.bcryptCost);
+      await verifyPassword(password, await this.dummyHash);
+      return undefined;
+    }
+    const key = createHmac('sha256', this.cacheKey).update(`${name}\0${password}`).digest('base64');
+    const hit = this.verified.get(key);
+    const now = Date.now();
+    if (hit && hit.until > now && safeEqual(hit.hash, account.passwordHash)) return { kind: 'user', name: account.name, admin: account.admin };
+    if (!(await verifyPassword(password, account.passwordHash))) return undefined;
+    if (this.verified.size >= VERIFIED_MAX) this.verified.clear();
+    this.verified.set(key, { hash: account.passwordHash, until: now + VERIFIED_TTL_MS });
+    return { kind: 'user', name: account.name, admin: account.admin };
+  }
+
+  /** Whether a password is a token of ours (then it is never checked as a password). */
+  static isTokenSecret(secret: string): boolean {
+    return secret.startsWith(TOKEN_PREFIX.pat) || secret.startsWith(TOKEN_PREFIX.ci);
+  }
+
+  /** A personal access or CI token, valid now. */
+  verifyToken(secret: string): Principal | undefined {
+    if (!Accounts.isTokenSecret(secret)) return undefined;
+    const token = this.store.findToken(secret);
+    if (!token || token.type === 'refresh') return undefined;
+    return this.tokenPrincipal(token, true);
+  }
+
+  /** The principal of a refresh token: its user, or the PAT/CI token it was obtained with. */
+  verifyRefreshToken(secret: string): Principal | undefined {
+    if (!secret.startsWith(TOKEN_PREFIX.refresh)) return undefined;
+    const token = this.store.findToken(secret);
+    if (!token || token.type !== 'refresh' || !this.isLive(token)) return undefined;
+    this.touch(token);
+    if (token.parentId !== undefined) return this.principalOfToken(token.parentId);
+    const account = this.find(token.user);
+    return account && { kind: 'user', name: account.name, admin: account.admin };
+  }
+
+  /** A refresh token for a principal that signed in with credentials. */
+  createRefreshToken(principal: Principal, ttlMs: number): string | undefined {
+    if (principal.kind === 'anonymous') return undefined;
+    let expiresAt = Date.now() + ttlMs;
+    if (principal.kind === 'token') {
+      const parent = this.store.token(principal.tokenId);
+      if (!parent) return undefined;
+      expiresAt = Math.min(expiresAt, parent.expiresAt);
+    }
+    return this.store.createToken({
+      type: 'refresh',
+      user: principal.name,
+      scopes: principal.kind === 'token' ? principal.scopes : [],
+      ...(principal.kind === 'token' ? { parentId: principal.tokenId } : {}),
+      ...(principal.kind === 'token' && principal.namespace ? { namespace: principal.namespace } : {}),
+      expiresAt,
+    }).secret;
+  }
+
+  /** The principal a bearer token's `tid` names, re-checked: revoked or expired tokens stop at once. */
+  principalOfToken(id: number): Principal | undefined {
+    const token = this.store.token(id);
+    if (!token || token.type === 'refresh') return undefined;
+    return this.tokenPrincipal(token, false);
+  }
+
+  principalOfUser(name: string): Principal | undefined {
+    const account = this.find(name);
+    return account && { kind: 'user', name: account.name, admin: account.admin };
+  }
+
+  private isLive(token: StoredToken): boolean {
+    return !token.revoked && token.expiresAt > Date.now();
+  }
+
+  private touch(token: StoredToken): void {
+    const now = Date.now();
+    if (token.lastUsedAt === undefined || now - token.lastUsedAt > TOUCH_INTERVAL_MS) this.store.touch(token.id, now);
+  }
+
+  private tokenPrincipal(token: StoredToken, touch: boolean): Principal | undefined {
+    if (!this.isLive(token)) return undefined;
+    const account = this.find(token.user);
+    if (!account) return undefined;
+    if (touch) this.touch(token);
+    return {
+      kind: 'token',
+      name: account.name,
+      admin: account.admin,
+      tokenId: token.id,
+      tokenType: token.type === 'ci' ? 'ci' : 'pat',
+      scopes: token.scopes,
+      ...(token.namespace !== undefined ? { namespace: token.namespace } : {}),
+    };
+  }
+}

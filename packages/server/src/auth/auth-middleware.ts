@@ -1,0 +1,165 @@
+import { RegistryError, isValidRepositoryName } from '@wharf/registry-core';
+import type { Context, Next } from 'koa';
+import type { RepositoryResolver } from '../repositories.js';
+import { AuthFailure, type AuthService, type Credentials } from './auth-service.js';
+import { allowedActions, mayListCatalog, type Action, type Principal, type Target } from './permissions.js';
+import { routeAccess } from './route-access.js';
+import { grantedActions } from './scope.js';
+
+const HOST = /^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$/;
+
+/** `http(s)://<Host>/auth/token`, or the configured realm. A Host that is not a plain host[:port] is not echoed. */
+export function realmOf(ctx: Context, configured: string | undefined): string {
+  if (configured) return configured;
+  const given = ctx.get('Host');
+  const local = ctx.socket.localAddress ?? '127.0.0.1';
+  const host = HOST.test(given) ? given : `${local.includes(':') ? `[${local}]` : local}:${ctx.socket.localPort ?? ''}`;
+  return `${ctx.protocol}://${host}/auth/token`;
+}
+
+/** Sets `WWW-Authenticate: Bearer realm=...,service=...[,scope=...][,error=...]`. */
+export function challenge(ctx: Context, auth: AuthService, scope?: string, error?: 'insufficient_scope' | 'invalid_token'): void {
+  const parts = [`realm="${realmOf(ctx, auth.config.realm)}"`, `service="${auth.config.service}"`];
+  if (scope) parts.push(`scope="${scope}"`);
+  if (error) parts.push(`error="${error}"`);
+  ctx.set('WWW-Authenticate', `Bearer ${parts.join(',')}`);
+}
+
+function unauthorized(detail?: unknown): RegistryError {
+  return new RegistryError('UNAUTHORIZED', 'authentication required', detail);
+}
+
+function denied(detail?: unknown): RegistryError {
+  return new RegistryError('DENIED', 'requested access to the resource is denied', detail);
+}
+
+function hasAll(have: ReadonlySet<string>, need: readonly string[]): boolean {
+  return need.every((a) => have.has(a));
+}
+
+function isAdminUser(p: Principal): boolean {
+  return p.kind === 'user' && p.admin;
+}
+
+export interface AuthMiddlewareOptions {
+  readonly auth: AuthService;
+  readonly resolver: RepositoryResolver;
+}
+
+/**
+ * Every /v2 and /admin request passes here when auth is enabled: who is asking (Basic, Bearer or
+ * nobody), what the route needs (route-access.ts), and whether the repository that serves the name
+ * (local, or a pull-through upstream) allows it. Missing credentials → 401 with a Bearer challenge;
+ * a bearer token without the action → 401 insufficient_scope (clients fetch a new token); a
+ * signed-in user without the right → 403 DENIED. /auth/token and anything else pass untouched.
+ */
+export function authMiddleware(options: AuthMiddlewareOptions) {
+  const { auth, resolver } = options;
+
+  /** Local repository, or the upstream that serves the name (as the routes will resolve it). */
+  async function targetOf(ctx: Context, name: string, principal: Principal): Promise<Target> {
+    try {
+      const resolved = await resolver.resolve(name, new URLSearchParams(ctx.querystring), { method: ctx.method, remoteAddress: ctx.socket.remoteAddress });
+      return resolved.namespace !== undefined && resolved.writer === undefined ? { kind: 'proxy', upstream: resolved.namespace } : { kind: 'repository', name };
+    } catch (err) {
+      // An invalid name or unknown upstream: anonymous callers learn nothing before signing in.
+      if (principal.kind === 'anonymous') return { kind: 'repository', name };
+      throw err;
+    }
+  }
+
+  function refuse(ctx: Context, who: Credentials, scope: string | undefined, detail: unknown): never {
+    if (who.principal.kind === 'anonymous') {
+      challenge(ctx, auth, scope, who.via === 'bearer' ? 'insufficient_scope' : undefined);
+      throw unauthorized(detail);
+    }
+    throw denied(detail);
+  }
+
+  return async function authorize(ctx: Context, next: Next): Promise<void> {
+    const path = ctx.path;
+    const isV2 = path === '/v2' || path.startsWith('/v2/');
+    const isAdmin = path.startsWith('/admin/');
+    if (!isV2 && !isAdmin) return next();
+
+    let who: Credentials;
+    try {
+      who = await auth.authenticate(ctx.get('Authorization') || undefined, ctx.socket.remoteAddress);
+    } catch (err) {
+      if (err instanceof AuthFailure) {
+        if (isAdmin) ctx.set('WWW-Authenticate', `Basic realm="${auth.config.service}"`);
+        else challenge(ctx, auth, undefined, err.scheme === 'bearer' ? 'invalid_token' : undefined);
+      }
+      throw err;
+    }
+    const principal = who.principal;
+    ctx.state.principal = principal;
+
+    if (isAdmin) {
+      // Operator endpoints: an administrator signed in with a password (never a token's subset).
+      if (principal.kind === 'anonymous') {
+        ctx.set('WWW-Authenticate', `Basic realm="${auth.config.service}"`);
+        throw unauthorized();
+      }
+      if (!isAdminUser(principal)) throw denied();
+      return next();
+    }
+
+    const route = routeAccess(ctx.method, path);
+    switch (route.kind) {
+      case 'base':
+        if (principal.kind === 'anonymous' && who.via === 'none') {
+          challenge(ctx, auth);
+          throw unauthorized();
+        }
+        return next();
+
+      case 'catalog': {
+        const scope = 'registry:catalog:*';
+        if (who.via === 'bearer' && !grantedActions(who.access, 'registry', 'catalog').has('*')) {
+          challenge(ctx, auth, scope, 'insufficient_scope');
+          throw unauthorized([{ Type: 'registry', Name: 'catalog', Action: '*' }]);
+        }
+        if (!mayListCatalog(principal)) refuse(ctx, who, scope, [{ Type: 'registry', Name: 'catalog', Action: '*' }]);
+        return next();
+      }
+
+      case 'repository': {
+        const { name, actions: needed } = route;
+        const scope = isValidRepositoryName(name) ? `repository:${name}:${needed.join(',')}` : undefined;
+        const detail = needed.map((a) => ({ Type: 'repository', Name: name, Action: a }));
+        if (who.via === 'bearer' && !hasAll(grantedActions(who.access, 'repository', name), needed)) {
+          challenge(ctx, auth, scope, 'insufficient_scope');
+          throw unauthorized(detail);
+        }
+        const policy = auth.policy();
+        const allowed: ReadonlySet<Action> = allowedActions(principal, await targetOf(ctx, name, principal), policy);
+        if (!hasAll(allowed, needed)) refuse(ctx, who, scope, detail);
+        if (route.uploadStart) {
+          // A cross-repository mount also reads `from`: without pull there, it becomes a plain upload.
+          const query = new URLSearchParams(ctx.querystring);
+          const from = query.get('from');
+          if (query.has('mount') && from !== null) {
+            const fromAllowed =
+              allowedActions(principal, { kind: 'repository', name: from }, policy).has('pull') &&
+              (who.via !== 'bearer' || grantedActions(who.access, 'repository', from).has('pull'));
+            if (!fromAllowed) {
+              query.delete('mount');
+              query.delete('from');
+              ctx.querystring = query.toString();
+            }
+          }
+        }
+        return next();
+      }
+
+      case 'unknown':
+        if (principal.kind === 'anonymous') {
+          challenge(ctx, auth);
+          throw unauthorized();
+        }
+        if (!principal.admin) throw denied();
+        return next();
+    }
+  };
+}

@@ -1,0 +1,267 @@
+import { dirname, join } from 'node:path';
+import { RegistryError, isValidRepositoryName, type SqliteDatabase } from '@wharf/registry-core';
+import type { Logger } from 'pino';
+import type { AuthConfig, Role } from '../auth-config.js';
+import type { WharfConfig } from '../config.js';
+import { findUpstream, type ProxyConfig, type UpstreamAccess } from '../proxy-config.js';
+import { Accounts } from './accounts.js';
+import { AuthStore } from './auth-store.js';
+import { DEFAULT_LOGIN_LIMITS, LoginLimiter, type LoginLimits } from './login-limiter.js';
+import { PRODUCTION_BCRYPT_COST, hashPassword } from './passwords.js';
+import { ACTIONS, ANONYMOUS, allowedActions, mayListCatalog, mayUseUpstream, type Action, type Policy, type Principal } from './permissions.js';
+import { CATALOG_SCOPE, type AccessEntry, type ResourceScope } from './scope.js';
+import { generatePassword } from './secrets.js';
+import { TokenIssuer, loadSigningKey, type IssuedToken } from './token-issuer.js';
+
+/** Refresh tokens (offline_token=true, access_type=offline) live this long, or as long as their PAT. */
+export const REFRESH_TOKEN_TTL_MS = 30 * 86_400_000;
+
+/** Internal knobs for tests; never configuration. */
+export interface AuthTuning {
+  /** bcrypt cost of hashes Wharf makes (the bootstrap admin); default 12. */
+  readonly bcryptCost?: number;
+  readonly loginLimits?: LoginLimits;
+  /** Where the generated admin password is shown once; default standard error (never the JSON log). */
+  readonly announce?: (text: string) => void;
+}
+
+/** What the Authorization header of a request proved. */
+export type Credentials =
+  | { readonly via: 'none'; readonly principal: Principal }
+  | { readonly via: 'basic'; readonly principal: Principal }
+  | { readonly via: 'bearer'; readonly principal: Principal; readonly access: readonly AccessEntry[] };
+
+/** A refused credential: 401 with a challenge (`invalid_token` for a bearer token). */
+export class AuthFailure extends RegistryError {
+  constructor(
+    message: string,
+    readonly scheme: 'basic' | 'bearer',
+  ) {
+    super('UNAUTHORIZED', message, undefined);
+  }
+}
+
+export interface AuthServiceOptions {
+  readonly config: WharfConfig;
+  readonly db: SqliteDatabase;
+  /** Whether a local repository exists (mirror-mode pulls of names that are not local go upstream). */
+  readonly repositoryExists: (name: string) => Promise<boolean>;
+  readonly logger: Logger;
+  readonly tuning?: AuthTuning;
+}
+
+export function parseBasic(header: string): { user: string; password: string } | undefined {
+  const m = /^Basic\s+([A-Za-z0-9+/=]+)\s*$/i.exec(header);
+  if (!m) return undefined;
+  const text = Buffer.from(m[1]!, 'base64').toString('utf8');
+  const colon = text.indexOf(':');
+  if (colon < 0) return undefined;
+  return { user: text.slice(0, colon), password: text.slice(colon + 1) };
+}
+
+/**
+ * Accounts, credentials, grants and tokens: the one object the middleware and the token endpoint
+ * ask. Decisions themselves are the pure functions of permissions.ts.
+ */
+export class AuthService {
+  readonly accounts: Accounts;
+  private readonly groups: ReadonlyMap<string, ReadonlyMap<string, Role>>;
+  private readonly limiter: LoginLimiter;
+
+  private constructor(
+    readonly config: AuthConfig,
+    private readonly proxy: ProxyConfig,
+    private readonly issuer: TokenIssuer,
+    store: AuthStore,
+    private readonly repositoryExists: (name: string) => Promise<boolean>,
+    private readonly logger: Logger,
+    tuning: AuthTuning,
+  ) {
+    this.accounts = new Accounts(store, config, tuning.bcryptCost ?? PRODUCTION_BCRYPT_COST);
+    this.groups = new Map(config.groups.map((g) => [g.name, g.members]));
+    this.limiter = new LoginLimiter(tuning.loginLimits ?? DEFAULT_LOGIN_LIMITS);
+  }
+
+  static async create(options: AuthServiceOptions): Promise<AuthService> {
+    const { config, db, logger } = options;
+    const tuning = options.tuning ?? {};
+    const keyFile = config.database === ':memory:' ? undefined : join(dirname(config.database), 'auth', 'signing-key.pem');
+    const key = await loadSigningKey(keyFile, logger);
+    const store = new AuthStore(db);
+    const service = new AuthService(
+      config.auth,
+      config.proxy,
+      new TokenIssuer(key, config.auth.service, config.auth.tokenTtl),
+      store,
+      options.repositoryExists,
+      logger,
+      tuning,
+    );
+    await service.ensureAdmin(tuning);
+    return service;
+  }
+
+  get store(): AuthStore {
+    return this.accounts.store;
+  }
+
+  /**
+   * First start with no administrator anywhere: `admin` with WHARF_ADMIN_PASSWORD, or a generated
+   * password shown once on standard error (never in the JSON log).
+   */
+  private async ensureAdmin(tuning: AuthTuning): Promise<void> {
+    if (this.accounts.hasAdmin()) return;
+    if (this.accounts.find('admin')) {
+      this.logger.warn('no administrator is configured and the name "admin" is taken; create one with "wharf user add <name> --admin"');
+      return;
+    }
+    const given = this.config.initialAdminPassword;
+    const password = given ?? generatePassword();
+    this.store.addUser('admin', await hashPassword(password, tuning.bcryptCost ?? PRODUCTION_BCRYPT_COST), true);
+    this.logger.info({ user: 'admin', passwordFrom: given ? 'WHARF_ADMIN_PASSWORD' : 'generated' }, 'administrator created');
+    if (!given) {
+      const announce = tuning.announce ?? ((text: string) => process.stderr.write(text));
+      announce(
+        `\nwharf: created the administrator "admin" with the password\n\n    ${password}\n\n` +
+          'It is shown only this once. Sign in with "docker login" (or podman/skopeo login) and change it with "wharf user passwd admin".\n\n',
+      );
+    }
+  }
+
+  /** The policy as of now: public marks of the CLI take effect without a restart. */
+  policy(): Policy {
+    const proxy = this.proxy;
+    return {
+      groups: this.groups,
+      publicPatterns: [...this.config.public, ...this.store.publicPatterns()],
+      upstreamAccess(upstream: string): UpstreamAccess | undefined {
+        if (!proxy.enabled) return undefined;
+        const u = proxy.upstreams.find((x) => x.key === upstream);
+        if (!u) return undefined;
+        return u.access ?? (proxy.anonymous ? 'anonymous' : 'authenticated');
+      },
+    };
+  }
+
+  /**
+   * Checks a user name and password (or a PAT/CI token as the password) with the failed-login limits
+   * per address and per user: 429 with Retry-After while over them, 401 when wrong.
+   */
+  async login(user: string, password: string, ip: string | undefined): Promise<Principal> {
+    // With a token as the password the user name is free text ("ci" for every pipeline): only the
+    // address counts, or one expired token would lock every job that says "ci" out.
+    const isToken = Accounts.isTokenSecret(password);
+    const keys = isToken ? [`ip:${ip ?? 'unknown'}`] : [`ip:${ip ?? 'unknown'}`, `user:${user}`];
+    this.checkLimits(keys);
+    const principal = isToken ? this.accounts.verifyToken(password) : await this.accounts.verifyPassword(user, password);
+    if (!principal) {
+      this.failed(keys);
+      throw new AuthFailure('invalid user name, password or token', 'basic');
+    }
+    this.limiter.clear(`user:${user}`);
+    return principal;
+  }
+
+  /** The principal of a refresh token (limited per address like a login). */
+  refresh(secret: string, ip: string | undefined): Principal {
+    const keys = [`ip:${ip ?? 'unknown'}`];
+    this.checkLimits(keys);
+    const principal = this.accounts.verifyRefreshToken(secret);
+    if (!principal) {
+      this.failed(keys);
+      throw new AuthFailure('invalid or expired refresh token', 'basic');
+    }
+    return principal;
+  }
+
+  private checkLimits(keys: readonly string[]): void {
+    const wait = this.limiter.retryAfter(keys);
+    if (wait !== undefined) {
+      throw new RegistryError('TOOMANYREQUESTS', 'too many failed logins; try again later', { retryAfter: wait });
+    }
+  }
+
+  private failed(keys: readonly string[]): void {
+    this.limiter.fail(keys);
+    if (this.limiter.retryAfter(keys) !== undefined) this.logger.warn({ ip: keys[0]!.slice(3) }, 'failed logins over the limit');
+  }
+
+  /** What the Authorization header proves; throws AuthFailure (401) or TOOMANYREQUESTS (429). */
+  async authenticate(header: string | undefined, ip: string | undefined): Promise<Credentials> {
+    if (!header) return { via: 'none', principal: ANONYMOUS };
+    if (/^Basic\s/i.test(header)) {
+      const basic = parseBasic(header);
+      if (!basic) throw new AuthFailure('malformed Basic credentials', 'basic');
+      return { via: 'basic', principal: await this.login(basic.user, basic.password, ip) };
+    }
+    const bearer = /^Bearer\s+([A-Za-z0-9._~+/-]+=*)\s*$/i.exec(header);
+    if (bearer) {
+      const verified = await this.issuer.verify(bearer[1]!);
+      if (!verified) throw new AuthFailure('invalid or expired token', 'bearer');
+      let principal: Principal | undefined;
+      if (verified.tokenId !== undefined) {
+        principal = this.accounts.principalOfToken(verified.tokenId);
+        if (principal && principal.kind !== 'anonymous' && principal.name !== verified.subject) principal = undefined;
+      } else {
+        principal = verified.subject === '' ? ANONYMOUS : this.accounts.principalOfUser(verified.subject);
+      }
+      if (!principal) throw new AuthFailure('the token was revoked or its user removed', 'bearer');
+      return { via: 'bearer', principal, access: verified.access };
+    }
+    throw new AuthFailure('unsupported authorization scheme; use Basic or Bearer', 'basic');
+  }
+
+  /**
+   * What a repository scope may grant. `proxy/<upstream>/...` is the upstream's access; another name is
+   * what the principal may do locally, plus pull when the proxy could serve it in a mirror mode (the
+   * request itself is checked again against the repository that actually serves it).
+   */
+  private async repositoryGrant(principal: Principal, name: string, policy: Policy): Promise<Set<Action>> {
+    if (!isValidRepositoryName(name)) return new Set();
+    if (this.proxy.enabled && name.startsWith('proxy/')) {
+      const upstream = findUpstream(this.proxy, name.split('/')[1]!);
+      return upstream ? allowedActions(principal, { kind: 'proxy', upstream: upstream.key }, policy) : new Set();
+    }
+    const actions = allowedActions(principal, { kind: 'repository', name }, policy);
+    if (!actions.has('pull') && this.proxy.enabled && this.proxy.upstreams.some((u) => mayUseUpstream(principal, u.key, policy))) {
+      if (!(await this.repositoryExists(name))) actions.add('pull');
+    }
+    return actions;
+  }
+
+  /**
+   * The intersection of what was asked and what is allowed, one entry per resource (scopes asking
+   * for the same repository add up); a partial grant is not an error.
+   */
+  async grant(principal: Principal, scopes: readonly ResourceScope[]): Promise<AccessEntry[]> {
+    const policy = this.policy();
+    const asked = new Map<string, Set<string>>();
+    let catalog = false;
+    for (const scope of scopes) {
+      if (scope.type === 'repository') {
+        const set = asked.get(scope.name) ?? new Set<string>();
+        for (const a of scope.actions.includes('*') ? ACTIONS : scope.actions) set.add(a);
+        asked.set(scope.name, set);
+      } else if (scope.type === 'registry' && scope.name === 'catalog' && scope.actions.includes('*')) {
+        catalog = true;
+      }
+    }
+    const out: AccessEntry[] = [];
+    for (const [name, wanted] of asked) {
+      const allowed = await this.repositoryGrant(principal, name, policy);
+      const actions = ACTIONS.filter((a) => wanted.has(a) && allowed.has(a));
+      if (actions.length > 0) out.push({ type: 'repository', name, actions });
+    }
+    if (catalog && mayListCatalog(principal)) out.push(CATALOG_SCOPE);
+    return out;
+  }
+
+  issue(principal: Principal, access: readonly AccessEntry[]): Promise<IssuedToken> {
+    const subject = principal.kind === 'anonymous' ? '' : principal.name;
+    return this.issuer.issue(subject, access, principal.kind === 'token' ? principal.tokenId : undefined);
+  }
+
+  createRefreshToken(principal: Principal): string | undefined {
+    return this.accounts.createRefreshToken(principal, REFRESH_TOKEN_TTL_MS);
+  }
+}

@@ -1,0 +1,223 @@
+import type { SqliteDatabase, SqliteStatement as Statement } from '@wharf/registry-core';
+import type { Action } from './permissions.js';
+import { hashSecret, newSecret, safeEqual } from './secrets.js';
+
+/** Users, tokens and public marks live in the registry's SQLite database; these tables are ours. */
+const SCHEMA = `
+  CREATE TABLE IF NOT EXISTS auth_users (
+    name TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    admin INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL
+  ) WITHOUT ROWID;
+  CREATE TABLE IF NOT EXISTS auth_tokens (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    type TEXT NOT NULL CHECK (type IN ('pat', 'ci', 'refresh')),
+    hash TEXT NOT NULL UNIQUE,
+    user TEXT NOT NULL,
+    name TEXT,
+    scopes TEXT NOT NULL,
+    namespace TEXT,
+    parent_id INTEGER,
+    expires_at INTEGER NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL,
+    last_used_at INTEGER
+  );
+  CREATE INDEX IF NOT EXISTS auth_tokens_user ON auth_tokens (user);
+  CREATE TABLE IF NOT EXISTS auth_public (
+    pattern TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL
+  ) WITHOUT ROWID;
+`;
+
+export type TokenType = 'pat' | 'ci' | 'refresh';
+
+export const TOKEN_PREFIX: Readonly<Record<TokenType, string>> = { pat: 'wharf_pat_', ci: 'wharf_ci_', refresh: 'wharf_rt_' };
+
+export interface StoredUser {
+  readonly name: string;
+  readonly passwordHash: string;
+  readonly admin: boolean;
+  readonly createdAt: number;
+}
+
+export interface StoredToken {
+  readonly id: number;
+  readonly type: TokenType;
+  readonly user: string;
+  readonly name?: string;
+  readonly scopes: readonly Action[];
+  readonly namespace?: string;
+  /** Refresh tokens got from a PAT or CI token keep its limits and die with it. */
+  readonly parentId?: number;
+  readonly expiresAt: number;
+  readonly revoked: boolean;
+  readonly createdAt: number;
+  readonly lastUsedAt?: number;
+}
+
+interface TokenRow {
+  id: number;
+  type: TokenType;
+  hash: string;
+  user: string;
+  name: string | null;
+  scopes: string;
+  namespace: string | null;
+  parent_id: number | null;
+  expires_at: number;
+  revoked: number;
+  created_at: number;
+  last_used_at: number | null;
+}
+
+function toToken(row: TokenRow): StoredToken {
+  return {
+    id: row.id,
+    type: row.type,
+    user: row.user,
+    ...(row.name !== null ? { name: row.name } : {}),
+    scopes: row.scopes === '' ? [] : (row.scopes.split(',') as Action[]),
+    ...(row.namespace !== null ? { namespace: row.namespace } : {}),
+    ...(row.parent_id !== null ? { parentId: row.parent_id } : {}),
+    expiresAt: row.expires_at,
+    revoked: row.revoked !== 0,
+    createdAt: row.created_at,
+    ...(row.last_used_at !== null ? { lastUsedAt: row.last_used_at } : {}),
+  };
+}
+
+export interface NewToken {
+  readonly type: TokenType;
+  readonly user: string;
+  readonly name?: string;
+  readonly scopes: readonly Action[];
+  readonly namespace?: string;
+  readonly parentId?: number;
+  readonly expiresAt: number;
+}
+
+/** SQLite storage of accounts. Secrets are stored as sha256 hashes, never as given. */
+export class AuthStore {
+  private readonly q: Record<string, Statement>;
+
+  constructor(private readonly db: SqliteDatabase) {
+    db.exec(SCHEMA);
+    const s = (sql: string) => db.prepare(sql);
+    this.q = {
+      user: s('SELECT name, password_hash, admin, created_at FROM auth_users WHERE name = ?'),
+      users: s('SELECT name, password_hash, admin, created_at FROM auth_users ORDER BY name'),
+      hasAdmin: s('SELECT 1 FROM auth_users WHERE admin = 1 LIMIT 1'),
+      addUser: s('INSERT INTO auth_users (name, password_hash, admin, created_at) VALUES (?, ?, ?, ?)'),
+      setPassword: s('UPDATE auth_users SET password_hash = ? WHERE name = ?'),
+      removeUser: s('DELETE FROM auth_users WHERE name = ?'),
+      removeUserTokens: s('UPDATE auth_tokens SET revoked = 1 WHERE user = ?'),
+      addToken: s(`INSERT INTO auth_tokens (type, hash, user, name, scopes, namespace, parent_id, expires_at, created_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+      tokenByHash: s('SELECT * FROM auth_tokens WHERE hash = ?'),
+      tokenById: s('SELECT * FROM auth_tokens WHERE id = ?'),
+      tokens: s("SELECT * FROM auth_tokens WHERE type != 'refresh' ORDER BY id"),
+      tokensOf: s("SELECT * FROM auth_tokens WHERE type != 'refresh' AND user = ? ORDER BY id"),
+      revoke: s('UPDATE auth_tokens SET revoked = 1 WHERE id = ? OR parent_id = ?'),
+      touch: s('UPDATE auth_tokens SET last_used_at = ? WHERE id = ?'),
+      dropExpiredRefresh: s("DELETE FROM auth_tokens WHERE type = 'refresh' AND expires_at < ?"),
+      publics: s('SELECT pattern FROM auth_public ORDER BY pattern'),
+      addPublic: s('INSERT INTO auth_public (pattern, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING'),
+      removePublic: s('DELETE FROM auth_public WHERE pattern = ?'),
+    };
+  }
+
+  user(name: string): StoredUser | undefined {
+    const row = this.q.user!.get(name) as { name: string; password_hash: string; admin: number; created_at: number } | undefined;
+    return row && { name: row.name, passwordHash: row.password_hash, admin: row.admin !== 0, createdAt: row.created_at };
+  }
+
+  users(): StoredUser[] {
+    return (this.q.users!.all() as { name: string; password_hash: string; admin: number; created_at: number }[]).map((row) => ({
+      name: row.name,
+      passwordHash: row.password_hash,
+      admin: row.admin !== 0,
+      createdAt: row.created_at,
+    }));
+  }
+
+  hasAdmin(): boolean {
+    return this.q.hasAdmin!.get() !== undefined;
+  }
+
+  addUser(name: string, passwordHash: string, admin: boolean): void {
+    this.q.addUser!.run(name, passwordHash, admin ? 1 : 0, Date.now());
+  }
+
+  setPassword(name: string, passwordHash: string): boolean {
+    return this.q.setPassword!.run(passwordHash, name).changes > 0;
+  }
+
+  /** Removes the user and revokes every token of theirs. */
+  removeUser(name: string): boolean {
+    return this.db.transaction(() => {
+      this.q.removeUserTokens!.run(name);
+      return this.q.removeUser!.run(name).changes > 0;
+    })();
+  }
+
+  /** Stores a new token; the secret is returned once and kept only as its hash. */
+  createToken(token: NewToken): { id: number; secret: string } {
+    const secret = newSecret(TOKEN_PREFIX[token.type]);
+    const result = this.q.addToken!.run(
+      token.type,
+      hashSecret(secret),
+      token.user,
+      token.name ?? null,
+      token.scopes.join(','),
+      token.namespace ?? null,
+      token.parentId ?? null,
+      token.expiresAt,
+      Date.now(),
+    );
+    if (token.type === 'refresh') this.q.dropExpiredRefresh!.run(Date.now());
+    return { id: Number(result.lastInsertRowid), secret };
+  }
+
+  /** The token a secret belongs to (whatever its state: the caller checks expiry and revocation). */
+  findToken(secret: string): StoredToken | undefined {
+    const hash = hashSecret(secret);
+    const row = this.q.tokenByHash!.get(hash) as TokenRow | undefined;
+    // The index lookup finds the row; the comparison that decides is constant-time.
+    if (!row || !safeEqual(row.hash, hash)) return undefined;
+    return toToken(row);
+  }
+
+  token(id: number): StoredToken | undefined {
+    const row = this.q.tokenById!.get(id) as TokenRow | undefined;
+    return row && toToken(row);
+  }
+
+  /** Personal access and CI tokens (refresh tokens are an implementation detail of logins). */
+  tokens(user?: string): StoredToken[] {
+    const rows = (user === undefined ? this.q.tokens!.all() : this.q.tokensOf!.all(user)) as TokenRow[];
+    return rows.map(toToken);
+  }
+
+  /** Revokes a token and the refresh tokens obtained with it. */
+  revoke(id: number): boolean {
+    return this.q.revoke!.run(id, id).changes > 0;
+  }
+
+  touch(id: number, at: number): void {
+    this.q.touch!.run(at, id);
+  }
+
+  publicPatterns(): string[] {
+    return (this.q.publics!.all() as { pattern: string }[]).map((r) => r.pattern);
+  }
+
+  addPublic(pattern: string): void {
+    this.q.addPublic!.run(pattern, Date.now());
+  }
+
+  removePublic(pattern: string): boolean {
+    return this.q.removePublic!.run(pattern).changes > 0;
+  }
+}

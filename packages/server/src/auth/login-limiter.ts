@@ -1,0 +1,63 @@
+export interface LoginLimits {
+  /** Failures allowed within the window; the next attempt is refused until the oldest one ages out. */
+  readonly maxFailures: number;
+  readonly windowMs: number;
+}
+
+export const DEFAULT_LOGIN_LIMITS: LoginLimits = { maxFailures: 10, windowMs: 5 * 60_000 };
+
+/** Beyond this many tracked keys the oldest are dropped, so a flood of names cannot grow memory without end. */
+const MAX_KEYS = 100_000;
+
+/**
+ * Failed logins per key (`ip:<address>`, `user:<name>`), a sliding window in memory. While a key is
+ * over the limit every attempt is refused, right password or not: that is what stops guessing.
+ */
+export class LoginLimiter {
+  private readonly failures = new Map<string, number[]>();
+
+  constructor(
+    private readonly limits: LoginLimits = DEFAULT_LOGIN_LIMITS,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  private recent(key: string, now: number): number[] {
+    const list = this.failures.get(key);
+    if (!list) return [];
+    const kept = list.filter((t) => t > now - this.limits.windowMs);
+    if (kept.length === 0) this.failures.delete(key);
+    else this.failures.set(key, kept);
+    return kept;
+  }
+
+  /** Seconds until a blocked key may try again (undefined: not blocked). */
+  retryAfter(keys: readonly string[]): number | undefined {
+    const now = this.now();
+    let wait: number | undefined;
+    for (const key of keys) {
+      const list = this.recent(key, now);
+      if (list.length >= this.limits.maxFailures) {
+        const until = list[list.length - this.limits.maxFailures]! + this.limits.windowMs;
+        const seconds = Math.max(1, Math.ceil((until - now) / 1000));
+        wait = Math.max(wait ?? 0, seconds);
+      }
+    }
+    return wait;
+  }
+
+  fail(keys: readonly string[]): void {
+    const now = this.now();
+    for (const key of keys) {
+      const list = this.recent(key, now);
+      list.push(now);
+      this.failures.delete(key);
+      this.failures.set(key, list.slice(-this.limits.maxFailures));
+    }
+    while (this.failures.size > MAX_KEYS) this.failures.delete(this.failures.keys().next().value!);
+  }
+
+  /** A success clears the key's failures (used for the user, never for the address). */
+  clear(key: string): void {
+    this.failures.delete(key);
+  }
+}

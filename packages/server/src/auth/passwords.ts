@@ -1,0 +1,39 @@
+import bcrypt from 'bcryptjs';
+import { MIN_BCRYPT_COST } from '../auth-config.js';
+import { safeEqual } from './secrets.js';
+
+/** The cost of new password hashes in production (about 0.3 s per hash in pure JS). */
+export const PRODUCTION_BCRYPT_COST = 12;
+
+/** bcrypt considers only the first 72 bytes of a password; longer ones are refused rather than cut. */
+export const MAX_PASSWORD_BYTES = 72;
+
+export function checkNewPassword(password: string): string | undefined {
+  if (password.length < 8) return 'a password needs 8 characters or more';
+  if (Buffer.byteLength(password, 'utf8') > MAX_PASSWORD_BYTES) return `a password may have at most ${MAX_PASSWORD_BYTES} bytes`;
+  if (/^wharf_(pat|ci|rt)_/.test(password)) return 'a password must not look like a Wharf token';
+  return undefined;
+}
+
+/** `cost` below 10 only through the internal test option (never configuration). */
+export function hashPassword(password: string, cost: number): Promise<string> {
+  return bcrypt.hash(password, cost);
+}
+
+/**
+ * Recomputes the hash with the stored salt and cost, and compares the two in constant time.
+ * A malformed stored hash never matches.
+ */
+export async function verifyPassword(password: string, stored: string): Promise<boolean> {
+  if (!/^\$2[aby]\$\d{2}\$[./A-Za-z0-9]{53}$/.test(stored)) return false;
+  let computed: string;
+  try {
+    computed = await bcrypt.hash(password, stored.slice(0, 29));
+  } catch {
+    return false;
+  }
+  // bcryptjs writes $2b$ whatever the stored variant; the variants hash alike.
+  return safeEqual(computed.slice(4), stored.slice(4));
+}
+
+export { MIN_BCRYPT_COST };

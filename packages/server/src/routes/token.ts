@@ -1,0 +1,95 @@
+import type { Router, RouterContext } from '@koa/router';
+import type { Context } from 'koa';
+import { readSmallBody } from '../http/body.js';
+import { AuthFailure, parseBasic, type AuthService } from '../auth/auth-service.js';
+import { ANONYMOUS, type Principal } from '../auth/permissions.js';
+import { formatScope, parseScopes, type AccessEntry } from '../auth/scope.js';
+
+/** A token request form is a few hundred bytes; this is generous. */
+const MAX_FORM_BYTES = 64 * 1024;
+
+/** OAuth2's error reply (RFC 6749 §5.2) for a malformed request; credentials problems are 401 UNAUTHORIZED. */
+function oauthError(ctx: Context, error: string, description: string): void {
+  ctx.status = 400;
+  ctx.body = { error, error_description: description };
+}
+
+/** Token replies must never be cached by anything in between. */
+function noStore(ctx: Context): void {
+  ctx.set('Cache-Control', 'no-store');
+  ctx.set('Pragma', 'no-cache');
+}
+
+/**
+ * The token endpoint of Docker registry v2 auth, /auth/token: GET with Basic credentials (or none,
+ * for an anonymous token) and repeated `scope`, and the OAuth2 POST form (grant_type=password or
+ * refresh_token) that containerd tries first. The grant is what was asked and is allowed.
+ * Nothing here is logged but the request line without its query (request-log.ts).
+ */
+export function registerTokenEndpoint(router: Router, auth: AuthService): void {
+  const reply = async (ctx: Context, principal: Principal, access: AccessEntry[], refresh: boolean, oauth: boolean) => {
+    const issued = await auth.issue(principal, access);
+    const refreshToken = refresh ? auth.createRefreshToken(principal) : undefined;
+    noStore(ctx);
+    ctx.body = {
+      token: issued.token,
+      access_token: issued.token,
+      expires_in: issued.expiresIn,
+      issued_at: issued.issuedAt.toISOString(),
+      ...(oauth ? { scope: access.map(formatScope).join(' ') } : {}),
+      ...(refreshToken ? { refresh_token: refreshToken } : {}),
+    };
+  };
+
+  const withBasicChallenge = async (ctx: Context, work: () => Promise<void>) => {
+    try {
+      await work();
+    } catch (err) {
+      if (err instanceof AuthFailure) ctx.set('WWW-Authenticate', `Basic realm="${auth.config.service}"`);
+      throw err;
+    }
+  };
+
+  router.get('/auth/token', async (ctx: RouterContext) => {
+    await withBasicChallenge(ctx, async () => {
+      const params = new URLSearchParams(ctx.querystring);
+      const header = ctx.get('Authorization');
+      let principal: Principal = ANONYMOUS;
+      if (/^Basic\s/i.test(header)) {
+        const basic = parseBasic(header);
+        if (!basic) throw new AuthFailure('malformed Basic credentials', 'basic');
+        principal = await auth.login(basic.user, basic.password, ctx.socket.remoteAddress);
+      }
+      const access = await auth.grant(principal, parseScopes(params.getAll('scope')));
+      await reply(ctx, principal, access, params.get('offline_token') === 'true', false);
+    });
+  });
+
+  router.post('/auth/token', async (ctx: RouterContext) => {
+    await withBasicChallenge(ctx, async () => {
+      if (!ctx.is('application/x-www-form-urlencoded')) {
+        return oauthError(ctx, 'invalid_request', 'the body must be application/x-www-form-urlencoded');
+      }
+      const form = new URLSearchParams((await readSmallBody(ctx.req, MAX_FORM_BYTES)).toString('utf8'));
+      if (!form.get('client_id')) return oauthError(ctx, 'invalid_request', 'client_id is required');
+      const grantType = form.get('grant_type');
+      let principal: Principal;
+      if (grantType === 'password') {
+        const username = form.get('username');
+        const password = form.get('password');
+        if (!username || password === null) return oauthError(ctx, 'invalid_request', 'username and password are required');
+        principal = await auth.login(username, password, ctx.socket.remoteAddress);
+      } else if (grantType === 'refresh_token') {
+        const refreshToken = form.get('refresh_token');
+        if (!refreshToken) return oauthError(ctx, 'invalid_request', 'refresh_token is required');
+        principal = auth.refresh(refreshToken, ctx.socket.remoteAddress);
+      } else {
+        return oauthError(ctx, 'unsupported_grant_type', 'grant_type must be password or refresh_token');
+      }
+      const access = await auth.grant(principal, parseScopes(form.getAll('scope')));
+      // A refresh token only when asked for (access_type=offline), as the OAuth2 form of the spec says:
+      // containerd posts a password grant for every pull and would otherwise pile up long-lived secrets.
+      await reply(ctx, principal, access, grantType === 'password' && form.get('access_type') === 'offline', true);
+    });
+  });
+}

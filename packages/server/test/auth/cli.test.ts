@@ -1,0 +1,167 @@
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { spawn } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import type { TestRegistry } from '../helpers/start-registry.js';
+import { RegistryClient, basic, bcryptHash, pushWith, startAuthRegistry } from './helpers.js';
+
+const CLI = resolve(import.meta.dirname, '../../dist/cli.js');
+
+interface Result {
+  readonly code: number | null;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+/** Runs the built `wharf` with `stdin` (empty: not a terminal, nothing to read). */
+function wharf(args: readonly string[], stdin = ''): Promise<Result> {
+  return new Promise((resolveRun, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], { env: { PATH: process.env.PATH }, stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.once('error', reject);
+    child.once('close', (code) => resolveRun({ code, stdout, stderr }));
+    child.stdin.end(stdin);
+  });
+}
+
+const CAROL = 'carol-config-pw1';
+
+describe('wharf user, token and repo commands', () => {
+  let dir: string;
+  let file: string;
+  let reg: TestRegistry;
+  const cli = (args: string[], stdin = '') => wharf([...args, '--config', file], stdin);
+  const auth = {
+    users: [
+      { name: 'carol', password_hash: bcryptHash(CAROL) },
+      { name: 'root', password_hash: bcryptHash('root-config-pw1'), admin: true },
+    ],
+    groups: [{ name: 'team', members: { carol: 'developer', alice: 'reader' } }],
+  };
+
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'wharf-auth-cli-'));
+    file = join(dir, 'wharf.toml');
+    const q = JSON.stringify;
+    await writeFile(
+      file,
+      [
+        'listen = "127.0.0.1:0"',
+        `registry_storage = ${q(join(dir, 'registry'))}`,
+        `temporary_registry_storage = ${q(join(dir, '_tmp'))}`,
+        `proxy_storage = ${q(join(dir, 'proxy'))}`,
+        `database = ${q(join(dir, 'wharf.db'))}`,
+        '[auth]',
+        ...auth.users.map((u) => `[[auth.users]]\nname = ${q(u.name)}\npassword_hash = ${q(u.password_hash)}\nadmin = ${u.admin === true}`),
+        '[[auth.groups]]',
+        'name = "team"',
+        'members = { carol = "developer", alice = "reader" }',
+        '',
+      ].join('\n'),
+    );
+    reg = await startAuthRegistry({ root: dir, authSettings: auth });
+  });
+
+  afterAll(async () => {
+    await reg?.close();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  const status = async (user: string, password: string, path = '/v2/') => (await fetch(`${reg.url}${path}`, { headers: { Authorization: basic(user, password) } })).status;
+
+  test('user add with --password-stdin, or a generated password printed once on stdout alone', async () => {
+    const alice = await cli(['user', 'add', 'alice', '--password-stdin'], 'alice-cli-pw1\n');
+    expect(alice).toMatchObject({ code: 0, stdout: '' });
+    const bob = await cli(['user', 'add', 'bob']);
+    expect(bob.code).toBe(0);
+    const generated = bob.stdout.trim();
+    expect(generated).toMatch(/^[A-Za-z0-9_-]{24}$/);
+    expect(bob.stderr).toContain('shown only this once');
+    expect(await status('alice', 'alice-cli-pw1')).toBe(200);
+    expect(await status('bob', generated)).toBe(200);
+  });
+
+  test('user add refuses taken names, groups, bad names and weak passwords', async () => {
+    for (const [args, stdin, message] of [
+      [['user', 'add', 'carol'], '', 'exists already'],
+      [['user', 'add', 'team'], '', 'is a group'],
+      [['user', 'add', 'Bad_Name'], '', 'not a valid user name'],
+      [['user', 'add', 'proxy'], '', 'not a valid user name'],
+      [['user', 'add', 'dora', '--password-stdin'], 'short\n', '8 characters'],
+    ] as const) {
+      const run = await cli([...args], stdin);
+      expect([args.join(' '), run.code]).toEqual([args.join(' '), 2]);
+      expect(run.stderr).toContain(message);
+    }
+  });
+
+  test('user list shows every user, where it is defined, and its groups', async () => {
+    const { stdout } = await cli(['user', 'list']);
+    expect(stdout.split('\n')[0]).toMatch(/^NAME\s+ADMIN\s+SOURCE\s+GROUPS$/);
+    expect(stdout).toMatch(/alice\s+no\s+database\s+team:reader/);
+    expect(stdout).toMatch(/carol\s+no\s+config\s+team:developer/);
+    expect(stdout).toMatch(/root\s+yes\s+config\s+-/);
+  });
+
+  test('a personal access token: printed once, works as the password with any name, revoked at once', async () => {
+    const created = await cli(['token', 'create', '--user', 'alice', '--scope', 'pull,push', '--expires', '30d', '--name', 'laptop']);
+    expect(created.code).toBe(0);
+    const secret = created.stdout.trim();
+    expect(secret).toMatch(/^wharf_pat_[A-Za-z0-9_-]{43}$/);
+    const id = /token (\d+) for alice/.exec(created.stderr)![1]!;
+    const client = new RegistryClient(reg.url, 'basic', { user: 'anything', password: secret });
+    expect((await pushWith(client, 'alice/app', '1', 'cli')).status).toBe(201);
+    expect((await client.request('DELETE', '/v2/alice/app/manifests/1')).status).toBe(403);
+
+    const list = await cli(['token', 'list', '--user', 'alice']);
+    expect(list.stdout).toMatch(new RegExp(`^${id}\\s+pat\\s+alice\\s+pull,push\\s+-\\s+\\S+\\s+\\S+\\s+active\\s+laptop$`, 'm'));
+    expect(list.stdout).not.toContain(secret);
+
+    expect((await cli(['token', 'revoke', id])).code).toBe(0);
+    expect(await status('anything', secret)).toBe(401);
+    expect((await cli(['token', 'list'])).stdout).toMatch(new RegExp(`^${id}\\s.*revoked\\s+laptop$`, 'm'));
+  });
+
+  test('a CI token needs developer on its namespace, pushes there only, and pulls through the proxy', async () => {
+    const refused = await cli(['token', 'create', '--ci', '--user', 'alice', '--namespace', 'team', '--expires', '2h']);
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toContain('developer or more is needed');
+    const tooLong = await cli(['token', 'create', '--ci', '--user', 'carol', '--namespace', 'team', '--expires', '91d']);
+    expect(tooLong.code).toBe(2);
+
+    const created = await cli(['token', 'create', '--ci', '--user', 'carol', '--namespace', 'team', '--expires', '2h']);
+    expect(created.code).toBe(0);
+    const secret = created.stdout.trim();
+    expect(secret).toMatch(/^wharf_ci_/);
+    const ci = new RegistryClient(reg.url, 'basic', { user: 'ci', password: secret });
+    expect((await pushWith(ci, 'team/app', '1', 'ci')).status).toBe(201);
+    expect((await pushWith(ci, 'carol/app', '1', 'ci')).status).toBe(403);
+  });
+
+  test('repo public and private', async () => {
+    const root = new RegistryClient(reg.url, 'basic', { user: 'root', password: 'root-config-pw1' });
+    expect((await pushWith(root, 'web/site', '1', 'site')).status).toBe(201);
+    expect((await fetch(`${reg.url}/v2/web/site/manifests/1`)).status).toBe(401);
+    expect((await cli(['repo', 'public', 'web/*'])).code).toBe(0);
+    expect((await cli(['repo', 'public'])).stdout).toBe('web/*\n');
+    expect((await fetch(`${reg.url}/v2/web/site/manifests/1`)).status).toBe(200);
+    expect((await cli(['repo', 'private', 'web/*'])).code).toBe(0);
+    expect((await fetch(`${reg.url}/v2/web/site/manifests/1`)).status).toBe(401);
+    expect((await cli(['repo', 'public', 'Not A Name'])).code).toBe(2);
+  });
+
+  test('user passwd and user remove take effect on the running server', async () => {
+    expect((await cli(['user', 'passwd', 'alice', '--password-stdin'], 'alice-cli-pw2\n')).code).toBe(0);
+    expect(await status('alice', 'alice-cli-pw1')).toBe(401);
+    expect(await status('alice', 'alice-cli-pw2')).toBe(200);
+    const configUser = await cli(['user', 'passwd', 'carol', '--password-stdin'], 'carol-new-pw1\n');
+    expect(configUser.code).toBe(2);
+    expect(configUser.stderr).toContain('defined in the configuration file');
+    expect((await cli(['user', 'remove', 'alice'])).code).toBe(0);
+    expect(await status('alice', 'alice-cli-pw2')).toBe(401);
+  });
+});

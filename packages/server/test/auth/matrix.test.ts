@@ -1,0 +1,218 @@
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { pushImage } from '../helpers/oci.js';
+import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
+import { RegistryClient, Secrets, basic, bcryptHash, captureLog, pushWith, startAuthRegistry, type Credential, type Flow, type LogCapture } from './helpers.js';
+
+/**
+ * Who may do what, cell by cell: subjects × repositories × actions, through Basic credentials on
+ * /v2 and through the token flow. Every cell is compared with the expected table, and the count of
+ * successes that should have been refused must be 0.
+ */
+
+const PASSWORDS: Record<string, string> = {
+  alice: 'alice-secret-1',
+  bob: 'bob-secret-12',
+  dev: 'dev-secret-123',
+  rita: 'rita-secret-1234',
+  eve: 'eve-secret-12345',
+  root: 'root-secret-123456',
+};
+
+const SUBJECTS = ['owner', 'developer', 'reader', 'outsider', 'admin', 'anonymous', 'ci', 'revoked'] as const;
+type Subject = (typeof SUBJECTS)[number];
+
+const REPOS = { own: 'alice/app', group: 'team/app', private: 'bob/secret', public: 'pub/app', proxy: 'proxy/up/lib/app' } as const;
+type RepoKind = keyof typeof REPOS;
+const REPO_KINDS = Object.keys(REPOS) as RepoKind[];
+const LOCAL_KINDS = REPO_KINDS.filter((k) => k !== 'proxy');
+
+type Action = 'pull' | 'push' | 'delete' | 'catalog';
+const ACTIONS: readonly Action[] = ['pull', 'push', 'delete', 'catalog'];
+
+/** p = pull, u = push, d = delete, c = listed in _catalog. */
+const EXPECTED: Record<Subject, Record<RepoKind, string>> = {
+  owner: { own: 'pudc', group: '', private: '', public: 'pc', proxy: 'p' },
+  developer: { own: '', group: 'puc', private: '', public: 'pc', proxy: 'p' },
+  reader: { own: '', group: 'pc', private: '', public: 'pc', proxy: 'p' },
+  outsider: { own: '', group: '', private: '', public: 'pc', proxy: 'p' },
+  admin: { own: 'pudc', group: 'pudc', private: 'pudc', public: 'pudc', proxy: 'p' },
+  anonymous: { own: '', group: '', private: '', public: 'p', proxy: '' },
+  ci: { own: '', group: 'pu', private: '', public: 'p', proxy: 'p' },
+  revoked: { own: '', group: '', private: '', public: '', proxy: '' },
+};
+const LETTER: Record<Action, string> = { pull: 'p', push: 'u', delete: 'd', catalog: 'c' };
+
+/** May the subject list the catalog at all? */
+const CATALOG_ALLOWED: Record<Subject, boolean> = {
+  owner: true, developer: true, reader: true, outsider: true, admin: true, anonymous: false, ci: false, revoked: false,
+};
+
+interface Cell {
+  readonly subject: Subject;
+  readonly repo: RepoKind;
+  readonly action: Action;
+  readonly flow: Flow;
+  readonly expected: boolean;
+  readonly succeeded: boolean;
+  readonly status: number;
+}
+
+describe('the permission matrix', () => {
+  let up: TestRegistry;
+  let reg: TestRegistry;
+  const log: LogCapture = captureLog();
+  const secrets = new Secrets();
+  const creds = {} as Record<Subject, Credential | undefined>;
+  const cells: Cell[] = [];
+
+  beforeAll(async () => {
+    up = await startRegistry();
+    await pushImage(up.url, 'lib/app', '1');
+    reg = await startAuthRegistry({
+      logger: log.logger,
+      settings: { proxy: { retries: 0, upstreams: { up: { url: up.url } } } },
+      authSettings: {
+        users: [
+          ...['alice', 'bob', 'dev', 'rita', 'eve'].map((name) => ({ name, password_hash: bcryptHash(PASSWORDS[name]!) })),
+          { name: 'root', password_hash: bcryptHash(PASSWORDS.root!), admin: true },
+        ],
+        groups: [{ name: 'team', members: { dev: 'developer', rita: 'reader' } }],
+        public: ['pub/*'],
+      },
+    });
+    const store = reg.auth!.store;
+    const ci = store.createToken({ type: 'ci', user: 'dev', scopes: ['pull', 'push'], namespace: 'team', expiresAt: Date.now() + 3_600_000 });
+    const revoked = store.createToken({ type: 'pat', user: 'alice', scopes: ['pull', 'push', 'delete'], expiresAt: Date.now() + 3_600_000 });
+    store.revoke(revoked.id);
+    Object.assign(creds, {
+      owner: { user: 'alice', password: PASSWORDS.alice },
+      developer: { user: 'dev', password: PASSWORDS.dev },
+      reader: { user: 'rita', password: PASSWORDS.rita },
+      outsider: { user: 'eve', password: PASSWORDS.eve },
+      admin: { user: 'root', password: PASSWORDS.root },
+      anonymous: undefined,
+      ci: { user: 'gitlab-ci-token', password: ci.secret },
+      revoked: { user: 'alice', password: revoked.secret },
+    });
+    for (const [user, password] of Object.entries(PASSWORDS)) secrets.addBasic(user, password);
+    secrets.addBasic('gitlab-ci-token', ci.secret);
+    secrets.addBasic('alice', revoked.secret);
+
+    // The administrator seeds every local repository, and one tag per (subject, flow) for the delete cells.
+    const admin = new RegistryClient(reg.url, 'basic', creds.admin);
+    for (const kind of LOCAL_KINDS) {
+      const seeded = await pushWith(admin, REPOS[kind], '1', `seed ${kind}`);
+      expect([kind, seeded.status]).toEqual([kind, 201]);
+      for (const subject of SUBJECTS) {
+        for (const flow of ['basic', 'token'] as const) {
+          const res = await pushWith(admin, REPOS[kind], `del-${subject}-${flow}`, `seed ${kind}`);
+          expect(res.status).toBe(201);
+        }
+      }
+    }
+  });
+
+  afterAll(async () => {
+    await reg?.close();
+    await up?.close();
+  });
+
+  async function runCell(client: RegistryClient, subject: Subject, flow: Flow, kind: RepoKind, action: Exclude<Action, 'catalog'>): Promise<number> {
+    const repo = REPOS[kind];
+    let res: Response;
+    if (action === 'pull') res = await client.request('GET', `/v2/${repo}/manifests/1`);
+    else if (action === 'push') res = await pushWith(client, repo, `push-${subject}-${flow}`, `${subject} ${flow} ${kind}`);
+    else res = await client.request('DELETE', `/v2/${repo}/manifests/${kind === 'proxy' ? '1' : `del-${subject}-${flow}`}`);
+    await res.arrayBuffer();
+    return res.status;
+  }
+
+  test.each(['basic', 'token'] as const)('every cell through %s credentials', async (flow) => {
+    for (const subject of SUBJECTS) {
+      const client = new RegistryClient(reg.url, flow, creds[subject], secrets);
+      for (const kind of REPO_KINDS) {
+        for (const action of ['pull', 'push', 'delete'] as const) {
+          const status = await runCell(client, subject, flow, kind, action);
+          const succeeded = status >= 200 && status < 300;
+          cells.push({ subject, repo: kind, action, flow, expected: EXPECTED[subject][kind].includes(LETTER[action]), succeeded, status });
+        }
+      }
+      const res = await client.request('GET', '/v2/_catalog');
+      const listed = res.status === 200 ? ((await res.json()) as { repositories: string[] }).repositories : (await res.arrayBuffer(), []);
+      expect([subject, res.status === 200]).toEqual([subject, CATALOG_ALLOWED[subject]]);
+      for (const kind of REPO_KINDS) {
+        cells.push({ subject, repo: kind, action: 'catalog', flow, expected: EXPECTED[subject][kind].includes('c'), succeeded: listed.includes(REPOS[kind]), status: res.status });
+      }
+    }
+    const flowCells = cells.filter((c) => c.flow === flow);
+    expect(flowCells).toHaveLength(SUBJECTS.length * REPO_KINDS.length * ACTIONS.length);
+    const wrong = flowCells.filter((c) => c.expected !== c.succeeded).map((c) => `${c.subject} ${c.action} ${c.repo}: ${c.status}`);
+    expect(wrong).toEqual([]);
+  });
+
+  test('refusals: 401 without (or with bad) credentials, 403 for a signed-in user without the right, 401 insufficient_scope for a token', () => {
+    const refused = cells.filter((c) => !c.expected && c.action !== 'catalog');
+    expect(refused.length).toBeGreaterThan(50);
+    for (const c of refused) {
+      const anonymousOrBad = c.subject === 'anonymous' || c.subject === 'revoked';
+      const want = c.flow === 'token' || anonymousOrBad ? 401 : 403;
+      expect(`${c.flow} ${c.subject} ${c.action} ${c.repo}: ${c.status}`).toBe(`${c.flow} ${c.subject} ${c.action} ${c.repo}: ${want}`);
+    }
+  });
+
+  test('no unauthorized success in any cell', () => {
+    expect(cells).toHaveLength(2 * SUBJECTS.length * REPO_KINDS.length * ACTIONS.length);
+    expect(cells.filter((c) => c.succeeded && !c.expected)).toHaveLength(0);
+  });
+
+  test('a challenge names the repository and the actions the route needs', async () => {
+    const cases: [string, string, string][] = [
+      ['GET', '/v2/alice/app/manifests/1', 'repository:alice/app:pull'],
+      ['HEAD', '/v2/alice/app/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000', 'repository:alice/app:pull'],
+      ['POST', '/v2/alice/app/blobs/uploads/', 'repository:alice/app:push'],
+      ['PUT', '/v2/alice/app/manifests/2', 'repository:alice/app:push'],
+      ['DELETE', '/v2/alice/app/manifests/1', 'repository:alice/app:delete'],
+      ['GET', '/v2/_catalog', 'registry:catalog:*'],
+    ];
+    for (const [method, path, scope] of cases) {
+      const res = await fetch(`${reg.url}${path}`, { method });
+      expect([path, res.status]).toEqual([path, 401]);
+      expect(res.headers.get('www-authenticate')).toBe(`Bearer realm="${reg.url}/auth/token",service="wharf",scope="${scope}"`);
+      if (method !== 'HEAD') expect(((await res.json()) as { errors: { code: string }[] }).errors[0]!.code).toBe('UNAUTHORIZED');
+    }
+    const base = await fetch(`${reg.url}/v2/`);
+    expect(base.status).toBe(401);
+    expect(base.headers.get('www-authenticate')).toBe(`Bearer realm="${reg.url}/auth/token",service="wharf"`);
+    const signedIn = await fetch(`${reg.url}/v2/`, { headers: { Authorization: basic('eve', PASSWORDS.eve!) } });
+    expect(signedIn.status).toBe(200);
+  });
+
+  test('the catalog paginates over what the caller may see', async () => {
+    const headers = { Authorization: basic('alice', PASSWORDS.alice!) };
+    const first = await fetch(`${reg.url}/v2/_catalog?n=1`, { headers });
+    expect(await first.json()).toEqual({ repositories: ['alice/app'] });
+    expect(first.headers.get('link')).toBe('</v2/_catalog?n=1&last=alice%2Fapp>; rel="next"');
+    const second = await fetch(`${reg.url}/v2/_catalog?n=1&last=alice%2Fapp`, { headers });
+    expect(await second.json()).toEqual({ repositories: ['pub/app'] });
+  });
+
+  test('a cross-repository mount from a repository the caller may not pull becomes a plain upload', async () => {
+    const layer = await fetch(`${reg.url}/v2/bob/secret/manifests/1`, { headers: { Authorization: basic('root', PASSWORDS.root!) } });
+    const digest = ((await layer.json()) as { layers: { digest: string }[] }).layers[0]!.digest;
+    const mount = (user: string, to: string) =>
+      fetch(`${reg.url}/v2/${to}/blobs/uploads/?mount=${digest}&from=bob/secret`, { method: 'POST', headers: { Authorization: basic(user, PASSWORDS[user]!) } });
+    const refused = await mount('alice', 'alice/mounted');
+    expect(refused.status).toBe(202);
+    expect(refused.headers.get('location')).toMatch(/^\/v2\/alice\/mounted\/blobs\/uploads\//);
+    const blob = await fetch(`${reg.url}/v2/alice/mounted/blobs/${digest}`, { method: 'HEAD', headers: { Authorization: basic('alice', PASSWORDS.alice!) } });
+    expect(blob.status).toBe(404);
+    const allowed = await mount('bob', 'bob/mounted');
+    expect(allowed.status).toBe(201);
+  });
+
+  test('after the suite, no password, token or Authorization value is in the log', () => {
+    expect(secrets.size).toBeGreaterThan(15);
+    expect(log.text()).toContain('"path":"/auth/token"');
+    secrets.assertNotIn(log.text());
+  });
+});

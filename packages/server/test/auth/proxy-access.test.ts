@@ -1,0 +1,137 @@
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { networkInterfaces } from 'node:os';
+import { pushImage } from '../helpers/oci.js';
+import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
+import { RegistryClient, Secrets, basic, bcryptHash, captureLog, claimsOf, fetchToken, parseChallenge, pushWith, startAuthRegistry, type TokenReply } from './helpers.js';
+
+/** An IPv4 address of this machine that is not loopback: requests to it arrive from a non-loopback peer. */
+function externalAddress(): string | undefined {
+  for (const list of Object.values(networkInterfaces())) {
+    for (const a of list ?? []) if (a.family === 'IPv4' && !a.internal) return a.address;
+  }
+  return undefined;
+}
+
+const PW = { alice: 'alice-proxy-pw1', eve: 'eve-proxy-pw12', olga: 'olga-proxy-pw123', root: 'root-proxy-pw1234' } as const;
+type Name = keyof typeof PW;
+
+describe('proxy access with auth on: per upstream, never open unless configured', () => {
+  let up: TestRegistry;
+  let reg: TestRegistry;
+  let digest: string;
+  const log = captureLog();
+  const secrets = new Secrets();
+  const as = (name: Name) => ({ headers: { Authorization: basic(name, PW[name]) } });
+  const address = externalAddress();
+
+  beforeAll(async () => {
+    if (!address) throw new Error('this test needs a non-loopback IPv4 interface to reach the registry from');
+    up = await startRegistry();
+    digest = (await pushImage(up.url, 'lib/app', '1')).manifest.digest;
+    reg = await startAuthRegistry({
+      logger: log.logger,
+      settings: {
+        listen: '0.0.0.0:0',
+        proxy: {
+          retries: 0,
+          upstreams: { up: { url: up.url }, open: { url: up.url, access: 'anonymous' }, grp: { url: up.url, access: ['ops'] } },
+        },
+      },
+      authSettings: {
+        users: (Object.keys(PW) as Name[]).map((name) => ({ name, password_hash: bcryptHash(PW[name]), admin: name === 'root' })),
+        groups: [{ name: 'ops', members: { olga: 'reader' } }],
+      },
+    });
+    for (const [u, p] of Object.entries(PW)) secrets.addBasic(u, p);
+  });
+
+  afterAll(async () => {
+    await reg?.close();
+    await up?.close();
+  });
+
+  const get = (path: string, init?: RequestInit) => fetch(`${reg.url}${path}`, init);
+
+  test('"authenticated" (the default): any signed-in user, not anonymous', async () => {
+    const anonymous = await get('/v2/proxy/up/lib/app/manifests/1');
+    expect(anonymous.status).toBe(401);
+    expect(parseChallenge(anonymous.headers.get('www-authenticate'))?.scope).toBe('repository:proxy/up/lib/app:pull');
+    const eve = await get('/v2/proxy/up/lib/app/manifests/1', as('eve'));
+    expect(eve.status).toBe(200);
+    expect(eve.headers.get('docker-content-digest')).toBe(digest);
+  });
+
+  test('"anonymous": everyone', async () => {
+    expect((await get('/v2/proxy/open/lib/app/manifests/1')).status).toBe(200);
+  });
+
+  test('a list of groups: their members and administrators only', async () => {
+    expect((await get('/v2/proxy/grp/lib/app/manifests/1', as('eve'))).status).toBe(403);
+    expect((await get('/v2/proxy/grp/lib/app/manifests/1', as('olga'))).status).toBe(200);
+    expect((await get('/v2/proxy/grp/lib/app/manifests/1', as('root'))).status).toBe(200);
+    expect((await get('/v2/proxy/grp/lib/app/manifests/1')).status).toBe(401);
+  });
+
+  test('nobody pushes or deletes through the proxy, administrators included', async () => {
+    const root = new RegistryClient(reg.url, 'basic', { user: 'root', password: PW.root });
+    expect((await pushWith(root, 'proxy/up/lib/app', '2', 'x')).status).toBe(403);
+    expect((await get('/v2/proxy/up/lib/app/manifests/1', { method: 'DELETE', ...as('root') })).status).toBe(403);
+  });
+
+  test('from a non-loopback address, access rules decide (the loopback-only rule is for auth off)', async () => {
+    const remote = `http://${address}:${reg.port}`;
+    expect((await fetch(`${remote}/v2/proxy/up/lib/app/manifests/1`, as('alice'))).status).toBe(200);
+    expect((await fetch(`${remote}/v2/proxy/up/lib/app/manifests/1`)).status).toBe(401);
+    expect((await fetch(`${remote}/v2/proxy/open/lib/app/manifests/1`)).status).toBe(200);
+    // Admin endpoints too: administrators from anywhere, nobody else.
+    expect((await fetch(`${remote}/admin/proxy/cache/up`, { method: 'DELETE', ...as('root') })).status).toBe(200);
+    expect((await fetch(`${remote}/admin/proxy/cache/up`, { method: 'DELETE', ...as('alice') })).status).toBe(403);
+  });
+
+  test('containerd mirror mode (?ns=): the upstream access applies, through Basic and the token flow', async () => {
+    // The three upstreams share a URL, so name the one meant by its key (ns= takes hosts and keys).
+    const ns = '?ns=up';
+    const anonymous = await get(`/v2/lib/app/manifests/1${ns}`);
+    expect(anonymous.status).toBe(401);
+    expect(parseChallenge(anonymous.headers.get('www-authenticate'))?.scope).toBe('repository:lib/app:pull');
+    const basicPull = await get(`/v2/lib/app/manifests/1${ns}`, as('alice'));
+    expect(basicPull.status).toBe(200);
+    expect(basicPull.headers.get('oci-namespace')).toBe('up');
+
+    const res = await fetchToken(`${reg.url}/auth/token`, 'wharf', ['repository:lib/app:pull'], { user: 'alice', password: PW.alice });
+    const jwt = ((await res.json()) as TokenReply).token;
+    secrets.add('jwt', jwt);
+    expect(claimsOf(jwt).access).toEqual([{ type: 'repository', name: 'lib/app', actions: ['pull'] }]);
+    expect((await get(`/v2/lib/app/manifests/1${ns}`, { headers: { Authorization: `Bearer ${jwt}` } })).status).toBe(200);
+  });
+
+  test('a pull granted because the proxy might serve a name never opens a local repository of that name', async () => {
+    const res = await fetchToken(`${reg.url}/auth/token`, 'wharf', ['repository:root/later:pull'], { user: 'alice', password: PW.alice });
+    const jwt = ((await res.json()) as TokenReply).token;
+    secrets.add('jwt', jwt);
+    expect(claimsOf(jwt).access).toEqual([{ type: 'repository', name: 'root/later', actions: ['pull'] }]);
+    const root = new RegistryClient(reg.url, 'basic', { user: 'root', password: PW.root });
+    expect((await pushWith(root, 'root/later', '1', 'later')).status).toBe(201);
+    const local = await get('/v2/root/later/manifests/1', { headers: { Authorization: `Bearer ${jwt}` } });
+    expect(local.status).toBe(403);
+    // And once it is local, no new grant is made for it.
+    const again = await fetchToken(`${reg.url}/auth/token`, 'wharf', ['repository:root/later:pull'], { user: 'alice', password: PW.alice });
+    const second = ((await again.json()) as TokenReply).token;
+    secrets.add('jwt', second);
+    expect(claimsOf(second).access).toEqual([]);
+  });
+
+  test('[proxy] anonymous = true makes "anonymous" the default access', async () => {
+    const open = await startAuthRegistry({ settings: { proxy: { anonymous: true, retries: 0, upstreams: { up: { url: up.url } } } } });
+    try {
+      expect((await fetch(`${open.url}/v2/proxy/up/lib/app/manifests/1`)).status).toBe(200);
+      expect((await fetch(`${open.url}/v2/team/app/manifests/1`)).status).toBe(401);
+    } finally {
+      await open.close();
+    }
+  });
+
+  test('after the suite, no password or token is in the log', () => {
+    secrets.assertNotIn(log.text());
+  });
+});

@@ -1,0 +1,418 @@
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { createHmac, createPrivateKey, createPublicKey, generateKeyPairSync, randomUUID, type KeyObject } from 'node:crypto';
+import { readFile, stat } from 'node:fs/promises';
+import { request } from 'node:http';
+import { join } from 'node:path';
+import { SignJWT, calculateJwkThumbprint, exportJWK } from 'jose';
+import type { TestRegistry } from '../helpers/start-registry.js';
+import {
+  Secrets,
+  basic,
+  bcryptHash,
+  captureLog,
+  claimsOf,
+  fetchToken,
+  parseChallenge,
+  pushWith,
+  RegistryClient,
+  startAuthRegistry,
+  type LogCapture,
+  type TokenReply,
+} from './helpers.js';
+
+const PW = { alice: 'alice-token-pw1', bob: 'bob-token-pw12', root: 'root-token-pw123' } as const;
+
+function form(fields: Record<string, string>): RequestInit {
+  return { method: 'POST', headers: { 'Content-Type': 'application/x-www-form-urlencoded' }, body: new URLSearchParams(fields).toString() };
+}
+
+async function errorCode(res: Response): Promise<string | undefined> {
+  return ((await res.json()) as { errors?: { code: string }[] }).errors?.[0]?.code;
+}
+
+describe('the token endpoint and bearer tokens', () => {
+  let reg: TestRegistry;
+  const log: LogCapture = captureLog();
+  const secrets = new Secrets();
+  let realm: string;
+  const alice = { user: 'alice', password: PW.alice };
+
+  /** A token for `scopes`; `cred` null: anonymous. */
+  async function token(scopes: string[], cred: { user: string; password: string } | null = alice): Promise<string> {
+    const res = await fetchToken(realm, 'wharf', scopes, cred ?? undefined);
+    expect(res.status).toBe(200);
+    const t = ((await res.json()) as TokenReply).token;
+    secrets.add('jwt', t);
+    return t;
+  }
+
+  const bearer = (t: string) => ({ headers: { Authorization: `Bearer ${t}` } });
+
+  beforeAll(async () => {
+    reg = await startAuthRegistry({
+      logger: log.logger,
+      authSettings: {
+        users: [
+          { name: 'alice', password_hash: bcryptHash(PW.alice) },
+          { name: 'root', password_hash: bcryptHash(PW.root), admin: true },
+        ],
+        public: ['pub/*'],
+      },
+    });
+    realm = `${reg.url}/auth/token`;
+    for (const [u, p] of Object.entries(PW)) secrets.addBasic(u, p);
+    const root = new RegistryClient(reg.url, 'basic', { user: 'root', password: PW.root });
+    for (const repo of ['alice/app', 'pub/app', 'bob/secret', 'alice/site']) expect((await pushWith(root, repo, '1', repo)).status).toBe(201);
+  });
+
+  afterAll(async () => {
+    await reg?.close();
+  });
+
+  test('GET answers token, access_token, expires_in and issued_at, never cached', async () => {
+    const res = await fetchToken(realm, 'wharf', ['repository:alice/app:pull'], alice);
+    expect(res.status).toBe(200);
+    expect(res.headers.get('cache-control')).toBe('no-store');
+    const body = (await res.json()) as TokenReply;
+    secrets.add('jwt', body.token);
+    expect(body.access_token).toBe(body.token);
+    expect(body.expires_in).toBe(300);
+    expect(Math.abs(Date.parse(body.issued_at) - Date.now())).toBeLessThan(5000);
+    expect(body.refresh_token).toBeUndefined();
+  });
+
+  test('the JWT is ES256 with a kid (RFC 7638 thumbprint) and iss, sub, aud, exp, nbf, iat, jti, access', async () => {
+    const jwt = await token(['repository:alice/app:pull']);
+    const header = JSON.parse(Buffer.from(jwt.split('.')[0]!, 'base64url').toString('utf8')) as Record<string, string>;
+    const pem = await readFile(join(reg.root, 'auth', 'signing-key.pem'), 'utf8');
+    const publicKey = createPublicKey(createPrivateKey(pem));
+    expect(header).toEqual({ alg: 'ES256', typ: 'JWT', kid: await calculateJwkThumbprint(await exportJWK(publicKey), 'sha256') });
+    const claims = claimsOf(jwt);
+    expect(claims).toMatchObject({ iss: 'wharf', aud: 'wharf', sub: 'alice', access: [{ type: 'repository', name: 'alice/app', actions: ['pull'] }] });
+    expect(claims.exp).toBe((claims.iat as number) + 300);
+    expect(claims.nbf).toBe(claims.iat);
+    expect(claims.jti).toMatch(/^[0-9a-f-]{36}$/);
+    expect((await stat(join(reg.root, 'auth', 'signing-key.pem'))).mode & 0o777).toBe(0o600);
+  });
+
+  test('the grant is the intersection of what was asked and what is allowed; a partial grant is no error', async () => {
+    const jwt = await token([
+      'repository:alice/app:pull,push,delete,bogus',
+      'repository:bob/secret:pull,push',
+      'repository:pub/app:pull,push',
+      'registry:catalog:*',
+      'repository:localhost:5000/alice/app:pull',
+      'nonsense',
+    ]);
+    expect(claimsOf(jwt).access).toEqual([
+      { type: 'repository', name: 'alice/app', actions: ['pull', 'push', 'delete'] },
+      { type: 'repository', name: 'pub/app', actions: ['pull'] },
+      { type: 'registry', name: 'catalog', actions: ['*'] },
+    ]);
+  });
+
+  test('anonymous gets a token limited to public pulls', async () => {
+    const jwt = await token(['repository:pub/app:pull,push', 'repository:alice/app:pull', 'registry:catalog:*'], null);
+    expect(claimsOf(jwt)).toMatchObject({ sub: '', access: [{ type: 'repository', name: 'pub/app', actions: ['pull'] }] });
+    expect((await fetch(`${reg.url}/v2/pub/app/manifests/1`, bearer(jwt))).status).toBe(200);
+    const res = await fetch(`${reg.url}/v2/alice/app/manifests/1`, bearer(jwt));
+    expect(res.status).toBe(401);
+    expect(parseChallenge(res.headers.get('www-authenticate'))).toMatchObject({ scope: 'repository:alice/app:pull', error: 'insufficient_scope' });
+  });
+
+  test('wrong credentials get 401 with the OCI UNAUTHORIZED body', async () => {
+    const res = await fetchToken(realm, 'wharf', ['repository:alice/app:pull'], { user: 'alice', password: 'wrong-password' });
+    expect(res.status).toBe(401);
+    expect(await errorCode(res)).toBe('UNAUTHORIZED');
+    const unknown = await fetchToken(realm, 'wharf', [], { user: 'nobody', password: 'wrong-password' });
+    expect(unknown.status).toBe(401);
+  });
+
+  test('a token without the action gets 401 insufficient_scope naming what the route needs', async () => {
+    const jwt = await token(['repository:alice/app:pull']);
+    expect((await fetch(`${reg.url}/v2/alice/app/manifests/1`, bearer(jwt))).status).toBe(200);
+    const res = await fetch(`${reg.url}/v2/alice/app/manifests/1`, { method: 'DELETE', ...bearer(jwt) });
+    expect(res.status).toBe(401);
+    expect(res.headers.get('www-authenticate')).toBe(`Bearer realm="${realm}",service="wharf",scope="repository:alice/app:delete",error="insufficient_scope"`);
+  });
+
+  test('POST, the OAuth2 form: password grant, refresh token only with access_type=offline, then the refresh grant', async () => {
+    const fields = { grant_type: 'password', client_id: 'containerd-client', service: 'wharf', username: 'alice', password: PW.alice, scope: 'repository:alice/app:pull repository:alice/app:push' };
+    const plain = await fetch(realm, form(fields));
+    expect(plain.status).toBe(200);
+    const plainBody = (await plain.json()) as TokenReply & { scope: string };
+    secrets.add('jwt', plainBody.access_token);
+    expect(plainBody.scope).toBe('repository:alice/app:pull,push');
+    expect(plainBody.refresh_token).toBeUndefined();
+
+    const offline = await fetch(realm, form({ ...fields, access_type: 'offline' }));
+    const { refresh_token: refresh } = (await offline.json()) as TokenReply;
+    secrets.add('refresh token', refresh);
+    expect(refresh).toMatch(/^wharf_rt_[A-Za-z0-9_-]{43}$/);
+
+    const renewed = await fetch(realm, form({ grant_type: 'refresh_token', client_id: 'containerd-client', refresh_token: refresh!, scope: 'repository:alice/app:pull' }));
+    expect(renewed.status).toBe(200);
+    const jwt = ((await renewed.json()) as TokenReply).access_token;
+    secrets.add('jwt', jwt);
+    expect(claimsOf(jwt)).toMatchObject({ sub: 'alice', access: [{ type: 'repository', name: 'alice/app', actions: ['pull'] }] });
+
+    const bogus = await fetch(realm, form({ grant_type: 'refresh_token', client_id: 'x', refresh_token: 'wharf_rt_nope' }));
+    expect(bogus.status).toBe(401);
+  });
+
+  test('GET with offline_token=true returns a refresh token', async () => {
+    const res = await fetchToken(realm, 'wharf', [], alice, '&offline_token=true&client_id=docker');
+    const body = (await res.json()) as TokenReply;
+    secrets.add('jwt', body.token);
+    secrets.add('refresh token', body.refresh_token);
+    expect(body.refresh_token).toMatch(/^wharf_rt_/);
+  });
+
+  test('malformed POSTs are 400 (containerd then falls back to GET)', async () => {
+    const missingClient = await fetch(realm, form({ grant_type: 'password', username: 'alice', password: PW.alice }));
+    expect(missingClient.status).toBe(400);
+    expect(await missingClient.json()).toMatchObject({ error: 'invalid_request' });
+    const badGrant = await fetch(realm, form({ grant_type: 'client_credentials', client_id: 'x' }));
+    expect(await badGrant.json()).toMatchObject({ error: 'unsupported_grant_type' });
+    const json = await fetch(realm, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{}' });
+    expect(json.status).toBe(400);
+    const wrong = await fetch(realm, form({ grant_type: 'password', client_id: 'x', username: 'alice', password: 'wrong-password' }));
+    expect(wrong.status).toBe(401);
+    expect(await errorCode(wrong)).toBe('UNAUTHORIZED');
+  });
+
+  test('a personal access token works as the password with any user name, within its scopes', async () => {
+    const pat = reg.auth!.store.createToken({ type: 'pat', user: 'alice', scopes: ['pull'], expiresAt: Date.now() + 60_000 });
+    secrets.addBasic('whoever', pat.secret);
+    const cred = { user: 'whoever', password: pat.secret };
+    expect((await fetch(`${reg.url}/v2/alice/app/manifests/1`, { headers: { Authorization: basic('whoever', pat.secret) } })).status).toBe(200);
+    const push = await fetch(`${reg.url}/v2/alice/app/blobs/uploads/`, { method: 'POST', headers: { Authorization: basic('whoever', pat.secret) } });
+    expect(push.status).toBe(403);
+    const jwt = await token(['repository:alice/app:pull,push'], cred);
+    expect(claimsOf(jwt)).toMatchObject({ sub: 'alice', tid: pat.id, access: [{ type: 'repository', name: 'alice/app', actions: ['pull'] }] });
+    expect((await fetch(`${reg.url}/v2/alice/app/manifests/1`, bearer(jwt))).status).toBe(200);
+
+    // Revoked: Basic stops at once, and so does the bearer token issued for it.
+    reg.auth!.store.revoke(pat.id);
+    expect((await fetch(`${reg.url}/v2/alice/app/manifests/1`, { headers: { Authorization: basic('whoever', pat.secret) } })).status).toBe(401);
+    const after = await fetch(`${reg.url}/v2/alice/app/manifests/1`, bearer(jwt));
+    expect(after.status).toBe(401);
+    expect(parseChallenge(after.headers.get('www-authenticate'))?.error).toBe('invalid_token');
+  });
+
+  test('an expired personal access token is refused', async () => {
+    const pat = reg.auth!.store.createToken({ type: 'pat', user: 'alice', scopes: ['pull'], expiresAt: Date.now() - 1 });
+    secrets.addBasic('x', pat.secret);
+    expect((await fetch(`${reg.url}/v2/alice/app/manifests/1`, { headers: { Authorization: basic('x', pat.secret) } })).status).toBe(401);
+  });
+
+  test('a user removed from the database loses their tokens at once', async () => {
+    const store = reg.auth!.store;
+    store.addUser('temp', bcryptHash('temp-password-1'), false);
+    secrets.addBasic('temp', 'temp-password-1');
+    const jwt = await token(['repository:temp/app:pull'], { user: 'temp', password: 'temp-password-1' });
+    expect((await fetch(`${reg.url}/v2/`, bearer(jwt))).status).toBe(200);
+    store.removeUser('temp');
+    expect((await fetch(`${reg.url}/v2/`, bearer(jwt))).status).toBe(401);
+  });
+
+  test('marking a repository public takes effect without a restart', async () => {
+    expect((await fetch(`${reg.url}/v2/alice/site/manifests/1`)).status).toBe(401);
+    reg.auth!.store.addPublic('alice/site');
+    expect((await fetch(`${reg.url}/v2/alice/site/manifests/1`)).status).toBe(200);
+    reg.auth!.store.removePublic('alice/site');
+    expect((await fetch(`${reg.url}/v2/alice/site/manifests/1`)).status).toBe(401);
+  });
+
+  test('admin endpoints want an administrator signed in with a password', async () => {
+    const path = `${reg.url}/admin/proxy/cache/docker.io`;
+    const anonymous = await fetch(path, { method: 'DELETE' });
+    expect(anonymous.status).toBe(401);
+    expect(anonymous.headers.get('www-authenticate')).toBe('Basic realm="wharf"');
+    expect((await fetch(path, { method: 'DELETE', headers: { Authorization: basic('alice', PW.alice) } })).status).toBe(403);
+    expect((await fetch(path, { method: 'DELETE', headers: { Authorization: basic('root', PW.root) } })).status).toBe(200);
+  });
+
+  describe('forged and invalid tokens are rejected', () => {
+    let serverKey: KeyObject;
+    const access = [{ type: 'repository', name: 'alice/app', actions: ['pull'] }];
+    const path = '/v2/alice/app/manifests/1';
+
+    beforeAll(async () => {
+      serverKey = createPrivateKey(await readFile(join(reg.root, 'auth', 'signing-key.pem'), 'utf8'));
+    });
+
+    function claims(over: { exp?: number; nbf?: number; iat?: number; aud?: string; iss?: string; alg?: string } = {}) {
+      const now = Math.floor(Date.now() / 1000);
+      return new SignJWT({ access })
+        .setProtectedHeader({ alg: over.alg ?? 'ES256', typ: 'JWT' })
+        .setIssuer(over.iss ?? 'wharf')
+        .setAudience(over.aud ?? 'wharf')
+        .setSubject('alice')
+        .setIssuedAt(over.iat ?? now)
+        .setNotBefore(over.nbf ?? now)
+        .setExpirationTime(over.exp ?? now + 300)
+        .setJti(randomUUID());
+    }
+
+    async function expectRejected(jwt: string) {
+      secrets.add('forged jwt', jwt);
+      const res = await fetch(`${reg.url}${path}`, bearer(jwt));
+      expect(res.status).toBe(401);
+      expect(parseChallenge(res.headers.get('www-authenticate'))).toMatchObject({ realm, service: 'wharf', error: 'invalid_token' });
+      expect(await errorCode(res)).toBe('UNAUTHORIZED');
+    }
+
+    const b64 = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url');
+
+    test('control: a token signed with the server key is accepted', async () => {
+      expect((await fetch(`${reg.url}${path}`, bearer(await claims().sign(serverKey)))).status).toBe(200);
+    });
+
+    test('signed with another key', async () => {
+      await expectRejected(await claims().sign(generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey));
+    });
+
+    test('payload tampered after signing', async () => {
+      const [h, , s] = (await claims().sign(serverKey)).split('.');
+      const payload = { ...claimsOf(await claims().sign(serverKey)), access: [{ type: 'repository', name: 'bob/secret', actions: ['pull', 'push', 'delete'] }] };
+      await expectRejected(`${h}.${b64(payload)}.${s}`);
+    });
+
+    test('expired', async () => {
+      const now = Math.floor(Date.now() / 1000);
+      await expectRejected(await claims({ iat: now - 600, nbf: now - 600, exp: now - 10 }).sign(serverKey));
+    });
+
+    test('not yet valid', async () => {
+      const now = Math.floor(Date.now() / 1000);
+      await expectRejected(await claims({ nbf: now + 600, exp: now + 900 }).sign(serverKey));
+    });
+
+    test('wrong audience, wrong issuer', async () => {
+      await expectRejected(await claims({ aud: 'other-registry' }).sign(serverKey));
+      await expectRejected(await claims({ iss: 'someone-else' }).sign(serverKey));
+    });
+
+    test('alg none', async () => {
+      const payload = claimsOf(await claims().sign(serverKey));
+      await expectRejected(`${b64({ alg: 'none', typ: 'JWT' })}.${b64(payload)}.`);
+      await expectRejected(`${b64({ alg: 'none', typ: 'JWT' })}.${b64(payload)}`);
+    });
+
+    test('HS256 with the public key as the HMAC secret (algorithm confusion)', async () => {
+      const payload = claimsOf(await claims().sign(serverKey));
+      const input = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64(payload)}`;
+      for (const secret of [
+        createPublicKey(serverKey).export({ type: 'spki', format: 'pem' }) as string,
+        createPublicKey(serverKey).export({ type: 'spki', format: 'der' }),
+        JSON.stringify(await exportJWK(createPublicKey(serverKey))),
+      ]) {
+        await expectRejected(`${input}.${createHmac('sha256', secret).update(input).digest('base64url')}`);
+      }
+    });
+
+    test('RS256 with an attacker key', async () => {
+      await expectRejected(await claims({ alg: 'RS256' }).sign(generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey));
+    });
+
+    test('garbage', async () => {
+      await expectRejected('not-a-jwt');
+      await expectRejected('aaaa.bbbb.cccc');
+    });
+  });
+
+  test('after the suite, no password, token or Authorization value is in the log', () => {
+    expect(secrets.size).toBeGreaterThan(10);
+    secrets.assertNotIn(log.text());
+  });
+});
+
+/** GET from a chosen loopback source address (127.0.0.x), so per-address limits can be told apart. */
+function getFrom(localAddress: string, url: string, headers: Record<string, string>): Promise<{ status: number; retryAfter?: string; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, { localAddress, headers: { ...headers, Connection: 'close' } }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () =>
+        resolve({
+          status: res.statusCode ?? 0,
+          ...(res.headers['retry-after'] !== undefined ? { retryAfter: res.headers['retry-after'] } : {}),
+          body: Buffer.concat(chunks).toString('utf8'),
+        }),
+      );
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+describe('failed logins are limited per address and per user', () => {
+  let reg: TestRegistry;
+  const log = captureLog();
+  const secrets = new Secrets();
+
+  beforeAll(async () => {
+    reg = await startAuthRegistry({
+      logger: log.logger,
+      loginLimits: { maxFailures: 10, windowMs: 5 * 60_000 },
+      authSettings: {
+        users: [
+          { name: 'alice', password_hash: bcryptHash(PW.alice) },
+          { name: 'bob', password_hash: bcryptHash(PW.bob) },
+        ],
+      },
+    });
+    secrets.addBasic('alice', PW.alice);
+    secrets.addBasic('bob', PW.bob);
+  });
+
+  afterAll(async () => {
+    await reg?.close();
+  });
+
+  const tokenUrl = () => `${reg.url}/auth/token?service=wharf&scope=repository:alice/app:pull`;
+
+  test('the 11th attempt for a user within 5 minutes is 429 with Retry-After, even with the right password, from any address', async () => {
+    for (let i = 0; i < 10; i++) {
+      secrets.addBasic('alice', `guess-number-${i}`);
+      expect((await getFrom('127.0.0.2', tokenUrl(), { Authorization: basic('alice', `guess-number-${i}`) })).status).toBe(401);
+    }
+    const blocked = await getFrom('127.0.0.2', tokenUrl(), { Authorization: basic('alice', PW.alice) });
+    expect(blocked.status).toBe(429);
+    expect(Number(blocked.retryAfter)).toBeGreaterThan(200);
+    expect(Number(blocked.retryAfter)).toBeLessThanOrEqual(300);
+    expect(JSON.parse(blocked.body).errors[0].code).toBe('TOOMANYREQUESTS');
+    // Per user: another address does not help, on the token endpoint or with Basic on /v2.
+    expect((await getFrom('127.0.0.3', tokenUrl(), { Authorization: basic('alice', PW.alice) })).status).toBe(429);
+    const v2 = await getFrom('127.0.0.3', `${reg.url}/v2/`, { Authorization: basic('alice', PW.alice) });
+    expect(v2.status).toBe(429);
+    expect(v2.retryAfter).toBeDefined();
+    // Another user from that address is fine.
+    expect((await getFrom('127.0.0.3', `${reg.url}/v2/`, { Authorization: basic('bob', PW.bob) })).status).toBe(200);
+  });
+
+  test('the 11th attempt from one address is 429 whatever the user name (Basic on /v2 counts too)', async () => {
+    for (let i = 0; i < 10; i++) {
+      secrets.addBasic(`user${i}`, `guess-number-${i}`);
+      expect((await getFrom('127.0.0.4', `${reg.url}/v2/`, { Authorization: basic(`user${i}`, `guess-number-${i}`) })).status).toBe(401);
+    }
+    expect((await getFrom('127.0.0.4', `${reg.url}/v2/`, { Authorization: basic('bob', PW.bob) })).status).toBe(429);
+    expect((await getFrom('127.0.0.4', tokenUrl(), { Authorization: basic('bob', PW.bob) })).status).toBe(429);
+    expect((await getFrom('127.0.0.5', `${reg.url}/v2/`, { Authorization: basic('bob', PW.bob) })).status).toBe(200);
+  });
+
+  test('with a token as the password only the address counts: bad tokens under "ci" do not lock other jobs out', async () => {
+    for (let i = 0; i < 10; i++) {
+      expect((await getFrom('127.0.0.6', `${reg.url}/v2/`, { Authorization: basic('ci', `wharf_ci_expired${i}`) })).status).toBe(401);
+    }
+    const good = reg.auth!.store.createToken({ type: 'ci', user: 'bob', scopes: ['pull', 'push'], namespace: 'bob', expiresAt: Date.now() + 60_000 });
+    secrets.addBasic('ci', good.secret);
+    expect((await getFrom('127.0.0.7', `${reg.url}/v2/`, { Authorization: basic('ci', good.secret) })).status).toBe(200);
+    expect((await getFrom('127.0.0.6', `${reg.url}/v2/`, { Authorization: basic('ci', good.secret) })).status).toBe(429);
+  });
+
+  test('after the suite, no password is in the log', () => {
+    secrets.assertNotIn(log.text());
+  });
+});
