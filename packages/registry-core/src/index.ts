@@ -13,3 +13,24 @@ export { FileBlobStream, closeFile, takeFile, type FileRange } from './fs/file-b
 export { FsUploadSessions } from './fs/fs-uploads.js';
 export { openDatabase, type SqliteDatabase, type SqliteStatement } from './sqlite/database.js';
 export { SqliteMetadataStore, MAX_PAGE } from './sqlite/sqlite-metadata-store.js';
+export * from './blob-leases.js';
+export {
+  SqliteLifecycle,
+  LEASE_TTL_MS,
+  type RepositoryGraph,
+  type RepositoryGarbage,
+  type TagRecord,
+  type LinkRecord,
+  type GraphManifest,
+  type GraphReference,
+  type DanglingReference,
+} from './sqlite/sqlite-lifecycle.js';
+export { BROKEN_MANIFEST_WARNING } from './sqlite/sqlite-metadata-store.js';
+export { blobFiles, type BlobFile } from './gc/blob-files.js';
+export { markRepository, type MarkOptions } from './gc/mark.js';
+export * from './gc/retention.js';
+export * from './gc/garbage-collector.js';
+export * from './gc/fsck.js';
+export * from './archive/image-name.js';
+export * from './archive/import.js';
+export * from './archive/export.js';

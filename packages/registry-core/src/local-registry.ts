@@ -1,4 +1,5 @@
 import type { Readable } from 'node:stream';
+import type { BlobLeases } from './blob-leases.js';
 import type { BlobInfo, BlobStore, ByteRange } from './blob-store.js';
 import { parseDigest, tryParseDigest, type Digest, type DigestAlgorithm } from './digest.js';
 import { RegistryError } from './errors.js';
@@ -17,7 +18,20 @@ export class LocalRegistry implements RepositoryReader, RepositoryWriter {
     private readonly blobs: BlobStore,
     private readonly metadata: MetadataStore,
     private readonly uploads: UploadSessions,
+    /** Without leases, garbage collection must not run while this registry writes. */
+    private readonly leases?: BlobLeases,
   ) {}
+
+  /** Runs `work` (which places a blob's file and links it) under a lease on the digest. */
+  private async leased<T>(digest: Digest, work: () => Promise<T>): Promise<T> {
+    if (!this.leases) return work();
+    const id = await this.leases.lease(digest);
+    try {
+      return await work();
+    } finally {
+      await this.leases.release(id);
+    }
+  }
 
   async manifest(repo: string, reference: string): Promise<StoredManifest | undefined> {
     const digest = tryParseDigest(reference);
@@ -83,17 +97,29 @@ export class LocalRegistry implements RepositoryReader, RepositoryWriter {
   }
 
   async putBlob(repo: string, body: Readable, expect: { digest: Digest; size?: number }, signal?: AbortSignal): Promise<BlobInfo> {
-    const blob = await this.blobs.ingest(body, expect, signal);
-    await this.metadata.linkBlob(repo, blob);
-    return blob;
+    return this.leased(expect.digest, async () => {
+      const blob = await this.blobs.ingest(body, expect, signal);
+      await this.metadata.linkBlob(repo, blob);
+      return blob;
+    });
+  }
+
+  /** Moves a verified file (in the temporary storage) into the blob store and links it to `repo`. */
+  adoptBlob(repo: string, file: string, blob: BlobInfo): Promise<void> {
+    return this.leased(blob.digest, async () => {
+      await this.blobs.adopt(file, blob);
+      await this.metadata.linkBlob(repo, blob);
+    });
   }
 
   async mountBlob(repo: string, digest: Digest, from: string): Promise<BlobInfo | undefined> {
     if (!isValidRepositoryName(from)) return undefined;
-    const blob = await this.metadata.blob(from, digest);
-    if (!blob || !(await this.blobs.stat(digest))) return undefined;
-    await this.metadata.linkBlob(repo, blob);
-    return blob;
+    return this.leased(digest, async () => {
+      const blob = await this.metadata.blob(from, digest);
+      if (!blob || !(await this.blobs.stat(digest))) return undefined;
+      await this.metadata.linkBlob(repo, blob);
+      return blob;
+    });
   }
 
   beginUpload(repo: string, algorithm?: DigestAlgorithm): Promise<UploadStatus> {
@@ -124,8 +150,7 @@ export class LocalRegistry implements RepositoryReader, RepositoryWriter {
       if (err instanceof RegistryError && err.code === 'DIGEST_INVALID') await this.uploads.cancel(repo, id);
       throw err;
     }
-    await this.blobs.adopt(sealed.file, sealed.blob);
-    await this.metadata.linkBlob(repo, sealed.blob);
+    await this.adoptBlob(repo, sealed.file, sealed.blob);
     await this.uploads.cancel(repo, id);
     return sealed.blob;
   }

@@ -24,8 +24,8 @@ const READ_CHUNK = 1024 * 1024;
  */
 export class FsBlobStore implements BlobStore {
   constructor(
-    private readonly root: string,
-    private readonly tempRoot: string,
+    readonly root: string,
+    readonly tempRoot: string,
   ) {}
 
   pathOf(digest: Digest): string {

@@ -49,4 +49,17 @@ export const MIGRATIONS: readonly string[] = [
     FOREIGN KEY (repository_id, digest) REFERENCES manifests(repository_id, digest) ON DELETE CASCADE
   ) WITHOUT ROWID;
   `,
+  // Storage lifecycle (gc, retention, fsck): when a tag was last pulled (written at most once a minute
+  // per tag), manifests that fsck found referencing missing content, and leases that keep a blob's file
+  // from garbage collection while a push places and links it (see gc/garbage-collector.ts).
+  `
+  ALTER TABLE tags ADD COLUMN last_pulled_at INTEGER;
+  ALTER TABLE manifests ADD COLUMN broken INTEGER NOT NULL DEFAULT 0;
+  CREATE TABLE blob_leases (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    digest TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+  );
+  CREATE INDEX blob_leases_digest ON blob_leases(digest);
+  `,
 ];

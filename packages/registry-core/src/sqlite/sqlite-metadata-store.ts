@@ -6,12 +6,17 @@ import type { Descriptor, ParsedManifest } from '../manifest.js';
 import type { MetadataStore, Page, StoredManifest } from '../metadata-store.js';
 import type { SqliteDatabase } from './database.js';
 import { ManifestCache } from './manifest-cache.js';
+import { SqliteLifecycle } from './sqlite-lifecycle.js';
 
 interface ManifestRow {
   digest: string;
   media_type: string;
   content: Buffer;
+  broken: number;
 }
+
+/** Served with a manifest that fsck --repair found referencing missing or corrupt content. */
+export const BROKEN_MANIFEST_WARNING = 'this manifest references content that is missing or corrupt (wharf fsck); push the image again';
 
 /** Unbounded pages are still bounded: a client that asks for everything gets this many at a time. */
 export const MAX_PAGE = 10_000;
@@ -28,6 +33,7 @@ export class SqliteMetadataStore implements MetadataStore {
   private readonly q: Record<string, Statement>;
 
   private readonly cache = new ManifestCache();
+  private life: SqliteLifecycle | undefined;
 
   constructor(private readonly db: SqliteDatabase) {
     const s = (sql: string) => db.prepare(sql);
@@ -41,14 +47,14 @@ export class SqliteMetadataStore implements MetadataStore {
       insertBlob: s('INSERT INTO blobs (digest, size, created_at) VALUES (?, ?, ?) ON CONFLICT(digest) DO NOTHING'),
       link: s('INSERT INTO repository_blobs (repository_id, digest, linked_at) VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET linked_at = excluded.linked_at'),
       unlink: s(`DELETE FROM repository_blobs WHERE digest = ? AND repository_id = (SELECT id FROM repositories WHERE name = ?)`),
-      manifest: s(`SELECT m.digest, m.media_type, m.content FROM manifests m JOIN repositories r ON r.id = m.repository_id
+      manifest: s(`SELECT m.digest, m.media_type, m.content, m.broken FROM manifests m JOIN repositories r ON r.id = m.repository_id
                    WHERE r.name = ? AND m.digest = ?`),
       manifestExists: s('SELECT 1 FROM manifests WHERE repository_id = ? AND digest = ?'),
-      tagged: s(`SELECT m.digest, m.media_type, m.content FROM tags t JOIN repositories r ON r.id = t.repository_id
+      tagged: s(`SELECT m.digest, m.media_type, m.content, m.broken FROM tags t JOIN repositories r ON r.id = t.repository_id
                  JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest
                  WHERE r.name = ? AND t.name = ?`),
       insertManifest: s(`INSERT INTO manifests (repository_id, digest, media_type, artifact_type, subject, annotations, size, content, created_at)
-                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`),
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET broken = 0`),
       insertRef: s('INSERT INTO manifest_references (repository_id, parent, child, kind) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING'),
       upsertTag: s(`INSERT INTO tags (repository_id, name, digest, updated_at) VALUES (?, ?, ?, ?)
                     ON CONFLICT(repository_id, name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at`),
@@ -74,7 +80,14 @@ export class SqliteMetadataStore implements MetadataStore {
 
   async taggedManifest(repo: string, tag: string): Promise<StoredManifest | undefined> {
     // A tag and a digest never collide as keys: a digest contains ':', a tag cannot.
-    return this.cached(repo, tag, () => toStored(this.q.tagged!.get(repo, tag) as ManifestRow | undefined));
+    const manifest = this.cached(repo, tag, () => toStored(this.q.tagged!.get(repo, tag) as ManifestRow | undefined));
+    if (manifest) this.lifecycle().notePull(repo, tag);
+    return manifest;
+  }
+
+  /** Garbage collection, retention and fsck queries, sharing this store's manifest cache. */
+  lifecycle(): SqliteLifecycle {
+    return (this.life ??= new SqliteLifecycle(this.db, (repo) => this.cache.forgetRepository(repo)));
   }
 
   private cached(repo: string, reference: string, read: () => StoredManifest | undefined): StoredManifest | undefined {
@@ -183,5 +196,6 @@ export class SqliteMetadataStore implements MetadataStore {
 }
 
 function toStored(row: ManifestRow | undefined): StoredManifest | undefined {
-  return row ? { digest: row.digest as Digest, mediaType: row.media_type, bytes: row.content } : undefined;
+  if (!row) return undefined;
+  return { digest: row.digest as Digest, mediaType: row.media_type, bytes: row.content, ...(row.broken ? { warning: BROKEN_MANIFEST_WARNING } : {}) };
 }
