@@ -1,19 +1,28 @@
 # Wharf image: build the workspace, then run it as a non-root user with storage as a volume.
+#   docker build -t wharf .   (or: docker compose up -d, see docker-compose.yml)
 FROM node:24-slim AS build
+# better-sqlite3 compiles from source when no prebuilt binary can be fetched.
 RUN apt-get update && apt-get install -y --no-install-recommends python3 make g++ && rm -rf /var/lib/apt/lists/* \
  && npm install -g pnpm@10.34.9
 WORKDIR /app
 COPY . .
-RUN CI=true pnpm install --frozen-lockfile && pnpm build && CI=true pnpm install --frozen-lockfile --prod
+# Full install and build (turbo and typescript are devDependencies), then drop the devDependencies.
+# --ignore-scripts on the second install: the root postinstall runs turbo, which --prod removes.
+RUN CI=true pnpm install --frozen-lockfile && pnpm build \
+ && CI=true pnpm install --frozen-lockfile --prod --ignore-scripts \
+ && rm -rf packages/*/src packages/*/test bench .turbo
 
 FROM node:24-slim
 ENV NODE_ENV=production
 WORKDIR /app
 COPY --from=build /app /app
-RUN mkdir -p /app/storage && chown -R node:node /app/storage
+# Everything Wharf writes (blobs, uploads, proxy cache, database, TLS files) lives in /app/storage.
+RUN mkdir -p /app/storage && chown node:node /app/storage
 USER node
 VOLUME ["/app/storage"]
 EXPOSE 5000
-HEALTHCHECK --interval=30s --timeout=3s CMD node -e "fetch('http://127.0.0.1:5000/v2/').then(r=>process.exit(r.ok||r.status===401?0:1),()=>process.exit(1))"
+# /app/configuration.toml is the repository's; mount your own over it (docker-compose.yml does).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 CMD ["node", "packages/server/dist/cli.js", "healthcheck", "--config", "/app/configuration.toml"]
+STOPSIGNAL SIGTERM
 ENTRYPOINT ["node", "packages/server/dist/cli.js"]
 CMD ["serve", "--config", "/app/configuration.toml"]

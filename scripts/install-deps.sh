@@ -15,6 +15,7 @@ declare -A TOOLS=(
   [umoci]=umoci
   [jq]=jq
   [curl]=curl
+  [openssl]=openssl
 )
 
 missing=()

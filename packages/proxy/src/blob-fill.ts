@@ -159,6 +159,14 @@ export class BlobFills {
     return this.inflight.size;
   }
 
+  /**
+   * Resolves once every fill in flight now has ended, verified or failed: a graceful shutdown lets
+   * them finish before it closes the database their index entries go to.
+   */
+  async settled(): Promise<void> {
+    await Promise.allSettled([...this.inflight.values()].map(async (starting) => (await starting)?.done));
+  }
+
   /** The fill of `digest` in flight, if any. */
   current(digest: Digest): Promise<BlobFill | undefined> | undefined {
     return this.inflight.get(digest);

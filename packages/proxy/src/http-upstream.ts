@@ -27,6 +27,8 @@ export interface HttpUpstreamOptions {
   readonly userAgent?: string;
   /** Called with RateLimit-Remaining whenever an upstream sends it. */
   readonly onRateLimit?: (remaining: number) => void;
+  /** Called once per HTTP request sent (token requests included) with its status, or "error" when none came. */
+  readonly onRequest?: (status: number | 'error') => void;
 }
 
 const DEFAULT_TIMEOUTS: UpstreamTimeouts = { connect: 10_000, firstByte: 30_000, idle: 60_000 };
@@ -144,8 +146,10 @@ export class HttpUpstream implements Upstream {
     return this.withRetries(signal, async () => {
       const url = `${this.base}/v2/${repo}/${path}`;
       let res = await this.http(url, { method, headers: { ...headers, ...this.authHeader(repo) }, responseType: 'buffer', ...(signal ? { signal } : {}) });
+      this.options.onRequest?.(res.statusCode);
       if (res.statusCode === 401 && (await this.authenticate(repo, res.headers))) {
         res = await this.http(url, { method, headers: { ...headers, ...this.authHeader(repo) }, responseType: 'buffer', ...(signal ? { signal } : {}) });
+        this.options.onRequest?.(res.statusCode);
       }
       this.noteRateLimit(res.headers);
       return res;
@@ -159,7 +163,10 @@ export class HttpUpstream implements Upstream {
       const open = () =>
         new Promise<{ response: Response; body: Readable }>((resolve, reject) => {
           const body = this.http.stream(url, { headers: { ...headers, ...this.authHeader(repo) }, ...(signal ? { signal } : {}) });
-          body.once('response', (response: Response) => resolve({ response, body }));
+          body.once('response', (response: Response) => {
+            this.options.onRequest?.(response.statusCode);
+            resolve({ response, body });
+          });
           body.once('error', reject);
         });
       let result = await open();
@@ -188,6 +195,7 @@ export class HttpUpstream implements Upstream {
       try {
         result = await attempt();
       } catch (err) {
+        if (!(err instanceof UpstreamError)) this.options.onRequest?.('error');
         if (signal?.aborted) throw err;
         last = this.translate(err);
         if (last.failure === 'unreachable' || last.failure === 'timeout') continue;
@@ -264,8 +272,10 @@ export class HttpUpstream implements Upstream {
       headers: this.options.username !== undefined ? { authorization: this.basic() } : {},
       responseType: 'json',
     }).catch((err: unknown) => {
+      this.options.onRequest?.('error');
       throw this.translate(err);
     });
+    this.options.onRequest?.(res.statusCode);
     if (res.statusCode !== 200) {
       throw new UpstreamError('unauthorized', `token service of upstream ${this.name} answered ${res.statusCode}`, res.statusCode);
     }

@@ -6,3 +6,5 @@ export * from './cache-index.js';
 export * from './pull-through.js';
 export * from './mirrors.js';
 export * from './cache-eviction.js';
+export * from './observer.js';
+export * from './cache-fsck.js';

@@ -15,6 +15,7 @@ import {
 } from '@wharf/registry-core';
 import { fillFailed, type BlobFill, type BlobFills } from './blob-fill.js';
 import type { CacheIndex } from './cache-index.js';
+import type { ProxyObserver } from './observer.js';
 import { UpstreamError, type Upstream } from './upstream.js';
 
 export interface PullThroughPolicy {
@@ -72,6 +73,7 @@ export class PullThroughRepository implements RepositoryReader {
     private readonly fills: BlobFills,
     private readonly policy: PullThroughPolicy = DEFAULT_POLICY,
     private readonly logger?: PullThroughLogger,
+    private readonly observer?: ProxyObserver,
   ) {}
 
   private get key(): string {
@@ -91,8 +93,9 @@ export class PullThroughRepository implements RepositoryReader {
 
   private async manifestByDigest(repo: string, digest: Digest): Promise<StoredManifest | undefined> {
     const cached = this.index.manifest(this.key, repo, digest);
-    if (cached) return cached;
+    if (cached) return this.hit('manifest', cached);
     if (this.index.isAbsent(this.key, repo, digest)) return undefined;
+    this.observer?.cacheMiss?.(this.key, 'manifest');
     const fetched = await this.upstream.manifest(repo, digest);
     if (!fetched) {
       this.index.markAbsent(this.key, repo, digest, Date.now() + this.policy.absentTtl);
@@ -106,7 +109,7 @@ export class PullThroughRepository implements RepositoryReader {
     const now = Date.now();
     const known = this.index.tag(this.key, repo, tag);
     const cached = known ? this.index.manifest(this.key, repo, known.digest) : undefined;
-    if (cached && known && now - known.checkedAt < this.policy.manifestTtl) return cached;
+    if (cached && known && now - known.checkedAt < this.policy.manifestTtl) return this.hit('manifest', cached);
     if (!cached && this.index.isAbsent(this.key, repo, tag)) return undefined;
     if (cached && now < this.unavailableUntil) {
       return this.stale(cached, repo, tag, `upstream ${this.key} is unavailable; serving the cached manifest`);
@@ -123,9 +126,10 @@ export class PullThroughRepository implements RepositoryReader {
         if (!head) return this.forget(repo, tag);
         if (head.digest === cached.digest) {
           this.index.putTag(this.key, repo, tag, cached.digest, now);
-          return cached;
+          return this.hit('manifest', cached);
         }
       }
+      this.observer?.cacheMiss?.(this.key, 'manifest');
       const fetched = await this.upstream.manifest(repo, tag, signal);
       if (!fetched) return this.forget(repo, tag);
       this.index.putManifest(this.key, repo, fetched, now);
@@ -153,7 +157,13 @@ export class PullThroughRepository implements RepositoryReader {
   private stale(cached: StoredManifest, repo: string, tag: string, reason: string): StoredManifest {
     this.logger?.warn({ upstream: this.key, repo, tag, reason }, 'serving stale manifest');
     this.staleServed += 1;
+    this.observer?.cacheHit?.(this.key, 'manifest');
     return { ...cached, warning: reason };
+  }
+
+  private hit<T>(kind: 'manifest' | 'blob', value: T): T {
+    this.observer?.cacheHit?.(this.key, kind);
+    return value;
   }
 
   private forget(repo: string, tag: string): undefined {
@@ -171,13 +181,14 @@ export class PullThroughRepository implements RepositoryReader {
 
   private async cachedOrFilledBlob(repo: string, digest: Digest): Promise<BlobInfo | undefined> {
     const size = this.index.blob(this.key, repo, digest);
-    if (size !== undefined && (await this.store.stat(digest))) return { digest, size };
+    if (size !== undefined && (await this.store.stat(digest))) return this.hit('blob', { digest, size });
     // Cached for another repository: serve it here only if this repository has it upstream too.
     const anySize = this.index.anyBlob(digest);
     if (anySize !== undefined && (await this.store.stat(digest)) && (await this.upstream.hasBlob(repo, digest))) {
       this.index.link(this.key, repo, digest);
-      return { digest, size: anySize };
+      return this.hit('blob', { digest, size: anySize });
     }
+    this.observer?.cacheMiss?.(this.key, 'blob');
     const fill = await this.fill(repo, digest);
     if (!fill) return undefined;
     if (fill.size === undefined) {
@@ -193,7 +204,9 @@ export class PullThroughRepository implements RepositoryReader {
     const fill = await this.fills.current(blob.digest);
     if (fill?.state === 'failed') throw fillFailed(blob.digest, fill.error);
     if (fill) return fill.reader(range);
-    return this.store.open(blob.digest, range);
+    const body = await this.store.open(blob.digest, range);
+    if (body) this.observer?.servedFromCache?.(this.key, range ? range.end - range.start + 1 : blob.size);
+    return body;
   }
 
   private async fill(repo: string, digest: Digest): Promise<BlobFill | undefined> {

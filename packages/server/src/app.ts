@@ -3,7 +3,12 @@ import type { LocalRegistry } from '@wharf/registry-core';
 import Koa from 'koa';
 import type { Logger } from 'pino';
 import { ociErrors } from './http/oci-errors.js';
-import { requestLog } from './http/request-log.js';
+import { requestLog, type RequestObserver } from './http/request-log.js';
+import { requestTimeout } from './http/request-timeout.js';
+import { registerHealth, type HealthDeps } from './routes/health.js';
+import { registerMetrics } from './routes/metrics.js';
+import type { MetricsConfig } from './metrics/metrics-config.js';
+import type { WharfMetrics } from './metrics/metrics.js';
 import type { RepositoryResolver } from './repositories.js';
 import { authMiddleware } from './auth/auth-middleware.js';
 import type { AuthService } from './auth/auth-service.js';
@@ -26,6 +31,18 @@ export interface AppOptions {
   readonly admin?: AdminDeps;
   /** Accounts and token auth; undefined when `[auth] enabled = false`. */
   readonly auth?: AuthService;
+  /** Operations: /health, /ready, /metrics, request metrics, request_timeout, shutdown. */
+  readonly ops?: OpsOptions;
+}
+
+export interface OpsOptions {
+  readonly health: HealthDeps;
+  /** /metrics is served when given (`[metrics] enabled`). */
+  readonly metrics?: { readonly metrics: WharfMetrics; readonly config: MetricsConfig };
+  /** Sees every request start and finish (metrics). */
+  readonly observer?: RequestObserver;
+  /** request_timeout (ms; 0: none). */
+  readonly requestTimeout?: number;
 }
 
 export function createApp(options: AppOptions): Koa {
@@ -43,12 +60,22 @@ export function createApp(options: AppOptions): Koa {
   registerTags(v2, deps);
   registerReferrers(v2, deps);
 
-  app.use(requestLog(options.logger));
+  app.use(requestLog(options.logger, options.ops?.observer));
   app.use(async (ctx, next) => {
     ctx.set('Docker-Distribution-API-Version', 'registry/2.0');
+    // While shutting down, every response closes its connection so that the client reconnects elsewhere.
+    if (options.ops?.health.draining()) ctx.set('Connection', 'close');
     await next();
   });
   app.use(ociErrors(options.logger));
+  if (options.ops) {
+    if (options.ops.requestTimeout) app.use(requestTimeout(options.ops.requestTimeout));
+    // Before auth: probes and scrapers carry no registry credentials (/metrics checks its own).
+    const ops = new Router();
+    registerHealth(ops, options.ops.health);
+    if (options.ops.metrics) registerMetrics(ops, options.ops.metrics.metrics, options.ops.metrics.config);
+    app.use(ops.routes());
+  }
   if (options.auth) {
     // /auth/token needs no credentials; everything under /v2 and /admin passes the auth middleware.
     const token = new Router();

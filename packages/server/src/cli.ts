@@ -6,6 +6,8 @@ import { ConfigError, loadConfig } from './config.js';
 import { findUpstream } from './proxy-config.js';
 import { startServer } from './server.js';
 import { registerAuthCommands } from './cli-auth.js';
+import { registerStorageCommands } from './cli-storage.js';
+import { checkTlsFiles, registerOpsCommands } from './cli-ops.js';
 
 const program = new Command();
 program.name('wharf').description('Wharf: a container registry and pull-through dependency proxy').showHelpAfterError();
@@ -25,16 +27,23 @@ program
   .option('-c, --config <file>', 'configuration file', 'configuration.toml')
   .action(async (opts: { config: string }) => {
     let running: Awaited<ReturnType<typeof startServer>>;
+    let shutdownTimeout: number;
     try {
-      running = await startServer(loadConfig({ file: opts.config }));
+      const c = loadConfig({ file: opts.config });
+      shutdownTimeout = c.shutdownTimeout;
+      running = await startServer(c);
     } catch (err) {
       fail(err);
     }
     let stopping = false;
     const stop = (signal: string) => {
-      if (stopping) process.exit(1); // a second signal: exit at once
+      if (stopping) {
+        // A second signal: the operator does not want to wait.
+        process.stderr.write(`wharf: second ${signal}, exiting now\n`);
+        process.exit(1);
+      }
       stopping = true;
-      process.stderr.write(`wharf: ${signal} received, shutting down\n`);
+      process.stderr.write(`wharf: ${signal} received; finishing requests in flight (up to ${shutdownTimeout / 1000} s), then exiting\n`);
       running.close().then(
         () => process.exit(0),
         (err: unknown) => fail(err),
@@ -52,7 +61,8 @@ config
   .action((opts: { config: string }) => {
     try {
       const c = loadConfig({ file: opts.config });
-      process.stdout.write(`configuration OK: listen ${c.listen.host}:${c.listen.port}, registry_storage ${c.registryStorage}, database ${c.database}\n`);
+      const tls = checkTlsFiles(c);
+      process.stdout.write(`configuration OK: listen ${c.listen.host}:${c.listen.port}, registry_storage ${c.registryStorage}, database ${c.database}, ${tls}\n`);
     } catch (err) {
       fail(err);
     }
@@ -84,5 +94,7 @@ proxy
   });
 
 registerAuthCommands(program, fail);
+registerStorageCommands(program, fail);
+registerOpsCommands(program, fail);
 
 await program.parseAsync(process.argv);

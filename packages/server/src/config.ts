@@ -6,10 +6,16 @@ import { parseDuration } from './duration.js';
 import { ConfigError } from './config-error.js';
 import { buildProxyConfig, type ProxyConfig } from './proxy-config.js';
 import { buildAuthConfig, checkAuthConfig, type AuthConfig } from './auth-config.js';
+import { buildGcConfig, type GcConfig } from './gc-config.js';
+import { applyTableEnv } from './env-tables.js';
+import { buildTlsConfig, type TlsConfig } from './tls/tls-config.js';
+import { buildMetricsConfig, type MetricsConfig } from './metrics/metrics-config.js';
 
 export { ConfigError };
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+/** `auto`: pretty when standard output is a terminal, JSON lines otherwise. */
+export type LogFormat = 'auto' | 'json' | 'pretty';
 
 export interface WharfConfig {
   /** host:port to listen on. */
@@ -21,11 +27,24 @@ export interface WharfConfig {
   /** Upload sessions not written to for this long are removed (ms). */
   readonly uploadMaxAge: number;
   readonly logLevel: LogLevel;
+  readonly logFormat: LogFormat;
+  /** On SIGTERM/SIGINT, how long requests (and blob fills) in flight may take to finish (ms). */
+  readonly shutdownTimeout: number;
+  /** Longest time a client may take to send a request's headers (ms). */
+  readonly readHeaderTimeout: number;
+  /** Keep-alive connections and sockets with no traffic are closed after this long (ms). */
+  readonly idleTimeout: number;
+  /** Longest time of a request that does not move a blob (ms; 0: none). */
+  readonly requestTimeout: number;
   readonly proxy: ProxyConfig;
   readonly auth: AuthConfig;
+  readonly tls: TlsConfig;
+  readonly metrics: MetricsConfig;
+  /** `[gc]` and `[[retention]]`. */
+  readonly gc: GcConfig;
 }
 
-type Kind = 'string' | 'path' | 'listen' | 'duration' | 'log_level';
+type Kind = 'string' | 'path' | 'listen' | 'duration' | 'log_level' | 'log_format';
 
 interface KeySpec {
   readonly kind: Kind;
@@ -46,13 +65,19 @@ export const CONFIG_KEYS = {
   database: { kind: 'path', default: 'storage/wharf.db', doc: 'SQLite metadata database' },
   upload_max_age: { kind: 'duration', default: '24h', doc: 'abandoned upload sessions are removed after this long' },
   log_level: { kind: 'log_level', default: 'info', doc: 'fatal, error, warn, info, debug, trace or silent' },
+  log_format: { kind: 'log_format', default: 'auto', doc: 'json, pretty, or auto (pretty on a terminal)' },
+  shutdown_timeout: { kind: 'duration', default: '30s', doc: 'on SIGTERM/SIGINT, how long requests in flight may take to finish' },
+  read_header_timeout: { kind: 'duration', default: '20s', doc: 'longest time a client may take to send the request headers' },
+  idle_timeout: { kind: 'duration', default: '2m', doc: 'idle keep-alive connections and silent sockets are closed after this long' },
+  request_timeout: { kind: 'duration', default: '2m', doc: 'longest time of a request that does not move a blob (0: none)' },
 } as const satisfies Record<string, KeySpec>;
 
 /** Tables of settings, each validated by its own module. */
-const TABLES = { proxy: true, auth: true } as const;
+const TABLES = { proxy: true, auth: true, tls: true, metrics: true, gc: true, retention: true } as const;
 
 type Key = keyof typeof CONFIG_KEYS;
 const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+const LOG_FORMATS: readonly LogFormat[] = ['auto', 'json', 'pretty'];
 
 export function envName(key: string): string {
   return `WHARF_${key.toUpperCase()}`;
@@ -107,6 +132,7 @@ export function buildConfig(
   for (const key of Object.keys(doc)) {
     if (!(key in CONFIG_KEYS) && !(key in TABLES)) throw new ConfigError(`${source}: unknown key "${key}"`);
   }
+  doc = applyTableEnv(doc, env, cwd);
   const values = {} as Record<Key, unknown>;
   for (const [key, spec] of Object.entries(CONFIG_KEYS) as [Key, KeySpec][]) {
     const fromEnv = env[envName(key)];
@@ -128,6 +154,13 @@ export function buildConfig(
   const proxy = buildProxyConfig(doc.proxy, env);
   const auth = buildAuthConfig(doc.auth, env);
   checkAuthConfig(auth, values.listen as WharfConfig['listen'], proxy);
+  if (values.read_header_timeout === 0) throw new ConfigError('"read_header_timeout" must be more than 0: it is what cuts slow-loris clients');
+  const tls = buildTlsConfig(doc.tls, {
+    fileDir,
+    database: values.database as string,
+    registryStorage: values.registry_storage as string,
+    parseListen,
+  });
   return {
     listen: values.listen as WharfConfig['listen'],
     registryStorage: values.registry_storage as string,
@@ -136,8 +169,16 @@ export function buildConfig(
     database: values.database as string,
     uploadMaxAge: values.upload_max_age as number,
     logLevel: values.log_level as LogLevel,
+    logFormat: values.log_format as LogFormat,
+    shutdownTimeout: values.shutdown_timeout as number,
+    readHeaderTimeout: values.read_header_timeout as number,
+    idleTimeout: values.idle_timeout as number,
+    requestTimeout: values.request_timeout as number,
     proxy,
     auth,
+    tls,
+    metrics: buildMetricsConfig(doc.metrics, env),
+    gc: buildGcConfig(doc.gc, doc.retention),
   };
 }
 
@@ -165,6 +206,11 @@ function convert(key: string, kind: Kind, raw: unknown, base: string): unknown {
     case 'log_level':
       if (!(LOG_LEVELS as readonly string[]).includes(raw as string)) {
         throw new ConfigError(`"${key}" must be one of ${LOG_LEVELS.join(', ')} (got "${String(raw)}")`);
+      }
+      return raw;
+    case 'log_format':
+      if (!(LOG_FORMATS as readonly string[]).includes(raw as string)) {
+        throw new ConfigError(`"${key}" must be one of ${LOG_FORMATS.join(', ')} (got "${String(raw)}")`);
       }
       return raw;
   }

@@ -1,5 +1,5 @@
 import { mkdir, readdir, rm, stat } from 'node:fs/promises';
-import { createServer, type Server } from 'node:http';
+import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import {
@@ -11,14 +11,20 @@ import {
   type SqliteDatabase,
 } from '@wharf/registry-core';
 import { BlobFills, CacheEviction, CacheIndex, PullThroughRepository } from '@wharf/proxy';
-import { pino, type Logger } from 'pino';
+import type { Logger } from 'pino';
 import { createApp } from './app.js';
+import { createLogger } from './logger.js';
+import { createRedirectServer, createWharfServer, updateCertificate } from './http/listeners.js';
+import { drainServers } from './lifecycle.js';
+import { WharfMetrics } from './metrics/metrics.js';
+import { prepareTls } from './tls/tls-setup.js';
 import { ConfigError, type WharfConfig } from './config.js';
 import { findUpstream } from './proxy-config.js';
 import { ProxyResolver } from './proxy-resolver.js';
 import { LocalResolver, type RepositoryResolver } from './repositories.js';
 import { buildUpstream } from './upstreams.js';
 import { AuthService, type AuthTuning } from './auth/auth-service.js';
+import { StorageMaintenance } from './storage-maintenance.js';
 
 export interface RunningServer {
   readonly url: string;
@@ -30,9 +36,23 @@ export interface RunningServer {
   readonly proxies: ReadonlyMap<string, PullThroughRepository>;
   readonly fills: BlobFills;
   readonly eviction: CacheEviction;
+  /** Garbage collection (also scheduled by [gc] interval), fsck, import and export of this registry. */
+  readonly storage: StorageMaintenance;
   /** Accounts and tokens (undefined when auth is disabled). */
   readonly auth?: AuthService;
-  close(): Promise<void>;
+  /** `https` when [tls] is on; `url` says it too. */
+  readonly protocol: 'http' | 'https';
+  /** The Prometheus metrics (served on /metrics when [metrics] enabled). */
+  readonly metrics: WharfMetrics;
+  /** The plain-HTTP listener of [tls] redirect_http. */
+  readonly redirectUrl?: string;
+  /** The self-signed CA clients must trust ([tls] self_signed). */
+  readonly caFile?: string;
+  /**
+   * Graceful stop: stop accepting, let requests and blob fills in flight finish for up to `timeoutMs`
+   * (default: shutdown_timeout), cut the rest, close the database. Safe to call twice.
+   */
+  close(options?: { readonly timeoutMs?: number }): Promise<void>;
 }
 
 export interface StartOptions {
@@ -75,34 +95,43 @@ async function prepareStorage(config: WharfConfig): Promise<void> {
 }
 
 export async function startServer(config: WharfConfig, options: StartOptions = {}): Promise<RunningServer> {
-  const logger = options.logger ?? pino({ level: config.logLevel });
+  const logger = options.logger ?? createLogger({ level: config.logLevel, format: config.logFormat });
   await prepareStorage(config);
+  // Certificates before the database: a bad [tls] pair stops the start with nothing opened.
+  const tls = await prepareTls(config.tls, config.listen.port, logger);
   const db = openDatabase(config.database);
   const uploads = new FsUploadSessions(config.temporaryRegistryStorage);
   await uploads.init();
-  const local = new LocalRegistry(
-    new FsBlobStore(config.registryStorage, config.temporaryRegistryStorage),
-    new SqliteMetadataStore(db),
-    uploads,
-  );
+  const metadata = new SqliteMetadataStore(db);
+  const registryBlobs = new FsBlobStore(config.registryStorage, config.temporaryRegistryStorage);
+  // Leases keep what a push is placing from a concurrent garbage collection (gc/garbage-collector.ts).
+  const local = new LocalRegistry(registryBlobs, metadata, uploads, metadata.lifecycle());
   const proxyBlobs = new FsBlobStore(config.proxyStorage, config.temporaryRegistryStorage);
   const fills = new BlobFills({ store: proxyBlobs, tempRoot: config.temporaryRegistryStorage });
   const proxies = new Map<string, PullThroughRepository>();
+  const metrics = new WharfMetrics({ db, temporaryRegistryStorage: config.temporaryRegistryStorage, fills, proxies });
   const eviction = new CacheEviction(db, proxyBlobs, fills);
+  const storage = new StorageMaintenance({ config, db, metadata, registryBlobs, proxyBlobs, local, eviction, logger: logger.child({ component: 'gc' }) });
   let resolver: RepositoryResolver = new LocalResolver(local);
   if (config.proxy.enabled) {
     const index = new CacheIndex(db);
     const proxyLog = logger.child({ component: 'proxy' });
     for (const u of config.proxy.upstreams) {
       const repository: PullThroughRepository = new PullThroughRepository(
-        buildUpstream(u, config.proxy, (remaining) => {
-          repository.rateLimitRemaining = remaining;
-        }),
+        buildUpstream(
+          u,
+          config.proxy,
+          (remaining) => {
+            repository.rateLimitRemaining = remaining;
+          },
+          (status) => metrics.upstreamRequest(u.key, status),
+        ),
         index,
         proxyBlobs,
         fills,
         { manifestTtl: config.proxy.manifestTtl, absentTtl: config.proxy.absentTtl, rateLimitFloor: config.proxy.rateLimitFloor },
         proxyLog,
+        metrics.proxy,
       );
       proxies.set(u.key, repository);
     }
@@ -111,20 +140,35 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
   const auth = config.auth.enabled
     ? await AuthService.create({ config, db, repositoryExists: (name) => local.repositoryExists(name), logger, ...(options.auth ? { tuning: options.auth } : {}) })
     : undefined;
+  let draining = false;
   const app = createApp({
     ...(auth ? { auth } : {}),
     local,
     resolver,
     logger,
-    admin: { eviction, resolveUpstream: (name) => findUpstream(config.proxy, name), authEnabled: config.auth.enabled },
+    admin: { eviction, resolveUpstream: (name) => findUpstream(config.proxy, name), authEnabled: config.auth.enabled, storage },
+    ops: {
+      health: { db, temporaryRegistryStorage: config.temporaryRegistryStorage, draining: () => draining, logger: logger.child({ component: 'health' }) },
+      ...(config.metrics.enabled ? { metrics: { metrics, config: config.metrics } } : {}),
+      observer: metrics,
+      requestTimeout: config.requestTimeout,
+    },
   });
 
-  const server = createServer(app.callback());
-  // Blob transfers are limited by idle time, never by total time (a multi-GB layer takes a while).
-  server.requestTimeout = 0;
-  server.headersTimeout = 60_000;
-  server.keepAliveTimeout = 65_000;
-  server.timeout = 300_000;
+  // HTTPS on `listen` with [tls]; header, idle and keep-alive timeouts (http/listeners.ts).
+  const timeouts = { readHeaderTimeout: config.readHeaderTimeout, idleTimeout: config.idleTimeout };
+  const server = createWharfServer(app.callback(), timeouts, tls?.material);
+  const tlsRefresh = tls
+    ? setInterval(() => {
+        tls.refresh().then(
+          (next) => {
+            if (next) updateCertificate(server, next);
+          },
+          (err: unknown) => logger.warn({ err }, 'TLS certificate check failed'),
+        );
+      }, 12 * 3_600_000)
+    : undefined;
+  tlsRefresh?.unref();
 
   const expireUploads = async () => {
     try {
@@ -148,18 +192,59 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
   const sweeper = config.proxy.enabled ? setInterval(sweep, Math.max(1000, config.proxy.evictionInterval)) : undefined;
   sweeper?.unref();
 
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(config.listen.port, config.listen.host, () => {
-      server.off('error', reject);
-      resolve();
+  const listen = (s: Server, at: { host: string; port: number }) =>
+    new Promise<AddressInfo>((resolve, reject) => {
+      s.once('error', reject);
+      s.listen(at.port, at.host, () => {
+        s.off('error', reject);
+        resolve(s.address() as AddressInfo);
+      });
     });
-  });
-  const address = server.address() as AddressInfo;
+  const hostOf = (a: AddressInfo) => {
+    const host = a.family === 'IPv6' ? `[${a.address}]` : a.address;
+    return host === '0.0.0.0' || host === '[::]' ? '127.0.0.1' : host;
+  };
+  let address: AddressInfo;
+  try {
+    address = await listen(server, config.listen);
+  } catch (err) {
+    clearInterval(expiry);
+    if (sweeper) clearInterval(sweeper);
+    clearInterval(tlsRefresh);
+    db.close();
+    throw err;
+  }
+  const protocol = tls ? 'https' : 'http';
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
-  const url = `http://${host === '0.0.0.0' || host === '[::]' ? '127.0.0.1' : host}:${address.port}`;
-  logger.info({ listen: `${host}:${address.port}`, registryStorage: config.registryStorage, database: config.database }, 'wharf listening');
+  const url = `${protocol}://${hostOf(address)}:${address.port}`;
+  let redirect: Server | undefined;
+  let redirectUrl: string | undefined;
+  if (config.tls.redirectHttp) {
+    redirect = createRedirectServer(() => address.port, timeouts);
+    try {
+      const at = await listen(redirect, config.tls.redirectHttp);
+      redirectUrl = `http://${hostOf(at)}:${at.port}`;
+    } catch (err) {
+      server.close();
+      clearInterval(expiry);
+      if (sweeper) clearInterval(sweeper);
+      clearInterval(tlsRefresh);
+      db.close();
+      throw new ConfigError(`"tls.redirect_http": cannot listen on ${config.tls.redirectHttp.host}:${config.tls.redirectHttp.port}: ${(err as Error).message}`);
+    }
+  }
+  logger.info(
+    {
+      listen: `${host}:${address.port}`,
+      protocol,
+      ...(redirectUrl ? { redirectHttp: redirectUrl } : {}),
+      registryStorage: config.registryStorage,
+      database: config.database,
+    },
+    'wharf listening',
+  );
 
+  storage.schedule();
   let closed: Promise<void> | undefined;
   return {
     url,
@@ -170,17 +255,28 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
     proxies,
     fills,
     eviction,
+    storage,
     ...(auth ? { auth } : {}),
-    close() {
+    protocol,
+    metrics,
+    ...(redirectUrl ? { redirectUrl } : {}),
+    ...(tls?.caFile ? { caFile: tls.caFile } : {}),
+    close(closeOptions = {}) {
       closed ??= (async () => {
+        draining = true;
         clearInterval(expiry);
         if (sweeper) clearInterval(sweeper);
-        await new Promise<void>((resolve) => {
-          server.close(() => resolve());
-          server.closeIdleConnections();
-          setTimeout(() => server.closeAllConnections(), 5_000).unref();
+        clearInterval(tlsRefresh);
+        const timeoutMs = closeOptions.timeoutMs ?? config.shutdownTimeout;
+        const report = await drainServers({
+          servers: redirect ? [server, redirect] : [server],
+          background: () => fills.settled(),
+          timeoutMs,
+          logger,
         });
+        await storage.stop();
         db.close();
+        logger.info({ cut: report.cut, fillsAbandoned: report.backgroundAbandoned }, 'wharf stopped');
       })();
       return closed;
     },

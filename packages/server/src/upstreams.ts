@@ -2,7 +2,12 @@ import { HttpUpstream, MirroredUpstream, type Upstream } from '@wharf/proxy';
 import type { ProxyConfig, UpstreamConfig } from './proxy-config.js';
 
 /** The client for one configured upstream: one URL, or its URL and mirrors behind a strategy. */
-export function buildUpstream(u: UpstreamConfig, proxy: ProxyConfig, onRateLimit: (remaining: number) => void): Upstream {
+export function buildUpstream(
+  u: UpstreamConfig,
+  proxy: ProxyConfig,
+  onRateLimit: (remaining: number) => void,
+  onRequest?: (status: number | 'error') => void,
+): Upstream {
   const client = (url: string) =>
     new HttpUpstream({
       name: u.key,
@@ -12,6 +17,7 @@ export function buildUpstream(u: UpstreamConfig, proxy: ProxyConfig, onRateLimit
       timeouts: { connect: proxy.connectTimeout, firstByte: proxy.firstByteTimeout, idle: proxy.idleTimeout },
       retries: proxy.retries,
       onRateLimit,
+      ...(onRequest ? { onRequest } : {}),
     });
   if (u.mirrors.length === 0) return client(u.url);
   return new MirroredUpstream([u.url, ...u.mirrors].map(client), { strategy: u.strategy, hedgeDelay: u.hedgeDelay });

@@ -46,7 +46,9 @@ function readInto(fd: number, buffer: Buffer, length: number, position: number):
  * client: a slow client holds at most two chunks of memory.
  */
 async function sendFile(file: FileRange, res: ServerResponse): Promise<void> {
-  const buffers = [Buffer.allocUnsafe(CHUNK), Buffer.allocUnsafe(CHUNK)];
+  // Small blobs (configs, most layers of a slim image) get buffers their size, not two full chunks.
+  const size = Math.min(CHUNK, Math.max(1, file.end - file.start + 1));
+  const buffers = [Buffer.allocUnsafe(size), Buffer.allocUnsafe(size)];
   const writes: (Promise<void> | undefined)[] = [undefined, undefined];
   const gone = new Promise<never>((_, reject) => {
     res.once('close', () => reject(new Error('client went away')));
@@ -56,7 +58,7 @@ async function sendFile(file: FileRange, res: ServerResponse): Promise<void> {
   for (let i = 0; position <= file.end; i++) {
     const slot = i % 2;
     if (writes[slot]) await Promise.race([writes[slot], gone]);
-    const length = Math.min(CHUNK, file.end - position + 1);
+    const length = Math.min(size, file.end - position + 1);
     const bytes = await readInto(file.fd, buffers[slot]!, length, position);
     if (bytes === 0) throw new Error('blob file is shorter than its recorded size');
     position += bytes;

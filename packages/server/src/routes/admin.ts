@@ -3,6 +3,7 @@ import type { CacheEviction } from '@wharf/proxy';
 import { RegistryError, isValidRepositoryName } from '@wharf/registry-core';
 import { isLoopback } from '../http/loopback.js';
 import { decodeCapture } from './context.js';
+import { registerStorageAdmin, type StorageAdminDeps } from './admin-storage.js';
 
 export interface AdminDeps {
   readonly eviction: CacheEviction;
@@ -10,6 +11,8 @@ export interface AdminDeps {
   resolveUpstream(name: string): { key: string; officialPrefix?: string } | undefined;
   /** With auth on, the auth middleware admits administrators only, from any address. */
   readonly authEnabled?: boolean;
+  /** POST /admin/import and GET /admin/export (routes/admin-storage.ts). */
+  readonly storage?: StorageAdminDeps;
 }
 
 /**
@@ -29,4 +32,5 @@ export function registerAdmin(router: Router, deps: AdminDeps): void {
     if (repository !== undefined && upstream.officialPrefix && !repository.includes('/')) repository = `${upstream.officialPrefix}${repository}`;
     ctx.body = { upstream: upstream.key, ...(repository ? { repository } : {}), purged: await deps.eviction.purge(upstream.key, repository) };
   });
+  if (deps.storage) registerStorageAdmin(router, deps.storage, deps.authEnabled ?? false);
 }

@@ -48,8 +48,8 @@ export async function startRegistry(options: StartRegistryOptions = {}): Promise
     ...running,
     root,
     config,
-    async close() {
-      await running.close();
+    async close(closeOptions) {
+      await running.close(closeOptions);
       if (!options.root) await rm(root, { recursive: true, force: true });
     },
   };

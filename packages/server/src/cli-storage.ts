@@ -1,0 +1,201 @@
+import { createReadStream, createWriteStream } from 'node:fs';
+import { access } from 'node:fs/promises';
+import { pipeline } from 'node:stream/promises';
+import type { Command } from 'commander';
+import { RegistryError, type FsckFinding } from '@wharf/registry-core';
+import { formatBytes, ProgressBar } from './cli-progress.js';
+import { ConfigError, loadConfig } from './config.js';
+import { parseDuration } from './duration.js';
+import { openStorage, type StorageMaintenance } from './storage-maintenance.js';
+
+interface ConfigOption {
+  readonly config: string;
+}
+
+/** Opens the configuration's stores, runs `work`, closes the database. */
+async function withStorage<T>(file: string, work: (storage: StorageMaintenance) => Promise<T>): Promise<T> {
+  const opened = await openStorage(loadConfig({ file }));
+  try {
+    return await work(opened.storage);
+  } finally {
+    opened.close();
+  }
+}
+
+/** SIGINT/SIGTERM stop a long run between two steps (nothing is left half-done: each step is a transaction). */
+function interruptible(): { signal: AbortSignal; done(): void } {
+  const controller = new AbortController();
+  const stop = () => controller.abort(new Error('interrupted'));
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  return {
+    signal: controller.signal,
+    done() {
+      process.off('SIGINT', stop);
+      process.off('SIGTERM', stop);
+    },
+  };
+}
+
+function durationOption(name: string, value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const ms = /^\d+$/.test(value) ? Number(value) * 1000 : parseDuration(value);
+  if (ms === undefined) throw new ConfigError(`${name} must be a duration such as "1h", "30m" or "0" (got "${value}")`);
+  return ms;
+}
+
+function findingLine(f: FsckFinding): string {
+  const prefix = f.severity === 'notice' ? 'notice' : f.repaired ? 'repaired' : 'error';
+  return `${prefix}: ${f.message}\n`;
+}
+
+/**
+ * `wharf gc`, `wharf fsck`, `wharf import` and `wharf export`. Each opens the configuration's database
+ * and folders directly, so it works while the server runs (WAL; the server's manifest cache may serve a
+ * manifest gc deleted for up to two seconds).
+ */
+export function registerStorageCommands(program: Command, fail: (err: unknown) => never): void {
+  /** Registry errors (a bad archive, an unknown image) are the user's to fix: one line, no stack. */
+  const failClearly = (err: unknown): never => {
+    if (err instanceof RegistryError) {
+      process.stderr.write(`wharf: ${err.message}${err.detail !== undefined ? ` ${JSON.stringify(err.detail)}` : ''}\n`);
+      process.exit(1);
+    }
+    return fail(err);
+  };
+
+  program
+    .command('gc')
+    .description('collect garbage: [[retention]] rules, then manifests, blob links, blobs and files nothing references, then the proxy cache')
+    .option('-c, --config <file>', 'configuration file', 'configuration.toml')
+    .option('--dry-run', 'list what would be deleted; delete nothing')
+    .option('--delete-untagged', 'also delete untagged manifests that no tag, index or kept subject reaches (default: [gc] delete_untagged)')
+    .option('--grace <duration>', 'keep links, blobs and files younger than this (default: [gc] grace)')
+    .action(async (opts: ConfigOption & { dryRun?: boolean; deleteUntagged?: boolean; grace?: string }) => {
+      const stop = interruptible();
+      try {
+        const grace = durationOption('--grace', opts.grace);
+        await withStorage(opts.config, async (storage) => {
+          const { gc, proxy } = await storage.gc({
+            dryRun: opts.dryRun ?? false,
+            ...(opts.deleteUntagged ? { deleteUntagged: true } : {}),
+            ...(grace !== undefined ? { grace } : {}),
+            signal: stop.signal,
+          });
+          const would = gc.dryRun ? 'would ' : '';
+          const out: string[] = [];
+          for (const t of gc.tags) out.push(`${would}remove tag ${t.repo}:${t.tag} (${t.reason})`);
+          for (const m of gc.manifests) out.push(`${would}delete manifest ${m.repo}@${m.digest}`);
+          if (gc.dryRun) for (const b of gc.blobs) out.push(`would delete blob ${b.digest} (${formatBytes(b.size)})`);
+          for (const e of gc.errors) out.push(`error: ${e}`);
+          const freed = gc.bytes + gc.orphans.bytes;
+          out.push(
+            `gc${gc.dryRun ? ' --dry-run' : ''}: ${gc.tags.length} tags (retention), ${gc.manifests.length} manifests, ${gc.links} blob links, ` +
+              `${gc.blobs.length} blobs and ${gc.orphans.files} orphan files ${gc.dryRun ? 'would go' : 'deleted'}: ${formatBytes(freed)} ${gc.dryRun ? 'to free' : 'freed'}` +
+              (proxy ? `; proxy cache: ${proxy.manifests} manifests, ${proxy.blobs} blobs, ${formatBytes(proxy.bytes)} evicted` : '') +
+              ` (${(gc.durationMs / 1000).toFixed(1)} s)`,
+          );
+          process.stdout.write(`${out.join('\n')}\n`);
+          if (gc.errors.length > 0) process.exitCode = 1;
+        });
+      } catch (err) {
+        failClearly(err);
+      } finally {
+        stop.done();
+      }
+    });
+
+  program
+    .command('fsck')
+    .description('check every blob file against its digest, metadata against files, manifests against their blobs; report unfinished uploads')
+    .option('-c, --config <file>', 'configuration file', 'configuration.toml')
+    .option('--repair', 'remove corrupt and orphan files, drop rows of missing files, mark manifests that reference missing content')
+    .action(async (opts: ConfigOption & { repair?: boolean }) => {
+      const stop = interruptible();
+      try {
+        await withStorage(opts.config, async (storage) => {
+          const bar = new ProgressBar('fsck');
+          const report = await storage.fsck({
+            repair: opts.repair ?? false,
+            signal: stop.signal,
+            onProgress: (p) => bar.update(p.bytes, p.totalBytes, `${p.files}/${p.totalFiles} files, ${formatBytes(p.bytes)}/${formatBytes(p.totalBytes)}`),
+            onFinding: (f) => {
+              bar.clear();
+              process.stdout.write(findingLine(f));
+            },
+          });
+          bar.clear();
+          const notices = report.findings.filter((f) => f.severity === 'notice').length;
+          process.stdout.write(
+            `fsck: ${report.files} files (${formatBytes(report.bytes)}) checked: ${report.problems} problems${opts.repair ? ` remaining, ${report.repaired} repaired` : ''}, ${notices} notices\n`,
+          );
+          process.exitCode = report.problems > 0 ? 1 : 0;
+        });
+      } catch (err) {
+        failClearly(err);
+      } finally {
+        stop.done();
+      }
+    });
+
+  program
+    .command('import')
+    .description('import a docker save or OCI image layout tarball (gzip or not); tags as named in it unless --repository/--tag')
+    .argument('<file>', 'the tarball; - reads standard input')
+    .option('-c, --config <file>', 'configuration file', 'configuration.toml')
+    .option('--repository <name>', 'store the images in this repository')
+    .option('--tag <tag>', 'tag the image (an archive of one image; needs --repository)')
+    .action(async (file: string, opts: ConfigOption & { repository?: string; tag?: string }) => {
+      try {
+        if (file !== '-') {
+          await access(file).catch((err: Error) => {
+            throw new ConfigError(`cannot read ${file}: ${err.message}`);
+          });
+        }
+        await withStorage(opts.config, async (storage) => {
+          const source = file === '-' ? process.stdin : createReadStream(file);
+          const result = await storage.importArchive(source, {
+            ...(opts.repository !== undefined ? { repository: opts.repository } : {}),
+            ...(opts.tag !== undefined ? { tag: opts.tag } : {}),
+          });
+          const lines = result.images.map(
+            (i) => `imported ${i.repository}${i.tags.length ? `:${i.tags.join(',')}` : ''} ${i.digest}`,
+          );
+          lines.push(`${result.format}: ${result.images.length} images, ${result.blobs} blobs stored (${formatBytes(result.bytes)})`);
+          process.stdout.write(`${lines.join('\n')}\n`);
+        });
+      } catch (err) {
+        failClearly(err);
+      }
+    });
+
+  program
+    .command('export')
+    .description('write images (every platform of an index) as an OCI image layout tarball for docker load, podman load, skopeo oci-archive:')
+    .argument('<refs...>', 'images: alice/app:1, alice/app@sha256:…')
+    .option('-c, --config <file>', 'configuration file', 'configuration.toml')
+    .option('-o, --output <file>', 'write here instead of standard output')
+    .action(async (refs: string[], opts: ConfigOption & { output?: string }) => {
+      try {
+        if (opts.output === undefined && process.stdout.isTTY) {
+          throw new ConfigError('a tarball would go to the terminal: redirect standard output (> out.tar) or give --output FILE');
+        }
+        await withStorage(opts.config, async (storage) => {
+          const { plan, stream } = await storage.exportArchive(refs);
+          await pipeline(stream, opts.output !== undefined ? createWriteStream(opts.output) : process.stdout);
+          let bytes = 0;
+          for (const b of plan.blobs.values()) bytes += b.size;
+          for (const i of plan.images) {
+            if (i.convertedFrom) {
+              process.stderr.write(`note: ${i.ref} is a Docker manifest (${i.convertedFrom}); written as OCI ${i.manifest.digest}, config and layers unchanged\n`);
+            }
+          }
+          process.stderr.write(
+            `exported ${plan.images.map((i) => i.ref).join(', ')}: ${plan.manifests.size} manifests, ${plan.blobs.size} blobs (${formatBytes(bytes)})\n`,
+          );
+        });
+      } catch (err) {
+        failClearly(err);
+      }
+    });
+}

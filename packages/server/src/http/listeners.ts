@@ -1,0 +1,88 @@
+import { createServer as createHttpServer, type IncomingMessage, type RequestListener, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import type { Server as TlsServer } from 'node:tls';
+import type { TlsMaterial } from '../tls/tls-files.js';
+
+export interface ListenerTimeouts {
+  /** Longest time a client may take to send a request's headers (ms). */
+  readonly readHeaderTimeout: number;
+  /** Keep-alive connections and silent sockets are closed after this long (ms; 0: never). */
+  readonly idleTimeout: number;
+}
+
+/**
+ * Node checks header deadlines on a timer (connectionsCheckingInterval, 30 s by default): tick fast
+ * enough that a slow-loris connection is cut soon after `read_header_timeout`, not up to 30 s later.
+ */
+function checkingInterval(t: ListenerTimeouts): number {
+  return Math.max(100, Math.min(5_000, Math.floor(t.readHeaderTimeout / 4)));
+}
+
+/**
+ * Timeouts every listener gets. There is no total request time (`requestTimeout` = 0): blob uploads
+ * and downloads are limited by idle time on the socket only; other requests have their own deadline
+ * (http/request-timeout.ts).
+ */
+function applyTimeouts(server: Server, t: ListenerTimeouts): void {
+  server.requestTimeout = 0;
+  server.headersTimeout = t.readHeaderTimeout;
+  server.keepAliveTimeout = t.idleTimeout;
+  server.timeout = t.idleTimeout;
+}
+
+/** The server on `listen`: HTTPS when TLS material is given, plain HTTP otherwise. */
+export function createWharfServer(handler: RequestListener, timeouts: ListenerTimeouts, tls?: TlsMaterial): Server {
+  const common = { connectionsCheckingInterval: checkingInterval(timeouts) };
+  const server = tls
+    ? createHttpsServer({ ...common, cert: tls.cert, key: tls.key, handshakeTimeout: timeouts.readHeaderTimeout }, handler)
+    : createHttpServer(common, handler);
+  applyTimeouts(server, timeouts);
+  return server;
+}
+
+/** Serves a renewed certificate from now on; connections already open keep theirs. */
+export function updateCertificate(server: Server, tls: TlsMaterial): void {
+  (server as unknown as TlsServer).setSecureContext({ cert: tls.cert, key: tls.key });
+}
+
+const HOST = /^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$/;
+
+/** Where a plain-HTTP request should go over HTTPS: the same host (from Host), the HTTPS port, the same path and query. */
+export function httpsLocation(req: IncomingMessage, httpsPort: number): string {
+  const given = req.headers.host ?? '';
+  let host: string;
+  if (HOST.test(given)) {
+    host = given.replace(/:\d+$/, '');
+  } else {
+    const local = req.socket.localAddress ?? '127.0.0.1';
+    host = local.includes(':') ? `[${local.replace(/^::ffff:/, '')}]` : local;
+    if (host.startsWith('[') && !host.slice(1, -1).includes(':')) host = host.slice(1, -1);
+  }
+  const path = (req.url ?? '/').startsWith('/') ? (req.url ?? '/') : '/';
+  return `https://${host}${httpsPort === 443 ? '' : `:${httpsPort}`}${path}`;
+}
+
+/**
+ * `[tls] redirect_http`: a plain listener that sends every request to the HTTPS URL with 308 (the
+ * method and body are kept), except /health, which answers here so that a load balancer can probe
+ * over plain HTTP.
+ */
+export function createRedirectServer(httpsPort: () => number, timeouts: ListenerTimeouts): Server {
+  const handler = (req: IncomingMessage, res: ServerResponse) => {
+    const path = (req.url ?? '/').split('?')[0];
+    if (path === '/health' && (req.method === 'GET' || req.method === 'HEAD')) {
+      const body = '{"status":"ok"}';
+      res.writeHead(200, { 'Content-Type': 'application/json; charset=utf-8', 'Content-Length': Buffer.byteLength(body) });
+      res.end(req.method === 'HEAD' ? undefined : body);
+      return;
+    }
+    const location = httpsLocation(req, httpsPort());
+    res.writeHead(308, { Location: location, 'Content-Type': 'text/plain; charset=utf-8', Connection: 'close' });
+    res.end(`Wharf answers over HTTPS: ${location}\n`);
+    // Any body is discarded: after a 308 the client sends it again to the HTTPS URL.
+    req.resume();
+  };
+  const server = createHttpServer({ connectionsCheckingInterval: checkingInterval(timeouts) }, handler);
+  applyTimeouts(server, timeouts);
+  return server;
+}

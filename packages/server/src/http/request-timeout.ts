@@ -1,0 +1,35 @@
+import { RegistryError } from '@wharf/registry-core';
+import type { Context, Next } from 'koa';
+import { classifyRoute, isBlobTransfer } from './route-label.js';
+import { isArchiveTransfer } from '../routes/admin-storage.js';
+
+/**
+ * `request_timeout`: a deadline for requests that do not move a blob (manifests, tags, catalog,
+ * tokens, admin). When it passes before the response has started, the client gets 503 UNAVAILABLE and
+ * the connection is closed after it; the handler's late result is dropped. Blob uploads and downloads
+ * are exempt: they are limited by idle time on the socket (idle_timeout), never by a total time.
+ * Goes inside the OCI error middleware, so the 503 has the usual error body.
+ */
+export function requestTimeout(ms: number) {
+  return async function requestTimeoutMiddleware(ctx: Context, next: Next): Promise<void> {
+    // Image import/export (whole tarballs) are exempt like blob transfers.
+    if (ms <= 0 || isBlobTransfer(ctx.method, classifyRoute(ctx.path).route) || isArchiveTransfer(ctx.path)) return next();
+    let timer: NodeJS.Timeout | undefined;
+    const expired = new Promise<'expired'>((resolve) => {
+      timer = setTimeout(() => resolve('expired'), ms);
+    });
+    const work = next();
+    try {
+      const first = await Promise.race([work.then(() => 'done' as const), expired]);
+      if (first === 'expired' && !ctx.headerSent) {
+        // The handler goes on until its own I/O ends; nobody waits for it any more.
+        work.catch(() => undefined);
+        ctx.set('Connection', 'close');
+        throw new RegistryError('UNAVAILABLE', 'the request took longer than the server allows (request_timeout)', { timeoutMs: ms });
+      }
+      await work;
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+}

@@ -1,0 +1,180 @@
+import { readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { BlobFills, ProxyObserver, PullThroughRepository } from '@wharf/proxy';
+import type { SqliteDatabase } from '@wharf/registry-core';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { RequestObservation, RequestObserver } from '../http/request-log.js';
+import type { RouteLabel } from '../http/route-label.js';
+
+/** What the scrape-time metrics read: counted on each scrape, never kept in step by hand. */
+export interface MetricsSources {
+  readonly db: SqliteDatabase;
+  /** Upload sessions are folders under `<temporary_registry_storage>/uploads`. */
+  readonly temporaryRegistryStorage: string;
+  readonly fills: BlobFills;
+  /** Pull-through repositories by upstream key (filled in after construction). */
+  readonly proxies: ReadonlyMap<string, PullThroughRepository>;
+}
+
+const METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS']);
+const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
+
+function methodLabel(method: string): string {
+  return METHODS.has(method) ? method : 'other';
+}
+
+/** Count and total size of a blob table; zero when the table is not there (proxy never enabled). */
+function blobTotals(db: SqliteDatabase, table: 'blobs' | 'proxy_blobs'): { count: number; bytes: number } {
+  try {
+    const row = db.prepare(`SELECT COUNT(*) AS count, COALESCE(SUM(size), 0) AS bytes FROM ${table}`).get() as { count: number; bytes: number };
+    return { count: Number(row.count), bytes: Number(row.bytes) };
+  } catch {
+    return { count: 0, bytes: 0 };
+  }
+}
+
+/**
+ * Wharf's Prometheus metrics, in a registry of their own (never prom-client's global one: two servers in
+ * one process keep separate numbers). Labels are small fixed sets: routes (http/route-label.ts),
+ * methods, statuses, upstream keys, and `store` = registry | proxy.
+ */
+export class WharfMetrics implements RequestObserver {
+  readonly registry = new Registry();
+  private readonly requests: Counter<'route' | 'method' | 'status'>;
+  private readonly duration: Histogram<'route' | 'method'>;
+  private readonly received: Counter<'route'>;
+  private readonly sent: Counter<'route'>;
+  private readonly inFlight: Gauge<'route'>;
+  private readonly upstreamRequests: Counter<'upstream' | 'status'>;
+  private readonly hits: Counter<'upstream' | 'kind'>;
+  private readonly misses: Counter<'upstream' | 'kind'>;
+  private readonly saved: Counter<'upstream'>;
+
+  constructor(sources: MetricsSources) {
+    const registers = [this.registry];
+    collectDefaultMetrics({ register: this.registry });
+    this.requests = new Counter({ name: 'wharf_http_requests_total', help: 'HTTP requests answered, by route, method and status', labelNames: ['route', 'method', 'status'], registers });
+    this.duration = new Histogram({
+      name: 'wharf_http_request_duration_seconds',
+      help: 'Time from request to the end of the response, by route and method',
+      labelNames: ['route', 'method'],
+      buckets: DURATION_BUCKETS,
+      registers,
+    });
+    this.received = new Counter({ name: 'wharf_http_received_bytes_total', help: 'Bytes of requests (head and body) read from clients, by route', labelNames: ['route'], registers });
+    this.sent = new Counter({ name: 'wharf_http_sent_bytes_total', help: 'Bytes of responses (head and body) written to clients, by route', labelNames: ['route'], registers });
+    this.inFlight = new Gauge({ name: 'wharf_http_requests_in_flight', help: 'Requests being served now, by route', labelNames: ['route'], registers });
+
+    new Gauge({
+      name: 'wharf_uploads_in_progress',
+      help: 'Blob upload sessions open (started and neither completed, cancelled nor expired)',
+      registers,
+      async collect() {
+        const entries = await readdir(join(sources.temporaryRegistryStorage, 'uploads')).catch(() => [] as string[]);
+        this.set(entries.length);
+      },
+    });
+    new Gauge({
+      name: 'wharf_blobs_stored',
+      help: 'Blobs stored, by store (registry: pushed; proxy: cached from upstreams)',
+      labelNames: ['store'],
+      registers,
+      collect() {
+        this.set({ store: 'registry' }, blobTotals(sources.db, 'blobs').count);
+        this.set({ store: 'proxy' }, blobTotals(sources.db, 'proxy_blobs').count);
+      },
+    });
+    new Gauge({
+      name: 'wharf_blob_bytes_stored',
+      help: 'Bytes of blobs stored, by store',
+      labelNames: ['store'],
+      registers,
+      collect() {
+        this.set({ store: 'registry' }, blobTotals(sources.db, 'blobs').bytes);
+        this.set({ store: 'proxy' }, blobTotals(sources.db, 'proxy_blobs').bytes);
+      },
+    });
+
+    this.hits = new Counter({ name: 'wharf_proxy_cache_hits_total', help: 'Proxy reads answered from the cache, by upstream and kind (manifest, blob)', labelNames: ['upstream', 'kind'], registers });
+    this.misses = new Counter({ name: 'wharf_proxy_cache_misses_total', help: 'Proxy reads that needed the upstream, by upstream and kind', labelNames: ['upstream', 'kind'], registers });
+    this.upstreamRequests = new Counter({
+      name: 'wharf_proxy_upstream_requests_total',
+      help: 'HTTP requests sent to upstream registries, by upstream and status ("error": no response)',
+      labelNames: ['upstream', 'status'],
+      registers,
+    });
+    this.saved = new Counter({ name: 'wharf_proxy_bytes_saved_total', help: 'Blob bytes served from the proxy cache instead of downloaded again, by upstream', labelNames: ['upstream'], registers });
+    new Gauge({
+      name: 'wharf_proxy_fills_in_flight',
+      help: 'Upstream blob downloads running now (each shared by every client waiting for that blob)',
+      registers,
+      collect() {
+        this.set(sources.fills.running);
+      },
+    });
+    new Counter({
+      name: 'wharf_proxy_fills_total',
+      help: 'Upstream blob downloads started',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(sources.fills.started);
+      },
+    });
+    new Counter({
+      name: 'wharf_proxy_stale_served_total',
+      help: 'Manifests served from the cache while the upstream could not be asked, by upstream',
+      labelNames: ['upstream'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [upstream, repository] of sources.proxies) this.inc({ upstream }, repository.staleServed);
+      },
+    });
+    new Gauge({
+      name: 'wharf_proxy_upstream_rate_limit_remaining',
+      help: 'Last RateLimit-Remaining an upstream sent, by upstream',
+      labelNames: ['upstream'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [upstream, repository] of sources.proxies) {
+          if (repository.rateLimitRemaining !== undefined) this.set({ upstream }, repository.rateLimitRemaining);
+        }
+      },
+    });
+  }
+
+  started(route: RouteLabel): void {
+    this.inFlight.inc({ route });
+  }
+
+  finished(o: RequestObservation): void {
+    const method = methodLabel(o.method);
+    this.inFlight.dec({ route: o.route });
+    this.requests.inc({ route: o.route, method, status: String(o.status) });
+    this.duration.observe({ route: o.route, method }, o.durationMs / 1000);
+    if (o.bytesIn > 0) this.received.inc({ route: o.route }, o.bytesIn);
+    if (o.bytesOut > 0) this.sent.inc({ route: o.route }, o.bytesOut);
+  }
+
+  /** The hooks the pull-through repositories call. */
+  readonly proxy: ProxyObserver = {
+    cacheHit: (upstream, kind) => this.hits.inc({ upstream, kind }),
+    cacheMiss: (upstream, kind) => this.misses.inc({ upstream, kind }),
+    servedFromCache: (upstream, bytes) => this.saved.inc({ upstream }, bytes),
+  };
+
+  /** For an upstream's HTTP client: one call per request sent, with its status or "error". */
+  upstreamRequest(upstream: string, status: number | 'error'): void {
+    this.upstreamRequests.inc({ upstream, status: String(status) });
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+
+  text(): Promise<string> {
+    return this.registry.metrics();
+  }
+}

@@ -1,0 +1,70 @@
+import { randomUUID } from 'node:crypto';
+import { rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Router } from '@koa/router';
+import type { SqliteDatabase } from '@wharf/registry-core';
+import type { Logger } from 'pino';
+
+export interface HealthDeps {
+  readonly db: SqliteDatabase;
+  /** The folder every write goes through first: if it takes no file, nothing can be pushed or cached. */
+  readonly temporaryRegistryStorage: string;
+  /** True once shutdown started: the load balancer should stop sending new work. */
+  readonly draining: () => boolean;
+  readonly logger: Logger;
+}
+
+const PROBE_TIMEOUT_MS = 5_000;
+
+function withTimeout<T>(work: Promise<T>, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} did not answer within ${PROBE_TIMEOUT_MS} ms`)), PROBE_TIMEOUT_MS);
+  });
+  return Promise.race([work, late]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * /health: the process is alive and answers (200 `{"status":"ok"}`), nothing else is checked, so a
+ * slow disk never gets a live server restarted. /ready: the database answers a query and the temporary
+ * storage takes a file (a probe file is written and removed); 503 otherwise, and while shutting down.
+ * Neither needs credentials (auth guards /v2 and /admin only), and neither says more than ok or failed.
+ */
+export function registerHealth(router: Router, deps: HealthDeps): void {
+  let lastReady: boolean | undefined;
+  const health = (ctx: { body: unknown; set(field: string, value: string): void }) => {
+    ctx.set('Cache-Control', 'no-store');
+    ctx.body = { status: 'ok' };
+  };
+  // @koa/router answers HEAD with the GET route.
+  router.get('/health', health);
+
+  const ready = async (ctx: { status: number; body: unknown; set(field: string, value: string): void }) => {
+    const problems: Record<string, string> = {};
+    try {
+      deps.db.prepare('SELECT 1').get();
+    } catch (err) {
+      problems.database = (err as Error).message;
+    }
+    const probe = join(deps.temporaryRegistryStorage, `.ready-${randomUUID()}`);
+    try {
+      await withTimeout(writeFile(probe, 'ready'), 'storage');
+      await rm(probe, { force: true });
+    } catch (err) {
+      problems.storage = (err as Error).message;
+      await rm(probe, { force: true }).catch(() => undefined);
+    }
+    if (deps.draining()) problems.server = 'shutting down';
+    const ok = Object.keys(problems).length === 0;
+    if (ok !== lastReady) {
+      if (ok) deps.logger.info('ready');
+      else deps.logger.warn({ problems }, 'not ready');
+      lastReady = ok;
+    }
+    const check = (key: string) => (problems[key] === undefined ? 'ok' : 'failed');
+    ctx.set('Cache-Control', 'no-store');
+    ctx.status = ok ? 200 : 503;
+    ctx.body = { status: ok ? 'ready' : 'unavailable', checks: { database: check('database'), storage: check('storage'), ...(deps.draining() ? { shutdown: 'in progress' } : {}) } };
+  };
+  router.get('/ready', ready);
+}

@@ -1,0 +1,177 @@
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { CacheEviction, proxyBlobCatalog, type EvictionReport } from '@wharf/proxy';
+import {
+  FsBlobStore,
+  FsUploadSessions,
+  GarbageCollector,
+  LocalRegistry,
+  SqliteMetadataStore,
+  exportArchive,
+  fsck,
+  importArchive,
+  openDatabase,
+  registryCatalog,
+  type ExportPlan,
+  type FsckOptions,
+  type FsckReport,
+  type GcReport,
+  type ImportOptions,
+  type ImportResult,
+  type SqliteDatabase,
+} from '@wharf/registry-core';
+import type { Logger } from 'pino';
+import type { WharfConfig } from './config.js';
+
+export interface StorageDeps {
+  readonly config: WharfConfig;
+  readonly db: SqliteDatabase;
+  /** The store the registry reads through (its manifest cache must see what gc deletes). */
+  readonly metadata: SqliteMetadataStore;
+  readonly registryBlobs: FsBlobStore;
+  readonly proxyBlobs: FsBlobStore;
+  readonly local: LocalRegistry;
+  readonly eviction: CacheEviction;
+  readonly logger?: Logger;
+}
+
+export interface GcRunOptions {
+  readonly dryRun?: boolean;
+  /** Default: `[gc] delete_untagged`. */
+  readonly deleteUntagged?: boolean;
+  /** Default: `[gc] grace` (ms). */
+  readonly grace?: number;
+  readonly signal?: AbortSignal;
+}
+
+export interface StorageGcReport {
+  readonly gc: GcReport;
+  /** The proxy cache's eviction sweep (not run by a dry run: it has no dry mode). */
+  readonly proxy?: EvictionReport;
+}
+
+/**
+ * Storage lifecycle for one registry: garbage collection with retention (and the proxy cache's
+ * eviction in the same run), fsck, import and export. The server holds one (with the scheduled gc of
+ * `[gc] interval`); the CLI opens one on the database directly (`openStorage`), also while a server runs.
+ */
+export class StorageMaintenance {
+  private running: Promise<StorageGcReport> | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private readonly stopping = new AbortController();
+
+  constructor(private readonly deps: StorageDeps) {}
+
+  /** One collection: retention, then mark and sweep of the registry store, then the proxy cache sweep. */
+  gc(options: GcRunOptions = {}): Promise<StorageGcReport> {
+    const run = async (): Promise<StorageGcReport> => {
+      const { config } = this.deps;
+      const signal = options.signal ? AbortSignal.any([options.signal, this.stopping.signal]) : this.stopping.signal;
+      const gc = await new GarbageCollector({ metadata: this.deps.metadata, blobs: this.deps.registryBlobs }).run({
+        grace: options.grace ?? config.gc.grace,
+        deleteUntagged: options.deleteUntagged ?? config.gc.deleteUntagged,
+        dryRun: options.dryRun ?? false,
+        retention: config.gc.retention,
+        signal,
+      });
+      if (options.dryRun) return { gc };
+      const proxy = await this.deps.eviction.sweep({ cacheTtl: config.proxy.cacheTtl, maxSize: config.proxy.maxSize });
+      return { gc, proxy };
+    };
+    // One collection at a time in this process; another waits for it and then runs its own.
+    const next = (this.running ?? Promise.resolve()).catch(() => undefined).then(run);
+    this.running = next;
+    return next.finally(() => {
+      if (this.running === next) this.running = undefined;
+    });
+  }
+
+  fsck(options: FsckOptions): Promise<FsckReport> {
+    return fsck(
+      {
+        metadata: this.deps.metadata,
+        catalogs: [registryCatalog(this.deps.metadata, this.deps.registryBlobs), proxyBlobCatalog(this.deps.db, this.deps.proxyBlobs)],
+        uploadsDir: join(this.deps.config.temporaryRegistryStorage, 'uploads'),
+      },
+      { grace: this.deps.config.gc.grace, ...options },
+    );
+  }
+
+  importArchive(source: Readable, options: ImportOptions = {}): Promise<ImportResult> {
+    return importArchive(source, { registry: this.deps.local, tempRoot: this.deps.config.temporaryRegistryStorage }, options);
+  }
+
+  exportArchive(refs: readonly string[], signal?: AbortSignal): Promise<{ plan: ExportPlan; stream: Readable }> {
+    return exportArchive(this.deps.local, refs, signal);
+  }
+
+  /** Starts the in-process collection every `[gc] interval` (none when it is 0). */
+  schedule(): void {
+    const interval = this.deps.config.gc.interval;
+    if (interval <= 0 || this.timer) return;
+    this.timer = setInterval(() => void this.scheduled(), Math.max(1000, interval));
+    this.timer.unref();
+  }
+
+  private async scheduled(): Promise<void> {
+    if (this.running) return; // the previous run is not done: skip this turn
+    const log = this.deps.logger;
+    try {
+      const report = await this.gc();
+      log?.info(summary(report), 'garbage collection finished');
+    } catch (err) {
+      if (this.stopping.signal.aborted) return;
+      log?.warn({ err }, 'garbage collection failed');
+    }
+  }
+
+  /** Stops the schedule and a collection in progress (between two of its transactions), and waits for it. */
+  async stop(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    this.stopping.abort();
+    await this.running?.catch(() => undefined);
+  }
+}
+
+/** The numbers of a collection, for a log line. */
+export function summary(report: StorageGcReport): Record<string, number | boolean> {
+  const { gc, proxy } = report;
+  return {
+    dryRun: gc.dryRun,
+    tags: gc.tags.length,
+    manifests: gc.manifests.length,
+    links: gc.links,
+    blobs: gc.blobs.length,
+    bytes: gc.bytes,
+    orphanFiles: gc.orphans.files,
+    orphanBytes: gc.orphans.bytes,
+    errors: gc.errors.length,
+    durationMs: gc.durationMs,
+    ...(proxy ? { proxyManifests: proxy.manifests, proxyBlobs: proxy.blobs, proxyBytes: proxy.bytes } : {}),
+  };
+}
+
+/**
+ * The stores of a configuration, opened for the CLI: the same database (WAL: a running server keeps
+ * working) and folders the server uses. close() closes the database.
+ */
+export async function openStorage(config: WharfConfig): Promise<{ storage: StorageMaintenance; deps: StorageDeps; close(): void }> {
+  for (const folder of [config.registryStorage, config.temporaryRegistryStorage, config.proxyStorage]) await mkdir(folder, { recursive: true });
+  const db = openDatabase(config.database);
+  try {
+    const uploads = new FsUploadSessions(config.temporaryRegistryStorage);
+    await uploads.init();
+    const metadata = new SqliteMetadataStore(db);
+    const registryBlobs = new FsBlobStore(config.registryStorage, config.temporaryRegistryStorage);
+    const proxyBlobs = new FsBlobStore(config.proxyStorage, config.temporaryRegistryStorage);
+    const local = new LocalRegistry(registryBlobs, metadata, uploads, metadata.lifecycle());
+    const eviction = new CacheEviction(db, proxyBlobs);
+    const deps: StorageDeps = { config, db, metadata, registryBlobs, proxyBlobs, local, eviction };
+    return { storage: new StorageMaintenance(deps), deps, close: () => db.close() };
+  } catch (err) {
+    db.close();
+    throw err;
+  }
+}

@@ -1,0 +1,206 @@
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { Agent, get, request, type IncomingMessage } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { freePort, startWharfProcess, type WharfProcess } from '../helpers/wharf-process.js';
+import { sleep, writeOpsConfig } from './helpers.js';
+
+/**
+ * SIGTERM and SIGINT on a real `wharf serve` child process: requests in flight finish (a 256 MiB pull
+ * keeps going and arrives whole), idle keep-alive connections do not hold the exit, a second signal
+ * exits at once, and shutdown_timeout cuts what is left.
+ */
+
+const MIB = 1024 * 1024;
+const SIZE_MIB = 256;
+
+/** 256 chunks of 1 MiB: one random MiB, each copy stamped with its index (cheap to make, all different). */
+function* bigBlobChunks(base: Buffer): Generator<Buffer> {
+  for (let i = 0; i < SIZE_MIB; i++) {
+    const chunk = Buffer.from(base);
+    chunk.writeUInt32BE(i, 0);
+    yield chunk;
+  }
+}
+
+/** Streams the blob in one PATCH (no Content-Range, as Docker sends it), hashing as it goes, then PUT ?digest=. */
+async function pushBigBlob(url: string, repo: string): Promise<string> {
+  const start = await fetch(`${url}/v2/${repo}/blobs/uploads/`, { method: 'POST' });
+  expect(start.status).toBe(202);
+  const location = new URL(start.headers.get('location')!, url);
+  const hash = createHash('sha256');
+  const base = randomBytes(MIB);
+  await new Promise<void>((resolve, reject) => {
+    const req = request(location, { method: 'PATCH', headers: { 'Content-Type': 'application/octet-stream', Connection: 'close' }, agent: false }, (res) => {
+      res.resume();
+      res.on('end', () => (res.statusCode === 202 ? resolve() : reject(new Error(`PATCH: ${res.statusCode}`))));
+    });
+    req.on('error', reject);
+    void (async () => {
+      for (const chunk of bigBlobChunks(base)) {
+        hash.update(chunk);
+        if (!req.write(chunk)) await new Promise((r) => req.once('drain', r));
+      }
+      req.end();
+    })();
+  });
+  const digest = `sha256:${hash.digest('hex')}`;
+  location.searchParams.set('digest', digest);
+  const done = await fetch(location, { method: 'PUT' });
+  expect(done.status).toBe(201);
+  return digest;
+}
+
+function exitOf(proc: WharfProcess): Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }> {
+  const child = proc.child;
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve({ code: child.exitCode, signal: child.signalCode, at: Date.now() });
+  return new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal, at: Date.now() })));
+}
+
+/** Opens a blob download and resolves with the response once its first bytes are in, paused. */
+function openDownload(url: string): Promise<IncomingMessage> {
+  return new Promise((resolve, reject) => {
+    const req = get(url, { agent: false }, (res) => {
+      if (res.statusCode !== 200) {
+        reject(new Error(`GET ${url}: ${res.statusCode}`));
+        return;
+      }
+      res.once('readable', () => {
+        res.pause();
+        resolve(res);
+      });
+    });
+    req.on('error', reject);
+  });
+}
+
+/** Whether a new TCP connection to the server is refused now. */
+function refusesNewConnections(url: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const req = get(`${url}/health`, { agent: false, timeout: 2_000 }, (res) => {
+      res.resume();
+      resolve(false);
+    });
+    req.on('error', () => resolve(true));
+    req.on('timeout', () => req.destroy());
+  });
+}
+
+describe('graceful shutdown of wharf serve', () => {
+  let root: string;
+  let port: number;
+  let digest: string;
+  const repo = 'ops/big';
+  let proc: WharfProcess | undefined;
+
+  async function start(top: string[] = []): Promise<WharfProcess> {
+    const file = await writeOpsConfig(root, port, { top });
+    proc = await startWharfProcess(file, port);
+    return proc;
+  }
+
+  beforeAll(async () => {
+    root = await mkdtemp(join(tmpdir(), 'wharf-shutdown-'));
+    port = await freePort();
+    const p = await start();
+    digest = await pushBigBlob(p.url, repo);
+    await p.kill('SIGKILL');
+  }, 60_000);
+
+  afterAll(async () => {
+    await proc?.kill('SIGKILL');
+    await rm(root, { recursive: true, force: true });
+  });
+
+  test('SIGTERM during a 256 MiB pull: the pull completes with the right digest, new connections are refused, exit code 0', async () => {
+    const p = await start();
+    const exited = exitOf(p);
+    const res = await openDownload(`${p.url}/v2/${repo}/blobs/${digest}`);
+    expect(Number(res.headers['content-length'])).toBe(SIZE_MIB * MIB);
+    p.child.kill('SIGTERM');
+    await sleep(300);
+    // Mid-transfer: the listener is closed, the download still open.
+    expect(await refusesNewConnections(p.url)).toBe(true);
+    expect(p.child.exitCode).toBeNull();
+    const hash = createHash('sha256');
+    let bytes = 0;
+    await new Promise<void>((resolve, reject) => {
+      res.on('data', (chunk: Buffer) => {
+        hash.update(chunk);
+        bytes += chunk.length;
+      });
+      res.on('end', resolve);
+      res.on('error', reject);
+      res.on('aborted', () => reject(new Error('download cut')));
+      res.resume();
+    });
+    expect(bytes).toBe(SIZE_MIB * MIB);
+    expect(`sha256:${hash.digest('hex')}`).toBe(digest);
+    const exit = await exited;
+    expect(exit).toMatchObject({ code: 0, signal: null });
+    expect(p.output()).toContain('"msg":"wharf stopped"');
+  }, 60_000);
+
+  test('SIGTERM with an idle keep-alive client exits within 2 s', async () => {
+    const p = await start();
+    const exited = exitOf(p);
+    const agent = new Agent({ keepAlive: true, keepAliveMsecs: 60_000 });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        get(`${p.url}/v2/`, { agent }, (res) => {
+          res.resume();
+          res.on('end', resolve);
+        }).on('error', reject);
+      });
+      await sleep(50);
+      // The connection is open and idle in the client's pool.
+      expect(Object.values(agent.freeSockets).flat()).toHaveLength(1);
+      const sent = Date.now();
+      p.child.kill('SIGTERM');
+      const exit = await exited;
+      expect(exit).toMatchObject({ code: 0, signal: null });
+      expect(exit.at - sent).toBeLessThan(2_000);
+    } finally {
+      agent.destroy();
+    }
+  });
+
+  test('a second signal exits at once, without waiting for requests in flight', async () => {
+    const p = await start(['shutdown_timeout = "30s"']);
+    const exited = exitOf(p);
+    const res = await openDownload(`${p.url}/v2/${repo}/blobs/${digest}`); // never read: holds the shutdown
+    try {
+      p.child.kill('SIGTERM');
+      await sleep(500);
+      expect(p.child.exitCode).toBeNull(); // still waiting for the download
+      const sent = Date.now();
+      p.child.kill('SIGINT');
+      const exit = await exited;
+      expect(exit.at - sent).toBeLessThan(1_000);
+      expect(exit.code).toBe(1);
+      expect(p.output()).toContain('second SIGINT');
+    } finally {
+      res.destroy();
+    }
+  });
+
+  test('requests still running at shutdown_timeout are cut, and the exit is still clean (code 0)', async () => {
+    const p = await start(['shutdown_timeout = "1s"']);
+    const exited = exitOf(p);
+    const res = await openDownload(`${p.url}/v2/${repo}/blobs/${digest}`);
+    const cut = new Promise<boolean>((resolve) => {
+      res.on('close', () => resolve(!res.complete));
+    });
+    const sent = Date.now();
+    p.child.kill('SIGTERM');
+    const exit = await exited;
+    expect(exit).toMatchObject({ code: 0, signal: null });
+    expect(exit.at - sent).toBeGreaterThanOrEqual(900);
+    expect(exit.at - sent).toBeLessThan(4_000);
+    res.resume();
+    expect(await cut).toBe(true);
+    expect(p.output()).toContain('shutdown deadline reached');
+  });
+});

@@ -1,0 +1,175 @@
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { createHash } from 'node:crypto';
+import { request } from 'node:http';
+import { connect, type Socket } from 'node:net';
+import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
+import { sleep } from './helpers.js';
+
+/**
+ * Timeouts: read_header_timeout cuts slow-loris clients while others are served; request_timeout
+ * answers 503 to a request that does not move a blob; blob uploads run as long as bytes flow, and are
+ * cut only when the socket goes idle for idle_timeout.
+ */
+
+const READ_HEADER_MS = 1_000;
+const IDLE_MS = 1_500;
+const REQUEST_MS = 800;
+
+interface Loris {
+  readonly socket: Socket;
+  /** When the server closed it (ms since the test started), or undefined while open. */
+  closedAt?: number;
+  /** What the server sent before closing (Node answers 408 to a header timeout). */
+  received: string;
+}
+
+/** A connection that sends a request head one byte at a time, every `everyMs`, and never finishes it. */
+function openLoris(port: number, started: number, everyMs: number, silent = false): Loris {
+  const head = 'GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: slow-loris\r\nX-Padding: ' + 'a'.repeat(500);
+  const socket = connect(port, '127.0.0.1');
+  const loris: Loris = { socket, received: '' };
+  let i = 0;
+  const timer = silent
+    ? undefined
+    : setInterval(() => {
+        if (!socket.destroyed && socket.writable) socket.write(head[i++ % head.length]!);
+      }, everyMs);
+  socket.on('data', (d: Buffer) => {
+    loris.received += d.toString('latin1');
+  });
+  socket.on('error', () => undefined);
+  socket.on('close', () => {
+    clearInterval(timer);
+    loris.closedAt = Date.now() - started;
+  });
+  return loris;
+}
+
+describe('timeouts', () => {
+  let reg: TestRegistry;
+  let port: number;
+
+  beforeAll(async () => {
+    reg = await startRegistry({
+      settings: { read_header_timeout: '1s', idle_timeout: '1500ms', request_timeout: '800ms' },
+    });
+    port = Number(new URL(reg.url).port);
+  });
+
+  afterAll(async () => {
+    await reg?.close({ timeoutMs: 1_000 });
+  });
+
+  test('slow-loris: 200 connections trickling headers are cut after read_header_timeout, and a normal client is served meanwhile', async () => {
+    const started = Date.now();
+    const lorises = [
+      ...Array.from({ length: 150 }, () => openLoris(port, started, 100)),
+      // Connections that send nothing at all.
+      ...Array.from({ length: 50 }, () => openLoris(port, started, 0, true)),
+    ];
+    try {
+      await sleep(300);
+      // While they hang on, ordinary requests are answered at once.
+      for (let i = 0; i < 5; i++) {
+        const t = Date.now();
+        const res = await fetch(`${reg.url}/v2/`);
+        expect(res.status).toBe(200);
+        expect(Date.now() - t).toBeLessThan(500);
+      }
+      const deadline = READ_HEADER_MS + 2_000;
+      while (lorises.some((l) => l.closedAt === undefined) && Date.now() - started < deadline) await sleep(50);
+      const open = lorises.filter((l) => l.closedAt === undefined).length;
+      expect(open).toBe(0);
+      const latest = Math.max(...lorises.map((l) => l.closedAt!));
+      expect(latest).toBeGreaterThanOrEqual(READ_HEADER_MS - 100);
+      expect(latest).toBeLessThan(deadline);
+      // The tricklers were told why.
+      expect(lorises.filter((l) => l.received.startsWith('HTTP/1.1 408')).length).toBeGreaterThan(100);
+      expect((await fetch(`${reg.url}/v2/`)).status).toBe(200);
+    } finally {
+      for (const l of lorises) l.socket.destroy();
+    }
+  });
+
+  test('request_timeout: a manifest PUT whose body never completes gets 503 UNAVAILABLE', async () => {
+    const started = Date.now();
+    const answer = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const req = request(
+        { host: '127.0.0.1', port, method: 'PUT', path: '/v2/slow/app/manifests/1', headers: { 'Content-Type': 'application/vnd.oci.image.manifest.v1+json', 'Content-Length': '1000' } },
+        (res) => {
+          let body = '';
+          res.on('data', (c: Buffer) => (body += c.toString()));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+        },
+      );
+      req.on('error', reject);
+      req.write('{"schemaVersion":'); // ...and nothing more
+    });
+    expect(answer.status).toBe(503);
+    expect(JSON.parse(answer.body).errors[0].code).toBe('UNAVAILABLE');
+    const took = Date.now() - started;
+    expect(took).toBeGreaterThanOrEqual(REQUEST_MS - 50);
+    expect(took).toBeLessThan(REQUEST_MS + 1_000);
+  });
+
+  test('a blob upload that takes longer than request_timeout and idle_timeout in total, with bytes flowing, completes', async () => {
+    const start = await fetch(`${reg.url}/v2/slow/app/blobs/uploads/`, { method: 'POST' });
+    const location = new URL(start.headers.get('location')!, reg.url);
+    const hash = createHash('sha256');
+    const began = Date.now();
+    const status = await new Promise<number>((resolve, reject) => {
+      const req = request(location, { method: 'PATCH', headers: { 'Content-Type': 'application/octet-stream' } }, (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode ?? 0));
+      });
+      req.on('error', reject);
+      void (async () => {
+        // 2.5 s in all, a chunk every 250 ms: never idle for long.
+        for (let i = 0; i < 10; i++) {
+          const chunk = Buffer.alloc(64 * 1024, i);
+          hash.update(chunk);
+          req.write(chunk);
+          await sleep(250);
+        }
+        req.end();
+      })();
+    });
+    expect(Date.now() - began).toBeGreaterThan(IDLE_MS + REQUEST_MS);
+    expect(status).toBe(202);
+    location.searchParams.set('digest', `sha256:${hash.digest('hex')}`);
+    expect((await fetch(location, { method: 'PUT' })).status).toBe(201);
+  });
+
+  test('an upload whose client goes silent for idle_timeout is cut', async () => {
+    const start = await fetch(`${reg.url}/v2/slow/app/blobs/uploads/`, { method: 'POST' });
+    const location = new URL(start.headers.get('location')!, reg.url);
+    const began = Date.now();
+    const outcome = await new Promise<string>((resolve) => {
+      const req = request(location, { method: 'PATCH', headers: { 'Content-Type': 'application/octet-stream' } }, (res) => {
+        res.resume();
+        res.on('end', () => resolve(`answered ${res.statusCode}`));
+      });
+      req.on('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
+      req.write(Buffer.alloc(1024));
+      // ...then silence.
+    });
+    const took = Date.now() - began;
+    expect(outcome).toMatch(/ECONNRESET|socket hang up/);
+    expect(took).toBeGreaterThanOrEqual(IDLE_MS - 100);
+    expect(took).toBeLessThan(IDLE_MS + 2_000);
+  });
+
+  test('an idle keep-alive connection is closed after idle_timeout', async () => {
+    const socket = connect(port, '127.0.0.1');
+    let reply = '';
+    socket.on('data', (d: Buffer) => (reply += d.toString()));
+    const closed = new Promise<number>((resolve) => socket.on('close', () => resolve(Date.now())));
+    socket.write('GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n');
+    while (!reply.includes('{"status":"ok"}')) await sleep(10);
+    const answered = Date.now();
+    const at = await closed;
+    expect(reply).toMatch(/^HTTP\/1\.1 200/);
+    expect(at - answered).toBeGreaterThanOrEqual(IDLE_MS - 100);
+    expect(at - answered).toBeLessThan(IDLE_MS + 1_500);
+  });
+});
