@@ -20,8 +20,16 @@ export function freePort(): Promise<number> {
   });
 }
 
-/** Writes a configuration.toml for a local-only Wharf with all storage under `root`. */
-export async function writeWharfConfig(root: string, port: number): Promise<string> {
+export interface WharfConfigOptions {
+  /** Extra top-level lines, e.g. ['shutdown_timeout = "2s"']. */
+  readonly top?: readonly string[];
+  /** Extra tables, written after the others, e.g. ['[tls]', 'self_signed = true']. */
+  readonly tables?: readonly string[];
+  readonly logLevel?: string;
+}
+
+/** Writes a configuration.toml for a local-only Wharf (proxy and auth off) with all storage under `root`. */
+export async function writeWharfConfig(root: string, port: number, options: WharfConfigOptions = {}): Promise<string> {
   const file = join(root, 'configuration.toml');
   await writeFile(
     file,
@@ -31,11 +39,13 @@ export async function writeWharfConfig(root: string, port: number): Promise<stri
       'temporary_registry_storage = "storage/_tmp"',
       'proxy_storage = "storage/proxy"',
       'database = "storage/wharf.db"',
-      'log_level = "warn"',
+      `log_level = "${options.logLevel ?? 'warn'}"`,
+      ...(options.top ?? []),
       '[proxy]',
       'enabled = false',
       '[auth]',
       'enabled = false   # loopback only; the auth suites turn it on',
+      ...(options.tables ?? []),
       '',
     ].join('\n'),
   );

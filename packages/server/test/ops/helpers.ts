@@ -1,44 +1,18 @@
 import { createHash } from 'node:crypto';
-import { writeFile } from 'node:fs/promises';
 import { request as httpRequest, type IncomingHttpHeaders } from 'node:http';
 import { request as httpsRequest } from 'node:https';
-import { join } from 'node:path';
+import { writeWharfConfig, type WharfConfigOptions } from '../helpers/wharf-process.js';
 
 /**
  * Helpers of the operations suites: a configuration file with extra keys for a child-process Wharf, a
  * Prometheus text parser, and HTTPS requests that trust a given CA (fetch cannot be told one).
  */
 
-export interface OpsConfigOptions {
-  /** Extra top-level lines, e.g. 'shutdown_timeout = "1s"'. */
-  readonly top?: readonly string[];
-  /** Extra tables, written after the others, e.g. ['[tls]', 'self_signed = true']. */
-  readonly tables?: readonly string[];
-}
+export type OpsConfigOptions = Omit<WharfConfigOptions, 'logLevel'>;
 
-/** A configuration.toml for a local-only Wharf (auth and proxy off) with all storage under `root`. */
-export async function writeOpsConfig(root: string, port: number, options: OpsConfigOptions = {}): Promise<string> {
-  const file = join(root, 'configuration.toml');
-  await writeFile(
-    file,
-    [
-      `listen = "127.0.0.1:${port}"`,
-      'registry_storage = "storage/registry"',
-      'temporary_registry_storage = "storage/_tmp"',
-      'proxy_storage = "storage/proxy"',
-      'database = "storage/wharf.db"',
-      'log_level = "info"',
-      'log_format = "json"',
-      ...(options.top ?? []),
-      '[proxy]',
-      'enabled = false',
-      '[auth]',
-      'enabled = false',
-      ...(options.tables ?? []),
-      '',
-    ].join('\n'),
-  );
-  return file;
+/** A configuration.toml for a local-only Wharf (auth and proxy off) logging JSON at info, storage under `root`. */
+export function writeOpsConfig(root: string, port: number, options: OpsConfigOptions = {}): Promise<string> {
+  return writeWharfConfig(root, port, { ...options, logLevel: 'info', top: ['log_format = "json"', ...(options.top ?? [])] });
 }
 
 /** One sample of a metric: its name and labels as written, e.g. `wharf_http_requests_total{route="blob",...}`. */

@@ -1,61 +1,10 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { startContainerd, type Containerd } from '../helpers/clients.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
-import { buildLayout, mkdtemp, removeTemps, run, seed, type Layout } from './helpers/tools.js';
-
-/** A private containerd (no CRI, unix socket in a temp folder), stopped in afterAll. */
-async function startContainerd(dir: string): Promise<{ socket: string; stop(): Promise<void> }> {
-  const socket = join(dir, 'c.sock');
-  const config = join(dir, 'config.toml');
-  await writeFile(
-    config,
-    [
-      'version = 2',
-      `root = "${join(dir, 'root')}"`,
-      `state = "${join(dir, 'state')}"`,
-      'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
-      '[grpc]',
-      `  address = "${socket}"`,
-      '[ttrpc]',
-      `  address = "${socket}.ttrpc"`,
-      '[debug]',
-      '  address = ""',
-      '[metrics]',
-      '  address = ""',
-    ].join('\n'),
-  );
-  const child: ChildProcess = spawn('containerd', ['--config', config], { stdio: 'ignore' });
-  const spawned = new Promise<void>((resolve, reject) => {
-    child.once('spawn', resolve);
-    child.once('error', (err) => reject(new Error(`cannot start containerd (apt-get install containerd): ${err.message}`)));
-  });
-  await spawned;
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  const deadline = Date.now() + 15_000;
-  for (;;) {
-    const ok = await run('ctr', ['-a', socket, 'version'], { timeout: 5_000 }).then(
-      () => true,
-      () => false,
-    );
-    if (ok) break;
-    if (Date.now() > deadline || child.exitCode !== null) {
-      child.kill('SIGKILL');
-      throw new Error('containerd did not come up within 15 s');
-    }
-    await sleep(100);
-  }
-  return {
-    socket,
-    async stop() {
-      child.kill('SIGTERM');
-      await Promise.race([exited, sleep(5_000, undefined, { ref: false }).then(() => child.kill('SIGKILL'))]);
-    },
-  };
-}
+import { buildLayout, mkdtemp, removeTemps, seed, type Layout } from './helpers/tools.js';
 
 async function hostsDir(registry: string, toml: string): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'wharf-hosts-'));
@@ -68,7 +17,7 @@ describe('containerd (ctr images pull --hosts-dir) through the proxy', () => {
   let layout: Layout;
   let up: TestRegistry;
   let proxy: TestRegistry;
-  let containerd: Awaited<ReturnType<typeof startContainerd>>;
+  let containerd: Containerd;
   let ctr: (...args: string[]) => Promise<string>;
 
   beforeAll(async () => {
@@ -78,11 +27,11 @@ describe('containerd (ctr images pull --hosts-dir) through the proxy', () => {
     // "upstream" is what image references call the registry; it resolves nowhere, so a pull that
     // succeeds came through the proxy.
     proxy = await startRegistry({ settings: { proxy: { retries: 0, upstreams: { up: { url: up.url, aliases: ['upstream'] } } } } });
-    containerd = await startContainerd(await mkdtemp(join(tmpdir(), 'wharf-ctr-')));
-    ctr = async (...args) => (await run('ctr', ['-a', containerd.socket, '-n', 'wharf-test', ...args], { timeout: 60_000 })).stdout;
+    containerd = await startContainerd(await mkdtemp('/tmp/wc-'), 'wharf-test');
+    ctr = async (...args) => (await containerd.ctr(args, 60_000)).stdout;
   });
   afterAll(async () => {
-    await containerd?.stop();
+    await containerd?.close();
     await proxy?.close();
     await up?.close();
     await removeTemps();
