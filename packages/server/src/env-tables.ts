@@ -29,6 +29,7 @@ export const TABLE_ENV_KEYS: Readonly<Record<string, Readonly<Record<string, Env
     eviction_interval: 'duration',
   },
   auth: { enabled: 'boolean', service: 'string', realm: 'string', token_ttl: 'duration', allow_anonymous_push: 'boolean' },
+  gc: { interval: 'duration', grace: 'duration', delete_untagged: 'boolean' },
 };
 
 export function tableEnvName(table: string, key: string): string {

@@ -73,3 +73,15 @@ describe('[gc] and [[retention]] configuration', () => {
     }
   });
 });
+
+describe('[gc] from the environment', () => {
+  test('WHARF_GC_INTERVAL, WHARF_GC_GRACE and WHARF_GC_DELETE_UNTAGGED override the file', () => {
+    const config = buildConfig(
+      { registry_storage: 'r', temporary_registry_storage: 't', proxy_storage: 'p', gc: { interval: '24h' } },
+      { env: { WHARF_GC_INTERVAL: '6h', WHARF_GC_GRACE: '30m', WHARF_GC_DELETE_UNTAGGED: 'true' } },
+    );
+    expect(config.gc.interval).toBe(6 * 3_600_000);
+    expect(config.gc.grace).toBe(30 * 60_000);
+    expect(config.gc.deleteUntagged).toBe(true);
+  });
+});
