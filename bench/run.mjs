@@ -4,12 +4,13 @@
 //
 //   pnpm bench                     1 GiB blob (BENCH_SIZE_MB=1024)
 //   BENCH_SIZE_MB=64 pnpm bench    quick run
+//   BENCH_ONLY=proxy pnpm bench    only the pull-through proxy mode (BENCH_ONLY=registry: only the rest)
 //
 // Other knobs (all optional): BENCH_DURATION_S (manifest load, default 5), BENCH_CONNECTIONS (64),
 // BENCH_TAGS (1000), BENCH_TAG_REPEAT (50), BENCH_SMALL_BLOBS (2000), BENCH_SMALL_PARALLEL (16),
 // BENCH_REPEAT (3: runs of each push and pull per server, median reported).
 import { execFileSync, execSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -44,6 +45,7 @@ import {
   pushTags,
   smallBlob,
 } from './workloads.mjs';
+import { runProxy } from './proxy.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -113,6 +115,16 @@ async function main() {
   const digest = await makeRandomFile(blobFile, size);
   log(`generated a ${settings.sizeMiB} MiB random blob ${digest.slice(0, 19)}… in ${fmtS((performance.now() - t) / 1000)}`);
 
+  const only = process.env.BENCH_ONLY ?? '';
+  if (!['', 'registry', 'proxy'].includes(only)) throw new Error(`BENCH_ONLY must be "registry" or "proxy" (got "${only}")`);
+  const results = {};
+  const failures = [];
+  const noise = [];
+  const load0 = loadavg();
+  machine.loadAverageAtStart = load0.map((x) => Math.round(x * 100) / 100);
+  let rows = [];
+  let logs = {};
+  if (only !== 'proxy') {
   const wharf = await startWharf({ root, cli, dir: join(tmp, 'wharf') });
   const dist = await startDistribution({ bin: distBin, dir: join(tmp, 'distribution') });
   const servers = [wharf, dist];
@@ -121,10 +133,6 @@ async function main() {
   const sampler = new RssSampler(servers, settings.rssIntervalMs);
   const agents = new Map(servers.map((s) => [s.name, newAgent()]));
 
-  const results = {};
-  const failures = [];
-  const noise = [];
-  const load0 = loadavg();
   /**
    * Runs one workload on Wharf, then on distribution, `repeat` times (interleaved, so that a burst of
    * outside noise hits both); a failure on one does not stop the other. Each numeric field of the result
@@ -239,21 +247,42 @@ async function main() {
   results.rss = Object.fromEntries(servers.map((s) => [s.name, { peakBytes: sampler.peak[s.name], idleBytes: idleRss[s.name] }]));
   results.rssByPhase = sampler.phasePeak;
 
-  const logs = Object.fromEntries(
+  logs = Object.fromEntries(
     servers.map((s) => [s.name, { lines: s.logCount, warnings: s.warnCount, errors: s.errorCount, alive: s.alive, firstLines: s.logLines.slice(0, 20) }]),
   );
 
-  const rows = buildRows(results);
+  rows = buildRows(results);
   const output = renderTable(rows);
-  machine.loadAverageAtStart = load0.map((x) => Math.round(x * 100) / 100);
   machine.loadAverageAtEnd = loadavg().map((x) => Math.round(x * 100) / 100);
   const notes = renderNotes(results, logs, failures, machine, noise);
   process.stdout.write(`\nWharf ${machine.wharfCommit} vs CNCF distribution — ${settings.sizeMiB} MiB blob${settings.quick ? " (quick run)" : ""}, ${machine.cpus} CPU, Node ${machine.node}, ${machine.distribution}\n`);
   process.stdout.write(`manifest load ${settings.durationS} s per figure after ${settings.warmupMs} ms warm-up; ${settings.tags} tags listed ${settings.tagRepeat}x; ${settings.smallBlobs} small blobs\n\n`);
   process.stdout.write(output + '\n');
   process.stdout.write(notes + '\n');
+  }
 
-  const json = {
+  // Proxy mode: Wharf's pull-through proxy against distribution's, in front of one upstream
+  let proxy;
+  if (only !== 'registry') {
+    const proxyFailures = [];
+    try {
+      proxy = await runProxy({
+        root, cli, distBin, tmp, blobFile, size, digest, settings, log, median, cpuSnapshot, otherCpuPercent,
+        localPullMiBs: get(results, 'pull1', 'wharf', 'mibPerSec'),
+      });
+    } catch (err) {
+      proxyFailures.push({ workload: 'proxy', server: 'setup', error: err.message });
+      log(`proxy mode FAILED: ${err.message}`);
+      proxy = { results: {}, rows: [], noise: [], failures: proxyFailures, logs: {} };
+    }
+    failures.push(...proxy.failures);
+    machine.loadAverageAtEnd = loadavg().map((x) => Math.round(x * 100) / 100);
+    process.stdout.write(`\nProxy mode: Wharf proxy vs distribution proxy (proxy.remoteurl), one distribution upstream behind a counting forwarder per proxy — ${settings.sizeMiB} MiB blob, fresh proxy storage per cold measurement\n\n`);
+    process.stdout.write(renderTable(proxy.rows) + '\n');
+    process.stdout.write(renderProxyNotes(proxy, machine) + '\n');
+  }
+
+  let json = {
     startedAt: startedAt.toISOString(),
     finishedAt: new Date().toISOString(),
     settings,
@@ -263,9 +292,20 @@ async function main() {
     results,
     serverLogs: logs,
     otherProcessesCpu: noise,
+    ...(proxy ? { proxy: { table: proxy.rows.map(({ key, label, unit, wharf, distribution, ratio, target, pass }) => ({ key, label, unit, wharf, distribution, ratio, target, pass })), results: proxy.results, serverLogs: proxy.logs, otherProcessesCpu: proxy.noise } } : {}),
     failures,
   };
-  writeFileSync(join(root, 'bench/results.json'), JSON.stringify(json, null, 2) + '\n');
+  const resultsFile = join(root, 'bench/results.json');
+  if (only === 'proxy' && existsSync(resultsFile)) {
+    // a proxy-only run replaces the proxy section of the last full results, and keeps the rest
+    try {
+      const previous = JSON.parse(readFileSync(resultsFile, 'utf8'));
+      json = { ...previous, proxy: { ...json.proxy, startedAt: json.startedAt, finishedAt: json.finishedAt, settings, machine, failures } };
+    } catch {
+      /* unreadable: overwrite */
+    }
+  }
+  writeFileSync(resultsFile, JSON.stringify(json, null, 2) + '\n');
   log('results written to bench/results.json');
   if (failures.length > 0) process.exitCode = 1;
 }
@@ -385,23 +425,42 @@ function renderTable(rows) {
   return [line(header), widths.map((w) => '-'.repeat(w)).join('-|-'), ...body.map(line)].join('\n');
 }
 
-function renderNotes(results, logs, failures, machine, noise) {
-  const out = [];
-  out.push('');
+/** The disturbance warning: workloads during which other processes used > 15% of one core. */
+function noiseWarning(noise) {
   const worst = new Map();
   for (const n of noise) {
     const k = `${n.workload}/${n.server}`;
     worst.set(k, Math.max(worst.get(k) ?? 0, n.otherCpuPercent));
   }
   const noisy = [...worst.entries()].filter(([, v]) => v > 15);
-  out.push(`Load average at start ${machine.loadAverageAtStart.join(' ')}, at end ${machine.loadAverageAtEnd.join(' ')}.`);
   if (noisy.length > 0) {
-    out.push(
-      `WARNING: other processes on this machine used CPU during ${noisy.map(([k, v]) => `${k} (${v}%)`).join(', ')} (% of one core, worst run); those figures are disturbed, run again on a quiet machine.`,
-    );
-  } else {
-    out.push('Other processes used < 15% of one core during every workload.');
+    return `WARNING: other processes on this machine used CPU during ${noisy.map(([k, v]) => `${k} (${v}%)`).join(', ')} (% of one core, worst run); those figures are disturbed, run again on a quiet machine.`;
   }
+  return 'Other processes used < 15% of one core during every workload.';
+}
+
+function renderProxyNotes(proxy, machine) {
+  const out = [''];
+  const r = proxy.results;
+  out.push(`Load average at start ${machine.loadAverageAtStart.join(' ')}, at end ${machine.loadAverageAtEnd.join(' ')}.`);
+  out.push(noiseWarning(proxy.noise) + ' (CPU of the proxy, its forwarder and the upstream is not counted as "other".)');
+  out.push(`Cold and 16-concurrent figures are the median of ${settings.repeat} runs per proxy, each on a fresh proxy (new storage dir, new forwarder); the manifest lib/app:1 is fetched through the proxy first (not timed).`);
+  if (r.localPullMiBs !== undefined) out.push(`Local pull reference: ${r.localPullMiBs.toFixed(1)} MiB/s (${r.localPullSource}).`);
+  const cpu = (k, f) => ['wharf', 'distribution'].map((n) => `${n} ${r[k]?.[n]?.[f]?.toFixed?.(2) ?? 'n/a'}`).join(', ');
+  out.push(`Proxy CPU s/GiB: cold ${cpu('pull', 'coldServerCpuPerGiB')}; warm ${cpu('pull', 'warmServerCpuPerGiB')}. 16 concurrent, proxy CPU s: ${cpu('concurrent16', 'serverCpuSeconds')}.`);
+  for (const [name, l] of Object.entries(proxy.logs)) {
+    out.push(`${name} log: ${l.lines} lines, ${l.warnings} warnings, ${l.errors} errors${l.alive ? '' : ' — A PROCESS DIED'}.`);
+    for (const line of l.firstLines.slice(0, 5)) out.push(`    ${line}`);
+  }
+  for (const f of proxy.failures) out.push(`FAILED: ${f.workload} on ${f.server}: ${f.error}`);
+  return out.join('\n');
+}
+
+function renderNotes(results, logs, failures, machine, noise) {
+  const out = [];
+  out.push('');
+  out.push(`Load average at start ${machine.loadAverageAtStart.join(' ')}, at end ${machine.loadAverageAtEnd.join(' ')}.`);
+  out.push(noiseWarning(noise));
   out.push(`Push and pull figures are the median of ${settings.repeat} runs per server (every run is in results.json).`);
   const g = results.manifestGET ?? {};
   const h = results.manifestHEAD ?? {};

@@ -182,14 +182,14 @@ function classify(line) {
   return 'other';
 }
 
-function launch(name, command, args, base, options) {
+export function launch(name, command, args, base, options) {
   const child = spawn(command, args, { ...options, stdio: ['ignore', 'pipe', 'pipe'] });
   const running = new Running(name, child, base);
   children.add(running);
   return running;
 }
 
-async function waitReady(running, timeoutMs = 30_000) {
+export async function waitReady(running, timeoutMs = 30_000) {
   const deadline = Date.now() + timeoutMs;
   let lastError;
   while (Date.now() < deadline) {
@@ -209,7 +209,7 @@ async function waitReady(running, timeoutMs = 30_000) {
   throw new Error(`${running.name} did not answer GET /v2/ within ${timeoutMs} ms: ${lastError?.message ?? ''}`);
 }
 
-export async function startWharf({ root, cli, dir }) {
+export async function startWharf({ root, cli, dir, name = 'wharf', extraToml = [] }) {
   const port = await freePort();
   mkdirSync(dir, { recursive: true });
   const toml = join(dir, 'wharf.toml');
@@ -226,17 +226,18 @@ export async function startWharf({ root, cli, dir }) {
       // Loopback only, compared with an auth-less distribution: measure the storage path, not bcrypt.
       '[auth]',
       'enabled = false',
+      ...extraToml,
       '',
     ].join('\n'),
   );
   // The server's own environment must not override the file (WHARF_* variables).
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('WHARF_')));
-  const running = launch('wharf', process.execPath, [cli, 'serve', '--config', toml], `http://127.0.0.1:${port}`, { cwd: root, env });
+  const running = launch(name, process.execPath, [cli, 'serve', '--config', toml], `http://127.0.0.1:${port}`, { cwd: root, env });
   await waitReady(running);
   return running;
 }
 
-export async function startDistribution({ bin, dir }) {
+export async function startDistribution({ bin, dir, name = 'distribution', proxyUrl }) {
   const port = await freePort();
   mkdirSync(join(dir, 'data'), { recursive: true });
   const yml = join(dir, 'registry.yml');
@@ -261,12 +262,13 @@ export async function startDistribution({ bin, dir }) {
       'http:',
       `  addr: 127.0.0.1:${port}`,
       `  secret: ${randomBytes(16).toString('hex')}`, // else distribution warns that it made one up
+      ...(proxyUrl ? ['proxy:', `  remoteurl: ${proxyUrl}`] : []),
       '',
     ].join('\n'),
   );
   // Keep REGISTRY_* variables of the caller from changing the configuration.
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('REGISTRY_')));
-  const running = launch('distribution', bin, ['serve', yml], `http://127.0.0.1:${port}`, { cwd: dir, env });
+  const running = launch(name, bin, ['serve', yml], `http://127.0.0.1:${port}`, { cwd: dir, env });
   await waitReady(running);
   return running;
 }

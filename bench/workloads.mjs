@@ -9,9 +9,9 @@ import { cpuSeconds } from './servers.mjs';
 export const MiB = 1024 * 1024;
 export const GiB = 1024 * MiB;
 
-const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
-const OCI_CONFIG = 'application/vnd.oci.image.config.v1+json';
-const OCI_LAYER = 'application/vnd.oci.image.layer.v1.tar';
+export const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
+export const OCI_CONFIG = 'application/vnd.oci.image.config.v1+json';
+export const OCI_LAYER = 'application/vnd.oci.image.layer.v1.tar';
 const ACCEPT = [OCI_MANIFEST, 'application/vnd.oci.image.index.v1+json', 'application/vnd.docker.distribution.manifest.v2+json'].join(', ');
 
 export function newAgent() {
@@ -60,13 +60,13 @@ function expectStatus(res, wanted, what) {
 }
 
 /** The upload URL of a Location header, with ?digest= added (keeping distribution's _state). */
-function withDigest(base, location, digest) {
+export function withDigest(base, location, digest) {
   const u = new URL(location, base);
   u.searchParams.set('digest', digest);
   return u;
 }
 
-async function startUpload(server, agent, repo) {
+export async function startUpload(server, agent, repo) {
   const res = expectStatus(await request(agent, `${server.base}/v2/${repo}/blobs/uploads/`, { method: 'POST', headers: { 'content-length': '0' } }), 202, `POST /v2/${repo}/blobs/uploads/`);
   if (!res.headers.location) throw new HttpError('POST upload: no Location');
   return res.headers.location;
@@ -97,7 +97,7 @@ export function smallBlob(size = 4096) {
   return { bytes, digest: `sha256:${createHash('sha256').update(bytes).digest('hex')}` };
 }
 
-function sha256(buf) {
+export function sha256(buf) {
   return `sha256:${createHash('sha256').update(buf).digest('hex')}`;
 }
 

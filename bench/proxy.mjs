@@ -1,0 +1,327 @@
+// Proxy mode: Wharf's pull-through proxy against distribution's (docker-registry with proxy.remoteurl),
+// both in front of one plain distribution upstream holding the big blob as `lib/app:1`. Between each proxy
+// and the upstream runs a tiny counting forwarder (node:http) that counts GETs per path, so that the
+// upstream fetches of the blob can be counted per proxy. Node built-ins only.
+import { createHash } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
+import { request as httpRequest } from 'node:http';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { cpuSeconds, freePort, launch, rssBytes, startDistribution, startWharf, stopServer, waitReady } from './servers.mjs';
+import { ACCEPT, MiB, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, newAgent, pull, pushMonolithic, putManifest, request, sha256, startUpload, withDigest } from './workloads.mjs';
+
+const NAMES = ['wharf', 'distribution'];
+
+/** A node:http forwarder to `target` in its own process; GET /__counts answers the GETs seen per path. */
+async function startForwarder(name, target) {
+  const port = await freePort();
+  const t = new URL(target);
+  const code = `
+    const http = require('node:http');
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
+    const counts = {};
+    http.createServer((req, res) => {
+      if (req.url === '/__counts') { res.setHeader('content-type', 'application/json'); res.end(JSON.stringify(counts)); return; }
+      if (req.method === 'GET') { const p = req.url.split('?')[0]; counts[p] = (counts[p] || 0) + 1; }
+      const up = http.request({ agent, hostname: ${JSON.stringify(t.hostname)}, port: ${Number(t.port)}, method: req.method, path: req.url, headers: req.headers }, (ur) => {
+        res.writeHead(ur.statusCode, ur.headers);
+        ur.pipe(res);
+      });
+      up.once('error', (err) => res.destroy(err));
+      req.pipe(up);
+    }).listen(${port}, '127.0.0.1');
+    process.on('SIGTERM', () => process.exit(0));`;
+  const running = launch(name, process.execPath, ['-e', code], `http://127.0.0.1:${port}`, {});
+  await waitReady(running);
+  return running;
+}
+
+async function upstreamGets(forwarder, path) {
+  const res = await fetch(`${forwarder.base}/__counts`);
+  const counts = await res.json();
+  return counts[path] ?? 0;
+}
+
+/** One proxy (fresh storage in `dir`) and its forwarder. */
+async function startProxy(name, ctx, dir) {
+  const fwd = await startForwarder(`forwarder-${name}`, ctx.upstream.base);
+  let server;
+  try {
+    if (name === 'wharf') {
+      server = await startWharf({
+        root: ctx.root,
+        cli: ctx.cli,
+        dir,
+        name: 'wharf-proxy',
+        extraToml: ['[proxy.upstreams.up]', `url = ${JSON.stringify(fwd.base)}`],
+      });
+    } else {
+      server = await startDistribution({ bin: ctx.distBin, dir, name: 'distribution-proxy', proxyUrl: fwd.base });
+    }
+  } catch (err) {
+    await stopServer(fwd);
+    throw err;
+  }
+  const repo = name === 'wharf' ? 'proxy/up/lib/app' : 'lib/app';
+  return { name, server, fwd, pid: server.pid, base: server.base, repo, blobPath: `/v2/${repo}/blobs/${ctx.digest}`, manifestPath: `/v2/${repo}/manifests/1` };
+}
+
+async function stopProxy(p) {
+  await stopServer(p.server);
+  await stopServer(p.fwd);
+}
+
+/** Pushes the big blob, a small config and an OCI manifest `lib/app:1` to the upstream. */
+async function seedUpstream(upstream, agent, blobFile, size, digest) {
+  await pushMonolithic(upstream, agent, 'lib/app', blobFile, size, digest);
+  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [digest] }, config: {} }));
+  const location = await startUpload(upstream, agent, 'lib/app');
+  const res = await request(agent, withDigest(upstream.base, location, sha256(config)), {
+    method: 'PUT',
+    headers: { 'content-type': 'application/octet-stream', 'content-length': String(config.length) },
+    body: config,
+  });
+  if (res.status !== 201) throw new Error(`PUT config blob on the upstream: ${res.status}`);
+  const manifest = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: OCI_MANIFEST,
+      config: { mediaType: OCI_CONFIG, digest: sha256(config), size: config.length },
+      layers: [{ mediaType: OCI_LAYER, digest, size }],
+    }),
+  );
+  await putManifest(upstream, agent, 'lib/app', '1', manifest);
+}
+
+async function getManifest(p, agent) {
+  const res = await request(agent, `${p.base}${p.manifestPath}`, { headers: { accept: ACCEPT } });
+  if (res.status !== 200) throw new Error(`GET manifest through ${p.name}'s proxy: ${res.status} ${res.body?.toString('utf8').slice(0, 300)}`);
+}
+
+/** `clients` concurrent GETs of the blob through the proxy, each hashed and checked against the digest. */
+async function pullVerified(p, agent, clients, size, digest) {
+  const t0 = performance.now();
+  const cpu0 = cpuSeconds(p.pid);
+  const one = () =>
+    new Promise((resolve, reject) => {
+      const u = new URL(`${p.base}${p.blobPath}`);
+      const hash = createHash('sha256');
+      let bytes = 0;
+      const req = httpRequest({ agent, method: 'GET', hostname: u.hostname, port: u.port, path: u.pathname }, (res) => {
+        res.on('data', (c) => {
+          bytes += c.length;
+          hash.update(c);
+        });
+        res.once('end', () => resolve({ status: res.statusCode, bytes, digest: `sha256:${hash.digest('hex')}` }));
+        res.once('error', reject);
+      });
+      req.once('error', reject);
+      req.end();
+    });
+  const results = await Promise.all(Array.from({ length: clients }, one));
+  const seconds = (performance.now() - t0) / 1000;
+  let ok = 0;
+  const problems = [];
+  for (const r of results) {
+    if (r.status === 200 && r.bytes === size && r.digest === digest) ok += 1;
+    else problems.push(`status ${r.status}, ${r.bytes} bytes, ${r.digest.slice(0, 19)}…`);
+  }
+  if (problems.length) throw new Error(`${problems.length}/${clients} clients got a wrong blob (first: ${problems[0]})`);
+  const bytes = ok * size;
+  return { seconds, clients, verified: ok, mibPerSec: bytes / MiB / seconds, serverCpuSeconds: cpuSeconds(p.pid) - cpu0 };
+}
+
+/** Peak RSS over every proxy instance started, per name, sampled every `intervalMs`. */
+class PeakRss {
+  constructor(intervalMs) {
+    this.current = [];
+    this.peak = Object.fromEntries(NAMES.map((n) => [n, 0]));
+    this.timer = setInterval(() => this.sample(), intervalMs);
+    this.timer.unref();
+  }
+  sample() {
+    for (const p of this.current) {
+      const rss = rssBytes(p.pid);
+      if (rss !== undefined && rss > this.peak[p.name]) this.peak[p.name] = rss;
+    }
+  }
+  stop() {
+    this.sample();
+    clearInterval(this.timer);
+  }
+}
+
+/**
+ * ctx: root, cli, distBin, tmp, blobFile, size, digest, settings, log, median, cpuSnapshot,
+ * otherCpuPercent, localPullMiBs (Wharf's 1-stream local pull from the registry workloads, if run).
+ * Returns { results, rows, noise, failures, logs }.
+ */
+export async function runProxy(ctx) {
+  const { settings, log, size, digest } = ctx;
+  const results = {};
+  const failures = [];
+  const noise = [];
+  const logs = {};
+  const base = join(ctx.tmp, 'proxy-mode');
+  mkdirSync(base, { recursive: true });
+  let seq = 0;
+  const freshDir = (name) => join(base, `${name}-${++seq}`);
+
+  const upstream = await startDistribution({ bin: ctx.distBin, dir: join(base, 'upstream'), name: 'upstream' });
+  const seedAgent = newAgent();
+  try {
+    await seedUpstream(upstream, seedAgent, ctx.blobFile, size, digest);
+  } finally {
+    seedAgent.destroy();
+  }
+  ctx.upstream = upstream;
+  log(`proxy mode: upstream distribution pid ${upstream.pid} at ${upstream.base} seeded with lib/app:1 (${settings.sizeMiB} MiB layer)`);
+  const rss = new PeakRss(settings.rssIntervalMs);
+
+  const keepLogs = (p) => {
+    const s = p.server;
+    const prev = logs[p.name] ?? { lines: 0, warnings: 0, errors: 0, alive: true, firstLines: [] };
+    logs[p.name] = {
+      lines: prev.lines + s.logCount,
+      warnings: prev.warnings + s.warnCount,
+      errors: prev.errors + s.errorCount,
+      alive: prev.alive && s.alive,
+      firstLines: [...prev.firstLines, ...s.logLines].slice(0, 20),
+    };
+  };
+
+  /**
+   * For each repeat, for each proxy (interleaved): a fresh proxy + forwarder, the manifest fetched
+   * through it, then fn(proxy, agent). Numeric fields: median over the repeats.
+   */
+  async function cold(key, fn, repeat) {
+    const runs = Object.fromEntries(NAMES.map((n) => [n, []]));
+    const errors = {};
+    for (let rep = 0; rep < repeat; rep++) {
+      for (const name of NAMES) {
+        if (errors[name]) continue;
+        const tag = repeat > 1 ? `proxy ${key} #${rep + 1} on ${name}` : `proxy ${key} on ${name}`;
+        let p;
+        const agent = newAgent();
+        try {
+          p = await startProxy(name, ctx, freshDir(name));
+          rss.current = [p];
+          await getManifest(p, agent);
+          const watched = [p.server, p.fwd, upstream];
+          const cpu0 = ctx.cpuSnapshot(watched);
+          const t0 = performance.now();
+          const r = await fn(p, agent);
+          const seconds = (performance.now() - t0) / 1000;
+          const other = ctx.otherCpuPercent(cpu0, ctx.cpuSnapshot(watched), seconds);
+          runs[name].push({ ...r, otherCpuPercent: other });
+          if (seconds >= 0.25) noise.push({ workload: `proxy.${key}`, server: name, run: rep + 1, otherCpuPercent: Math.round(other) });
+          log(`${tag}: ${Object.entries(r).map(([k, v]) => `${k} ${typeof v === 'number' ? +v.toFixed(2) : v}`).join(', ')} (other processes ${other.toFixed(0)}% CPU)`);
+        } catch (err) {
+          errors[name] = err.message;
+          failures.push({ workload: `proxy.${key}`, server: name, error: err.message });
+          log(`${tag} FAILED: ${err.message}`);
+        } finally {
+          agent.destroy();
+          if (p) {
+            rss.sample();
+            rss.current = [];
+            keepLogs(p);
+            await stopProxy(p);
+          }
+        }
+      }
+    }
+    results[key] = {};
+    for (const name of NAMES) {
+      const list = runs[name];
+      if (errors[name] || list.length === 0) {
+        results[key][name] = { error: errors[name] ?? 'no result' };
+        continue;
+      }
+      const merged = { ...list[0] };
+      for (const [field, value] of Object.entries(list[0])) if (typeof value === 'number') merged[field] = ctx.median(list.map((x) => x[field]));
+      if (list.length > 1) merged.runs = list;
+      results[key][name] = merged;
+    }
+  }
+
+  const repeat = settings.repeat;
+  try {
+    // (1) cold pull, 1 client, then (2) the warm pull of the same blob on the same proxy
+    await cold(
+      'pull',
+      async (p, agent) => {
+        const c = await pull(p, agent, p.repo, digest, size, 1);
+        const coldGets = await upstreamGets(p.fwd, `/v2/lib/app/blobs/${digest}`);
+        // Let the proxy finish storing what it fetched (distribution stores it with a second, background
+        // upstream fetch; a warm GET before that is done goes upstream again): about 5 ms per MiB.
+        await sleep(Math.max(500, (size / MiB) * 5));
+        const w = await pull(p, agent, p.repo, digest, size, 1);
+        const allGets = await upstreamGets(p.fwd, `/v2/lib/app/blobs/${digest}`);
+        const r = { coldMiBs: c.mibPerSec, coldServerCpuPerGiB: c.serverCpuPerGiB, warmMiBs: w.mibPerSec, warmServerCpuPerGiB: w.serverCpuPerGiB, coldUpstreamGets: coldGets, warmUpstreamGets: allGets - coldGets };
+        // Wharf also serves as a registry: the same blob pushed to it and pulled locally, for comparison
+        if (p.name === 'wharf' && ctx.localPullMiBs === undefined) {
+          await pushMonolithic(p, agent, 'bench/local', ctx.blobFile, size, digest);
+          await sleep(200);
+          r.localMiBs = (await pull(p, agent, 'bench/local', digest, size, 1)).mibPerSec;
+        }
+        return r;
+      },
+      repeat,
+    );
+    // (3) 16 concurrent cold pulls, every client's sha256 checked
+    await cold(
+      'concurrent16',
+      async (p, agent) => {
+        const r = await pullVerified(p, agent, 16, size, digest);
+        return { ...r, upstreamGets: await upstreamGets(p.fwd, `/v2/lib/app/blobs/${digest}`) };
+      },
+      repeat,
+    );
+  } finally {
+    rss.stop();
+    logs.upstream = { lines: upstream.logCount, warnings: upstream.warnCount, errors: upstream.errorCount, alive: upstream.alive, firstLines: upstream.logLines.slice(0, 20) };
+    await stopServer(upstream);
+  }
+  results.rss = Object.fromEntries(NAMES.map((n) => [n, { peakBytes: rss.peak[n] || undefined }]));
+  results.localPullMiBs = ctx.localPullMiBs ?? results.pull?.wharf?.localMiBs;
+  results.localPullSource = ctx.localPullMiBs !== undefined ? 'registry workload pull1 (same run)' : 'pushed to the Wharf proxy instance and pulled locally';
+  return { results, rows: buildProxyRows(results, settings), noise, failures, logs };
+}
+
+function buildProxyRows(results, settings) {
+  const rows = [];
+  const num = (v) => (typeof v === 'number' && Number.isFinite(v) ? v : undefined);
+  const val = (key, name, field) => num(results[key]?.[name]?.[field]);
+  const sz = `${settings.sizeMiB} MiB`;
+  const add = (label, unit, w, d, better, target, decimals = 1) => {
+    const ratio = w === undefined || d === undefined || w === 0 || d === 0 ? undefined : better === 'higher' ? w / d : d / w;
+    const pass = target ? (ratio !== undefined ? ratio >= target.minRatio : false) : undefined;
+    const row = { key: label, label, unit, wharf: w, distribution: d, ratio, target: target?.text, pass, decimals };
+    rows.push(row);
+    return row;
+  };
+  add(`P1. proxy cold pull ${sz}, 1 client`, 'MiB/s', val('pull', 'wharf', 'coldMiBs'), val('pull', 'distribution', 'coldMiBs'), 'higher', { text: '>= 1.1x distribution', minRatio: 1.1 });
+  add(`    upstream GETs of the blob, cold pull`, 'GETs', val('pull', 'wharf', 'coldUpstreamGets'), val('pull', 'distribution', 'coldUpstreamGets'), 'lower', undefined, 0);
+  add(`P2. proxy warm pull ${sz} (2nd GET)`, 'MiB/s', val('pull', 'wharf', 'warmMiBs'), val('pull', 'distribution', 'warmMiBs'), 'higher');
+  add(`    upstream GETs of the blob, warm pull`, 'GETs', val('pull', 'wharf', 'warmUpstreamGets'), val('pull', 'distribution', 'warmUpstreamGets'), 'lower', undefined, 0);
+  {
+    const w = val('pull', 'wharf', 'warmMiBs');
+    const local = num(results.localPullMiBs);
+    const ratio = w !== undefined && local ? w / local : undefined;
+    // "as fast as": within 10% of the local pull, a margin for run-to-run noise
+    rows.push({ key: 'warmOverLocal', label: '    Wharf warm proxy pull / Wharf local pull', unit: 'x', wharf: ratio, distribution: undefined, ratio: undefined, target: `Wharf >= 0.9x local (${local === undefined ? 'n/a' : local.toFixed(1)} MiB/s)`, pass: ratio === undefined ? false : ratio >= 0.9, decimals: 2 });
+  }
+  add(`P3. proxy 16 concurrent cold pulls (aggregate)`, 'MiB/s', val('concurrent16', 'wharf', 'mibPerSec'), val('concurrent16', 'distribution', 'mibPerSec'), 'higher', { text: '>= 1.5x distribution', minRatio: 1.5 });
+  {
+    const w = val('concurrent16', 'wharf', 'upstreamGets');
+    const d = val('concurrent16', 'distribution', 'upstreamGets');
+    rows.push({ key: 'concurrent16.upstreamGets', label: '    upstream GETs of the blob, 16 concurrent', unit: 'GETs', wharf: w, distribution: d, ratio: undefined, target: 'Wharf = 1', pass: w === 1, decimals: 0 });
+    const vw = val('concurrent16', 'wharf', 'verified');
+    const vd = val('concurrent16', 'distribution', 'verified');
+    rows.push({ key: 'concurrent16.verified', label: '    clients with a correct sha256', unit: 'of 16', wharf: vw, distribution: vd, ratio: undefined, target: 'all 16', pass: vw === 16 && vd === 16, decimals: 0 });
+  }
+  const mib = (n) => (results.rss?.[n]?.peakBytes === undefined ? undefined : results.rss[n].peakBytes / MiB);
+  add('P4. peak proxy RSS (sampled every 100 ms)', 'MiB', mib('wharf'), mib('distribution'), 'lower');
+  return rows;
+}
