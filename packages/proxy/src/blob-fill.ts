@@ -1,13 +1,15 @@
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { openSync, closeSync, read } from 'node:fs';
-import { open, rm } from 'node:fs/promises';
+import { open, rm, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { RegistryError, hashToDigest, newHash, parseDigest, type BlobInfo, type BlobStore, type ByteRange, type Digest } from '@wharf/registry-core';
 import type { UpstreamBlob } from './upstream.js';
 
 const READ_CHUNK = 256 * 1024;
+/** Bytes received from the upstream and not yet written, per fill, before the upstream is paused. */
+const MAX_PENDING = 4 * 1024 * 1024;
 
 type FillState = 'running' | 'done' | 'failed';
 
@@ -20,9 +22,14 @@ type FillState = 'running' | 'done' | 'failed';
 export class BlobFill {
   readonly events = new EventEmitter();
   readonly done: Promise<BlobInfo>;
+  /** Bytes on disk in the temp file, readable by tailing readers. */
   written = 0;
+  /** Bytes received from the upstream (some may still wait for the disk). */
+  received = 0;
   state: FillState = 'running';
   error: Error | undefined;
+  /** Readers caught up with the download, handed each chunk as it arrives. */
+  private readonly followers = new Set<TailReader>();
 
   constructor(
     readonly digest: Digest,
@@ -35,18 +42,38 @@ export class BlobFill {
     this.done = run(this).then(
       (blob) => {
         this.state = 'done';
+        this.release();
         this.events.emit('progress');
         return blob;
       },
       (err: unknown) => {
         this.error = err instanceof Error ? err : new Error(String(err));
         this.state = 'failed';
+        this.release();
         this.events.emit('progress');
         throw this.error;
       },
     );
     // Readers and the fills map observe failures; an unobserved one must not crash the process.
     this.done.catch(() => undefined);
+  }
+
+  /** Hands a chunk received at `offset` to the readers following the download live. */
+  deliver(chunk: Buffer, offset: number): void {
+    for (const reader of this.followers) reader.offer(chunk, offset);
+  }
+
+  follow(reader: TailReader): void {
+    this.followers.add(reader);
+  }
+
+  unfollow(reader: TailReader): void {
+    this.followers.delete(reader);
+  }
+
+  /** The fill ended: live readers go back to the file, which now has everything (or to the failure). */
+  private release(): void {
+    for (const reader of [...this.followers]) reader.unfollow();
   }
 
   /** A stream of the blob (or a range of it), from the bytes already written and those still to come. */
@@ -67,9 +94,23 @@ export class BlobFill {
   }
 }
 
+/**
+ * A reader that has caught up with the download is handed each chunk as it arrives from the upstream
+ * (no disk read-back); one that falls this far behind its client goes back to reading the file.
+ */
+const LIVE_BUFFER_LIMIT = 2 * 1024 * 1024;
+
+/**
+ * One client's stream of a fill. It reads what is already in the temp file, then, once caught up,
+ * takes the upstream's chunks straight from the fill ("live"). A slow client never slows the fill:
+ * when more than LIVE_BUFFER_LIMIT bytes wait for it, it drops back to the file, which holds
+ * everything the fill received.
+ */
 class TailReader extends Readable {
   private position: number;
   private reading = false;
+  private waiting = false;
+  private live = false;
 
   constructor(
     private readonly fill: BlobFill,
@@ -81,9 +122,14 @@ class TailReader extends Readable {
     this.position = start;
   }
 
+  /** The last byte this reader sends, when known. */
+  private get last(): number | undefined {
+    return this.end ?? (this.fill.size !== undefined ? this.fill.size - 1 : undefined);
+  }
+
   override _read(): void {
-    if (this.reading || this.destroyed) return;
-    const last = this.end ?? (this.fill.size !== undefined ? this.fill.size - 1 : undefined);
+    if (this.reading || this.waiting || this.live || this.destroyed) return;
+    const last = this.last;
     // The reader's last byte (and the end of an empty blob) waits until the fill is verified: with
     // Content-Length sent, a client that got every byte would take a corrupt blob for a complete one.
     if (last !== undefined && this.position > last && this.fill.state === 'done') {
@@ -101,7 +147,16 @@ class TailReader extends Readable {
         this.push(null);
         return;
       }
-      this.fill.events.once('progress', () => this._read());
+      if (this.end === undefined && this.position === this.fill.received) {
+        this.live = true;
+        this.fill.follow(this);
+        return;
+      }
+      this.waiting = true;
+      this.fill.events.once('progress', () => {
+        this.waiting = false;
+        this._read();
+      });
       return;
     }
     let length = Math.min(READ_CHUNK, available - this.position);
@@ -122,7 +177,37 @@ class TailReader extends Readable {
     });
   }
 
+  /** A chunk the fill just received at `offset`, while this reader is live. */
+  offer(chunk: Buffer, offset: number): void {
+    if (this.destroyed) return;
+    if (offset !== this.position) {
+      this.unfollow();
+      return;
+    }
+    const last = this.last;
+    // Everything but the final byte, which only the verified file gives out.
+    const take = last === undefined ? chunk.length : Math.min(chunk.length, last - this.position);
+    if (take > 0) {
+      this.position += take;
+      this.push(take === chunk.length ? chunk : chunk.subarray(0, take));
+    }
+    if (take < chunk.length || this.readableLength > LIVE_BUFFER_LIMIT) this.unfollow();
+  }
+
+  /** Back to reading the file (the fill ended, or this client fell behind). */
+  unfollow(): void {
+    if (!this.live) return;
+    this.live = false;
+    this.fill.unfollow(this);
+    // With a full buffer, the stream itself asks for more once the client has taken some.
+    if (!this.destroyed && this.readableLength < this.readableHighWaterMark) this._read();
+  }
+
   override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
+    if (this.live) {
+      this.live = false;
+      this.fill.unfollow(this);
+    }
     try {
       closeSync(this.fd);
     } catch {
@@ -130,6 +215,97 @@ class TailReader extends Readable {
     }
     callback(err);
   }
+}
+
+/**
+ * Copies `body` into `handle` from offset 0, passing every chunk to `inspect` (hash, size check) as it
+ * arrives. Receiving and writing overlap: chunks that come in while a write runs are queued and go to
+ * disk together in the next writev, and the upstream is paused only while more than MAX_PENDING bytes
+ * wait for the disk. Awaiting each write before reading on would stall the upstream connection once
+ * per chunk. `fill.written` grows, and tailing readers wake, as each batch lands.
+ */
+function drainInto(body: Readable, handle: FileHandle, fill: BlobFill, inspect: (chunk: Buffer) => void): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let pending: Buffer[] = [];
+    let pendingBytes = 0;
+    let writing = false;
+    let ended = false;
+    let failed = false;
+    const fail = (err: unknown): void => {
+      if (failed) return;
+      failed = true;
+      reject(err);
+    };
+    const flush = async (): Promise<void> => {
+      writing = true;
+      try {
+        while (pending.length > 0 && !failed) {
+          const batch = pending;
+          pending = [];
+          const bytes = await writeAll(handle, batch, fill.written);
+          fill.written += bytes;
+          pendingBytes -= bytes;
+          fill.events.emit('progress');
+          if (body.isPaused() && pendingBytes <= MAX_PENDING / 2) body.resume();
+        }
+      } catch (err) {
+        fail(err);
+      } finally {
+        writing = false;
+      }
+      if (ended && !failed) resolve();
+    };
+    body.on('data', (chunk: Buffer) => {
+      if (failed) return;
+      try {
+        inspect(chunk);
+      } catch (err) {
+        fail(err);
+        return;
+      }
+      const offset = fill.received;
+      fill.received += chunk.length;
+      fill.deliver(chunk, offset);
+      pending.push(chunk);
+      pendingBytes += chunk.length;
+      if (pendingBytes > MAX_PENDING) body.pause();
+      if (!writing) void flush();
+    });
+    body.once('end', () => {
+      ended = true;
+      if (!writing && !failed) resolve();
+    });
+    // Kept for the stream's life: an error after a failure (the caller destroys the body) must not be unhandled.
+    body.on('error', fail);
+  });
+}
+
+/** Writes every byte of `buffers` at `position`, resuming after short writes; resolves with the byte count. */
+async function writeAll(handle: FileHandle, buffers: Buffer[], position: number): Promise<number> {
+  let total = 0;
+  for (const b of buffers) total += b.length;
+  let done = 0;
+  let rest = buffers;
+  while (done < total) {
+    const { bytesWritten } = await handle.writev(rest, position + done);
+    if (bytesWritten === 0) throw new Error('the disk accepted no bytes of the blob');
+    done += bytesWritten;
+    if (done < total) rest = remainder(buffers, done);
+  }
+  return total;
+}
+
+function remainder(buffers: Buffer[], skip: number): Buffer[] {
+  const out: Buffer[] = [];
+  for (const b of buffers) {
+    if (skip >= b.length) {
+      skip -= b.length;
+      continue;
+    }
+    out.push(skip > 0 ? b.subarray(skip) : b);
+    skip = 0;
+  }
+  return out;
 }
 
 /** What a client is told when the download it waited on failed: the upstream's fault, a 502. */
@@ -203,19 +379,12 @@ export class BlobFills {
       const hash = newHash(algorithm);
       let adopted = false;
       try {
-        for await (const chunk of upstream.body as AsyncIterable<Buffer>) {
-          if (fill.size !== undefined && fill.written + chunk.length > fill.size) {
+        await drainInto(upstream.body, handle, fill, (chunk) => {
+          if (fill.size !== undefined && fill.received + chunk.length > fill.size) {
             throw new RegistryError('SIZE_INVALID', 'upstream sent more bytes than it announced', { digest, size: fill.size });
           }
           hash.update(chunk);
-          let offset = 0;
-          while (offset < chunk.length) {
-            const { bytesWritten } = await handle.write(chunk, offset, chunk.length - offset, fill.written);
-            offset += bytesWritten;
-            fill.written += bytesWritten;
-          }
-          fill.events.emit('progress');
-        }
+        });
         if (fill.size !== undefined && fill.written !== fill.size) {
           throw new RegistryError('SIZE_INVALID', 'upstream blob ended early', { digest, size: fill.size, received: fill.written });
         }

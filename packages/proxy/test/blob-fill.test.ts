@@ -108,6 +108,49 @@ describe('BlobFills and BlobFill on an FsBlobStore', () => {
     expect((await late).equals(bytes)).toBe(true);
   });
 
+  test('a client that stops reading neither holds up the fill nor keeps more than a few MiB queued', async () => {
+    const bytes = randomBytes(12 * 1024 * 1024);
+    const c = controlled(bytes);
+    const fill = (await fills.join(c.digest, c.fetch))!;
+    const stalled = fill.reader();
+    const head: Buffer[] = [];
+    const feeding = feed(c.source, bytes, 64 * 1024, 0);
+    await new Promise<void>((resolve) =>
+      stalled.once('data', (chunk: Buffer) => {
+        head.push(chunk);
+        stalled.pause();
+        resolve();
+      }),
+    );
+    await feeding;
+    expect(await fill.done).toEqual({ digest: c.digest, size: bytes.length });
+    // Live chunks stop once about 2 MiB wait for this client; the rest stays in the file for it.
+    expect(stalled.readableLength).toBeLessThan(3 * 1024 * 1024);
+    const rest = await readAll(stalled);
+    expect(Buffer.concat([...head, rest]).equals(bytes)).toBe(true);
+  });
+
+  test('a reader keeping up gets every chunk as it arrives, except the last byte until the digest is verified', async () => {
+    const bytes = randomBytes(512 * 1024);
+    const c = controlled(bytes);
+    const fill = (await fills.join(c.digest, c.fetch))!;
+    const reader = fill.reader();
+    let received = 0;
+    let ended = false;
+    reader.on('data', (chunk: Buffer) => (received += chunk.length));
+    reader.once('end', () => (ended = true));
+    // Everything but the end of the upstream body: the fill cannot verify yet.
+    await feed(c.source, bytes, 64 * 1024, 2, false);
+    while (received < bytes.length - 1) await sleep(2);
+    await sleep(20);
+    expect(received).toBe(bytes.length - 1);
+    expect(ended).toBe(false);
+    c.source.end();
+    await fill.done;
+    while (!ended) await sleep(2);
+    expect(received).toBe(bytes.length);
+  });
+
   test('a reader destroyed midway does not stop the fill: the blob lands in the store', async () => {
     const bytes = randomBytes(2 * 1024 * 1024);
     const c = controlled(bytes);
