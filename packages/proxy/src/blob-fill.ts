@@ -27,6 +27,12 @@ export class BlobFill {
   /** Bytes received from the upstream (some may still wait for the disk). */
   received = 0;
   state: FillState = 'running';
+  /**
+   * Set once every byte is in and matches the digest, before the file is synced and moved into the
+   * store: from then on readers may send the last byte, and nothing that happens to the cache copy
+   * (a failed fsync, say) changes what they send.
+   */
+  verified = false;
   error: Error | undefined;
   /** Readers caught up with the download, handed each chunk as it arrives. */
   private readonly followers = new Set<TailReader>();
@@ -56,6 +62,13 @@ export class BlobFill {
     );
     // Readers and the fills map observe failures; an unobserved one must not crash the process.
     this.done.catch(() => undefined);
+  }
+
+  /** Every byte is in and matches the digest: readers may finish. */
+  markVerified(): void {
+    this.verified = true;
+    this.release();
+    this.events.emit('progress');
   }
 
   /** Hands a chunk received at `offset` to the readers following the download live. */
@@ -132,19 +145,19 @@ class TailReader extends Readable {
     const last = this.last;
     // The reader's last byte (and the end of an empty blob) waits until the fill is verified: with
     // Content-Length sent, a client that got every byte would take a corrupt blob for a complete one.
-    if (last !== undefined && this.position > last && this.fill.state === 'done') {
+    const verified = this.fill.verified || this.fill.state === 'done';
+    if (last !== undefined && this.position > last && verified) {
       this.push(null);
       return;
     }
-    const verified = this.fill.state === 'done';
     const available = verified || last === undefined ? this.fill.written : Math.min(this.fill.written, last);
     if (this.position >= available) {
-      if (this.fill.state === 'failed') {
-        this.destroy(this.fill.error);
+      if (verified) {
+        this.push(null);
         return;
       }
-      if (this.fill.state === 'done') {
-        this.push(null);
+      if (this.fill.state === 'failed') {
+        this.destroy(this.fill.error);
         return;
       }
       if (this.end === undefined && this.position === this.fill.received) {
@@ -168,7 +181,7 @@ class TailReader extends Readable {
         this.destroy(err);
         return;
       }
-      if (this.fill.state === 'failed') {
+      if (this.fill.state === 'failed' && !this.fill.verified) {
         this.destroy(this.fill.error);
         return;
       }
@@ -392,6 +405,8 @@ export class BlobFills {
         if (actual !== digest) {
           throw new RegistryError('DIGEST_INVALID', 'upstream blob does not match its digest', { digest, actual });
         }
+        // Clients get their last byte now; making the cache copy durable is our business, not theirs.
+        fill.markVerified();
         await handle.sync();
         await handle.close();
         const blob = { digest, size: fill.written };

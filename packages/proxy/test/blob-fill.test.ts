@@ -53,6 +53,8 @@ describe('BlobFills and BlobFill on an FsBlobStore', () => {
     fills = new BlobFills({ store, tempRoot: temp });
   });
   afterEach(async () => {
+    // Readers end once the blob is verified, before the fill has moved it into the store.
+    await fills.settled();
     await fake?.close();
     fake = undefined;
     await rm(dir, { recursive: true, force: true });
@@ -220,6 +222,7 @@ describe('BlobFills and BlobFill on an FsBlobStore', () => {
     const reader = readAll(fill.reader());
     c.source.end();
     expect((await reader).length).toBe(0);
+    await fill.done;
     expect(await store.stat(c.digest)).toEqual({ digest: c.digest, size: 0 });
   });
 

@@ -82,6 +82,8 @@ describe('pull-through from a misbehaving upstream', () => {
       await expect(stat(proxyPath())).rejects.toMatchObject({ code: 'ENOENT' });
       fake.fault = undefined;
       expect(await download(blobUrl())).toEqual({ status: 200, body: digest });
+      // The client's last byte goes out once the blob is verified; the cache copy lands just after.
+      await proxy.fills.settled();
       await expect(stat(proxyPath())).resolves.toMatchObject({ size: bytes.length });
     });
   }
