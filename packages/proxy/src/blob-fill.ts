@@ -4,7 +4,7 @@ import { openSync, closeSync, read } from 'node:fs';
 import { open, rm, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { RegistryError, hashToDigest, newHash, parseDigest, type BlobInfo, type BlobStore, type ByteRange, type Digest } from '@wharf/registry-core';
+import { RegistryError, hashToDigest, newHash, parseDigest, type BlobInfo, type BlobStore, type ByteRange, type Digest, type FileRange, type TakesFile } from '@wharf/registry-core';
 import type { UpstreamBlob } from './upstream.js';
 
 const READ_CHUNK = 256 * 1024;
@@ -13,18 +13,25 @@ const MAX_PENDING = 4 * 1024 * 1024;
 
 type FillState = 'running' | 'done' | 'failed';
 
+/** A chunk received from the upstream and not on disk yet. */
+interface Unwritten {
+  readonly offset: number;
+  readonly chunk: Buffer;
+}
+
 /**
- * One download of one blob into a temp file. Any number of readers tail the file as it grows, each at
- * its own pace: the fill never waits for a reader, and a reader going away never stops the fill. A
- * fill whose digest or size is wrong is deleted and every reader fails (its client's connection is
- * cut), so nobody ever receives a complete-looking corrupt blob.
+ * One download of one blob into a temp file. Any number of readers follow it, each at its own pace:
+ * from the file for what is on disk, straight from memory for what was just received. The fill never
+ * waits for a reader, and a reader going away never stops the fill. A fill whose digest or size is
+ * wrong is deleted and every reader fails (its client's connection is cut), so nobody ever receives a
+ * complete-looking corrupt blob.
  */
 export class BlobFill {
   readonly events = new EventEmitter();
   readonly done: Promise<BlobInfo>;
-  /** Bytes on disk in the temp file, readable by tailing readers. */
+  /** Bytes on disk in the temp file. */
   written = 0;
-  /** Bytes received from the upstream (some may still wait for the disk). */
+  /** Bytes received from the upstream (those past `written` are in `unwritten`). */
   received = 0;
   state: FillState = 'running';
   /**
@@ -34,8 +41,7 @@ export class BlobFill {
    */
   verified = false;
   error: Error | undefined;
-  /** Readers caught up with the download, handed each chunk as it arrives. */
-  private readonly followers = new Set<TailReader>();
+  private unwritten: Unwritten[] = [];
 
   constructor(
     readonly digest: Digest,
@@ -48,14 +54,13 @@ export class BlobFill {
     this.done = run(this).then(
       (blob) => {
         this.state = 'done';
-        this.release();
         this.events.emit('progress');
         return blob;
       },
       (err: unknown) => {
         this.error = err instanceof Error ? err : new Error(String(err));
         this.state = 'failed';
-        this.release();
+        this.unwritten = [];
         this.events.emit('progress');
         throw this.error;
       },
@@ -64,32 +69,63 @@ export class BlobFill {
     this.done.catch(() => undefined);
   }
 
-  /** Every byte is in and matches the digest: readers may finish. */
-  markVerified(): void {
-    this.verified = true;
-    this.release();
+  /** A chunk arrived from the upstream (already checked and hashed). */
+  accept(chunk: Buffer): void {
+    this.unwritten.push({ offset: this.received, chunk });
+    this.received += chunk.length;
     this.events.emit('progress');
   }
 
-  /** Hands a chunk received at `offset` to the readers following the download live. */
-  deliver(chunk: Buffer, offset: number): void {
-    for (const reader of this.followers) reader.offer(chunk, offset);
+  /** `bytes` more are on disk; chunks now entirely there are dropped from memory. */
+  wrote(bytes: number): void {
+    this.written += bytes;
+    let drop = 0;
+    while (drop < this.unwritten.length && this.unwritten[drop]!.offset + this.unwritten[drop]!.chunk.length <= this.written) drop += 1;
+    if (drop > 0) this.unwritten = this.unwritten.slice(drop);
+    this.events.emit('progress');
   }
 
-  follow(reader: TailReader): void {
-    this.followers.add(reader);
+  /** Every byte is in and matches the digest: readers may finish. */
+  markVerified(): void {
+    this.verified = true;
+    this.events.emit('progress');
   }
 
-  unfollow(reader: TailReader): void {
-    this.followers.delete(reader);
+  /**
+   * What a reader whose last byte is `last` (undefined: the size is unknown) may take from `position`
+   * on, waiting until there is something: a byte count to read from the file, a Buffer of bytes still
+   * only in memory (unless `fromMemory` is false), or 0 at the end. The last byte waits until the blob is verified: with
+   * Content-Length sent, a client that got every byte would take a corrupt blob for a complete one.
+   * Rejects once the fill has failed.
+   */
+  async next(position: number, last: number | undefined, fromMemory = true): Promise<number | Buffer> {
+    for (;;) {
+      const verified = this.verified || this.state === 'done';
+      if (!verified && this.state === 'failed') throw fillFailed(this.digest, this.error);
+      // Bytes before `limit` may go out now.
+      const limit = last === undefined ? (verified ? this.written : Infinity) : verified ? last + 1 : last;
+      if (position < limit) {
+        if (position < this.written) return Math.min(this.written, limit) - position;
+        const inMemory = fromMemory ? this.inMemory(position, limit) : undefined;
+        if (inMemory) return inMemory;
+      } else if (verified) {
+        return 0;
+      }
+      await new Promise<void>((resolve) => this.events.once('progress', resolve));
+    }
   }
 
-  /** The fill ended: live readers go back to the file, which now has everything (or to the failure). */
-  private release(): void {
-    for (const reader of [...this.followers]) reader.unfollow();
+  private inMemory(position: number, limit: number): Buffer | undefined {
+    for (const { offset, chunk } of this.unwritten) {
+      if (position >= offset + chunk.length) continue;
+      if (position < offset) return undefined;
+      const end = Math.min(chunk.length, limit - offset);
+      return position === offset && end === chunk.length ? chunk : chunk.subarray(position - offset, end);
+    }
+    return undefined;
   }
 
-  /** A stream of the blob (or a range of it), from the bytes already written and those still to come. */
+  /** A stream of the blob (or a range of it), from the bytes already in and those still to come. */
   reader(range?: ByteRange): Readable {
     let fd: number;
     try {
@@ -108,22 +144,14 @@ export class BlobFill {
 }
 
 /**
- * A reader that has caught up with the download is handed each chunk as it arrives from the upstream
- * (no disk read-back); one that falls this far behind its client goes back to reading the file.
+ * One client's stream of a fill, pulled at the client's pace through `BlobFill.next`. An HTTP sender
+ * may take its descriptor instead (`takeFile`) and send through reused buffers, with no allocation
+ * per chunk.
  */
-const LIVE_BUFFER_LIMIT = 2 * 1024 * 1024;
-
-/**
- * One client's stream of a fill. It reads what is already in the temp file, then, once caught up,
- * takes the upstream's chunks straight from the fill ("live"). A slow client never slows the fill:
- * when more than LIVE_BUFFER_LIMIT bytes wait for it, it drops back to the file, which holds
- * everything the fill received.
- */
-class TailReader extends Readable {
+class TailReader extends Readable implements TakesFile {
   private position: number;
-  private reading = false;
-  private waiting = false;
-  private live = false;
+  private pulling = false;
+  private fdTaken = false;
 
   constructor(
     private readonly fill: BlobFill,
@@ -140,91 +168,62 @@ class TailReader extends Readable {
     return this.end ?? (this.fill.size !== undefined ? this.fill.size - 1 : undefined);
   }
 
+  /** The descriptor and `next`, before any byte was read, when the blob's size is known. */
+  takeFile(): FileRange | undefined {
+    const last = this.last;
+    if (last === undefined || this.fdTaken || this.pulling || this.destroyed) return undefined;
+    if (this.readableFlowing !== null || this.readableLength > 0) return undefined;
+    this.fdTaken = true;
+    const start = this.position;
+    const fill = this.fill;
+    this.destroy();
+    return { fd: this.fd, start, end: last, next: (position, fromMemory) => fill.next(position, last, fromMemory) };
+  }
+
   override _read(): void {
-    if (this.reading || this.waiting || this.live || this.destroyed) return;
-    const last = this.last;
-    // The reader's last byte (and the end of an empty blob) waits until the fill is verified: with
-    // Content-Length sent, a client that got every byte would take a corrupt blob for a complete one.
-    const verified = this.fill.verified || this.fill.state === 'done';
-    if (last !== undefined && this.position > last && verified) {
+    if (this.pulling || this.destroyed) return;
+    this.pulling = true;
+    this.pull().then(
+      (more) => {
+        this.pulling = false;
+        if (more) this._read();
+      },
+      (err: unknown) => this.destroy(err as Error),
+    );
+  }
+
+  /** Pushes the next piece; true when the stream wants more at once. */
+  private async pull(): Promise<boolean> {
+    const next = await this.fill.next(this.position, this.last);
+    if (this.destroyed) return false;
+    if (next === 0) {
       this.push(null);
-      return;
+      return false;
     }
-    const available = verified || last === undefined ? this.fill.written : Math.min(this.fill.written, last);
-    if (this.position >= available) {
-      if (verified) {
-        this.push(null);
-        return;
-      }
-      if (this.fill.state === 'failed') {
-        this.destroy(this.fill.error);
-        return;
-      }
-      if (this.end === undefined && this.position === this.fill.received) {
-        this.live = true;
-        this.fill.follow(this);
-        return;
-      }
-      this.waiting = true;
-      this.fill.events.once('progress', () => {
-        this.waiting = false;
-        this._read();
+    if (typeof next !== 'number') {
+      this.position += next.length;
+      return this.push(next);
+    }
+    const length = Math.min(READ_CHUNK, next);
+    const chunk = await new Promise<Buffer>((resolve, reject) => {
+      read(this.fd, Buffer.allocUnsafe(length), 0, length, this.position, (err, n, buffer) => {
+        if (err) reject(err);
+        else if (n === 0) reject(new Error('blob fill file is shorter than expected'));
+        else resolve(buffer.subarray(0, n));
       });
-      return;
-    }
-    let length = Math.min(READ_CHUNK, available - this.position);
-    if (last !== undefined) length = Math.min(length, last - this.position + 1);
-    this.reading = true;
-    read(this.fd, Buffer.allocUnsafe(length), 0, length, this.position, (err, bytes, buffer) => {
-      this.reading = false;
-      if (err) {
-        this.destroy(err);
-        return;
-      }
-      if (this.fill.state === 'failed' && !this.fill.verified) {
-        this.destroy(this.fill.error);
-        return;
-      }
-      this.position += bytes;
-      if (this.push(buffer.subarray(0, bytes))) this._read();
     });
-  }
-
-  /** A chunk the fill just received at `offset`, while this reader is live. */
-  offer(chunk: Buffer, offset: number): void {
-    if (this.destroyed) return;
-    if (offset !== this.position) {
-      this.unfollow();
-      return;
-    }
-    const last = this.last;
-    // Everything but the final byte, which only the verified file gives out.
-    const take = last === undefined ? chunk.length : Math.min(chunk.length, last - this.position);
-    if (take > 0) {
-      this.position += take;
-      this.push(take === chunk.length ? chunk : chunk.subarray(0, take));
-    }
-    if (take < chunk.length || this.readableLength > LIVE_BUFFER_LIMIT) this.unfollow();
-  }
-
-  /** Back to reading the file (the fill ended, or this client fell behind). */
-  unfollow(): void {
-    if (!this.live) return;
-    this.live = false;
-    this.fill.unfollow(this);
-    // With a full buffer, the stream itself asks for more once the client has taken some.
-    if (!this.destroyed && this.readableLength < this.readableHighWaterMark) this._read();
+    if (this.destroyed) return false;
+    this.position += chunk.length;
+    return this.push(chunk);
   }
 
   override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
-    if (this.live) {
-      this.live = false;
-      this.fill.unfollow(this);
-    }
-    try {
-      closeSync(this.fd);
-    } catch {
-      // already closed
+    if (!this.fdTaken) {
+      try {
+        closeSync(this.fd);
+      } catch {
+        // already closed
+      }
     }
     callback(err);
   }
@@ -235,7 +234,7 @@ class TailReader extends Readable {
  * arrives. Receiving and writing overlap: chunks that come in while a write runs are queued and go to
  * disk together in the next writev, and the upstream is paused only while more than MAX_PENDING bytes
  * wait for the disk. Awaiting each write before reading on would stall the upstream connection once
- * per chunk. `fill.written` grows, and tailing readers wake, as each batch lands.
+ * per chunk. Readers get each chunk from memory at once, and from the file once it has landed.
  */
 function drainInto(body: Readable, handle: FileHandle, fill: BlobFill, inspect: (chunk: Buffer) => void): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -256,9 +255,8 @@ function drainInto(body: Readable, handle: FileHandle, fill: BlobFill, inspect: 
           const batch = pending;
           pending = [];
           const bytes = await writeAll(handle, batch, fill.written);
-          fill.written += bytes;
+          fill.wrote(bytes);
           pendingBytes -= bytes;
-          fill.events.emit('progress');
           if (body.isPaused() && pendingBytes <= MAX_PENDING / 2) body.resume();
         }
       } catch (err) {
@@ -276,9 +274,7 @@ function drainInto(body: Readable, handle: FileHandle, fill: BlobFill, inspect: 
         fail(err);
         return;
       }
-      const offset = fill.received;
-      fill.received += chunk.length;
-      fill.deliver(chunk, offset);
+      fill.accept(chunk);
       pending.push(chunk);
       pendingBytes += chunk.length;
       if (pendingBytes > MAX_PENDING) body.pause();

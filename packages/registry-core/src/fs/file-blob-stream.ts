@@ -6,6 +6,20 @@ export interface FileRange {
   readonly start: number;
   /** Inclusive. */
   readonly end: number;
+  /**
+   * For a file still being written (a proxy fill): what may be sent from `position` on, waiting until
+   * something may. A number n > 0: read n bytes from the file there. A Buffer: bytes received but not
+   * yet on disk, to send as they are (never modify them); only when `fromMemory`, else it waits for
+   * them to land. 0: the end, verified. Rejects if the file turns out bad. Absent for a complete file,
+   * whose whole range may be read at once.
+   */
+  readonly next?: (position: number, fromMemory?: boolean) => Promise<number | Buffer>;
+}
+
+/** A stream that can hand its file descriptor over to a sender that reads the file itself. */
+export interface TakesFile {
+  /** The descriptor and range, handed over once before any byte was read; the taker closes the descriptor. */
+  takeFile(): FileRange | undefined;
 }
 
 /**
@@ -14,7 +28,7 @@ export interface FileRange {
  * send-stream.ts does, reusing two buffers instead of allocating one per chunk: markedly less CPU and
  * garbage collection per GiB pulled).
  */
-export class FileBlobStream extends Readable {
+export class FileBlobStream extends Readable implements TakesFile {
   private position: number;
   private fd: number | undefined;
 
@@ -66,9 +80,9 @@ export class FileBlobStream extends Readable {
   }
 }
 
-/** The descriptor of a FileBlobStream, handed over; undefined for any other stream. */
+/** The descriptor of a stream that can hand it over (a blob file, a proxy fill); undefined for any other. */
 export function takeFile(stream: Readable): FileRange | undefined {
-  return stream instanceof FileBlobStream ? stream.takeFile() : undefined;
+  return typeof (stream as Partial<TakesFile>).takeFile === 'function' ? (stream as Readable & TakesFile).takeFile() : undefined;
 }
 
 export function closeFile(fd: number): void {
