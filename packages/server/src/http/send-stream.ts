@@ -5,9 +5,14 @@ import { pipeline } from 'node:stream/promises';
 import { closeFile, takeFile, type FileRange } from '@wharf/registry-core';
 import type { Context } from 'koa';
 
+/** Largest read buffer per send (two per send): big reads cost the least CPU per GiB. */
 const CHUNK = 1024 * 1024;
-/** Bytes written to a client's socket and not yet flushed, at most: the memory a slow client holds. */
-const MAX_IN_FLIGHT = 2 * CHUNK;
+/** Smallest read buffer per send, however many run at once. */
+const MIN_CHUNK = 64 * 1024;
+/** Read buffers of all sends together, at most (until MIN_CHUNK is reached): bounds memory under many clients. */
+const BUFFER_BUDGET = 16 * 1024 * 1024;
+/** Sends running now, which share BUFFER_BUDGET. */
+let activeSends = 0;
 /** A fill's bytes not yet on disk are sent from memory only while fewer than this wait for the socket. */
 const MEMORY_SEND_BACKLOG = 256 * 1024;
 
@@ -46,15 +51,34 @@ function readInto(fd: number, buffer: Buffer, length: number, position: number):
 }
 
 /**
- * Reads the next chunk into one buffer while the other is being written. A buffer is refilled only
- * after its write has been handed to the kernel (the write callback), and no more than MAX_IN_FLIGHT
- * bytes wait for the socket, which paces reads to the client: a slow client holds two chunks of memory. A file still being filled is sent as its
- * `next` allows: from the file, or from the fill's memory for bytes not on disk yet, and its end only
- * once the fill is verified.
+ * Sends a file's range through two buffers sized from the shared budget: a slow client holds two
+ * chunks of memory. A file still being filled is sent as its `next` allows: from the file, or from
+ * the fill's memory for bytes not on disk yet, and its end only once the fill is verified.
  */
 async function sendFile(file: FileRange, res: ServerResponse): Promise<void> {
-  // Small blobs (configs, most layers of a slim image) get buffers their size, not two full chunks.
-  const size = Math.min(CHUNK, Math.max(1, file.end - file.start + 1));
+  // Small blobs (configs, most layers of a slim image) get buffers their size, not two full chunks;
+  // with many clients at once, each gets a smaller share of the budget.
+  activeSends += 1;
+  try {
+    await sendChunks(file, res, Math.min(chunkSize(), Math.max(1, file.end - file.start + 1)));
+  } finally {
+    activeSends -= 1;
+  }
+}
+
+function chunkSize(): number {
+  const share = Math.floor(BUFFER_BUDGET / (2 * activeSends) / MIN_CHUNK) * MIN_CHUNK;
+  return Math.max(MIN_CHUNK, Math.min(CHUNK, share));
+}
+
+/**
+ * Reads the next chunk into one buffer while the other is being written. A buffer is refilled only
+ * after its write has been handed to the kernel (the write callback), and no more than two chunks'
+ * worth of bytes wait for the socket, which paces reads to the client.
+ */
+async function sendChunks(file: FileRange, res: ServerResponse, size: number): Promise<void> {
+  // At most this many bytes wait for the socket: the memory a slow client holds.
+  const maxInFlight = 2 * size;
   const buffers = [Buffer.allocUnsafe(size), Buffer.allocUnsafe(size)];
   const bufferWrites: (Promise<void> | undefined)[] = [undefined, undefined];
   // Writes handed to the socket and not yet flushed, oldest first; they complete in order.
@@ -75,7 +99,7 @@ async function sendFile(file: FileRange, res: ServerResponse): Promise<void> {
   };
   let position = file.start;
   for (let slot = 0; position <= file.end; ) {
-    while (inFlightBytes >= MAX_IN_FLIGHT) {
+    while (inFlightBytes >= maxInFlight) {
       const oldest = inFlight.shift()!;
       await Promise.race([oldest.done, gone]);
       inFlightBytes -= oldest.bytes;
