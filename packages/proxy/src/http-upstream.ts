@@ -2,7 +2,7 @@ import type { Readable } from 'node:stream';
 import { MANIFEST_MEDIA_TYPES, bareMediaType, digestOf, tryParseDigest, type ByteRange, type Digest } from '@wharf/registry-core';
 import got, { type Got, type Headers, type Response } from 'got';
 import { TokenCache, parseChallenge } from './token-auth.js';
-import { UpstreamError, type Upstream, type UpstreamBlob, type UpstreamHead, type UpstreamManifest } from './upstream.js';
+import { UpstreamError, type Upstream, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest } from './upstream.js';
 
 export interface UpstreamTimeouts {
   /** TCP (and TLS) connection, ms. */
@@ -134,11 +134,12 @@ export class HttpUpstream implements Upstream {
     return { ...(size !== undefined ? { size } : {}), body };
   }
 
-  async hasBlob(repo: string, digest: Digest, signal?: AbortSignal): Promise<boolean> {
+  async statBlob(repo: string, digest: Digest, signal?: AbortSignal): Promise<UpstreamBlobStat | undefined> {
     const res = await this.request('HEAD', repo, `blobs/${digest}`, {}, signal);
-    if (res.statusCode === 404) return false;
+    if (res.statusCode === 404) return undefined;
     this.expectOk(res, 'blob HEAD');
-    return true;
+    const length = Number(res.headers['content-length']);
+    return Number.isSafeInteger(length) && length >= 0 ? { size: length } : {};
   }
 
   /** A buffered request (manifests, HEAD) with auth and retries. */

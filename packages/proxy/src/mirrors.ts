@@ -1,6 +1,6 @@
 import { PassThrough } from 'node:stream';
 import type { ByteRange, Digest } from '@wharf/registry-core';
-import { UpstreamError, type Upstream, type UpstreamBlob, type UpstreamHead, type UpstreamManifest } from './upstream.js';
+import { UpstreamError, type Upstream, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest } from './upstream.js';
 
 export type MirrorStrategy = 'failover' | 'hedged' | 'striped' | 'adaptive';
 
@@ -63,8 +63,8 @@ export class MirroredUpstream implements Upstream {
     return this.pick((m, s) => m.manifest(repo, reference, s), signal);
   }
 
-  hasBlob(repo: string, digest: Digest, signal?: AbortSignal): Promise<boolean> {
-    return this.pick(async (m, s) => ((await m.hasBlob(repo, digest, s)) ? true : undefined), signal).then((found) => found === true);
+  statBlob(repo: string, digest: Digest, signal?: AbortSignal): Promise<UpstreamBlobStat | undefined> {
+    return this.pick((m, s) => m.statBlob(repo, digest, s), signal);
   }
 
   async blob(repo: string, digest: Digest, range?: ByteRange, signal?: AbortSignal): Promise<UpstreamBlob | undefined> {

@@ -184,7 +184,7 @@ export class PullThroughRepository implements RepositoryReader {
     if (size !== undefined && (await this.store.stat(digest))) return this.hit('blob', { digest, size });
     // Cached for another repository: serve it here only if this repository has it upstream too.
     const anySize = this.index.anyBlob(digest);
-    if (anySize !== undefined && (await this.store.stat(digest)) && (await this.upstream.hasBlob(repo, digest))) {
+    if (anySize !== undefined && (await this.store.stat(digest)) && (await this.upstream.statBlob(repo, digest))) {
       this.index.link(this.key, repo, digest);
       return this.hit('blob', { digest, size: anySize });
     }
@@ -198,6 +198,25 @@ export class PullThroughRepository implements RepositoryReader {
       });
     }
     return { digest, size: fill.size };
+  }
+
+  /**
+   * A HEAD: the cached blob, the fill in flight, or else the upstream's HEAD; no download starts. An
+   * upstream that gives no size gets the GET path (a fill) after all, since a HEAD must say the size.
+   */
+  async statBlob(repo: string, digest: Digest): Promise<BlobInfo | undefined> {
+    try {
+      const size = this.index.blob(this.key, repo, digest);
+      if (size !== undefined && (await this.store.stat(digest))) return this.hit('blob', { digest, size });
+      const fill = await this.fills.current(digest);
+      if (fill && fill.state !== 'failed' && fill.size !== undefined) return { digest, size: fill.size };
+      const remote = await this.upstream.statBlob(repo, digest);
+      if (!remote) return undefined;
+      if (remote.size !== undefined) return { digest, size: remote.size };
+      return await this.cachedOrFilledBlob(repo, digest);
+    } catch (err) {
+      throw toRegistryError(err);
+    }
   }
 
   async openBlob(repo: string, blob: BlobInfo, range?: ByteRange): Promise<Readable | undefined> {

@@ -19,14 +19,21 @@ export interface UpstreamBlob {
   readonly body: Readable;
 }
 
+export interface UpstreamBlobStat {
+  readonly size?: number;
+}
+
 /** One remote registry, as the pull-through side needs it. Absence (404) is undefined. */
 export interface Upstream {
   readonly name: string;
   head(repo: string, reference: string, signal?: AbortSignal): Promise<UpstreamHead | undefined>;
   manifest(repo: string, reference: string, signal?: AbortSignal): Promise<UpstreamManifest | undefined>;
   blob(repo: string, digest: Digest, range?: ByteRange, signal?: AbortSignal): Promise<UpstreamBlob | undefined>;
-  /** Whether the repository has the blob (a HEAD): a cached blob is served under a repository only then. */
-  hasBlob(repo: string, digest: Digest, signal?: AbortSignal): Promise<boolean>;
+  /**
+   * A HEAD of the blob: undefined when the repository does not have it (a cached blob is served under
+   * a repository only if it does), else its size when the upstream says it.
+   */
+  statBlob(repo: string, digest: Digest, signal?: AbortSignal): Promise<UpstreamBlobStat | undefined>;
 }
 
 export type UpstreamFailure = 'unreachable' | 'timeout' | 'server-error' | 'rate-limited' | 'unauthorized' | 'invalid';

@@ -53,14 +53,14 @@ describe('HttpUpstream against a real misbehaving server', () => {
     expect((await up.manifest('alice/app', manifestDigest))?.digest).toBe(manifestDigest);
   });
 
-  test('404 is absence: undefined manifest, HEAD and blob, false hasBlob', async () => {
+  test('404 is absence: undefined manifest, HEAD, blob and blob stat; a present blob is stat-ed with its size', async () => {
     const up = client();
     const missing = `sha256:${'0'.repeat(64)}` as Digest;
     expect(await up.manifest('alice/app', 'nope')).toBeUndefined();
     expect(await up.head('alice/app', 'nope')).toBeUndefined();
     expect(await up.blob('alice/app', missing)).toBeUndefined();
-    expect(await up.hasBlob('alice/app', missing)).toBe(false);
-    expect(await up.hasBlob('alice/app', blobDigest)).toBe(true);
+    expect(await up.statBlob('alice/app', missing)).toBeUndefined();
+    expect(await up.statBlob('alice/app', blobDigest)).toEqual({ size: blobBytes.length });
   });
 
   test('a manifest whose bytes do not match the requested digest is refused as invalid', async () => {
@@ -107,7 +107,7 @@ describe('HttpUpstream against a real misbehaving server', () => {
     fake.auth = 'basic';
     const up = client({ username: 'alice', password: 's3cret' });
     expect((await up.manifest('alice/app', '1'))?.digest).toBe(manifestDigest);
-    expect(await up.hasBlob('alice/app', blobDigest)).toBe(true);
+    expect(await up.statBlob('alice/app', blobDigest)).toEqual({ size: blobBytes.length });
     const auth = fake.requests.map((r) => r.authorization?.split(' ')[0]);
     expect(auth).toEqual([undefined, 'Basic', 'Basic']);
   });

@@ -45,6 +45,10 @@ export class LocalRegistry implements RepositoryReader, RepositoryWriter {
     return this.metadata.blob(repo, digest);
   }
 
+  statBlob(repo: string, digest: Digest): Promise<BlobInfo | undefined> {
+    return this.metadata.blob(repo, digest);
+  }
+
   openBlob(_repo: string, blob: BlobInfo, range?: ByteRange): Promise<Readable | undefined> {
     return this.blobs.open(blob.digest, range);
   }

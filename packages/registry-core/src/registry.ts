@@ -10,6 +10,8 @@ export interface RepositoryReader {
   /** `reference` is a tag or a digest. */
   manifest(repo: string, reference: string): Promise<StoredManifest | undefined>;
   blob(repo: string, digest: Digest): Promise<BlobInfo | undefined>;
+  /** What a HEAD answers: the blob's size, without fetching its bytes (the proxy asks its upstream). */
+  statBlob(repo: string, digest: Digest): Promise<BlobInfo | undefined>;
   openBlob(repo: string, blob: BlobInfo, range?: ByteRange): Promise<Readable | undefined>;
   /** undefined when the repository is unknown. */
   tags(repo: string, page: Page): Promise<string[] | undefined>;

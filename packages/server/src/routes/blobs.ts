@@ -12,7 +12,8 @@ export function registerBlobs(router: Router, deps: RouteDeps): void {
   const serve = async (ctx: RouterContext) => {
     const target = await repository(ctx, deps);
     const digest = digestParam(capture(ctx, 1));
-    const blob = await target.reader.blob(target.repo, digest);
+    // A HEAD needs the size only: through the proxy, a cold blob is asked about, not downloaded.
+    const blob = ctx.method === 'HEAD' ? await target.reader.statBlob(target.repo, digest) : await target.reader.blob(target.repo, digest);
     if (!blob) throw new RegistryError('BLOB_UNKNOWN', 'blob unknown to registry', { digest });
 
     ctx.set('Docker-Content-Digest', blob.digest);

@@ -149,4 +149,27 @@ describe('blob fills through the server: one upstream GET per blob, clients stre
     expect(Buffer.from(await part.arrayBuffer()).equals(other.bytes.subarray(1000, 2000))).toBe(true);
     expect(fwd.count('GET', `/v2/alice/big/blobs/${other.digest}`)).toBe(1);
   });
+
+  test('a HEAD of a cold blob asks the upstream with a HEAD and downloads nothing; a missing one is 404', async () => {
+    const cold = blob(randomBytes(4 * 1024 * 1024));
+    await pushBlob(up.url, 'alice/big', cold);
+    const url = `${proxy.url}/v2/proxy/up/alice/big/blobs/${cold.digest}`;
+    const head = await fetch(url, { method: 'HEAD' });
+    expect(head.status).toBe(200);
+    expect(head.headers.get('content-length')).toBe(String(cold.bytes.length));
+    expect(head.headers.get('docker-content-digest')).toBe(cold.digest);
+    expect(fwd.count('HEAD', `/v2/alice/big/blobs/${cold.digest}`)).toBe(1);
+    expect(fwd.count('GET', `/v2/alice/big/blobs/${cold.digest}`)).toBe(0);
+    expect(proxy.fills.running).toBe(0);
+    const stored = join(proxy.root, 'proxy', 'blobs', 'sha256', cold.digest.slice(7, 9), cold.digest.slice(7));
+    await expect(stat(stored)).rejects.toMatchObject({ code: 'ENOENT' });
+
+    const missing = `sha256:${'1'.repeat(64)}`;
+    const absent = await fetch(`${proxy.url}/v2/proxy/up/alice/big/blobs/${missing}`, { method: 'HEAD' });
+    expect(absent.status).toBe(404);
+
+    // The GET that follows is the one that fills, once.
+    expect((await client(url)).digest).toBe(cold.digest);
+    expect(fwd.count('GET', `/v2/alice/big/blobs/${cold.digest}`)).toBe(1);
+  });
 });
