@@ -125,13 +125,17 @@ export class HttpUpstream implements Upstream {
     }
     const length = Number(response.headers['content-length']);
     let size: number | undefined;
+    let part: ByteRange | undefined;
     if (response.statusCode === 206) {
-      const total = /\/(\d+)$/.exec(String(response.headers['content-range'] ?? ''));
-      size = total ? Number(total[1]) : undefined;
+      const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(String(response.headers['content-range'] ?? '').trim());
+      if (m) {
+        part = { start: Number(m[1]), end: Number(m[2]) };
+        if (m[3] !== '*') size = Number(m[3]);
+      }
     } else if (Number.isFinite(length)) {
       size = length;
     }
-    return { ...(size !== undefined ? { size } : {}), body };
+    return { ...(size !== undefined ? { size } : {}), ...(part ? { range: part } : {}), body };
   }
 
   async statBlob(repo: string, digest: Digest, signal?: AbortSignal): Promise<UpstreamBlobStat | undefined> {

@@ -1,4 +1,4 @@
-import type { Readable } from 'node:stream';
+import { Transform, pipeline, type Readable } from 'node:stream';
 import {
   RegistryError,
   assertTag,
@@ -16,7 +16,7 @@ import {
 import { fillFailed, type BlobFill, type BlobFills } from './blob-fill.js';
 import type { CacheIndex } from './cache-index.js';
 import type { ProxyObserver } from './observer.js';
-import { UpstreamError, type Upstream } from './upstream.js';
+import { UpstreamError, type Upstream, type UpstreamBlob } from './upstream.js';
 
 export interface PullThroughPolicy {
   /** Within this long of the last upstream check, a tag is served from the cache with no request (ms). */
@@ -222,10 +222,32 @@ export class PullThroughRepository implements RepositoryReader {
   async openBlob(repo: string, blob: BlobInfo, range?: ByteRange): Promise<Readable | undefined> {
     const fill = await this.fills.current(blob.digest);
     if (fill?.state === 'failed') throw fillFailed(blob.digest, fill.error);
+    if (fill && range && fill.state === 'running' && range.start >= fill.received + RANGE_PASS_THROUGH_LEAD) {
+      // A range the fill will not reach for a while (a resumed download, say) is asked of the upstream.
+      const part = await this.rangeFromUpstream(repo, blob.digest, range);
+      if (part) return part;
+    }
     if (fill) return fill.reader(range);
     const body = await this.store.open(blob.digest, range);
     if (body) this.observer?.servedFromCache?.(this.key, range ? range.end - range.start + 1 : blob.size);
     return body;
+  }
+
+  /** The upstream's answer to a range request, checked to hold exactly that range; undefined to fall back to the fill. */
+  private async rangeFromUpstream(repo: string, digest: Digest, range: ByteRange): Promise<Readable | undefined> {
+    let part: UpstreamBlob | undefined;
+    try {
+      part = await this.upstream.blob(repo, digest, range);
+    } catch (err) {
+      this.logger?.warn({ upstream: this.key, repo, digest, err: (err as Error).message }, 'upstream range request failed; serving it from the fill');
+      return undefined;
+    }
+    if (!part) return undefined;
+    if (part.range?.start !== range.start || part.range.end !== range.end) {
+      part.body.destroy();
+      return undefined;
+    }
+    return exactly(part.body, range.end - range.start + 1);
   }
 
   private async fill(repo: string, digest: Digest): Promise<BlobFill | undefined> {
@@ -252,6 +274,30 @@ export class PullThroughRepository implements RepositoryReader {
   async referrers(): Promise<Descriptor[]> {
     return [];
   }
+}
+
+/**
+ * How far ahead of the fill a range must start to be asked of the upstream instead of waiting for the
+ * fill to get there.
+ */
+const RANGE_PASS_THROUGH_LEAD = 16 * 1024 * 1024;
+
+/** `body`, failing (so the client's connection is cut) unless it holds exactly `length` bytes. */
+function exactly(body: Readable, length: number): Readable {
+  let seen = 0;
+  const check = new Transform({
+    transform(chunk: Buffer, _encoding, done) {
+      seen += chunk.length;
+      if (seen > length) done(new Error(`upstream sent more than the ${length} bytes of the range`));
+      else done(null, chunk);
+    },
+    flush(done) {
+      done(seen === length ? null : new Error(`upstream sent ${seen} of the ${length} bytes of the range`));
+    },
+  });
+  // Either side failing destroys the other; the error reaches whoever reads `check`.
+  pipeline(body, check, () => undefined);
+  return check;
 }
 
 /** The upstream's failure as the client sees it: 429 stays 429, a timeout is 504, the rest 502. */

@@ -16,6 +16,8 @@ export interface UpstreamHead {
 export interface UpstreamBlob {
   /** The full blob size, when the upstream said it. */
   readonly size?: number;
+  /** The bytes the body holds, when the upstream answered a range request with that range (206). */
+  readonly range?: ByteRange;
   readonly body: Readable;
 }
 

@@ -226,9 +226,10 @@ describe('HttpUpstream against a real misbehaving server', () => {
     expect(cdn.requests[0]!.authorization).toBeUndefined();
   });
 
-  test('a range request returns 206 bytes and the full size', async () => {
+  test('a range request returns 206 bytes, the range they hold and the full size', async () => {
     const blob = await client().blob('alice/app', blobDigest, { start: 10, end: 99 });
     expect(blob?.size).toBe(blobBytes.length);
+    expect(blob?.range).toEqual({ start: 10, end: 99 });
     expect((await readAll(blob!.body)).equals(blobBytes.subarray(10, 100))).toBe(true);
   });
 });

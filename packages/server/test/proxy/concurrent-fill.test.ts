@@ -172,4 +172,22 @@ describe('blob fills through the server: one upstream GET per blob, clients stre
     expect((await client(url)).digest).toBe(cold.digest);
     expect(fwd.count('GET', `/v2/alice/big/blobs/${cold.digest}`)).toBe(1);
   });
+
+  test('a range far beyond a running fill is asked of the upstream, and answered while the fill still runs', async () => {
+    const late = blob(randomBytes(48 * 1024 * 1024));
+    await pushBlob(up.url, 'alice/big', late);
+    const url = `${proxy.url}/v2/proxy/up/alice/big/blobs/${late.digest}`;
+    const path = `/v2/alice/big/blobs/${late.digest}`;
+    const whole = client(url);
+    while (fwd.count('GET', path) === 0) await sleep(5);
+    const size = late.bytes.length;
+    const part = await fetch(url, { headers: { range: `bytes=${size - 1000}-${size - 1}` } });
+    expect(part.status).toBe(206);
+    expect(part.headers.get('content-range')).toBe(`bytes ${size - 1000}-${size - 1}/${size}`);
+    expect(Buffer.from(await part.arrayBuffer()).equals(late.bytes.subarray(size - 1000))).toBe(true);
+    // A second upstream GET (the range), and the throttled fill had not got there yet.
+    expect(fwd.count('GET', path)).toBe(2);
+    expect((await proxy.fills.current(late.digest as `sha256:${string}`))?.verified).toBe(false);
+    expect((await whole).digest).toBe(late.digest);
+  });
 });
