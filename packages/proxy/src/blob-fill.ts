@@ -152,6 +152,9 @@ class TailReader extends Readable implements TakesFile {
   private position: number;
   private pulling = false;
   private fdTaken = false;
+  /** A read of the descriptor is in flight: closing it now could hand its number to another file. */
+  private reading = false;
+  private closeAfterRead = false;
 
   constructor(
     private readonly fill: BlobFill,
@@ -205,8 +208,11 @@ class TailReader extends Readable implements TakesFile {
       return this.push(next);
     }
     const length = Math.min(READ_CHUNK, next);
+    this.reading = true;
     const chunk = await new Promise<Buffer>((resolve, reject) => {
       read(this.fd, Buffer.allocUnsafe(length), 0, length, this.position, (err, n, buffer) => {
+        this.reading = false;
+        if (this.closeAfterRead) this.closeFd();
         if (err) reject(err);
         else if (n === 0) reject(new Error('blob fill file is shorter than expected'));
         else resolve(buffer.subarray(0, n));
@@ -218,14 +224,17 @@ class TailReader extends Readable implements TakesFile {
   }
 
   override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
-    if (!this.fdTaken) {
-      try {
-        closeSync(this.fd);
-      } catch {
-        // already closed
-      }
-    }
+    if (this.reading) this.closeAfterRead = true;
+    else if (!this.fdTaken) this.closeFd();
     callback(err);
+  }
+
+  private closeFd(): void {
+    try {
+      closeSync(this.fd);
+    } catch {
+      // already closed
+    }
   }
 }
 
