@@ -31,6 +31,9 @@ export interface TakesFile {
 export class FileBlobStream extends Readable implements TakesFile {
   private position: number;
   private fd: number | undefined;
+  /** Set while a read is in flight: the descriptor is closed only after it returns (like fs.ReadStream). */
+  private afterRead: (() => void) | undefined;
+  private reading = false;
 
   constructor(fd: number, readonly start: number, readonly end: number, private readonly chunk: number) {
     super({ highWaterMark: chunk });
@@ -55,7 +58,14 @@ export class FileBlobStream extends Readable implements TakesFile {
       this.push(null);
       return;
     }
+    this.reading = true;
     read(fd, Buffer.allocUnsafe(length), 0, length, this.position, (err, bytes, buffer) => {
+      this.reading = false;
+      if (this.afterRead) {
+        // Destroyed while reading: now the descriptor can go.
+        this.afterRead();
+        return;
+      }
       if (err) {
         this.destroy(err);
         return;
@@ -76,7 +86,10 @@ export class FileBlobStream extends Readable implements TakesFile {
       callback(err);
       return;
     }
-    close(fd, (closeErr) => callback(err ?? closeErr));
+    const closeIt = () => close(fd, (closeErr) => callback(err ?? closeErr));
+    // Closing under an in-flight read could let the read land on another file given the same number.
+    if (this.reading) this.afterRead = closeIt;
+    else closeIt();
   }
 }
 
