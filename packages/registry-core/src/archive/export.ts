@@ -1,6 +1,6 @@
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import tar from 'tar-stream';
+import { tarStream } from './tar.js';
 import { digestOf, parseDigest, type Digest } from '../digest.js';
 import { RegistryError } from '../errors.js';
 import type { LocalRegistry } from '../local-registry.js';
@@ -144,7 +144,7 @@ function nameOf(image: ExportedImage): string {
  * every manifest and blob under `blobs/<algorithm>/<hex>`, each blob streamed from the store.
  */
 export function writeExport(registry: LocalRegistry, plan: ExportPlan, signal?: AbortSignal): Readable {
-  const pack = tar.pack();
+  const pack = tarStream().pack();
   const mtime = new Date(0);
   const file = (name: string, size: number) => ({ name, size, mode: 0o644, mtime, type: 'file' as const, uname: 'root', gname: 'root', uid: 0, gid: 0 });
   const small = (name: string, bytes: Buffer) =>

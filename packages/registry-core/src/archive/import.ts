@@ -5,7 +5,7 @@ import { join, posix } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
-import tar from 'tar-stream';
+import { tarStream } from './tar.js';
 import type { BlobInfo } from '../blob-store.js';
 import { hashToDigest, newHash, tryParseDigest, type Digest, type DigestAlgorithm } from '../digest.js';
 import { RegistryError } from '../errors.js';
@@ -103,7 +103,7 @@ class SpooledArchive {
 
   async read(source: Readable, signal?: AbortSignal): Promise<void> {
     const stages = await decompressed(source);
-    const extract = tar.extract();
+    const extract = tarStream().extract();
     const feeding = pipeline([...stages, extract], signal ? { signal } : {}).then(
       () => undefined,
       (err: unknown) => err,
