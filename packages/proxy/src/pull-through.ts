@@ -179,9 +179,15 @@ export class PullThroughRepository implements RepositoryReader {
     }
   }
 
-  private async cachedOrFilledBlob(repo: string, digest: Digest): Promise<BlobInfo | undefined> {
+  /** The blob when it is cached for this repository (a cache hit), else undefined. */
+  private async cachedHere(repo: string, digest: Digest): Promise<BlobInfo | undefined> {
     const size = this.index.blob(this.key, repo, digest);
-    if (size !== undefined && (await this.store.stat(digest))) return this.hit('blob', { digest, size });
+    return size !== undefined && (await this.store.stat(digest)) ? this.hit('blob', { digest, size }) : undefined;
+  }
+
+  private async cachedOrFilledBlob(repo: string, digest: Digest): Promise<BlobInfo | undefined> {
+    const cached = await this.cachedHere(repo, digest);
+    if (cached) return cached;
     // Cached for another repository: serve it here only if this repository has it upstream too.
     const anySize = this.index.anyBlob(digest);
     if (anySize !== undefined && (await this.store.stat(digest)) && (await this.upstream.statBlob(repo, digest))) {
@@ -206,8 +212,8 @@ export class PullThroughRepository implements RepositoryReader {
    */
   async statBlob(repo: string, digest: Digest): Promise<BlobInfo | undefined> {
     try {
-      const size = this.index.blob(this.key, repo, digest);
-      if (size !== undefined && (await this.store.stat(digest))) return this.hit('blob', { digest, size });
+      const cached = await this.cachedHere(repo, digest);
+      if (cached) return cached;
       const fill = await this.fills.current(digest);
       if (fill && fill.state !== 'failed' && fill.size !== undefined) return { digest, size: fill.size };
       const remote = await this.upstream.statBlob(repo, digest);

@@ -11,10 +11,10 @@ const CHUNK = 1024 * 1024;
 const MIN_CHUNK = 64 * 1024;
 /** Read buffers of all sends together, at most (until MIN_CHUNK is reached): bounds memory under many clients. */
 const BUFFER_BUDGET = 16 * 1024 * 1024;
-/** Sends running now, which share BUFFER_BUDGET. */
-let activeSends = 0;
 /** A fill's bytes not yet on disk are sent from memory only while fewer than this wait for the socket. */
 const MEMORY_SEND_BACKLOG = 256 * 1024;
+/** Sends running now, which share BUFFER_BUDGET. */
+let activeSends = 0;
 
 /**
  * Sends a blob body straight to the socket with the headers Koa has collected, instead of through
