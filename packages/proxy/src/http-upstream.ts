@@ -1,8 +1,9 @@
+import type { IncomingHttpHeaders } from 'node:http';
 import type { Readable } from 'node:stream';
-import { MANIFEST_MEDIA_TYPES, bareMediaType, digestOf, tryParseDigest, type ByteRange, type Digest } from '@wharf/registry-core';
-import got, { type Got, type Headers, type Response } from 'got';
+import { MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES, bareMediaType, digestOf, tryParseDigest, type ByteRange, type Digest } from '@wharf/registry-core';
+import { Agent } from 'undici';
 import { TokenCache, parseChallenge } from './token-auth.js';
-import { UpstreamError, type Upstream, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest } from './upstream.js';
+import { UpstreamError, type Upstream, type UpstreamFailure, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest } from './upstream.js';
 
 export interface UpstreamTimeouts {
   /** TCP (and TLS) connection, ms. */
@@ -33,7 +34,33 @@ export interface HttpUpstreamOptions {
 
 const DEFAULT_TIMEOUTS: UpstreamTimeouts = { connect: 10_000, firstByte: 30_000, idle: 60_000 };
 const ACCEPT_MANIFESTS = MANIFEST_MEDIA_TYPES.join(', ');
-const RETRYABLE_CODES = new Set(['ECONNRESET', 'ECONNREFUSED', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN', 'ENETUNREACH', 'EHOSTUNREACH', 'ECONNABORTED']);
+const RETRYABLE_CODES = new Set([
+  'ECONNRESET', 'ECONNREFUSED', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN', 'ENETUNREACH', 'EHOSTUNREACH', 'ECONNABORTED',
+  'UND_ERR_SOCKET', 'UND_ERR_CLOSED',
+]);
+const TIMEOUT_CODES = new Set(['ETIMEDOUT', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT']);
+/** Failures worth another attempt: the connection, a timeout, a 5xx or a 429 (inside an attempt, nothing else throws these). */
+const RETRIED = new Set<UpstreamFailure>(['unreachable', 'timeout', 'server-error', 'rate-limited']);
+const REDIRECTS = new Set([301, 302, 303, 307, 308]);
+const MAX_REDIRECTS = 5;
+/** Token service answers are small JSON documents. */
+const MAX_TOKEN_BYTES = 1024 * 1024;
+
+type Headers = IncomingHttpHeaders;
+
+/** A response whose body still streams. */
+interface Answer {
+  readonly statusCode: number;
+  readonly headers: Headers;
+  readonly body: Readable;
+}
+
+/** A response read whole. */
+interface Buffered {
+  readonly statusCode: number;
+  readonly headers: Headers;
+  readonly bytes: Buffer;
+}
 
 /** Seconds from a Retry-After header (delta-seconds or an HTTP date). */
 export function parseRetryAfter(value: string | string[] | undefined, now = Date.now()): number | undefined {
@@ -55,20 +82,26 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 }
 
 /**
- * A remote registry over HTTP(S) with got: anonymous, Basic, or Bearer tokens fetched from the realm
- * of the upstream's challenge for exactly the scope needed and cached until they expire. Idempotent
- * requests are retried with exponential backoff and jitter; redirects (Docker Hub's blob CDN) are
- * followed and got drops our Authorization header when the host changes. The client's own credentials
- * never reach here: only the upstream's configured ones are sent.
+ * A remote registry over HTTP(S) with undici: anonymous, Basic, or Bearer tokens fetched from the
+ * realm of the upstream's challenge for exactly the scope needed and cached until they expire.
+ * Idempotent requests are retried with exponential backoff and jitter; redirects (Docker Hub's blob
+ * CDN) are followed here, and our Authorization header is dropped as soon as a hop leaves the origin.
+ * The client's own credentials never reach here: only the upstream's configured ones are sent.
+ *
+ * undici rather than got or node:http: it hands body chunks over as views of what the socket read,
+ * where node:http copies every chunk once more in its parser. Measured on a 256 MiB blob over
+ * loopback, receiving costs 1.0-1.2 CPU s/GiB against 2.0-2.4, and a cold pull through the proxy is
+ * bound by that CPU.
  */
 export class HttpUpstream implements Upstream {
   readonly name: string;
   private readonly base: string;
-  private readonly http: Got;
+  private readonly agent: Agent;
   private readonly tokens = new TokenCache();
   private readonly timeouts: UpstreamTimeouts;
   private readonly retries: number;
   private readonly maxRetryWait: number;
+  private readonly userAgent: string;
 
   constructor(private readonly options: HttpUpstreamOptions) {
     this.name = options.name;
@@ -76,17 +109,19 @@ export class HttpUpstream implements Upstream {
     this.timeouts = { ...DEFAULT_TIMEOUTS, ...options.timeouts };
     this.retries = options.retries ?? 3;
     this.maxRetryWait = options.maxRetryWait ?? 10_000;
-    this.http = got.extend({
-      throwHttpErrors: false,
-      retry: { limit: 0 },
-      followRedirect: true,
-      headers: { 'user-agent': options.userAgent ?? 'wharf-proxy' },
-      timeout: { connect: this.timeouts.connect, secureConnect: this.timeouts.connect, response: this.timeouts.firstByte, socket: this.timeouts.idle },
-    });
+    this.userAgent = options.userAgent ?? 'wharf-proxy';
+    // connect covers TCP and TLS; headersTimeout runs from the request sent to the response head;
+    // bodyTimeout is the longest silence between body chunks, so a multi-GB blob has no total limit.
+    this.agent = new Agent({ connect: { timeout: this.timeouts.connect }, headersTimeout: this.timeouts.firstByte, bodyTimeout: this.timeouts.idle });
+  }
+
+  /** Closes idle connections; requests still running finish first. */
+  async close(): Promise<void> {
+    await this.agent.close();
   }
 
   async head(repo: string, reference: string, signal?: AbortSignal): Promise<UpstreamHead | undefined> {
-    const res = await this.request('HEAD', repo, `manifests/${reference}`, { accept: ACCEPT_MANIFESTS }, signal);
+    const res = await this.buffered('HEAD', repo, `manifests/${reference}`, { accept: ACCEPT_MANIFESTS }, signal);
     if (res.statusCode === 404) return undefined;
     this.expectOk(res, 'manifest HEAD');
     const digest = tryParseDigest(String(res.headers['docker-content-digest'] ?? ''))?.digest;
@@ -95,10 +130,10 @@ export class HttpUpstream implements Upstream {
   }
 
   async manifest(repo: string, reference: string, signal?: AbortSignal): Promise<UpstreamManifest | undefined> {
-    const res = await this.request('GET', repo, `manifests/${reference}`, { accept: ACCEPT_MANIFESTS }, signal);
+    const res = await this.buffered('GET', repo, `manifests/${reference}`, { accept: ACCEPT_MANIFESTS }, signal);
     if (res.statusCode === 404) return undefined;
     this.expectOk(res, 'manifest GET');
-    const bytes = res.rawBody;
+    const bytes = res.bytes;
     const declared = tryParseDigest(String(res.headers['docker-content-digest'] ?? ''))?.digest;
     const wanted = tryParseDigest(reference)?.digest;
     const algorithm = wanted ? (wanted.startsWith('sha512:') ? 'sha512' : 'sha256') : declared?.startsWith('sha512:') ? 'sha512' : 'sha256';
@@ -114,20 +149,22 @@ export class HttpUpstream implements Upstream {
   async blob(repo: string, digest: Digest, range?: ByteRange, signal?: AbortSignal): Promise<UpstreamBlob | undefined> {
     const headers: Record<string, string> = {};
     if (range) headers.range = `bytes=${range.start}-${range.end}`;
-    const { response, body } = await this.stream(repo, `blobs/${digest}`, headers, signal);
-    if (response.statusCode === 404) {
-      body.destroy();
+    const res = await this.streamed(repo, `blobs/${digest}`, headers, signal);
+    // undici's body reports a destroy() as an error; whoever cancels a body has stopped listening.
+    res.body.on('error', () => undefined);
+    if (res.statusCode === 404) {
+      await discard(res.body);
       return undefined;
     }
-    if (response.statusCode !== 200 && response.statusCode !== 206) {
-      body.destroy();
-      this.expectOk(response, 'blob GET');
+    if (res.statusCode !== 200 && res.statusCode !== 206) {
+      await discard(res.body);
+      this.expectOk(res, 'blob GET');
     }
-    const length = Number(response.headers['content-length']);
+    const length = Number(res.headers['content-length']);
     let size: number | undefined;
     let part: ByteRange | undefined;
-    if (response.statusCode === 206) {
-      const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(String(response.headers['content-range'] ?? '').trim());
+    if (res.statusCode === 206) {
+      const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(String(res.headers['content-range'] ?? '').trim());
       if (m) {
         part = { start: Number(m[1]), end: Number(m[2]) };
         if (m[3] !== '*') size = Number(m[3]);
@@ -135,59 +172,100 @@ export class HttpUpstream implements Upstream {
     } else if (Number.isFinite(length)) {
       size = length;
     }
-    return { ...(size !== undefined ? { size } : {}), ...(part ? { range: part } : {}), body };
+    return { ...(size !== undefined ? { size } : {}), ...(part ? { range: part } : {}), body: res.body };
   }
 
   async statBlob(repo: string, digest: Digest, signal?: AbortSignal): Promise<UpstreamBlobStat | undefined> {
-    const res = await this.request('HEAD', repo, `blobs/${digest}`, {}, signal);
+    const res = await this.buffered('HEAD', repo, `blobs/${digest}`, {}, signal);
     if (res.statusCode === 404) return undefined;
     this.expectOk(res, 'blob HEAD');
     const length = Number(res.headers['content-length']);
     return Number.isSafeInteger(length) && length >= 0 ? { size: length } : {};
   }
 
-  /** A buffered request (manifests, HEAD) with auth and retries. */
-  private async request(method: 'GET' | 'HEAD', repo: string, path: string, headers: Record<string, string>, signal?: AbortSignal): Promise<Response<Buffer>> {
+  /** A request read whole (manifests, HEAD) with auth and retries; reading the body is part of each attempt. */
+  private buffered(method: 'GET' | 'HEAD', repo: string, path: string, headers: Record<string, string>, signal?: AbortSignal): Promise<Buffered> {
     return this.withRetries(signal, async () => {
-      const url = `${this.base}/v2/${repo}/${path}`;
-      let res = await this.http(url, { method, headers: { ...headers, ...this.authHeader(repo) }, responseType: 'buffer', ...(signal ? { signal } : {}) });
-      this.options.onRequest?.(res.statusCode);
-      if (res.statusCode === 401 && (await this.authenticate(repo, res.headers))) {
-        res = await this.http(url, { method, headers: { ...headers, ...this.authHeader(repo) }, responseType: 'buffer', ...(signal ? { signal } : {}) });
-        this.options.onRequest?.(res.statusCode);
+      const res = await this.authorized(method, repo, path, headers, signal);
+      if (res.statusCode === 429 || res.statusCode >= 500) return this.retryable(res);
+      if (res.statusCode < 200 || res.statusCode >= 300) {
+        await discard(res.body);
+        return { statusCode: res.statusCode, headers: res.headers, bytes: Buffer.alloc(0) };
       }
+      const bytes = await readUpTo(res.body, MAX_MANIFEST_BYTES, () => new UpstreamError('invalid', `upstream ${this.name} sent a manifest larger than ${MAX_MANIFEST_BYTES} bytes`));
+      return { statusCode: res.statusCode, headers: res.headers, bytes };
+    });
+  }
+
+  /** A streamed request (blobs): resolves once the response head is in, with the body still flowing. */
+  private streamed(repo: string, path: string, headers: Record<string, string>, signal?: AbortSignal): Promise<Answer> {
+    return this.withRetries(signal, async () => {
+      const res = await this.authorized('GET', repo, path, headers, signal);
+      return res.statusCode === 429 || res.statusCode >= 500 ? this.retryable(res) : res;
+    });
+  }
+
+  /** One attempt: the request with our credentials for `repo`, and once more after answering a 401 challenge. */
+  private async authorized(method: 'GET' | 'HEAD', repo: string, path: string, headers: Record<string, string>, signal?: AbortSignal): Promise<Answer> {
+    const url = `${this.base}/v2/${repo}/${path}`;
+    const res = await this.send(method, url, { ...headers, ...this.authHeader(repo) }, signal);
+    if (res.statusCode !== 401) {
       this.noteRateLimit(res.headers);
       return res;
-    });
+    }
+    await discard(res.body);
+    // No way to answer the challenge: the 401 stands (its body is already gone).
+    if (!(await this.authenticate(repo, res.headers, signal))) return res;
+    const again = await this.send(method, url, { ...headers, ...this.authHeader(repo) }, signal);
+    this.noteRateLimit(again.headers);
+    return again;
   }
 
-  /** A streamed request (blobs): resolves once the response headers are in, with the body still flowing. */
-  private stream(repo: string, path: string, headers: Record<string, string>, signal?: AbortSignal): Promise<{ response: Response; body: Readable }> {
-    return this.withRetries(signal, async () => {
-      const url = `${this.base}/v2/${repo}/${path}`;
-      const open = () =>
-        new Promise<{ response: Response; body: Readable }>((resolve, reject) => {
-          const body = this.http.stream(url, { headers: { ...headers, ...this.authHeader(repo) }, ...(signal ? { signal } : {}) });
-          body.once('response', (response: Response) => {
-            this.options.onRequest?.(response.statusCode);
-            resolve({ response, body });
-          });
-          body.once('error', reject);
-        });
-      let result = await open();
-      if (result.response.statusCode === 401 && (await this.authenticate(repo, result.response.headers))) {
-        result.body.destroy();
-        result = await open();
+  /**
+   * Sends one request and follows redirects. Authorization is ours for this upstream only: a hop to
+   * another origin (a CDN) goes without it, and so does every hop after that.
+   */
+  private async send(method: 'GET' | 'HEAD', url: string, headers: Record<string, string>, signal?: AbortSignal): Promise<Answer> {
+    let target = new URL(url);
+    let sent: Record<string, string> = { 'user-agent': this.userAgent, ...headers };
+    for (let hop = 0; ; hop++) {
+      let res;
+      try {
+        res = await this.agent.request({ origin: target.origin, path: `${target.pathname}${target.search}`, method, headers: sent, ...(signal ? { signal } : {}) });
+      } catch (err) {
+        this.options.onRequest?.('error');
+        throw err;
       }
-      this.noteRateLimit(result.response.headers);
-      return result;
-    });
+      this.options.onRequest?.(res.statusCode);
+      const location = res.headers.location;
+      if (!REDIRECTS.has(res.statusCode) || typeof location !== 'string' || hop >= MAX_REDIRECTS) {
+        return { statusCode: res.statusCode, headers: res.headers, body: res.body };
+      }
+      await discard(res.body);
+      const next = new URL(location, target);
+      if (next.protocol !== 'https:' && next.protocol !== 'http:') {
+        throw new UpstreamError('invalid', `upstream ${this.name} redirected to a ${next.protocol} URL`);
+      }
+      if (next.origin !== target.origin) {
+        const { authorization: _dropped, ...rest } = sent;
+        sent = rest;
+      }
+      target = next;
+    }
   }
 
-  private async withRetries<T extends { statusCode: number; headers: Headers } | { response: Response; body: Readable }>(
-    signal: AbortSignal | undefined,
-    attempt: () => Promise<T>,
-  ): Promise<T> {
+  /** A 429 or 5xx: its body is discarded and the status becomes the failure withRetries acts on. */
+  private async retryable(res: Answer): Promise<never> {
+    await discard(res.body);
+    throw new UpstreamError(
+      res.statusCode === 429 ? 'rate-limited' : 'server-error',
+      `upstream ${this.name} answered ${res.statusCode}`,
+      res.statusCode,
+      parseRetryAfter(res.headers['retry-after']),
+    );
+  }
+
+  private async withRetries<T>(signal: AbortSignal | undefined, attempt: () => Promise<T>): Promise<T> {
     let last: UpstreamError | undefined;
     for (let i = 0; i <= this.retries; i++) {
       if (i > 0) {
@@ -196,38 +274,24 @@ export class HttpUpstream implements Upstream {
         if (wait > this.maxRetryWait) break;
         await sleep(wait, signal);
       }
-      let result: T;
       try {
-        result = await attempt();
+        return await attempt();
       } catch (err) {
-        if (!(err instanceof UpstreamError)) this.options.onRequest?.('error');
         if (signal?.aborted) throw err;
         last = this.translate(err);
-        if (last.failure === 'unreachable' || last.failure === 'timeout') continue;
+        if (RETRIED.has(last.failure)) continue;
         throw last;
       }
-      const status = 'response' in result ? result.response.statusCode : result.statusCode;
-      const headers = 'response' in result ? result.response.headers : result.headers;
-      if (status === 429 || status >= 500) {
-        if ('response' in result) result.body.destroy();
-        last = new UpstreamError(
-          status === 429 ? 'rate-limited' : 'server-error',
-          `upstream ${this.name} answered ${status}`,
-          status,
-          parseRetryAfter(headers['retry-after']),
-        );
-        continue;
-      }
-      return result;
     }
     throw last ?? new UpstreamError('unreachable', `upstream ${this.name} did not answer`);
   }
 
   private translate(err: unknown): UpstreamError {
     if (err instanceof UpstreamError) return err;
-    const e = err as { code?: string; name?: string; message?: string };
-    if (e.name === 'TimeoutError' || e.code === 'ETIMEDOUT') return new UpstreamError('timeout', `upstream ${this.name} timed out`);
-    if (e.code && RETRYABLE_CODES.has(e.code)) return new UpstreamError('unreachable', `upstream ${this.name} is unreachable (${e.code})`);
+    const e = err as { code?: string; name?: string; message?: string; cause?: { code?: string } };
+    const code = e.code ?? e.cause?.code;
+    if (e.name === 'TimeoutError' || (code && TIMEOUT_CODES.has(code))) return new UpstreamError('timeout', `upstream ${this.name} timed out`);
+    if (code && RETRYABLE_CODES.has(code)) return new UpstreamError('unreachable', `upstream ${this.name} is unreachable (${code})`);
     return new UpstreamError('unreachable', `upstream ${this.name} request failed: ${e.message ?? String(err)}`);
   }
 
@@ -259,7 +323,7 @@ export class HttpUpstream implements Upstream {
   }
 
   /** Answers a 401 challenge: Basic → our credentials; Bearer → a token for the repository's pull scope. */
-  private async authenticate(repo: string, headers: Headers): Promise<boolean> {
+  private async authenticate(repo: string, headers: Headers, signal?: AbortSignal): Promise<boolean> {
     const challenge = parseChallenge(String(headers['www-authenticate'] ?? ''));
     if (!challenge) return false;
     if (challenge.scheme === 'basic') {
@@ -273,21 +337,21 @@ export class HttpUpstream implements Upstream {
     const url = new URL(realm);
     if (challenge.params.service) url.searchParams.set('service', challenge.params.service);
     url.searchParams.set('scope', scope);
-    const res = await this.http(url, {
-      headers: this.options.username !== undefined ? { authorization: this.basic() } : {},
-      responseType: 'json',
-    }).catch((err: unknown) => {
-      this.options.onRequest?.('error');
-      throw this.translate(err);
-    });
-    this.options.onRequest?.(res.statusCode);
+    const res = await this.send('GET', url.href, this.options.username !== undefined ? { authorization: this.basic() } : {}, signal);
     if (res.statusCode !== 200) {
+      await discard(res.body);
       throw new UpstreamError('unauthorized', `token service of upstream ${this.name} answered ${res.statusCode}`, res.statusCode);
     }
-    const body = res.body as { token?: string; access_token?: string; expires_in?: number };
-    const token = body.token ?? body.access_token;
+    const raw = await readUpTo(res.body, MAX_TOKEN_BYTES, () => new UpstreamError('unauthorized', `token service of upstream ${this.name} sent more than ${MAX_TOKEN_BYTES} bytes`));
+    let body: { token?: unknown; access_token?: unknown; expires_in?: unknown };
+    try {
+      body = JSON.parse(raw.toString('utf8')) as typeof body;
+    } catch {
+      throw new UpstreamError('unauthorized', `token service of upstream ${this.name} sent no JSON`);
+    }
+    const token = typeof body.token === 'string' && body.token ? body.token : typeof body.access_token === 'string' ? body.access_token : undefined;
     if (!token) throw new UpstreamError('unauthorized', `token service of upstream ${this.name} sent no token`);
-    this.tokens.set(scope, token, body.expires_in ?? 60);
+    this.tokens.set(scope, token, typeof body.expires_in === 'number' ? body.expires_in : 60);
     return true;
   }
 
@@ -297,6 +361,28 @@ export class HttpUpstream implements Upstream {
     const remaining = Number.parseInt(String(raw), 10);
     if (Number.isFinite(remaining)) this.options.onRateLimit(remaining);
   }
+}
+
+/** Reads a body whole, failing with `tooLarge()` past `limit` bytes. */
+async function readUpTo(body: Readable, limit: number, tooLarge: () => Error): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of body as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > limit) {
+      body.destroy();
+      throw tooLarge();
+    }
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks, size);
+}
+
+/** Drops a body we do not need; a long one costs its connection rather than a download. */
+async function discard(body: Readable): Promise<void> {
+  const dump = (body as Readable & { dump?: (opts?: { limit: number }) => Promise<void> }).dump;
+  if (dump) await dump.call(body, { limit: 64 * 1024 }).catch(() => undefined);
+  else body.destroy();
 }
 
 function mediaTypeOf(bytes: Buffer): string | undefined {

@@ -273,9 +273,14 @@ export class MirroredUpstream implements Upstream {
           inFlight.delete(index);
           if (out.destroyed) return; // the fill went away: stop fetching
           if (!out.write(bytes)) {
-            await new Promise((r) => {
-              out.once('drain', r);
-              out.once('close', r);
+            await new Promise<void>((resolve) => {
+              const done = (): void => {
+                out.off('drain', done);
+                out.off('close', done);
+                resolve();
+              };
+              out.on('drain', done);
+              out.on('close', done);
             });
           }
         }

@@ -226,6 +226,13 @@ describe('HttpUpstream against a real misbehaving server', () => {
     expect(cdn.requests[0]!.authorization).toBeUndefined();
   });
 
+  test('a manifest larger than the 4 MiB cap is refused as invalid, not read to the end', async () => {
+    fake.addManifest('alice/app', 'huge', { ...MANIFEST, annotations: { pad: 'x'.repeat(5 * 1024 * 1024) } });
+    const err = await failureOf(client().manifest('alice/app', 'huge'));
+    expect(err.failure).toBe('invalid');
+    expect(err.message).toMatch(/larger than/);
+  });
+
   test('a range request returns 206 bytes, the range they hold and the full size', async () => {
     const blob = await client().blob('alice/app', blobDigest, { start: 10, end: 99 });
     expect(blob?.size).toBe(blobBytes.length);
