@@ -4,7 +4,7 @@ import { openSync, closeSync, read } from 'node:fs';
 import { open, rm, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { RegistryError, hashToDigest, newHash, parseDigest, type BlobInfo, type BlobStore, type ByteRange, type Digest, type FileRange, type TakesFile } from '@wharf/registry-core';
+import { RegistryError, hashToDigest, newHash, noteReceived, parseDigest, type BlobInfo, type BlobStore, type ByteRange, type Digest, type FileRange, type TakesFile } from '@wharf/registry-core';
 import type { UpstreamBlob } from './upstream.js';
 
 const READ_CHUNK = 256 * 1024;
@@ -284,6 +284,7 @@ function drainInto(body: Readable, handle: FileHandle, fill: BlobFill, inspect: 
         return;
       }
       fill.accept(chunk);
+      noteReceived(chunk.length);
       pending.push(chunk);
       pendingBytes += chunk.length;
       if (pendingBytes > MAX_PENDING) body.pause();

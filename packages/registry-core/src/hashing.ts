@@ -2,6 +2,7 @@ import type { Hash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { newHash, type DigestAlgorithm } from './digest.js';
 import { RegistryError } from './errors.js';
+import { noteReceived } from './young-garbage.js';
 
 /**
  * A pipeline stage that hashes and counts what passes through it, and stops the stream as soon as it
@@ -15,6 +16,7 @@ export function hashingStage(hash: Hash, counter: { bytes: number }, maxSize?: n
         throw new RegistryError('SIZE_INVALID', 'content is larger than its declared size', { expected: maxSize });
       }
       hash.update(chunk);
+      noteReceived(chunk.length);
       yield chunk;
     }
   };

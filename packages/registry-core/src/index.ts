@@ -6,6 +6,7 @@ export * from './manifest.js';
 export * from './blob-store.js';
 export * from './metadata-store.js';
 export * from './uploads.js';
+export { noteReceived } from './young-garbage.js';
 export * from './registry.js';
 export * from './local-registry.js';
 export { FsBlobStore } from './fs/fs-blob-store.js';
