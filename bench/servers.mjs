@@ -209,6 +209,13 @@ export async function waitReady(running, timeoutMs = 30_000) {
   throw new Error(`${running.name} did not answer GET /v2/ within ${timeoutMs} ms: ${lastError?.message ?? ''}`);
 }
 
+/** The node flags of the root package.json's `wharf` script, so Wharf runs here as `pnpm wharf` runs it. */
+function wharfNodeFlags(root) {
+  const script = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')).scripts?.wharf ?? '';
+  const words = script.trim().split(/\s+/);
+  return words[0] === 'node' ? words.slice(1).filter((w) => w.startsWith('--')) : [];
+}
+
 export async function startWharf({ root, cli, dir, name = 'wharf', extraToml = [] }) {
   const port = await freePort();
   mkdirSync(dir, { recursive: true });
@@ -232,7 +239,7 @@ export async function startWharf({ root, cli, dir, name = 'wharf', extraToml = [
   );
   // The server's own environment must not override the file (WHARF_* variables).
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('WHARF_')));
-  const running = launch(name, process.execPath, [cli, 'serve', '--config', toml], `http://127.0.0.1:${port}`, { cwd: root, env });
+  const running = launch(name, process.execPath, [...wharfNodeFlags(root), cli, 'serve', '--config', toml], `http://127.0.0.1:${port}`, { cwd: root, env });
   await waitReady(running);
   return running;
 }

@@ -105,8 +105,16 @@ describe('Dockerfile', () => {
     expect(final('EXPOSE').map((e) => e.args)).toEqual([String(containerConfig().listen.port)]);
     expect(final('WORKDIR').at(-1)!.args).toBe('/app');
     expect([...execForm(final('ENTRYPOINT')[0]!.args), ...execForm(final('CMD')[0]!.args)]).toEqual([
-      'node', 'packages/server/dist/cli.js', 'serve', '--config', '/app/configuration.toml',
+      'node', '--max-semi-space-size=8', 'packages/server/dist/cli.js', 'serve', '--config', '/app/configuration.toml',
     ]);
+  });
+
+  test('the image starts node with the same flags as `pnpm wharf`', () => {
+    const pkg = JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')) as { scripts: Record<string, string> };
+    const script = pkg.scripts.wharf!.split(/\s+/);
+    const entry = execForm(final('ENTRYPOINT')[0]!.args);
+    expect(entry).toEqual(script);
+    expect(script).toContain('--max-semi-space-size=8');
   });
 
   test('HEALTHCHECK runs `wharf healthcheck` (GET /health) with the same configuration', () => {
