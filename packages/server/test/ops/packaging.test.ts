@@ -105,7 +105,7 @@ describe('Dockerfile', () => {
     expect(final('EXPOSE').map((e) => e.args)).toEqual([String(containerConfig().listen.port)]);
     expect(final('WORKDIR').at(-1)!.args).toBe('/app');
     expect([...execForm(final('ENTRYPOINT')[0]!.args), ...execForm(final('CMD')[0]!.args)]).toEqual([
-      'node', '--max-semi-space-size=8', 'packages/server/dist/cli.js', 'serve', '--config', '/app/configuration.toml',
+      'node', '--max-semi-space-size=8', '--heap-growing-percent=50', 'packages/server/dist/cli.js', 'serve', '--config', '/app/configuration.toml',
     ]);
   });
 
@@ -115,6 +115,17 @@ describe('Dockerfile', () => {
     const entry = execForm(final('ENTRYPOINT')[0]!.args);
     expect(entry).toEqual(script);
     expect(script).toContain('--max-semi-space-size=8');
+  });
+
+  test('this node accepts the flags `pnpm wharf` starts it with', async () => {
+    const pkg = JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')) as { scripts: Record<string, string> };
+    const flags = pkg.scripts.wharf!.split(/\s+/).filter((w) => w.startsWith('--'));
+    expect(flags.length).toBeGreaterThan(0);
+    const child = spawn(process.execPath, [...flags, '-e', 'process.exit(0)'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+    expect({ code, stderr }).toEqual({ code: 0, stderr: '' });
   });
 
   test('HEALTHCHECK runs `wharf healthcheck` (GET /health) with the same configuration', () => {
