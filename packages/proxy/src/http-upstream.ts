@@ -1,5 +1,6 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Readable } from 'node:stream';
+import { rootCertificates } from 'node:tls';
 import { MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES, bareMediaType, digestOf, tryParseDigest, type ByteRange, type Digest } from '@wharf/registry-core';
 import { Agent } from 'undici';
 import { TokenCache, parseChallenge } from './token-auth.js';
@@ -20,6 +21,8 @@ export interface HttpUpstreamOptions {
   readonly url: string;
   readonly username?: string;
   readonly password?: string;
+  /** PEM certificates to trust for HTTPS besides the system's (an upstream behind a private CA). */
+  readonly ca?: string;
   readonly timeouts?: Partial<UpstreamTimeouts>;
   /** Attempts for idempotent requests on connection errors, 5xx and 429. */
   readonly retries?: number;
@@ -37,6 +40,11 @@ const ACCEPT_MANIFESTS = MANIFEST_MEDIA_TYPES.join(', ');
 const RETRYABLE_CODES = new Set([
   'ECONNRESET', 'ECONNREFUSED', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN', 'ENETUNREACH', 'EHOSTUNREACH', 'ECONNABORTED',
   'UND_ERR_SOCKET', 'UND_ERR_CLOSED',
+]);
+/** Certificate verification failures (OpenSSL's codes as Node reports them). */
+const CERTIFICATE_CODES = new Set([
+  'DEPTH_ZERO_SELF_SIGNED_CERT', 'SELF_SIGNED_CERT_IN_CHAIN', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'CERT_HAS_EXPIRED', 'CERT_NOT_YET_VALID', 'CERT_UNTRUSTED', 'CERT_REVOKED',
 ]);
 const TIMEOUT_CODES = new Set(['ETIMEDOUT', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT']);
 /** Failures worth another attempt: the connection, a timeout, a 5xx or a 429 (inside an attempt, nothing else throws these). */
@@ -112,7 +120,9 @@ export class HttpUpstream implements Upstream {
     this.userAgent = options.userAgent ?? 'wharf-proxy';
     // connect covers TCP and TLS; headersTimeout runs from the request sent to the response head;
     // bodyTimeout is the longest silence between body chunks, so a multi-GB blob has no total limit.
-    this.agent = new Agent({ connect: { timeout: this.timeouts.connect }, headersTimeout: this.timeouts.firstByte, bodyTimeout: this.timeouts.idle });
+    // A private CA is added to the system's roots, not put in their place: a redirect to a public CDN still verifies.
+    const connect = { timeout: this.timeouts.connect, ...(options.ca !== undefined ? { ca: [...rootCertificates, options.ca] } : {}) };
+    this.agent = new Agent({ connect, headersTimeout: this.timeouts.firstByte, bodyTimeout: this.timeouts.idle });
   }
 
   /** Closes idle connections; requests still running finish first. */
@@ -292,6 +302,9 @@ export class HttpUpstream implements Upstream {
     const code = e.code ?? e.cause?.code;
     if (e.name === 'TimeoutError' || (code && TIMEOUT_CODES.has(code))) return new UpstreamError('timeout', `upstream ${this.name} timed out`);
     if (code && RETRYABLE_CODES.has(code)) return new UpstreamError('unreachable', `upstream ${this.name} is unreachable (${code})`);
+    if (code && (CERTIFICATE_CODES.has(code) || code.startsWith('ERR_TLS_CERT'))) {
+      return new UpstreamError('unreachable', `upstream ${this.name}'s TLS certificate is not trusted (${code}); a private CA goes in the upstream's ca_file`);
+    }
     return new UpstreamError('unreachable', `upstream ${this.name} request failed: ${e.message ?? String(err)}`);
   }
 

@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import type { MirrorStrategy } from '@wharf/proxy';
 import { isValidRepositoryName } from '@wharf/registry-core';
 import { ConfigError } from './config-error.js';
@@ -10,6 +11,8 @@ export interface UpstreamConfig {
   readonly aliases: readonly string[];
   readonly username?: string;
   readonly password?: string;
+  /** PEM certificates trusted for this upstream's HTTPS (and its mirrors'), besides the system's. */
+  readonly ca?: string;
   /** Docker Hub puts one-component names under library/. */
   readonly officialPrefix?: string;
   /** Further URLs serving the same content; with `url` first, used by `strategy`. */
@@ -83,7 +86,7 @@ export function parseSize(value: unknown): number | undefined {
   const unit = m ? SIZE_UNITS[m[2]!.toLowerCase()] : undefined;
   return m && unit !== undefined ? Math.floor(Number(m[1]) * unit) : undefined;
 }
-const UPSTREAM_KEYS = new Set(['url', 'aliases', 'username', 'password', 'password_env', 'library_prefix', 'mirrors', 'strategy', 'hedge_delay', 'access']);
+const UPSTREAM_KEYS = new Set(['url', 'aliases', 'username', 'password', 'password_env', 'library_prefix', 'mirrors', 'strategy', 'hedge_delay', 'access', 'ca_file']);
 const STRATEGIES: readonly MirrorStrategy[] = ['failover', 'hedged', 'striped', 'adaptive'];
 
 function isTable(value: unknown): value is Record<string, unknown> {
@@ -117,6 +120,18 @@ function boolean(table: Record<string, unknown>, key: string, fallback: boolean)
   return raw;
 }
 
+/** The PEM certificates of a `ca_file`, read when the configuration loads so that a bad path stops the start. */
+function readCaFile(where: string, path: string): string {
+  let pem: string;
+  try {
+    pem = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`"${where}": cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+  }
+  if (!pem.includes('-----BEGIN CERTIFICATE-----')) throw new ConfigError(`"${where}": ${path} holds no PEM certificate`);
+  return pem;
+}
+
 function upstream(key: string, raw: unknown, env: NodeJS.ProcessEnv, builtIn: UpstreamConfig | undefined): UpstreamConfig {
   const where = `proxy.upstreams.${key}`;
   if (!isTable(raw)) throw new ConfigError(`"${where}" must be a table`);
@@ -130,7 +145,7 @@ function upstream(key: string, raw: unknown, env: NodeJS.ProcessEnv, builtIn: Up
   if (!Array.isArray(aliases) || aliases.some((a) => typeof a !== 'string' || !isValidRepositoryName(a) || a.includes('/'))) {
     throw new ConfigError(`"${where}.aliases" must be an array of lower-case names`);
   }
-  for (const k of ['username', 'password', 'password_env', 'library_prefix']) {
+  for (const k of ['username', 'password', 'password_env', 'library_prefix', 'ca_file']) {
     if (raw[k] !== undefined && typeof raw[k] !== 'string') throw new ConfigError(`"${where}.${k}" must be a string`);
   }
   let password = raw.password as string | undefined;
@@ -138,6 +153,7 @@ function upstream(key: string, raw: unknown, env: NodeJS.ProcessEnv, builtIn: Up
     password = env[raw.password_env as string];
     if (password === undefined) throw new ConfigError(`"${where}.password_env" names ${String(raw.password_env)}, which is not set`);
   }
+  const ca = raw.ca_file === undefined ? undefined : readCaFile(`${where}.ca_file`, raw.ca_file as string);
   const prefix = (raw.library_prefix as string | undefined) ?? builtIn?.officialPrefix;
   const mirrors = raw.mirrors ?? [];
   if (!Array.isArray(mirrors) || mirrors.some((m) => typeof m !== 'string' || !/^https?:\/\/[^/]+/.test(m))) {
@@ -164,6 +180,7 @@ function upstream(key: string, raw: unknown, env: NodeJS.ProcessEnv, builtIn: Up
     aliases: aliases as string[],
     ...(raw.username !== undefined ? { username: raw.username as string } : {}),
     ...(password !== undefined ? { password } : {}),
+    ...(ca !== undefined ? { ca } : {}),
     ...(prefix ? { officialPrefix: prefix.endsWith('/') ? prefix : `${prefix}/` } : {}),
     mirrors: (mirrors as string[]).map((m) => m.replace(/\/+$/, '')),
     strategy: strategy as MirrorStrategy,

@@ -14,6 +14,7 @@ export function buildUpstream(
       url,
       ...(u.username !== undefined ? { username: u.username } : {}),
       ...(u.password !== undefined ? { password: u.password } : {}),
+      ...(u.ca !== undefined ? { ca: u.ca } : {}),
       timeouts: { connect: proxy.connectTimeout, firstByte: proxy.firstByteTimeout, idle: proxy.idleTimeout },
       retries: proxy.retries,
       onRateLimit,

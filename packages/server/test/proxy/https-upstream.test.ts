@@ -1,0 +1,60 @@
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { buildConfig } from '../../src/config.js';
+import { expectOciError } from '../helpers/http.js';
+import { pushImage } from '../helpers/oci.js';
+import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
+
+/** Every real upstream speaks HTTPS; a private one often has its own CA, given with `ca_file`. */
+describe('an HTTPS upstream whose certificate comes from a private CA', () => {
+  let dir: string;
+  let up: TestRegistry;
+  let trusting: TestRegistry;
+  let plain: TestRegistry;
+  let image: Awaited<ReturnType<typeof pushImage>>;
+
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'wharf-https-up-'));
+    // Seeded over HTTP, then served from the same storage over HTTPS with a self-signed CA.
+    const seeding = await startRegistry({ root: join(dir, 'up') });
+    image = await pushImage(seeding.url, 'alice/app', '1');
+    await seeding.close();
+    up = await startRegistry({ root: join(dir, 'up'), settings: { tls: { self_signed: true } } });
+    expect(up.url).toMatch(/^https:/);
+    trusting = await startRegistry({ settings: { proxy: { retries: 0, upstreams: { up: { url: up.url, ca_file: up.caFile! } } } } });
+    plain = await startRegistry({ settings: { proxy: { retries: 0, upstreams: { up: { url: up.url } } } } });
+  });
+  afterAll(async () => {
+    await trusting?.close();
+    await plain?.close();
+    await up?.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test('with ca_file, the manifest and the layer come through byte for byte', async () => {
+    const manifest = await fetch(`${trusting.url}/v2/proxy/up/alice/app/manifests/1`, { headers: { accept: image.manifest.mediaType } });
+    expect(manifest.status).toBe(200);
+    expect(Buffer.from(await manifest.arrayBuffer()).equals(image.manifest.bytes)).toBe(true);
+    const layer = await fetch(`${trusting.url}/v2/proxy/up/alice/app/blobs/${image.layer.digest}`);
+    expect(layer.status).toBe(200);
+    expect(Buffer.from(await layer.arrayBuffer()).equals(image.layer.bytes)).toBe(true);
+  });
+
+  test('without it, the certificate is refused: a 502 OCI error that says so, for manifests and blobs alike', async () => {
+    const res = await fetch(`${plain.url}/v2/proxy/up/alice/app/manifests/1`, { headers: { accept: image.manifest.mediaType } });
+    const error = await expectOciError(res, 502);
+    expect(error.message).toMatch(/certificate/i);
+    const layer = await fetch(`${plain.url}/v2/proxy/up/alice/app/blobs/${image.layer.digest}`);
+    expect(layer.status).toBe(502);
+  });
+
+  test('a ca_file that cannot be read, or holds no certificate, stops the configuration with the key named', async () => {
+    const base = { listen: '127.0.0.1:0', registry_storage: join(dir, 'r'), temporary_registry_storage: join(dir, 't'), proxy_storage: join(dir, 'p') };
+    const withCa = (ca_file: string) => () => buildConfig({ ...base, proxy: { upstreams: { up: { url: 'https://example.test', ca_file } } } }, { env: {} });
+    expect(withCa(join(dir, 'missing.pem'))).toThrow(/proxy\.upstreams\.up\.ca_file.*ENOENT/);
+    await writeFile(join(dir, 'not-a-cert.pem'), 'hello');
+    expect(withCa(join(dir, 'not-a-cert.pem'))).toThrow(/proxy\.upstreams\.up\.ca_file.*no PEM certificate/);
+  });
+});
