@@ -2,7 +2,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import type { Readable } from 'node:stream';
 import { rootCertificates } from 'node:tls';
 import { MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES, bareMediaType, digestOf, tryParseDigest, type ByteRange, type Digest } from '@wharf/registry-core';
-import { Agent } from 'undici';
+import { Agent, EnvHttpProxyAgent, type Dispatcher } from 'undici';
 import { TokenCache, parseChallenge } from './token-auth.js';
 import { UpstreamError, type Upstream, type UpstreamFailure, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest } from './upstream.js';
 
@@ -23,6 +23,8 @@ export interface HttpUpstreamOptions {
   readonly password?: string;
   /** PEM certificates to trust for HTTPS besides the system's (an upstream behind a private CA). */
   readonly ca?: string;
+  /** A forward proxy to reach the upstream through (CONNECT tunnels), per scheme, and the hosts that skip it. */
+  readonly egress?: { readonly http?: string; readonly https?: string; readonly noProxy?: string };
   readonly timeouts?: Partial<UpstreamTimeouts>;
   /** Attempts for idempotent requests on connection errors, 5xx and 429. */
   readonly retries?: number;
@@ -104,7 +106,7 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 export class HttpUpstream implements Upstream {
   readonly name: string;
   private readonly base: string;
-  private readonly agent: Agent;
+  private readonly agent: Dispatcher;
   private readonly tokens = new TokenCache();
   private readonly timeouts: UpstreamTimeouts;
   private readonly retries: number;
@@ -122,7 +124,23 @@ export class HttpUpstream implements Upstream {
     // bodyTimeout is the longest silence between body chunks, so a multi-GB blob has no total limit.
     // A private CA is added to the system's roots, not put in their place: a redirect to a public CDN still verifies.
     const connect = { timeout: this.timeouts.connect, ...(options.ca !== undefined ? { ca: [...rootCertificates, options.ca] } : {}) };
-    this.agent = new Agent({ connect, headersTimeout: this.timeouts.firstByte, bodyTimeout: this.timeouts.idle });
+    const common = { headersTimeout: this.timeouts.firstByte, bodyTimeout: this.timeouts.idle };
+    // The egress proxy for this upstream's scheme (HTTPS_PROXY for https://, HTTP_PROXY for http://, as
+    // Go and Docker have it); redirect hops, to a CDN say, go the same way.
+    const via = new URL(this.base).protocol === 'https:' ? options.egress?.https : options.egress?.http;
+    this.agent = via
+      ? // requestTls is the tunnelled connection to the upstream, proxyTls the one to the proxy; noProxy
+        // '' rather than undefined, or undici reads the process environment by itself.
+        new EnvHttpProxyAgent({
+          ...common,
+          connect,
+          requestTls: connect,
+          proxyTls: { timeout: this.timeouts.connect },
+          httpProxy: via,
+          httpsProxy: via,
+          noProxy: options.egress?.noProxy ?? '',
+        })
+      : new Agent({ ...common, connect });
   }
 
   /** Closes idle connections; requests still running finish first. */

@@ -49,6 +49,18 @@ export interface ProxyConfig {
   /** How often the eviction sweep runs (ms). */
   readonly evictionInterval: number;
   readonly upstreams: readonly UpstreamConfig[];
+  /** The egress proxy upstream requests go through, from HTTP_PROXY / HTTPS_PROXY / NO_PROXY. */
+  readonly egress?: EgressProxy;
+}
+
+/** A forward proxy for upstream requests (CONNECT tunnels), as the usual environment variables give it. */
+export interface EgressProxy {
+  /** For http:// upstreams. */
+  readonly http?: string;
+  /** For https:// upstreams. */
+  readonly https?: string;
+  /** Hosts reached directly: comma-separated names, domain suffixes, host:port, or "*". */
+  readonly noProxy?: string;
 }
 
 /** Upstreams every Wharf knows; `[proxy.upstreams.<key>]` overrides or adds. */
@@ -225,7 +237,35 @@ export function buildProxyConfig(raw: unknown, env: NodeJS.ProcessEnv): ProxyCon
     maxSize: size(table, 'max_size'),
     evictionInterval: duration(table, 'eviction_interval', '1h'),
     upstreams,
+    ...egressFrom(env),
   };
+}
+
+/** HTTP_PROXY, HTTPS_PROXY and NO_PROXY (or their lower-case forms, which win, as curl has it). */
+function egressFrom(env: NodeJS.ProcessEnv): { egress?: EgressProxy } {
+  const pick = (name: string): string | undefined => {
+    const value = env[name.toLowerCase()] ?? env[name];
+    return value === undefined || value.trim() === '' ? undefined : value.trim();
+  };
+  const proxyUrl = (name: string): string | undefined => {
+    const value = pick(name);
+    if (value === undefined) return undefined;
+    // As curl: a proxy without a scheme is an http:// one.
+    const full = /^[a-z][a-z0-9+.-]*:\/\//i.test(value) ? value : `http://${value}`;
+    let url: URL;
+    try {
+      url = new URL(full);
+    } catch {
+      throw new ConfigError(`${name} must be a URL such as http://proxy.example:3128`);
+    }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new ConfigError(`${name} must be an http:// or https:// URL (got ${url.protocol})`);
+    return full;
+  };
+  const http = proxyUrl('HTTP_PROXY');
+  const https = proxyUrl('HTTPS_PROXY');
+  const noProxy = pick('NO_PROXY');
+  if (http === undefined && https === undefined) return {};
+  return { egress: { ...(http ? { http } : {}), ...(https ? { https } : {}), ...(noProxy ? { noProxy } : {}) } };
 }
 
 /** The upstream a key or alias names. */

@@ -15,6 +15,7 @@ export function buildUpstream(
       ...(u.username !== undefined ? { username: u.username } : {}),
       ...(u.password !== undefined ? { password: u.password } : {}),
       ...(u.ca !== undefined ? { ca: u.ca } : {}),
+      ...(proxy.egress ? { egress: proxy.egress } : {}),
       timeouts: { connect: proxy.connectTimeout, firstByte: proxy.firstByteTimeout, idle: proxy.idleTimeout },
       retries: proxy.retries,
       onRateLimit,

@@ -1,0 +1,122 @@
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer, type Server } from 'node:http';
+import { connect as netConnect, type AddressInfo, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { buildConfig } from '../../src/config.js';
+import { pushImage } from '../helpers/oci.js';
+import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
+
+/** A forward proxy that only tunnels (CONNECT), as egress proxies do, and remembers where to. */
+class TunnelProxy {
+  readonly tunnels: string[] = [];
+  url = '';
+  private server!: Server;
+  private readonly sockets = new Set<Socket>();
+
+  static async start(): Promise<TunnelProxy> {
+    const proxy = new TunnelProxy();
+    proxy.server = createServer((_req, res) => {
+      res.statusCode = 405;
+      res.end();
+    });
+    proxy.server.on('connect', (req, client: Socket, head: Buffer) => {
+      proxy.tunnels.push(req.url ?? '');
+      const [host, port] = (req.url ?? '').split(':');
+      const target = netConnect(Number(port), host!, () => {
+        client.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+        if (head.length > 0) target.write(head);
+        target.pipe(client);
+        client.pipe(target);
+      });
+      for (const s of [client, target]) {
+        proxy.sockets.add(s);
+        s.on('error', () => undefined);
+        s.on('close', () => proxy.sockets.delete(s));
+      }
+      target.on('close', () => client.destroy());
+      client.on('close', () => target.destroy());
+    });
+    await new Promise<void>((resolve) => proxy.server.listen(0, '127.0.0.1', resolve));
+    proxy.url = `http://127.0.0.1:${(proxy.server.address() as AddressInfo).port}`;
+    return proxy;
+  }
+
+  async close(): Promise<void> {
+    for (const s of this.sockets) s.destroy();
+    this.server.closeAllConnections();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+}
+
+describe('upstream requests through an egress proxy (HTTP_PROXY, HTTPS_PROXY, NO_PROXY)', () => {
+  let dir: string;
+  let httpUp: TestRegistry;
+  let httpsUp: TestRegistry;
+  let tunnel: TunnelProxy;
+  const started: TestRegistry[] = [];
+  let image: Awaited<ReturnType<typeof pushImage>>;
+
+  const proxyWith = async (env: NodeJS.ProcessEnv, upstream: Record<string, unknown>): Promise<TestRegistry> => {
+    const reg = await startRegistry({ env, settings: { proxy: { retries: 0, upstreams: { up: upstream } } } });
+    started.push(reg);
+    return reg;
+  };
+  const pullThrough = async (reg: TestRegistry): Promise<void> => {
+    const manifest = await fetch(`${reg.url}/v2/proxy/up/alice/app/manifests/1`, { headers: { accept: image.manifest.mediaType } });
+    expect(manifest.status).toBe(200);
+    expect(Buffer.from(await manifest.arrayBuffer()).equals(image.manifest.bytes)).toBe(true);
+    const layer = await fetch(`${reg.url}/v2/proxy/up/alice/app/blobs/${image.layer.digest}`);
+    expect(layer.status).toBe(200);
+    expect(Buffer.from(await layer.arrayBuffer()).equals(image.layer.bytes)).toBe(true);
+  };
+
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'wharf-egress-'));
+    httpUp = await startRegistry({ root: join(dir, 'plain') });
+    image = await pushImage(httpUp.url, 'alice/app', '1');
+    // The same image over HTTPS with a self-signed CA: seeded over HTTP, then served from that storage.
+    const seeding = await startRegistry({ root: join(dir, 'tls') });
+    await pushImage(seeding.url, 'alice/app', '1');
+    await seeding.close();
+    httpsUp = await startRegistry({ root: join(dir, 'tls'), settings: { tls: { self_signed: true } } });
+    tunnel = await TunnelProxy.start();
+  });
+  afterAll(async () => {
+    for (const r of started) await r.close();
+    await httpUp?.close();
+    await httpsUp?.close();
+    await tunnel?.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test('HTTP_PROXY: an http:// upstream is reached through a tunnel of the proxy', async () => {
+    const reg = await proxyWith({ HTTP_PROXY: tunnel.url }, { url: httpUp.url });
+    const before = tunnel.tunnels.length;
+    await pullThrough(reg);
+    expect(tunnel.tunnels.slice(before)).toContain(new URL(httpUp.url).host);
+  });
+
+  test('HTTPS_PROXY with ca_file: an https:// upstream behind a private CA, through the tunnel', async () => {
+    const reg = await proxyWith({ https_proxy: tunnel.url }, { url: httpsUp.url, ca_file: httpsUp.caFile! });
+    const before = tunnel.tunnels.length;
+    await pullThrough(reg);
+    expect(tunnel.tunnels.slice(before)).toContain(new URL(httpsUp.url).host);
+  });
+
+  test('NO_PROXY, and a proxy for the other scheme only: the upstream is reached directly', async () => {
+    const before = tunnel.tunnels.length;
+    await pullThrough(await proxyWith({ HTTP_PROXY: tunnel.url, NO_PROXY: 'localhost,127.0.0.1' }, { url: httpUp.url }));
+    await pullThrough(await proxyWith({ HTTPS_PROXY: tunnel.url }, { url: httpUp.url }));
+    expect(tunnel.tunnels.slice(before)).toEqual([]);
+  });
+
+  test('a proxy variable that is not an http(s) URL stops the configuration, naming the variable; a bare host:port is http', () => {
+    const base = { listen: '127.0.0.1:0', registry_storage: join(dir, 'r'), temporary_registry_storage: join(dir, 't'), proxy_storage: join(dir, 'p') };
+    expect(() => buildConfig(base, { env: { HTTPS_PROXY: 'http://[proxy' } })).toThrow(/HTTPS_PROXY must be a URL/);
+    // As curl has it, a proxy without a scheme is an http:// one.
+    expect(buildConfig(base, { env: { HTTPS_PROXY: 'proxy.corp:3128' } }).proxy.egress).toEqual({ https: 'http://proxy.corp:3128' });
+    expect(() => buildConfig(base, { env: { HTTP_PROXY: 'socks5://proxy.corp:1080' } })).toThrow(/HTTP_PROXY must be an http/);
+  });
+});
