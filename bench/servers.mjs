@@ -237,8 +237,9 @@ export async function startWharf({ root, cli, dir, name = 'wharf', extraToml = [
       '',
     ].join('\n'),
   );
-  // The server's own environment must not override the file (WHARF_* variables).
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('WHARF_')));
+  // The server's own environment must not override the file (WHARF_* variables), nor send the
+  // upstream requests of the proxy workloads (all on loopback) through an egress proxy.
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('WHARF_') && !/^(https?|no)_proxy$/i.test(k)));
   const running = launch(name, process.execPath, [...wharfNodeFlags(root), cli, 'serve', '--config', toml], `http://127.0.0.1:${port}`, { cwd: root, env });
   await waitReady(running);
   return running;
