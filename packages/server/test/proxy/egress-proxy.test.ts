@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { buildConfig } from '../../src/config.js';
 import { pushImage } from '../helpers/oci.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
+import { expectImageThrough, type PushedImage } from './helpers/image-through.js';
 
 /** A forward proxy that only tunnels (CONNECT), as egress proxies do, and remembers where to. */
 class TunnelProxy {
@@ -56,21 +57,14 @@ describe('upstream requests through an egress proxy (HTTP_PROXY, HTTPS_PROXY, NO
   let httpsUp: TestRegistry;
   let tunnel: TunnelProxy;
   const started: TestRegistry[] = [];
-  let image: Awaited<ReturnType<typeof pushImage>>;
+  let image: PushedImage;
 
   const proxyWith = async (env: NodeJS.ProcessEnv, upstream: Record<string, unknown>): Promise<TestRegistry> => {
     const reg = await startRegistry({ env, settings: { proxy: { retries: 0, upstreams: { up: upstream } } } });
     started.push(reg);
     return reg;
   };
-  const pullThrough = async (reg: TestRegistry): Promise<void> => {
-    const manifest = await fetch(`${reg.url}/v2/proxy/up/alice/app/manifests/1`, { headers: { accept: image.manifest.mediaType } });
-    expect(manifest.status).toBe(200);
-    expect(Buffer.from(await manifest.arrayBuffer()).equals(image.manifest.bytes)).toBe(true);
-    const layer = await fetch(`${reg.url}/v2/proxy/up/alice/app/blobs/${image.layer.digest}`);
-    expect(layer.status).toBe(200);
-    expect(Buffer.from(await layer.arrayBuffer()).equals(image.layer.bytes)).toBe(true);
-  };
+  const pullThrough = (reg: TestRegistry): Promise<void> => expectImageThrough(reg.url, image);
 
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), 'wharf-egress-'));

@@ -6,6 +6,7 @@ import { buildConfig } from '../../src/config.js';
 import { expectOciError } from '../helpers/http.js';
 import { pushImage } from '../helpers/oci.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
+import { expectImageThrough, type PushedImage } from './helpers/image-through.js';
 
 /** Every real upstream speaks HTTPS; a private one often has its own CA, given with `ca_file`. */
 describe('an HTTPS upstream whose certificate comes from a private CA', () => {
@@ -13,7 +14,7 @@ describe('an HTTPS upstream whose certificate comes from a private CA', () => {
   let up: TestRegistry;
   let trusting: TestRegistry;
   let plain: TestRegistry;
-  let image: Awaited<ReturnType<typeof pushImage>>;
+  let image: PushedImage;
 
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), 'wharf-https-up-'));
@@ -34,12 +35,7 @@ describe('an HTTPS upstream whose certificate comes from a private CA', () => {
   });
 
   test('with ca_file, the manifest and the layer come through byte for byte', async () => {
-    const manifest = await fetch(`${trusting.url}/v2/proxy/up/alice/app/manifests/1`, { headers: { accept: image.manifest.mediaType } });
-    expect(manifest.status).toBe(200);
-    expect(Buffer.from(await manifest.arrayBuffer()).equals(image.manifest.bytes)).toBe(true);
-    const layer = await fetch(`${trusting.url}/v2/proxy/up/alice/app/blobs/${image.layer.digest}`);
-    expect(layer.status).toBe(200);
-    expect(Buffer.from(await layer.arrayBuffer()).equals(image.layer.bytes)).toBe(true);
+    await expectImageThrough(trusting.url, image);
   });
 
   test('without it, the certificate is refused: a 502 OCI error that says so, for manifests and blobs alike', async () => {
