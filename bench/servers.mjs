@@ -22,18 +22,7 @@ export function registerTempDir(dir) {
 /** Stops every child (SIGTERM, then SIGKILL after 5 s) and removes every temp dir. Idempotent. */
 export function cleanup() {
   cleaning ??= (async () => {
-    await Promise.all(
-      [...children].map(async (c) => {
-        if (c.child.exitCode !== null || c.child.signalCode !== null) return;
-        c.stopping = true;
-        c.child.kill('SIGTERM');
-        const done = await Promise.race([c.exited.then(() => true), sleep(5_000).then(() => false)]);
-        if (!done) {
-          c.child.kill('SIGKILL');
-          await c.exited;
-        }
-      }),
-    );
+    await Promise.all([...children].map((c) => stopServer(c)));
     children.clear();
     for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
     tempDirs.clear();

@@ -17,14 +17,20 @@ function serial(): string {
   return bytes.toString('hex');
 }
 
-/** An RSA CA made with node-forge. */
-export function forgeCa(name = 'Test CA'): Pem & { forgeCert: forge.pki.Certificate; forgeKey: forge.pki.rsa.PrivateKey } {
+/** A new RSA key pair and an unsigned certificate for it, valid from a minute ago for 30 days. */
+function freshRsaCertificate(): { keys: forge.pki.rsa.KeyPair; cert: forge.pki.Certificate } {
   const keys = forge.pki.rsa.generateKeyPair({ bits: 2048 });
   const cert = forge.pki.createCertificate();
   cert.publicKey = keys.publicKey;
   cert.serialNumber = serial();
   cert.validity.notBefore = new Date(Date.now() - 60_000);
   cert.validity.notAfter = new Date(Date.now() + 30 * 86_400_000);
+  return { keys, cert };
+}
+
+/** An RSA CA made with node-forge. */
+export function forgeCa(name = 'Test CA'): Pem & { forgeCert: forge.pki.Certificate; forgeKey: forge.pki.rsa.PrivateKey } {
+  const { keys, cert } = freshRsaCertificate();
   const subject = [{ name: 'commonName', value: name }];
   cert.setSubject(subject);
   cert.setIssuer(subject);
@@ -42,12 +48,7 @@ export function forgeCa(name = 'Test CA'): Pem & { forgeCert: forge.pki.Certific
  * PKCS#1 form (BEGIN RSA PRIVATE KEY) or PKCS#8 (BEGIN PRIVATE KEY).
  */
 export function forgeServer(ca: ReturnType<typeof forgeCa>, format: 'pkcs1' | 'pkcs8'): Pem {
-  const keys = forge.pki.rsa.generateKeyPair({ bits: 2048 });
-  const cert = forge.pki.createCertificate();
-  cert.publicKey = keys.publicKey;
-  cert.serialNumber = serial();
-  cert.validity.notBefore = new Date(Date.now() - 60_000);
-  cert.validity.notAfter = new Date(Date.now() + 30 * 86_400_000);
+  const { keys, cert } = freshRsaCertificate();
   cert.setSubject([{ name: 'commonName', value: 'localhost' }]);
   cert.setIssuer(ca.forgeCert.subject.attributes);
   cert.setExtensions([
