@@ -91,9 +91,29 @@ export class PullThroughRepository implements RepositoryReader {
     }
   }
 
+  /**
+   * A cache hit that needs no upstream: a digest the cache holds, or a tag last checked within
+   * manifest_ttl. Anything else (a miss, a tag due for a check, an invalid reference) is undefined.
+   */
+  async peekManifest(repo: string, reference: string): Promise<StoredManifest | undefined> {
+    return this.freshHit(repo, reference, Date.now());
+  }
+
+  private freshHit(repo: string, reference: string, now: number): StoredManifest | undefined {
+    const digest = tryParseDigest(reference);
+    let cached: StoredManifest | undefined;
+    if (digest) {
+      cached = this.index.manifest(this.key, repo, digest.digest);
+    } else {
+      const known = this.index.tag(this.key, repo, reference);
+      if (known && now - known.checkedAt < this.policy.manifestTtl) cached = this.index.manifest(this.key, repo, known.digest);
+    }
+    return cached && this.hit('manifest', cached);
+  }
+
   private async manifestByDigest(repo: string, digest: Digest): Promise<StoredManifest | undefined> {
-    const cached = this.index.manifest(this.key, repo, digest);
-    if (cached) return this.hit('manifest', cached);
+    const cached = this.freshHit(repo, digest, Date.now());
+    if (cached) return cached;
     if (this.index.isAbsent(this.key, repo, digest)) return undefined;
     this.observer?.cacheMiss?.(this.key, 'manifest');
     const fetched = await this.upstream.manifest(repo, digest);
@@ -107,9 +127,10 @@ export class PullThroughRepository implements RepositoryReader {
 
   private async manifestByTag(repo: string, tag: string): Promise<StoredManifest | undefined> {
     const now = Date.now();
+    const fresh = this.freshHit(repo, tag, now);
+    if (fresh) return fresh;
     const known = this.index.tag(this.key, repo, tag);
     const cached = known ? this.index.manifest(this.key, repo, known.digest) : undefined;
-    if (cached && known && now - known.checkedAt < this.policy.manifestTtl) return this.hit('manifest', cached);
     if (!cached && this.index.isAbsent(this.key, repo, tag)) return undefined;
     if (cached && now < this.unavailableUntil) {
       return this.stale(cached, repo, tag, `upstream ${this.key} is unavailable; serving the cached manifest`);

@@ -81,6 +81,23 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     expect(fake.requests).toHaveLength(1);
   });
 
+  test('peekManifest answers only what the cache holds fresh, and never asks the upstream', async () => {
+    const digest = fake.addManifest('alice/app', '1', DOC('a'));
+    expect(await repo.peekManifest('alice/app', '1')).toBeUndefined();
+    expect(await repo.peekManifest('alice/app', digest)).toBeUndefined();
+    expect(fake.requests).toHaveLength(0);
+    await repo.manifest('alice/app', '1');
+    const seen = fake.requests.length;
+    expect((await repo.peekManifest('alice/app', '1'))?.digest).toBe(digest);
+    expect((await repo.peekManifest('alice/app', digest))?.digest).toBe(digest);
+    expect(await repo.peekManifest('alice/app', 'bad tag!')).toBeUndefined();
+    await sleep(TTL + 50);
+    // A tag due for its check is not answered; a digest stays answered (immutable).
+    expect(await repo.peekManifest('alice/app', '1')).toBeUndefined();
+    expect((await repo.peekManifest('alice/app', digest))?.digest).toBe(digest);
+    expect(fake.requests.length).toBe(seen);
+  });
+
   for (const fault of ['500', '429', 'stall'] as const) {
     test(`upstream ${fault} after the TTL with a cached copy: the copy, marked stale`, async () => {
       const digest = fake.addManifest('alice/app', '1', DOC('a'));

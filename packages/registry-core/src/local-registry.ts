@@ -5,7 +5,7 @@ import { parseDigest, tryParseDigest, type Digest, type DigestAlgorithm } from '
 import { RegistryError } from './errors.js';
 import { parseManifest, type Descriptor } from './manifest.js';
 import type { MetadataStore, Page, StoredManifest } from './metadata-store.js';
-import { assertTag, isValidRepositoryName } from './reference.js';
+import { assertTag, isValidRepositoryName, isValidTag } from './reference.js';
 import type { PutManifestResult, RepositoryReader, RepositoryWriter } from './registry.js';
 import type { ChunkPosition, UploadSessions, UploadStatus } from './uploads.js';
 
@@ -39,6 +39,12 @@ export class LocalRegistry implements RepositoryReader, RepositoryWriter {
     if (reference.includes(':')) parseDigest(reference); // throws DIGEST_INVALID for a malformed digest
     assertTag(reference);
     return this.metadata.taggedManifest(repo, reference);
+  }
+
+  peekManifest(repo: string, reference: string): Promise<StoredManifest | undefined> {
+    const digest = tryParseDigest(reference);
+    if (digest) return this.metadata.manifest(repo, digest.digest);
+    return isValidTag(reference) ? this.metadata.taggedManifest(repo, reference) : Promise.resolve(undefined);
   }
 
   blob(repo: string, digest: Digest): Promise<BlobInfo | undefined> {

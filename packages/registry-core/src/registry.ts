@@ -9,6 +9,12 @@ import type { ChunkPosition, UploadStatus } from './uploads.js';
 export interface RepositoryReader {
   /** `reference` is a tag or a digest. */
   manifest(repo: string, reference: string): Promise<StoredManifest | undefined>;
+  /**
+   * The manifest when this reader's own storage answers alone: no upstream is asked and nothing is
+   * refused. undefined means "not answerable here": absent, an invalid reference, or (pull-through) a
+   * tag due for revalidation; `manifest()` then decides, with its errors.
+   */
+  peekManifest(repo: string, reference: string): Promise<StoredManifest | undefined>;
   blob(repo: string, digest: Digest): Promise<BlobInfo | undefined>;
   /** What a HEAD answers: the blob's size, without fetching its bytes (the proxy asks its upstream). */
   statBlob(repo: string, digest: Digest): Promise<BlobInfo | undefined>;

@@ -233,6 +233,19 @@ describe('LocalRegistry on files and SQLite', () => {
       expect(await registry.repositories({})).toEqual(['alice/a']);
     });
 
+    test('peekManifest: what manifest() finds; undefined where manifest() would refuse', async () => {
+      await pushBlobs('alice/a');
+      await registry.putManifest('alice/a', 'latest', manifestBytes, OCI_MANIFEST);
+      expect(await registry.peekManifest('alice/a', 'latest')).toEqual(await registry.manifest('alice/a', 'latest'));
+      expect((await registry.peekManifest('alice/a', manifestDigest))?.digest).toBe(manifestDigest);
+      expect(await registry.peekManifest('alice/a', 'other')).toBeUndefined();
+      expect(await registry.peekManifest('bob/b', 'latest')).toBeUndefined();
+      await expect(registry.manifest('alice/a', '-bad')).rejects.toMatchObject({ code: 'TAG_INVALID' });
+      expect(await registry.peekManifest('alice/a', '-bad')).toBeUndefined();
+      await expect(registry.manifest('alice/a', 'sha256:abc')).rejects.toMatchObject({ code: 'DIGEST_INVALID' });
+      expect(await registry.peekManifest('alice/a', 'sha256:abc')).toBeUndefined();
+    });
+
     test('putManifest by digest: stored without a tag', async () => {
       await pushBlobs('alice/a');
       expect(await registry.putManifest('alice/a', manifestDigest, manifestBytes, OCI_MANIFEST)).toEqual({ digest: manifestDigest });

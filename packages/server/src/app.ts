@@ -1,5 +1,6 @@
 import { Router } from '@koa/router';
 import type { LocalRegistry } from '@wharf/registry-core';
+import type { RequestListener } from 'node:http';
 import Koa from 'koa';
 import type { Logger } from 'pino';
 import { ociErrors } from './http/oci-errors.js';
@@ -10,7 +11,8 @@ import { registerMetrics } from './routes/metrics.js';
 import type { MetricsConfig } from './metrics/metrics-config.js';
 import type { WharfMetrics } from './metrics/metrics.js';
 import type { RepositoryResolver } from './repositories.js';
-import { authMiddleware } from './auth/auth-middleware.js';
+import { authMiddleware, pullAllowed } from './auth/auth-middleware.js';
+import { withManifestFastPath } from './http/manifest-fast-path.js';
 import type { AuthService } from './auth/auth-service.js';
 import { catalogFilter } from './auth/catalog-visibility.js';
 import { registerTokenEndpoint } from './routes/token.js';
@@ -91,4 +93,22 @@ export function createApp(options: AppOptions): Koa {
   app.use(v2.routes());
   app.use(v2.allowedMethods({ throw: true }));
   return app;
+}
+
+/**
+ * The request listener of every Wharf listener: manifest reads the registry answers from its own
+ * storage take the fast path (http/manifest-fast-path.ts), everything else the Koa app.
+ */
+export function createHandler(options: AppOptions): RequestListener {
+  const app = createApp(options);
+  const draining = options.ops?.health.draining;
+  return withManifestFastPath(
+    {
+      resolver: options.resolver,
+      ...(options.auth ? { mayPull: pullAllowed(options.auth) } : {}),
+      tracking: { logger: options.logger, observer: options.ops?.observer },
+      ...(draining ? { draining } : {}),
+    },
+    app.callback(),
+  );
 }

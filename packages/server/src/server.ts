@@ -12,7 +12,7 @@ import {
 } from '@wharf/registry-core';
 import { BlobFills, CacheEviction, CacheIndex, PullThroughRepository } from '@wharf/proxy';
 import type { Logger } from 'pino';
-import { createApp } from './app.js';
+import { createHandler } from './app.js';
 import { createLogger } from './logger.js';
 import { createRedirectServer, createWharfServer, updateCertificate } from './http/listeners.js';
 import { drainServers } from './lifecycle.js';
@@ -141,7 +141,7 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
     ? await AuthService.create({ config, db, repositoryExists: (name) => local.repositoryExists(name), logger, ...(options.auth ? { tuning: options.auth } : {}) })
     : undefined;
   let draining = false;
-  const app = createApp({
+  const handler = createHandler({
     ...(auth ? { auth } : {}),
     local,
     resolver,
@@ -157,7 +157,7 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
 
   // HTTPS on `listen` with [tls]; header, idle and keep-alive timeouts (http/listeners.ts).
   const timeouts = { readHeaderTimeout: config.readHeaderTimeout, idleTimeout: config.idleTimeout };
-  const server = createWharfServer(app.callback(), timeouts, tls?.material);
+  const server = createWharfServer(handler, timeouts, tls?.material);
   const tlsRefresh = tls
     ? setInterval(() => {
         tls.refresh().then(

@@ -1,6 +1,6 @@
 import { RegistryError, isValidRepositoryName } from '@wharf/registry-core';
 import type { Context, Next } from 'koa';
-import type { RepositoryResolver } from '../repositories.js';
+import type { RepositoryResolver, ResolvedRepository } from '../repositories.js';
 import { AuthFailure, type AuthService, type Credentials } from './auth-service.js';
 import { allowedActions, mayListCatalog, type Action, type Principal, type Target } from './permissions.js';
 import { routeAccess } from './route-access.js';
@@ -41,6 +41,30 @@ function isAdminUser(p: Principal): boolean {
   return p.kind === 'user' && p.admin;
 }
 
+/** What permissions see of a resolved name: a pull-through upstream, or a local repository. */
+function targetOfResolved(name: string, resolved: ResolvedRepository): Target {
+  return resolved.namespace !== undefined && resolved.writer === undefined ? { kind: 'proxy', upstream: resolved.namespace } : { kind: 'repository', name };
+}
+
+/**
+ * Whether a request with this Authorization header may pull `name`, served by `resolved`: the rules of
+ * the middleware below for a read. false also when the answer needs the middleware's side effects (a
+ * Basic login counts against the failed-login limits, so it is checked there once) or its refusal.
+ */
+export function pullAllowed(auth: AuthService) {
+  return async function mayPull(authorization: string | undefined, ip: string | undefined, name: string, resolved: ResolvedRepository): Promise<boolean> {
+    if (authorization !== undefined && !/^Bearer\s/i.test(authorization)) return false;
+    let who: Credentials;
+    try {
+      who = await auth.authenticate(authorization, ip);
+    } catch {
+      return false;
+    }
+    if (who.via === 'bearer' && !grantedActions(who.access, 'repository', name).has('pull')) return false;
+    return allowedActions(who.principal, targetOfResolved(name, resolved), auth.policy()).has('pull');
+  };
+}
+
 export interface AuthMiddlewareOptions {
   readonly auth: AuthService;
   readonly resolver: RepositoryResolver;
@@ -59,8 +83,7 @@ export function authMiddleware(options: AuthMiddlewareOptions) {
   /** Local repository, or the upstream that serves the name (as the routes will resolve it). */
   async function targetOf(ctx: Context, name: string, principal: Principal): Promise<Target> {
     try {
-      const resolved = await resolver.resolve(name, new URLSearchParams(ctx.querystring), { method: ctx.method, remoteAddress: ctx.socket.remoteAddress });
-      return resolved.namespace !== undefined && resolved.writer === undefined ? { kind: 'proxy', upstream: resolved.namespace } : { kind: 'repository', name };
+      return targetOfResolved(name, await resolver.resolve(name, new URLSearchParams(ctx.querystring), { method: ctx.method, remoteAddress: ctx.socket.remoteAddress }));
     } catch (err) {
       // An invalid name or unknown upstream: anonymous callers learn nothing before signing in.
       if (principal.kind === 'anonymous') return { kind: 'repository', name };

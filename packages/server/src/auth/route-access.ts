@@ -1,3 +1,4 @@
+import { decodeCapture } from '../http/path-segments.js';
 import type { Action } from './permissions.js';
 
 /**
@@ -43,14 +44,6 @@ const ROUTES: readonly (readonly [readonly string[], RegExp, readonly Action[] |
   [READ, REFERRERS, ['pull']],
 ];
 
-/** URL-decodes like routes/context.ts decodeCapture: malformed escapes are kept as written. */
-function decode(value: string): string {
-  try {
-    return decodeURIComponent(value);
-  } catch {
-    return value;
-  }
-}
 
 export function routeAccess(method: string, path: string): RouteAccess {
   for (const [methods, pattern, needs, uploadStart] of ROUTES) {
@@ -59,7 +52,7 @@ export function routeAccess(method: string, path: string): RouteAccess {
     if (!m) continue;
     if (needs === 'base') return { kind: 'base' };
     if (needs === 'catalog') return { kind: 'catalog' };
-    return { kind: 'repository', name: decode(m[1]!), actions: needs, uploadStart: uploadStart === true };
+    return { kind: 'repository', name: decodeCapture(m[1]!), actions: needs, uploadStart: uploadStart === true };
   }
   return { kind: 'unknown' };
 }

@@ -1,8 +1,9 @@
 import { randomUUID } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Context, Next } from 'koa';
 import type { Logger } from 'pino';
-import { classifyRoute, type RouteLabel } from './route-label.js';
+import { classifyRoute, type ClassifiedRoute, type RouteLabel } from './route-label.js';
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
@@ -39,46 +40,72 @@ function trafficOf(socket: Socket): { bytesIn: number; bytesOut: number } {
   return { bytesIn: Math.max(0, now.read - before.read), bytesOut: Math.max(0, now.written - before.written) };
 }
 
+export interface RequestTrackingDeps {
+  readonly logger: Logger;
+  readonly observer?: RequestObserver | undefined;
+}
+
 /**
  * One log line per request, written when the response is done (streams included): method, route,
  * repository, path (never the query string, which may carry credentials), status, bytes in and out,
- * duration, request id (`X-Request-Id` when the client sent a sane one, generated otherwise, and
- * returned). No header is logged, so no credential can be.
+ * duration, request id (`X-Request-Id` when the client sent a sane one, generated otherwise). No
+ * header is logged, so no credential can be. The observer sees the start and the end.
+ *
+ * Returns the request id, which the caller sends back as `X-Request-Id`. `errorCode` is asked when
+ * the response closes; `started` (performance.now()) defaults to now; `route`, when the caller
+ * already knows it, saves classifying the path again.
  */
-export function requestLog(logger: Logger, observer?: RequestObserver) {
-  return async function requestLogMiddleware(ctx: Context, next: Next): Promise<void> {
-    const started = performance.now();
-    const given = ctx.get('X-Request-Id');
-    const reqId = REQUEST_ID.test(given) ? given : randomUUID();
-    ctx.state.reqId = reqId;
-    ctx.set('X-Request-Id', reqId);
-    const { route, repository } = classifyRoute(ctx.path);
-    // Taken now: by the time the response closes, the request may have let go of its socket.
-    const socket = ctx.req.socket;
-    observer?.started(route);
-    ctx.res.once('close', () => {
-      const traffic = socket ? trafficOf(socket) : { bytesIn: 0, bytesOut: 0 };
-      // 499, as nginx logs it: the client went away before a response was sent.
-      const status = ctx.res.headersSent ? ctx.res.statusCode : 499;
-      const durationMs = Math.round((performance.now() - started) * 10) / 10;
+export function trackRequest(
+  req: IncomingMessage,
+  res: ServerResponse,
+  path: string,
+  deps: RequestTrackingDeps,
+  options: { readonly errorCode?: () => string | undefined; readonly started?: number; readonly route?: ClassifiedRoute } = {},
+): string {
+  const { logger, observer } = deps;
+  const started = options.started ?? performance.now();
+  const given = req.headers['x-request-id'];
+  const reqId = typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
+  const { route, repository } = options.route ?? classifyRoute(path);
+  const method = req.method ?? 'GET';
+  // Taken now: by the time the response closes, the request may have let go of its socket.
+  const socket = req.socket;
+  observer?.started(route);
+  res.once('close', () => {
+    const traffic = socket ? trafficOf(socket) : { bytesIn: 0, bytesOut: 0 };
+    // 499, as nginx logs it: the client went away before a response was sent.
+    const status = res.headersSent ? res.statusCode : 499;
+    const durationMs = Math.round((performance.now() - started) * 10) / 10;
+    const level = res.statusCode >= 500 ? 'error' : QUIET_ROUTES.has(route) ? 'debug' : 'info';
+    if (logger.isLevelEnabled(level)) {
+      const error = options.errorCode?.();
       const fields = {
         reqId,
-        method: ctx.method,
+        method,
         route,
         ...(repository !== undefined ? { repository } : {}),
-        path: ctx.path,
+        path,
         status,
         bytesIn: traffic.bytesIn,
         bytesOut: traffic.bytesOut,
         durationMs,
-        ...(ctx.state.errorCode ? { error: ctx.state.errorCode } : {}),
-        ...(ctx.res.writableFinished ? {} : { aborted: true }),
+        ...(error ? { error } : {}),
+        ...(res.writableFinished ? {} : { aborted: true }),
       };
-      if (ctx.res.statusCode >= 500) logger.error(fields, 'request');
-      else if (QUIET_ROUTES.has(route)) logger.debug(fields, 'request');
-      else logger.info(fields, 'request');
-      observer?.finished({ route, method: ctx.method, status, durationMs, ...traffic });
-    });
+      logger[level](fields, 'request');
+    }
+    observer?.finished({ route, method, status, durationMs, bytesIn: traffic.bytesIn, bytesOut: traffic.bytesOut });
+  });
+  return reqId;
+}
+
+/** trackRequest for every request that goes through Koa. */
+export function requestLog(logger: Logger, observer?: RequestObserver) {
+  const deps = { logger, observer };
+  return async function requestLogMiddleware(ctx: Context, next: Next): Promise<void> {
+    const reqId = trackRequest(ctx.req, ctx.res, ctx.path, deps, { errorCode: () => ctx.state.errorCode as string | undefined });
+    ctx.state.reqId = reqId;
+    ctx.set('X-Request-Id', reqId);
     await next();
   };
 }

@@ -1,4 +1,5 @@
 import { isValidRepositoryName } from '@wharf/registry-core';
+import { decodeCapture } from './path-segments.js';
 
 /**
  * A request's route as a small, fixed set of names: the `route` label of metrics and the `route` field
@@ -37,13 +38,6 @@ const REPOSITORY_ROUTES: readonly (readonly [RegExp, RouteLabel])[] = [
   [/^\/v2\/(.+)\/referrers\/([^/]+)$/, 'referrers'],
 ];
 
-function decode(value: string): string {
-  try {
-    return decodeURIComponent(value);
-  } catch {
-    return value;
-  }
-}
 
 export function classifyRoute(path: string): ClassifiedRoute {
   if (path === '/v2' || path === '/v2/') return { route: 'base' };
@@ -52,7 +46,7 @@ export function classifyRoute(path: string): ClassifiedRoute {
     for (const [pattern, route] of REPOSITORY_ROUTES) {
       const m = pattern.exec(path);
       if (!m) continue;
-      const name = decode(m[1]!);
+      const name = decodeCapture(m[1]!);
       return isValidRepositoryName(name) ? { route, repository: name } : { route };
     }
     return { route: 'other' };

@@ -38,6 +38,15 @@ function blobTotals(db: SqliteDatabase, table: 'blobs' | 'proxy_blobs'): { count
  * one process keep separate numbers). Labels are small fixed sets: routes (http/route-label.ts),
  * methods, statuses, upstream keys, and `store` = registry | proxy.
  */
+type InFlight = ReturnType<Gauge<'route'>['labels']>;
+
+interface RequestSeries {
+  readonly requests: ReturnType<Counter<'route' | 'method' | 'status'>['labels']>;
+  readonly duration: ReturnType<Histogram<'route' | 'method'>['labels']>;
+  readonly received: ReturnType<Counter<'route'>['labels']>;
+  readonly sent: ReturnType<Counter<'route'>['labels']>;
+}
+
 export class WharfMetrics implements RequestObserver {
   readonly registry = new Registry();
   private readonly requests: Counter<'route' | 'method' | 'status'>;
@@ -145,17 +154,49 @@ export class WharfMetrics implements RequestObserver {
     });
   }
 
+  /**
+   * Labelled children by route, method and status: prom-client hashes a label object on every call,
+   * which costs more than the rest of a cached manifest GET's bookkeeping. Routes and methods are
+   * small fixed sets and statuses few, so this stays small.
+   */
+  private readonly children = new Map<string, RequestSeries>();
+  private readonly inFlightChildren = new Map<RouteLabel, InFlight>();
+
+  private inFlightOf(route: RouteLabel): InFlight {
+    let child = this.inFlightChildren.get(route);
+    if (!child) {
+      child = this.inFlight.labels({ route });
+      this.inFlightChildren.set(route, child);
+    }
+    return child;
+  }
+
+  private seriesOf(route: RouteLabel, method: string, status: number): RequestSeries {
+    const key = `${route} ${method} ${status}`;
+    let series = this.children.get(key);
+    if (!series) {
+      series = {
+        requests: this.requests.labels({ route, method, status: String(status) }),
+        duration: this.duration.labels({ route, method }),
+        received: this.received.labels({ route }),
+        sent: this.sent.labels({ route }),
+      };
+      this.children.set(key, series);
+    }
+    return series;
+  }
+
   started(route: RouteLabel): void {
-    this.inFlight.inc({ route });
+    this.inFlightOf(route).inc();
   }
 
   finished(o: RequestObservation): void {
-    const method = methodLabel(o.method);
-    this.inFlight.dec({ route: o.route });
-    this.requests.inc({ route: o.route, method, status: String(o.status) });
-    this.duration.observe({ route: o.route, method }, o.durationMs / 1000);
-    if (o.bytesIn > 0) this.received.inc({ route: o.route }, o.bytesIn);
-    if (o.bytesOut > 0) this.sent.inc({ route: o.route }, o.bytesOut);
+    const series = this.seriesOf(o.route, methodLabel(o.method), o.status);
+    this.inFlightOf(o.route).dec();
+    series.requests.inc();
+    series.duration.observe(o.durationMs / 1000);
+    if (o.bytesIn > 0) series.received.inc(o.bytesIn);
+    if (o.bytesOut > 0) series.sent.inc(o.bytesOut);
   }
 
   /** The hooks the pull-through repositories call. */

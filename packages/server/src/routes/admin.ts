@@ -2,7 +2,7 @@ import type { Router } from '@koa/router';
 import type { CacheEviction } from '@wharf/proxy';
 import { RegistryError, isValidRepositoryName } from '@wharf/registry-core';
 import { isLoopback } from '../http/loopback.js';
-import { decodeCapture } from './context.js';
+import { decodeCapture } from '../http/path-segments.js';
 import { registerStorageAdmin, type StorageAdminDeps } from './admin-storage.js';
 
 export interface AdminDeps {

@@ -1,21 +1,10 @@
 import { MAX_PAGE, RegistryError, parseDigest, type Digest } from '@wharf/registry-core';
 import type { Context } from 'koa';
+import { decodeCapture } from '../http/path-segments.js';
 import type { RepositoryResolver, ResolvedRepository } from '../repositories.js';
 
 export interface RouteDeps {
   readonly resolver: RepositoryResolver;
-}
-
-/**
- * URL-decodes a path capture. Malformed percent-encoding (`%zz`, a lone `%`) is kept as written, so the
- * name, tag or digest check downstream refuses it with its own 4xx instead of a URIError becoming a 500.
- */
-export function decodeCapture(value: string): string {
-  try {
-    return decodeURIComponent(value);
-  } catch {
-    return value;
-  }
 }
 
 /** The repository named by the route's first capture, validated and resolved. */

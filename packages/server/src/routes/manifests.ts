@@ -1,16 +1,12 @@
 import type { Router, RouterContext } from '@koa/router';
 import { MAX_MANIFEST_BYTES, RegistryError } from '@wharf/registry-core';
 import { emptyBody, readSmallBody } from '../http/body.js';
+import { warningHeader } from '../http/warning-header.js';
 import { writerOf } from '../repositories.js';
 import { capture, repository, type RouteDeps } from './context.js';
 
 const MANIFEST = /^\/v2\/(.+)\/manifests\/([^/]+)$/;
 
-/** `Warning: 299 - "text"`, as the spec allows: one code, quoted text, within 4096 bytes. */
-function warningHeader(text: string): string {
-  const clean = text.replace(/["\\\r\n]/g, ' ').slice(0, 1000);
-  return `299 - "${clean}"`;
-}
 
 function manifestUnknown(reference: string): RegistryError {
   return new RegistryError('MANIFEST_UNKNOWN', 'manifest unknown to registry', { reference });

@@ -1,0 +1,104 @@
+import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
+import type { StoredManifest } from '@wharf/registry-core';
+import type { RepositoryResolver, ResolvedRepository } from '../repositories.js';
+import { decodeCapture } from './path-segments.js';
+import { trackRequest, type RequestTrackingDeps } from './request-log.js';
+import { warningHeader } from './warning-header.js';
+
+const MANIFEST = /^\/v2\/(.+)\/manifests\/([^/]+)$/;
+
+export interface ManifestFastPathDeps {
+  readonly resolver: RepositoryResolver;
+  /** With auth: whether the request may pull the name as resolved (auth/auth-middleware.ts pullAllowed). */
+  readonly mayPull?: (authorization: string | undefined, ip: string | undefined, name: string, resolved: ResolvedRepository) => Promise<boolean>;
+  readonly tracking: RequestTrackingDeps;
+  /** While shutting down, responses close their connection (as app.ts does for every other request). */
+  readonly draining?: () => boolean;
+}
+
+/**
+ * GET and HEAD of a manifest the registry can answer from its own storage, without Koa. A CI fleet
+ * with ImagePullPolicy=Always asks for the same tags all day, and Koa's per-request context, middleware
+ * chain and router cost more than the answer itself (measured with wrk: 8,800 req/s through Koa, about
+ * twice that here).
+ *
+ * Only successes are answered here: the request is handed to `next` (the Koa app) whenever anything
+ * else could be the answer: another method or path, a name the resolver refuses, a request auth does
+ * not plainly allow (Basic credentials included, so failed-login limits count once), a manifest that
+ * is absent or needs the upstream. Every step before that hand-over reads and changes nothing, so
+ * the full path decides as if this one did not exist. The response carries what the Koa route sends
+ * (routes/manifests.ts), and the request is logged and counted the same way.
+ */
+export function withManifestFastPath(deps: ManifestFastPathDeps, next: RequestListener): RequestListener {
+  return function handle(req: IncomingMessage, res: ServerResponse): void {
+    const method = req.method;
+    const url = req.url ?? '';
+    if ((method !== 'GET' && method !== 'HEAD') || !url.startsWith('/v2/')) {
+      next(req, res);
+      return;
+    }
+    const q = url.indexOf('?');
+    const path = q < 0 ? url : url.slice(0, q);
+    const m = MANIFEST.exec(path);
+    if (!m) {
+      next(req, res);
+      return;
+    }
+    const started = performance.now();
+    const name = decodeCapture(m[1]!);
+    lookUp(deps, req, name, decodeCapture(m[2]!), q < 0 ? '' : url.slice(q + 1)).then(
+      (found) => {
+        if (found) send(deps, req, res, path, name, started, found.target, found.manifest);
+        else next(req, res);
+      },
+      // An unexpected failure (the database): the full path meets it too and answers it properly.
+      () => next(req, res),
+    );
+  };
+}
+
+async function lookUp(
+  deps: ManifestFastPathDeps,
+  req: IncomingMessage,
+  name: string,
+  reference: string,
+  query: string,
+): Promise<{ target: ResolvedRepository; manifest: StoredManifest } | undefined> {
+  const remoteAddress = req.socket.remoteAddress;
+  let target: ResolvedRepository;
+  try {
+    target = await deps.resolver.resolve(name, new URLSearchParams(query), { method: req.method!, ...(remoteAddress ? { remoteAddress } : {}) });
+  } catch {
+    return undefined;
+  }
+  if (deps.mayPull && !(await deps.mayPull(req.headers.authorization || undefined, remoteAddress, name, target))) return undefined;
+  const manifest = await target.reader.peekManifest(target.repo, reference);
+  return manifest && { target, manifest };
+}
+
+function send(
+  deps: ManifestFastPathDeps,
+  req: IncomingMessage,
+  res: ServerResponse,
+  path: string,
+  repositoryName: string,
+  started: number,
+  target: ResolvedRepository,
+  manifest: StoredManifest,
+): void {
+  const reqId = trackRequest(req, res, path, deps.tracking, { started, route: { route: 'manifest', repository: repositoryName } });
+  // One flat header list for writeHead: no per-header setHeader bookkeeping.
+  const headers: (string | number)[] = [
+    'X-Request-Id', reqId,
+    'Docker-Distribution-API-Version', 'registry/2.0',
+    'Content-Type', manifest.mediaType,
+    'Docker-Content-Digest', manifest.digest,
+    'ETag', `"${manifest.digest}"`,
+    'Content-Length', manifest.bytes.length,
+  ];
+  if (target.namespace) headers.push('OCI-Namespace', target.namespace);
+  if (manifest.warning) headers.push('Warning', warningHeader(manifest.warning));
+  if (deps.draining?.()) headers.push('Connection', 'close');
+  res.writeHead(200, headers as string[]);
+  res.end(req.method === 'HEAD' ? undefined : manifest.bytes);
+}
