@@ -2,7 +2,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import type { Readable } from 'node:stream';
 import { rootCertificates } from 'node:tls';
 import { MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES, bareMediaType, digestOf, tryParseDigest, type ByteRange, type Digest } from '@wharf/registry-core';
-import { Agent, EnvHttpProxyAgent, type Dispatcher } from 'undici';
+import type { Dispatcher } from 'undici';
 import { TokenCache, parseChallenge } from './token-auth.js';
 import { UpstreamError, type Upstream, type UpstreamFailure, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest } from './upstream.js';
 
@@ -106,7 +106,8 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 export class HttpUpstream implements Upstream {
   readonly name: string;
   private readonly base: string;
-  private readonly agent: Dispatcher;
+  /** Made at the first request: undici is loaded then (about 9 MiB of memory a registry-only Wharf never needs). */
+  private agent: Promise<Dispatcher> | undefined;
   private readonly tokens = new TokenCache();
   private readonly timeouts: UpstreamTimeouts;
   private readonly retries: number;
@@ -120,32 +121,39 @@ export class HttpUpstream implements Upstream {
     this.retries = options.retries ?? 3;
     this.maxRetryWait = options.maxRetryWait ?? 10_000;
     this.userAgent = options.userAgent ?? 'wharf-proxy';
-    // connect covers TCP and TLS; headersTimeout runs from the request sent to the response head;
-    // bodyTimeout is the longest silence between body chunks, so a multi-GB blob has no total limit.
-    // A private CA is added to the system's roots, not put in their place: a redirect to a public CDN still verifies.
-    const connect = { timeout: this.timeouts.connect, ...(options.ca !== undefined ? { ca: [...rootCertificates, options.ca] } : {}) };
-    const common = { headersTimeout: this.timeouts.firstByte, bodyTimeout: this.timeouts.idle };
-    // The egress proxy for this upstream's scheme (HTTPS_PROXY for https://, HTTP_PROXY for http://, as
-    // Go and Docker have it); redirect hops, to a CDN say, go the same way.
-    const via = new URL(this.base).protocol === 'https:' ? options.egress?.https : options.egress?.http;
-    this.agent = via
-      ? // requestTls is the tunnelled connection to the upstream, proxyTls the one to the proxy; noProxy
-        // '' rather than undefined, or undici reads the process environment by itself.
-        new EnvHttpProxyAgent({
-          ...common,
-          connect,
-          requestTls: connect,
-          proxyTls: { timeout: this.timeouts.connect },
-          httpProxy: via,
-          httpsProxy: via,
-          noProxy: options.egress?.noProxy ?? '',
-        })
-      : new Agent({ ...common, connect });
+  }
+
+  private dispatcher(): Promise<Dispatcher> {
+    this.agent ??= import('undici').then(({ Agent, EnvHttpProxyAgent }) => {
+      const options = this.options;
+      // connect covers TCP and TLS; headersTimeout runs from the request sent to the response head;
+      // bodyTimeout is the longest silence between body chunks, so a multi-GB blob has no total limit.
+      // A private CA is added to the system's roots, not put in their place: a redirect to a public CDN still verifies.
+      const connect = { timeout: this.timeouts.connect, ...(options.ca !== undefined ? { ca: [...rootCertificates, options.ca] } : {}) };
+      const common = { headersTimeout: this.timeouts.firstByte, bodyTimeout: this.timeouts.idle };
+      // The egress proxy for this upstream's scheme (HTTPS_PROXY for https://, HTTP_PROXY for http://, as
+      // Go and Docker have it); redirect hops, to a CDN say, go the same way.
+      const via = new URL(this.base).protocol === 'https:' ? options.egress?.https : options.egress?.http;
+      return via
+        ? // requestTls is the tunnelled connection to the upstream, proxyTls the one to the proxy; noProxy
+          // '' rather than undefined, or undici reads the process environment by itself.
+          new EnvHttpProxyAgent({
+            ...common,
+            connect,
+            requestTls: connect,
+            proxyTls: { timeout: this.timeouts.connect },
+            httpProxy: via,
+            httpsProxy: via,
+            noProxy: options.egress?.noProxy ?? '',
+          })
+        : new Agent({ ...common, connect });
+    });
+    return this.agent;
   }
 
   /** Closes idle connections; requests still running finish first. */
   async close(): Promise<void> {
-    await this.agent.close();
+    if (this.agent) await (await this.agent).close();
   }
 
   async head(repo: string, reference: string, signal?: AbortSignal): Promise<UpstreamHead | undefined> {
@@ -259,7 +267,7 @@ export class HttpUpstream implements Upstream {
     for (let hop = 0; ; hop++) {
       let res;
       try {
-        res = await this.agent.request({ origin: target.origin, path: `${target.pathname}${target.search}`, method, headers: sent, ...(signal ? { signal } : {}) });
+        res = await (await this.dispatcher()).request({ origin: target.origin, path: `${target.pathname}${target.search}`, method, headers: sent, ...(signal ? { signal } : {}) });
       } catch (err) {
         this.options.onRequest?.('error');
         throw err;
