@@ -17,6 +17,33 @@ const MEMORY_SEND_BACKLOG = 256 * 1024;
 let activeSends = 0;
 
 /**
+ * Read buffers of finished sends, by size, for the next ones: without them every pull allocates its two
+ * buffers afresh, and the dead ones wait for a garbage collection V8 starts only after tens of MiB of
+ * them (the 8-stream pull bench). Holds at most BUFFER_BUDGET; only the sizes chunkSize() gives.
+ */
+const spare = new Map<number, Buffer[]>();
+let spareBytes = 0;
+
+function takeBuffer(size: number): Buffer {
+  const reused = spare.get(size)?.pop();
+  if (reused) {
+    spareBytes -= size;
+    return reused;
+  }
+  return Buffer.allocUnsafe(size);
+}
+
+/** Only once every write from `buffer` has completed: a buffer a socket may still read is never reused. */
+function giveBack(buffer: Buffer): void {
+  const size = buffer.length;
+  if (size < MIN_CHUNK || size % MIN_CHUNK !== 0 || spareBytes + size > BUFFER_BUDGET) return;
+  const list = spare.get(size) ?? [];
+  list.push(buffer);
+  spare.set(size, list);
+  spareBytes += size;
+}
+
+/**
  * Sends a blob body straight to the socket with the headers Koa has collected, instead of through
  * Koa's response handling (measured here: about twice the pull throughput). A blob file, complete or
  * still being filled by the proxy, is sent from its descriptor through two reused buffers, so a pull
@@ -79,7 +106,7 @@ function chunkSize(): number {
 async function sendChunks(file: FileRange, res: ServerResponse, size: number): Promise<void> {
   // At most this many bytes wait for the socket: the memory a slow client holds.
   const maxInFlight = 2 * size;
-  const buffers = [Buffer.allocUnsafe(size), Buffer.allocUnsafe(size)];
+  const buffers = [takeBuffer(size), takeBuffer(size)];
   const bufferWrites: (Promise<void> | undefined)[] = [undefined, undefined];
   // Writes handed to the socket and not yet flushed, oldest first; they complete in order.
   const inFlight: { done: Promise<void>; bytes: number }[] = [];
@@ -125,5 +152,7 @@ async function sendChunks(file: FileRange, res: ServerResponse, size: number): P
   // An empty range sent nothing above: its end, too, waits for a fill's verification.
   if (file.next) await Promise.race([file.next(position), gone]);
   await Promise.race([Promise.all(inFlight.map((w) => w.done)), gone]);
+  // Every write has completed (a failure above leaves both buffers to the garbage collector).
+  for (const buffer of buffers) giveBack(buffer);
   await new Promise<void>((resolve) => res.end(resolve));
 }
