@@ -25,12 +25,24 @@ const spare = new Map<number, Buffer[]>();
 let spareBytes = 0;
 
 function takeBuffer(size: number): Buffer {
-  const reused = spare.get(size)?.pop();
+  const list = spare.get(size);
+  const reused = list?.pop();
   if (reused) {
     spareBytes -= size;
     return reused;
   }
+  // Sends now use another size (more or fewer run at once): the spares of the old size would only
+  // sit next to the new buffers, so they are let go.
+  if (!list && spareBytes > 0) {
+    spare.clear();
+    spareBytes = 0;
+  }
   return Buffer.allocUnsafe(size);
+}
+
+/** Bytes of read buffers waiting for the next send (for tests and metrics). */
+export function spareSendBufferBytes(): number {
+  return spareBytes;
 }
 
 /** Only once every write from `buffer` has completed: a buffer a socket may still read is never reused. */

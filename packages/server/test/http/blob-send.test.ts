@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { randomBytes } from 'node:crypto';
 import { readdir } from 'node:fs/promises';
 import { request } from 'node:http';
+import { spareSendBufferBytes } from '../../src/http/send-stream.js';
 import { blob, pushBlob, sha256 } from '../helpers/oci.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
 
@@ -28,6 +29,17 @@ describe('blob sending from files', () => {
     );
     expect(sha256(a!)).toBe(big.digest);
     expect(sha256(b!)).toBe(big.digest);
+  });
+
+  test('a finished send leaves its two buffers to the next one, which allocates none', async () => {
+    const pull = async () => sha256(Buffer.from(await (await fetch(`${reg.url}/v2/send/test/blobs/${big.digest}`)).arrayBuffer()));
+    expect(await pull()).toBe(big.digest);
+    // A send alone reads in 1 MiB chunks through two buffers, both back in the pool once it ends.
+    const held = spareSendBufferBytes();
+    expect(held).toBeGreaterThanOrEqual(2 * 1024 * 1024);
+    // The next send takes them and gives them back: the pool neither grows nor empties.
+    expect(await pull()).toBe(big.digest);
+    expect(spareSendBufferBytes()).toBe(held);
   });
 
   test('a range across a chunk boundary is exact', async () => {

@@ -105,7 +105,7 @@ describe('Dockerfile', () => {
     expect(final('EXPOSE').map((e) => e.args)).toEqual([String(containerConfig().listen.port)]);
     expect(final('WORKDIR').at(-1)!.args).toBe('/app');
     expect([...execForm(final('ENTRYPOINT')[0]!.args), ...execForm(final('CMD')[0]!.args)]).toEqual([
-      'node', '--max-semi-space-size=8', '--heap-growing-percent=100', 'packages/server/dist/cli.js', 'serve', '--config', '/app/configuration.toml',
+      'node', '--max-semi-space-size=4', '--heap-growing-percent=100', 'packages/server/dist/cli.js', 'serve', '--config', '/app/configuration.toml',
     ]);
   });
 
@@ -114,7 +114,7 @@ describe('Dockerfile', () => {
     const script = pkg.scripts.wharf!.split(/\s+/);
     const entry = execForm(final('ENTRYPOINT')[0]!.args);
     expect(entry).toEqual(script);
-    expect(script).toContain('--max-semi-space-size=8');
+    expect(script).toContain('--max-semi-space-size=4');
   });
 
   test('this node accepts the flags `pnpm wharf` starts it with', async () => {
