@@ -19,13 +19,13 @@ export interface ManifestFastPathDeps {
 /**
  * GET and HEAD of a manifest the registry can answer from its own storage, without Koa. A CI fleet
  * with ImagePullPolicy=Always asks for the same tags all day, and Koa's per-request context, middleware
- * chain and router cost more than the answer itself (measured with wrk: 8,800 req/s through Koa, about
- * twice that here).
+ * chain and router cost more than the answer itself (measured with wrk on a cached tag: 8,800 req/s
+ * through Koa, 13,000-16,000 here).
  *
  * Only successes are answered here: the request is handed to `next` (the Koa app) whenever anything
  * else could be the answer: another method or path, a name the resolver refuses, a request auth does
  * not plainly allow (Basic credentials included, so failed-login limits count once), a manifest that
- * is absent or needs the upstream. Every step before that hand-over reads and changes nothing, so
+ * is absent or needs the upstream. No step before that hand-over asks an upstream or changes state, so
  * the full path decides as if this one did not exist. The response carries what the Koa route sends
  * (routes/manifests.ts), and the request is logged and counted the same way.
  */
@@ -45,10 +45,9 @@ export function withManifestFastPath(deps: ManifestFastPathDeps, next: RequestLi
       return;
     }
     const started = performance.now();
-    const name = decodeCapture(m[1]!);
-    lookUp(deps, req, name, decodeCapture(m[2]!), q < 0 ? '' : url.slice(q + 1)).then(
+    lookUp(deps, req, decodeCapture(m[1]!), decodeCapture(m[2]!), q < 0 ? '' : url.slice(q + 1)).then(
       (found) => {
-        if (found) send(deps, req, res, path, name, started, found.target, found.manifest);
+        if (found) send(deps, req, res, path, started, found);
         else next(req, res);
       },
       // An unexpected failure (the database): the full path meets it too and answers it properly.
@@ -57,13 +56,21 @@ export function withManifestFastPath(deps: ManifestFastPathDeps, next: RequestLi
   };
 }
 
+/** A manifest the fast path answers, and where from. */
+interface Found {
+  /** The repository name as the client wrote it (for the log line and metrics). */
+  readonly name: string;
+  readonly target: ResolvedRepository;
+  readonly manifest: StoredManifest;
+}
+
 async function lookUp(
   deps: ManifestFastPathDeps,
   req: IncomingMessage,
   name: string,
   reference: string,
   query: string,
-): Promise<{ target: ResolvedRepository; manifest: StoredManifest } | undefined> {
+): Promise<Found | undefined> {
   const remoteAddress = req.socket.remoteAddress;
   let target: ResolvedRepository;
   try {
@@ -73,7 +80,7 @@ async function lookUp(
   }
   if (deps.mayPull && !(await deps.mayPull(req.headers.authorization || undefined, remoteAddress, name, target))) return undefined;
   const manifest = await target.reader.peekManifest(target.repo, reference);
-  return manifest && { target, manifest };
+  return manifest && { name, target, manifest };
 }
 
 function send(
@@ -81,12 +88,10 @@ function send(
   req: IncomingMessage,
   res: ServerResponse,
   path: string,
-  repositoryName: string,
   started: number,
-  target: ResolvedRepository,
-  manifest: StoredManifest,
+  { name, target, manifest }: Found,
 ): void {
-  const reqId = trackRequest(req, res, path, deps.tracking, { started, route: { route: 'manifest', repository: repositoryName } });
+  const reqId = trackRequest(req, res, path, deps.tracking, { started, route: { route: 'manifest', repository: name } });
   // One flat header list for writeHead: no per-header setHeader bookkeeping.
   const headers: (string | number)[] = [
     'X-Request-Id', reqId,
