@@ -106,14 +106,19 @@ export class PullThroughRepository implements RepositoryReader {
       cached = this.index.manifest(this.key, repo, digest.digest);
     } else {
       const known = this.index.tag(this.key, repo, reference);
-      if (known && now - known.checkedAt < this.policy.manifestTtl) cached = this.index.manifest(this.key, repo, known.digest);
+      if (known && this.checkedRecently(known, now)) cached = this.index.manifest(this.key, repo, known.digest);
     }
     return cached && this.hit('manifest', cached);
   }
 
+  /** A tag checked upstream within manifest_ttl is served from the cache without asking again. */
+  private checkedRecently(known: { readonly checkedAt: number }, now: number): boolean {
+    return now - known.checkedAt < this.policy.manifestTtl;
+  }
+
   private async manifestByDigest(repo: string, digest: Digest): Promise<StoredManifest | undefined> {
-    const cached = this.freshHit(repo, digest, Date.now());
-    if (cached) return cached;
+    const cached = this.index.manifest(this.key, repo, digest);
+    if (cached) return this.hit('manifest', cached);
     if (this.index.isAbsent(this.key, repo, digest)) return undefined;
     this.observer?.cacheMiss?.(this.key, 'manifest');
     const fetched = await this.upstream.manifest(repo, digest);
@@ -127,10 +132,9 @@ export class PullThroughRepository implements RepositoryReader {
 
   private async manifestByTag(repo: string, tag: string): Promise<StoredManifest | undefined> {
     const now = Date.now();
-    const fresh = this.freshHit(repo, tag, now);
-    if (fresh) return fresh;
     const known = this.index.tag(this.key, repo, tag);
     const cached = known ? this.index.manifest(this.key, repo, known.digest) : undefined;
+    if (cached && known && this.checkedRecently(known, now)) return this.hit('manifest', cached);
     if (!cached && this.index.isAbsent(this.key, repo, tag)) return undefined;
     if (cached && now < this.unavailableUntil) {
       return this.stale(cached, repo, tag, `upstream ${this.key} is unavailable; serving the cached manifest`);
