@@ -70,9 +70,12 @@ export class FsBlobStore implements BlobStore {
     const hash = newHash(algorithm);
     const counter = { bytes: 0 };
     let adopted = false;
+    // Opened before the stream exists: a write stream that opens its own file may still be opening it
+    // when a failed pipeline has destroyed it, and the open then creates the file after the clean-up.
+    const fd = await openFd(temp, 'w', 0o644);
+    // flush: the file is fsynced before the stream closes, so what is renamed into place is on disk.
+    const sink = createWriteStream(temp, { fd, flush: true, highWaterMark: 1024 * 1024 });
     try {
-      // flush: the file is fsynced before the stream closes, so what is renamed into place is on disk.
-      const sink = createWriteStream(temp, { mode: 0o644, flush: true, highWaterMark: 1024 * 1024 });
       await pipeline(source, hashingStage(hash, counter, expect.size), sink, signal ? { signal } : {});
       const digest = hashToDigest(algorithm, hash);
       if (expect.size !== undefined && counter.bytes !== expect.size) {
@@ -86,7 +89,12 @@ export class FsBlobStore implements BlobStore {
       adopted = true;
       return blob;
     } finally {
-      if (!adopted) await rm(temp, { force: true });
+      if (!adopted) {
+        // A failed pipeline has destroyed the stream; its descriptor is closed once 'close' is out
+        // (waited for without once(), which would reject with the stream's error instead).
+        if (!sink.closed) await new Promise<void>((resolve) => sink.once('close', () => resolve()));
+        await rm(temp, { force: true });
+      }
     }
   }
 
