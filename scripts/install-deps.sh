@@ -16,6 +16,7 @@ declare -A TOOLS=(
   [jq]=jq
   [curl]=curl
   [openssl]=openssl
+  [htpasswd]=apache2-utils
 )
 
 missing=()
