@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { randomBytes } from 'node:crypto';
 import { readdir } from 'node:fs/promises';
 import { request } from 'node:http';
-import { spareSendBufferBytes } from '../../src/http/send-stream.js';
+import { heldSendBufferBytes, spareSendBufferBytes } from '../../src/http/send-stream.js';
 import { blob, pushBlob, sha256 } from '../helpers/oci.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
 
@@ -79,6 +79,8 @@ describe('blob sending from files', () => {
     }
     await new Promise((r) => setTimeout(r, 300));
     expect(await openFds()).toBeLessThanOrEqual(before + 2);
+    // Every send, finished or abandoned, has given its read buffers back to the budget.
+    expect(heldSendBufferBytes()).toBe(0);
     // And the server still answers.
     expect((await fetch(`${reg.url}/v2/`)).status).toBe(200);
   });
