@@ -131,10 +131,15 @@ async function pullVerified(p, agent, clients, size, digest) {
   return { seconds, clients, verified: ok, mibPerSec: bytes / MiB / seconds, serverCpuSeconds: cpuSeconds(p.pid) - cpu0 };
 }
 
-/** Peak RSS over every proxy instance started, per name, sampled every `intervalMs`. */
+/**
+ * Peak RSS over every proxy instance started, per name, sampled every `intervalMs`; also per phase
+ * (`phase`, set by the workloads: start, cold, warm, local, concurrent16).
+ */
 class PeakRss {
   constructor(intervalMs) {
     this.current = [];
+    this.phase = 'start';
+    this.byPhase = {};
     this.peak = Object.fromEntries(NAMES.map((n) => [n, 0]));
     this.timer = setInterval(() => this.sample(), intervalMs);
     this.timer.unref();
@@ -142,7 +147,10 @@ class PeakRss {
   sample() {
     for (const p of this.current) {
       const rss = rssBytes(p.pid);
-      if (rss !== undefined && rss > this.peak[p.name]) this.peak[p.name] = rss;
+      if (rss === undefined) continue;
+      if (rss > this.peak[p.name]) this.peak[p.name] = rss;
+      const phase = (this.byPhase[this.phase] ??= {});
+      if (rss > (phase[p.name] ?? 0)) phase[p.name] = rss;
     }
   }
   stop() {
@@ -204,12 +212,14 @@ export async function runProxy(ctx) {
         let p;
         const agent = newAgent();
         try {
+          rss.phase = 'start';
           p = await startProxy(name, ctx, freshDir(name));
           rss.current = [p];
           await getManifest(p, agent);
           const watched = [p.server, p.fwd, upstream];
           const cpu0 = ctx.cpuSnapshot(watched);
           const t0 = performance.now();
+          rss.phase = key;
           const r = await fn(p, agent);
           const seconds = (performance.now() - t0) / 1000;
           const other = ctx.otherCpuPercent(cpu0, ctx.cpuSnapshot(watched), seconds);
@@ -251,16 +261,21 @@ export async function runProxy(ctx) {
     await cold(
       'pull',
       async (p, agent) => {
+        rss.phase = 'cold';
         const c = await pull(p, agent, p.repo, digest, size, 1);
         const coldGets = await upstreamGets(p.fwd, `/v2/lib/app/blobs/${digest}`);
         // Let the proxy finish storing what it fetched (distribution stores it with a second, background
         // upstream fetch; a warm GET before that is done goes upstream again): about 5 ms per MiB.
         await sleep(Math.max(500, (size / MiB) * 5));
+        rss.sample();
+        rss.phase = 'warm';
         const w = await pull(p, agent, p.repo, digest, size, 1);
         const allGets = await upstreamGets(p.fwd, `/v2/lib/app/blobs/${digest}`);
         const r = { coldMiBs: c.mibPerSec, coldServerCpuPerGiB: c.serverCpuPerGiB, warmMiBs: w.mibPerSec, warmServerCpuPerGiB: w.serverCpuPerGiB, coldUpstreamGets: coldGets, warmUpstreamGets: allGets - coldGets };
         // Wharf also serves as a registry: the same blob pushed to it and pulled locally, for comparison
         if (p.name === 'wharf' && ctx.localPullMiBs === undefined) {
+          rss.sample();
+          rss.phase = 'local';
           await pushMonolithic(p, agent, 'bench/local', ctx.blobFile, size, digest);
           await sleep(200);
           r.localMiBs = (await pull(p, agent, 'bench/local', digest, size, 1)).mibPerSec;
@@ -284,6 +299,7 @@ export async function runProxy(ctx) {
     await stopServer(upstream);
   }
   results.rss = Object.fromEntries(NAMES.map((n) => [n, { peakBytes: rss.peak[n] || undefined }]));
+  results.rssByPhase = rss.byPhase;
   results.localPullMiBs = ctx.localPullMiBs ?? results.pull?.wharf?.localMiBs;
   results.localPullSource = ctx.localPullMiBs !== undefined ? 'registry workload pull1 (same run)' : 'pushed to the Wharf proxy instance and pulled locally';
   return { results, rows: buildProxyRows(results, settings), noise, failures, logs };

@@ -448,6 +448,11 @@ function renderProxyNotes(proxy, machine) {
   if (r.localPullMiBs !== undefined) out.push(`Local pull reference: ${r.localPullMiBs.toFixed(1)} MiB/s (${r.localPullSource}).`);
   const cpu = (k, f) => ['wharf', 'distribution'].map((n) => `${n} ${r[k]?.[n]?.[f]?.toFixed?.(2) ?? 'n/a'}`).join(', ');
   out.push(`Proxy CPU s/GiB: cold ${cpu('pull', 'coldServerCpuPerGiB')}; warm ${cpu('pull', 'warmServerCpuPerGiB')}. 16 concurrent, proxy CPU s: ${cpu('concurrent16', 'serverCpuSeconds')}.`);
+  const phases = Object.entries(proxy.results.rssByPhase ?? {});
+  if (phases.length) {
+    const at = (name) => phases.map(([phase, peaks]) => `${phase} ${peaks[name] === undefined ? 'n/a' : (peaks[name] / MiB).toFixed(1)}`).join(', ');
+    out.push(`Peak proxy RSS by phase (MiB): wharf ${at('wharf')}; distribution ${at('distribution')}.`);
+  }
   for (const [name, l] of Object.entries(proxy.logs)) {
     out.push(`${name} log: ${l.lines} lines, ${l.warnings} warnings, ${l.errors} errors${l.alive ? '' : ' — A PROCESS DIED'}.`);
     for (const line of l.firstLines.slice(0, 5)) out.push(`    ${line}`);
