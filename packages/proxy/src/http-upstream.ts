@@ -4,6 +4,7 @@ import { rootCertificates } from 'node:tls';
 import { MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES, bareMediaType, digestOf, tryParseDigest, type ByteRange, type Digest } from '@wharf/registry-core';
 import type { Dispatcher } from 'undici';
 import { TokenCache, parseChallenge } from './token-auth.js';
+import { keepWasmOnBaseline } from './wasm-baseline.js';
 import { UpstreamError, type Upstream, type UpstreamFailure, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest } from './upstream.js';
 
 export interface UpstreamTimeouts {
@@ -124,6 +125,7 @@ export class HttpUpstream implements Upstream {
   }
 
   private dispatcher(): Promise<Dispatcher> {
+    if (!this.agent) keepWasmOnBaseline();
     this.agent ??= import('undici').then(({ Agent, EnvHttpProxyAgent }) => {
       const options = this.options;
       // connect covers TCP and TLS; headersTimeout runs from the request sent to the response head;
