@@ -184,7 +184,7 @@ class TailReader extends Readable implements TakesFile {
     const start = this.position;
     const fill = this.fill;
     this.destroy();
-    return { fd: this.fd, start, end: last, next: (position, fromMemory) => fill.next(position, last, fromMemory) };
+    return { fd: this.fd, start, end: last, key: `fill:${fill.tempPath}`, next: (position, fromMemory) => fill.next(position, last, fromMemory) };
   }
 
   override _read(): void {

@@ -14,6 +14,11 @@ export interface FileRange {
    * whose whole range may be read at once.
    */
   readonly next?: (position: number, fromMemory?: boolean) => Promise<number | Buffer>;
+  /**
+   * Names the content: every FileRange with this key has the same byte at the same offset (one proxy
+   * fill, followed by many clients at once), so a sender may share what it reads among them.
+   */
+  readonly key?: string;
 }
 
 /** A stream that can hand its file descriptor over to a sender that reads the file itself. */

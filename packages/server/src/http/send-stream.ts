@@ -5,6 +5,7 @@ import { pipeline } from 'node:stream/promises';
 import { closeFile, takeFile, type FileRange } from '@wharf/registry-core';
 import type { Context } from 'koa';
 import { ReadBufferPool } from './read-buffers.js';
+import { SharedReads, type SharedChunk } from './shared-reads.js';
 import { UntilGone } from './until-gone.js';
 
 /** Largest read buffer of a send (two per send): big reads cost the least CPU per GiB. */
@@ -17,6 +18,9 @@ const BUFFER_BUDGET = 16 * 1024 * 1024;
 const MEMORY_SEND_BACKLOG = 256 * 1024;
 
 const readBuffers = new ReadBufferPool(BUFFER_BUDGET, CHUNK, MIN_CHUNK);
+/** File segments shared by the clients of one proxy fill, all fills together. */
+const SHARED_BUDGET = 16 * 1024 * 1024;
+const sharedReads = new SharedReads(CHUNK, SHARED_BUDGET);
 
 /** Bytes of read buffers waiting for the next send (for tests and metrics). */
 export function spareSendBufferBytes(): number {
@@ -93,59 +97,101 @@ async function sendFile(file: FileRange, res: ServerResponse): Promise<void> {
 }
 
 /**
- * Reads the next chunk into one buffer while the other is being written. A buffer is refilled only
- * after its write has been handed to the kernel (the write callback), and no more than two chunks'
- * worth of bytes wait for the socket, which paces reads to the client. Resolves once every write has
- * completed.
+ * Sends the range chunk by chunk: a fill's bytes not on disk yet from its memory; file bytes from the
+ * segments shared by every send of the same content (`file.key`), or, with none free, through this
+ * send's two buffers, one read while the other is written. At most `maxInFlight` bytes wait for the
+ * socket (counted down as the kernel takes them), which paces reads to the client. Resolves once
+ * every write has completed.
  */
 async function sendChunks(file: FileRange, res: ServerResponse, buffer: (slot: number) => Buffer): Promise<void> {
-  // At most this many bytes wait for the socket, the memory a slow client holds: two buffers' worth
-  // once it reads the file (until then, MEMORY_SEND_BACKLOG bounds it).
-  let maxInFlight = Infinity;
+  // The memory a slow client holds: two segments' worth, or two of its own buffers once it uses them.
+  let maxInFlight = 2 * CHUNK;
   const bufferWrites: (Promise<void> | undefined)[] = [undefined, undefined];
-  // Writes handed to the socket and not yet flushed, oldest first; they complete in order.
-  const inFlight: { done: Promise<void>; bytes: number }[] = [];
   let inFlightBytes = 0;
+  let failure: Error | undefined;
+  let wake: (() => void) | undefined;
   const untilGone = new UntilGone(res);
-  const write = (chunk: Buffer): Promise<void> => {
+  const write = (chunk: Buffer, onDone?: () => void): Promise<void> => {
+    inFlightBytes += chunk.length;
     const done = new Promise<void>((resolve, reject) => {
-      res.write(chunk, (err) => (err ? reject(err) : resolve()));
+      res.write(chunk, (err) => {
+        inFlightBytes -= chunk.length;
+        onDone?.();
+        if (err) failure ??= err;
+        wake?.();
+        if (err) reject(err);
+        else resolve();
+      });
     });
     done.catch(() => undefined);
-    inFlight.push({ done, bytes: chunk.length });
-    inFlightBytes += chunk.length;
     return done;
   };
+  /** Until at most `bytes` wait for the socket. */
+  const drainTo = async (bytes: number): Promise<void> => {
+    while (inFlightBytes > bytes) {
+      await untilGone.wait(new Promise<void>((resolve) => (wake = resolve)));
+      wake = undefined;
+      if (failure) throw failure;
+    }
+  };
+  // Shared segments this send's writes point into. A write the socket never finishes (it was
+  // destroyed) never calls back: what is left is let go once the socket has closed.
+  const held = new Set<SharedChunk>();
   let position = file.start;
-  for (let slot = 0; position <= file.end; ) {
-    while (inFlightBytes >= maxInFlight) {
-      const oldest = inFlight.shift()!;
-      await untilGone.wait(oldest.done);
-      inFlightBytes -= oldest.bytes;
+  try {
+    await sendAll();
+  } finally {
+    if (held.size > 0) {
+      const releaseAll = (): void => {
+        for (const chunk of held) chunk.release();
+        held.clear();
+      };
+      const socket = res.socket;
+      if (!socket || socket.destroyed) releaseAll();
+      else socket.once('close', releaseAll);
     }
-    // Bytes still in a fill's memory only while this client keeps up: a backlog of shared chunks
-    // would outlive young-generation collections and keep V8 in major ones (16 clients on one fill).
-    const next = file.next ? await untilGone.wait(file.next(position, inFlightBytes < MEMORY_SEND_BACKLOG)) : file.end - position + 1;
-    if (typeof next !== 'number') {
-      // A fill's bytes not on disk yet: sent from its memory, no copy.
-      position += next.length;
-      write(next);
-      continue;
-    }
-    if (next === 0) throw new Error('blob file ended before its recorded size');
-    const previous = bufferWrites[slot];
-    if (previous) await untilGone.wait(previous);
-    const into = buffer(slot);
-    maxInFlight = 2 * into.length;
-    const length = Math.min(into.length, next, file.end - position + 1);
-    const bytes = await readInto(file.fd, into, length, position);
-    if (bytes === 0) throw new Error('blob file is shorter than its recorded size');
-    position += bytes;
-    bufferWrites[slot] = write(into.subarray(0, bytes));
-    slot = 1 - slot;
   }
-  // An empty range sent nothing above: its end, too, waits for a fill's verification.
-  if (file.next) await untilGone.wait(file.next(position));
-  await untilGone.wait(Promise.all(inFlight.map((w) => w.done)));
-}
 
+  async function sendAll(): Promise<void> {
+    for (let slot = 0; position <= file.end; ) {
+      await drainTo(maxInFlight - 1);
+      // Bytes still in a fill's memory only while this client keeps up: a backlog of shared chunks
+      // would outlive young-generation collections and keep V8 in major ones (16 clients on one fill).
+      const next = file.next ? await untilGone.wait(file.next(position, inFlightBytes < MEMORY_SEND_BACKLOG)) : file.end - position + 1;
+      if (typeof next !== 'number') {
+        // A fill's bytes not on disk yet: sent from its memory, no copy.
+        position += next.length;
+        write(next);
+        continue;
+      }
+      if (next === 0) throw new Error('blob file ended before its recorded size');
+      const shared = file.key === undefined ? undefined : await sharedReads.chunk(file.fd, file.key, position, position + next, file.end - position + 1);
+      if (shared) {
+        if (res.destroyed) {
+          shared.release();
+          throw new Error('client went away');
+        }
+        position += shared.bytes.length;
+        held.add(shared);
+        write(shared.bytes, () => {
+          held.delete(shared);
+          shared.release();
+        });
+        continue;
+      }
+      const previous = bufferWrites[slot];
+      if (previous) await untilGone.wait(previous);
+      const into = buffer(slot);
+      maxInFlight = 2 * into.length;
+      const length = Math.min(into.length, next, file.end - position + 1);
+      const bytes = await readInto(file.fd, into, length, position);
+      if (bytes === 0) throw new Error('blob file is shorter than its recorded size');
+      position += bytes;
+      bufferWrites[slot] = write(into.subarray(0, bytes));
+      slot = 1 - slot;
+    }
+    // An empty range sent nothing above: its end, too, waits for a fill's verification.
+    if (file.next) await untilGone.wait(file.next(position));
+    await drainTo(0);
+  }
+}
