@@ -339,5 +339,8 @@ function buildProxyRows(results, settings) {
   }
   const mib = (n) => (results.rss?.[n]?.peakBytes === undefined ? undefined : results.rss[n].peakBytes / MiB);
   add('P4. peak proxy RSS (sampled every 100 ms)', 'MiB', mib('wharf'), mib('distribution'), 'lower');
+  const rss = rows[rows.length - 1];
+  rss.target = 'Wharf <= 120 MiB';
+  rss.pass = rss.wharf !== undefined && rss.wharf <= 120;
   return rows;
 }
