@@ -165,7 +165,7 @@ async function sendChunks(file: FileRange, res: ServerResponse, buffer: (slot: n
         continue;
       }
       if (next === 0) throw new Error('blob file ended before its recorded size');
-      const shared = file.key === undefined ? undefined : await sharedReads.chunk(file.fd, file.key, position, position + next, file.end - position + 1);
+      const shared = file.key === undefined ? undefined : await sharedReads.chunk(file.fd, file.key, position, position + next);
       if (shared) {
         if (res.destroyed) {
           shared.release();

@@ -1,8 +1,7 @@
 import { read } from 'node:fs';
 
-/** A piece of a file in memory: bytes [start, start + valid) of the content named `key`. */
+/** A piece of a file in memory: bytes [start, start + valid) of one content. */
 interface Segment {
-  key: string;
   start: number;
   readonly buffer: Buffer;
   valid: number;
@@ -21,7 +20,7 @@ export interface SharedChunk {
 
 /**
  * Reads of the same content by several clients at once, done once: a file is read in aligned
- * segments kept in memory for every send of the same `key` (a blob digest, or one proxy fill), so
+ * segments kept in memory for every send of the same `key` (one proxy fill), so
  * 16 clients pulling one blob read it from the page cache once instead of 16 times, and hold one
  * window of memory between them instead of two buffers each. A segment is reused for other bytes only
  * once no socket write points into it; with every segment in use, `chunk` answers undefined and the
@@ -38,16 +37,16 @@ export class SharedReads {
   ) {}
 
   /**
-   * Up to `max` bytes of `key` from `position`, read from `fd` if not in memory yet, never past
+   * Bytes of `key` from `position`, read from `fd` if not in memory yet, never past
    * `limit` (exclusive: what the file holds for sure). Undefined when no segment is free.
    */
-  async chunk(fd: number, key: string, position: number, limit: number, max: number): Promise<SharedChunk | undefined> {
-    if (limit <= position || max <= 0) throw new RangeError('nothing to read at this position');
+  async chunk(fd: number, key: string, position: number, limit: number): Promise<SharedChunk | undefined> {
+    if (limit <= position) throw new RangeError('nothing to read at this position');
     const start = position - (position % this.segmentSize);
     const id = `${key}\u0000${start}`;
     let segment = this.segments.get(id);
     if (!segment) {
-      segment = this.claim(id, key, start);
+      segment = this.claim(id, start);
       if (!segment) return undefined;
     }
     segment.lastUse = ++this.clock;
@@ -66,7 +65,7 @@ export class SharedReads {
       throw err;
     }
     const from = position - start;
-    const to = Math.min(segment.valid, from + max, limit - start);
+    const to = Math.min(segment.valid, limit - start);
     const held = segment;
     let released = false;
     return {
@@ -85,10 +84,10 @@ export class SharedReads {
   }
 
   /** A segment for `id`: a new one within the budget, else the least recently used one nobody writes from. */
-  private claim(id: string, key: string, start: number): Segment | undefined {
+  private claim(id: string, start: number): Segment | undefined {
     if (this.allocated + this.segmentSize <= this.budget) {
       this.allocated += this.segmentSize;
-      const segment: Segment = { key, start, buffer: Buffer.allocUnsafe(this.segmentSize), valid: 0, refs: 0, loading: undefined, lastUse: 0 };
+      const segment: Segment = { start, buffer: Buffer.allocUnsafe(this.segmentSize), valid: 0, refs: 0, loading: undefined, lastUse: 0 };
       this.segments.set(id, segment);
       return segment;
     }
@@ -100,7 +99,6 @@ export class SharedReads {
     if (!oldest) return undefined;
     const [oldId, segment] = oldest;
     this.segments.delete(oldId);
-    segment.key = key;
     segment.start = start;
     segment.valid = 0;
     this.segments.set(id, segment);

@@ -29,8 +29,8 @@ describe('SharedReads', () => {
 
   test('two readers of one key share the segment: the second reads nothing', async () => {
     const reads = new SharedReads(SEGMENT, 4 * SEGMENT);
-    const first = await reads.chunk(fd, 'a', 10, bytes.length, SEGMENT);
-    const second = await reads.chunk(fd, 'a', 10, bytes.length, SEGMENT);
+    const first = await reads.chunk(fd, 'a', 10, bytes.length);
+    const second = await reads.chunk(fd, 'a', 10, bytes.length);
     expect(first!.bytes.equals(bytes.subarray(10, SEGMENT))).toBe(true);
     expect(second!.bytes.buffer).toBe(first!.bytes.buffer);
     expect(reads.allocatedBytes).toBe(SEGMENT);
@@ -38,35 +38,35 @@ describe('SharedReads', () => {
 
   test('a segment grows as far as the file holds for sure, and no further', async () => {
     const reads = new SharedReads(SEGMENT, 4 * SEGMENT);
-    const partial = await reads.chunk(fd, 'a', 0, 1000, SEGMENT);
+    const partial = await reads.chunk(fd, 'a', 0, 1000);
     expect(partial!.bytes.length).toBe(1000);
-    const more = await reads.chunk(fd, 'a', 1000, 5000, SEGMENT);
+    const more = await reads.chunk(fd, 'a', 1000, 5000);
     expect(more!.bytes.equals(bytes.subarray(1000, 5000))).toBe(true);
   });
 
   test('a segment a write still points into is never reused; with all of them in use, the caller reads alone', async () => {
     const reads = new SharedReads(SEGMENT, 2 * SEGMENT);
-    const a = await reads.chunk(fd, 'a', 0, bytes.length, SEGMENT);
-    const b = await reads.chunk(fd, 'a', SEGMENT, bytes.length, SEGMENT);
-    expect(await reads.chunk(other, 'b', 0, otherBytes.length, SEGMENT)).toBeUndefined();
+    const a = await reads.chunk(fd, 'a', 0, bytes.length);
+    const b = await reads.chunk(fd, 'a', SEGMENT, bytes.length);
+    expect(await reads.chunk(other, 'b', 0, otherBytes.length)).toBeUndefined();
     const copyOfA = Buffer.from(a!.bytes);
     a!.release();
-    const c = await reads.chunk(other, 'b', 0, otherBytes.length, SEGMENT);
+    const c = await reads.chunk(other, 'b', 0, otherBytes.length);
     expect(c!.bytes.equals(otherBytes.subarray(0, SEGMENT))).toBe(true);
     // b was held throughout and still holds its bytes; a's segment now holds b's file.
     expect(b!.bytes.equals(bytes.subarray(SEGMENT, 2 * SEGMENT))).toBe(true);
     expect(copyOfA.equals(bytes.subarray(0, SEGMENT))).toBe(true);
     // The reused segment is found again under its new key, not the old one.
-    const again = await reads.chunk(fd, 'a', 0, bytes.length, SEGMENT);
+    const again = await reads.chunk(fd, 'a', 0, bytes.length);
     expect(again).toBeUndefined();
     c!.release();
     b!.release();
-    expect((await reads.chunk(fd, 'a', 0, bytes.length, SEGMENT))!.bytes.equals(bytes.subarray(0, SEGMENT))).toBe(true);
+    expect((await reads.chunk(fd, 'a', 0, bytes.length))!.bytes.equals(bytes.subarray(0, SEGMENT))).toBe(true);
   });
 
   test('a file shorter than it should be is an error, and its segment is not kept', async () => {
     const reads = new SharedReads(SEGMENT, 4 * SEGMENT);
-    await expect(reads.chunk(fd, 'short', bytes.length, bytes.length + 10, SEGMENT)).rejects.toThrow('shorter');
+    await expect(reads.chunk(fd, 'short', bytes.length, bytes.length + 10)).rejects.toThrow('shorter');
     expect(reads.allocatedBytes).toBe(0);
   });
 });
