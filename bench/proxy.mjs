@@ -1,74 +1,47 @@
 // Proxy mode: Wharf's pull-through proxy against distribution's (docker-registry with proxy.remoteurl),
-// both in front of one plain distribution upstream holding the big blob as `lib/app:1`. Between each proxy
-// and the upstream runs a tiny counting forwarder (node:http) that counts GETs per path, so that the
-// upstream fetches of the blob can be counted per proxy. Node built-ins only.
-import { createHash } from 'node:crypto';
+// both in front of one plain distribution upstream holding the big blob as `lib/app:1`, reached directly.
+// The upstream's GETs of the blob are counted per proxy from its access log. Node built-ins only.
+import { fork } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
-import { request as httpRequest } from 'node:http';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { cpuSeconds, freePort, launch, rssBytes, startDistribution, startWharf, stopServer, waitReady } from './servers.mjs';
+import { cpuSeconds, rssBytes, startDistribution, startWharf, stopServer } from './servers.mjs';
 import { ACCEPT, MiB, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, newAgent, pull, pushMonolithic, putManifest, request, sha256, startUpload, withDigest } from './workloads.mjs';
 
 const NAMES = ['wharf', 'distribution'];
+const PULL_CLIENT = join(dirname(fileURLToPath(import.meta.url)), 'pull-client.mjs');
 
-/** A node:http forwarder to `target` in its own process; GET /__counts answers the GETs seen per path. */
-async function startForwarder(name, target) {
-  const port = await freePort();
-  const t = new URL(target);
-  const code = `
-    const http = require('node:http');
-    const agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
-    const counts = {};
-    http.createServer((req, res) => {
-      if (req.url === '/__counts') { res.setHeader('content-type', 'application/json'); res.end(JSON.stringify(counts)); return; }
-      if (req.method === 'GET') { const p = req.url.split('?')[0]; counts[p] = (counts[p] || 0) + 1; }
-      const up = http.request({ agent, hostname: ${JSON.stringify(t.hostname)}, port: ${Number(t.port)}, method: req.method, path: req.url, headers: req.headers }, (ur) => {
-        res.writeHead(ur.statusCode, ur.headers);
-        ur.pipe(res);
-      });
-      up.once('error', (err) => res.destroy(err));
-      req.pipe(up);
-    }).listen(${port}, '127.0.0.1');
-    process.on('SIGTERM', () => process.exit(0));`;
-  const running = launch(name, process.execPath, ['-e', code], `http://127.0.0.1:${port}`, {});
-  await waitReady(running);
-  return running;
-}
-
-async function upstreamGets(forwarder, path) {
-  const res = await fetch(`${forwarder.base}/__counts`);
-  const counts = await res.json();
-  return counts[path] ?? 0;
-}
-
-/** One proxy (fresh storage in `dir`) and its forwarder. */
-async function startProxy(name, ctx, dir) {
-  const fwd = await startForwarder(`forwarder-${name}`, ctx.upstream.base);
-  let server;
-  try {
-    if (name === 'wharf') {
-      server = await startWharf({
-        root: ctx.root,
-        cli: ctx.cli,
-        dir,
-        name: 'wharf-proxy',
-        extraToml: ['[proxy.upstreams.up]', `url = ${JSON.stringify(fwd.base)}`],
-      });
-    } else {
-      server = await startDistribution({ bin: ctx.distBin, dir, name: 'distribution-proxy', proxyUrl: fwd.base });
-    }
-  } catch (err) {
-    await stopServer(fwd);
-    throw err;
+/**
+ * Counts the upstream's GETs of one path from its access log (a line per request, written when the
+ * response is complete). Nothing stands between a proxy and the upstream: a relay there would cost CPU
+ * per byte on the same two cores, and most to the proxy that fetches the most.
+ */
+class UpstreamGets {
+  constructor(upstream, path) {
+    this.count = 0;
+    const needle = `"GET ${path} `;
+    upstream.lineListeners.push((line) => {
+      if (line.includes(needle)) this.count += 1;
+    });
   }
-  const repo = name === 'wharf' ? 'proxy/up/lib/app' : 'lib/app';
-  return { name, server, fwd, pid: server.pid, base: server.base, repo, blobPath: `/v2/${repo}/blobs/${ctx.digest}`, manifestPath: `/v2/${repo}/manifests/1` };
 }
+
+/** One proxy (fresh storage in `dir`) in front of the upstream. */
+async function startProxy(name, ctx, dir) {
+  const server =
+    name === 'wharf'
+      ? await startWharf({ root: ctx.root, cli: ctx.cli, dir, name: 'wharf-proxy', extraToml: ['[proxy.upstreams.up]', `url = ${JSON.stringify(ctx.upstream.base)}`] })
+      : await startDistribution({ bin: ctx.distBin, dir, name: 'distribution-proxy', proxyUrl: ctx.upstream.base });
+  const repo = name === 'wharf' ? 'proxy/up/lib/app' : 'lib/app';
+  return { name, server, pid: server.pid, base: server.base, repo, blobPath: `/v2/${repo}/blobs/${ctx.digest}`, manifestPath: `/v2/${repo}/manifests/1`, gets0: ctx.upstreamGets.count };
+}
+
+/** Upstream GETs of the blob since `p` started. */
+const upstreamGets = (ctx, p) => ctx.upstreamGets.count - p.gets0;
 
 async function stopProxy(p) {
   await stopServer(p.server);
-  await stopServer(p.fwd);
 }
 
 /** Pushes the big blob, a small config and an OCI manifest `lib/app:1` to the upstream. */
@@ -98,37 +71,40 @@ async function getManifest(p, agent) {
   if (res.status !== 200) throw new Error(`GET manifest through ${p.name}'s proxy: ${res.status} ${res.body?.toString('utf8').slice(0, 300)}`);
 }
 
-/** `clients` concurrent GETs of the blob through the proxy, each hashed and checked against the digest. */
-async function pullVerified(p, agent, clients, size, digest) {
-  const t0 = performance.now();
-  const cpu0 = cpuSeconds(p.pid);
-  const one = () =>
-    new Promise((resolve, reject) => {
-      const u = new URL(`${p.base}${p.blobPath}`);
-      const hash = createHash('sha256');
-      let bytes = 0;
-      const req = httpRequest({ agent, method: 'GET', hostname: u.hostname, port: u.port, path: u.pathname }, (res) => {
-        res.on('data', (c) => {
-          bytes += c.length;
-          hash.update(c);
-        });
-        res.once('end', () => resolve({ status: res.statusCode, bytes, digest: `sha256:${hash.digest('hex')}` }));
-        res.once('error', reject);
+/**
+ * `clients` concurrent GETs of the blob through the proxy, each from its own process (bench/pull-client.mjs)
+ * that hashes what it receives; every digest is checked. The clock starts once every client is connected.
+ */
+async function pullVerified(p, clients, size, digest) {
+  const u = new URL(p.base);
+  const children = Array.from({ length: clients }, () =>
+    fork(PULL_CLIENT, [u.hostname, u.port, p.blobPath], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }),
+  );
+  try {
+    const message = (child) =>
+      new Promise((resolve, reject) => {
+        child.once('message', resolve);
+        child.once('exit', (code) => reject(new Error(`a pull client exited (${code}) before answering`)));
       });
-      req.once('error', reject);
-      req.end();
-    });
-  const results = await Promise.all(Array.from({ length: clients }, one));
-  const seconds = (performance.now() - t0) / 1000;
-  let ok = 0;
-  const problems = [];
-  for (const r of results) {
-    if (r.status === 200 && r.bytes === size && r.digest === digest) ok += 1;
-    else problems.push(`status ${r.status}, ${r.bytes} bytes, ${r.digest.slice(0, 19)}…`);
+    await Promise.all(children.map(message)); // 'ready': connected
+    const results = children.map(message);
+    const t0 = performance.now();
+    const cpu0 = cpuSeconds(p.pid);
+    for (const child of children) child.send('go');
+    const done = await Promise.all(results);
+    const seconds = (performance.now() - t0) / 1000;
+    let ok = 0;
+    const problems = [];
+    for (const r of done) {
+      if (r.status === 200 && r.bytes === size && r.digest === digest) ok += 1;
+      else problems.push(r.error ?? `status ${r.status}, ${r.bytes} bytes, ${r.digest?.slice(0, 19)}…`);
+    }
+    if (problems.length) throw new Error(`${problems.length}/${clients} clients got a wrong blob (first: ${problems[0]})`);
+    const clientCpuSeconds = done.reduce((sum, r) => sum + r.cpuSeconds, 0);
+    return { seconds, clients, verified: ok, mibPerSec: (ok * size) / MiB / seconds, serverCpuSeconds: cpuSeconds(p.pid) - cpu0, clientCpuSeconds };
+  } finally {
+    for (const child of children) if (child.exitCode === null) child.kill();
   }
-  if (problems.length) throw new Error(`${problems.length}/${clients} clients got a wrong blob (first: ${problems[0]})`);
-  const bytes = ok * size;
-  return { seconds, clients, verified: ok, mibPerSec: bytes / MiB / seconds, serverCpuSeconds: cpuSeconds(p.pid) - cpu0 };
 }
 
 /**
@@ -175,7 +151,8 @@ export async function runProxy(ctx) {
   let seq = 0;
   const freshDir = (name) => join(base, `${name}-${++seq}`);
 
-  const upstream = await startDistribution({ bin: ctx.distBin, dir: join(base, 'upstream'), name: 'upstream' });
+  const upstream = await startDistribution({ bin: ctx.distBin, dir: join(base, 'upstream'), name: 'upstream', accessLog: true });
+  ctx.upstreamGets = new UpstreamGets(upstream, `/v2/lib/app/blobs/${digest}`);
   const seedAgent = newAgent();
   try {
     await seedUpstream(upstream, seedAgent, ctx.blobFile, size, digest);
@@ -199,7 +176,7 @@ export async function runProxy(ctx) {
   };
 
   /**
-   * For each repeat, for each proxy (interleaved): a fresh proxy + forwarder, the manifest fetched
+   * For each repeat, for each proxy (interleaved): a fresh proxy, the manifest fetched
    * through it, then fn(proxy, agent). Numeric fields: median over the repeats.
    */
   async function cold(key, fn, repeat) {
@@ -216,13 +193,14 @@ export async function runProxy(ctx) {
           p = await startProxy(name, ctx, freshDir(name));
           rss.current = [p];
           await getManifest(p, agent);
-          const watched = [p.server, p.fwd, upstream];
+          const watched = [p.server, upstream];
           const cpu0 = ctx.cpuSnapshot(watched);
           const t0 = performance.now();
           rss.phase = key;
           const r = await fn(p, agent);
           const seconds = (performance.now() - t0) / 1000;
-          const other = ctx.otherCpuPercent(cpu0, ctx.cpuSnapshot(watched), seconds);
+          // Pull clients in their own processes report their CPU; it is the benchmark's, not another's.
+          const other = Math.max(0, ctx.otherCpuPercent(cpu0, ctx.cpuSnapshot(watched), seconds) - ((r.clientCpuSeconds ?? 0) / seconds) * 100);
           runs[name].push({ ...r, otherCpuPercent: other });
           if (seconds >= 0.25) noise.push({ workload: `proxy.${key}`, server: name, run: rep + 1, otherCpuPercent: Math.round(other) });
           log(`${tag}: ${Object.entries(r).map(([k, v]) => `${k} ${typeof v === 'number' ? +v.toFixed(2) : v}`).join(', ')} (other processes ${other.toFixed(0)}% CPU)`);
@@ -262,15 +240,16 @@ export async function runProxy(ctx) {
       'pull',
       async (p, agent) => {
         rss.phase = 'cold';
-        const c = await pull(p, agent, p.repo, digest, size, 1);
-        const coldGets = await upstreamGets(p.fwd, `/v2/lib/app/blobs/${digest}`);
+        const c = await pull(p, p.repo, digest, size, 1);
         // Let the proxy finish storing what it fetched (distribution stores it with a second, background
-        // upstream fetch; a warm GET before that is done goes upstream again): about 5 ms per MiB.
+        // upstream fetch; a warm GET before that is done goes upstream again): about 5 ms per MiB. The
+        // upstream logs a GET once it is answered, so the count is read after that too.
         await sleep(Math.max(500, (size / MiB) * 5));
+        const coldGets = upstreamGets(ctx, p);
         rss.sample();
         rss.phase = 'warm';
-        const w = await pull(p, agent, p.repo, digest, size, 1);
-        const allGets = await upstreamGets(p.fwd, `/v2/lib/app/blobs/${digest}`);
+        const w = await pull(p, p.repo, digest, size, 1);
+        const allGets = upstreamGets(ctx, p);
         const r = { coldMiBs: c.mibPerSec, coldServerCpuPerGiB: c.serverCpuPerGiB, warmMiBs: w.mibPerSec, warmServerCpuPerGiB: w.serverCpuPerGiB, coldUpstreamGets: coldGets, warmUpstreamGets: allGets - coldGets };
         // Wharf also serves as a registry: the same blob pushed to it and pulled locally, for comparison
         if (p.name === 'wharf' && ctx.localPullMiBs === undefined) {
@@ -278,7 +257,7 @@ export async function runProxy(ctx) {
           rss.phase = 'local';
           await pushMonolithic(p, agent, 'bench/local', ctx.blobFile, size, digest);
           await sleep(200);
-          r.localMiBs = (await pull(p, agent, 'bench/local', digest, size, 1)).mibPerSec;
+          r.localMiBs = (await pull(p, 'bench/local', digest, size, 1)).mibPerSec;
         }
         return r;
       },
@@ -288,8 +267,9 @@ export async function runProxy(ctx) {
     await cold(
       'concurrent16',
       async (p, agent) => {
-        const r = await pullVerified(p, agent, 16, size, digest);
-        return { ...r, upstreamGets: await upstreamGets(p.fwd, `/v2/lib/app/blobs/${digest}`) };
+        const r = await pullVerified(p, 16, size, digest);
+        await sleep(Math.max(500, (size / MiB) * 5)); // distribution's background fetch, as above
+        return { ...r, upstreamGets: upstreamGets(ctx, p) };
       },
       repeat,
     );

@@ -189,7 +189,7 @@ async function main() {
   syncDisks();
   // 3. pull, 1 and 8 streams
   for (const streams of settings.pullStreams) {
-    await both(`pull${streams}`, (s, a) => pull(s, a, 'bench/big', digest, size, streams), { repeat });
+    await both(`pull${streams}`, (s) => pull(s, 'bench/big', digest, size, streams), { repeat });
   }
   // 4. manifest GET and HEAD by tag
   const images = {};
@@ -277,7 +277,7 @@ async function main() {
     }
     failures.push(...proxy.failures);
     machine.loadAverageAtEnd = loadavg().map((x) => Math.round(x * 100) / 100);
-    process.stdout.write(`\nProxy mode: Wharf proxy vs distribution proxy (proxy.remoteurl), one distribution upstream behind a counting forwarder per proxy — ${settings.sizeMiB} MiB blob, fresh proxy storage per cold measurement\n\n`);
+    process.stdout.write(`\nProxy mode: Wharf proxy vs distribution proxy (proxy.remoteurl), one distribution upstream reached directly (its access log counts the GETs) — ${settings.sizeMiB} MiB blob, fresh proxy storage per cold measurement\n\n`);
     process.stdout.write(renderTable(proxy.rows) + '\n');
     process.stdout.write(renderProxyNotes(proxy, machine) + '\n');
   }
@@ -443,8 +443,8 @@ function renderProxyNotes(proxy, machine) {
   const out = [''];
   const r = proxy.results;
   out.push(`Load average at start ${machine.loadAverageAtStart.join(' ')}, at end ${machine.loadAverageAtEnd.join(' ')}.`);
-  out.push(noiseWarning(proxy.noise) + ' (CPU of the proxy, its forwarder and the upstream is not counted as "other".)');
-  out.push(`Cold and 16-concurrent figures are the median of ${settings.repeat} runs per proxy, each on a fresh proxy (new storage dir, new forwarder); the manifest lib/app:1 is fetched through the proxy first (not timed).`);
+  out.push(noiseWarning(proxy.noise) + ' (CPU of the proxy, the upstream and the pull clients is not counted as "other".)');
+  out.push(`Cold and 16-concurrent figures are the median of ${settings.repeat} runs per proxy, each on a fresh proxy (new storage dir); the manifest lib/app:1 is fetched through the proxy first (not timed).`);
   if (r.localPullMiBs !== undefined) out.push(`Local pull reference: ${r.localPullMiBs.toFixed(1)} MiB/s (${r.localPullSource}).`);
   const cpu = (k, f) => ['wharf', 'distribution'].map((n) => `${n} ${r[k]?.[n]?.[f]?.toFixed?.(2) ?? 'n/a'}`).join(', ');
   out.push(`Proxy CPU s/GiB: cold ${cpu('pull', 'coldServerCpuPerGiB')}; warm ${cpu('pull', 'warmServerCpuPerGiB')}. 16 concurrent, proxy CPU s: ${cpu('concurrent16', 'serverCpuSeconds')}.`);

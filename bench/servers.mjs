@@ -130,6 +130,8 @@ class Running {
     this.pid = child.pid;
     this.base = base;
     this.logLines = [];
+    /** Called with every log line (the upstream's access log is counted this way). */
+    this.lineListeners = [];
     this.logCount = 0;
     this.warnCount = 0;
     this.errorCount = 0;
@@ -150,6 +152,7 @@ class Running {
   }
 
   onLog(line) {
+    for (const listener of this.lineListeners) listener(line);
     this.logCount += 1;
     const level = classify(line);
     if (level === 'error') this.errorCount += 1;
@@ -234,7 +237,7 @@ export async function startWharf({ root, cli, dir, name = 'wharf', extraToml = [
   return running;
 }
 
-export async function startDistribution({ bin, dir, name = 'distribution', proxyUrl }) {
+export async function startDistribution({ bin, dir, name = 'distribution', proxyUrl, accessLog = false }) {
   const port = await freePort();
   mkdirSync(join(dir, 'data'), { recursive: true });
   const yml = join(dir, 'registry.yml');
@@ -245,7 +248,8 @@ export async function startDistribution({ bin, dir, name = 'distribution', proxy
       'log:',
       '  level: warn',
       '  accesslog:',
-      '    disabled: true', // Wharf at log_level=warn writes no per-request line either
+      // Wharf at log_level=warn writes no per-request line either; the proxy bench's upstream counts GETs with it
+      `    disabled: ${!accessLog}`,
       'storage:',
       '  cache:',
       '    blobdescriptor: inmemory',

@@ -7,6 +7,7 @@ import { open } from 'node:fs/promises';
 import { Agent, request as httpRequest } from 'node:http';
 import { once } from 'node:events';
 import { Pool } from 'undici';
+import { getBlob } from './pull-client.mjs';
 import { cpuSeconds } from './servers.mjs';
 
 export const MiB = 1024 * 1024;
@@ -176,13 +177,17 @@ export async function pushChunked(server, agent, repo, file, size, digest, chunk
 // ---------------------------------------------------------------------------------------------
 // 3. pull
 
-/** `streams` concurrent GETs of the whole blob; aggregate MiB/s and the server's CPU seconds per GiB sent. */
-export async function pull(server, agent, repo, digest, size, streams) {
+/**
+ * `streams` concurrent GETs of the whole blob (bench/pull-client.mjs: a reused read buffer per stream,
+ * bodies counted); aggregate MiB/s and the server's CPU seconds per GiB sent.
+ */
+export async function pull(server, repo, digest, size, streams) {
+  const u = new URL(server.base);
   const cpu0 = cpuSeconds(server.pid);
   const client0 = process.cpuUsage();
   const t0 = performance.now();
   const results = await Promise.all(
-    Array.from({ length: streams }, () => request(agent, `${server.base}/v2/${repo}/blobs/${digest}`, { keep: 'count' })),
+    Array.from({ length: streams }, () => getBlob({ host: u.hostname, port: Number(u.port), path: `/v2/${repo}/blobs/${digest}` })),
   );
   const seconds = (performance.now() - t0) / 1000;
   const cpu = cpuSeconds(server.pid) - cpu0;
