@@ -471,7 +471,7 @@ function renderNotes(results, logs, failures, machine, noise) {
   const h = results.manifestHEAD ?? {};
   const cpu = (r) => (r && r.clientCpuPercent !== undefined ? `server ${r.serverCpuPercent.toFixed(0)}% / client ${r.clientCpuPercent.toFixed(0)}%` : 'n/a');
   out.push(
-    `The load client is this Node process (node:http keep-alive agents; undici for the manifest load) on the same ${machine.cpus}-core machine: it competes with the server for CPU, so request rates are a floor, not a ceiling.`,
+    `The load client is this Node process (node:http keep-alive agents for pushes, bench/pull-client.mjs for pulls, undici for the manifest load) on the same ${machine.cpus}-core machine: it competes with the server for CPU, so request rates are a floor, not a ceiling.`,
   );
   out.push(`  CPU during manifest GET: wharf ${cpu(g.wharf)}; distribution ${cpu(g.distribution)} (100% = one core).`);
   out.push(`  CPU during manifest HEAD: wharf ${cpu(h.wharf)}; distribution ${cpu(h.distribution)}.`);
