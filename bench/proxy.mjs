@@ -17,6 +17,8 @@ const PULL_CLIENT = join(dirname(fileURLToPath(import.meta.url)), 'pull-client.m
  * response is complete). Nothing stands between a proxy and the upstream: a relay there would cost CPU
  * per byte on the same two cores, and most to the proxy that fetches the most.
  */
+const ACCESS_LOG_LINE = /^\S+ - \S+ \[[^\]]+\] "/;
+
 class UpstreamGets {
   constructor(upstream, path) {
     this.count = 0;
@@ -275,7 +277,7 @@ export async function runProxy(ctx) {
     );
   } finally {
     rss.stop();
-    logs.upstream = { lines: upstream.logCount, warnings: upstream.warnCount, errors: upstream.errorCount, alive: upstream.alive, firstLines: upstream.logLines.slice(0, 20) };
+    logs.upstream = { lines: upstream.logCount, warnings: upstream.warnCount, errors: upstream.errorCount, alive: upstream.alive, firstLines: upstream.logLines.filter((line) => !ACCESS_LOG_LINE.test(line)).slice(0, 20) };
     await stopServer(upstream);
   }
   results.rss = Object.fromEntries(NAMES.map((n) => [n, { peakBytes: rss.peak[n] || undefined }]));

@@ -46,30 +46,25 @@ async function sendFileRange(req, { file, start, end }) {
     }
     await Promise.all(inFlight);
     req.end();
+    // Only after every write is done: a socket may still hold a buffer of a failed request.
+    spareBodyBuffers.push(buffers);
   } finally {
     await handle.close();
-    // A buffer the socket may still hold (a failed write) is not reused.
-    if (inFlight.length === 0 || (await Promise.allSettled(inFlight)).every((r) => r.status === 'fulfilled')) spareBodyBuffers.push(buffers);
   }
 }
 
 /**
  * One HTTP request. body: Buffer, string, { file, start, end } (bytes of a file, streamed), or undefined.
- * keep: 'buffer' collects the reply body, 'count' only counts its bytes.
  */
-export function request(agent, url, { method = 'GET', headers = {}, body, keep = 'buffer' } = {}) {
+export function request(agent, url, { method = 'GET', headers = {}, body } = {}) {
   return new Promise((resolve, reject) => {
     const u = typeof url === 'string' ? new URL(url) : url;
     const req = httpRequest(
       { agent, method, hostname: u.hostname, port: u.port, path: u.pathname + u.search, headers },
       (res) => {
         const chunks = [];
-        let bytes = 0;
-        res.on('data', (chunk) => {
-          bytes += chunk.length;
-          if (keep === 'buffer') chunks.push(chunk);
-        });
-        res.once('end', () => resolve({ status: res.statusCode, headers: res.headers, bytes, body: keep === 'buffer' ? Buffer.concat(chunks) : undefined }));
+        res.on('data', (chunk) => chunks.push(chunk));
+        res.once('end', () => resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks) }));
         res.once('error', reject);
       },
     );
