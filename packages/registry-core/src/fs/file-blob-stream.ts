@@ -7,13 +7,11 @@ export interface FileRange {
   /** Inclusive. */
   readonly end: number;
   /**
-   * For a file still being written (a proxy fill): what may be sent from `position` on, waiting until
-   * something may. A number n > 0: read n bytes from the file there. A Buffer: bytes received but not
-   * yet on disk, to send as they are (never modify them); only when `fromMemory`, else it waits for
-   * them to land. 0: the end, verified. Rejects if the file turns out bad. Absent for a complete file,
-   * whose whole range may be read at once.
+   * For a file still being written (a proxy fill): how many bytes from `position` are on disk and may
+   * be sent, waiting until some are; 0 at the end, once the content is verified. Rejects if the file
+   * turns out bad. Absent for a complete file, whose whole range may be read at once.
    */
-  readonly next?: (position: number, fromMemory?: boolean) => Promise<number | Buffer>;
+  readonly next?: (position: number) => Promise<number>;
   /**
    * Names the content: every FileRange with this key has the same byte at the same offset (one proxy
    * fill, followed by many clients at once), so a sender may share what it reads among them.
