@@ -8,12 +8,8 @@ import { ReadBufferPool } from './read-buffers.js';
 import { SharedReads, type SharedChunk } from './shared-reads.js';
 import { UntilGone } from './until-gone.js';
 
-/**
- * Largest read buffer of a send (two per send): big reads cost the least CPU per GiB. One stream of a
- * 1 GiB blob, server CPU per GiB: 0.36-0.40 s at 2 MiB, 0.37-0.49 at 1 MiB, 0.70-0.82 at 256 KiB; no
- * better at 4 MiB.
- */
-const CHUNK = 2 * 1024 * 1024;
+/** Largest read buffer of a send (two per send): big reads cost the least CPU per GiB. */
+const CHUNK = 1024 * 1024;
 /** Smallest read buffer of a send, however many run at once. */
 const MIN_CHUNK = 64 * 1024;
 /** Read buffers of all sends together, spares included, at most (until MIN_CHUNK is reached). */
@@ -26,8 +22,7 @@ const readBuffers = new ReadBufferPool(BUFFER_BUDGET, CHUNK, MIN_CHUNK);
  * clients keep close together, and a client that falls behind reads on its own.
  */
 const SHARED_BUDGET = 4 * 1024 * 1024;
-const SEGMENT = 1024 * 1024;
-const sharedReads = new SharedReads(SEGMENT, SHARED_BUDGET);
+const sharedReads = new SharedReads(CHUNK, SHARED_BUDGET);
 
 /** Bytes of read buffers waiting for the next send (for tests and metrics). */
 export function spareSendBufferBytes(): number {
@@ -111,7 +106,7 @@ async function sendFile(file: FileRange, res: ServerResponse): Promise<void> {
  */
 async function sendChunks(file: FileRange, res: ServerResponse, buffer: (slot: number) => Buffer): Promise<void> {
   // The memory a slow client holds: two segments' worth, or two of its own buffers once it uses them.
-  let maxInFlight = 2 * SEGMENT;
+  let maxInFlight = 2 * CHUNK;
   const bufferWrites: (Promise<void> | undefined)[] = [undefined, undefined];
   let inFlightBytes = 0;
   let failure: Error | undefined;
