@@ -3,18 +3,22 @@
  * spares kept for the next ones. A send gets what the budget has left (between `min` and `max` per
  * buffer), so sixteen clients arriving at once hold the budget between them, not sixteen times the
  * largest buffer. Spares spare the allocator: without them every pull allocates anew, and the dead
- * buffers wait for a garbage collection V8 starts only after tens of MiB of them.
+ * buffers wait for a garbage collection V8 starts only after tens of MiB of them. Once no send has
+ * held a buffer for `idleMs`, the spares go: a registry that served a burst of pulls and then only
+ * manifests should not keep the burst's buffers in its RSS.
  */
 export class ReadBufferPool {
   /** Bytes of buffers held by sends now. */
   private held = 0;
   private readonly spares = new Map<number, Buffer[]>();
   private spareTotal = 0;
+  private idleTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly budget: number,
     private readonly max: number,
     private readonly min: number,
+    private readonly idleMs = 5000,
   ) {}
 
   /** The size of each of a send's `count` buffers for `length` bytes: what the budget has left, within [min, max]. */
@@ -24,6 +28,7 @@ export class ReadBufferPool {
   }
 
   take(size: number): Buffer {
+    this.cancelIdle();
     this.held += size;
     const reused = this.spares.get(size)?.pop();
     if (reused) {
@@ -47,6 +52,7 @@ export class ReadBufferPool {
     if (list) list.push(buffer);
     else this.spares.set(size, [buffer]);
     this.spareTotal += size;
+    if (this.held === 0) this.dropWhenIdle();
   }
 
   /** Bytes of spare buffers waiting for the next send. */
@@ -57,6 +63,21 @@ export class ReadBufferPool {
   /** Bytes of buffers sends hold now. */
   get heldBytes(): number {
     return this.held;
+  }
+
+  private dropWhenIdle(): void {
+    this.cancelIdle();
+    this.idleTimer = setTimeout(() => {
+      this.idleTimer = undefined;
+      if (this.held === 0) this.dropSpares();
+    }, this.idleMs);
+    this.idleTimer.unref();
+  }
+
+  private cancelIdle(): void {
+    if (this.idleTimer === undefined) return;
+    clearTimeout(this.idleTimer);
+    this.idleTimer = undefined;
   }
 
   private dropSpares(): void {

@@ -49,4 +49,23 @@ describe('ReadBufferPool', () => {
     pool.take(512 * KiB);
     expect(pool.spareBytes + pool.heldBytes).toBeLessThanOrEqual(2 * MiB);
   });
+
+  test('spares go once no send has held a buffer for the idle time, and stay while sends come', async () => {
+    const pool = new ReadBufferPool(4 * MiB, 1 * MiB, 64 * KiB, 50);
+    const a = pool.take(1 * MiB);
+    pool.give(a, true);
+    expect(pool.spareBytes).toBe(1 * MiB);
+    await new Promise((resolve) => setTimeout(resolve, 30));
+    // A send in between starts the wait again.
+    pool.give(pool.take(1 * MiB), true);
+    await new Promise((resolve) => setTimeout(resolve, 30));
+    expect(pool.spareBytes).toBe(1 * MiB);
+    // Held buffers keep the spares too.
+    const held = pool.take(64 * KiB);
+    await new Promise((resolve) => setTimeout(resolve, 80));
+    expect(pool.spareBytes).toBe(1 * MiB);
+    pool.give(held, true);
+    await new Promise((resolve) => setTimeout(resolve, 80));
+    expect(pool.spareBytes).toBe(0);
+  });
 });
