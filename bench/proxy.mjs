@@ -2,7 +2,7 @@
 // both in front of one plain distribution upstream holding the big blob as `lib/app:1`, reached directly.
 // The upstream's GETs of the blob are counted per proxy from its access log. Node built-ins only.
 import { fork } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -36,7 +36,34 @@ async function startProxy(name, ctx, dir) {
       ? await startWharf({ root: ctx.root, cli: ctx.cli, dir, name: 'wharf-proxy', extraToml: ['[proxy.upstreams.up]', `url = ${JSON.stringify(ctx.upstream.base)}`] })
       : await startDistribution({ bin: ctx.distBin, dir, name: 'distribution-proxy', proxyUrl: ctx.upstream.base });
   const repo = name === 'wharf' ? 'proxy/up/lib/app' : 'lib/app';
-  return { name, server, pid: server.pid, base: server.base, repo, blobPath: `/v2/${repo}/blobs/${ctx.digest}`, manifestPath: `/v2/${repo}/manifests/1`, gets0: ctx.upstreamGets.count };
+  const hex = ctx.digest.slice('sha256:'.length);
+  // Where each keeps the cached blob once it is complete (both rename it there from a temp file).
+  const storedFile =
+    name === 'wharf' ? join(dir, 'proxy', 'blobs', 'sha256', hex.slice(0, 2), hex) : join(dir, 'data', 'docker', 'registry', 'v2', 'blobs', 'sha256', hex.slice(0, 2), hex, 'data');
+  return { name, server, pid: server.pid, base: server.base, repo, storedFile, blobPath: `/v2/${repo}/blobs/${ctx.digest}`, manifestPath: `/v2/${repo}/manifests/1`, gets0: ctx.upstreamGets.count };
+}
+
+/**
+ * Seconds from now until `file` exists, polled every 10 ms; `until(ms)` waits for it at most that long
+ * and resolves with the seconds (undefined if it never came).
+ */
+function watchStored(file) {
+  const t0 = performance.now();
+  let seconds;
+  const timer = setInterval(() => {
+    if (existsSync(file)) {
+      seconds = (performance.now() - t0) / 1000;
+      clearInterval(timer);
+    }
+  }, 10);
+  return {
+    async until(ms) {
+      const end = performance.now() + ms;
+      while (seconds === undefined && performance.now() < end) await sleep(10);
+      clearInterval(timer);
+      return seconds;
+    },
+  };
 }
 
 /** Upstream GETs of the blob since `p` started. */
@@ -229,7 +256,8 @@ export async function runProxy(ctx) {
         continue;
       }
       const merged = { ...list[0] };
-      for (const [field, value] of Object.entries(list[0])) if (typeof value === 'number') merged[field] = ctx.median(list.map((x) => x[field]));
+      const fields = new Set(list.flatMap((x) => Object.keys(x).filter((k) => typeof x[k] === 'number')));
+      for (const field of fields) merged[field] = ctx.median(list.map((x) => x[field]));
       if (list.length > 1) merged.runs = list;
       results[key][name] = merged;
     }
@@ -242,17 +270,19 @@ export async function runProxy(ctx) {
       'pull',
       async (p, agent) => {
         rss.phase = 'cold';
+        const stored = watchStored(p.storedFile);
         const c = await pull(p, p.repo, digest, size, 1);
-        // Let the proxy finish storing what it fetched (distribution stores it with a second, background
-        // upstream fetch; a warm GET before that is done goes upstream again): about 5 ms per MiB. The
-        // upstream logs a GET once it is answered, so the count is read after that too.
-        await sleep(Math.max(500, (size / MiB) * 5));
+        // The proxy's copy may land after the client's last byte: distribution stores it with a second,
+        // background upstream fetch, and a warm GET before that is done goes upstream again. Wait for
+        // it (up to 20 ms per MiB), then for the upstream's access log line of the GET.
+        const storedSeconds = await stored.until(Math.max(2000, (size / MiB) * 20));
+        await sleep(500);
         const coldGets = upstreamGets(ctx, p);
         rss.sample();
         rss.phase = 'warm';
         const w = await pull(p, p.repo, digest, size, 1);
         const allGets = upstreamGets(ctx, p);
-        const r = { coldMiBs: c.mibPerSec, coldServerCpuPerGiB: c.serverCpuPerGiB, warmMiBs: w.mibPerSec, warmServerCpuPerGiB: w.serverCpuPerGiB, coldUpstreamGets: coldGets, warmUpstreamGets: allGets - coldGets };
+        const r = { coldMiBs: c.mibPerSec, coldServerCpuPerGiB: c.serverCpuPerGiB, storedMiBs: storedSeconds === undefined ? undefined : size / MiB / storedSeconds, warmMiBs: w.mibPerSec, warmServerCpuPerGiB: w.serverCpuPerGiB, coldUpstreamGets: coldGets, warmUpstreamGets: allGets - coldGets };
         // Wharf also serves as a registry: the same blob pushed to it and pulled locally, for comparison
         if (p.name === 'wharf' && ctx.localPullMiBs === undefined) {
           rss.sample();
@@ -300,6 +330,7 @@ function buildProxyRows(results, settings) {
     return row;
   };
   add(`P1. proxy cold pull ${sz}, 1 client`, 'MiB/s', val('pull', 'wharf', 'coldMiBs'), val('pull', 'distribution', 'coldMiBs'), 'higher', { text: '>= 1.1x distribution', minRatio: 1.1 });
+  add(`    cold pull until the proxy's copy is stored`, 'MiB/s', val('pull', 'wharf', 'storedMiBs'), val('pull', 'distribution', 'storedMiBs'), 'higher');
   add(`    upstream GETs of the blob, cold pull`, 'GETs', val('pull', 'wharf', 'coldUpstreamGets'), val('pull', 'distribution', 'coldUpstreamGets'), 'lower', undefined, 0);
   add(`P2. proxy warm pull ${sz} (2nd GET)`, 'MiB/s', val('pull', 'wharf', 'warmMiBs'), val('pull', 'distribution', 'warmMiBs'), 'higher');
   add(`    upstream GETs of the blob, warm pull`, 'GETs', val('pull', 'wharf', 'warmUpstreamGets'), val('pull', 'distribution', 'warmUpstreamGets'), 'lower', undefined, 0);
