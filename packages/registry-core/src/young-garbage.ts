@@ -1,5 +1,4 @@
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
+import { exposedGc } from './exposed-gc.js';
 
 /**
  * Bodies we receive (pushed blobs, upstream blobs) arrive as a fresh Buffer per socket read, dead
@@ -12,33 +11,12 @@ import { runInNewContext } from 'node:vm';
  */
 const COLLECT_EVERY = 8 * 1024 * 1024;
 
-type Gc = (options: { type: 'minor'; execution: 'sync' }) => void;
-
 let received = 0;
-let gc: Gc | undefined;
-let lookedUp = false;
-
-/** V8's gc(), exposed to a fresh context when the process was not started with --expose-gc. */
-function findGc(): Gc | undefined {
-  const own = (globalThis as { gc?: unknown }).gc;
-  if (typeof own === 'function') return own as Gc;
-  try {
-    setFlagsFromString('--expose-gc');
-    const exposed = runInNewContext('gc') as unknown;
-    return typeof exposed === 'function' ? (exposed as Gc) : undefined;
-  } catch {
-    return undefined;
-  }
-}
 
 /** Counts `bytes` just received in fresh buffers; every 8 MiB, collects the young generation. */
 export function noteReceived(bytes: number): void {
   received += bytes;
   if (received < COLLECT_EVERY) return;
   received = 0;
-  if (!lookedUp) {
-    gc = findGc();
-    lookedUp = true;
-  }
-  gc?.({ type: 'minor', execution: 'sync' });
+  exposedGc()?.({ type: 'minor', execution: 'sync' });
 }

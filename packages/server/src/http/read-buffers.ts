@@ -4,8 +4,9 @@
  * buffer), so sixteen clients arriving at once hold the budget between them, not sixteen times the
  * largest buffer. Spares spare the allocator: without them every pull allocates anew, and the dead
  * buffers wait for a garbage collection V8 starts only after tens of MiB of them. Once no send has
- * held a buffer for `idleMs`, the spares go: a registry that served a burst of pulls and then only
- * manifests should not keep the burst's buffers in its RSS.
+ * held a buffer for `idleMs`, the spares go and `released` is called (to collect them: dead buffers
+ * stay in the RSS until a full garbage collection): a registry that served a burst of pulls and then
+ * only manifests should not keep the burst's buffers.
  */
 export class ReadBufferPool {
   /** Bytes of buffers held by sends now. */
@@ -19,6 +20,7 @@ export class ReadBufferPool {
     private readonly max: number,
     private readonly min: number,
     private readonly idleMs = 5000,
+    private readonly released?: () => void,
   ) {}
 
   /** The size of each of a send's `count` buffers for `length` bytes: what the budget has left, within [min, max]. */
@@ -69,7 +71,9 @@ export class ReadBufferPool {
     this.cancelIdle();
     this.idleTimer = setTimeout(() => {
       this.idleTimer = undefined;
-      if (this.held === 0) this.dropSpares();
+      if (this.held !== 0 || this.spareTotal === 0) return;
+      this.dropSpares();
+      this.released?.();
     }, this.idleMs);
     this.idleTimer.unref();
   }

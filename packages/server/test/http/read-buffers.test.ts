@@ -50,8 +50,9 @@ describe('ReadBufferPool', () => {
     expect(pool.spareBytes + pool.heldBytes).toBeLessThanOrEqual(2 * MiB);
   });
 
-  test('spares go once no send has held a buffer for the idle time, and stay while sends come', async () => {
-    const pool = new ReadBufferPool(4 * MiB, 1 * MiB, 64 * KiB, 50);
+  test('spares go (and are reported released) once no send has held a buffer for the idle time, and stay while sends come', async () => {
+    let released = 0;
+    const pool = new ReadBufferPool(4 * MiB, 1 * MiB, 64 * KiB, 50, () => (released += 1));
     const a = pool.take(1 * MiB);
     pool.give(a, true);
     expect(pool.spareBytes).toBe(1 * MiB);
@@ -64,8 +65,10 @@ describe('ReadBufferPool', () => {
     const held = pool.take(64 * KiB);
     await new Promise((resolve) => setTimeout(resolve, 80));
     expect(pool.spareBytes).toBe(1 * MiB);
+    expect(released).toBe(0);
     pool.give(held, true);
     await new Promise((resolve) => setTimeout(resolve, 80));
     expect(pool.spareBytes).toBe(0);
+    expect(released).toBe(1);
   });
 });
