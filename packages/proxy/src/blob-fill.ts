@@ -20,9 +20,9 @@ type FillState = 'running' | 'done' | 'failed';
 /**
  * One download of one blob into a temp file. Any number of readers follow it through the file, each
  * at its own pace, and send each byte as soon as it is on disk. The fill never waits for a reader, and
- * a reader going away never stops the fill. A fill whose digest or size is
- * wrong is deleted and every reader fails (its client's connection is cut), so nobody ever receives a
- * complete-looking corrupt blob.
+ * a reader going away never stops the fill. A fill whose digest or size is wrong is deleted and every
+ * reader fails (its client's connection is cut), so nobody ever receives a complete-looking corrupt
+ * blob.
  */
 export class BlobFill {
   readonly events = new EventEmitter();
@@ -86,7 +86,7 @@ export class BlobFill {
    * Readers follow the file, not the chunks in memory that still wait for the disk. Sending those too,
    * as each arrived from the upstream, cost 16 clients of one fill a third of their throughput: every
    * 64 KiB chunk became a write to every socket and a wake-up of every client (measured on a 1 GiB
-   * blob: 810 against 1,280-1,330 MiB/s, the clients reading 72 against 188 KiB per read); one client
+   * blob: 810 against 1,230-1,330 MiB/s, the clients reading 72 against 185 KiB per read); one client
    * alone gained nothing from it. What is on disk is at most a write behind.
    */
   async next(position: number, last: number | undefined): Promise<number> {
