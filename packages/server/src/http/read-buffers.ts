@@ -19,7 +19,7 @@ export class ReadBufferPool {
     private readonly budget: number,
     private readonly max: number,
     private readonly min: number,
-    private readonly idleMs = 5000,
+    private readonly idleMs = 1000,
     private readonly released?: () => void,
   ) {}
 
