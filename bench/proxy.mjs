@@ -12,13 +12,14 @@ import { ACCEPT, MiB, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, newAgent, pull, pushM
 const NAMES = ['wharf', 'distribution'];
 const PULL_CLIENT = join(dirname(fileURLToPath(import.meta.url)), 'pull-client.mjs');
 
+/** A line of the upstream's access log (left out of the log excerpt in the report). */
+const ACCESS_LOG_LINE = /^\S+ - \S+ \[[^\]]+\] "/;
+
 /**
  * Counts the upstream's GETs of one path from its access log (a line per request, written when the
  * response is complete). Nothing stands between a proxy and the upstream: a relay there would cost CPU
  * per byte on the same two cores, and most to the proxy that fetches the most.
  */
-const ACCESS_LOG_LINE = /^\S+ - \S+ \[[^\]]+\] "/;
-
 class UpstreamGets {
   constructor(upstream, path) {
     this.count = 0;

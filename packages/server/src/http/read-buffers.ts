@@ -49,12 +49,14 @@ export class ReadBufferPool {
   give(buffer: Buffer, reusable: boolean): void {
     const size = buffer.length;
     this.held -= size;
-    if (!reusable || size < this.min || size % this.min !== 0 || this.held + this.spareTotal + size > this.budget) return;
-    const list = this.spares.get(size);
-    if (list) list.push(buffer);
-    else this.spares.set(size, [buffer]);
-    this.spareTotal += size;
-    if (this.held === 0) this.dropWhenIdle();
+    if (reusable && size >= this.min && size % this.min === 0 && this.held + this.spareTotal + size <= this.budget) {
+      const list = this.spares.get(size);
+      if (list) list.push(buffer);
+      else this.spares.set(size, [buffer]);
+      this.spareTotal += size;
+    }
+    // Whatever this last buffer was, the spares wait for the next send from now on.
+    if (this.held === 0 && this.spareTotal > 0) this.dropWhenIdle();
   }
 
   /** Bytes of spare buffers waiting for the next send. */

@@ -71,4 +71,16 @@ describe('ReadBufferPool', () => {
     expect(pool.spareBytes).toBe(0);
     expect(released).toBe(1);
   });
+
+  test('spares go after the idle time even when the last buffer given back was not reusable', async () => {
+    let released = 0;
+    const pool = new ReadBufferPool(4 * MiB, 1 * MiB, 64 * KiB, 30, () => (released += 1));
+    const a = pool.take(1 * MiB);
+    const b = pool.take(1 * MiB);
+    pool.give(a, true);
+    pool.give(b, false);
+    await new Promise((resolve) => setTimeout(resolve, 80));
+    expect(pool.spareBytes).toBe(0);
+    expect(released).toBe(1);
+  });
 });
