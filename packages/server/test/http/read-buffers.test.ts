@@ -1,27 +1,49 @@
 import { describe, expect, test } from '@jest/globals';
-import { ReadBufferPool } from '../../src/http/read-buffers.js';
+import { ReadBufferPool, SendBuffers } from '../../src/http/read-buffers.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
 
 describe('ReadBufferPool', () => {
-  test('sends share the budget: the first get the largest buffers, later ones what is left, never less than the minimum', () => {
-    const pool = new ReadBufferPool(4 * MiB, 1 * MiB, 64 * KiB);
+  test('the budget is split evenly between the sends holding buffers, in halvings of the largest size, never below the minimum', () => {
+    const pool = new ReadBufferPool(8 * MiB, 2 * MiB, 64 * KiB);
+    const sends = Array.from({ length: 40 }, () => new SendBuffers(pool, 2));
     const sizes: number[] = [];
-    for (let i = 0; i < 4; i++) {
-      const size = pool.sizeFor(100 * MiB, 2);
-      sizes.push(size);
-      pool.take(size);
-      pool.take(size);
+    for (const [i, send] of sends.entries()) {
+      send.get(0, 100 * MiB);
+      if ([0, 1, 2, 3, 7, 39].includes(i)) sizes.push(pool.shareSize(2));
     }
-    expect(sizes).toEqual([1 * MiB, 1 * MiB, 64 * KiB, 64 * KiB]);
-    expect(pool.heldBytes).toBe(4 * MiB + 4 * 64 * KiB);
+    // 8 MiB over 1, 2, 3, 4, 8 and 40 sends of two buffers each.
+    expect(sizes).toEqual([2 * MiB, 2 * MiB, 1 * MiB, 1 * MiB, 512 * KiB, 64 * KiB]);
+    // The first send was given 2 MiB when it was alone; the last came in at the minimum.
+    expect(sends[0]!.get(1, 100 * MiB).length).toBe(64 * KiB);
+    expect(sends[39]!.get(0, 100 * MiB).length).toBe(64 * KiB);
   });
 
-  test('a small blob gets buffers its own size', () => {
+  test("a send's buffers shrink when others start and grow back when they are done", () => {
+    const pool = new ReadBufferPool(8 * MiB, 2 * MiB, 64 * KiB);
+    const first = new SendBuffers(pool, 2);
+    expect([first.get(0, 100 * MiB).length, first.get(1, 100 * MiB).length]).toEqual([2 * MiB, 2 * MiB]);
+    const others = Array.from({ length: 7 }, () => new SendBuffers(pool, 2));
+    for (const send of others) send.get(0, 100 * MiB);
+    expect(others[6]!.get(0, 100 * MiB).length).toBe(512 * KiB);
+    // Eight sends: 512 KiB each, the first too at its next reads.
+    expect(first.get(0, 100 * MiB).length).toBe(512 * KiB);
+    expect(first.get(1, 100 * MiB).length).toBe(512 * KiB);
+    for (const send of others) send.release(true);
+    expect(first.get(0, 100 * MiB).length).toBe(2 * MiB);
+    // Near its end a send does not grow for a read its buffer already covers.
+    expect(first.get(1, 300 * KiB).length).toBe(512 * KiB);
+    first.release(true);
+    expect(pool.heldBytes).toBe(0);
+  });
+
+  test('a small blob gets a buffer its own size, and only as many as it reads', () => {
     const pool = new ReadBufferPool(4 * MiB, 1 * MiB, 64 * KiB);
-    expect(pool.sizeFor(700, 2)).toBe(700);
-    expect(pool.sizeFor(0, 2)).toBe(1);
+    const send = new SendBuffers(pool, 2);
+    expect(send.get(0, 700).length).toBe(700);
+    expect(pool.heldBytes).toBe(700);
+    expect(new SendBuffers(pool, 2).get(0, 0).length).toBe(1);
   });
 
   test('given-back buffers are reused; those a socket may still read are not', () => {
