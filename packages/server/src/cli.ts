@@ -8,6 +8,7 @@ import { startServer } from './server.js';
 import { registerAuthCommands } from './cli-auth.js';
 import { registerStorageCommands } from './cli-storage.js';
 import { checkTlsFiles, registerOpsCommands } from './cli-ops.js';
+import { holdYoungGeneration } from './young-generation.js';
 
 const program = new Command();
 program.name('wharf').description('Wharf: a container registry and pull-through dependency proxy').showHelpAfterError();
@@ -28,6 +29,7 @@ program
   .action(async (opts: { config: string }) => {
     let running: Awaited<ReturnType<typeof startServer>>;
     let shutdownTimeout: number;
+    holdYoungGeneration();
     try {
       const c = loadConfig({ file: opts.config });
       shutdownTimeout = c.shutdownTimeout;

@@ -1,0 +1,36 @@
+import { describe, expect, test } from '@jest/globals';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { holdYoungGeneration } from '../src/young-generation.js';
+
+const module = fileURLToPath(new URL('../dist/young-generation.js', import.meta.url));
+
+/** The young generation's size after a burst of short-lived allocations, in a fresh node. */
+function newSpaceAfterLoad(flags: string[], hold: boolean): number {
+  const script = `
+    import { getHeapSpaceStatistics } from 'node:v8';
+    import { holdYoungGeneration } from ${JSON.stringify(module)};
+    if (${hold}) holdYoungGeneration();
+    let keep = [];
+    for (let i = 0; i < 3e6; i++) { keep.push({ a: i, b: 'x' + i }); if (keep.length > 2e5) keep = []; }
+    process.stdout.write(String(getHeapSpaceStatistics().find((s) => s.space_name === 'new_space').space_size));
+  `;
+  const r = spawnSync(process.execPath, [...flags, '--input-type=module', '-e', script], { encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: '' } });
+  expect(r.stderr).toBe('');
+  return Number(r.stdout);
+}
+
+const MiB = 1024 * 1024;
+
+describe('holdYoungGeneration', () => {
+  test('without --max-semi-space-size the young generation stays at its initial size under load', () => {
+    expect(newSpaceAfterLoad([], false)).toBeGreaterThan(8 * MiB);
+    expect(newSpaceAfterLoad([], true)).toBeLessThanOrEqual(2 * MiB);
+  });
+
+  test('leaves the young generation alone when the operator chose its size', () => {
+    expect(holdYoungGeneration(['--max-semi-space-size=8'], '')).toBe(false);
+    expect(holdYoungGeneration([], '--max_semi_space_size=8')).toBe(false);
+    expect(newSpaceAfterLoad(['--max-semi-space-size=4'], true)).toBe(8 * MiB);
+  });
+});
