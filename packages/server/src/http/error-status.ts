@@ -16,7 +16,9 @@ export const ERROR_STATUS: Record<ErrorCode, number> = {
   DENIED: 403,
   UNSUPPORTED: 405,
   TOOMANYREQUESTS: 429,
-  TAG_INVALID: 400,
+  // A tag outside the grammar: 404, as distribution answers (its routes do not match the reference)
+  // and as the OCI conformance suite expects of GET and HEAD /manifests/.INVALID_MANIFEST_NAME.
+  TAG_INVALID: 404,
   RANGE_INVALID: 416,
   PAGINATION_NUMBER_INVALID: 400,
   TOO_LARGE: 413,

@@ -53,7 +53,7 @@ describe('errors', () => {
         const session = await startUpload(reg.url, uniqueRepo('err'));
         return fetch(session.url, { method: 'PATCH', headers: { 'Content-Range': '0-99' }, body: 'short' });
       }, 400, 'SIZE_INVALID'],
-      ['TAG_INVALID', () => fetch(`${reg.url}/v2/${repo}/manifests/-bad`), 400, 'TAG_INVALID'],
+      ['TAG_INVALID', () => fetch(`${reg.url}/v2/${repo}/manifests/-bad`), 404, 'TAG_INVALID'],
       ['RANGE_INVALID (416)', () => fetch(`${reg.url}/v2/${repo}/blobs/${layer.digest}`, { headers: { Range: 'bytes=99999-' } }), 416, 'RANGE_INVALID'],
       ['PAGINATION_NUMBER_INVALID', () => fetch(`${reg.url}/v2/${repo}/tags/list?n=x`), 400, 'PAGINATION_NUMBER_INVALID'],
       ['UNSUPPORTED (405)', () => fetch(`${reg.url}/v2/${repo}/tags/list`, { method: 'DELETE' }), 405, 'UNSUPPORTED'],

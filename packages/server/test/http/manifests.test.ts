@@ -153,10 +153,10 @@ describe('manifests', () => {
       expect(tags).toEqual({ name: repo, tags: ['a', 'b'] });
     });
 
-    test('PUT by digest with an invalid ?tag= answers 400 TAG_INVALID and stores nothing', async () => {
+    test('PUT by digest with an invalid ?tag= answers 404 TAG_INVALID and stores nothing', async () => {
       const repo = uniqueRepo('m');
       const { manifest } = await preparedImage(repo, 'bad-extra-tag');
-      await expectOciError(await putManifest(reg.url, repo, manifest.digest, manifest.bytes, manifest.mediaType, '?tag=.hidden'), 400, 'TAG_INVALID');
+      await expectOciError(await putManifest(reg.url, repo, manifest.digest, manifest.bytes, manifest.mediaType, '?tag=.hidden'), 404, 'TAG_INVALID');
       await expectOciError(await fetch(`${reg.url}/v2/${repo}/manifests/${manifest.digest}`), 404, 'MANIFEST_UNKNOWN');
     });
 
@@ -390,10 +390,10 @@ describe('manifests', () => {
       await expectOciError(await putManifest(reg.url, repo, 'v1', manifest.bytes, OCI_MANIFEST), 400, 'MANIFEST_INVALID');
     });
 
-    test('a tag of 129 characters answers 400 TAG_INVALID', async () => {
+    test('a tag of 129 characters answers 404 TAG_INVALID', async () => {
       const repo = uniqueRepo('m');
       const { manifest } = await preparedImage(repo, 'long-tag');
-      await expectOciError(await putManifest(reg.url, repo, 'a'.repeat(129), manifest.bytes, manifest.mediaType), 400, 'TAG_INVALID');
+      await expectOciError(await putManifest(reg.url, repo, 'a'.repeat(129), manifest.bytes, manifest.mediaType), 404, 'TAG_INVALID');
     });
 
     test('a tag of 128 characters is accepted', async () => {
@@ -402,16 +402,16 @@ describe('manifests', () => {
       expect((await putManifest(reg.url, repo, 'a'.repeat(128), manifest.bytes, manifest.mediaType)).status).toBe(201);
     });
 
-    test('a tag starting with "." answers 400 TAG_INVALID', async () => {
+    test('a tag starting with "." answers 404 TAG_INVALID', async () => {
       const repo = uniqueRepo('m');
       const { manifest } = await preparedImage(repo, 'dot-tag');
-      await expectOciError(await putManifest(reg.url, repo, '.hidden', manifest.bytes, manifest.mediaType), 400, 'TAG_INVALID');
+      await expectOciError(await putManifest(reg.url, repo, '.hidden', manifest.bytes, manifest.mediaType), 404, 'TAG_INVALID');
     });
 
-    test('a tag starting with "-" answers 400 TAG_INVALID', async () => {
+    test('a tag starting with "-" answers 404 TAG_INVALID', async () => {
       const repo = uniqueRepo('m');
       const { manifest } = await preparedImage(repo, 'dash-tag');
-      await expectOciError(await putManifest(reg.url, repo, '-x', manifest.bytes, manifest.mediaType), 400, 'TAG_INVALID');
+      await expectOciError(await putManifest(reg.url, repo, '-x', manifest.bytes, manifest.mediaType), 404, 'TAG_INVALID');
     });
 
     test('an uppercase repository name answers 400 NAME_INVALID', async () => {
@@ -451,9 +451,11 @@ describe('manifests', () => {
       await expectOciError(await fetch(`${reg.url}/v2/${repo}/manifests/sha256:1234`), 400, 'DIGEST_INVALID');
     });
 
-    test('GET of an invalid tag answers 400 TAG_INVALID', async () => {
+    test('GET, HEAD and DELETE of an invalid tag answer 404 (TAG_INVALID), as distribution does and the conformance suite expects', async () => {
       const repo = uniqueRepo('m');
-      await expectOciError(await fetch(`${reg.url}/v2/${repo}/manifests/.hidden`), 400, 'TAG_INVALID');
+      await expectOciError(await fetch(`${reg.url}/v2/${repo}/manifests/.hidden`), 404, 'TAG_INVALID');
+      expect((await fetch(`${reg.url}/v2/${repo}/manifests/.INVALID_MANIFEST_NAME`, { method: 'HEAD' })).status).toBe(404);
+      await expectOciError(await fetch(`${reg.url}/v2/${repo}/manifests/.INVALID_MANIFEST_NAME`, { method: 'DELETE' }), 404, 'TAG_INVALID');
     });
   });
 
