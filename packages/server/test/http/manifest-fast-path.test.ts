@@ -107,7 +107,7 @@ describe('manifest fast path', () => {
   test.each([
     ['an unknown tag', 'GET', () => `/v2/${repo}/manifests/nope`, 404],
     ['an unknown repository', 'GET', () => `/v2/${repo}-none/manifests/v1`, 404],
-    ['an invalid tag', 'GET', () => `/v2/${repo}/manifests/-bad`, 400],
+    ['an invalid tag', 'GET', () => `/v2/${repo}/manifests/-bad`, 404],
     ['a malformed digest', 'HEAD', () => `/v2/${repo}/manifests/sha256:abc`, 400],
     ['an invalid name', 'GET', () => '/v2/Upper/Case/manifests/v1', 400],
     ['a DELETE', 'DELETE', () => `/v2/${repo}/manifests/nope`, 404],
