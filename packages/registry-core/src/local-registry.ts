@@ -9,6 +9,9 @@ import { assertTag, isValidRepositoryName, isValidTag } from './reference.js';
 import type { PutManifestResult, RepositoryReader, RepositoryWriter } from './registry.js';
 import type { ChunkPosition, UploadSessions, UploadStatus } from './uploads.js';
 
+/** Repositories looked at for the source of a mount that names no `from`. */
+const MOUNT_SOURCES = 100;
+
 /**
  * The private registry: blobs in a content-addressed store, everything else in the metadata store, and
  * a repository serves only what is linked to it.
@@ -130,6 +133,11 @@ export class LocalRegistry implements RepositoryReader, RepositoryWriter {
       await this.metadata.linkBlob(repo, blob);
       return blob;
     });
+  }
+
+  async mountSource(digest: Digest, mayRead: (repo: string) => boolean): Promise<string | undefined> {
+    // Bounded: a blob shared by thousands of repositories is looked for among the first of them.
+    return (await this.metadata.repositoriesWithBlob(digest, MOUNT_SOURCES)).find(mayRead);
   }
 
   beginUpload(repo: string, algorithm?: DigestAlgorithm): Promise<UploadStatus> {

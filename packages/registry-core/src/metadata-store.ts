@@ -26,6 +26,8 @@ export interface MetadataReader {
   repositories(page: Page): Promise<string[]>;
   referrers(repo: string, subject: Digest): Promise<Descriptor[]>;
   repositoryExists(repo: string): Promise<boolean>;
+  /** Repositories the blob is linked in, by name, at most `limit`: the sources of a mount that names no `from`. */
+  repositoriesWithBlob(digest: Digest, limit: number): Promise<string[]>;
 }
 
 export interface MetadataWriter {

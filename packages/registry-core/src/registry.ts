@@ -37,6 +37,11 @@ export interface RepositoryWriter {
   deleteBlob(repo: string, digest: Digest): Promise<boolean>;
   putBlob(repo: string, body: Readable, expect: { digest: Digest; size?: number }, signal?: AbortSignal): Promise<BlobInfo>;
   mountBlob(repo: string, digest: Digest, from: string): Promise<BlobInfo | undefined>;
+  /**
+   * For a mount that names no `from`: the first of the repositories holding the blob that `mayRead`
+   * accepts, by name, or undefined.
+   */
+  mountSource(digest: Digest, mayRead: (repo: string) => boolean): Promise<string | undefined>;
   beginUpload(repo: string, algorithm?: DigestAlgorithm): Promise<UploadStatus>;
   uploadStatus(repo: string, id: string): Promise<UploadStatus | undefined>;
   appendUpload(repo: string, id: string, chunk: Readable, position: ChunkPosition, signal?: AbortSignal): Promise<UploadStatus>;

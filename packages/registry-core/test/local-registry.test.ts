@@ -113,6 +113,16 @@ describe('LocalRegistry on files and SQLite', () => {
       expect(await registry.blob('bob/b', sha256(layer))).toBeUndefined();
     });
 
+    test('mountSource is the first repository by name that holds the blob and that the caller may read', async () => {
+      await registry.putBlob('carol/c', streamOf(layer), { digest: sha256(layer) });
+      await registry.putBlob('alice/a', streamOf(layer), { digest: sha256(layer) });
+      await registry.putBlob('bob/b', streamOf(config), { digest: sha256(config) });
+      expect(await registry.mountSource(sha256(layer), () => true)).toBe('alice/a');
+      expect(await registry.mountSource(sha256(layer), (repo) => repo !== 'alice/a')).toBe('carol/c');
+      expect(await registry.mountSource(sha256(layer), (repo) => repo === 'bob/b')).toBeUndefined();
+      expect(await registry.mountSource(sha256(Buffer.from('nowhere')), () => true)).toBeUndefined();
+    });
+
     test('mountBlob of a linked blob whose file is gone is undefined', async () => {
       await registry.putBlob('alice/a', streamOf(layer), { digest: sha256(layer) });
       await blobs.remove(sha256(layer));

@@ -46,6 +46,8 @@ export class SqliteMetadataStore implements MetadataStore {
                    WHERE rb.repository_id = ? AND rb.digest = ?`),
       insertBlob: s('INSERT INTO blobs (digest, size, created_at) VALUES (?, ?, ?) ON CONFLICT(digest) DO NOTHING'),
       link: s('INSERT INTO repository_blobs (repository_id, digest, linked_at) VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET linked_at = excluded.linked_at'),
+      holders: s(`SELECT r.name AS name FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id
+                  WHERE rb.digest = ? ORDER BY r.name LIMIT ?`),
       unlink: s(`DELETE FROM repository_blobs WHERE digest = ? AND repository_id = (SELECT id FROM repositories WHERE name = ?)`),
       manifest: s(`SELECT m.digest, m.media_type, m.content, m.broken FROM manifests m JOIN repositories r ON r.id = m.repository_id
                    WHERE r.name = ? AND m.digest = ?`),
@@ -135,6 +137,10 @@ export class SqliteMetadataStore implements MetadataStore {
       this.q.insertBlob!.run(blob.digest, blob.size, now);
       this.q.link!.run(id, blob.digest, now);
     })();
+  }
+
+  async repositoriesWithBlob(digest: Digest, limit: number): Promise<string[]> {
+    return (this.q.holders!.all(digest, limit) as { name: string }[]).map((row) => row.name);
   }
 
   async unlinkBlob(repo: string, digest: Digest): Promise<boolean> {

@@ -29,7 +29,8 @@ function describeBlob(ctx: Context, name: string, digest: string): void {
 }
 
 export function registerUploads(router: Router, deps: RouteDeps): void {
-  // POST: a new session, a monolithic upload (?digest=), or a cross-repository mount (?mount=&from=).
+  // POST: a new session, a monolithic upload (?digest=), or a cross-repository mount (?mount=&from=,
+  // or ?mount= alone).
   router.post(START, async (ctx) => {
     const name = capture(ctx, 0);
     const target = await repository(ctx, deps);
@@ -45,6 +46,13 @@ export function registerUploads(router: Router, deps: RouteDeps): void {
           const mounted = await writer.mountBlob(target.repo, wanted.digest, fromTarget.repo);
           if (mounted) return describeBlob(ctx, name, mounted.digest);
         }
+      } else if (wanted && from === undefined && ctx.state.principal === undefined) {
+        // No `from` (OCI 1.1's automatic content discovery), with auth off: anyone may read any
+        // repository, so the blob comes from the first that holds it. With auth on, the auth
+        // middleware has already put a source the caller may pull into `from`, or dropped the mount.
+        const source = await writer.mountSource(wanted.digest, () => true);
+        const mounted = source === undefined ? undefined : await writer.mountBlob(target.repo, wanted.digest, source);
+        if (mounted) return describeBlob(ctx, name, mounted.digest);
       }
     } else if (typeof digest === 'string') {
       const expect = digestParam(digest);

@@ -210,6 +210,22 @@ describe('the permission matrix', () => {
     expect(allowed.status).toBe(201);
   });
 
+  test('a mount without from links only a blob the caller may pull somewhere; otherwise it is a plain upload', async () => {
+    const layer = await fetch(`${reg.url}/v2/bob/secret/manifests/1`, { headers: { Authorization: basic('root', PASSWORDS.root!) } });
+    const digest = ((await layer.json()) as { layers: { digest: string }[] }).layers[0]!.digest;
+    const mount = (user: string, to: string) =>
+      fetch(`${reg.url}/v2/${to}/blobs/uploads/?mount=${digest}`, { method: 'POST', headers: { Authorization: basic(user, PASSWORDS[user]!) } });
+    // alice may not pull bob/secret, the only repository holding the blob: a 201 would tell her it exists.
+    const refused = await mount('alice', 'alice/discovered');
+    expect(refused.status).toBe(202);
+    expect(refused.headers.get('location')).toMatch(/^\/v2\/alice\/discovered\/blobs\/uploads\//);
+    const blob = await fetch(`${reg.url}/v2/alice/discovered/blobs/${digest}`, { method: 'HEAD', headers: { Authorization: basic('alice', PASSWORDS.alice!) } });
+    expect(blob.status).toBe(404);
+    const allowed = await mount('bob', 'bob/discovered');
+    expect(allowed.status).toBe(201);
+    expect(allowed.headers.get('docker-content-digest')).toBe(digest);
+  });
+
   test('after the suite, no password, token or Authorization value is in the log', () => {
     expect(secrets.size).toBeGreaterThan(15);
     expect(log.text()).toContain('"path":"/auth/token"');

@@ -426,13 +426,24 @@ describe('blob uploads', () => {
       await expectBlob(target, b.digest, b.bytes);
     });
 
-    test('?mount= without from answers 202 with an upload session', async () => {
+    test('?mount= without from links a blob some repository holds (automatic content discovery): 201', async () => {
       const target = uniqueRepo('dst');
       const b = blob('no from');
       await pushBlob(reg.url, uniqueRepo('src'), b);
       const res = await fetch(`${reg.url}/v2/${target}/blobs/uploads/?mount=${b.digest}`, { method: 'POST' });
+      expect(res.status).toBe(201);
+      expect(res.headers.get('docker-content-digest')).toBe(b.digest);
+      expect(new URL(res.headers.get('location')!, reg.url).pathname).toBe(`/v2/${target}/blobs/${b.digest}`);
+      await expectBlob(target, b.digest, b.bytes);
+    });
+
+    test('?mount= without from of a blob no repository holds answers 202 with an upload session', async () => {
+      const target = uniqueRepo('dst');
+      const b = blob('held nowhere');
+      const res = await fetch(`${reg.url}/v2/${target}/blobs/uploads/?mount=${b.digest}`, { method: 'POST' });
       expect(res.status).toBe(202);
       expect(res.headers.get('docker-upload-uuid')).toMatch(UUID);
+      await expectNoBlob(target, b.digest);
     });
 
     test('?mount= with an invalid from answers 202 with an upload session', async () => {
