@@ -45,6 +45,8 @@ export function registerManifests(router: Router, deps: RouteDeps): void {
     ctx.set('Location', `/v2/${name}/manifests/${result.digest}`);
     ctx.set('Docker-Content-Digest', result.digest);
     if (result.subject) ctx.set('OCI-Subject', result.subject);
+    // The tags of ?tag= were all applied (a refused one fails the whole PUT): say so, one header each.
+    if (extraTags.length > 0) ctx.set('OCI-Tag', [...new Set(extraTags)]);
     emptyBody(ctx);
   });
 

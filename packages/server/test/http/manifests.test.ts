@@ -138,11 +138,12 @@ describe('manifests', () => {
       expect(Buffer.from(await got.arrayBuffer()).equals(manifest.bytes)).toBe(true);
     });
 
-    test('PUT by digest with ?tag=a&tag=b tags both', async () => {
+    test('PUT by digest with ?tag=a&tag=b tags both, and names them in OCI-Tag', async () => {
       const repo = uniqueRepo('m');
       const { manifest } = await preparedImage(repo, 'two-tags');
       const res = await putManifest(reg.url, repo, manifest.digest, manifest.bytes, manifest.mediaType, '?tag=a&tag=b');
       expect(res.status).toBe(201);
+      expect(res.headers.get('oci-tag')).toBe('a, b');
       for (const tag of ['a', 'b']) {
         const got = await fetch(`${reg.url}/v2/${repo}/manifests/${tag}`);
         expect(got.status).toBe(200);
