@@ -19,8 +19,8 @@ const CHUNK = 2 * 1024 * 1024;
 /** Smallest read buffer of a send, however many run at once. */
 const MIN_CHUNK = 64 * 1024;
 /**
- * Read buffers of all sends together, spares included, at most (until MIN_CHUNK is reached): one to
- * four sends get 2 MiB buffers, five to eight 1 MiB, sixteen 512 KiB.
+ * Read buffers of all sends together, spares included, at most (until MIN_CHUNK is reached): a send
+ * alone gets 2 MiB buffers, two to eight 1 MiB, sixteen 512 KiB.
  */
 const BUFFER_BUDGET = 16 * 1024 * 1024;
 

@@ -5,7 +5,7 @@ const KiB = 1024;
 const MiB = 1024 * KiB;
 
 describe('ReadBufferPool', () => {
-  test('the budget is split evenly between the sends holding buffers, in halvings of the largest size, never below the minimum', () => {
+  test('a send alone gets the largest buffers; sends together split the budget evenly, in halvings, never below the minimum', () => {
     const pool = new ReadBufferPool(8 * MiB, 2 * MiB, 64 * KiB);
     const sends = Array.from({ length: 40 }, () => new SendBuffers(pool, 2));
     const sizes: number[] = [];
@@ -13,14 +13,14 @@ describe('ReadBufferPool', () => {
       send.get(0, 100 * MiB);
       if ([0, 1, 2, 3, 7, 39].includes(i)) sizes.push(pool.shareSize(2));
     }
-    // 8 MiB over 1, 2, 3, 4, 8 and 40 sends of two buffers each.
-    expect(sizes).toEqual([2 * MiB, 2 * MiB, 1 * MiB, 1 * MiB, 512 * KiB, 64 * KiB]);
+    // 8 MiB over 1, 2, 3, 4, 8 and 40 sends of two buffers each; the largest for a send alone only.
+    expect(sizes).toEqual([2 * MiB, 1 * MiB, 1 * MiB, 1 * MiB, 512 * KiB, 64 * KiB]);
     // The first send was given 2 MiB when it was alone; the last came in at the minimum.
     expect(sends[0]!.get(1, 100 * MiB).length).toBe(64 * KiB);
     expect(sends[39]!.get(0, 100 * MiB).length).toBe(64 * KiB);
   });
 
-  test("a send's buffers shrink when others start and grow back when they are done", () => {
+  test("a send's buffers shrink when others start, and stay so when they are done", () => {
     const pool = new ReadBufferPool(8 * MiB, 2 * MiB, 64 * KiB);
     const first = new SendBuffers(pool, 2);
     expect([first.get(0, 100 * MiB).length, first.get(1, 100 * MiB).length]).toEqual([2 * MiB, 2 * MiB]);
@@ -31,9 +31,8 @@ describe('ReadBufferPool', () => {
     expect(first.get(0, 100 * MiB).length).toBe(512 * KiB);
     expect(first.get(1, 100 * MiB).length).toBe(512 * KiB);
     for (const send of others) send.release(true);
-    expect(first.get(0, 100 * MiB).length).toBe(2 * MiB);
-    // Near its end a send does not grow for a read its buffer already covers.
-    expect(first.get(1, 300 * KiB).length).toBe(512 * KiB);
+    // Growing back would churn through new buffers at the end of every burst.
+    expect(first.get(0, 100 * MiB).length).toBe(512 * KiB);
     first.release(true);
     expect(pool.heldBytes).toBe(0);
   });
@@ -58,18 +57,32 @@ describe('ReadBufferPool', () => {
     expect(pool.take(1 * MiB)).not.toBe(b);
   });
 
-  test('spares and held buffers together stay within the budget', () => {
+  test('spares stay within the budget, and a larger spare is split for a smaller take', () => {
     const pool = new ReadBufferPool(2 * MiB, 1 * MiB, 64 * KiB);
-    const held = [pool.take(1 * MiB), pool.take(1 * MiB)];
-    const extra = pool.take(64 * KiB);
-    // Given back while the budget is still in use: only what fits is kept.
-    pool.give(extra, true);
+    const held = [pool.take(1 * MiB), pool.take(1 * MiB), pool.take(1 * MiB)];
     for (const buffer of held) pool.give(buffer, true);
+    // Three given back, two kept: the spares alone stay within the budget.
     expect(pool.spareBytes).toBe(2 * MiB);
-    // A send of another size, once the spares would overrun the budget, lets them go.
-    pool.take(512 * KiB);
-    pool.take(512 * KiB);
-    expect(pool.spareBytes + pool.heldBytes).toBeLessThanOrEqual(2 * MiB);
+    const spare = held[1]!;
+    const half = pool.take(512 * KiB);
+    // Carved out of a spare, not allocated: same memory, and its other half is a spare now.
+    expect(half.buffer).toBe(spare.buffer);
+    expect(pool.spareBytes).toBe(1 * MiB + 512 * KiB);
+    expect(pool.take(512 * KiB).buffer).toBe(spare.buffer);
+    expect(pool.spareBytes).toBe(1 * MiB);
+  });
+
+  test('a send shrinking to its share gives its large buffer back for the next takes to split', () => {
+    const pool = new ReadBufferPool(4 * MiB, 2 * MiB, 64 * KiB);
+    const first = new SendBuffers(pool, 2);
+    const large = first.get(0, 100 * MiB);
+    first.get(1, 100 * MiB);
+    // The budget is all held; a second send still gets its share, and the first shrinks at its next read.
+    const second = new SendBuffers(pool, 2);
+    expect(second.get(0, 100 * MiB).length).toBe(1 * MiB);
+    const shrunk = first.get(0, 100 * MiB);
+    expect(shrunk.length).toBe(1 * MiB);
+    expect(shrunk.buffer).toBe(large.buffer);
   });
 
   test('spares go (and are reported released) once no send has held a buffer for the idle time, and stay while sends come', async () => {
@@ -86,7 +99,8 @@ describe('ReadBufferPool', () => {
     // Held buffers keep the spares too.
     const held = pool.take(64 * KiB);
     await new Promise((resolve) => setTimeout(resolve, 80));
-    expect(pool.spareBytes).toBe(1 * MiB);
+    // (the 64 KiB were carved out of the spare)
+    expect(pool.spareBytes).toBe(1 * MiB - 64 * KiB);
     expect(released).toBe(0);
     pool.give(held, true);
     await new Promise((resolve) => setTimeout(resolve, 80));
