@@ -1,12 +1,12 @@
 /**
- * Read buffers of blob sends, under one budget for all of them together: those held by sends and the
- * spares kept for the next ones. A lone pull reads in the largest buffers, which cost the least CPU
- * per GiB; sends running together split the budget evenly (see SendBuffers), so sixteen at once
- * share it instead of the first few taking it and the rest getting the minimum. Spares spare the allocator: without them every pull allocates anew, and the dead buffers
- * wait for a garbage collection V8 starts only after tens of MiB of them. Once no send has held a
- * buffer for `idleMs`, the spares go and `released` is called (to collect them: dead buffers stay in
- * the RSS until a full garbage collection): a registry that served a burst of pulls and then only
- * manifests should not keep the burst's buffers.
+ * Read buffers of blob sends, under one budget: the sends running together split it evenly (see
+ * SendBuffers), so sixteen at once share it instead of the first few taking it and the rest getting
+ * the minimum, and the spares kept for the next sends stay within it too. A lone pull reads in the
+ * largest buffers, which cost the least CPU per GiB. Spares spare the allocator: without them every
+ * pull allocates anew, and the dead buffers wait for a garbage collection V8 starts only after tens
+ * of MiB of them. Once no send has held a buffer for `idleMs`, the spares go and `released` is called
+ * (to collect them: dead buffers stay in the RSS until a full garbage collection): a registry that
+ * served a burst of pulls and then only manifests should not keep the burst's buffers.
  */
 export class ReadBufferPool {
   /** Bytes of buffers held by sends now. */
@@ -31,7 +31,7 @@ export class ReadBufferPool {
    * of the budget, rounded down to `max` halved at least once, never below `min` (so with very many
    * sends the budget is exceeded rather than reads made tiny). Keeping `max` to a send alone keeps
    * eight pulls arriving at once from first taking the largest buffers and then shrinking to their
-   * share: the buffers given back on the way stayed in the RSS (eight 1 GiB pulls peaked 12 MiB
+   * share: the buffers given back on the way stayed in the RSS (eight 1 GiB pulls peaked 12-15 MiB
    * higher than with 1 MiB for all).
    */
   shareSize(count: number): number {
