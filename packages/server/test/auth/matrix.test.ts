@@ -196,32 +196,22 @@ describe('the permission matrix', () => {
     expect(await second.json()).toEqual({ repositories: ['pub/app'] });
   });
 
-  test('a cross-repository mount from a repository the caller may not pull becomes a plain upload', async () => {
+  // Without `from`, the source is the first repository holding the blob that the caller may pull:
+  // alice may not pull bob/secret, and a 201 would tell her the blob exists.
+  test.each([
+    ['from a repository the caller may not pull', '&from=bob/secret', 'mounted'],
+    ['without from, of a blob only repositories the caller may not pull hold', '', 'discovered'],
+  ])('a cross-repository mount %s becomes a plain upload; its owner gets 201', async (_what, from, target) => {
     const layer = await fetch(`${reg.url}/v2/bob/secret/manifests/1`, { headers: { Authorization: basic('root', PASSWORDS.root!) } });
     const digest = ((await layer.json()) as { layers: { digest: string }[] }).layers[0]!.digest;
     const mount = (user: string, to: string) =>
-      fetch(`${reg.url}/v2/${to}/blobs/uploads/?mount=${digest}&from=bob/secret`, { method: 'POST', headers: { Authorization: basic(user, PASSWORDS[user]!) } });
-    const refused = await mount('alice', 'alice/mounted');
+      fetch(`${reg.url}/v2/${to}/blobs/uploads/?mount=${digest}${from}`, { method: 'POST', headers: { Authorization: basic(user, PASSWORDS[user]!) } });
+    const refused = await mount('alice', `alice/${target}`);
     expect(refused.status).toBe(202);
-    expect(refused.headers.get('location')).toMatch(/^\/v2\/alice\/mounted\/blobs\/uploads\//);
-    const blob = await fetch(`${reg.url}/v2/alice/mounted/blobs/${digest}`, { method: 'HEAD', headers: { Authorization: basic('alice', PASSWORDS.alice!) } });
+    expect(refused.headers.get('location')).toMatch(new RegExp(`^/v2/alice/${target}/blobs/uploads/`));
+    const blob = await fetch(`${reg.url}/v2/alice/${target}/blobs/${digest}`, { method: 'HEAD', headers: { Authorization: basic('alice', PASSWORDS.alice!) } });
     expect(blob.status).toBe(404);
-    const allowed = await mount('bob', 'bob/mounted');
-    expect(allowed.status).toBe(201);
-  });
-
-  test('a mount without from links only a blob the caller may pull somewhere; otherwise it is a plain upload', async () => {
-    const layer = await fetch(`${reg.url}/v2/bob/secret/manifests/1`, { headers: { Authorization: basic('root', PASSWORDS.root!) } });
-    const digest = ((await layer.json()) as { layers: { digest: string }[] }).layers[0]!.digest;
-    const mount = (user: string, to: string) =>
-      fetch(`${reg.url}/v2/${to}/blobs/uploads/?mount=${digest}`, { method: 'POST', headers: { Authorization: basic(user, PASSWORDS[user]!) } });
-    // alice may not pull bob/secret, the only repository holding the blob: a 201 would tell her it exists.
-    const refused = await mount('alice', 'alice/discovered');
-    expect(refused.status).toBe(202);
-    expect(refused.headers.get('location')).toMatch(/^\/v2\/alice\/discovered\/blobs\/uploads\//);
-    const blob = await fetch(`${reg.url}/v2/alice/discovered/blobs/${digest}`, { method: 'HEAD', headers: { Authorization: basic('alice', PASSWORDS.alice!) } });
-    expect(blob.status).toBe(404);
-    const allowed = await mount('bob', 'bob/discovered');
+    const allowed = await mount('bob', `bob/${target}`);
     expect(allowed.status).toBe(201);
     expect(allowed.headers.get('docker-content-digest')).toBe(digest);
   });
