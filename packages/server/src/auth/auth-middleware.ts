@@ -1,4 +1,4 @@
-import { RegistryError, isValidRepositoryName, tryParseDigest } from '@wharf/registry-core';
+import { RegistryError, isValidRepositoryName } from '@wharf/registry-core';
 import type { Context, Next } from 'koa';
 import type { RepositoryResolver, ResolvedRepository } from '../repositories.js';
 import { AuthFailure, type AuthService, type Credentials } from './auth-service.js';
@@ -99,38 +99,6 @@ export function authMiddleware(options: AuthMiddlewareOptions) {
     throw denied(detail);
   }
 
-  /**
-   * A cross-repository mount also reads its source: without pull there, it becomes a plain upload.
-   * A mount that names no `from` gets as its source the first repository holding the blob that the
-   * caller may pull (and the route links from there), or becomes a plain upload: a 201 never tells
-   * anyone that a blob exists where they cannot read it.
-   */
-  async function checkMountSource(ctx: Context, name: string, who: Credentials, policy: ReturnType<AuthService['policy']>): Promise<void> {
-    const query = new URLSearchParams(ctx.querystring);
-    const mount = query.get('mount');
-    if (mount === null) return;
-    const mayPull = (repo: string): boolean =>
-      allowedActions(who.principal, { kind: 'repository', name: repo }, policy).has('pull') &&
-      (who.via !== 'bearer' || grantedActions(who.access, 'repository', repo).has('pull'));
-    const from = query.get('from');
-    let source: string | undefined;
-    if (from !== null) {
-      source = mayPull(from) ? from : undefined;
-    } else {
-      const wanted = tryParseDigest(mount);
-      const writer = wanted ? (await resolver.resolve(name, new URLSearchParams(), { method: 'POST' }).catch(() => undefined))?.writer : undefined;
-      source = wanted && writer ? await writer.mountSource(wanted.digest, mayPull) : undefined;
-    }
-    if (source === from) return;
-    if (source === undefined) {
-      query.delete('mount');
-      query.delete('from');
-    } else {
-      query.set('from', source);
-    }
-    ctx.querystring = query.toString();
-  }
-
   return async function authorize(ctx: Context, next: Next): Promise<void> {
     const path = ctx.path;
     const isV2 = path === '/v2' || path.startsWith('/v2/');
@@ -190,7 +158,13 @@ export function authMiddleware(options: AuthMiddlewareOptions) {
         const policy = auth.policy();
         const allowed: ReadonlySet<Action> = allowedActions(principal, await targetOf(ctx, name, principal), policy);
         if (!hasAll(allowed, needed)) refuse(ctx, who, scope, detail);
-        if (route.uploadStart) await checkMountSource(ctx, name, who, policy);
+        if (route.uploadStart) {
+          // A cross-repository mount reads its source too: the upload route links only from a
+          // repository this says the caller may pull, and otherwise starts a plain upload.
+          ctx.state.mayPull = (repo: string): boolean =>
+            allowedActions(principal, { kind: 'repository', name: repo }, policy).has('pull') &&
+            (who.via !== 'bearer' || grantedActions(who.access, 'repository', repo).has('pull'));
+        }
         return next();
       }
 

@@ -39,21 +39,20 @@ export function registerUploads(router: Router, deps: RouteDeps): void {
 
     if (typeof mount === 'string' && mount !== '') {
       const wanted = tryParseDigest(mount);
+      // Set by the auth middleware; with auth off anyone may read any repository.
+      const mayPull = (ctx.state.mayPull as ((repo: string) => boolean) | undefined) ?? (() => true);
+      let source: string | undefined;
       if (wanted && typeof from === 'string' && from !== '') {
         const fromTarget = await deps.resolver.resolve(from, new URLSearchParams(), { method: 'POST' }).catch(() => undefined);
         // Only a blob of a local repository can be linked; anything else falls back to an upload.
-        if (fromTarget?.writer === writer) {
-          const mounted = await writer.mountBlob(target.repo, wanted.digest, fromTarget.repo);
-          if (mounted) return describeBlob(ctx, name, mounted.digest);
-        }
-      } else if (wanted && from === undefined && ctx.state.principal === undefined) {
-        // No `from` (OCI 1.1's automatic content discovery), with auth off: anyone may read any
-        // repository, so the blob comes from the first that holds it. With auth on, the auth
-        // middleware has already put a source the caller may pull into `from`, or dropped the mount.
-        const source = await writer.mountSource(wanted.digest, () => true);
-        const mounted = source === undefined ? undefined : await writer.mountBlob(target.repo, wanted.digest, source);
-        if (mounted) return describeBlob(ctx, name, mounted.digest);
+        source = fromTarget?.writer === writer && mayPull(fromTarget.repo) ? fromTarget.repo : undefined;
+      } else if (wanted && from === undefined) {
+        // No `from` (OCI 1.1's automatic content discovery): the first repository holding the blob
+        // that the caller may pull, so a 201 never tells anyone a blob exists where they cannot read.
+        source = await writer.mountSource(wanted.digest, mayPull);
       }
+      const mounted = wanted && source !== undefined ? await writer.mountBlob(target.repo, wanted.digest, source) : undefined;
+      if (mounted) return describeBlob(ctx, name, mounted.digest);
     } else if (typeof digest === 'string') {
       const expect = digestParam(digest);
       const size = declaredLength(ctx.req);
