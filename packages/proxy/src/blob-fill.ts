@@ -220,7 +220,8 @@ class TailReader extends Readable implements TakesFile {
  * wait for the disk. Awaiting each write before reading on would stall the upstream connection once
  * per chunk. Readers get each chunk once it has landed.
  */
-function drainInto(body: Readable, handle: FileHandle, fill: BlobFill, inspect: (chunk: Buffer) => void): Promise<void> {
+function drainInto(upstream: UpstreamBlob, handle: FileHandle, fill: BlobFill, inspect: (chunk: Buffer) => void): Promise<void> {
+  const { body, recycle } = upstream;
   return new Promise((resolve, reject) => {
     let pending: Buffer[] = [];
     let pendingBytes = 0;
@@ -239,6 +240,8 @@ function drainInto(body: Readable, handle: FileHandle, fill: BlobFill, inspect: 
           const batch = pending;
           pending = [];
           const bytes = await writeAll(handle, batch, fill.written);
+          // On disk: readers read the file, the hash has seen them, nothing needs these bytes any more.
+          if (recycle) for (const chunk of batch) recycle(chunk);
           fill.wrote(bytes);
           pendingBytes -= bytes;
           if (body.isPaused() && pendingBytes <= MAX_PENDING / 2) body.resume();
@@ -259,7 +262,8 @@ function drainInto(body: Readable, handle: FileHandle, fill: BlobFill, inspect: 
         return;
       }
       fill.received += chunk.length;
-      noteReceived(chunk.length);
+      // Lent chunks are reused, not garbage.
+      if (!recycle) noteReceived(chunk.length);
       pending.push(chunk);
       pendingBytes += chunk.length;
       if (pendingBytes > MAX_PENDING) body.pause();
@@ -271,6 +275,9 @@ function drainInto(body: Readable, handle: FileHandle, fill: BlobFill, inspect: 
     });
     // Kept for the stream's life: an error after a failure (the caller destroys the body) must not be unhandled.
     body.on('error', fail);
+    // A body that failed or closed before we got here emits nothing more.
+    if (body.errored) fail(body.errored);
+    else if (body.destroyed) fail(new Error('the upstream body closed before it was read'));
   });
 }
 
@@ -373,7 +380,7 @@ export class BlobFills {
       const hash = newHash(algorithm);
       let adopted = false;
       try {
-        await drainInto(upstream.body, handle, fill, (chunk) => {
+        await drainInto(upstream, handle, fill, (chunk) => {
           if (fill.size !== undefined && fill.received + chunk.length > fill.size) {
             throw new RegistryError('SIZE_INVALID', 'upstream sent more bytes than it announced', { digest, size: fill.size });
           }

@@ -3,6 +3,7 @@ import type { Readable } from 'node:stream';
 import { rootCertificates } from 'node:tls';
 import { MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES, bareMediaType, digestOf, tryParseDigest, type ByteRange, type Digest } from '@wharf/registry-core';
 import type { Dispatcher } from 'undici';
+import { plainGet } from './plain-http.js';
 import { TokenCache, parseChallenge } from './token-auth.js';
 import { keepWasmOnBaseline } from './wasm-baseline.js';
 import { UpstreamError, type Upstream, type UpstreamFailure, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest } from './upstream.js';
@@ -64,6 +65,8 @@ interface Answer {
   readonly statusCode: number;
   readonly headers: Headers;
   readonly body: Readable;
+  /** Set when the body's chunks are lent (see UpstreamBlob.recycle). */
+  readonly recycle?: (chunk: Buffer) => void;
 }
 
 /** A response read whole. */
@@ -210,7 +213,7 @@ export class HttpUpstream implements Upstream {
     } else if (Number.isFinite(length)) {
       size = length;
     }
-    return { ...(size !== undefined ? { size } : {}), ...(part ? { range: part } : {}), body: res.body };
+    return { ...(size !== undefined ? { size } : {}), ...(part ? { range: part } : {}), body: res.body, ...(res.recycle ? { recycle: res.recycle } : {}) };
   }
 
   async statBlob(repo: string, digest: Digest, signal?: AbortSignal): Promise<UpstreamBlobStat | undefined> {
@@ -238,15 +241,18 @@ export class HttpUpstream implements Upstream {
   /** A streamed request (blobs): resolves once the response head is in, with the body still flowing. */
   private streamed(repo: string, path: string, headers: Record<string, string>, signal?: AbortSignal): Promise<Answer> {
     return this.withRetries(signal, async () => {
-      const res = await this.authorized('GET', repo, path, headers, signal);
+      const res = await this.authorized('GET', repo, path, headers, signal, true);
       return res.statusCode === 429 || res.statusCode >= 500 ? this.retryable(res) : res;
     });
   }
 
-  /** One attempt: the request with our credentials for `repo`, and once more after answering a 401 challenge. */
-  private async authorized(method: 'GET' | 'HEAD', repo: string, path: string, headers: Record<string, string>, signal?: AbortSignal): Promise<Answer> {
+  /**
+   * One attempt: the request with our credentials for `repo`, and once more after answering a 401
+   * challenge. `streaming`: a blob body, which plain HTTP hops read into reused memory (plainGet).
+   */
+  private async authorized(method: 'GET' | 'HEAD', repo: string, path: string, headers: Record<string, string>, signal?: AbortSignal, streaming = false): Promise<Answer> {
     const url = `${this.base}/v2/${repo}/${path}`;
-    const res = await this.send(method, url, { ...headers, ...this.authHeader(repo) }, signal);
+    const res = await this.send(method, url, { ...headers, ...this.authHeader(repo) }, signal, streaming);
     if (res.statusCode !== 401) {
       this.noteRateLimit(res.headers);
       return res;
@@ -254,7 +260,7 @@ export class HttpUpstream implements Upstream {
     await discard(res.body);
     // No way to answer the challenge: the 401 stands (its body is already gone).
     if (!(await this.authenticate(repo, res.headers, signal))) return res;
-    const again = await this.send(method, url, { ...headers, ...this.authHeader(repo) }, signal);
+    const again = await this.send(method, url, { ...headers, ...this.authHeader(repo) }, signal, streaming);
     this.noteRateLimit(again.headers);
     return again;
   }
@@ -263,13 +269,16 @@ export class HttpUpstream implements Upstream {
    * Sends one request and follows redirects. Authorization is ours for this upstream only: a hop to
    * another origin (a CDN) goes without it, and so does every hop after that.
    */
-  private async send(method: 'GET' | 'HEAD', url: string, headers: Record<string, string>, signal?: AbortSignal): Promise<Answer> {
+  private async send(method: 'GET' | 'HEAD', url: string, headers: Record<string, string>, signal?: AbortSignal, streaming = false): Promise<Answer> {
     let target = new URL(url);
     let sent: Record<string, string> = { 'user-agent': this.userAgent, ...headers };
     for (let hop = 0; ; hop++) {
-      let res;
+      let res: Answer;
       try {
-        res = await (await this.dispatcher()).request({ origin: target.origin, path: `${target.pathname}${target.search}`, method, headers: sent, ...(signal ? { signal } : {}) });
+        res =
+          streaming && method === 'GET' && target.protocol === 'http:' && this.options.egress === undefined
+            ? await plainGet(target, sent, this.timeouts, signal)
+            : await (await this.dispatcher()).request({ origin: target.origin, path: `${target.pathname}${target.search}`, method, headers: sent, ...(signal ? { signal } : {}) });
       } catch (err) {
         this.options.onRequest?.('error');
         throw err;
@@ -277,7 +286,7 @@ export class HttpUpstream implements Upstream {
       this.options.onRequest?.(res.statusCode);
       const location = res.headers.location;
       if (!REDIRECTS.has(res.statusCode) || typeof location !== 'string' || hop >= MAX_REDIRECTS) {
-        return { statusCode: res.statusCode, headers: res.headers, body: res.body };
+        return res;
       }
       await discard(res.body);
       const next = new URL(location, target);

@@ -19,6 +19,12 @@ export interface UpstreamBlob {
   /** The bytes the body holds, when the upstream answered a range request with that range (206). */
   readonly range?: ByteRange;
   readonly body: Readable;
+  /**
+   * Set when the body's chunks are lent from reused memory: whoever is done with a chunk (wrote it to
+   * disk, say) may give it back, and later reads reuse its memory. A chunk never given back is
+   * ordinary garbage. Give back only chunks nothing reads any more.
+   */
+  readonly recycle?: (chunk: Buffer) => void;
 }
 
 export interface UpstreamBlobStat {

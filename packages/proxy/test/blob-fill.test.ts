@@ -252,6 +252,45 @@ describe('BlobFills and BlobFill on an FsBlobStore', () => {
     });
   }
 
+  test('a body that failed before the fill began to read it fails the fill instead of hanging it', async () => {
+    const bytes = randomBytes(1000);
+    const source = new PassThrough();
+    source.on('error', () => undefined);
+    source.destroy(new Error('reset while the temp file was opened'));
+    const fill = (await fills.join(sha256(bytes), async () => ({ size: bytes.length, body: source })))!;
+    expect(await outcome(fill.done)).toBe('rejected');
+    await expect(fill.done).rejects.toThrow('reset while the temp file was opened');
+    expect(await readdir(temp)).toEqual([]);
+  });
+
+  test('a lent chunk is given back once it is on disk, never before, and never twice', async () => {
+    const bytes = randomBytes(2 * 1024 * 1024);
+    const source = new PassThrough();
+    const sent: Buffer[] = [];
+    const back: Buffer[] = [];
+    const everyGiveBack: Buffer[] = [];
+    const recycle = (chunk: Buffer) => {
+      back.push(chunk);
+      everyGiveBack.push(chunk);
+    };
+    const fill = (await fills.join(sha256(bytes), async () => ({ size: bytes.length, body: source, recycle })))!;
+    const read = readAll(fill.reader());
+    for (let at = 0; at < bytes.length; at += 64 * 1024) {
+      const chunk = Buffer.from(bytes.subarray(at, at + 64 * 1024));
+      sent.push(chunk);
+      source.write(chunk);
+      // Overwrite what was given back, as a reused slab would: the blob must not change.
+      for (const b of back.splice(0)) b.fill(0);
+      await sleep(1);
+    }
+    source.end();
+    expect(sha256(await read)).toBe(sha256(bytes));
+    await fill.done;
+    expect((await readFile(store.pathOf(sha256(bytes)))).equals(bytes)).toBe(true);
+    expect(everyGiveBack.length).toBe(sent.length);
+    expect(new Set(everyGiveBack).size).toBe(sent.length);
+  });
+
   test('after a failed fill, the next join fetches again and can succeed', async () => {
     const bytes = randomBytes(200_000);
     const { digest, fetch } = await fromFake('wrong-bytes', bytes, 1);

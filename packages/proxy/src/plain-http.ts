@@ -1,0 +1,321 @@
+import type { IncomingHttpHeaders } from 'node:http';
+import { connect, type Socket } from 'node:net';
+import { Readable } from 'node:stream';
+import { SlabReader } from './slab-reader.js';
+
+export interface PlainTimeouts {
+  /** TCP connection, ms. */
+  readonly connect: number;
+  /** From the request sent to the end of the response head, ms. */
+  readonly firstByte: number;
+  /** Longest silence while the body streams (and is read), ms. */
+  readonly idle: number;
+}
+
+/** A response whose body still streams, in chunks lent from reused memory. */
+export interface PlainAnswer {
+  readonly statusCode: number;
+  readonly headers: IncomingHttpHeaders;
+  readonly body: Readable;
+  /** Gives a chunk of `body` back once its holder is done with it, for the next reads to reuse. */
+  readonly recycle: (chunk: Buffer) => void;
+}
+
+/** A response head is a few KiB; more is not a registry talking. */
+const MAX_HEAD = 64 * 1024;
+const MAX_CHUNK_LINE = 4 * 1024;
+/** Body bytes buffered in the stream before the socket stops being read. */
+const BODY_HIGH_WATER = 1024 * 1024;
+
+/**
+ * One GET over plain HTTP/1.1 (one connection, closed after the response), read into reused slabs
+ * (see SlabReader). The proxy fetches blobs this way from an http:// upstream, where receiving
+ * through undici cost 1.2-3.0 CPU s/GiB on this VM against 0.33 s: a cold pull's event loop spent
+ * most of its time there. HTTPS and egress proxies stay with undici (node cannot read a TLS socket
+ * into memory of our own).
+ *
+ * Answers with the head once it is in; the body follows as a Readable. Bodies framed by
+ * Content-Length, chunked, or the end of the connection. Errors carry the codes the upstream's retry
+ * logic knows: ETIMEDOUT for every timeout, ECONNRESET for a connection that ends too early.
+ */
+export function plainGet(url: URL, headers: Readonly<Record<string, string>>, timeouts: PlainTimeouts, signal?: AbortSignal): Promise<PlainAnswer> {
+  return new Promise((resolve, reject) => new Exchange(url, headers, timeouts, signal, resolve, reject));
+}
+
+type Framing =
+  | { readonly kind: 'length'; remaining: number }
+  | { readonly kind: 'chunked'; state: 'size' | 'data' | 'data-end' | 'trailer'; line: string; remaining: number }
+  | { readonly kind: 'close' }
+  | { readonly kind: 'none' };
+
+function failure(code: string, message: string): Error {
+  return Object.assign(new Error(message), { code });
+}
+
+class Exchange {
+  private readonly slabs = new SlabReader();
+  private readonly socket: Socket;
+  private head: Buffer | undefined = Buffer.alloc(0);
+  private body: Body | undefined;
+  private framing: Framing = { kind: 'none' };
+  private timer: NodeJS.Timeout | undefined;
+  private finished = false;
+  private readonly onAbort = (): void => {
+    const reason: unknown = this.signal?.reason;
+    this.fail(reason instanceof Error ? reason : failure('ABORT_ERR', 'the request was aborted'));
+  };
+
+  constructor(
+    url: URL,
+    headers: Readonly<Record<string, string>>,
+    private readonly timeouts: PlainTimeouts,
+    private readonly signal: AbortSignal | undefined,
+    private readonly resolve: (answer: PlainAnswer) => void,
+    private readonly reject: (err: Error) => void,
+  ) {
+    const request = requestHead(url, headers);
+    this.socket = connect({
+      host: url.hostname.replace(/^\[(.*)\]$/, '$1'),
+      port: Number(url.port || 80),
+      noDelay: true,
+      onread: { buffer: () => this.slabs.room(), callback: (n: number) => {
+          this.received(this.slabs.take(n));
+          // Never false: pausing is `pause()`'s, which also stops the idle timer.
+          return true;
+        },
+      },
+    });
+    this.arm(timeouts.connect, 'connecting to');
+    this.socket.once('connect', () => {
+      this.arm(timeouts.firstByte, 'waiting for the response head from');
+      this.socket.write(request);
+    });
+    this.socket.on('error', (err) => this.fail(err));
+    this.socket.on('end', () => this.ended());
+    this.socket.on('close', () => this.ended());
+    if (signal?.aborted) this.onAbort();
+    else signal?.addEventListener('abort', this.onAbort, { once: true });
+  }
+
+  /** Bytes read from the socket, in a slab. */
+  private received(bytes: Buffer): void {
+    if (this.finished) return;
+    if (this.head) {
+      this.readHead(bytes);
+      return;
+    }
+    this.timer?.refresh();
+    this.readBody(bytes);
+  }
+
+  private readHead(bytes: Buffer): void {
+    const before = this.head!.length;
+    const head = Buffer.concat([this.head!, bytes]);
+    const end = head.indexOf('\r\n\r\n', Math.max(0, before - 3));
+    if (end < 0) {
+      if (head.length > MAX_HEAD) this.fail(failure('HPE_HEADER_OVERFLOW', 'the upstream sent a response head over 64 KiB'));
+      else this.head = head;
+      return;
+    }
+    const parsed = parseHead(head.subarray(0, end).toString('latin1'));
+    if (parsed instanceof Error) {
+      this.fail(parsed);
+      return;
+    }
+    const rest = bytes.subarray(end + 4 - before);
+    if (parsed.statusCode < 200) {
+      // An interim answer (100 Continue, 103 Early Hints): the real head follows.
+      this.head = Buffer.alloc(0);
+      if (rest.length > 0) this.readHead(rest);
+      return;
+    }
+    this.head = undefined;
+    const framing = framingOf(parsed.statusCode, parsed.headers);
+    if (framing instanceof Error) {
+      this.fail(framing);
+      return;
+    }
+    this.framing = framing;
+    this.body = new Body(this);
+    this.arm(this.timeouts.idle, 'receiving the body from');
+    this.resolve({ statusCode: parsed.statusCode, headers: parsed.headers, body: this.body, recycle: (chunk) => this.slabs.giveBack(chunk) });
+    if (this.framing.kind === 'none' || (this.framing.kind === 'length' && this.framing.remaining === 0)) this.finish();
+    else if (rest.length > 0) this.readBody(rest);
+  }
+
+  private readBody(bytes: Buffer): void {
+    const framing = this.framing;
+    if (framing.kind === 'close') {
+      this.deliver(bytes);
+    } else if (framing.kind === 'length') {
+      const n = Math.min(framing.remaining, bytes.length);
+      framing.remaining -= n;
+      this.deliver(bytes.subarray(0, n));
+      if (framing.remaining === 0) this.finish();
+    } else if (framing.kind === 'chunked') {
+      this.readChunked(framing, bytes);
+    }
+  }
+
+  /** Transfer-Encoding: chunked: size lines, data, CRLF, ..., a 0 size, trailers, an empty line. */
+  private readChunked(c: Extract<Framing, { kind: 'chunked' }>, bytes: Buffer): void {
+    let i = 0;
+    while (i < bytes.length && !this.finished) {
+      if (c.state === 'data') {
+        const n = Math.min(c.remaining, bytes.length - i);
+        this.deliver(bytes.subarray(i, i + n));
+        i += n;
+        c.remaining -= n;
+        if (c.remaining === 0) c.state = 'data-end';
+        continue;
+      }
+      const nl = bytes.indexOf(10, i);
+      c.line += bytes.toString('latin1', i, nl < 0 ? bytes.length : nl);
+      if (c.line.length > MAX_CHUNK_LINE) {
+        this.fail(failure('HPE_INVALID_CHUNK_SIZE', 'the upstream sent an overlong chunk line'));
+        return;
+      }
+      if (nl < 0) return;
+      i = nl + 1;
+      const line = c.line.replace(/\r$/, '');
+      c.line = '';
+      if (c.state === 'data-end') {
+        if (line !== '') {
+          this.fail(failure('HPE_INVALID_CHUNK_SIZE', 'the upstream sent a chunk longer than its size'));
+          return;
+        }
+        c.state = 'size';
+      } else if (c.state === 'size') {
+        const hex = /^([0-9a-fA-F]{1,13})[ \t]*(;.*)?$/.exec(line)?.[1];
+        if (hex === undefined) {
+          this.fail(failure('HPE_INVALID_CHUNK_SIZE', 'the upstream sent an invalid chunk size'));
+          return;
+        }
+        c.remaining = Number.parseInt(hex, 16);
+        c.state = c.remaining === 0 ? 'trailer' : 'data';
+      } else if (line === '') {
+        this.finish();
+      }
+    }
+  }
+
+  private deliver(view: Buffer): void {
+    if (view.length === 0 || !this.body) return;
+    if (!this.body.push(this.slabs.lend(view))) this.pause();
+  }
+
+  pause(): void {
+    if (this.finished || this.socket.isPaused()) return;
+    this.socket.pause();
+    // Time spent waiting for the reader is not the upstream's silence.
+    clearTimeout(this.timer);
+  }
+
+  resume(): void {
+    if (this.finished || !this.socket.isPaused()) return;
+    this.arm(this.timeouts.idle, 'receiving the body from');
+    this.socket.resume();
+  }
+
+  /** The connection ended (or closed) before `finish`: the end of a close-framed body, else a failure. */
+  private ended(): void {
+    if (this.finished) return;
+    if (this.body && this.framing.kind === 'close') this.finish();
+    else this.fail(failure('ECONNRESET', this.body ? 'the upstream closed the connection before the body ended' : 'the upstream closed the connection before answering'));
+  }
+
+  private finish(): void {
+    this.finished = true;
+    this.close();
+    this.body?.push(null);
+  }
+
+  fail(err: Error): void {
+    if (this.finished) return;
+    this.finished = true;
+    this.close();
+    if (this.body) this.body.destroy(err);
+    else this.reject(err);
+  }
+
+  /** The reader went away: stop receiving. */
+  abandon(): void {
+    if (this.finished) return;
+    this.finished = true;
+    this.close();
+  }
+
+  private close(): void {
+    clearTimeout(this.timer);
+    this.signal?.removeEventListener('abort', this.onAbort);
+    this.socket.destroy();
+    this.slabs.release();
+  }
+
+  private arm(ms: number, what: string): void {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.fail(failure('ETIMEDOUT', `timed out ${what} the upstream`)), ms);
+    this.timer.unref();
+  }
+}
+
+/** The body as a stream: reading it on resumes the socket, a full buffer pauses it. */
+class Body extends Readable {
+  constructor(private readonly exchange: Exchange) {
+    super({ highWaterMark: BODY_HIGH_WATER });
+    // The body may fail before its reader is attached (bytes follow the head at once): a reader
+    // learns of it from `errored` or its iteration, and the process must not crash meanwhile.
+    this.on('error', () => undefined);
+  }
+
+  override _read(): void {
+    this.exchange.resume();
+  }
+
+  override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
+    this.exchange.abandon();
+    callback(err);
+  }
+}
+
+function requestHead(url: URL, headers: Readonly<Record<string, string>>): string {
+  let head = `GET ${url.pathname}${url.search} HTTP/1.1\r\nHost: ${url.host}\r\n`;
+  for (const [name, value] of Object.entries(headers)) {
+    if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name) || /[\r\n\0]/.test(value)) throw new TypeError(`invalid request header ${name}`);
+    head += `${name}: ${value}\r\n`;
+  }
+  return `${head}Connection: close\r\n\r\n`;
+}
+
+function parseHead(text: string): { statusCode: number; headers: IncomingHttpHeaders } | Error {
+  const lines = text.split('\r\n');
+  const status = /^HTTP\/1\.[01] (\d{3})(?: .*)?$/.exec(lines[0] ?? '');
+  if (!status) return failure('HPE_INVALID_CONSTANT', 'the upstream did not answer in HTTP/1.1');
+  const headers: Record<string, string> = {};
+  for (const line of lines.slice(1)) {
+    const colon = line.indexOf(':');
+    const name = line.slice(0, colon).toLowerCase();
+    if (colon <= 0 || !/^[!#$%&'*+.^_`|~0-9a-z-]+$/.test(name)) return failure('HPE_INVALID_HEADER_TOKEN', 'the upstream sent an invalid header line');
+    const value = line.slice(colon + 1).trim();
+    const previous = headers[name];
+    if (previous !== undefined && name === 'content-length' && previous !== value) {
+      return failure('HPE_UNEXPECTED_CONTENT_LENGTH', 'the upstream sent two different Content-Lengths');
+    }
+    headers[name] = previous === undefined || name === 'content-length' ? value : `${previous}, ${value}`;
+  }
+  return { statusCode: Number(status[1]), headers: headers as IncomingHttpHeaders };
+}
+
+function framingOf(statusCode: number, headers: IncomingHttpHeaders): Framing | Error {
+  if (statusCode === 204 || statusCode === 304) return { kind: 'none' };
+  const coding = String(headers['transfer-encoding'] ?? '').trim().toLowerCase();
+  if (coding !== '') {
+    // Only chunked: a blob under any other coding (gzip, say) is not the bytes its digest names.
+    if (coding !== 'chunked') return failure('HPE_INVALID_TRANSFER_ENCODING', `the upstream sent a body in an unsupported transfer coding (${coding})`);
+    return { kind: 'chunked', state: 'size', line: '', remaining: 0 };
+  }
+  const length = headers['content-length'];
+  if (length === undefined) return { kind: 'close' };
+  if (!/^\d{1,15}$/.test(length)) return failure('HPE_INVALID_CONTENT_LENGTH', 'the upstream sent an invalid Content-Length');
+  return { kind: 'length', remaining: Number(length) };
+}

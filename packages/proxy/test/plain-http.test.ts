@@ -1,0 +1,242 @@
+import { afterEach, describe, expect, test } from '@jest/globals';
+import { createHash, randomBytes } from 'node:crypto';
+import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import type { Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { plainGet, type PlainAnswer } from '../src/plain-http.js';
+
+const FAST = { connect: 1000, firstByte: 300, idle: 300 };
+
+/** A raw TCP server: `respond` writes whatever bytes the test wants, after the request head is in. */
+async function rawServer(respond: (socket: Socket, request: string) => unknown): Promise<{ url: URL; server: Server; requests: string[] }> {
+  const requests: string[] = [];
+  const server = createServer((socket) => {
+    let head = '';
+    socket.on('error', () => undefined);
+    socket.on('data', (d: Buffer) => {
+      if (head.includes('\r\n\r\n')) return;
+      head += d.toString('latin1');
+      if (head.includes('\r\n\r\n')) {
+        requests.push(head);
+        void respond(socket, head);
+      }
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  servers.push(server);
+  return { url: new URL(`http://127.0.0.1:${(server.address() as AddressInfo).port}/v2/a/blobs/x?y=1`), server, requests };
+}
+
+const servers: Server[] = [];
+afterEach(async () => {
+  for (const s of servers.splice(0)) await new Promise((resolve) => s.close(resolve));
+});
+
+/** Reads a body whole; with `recycle`, gives every chunk back once copied (as the fill does once written). */
+async function readAll(answer: PlainAnswer, recycle = false): Promise<{ bytes: Buffer; buffers: Set<ArrayBufferLike> }> {
+  const copies: Buffer[] = [];
+  const buffers = new Set<ArrayBufferLike>();
+  for await (const chunk of answer.body as AsyncIterable<Buffer>) {
+    buffers.add(chunk.buffer);
+    copies.push(Buffer.from(chunk));
+    if (recycle) answer.recycle(chunk);
+  }
+  return { bytes: Buffer.concat(copies), buffers };
+}
+
+async function bodyError(body: Readable): Promise<NodeJS.ErrnoException> {
+  const err = await (async () => {
+    for await (const _ of body as AsyncIterable<Buffer>) void _;
+  })().then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(Error);
+  return err as NodeJS.ErrnoException;
+}
+
+/** Writes `bytes` a few at a time, so heads, chunk lines and bodies straddle reads. */
+async function trickle(socket: Socket, bytes: Buffer, step = 7): Promise<void> {
+  for (let i = 0; i < bytes.length; i += step) {
+    socket.write(bytes.subarray(i, i + step));
+    await sleep(1);
+  }
+}
+
+describe('plainGet', () => {
+  test('sends one GET with Host, our headers and Connection: close; reads a Content-Length body', async () => {
+    const body = randomBytes(3 * 1024 * 1024 + 17);
+    const { url, requests } = await rawServer((s) => {
+      s.write(`HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\nDocker-Content-Digest: sha256:abc\r\n\r\n`);
+      s.end(body);
+    });
+    const answer = await plainGet(url, { 'user-agent': 'wharf-test', authorization: 'Bearer t' }, FAST);
+    expect(answer.statusCode).toBe(200);
+    expect(answer.headers['docker-content-digest']).toBe('sha256:abc');
+    expect((await readAll(answer)).bytes.equals(body)).toBe(true);
+    expect(requests[0]).toBe(`GET /v2/a/blobs/x?y=1 HTTP/1.1\r\nHost: ${url.host}\r\nuser-agent: wharf-test\r\nauthorization: Bearer t\r\nConnection: close\r\n\r\n`);
+  });
+
+  test('a head that straddles reads, and body bytes in the head read', async () => {
+    const body = Buffer.from('hello, registry');
+    const { url } = await rawServer(async (s) => {
+      await trickle(s, Buffer.concat([Buffer.from(`HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n\r\n`), body.subarray(0, 3)]), 5);
+      await sleep(5);
+      s.end(body.subarray(3));
+    });
+    const answer = await plainGet(url, {}, FAST);
+    expect((await readAll(answer)).bytes.toString()).toBe('hello, registry');
+  });
+
+  test('an interim 100 Continue head is skipped', async () => {
+    const { url } = await rawServer((s) => s.end('HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'));
+    const answer = await plainGet(url, {}, FAST);
+    expect(answer.statusCode).toBe(200);
+    expect((await readAll(answer)).bytes.toString()).toBe('ok');
+  });
+
+  test('a chunked body, with extensions and trailers, split at every kind of boundary', async () => {
+    const parts = [randomBytes(10), randomBytes(70_000), randomBytes(1)];
+    const wire = Buffer.concat([
+      Buffer.from('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n'),
+      ...parts.flatMap((p, i) => [Buffer.from(`${p.length.toString(16)}${i === 1 ? ';ext=1' : ''}\r\n`), p, Buffer.from('\r\n')]),
+      Buffer.from('0\r\nX-Trailer: 1\r\n\r\n'),
+    ]);
+    const { url } = await rawServer(async (s) => {
+      await trickle(s, wire.subarray(0, 200), 3);
+      s.write(wire.subarray(200, wire.length - 30));
+      await trickle(s, wire.subarray(wire.length - 30), 2);
+      // The connection stays open: the last chunk ends the body, not the close.
+    });
+    const answer = await plainGet(url, {}, FAST);
+    expect((await readAll(answer)).bytes.equals(Buffer.concat(parts))).toBe(true);
+  });
+
+  test('a body framed by the end of the connection', async () => {
+    const { url } = await rawServer((s) => s.end('HTTP/1.1 200 OK\r\n\r\nuntil close'));
+    const answer = await plainGet(url, {}, FAST);
+    expect((await readAll(answer)).bytes.toString()).toBe('until close');
+  });
+
+  test('204 and a 0 Content-Length have an empty body at once', async () => {
+    const { url } = await rawServer((s) => s.write('HTTP/1.1 204 No Content\r\n\r\n'));
+    expect((await readAll(await plainGet(url, {}, FAST))).bytes.length).toBe(0);
+    const zero = await rawServer((s) => s.write('HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n'));
+    expect((await readAll(await plainGet(zero.url, {}, FAST))).bytes.length).toBe(0);
+  });
+
+  test('a connection closed before Content-Length bytes came fails the body with ECONNRESET', async () => {
+    const { url } = await rawServer((s) => s.end('HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this'));
+    const answer = await plainGet(url, {}, FAST);
+    expect((await bodyError(answer.body)).code).toBe('ECONNRESET');
+  });
+
+  test('a connection closed before the last chunk fails the body', async () => {
+    const { url } = await rawServer((s) => s.end('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n'));
+    const answer = await plainGet(url, {}, FAST);
+    expect((await bodyError(answer.body)).code).toBe('ECONNRESET');
+  });
+
+  test('a connection closed before any answer rejects with ECONNRESET', async () => {
+    const { url } = await rawServer((s) => s.end());
+    await expect(plainGet(url, {}, FAST)).rejects.toMatchObject({ code: 'ECONNRESET' });
+  });
+
+  test.each([
+    ['an invalid chunk size', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n', 'HPE_INVALID_CHUNK_SIZE'],
+    ['a chunk longer than its size', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n', 'HPE_INVALID_CHUNK_SIZE'],
+  ])('%s fails the body', async (_what, wire, code) => {
+    const { url } = await rawServer((s) => s.write(wire));
+    const answer = await plainGet(url, {}, FAST);
+    expect((await bodyError(answer.body)).code).toBe(code);
+  });
+
+  test.each([
+    ['not HTTP', 'SSH-2.0-OpenSSH\r\n\r\n', 'HPE_INVALID_CONSTANT'],
+    ['a gzip body', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n', 'HPE_INVALID_TRANSFER_ENCODING'],
+    ['a bad Content-Length', 'HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n', 'HPE_INVALID_CONTENT_LENGTH'],
+    ['two Content-Lengths', 'HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n', 'HPE_UNEXPECTED_CONTENT_LENGTH'],
+    ['a folded header', 'HTTP/1.1 200 OK\r\nA: b\r\n c\r\n\r\n', 'HPE_INVALID_HEADER_TOKEN'],
+    ['a head over 64 KiB', `HTTP/1.1 200 OK\r\nX: ${'a'.repeat(70_000)}`, 'HPE_HEADER_OVERFLOW'],
+  ])('%s rejects', async (_what, wire, code) => {
+    const { url } = await rawServer((s) => s.write(wire));
+    await expect(plainGet(url, {}, FAST)).rejects.toMatchObject({ code });
+  });
+
+  test('a header value with a line break is refused before anything is sent', async () => {
+    const { url, requests } = await rawServer(() => undefined);
+    await expect(plainGet(url, { authorization: 'Bearer x\r\nX-Injected: 1' }, FAST)).rejects.toThrow(TypeError);
+    expect(requests).toEqual([]);
+  });
+
+  test('a refused connection rejects with its code', async () => {
+    const { url, server } = await rawServer(() => undefined);
+    await new Promise((resolve) => server.close(resolve));
+    servers.splice(servers.indexOf(server), 1);
+    await expect(plainGet(url, {}, FAST)).rejects.toMatchObject({ code: 'ECONNREFUSED' });
+  });
+
+  test('no head within firstByte: ETIMEDOUT', async () => {
+    const { url } = await rawServer(() => undefined);
+    await expect(plainGet(url, {}, FAST)).rejects.toMatchObject({ code: 'ETIMEDOUT' });
+  });
+
+  test('a body that stalls longer than idle fails with ETIMEDOUT; a reader that pauses does not', async () => {
+    const stalled = await rawServer((s) => s.write('HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc'));
+    expect((await bodyError((await plainGet(stalled.url, {}, FAST)).body)).code).toBe('ETIMEDOUT');
+
+    const { url } = await rawServer((s) => s.end('HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc'));
+    const answer = await plainGet(url, {}, FAST);
+    await sleep(FAST.idle * 2);
+    expect((await readAll(answer)).bytes.toString()).toBe('abc');
+  });
+
+  test('an abort before the head rejects, and after it fails the body', async () => {
+    const { url } = await rawServer(() => undefined);
+    const before = new AbortController();
+    const pending = plainGet(url, {}, FAST, before.signal);
+    before.abort(new Error('cancelled'));
+    await expect(pending).rejects.toThrow('cancelled');
+
+    const streaming = await rawServer((s) => s.write('HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc'));
+    const after = new AbortController();
+    const answer = await plainGet(streaming.url, {}, FAST, after.signal);
+    after.abort(new Error('loser of a hedge'));
+    expect((await bodyError(answer.body)).message).toBe('loser of a hedge');
+  });
+
+  test('a slow reader pauses the socket and still gets every byte in order', async () => {
+    const body = randomBytes(8 * 1024 * 1024);
+    const { url } = await rawServer((s) => {
+      s.write(`HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n\r\n`);
+      s.end(body);
+    });
+    const answer = await plainGet(url, {}, FAST);
+    const hash = createHash('sha256');
+    let n = 0;
+    for await (const chunk of answer.body as AsyncIterable<Buffer>) {
+      hash.update(chunk);
+      if ((n += 1) % 16 === 0) await sleep(2);
+    }
+    expect(hash.digest('hex')).toBe(createHash('sha256').update(body).digest('hex'));
+  });
+
+  test('chunks given back are read into again; chunks kept are never overwritten', async () => {
+    const body = randomBytes(16 * 1024 * 1024);
+    const serve = () =>
+      rawServer((s) => {
+        s.write(`HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n\r\n`);
+        s.end(body);
+      });
+    const recycled = await readAll(await plainGet((await serve()).url, {}, FAST), true);
+    expect(recycled.bytes.equals(body)).toBe(true);
+    // 16 MiB through 512 KiB slabs: a handful, reused, rather than one per 512 KiB.
+    expect(recycled.buffers.size).toBeLessThanOrEqual(6);
+
+    const kept: Buffer[] = [];
+    const answer = await plainGet((await serve()).url, {}, FAST);
+    for await (const chunk of answer.body as AsyncIterable<Buffer>) kept.push(chunk);
+    expect(Buffer.concat(kept).equals(body)).toBe(true);
+    expect(new Set(kept.map((c) => c.buffer)).size).toBeGreaterThanOrEqual(32);
+  });
+});

@@ -1,0 +1,49 @@
+import { describe, expect, test } from '@jest/globals';
+import { MIN_READ, SlabReader } from '../src/slab-reader.js';
+
+/** One "socket read" of `n` bytes of `fill` into the reader's room. */
+function read(reader: SlabReader, n: number, fill: number): Buffer {
+  reader.room().fill(fill, 0, n);
+  return reader.take(n);
+}
+
+describe('SlabReader', () => {
+  test('reads land one after another in a slab; room is never under MIN_READ', () => {
+    const reader = new SlabReader();
+    const a = read(reader, 1000, 1);
+    const b = read(reader, 2000, 2);
+    expect(b.buffer).toBe(a.buffer);
+    expect(b.byteOffset).toBe(a.byteOffset + 1000);
+    for (let i = 0; i < 20; i++) expect(reader.room().length).toBeGreaterThanOrEqual(MIN_READ);
+  });
+
+  test('a slab is read into again only once every lent view came back, and a double give-back counts once', () => {
+    const reader = new SlabReader();
+    const first = read(reader, MIN_READ, 1);
+    const x = reader.lend(first.subarray(0, 10));
+    const y = reader.lend(first.subarray(10, 20));
+    // Fill the slab so the next room is a new one.
+    let next = read(reader, reader.room().length, 9);
+    while (next.buffer === first.buffer) next = read(reader, reader.room().length, 9);
+    reader.release();
+
+    reader.giveBack(x);
+    reader.giveBack(x);
+    reader.giveBack(Buffer.from(first.subarray(10, 20)));
+    // y is still out: no later reader may get x's slab, whatever was given back twice.
+    const other = new SlabReader();
+    for (let i = 0; i < 8; i++) expect(read(other, MIN_READ, 3).buffer).not.toBe(first.buffer);
+    expect(y.every((byte) => byte === 1)).toBe(true);
+
+    reader.giveBack(y);
+    const again = new SlabReader();
+    expect(again.room().buffer).toBe(first.buffer);
+  });
+
+  test('lend refuses a view of anything but the current slab', () => {
+    const reader = new SlabReader();
+    read(reader, 10, 1);
+    expect(() => reader.lend(Buffer.alloc(10))).toThrow(RangeError);
+    expect(() => reader.take(reader.room().length + 1)).toThrow(RangeError);
+  });
+});
