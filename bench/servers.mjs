@@ -202,10 +202,16 @@ export async function waitReady(running, timeoutMs = 30_000) {
 }
 
 /** The node flags of the root package.json's `wharf` script, so Wharf runs here as `pnpm wharf` runs it. */
-function wharfNodeFlags(root) {
+/** The environment assignments and node flags of `pnpm wharf`, so the bench starts Wharf as users do. */
+function wharfStart(root) {
   const script = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')).scripts?.wharf ?? '';
   const words = script.trim().split(/\s+/);
-  return words[0] === 'node' ? words.slice(1).filter((w) => w.startsWith('--')) : [];
+  const env = {};
+  while (words.length > 0 && /^[A-Z_][A-Z0-9_]*=/.test(words[0])) {
+    const [name, ...value] = words.shift().split('=');
+    env[name] = value.join('=');
+  }
+  return { env, flags: words[0] === 'node' ? words.slice(1).filter((w) => w.startsWith('--')) : [] };
 }
 
 export async function startWharf({ root, cli, dir, name = 'wharf', extraToml = [] }) {
@@ -232,7 +238,8 @@ export async function startWharf({ root, cli, dir, name = 'wharf', extraToml = [
   // The server's own environment must not override the file (WHARF_* variables), nor send the
   // upstream requests of the proxy workloads (all on loopback) through an egress proxy.
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('WHARF_') && !/^(https?|no)_proxy$/i.test(k)));
-  const running = launch(name, process.execPath, [...wharfNodeFlags(root), cli, 'serve', '--config', toml], `http://127.0.0.1:${port}`, { cwd: root, env });
+  const start = wharfStart(root);
+  const running = launch(name, process.execPath, [...start.flags, cli, 'serve', '--config', toml], `http://127.0.0.1:${port}`, { cwd: root, env: { ...env, ...start.env } });
   await waitReady(running);
   return running;
 }

@@ -109,12 +109,16 @@ describe('Dockerfile', () => {
     ]);
   });
 
-  test('the image starts node with the same flags as `pnpm wharf`', () => {
+  test('the image starts node with the same flags and malloc setting as `pnpm wharf` and `pnpm start`', () => {
     const pkg = JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')) as { scripts: Record<string, string> };
     const script = pkg.scripts.wharf!.split(/\s+/);
+    const assignments = script.filter((w) => /^[A-Z_][A-Z0-9_]*=/.test(w));
+    expect(assignments).toEqual(['MALLOC_TOP_PAD_=8388608']);
     const entry = execForm(final('ENTRYPOINT')[0]!.args);
-    expect(entry).toEqual(script);
+    expect(entry).toEqual(script.slice(assignments.length));
     expect(script).toContain('--max-semi-space-size=4');
+    expect(final('ENV').map((e) => e.args)).toContain('MALLOC_TOP_PAD_=8388608');
+    expect(pkg.scripts.start).toBe(`${pkg.scripts.wharf} serve`);
   });
 
   test('this node accepts the flags `pnpm wharf` starts it with', async () => {
