@@ -78,7 +78,9 @@ class Exchange {
       host: url.hostname.replace(/^\[(.*)\]$/, '$1'),
       port: Number(url.port || 80),
       noDelay: true,
-      onread: { buffer: () => this.slabs.room(), callback: (n: number) => {
+      onread: {
+        buffer: () => this.slabs.room(),
+        callback: (n: number) => {
           this.received(this.slabs.take(n));
           // Never false: pausing is `pause()`'s, which also stops the idle timer.
           return true;

@@ -24,9 +24,9 @@ interface Slab {
  *
  * One SlabReader per socket: the socket reads into `room()`, `take(n)` returns the bytes read, and
  * `lend` hands parts of them on. Whoever holds a lent view may `giveBack` it once done with it
- * (written to disk, say); a slab whose views all came back is read into again. A view never given back is just garbage: its slab is
- * collected with it. Giving a view back twice, or one this pool did not lend, does nothing, so a slab
- * is never overwritten while a lent view of it is still in use.
+ * (written to disk, say); a slab whose views all came back is read into again. A view never given
+ * back is just garbage: its slab is collected with it. Giving a view back twice, or one this reader
+ * did not lend, does nothing, so a slab is never overwritten while a lent view of it is in use.
  */
 export class SlabReader {
   private current: Slab | undefined;

@@ -113,11 +113,11 @@ describe('Dockerfile', () => {
     const pkg = JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')) as { scripts: Record<string, string> };
     const script = pkg.scripts.wharf!.split(/\s+/);
     const assignments = script.filter((w) => /^[A-Z_][A-Z0-9_]*=/.test(w));
-    expect(assignments).toEqual(['MALLOC_TOP_PAD_=8388608']);
+    expect(assignments).toEqual(['MALLOC_TOP_PAD_=2097152']);
     const entry = execForm(final('ENTRYPOINT')[0]!.args);
     expect(entry).toEqual(script.slice(assignments.length));
     expect(script).toContain('--max-semi-space-size=4');
-    expect(final('ENV').map((e) => e.args)).toContain('MALLOC_TOP_PAD_=8388608');
+    expect(final('ENV').map((e) => e.args)).toContain('MALLOC_TOP_PAD_=2097152');
     expect(pkg.scripts.start).toBe(`${pkg.scripts.wharf} serve`);
   });
 
