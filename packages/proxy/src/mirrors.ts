@@ -111,10 +111,10 @@ export class MirroredUpstream implements Upstream {
 
   private measureBody(i: number, blob: UpstreamBlob): UpstreamBlob {
     const started = performance.now();
-    let bytes = 0;
-    blob.body.on('data', (chunk: Buffer) => {
-      bytes += chunk.length;
-    });
+    // The length the mirror announced, not a count of our own: a 'data' listener would start the
+    // body flowing, and what came before its reader attached would have gone to us alone.
+    const bytes = blob.range ? blob.range.end - blob.range.start + 1 : blob.size;
+    if (bytes === undefined) return blob;
     blob.body.once('end', () => {
       const seconds = (performance.now() - started) / 1000;
       if (seconds > 0.01 && bytes > 64 * 1024) {

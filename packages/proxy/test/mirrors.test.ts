@@ -98,6 +98,16 @@ describe('mirror strategies', () => {
     expect(mirrors[2]!.log).toHaveLength(0);
   });
 
+  test('a blob body read a while after the mirror answered still holds every byte', async () => {
+    reset();
+    for (const strategy of ['failover', 'hedged', 'adaptive'] as const) {
+      const blob = await upstream({ strategy, hedgeDelay: 1000 }).blob('lib/app', DIGEST);
+      // The fill reads only once its temp file is open: nothing may flow away meanwhile.
+      await new Promise((r) => setTimeout(r, 100));
+      expect((await readAll(blob!.body)).equals(BLOB)).toBe(true);
+    }
+  });
+
   test('failover passes a 404 on to the next mirror and answers absent only when all lack it', async () => {
     reset();
     mirrors[0]!.mode = 'missing';
