@@ -374,7 +374,14 @@ export class BlobFills {
     this.started += 1;
     const { store, tempRoot, onStored } = this.options;
     const temp = join(tempRoot, `fill-${randomUUID()}`);
-    const handle = await open(temp, 'w', 0o644);
+    let handle: FileHandle;
+    try {
+      handle = await open(temp, 'w', 0o644);
+    } catch (err) {
+      // Nobody will read this body: let its connection go.
+      upstream.body.destroy();
+      throw err;
+    }
     const { algorithm } = parseDigest(digest);
     return new BlobFill(digest, upstream.size, temp, store.pathOf(digest), async (fill) => {
       const hash = newHash(algorithm);

@@ -81,7 +81,13 @@ class Exchange {
       onread: {
         buffer: () => this.slabs.room(),
         callback: (n: number) => {
-          this.received(this.slabs.take(n));
+          if (this.finished) return true;
+          try {
+            // Body listeners run inside this call ('data' is emitted as the bytes are pushed).
+            this.received(this.slabs.take(n));
+          } catch (err) {
+            this.fail(err instanceof Error ? err : new Error(String(err)));
+          }
           // Never false: pausing is `pause()`'s, which also stops the idle timer.
           return true;
         },

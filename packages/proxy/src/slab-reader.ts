@@ -28,13 +28,18 @@ interface Slab {
  * back is just garbage: its slab is collected with it. Giving a view back twice, or one this reader
  * did not lend, does nothing, so a slab is never overwritten while a lent view of it is in use.
  */
+/** What a released reader's socket is given to read into (node asks once more after the last read). */
+const CLOSED_ROOM = Buffer.allocUnsafeSlow(MIN_READ);
+
 export class SlabReader {
   private current: Slab | undefined;
+  private closed = false;
   private readonly slabs = new WeakMap<ArrayBufferLike, Slab>();
   private readonly lentViews = new WeakSet<Buffer>();
 
   /** Room for the next read: at least MIN_READ bytes at the end of the current slab. */
   room(): Buffer {
+    if (this.closed) return CLOSED_ROOM;
     let slab = this.current;
     if (!slab || slab.buffer.length - slab.used < MIN_READ) {
       if (slab) this.retire(slab);
@@ -73,8 +78,9 @@ export class SlabReader {
     if (slab.retired && slab.lent === 0) this.reuse(slab);
   }
 
-  /** The current slab takes no more reads (its reader is done). */
+  /** The reader is done: its slab takes no more reads, and it takes no other. */
   release(): void {
+    this.closed = true;
     if (this.current) this.retire(this.current);
     this.current = undefined;
   }

@@ -263,6 +263,15 @@ describe('BlobFills and BlobFill on an FsBlobStore', () => {
     expect(await readdir(temp)).toEqual([]);
   });
 
+  test('when the temp file cannot be made, the join fails and the upstream body is let go', async () => {
+    fills = new BlobFills({ store, tempRoot: join(dir, 'no-such-dir') });
+    const bytes = randomBytes(1000);
+    const source = new PassThrough();
+    await expect(fills.join(sha256(bytes), async () => ({ size: bytes.length, body: source }))).rejects.toMatchObject({ code: 'ENOENT' });
+    expect(source.destroyed).toBe(true);
+    expect(fills.running).toBe(0);
+  });
+
   test('a lent chunk is given back once it is on disk, never before, and never twice', async () => {
     const bytes = randomBytes(2 * 1024 * 1024);
     const source = new PassThrough();

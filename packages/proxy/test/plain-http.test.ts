@@ -205,6 +205,20 @@ describe('plainGet', () => {
     expect((await bodyError(answer.body)).message).toBe('loser of a hedge');
   });
 
+  test('a body listener that throws as bytes arrive fails the body instead of crashing the process', async () => {
+    const { url } = await rawServer(async (s) => {
+      s.write('HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n');
+      await sleep(50);
+      s.end('abcdef');
+    });
+    const answer = await plainGet(url, {}, FAST);
+    const failed = new Promise<Error>((resolve) => answer.body.on('error', resolve));
+    answer.body.on('data', () => {
+      throw new Error('listener bug');
+    });
+    expect((await failed).message).toBe('listener bug');
+  });
+
   test('a slow reader pauses the socket and still gets every byte in order', async () => {
     const body = randomBytes(8 * 1024 * 1024);
     const { url } = await rawServer((s) => {

@@ -40,6 +40,15 @@ describe('SlabReader', () => {
     expect(again.room().buffer).toBe(first.buffer);
   });
 
+  test('a released reader takes no slab when asked for room again (node asks once after the last read)', () => {
+    const done = new SlabReader();
+    const slab = read(done, 10, 1).buffer;
+    done.release();
+    expect(done.room().buffer).not.toBe(slab);
+    // Its slab went back to the spares for the next reader.
+    expect(new SlabReader().room().buffer).toBe(slab);
+  });
+
   test('lend refuses a view of anything but the current slab', () => {
     const reader = new SlabReader();
     read(reader, 10, 1);
