@@ -120,9 +120,12 @@ class Exchange {
     const before = this.head!.length;
     const head = Buffer.concat([this.head!, bytes]);
     const end = head.indexOf('\r\n\r\n', Math.max(0, before - 3));
+    if (end > MAX_HEAD || (end < 0 && head.length > MAX_HEAD)) {
+      this.fail(failure('HPE_HEADER_OVERFLOW', 'the upstream sent a response head over 64 KiB'));
+      return;
+    }
     if (end < 0) {
-      if (head.length > MAX_HEAD) this.fail(failure('HPE_HEADER_OVERFLOW', 'the upstream sent a response head over 64 KiB'));
-      else this.head = head;
+      this.head = head;
       return;
     }
     const parsed = parseHead(head.subarray(0, end).toString('latin1'));
@@ -297,7 +300,7 @@ function requestHead(url: URL, headers: Readonly<Record<string, string>>): strin
 
 function parseHead(text: string): { statusCode: number; headers: IncomingHttpHeaders } | Error {
   const lines = text.split('\r\n');
-  const status = /^HTTP\/1\.[01] (\d{3})(?: .*)?$/.exec(lines[0] ?? '');
+  const status = /^HTTP\/1\.[01] ([1-5]\d\d)(?: .*)?$/.exec(lines[0] ?? '');
   if (!status) return failure('HPE_INVALID_CONSTANT', 'the upstream did not answer in HTTP/1.1');
   const headers: Record<string, string> = {};
   for (const line of lines.slice(1)) {

@@ -158,6 +158,8 @@ describe('plainGet', () => {
     ['two Content-Lengths', 'HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n', 'HPE_UNEXPECTED_CONTENT_LENGTH'],
     ['a folded header', 'HTTP/1.1 200 OK\r\nA: b\r\n c\r\n\r\n', 'HPE_INVALID_HEADER_TOKEN'],
     ['a head over 64 KiB', `HTTP/1.1 200 OK\r\nX: ${'a'.repeat(70_000)}`, 'HPE_HEADER_OVERFLOW'],
+    ['a whole head over 64 KiB in one read', `HTTP/1.1 200 OK\r\nX: ${'a'.repeat(66_000)}\r\n\r\n`, 'HPE_HEADER_OVERFLOW'],
+    ['a status under 100', 'HTTP/1.1 099 Odd\r\n\r\n', 'HPE_INVALID_CONSTANT'],
   ])('%s rejects', async (_what, wire, code) => {
     const { url } = await rawServer((s) => s.write(wire));
     await expect(plainGet(url, {}, FAST)).rejects.toMatchObject({ code });
