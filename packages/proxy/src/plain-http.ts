@@ -118,7 +118,8 @@ class Exchange {
 
   private readHead(bytes: Buffer): void {
     const before = this.head!.length;
-    const head = Buffer.concat([this.head!, bytes]);
+    // Only what can still be head is copied (64 KiB at most); body bytes stay in their slab.
+    const head = Buffer.concat([this.head!, bytes.subarray(0, MAX_HEAD + 4 - before)]);
     const end = head.indexOf('\r\n\r\n', Math.max(0, before - 3));
     if (end > MAX_HEAD || (end < 0 && head.length > MAX_HEAD)) {
       this.fail(failure('HPE_HEADER_OVERFLOW', 'the upstream sent a response head over 64 KiB'));
