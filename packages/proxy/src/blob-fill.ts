@@ -4,16 +4,19 @@ import { openSync, closeSync, read } from 'node:fs';
 import { open, rm, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { RegistryError, hashToDigest, newHash, noteReceived, parseDigest, type BlobInfo, type BlobStore, type ByteRange, type Digest, type FileRange, type TakesFile } from '@wharf/registry-core';
+import { RegistryError, hashToDigest, newHash, noteReceived, parseDigest, type BlobInfo, type BlobStore, type ByteRange, type Digest, type FileRange, type HeldBytes, type TakesFile } from '@wharf/registry-core';
+import { FillWriter } from './fill-writer.js';
 import type { UpstreamBlob } from './upstream.js';
 
 const READ_CHUNK = 256 * 1024;
 /**
- * Bytes received from the upstream and not yet written, per fill, before the upstream is paused. At
- * 4 MiB a single cold pull peaked 15-20 MiB higher in RSS (the chunks are views that keep the socket
- * reads they came from alive) with no faster fill than at 1 MiB.
+ * Readers waiting for bytes in memory are woken once this many more came in (or a block went to
+ * disk, or the fill ended), not for every chunk: 16 clients of one fill woken per 64 KiB chunk, each
+ * sending it on its own, lost a third of their throughput.
  */
-const MAX_PENDING = 1024 * 1024;
+const WAKE_BYTES = 256 * 1024;
+/** Fewer new bytes than WAKE_BYTES wake the readers after this long: a slow upstream's bytes still go out at once. */
+const WAKE_MS = 5;
 
 type FillState = 'running' | 'done' | 'failed';
 
@@ -29,8 +32,13 @@ export class BlobFill {
   readonly done: Promise<BlobInfo>;
   /** Bytes on disk in the temp file. */
   written = 0;
-  /** Bytes received from the upstream (those past `written` wait for the disk). */
+  /** Bytes received from the upstream (those past `written` are in memory only). */
   received = 0;
+  /** Where the bytes go: set once the temp file is open. */
+  writer: FillWriter | undefined;
+  /** `received` when readers were last woken. */
+  private wokenAt = 0;
+  private wakeTimer: NodeJS.Timeout | undefined;
   state: FillState = 'running';
   /**
    * Set once every byte is in and matches the digest, before the file is synced and moved into the
@@ -51,13 +59,13 @@ export class BlobFill {
     this.done = run(this).then(
       (blob) => {
         this.state = 'done';
-        this.events.emit('progress');
+        this.wake();
         return blob;
       },
       (err: unknown) => {
         this.error = err instanceof Error ? err : new Error(String(err));
         this.state = 'failed';
-        this.events.emit('progress');
+        this.wake();
         throw this.error;
       },
     );
@@ -65,38 +73,55 @@ export class BlobFill {
     this.done.catch(() => undefined);
   }
 
-  /** `bytes` more are on disk. */
-  wrote(bytes: number): void {
-    this.written += bytes;
+  /** Bytes up to `written` are on disk. */
+  wrote(written: number): void {
+    this.written = written;
+    this.wake();
+  }
+
+  /** `bytes` more are in memory. */
+  got(bytes: number): void {
+    this.received += bytes;
+    if (this.received - this.wokenAt >= WAKE_BYTES) this.wake();
+    else this.wakeTimer ??= setTimeout(() => this.wake(), WAKE_MS);
+  }
+
+  private wake(): void {
+    if (this.wakeTimer) clearTimeout(this.wakeTimer);
+    this.wakeTimer = undefined;
+    this.wokenAt = this.received;
     this.events.emit('progress');
+  }
+
+  /** Bytes from `position` up to `limit` still in memory, lent; undefined when they are on disk. */
+  view(position: number, limit: number): HeldBytes | undefined {
+    return this.writer?.view(position, limit);
   }
 
   /** Every byte is in and matches the digest: readers may finish. */
   markVerified(): void {
     this.verified = true;
-    this.events.emit('progress');
+    this.wake();
   }
 
   /**
-   * How many bytes a reader whose last byte is `last` (undefined: the size is unknown) may read from
-   * the file at `position`, waiting until there are some; 0 at the end. The last byte waits until the
-   * blob is verified: with Content-Length sent, a client that got every byte would take a corrupt blob
-   * for a complete one. Rejects once the fill has failed.
+   * How many bytes a reader whose last byte is `last` (undefined: the size is unknown) may read at
+   * `position`, waiting until there are some; 0 at the end. The last byte waits until the blob is
+   * verified: with Content-Length sent, a client that got every byte would take a corrupt blob for a
+   * complete one. Rejects once the fill has failed.
    *
-   * Readers follow the file, not the chunks in memory that still wait for the disk. Sending those too,
-   * as each arrived from the upstream, cost 16 clients of one fill a third of their throughput: every
-   * 64 KiB chunk became a write to every socket and a wake-up of every client (measured on a 1 GiB
-   * blob: 810 against 1,230-1,330 MiB/s, the clients reading 72 against 185 KiB per read); one client
-   * alone gained nothing from it. What is on disk is at most a write behind.
+   * With `inMemory`, bytes received and not yet on disk count too: the reader sends them from memory
+   * (`view`). Otherwise only what the file holds counts.
    */
-  async next(position: number, last: number | undefined): Promise<number> {
+  async next(position: number, last: number | undefined, inMemory = false): Promise<number> {
     for (;;) {
       const verified = this.verified || this.state === 'done';
       if (!verified && this.state === 'failed') throw fillFailed(this.digest, this.error);
+      const have = inMemory ? this.received : this.written;
       // Bytes before `limit` may go out now.
-      const limit = last === undefined ? (verified ? this.written : Infinity) : verified ? last + 1 : last;
+      const limit = last === undefined ? (verified ? have : Infinity) : verified ? last + 1 : last;
       if (position < limit) {
-        if (position < this.written) return Math.min(this.written, limit) - position;
+        if (position < have) return Math.min(have, limit) - position;
       } else if (verified) {
         return 0;
       }
@@ -159,7 +184,14 @@ class TailReader extends Readable implements TakesFile {
     const start = this.position;
     const fill = this.fill;
     this.destroy();
-    return { fd: this.fd, start, end: last, key: `fill:${fill.tempPath}`, next: (position) => fill.next(position, last) };
+    return {
+      fd: this.fd,
+      start,
+      end: last,
+      key: `fill:${fill.tempPath}`,
+      next: (position) => fill.next(position, last, true),
+      view: (position, limit) => fill.view(position, limit),
+    };
   }
 
   override _read(): void {
@@ -176,13 +208,21 @@ class TailReader extends Readable implements TakesFile {
 
   /** Pushes the next piece; true when the stream wants more at once. */
   private async pull(): Promise<boolean> {
-    const next = await this.fill.next(this.position, this.last);
+    const next = await this.fill.next(this.position, this.last, true);
     if (this.destroyed) return false;
     if (next === 0) {
       this.push(null);
       return false;
     }
     const length = Math.min(READ_CHUNK, next);
+    const held = this.fill.view(this.position, this.position + length);
+    if (held) {
+      // A copy: whoever consumes this stream may keep its chunks as long as it likes.
+      const copy = Buffer.from(held.bytes);
+      held.release();
+      this.position += copy.length;
+      return this.push(copy);
+    }
     this.reading = true;
     const chunk = await new Promise<Buffer>((resolve, reject) => {
       read(this.fd, Buffer.allocUnsafe(length), 0, length, this.position, (err, n, buffer) => {
@@ -214,99 +254,58 @@ class TailReader extends Readable implements TakesFile {
 }
 
 /**
- * Copies `body` into `handle` from offset 0, passing every chunk to `inspect` (hash, size check) as it
- * arrives. Receiving and writing overlap: chunks that come in while a write runs are queued and go to
- * disk together in the next writev, and the upstream is paused only while more than MAX_PENDING bytes
- * wait for the disk. Awaiting each write before reading on would stall the upstream connection once
- * per chunk. Readers get each chunk once it has landed.
+ * Copies `body` into `writer`, passing every chunk to `inspect` (hash, size check) as it arrives. The
+ * upstream is paused only while the writer has no room (blocks wait for the disk).
  */
-function drainInto(upstream: UpstreamBlob, handle: FileHandle, fill: BlobFill, inspect: (chunk: Buffer) => void): Promise<void> {
+function drainInto(upstream: UpstreamBlob, writer: FillWriter, fill: BlobFill, inspect: (chunk: Buffer) => void): Promise<void> {
   const { body, recycle } = upstream;
   return new Promise((resolve, reject) => {
-    let pending: Buffer[] = [];
-    let pendingBytes = 0;
-    let writing = false;
     let ended = false;
     let failed = false;
+    let waiting = false;
     const fail = (err: unknown): void => {
       if (failed) return;
       failed = true;
       reject(err);
     };
-    const flush = async (): Promise<void> => {
-      writing = true;
-      try {
-        while (pending.length > 0 && !failed) {
-          const batch = pending;
-          pending = [];
-          const bytes = await writeAll(handle, batch, fill.written);
-          // On disk: readers read the file, the hash has seen them, nothing needs these bytes any more.
-          if (recycle) for (const chunk of batch) recycle(chunk);
-          fill.wrote(bytes);
-          pendingBytes -= bytes;
-          if (body.isPaused() && pendingBytes <= MAX_PENDING / 2) body.resume();
-        }
-      } catch (err) {
-        fail(err);
-      } finally {
-        writing = false;
-      }
-      if (ended && !failed) resolve();
+    const finish = (): void => {
+      writer.finish().then(() => {
+        if (!failed) resolve();
+      }, fail);
     };
     body.on('data', (chunk: Buffer) => {
       if (failed) return;
+      let more: boolean;
       try {
         inspect(chunk);
+        more = writer.push(chunk);
       } catch (err) {
         fail(err);
         return;
       }
-      fill.received += chunk.length;
-      // Lent chunks are reused, not garbage.
-      if (!recycle) noteReceived(chunk.length);
-      pending.push(chunk);
-      pendingBytes += chunk.length;
-      if (pendingBytes > MAX_PENDING) body.pause();
-      if (!writing) void flush();
+      // Copied: the chunk's memory may take the next socket read.
+      if (recycle) recycle(chunk);
+      else noteReceived(chunk.length);
+      fill.got(chunk.length);
+      if (!more && !waiting) {
+        waiting = true;
+        body.pause();
+        writer.room().then(() => {
+          waiting = false;
+          if (!failed) body.resume();
+        }, fail);
+      }
     });
     body.once('end', () => {
       ended = true;
-      if (!writing && !failed) resolve();
+      if (!failed) finish();
     });
     // Kept for the stream's life: an error after a failure (the caller destroys the body) must not be unhandled.
     body.on('error', fail);
     // A body that failed or closed before we got here emits nothing more.
     if (body.errored) fail(body.errored);
-    else if (body.destroyed) fail(new Error('the upstream body closed before it was read'));
+    else if (body.destroyed && !ended) fail(new Error('the upstream body closed before it was read'));
   });
-}
-
-/** Writes every byte of `buffers` at `position`, resuming after short writes; resolves with the byte count. */
-async function writeAll(handle: FileHandle, buffers: Buffer[], position: number): Promise<number> {
-  let total = 0;
-  for (const b of buffers) total += b.length;
-  let done = 0;
-  let rest = buffers;
-  while (done < total) {
-    const { bytesWritten } = await handle.writev(rest, position + done);
-    if (bytesWritten === 0) throw new Error('the disk accepted no bytes of the blob');
-    done += bytesWritten;
-    if (done < total) rest = remainder(buffers, done);
-  }
-  return total;
-}
-
-function remainder(buffers: Buffer[], skip: number): Buffer[] {
-  const out: Buffer[] = [];
-  for (const b of buffers) {
-    if (skip >= b.length) {
-      skip -= b.length;
-      continue;
-    }
-    out.push(skip > 0 ? b.subarray(skip) : b);
-    skip = 0;
-  }
-  return out;
 }
 
 /** What a client is told when the download it waited on failed: the upstream's fault, a 502. */
@@ -375,8 +374,10 @@ export class BlobFills {
     const { store, tempRoot, onStored } = this.options;
     const temp = join(tempRoot, `fill-${randomUUID()}`);
     let handle: FileHandle;
+    let writer: FillWriter;
     try {
       handle = await open(temp, 'w', 0o644);
+      writer = await FillWriter.open(temp, handle);
     } catch (err) {
       // Nobody will read this body: let its connection go.
       upstream.body.destroy();
@@ -384,10 +385,12 @@ export class BlobFills {
     }
     const { algorithm } = parseDigest(digest);
     return new BlobFill(digest, upstream.size, temp, store.pathOf(digest), async (fill) => {
+      fill.writer = writer;
+      writer.onWritten = (written) => fill.wrote(written);
       const hash = newHash(algorithm);
       let adopted = false;
       try {
-        await drainInto(upstream, handle, fill, (chunk) => {
+        await drainInto(upstream, writer, fill, (chunk) => {
           if (fill.size !== undefined && fill.received + chunk.length > fill.size) {
             throw new RegistryError('SIZE_INVALID', 'upstream sent more bytes than it announced', { digest, size: fill.size });
           }
@@ -404,6 +407,9 @@ export class BlobFills {
         fill.markVerified();
         await handle.sync();
         await handle.close();
+        await writer.close();
+        // For the next pull's sake only: a failure here costs speed, not the blob.
+        await writer.warm(temp).catch(() => undefined);
         const blob = { digest, size: fill.written };
         await store.adopt(temp, blob);
         adopted = true;
@@ -413,6 +419,7 @@ export class BlobFills {
         upstream.body.destroy();
         throw err;
       } finally {
+        await writer.close();
         await handle.close().catch(() => undefined);
         if (!adopted) await rm(temp, { force: true });
       }

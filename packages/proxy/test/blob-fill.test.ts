@@ -272,7 +272,7 @@ describe('BlobFills and BlobFill on an FsBlobStore', () => {
     expect(fills.running).toBe(0);
   });
 
-  test('a lent chunk is given back once it is on disk, never before, and never twice', async () => {
+  test('a lent chunk is given back once the fill has copied it, and never twice', async () => {
     const bytes = randomBytes(2 * 1024 * 1024);
     const source = new PassThrough();
     const sent: Buffer[] = [];

@@ -11,7 +11,7 @@ export { exposedGc, type Gc } from './exposed-gc.js';
 export * from './registry.js';
 export * from './local-registry.js';
 export { FsBlobStore } from './fs/fs-blob-store.js';
-export { FileBlobStream, closeFile, takeFile, type FileRange, type TakesFile } from './fs/file-blob-stream.js';
+export { FileBlobStream, closeFile, takeFile, type FileRange, type HeldBytes, type TakesFile } from './fs/file-blob-stream.js';
 export { FsUploadSessions } from './fs/fs-uploads.js';
 export { openDatabase, type SqliteDatabase, type SqliteStatement } from './sqlite/database.js';
 export { SqliteMetadataStore, MAX_PAGE } from './sqlite/sqlite-metadata-store.js';

@@ -7,16 +7,25 @@ export interface FileRange {
   /** Inclusive. */
   readonly end: number;
   /**
-   * For a file still being written (a proxy fill): how many bytes from `position` are on disk and may
-   * be sent, waiting until some are; 0 at the end, once the content is verified. Rejects if the file
-   * turns out bad. Absent for a complete file, whose whole range may be read at once.
+   * For a file still being written (a proxy fill): how many bytes from `position` may be sent, waiting
+   * until some are; 0 at the end, once the content is verified. Rejects if the file turns out bad.
+   * Absent for a complete file, whose whole range may be read at once. With `view`, some of those
+   * bytes may be in memory only: ask `view` first, and read the file where it answers undefined.
    */
   readonly next?: (position: number) => Promise<number>;
+  /** Bytes from `position` up to `limit` (exclusive) that are still in memory, lent; undefined when they are on disk. */
+  readonly view?: (position: number, limit: number) => HeldBytes | undefined;
   /**
    * Names the content: every FileRange with this key has the same byte at the same offset (one proxy
    * fill, followed by many clients at once), so a sender may share what it reads among them.
    */
   readonly key?: string;
+}
+
+/** Bytes lent from memory: write them, then `release` them once the write has completed (or failed). */
+export interface HeldBytes {
+  readonly bytes: Buffer;
+  release(): void;
 }
 
 /** A stream that can hand its file descriptor over to a sender that reads the file itself. */

@@ -2,11 +2,11 @@ import { read } from 'node:fs';
 import type { ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { closeFile, takeFile, type FileRange } from '@wharf/registry-core';
+import { closeFile, takeFile, type FileRange, type HeldBytes } from '@wharf/registry-core';
 import type { Context } from 'koa';
 import { fullGcSoon } from './full-gc.js';
 import { ReadBufferPool, SendBuffers } from './read-buffers.js';
-import { SharedReads, type SharedChunk } from './shared-reads.js';
+import { SharedReads } from './shared-reads.js';
 import { UntilGone } from './until-gone.js';
 
 /**
@@ -146,7 +146,7 @@ async function sendChunks(file: FileRange, res: ServerResponse, buffers: SendBuf
   };
   // Shared segments this send's writes point into. A write the socket never finishes (it was
   // destroyed) never calls back: what is left is let go once the socket has closed.
-  const held = new Set<SharedChunk>();
+  const held = new Set<HeldBytes>();
   let position = file.start;
   try {
     await sendAll();
@@ -167,7 +167,8 @@ async function sendChunks(file: FileRange, res: ServerResponse, buffers: SendBuf
       await drainTo(maxInFlight - 1);
       const next = file.next ? await untilGone.wait(file.next(position)) : file.end - position + 1;
       if (next === 0) throw new Error('blob file ended before its recorded size');
-      const shared = file.key === undefined ? undefined : await sharedReads.chunk(file.fd, file.key, position, position + next);
+      // A fill's newest bytes, in memory (those not on disk yet are nowhere else); then shared reads of the file.
+      const shared = file.view?.(position, position + next) ?? (file.key === undefined ? undefined : await sharedReads.chunk(file.fd, file.key, position, position + next));
       if (shared) {
         if (res.destroyed) {
           shared.release();

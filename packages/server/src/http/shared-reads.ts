@@ -1,3 +1,4 @@
+import type { HeldBytes } from '@wharf/registry-core';
 import { read } from 'node:fs';
 
 /** A piece of a file in memory: bytes [start, start + valid) of one content. */
@@ -13,10 +14,7 @@ interface Segment {
 }
 
 /** Bytes of a shared segment for one send: write them, then call `release` once the write completed (or failed). */
-export interface SharedChunk {
-  readonly bytes: Buffer;
-  release(): void;
-}
+export type SharedChunk = HeldBytes;
 
 /**
  * Reads of the same content by several clients at once, done once: a file is read in aligned

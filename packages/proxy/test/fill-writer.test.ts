@@ -1,0 +1,125 @@
+import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, open, readFile, rm, type FileHandle } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { AlignedBlocks, BLOCK_SIZE } from '../src/aligned-blocks.js';
+import { FillWriter } from '../src/fill-writer.js';
+
+/** Pushes `bytes` in `chunk`-sized pieces, waiting for room whenever the writer asks. */
+async function pushAll(writer: FillWriter, bytes: Buffer, chunk: number): Promise<void> {
+  for (let at = 0; at < bytes.length; at += chunk) {
+    if (!writer.push(bytes.subarray(at, at + chunk))) await writer.room();
+  }
+}
+
+describe.each([
+  ['with O_DIRECT', true],
+  ['through the page cache', false],
+])('FillWriter %s', (_name, direct) => {
+  let dir: string;
+  let path: string;
+  let handle: FileHandle;
+  let writer: FillWriter;
+
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'wharf-fill-writer-'));
+    path = join(dir, 'fill');
+    handle = await open(path, 'w');
+    writer = await FillWriter.open(path, handle, { direct });
+  });
+  afterEach(async () => {
+    await writer.close();
+    await handle.close().catch(() => undefined);
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test('every byte lands in the file, across blocks and in a last block of odd size', async () => {
+    const bytes = randomBytes(3 * BLOCK_SIZE + 12_345);
+    const seen: number[] = [];
+    writer.onWritten = (written) => seen.push(written);
+    await pushAll(writer, bytes, 65_537);
+    await writer.finish();
+    // O_DIRECT where the file system takes it (the temp dirs of CI do).
+    expect(writer.writesDirect).toBe(direct);
+    expect(writer.written).toBe(bytes.length);
+    expect(seen).toEqual([BLOCK_SIZE, 2 * BLOCK_SIZE, 3 * BLOCK_SIZE, bytes.length]);
+    expect((await readFile(path)).equals(bytes)).toBe(true);
+    // The read-back leaves the file as it is.
+    await writer.warm(path);
+    expect((await readFile(path)).equals(bytes)).toBe(true);
+  });
+
+  test('bytes not yet on disk are lent from memory; once their block left memory, view says so', async () => {
+    const bytes = randomBytes(BLOCK_SIZE / 2);
+    writer.push(bytes);
+    expect(writer.written).toBe(0);
+    const held = writer.view(1000, bytes.length)!;
+    expect(held.bytes.equals(bytes.subarray(1000))).toBe(true);
+    held.release();
+    // A limit short of what is there is honoured.
+    const part = writer.view(0, 10)!;
+    expect(part.bytes.length).toBe(10);
+    part.release();
+    // Ten more blocks: the first leaves the window once written.
+    await pushAll(writer, randomBytes(10 * BLOCK_SIZE), 256 * 1024);
+    await writer.finish();
+    expect(writer.view(1000, bytes.length)).toBeUndefined();
+    expect((await readFile(path)).subarray(0, bytes.length).equals(bytes)).toBe(true);
+  });
+
+  test('a view still lent keeps its bytes while the fill moves far past them', async () => {
+    const first = randomBytes(BLOCK_SIZE);
+    await pushAll(writer, first, BLOCK_SIZE);
+    const held = writer.view(0, BLOCK_SIZE)!;
+    const copy = Buffer.from(held.bytes);
+    await pushAll(writer, randomBytes(40 * BLOCK_SIZE), 512 * 1024);
+    await writer.finish();
+    expect(held.bytes.equals(copy)).toBe(true);
+    held.release();
+    held.release(); // twice does nothing
+    expect((await readFile(path)).subarray(0, BLOCK_SIZE).equals(first)).toBe(true);
+  });
+
+  test('an empty fill writes nothing', async () => {
+    await writer.finish();
+    expect(writer.written).toBe(0);
+    expect((await readFile(path)).length).toBe(0);
+  });
+
+  test('a failed write fails the writer: push, room and finish reject', async () => {
+    await writer.close();
+    await handle.close();
+    // Every write through the page cache now fails (the descriptor is closed).
+    writer = await FillWriter.open(path, handle, { direct: false });
+    const bytes = randomBytes(2 * BLOCK_SIZE);
+    writer.push(bytes);
+    await expect(writer.finish()).rejects.toThrow();
+    expect(() => writer.push(bytes)).toThrow();
+    await expect(writer.room()).rejects.toThrow();
+  });
+});
+
+describe('AlignedBlocks', () => {
+  test('hands out distinct page-aligned blocks up to its count, takes them back, and lets its memory go when idle', async () => {
+    const pool = new AlignedBlocks(3);
+    const blocks = [pool.take(), pool.take(), pool.take()];
+    expect(blocks.every((b) => b?.length === BLOCK_SIZE)).toBe(true);
+    expect(new Set(blocks.map((b) => b!.byteOffset)).size).toBe(3);
+    expect(blocks.every((b) => b!.byteOffset % 4096 === 0)).toBe(true);
+    expect(pool.take()).toBeUndefined();
+    for (const b of blocks) pool.give(b!);
+    expect(pool.taken).toBe(0);
+    const again = pool.take()!;
+    expect(again.buffer).toBe(blocks[0]!.buffer);
+    pool.give(again);
+    await sleep(1100);
+    const fresh = pool.take()!;
+    expect(fresh.buffer).not.toBe(blocks[0]!.buffer);
+    // A block of the memory let go is not taken back into the new one.
+    pool.give(blocks[1]!);
+    expect(pool.taken).toBe(1);
+    pool.give(fresh);
+  });
+});
