@@ -321,6 +321,8 @@ export interface BlobFillsOptions {
   readonly tempRoot: string;
   /** Called once a fill is verified and in place. */
   readonly onStored?: (blob: BlobInfo) => void | Promise<void>;
+  /** False: fills write through the page cache only (see FillWriter). Default true. */
+  readonly directIo?: boolean;
 }
 
 /** Fills in flight by digest: N concurrent requests for one missing blob share one upstream download. */
@@ -377,7 +379,7 @@ export class BlobFills {
     let writer: FillWriter;
     try {
       handle = await open(temp, 'w', 0o644);
-      writer = await FillWriter.open(temp, handle);
+      writer = await FillWriter.open(temp, handle, { direct: this.options.directIo !== false });
     } catch (err) {
       // Nobody will read this body: let its connection go.
       upstream.body.destroy();

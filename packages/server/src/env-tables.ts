@@ -27,6 +27,7 @@ export const TABLE_ENV_KEYS: Readonly<Record<string, Readonly<Record<string, Env
     cache_ttl: 'duration',
     max_size: 'size',
     eviction_interval: 'duration',
+    direct_io: 'boolean',
   },
   auth: { enabled: 'boolean', service: 'string', realm: 'string', token_ttl: 'duration', allow_anonymous_push: 'boolean' },
   gc: { interval: 'duration', grace: 'duration', delete_untagged: 'boolean' },

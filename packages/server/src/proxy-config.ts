@@ -48,6 +48,8 @@ export interface ProxyConfig {
   readonly maxSize: number;
   /** How often the eviction sweep runs (ms). */
   readonly evictionInterval: number;
+  /** Fills write their blocks with O_DIRECT (where the file system takes it) and read the blob back once complete. */
+  readonly directIo: boolean;
   readonly upstreams: readonly UpstreamConfig[];
   /** The egress proxy upstream requests go through, from HTTP_PROXY / HTTPS_PROXY / NO_PROXY. */
   readonly egress?: EgressProxy;
@@ -83,7 +85,7 @@ export const BUILT_IN_UPSTREAMS: readonly UpstreamConfig[] = ([
 const PROXY_KEYS = new Set([
   'enabled', 'anonymous', 'default_upstream', 'manifest_ttl', 'absent_ttl', 'rate_limit_floor',
   'connect_timeout', 'first_byte_timeout', 'idle_timeout', 'retries', 'upstreams',
-  'cache_ttl', 'max_size', 'eviction_interval',
+  'cache_ttl', 'max_size', 'eviction_interval', 'direct_io',
 ]);
 
 const SIZE_UNITS: Record<string, number> = {
@@ -236,6 +238,7 @@ export function buildProxyConfig(raw: unknown, env: NodeJS.ProcessEnv): ProxyCon
     cacheTtl: duration(table, 'cache_ttl', '90d'),
     maxSize: size(table, 'max_size'),
     evictionInterval: duration(table, 'eviction_interval', '1h'),
+    directIo: boolean(table, 'direct_io', true),
     upstreams,
     ...egressFrom(env),
   };

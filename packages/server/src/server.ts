@@ -107,7 +107,7 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
   // Leases keep what a push is placing from a concurrent garbage collection (gc/garbage-collector.ts).
   const local = new LocalRegistry(registryBlobs, metadata, uploads, metadata.lifecycle());
   const proxyBlobs = new FsBlobStore(config.proxyStorage, config.temporaryRegistryStorage);
-  const fills = new BlobFills({ store: proxyBlobs, tempRoot: config.temporaryRegistryStorage });
+  const fills = new BlobFills({ store: proxyBlobs, tempRoot: config.temporaryRegistryStorage, directIo: config.proxy.directIo });
   const proxies = new Map<string, PullThroughRepository>();
   const metrics = new WharfMetrics({ db, temporaryRegistryStorage: config.temporaryRegistryStorage, fills, proxies });
   const eviction = new CacheEviction(db, proxyBlobs, fills);

@@ -103,6 +103,13 @@ describe('operations configuration', () => {
     expect(() => build({}, { WHARF_PROXY_RETRIES: 'three' })).toThrow('WHARF_PROXY_RETRIES must be a non-negative integer');
   });
 
+  test('[proxy] direct_io: on by default, off from the file or WHARF_PROXY_DIRECT_IO', () => {
+    expect(build({}).proxy.directIo).toBe(true);
+    expect(build({ proxy: { direct_io: false } }).proxy.directIo).toBe(false);
+    expect(build({}, { WHARF_PROXY_DIRECT_IO: 'false' }).proxy.directIo).toBe(false);
+    expect(() => build({ proxy: { direct_io: 'no' } })).toThrow('"proxy.direct_io" must be true or false');
+  });
+
   test('the shipped configuration.toml loads with the operations defaults', () => {
     const c = loadConfig({ file: join(REPO, 'configuration.toml'), env: {} });
     expect(c.listen.port).toBe(5000);
