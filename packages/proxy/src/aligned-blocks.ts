@@ -21,6 +21,7 @@ export class AlignedBlocks {
   private free: Buffer[] = [];
   private out = 0;
   private idleTimer: NodeJS.Timeout | undefined;
+  private unavailable = false;
 
   constructor(private readonly blocks = BLOCKS_PER_MEMORY) {}
 
@@ -30,8 +31,16 @@ export class AlignedBlocks {
       this.idleTimer = undefined;
     }
     if (!this.memory) {
+      if (this.unavailable) return undefined;
       const pages = (this.blocks * BLOCK_SIZE) / 65536;
-      const memory = new WebAssembly.Memory({ initial: pages, maximum: pages }).buffer;
+      let memory: ArrayBuffer;
+      try {
+        memory = new WebAssembly.Memory({ initial: pages, maximum: pages }).buffer;
+      } catch {
+        // No WebAssembly (node --jitless) or no address space for it (ulimit -v): plain memory it is.
+        this.unavailable = true;
+        return undefined;
+      }
       this.memory = memory;
       this.free = [];
       for (let i = this.blocks - 1; i >= 0; i--) this.free.push(Buffer.from(memory, i * BLOCK_SIZE, BLOCK_SIZE));
