@@ -117,7 +117,8 @@ export class BlobFill {
     for (;;) {
       const verified = this.verified || this.state === 'done';
       if (!verified && this.state === 'failed') throw fillFailed(this.digest, this.error);
-      const have = inMemory ? this.received : this.written;
+      // Once the writer is closed (the fill ended or failed) its blocks are gone: only the file counts.
+      const have = inMemory && this.writer?.isOpen !== false ? this.received : this.written;
       // Bytes before `limit` may go out now.
       const limit = last === undefined ? (verified ? have : Infinity) : verified ? last + 1 : last;
       if (position < limit) {
@@ -268,6 +269,7 @@ function drainInto(upstream: UpstreamBlob, writer: FillWriter, fill: BlobFill, i
       failed = true;
       reject(err);
     };
+    writer.onFailed = fail;
     const finish = (): void => {
       writer.finish().then(() => {
         if (!failed) resolve();

@@ -1,4 +1,5 @@
 import { constants } from 'node:fs';
+import { totalmem } from 'node:os';
 import { open, type FileHandle } from 'node:fs/promises';
 import type { HeldBytes } from '@wharf/registry-core';
 import { AlignedBlocks, BLOCK_SIZE } from './aligned-blocks.js';
@@ -12,6 +13,10 @@ const MAX_UNWRITTEN = 3;
  * still sent them from memory.
  */
 const WINDOW = 4;
+/** Plain blocks (when the aligned ones are all out) a fill keeps for reuse instead of allocating anew. */
+const PLAIN_SPARES = 2;
+/** Errors of an O_DIRECT write that mean "not here": the block goes through the page cache instead. */
+const NO_DIRECT = new Set(['EINVAL', 'EOPNOTSUPP', 'ENOTSUP']);
 
 const alignedBlocks = new AlignedBlocks();
 
@@ -53,9 +58,13 @@ export class FillWriter {
   private roomWaiters: (() => void)[] = [];
   /** Some block went to disk with O_DIRECT: its pages are not in the page cache. */
   private wroteDirect = false;
+  private finished = false;
   private closed = false;
+  private readonly plainSpares: Buffer[] = [];
   /** Called with `written` each time it grows. */
   onWritten: (written: number) => void = () => undefined;
+  /** Called once, when a write fails: the fill fails at once rather than at its next chunk. */
+  onFailed: (err: Error) => void = () => undefined;
 
   private constructor(
     private readonly handle: FileHandle,
@@ -78,6 +87,11 @@ export class FillWriter {
     return new FillWriter(handle, direct);
   }
 
+  /** Until `close()`: blocks are lent with `view`. */
+  get isOpen(): boolean {
+    return !this.closed;
+  }
+
   /** Blocks still go to disk with O_DIRECT (for tests and logs). */
   get writesDirect(): boolean {
     return this.direct !== undefined;
@@ -86,6 +100,7 @@ export class FillWriter {
   /** Copies `chunk` into the blocks. False when the caller should wait for `room()` before the next. */
   push(chunk: Buffer): boolean {
     if (this.failure) throw this.failure;
+    if (this.finished || this.closed) throw new Error('push() after finish() or close()');
     let from = 0;
     while (from < chunk.length) {
       let block = this.window[this.window.length - 1];
@@ -109,7 +124,8 @@ export class FillWriter {
   /** Writes the last, partial block and waits for every write. */
   async finish(): Promise<void> {
     const last = this.window[this.window.length - 1];
-    if (last && !last.written && last.filled < BLOCK_SIZE && last.filled > 0) this.complete();
+    if (!this.finished && last && !last.written && last.filled < BLOCK_SIZE && last.filled > 0) this.complete();
+    this.finished = true;
     while (this.writing) await this.writing;
     if (this.failure) throw this.failure;
   }
@@ -143,7 +159,8 @@ export class FillWriter {
    * served from memory. Two reads in flight, one per CPU of the machines measured.
    */
   async warm(path: string): Promise<void> {
-    if (!this.wroteDirect || this.written === 0) return;
+    // A blob that would push most of the page cache out is left for its readers to bring in.
+    if (!this.wroteDirect || this.written === 0 || this.written > totalmem() / 8) return;
     const handle = await open(path, 'r');
     try {
       const buffers = [Buffer.allocUnsafeSlow(BLOCK_SIZE), Buffer.allocUnsafeSlow(BLOCK_SIZE)];
@@ -177,8 +194,9 @@ export class FillWriter {
     const start = this.received;
     // The oldest written blocks leave the window first; unwritten ones never do (push pauses before).
     while (this.window.length >= WINDOW && this.window[0]!.written) this.drop(this.window.shift()!);
-    const aligned = this.closed ? undefined : alignedBlocks.take();
-    const block: Block = { start, buffer: aligned ?? Buffer.allocUnsafeSlow(BLOCK_SIZE), aligned: aligned !== undefined, filled: 0, written: false, refs: 0, dropped: false };
+    const aligned = alignedBlocks.take();
+    const buffer = aligned ?? this.plainSpares.pop() ?? Buffer.allocUnsafeSlow(BLOCK_SIZE);
+    const block: Block = { start, buffer, aligned: aligned !== undefined, filled: 0, written: false, refs: 0, dropped: false };
     this.window.push(block);
     return block;
   }
@@ -190,6 +208,7 @@ export class FillWriter {
 
   private recycle(block: Block): void {
     if (block.aligned) alignedBlocks.give(block.buffer);
+    else if (!this.closed && this.plainSpares.length < PLAIN_SPARES) this.plainSpares.push(block.buffer);
   }
 
   /** The newest block is complete: queue its write behind the others. */
@@ -208,7 +227,9 @@ export class FillWriter {
           this.onWritten(this.written);
         },
         (err: unknown) => {
-          this.failure ??= err instanceof Error ? err : new Error(String(err));
+          if (this.failure) return;
+          this.failure = err instanceof Error ? err : new Error(String(err));
+          this.onFailed(this.failure);
         },
       )
       .finally(() => {
@@ -227,7 +248,7 @@ export class FillWriter {
         this.wroteDirect = true;
       } catch (err) {
         // Not for this file system after all (or not with this alignment): the page cache from now on.
-        if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
+        if (!NO_DIRECT.has((err as NodeJS.ErrnoException).code ?? '')) throw err;
         const direct = this.direct;
         this.direct = undefined;
         await direct.close().catch(() => undefined);

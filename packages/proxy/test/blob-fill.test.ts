@@ -245,6 +245,8 @@ describe('BlobFills and BlobFill on an FsBlobStore', () => {
       expect(fills.started).toBe(1);
       const results = await Promise.allSettled(joined.map((fill) => readAll(fill!.reader())));
       expect(results.map((r) => r.status)).toEqual(['rejected', 'rejected', 'rejected', 'rejected']);
+      // The fill's failure, not a side effect of it (a temp file shorter than the bytes counted).
+      for (const r of results) expect((r as PromiseRejectedResult).reason).toMatchObject({ code: 'UPSTREAM_ERROR' });
       await expect(joined[0]!.done).rejects.toThrow();
       expect(await store.stat(digest)).toBeUndefined();
       expect(await readdir(temp)).toEqual([]);
