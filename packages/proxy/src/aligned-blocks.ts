@@ -71,4 +71,9 @@ export class AlignedBlocks {
   get taken(): number {
     return this.out;
   }
+
+  /** Blocks that `take` can still hand out. */
+  get available(): number {
+    return this.memory ? this.free.length : this.unavailable ? 0 : this.blocks;
+  }
 }

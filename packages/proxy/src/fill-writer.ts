@@ -13,6 +13,11 @@ const MAX_UNWRITTEN = 3;
  * still sent them from memory.
  */
 const WINDOW = 4;
+/**
+ * With fewer aligned blocks than this left for all fills, written blocks leave a fill's window at
+ * once: many fills at a time keep only what waits for the disk (about 1-4 MiB each).
+ */
+const SCARCE = 8;
 /** Plain blocks (when the aligned ones are all out) a fill keeps for reuse instead of allocating anew. */
 const PLAIN_SPARES = 2;
 /** Errors of an O_DIRECT write that mean "not here": the block goes through the page cache instead. */
@@ -192,13 +197,21 @@ export class FillWriter {
 
   private newBlock(): Block {
     const start = this.received;
-    // The oldest written blocks leave the window first; unwritten ones never do (push pauses before).
-    while (this.window.length >= WINDOW && this.window[0]!.written) this.drop(this.window.shift()!);
+    this.trim(WINDOW - 1);
     const aligned = alignedBlocks.take();
     const buffer = aligned ?? this.plainSpares.pop() ?? Buffer.allocUnsafeSlow(BLOCK_SIZE);
     const block: Block = { start, buffer, aligned: aligned !== undefined, filled: 0, written: false, refs: 0, dropped: false };
     this.window.push(block);
     return block;
+  }
+
+  /**
+   * Lets the oldest written blocks leave the window until at most `keep` blocks are left, or none
+   * written when aligned blocks are scarce; unwritten ones never leave (push pauses before).
+   */
+  private trim(keep: number): void {
+    if (alignedBlocks.available < SCARCE) keep = 0;
+    while (this.window.length > keep && this.window[0]!.written) this.drop(this.window.shift()!);
   }
 
   private drop(block: Block): void {
@@ -224,6 +237,7 @@ export class FillWriter {
           block.written = true;
           this.written = block.start + block.filled;
           this.unwritten -= 1;
+          if (!this.closed) this.trim(WINDOW);
           this.onWritten(this.written);
         },
         (err: unknown) => {

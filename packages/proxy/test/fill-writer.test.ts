@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AlignedBlocks, BLOCK_SIZE } from '../src/aligned-blocks.js';
+import type { HeldBytes } from '@wharf/registry-core';
 import { FillWriter } from '../src/fill-writer.js';
 
 /** Whether the file system of `dir` takes O_DIRECT (tmpfs did not before Linux 6.6). */
@@ -151,5 +152,49 @@ describe('AlignedBlocks', () => {
     pool.give(blocks[1]!);
     expect(pool.taken).toBe(1);
     pool.give(fresh);
+  });
+});
+
+describe('FillWriter, many fills at once', () => {
+  test('with the aligned blocks nearly all out, written blocks leave a fill at once', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'wharf-fill-writers-'));
+    const writers: FillWriter[] = [];
+    const handles: FileHandle[] = [];
+    const start = async (name: string) => {
+      const handle = await open(join(dir, name), 'w');
+      handles.push(handle);
+      const writer = await FillWriter.open(join(dir, name), handle);
+      writers.push(writer);
+      return writer;
+    };
+    try {
+      // One fill alone keeps its written blocks: clients a little behind are sent them from memory.
+      const alone = await start('alone');
+      await pushAll(alone, randomBytes(2 * BLOCK_SIZE), BLOCK_SIZE);
+      await alone.finish();
+      const kept = alone.view(0, 10);
+      expect(kept).toBeDefined();
+      kept!.release();
+      // Seven more fills, four blocks each held by a client's send: the pool of 32 is nearly out.
+      const held: HeldBytes[] = [];
+      for (let i = 0; i < 7; i++) {
+        const w = await start(`busy-${i}`);
+        for (let b = 0; b < 4; b++) {
+          w.push(randomBytes(b < 3 ? BLOCK_SIZE : 1));
+          held.push(w.view(b * BLOCK_SIZE, b * BLOCK_SIZE + 1)!);
+        }
+      }
+      const late = await start('late');
+      const bytes = randomBytes(3 * BLOCK_SIZE);
+      await pushAll(late, bytes, BLOCK_SIZE);
+      await late.finish();
+      expect(late.view(0, 10)).toBeUndefined();
+      expect((await readFile(join(dir, 'late'))).equals(bytes)).toBe(true);
+      for (const h of held) h.release();
+    } finally {
+      for (const w of writers) await w.close();
+      for (const h of handles) await h.close();
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
