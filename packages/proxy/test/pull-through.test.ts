@@ -40,6 +40,8 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     repo = new PullThroughRepository(upstream, new CacheIndex(db), store, fills, { manifestTtl: TTL, absentTtl: 60_000, rateLimitFloor: 0 });
   });
   afterEach(async () => {
+    // A fill still syncing, reading back or storing its file must end before its folder goes.
+    await fills.settled();
     await fake.close();
     db.close();
     await rm(dir, { recursive: true, force: true });
@@ -177,7 +179,8 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     const bodies = await Promise.all(infos.map(async (info) => readAll((await repo.openBlob('alice/app', info!))!)));
     for (const b of bodies) expect(b.equals(bytes)).toBe(true);
     expect(fake.count('GET', `/v2/alice/app/blobs/${digest}`)).toBe(1);
-    await sleep(20);
+    // Clients are done once the blob is verified; the fill stores it right after.
+    await fills.settled();
     await fake.close();
     const again = await repo.blob('alice/app', digest);
     expect((await readAll((await repo.openBlob('alice/app', again!))!)).equals(bytes)).toBe(true);
@@ -189,7 +192,7 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     const digest = fake.addBlob(bytes) as Digest;
     const first = await repo.blob('alice/app', digest);
     await readAll((await repo.openBlob('alice/app', first!))!);
-    await sleep(20);
+    await fills.settled();
     fake.blobs.delete(digest);
     expect(await repo.blob('bob/other', digest)).toBeUndefined();
     expect(fake.count('HEAD', `/v2/bob/other/blobs/${digest}`)).toBe(1);
