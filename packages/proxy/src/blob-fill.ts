@@ -21,9 +21,9 @@ const WAKE_MS = 5;
 type FillState = 'running' | 'done' | 'failed';
 
 /**
- * One download of one blob into a temp file. Any number of readers follow it through the file, each
- * at its own pace, and send each byte as soon as it is on disk. The fill never waits for a reader, and
- * a reader going away never stops the fill. A fill whose digest or size is wrong is deleted and every
+ * One download of one blob into a temp file. Any number of readers follow it, each at its own pace:
+ * from the fill's memory while they keep up (each byte as soon as it arrives), from the file once
+ * they fall behind. The fill never waits for a reader, and a reader going away never stops the fill. A fill whose digest or size is wrong is deleted and every
  * reader fails (its client's connection is cut), so nobody ever receives a complete-looking corrupt
  * blob.
  */
