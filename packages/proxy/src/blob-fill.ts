@@ -30,10 +30,6 @@ type FillState = 'running' | 'done' | 'failed';
 export class BlobFill {
   readonly events = new EventEmitter();
   readonly done: Promise<BlobInfo>;
-  /** Bytes on disk in the temp file. */
-  written = 0;
-  /** Bytes received from the upstream (those past `written` are in memory only). */
-  received = 0;
   /** Where the bytes go: set once the temp file is open. */
   writer: FillWriter | undefined;
   /** `received` when readers were last woken. */
@@ -73,15 +69,23 @@ export class BlobFill {
     this.done.catch(() => undefined);
   }
 
-  /** Bytes up to `written` are on disk. */
-  wrote(written: number): void {
-    this.written = written;
+  /** Bytes on disk in the temp file. */
+  get written(): number {
+    return this.writer?.written ?? 0;
+  }
+
+  /** Bytes received from the upstream (those past `written` are in memory only). */
+  get received(): number {
+    return this.writer?.received ?? 0;
+  }
+
+  /** More bytes are on disk. */
+  wrote(): void {
     this.wake();
   }
 
-  /** `bytes` more are in memory. */
-  got(bytes: number): void {
-    this.received += bytes;
+  /** More bytes are in memory. */
+  got(): void {
     if (this.received - this.wokenAt >= WAKE_BYTES) this.wake();
     else this.wakeTimer ??= setTimeout(() => this.wake(), WAKE_MS);
   }
@@ -288,7 +292,7 @@ function drainInto(upstream: UpstreamBlob, writer: FillWriter, fill: BlobFill, i
       // Copied: the chunk's memory may take the next socket read.
       if (recycle) recycle(chunk);
       else noteReceived(chunk.length);
-      fill.got(chunk.length);
+      fill.got();
       if (!more && !waiting) {
         waiting = true;
         body.pause();
@@ -390,7 +394,7 @@ export class BlobFills {
     const { algorithm } = parseDigest(digest);
     return new BlobFill(digest, upstream.size, temp, store.pathOf(digest), async (fill) => {
       fill.writer = writer;
-      writer.onWritten = (written) => fill.wrote(written);
+      writer.onWritten = () => fill.wrote();
       const hash = newHash(algorithm);
       let adopted = false;
       try {

@@ -13,8 +13,6 @@ interface Segment {
   lastUse: number;
 }
 
-/** Bytes of a shared segment for one send: write them, then call `release` once the write completed (or failed). */
-export type SharedChunk = HeldBytes;
 
 /**
  * Reads of the same content by several clients at once, done once: a file is read in aligned
@@ -38,7 +36,7 @@ export class SharedReads {
    * Bytes of `key` from `position`, read from `fd` if not in memory yet, never past
    * `limit` (exclusive: what the file holds for sure). Undefined when no segment is free.
    */
-  async chunk(fd: number, key: string, position: number, limit: number): Promise<SharedChunk | undefined> {
+  async chunk(fd: number, key: string, position: number, limit: number): Promise<HeldBytes | undefined> {
     if (limit <= position) throw new RangeError('nothing to read at this position');
     const start = position - (position % this.segmentSize);
     const id = `${key}\u0000${start}`;
