@@ -1,7 +1,7 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Readable } from 'node:stream';
 import { rootCertificates } from 'node:tls';
-import { MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES, bareMediaType, digestOf, tryParseDigest, type ByteRange, type Digest } from '@wharf/registry-core';
+import { MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES, MediaType, bareMediaType, digestOf, isValidTag, tryParseDigest, type ByteRange, type Descriptor, type Digest, type Page } from '@wharf/registry-core';
 import type { Dispatcher } from 'undici';
 import { plainGet } from './plain-http.js';
 import { TokenCache, parseChallenge } from './token-auth.js';
@@ -57,6 +57,10 @@ const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 const MAX_REDIRECTS = 5;
 /** Token service answers are small JSON documents. */
 const MAX_TOKEN_BYTES = 1024 * 1024;
+/** A tag list or referrers index read whole: Docker Hub's busiest repositories list some 10,000 tags in under 1 MiB. */
+const MAX_LIST_BYTES = 8 * 1024 * 1024;
+/** Pages of an upstream's tag list followed (its Link header) to gather one page of ours. */
+const MAX_TAG_PAGES = 20;
 
 type Headers = IncomingHttpHeaders;
 
@@ -225,8 +229,54 @@ export class HttpUpstream implements Upstream {
     return Number.isSafeInteger(length) && length >= 0 ? { size: length } : {};
   }
 
-  /** A request read whole (manifests, HEAD) with auth and retries; reading the body is part of each attempt. */
-  private buffered(method: 'GET' | 'HEAD', repo: string, path: string, headers: Record<string, string>, signal?: AbortSignal): Promise<Buffered> {
+  async tags(repo: string, page: Page, signal?: AbortSignal): Promise<string[] | undefined> {
+    const tags: string[] = [];
+    let query = pageQuery(page);
+    for (let i = 0; i < MAX_TAG_PAGES; i++) {
+      const res = await this.buffered('GET', repo, `tags/list${query}`, { accept: 'application/json' }, signal, 'tag list');
+      if (res.statusCode === 404 && i === 0) return undefined;
+      this.expectOk(res, 'tag list');
+      const doc = this.json(res.bytes, 'tag list') as { tags?: unknown };
+      if (doc.tags !== null && doc.tags !== undefined && !Array.isArray(doc.tags)) throw new UpstreamError('invalid', `upstream ${this.name} sent a tag list without a tags array`);
+      // A name that is no tag could not be pulled by it anyway.
+      for (const tag of (doc.tags ?? []) as unknown[]) if (typeof tag === 'string' && isValidTag(tag)) tags.push(tag);
+      // Only the query of the next page's link is taken: the request stays on this upstream and repository.
+      const next = nextPageQuery(res.headers.link);
+      if (!next || (page.n !== undefined && tags.length >= page.n)) break;
+      query = next;
+    }
+    return tags;
+  }
+
+  async referrers(repo: string, subject: Digest, signal?: AbortSignal): Promise<Descriptor[] | undefined> {
+    const res = await this.buffered('GET', repo, `referrers/${subject}`, { accept: MediaType.OciIndex }, signal, 'referrers index');
+    // The spec's way of saying "no referrers API here": the client falls back to the tag schema.
+    if (res.statusCode === 404) return undefined;
+    this.expectOk(res, 'referrers GET');
+    const doc = this.json(res.bytes, 'referrers index') as { manifests?: unknown };
+    if (!Array.isArray(doc.manifests)) throw new UpstreamError('invalid', `upstream ${this.name} sent a referrers index without manifests`);
+    return doc.manifests.flatMap((entry) => {
+      const descriptor = toDescriptor(entry);
+      return descriptor ? [descriptor] : [];
+    });
+  }
+
+  private json(bytes: Buffer, what: string): object {
+    try {
+      const doc: unknown = JSON.parse(bytes.toString('utf8'));
+      if (doc !== null && typeof doc === 'object') return doc;
+    } catch {
+      // reported below
+    }
+    throw new UpstreamError('invalid', `upstream ${this.name} sent a ${what} that is not a JSON object`);
+  }
+
+  /**
+   * A request read whole (manifests, HEAD, lists) with auth and retries; reading the body is part of
+   * each attempt. `what` names the body in the error when it is too large.
+   */
+  private buffered(method: 'GET' | 'HEAD', repo: string, path: string, headers: Record<string, string>, signal?: AbortSignal, what = 'manifest'): Promise<Buffered> {
+    const limit = what === 'manifest' ? MAX_MANIFEST_BYTES : MAX_LIST_BYTES;
     return this.withRetries(signal, async () => {
       const res = await this.authorized(method, repo, path, headers, signal);
       if (res.statusCode === 429 || res.statusCode >= 500) return this.retryable(res);
@@ -234,7 +284,7 @@ export class HttpUpstream implements Upstream {
         await discard(res.body);
         return { statusCode: res.statusCode, headers: res.headers, bytes: Buffer.alloc(0) };
       }
-      const bytes = await readUpTo(res.body, MAX_MANIFEST_BYTES, () => new UpstreamError('invalid', `upstream ${this.name} sent a manifest larger than ${MAX_MANIFEST_BYTES} bytes`));
+      const bytes = await readUpTo(res.body, limit, () => new UpstreamError('invalid', `upstream ${this.name} sent a ${what} larger than ${limit} bytes`));
       return { statusCode: res.statusCode, headers: res.headers, bytes };
     });
   }
@@ -434,6 +484,47 @@ async function discard(body: Readable): Promise<void> {
   const dump = (body as Readable & { dump?: (opts?: { limit: number }) => Promise<void> }).dump;
   if (dump) await dump.call(body, { limit: 64 * 1024 }).catch(() => undefined);
   else body.destroy();
+}
+
+/** `?n=..&last=..` for a page, or '' for all. */
+function pageQuery(page: Page): string {
+  const params = new URLSearchParams();
+  if (page.n !== undefined) params.set('n', String(page.n));
+  if (page.last !== undefined) params.set('last', page.last);
+  const query = params.toString();
+  return query ? `?${query}` : '';
+}
+
+/** The query of a `Link: <...>; rel="next"` header (a tag list's next page), if any. */
+export function nextPageQuery(link: string | string[] | undefined): string | undefined {
+  for (const value of Array.isArray(link) ? link : link ? [link] : []) {
+    for (const part of value.split(/,(?=\s*<)/)) {
+      const m = /^\s*<([^>]*)>\s*;(.*)$/.exec(part);
+      if (!m || !/(?:^|;)\s*rel\s*=\s*"?next"?\s*(?:;|$)/i.test(m[2]!)) continue;
+      const query = new URL(m[1]!, 'http://upstream.invalid').search;
+      return query || undefined;
+    }
+  }
+  return undefined;
+}
+
+/** A descriptor from an upstream's referrers index, or undefined when the entry is not one. */
+function toDescriptor(entry: unknown): Descriptor | undefined {
+  if (entry === null || typeof entry !== 'object') return undefined;
+  const e = entry as Record<string, unknown>;
+  const digest = typeof e.digest === 'string' ? tryParseDigest(e.digest)?.digest : undefined;
+  if (typeof e.mediaType !== 'string' || !digest || typeof e.size !== 'number' || !Number.isSafeInteger(e.size) || e.size < 0) return undefined;
+  const annotations =
+    e.annotations !== null && typeof e.annotations === 'object' && Object.values(e.annotations).every((v) => typeof v === 'string')
+      ? (e.annotations as Record<string, string>)
+      : undefined;
+  return {
+    mediaType: e.mediaType,
+    digest,
+    size: e.size,
+    ...(typeof e.artifactType === 'string' ? { artifactType: e.artifactType } : {}),
+    ...(annotations ? { annotations } : {}),
+  };
 }
 
 function mediaTypeOf(bytes: Buffer): string | undefined {

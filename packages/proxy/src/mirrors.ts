@@ -1,5 +1,5 @@
 import { PassThrough } from 'node:stream';
-import type { ByteRange, Digest } from '@wharf/registry-core';
+import type { ByteRange, Descriptor, Digest, Page } from '@wharf/registry-core';
 import { UpstreamError, type Upstream, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest } from './upstream.js';
 
 export type MirrorStrategy = 'failover' | 'hedged' | 'striped' | 'adaptive';
@@ -65,6 +65,14 @@ export class MirroredUpstream implements Upstream {
 
   statBlob(repo: string, digest: Digest, signal?: AbortSignal): Promise<UpstreamBlobStat | undefined> {
     return this.pick((m, s) => m.statBlob(repo, digest, s), signal);
+  }
+
+  tags(repo: string, page: Page, signal?: AbortSignal): Promise<string[] | undefined> {
+    return this.pick((m, s) => m.tags(repo, page, s), signal);
+  }
+
+  referrers(repo: string, subject: Digest, signal?: AbortSignal): Promise<Descriptor[] | undefined> {
+    return this.pick((m, s) => m.referrers(repo, subject, s), signal);
   }
 
   async blob(repo: string, digest: Digest, range?: ByteRange, signal?: AbortSignal): Promise<UpstreamBlob | undefined> {

@@ -1,5 +1,6 @@
 import { Transform, pipeline, type Readable } from 'node:stream';
 import {
+  MAX_PAGE,
   RegistryError,
   assertTag,
   parseDigest,
@@ -297,13 +298,44 @@ export class PullThroughRepository implements RepositoryReader {
     return fill;
   }
 
+  /**
+   * The upstream's tags (a tag list is no pull: Docker Hub does not count it against the rate limit).
+   * When the upstream cannot answer, the tags this cache has pulled, with a log line; the upstream's
+   * wait is bounded as for a tag re-check when there are some.
+   */
   async tags(repo: string, page: Page): Promise<string[] | undefined> {
-    const tags = this.index.tags(this.key, repo, page.last ?? '', page.n ?? 10_000);
-    return tags.length > 0 || page.last ? tags : undefined;
+    const cached = this.index.tags(this.key, repo, page.last ?? '', page.n ?? MAX_PAGE);
+    const haveCached = cached.length > 0 || page.last !== undefined;
+    if (haveCached && Date.now() < this.unavailableUntil) return this.staleTags(cached, repo, `upstream ${this.key} is unavailable`);
+    const deadline = this.policy.revalidateTimeout ?? DEFAULT_POLICY.revalidateTimeout!;
+    const signal = haveCached ? AbortSignal.timeout(deadline) : undefined;
+    try {
+      const listed = await this.upstream.tags(repo, page, signal);
+      if (listed === undefined) return undefined;
+      // In the order and from the place a client paging with `last` expects, whatever the upstream's order.
+      const after = page.last;
+      return [...new Set(after === undefined ? listed : listed.filter((tag) => tag > after))].sort();
+    } catch (err) {
+      if (haveCached && ((err instanceof UpstreamError && err.failure !== 'invalid') || signal?.aborted)) {
+        if (err instanceof UpstreamError) this.backOff(err.retryAfter);
+        return this.staleTags(cached, repo, `upstream ${this.key} unavailable (${(err as Error).message})`);
+      }
+      throw toRegistryError(err);
+    }
   }
 
-  async referrers(): Promise<Descriptor[]> {
-    return [];
+  private staleTags(cached: string[], repo: string, reason: string): string[] {
+    this.logger?.warn({ upstream: this.key, repo, reason }, 'serving the cached tags');
+    return cached;
+  }
+
+  /** The upstream's referrers of `subject`; undefined when it has no referrers API. Not cached. */
+  async referrers(repo: string, subject: Digest): Promise<Descriptor[] | undefined> {
+    try {
+      return await this.upstream.referrers(repo, subject);
+    } catch (err) {
+      throw toRegistryError(err);
+    }
   }
 }
 

@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream';
-import type { ByteRange, Digest } from '@wharf/registry-core';
+import type { ByteRange, Descriptor, Digest, Page } from '@wharf/registry-core';
 
 export interface UpstreamManifest {
   readonly digest: Digest;
@@ -42,6 +42,13 @@ export interface Upstream {
    * a repository only if it does), else its size when the upstream says it.
    */
   statBlob(repo: string, digest: Digest, signal?: AbortSignal): Promise<UpstreamBlobStat | undefined>;
+  /**
+   * The repository's tags from `page.last` on, at least `page.n` of them when it has that many (more
+   * may come); undefined when the upstream does not know the repository.
+   */
+  tags(repo: string, page: Page, signal?: AbortSignal): Promise<string[] | undefined>;
+  /** The manifests that name `subject` (OCI 1.1); undefined when the upstream has no referrers API. */
+  referrers(repo: string, subject: Digest, signal?: AbortSignal): Promise<Descriptor[] | undefined>;
 }
 
 export type UpstreamFailure = 'unreachable' | 'timeout' | 'server-error' | 'rate-limited' | 'unauthorized' | 'invalid';

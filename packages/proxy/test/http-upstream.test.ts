@@ -3,7 +3,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { createServer } from 'node:net';
 import type { Readable } from 'node:stream';
 import type { Digest } from '@wharf/registry-core';
-import { HttpUpstream, type HttpUpstreamOptions } from '../src/http-upstream.js';
+import { HttpUpstream, nextPageQuery, type HttpUpstreamOptions } from '../src/http-upstream.js';
 import { UpstreamError } from '../src/upstream.js';
 import { FakeUpstream } from './helpers/fake-upstream.js';
 
@@ -51,6 +51,43 @@ describe('HttpUpstream against a real misbehaving server', () => {
     expect(manifest?.mediaType).toBe('application/vnd.oci.image.manifest.v1+json');
     expect((await up.head('alice/app', '1'))?.digest).toBe(manifestDigest);
     expect((await up.manifest('alice/app', manifestDigest))?.digest).toBe(manifestDigest);
+  });
+
+  test('tag lists: the pages of the upstream (its Link header) are followed until n tags are in; 404 is undefined', async () => {
+    for (const tag of ['b', 'a', 'd', 'c', 'e']) fake.addManifest('alice/app', tag, { ...MANIFEST, annotations: { tag } });
+    fake.tagPageSize = 2;
+    const up = client();
+    expect(await up.tags('alice/app', {})).toEqual(['1', 'a', 'b', 'c', 'd', 'e']);
+    expect(await up.tags('alice/app', { n: 3 })).toEqual(['1', 'a', 'b', 'c']);
+    expect(await up.tags('alice/app', { n: 3, last: 'b' })).toEqual(['c', 'd', 'e']);
+    expect(fake.requests.filter((r) => r.path === '/v2/alice/app/tags/list').map((r) => r.query).slice(-2)).toEqual(['n=3&last=b', 'n=2&last=d']);
+    expect(await up.tags('alice/none', {})).toBeUndefined();
+  });
+
+  test('a tag list that is not one fails as invalid; names that are no tags are dropped', async () => {
+    const up = client();
+    fake.tagListBody = '{"name":"alice/app","tags":["ok","../../etc",7,"fine-2"]}';
+    expect(await up.tags('alice/app', {})).toEqual(['ok', 'fine-2']);
+    fake.tagListBody = '{"tags":"nope"}';
+    expect((await failureOf(up.tags('alice/app', {}))).failure).toBe('invalid');
+    fake.tagListBody = 'not json';
+    expect((await failureOf(up.tags('alice/app', {}))).failure).toBe('invalid');
+  });
+
+  test('referrers: the well-formed descriptors of the upstream index; 404 (no referrers API) is undefined', async () => {
+    const good = { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: manifestDigest, size: 10, artifactType: 'application/x-sig', annotations: { a: 'b' } };
+    fake.referrers.set(`alice/app@${manifestDigest}`, [good, { mediaType: 'x', digest: 'sha256:nothex', size: 1 }, { digest: manifestDigest, size: -1 }]);
+    const up = client();
+    expect(await up.referrers('alice/app', manifestDigest)).toEqual([good]);
+    expect(await up.referrers('alice/other', manifestDigest)).toBeUndefined();
+  });
+
+  test('nextPageQuery takes the query of the rel="next" link only', () => {
+    expect(nextPageQuery('</v2/a/tags/list?n=2&last=b>; rel="next"')).toBe('?n=2&last=b');
+    expect(nextPageQuery('<https://elsewhere.example/v2/a/tags/list?last=x>; rel=next')).toBe('?last=x');
+    expect(nextPageQuery('</v2/a/tags/list?last=x>; rel="prev", </v2/a/tags/list?last=y>; rel="next"')).toBe('?last=y');
+    expect(nextPageQuery('</v2/a/tags/list>; rel="next"')).toBeUndefined();
+    expect(nextPageQuery(undefined)).toBeUndefined();
   });
 
   test('404 is absence: undefined manifest, HEAD, blob and blob stat; a present blob is stat-ed with its size', async () => {

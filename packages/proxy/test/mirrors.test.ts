@@ -35,6 +35,15 @@ async function startMirror(): Promise<Mirror> {
         res.writeHead(404).end();
         return;
       }
+      if (req.url?.includes('/tags/list')) {
+        res.writeHead(200, { 'content-type': 'application/json' }).end('{"name":"lib/app","tags":["1"]}');
+        return;
+      }
+      if (req.url?.includes('/referrers/')) {
+        const manifests = [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: MANIFEST_DIGEST, size: MANIFEST.length }];
+        res.writeHead(200, { 'content-type': 'application/vnd.oci.image.index.v1+json' }).end(JSON.stringify({ schemaVersion: 2, manifests }));
+        return;
+      }
       if (req.url?.includes('/manifests/')) {
         res.writeHead(200, { 'content-type': 'application/vnd.oci.image.manifest.v1+json', 'docker-content-digest': MANIFEST_DIGEST, 'content-length': MANIFEST.length });
         res.end(req.method === 'HEAD' ? undefined : MANIFEST);
@@ -114,6 +123,16 @@ describe('mirror strategies', () => {
     expect(await upstream({ strategy: 'failover' }).manifest('lib/app', '1')).toBeDefined();
     for (const m of mirrors) m.mode = 'missing';
     expect(await upstream({ strategy: 'failover' }).manifest('lib/app', '1')).toBeUndefined();
+  });
+
+  test('tag lists and referrers fail over like manifests', async () => {
+    reset();
+    mirrors[0]!.mode = 'fail';
+    mirrors[1]!.mode = 'missing';
+    const up = upstream({ strategy: 'failover' });
+    expect(await up.tags('lib/app', {})).toEqual(['1']);
+    expect(await up.referrers('lib/app', MANIFEST_DIGEST as Digest)).toEqual([{ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: MANIFEST_DIGEST, size: MANIFEST.length }]);
+    expect(mirrors[2]!.log).toEqual(['GET /v2/lib/app/tags/list', `GET /v2/lib/app/referrers/${MANIFEST_DIGEST}`]);
   });
 
   test('failover throws the last error when every mirror fails', async () => {

@@ -198,12 +198,19 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     expect(fake.count('HEAD', `/v2/bob/other/blobs/${digest}`)).toBe(1);
   });
 
-  test('tags lists what was pulled by tag', async () => {
+  test('tags are the upstream ones, pulled or not; with the upstream failing, those pulled so far', async () => {
     fake.addManifest('alice/app', '1', DOC('a'));
     fake.addManifest('alice/app', '2', DOC('b'));
-    expect(await repo.tags('alice/app', {})).toBeUndefined();
-    await repo.manifest('alice/app', '2');
-    await repo.manifest('alice/app', '1');
     expect(await repo.tags('alice/app', {})).toEqual(['1', '2']);
+    expect(await repo.tags('alice/app', { n: 1, last: '1' })).toEqual(['2']);
+    expect(await repo.tags('alice/none', {})).toBeUndefined();
+    fake.faultOn = /\/tags\/list$/;
+    fake.fault = '500';
+    // Nothing pulled yet: the upstream's failure.
+    await expect(repo.tags('alice/app', {})).rejects.toMatchObject({ code: 'UPSTREAM_ERROR' });
+    fake.fault = undefined;
+    await repo.manifest('alice/app', '2');
+    fake.fault = '500';
+    expect(await repo.tags('alice/app', {})).toEqual(['2']);
   });
 });

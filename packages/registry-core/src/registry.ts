@@ -21,7 +21,8 @@ export interface RepositoryReader {
   openBlob(repo: string, blob: BlobInfo, range?: ByteRange): Promise<Readable | undefined>;
   /** undefined when the repository is unknown. */
   tags(repo: string, page: Page): Promise<string[] | undefined>;
-  referrers(repo: string, subject: Digest): Promise<Descriptor[]>;
+  /** undefined: this source has no referrers API (a proxied upstream without one). */
+  referrers(repo: string, subject: Digest): Promise<Descriptor[] | undefined>;
 }
 
 export interface PutManifestResult {

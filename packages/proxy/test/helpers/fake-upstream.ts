@@ -37,6 +37,12 @@ export class FakeUpstream {
   tokenExpiresIn = 300;
   /** Base URL blob GETs are redirected to (307), same path. */
   redirectBlobsTo: string | undefined;
+  /** Most tags in one tag-list page whatever n asks (Docker Hub caps its pages too); more pages are linked. */
+  tagPageSize = Infinity;
+  /** Sent instead of the tag list, when set. */
+  tagListBody: string | undefined;
+  /** Referrers index entries by "repo@subject"; repositories without any answer 404 (no referrers API). */
+  readonly referrers = new Map<string, unknown[]>();
   private readonly issued = new Set<string>();
   private server!: Server;
 
@@ -77,14 +83,24 @@ export class FakeUpstream {
     this.requests.push({ method: req.method!, path, query, ...(req.headers.authorization ? { authorization: req.headers.authorization } : {}), at: Date.now() });
     if (path === '/token') return this.token(req, res);
     if (!this.authorized(req, path, res)) return;
-    const m = /^\/v2\/(.+)\/(blobs|manifests)\/([^/]+)$/.exec(path);
-    if (!m) return void res.writeHead(path === '/v2/' ? 200 : 404, { 'content-type': 'application/json' }).end('{}');
-    const [, repo, kind, ref] = m as unknown as [string, string, string, string];
     const fault = this.fault && this.faultTimes > 0 && this.faultOn.test(path) ? this.fault : undefined;
     if (fault && --this.faultTimes <= 0) this.fault = undefined;
     if (fault === 'stall') return; // accepted, never answered
     if (fault === '500') return void res.writeHead(500, { 'content-type': 'application/json' }).end('{"errors":[{"code":"UNKNOWN"}]}');
     if (fault === '429') return void res.writeHead(429, { 'retry-after': '1', 'content-type': 'application/json' }).end('{"errors":[{"code":"TOOMANYREQUESTS"}]}');
+    const list = /^\/v2\/(.+)\/tags\/list$/.exec(path);
+    if (list) return this.tagList(list[1]!, new URLSearchParams(query), res);
+    const referrers = /^\/v2\/(.+)\/referrers\/([^/]+)$/.exec(path);
+    if (referrers) {
+      const manifests = this.referrers.get(`${referrers[1]}@${referrers[2]}`);
+      if (!manifests) return void res.writeHead(404, { 'content-type': 'application/json' }).end('{"errors":[{"code":"NOT_FOUND"}]}');
+      return void res
+        .writeHead(200, { 'content-type': 'application/vnd.oci.image.index.v1+json' })
+        .end(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests }));
+    }
+    const m = /^\/v2\/(.+)\/(blobs|manifests)\/([^/]+)$/.exec(path);
+    if (!m) return void res.writeHead(path === '/v2/' ? 200 : 404, { 'content-type': 'application/json' }).end('{}');
+    const [, repo, kind, ref] = m as unknown as [string, string, string, string];
     if (kind === 'manifests') {
       const manifest = this.manifests.get(ref.includes(':') ? `${repo}@${ref}` : `${repo}:${ref}`);
       if (!manifest) return void res.writeHead(404, { 'content-type': 'application/json' }).end('{"errors":[{"code":"MANIFEST_UNKNOWN"}]}');
@@ -111,6 +127,20 @@ export class FakeUpstream {
       return;
     }
     res.end(body);
+  }
+
+  /** The repository's tags, lexically, from `last`, at most min(n, tagPageSize), with a Link to the rest. */
+  private tagList(repo: string, params: URLSearchParams, res: ServerResponse): void {
+    if (this.tagListBody !== undefined) return void res.writeHead(200, { 'content-type': 'application/json' }).end(this.tagListBody);
+    const all = [...this.manifests.keys()].filter((k) => k.startsWith(`${repo}:`)).map((k) => k.slice(repo.length + 1)).sort();
+    if (all.length === 0) return void res.writeHead(404, { 'content-type': 'application/json' }).end('{"errors":[{"code":"NAME_UNKNOWN"}]}');
+    const last = params.get('last');
+    const n = Math.min(params.has('n') ? Number(params.get('n')) : Infinity, this.tagPageSize);
+    const after = last === null ? all : all.filter((t) => t > last);
+    const tags = after.slice(0, n);
+    const headers: Record<string, string> = { 'content-type': 'application/json' };
+    if (tags.length < after.length) headers.link = `</v2/${repo}/tags/list?n=${n}&last=${encodeURIComponent(tags.at(-1)!)}>; rel="next"`;
+    res.writeHead(200, headers).end(JSON.stringify({ name: repo, tags }));
   }
 
   private basicOk(header: string | undefined): boolean {

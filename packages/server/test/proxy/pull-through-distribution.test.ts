@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startDistribution, type Distribution } from '../helpers/distribution.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
-import { buildLayout, pull, removeTemps, seed, type Layout } from './helpers/tools.js';
+import { buildLayout, pull, removeTemps, run, seed, type Layout } from './helpers/tools.js';
 
 const TTL_MS = 1000;
 
@@ -60,6 +60,33 @@ describe('pull-through from CNCF distribution (docker-registry) with htpasswd au
     expect(body.errors[0]!.code).toBe('UPSTREAM_ERROR');
   });
 
+  test('skopeo list-tags lists the upstream tags, pulled through the proxy or not; ?n= and Link page through them', async () => {
+    // Pushed straight to the upstream: the proxy has never seen it.
+    await run('skopeo', ['copy', '--dest-tls-verify=false', '--dest-creds', 'alice:s3cret', `oci:${layout.dir}:single`, `docker://${dist.host}/alice/app:2`]);
+    const { stdout } = await run('skopeo', ['list-tags', '--tls-verify=false', `docker://${host}/proxy/dist/alice/app`]);
+    expect((JSON.parse(stdout) as { Tags: string[] }).Tags).toEqual(['1', '2']);
+    const first = await fetch(`${proxy.url}/v2/proxy/dist/alice/app/tags/list?n=1`);
+    expect(await first.json()).toEqual({ name: 'proxy/dist/alice/app', tags: ['1'] });
+    expect(first.headers.get('link')).toBe('</v2/proxy/dist/alice/app/tags/list?n=1&last=1>; rel="next"');
+    const second = await fetch(`${proxy.url}/v2/proxy/dist/alice/app/tags/list?n=1&last=1`);
+    expect(await second.json()).toEqual({ name: 'proxy/dist/alice/app', tags: ['2'] });
+    expect(second.headers.get('link')).toBeNull();
+  });
+
+  test('tags of a repository the upstream does not have: 404 NAME_UNKNOWN', async () => {
+    const res = await fetch(`${proxy.url}/v2/proxy/dist/alice/nothing-here/tags/list`);
+    expect(res.status).toBe(404);
+    expect(((await res.json()) as { errors: { code: string }[] }).errors[0]!.code).toBe('NAME_UNKNOWN');
+  });
+
+  test('referrers: distribution has no referrers API, so the proxy answers 404 and clients use the tag schema', async () => {
+    const res = await fetch(`${proxy.url}/v2/proxy/dist/alice/app/referrers/${layout.single}`);
+    expect(res.status).toBe(404);
+    const error = ((await res.json()) as { errors: { code: string; message: string }[] }).errors[0]!;
+    expect(error.code).toBe('MANIFEST_UNKNOWN');
+    expect(error.message).toMatch(/no referrers API/);
+  });
+
   test('upstream killed: cached images still pull with skopeo (Warning on the manifest); uncached → 502', async () => {
     await dist.kill();
     await sleep(TTL_MS + 100);
@@ -70,5 +97,10 @@ describe('pull-through from CNCF distribution (docker-registry) with htpasswd au
     expect(res.headers.get('warning')).toMatch(/^299 - ".+"$/);
     const cold = await fetch(`${proxy.url}/v2/proxy/dist/alice/other/manifests/1`);
     expect(cold.status).toBe(502);
+    // The tag list falls back to the tags pulled through the proxy (2 never was).
+    const { stdout } = await run('skopeo', ['list-tags', '--tls-verify=false', `docker://${host}/proxy/dist/alice/app`]);
+    expect((JSON.parse(stdout) as { Tags: string[] }).Tags).toEqual(['1']);
+    // Nothing pulled from this one: the upstream's failure.
+    expect((await fetch(`${proxy.url}/v2/proxy/dist/alice/other/tags/list`)).status).toBe(502);
   });
 });

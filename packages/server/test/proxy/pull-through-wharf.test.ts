@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { blob, pushImage } from '../helpers/oci.js';
+import { blob, pushBlob, pushImage, sha256 } from '../helpers/oci.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
 import { CountingForwarder } from './helpers/counting-forwarder.js';
 import { buildLayout, pull, removeTemps, run, seed, type Layout } from './helpers/tools.js';
@@ -133,6 +133,39 @@ describe('pull-through from another Wharf', () => {
     } finally {
       fwd.setDown(false);
     }
+  });
+
+  test('referrers come from the upstream, filtered by ?artifactType=; the referrer pulls by digest', async () => {
+    const { manifest } = await pushImage(up.url, 'alice/signed', '1');
+    const empty = blob('{}');
+    const payload = blob('a signature');
+    for (const b of [empty, payload]) await pushBlob(up.url, 'alice/signed', b);
+    const artifactType = 'application/vnd.example.signature.v1+json';
+    const bytes = Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: 'application/vnd.oci.image.manifest.v1+json',
+        artifactType,
+        config: { mediaType: 'application/vnd.oci.empty.v1+json', digest: empty.digest, size: 2 },
+        layers: [{ mediaType: artifactType, digest: payload.digest, size: payload.bytes.length }],
+        subject: { mediaType: manifest.mediaType, digest: manifest.digest, size: manifest.size },
+      }),
+    );
+    const artifact = sha256(bytes);
+    const put = await fetch(`${up.url}/v2/alice/signed/manifests/${artifact}`, { method: 'PUT', headers: { 'content-type': 'application/vnd.oci.image.manifest.v1+json' }, body: bytes });
+    expect(put.status).toBe(201);
+
+    const res = await fetch(`${proxy.url}/v2/proxy/up/alice/signed/referrers/${manifest.digest}`);
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-type')).toBe('application/vnd.oci.image.index.v1+json');
+    const index = (await res.json()) as { manifests: { digest: string; size: number; artifactType?: string }[] };
+    expect(index.manifests).toEqual([{ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: artifact, size: bytes.length, artifactType }]);
+    const filtered = await fetch(`${proxy.url}/v2/proxy/up/alice/signed/referrers/${manifest.digest}?artifactType=${encodeURIComponent('application/x-other')}`);
+    expect(((await filtered.json()) as { manifests: unknown[] }).manifests).toEqual([]);
+    expect(filtered.headers.get('oci-filters-applied')).toBe('artifactType');
+    const referrer = await fetch(`${proxy.url}/v2/proxy/up/alice/signed/manifests/${artifact}`);
+    expect(referrer.status).toBe(200);
+    expect(Buffer.from(await referrer.arrayBuffer()).equals(bytes)).toBe(true);
   });
 
   test('upstream 404: 404 MANIFEST_UNKNOWN and BLOB_UNKNOWN', async () => {
