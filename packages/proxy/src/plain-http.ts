@@ -1,6 +1,7 @@
 import type { IncomingHttpHeaders } from 'node:http';
-import { connect, type Socket } from 'node:net';
+import { connect, isIP, type Socket } from 'node:net';
 import { Readable } from 'node:stream';
+import { connect as connectTls, rootCertificates } from 'node:tls';
 import { SlabReader } from './slab-reader.js';
 
 export interface PlainTimeouts {
@@ -21,26 +22,137 @@ export interface PlainAnswer {
   readonly recycle: (chunk: Buffer) => void;
 }
 
+export interface PlainOptions {
+  /** PEM certificates trusted for https:// besides the system's (an upstream behind a private CA). */
+  readonly ca?: string;
+}
+
 /** A response head is a few KiB; more is not a registry talking. */
 const MAX_HEAD = 64 * 1024;
 const MAX_CHUNK_LINE = 4 * 1024;
 /** Body bytes buffered in the stream before the socket stops being read. */
 const BODY_HIGH_WATER = 1024 * 1024;
+/** An idle kept-alive connection is closed after this long (undici's default). */
+const IDLE_MS = 4000;
+/** Idle connections kept per origin. */
+const MAX_IDLE = 8;
 
 /**
- * One GET over plain HTTP/1.1 (one connection, closed after the response), read into reused slabs
- * (see SlabReader). The proxy fetches blobs this way from an http:// upstream, where receiving
- * through undici cost 1.2-3.0 CPU s/GiB on this VM against 0.33 s: a cold pull's event loop spent
- * most of its time there. HTTPS and egress proxies stay with undici (node cannot read a TLS socket
- * into memory of our own).
+ * One GET over HTTP/1.1 or HTTPS, read into reused slabs (see SlabReader). The proxy fetches blobs
+ * this way: receiving through undici cost 1.2-3.0 CPU s/GiB on this VM over http:// against 0.33 s,
+ * and 1.3-1.8 against 0.7 over https:// (node decrypts a TLS socket into memory of ours too), and a
+ * cold pull's event loop spent most of its time there. Egress proxies stay with undici.
+ *
+ * Connections are kept alive and reused per origin (and trusted CA) for IDLE_MS, as undici would:
+ * a blob GET to Docker Hub is two requests (a redirect to its CDN), and each new TLS connection
+ * costs round trips. A kept connection that turns out closed before it answers is replaced once.
  *
  * Answers with the head once it is in; the body follows as a Readable. Bodies framed by
  * Content-Length, chunked, or the end of the connection. Errors carry the codes the upstream's retry
- * logic knows: ETIMEDOUT for every timeout, ECONNRESET for a connection that ends too early.
+ * logic knows: ETIMEDOUT for every timeout, ECONNRESET for a connection that ends too early, and
+ * OpenSSL's codes for a certificate that is not trusted.
  */
-export function plainGet(url: URL, headers: Readonly<Record<string, string>>, timeouts: PlainTimeouts, signal?: AbortSignal): Promise<PlainAnswer> {
-  return new Promise((resolve, reject) => new Exchange(url, headers, timeouts, signal, resolve, reject));
+export function plainGet(
+  url: URL,
+  headers: Readonly<Record<string, string>>,
+  timeouts: PlainTimeouts,
+  signal?: AbortSignal,
+  options: PlainOptions = {},
+): Promise<PlainAnswer> {
+  return new Promise((resolve, reject) => new Exchange(url, headers, timeouts, signal, options, resolve, reject, true));
 }
+
+/** Where a connection's reads and events go: the exchange using it, none while it is idle. */
+interface Route {
+  owner: Exchange | undefined;
+}
+
+/** Kept-alive connections waiting for their next request, by origin and trust. */
+class IdleConnections {
+  private readonly idle = new Map<string, Set<Socket>>();
+  private readonly timers = new WeakMap<Socket, NodeJS.Timeout>();
+
+  take(key: string): Socket | undefined {
+    const sockets = this.idle.get(key);
+    for (const socket of sockets ?? []) {
+      this.remove(key, socket);
+      if (!socket.destroyed && socket.readyState === 'open') {
+        socket.ref();
+        return socket;
+      }
+      socket.destroy();
+    }
+    return undefined;
+  }
+
+  put(key: string, socket: Socket): void {
+    let sockets = this.idle.get(key);
+    if (!sockets) this.idle.set(key, (sockets = new Set()));
+    if (sockets.size >= MAX_IDLE) {
+      socket.destroy();
+      return;
+    }
+    sockets.add(socket);
+    const timer = setTimeout(() => this.drop(key, socket), IDLE_MS);
+    timer.unref();
+    this.timers.set(socket, timer);
+    // An idle connection keeps nobody waiting, and notices the server closing it.
+    socket.unref();
+    socket.resume();
+  }
+
+  /** An idle connection closed, failed or sent something unasked: it goes. */
+  drop(key: string, socket: Socket): void {
+    this.remove(key, socket);
+    socket.destroy();
+  }
+
+  private remove(key: string, socket: Socket): void {
+    clearTimeout(this.timers.get(socket));
+    const sockets = this.idle.get(key);
+    sockets?.delete(socket);
+    if (sockets?.size === 0) this.idle.delete(key);
+  }
+}
+
+const idleConnections = new IdleConnections();
+
+const routes = new WeakMap<Socket, Route>();
+
+/** A new connection to `url`'s origin whose reads and events follow `route`. */
+function open(url: URL, key: string, options: PlainOptions, route: Route): Socket {
+  const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
+  const onread = {
+    buffer: () => route.owner?.room() ?? IDLE_ROOM,
+    callback: (n: number, buffer: Buffer) => {
+      if (route.owner) return route.owner.read(n, buffer);
+      // Bytes nobody asked for on an idle connection: it cannot be trusted with a request any more.
+      idleConnections.drop(key, socket);
+      return false;
+    },
+  };
+  // node reads TLS sockets into `onread` memory too; its typings only know it for plain sockets.
+  const secure = {
+    host,
+    port: Number(url.port || 443),
+    ...(isIP(host) ? {} : { servername: host }),
+    ...(options.ca !== undefined ? { ca: [...rootCertificates, options.ca] } : {}),
+    ALPNProtocols: ['http/1.1'],
+    onread,
+  };
+  const socket = url.protocol === 'https:' ? connectTls(secure) : connect({ host, port: Number(url.port || 80), onread });
+  socket.setNoDelay(true);
+  socket.on('error', (err) => (route.owner ? route.owner.fail(err) : idleConnections.drop(key, socket)));
+  socket.on('end', () => (route.owner ? route.owner.ended() : idleConnections.drop(key, socket)));
+  socket.on('close', () => (route.owner ? route.owner.ended() : idleConnections.drop(key, socket)));
+  return socket;
+}
+
+/** What an idle connection reads into (it should read nothing). */
+const IDLE_ROOM = Buffer.allocUnsafeSlow(1024);
+
+/** Failures of a reused connection before any answer that mean "the server had closed it meanwhile". */
+const STALE = new Set(['ECONNRESET', 'EPIPE', 'ECONNABORTED']);
 
 type Framing =
   | { readonly kind: 'length'; remaining: number }
@@ -55,6 +167,14 @@ function failure(code: string, message: string): Error {
 class Exchange {
   private readonly slabs = new SlabReader();
   private readonly socket: Socket;
+  private readonly route: Route;
+  private readonly key: string;
+  /** The connection was kept from an earlier exchange. */
+  private readonly reused: boolean;
+  /** A byte of the answer came in. */
+  private answered = false;
+  /** The connection may serve another request once this one's body is complete. */
+  private keepAlive = true;
   private head: Buffer | undefined = Buffer.alloc(0);
   private body: Body | undefined;
   private framing: Framing = { kind: 'none' };
@@ -66,43 +186,67 @@ class Exchange {
   };
 
   constructor(
-    url: URL,
-    headers: Readonly<Record<string, string>>,
+    private readonly url: URL,
+    private readonly headers: Readonly<Record<string, string>>,
     private readonly timeouts: PlainTimeouts,
     private readonly signal: AbortSignal | undefined,
+    private readonly options: PlainOptions,
     private readonly resolve: (answer: PlainAnswer) => void,
     private readonly reject: (err: Error) => void,
+    mayReuse: boolean,
   ) {
+    // Validated before a connection is taken or made.
     const request = requestHead(url, headers);
-    this.socket = connect({
-      host: url.hostname.replace(/^\[(.*)\]$/, '$1'),
-      port: Number(url.port || 80),
-      noDelay: true,
-      onread: {
-        buffer: () => this.slabs.room(),
-        callback: (n: number) => {
-          if (this.finished) return true;
-          try {
-            // Body listeners run inside this call ('data' is emitted as the bytes are pushed).
-            this.received(this.slabs.take(n));
-          } catch (err) {
-            this.fail(err instanceof Error ? err : new Error(String(err)));
-          }
-          // Never false: pausing is `pause()`'s, which also stops the idle timer.
-          return true;
-        },
-      },
-    });
-    this.arm(timeouts.connect, 'connecting to');
-    this.socket.once('connect', () => {
+    this.key = `${url.protocol}//${url.host}\n${options.ca ?? ''}`;
+    const kept = mayReuse ? idleConnections.take(this.key) : undefined;
+    this.reused = kept !== undefined;
+    if (kept) {
+      this.socket = kept;
+      this.route = routes.get(kept)!;
+      this.route.owner = this;
       this.arm(timeouts.firstByte, 'waiting for the response head from');
-      this.socket.write(request);
-    });
-    this.socket.on('error', (err) => this.fail(err));
-    this.socket.on('end', () => this.ended());
-    this.socket.on('close', () => this.ended());
+      kept.write(request);
+    } else {
+      this.route = { owner: this };
+      this.socket = open(url, this.key, options, this.route);
+      routes.set(this.socket, this.route);
+      this.arm(timeouts.connect, 'connecting to');
+      this.socket.once(url.protocol === 'https:' ? 'secureConnect' : 'connect', () => {
+        if (this.route.owner !== this) return;
+        this.arm(timeouts.firstByte, 'waiting for the response head from');
+        this.socket.write(request);
+      });
+    }
     if (signal?.aborted) this.onAbort();
     else signal?.addEventListener('abort', this.onAbort, { once: true });
+  }
+
+  /** The room last given for a socket read. */
+  private lastRoom: Buffer | undefined;
+
+  /** Room for the next socket read. */
+  room(): Buffer {
+    this.lastRoom = this.slabs.room();
+    return this.lastRoom;
+  }
+
+  /**
+   * The socket read `n` bytes into `buffer`: the last `room()`, or, for the first read on a kept
+   * connection, the memory node took for it while it was idle (those bytes are copied into a slab).
+   * Never false: pausing is `pause()`'s, which also stops the idle timer.
+   */
+  read(n: number, buffer: Buffer): boolean {
+    if (this.finished) return true;
+    this.answered = true;
+    try {
+      if (buffer !== this.lastRoom) buffer.copy(this.room(), 0, 0, n);
+      this.lastRoom = undefined;
+      // Body listeners run inside this call ('data' is emitted as the bytes are pushed).
+      this.received(this.slabs.take(n));
+    } catch (err) {
+      this.fail(err instanceof Error ? err : new Error(String(err)));
+    }
+    return true;
   }
 
   /** Bytes read from the socket, in a slab. */
@@ -142,6 +286,7 @@ class Exchange {
       return;
     }
     this.head = undefined;
+    if (parsed.http10 || /(?:^|,)\s*close\s*(?:,|$)/i.test(String(parsed.headers.connection ?? ''))) this.keepAlive = false;
     const framing = framingOf(parsed.statusCode, parsed.headers);
     if (framing instanceof Error) {
       this.fail(framing);
@@ -162,6 +307,8 @@ class Exchange {
     } else if (framing.kind === 'length') {
       const n = Math.min(framing.remaining, bytes.length);
       framing.remaining -= n;
+      // More than the body: not a connection to send another request on.
+      if (n < bytes.length) this.keepAlive = false;
       this.deliver(bytes.subarray(0, n));
       if (framing.remaining === 0) this.finish();
     } else if (framing.kind === 'chunked') {
@@ -206,6 +353,7 @@ class Exchange {
         c.remaining = Number.parseInt(hex, 16);
         c.state = c.remaining === 0 ? 'trailer' : 'data';
       } else if (line === '') {
+        if (i < bytes.length) this.keepAlive = false;
         this.finish();
       }
     }
@@ -230,7 +378,7 @@ class Exchange {
   }
 
   /** The connection ended (or closed) before `finish`: the end of a close-framed body, else a failure. */
-  private ended(): void {
+  ended(): void {
     if (this.finished) return;
     if (this.body && this.framing.kind === 'close') this.finish();
     else this.fail(failure('ECONNRESET', this.body ? 'the upstream closed the connection before the body ended' : 'the upstream closed the connection before answering'));
@@ -238,14 +386,21 @@ class Exchange {
 
   private finish(): void {
     this.finished = true;
-    this.close();
+    const reusable = this.keepAlive && (this.framing.kind === 'length' || this.framing.kind === 'chunked') && !this.socket.destroyed;
+    this.close(reusable);
     this.body?.push(null);
   }
 
   fail(err: Error): void {
     if (this.finished) return;
     this.finished = true;
-    this.close();
+    this.close(false);
+    const code = (err as NodeJS.ErrnoException).code ?? '';
+    if (this.reused && !this.answered && STALE.has(code) && !this.signal?.aborted) {
+      // The kept connection had been closed by the server meanwhile: the same GET on a new one.
+      new Exchange(this.url, this.headers, this.timeouts, this.signal, this.options, this.resolve, this.reject, false);
+      return;
+    }
     if (this.body) this.body.destroy(err);
     else this.reject(err);
   }
@@ -254,13 +409,16 @@ class Exchange {
   abandon(): void {
     if (this.finished) return;
     this.finished = true;
-    this.close();
+    this.close(false);
   }
 
-  private close(): void {
+  /** Done with the connection: kept for the next request to this origin, or closed. */
+  private close(keep: boolean): void {
     clearTimeout(this.timer);
     this.signal?.removeEventListener('abort', this.onAbort);
-    this.socket.destroy();
+    this.route.owner = undefined;
+    if (keep) idleConnections.put(this.key, this.socket);
+    else this.socket.destroy();
     this.slabs.release();
   }
 
@@ -296,12 +454,12 @@ function requestHead(url: URL, headers: Readonly<Record<string, string>>): strin
     if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name) || /[\r\n\0]/.test(value)) throw new TypeError(`invalid request header ${name}`);
     head += `${name}: ${value}\r\n`;
   }
-  return `${head}Connection: close\r\n\r\n`;
+  return `${head}\r\n`;
 }
 
-function parseHead(text: string): { statusCode: number; headers: IncomingHttpHeaders } | Error {
+function parseHead(text: string): { statusCode: number; headers: IncomingHttpHeaders; http10: boolean } | Error {
   const lines = text.split('\r\n');
-  const status = /^HTTP\/1\.[01] ([1-5]\d\d)(?: .*)?$/.exec(lines[0] ?? '');
+  const status = /^HTTP\/1\.([01]) ([1-5]\d\d)(?: .*)?$/.exec(lines[0] ?? '');
   if (!status) return failure('HPE_INVALID_CONSTANT', 'the upstream did not answer in HTTP/1.1');
   const headers: Record<string, string> = {};
   for (const line of lines.slice(1)) {
@@ -315,7 +473,7 @@ function parseHead(text: string): { statusCode: number; headers: IncomingHttpHea
     }
     headers[name] = previous === undefined || name === 'content-length' ? value : `${previous}, ${value}`;
   }
-  return { statusCode: Number(status[1]), headers: headers as IncomingHttpHeaders };
+  return { statusCode: Number(status[2]), headers: headers as IncomingHttpHeaders, http10: status[1] === '0' };
 }
 
 function framingOf(statusCode: number, headers: IncomingHttpHeaders): Framing | Error {
