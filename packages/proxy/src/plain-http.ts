@@ -1,7 +1,7 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import { connect, isIP, type Socket } from 'node:net';
 import { Readable } from 'node:stream';
-import { connect as connectTls, rootCertificates } from 'node:tls';
+import { connect as connectTls, createSecureContext, rootCertificates, type SecureContext } from 'node:tls';
 import { SlabReader } from './slab-reader.js';
 
 export interface PlainTimeouts {
@@ -59,6 +59,10 @@ export function plainGet(
   signal?: AbortSignal,
   options: PlainOptions = {},
 ): Promise<PlainAnswer> {
+  if (signal?.aborted) {
+    const reason: unknown = signal.reason;
+    return Promise.reject(reason instanceof Error ? reason : failure('ABORT_ERR', 'the request was aborted'));
+  }
   return new Promise((resolve, reject) => new Exchange(url, headers, timeouts, signal, options, resolve, reject, true));
 }
 
@@ -73,8 +77,8 @@ class IdleConnections {
   private readonly timers = new WeakMap<Socket, NodeJS.Timeout>();
 
   take(key: string): Socket | undefined {
-    const sockets = this.idle.get(key);
-    for (const socket of sockets ?? []) {
+    // The newest first: the oldest is the likeliest to have been closed by the server meanwhile.
+    for (const socket of [...(this.idle.get(key) ?? [])].reverse()) {
       this.remove(key, socket);
       if (!socket.destroyed && socket.readyState === 'open') {
         socket.ref();
@@ -136,7 +140,7 @@ function open(url: URL, key: string, options: PlainOptions, route: Route): Socke
     host,
     port: Number(url.port || 443),
     ...(isIP(host) ? {} : { servername: host }),
-    ...(options.ca !== undefined ? { ca: [...rootCertificates, options.ca] } : {}),
+    ...(options.ca !== undefined ? { secureContext: trusting(options.ca) } : {}),
     ALPNProtocols: ['http/1.1'],
     onread,
   };
@@ -146,6 +150,18 @@ function open(url: URL, key: string, options: PlainOptions, route: Route): Socke
   socket.on('end', () => (route.owner ? route.owner.ended() : idleConnections.drop(key, socket)));
   socket.on('close', () => (route.owner ? route.owner.ended() : idleConnections.drop(key, socket)));
   return socket;
+}
+
+const contexts = new Map<string, SecureContext>();
+
+/**
+ * The system's roots and `ca`, made once per CA: building a trust store of some 150 roots costs
+ * milliseconds of CPU, too much to pay for every connection.
+ */
+function trusting(ca: string): SecureContext {
+  let context = contexts.get(ca);
+  if (!context) contexts.set(ca, (context = createSecureContext({ ca: [...rootCertificates, ca] })));
+  return context;
 }
 
 /** What an idle connection reads into (it should read nothing). */
@@ -296,7 +312,11 @@ class Exchange {
     this.body = new Body(this);
     this.arm(this.timeouts.idle, 'receiving the body from');
     this.resolve({ statusCode: parsed.statusCode, headers: parsed.headers, body: this.body, recycle: (chunk) => this.slabs.giveBack(chunk) });
-    if (this.framing.kind === 'none' || (this.framing.kind === 'length' && this.framing.remaining === 0)) this.finish();
+    if (this.framing.kind === 'none' || (this.framing.kind === 'length' && this.framing.remaining === 0)) {
+      // Bytes after an empty body: not a connection to send another request on.
+      if (rest.length > 0) this.keepAlive = false;
+      this.finish();
+    }
     else if (rest.length > 0) this.readBody(rest);
   }
 
@@ -398,7 +418,11 @@ class Exchange {
     const code = (err as NodeJS.ErrnoException).code ?? '';
     if (this.reused && !this.answered && STALE.has(code) && !this.signal?.aborted) {
       // The kept connection had been closed by the server meanwhile: the same GET on a new one.
-      new Exchange(this.url, this.headers, this.timeouts, this.signal, this.options, this.resolve, this.reject, false);
+      try {
+        new Exchange(this.url, this.headers, this.timeouts, this.signal, this.options, this.resolve, this.reject, false);
+      } catch (retryErr) {
+        this.reject(retryErr instanceof Error ? retryErr : new Error(String(retryErr)));
+      }
       return;
     }
     if (this.body) this.body.destroy(err);
@@ -482,6 +506,8 @@ function framingOf(statusCode: number, headers: IncomingHttpHeaders): Framing | 
   if (coding !== '') {
     // Only chunked: a blob under any other coding (gzip, say) is not the bytes its digest names.
     if (coding !== 'chunked') return failure('HPE_INVALID_TRANSFER_ENCODING', `the upstream sent a body in an unsupported transfer coding (${coding})`);
+    // Both framings at once is how requests get smuggled (RFC 9112, 6.3): trusted neither way.
+    if (headers['content-length'] !== undefined) return failure('HPE_UNEXPECTED_CONTENT_LENGTH', 'the upstream sent both Transfer-Encoding and Content-Length');
     return { kind: 'chunked', state: 'size', line: '', remaining: 0 };
   }
   const length = headers['content-length'];

@@ -104,6 +104,18 @@ describe('plainGet', () => {
     expect(connections).toBe(2);
   });
 
+  test('no reuse after bytes the answer did not announce, nor after a head with both framings (refused)', async () => {
+    let connections = 0;
+    const { url, server } = await rawServer((s, request) => {
+      if (request.includes('both')) s.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n2\r\nok\r\n0\r\n\r\n');
+      else s.write('HTTP/1.1 302 Found\r\nContent-Length: 0\r\n\r\nJUNK');
+    });
+    server.on('connection', () => (connections += 1));
+    for (let i = 0; i < 2; i++) expect((await readAll(await plainGet(url, {}, FAST))).bytes.length).toBe(0);
+    expect(connections).toBe(2);
+    await expect(plainGet(new URL('/both', url), {}, FAST)).rejects.toMatchObject({ code: 'HPE_UNEXPECTED_CONTENT_LENGTH' });
+  });
+
   test('a kept connection the server closed meanwhile is replaced, and the GET still answers', async () => {
     const servedOn = new WeakSet<Socket>();
     let connections = 0;
