@@ -316,8 +316,9 @@ class Exchange {
       // Bytes after an empty body: not a connection to send another request on.
       if (rest.length > 0) this.keepAlive = false;
       this.finish();
+    } else if (rest.length > 0) {
+      this.readBody(rest);
     }
-    else if (rest.length > 0) this.readBody(rest);
   }
 
   private readBody(bytes: Buffer): void {
