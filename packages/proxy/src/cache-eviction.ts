@@ -33,6 +33,7 @@ export class CacheEviction {
     const cutoff = now - policy.cacheTtl;
     const manifests = this.db.transaction(() => {
       const removed = this.db.prepare('DELETE FROM proxy_manifests WHERE accessed_at < ?').run(cutoff).changes;
+      this.db.prepare('DELETE FROM proxy_referrers WHERE accessed_at < ?').run(cutoff);
       this.deleteDanglingTags();
       return removed;
     })();
@@ -65,6 +66,7 @@ export class CacheEviction {
       const removed = this.db.prepare(`DELETE FROM proxy_manifests WHERE ${where}`).run(...args).changes;
       this.db.prepare(`DELETE FROM proxy_tags WHERE ${where}`).run(...args);
       this.db.prepare(`DELETE FROM proxy_absent WHERE ${where}`).run(...args);
+      this.db.prepare(`DELETE FROM proxy_referrers WHERE ${where}`).run(...args);
       this.db.prepare(`DELETE FROM proxy_repository_blobs WHERE ${where}`).run(...args);
       return removed;
     })();

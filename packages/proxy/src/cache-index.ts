@@ -1,4 +1,4 @@
-import type { Digest, SqliteDatabase, SqliteStatement as Statement, StoredManifest } from '@wharf/registry-core';
+import type { Descriptor, Digest, SqliteDatabase, SqliteStatement as Statement, StoredManifest } from '@wharf/registry-core';
 
 const SCHEMA = `
   CREATE TABLE IF NOT EXISTS proxy_manifests (
@@ -30,6 +30,15 @@ const SCHEMA = `
     repository TEXT NOT NULL,
     digest TEXT NOT NULL,
     PRIMARY KEY (upstream, repository, digest)
+  ) WITHOUT ROWID;
+  CREATE TABLE IF NOT EXISTS proxy_referrers (
+    upstream TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    descriptors TEXT NOT NULL,
+    fetched_at INTEGER NOT NULL,
+    accessed_at INTEGER NOT NULL,
+    PRIMARY KEY (upstream, repository, subject)
   ) WITHOUT ROWID;
   CREATE TABLE IF NOT EXISTS proxy_absent (
     upstream TEXT NOT NULL,
@@ -72,6 +81,11 @@ export class CacheIndex {
       putAbsent: s(`INSERT INTO proxy_absent (upstream, repository, reference, until) VALUES (?, ?, ?, ?)
                     ON CONFLICT DO UPDATE SET until = excluded.until`),
       clearAbsent: s('DELETE FROM proxy_absent WHERE upstream = ? AND repository = ? AND reference = ?'),
+      referrers: s('SELECT descriptors FROM proxy_referrers WHERE upstream = ? AND repository = ? AND subject = ?'),
+      touchReferrers: s('UPDATE proxy_referrers SET accessed_at = ? WHERE upstream = ? AND repository = ? AND subject = ?'),
+      putReferrers: s(`INSERT INTO proxy_referrers (upstream, repository, subject, descriptors, fetched_at, accessed_at) VALUES (?, ?, ?, ?, ?, ?)
+                       ON CONFLICT DO UPDATE SET descriptors = excluded.descriptors, fetched_at = excluded.fetched_at, accessed_at = excluded.accessed_at`),
+      clearReferrers: s('DELETE FROM proxy_referrers WHERE upstream = ? AND repository = ? AND subject = ?'),
     };
   }
 
@@ -128,5 +142,21 @@ export class CacheIndex {
 
   clearAbsent(upstream: string, repo: string, reference: string): void {
     this.q.clearAbsent!.run(upstream, repo, reference);
+  }
+
+  /** The referrers of `subject` the upstream last listed, for when it cannot be asked. */
+  referrers(upstream: string, repo: string, subject: Digest, now = Date.now()): Descriptor[] | undefined {
+    const row = this.q.referrers!.get(upstream, repo, subject) as { descriptors: string } | undefined;
+    if (!row) return undefined;
+    this.q.touchReferrers!.run(now, upstream, repo, subject);
+    return JSON.parse(row.descriptors) as Descriptor[];
+  }
+
+  putReferrers(upstream: string, repo: string, subject: Digest, descriptors: readonly Descriptor[], now = Date.now()): void {
+    this.q.putReferrers!.run(upstream, repo, subject, JSON.stringify(descriptors), now, now);
+  }
+
+  clearReferrers(upstream: string, repo: string, subject: Digest): void {
+    this.q.clearReferrers!.run(upstream, repo, subject);
   }
 }

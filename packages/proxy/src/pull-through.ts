@@ -329,13 +329,33 @@ export class PullThroughRepository implements RepositoryReader {
     return cached;
   }
 
-  /** The upstream's referrers of `subject`; undefined when it has no referrers API. Not cached. */
+  /**
+   * The upstream's referrers of `subject` (undefined when it has no referrers API). Each answer is
+   * kept: when the upstream cannot answer, the last one is served, with a log line, so that a
+   * signature check in CI still passes while the upstream is down.
+   */
   async referrers(repo: string, subject: Digest): Promise<Descriptor[] | undefined> {
+    const cached = this.index.referrers(this.key, repo, subject);
+    if (cached && Date.now() < this.unavailableUntil) return this.staleReferrers(cached, repo, `upstream ${this.key} is unavailable`);
+    const deadline = this.policy.revalidateTimeout ?? DEFAULT_POLICY.revalidateTimeout!;
+    const signal = cached ? AbortSignal.timeout(deadline) : undefined;
     try {
-      return await this.upstream.referrers(repo, subject);
+      const listed = await this.upstream.referrers(repo, subject, signal);
+      if (listed === undefined) this.index.clearReferrers(this.key, repo, subject);
+      else this.index.putReferrers(this.key, repo, subject, listed);
+      return listed;
     } catch (err) {
+      if (cached && ((err instanceof UpstreamError && err.failure !== 'invalid') || signal?.aborted)) {
+        if (err instanceof UpstreamError) this.backOff(err.retryAfter);
+        return this.staleReferrers(cached, repo, `upstream ${this.key} unavailable (${(err as Error).message})`);
+      }
       throw toRegistryError(err);
     }
+  }
+
+  private staleReferrers(cached: Descriptor[], repo: string, reason: string): Descriptor[] {
+    this.logger?.warn({ upstream: this.key, repo, reason }, 'serving the cached referrers');
+    return cached;
   }
 }
 

@@ -51,7 +51,10 @@ describe('proxy cache eviction', () => {
     const old = await cacheBlob('docker.io', 'library/a', 100, now - 100 * DAY);
     const fresh = await cacheBlob('docker.io', 'library/a', 200, now - DAY);
     const oldManifest = cacheManifest('docker.io', 'library/a', 'old', now - 100 * DAY);
-    cacheManifest('docker.io', 'library/a', 'new', now - DAY);
+    const newManifest = cacheManifest('docker.io', 'library/a', 'new', now - DAY);
+    const referrer = { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: newManifest, size: 1 };
+    index.putReferrers('docker.io', 'library/a', oldManifest, [referrer], now - 100 * DAY);
+    index.putReferrers('docker.io', 'library/a', newManifest, [referrer], now - DAY);
 
     const report = await eviction.sweep({ cacheTtl: 90 * DAY, maxSize: 0 }, now);
 
@@ -61,6 +64,8 @@ describe('proxy cache eviction', () => {
     expect(index.manifest('docker.io', 'library/a', oldManifest)).toBeUndefined();
     expect(index.tag('docker.io', 'library/a', 'old')).toBeUndefined();
     expect(index.tag('docker.io', 'library/a', 'new')).toBeDefined();
+    expect(index.referrers('docker.io', 'library/a', oldManifest)).toBeUndefined();
+    expect(index.referrers('docker.io', 'library/a', newManifest)).toEqual([referrer]);
   });
 
   test('past max_size the least recently used blobs go first', async () => {
@@ -94,8 +99,9 @@ describe('proxy cache eviction', () => {
     const own = await cacheBlob('docker.io', 'library/a', 10, now);
     const shared = await cacheBlob('docker.io', 'library/a', 20, now);
     index.link('docker.io', 'library/b', shared);
-    cacheManifest('docker.io', 'library/a', '1', now);
+    const mine = cacheManifest('docker.io', 'library/a', '1', now);
     const other = cacheManifest('docker.io', 'library/b', '1', now);
+    index.putReferrers('docker.io', 'library/a', mine, [], now);
 
     const report = await eviction.purge('docker.io', 'library/a');
 
@@ -103,6 +109,7 @@ describe('proxy cache eviction', () => {
     expect(await store.stat(own)).toBeUndefined();
     expect(await store.stat(shared)).toBeDefined();
     expect(index.tag('docker.io', 'library/a', '1')).toBeUndefined();
+    expect(index.referrers('docker.io', 'library/a', mine)).toBeUndefined();
     expect(index.manifest('docker.io', 'library/b', other)).toBeDefined();
   });
 

@@ -198,6 +198,21 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     expect(fake.count('HEAD', `/v2/bob/other/blobs/${digest}`)).toBe(1);
   });
 
+  test('referrers are the upstream ones, kept for when it fails; an upstream without the API is undefined', async () => {
+    const subject = fake.addManifest('alice/app', '1', DOC('a'));
+    const referrer = { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: fake.addManifest('alice/app', 'sig', DOC('s')), size: 10, artifactType: 'application/x-sig' };
+    fake.referrers.set(`alice/app@${subject}`, [referrer]);
+    expect(await repo.referrers('alice/app', subject)).toEqual([referrer]);
+    fake.faultOn = /\/referrers\//;
+    fake.fault = '500';
+    expect(await repo.referrers('alice/app', subject)).toEqual([referrer]);
+    // Never listed before: the upstream's failure.
+    const other = fake.addManifest('alice/app', '2', DOC('b'));
+    await expect(repo.referrers('alice/app', other)).rejects.toMatchObject({ code: 'UPSTREAM_ERROR' });
+    fake.fault = undefined;
+    expect(await repo.referrers('alice/app', other)).toBeUndefined();
+  });
+
   test('tags are the upstream ones, pulled or not; with the upstream failing, those pulled so far', async () => {
     fake.addManifest('alice/app', '1', DOC('a'));
     fake.addManifest('alice/app', '2', DOC('b'));
