@@ -300,62 +300,56 @@ export class PullThroughRepository implements RepositoryReader {
 
   /**
    * The upstream's tags (a tag list is no pull: Docker Hub does not count it against the rate limit).
-   * When the upstream cannot answer, the tags this cache has pulled, with a log line; the upstream's
-   * wait is bounded as for a tag re-check when there are some.
+   * When the upstream cannot answer, the tags this cache has pulled.
    */
   async tags(repo: string, page: Page): Promise<string[] | undefined> {
     const cached = this.index.tags(this.key, repo, page.last ?? '', page.n ?? MAX_PAGE);
-    const haveCached = cached.length > 0 || page.last !== undefined;
-    if (haveCached && Date.now() < this.unavailableUntil) return this.staleTags(cached, repo, `upstream ${this.key} is unavailable`);
-    const deadline = this.policy.revalidateTimeout ?? DEFAULT_POLICY.revalidateTimeout!;
-    const signal = haveCached ? AbortSignal.timeout(deadline) : undefined;
-    try {
+    const fallback = cached.length > 0 || page.last !== undefined ? cached : undefined;
+    return this.orCached('tags', repo, fallback, async (signal) => {
       const listed = await this.upstream.tags(repo, page, signal);
       if (listed === undefined) return undefined;
       // In the order and from the place a client paging with `last` expects, whatever the upstream's order.
       const after = page.last;
       return [...new Set(after === undefined ? listed : listed.filter((tag) => tag > after))].sort();
-    } catch (err) {
-      if (haveCached && ((err instanceof UpstreamError && err.failure !== 'invalid') || signal?.aborted)) {
-        if (err instanceof UpstreamError) this.backOff(err.retryAfter);
-        return this.staleTags(cached, repo, `upstream ${this.key} unavailable (${(err as Error).message})`);
-      }
-      throw toRegistryError(err);
-    }
-  }
-
-  private staleTags(cached: string[], repo: string, reason: string): string[] {
-    this.logger?.warn({ upstream: this.key, repo, reason }, 'serving the cached tags');
-    return cached;
+    });
   }
 
   /**
    * The upstream's referrers of `subject` (undefined when it has no referrers API). Each answer is
-   * kept: when the upstream cannot answer, the last one is served, with a log line, so that a
-   * signature check in CI still passes while the upstream is down.
+   * kept: when the upstream cannot answer, the last one is served, so that a signature check in CI
+   * still passes while the upstream is down.
    */
   async referrers(repo: string, subject: Digest): Promise<Descriptor[] | undefined> {
-    const cached = this.index.referrers(this.key, repo, subject);
-    if (cached && Date.now() < this.unavailableUntil) return this.staleReferrers(cached, repo, `upstream ${this.key} is unavailable`);
-    const deadline = this.policy.revalidateTimeout ?? DEFAULT_POLICY.revalidateTimeout!;
-    const signal = cached ? AbortSignal.timeout(deadline) : undefined;
-    try {
+    return this.orCached('referrers', repo, this.index.referrers(this.key, repo, subject), async (signal) => {
       const listed = await this.upstream.referrers(repo, subject, signal);
       if (listed === undefined) this.index.clearReferrers(this.key, repo, subject);
       else this.index.putReferrers(this.key, repo, subject, listed);
       return listed;
+    });
+  }
+
+  /**
+   * `ask`'s answer from the upstream; with a `cached` answer to fall back on, the upstream's wait is
+   * bounded as for a tag re-check, and when it cannot answer (or is in its outage back-off) the cached
+   * answer is served, with a log line.
+   */
+  private async orCached<T>(what: string, repo: string, cached: T | undefined, ask: (signal?: AbortSignal) => Promise<T | undefined>): Promise<T | undefined> {
+    const stale = (reason: string): T => {
+      this.logger?.warn({ upstream: this.key, repo, reason }, `serving the cached ${what}`);
+      return cached!;
+    };
+    if (cached !== undefined && Date.now() < this.unavailableUntil) return stale(`upstream ${this.key} is unavailable`);
+    const deadline = this.policy.revalidateTimeout ?? DEFAULT_POLICY.revalidateTimeout!;
+    const signal = cached !== undefined ? AbortSignal.timeout(deadline) : undefined;
+    try {
+      return await ask(signal);
     } catch (err) {
-      if (cached && ((err instanceof UpstreamError && err.failure !== 'invalid') || signal?.aborted)) {
+      if (cached !== undefined && ((err instanceof UpstreamError && err.failure !== 'invalid') || signal?.aborted)) {
         if (err instanceof UpstreamError) this.backOff(err.retryAfter);
-        return this.staleReferrers(cached, repo, `upstream ${this.key} unavailable (${(err as Error).message})`);
+        return stale(`upstream ${this.key} unavailable (${(err as Error).message})`);
       }
       throw toRegistryError(err);
     }
-  }
-
-  private staleReferrers(cached: Descriptor[], repo: string, reason: string): Descriptor[] {
-    this.logger?.warn({ upstream: this.key, repo, reason }, 'serving the cached referrers');
-    return cached;
   }
 }
 
