@@ -8,6 +8,8 @@ import { AlignedBlocks, BLOCK_SIZE } from './aligned-blocks.js';
 const DIRECT_ALIGN = 4096;
 /** Blocks received and not yet on disk, per fill, before the upstream is paused. */
 const MAX_UNWRITTEN = 3;
+/** Blocks written at once, per fill (one per CPU of the machines measured). */
+const MAX_WRITES = 2;
 /**
  * Blocks a fill keeps in memory, written ones included: a client a little behind the newest bytes is
  * still sent them from memory.
@@ -58,9 +60,14 @@ export class FillWriter {
   received = 0;
   private readonly window: Block[] = [];
   private unwritten = 0;
-  private writing: Promise<void> | undefined;
+  /** Complete blocks whose write has not started, oldest first. */
+  private readonly toWrite: Block[] = [];
+  /** Writes in flight (they never reject: a failure is kept in `failure`). */
+  private readonly writes = new Set<Promise<void>>();
   private failure: Error | undefined;
   private roomWaiters: (() => void)[] = [];
+  /** O_DIRECT failed once: every later write goes through the page cache. */
+  private directFailed = false;
   /** Some block went to disk with O_DIRECT: its pages are not in the page cache. */
   private wroteDirect = false;
   private finished = false;
@@ -97,9 +104,14 @@ export class FillWriter {
     return !this.closed;
   }
 
+  /** Block writes in flight (for tests). */
+  get writesInFlight(): number {
+    return this.writes.size;
+  }
+
   /** Blocks still go to disk with O_DIRECT (for tests and logs). */
   get writesDirect(): boolean {
-    return this.direct !== undefined;
+    return this.direct !== undefined && !this.directFailed;
   }
 
   /** Copies `chunk` into the blocks. False when the caller should wait for `room()` before the next. */
@@ -131,7 +143,7 @@ export class FillWriter {
     const last = this.window[this.window.length - 1];
     if (!this.finished && last && !last.written && last.filled < BLOCK_SIZE && last.filled > 0) this.complete();
     this.finished = true;
-    while (this.writing) await this.writing;
+    await this.writesSettled();
     if (this.failure) throw this.failure;
   }
 
@@ -188,7 +200,8 @@ export class FillWriter {
   /** Lets the blocks go (those still lent, once released) and closes the O_DIRECT handle. */
   async close(): Promise<void> {
     this.closed = true;
-    while (this.writing) await this.writing.catch(() => undefined);
+    this.toWrite.length = 0;
+    await this.writesSettled();
     for (const block of this.window.splice(0)) this.drop(block);
     const direct = this.direct;
     this.direct = undefined;
@@ -224,48 +237,76 @@ export class FillWriter {
     else if (!this.closed && this.plainSpares.length < PLAIN_SPARES) this.plainSpares.push(block.buffer);
   }
 
-  /** The newest block is complete: queue its write behind the others. */
+  /** The newest block is complete: its write starts as soon as a slot is free. */
   private complete(): void {
-    const block = this.window[this.window.length - 1]!;
     this.unwritten += 1;
-    const previous = this.writing ?? Promise.resolve();
-    const writing: Promise<void> = previous
-      .then(() => (this.failure ? undefined : this.write(block)))
-      .then(
-        () => {
-          if (this.failure) return;
-          block.written = true;
-          this.written = block.start + block.filled;
-          this.unwritten -= 1;
-          if (!this.closed) this.trim(WINDOW);
-          this.onWritten(this.written);
-        },
-        (err: unknown) => {
-          if (this.failure) return;
-          this.failure = err instanceof Error ? err : new Error(String(err));
-          this.onFailed(this.failure);
-        },
-      )
-      .finally(() => {
-        if (this.writing === writing) this.writing = undefined;
-        if (this.unwritten < MAX_UNWRITTEN || this.failure) for (const wake of this.roomWaiters.splice(0)) wake();
-      });
-    this.writing = writing;
+    this.toWrite.push(this.window[this.window.length - 1]!);
+    this.startWrites();
+  }
+
+  /**
+   * Up to MAX_WRITES blocks go to disk at once, each at its own offset. One at a time, the disk sat
+   * idle between writes while each completion waited for the busy event loop to start the next, and
+   * a cold pull's upstream was paused once per block, 0.7 s of a 1.5 s pull. Two at a time: 0.45 s,
+   * and the pull 3-8% faster on this VM (medians of 4-5 interleaved runs; the spread is wider).
+   * Disks that take requests in parallel (NVMe, network volumes) gain more.
+   */
+  private startWrites(): void {
+    while (this.writes.size < MAX_WRITES && this.toWrite.length > 0 && !this.failure) {
+      const block = this.toWrite.shift()!;
+      const writing: Promise<void> = this.write(block)
+        .then(
+          () => {
+            if (this.failure) return;
+            block.written = true;
+            this.unwritten -= 1;
+            this.advanceWritten();
+          },
+          (err: unknown) => {
+            if (this.failure) return;
+            this.failure = err instanceof Error ? err : new Error(String(err));
+            this.onFailed(this.failure);
+          },
+        )
+        .finally(() => {
+          this.writes.delete(writing);
+          this.startWrites();
+          if (this.unwritten < MAX_UNWRITTEN || this.failure) for (const wake of this.roomWaiters.splice(0)) wake();
+        });
+      this.writes.add(writing);
+    }
+  }
+
+  /** `written` moves to the end of the blocks on disk that have no unwritten block before them. */
+  private advanceWritten(): void {
+    let end = this.written;
+    for (const block of this.window) {
+      if (!block.written) break;
+      end = block.start + block.filled;
+    }
+    if (end <= this.written) return;
+    this.written = end;
+    if (!this.closed) this.trim(WINDOW);
+    this.onWritten(end);
+  }
+
+  /** Resolves once no write is in flight; after a failure, queued blocks are not written. */
+  private async writesSettled(): Promise<void> {
+    while (this.writes.size > 0) await Promise.all(this.writes);
   }
 
   private async write(block: Block): Promise<void> {
     let done = 0;
     const directBytes = block.filled - (block.filled % DIRECT_ALIGN);
-    if (this.direct && block.aligned && directBytes > 0) {
+    if (this.direct && !this.directFailed && block.aligned && directBytes > 0) {
       try {
         done = (await this.direct.write(block.buffer, 0, directBytes, block.start)).bytesWritten;
         this.wroteDirect = true;
       } catch (err) {
         // Not for this file system after all (or not with this alignment): the page cache from now on.
+        // The handle stays open until close(): the other write in flight may be using it.
         if (!NO_DIRECT.has((err as NodeJS.ErrnoException).code ?? '')) throw err;
-        const direct = this.direct;
-        this.direct = undefined;
-        await direct.close().catch(() => undefined);
+        this.directFailed = true;
       }
     }
     while (done < block.filled) {
