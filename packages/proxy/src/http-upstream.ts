@@ -3,7 +3,7 @@ import type { Readable } from 'node:stream';
 import { rootCertificates } from 'node:tls';
 import { MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES, MediaType, bareMediaType, digestOf, isValidTag, tryParseDigest, type ByteRange, type Descriptor, type Digest, type Page } from '@wharf/registry-core';
 import type { Dispatcher } from 'undici';
-import { plainGet } from './plain-http.js';
+import { plainRequest } from './plain-http.js';
 import { TokenCache, parseChallenge } from './token-auth.js';
 import { keepWasmOnBaseline } from './wasm-baseline.js';
 import { UpstreamError, type Upstream, type UpstreamFailure, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest } from './upstream.js';
@@ -100,23 +100,22 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 }
 
 /**
- * A remote registry over HTTP(S) with undici: anonymous, Basic, or Bearer tokens fetched from the
+ * A remote registry over HTTP(S): anonymous, Basic, or Bearer tokens fetched from the
  * realm of the upstream's challenge for exactly the scope needed and cached until they expire.
  * Idempotent requests are retried with exponential backoff and jitter; redirects (Docker Hub's blob
  * CDN) are followed here, and our Authorization header is dropped as soon as a hop leaves the origin.
  * The client's own credentials never reach here: only the upstream's configured ones are sent.
  *
- * undici rather than got or node:http: it hands body chunks over as views of what the socket read,
- * where node:http copies every chunk once more in its parser. Measured on a 256 MiB blob over
- * loopback, receiving costs 1.0-1.2 CPU s/GiB against 2.0-2.4, and a cold pull through the proxy is
- * bound by that CPU. Blob bodies do better still with plainGet, which reads the socket into reused
- * memory (0.33 s/GiB over http://, 0.7 over https:// against undici's 1.3-1.8); bodies through an
- * egress proxy stay with undici.
+ * Requests go through plainRequest (plain-http.ts), which reads the socket into reused memory: a
+ * cold pull through the proxy is bound by the CPU its blob's body costs to receive, 0.33 s/GiB over
+ * http:// and 0.7 over https://, against 1.3-1.8 through undici and 2.0-2.4 through node:http (which
+ * copies every chunk once more in its parser; got is built on it). Through an egress proxy
+ * (CONNECT tunnels, NO_PROXY), undici does the work: it is loaded only then.
  */
 export class HttpUpstream implements Upstream {
   readonly name: string;
   private readonly base: string;
-  /** Made at the first request: undici is loaded then (about 9 MiB of memory a registry-only Wharf never needs). */
+  /** Made at the first request through an egress proxy: undici is loaded then (about 9 MiB of memory). */
   private agent: Promise<Dispatcher> | undefined;
   private readonly tokens = new TokenCache();
   private readonly timeouts: UpstreamTimeouts;
@@ -197,14 +196,14 @@ export class HttpUpstream implements Upstream {
     const headers: Record<string, string> = {};
     if (range) headers.range = `bytes=${range.start}-${range.end}`;
     const res = await this.streamed(repo, `blobs/${digest}`, headers, signal);
-    // undici's body reports a destroy() as an error; whoever cancels a body has stopped listening.
+    // A body reports a destroy() as an error; whoever cancels a body has stopped listening.
     res.body.on('error', () => undefined);
     if (res.statusCode === 404) {
-      await discard(res.body);
+      await discard(res);
       return undefined;
     }
     if (res.statusCode !== 200 && res.statusCode !== 206) {
-      await discard(res.body);
+      await discard(res);
       this.expectOk(res, 'blob GET');
     }
     const length = Number(res.headers['content-length']);
@@ -282,10 +281,10 @@ export class HttpUpstream implements Upstream {
       const res = await this.authorized(method, repo, path, headers, signal);
       if (res.statusCode === 429 || res.statusCode >= 500) return this.retryable(res);
       if (res.statusCode < 200 || res.statusCode >= 300) {
-        await discard(res.body);
+        await discard(res);
         return { statusCode: res.statusCode, headers: res.headers, bytes: Buffer.alloc(0) };
       }
-      const bytes = await readUpTo(res.body, limit, () => new UpstreamError('invalid', `upstream ${this.name} sent a ${what} larger than ${limit} bytes`));
+      const bytes = await readUpTo(res, limit, () => new UpstreamError('invalid', `upstream ${this.name} sent a ${what} larger than ${limit} bytes`));
       return { statusCode: res.statusCode, headers: res.headers, bytes };
     });
   }
@@ -293,26 +292,26 @@ export class HttpUpstream implements Upstream {
   /** A streamed request (blobs): resolves once the response head is in, with the body still flowing. */
   private streamed(repo: string, path: string, headers: Record<string, string>, signal?: AbortSignal): Promise<Answer> {
     return this.withRetries(signal, async () => {
-      const res = await this.authorized('GET', repo, path, headers, signal, true);
+      const res = await this.authorized('GET', repo, path, headers, signal);
       return res.statusCode === 429 || res.statusCode >= 500 ? this.retryable(res) : res;
     });
   }
 
   /**
    * One attempt: the request with our credentials for `repo`, and once more after answering a 401
-   * challenge. `streaming`: a blob body, read into reused memory (plainGet) unless an egress proxy is in the way.
+   * challenge.
    */
-  private async authorized(method: 'GET' | 'HEAD', repo: string, path: string, headers: Record<string, string>, signal?: AbortSignal, streaming = false): Promise<Answer> {
+  private async authorized(method: 'GET' | 'HEAD', repo: string, path: string, headers: Record<string, string>, signal?: AbortSignal): Promise<Answer> {
     const url = `${this.base}/v2/${repo}/${path}`;
-    const res = await this.send(method, url, { ...headers, ...this.authHeader(repo) }, signal, streaming);
+    const res = await this.send(method, url, { ...headers, ...this.authHeader(repo) }, signal);
     if (res.statusCode !== 401) {
       this.noteRateLimit(res.headers);
       return res;
     }
-    await discard(res.body);
+    await discard(res);
     // No way to answer the challenge: the 401 stands (its body is already gone).
     if (!(await this.authenticate(repo, res.headers, signal))) return res;
-    const again = await this.send(method, url, { ...headers, ...this.authHeader(repo) }, signal, streaming);
+    const again = await this.send(method, url, { ...headers, ...this.authHeader(repo) }, signal);
     this.noteRateLimit(again.headers);
     return again;
   }
@@ -321,15 +320,15 @@ export class HttpUpstream implements Upstream {
    * Sends one request and follows redirects. Authorization is ours for this upstream only: a hop to
    * another origin (a CDN) goes without it, and so does every hop after that.
    */
-  private async send(method: 'GET' | 'HEAD', url: string, headers: Record<string, string>, signal?: AbortSignal, streaming = false): Promise<Answer> {
+  private async send(method: 'GET' | 'HEAD', url: string, headers: Record<string, string>, signal?: AbortSignal): Promise<Answer> {
     let target = new URL(url);
     let sent: Record<string, string> = { 'user-agent': this.userAgent, ...headers };
     for (let hop = 0; ; hop++) {
       let res: Answer;
       try {
         res =
-          streaming && method === 'GET' && this.options.egress === undefined
-            ? await plainGet(target, sent, this.timeouts, signal, this.options.ca !== undefined ? { ca: this.options.ca } : {})
+          this.options.egress === undefined
+            ? await plainRequest(target, sent, this.timeouts, signal, { method, ...(this.options.ca !== undefined ? { ca: this.options.ca } : {}) })
             : await (await this.dispatcher()).request({ origin: target.origin, path: `${target.pathname}${target.search}`, method, headers: sent, ...(signal ? { signal } : {}) });
       } catch (err) {
         this.options.onRequest?.('error');
@@ -340,7 +339,7 @@ export class HttpUpstream implements Upstream {
       if (!REDIRECTS.has(res.statusCode) || typeof location !== 'string' || hop >= MAX_REDIRECTS) {
         return res;
       }
-      await discard(res.body);
+      await discard(res);
       const next = new URL(location, target);
       if (next.protocol !== 'https:' && next.protocol !== 'http:') {
         throw new UpstreamError('invalid', `upstream ${this.name} redirected to a ${next.protocol} URL`);
@@ -355,7 +354,7 @@ export class HttpUpstream implements Upstream {
 
   /** A 429 or 5xx: its body is discarded and the status becomes the failure withRetries acts on. */
   private async retryable(res: Answer): Promise<never> {
-    await discard(res.body);
+    await discard(res);
     throw new UpstreamError(
       res.statusCode === 429 ? 'rate-limited' : 'server-error',
       `upstream ${this.name} answered ${res.statusCode}`,
@@ -441,10 +440,10 @@ export class HttpUpstream implements Upstream {
     url.searchParams.set('scope', scope);
     const res = await this.send('GET', url.href, this.options.username !== undefined ? { authorization: this.basic() } : {}, signal);
     if (res.statusCode !== 200) {
-      await discard(res.body);
+      await discard(res);
       throw new UpstreamError('unauthorized', `token service of upstream ${this.name} answered ${res.statusCode}`, res.statusCode);
     }
-    const raw = await readUpTo(res.body, MAX_TOKEN_BYTES, () => new UpstreamError('unauthorized', `token service of upstream ${this.name} sent more than ${MAX_TOKEN_BYTES} bytes`));
+    const raw = await readUpTo(res, MAX_TOKEN_BYTES, () => new UpstreamError('unauthorized', `token service of upstream ${this.name} sent more than ${MAX_TOKEN_BYTES} bytes`));
     let body: { token?: unknown; access_token?: unknown; expires_in?: unknown };
     try {
       body = JSON.parse(raw.toString('utf8')) as typeof body;
@@ -465,26 +464,51 @@ export class HttpUpstream implements Upstream {
   }
 }
 
-/** Reads a body whole, failing with `tooLarge()` past `limit` bytes. */
-async function readUpTo(body: Readable, limit: number, tooLarge: () => Error): Promise<Buffer> {
+/** Reads a body whole, failing with `tooLarge()` past `limit` bytes; lent chunks are given back once copied. */
+async function readUpTo({ body, recycle }: Answer, limit: number, tooLarge: () => Error): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let size = 0;
-  for await (const chunk of body as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > limit) {
-      body.destroy();
-      throw tooLarge();
+  try {
+    for await (const chunk of body as AsyncIterable<Buffer>) {
+      size += chunk.length;
+      if (size > limit) {
+        body.destroy();
+        throw tooLarge();
+      }
+      chunks.push(chunk);
     }
-    chunks.push(chunk);
+    return Buffer.concat(chunks, size);
+  } finally {
+    if (recycle) for (const chunk of chunks) recycle(chunk);
   }
-  return Buffer.concat(chunks, size);
 }
 
-/** Drops a body we do not need; a long one costs its connection rather than a download. */
-async function discard(body: Readable): Promise<void> {
+/** A body we do not need longer than this costs its connection rather than a download. */
+const DISCARD_LIMIT = 64 * 1024;
+
+/**
+ * Drops a body we do not need. A short one (a 401's, a redirect's) is read to its end, so that its
+ * connection serves the next request; a long one is cut off with its connection.
+ */
+async function discard({ body, recycle }: Answer): Promise<void> {
   const dump = (body as Readable & { dump?: (opts?: { limit: number }) => Promise<void> }).dump;
-  if (dump) await dump.call(body, { limit: 64 * 1024 }).catch(() => undefined);
-  else body.destroy();
+  if (dump) {
+    await dump.call(body, { limit: DISCARD_LIMIT }).catch(() => undefined);
+    return;
+  }
+  let size = 0;
+  try {
+    for await (const chunk of body as AsyncIterable<Buffer>) {
+      size += chunk.length;
+      recycle?.(chunk);
+      if (size > DISCARD_LIMIT) break;
+    }
+  } catch {
+    // A failed body is as good as dropped.
+  } finally {
+    // Ends the loop's stream if it broke off early (and does nothing to one read to its end).
+    body.destroy();
+  }
 }
 
 /** `?n=..&last=..` for a page, or '' for all. */

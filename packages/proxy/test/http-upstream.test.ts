@@ -119,6 +119,28 @@ describe('HttpUpstream against a real misbehaving server', () => {
     expect(manifestGets.map((r) => r.authorization?.split(' ')[0])).toEqual([undefined, 'Bearer']);
   });
 
+  test('challenge, token, HEAD, manifest, blob, blob stat and tag list all go over one kept connection', async () => {
+    fake.auth = 'bearer';
+    const up = client({ username: 'alice', password: 's3cret' });
+    expect((await up.head('alice/app', '1'))?.digest).toBe(manifestDigest);
+    expect((await up.manifest('alice/app', '1'))?.digest).toBe(manifestDigest);
+    const blob = await up.blob('alice/app', blobDigest);
+    expect(createHash('sha256').update(await readAll(blob!.body)).digest('hex')).toBe(blobDigest.slice(7));
+    expect(await up.statBlob('alice/app', blobDigest)).toEqual({ size: blobBytes.length });
+    expect(await up.tags('alice/app', {})).toEqual(['1']);
+    // The 401's body was read to its end rather than costing its connection; the token came on it too.
+    expect(fake.requests.map((r) => `${r.method} ${r.path}`)).toEqual([
+      'HEAD /v2/alice/app/manifests/1',
+      'GET /token',
+      'HEAD /v2/alice/app/manifests/1',
+      'GET /v2/alice/app/manifests/1',
+      `GET /v2/alice/app/blobs/${blobDigest}`,
+      `HEAD /v2/alice/app/blobs/${blobDigest}`,
+      'GET /v2/alice/app/tags/list',
+    ]);
+    expect(fake.connections).toBe(1);
+  });
+
   test('Bearer: a cached token is reused, so a second request does not hit /token or get a 401', async () => {
     fake.auth = 'bearer';
     const up = client({ username: 'alice', password: 's3cret' });

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { createServer as createTlsServer } from 'node:tls';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { plainGet, type PlainAnswer } from '../src/plain-http.js';
+import { plainRequest, type PlainAnswer } from '../src/plain-http.js';
 
 const FAST = { connect: 1000, firstByte: 300, idle: 300 };
 
@@ -36,7 +36,7 @@ async function rawServer(respond: (socket: Socket, request: string) => unknown):
 }
 
 const servers: Server[] = [];
-/** Connections the servers accepted: plainGet keeps some alive, and a server closes only once they are gone. */
+/** Connections the servers accepted: plainRequest keeps some alive, and a server closes only once they are gone. */
 const sockets = new Set<Socket>();
 afterEach(async () => {
   for (const socket of sockets) socket.destroy();
@@ -75,14 +75,14 @@ async function trickle(socket: Socket, bytes: Buffer, step = 7): Promise<void> {
   }
 }
 
-describe('plainGet', () => {
+describe('plainRequest', () => {
   test('sends one GET with Host and our headers; reads a Content-Length body', async () => {
     const body = randomBytes(3 * 1024 * 1024 + 17);
     const { url, requests } = await rawServer((s) => {
       s.write(`HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\nDocker-Content-Digest: sha256:abc\r\n\r\n`);
       s.end(body);
     });
-    const answer = await plainGet(url, { 'user-agent': 'wharf-test', authorization: 'Bearer t' }, FAST);
+    const answer = await plainRequest(url, { 'user-agent': 'wharf-test', authorization: 'Bearer t' }, FAST);
     expect(answer.statusCode).toBe(200);
     expect(answer.headers['docker-content-digest']).toBe('sha256:abc');
     expect((await readAll(answer)).bytes.equals(body)).toBe(true);
@@ -97,7 +97,7 @@ describe('plainGet', () => {
     });
     server.on('connection', () => (connections += 1));
     for (const path of ['/one', '/two', '/last', '/after']) {
-      const answer = await plainGet(new URL(path, url), {}, FAST);
+      const answer = await plainRequest(new URL(path, url), {}, FAST);
       expect((await readAll(answer)).bytes.toString()).toBe('ok');
     }
     // /one, /two and /last on the first connection; it said close, so /after on a new one.
@@ -111,9 +111,9 @@ describe('plainGet', () => {
       else s.write('HTTP/1.1 302 Found\r\nContent-Length: 0\r\n\r\nJUNK');
     });
     server.on('connection', () => (connections += 1));
-    for (let i = 0; i < 2; i++) expect((await readAll(await plainGet(url, {}, FAST))).bytes.length).toBe(0);
+    for (let i = 0; i < 2; i++) expect((await readAll(await plainRequest(url, {}, FAST))).bytes.length).toBe(0);
     expect(connections).toBe(2);
-    await expect(plainGet(new URL('/both', url), {}, FAST)).rejects.toMatchObject({ code: 'HPE_UNEXPECTED_CONTENT_LENGTH' });
+    await expect(plainRequest(new URL('/both', url), {}, FAST)).rejects.toMatchObject({ code: 'HPE_UNEXPECTED_CONTENT_LENGTH' });
   });
 
   test('a kept connection the server closed meanwhile is replaced, and the GET still answers', async () => {
@@ -126,8 +126,8 @@ describe('plainGet', () => {
       s.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
     });
     server.on('connection', () => (connections += 1));
-    expect((await readAll(await plainGet(url, {}, FAST))).bytes.toString()).toBe('ok');
-    expect((await readAll(await plainGet(url, {}, FAST))).bytes.toString()).toBe('ok');
+    expect((await readAll(await plainRequest(url, {}, FAST))).bytes.toString()).toBe('ok');
+    expect((await readAll(await plainRequest(url, {}, FAST))).bytes.toString()).toBe('ok');
     expect(connections).toBe(2);
   });
 
@@ -138,13 +138,13 @@ describe('plainGet', () => {
       await sleep(5);
       s.end(body.subarray(3));
     });
-    const answer = await plainGet(url, {}, FAST);
+    const answer = await plainRequest(url, {}, FAST);
     expect((await readAll(answer)).bytes.toString()).toBe('hello, registry');
   });
 
   test('an interim 100 Continue head is skipped', async () => {
     const { url } = await rawServer((s) => s.end('HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'));
-    const answer = await plainGet(url, {}, FAST);
+    const answer = await plainRequest(url, {}, FAST);
     expect(answer.statusCode).toBe(200);
     expect((await readAll(answer)).bytes.toString()).toBe('ok');
   });
@@ -162,38 +162,56 @@ describe('plainGet', () => {
       await trickle(s, wire.subarray(wire.length - 30), 2);
       // The connection stays open: the last chunk ends the body, not the close.
     });
-    const answer = await plainGet(url, {}, FAST);
+    const answer = await plainRequest(url, {}, FAST);
     expect((await readAll(answer)).bytes.equals(Buffer.concat(parts))).toBe(true);
   });
 
   test('a body framed by the end of the connection', async () => {
     const { url } = await rawServer((s) => s.end('HTTP/1.1 200 OK\r\n\r\nuntil close'));
-    const answer = await plainGet(url, {}, FAST);
+    const answer = await plainRequest(url, {}, FAST);
     expect((await readAll(answer)).bytes.toString()).toBe('until close');
   });
 
   test('204 and a 0 Content-Length have an empty body at once', async () => {
     const { url } = await rawServer((s) => s.write('HTTP/1.1 204 No Content\r\n\r\n'));
-    expect((await readAll(await plainGet(url, {}, FAST))).bytes.length).toBe(0);
+    expect((await readAll(await plainRequest(url, {}, FAST))).bytes.length).toBe(0);
     const zero = await rawServer((s) => s.write('HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n'));
-    expect((await readAll(await plainGet(zero.url, {}, FAST))).bytes.length).toBe(0);
+    expect((await readAll(await plainRequest(zero.url, {}, FAST))).bytes.length).toBe(0);
+  });
+
+  test('a HEAD answer is a head only, whatever its Content-Length; its connection, and a 204\'s, serve the next request', async () => {
+    let connections = 0;
+    const { url, server, requests } = await rawServer((s, request) => {
+      if (request.startsWith('HEAD')) s.write('HTTP/1.1 200 OK\r\nContent-Length: 5000\r\nDocker-Content-Digest: sha256:abc\r\n\r\n');
+      else if (request.includes('/empty')) s.write('HTTP/1.1 204 No Content\r\n\r\n');
+      else s.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
+    });
+    server.on('connection', () => (connections += 1));
+    const head = await plainRequest(url, {}, FAST, undefined, { method: 'HEAD' });
+    expect(head.statusCode).toBe(200);
+    expect(head.headers['content-length']).toBe('5000');
+    expect((await readAll(head)).bytes.length).toBe(0);
+    expect((await readAll(await plainRequest(new URL('/empty', url), {}, FAST))).bytes.length).toBe(0);
+    expect((await readAll(await plainRequest(url, {}, FAST))).bytes.toString()).toBe('ok');
+    expect(requests.map((r) => r.split(' ')[0])).toEqual(['HEAD', 'GET', 'GET']);
+    expect(connections).toBe(1);
   });
 
   test('a connection closed before Content-Length bytes came fails the body with ECONNRESET', async () => {
     const { url } = await rawServer((s) => s.end('HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this'));
-    const answer = await plainGet(url, {}, FAST);
+    const answer = await plainRequest(url, {}, FAST);
     expect((await bodyError(answer.body)).code).toBe('ECONNRESET');
   });
 
   test('a connection closed before the last chunk fails the body', async () => {
     const { url } = await rawServer((s) => s.end('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n'));
-    const answer = await plainGet(url, {}, FAST);
+    const answer = await plainRequest(url, {}, FAST);
     expect((await bodyError(answer.body)).code).toBe('ECONNRESET');
   });
 
   test('a connection closed before any answer rejects with ECONNRESET', async () => {
     const { url } = await rawServer((s) => s.end());
-    await expect(plainGet(url, {}, FAST)).rejects.toMatchObject({ code: 'ECONNRESET' });
+    await expect(plainRequest(url, {}, FAST)).rejects.toMatchObject({ code: 'ECONNRESET' });
   });
 
   test.each([
@@ -201,7 +219,7 @@ describe('plainGet', () => {
     ['a chunk longer than its size', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n', 'HPE_INVALID_CHUNK_SIZE'],
   ])('%s fails the body', async (_what, wire, code) => {
     const { url } = await rawServer((s) => s.write(wire));
-    const answer = await plainGet(url, {}, FAST);
+    const answer = await plainRequest(url, {}, FAST);
     expect((await bodyError(answer.body)).code).toBe(code);
   });
 
@@ -216,12 +234,12 @@ describe('plainGet', () => {
     ['a status under 100', 'HTTP/1.1 099 Odd\r\n\r\n', 'HPE_INVALID_CONSTANT'],
   ])('%s rejects', async (_what, wire, code) => {
     const { url } = await rawServer((s) => s.write(wire));
-    await expect(plainGet(url, {}, FAST)).rejects.toMatchObject({ code });
+    await expect(plainRequest(url, {}, FAST)).rejects.toMatchObject({ code });
   });
 
   test('a header value with a line break is refused before anything is sent', async () => {
     const { url, requests } = await rawServer(() => undefined);
-    await expect(plainGet(url, { authorization: 'Bearer x\r\nX-Injected: 1' }, FAST)).rejects.toThrow(TypeError);
+    await expect(plainRequest(url, { authorization: 'Bearer x\r\nX-Injected: 1' }, FAST)).rejects.toThrow(TypeError);
     expect(requests).toEqual([]);
   });
 
@@ -229,20 +247,20 @@ describe('plainGet', () => {
     const { url, server } = await rawServer(() => undefined);
     await new Promise((resolve) => server.close(resolve));
     servers.splice(servers.indexOf(server), 1);
-    await expect(plainGet(url, {}, FAST)).rejects.toMatchObject({ code: 'ECONNREFUSED' });
+    await expect(plainRequest(url, {}, FAST)).rejects.toMatchObject({ code: 'ECONNREFUSED' });
   });
 
   test('no head within firstByte: ETIMEDOUT', async () => {
     const { url } = await rawServer(() => undefined);
-    await expect(plainGet(url, {}, FAST)).rejects.toMatchObject({ code: 'ETIMEDOUT' });
+    await expect(plainRequest(url, {}, FAST)).rejects.toMatchObject({ code: 'ETIMEDOUT' });
   });
 
   test('a body that stalls longer than idle fails with ETIMEDOUT; a reader that pauses does not', async () => {
     const stalled = await rawServer((s) => s.write('HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc'));
-    expect((await bodyError((await plainGet(stalled.url, {}, FAST)).body)).code).toBe('ETIMEDOUT');
+    expect((await bodyError((await plainRequest(stalled.url, {}, FAST)).body)).code).toBe('ETIMEDOUT');
 
     const { url } = await rawServer((s) => s.end('HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc'));
-    const answer = await plainGet(url, {}, FAST);
+    const answer = await plainRequest(url, {}, FAST);
     await sleep(FAST.idle * 2);
     expect((await readAll(answer)).bytes.toString()).toBe('abc');
   });
@@ -250,13 +268,13 @@ describe('plainGet', () => {
   test('an abort before the head rejects, and after it fails the body', async () => {
     const { url } = await rawServer(() => undefined);
     const before = new AbortController();
-    const pending = plainGet(url, {}, FAST, before.signal);
+    const pending = plainRequest(url, {}, FAST, before.signal);
     before.abort(new Error('cancelled'));
     await expect(pending).rejects.toThrow('cancelled');
 
     const streaming = await rawServer((s) => s.write('HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc'));
     const after = new AbortController();
-    const answer = await plainGet(streaming.url, {}, FAST, after.signal);
+    const answer = await plainRequest(streaming.url, {}, FAST, after.signal);
     after.abort(new Error('loser of a hedge'));
     expect((await bodyError(answer.body)).message).toBe('loser of a hedge');
   });
@@ -267,7 +285,7 @@ describe('plainGet', () => {
       await sleep(50);
       s.end('abcdef');
     });
-    const answer = await plainGet(url, {}, FAST);
+    const answer = await plainRequest(url, {}, FAST);
     const failed = new Promise<Error>((resolve) => answer.body.on('error', resolve));
     answer.body.on('data', () => {
       throw new Error('listener bug');
@@ -281,7 +299,7 @@ describe('plainGet', () => {
       s.write(`HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n\r\n`);
       s.end(body);
     });
-    const answer = await plainGet(url, {}, FAST);
+    const answer = await plainRequest(url, {}, FAST);
     const hash = createHash('sha256');
     let n = 0;
     for await (const chunk of answer.body as AsyncIterable<Buffer>) {
@@ -298,20 +316,20 @@ describe('plainGet', () => {
         s.write(`HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n\r\n`);
         s.end(body);
       });
-    const recycled = await readAll(await plainGet((await serve()).url, {}, FAST), true);
+    const recycled = await readAll(await plainRequest((await serve()).url, {}, FAST), true);
     expect(recycled.bytes.equals(body)).toBe(true);
     // 16 MiB through 512 KiB slabs: a handful, reused, rather than one per 512 KiB.
     expect(recycled.buffers.size).toBeLessThanOrEqual(6);
 
     const kept: Buffer[] = [];
-    const answer = await plainGet((await serve()).url, {}, FAST);
+    const answer = await plainRequest((await serve()).url, {}, FAST);
     for await (const chunk of answer.body as AsyncIterable<Buffer>) kept.push(chunk);
     expect(Buffer.concat(kept).equals(body)).toBe(true);
     expect(new Set(kept.map((c) => c.buffer)).size).toBeGreaterThanOrEqual(32);
   });
 });
 
-describe('plainGet over TLS', () => {
+describe('plainRequest over TLS', () => {
   let dir: string;
   let cert: string;
   let key: string;
@@ -354,7 +372,7 @@ describe('plainGet over TLS', () => {
 
   test('with the CA trusted, the body comes through into reused memory, on one kept connection', async () => {
     for (let i = 0; i < 2; i++) {
-      const answer = await plainGet(url, {}, FAST, undefined, { ca: cert });
+      const answer = await plainRequest(url, {}, FAST, undefined, { ca: cert });
       expect(answer.statusCode).toBe(200);
       const { bytes, buffers } = await readAll(answer, true);
       expect(bytes.equals(body)).toBe(true);
@@ -365,7 +383,7 @@ describe('plainGet over TLS', () => {
   });
 
   test('an untrusted certificate rejects with OpenSSL\'s code, and nothing is kept', async () => {
-    const err = await plainGet(url, {}, FAST).then(
+    const err = await plainRequest(url, {}, FAST).then(
       () => undefined,
       (e: unknown) => e as NodeJS.ErrnoException,
     );

@@ -43,12 +43,15 @@ export class FakeUpstream {
   tagListBody: string | undefined;
   /** Referrers index entries by "repo@subject"; repositories without any answer 404 (no referrers API). */
   readonly referrers = new Map<string, unknown[]>();
+  /** TCP connections accepted. */
+  connections = 0;
   private readonly issued = new Set<string>();
   private server!: Server;
 
   static async start(): Promise<FakeUpstream> {
     const up = new FakeUpstream();
     up.server = createServer((req, res) => up.handle(req, res));
+    up.server.on('connection', () => (up.connections += 1));
     await new Promise<void>((resolve) => up.server.listen(0, '127.0.0.1', resolve));
     up.url = `http://127.0.0.1:${(up.server.address() as AddressInfo).port}`;
     return up;
