@@ -91,11 +91,15 @@ export function parseRetryAfter(value: string | string[] | undefined, now = Date
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(resolve, ms);
-    signal?.addEventListener('abort', () => {
+    const onAbort = (): void => {
       clearTimeout(timer);
-      reject(signal.reason as Error);
-    }, { once: true });
+      reject(signal!.reason as Error);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener('abort', onAbort, { once: true });
   });
 }
 
@@ -464,51 +468,86 @@ export class HttpUpstream implements Upstream {
   }
 }
 
-/** Reads a body whole, failing with `tooLarge()` past `limit` bytes; lent chunks are given back once copied. */
-async function readUpTo({ body, recycle }: Answer, limit: number, tooLarge: () => Error): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  try {
-    for await (const chunk of body as AsyncIterable<Buffer>) {
+/**
+ * Reads a body whole, failing with `tooLarge()` past `limit` bytes. Chunks come through 'data' events,
+ * each as it was lent (an async iterator may hand over several joined into a copy), and are given
+ * back to their slab once copied.
+ */
+function readUpTo({ body, recycle }: Answer, limit: number, tooLarge: () => Error): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const giveBack = (): void => {
+      if (recycle) for (const chunk of chunks.splice(0)) recycle(chunk);
+    };
+    body.on('data', (chunk: Buffer) => {
       size += chunk.length;
       if (size > limit) {
         body.destroy();
-        throw tooLarge();
+        giveBack();
+        reject(tooLarge());
+        return;
       }
       chunks.push(chunk);
-    }
-    return Buffer.concat(chunks, size);
-  } finally {
-    if (recycle) for (const chunk of chunks) recycle(chunk);
-  }
+    });
+    body.once('end', () => {
+      const whole = Buffer.concat(chunks, size);
+      giveBack();
+      resolve(whole);
+    });
+    body.once('error', (err) => {
+      giveBack();
+      reject(err);
+    });
+    // 'close' without 'end' or 'error': destroyed by someone else (an abort).
+    body.once('close', () => {
+      if (!body.readableEnded) reject(new Error('the upstream body was closed before its end'));
+    });
+  });
 }
 
-/** A body we do not need longer than this costs its connection rather than a download. */
+/** A body we do not need, longer than this or slower than DISCARD_MS, costs its connection rather than a wait. */
 const DISCARD_LIMIT = 64 * 1024;
+const DISCARD_MS = 250;
 
 /**
- * Drops a body we do not need. A short one (a 401's, a redirect's) is read to its end, so that its
- * connection serves the next request; a long one is cut off with its connection.
+ * Drops a body we do not need (a 401's, a 404's, a redirect's). One that can keep its connection
+ * alive and is short (Content-Length or chunked, at most 64 KiB) is read to its end, for at most
+ * DISCARD_MS, so that its connection serves the next request; any other is cut off with its
+ * connection at once: waiting for a stalled or close-framed body would cost up to the idle timeout.
  */
-async function discard({ body, recycle }: Answer): Promise<void> {
+async function discard({ body, headers, recycle }: Answer): Promise<void> {
   const dump = (body as Readable & { dump?: (opts?: { limit: number }) => Promise<void> }).dump;
   if (dump) {
     await dump.call(body, { limit: DISCARD_LIMIT }).catch(() => undefined);
     return;
   }
-  let size = 0;
-  try {
-    for await (const chunk of body as AsyncIterable<Buffer>) {
+  if (body.readableEnded) return;
+  const length = headers['content-length'];
+  const chunked = /chunked/i.test(String(headers['transfer-encoding'] ?? ''));
+  const closing = /(?:^|,)\s*close\s*(?:,|$)/i.test(String(headers.connection ?? ''));
+  const short = length !== undefined ? Number(length) <= DISCARD_LIMIT : chunked;
+  if (!short || closing) {
+    body.destroy();
+    return;
+  }
+  await new Promise<void>((resolve) => {
+    let size = 0;
+    const done = (): void => {
+      clearTimeout(timer);
+      body.destroy();
+      resolve();
+    };
+    const timer = setTimeout(done, DISCARD_MS);
+    body.on('data', (chunk: Buffer) => {
       size += chunk.length;
       recycle?.(chunk);
-      if (size > DISCARD_LIMIT) break;
-    }
-  } catch {
-    // A failed body is as good as dropped.
-  } finally {
-    // Ends the loop's stream if it broke off early (and does nothing to one read to its end).
-    body.destroy();
-  }
+      if (size > DISCARD_LIMIT) done();
+    });
+    body.once('end', done);
+    body.once('error', done);
+    body.once('close', done);
+  });
 }
 
 /** `?n=..&last=..` for a page, or '' for all. */

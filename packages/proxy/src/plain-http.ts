@@ -36,8 +36,8 @@ const MAX_CHUNK_LINE = 4 * 1024;
 const BODY_HIGH_WATER = 1024 * 1024;
 /** An idle kept-alive connection is closed after this long (undici's default). */
 const IDLE_MS = 4000;
-/** Idle connections kept per origin. */
-const MAX_IDLE = 8;
+/** Idle connections kept per origin: manifests, tokens and blobs share them. */
+const MAX_IDLE = 32;
 
 /**
  * One GET or HEAD over HTTP/1.1 or HTTPS, read into reused slabs (see SlabReader). The proxy talks to
@@ -284,7 +284,11 @@ class Exchange {
     const before = this.head!.length;
     // Only what can still be head is copied (64 KiB at most); body bytes stay in their slab.
     const head = Buffer.concat([this.head!, bytes.subarray(0, MAX_HEAD + 4 - before)]);
-    const end = head.indexOf('\r\n\r\n', Math.max(0, before - 3));
+    // The head ends at an empty line; a bare LF ends a line too (RFC 9112, 2.2).
+    const crlf = head.indexOf('\r\n\r\n', Math.max(0, before - 3));
+    const lf = head.indexOf('\n\n', Math.max(0, before - 1));
+    const bare = lf >= 0 && (crlf < 0 || lf < crlf);
+    const end = bare ? lf : crlf;
     if (end > MAX_HEAD || (end < 0 && head.length > MAX_HEAD)) {
       this.fail(failure('HPE_HEADER_OVERFLOW', 'the upstream sent a response head over 64 KiB'));
       return;
@@ -294,11 +298,12 @@ class Exchange {
       return;
     }
     const parsed = parseHead(head.subarray(0, end).toString('latin1'));
+    const headLength = end + (bare ? 2 : 4);
     if (parsed instanceof Error) {
       this.fail(parsed);
       return;
     }
-    const rest = bytes.subarray(end + 4 - before);
+    const rest = bytes.subarray(headLength - before);
     if (parsed.statusCode < 200) {
       // An interim answer (100 Continue, 103 Early Hints): the real head follows.
       this.head = Buffer.alloc(0);
@@ -411,7 +416,9 @@ class Exchange {
 
   private finish(): void {
     this.finished = true;
-    const reusable = this.keepAlive && this.framing.kind !== 'close' && !this.socket.destroyed;
+    // Not after a HEAD, as undici has it: a server that sends a body anyway, in a later write, would
+    // have it taken for the answer to the next request on the connection.
+    const reusable = this.keepAlive && this.framing.kind !== 'close' && this.options.method !== 'HEAD' && !this.socket.destroyed;
     this.close(reusable);
     this.body?.push(null);
   }
@@ -486,8 +493,11 @@ function requestHead(method: 'GET' | 'HEAD', url: URL, headers: Readonly<Record<
   return `${head}\r\n`;
 }
 
+/** Headers that hold one value: a repeat (the same value, else refused above) is not joined. */
+const SINGLE = new Set(['content-length', 'location']);
+
 function parseHead(text: string): { statusCode: number; headers: IncomingHttpHeaders; http10: boolean } | Error {
-  const lines = text.split('\r\n');
+  const lines = text.split(/\r?\n/);
   const status = /^HTTP\/1\.([01]) ([1-5]\d\d)(?: .*)?$/.exec(lines[0] ?? '');
   if (!status) return failure('HPE_INVALID_CONSTANT', 'the upstream did not answer in HTTP/1.1');
   const headers: Record<string, string> = {};
@@ -500,7 +510,10 @@ function parseHead(text: string): { statusCode: number; headers: IncomingHttpHea
     if (previous !== undefined && name === 'content-length' && previous !== value) {
       return failure('HPE_UNEXPECTED_CONTENT_LENGTH', 'the upstream sent two different Content-Lengths');
     }
-    headers[name] = previous === undefined || name === 'content-length' ? value : `${previous}, ${value}`;
+    if (previous !== undefined && name === 'location' && previous !== value) {
+      return failure('HPE_INVALID_HEADER_TOKEN', 'the upstream sent two different Locations');
+    }
+    headers[name] = previous === undefined || SINGLE.has(name) ? value : `${previous}, ${value}`;
   }
   return { statusCode: Number(status[2]), headers: headers as IncomingHttpHeaders, http10: status[1] === '0' };
 }

@@ -4,18 +4,54 @@ export interface Challenge {
   readonly params: Readonly<Record<string, string>>;
 }
 
-/** Parses `Bearer realm="…",service="…",scope="…"` (quoted or bare values; commas inside quotes kept). */
+const TOKEN = /[!#$%&'*+.^_`|~0-9A-Za-z-]+/y;
+const QUOTED = /"((?:[^"\\]|\\.)*)"/y;
+const BARE = /[^,\s]*/y;
+
+/** Every challenge of a `WWW-Authenticate` value: `Scheme param=value, param="value", Other …`. */
+function challengesOf(header: string): { scheme: string; params: Record<string, string> }[] {
+  const found: { scheme: string; params: Record<string, string> }[] = [];
+  const at = (re: RegExp, i: number): RegExpExecArray | null => {
+    re.lastIndex = i;
+    return re.exec(header);
+  };
+  let i = 0;
+  while (i < header.length) {
+    while (i < header.length && /[\s,]/.test(header[i]!)) i++;
+    const name = at(TOKEN, i);
+    if (!name) {
+      i++; // not a token: skip a character
+      continue;
+    }
+    i += name[0].length;
+    let j = i;
+    while (j < header.length && /[ \t]/.test(header[j]!)) j++;
+    if (header[j] === '=' && header[j + 1] !== '=') {
+      // a parameter of the challenge before it
+      j++;
+      while (j < header.length && /[ \t]/.test(header[j]!)) j++;
+      const quoted = at(QUOTED, j);
+      const value = quoted ? quoted[1]!.replace(/\\(.)/g, '$1') : at(BARE, j)![0];
+      i = j + (quoted ? quoted[0].length : value.length);
+      const challenge = found.at(-1);
+      if (challenge) challenge.params[name[0].toLowerCase()] = value;
+    } else {
+      found.push({ scheme: name[0].toLowerCase(), params: {} });
+    }
+  }
+  return found;
+}
+
+/**
+ * The challenge to answer in a `WWW-Authenticate` value (several may come in one value, or in two
+ * header lines joined with a comma): Bearer if offered, else Basic, else none.
+ * Parameters are quoted or bare; commas inside quotes are kept.
+ */
 export function parseChallenge(header: string | undefined): Challenge | undefined {
   if (!header) return undefined;
-  const m = /^\s*(\w+)\s*(.*)$/s.exec(header);
-  if (!m) return undefined;
-  const scheme = m[1]!.toLowerCase();
-  if (scheme !== 'bearer' && scheme !== 'basic') return undefined;
-  const params: Record<string, string> = {};
-  for (const p of m[2]!.matchAll(/(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))/g)) {
-    params[p[1]!.toLowerCase()] = (p[2] ?? p[3] ?? '').replace(/\\(.)/g, '$1');
-  }
-  return { scheme, params };
+  const all = challengesOf(header);
+  const pick = all.find((c) => c.scheme === 'bearer') ?? all.find((c) => c.scheme === 'basic');
+  return pick ? { scheme: pick.scheme as Challenge['scheme'], params: pick.params } : undefined;
 }
 
 interface CachedToken {

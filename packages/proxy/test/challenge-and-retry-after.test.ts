@@ -26,6 +26,17 @@ describe('parseChallenge', () => {
   });
 
   test('absent, empty, or another scheme is undefined', () => {
+    // Two challenges, in one value or in two header lines joined by a comma: Bearer is the one answered, with its own realm.
+    expect(parseChallenge('Basic realm="basic-realm", Bearer realm="https://a.example/token",service="svc"')).toEqual({
+      scheme: 'bearer',
+      params: { realm: 'https://a.example/token', service: 'svc' },
+    });
+    expect(parseChallenge('Bearer realm="https://a.example/token",service="svc",scope="repository:a:pull", Basic realm="x"')?.params).toEqual({
+      realm: 'https://a.example/token',
+      service: 'svc',
+      scope: 'repository:a:pull',
+    });
+    expect(parseChallenge('Negotiate, Basic realm="only"')).toEqual({ scheme: 'basic', params: { realm: 'only' } });
     expect(parseChallenge(undefined)).toBeUndefined();
     expect(parseChallenge('')).toBeUndefined();
     expect(parseChallenge('Digest realm="x", nonce="y"')).toBeUndefined();

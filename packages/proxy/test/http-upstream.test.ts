@@ -119,26 +119,29 @@ describe('HttpUpstream against a real misbehaving server', () => {
     expect(manifestGets.map((r) => r.authorization?.split(' ')[0])).toEqual([undefined, 'Bearer']);
   });
 
-  test('challenge, token, HEAD, manifest, blob, blob stat and tag list all go over one kept connection', async () => {
+  test('challenge, token, manifest, blob and tag list go over one kept connection; a HEAD closes the one it took', async () => {
     fake.auth = 'bearer';
     const up = client({ username: 'alice', password: 's3cret' });
-    expect((await up.head('alice/app', '1'))?.digest).toBe(manifestDigest);
     expect((await up.manifest('alice/app', '1'))?.digest).toBe(manifestDigest);
     const blob = await up.blob('alice/app', blobDigest);
     expect(createHash('sha256').update(await readAll(blob!.body)).digest('hex')).toBe(blobDigest.slice(7));
-    expect(await up.statBlob('alice/app', blobDigest)).toEqual({ size: blobBytes.length });
     expect(await up.tags('alice/app', {})).toEqual(['1']);
     // The 401's body was read to its end rather than costing its connection; the token came on it too.
+    expect(fake.connections).toBe(1);
+    expect((await up.head('alice/app', '1'))?.digest).toBe(manifestDigest);
+    expect(await up.statBlob('alice/app', blobDigest)).toEqual({ size: blobBytes.length });
+    // Each HEAD's connection is closed after it (a server may send a body anyway): the first took the
+    // kept one, the second a new one.
+    expect(fake.connections).toBe(2);
     expect(fake.requests.map((r) => `${r.method} ${r.path}`)).toEqual([
-      'HEAD /v2/alice/app/manifests/1',
+      'GET /v2/alice/app/manifests/1',
       'GET /token',
-      'HEAD /v2/alice/app/manifests/1',
       'GET /v2/alice/app/manifests/1',
       `GET /v2/alice/app/blobs/${blobDigest}`,
-      `HEAD /v2/alice/app/blobs/${blobDigest}`,
       'GET /v2/alice/app/tags/list',
+      'HEAD /v2/alice/app/manifests/1',
+      `HEAD /v2/alice/app/blobs/${blobDigest}`,
     ]);
-    expect(fake.connections).toBe(1);
   });
 
   test('Bearer: a cached token is reused, so a second request does not hit /token or get a 401', async () => {
@@ -252,6 +255,40 @@ describe('HttpUpstream against a real misbehaving server', () => {
     });
     const err = await failureOf(new HttpUpstream({ name: 'gone', url: `http://127.0.0.1:${port}`, retries: 1 }).manifest('alice/app', '1'));
     expect(err.failure).toBe('unreachable');
+  });
+
+  test('bodies we drop: a short one keeps its connection, a long or stalled one is cut at once, not waited out', async () => {
+    const digest = `sha256:${'a'.repeat(64)}` as Digest;
+    let connections = 0;
+    const open = new Set<import('node:net').Socket>();
+    const raw = createServer((socket) => {
+      connections += 1;
+      open.add(socket);
+      socket.on('error', () => undefined);
+      socket.on('data', (d: Buffer) => {
+        const line = d.toString('latin1').split('\r\n')[0]!;
+        if (line.includes('/short/')) socket.write('HTTP/1.1 404 Not Found\r\nContent-Length: 13\r\n\r\n{"errors":[]}');
+        else if (line.includes('/long/')) socket.write(`HTTP/1.1 404 Not Found\r\nContent-Length: ${1024 * 1024}\r\n\r\n{"errors":[]}`);
+        // 7 bytes of 100, then silence
+        else if (line.includes('/stalled/')) socket.write('HTTP/1.1 404 Not Found\r\nContent-Length: 100\r\n\r\npartial');
+      });
+    });
+    await new Promise<void>((resolve) => raw.listen(0, '127.0.0.1', resolve));
+    try {
+      // An idle timeout far longer than the test's own: waiting a stalled body out would fail the test.
+      const up = new HttpUpstream({ name: 'raw', url: `http://127.0.0.1:${(raw.address() as { port: number }).port}`, retries: 0, timeouts: { idle: 60_000 } });
+      expect(await up.blob('short', digest)).toBeUndefined();
+      expect(await up.blob('short', digest)).toBeUndefined();
+      expect(connections).toBe(1);
+      expect(await up.blob('long', digest)).toBeUndefined();
+      expect(await up.blob('stalled', digest)).toBeUndefined();
+      expect(await up.statBlob('short', digest)).toBeUndefined();
+      // The long body cost its connection, and so did the stalled one; the HEAD took a third.
+      expect(connections).toBe(3);
+    } finally {
+      for (const socket of open) socket.destroy();
+      await new Promise((resolve) => raw.close(resolve));
+    }
   });
 
   test('a blob reset mid-body makes the body stream error', async () => {

@@ -179,22 +179,39 @@ describe('plainRequest', () => {
     expect((await readAll(await plainRequest(zero.url, {}, FAST))).bytes.length).toBe(0);
   });
 
-  test('a HEAD answer is a head only, whatever its Content-Length; its connection, and a 204\'s, serve the next request', async () => {
+  test('a HEAD answer is a head only, whatever its Content-Length; its connection is not reused (a 204\'s is)', async () => {
     let connections = 0;
-    const { url, server, requests } = await rawServer((s, request) => {
-      if (request.startsWith('HEAD')) s.write('HTTP/1.1 200 OK\r\nContent-Length: 5000\r\nDocker-Content-Digest: sha256:abc\r\n\r\n');
-      else if (request.includes('/empty')) s.write('HTTP/1.1 204 No Content\r\n\r\n');
+    const { url, server, requests } = await rawServer(async (s, request) => {
+      if (request.startsWith('HEAD')) {
+        s.write('HTTP/1.1 200 OK\r\nContent-Length: 9\r\nDocker-Content-Digest: sha256:abc\r\n\r\n');
+        // A server that sends the body anyway, in a later write: on a reused connection it would be
+        // taken for the answer to the next request.
+        await sleep(20);
+        if (!s.destroyed) s.write('STRAY-BDY');
+      } else if (request.includes('/empty')) s.write('HTTP/1.1 204 No Content\r\n\r\n');
       else s.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
     });
     server.on('connection', () => (connections += 1));
     const head = await plainRequest(url, {}, FAST, undefined, { method: 'HEAD' });
     expect(head.statusCode).toBe(200);
-    expect(head.headers['content-length']).toBe('5000');
+    expect(head.headers['content-length']).toBe('9');
     expect((await readAll(head)).bytes.length).toBe(0);
     expect((await readAll(await plainRequest(new URL('/empty', url), {}, FAST))).bytes.length).toBe(0);
     expect((await readAll(await plainRequest(url, {}, FAST))).bytes.toString()).toBe('ok');
     expect(requests.map((r) => r.split(' ')[0])).toEqual(['HEAD', 'GET', 'GET']);
-    expect(connections).toBe(1);
+    // The HEAD's connection was closed; the 204's served the last GET.
+    expect(connections).toBe(2);
+  });
+
+  test('a head whose lines end in a bare LF is read; two different Locations are refused', async () => {
+    const { url } = await rawServer((s, request) => {
+      if (request.includes('/twice')) s.write('HTTP/1.1 307 Temporary Redirect\r\nLocation: https://a.example/x\r\nLocation: https://b.example/y\r\nContent-Length: 0\r\n\r\n');
+      else s.write('HTTP/1.1 200 OK\nContent-Length: 2\nX-Test: lf\n\nok');
+    });
+    const answer = await plainRequest(url, {}, FAST);
+    expect(answer.headers['x-test']).toBe('lf');
+    expect((await readAll(answer)).bytes.toString()).toBe('ok');
+    await expect(plainRequest(new URL('/twice', url), {}, FAST)).rejects.toMatchObject({ code: 'HPE_INVALID_HEADER_TOKEN' });
   });
 
   test('a connection closed before Content-Length bytes came fails the body with ECONNRESET', async () => {
