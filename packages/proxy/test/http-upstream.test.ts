@@ -317,8 +317,24 @@ describe('HttpUpstream against a real misbehaving server', () => {
       blob.recycle!(chunk);
     }
     expect(Buffer.concat(copies).equals(blobBytes)).toBe(true);
-    // Manifests are read whole through undici, as before.
     expect((await client().manifest('alice/app', '1'))?.digest).toBe(manifestDigest);
+  });
+
+  test('hosts NO_PROXY names, and upstreams whose scheme has no proxy, are reached directly, into lent chunks', async () => {
+    // A proxy nobody listens on: a request sent through it would fail.
+    const dead = 'http://127.0.0.1:9';
+    for (const egress of [{ http: dead, noProxy: 'example.com,*.127.0.0.1,127.0.0.1' }, { http: dead, noProxy: '*' }, { https: dead }]) {
+      const up = client({ egress });
+      expect((await up.manifest('alice/app', '1'))?.digest).toBe(manifestDigest);
+      const blob = (await up.blob('alice/app', blobDigest))!;
+      expect(typeof blob.recycle).toBe('function');
+      expect(createHash('sha256').update(await readAll(blob.body)).digest('hex')).toBe(blobDigest.slice(7));
+    }
+    // NO_PROXY naming another port, or another host: through the (dead) proxy, which fails.
+    for (const noProxy of [`127.0.0.1:${Number(new URL(fake.url).port) + 1}`, 'example.com']) {
+      const err = await failureOf(client({ egress: { http: dead, noProxy } }).manifest('alice/app', '1'));
+      expect(err.failure).toBe('unreachable');
+    }
   });
 
   test('a blob redirect to another host and port is followed without our Authorization header', async () => {
