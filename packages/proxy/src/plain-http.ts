@@ -36,6 +36,11 @@ const MAX_CHUNK_LINE = 4 * 1024;
 const BODY_HIGH_WATER = 1024 * 1024;
 /** An idle kept-alive connection is closed after this long (undici's default). */
 const IDLE_MS = 4000;
+/**
+ * A server's `Keep-Alive: timeout=` less this is how long its connection is kept (undici's margin):
+ * reused just as the server closes it, a request would be lost on the way.
+ */
+const KEEP_ALIVE_MARGIN_MS = 1000;
 /** Idle connections kept per origin: manifests, tokens and blobs share them. */
 const MAX_IDLE = 32;
 
@@ -93,7 +98,7 @@ class IdleConnections {
     return undefined;
   }
 
-  put(key: string, socket: Socket): void {
+  put(key: string, socket: Socket, idleMs = IDLE_MS): void {
     let sockets = this.idle.get(key);
     if (!sockets) this.idle.set(key, (sockets = new Set()));
     if (sockets.size >= MAX_IDLE) {
@@ -101,7 +106,7 @@ class IdleConnections {
       return;
     }
     sockets.add(socket);
-    const timer = setTimeout(() => this.drop(key, socket), IDLE_MS);
+    const timer = setTimeout(() => this.drop(key, socket), idleMs);
     timer.unref();
     this.timers.set(socket, timer);
     // An idle connection keeps nobody waiting, and notices the server closing it.
@@ -195,6 +200,8 @@ class Exchange {
   private answered = false;
   /** The connection may serve another request once this one's body is complete. */
   private keepAlive = true;
+  /** How long the connection may wait idle for the next request (the server's hint, if it gave one). */
+  private idleMs = IDLE_MS;
   private head: Buffer | undefined = Buffer.alloc(0);
   private body: Body | undefined;
   private framing: Framing = { kind: 'none' };
@@ -312,6 +319,11 @@ class Exchange {
     }
     this.head = undefined;
     if (parsed.http10 || /(?:^|,)\s*close\s*(?:,|$)/i.test(String(parsed.headers.connection ?? ''))) this.keepAlive = false;
+    const hint = /(?:^|[,;\s])timeout\s*=\s*(\d+)/i.exec(String(parsed.headers['keep-alive'] ?? ''));
+    if (hint) {
+      this.idleMs = Math.min(IDLE_MS, Number(hint[1]) * 1000 - KEEP_ALIVE_MARGIN_MS);
+      if (this.idleMs <= 0) this.keepAlive = false;
+    }
     const framing = this.options.method === 'HEAD' ? NO_BODY : framingOf(parsed.statusCode, parsed.headers);
     if (framing instanceof Error) {
       this.fail(framing);
@@ -453,7 +465,7 @@ class Exchange {
     clearTimeout(this.timer);
     this.signal?.removeEventListener('abort', this.onAbort);
     this.route.owner = undefined;
-    if (keep) idleConnections.put(this.key, this.socket);
+    if (keep) idleConnections.put(this.key, this.socket, this.idleMs);
     else this.socket.destroy();
     this.slabs.release();
   }

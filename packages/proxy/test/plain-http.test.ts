@@ -104,6 +104,20 @@ describe('plainRequest', () => {
     expect(connections).toBe(2);
   });
 
+  test('a server\'s Keep-Alive timeout is honoured: 1 s or less, no reuse; longer, reuse', async () => {
+    let connections = 0;
+    const { url, server } = await rawServer((s, request) => {
+      const timeout = request.includes('/short') ? 1 : 30;
+      s.write(`HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=${timeout}, max=100\r\n\r\nok`);
+    });
+    server.on('connection', () => (connections += 1));
+    for (const path of ['/short', '/short', '/long', '/long']) {
+      expect((await readAll(await plainRequest(new URL(path, url), {}, FAST))).bytes.toString()).toBe('ok');
+    }
+    // Each /short on its own connection; the first /long on a new one, the second reusing it.
+    expect(connections).toBe(3);
+  });
+
   test('no reuse after bytes the answer did not announce, nor after a head with both framings (refused)', async () => {
     let connections = 0;
     const { url, server } = await rawServer((s, request) => {
