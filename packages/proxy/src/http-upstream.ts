@@ -4,7 +4,7 @@ import { rootCertificates } from 'node:tls';
 import { MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES, MediaType, bareMediaType, digestOf, isValidTag, tryParseDigest, type ByteRange, type Descriptor, type Digest, type Page } from '@wharf/registry-core';
 import type { Dispatcher } from 'undici';
 import { bypassesProxy } from './no-proxy.js';
-import { plainRequest } from './plain-http.js';
+import { DROP_LIMIT, plainRequest } from './plain-http.js';
 import { TokenCache, parseChallenge } from './token-auth.js';
 import { keepWasmOnBaseline } from './wasm-baseline.js';
 import { UpstreamError, type Upstream, type UpstreamFailure, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest } from './upstream.js';
@@ -72,6 +72,8 @@ interface Answer {
   readonly body: Readable;
   /** Set when the body's chunks are lent (see UpstreamBlob.recycle). */
   readonly recycle?: (chunk: Buffer) => void;
+  /** Set for plainRequest's answers: drops the body, keeping the connection when that is cheap. */
+  readonly drop?: () => Promise<void>;
 }
 
 /** A response read whole. */
@@ -128,6 +130,11 @@ export class HttpUpstream implements Upstream {
   private readonly retries: number;
   private readonly maxRetryWait: number;
   private readonly userAgent: string;
+  /**
+   * The egress proxy for this upstream's scheme (HTTPS_PROXY for https://, HTTP_PROXY for http://, as
+   * Go and Docker have it); its redirect hops, to a CDN say, go the same way.
+   */
+  private readonly via: string | undefined;
 
   constructor(private readonly options: HttpUpstreamOptions) {
     this.name = options.name;
@@ -136,33 +143,28 @@ export class HttpUpstream implements Upstream {
     this.retries = options.retries ?? 3;
     this.maxRetryWait = options.maxRetryWait ?? 10_000;
     this.userAgent = options.userAgent ?? 'wharf-proxy';
+    this.via = new URL(this.base).protocol === 'https:' ? options.egress?.https : options.egress?.http;
   }
 
-  private dispatcher(): Promise<Dispatcher> {
+  /** undici's agent for the requests that go through the egress proxy (see `proxied`). */
+  private dispatcher(via: string): Promise<Dispatcher> {
     if (!this.agent) keepWasmOnBaseline();
-    this.agent ??= import('undici').then(({ Agent, EnvHttpProxyAgent }) => {
+    this.agent ??= import('undici').then(({ ProxyAgent }) => {
       const options = this.options;
       // connect covers TCP and TLS; headersTimeout runs from the request sent to the response head;
       // bodyTimeout is the longest silence between body chunks, so a multi-GB blob has no total limit.
       // A private CA is added to the system's roots, not put in their place: a redirect to a public CDN still verifies.
       const connect = { timeout: this.timeouts.connect, ...(options.ca !== undefined ? { ca: [...rootCertificates, options.ca] } : {}) };
-      const common = { headersTimeout: this.timeouts.firstByte, bodyTimeout: this.timeouts.idle };
-      // The egress proxy for this upstream's scheme (HTTPS_PROXY for https://, HTTP_PROXY for http://, as
-      // Go and Docker have it); redirect hops, to a CDN say, go the same way.
-      const via = new URL(this.base).protocol === 'https:' ? options.egress?.https : options.egress?.http;
-      return via
-        ? // requestTls is the tunnelled connection to the upstream, proxyTls the one to the proxy; noProxy
-          // '' rather than undefined, or undici reads the process environment by itself.
-          new EnvHttpProxyAgent({
-            ...common,
-            connect,
-            requestTls: connect,
-            proxyTls: { timeout: this.timeouts.connect },
-            httpProxy: via,
-            httpsProxy: via,
-            noProxy: options.egress?.noProxy ?? '',
-          })
-        : new Agent({ ...common, connect });
+      // requestTls is the tunnelled connection to the upstream, proxyTls the one to the proxy. NO_PROXY
+      // was applied before a request comes here.
+      return new ProxyAgent({
+        uri: via,
+        headersTimeout: this.timeouts.firstByte,
+        bodyTimeout: this.timeouts.idle,
+        connect,
+        requestTls: connect,
+        proxyTls: { timeout: this.timeouts.connect },
+      });
     });
     return this.agent;
   }
@@ -333,7 +335,7 @@ export class HttpUpstream implements Upstream {
       let res: Answer;
       try {
         res = this.proxied(target)
-          ? await (await this.dispatcher()).request({ origin: target.origin, path: `${target.pathname}${target.search}`, method, headers: sent, ...(signal ? { signal } : {}) })
+          ? await (await this.dispatcher(this.via!)).request({ origin: target.origin, path: `${target.pathname}${target.search}`, method, headers: sent, ...(signal ? { signal } : {}) })
           : await plainRequest(target, sent, this.timeouts, signal, { method, ...(this.options.ca !== undefined ? { ca: this.options.ca } : {}) });
       } catch (err) {
         this.options.onRequest?.('error');
@@ -362,9 +364,7 @@ export class HttpUpstream implements Upstream {
    * the upstream's scheme, which its redirect hops take too, unless NO_PROXY names the target's host.
    */
   private proxied(target: URL): boolean {
-    const egress = this.options.egress;
-    const via = new URL(this.base).protocol === 'https:' ? egress?.https : egress?.http;
-    return via !== undefined && !bypassesProxy(egress?.noProxy, target);
+    return this.via !== undefined && !bypassesProxy(this.options.egress?.noProxy, target);
   }
 
   /** A 429 or 5xx: its body is discarded and the status becomes the failure withRetries acts on. */
@@ -517,48 +517,13 @@ function readUpTo({ body, recycle }: Answer, limit: number, tooLarge: () => Erro
   });
 }
 
-/** A body we do not need, longer than this or slower than DISCARD_MS, costs its connection rather than a wait. */
-const DISCARD_LIMIT = 64 * 1024;
-const DISCARD_MS = 250;
-
-/**
- * Drops a body we do not need (a 401's, a 404's, a redirect's). One that can keep its connection
- * alive and is short (Content-Length or chunked, at most 64 KiB) is read to its end, for at most
- * DISCARD_MS, so that its connection serves the next request; any other is cut off with its
- * connection at once: waiting for a stalled or close-framed body would cost up to the idle timeout.
- */
-async function discard({ body, headers, recycle }: Answer): Promise<void> {
+/** Drops a body we do not need (plainRequest's decides itself whether to keep its connection). */
+async function discard({ body, drop }: Answer): Promise<void> {
+  if (drop) return drop();
+  // undici's: read up to the limit (its connection kept), else cut.
   const dump = (body as Readable & { dump?: (opts?: { limit: number }) => Promise<void> }).dump;
-  if (dump) {
-    await dump.call(body, { limit: DISCARD_LIMIT }).catch(() => undefined);
-    return;
-  }
-  if (body.readableEnded) return;
-  const length = headers['content-length'];
-  const chunked = /chunked/i.test(String(headers['transfer-encoding'] ?? ''));
-  const closing = /(?:^|,)\s*close\s*(?:,|$)/i.test(String(headers.connection ?? ''));
-  const short = length !== undefined ? Number(length) <= DISCARD_LIMIT : chunked;
-  if (!short || closing) {
-    body.destroy();
-    return;
-  }
-  await new Promise<void>((resolve) => {
-    let size = 0;
-    const done = (): void => {
-      clearTimeout(timer);
-      body.destroy();
-      resolve();
-    };
-    const timer = setTimeout(done, DISCARD_MS);
-    body.on('data', (chunk: Buffer) => {
-      size += chunk.length;
-      recycle?.(chunk);
-      if (size > DISCARD_LIMIT) done();
-    });
-    body.once('end', done);
-    body.once('error', done);
-    body.once('close', done);
-  });
+  if (dump) await dump.call(body, { limit: DROP_LIMIT }).catch(() => undefined);
+  else body.destroy();
 }
 
 /** `?n=..&last=..` for a page, or '' for all. */

@@ -3,7 +3,7 @@ const DEFAULT_PORTS: Readonly<Record<string, number>> = { 'http:': 80, 'https:':
 
 /**
  * Whether NO_PROXY sends a request to `url` straight rather than through the egress proxy, as undici's
- * EnvHttpProxyAgent decides it (the requests that do go through the proxy are undici's): `*` for
+ * EnvHttpProxyAgent decides it (so a host is proxied exactly when undici would proxy it): `*` for
  * every host; else entries separated by commas or spaces, each a host (a leading `.` or `*.` is
  * dropped) that matches itself and its subdomains, with an optional `:port` that must match too.
  */

@@ -20,7 +20,19 @@ export interface PlainAnswer {
   readonly body: Readable;
   /** Gives a chunk of `body` back once its holder is done with it, for the next reads to reuse. */
   readonly recycle: (chunk: Buffer) => void;
+  /**
+   * The body is not wanted (a 401's, a 404's, a redirect's). One that leaves its connection reusable
+   * and is short (at most DROP_LIMIT more bytes, framed by Content-Length or chunks) is read to its
+   * end, for at most DROP_MS, so that the connection serves the next request; any other is cut with
+   * its connection at once: waiting for a stalled or close-framed body would cost up to the idle timeout.
+   */
+  readonly drop: () => Promise<void>;
 }
+
+/** The most of an unwanted body read to keep its connection. */
+export const DROP_LIMIT = 64 * 1024;
+/** The longest an unwanted body is waited for. */
+const DROP_MS = 250;
 
 export interface PlainOptions {
   /** GET (the default) or HEAD. */
@@ -332,7 +344,13 @@ class Exchange {
     this.framing = framing;
     this.body = new Body(this);
     this.arm(this.timeouts.idle, 'receiving the body from');
-    this.resolve({ statusCode: parsed.statusCode, headers: parsed.headers, body: this.body, recycle: (chunk) => this.slabs.giveBack(chunk) });
+    this.resolve({
+      statusCode: parsed.statusCode,
+      headers: parsed.headers,
+      body: this.body,
+      recycle: (chunk) => this.slabs.giveBack(chunk),
+      drop: () => this.drop(),
+    });
     if (this.framing.kind === 'none' || (this.framing.kind === 'length' && this.framing.remaining === 0)) {
       // Bytes after an empty body: not a connection to send another request on.
       if (rest.length > 0) this.keepAlive = false;
@@ -451,6 +469,33 @@ class Exchange {
     }
     if (this.body) this.body.destroy(err);
     else this.reject(err);
+  }
+
+  /** See PlainAnswer.drop. */
+  drop(): Promise<void> {
+    const body = this.body!;
+    const framing = this.framing;
+    const short = framing.kind === 'length' ? framing.remaining <= DROP_LIMIT : framing.kind === 'chunked';
+    if (this.finished || !this.keepAlive || !short) {
+      body.destroy();
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => {
+      let size = 0;
+      const done = (): void => {
+        clearTimeout(timer);
+        body.destroy();
+        resolve();
+      };
+      const timer = setTimeout(done, DROP_MS);
+      body.on('data', (chunk: Buffer) => {
+        size += chunk.length;
+        this.slabs.giveBack(chunk);
+        if (size > DROP_LIMIT) done();
+      });
+      body.once('end', done);
+      body.once('close', done);
+    });
   }
 
   /** The reader went away: stop receiving. */

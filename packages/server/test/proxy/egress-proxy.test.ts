@@ -12,6 +12,8 @@ import { expectImageThrough, type PushedImage } from './helpers/image-through.js
 /** A forward proxy that only tunnels (CONNECT), as egress proxies do, and remembers where to. */
 class TunnelProxy {
   readonly tunnels: string[] = [];
+  /** The Proxy-Authorization of each tunnel asked for. */
+  readonly credentials: (string | undefined)[] = [];
   url = '';
   private server!: Server;
   private readonly sockets = new Set<Socket>();
@@ -24,6 +26,7 @@ class TunnelProxy {
     });
     proxy.server.on('connect', (req, client: Socket, head: Buffer) => {
       proxy.tunnels.push(req.url ?? '');
+      proxy.credentials.push(req.headers['proxy-authorization']);
       const [host, port] = (req.url ?? '').split(':');
       const target = netConnect(Number(port), host!, () => {
         client.write('HTTP/1.1 200 Connection Established\r\n\r\n');
@@ -97,6 +100,18 @@ describe('upstream requests through an egress proxy (HTTP_PROXY, HTTPS_PROXY, NO
     const before = tunnel.tunnels.length;
     await pullThrough(reg);
     expect(tunnel.tunnels.slice(before)).toContain(new URL(httpsUp.url).host);
+  });
+
+  test('credentials in the proxy URL go to the proxy as Basic, decoded', async () => {
+    const withUser = new URL(tunnel.url);
+    withUser.username = 'bob';
+    withUser.password = encodeURIComponent('s3@cret');
+    const reg = await proxyWith({ HTTP_PROXY: withUser.href }, { url: httpUp.url });
+    const before = tunnel.credentials.length;
+    await pullThrough(reg);
+    const sent = tunnel.credentials.slice(before);
+    expect(sent.length).toBeGreaterThan(0);
+    for (const auth of sent) expect(auth).toBe(`Basic ${Buffer.from('bob:s3@cret').toString('base64')}`);
   });
 
   test('NO_PROXY, and a proxy for the other scheme only: the upstream is reached directly', async () => {
