@@ -9,7 +9,7 @@ const PREFIX = 'proxy/';
 /**
  * The one place that decides "local, or pull-through": `proxy/<upstream>/<repository>` names, a
  * containerd `?ns=<host>` for a name that is not local, and Docker's registry-mirrors mode
- * (`default_upstream`) for reads of names that are not local. Pushes always stay local.
+ * (`default_upstream`) for pulls of names that are not local. Pushes always stay local.
  */
 export class ProxyResolver implements RepositoryResolver {
   private readonly byName = new Map<string, UpstreamConfig>();
@@ -44,8 +44,7 @@ export class ProxyResolver implements RepositoryResolver {
       return this.pullThrough(upstream, rest.slice(slash + 1), request);
     }
     const local: ResolvedRepository = { repo: name, reader: this.local, writer: this.local };
-    const isRead = request.method === 'GET' || request.method === 'HEAD';
-    if (!isRead) return local;
+    if (!isPull(request)) return local;
     const ns = query.get('ns');
     const upstream = ns ? this.byHost.get(ns.toLowerCase()) : this.config.defaultUpstream ? this.byName.get(this.config.defaultUpstream) : undefined;
     if (!upstream || (await this.local.repositoryExists(name))) return local;
@@ -68,4 +67,17 @@ export class ProxyResolver implements RepositoryResolver {
       namespace: upstream.key,
     };
   }
+}
+
+/**
+ * Whether a request on a name that is not local may be served from an upstream by `?ns=` or
+ * `default_upstream`: what pulls send. Upload sessions belong to a push whatever the method. A blob
+ * HEAD is what a push asks before uploading a layer (pulls GET blobs): answered from an upstream
+ * holding the layer, it made docker, podman, skopeo and ctr skip the upload, and their manifest was
+ * then refused for a blob unknown to the repository. So it answers for the local repository.
+ */
+function isPull(request: RequestInfo): boolean {
+  if (request.resource === 'upload') return false;
+  if (request.method === 'GET') return true;
+  return request.method === 'HEAD' && request.resource !== 'blob';
 }

@@ -12,9 +12,14 @@ export interface ResolvedRepository {
   readonly namespace?: string;
 }
 
+/** The family of the route a request goes to. */
+export type Resource = 'manifest' | 'blob' | 'upload' | 'tags' | 'referrers';
+
 /** What of the request decides routing: reads may go upstream, writes never; who asks. */
 export interface RequestInfo {
   readonly method: string;
+  /** Upload sessions are pushes whatever the method, and a blob HEAD is what pushes ask first. */
+  readonly resource: Resource;
   readonly remoteAddress?: string;
 }
 

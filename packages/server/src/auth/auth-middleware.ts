@@ -1,6 +1,6 @@
 import { RegistryError, isValidRepositoryName } from '@wharf/registry-core';
 import type { Context, Next } from 'koa';
-import type { RepositoryResolver, ResolvedRepository } from '../repositories.js';
+import type { RepositoryResolver, ResolvedRepository, Resource } from '../repositories.js';
 import { AuthFailure, type AuthService, type Credentials } from './auth-service.js';
 import { allowedActions, mayListCatalog, type Action, type Principal, type Target } from './permissions.js';
 import { routeAccess } from './route-access.js';
@@ -80,10 +80,11 @@ export interface AuthMiddlewareOptions {
 export function authMiddleware(options: AuthMiddlewareOptions) {
   const { auth, resolver } = options;
 
-  /** Local repository, or the upstream that serves the name (as the routes will resolve it). */
-  async function targetOf(ctx: Context, name: string, principal: Principal): Promise<Target> {
+  /** Local repository, or the upstream that serves the name (as the route of `resource` will resolve it). */
+  async function targetOf(ctx: Context, name: string, resource: Resource, principal: Principal): Promise<Target> {
     try {
-      return targetOfResolved(name, await resolver.resolve(name, new URLSearchParams(ctx.querystring), { method: ctx.method, remoteAddress: ctx.socket.remoteAddress }));
+      const request = { method: ctx.method, resource, remoteAddress: ctx.socket.remoteAddress };
+      return targetOfResolved(name, await resolver.resolve(name, new URLSearchParams(ctx.querystring), request));
     } catch (err) {
       // An invalid name or unknown upstream: anonymous callers learn nothing before signing in.
       if (principal.kind === 'anonymous') return { kind: 'repository', name };
@@ -148,15 +149,21 @@ export function authMiddleware(options: AuthMiddlewareOptions) {
       }
 
       case 'repository': {
-        const { name, actions: needed } = route;
+        const { name, resource, actions: needed } = route;
         const scope = isValidRepositoryName(name) ? `repository:${name}:${needed.join(',')}` : undefined;
         const detail = needed.map((a) => ({ Type: 'repository', Name: name, Action: a }));
+        const target = await targetOf(ctx, name, resource, principal);
+        if (target.kind === 'proxy' && principal.kind !== 'anonymous' && needed.some((a) => a !== 'pull')) {
+          // A push, upload or delete on a pull-through name, by someone signed in: nobody may, and
+          // the route's UNSUPPORTED says where to push instead, where DENIED would not say why.
+          return next();
+        }
         if (who.via === 'bearer' && !hasAll(grantedActions(who.access, 'repository', name), needed)) {
           challenge(ctx, auth, scope, 'insufficient_scope');
           throw unauthorized(detail);
         }
         const policy = auth.policy();
-        const allowed: ReadonlySet<Action> = allowedActions(principal, await targetOf(ctx, name, principal), policy);
+        const allowed: ReadonlySet<Action> = allowedActions(principal, target, policy);
         if (!hasAll(allowed, needed)) refuse(ctx, who, scope, detail);
         if (route.uploadStart) {
           // A cross-repository mount reads its source too: the upload route links only from a

@@ -1,4 +1,5 @@
 import { decodeCapture } from '../http/path-segments.js';
+import type { Resource } from '../repositories.js';
 import type { Action } from './permissions.js';
 
 /**
@@ -9,7 +10,7 @@ import type { Action } from './permissions.js';
 export type RouteAccess =
   | { readonly kind: 'base' }
   | { readonly kind: 'catalog' }
-  | { readonly kind: 'repository'; readonly name: string; readonly actions: readonly Action[]; readonly uploadStart: boolean }
+  | { readonly kind: 'repository'; readonly name: string; readonly resource: Resource; readonly actions: readonly Action[]; readonly uploadStart: boolean }
   | { readonly kind: 'unknown' };
 
 const BASE = /^\/v2\/?$/;
@@ -23,36 +24,42 @@ const REFERRERS = /^\/v2\/(.+)\/referrers\/([^/]+)$/;
 
 const READ = ['GET', 'HEAD'];
 
+interface Row {
+  readonly methods: readonly string[];
+  readonly pattern: RegExp;
+  readonly resource: Resource;
+  readonly needs: readonly Action[];
+  readonly uploadStart: boolean;
+}
+
+const row = (methods: readonly string[], pattern: RegExp, resource: Resource, needs: readonly Action[], uploadStart = false): Row => ({ methods, pattern, resource, needs, uploadStart });
+
 /**
- * In registration order (app.ts): the first row whose method and pattern match is the route that
- * answers. Every upload step needs push, reads of a session included: a session is part of a push.
+ * In registration order (app.ts), after the base and catalog routes: the first row whose method and
+ * pattern match is the route that answers. Every upload step needs push, reads of a session included:
+ * a session is part of a push.
  */
-const ROUTES: readonly (readonly [readonly string[], RegExp, readonly Action[] | 'base' | 'catalog', boolean?])[] = [
-  [READ, BASE, 'base'],
-  [READ, CATALOG, 'catalog'],
-  [['POST'], UPLOAD_START, ['push'], true],
-  [READ, UPLOAD_SESSION, ['push']],
-  [['PATCH'], UPLOAD_SESSION, ['push']],
-  [['PUT'], UPLOAD_SESSION, ['push']],
-  [['DELETE'], UPLOAD_SESSION, ['push']],
-  [READ, BLOB, ['pull']],
-  [['DELETE'], BLOB, ['delete']],
-  [READ, MANIFEST, ['pull']],
-  [['PUT'], MANIFEST, ['push']],
-  [['DELETE'], MANIFEST, ['delete']],
-  [READ, TAGS, ['pull']],
-  [READ, REFERRERS, ['pull']],
+const ROUTES: readonly Row[] = [
+  row(['POST'], UPLOAD_START, 'upload', ['push'], true),
+  row(READ, UPLOAD_SESSION, 'upload', ['push']),
+  row(['PATCH', 'PUT', 'DELETE'], UPLOAD_SESSION, 'upload', ['push']),
+  row(READ, BLOB, 'blob', ['pull']),
+  row(['DELETE'], BLOB, 'blob', ['delete']),
+  row(READ, MANIFEST, 'manifest', ['pull']),
+  row(['PUT'], MANIFEST, 'manifest', ['push']),
+  row(['DELETE'], MANIFEST, 'manifest', ['delete']),
+  row(READ, TAGS, 'tags', ['pull']),
+  row(READ, REFERRERS, 'referrers', ['pull']),
 ];
 
-
 export function routeAccess(method: string, path: string): RouteAccess {
-  for (const [methods, pattern, needs, uploadStart] of ROUTES) {
+  if (READ.includes(method) && BASE.test(path)) return { kind: 'base' };
+  if (READ.includes(method) && CATALOG.test(path)) return { kind: 'catalog' };
+  for (const { methods, pattern, resource, needs, uploadStart } of ROUTES) {
     if (!methods.includes(method)) continue;
     const m = pattern.exec(path);
     if (!m) continue;
-    if (needs === 'base') return { kind: 'base' };
-    if (needs === 'catalog') return { kind: 'catalog' };
-    return { kind: 'repository', name: decodeCapture(m[1]!), actions: needs, uploadStart: uploadStart === true };
+    return { kind: 'repository', name: decodeCapture(m[1]!), resource, actions: needs, uploadStart };
   }
   return { kind: 'unknown' };
 }

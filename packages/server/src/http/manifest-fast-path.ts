@@ -74,7 +74,7 @@ async function lookUp(
   const remoteAddress = req.socket.remoteAddress;
   let target: ResolvedRepository;
   try {
-    target = await deps.resolver.resolve(name, new URLSearchParams(query), { method: req.method!, ...(remoteAddress ? { remoteAddress } : {}) });
+    target = await deps.resolver.resolve(name, new URLSearchParams(query), { method: req.method!, resource: 'manifest', ...(remoteAddress ? { remoteAddress } : {}) });
   } catch {
     return undefined;
   }

@@ -10,7 +10,7 @@ const BLOB = /^\/v2\/(.+)\/blobs\/([^/]+)$/;
 
 export function registerBlobs(router: Router, deps: RouteDeps): void {
   const serve = async (ctx: RouterContext) => {
-    const target = await repository(ctx, deps);
+    const target = await repository(ctx, deps, 'blob');
     const digest = digestParam(capture(ctx, 1));
     // A HEAD needs the size only: through the proxy, a cold blob is asked about, not downloaded.
     const blob = ctx.method === 'HEAD' ? await target.reader.statBlob(target.repo, digest) : await target.reader.blob(target.repo, digest);
@@ -46,7 +46,7 @@ export function registerBlobs(router: Router, deps: RouteDeps): void {
   router.get(BLOB, serve);
   router.head(BLOB, serve);
   router.delete(BLOB, async (ctx) => {
-    const target = await repository(ctx, deps);
+    const target = await repository(ctx, deps, 'blob');
     const digest = digestParam(capture(ctx, 1));
     if (!(await writerOf(target).deleteBlob(target.repo, digest))) {
       throw new RegistryError('BLOB_UNKNOWN', 'blob unknown to registry', { digest });

@@ -1,17 +1,17 @@
 import { MAX_PAGE, RegistryError, parseDigest, type Digest } from '@wharf/registry-core';
 import type { Context } from 'koa';
 import { decodeCapture } from '../http/path-segments.js';
-import type { RepositoryResolver, ResolvedRepository } from '../repositories.js';
+import type { RepositoryResolver, ResolvedRepository, Resource } from '../repositories.js';
 
 export interface RouteDeps {
   readonly resolver: RepositoryResolver;
 }
 
-/** The repository named by the route's first capture, validated and resolved. */
-export function repository(ctx: Context, deps: RouteDeps): Promise<ResolvedRepository> {
+/** The repository named by the route's first capture, validated and resolved for a route of `resource`. */
+export function repository(ctx: Context, deps: RouteDeps, resource: Resource): Promise<ResolvedRepository> {
   const name = decodeCapture(ctx.captures[0] ?? '');
   return deps.resolver
-    .resolve(name, new URLSearchParams(ctx.querystring), { method: ctx.method, remoteAddress: ctx.socket.remoteAddress })
+    .resolve(name, new URLSearchParams(ctx.querystring), { method: ctx.method, resource, remoteAddress: ctx.socket.remoteAddress })
     .then((target) => {
       if (target.namespace) ctx.set('OCI-Namespace', target.namespace);
       return target;
@@ -49,7 +49,8 @@ export const MAX_PAGE_SIZE = MAX_PAGE - 1;
 /**
  * Runs a paginated listing: asks the store for one entry more than the page holds, and when that entry
  * exists sets `Link: <path?n=&last=>; rel="next"` so the client can fetch the rest. undefined when the
- * listing's owner does not exist.
+ * listing's owner does not exist. An `ns` (containerd's choice of upstream) stays in the link: without
+ * it the next page would list another registry's tags.
  */
 export async function paginate(
   ctx: Context,
@@ -62,7 +63,8 @@ export async function paginate(
   if (!items) return undefined;
   if (items.length > size) {
     items.length = size;
-    if (size > 0) ctx.set('Link', `<${path}?n=${size}&last=${encodeURIComponent(items.at(-1)!)}>; rel="next"`);
+    const ns = typeof ctx.query.ns === 'string' && ctx.query.ns !== '' ? `&ns=${encodeURIComponent(ctx.query.ns)}` : '';
+    if (size > 0) ctx.set('Link', `<${path}?n=${size}&last=${encodeURIComponent(items.at(-1)!)}${ns}>; rel="next"`);
   }
   return items;
 }

@@ -14,7 +14,7 @@ function manifestUnknown(reference: string): RegistryError {
 
 export function registerManifests(router: Router, deps: RouteDeps): void {
   const serve = async (ctx: RouterContext) => {
-    const target = await repository(ctx, deps);
+    const target = await repository(ctx, deps, 'manifest');
     const reference = capture(ctx, 1);
     const manifest = await target.reader.manifest(target.repo, reference);
     if (!manifest) throw manifestUnknown(reference);
@@ -34,7 +34,7 @@ export function registerManifests(router: Router, deps: RouteDeps): void {
 
   router.put(MANIFEST, async (ctx) => {
     const name = capture(ctx, 0);
-    const target = await repository(ctx, deps);
+    const target = await repository(ctx, deps, 'manifest');
     const reference = capture(ctx, 1);
     const writer = writerOf(target);
     const bytes = await readSmallBody(ctx.req, MAX_MANIFEST_BYTES);
@@ -51,7 +51,7 @@ export function registerManifests(router: Router, deps: RouteDeps): void {
   });
 
   router.delete(MANIFEST, async (ctx) => {
-    const target = await repository(ctx, deps);
+    const target = await repository(ctx, deps, 'manifest');
     const reference = capture(ctx, 1);
     if (!(await writerOf(target).deleteManifest(target.repo, reference))) throw manifestUnknown(reference);
     ctx.status = 202;

@@ -4,7 +4,7 @@ import { capture, digestParam, repository, type RouteDeps } from './context.js';
 
 export function registerReferrers(router: Router, deps: RouteDeps): void {
   router.get(/^\/v2\/(.+)\/referrers\/([^/]+)$/, async (ctx) => {
-    const target = await repository(ctx, deps);
+    const target = await repository(ctx, deps, 'referrers');
     const subject = digestParam(capture(ctx, 1));
     let manifests = await target.reader.referrers(target.repo, subject);
     // A 404 is how the spec says "no referrers API": clients then look for the tag schema's sha256-<hex> tag.

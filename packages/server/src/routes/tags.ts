@@ -5,7 +5,7 @@ import { capture, paginate, repository, type RouteDeps } from './context.js';
 export function registerTags(router: Router, deps: RouteDeps): void {
   router.get(/^\/v2\/(.+)\/tags\/list$/, async (ctx) => {
     const name = capture(ctx, 0);
-    const target = await repository(ctx, deps);
+    const target = await repository(ctx, deps, 'tags');
     const tags = await paginate(ctx, `/v2/${name}/tags/list`, (page) => target.reader.tags(target.repo, page));
     if (tags === undefined) throw new RegistryError('NAME_UNKNOWN', 'repository name not known to registry', { name });
     ctx.body = { name, tags };

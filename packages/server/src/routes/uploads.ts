@@ -33,7 +33,7 @@ export function registerUploads(router: Router, deps: RouteDeps): void {
   // or ?mount= alone).
   router.post(START, async (ctx) => {
     const name = capture(ctx, 0);
-    const target = await repository(ctx, deps);
+    const target = await repository(ctx, deps, 'upload');
     const writer = writerOf(target);
     const { mount, from, digest } = ctx.query;
 
@@ -43,7 +43,7 @@ export function registerUploads(router: Router, deps: RouteDeps): void {
       const mayPull = (ctx.state.mayPull as ((repo: string) => boolean) | undefined) ?? (() => true);
       let source: string | undefined;
       if (wanted && typeof from === 'string' && from !== '') {
-        const fromTarget = await deps.resolver.resolve(from, new URLSearchParams(), { method: 'POST' }).catch(() => undefined);
+        const fromTarget = await deps.resolver.resolve(from, new URLSearchParams(), { method: 'POST', resource: 'upload' }).catch(() => undefined);
         // Only a blob of a local repository can be linked; anything else falls back to an upload.
         source = fromTarget?.writer === writer && mayPull(fromTarget.repo) ? fromTarget.repo : undefined;
       } else if (wanted && from === undefined) {
@@ -70,7 +70,7 @@ export function registerUploads(router: Router, deps: RouteDeps): void {
   });
 
   router.get(SESSION, async (ctx) => {
-    const target = await repository(ctx, deps);
+    const target = await repository(ctx, deps, 'upload');
     const id = capture(ctx, 1);
     const upload = await writerOf(target).uploadStatus(target.repo, id);
     if (!upload) throw uploadUnknown(id);
@@ -80,7 +80,7 @@ export function registerUploads(router: Router, deps: RouteDeps): void {
 
   // PATCH: a chunk with Content-Range, or (Docker-lineage clients) the whole blob as one streamed body.
   router.patch(SESSION, async (ctx) => {
-    const target = await repository(ctx, deps);
+    const target = await repository(ctx, deps, 'upload');
     const id = capture(ctx, 1);
     const position = parseContentRange(ctx.get('Content-Range') || undefined);
     const writer = writerOf(target);
@@ -92,14 +92,14 @@ export function registerUploads(router: Router, deps: RouteDeps): void {
 
   // PUT: closes the session with the digest of the whole blob, after an optional last chunk.
   router.put(SESSION, async (ctx) => {
-    const target = await repository(ctx, deps);
+    const target = await repository(ctx, deps, 'upload');
+    const writer = writerOf(target);
     const id = capture(ctx, 1);
     const digest = ctx.query.digest;
     if (typeof digest !== 'string' || digest === '') {
       throw new RegistryError('DIGEST_INVALID', 'the digest query parameter is required to complete an upload', undefined);
     }
     const expect = parseDigest(digest).digest;
-    const writer = writerOf(target);
     if (!(await writer.uploadStatus(target.repo, id))) throw uploadUnknown(id);
     const finalChunk = hasBody(ctx.req)
       ? { body: ctx.req, position: parseContentRange(ctx.get('Content-Range') || undefined) }
@@ -109,7 +109,7 @@ export function registerUploads(router: Router, deps: RouteDeps): void {
   });
 
   router.delete(SESSION, async (ctx) => {
-    const target = await repository(ctx, deps);
+    const target = await repository(ctx, deps, 'upload');
     const id = capture(ctx, 1);
     if (!(await writerOf(target).cancelUpload(target.repo, id))) throw uploadUnknown(id);
     ctx.status = 204;

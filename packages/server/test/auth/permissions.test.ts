@@ -160,13 +160,13 @@ describe('scope grammar', () => {
 
 describe('route access', () => {
   test('reads need pull, writes push, deletes delete; every upload step needs push', () => {
-    expect(routeAccess('GET', '/v2/a/b/manifests/1')).toEqual({ kind: 'repository', name: 'a/b', actions: ['pull'], uploadStart: false });
-    expect(routeAccess('HEAD', '/v2/a/b/blobs/sha256:00')).toMatchObject({ name: 'a/b', actions: ['pull'] });
+    expect(routeAccess('GET', '/v2/a/b/manifests/1')).toEqual({ kind: 'repository', name: 'a/b', resource: 'manifest', actions: ['pull'], uploadStart: false });
+    expect(routeAccess('HEAD', '/v2/a/b/blobs/sha256:00')).toMatchObject({ name: 'a/b', resource: 'blob', actions: ['pull'] });
     expect(routeAccess('PUT', '/v2/a/b/manifests/1')).toMatchObject({ name: 'a/b', actions: ['push'] });
     expect(routeAccess('DELETE', '/v2/a/b/manifests/1')).toMatchObject({ name: 'a/b', actions: ['delete'] });
     expect(routeAccess('DELETE', '/v2/a/b/blobs/sha256:00')).toMatchObject({ name: 'a/b', actions: ['delete'] });
     expect(routeAccess('POST', '/v2/a/b/blobs/uploads/')).toMatchObject({ name: 'a/b', actions: ['push'], uploadStart: true });
-    expect(routeAccess('GET', '/v2/a/b/blobs/uploads/u1')).toMatchObject({ name: 'a/b', actions: ['push'] });
+    expect(routeAccess('GET', '/v2/a/b/blobs/uploads/u1')).toMatchObject({ name: 'a/b', resource: 'upload', actions: ['push'] });
     expect(routeAccess('DELETE', '/v2/a/b/blobs/uploads/u1')).toMatchObject({ name: 'a/b', actions: ['push'] });
     expect(routeAccess('GET', '/v2/a/b/tags/list')).toMatchObject({ name: 'a/b', actions: ['pull'] });
     expect(routeAccess('GET', '/v2/a/b/referrers/sha256:00')).toMatchObject({ name: 'a/b', actions: ['pull'] });

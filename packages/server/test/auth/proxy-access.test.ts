@@ -72,10 +72,28 @@ describe('proxy access with auth on: per upstream, never open unless configured'
     expect((await get('/v2/proxy/grp/lib/app/manifests/1')).status).toBe(401);
   });
 
-  test('nobody pushes or deletes through the proxy, administrators included', async () => {
-    const root = new RegistryClient(reg.url, 'basic', { user: 'root', password: PW.root });
-    expect((await pushWith(root, 'proxy/up/lib/app', '2', 'x')).status).toBe(403);
-    expect((await get('/v2/proxy/up/lib/app/manifests/1', { method: 'DELETE', ...as('root') })).status).toBe(403);
+  test('nobody pushes or deletes through the proxy, administrators included: 405 UNSUPPORTED says where to push', async () => {
+    const unsupported = async (res: Response) => {
+      expect(res.status).toBe(405);
+      const { errors } = (await res.json()) as { errors: { code: string; message: string }[] };
+      expect(errors[0]!.code).toBe('UNSUPPORTED');
+      expect(errors[0]!.message).toContain('push to a repository of your own namespace');
+    };
+    for (const flow of ['basic', 'token'] as const) {
+      for (const user of ['root', 'eve'] as const) {
+        // eve may not even pull from grp: the answer is the same, and tells nothing more.
+        for (const upstream of ['up', 'grp']) {
+          const client = new RegistryClient(reg.url, flow, { user, password: PW[user] });
+          await unsupported(await pushWith(client, `proxy/${upstream}/lib/app`, '2', 'x'));
+          await unsupported(await client.request('DELETE', `/v2/proxy/${upstream}/lib/app/manifests/1`));
+          await unsupported(await client.request('GET', `/v2/proxy/${upstream}/lib/app/blobs/uploads/some-session`));
+        }
+      }
+    }
+    // Anonymous callers are asked to sign in first, as for any push.
+    const anonymous = await get('/v2/proxy/up/lib/app/blobs/uploads/', { method: 'POST' });
+    expect(anonymous.status).toBe(401);
+    expect(parseChallenge(anonymous.headers.get('www-authenticate'))?.scope).toBe('repository:proxy/up/lib/app:push');
   });
 
   test('from a non-loopback address, access rules decide (the loopback-only rule is for auth off)', async () => {

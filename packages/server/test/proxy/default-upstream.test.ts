@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { pushImage } from '../helpers/oci.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
-import { buildLayout, pull, removeTemps, seed, type Layout } from './helpers/tools.js';
+import { buildLayout, pull, removeTemps, run, seed, type Layout } from './helpers/tools.js';
 
 describe('[proxy] default_upstream (Docker registry-mirrors mode)', () => {
   let up: TestRegistry;
@@ -61,5 +61,40 @@ describe('[proxy] default_upstream (Docker registry-mirrors mode)', () => {
     expect(res.headers.get('docker-content-digest')).toBe(pushed.manifest.digest);
     // The local repository now hides the upstream one, tag 1 included.
     expect((await fetch(`${proxy.url}/v2/team/pushed/manifests/1`)).status).toBe(404);
+  });
+
+  test("a client's push of an image whose layers the upstream has under that name uploads them, and lands locally", async () => {
+    const host = new URL(proxy.url).host;
+    // A blob HEAD, which clients send before uploading a layer, answers for the local repository...
+    const config = await fetch(`${up.url}/v2/library/real/manifests/1`, { headers: { accept: 'application/vnd.oci.image.manifest.v1+json' } }).then(
+      async (r) => ((await r.json()) as { config: { digest: string } }).config.digest,
+    );
+    expect((await fetch(`${up.url}/v2/library/real/blobs/${config}`, { method: 'HEAD' })).status).toBe(200);
+    expect((await fetch(`${proxy.url}/v2/library/real/blobs/${config}`, { method: 'HEAD' })).status).toBe(404);
+    // ...while a GET, which is what pulls send, is still the upstream's.
+    expect((await fetch(`${proxy.url}/v2/library/real/blobs/${config}`)).status).toBe(200);
+
+    // Answered from the upstream, the HEADs made skopeo skip every upload, and its manifest was refused.
+    await run('skopeo', ['copy', '--dest-tls-verify=false', `oci:${layout.dir}:single`, `docker://${host}/library/real:mine`]);
+    const res = await fetch(`${proxy.url}/v2/library/real/manifests/mine`, { headers: { accept: 'application/vnd.oci.image.manifest.v1+json' } });
+    expect(res.status).toBe(200);
+    expect(res.headers.get('oci-namespace')).toBeNull();
+    expect(res.headers.get('docker-content-digest')).toBe(layout.single);
+    expect((await fetch(`${up.url}/v2/library/real/manifests/mine`)).status).toBe(404);
+  });
+
+  test('the status of an upload session on a name not local yet is the local session, not the upstream', async () => {
+    await pushImage(up.url, 'team/resumed', '1', 'upstream');
+    const started = await fetch(`${proxy.url}/v2/team/resumed/blobs/uploads/`, { method: 'POST' });
+    expect(started.status).toBe(202);
+    const location = new URL(started.headers.get('location')!, proxy.url).href;
+    const patched = await fetch(location, { method: 'PATCH', headers: { 'content-type': 'application/octet-stream', 'content-range': '0-4' }, body: 'hello' });
+    expect(patched.status).toBe(202);
+    for (const method of ['GET', 'HEAD']) {
+      const status = await fetch(new URL(patched.headers.get('location')!, proxy.url), { method });
+      expect(status.status).toBe(204);
+      expect(status.headers.get('range')).toBe('0-4');
+      expect(status.headers.get('oci-namespace')).toBeNull();
+    }
   });
 });

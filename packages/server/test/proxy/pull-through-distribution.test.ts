@@ -73,6 +73,16 @@ describe('pull-through from CNCF distribution (docker-registry) with htpasswd au
     expect(second.headers.get('link')).toBeNull();
   });
 
+  test("containerd's ?ns= tag list keeps its ns in the Link, so the next page comes from the same upstream", async () => {
+    const first = await fetch(`${proxy.url}/v2/alice/app/tags/list?ns=dist&n=1`);
+    expect(await first.json()).toEqual({ name: 'alice/app', tags: ['1'] });
+    const link = first.headers.get('link');
+    expect(link).toBe('</v2/alice/app/tags/list?n=1&last=1&ns=dist>; rel="next"');
+    const second = await fetch(`${proxy.url}${/^<([^>]+)>/.exec(link!)![1]}`);
+    expect(second.headers.get('oci-namespace')).toBe('dist');
+    expect(await second.json()).toEqual({ name: 'alice/app', tags: ['2'] });
+  });
+
   test('tags of a repository the upstream does not have: 404 NAME_UNKNOWN', async () => {
     const res = await fetch(`${proxy.url}/v2/proxy/dist/alice/nothing-here/tags/list`);
     expect(res.status).toBe(404);
