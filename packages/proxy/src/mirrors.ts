@@ -1,4 +1,4 @@
-import { PassThrough } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
 import type { ByteRange, Descriptor, Digest, Page } from '@wharf/registry-core';
 import { UpstreamError, type Upstream, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest } from './upstream.js';
 
@@ -29,6 +29,8 @@ interface MirrorStats {
 }
 
 const EWMA = 0.3;
+/** Digests whose last fetch was striped, remembered (at most this many) so that the next one is not. */
+const STRIPED_MEMORY = 1024;
 
 /**
  * One upstream served by several mirror URLs (the configured `url` first, then `mirrors`):
@@ -36,14 +38,18 @@ const EWMA = 0.3;
  * - hedged: the next one starts when the current has not answered within hedgeDelay; the first
  *   answer wins and the others are cancelled;
  * - striped: a large blob is fetched as byte ranges from all mirrors at once and reassembled in order
- *   (the fill verifies the digest of the whole);
+ *   (the fill verifies the digest of the whole; a blob asked for again, its last striped fetch having
+ *   failed, comes from one mirror);
  * - adaptive: the mirror with the best recent latency and throughput, with an occasional probe of
  *   another, and failover behind it.
+ * Whatever the strategy, a blob body that fails mid-way goes on from another mirror, with a range
+ * request for the bytes still to come.
  */
 export class MirroredUpstream implements Upstream {
   readonly name: string;
   private readonly stats: MirrorStats[];
   private readonly random: () => number;
+  private readonly stripedBefore = new Set<Digest>();
 
   constructor(
     private readonly mirrors: readonly Upstream[],
@@ -76,11 +82,44 @@ export class MirroredUpstream implements Upstream {
   }
 
   async blob(repo: string, digest: Digest, range?: ByteRange, signal?: AbortSignal): Promise<UpstreamBlob | undefined> {
-    if (this.options.strategy === 'striped' && !range && this.mirrors.length > 1) {
+    // A fill that succeeds is cached: a blob asked for again after a striped fetch is one whose fill
+    // failed (one mirror's wrong bytes fail every striped fetch), so it comes from one mirror this time.
+    if (this.options.strategy === 'striped' && !range && this.mirrors.length > 1 && !this.stripedBefore.delete(digest)) {
       const striped = await this.striped(repo, digest, signal);
-      if (striped) return striped;
+      if (striped) {
+        this.stripedBefore.add(digest);
+        if (this.stripedBefore.size > STRIPED_MEMORY) this.stripedBefore.delete(this.stripedBefore.values().next().value!);
+        return striped;
+      }
     }
-    return this.pick((m, s) => m.blob(repo, digest, range, s), signal, true);
+    return this.pick((m, s) => m.blob(repo, digest, range, s), signal, (i, blob) => this.resumable(i, blob, repo, digest, range, signal));
+  }
+
+  /**
+   * `blob`, from mirror `first`, measured; should its body fail mid-way, it goes on from the other
+   * mirrors in turn, each asked for the bytes still to come (a mirror that does not answer with
+   * exactly that range is passed over). The fill verifies the digest of the whole.
+   */
+  private resumable(first: number, blob: UpstreamBlob, repo: string, digest: Digest, range: ByteRange | undefined, signal: AbortSignal | undefined): UpstreamBlob {
+    const measured = this.measureBody(first, blob);
+    const start = range?.start ?? 0;
+    const end = range ? range.end : blob.size !== undefined ? blob.size - 1 : undefined;
+    if (this.mirrors.length < 2 || end === undefined) return measured;
+    const rest = this.order().filter((k) => k !== first);
+    const resume = async (from: number): Promise<UpstreamBlob | undefined> => {
+      for (let k = rest.shift(); k !== undefined; k = rest.shift()) {
+        try {
+          const part = await this.mirrors[k]!.blob(repo, digest, { start: from, end }, signal);
+          if (part?.range?.start === from && part.range.end === end) return part;
+          part?.body.destroy();
+        } catch (err) {
+          if (signal?.aborted) throw err;
+        }
+      }
+      return undefined;
+    };
+    const body = new ResumingBody(measured, start, end, resume);
+    return { ...measured, body, ...(measured.recycle ? { recycle: (chunk: Buffer) => body.recycle(chunk) } : {}) };
   }
 
   /** Order in which mirrors are asked, by strategy. */
@@ -119,6 +158,10 @@ export class MirroredUpstream implements Upstream {
 
   private measureBody(i: number, blob: UpstreamBlob): UpstreamBlob {
     const started = performance.now();
+    // A body that fails mid-way counts against its mirror as a failed answer does.
+    blob.body.once('error', () => {
+      this.stats[i]!.failures += 1;
+    });
     // The length the mirror announced, not a count of our own: a 'data' listener would start the
     // body flowing, and what came before its reader attached would have gone to us alone.
     const bytes = blob.range ? blob.range.end - blob.range.start + 1 : blob.size;
@@ -136,39 +179,38 @@ export class MirroredUpstream implements Upstream {
 
   /**
    * Runs `call` against mirrors in strategy order. undefined (404) from one mirror moves on to the
-   * next; the result is undefined only when every mirror said so. Errors move on too; the last error is
-   * thrown when no mirror answered.
+   * next; the result is undefined only when every mirror said so. Errors move on too; when no mirror
+   * answered, the last error is thrown, even if some said 404: a mirror that lacks an image while
+   * the others are down does not make it absent (a cached copy is served stale, and the absence is
+   * not remembered). `wrap` sees a blob and the mirror it came from.
    */
-  private async pick<T>(call: (m: Upstream, signal?: AbortSignal) => Promise<T | undefined>, signal?: AbortSignal, isBlob = false): Promise<T | undefined> {
+  private async pick<T>(call: (m: Upstream, signal?: AbortSignal) => Promise<T | undefined>, signal?: AbortSignal, wrap?: (i: number, result: T) => T): Promise<T | undefined> {
     const order = this.order();
-    if (this.options.strategy === 'hedged') return this.hedged(order, call, signal, isBlob);
+    if (this.options.strategy === 'hedged') return this.hedged(order, call, signal, wrap);
     let lastError: unknown;
-    let sawAbsent = false;
     for (const i of order) {
       const started = performance.now();
       try {
         const result = await call(this.mirrors[i]!, signal);
         this.record(i, started, true);
-        if (result !== undefined) return isBlob ? (this.measureBody(i, result as UpstreamBlob) as T) : result;
-        sawAbsent = true;
+        if (result !== undefined) return wrap ? wrap(i, result) : result;
       } catch (err) {
         if (signal?.aborted) throw err;
         this.record(i, started, false);
         lastError = err;
       }
     }
-    if (sawAbsent || lastError === undefined) return undefined;
-    throw lastError;
+    if (lastError !== undefined) throw lastError;
+    return undefined;
   }
 
-  private hedged<T>(order: number[], call: (m: Upstream, signal?: AbortSignal) => Promise<T | undefined>, signal: AbortSignal | undefined, isBlob: boolean): Promise<T | undefined> {
+  private hedged<T>(order: number[], call: (m: Upstream, signal?: AbortSignal) => Promise<T | undefined>, signal: AbortSignal | undefined, wrap: ((i: number, result: T) => T) | undefined): Promise<T | undefined> {
     const delay = this.options.hedgeDelay ?? 500;
     return new Promise<T | undefined>((resolve, reject) => {
       const controllers: AbortController[] = [];
       let settled = false;
       let pending = 0;
       let next = 0;
-      let sawAbsent = false;
       let lastError: unknown;
       let timer: NodeJS.Timeout | undefined;
 
@@ -198,20 +240,19 @@ export class MirroredUpstream implements Upstream {
             pending -= 1;
             this.record(i, started, true);
             if (result !== undefined) {
-              if (settled && isBlob) (result as UpstreamBlob).body.destroy();
-              finish(position, isBlob ? (this.measureBody(i, result as UpstreamBlob) as T) : result);
+              if (!settled) finish(position, wrap ? wrap(i, result) : result);
+              else if (wrap) (result as UpstreamBlob).body.destroy();
               return;
             }
-            sawAbsent = true;
             if (next < order.length) launch();
-            else if (pending === 0) finish(undefined, undefined);
+            else if (pending === 0) finish(undefined, undefined, lastError);
           },
           (err: unknown) => {
             pending -= 1;
             if (!controller.signal.aborted) this.record(i, started, false);
             lastError = err;
             if (next < order.length) launch();
-            else if (pending === 0) finish(undefined, undefined, sawAbsent ? undefined : lastError);
+            else if (pending === 0) finish(undefined, undefined, lastError);
           },
         );
       };
@@ -235,29 +276,49 @@ export class MirroredUpstream implements Upstream {
       return undefined;
     }
     if (!probe) return undefined;
-    probe.body.resume();
+    // One byte, when the mirror answered the range; a mirror that ignores Range sends the whole blob:
+    // that is cut, not read.
+    if (probe.range) probe.body.resume();
+    else probe.body.destroy();
     const size = probe.size;
     if (size === undefined || size < threshold) return undefined;
 
     const ranges: ByteRange[] = [];
     for (let start = 0; start < size; start += stripe) ranges.push({ start, end: Math.min(size, start + stripe) - 1 });
     const out = new PassThrough({ highWaterMark: stripe });
+    /** Mirrors that answered a range request with something else: they get no more ranges of this blob. */
+    const noRanges = new Set<number>();
     const fetchRange = async (index: number): Promise<Buffer> => {
       const range = ranges[index]!;
+      const length = range.end - range.start + 1;
       // Each range goes to the next mirror in turn; a failing mirror hands the range to the others.
       const first = index % this.mirrors.length;
-      const order = this.mirrors.map((_, k) => (first + k) % this.mirrors.length);
+      const order = this.mirrors.map((_, k) => (first + k) % this.mirrors.length).filter((k) => !noRanges.has(k));
       let lastError: unknown;
       for (const i of order) {
         try {
           const part = await this.mirrors[i]!.blob(repo, digest, range, signal);
           if (!part) continue;
+          if (part.range?.start !== range.start || part.range.end !== range.end) {
+            // The whole blob (a server that ignores Range) or another range: cut, not read.
+            part.body.destroy();
+            noRanges.add(i);
+            throw new UpstreamError('invalid', `mirror did not answer the range ${range.start}-${range.end} it was asked for`);
+          }
           const chunks: Buffer[] = [];
-          for await (const chunk of part.body as AsyncIterable<Buffer>) chunks.push(chunk);
-          const bytes = Buffer.concat(chunks);
-          if (bytes.length !== range.end - range.start + 1) throw new UpstreamError('invalid', `mirror sent ${bytes.length} bytes for a range of ${range.end - range.start + 1}`);
-          return bytes;
+          let received = 0;
+          for await (const chunk of part.body as AsyncIterable<Buffer>) {
+            received += chunk.length;
+            if (received > length) {
+              part.body.destroy();
+              throw new UpstreamError('invalid', `mirror sent more than the ${length} bytes of the range`);
+            }
+            chunks.push(chunk);
+          }
+          if (received !== length) throw new UpstreamError('invalid', `mirror sent ${received} bytes for a range of ${length}`);
+          return Buffer.concat(chunks, length);
         } catch (err) {
+          if (signal?.aborted) throw err;
           lastError = err;
         }
       }
@@ -298,5 +359,71 @@ export class MirroredUpstream implements Upstream {
       }
     })();
     return { size, body: out };
+  }
+}
+
+/**
+ * A blob body that follows its first part and, should that fail before its last byte, the parts
+ * `next` brings (each starting where the bytes stopped). It fails as the last part did once `next`
+ * has none.
+ */
+class ResumingBody extends Readable {
+  private source: Readable | undefined;
+  private position: number;
+  private readonly recycles: ((chunk: Buffer) => void)[] = [];
+
+  constructor(
+    first: UpstreamBlob,
+    start: number,
+    private readonly end: number,
+    private readonly next: (from: number) => Promise<UpstreamBlob | undefined>,
+  ) {
+    super({ highWaterMark: 1024 * 1024 });
+    this.position = start;
+    this.follow(first);
+  }
+
+  /** Gives a lent chunk back to the memory of the part it came from (each part ignores the others'). */
+  recycle(chunk: Buffer): void {
+    for (const recycle of this.recycles) recycle(chunk);
+  }
+
+  override _read(): void {
+    this.source?.resume();
+  }
+
+  override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
+    this.source?.destroy();
+    this.source = undefined;
+    callback(err);
+  }
+
+  private follow(part: UpstreamBlob): void {
+    const source = part.body;
+    this.source = source;
+    if (part.recycle) this.recycles.push(part.recycle);
+    source.on('data', (chunk: Buffer) => {
+      this.position += chunk.length;
+      if (!this.push(chunk)) source.pause();
+    });
+    source.once('end', () => {
+      if (this.source !== source) return;
+      if (this.position === this.end + 1) this.push(null);
+      else this.failed(source, new UpstreamError('invalid', `the upstream body ended at byte ${this.position} of ${this.end + 1}`));
+    });
+    source.on('error', (err) => this.failed(source, err));
+  }
+
+  private failed(source: Readable, err: Error): void {
+    if (this.source !== source || this.destroyed) return;
+    this.source = undefined;
+    this.next(this.position).then(
+      (part) => {
+        if (this.destroyed) part?.body.destroy();
+        else if (part) this.follow(part);
+        else this.destroy(err);
+      },
+      (resumeErr: unknown) => this.destroy(resumeErr instanceof Error ? resumeErr : err),
+    );
   }
 }

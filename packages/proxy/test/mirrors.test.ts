@@ -17,12 +17,18 @@ interface Mirror {
   /** Requests seen, as "METHOD path [range]". */
   log: string[];
   delayMs: number;
-  mode: 'ok' | 'fail' | 'missing';
+  /**
+   * cut: a whole-blob body stops after 1 MiB (ranges are served); ignore-range: a range request gets
+   * the whole blob with 200, slowly; corrupt-range: ranges come with one byte flipped.
+   */
+  mode: 'ok' | 'fail' | 'missing' | 'cut' | 'ignore-range' | 'corrupt-range';
+  /** Blob bytes written to sockets, ranges and whole bodies alike. */
+  sent: number;
 }
 
 /** A real registry-shaped HTTP server that serves one blob and one manifest, with a delay or a failure. */
 async function startMirror(): Promise<Mirror> {
-  const mirror = { log: [] as string[], delayMs: 0, mode: 'ok' } as Mirror;
+  const mirror = { log: [] as string[], delayMs: 0, mode: 'ok', sent: 0 } as Mirror;
   mirror.server = createServer((req, res) => {
     mirror.log.push(`${req.method} ${req.url}${req.headers.range ? ` ${req.headers.range}` : ''}`);
     setTimeout(() => {
@@ -50,15 +56,41 @@ async function startMirror(): Promise<Mirror> {
         return;
       }
       const m = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '');
-      if (m) {
+      if (m && mirror.mode !== 'ignore-range') {
         const start = Number(m[1]);
         const end = Math.min(Number(m[2]), BLOB.length - 1);
         res.writeHead(206, { 'content-length': end - start + 1, 'content-range': `bytes ${start}-${end}/${BLOB.length}` });
-        res.end(BLOB.subarray(start, end + 1));
+        const bytes = Buffer.from(BLOB.subarray(start, end + 1));
+        if (mirror.mode === 'corrupt-range') bytes[0] = bytes[0]! ^ 0xff;
+        mirror.sent += bytes.length;
+        res.end(bytes);
         return;
       }
       res.writeHead(200, { 'content-length': BLOB.length });
-      res.end(req.method === 'HEAD' ? undefined : BLOB);
+      if (req.method === 'HEAD') {
+        res.end();
+      } else if (mirror.mode === 'cut' || mirror.mode === 'ignore-range') {
+        // 64 KiB at a time: what a reader takes before it cuts the connection is what was sent.
+        const step = 64 * 1024;
+        const limit = mirror.mode === 'cut' ? 1024 * 1024 : BLOB.length;
+        let at = 0;
+        const next = (): void => {
+          if (res.destroyed) return;
+          if (at >= limit) {
+            if (mirror.mode === 'cut') res.destroy();
+            else res.end();
+            return;
+          }
+          const piece = BLOB.subarray(at, Math.min(limit, at + step));
+          at += piece.length;
+          mirror.sent += piece.length;
+          res.write(piece, () => setTimeout(next, 2));
+        };
+        next();
+      } else {
+        mirror.sent += BLOB.length;
+        res.end(BLOB);
+      }
     }, mirror.delayMs);
   });
   await new Promise<void>((r) => mirror.server.listen(0, '127.0.0.1', r));
@@ -88,6 +120,7 @@ describe('mirror strategies', () => {
       m.log.length = 0;
       m.delayMs = 0;
       m.mode = 'ok';
+      m.sent = 0;
     }
   }
   function upstream(options: MirrorOptions): MirroredUpstream {
@@ -135,6 +168,43 @@ describe('mirror strategies', () => {
     expect(mirrors[2]!.log).toEqual(['GET /v2/lib/app/tags/list', `GET /v2/lib/app/referrers/${MANIFEST_DIGEST}`]);
   });
 
+  test("a mirror's 404 does not make absent what the others failed to answer: their error is thrown", async () => {
+    for (const strategy of ['failover', 'hedged', 'adaptive'] as const) {
+      reset();
+      mirrors[0]!.mode = 'fail';
+      mirrors[1]!.mode = 'missing';
+      mirrors[2]!.mode = 'missing';
+      // The pull-through side serves a cached copy with a Warning on an error; undefined would be a 404.
+      await expect(upstream({ strategy, hedgeDelay: 50 }).manifest('lib/app', '1')).rejects.toMatchObject({ failure: 'server-error' });
+      await expect(upstream({ strategy, hedgeDelay: 50 }).blob('lib/app', DIGEST)).rejects.toMatchObject({ failure: 'server-error' });
+    }
+  });
+
+  test('a blob body cut mid-way goes on from the next mirror with a range for the rest', async () => {
+    for (const strategy of ['failover', 'hedged', 'adaptive'] as const) {
+      reset();
+      mirrors[0]!.mode = 'cut';
+      // adaptive: mirror 0 answers first (the others are slower), so it is the one that cuts.
+      mirrors[1]!.delayMs = 20;
+      mirrors[2]!.delayMs = 20;
+      const blob = await upstream({ strategy, hedgeDelay: 1000, probeRate: 0 }).blob('lib/app', DIGEST);
+      expect((await readAll(blob!.body)).equals(BLOB)).toBe(true);
+      expect(mirrors[0]!.log).toEqual([`GET /v2/lib/app/blobs/${DIGEST}`]);
+      expect(mirrors[1]!.log).toEqual([`GET /v2/lib/app/blobs/${DIGEST} bytes=${1024 * 1024}-${BLOB.length - 1}`]);
+    }
+  });
+
+  test('a cut body fails when no other mirror serves the rest as a range', async () => {
+    reset();
+    mirrors[0]!.mode = 'cut';
+    mirrors[1]!.mode = 'ignore-range';
+    mirrors[2]!.mode = 'missing';
+    const blob = await upstream({ strategy: 'failover' }).blob('lib/app', DIGEST);
+    await expect(readAll(blob!.body)).rejects.toThrow();
+    // The mirror that answered the range with the whole blob was cut at once, not read.
+    expect(mirrors[1]!.sent).toBeLessThan(BLOB.length / 2);
+  });
+
   test('failover throws the last error when every mirror fails', async () => {
     reset();
     for (const m of mirrors) m.mode = 'fail';
@@ -176,6 +246,36 @@ describe('mirror strategies', () => {
     mirrors[1]!.mode = 'fail';
     const blob = await up.blob('lib/app', DIGEST);
     expect((await readAll(blob!.body)).equals(BLOB)).toBe(true);
+  });
+
+  test('striped passes over a mirror that ignores Range: its whole-blob answers are cut, not read', async () => {
+    reset();
+    mirrors[1]!.mode = 'ignore-range';
+    const blob = await upstream({ strategy: 'striped', stripeThreshold: 1024 * 1024, stripeSize: 256 * 1024, stripeWindow: 2 }).blob('lib/app', DIGEST);
+    expect((await readAll(blob!.body)).equals(BLOB)).toBe(true);
+    // Read to the end, each of its answers would have been the whole blob.
+    expect(mirrors[1]!.sent).toBeLessThan(BLOB.length);
+    // Once found out, it gets no more ranges of the blob.
+    expect(mirrors[1]!.log.length).toBeLessThanOrEqual(2);
+
+    // The size probe goes to the first mirror: one that ignores Range sends the whole blob, which is cut.
+    reset();
+    mirrors[0]!.mode = 'ignore-range';
+    const probed = await upstream({ strategy: 'striped', stripeThreshold: 1024 * 1024, stripeSize: 256 * 1024, stripeWindow: 2 }).blob('lib/app', DIGEST);
+    expect((await readAll(probed!.body)).equals(BLOB)).toBe(true);
+    expect(mirrors[0]!.sent).toBeLessThan(BLOB.length);
+  });
+
+  test('striped: a blob asked for again (its striped fill failed its digest) comes from one mirror', async () => {
+    reset();
+    mirrors[1]!.mode = 'corrupt-range';
+    const up = upstream({ strategy: 'striped', stripeThreshold: 1024 * 1024, stripeSize: 256 * 1024 });
+    const first = await readAll((await up.blob('lib/app', DIGEST))!.body);
+    expect(createHash('sha256').update(first).digest('hex')).not.toBe(DIGEST.slice(7));
+    for (const m of mirrors) m.log.length = 0;
+    const second = await readAll((await up.blob('lib/app', DIGEST))!.body);
+    expect(second.equals(BLOB)).toBe(true);
+    expect(mirrors.flatMap((m) => m.log)).toEqual([`GET /v2/lib/app/blobs/${DIGEST}`]);
   });
 
   test('striped leaves small blobs to a single mirror', async () => {
