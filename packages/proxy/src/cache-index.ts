@@ -70,6 +70,7 @@ export class CacheIndex {
       putTag: s(`INSERT INTO proxy_tags (upstream, repository, tag, digest, checked_at) VALUES (?, ?, ?, ?, ?)
                  ON CONFLICT DO UPDATE SET digest = excluded.digest, checked_at = excluded.checked_at`),
       tags: s('SELECT tag FROM proxy_tags WHERE upstream = ? AND repository = ? AND tag > ? ORDER BY tag LIMIT ?'),
+      dropTag: s('DELETE FROM proxy_tags WHERE upstream = ? AND repository = ? AND tag = ?'),
       blob: s(`SELECT b.size FROM proxy_blobs b JOIN proxy_repository_blobs l ON l.digest = b.digest
                WHERE l.upstream = ? AND l.repository = ? AND b.digest = ?`),
       anyBlob: s('SELECT size FROM proxy_blobs WHERE digest = ?'),
@@ -107,6 +108,11 @@ export class CacheIndex {
 
   putTag(upstream: string, repo: string, tag: string, digest: Digest, now = Date.now()): void {
     this.q.putTag!.run(upstream, repo, tag, digest, now);
+  }
+
+  /** The upstream no longer has `tag`: it is not served, stale or not (its manifest stays, by digest). */
+  dropTag(upstream: string, repo: string, tag: string): void {
+    this.q.dropTag!.run(upstream, repo, tag);
   }
 
   tags(upstream: string, repo: string, last: string, n: number): string[] {

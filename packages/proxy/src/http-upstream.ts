@@ -195,8 +195,8 @@ export class HttpUpstream implements Upstream {
     if ((wanted && digest !== wanted) || (declared && declared.split(':')[0] === algorithm && declared !== digest)) {
       throw new UpstreamError('invalid', `upstream ${this.name} sent a manifest that does not match its digest`, res.statusCode);
     }
-    const mediaType = bareMediaType(res.headers['content-type']) ?? mediaTypeOf(bytes);
-    if (!mediaType) throw new UpstreamError('invalid', `upstream ${this.name} sent a manifest without a media type`);
+    const mediaType = manifestMediaType(bytes, res.headers['content-type']);
+    if (!mediaType) throw new UpstreamError('invalid', `upstream ${this.name} answered the manifest GET with something that is not a manifest`, res.statusCode);
     return { digest, mediaType, bytes };
   }
 
@@ -486,6 +486,16 @@ export class HttpUpstream implements Upstream {
  */
 function readUpTo({ body, recycle }: Answer, limit: number, tooLarge: () => Error): Promise<Buffer> {
   return new Promise((resolve, reject) => {
+    // A body that failed in the read that brought its head (a broken first chunk) failed before we
+    // listen: its 'error' and 'close' are gone, and waiting would hang until someone's timeout.
+    if (body.errored) {
+      reject(body.errored);
+      return;
+    }
+    if (body.destroyed && !body.readableEnded) {
+      reject(new Error('the upstream body was closed before its end'));
+      return;
+    }
     const chunks: Buffer[] = [];
     let size = 0;
     const giveBack = (): void => {
@@ -567,11 +577,32 @@ function toDescriptor(entry: unknown): Descriptor | undefined {
   };
 }
 
-function mediaTypeOf(bytes: Buffer): string | undefined {
+/** Docker's schema 1 manifests: no longer pushed, still served by some registries for old images. */
+const SCHEMA1_SIGNED = 'application/vnd.docker.distribution.manifest.v1+prettyjws';
+const SCHEMA1 = 'application/vnd.docker.distribution.manifest.v1+json';
+
+/**
+ * The media type of manifest bytes from an upstream; undefined when they are no manifest (a captive
+ * portal's HTML page, `{}`), which is refused and never cached: a tag has no digest to check them by.
+ * The document's own `mediaType` wins over Content-Type, which some servers send as text/plain or
+ * application/json; then a manifest Content-Type; then the document's shape (an OCI manifest's
+ * `mediaType` is optional).
+ */
+function manifestMediaType(bytes: Buffer, contentType: string | undefined): string | undefined {
+  let doc: unknown;
   try {
-    const doc = JSON.parse(bytes.toString('utf8')) as { mediaType?: unknown };
-    return typeof doc.mediaType === 'string' ? doc.mediaType : undefined;
+    doc = JSON.parse(bytes.toString('utf8'));
   } catch {
     return undefined;
   }
+  if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) return undefined;
+  const { schemaVersion, mediaType, manifests, layers, signatures } = doc as Record<string, unknown>;
+  if (schemaVersion !== 1 && schemaVersion !== 2) return undefined;
+  if (typeof mediaType === 'string' && mediaType !== '') return mediaType;
+  const header = bareMediaType(contentType);
+  if (header && ((MANIFEST_MEDIA_TYPES as readonly string[]).includes(header) || header === SCHEMA1_SIGNED || header === SCHEMA1)) return header;
+  if (schemaVersion === 1) return signatures === undefined ? SCHEMA1 : SCHEMA1_SIGNED;
+  if (Array.isArray(manifests)) return MediaType.OciIndex;
+  if (Array.isArray(layers)) return MediaType.OciManifest;
+  return undefined;
 }

@@ -140,9 +140,6 @@ export class PullThroughRepository implements RepositoryReader {
     if (cached && now < this.unavailableUntil) {
       return this.stale(cached, repo, tag, `upstream ${this.key} is unavailable; serving the cached manifest`);
     }
-    if (cached && this.rateLimitRemaining !== undefined && this.rateLimitRemaining < this.policy.rateLimitFloor) {
-      return this.stale(cached, repo, tag, `upstream rate limit nearly exhausted (${this.rateLimitRemaining} left); serving the cached manifest`);
-    }
     // A client with a cached copy waiting on it must not sit out the upstream's full timeouts and retries.
     const deadline = this.policy.revalidateTimeout ?? DEFAULT_POLICY.revalidateTimeout!;
     const signal = cached ? AbortSignal.timeout(deadline) : undefined;
@@ -153,6 +150,12 @@ export class PullThroughRepository implements RepositoryReader {
         if (head.digest === cached.digest) {
           this.index.putTag(this.key, repo, tag, cached.digest, now);
           return this.hit('manifest', cached);
+        }
+        // Low on pulls: the cached copy rather than a GET, which Docker Hub counts. The HEAD went
+        // (it does not count), and its answer brought the reading up to date, so this lasts only
+        // as long as the upstream's window.
+        if (this.rateLimitRemaining !== undefined && this.rateLimitRemaining < this.policy.rateLimitFloor) {
+          return this.stale(cached, repo, tag, `upstream rate limit nearly exhausted (${this.rateLimitRemaining} left); serving the cached manifest`);
         }
       }
       this.observer?.cacheMiss?.(this.key, 'manifest');
@@ -192,7 +195,12 @@ export class PullThroughRepository implements RepositoryReader {
     return value;
   }
 
+  /**
+   * The upstream answered 404 for `tag`: absent for absentTtl, and no longer cached, so that neither
+   * the next request within absentTtl nor an outage later brings the deleted tag back.
+   */
   private forget(repo: string, tag: string): undefined {
+    this.index.dropTag(this.key, repo, tag);
     this.index.markAbsent(this.key, repo, tag, Date.now() + this.policy.absentTtl);
     return undefined;
   }

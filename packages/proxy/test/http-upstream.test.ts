@@ -291,6 +291,53 @@ describe('HttpUpstream against a real misbehaving server', () => {
     }
   });
 
+  test('a manifest whose chunked body breaks in the read that brought its head fails at once, not at a timeout', async () => {
+    const raw = createServer((socket) => {
+      socket.on('error', () => undefined);
+      // Head and a chunk-size line that is no number, in one write.
+      socket.on('data', () => socket.write('HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n'));
+    });
+    await new Promise<void>((resolve) => raw.listen(0, '127.0.0.1', resolve));
+    try {
+      const up = new HttpUpstream({ name: 'raw', url: `http://127.0.0.1:${(raw.address() as { port: number }).port}`, retries: 0, timeouts: { firstByte: 60_000, idle: 60_000 } });
+      for (const call of [() => up.manifest('alice/app', '1'), () => up.tags('alice/app', {})]) {
+        const outcome = await Promise.race([failureOf(call()), new Promise((resolve) => setTimeout(() => resolve('hung'), 3000))]);
+        expect(outcome).toBeInstanceOf(Error);
+      }
+    } finally {
+      await new Promise((resolve) => raw.close(resolve));
+    }
+  });
+
+  test('an answer to a manifest GET that is no manifest is refused; the document\'s mediaType wins over Content-Type', async () => {
+    const index = '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}';
+    const bareIndex = '{"schemaVersion":2,"manifests":[]}';
+    const answers: Record<string, [string, string]> = {
+      portal: ['text/html', '<html><body>Sign in to the Wi-Fi</body></html>'],
+      empty: ['application/json', '{}'],
+      index: ['text/plain; charset=utf-8', index],
+      bare: ['application/json', bareIndex],
+    };
+    const raw = createServer((socket) => {
+      socket.on('error', () => undefined);
+      socket.on('data', (d: Buffer) => {
+        const name = /\/v2\/lib\/(\w+)\//.exec(d.toString('latin1'))?.[1] ?? '';
+        const [type, body] = answers[name] ?? ['text/plain', ''];
+        socket.write(`HTTP/1.1 200 OK\r\nContent-Type: ${type}\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+      });
+    });
+    await new Promise<void>((resolve) => raw.listen(0, '127.0.0.1', resolve));
+    try {
+      const up = new HttpUpstream({ name: 'raw', url: `http://127.0.0.1:${(raw.address() as { port: number }).port}`, retries: 0 });
+      expect((await failureOf(up.manifest('lib/portal', 'latest'))).failure).toBe('invalid');
+      expect((await failureOf(up.manifest('lib/empty', 'latest'))).failure).toBe('invalid');
+      expect((await up.manifest('lib/index', 'latest'))?.mediaType).toBe('application/vnd.oci.image.index.v1+json');
+      expect((await up.manifest('lib/bare', 'latest'))?.mediaType).toBe('application/vnd.oci.image.index.v1+json');
+    } finally {
+      await new Promise((resolve) => raw.close(resolve));
+    }
+  });
+
   test('a blob reset mid-body makes the body stream error', async () => {
     fake.fault = 'reset';
     const blob = await client().blob('alice/app', blobDigest);

@@ -74,6 +74,44 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     expect(fake.count('GET', tagPath)).toBe(2);
   });
 
+  test('below rate_limit_floor a moved tag is served from the cache, not fetched; the HEAD still goes, so the reading recovers', async () => {
+    const store = new FsBlobStore(join(dir, 'blobs'), join(dir, 'tmp'));
+    const upstream = new HttpUpstream({ name: 'up', url: fake.url, retries: 0, onRateLimit: (remaining) => (limited.rateLimitRemaining = remaining) });
+    const limited: PullThroughRepository = new PullThroughRepository(upstream, new CacheIndex(db), store, fills, { manifestTtl: TTL, absentTtl: 60_000, rateLimitFloor: 10 });
+    const first = fake.addManifest('alice/app', '1', DOC('a'));
+    expect((await limited.manifest('alice/app', '1'))?.digest).toBe(first);
+
+    fake.rateLimitRemaining = 5;
+    const moved = fake.addManifest('alice/app', '1', DOC('b'));
+    await sleep(TTL + 50);
+    const stale = await limited.manifest('alice/app', '1');
+    expect(stale?.digest).toBe(first);
+    expect(stale?.warning).toMatch(/rate limit/);
+    expect(fake.count('HEAD', tagPath)).toBe(1);
+    expect(fake.count('GET', tagPath)).toBe(1);
+
+    // The window reset upstream: the next check's HEAD says so, and the moved tag is fetched.
+    fake.rateLimitRemaining = 100;
+    await sleep(TTL + 50);
+    expect((await limited.manifest('alice/app', '1'))?.digest).toBe(moved);
+    expect(limited.rateLimitRemaining).toBe(100);
+  });
+
+  test('a cached tag the upstream deleted: absent for absent_ttl, and not served stale in a later outage', async () => {
+    const digest = fake.addManifest('alice/app', '1', DOC('a'));
+    await repo.manifest('alice/app', '1');
+    fake.manifests.delete('alice/app:1');
+    await sleep(TTL + 50);
+    expect(await repo.manifest('alice/app', '1')).toBeUndefined();
+    expect(await repo.manifest('alice/app', '1')).toBeUndefined();
+    expect(fake.count('HEAD', tagPath)).toBe(1);
+    fake.fault = '500';
+    expect(await repo.manifest('alice/app', '1')).toBeUndefined();
+    expect((await repo.tags('alice/app', {})) ?? []).not.toContain('1');
+    // Its manifest stays, by digest.
+    expect((await repo.manifest('alice/app', digest))?.digest).toBe(digest);
+  });
+
   test('by digest: once cached, never asked upstream again', async () => {
     const digest = fake.addManifest('alice/app', '1', DOC('a'));
     await repo.manifest('alice/app', digest);

@@ -43,6 +43,8 @@ export class FakeUpstream {
   tagListBody: string | undefined;
   /** Referrers index entries by "repo@subject"; repositories without any answer 404 (no referrers API). */
   readonly referrers = new Map<string, unknown[]>();
+  /** Sent as `RateLimit-Remaining: <n>;w=21600` on manifest answers, when set (as Docker Hub does). */
+  rateLimitRemaining: number | undefined;
   /** TCP connections accepted. */
   connections = 0;
   private readonly issued = new Set<string>();
@@ -107,7 +109,8 @@ export class FakeUpstream {
     if (kind === 'manifests') {
       const manifest = this.manifests.get(ref.includes(':') ? `${repo}@${ref}` : `${repo}:${ref}`);
       if (!manifest) return void res.writeHead(404, { 'content-type': 'application/json' }).end('{"errors":[{"code":"MANIFEST_UNKNOWN"}]}');
-      res.writeHead(200, { 'content-type': manifest.mediaType, 'content-length': manifest.bytes.length, 'docker-content-digest': sha256(manifest.bytes) });
+      const limit = this.rateLimitRemaining === undefined ? {} : { 'ratelimit-remaining': `${this.rateLimitRemaining};w=21600` };
+      res.writeHead(200, { 'content-type': manifest.mediaType, 'content-length': manifest.bytes.length, 'docker-content-digest': sha256(manifest.bytes), ...limit });
       return void res.end(req.method === 'HEAD' ? undefined : manifest.bytes);
     }
     const bytes = this.blobs.get(ref);
