@@ -33,6 +33,11 @@ export interface HttpUpstreamOptions {
   readonly retries?: number;
   /** Longest Retry-After we wait out before giving up, ms. */
   readonly maxRetryWait?: number;
+  /**
+   * No retry starts this long (ms) after the first attempt did: a client waiting on a stalled
+   * upstream gets its 504 within about this plus one attempt, before its request_timeout. 60 s.
+   */
+  readonly retryBudget?: number;
   readonly userAgent?: string;
   /** Called with RateLimit-Remaining whenever an upstream sends it. */
   readonly onRateLimit?: (remaining: number) => void;
@@ -129,6 +134,7 @@ export class HttpUpstream implements Upstream {
   private readonly timeouts: UpstreamTimeouts;
   private readonly retries: number;
   private readonly maxRetryWait: number;
+  private readonly retryBudget: number;
   private readonly userAgent: string;
   /**
    * The egress proxy for this upstream's scheme (HTTPS_PROXY for https://, HTTP_PROXY for http://, as
@@ -142,6 +148,7 @@ export class HttpUpstream implements Upstream {
     this.timeouts = { ...DEFAULT_TIMEOUTS, ...options.timeouts };
     this.retries = options.retries ?? 3;
     this.maxRetryWait = options.maxRetryWait ?? 10_000;
+    this.retryBudget = options.retryBudget ?? 60_000;
     this.userAgent = options.userAgent ?? 'wharf-proxy';
     this.via = new URL(this.base).protocol === 'https:' ? options.egress?.https : options.egress?.http;
   }
@@ -380,11 +387,12 @@ export class HttpUpstream implements Upstream {
 
   private async withRetries<T>(signal: AbortSignal | undefined, attempt: () => Promise<T>): Promise<T> {
     let last: UpstreamError | undefined;
+    const started = performance.now();
     for (let i = 0; i <= this.retries; i++) {
       if (i > 0) {
         const backoff = Math.min(this.maxRetryWait, 200 * 2 ** (i - 1));
         const wait = last?.retryAfter !== undefined ? last.retryAfter * 1000 : backoff / 2 + Math.random() * backoff;
-        if (wait > this.maxRetryWait) break;
+        if (wait > this.maxRetryWait || performance.now() - started + wait > this.retryBudget) break;
         await sleep(wait, signal);
       }
       try {
@@ -450,7 +458,8 @@ export class HttpUpstream implements Upstream {
     const realm = challenge.params.realm;
     if (!realm) return false;
     const scope = this.tokenKey(repo);
-    const url = new URL(realm);
+    const url = tokenUrl(realm, this.base);
+    if (!url) throw new UpstreamError('unauthorized', `upstream ${this.name} named a token realm that is no HTTP URL`);
     if (challenge.params.service) url.searchParams.set('service', challenge.params.service);
     url.searchParams.set('scope', scope);
     const res = await this.send('GET', url.href, this.options.username !== undefined ? { authorization: this.basic() } : {}, signal);
@@ -575,6 +584,16 @@ function toDescriptor(entry: unknown): Descriptor | undefined {
     ...(typeof e.artifactType === 'string' ? { artifactType: e.artifactType } : {}),
     ...(annotations ? { annotations } : {}),
   };
+}
+
+/** The token service's URL: a realm given as a path (`/token`) is the registry's own; only HTTP(S). */
+function tokenUrl(realm: string, base: string): URL | undefined {
+  try {
+    const url = new URL(realm, base);
+    return url.protocol === 'https:' || url.protocol === 'http:' ? url : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Docker's schema 1 manifests: no longer pushed, still served by some registries for old images. */

@@ -144,6 +144,17 @@ describe('HttpUpstream against a real misbehaving server', () => {
     ]);
   });
 
+  test("Bearer: a realm given as a path is the registry's own token service", async () => {
+    fake.auth = 'bearer';
+    fake.relativeRealm = true;
+    try {
+      expect((await client({ username: 'alice', password: 's3cret' }).manifest('alice/app', '1'))?.digest).toBe(manifestDigest);
+      expect(fake.requests.filter((r) => r.path === '/token')).toHaveLength(1);
+    } finally {
+      fake.relativeRealm = false;
+    }
+  });
+
   test('Bearer: a cached token is reused, so a second request does not hit /token or get a 401', async () => {
     fake.auth = 'bearer';
     const up = client({ username: 'alice', password: 's3cret' });
@@ -235,6 +246,14 @@ describe('HttpUpstream against a real misbehaving server', () => {
     const err = await failureOf(client({ timeouts: FAST }).manifest('alice/app', '1'));
     expect(err.failure).toBe('timeout');
     expect(Date.now() - started).toBeLessThan(2_000);
+  });
+
+  test('no retry starts once the retry budget is spent: a stalled upstream fails while its client still waits', async () => {
+    fake.fault = 'stall';
+    const err = await failureOf(client({ retries: 10, retryBudget: 700, timeouts: { connect: 300, firstByte: 300, idle: 300 } }).manifest('alice/app', '1'));
+    expect(err.failure).toBe('timeout');
+    // 11 attempts without the budget; 300 ms each, two or three fit in 700 ms.
+    expect(fake.count('GET', '/v2/alice/app/manifests/1')).toBeLessThanOrEqual(3);
   });
 
   test('a stalled blob request fails as "timeout", after retries, quickly', async () => {

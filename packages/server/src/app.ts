@@ -6,6 +6,7 @@ import type { Logger } from 'pino';
 import { ociErrors } from './http/oci-errors.js';
 import { requestLog, type RequestObserver } from './http/request-log.js';
 import { requestTimeout } from './http/request-timeout.js';
+import { serverSideWait } from './http/server-wait.js';
 import { registerHealth, type HealthDeps } from './routes/health.js';
 import { registerMetrics } from './routes/metrics.js';
 import type { MetricsConfig } from './metrics/metrics-config.js';
@@ -63,6 +64,7 @@ export function createApp(options: AppOptions): Koa {
   registerReferrers(v2, deps);
 
   app.use(requestLog(options.logger, options.ops?.observer));
+  app.use(serverSideWait());
   app.use(async (ctx, next) => {
     ctx.set('Docker-Distribution-API-Version', 'registry/2.0');
     // While shutting down, every response closes its connection so that the client reconnects elsewhere.

@@ -35,6 +35,8 @@ export class FakeUpstream {
   auth: 'none' | 'bearer' | 'basic' = 'none';
   credentials = { username: 'alice', password: 's3cret' };
   tokenExpiresIn = 300;
+  /** The Bearer challenge names its realm as a path (`/token`), relative to the registry. */
+  relativeRealm = false;
   /** Base URL blob GETs are redirected to (307), same path. */
   redirectBlobsTo: string | undefined;
   /** Most tags in one tag-list page whatever n asks (Docker Hub caps its pages too); more pages are linked. */
@@ -163,7 +165,7 @@ export class FakeUpstream {
     res.writeHead(401, {
       'content-type': 'application/json',
       'www-authenticate':
-        this.auth === 'basic' ? 'Basic realm="fake"' : `Bearer realm="${this.url}/token",service="fake-registry"${repo ? `,scope="repository:${repo}:pull"` : ''}`,
+        this.auth === 'basic' ? 'Basic realm="fake"' : `Bearer realm="${this.relativeRealm ? '' : this.url}/token",service="fake-registry"${repo ? `,scope="repository:${repo}:pull"` : ''}`,
     });
     res.end('{"errors":[{"code":"UNAUTHORIZED"}]}');
     return false;

@@ -1,0 +1,78 @@
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { createHash, randomBytes } from 'node:crypto';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
+
+const sha256 = (b: Uint8Array) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+/** Longer than Wharf's idle_timeout below: the wait is the upstream's, not the client's. */
+const SLOW_MS = 1500;
+
+/**
+ * An upstream that takes its time: the manifest comes after SLOW_MS, and the blob is sent without a
+ * Content-Length (chunked), its pieces spread over SLOW_MS, so Wharf must have it whole before it can
+ * answer with a length.
+ */
+describe('pull-through from an upstream slower than idle_timeout', () => {
+  const blob = randomBytes(64 * 1024);
+  const blobDigest = sha256(blob);
+  const manifest = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: 'application/vnd.oci.image.manifest.v1+json',
+      config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: blobDigest, size: blob.length },
+      layers: [],
+    }),
+  );
+  let upstream: Server;
+  let proxy: TestRegistry;
+
+  beforeAll(async () => {
+    upstream = createServer((req, res) => {
+      if (req.url === '/v2/lib/app/manifests/1') {
+        setTimeout(() => {
+          res.writeHead(200, { 'content-type': 'application/vnd.oci.image.manifest.v1+json', 'docker-content-digest': sha256(manifest), 'content-length': manifest.length });
+          res.end(req.method === 'HEAD' ? undefined : manifest);
+        }, SLOW_MS);
+      } else if (req.url === `/v2/lib/app/blobs/${blobDigest}` && req.method === 'GET') {
+        res.writeHead(200, { 'content-type': 'application/octet-stream' });
+        const pieces = 5;
+        let sent = 0;
+        const next = (): void => {
+          const size = Math.ceil(blob.length / pieces);
+          res.write(blob.subarray(sent * size, (sent + 1) * size));
+          sent += 1;
+          if (sent < pieces) setTimeout(next, SLOW_MS / pieces);
+          else res.end();
+        };
+        next();
+      } else {
+        res.writeHead(404).end();
+      }
+    });
+    await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve));
+    proxy = await startRegistry({
+      settings: {
+        idle_timeout: '1s',
+        proxy: { retries: 0, first_byte_timeout: '5s', idle_timeout: '5s', upstreams: { slow: { url: `http://127.0.0.1:${(upstream.address() as AddressInfo).port}` } } },
+      },
+    });
+  });
+  afterAll(async () => {
+    await proxy?.close();
+    upstream?.closeAllConnections();
+    await new Promise((resolve) => upstream?.close(resolve));
+  });
+
+  test('a manifest the upstream takes longer than idle_timeout to send reaches the client', async () => {
+    const res = await fetch(`${proxy.url}/v2/proxy/slow/lib/app/manifests/1`);
+    expect(res.status).toBe(200);
+    expect(Buffer.from(await res.arrayBuffer()).equals(manifest)).toBe(true);
+  });
+
+  test('a blob without Content-Length that takes longer than idle_timeout to come reaches the client whole', async () => {
+    const res = await fetch(`${proxy.url}/v2/proxy/slow/lib/app/blobs/${blobDigest}`);
+    expect(res.status).toBe(200);
+    expect(sha256(new Uint8Array(await res.arrayBuffer()))).toBe(blobDigest);
+  });
+});
