@@ -88,7 +88,8 @@ export function createApp(options: AppOptions): Koa {
     app.use(authMiddleware({ auth: options.auth, resolver: options.resolver }));
   }
   if (options.admin) {
-    const admin = new Router();
+    // Case-sensitive: /ADMIN/import is not /admin/import.
+    const admin = new Router({ sensitive: true });
     registerAdmin(admin, options.admin);
     app.use(admin.routes());
   }

@@ -1,7 +1,7 @@
 import type { Router, RouterContext } from '@koa/router';
 import type { Readable } from 'node:stream';
 import { RegistryError, type ExportPlan, type ImportOptions, type ImportResult } from '@wharf/registry-core';
-import { isLoopback } from '../http/loopback.js';
+import { assertOperator } from './operator.js';
 
 /** What the storage admin endpoints need (StorageMaintenance provides it). */
 export interface StorageAdminDeps {
@@ -29,11 +29,7 @@ function oneParam(ctx: RouterContext, name: string): string | undefined {
  * an OCI image layout tarball, streamed. Loopback clients only with auth off, administrators with it on.
  */
 export function registerStorageAdmin(router: Router, deps: StorageAdminDeps, authEnabled: boolean): void {
-  const checkCaller = (ctx: RouterContext) => {
-    if (!authEnabled && !isLoopback(ctx.socket.remoteAddress)) {
-      throw new RegistryError('DENIED', 'admin endpoints answer local clients only', undefined);
-    }
-  };
+  const checkCaller = (ctx: RouterContext) => assertOperator(ctx, authEnabled);
 
   router.post('/admin/import', async (ctx) => {
     checkCaller(ctx);

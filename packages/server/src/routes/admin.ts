@@ -1,9 +1,9 @@
 import type { Router } from '@koa/router';
 import type { CacheEviction } from '@wharf/proxy';
 import { RegistryError, isValidRepositoryName } from '@wharf/registry-core';
-import { isLoopback } from '../http/loopback.js';
 import { decodeCapture } from '../http/path-segments.js';
 import { registerStorageAdmin, type StorageAdminDeps } from './admin-storage.js';
+import { assertOperator } from './operator.js';
 
 export interface AdminDeps {
   readonly eviction: CacheEviction;
@@ -21,9 +21,7 @@ export interface AdminDeps {
  */
 export function registerAdmin(router: Router, deps: AdminDeps): void {
   router.delete(/^\/admin\/proxy\/cache\/([^/]+)(?:\/(.+))?$/, async (ctx) => {
-    if (!deps.authEnabled && !isLoopback(ctx.socket.remoteAddress)) {
-      throw new RegistryError('DENIED', 'admin endpoints answer local clients only', undefined);
-    }
+    assertOperator(ctx, deps.authEnabled ?? false);
     const [name = '', path] = ctx.captures ?? [];
     const upstream = deps.resolveUpstream(decodeCapture(name));
     if (!upstream) throw new RegistryError('NAME_UNKNOWN', 'no such upstream', { upstream: name });

@@ -1,0 +1,55 @@
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { RegistryClient, basic, bcryptHash, fetchToken, pushWith, startAuthRegistry, type TokenReply } from './helpers.js';
+import type { TestRegistry } from '../helpers/start-registry.js';
+
+const PW = { root: 'root-admin-pw-1', alice: 'alice-admin-pw-1' } as const;
+
+/** The operator endpoints with auth on: administrators signed in with a password, and nobody else. */
+describe('admin endpoints with auth on', () => {
+  let reg: TestRegistry;
+  let digest: string;
+  const manifestOf = async () => (await fetch(`${reg.url}/v2/alice/private/manifests/1`, { headers: { Authorization: basic('alice', PW.alice), accept: 'application/vnd.oci.image.manifest.v1+json' } })).headers.get('docker-content-digest');
+
+  beforeAll(async () => {
+    reg = await startAuthRegistry({
+      authSettings: { users: [{ name: 'root', password_hash: bcryptHash(PW.root), admin: true }, { name: 'alice', password_hash: bcryptHash(PW.alice) }] },
+    });
+    const pushed = await pushWith(new RegistryClient(reg.url, 'basic', { user: 'alice', password: PW.alice }), 'alice/private', '1', 'secret layer');
+    expect(pushed.status).toBe(201);
+    digest = pushed.headers.get('docker-content-digest')!;
+  });
+  afterAll(async () => {
+    await reg?.close();
+  });
+
+  test('every admin path, in any case, without credentials: refused, and nothing exported or imported', async () => {
+    for (const prefix of ['/admin', '/ADMIN', '/Admin', '/aDmIn']) {
+      for (const route of ['/export', '/EXPORT']) {
+        const res = await fetch(`${reg.url}${prefix}${route}?ref=alice/private:1`);
+        // 401 where the route exists, 404 where it does not: never an answer.
+        expect([prefix + route, res.status === 401 || res.status === 404]).toEqual([prefix + route, true]);
+        expect(Buffer.from(await res.arrayBuffer()).includes('secret layer')).toBe(false);
+      }
+      const imported = await fetch(`${reg.url}${prefix}/import?repository=alice/private&tag=1`, { method: 'POST', body: Buffer.alloc(1024) });
+      expect(imported.status === 401 || imported.status === 404).toBe(true);
+      const purged = await fetch(`${reg.url}${prefix}/proxy/cache/docker.io`, { method: 'DELETE' });
+      expect(purged.status === 401 || purged.status === 404).toBe(true);
+    }
+    expect(await manifestOf()).toBe(digest);
+  });
+
+  test("an administrator's bearer token does not open them; their password does", async () => {
+    const challenge = await fetch(`${reg.url}/v2/`);
+    const realm = /realm="([^"]+)"/.exec(challenge.headers.get('www-authenticate') ?? '')![1]!;
+    const reply = await fetchToken(realm, 'wharf', ['repository:alice/private:pull'], { user: 'root', password: PW.root });
+    const { token } = (await reply.json()) as TokenReply;
+    const withToken = await fetch(`${reg.url}/admin/export?ref=alice/private:1`, { headers: { Authorization: `Bearer ${token}` } });
+    expect(withToken.status).toBe(401);
+    expect(withToken.headers.get('www-authenticate')).toMatch(/^Basic /);
+    const withPassword = await fetch(`${reg.url}/admin/export?ref=alice/private:1`, { headers: { Authorization: basic('root', PW.root) } });
+    expect(withPassword.status).toBe(200);
+    expect(Buffer.from(await withPassword.arrayBuffer()).includes('secret layer')).toBe(true);
+    const notAdmin = await fetch(`${reg.url}/admin/export?ref=alice/private:1`, { headers: { Authorization: basic('alice', PW.alice) } });
+    expect(notAdmin.status).toBe(403);
+  });
+});
