@@ -43,6 +43,11 @@ export class BlobFill {
    */
   verified = false;
   error: Error | undefined;
+  /**
+   * Who may read it: the upstream and repository that started it, and those that showed the upstream
+   * has the blob for them too. A download is not a way into another upstream's (or repository's) blob.
+   */
+  readonly sources = new Set<string>();
 
   constructor(
     readonly digest: Digest,
@@ -357,13 +362,14 @@ export class BlobFills {
   }
 
   /**
-   * Joins the fill of `digest`, starting it with `fetch` when none runs. Resolves once the upstream has
-   * answered (undefined when it has no such blob), so the caller can send headers and tail the fill.
+   * Joins the fill of `digest`, starting it with `fetch` when none runs (then `source` is among its
+   * `sources`). Resolves once the upstream has answered (undefined when it has no such blob), so the
+   * caller can send headers and tail the fill.
    */
-  join(digest: Digest, fetch: () => Promise<UpstreamBlob | undefined>): Promise<BlobFill | undefined> {
+  join(digest: Digest, fetch: () => Promise<UpstreamBlob | undefined>, source?: string): Promise<BlobFill | undefined> {
     const existing = this.inflight.get(digest);
     if (existing) return existing;
-    const starting = this.start(digest, fetch);
+    const starting = this.start(digest, fetch, source);
     this.inflight.set(digest, starting);
     starting.then(
       (fill) => {
@@ -375,7 +381,7 @@ export class BlobFills {
     return starting;
   }
 
-  private async start(digest: Digest, fetch: () => Promise<UpstreamBlob | undefined>): Promise<BlobFill | undefined> {
+  private async start(digest: Digest, fetch: () => Promise<UpstreamBlob | undefined>, source: string | undefined): Promise<BlobFill | undefined> {
     const upstream = await fetch();
     if (!upstream) return undefined;
     this.started += 1;
@@ -392,7 +398,7 @@ export class BlobFills {
       throw err;
     }
     const { algorithm } = parseDigest(digest);
-    return new BlobFill(digest, upstream.size, temp, store.pathOf(digest), async (fill) => {
+    const started = new BlobFill(digest, upstream.size, temp, store.pathOf(digest), async (fill) => {
       fill.writer = writer;
       writer.onWritten = () => fill.wrote();
       const hash = newHash(algorithm);
@@ -432,5 +438,7 @@ export class BlobFills {
         if (!adopted) await rm(temp, { force: true });
       }
     });
+    if (source !== undefined) started.sources.add(source);
+    return started;
   }
 }

@@ -249,7 +249,7 @@ export class PullThroughRepository implements RepositoryReader {
       const cached = await this.cachedHere(repo, digest);
       if (cached) return cached;
       const fill = await this.fills.current(digest);
-      if (fill && fill.state !== 'failed' && fill.size !== undefined) return { digest, size: fill.size };
+      if (fill && fill.sources.has(this.source(repo)) && fill.state !== 'failed' && fill.size !== undefined) return { digest, size: fill.size };
       const remote = await this.upstream.statBlob(repo, digest);
       if (!remote) return undefined;
       if (remote.size !== undefined) return { digest, size: remote.size };
@@ -290,8 +290,20 @@ export class PullThroughRepository implements RepositoryReader {
     return exactly(part.body, range.end - range.start + 1);
   }
 
+  /** Who reads a fill through this upstream and repository (BlobFill.sources). */
+  private source(repo: string): string {
+    return `${this.key}\u0000${repo}`;
+  }
+
   private async fill(repo: string, digest: Digest): Promise<BlobFill | undefined> {
-    const fill = await this.fills.join(digest, () => this.upstream.blob(repo, digest));
+    const source = this.source(repo);
+    const fill = await this.fills.join(digest, () => this.upstream.blob(repo, digest), source);
+    if (fill && !fill.sources.has(source)) {
+      // Another upstream or repository started this download: it is read here only if this upstream
+      // has the blob for this repository too, as for a copy already cached for another repository.
+      if (!(await this.upstream.statBlob(repo, digest))) return undefined;
+      fill.sources.add(source);
+    }
     fill?.done
       .then(
         (blob) => {

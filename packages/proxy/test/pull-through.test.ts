@@ -225,6 +225,28 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     fake = await FakeUpstream.start();
   });
 
+  test('a download in flight is read through another upstream only if that upstream has the blob', async () => {
+    const other = await FakeUpstream.start();
+    try {
+      const store = new FsBlobStore(join(dir, 'blobs'), join(dir, 'tmp'));
+      const viaOther = new PullThroughRepository(new HttpUpstream({ name: 'other', url: other.url, retries: 0 }), new CacheIndex(db), store, fills, { manifestTtl: TTL, absentTtl: 60_000, rateLimitFloor: 0 });
+      const bytes = randomBytes(1024 * 1024);
+      const digest = fake.addBlob(bytes);
+      fake.fault = 'hold';
+      expect((await repo.blob('alice/app', digest))?.size).toBe(bytes.length);
+      expect(fills.running).toBe(1);
+      // The other upstream does not have it: its clients get nothing of this download.
+      expect(await viaOther.blob('bob/app', digest)).toBeUndefined();
+      expect(await viaOther.statBlob('bob/app', digest)).toBeUndefined();
+      expect(other.count('HEAD', `/v2/bob/app/blobs/${digest}`)).toBe(2);
+      // The same upstream has it for another repository: that one joins the download.
+      expect((await repo.blob('carol/app', digest))?.size).toBe(bytes.length);
+      expect(fills.started).toBe(1);
+    } finally {
+      await other.close();
+    }
+  });
+
   test('a blob cached for one repository is served under another only if the upstream has it there', async () => {
     const bytes = randomBytes(1000);
     const digest = fake.addBlob(bytes) as Digest;

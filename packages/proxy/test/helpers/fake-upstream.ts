@@ -4,7 +4,8 @@ import type { AddressInfo } from 'node:net';
 import type { Digest } from '@wharf/registry-core';
 
 /** What the next matching requests get instead of a correct answer. */
-export type Fault = 'wrong-bytes' | 'truncate' | 'reset' | '500' | '429' | 'stall';
+/** hold: half a blob's body, then the rest 400 ms later. */
+export type Fault = 'wrong-bytes' | 'truncate' | 'reset' | '500' | '429' | 'stall' | 'hold';
 
 export interface SeenRequest {
   readonly method: string;
@@ -127,6 +128,11 @@ export class FakeUpstream {
       ...(range ? { 'content-range': `bytes ${range[1]}-${Math.min(Number(range[2]), bytes.length - 1)}/${bytes.length}` } : {}),
     });
     if (req.method === 'HEAD') return void res.end();
+    if (fault === 'hold') {
+      const half = Math.floor(body.length / 2);
+      res.write(body.subarray(0, half), () => setTimeout(() => res.end(body.subarray(half)), 400));
+      return;
+    }
     if (fault === 'truncate' || fault === 'reset') {
       // Half the announced bytes, then a clean FIN (truncate) or an RST (reset).
       res.write(body.subarray(0, Math.floor(body.length / 2)), () => {
