@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openDatabase, type SqliteDatabase } from '../src/sqlite/database.js';
@@ -46,6 +46,13 @@ describe('SqliteMetadataStore on a database file', () => {
     expect(db.pragma('journal_mode', { simple: true })).toBe('wal');
     expect(db.pragma('foreign_keys', { simple: true })).toBe(1);
     expect(db.pragma('user_version', { simple: true })).toBe(MIGRATIONS.length);
+  });
+
+  test('a new database file, and its WAL, are readable by their owner only (they hold password hashes)', async () => {
+    const db = openDb();
+    db.exec('CREATE TABLE t (x)');
+    db.exec('INSERT INTO t VALUES (1)');
+    for (const path of [file, `${file}-wal`]) expect(((await stat(path)).mode & 0o777).toString(8)).toBe('600');
   });
 
   test('reopening the database file keeps blobs, manifests and tags', async () => {

@@ -1,5 +1,5 @@
 import Database from 'better-sqlite3';
-import { mkdirSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { MIGRATIONS } from './schema.js';
 
@@ -8,7 +8,12 @@ export type SqliteStatement = Database.Statement;
 
 /** Opens (creating if needed) the metadata database in WAL mode with foreign keys on, and migrates it. */
 export function openDatabase(file: string): SqliteDatabase {
-  if (file !== ':memory:') mkdirSync(dirname(file), { recursive: true });
+  if (file !== ':memory:') {
+    mkdirSync(dirname(file), { recursive: true });
+    // A new database is readable by its owner only: it holds password hashes. SQLite gives its -wal
+    // and -shm files the database's mode. An existing file keeps the mode its operator chose.
+    closeSync(openSync(file, 'a', 0o600));
+  }
   const db = new Database(file);
   db.pragma('journal_mode = WAL');
   db.pragma('synchronous = NORMAL');

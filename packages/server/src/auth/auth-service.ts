@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { dirname, join } from 'node:path';
 import { RegistryError, isValidRepositoryName, type SqliteDatabase } from '@wharf/registry-core';
 import type { Logger } from 'pino';
@@ -67,6 +68,8 @@ export class AuthService {
   readonly accounts: Accounts;
   private readonly groups: ReadonlyMap<string, ReadonlyMap<string, Role>>;
   private readonly limiter: LoginLimiter;
+  /** Logins being checked, by a hash of address, user name and password. */
+  private readonly verifying = new Map<string, Promise<Principal | undefined>>();
 
   private constructor(
     readonly config: AuthConfig,
@@ -152,13 +155,27 @@ export class AuthService {
     // address counts, or one expired token would lock every job that says "ci" out.
     const isToken = Accounts.isTokenSecret(password);
     const keys = isToken ? [`ip:${ip ?? 'unknown'}`] : [`ip:${ip ?? 'unknown'}`, `user:${user}`];
-    this.checkLimits(keys);
-    const principal = isToken ? this.accounts.verifyToken(password) : await this.accounts.verifyPassword(user, password);
-    if (!principal) {
-      this.failed(keys);
-      throw new AuthFailure('invalid user name, password or token', 'basic');
+    // The same credentials at the same time (parallel CI jobs signing in at once) share one check.
+    const same = createHash('sha256').update(`${ip ?? ''}\0${user}\0${password}`).digest('base64');
+    let verification = this.verifying.get(same);
+    if (!verification) {
+      this.checkLimits(keys);
+      // Counted as failed until it passes: a password check takes bcrypt's time, and a burst of
+      // guesses sent at once would otherwise all pass the limit before the first one had failed.
+      const attempt = this.failed(keys);
+      verification = (async () => {
+        const principal = isToken ? this.accounts.verifyToken(password) : await this.accounts.verifyPassword(user, password);
+        if (principal) {
+          this.limiter.forgive(keys, attempt);
+          this.limiter.clear(`user:${user}`);
+        }
+        return principal;
+      })();
+      this.verifying.set(same, verification);
+      void verification.finally(() => this.verifying.delete(same)).catch(() => undefined);
     }
-    this.limiter.clear(`user:${user}`);
+    const principal = await verification;
+    if (!principal) throw new AuthFailure('invalid user name, password or token', 'basic');
     return principal;
   }
 
@@ -181,9 +198,11 @@ export class AuthService {
     }
   }
 
-  private failed(keys: readonly string[]): void {
-    this.limiter.fail(keys);
+  /** Counts a failure (returns its time, for `forgive`). */
+  private failed(keys: readonly string[]): number {
+    const at = this.limiter.fail(keys);
     if (this.limiter.retryAfter(keys) !== undefined) this.logger.warn({ ip: keys[0]!.slice(3) }, 'failed logins over the limit');
+    return at;
   }
 
   /** What the Authorization header proves; throws AuthFailure (401) or TOOMANYREQUESTS (429). */

@@ -111,6 +111,7 @@ export class AuthStore {
       hasAdmin: s('SELECT 1 FROM auth_users WHERE admin = 1 LIMIT 1'),
       addUser: s('INSERT INTO auth_users (name, password_hash, admin, created_at) VALUES (?, ?, ?, ?)'),
       setPassword: s('UPDATE auth_users SET password_hash = ? WHERE name = ?'),
+      revokeRefresh: s("UPDATE auth_tokens SET revoked = 1 WHERE user = ? AND type = 'refresh'"),
       removeUser: s('DELETE FROM auth_users WHERE name = ?'),
       removeUserTokens: s('UPDATE auth_tokens SET revoked = 1 WHERE user = ?'),
       addToken: s(`INSERT INTO auth_tokens (type, hash, user, name, scopes, namespace, parent_id, expires_at, created_at)
@@ -150,8 +151,15 @@ export class AuthStore {
     this.q.addUser!.run(name, passwordHash, admin ? 1 : 0, Date.now());
   }
 
+  /**
+   * A new password, which ends the refresh tokens signed in with the old one (`docker login` keeps one
+   * for 30 days): whoever had the old password does not keep its access.
+   */
   setPassword(name: string, passwordHash: string): boolean {
-    return this.q.setPassword!.run(passwordHash, name).changes > 0;
+    return this.db.transaction(() => {
+      this.q.revokeRefresh!.run(name);
+      return this.q.setPassword!.run(passwordHash, name).changes > 0;
+    })();
   }
 
   /** Removes the user and revokes every token of theirs. */

@@ -45,7 +45,8 @@ export class LoginLimiter {
     return wait;
   }
 
-  fail(keys: readonly string[]): void {
+  /** Counts a failure against each key, at the time it returns. */
+  fail(keys: readonly string[]): number {
     const now = this.now();
     for (const key of keys) {
       const list = this.recent(key, now);
@@ -54,6 +55,16 @@ export class LoginLimiter {
       this.failures.set(key, list.slice(-this.limits.maxFailures));
     }
     while (this.failures.size > MAX_KEYS) this.failures.delete(this.failures.keys().next().value!);
+    return now;
+  }
+
+  /** Takes back the failure counted at `at` (an attempt counted before it was checked, that passed). */
+  forgive(keys: readonly string[], at: number): void {
+    for (const key of keys) {
+      const list = this.failures.get(key);
+      const i = list?.lastIndexOf(at) ?? -1;
+      if (i >= 0) list!.splice(i, 1);
+    }
   }
 
   /** A success clears the key's failures (used for the user, never for the address). */

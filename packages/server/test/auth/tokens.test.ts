@@ -3,6 +3,7 @@ import { createHmac, createPrivateKey, createPublicKey, generateKeyPairSync, ran
 import { readFile, stat } from 'node:fs/promises';
 import { request } from 'node:http';
 import { join } from 'node:path';
+import bcrypt from 'bcryptjs';
 import { SignJWT, calculateJwkThumbprint, exportJWK } from 'jose';
 import type { TestRegistry } from '../helpers/start-registry.js';
 import {
@@ -158,6 +159,17 @@ describe('the token endpoint and bearer tokens', () => {
 
     const bogus = await fetch(realm, form({ grant_type: 'refresh_token', client_id: 'x', refresh_token: 'wharf_rt_nope' }));
     expect(bogus.status).toBe(401);
+  });
+
+  test("a new password ends the refresh tokens obtained with the old one (docker login keeps one for 30 days)", async () => {
+    reg.auth!.store.addUser('dave', bcryptHash('dave-old-password'), false);
+    const res = await fetchToken(realm, 'wharf', [], { user: 'dave', password: 'dave-old-password' }, '&offline_token=true&client_id=docker');
+    const { refresh_token: refresh } = (await res.json()) as TokenReply;
+    secrets.add('refresh token', refresh);
+    const grant = () => fetch(realm, form({ grant_type: 'refresh_token', client_id: 'docker', refresh_token: refresh!, scope: 'repository:dave/app:push' }));
+    expect((await grant()).status).toBe(200);
+    reg.auth!.store.setPassword('dave', bcryptHash('dave-new-password'));
+    expect((await grant()).status).toBe(401);
   });
 
   test('GET with offline_token=true returns a refresh token', async () => {
@@ -360,11 +372,14 @@ describe('failed logins are limited per address and per user', () => {
         users: [
           { name: 'alice', password_hash: bcryptHash(PW.alice) },
           { name: 'bob', password_hash: bcryptHash(PW.bob) },
+          // Cost 11: bcryptjs hashes in slices of about 100 ms, so checks sent at once overlap.
+          { name: 'carol', password_hash: bcrypt.hashSync(PW.alice, 11) },
         ],
       },
     });
     secrets.addBasic('alice', PW.alice);
     secrets.addBasic('bob', PW.bob);
+    secrets.addBasic('carol', PW.alice);
   });
 
   afterAll(async () => {
@@ -410,6 +425,20 @@ describe('failed logins are limited per address and per user', () => {
     secrets.addBasic('ci', good.secret);
     expect((await getFrom('127.0.0.7', `${reg.url}/v2/`, { Authorization: basic('ci', good.secret) })).status).toBe(200);
     expect((await getFrom('127.0.0.6', `${reg.url}/v2/`, { Authorization: basic('ci', good.secret) })).status).toBe(429);
+  });
+
+  test('a burst of guesses sent at once gets 10 checked, not more; the right password after them is 429', async () => {
+    const guesses = Array.from({ length: 16 }, (_, i) => `burst-guess-${i}`);
+    for (const g of guesses) secrets.addBasic('carol', g);
+    const statuses = await Promise.all(guesses.map((g) => getFrom('127.0.0.8', `${reg.url}/v2/`, { Authorization: basic('carol', g) }).then((r) => r.status)));
+    expect(statuses.filter((st) => st === 401).length).toBeLessThanOrEqual(10);
+    expect(statuses.filter((st) => st === 429).length).toBeGreaterThanOrEqual(6);
+    expect((await getFrom('127.0.0.8', `${reg.url}/v2/`, { Authorization: basic('carol', PW.alice) })).status).toBe(429);
+  });
+
+  test('the same right credentials sent at once (parallel CI jobs) share one check: none is refused', async () => {
+    const statuses = await Promise.all(Array.from({ length: 24 }, () => getFrom('127.0.0.9', `${reg.url}/v2/`, { Authorization: basic('bob', PW.bob) }).then((r) => r.status)));
+    expect(statuses).toEqual(statuses.map(() => 200));
   });
 
   test('after the suite, no password is in the log', () => {
