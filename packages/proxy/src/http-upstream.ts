@@ -5,6 +5,7 @@ import { MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES, MediaType, bareMediaType, dig
 import type { Dispatcher } from 'undici';
 import { bypassesProxy } from './no-proxy.js';
 import { DROP_LIMIT, plainRequest } from './plain-http.js';
+import { resumingBlob } from './resuming-body.js';
 import { TokenCache, parseChallenge } from './token-auth.js';
 import { keepWasmOnBaseline } from './wasm-baseline.js';
 import { UpstreamError, type Upstream, type UpstreamFailure, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest } from './upstream.js';
@@ -233,7 +234,19 @@ export class HttpUpstream implements Upstream {
     } else if (Number.isFinite(length)) {
       size = length;
     }
-    return { ...(size !== undefined ? { size } : {}), ...(part ? { range: part } : {}), body: res.body, ...(res.recycle ? { recycle: res.recycle } : {}) };
+    const blob: UpstreamBlob = { ...(size !== undefined ? { size } : {}), ...(part ? { range: part } : {}), body: res.body, ...(res.recycle ? { recycle: res.recycle } : {}) };
+    if (range || res.statusCode !== 200 || size === undefined || size === 0) return blob;
+    // A download cut mid-way (a reset, a CDN connection gone idle) goes on from where it stopped,
+    // with a range request: a multi-GB layer, and every client of its fill, survive a bad connection.
+    let resumes = RESUMES;
+    const last = size - 1;
+    return resumingBlob(blob, 0, last, async (from) => {
+      if (resumes-- <= 0) return undefined;
+      const rest = await this.blob(repo, digest, { start: from, end: last }, signal).catch(() => undefined);
+      if (rest?.range?.start === from && rest.range.end === last) return rest;
+      rest?.body.destroy();
+      return undefined;
+    });
   }
 
   async statBlob(repo: string, digest: Digest, signal?: AbortSignal): Promise<UpstreamBlobStat | undefined> {
@@ -595,6 +608,9 @@ function tokenUrl(realm: string, base: string): URL | undefined {
     return undefined;
   }
 }
+
+/** Range requests a whole-blob download may make to go on after its connection failed. */
+const RESUMES = 3;
 
 /** Docker's schema 1 manifests: no longer pushed, still served by some registries for old images. */
 const SCHEMA1_SIGNED = 'application/vnd.docker.distribution.manifest.v1+prettyjws';

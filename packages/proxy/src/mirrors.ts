@@ -1,5 +1,6 @@
-import { PassThrough, Readable } from 'node:stream';
+import { PassThrough } from 'node:stream';
 import type { ByteRange, Descriptor, Digest, Page } from '@wharf/registry-core';
+import { resumingBlob } from './resuming-body.js';
 import { UpstreamError, type Upstream, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest } from './upstream.js';
 
 export type MirrorStrategy = 'failover' | 'hedged' | 'striped' | 'adaptive';
@@ -118,8 +119,7 @@ export class MirroredUpstream implements Upstream {
       }
       return undefined;
     };
-    const body = new ResumingBody(measured, start, end, resume);
-    return { ...measured, body, ...(measured.recycle ? { recycle: (chunk: Buffer) => body.recycle(chunk) } : {}) };
+    return resumingBlob(measured, start, end, resume);
   }
 
   /** Order in which mirrors are asked, by strategy. */
@@ -359,71 +359,5 @@ export class MirroredUpstream implements Upstream {
       }
     })();
     return { size, body: out };
-  }
-}
-
-/**
- * A blob body that follows its first part and, should that fail before its last byte, the parts
- * `next` brings (each starting where the bytes stopped). It fails as the last part did once `next`
- * has none.
- */
-class ResumingBody extends Readable {
-  private source: Readable | undefined;
-  private position: number;
-  private readonly recycles: ((chunk: Buffer) => void)[] = [];
-
-  constructor(
-    first: UpstreamBlob,
-    start: number,
-    private readonly end: number,
-    private readonly next: (from: number) => Promise<UpstreamBlob | undefined>,
-  ) {
-    super({ highWaterMark: 1024 * 1024 });
-    this.position = start;
-    this.follow(first);
-  }
-
-  /** Gives a lent chunk back to the memory of the part it came from (each part ignores the others'). */
-  recycle(chunk: Buffer): void {
-    for (const recycle of this.recycles) recycle(chunk);
-  }
-
-  override _read(): void {
-    this.source?.resume();
-  }
-
-  override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
-    this.source?.destroy();
-    this.source = undefined;
-    callback(err);
-  }
-
-  private follow(part: UpstreamBlob): void {
-    const source = part.body;
-    this.source = source;
-    if (part.recycle) this.recycles.push(part.recycle);
-    source.on('data', (chunk: Buffer) => {
-      this.position += chunk.length;
-      if (!this.push(chunk)) source.pause();
-    });
-    source.once('end', () => {
-      if (this.source !== source) return;
-      if (this.position === this.end + 1) this.push(null);
-      else this.failed(source, new UpstreamError('invalid', `the upstream body ended at byte ${this.position} of ${this.end + 1}`));
-    });
-    source.on('error', (err) => this.failed(source, err));
-  }
-
-  private failed(source: Readable, err: Error): void {
-    if (this.source !== source || this.destroyed) return;
-    this.source = undefined;
-    this.next(this.position).then(
-      (part) => {
-        if (this.destroyed) part?.body.destroy();
-        else if (part) this.follow(part);
-        else this.destroy(err);
-      },
-      (resumeErr: unknown) => this.destroy(resumeErr instanceof Error ? resumeErr : err),
-    );
   }
 }

@@ -357,7 +357,16 @@ describe('HttpUpstream against a real misbehaving server', () => {
     }
   });
 
-  test('a blob reset mid-body makes the body stream error', async () => {
+  test('a blob download reset mid-body goes on with a range request for the rest', async () => {
+    fake.fault = 'reset';
+    fake.faultTimes = 1;
+    const blob = await client().blob('alice/app', blobDigest);
+    expect((await readAll(blob!.body)).equals(blobBytes)).toBe(true);
+    const gets = fake.requests.filter((r) => r.method === 'GET' && r.path === `/v2/alice/app/blobs/${blobDigest}`);
+    expect(gets).toHaveLength(2);
+  });
+
+  test('a blob reset mid-body, and each range asked for the rest too, makes the body stream error', async () => {
     fake.fault = 'reset';
     const blob = await client().blob('alice/app', blobDigest);
     expect(blob?.size).toBe(blobBytes.length);

@@ -88,6 +88,19 @@ describe('pull-through from a misbehaving upstream', () => {
     });
   }
 
+  for (const fault of ['truncate', 'reset'] as const) {
+    test(`${fault} once mid-blob: the download goes on with a range request, and the client gets the whole blob`, async () => {
+      fake.fault = fault;
+      fake.faultOn = /\/blobs\//;
+      fake.faultTimes = 1;
+      expect(await download(blobUrl())).toEqual({ status: 200, body: digest });
+      const gets = fake.requests.filter((r) => r.method === 'GET' && r.path === `/v2/${repo}/blobs/${digest}`);
+      expect(gets).toHaveLength(2);
+      await proxy.fills.settled();
+      await expect(stat(proxyPath())).resolves.toMatchObject({ size: bytes.length });
+    });
+  }
+
   test('500 after the TTL with a cached manifest: 200 with a 299 Warning', async () => {
     expect((await fetch(`${proxy.url}/v2/proxy/fake/${repo}/manifests/1`)).status).toBe(200);
     await sleep(TTL_MS + 50);

@@ -1,0 +1,81 @@
+import { Readable } from 'node:stream';
+import { UpstreamError, type UpstreamBlob } from './upstream.js';
+
+/** Gives the parts of a body that bring the bytes from `from` on; undefined when there is none. */
+export type NextPart = (from: number) => Promise<UpstreamBlob | undefined>;
+
+/**
+ * `first` (the bytes `start` to `end` of a blob), whose body, should it fail before its last byte,
+ * goes on with the parts `next` brings. The fill still verifies the digest of the whole.
+ */
+export function resumingBlob(first: UpstreamBlob, start: number, end: number, next: NextPart): UpstreamBlob {
+  const body = new ResumingBody(first, start, end, next);
+  return { ...first, body, ...(first.recycle ? { recycle: (chunk: Buffer) => body.recycle(chunk) } : {}) };
+}
+
+/**
+ * A blob body that follows its first part and, should that fail before its last byte, the parts
+ * `next` brings (each starting where the bytes stopped). It fails as the last part did once `next`
+ * has none.
+ */
+class ResumingBody extends Readable {
+  private source: Readable | undefined;
+  private position: number;
+  private readonly recycles: ((chunk: Buffer) => void)[] = [];
+
+  constructor(
+    first: UpstreamBlob,
+    start: number,
+    private readonly end: number,
+    private readonly next: NextPart,
+  ) {
+    // Small: a lent chunk held here while the fill waits for the disk keeps its slab from reuse.
+    super({ highWaterMark: 64 * 1024 });
+    this.position = start;
+    this.follow(first);
+  }
+
+  /** Gives a lent chunk back to the memory of the part it came from (each part ignores the others'). */
+  recycle(chunk: Buffer): void {
+    for (const recycle of this.recycles) recycle(chunk);
+  }
+
+  override _read(): void {
+    this.source?.resume();
+  }
+
+  override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
+    this.source?.destroy();
+    this.source = undefined;
+    callback(err);
+  }
+
+  private follow(part: UpstreamBlob): void {
+    const source = part.body;
+    this.source = source;
+    if (part.recycle) this.recycles.push(part.recycle);
+    source.on('data', (chunk: Buffer) => {
+      this.position += chunk.length;
+      if (!this.push(chunk)) source.pause();
+    });
+    source.once('end', () => {
+      if (this.source !== source) return;
+      if (this.position === this.end + 1) this.push(null);
+      else this.failed(source, new UpstreamError('invalid', `the upstream body ended at byte ${this.position} of ${this.end + 1}`));
+    });
+    source.on('error', (err) => this.failed(source, err));
+  }
+
+  private failed(source: Readable, err: Error): void {
+    if (this.source !== source || this.destroyed) return;
+    this.source = undefined;
+    this.next(this.position).then(
+      (part) => {
+        if (this.destroyed) part?.body.destroy();
+        else if (part) this.follow(part);
+        else this.destroy(err);
+      },
+      (resumeErr: unknown) => this.destroy(resumeErr instanceof Error ? resumeErr : err),
+    );
+  }
+}
