@@ -127,7 +127,7 @@ export class PullThroughRepository implements RepositoryReader {
       this.index.markAbsent(this.key, repo, digest, Date.now() + this.policy.absentTtl);
       return undefined;
     }
-    this.index.putManifest(this.key, repo, fetched);
+    this.remember(repo, digest, () => this.index.putManifest(this.key, repo, fetched));
     return fetched;
   }
 
@@ -148,7 +148,7 @@ export class PullThroughRepository implements RepositoryReader {
         const head = await this.upstream.head(repo, tag, signal);
         if (!head) return this.forget(repo, tag);
         if (head.digest === cached.digest) {
-          this.index.putTag(this.key, repo, tag, cached.digest, now);
+          this.remember(repo, tag, () => this.index.putTag(this.key, repo, tag, cached.digest, now));
           return this.hit('manifest', cached);
         }
         // Low on pulls: the cached copy rather than a GET, which Docker Hub counts. The HEAD went
@@ -161,9 +161,11 @@ export class PullThroughRepository implements RepositoryReader {
       this.observer?.cacheMiss?.(this.key, 'manifest');
       const fetched = await this.upstream.manifest(repo, tag, signal);
       if (!fetched) return this.forget(repo, tag);
-      this.index.putManifest(this.key, repo, fetched, now);
-      this.index.putTag(this.key, repo, tag, fetched.digest, now);
-      this.index.clearAbsent(this.key, repo, tag);
+      this.remember(repo, tag, () => {
+        this.index.putManifest(this.key, repo, fetched, now);
+        this.index.putTag(this.key, repo, tag, fetched.digest, now);
+        this.index.clearAbsent(this.key, repo, tag);
+      });
       return fetched;
     } catch (err) {
       if (cached && err instanceof UpstreamError && err.failure !== 'invalid') {
@@ -175,6 +177,18 @@ export class PullThroughRepository implements RepositoryReader {
         return this.stale(cached, repo, tag, `upstream ${this.key} did not answer within ${deadline} ms; serving the cached manifest`);
       }
       throw err;
+    }
+  }
+
+  /**
+   * Writes what was learnt to the cache index. A failure there (a full disk) costs the cache, not the
+   * client: the manifest in hand is served, and the next request asks the upstream again.
+   */
+  private remember(repo: string, reference: string, write: () => void): void {
+    try {
+      write();
+    } catch (err) {
+      this.logger?.warn({ upstream: this.key, repo, reference, err: (err as Error).message }, 'cache index update failed; serving without caching');
     }
   }
 

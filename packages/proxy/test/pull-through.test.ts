@@ -112,6 +112,18 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     expect((await repo.manifest('alice/app', digest))?.digest).toBe(digest);
   });
 
+  test('a cache index that cannot be written (a full disk) costs the cache, not the client', async () => {
+    const digest = fake.addManifest('alice/app', '1', DOC('a'));
+    for (const table of ['proxy_manifests', 'proxy_tags']) {
+      db.exec(`CREATE TRIGGER full_${table} BEFORE INSERT ON ${table} BEGIN SELECT RAISE(FAIL, 'database or disk is full'); END`);
+    }
+    expect((await repo.manifest('alice/app', '1'))?.digest).toBe(digest);
+    expect((await repo.manifest('alice/app', digest))?.digest).toBe(digest);
+    // Nothing was kept: the next request asks again.
+    expect((await repo.manifest('alice/app', '1'))?.digest).toBe(digest);
+    expect(fake.count('GET', tagPath)).toBe(2);
+  });
+
   test('by digest: once cached, never asked upstream again', async () => {
     const digest = fake.addManifest('alice/app', '1', DOC('a'));
     await repo.manifest('alice/app', digest);

@@ -49,6 +49,9 @@ export function ociErrors(logger: Logger) {
       const retryAfter = (error.detail as { retryAfter?: unknown } | undefined)?.retryAfter;
       if (typeof retryAfter === 'number') ctx.set('Retry-After', String(retryAfter));
       ctx.status = ERROR_STATUS[error.code];
+      // A body not read to its end (an upload refused or failed mid-way): the connection closes after
+      // the answer, rather than waiting, until idle_timeout, for the rest of a body nobody reads.
+      if (!ctx.req.complete) ctx.set('Connection', 'close');
       ctx.body = { errors: [{ code: error.code, message: error.message, detail: error.detail ?? null }] };
       ctx.state.errorCode = error.code;
     }
