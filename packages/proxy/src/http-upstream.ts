@@ -473,9 +473,14 @@ export class HttpUpstream implements Upstream {
     const scope = this.tokenKey(repo);
     const url = tokenUrl(realm, this.base);
     if (!url) throw new UpstreamError('unauthorized', `upstream ${this.name} named a token realm that is no HTTP URL`);
+    const credentials = this.options.username !== undefined;
+    if (credentials && url.protocol === 'http:' && this.base.startsWith('https:')) {
+      // Our credentials would cross the network in clear, though the upstream itself is reached over TLS.
+      throw new UpstreamError('unauthorized', `upstream ${this.name} named a plain-HTTP token realm; its credentials are not sent there`);
+    }
     if (challenge.params.service) url.searchParams.set('service', challenge.params.service);
     url.searchParams.set('scope', scope);
-    const res = await this.send('GET', url.href, this.options.username !== undefined ? { authorization: this.basic() } : {}, signal);
+    const res = await this.send('GET', url.href, credentials ? { authorization: this.basic() } : {}, signal);
     if (res.statusCode !== 200) {
       await discard(res);
       throw new UpstreamError('unauthorized', `token service of upstream ${this.name} answered ${res.statusCode}`, res.statusCode);

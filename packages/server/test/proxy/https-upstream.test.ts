@@ -1,8 +1,11 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildConfig } from '../../src/config.js';
+import { bcryptHash, startAuthRegistry } from '../auth/helpers.js';
 import { expectOciError } from '../helpers/http.js';
 import { pushImage } from '../helpers/oci.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
@@ -52,5 +55,37 @@ describe('an HTTPS upstream whose certificate comes from a private CA', () => {
     expect(withCa(join(dir, 'missing.pem'))).toThrow(/proxy\.upstreams\.up\.ca_file.*ENOENT/);
     await writeFile(join(dir, 'not-a-cert.pem'), 'hello');
     expect(withCa(join(dir, 'not-a-cert.pem'))).toThrow(/proxy\.upstreams\.up\.ca_file.*no PEM certificate/);
+  });
+});
+
+/** Docker Hub's realm is HTTPS; one over plain HTTP would carry the upstream credentials in clear. */
+describe('an HTTPS upstream that names a plain-HTTP token realm', () => {
+  let realm: Server;
+  let asked = 0;
+  let up: TestRegistry;
+  let proxy: TestRegistry;
+
+  beforeAll(async () => {
+    realm = createServer((_req, res) => {
+      asked += 1;
+      res.writeHead(500).end();
+    });
+    await new Promise<void>((resolve) => realm.listen(0, '127.0.0.1', resolve));
+    const realmUrl = `http://127.0.0.1:${(realm.address() as AddressInfo).port}/auth/token`;
+    up = await startAuthRegistry({ settings: { tls: { self_signed: true } }, authSettings: { realm: realmUrl, users: [{ name: 'alice', password_hash: bcryptHash('alice-upstream-pw') }] } });
+    proxy = await startRegistry({
+      settings: { proxy: { retries: 0, upstreams: { up: { url: up.url, ca_file: up.caFile!, username: 'alice', password: 'alice-upstream-pw' } } } },
+    });
+  });
+  afterAll(async () => {
+    await proxy?.close();
+    await up?.close();
+    await new Promise((resolve) => realm?.close(resolve));
+  });
+
+  test('our credentials are not sent there: a 502 that says why, and the realm is never asked', async () => {
+    const error = await expectOciError(await fetch(`${proxy.url}/v2/proxy/up/alice/app/manifests/1`), 502, 'UPSTREAM_ERROR');
+    expect(JSON.stringify(error)).toMatch(/plain-HTTP token realm/);
+    expect(asked).toBe(0);
   });
 });
