@@ -288,7 +288,9 @@ export class MirroredUpstream implements Upstream {
     const out = new PassThrough({ highWaterMark: stripe });
     /** Mirrors that answered a range request with something else: they get no more ranges of this blob. */
     const noRanges = new Set<number>();
-    const fetchRange = async (index: number): Promise<Buffer> => {
+    // A range's bytes as they came, not joined into one buffer: joining doubled the memory of every
+    // stripe in flight.
+    const fetchRange = async (index: number): Promise<Buffer[]> => {
       const range = ranges[index]!;
       const length = range.end - range.start + 1;
       // Each range goes to the next mirror in turn; a failing mirror hands the range to the others.
@@ -316,7 +318,7 @@ export class MirroredUpstream implements Upstream {
             chunks.push(chunk);
           }
           if (received !== length) throw new UpstreamError('invalid', `mirror sent ${received} bytes for a range of ${length}`);
-          return Buffer.concat(chunks, length);
+          return chunks;
         } catch (err) {
           if (signal?.aborted) throw err;
           lastError = err;
@@ -324,7 +326,7 @@ export class MirroredUpstream implements Upstream {
       }
       throw lastError ?? new UpstreamError('invalid', 'no mirror has this blob range');
     };
-    const inFlight = new Map<number, Promise<Buffer>>();
+    const inFlight = new Map<number, Promise<Buffer[]>>();
     let launched = 0;
     const fill = () => {
       while (launched < ranges.length && inFlight.size < window) {
@@ -338,19 +340,21 @@ export class MirroredUpstream implements Upstream {
       try {
         for (let index = 0; index < ranges.length; index++) {
           fill();
-          const bytes = await inFlight.get(index)!;
+          const chunks = await inFlight.get(index)!;
           inFlight.delete(index);
-          if (out.destroyed) return; // the fill went away: stop fetching
-          if (!out.write(bytes)) {
-            await new Promise<void>((resolve) => {
-              const done = (): void => {
-                out.off('drain', done);
-                out.off('close', done);
-                resolve();
-              };
-              out.on('drain', done);
-              out.on('close', done);
-            });
+          for (const chunk of chunks) {
+            if (out.destroyed) return; // the fill went away: stop fetching
+            if (!out.write(chunk)) {
+              await new Promise<void>((resolve) => {
+                const done = (): void => {
+                  out.off('drain', done);
+                  out.off('close', done);
+                  resolve();
+                };
+                out.on('drain', done);
+                out.on('close', done);
+              });
+            }
           }
         }
         out.end();
