@@ -283,8 +283,12 @@ export class PullThroughRepository implements RepositoryReader {
     }
     if (fill) return fill.reader(range);
     const body = await this.store.open(blob.digest, range);
-    if (body) this.observer?.servedFromCache?.(this.key, range ? range.end - range.start + 1 : blob.size);
-    return body;
+    if (body) {
+      this.observer?.servedFromCache?.(this.key, range ? range.end - range.start + 1 : blob.size);
+      return body;
+    }
+    // Evicted or purged since `blob` found it cached: fetched again, as any miss is.
+    return (await this.fill(repo, blob.digest))?.reader(range);
   }
 
   /** The upstream's answer to a range request, checked to hold exactly that range; undefined to fall back to the fill. */

@@ -259,6 +259,19 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     }
   });
 
+  test('a blob evicted between its lookup and its opening is fetched again, not a 404', async () => {
+    const bytes = randomBytes(256 * 1024);
+    const digest = fake.addBlob(bytes);
+    const first = await repo.blob('alice/app', digest);
+    expect((await readAll((await repo.openBlob('alice/app', first!))!)).equals(bytes)).toBe(true);
+    await fills.settled();
+    const found = await repo.blob('alice/app', digest);
+    // Eviction (or a purge) removes the file now, after the lookup and before the open.
+    await rm(new FsBlobStore(join(dir, 'blobs'), join(dir, 'tmp')).pathOf(digest));
+    expect((await readAll((await repo.openBlob('alice/app', found!))!)).equals(bytes)).toBe(true);
+    expect(fake.count('GET', `/v2/alice/app/blobs/${digest}`)).toBe(2);
+  });
+
   test('a blob cached for one repository is served under another only if the upstream has it there', async () => {
     const bytes = randomBytes(1000);
     const digest = fake.addBlob(bytes) as Digest;
