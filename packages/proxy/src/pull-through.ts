@@ -315,7 +315,15 @@ export class PullThroughRepository implements RepositoryReader {
 
   private async fill(repo: string, digest: Digest): Promise<BlobFill | undefined> {
     const source = this.source(repo);
-    const fill = await this.fills.join(digest, () => this.upstream.blob(repo, digest), source);
+    let asked = false;
+    const fetch = (): Promise<UpstreamBlob | undefined> => {
+      asked = true;
+      return this.upstream.blob(repo, digest);
+    };
+    let fill = await this.fills.join(digest, fetch, source);
+    // Joined another upstream's (or repository's) download, which came to nothing there (a 404):
+    // that says nothing of this one, which is asked itself.
+    if (!fill && !asked) fill = await this.fills.join(digest, fetch, source);
     if (fill && !fill.sources.has(source)) {
       // Another upstream or repository started this download: it is read here only if this upstream
       // has the blob for this repository too, as for a copy already cached for another repository.

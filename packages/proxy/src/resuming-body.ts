@@ -64,6 +64,9 @@ class ResumingBody extends Readable {
       else this.failed(source, new UpstreamError('invalid', `the upstream body ended at byte ${this.position} of ${this.end + 1}`));
     });
     source.on('error', (err) => this.failed(source, err));
+    // A part that failed before we listened has no event left to tell us.
+    if (source.errored) queueMicrotask(() => this.failed(source, source.errored!));
+    else if (source.destroyed && !source.readableEnded) queueMicrotask(() => this.failed(source, new UpstreamError('unreachable', 'the upstream body closed before its end')));
   }
 
   private failed(source: Readable, err: Error): void {

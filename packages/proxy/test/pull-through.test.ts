@@ -1,6 +1,8 @@
 import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
 import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -270,6 +272,25 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     await rm(new FsBlobStore(join(dir, 'blobs'), join(dir, 'tmp')).pathOf(digest));
     expect((await readAll((await repo.openBlob('alice/app', found!))!)).equals(bytes)).toBe(true);
     expect(fake.count('GET', `/v2/alice/app/blobs/${digest}`)).toBe(2);
+  });
+
+  test("another upstream's 404 for a blob, in flight, is not this upstream's answer", async () => {
+    const slow404 = createServer((_req, res) => setTimeout(() => res.writeHead(404).end(), 300));
+    await new Promise<void>((resolve) => slow404.listen(0, '127.0.0.1', resolve));
+    try {
+      const store = new FsBlobStore(join(dir, 'blobs'), join(dir, 'tmp'));
+      const url = `http://127.0.0.1:${(slow404.address() as AddressInfo).port}`;
+      const lacking = new PullThroughRepository(new HttpUpstream({ name: 'lacking', url, retries: 0 }), new CacheIndex(db), store, fills, { manifestTtl: TTL, absentTtl: 60_000, rateLimitFloor: 0 });
+      const bytes = randomBytes(64 * 1024);
+      const digest = fake.addBlob(bytes);
+      const there = lacking.blob('bob/app', digest);
+      await sleep(50);
+      expect((await repo.blob('alice/app', digest))?.size).toBe(bytes.length);
+      expect(await there).toBeUndefined();
+    } finally {
+      slow404.closeAllConnections();
+      await new Promise((resolve) => slow404.close(resolve));
+    }
   });
 
   test('a blob cached for one repository is served under another only if the upstream has it there', async () => {

@@ -111,7 +111,8 @@ export class AuthStore {
       hasAdmin: s('SELECT 1 FROM auth_users WHERE admin = 1 LIMIT 1'),
       addUser: s('INSERT INTO auth_users (name, password_hash, admin, created_at) VALUES (?, ?, ?, ?)'),
       setPassword: s('UPDATE auth_users SET password_hash = ? WHERE name = ?'),
-      revokeRefresh: s("UPDATE auth_tokens SET revoked = 1 WHERE user = ? AND type = 'refresh'"),
+      // Those signed in with the password: a refresh token obtained with a PAT or CI token has that token as its parent, and lives as long as it does.
+      revokeRefresh: s("UPDATE auth_tokens SET revoked = 1 WHERE user = ? AND type = 'refresh' AND parent_id IS NULL"),
       removeUser: s('DELETE FROM auth_users WHERE name = ?'),
       removeUserTokens: s('UPDATE auth_tokens SET revoked = 1 WHERE user = ?'),
       addToken: s(`INSERT INTO auth_tokens (type, hash, user, name, scopes, namespace, parent_id, expires_at, created_at)
