@@ -8,7 +8,7 @@ import { DROP_LIMIT, plainRequest } from './plain-http.js';
 import { resumingBlob } from './resuming-body.js';
 import { TokenCache, parseChallenge } from './token-auth.js';
 import { keepWasmOnBaseline } from './wasm-baseline.js';
-import { UpstreamError, type Upstream, type UpstreamFailure, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest } from './upstream.js';
+import { OUTAGES, UpstreamError, type Upstream, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest } from './upstream.js';
 
 export interface UpstreamTimeouts {
   /** TCP (and TLS) connection, ms. */
@@ -59,7 +59,7 @@ const CERTIFICATE_CODES = new Set([
 ]);
 const TIMEOUT_CODES = new Set(['ETIMEDOUT', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT']);
 /** Failures worth another attempt: the connection, a timeout, a 5xx or a 429 (inside an attempt, nothing else throws these). */
-const RETRIED = new Set<UpstreamFailure>(['unreachable', 'timeout', 'server-error', 'rate-limited']);
+const RETRIED = OUTAGES;
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 const MAX_REDIRECTS = 5;
 /** Token service answers are small JSON documents. */
@@ -76,6 +76,10 @@ interface Answer {
   readonly statusCode: number;
   readonly headers: Headers;
   readonly body: Readable;
+  /** The URL that answered (the last hop of any redirects); set by `send`. */
+  readonly url?: URL;
+  /** Set by `authorized`: the host that answered 401 still did so with the token it asked for. */
+  readonly refused?: boolean;
   /** Set when the body's chunks are lent (see UpstreamBlob.recycle). */
   readonly recycle?: (chunk: Buffer) => void;
   /** Set for plainRequest's answers: drops the body, keeping the connection when that is cheap. */
@@ -87,6 +91,8 @@ interface Buffered {
   readonly statusCode: number;
   readonly headers: Headers;
   readonly bytes: Buffer;
+  readonly url?: URL;
+  readonly refused?: boolean;
 }
 
 /** Seconds from a Retry-After header (delta-seconds or an HTTP date). */
@@ -185,6 +191,9 @@ export class HttpUpstream implements Upstream {
   async head(repo: string, reference: string, signal?: AbortSignal): Promise<UpstreamHead | undefined> {
     const res = await this.buffered('HEAD', repo, `manifests/${reference}`, { accept: ACCEPT_MANIFESTS }, signal);
     if (res.statusCode === 404) return undefined;
+    // A server that does not do HEAD (or does it wrong) tells nothing: the caller GETs, as Docker's
+    // client and containerd do.
+    if (HEAD_UNSUPPORTED.has(res.statusCode)) return {};
     this.expectOk(res, 'manifest HEAD');
     const digest = tryParseDigest(String(res.headers['docker-content-digest'] ?? ''))?.digest;
     const mediaType = bareMediaType(res.headers['content-type']);
@@ -200,10 +209,16 @@ export class HttpUpstream implements Upstream {
     const wanted = tryParseDigest(reference)?.digest;
     const algorithm = wanted ? (wanted.startsWith('sha512:') ? 'sha512' : 'sha256') : declared?.startsWith('sha512:') ? 'sha512' : 'sha256';
     const digest = digestOf(bytes, algorithm);
-    if ((wanted && digest !== wanted) || (declared && declared.split(':')[0] === algorithm && declared !== digest)) {
+    const mediaType = manifestMediaType(bytes, res.headers['content-type']);
+    if (mediaType === SCHEMA1_SIGNED) {
+      // Its digest is that of the payload without the signatures, which no content-addressed store
+      // keeps; Docker 28 and containerd 2 no longer pull it either.
+      throw new UpstreamError('invalid', `upstream ${this.name} sent a signed Docker schema 1 manifest (deprecated since 2017); Wharf serves schema 2 and OCI manifests only`, res.statusCode);
+    }
+    // Asked by digest, the bytes answer for themselves, whatever digest header came with them.
+    if (wanted ? digest !== wanted : declared !== undefined && declared.split(':')[0] === algorithm && declared !== digest) {
       throw new UpstreamError('invalid', `upstream ${this.name} sent a manifest that does not match its digest`, res.statusCode);
     }
-    const mediaType = manifestMediaType(bytes, res.headers['content-type']);
     if (!mediaType) throw new UpstreamError('invalid', `upstream ${this.name} answered the manifest GET with something that is not a manifest`, res.statusCode);
     return { digest, mediaType, bytes };
   }
@@ -307,13 +322,13 @@ export class HttpUpstream implements Upstream {
     const limit = what === 'manifest' ? MAX_MANIFEST_BYTES : MAX_LIST_BYTES;
     return this.withRetries(signal, async () => {
       const res = await this.authorized(method, repo, path, headers, signal);
-      if (res.statusCode === 429 || res.statusCode >= 500) return this.retryable(res);
+      if (this.worthRetrying(res)) return this.retryable(res);
       if (res.statusCode < 200 || res.statusCode >= 300) {
         await discard(res);
-        return { statusCode: res.statusCode, headers: res.headers, bytes: Buffer.alloc(0) };
+        return { statusCode: res.statusCode, headers: res.headers, bytes: Buffer.alloc(0), ...answeredBy(res) };
       }
       const bytes = await readUpTo(res, limit, () => new UpstreamError('invalid', `upstream ${this.name} sent a ${what} larger than ${limit} bytes`));
-      return { statusCode: res.statusCode, headers: res.headers, bytes };
+      return { statusCode: res.statusCode, headers: res.headers, bytes, ...answeredBy(res) };
     });
   }
 
@@ -321,42 +336,52 @@ export class HttpUpstream implements Upstream {
   private streamed(repo: string, path: string, headers: Record<string, string>, signal?: AbortSignal): Promise<Answer> {
     return this.withRetries(signal, async () => {
       const res = await this.authorized('GET', repo, path, headers, signal);
-      return res.statusCode === 429 || res.statusCode >= 500 ? this.retryable(res) : res;
+      return this.worthRetrying(res) ? this.retryable(res) : res;
     });
   }
 
   /**
-   * One attempt: the request with our credentials for `repo`, and once more after answering a 401
-   * challenge.
+   * One attempt: the request, with our credentials for `repo` to the upstream's origin and nowhere
+   * else, and again after each 401 challenge answered. A redirect target (a CDN, the registry that
+   * registry.k8s.io sends its pulls to) may challenge too: its token is fetched without our
+   * credentials, for the scope it names, and sent to it alone.
    */
   private async authorized(method: 'GET' | 'HEAD', repo: string, path: string, headers: Record<string, string>, signal?: AbortSignal): Promise<Answer> {
     const url = `${this.base}/v2/${repo}/${path}`;
-    const res = await this.send(method, url, { ...headers, ...this.authHeader(repo) }, signal);
-    if (res.statusCode !== 401) {
-      this.noteRateLimit(res.headers);
-      return res;
+    const auth = (origin: string): Record<string, string> => this.authHeader(origin, repo);
+    const answered = new Set<string>();
+    for (;;) {
+      const res = await this.send(method, url, headers, signal, auth);
+      if (res.statusCode !== 401) {
+        this.noteRateLimit(res.headers);
+        return res;
+      }
+      await discard(res);
+      const origin = res.url?.origin ?? this.origin;
+      // The host asked for a token, got it, and still says no: a refusal of this repository (after
+      // Basic credentials, a refusal of the credentials).
+      if (answered.has(origin)) return parseChallenge(String(res.headers['www-authenticate'] ?? ''))?.scheme === 'bearer' ? { ...res, refused: true } : res;
+      answered.add(origin);
+      // No way to answer the challenge: the 401 stands (its body is already gone).
+      if (!(await this.authenticate(repo, res.headers, origin, signal))) return res;
     }
-    await discard(res);
-    // No way to answer the challenge: the 401 stands (its body is already gone).
-    if (!(await this.authenticate(repo, res.headers, signal))) return res;
-    const again = await this.send(method, url, { ...headers, ...this.authHeader(repo) }, signal);
-    this.noteRateLimit(again.headers);
-    return again;
   }
 
   /**
-   * Sends one request and follows redirects. Authorization is ours for this upstream only: a hop to
-   * another origin (a CDN) goes without it, and so does every hop after that.
+   * Sends one request and follows redirects. Each hop gets `auth(origin)` for its own origin (with
+   * none, an Authorization in `headers` goes only to the first origin: a hop to another (a CDN) goes
+   * without it, and so does every hop after that).
    */
-  private async send(method: 'GET' | 'HEAD', url: string, headers: Record<string, string>, signal?: AbortSignal): Promise<Answer> {
+  private async send(method: 'GET' | 'HEAD', url: string, headers: Record<string, string>, signal?: AbortSignal, auth?: (origin: string) => Record<string, string>): Promise<Answer> {
     let target = new URL(url);
     let sent: Record<string, string> = { 'user-agent': this.userAgent, ...headers };
     for (let hop = 0; ; hop++) {
       let res: Answer;
+      const hopHeaders = auth ? { ...sent, ...auth(target.origin) } : sent;
       try {
         res = this.proxied(target)
-          ? await (await this.dispatcher(this.via!)).request({ origin: target.origin, path: `${target.pathname}${target.search}`, method, headers: sent, ...(signal ? { signal } : {}) })
-          : await plainRequest(target, sent, this.timeouts, signal, { method, ...(this.options.ca !== undefined ? { ca: this.options.ca } : {}) });
+          ? await (await this.dispatcher(this.via!)).request({ origin: target.origin, path: `${target.pathname}${target.search}`, method, headers: hopHeaders, ...(signal ? { signal } : {}) })
+          : await plainRequest(target, hopHeaders, this.timeouts, signal, { method, ...(this.options.ca !== undefined ? { ca: this.options.ca } : {}) });
       } catch (err) {
         this.options.onRequest?.('error');
         throw err;
@@ -364,7 +389,7 @@ export class HttpUpstream implements Upstream {
       this.options.onRequest?.(res.statusCode);
       const location = res.headers.location;
       if (!REDIRECTS.has(res.statusCode) || typeof location !== 'string' || hop >= MAX_REDIRECTS) {
-        return res;
+        return Object.assign(res, { url: target });
       }
       await discard(res);
       const next = new URL(location, target);
@@ -387,12 +412,20 @@ export class HttpUpstream implements Upstream {
     return this.via !== undefined && !bypassesProxy(this.options.egress?.noProxy, target);
   }
 
-  /** A 429 or 5xx: its body is discarded and the status becomes the failure withRetries acts on. */
-  private async retryable(res: Answer): Promise<never> {
+  /**
+   * A 429, a 5xx, or a redirect target's 403 (a CDN's signed URL that expired: the next attempt gets
+   * a fresh one).
+   */
+  private worthRetrying(res: Answer): boolean {
+    return res.statusCode === 429 || res.statusCode >= 500 || (res.statusCode === 403 && res.url !== undefined && res.url.origin !== this.origin);
+  }
+
+  /** A 429 or 5xx (or see worthRetrying): its body is discarded and the status becomes the failure withRetries acts on. */
+  private async retryable(res: Answer, who = res.url && res.url.origin !== this.origin ? `upstream ${this.name}'s redirect target ${res.url.host}` : `upstream ${this.name}`): Promise<never> {
     await discard(res);
     throw new UpstreamError(
       res.statusCode === 429 ? 'rate-limited' : 'server-error',
-      `upstream ${this.name} answered ${res.statusCode}`,
+      `${who} answered ${res.statusCode}`,
       res.statusCode,
       parseRetryAfter(res.headers['retry-after']),
     );
@@ -432,56 +465,78 @@ export class HttpUpstream implements Upstream {
     return new UpstreamError('unreachable', `upstream ${this.name} request failed: ${e.message ?? String(err)}`);
   }
 
-  private expectOk(res: { statusCode: number }, what: string): void {
-    if (res.statusCode === 401 || res.statusCode === 403) {
-      throw new UpstreamError('unauthorized', `upstream ${this.name} refused our credentials for ${what} (${res.statusCode})`, res.statusCode);
+  /**
+   * Throws unless `res` is a 2xx. A 403, or a 401 after its challenge was answered, from the
+   * upstream itself is a refusal of this repository ('denied': Docker Hub says so of a repository
+   * that does not exist, or is private).
+   */
+  private expectOk(res: { statusCode: number; url?: URL; refused?: boolean }, what: string): void {
+    const status = res.statusCode;
+    if (status === 401 || status === 403) {
+      const origin = res.url?.origin ?? this.origin;
+      if (origin !== this.origin) {
+        throw new UpstreamError('unauthorized', `upstream ${this.name} redirected the ${what} to ${res.url!.host}, which answered ${status}`, status);
+      }
+      if (status === 403 || res.refused) {
+        throw new UpstreamError('denied', `upstream ${this.name} denies access to this repository (${status}): it does not exist there, or the upstream's credentials in Wharf's configuration may not pull it`, status);
+      }
+      throw new UpstreamError('unauthorized', `upstream ${this.name} refused our credentials for ${what} (${status})`, status);
     }
-    if (res.statusCode < 200 || res.statusCode >= 300) {
-      throw new UpstreamError('server-error', `upstream ${this.name} answered ${res.statusCode} to ${what}`, res.statusCode);
+    if (status < 200 || status >= 300) {
+      throw new UpstreamError('server-error', `upstream ${this.name} answered ${status} to ${what}`, status);
     }
   }
 
-  private authHeader(repo: string): Record<string, string> {
-    const token = this.tokens.get(this.tokenKey(repo));
+  /** The upstream's own origin: the only one our credentials go to. */
+  private get origin(): string {
+    return new URL(this.base).origin;
+  }
+
+  /** What a request to `origin` for `repo` carries: its token, or (the upstream's origin only) our Basic credentials. */
+  private authHeader(origin: string, repo: string): Record<string, string> {
+    const token = this.tokens.get(tokenKey(origin, repo));
     if (token) return { authorization: `Bearer ${token}` };
-    if (this.basicOnly && this.options.username !== undefined) return { authorization: this.basic() };
+    if (origin === this.origin && this.basicOnly && this.options.username !== undefined) return { authorization: this.basic() };
     return {};
   }
 
   /** Set once the upstream challenged with Basic: from then on credentials go with every request. */
   private basicOnly = false;
 
-  private tokenKey(repo: string): string {
-    return `repository:${repo}:pull`;
-  }
-
   private basic(): string {
     return `Basic ${Buffer.from(`${this.options.username ?? ''}:${this.options.password ?? ''}`).toString('base64')}`;
   }
 
-  /** Answers a 401 challenge: Basic → our credentials; Bearer → a token for the repository's pull scope. */
-  private async authenticate(repo: string, headers: Headers, signal?: AbortSignal): Promise<boolean> {
+  /**
+   * Answers the 401 challenge `origin` sent. From the upstream: Basic → our credentials; Bearer → a
+   * token for the repository's pull scope, with our credentials. From another origin (a redirect
+   * target): an anonymous token for the scope its challenge names; our credentials never go there,
+   * nor to a realm it names.
+   */
+  private async authenticate(repo: string, headers: Headers, origin: string, signal?: AbortSignal): Promise<boolean> {
+    const ours = origin === this.origin;
     const challenge = parseChallenge(String(headers['www-authenticate'] ?? ''));
     if (!challenge) return false;
     if (challenge.scheme === 'basic') {
-      if (this.options.username === undefined || this.basicOnly) return false;
+      if (!ours || this.options.username === undefined || this.basicOnly) return false;
       this.basicOnly = true;
       return true;
     }
     const realm = challenge.params.realm;
     if (!realm) return false;
-    const scope = this.tokenKey(repo);
-    const url = tokenUrl(realm, this.base);
+    const url = tokenUrl(realm, origin);
     if (!url) throw new UpstreamError('unauthorized', `upstream ${this.name} named a token realm that is no HTTP URL`);
-    const credentials = this.options.username !== undefined;
+    const credentials = ours && this.options.username !== undefined;
     if (credentials && url.protocol === 'http:' && this.base.startsWith('https:')) {
       // Our credentials would cross the network in clear, though the upstream itself is reached over TLS.
       throw new UpstreamError('unauthorized', `upstream ${this.name} named a plain-HTTP token realm; its credentials are not sent there`);
     }
     if (challenge.params.service) url.searchParams.set('service', challenge.params.service);
-    url.searchParams.set('scope', scope);
+    url.searchParams.set('scope', ours || !challenge.params.scope ? `repository:${repo}:pull` : challenge.params.scope);
     const res = await this.send('GET', url.href, credentials ? { authorization: this.basic() } : {}, signal);
     if (res.statusCode !== 200) {
+      // A token service that is down or busy is retried as the registry would be.
+      if (res.statusCode === 429 || res.statusCode >= 500) return this.retryable(res, `token service of upstream ${this.name}`);
       await discard(res);
       throw new UpstreamError('unauthorized', `token service of upstream ${this.name} answered ${res.statusCode}`, res.statusCode);
     }
@@ -494,7 +549,7 @@ export class HttpUpstream implements Upstream {
     }
     const token = typeof body.token === 'string' && body.token ? body.token : typeof body.access_token === 'string' ? body.access_token : undefined;
     if (!token) throw new UpstreamError('unauthorized', `token service of upstream ${this.name} sent no token`);
-    this.tokens.set(scope, token, typeof body.expires_in === 'number' ? body.expires_in : 60);
+    this.tokens.set(tokenKey(origin, repo), token, typeof body.expires_in === 'number' ? body.expires_in : 60);
     return true;
   }
 
@@ -603,6 +658,19 @@ function toDescriptor(entry: unknown): Descriptor | undefined {
     ...(annotations ? { annotations } : {}),
   };
 }
+
+/** Tokens are kept per origin (the upstream's, or a redirect target's that challenged) and repository. */
+function tokenKey(origin: string, repo: string): string {
+  return `${origin} repository:${repo}:pull`;
+}
+
+/** What `expectOk` needs of an answer besides its status. */
+function answeredBy(res: Answer): { url?: URL; refused?: boolean } {
+  return { ...(res.url ? { url: res.url } : {}), ...(res.refused ? { refused: true } : {}) };
+}
+
+/** Statuses to a manifest HEAD that say nothing about the manifest: the server does not do HEAD (right). */
+const HEAD_UNSUPPORTED = new Set([400, 403, 405, 501]);
 
 /** The token service's URL: a realm given as a path (`/token`) is the registry's own; only HTTP(S). */
 function tokenUrl(realm: string, base: string): URL | undefined {

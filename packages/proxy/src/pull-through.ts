@@ -17,7 +17,7 @@ import {
 import { fillFailed, type BlobFill, type BlobFills } from './blob-fill.js';
 import type { CacheIndex } from './cache-index.js';
 import type { ProxyObserver } from './observer.js';
-import { UpstreamError, type Upstream, type UpstreamBlob } from './upstream.js';
+import { OUTAGES, UpstreamError, type Upstream, type UpstreamBlob } from './upstream.js';
 
 export interface PullThroughPolicy {
   /** Within this long of the last upstream check, a tag is served from the cache with no request (ms). */
@@ -66,6 +66,8 @@ export class PullThroughRepository implements RepositoryReader {
   staleServed = 0;
   /** Until then, the upstream is taken as down: cached tags are served without asking it. */
   private unavailableUntil = 0;
+  /** Manifest look-ups in flight, by repository and reference. */
+  private readonly asking = new Map<string, Promise<StoredManifest | undefined>>();
 
   constructor(
     readonly upstream: Upstream,
@@ -85,8 +87,16 @@ export class PullThroughRepository implements RepositoryReader {
     const digest = tryParseDigest(reference);
     if (!digest && reference.includes(':')) parseDigest(reference);
     if (!digest) assertTag(reference);
+    // Clients asking at once (a node pool rolling out one image) share one look-up, and so one
+    // upstream request: Docker Hub counts every manifest GET as a pull.
+    const key = `${repo}\u0000${reference}`;
+    let asking = this.asking.get(key);
+    if (!asking) {
+      asking = (digest ? this.manifestByDigest(repo, digest.digest) : this.manifestByTag(repo, reference)).finally(() => this.asking.delete(key));
+      this.asking.set(key, asking);
+    }
     try {
-      return await (digest ? this.manifestByDigest(repo, digest.digest) : this.manifestByTag(repo, reference));
+      return await asking;
     } catch (err) {
       throw toRegistryError(err);
     }
@@ -122,7 +132,10 @@ export class PullThroughRepository implements RepositoryReader {
     if (cached) return this.hit('manifest', cached);
     if (this.index.isAbsent(this.key, repo, digest)) return undefined;
     this.observer?.cacheMiss?.(this.key, 'manifest');
-    const fetched = await this.upstream.manifest(repo, digest);
+    const fetched = await this.upstream.manifest(repo, digest).catch((err: unknown) => {
+      if (isDenied(err)) this.index.markAbsent(this.key, repo, digest, Date.now() + this.policy.absentTtl);
+      throw err;
+    });
     if (!fetched) {
       this.index.markAbsent(this.key, repo, digest, Date.now() + this.policy.absentTtl);
       return undefined;
@@ -145,16 +158,16 @@ export class PullThroughRepository implements RepositoryReader {
     const signal = cached ? AbortSignal.timeout(deadline) : undefined;
     try {
       if (cached) {
+        // A 404 to the HEAD is confirmed by the GET below: some servers answer HEAD wrongly.
         const head = await this.upstream.head(repo, tag, signal);
-        if (!head) return this.forget(repo, tag);
-        if (head.digest === cached.digest) {
+        if (head?.digest === cached.digest) {
           this.remember(repo, tag, () => this.index.putTag(this.key, repo, tag, cached.digest, now));
           return this.hit('manifest', cached);
         }
         // Low on pulls: the cached copy rather than a GET, which Docker Hub counts. The HEAD went
         // (it does not count), and its answer brought the reading up to date, so this lasts only
         // as long as the upstream's window.
-        if (this.rateLimitRemaining !== undefined && this.rateLimitRemaining < this.policy.rateLimitFloor) {
+        if (head && this.rateLimitRemaining !== undefined && this.rateLimitRemaining < this.policy.rateLimitFloor) {
           return this.stale(cached, repo, tag, `upstream rate limit nearly exhausted (${this.rateLimitRemaining} left); serving the cached manifest`);
         }
       }
@@ -168,8 +181,14 @@ export class PullThroughRepository implements RepositoryReader {
       });
       return fetched;
     } catch (err) {
+      // Refused (Docker Hub's answer for a repository deleted or made private): as good as a 404.
+      if (isDenied(err)) {
+        this.forget(repo, tag);
+        throw err;
+      }
       if (cached && err instanceof UpstreamError && err.failure !== 'invalid') {
-        this.backOff(err.retryAfter);
+        // Only an outage holds back the next requests' checks; one repository's answer does not.
+        if (OUTAGES.has(err.failure)) this.backOff(err.retryAfter);
         return this.stale(cached, repo, tag, `upstream ${this.key} unavailable (${err.message}); serving the cached manifest`);
       }
       if (cached && signal?.aborted) {
@@ -390,8 +409,8 @@ export class PullThroughRepository implements RepositoryReader {
     try {
       return await ask(signal);
     } catch (err) {
-      if (cached !== undefined && ((err instanceof UpstreamError && err.failure !== 'invalid') || signal?.aborted)) {
-        if (err instanceof UpstreamError) this.backOff(err.retryAfter);
+      if (cached !== undefined && ((err instanceof UpstreamError && err.failure !== 'invalid' && err.failure !== 'denied') || signal?.aborted)) {
+        if (err instanceof UpstreamError && OUTAGES.has(err.failure)) this.backOff(err.retryAfter);
         return stale(`upstream ${this.key} unavailable (${(err as Error).message})`);
       }
       throw toRegistryError(err);
@@ -423,11 +442,16 @@ function exactly(body: Readable, length: number): Readable {
   return check;
 }
 
+function isDenied(err: unknown): boolean {
+  return err instanceof UpstreamError && err.failure === 'denied';
+}
+
 /** The upstream's failure as the client sees it: 429 stays 429, a timeout is 504, the rest 502. */
 export function toRegistryError(err: unknown): unknown {
   if (!(err instanceof UpstreamError)) return err;
   const detail = { failure: err.failure, ...(err.status ? { status: err.status } : {}), ...(err.retryAfter !== undefined ? { retryAfter: err.retryAfter } : {}) };
   if (err.failure === 'rate-limited') return new RegistryError('TOOMANYREQUESTS', err.message, detail);
   if (err.failure === 'timeout') return new RegistryError('UPSTREAM_TIMEOUT', err.message, detail);
+  if (err.failure === 'denied') return new RegistryError('NAME_UNKNOWN', err.message, detail);
   return new RegistryError('UPSTREAM_ERROR', err.message, detail);
 }

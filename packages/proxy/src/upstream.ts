@@ -51,7 +51,14 @@ export interface Upstream {
   referrers(repo: string, subject: Digest, signal?: AbortSignal): Promise<Descriptor[] | undefined>;
 }
 
-export type UpstreamFailure = 'unreachable' | 'timeout' | 'server-error' | 'rate-limited' | 'unauthorized' | 'invalid';
+/**
+ * Why an upstream request failed. 'denied': the upstream refuses this repository even with a token
+ * for it (Docker Hub's answer for a repository that does not exist, or is private).
+ */
+export type UpstreamFailure = 'unreachable' | 'timeout' | 'server-error' | 'rate-limited' | 'unauthorized' | 'denied' | 'invalid';
+
+/** Failures that say the upstream is down or overloaded, not that it answered "no". */
+export const OUTAGES: ReadonlySet<UpstreamFailure> = new Set(['unreachable', 'timeout', 'server-error', 'rate-limited']);
 
 /** The upstream could not answer. The proxy serves a stale copy when it has one. */
 export class UpstreamError extends Error {

@@ -91,11 +91,15 @@ describe('pull-through from a Wharf upstream behind token auth', () => {
     for (const s of seen) expect(String(s.headers.authorization ?? '')).not.toContain(marker);
   });
 
-  test('without upstream credentials, a private image is a 502 and the upstream challenge never reaches the client', async () => {
-    const res = await fetch(`${withoutCredentials.url}/v2/proxy/up/mirror/app/manifests/1`);
-    expect(res.status).toBe(502);
+  test('without upstream credentials, a private image is a 404 saying why, and the upstream challenge never reaches the client', async () => {
+    // The upstream grants an anonymous token and refuses the repository with it, as Docker Hub does
+    // for a private (or missing) repository: "pull access denied", not a broken upstream. (Tag 1
+    // was asked for above: its refusal is remembered, and answered as a plain 404 for a while.)
+    const res = await fetch(`${withoutCredentials.url}/v2/proxy/up/mirror/app/manifests/latest`);
+    expect(res.status).toBe(404);
     expect(res.headers.get('www-authenticate')).toBeNull();
-    const body = (await res.json()) as { errors: { code: string }[] };
-    expect(body.errors[0]!.code).toBe('UPSTREAM_ERROR');
+    const body = (await res.json()) as { errors: { code: string; message: string }[] };
+    expect(body.errors[0]!.code).toBe('NAME_UNKNOWN');
+    expect(body.errors[0]!.message).toMatch(/denies access .*credentials/);
   });
 });

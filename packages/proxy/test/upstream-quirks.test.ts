@@ -1,0 +1,291 @@
+import { afterEach, describe, expect, test } from '@jest/globals';
+import { createHash } from 'node:crypto';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { FsBlobStore, RegistryError, openDatabase, type Digest, type SqliteDatabase } from '@wharf/registry-core';
+import { BlobFills } from '../src/blob-fill.js';
+import { CacheIndex } from '../src/cache-index.js';
+import { HttpUpstream } from '../src/http-upstream.js';
+import { PullThroughRepository } from '../src/pull-through.js';
+import { UpstreamError } from '../src/upstream.js';
+
+// How public registries answer where a CNCF distribution does not: registry.k8s.io's redirects to a
+// registry that challenges, Docker Hub's refusals, token services that fail, HEADs done wrong.
+
+const sha256 = (b: Buffer): Digest => `sha256:${createHash('sha256').update(b).digest('hex')}` as Digest;
+const OCI = 'application/vnd.oci.image.manifest.v1+json';
+const MANIFEST = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI, config: {}, layers: [] }));
+const BLOB = Buffer.from('a layer, or what stands for one');
+
+interface Seen {
+  readonly method: string;
+  readonly url: string;
+  readonly authorization: string | undefined;
+}
+
+interface Host {
+  readonly url: string;
+  readonly origin: string;
+  readonly seen: Seen[];
+  handler: (req: IncomingMessage, res: ServerResponse) => void;
+}
+
+const servers: Server[] = [];
+
+async function host(handler: Host['handler'] = (_q, res) => void res.writeHead(404).end()): Promise<Host> {
+  const h = { url: '', origin: '', seen: [] as Seen[], handler };
+  const server = createServer((req, res) => {
+    h.seen.push({ method: req.method!, url: req.url!, authorization: req.headers.authorization });
+    h.handler(req, res);
+  });
+  servers.push(server);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  h.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  h.origin = h.url;
+  return h;
+}
+
+afterEach(async () => {
+  for (const s of servers.splice(0)) {
+    s.closeAllConnections();
+    await new Promise<void>((resolve) => s.close(() => resolve()));
+  }
+});
+
+function manifestAnswer(req: IncomingMessage, res: ServerResponse, bytes = MANIFEST, digest = sha256(bytes)): void {
+  res.writeHead(200, { 'content-type': OCI, 'content-length': bytes.length, 'docker-content-digest': digest });
+  res.end(req.method === 'HEAD' ? undefined : bytes);
+}
+
+function challenge(res: ServerResponse, value: string): void {
+  res.writeHead(401, { 'www-authenticate': value, 'content-type': 'application/json' }).end('{"errors":[{"code":"UNAUTHORIZED"}]}');
+}
+
+function json(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+  res.writeHead(status, { 'content-type': 'application/json', ...headers }).end(JSON.stringify(body));
+}
+
+const basic = (user: string, password: string): string => `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`;
+const quick = { connect: 1000, firstByte: 2000, idle: 2000 };
+
+describe('redirect targets that challenge', () => {
+  test("a redirect target's realm never gets the upstream's credentials; its token goes to it alone", async () => {
+    const collector = await host((_req, res) => json(res, 200, { token: 'cdn-token', expires_in: 300 }));
+    const cdn = await host((req, res) => {
+      if (req.headers.authorization !== 'Bearer cdn-token') return challenge(res, `Bearer realm="${collector.url}/collect",service="cdn"`);
+      res.writeHead(200, { 'content-length': BLOB.length }).end(BLOB);
+    });
+    const registry = await host((req, res) => {
+      if (req.url!.startsWith('/token')) {
+        if (req.headers.authorization !== basic('robot', 'S3cret-PAT')) return void res.writeHead(401).end();
+        return json(res, 200, { token: 'registry-token', expires_in: 300 });
+      }
+      if (req.headers.authorization !== 'Bearer registry-token') return challenge(res, `Bearer realm="${registry.url}/token",service="reg"`);
+      res.writeHead(307, { location: `${cdn.url}/blob?sig=abc` }).end();
+    });
+    const upstream = new HttpUpstream({ name: 'up', url: registry.url, username: 'robot', password: 'S3cret-PAT', retries: 0, timeouts: quick });
+
+    const blob = await upstream.blob('team/app', sha256(BLOB));
+    const chunks: Buffer[] = [];
+    for await (const chunk of blob!.body) chunks.push(Buffer.from(chunk as Buffer));
+    expect(Buffer.concat(chunks).equals(BLOB)).toBe(true);
+
+    // The collector was asked anonymously, the CDN got its own token, the registry never saw it.
+    expect(collector.seen).toHaveLength(1);
+    expect(collector.seen[0]!.authorization).toBeUndefined();
+    expect(cdn.seen.map((s) => s.authorization)).toEqual([undefined, 'Bearer cdn-token']);
+    expect(registry.seen.filter((s) => s.authorization === 'Bearer cdn-token')).toEqual([]);
+    // The registry's own token is kept: the next request sends it at once.
+    const before = registry.seen.length;
+    await upstream.blob('team/app', sha256(BLOB)).then((b) => b?.body.destroy());
+    expect(registry.seen.slice(before).map((s) => s.authorization)).toEqual(['Bearer registry-token']);
+  });
+
+  test('registry.k8s.io: manifest GET and HEAD follow the redirect and answer the challenge of the registry behind it, for its scope', async () => {
+    const scopes: string[] = [];
+    const ar = await host((req, res) => {
+      const url = new URL(req.url!, 'http://x');
+      if (url.pathname === '/v2/token') {
+        scopes.push(url.searchParams.get('scope')!);
+        return json(res, 200, { token: `ar:${url.searchParams.get('scope')}` });
+      }
+      if (req.headers.authorization !== 'Bearer ar:repository:k8s-artifacts-prod/images/pause:pull') {
+        return challenge(res, `Bearer realm="${ar.url}/v2/token",service="ar",scope="repository:k8s-artifacts-prod/images/pause:pull"`);
+      }
+      manifestAnswer(req, res);
+    });
+    const k8s = await host((req, res) => res.writeHead(307, { location: `${ar.url}/v2/k8s-artifacts-prod/images${req.url!.slice(3)}` }).end());
+    const upstream = new HttpUpstream({ name: 'registry.k8s.io', url: k8s.url, retries: 0, timeouts: quick });
+
+    const got = await upstream.manifest('pause', '3.9');
+    expect(got?.digest).toBe(sha256(MANIFEST));
+    expect((await upstream.head('pause', '3.9'))?.digest).toBe(sha256(MANIFEST));
+    expect(scopes).toEqual(['repository:k8s-artifacts-prod/images/pause:pull']);
+    // registry.k8s.io itself never received the other registry's token.
+    expect(k8s.seen.every((s) => s.authorization === undefined)).toBe(true);
+  });
+
+  test("a CDN's 403 (an expired signed URL) is tried again, which brings a fresh redirect", async () => {
+    let signed = 0;
+    const cdn = await host((req, res) => {
+      if (req.url!.endsWith('sig=1')) return void res.writeHead(403, { 'content-type': 'application/xml' }).end('<Error><Code>AccessDenied</Code></Error>');
+      res.writeHead(200, { 'content-length': BLOB.length }).end(BLOB);
+    });
+    const registry = await host((_req, res) => res.writeHead(307, { location: `${cdn.url}/blob?sig=${++signed}` }).end());
+    const upstream = new HttpUpstream({ name: 'up', url: registry.url, retries: 2, timeouts: quick });
+    const blob = await upstream.blob('team/app', sha256(BLOB));
+    expect(blob?.size).toBe(BLOB.length);
+    blob?.body.destroy();
+    expect(signed).toBe(2);
+  });
+});
+
+describe('refusals and token services', () => {
+  /** Docker Hub: any repository gets a token; one that does not exist (or is private) is 401 insufficient_scope with it. */
+  async function dockerHub(): Promise<Host> {
+    const hub: Host = await host((req, res) => {
+      if (req.url!.startsWith('/token')) return json(res, 200, { token: 'hub', access_token: 'hub', expires_in: 300 });
+      const scope = `repository:${/^\/v2\/(.+)\/manifests\//.exec(req.url!)?.[1]}:pull`;
+      if (req.headers.authorization !== 'Bearer hub') return challenge(res, `Bearer realm="${hub.url}/token",service="registry.docker.io",scope="${scope}"`);
+      if (req.url!.includes('/library/alpine/')) return manifestAnswer(req, res);
+      challenge(res, `Bearer realm="${hub.url}/token",service="registry.docker.io",scope="${scope}",error="insufficient_scope"`);
+    });
+    return hub;
+  }
+
+  test('a repository the upstream refuses with a fresh token is "denied", not our credentials refused', async () => {
+    const hub = await dockerHub();
+    const upstream = new HttpUpstream({ name: 'docker.io', url: hub.url, retries: 0, timeouts: quick });
+    const err = await upstream.manifest('library/doesnotexist', 'latest').catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(UpstreamError);
+    expect((err as UpstreamError).failure).toBe('denied');
+    expect((await upstream.manifest('library/alpine', '3.20'))?.digest).toBe(sha256(MANIFEST));
+  });
+
+  test('through the proxy: a refused repository is a 404 NAME_UNKNOWN with the reason, remembered like a 404', async () => {
+    const hub = await dockerHub();
+    await withProxy(new HttpUpstream({ name: 'docker.io', url: hub.url, retries: 0, timeouts: quick }), async (proxy) => {
+      const err = await proxy.manifest('library/doesnotexist', 'latest').catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(RegistryError);
+      expect((err as RegistryError).code).toBe('NAME_UNKNOWN');
+      expect((err as RegistryError).message).toMatch(/does not exist there, or .*credentials/);
+      const asked = hub.seen.length;
+      expect(await proxy.manifest('library/doesnotexist', 'latest')).toBeUndefined();
+      expect(hub.seen.length).toBe(asked);
+    });
+  });
+
+  test('a token service answering 503, then 429 with Retry-After, is retried as the registry would be', async () => {
+    const statuses = [503, 429];
+    const registry: Host = await host((req, res) => {
+      if (req.url!.startsWith('/token')) {
+        const status = statuses.shift();
+        if (status === 429) return json(res, 429, { errors: [{ code: 'TOOMANYREQUESTS' }] }, { 'retry-after': '1' });
+        if (status) return json(res, status, {});
+        return json(res, 200, { token: 't' });
+      }
+      if (req.headers.authorization !== 'Bearer t') return challenge(res, `Bearer realm="${registry.url}/token",service="s"`);
+      manifestAnswer(req, res);
+    });
+    const upstream = new HttpUpstream({ name: 'up', url: registry.url, retries: 3, timeouts: quick });
+    expect((await upstream.manifest('team/app', '1'))?.digest).toBe(sha256(MANIFEST));
+    expect(registry.seen.filter((s) => s.url.startsWith('/token'))).toHaveLength(3);
+  });
+
+  test('a token service answering 429 with no retry left is "rate-limited" with its Retry-After', async () => {
+    const registry: Host = await host((req, res) => {
+      if (req.url!.startsWith('/token')) return json(res, 429, {}, { 'retry-after': '3600' });
+      challenge(res, `Bearer realm="${registry.url}/token",service="s"`);
+    });
+    const upstream = new HttpUpstream({ name: 'up', url: registry.url, retries: 0, timeouts: quick });
+    const err = (await upstream.manifest('team/app', '1').catch((e: unknown) => e)) as UpstreamError;
+    expect([err.failure, err.retryAfter]).toEqual(['rate-limited', 3600]);
+  });
+
+  test('Basic credentials refused on the second try are "unauthorized" (our credentials), not "denied"', async () => {
+    const registry = await host((_req, res) => challenge(res, 'Basic realm="r"'));
+    const upstream = new HttpUpstream({ name: 'up', url: registry.url, username: 'a', password: 'b', retries: 0, timeouts: quick });
+    const err = (await upstream.manifest('team/app', '1').catch((e: unknown) => e)) as UpstreamError;
+    expect(err.failure).toBe('unauthorized');
+  });
+});
+
+describe('manifest answers done wrong', () => {
+  test('a signed schema 1 manifest is refused with a message that says so', async () => {
+    const doc = Buffer.from(JSON.stringify({ schemaVersion: 1, name: 'a/b', tag: '1', fsLayers: [], history: [], signatures: [{ protected: 'x' }] }));
+    const registry = await host((_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/vnd.docker.distribution.manifest.v1+prettyjws', 'docker-content-digest': sha256(Buffer.from('payload')) }).end(doc);
+    });
+    const upstream = new HttpUpstream({ name: 'up', url: registry.url, retries: 0, timeouts: quick });
+    await expect(upstream.manifest('a/b', '1')).rejects.toThrow(/schema 1/);
+  });
+
+  test('asked by digest, bytes that hash to it are taken whatever digest header came with them', async () => {
+    const registry = await host((req, res) => manifestAnswer(req, res, MANIFEST, sha256(Buffer.from('another manifest'))));
+    const upstream = new HttpUpstream({ name: 'up', url: registry.url, retries: 0, timeouts: quick });
+    expect((await upstream.manifest('a/b', sha256(MANIFEST)))?.digest).toBe(sha256(MANIFEST));
+    // By tag the header is all there is to check the bytes against.
+    await expect(upstream.manifest('a/b', 'latest')).rejects.toThrow(/does not match its digest/);
+  });
+});
+
+describe('the proxy with HEADs done wrong, and many clients at once', () => {
+  const V2 = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI, config: {}, layers: [], annotations: { v: '2' } }));
+
+  test.each([405, 404])('a manifest HEAD answering %i: the tag is checked with a GET, no back-off for the upstream', async (status) => {
+    let current = MANIFEST;
+    const registry = await host((req, res) => {
+      if (req.method === 'HEAD') return json(res, status, { errors: [{ code: 'UNSUPPORTED' }] });
+      manifestAnswer(req, res, req.url!.includes('/other/') ? MANIFEST : current);
+    });
+    await withProxy(new HttpUpstream({ name: 'up', url: registry.url, retries: 0, timeouts: quick }), async (proxy) => {
+      await proxy.manifest('team/app', 'latest');
+      await proxy.manifest('team/other', 'latest');
+      current = V2;
+      await sleep(TTL + 20);
+      const moved = await proxy.manifest('team/app', 'latest');
+      expect(moved?.digest).toBe(sha256(V2));
+      expect(moved?.warning).toBeUndefined();
+      // Another repository's tag is still checked (a GET), not served stale as if the upstream were down.
+      const before = registry.seen.length;
+      expect((await proxy.manifest('team/other', 'latest'))?.warning).toBeUndefined();
+      expect(registry.seen.slice(before).map((s) => s.method)).toContain('GET');
+    });
+  });
+
+  test('eight clients asking at once for an uncached manifest cost one upstream GET, by tag and by digest', async () => {
+    const registry = await host((req, res) => void setTimeout(() => manifestAnswer(req, res), 100));
+    await withProxy(new HttpUpstream({ name: 'up', url: registry.url, retries: 0, timeouts: quick }), async (proxy) => {
+      const byTag = await Promise.all(Array.from({ length: 8 }, () => proxy.manifest('team/app', '1')));
+      expect(new Set(byTag.map((m) => m?.digest))).toEqual(new Set([sha256(MANIFEST)]));
+      const byDigest = await Promise.all(Array.from({ length: 8 }, () => proxy.manifest('team/fresh', sha256(MANIFEST))));
+      expect(byDigest.every((m) => m?.digest === sha256(MANIFEST))).toBe(true);
+      expect(registry.seen.filter((s) => s.method === 'GET').map((s) => s.url)).toEqual(['/v2/team/app/manifests/1', `/v2/team/fresh/manifests/${sha256(MANIFEST)}`]);
+    });
+  });
+});
+
+const TTL = 100;
+
+async function withProxy(upstream: HttpUpstream, run: (proxy: PullThroughRepository) => Promise<void>): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), 'wharf-quirks-'));
+  await mkdir(join(dir, 'tmp'));
+  const db: SqliteDatabase = openDatabase(':memory:');
+  try {
+    const store = new FsBlobStore(join(dir, 'blobs'), join(dir, 'tmp'));
+    const proxy = new PullThroughRepository(upstream, new CacheIndex(db), store, new BlobFills({ store, tempRoot: join(dir, 'tmp') }), {
+      manifestTtl: TTL,
+      absentTtl: 60_000,
+      rateLimitFloor: 0,
+      outageBackoff: 60_000,
+    });
+    await run(proxy);
+  } finally {
+    db.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+}
