@@ -52,7 +52,8 @@ export function registerOpsCommands(program: Command, fail: (err: unknown) => ne
       }
       const seconds = Number(opts.timeout);
       if (!Number.isFinite(seconds) || seconds <= 0) fail(new ConfigError('--timeout must be a number of seconds'));
-      const url = `${base.replace(/\/+$/, '')}/health`;
+      // A base URL, or the probe's own URL (`…/health`), as the README once suggested.
+      const url = `${base.replace(/\/+$/, '').replace(/\/health$/, '')}/health`;
       try {
         const status = await probe(url, seconds * 1000);
         if (status !== 200) throw new Error(`${url} answered ${status}`);

@@ -212,6 +212,11 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
     if (sweeper) clearInterval(sweeper);
     clearInterval(tlsRefresh);
     db.close();
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EADDRINUSE' || code === 'EACCES' || code === 'EADDRNOTAVAIL') {
+      // Port 5000 is often taken (macOS AirPlay): say which setting moves it, not a stack trace.
+      throw new ConfigError(`cannot listen on ${config.listen.host}:${config.listen.port} (${code}): set "listen" in the configuration, or WHARF_LISTEN=127.0.0.1:5001`);
+    }
     throw err;
   }
   const protocol = tls ? 'https' : 'http';

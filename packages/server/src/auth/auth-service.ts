@@ -8,7 +8,8 @@ import { findUpstream, type ProxyConfig, type UpstreamAccess } from '../proxy-co
 import { Accounts } from './accounts.js';
 import { AuthStore } from './auth-store.js';
 import { DEFAULT_LOGIN_LIMITS, LoginLimiter, type LoginLimits } from './login-limiter.js';
-import { PRODUCTION_BCRYPT_COST, hashPassword } from './passwords.js';
+import { ConfigError } from '../config-error.js';
+import { PRODUCTION_BCRYPT_COST, checkNewPassword, hashPassword } from './passwords.js';
 import { ACTIONS, ANONYMOUS, allowedActions, mayListCatalog, mayUseUpstream, type Action, type Policy, type Principal } from './permissions.js';
 import { CATALOG_SCOPE, type AccessEntry, type ResourceScope } from './scope.js';
 import { generatePassword } from './secrets.js';
@@ -119,6 +120,9 @@ export class AuthService {
       return;
     }
     const given = this.config.initialAdminPassword;
+    // The same rules as `wharf user passwd`: the first administrator is no exception.
+    const problem = given === undefined ? undefined : checkNewPassword(given);
+    if (problem) throw new ConfigError(`WHARF_ADMIN_PASSWORD: ${problem}`);
     const password = given ?? generatePassword();
     this.store.addUser('admin', await hashPassword(password, tuning.bcryptCost ?? PRODUCTION_BCRYPT_COST), true);
     this.logger.info({ user: 'admin', passwordFrom: given ? 'WHARF_ADMIN_PASSWORD' : 'generated' }, 'administrator created');
@@ -126,7 +130,7 @@ export class AuthService {
       const announce = tuning.announce ?? ((text: string) => process.stderr.write(text));
       announce(
         `\nwharf: created the administrator "admin" with the password\n\n    ${password}\n\n` +
-          'It is shown only this once. Sign in with "docker login" (or podman/skopeo login) and change it with "wharf user passwd admin".\n\n',
+          'It is shown only this once. Sign in with "docker login" (or podman/skopeo login) and change it with "wharf user passwd admin" (from a clone: pnpm wharf user passwd admin).\n\n',
       );
     }
   }

@@ -118,6 +118,10 @@ describe('the first administrator', () => {
     }
   });
 
+  test('a WHARF_ADMIN_PASSWORD below the password rules stops the first start, saying why', async () => {
+    await expect(startAuthRegistry({ env: { WHARF_ADMIN_PASSWORD: 'short' } })).rejects.toThrow('WHARF_ADMIN_PASSWORD: a password needs 8 characters or more');
+  });
+
   test('an administrator in the configuration means no generated one', async () => {
     const shown: string[] = [];
     const reg = await startAuthRegistry({ authSettings: { users: [{ name: 'root', password_hash: HASH, admin: true }] }, announce: (t) => shown.push(t) });

@@ -208,6 +208,14 @@ describe('wharf healthcheck', () => {
     proc = await startWharfProcess(plain, port);
     const ok = await run(process.execPath, [WHARF_CLI, 'healthcheck', '--config', plain]);
     expect(ok.stdout.trim()).toBe(`ok http://127.0.0.1:${port}/health`);
+    // --url takes a base URL, or the URL of /health itself.
+    for (const url of [`http://127.0.0.1:${port}`, `http://127.0.0.1:${port}/health`]) {
+      expect((await run(process.execPath, [WHARF_CLI, 'healthcheck', '--url', url])).stdout.trim()).toBe(`ok http://127.0.0.1:${port}/health`);
+    }
+    // A second server on the taken port says which setting moves it, in one line.
+    const taken = await runFails(process.execPath, [WHARF_CLI, 'serve', '--config', plain]);
+    expect(taken.exitCode).toBe(2);
+    expect(taken.stderr.trim()).toBe(`wharf: configuration error: cannot listen on 127.0.0.1:${port} (EADDRINUSE): set "listen" in the configuration, or WHARF_LISTEN=127.0.0.1:5001`);
     await proc.kill('SIGTERM');
 
     const tls = await writeOpsConfig(root, port, { tables: ['[tls]', 'self_signed = true'] });
