@@ -1,3 +1,4 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { RegistryError } from '@wharf/registry-core';
 import type { Context, Next } from 'koa';
 import type { Logger } from 'pino';
@@ -49,11 +50,35 @@ export function ociErrors(logger: Logger) {
       const retryAfter = (error.detail as { retryAfter?: unknown } | undefined)?.retryAfter;
       if (typeof retryAfter === 'number') ctx.set('Retry-After', String(retryAfter));
       ctx.status = ERROR_STATUS[error.code];
-      // A body not read to its end (an upload refused or failed mid-way): the connection closes after
-      // the answer, rather than waiting, until idle_timeout, for the rest of a body nobody reads.
-      if (!ctx.req.complete) ctx.set('Connection', 'close');
+      if (!ctx.req.complete) lingerForBody(ctx.req, ctx.res);
       ctx.body = { errors: [{ code: error.code, message: error.message, detail: error.detail ?? null }] };
       ctx.state.errorCode = error.code;
     }
   };
+}
+
+/**
+ * How long the rest of a refused request's body may keep coming after the answer (an upload refused
+ * or failed mid-way, a 401 to a large manifest PUT).
+ */
+const LINGER_MS = 2_000;
+
+/**
+ * A body not read to its end when its error is answered: node reads and drops the rest, and the
+ * connection is cut if the rest has not come LINGER_MS after the answer. Closing at once would reset
+ * a client still writing, and a client that writes its whole body before reading (Go's, and with it
+ * docker, containerd and the OCI conformance suite) then sees a broken pipe instead of the answer. A
+ * client that stops sending is not kept until idle_timeout either.
+ */
+function lingerForBody(req: IncomingMessage, res: ServerResponse): void {
+  // Taken now: node lets go of `req.socket` (it becomes null) once the request is over, or the
+  // connection is gone already.
+  const socket = req.socket as IncomingMessage['socket'] | null;
+  if (!socket || socket.destroyed) return;
+  res.once('finish', () => {
+    if (req.complete) return;
+    setTimeout(() => {
+      if (!req.complete && !socket.destroyed) socket.destroy();
+    }, LINGER_MS).unref();
+  });
 }
