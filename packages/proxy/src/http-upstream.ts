@@ -8,7 +8,7 @@ import { DROP_LIMIT, plainRequest } from './plain-http.js';
 import { resumingBlob } from './resuming-body.js';
 import { TokenCache, parseChallenge } from './token-auth.js';
 import { keepWasmOnBaseline } from './wasm-baseline.js';
-import { OUTAGES, UpstreamError, type Upstream, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest } from './upstream.js';
+import { OUTAGES, UpstreamError, descriptorOf, type Upstream, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest } from './upstream.js';
 
 export interface UpstreamTimeouts {
   /** TCP (and TLS) connection, ms. */
@@ -299,7 +299,7 @@ export class HttpUpstream implements Upstream {
     const doc = this.json(res.bytes, 'referrers index') as { manifests?: unknown };
     if (!Array.isArray(doc.manifests)) throw new UpstreamError('invalid', `upstream ${this.name} sent a referrers index without manifests`);
     return doc.manifests.flatMap((entry) => {
-      const descriptor = toDescriptor(entry);
+      const descriptor = descriptorOf(entry);
       return descriptor ? [descriptor] : [];
     });
   }
@@ -638,25 +638,6 @@ export function nextPageQuery(link: string | string[] | undefined): string | und
     }
   }
   return undefined;
-}
-
-/** A descriptor from an upstream's referrers index, or undefined when the entry is not one. */
-function toDescriptor(entry: unknown): Descriptor | undefined {
-  if (entry === null || typeof entry !== 'object') return undefined;
-  const e = entry as Record<string, unknown>;
-  const digest = typeof e.digest === 'string' ? tryParseDigest(e.digest)?.digest : undefined;
-  if (typeof e.mediaType !== 'string' || !digest || typeof e.size !== 'number' || !Number.isSafeInteger(e.size) || e.size < 0) return undefined;
-  const annotations =
-    e.annotations !== null && typeof e.annotations === 'object' && Object.values(e.annotations).every((v) => typeof v === 'string')
-      ? (e.annotations as Record<string, string>)
-      : undefined;
-  return {
-    mediaType: e.mediaType,
-    digest,
-    size: e.size,
-    ...(typeof e.artifactType === 'string' ? { artifactType: e.artifactType } : {}),
-    ...(annotations ? { annotations } : {}),
-  };
 }
 
 /** Tokens are kept per origin (the upstream's, or a redirect target's that challenged) and repository. */

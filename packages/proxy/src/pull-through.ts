@@ -17,7 +17,7 @@ import {
 import { fillFailed, type BlobFill, type BlobFills } from './blob-fill.js';
 import type { CacheIndex } from './cache-index.js';
 import type { ProxyObserver } from './observer.js';
-import { OUTAGES, UpstreamError, type Upstream, type UpstreamBlob } from './upstream.js';
+import { OUTAGES, UpstreamError, descriptorOf, type Upstream, type UpstreamBlob } from './upstream.js';
 
 export interface PullThroughPolicy {
   /** Within this long of the last upstream check, a tag is served from the cache with no request (ms). */
@@ -380,17 +380,34 @@ export class PullThroughRepository implements RepositoryReader {
   }
 
   /**
-   * The upstream's referrers of `subject` (undefined when it has no referrers API). Each answer is
-   * kept: when the upstream cannot answer, the last one is served, so that a signature check in CI
-   * still passes while the upstream is down.
+   * The upstream's referrers of `subject`. An upstream without the referrers API (CNCF distribution
+   * 2.x, GHCR) is read as the spec asks a client to: the index tagged `<alg>-<hex>` (the referrers
+   * tag schema) lists them, and no such tag means none. Either way the answer is a list, never a
+   * 404, which the spec forbids a registry with the API (and clients then still find what the tag
+   * schema holds). Each answer is kept: when the upstream cannot answer, the last one is served, so
+   * that a signature check in CI still passes while the upstream is down.
    */
-  async referrers(repo: string, subject: Digest): Promise<Descriptor[] | undefined> {
-    return this.orCached('referrers', repo, this.index.referrers(this.key, repo, subject), async (signal) => {
-      const listed = await this.upstream.referrers(repo, subject, signal);
-      if (listed === undefined) this.index.clearReferrers(this.key, repo, subject);
-      else this.index.putReferrers(this.key, repo, subject, listed);
-      return listed;
+  async referrers(repo: string, subject: Digest): Promise<Descriptor[]> {
+    const listed = await this.orCached('referrers', repo, this.index.referrers(this.key, repo, subject), async (signal) => {
+      const found = (await this.upstream.referrers(repo, subject, signal)) ?? (await this.referrersByTagSchema(repo, subject));
+      this.index.putReferrers(this.key, repo, subject, found);
+      return found;
     });
+    return listed ?? [];
+  }
+
+  /** The manifests of the upstream's index tagged `<alg>-<hex>` of `subject`; none without that tag. */
+  private async referrersByTagSchema(repo: string, subject: Digest): Promise<Descriptor[]> {
+    const index = await this.manifestByTag(repo, referrersTag(subject));
+    if (!index) return [];
+    let doc: unknown;
+    try {
+      doc = JSON.parse(index.bytes.toString('utf8'));
+    } catch {
+      return [];
+    }
+    const manifests = (doc as { manifests?: unknown } | null)?.manifests;
+    return Array.isArray(manifests) ? manifests.flatMap((entry) => descriptorOf(entry) ?? []) : [];
   }
 
   /**
@@ -440,6 +457,15 @@ function exactly(body: Readable, length: number): Readable {
   // Either side failing destroys the other; the error reaches whoever reads `check`.
   pipeline(body, check, () => undefined);
   return check;
+}
+
+/**
+ * The referrers tag schema's tag of `subject`: `<alg>-<hex>`, the algorithm cut to 32 characters and
+ * the hex to 64, so that it is a valid tag whatever the algorithm.
+ */
+export function referrersTag(subject: Digest): string {
+  const [alg = '', hex = ''] = subject.split(':');
+  return `${alg.slice(0, 32)}-${hex.slice(0, 64)}`;
 }
 
 function isDenied(err: unknown): boolean {

@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream';
-import type { ByteRange, Descriptor, Digest, Page } from '@wharf/registry-core';
+import { tryParseDigest, type ByteRange, type Descriptor, type Digest, type Page } from '@wharf/registry-core';
 
 export interface UpstreamManifest {
   readonly digest: Digest;
@@ -72,4 +72,23 @@ export class UpstreamError extends Error {
   ) {
     super(message);
   }
+}
+
+/** A descriptor from an upstream's index (a referrers list), or undefined when the entry is not one. */
+export function descriptorOf(entry: unknown): Descriptor | undefined {
+  if (entry === null || typeof entry !== 'object') return undefined;
+  const e = entry as Record<string, unknown>;
+  const digest = typeof e.digest === 'string' ? tryParseDigest(e.digest)?.digest : undefined;
+  if (typeof e.mediaType !== 'string' || !digest || typeof e.size !== 'number' || !Number.isSafeInteger(e.size) || e.size < 0) return undefined;
+  const annotations =
+    e.annotations !== null && typeof e.annotations === 'object' && Object.values(e.annotations).every((v) => typeof v === 'string')
+      ? (e.annotations as Record<string, string>)
+      : undefined;
+  return {
+    mediaType: e.mediaType,
+    digest,
+    size: e.size,
+    ...(typeof e.artifactType === 'string' ? { artifactType: e.artifactType } : {}),
+    ...(annotations ? { annotations } : {}),
+  };
 }

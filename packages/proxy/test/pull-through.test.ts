@@ -11,7 +11,7 @@ import { FsBlobStore, openDatabase, type Digest, type SqliteDatabase } from '@wh
 import { BlobFills } from '../src/blob-fill.js';
 import { CacheIndex } from '../src/cache-index.js';
 import { HttpUpstream } from '../src/http-upstream.js';
-import { PullThroughRepository } from '../src/pull-through.js';
+import { PullThroughRepository, referrersTag } from '../src/pull-through.js';
 import { FakeUpstream } from './helpers/fake-upstream.js';
 
 const DOC = (seed: string) => ({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: {}, layers: [], annotations: { seed } });
@@ -316,7 +316,26 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     const other = fake.addManifest('alice/app', '2', DOC('b'));
     await expect(repo.referrers('alice/app', other)).rejects.toMatchObject({ code: 'UPSTREAM_ERROR' });
     fake.fault = undefined;
-    expect(await repo.referrers('alice/app', other)).toBeUndefined();
+    // No referrers API there (a 404) and no tag-schema index: none, an empty list.
+    expect(await repo.referrers('alice/app', other)).toEqual([]);
+  });
+
+  test('an upstream without the referrers API: the index its tag schema tags sha256-<hex> lists them', async () => {
+    const subject = fake.addManifest('alice/app', '1', DOC('a'));
+    const sig = { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: fake.addManifest('alice/app', 'sig', DOC('s')), size: 10, artifactType: 'application/x-sig', annotations: { a: 'b' } };
+    const index = { schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: [sig, { mediaType: 'broken' }] };
+    fake.addManifest('alice/app', `sha256-${subject.slice('sha256:'.length)}`, index, 'application/vnd.oci.image.index.v1+json');
+    expect(await repo.referrers('alice/app', subject)).toEqual([sig]);
+    expect(fake.count('GET', `/v2/alice/app/referrers/${subject}`)).toBe(1);
+    // Kept, as an answer of the API is, for when the upstream is down.
+    fake.fault = '500';
+    fake.faultOn = /\/(referrers|manifests)\//;
+    expect(await repo.referrers('alice/app', subject)).toEqual([sig]);
+  });
+
+  test('referrersTag cuts the algorithm to 32 characters and the hex to 64', () => {
+    expect(referrersTag(`sha256:${'a'.repeat(64)}` as Digest)).toBe(`sha256-${'a'.repeat(64)}`);
+    expect(referrersTag(`sha512:${'b'.repeat(128)}` as Digest)).toBe(`sha512-${'b'.repeat(64)}`);
   });
 
   test('tags are the upstream ones, pulled or not; with the upstream failing, those pulled so far', async () => {

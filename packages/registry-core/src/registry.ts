@@ -21,8 +21,8 @@ export interface RepositoryReader {
   openBlob(repo: string, blob: BlobInfo, range?: ByteRange): Promise<Readable | undefined>;
   /** undefined when the repository is unknown. */
   tags(repo: string, page: Page): Promise<string[] | undefined>;
-  /** undefined: this source has no referrers API (a proxied upstream without one). */
-  referrers(repo: string, subject: Digest): Promise<Descriptor[] | undefined>;
+  /** The manifests whose subject is `subject` (none: an empty list, never absence, as the spec has it). */
+  referrers(repo: string, subject: Digest): Promise<Descriptor[]>;
 }
 
 export interface PutManifestResult {

@@ -1,5 +1,5 @@
 import type { Router, RouterContext } from '@koa/router';
-import { MediaType, RegistryError } from '@wharf/registry-core';
+import { MediaType } from '@wharf/registry-core';
 import { capture, digestParam, repository, type RouteDeps } from './context.js';
 
 export function registerReferrers(router: Router, deps: RouteDeps): void {
@@ -7,10 +7,6 @@ export function registerReferrers(router: Router, deps: RouteDeps): void {
     const target = await repository(ctx, deps, 'referrers');
     const subject = digestParam(capture(ctx, 1));
     let manifests = await target.reader.referrers(target.repo, subject);
-    // A 404 is how the spec says "no referrers API": clients then look for the tag schema's sha256-<hex> tag.
-    if (manifests === undefined) {
-      throw new RegistryError('MANIFEST_UNKNOWN', 'the upstream of this repository has no referrers API; referrers are found by the tag schema (tag sha256-<hex> of the subject)', { digest: subject });
-    }
     const artifactType = ctx.query.artifactType;
     if (typeof artifactType === 'string' && artifactType !== '') {
       manifests = manifests.filter((m) => m.artifactType === artifactType);

@@ -89,12 +89,28 @@ describe('pull-through from CNCF distribution (docker-registry) with htpasswd au
     expect(((await res.json()) as { errors: { code: string }[] }).errors[0]!.code).toBe('NAME_UNKNOWN');
   });
 
-  test('referrers: distribution has no referrers API, so the proxy answers 404 and clients use the tag schema', async () => {
-    const res = await fetch(`${proxy.url}/v2/proxy/dist/alice/app/referrers/${layout.single}`);
-    expect(res.status).toBe(404);
-    const error = ((await res.json()) as { errors: { code: string; message: string }[] }).errors[0]!;
-    expect(error.code).toBe('MANIFEST_UNKNOWN');
-    expect(error.message).toMatch(/no referrers API/);
+  test('referrers: distribution has no referrers API, so the proxy reads its tag schema; none is an empty index, never a 404', async () => {
+    const auth = { Authorization: `Basic ${Buffer.from('alice:s3cret').toString('base64')}` };
+    const none = await fetch(`${proxy.url}/v2/proxy/dist/alice/multi/referrers/${layout.multi}`);
+    expect(none.status).toBe(200);
+    expect(none.headers.get('content-type')).toBe('application/vnd.oci.image.index.v1+json');
+    expect(((await none.json()) as { manifests: unknown[] }).manifests).toEqual([]);
+
+    // A client of an upstream without the API (oras, notation) pushes the referrer and tags an index
+    // listing it with the subject's sha256-<hex>.
+    const subject = await fetch(`${dist.url}/v2/alice/app/manifests/${layout.single}`, { headers: { ...auth, Accept: 'application/vnd.oci.image.manifest.v1+json' } });
+    const referrer = { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: layout.single, size: (await subject.arrayBuffer()).byteLength, artifactType: 'application/x-test' };
+    const index = JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: [referrer] });
+    const put = await fetch(`${dist.url}/v2/alice/app/manifests/sha256-${layout.single.slice('sha256:'.length)}`, {
+      method: 'PUT',
+      headers: { ...auth, 'Content-Type': 'application/vnd.oci.image.index.v1+json' },
+      body: index,
+    });
+    expect(put.status).toBe(201);
+    const res = await fetch(`${proxy.url}/v2/proxy/dist/alice/app/referrers/${layout.single}?artifactType=application/x-test`);
+    expect(res.status).toBe(200);
+    expect(res.headers.get('oci-filters-applied')).toBe('artifactType');
+    expect(((await res.json()) as { manifests: unknown[] }).manifests).toEqual([referrer]);
   });
 
   test('upstream killed: cached images still pull with skopeo (Warning on the manifest); uncached → 502', async () => {
@@ -107,9 +123,10 @@ describe('pull-through from CNCF distribution (docker-registry) with htpasswd au
     expect(res.headers.get('warning')).toMatch(/^299 - ".+"$/);
     const cold = await fetch(`${proxy.url}/v2/proxy/dist/alice/other/manifests/1`);
     expect(cold.status).toBe(502);
-    // The tag list falls back to the tags pulled through the proxy (2 never was).
+    // The tag list falls back to the tags pulled through the proxy (2 never was; the referrers'
+    // tag-schema index was, by the referrers request above).
     const { stdout } = await run('skopeo', ['list-tags', '--tls-verify=false', `docker://${host}/proxy/dist/alice/app`]);
-    expect((JSON.parse(stdout) as { Tags: string[] }).Tags).toEqual(['1']);
+    expect((JSON.parse(stdout) as { Tags: string[] }).Tags).toEqual(['1', `sha256-${layout.single.slice('sha256:'.length)}`]);
     // Nothing pulled from this one: the upstream's failure.
     expect((await fetch(`${proxy.url}/v2/proxy/dist/alice/other/tags/list`)).status).toBe(502);
   });
