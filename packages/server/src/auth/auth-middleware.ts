@@ -153,7 +153,11 @@ export function authMiddleware(options: AuthMiddlewareOptions) {
 
       case 'repository': {
         const { name, resource, actions: needed } = route;
-        const scope = isValidRepositoryName(name) ? `repository:${name}:${needed.join(',')}` : undefined;
+        // A cross-repository mount reads its source: the challenge names it too, as distribution's
+        // does, so that a client asking for the scope it is challenged with gets a token that mounts.
+        const from = route.uploadStart && typeof ctx.query.mount === 'string' ? ctx.query.from : undefined;
+        const source = typeof from === 'string' && from !== name && isValidRepositoryName(from) ? ` repository:${from}:pull` : '';
+        const scope = isValidRepositoryName(name) ? `repository:${name}:${needed.join(',')}${source}` : undefined;
         const detail = needed.map((a) => ({ Type: 'repository', Name: name, Action: a }));
         const target = await targetOf(ctx, name, resource, principal);
         if (target.kind === 'proxy' && principal.kind !== 'anonymous' && needed.some((a) => a !== 'pull')) {

@@ -217,6 +217,21 @@ describe('the permission matrix', () => {
     expect(allowed.headers.get('docker-content-digest')).toBe(digest);
   });
 
+  test("a mount's challenge names its source too: a token for the scope it asks for mounts (201)", async () => {
+    const layer = await fetch(`${reg.url}/v2/bob/secret/manifests/1`, { headers: { Authorization: basic('root', PASSWORDS.root!) } });
+    const digest = ((await layer.json()) as { layers: { digest: string }[] }).layers[0]!.digest;
+    const url = `${reg.url}/v2/bob/challenged/blobs/uploads/?mount=${digest}&from=bob/secret`;
+    const anonymous = await fetch(url, { method: 'POST' });
+    expect(anonymous.status).toBe(401);
+    const scope = /scope="([^"]+)"/.exec(anonymous.headers.get('www-authenticate') ?? '')![1]!;
+    expect(scope).toBe('repository:bob/challenged:push repository:bob/secret:pull');
+    // As a client does: the challenge's scope, as it came, from the realm.
+    const grant = await fetch(`${reg.url}/auth/token?service=wharf&scope=${encodeURIComponent(scope)}`, { headers: { Authorization: basic('bob', PASSWORDS.bob!) } });
+    const { token } = (await grant.json()) as { token: string };
+    const mounted = await fetch(url, { method: 'POST', headers: { Authorization: `Bearer ${token}` } });
+    expect(mounted.status).toBe(201);
+  });
+
   test('after the suite, no password, token or Authorization value is in the log', () => {
     expect(secrets.size).toBeGreaterThan(15);
     expect(log.text()).toContain('"path":"/auth/token"');
