@@ -472,11 +472,11 @@ export class HttpUpstream implements Upstream {
    */
   private expectOk(res: { statusCode: number; url?: URL; refused?: boolean }, what: string): void {
     const status = res.statusCode;
+    const origin = res.url?.origin ?? this.origin;
+    if (origin !== this.origin && (status < 200 || status >= 300)) {
+      throw new UpstreamError(status === 401 || status === 403 ? 'unauthorized' : 'server-error', `upstream ${this.name} redirected the ${what} to ${res.url!.host}, which answered ${status}`, status);
+    }
     if (status === 401 || status === 403) {
-      const origin = res.url?.origin ?? this.origin;
-      if (origin !== this.origin) {
-        throw new UpstreamError('unauthorized', `upstream ${this.name} redirected the ${what} to ${res.url!.host}, which answered ${status}`, status);
-      }
       if (status === 403 || res.refused) {
         throw new UpstreamError('denied', `upstream ${this.name} denies access to this repository (${status}): it does not exist there, or the upstream's credentials in Wharf's configuration may not pull it`, status);
       }

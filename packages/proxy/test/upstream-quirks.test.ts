@@ -144,6 +144,13 @@ describe('redirect targets that challenge', () => {
   });
 });
 
+test("a redirect target's error names that host, not the upstream", async () => {
+  const cdn = await host((_req, res) => void res.writeHead(400).end());
+  const registry = await host((_req, res) => res.writeHead(307, { location: `${cdn.url}/blob` }).end());
+  const upstream = new HttpUpstream({ name: 'up', url: registry.url, retries: 0, timeouts: quick });
+  await expect(upstream.blob('team/app', sha256(BLOB))).rejects.toThrow(`upstream up redirected the blob GET to ${new URL(cdn.url).host}, which answered 400`);
+});
+
 describe('refusals and token services', () => {
   /** Docker Hub: any repository gets a token; one that does not exist (or is private) is 401 insufficient_scope with it. */
   async function dockerHub(): Promise<Host> {
