@@ -33,6 +33,10 @@ export class LocalResolver implements RepositoryResolver {
 
   async resolve(name: string): Promise<ResolvedRepository> {
     assertRepositoryName(name);
+    // Kept for the proxy, also while it is off: a repository pushed there would vanish behind it later.
+    if (name.startsWith('proxy/')) {
+      throw new RegistryError('NAME_UNKNOWN', 'names under proxy/ are the dependency proxy\'s, and it is off on this server ([proxy] enabled = false)', { name });
+    }
     return { repo: name, reader: this.local, writer: this.local };
   }
 }

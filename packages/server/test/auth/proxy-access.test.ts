@@ -149,6 +149,23 @@ describe('proxy access with auth on: per upstream, never open unless configured'
     }
   });
 
+  test('[proxy] enabled = false: proxy/ names say the proxy is off, to users and administrators, for reads and writes', async () => {
+    const off = await startAuthRegistry({
+      settings: { proxy: { enabled: false } },
+      authSettings: { users: (['alice', 'root'] as const).map((name) => ({ name, password_hash: bcryptHash(PW[name]), admin: name === 'root' })) },
+    });
+    try {
+      for (const [user, method] of [['alice', 'GET'], ['root', 'GET'], ['root', 'PUT']] as const) {
+        const res = await fetch(`${off.url}/v2/proxy/docker.io/library/alpine/manifests/3.20`, { method, headers: { Authorization: basic(user, PW[user]) } });
+        expect(res.status).toBe(404);
+        const error = ((await res.json()) as { errors: { code: string; message: string }[] }).errors[0]!;
+        expect([error.code, error.message]).toEqual(['NAME_UNKNOWN', "names under proxy/ are the dependency proxy's, and it is off on this server ([proxy] enabled = false)"]);
+      }
+    } finally {
+      await off.close();
+    }
+  });
+
   test('after the suite, no password or token is in the log', () => {
     secrets.assertNotIn(log.text());
   });
