@@ -62,6 +62,8 @@ const TIMEOUT_CODES = new Set(['ETIMEDOUT', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_
 const RETRIED = OUTAGES;
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 const MAX_REDIRECTS = 5;
+/** Challenges answered per attempt: the upstream's, and a redirect target's or two. */
+const MAX_CHALLENGES = 3;
 /** Token service answers are small JSON documents. */
 const MAX_TOKEN_BYTES = 1024 * 1024;
 /** A tag list or referrers index read whole: Docker Hub's busiest repositories list some 10,000 tags in under 1 MiB. */
@@ -358,9 +360,16 @@ export class HttpUpstream implements Upstream {
       }
       await discard(res);
       const origin = res.url?.origin ?? this.origin;
-      // The host asked for a token, got it, and still says no: a refusal of this repository (after
-      // Basic credentials, a refusal of the credentials).
-      if (answered.has(origin)) return parseChallenge(String(res.headers['www-authenticate'] ?? ''))?.scheme === 'bearer' ? { ...res, refused: true } : res;
+      // The host asked for a token, got it, and still says no. With no error, or insufficient_scope,
+      // that refuses this repository (Docker Hub's answer when it does not exist, or is private);
+      // any other (invalid_token, Basic credentials refused) is our credentials' problem.
+      if (answered.has(origin)) {
+        const again = parseChallenge(String(res.headers['www-authenticate'] ?? ''));
+        const error = again?.params.error;
+        return again?.scheme === 'bearer' && (error === undefined || error === 'insufficient_scope') ? { ...res, refused: true } : res;
+      }
+      // Each challenge is answered once, and a chain of hosts that each challenge is cut short.
+      if (answered.size >= MAX_CHALLENGES) return res;
       answered.add(origin);
       // No way to answer the challenge: the 401 stands (its body is already gone).
       if (!(await this.authenticate(repo, res.headers, origin, signal))) return res;
@@ -375,9 +384,13 @@ export class HttpUpstream implements Upstream {
   private async send(method: 'GET' | 'HEAD', url: string, headers: Record<string, string>, signal?: AbortSignal, auth?: (origin: string) => Record<string, string>): Promise<Answer> {
     let target = new URL(url);
     let sent: Record<string, string> = { 'user-agent': this.userAgent, ...headers };
+    // Once a hop has left the first origin, a redirect back to it carries none of our credentials:
+    // a third party does not get to choose where they are sent.
+    const first = target.origin;
+    let left = false;
     for (let hop = 0; ; hop++) {
       let res: Answer;
-      const hopHeaders = auth ? { ...sent, ...auth(target.origin) } : sent;
+      const hopHeaders = auth && !(left && target.origin === first) ? { ...sent, ...auth(target.origin) } : sent;
       try {
         res = this.proxied(target)
           ? await (await this.dispatcher(this.via!)).request({ origin: target.origin, path: `${target.pathname}${target.search}`, method, headers: hopHeaders, ...(signal ? { signal } : {}) })
@@ -399,6 +412,7 @@ export class HttpUpstream implements Upstream {
       if (next.origin !== target.origin) {
         const { authorization: _dropped, ...rest } = sent;
         sent = rest;
+        left = true;
       }
       target = next;
     }
@@ -417,7 +431,8 @@ export class HttpUpstream implements Upstream {
    * a fresh one).
    */
   private worthRetrying(res: Answer): boolean {
-    return res.statusCode === 429 || res.statusCode >= 500 || (res.statusCode === 403 && res.url !== undefined && res.url.origin !== this.origin);
+    // 501 says the server does not do this at all: asking again changes nothing.
+    return res.statusCode === 429 || (res.statusCode >= 500 && res.statusCode !== 501) || (res.statusCode === 403 && res.url !== undefined && res.url.origin !== this.origin);
   }
 
   /** A 429 or 5xx (or see worthRetrying): its body is discarded and the status becomes the failure withRetries acts on. */
@@ -466,9 +481,9 @@ export class HttpUpstream implements Upstream {
   }
 
   /**
-   * Throws unless `res` is a 2xx. A 403, or a 401 after its challenge was answered, from the
-   * upstream itself is a refusal of this repository ('denied': Docker Hub says so of a repository
-   * that does not exist, or is private).
+   * Throws unless `res` is a 2xx. A 401 refusing the repository with a fresh token (see authorized)
+   * is 'denied'; any other 401 or 403 is our credentials' problem ('unauthorized': expired, revoked,
+   * or a firewall's).
    */
   private expectOk(res: { statusCode: number; url?: URL; refused?: boolean }, what: string): void {
     const status = res.statusCode;
@@ -477,7 +492,7 @@ export class HttpUpstream implements Upstream {
       throw new UpstreamError(status === 401 || status === 403 ? 'unauthorized' : 'server-error', `upstream ${this.name} redirected the ${what} to ${res.url!.host}, which answered ${status}`, status);
     }
     if (status === 401 || status === 403) {
-      if (status === 403 || res.refused) {
+      if (res.refused) {
         throw new UpstreamError('denied', `upstream ${this.name} denies access to this repository (${status}): it does not exist there, or the upstream's credentials in Wharf's configuration may not pull it`, status);
       }
       throw new UpstreamError('unauthorized', `upstream ${this.name} refused our credentials for ${what} (${status})`, status);
@@ -526,6 +541,12 @@ export class HttpUpstream implements Upstream {
     if (!realm) return false;
     const url = tokenUrl(realm, origin);
     if (!url) throw new UpstreamError('unauthorized', `upstream ${this.name} named a token realm that is no HTTP URL`);
+    const challenger = new URL(origin);
+    if (!ours && (url.hostname !== challenger.hostname || (challenger.protocol === 'https:' && url.protocol !== 'https:'))) {
+      // A redirect target names a realm elsewhere: Wharf is not sent to fetch from any URL a third
+      // party chooses (an internal service, say) and hand back what it got.
+      return false;
+    }
     const credentials = ours && this.options.username !== undefined;
     if (credentials && url.protocol === 'http:' && this.base.startsWith('https:')) {
       // Our credentials would cross the network in clear, though the upstream itself is reached over TLS.

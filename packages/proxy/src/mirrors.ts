@@ -1,7 +1,7 @@
 import { PassThrough } from 'node:stream';
 import type { ByteRange, Descriptor, Digest, Page } from '@wharf/registry-core';
 import { resumingBlob } from './resuming-body.js';
-import { UpstreamError, type Upstream, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest } from './upstream.js';
+import { OUTAGES, UpstreamError, type Upstream, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest } from './upstream.js';
 
 export type MirrorStrategy = 'failover' | 'hedged' | 'striped' | 'adaptive';
 
@@ -197,7 +197,7 @@ export class MirroredUpstream implements Upstream {
       } catch (err) {
         if (signal?.aborted) throw err;
         this.record(i, started, false);
-        lastError = err;
+        lastError = worse(lastError, err);
       }
     }
     if (lastError !== undefined) throw lastError;
@@ -250,7 +250,7 @@ export class MirroredUpstream implements Upstream {
           (err: unknown) => {
             pending -= 1;
             if (!controller.signal.aborted) this.record(i, started, false);
-            lastError = err;
+            lastError = worse(lastError, err);
             if (next < order.length) launch();
             else if (pending === 0) finish(undefined, undefined, lastError);
           },
@@ -364,4 +364,13 @@ export class MirroredUpstream implements Upstream {
     })();
     return { size, body: out };
   }
+}
+
+/**
+ * The error to report of two mirrors' failures: an outage over anything else, so that one mirror down
+ * while another refuses (expired credentials, say) still serves the cached copy.
+ */
+function worse(kept: unknown, err: unknown): unknown {
+  const isOutage = (e: unknown): boolean => e instanceof UpstreamError && OUTAGES.has(e.failure);
+  return kept !== undefined && isOutage(kept) && !isOutage(err) ? kept : err;
 }

@@ -144,7 +144,8 @@ export class PullThroughRepository implements RepositoryReader {
     return fetched;
   }
 
-  private async manifestByTag(repo: string, tag: string): Promise<StoredManifest | undefined> {
+  /** `outer` (optional) bounds the upstream's wait too, as the caller's own deadline. */
+  private async manifestByTag(repo: string, tag: string, outer?: AbortSignal): Promise<StoredManifest | undefined> {
     const now = Date.now();
     const known = this.index.tag(this.key, repo, tag);
     const cached = known ? this.index.manifest(this.key, repo, known.digest) : undefined;
@@ -155,7 +156,8 @@ export class PullThroughRepository implements RepositoryReader {
     }
     // A client with a cached copy waiting on it must not sit out the upstream's full timeouts and retries.
     const deadline = this.policy.revalidateTimeout ?? DEFAULT_POLICY.revalidateTimeout!;
-    const signal = cached ? AbortSignal.timeout(deadline) : undefined;
+    const own = cached ? AbortSignal.timeout(deadline) : undefined;
+    const signal = own && outer ? AbortSignal.any([own, outer]) : (own ?? outer);
     try {
       if (cached) {
         // A 404 to the HEAD is confirmed by the GET below: some servers answer HEAD wrongly.
@@ -167,7 +169,8 @@ export class PullThroughRepository implements RepositoryReader {
         // Low on pulls: the cached copy rather than a GET, which Docker Hub counts. The HEAD went
         // (it does not count), and its answer brought the reading up to date, so this lasts only
         // as long as the upstream's window.
-        if (head && this.rateLimitRemaining !== undefined && this.rateLimitRemaining < this.policy.rateLimitFloor) {
+        // (A HEAD that told nothing brought no reading either: then the GET goes, or the floor would hold for good.)
+        if (head?.digest && this.rateLimitRemaining !== undefined && this.rateLimitRemaining < this.policy.rateLimitFloor) {
           return this.stale(cached, repo, tag, `upstream rate limit nearly exhausted (${this.rateLimitRemaining} left); serving the cached manifest`);
         }
       }
@@ -181,8 +184,10 @@ export class PullThroughRepository implements RepositoryReader {
       });
       return fetched;
     } catch (err) {
-      // Refused (Docker Hub's answer for a repository deleted or made private): as good as a 404.
-      if (isDenied(err)) {
+      // Refused with nothing cached (Docker Hub's answer for a repository that does not exist, or is
+      // private): as good as a 404. With a copy cached, it is served stale, as for any answer that
+      // is not the manifest: expired credentials must not empty the cache.
+      if (!cached && isDenied(err)) {
         this.forget(repo, tag);
         throw err;
       }
@@ -389,7 +394,7 @@ export class PullThroughRepository implements RepositoryReader {
    */
   async referrers(repo: string, subject: Digest): Promise<Descriptor[]> {
     const listed = await this.orCached('referrers', repo, this.index.referrers(this.key, repo, subject), async (signal) => {
-      const found = (await this.upstream.referrers(repo, subject, signal)) ?? (await this.referrersByTagSchema(repo, subject));
+      const found = (await this.upstream.referrers(repo, subject, signal)) ?? (await this.referrersByTagSchema(repo, subject, signal));
       this.index.putReferrers(this.key, repo, subject, found);
       return found;
     });
@@ -397,8 +402,8 @@ export class PullThroughRepository implements RepositoryReader {
   }
 
   /** The manifests of the upstream's index tagged `<alg>-<hex>` of `subject`; none without that tag. */
-  private async referrersByTagSchema(repo: string, subject: Digest): Promise<Descriptor[]> {
-    const index = await this.manifestByTag(repo, referrersTag(subject));
+  private async referrersByTagSchema(repo: string, subject: Digest, signal: AbortSignal | undefined): Promise<Descriptor[]> {
+    const index = await this.manifestByTag(repo, referrersTag(subject), signal);
     if (!index) return [];
     let doc: unknown;
     try {

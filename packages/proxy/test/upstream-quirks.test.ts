@@ -10,6 +10,7 @@ import { FsBlobStore, RegistryError, openDatabase, type Digest, type SqliteDatab
 import { BlobFills } from '../src/blob-fill.js';
 import { CacheIndex } from '../src/cache-index.js';
 import { HttpUpstream } from '../src/http-upstream.js';
+import { MirroredUpstream } from '../src/mirrors.js';
 import { PullThroughRepository } from '../src/pull-through.js';
 import { UpstreamError } from '../src/upstream.js';
 
@@ -129,6 +130,51 @@ describe('redirect targets that challenge', () => {
     expect(k8s.seen.every((s) => s.authorization === undefined)).toBe(true);
   });
 
+  test("a redirect target's realm on another host is not fetched: Wharf fetches no URL a third party picks", async () => {
+    const internal = await host((_req, res) => json(res, 200, { token: 'INTERNAL-SECRET' }));
+    const cdn = await host((_req, res) => challenge(res, `Bearer realm="${internal.url.replace('127.0.0.1', 'localhost')}/secret"`));
+    const registry = await host((_req, res) => res.writeHead(307, { location: `${cdn.url}/blob` }).end());
+    const upstream = new HttpUpstream({ name: 'up', url: registry.url, retries: 0, timeouts: quick });
+    await expect(upstream.blob('team/app', sha256(BLOB))).rejects.toThrow(/redirected the blob GET to .*which answered 401/);
+    expect(internal.seen).toEqual([]);
+  });
+
+  test('a chain of hosts that each challenge is cut short: at most three challenges per attempt', async () => {
+    const hosts: Host[] = [];
+    for (let i = 0; i < 5; i++) {
+      hosts.push(
+        await host((req, res) => {
+          if (req.url!.startsWith('/token')) return json(res, 200, { token: `t${i}` });
+          if (req.headers.authorization !== `Bearer t${i}`) return challenge(res, `Bearer realm="${hosts[i]!.url}/token"`);
+          if (i + 1 < hosts.length) return res.writeHead(307, { location: `${hosts[i + 1]!.url}/v2/x` }).end();
+          res.writeHead(200, { 'content-length': BLOB.length }).end(BLOB);
+        }),
+      );
+    }
+    const upstream = new HttpUpstream({ name: 'up', url: hosts[0]!.url, retries: 0, timeouts: quick });
+    await expect(upstream.blob('team/app', sha256(BLOB))).rejects.toThrow(/answered 401/);
+    expect(hosts.map((h) => h.seen.filter((s) => s.url.startsWith('/token')).length)).toEqual([1, 1, 1, 0, 0]);
+  });
+
+  test('a redirect back to the upstream, after a hop elsewhere, goes without its credentials', async () => {
+    const registry: Host = await host((req, res) => {
+      if (req.url === '/v2/team/app/blobs/' + sha256(BLOB)) return res.writeHead(307, { location: `${elsewhere.url}/bounce` }).end();
+      res.writeHead(200, { 'content-length': BLOB.length }).end(BLOB);
+    });
+    const elsewhere: Host = await host((_req, res) => res.writeHead(307, { location: `${registry.url}/anything` }).end());
+    // The registry takes Basic: credentials go with every request to it once it asked.
+    registry.handler = ((inner) => (req: IncomingMessage, res: ServerResponse) => {
+      if (req.url!.startsWith('/v2/team/app/blobs/') && !req.headers.authorization) return challenge(res, 'Basic realm="r"');
+      inner(req, res);
+    })(registry.handler);
+    const upstream = new HttpUpstream({ name: 'up', url: registry.url, username: 'robot', password: 'pw-123456', retries: 0, timeouts: quick });
+    (await upstream.blob('team/app', sha256(BLOB)))?.body.destroy();
+    const bounced = registry.seen.filter((s) => s.url === '/anything');
+    expect(bounced).toHaveLength(1);
+    expect(bounced[0]!.authorization).toBeUndefined();
+    expect(registry.seen.filter((s) => s.url.startsWith('/v2/')).map((s) => s.authorization)).toEqual([undefined, basic('robot', 'pw-123456')]);
+  });
+
   test("a CDN's 403 (an expired signed URL) is tried again, which brings a fresh redirect", async () => {
     let signed = 0;
     const cdn = await host((req, res) => {
@@ -186,6 +232,24 @@ describe('refusals and token services', () => {
     });
   });
 
+  test('a cached tag the upstream starts refusing (expired credentials) is served stale, not dropped', async () => {
+    let refuse = false;
+    const hub: Host = await host((req, res) => {
+      if (req.url!.startsWith('/token')) return json(res, 200, { token: 'hub' });
+      if (req.headers.authorization !== 'Bearer hub') return challenge(res, `Bearer realm="${hub.url}/token"`);
+      if (refuse) return challenge(res, `Bearer realm="${hub.url}/token",error="insufficient_scope"`);
+      manifestAnswer(req, res);
+    });
+    await withProxy(new HttpUpstream({ name: 'docker.io', url: hub.url, retries: 0, timeouts: quick }), async (proxy) => {
+      await proxy.manifest('library/alpine', '3.20');
+      refuse = true;
+      await sleep(TTL + 20);
+      const stale = await proxy.manifest('library/alpine', '3.20');
+      expect(stale?.digest).toBe(sha256(MANIFEST));
+      expect(stale?.warning).toMatch(/denies access/);
+    });
+  });
+
   test('a token service answering 503, then 429 with Retry-After, is retried as the registry would be', async () => {
     const statuses = [503, 429];
     const registry: Host = await host((req, res) => {
@@ -213,12 +277,37 @@ describe('refusals and token services', () => {
     expect([err.failure, err.retryAfter]).toEqual(['rate-limited', 3600]);
   });
 
+  test('a 403, and a 401 invalid_token after a fresh token, are our credentials\' problem ("unauthorized"), not "denied"', async () => {
+    const forbidden = await host((_req, res) => json(res, 403, { errors: [{ code: 'DENIED' }] }));
+    const viaForbidden = new HttpUpstream({ name: 'up', url: forbidden.url, retries: 0, timeouts: quick });
+    expect(((await viaForbidden.manifest('a/b', '1').catch((e: unknown) => e)) as UpstreamError).failure).toBe('unauthorized');
+    const rotated: Host = await host((req, res) => {
+      if (req.url!.startsWith('/token')) return json(res, 200, { token: 't' });
+      challenge(res, `Bearer realm="${rotated.url}/token"${req.headers.authorization ? ',error="invalid_token"' : ''}`);
+    });
+    const viaRotated = new HttpUpstream({ name: 'up', url: rotated.url, retries: 0, timeouts: quick });
+    expect(((await viaRotated.manifest('a/b', '1').catch((e: unknown) => e)) as UpstreamError).failure).toBe('unauthorized');
+  });
+
   test('Basic credentials refused on the second try are "unauthorized" (our credentials), not "denied"', async () => {
     const registry = await host((_req, res) => challenge(res, 'Basic realm="r"'));
     const upstream = new HttpUpstream({ name: 'up', url: registry.url, username: 'a', password: 'b', retries: 0, timeouts: quick });
     const err = (await upstream.manifest('team/app', '1').catch((e: unknown) => e)) as UpstreamError;
     expect(err.failure).toBe('unauthorized');
   });
+});
+
+test('mirrors: one down and one refusing report the outage, so that a cached copy is served', async () => {
+  const down = await host((_req, res) => json(res, 503, {}));
+  const refusing: Host = await host((req, res) => {
+    if (req.url!.startsWith('/token')) return json(res, 200, { token: 't' });
+    challenge(res, `Bearer realm="${refusing.url}/token"${req.headers.authorization ? ',error="insufficient_scope"' : ''}`);
+  });
+  for (const order of [[down, refusing], [refusing, down]]) {
+    const mirrors = order.map((h) => new HttpUpstream({ name: 'up', url: h.url, retries: 0, timeouts: quick }));
+    const err = (await new MirroredUpstream(mirrors, { strategy: 'failover' }).manifest('a/b', '1').catch((e: unknown) => e)) as UpstreamError;
+    expect(err.failure).toBe('server-error');
+  }
 });
 
 describe('manifest answers done wrong', () => {
@@ -243,7 +332,7 @@ describe('manifest answers done wrong', () => {
 describe('the proxy with HEADs done wrong, and many clients at once', () => {
   const V2 = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI, config: {}, layers: [], annotations: { v: '2' } }));
 
-  test.each([405, 404])('a manifest HEAD answering %i: the tag is checked with a GET, no back-off for the upstream', async (status) => {
+  test.each([405, 404, 400, 403, 501])('a manifest HEAD answering %i: the tag is checked with a GET, no back-off for the upstream', async (status) => {
     let current = MANIFEST;
     const registry = await host((req, res) => {
       if (req.method === 'HEAD') return json(res, status, { errors: [{ code: 'UNSUPPORTED' }] });
@@ -264,6 +353,27 @@ describe('the proxy with HEADs done wrong, and many clients at once', () => {
     });
   });
 
+  test('below the rate-limit floor, a HEAD that tells nothing does not freeze the tag: the GET goes', async () => {
+    let current = MANIFEST;
+    const registry = await host((req, res) => {
+      if (req.method === 'HEAD') return json(res, 405, {});
+      res.setHeader('ratelimit-remaining', '5;w=21600');
+      manifestAnswer(req, res, current);
+    });
+    const upstream = new HttpUpstream({ name: 'up', url: registry.url, retries: 0, timeouts: quick });
+    await withProxy(
+      upstream,
+      async (proxy) => {
+        await proxy.manifest('team/app', 'latest');
+        proxy.rateLimitRemaining = 5;
+        current = V2;
+        await sleep(TTL + 20);
+        expect((await proxy.manifest('team/app', 'latest'))?.digest).toBe(sha256(V2));
+      },
+      10,
+    );
+  });
+
   test('eight clients asking at once for an uncached manifest cost one upstream GET, by tag and by digest', async () => {
     const registry = await host((req, res) => void setTimeout(() => manifestAnswer(req, res), 100));
     await withProxy(new HttpUpstream({ name: 'up', url: registry.url, retries: 0, timeouts: quick }), async (proxy) => {
@@ -278,7 +388,7 @@ describe('the proxy with HEADs done wrong, and many clients at once', () => {
 
 const TTL = 100;
 
-async function withProxy(upstream: HttpUpstream, run: (proxy: PullThroughRepository) => Promise<void>): Promise<void> {
+async function withProxy(upstream: HttpUpstream, run: (proxy: PullThroughRepository) => Promise<void>, rateLimitFloor = 0): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'wharf-quirks-'));
   await mkdir(join(dir, 'tmp'));
   const db: SqliteDatabase = openDatabase(':memory:');
@@ -287,7 +397,7 @@ async function withProxy(upstream: HttpUpstream, run: (proxy: PullThroughReposit
     const proxy = new PullThroughRepository(upstream, new CacheIndex(db), store, new BlobFills({ store, tempRoot: join(dir, 'tmp') }), {
       manifestTtl: TTL,
       absentTtl: 60_000,
-      rateLimitFloor: 0,
+      rateLimitFloor,
       outageBackoff: 60_000,
     });
     await run(proxy);

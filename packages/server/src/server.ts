@@ -137,9 +137,16 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
     }
     resolver = new ProxyResolver(local, config.proxy, proxies, { loopbackOnly: !config.auth.enabled });
   }
-  const auth = config.auth.enabled
-    ? await AuthService.create({ config, db, repositoryExists: (name) => local.repositoryExists(name), logger, ...(options.auth ? { tuning: options.auth } : {}) })
-    : undefined;
+  let auth: AuthService | undefined;
+  try {
+    auth = config.auth.enabled
+      ? await AuthService.create({ config, db, repositoryExists: (name) => local.repositoryExists(name), logger, ...(options.auth ? { tuning: options.auth } : {}) })
+      : undefined;
+  } catch (err) {
+    // A first start refused (WHARF_ADMIN_PASSWORD too short, say) leaves nothing open behind it.
+    db.close();
+    throw err;
+  }
   let draining = false;
   const handler = createHandler({
     ...(auth ? { auth } : {}),

@@ -58,17 +58,20 @@ export function ociErrors(logger: Logger) {
 }
 
 /**
- * How long the rest of a refused request's body may keep coming after the answer (an upload refused
- * or failed mid-way, a 401 to a large manifest PUT).
+ * After answering an error before its request's body was read to its end, the rest of the body may
+ * keep coming (and is dropped) as long as it keeps coming: the connection is cut after LINGER_IDLE_MS
+ * without a byte, or LINGER_MAX_MS in all.
  */
-const LINGER_MS = 2_000;
+const LINGER_IDLE_MS = 2_000;
+const LINGER_MAX_MS = 30_000;
 
 /**
- * A body not read to its end when its error is answered: node reads and drops the rest, and the
- * connection is cut if the rest has not come LINGER_MS after the answer. Closing at once would reset
- * a client still writing, and a client that writes its whole body before reading (Go's, and with it
- * docker, containerd and the OCI conformance suite) then sees a broken pipe instead of the answer. A
- * client that stops sending is not kept until idle_timeout either.
+ * A body not read to its end when its error is answered (an upload refused or failed mid-way, a 401
+ * to a large manifest PUT): node reads and drops the rest. Closing at once would reset a client still
+ * writing, and a client that writes its whole body before reading (Go's, and with it docker,
+ * containerd and the OCI conformance suite) then sees a broken pipe instead of the answer. A client
+ * that stops sending is cut soon, not kept until idle_timeout, and one that would send for ever is
+ * cut too.
  */
 function lingerForBody(req: IncomingMessage, res: ServerResponse): void {
   // Taken now: node lets go of `req.socket` (it becomes null) once the request is over, or the
@@ -77,8 +80,20 @@ function lingerForBody(req: IncomingMessage, res: ServerResponse): void {
   if (!socket || socket.destroyed) return;
   res.once('finish', () => {
     if (req.complete) return;
-    setTimeout(() => {
-      if (!req.complete && !socket.destroyed) socket.destroy();
-    }, LINGER_MS).unref();
+    const started = Date.now();
+    let seen = socket.bytesRead;
+    const timer = setInterval(() => {
+      if (req.complete || socket.destroyed) {
+        clearInterval(timer);
+        return;
+      }
+      if (socket.bytesRead === seen || Date.now() - started >= LINGER_MAX_MS) {
+        clearInterval(timer);
+        socket.destroy();
+        return;
+      }
+      seen = socket.bytesRead;
+    }, LINGER_IDLE_MS);
+    timer.unref();
   });
 }
