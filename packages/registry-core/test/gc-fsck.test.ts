@@ -97,6 +97,20 @@ describe('fsck', () => {
     expect(after.findings.map((f) => f.kind).sort()).toEqual(['recent-file', 'upload']);
   });
 
+  test('files where the store has folders (blobs/sha256/x, blobs/md5) are reported, and removed by --repair', async () => {
+    await mkdir(`${fx.blobs.root}/blobs/sha256`, { recursive: true });
+    await writeFile(`${fx.blobs.root}/blobs/sha256/strayfile`, 'junk');
+    await writeFile(`${fx.blobs.root}/blobs/md5`, 'junk');
+    const found = await run();
+    expect(found.findings.filter((f) => f.kind === 'unexpected-file').map((f) => f.message)).toEqual([
+      expect.stringContaining('blobs/md5 is not a blob file'),
+      expect.stringContaining('blobs/sha256/strayfile is not a blob file'),
+    ]);
+    const repaired = await run({ repair: true });
+    expect(repaired.findings.filter((f) => f.kind === 'unexpected-file' && f.repaired)).toHaveLength(2);
+    expect((await run()).findings.filter((f) => f.kind === 'unexpected-file')).toEqual([]);
+  });
+
   test('a blob row with neither file nor links (an interrupted gc) is a notice, not a problem', async () => {
     const bytes = Buffer.from('unlinked and gone');
     await fx.registry.putBlob('alice/app', streamOf(bytes), { digest: sha256(bytes), size: bytes.length });

@@ -20,8 +20,20 @@ export interface BlobFile {
 export async function* blobFiles(root: string): AsyncGenerator<BlobFile> {
   const base = join(root, 'blobs');
   for (const algorithm of await list(base)) {
-    for (const prefix of await list(join(base, algorithm))) {
-      const folder = join(base, algorithm, prefix);
+    // A file where a folder belongs (blobs/sha256/x, blobs/md5) is no blob either: reported, not skipped.
+    const algorithmFolder = join(base, algorithm);
+    const strayAlgorithm = await strayFile(algorithmFolder);
+    if (strayAlgorithm) {
+      yield strayAlgorithm;
+      continue;
+    }
+    for (const prefix of await list(algorithmFolder)) {
+      const folder = join(algorithmFolder, prefix);
+      const strayPrefix = await strayFile(folder);
+      if (strayPrefix) {
+        yield strayPrefix;
+        continue;
+      }
       for (const name of await list(folder)) {
         const path = join(folder, name);
         const s = await lstat(path).catch((err: unknown) => {
@@ -35,6 +47,15 @@ export async function* blobFiles(root: string): AsyncGenerator<BlobFile> {
       }
     }
   }
+}
+
+/** `path` as a BlobFile without a digest when it is something other than a folder; undefined for a folder or nothing. */
+async function strayFile(path: string): Promise<BlobFile | undefined> {
+  const s = await lstat(path).catch((err: unknown) => {
+    if (isNotFound(err)) return undefined;
+    throw err;
+  });
+  return s && !s.isDirectory() ? { path, size: s.size, mtimeMs: s.mtimeMs, ctimeMs: s.ctimeMs, ino: s.ino } : undefined;
 }
 
 async function list(folder: string): Promise<string[]> {
