@@ -3,7 +3,8 @@ import { createInterface } from 'node:readline/promises';
 import type { Command } from 'commander';
 import { openDatabase } from '@wharf/registry-core';
 import { isValidAccountName, isValidPublicPattern } from './auth-config.js';
-import { ConfigError, loadConfig, type WharfConfig } from './config.js';
+import { UsageError } from './config-error.js';
+import { loadConfig, type WharfConfig } from './config.js';
 import { parseDuration } from './duration.js';
 import { Accounts } from './auth/accounts.js';
 import { AuthStore, type StoredToken } from './auth/auth-store.js';
@@ -74,19 +75,19 @@ async function newPassword(fromStdin: boolean): Promise<{ password: string; gene
     password = await readStdin();
   } else if (process.stdin.isTTY) {
     password = await askHidden('Password: ');
-    if ((await askHidden('Password again: ')) !== password) throw new ConfigError('the passwords differ');
+    if ((await askHidden('Password again: ')) !== password) throw new UsageError('the passwords differ');
   } else {
     return { password: generatePassword(), generated: true };
   }
   const problem = checkNewPassword(password);
-  if (problem) throw new ConfigError(problem);
+  if (problem) throw new UsageError(problem);
   return { password, generated: false };
 }
 
 function duration(text: string, max: number, what: string): number {
   const ms = parseDuration(text);
-  if (ms === undefined || ms <= 0) throw new ConfigError(`--expires must be a duration such as "2h" or "30d" (got "${text}")`);
-  if (ms > max) throw new ConfigError(`--expires: ${what} live at most ${Math.round(max / 86_400_000)} days`);
+  if (ms === undefined || ms <= 0) throw new UsageError(`--expires must be a duration such as "2h" or "30d" (got "${text}")`);
+  if (ms > max) throw new UsageError(`--expires: ${what} live at most ${Math.round(max / 86_400_000)} days`);
   return ms;
 }
 
@@ -120,9 +121,9 @@ export function registerAuthCommands(program: Command, fail: (err: unknown) => n
     .action((name: string, opts: ConfigOption & { admin: boolean; passwordStdin: boolean }) =>
       run(() =>
         withAccounts(opts.config, async (accounts, config) => {
-          if (!isValidAccountName(name)) throw new ConfigError(`"${name}" is not a valid user name: lower-case letters, digits, ".", "_" or "-" (not "proxy")`);
-          if (accounts.find(name)) throw new ConfigError(`user "${name}" exists already`);
-          if (config.auth.groups.some((g) => g.name === name)) throw new ConfigError(`"${name}" is a group; a namespace has one owner`);
+          if (!isValidAccountName(name)) throw new UsageError(`"${name}" is not a valid user name: lower-case letters, digits, ".", "_" or "-" (not "proxy")`);
+          if (accounts.find(name)) throw new UsageError(`user "${name}" exists already`);
+          if (config.auth.groups.some((g) => g.name === name)) throw new UsageError(`"${name}" is a group; a namespace has one owner`);
           const { password, generated } = await newPassword(opts.passwordStdin);
           accounts.store.addUser(name, await hashPassword(password, PRODUCTION_BCRYPT_COST), opts.admin);
           process.stderr.write(`user "${name}" added${opts.admin ? ' (administrator)' : ''}\n`);
@@ -143,8 +144,8 @@ export function registerAuthCommands(program: Command, fail: (err: unknown) => n
       run(() =>
         withAccounts(opts.config, async (accounts) => {
           const account = accounts.find(name);
-          if (!account) throw new ConfigError(`no user "${name}"`);
-          if (account.source === 'config') throw new ConfigError(`user "${name}" is defined in the configuration file; change its password_hash there`);
+          if (!account) throw new UsageError(`no user "${name}"`);
+          if (account.source === 'config') throw new UsageError(`user "${name}" is defined in the configuration file; change its password_hash there`);
           const { password, generated } = await newPassword(opts.passwordStdin);
           accounts.store.setPassword(name, await hashPassword(password, PRODUCTION_BCRYPT_COST));
           process.stderr.write(`password of "${name}" changed\n`);
@@ -164,8 +165,8 @@ export function registerAuthCommands(program: Command, fail: (err: unknown) => n
       run(() =>
         withAccounts(opts.config, (accounts) => {
           const account = accounts.find(name);
-          if (!account) throw new ConfigError(`no user "${name}"`);
-          if (account.source === 'config') throw new ConfigError(`user "${name}" is defined in the configuration file; remove it there`);
+          if (!account) throw new UsageError(`no user "${name}"`);
+          if (account.source === 'config') throw new UsageError(`user "${name}" is defined in the configuration file; remove it there`);
           accounts.store.removeUser(name);
           process.stderr.write(`user "${name}" removed; their tokens are revoked\n`);
         }),
@@ -203,13 +204,13 @@ export function registerAuthCommands(program: Command, fail: (err: unknown) => n
       run(() =>
         withAccounts(opts.config, (accounts, config) => {
           const account = accounts.find(opts.user);
-          if (!account) throw new ConfigError(`no user "${opts.user}"`);
+          if (!account) throw new UsageError(`no user "${opts.user}"`);
           const name = opts.name?.slice(0, 200);
           if (opts.ci) {
             const ns = opts.namespace;
-            if (!ns || !isValidAccountName(ns)) throw new ConfigError('--ci needs --namespace <ns>, a user or group namespace');
+            if (!ns || !isValidAccountName(ns)) throw new UsageError('--ci needs --namespace <ns>, a user or group namespace');
             if (!mayCreateCiToken(account, ns, policyOf(config))) {
-              throw new ConfigError(`"${account.name}" may not push to ${ns}/* (developer or more is needed there), so cannot create a CI token for it`);
+              throw new UsageError(`"${account.name}" may not push to ${ns}/* (developer or more is needed there), so cannot create a CI token for it`);
             }
             const ttl = duration(opts.expires ?? '1h', MAX_CI_TTL_MS, 'CI tokens');
             const created = accounts.store.createToken({ type: 'ci', user: account.name, scopes: ['pull', 'push'], namespace: ns, expiresAt: Date.now() + ttl, ...(name ? { name } : {}) });
@@ -217,9 +218,9 @@ export function registerAuthCommands(program: Command, fail: (err: unknown) => n
             process.stdout.write(`${created.secret}\n`);
             return;
           }
-          if (opts.namespace) throw new ConfigError('--namespace is for CI tokens (--ci)');
+          if (opts.namespace) throw new UsageError('--namespace is for CI tokens (--ci)');
           const scopes = parseActions(opts.scope);
-          if (!scopes) throw new ConfigError(`--scope must be actions among pull,push,delete (got "${opts.scope}")`);
+          if (!scopes) throw new UsageError(`--scope must be actions among pull,push,delete (got "${opts.scope}")`);
           const ttl = duration(opts.expires ?? '90d', MAX_PAT_TTL_MS, 'personal tokens');
           const created = accounts.store.createToken({ type: 'pat', user: account.name, scopes, expiresAt: Date.now() + ttl, ...(name ? { name } : {}) });
           process.stderr.write(`token ${created.id} for ${account.name} (${scopes.join(',')}); expires ${date(Date.now() + ttl)}. Shown only this once:\n`);
@@ -252,7 +253,7 @@ export function registerAuthCommands(program: Command, fail: (err: unknown) => n
       run(() =>
         withAccounts(opts.config, (accounts) => {
           const found = /^\d+$/.test(id) ? accounts.store.token(Number(id)) : undefined;
-          if (!found || found.type === 'refresh') throw new ConfigError(`no token ${id}`);
+          if (!found || found.type === 'refresh') throw new UsageError(`no token ${id}`);
           accounts.store.revoke(found.id);
           process.stderr.write(`token ${found.id} of ${found.user} revoked\n`);
         }),
@@ -273,7 +274,7 @@ export function registerAuthCommands(program: Command, fail: (err: unknown) => n
             for (const p of accounts.store.publicPatterns()) process.stdout.write(`${p}\n`);
             return;
           }
-          if (!isValidPublicPattern(pattern)) throw new ConfigError(`"${pattern}" is neither a repository name nor a namespace such as "team/*"`);
+          if (!isValidPublicPattern(pattern)) throw new UsageError(`"${pattern}" is neither a repository name nor a namespace such as "team/*"`);
           accounts.store.addPublic(pattern);
           process.stderr.write(`${pattern} is public\n`);
         }),
@@ -287,8 +288,8 @@ export function registerAuthCommands(program: Command, fail: (err: unknown) => n
     .action((pattern: string, opts: ConfigOption) =>
       run(() =>
         withAccounts(opts.config, (accounts, config) => {
-          if (config.auth.public.includes(pattern)) throw new ConfigError(`${pattern} is public in the configuration file ([auth] public); change it there`);
-          if (!accounts.store.removePublic(pattern)) throw new ConfigError(`${pattern} was not marked public`);
+          if (config.auth.public.includes(pattern)) throw new UsageError(`${pattern} is public in the configuration file ([auth] public); change it there`);
+          if (!accounts.store.removePublic(pattern)) throw new UsageError(`${pattern} was not marked public`);
           process.stderr.write(`${pattern} is private again\n`);
         }),
       ),

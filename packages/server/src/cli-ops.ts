@@ -1,7 +1,8 @@
 import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import type { Command } from 'commander';
-import { ConfigError, loadConfig, type WharfConfig } from './config.js';
+import { UsageError } from './config-error.js';
+import { loadConfig, type WharfConfig } from './config.js';
 import { loadTlsFiles } from './tls/tls-files.js';
 
 /** The URL a local probe reaches the configured listener at (`0.0.0.0` and `::` mean this machine). */
@@ -51,7 +52,7 @@ export function registerOpsCommands(program: Command, fail: (err: unknown) => ne
         fail(err);
       }
       const seconds = Number(opts.timeout);
-      if (!Number.isFinite(seconds) || seconds <= 0) fail(new ConfigError('--timeout must be a number of seconds'));
+      if (!Number.isFinite(seconds) || seconds <= 0) fail(new UsageError('--timeout must be a number of seconds'));
       // A base URL, or the probe's own URL (`…/health`), as the README once suggested.
       const url = `${base.replace(/\/+$/, '').replace(/\/health$/, '')}/health`;
       try {

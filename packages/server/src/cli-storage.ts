@@ -4,7 +4,8 @@ import { pipeline } from 'node:stream/promises';
 import type { Command } from 'commander';
 import { RegistryError, type FsckFinding } from '@wharf/registry-core';
 import { formatBytes, ProgressBar } from './cli-progress.js';
-import { ConfigError, loadConfig } from './config.js';
+import { UsageError } from './config-error.js';
+import { loadConfig } from './config.js';
 import { parseDuration } from './duration.js';
 import { openStorage, type StorageMaintenance } from './storage-maintenance.js';
 
@@ -40,7 +41,7 @@ function interruptible(): { signal: AbortSignal; done(): void } {
 function durationOption(name: string, value: string | undefined): number | undefined {
   if (value === undefined) return undefined;
   const ms = /^\d+$/.test(value) ? Number(value) * 1000 : parseDuration(value);
-  if (ms === undefined) throw new ConfigError(`${name} must be a duration such as "1h", "30m" or "0" (got "${value}")`);
+  if (ms === undefined) throw new UsageError(`${name} must be a duration such as "1h", "30m" or "0" (got "${value}")`);
   return ms;
 }
 
@@ -149,7 +150,7 @@ export function registerStorageCommands(program: Command, fail: (err: unknown) =
       try {
         if (file !== '-') {
           await access(file).catch((err: Error) => {
-            throw new ConfigError(`cannot read ${file}: ${err.message}`);
+            throw new UsageError(`cannot read ${file}: ${err.message}`);
           });
         }
         await withStorage(opts.config, async (storage) => {
@@ -178,7 +179,7 @@ export function registerStorageCommands(program: Command, fail: (err: unknown) =
     .action(async (refs: string[], opts: ConfigOption & { output?: string }) => {
       try {
         if (opts.output === undefined && process.stdout.isTTY) {
-          throw new ConfigError('a tarball would go to the terminal: redirect standard output (> out.tar) or give --output FILE');
+          throw new UsageError('a tarball would go to the terminal: redirect standard output (> out.tar) or give --output FILE');
         }
         await withStorage(opts.config, async (storage) => {
           const { plan, stream } = await storage.exportArchive(refs);

@@ -3,6 +3,7 @@ import { Command } from 'commander';
 import { CacheEviction } from '@wharf/proxy';
 import { FsBlobStore, openDatabase } from '@wharf/registry-core';
 import { ConfigError, loadConfig } from './config.js';
+import { UsageError } from './config-error.js';
 import { findUpstream } from './proxy-config.js';
 import { startServer } from './server.js';
 import { registerAuthCommands } from './cli-auth.js';
@@ -14,6 +15,10 @@ const program = new Command();
 program.name('wharf').description('Wharf: a container registry and pull-through dependency proxy').showHelpAfterError();
 
 function fail(err: unknown): never {
+  if (err instanceof UsageError) {
+    process.stderr.write(`wharf: ${err.message}\n`);
+    process.exit(2);
+  }
   if (err instanceof ConfigError) {
     process.stderr.write(`wharf: configuration error: ${err.message}\n`);
     process.exit(2);

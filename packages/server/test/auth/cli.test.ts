@@ -96,6 +96,8 @@ describe('wharf user, token and repo commands', () => {
       const run = await cli([...args], stdin);
       expect([args.join(' '), run.code]).toEqual([args.join(' '), 2]);
       expect(run.stderr).toContain(message);
+      // A command used wrongly is not called a configuration error.
+      expect(run.stderr).toMatch(/^wharf: (?!configuration error)/);
     }
   });
 
