@@ -137,6 +137,8 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 export class HttpUpstream implements Upstream {
   readonly name: string;
   private readonly base: string;
+  /** The upstream's own origin: the only one our credentials go to. */
+  private readonly origin: string;
   /** Made at the first request through an egress proxy: undici is loaded then (about 9 MiB of memory). */
   private agent: Promise<Dispatcher> | undefined;
   private readonly tokens = new TokenCache();
@@ -154,6 +156,7 @@ export class HttpUpstream implements Upstream {
   constructor(private readonly options: HttpUpstreamOptions) {
     this.name = options.name;
     this.base = options.url.replace(/\/+$/, '');
+    this.origin = new URL(this.base).origin;
     this.timeouts = { ...DEFAULT_TIMEOUTS, ...options.timeouts };
     this.retries = options.retries ?? 3;
     this.maxRetryWait = options.maxRetryWait ?? 10_000;
@@ -502,10 +505,6 @@ export class HttpUpstream implements Upstream {
     }
   }
 
-  /** The upstream's own origin: the only one our credentials go to. */
-  private get origin(): string {
-    return new URL(this.base).origin;
-  }
 
   /** What a request to `origin` for `repo` carries: its token, or (the upstream's origin only) our Basic credentials. */
   private authHeader(origin: string, repo: string): Record<string, string> {
