@@ -1,5 +1,6 @@
 import { createServer as createHttpServer, type IncomingMessage, type RequestListener, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
+import type { Socket } from 'node:net';
 import type { Server as TlsServer } from 'node:tls';
 import type { TlsMaterial } from '../tls/tls-files.js';
 
@@ -37,15 +38,88 @@ export function createWharfServer(handler: RequestListener, timeouts: ListenerTi
     ? createHttpsServer({ ...common, cert: tls.cert, key: tls.key, handshakeTimeout: timeouts.readHeaderTimeout }, handler)
     : createHttpServer(common, handler);
   applyTimeouts(server, timeouts);
+  if (tls) answerPlainHttp(server, timeouts.readHeaderTimeout);
   return server;
+}
+
+const HOST = /^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$/;
+
+/** Every TLS connection starts with a handshake record (content type 22). */
+const TLS_HANDSHAKE = 0x16;
+const HOST_HEADER = /^host:[ \t]*([^\r\n]*)/im;
+
+/**
+ * A client that speaks plain HTTP to the HTTPS port (an `http://` URL, `--plain-http`, an insecure
+ * registry setting) gets a 400 that says what to do, as Go's servers answer, instead of a connection
+ * closed without a word. The first bytes tell: the connection is handed to TLS with them put back
+ * (node's TLS socket reads what its socket already holds), or answered here. A connection that sends
+ * nothing is cut after `read_header_timeout` or when the server drains.
+ */
+function answerPlainHttp(server: Server, timeoutMs: number): void {
+  const toTls = server.listeners('connection') as Array<(this: Server, socket: Socket) => void>;
+  server.removeAllListeners('connection');
+  const silent = new Set<Socket>();
+  server.on('connection', (socket: Socket) => {
+    silent.add(socket);
+    const timer = setTimeout(() => socket.destroy(), timeoutMs);
+    const done = () => {
+      clearTimeout(timer);
+      silent.delete(socket);
+      socket.off('readable', onReadable);
+      socket.off('error', onError);
+      socket.off('close', done);
+    };
+    const onError = () => socket.destroy();
+    const onReadable = () => {
+      const first = socket.read() as Buffer | null;
+      if (first === null) return;
+      done();
+      if (first[0] === TLS_HANDSHAKE) {
+        socket.unshift(first);
+        for (const listener of toTls) listener.call(server, socket);
+        return;
+      }
+      socket.on('error', onError);
+      socket.end(plainHttpAnswer(first, server));
+      // The rest of the request is dropped; a client that neither sends nor closes is cut.
+      socket.resume();
+      socket.setTimeout(timeoutMs, () => socket.destroy());
+    };
+    socket.on('readable', onReadable);
+    socket.on('error', onError);
+    socket.on('close', done);
+  });
+  // Draining closes idle connections: one that has not said a word yet is idle.
+  const closeIdle = server.closeIdleConnections.bind(server);
+  server.closeIdleConnections = () => {
+    for (const socket of silent) socket.destroy();
+    closeIdle();
+  };
+}
+
+function plainHttpAnswer(first: Buffer, server: Server): string {
+  const given = HOST_HEADER.exec(first.toString('latin1'))?.[1]?.trim() ?? '';
+  const address = server.address();
+  const port = address && typeof address === 'object' ? address.port : undefined;
+  const host = HOST.test(given) ? given.replace(/:\d+$/, '') : undefined;
+  const where = host && port ? `https://${host}${port === 443 ? '' : `:${port}`}/` : 'https://';
+  const body = `${JSON.stringify({
+    errors: [{ code: 'UNSUPPORTED', message: `this port speaks HTTPS, and the request came in plain HTTP: use ${where} (and trust Wharf's certificate)` }],
+  })}\n`;
+  return [
+    'HTTP/1.1 400 Bad Request',
+    'Content-Type: application/json; charset=utf-8',
+    `Content-Length: ${Buffer.byteLength(body)}`,
+    'Connection: close',
+    '',
+    body,
+  ].join('\r\n');
 }
 
 /** Serves a renewed certificate from now on; connections already open keep theirs. */
 export function updateCertificate(server: Server, tls: TlsMaterial): void {
   (server as unknown as TlsServer).setSecureContext({ cert: tls.cert, key: tls.key });
 }
-
-const HOST = /^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$/;
 
 /** Where a plain-HTTP request should go over HTTPS: the same host (from Host), the HTTPS port, the same path and query. */
 export function httpsLocation(req: IncomingMessage, httpsPort: number): string {

@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import { X509Certificate } from 'node:crypto';
+import { createHash, X509Certificate } from 'node:crypto';
+import { connect } from 'node:net';
 import { chmod, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -133,6 +134,41 @@ describe('[tls] self_signed = true', () => {
     } finally {
       await r.close();
     }
+  });
+
+  test('plain HTTP sent to the HTTPS port gets a 400 saying to use https; HTTPS on the same port goes on working', async () => {
+    const r = await startRegistry({ settings: { tls: { self_signed: true } } });
+    try {
+      const port = new URL(r.url).port;
+      const plain = await request(`http://127.0.0.1:${port}/v2/`, { headers: { Host: `wharf.test:${port}` } });
+      expect(plain.status).toBe(400);
+      expect(plain.headers['content-type']).toMatch(/^application\/json/);
+      const error = JSON.parse(plain.body.toString()) as { errors: Array<{ code: string; message: string }> };
+      expect(error.errors[0]!.code).toBe('UNSUPPORTED');
+      expect(error.errors[0]!.message).toContain(`https://wharf.test:${port}/`);
+      // A body that follows the plain request is dropped, not a hang.
+      const upload = await request(`http://127.0.0.1:${port}/v2/alice/app/blobs/uploads/`, { method: 'POST', body: Buffer.alloc(4 << 20, 1) });
+      expect(upload.status).toBe(400);
+      const ca = await readFile(r.caFile!, 'utf8');
+      const big = Buffer.alloc(3 << 20, 7);
+      const pushed = await request(`${r.url}/v2/alice/app/blobs/uploads/?digest=sha256:${createHash('sha256').update(big).digest('hex')}`, { method: 'POST', body: big, ca });
+      expect(pushed.status).toBe(201);
+      expect(await tlsOutcome(r.url, ca)).toBe(200);
+    } finally {
+      await r.close();
+    }
+  });
+
+  test('a connection to the HTTPS port that never says a word does not hold up a shutdown', async () => {
+    // Both deadlines far beyond the test's own timeout: only the drain can end this connection in time.
+    const r = await startRegistry({ settings: { tls: { self_signed: true }, shutdown_timeout: '10m', read_header_timeout: '10m' } });
+    const socket = connect(Number(new URL(r.url).port), '127.0.0.1');
+    socket.on('error', () => undefined);
+    await new Promise((resolve) => socket.once('connect', resolve));
+    const closed = new Promise((resolve) => socket.once('close', resolve));
+    await r.close();
+    await closed;
+    expect(socket.destroyed).toBe(true);
   });
 
   test('with auth on, challenges over TLS name an https realm', async () => {
