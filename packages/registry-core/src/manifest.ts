@@ -141,9 +141,6 @@ export function parseManifest(bytes: Buffer, contentType: string | undefined, al
   const config = descriptor(doc.config, 'config');
   if (!Array.isArray(doc.layers)) throw invalid('an image manifest needs a layers array');
   const layers = doc.layers.map((l, i) => descriptor(l, `layers[${i}]`));
-  if (mediaType === MediaType.DockerManifest && layers.length === 0) {
-    throw invalid('a Docker image manifest needs at least one layer');
-  }
   const artifactType = typeof doc.artifactType === 'string' ? doc.artifactType : config.mediaType;
   const blobs = [config, ...layers.filter((l) => !(isNonDistributable(l.mediaType) && l.urls && l.urls.length > 0))];
   return { ...base, artifactType, blobs, manifests: [] };

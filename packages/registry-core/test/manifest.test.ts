@@ -42,9 +42,12 @@ describe('parseManifest: the four manifest kinds', () => {
     expect(m.subject).toBeUndefined();
   });
 
-  test('a Docker image manifest needs at least one layer', () => {
-    const bytes = json({ schemaVersion: 2, mediaType: DOCKER_MANIFEST, config: descriptorOf('{}', DOCKER_CONFIG), layers: [] });
-    expect(() => parseManifest(bytes, DOCKER_MANIFEST)).toThrow(expect.objectContaining({ code: 'MANIFEST_INVALID' }));
+  test('a Docker image manifest without layers (a FROM scratch build of labels only) is a manifest of its config alone', () => {
+    const config = descriptorOf('{}', DOCKER_CONFIG);
+    const bytes = json({ schemaVersion: 2, mediaType: DOCKER_MANIFEST, config, layers: [] });
+    const m = parseManifest(bytes, DOCKER_MANIFEST);
+    expect(m.blobs).toEqual([config]);
+    expect(m.artifactType).toBe(DOCKER_CONFIG);
   });
 
   test('Docker manifest list', () => {

@@ -204,6 +204,18 @@ describe('manifests', () => {
       expect(Buffer.from(await res.arrayBuffer()).equals(manifest.bytes)).toBe(true);
     });
 
+    test('a Docker v2 schema 2 manifest with no layers (a FROM scratch image of labels) is stored and served', async () => {
+      const repo = uniqueRepo('m');
+      const config = blob('{"architecture":"amd64","os":"linux","config":{"Labels":{"only":"labels"}}}');
+      await pushBlobs(reg.url, repo, [config]);
+      const manifest = imageManifest(config, [], {}, DOCKER_MANIFEST);
+      await pushManifest(reg.url, repo, 'scratch', manifest);
+      const res = await fetch(`${reg.url}/v2/${repo}/manifests/scratch`);
+      expect(res.status).toBe(200);
+      expect(res.headers.get('content-type')).toBe(DOCKER_MANIFEST);
+      expect(Buffer.from(await res.arrayBuffer()).equals(manifest.bytes)).toBe(true);
+    });
+
     test('a Docker manifest list round-trips with its media type', async () => {
       const repo = uniqueRepo('m');
       const amd = await preparedImage(repo, 'amd64', DOCKER_MANIFEST);
