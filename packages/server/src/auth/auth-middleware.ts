@@ -157,7 +157,11 @@ export function authMiddleware(options: AuthMiddlewareOptions) {
         // does, so that a client asking for the scope it is challenged with gets a token that mounts.
         const from = route.uploadStart && typeof ctx.query.mount === 'string' ? ctx.query.from : undefined;
         const source = typeof from === 'string' && from !== name && isValidRepositoryName(from) ? ` repository:${from}:pull` : '';
-        const scope = isValidRepositoryName(name) ? `repository:${name}:${needed.join(',')}${source}` : undefined;
+        // A push reads too (a blob HEAD before each upload): a write's challenge asks for pull,push,
+        // as distribution's does, so that a client building its token request from the challenge
+        // alone is not challenged again at its first HEAD.
+        const asked = needed.includes('push') && !needed.includes('pull') ? ['pull', ...needed] : needed;
+        const scope = isValidRepositoryName(name) ? `repository:${name}:${asked.join(',')}${source}` : undefined;
         const detail = needed.map((a) => ({ Type: 'repository', Name: name, Action: a }));
         const target = await targetOf(ctx, name, resource, principal);
         if (target.kind === 'proxy' && principal.kind !== 'anonymous' && needed.some((a) => a !== 'pull')) {

@@ -170,8 +170,8 @@ describe('the permission matrix', () => {
     const cases: [string, string, string][] = [
       ['GET', '/v2/alice/app/manifests/1', 'repository:alice/app:pull'],
       ['HEAD', '/v2/alice/app/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000', 'repository:alice/app:pull'],
-      ['POST', '/v2/alice/app/blobs/uploads/', 'repository:alice/app:push'],
-      ['PUT', '/v2/alice/app/manifests/2', 'repository:alice/app:push'],
+      ['POST', '/v2/alice/app/blobs/uploads/', 'repository:alice/app:pull,push'],
+      ['PUT', '/v2/alice/app/manifests/2', 'repository:alice/app:pull,push'],
       ['DELETE', '/v2/alice/app/manifests/1', 'repository:alice/app:delete'],
       ['GET', '/v2/_catalog', 'registry:catalog:*'],
     ];
@@ -224,7 +224,7 @@ describe('the permission matrix', () => {
     const anonymous = await fetch(url, { method: 'POST' });
     expect(anonymous.status).toBe(401);
     const scope = /scope="([^"]+)"/.exec(anonymous.headers.get('www-authenticate') ?? '')![1]!;
-    expect(scope).toBe('repository:bob/challenged:push repository:bob/secret:pull');
+    expect(scope).toBe('repository:bob/challenged:pull,push repository:bob/secret:pull');
     // As a client does: the challenge's scope, as it came, from the realm.
     const grant = await fetch(`${reg.url}/auth/token?service=wharf&scope=${encodeURIComponent(scope)}`, { headers: { Authorization: basic('bob', PASSWORDS.bob!) } });
     const { token } = (await grant.json()) as { token: string };

@@ -93,7 +93,7 @@ describe('proxy access with auth on: per upstream, never open unless configured'
     // Anonymous callers are asked to sign in first, as for any push.
     const anonymous = await get('/v2/proxy/up/lib/app/blobs/uploads/', { method: 'POST' });
     expect(anonymous.status).toBe(401);
-    expect(parseChallenge(anonymous.headers.get('www-authenticate'))?.scope).toBe('repository:proxy/up/lib/app:push');
+    expect(parseChallenge(anonymous.headers.get('www-authenticate'))?.scope).toBe('repository:proxy/up/lib/app:pull,push');
   });
 
   test('from a non-loopback address, access rules decide (the loopback-only rule is for auth off)', async () => {
