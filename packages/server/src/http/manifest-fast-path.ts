@@ -1,6 +1,7 @@
 import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
 import type { StoredManifest } from '@wharf/registry-core';
 import type { RepositoryResolver, ResolvedRepository } from '../repositories.js';
+import { notModified } from './conditional.js';
 import { decodeCapture } from './path-segments.js';
 import { trackRequest, type RequestTrackingDeps } from './request-log.js';
 import { warningHeader } from './warning-header.js';
@@ -92,18 +93,20 @@ function send(
   { name, target, manifest }: Found,
 ): void {
   const reqId = trackRequest(req, res, path, deps.tracking, { started, route: { route: 'manifest', repository: name } });
+  const etag = `"${manifest.digest}"`;
   // One flat header list for writeHead: no per-header setHeader bookkeeping.
   const headers: (string | number)[] = [
     'X-Request-Id', reqId,
     'Docker-Distribution-API-Version', 'registry/2.0',
     'Content-Type', manifest.mediaType,
     'Docker-Content-Digest', manifest.digest,
-    'ETag', `"${manifest.digest}"`,
+    'ETag', etag,
     'Content-Length', manifest.bytes.length,
   ];
   if (target.namespace) headers.push('OCI-Namespace', target.namespace);
   if (manifest.warning) headers.push('Warning', warningHeader(manifest.warning));
   if (deps.draining?.()) headers.push('Connection', 'close');
-  res.writeHead(200, headers as string[]);
-  res.end(req.method === 'HEAD' ? undefined : manifest.bytes);
+  const unchanged = notModified(req.headers['if-none-match'], etag);
+  res.writeHead(unchanged ? 304 : 200, headers as string[]);
+  res.end(req.method === 'HEAD' || unchanged ? undefined : manifest.bytes);
 }

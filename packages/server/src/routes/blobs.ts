@@ -1,6 +1,7 @@
 import type { Router, RouterContext } from '@koa/router';
 import { RegistryError } from '@wharf/registry-core';
 import { emptyBody } from '../http/body.js';
+import { notModified, rangeApplies } from '../http/conditional.js';
 import { sendStream } from '../http/send-stream.js';
 import { parseRange } from '../http/range.js';
 import { writerOf } from '../repositories.js';
@@ -18,9 +19,14 @@ export function registerBlobs(router: Router, deps: RouteDeps): void {
 
     ctx.set('Docker-Content-Digest', blob.digest);
     ctx.set('Accept-Ranges', 'bytes');
-    ctx.set('ETag', `"${blob.digest}"`);
+    const etag = `"${blob.digest}"`;
+    ctx.set('ETag', etag);
     ctx.set('Cache-Control', 'max-age=31536000');
-    const range = parseRange(ctx.get('Range') || undefined, blob.size);
+    if (notModified(ctx.get('If-None-Match') || undefined, etag)) {
+      ctx.status = 304;
+      return;
+    }
+    const range = rangeApplies(ctx.get('If-Range') || undefined, etag) ? parseRange(ctx.get('Range') || undefined, blob.size) : undefined;
     if (range === 'unsatisfiable') {
       ctx.set('Content-Range', `bytes */${blob.size}`);
       throw new RegistryError('RANGE_INVALID', 'requested range not satisfiable', { size: blob.size });

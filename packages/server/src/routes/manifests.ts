@@ -1,6 +1,7 @@
 import type { Router, RouterContext } from '@koa/router';
 import { MAX_MANIFEST_BYTES, RegistryError } from '@wharf/registry-core';
 import { emptyBody, readSmallBody } from '../http/body.js';
+import { notModified } from '../http/conditional.js';
 import { warningHeader } from '../http/warning-header.js';
 import { writerOf } from '../repositories.js';
 import { capture, repository, type RouteDeps } from './context.js';
@@ -21,8 +22,13 @@ export function registerManifests(router: Router, deps: RouteDeps): void {
     ctx.status = 200;
     ctx.set('Content-Type', manifest.mediaType);
     ctx.set('Docker-Content-Digest', manifest.digest);
-    ctx.set('ETag', `"${manifest.digest}"`);
+    const etag = `"${manifest.digest}"`;
+    ctx.set('ETag', etag);
     if (manifest.warning) ctx.set('Warning', warningHeader(manifest.warning));
+    if (notModified(ctx.get('If-None-Match') || undefined, etag)) {
+      ctx.status = 304;
+      return;
+    }
     if (ctx.method === 'HEAD') {
       ctx.length = manifest.bytes.length;
       return;

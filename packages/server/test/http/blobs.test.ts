@@ -123,6 +123,34 @@ describe('blobs: GET, HEAD, Range, DELETE', () => {
     expect(Buffer.from(await res.arrayBuffer())).toEqual(b.bytes);
   });
 
+  test('If-None-Match with the blob\'s ETag answers 304 with no body, GET and HEAD; another tag gets the blob', async () => {
+    const { repo, b } = await seeded();
+    const url = `${reg.url}/v2/${repo}/blobs/${b.digest}`;
+    for (const method of ['GET', 'HEAD']) {
+      const res = await fetch(url, { method, headers: { 'If-None-Match': `"${b.digest}"` } });
+      expect([method, res.status]).toEqual([method, 304]);
+      expect(res.headers.get('etag')).toBe(`"${b.digest}"`);
+      expect((await res.arrayBuffer()).byteLength).toBe(0);
+    }
+    const other = await fetch(url, { headers: { 'If-None-Match': '"sha256:00"' } });
+    expect(other.status).toBe(200);
+    expect(Buffer.from(await other.arrayBuffer())).toEqual(b.bytes);
+  });
+
+  test('If-Range with the blob\'s ETag keeps the Range; any other validator gets the whole blob with 200', async () => {
+    const { repo, b } = await seeded();
+    const url = `${reg.url}/v2/${repo}/blobs/${b.digest}`;
+    const same = await fetch(url, { headers: { Range: 'bytes=0-3', 'If-Range': `"${b.digest}"` } });
+    expect(same.status).toBe(206);
+    expect(Buffer.from(await same.arrayBuffer()).toString()).toBe('0123');
+    for (const validator of ['"sha256:00"', `W/"${b.digest}"`, 'Wed, 21 Oct 2015 07:28:00 GMT']) {
+      const res = await fetch(url, { headers: { Range: 'bytes=0-3', 'If-Range': validator } });
+      expect([validator, res.status]).toEqual([validator, 200]);
+      expect(res.headers.get('content-range')).toBeNull();
+      expect(Buffer.from(await res.arrayBuffer())).toEqual(b.bytes);
+    }
+  });
+
   test('GET of an unknown blob answers 404 BLOB_UNKNOWN', async () => {
     const { repo } = await seeded();
     await expectOciError(await fetch(`${reg.url}/v2/${repo}/blobs/${blob('never pushed').digest}`), 404, 'BLOB_UNKNOWN');

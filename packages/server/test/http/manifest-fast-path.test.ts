@@ -89,6 +89,21 @@ describe('manifest fast path', () => {
     expect(comparable(viaFast)).toEqual(comparable(viaKoa));
   });
 
+  test.each([
+    ['GET', 'the manifest\'s tag', (d: string) => `"${d}"`, 304],
+    ['HEAD', 'the manifest\'s tag', (d: string) => `"${d}"`, 304],
+    ['GET', 'a weak tag among others', (d: string) => `"sha256:00", W/"${d}"`, 304],
+    ['GET', '*', () => '*', 304],
+    ['GET', 'another tag', () => '"sha256:00"', 200],
+  ])('%s with If-None-Match naming %s answers %d, without Koa and exactly as Koa does', async (method, _what, value, status) => {
+    const { viaFast, viaKoa, fellBack } = await both(method, `/v2/${repo}/manifests/v1`, { 'If-None-Match': value(digest) });
+    expect(fellBack).toBe(false);
+    expect(viaFast.status).toBe(status);
+    expect(viaKoa.status).toBe(status);
+    expect(viaFast.headers.etag).toBe(`"${digest}"`);
+    if (status === 304) expect(viaFast.body.length + viaKoa.body.length).toBe(0);
+  });
+
   test('a sane X-Request-Id from the client is returned, as Koa does', async () => {
     const { viaFast, fellBack } = await both('GET', `/v2/${repo}/manifests/v1`, { 'X-Request-Id': 'ci-job-42' });
     expect(fellBack).toBe(false);
