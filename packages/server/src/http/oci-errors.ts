@@ -34,6 +34,7 @@ export function ociErrors(logger: Logger) {
         return;
       }
       let error: RegistryError;
+      let routerRefused = false;
       if (err instanceof RegistryError) {
         error = err;
       } else if (isClientStreamError(err)) {
@@ -42,6 +43,7 @@ export function ociErrors(logger: Logger) {
         // 405 from the router for a known path, 501 for a method it implements nowhere (PROPFIND...).
         // Both are the client asking for something we do not do, never a server failure.
         error = new RegistryError('UNSUPPORTED', 'method not allowed on this endpoint', { method: ctx.method });
+        routerRefused = true;
       } else {
         logger.error({ err, reqId: ctx.state.reqId }, 'unexpected error');
         error = new RegistryError('UNKNOWN', 'internal server error', undefined);
@@ -50,11 +52,24 @@ export function ociErrors(logger: Logger) {
       const retryAfter = (error.detail as { retryAfter?: unknown } | undefined)?.retryAfter;
       if (typeof retryAfter === 'number') ctx.set('Retry-After', String(retryAfter));
       ctx.status = ERROR_STATUS[error.code];
+      if (ctx.status === 405) ctx.set('Allow', allowedMethods(ctx, routerRefused));
       if (!ctx.req.complete) lingerForBody(ctx.req, ctx.res);
       ctx.body = { errors: [{ code: error.code, message: error.message, detail: error.detail ?? null }] };
       ctx.state.errorCode = error.code;
     }
   };
+}
+
+/**
+ * The `Allow` of a 405 (RFC 9110 15.5.6 makes it a MUST): the methods of the routes the path matched;
+ * only the reads among them when the route itself refused (a read-only repository: the pull-through
+ * proxy). Empty when nothing is allowed, as the RFC has it.
+ */
+function allowedMethods(ctx: Context, routerRefused: boolean): string {
+  const matched = (ctx as { matched?: ReadonlyArray<{ readonly methods: readonly string[] }> }).matched ?? [];
+  const methods = new Set(matched.flatMap((layer) => layer.methods));
+  const allowed = [...methods].filter((m) => routerRefused || m === 'GET' || m === 'HEAD').sort();
+  return allowed.join(', ');
 }
 
 /**

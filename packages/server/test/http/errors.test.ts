@@ -135,7 +135,17 @@ describe('errors', () => {
   test('an HTTP method the router does not implement answers 405 UNSUPPORTED, not 500', async () => {
     const res = await rawRequest(reg.url, 'PROPFIND', '/v2/');
     expectRawOciError(res, 405, 'UNSUPPORTED');
+    expect(res.headers.allow).toBe('GET, HEAD');
     await expectAlive();
+  });
+
+  test('a method a known path does not take answers 405 with Allow naming the ones it does (RFC 9110 15.5.6)', async () => {
+    const manifest = await rawRequest(reg.url, 'PATCH', `/v2/${repo}/manifests/v1`);
+    expectRawOciError(manifest, 405, 'UNSUPPORTED');
+    expect(manifest.headers.allow?.split(', ').sort()).toEqual(['DELETE', 'GET', 'HEAD', 'PUT']);
+    const catalog = await rawRequest(reg.url, 'POST', '/v2/_catalog');
+    expectRawOciError(catalog, 405, 'UNSUPPORTED');
+    expect(catalog.headers.allow).toBe('GET, HEAD');
   });
 
   test('an unimplemented method on an unknown path answers a 4xx OCI error, not 500', async () => {

@@ -202,6 +202,8 @@ describe('pull-through from another Wharf', () => {
       const error = await errorOf(res);
       expect(error.code).toBe('UNSUPPORTED');
       expect(error.message).toMatch(/read-only pull-through cache/);
+      // Allow names what the name does take: reads, and nothing on the upload endpoint.
+      expect([init.method, res.headers.get('allow')]).toEqual([init.method, url.includes('/uploads/') ? '' : 'GET, HEAD']);
     }
     // The manifest is still there.
     expect((await fetch(`${base}/manifests/1`)).status).toBe(200);
