@@ -27,6 +27,11 @@ interface MirrorStats {
   throughput: number;
   samples: number;
   failures: number;
+  /**
+   * Blob bodies it cut mid-way since its last body that came whole. A mirror that answers fast and
+   * then cuts would otherwise stay first: its quick answers (headers, manifests) make up for the cuts.
+   */
+  cut: number;
 }
 
 const EWMA = 0.3;
@@ -58,7 +63,7 @@ export class MirroredUpstream implements Upstream {
   ) {
     if (mirrors.length === 0) throw new Error('MirroredUpstream needs at least one mirror');
     this.name = mirrors[0]!.name;
-    this.stats = mirrors.map(() => ({ latency: 0, throughput: 0, samples: 0, failures: 0 }));
+    this.stats = mirrors.map(() => ({ latency: 0, throughput: 0, samples: 0, failures: 0, cut: 0 }));
     this.random = options.random ?? Math.random;
   }
 
@@ -126,7 +131,8 @@ export class MirroredUpstream implements Upstream {
   order(): number[] {
     const all = this.mirrors.map((_, i) => i);
     if (this.options.strategy !== 'adaptive') return all;
-    const ranked = [...all].sort((a, b) => this.score(b) - this.score(a));
+    // Mirrors that cut bodies come after every one that does not; probes still find out when they mend.
+    const ranked = [...all].sort((a, b) => Math.sign(this.stats[a]!.cut) - Math.sign(this.stats[b]!.cut) || this.score(b) - this.score(a));
     const probeRate = this.options.probeRate ?? 0.1;
     if (ranked.length > 1 && this.random() < probeRate) {
       // Probe: put a random other mirror first so its figures stay current.
@@ -161,12 +167,14 @@ export class MirroredUpstream implements Upstream {
     // A body that fails mid-way counts against its mirror as a failed answer does.
     blob.body.once('error', () => {
       this.stats[i]!.failures += 1;
+      this.stats[i]!.cut += 1;
     });
     // The length the mirror announced, not a count of our own: a 'data' listener would start the
     // body flowing, and what came before its reader attached would have gone to us alone.
     const bytes = blob.range ? blob.range.end - blob.range.start + 1 : blob.size;
-    if (bytes === undefined) return blob;
     blob.body.once('end', () => {
+      this.stats[i]!.cut = 0;
+      if (bytes === undefined) return;
       const seconds = (performance.now() - started) / 1000;
       if (seconds > 0.01 && bytes > 64 * 1024) {
         const s = this.stats[i]!;

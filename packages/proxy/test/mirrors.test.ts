@@ -200,6 +200,24 @@ describe('mirror strategies', () => {
     }
   });
 
+  test('adaptive puts a mirror that cut a body after the others, though it answers fastest', async () => {
+    reset();
+    mirrors[0]!.mode = 'cut';
+    mirrors[1]!.delayMs = 20;
+    mirrors[2]!.delayMs = 40;
+    const up = upstream({ strategy: 'adaptive', probeRate: 0 });
+    for (let pull = 0; pull < 4; pull++) {
+      // Quick answers from the cutting mirror in between (manifests) do not bring it back first.
+      await up.manifest('lib/app', '1');
+      const blob = await up.blob('lib/app', DIGEST);
+      expect((await readAll(blob!.body)).equals(BLOB)).toBe(true);
+    }
+    const whole = (m: Mirror) => m.log.filter((l) => l === `GET /v2/lib/app/blobs/${DIGEST}`).length;
+    // One cut (the first pull, before anything was known), then every blob from mirror 1.
+    expect(whole(mirrors[0]!)).toBe(1);
+    expect(whole(mirrors[1]!)).toBe(3);
+  });
+
   test('a cut body fails when no other mirror serves the rest as a range', async () => {
     reset();
     mirrors[0]!.mode = 'cut';
