@@ -306,11 +306,18 @@ export function describeMetadataStore(name: string, make: () => Promise<Metadata
         expect((await store.taggedManifest('alice/a', 'latest'))?.digest).toBe(img.digest);
       });
 
-      test('tags are listed in lexical order', async () => {
-        await pushImage('alice/a', testImage('one'), ['v2', 'latest', 'V1', '1.10', '1.9', '_x', 'a-b', 'a.b']);
-        const expected = ['v2', 'latest', 'V1', '1.10', '1.9', '_x', 'a-b', 'a.b'].sort(); // code-unit order
-        expect(await store.tags('alice/a', {})).toEqual(expected);
-        expect(expected[0]).toBe('1.10'); // sanity: lexical, not numeric or case-folded
+      test('tags are listed in the spec\'s lexical order: case-insensitive, not numeric', async () => {
+        await pushImage('alice/a', testImage('one'), ['v2', 'latest', 'V1', '1.10', '1.9', '_x', 'a-b', 'a.b', 'Z', 'b', 'v1']);
+        expect(await store.tags('alice/a', {})).toEqual(['1.10', '1.9', '_x', 'a-b', 'a.b', 'b', 'latest', 'V1', 'v1', 'v2', 'Z']);
+      });
+
+      test('tags pagination in that order: last continues after a tag whatever its case', async () => {
+        await pushImage('alice/a', testImage('one'), ['b', 'Z', 'A', 'a', 'V1', 'v1', 'v2']);
+        expect(await store.tags('alice/a', { n: 2 })).toEqual(['A', 'a']);
+        expect(await store.tags('alice/a', { n: 2, last: 'a' })).toEqual(['b', 'V1']);
+        expect(await store.tags('alice/a', { n: 2, last: 'V1' })).toEqual(['v1', 'v2']);
+        expect(await store.tags('alice/a', { n: 2, last: 'v2' })).toEqual(['Z']);
+        expect(await store.tags('alice/a', { last: 'B' })).toEqual(['b', 'V1', 'v1', 'v2', 'Z']);
       });
 
       test('tags pagination: n limits the page, last continues after a tag', async () => {

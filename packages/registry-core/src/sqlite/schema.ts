@@ -62,4 +62,8 @@ export const MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX blob_leases_digest ON blob_leases(digest);
   `,
+  // Tag lists in the spec's lexical, case-insensitive order, a page at a time.
+  `
+  CREATE INDEX tags_listing ON tags(repository_id, name COLLATE NOCASE, name);
+  `,
 ];

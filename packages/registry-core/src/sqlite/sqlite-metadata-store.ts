@@ -62,8 +62,11 @@ export class SqliteMetadataStore implements MetadataStore {
                     ON CONFLICT(repository_id, name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at`),
       deleteManifest: s('DELETE FROM manifests WHERE digest = ? AND repository_id = (SELECT id FROM repositories WHERE name = ?)'),
       deleteTag: s('DELETE FROM tags WHERE name = ? AND repository_id = (SELECT id FROM repositories WHERE name = ?)'),
+      // The spec's order: lexical, case-insensitive ("A" and "a" by bytes between themselves). The
+      // first condition on the name lets a page start with a seek into tags_listing, not a scan.
       tags: s(`SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repository_id
-               WHERE r.name = ? AND t.name > ? ORDER BY t.name LIMIT ?`),
+               WHERE r.name = ? AND t.name COLLATE NOCASE >= ? AND (t.name COLLATE NOCASE, t.name) > (?, ?)
+               ORDER BY t.name COLLATE NOCASE, t.name LIMIT ?`),
       repositories: s(`SELECT r.name FROM repositories r WHERE r.name > ?
                        AND EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = r.id) ORDER BY r.name LIMIT ?`),
       referrers: s(`SELECT m.digest, m.media_type, m.artifact_type, m.annotations, m.size FROM manifests m
@@ -106,7 +109,8 @@ export class SqliteMetadataStore implements MetadataStore {
 
   async tags(repo: string, page: Page): Promise<string[] | undefined> {
     if (!(await this.repositoryExists(repo))) return undefined;
-    return (this.q.tags!.all(repo, page.last ?? '', limitOf(page)) as { name: string }[]).map((r) => r.name);
+    const last = page.last ?? '';
+    return (this.q.tags!.all(repo, last, last, last, limitOf(page)) as { name: string }[]).map((r) => r.name);
   }
 
   async repositories(page: Page): Promise<string[]> {

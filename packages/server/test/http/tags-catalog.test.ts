@@ -14,6 +14,11 @@ function lexical(values: readonly string[]): string[] {
   return [...values].sort((a, b) => (Buffer.compare(Buffer.from(a), Buffer.from(b))));
 }
 
+/** The spec's order for tags: "lexical order (i.e. case-insensitive alphanumeric order)"; ties by bytes. */
+function tagOrder(values: readonly string[]): string[] {
+  return [...values].sort((a, b) => Buffer.compare(Buffer.from(a.toLowerCase()), Buffer.from(b.toLowerCase())) || Buffer.compare(Buffer.from(a), Buffer.from(b)));
+}
+
 describe('tags list', () => {
   let reg: TestRegistry;
   beforeAll(async () => {
@@ -25,14 +30,24 @@ describe('tags list', () => {
 
   const list = (repo: string, query = '') => fetch(`${reg.url}/v2/${repo}/tags/list${query}`);
 
-  test('tags come back in lexical order', async () => {
+  test('tags come back in the spec\'s lexical, case-insensitive order, and pages follow it', async () => {
     const repo = uniqueRepo('tags');
-    const tags = ['v2', 'latest', 'V1', '10', '9', 'a_b', 'a-b', 'a.b', 'A', '_x', 'z'];
+    const tags = ['v2', 'latest', 'V1', '10', '9', 'a_b', 'a-b', 'a.b', 'A', '_x', 'z', 'Z', 'B', 'v1'];
     await tagged(reg.url, repo, tags);
     const res = await list(repo);
     expect(res.status).toBe(200);
     expect(res.headers.get('content-type')).toMatch(/^application\/json(;|$)/);
-    expect(await res.json()).toEqual({ name: repo, tags: lexical(tags) });
+    const expected = tagOrder(tags);
+    expect(expected.slice(-4)).toEqual(['v1', 'v2', 'Z', 'z']);
+    expect(await res.json()).toEqual({ name: repo, tags: expected });
+    const paged: string[] = [];
+    let next: string | undefined = `/v2/${repo}/tags/list?n=3`;
+    while (next) {
+      const page: Response = await fetch(`${reg.url}${next}`);
+      paged.push(...((await page.json()) as { tags: string[] }).tags);
+      next = /^<([^>]+)>; rel="next"$/.exec(page.headers.get('link') ?? '')?.[1];
+    }
+    expect(paged).toEqual(expected);
   });
 
   test('a full list has no Link header', async () => {
