@@ -98,6 +98,20 @@ describe('FsUploadSessions on disk', () => {
       expect((await sessions.seal('alice/a', s.id, sha256(all))).blob).toEqual({ digest: sha256(all), size: all.length });
     });
 
+    test('sessions started and left hold no running hash; many active ones keep a bounded few, and every one still seals right', async () => {
+      const held = () => (sessions as unknown as { running: Map<string, unknown> }).running.size;
+      const before = held();
+      const idle = await Promise.all(Array.from({ length: 300 }, () => sessions.begin('alice/a')));
+      expect(held()).toBe(before);
+      for (const s of idle) await sessions.append('alice/a', s.id, streamOf(part1), {});
+      expect(held()).toBeLessThanOrEqual(256);
+      // The first sessions' hashes were let go: their next chunk re-hashes the file.
+      for (const s of [idle[0]!, idle[299]!]) {
+        await sessions.append('alice/a', s.id, streamOf(part2), { start: part1.length, end: whole.length - 1 });
+        expect((await sessions.seal('alice/a', s.id, sha256(whole))).blob).toEqual({ digest: sha256(whole), size: whole.length });
+      }
+    });
+
     test('a session works without init() having been called', async () => {
       const fresh = new FsUploadSessions(join(dir, 'elsewhere'));
       const s = await fresh.begin('alice/a');

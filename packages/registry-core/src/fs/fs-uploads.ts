@@ -11,6 +11,13 @@ import { hashFile, hashingStage } from '../hashing.js';
 import type { ChunkPosition, UploadSessions, UploadStatus } from '../uploads.js';
 import { isNotFound } from './fs-blob-store.js';
 
+/**
+ * Running hashes kept in memory, the most recently used: a session started and left (a client that
+ * gave up, or a scan opening thousands) would otherwise hold one for `upload_max_age`. A session
+ * whose hash was let go re-hashes its file at its next chunk.
+ */
+const RUNNING_HASHES = 256;
+
 const SESSION_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 interface SessionInfo {
@@ -54,7 +61,6 @@ export class FsUploadSessions implements UploadSessions {
     await writeFile(join(folder, 'data'), '');
     await writeFile(join(folder, 'info.tmp'), JSON.stringify(info));
     await rename(join(folder, 'info.tmp'), join(folder, 'info.json'));
-    this.running.set(id, { algorithm, hash: newHash(algorithm), offset: 0 });
     return { id, repo, size: 0, startedAt: new Date(info.startedAt) };
   }
 
@@ -176,14 +182,22 @@ export class FsUploadSessions implements UploadSessions {
     return s;
   }
 
+  /** The session's hash of its data so far: kept from its last chunk, or made from its file. */
   private async runningHash(id: string, size: number): Promise<RunningHash> {
     const known = this.running.get(id);
-    if (known && known.offset === size) return known;
-    const info = JSON.parse(await readFile(join(this.dir, id, 'info.json'), 'utf8')) as SessionInfo;
-    const { hash, size: hashed } = await hashFile(this.dataPath(id), info.algorithm);
-    const rebuilt = { algorithm: info.algorithm, hash, offset: hashed };
-    this.running.set(id, rebuilt);
-    return rebuilt;
+    this.running.delete(id);
+    let running: RunningHash;
+    if (known && known.offset === size) {
+      running = known;
+    } else {
+      const info = JSON.parse(await readFile(join(this.dir, id, 'info.json'), 'utf8')) as SessionInfo;
+      const { hash, size: hashed } = size === 0 ? { hash: newHash(info.algorithm), size: 0 } : await hashFile(this.dataPath(id), info.algorithm);
+      running = { algorithm: info.algorithm, hash, offset: hashed };
+    }
+    // Most recently used last; the least recently used goes when there are too many.
+    this.running.set(id, running);
+    if (this.running.size > RUNNING_HASHES) this.running.delete(this.running.keys().next().value!);
+    return running;
   }
 
   private async exclusive<T>(id: string, work: () => Promise<T>): Promise<T> {
