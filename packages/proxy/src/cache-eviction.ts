@@ -34,6 +34,8 @@ export class CacheEviction {
     const manifests = this.db.transaction(() => {
       const removed = this.db.prepare('DELETE FROM proxy_manifests WHERE accessed_at < ?').run(cutoff).changes;
       this.db.prepare('DELETE FROM proxy_referrers WHERE accessed_at < ?').run(cutoff);
+      // Remembered 404s past their absent_ttl: one row per missing name anyone asked for, never read again.
+      this.db.prepare('DELETE FROM proxy_absent WHERE until <= ?').run(now);
       this.deleteDanglingTags();
       return removed;
     })();

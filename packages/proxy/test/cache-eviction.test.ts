@@ -68,6 +68,17 @@ describe('proxy cache eviction', () => {
     expect(index.referrers('docker.io', 'library/a', newManifest)).toEqual([referrer]);
   });
 
+  test('a sweep forgets remembered 404s past their time, and keeps those still within it', async () => {
+    const now = Date.now();
+    for (let i = 0; i < 50; i++) index.markAbsent('docker.io', `library/gone-${i}`, 'latest', now - 1_000);
+    index.markAbsent('docker.io', 'library/recent', 'latest', now + 30_000);
+    const rows = () => (db.prepare('SELECT COUNT(*) AS n FROM proxy_absent').get() as { n: number }).n;
+    expect(rows()).toBe(51);
+    await eviction.sweep({ cacheTtl: 90 * DAY, maxSize: 0 }, now);
+    expect(rows()).toBe(1);
+    expect(index.isAbsent('docker.io', 'library/recent', 'latest', now)).toBe(true);
+  });
+
   test('past max_size the least recently used blobs go first', async () => {
     const now = Date.now();
     const oldest = await cacheBlob('ghcr.io', 'o/a', 400, now - 3000);
