@@ -59,9 +59,20 @@ interface CachedToken {
   readonly expiresAt: number;
 }
 
+/**
+ * Tokens kept at most: one per upstream repository pulled through, so a scan of many names would
+ * otherwise grow the cache for ever (an expired token went only when its repository was asked again).
+ */
+const MAX_TOKENS = 1024;
+
 /** Bearer tokens by realm, service and scope, kept until shortly before they expire. */
 export class TokenCache {
   private readonly tokens = new Map<string, CachedToken>();
+
+  /** How many are held (for tests and metrics). */
+  get size(): number {
+    return this.tokens.size;
+  }
 
   get(key: string, now = Date.now()): string | undefined {
     const hit = this.tokens.get(key);
@@ -76,6 +87,15 @@ export class TokenCache {
   set(key: string, token: string, expiresInSeconds: number, now = Date.now()): void {
     // The spec's floor is 60 s; keep a margin so a token never expires in flight.
     const lifetime = Math.max(expiresInSeconds, 60) * 1000;
+    // Re-inserted, so that the map's order is the order tokens were last fetched in.
+    this.tokens.delete(key);
     this.tokens.set(key, { token, expiresAt: now + lifetime - Math.min(30_000, lifetime / 4) });
+    if (this.tokens.size <= MAX_TOKENS) return;
+    for (const [k, cached] of this.tokens) if (cached.expiresAt <= now) this.tokens.delete(k);
+    // Still too many live ones: the oldest fetched go first.
+    for (const k of this.tokens.keys()) {
+      if (this.tokens.size <= MAX_TOKENS) break;
+      this.tokens.delete(k);
+    }
   }
 }

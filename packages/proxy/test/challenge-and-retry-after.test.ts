@@ -90,6 +90,18 @@ describe('TokenCache', () => {
     expect(cache.get('k', 270_000)).toBeUndefined();
   });
 
+  test('tokens of many repositories do not pile up: expired ones go first, then the oldest fetched', () => {
+    const cache = new TokenCache();
+    for (let i = 0; i < 30_000; i++) cache.set(`repository:lib/r${i}:pull`, `tok${i}`, 300, 0);
+    expect(cache.size).toBeLessThanOrEqual(1024);
+    expect(cache.get('repository:lib/r29999:pull', 0)).toBe('tok29999');
+    expect(cache.get('repository:lib/r0:pull', 0)).toBeUndefined();
+    // Later, with every one of those expired, new ones take their place.
+    for (let i = 0; i < 10; i++) cache.set(`repository:lib/late${i}:pull`, `late${i}`, 300, 1_000_000);
+    expect(cache.size).toBeLessThanOrEqual(1024);
+    expect(cache.get('repository:lib/late0:pull', 1_000_000)).toBe('late0');
+  });
+
   test('keys are independent', () => {
     const cache = new TokenCache();
     cache.set('repository:a:pull', 'A', 300, 0);
