@@ -54,9 +54,20 @@ export interface CachedTag {
   readonly checkedAt: number;
 }
 
+/**
+ * How stale a cached item's `accessed_at` may be. It orders eviction by days (cache_ttl) or by least
+ * recent use (max_size): a minute changes nothing there, and a cache hit then costs a read of the
+ * index, not a write too, for every pull of every layer.
+ */
+const ACCESS_PRECISION_MS = 60_000;
+/** Items whose last write of `accessed_at` is remembered; past this, all are forgotten (a write each, once). */
+const ACCESS_MEMORY = 10_000;
+
 /** The dependency proxy's index of what it cached, in the same SQLite database as the registry. */
 export class CacheIndex {
   private readonly q: Record<string, Statement>;
+  /** When `accessed_at` was last written, by item. */
+  private readonly written = new Map<string, number>();
 
   constructor(db: SqliteDatabase) {
     db.exec(SCHEMA);
@@ -93,8 +104,17 @@ export class CacheIndex {
   manifest(upstream: string, repo: string, digest: Digest, now = Date.now()): StoredManifest | undefined {
     const row = this.q.manifest!.get(upstream, repo, digest) as { digest: Digest; media_type: string; content: Buffer } | undefined;
     if (!row) return undefined;
-    this.q.touchManifest!.run(now, upstream, repo, digest);
+    if (this.accessDue(`${upstream}\0${repo}\0${digest}`, now)) this.q.touchManifest!.run(now, upstream, repo, digest);
     return { digest: row.digest, mediaType: row.media_type, bytes: row.content };
+  }
+
+  /** Whether an access to `item` at `now` is to be written (the first in ACCESS_PRECISION_MS). */
+  private accessDue(item: string, now: number): boolean {
+    const last = this.written.get(item);
+    if (last !== undefined && now >= last && now - last < ACCESS_PRECISION_MS) return false;
+    if (this.written.size >= ACCESS_MEMORY) this.written.clear();
+    this.written.set(item, now);
+    return true;
   }
 
   putManifest(upstream: string, repo: string, manifest: StoredManifest, now = Date.now()): void {
@@ -121,7 +141,7 @@ export class CacheIndex {
 
   blob(upstream: string, repo: string, digest: Digest, now = Date.now()): number | undefined {
     const row = this.q.blob!.get(upstream, repo, digest) as { size: number } | undefined;
-    if (row) this.q.touchBlob!.run(now, digest);
+    if (row && this.accessDue(digest, now)) this.q.touchBlob!.run(now, digest);
     return row?.size;
   }
 

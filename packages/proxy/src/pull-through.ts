@@ -251,14 +251,18 @@ export class PullThroughRepository implements RepositoryReader {
     }
   }
 
-  /** The blob when it is cached for this repository (a cache hit), else undefined. */
-  private async cachedHere(repo: string, digest: Digest): Promise<BlobInfo | undefined> {
+  /**
+   * The blob when it is cached for this repository (a cache hit), else undefined. `opened`: the
+   * caller opens the file next, and openBlob fills again when it is gone (evicted meanwhile), so the
+   * file need not be looked at here too.
+   */
+  private async cachedHere(repo: string, digest: Digest, opened = false): Promise<BlobInfo | undefined> {
     const size = this.index.blob(this.key, repo, digest);
-    return size !== undefined && (await this.store.stat(digest)) ? this.hit('blob', { digest, size }) : undefined;
+    return size !== undefined && (opened || (await this.store.stat(digest))) ? this.hit('blob', { digest, size }) : undefined;
   }
 
   private async cachedOrFilledBlob(repo: string, digest: Digest): Promise<BlobInfo | undefined> {
-    const cached = await this.cachedHere(repo, digest);
+    const cached = await this.cachedHere(repo, digest, true);
     if (cached) return cached;
     // Cached for another repository: serve it here only if this repository has it upstream too.
     const anySize = this.index.anyBlob(digest);

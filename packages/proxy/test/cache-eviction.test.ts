@@ -79,6 +79,23 @@ describe('proxy cache eviction', () => {
     expect(index.isAbsent('docker.io', 'library/recent', 'latest', now)).toBe(true);
   });
 
+  test('a cache hit writes its access time at most once a minute (a hit is a read, not a write)', async () => {
+    const t0 = Date.now();
+    const digest = await cacheBlob('docker.io', 'library/a', 100, t0 - DAY);
+    const manifest = cacheManifest('docker.io', 'library/a', 'v1', t0 - DAY);
+    const blobAt = () => (db.prepare('SELECT accessed_at AS at FROM proxy_blobs WHERE digest = ?').get(digest) as { at: number }).at;
+    const manifestAt = () => (db.prepare('SELECT accessed_at AS at FROM proxy_manifests WHERE digest = ?').get(manifest) as { at: number }).at;
+    expect(index.blob('docker.io', 'library/a', digest, t0)).toBe(100);
+    expect(index.manifest('docker.io', 'library/a', manifest, t0)).toBeDefined();
+    expect([blobAt(), manifestAt()]).toEqual([t0, t0]);
+    index.blob('docker.io', 'library/a', digest, t0 + 30_000);
+    index.manifest('docker.io', 'library/a', manifest, t0 + 30_000);
+    expect([blobAt(), manifestAt()]).toEqual([t0, t0]);
+    index.blob('docker.io', 'library/a', digest, t0 + 61_000);
+    index.manifest('docker.io', 'library/a', manifest, t0 + 61_000);
+    expect([blobAt(), manifestAt()]).toEqual([t0 + 61_000, t0 + 61_000]);
+  });
+
   test('past max_size the least recently used blobs go first', async () => {
     const now = Date.now();
     const oldest = await cacheBlob('ghcr.io', 'o/a', 400, now - 3000);
