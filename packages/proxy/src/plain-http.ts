@@ -55,6 +55,13 @@ const IDLE_MS = 4000;
 const KEEP_ALIVE_MARGIN_MS = 1000;
 /** Idle connections kept per origin: manifests, tokens and blobs share them. */
 const MAX_IDLE = 32;
+/**
+ * A HEAD's connection waits this long before it is lent again. A server that sends a body with its
+ * HEAD answer anyway (it happens), in a later write, is caught meanwhile: bytes on an idle connection
+ * drop it. Lent at once, those bytes would be taken for the next request's answer. Closing it instead
+ * cost every tag revalidation a new connection, and a TLS handshake with real upstreams.
+ */
+const AFTER_HEAD_MS = 50;
 
 /**
  * One GET or HEAD over HTTP/1.1 or HTTPS, read into reused slabs (see SlabReader). The proxy talks to
@@ -96,10 +103,14 @@ interface Route {
 class IdleConnections {
   private readonly idle = new Map<string, Set<Socket>>();
   private readonly timers = new WeakMap<Socket, NodeJS.Timeout>();
+  /** Connections not to be lent before this time (performance.now()). */
+  private readonly notBefore = new WeakMap<Socket, number>();
 
   take(key: string): Socket | undefined {
+    const now = performance.now();
     // The newest first: the oldest is the likeliest to have been closed by the server meanwhile.
     for (const socket of [...(this.idle.get(key) ?? [])].reverse()) {
+      if ((this.notBefore.get(socket) ?? 0) > now && !socket.destroyed) continue;
       this.remove(key, socket);
       if (!socket.destroyed && socket.readyState === 'open') {
         socket.ref();
@@ -110,7 +121,7 @@ class IdleConnections {
     return undefined;
   }
 
-  put(key: string, socket: Socket, idleMs = IDLE_MS): void {
+  put(key: string, socket: Socket, idleMs = IDLE_MS, quarantineMs = 0): void {
     let sockets = this.idle.get(key);
     if (!sockets) this.idle.set(key, (sockets = new Set()));
     if (sockets.size >= MAX_IDLE) {
@@ -118,6 +129,8 @@ class IdleConnections {
       return;
     }
     sockets.add(socket);
+    if (quarantineMs > 0) this.notBefore.set(socket, performance.now() + quarantineMs);
+    else this.notBefore.delete(socket);
     const timer = setTimeout(() => this.drop(key, socket), idleMs);
     timer.unref();
     this.timers.set(socket, timer);
@@ -446,9 +459,8 @@ class Exchange {
 
   private finish(): void {
     this.finished = true;
-    // Not after a HEAD, as undici has it: a server that sends a body anyway, in a later write, would
-    // have it taken for the answer to the next request on the connection.
-    const reusable = this.keepAlive && this.framing.kind !== 'close' && this.options.method !== 'HEAD' && !this.socket.destroyed;
+    // After a HEAD, only once AFTER_HEAD_MS passed without a stray byte (IdleConnections).
+    const reusable = this.keepAlive && this.framing.kind !== 'close' && !this.socket.destroyed;
     this.close(reusable);
     this.body?.push(null);
   }
@@ -510,7 +522,7 @@ class Exchange {
     clearTimeout(this.timer);
     this.signal?.removeEventListener('abort', this.onAbort);
     this.route.owner = undefined;
-    if (keep) idleConnections.put(this.key, this.socket, this.idleMs);
+    if (keep) idleConnections.put(this.key, this.socket, this.idleMs, this.options.method === 'HEAD' ? AFTER_HEAD_MS : 0);
     else this.socket.destroy();
     this.slabs.release();
   }

@@ -193,7 +193,27 @@ describe('plainRequest', () => {
     expect((await readAll(await plainRequest(zero.url, {}, FAST))).bytes.length).toBe(0);
   });
 
-  test('a HEAD answer is a head only, whatever its Content-Length; its connection is not reused (a 204\'s is)', async () => {
+  test('a HEAD\'s connection is lent again once it has stayed quiet a moment, not at once', async () => {
+    let connections = 0;
+    const { url, server, requests } = await rawServer((s, request) => {
+      if (request.startsWith('HEAD')) s.write('HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n');
+      else s.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
+    });
+    server.on('connection', () => (connections += 1));
+    await readAll(await plainRequest(url, {}, FAST, undefined, { method: 'HEAD' }));
+    // At once: a new connection (the HEAD's could still get a stray body).
+    expect((await readAll(await plainRequest(url, {}, FAST))).bytes.toString()).toBe('ok');
+    expect(connections).toBe(2);
+    await sleep(120);
+    await readAll(await plainRequest(url, {}, FAST, undefined, { method: 'HEAD' }));
+    await sleep(120);
+    // Later: the HEAD's connection, or the GET's, kept; no third one.
+    expect((await readAll(await plainRequest(url, {}, FAST))).bytes.toString()).toBe('ok');
+    expect(requests.map((r) => r.split(' ')[0])).toEqual(['HEAD', 'GET', 'HEAD', 'GET']);
+    expect(connections).toBe(2);
+  });
+
+  test('a HEAD answer is a head only, whatever its Content-Length; a connection that sends a body after it is not reused (a 204\'s is)', async () => {
     let connections = 0;
     const { url, server, requests } = await rawServer(async (s, request) => {
       if (request.startsWith('HEAD')) {
@@ -213,7 +233,10 @@ describe('plainRequest', () => {
     expect((await readAll(await plainRequest(new URL('/empty', url), {}, FAST))).bytes.length).toBe(0);
     expect((await readAll(await plainRequest(url, {}, FAST))).bytes.toString()).toBe('ok');
     expect(requests.map((r) => r.split(' ')[0])).toEqual(['HEAD', 'GET', 'GET']);
-    // The HEAD's connection was closed; the 204's served the last GET.
+    // The HEAD's connection was dropped when its stray body came; the 204's served the last GET.
+    expect(connections).toBe(2);
+    await sleep(100);
+    expect((await readAll(await plainRequest(url, {}, FAST))).bytes.toString()).toBe('ok');
     expect(connections).toBe(2);
   });
 
