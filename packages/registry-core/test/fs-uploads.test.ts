@@ -101,15 +101,29 @@ describe('FsUploadSessions on disk', () => {
     test('sessions started and left hold no running hash; many active ones keep a bounded few, and every one still seals right', async () => {
       const held = () => (sessions as unknown as { running: Map<string, unknown> }).running.size;
       const before = held();
-      const idle = await Promise.all(Array.from({ length: 300 }, () => sessions.begin('alice/a')));
+      const idle = await Promise.all(Array.from({ length: 1100 }, () => sessions.begin('alice/a')));
       expect(held()).toBe(before);
       for (const s of idle) await sessions.append('alice/a', s.id, streamOf(part1), {});
-      expect(held()).toBeLessThanOrEqual(256);
+      expect(held()).toBeLessThanOrEqual(1024);
       // The first sessions' hashes were let go: their next chunk re-hashes the file.
-      for (const s of [idle[0]!, idle[299]!]) {
+      for (const s of [idle[0]!, idle[1099]!]) {
         await sessions.append('alice/a', s.id, streamOf(part2), { start: part1.length, end: whole.length - 1 });
         expect((await sessions.seal('alice/a', s.id, sha256(whole))).blob).toEqual({ digest: sha256(whole), size: whole.length });
       }
+    });
+
+    test('a session whose chunk is arriving keeps its hash however many others come and go meanwhile', async () => {
+      const held = () => (sessions as unknown as { running: Map<string, unknown> }).running;
+      const slow = await sessions.begin('alice/a');
+      const body = new PassThrough();
+      const appended = sessions.append('alice/a', slow.id, body, {});
+      body.write(part1);
+      const others = await Promise.all(Array.from({ length: 1100 }, () => sessions.begin('alice/a')));
+      for (const s of others) await sessions.append('alice/a', s.id, streamOf(part1), {});
+      body.end(part2);
+      await appended;
+      expect(held().has(slow.id)).toBe(true);
+      expect((await sessions.seal('alice/a', slow.id, sha256(whole))).blob.size).toBe(whole.length);
     });
 
     test('a session works without init() having been called', async () => {

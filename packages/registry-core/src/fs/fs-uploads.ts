@@ -16,7 +16,7 @@ import { isNotFound } from './fs-blob-store.js';
  * gave up, or a scan opening thousands) would otherwise hold one for `upload_max_age`. A session
  * whose hash was let go re-hashes its file at its next chunk.
  */
-const RUNNING_HASHES = 256;
+const RUNNING_HASHES = 1024;
 
 const SESSION_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
@@ -94,6 +94,9 @@ export class FsUploadSessions implements UploadSessions {
           throw new RegistryError('SIZE_INVALID', 'chunk length does not match Content-Range', { expected, actual: counter.bytes });
         }
         running.offset += counter.bytes;
+        // Used last: to the recent end again, whatever other sessions did while this chunk came.
+        this.running.delete(id);
+        this.running.set(id, running);
       } catch (err) {
         // The hash has seen bytes that may not all be on disk: forget it and cut the file back to the
         // last good offset, so a retry of the same chunk starts clean.
@@ -194,9 +197,16 @@ export class FsUploadSessions implements UploadSessions {
       const { hash, size: hashed } = size === 0 ? { hash: newHash(info.algorithm), size: 0 } : await hashFile(this.dataPath(id), info.algorithm);
       running = { algorithm: info.algorithm, hash, offset: hashed };
     }
-    // Most recently used last; the least recently used goes when there are too many.
+    // Most recently used last; the least recently used goes when there are too many, unless a chunk
+    // of it is arriving (its seal would re-hash the file).
     this.running.set(id, running);
-    if (this.running.size > RUNNING_HASHES) this.running.delete(this.running.keys().next().value!);
+    if (this.running.size > RUNNING_HASHES) {
+      for (const other of this.running.keys()) {
+        if (other === id || this.committed.has(other)) continue;
+        this.running.delete(other);
+        break;
+      }
+    }
     return running;
   }
 
