@@ -58,51 +58,50 @@ const HOST_HEADER = /^host:[ \t]*([^\r\n]*)/im;
 function answerPlainHttp(server: Server, timeoutMs: number): void {
   const toTls = server.listeners('connection') as Array<(this: Server, socket: Socket) => void>;
   server.removeAllListeners('connection');
-  const silent = new Set<Socket>();
+  // Connections not handed to TLS: silent so far, or answered in plain HTTP and being closed.
+  const untrusted = new Set<Socket>();
   server.on('connection', (socket: Socket) => {
-    silent.add(socket);
+    untrusted.add(socket);
+    // One deadline for the whole time here: the first byte, or the 400's going out and the close.
     const timer = setTimeout(() => socket.destroy(), timeoutMs);
-    const done = () => {
-      clearTimeout(timer);
-      silent.delete(socket);
-      socket.off('readable', onReadable);
-      socket.off('error', onError);
-      socket.off('close', done);
-    };
     const onError = () => socket.destroy();
+    const onClose = () => {
+      clearTimeout(timer);
+      untrusted.delete(socket);
+    };
     const onReadable = () => {
       const first = socket.read() as Buffer | null;
       if (first === null) return;
-      done();
+      socket.off('readable', onReadable);
       if (first[0] === TLS_HANDSHAKE) {
+        onClose();
+        socket.off('error', onError);
+        socket.off('close', onClose);
         socket.unshift(first);
         for (const listener of toTls) listener.call(server, socket);
         return;
       }
-      socket.on('error', onError);
-      socket.end(plainHttpAnswer(first, server));
-      // The rest of the request is dropped; a client that neither sends nor closes is cut.
+      socket.end(plainHttpAnswer(first));
+      // The rest of the request is read and dropped until the client closes or the deadline.
       socket.resume();
-      socket.setTimeout(timeoutMs, () => socket.destroy());
     };
     socket.on('readable', onReadable);
     socket.on('error', onError);
-    socket.on('close', done);
+    socket.on('close', onClose);
   });
-  // Draining closes idle connections: one that has not said a word yet is idle.
+  // Draining closes idle connections: none of these is serving a request.
   const closeIdle = server.closeIdleConnections.bind(server);
   server.closeIdleConnections = () => {
-    for (const socket of silent) socket.destroy();
+    for (const socket of untrusted) socket.destroy();
     closeIdle();
   };
 }
 
-function plainHttpAnswer(first: Buffer, server: Server): string {
+function plainHttpAnswer(first: Buffer): string {
+  // The Host the client used, port included: the port it reached is this one, whatever this
+  // process listens on behind a port mapping or a load balancer.
   const given = HOST_HEADER.exec(first.toString('latin1'))?.[1]?.trim() ?? '';
-  const address = server.address();
-  const port = address && typeof address === 'object' ? address.port : undefined;
-  const host = HOST.test(given) ? given.replace(/:\d+$/, '') : undefined;
-  const where = host && port ? `https://${host}${port === 443 ? '' : `:${port}`}/` : 'https://';
+  const where = HOST.test(given) ? `https://${given}/` : 'https://';
   const body = `${JSON.stringify({
     errors: [{ code: 'UNSUPPORTED', message: `this port speaks HTTPS, and the request came in plain HTTP: use ${where} (and trust Wharf's certificate)` }],
   })}\n`;

@@ -146,6 +146,9 @@ describe('[tls] self_signed = true', () => {
       const error = JSON.parse(plain.body.toString()) as { errors: Array<{ code: string; message: string }> };
       expect(error.errors[0]!.code).toBe('UNSUPPORTED');
       expect(error.errors[0]!.message).toContain(`https://wharf.test:${port}/`);
+      // Behind a port mapping, the port the client reached is the one to name.
+      const mapped = await request(`http://127.0.0.1:${port}/v2/`, { headers: { Host: 'wharf.test:8443' } });
+      expect(JSON.parse(mapped.body.toString()).errors[0].message).toContain('https://wharf.test:8443/');
       // A body that follows the plain request is dropped, not a hang.
       const upload = await request(`http://127.0.0.1:${port}/v2/alice/app/blobs/uploads/`, { method: 'POST', body: Buffer.alloc(4 << 20, 1) });
       expect(upload.status).toBe(400);
@@ -162,13 +165,28 @@ describe('[tls] self_signed = true', () => {
   test('a connection to the HTTPS port that never says a word does not hold up a shutdown', async () => {
     // Both deadlines far beyond the test's own timeout: only the drain can end this connection in time.
     const r = await startRegistry({ settings: { tls: { self_signed: true }, shutdown_timeout: '10m', read_header_timeout: '10m' } });
-    const socket = connect(Number(new URL(r.url).port), '127.0.0.1');
+    const port = Number(new URL(r.url).port);
+    const socket = connect(port, '127.0.0.1');
     socket.on('error', () => undefined);
     await new Promise((resolve) => socket.once('connect', resolve));
     const closed = new Promise((resolve) => socket.once('close', resolve));
-    await r.close();
-    await closed;
-    expect(socket.destroyed).toBe(true);
+    // Nor does one answered in plain HTTP that keeps sending a byte now and then.
+    // allowHalfOpen: it does not close when Wharf has closed its side.
+    const trickler = connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+    trickler.on('error', () => undefined);
+    await new Promise((resolve) => trickler.once('connect', resolve));
+    const answered = new Promise((resolve) => trickler.once('data', resolve));
+    trickler.write('POST /v2/a/b/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n');
+    await answered;
+    const drip = setInterval(() => trickler.writable && trickler.write('x'), 100);
+    const trickled = new Promise((resolve) => trickler.once('close', resolve));
+    try {
+      await r.close();
+      await Promise.all([closed, trickled]);
+    } finally {
+      clearInterval(drip);
+    }
+    expect(socket.destroyed && trickler.destroyed).toBe(true);
   });
 
   test('with auth on, challenges over TLS name an https realm', async () => {
