@@ -97,6 +97,8 @@ export function plainRequest(
 /** Where a connection's reads and events go: the exchange using it, none while it is idle. */
 interface Route {
   owner: Exchange | undefined;
+  /** The connection's last exchange was a HEAD (see AFTER_HEAD_MS). */
+  afterHead?: boolean;
 }
 
 /** Kept-alive connections waiting for their next request, by origin and trust. */
@@ -221,6 +223,8 @@ class Exchange {
   private readonly key: string;
   /** The connection was kept from an earlier exchange. */
   private readonly reused: boolean;
+  /** Reused after a HEAD: a head that does not parse may be that HEAD's stray body. */
+  private readonly afterHead: boolean;
   /** A byte of the answer came in. */
   private answered = false;
   /** The connection may serve another request once this one's body is complete. */
@@ -252,6 +256,7 @@ class Exchange {
     this.key = `${url.protocol}//${url.host}\n${options.ca ?? ''}`;
     const kept = mayReuse ? idleConnections.take(this.key) : undefined;
     this.reused = kept !== undefined;
+    this.afterHead = kept !== undefined && routes.get(kept)?.afterHead === true;
     if (kept) {
       this.socket = kept;
       this.route = routes.get(kept)!;
@@ -470,7 +475,10 @@ class Exchange {
     this.finished = true;
     this.close(false);
     const code = (err as NodeJS.ErrnoException).code ?? '';
-    if (this.reused && !this.answered && STALE.has(code) && !this.signal?.aborted) {
+    const stale = !this.answered && STALE.has(code);
+    // Bytes a server sent with a HEAD answer later than AFTER_HEAD_MS, read as this answer's head.
+    const strayBody = this.afterHead && !this.body && code.startsWith('HPE_');
+    if (this.reused && (stale || strayBody) && !this.signal?.aborted) {
       // The kept connection had been closed by the server meanwhile: the same GET on a new one.
       try {
         new Exchange(this.url, this.headers, this.timeouts, this.signal, this.options, this.resolve, this.reject, false);
@@ -522,6 +530,7 @@ class Exchange {
     clearTimeout(this.timer);
     this.signal?.removeEventListener('abort', this.onAbort);
     this.route.owner = undefined;
+    this.route.afterHead = this.options.method === 'HEAD';
     if (keep) idleConnections.put(this.key, this.socket, this.idleMs, this.options.method === 'HEAD' ? AFTER_HEAD_MS : 0);
     else this.socket.destroy();
     this.slabs.release();
