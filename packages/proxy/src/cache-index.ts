@@ -80,7 +80,9 @@ export class CacheIndex {
       tag: s('SELECT digest, checked_at FROM proxy_tags WHERE upstream = ? AND repository = ? AND tag = ?'),
       putTag: s(`INSERT INTO proxy_tags (upstream, repository, tag, digest, checked_at) VALUES (?, ?, ?, ?, ?)
                  ON CONFLICT DO UPDATE SET digest = excluded.digest, checked_at = excluded.checked_at`),
-      tags: s('SELECT tag FROM proxy_tags WHERE upstream = ? AND repository = ? AND tag > ? ORDER BY tag LIMIT ?'),
+      // The registry's tag order (compareTags): case-insensitive, then by bytes.
+      tags: s(`SELECT tag FROM proxy_tags WHERE upstream = ? AND repository = ? AND (tag COLLATE NOCASE, tag) > (?, ?)
+               ORDER BY tag COLLATE NOCASE, tag LIMIT ?`),
       dropTag: s('DELETE FROM proxy_tags WHERE upstream = ? AND repository = ? AND tag = ?'),
       blob: s(`SELECT b.size FROM proxy_blobs b JOIN proxy_repository_blobs l ON l.digest = b.digest
                WHERE l.upstream = ? AND l.repository = ? AND b.digest = ?`),
@@ -136,7 +138,7 @@ export class CacheIndex {
   }
 
   tags(upstream: string, repo: string, last: string, n: number): string[] {
-    return (this.q.tags!.all(upstream, repo, last, n) as { tag: string }[]).map((r) => r.tag);
+    return (this.q.tags!.all(upstream, repo, last, last, n) as { tag: string }[]).map((r) => r.tag);
   }
 
   blob(upstream: string, repo: string, digest: Digest, now = Date.now()): number | undefined {

@@ -3,6 +3,7 @@ import {
   MAX_PAGE,
   RegistryError,
   assertTag,
+  compareTags,
   parseDigest,
   tryParseDigest,
   type BlobInfo,
@@ -384,7 +385,7 @@ export class PullThroughRepository implements RepositoryReader {
       if (listed === undefined) return undefined;
       // In the order and from the place a client paging with `last` expects, whatever the upstream's order.
       const after = page.last;
-      return [...new Set(after === undefined ? listed : listed.filter((tag) => tag > after))].sort();
+      return [...new Set(after === undefined ? listed : listed.filter((tag) => compareTags(tag, after) > 0))].sort(compareTags);
     });
   }
 

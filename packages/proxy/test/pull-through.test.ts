@@ -353,4 +353,16 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     fake.fault = '500';
     expect(await repo.tags('alice/app', {})).toEqual(['2']);
   });
+
+  test('tags come in the registry\'s order (case-insensitive), from the upstream and from the cache alike', async () => {
+    for (const tag of ['b', 'Z', 'A', 'a', 'V1', 'v1']) fake.addManifest('alice/mixed', tag, DOC(tag));
+    const order = ['A', 'a', 'b', 'V1', 'v1', 'Z'];
+    // (Pages with `last` are the upstream's: it applies `last` in its own order.)
+    expect(await repo.tags('alice/mixed', {})).toEqual(order);
+    for (const tag of order) await repo.manifest('alice/mixed', tag);
+    fake.faultOn = /\/tags\/list$/;
+    fake.fault = '500';
+    expect(await repo.tags('alice/mixed', {})).toEqual(order);
+    expect(await repo.tags('alice/mixed', { n: 2, last: 'a' })).toEqual(['b', 'V1']);
+  });
 });

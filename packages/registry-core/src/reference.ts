@@ -27,3 +27,15 @@ export function isValidTag(tag: string): boolean {
 export function assertTag(tag: string): void {
   if (!isValidTag(tag)) throw new RegistryError('TAG_INVALID', 'invalid tag', { tag });
 }
+
+/**
+ * The order tags are listed in: the spec's "lexical order (i.e. case-insensitive alphanumeric
+ * order)", ASCII letters folded, and tags equal but for case by their bytes (SQLite's NOCASE, then
+ * BINARY: what the registry's listing does).
+ */
+export function compareTags(a: string, b: string): number {
+  const la = a.toLowerCase();
+  const lb = b.toLowerCase();
+  if (la !== lb) return la < lb ? -1 : 1;
+  return a < b ? -1 : a > b ? 1 : 0;
+}

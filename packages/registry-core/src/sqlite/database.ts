@@ -1,7 +1,7 @@
 import Database from 'better-sqlite3';
 import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { MIGRATIONS } from './schema.js';
+import { INDEXES, MIGRATIONS } from './schema.js';
 
 export type SqliteDatabase = Database.Database;
 export type SqliteStatement = Database.Statement;
@@ -30,5 +30,6 @@ export function openDatabase(file: string): SqliteDatabase {
       db.pragma(`user_version = ${v + 1}`);
     })();
   }
+  db.exec(INDEXES);
   return db;
 }

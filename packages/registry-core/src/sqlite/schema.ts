@@ -62,8 +62,13 @@ export const MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX blob_leases_digest ON blob_leases(digest);
   `,
-  // Tag lists in the spec's lexical, case-insensitive order, a page at a time.
-  `
-  CREATE INDEX tags_listing ON tags(repository_id, name COLLATE NOCASE, name);
-  `,
 ];
+
+/**
+ * Indexes that change no table: created when missing, outside the numbered migrations, so that an
+ * older Wharf, which ignores them, still opens the database (a rollback keeps working).
+ */
+export const INDEXES = `
+  -- Tag lists in the spec's lexical, case-insensitive order, a page at a time.
+  CREATE INDEX IF NOT EXISTS tags_listing ON tags(repository_id, name COLLATE NOCASE, name);
+`;
