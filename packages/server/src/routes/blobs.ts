@@ -13,8 +13,10 @@ export function registerBlobs(router: Router, deps: RouteDeps): void {
   const serve = async (ctx: RouterContext) => {
     const target = await repository(ctx, deps, 'blob');
     const digest = digestParam(capture(ctx, 1));
-    // A HEAD needs the size only: through the proxy, a cold blob is asked about, not downloaded.
-    const blob = ctx.method === 'HEAD' ? await target.reader.statBlob(target.repo, digest) : await target.reader.blob(target.repo, digest);
+    // A HEAD needs the size only, and so does a GET the client already has (its ETag is the digest):
+    // through the proxy, a cold blob is asked about, not downloaded.
+    const known = notModified(ctx.get('If-None-Match') || undefined, `"${digest}"`);
+    const blob = ctx.method === 'HEAD' || known ? await target.reader.statBlob(target.repo, digest) : await target.reader.blob(target.repo, digest);
     if (!blob) throw new RegistryError('BLOB_UNKNOWN', 'blob unknown to registry', { digest });
 
     ctx.set('Docker-Content-Digest', blob.digest);

@@ -175,6 +175,13 @@ describe('pull-through from a misbehaving upstream', () => {
     }
   });
 
+  test('a GET the client already has (If-None-Match: its digest) is a 304 without downloading the blob', async () => {
+    const res = await fetch(blobUrl(), { headers: { 'If-None-Match': `"${digest}"` } });
+    expect(res.status).toBe(304);
+    expect(fake.count('GET', `/v2/${repo}/blobs/${digest}`)).toBe(0);
+    expect(await download(blobUrl())).toEqual({ status: 200, body: digest });
+  });
+
   test('a blob cached once is served with the upstream failing', async () => {
     expect(await download(blobUrl())).toEqual({ status: 200, body: digest });
     fake.fault = '500';
