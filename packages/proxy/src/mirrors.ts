@@ -17,6 +17,8 @@ export interface MirrorOptions {
   readonly stripeWindow?: number;
   /** adaptive: share of requests sent to a mirror other than the best, to keep measuring it. */
   readonly probeRate?: number;
+  /** adaptive: how long a mirror that cut a body ranks last (ms; CUT_MEMORY_MS). */
+  readonly cutMemory?: number;
   readonly random?: () => number;
 }
 
@@ -32,7 +34,12 @@ interface MirrorStats {
    * then cuts would otherwise stay first: its quick answers (headers, manifests) make up for the cuts.
    */
   cut: number;
+  /** When it last cut one (performance.now()). */
+  cutAt: number;
 }
+
+/** A mirror that cut a body ranks last for this long, or until a body of its own comes whole. */
+const CUT_MEMORY_MS = 5 * 60_000;
 
 const EWMA = 0.3;
 /** Digests whose last fetch was striped, remembered (at most this many) so that the next one is not. */
@@ -63,7 +70,7 @@ export class MirroredUpstream implements Upstream {
   ) {
     if (mirrors.length === 0) throw new Error('MirroredUpstream needs at least one mirror');
     this.name = mirrors[0]!.name;
-    this.stats = mirrors.map(() => ({ latency: 0, throughput: 0, samples: 0, failures: 0, cut: 0 }));
+    this.stats = mirrors.map(() => ({ latency: 0, throughput: 0, samples: 0, failures: 0, cut: 0, cutAt: 0 }));
     this.random = options.random ?? Math.random;
   }
 
@@ -132,7 +139,10 @@ export class MirroredUpstream implements Upstream {
     const all = this.mirrors.map((_, i) => i);
     if (this.options.strategy !== 'adaptive') return all;
     // Mirrors that cut bodies come after every one that does not; probes still find out when they mend.
-    const ranked = [...all].sort((a, b) => Math.sign(this.stats[a]!.cut) - Math.sign(this.stats[b]!.cut) || this.score(b) - this.score(a));
+    const now = performance.now();
+    const memory = this.options.cutMemory ?? CUT_MEMORY_MS;
+    const cutting = (i: number) => (this.stats[i]!.cut > 0 && now - this.stats[i]!.cutAt < memory ? 1 : 0);
+    const ranked = [...all].sort((a, b) => cutting(a) - cutting(b) || this.score(b) - this.score(a));
     const probeRate = this.options.probeRate ?? 0.1;
     if (ranked.length > 1 && this.random() < probeRate) {
       // Probe: put a random other mirror first so its figures stay current.
@@ -168,6 +178,7 @@ export class MirroredUpstream implements Upstream {
     blob.body.once('error', () => {
       this.stats[i]!.failures += 1;
       this.stats[i]!.cut += 1;
+      this.stats[i]!.cutAt = performance.now();
     });
     // The length the mirror announced, not a count of our own: a 'data' listener would start the
     // body flowing, and what came before its reader attached would have gone to us alone.

@@ -218,6 +218,25 @@ describe('mirror strategies', () => {
     expect(whole(mirrors[1]!)).toBe(3);
   });
 
+  test('adaptive: a mirror that cut a body ranks first again once the cut is old enough', async () => {
+    reset();
+    mirrors[0]!.mode = 'cut';
+    mirrors[1]!.delayMs = 20;
+    mirrors[2]!.delayMs = 40;
+    const up = upstream({ strategy: 'adaptive', probeRate: 0, cutMemory: 100 });
+    // Every mirror measured first (each answers 404 in turn): mirror 0 is the fastest.
+    for (const m of mirrors) m.mode = 'missing';
+    expect(await up.manifest('lib/app', '1')).toBeUndefined();
+    mirrors[0]!.mode = 'cut';
+    mirrors[1]!.mode = 'ok';
+    mirrors[2]!.mode = 'ok';
+    expect((await readAll((await up.blob('lib/app', DIGEST))!.body)).equals(BLOB)).toBe(true);
+    expect(up.order()[0]).toBe(1);
+    mirrors[0]!.mode = 'ok';
+    await new Promise((r) => setTimeout(r, 150));
+    expect(up.order()[0]).toBe(0);
+  });
+
   test('a cut body fails when no other mirror serves the rest as a range', async () => {
     reset();
     mirrors[0]!.mode = 'cut';
