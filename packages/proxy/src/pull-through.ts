@@ -383,9 +383,11 @@ export class PullThroughRepository implements RepositoryReader {
     return this.orCached('tags', repo, fallback, async (signal) => {
       const listed = await this.upstream.tags(repo, page, signal);
       if (listed === undefined) return undefined;
-      // In the order and from the place a client paging with `last` expects, whatever the upstream's order.
+      // From the place a client paging with `last` expects, also from an upstream that ignores `last`:
+      // past it in the byte order upstreams page in (compareTags would drop tags a page of theirs
+      // holds), then in the registry's order.
       const after = page.last;
-      return [...new Set(after === undefined ? listed : listed.filter((tag) => compareTags(tag, after) > 0))].sort(compareTags);
+      return [...new Set(after === undefined ? listed : listed.filter((tag) => tag > after))].sort(compareTags);
     });
   }
 

@@ -1,3 +1,4 @@
+import { compareTags } from '@wharf/registry-core';
 import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
 import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
@@ -357,8 +358,15 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
   test('tags come in the registry\'s order (case-insensitive), from the upstream and from the cache alike', async () => {
     for (const tag of ['b', 'Z', 'A', 'a', 'V1', 'v1']) fake.addManifest('alice/mixed', tag, DOC(tag));
     const order = ['A', 'a', 'b', 'V1', 'v1', 'Z'];
-    // (Pages with `last` are the upstream's: it applies `last` in its own order.)
     expect(await repo.tags('alice/mixed', {})).toEqual(order);
+    // Pages with `last` are the upstream's, which pages in byte order: following them as a client
+    // follows Link (`last` = a page's last tag) loses no tag.
+    const paged = new Set<string>();
+    for (let last: string | undefined, page = await repo.tags('alice/mixed', { n: 2 }); page!.length > 0; page = await repo.tags('alice/mixed', { n: 2, last })) {
+      for (const tag of page!) paged.add(tag);
+      last = page!.at(-1);
+    }
+    expect([...paged].sort(compareTags)).toEqual(order);
     for (const tag of order) await repo.manifest('alice/mixed', tag);
     fake.faultOn = /\/tags\/list$/;
     fake.fault = '500';
