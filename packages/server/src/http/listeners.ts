@@ -103,7 +103,7 @@ function plainHttpAnswer(first: Buffer): string {
   const given = HOST_HEADER.exec(first.toString('latin1'))?.[1]?.trim() ?? '';
   const where = HOST.test(given) ? `https://${given}/` : 'https://';
   const body = `${JSON.stringify({
-    errors: [{ code: 'UNSUPPORTED', message: `this port speaks HTTPS, and the request came in plain HTTP: use ${where} (and trust Wharf's certificate)` }],
+    errors: [{ code: 'UNSUPPORTED', message: `this port speaks HTTPS, and the request came in plain HTTP: use ${where} (and trust Wharf's certificate)`, detail: null }],
   })}\n`;
   return [
     'HTTP/1.1 400 Bad Request',

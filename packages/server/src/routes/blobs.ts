@@ -24,7 +24,7 @@ export function registerBlobs(router: Router, deps: RouteDeps): void {
     const etag = `"${blob.digest}"`;
     ctx.set('ETag', etag);
     ctx.set('Cache-Control', 'max-age=31536000');
-    if (notModified(ctx.get('If-None-Match') || undefined, etag)) {
+    if (known) {
       ctx.status = 304;
       return;
     }
