@@ -13,7 +13,7 @@ import {
 import { BlobFills, CacheEviction, CacheIndex, PullThroughRepository } from '@wharf/proxy';
 import type { Logger } from 'pino';
 import { createHandler } from './app.js';
-import { createLogger } from './logger.js';
+import { createLogger, settleLog } from './logger.js';
 import { createRedirectServer, createWharfServer, updateCertificate } from './http/listeners.js';
 import { drainServers } from './lifecycle.js';
 import { WharfMetrics } from './metrics/metrics.js';
@@ -60,6 +60,12 @@ export interface StartOptions {
   /** Internal knobs of auth for tests (bcrypt cost, login limits, where the admin password goes). */
   readonly auth?: AuthTuning;
 }
+
+/**
+ * At shutdown, how long log lines still buffered may take to reach standard output before they are
+ * dropped (a log reader that stopped reading must not keep a stopping server alive).
+ */
+const LOG_SETTLE_MS = 5_000;
 
 /**
  * The three storage folders must share one filesystem: blobs are written to the temporary folder and
@@ -289,6 +295,7 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
         await storage.stop();
         db.close();
         logger.info({ cut: report.cut, fillsAbandoned: report.backgroundAbandoned }, 'wharf stopped');
+        await settleLog(logger, LOG_SETTLE_MS);
       })();
       return closed;
     },
