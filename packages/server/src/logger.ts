@@ -15,14 +15,22 @@ type AsyncDestination = ReturnType<typeof pino.destination>;
 const destinations = new WeakMap<Logger, AsyncDestination>();
 
 /**
+ * Bytes of log lines gathered before one write: at hundreds of requests a second, one write(2) for
+ * about sixteen lines instead of one each (a manifest HEAD costs 6% less CPU at `info`).
+ */
+const LOG_BATCH = 4096;
+/** At low traffic, the longest a line waits for LOG_BATCH to fill before it is written anyway. */
+const LOG_FLUSH_MS = 200;
+
+/**
  * The process logger: JSON lines (one object per line, for log collectors), or pino-pretty's coloured
  * one-line-per-event output when `log_format` is "pretty", or "auto" and standard output is a terminal.
  *
- * JSON lines are written asynchronously: a line goes out at once when no write is in flight, and lines
- * logged during a write go out together in the next one. The event loop neither makes one system call
- * per request nor waits for a pipe whose reader (docker, kubectl, journald) lags; what is still
- * buffered at exit is written synchronously then (pino's exit hook). Past LOG_BUFFER_MAX unwritten,
- * lines are dropped and, once output flows again, one warning says how many.
+ * JSON lines are written asynchronously, LOG_BATCH bytes at a time or after LOG_FLUSH_MS: the event
+ * loop does not make one system call per request, and never waits for a pipe whose reader (docker,
+ * kubectl, journald) lags. What is still buffered at exit is written then (settleLog, and pino's exit
+ * hook). Past LOG_BUFFER_MAX unwritten, lines are dropped and, once output flows again, one warning
+ * says how many.
  *
  * pino-pretty (for a person at a terminal) runs in this thread, synchronously, so nothing is lost at
  * exit. It is loaded only when wanted: a server logging JSON need not carry it and its dependencies.
@@ -30,7 +38,7 @@ const destinations = new WeakMap<Logger, AsyncDestination>();
 export function createLogger(options: { level: LogLevel; format: LogFormat }, isTTY = process.stdout.isTTY === true): Logger {
   const wantPretty = options.format === 'pretty' || (options.format === 'auto' && isTTY);
   if (!wantPretty) {
-    const destination = pino.destination({ dest: 1, sync: false, minLength: 0, maxLength: LOG_BUFFER_MAX });
+    const destination = pino.destination({ dest: 1, sync: false, minLength: LOG_BATCH, periodicFlush: LOG_FLUSH_MS, maxLength: LOG_BUFFER_MAX });
     const logger = pino({ level: options.level }, destination);
     let dropped = 0;
     destination.on('drop', () => {
@@ -53,28 +61,35 @@ export function createLogger(options: { level: LogLevel; format: LogFormat }, is
 }
 
 /**
- * Before the process exits: waits up to `timeoutMs` for the lines still buffered to be written. If
- * standard output still takes nothing by then, they are dropped: the exit hook's synchronous flush
- * would otherwise retry for ever, and a stuck log reader must not keep a stopping server alive.
+ * Before the process exits: writes what is buffered and waits up to `timeoutMs` for it to be taken.
+ * If standard output still takes nothing by then, the rest is dropped: the exit hook's synchronous
+ * flush would otherwise retry for ever, and a stuck log reader must not keep a stopping server alive.
  * Nothing to do for a logger createLogger did not make, or a synchronous one.
  */
 export async function settleLog(logger: Logger, timeoutMs: number): Promise<void> {
-  const destination = destinations.get(logger);
-  if (!destination || (destination as unknown as { readonly destroyed?: boolean }).destroyed === true) return;
+  const found = destinations.get(logger);
+  if (!found) return;
+  const destination = found;
   // sonic-boom keeps no public count of what it has not written yet; `_len` is that count (bytes
-  // buffered or in the write in flight), and 'drain' comes when it reaches 0.
-  const unwritten = (destination as unknown as { readonly _len?: unknown })._len;
-  if (typeof unwritten !== 'number' || unwritten === 0) return;
-  const drained = await new Promise<boolean>((resolve) => {
-    const timer = setTimeout(() => {
-      destination.off('drain', onDrain);
-      resolve(false);
-    }, timeoutMs);
-    const onDrain = () => {
-      clearTimeout(timer);
-      resolve(true);
-    };
-    destination.once('drain', onDrain);
-  });
-  if (!drained) destination.destroy();
+  // buffered or in the write in flight), and 'drain' comes when a write leaves less than a batch.
+  const state = destination as unknown as { readonly _len?: unknown; readonly destroyed?: boolean };
+  const unwritten = () => (state.destroyed === true || typeof state._len !== 'number' ? 0 : state._len);
+  const deadline = Date.now() + timeoutMs;
+  while (unwritten() > 0) {
+    const left = deadline - Date.now();
+    if (left <= 0) {
+      destination.destroy();
+      return;
+    }
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(done, left);
+      function done(): void {
+        clearTimeout(timer);
+        destination.off('drain', done);
+        resolve();
+      }
+      destination.once('drain', done);
+      destination.flush();
+    });
+  }
 }

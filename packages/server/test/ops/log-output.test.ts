@@ -5,7 +5,7 @@ import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { run } from '../helpers/clients.js';
-import { WHARF_CLI, freePort, writeWharfConfig } from '../helpers/wharf-process.js';
+import { WHARF_CLI, freePort, startWharfProcess, writeWharfConfig } from '../helpers/wharf-process.js';
 
 /**
  * Where the request log goes: standard output, written asynchronously. A reader that stops reading
@@ -121,5 +121,19 @@ describe('log output', () => {
     // Nothing in flight: the server stops at once, gives its log 5 s, then drops what is left (the
     // exit hook's synchronous flush would retry for ever: this test would time out).
     expect(await exited).toBe(0);
+  }, 60_000);
+
+  test('at low traffic a line is written without waiting for more lines to fill a batch', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'wharf-log-'));
+    root = dir;
+    const port = await freePort();
+    const wharf = await startWharfProcess(await writeWharfConfig(dir, port, { logLevel: 'info' }), port);
+    child = wharf.child;
+    expect(await head(port, '/v2/quiet/one/manifests/only')).toBe(404);
+    // No other request follows: the line must come out on its own (lines are written in batches).
+    const deadline = Date.now() + 20_000;
+    while (!wharf.output().includes('/v2/quiet/one/manifests/only') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    expect(wharf.output()).toContain('"path":"/v2/quiet/one/manifests/only"');
+    await wharf.kill('SIGTERM');
   }, 60_000);
 });
