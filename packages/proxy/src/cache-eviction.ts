@@ -2,6 +2,9 @@ import type { BlobStore, Digest, SqliteDatabase } from '@wharf/registry-core';
 import type { BlobFills } from './blob-fill.js';
 import { CacheIndex } from './cache-index.js';
 
+/** Blobs forgotten in one transaction (one WAL commit for many rows, short enough not to stall requests). */
+const REMOVE_BATCH = 256;
+
 export interface EvictionPolicy {
   /** Cached content not accessed for this long is removed (ms). */
   readonly cacheTtl: number;
@@ -21,6 +24,8 @@ export interface EvictionReport {
  * access time and a sweep compares. A blob that a fill is writing is never touched.
  */
 export class CacheEviction {
+  private running: Promise<EvictionReport> | undefined;
+
   constructor(
     private readonly db: SqliteDatabase,
     private readonly store: BlobStore,
@@ -29,7 +34,19 @@ export class CacheEviction {
     new CacheIndex(db); // make sure the tables exist
   }
 
-  async sweep(policy: EvictionPolicy, now = Date.now()): Promise<EvictionReport> {
+  /**
+   * Removes what cacheTtl and maxSize say must go. A sweep asked for while one runs (the timer's
+   * next tick during a long one, a gc's) gets that one's report: two at once would both evict from
+   * the same least-recently-used list, more than maxSize asks.
+   */
+  sweep(policy: EvictionPolicy, now = Date.now()): Promise<EvictionReport> {
+    this.running ??= this.sweepOnce(policy, now).finally(() => {
+      this.running = undefined;
+    });
+    return this.running;
+  }
+
+  private async sweepOnce(policy: EvictionPolicy, now: number): Promise<EvictionReport> {
     const cutoff = now - policy.cacheTtl;
     const manifests = this.db.transaction(() => {
       const removed = this.db.prepare('DELETE FROM proxy_manifests WHERE accessed_at < ?').run(cutoff).changes;
@@ -64,18 +81,23 @@ export class CacheEviction {
   async purge(upstream: string, repository?: string): Promise<EvictionReport> {
     const where = repository === undefined ? 'upstream = ?' : 'upstream = ? AND repository = ?';
     const args = repository === undefined ? [upstream] : [upstream, repository];
-    const manifests = this.db.transaction(() => {
+    const { manifests, unlinked } = this.db.transaction(() => {
       const removed = this.db.prepare(`DELETE FROM proxy_manifests WHERE ${where}`).run(...args).changes;
       this.db.prepare(`DELETE FROM proxy_tags WHERE ${where}`).run(...args);
       this.db.prepare(`DELETE FROM proxy_absent WHERE ${where}`).run(...args);
       this.db.prepare(`DELETE FROM proxy_referrers WHERE ${where}`).run(...args);
-      this.db.prepare(`DELETE FROM proxy_repository_blobs WHERE ${where}`).run(...args);
-      return removed;
+      const links = this.db.prepare(`DELETE FROM proxy_repository_blobs WHERE ${where} RETURNING digest`).all(...args) as { digest: Digest }[];
+      return { manifests: removed, unlinked: [...new Set(links.map((l) => l.digest))] };
     })();
-    // Blobs that no repository of any upstream links any more.
-    const orphans = this.db
-      .prepare('SELECT b.digest, b.size FROM proxy_blobs b WHERE NOT EXISTS (SELECT 1 FROM proxy_repository_blobs l WHERE l.digest = b.digest)')
-      .all() as { digest: Digest; size: number }[];
+    // Of the blobs the purged names linked, those no repository of any upstream links any more.
+    const orphan = this.db.prepare(
+      'SELECT b.digest, b.size FROM proxy_blobs b WHERE b.digest = ? AND NOT EXISTS (SELECT 1 FROM proxy_repository_blobs l WHERE l.digest = b.digest)',
+    );
+    const orphans: { digest: Digest; size: number }[] = [];
+    for (const digest of unlinked) {
+      const row = orphan.get(digest) as { digest: Digest; size: number } | undefined;
+      if (row) orphans.push(row);
+    }
     const { blobs, bytes } = await this.removeBlobs(orphans);
     return { manifests, blobs, bytes };
   }
@@ -89,18 +111,28 @@ export class CacheEviction {
       .run();
   }
 
+  /**
+   * Forgets `rows` (but not a blob a fill is writing), REMOVE_BATCH rows to a transaction, then
+   * removes their files: rows first, so a reader that still finds the row finds the file, and one
+   * that misses the row fetches again. The event loop is let go between batches.
+   */
   private async removeBlobs(rows: readonly { digest: Digest; size: number }[]): Promise<{ blobs: number; bytes: number }> {
     let blobs = 0;
     let bytes = 0;
-    const forget = this.db.transaction((digest: Digest) => {
-      this.db.prepare('DELETE FROM proxy_repository_blobs WHERE digest = ?').run(digest);
-      return this.db.prepare('DELETE FROM proxy_blobs WHERE digest = ?').run(digest).changes;
-    });
-    for (const row of rows) {
-      if (this.fills?.current(row.digest)) continue;
-      // Rows first: a reader that still finds the row finds the file; one that misses the row refetches.
-      if (forget(row.digest) > 0) {
-        await this.store.remove(row.digest);
+    const unlink = this.db.prepare('DELETE FROM proxy_repository_blobs WHERE digest = ?');
+    const forget = this.db.prepare('DELETE FROM proxy_blobs WHERE digest = ?');
+    const forgetBatch = this.db.transaction((batch: readonly { digest: Digest; size: number }[]) =>
+      batch.filter((row) => {
+        if (this.fills?.current(row.digest)) return false;
+        unlink.run(row.digest);
+        return forget.run(row.digest).changes > 0;
+      }),
+    );
+    const cachedAgain = this.db.prepare('SELECT 1 FROM proxy_blobs WHERE digest = ?').pluck();
+    for (let i = 0; i < rows.length; i += REMOVE_BATCH) {
+      for (const row of forgetBatch(rows.slice(i, i + REMOVE_BATCH))) {
+        // A fill of the same blob that started (or even finished) since its row went keeps its file.
+        if (!this.fills?.current(row.digest) && cachedAgain.get(row.digest) === undefined) await this.store.remove(row.digest);
         blobs += 1;
         bytes += row.size;
       }
