@@ -1,4 +1,4 @@
-import type { BlobStore, Digest, SqliteDatabase } from '@wharf/registry-core';
+import { flushDeferredWrites, type BlobStore, type Digest, type SqliteDatabase } from '@wharf/registry-core';
 import type { BlobFills } from './blob-fill.js';
 import { CacheIndex } from './cache-index.js';
 
@@ -47,6 +47,7 @@ export class CacheEviction {
   }
 
   private async sweepOnce(policy: EvictionPolicy, now: number): Promise<EvictionReport> {
+    flushDeferredWrites(this.db); // the access times of the last seconds
     const cutoff = now - policy.cacheTtl;
     const manifests = this.db.transaction(() => {
       const removed = this.db.prepare('DELETE FROM proxy_manifests WHERE accessed_at < ?').run(cutoff).changes;

@@ -1,4 +1,4 @@
-import type { Descriptor, Digest, SqliteDatabase, SqliteStatement as Statement, StoredManifest } from '@wharf/registry-core';
+import { deferredWrites, type DeferredWrites, type Descriptor, type Digest, type SqliteDatabase, type SqliteStatement as Statement, type StoredManifest } from '@wharf/registry-core';
 
 const SCHEMA = `
   CREATE TABLE IF NOT EXISTS proxy_manifests (
@@ -72,8 +72,12 @@ export class CacheIndex {
   /** When `accessed_at` was last written, by item. */
   private readonly written = new Map<string, number>();
 
+  /** Access times are bookkeeping: written a few seconds later, many in one transaction. */
+  private readonly deferred: DeferredWrites;
+
   constructor(db: SqliteDatabase) {
     db.exec(SCHEMA);
+    this.deferred = deferredWrites(db);
     const s = (sql: string) => db.prepare(sql);
     this.q = {
       manifest: s('SELECT digest, media_type, content FROM proxy_manifests WHERE upstream = ? AND repository = ? AND digest = ?'),
@@ -109,7 +113,8 @@ export class CacheIndex {
   manifest(upstream: string, repo: string, digest: Digest, now = Date.now()): StoredManifest | undefined {
     const row = this.q.manifest!.get(upstream, repo, digest) as { digest: Digest; media_type: string; content: Buffer } | undefined;
     if (!row) return undefined;
-    if (this.accessDue(`${upstream}\0${repo}\0${digest}`, now)) this.q.touchManifest!.run(now, upstream, repo, digest);
+    const item = `${upstream}\0${repo}\0${digest}`;
+    if (this.accessDue(item, now)) this.deferred.add(`pm\0${item}`, () => this.q.touchManifest!.run(now, upstream, repo, digest));
     return { digest: row.digest, mediaType: row.media_type, bytes: row.content };
   }
 
@@ -146,7 +151,7 @@ export class CacheIndex {
 
   blob(upstream: string, repo: string, digest: Digest, now = Date.now()): number | undefined {
     const row = this.q.blob!.get(upstream, repo, digest) as { size: number } | undefined;
-    if (row && this.accessDue(digest, now)) this.q.touchBlob!.run(now, digest);
+    if (row && this.accessDue(digest, now)) this.deferred.add(`pb\0${digest}`, () => this.q.touchBlob!.run(now, digest));
     return row?.size;
   }
 
@@ -179,7 +184,7 @@ export class CacheIndex {
   referrers(upstream: string, repo: string, subject: Digest, now = Date.now()): Descriptor[] | undefined {
     const row = this.q.referrers!.get(upstream, repo, subject) as { descriptors: string } | undefined;
     if (!row) return undefined;
-    this.q.touchReferrers!.run(now, upstream, repo, subject);
+    this.deferred.add(`pr\0${upstream}\0${repo}\0${subject}`, () => this.q.touchReferrers!.run(now, upstream, repo, subject));
     return JSON.parse(row.descriptors) as Descriptor[];
   }
 

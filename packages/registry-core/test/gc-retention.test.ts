@@ -1,6 +1,7 @@
 import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
 import { globToRegExp, matchingRule, planRetention, type RetentionRule } from '../src/gc/retention.js';
 import type { TagRecord } from '../src/sqlite/sqlite-lifecycle.js';
+import { deferredWrites } from '../src/sqlite/deferred-writes.js';
 import { gcFixture, pushImage, type GcFixture } from './gc-helpers.js';
 
 const DAY = 86_400_000;
@@ -71,7 +72,11 @@ describe('retention with garbage collection', () => {
     expect(life.tags('alice/app')[0]!.lastPulledAt).toBeUndefined();
     const before = Date.now();
     await fx.registry.manifest('alice/app', '1');
+    // The pull itself writes nothing: the note waits to go with others in one transaction, and
+    // tags() (what retention reads) writes what waits first.
+    expect(deferredWrites(fx.db).size).toBe(1);
     const first = life.tags('alice/app')[0]!.lastPulledAt!;
+    expect(deferredWrites(fx.db).size).toBe(0);
     expect(first).toBeGreaterThanOrEqual(before);
     life.notePull('alice/app', '1', first + 30_000);
     expect(life.tags('alice/app')[0]!.lastPulledAt).toBe(first);

@@ -3,6 +3,7 @@ import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import {
+  flushDeferredWrites,
   FsBlobStore,
   FsUploadSessions,
   LocalRegistry,
@@ -293,6 +294,7 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
           logger,
         });
         await storage.stop();
+        flushDeferredWrites(db);
         db.close();
         logger.info({ cut: report.cut, fillsAbandoned: report.backgroundAbandoned }, 'wharf stopped');
         await settleLog(logger, LOG_SETTLE_MS);

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { CacheEviction, proxyBlobCatalog, type EvictionReport } from '@wharf/proxy';
 import {
+  flushDeferredWrites,
   FsBlobStore,
   FsUploadSessions,
   GarbageCollector,
@@ -34,6 +35,8 @@ export interface StorageDeps {
   readonly local: LocalRegistry;
   readonly eviction: CacheEviction;
   readonly logger?: Logger;
+  /** GarbageCollectorDeps.pauseMs: set where the database is shared with a running server (the CLI). */
+  readonly gcPauseMs?: number;
 }
 
 export interface GcRunOptions {
@@ -68,7 +71,12 @@ export class StorageMaintenance {
     const run = async (): Promise<StorageGcReport> => {
       const { config } = this.deps;
       const signal = options.signal ? AbortSignal.any([options.signal, this.stopping.signal]) : this.stopping.signal;
-      const gc = await new GarbageCollector({ metadata: this.deps.metadata, blobs: this.deps.registryBlobs }).run({
+      const collector = new GarbageCollector({
+        metadata: this.deps.metadata,
+        blobs: this.deps.registryBlobs,
+        ...(this.deps.gcPauseMs !== undefined ? { pauseMs: this.deps.gcPauseMs } : {}),
+      });
+      const gc = await collector.run({
         grace: options.grace ?? config.gc.grace,
         deleteUntagged: options.deleteUntagged ?? config.gc.deleteUntagged,
         dryRun: options.dryRun ?? false,
@@ -135,6 +143,9 @@ export class StorageMaintenance {
   }
 }
 
+/** GarbageCollectorDeps.pauseMs of the command line's gc: the lock is let go 2 ms between its writes. */
+const CLI_GC_PAUSE_MS = 2;
+
 /** The numbers of a collection, for a log line. */
 export function summary(report: StorageGcReport): Record<string, number | boolean> {
   const { gc, proxy } = report;
@@ -168,8 +179,13 @@ export async function openStorage(config: WharfConfig): Promise<{ storage: Stora
     const proxyBlobs = new FsBlobStore(config.proxyStorage, config.temporaryRegistryStorage);
     const local = new LocalRegistry(registryBlobs, metadata, uploads, metadata.lifecycle());
     const eviction = new CacheEviction(db, proxyBlobs);
-    const deps: StorageDeps = { config, db, metadata, registryBlobs, proxyBlobs, local, eviction };
-    return { storage: new StorageMaintenance(deps), deps, close: () => db.close() };
+    // A server may be running on the same database: its writes get the lock between ours.
+    const deps: StorageDeps = { config, db, metadata, registryBlobs, proxyBlobs, local, eviction, gcPauseMs: CLI_GC_PAUSE_MS };
+    const close = () => {
+      flushDeferredWrites(db);
+      db.close();
+    };
+    return { storage: new StorageMaintenance(deps), deps, close };
   } catch (err) {
     db.close();
     throw err;

@@ -1,6 +1,7 @@
 import type { Statement } from 'better-sqlite3';
 import type { Digest } from '../digest.js';
 import type { SqliteDatabase } from './database.js';
+import { deferredWrites, flushDeferredWrites } from './deferred-writes.js';
 
 /** A manifest row as garbage collection sees it. */
 export interface GraphManifest {
@@ -153,6 +154,7 @@ export class SqliteLifecycle {
   }
 
   tags(repo: string): TagRecord[] {
+    flushDeferredWrites(this.db); // the pulls noted in the last seconds count for retention
     const id = this.repoId(repo);
     return id === undefined ? [] : this.loadTags(id);
   }
@@ -166,7 +168,8 @@ export class SqliteLifecycle {
 
   /**
    * Records a pull by tag. At most one write per tag a minute (per process), and none at all for the
-   * pulls in between: a map lookup, so a hot tag served from the manifest cache stays cheap.
+   * pulls in between: a map lookup, so a hot tag served from the manifest cache stays cheap. The
+   * write is deferred (DeferredWrites): many tags' notes go to the database in one transaction.
    */
   notePull(repo: string, tag: string, now = Date.now()): void {
     const key = `${repo}\u0000${tag}`;
@@ -175,11 +178,8 @@ export class SqliteLifecycle {
     if (last !== undefined) this.pullNotes.delete(key);
     else if (this.pullNotes.size >= MAX_PULL_NOTES) this.pullNotes.delete(this.pullNotes.keys().next().value!);
     this.pullNotes.set(key, now);
-    try {
-      this.q.notePull!.run(now, repo, tag);
-    } catch {
-      // Best effort: a busy database never fails a pull. The next pull after a minute tries again.
-    }
+    // Best effort, written with others a few seconds later: a pull never waits for the database.
+    deferredWrites(this.db).add(`pull\u0000${key}`, () => this.q.notePull!.run(now, repo, tag));
   }
 
   /** Blob rows that no repository links, created before `cutoff`. */

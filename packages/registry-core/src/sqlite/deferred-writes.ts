@@ -1,0 +1,98 @@
+import type { SqliteDatabase } from './database.js';
+
+/** How long a deferred write waits for others to join it. */
+const DELAY_MS = 5_000;
+/** Past this many waiting, they are written at once. */
+const MAX_PENDING = 1_000;
+/** Waiting writes kept while the database stays locked by another process; past this, new ones are dropped. */
+const MAX_KEPT = 20_000;
+
+/**
+ * Best-effort bookkeeping writes (when a tag was last pulled, when a cached item was last used),
+ * gathered in memory and written together, one transaction every few seconds, instead of one
+ * autocommit write per request. Each request's write was a WAL commit of its own: at hundreds of
+ * distinct tags a second, SQLite's automatic checkpoint (two fsyncs) ran inside a request every
+ * few seconds and stalled every other one for 40-80 ms.
+ *
+ * A flush never waits for a lock: while another process writes (a `wharf gc` from the command line),
+ * SQLite's busy handler would sleep on the event loop, holding every request. A locked database
+ * leaves the writes waiting for the next flush instead.
+ *
+ * One per database connection (`deferredWrites(db)`), so that all of them share one transaction;
+ * `flushDeferredWrites(db)` before closing it.
+ */
+export class DeferredWrites {
+  private readonly pending = new Map<string, () => void>();
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly db: SqliteDatabase) {}
+
+  /** Queues `write` under `key`; a later write of the same key replaces it. */
+  add(key: string, write: () => void): void {
+    if (!this.pending.has(key) && this.pending.size >= MAX_KEPT) return;
+    this.pending.delete(key);
+    this.pending.set(key, write);
+    // At MAX_PENDING, and every MAX_PENDING more while a lock held elsewhere keeps them waiting.
+    if (this.pending.size % MAX_PENDING === 0) this.flush();
+    else this.timer ??= setTimeout(() => this.flush(), DELAY_MS).unref();
+  }
+
+  get size(): number {
+    return this.pending.size;
+  }
+
+  /**
+   * Writes what waits, in one transaction, unless another connection holds the write lock: then it
+   * stays for the next try. A write that fails otherwise is dropped (the bookkeeping is best effort).
+   * Returns whether nothing waits any more.
+   */
+  flush(): boolean {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    if (this.pending.size === 0 || !this.db.open) return true;
+    const writes = [...this.pending.values()];
+    const busyTimeout = this.db.pragma('busy_timeout', { simple: true }) as number;
+    this.db.pragma('busy_timeout = 0');
+    try {
+      this.db.transaction(() => {
+        for (const write of writes) {
+          try {
+            write();
+          } catch (err) {
+            if (isBusy(err)) throw err;
+          }
+        }
+      })();
+      this.pending.clear();
+      return true;
+    } catch (err) {
+      if (!isBusy(err)) {
+        this.pending.clear();
+        return true;
+      }
+      this.timer = setTimeout(() => this.flush(), DELAY_MS).unref();
+      return false;
+    } finally {
+      this.db.pragma(`busy_timeout = ${busyTimeout}`);
+    }
+  }
+}
+
+function isBusy(err: unknown): boolean {
+  const code = (err as { code?: unknown }).code;
+  return code === 'SQLITE_BUSY' || code === 'SQLITE_LOCKED' || (typeof code === 'string' && code.startsWith('SQLITE_BUSY_'));
+}
+
+const byDatabase = new WeakMap<SqliteDatabase, DeferredWrites>();
+
+/** The deferred writes of this connection. */
+export function deferredWrites(db: SqliteDatabase): DeferredWrites {
+  let writes = byDatabase.get(db);
+  if (!writes) byDatabase.set(db, (writes = new DeferredWrites(db)));
+  return writes;
+}
+
+/** Writes this connection's deferred writes now (before closing it, or before reading what they write). */
+export function flushDeferredWrites(db: SqliteDatabase): boolean {
+  return byDatabase.get(db)?.flush() ?? true;
+}

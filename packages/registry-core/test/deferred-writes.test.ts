@@ -1,0 +1,78 @@
+import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
+import Database from 'better-sqlite3';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { deferredWrites, flushDeferredWrites } from '../src/sqlite/deferred-writes.js';
+import { openDatabase, type SqliteDatabase } from '../src/sqlite/database.js';
+
+/**
+ * Bookkeeping writes (pull times, access times) wait in memory and go to the database together, and
+ * a flush never waits for a lock another process holds: its wait would hold the event loop.
+ */
+describe('deferred writes', () => {
+  let dir: string;
+  let file: string;
+  let db: SqliteDatabase;
+
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'wharf-deferred-'));
+    file = join(dir, 'db');
+    db = openDatabase(file);
+    db.exec('CREATE TABLE notes (k TEXT PRIMARY KEY, v INTEGER NOT NULL)');
+    db.prepare("INSERT INTO notes VALUES ('a', 0), ('b', 0)").run();
+  });
+  afterEach(async () => {
+    db.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  const value = (k: string) => (db.prepare('SELECT v FROM notes WHERE k = ?').get(k) as { v: number }).v;
+  const note = (k: string, v: number) => deferredWrites(db).add(k, () => db.prepare('UPDATE notes SET v = ? WHERE k = ?').run(v, k));
+
+  test('writes wait, a later one of the same key replaces the earlier, and a flush writes them all', () => {
+    note('a', 1);
+    note('b', 1);
+    note('a', 2);
+    expect([value('a'), value('b')]).toEqual([0, 0]);
+    expect(deferredWrites(db).size).toBe(2);
+
+    expect(flushDeferredWrites(db)).toBe(true);
+
+    expect([value('a'), value('b')]).toEqual([2, 1]);
+    expect(deferredWrites(db).size).toBe(0);
+  });
+
+  test('with the write lock held by another process, a flush gives up at once and keeps the writes for later', () => {
+    const other = new Database(file);
+    let busyTimeoutInFlush: unknown;
+    try {
+      other.exec('BEGIN IMMEDIATE');
+      other.prepare("UPDATE notes SET v = 9 WHERE k = 'b'").run();
+      deferredWrites(db).add('a', () => {
+        busyTimeoutInFlush = db.pragma('busy_timeout', { simple: true });
+        db.prepare("UPDATE notes SET v = 5 WHERE k = 'a'").run();
+      });
+
+      expect(flushDeferredWrites(db)).toBe(false);
+      // SQLite's busy handler would sleep up to busy_timeout (5 s) on the caller's thread.
+      expect(busyTimeoutInFlush).toBe(0);
+      expect(db.pragma('busy_timeout', { simple: true })).toBe(5000);
+      expect(deferredWrites(db).size).toBe(1);
+
+      other.exec('COMMIT');
+      expect(flushDeferredWrites(db)).toBe(true);
+      expect([value('a'), value('b')]).toEqual([5, 9]);
+    } finally {
+      other.close();
+    }
+  });
+
+  test('a write that fails for another reason is dropped without failing the others', () => {
+    deferredWrites(db).add('bad', () => db.prepare('UPDATE missing_table SET v = 1').run());
+    note('a', 7);
+    expect(flushDeferredWrites(db)).toBe(true);
+    expect(value('a')).toBe(7);
+    expect(deferredWrites(db).size).toBe(0);
+  });
+});
