@@ -3,6 +3,7 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { Socket } from 'node:net';
 import type { Server as TlsServer } from 'node:tls';
 import type { TlsMaterial } from '../tls/tls-files.js';
+import { continueWhenRead } from './expect-continue.js';
 
 export interface ListenerTimeouts {
   /** Longest time a client may take to send a request's headers (ms). */
@@ -38,6 +39,11 @@ export function createWharfServer(handler: RequestListener, timeouts: ListenerTi
     ? createHttpsServer({ ...common, cert: tls.cert, key: tls.key, handshakeTimeout: timeouts.readHeaderTimeout }, handler)
     : createHttpServer(common, handler);
   applyTimeouts(server, timeouts);
+  // Handled, `checkContinue` replaces node's automatic 100 Continue (and the 'request' event).
+  server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
+    continueWhenRead(req, res);
+    handler(req, res);
+  });
   if (tls) answerPlainHttp(server, timeouts.readHeaderTimeout);
   return server;
 }

@@ -1,0 +1,90 @@
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { connect, type Socket } from 'node:net';
+import { basic, bcryptHash, startAuthRegistry } from '../auth/helpers.js';
+import { sha256 } from '../helpers/oci.js';
+import type { TestRegistry } from '../helpers/start-registry.js';
+
+/**
+ * `Expect: 100-continue` (curl above 1 MiB, Go clients with ExpectContinueTimeout): the body goes out
+ * only after `100 Continue`, and the 100 only once the request passed authentication and routing. A
+ * refused push never has its body sent.
+ */
+
+/** Sends `head` on a new connection and collects what comes back; `body` is sent on a 100 Continue. */
+function exchange(url: string, head: string, body: Buffer): Promise<{ text: string; bodySent: boolean }> {
+  const { hostname, port } = new URL(url);
+  return new Promise((resolve, reject) => {
+    const socket: Socket = connect({ host: hostname, port: Number(port) });
+    let text = '';
+    let bodySent = false;
+    socket.setTimeout(10_000, () => socket.destroy(new Error(`no complete answer within 10 s: ${JSON.stringify(text)}`)));
+    socket.on('error', reject);
+    socket.on('data', (chunk: Buffer) => {
+      text += chunk.toString('latin1');
+      if (!bodySent && /^HTTP\/1\.1 100 Continue\r\n\r\n/.test(text)) {
+        bodySent = true;
+        socket.write(body);
+      }
+      // The final answer is complete once its Content-Length worth of body arrived.
+      const final = text.replace(/^HTTP\/1\.1 100 Continue\r\n\r\n/, '');
+      const end = final.indexOf('\r\n\r\n');
+      const length = /\r\ncontent-length: *(\d+)/i.exec(final);
+      if (end >= 0 && (!length || final.length - end - 4 >= Number(length[1]))) {
+        socket.end();
+        resolve({ text, bodySent });
+      }
+    });
+    socket.on('end', () => resolve({ text, bodySent }));
+    socket.write(head);
+  });
+}
+
+describe('Expect: 100-continue', () => {
+  let reg: TestRegistry;
+  const password = 'alice-continue-1';
+  const body = Buffer.alloc(64 * 1024, 'x');
+  const digest = sha256(body);
+
+  beforeAll(async () => {
+    reg = await startAuthRegistry({ authSettings: { users: [{ name: 'alice', password_hash: bcryptHash(password) }] } });
+  });
+  afterAll(async () => {
+    await reg?.close();
+  });
+
+  const put = (auth?: string) =>
+    [
+      `POST /v2/alice/app/blobs/uploads/?digest=${digest} HTTP/1.1`,
+      `Host: ${new URL(reg.url).host}`,
+      ...(auth ? [`Authorization: ${auth}`] : []),
+      'Content-Type: application/octet-stream',
+      `Content-Length: ${body.length}`,
+      'Expect: 100-continue',
+      '',
+      '',
+    ].join('\r\n');
+
+  test('a push without credentials is refused before its body is asked for, on a connection then closed', async () => {
+    const { text, bodySent } = await exchange(reg.url, put(), body);
+    expect(text).toMatch(/^HTTP\/1\.1 401 /);
+    expect(bodySent).toBe(false);
+    expect(text).toMatch(/\r\nconnection: close\r\n/i);
+    expect(text).toContain('"UNAUTHORIZED"');
+  });
+
+  test('a push outside the pusher\'s namespace is refused before its body is asked for', async () => {
+    const head = put(basic('alice', password)).replace('/v2/alice/app/', '/v2/bob/app/');
+    const { text, bodySent } = await exchange(reg.url, head, body);
+    expect(text).toMatch(/^HTTP\/1\.1 (401|403) /);
+    expect(bodySent).toBe(false);
+  });
+
+  test('an allowed push gets 100 Continue, sends its body, and the blob is stored', async () => {
+    const { text, bodySent } = await exchange(reg.url, put(basic('alice', password)), body);
+    expect(bodySent).toBe(true);
+    expect(text).toMatch(/^HTTP\/1\.1 100 Continue\r\n\r\nHTTP\/1\.1 201 /);
+    const head = await fetch(`${reg.url}/v2/alice/app/blobs/${digest}`, { method: 'HEAD', headers: { Authorization: basic('alice', password) } });
+    expect(head.status).toBe(200);
+    expect(head.headers.get('content-length')).toBe(String(body.length));
+  });
+});
