@@ -52,6 +52,7 @@ export class CacheEviction {
     const manifests = this.db.transaction(() => {
       const removed = this.db.prepare('DELETE FROM proxy_manifests WHERE accessed_at < ?').run(cutoff).changes;
       this.db.prepare('DELETE FROM proxy_referrers WHERE accessed_at < ?').run(cutoff);
+      this.db.prepare('DELETE FROM proxy_tag_lists WHERE accessed_at < ?').run(cutoff);
       // Remembered 404s past their absent_ttl: one row per missing name anyone asked for, never read again.
       this.db.prepare('DELETE FROM proxy_absent WHERE until <= ?').run(now);
       this.deleteDanglingTags();
@@ -87,6 +88,7 @@ export class CacheEviction {
       this.db.prepare(`DELETE FROM proxy_tags WHERE ${where}`).run(...args);
       this.db.prepare(`DELETE FROM proxy_absent WHERE ${where}`).run(...args);
       this.db.prepare(`DELETE FROM proxy_referrers WHERE ${where}`).run(...args);
+      this.db.prepare(`DELETE FROM proxy_tag_lists WHERE ${where}`).run(...args);
       const links = this.db.prepare(`DELETE FROM proxy_repository_blobs WHERE ${where} RETURNING digest`).all(...args) as { digest: Digest }[];
       return { manifests: removed, unlinked: [...new Set(links.map((l) => l.digest))] };
     })();

@@ -43,6 +43,17 @@ const SCHEMA = `
     accessed_at INTEGER NOT NULL,
     PRIMARY KEY (upstream, repository, subject)
   ) WITHOUT ROWID;
+  -- The upstream's tag list of a repository as its first page last came (sorted as served), and the
+  -- page size it was asked with: fewer tags than that is the whole list.
+  CREATE TABLE IF NOT EXISTS proxy_tag_lists (
+    upstream TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    asked INTEGER NOT NULL,
+    fetched_at INTEGER NOT NULL,
+    accessed_at INTEGER NOT NULL,
+    PRIMARY KEY (upstream, repository)
+  ) WITHOUT ROWID;
   CREATE TABLE IF NOT EXISTS proxy_absent (
     upstream TEXT NOT NULL,
     repository TEXT NOT NULL,
@@ -55,6 +66,14 @@ const SCHEMA = `
 export interface CachedTag {
   readonly digest: Digest;
   readonly checkedAt: number;
+}
+
+export interface CachedTagList {
+  /** In the registry's tag order (compareTags). */
+  readonly tags: readonly string[];
+  /** The page size it was asked with: fewer tags than this is the upstream's whole list. */
+  readonly asked: number;
+  readonly fetchedAt: number;
 }
 
 /**
@@ -98,11 +117,17 @@ export class CacheIndex {
                   ON CONFLICT DO UPDATE SET accessed_at = excluded.accessed_at`),
       touchBlob: s('UPDATE proxy_blobs SET accessed_at = ? WHERE digest = ?'),
       link: s('INSERT INTO proxy_repository_blobs (upstream, repository, digest) VALUES (?, ?, ?) ON CONFLICT DO NOTHING'),
+      tagList: s('SELECT tags, asked, fetched_at FROM proxy_tag_lists WHERE upstream = ? AND repository = ?'),
+      touchTagList: s('UPDATE proxy_tag_lists SET accessed_at = ? WHERE upstream = ? AND repository = ?'),
+      putTagList: s(`INSERT INTO proxy_tag_lists (upstream, repository, tags, asked, fetched_at, accessed_at) VALUES (?, ?, ?, ?, ?, ?)
+                     ON CONFLICT DO UPDATE SET tags = excluded.tags, asked = excluded.asked, fetched_at = excluded.fetched_at,
+                     accessed_at = excluded.accessed_at`),
+      dropTagList: s('DELETE FROM proxy_tag_lists WHERE upstream = ? AND repository = ?'),
       absent: s('SELECT until FROM proxy_absent WHERE upstream = ? AND repository = ? AND reference = ?'),
       putAbsent: s(`INSERT INTO proxy_absent (upstream, repository, reference, until) VALUES (?, ?, ?, ?)
                     ON CONFLICT DO UPDATE SET until = excluded.until`),
       clearAbsent: s('DELETE FROM proxy_absent WHERE upstream = ? AND repository = ? AND reference = ?'),
-      referrers: s('SELECT descriptors FROM proxy_referrers WHERE upstream = ? AND repository = ? AND subject = ?'),
+      referrers: s('SELECT descriptors, fetched_at FROM proxy_referrers WHERE upstream = ? AND repository = ? AND subject = ?'),
       touchReferrers: s('UPDATE proxy_referrers SET accessed_at = ? WHERE upstream = ? AND repository = ? AND subject = ?'),
       putReferrers: s(`INSERT INTO proxy_referrers (upstream, repository, subject, descriptors, fetched_at, accessed_at) VALUES (?, ?, ?, ?, ?, ?)
                        ON CONFLICT DO UPDATE SET descriptors = excluded.descriptors, fetched_at = excluded.fetched_at, accessed_at = excluded.accessed_at`),
@@ -149,6 +174,23 @@ export class CacheIndex {
     return (this.q.tags!.all(upstream, repo, last, last, n) as { tag: string }[]).map((r) => r.tag);
   }
 
+  /** The upstream's tag list of `repo` as last fetched (first page), for when it need not or cannot be asked. */
+  tagList(upstream: string, repo: string, now = Date.now()): CachedTagList | undefined {
+    const row = this.q.tagList!.get(upstream, repo) as { tags: string; asked: number; fetched_at: number } | undefined;
+    if (!row) return undefined;
+    const item = `${upstream}\0${repo}`;
+    if (this.accessDue(`tl\0${item}`, now)) this.deferred.add(`tl\0${item}`, () => this.q.touchTagList!.run(now, upstream, repo));
+    return { tags: JSON.parse(row.tags) as string[], asked: row.asked, fetchedAt: row.fetched_at };
+  }
+
+  putTagList(upstream: string, repo: string, tags: readonly string[], asked: number, now = Date.now()): void {
+    this.q.putTagList!.run(upstream, repo, JSON.stringify(tags), asked, now, now);
+  }
+
+  dropTagList(upstream: string, repo: string): void {
+    this.q.dropTagList!.run(upstream, repo);
+  }
+
   blob(upstream: string, repo: string, digest: Digest, now = Date.now()): number | undefined {
     const row = this.q.blob!.get(upstream, repo, digest) as { size: number } | undefined;
     if (row && this.accessDue(digest, now)) this.deferred.add(`pb\0${digest}`, () => this.q.touchBlob!.run(now, digest));
@@ -182,10 +224,15 @@ export class CacheIndex {
 
   /** The referrers of `subject` the upstream last listed, for when it cannot be asked. */
   referrers(upstream: string, repo: string, subject: Digest, now = Date.now()): Descriptor[] | undefined {
-    const row = this.q.referrers!.get(upstream, repo, subject) as { descriptors: string } | undefined;
+    return this.referrersEntry(upstream, repo, subject, now)?.descriptors;
+  }
+
+  /** referrers(), with when the upstream listed them. */
+  referrersEntry(upstream: string, repo: string, subject: Digest, now = Date.now()): { descriptors: Descriptor[]; fetchedAt: number } | undefined {
+    const row = this.q.referrers!.get(upstream, repo, subject) as { descriptors: string; fetched_at: number } | undefined;
     if (!row) return undefined;
     this.deferred.add(`pr\0${upstream}\0${repo}\0${subject}`, () => this.q.touchReferrers!.run(now, upstream, repo, subject));
-    return JSON.parse(row.descriptors) as Descriptor[];
+    return { descriptors: JSON.parse(row.descriptors) as Descriptor[], fetchedAt: row.fetched_at };
   }
 
   putReferrers(upstream: string, repo: string, subject: Digest, descriptors: readonly Descriptor[], now = Date.now()): void {

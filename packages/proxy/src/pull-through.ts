@@ -16,7 +16,7 @@ import {
   type StoredManifest,
 } from '@wharf/registry-core';
 import { fillFailed, type BlobFill, type BlobFills } from './blob-fill.js';
-import type { CacheIndex } from './cache-index.js';
+import type { CacheIndex, CachedTagList } from './cache-index.js';
 import type { ProxyObserver } from './observer.js';
 import { OUTAGES, UpstreamError, descriptorOf, type Upstream, type UpstreamBlob } from './upstream.js';
 
@@ -375,19 +375,31 @@ export class PullThroughRepository implements RepositoryReader {
 
   /**
    * The upstream's tags (a tag list is no pull: Docker Hub does not count it against the rate limit).
-   * When the upstream cannot answer, the tags this cache has pulled.
+   * The first page's answer is kept: within manifestTtl of it, pages are served from it with no
+   * upstream request (image automation polls tag lists), every page when it held the whole list.
+   * When the upstream cannot answer: that kept list, else the tags this cache has pulled.
    */
   async tags(repo: string, page: Page): Promise<string[] | undefined> {
-    const cached = this.index.tags(this.key, repo, page.last ?? '', page.n ?? MAX_PAGE);
-    const fallback = cached.length > 0 || page.last !== undefined ? cached : undefined;
+    const n = page.n ?? MAX_PAGE;
+    const kept = this.index.tagList(this.key, repo);
+    const fromKept = kept && pageOfTagList(kept, page.last, n);
+    if (fromKept && Date.now() - kept.fetchedAt < this.policy.manifestTtl) return fromKept;
+    const pulled = this.index.tags(this.key, repo, page.last ?? '', n);
+    const fallback = fromKept ?? (pulled.length > 0 || page.last !== undefined ? pulled : undefined);
     return this.orCached('tags', repo, fallback, async (signal) => {
       const listed = await this.upstream.tags(repo, page, signal);
-      if (listed === undefined) return undefined;
+      const after = page.last;
+      if (listed === undefined) {
+        if (after === undefined) this.index.dropTagList(this.key, repo);
+        return undefined;
+      }
       // From the place a client paging with `last` expects, also from an upstream that ignores `last`:
       // past it in the byte order upstreams page in (compareTags would drop tags a page of theirs
       // holds), then in the registry's order.
-      const after = page.last;
-      return [...new Set(after === undefined ? listed : listed.filter((tag) => tag > after))].sort(compareTags);
+      const tags = [...new Set(after === undefined ? listed : listed.filter((tag) => tag > after))].sort(compareTags);
+      // Kept unless it would replace a longer list by a shorter page of it.
+      if (after === undefined && (!kept || tags.length < n || n >= kept.asked)) this.index.putTagList(this.key, repo, tags, n);
+      return tags;
     });
   }
 
@@ -400,7 +412,10 @@ export class PullThroughRepository implements RepositoryReader {
    * that a signature check in CI still passes while the upstream is down.
    */
   async referrers(repo: string, subject: Digest): Promise<Descriptor[]> {
-    const listed = await this.orCached('referrers', repo, this.index.referrers(this.key, repo, subject), async (signal) => {
+    const kept = this.index.referrersEntry(this.key, repo, subject);
+    // Within manifestTtl of the last answer, no upstream request (a signature check per pull in CI).
+    if (kept && Date.now() - kept.fetchedAt < this.policy.manifestTtl) return kept.descriptors;
+    const listed = await this.orCached('referrers', repo, kept?.descriptors, async (signal) => {
       const found = (await this.upstream.referrers(repo, subject, signal)) ?? (await this.referrersByTagSchema(repo, subject, signal));
       this.index.putReferrers(this.key, repo, subject, found);
       return found;
@@ -445,6 +460,19 @@ export class PullThroughRepository implements RepositoryReader {
       throw toRegistryError(err);
     }
   }
+}
+
+/**
+ * The page (`last`, `n`) of a kept tag list, when it holds it: a first page as long as the list
+ * reaches `n` or is whole, a later one only from a whole list (cut in the order it is served in,
+ * which is the order the `last` of this server's `Link` comes from). Undefined otherwise.
+ */
+export function pageOfTagList(kept: CachedTagList, last: string | undefined, n: number): string[] | undefined {
+  const whole = kept.tags.length < kept.asked;
+  if (last === undefined) return whole || n <= kept.tags.length ? kept.tags.slice(0, n) : undefined;
+  if (!whole) return undefined;
+  const start = kept.tags.findIndex((tag) => compareTags(tag, last) > 0);
+  return start < 0 ? [] : kept.tags.slice(start, start + n);
 }
 
 /**

@@ -55,6 +55,8 @@ describe('proxy cache eviction', () => {
     const referrer = { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: newManifest, size: 1 };
     index.putReferrers('docker.io', 'library/a', oldManifest, [referrer], now - 100 * DAY);
     index.putReferrers('docker.io', 'library/a', newManifest, [referrer], now - DAY);
+    index.putTagList('docker.io', 'library/old', ['1'], 100, now - 100 * DAY);
+    index.putTagList('docker.io', 'library/a', ['new', 'old'], 100, now - DAY);
 
     const report = await eviction.sweep({ cacheTtl: 90 * DAY, maxSize: 0 }, now);
 
@@ -66,6 +68,8 @@ describe('proxy cache eviction', () => {
     expect(index.tag('docker.io', 'library/a', 'new')).toBeDefined();
     expect(index.referrers('docker.io', 'library/a', oldManifest)).toBeUndefined();
     expect(index.referrers('docker.io', 'library/a', newManifest)).toEqual([referrer]);
+    expect(index.tagList('docker.io', 'library/old')).toBeUndefined();
+    expect(index.tagList('docker.io', 'library/a')?.tags).toEqual(['new', 'old']);
   });
 
   test('a sweep forgets remembered 404s past their time, and keeps those still within it', async () => {
@@ -135,6 +139,8 @@ describe('proxy cache eviction', () => {
     const mine = cacheManifest('docker.io', 'library/a', '1', now);
     const other = cacheManifest('docker.io', 'library/b', '1', now);
     index.putReferrers('docker.io', 'library/a', mine, [], now);
+    index.putTagList('docker.io', 'library/a', ['1'], 100, now);
+    index.putTagList('docker.io', 'library/b', ['1'], 100, now);
 
     const report = await eviction.purge('docker.io', 'library/a');
 
@@ -143,6 +149,8 @@ describe('proxy cache eviction', () => {
     expect(await store.stat(shared)).toBeDefined();
     expect(index.tag('docker.io', 'library/a', '1')).toBeUndefined();
     expect(index.referrers('docker.io', 'library/a', mine)).toBeUndefined();
+    expect(index.tagList('docker.io', 'library/a')).toBeUndefined();
+    expect(index.tagList('docker.io', 'library/b')?.tags).toEqual(['1']);
     expect(index.manifest('docker.io', 'library/b', other)).toBeDefined();
   });
 

@@ -321,6 +321,23 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     expect(await repo.referrers('alice/app', other)).toEqual([]);
   });
 
+  test('referrers listed within manifest_ttl are served with no upstream request; past it, asked again', async () => {
+    const subject = fake.addManifest('alice/ref', '1', DOC('a'));
+    const sig = (n: string) => ({ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: fake.addManifest('alice/ref', n, DOC(n)), size: 10, artifactType: 'application/x-sig' });
+    const first = sig('s1');
+    fake.referrers.set(`alice/ref@${subject}`, [first]);
+    const path = `/v2/alice/ref/referrers/${subject}`;
+    expect(await repo.referrers('alice/ref', subject)).toEqual([first]);
+    expect(await repo.referrers('alice/ref', subject)).toEqual([first]);
+    expect(fake.count('GET', path)).toBe(1);
+
+    const second = sig('s2');
+    fake.referrers.set(`alice/ref@${subject}`, [first, second]);
+    await new Promise((r) => setTimeout(r, TTL + 50));
+    expect(await repo.referrers('alice/ref', subject)).toEqual([first, second]);
+    expect(fake.count('GET', path)).toBe(2);
+  });
+
   test('an upstream without the referrers API: the index its tag schema tags sha256-<hex> lists them', async () => {
     const subject = fake.addManifest('alice/app', '1', DOC('a'));
     const sig = { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: fake.addManifest('alice/app', 'sig', DOC('s')), size: 10, artifactType: 'application/x-sig', annotations: { a: 'b' } };
@@ -339,20 +356,44 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     expect(referrersTag(`sha512:${'b'.repeat(128)}` as Digest)).toBe(`sha512-${'b'.repeat(64)}`);
   });
 
-  test('tags are the upstream ones, pulled or not; with the upstream failing, those pulled so far', async () => {
+  test('tags are the upstream ones, pulled or not; with the upstream failing and no list kept, those pulled so far', async () => {
     fake.addManifest('alice/app', '1', DOC('a'));
     fake.addManifest('alice/app', '2', DOC('b'));
-    expect(await repo.tags('alice/app', {})).toEqual(['1', '2']);
+    // A later page only: no list is kept from it.
     expect(await repo.tags('alice/app', { n: 1, last: '1' })).toEqual(['2']);
     expect(await repo.tags('alice/none', {})).toBeUndefined();
     fake.faultOn = /\/tags\/list$/;
     fake.fault = '500';
-    // Nothing pulled yet: the upstream's failure.
+    // Nothing kept nor pulled yet: the upstream's failure.
     await expect(repo.tags('alice/app', {})).rejects.toMatchObject({ code: 'UPSTREAM_ERROR' });
     fake.fault = undefined;
     await repo.manifest('alice/app', '2');
     fake.fault = '500';
     expect(await repo.tags('alice/app', {})).toEqual(['2']);
+  });
+
+  test('a tag list is kept: within manifest_ttl no upstream request, every page from a whole list, and served while the upstream fails', async () => {
+    for (const tag of ['a', 'b', 'c', 'd', 'e']) fake.addManifest('alice/kept', tag, DOC(tag));
+    const listPath = '/v2/alice/kept/tags/list';
+    expect(await repo.tags('alice/kept', {})).toEqual(['a', 'b', 'c', 'd', 'e']);
+    const asked = fake.count('GET', listPath);
+    expect(await repo.tags('alice/kept', { n: 2 })).toEqual(['a', 'b']);
+    expect(await repo.tags('alice/kept', { n: 2, last: 'b' })).toEqual(['c', 'd']);
+    expect(await repo.tags('alice/kept', { n: 2, last: 'd' })).toEqual(['e']);
+    expect(fake.count('GET', listPath)).toBe(asked);
+
+    // Past manifest_ttl: asked again, and a new tag shows.
+    await new Promise((r) => setTimeout(r, TTL + 50));
+    fake.addManifest('alice/kept', 'f', DOC('f'));
+    expect(await repo.tags('alice/kept', {})).toEqual(['a', 'b', 'c', 'd', 'e', 'f']);
+    expect(fake.count('GET', listPath)).toBe(asked + 1);
+
+    // Past it again, the upstream failing: the kept list (none of these tags was ever pulled).
+    await new Promise((r) => setTimeout(r, TTL + 50));
+    fake.faultOn = /\/tags\/list$/;
+    fake.fault = '500';
+    expect(await repo.tags('alice/kept', { n: 3, last: 'c' })).toEqual(['d', 'e', 'f']);
+    expect(await repo.tags('alice/kept', {})).toEqual(['a', 'b', 'c', 'd', 'e', 'f']);
   });
 
   test('tags come in the registry\'s order (case-insensitive), from the upstream and from the cache alike', async () => {
