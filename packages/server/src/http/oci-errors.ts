@@ -63,11 +63,15 @@ export function ociErrors(logger: Logger) {
 /**
  * The `Allow` of a 405 (RFC 9110 15.5.6 makes it a MUST): the methods of the routes the path matched;
  * only the reads among them when the route itself refused (a read-only repository: the pull-through
- * proxy). Empty when nothing is allowed, as the RFC has it.
+ * proxy), and none on an upload path (a read-only name has no upload session to read). Empty when
+ * nothing is allowed, as the RFC has it.
  */
 function allowedMethods(ctx: Context, routerRefused: boolean): string {
-  const matched = (ctx as { matched?: ReadonlyArray<{ readonly methods: readonly string[] }> }).matched ?? [];
-  const methods = new Set(matched.flatMap((layer) => layer.methods));
+  const matched = (ctx as { matched?: ReadonlyArray<{ readonly methods: readonly string[]; readonly path?: unknown }> }).matched ?? [];
+  // Route paths are strings or regular expressions (`\/blobs\/uploads`): compared with slashes unescaped.
+  const uploadPath = (layer: { readonly path?: unknown }) => String(layer.path).replaceAll('\\/', '/').includes('/blobs/uploads');
+  const layers = routerRefused ? matched : matched.filter((layer) => !uploadPath(layer));
+  const methods = new Set(layers.flatMap((layer) => layer.methods));
   const allowed = [...methods].filter((m) => routerRefused || m === 'GET' || m === 'HEAD').sort();
   return allowed.join(', ');
 }

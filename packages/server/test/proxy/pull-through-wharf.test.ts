@@ -192,6 +192,9 @@ describe('pull-through from another Wharf', () => {
     const attempts: [string, RequestInit][] = [
       [`${base}/blobs/uploads/`, { method: 'POST' }],
       [`${base}/blobs/uploads/?digest=${b.digest}`, { method: 'POST', body: b.bytes }],
+      // An upload session's own path takes GET elsewhere (its status); a proxy name has no session.
+      [`${base}/blobs/uploads/0b8a2c54-3f3c-4f8e-9d55-0f2b1d3c4e5f`, { method: 'PATCH', body: b.bytes }],
+      [`${base}/blobs/uploads/0b8a2c54-3f3c-4f8e-9d55-0f2b1d3c4e5f`, { method: 'GET' }],
       [`${base}/manifests/2`, { method: 'PUT', headers: { 'content-type': 'application/vnd.oci.image.manifest.v1+json' }, body: '{}' }],
       [`${base}/manifests/1`, { method: 'DELETE' }],
       [`${base}/blobs/${layout.single}`, { method: 'DELETE' }],
