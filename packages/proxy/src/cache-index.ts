@@ -43,13 +43,13 @@ const SCHEMA = `
     accessed_at INTEGER NOT NULL,
     PRIMARY KEY (upstream, repository, subject)
   ) WITHOUT ROWID;
-  -- The upstream's tag list of a repository as its first page last came (sorted as served), and the
-  -- page size it was asked with: fewer tags than that is the whole list.
+  -- The upstream's tag list of a repository as its first page last came (sorted as served), and
+  -- whether it is the whole list (the upstream's last page was read).
   CREATE TABLE IF NOT EXISTS proxy_tag_lists (
     upstream TEXT NOT NULL,
     repository TEXT NOT NULL,
     tags TEXT NOT NULL,
-    asked INTEGER NOT NULL,
+    whole INTEGER NOT NULL,
     fetched_at INTEGER NOT NULL,
     accessed_at INTEGER NOT NULL,
     PRIMARY KEY (upstream, repository)
@@ -71,8 +71,8 @@ export interface CachedTag {
 export interface CachedTagList {
   /** In the registry's tag order (compareTags). */
   readonly tags: readonly string[];
-  /** The page size it was asked with: fewer tags than this is the upstream's whole list. */
-  readonly asked: number;
+  /** The upstream's last page was read: no tag comes after these. */
+  readonly whole: boolean;
   readonly fetchedAt: number;
 }
 
@@ -117,10 +117,10 @@ export class CacheIndex {
                   ON CONFLICT DO UPDATE SET accessed_at = excluded.accessed_at`),
       touchBlob: s('UPDATE proxy_blobs SET accessed_at = ? WHERE digest = ?'),
       link: s('INSERT INTO proxy_repository_blobs (upstream, repository, digest) VALUES (?, ?, ?) ON CONFLICT DO NOTHING'),
-      tagList: s('SELECT tags, asked, fetched_at FROM proxy_tag_lists WHERE upstream = ? AND repository = ?'),
+      tagList: s('SELECT tags, whole, fetched_at FROM proxy_tag_lists WHERE upstream = ? AND repository = ?'),
       touchTagList: s('UPDATE proxy_tag_lists SET accessed_at = ? WHERE upstream = ? AND repository = ?'),
-      putTagList: s(`INSERT INTO proxy_tag_lists (upstream, repository, tags, asked, fetched_at, accessed_at) VALUES (?, ?, ?, ?, ?, ?)
-                     ON CONFLICT DO UPDATE SET tags = excluded.tags, asked = excluded.asked, fetched_at = excluded.fetched_at,
+      putTagList: s(`INSERT INTO proxy_tag_lists (upstream, repository, tags, whole, fetched_at, accessed_at) VALUES (?, ?, ?, ?, ?, ?)
+                     ON CONFLICT DO UPDATE SET tags = excluded.tags, whole = excluded.whole, fetched_at = excluded.fetched_at,
                      accessed_at = excluded.accessed_at`),
       dropTagList: s('DELETE FROM proxy_tag_lists WHERE upstream = ? AND repository = ?'),
       absent: s('SELECT until FROM proxy_absent WHERE upstream = ? AND repository = ? AND reference = ?'),
@@ -176,15 +176,15 @@ export class CacheIndex {
 
   /** The upstream's tag list of `repo` as last fetched (first page), for when it need not or cannot be asked. */
   tagList(upstream: string, repo: string, now = Date.now()): CachedTagList | undefined {
-    const row = this.q.tagList!.get(upstream, repo) as { tags: string; asked: number; fetched_at: number } | undefined;
+    const row = this.q.tagList!.get(upstream, repo) as { tags: string; whole: number; fetched_at: number } | undefined;
     if (!row) return undefined;
     const item = `${upstream}\0${repo}`;
     if (this.accessDue(`tl\0${item}`, now)) this.deferred.add(`tl\0${item}`, () => this.q.touchTagList!.run(now, upstream, repo));
-    return { tags: JSON.parse(row.tags) as string[], asked: row.asked, fetchedAt: row.fetched_at };
+    return { tags: JSON.parse(row.tags) as string[], whole: row.whole === 1, fetchedAt: row.fetched_at };
   }
 
-  putTagList(upstream: string, repo: string, tags: readonly string[], asked: number, now = Date.now()): void {
-    this.q.putTagList!.run(upstream, repo, JSON.stringify(tags), asked, now, now);
+  putTagList(upstream: string, repo: string, tags: readonly string[], whole: boolean, now = Date.now()): void {
+    this.q.putTagList!.run(upstream, repo, JSON.stringify(tags), whole ? 1 : 0, now, now);
   }
 
   dropTagList(upstream: string, repo: string): void {

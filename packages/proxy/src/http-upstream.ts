@@ -8,7 +8,7 @@ import { DROP_LIMIT, plainRequest } from './plain-http.js';
 import { resumingBlob } from './resuming-body.js';
 import { TokenCache, parseChallenge } from './token-auth.js';
 import { keepWasmOnBaseline } from './wasm-baseline.js';
-import { OUTAGES, UpstreamError, descriptorOf, type Upstream, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest } from './upstream.js';
+import { OUTAGES, UpstreamError, descriptorOf, type Upstream, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest, type UpstreamTags } from './upstream.js';
 
 export interface UpstreamTimeouts {
   /** TCP (and TLS) connection, ms. */
@@ -277,9 +277,10 @@ export class HttpUpstream implements Upstream {
     return Number.isSafeInteger(length) && length >= 0 ? { size: length } : {};
   }
 
-  async tags(repo: string, page: Page, signal?: AbortSignal): Promise<string[] | undefined> {
+  async tags(repo: string, page: Page, signal?: AbortSignal): Promise<UpstreamTags | undefined> {
     const tags: string[] = [];
     let query = pageQuery(page);
+    let whole = false;
     for (let i = 0; i < MAX_TAG_PAGES; i++) {
       const res = await this.buffered('GET', repo, `tags/list${query}`, { accept: 'application/json' }, signal, 'tag list');
       if (res.statusCode === 404 && i === 0) return undefined;
@@ -290,10 +291,11 @@ export class HttpUpstream implements Upstream {
       for (const tag of (doc.tags ?? []) as unknown[]) if (typeof tag === 'string' && isValidTag(tag)) tags.push(tag);
       // Only the query of the next page's link is taken: the request stays on this upstream and repository.
       const next = nextPageQuery(res.headers.link);
+      whole = next === undefined;
       if (!next || (page.n !== undefined && tags.length >= page.n)) break;
       query = next;
     }
-    return tags;
+    return { tags, whole };
   }
 
   async referrers(repo: string, subject: Digest, signal?: AbortSignal): Promise<Descriptor[] | undefined> {

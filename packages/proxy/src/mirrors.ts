@@ -1,7 +1,7 @@
 import { PassThrough } from 'node:stream';
 import type { ByteRange, Descriptor, Digest, Page } from '@wharf/registry-core';
 import { resumingBlob } from './resuming-body.js';
-import { OUTAGES, UpstreamError, type Upstream, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest } from './upstream.js';
+import { OUTAGES, UpstreamError, type Upstream, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest, type UpstreamTags } from './upstream.js';
 
 export type MirrorStrategy = 'failover' | 'hedged' | 'striped' | 'adaptive';
 
@@ -86,7 +86,7 @@ export class MirroredUpstream implements Upstream {
     return this.pick((m, s) => m.statBlob(repo, digest, s), signal);
   }
 
-  tags(repo: string, page: Page, signal?: AbortSignal): Promise<string[] | undefined> {
+  tags(repo: string, page: Page, signal?: AbortSignal): Promise<UpstreamTags | undefined> {
     return this.pick((m, s) => m.tags(repo, page, s), signal);
   }
 

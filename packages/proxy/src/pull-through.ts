@@ -396,9 +396,11 @@ export class PullThroughRepository implements RepositoryReader {
       // From the place a client paging with `last` expects, also from an upstream that ignores `last`:
       // past it in the byte order upstreams page in (compareTags would drop tags a page of theirs
       // holds), then in the registry's order.
-      const tags = [...new Set(after === undefined ? listed : listed.filter((tag) => tag > after))].sort(compareTags);
+      const tags = [...new Set(after === undefined ? listed.tags : listed.tags.filter((tag) => tag > after))].sort(compareTags);
       // Kept unless it would replace a longer list by a shorter page of it.
-      if (after === undefined && (!kept || tags.length < n || n >= kept.asked)) this.index.putTagList(this.key, repo, tags, n);
+      if (after === undefined && (!kept || listed.whole || tags.length >= kept.tags.length)) {
+        this.index.putTagList(this.key, repo, tags, listed.whole);
+      }
       return tags;
     });
   }
@@ -464,13 +466,12 @@ export class PullThroughRepository implements RepositoryReader {
 
 /**
  * The page (`last`, `n`) of a kept tag list, when it holds it: a first page as long as the list
- * reaches `n` or is whole, a later one only from a whole list (cut in the order it is served in,
+ * reaches `n` or is whole (the upstream's last page was read), a later one only from a whole list (cut in the order it is served in,
  * which is the order the `last` of this server's `Link` comes from). Undefined otherwise.
  */
 export function pageOfTagList(kept: CachedTagList, last: string | undefined, n: number): string[] | undefined {
-  const whole = kept.tags.length < kept.asked;
-  if (last === undefined) return whole || n <= kept.tags.length ? kept.tags.slice(0, n) : undefined;
-  if (!whole) return undefined;
+  if (last === undefined) return kept.whole || n <= kept.tags.length ? kept.tags.slice(0, n) : undefined;
+  if (!kept.whole) return undefined;
   const start = kept.tags.findIndex((tag) => compareTags(tag, last) > 0);
   return start < 0 ? [] : kept.tags.slice(start, start + n);
 }

@@ -46,9 +46,15 @@ export interface Upstream {
    * The repository's tags from `page.last` on, at least `page.n` of them when it has that many (more
    * may come); undefined when the upstream does not know the repository.
    */
-  tags(repo: string, page: Page, signal?: AbortSignal): Promise<string[] | undefined>;
+  tags(repo: string, page: Page, signal?: AbortSignal): Promise<UpstreamTags | undefined>;
   /** The manifests that name `subject` (OCI 1.1); undefined when the upstream has no referrers API. */
   referrers(repo: string, subject: Digest, signal?: AbortSignal): Promise<Descriptor[] | undefined>;
+}
+
+export interface UpstreamTags {
+  readonly tags: string[];
+  /** The upstream's last page was reached: no tag comes after these. */
+  readonly whole: boolean;
 }
 
 /**

@@ -55,8 +55,8 @@ describe('proxy cache eviction', () => {
     const referrer = { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: newManifest, size: 1 };
     index.putReferrers('docker.io', 'library/a', oldManifest, [referrer], now - 100 * DAY);
     index.putReferrers('docker.io', 'library/a', newManifest, [referrer], now - DAY);
-    index.putTagList('docker.io', 'library/old', ['1'], 100, now - 100 * DAY);
-    index.putTagList('docker.io', 'library/a', ['new', 'old'], 100, now - DAY);
+    index.putTagList('docker.io', 'library/old', ['1'], true, now - 100 * DAY);
+    index.putTagList('docker.io', 'library/a', ['new', 'old'], true, now - DAY);
 
     const report = await eviction.sweep({ cacheTtl: 90 * DAY, maxSize: 0 }, now);
 
@@ -139,8 +139,8 @@ describe('proxy cache eviction', () => {
     const mine = cacheManifest('docker.io', 'library/a', '1', now);
     const other = cacheManifest('docker.io', 'library/b', '1', now);
     index.putReferrers('docker.io', 'library/a', mine, [], now);
-    index.putTagList('docker.io', 'library/a', ['1'], 100, now);
-    index.putTagList('docker.io', 'library/b', ['1'], 100, now);
+    index.putTagList('docker.io', 'library/a', ['1'], true, now);
+    index.putTagList('docker.io', 'library/b', ['1'], true, now);
 
     const report = await eviction.purge('docker.io', 'library/a');
 

@@ -57,17 +57,26 @@ describe('HttpUpstream against a real misbehaving server', () => {
     for (const tag of ['b', 'a', 'd', 'c', 'e']) fake.addManifest('alice/app', tag, { ...MANIFEST, annotations: { tag } });
     fake.tagPageSize = 2;
     const up = client();
-    expect(await up.tags('alice/app', {})).toEqual(['1', 'a', 'b', 'c', 'd', 'e']);
-    expect(await up.tags('alice/app', { n: 3 })).toEqual(['1', 'a', 'b', 'c']);
-    expect(await up.tags('alice/app', { n: 3, last: 'b' })).toEqual(['c', 'd', 'e']);
+    expect(await up.tags('alice/app', {})).toEqual({ tags: ['1', 'a', 'b', 'c', 'd', 'e'], whole: true });
+    // Stopped with n tags in and a next page linked: not the whole list.
+    expect(await up.tags('alice/app', { n: 3 })).toEqual({ tags: ['1', 'a', 'b', 'c'], whole: false });
+    expect(await up.tags('alice/app', { n: 3, last: 'b' })).toEqual({ tags: ['c', 'd', 'e'], whole: true });
     expect(fake.requests.filter((r) => r.path === '/v2/alice/app/tags/list').map((r) => r.query).slice(-2)).toEqual(['n=3&last=b', 'n=2&last=d']);
     expect(await up.tags('alice/none', {})).toBeUndefined();
+  });
+
+  test('a tag list longer than the upstream pages followed is not called whole', async () => {
+    for (let i = 0; i < 30; i++) fake.addManifest('alice/long', `t${String(i).padStart(2, '0')}`, { ...MANIFEST, annotations: { i: String(i) } });
+    fake.tagPageSize = 1;
+    const listed = await client().tags('alice/long', {});
+    expect(listed?.tags).toHaveLength(20);
+    expect(listed?.whole).toBe(false);
   });
 
   test('a tag list that is not one fails as invalid; names that are no tags are dropped', async () => {
     const up = client();
     fake.tagListBody = '{"name":"alice/app","tags":["ok","../../etc",7,"fine-2"]}';
-    expect(await up.tags('alice/app', {})).toEqual(['ok', 'fine-2']);
+    expect((await up.tags('alice/app', {}))?.tags).toEqual(['ok', 'fine-2']);
     fake.tagListBody = '{"tags":"nope"}';
     expect((await failureOf(up.tags('alice/app', {}))).failure).toBe('invalid');
     fake.tagListBody = 'not json';
@@ -125,7 +134,7 @@ describe('HttpUpstream against a real misbehaving server', () => {
     expect((await up.manifest('alice/app', '1'))?.digest).toBe(manifestDigest);
     const blob = await up.blob('alice/app', blobDigest);
     expect(createHash('sha256').update(await readAll(blob!.body)).digest('hex')).toBe(blobDigest.slice(7));
-    expect(await up.tags('alice/app', {})).toEqual(['1']);
+    expect((await up.tags('alice/app', {}))?.tags).toEqual(['1']);
     // The 401's body was read to its end rather than costing its connection; the token came on it too.
     expect(fake.connections).toBe(1);
     expect((await up.head('alice/app', '1'))?.digest).toBe(manifestDigest);

@@ -372,6 +372,14 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     expect(await repo.tags('alice/app', {})).toEqual(['2']);
   });
 
+  test('a tag list cut short by the upstream pages followed is not kept as whole: later pages still go upstream', async () => {
+    for (let i = 0; i < 30; i++) fake.addManifest('alice/long', `t${String(i).padStart(2, '0')}`, DOC(String(i)));
+    fake.tagPageSize = 1;
+    expect(await repo.tags('alice/long', {})).toHaveLength(20);
+    // Past the 20 tags the first answer held, the rest comes from the upstream, not an empty page.
+    expect(await repo.tags('alice/long', { n: 5, last: 't19' })).toEqual(['t20', 't21', 't22', 't23', 't24']);
+  });
+
   test('a tag list is kept: within manifest_ttl no upstream request, every page from a whole list, and served while the upstream fails', async () => {
     for (const tag of ['a', 'b', 'c', 'd', 'e']) fake.addManifest('alice/kept', tag, DOC(tag));
     const listPath = '/v2/alice/kept/tags/list';
