@@ -123,6 +123,16 @@ describe('log output', () => {
     expect(await exited).toBe(0);
   }, 60_000);
 
+  test('a second signal exits at once though the log is stuck: the flush at exit gives up', async () => {
+    const { child } = await serveUnread(3_000);
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    child.kill('SIGTERM');
+    await new Promise((r) => setTimeout(r, 100));
+    child.kill('SIGTERM');
+    // process.exit(1): pino's exit hook alone would retry the blocked write for ever.
+    expect(await exited).toBe(1);
+  }, 60_000);
+
   test('at low traffic a line is written without waiting for more lines to fill a batch', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'wharf-log-'));
     root = dir;
