@@ -1,5 +1,8 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 
+/** Requests whose 100 Continue has not gone out: what sends it. */
+const pending = new WeakMap<IncomingMessage, () => void>();
+
 /**
  * `Expect: 100-continue`: the client waits for `100 Continue` before it sends the body. Node sends it
  * as soon as the headers arrive, before anything looked at the request: a push refused for want of
@@ -14,13 +17,25 @@ export function continueWhenRead(req: IncomingMessage, res: ServerResponse): voi
   const send = () => {
     if (done) return;
     done = true;
+    pending.delete(req);
     req.off('newListener', onListener);
     req.off('resume', send);
     if (!res.headersSent && !res.writableEnded && !res.destroyed) res.writeContinue();
   };
+  pending.set(req, send);
   const onListener = (event: string | symbol) => {
     if (event === 'data' || event === 'readable') send();
   };
   req.on('newListener', onListener);
   req.once('resume', send);
+}
+
+/**
+ * Before answering a request whose body was not read: a client may send its body without waiting
+ * for the 100 (RFC 9110 10.1.1 allows it). When some of it has arrived, the 100 goes out first, so
+ * that the connection stays open and the rest is read and dropped, as for any unread body, instead
+ * of being cut under a client still writing (which would then miss the answer).
+ */
+export function continueIfBodyArrived(req: IncomingMessage): void {
+  if (req.readableLength > 0 || req.complete) pending.get(req)?.();
 }

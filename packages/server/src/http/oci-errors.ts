@@ -3,6 +3,7 @@ import { RegistryError } from '@wharf/registry-core';
 import type { Context, Next } from 'koa';
 import type { Logger } from 'pino';
 import { ERROR_STATUS } from './error-status.js';
+import { continueIfBodyArrived } from './expect-continue.js';
 
 /** Headers a route may have set for the success it did not reach; an error body must not carry them. */
 const SUCCESS_ONLY_HEADERS = ['content-length', 'content-type', 'docker-content-digest', 'etag', 'location', 'accept-ranges'];
@@ -53,7 +54,10 @@ export function ociErrors(logger: Logger) {
       if (typeof retryAfter === 'number') ctx.set('Retry-After', String(retryAfter));
       ctx.status = ERROR_STATUS[error.code];
       if (ctx.status === 405) ctx.set('Allow', allowedMethods(ctx, routerRefused));
-      if (!ctx.req.complete) lingerForBody(ctx.req, ctx.res);
+      if (!ctx.req.complete) {
+        continueIfBodyArrived(ctx.req);
+        lingerForBody(ctx.req, ctx.res);
+      }
       ctx.body = { errors: [{ code: error.code, message: error.message, detail: error.detail ?? null }] };
       ctx.state.errorCode = error.code;
     }
