@@ -1,5 +1,7 @@
 import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
 import Database from 'better-sqlite3';
+import { spawn } from 'node:child_process';
+import { createRequire } from 'node:module';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -66,6 +68,50 @@ describe('deferred writes', () => {
     } finally {
       other.close();
     }
+  });
+
+  test('past a thousand waiting with the lock held elsewhere, a note again of a waiting key tries no flush', () => {
+    const other = new Database(file);
+    try {
+      other.exec('BEGIN IMMEDIATE');
+      let flushes = 0;
+      const write = () => {
+        flushes += 1; // the first write of each attempt: it fails on the lock
+        db.prepare("UPDATE notes SET v = v + 1 WHERE k = 'a'").run();
+      };
+      for (let i = 0; i < 1_000; i++) deferredWrites(db).add(`k${i}`, write);
+      expect(flushes).toBe(1);
+      // A replaced key does not try again (it did at every note, with 1,000 waiting).
+      for (let i = 0; i < 50; i++) deferredWrites(db).add('k1', write);
+      expect(flushes).toBe(1);
+      expect(deferredWrites(db).size).toBe(1_000);
+    } finally {
+      other.exec('ROLLBACK');
+      other.close();
+    }
+    expect(flushDeferredWrites(db)).toBe(true);
+  });
+
+  test('a closing process may wait for the lock another process holds: what waits is written once it lets go', async () => {
+    // Another process: this one's wait is synchronous, so nothing in it could let go of the lock.
+    const script = [
+      `const Database = require(${JSON.stringify(createRequire(import.meta.url).resolve('better-sqlite3'))});`,
+      `const db = new Database(${JSON.stringify(file)});`,
+      "db.exec('BEGIN IMMEDIATE');",
+      "db.prepare(\"UPDATE notes SET v = 8 WHERE k = 'b'\").run();",
+      "process.stdout.write('locked\\n');",
+      "setTimeout(() => { db.exec('COMMIT'); db.close(); }, 300);",
+    ].join('\n');
+    const holder = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const exited = new Promise<number | null>((r) => holder.once('exit', (code) => r(code)));
+    await new Promise<void>((r) => holder.stdout!.once('data', () => r()));
+    note('a', 3);
+
+    expect(flushDeferredWrites(db)).toBe(false);
+    expect(flushDeferredWrites(db, { waitMs: 10_000 })).toBe(true);
+
+    expect([value('a'), value('b')]).toEqual([3, 8]);
+    expect(await exited).toBe(0);
   });
 
   test('a write that fails for another reason is dropped without failing the others', () => {

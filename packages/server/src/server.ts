@@ -294,7 +294,7 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
           logger,
         });
         await storage.stop();
-        flushDeferredWrites(db);
+        if (!flushDeferredWrites(db, { waitMs: 2_000 })) logger.warn('pull and access times of the last seconds not written: the database stayed locked by another process');
         db.close();
         logger.info({ cut: report.cut, fillsAbandoned: report.backgroundAbandoned }, 'wharf stopped');
         await settleLog(logger, LOG_SETTLE_MS);

@@ -182,7 +182,7 @@ export async function openStorage(config: WharfConfig): Promise<{ storage: Stora
     // A server may be running on the same database: its writes get the lock between ours.
     const deps: StorageDeps = { config, db, metadata, registryBlobs, proxyBlobs, local, eviction, gcPauseMs: CLI_GC_PAUSE_MS };
     const close = () => {
-      flushDeferredWrites(db);
+      flushDeferredWrites(db, { waitMs: 2_000 });
       db.close();
     };
     return { storage: new StorageMaintenance(deps), deps, close };

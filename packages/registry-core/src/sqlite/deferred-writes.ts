@@ -29,11 +29,11 @@ export class DeferredWrites {
 
   /** Queues `write` under `key`; a later write of the same key replaces it. */
   add(key: string, write: () => void): void {
-    if (!this.pending.has(key) && this.pending.size >= MAX_KEPT) return;
-    this.pending.delete(key);
+    const isNew = !this.pending.delete(key);
+    if (isNew && this.pending.size >= MAX_KEPT) return;
     this.pending.set(key, write);
     // At MAX_PENDING, and every MAX_PENDING more while a lock held elsewhere keeps them waiting.
-    if (this.pending.size % MAX_PENDING === 0) this.flush();
+    if (isNew && this.pending.size % MAX_PENDING === 0) this.flush();
     else this.timer ??= setTimeout(() => this.flush(), DELAY_MS).unref();
   }
 
@@ -44,15 +44,16 @@ export class DeferredWrites {
   /**
    * Writes what waits, in one transaction, unless another connection holds the write lock: then it
    * stays for the next try. A write that fails otherwise is dropped (the bookkeeping is best effort).
-   * Returns whether nothing waits any more.
+   * `waitMs`: how long to wait for that lock (0 by default: the event loop never waits; a closing
+   * process, whose requests are done, may). Returns whether nothing waits any more.
    */
-  flush(): boolean {
+  flush(options: { readonly waitMs?: number } = {}): boolean {
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
     if (this.pending.size === 0 || !this.db.open) return true;
     const writes = [...this.pending.values()];
     const busyTimeout = this.db.pragma('busy_timeout', { simple: true }) as number;
-    this.db.pragma('busy_timeout = 0');
+    this.db.pragma(`busy_timeout = ${Math.max(0, Math.floor(options.waitMs ?? 0))}`);
     try {
       this.db.transaction(() => {
         for (const write of writes) {
@@ -92,7 +93,10 @@ export function deferredWrites(db: SqliteDatabase): DeferredWrites {
   return writes;
 }
 
-/** Writes this connection's deferred writes now (before closing it, or before reading what they write). */
-export function flushDeferredWrites(db: SqliteDatabase): boolean {
-  return byDatabase.get(db)?.flush() ?? true;
+/**
+ * Writes this connection's deferred writes now (before reading what they write; before closing it,
+ * with `waitMs` for a lock another process holds). Returns whether nothing waits any more.
+ */
+export function flushDeferredWrites(db: SqliteDatabase, options: { readonly waitMs?: number } = {}): boolean {
+  return byDatabase.get(db)?.flush(options) ?? true;
 }
