@@ -39,6 +39,11 @@ export class CacheEviction {
    * next tick during a long one, a gc's) gets that one's report: two at once would both evict from
    * the same least-recently-used list, more than maxSize asks.
    */
+  /** Whether a sweep is running (a timer skips its turn rather than join it and report it twice). */
+  get sweeping(): boolean {
+    return this.running !== undefined;
+  }
+
   sweep(policy: EvictionPolicy, now = Date.now()): Promise<EvictionReport> {
     this.running ??= this.sweepOnce(policy, now).finally(() => {
       this.running = undefined;

@@ -212,7 +212,10 @@ describe('proxy cache eviction', () => {
     for (let i = 0; i < 10; i++) digests.push(await cacheBlob('docker.io', 'r/a', 100, now - 1000 + i));
 
     const policy = { cacheTtl: 90 * DAY, maxSize: 500 };
-    const [first, second] = await Promise.all([eviction.sweep(policy, now), eviction.sweep(policy, now)]);
+    const running = eviction.sweep(policy, now);
+    expect(eviction.sweeping).toBe(true);
+    const [first, second] = await Promise.all([running, eviction.sweep(policy, now)]);
+    expect(eviction.sweeping).toBe(false);
 
     expect(first).toEqual({ manifests: 0, blobs: 5, bytes: 500 });
     expect(second).toBe(first);

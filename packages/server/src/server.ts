@@ -196,6 +196,8 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
   const expiry = setInterval(expireUploads, Math.max(60_000, Math.min(config.uploadMaxAge / 4, 3_600_000)));
   expiry.unref();
   const sweep = async () => {
+    // A long sweep (a lowered max_size) spans ticks: the next tick has nothing to add, nor to log.
+    if (eviction.sweeping) return;
     try {
       const report = await eviction.sweep({ cacheTtl: config.proxy.cacheTtl, maxSize: config.proxy.maxSize });
       if (report.blobs + report.manifests > 0) logger.info(report, 'proxy cache evicted');
