@@ -34,16 +34,16 @@ export class CacheEviction {
     new CacheIndex(db); // make sure the tables exist
   }
 
-  /**
-   * Removes what cacheTtl and maxSize say must go. A sweep asked for while one runs (the timer's
-   * next tick during a long one, a gc's) gets that one's report: two at once would both evict from
-   * the same least-recently-used list, more than maxSize asks.
-   */
   /** Whether a sweep is running (a timer skips its turn rather than join it and report it twice). */
   get sweeping(): boolean {
     return this.running !== undefined;
   }
 
+  /**
+   * Removes what cacheTtl and maxSize say must go. A sweep asked for while one runs (a gc's during
+   * the timer's) gets that one's report: two at once would both evict from the same
+   * least-recently-used list, more than maxSize asks.
+   */
   sweep(policy: EvictionPolicy, now = Date.now()): Promise<EvictionReport> {
     this.running ??= this.sweepOnce(policy, now).finally(() => {
       this.running = undefined;
