@@ -76,22 +76,13 @@ export interface CachedTagList {
   readonly fetchedAt: number;
 }
 
-/**
- * How stale a cached item's `accessed_at` may be. It orders eviction by days (cache_ttl) or by least
- * recent use (max_size): a minute changes nothing there, and a cache hit then costs a read of the
- * index, not a write too, for every pull of every layer.
- */
-const ACCESS_PRECISION_MS = 60_000;
-/** Items whose last write of `accessed_at` is remembered; past this, all are forgotten (a write each, once). */
-const ACCESS_MEMORY = 10_000;
-
 /** The dependency proxy's index of what it cached, in the same SQLite database as the registry. */
 export class CacheIndex {
   private readonly q: Record<string, Statement>;
-  /** When `accessed_at` was last written, by item. */
-  private readonly written = new Map<string, number>();
-
-  /** Access times are bookkeeping: written a few seconds later, many in one transaction. */
+  /**
+   * Access times are bookkeeping: one a minute per item (DeferredWrites.note) orders eviction by
+   * days or by least recent use as well, and is written a few seconds later with the others.
+   */
   private readonly deferred: DeferredWrites;
 
   constructor(db: SqliteDatabase) {
@@ -138,18 +129,8 @@ export class CacheIndex {
   manifest(upstream: string, repo: string, digest: Digest, now = Date.now()): StoredManifest | undefined {
     const row = this.q.manifest!.get(upstream, repo, digest) as { digest: Digest; media_type: string; content: Buffer } | undefined;
     if (!row) return undefined;
-    const item = `${upstream}\0${repo}\0${digest}`;
-    if (this.accessDue(item, now)) this.deferred.add(`pm\0${item}`, () => this.q.touchManifest!.run(now, upstream, repo, digest));
+    this.deferred.note(`pm\0${upstream}\0${repo}\0${digest}`, () => this.q.touchManifest!.run(now, upstream, repo, digest), now);
     return { digest: row.digest, mediaType: row.media_type, bytes: row.content };
-  }
-
-  /** Whether an access to `item` at `now` is to be written (the first in ACCESS_PRECISION_MS). */
-  private accessDue(item: string, now: number): boolean {
-    const last = this.written.get(item);
-    if (last !== undefined && now >= last && now - last < ACCESS_PRECISION_MS) return false;
-    if (this.written.size >= ACCESS_MEMORY) this.written.clear();
-    this.written.set(item, now);
-    return true;
   }
 
   putManifest(upstream: string, repo: string, manifest: StoredManifest, now = Date.now()): void {
@@ -178,8 +159,7 @@ export class CacheIndex {
   tagList(upstream: string, repo: string, now = Date.now()): CachedTagList | undefined {
     const row = this.q.tagList!.get(upstream, repo) as { tags: string; whole: number; fetched_at: number } | undefined;
     if (!row) return undefined;
-    const item = `${upstream}\0${repo}`;
-    if (this.accessDue(`tl\0${item}`, now)) this.deferred.add(`tl\0${item}`, () => this.q.touchTagList!.run(now, upstream, repo));
+    this.deferred.note(`tl\0${upstream}\0${repo}`, () => this.q.touchTagList!.run(now, upstream, repo), now);
     return { tags: JSON.parse(row.tags) as string[], whole: row.whole === 1, fetchedAt: row.fetched_at };
   }
 
@@ -193,7 +173,7 @@ export class CacheIndex {
 
   blob(upstream: string, repo: string, digest: Digest, now = Date.now()): number | undefined {
     const row = this.q.blob!.get(upstream, repo, digest) as { size: number } | undefined;
-    if (row && this.accessDue(digest, now)) this.deferred.add(`pb\0${digest}`, () => this.q.touchBlob!.run(now, digest));
+    if (row) this.deferred.note(`pb\0${digest}`, () => this.q.touchBlob!.run(now, digest), now);
     return row?.size;
   }
 
@@ -231,7 +211,7 @@ export class CacheIndex {
   referrersEntry(upstream: string, repo: string, subject: Digest, now = Date.now()): { descriptors: Descriptor[]; fetchedAt: number } | undefined {
     const row = this.q.referrers!.get(upstream, repo, subject) as { descriptors: string; fetched_at: number } | undefined;
     if (!row) return undefined;
-    this.deferred.add(`pr\0${upstream}\0${repo}\0${subject}`, () => this.q.touchReferrers!.run(now, upstream, repo, subject));
+    this.deferred.note(`pr\0${upstream}\0${repo}\0${subject}`, () => this.q.touchReferrers!.run(now, upstream, repo, subject), now);
     return { descriptors: JSON.parse(row.descriptors) as Descriptor[], fetchedAt: row.fetched_at };
   }
 

@@ -6,6 +6,13 @@ const DELAY_MS = 5_000;
 const MAX_PENDING = 1_000;
 /** Waiting writes kept while the database stays locked by another process; past this, new ones are dropped. */
 const MAX_KEPT = 20_000;
+/**
+ * A noted time (a pull, a cache hit) is written at most this often per key: it orders retention
+ * and eviction by days, where a minute changes nothing, and a hot item then costs a map lookup.
+ */
+export const NOTE_INTERVAL_MS = 60_000;
+/** Keys whose last note is remembered; past this, the oldest are forgotten (a write each, once more). */
+const NOTE_MEMORY = 100_000;
 
 /**
  * Best-effort bookkeeping writes (when a tag was last pulled, when a cached item was last used),
@@ -23,6 +30,8 @@ const MAX_KEPT = 20_000;
  */
 export class DeferredWrites {
   private readonly pending = new Map<string, () => void>();
+  /** When each key was last noted (`note`), oldest first. */
+  private readonly noted = new Map<string, number>();
   private timer: NodeJS.Timeout | undefined;
 
   constructor(private readonly db: SqliteDatabase) {}
@@ -35,6 +44,19 @@ export class DeferredWrites {
     // At MAX_PENDING, and every MAX_PENDING more while a lock held elsewhere keeps them waiting.
     if (isNew && this.pending.size % MAX_PENDING === 0) this.flush();
     else this.timer ??= setTimeout(() => this.flush(), DELAY_MS).unref();
+  }
+
+  /**
+   * Queues `write` under `key` unless `key` was noted less than NOTE_INTERVAL_MS before `now`: for
+   * times recorded on every request (a pull by tag, a cache hit), of which one a minute is enough.
+   */
+  note(key: string, write: () => void, now = Date.now()): void {
+    const last = this.noted.get(key);
+    if (last !== undefined && now >= last && now - last < NOTE_INTERVAL_MS) return;
+    if (last !== undefined) this.noted.delete(key);
+    else if (this.noted.size >= NOTE_MEMORY) this.noted.delete(this.noted.keys().next().value!);
+    this.noted.set(key, now);
+    this.add(key, write);
   }
 
   get size(): number {

@@ -53,9 +53,6 @@ export interface DanglingReference {
 
 /** How long a lease protects a blob when its holder never releases it (a crash). */
 export const LEASE_TTL_MS = 24 * 3_600_000;
-/** A tag's `last_pulled_at` is written at most this often per tag and process. */
-export const PULL_NOTE_INTERVAL_MS = 60_000;
-const MAX_PULL_NOTES = 100_000;
 
 /**
  * The queries of garbage collection, retention and fsck on the registry's SQLite metadata. It belongs to
@@ -66,7 +63,6 @@ const MAX_PULL_NOTES = 100_000;
  */
 export class SqliteLifecycle {
   private readonly q: Record<string, Statement>;
-  private readonly pullNotes = new Map<string, number>();
 
   constructor(
     private readonly db: SqliteDatabase,
@@ -167,19 +163,12 @@ export class SqliteLifecycle {
   }
 
   /**
-   * Records a pull by tag. At most one write per tag a minute (per process), and none at all for the
-   * pulls in between: a map lookup, so a hot tag served from the manifest cache stays cheap. The
-   * write is deferred (DeferredWrites): many tags' notes go to the database in one transaction.
+   * Records a pull by tag: at most one write per tag a minute (per process), and none at all for the
+   * pulls in between, so a hot tag served from the manifest cache stays cheap; deferred, so that many
+   * tags' notes go to the database in one transaction and a pull never waits for it (DeferredWrites).
    */
   notePull(repo: string, tag: string, now = Date.now()): void {
-    const key = `${repo}\u0000${tag}`;
-    const last = this.pullNotes.get(key);
-    if (last !== undefined && now - last < PULL_NOTE_INTERVAL_MS) return;
-    if (last !== undefined) this.pullNotes.delete(key);
-    else if (this.pullNotes.size >= MAX_PULL_NOTES) this.pullNotes.delete(this.pullNotes.keys().next().value!);
-    this.pullNotes.set(key, now);
-    // Best effort, written with others a few seconds later: a pull never waits for the database.
-    deferredWrites(this.db).add(`pull\u0000${key}`, () => this.q.notePull!.run(now, repo, tag));
+    deferredWrites(this.db).note(`pull\u0000${repo}\u0000${tag}`, () => this.q.notePull!.run(now, repo, tag), now);
   }
 
   /** Blob rows that no repository links, created before `cutoff`. */
