@@ -69,7 +69,7 @@ export interface CachedTag {
 }
 
 export interface CachedTagList {
-  /** In the registry's tag order (compareTags). */
+  /** Whole: in the registry's tag order (compareTags); cut short: in the upstream's. */
   readonly tags: readonly string[];
   /** The upstream's last page was read: no tag comes after these. */
   readonly whole: boolean;

@@ -1,6 +1,5 @@
 import { Transform, pipeline, type Readable } from 'node:stream';
 import {
-  MAX_PAGE,
   RegistryError,
   assertTag,
   compareTags,
@@ -14,6 +13,7 @@ import {
   type Page,
   type RepositoryReader,
   type StoredManifest,
+  type TagPage,
 } from '@wharf/registry-core';
 import { fillFailed, type BlobFill, type BlobFills } from './blob-fill.js';
 import type { CacheIndex, CachedTagList } from './cache-index.js';
@@ -69,6 +69,8 @@ export class PullThroughRepository implements RepositoryReader {
   private unavailableUntil = 0;
   /** Manifest look-ups in flight, by repository and reference. */
   private readonly asking = new Map<string, Promise<StoredManifest | undefined>>();
+  /** Tag list and referrers look-ups in flight (orCached). */
+  private readonly listing = new Map<string, Promise<unknown>>();
 
   constructor(
     readonly upstream: Upstream,
@@ -377,32 +379,58 @@ export class PullThroughRepository implements RepositoryReader {
    * The upstream's tags (a tag list is no pull: Docker Hub does not count it against the rate limit).
    * The first page's answer is kept: within manifestTtl of it, pages are served from it with no
    * upstream request (image automation polls tag lists), every page when it held the whole list.
-   * When the upstream cannot answer: that kept list, else the tags this cache has pulled.
+   * A list read whole is served in the registry's order; one too long to read whole is served in the
+   * upstream's own order, the order it applies a `last` in, with a `Link` past what was read, so that
+   * a client following the links gets every tag once. When the upstream cannot answer: that kept
+   * list, else the tags this cache has pulled.
    */
-  async tags(repo: string, page: Page): Promise<string[] | undefined> {
-    const n = page.n ?? MAX_PAGE;
+  async listTags(repo: string, n: number, last?: string): Promise<TagPage | undefined> {
     const kept = this.index.tagList(this.key, repo);
-    const fromKept = kept && pageOfTagList(kept, page.last, n);
+    const fromKept = kept && pageOfTagList(kept, last, n);
     if (fromKept && Date.now() - kept.fetchedAt < this.policy.manifestTtl) return fromKept;
-    const pulled = this.index.tags(this.key, repo, page.last ?? '', n);
-    const fallback = fromKept ?? (pulled.length > 0 || page.last !== undefined ? pulled : undefined);
-    return this.orCached('tags', repo, fallback, async (signal) => {
-      const listed = await this.upstream.tags(repo, page, signal);
-      const after = page.last;
-      if (listed === undefined) {
-        if (after === undefined) this.index.dropTagList(this.key, repo);
-        return undefined;
+    const cached = fromKept ?? this.pulledTags(repo, n, last);
+    return this.orCached('tags', `t\0${repo}\0${n}\0${last ?? ''}`, repo, cached, async (signal) => {
+      // Read from the start, as far as the upstream's pages are followed (a first page, and a later
+      // one unless the list was last seen too long to read whole): whether it is read whole decides
+      // the order every page is served in, so each page of one client's walk is cut the same way.
+      if (last === undefined || !kept || kept.whole) {
+        const listed = await this.upstream.tags(repo, {}, signal);
+        if (listed === undefined) {
+          this.index.dropTagList(this.key, repo);
+          return undefined;
+        }
+        const tags = [...new Set(listed.tags)];
+        if (listed.whole) tags.sort(compareTags);
+        // Kept unless it would replace a longer list by a shorter page of it.
+        if (!kept || listed.whole || tags.length >= kept.tags.length) this.index.putTagList(this.key, repo, tags, listed.whole);
+        if (last === undefined) return { tags: tags.slice(0, n), more: !listed.whole || tags.length > n };
+        const page = pageOfTagList({ tags, whole: listed.whole, fetchedAt: 0 }, last, n);
+        if (page) return page;
       }
-      // From the place a client paging with `last` expects, also from an upstream that ignores `last`:
-      // past it in the byte order upstreams page in (compareTags would drop tags a page of theirs
-      // holds), then in the registry's order.
-      const tags = [...new Set(after === undefined ? listed.tags : listed.tags.filter((tag) => tag > after))].sort(compareTags);
-      // Kept unless it would replace a longer list by a shorter page of it.
-      if (after === undefined && (!kept || listed.whole || tags.length >= kept.tags.length)) {
-        this.index.putTagList(this.key, repo, tags, listed.whole);
-      }
-      return tags;
+      return this.upstreamTagPage(repo, n, last, signal);
     });
+  }
+
+  /** The page after `last` as the upstream pages its list (in its order, which is the one of its `last`). */
+  private async upstreamTagPage(repo: string, n: number, last: string, signal: AbortSignal | undefined): Promise<TagPage | undefined> {
+    const listed = await this.upstream.tags(repo, { n, last }, signal);
+    if (listed === undefined) return undefined;
+    // Past `last` also from an upstream that ignores it, in the byte order upstreams page in.
+    const tags = [...new Set(listed.tags.filter((tag) => tag > last))];
+    return { tags: tags.slice(0, n), more: !listed.whole || tags.length > n };
+  }
+
+  /**
+   * A page of the tags this cache has pulled, for when the upstream cannot list them: a first page, or
+   * one after a `last` that is one of them (the client pages this list); undefined otherwise, which
+   * must not read as an empty list's end.
+   */
+  private pulledTags(repo: string, n: number, last: string | undefined): TagPage | undefined {
+    if (last !== undefined && !this.index.tag(this.key, repo, last)) return undefined;
+    const tags = this.index.tags(this.key, repo, last ?? '', n + 1);
+    if (last === undefined && tags.length === 0) return undefined;
+    const more = tags.length > n;
+    return { tags: tags.slice(0, n), more };
   }
 
   /**
@@ -417,7 +445,7 @@ export class PullThroughRepository implements RepositoryReader {
     const kept = this.index.referrersEntry(this.key, repo, subject);
     // Within manifestTtl of the last answer, no upstream request (a signature check per pull in CI).
     if (kept && Date.now() - kept.fetchedAt < this.policy.manifestTtl) return kept.descriptors;
-    const listed = await this.orCached('referrers', repo, kept?.descriptors, async (signal) => {
+    const listed = await this.orCached('referrers', `r\0${repo}\0${subject}`, repo, kept?.descriptors, async (signal) => {
       const found = (await this.upstream.referrers(repo, subject, signal)) ?? (await this.referrersByTagSchema(repo, subject, signal));
       this.index.putReferrers(this.key, repo, subject, found);
       return found;
@@ -442,9 +470,17 @@ export class PullThroughRepository implements RepositoryReader {
   /**
    * `ask`'s answer from the upstream; with a `cached` answer to fall back on, the upstream's wait is
    * bounded as for a tag re-check, and when it cannot answer (or is in its outage back-off) the cached
-   * answer is served, with a log line.
+   * answer is served, with a log line. Clients asking the same (`key`) at once share one request.
    */
-  private async orCached<T>(what: string, repo: string, cached: T | undefined, ask: (signal?: AbortSignal) => Promise<T | undefined>): Promise<T | undefined> {
+  private orCached<T>(what: string, key: string, repo: string, cached: T | undefined, ask: (signal?: AbortSignal) => Promise<T | undefined>): Promise<T | undefined> {
+    const running = this.listing.get(key) as Promise<T | undefined> | undefined;
+    if (running) return running;
+    const answer = this.askOrCached(what, repo, cached, ask).finally(() => this.listing.delete(key));
+    this.listing.set(key, answer);
+    return answer;
+  }
+
+  private async askOrCached<T>(what: string, repo: string, cached: T | undefined, ask: (signal?: AbortSignal) => Promise<T | undefined>): Promise<T | undefined> {
     const stale = (reason: string): T => {
       this.logger?.warn({ upstream: this.key, repo, reason }, `serving the cached ${what}`);
       return cached!;
@@ -455,7 +491,8 @@ export class PullThroughRepository implements RepositoryReader {
     try {
       return await ask(signal);
     } catch (err) {
-      if (cached !== undefined && ((err instanceof UpstreamError && err.failure !== 'invalid' && err.failure !== 'denied') || signal?.aborted)) {
+      // Refused (`denied`) as well: credentials that lost access do not empty the cache, as for manifests.
+      if (cached !== undefined && ((err instanceof UpstreamError && err.failure !== 'invalid') || signal?.aborted)) {
         if (err instanceof UpstreamError && OUTAGES.has(err.failure)) this.backOff(err.retryAfter);
         return stale(`upstream ${this.key} unavailable (${(err as Error).message})`);
       }
@@ -465,15 +502,20 @@ export class PullThroughRepository implements RepositoryReader {
 }
 
 /**
- * The page (`last`, `n`) of a kept tag list, when it holds it: a first page as long as the list
- * reaches `n` or is whole (the upstream's last page was read), a later one only from a whole list (cut in the order it is served in,
- * which is the order the `last` of this server's `Link` comes from). Undefined otherwise.
+ * The page (`last`, `n`) of a kept tag list, when it holds it. A whole list (the upstream's last page
+ * was read) is in the registry's order and holds every page, cut in that order, the one the `last` of
+ * this server's `Link` comes from. A list cut short is in the upstream's order and holds the pages
+ * that fall inside it. Undefined otherwise.
  */
-export function pageOfTagList(kept: CachedTagList, last: string | undefined, n: number): string[] | undefined {
-  if (last === undefined) return kept.whole || n <= kept.tags.length ? kept.tags.slice(0, n) : undefined;
-  if (!kept.whole) return undefined;
-  const start = kept.tags.findIndex((tag) => compareTags(tag, last) > 0);
-  return start < 0 ? [] : kept.tags.slice(start, start + n);
+export function pageOfTagList(kept: CachedTagList, last: string | undefined, n: number): TagPage | undefined {
+  const { tags } = kept;
+  if (kept.whole) {
+    const start = last === undefined ? 0 : tags.findIndex((tag) => compareTags(tag, last) > 0);
+    return start < 0 ? { tags: [], more: false } : { tags: tags.slice(start, start + n), more: start + n < tags.length };
+  }
+  const start = last === undefined ? 0 : tags.indexOf(last) + 1;
+  if (last !== undefined && start === 0) return undefined;
+  return start + n <= tags.length ? { tags: tags.slice(start, start + n), more: true } : undefined;
 }
 
 /**

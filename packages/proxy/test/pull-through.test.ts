@@ -1,4 +1,3 @@
-import { compareTags } from '@wharf/registry-core';
 import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
 import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
@@ -110,7 +109,7 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     expect(fake.count('HEAD', tagPath)).toBe(1);
     fake.fault = '500';
     expect(await repo.manifest('alice/app', '1')).toBeUndefined();
-    expect((await repo.tags('alice/app', {})) ?? []).not.toContain('1');
+    expect((await repo.listTags('alice/app', 100))?.tags ?? []).not.toContain('1');
     // Its manifest stays, by digest.
     expect((await repo.manifest('alice/app', digest))?.digest).toBe(digest);
   });
@@ -356,70 +355,138 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     expect(referrersTag(`sha512:${'b'.repeat(128)}` as Digest)).toBe(`sha512-${'b'.repeat(64)}`);
   });
 
+  /** Every tag of `repo` as a client gets it following `Link` with pages of `n`: duplicates stay visible. */
+  async function walk(name: string, n: number): Promise<string[]> {
+    const seen: string[] = [];
+    for (let last: string | undefined; ; ) {
+      const page = await repo.listTags(name, n, last);
+      seen.push(...page!.tags);
+      if (!page!.more) return seen;
+      last = page!.tags.at(-1);
+    }
+  }
+
   test('tags are the upstream ones, pulled or not; with the upstream failing and no list kept, those pulled so far', async () => {
     fake.addManifest('alice/app', '1', DOC('a'));
     fake.addManifest('alice/app', '2', DOC('b'));
-    // A later page only: no list is kept from it.
-    expect(await repo.tags('alice/app', { n: 1, last: '1' })).toEqual(['2']);
-    expect(await repo.tags('alice/none', {})).toBeUndefined();
+    expect(await repo.listTags('alice/app', 1, '1')).toEqual({ tags: ['2'], more: false });
+    expect(await repo.listTags('alice/none', 100)).toBeUndefined();
+    await sleep(TTL + 50);
     fake.faultOn = /\/tags\/list$/;
     fake.fault = '500';
-    // Nothing kept nor pulled yet: the upstream's failure.
-    await expect(repo.tags('alice/app', {})).rejects.toMatchObject({ code: 'UPSTREAM_ERROR' });
+    // Nothing kept any more nor pulled yet: the upstream's failure.
+    db.prepare('DELETE FROM proxy_tag_lists').run();
+    await expect(repo.listTags('alice/app', 100)).rejects.toMatchObject({ code: 'UPSTREAM_ERROR' });
     fake.fault = undefined;
     await repo.manifest('alice/app', '2');
     fake.fault = '500';
-    expect(await repo.tags('alice/app', {})).toEqual(['2']);
+    expect(await repo.listTags('alice/app', 100)).toEqual({ tags: ['2'], more: false });
+    // A later page of the pulled tags, after one of them; after a tag it never pulled the list is not
+    // known: the failure, not an empty page that would end a client's walk.
+    expect(await repo.listTags('alice/app', 100, '2')).toEqual({ tags: [], more: false });
+    await expect(repo.listTags('alice/app', 100, '1')).rejects.toMatchObject({ code: 'UPSTREAM_ERROR' });
   });
 
-  test('a tag list cut short by the upstream pages followed is not kept as whole: later pages still go upstream', async () => {
-    for (let i = 0; i < 30; i++) fake.addManifest('alice/long', `t${String(i).padStart(2, '0')}`, DOC(String(i)));
-    fake.tagPageSize = 1;
-    expect(await repo.tags('alice/long', {})).toHaveLength(20);
-    // Past the 20 tags the first answer held, the rest comes from the upstream, not an empty page.
-    expect(await repo.tags('alice/long', { n: 5, last: 't19' })).toEqual(['t20', 't21', 't22', 't23', 't24']);
+  test('a tag list too long to read whole: pages in the upstream\'s order, a Link past what was read, every tag once', async () => {
+    // Upper and lower case: the upstream's byte order is not the registry's, and it applies `last` in its own.
+    const all = Array.from({ length: 70 }, (_, i) => `${i % 2 ? 'T' : 't'}${String(i).padStart(2, '0')}`);
+    for (const tag of all) fake.addManifest('alice/long', tag, DOC(tag));
+    fake.tagPageSize = 3;
+    const first = await repo.listTags('alice/long', 9999);
+    // 20 upstream pages followed: 60 tags, and more after them rather than a list that looks whole.
+    expect(first).toEqual({ tags: [...all].sort().slice(0, 60), more: true });
+    expect(await walk('alice/long', 9999)).toEqual([...all].sort());
+    expect(await walk('alice/long', 7)).toEqual([...all].sort());
+    // The kept first 60 serve the pages inside them with no upstream request.
+    const asked = fake.count('GET', '/v2/alice/long/tags/list');
+    expect(await repo.listTags('alice/long', 5, [...all].sort()[9])).toEqual({ tags: [...all].sort().slice(10, 15), more: true });
+    expect(fake.count('GET', '/v2/alice/long/tags/list')).toBe(asked);
   });
 
-  test('a tag list is kept: within manifest_ttl no upstream request, every page from a whole list, and served while the upstream fails', async () => {
+  test('a whole tag list is kept: within manifest_ttl no upstream request, every page from it, and served while the upstream fails', async () => {
     for (const tag of ['a', 'b', 'c', 'd', 'e']) fake.addManifest('alice/kept', tag, DOC(tag));
     const listPath = '/v2/alice/kept/tags/list';
-    expect(await repo.tags('alice/kept', {})).toEqual(['a', 'b', 'c', 'd', 'e']);
+    expect(await repo.listTags('alice/kept', 100)).toEqual({ tags: ['a', 'b', 'c', 'd', 'e'], more: false });
     const asked = fake.count('GET', listPath);
-    expect(await repo.tags('alice/kept', { n: 2 })).toEqual(['a', 'b']);
-    expect(await repo.tags('alice/kept', { n: 2, last: 'b' })).toEqual(['c', 'd']);
-    expect(await repo.tags('alice/kept', { n: 2, last: 'd' })).toEqual(['e']);
+    expect(await repo.listTags('alice/kept', 2)).toEqual({ tags: ['a', 'b'], more: true });
+    expect(await repo.listTags('alice/kept', 2, 'b')).toEqual({ tags: ['c', 'd'], more: true });
+    expect(await repo.listTags('alice/kept', 2, 'd')).toEqual({ tags: ['e'], more: false });
     expect(fake.count('GET', listPath)).toBe(asked);
 
     // Past manifest_ttl: asked again, and a new tag shows.
-    await new Promise((r) => setTimeout(r, TTL + 50));
+    await sleep(TTL + 50);
     fake.addManifest('alice/kept', 'f', DOC('f'));
-    expect(await repo.tags('alice/kept', {})).toEqual(['a', 'b', 'c', 'd', 'e', 'f']);
+    expect((await repo.listTags('alice/kept', 100))?.tags).toEqual(['a', 'b', 'c', 'd', 'e', 'f']);
     expect(fake.count('GET', listPath)).toBe(asked + 1);
 
     // Past it again, the upstream failing: the kept list (none of these tags was ever pulled).
-    await new Promise((r) => setTimeout(r, TTL + 50));
+    await sleep(TTL + 50);
     fake.faultOn = /\/tags\/list$/;
     fake.fault = '500';
-    expect(await repo.tags('alice/kept', { n: 3, last: 'c' })).toEqual(['d', 'e', 'f']);
-    expect(await repo.tags('alice/kept', {})).toEqual(['a', 'b', 'c', 'd', 'e', 'f']);
+    expect(await repo.listTags('alice/kept', 3, 'c')).toEqual({ tags: ['d', 'e', 'f'], more: false });
+    expect((await repo.listTags('alice/kept', 100))?.tags).toEqual(['a', 'b', 'c', 'd', 'e', 'f']);
   });
 
-  test('tags come in the registry\'s order (case-insensitive), from the upstream and from the cache alike', async () => {
-    for (const tag of ['b', 'Z', 'A', 'a', 'V1', 'v1']) fake.addManifest('alice/mixed', tag, DOC(tag));
-    const order = ['A', 'a', 'b', 'V1', 'v1', 'Z'];
-    expect(await repo.tags('alice/mixed', {})).toEqual(order);
-    // Pages with `last` are the upstream's, which pages in byte order: following them as a client
-    // follows Link (`last` = a page's last tag) loses no tag.
-    const paged = new Set<string>();
-    for (let last: string | undefined, page = await repo.tags('alice/mixed', { n: 2 }); page!.length > 0; page = await repo.tags('alice/mixed', { n: 2, last })) {
-      for (const tag of page!) paged.add(tag);
-      last = page!.at(-1);
-    }
-    expect([...paged].sort(compareTags)).toEqual(order);
+  test('tags come in the registry\'s order (case-insensitive), and paging them loses or repeats none, fresh or stale', async () => {
+    const order = ['aa', 'Ab', 'B', 'b1', 'C', 'c2', 'V1', 'v1', 'Z', 'z0'];
+    for (const tag of [...order].reverse()) fake.addManifest('alice/mixed', tag, DOC(tag));
+    // The upstream pages in byte order (Z before aa), 3 tags a page, as distribution and Docker Hub do.
+    fake.tagPageSize = 3;
+    expect(await walk('alice/mixed', 3)).toEqual(order);
+    expect((await repo.listTags('alice/mixed', 100))?.tags).toEqual(order);
+    await sleep(TTL + 50);
+    expect(await walk('alice/mixed', 3)).toEqual(order);
+    await sleep(TTL + 50);
+    expect(await walk('alice/mixed', 4)).toEqual(order);
     for (const tag of order) await repo.manifest('alice/mixed', tag);
+    await sleep(TTL + 50);
     fake.faultOn = /\/tags\/list$/;
     fake.fault = '500';
-    expect(await repo.tags('alice/mixed', {})).toEqual(order);
-    expect(await repo.tags('alice/mixed', { n: 2, last: 'a' })).toEqual(['b', 'V1']);
+    expect((await repo.listTags('alice/mixed', 100))?.tags).toEqual(order);
+    expect(await repo.listTags('alice/mixed', 2, 'b1')).toEqual({ tags: ['C', 'c2'], more: true });
+    db.prepare('DELETE FROM proxy_tag_lists').run();
+    // From the pulled tags alone, in the same order.
+    expect(await walk('alice/mixed', 3)).toEqual(order);
+  });
+
+  test('an upstream refusing the repository (401 with a fresh token): kept tag list and referrers still served', async () => {
+    const denied = new PullThroughRepository(
+      new HttpUpstream({ name: 'up', url: fake.url, retries: 0, username: 'alice', password: 's3cret', timeouts: { connect: 300, firstByte: 300, idle: 300 } }),
+      new CacheIndex(db),
+      new FsBlobStore(join(dir, 'blobs'), join(dir, 'tmp')),
+      fills,
+      { manifestTtl: TTL, absentTtl: 60_000, rateLimitFloor: 0 },
+    );
+    fake.auth = 'bearer';
+    const subject = fake.addManifest('alice/app', '1', DOC('a'));
+    const referrer = { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: fake.addManifest('alice/app', 'sig', DOC('s')), size: 10 };
+    fake.referrers.set(`alice/app@${subject}`, [referrer]);
+    expect((await denied.listTags('alice/app', 100))?.tags).toEqual(['1', 'sig']);
+    expect(await denied.referrers('alice/app', subject)).toEqual([referrer]);
+    await sleep(TTL + 50);
+    fake.faultOn = /\/v2\/alice\//;
+    fake.fault = 'deny';
+    expect((await denied.listTags('alice/app', 100))?.tags).toEqual(['1', 'sig']);
+    expect(await denied.referrers('alice/app', subject)).toEqual([referrer]);
+    expect(fake.requests.some((r) => r.path === '/v2/alice/app/tags/list' && r.authorization?.startsWith('Bearer '))).toBe(true);
+    // Nothing kept: the refusal, as an unknown name.
+    await expect(denied.listTags('alice/other', 100)).rejects.toMatchObject({ code: 'NAME_UNKNOWN' });
+  });
+
+  test('clients asking for one tag list or referrers at once share one upstream request', async () => {
+    const subject = fake.addManifest('alice/app', '1', DOC('a'));
+    fake.referrers.set(`alice/app@${subject}`, []);
+    await repo.listTags('alice/app', 100);
+    await repo.referrers('alice/app', subject);
+    await sleep(TTL + 50);
+    const before = { tags: fake.count('GET', '/v2/alice/app/tags/list'), referrers: fake.count('GET', `/v2/alice/app/referrers/${subject}`) };
+    const answers = await Promise.all([
+      ...Array.from({ length: 10 }, () => repo.listTags('alice/app', 100)),
+      ...Array.from({ length: 10 }, () => repo.referrers('alice/app', subject)),
+    ]);
+    expect(answers.slice(0, 10)).toEqual(Array(10).fill({ tags: ['1'], more: false }));
+    expect(answers.slice(10)).toEqual(Array(10).fill([]));
+    expect(fake.count('GET', '/v2/alice/app/tags/list')).toBe(before.tags + 1);
+    expect(fake.count('GET', `/v2/alice/app/referrers/${subject}`)).toBe(before.referrers + 1);
   });
 });

@@ -6,7 +6,7 @@ import { RegistryError } from './errors.js';
 import { parseManifest, type Descriptor } from './manifest.js';
 import type { MetadataStore, Page, StoredManifest } from './metadata-store.js';
 import { assertTag, isValidRepositoryName, isValidTag } from './reference.js';
-import type { PutManifestResult, RepositoryReader, RepositoryWriter } from './registry.js';
+import type { PutManifestResult, RepositoryReader, RepositoryWriter, TagPage } from './registry.js';
 import type { ChunkPosition, UploadSessions, UploadStatus } from './uploads.js';
 
 /** Repositories looked at for the source of a mount that names no `from`. */
@@ -64,6 +64,15 @@ export class LocalRegistry implements RepositoryReader, RepositoryWriter {
 
   tags(repo: string, page: Page): Promise<string[] | undefined> {
     return this.metadata.tags(repo, page);
+  }
+
+  async listTags(repo: string, n: number, last?: string): Promise<TagPage | undefined> {
+    // One more than the page holds says whether another page follows.
+    const tags = await this.metadata.tags(repo, { n: n + 1, ...(last !== undefined ? { last } : {}) });
+    if (!tags) return undefined;
+    const more = tags.length > n;
+    if (more) tags.length = n;
+    return { tags, more };
   }
 
   referrers(repo: string, subject: Digest): Promise<Descriptor[]> {

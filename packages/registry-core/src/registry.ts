@@ -19,10 +19,20 @@ export interface RepositoryReader {
   /** What a HEAD answers: the blob's size, without fetching its bytes (the proxy asks its upstream). */
   statBlob(repo: string, digest: Digest): Promise<BlobInfo | undefined>;
   openBlob(repo: string, blob: BlobInfo, range?: ByteRange): Promise<Readable | undefined>;
-  /** undefined when the repository is unknown. */
-  tags(repo: string, page: Page): Promise<string[] | undefined>;
+  /**
+   * At most `n` of the repository's tags after `last`, and whether more follow; undefined when the
+   * repository is unknown.
+   */
+  listTags(repo: string, n: number, last?: string): Promise<TagPage | undefined>;
   /** The manifests whose subject is `subject` (none: an empty list, never absence, as the spec has it). */
   referrers(repo: string, subject: Digest): Promise<Descriptor[]>;
+}
+
+/** One page of a tag list. */
+export interface TagPage {
+  readonly tags: string[];
+  /** Tags follow these: the next page is the one after the last of them (a `Link` to it). */
+  readonly more: boolean;
 }
 
 export interface PutManifestResult {

@@ -5,7 +5,7 @@ import type { Digest } from '@wharf/registry-core';
 
 /** What the next matching requests get instead of a correct answer. */
 /** hold: half a blob's body, then the rest 400 ms later. */
-export type Fault = 'wrong-bytes' | 'truncate' | 'reset' | '500' | '429' | 'stall' | 'hold';
+export type Fault = 'wrong-bytes' | 'truncate' | 'reset' | '500' | '429' | 'stall' | 'hold' | 'deny';
 
 export interface SeenRequest {
   readonly method: string;
@@ -94,6 +94,8 @@ export class FakeUpstream {
     const fault = this.fault && this.faultTimes > 0 && this.faultOn.test(path) ? this.fault : undefined;
     if (fault && --this.faultTimes <= 0) this.fault = undefined;
     if (fault === 'stall') return; // accepted, never answered
+    // Refused even with a fresh token: a repository made private, credentials that lost access.
+    if (fault === 'deny') return this.challenge(path, res);
     if (fault === '500') return void res.writeHead(500, { 'content-type': 'application/json' }).end('{"errors":[{"code":"UNKNOWN"}]}');
     if (fault === '429') return void res.writeHead(429, { 'retry-after': '1', 'content-type': 'application/json' }).end('{"errors":[{"code":"TOOMANYREQUESTS"}]}');
     const list = /^\/v2\/(.+)\/tags\/list$/.exec(path);
@@ -167,14 +169,18 @@ export class FakeUpstream {
     if (this.auth === 'none') return true;
     if (this.auth === 'basic' && this.basicOk(header)) return true;
     if (this.auth === 'bearer' && header?.startsWith('Bearer ') && this.issued.has(header.slice(7))) return true;
-    const repo = /^\/v2\/(.+)\/(?:blobs|manifests)\//.exec(path)?.[1];
+    this.challenge(path, res);
+    return false;
+  }
+
+  private challenge(path: string, res: ServerResponse): void {
+    const repo = /^\/v2\/(.+)\/(?:blobs|manifests|tags|referrers)\//.exec(path)?.[1];
     res.writeHead(401, {
       'content-type': 'application/json',
       'www-authenticate':
         this.auth === 'basic' ? 'Basic realm="fake"' : `Bearer realm="${this.relativeRealm ? '' : this.url}/token",service="fake-registry"${repo ? `,scope="repository:${repo}:pull"` : ''}`,
     });
     res.end('{"errors":[{"code":"UNAUTHORIZED"}]}');
-    return false;
   }
 
   private token(req: IncomingMessage, res: ServerResponse): void {

@@ -46,25 +46,45 @@ export function pageParams(ctx: Context): { n?: number; last?: string } {
 /** The largest page we answer; a listing without `n`, or with a larger one, is paginated with `Link`. */
 export const MAX_PAGE_SIZE = MAX_PAGE - 1;
 
+/** One page of a listing, and whether entries follow it. */
+export interface Listing {
+  readonly items: string[];
+  readonly more: boolean;
+}
+
 /**
- * Runs a paginated listing: asks the store for one entry more than the page holds, and when that entry
- * exists sets `Link: <path?n=&last=>; rel="next"` so the client can fetch the rest. undefined when the
- * listing's owner does not exist. An `ns` (containerd's choice of upstream) stays in the link: without
- * it the next page would list another registry's tags.
+ * A listing of a source that answers up to `n` entries after `last`: it is asked one entry more, whose
+ * presence says another page follows.
+ */
+export function oneMore(list: (page: { n: number; last?: string }) => Promise<string[] | undefined>) {
+  return async (page: { n: number; last?: string }): Promise<Listing | undefined> => {
+    const items = await list({ ...page, n: page.n + 1 });
+    if (!items) return undefined;
+    const more = items.length > page.n;
+    if (more) items.length = page.n;
+    return { items, more };
+  };
+}
+
+/**
+ * Runs a paginated listing: when entries follow the page, sets `Link: <path?n=&last=>; rel="next"`
+ * (`last` = the page's last entry) so the client can fetch the rest. undefined when the listing's owner
+ * does not exist. An `ns` (containerd's choice of upstream) stays in the link: without it the next page
+ * would list another registry's tags.
  */
 export async function paginate(
   ctx: Context,
   path: string,
-  list: (page: { n: number; last?: string }) => Promise<string[] | undefined>,
+  list: (page: { n: number; last?: string }) => Promise<Listing | undefined>,
 ): Promise<string[] | undefined> {
   const page = pageParams(ctx);
   const size = Math.min(page.n ?? MAX_PAGE_SIZE, MAX_PAGE_SIZE);
-  const items = await list({ n: size + 1, ...(page.last ? { last: page.last } : {}) });
-  if (!items) return undefined;
-  if (items.length > size) {
-    items.length = size;
+  const listing = await list({ n: size, ...(page.last ? { last: page.last } : {}) });
+  if (!listing) return undefined;
+  const { items, more } = listing;
+  if (more && items.length > 0) {
     const ns = typeof ctx.query.ns === 'string' && ctx.query.ns !== '' ? `&ns=${encodeURIComponent(ctx.query.ns)}` : '';
-    if (size > 0) ctx.set('Link', `<${path}?n=${size}&last=${encodeURIComponent(items.at(-1)!)}${ns}>; rel="next"`);
+    ctx.set('Link', `<${path}?n=${size}&last=${encodeURIComponent(items.at(-1)!)}${ns}>; rel="next"`);
   }
   return items;
 }

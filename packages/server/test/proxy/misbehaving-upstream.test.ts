@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FakeUpstream } from '../../../proxy/test/helpers/fake-upstream.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
-import { sha256 } from './helpers/tools.js';
+import { run, sha256 } from './helpers/tools.js';
 
 const TTL_MS = 300;
 
@@ -207,6 +207,23 @@ describe('pull-through from a misbehaving upstream', () => {
     } finally {
       await reg.close();
       await bearer.close();
+    }
+  });
+  test('a tag list longer than the upstream pages read at once: a Link past what was read, and skopeo lists every tag once', async () => {
+    // Mixed case: the upstream's byte order is not the registry's, and it applies a `last` in its own.
+    const all = Array.from({ length: 70 }, (_, i) => `${i % 2 ? 'V' : 'v'}${String(i).padStart(2, '0')}`);
+    for (const tag of all) fake.addManifest(repo, tag, { schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', annotations: { tag } });
+    all.push('1');
+    fake.tagPageSize = 3;
+    try {
+      const first = await fetch(`${proxy.url}/v2/proxy/fake/${repo}/tags/list`);
+      const firstTags = ((await first.json()) as { tags: string[] }).tags;
+      expect(firstTags.length).toBeLessThan(all.length);
+      expect(first.headers.get('link')).toBe(`</v2/proxy/fake/${repo}/tags/list?n=9999&last=${firstTags.at(-1)}>; rel="next"`);
+      const { stdout } = await run('skopeo', ['list-tags', '--tls-verify=false', `docker://${new URL(proxy.url).host}/proxy/fake/${repo}`]);
+      expect((JSON.parse(stdout) as { Tags: string[] }).Tags).toEqual([...all].sort());
+    } finally {
+      fake.tagPageSize = Infinity;
     }
   });
 });
