@@ -134,7 +134,7 @@ export class CacheIndex {
   }
 
   putManifest(upstream: string, repo: string, manifest: StoredManifest, now = Date.now()): void {
-    this.q.putManifest!.run(upstream, repo, manifest.digest, manifest.mediaType, manifest.bytes, now, now);
+    this.write(`m\0${upstream}\0${repo}\0${manifest.digest}`, () => this.q.putManifest!.run(upstream, repo, manifest.digest, manifest.mediaType, manifest.bytes, now, now));
   }
 
   tag(upstream: string, repo: string, tag: string): CachedTag | undefined {
@@ -143,12 +143,12 @@ export class CacheIndex {
   }
 
   putTag(upstream: string, repo: string, tag: string, digest: Digest, now = Date.now()): void {
-    this.q.putTag!.run(upstream, repo, tag, digest, now);
+    this.write(`t\0${upstream}\0${repo}\0${tag}`, () => this.q.putTag!.run(upstream, repo, tag, digest, now));
   }
 
   /** The upstream no longer has `tag`: it is not served, stale or not (its manifest stays, by digest). */
   dropTag(upstream: string, repo: string, tag: string): void {
-    this.q.dropTag!.run(upstream, repo, tag);
+    this.write(`t\0${upstream}\0${repo}\0${tag}`, () => this.q.dropTag!.run(upstream, repo, tag));
   }
 
   tags(upstream: string, repo: string, last: string, n: number): string[] {
@@ -164,11 +164,12 @@ export class CacheIndex {
   }
 
   putTagList(upstream: string, repo: string, tags: readonly string[], whole: boolean, now = Date.now()): void {
-    this.q.putTagList!.run(upstream, repo, JSON.stringify(tags), whole ? 1 : 0, now, now);
+    const json = JSON.stringify(tags);
+    this.write(`tl\0${upstream}\0${repo}`, () => this.q.putTagList!.run(upstream, repo, json, whole ? 1 : 0, now, now));
   }
 
   dropTagList(upstream: string, repo: string): void {
-    this.q.dropTagList!.run(upstream, repo);
+    this.write(`tl\0${upstream}\0${repo}`, () => this.q.dropTagList!.run(upstream, repo));
   }
 
   blob(upstream: string, repo: string, digest: Digest, now = Date.now()): number | undefined {
@@ -182,11 +183,11 @@ export class CacheIndex {
   }
 
   putBlob(digest: Digest, size: number, now = Date.now()): void {
-    this.q.putBlob!.run(digest, size, now, now);
+    this.write(`b\0${digest}`, () => this.q.putBlob!.run(digest, size, now, now));
   }
 
   link(upstream: string, repo: string, digest: Digest): void {
-    this.q.link!.run(upstream, repo, digest);
+    this.write(`l\0${upstream}\0${repo}\0${digest}`, () => this.q.link!.run(upstream, repo, digest));
   }
 
   isAbsent(upstream: string, repo: string, reference: string, now = Date.now()): boolean {
@@ -195,11 +196,11 @@ export class CacheIndex {
   }
 
   markAbsent(upstream: string, repo: string, reference: string, until: number): void {
-    this.q.putAbsent!.run(upstream, repo, reference, until);
+    this.write(`a\0${upstream}\0${repo}\0${reference}`, () => this.q.putAbsent!.run(upstream, repo, reference, until));
   }
 
   clearAbsent(upstream: string, repo: string, reference: string): void {
-    this.q.clearAbsent!.run(upstream, repo, reference);
+    this.write(`a\0${upstream}\0${repo}\0${reference}`, () => this.q.clearAbsent!.run(upstream, repo, reference));
   }
 
   /** The referrers of `subject` the upstream last listed, for when it cannot be asked. */
@@ -216,10 +217,22 @@ export class CacheIndex {
   }
 
   putReferrers(upstream: string, repo: string, subject: Digest, descriptors: readonly Descriptor[], now = Date.now()): void {
-    this.q.putReferrers!.run(upstream, repo, subject, JSON.stringify(descriptors), now, now);
+    const json = JSON.stringify(descriptors);
+    this.write(`r\0${upstream}\0${repo}\0${subject}`, () => this.q.putReferrers!.run(upstream, repo, subject, json, now, now));
   }
 
   clearReferrers(upstream: string, repo: string, subject: Digest): void {
-    this.q.clearReferrers!.run(upstream, repo, subject);
+    this.write(`r\0${upstream}\0${repo}\0${subject}`, () => this.q.clearReferrers!.run(upstream, repo, subject));
+  }
+
+  /**
+   * Writes a row of the cache now, or, while another process holds the database's write lock (a
+   * `wharf gc`, a purge or a backup from the command line), a few seconds later with the deferred
+   * writes: SQLite's busy handler would otherwise sleep on the event loop and hold every request of
+   * the server, not only the one that learnt something. A later write of the same row (`key`)
+   * replaces a queued one.
+   */
+  private write(key: string, run: () => void): void {
+    this.deferred.now(`w\0${key}`, run);
   }
 }

@@ -136,11 +136,11 @@ export class PullThroughRepository implements RepositoryReader {
     if (this.index.isAbsent(this.key, repo, digest)) return undefined;
     this.observer?.cacheMiss?.(this.key, 'manifest');
     const fetched = await this.upstream.manifest(repo, digest).catch((err: unknown) => {
-      if (isDenied(err)) this.index.markAbsent(this.key, repo, digest, Date.now() + this.policy.absentTtl);
+      if (isDenied(err)) this.remember(repo, digest, () => this.index.markAbsent(this.key, repo, digest, Date.now() + this.policy.absentTtl));
       throw err;
     });
     if (!fetched) {
-      this.index.markAbsent(this.key, repo, digest, Date.now() + this.policy.absentTtl);
+      this.remember(repo, digest, () => this.index.markAbsent(this.key, repo, digest, Date.now() + this.policy.absentTtl));
       return undefined;
     }
     this.remember(repo, digest, () => this.index.putManifest(this.key, repo, fetched));
@@ -209,7 +209,8 @@ export class PullThroughRepository implements RepositoryReader {
 
   /**
    * Writes what was learnt to the cache index. A failure there (a full disk) costs the cache, not the
-   * client: the manifest in hand is served, and the next request asks the upstream again.
+   * client: the answer in hand is served, and the next request asks the upstream again. (A lock held
+   * by another process is no failure: the write waits for it off the event loop, see CacheIndex.)
    */
   private remember(repo: string, reference: string, write: () => void): void {
     try {
@@ -241,8 +242,10 @@ export class PullThroughRepository implements RepositoryReader {
    * the next request within absentTtl nor an outage later brings the deleted tag back.
    */
   private forget(repo: string, tag: string): undefined {
-    this.index.dropTag(this.key, repo, tag);
-    this.index.markAbsent(this.key, repo, tag, Date.now() + this.policy.absentTtl);
+    this.remember(repo, tag, () => {
+      this.index.dropTag(this.key, repo, tag);
+      this.index.markAbsent(this.key, repo, tag, Date.now() + this.policy.absentTtl);
+    });
     return undefined;
   }
 
@@ -270,7 +273,7 @@ export class PullThroughRepository implements RepositoryReader {
     // Cached for another repository: serve it here only if this repository has it upstream too.
     const anySize = this.index.anyBlob(digest);
     if (anySize !== undefined && (await this.store.stat(digest)) && (await this.upstream.statBlob(repo, digest))) {
-      this.index.link(this.key, repo, digest);
+      this.remember(repo, digest, () => this.index.link(this.key, repo, digest));
       return this.hit('blob', { digest, size: anySize });
     }
     this.observer?.cacheMiss?.(this.key, 'blob');
@@ -396,13 +399,13 @@ export class PullThroughRepository implements RepositoryReader {
       if (last === undefined || !kept || kept.whole) {
         const listed = await this.upstream.tags(repo, {}, signal);
         if (listed === undefined) {
-          this.index.dropTagList(this.key, repo);
+          this.remember(repo, 'tags', () => this.index.dropTagList(this.key, repo));
           return undefined;
         }
         const tags = [...new Set(listed.tags)];
         if (listed.whole) tags.sort(compareTags);
         // Kept unless it would replace a longer list by a shorter page of it.
-        if (!kept || listed.whole || tags.length >= kept.tags.length) this.index.putTagList(this.key, repo, tags, listed.whole);
+        if (!kept || listed.whole || tags.length >= kept.tags.length) this.remember(repo, 'tags', () => this.index.putTagList(this.key, repo, tags, listed.whole));
         if (last === undefined) return { tags: tags.slice(0, n), more: !listed.whole || tags.length > n };
         const page = pageOfTagList({ tags, whole: listed.whole, fetchedAt: 0 }, last, n);
         if (page) return page;
@@ -447,7 +450,7 @@ export class PullThroughRepository implements RepositoryReader {
     if (kept && Date.now() - kept.fetchedAt < this.policy.manifestTtl) return kept.descriptors;
     const listed = await this.orCached('referrers', `r\0${repo}\0${subject}`, repo, kept?.descriptors, async (signal) => {
       const found = (await this.upstream.referrers(repo, subject, signal)) ?? (await this.referrersByTagSchema(repo, subject, signal));
-      this.index.putReferrers(this.key, repo, subject, found);
+      this.remember(repo, subject, () => this.index.putReferrers(this.key, repo, subject, found));
       return found;
     });
     return listed ?? [];

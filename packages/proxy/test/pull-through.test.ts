@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { FsBlobStore, openDatabase, type Digest, type SqliteDatabase } from '@wharf/registry-core';
+import { FsBlobStore, flushDeferredWrites, openDatabase, type Digest, type SqliteDatabase } from '@wharf/registry-core';
 import { BlobFills } from '../src/blob-fill.js';
 import { CacheIndex } from '../src/cache-index.js';
 import { HttpUpstream } from '../src/http-upstream.js';
@@ -488,5 +488,28 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     expect(answers.slice(10)).toEqual(Array(10).fill([]));
     expect(fake.count('GET', '/v2/alice/app/tags/list')).toBe(before.tags + 1);
     expect(fake.count('GET', `/v2/alice/app/referrers/${subject}`)).toBe(before.referrers + 1);
+  });
+  test('a cache write waits for no lock another process holds: it lands with the deferred writes once the lock is gone', async () => {
+    const file = join(dir, 'locked.db');
+    const own = openDatabase(file);
+    const other = openDatabase(file);
+    try {
+      const store = new FsBlobStore(join(dir, 'blobs'), join(dir, 'tmp'));
+      const upstream = new HttpUpstream({ name: 'up', url: fake.url, retries: 0 });
+      const locked = new PullThroughRepository(upstream, new CacheIndex(own), store, fills, { manifestTtl: TTL, absentTtl: 60_000, rateLimitFloor: 0 });
+      const digest = fake.addManifest('alice/app', '1', DOC('a'));
+      // Another writer holds the lock (a `wharf gc` from the command line): SQLite's busy handler
+      // would sleep on this thread, so the holder could never let go, and the write would be lost.
+      other.exec('BEGIN IMMEDIATE');
+      expect((await locked.manifest('alice/app', '1'))?.digest).toBe(digest);
+      other.exec('COMMIT');
+      expect(flushDeferredWrites(own)).toBe(true);
+      const index = new CacheIndex(other);
+      expect(index.tag('up', 'alice/app', '1')?.digest).toBe(digest);
+      expect(index.manifest('up', 'alice/app', digest)?.digest).toBe(digest);
+    } finally {
+      own.close();
+      other.close();
+    }
   });
 });

@@ -74,18 +74,18 @@ export class DeferredWrites {
     this.timer = undefined;
     if (this.pending.size === 0 || !this.db.open) return true;
     const writes = [...this.pending.values()];
-    const busyTimeout = this.db.pragma('busy_timeout', { simple: true }) as number;
-    this.db.pragma(`busy_timeout = ${Math.max(0, Math.floor(options.waitMs ?? 0))}`);
     try {
-      this.db.transaction(() => {
-        for (const write of writes) {
-          try {
-            write();
-          } catch (err) {
-            if (isBusy(err)) throw err;
+      withBusyTimeout(this.db, options.waitMs ?? 0, () =>
+        this.db.transaction(() => {
+          for (const write of writes) {
+            try {
+              write();
+            } catch (err) {
+              if (isBusy(err)) throw err;
+            }
           }
-        }
-      })();
+        })(),
+      );
       this.pending.clear();
       return true;
     } catch (err) {
@@ -95,13 +95,36 @@ export class DeferredWrites {
       }
       this.timer = setTimeout(() => this.flush(), DELAY_MS).unref();
       return false;
-    } finally {
-      this.db.pragma(`busy_timeout = ${busyTimeout}`);
+    }
+  }
+
+  /**
+   * Runs `write` at once unless another process holds the write lock: then it is queued under `key`
+   * (add) instead of waiting on the event loop for SQLite's busy handler. For writes a cache can
+   * afford to make a few seconds late; other failures are thrown.
+   */
+  now(key: string, write: () => void): void {
+    try {
+      withBusyTimeout(this.db, 0, write);
+    } catch (err) {
+      if (!isBusy(err)) throw err;
+      this.add(key, write);
     }
   }
 }
 
-function isBusy(err: unknown): boolean {
+/** Runs `fn` with SQLite's busy timeout (how long a statement waits for a lock) set to `ms`. */
+export function withBusyTimeout<T>(db: SqliteDatabase, ms: number, fn: () => T): T {
+  const previous = db.pragma('busy_timeout', { simple: true }) as number;
+  db.pragma(`busy_timeout = ${Math.max(0, Math.floor(ms))}`);
+  try {
+    return fn();
+  } finally {
+    db.pragma(`busy_timeout = ${previous}`);
+  }
+}
+
+export function isBusy(err: unknown): boolean {
   const code = (err as { code?: unknown }).code;
   return code === 'SQLITE_BUSY' || code === 'SQLITE_LOCKED' || (typeof code === 'string' && code.startsWith('SQLITE_BUSY_'));
 }
