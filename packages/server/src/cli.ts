@@ -11,6 +11,9 @@ import { registerStorageCommands } from './cli-storage.js';
 import { checkTlsFiles, registerOpsCommands } from './cli-ops.js';
 import { holdYoungGeneration } from './young-generation.js';
 
+/** A SIGINT this soon after the first is the same Ctrl-C, delivered twice (see serve). */
+const SAME_CTRL_C_MS = 250;
+
 const program = new Command();
 program.name('wharf').description('Wharf: a container registry and pull-through dependency proxy').showHelpAfterError();
 
@@ -42,14 +45,17 @@ program
     } catch (err) {
       fail(err);
     }
-    let stopping = false;
+    let stopping: { signal: string; at: number } | undefined;
     const stop = (signal: string) => {
       if (stopping) {
+        // One Ctrl-C can arrive twice: the terminal signals the whole foreground group, and a parent
+        // that forwards SIGINT (pnpm running `pnpm wharf`) sends it on. That is not a second one.
+        if (signal === 'SIGINT' && stopping.signal === signal && Date.now() - stopping.at < SAME_CTRL_C_MS) return;
         // A second signal: the operator does not want to wait.
         process.stderr.write(`wharf: second ${signal}, exiting now\n`);
         process.exit(1);
       }
-      stopping = true;
+      stopping = { signal, at: Date.now() };
       process.stderr.write(`wharf: ${signal} received; finishing requests in flight (up to ${shutdownTimeout / 1000} s), then exiting\n`);
       running.close().then(
         () => process.exit(0),

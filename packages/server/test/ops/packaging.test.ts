@@ -112,10 +112,12 @@ describe('Dockerfile', () => {
   test('the image starts node with the same flags and malloc setting as `pnpm wharf` and `pnpm start`', () => {
     const pkg = JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')) as { scripts: Record<string, string> };
     const script = pkg.scripts.wharf!.split(/\s+/);
+    // `exec env`: the shell pnpm runs the script in becomes node (see the Ctrl-C test below).
+    expect(script.slice(0, 2)).toEqual(['exec', 'env']);
     const assignments = script.filter((w) => /^[A-Z_][A-Z0-9_]*=/.test(w));
     expect(assignments).toEqual(['MALLOC_TOP_PAD_=2097152']);
     const entry = execForm(final('ENTRYPOINT')[0]!.args);
-    expect(entry).toEqual(script.slice(assignments.length));
+    expect(entry).toEqual(script.slice(2 + assignments.length));
     expect(script).toContain('--max-semi-space-size=4');
     expect(final('ENV').map((e) => e.args)).toContain('MALLOC_TOP_PAD_=2097152');
     expect(pkg.scripts.start).toBe(`${pkg.scripts.wharf} serve`);
@@ -139,6 +141,44 @@ describe('Dockerfile', () => {
     expect(m).not.toBeNull();
     expect(execForm(m![2]!)).toEqual(['node', 'packages/server/dist/cli.js', 'healthcheck', '--config', '/app/configuration.toml']);
   });
+});
+
+describe('pnpm wharf serve', () => {
+  let root: string;
+  beforeAll(async () => {
+    root = await mkdtemp(join(tmpdir(), 'wharf-pnpm-'));
+  });
+  afterAll(async () => {
+    await rm(root, { recursive: true, force: true });
+  });
+
+  // Ctrl-C reaches the terminal's whole process group: pnpm, the shell it runs the script in, and
+  // node. A shell waiting for node died of the SIGINT itself (exit 130) even though Wharf shut down
+  // cleanly and exited 0, and pnpm then printed "ELIFECYCLE Command failed".
+  test('Ctrl-C stops Wharf cleanly and pnpm exits 0, without ELIFECYCLE', async () => {
+    const port = await freePort();
+    const file = await writeOpsConfig(root, port);
+    const child = spawn('pnpm', ['wharf', 'serve', '--config', file], {
+      cwd: REPO,
+      detached: true, // a process group of its own, as a terminal's foreground job is
+      env: { ...process.env, NODE_OPTIONS: '', npm_config_update_notifier: 'false' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let output = '';
+    child.stdout!.on('data', (c: Buffer) => (output += c.toString()));
+    child.stderr!.on('data', (c: Buffer) => (output += c.toString()));
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    try {
+      await eventually(() => output.includes('wharf listening'), `wharf listening in:\n${output}`, 30_000);
+      process.kill(-child.pid!, 'SIGINT');
+      const code = await exited;
+      expect(output).toContain('wharf stopped');
+      expect(output).not.toContain('ELIFECYCLE');
+      expect(code).toBe(0);
+    } finally {
+      if (child.exitCode === null) process.kill(-child.pid!, 'SIGKILL');
+    }
+  }, 60_000);
 });
 
 describe('docker-compose.yml', () => {
