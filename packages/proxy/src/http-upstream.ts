@@ -443,29 +443,43 @@ export class HttpUpstream implements Upstream {
   /** A 429 or 5xx (or see worthRetrying): its body is discarded and the status becomes the failure withRetries acts on. */
   private async retryable(res: Answer, who = res.url && res.url.origin !== this.origin ? `upstream ${this.name}'s redirect target ${res.url.host}` : `upstream ${this.name}`): Promise<never> {
     await discard(res);
+    const retryAfter = parseRetryAfter(res.headers['retry-after']);
     throw new UpstreamError(
       res.statusCode === 429 ? 'rate-limited' : 'server-error',
-      `${who} answered ${res.statusCode}`,
+      `${who} answered ${res.statusCode}${retryAfter !== undefined ? `, asking to retry after ${retryAfter} s` : ''}`,
       res.statusCode,
-      parseRetryAfter(res.headers['retry-after']),
+      retryAfter,
     );
   }
 
+  /**
+   * `attempt`, again after a connection error, a timeout, a 5xx or a 429, with exponential backoff and
+   * jitter, or the 429's Retry-After. A 429 is retried once only: the upstream said it is limiting,
+   * and more attempts would hold the client for several Retry-Afters to end with the same answer.
+   * Cut short by `signal` while waiting to retry, the failure is the upstream's last answer (what a
+   * stale copy's Warning then names), not the wait's.
+   */
   private async withRetries<T>(signal: AbortSignal | undefined, attempt: () => Promise<T>): Promise<T> {
     let last: UpstreamError | undefined;
+    let rateLimited = 0;
     const started = performance.now();
     for (let i = 0; i <= this.retries; i++) {
-      if (i > 0) {
+      if (last) {
         const backoff = Math.min(this.maxRetryWait, 200 * 2 ** (i - 1));
-        const wait = last?.retryAfter !== undefined ? last.retryAfter * 1000 : backoff / 2 + Math.random() * backoff;
+        const wait = last.retryAfter !== undefined ? last.retryAfter * 1000 : backoff / 2 + Math.random() * backoff;
         if (wait > this.maxRetryWait || performance.now() - started + wait > this.retryBudget) break;
-        await sleep(wait, signal);
+        const waited = await sleep(wait, signal).then(
+          () => true,
+          () => false,
+        );
+        if (!waited) throw last;
       }
       try {
         return await attempt();
       } catch (err) {
         if (signal?.aborted) throw err;
         last = this.translate(err);
+        if (last.failure === 'rate-limited' && ++rateLimited > 1) throw last;
         if (RETRIED.has(last.failure)) continue;
         throw last;
       }

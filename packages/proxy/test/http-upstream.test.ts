@@ -240,6 +240,14 @@ describe('HttpUpstream against a real misbehaving server', () => {
     expect(err.retryAfter).toBe(1);
   });
 
+  test('a 429 is retried once, whatever the retries: more would hold the client for Retry-After each time', async () => {
+    fake.fault = '429';
+    const err = await failureOf(client({ retries: 3 }).manifest('alice/app', '1'));
+    expect(err.failure).toBe('rate-limited');
+    expect(err.message).toBe('upstream fake answered 429, asking to retry after 1 s');
+    expect(fake.count('GET', '/v2/alice/app/manifests/1')).toBe(2);
+  });
+
   test('429 with a Retry-After longer than maxRetryWait gives up at once', async () => {
     fake.fault = '429';
     const started = Date.now();

@@ -194,7 +194,8 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     await sleep(TTL + 50);
     fake.fault = '429';
     const started = Date.now();
-    expect((await slow.manifest('alice/app', '1'))?.warning).toBeDefined();
+    // The Warning names the upstream's answer, not the wait for its Retry-After.
+    expect((await slow.manifest('alice/app', '1'))?.warning).toBe('upstream up unavailable (upstream up answered 429, asking to retry after 1 s); serving the cached manifest');
     expect(Date.now() - started).toBeLessThan(900);
   });
 
