@@ -3,6 +3,7 @@ import type { LocalRegistry } from '@wharf/registry-core';
 import type { RequestListener } from 'node:http';
 import Koa from 'koa';
 import type { Logger } from 'pino';
+import { refuseUnknownExpectation } from './http/expect-continue.js';
 import { ociErrors } from './http/oci-errors.js';
 import { requestLog, type RequestObserver } from './http/request-log.js';
 import { requestTimeout } from './http/request-timeout.js';
@@ -72,6 +73,7 @@ export function createApp(options: AppOptions): Koa {
     await next();
   });
   app.use(ociErrors(options.logger));
+  app.use(refuseUnknownExpectation);
   if (options.ops) {
     if (options.ops.requestTimeout) app.use(requestTimeout(options.ops.requestTimeout));
     // Before auth: probes and scrapers carry no registry credentials (/metrics checks its own).

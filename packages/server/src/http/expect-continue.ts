@@ -1,3 +1,5 @@
+import { RegistryError } from '@wharf/registry-core';
+import type { Context, Next } from 'koa';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 
 /** Requests whose 100 Continue has not gone out: what sends it. */
@@ -38,4 +40,16 @@ export function continueWhenRead(req: IncomingMessage, res: ServerResponse): voi
  */
 export function continueIfBodyArrived(req: IncomingMessage): void {
   if (req.readableLength > 0 || req.complete) pending.get(req)?.();
+}
+
+/**
+ * Refuses a request whose `Expect` is anything but 100-continue, the only expectation HTTP/1.1
+ * defines, with 417 (RFC 9110 10.1.1), before its body is read.
+ */
+export async function refuseUnknownExpectation(ctx: Context, next: Next): Promise<void> {
+  const expect = ctx.get('expect');
+  if (expect !== '' && expect.toLowerCase() !== '100-continue') {
+    throw new RegistryError('EXPECTATION_FAILED', `Expect: ${expect.slice(0, 100)} is not supported; only 100-continue is`, undefined);
+  }
+  await next();
 }

@@ -44,6 +44,8 @@ export function createWharfServer(handler: RequestListener, timeouts: ListenerTi
     continueWhenRead(req, res);
     handler(req, res);
   });
+  // Any other Expect: the app answers it (an OCI error, logged), not node's bare 417.
+  server.on('checkExpectation', handler);
   if (tls) answerPlainHttp(server, timeouts.readHeaderTimeout);
   return server;
 }

@@ -112,4 +112,13 @@ describe('Expect: 100-continue', () => {
     expect(head.status).toBe(200);
     expect(head.headers.get('content-length')).toBe(String(body.length));
   });
+  test('any other Expect: 417 with the OCI error body and the usual headers, not node\'s bare answer', async () => {
+    const head = put(basic('alice', password)).replace('Expect: 100-continue', 'Expect: something-else');
+    const { text, bodySent } = await exchange(reg.url, head, body);
+    expect(text).toMatch(/^HTTP\/1\.1 417 /);
+    expect(bodySent).toBe(false);
+    expect(text).toMatch(/\r\ndocker-distribution-api-version: registry\/2\.0\r\n/i);
+    expect(text).toMatch(/\r\nx-request-id: /i);
+    expect(text).toContain('{"errors":[{"code":"EXPECTATION_FAILED","message":"Expect: something-else is not supported; only 100-continue is"');
+  });
 });
