@@ -59,7 +59,7 @@ export function ociErrors(logger: Logger) {
         lingerForBody(ctx.req, ctx.res);
       }
       ctx.body = { errors: [{ code: error.code, message: error.message, detail: error.detail ?? null }] };
-      ctx.state.errorCode = error.code;
+      ctx.state.error = { code: error.code, ...(ctx.status >= 500 || ctx.status === 429 ? { reason: error.message } : {}) };
     }
   };
 }

@@ -51,8 +51,8 @@ export interface RequestTrackingDeps {
  * duration, request id (`X-Request-Id` when the client sent a sane one, generated otherwise). No
  * header is logged, so no credential can be. The observer sees the start and the end.
  *
- * Returns the request id, which the caller sends back as `X-Request-Id`. `errorCode` is asked when
- * the response closes; `started` (performance.now()) defaults to now; `route`, when the caller
+ * Returns the request id, which the caller sends back as `X-Request-Id`. `error` (the error code, and
+ * for a failure on our side or the upstream's, 5xx and 429, its message) is asked when the response closes; `started` (performance.now()) defaults to now; `route`, when the caller
  * already knows it, saves classifying the path again.
  */
 export function trackRequest(
@@ -60,7 +60,7 @@ export function trackRequest(
   res: ServerResponse,
   path: string,
   deps: RequestTrackingDeps,
-  options: { readonly errorCode?: () => string | undefined; readonly started?: number; readonly route?: ClassifiedRoute } = {},
+  options: { readonly error?: () => { code: string; reason?: string } | undefined; readonly started?: number; readonly route?: ClassifiedRoute } = {},
 ): string {
   const { logger, observer } = deps;
   const started = options.started ?? performance.now();
@@ -78,7 +78,7 @@ export function trackRequest(
     const durationMs = Math.round((performance.now() - started) * 10) / 10;
     const level = res.statusCode >= 500 ? 'error' : QUIET_ROUTES.has(route) ? 'debug' : 'info';
     if (logger.isLevelEnabled(level)) {
-      const error = options.errorCode?.();
+      const error = options.error?.();
       const fields = {
         reqId,
         method,
@@ -89,7 +89,9 @@ export function trackRequest(
         bytesIn: traffic.bytesIn,
         bytesOut: traffic.bytesOut,
         durationMs,
-        ...(error ? { error } : {}),
+        ...(error ? { error: error.code } : {}),
+        // Why a pull through the proxy failed (refused, 500, TLS...): the client saw it, so should the log.
+        ...(error?.reason ? { reason: error.reason } : {}),
         ...(res.writableFinished ? {} : { aborted: true }),
       };
       logger[level](fields, 'request');
@@ -103,7 +105,7 @@ export function trackRequest(
 export function requestLog(logger: Logger, observer?: RequestObserver) {
   const deps = { logger, observer };
   return async function requestLogMiddleware(ctx: Context, next: Next): Promise<void> {
-    const reqId = trackRequest(ctx.req, ctx.res, ctx.path, deps, { errorCode: () => ctx.state.errorCode as string | undefined });
+    const reqId = trackRequest(ctx.req, ctx.res, ctx.path, deps, { error: () => ctx.state.error as { code: string; reason?: string } | undefined });
     ctx.state.reqId = reqId;
     ctx.set('X-Request-Id', reqId);
     await next();

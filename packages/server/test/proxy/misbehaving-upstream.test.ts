@@ -4,6 +4,7 @@ import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FakeUpstream } from '../../../proxy/test/helpers/fake-upstream.js';
+import { captureLog } from '../auth/helpers.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
 import { run, sha256 } from './helpers/tools.js';
 
@@ -224,6 +225,28 @@ describe('pull-through from a misbehaving upstream', () => {
       expect((JSON.parse(stdout) as { Tags: string[] }).Tags).toEqual([...all].sort());
     } finally {
       fake.tagPageSize = Infinity;
+    }
+  });
+  test('a pull the upstream fails with nothing cached: the request log line says why, as the client is told', async () => {
+    const log = captureLog();
+    const reg = await startRegistry({ logger: log.logger, settings: { proxy: { retries: 0, upstreams: { fake: { url: fake.url } } } } });
+    try {
+      fake.fault = '500';
+      fake.faultOn = /\/manifests\//;
+      const res = await fetch(`${reg.url}/v2/proxy/fake/${repo}/manifests/1`);
+      expect(res.status).toBe(502);
+      const told = ((await res.json()) as { errors: { message: string }[] }).errors[0]!.message;
+      expect(told).toBe('upstream fake answered 500');
+      await sleep(50);
+      const line = log
+        .text()
+        .split('\n')
+        .filter((l) => l.includes('"msg":"request"'))
+        .map((l) => JSON.parse(l) as { path: string; status: number; error?: string; reason?: string })
+        .find((l) => l.path.endsWith(`${repo}/manifests/1`));
+      expect(line).toMatchObject({ status: 502, error: 'UPSTREAM_ERROR', reason: told });
+    } finally {
+      await reg.close();
     }
   });
 });
