@@ -156,7 +156,8 @@ export function authMiddleware(options: AuthMiddlewareOptions) {
         // A cross-repository mount reads its source: the challenge names it too, as distribution's
         // does, so that a client asking for the scope it is challenged with gets a token that mounts.
         const from = route.uploadStart && typeof ctx.query.mount === 'string' ? ctx.query.from : undefined;
-        const source = typeof from === 'string' && from !== name && isValidRepositoryName(from) ? ` repository:${from}:pull` : '';
+        const mountFrom = typeof from === 'string' && from !== name && isValidRepositoryName(from) ? from : undefined;
+        const source = mountFrom !== undefined ? ` repository:${mountFrom}:pull` : '';
         // A push reads too (a blob HEAD before each upload): a write's challenge asks for pull,push,
         // as distribution's does, so that a client building its token request from the challenge
         // alone is not challenged again at its first HEAD.
@@ -182,6 +183,21 @@ export function authMiddleware(options: AuthMiddlewareOptions) {
           ctx.state.mayPull = (repo: string): boolean =>
             allowedActions(principal, { kind: 'repository', name: repo }, policy).has('pull') &&
             (who.via !== 'bearer' || grantedActions(who.access, 'repository', repo).has('pull'));
+          // The caller may pull the source but its token does not say so (one kept from the push's
+          // first request, for that repository alone): challenged for the source too, as
+          // distribution does, so the client comes back with a token that mounts rather than
+          // uploading the blob again. Not when it may not: that stays a plain upload, telling
+          // nothing of the source.
+          if (
+            mountFrom !== undefined &&
+            who.via === 'bearer' &&
+            !grantedActions(who.access, 'repository', mountFrom).has('pull') &&
+            (await targetOf(ctx, mountFrom, 'blob', principal).catch(() => undefined))?.kind === 'repository' &&
+            allowedActions(principal, { kind: 'repository', name: mountFrom }, policy).has('pull')
+          ) {
+            challenge(ctx, auth, scope, 'insufficient_scope');
+            throw unauthorized([...detail, { Type: 'repository', Name: mountFrom, Action: 'pull' }]);
+          }
         }
         return next();
       }

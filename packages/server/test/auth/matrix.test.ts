@@ -232,6 +232,30 @@ describe('the permission matrix', () => {
     expect(mounted.status).toBe(201);
   });
 
+  test('a mount with a token for the target alone: challenged for the source when the caller may pull it, a plain upload when not', async () => {
+    const layer = await fetch(`${reg.url}/v2/bob/secret/manifests/1`, { headers: { Authorization: basic('root', PASSWORDS.root!) } });
+    const digest = ((await layer.json()) as { layers: { digest: string }[] }).layers[0]!.digest;
+    const tokenFor = async (user: string, scope: string) => {
+      const grant = await fetch(`${reg.url}/auth/token?service=wharf&scope=${encodeURIComponent(scope)}`, { headers: { Authorization: basic(user, PASSWORDS[user]!) } });
+      return ((await grant.json()) as { token: string }).token;
+    };
+    // A token cached from the push's first request names the target only (the OCI conformance suite's case).
+    const pushOnly = await tokenFor('bob', 'repository:bob/cached:pull,push');
+    const url = `${reg.url}/v2/bob/cached/blobs/uploads/?mount=${digest}&from=bob/secret`;
+    const challenged = await fetch(url, { method: 'POST', headers: { Authorization: `Bearer ${pushOnly}` } });
+    expect(challenged.status).toBe(401);
+    const header = challenged.headers.get('www-authenticate') ?? '';
+    expect(header).toContain('error="insufficient_scope"');
+    const scope = /scope="([^"]+)"/.exec(header)![1]!;
+    expect(scope).toBe('repository:bob/cached:pull,push repository:bob/secret:pull');
+    const mounted = await fetch(url, { method: 'POST', headers: { Authorization: `Bearer ${await tokenFor('bob', scope)}` } });
+    expect(mounted.status).toBe(201);
+    // alice may not pull bob/secret: no challenge that would tell her anything, a plain upload.
+    const alice = await tokenFor('alice', 'repository:alice/cached:pull,push');
+    const upload = await fetch(`${reg.url}/v2/alice/cached/blobs/uploads/?mount=${digest}&from=bob/secret`, { method: 'POST', headers: { Authorization: `Bearer ${alice}` } });
+    expect(upload.status).toBe(202);
+  });
+
   test('after the suite, no password, token or Authorization value is in the log', () => {
     expect(secrets.size).toBeGreaterThan(15);
     expect(log.text()).toContain('"path":"/auth/token"');
