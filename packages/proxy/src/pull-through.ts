@@ -392,7 +392,9 @@ export class PullThroughRepository implements RepositoryReader {
     const fromKept = kept && pageOfTagList(kept, last, n);
     if (fromKept && Date.now() - kept.fetchedAt < this.policy.manifestTtl) return fromKept;
     const cached = fromKept ?? this.pulledTags(repo, n, last);
-    return this.orCached('tags', `t\0${repo}\0${n}\0${last ?? ''}`, repo, cached, async (signal) => {
+    const served = fromKept ? 'the tags of its last answer' : 'only the tags pulled through this cache';
+    const marked = cached && ((reason: string): TagPage => ({ ...cached, warning: `${reason}; serving ${served}` }));
+    return this.orCached('tags', `t\0${repo}\0${n}\0${last ?? ''}`, repo, cached, marked, async (signal) => {
       // Read from the start, as far as the upstream's pages are followed (a first page, and a later
       // one unless the list was last seen too long to read whole): whether it is read whole decides
       // the order every page is served in, so each page of one client's walk is cut the same way.
@@ -448,7 +450,7 @@ export class PullThroughRepository implements RepositoryReader {
     const kept = this.index.referrersEntry(this.key, repo, subject);
     // Within manifestTtl of the last answer, no upstream request (a signature check per pull in CI).
     if (kept && Date.now() - kept.fetchedAt < this.policy.manifestTtl) return kept.descriptors;
-    const listed = await this.orCached('referrers', `r\0${repo}\0${subject}`, repo, kept?.descriptors, async (signal) => {
+    const listed = await this.orCached('referrers', `r\0${repo}\0${subject}`, repo, kept?.descriptors, undefined, async (signal) => {
       const found = (await this.upstream.referrers(repo, subject, signal)) ?? (await this.referrersByTagSchema(repo, subject, signal));
       this.remember(repo, subject, () => this.index.putReferrers(this.key, repo, subject, found));
       return found;
@@ -473,20 +475,34 @@ export class PullThroughRepository implements RepositoryReader {
   /**
    * `ask`'s answer from the upstream; with a `cached` answer to fall back on, the upstream's wait is
    * bounded as for a tag re-check, and when it cannot answer (or is in its outage back-off) the cached
-   * answer is served, with a log line. Clients asking the same (`key`) at once share one request.
+   * answer is served (as `stale` makes it of the reason, when given), with a log line. Clients asking
+   * the same (`key`) at once share one request.
    */
-  private orCached<T>(what: string, key: string, repo: string, cached: T | undefined, ask: (signal?: AbortSignal) => Promise<T | undefined>): Promise<T | undefined> {
+  private orCached<T>(
+    what: string,
+    key: string,
+    repo: string,
+    cached: T | undefined,
+    stale: ((reason: string) => T) | undefined,
+    ask: (signal?: AbortSignal) => Promise<T | undefined>,
+  ): Promise<T | undefined> {
     const running = this.listing.get(key) as Promise<T | undefined> | undefined;
     if (running) return running;
-    const answer = this.askOrCached(what, repo, cached, ask).finally(() => this.listing.delete(key));
+    const answer = this.askOrCached(what, repo, cached, stale, ask).finally(() => this.listing.delete(key));
     this.listing.set(key, answer);
     return answer;
   }
 
-  private async askOrCached<T>(what: string, repo: string, cached: T | undefined, ask: (signal?: AbortSignal) => Promise<T | undefined>): Promise<T | undefined> {
+  private async askOrCached<T>(
+    what: string,
+    repo: string,
+    cached: T | undefined,
+    marked: ((reason: string) => T) | undefined,
+    ask: (signal?: AbortSignal) => Promise<T | undefined>,
+  ): Promise<T | undefined> {
     const stale = (reason: string): T => {
       this.logger?.warn({ upstream: this.key, repo, reason }, `serving the cached ${what}`);
-      return cached!;
+      return marked ? marked(reason) : cached!;
     };
     if (cached !== undefined && Date.now() < this.unavailableUntil) return stale(`upstream ${this.key} is unavailable`);
     const deadline = this.policy.revalidateTimeout ?? DEFAULT_POLICY.revalidateTimeout!;

@@ -381,10 +381,15 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     fake.fault = undefined;
     await repo.manifest('alice/app', '2');
     fake.fault = '500';
-    expect(await repo.listTags('alice/app', 100)).toEqual({ tags: ['2'], more: false });
+    expect(await repo.listTags('alice/app', 100)).toEqual({
+      tags: ['2'],
+      more: false,
+      // Marked, for a Warning header: this is not the upstream's list.
+      warning: 'upstream up unavailable (upstream up answered 500); serving only the tags pulled through this cache',
+    });
     // A later page of the pulled tags, after one of them; after a tag it never pulled the list is not
     // known: the failure, not an empty page that would end a client's walk.
-    expect(await repo.listTags('alice/app', 100, '2')).toEqual({ tags: [], more: false });
+    expect(await repo.listTags('alice/app', 100, '2')).toMatchObject({ tags: [], more: false });
     await expect(repo.listTags('alice/app', 100, '1')).rejects.toMatchObject({ code: 'UPSTREAM_ERROR' });
   });
 
@@ -424,7 +429,11 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     await sleep(TTL + 50);
     fake.faultOn = /\/tags\/list$/;
     fake.fault = '500';
-    expect(await repo.listTags('alice/kept', 3, 'c')).toEqual({ tags: ['d', 'e', 'f'], more: false });
+    expect(await repo.listTags('alice/kept', 3, 'c')).toEqual({
+      tags: ['d', 'e', 'f'],
+      more: false,
+      warning: 'upstream up unavailable (upstream up answered 500); serving the tags of its last answer',
+    });
     expect((await repo.listTags('alice/kept', 100))?.tags).toEqual(['a', 'b', 'c', 'd', 'e', 'f']);
   });
 
@@ -444,7 +453,7 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     fake.faultOn = /\/tags\/list$/;
     fake.fault = '500';
     expect((await repo.listTags('alice/mixed', 100))?.tags).toEqual(order);
-    expect(await repo.listTags('alice/mixed', 2, 'b1')).toEqual({ tags: ['C', 'c2'], more: true });
+    expect(await repo.listTags('alice/mixed', 2, 'b1')).toMatchObject({ tags: ['C', 'c2'], more: true });
     db.prepare('DELETE FROM proxy_tag_lists').run();
     // From the pulled tags alone, in the same order.
     expect(await walk('alice/mixed', 3)).toEqual(order);

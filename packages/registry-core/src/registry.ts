@@ -33,6 +33,8 @@ export interface TagPage {
   readonly tags: string[];
   /** Tags follow these: the next page is the one after the last of them (a `Link` to it). */
   readonly more: boolean;
+  /** Served from a kept copy because the upstream could not be asked, and why (a `Warning` header). */
+  readonly warning?: string;
 }
 
 export interface PutManifestResult {

@@ -1,5 +1,6 @@
 import type { Router } from '@koa/router';
 import { RegistryError } from '@wharf/registry-core';
+import { warningHeader } from '../http/warning-header.js';
 import { capture, paginate, repository, type RouteDeps } from './context.js';
 
 export function registerTags(router: Router, deps: RouteDeps): void {
@@ -8,6 +9,7 @@ export function registerTags(router: Router, deps: RouteDeps): void {
     const target = await repository(ctx, deps, 'tags');
     const tags = await paginate(ctx, `/v2/${name}/tags/list`, async (page) => {
       const listed = await target.reader.listTags(target.repo, page.n, page.last);
+      if (listed?.warning) ctx.set('Warning', warningHeader(listed.warning));
       return listed && { items: listed.tags, more: listed.more };
     });
     if (tags === undefined) throw new RegistryError('NAME_UNKNOWN', 'repository name not known to registry', { name });
