@@ -6,10 +6,20 @@ export interface DrainOptions {
   readonly servers: readonly Server[];
   /** Work that outlives requests (blob fills) and should end before the database closes. */
   readonly background?: () => Promise<void>;
+  /**
+   * Resolves once every request has written its log line. The servers' close callbacks do not wait
+   * for that: a cut socket is counted out of its server before it emits the 'close' that ends its
+   * response (and writes the line), so without this the lines of cut requests came after 'wharf
+   * stopped', or never, the process having exited.
+   */
+  readonly requestsDone?: () => Promise<void>;
   /** Longest wait for requests in flight and background work (ms). */
   readonly timeoutMs: number;
   readonly logger: Logger;
 }
+
+/** After cutting, longest wait for the cut sockets to close and their requests to log their lines (ms). */
+const CUT_WAIT_MS = 2_000;
 
 export interface DrainReport {
   /** Connections still busy at the deadline, cut. */
@@ -59,15 +69,16 @@ export async function drainServers(options: DrainOptions): Promise<DrainReport> 
       backgroundDone = true;
     },
   );
+  const requestsDone = (): Promise<unknown> => options.requestsDone?.() ?? Promise.resolve();
   try {
-    const outcome = await Promise.race([Promise.all([...closed, background]).then(() => 'drained' as const), deadline]);
+    const outcome = await Promise.race([Promise.all([...closed, background, requestsDone()]).then(() => 'drained' as const), deadline]);
     if (outcome === 'drained') return { cut: 0, backgroundAbandoned: false };
     let cut = 0;
     for (const server of servers) cut += await connections(server);
     if (cut > 0) logger.warn({ connections: cut, timeoutMs }, 'shutdown deadline reached; cutting requests still in flight');
     if (!backgroundDone) logger.warn({ timeoutMs }, 'shutdown deadline reached; abandoning blob fills still running');
     for (const server of servers) server.closeAllConnections();
-    await Promise.race([Promise.all(closed), new Promise((r) => setTimeout(r, 1_000).unref())]);
+    await Promise.race([Promise.all([...closed, requestsDone()]), new Promise((r) => setTimeout(r, CUT_WAIT_MS).unref())]);
     return { cut, backgroundAbandoned: !backgroundDone };
   } finally {
     clearInterval(sweeper);

@@ -16,6 +16,7 @@ import type { Logger } from 'pino';
 import { createHandler } from './app.js';
 import { createLogger, settleLog } from './logger.js';
 import { createRedirectServer, createWharfServer, updateCertificate } from './http/listeners.js';
+import { RequestsInFlight } from './http/request-log.js';
 import { drainServers } from './lifecycle.js';
 import { WharfMetrics } from './metrics/metrics.js';
 import { prepareTls } from './tls/tls-setup.js';
@@ -155,6 +156,8 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
     throw err;
   }
   let draining = false;
+  // Counted so that a shutdown can wait for the log lines of the requests it cuts.
+  const requests = new RequestsInFlight(metrics);
   const handler = createHandler({
     ...(auth ? { auth } : {}),
     local,
@@ -164,7 +167,7 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
     ops: {
       health: { db, temporaryRegistryStorage: config.temporaryRegistryStorage, draining: () => draining, logger: logger.child({ component: 'health' }) },
       ...(config.metrics.enabled ? { metrics: { metrics, config: config.metrics } } : {}),
-      observer: metrics,
+      observer: requests,
       requestTimeout: config.requestTimeout,
     },
   });
@@ -292,6 +295,7 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
         const report = await drainServers({
           servers: redirect ? [server, redirect] : [server],
           background: () => fills.settled(),
+          requestsDone: () => requests.idle(),
           timeoutMs,
           logger,
         });

@@ -24,6 +24,36 @@ export interface RequestObserver {
   finished(observation: RequestObservation): void;
 }
 
+/**
+ * Counts the requests between their start and their log line (the observer's `finished` comes after
+ * the line), passing both on to `next`. A shutdown waits on it after cutting connections: the server's
+ * close callback can come before the cut sockets' 'close' events, which are what write the lines of
+ * the requests they carried.
+ */
+export class RequestsInFlight implements RequestObserver {
+  private count = 0;
+  private readonly waiters: (() => void)[] = [];
+
+  constructor(private readonly next?: RequestObserver) {}
+
+  started(route: RouteLabel): void {
+    this.count++;
+    this.next?.started(route);
+  }
+
+  finished(observation: RequestObservation): void {
+    this.next?.finished(observation);
+    this.count--;
+    if (this.count === 0) for (const resolve of this.waiters.splice(0)) resolve();
+  }
+
+  /** Resolves once no request is in flight (every one has written its line). */
+  idle(): Promise<void> {
+    if (this.count === 0) return Promise.resolve();
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+}
+
 /** Probes and scrapes are logged at debug: a load balancer asking every few seconds is not news. */
 const QUIET_ROUTES: ReadonlySet<RouteLabel> = new Set(['health', 'metrics']);
 
