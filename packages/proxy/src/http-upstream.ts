@@ -287,8 +287,11 @@ export class HttpUpstream implements Upstream {
       this.expectOk(res, 'tag list');
       const doc = this.json(res.bytes, 'tag list') as { tags?: unknown };
       if (doc.tags !== null && doc.tags !== undefined && !Array.isArray(doc.tags)) throw new UpstreamError('invalid', `upstream ${this.name} sent a tag list without a tags array`);
-      // A name that is no tag could not be pulled by it anyway.
-      for (const tag of (doc.tags ?? []) as unknown[]) if (typeof tag === 'string' && isValidTag(tag)) tags.push(tag);
+      // A name that is no tag could not be pulled by it anyway. Past `last` also from an upstream that
+      // ignores it, in the byte order upstreams page in: counted towards n, those only.
+      for (const tag of (doc.tags ?? []) as unknown[]) {
+        if (typeof tag === 'string' && isValidTag(tag) && (page.last === undefined || tag > page.last)) tags.push(tag);
+      }
       // Only the query of the next page's link is taken: the request stays on this upstream and repository.
       const next = nextPageQuery(res.headers.link);
       whole = next === undefined;

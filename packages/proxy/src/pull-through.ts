@@ -391,7 +391,8 @@ export class PullThroughRepository implements RepositoryReader {
     const kept = this.index.tagList(this.key, repo);
     const fromKept = kept && pageOfTagList(kept, last, n);
     if (fromKept && Date.now() - kept.fetchedAt < this.policy.manifestTtl) return fromKept;
-    const cached = fromKept ?? this.pulledTags(repo, n, last);
+    // The pulled tags are in the registry's order: not a later page of a walk in the upstream's.
+    const cached = fromKept ?? (last !== undefined && kept && !kept.whole ? undefined : this.pulledTags(repo, n, last));
     const served = fromKept ? 'the tags of its last answer' : 'only the tags pulled through this cache';
     const marked = cached && ((reason: string): TagPage => ({ ...cached, warning: `${reason}; serving ${served}` }));
     return this.orCached('tags', `t\0${repo}\0${n}\0${last ?? ''}`, repo, cached, marked, async (signal) => {
@@ -406,8 +407,7 @@ export class PullThroughRepository implements RepositoryReader {
         }
         const tags = [...new Set(listed.tags)];
         if (listed.whole) tags.sort(compareTags);
-        // Kept unless it would replace a longer list by a shorter page of it.
-        if (!kept || listed.whole || tags.length >= kept.tags.length) this.remember(repo, 'tags', () => this.index.putTagList(this.key, repo, tags, listed.whole));
+        this.remember(repo, 'tags', () => this.index.putTagList(this.key, repo, tags, listed.whole));
         if (last === undefined) return { tags: tags.slice(0, n), more: !listed.whole || tags.length > n };
         const page = pageOfTagList({ tags, whole: listed.whole, fetchedAt: 0 }, last, n);
         if (page) return page;
@@ -420,8 +420,10 @@ export class PullThroughRepository implements RepositoryReader {
   private async upstreamTagPage(repo: string, n: number, last: string, signal: AbortSignal | undefined): Promise<TagPage | undefined> {
     const listed = await this.upstream.tags(repo, { n, last }, signal);
     if (listed === undefined) return undefined;
-    // Past `last` also from an upstream that ignores it, in the byte order upstreams page in.
-    const tags = [...new Set(listed.tags.filter((tag) => tag > last))];
+    const tags = [...new Set(listed.tags)];
+    // Nothing past `last` and yet more pages: an upstream that ignores `last` and lists from its
+    // start again. An empty page would end the client's walk there, silently short of the rest.
+    if (tags.length === 0 && !listed.whole) throw new UpstreamError('invalid', `upstream ${this.key} ignores the last parameter of its tag list`);
     return { tags: tags.slice(0, n), more: !listed.whole || tags.length > n };
   }
 
@@ -524,7 +526,7 @@ export class PullThroughRepository implements RepositoryReader {
  * The page (`last`, `n`) of a kept tag list, when it holds it. A whole list (the upstream's last page
  * was read) is in the registry's order and holds every page, cut in that order, the one the `last` of
  * this server's `Link` comes from. A list cut short is in the upstream's order and holds the pages
- * that fall inside it. Undefined otherwise.
+ * that start inside it. Undefined otherwise.
  */
 export function pageOfTagList(kept: CachedTagList, last: string | undefined, n: number): TagPage | undefined {
   const { tags } = kept;
@@ -534,7 +536,8 @@ export function pageOfTagList(kept: CachedTagList, last: string | undefined, n: 
   }
   const start = last === undefined ? 0 : tags.indexOf(last) + 1;
   if (last !== undefined && start === 0) return undefined;
-  return start + n <= tags.length ? { tags: tags.slice(start, start + n), more: true } : undefined;
+  // Shorter than n at its end: a page may hold fewer than n, and its Link goes on at the upstream.
+  return start < tags.length ? { tags: tags.slice(start, start + n), more: true } : undefined;
 }
 
 /**

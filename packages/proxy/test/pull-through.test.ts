@@ -403,10 +403,31 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     expect(first).toEqual({ tags: [...all].sort().slice(0, 60), more: true });
     expect(await walk('alice/long', 9999)).toEqual([...all].sort());
     expect(await walk('alice/long', 7)).toEqual([...all].sort());
-    // The kept first 60 serve the pages inside them with no upstream request.
+    // The kept first 60 serve the pages that start inside them with no upstream request, also a
+    // client's that asks for more than they hold (no n: 9999).
     const asked = fake.count('GET', '/v2/alice/long/tags/list');
     expect(await repo.listTags('alice/long', 5, [...all].sort()[9])).toEqual({ tags: [...all].sort().slice(10, 15), more: true });
+    expect(await repo.listTags('alice/long', 9999)).toEqual(first);
+    expect(await repo.listTags('alice/long', 9999, [...all].sort()[49])).toEqual({ tags: [...all].sort().slice(50, 60), more: true });
     expect(fake.count('GET', '/v2/alice/long/tags/list')).toBe(asked);
+
+    // Upstream down: the kept 60, marked. Past them, not the tags pulled through the cache, which
+    // are in the registry's order and would repeat or skip tags of this walk: the upstream's error.
+    for (const tag of all.slice(0, 4)) await repo.manifest('alice/long', tag);
+    await sleep(TTL + 50);
+    fake.faultOn = /\/tags\/list$/;
+    fake.fault = '500';
+    expect(await repo.listTags('alice/long', 9999)).toMatchObject({ ...first, warning: expect.stringContaining('serving the tags of its last answer') });
+    await expect(repo.listTags('alice/long', 9999, first!.tags.at(-1))).rejects.toMatchObject({ code: 'UPSTREAM_ERROR' });
+  });
+
+  test('an upstream that ignores last: a later page is an error, never an empty page that ends the walk', async () => {
+    for (let i = 0; i < 70; i++) fake.addManifest('alice/deaf', `t${String(i).padStart(2, '0')}`, DOC(String(i)));
+    fake.tagPageSize = 3;
+    fake.ignoreLast = true;
+    const first = await repo.listTags('alice/deaf', 9999);
+    expect(first).toEqual({ tags: ['t00', 't01', 't02'], more: true });
+    await expect(repo.listTags('alice/deaf', 9999, 't02')).rejects.toMatchObject({ code: 'UPSTREAM_ERROR' });
   });
 
   test('a whole tag list is kept: within manifest_ttl no upstream request, every page from it, and served while the upstream fails', async () => {
@@ -517,6 +538,15 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
       const index = new CacheIndex(other);
       expect(index.tag('up', 'alice/app', '1')?.digest).toBe(digest);
       expect(index.manifest('up', 'alice/app', digest)?.digest).toBe(digest);
+
+      // A write queued while the lock was held does not undo a later one of the same row made at once.
+      const ownIndex = new CacheIndex(own);
+      other.exec('BEGIN IMMEDIATE');
+      ownIndex.putTag('up', 'alice/app', 'gone', digest);
+      other.exec('COMMIT');
+      ownIndex.dropTag('up', 'alice/app', 'gone');
+      expect(flushDeferredWrites(own)).toBe(true);
+      expect(index.tag('up', 'alice/app', 'gone')).toBeUndefined();
     } finally {
       own.close();
       other.close();

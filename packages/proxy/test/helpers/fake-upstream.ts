@@ -42,6 +42,8 @@ export class FakeUpstream {
   redirectBlobsTo: string | undefined;
   /** Most tags in one tag-list page whatever n asks (Docker Hub caps its pages too); more pages are linked. */
   tagPageSize = Infinity;
+  /** Tag-list pages start from the first tag whatever `last` says (a broken upstream). */
+  ignoreLast = false;
   /** Sent instead of the tag list, when set. */
   tagListBody: string | undefined;
   /** Referrers index entries by "repo@subject"; repositories without any answer 404 (no referrers API). */
@@ -150,7 +152,7 @@ export class FakeUpstream {
     if (this.tagListBody !== undefined) return void res.writeHead(200, { 'content-type': 'application/json' }).end(this.tagListBody);
     const all = [...this.manifests.keys()].filter((k) => k.startsWith(`${repo}:`)).map((k) => k.slice(repo.length + 1)).sort();
     if (all.length === 0) return void res.writeHead(404, { 'content-type': 'application/json' }).end('{"errors":[{"code":"NAME_UNKNOWN"}]}');
-    const last = params.get('last');
+    const last = this.ignoreLast ? null : params.get('last');
     const n = Math.min(params.has('n') ? Number(params.get('n')) : Infinity, this.tagPageSize);
     const after = last === null ? all : all.filter((t) => t > last);
     const tags = after.slice(0, n);

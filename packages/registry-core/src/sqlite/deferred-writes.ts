@@ -109,7 +109,10 @@ export class DeferredWrites {
     } catch (err) {
       if (!isBusy(err)) throw err;
       this.add(key, write);
+      return;
     }
+    // An older write of the same row, queued while the lock was held, must not undo this one later.
+    this.pending.delete(key);
   }
 }
 
