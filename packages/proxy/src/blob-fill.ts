@@ -339,6 +339,8 @@ export interface BlobFillsOptions {
 /** Fills in flight by digest: N concurrent requests for one missing blob share one upstream download. */
 export class BlobFills {
   private readonly inflight = new Map<Digest, Promise<BlobFill | undefined>>();
+  /** The upstream bodies fills are reading (abandon). */
+  private readonly bodies = new Set<Readable>();
   /** How many upstream downloads were started (for tests and metrics). */
   started = 0;
 
@@ -354,6 +356,15 @@ export class BlobFills {
    */
   async settled(): Promise<void> {
     await Promise.allSettled([...this.inflight.values()].map(async (starting) => (await starting)?.done));
+  }
+
+  /**
+   * Ends every fill in flight now, as if its upstream had cut it (a shutdown past its deadline): each
+   * fails, is logged, and leaves no temp file and nothing cached, rather than downloading on after
+   * the server stopped.
+   */
+  abandon(): void {
+    for (const body of this.bodies) body.destroy(new Error('abandoned: the server is shutting down'));
   }
 
   /** The fill of `digest` in flight, if any. */
@@ -398,6 +409,7 @@ export class BlobFills {
       throw err;
     }
     const { algorithm } = parseDigest(digest);
+    this.bodies.add(upstream.body);
     const started = new BlobFill(digest, upstream.size, temp, store.pathOf(digest), async (fill) => {
       fill.writer = writer;
       writer.onWritten = () => fill.wrote();
@@ -433,6 +445,7 @@ export class BlobFills {
         upstream.body.destroy();
         throw err;
       } finally {
+        this.bodies.delete(upstream.body);
         await writer.close();
         await handle.close().catch(() => undefined);
         if (!adopted) await rm(temp, { force: true });

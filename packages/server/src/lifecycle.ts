@@ -6,6 +6,8 @@ export interface DrainOptions {
   readonly servers: readonly Server[];
   /** Work that outlives requests (blob fills) and should end before the database closes. */
   readonly background?: () => Promise<void>;
+  /** Ends that work now (called at the deadline when it still runs); `background` then settles. */
+  readonly abandonBackground?: () => void;
   /**
    * Resolves once every request has written its log line. The servers' close callbacks do not wait
    * for that: a cut socket is counted out of its server before it emits the 'close' that ends its
@@ -76,10 +78,15 @@ export async function drainServers(options: DrainOptions): Promise<DrainReport> 
     let cut = 0;
     for (const server of servers) cut += await connections(server);
     if (cut > 0) logger.warn({ connections: cut, timeoutMs }, 'shutdown deadline reached; cutting requests still in flight');
-    if (!backgroundDone) logger.warn({ timeoutMs }, 'shutdown deadline reached; abandoning blob fills still running');
+    const abandoned = !backgroundDone;
+    if (abandoned) {
+      logger.warn({ timeoutMs }, 'shutdown deadline reached; abandoning blob fills still running');
+      options.abandonBackground?.();
+    }
     for (const server of servers) server.closeAllConnections();
-    await Promise.race([Promise.all([...closed, requestsDone()]), new Promise((r) => setTimeout(r, CUT_WAIT_MS).unref())]);
-    return { cut, backgroundAbandoned: !backgroundDone };
+    // The abandoned fills too: each removes its temp file and logs its failure before the database closes.
+    await Promise.race([Promise.all([...closed, requestsDone(), background]), new Promise((r) => setTimeout(r, CUT_WAIT_MS).unref())]);
+    return { cut, backgroundAbandoned: abandoned };
   } finally {
     clearInterval(sweeper);
     clearTimeout(timer);

@@ -295,6 +295,7 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
         const report = await drainServers({
           servers: redirect ? [server, redirect] : [server],
           background: () => fills.settled(),
+          abandonBackground: () => fills.abandon(),
           requestsDone: () => requests.idle(),
           timeoutMs,
           logger,

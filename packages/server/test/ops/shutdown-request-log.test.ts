@@ -1,5 +1,9 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { get, type IncomingMessage } from 'node:http';
 import { captureLog } from '../auth/helpers.js';
 import { blob, pushBlob } from '../helpers/oci.js';
@@ -71,20 +75,29 @@ describe('request log lines of requests cut at the shutdown deadline', () => {
     await up?.close();
   });
 
-  test('a proxy blob GET fed by a running fill from a slow upstream', async () => {
+  test('a proxy blob GET fed by a running fill from a slow upstream; the fill is abandoned, logged, and leaves nothing', async () => {
     const log = captureLog();
-    const reg = await startRegistry({ logger: log.logger, settings: { proxy: { upstreams: { slow: { url: fwd.url } } } } });
+    // Our own root: the helper's close would remove it before the test looks at what is left in it.
+    const root = await mkdtemp(join(tmpdir(), 'wharf-cut-'));
+    const reg = await startRegistry({ root, logger: log.logger, settings: { proxy: { upstreams: { slow: { url: fwd.url } } } } });
     const path = `/v2/proxy/slow/lib/slow/blobs/${layer.digest}`;
     try {
       const res = await openDownload(`${reg.url}${path}`);
       expect(reg.fills.running).toBe(1);
       await reg.close({ timeoutMs: 500 });
+      // Stopped, not downloading on after the server has gone.
+      expect(reg.fills.running).toBe(0);
       res.destroy();
       expectCutLineBeforeStop(log.text(), path);
+      const lines = linesOf(log.text());
+      const failed = lines.findIndex((l) => l.msg === 'upstream blob fill failed');
+      expect(failed).toBeGreaterThanOrEqual(0);
+      expect(failed).toBeLessThan(lines.findIndex((l) => l.msg === 'wharf stopped'));
+      expect((await readdir(join(root, '_tmp'))).filter((f) => f.startsWith('fill-'))).toEqual([]);
+      expect(existsSync(join(root, 'proxy', 'blobs', 'sha256', layer.digest.slice(7, 9), layer.digest.slice(7)))).toBe(false);
     } finally {
       await reg.close();
-      // Let the abandoned download end before the upstream goes away.
-      for (let i = 0; i < 200 && reg.fills.running > 0; i++) await new Promise((r) => setTimeout(r, 50));
+      await rm(root, { recursive: true, force: true });
     }
   }, 20_000);
 
