@@ -13,6 +13,7 @@ import {
   type Page,
   type RepositoryReader,
   type StoredManifest,
+  type ReferrersPage,
   type TagPage,
 } from '@wharf/registry-core';
 import { fillFailed, type BlobFill, type BlobFills } from './blob-fill.js';
@@ -448,16 +449,23 @@ export class PullThroughRepository implements RepositoryReader {
    * schema holds). Each answer is kept: when the upstream cannot answer, the last one is served, so
    * that a signature check in CI still passes while the upstream is down.
    */
-  async referrers(repo: string, subject: Digest): Promise<Descriptor[]> {
-    const kept = this.index.referrersEntry(this.key, repo, subject);
+  async listReferrers(repo: string, subject: Digest): Promise<ReferrersPage> {
+    const entry = this.index.referrersEntry(this.key, repo, subject);
+    const kept = entry && { descriptors: entry.descriptors };
     // Within manifestTtl of the last answer, no upstream request (a signature check per pull in CI).
-    if (kept && Date.now() - kept.fetchedAt < this.policy.manifestTtl) return kept.descriptors;
-    const listed = await this.orCached('referrers', `r\0${repo}\0${subject}`, repo, kept?.descriptors, undefined, async (signal) => {
+    if (kept && Date.now() - entry.fetchedAt < this.policy.manifestTtl) return kept;
+    const marked = kept && ((reason: string): ReferrersPage => ({ ...kept, warning: `${reason}; serving the referrers of its last answer` }));
+    const listed = await this.orCached('referrers', `r\0${repo}\0${subject}`, repo, kept, marked, async (signal) => {
       const found = (await this.upstream.referrers(repo, subject, signal)) ?? (await this.referrersByTagSchema(repo, subject, signal));
       this.remember(repo, subject, () => this.index.putReferrers(this.key, repo, subject, found));
-      return found;
+      return { descriptors: found };
     });
-    return listed ?? [];
+    return listed ?? { descriptors: [] };
+  }
+
+  /** listReferrers, the descriptors alone. */
+  async referrers(repo: string, subject: Digest): Promise<Descriptor[]> {
+    return (await this.listReferrers(repo, subject)).descriptors;
   }
 
   /** The manifests of the upstream's index tagged `<alg>-<hex>` of `subject`; none without that tag. */

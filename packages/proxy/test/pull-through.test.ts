@@ -310,9 +310,13 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     const referrer = { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: fake.addManifest('alice/app', 'sig', DOC('s')), size: 10, artifactType: 'application/x-sig' };
     fake.referrers.set(`alice/app@${subject}`, [referrer]);
     expect(await repo.referrers('alice/app', subject)).toEqual([referrer]);
+    await sleep(TTL + 50);
     fake.faultOn = /\/referrers\//;
     fake.fault = '500';
-    expect(await repo.referrers('alice/app', subject)).toEqual([referrer]);
+    expect(await repo.listReferrers('alice/app', subject)).toEqual({
+      descriptors: [referrer],
+      warning: 'upstream up unavailable (upstream up answered 500); serving the referrers of its last answer',
+    });
     // Never listed before: the upstream's failure.
     const other = fake.addManifest('alice/app', '2', DOC('b'));
     await expect(repo.referrers('alice/app', other)).rejects.toMatchObject({ code: 'UPSTREAM_ERROR' });

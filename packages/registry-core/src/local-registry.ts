@@ -6,7 +6,7 @@ import { RegistryError } from './errors.js';
 import { parseManifest, type Descriptor } from './manifest.js';
 import type { MetadataStore, Page, StoredManifest } from './metadata-store.js';
 import { assertTag, isValidRepositoryName, isValidTag } from './reference.js';
-import type { PutManifestResult, RepositoryReader, RepositoryWriter, TagPage } from './registry.js';
+import type { PutManifestResult, ReferrersPage, RepositoryReader, RepositoryWriter, TagPage } from './registry.js';
 import type { ChunkPosition, UploadSessions, UploadStatus } from './uploads.js';
 
 /** Repositories looked at for the source of a mount that names no `from`. */
@@ -77,6 +77,10 @@ export class LocalRegistry implements RepositoryReader, RepositoryWriter {
 
   referrers(repo: string, subject: Digest): Promise<Descriptor[]> {
     return this.metadata.referrers(repo, subject);
+  }
+
+  async listReferrers(repo: string, subject: Digest): Promise<ReferrersPage> {
+    return { descriptors: await this.metadata.referrers(repo, subject) };
   }
 
   repositories(page: Page): Promise<string[]> {

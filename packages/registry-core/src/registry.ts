@@ -24,8 +24,11 @@ export interface RepositoryReader {
    * repository is unknown.
    */
   listTags(repo: string, n: number, last?: string): Promise<TagPage | undefined>;
-  /** The manifests whose subject is `subject` (none: an empty list, never absence, as the spec has it). */
-  referrers(repo: string, subject: Digest): Promise<Descriptor[]>;
+  /**
+   * The manifests whose subject is `subject` (none: an empty list, never absence, as the spec has
+   * it), with a warning when they come from a kept copy because the upstream could not be asked.
+   */
+  listReferrers(repo: string, subject: Digest): Promise<ReferrersPage>;
 }
 
 /** One page of a tag list. */
@@ -33,6 +36,13 @@ export interface TagPage {
   readonly tags: string[];
   /** Tags follow these: the next page is the one after the last of them (a `Link` to it). */
   readonly more: boolean;
+  /** Served from a kept copy because the upstream could not be asked, and why (a `Warning` header). */
+  readonly warning?: string;
+}
+
+/** The referrers of a subject. */
+export interface ReferrersPage {
+  readonly descriptors: Descriptor[];
   /** Served from a kept copy because the upstream could not be asked, and why (a `Warning` header). */
   readonly warning?: string;
 }

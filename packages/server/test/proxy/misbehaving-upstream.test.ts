@@ -225,6 +225,21 @@ describe('pull-through from a misbehaving upstream', () => {
     expect(stale.headers.get('warning')).toMatch(/^299 - "upstream fake (unavailable \(upstream fake answered 500\)|is unavailable); serving the tags of its last answer"$/);
   });
 
+  test('kept referrers served while the upstream fails say so in a 299 Warning', async () => {
+    const url = `${proxy.url}/v2/proxy/fake/${repo}/referrers/${manifestDigest}`;
+    fake.referrers.set(`${repo}@${manifestDigest}`, []);
+    const fresh = await fetch(url);
+    expect(fresh.status).toBe(200);
+    expect(fresh.headers.get('warning')).toBeNull();
+    await sleep(TTL_MS + 50);
+    fake.fault = '500';
+    fake.faultOn = /\/referrers\//;
+    const stale = await fetch(url);
+    expect(stale.status).toBe(200);
+    expect(((await stale.json()) as { manifests: unknown[] }).manifests).toEqual([]);
+    expect(stale.headers.get('warning')).toMatch(/^299 - "upstream fake (unavailable \(upstream fake answered 500\)|is unavailable); serving the referrers of its last answer"$/);
+  });
+
   test('a tag list longer than the upstream pages read at once: a Link past what was read, and skopeo lists every tag once', async () => {
     // Mixed case: the upstream's byte order is not the registry's, and it applies a `last` in its own.
     const all = Array.from({ length: 70 }, (_, i) => `${i % 2 ? 'V' : 'v'}${String(i).padStart(2, '0')}`);
