@@ -1,5 +1,5 @@
 import { expect } from '@jest/globals';
-import { request, type IncomingHttpHeaders } from 'node:http';
+import { get, request, type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
 import { pushBlob, sha256, type Blob } from './oci.js';
 
 /**
@@ -181,4 +181,25 @@ export function nextLink(res: Response): string | undefined {
 
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
+}
+
+/**
+ * Opens a download (its own connection) and resolves once its first bytes are in, paused: the client
+ * reads no further, so the server's send waits on it. A later cut of the response is no error here.
+ */
+export function openDownload(url: string): Promise<IncomingMessage> {
+  return new Promise((resolve, reject) => {
+    const req = get(url, { agent: false }, (res) => {
+      if (res.statusCode !== 200) {
+        reject(new Error(`GET ${url}: ${res.statusCode}`));
+        return;
+      }
+      res.once('readable', () => {
+        res.pause();
+        resolve(res);
+      });
+      res.on('error', () => undefined);
+    });
+    req.on('error', reject);
+  });
 }

@@ -4,8 +4,8 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { get, type IncomingMessage } from 'node:http';
 import { captureLog } from '../auth/helpers.js';
+import { openDownload } from '../helpers/http.js';
 import { blob, pushBlob } from '../helpers/oci.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
 import { CountingForwarder } from '../proxy/helpers/counting-forwarder.js';
@@ -14,24 +14,6 @@ import { CountingForwarder } from '../proxy/helpers/counting-forwarder.js';
  * A request cut at the shutdown deadline still gets its request log line (aborted), and before
  * 'wharf stopped': the process exits right after that line, so a later one may never be written.
  */
-
-/** Opens a download and resolves once its first bytes are in, paused: the client reads no further. */
-function openDownload(url: string): Promise<IncomingMessage> {
-  return new Promise((resolve, reject) => {
-    const req = get(url, { agent: false }, (res) => {
-      if (res.statusCode !== 200) {
-        reject(new Error(`GET ${url}: ${res.statusCode}`));
-        return;
-      }
-      res.once('readable', () => {
-        res.pause();
-        resolve(res);
-      });
-      res.on('error', () => undefined);
-    });
-    req.on('error', () => undefined);
-  });
-}
 
 interface LogLine {
   readonly msg: string;

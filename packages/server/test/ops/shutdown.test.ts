@@ -1,9 +1,10 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { Agent, get, request, type IncomingMessage } from 'node:http';
+import { Agent, get, request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { openDownload } from '../helpers/http.js';
 import { freePort, startWharfProcess, type WharfProcess } from '../helpers/wharf-process.js';
 import { sleep, writeOpsConfig } from './helpers.js';
 
@@ -57,23 +58,6 @@ function exitOf(proc: WharfProcess): Promise<{ code: number | null; signal: Node
   const child = proc.child;
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve({ code: child.exitCode, signal: child.signalCode, at: Date.now() });
   return new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal, at: Date.now() })));
-}
-
-/** Opens a blob download and resolves with the response once its first bytes are in, paused. */
-function openDownload(url: string): Promise<IncomingMessage> {
-  return new Promise((resolve, reject) => {
-    const req = get(url, { agent: false }, (res) => {
-      if (res.statusCode !== 200) {
-        reject(new Error(`GET ${url}: ${res.statusCode}`));
-        return;
-      }
-      res.once('readable', () => {
-        res.pause();
-        resolve(res);
-      });
-    });
-    req.on('error', reject);
-  });
 }
 
 /** Whether a new TCP connection to the server is refused now. */
