@@ -116,6 +116,20 @@ function duration(table: Record<string, unknown>, key: string, fallback: string)
   return ms;
 }
 
+/**
+ * An item's access time is written about once a minute while it is in use (DeferredWrites.note):
+ * below two minutes, content in constant use could look unused to a sweep and be evicted.
+ */
+const MIN_CACHE_TTL_MS = 2 * 60_000;
+
+function cacheTtl(table: Record<string, unknown>): number {
+  const ms = duration(table, 'cache_ttl', '90d');
+  if (ms < MIN_CACHE_TTL_MS) {
+    throw new ConfigError(`"proxy.cache_ttl" must be at least 2m: access times are written about once a minute, so content in use could be evicted (got ${JSON.stringify(table.cache_ttl)})`);
+  }
+  return ms;
+}
+
 function integer(table: Record<string, unknown>, key: string, fallback: number): number {
   const raw = table[key] ?? fallback;
   if (typeof raw !== 'number' || !Number.isInteger(raw) || raw < 0) throw new ConfigError(`"proxy.${key}" must be a non-negative integer`);
@@ -235,7 +249,7 @@ export function buildProxyConfig(raw: unknown, env: NodeJS.ProcessEnv): ProxyCon
     firstByteTimeout: duration(table, 'first_byte_timeout', '30s'),
     idleTimeout: duration(table, 'idle_timeout', '60s'),
     retries: integer(table, 'retries', 3),
-    cacheTtl: duration(table, 'cache_ttl', '90d'),
+    cacheTtl: cacheTtl(table),
     maxSize: size(table, 'max_size'),
     evictionInterval: duration(table, 'eviction_interval', '1h'),
     directIo: boolean(table, 'direct_io', true),

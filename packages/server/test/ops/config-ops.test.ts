@@ -103,6 +103,12 @@ describe('operations configuration', () => {
     expect(() => build({}, { WHARF_PROXY_RETRIES: 'three' })).toThrow('WHARF_PROXY_RETRIES must be a non-negative integer');
   });
 
+  test('[proxy] cache_ttl: 90 days by default, at least 2 minutes (access times are written about once a minute)', () => {
+    expect(build({}).proxy.cacheTtl).toBe(90 * 24 * 3600_000);
+    expect(build({ proxy: { cache_ttl: '2m' } }).proxy.cacheTtl).toBe(120_000);
+    expect(() => build({ proxy: { cache_ttl: '90s' } })).toThrow('"proxy.cache_ttl" must be at least 2m');
+  });
+
   test('[proxy] direct_io: on by default, off from the file or WHARF_PROXY_DIRECT_IO', () => {
     expect(build({}).proxy.directIo).toBe(true);
     expect(build({ proxy: { direct_io: false } }).proxy.directIo).toBe(false);
