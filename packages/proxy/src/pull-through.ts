@@ -381,12 +381,12 @@ export class PullThroughRepository implements RepositoryReader {
 
   /**
    * The upstream's tags (a tag list is no pull: Docker Hub does not count it against the rate limit).
-   * The first page's answer is kept: within manifestTtl of it, pages are served from it with no
-   * upstream request (image automation polls tag lists), every page when it held the whole list.
-   * A list read whole is served in the registry's order; one too long to read whole is served in the
-   * upstream's own order, the order it applies a `last` in, with a `Link` past what was read, so that
-   * a client following the links gets every tag once. When the upstream cannot answer: that kept
-   * list, else the tags this cache has pulled.
+   * The list as read from its start (up to 20 of the upstream's pages, HttpUpstream) is kept:
+   * within manifestTtl of it, the pages that start inside it are served from it with no upstream
+   * request (image automation polls tag lists). A list read whole is served in the registry's
+   * order; one too long to read whole in the upstream's own order, the order it applies a `last` in,
+   * with a `Link` past what was read, so that a client following the links gets every tag once.
+   * When the upstream cannot answer: that kept list, else the tags this cache has pulled.
    */
   async listTags(repo: string, n: number, last?: string): Promise<TagPage | undefined> {
     const kept = this.index.tagList(this.key, repo);
