@@ -1,6 +1,6 @@
 import { PassThrough } from 'node:stream';
 import type { ByteRange, Descriptor, Digest, Page } from '@wharf/registry-core';
-import { resumingBlob } from './resuming-body.js';
+import { RESUMING, resumingBlob } from './resuming-body.js';
 import { OUTAGES, UpstreamError, type Upstream, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest, type UpstreamTags } from './upstream.js';
 
 export type MirrorStrategy = 'failover' | 'hedged' | 'striped' | 'adaptive';
@@ -174,16 +174,24 @@ export class MirroredUpstream implements Upstream {
 
   private measureBody(i: number, blob: UpstreamBlob): UpstreamBlob {
     const started = performance.now();
-    // A body that fails mid-way counts against its mirror as a failed answer does.
-    blob.body.once('error', () => {
+    // A body that fails mid-way counts against its mirror as a failed answer does; so does one the
+    // mirror's own client had to resume (a mirror that cuts every body but serves the rest as a
+    // range would otherwise look whole, and stay first).
+    let cut = false;
+    const onCut = (): void => {
+      if (cut) return;
+      cut = true;
       this.stats[i]!.failures += 1;
       this.stats[i]!.cut += 1;
       this.stats[i]!.cutAt = performance.now();
-    });
+    };
+    blob.body.once('error', onCut);
+    blob.body.once(RESUMING, onCut);
     // The length the mirror announced, not a count of our own: a 'data' listener would start the
     // body flowing, and what came before its reader attached would have gone to us alone.
     const bytes = blob.range ? blob.range.end - blob.range.start + 1 : blob.size;
     blob.body.once('end', () => {
+      if (cut) return;
       this.stats[i]!.cut = 0;
       if (bytes === undefined) return;
       const seconds = (performance.now() - started) / 1000;

@@ -1,6 +1,9 @@
 import { Readable } from 'node:stream';
 import { UpstreamError, type UpstreamBlob } from './upstream.js';
 
+/** Emitted by a resuming body (with the error) each time a part failed and the next is asked for. */
+export const RESUMING = 'resuming';
+
 /** Gives the parts of a body that bring the bytes from `from` on; undefined when there is none. */
 export type NextPart = (from: number) => Promise<UpstreamBlob | undefined>;
 
@@ -72,6 +75,8 @@ class ResumingBody extends Readable {
   private failed(source: Readable, err: Error): void {
     if (this.source !== source || this.destroyed) return;
     this.source = undefined;
+    // The body goes on, but its source did cut it: whoever ranks sources by how they serve wants to know.
+    this.emit(RESUMING, err);
     this.next(this.position).then(
       (part) => {
         if (this.destroyed) part?.body.destroy();

@@ -21,7 +21,7 @@ interface Mirror {
    * cut: a whole-blob body stops after 1 MiB, and ranges fail (500); ignore-range: a range request gets
    * the whole blob with 200, slowly; corrupt-range: ranges come with one byte flipped.
    */
-  mode: 'ok' | 'fail' | 'missing' | 'cut' | 'ignore-range' | 'corrupt-range';
+  mode: 'ok' | 'fail' | 'missing' | 'cut' | 'cut-resumable' | 'ignore-range' | 'corrupt-range';
   /** Blob bytes written to sockets, ranges and whole bodies alike. */
   sent: number;
 }
@@ -73,15 +73,15 @@ async function startMirror(): Promise<Mirror> {
       res.writeHead(200, { 'content-length': BLOB.length });
       if (req.method === 'HEAD') {
         res.end();
-      } else if (mirror.mode === 'cut' || mirror.mode === 'ignore-range') {
+      } else if (mirror.mode === 'cut' || mirror.mode === 'cut-resumable' || mirror.mode === 'ignore-range') {
         // 64 KiB at a time: what a reader takes before it cuts the connection is what was sent.
         const step = 64 * 1024;
-        const limit = mirror.mode === 'cut' ? 1024 * 1024 : BLOB.length;
+        const limit = mirror.mode === 'ignore-range' ? BLOB.length : 1024 * 1024;
         let at = 0;
         const next = (): void => {
           if (res.destroyed) return;
           if (at >= limit) {
-            if (mirror.mode === 'cut') res.destroy();
+            if (mirror.mode !== 'ignore-range') res.destroy();
             else res.end();
             return;
           }
@@ -216,6 +216,33 @@ describe('mirror strategies', () => {
     // One cut (the first pull, before anything was known), then every blob from mirror 1.
     expect(whole(mirrors[0]!)).toBe(1);
     expect(whole(mirrors[1]!)).toBe(3);
+  });
+
+  test('adaptive puts a mirror that cuts bodies after the others also when it serves the rest as a range itself', async () => {
+    reset();
+    // Whole-blob bodies cut at 1 MiB, ranges served: the mirror's own client resumes, the blob is whole.
+    mirrors[0]!.mode = 'cut-resumable';
+    mirrors[1]!.delayMs = 20;
+    mirrors[2]!.delayMs = 40;
+    const up = new MirroredUpstream(
+      mirrors.map((m) => new HttpUpstream({ name: 'up', url: m.url, retries: 0 })),
+      { strategy: 'adaptive', probeRate: 0 },
+    );
+    // Every mirror measured first (each answers 404 in turn): mirror 0 is the fastest.
+    for (const m of mirrors) m.mode = 'missing';
+    expect(await up.manifest('lib/app', '1')).toBeUndefined();
+    mirrors[0]!.mode = 'cut-resumable';
+    mirrors[1]!.mode = 'ok';
+    mirrors[2]!.mode = 'ok';
+    for (let pull = 0; pull < 3; pull++) {
+      const blob = await up.blob('lib/app', DIGEST);
+      expect((await readAll(blob!.body)).equals(BLOB)).toBe(true);
+    }
+    const whole = (m: Mirror) => m.log.filter((l) => l === `GET /v2/lib/app/blobs/${DIGEST}`).length;
+    // The first pull cut and resumed on mirror 0; the next ones went to mirror 1.
+    expect(whole(mirrors[0]!)).toBe(1);
+    expect(whole(mirrors[1]!)).toBe(2);
+    expect(up.order().at(-1)).toBe(0);
   });
 
   test('adaptive: a mirror that cut a body ranks first again once the cut is old enough', async () => {
