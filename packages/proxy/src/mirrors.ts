@@ -257,7 +257,10 @@ export class MirroredUpstream implements Upstream {
         const i = order[position]!;
         const controller = new AbortController();
         controllers[position] = controller;
-        signal?.addEventListener('abort', () => controller.abort(signal.reason), { once: true });
+        const forward = () => controller.abort(signal!.reason);
+        signal?.addEventListener('abort', forward, { once: true });
+        // Not left on the caller's signal once this attempt is over, whichever way it ends.
+        controller.signal.addEventListener('abort', () => signal?.removeEventListener('abort', forward), { once: true });
         pending += 1;
         const started = performance.now();
         clearTimeout(timer);

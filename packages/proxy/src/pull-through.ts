@@ -371,7 +371,10 @@ export class PullThroughRepository implements RepositoryReader {
           this.index.putBlob(blob.digest, blob.size);
           this.index.link(this.key, repo, blob.digest);
         },
-        (err: unknown) => this.logger?.warn({ upstream: this.key, repo, digest, err: (err as Error).message }, 'upstream blob fill failed'),
+        // Logged once, by the request that started the download, not by each client that joined it.
+        (err: unknown) => {
+          if (asked) this.logger?.warn({ upstream: this.key, repo, digest, err: (err as Error).message }, 'upstream blob fill failed');
+        },
       )
       // Nobody awaits this chain: a failed index write (say, the database closed at shutdown) must be
       // logged, not become an unhandled rejection that ends the process.
