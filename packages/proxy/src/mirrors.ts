@@ -318,6 +318,11 @@ export class MirroredUpstream implements Upstream {
     const out = new PassThrough({ highWaterMark: stripe });
     /** Mirrors that answered a range request with something else: they get no more ranges of this blob. */
     const noRanges = new Set<number>();
+    /**
+     * Mirrors that failed a range of this blob (down, stalled, cut): asked last for the others, so that
+     * one stalled mirror does not cost a timeout on every range it would have had.
+     */
+    const failing = new Set<number>();
     // A range's bytes as they came, not joined into one buffer: joining doubled the memory of every
     // stripe in flight.
     const fetchRange = async (index: number): Promise<Buffer[]> => {
@@ -325,7 +330,8 @@ export class MirroredUpstream implements Upstream {
       const length = range.end - range.start + 1;
       // Each range goes to the next mirror in turn; a failing mirror hands the range to the others.
       const first = index % this.mirrors.length;
-      const order = this.mirrors.map((_, k) => (first + k) % this.mirrors.length).filter((k) => !noRanges.has(k));
+      const turn = this.mirrors.map((_, k) => (first + k) % this.mirrors.length).filter((k) => !noRanges.has(k));
+      const order = [...turn.filter((k) => !failing.has(k)), ...turn.filter((k) => failing.has(k))];
       let lastError: unknown;
       for (const i of order) {
         try {
@@ -351,6 +357,7 @@ export class MirroredUpstream implements Upstream {
           return chunks;
         } catch (err) {
           if (signal?.aborted) throw err;
+          failing.add(i);
           lastError = err;
         }
       }
