@@ -19,6 +19,8 @@ export interface MirrorOptions {
   readonly probeRate?: number;
   /** adaptive: how long a mirror that cut a body ranks last (ms; CUT_MEMORY_MS). */
   readonly cutMemory?: number;
+  /** The other strategies: how long a mirror whose request failed is asked after the others (ms; FAIL_MEMORY_MS). */
+  readonly failMemory?: number;
   readonly random?: () => number;
 }
 
@@ -36,10 +38,18 @@ interface MirrorStats {
   cut: number;
   /** When it last cut one (performance.now()). */
   cutAt: number;
+  /** When a request to it last failed, since when none succeeded (performance.now(); 0: not so). */
+  failedAt: number;
 }
 
 /** A mirror that cut a body ranks last for this long, or until a body of its own comes whole. */
 const CUT_MEMORY_MS = 5 * 60_000;
+/**
+ * failover, hedged, striped: a mirror whose request failed (down, stalled past the timeouts, 5xx) is
+ * asked after the others for this long, then first again (its turn is its probe): without it, every
+ * request paid the failing mirror's timeouts before reaching one that answers.
+ */
+const FAIL_MEMORY_MS = 30_000;
 
 const EWMA = 0.3;
 /** Digests whose last fetch was striped, remembered (at most this many) so that the next one is not. */
@@ -70,7 +80,7 @@ export class MirroredUpstream implements Upstream {
   ) {
     if (mirrors.length === 0) throw new Error('MirroredUpstream needs at least one mirror');
     this.name = mirrors[0]!.name;
-    this.stats = mirrors.map(() => ({ latency: 0, throughput: 0, samples: 0, failures: 0, cut: 0, cutAt: 0 }));
+    this.stats = mirrors.map(() => ({ latency: 0, throughput: 0, samples: 0, failures: 0, cut: 0, cutAt: 0, failedAt: 0 }));
     this.random = options.random ?? Math.random;
   }
 
@@ -137,7 +147,12 @@ export class MirroredUpstream implements Upstream {
   /** Order in which mirrors are asked, by strategy. */
   order(): number[] {
     const all = this.mirrors.map((_, i) => i);
-    if (this.options.strategy !== 'adaptive') return all;
+    if (this.options.strategy !== 'adaptive') {
+      const now = performance.now();
+      const memory = this.options.failMemory ?? FAIL_MEMORY_MS;
+      const failing = (i: number) => this.stats[i]!.failedAt > 0 && now - this.stats[i]!.failedAt < memory;
+      return [...all.filter((i) => !failing(i)), ...all.filter(failing)];
+    }
     // Mirrors that cut bodies come after every one that does not; probes still find out when they mend.
     const now = performance.now();
     const memory = this.options.cutMemory ?? CUT_MEMORY_MS;
@@ -165,8 +180,10 @@ export class MirroredUpstream implements Upstream {
     const seconds = (performance.now() - started) / 1000;
     if (!ok) {
       s.failures += 1;
+      s.failedAt = performance.now();
       return;
     }
+    s.failedAt = 0;
     s.failures = Math.max(0, s.failures - 1);
     s.latency = s.samples === 0 ? seconds : s.latency * (1 - EWMA) + seconds * EWMA;
     s.samples += 1;

@@ -144,6 +144,21 @@ describe('mirror strategies', () => {
     expect(mirrors[2]!.log).toHaveLength(0);
   });
 
+  test('failover asks a mirror that failed after the others for a while, then first again', async () => {
+    reset();
+    mirrors[0]!.mode = 'fail';
+    const up = upstream({ strategy: 'failover', failMemory: 1000 });
+    for (let pull = 0; pull < 3; pull++) expect((await up.manifest('lib/app', '1'))?.bytes.equals(MANIFEST)).toBe(true);
+    // Asked once: the next requests went straight to mirror 1, without paying for mirror 0's failure.
+    expect(mirrors[0]!.log).toHaveLength(1);
+    expect(mirrors[1]!.log).toHaveLength(3);
+    mirrors[0]!.mode = 'ok';
+    await new Promise((r) => setTimeout(r, 1100));
+    expect((await up.manifest('lib/app', '1'))?.bytes.equals(MANIFEST)).toBe(true);
+    expect(mirrors[0]!.log).toHaveLength(2);
+    expect(up.order()).toEqual([0, 1, 2]);
+  });
+
   test('a blob body read a while after the mirror answered still holds every byte', async () => {
     reset();
     for (const strategy of ['failover', 'hedged', 'adaptive'] as const) {
