@@ -57,7 +57,7 @@ const STRIPED_MEMORY = 1024;
 
 /**
  * One upstream served by several mirror URLs (the configured `url` first, then `mirrors`):
- * - failover: in order, the next one on an error or a 404;
+ * - failover: in order, the next one on an error or a 404 (one that failed comes last for a while);
  * - hedged: the next one starts when the current has not answered within hedgeDelay; the first
  *   answer wins and the others are cancelled;
  * - striped: a large blob is fetched as byte ranges from all mirrors at once and reassembled in order
@@ -151,7 +151,7 @@ export class MirroredUpstream implements Upstream {
       const now = performance.now();
       const memory = this.options.failMemory ?? FAIL_MEMORY_MS;
       const failing = (i: number) => this.stats[i]!.failedAt > 0 && now - this.stats[i]!.failedAt < memory;
-      return [...all.filter((i) => !failing(i)), ...all.filter(failing)];
+      return lastWhen(all, failing);
     }
     // Mirrors that cut bodies come after every one that does not; probes still find out when they mend.
     const now = performance.now();
@@ -348,7 +348,7 @@ export class MirroredUpstream implements Upstream {
       // Each range goes to the next mirror in turn; a failing mirror hands the range to the others.
       const first = index % this.mirrors.length;
       const turn = this.mirrors.map((_, k) => (first + k) % this.mirrors.length).filter((k) => !noRanges.has(k));
-      const order = [...turn.filter((k) => !failing.has(k)), ...turn.filter((k) => failing.has(k))];
+      const order = lastWhen(turn, (k) => failing.has(k));
       let lastError: unknown;
       for (const i of order) {
         try {
@@ -427,4 +427,9 @@ export class MirroredUpstream implements Upstream {
 function worse(kept: unknown, err: unknown): unknown {
   const isOutage = (e: unknown): boolean => e instanceof UpstreamError && OUTAGES.has(e.failure);
   return kept !== undefined && isOutage(kept) && !isOutage(err) ? kept : err;
+}
+
+/** `items` in their order, those for which `late` holds moved after the others (in their order too). */
+function lastWhen<T>(items: readonly T[], late: (item: T) => boolean): T[] {
+  return [...items.filter((item) => !late(item)), ...items.filter(late)];
 }
