@@ -3,6 +3,7 @@ import {
   RegistryError,
   assertTag,
   compareTags,
+  cutToPage,
   parseDigest,
   tryParseDigest,
   type BlobInfo,
@@ -440,8 +441,7 @@ export class PullThroughRepository implements RepositoryReader {
     if (last !== undefined && !this.index.tag(this.key, repo, last)) return undefined;
     const tags = this.index.tags(this.key, repo, last ?? '', n + 1);
     if (last === undefined && tags.length === 0) return undefined;
-    const more = tags.length > n;
-    return { tags: tags.slice(0, n), more };
+    return { tags, more: cutToPage(tags, n) };
   }
 
   /**

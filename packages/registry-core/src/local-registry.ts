@@ -4,7 +4,7 @@ import type { BlobInfo, BlobStore, ByteRange } from './blob-store.js';
 import { parseDigest, tryParseDigest, type Digest, type DigestAlgorithm } from './digest.js';
 import { RegistryError } from './errors.js';
 import { parseManifest, type Descriptor } from './manifest.js';
-import type { MetadataStore, Page, StoredManifest } from './metadata-store.js';
+import { cutToPage, type MetadataStore, type Page, type StoredManifest } from './metadata-store.js';
 import { assertTag, isValidRepositoryName, isValidTag } from './reference.js';
 import type { PutManifestResult, ReferrersPage, RepositoryReader, RepositoryWriter, TagPage } from './registry.js';
 import type { ChunkPosition, UploadSessions, UploadStatus } from './uploads.js';
@@ -70,9 +70,7 @@ export class LocalRegistry implements RepositoryReader, RepositoryWriter {
     // One more than the page holds says whether another page follows.
     const tags = await this.metadata.tags(repo, { n: n + 1, ...(last !== undefined ? { last } : {}) });
     if (!tags) return undefined;
-    const more = tags.length > n;
-    if (more) tags.length = n;
-    return { tags, more };
+    return { tags, more: cutToPage(tags, n) };
   }
 
   referrers(repo: string, subject: Digest): Promise<Descriptor[]> {

@@ -15,6 +15,16 @@ export interface Page {
   readonly last?: string;
 }
 
+/**
+ * A listing asked for `n` + 1 entries, cut to `n`: whether that extra entry was there, which says
+ * another page follows. `items` is shortened in place.
+ */
+export function cutToPage<T>(items: T[], n: number): boolean {
+  const more = items.length > n;
+  if (more) items.length = n;
+  return more;
+}
+
 export interface MetadataReader {
   /** A blob linked to the repository; a blob in another repository is absent here. */
   blob(repo: string, digest: Digest): Promise<BlobInfo | undefined>;

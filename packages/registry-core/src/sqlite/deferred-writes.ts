@@ -117,7 +117,7 @@ export class DeferredWrites {
 }
 
 /** Runs `fn` with SQLite's busy timeout (how long a statement waits for a lock) set to `ms`. */
-export function withBusyTimeout<T>(db: SqliteDatabase, ms: number, fn: () => T): T {
+function withBusyTimeout<T>(db: SqliteDatabase, ms: number, fn: () => T): T {
   const previous = db.pragma('busy_timeout', { simple: true }) as number;
   db.pragma(`busy_timeout = ${Math.max(0, Math.floor(ms))}`);
   try {
@@ -127,7 +127,7 @@ export function withBusyTimeout<T>(db: SqliteDatabase, ms: number, fn: () => T):
   }
 }
 
-export function isBusy(err: unknown): boolean {
+function isBusy(err: unknown): boolean {
   const code = (err as { code?: unknown }).code;
   return code === 'SQLITE_BUSY' || code === 'SQLITE_LOCKED' || (typeof code === 'string' && code.startsWith('SQLITE_BUSY_'));
 }

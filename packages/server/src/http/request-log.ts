@@ -81,9 +81,10 @@ export interface RequestTrackingDeps {
  * duration, request id (`X-Request-Id` when the client sent a sane one, generated otherwise). No
  * header is logged, so no credential can be. The observer sees the start and the end.
  *
- * Returns the request id, which the caller sends back as `X-Request-Id`. `error` (the error code, and
- * for a failure on our side or the upstream's, 5xx and 429, its message) is asked when the response closes; `started` (performance.now()) defaults to now; `route`, when the caller
- * already knows it, saves classifying the path again.
+ * Returns the request id, which the caller sends back as `X-Request-Id`. `error` (the error code,
+ * and for a failure on our side or the upstream's, 5xx and 429, its message) is asked when the
+ * response closes; `started` (performance.now()) defaults to now; `route`, when the caller already
+ * knows it, saves classifying the path again.
  */
 export function trackRequest(
   req: IncomingMessage,

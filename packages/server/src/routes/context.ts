@@ -1,4 +1,4 @@
-import { MAX_PAGE, RegistryError, parseDigest, type Digest } from '@wharf/registry-core';
+import { MAX_PAGE, RegistryError, cutToPage, parseDigest, type Digest } from '@wharf/registry-core';
 import type { Context } from 'koa';
 import { decodeCapture } from '../http/path-segments.js';
 import type { RepositoryResolver, ResolvedRepository, Resource } from '../repositories.js';
@@ -59,10 +59,7 @@ export interface Listing {
 export function oneMore(list: (page: { n: number; last?: string }) => Promise<string[] | undefined>) {
   return async (page: { n: number; last?: string }): Promise<Listing | undefined> => {
     const items = await list({ ...page, n: page.n + 1 });
-    if (!items) return undefined;
-    const more = items.length > page.n;
-    if (more) items.length = page.n;
-    return { items, more };
+    return items && { items, more: cutToPage(items, page.n) };
   };
 }
 
