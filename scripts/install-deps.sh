@@ -17,11 +17,14 @@ declare -A TOOLS=(
   [curl]=curl
   [openssl]=openssl
   [htpasswd]=apache2-utils
+  [dockerd]=docker.io
+  [docker]=docker.io
 )
 
 missing=()
 for tool in "${!TOOLS[@]}"; do
-  command -v "$tool" >/dev/null 2>&1 || missing+=("${TOOLS[$tool]}")
+  # /usr/sbin (dockerd) is not on every PATH
+  command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing+=("${TOOLS[$tool]}")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
   mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)

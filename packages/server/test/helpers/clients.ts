@@ -199,6 +199,49 @@ function waitForExit(child: ChildProcess, ms: number): Promise<boolean> {
 }
 
 /**
+ * Starts `cmd args` as a daemon logging to `logFile`, and resolves once `probe` succeeds (tried every
+ * 100 ms for 20 s). The answer stops it (SIGTERM, then SIGKILL; safe to call twice); the exit of this
+ * process kills it at the latest.
+ */
+async function startDaemon(cmd: string, args: readonly string[], logFile: string, probe: () => Promise<unknown>): Promise<() => Promise<void>> {
+  const log = openSync(logFile, 'w');
+  const child = spawn(cmd, args, { stdio: ['ignore', log, log] });
+  closeSync(log);
+  const killOnExit = () => child.kill('SIGKILL');
+  process.once('exit', killOnExit);
+  const logTail = async () => (await readFile(logFile, 'utf8').catch(() => '')).split('\n').slice(-30).join('\n');
+
+  let closed: Promise<void> | undefined;
+  const close = () =>
+    (closed ??= (async () => {
+      process.off('exit', killOnExit);
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill('SIGTERM');
+      if (!(await waitForExit(child, 10_000))) {
+        child.kill('SIGKILL');
+        await waitForExit(child, 5_000);
+      }
+    })());
+
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    if (child.exitCode !== null || child.signalCode !== null) {
+      throw new Error(`${cmd} exited at start (${child.exitCode ?? child.signalCode}):\n${await logTail()}`);
+    }
+    try {
+      await probe();
+      return close;
+    } catch (err) {
+      if (Date.now() > deadline) {
+        await close();
+        throw new Error(`${cmd} did not answer within 20 s: ${(err as Error).message}\n${await logTail()}`);
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}
+
+/**
  * A private containerd (no CRI, no TCP) with root, state and socket in `dir` (keep it short: unix
  * socket paths are limited). It is killed by close(), and by the exit of this process at the latest.
  */
@@ -225,42 +268,62 @@ export async function startContainerd(dir: string, namespace = 'wharf'): Promise
       '',
     ].join('\n'),
   );
-  const logFile = join(dir, 'containerd.log');
-  const log = openSync(logFile, 'w');
-  const child = spawn('containerd', ['--config', configFile], { stdio: ['ignore', log, log] });
-  closeSync(log);
-  const killOnExit = () => child.kill('SIGKILL');
-  process.once('exit', killOnExit);
-  const logTail = async () => (await readFile(logFile, 'utf8').catch(() => '')).split('\n').slice(-30).join('\n');
-
-  let closed: Promise<void> | undefined;
-  const close = () =>
-    (closed ??= (async () => {
-      process.off('exit', killOnExit);
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      child.kill('SIGTERM');
-      if (!(await waitForExit(child, 10_000))) {
-        child.kill('SIGKILL');
-        await waitForExit(child, 5_000);
-      }
-    })());
   const ctr = (args: readonly string[], timeoutMs = 120_000) => run('ctr', ['-a', socket, '-n', namespace, ...args], { timeoutMs });
-
-  const deadline = Date.now() + 20_000;
-  for (;;) {
-    if (child.exitCode !== null || child.signalCode !== null) {
-      throw new Error(`containerd exited at start (${child.exitCode ?? child.signalCode}):\n${await logTail()}`);
-    }
-    try {
-      await run('ctr', ['-a', socket, 'version'], { timeoutMs: 5_000 });
-      break;
-    } catch (err) {
-      if (Date.now() > deadline) {
-        await close();
-        throw new Error(`containerd did not answer on ${socket} within 20 s: ${(err as Error).message}\n${await logTail()}`);
-      }
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
+  const close = await startDaemon('containerd', ['--config', configFile], join(dir, 'containerd.log'), () =>
+    run('ctr', ['-a', socket, 'version'], { timeoutMs: 5_000 }),
+  );
   return { socket, ctr, close };
+}
+
+export interface Dockerd {
+  /** The client's DOCKER_CONFIG folder (config.json holds the logins). */
+  readonly configDir: string;
+  /** `docker -H unix://<socket> ...args`, with logins in a private DOCKER_CONFIG and the classic builder. */
+  docker(args: readonly string[], timeoutMs?: number): Promise<RunResult>;
+  /** The same, for a command that must fail: its error. */
+  dockerFails(args: readonly string[], timeoutMs?: number): Promise<CommandError>;
+  /** Stops the daemon (SIGTERM, then SIGKILL); safe to call twice. */
+  close(): Promise<void>;
+}
+
+/** Where Debian's docker.io puts the daemon: /usr/sbin, which a non-root PATH may lack. */
+async function dockerdBinary(): Promise<string> {
+  try {
+    return await requireTool('dockerd', 'docker.io');
+  } catch (err) {
+    for (const candidate of ['/usr/sbin/dockerd', '/usr/bin/dockerd']) {
+      if (await access(candidate, constants.X_OK).then(() => true, () => false)) return candidate;
+    }
+    throw err;
+  }
+}
+
+/**
+ * A private Docker daemon (Debian's docker.io) with data, state and socket in `dir` (keep it short:
+ * unix socket paths are limited): vfs storage, no bridge, no iptables rules, so that it changes nothing
+ * on the machine; `mirrors` become its `registry-mirrors`. Registries on 127.0.0.0/8 are plain HTTP
+ * to Docker without configuration. It is killed by close(), and by the exit of this process at the latest.
+ */
+export async function startDockerd(dir: string, options: { readonly mirrors?: readonly string[] } = {}): Promise<Dockerd> {
+  await requireTool('docker', 'docker.io');
+  const dockerd = await dockerdBinary();
+  const socket = join(dir, 'd.sock');
+  if (Buffer.byteLength(socket) > 100) throw new Error(`dockerd socket path too long: ${socket}`);
+  const configDir = join(dir, 'config');
+  await mkdir(configDir, { recursive: true });
+  const configFile = join(dir, 'daemon.json');
+  await writeFile(
+    configFile,
+    JSON.stringify({ 'storage-driver': 'vfs', iptables: false, ip6tables: false, bridge: 'none', 'registry-mirrors': options.mirrors ?? [] }),
+  );
+  const env = { ...process.env, DOCKER_CONFIG: configDir, DOCKER_BUILDKIT: '0', DOCKER_CLI_HINTS: 'false' };
+  const docker = (args: readonly string[], timeoutMs = 120_000) => run('docker', ['-H', `unix://${socket}`, ...args], { env, timeoutMs });
+  const dockerFails = (args: readonly string[], timeoutMs = 120_000) => runFails('docker', ['-H', `unix://${socket}`, ...args], { env, timeoutMs });
+  const close = await startDaemon(
+    dockerd,
+    ['--config-file', configFile, '--data-root', join(dir, 'data'), '--exec-root', join(dir, 'x'), '--pidfile', join(dir, 'd.pid'), '-H', `unix://${socket}`],
+    join(dir, 'dockerd.log'),
+    () => docker(['version'], 5_000),
+  );
+  return { configDir, docker, dockerFails, close };
 }
