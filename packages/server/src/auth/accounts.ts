@@ -15,7 +15,13 @@ export interface Account {
 
 /** A verified password stays verified this long in memory (bcrypt at cost 12 takes about 0.3 s). */
 const VERIFIED_TTL_MS = 60_000;
-const VERIFIED_MAX = 10_000;
+/** Entries the verified and the refused credentials each keep at most; a full cache starts over. */
+const CACHE_MAX = 10_000;
+/**
+ * Refused credentials are remembered this long: sent again unchanged they are no new guess, and are
+ * refused at once, without bcrypt's time and without counting against the login limits.
+ */
+const REFUSED_TTL_MS = 5 * 60_000;
 /** last_used_at is written at most this often per token. */
 const TOUCH_INTERVAL_MS = 60_000;
 
@@ -27,6 +33,8 @@ export class Accounts {
   private readonly configUsers: ReadonlyMap<string, Account>;
   /** HMAC(process key, user NUL password) → the stored hash it matched and until when. */
   private readonly verified = new Map<string, { hash: string; until: number }>();
+  /** HMAC(process key, user NUL password, or the token) → the stored hash it failed against ('' for none) and until when. */
+  private readonly refused = new Map<string, { hash: string; until: number }>();
   private readonly cacheKey = randomBytes(32);
   private dummyHash: Promise<string> | undefined;
 
@@ -62,16 +70,40 @@ export class Accounts {
     if (!account) {
       this.dummyHash ??= hashPassword('wharf-no-such-user', this.bcryptCost);
       await verifyPassword(password, await this.dummyHash);
+      this.remember(this.refused, this.credentialKey(name, password), '', REFUSED_TTL_MS);
       return undefined;
     }
-    const key = createHmac('sha256', this.cacheKey).update(`${name}\0${password}`).digest('base64');
+    const key = this.credentialKey(name, password);
     const hit = this.verified.get(key);
-    const now = Date.now();
-    if (hit && hit.until > now && safeEqual(hit.hash, account.passwordHash)) return { kind: 'user', name: account.name, admin: account.admin };
-    if (!(await verifyPassword(password, account.passwordHash))) return undefined;
-    if (this.verified.size >= VERIFIED_MAX) this.verified.clear();
-    this.verified.set(key, { hash: account.passwordHash, until: now + VERIFIED_TTL_MS });
+    if (hit && hit.until > Date.now() && safeEqual(hit.hash, account.passwordHash)) return { kind: 'user', name: account.name, admin: account.admin };
+    if (!(await verifyPassword(password, account.passwordHash))) {
+      this.remember(this.refused, key, account.passwordHash, REFUSED_TTL_MS);
+      return undefined;
+    }
+    this.remember(this.verified, key, account.passwordHash, VERIFIED_TTL_MS);
     return { kind: 'user', name: account.name, admin: account.admin };
+  }
+
+  /**
+   * Whether exactly these credentials (a user's password, or a token whatever the user name) were
+   * refused within REFUSED_TTL_MS, and the user's password has not changed since, nor the user come to
+   * exist. A token once refused stays invalid: expiry and revocation never undo.
+   */
+  refusedBefore(name: string, secret: string): boolean {
+    const hit = this.refused.get(this.credentialKey(name, secret));
+    if (!hit || hit.until <= Date.now()) return false;
+    return Accounts.isTokenSecret(secret) || safeEqual(hit.hash, this.find(name)?.passwordHash ?? '');
+  }
+
+  private credentialKey(name: string, secret: string): string {
+    return createHmac('sha256', this.cacheKey)
+      .update(Accounts.isTokenSecret(secret) ? `\0${secret}` : `${name}\0${secret}`)
+      .digest('base64');
+  }
+
+  private remember(cache: Map<string, { hash: string; until: number }>, key: string, hash: string, ttlMs: number): void {
+    if (cache.size >= CACHE_MAX) cache.clear();
+    cache.set(key, { hash, until: Date.now() + ttlMs });
   }
 
   /** Whether a password is a token of ours (then it is never checked as a password). */
@@ -83,8 +115,9 @@ export class Accounts {
   verifyToken(secret: string): Principal | undefined {
     if (!Accounts.isTokenSecret(secret)) return undefined;
     const token = this.store.findToken(secret);
-    if (!token || token.type === 'refresh') return undefined;
-    return this.tokenPrincipal(token, true);
+    const principal = token && token.type !== 'refresh' ? this.tokenPrincipal(token, true) : undefined;
+    if (!principal) this.remember(this.refused, this.credentialKey('', secret), '', REFUSED_TTL_MS);
+    return principal;
   }
 
   /** The principal of a refresh token: its user, or the PAT/CI token it was obtained with. */

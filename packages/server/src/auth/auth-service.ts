@@ -159,6 +159,13 @@ export class AuthService {
     // address counts, or one expired token would lock every job that says "ci" out.
     const isToken = Accounts.isTokenSecret(password);
     const keys = isToken ? [`ip:${ip ?? 'unknown'}`] : [`ip:${ip ?? 'unknown'}`, `user:${user}`];
+    // The same wrong credentials again are no new guess: Docker's daemon sends its Docker Hub login
+    // to every registry mirror with each pull, and the jobs of a runner repeat an expired token.
+    // Counted each time, they would lock the runner's address, or a user of the same name, out.
+    if (this.accounts.refusedBefore(user, password)) {
+      this.checkLimits(keys);
+      throw new AuthFailure('invalid user name, password or token', 'basic');
+    }
     // The same credentials at the same time share one check, from whatever address: twenty nodes
     // pulling with one image pull secret must not use up the user's limit between them.
     const same = createHash('sha256').update(`${user}\0${password}`).digest('base64');
@@ -251,6 +258,22 @@ export class AuthService {
       if (!(await this.repositoryExists(name))) actions.add('pull');
     }
     return actions;
+  }
+
+  /**
+   * Whether `scopes` ask only to pull names that Docker's registry-mirrors mode serves to anyone: not
+   * local, from a default upstream open to anonymous callers. Docker's daemon sends a mirror the
+   * credentials it holds for Docker Hub, never those for the mirror's host; refused, they would send
+   * every pull of a runner logged in to Docker Hub past Wharf, to Docker Hub.
+   */
+  async anonymousMirrorPull(scopes: readonly ResourceScope[]): Promise<boolean> {
+    const upstream = this.proxy.enabled ? this.proxy.defaultUpstream : undefined;
+    if (upstream === undefined || scopes.length === 0 || !mayUseUpstream(ANONYMOUS, upstream, this.policy())) return false;
+    for (const scope of scopes) {
+      if (scope.type !== 'repository' || !scope.actions.every((a) => a === 'pull') || !isValidRepositoryName(scope.name)) return false;
+      if (scope.name.startsWith('proxy/') || (await this.repositoryExists(scope.name))) return false;
+    }
+    return true;
   }
 
   /**

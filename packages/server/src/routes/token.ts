@@ -54,13 +54,19 @@ export function registerTokenEndpoint(router: Router, auth: AuthService): void {
     await withBasicChallenge(ctx, async () => {
       const params = new URLSearchParams(ctx.querystring);
       const header = ctx.get('Authorization');
+      const scopes = parseScopes(params.getAll('scope'));
       let principal: Principal = ANONYMOUS;
       if (/^Basic\s/i.test(header)) {
         const basic = parseBasic(header);
         if (!basic) throw new AuthFailure('malformed Basic credentials', 'basic');
-        principal = await auth.login(basic.user, basic.password, ctx.socket.remoteAddress);
+        try {
+          principal = await auth.login(basic.user, basic.password, ctx.socket.remoteAddress);
+        } catch (err) {
+          // Docker's daemon asks a mirror with its Docker Hub login: what anyone may pull, it gets.
+          if (!(err instanceof AuthFailure) || !(await auth.anonymousMirrorPull(scopes))) throw err;
+        }
       }
-      const access = await auth.grant(principal, parseScopes(params.getAll('scope')));
+      const access = await auth.grant(principal, scopes);
       await reply(ctx, principal, access, params.get('offline_token') === 'true', false);
     });
   });

@@ -149,6 +149,48 @@ describe('proxy access with auth on: per upstream, never open unless configured'
     }
   });
 
+  test("Docker's registry-mirrors mode: a daemon's Docker Hub login gets the anonymous pull of non-local names, nothing more", async () => {
+    // dockerd sends a mirror the credentials it holds for Docker Hub. Refused, they would send every
+    // pull of a runner logged in to Docker Hub past the mirror, to Docker Hub.
+    const hub = { user: 'hub-user', password: 'dckr_pat_not-for-wharf' };
+    const mirror = await startAuthRegistry({
+      settings: { proxy: { default_upstream: 'open', retries: 0, upstreams: { open: { url: up.url, access: 'anonymous' }, closed: { url: up.url } } } },
+      authSettings: { users: [{ name: 'alice', password_hash: bcryptHash(PW.alice) }] },
+    });
+    const closed = await startAuthRegistry({ settings: { proxy: { default_upstream: 'closed', retries: 0, upstreams: { closed: { url: up.url } } } } });
+    try {
+      const alice = new RegistryClient(mirror.url, 'basic', { user: 'alice', password: PW.alice });
+      expect((await pushWith(alice, 'alice/local', '1', 'local')).status).toBe(201);
+      const tokenFor = async (registry: TestRegistry, scopes: string[], cred: { user: string; password: string }) => {
+        const res = await fetchToken(`${registry.url}/auth/token`, 'wharf', scopes, cred);
+        return { status: res.status, token: res.status === 200 ? ((await res.json()) as TokenReply).token : undefined };
+      };
+      for (const cred of [hub, { user: 'alice', password: 'alices-docker-hub-pw' }]) {
+        secrets.addBasic(cred.user, cred.password);
+        const pull = await tokenFor(mirror, ['repository:lib/app:pull'], cred);
+        expect(pull.status).toBe(200);
+        secrets.add('jwt', pull.token);
+        expect(claimsOf(pull.token!)).toMatchObject({ sub: '', access: [{ type: 'repository', name: 'lib/app', actions: ['pull'] }] });
+        const manifest = await fetch(`${mirror.url}/v2/lib/app/manifests/1`, { headers: { Authorization: `Bearer ${pull.token!}` } });
+        expect(manifest.status).toBe(200);
+        expect(manifest.headers.get('docker-content-digest')).toBe(digest);
+        // Anything else those credentials ask for is refused as before: a login, a push, a local
+        // repository, a proxy/ name, a default upstream that anonymous callers may not use.
+        for (const scopes of [[], ['repository:lib/app:pull,push'], ['repository:lib/app:pull', 'repository:alice/local:pull'], ['repository:proxy/open/lib/app:pull']]) {
+          expect([scopes, (await tokenFor(mirror, scopes, cred)).status]).toEqual([scopes, 401]);
+        }
+        expect((await tokenFor(closed, ['repository:lib/app:pull'], cred)).status).toBe(401);
+      }
+      // The right password still gets the user's own token.
+      const own = await tokenFor(mirror, ['repository:lib/app:pull'], { user: 'alice', password: PW.alice });
+      secrets.add('jwt', own.token);
+      expect(claimsOf(own.token!).sub).toBe('alice');
+    } finally {
+      await closed.close();
+      await mirror.close();
+    }
+  });
+
   test('[proxy] enabled = false: proxy/ names say the proxy is off, to users and administrators, for reads and writes', async () => {
     const off = await startAuthRegistry({
       settings: { proxy: { enabled: false } },

@@ -458,6 +458,39 @@ describe('failed logins are limited per address and per user', () => {
     expect(one).toEqual(one.map(() => 200));
   });
 
+  test('the same wrong credentials sent again are no new guess: refused every time, counted once', async () => {
+    // What a Docker daemon logged in to Docker Hub sends its mirror with every pull (another user's
+    // name, or a user's own name with their Docker Hub password), and a runner's jobs with a stale token.
+    secrets.addBasic('dave-hub', 'dckr_pat_hub-secret');
+    secrets.addBasic('bob', 'bobs-docker-hub-pw');
+    for (let i = 0; i < 15; i++) {
+      expect((await getFrom('127.0.0.10', tokenUrl(), { Authorization: basic('dave-hub', 'dckr_pat_hub-secret') })).status).toBe(401);
+      expect((await getFrom('127.0.0.10', `${reg.url}/v2/`, { Authorization: basic('bob', 'bobs-docker-hub-pw') })).status).toBe(401);
+      expect((await getFrom('127.0.0.10', `${reg.url}/v2/`, { Authorization: basic('ci', 'wharf_ci_stale-token') })).status).toBe(401);
+    }
+    // Neither the address nor bob is locked out.
+    expect((await getFrom('127.0.0.10', tokenUrl(), { Authorization: basic('bob', PW.bob) })).status).toBe(200);
+    // Guesses that differ still count: the 11th different one from an address is refused.
+    for (let i = 0; i < 7; i++) {
+      secrets.addBasic('bob', `different-guess-${i}`);
+      expect((await getFrom('127.0.0.10', `${reg.url}/v2/`, { Authorization: basic('bob', `different-guess-${i}`) })).status).toBe(401);
+    }
+    expect((await getFrom('127.0.0.10', `${reg.url}/v2/`, { Authorization: basic('bob', PW.bob) })).status).toBe(429);
+  });
+
+  test('a password refused a moment ago is taken once it becomes the password, or its user comes to exist', async () => {
+    const store = reg.auth!.store;
+    store.addUser('frank', bcryptHash('frank-old-password'), false);
+    secrets.addBasic('frank', 'frank-new-password');
+    secrets.addBasic('gina', 'gina-password-1');
+    expect((await getFrom('127.0.0.12', `${reg.url}/v2/`, { Authorization: basic('frank', 'frank-new-password') })).status).toBe(401);
+    expect((await getFrom('127.0.0.12', `${reg.url}/v2/`, { Authorization: basic('gina', 'gina-password-1') })).status).toBe(401);
+    store.setPassword('frank', bcryptHash('frank-new-password'));
+    store.addUser('gina', bcryptHash('gina-password-1'), false);
+    expect((await getFrom('127.0.0.12', `${reg.url}/v2/`, { Authorization: basic('frank', 'frank-new-password') })).status).toBe(200);
+    expect((await getFrom('127.0.0.12', `${reg.url}/v2/`, { Authorization: basic('gina', 'gina-password-1') })).status).toBe(200);
+  });
+
   test('after the suite, no password is in the log', () => {
     secrets.assertNotIn(log.text());
   });

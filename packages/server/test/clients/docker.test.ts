@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { basic, bcryptHash, startAuthRegistry } from '../auth/helpers.js';
 import { containersConfig, lowerCaseTempDir, removeTree, requireTool, shortTempDir, skopeo, startDockerd, type Dockerd } from '../helpers/clients.js';
@@ -123,6 +123,21 @@ describe('docker (dockerd) against Wharf', () => {
     expect(printedDigest(pulled.stdout)).toBe(layout.single.manifest.digest);
     await daemon.docker(['rmi', 'wharf-mirrored:1']);
     await daemon.docker(['pull', `wharf-mirrored@${layout.single.manifest.digest}`]);
+  }, 120_000);
+
+  test('logged in to Docker Hub, the daemon still pulls through its mirror (it sends the mirror that login)', async () => {
+    const file = join(daemon.configDir, 'config.json');
+    const before = await readFile(file, 'utf8');
+    const config = JSON.parse(before) as { auths: Record<string, { auth: string }> };
+    config.auths['https://index.docker.io/v1/'] = { auth: Buffer.from('hub-user:dckr_pat_not-for-wharf').toString('base64') };
+    await writeFile(file, JSON.stringify(config));
+    try {
+      await daemon.docker(['rmi', '-f', layout.single.config.digest]);
+      const pulled = await daemon.docker(['pull', 'wharf-mirrored:1']);
+      expect(printedDigest(pulled.stdout)).toBe(layout.single.manifest.digest);
+    } finally {
+      await writeFile(file, before);
+    }
   }, 120_000);
 
   test('with the upstream stopped, what was pulled through the proxy still pulls', async () => {
