@@ -97,6 +97,17 @@ describe('docker (dockerd) against Wharf', () => {
     expect(inspected[0]!.RepoDigests).toEqual(expect.arrayContaining([`${host}/alice/built@${digest!}`, `${host}/alice/copy@${digest!}`]));
   }, 180_000);
 
+  test('docker manifest (the CLI\'s own registry client) pushes a list of pushed images, and reads a proxied manifest', async () => {
+    const created = await daemon.docker(['manifest', 'create', '--insecure', `${host}/alice/list:1`, `${host}/alice/built:1`]);
+    expect(created.stdout).toContain('Created manifest list');
+    const pushed = await daemon.docker(['manifest', 'push', '--insecure', `${host}/alice/list:1`]);
+    const listDigest = /(sha256:[0-9a-f]{64})\s*$/.exec(pushed.stdout.trim())?.[1];
+    expect(listDigest).toMatch(/^sha256:/);
+    expect(await servedDigest('alice/list', '1', 'alice')).toBe(listDigest);
+    const inspected = JSON.parse((await daemon.docker(['manifest', 'inspect', '--insecure', `${host}/proxy/up/library/app:1`])).stdout) as { config: { digest: string } };
+    expect(inspected.config.digest).toBe(layout.single.config.digest);
+  }, 120_000);
+
   test("a push into another user's namespace is denied and nothing of it lands", async () => {
     await daemon.docker(['tag', `${host}/alice/built:1`, `${host}/bob/built:1`]);
     const denied = await daemon.dockerFails(['push', `${host}/bob/built:1`]);
