@@ -104,8 +104,12 @@ describe('docker (dockerd) against Wharf', () => {
     const listDigest = /(sha256:[0-9a-f]{64})\s*$/.exec(pushed.stdout.trim())?.[1];
     expect(listDigest).toMatch(/^sha256:/);
     expect(await servedDigest('alice/list', '1', 'alice')).toBe(listDigest);
-    const inspected = JSON.parse((await daemon.docker(['manifest', 'inspect', '--insecure', `${host}/proxy/up/library/app:1`])).stdout) as { config: { digest: string } };
-    expect(inspected.config.digest).toBe(layout.single.config.digest);
+    // A Docker (schema 2) image through the proxy: the Docker 20.10 CLI reads no OCI manifest.
+    await daemon.docker(['tag', `${host}/alice/built:1`, `${up.host}/library/built:1`]);
+    await daemon.docker(['push', `${up.host}/library/built:1`]);
+    const image = JSON.parse((await daemon.docker(['image', 'inspect', `${host}/alice/built:1`])).stdout) as { Id: string }[];
+    const inspected = JSON.parse((await daemon.docker(['manifest', 'inspect', '--insecure', `${host}/proxy/up/library/built:1`])).stdout) as { config: { digest: string } };
+    expect(inspected.config.digest).toBe(image[0]!.Id);
   }, 120_000);
 
   test("a push into another user's namespace is denied and nothing of it lands", async () => {
