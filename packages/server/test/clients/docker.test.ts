@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { basic, bcryptHash, startAuthRegistry } from '../auth/helpers.js';
-import { containersConfig, lowerCaseTempDir, removeTree, requireTool, shortTempDir, skopeo, startDockerd, type Dockerd } from '../helpers/clients.js';
+import { containersConfig, lowerCaseTempDir, removeTree, requireTool, run, shortTempDir, skopeo, startDockerd, type Dockerd } from '../helpers/clients.js';
 import { startDistribution, type Distribution } from '../helpers/distribution.js';
 import { buildOciLayout, type OciLayout } from '../helpers/oci-layout.js';
 import type { TestRegistry } from '../helpers/start-registry.js';
@@ -51,8 +51,11 @@ describe('docker (dockerd) against Wharf', () => {
       await skopeo(seed, ['copy', '--all', `oci:${layout.dir}:${ref}`, `docker://${up.host}/${repo}`, '--dest-tls-verify=false']);
     }
     reg = await startAuthRegistry({
-      // `access = "anonymous"`: Docker asks a mirror without credentials (see the mirror test).
-      settings: { proxy: { retries: 0, default_upstream: 'up', upstreams: { up: { url: up.url, access: 'anonymous' } } } },
+      // As the README sets a mirror of Docker Hub up: the docker.io upstream overridden (here to reach
+      // distribution), open to anonymous callers, since Docker asks a mirror without credentials.
+      settings: {
+        proxy: { retries: 0, default_upstream: 'docker.io', upstreams: { 'docker.io': { url: up.url, access: 'anonymous' }, up: { url: up.url } } },
+      },
       authSettings: { users: Object.entries(PW).map(([name, pw]) => ({ name, password_hash: bcryptHash(pw) })) },
     });
     host = new URL(reg.url).host;
@@ -154,6 +157,26 @@ describe('docker (dockerd) against Wharf', () => {
       await writeFile(file, before);
     }
   }, 120_000);
+
+  test('BuildKit (docker build) resolves FROM through the mirror (with ?ns=docker.io) and through /proxy/ with the login', async () => {
+    // Debian's 20.10 CLI drives the daemon's BuildKit itself; newer CLIs want the buildx plugin.
+    const docker = await requireTool('docker', 'docker.io').then(() => '/usr/bin/docker');
+    const context = join(dir, 'buildkit');
+    await mkdir(context);
+    await writeFile(join(context, 'hello.txt'), 'hello from BuildKit\n');
+    for (const [from, digest] of [
+      ['wharf-mirrored:1', layout.single.manifest.digest],
+      [`${host}/proxy/up/library/multi:1`, layout.multi.index.digest],
+    ] as const) {
+      await writeFile(join(context, 'Dockerfile'), `FROM ${from}\nCOPY hello.txt /\n`);
+      const built = await run(docker, ['-H', daemon.host, 'build', '--progress=plain', '--pull', '--no-cache', '-t', 'buildkit-test:1', context], {
+        env: { ...daemon.env, DOCKER_BUILDKIT: '1' },
+        timeoutMs: 120_000,
+      });
+      // BuildKit names the digest it resolved the FROM tag to.
+      expect(built.stderr + built.stdout).toContain(`@${digest}`);
+    }
+  }, 180_000);
 
   test('with the upstream stopped, what was pulled through the proxy still pulls', async () => {
     // The image and every name of it go, so that the pull needs its blobs too.

@@ -278,6 +278,9 @@ export async function startContainerd(dir: string, namespace = 'wharf'): Promise
 export interface Dockerd {
   /** The client's DOCKER_CONFIG folder (config.json holds the logins). */
   readonly configDir: string;
+  /** The client's environment (DOCKER_CONFIG, the classic builder) and its `-H` argument. */
+  readonly env: NodeJS.ProcessEnv;
+  readonly host: string;
   /** `docker -H unix://<socket> ...args`, with logins in a private DOCKER_CONFIG and the classic builder. */
   docker(args: readonly string[], timeoutMs?: number): Promise<RunResult>;
   /** The same, for a command that must fail: its error. */
@@ -317,13 +320,14 @@ export async function startDockerd(dir: string, options: { readonly mirrors?: re
     JSON.stringify({ 'storage-driver': 'vfs', iptables: false, ip6tables: false, bridge: 'none', 'registry-mirrors': options.mirrors ?? [] }),
   );
   const env = { ...process.env, DOCKER_CONFIG: configDir, DOCKER_BUILDKIT: '0', DOCKER_CLI_HINTS: 'false' };
-  const docker = (args: readonly string[], timeoutMs = 120_000) => run('docker', ['-H', `unix://${socket}`, ...args], { env, timeoutMs });
-  const dockerFails = (args: readonly string[], timeoutMs = 120_000) => runFails('docker', ['-H', `unix://${socket}`, ...args], { env, timeoutMs });
+  const host = `unix://${socket}`;
+  const docker = (args: readonly string[], timeoutMs = 120_000) => run('docker', ['-H', host, ...args], { env, timeoutMs });
+  const dockerFails = (args: readonly string[], timeoutMs = 120_000) => runFails('docker', ['-H', host, ...args], { env, timeoutMs });
   const close = await startDaemon(
     dockerd,
-    ['--config-file', configFile, '--data-root', join(dir, 'data'), '--exec-root', join(dir, 'x'), '--pidfile', join(dir, 'd.pid'), '-H', `unix://${socket}`],
+    ['--config-file', configFile, '--data-root', join(dir, 'data'), '--exec-root', join(dir, 'x'), '--pidfile', join(dir, 'd.pid'), '-H', host],
     join(dir, 'dockerd.log'),
     () => docker(['version'], 5_000),
   );
-  return { configDir, docker, dockerFails, close };
+  return { configDir, env, host, docker, dockerFails, close };
 }
