@@ -3,6 +3,7 @@ import { totalmem } from 'node:os';
 import { open, type FileHandle } from 'node:fs/promises';
 import type { HeldBytes } from '@wharf/registry-core';
 import { AlignedBlocks, BLOCK_SIZE } from './aligned-blocks.js';
+import { FillBudget } from './fill-budget.js';
 
 /** Offsets and lengths of O_DIRECT writes are multiples of this (the largest logical block size in use). */
 const DIRECT_ALIGN = 4096;
@@ -26,6 +27,11 @@ const PLAIN_SPARES = 2;
 const NO_DIRECT = new Set(['EINVAL', 'EOPNOTSUPP', 'ENOTSUP']);
 
 const alignedBlocks = new AlignedBlocks();
+/**
+ * Blocks all fills together hold before those holding more than one pause (see FillBudget): as many
+ * as one aligned memory has, so that one fill, or a few (the layers of one image), never wait on it.
+ */
+export const fillBudget = new FillBudget(32);
 
 interface Block {
   /** File offset of the block's first byte: a multiple of BLOCK_SIZE. */
@@ -66,6 +72,8 @@ export class FillWriter {
   private readonly writes = new Set<Promise<void>>();
   private failure: Error | undefined;
   private roomWaiters: (() => void)[] = [];
+  /** Ends a wait of `room()` on the budget: when the fills hold less, or this one one block. */
+  private budgetWake: (() => void) | undefined;
   /** O_DIRECT failed once: every later write goes through the page cache. */
   private directFailed = false;
   /** Some block went to disk with O_DIRECT: its pages are not in the page cache. */
@@ -128,14 +136,39 @@ export class FillWriter {
       this.received += n;
       if (block.filled === BLOCK_SIZE) this.complete();
     }
-    return this.unwritten < MAX_UNWRITTEN;
+    return this.unwritten < MAX_UNWRITTEN && !this.overBudget();
   }
 
-  /** Resolves once fewer than MAX_UNWRITTEN blocks wait for the disk; rejects if a write failed. */
-  room(): Promise<void> {
-    if (this.failure) return Promise.reject(this.failure);
-    if (this.unwritten < MAX_UNWRITTEN) return Promise.resolve();
-    return new Promise((resolve, reject) => this.roomWaiters.push(() => (this.failure ? reject(this.failure) : resolve())));
+  /**
+   * Resolves once fewer than MAX_UNWRITTEN blocks wait for the disk and the fill is within the fills'
+   * budget; rejects if a write failed.
+   */
+  async room(): Promise<void> {
+    for (;;) {
+      if (this.failure) throw this.failure;
+      if (this.unwritten >= MAX_UNWRITTEN) await new Promise<void>((resolve) => this.roomWaiters.push(resolve));
+      else if (this.overBudget()) await new Promise<void>((resolve) => this.waitForBudget(resolve));
+      else return;
+    }
+  }
+
+  private waitForBudget(resolve: () => void): void {
+    const wake = (): void => {
+      fillBudget.stopWaiting(wake);
+      if (this.budgetWake === wake) this.budgetWake = undefined;
+      resolve();
+    };
+    this.budgetWake = wake;
+    fillBudget.waitFor(wake);
+  }
+
+  /**
+   * The fills hold their budget or more, and this one more than one block. One always may be: it is
+   * written only once full, and only writes give blocks back. A chunk that fills it goes on into a
+   * second, so a fill holds at most two past the budget: one being written, one being filled.
+   */
+  private overBudget(): boolean {
+    return fillBudget.spent && this.window.length > 1;
   }
 
   /** Writes the last, partial block and waits for every write. */
@@ -203,6 +236,7 @@ export class FillWriter {
     this.toWrite.length = 0;
     await this.writesSettled();
     for (const block of this.window.splice(0)) this.drop(block);
+    fillBudget.give(this.plainSpares.splice(0).length);
     const direct = this.direct;
     this.direct = undefined;
     await direct?.close().catch(() => undefined);
@@ -212,7 +246,10 @@ export class FillWriter {
     const start = this.received;
     this.trim(WINDOW - 1);
     const aligned = alignedBlocks.take();
-    const buffer = aligned ?? this.plainSpares.pop() ?? Buffer.allocUnsafeSlow(BLOCK_SIZE);
+    const spare = aligned ? undefined : this.plainSpares.pop();
+    const buffer = aligned ?? spare ?? Buffer.allocUnsafeSlow(BLOCK_SIZE);
+    // A spare was counted already; it moves from the spares to the window.
+    if (!spare) fillBudget.take();
     const block: Block = { start, buffer, aligned: aligned !== undefined, filled: 0, written: false, refs: 0, dropped: false };
     this.window.push(block);
     return block;
@@ -223,18 +260,24 @@ export class FillWriter {
    * written when aligned blocks are scarce; unwritten ones never leave (push pauses before).
    */
   private trim(keep: number): void {
-    if (alignedBlocks.available < SCARCE) keep = 0;
+    if (alignedBlocks.available < SCARCE || fillBudget.blocks > fillBudget.limit - SCARCE) keep = 0;
     while (this.window.length > keep && this.window[0]!.written) this.drop(this.window.shift()!);
   }
 
+  /** The block leaves the window (and the budget: a view still lent keeps it, the client's memory then). */
   private drop(block: Block): void {
     block.dropped = true;
+    fillBudget.give();
+    if (this.window.length <= 1) this.budgetWake?.();
     if (block.refs === 0) this.recycle(block);
   }
 
   private recycle(block: Block): void {
     if (block.aligned) alignedBlocks.give(block.buffer);
-    else if (!this.closed && this.plainSpares.length < PLAIN_SPARES) this.plainSpares.push(block.buffer);
+    else if (!this.closed && this.plainSpares.length < PLAIN_SPARES && !fillBudget.spent) {
+      this.plainSpares.push(block.buffer);
+      fillBudget.take();
+    }
   }
 
   /** The newest block is complete: its write starts as soon as a slot is free. */
@@ -266,6 +309,8 @@ export class FillWriter {
             if (this.failure) return;
             this.failure = err instanceof Error ? err : new Error(String(err));
             this.onFailed(this.failure);
+            // A room() waiting on the budget rejects at once.
+            this.budgetWake?.();
           },
         )
         .finally(() => {

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AlignedBlocks, BLOCK_SIZE } from '../src/aligned-blocks.js';
 import type { HeldBytes } from '@wharf/registry-core';
-import { FillWriter } from '../src/fill-writer.js';
+import { FillWriter, fillBudget } from '../src/fill-writer.js';
 
 /** Whether the file system of `dir` takes O_DIRECT (tmpfs did not before Linux 6.6). */
 async function takesDirect(dir: string): Promise<boolean> {
@@ -225,6 +225,61 @@ describe('FillWriter, many fills at once', () => {
     } finally {
       for (const w of writers) await w.close();
       for (const h of handles) await h.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('fills together', () => {
+  test('many fills at once hold at most two blocks each past their budget, write every byte, and give every block back', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'wharf-fill-budget-'));
+    const limit = fillBudget.limit;
+    fillBudget.limit = 4;
+    try {
+      fillBudget.resetPeak();
+      const count = 24;
+      const fills = await Promise.all(
+        Array.from({ length: count }, async (_, i) => {
+          const path = join(dir, `fill-${i}`);
+          const handle = await open(path, 'w');
+          return { path, handle, bytes: randomBytes(4 * BLOCK_SIZE + 1000 * i), writer: await FillWriter.open(path, handle) };
+        }),
+      );
+      await Promise.all(fills.map(async ({ writer, bytes }) => {
+        await pushAll(writer, bytes, 65_536);
+        await writer.finish();
+      }));
+      // Unbounded, each fill held its unwritten blocks and the one it was filling: 72 in all here.
+      expect(fillBudget.peak).toBeGreaterThanOrEqual(4);
+      expect(fillBudget.peak).toBeLessThanOrEqual(4 + 2 * count);
+      for (const { path, bytes } of fills) expect((await readFile(path)).equals(bytes)).toBe(true);
+      for (const { writer, handle } of fills) {
+        await writer.close();
+        await handle.close();
+      }
+      expect(fillBudget.blocks).toBe(0);
+    } finally {
+      fillBudget.limit = limit;
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('a fill waiting on the budget fails at once when one of its writes fails', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'wharf-fill-budget-'));
+    const limit = fillBudget.limit;
+    fillBudget.limit = 1;
+    try {
+      const path = join(dir, 'fill');
+      const handle = await open(path, 'w');
+      const writer = await FillWriter.open(path, handle, { direct: false });
+      // Writes fail: the descriptor is closed under the writer.
+      await handle.close();
+      const bytes = randomBytes(4 * BLOCK_SIZE);
+      await expect(pushAll(writer, bytes, 65_536)).rejects.toThrow();
+      await writer.close();
+      expect(fillBudget.blocks).toBe(0);
+    } finally {
+      fillBudget.limit = limit;
       await rm(dir, { recursive: true, force: true });
     }
   });
