@@ -33,6 +33,11 @@ const alignedBlocks = new AlignedBlocks();
  */
 export const fillBudget = new FillBudget(32);
 
+/** Bytes of memory the running fills hold (their blocks and spares), for metrics. */
+export function fillMemoryBytes(): number {
+  return fillBudget.blocks * BLOCK_SIZE;
+}
+
 interface Block {
   /** File offset of the block's first byte: a multiple of BLOCK_SIZE. */
   readonly start: number;

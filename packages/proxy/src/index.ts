@@ -8,3 +8,4 @@ export * from './mirrors.js';
 export * from './cache-eviction.js';
 export * from './observer.js';
 export * from './cache-fsck.js';
+export { fillMemoryBytes } from './fill-writer.js';

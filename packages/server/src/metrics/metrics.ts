@@ -1,6 +1,6 @@
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { BlobFills, ProxyObserver, PullThroughRepository } from '@wharf/proxy';
+import { fillMemoryBytes, type BlobFills, type ProxyObserver, type PullThroughRepository } from '@wharf/proxy';
 import type { SqliteDatabase } from '@wharf/registry-core';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { RequestObservation, RequestObserver } from '../http/request-log.js';
@@ -119,6 +119,14 @@ export class WharfMetrics implements RequestObserver {
       registers,
       collect() {
         this.set(sources.fills.running);
+      },
+    });
+    new Gauge({
+      name: 'wharf_proxy_fill_memory_bytes',
+      help: 'Memory the running upstream blob downloads hold for their clients and the disk (32 MiB before they pause)',
+      registers,
+      collect() {
+        this.set(fillMemoryBytes());
       },
     });
     new Counter({

@@ -92,6 +92,8 @@ describe('/metrics', () => {
     expect(delta(before, first, 'wharf_proxy_cache_hits_total', { upstream: 'up', kind: 'blob' })).toBe(0);
     expect(delta(before, first, 'wharf_proxy_fills_total')).toBe(2);
     expect(sample(first, 'wharf_proxy_fills_in_flight')).toBe(0);
+    // Every block the fills took is back once they are done.
+    expect(sample(first, 'wharf_proxy_fill_memory_bytes')).toBe(0);
     expect(sample(first, 'wharf_blob_bytes_stored', { store: 'proxy' })).toBe(image.config.bytes.length + image.layer.bytes.length);
     // What the proxy says it sent upstream is what the upstream says it answered.
     const upFirst = await scrape(up.url);
