@@ -1,10 +1,10 @@
 /**
  * Blocks of memory that all fills together hold (those in their windows and their spare blocks),
  * against one limit. Each fill's own share was bounded but their sum was not: forty cold pulls of
- * distinct layers at once held 226 MiB of blocks and took the server to 394 MiB of RSS. Over the
- * limit, a fill holding more than one block pauses its upstream until blocks come back (its own
- * written blocks leave as the disk takes them, and spare blocks are let go), so past the limit a fill
- * holds at most two (one being written, one being filled), and no fill ever waits on a client.
+ * distinct layers at once held 226 MiB of blocks and took the server to 394 MiB of RSS. At the limit,
+ * a fill lets go of its written blocks and its spares, and if it still holds more than one block, it
+ * pauses its upstream until its own disk writes give blocks back: it never waits on another fill or
+ * on a client, and mostly holds two blocks (one being written, one being filled).
  */
 export class FillBudget {
   private held = 0;

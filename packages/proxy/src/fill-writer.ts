@@ -141,7 +141,7 @@ export class FillWriter {
       this.received += n;
       if (block.filled === BLOCK_SIZE) this.complete();
     }
-    return this.unwritten < MAX_UNWRITTEN && !this.overBudget();
+    return this.unwritten < MAX_UNWRITTEN && !this.mustPause();
   }
 
   /**
@@ -151,8 +151,9 @@ export class FillWriter {
   async room(): Promise<void> {
     for (;;) {
       if (this.failure) throw this.failure;
+      if (this.closed) throw new Error('the fill was closed while it waited for room');
       if (this.unwritten >= MAX_UNWRITTEN) await new Promise<void>((resolve) => this.roomWaiters.push(resolve));
-      else if (this.overBudget()) await new Promise<void>((resolve) => this.waitForBudget(resolve));
+      else if (this.mustPause()) await new Promise<void>((resolve) => this.waitForBudget(resolve));
       else return;
     }
   }
@@ -168,11 +169,15 @@ export class FillWriter {
   }
 
   /**
-   * The fills hold their budget or more, and this one more than one block. One always may be: it is
-   * written only once full, and only writes give blocks back. A chunk that fills it goes on into a
-   * second, so a fill holds at most two past the budget: one being written, one being filled.
+   * Whether the fill must pause its upstream: the fills hold their budget or more, and this one, once
+   * it has let go of its written blocks and its spares, still more than one block. One block always
+   * may be: it is written only once full, and only writes give blocks back. So a paused fill holds
+   * only blocks that wait for its own disk writes, and those writes alone wake it.
    */
-  private overBudget(): boolean {
+  private mustPause(): boolean {
+    if (!fillBudget.spent) return false;
+    this.trim(0);
+    fillBudget.give(this.plainSpares.splice(0).length);
     return fillBudget.spent && this.window.length > 1;
   }
 
@@ -239,6 +244,8 @@ export class FillWriter {
   async close(): Promise<void> {
     this.closed = true;
     this.toWrite.length = 0;
+    // A room() waiting now rejects: nothing will be written any more.
+    for (const wake of this.roomWaiters.splice(0)) wake();
     await this.writesSettled();
     for (const block of this.window.splice(0)) this.drop(block);
     fillBudget.give(this.plainSpares.splice(0).length);

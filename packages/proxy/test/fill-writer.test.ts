@@ -264,6 +264,74 @@ describe('fills together', () => {
     }
   });
 
+  test('at the budget, a fill lets its written blocks go rather than wait on other fills; paused, its own writes wake it', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'wharf-fill-budget-'));
+    const opened: { writer: FillWriter; handle: FileHandle }[] = [];
+    const fill = async () => {
+      const path = join(dir, `fill-${opened.length}`);
+      const handle = await open(path, 'w');
+      const writer = await FillWriter.open(path, handle);
+      opened.push({ writer, handle });
+      return writer;
+    };
+    try {
+      expect(fillBudget.blocks).toBe(0);
+      // A: three blocks on disk, kept for clients a little behind, and a fourth begun.
+      const a = await fill();
+      await pushAll(a, randomBytes(3 * BLOCK_SIZE), 65_536);
+      while (a.written < 3 * BLOCK_SIZE) await sleep(5);
+      expect(a.push(Buffer.alloc(10))).toBe(true);
+      expect(fillBudget.blocks).toBe(4);
+      // Fills with slow upstreams spend the rest of the budget, one block begun each.
+      const idle = fillBudget.limit - 4;
+      for (let i = 0; i < idle; i++) expect((await fill()).push(Buffer.alloc(10))).toBe(true);
+      expect(fillBudget.spent).toBe(true);
+      // A goes on: it gives up its written blocks instead of waiting for another fill to end.
+      expect(a.push(Buffer.alloc(10))).toBe(true);
+      expect(fillBudget.spent).toBe(false);
+      // B, with the budget spent again, pauses once it holds a block being written and one being
+      // filled, and resumes as soon as its own write is done.
+      while (!fillBudget.spent) expect((await fill()).push(Buffer.alloc(10))).toBe(true);
+      const b = await fill();
+      const bytes = randomBytes(3 * BLOCK_SIZE);
+      let paused = false;
+      for (let at = 0; at < bytes.length; at += 65_536) {
+        if (!b.push(bytes.subarray(at, at + 65_536))) {
+          paused = true;
+          await b.room();
+        }
+      }
+      expect(paused).toBe(true);
+      await b.finish();
+      expect((await readFile(join(dir, `fill-${opened.length - 1}`))).equals(bytes)).toBe(true);
+    } finally {
+      for (const { writer, handle } of opened) {
+        await writer.close();
+        await handle.close().catch(() => undefined);
+      }
+      expect(fillBudget.blocks).toBe(0);
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('a room() still waiting when the fill is closed rejects', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'wharf-fill-budget-'));
+    try {
+      const path = join(dir, 'fill');
+      const handle = await open(path, 'w');
+      const writer = await FillWriter.open(path, handle, { direct: false });
+      let at = 0;
+      const bytes = randomBytes(8 * BLOCK_SIZE);
+      while (writer.push(bytes.subarray(at, at + 65_536))) at += 65_536;
+      const room = writer.room();
+      await writer.close();
+      await expect(room).rejects.toThrow(/closed/);
+      await handle.close();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   test('a fill waiting on the budget fails at once when one of its writes fails', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'wharf-fill-budget-'));
     const limit = fillBudget.limit;
