@@ -262,9 +262,11 @@ export class AuthService {
 
   /**
    * Whether `scopes` ask only to pull names that Docker's registry-mirrors mode serves to anyone: not
-   * local, from a default upstream open to anonymous callers. Docker's daemon sends a mirror the
-   * credentials it holds for Docker Hub, never those for the mirror's host; refused, they would send
-   * every pull of a runner logged in to Docker Hub past Wharf, to Docker Hub.
+   * local, from a default upstream open to anonymous callers. Such a token request gets the anonymous
+   * token whatever credentials it carries, unchecked and uncounted: Docker's daemon sends a mirror the
+   * credentials it holds for Docker Hub, never those for the mirror's host. Refused, they sent every
+   * pull of a runner logged in to Docker Hub past Wharf, to Docker Hub; checked, ten Docker Hub
+   * logins behind one address locked that address out of Wharf.
    */
   async anonymousMirrorPull(scopes: readonly ResourceScope[]): Promise<boolean> {
     const upstream = this.proxy.enabled ? this.proxy.defaultUpstream : undefined;

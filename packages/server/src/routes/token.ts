@@ -59,12 +59,9 @@ export function registerTokenEndpoint(router: Router, auth: AuthService): void {
       if (/^Basic\s/i.test(header)) {
         const basic = parseBasic(header);
         if (!basic) throw new AuthFailure('malformed Basic credentials', 'basic');
-        try {
-          principal = await auth.login(basic.user, basic.password, ctx.socket.remoteAddress);
-        } catch (err) {
-          // Docker's daemon asks a mirror with its Docker Hub login: what anyone may pull, it gets.
-          if (!(err instanceof AuthFailure) || !(await auth.anonymousMirrorPull(scopes))) throw err;
-        }
+        // Docker's daemon asks a mirror with its Docker Hub login: what anyone may pull from the
+        // mirror's upstream it gets, without a look at credentials that are not Wharf's.
+        if (!(await auth.anonymousMirrorPull(scopes))) principal = await auth.login(basic.user, basic.password, ctx.socket.remoteAddress);
       }
       const access = await auth.grant(principal, scopes);
       await reply(ctx, principal, access, params.get('offline_token') === 'true', false);

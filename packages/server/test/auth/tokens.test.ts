@@ -476,6 +476,8 @@ describe('failed logins are limited per address and per user', () => {
       expect((await getFrom('127.0.0.10', `${reg.url}/v2/`, { Authorization: basic('bob', `different-guess-${i}`) })).status).toBe(401);
     }
     expect((await getFrom('127.0.0.10', `${reg.url}/v2/`, { Authorization: basic('bob', PW.bob) })).status).toBe(429);
+    // Over the limit, credentials refused before are no way around it.
+    expect((await getFrom('127.0.0.10', tokenUrl(), { Authorization: basic('dave-hub', 'dckr_pat_hub-secret') })).status).toBe(429);
   });
 
   test('a password refused a moment ago is taken once it becomes the password, or its user comes to exist', async () => {

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { access, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { basic, bcryptHash, startAuthRegistry } from '../auth/helpers.js';
 import { containersConfig, lowerCaseTempDir, removeTree, requireTool, run, shortTempDir, skopeo, startDockerd, type Dockerd } from '../helpers/clients.js';
@@ -159,8 +159,12 @@ describe('docker (dockerd) against Wharf', () => {
   }, 120_000);
 
   test('BuildKit (docker build) resolves FROM through the mirror (with ?ns=docker.io) and through /proxy/ with the login', async () => {
-    // Debian's 20.10 CLI drives the daemon's BuildKit itself; newer CLIs want the buildx plugin.
-    const docker = await requireTool('docker', 'docker.io').then(() => '/usr/bin/docker');
+    // Debian's 20.10 CLI drives the daemon's BuildKit itself; newer CLIs (the machine may have one
+    // first on PATH) want the buildx plugin.
+    const docker = '/usr/bin/docker';
+    await access(docker).catch(() => {
+      throw new Error(`${docker} is missing: install the Debian package docker.io (apt-get install -y --no-install-recommends docker.io)`);
+    });
     const context = join(dir, 'buildkit');
     await mkdir(context);
     await writeFile(join(context, 'hello.txt'), 'hello from BuildKit\n');

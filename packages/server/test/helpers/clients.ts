@@ -303,8 +303,9 @@ async function dockerdBinary(): Promise<string> {
 
 /**
  * A private Docker daemon (Debian's docker.io) with data, state and socket in `dir` (keep it short:
- * unix socket paths are limited): vfs storage, no bridge, no iptables rules, so that it changes nothing
- * on the machine; `mirrors` become its `registry-mirrors`. Registries on 127.0.0.0/8 are plain HTTP
+ * unix socket paths are limited): vfs storage, no bridge, no iptables rules, no IP forwarding, so that
+ * it leaves nothing on the machine but its key (/etc/docker/key.json) and an empty /run/docker/plugins;
+ * `mirrors` become its `registry-mirrors`. Registries on 127.0.0.0/8 are plain HTTP
  * to Docker without configuration. It is killed by close(), and by the exit of this process at the latest.
  */
 export async function startDockerd(dir: string, options: { readonly mirrors?: readonly string[] } = {}): Promise<Dockerd> {
@@ -317,7 +318,7 @@ export async function startDockerd(dir: string, options: { readonly mirrors?: re
   const configFile = join(dir, 'daemon.json');
   await writeFile(
     configFile,
-    JSON.stringify({ 'storage-driver': 'vfs', iptables: false, ip6tables: false, bridge: 'none', 'registry-mirrors': options.mirrors ?? [] }),
+    JSON.stringify({ 'storage-driver': 'vfs', iptables: false, ip6tables: false, 'ip-forward': false, bridge: 'none', 'registry-mirrors': options.mirrors ?? [] }),
   );
   const env = { ...process.env, DOCKER_CONFIG: configDir, DOCKER_BUILDKIT: '0', DOCKER_CLI_HINTS: 'false' };
   const host = `unix://${socket}`;

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { bcryptHash, startAuthRegistry } from '../auth/helpers.js';
+import { bcryptHash, captureLog, startAuthRegistry } from '../auth/helpers.js';
 import { containersConfig, isolatedPodman, lowerCaseTempDir, removeTree, requireTool, runFails, skopeo, type ContainersConfig } from '../helpers/clients.js';
 import { startDistribution, type Distribution } from '../helpers/distribution.js';
 import { buildOciLayout, type OciLayout } from '../helpers/oci-layout.js';
@@ -26,6 +26,7 @@ describe('registries.conf mirror of docker.io at <wharf>/proxy/<upstream> (skope
   let reg: TestRegistry;
   let config: ContainersConfig;
   let registriesConf: string;
+  const log = captureLog();
 
   beforeAll(async () => {
     for (const [tool, pkg] of [['skopeo', 'skopeo'], ['podman', 'podman']] as const) await requireTool(tool, pkg);
@@ -36,6 +37,7 @@ describe('registries.conf mirror of docker.io at <wharf>/proxy/<upstream> (skope
     await skopeo(seed, ['copy', `oci:${layout.dir}:single`, `docker://${up.host}/library/app:1`, '--dest-tls-verify=false']);
     await skopeo(seed, ['copy', '--all', `oci:${layout.dir}:multi`, `docker://${up.host}/library/multi:1`, '--dest-tls-verify=false']);
     reg = await startAuthRegistry({
+      logger: log.logger,
       settings: { proxy: { retries: 0, upstreams: { up: { url: up.url } } } },
       authSettings: { users: [{ name: 'alice', password_hash: bcryptHash(PW) }] },
     });
@@ -55,14 +57,25 @@ describe('registries.conf mirror of docker.io at <wharf>/proxy/<upstream> (skope
     if (dir) await removeTree(dir);
   }, 60_000);
 
-  // skopeo 1.9 reads CONTAINERS_REGISTRIES_CONF for nothing: it takes the file as --registries-conf.
+  // skopeo 1.9 ignores CONTAINERS_REGISTRIES_CONF (it reads /etc/containers/registries.conf): it takes --registries-conf.
   const mirrored = (args: readonly string[]) => skopeo(config, ['--registries-conf', registriesConf, ...args]);
 
   test('without a login to the mirror, Wharf refuses it and the pull falls through to docker.io itself (unreachable here, or without these images)', async () => {
+    const before = log.text().length;
     const failed = await runFails('skopeo', ['--registries-conf', registriesConf, '--policy', config.policy, 'copy', 'docker://docker.io/library/app:1', `oci:${join(dir, 'refused')}:x`], {
       env: config.env,
     });
     expect(failed.stderr).toMatch(/docker\.io/);
+    // The mirror was asked first, and refused the anonymous caller.
+    const asked = log
+      .text()
+      .slice(before)
+      .split('\n')
+      .filter(Boolean)
+      .map((line) => JSON.parse(line) as { path?: string; status?: number })
+      .filter((line) => line.path === '/v2/proxy/up/library/app/manifests/1');
+    expect(asked.length).toBeGreaterThan(0);
+    expect(asked.every((line) => line.status === 401)).toBe(true);
   });
 
   test('skopeo copies docker.io names from the mirror, one image and a whole index, with the login for the mirror host', async () => {
