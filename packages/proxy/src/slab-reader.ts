@@ -5,6 +5,13 @@ export const MIN_READ = 64 * 1024;
 /** Slabs kept for reuse when nobody holds a view of them, shared by every reader. */
 const SPARES = 4;
 const spares: Buffer[] = [];
+/**
+ * Slabs each reader keeps for itself on top: while its reader holds lent views, a slab comes back
+ * some reads after the next was taken, so a reader turns over two or three. Shared alone, four
+ * spares served one download, but three at once overflowed them and allocated a new slab for 42% of
+ * their bytes (123 MiB of garbage for three 100 MB layers, and the page faults slabs exist to avoid).
+ */
+const OWN_SPARES = 2;
 
 interface Slab {
   readonly buffer: Buffer;
@@ -34,6 +41,7 @@ const CLOSED_ROOM = Buffer.allocUnsafeSlow(MIN_READ);
 export class SlabReader {
   private current: Slab | undefined;
   private closed = false;
+  private readonly own: Buffer[] = [];
   private readonly slabs = new WeakMap<ArrayBufferLike, Slab>();
   private readonly lentViews = new WeakSet<Buffer>();
 
@@ -43,7 +51,7 @@ export class SlabReader {
     let slab = this.current;
     if (!slab || slab.buffer.length - slab.used < MIN_READ) {
       if (slab) this.retire(slab);
-      const buffer = spares.pop() ?? Buffer.allocUnsafeSlow(SLAB_SIZE);
+      const buffer = this.own.pop() ?? spares.pop() ?? Buffer.allocUnsafeSlow(SLAB_SIZE);
       slab = { buffer, used: 0, lent: 0, retired: false };
       this.slabs.set(buffer.buffer, slab);
       this.current = slab;
@@ -83,6 +91,7 @@ export class SlabReader {
     this.closed = true;
     if (this.current) this.retire(this.current);
     this.current = undefined;
+    for (const buffer of this.own.splice(0)) if (spares.length < SPARES) spares.push(buffer);
   }
 
   private retire(slab: Slab): void {
@@ -92,6 +101,7 @@ export class SlabReader {
 
   private reuse(slab: Slab): void {
     this.slabs.delete(slab.buffer.buffer);
-    if (spares.length < SPARES) spares.push(slab.buffer);
+    if (!this.closed && this.own.length < OWN_SPARES) this.own.push(slab.buffer);
+    else if (spares.length < SPARES) spares.push(slab.buffer);
   }
 }
