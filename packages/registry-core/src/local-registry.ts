@@ -89,6 +89,10 @@ export class LocalRegistry implements RepositoryReader, RepositoryWriter {
     return this.metadata.repositoryExists(repo);
   }
 
+  repositoryHasManifests(repo: string): Promise<boolean> {
+    return this.metadata.repositoryHasManifests(repo);
+  }
+
   async putManifest(
     repo: string,
     reference: string,

@@ -36,6 +36,12 @@ export interface MetadataReader {
   repositories(page: Page): Promise<string[]>;
   referrers(repo: string, subject: Digest): Promise<Descriptor[]>;
   repositoryExists(repo: string): Promise<boolean>;
+  /**
+   * Whether the repository holds a manifest: what makes a name local to those who pull it. Blobs
+   * alone (a push under way or cut short, an image whose manifests were deleted, until the next
+   * collection) do not, as in the catalog.
+   */
+  repositoryHasManifests(repo: string): Promise<boolean>;
   /** Repositories the blob is linked in, by name, at most `limit`: the sources of a mount that names no `from`. */
   repositoriesWithBlob(digest: Digest, limit: number): Promise<string[]>;
 }

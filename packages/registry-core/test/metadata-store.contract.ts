@@ -121,6 +121,8 @@ export function describeMetadataStore(name: string, make: () => Promise<Metadata
         await store.linkBlob('alice/a', info);
         expect(await store.repositoryExists('alice/a')).toBe(true);
         expect(await store.repositoryExists('alice')).toBe(false);
+        // It holds no image yet: to those who pull, the name is not a local one.
+        expect(await store.repositoryHasManifests('alice/a')).toBe(false);
       });
     });
 
@@ -280,6 +282,11 @@ export function describeMetadataStore(name: string, make: () => Promise<Metadata
         expect(await store.taggedManifest('alice/a', 'v1')).toBeUndefined();
         expect(await store.tags('alice/a', {})).toEqual(['v2']);
         expect(await store.deleteManifest('alice/a', one.digest)).toBe(false);
+        // Holding a manifest, the repository is a local one; its last deleted, it is not any more.
+        expect(await store.repositoryHasManifests('alice/a')).toBe(true);
+        expect(await store.deleteManifest('alice/a', two.digest)).toBe(true);
+        expect(await store.repositoryHasManifests('alice/a')).toBe(false);
+        expect(await store.repositoryExists('alice/a')).toBe(true);
       });
 
       test('deleteManifest of an unknown manifest or repository is false', async () => {

@@ -47,7 +47,7 @@ export class ProxyResolver implements RepositoryResolver {
     if (!isPull(request)) return local;
     const ns = query.get('ns');
     const upstream = ns ? this.byHost.get(ns.toLowerCase()) : this.config.defaultUpstream ? this.byName.get(this.config.defaultUpstream) : undefined;
-    if (!upstream || (await this.local.repositoryExists(name))) return local;
+    if (!upstream || (await this.local.repositoryHasManifests(name))) return local;
     return this.pullThrough(upstream, name, request);
   }
 

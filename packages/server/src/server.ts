@@ -148,7 +148,7 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
   let auth: AuthService | undefined;
   try {
     auth = config.auth.enabled
-      ? await AuthService.create({ config, db, repositoryExists: (name) => local.repositoryExists(name), logger, ...(options.auth ? { tuning: options.auth } : {}) })
+      ? await AuthService.create({ config, db, isLocalRepository: (name) => local.repositoryHasManifests(name), logger, ...(options.auth ? { tuning: options.auth } : {}) })
       : undefined;
   } catch (err) {
     // A first start refused (WHARF_ADMIN_PASSWORD too short, say) leaves nothing open behind it.

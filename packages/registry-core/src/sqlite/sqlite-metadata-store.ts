@@ -39,6 +39,7 @@ export class SqliteMetadataStore implements MetadataStore {
     const s = (sql: string) => db.prepare(sql);
     this.q = {
       repoId: s('SELECT id FROM repositories WHERE name = ?'),
+      hasManifests: s('SELECT 1 FROM manifests m JOIN repositories r ON r.id = m.repository_id WHERE r.name = ? LIMIT 1'),
       insertRepo: s('INSERT INTO repositories (name, created_at) VALUES (?, ?) ON CONFLICT(name) DO NOTHING'),
       blob: s(`SELECT b.size AS size FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id
                JOIN blobs b ON b.digest = rb.digest WHERE r.name = ? AND rb.digest = ?`),
@@ -105,6 +106,10 @@ export class SqliteMetadataStore implements MetadataStore {
 
   async repositoryExists(repo: string): Promise<boolean> {
     return this.q.repoId!.get(repo) !== undefined;
+  }
+
+  async repositoryHasManifests(repo: string): Promise<boolean> {
+    return this.q.hasManifests!.get(repo) !== undefined;
   }
 
   async tags(repo: string, page: Page): Promise<string[] | undefined> {

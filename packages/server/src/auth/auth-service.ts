@@ -46,8 +46,8 @@ export class AuthFailure extends RegistryError {
 export interface AuthServiceOptions {
   readonly config: WharfConfig;
   readonly db: SqliteDatabase;
-  /** Whether a local repository exists (mirror-mode pulls of names that are not local go upstream). */
-  readonly repositoryExists: (name: string) => Promise<boolean>;
+  /** Whether a name is a local repository, one holding a manifest (mirror-mode pulls of other names go upstream). */
+  readonly isLocalRepository: (name: string) => Promise<boolean>;
   readonly logger: Logger;
   readonly tuning?: AuthTuning;
 }
@@ -77,7 +77,7 @@ export class AuthService {
     private readonly proxy: ProxyConfig,
     private readonly issuer: TokenIssuer,
     store: AuthStore,
-    private readonly repositoryExists: (name: string) => Promise<boolean>,
+    private readonly isLocalRepository: (name: string) => Promise<boolean>,
     private readonly logger: Logger,
     tuning: AuthTuning,
   ) {
@@ -97,7 +97,7 @@ export class AuthService {
       config.proxy,
       new TokenIssuer(key, config.auth.service, config.auth.tokenTtl),
       store,
-      options.repositoryExists,
+      options.isLocalRepository,
       logger,
       tuning,
     );
@@ -255,7 +255,7 @@ export class AuthService {
     }
     const actions = allowedActions(principal, { kind: 'repository', name }, policy);
     if (!actions.has('pull') && this.proxy.enabled && this.proxy.upstreams.some((u) => mayUseUpstream(principal, u.key, policy))) {
-      if (!(await this.repositoryExists(name))) actions.add('pull');
+      if (!(await this.isLocalRepository(name))) actions.add('pull');
     }
     return actions;
   }
@@ -273,7 +273,7 @@ export class AuthService {
     if (upstream === undefined || scopes.length === 0 || !mayUseUpstream(ANONYMOUS, upstream, this.policy())) return false;
     for (const scope of scopes) {
       if (scope.type !== 'repository' || !scope.actions.every((a) => a === 'pull') || !isValidRepositoryName(scope.name)) return false;
-      if (scope.name.startsWith('proxy/') || (await this.repositoryExists(scope.name))) return false;
+      if (scope.name.startsWith('proxy/') || (await this.isLocalRepository(scope.name))) return false;
     }
     return true;
   }

@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { createHash } from 'node:crypto';
 import { pushImage } from '../helpers/oci.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
 import { buildLayout, pull, removeTemps, run, seed, type Layout } from './helpers/tools.js';
@@ -81,6 +82,26 @@ describe('[proxy] default_upstream (Docker registry-mirrors mode)', () => {
     expect(res.headers.get('oci-namespace')).toBeNull();
     expect(res.headers.get('docker-content-digest')).toBe(layout.single);
     expect((await fetch(`${up.url}/v2/library/real/manifests/mine`)).status).toBe(404);
+  });
+
+  test('blobs alone do not make a name local: a push cut short, or an image whose manifests were deleted, leaves the upstream serving it', async () => {
+    const upstream = await pushImage(up.url, 'team/cut', '1', 'upstream');
+    // A push cut after its first layer: an uploaded blob, no manifest.
+    const blob = Buffer.from('a layer of a push that never finished');
+    const digest = `sha256:${createHash('sha256').update(blob).digest('hex')}`;
+    const uploaded = await fetch(`${proxy.url}/v2/team/cut/blobs/uploads/?digest=${digest}`, { method: 'POST', headers: { 'content-type': 'application/octet-stream' }, body: blob });
+    expect(uploaded.status).toBe(201);
+    const served = await fetch(`${proxy.url}/v2/team/cut/manifests/1`);
+    expect(served.status).toBe(200);
+    expect(served.headers.get('docker-content-digest')).toBe(upstream.manifest.digest);
+    expect(served.headers.get('oci-namespace')).toBe('up');
+    // An image pushed, then deleted: the name is the upstream's again (before any collection).
+    const local = await pushImage(proxy.url, 'team/cut', '2', 'local');
+    expect((await fetch(`${proxy.url}/v2/team/cut/manifests/1`)).status).toBe(404);
+    expect((await fetch(`${proxy.url}/v2/team/cut/manifests/${local.manifest.digest}`, { method: 'DELETE' })).status).toBe(202);
+    const again = await fetch(`${proxy.url}/v2/team/cut/manifests/1`);
+    expect(again.status).toBe(200);
+    expect(again.headers.get('docker-content-digest')).toBe(upstream.manifest.digest);
   });
 
   test('the status of an upload session on a name not local yet is the local session, not the upstream', async () => {
