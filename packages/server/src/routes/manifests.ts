@@ -9,8 +9,17 @@ import { capture, repository, type RouteDeps } from './context.js';
 const MANIFEST = /^\/v2\/(.+)\/manifests\/([^/]+)$/;
 
 
-function manifestUnknown(reference: string): RegistryError {
-  return new RegistryError('MANIFEST_UNKNOWN', 'manifest unknown to registry', { reference });
+/**
+ * A proxied name says whose answer it is, and that it may be a remembered one: a pipeline racing a
+ * push to the upstream otherwise sees a plain 404 for up to absent_ttl with nothing saying why.
+ */
+function manifestUnknown(reference: string, upstream: string | undefined): RegistryError {
+  if (upstream === undefined) return new RegistryError('MANIFEST_UNKNOWN', 'manifest unknown to registry', { reference });
+  return new RegistryError(
+    'MANIFEST_UNKNOWN',
+    `manifest unknown to upstream ${upstream} (its 404 is remembered for [proxy] absent_ttl, so a tag pushed there a moment ago may take that long to show)`,
+    { reference, upstream },
+  );
 }
 
 export function registerManifests(router: Router, deps: RouteDeps): void {
@@ -18,7 +27,7 @@ export function registerManifests(router: Router, deps: RouteDeps): void {
     const target = await repository(ctx, deps, 'manifest');
     const reference = capture(ctx, 1);
     const manifest = await target.reader.manifest(target.repo, reference);
-    if (!manifest) throw manifestUnknown(reference);
+    if (!manifest) throw manifestUnknown(reference, target.namespace);
     ctx.status = 200;
     ctx.set('Content-Type', manifest.mediaType);
     ctx.set('Docker-Content-Digest', manifest.digest);
@@ -59,7 +68,7 @@ export function registerManifests(router: Router, deps: RouteDeps): void {
   router.delete(MANIFEST, async (ctx) => {
     const target = await repository(ctx, deps, 'manifest');
     const reference = capture(ctx, 1);
-    if (!(await writerOf(target).deleteManifest(target.repo, reference))) throw manifestUnknown(reference);
+    if (!(await writerOf(target).deleteManifest(target.repo, reference))) throw manifestUnknown(reference, undefined);
     ctx.status = 202;
     emptyBody(ctx);
   });

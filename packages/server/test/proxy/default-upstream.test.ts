@@ -39,10 +39,14 @@ describe('[proxy] default_upstream (Docker registry-mirrors mode)', () => {
     expect(await pull(`${host}/library/multi:1`, { all: true })).toBe(layout.multi);
   });
 
-  test('the upstream answering 404 is a 404', async () => {
-    const res = await fetch(`${proxy.url}/v2/library/nothing/manifests/1`);
-    expect(res.status).toBe(404);
-    expect(((await res.json()) as { errors: { code: string }[] }).errors[0]!.code).toBe('MANIFEST_UNKNOWN');
+  test('the upstream answering 404 is a 404 that says whose answer it is, and that it is remembered a while', async () => {
+    for (let i = 0; i < 2; i++) {
+      const res = await fetch(`${proxy.url}/v2/library/nothing/manifests/1`);
+      expect(res.status).toBe(404);
+      const error = ((await res.json()) as { errors: { code: string; message: string }[] }).errors[0]!;
+      expect(error.code).toBe('MANIFEST_UNKNOWN');
+      expect(error.message).toMatch(/^manifest unknown to upstream up \(its 404 is remembered for \[proxy\] absent_ttl/);
+    }
   });
 
   test('a local repository of the same name wins', async () => {
