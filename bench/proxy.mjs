@@ -2,7 +2,9 @@
 // both in front of one plain distribution upstream holding the big blob as `lib/app:1`, reached directly.
 // The upstream's GETs of the blob are counted per proxy from its access log. Node built-ins only.
 import { fork } from 'node:child_process';
-import { existsSync, mkdirSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { createReadStream, createWriteStream, existsSync, mkdirSync } from 'node:fs';
+import { pipeline } from 'node:stream/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -10,6 +12,8 @@ import { cpuSeconds, rssBytes, startDistribution, startWharf, stopServer } from 
 import { ACCEPT, MiB, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, newAgent, pull, pushMonolithic, putManifest, request, sha256, startUpload, withDigest } from './workloads.mjs';
 
 const NAMES = ['wharf', 'distribution'];
+/** The layers of the image workload: the big blob cut into this many distinct blobs, pulled at once. */
+const LAYERS = 4;
 const PULL_CLIENT = join(dirname(fileURLToPath(import.meta.url)), 'pull-client.mjs');
 
 /** A line of the upstream's access log (left out of the log excerpt in the report). */
@@ -21,9 +25,10 @@ const ACCESS_LOG_LINE = /^\S+ - \S+ \[[^\]]+\] "/;
  * per byte on the same two cores, and most to the proxy that fetches the most.
  */
 class UpstreamGets {
+  /** `path` ending in '/' counts every path under it. */
   constructor(upstream, path) {
     this.count = 0;
-    const needle = `"GET ${path} `;
+    const needle = path.endsWith('/') ? `"GET ${path}` : `"GET ${path} `;
     upstream.lineListeners.push((line) => {
       if (line.includes(needle)) this.count += 1;
     });
@@ -36,12 +41,25 @@ async function startProxy(name, ctx, dir) {
     name === 'wharf'
       ? await startWharf({ root: ctx.root, cli: ctx.cli, dir, name: 'wharf-proxy', extraToml: ['[proxy.upstreams.up]', `url = ${JSON.stringify(ctx.upstream.base)}`] })
       : await startDistribution({ bin: ctx.distBin, dir, name: 'distribution-proxy', proxyUrl: ctx.upstream.base });
-  const repo = name === 'wharf' ? 'proxy/up/lib/app' : 'lib/app';
+  const prefix = name === 'wharf' ? 'proxy/up/' : '';
+  const repo = `${prefix}lib/app`;
   const hex = ctx.digest.slice('sha256:'.length);
   // Where each keeps the cached blob once it is complete (both rename it there from a temp file).
   const storedFile =
     name === 'wharf' ? join(dir, 'proxy', 'blobs', 'sha256', hex.slice(0, 2), hex) : join(dir, 'data', 'docker', 'registry', 'v2', 'blobs', 'sha256', hex.slice(0, 2), hex, 'data');
-  return { name, server, pid: server.pid, base: server.base, repo, storedFile, blobPath: `/v2/${repo}/blobs/${ctx.digest}`, manifestPath: `/v2/${repo}/manifests/1`, gets0: ctx.upstreamGets.count };
+  return {
+    name,
+    server,
+    pid: server.pid,
+    base: server.base,
+    repo,
+    layersRepo: `${prefix}lib/layers`,
+    storedFile,
+    blobPath: `/v2/${repo}/blobs/${ctx.digest}`,
+    manifestPath: `/v2/${repo}/manifests/1`,
+    gets0: ctx.upstreamGets.count,
+    layerGets0: ctx.layerGets.count,
+  };
 }
 
 /**
@@ -69,6 +87,31 @@ function watchStored(file) {
 
 /** Upstream GETs of the blob since `p` started. */
 const upstreamGets = (ctx, p) => ctx.upstreamGets.count - p.gets0;
+/** Upstream GETs of the image workload's layers since `p` started. */
+const layerGets = (ctx, p) => ctx.layerGets.count - p.layerGets0;
+
+/**
+ * Cuts the big blob into LAYERS distinct blobs (files next to it) and pushes them to the upstream as
+ * `lib/layers`: the layers of an image, which clients pull at once (Docker three at a time).
+ */
+async function seedLayers(upstream, agent, ctx) {
+  const part = Math.floor(ctx.size / LAYERS);
+  const layers = [];
+  for (let i = 0; i < LAYERS; i++) {
+    const file = join(ctx.tmp, `layer-${i}.bin`);
+    const hash = createHash('sha256');
+    await pipeline(createReadStream(ctx.blobFile, { start: i * part, end: (i + 1) * part - 1 }), async function* (chunks) {
+      for await (const chunk of chunks) {
+        hash.update(chunk);
+        yield chunk;
+      }
+    }, createWriteStream(file));
+    const digest = `sha256:${hash.digest('hex')}`;
+    await pushMonolithic(upstream, agent, 'lib/layers', file, part, digest);
+    layers.push({ digest, size: part });
+  }
+  return layers;
+}
 
 async function stopProxy(p) {
   await stopServer(p.server);
@@ -105,11 +148,10 @@ async function getManifest(p, agent) {
  * `clients` concurrent GETs of the blob through the proxy, each from its own process (bench/pull-client.mjs)
  * that hashes what it receives; every digest is checked. The clock starts once every client is connected.
  */
-async function pullVerified(p, clients, size, digest) {
+async function pullVerified(p, targets) {
   const u = new URL(p.base);
-  const children = Array.from({ length: clients }, () =>
-    fork(PULL_CLIENT, [u.hostname, u.port, p.blobPath], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }),
-  );
+  const clients = targets.length;
+  const children = targets.map(({ path }) => fork(PULL_CLIENT, [u.hostname, u.port, path], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }));
   try {
     const message = (child) =>
       new Promise((resolve, reject) => {
@@ -124,14 +166,18 @@ async function pullVerified(p, clients, size, digest) {
     const done = await Promise.all(results);
     const seconds = (performance.now() - t0) / 1000;
     let ok = 0;
+    let bytes = 0;
     const problems = [];
-    for (const r of done) {
-      if (r.status === 200 && r.bytes === size && r.digest === digest) ok += 1;
-      else problems.push(r.error ?? `status ${r.status}, ${r.bytes} bytes, ${r.digest?.slice(0, 19)}…`);
+    for (const [i, r] of done.entries()) {
+      const { size, digest } = targets[i];
+      if (r.status === 200 && r.bytes === size && r.digest === digest) {
+        ok += 1;
+        bytes += size;
+      } else problems.push(r.error ?? `status ${r.status}, ${r.bytes} bytes, ${r.digest?.slice(0, 19)}…`);
     }
     if (problems.length) throw new Error(`${problems.length}/${clients} clients got a wrong blob (first: ${problems[0]})`);
     const clientCpuSeconds = done.reduce((sum, r) => sum + r.cpuSeconds, 0);
-    return { seconds, clients, verified: ok, mibPerSec: (ok * size) / MiB / seconds, serverCpuSeconds: cpuSeconds(p.pid) - cpu0, clientCpuSeconds };
+    return { seconds, clients, verified: ok, mibPerSec: bytes / MiB / seconds, serverCpuSeconds: cpuSeconds(p.pid) - cpu0, clientCpuSeconds };
   } finally {
     for (const child of children) if (child.exitCode === null) child.kill();
   }
@@ -139,7 +185,7 @@ async function pullVerified(p, clients, size, digest) {
 
 /**
  * Peak RSS over every proxy instance started, per name, sampled every `intervalMs`; also per phase
- * (`phase`, set by the workloads: start, cold, warm, local, concurrent16).
+ * (`phase`, set by the workloads: start, cold, warm, local, concurrent16, layers).
  */
 class PeakRss {
   constructor(intervalMs) {
@@ -154,7 +200,8 @@ class PeakRss {
     for (const p of this.current) {
       const rss = rssBytes(p.pid);
       if (rss === undefined) continue;
-      if (rss > this.peak[p.name]) this.peak[p.name] = rss;
+      // P4 is the target's: the workloads of the issue (the image workload has a row of its own).
+      if (this.phase !== 'layers' && rss > this.peak[p.name]) this.peak[p.name] = rss;
       const phase = (this.byPhase[this.phase] ??= {});
       if (rss > (phase[p.name] ?? 0)) phase[p.name] = rss;
     }
@@ -183,9 +230,12 @@ export async function runProxy(ctx) {
 
   const upstream = await startDistribution({ bin: ctx.distBin, dir: join(base, 'upstream'), name: 'upstream', accessLog: true });
   ctx.upstreamGets = new UpstreamGets(upstream, `/v2/lib/app/blobs/${digest}`);
+  ctx.layerGets = new UpstreamGets(upstream, '/v2/lib/layers/blobs/');
   const seedAgent = newAgent();
+  let layers;
   try {
     await seedUpstream(upstream, seedAgent, ctx.blobFile, size, digest);
+    layers = await seedLayers(upstream, seedAgent, ctx);
   } finally {
     seedAgent.destroy();
   }
@@ -300,9 +350,19 @@ export async function runProxy(ctx) {
     await cold(
       'concurrent16',
       async (p, agent) => {
-        const r = await pullVerified(p, 16, size, digest);
+        const r = await pullVerified(p, Array.from({ length: 16 }, () => ({ path: p.blobPath, size, digest })));
         await sleep(Math.max(500, (size / MiB) * 5)); // distribution's background fetch, as above
         return { ...r, upstreamGets: upstreamGets(ctx, p) };
+      },
+      repeat,
+    );
+    // (4) the layers of an image, cold, all at once, one client each
+    await cold(
+      'layers',
+      async (p) => {
+        const r = await pullVerified(p, layers.map((l) => ({ path: `/v2/${p.layersRepo}/blobs/${l.digest}`, size: l.size, digest: l.digest })));
+        await sleep(Math.max(500, (size / MiB) * 5)); // distribution's background fetches, as above
+        return { ...r, upstreamGets: layerGets(ctx, p) };
       },
       repeat,
     );
@@ -352,9 +412,14 @@ function buildProxyRows(results, settings) {
     rows.push({ key: 'concurrent16.verified', label: '    clients with a correct sha256', unit: 'of 16', wharf: vw, distribution: vd, ratio: undefined, target: 'all 16', pass: vw === 16 && vd === 16, decimals: 0 });
   }
   const mib = (n) => (results.rss?.[n]?.peakBytes === undefined ? undefined : results.rss[n].peakBytes / MiB);
-  add('P4. peak proxy RSS (sampled every 100 ms)', 'MiB', mib('wharf'), mib('distribution'), 'lower');
+  add('P4. peak proxy RSS in P1-P3 (sampled every 100 ms)', 'MiB', mib('wharf'), mib('distribution'), 'lower');
   const rss = rows[rows.length - 1];
   rss.target = 'Wharf <= 120 MiB';
   rss.pass = rss.wharf !== undefined && rss.wharf <= 120;
+  // The shape of a real image: its layers pulled at once, cold (no target of its own).
+  add(`P5. proxy cold pull of an image: ${LAYERS} layers of ${Math.floor(settings.sizeMiB / LAYERS)} MiB at once`, 'MiB/s', val('layers', 'wharf', 'mibPerSec'), val('layers', 'distribution', 'mibPerSec'), 'higher');
+  add(`    upstream GETs of the ${LAYERS} layers`, 'GETs', val('layers', 'wharf', 'upstreamGets'), val('layers', 'distribution', 'upstreamGets'), 'lower', undefined, 0);
+  const layersRss = (n) => num(results.rssByPhase?.layers?.[n]) === undefined ? undefined : results.rssByPhase.layers[n] / MiB;
+  add('    peak proxy RSS pulling the image', 'MiB', layersRss('wharf'), layersRss('distribution'), 'lower');
   return rows;
 }
