@@ -85,10 +85,6 @@ export class LocalRegistry implements RepositoryReader, RepositoryWriter {
     return this.metadata.repositories(page);
   }
 
-  repositoryExists(repo: string): Promise<boolean> {
-    return this.metadata.repositoryExists(repo);
-  }
-
   repositoryHasManifests(repo: string): Promise<boolean> {
     return this.metadata.repositoryHasManifests(repo);
   }

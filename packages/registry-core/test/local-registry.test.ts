@@ -29,6 +29,7 @@ describe('LocalRegistry on files and SQLite', () => {
   let db: SqliteDatabase;
   let blobs: FsBlobStore;
   let registry: LocalRegistry;
+  let metadata: SqliteMetadataStore;
   let uploads: FsUploadSessions;
 
   beforeEach(async () => {
@@ -38,7 +39,8 @@ describe('LocalRegistry on files and SQLite', () => {
     await uploads.init();
     db = openDatabase(join(dir, 'metadata.db'));
     blobs = new FsBlobStore(join(dir, 'registry'), tempRoot);
-    registry = new LocalRegistry(blobs, new SqliteMetadataStore(db), uploads);
+    metadata = new SqliteMetadataStore(db);
+    registry = new LocalRegistry(blobs, metadata, uploads);
   });
 
   afterEach(async () => {
@@ -69,7 +71,7 @@ describe('LocalRegistry on files and SQLite', () => {
       await expect(registry.putBlob('alice/a', streamOf(layer), { digest: sha256(config) })).rejects.toMatchObject({ code: 'DIGEST_INVALID' });
       expect(await registry.blob('alice/a', sha256(config))).toBeUndefined();
       expect(await registry.blob('alice/a', sha256(layer))).toBeUndefined();
-      expect(await registry.repositoryExists('alice/a')).toBe(false);
+      expect(await metadata.repositoryExists('alice/a')).toBe(false);
     });
 
     test('openBlob serves a range', async () => {
