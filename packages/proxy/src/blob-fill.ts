@@ -5,6 +5,7 @@ import { open, rm, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { RegistryError, hashToDigest, newHash, noteReceived, parseDigest, type BlobInfo, type BlobStore, type ByteRange, type Digest, type FileRange, type HeldBytes, type TakesFile } from '@wharf/registry-core';
+import { BLOCK_SIZE } from './aligned-blocks.js';
 import { FillWriter } from './fill-writer.js';
 import type { UpstreamBlob } from './upstream.js';
 
@@ -55,6 +56,8 @@ export class BlobFill {
     readonly tempPath: string,
     private readonly finalPath: string,
     run: (fill: BlobFill) => Promise<BlobInfo>,
+    /** The bytes before this came from an earlier download of the blob, cut short (see BlobFills). */
+    readonly resumedFrom = 0,
   ) {
     this.events.setMaxListeners(0);
     this.done = run(this).then(
@@ -263,9 +266,17 @@ class TailReader extends Readable implements TakesFile {
   }
 }
 
+/** The upstream's body failed before its end: what came before it is the blob's bytes as far as we know. */
+class BodyCut extends Error {
+  constructor(override readonly cause: unknown) {
+    super(cause instanceof Error ? cause.message : String(cause));
+  }
+}
+
 /**
  * Copies `body` into `writer`, passing every chunk to `inspect` (hash, size check) as it arrives. The
- * upstream is paused only while the writer has no room (blocks wait for the disk).
+ * upstream is paused only while the writer has no room (blocks wait for the disk). A failure of the
+ * body itself rejects with a BodyCut.
  */
 function drainInto(upstream: UpstreamBlob, writer: FillWriter, fill: BlobFill, inspect: (chunk: Buffer) => void): Promise<void> {
   const { body, recycle } = upstream;
@@ -311,11 +322,12 @@ function drainInto(upstream: UpstreamBlob, writer: FillWriter, fill: BlobFill, i
       ended = true;
       if (!failed) finish();
     });
+    const cut = (err: unknown): void => fail(new BodyCut(err));
     // Kept for the stream's life: an error after a failure (the caller destroys the body) must not be unhandled.
-    body.on('error', fail);
+    body.on('error', cut);
     // A body that failed or closed before we got here emits nothing more.
-    if (body.errored) fail(body.errored);
-    else if (body.destroyed && !ended) fail(new Error('the upstream body closed before it was read'));
+    if (body.errored) cut(body.errored);
+    else if (body.destroyed && !ended) cut(new Error('the upstream body closed before it was read'));
   });
 }
 
@@ -334,15 +346,44 @@ export interface BlobFillsOptions {
   readonly onStored?: (blob: BlobInfo) => void | Promise<void>;
   /** False: fills write through the page cache only (see FillWriter). Default true. */
   readonly directIo?: boolean;
+  /** How long the bytes of a download cut short are kept for the next fill to go on from. Default 15 minutes. */
+  readonly remnantTtlMs?: number;
 }
 
-/** Fills in flight by digest: N concurrent requests for one missing blob share one upstream download. */
+/** Asks the upstream for the blob, or for `range` of it (a fill going on from a remnant). */
+export type FetchBlob = (range?: ByteRange) => Promise<UpstreamBlob | undefined>;
+
+/** The bytes a fill cut short by its upstream had on disk: the next fill of the blob starts after them. */
+interface Remnant {
+  readonly path: string;
+  /** Bytes kept, whole blocks (so that the next fill's blocks stay aligned). */
+  readonly length: number;
+  readonly size: number;
+  readonly timer: NodeJS.Timeout;
+}
+
+/** Remnants kept at most (the oldest goes first). */
+const MAX_REMNANTS = 32;
+const REMNANT_TTL_MS = 15 * 60 * 1000;
+
+/**
+ * Fills in flight by digest: N concurrent requests for one missing blob share one upstream download.
+ *
+ * A download its upstream cuts (a restart, a dropped connection past the upstream client's own
+ * resumes) leaves its bytes behind, for a while: the next fill of that blob asks only for the rest,
+ * with a range request, and its readers (clients resuming where they were cut off, say) are served the
+ * bytes before from the file at once. The digest of the whole is verified as always.
+ */
 export class BlobFills {
   private readonly inflight = new Map<Digest, Promise<BlobFill | undefined>>();
   /** The upstream bodies fills are reading (abandon). */
   private readonly bodies = new Set<Readable>();
+  private readonly remnants = new Map<Digest, Remnant>();
+  private closing = false;
   /** How many upstream downloads were started (for tests and metrics). */
   started = 0;
+  /** How many of those went on from a remnant. */
+  resumed = 0;
 
   constructor(private readonly options: BlobFillsOptions) {}
 
@@ -364,7 +405,14 @@ export class BlobFills {
    * the server stopped.
    */
   abandon(): void {
+    this.closing = true;
     for (const body of this.bodies) body.destroy(new Error('abandoned: the server is shutting down'));
+  }
+
+  /** Removes the remnants kept, and keeps no more (a shutdown). */
+  async close(): Promise<void> {
+    this.closing = true;
+    await Promise.all([...this.remnants.keys()].map((digest) => this.dropRemnant(digest)));
   }
 
   /** The fill of `digest` in flight, if any. */
@@ -372,12 +420,17 @@ export class BlobFills {
     return this.inflight.get(digest);
   }
 
+  /** Bytes of `digest` kept from a download cut short (for tests and logs); 0 when none. */
+  remnantOf(digest: Digest): number {
+    return this.remnants.get(digest)?.length ?? 0;
+  }
+
   /**
    * Joins the fill of `digest`, starting it with `fetch` when none runs (then `source` is among its
    * `sources`). Resolves once the upstream has answered (undefined when it has no such blob), so the
    * caller can send headers and tail the fill.
    */
-  join(digest: Digest, fetch: () => Promise<UpstreamBlob | undefined>, source?: string): Promise<BlobFill | undefined> {
+  join(digest: Digest, fetch: FetchBlob, source?: string): Promise<BlobFill | undefined> {
     const existing = this.inflight.get(digest);
     if (existing) return existing;
     const starting = this.start(digest, fetch, source);
@@ -392,66 +445,152 @@ export class BlobFills {
     return starting;
   }
 
-  private async start(digest: Digest, fetch: () => Promise<UpstreamBlob | undefined>, source: string | undefined): Promise<BlobFill | undefined> {
-    const upstream = await fetch();
+  private async start(digest: Digest, fetch: FetchBlob, source: string | undefined): Promise<BlobFill | undefined> {
+    const { upstream, remnant } = await this.ask(digest, fetch);
     if (!upstream) return undefined;
     this.started += 1;
-    const { store, tempRoot, onStored } = this.options;
-    const temp = join(tempRoot, `fill-${randomUUID()}`);
+    if (remnant) this.resumed += 1;
+    const { store, onStored } = this.options;
+    const from = remnant?.length ?? 0;
+    const temp = remnant?.path ?? join(this.options.tempRoot, `fill-${randomUUID()}`);
     let handle: FileHandle;
     let writer: FillWriter;
     try {
-      handle = await open(temp, 'w', 0o644);
-      writer = await FillWriter.open(temp, handle, { direct: this.options.directIo !== false });
+      handle = await open(temp, remnant ? 'r+' : 'w', 0o644);
+      // Past the whole blocks kept, the file may hold a block whose write had begun.
+      if (remnant) await handle.truncate(from);
+      writer = await FillWriter.open(temp, handle, { direct: this.options.directIo !== false, start: from });
     } catch (err) {
       // Nobody will read this body: let its connection go.
       upstream.body.destroy();
+      await rm(temp, { force: true });
       throw err;
     }
     const { algorithm } = parseDigest(digest);
     this.bodies.add(upstream.body);
-    const started = new BlobFill(digest, upstream.size, temp, store.pathOf(digest), async (fill) => {
-      fill.writer = writer;
-      writer.onWritten = () => fill.wrote();
-      const hash = newHash(algorithm);
-      let adopted = false;
-      try {
-        await drainInto(upstream, writer, fill, (chunk) => {
-          if (fill.size !== undefined && fill.received + chunk.length > fill.size) {
-            throw new RegistryError('SIZE_INVALID', 'upstream sent more bytes than it announced', { digest, size: fill.size });
+    const size = remnant?.size ?? upstream.size;
+    const started = new BlobFill(
+      digest,
+      size,
+      temp,
+      store.pathOf(digest),
+      async (fill) => {
+        fill.writer = writer;
+        writer.onWritten = () => fill.wrote();
+        const hash = newHash(algorithm);
+        let adopted = false;
+        let cut = false;
+        try {
+          // The bytes kept are hashed again (their readers need not wait: they are on disk already).
+          if (from > 0) await hashFile(handle, from, hash);
+          await drainInto(upstream, writer, fill, (chunk) => {
+            if (fill.size !== undefined && fill.received + chunk.length > fill.size) {
+              throw new RegistryError('SIZE_INVALID', 'upstream sent more bytes than it announced', { digest, size: fill.size });
+            }
+            hash.update(chunk);
+          }).catch((err: unknown) => {
+            if (!(err instanceof BodyCut)) throw err;
+            cut = true;
+            throw err.cause;
+          });
+          if (fill.size !== undefined && fill.written !== fill.size) {
+            cut = true;
+            throw new RegistryError('SIZE_INVALID', 'upstream blob ended early', { digest, size: fill.size, received: fill.written });
           }
-          hash.update(chunk);
-        });
-        if (fill.size !== undefined && fill.written !== fill.size) {
-          throw new RegistryError('SIZE_INVALID', 'upstream blob ended early', { digest, size: fill.size, received: fill.written });
+          const actual = hashToDigest(algorithm, hash);
+          if (actual !== digest) {
+            throw new RegistryError('DIGEST_INVALID', 'upstream blob does not match its digest', { digest, actual });
+          }
+          // Clients get their last byte now; making the cache copy durable is our business, not theirs.
+          fill.markVerified();
+          await handle.sync();
+          await handle.close();
+          await writer.close();
+          // For the next pull's sake only: a failure here costs speed, not the blob.
+          await writer.warm(temp).catch(() => undefined);
+          const blob = { digest, size: fill.written };
+          await store.adopt(temp, blob);
+          adopted = true;
+          await onStored?.(blob);
+          return blob;
+        } catch (err) {
+          upstream.body.destroy();
+          throw err;
+        } finally {
+          this.bodies.delete(upstream.body);
+          await writer.close();
+          await handle.close().catch(() => undefined);
+          if (!adopted && !(cut && this.keepRemnant(digest, temp, fill.written, fill.size))) await rm(temp, { force: true });
         }
-        const actual = hashToDigest(algorithm, hash);
-        if (actual !== digest) {
-          throw new RegistryError('DIGEST_INVALID', 'upstream blob does not match its digest', { digest, actual });
-        }
-        // Clients get their last byte now; making the cache copy durable is our business, not theirs.
-        fill.markVerified();
-        await handle.sync();
-        await handle.close();
-        await writer.close();
-        // For the next pull's sake only: a failure here costs speed, not the blob.
-        await writer.warm(temp).catch(() => undefined);
-        const blob = { digest, size: fill.written };
-        await store.adopt(temp, blob);
-        adopted = true;
-        await onStored?.(blob);
-        return blob;
-      } catch (err) {
-        upstream.body.destroy();
-        throw err;
-      } finally {
-        this.bodies.delete(upstream.body);
-        await writer.close();
-        await handle.close().catch(() => undefined);
-        if (!adopted) await rm(temp, { force: true });
-      }
-    });
+      },
+      from,
+    );
     if (source !== undefined) started.sources.add(source);
     return started;
+  }
+
+  /**
+   * The upstream's answer for a new fill of `digest`: the rest of the blob after the remnant kept of
+   * it, if any (`remnant` then says where the fill goes on from), else the whole blob. An upstream
+   * that will not answer with exactly the rest is asked for the whole; one that cannot answer at all
+   * leaves the remnant for the next try.
+   */
+  private async ask(digest: Digest, fetch: FetchBlob): Promise<{ upstream: UpstreamBlob | undefined; remnant?: Remnant }> {
+    const remnant = this.remnants.get(digest);
+    if (!remnant) return { upstream: await fetch() };
+    // Taken while asked: no other fill can start on it (this one is in flight), and no timer removes it.
+    this.remnants.delete(digest);
+    clearTimeout(remnant.timer);
+    const rest = { start: remnant.length, end: remnant.size - 1 };
+    let part: UpstreamBlob | undefined;
+    try {
+      part = await fetch(rest);
+    } catch (err) {
+      this.keepRemnant(digest, remnant.path, remnant.length, remnant.size);
+      throw err;
+    }
+    if (!part) {
+      this.keepRemnant(digest, remnant.path, remnant.length, remnant.size);
+      return { upstream: undefined };
+    }
+    if (part.range?.start === rest.start && part.range.end === rest.end && (part.size === undefined || part.size === remnant.size)) return { upstream: part, remnant };
+    // The whole blob (a 200 to the range request), or another range: the fill starts from byte 0.
+    await rm(remnant.path, { force: true });
+    if (!part.range && part.size === remnant.size) return { upstream: part };
+    part.body.destroy();
+    return { upstream: await fetch() };
+  }
+
+  /**
+   * Keeps the whole blocks a fill cut short by its upstream wrote to `path`, for the next fill of
+   * `digest`; false when there is nothing worth keeping (then the caller removes the file).
+   */
+  private keepRemnant(digest: Digest, path: string, written: number, size: number | undefined): boolean {
+    const length = written - (written % BLOCK_SIZE);
+    if (this.closing || size === undefined || length === 0 || length >= size) return false;
+    if (this.remnants.size >= MAX_REMNANTS) void this.dropRemnant(this.remnants.keys().next().value!);
+    const timer = setTimeout(() => void this.dropRemnant(digest), this.options.remnantTtlMs ?? REMNANT_TTL_MS);
+    timer.unref();
+    this.remnants.set(digest, { path, length, size, timer });
+    return true;
+  }
+
+  private async dropRemnant(digest: Digest): Promise<void> {
+    const remnant = this.remnants.get(digest);
+    if (!remnant) return;
+    this.remnants.delete(digest);
+    clearTimeout(remnant.timer);
+    await rm(remnant.path, { force: true });
+  }
+}
+
+/** Feeds the first `length` bytes of the file to `hash`. */
+async function hashFile(handle: FileHandle, length: number, hash: { update(bytes: Buffer): unknown }): Promise<void> {
+  const buffer = Buffer.allocUnsafe(BLOCK_SIZE);
+  for (let position = 0; position < length; ) {
+    const { bytesRead } = await handle.read(buffer, 0, Math.min(BLOCK_SIZE, length - position), position);
+    if (bytesRead === 0) throw new Error('the bytes kept of an earlier download are gone');
+    hash.update(buffer.subarray(0, bytesRead));
+    position += bytesRead;
   }
 }

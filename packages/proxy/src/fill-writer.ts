@@ -94,13 +94,20 @@ export class FillWriter {
   private constructor(
     private readonly handle: FileHandle,
     private direct: FileHandle | undefined,
-  ) {}
+    start: number,
+  ) {
+    this.written = start;
+    this.received = start;
+  }
 
   /**
    * A writer of `path`, which `handle` (opened for writing) has created; `direct: false` keeps every
-   * write in the page cache.
+   * write in the page cache. `start`: the file already holds that many bytes (a multiple of
+   * BLOCK_SIZE: blocks stay aligned), and the bytes pushed come after them.
    */
-  static async open(path: string, handle: FileHandle, options: { direct?: boolean } = {}): Promise<FillWriter> {
+  static async open(path: string, handle: FileHandle, options: { direct?: boolean; start?: number } = {}): Promise<FillWriter> {
+    const start = options.start ?? 0;
+    if (start % BLOCK_SIZE !== 0) throw new Error(`a fill goes on at a block boundary, not at byte ${start}`);
     let direct: FileHandle | undefined;
     if (options.direct !== false && constants.O_DIRECT !== undefined) {
       try {
@@ -109,7 +116,7 @@ export class FillWriter {
         // This file system does not do O_DIRECT: the page cache it is.
       }
     }
-    return new FillWriter(handle, direct);
+    return new FillWriter(handle, direct, start);
   }
 
   /** Until `close()`: blocks are lent with `view`. */

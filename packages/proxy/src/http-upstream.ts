@@ -228,7 +228,35 @@ export class HttpUpstream implements Upstream {
     return { digest, mediaType, bytes };
   }
 
+  /**
+   * The blob, or `range` of it. A download cut mid-way (a reset, a CDN connection gone idle) goes on
+   * from where it stopped, with a range request: a multi-GB layer, and every client of its fill,
+   * survive a bad connection. So does a range (the rest of a fill cut short before, say).
+   */
   async blob(repo: string, digest: Digest, range?: ByteRange, signal?: AbortSignal): Promise<UpstreamBlob | undefined> {
+    const blob = await this.blobPart(repo, digest, range, signal);
+    if (!blob) return undefined;
+    let last: number;
+    if (range) {
+      // Not the range asked for: the caller decides what to do with what came.
+      if (blob.range?.start !== range.start || blob.range.end !== range.end) return blob;
+      last = range.end;
+    } else {
+      if (blob.range || blob.size === undefined || blob.size === 0) return blob;
+      last = blob.size - 1;
+    }
+    let resumes = RESUMES;
+    return resumingBlob(blob, range?.start ?? 0, last, async (from) => {
+      if (resumes-- <= 0) return undefined;
+      const rest = await this.blobPart(repo, digest, { start: from, end: last }, signal).catch(() => undefined);
+      if (rest?.range?.start === from && rest.range.end === last) return rest;
+      rest?.body.destroy();
+      return undefined;
+    });
+  }
+
+  /** One GET of the blob (or of `range`), as the upstream answers it. */
+  private async blobPart(repo: string, digest: Digest, range: ByteRange | undefined, signal: AbortSignal | undefined): Promise<UpstreamBlob | undefined> {
     const headers: Record<string, string> = {};
     if (range) headers.range = `bytes=${range.start}-${range.end}`;
     const res = await this.streamed(repo, `blobs/${digest}`, headers, signal);
@@ -254,19 +282,7 @@ export class HttpUpstream implements Upstream {
     } else if (Number.isFinite(length)) {
       size = length;
     }
-    const blob: UpstreamBlob = { ...(size !== undefined ? { size } : {}), ...(part ? { range: part } : {}), body: res.body, ...(res.recycle ? { recycle: res.recycle } : {}) };
-    if (range || res.statusCode !== 200 || size === undefined || size === 0) return blob;
-    // A download cut mid-way (a reset, a CDN connection gone idle) goes on from where it stopped,
-    // with a range request: a multi-GB layer, and every client of its fill, survive a bad connection.
-    let resumes = RESUMES;
-    const last = size - 1;
-    return resumingBlob(blob, 0, last, async (from) => {
-      if (resumes-- <= 0) return undefined;
-      const rest = await this.blob(repo, digest, { start: from, end: last }, signal).catch(() => undefined);
-      if (rest?.range?.start === from && rest.range.end === last) return rest;
-      rest?.body.destroy();
-      return undefined;
-    });
+    return { ...(size !== undefined ? { size } : {}), ...(part ? { range: part } : {}), body: res.body, ...(res.recycle ? { recycle: res.recycle } : {}) };
   }
 
   async statBlob(repo: string, digest: Digest, signal?: AbortSignal): Promise<UpstreamBlobStat | undefined> {

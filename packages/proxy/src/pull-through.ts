@@ -51,6 +51,7 @@ export const DEFAULT_POLICY: PullThroughPolicy = {
 
 export interface PullThroughLogger {
   warn(fields: Record<string, unknown>, message: string): void;
+  info?(fields: Record<string, unknown>, message: string): void;
 }
 
 /**
@@ -352,14 +353,17 @@ export class PullThroughRepository implements RepositoryReader {
   private async fill(repo: string, digest: Digest): Promise<BlobFill | undefined> {
     const source = this.source(repo);
     let asked = false;
-    const fetch = (): Promise<UpstreamBlob | undefined> => {
+    const fetch = (range?: ByteRange): Promise<UpstreamBlob | undefined> => {
       asked = true;
-      return this.upstream.blob(repo, digest);
+      return this.upstream.blob(repo, digest, range);
     };
     let fill = await this.fills.join(digest, fetch, source);
     // Joined another upstream's (or repository's) download, which came to nothing there (a 404):
     // that says nothing of this one, which is asked itself.
     if (!fill && !asked) fill = await this.fills.join(digest, fetch, source);
+    if (asked && fill && fill.resumedFrom > 0) {
+      this.logger?.info?.({ upstream: this.key, repo, digest, from: fill.resumedFrom }, 'blob fill goes on from the bytes of a download cut short');
+    }
     if (fill && !fill.sources.has(source)) {
       // Another upstream or repository started this download: it is read here only if this upstream
       // has the blob for this repository too, as for a copy already cached for another repository.

@@ -383,6 +383,17 @@ describe('HttpUpstream against a real misbehaving server', () => {
     expect(gets).toHaveLength(2);
   });
 
+  test('a range of a blob reset mid-body goes on with a range request for the rest of that range', async () => {
+    fake.fault = 'reset';
+    fake.faultTimes = 1;
+    const range = { start: 1000, end: blobBytes.length - 2 };
+    const blob = await client().blob('alice/app', blobDigest, range);
+    expect(blob?.range).toEqual(range);
+    expect((await readAll(blob!.body)).equals(blobBytes.subarray(range.start, range.end + 1))).toBe(true);
+    const gets = fake.requests.filter((r) => r.method === 'GET' && r.path === `/v2/alice/app/blobs/${blobDigest}`);
+    expect(gets).toHaveLength(2);
+  });
+
   test('a blob reset mid-body, and each range asked for the rest too, makes the body stream error', async () => {
     fake.fault = 'reset';
     const blob = await client().blob('alice/app', blobDigest);

@@ -300,6 +300,8 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
           timeoutMs,
           logger,
         });
+        // The bytes kept of downloads cut short: the next start removes every temp file anyway.
+        await fills.close();
         await storage.stop();
         if (!flushDeferredWrites(db, { waitMs: 2_000 })) logger.warn('pull and access times of the last seconds not written: the database stayed locked by another process');
         db.close();

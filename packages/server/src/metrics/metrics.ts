@@ -139,6 +139,15 @@ export class WharfMetrics implements RequestObserver {
       },
     });
     new Counter({
+      name: 'wharf_proxy_fills_resumed_total',
+      help: 'Upstream blob downloads that went on from the bytes a download cut short had left',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(sources.fills.resumed);
+      },
+    });
+    new Counter({
       name: 'wharf_proxy_stale_served_total',
       help: 'Manifests served from the cache while the upstream could not be asked, by upstream',
       labelNames: ['upstream'],

@@ -39,7 +39,9 @@ class Throttled extends Transform {
 export class CountingForwarder {
   url = '';
   host = '';
-  readonly seen: { method: string; path: string; at: number }[] = [];
+  readonly seen: { method: string; path: string; at: number; range?: string }[] = [];
+  /** Response body bytes sent, by path. */
+  readonly bytesOut = new Map<string, number>();
   throttle: Throttle | undefined;
   /** When set, every connection is destroyed on arrival (the upstream is down). */
   down = false;
@@ -52,10 +54,11 @@ export class CountingForwarder {
     const fwd = new CountingForwarder(target);
     fwd.server = createServer((req, res) => {
       const path = (req.url ?? '/').split('?')[0]!;
-      fwd.seen.push({ method: req.method!, path, at: Date.now() });
+      fwd.seen.push({ method: req.method!, path, at: Date.now(), ...(req.headers.range ? { range: req.headers.range } : {}) });
       const target = new URL(req.url ?? '/', fwd.target);
       const out = request(target, { method: req.method, headers: { ...req.headers, host: target.host } }, (up: IncomingMessage) => {
         res.writeHead(up.statusCode ?? 502, up.headers);
+        up.on('data', (chunk: Buffer) => fwd.bytesOut.set(path, (fwd.bytesOut.get(path) ?? 0) + chunk.length));
         const throttle = fwd.throttle && fwd.throttle.match.test(path) ? new Throttled(fwd.throttle.rate) : undefined;
         (throttle ? pipeline(up, throttle, res) : pipeline(up, res)).catch(() => res.destroy());
       });

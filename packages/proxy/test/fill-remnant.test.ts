@@ -1,0 +1,215 @@
+import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdir, mkdtemp, open, readdir, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PassThrough, type Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { FsBlobStore, type ByteRange, type Digest } from '@wharf/registry-core';
+import { BlobFills, type BlobFill } from '../src/blob-fill.js';
+import type { UpstreamBlob } from '../src/upstream.js';
+
+const MiB = 1024 * 1024;
+const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}` as Digest;
+
+async function readAll(body: Readable): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of body as AsyncIterable<Buffer>) chunks.push(chunk);
+  return Buffer.concat(chunks);
+}
+
+async function until(check: () => boolean): Promise<void> {
+  for (let i = 0; !check(); i++) {
+    if (i > 2000) throw new Error('timed out');
+    await sleep(5);
+  }
+}
+
+/**
+ * An upstream the test drives: each fetch is recorded with its range and answered from `bytes` (the
+ * range as a 206, else the whole) through a PassThrough the test may cut.
+ */
+function upstreamOf(bytes: Buffer) {
+  const asked: (ByteRange | undefined)[] = [];
+  const bodies: PassThrough[] = [];
+  /** Answer a range request with the whole blob, as an upstream without range support does. */
+  let ignoreRanges = false;
+  let down = false;
+  const fetch = async (range?: ByteRange): Promise<UpstreamBlob | undefined> => {
+    asked.push(range);
+    if (down) throw new Error('connect ECONNREFUSED');
+    const body = new PassThrough();
+    bodies.push(body);
+    if (range && !ignoreRanges) return { size: bytes.length, range, body };
+    return { size: bytes.length, body };
+  };
+  return {
+    asked,
+    bodies,
+    fetch,
+    ignoreRanges: () => void (ignoreRanges = true),
+    setDown: (value: boolean) => void (down = value),
+  };
+}
+
+describe('BlobFills: a download its upstream cut leaves its bytes for the next fill', () => {
+  let dir: string;
+  let temp: string;
+  let store: FsBlobStore;
+  let fills: BlobFills;
+
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'wharf-remnant-'));
+    temp = join(dir, 'tmp');
+    await mkdir(temp);
+    store = new FsBlobStore(join(dir, 'blobs'), temp);
+    fills = new BlobFills({ store, tempRoot: temp });
+  });
+  afterEach(async () => {
+    await fills.settled();
+    await fills.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  /** Starts a fill of `bytes`, lets `sent` bytes in, waits until `written` are on disk, then cuts the body. */
+  async function cutFill(up: ReturnType<typeof upstreamOf>, bytes: Buffer, sent: number, written: number): Promise<BlobFill> {
+    const fill = (await fills.join(sha256(bytes), up.fetch))!;
+    up.bodies.at(-1)!.write(bytes.subarray(0, sent));
+    await until(() => fill.written >= written);
+    up.bodies.at(-1)!.destroy(new Error('read ECONNRESET'));
+    await expect(fill.done).rejects.toThrow(/ECONNRESET/);
+    await until(() => fills.running === 0);
+    return fill;
+  }
+
+  const tempFiles = async () => (await readdir(temp)).filter((f) => f.startsWith('fill-'));
+
+  test('the next fill asks only for the bytes after the whole blocks kept, and its readers get the whole blob', async () => {
+    const bytes = randomBytes(5 * MiB + 123);
+    const digest = sha256(bytes);
+    const up = upstreamOf(bytes);
+    await cutFill(up, bytes, 2 * MiB + 500_000, 2 * MiB);
+    expect(fills.remnantOf(digest)).toBe(2 * MiB);
+    expect(await tempFiles()).toHaveLength(1);
+
+    const fill = (await fills.join(digest, up.fetch))!;
+    expect(up.asked).toEqual([undefined, { start: 2 * MiB, end: bytes.length - 1 }]);
+    expect(fill.resumedFrom).toBe(2 * MiB);
+    expect(fill.size).toBe(bytes.length);
+    // Readers of the bytes kept are served from the file before any new byte has come.
+    const whole = readAll(fill.reader());
+    const tail = readAll(fill.reader({ start: 2 * MiB - 10, end: 3 * MiB }));
+    up.bodies.at(-1)!.end(bytes.subarray(2 * MiB));
+    expect((await whole).equals(bytes)).toBe(true);
+    expect((await tail).equals(bytes.subarray(2 * MiB - 10, 3 * MiB + 1))).toBe(true);
+    expect(await fill.done).toEqual({ digest, size: bytes.length });
+    expect((await readFile(store.pathOf(digest))).equals(bytes)).toBe(true);
+    expect(fills.remnantOf(digest)).toBe(0);
+    expect(fills.started).toBe(2);
+    expect(fills.resumed).toBe(1);
+    expect(await tempFiles()).toEqual([]);
+  });
+
+  test('bytes kept that no longer match fail the digest of the whole: nothing is cached, nothing kept, the next fill starts from 0', async () => {
+    const bytes = randomBytes(3 * MiB);
+    const digest = sha256(bytes);
+    const up = upstreamOf(bytes);
+    await cutFill(up, bytes, 2 * MiB, 2 * MiB);
+    const [file] = await tempFiles();
+    const handle = await open(join(temp, file!), 'r+');
+    await handle.write(Buffer.from([bytes[1000]! ^ 0xff]), 0, 1, 1000);
+    await handle.close();
+
+    const fill = (await fills.join(digest, up.fetch))!;
+    const reader = readAll(fill.reader());
+    up.bodies.at(-1)!.end(bytes.subarray(2 * MiB));
+    await expect(fill.done).rejects.toThrow(/does not match its digest/);
+    await expect(reader).rejects.toThrow();
+    expect(await store.stat(digest)).toBeUndefined();
+    expect(fills.remnantOf(digest)).toBe(0);
+    expect(await tempFiles()).toEqual([]);
+
+    const again = (await fills.join(digest, up.fetch))!;
+    expect(up.asked.at(-1)).toBeUndefined();
+    up.bodies.at(-1)!.end(bytes);
+    expect(await again.done).toEqual({ digest, size: bytes.length });
+  });
+
+  test('an upstream that answers the range with the whole blob: the fill starts from 0 and the bytes kept go', async () => {
+    const bytes = randomBytes(3 * MiB);
+    const digest = sha256(bytes);
+    const up = upstreamOf(bytes);
+    await cutFill(up, bytes, 2 * MiB + 1, 2 * MiB);
+    up.ignoreRanges();
+    const fill = (await fills.join(digest, up.fetch))!;
+    expect(fill.resumedFrom).toBe(0);
+    expect(up.asked).toHaveLength(2);
+    up.bodies.at(-1)!.end(bytes);
+    expect((await readAll(fill.reader())).equals(bytes)).toBe(true);
+    expect(await fill.done).toEqual({ digest, size: bytes.length });
+    expect(fills.resumed).toBe(0);
+    expect(await tempFiles()).toEqual([]);
+  });
+
+  test('an upstream still down when the next fill starts: the bytes stay kept for the try after', async () => {
+    const bytes = randomBytes(3 * MiB);
+    const digest = sha256(bytes);
+    const up = upstreamOf(bytes);
+    await cutFill(up, bytes, 2 * MiB, 2 * MiB);
+    up.setDown(true);
+    await expect(fills.join(digest, up.fetch)).rejects.toThrow(/ECONNREFUSED/);
+    expect(fills.remnantOf(digest)).toBe(2 * MiB);
+    up.setDown(false);
+    const fill = (await fills.join(digest, up.fetch))!;
+    expect(fill.resumedFrom).toBe(2 * MiB);
+    up.bodies.at(-1)!.end(bytes.subarray(2 * MiB));
+    expect(await fill.done).toEqual({ digest, size: bytes.length });
+  });
+
+  test('a fill of the wrong bytes, one cut before its first whole block, or one of unknown size keeps nothing', async () => {
+    const wrong = randomBytes(3 * MiB);
+    const up = upstreamOf(wrong);
+    const digest = sha256(randomBytes(3 * MiB));
+    const fill = (await fills.join(digest, up.fetch))!;
+    up.bodies.at(-1)!.end(wrong);
+    await expect(fill.done).rejects.toThrow(/does not match its digest/);
+    expect(fills.remnantOf(digest)).toBe(0);
+
+    const short = randomBytes(3 * MiB);
+    await cutFill(upstreamOf(short), short, MiB - 1, 0);
+    expect(fills.remnantOf(sha256(short))).toBe(0);
+
+    const unsized = randomBytes(3 * MiB);
+    const body = new PassThrough();
+    const noSize = (await fills.join(sha256(unsized), async () => ({ body })))!;
+    body.write(unsized.subarray(0, 2 * MiB));
+    await until(() => noSize.written >= 2 * MiB);
+    body.destroy(new Error('read ECONNRESET'));
+    await expect(noSize.done).rejects.toThrow();
+    await until(() => fills.running === 0);
+    expect(fills.remnantOf(sha256(unsized))).toBe(0);
+    expect(await tempFiles()).toEqual([]);
+  });
+
+  test('bytes kept go after remnant_ttl, and at close; a fill cut after close keeps nothing', async () => {
+    fills = new BlobFills({ store, tempRoot: temp, remnantTtlMs: 100 });
+    const a = randomBytes(2 * MiB + 10);
+    await cutFill(upstreamOf(a), a, 2 * MiB, MiB);
+    expect(fills.remnantOf(sha256(a))).toBeGreaterThan(0);
+    await until(() => fills.remnantOf(sha256(a)) === 0);
+    await sleep(20);
+    expect(await tempFiles()).toEqual([]);
+
+    fills = new BlobFills({ store, tempRoot: temp });
+    const b = randomBytes(2 * MiB + 10);
+    await cutFill(upstreamOf(b), b, 2 * MiB, MiB);
+    expect(await tempFiles()).toHaveLength(1);
+    await fills.close();
+    expect(fills.remnantOf(sha256(b))).toBe(0);
+    expect(await tempFiles()).toEqual([]);
+    const c = randomBytes(2 * MiB + 10);
+    await cutFill(upstreamOf(c), c, 2 * MiB, MiB);
+    expect(fills.remnantOf(sha256(c))).toBe(0);
+    expect(await tempFiles()).toEqual([]);
+  });
+});

@@ -1,0 +1,117 @@
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { createHash, randomBytes, type Hash } from 'node:crypto';
+import { readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { blob, pushBlob } from '../helpers/oci.js';
+import { sample, scrape } from '../ops/helpers.js';
+import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
+import { CountingForwarder } from './helpers/counting-forwarder.js';
+
+const MiB = 1024 * 1024;
+const SIZE = 48 * MiB;
+/** The upstream is cut once this much of the blob went out: past the 16 MiB a range may lead a fill by. */
+const CUT_AT = 20 * MiB;
+
+interface Pulled {
+  readonly hash: Hash;
+  bytes: number;
+  status: number;
+  contentRange: string | null;
+  /** The body ended cleanly (else its connection was cut). */
+  whole: boolean;
+}
+
+/** Reads `url` (from `pulled.bytes` on, as a client resuming a download does), hashing what comes. */
+async function pull(url: string, pulled: Pulled): Promise<Pulled> {
+  const res = await fetch(url, pulled.bytes > 0 ? { headers: { range: `bytes=${pulled.bytes}-` } } : {});
+  pulled.status = res.status;
+  pulled.contentRange = res.headers.get('content-range');
+  pulled.whole = false;
+  try {
+    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+      pulled.hash.update(chunk);
+      pulled.bytes += chunk.length;
+    }
+    pulled.whole = true;
+  } catch {
+    // cut: the client resumes from pulled.bytes
+  }
+  return pulled;
+}
+
+async function until(check: () => boolean, what: string, ms = 20_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(5);
+  }
+}
+
+/**
+ * The audit's case: two clients share a cold fill, the upstream dies mid-blob (for longer than the
+ * upstream client's own resumes), comes back, and both clients resume with a range. The new fill goes
+ * on from the bytes the cut one left, so the blob crosses the upstream link once.
+ */
+describe('a fill its upstream cut goes on from the bytes it had', () => {
+  let up: TestRegistry;
+  let fwd: CountingForwarder;
+  let proxy: TestRegistry;
+  let digest: string;
+
+  beforeAll(async () => {
+    up = await startRegistry();
+    const big = blob(randomBytes(SIZE));
+    digest = big.digest;
+    await pushBlob(up.url, 'alice/big', big);
+    fwd = await CountingForwarder.start(up.url);
+    fwd.throttle = { match: /\/blobs\/sha256:/, rate: 32 * MiB };
+    proxy = await startRegistry({ settings: { proxy: { retries: 0, upstreams: { up: { url: fwd.url } } } } });
+  });
+  afterAll(async () => {
+    await proxy?.close();
+    await fwd?.close();
+    await up?.close();
+  });
+
+  test('two clients cut mid-blob resume with ranges: one more upstream GET, for the rest only, and both get the right digest', async () => {
+    const path = `/v2/alice/big/blobs/${digest}`;
+    const url = `${proxy.url}/v2/proxy/up${path.slice(3)}`;
+    const clients: Pulled[] = [0, 1].map(() => ({ hash: createHash('sha256'), bytes: 0, status: 0, contentRange: null, whole: false }));
+    const first = Promise.all(clients.map((c) => pull(url, c)));
+    await until(() => (fwd.bytesOut.get(path) ?? 0) >= CUT_AT, 'the first 20 MiB upstream');
+    fwd.setDown(true);
+    await first;
+    for (const c of clients) {
+      expect(c.status).toBe(200);
+      expect(c.whole).toBe(false);
+      expect(c.bytes).toBeGreaterThan(16 * MiB);
+    }
+    // The fill failed (its resumes were refused too) and left its bytes behind.
+    expect(proxy.fills.running).toBe(0);
+    const kept = proxy.fills.remnantOf(digest as `sha256:${string}`);
+    expect(kept).toBeGreaterThanOrEqual(Math.min(...clients.map((c) => c.bytes)) - 4 * MiB);
+    expect(kept % MiB).toBe(0);
+    fwd.setDown(false);
+
+    await Promise.all(clients.map((c) => pull(url, c)));
+    for (const c of clients) {
+      expect(c.status).toBe(206);
+      expect(c.whole).toBe(true);
+      expect(c.bytes).toBe(SIZE);
+      expect(`sha256:${c.hash.digest('hex')}`).toBe(digest);
+    }
+    const gets = fwd.seen.filter((r) => r.method === 'GET' && r.path === path);
+    expect(gets.map((r) => r.range)).toEqual([undefined, `bytes=${kept}-${SIZE - 1}`]);
+    // Once over the upstream link, with what the cut left in flight: not 2.5 times, as before.
+    expect(fwd.bytesOut.get(path)).toBeLessThan(SIZE + 4 * MiB);
+    expect(proxy.fills.resumed).toBe(1);
+    expect(sample(await scrape(proxy.url), 'wharf_proxy_fills_resumed_total')).toBe(1);
+
+    // Cached whole, and the temp folder holds nothing of it.
+    const cached = await fetch(url);
+    expect(`sha256:${createHash('sha256').update(new Uint8Array(await cached.arrayBuffer())).digest('hex')}`).toBe(digest);
+    expect(gets.length).toBe(fwd.seen.filter((r) => r.method === 'GET' && r.path === path).length);
+    expect((await readdir(join(proxy.root, '_tmp'))).filter((f) => f.startsWith('fill-'))).toEqual([]);
+  });
+});
