@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { openSync, closeSync, read } from 'node:fs';
-import { open, rm, type FileHandle } from 'node:fs/promises';
+import { open, rm, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { RegistryError, hashToDigest, newHash, noteReceived, parseDigest, type BlobInfo, type BlobStore, type ByteRange, type Digest, type FileRange, type HeldBytes, type TakesFile } from '@wharf/registry-core';
@@ -541,6 +541,11 @@ export class BlobFills {
     // Taken while asked: no other fill can start on it (this one is in flight), and no timer removes it.
     this.remnants.delete(digest);
     clearTimeout(remnant.timer);
+    // Gone from the temp folder (cleaned by hand, say): the whole blob it is.
+    if (((await stat(remnant.path).catch(() => undefined))?.size ?? 0) < remnant.length) {
+      await rm(remnant.path, { force: true });
+      return { upstream: await fetch() };
+    }
     const rest = { start: remnant.length, end: remnant.size - 1 };
     let part: UpstreamBlob | undefined;
     try {

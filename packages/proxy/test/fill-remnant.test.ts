@@ -151,6 +151,18 @@ describe('BlobFills: a download its upstream cut leaves its bytes for the next f
     expect(await tempFiles()).toEqual([]);
   });
 
+  test('bytes kept that were removed from the temp folder meanwhile: the next fill asks for the whole blob', async () => {
+    const bytes = randomBytes(3 * MiB);
+    const digest = sha256(bytes);
+    const up = upstreamOf(bytes);
+    await cutFill(up, bytes, 2 * MiB, 2 * MiB);
+    for (const file of await tempFiles()) await rm(join(temp, file));
+    const fill = (await fills.join(digest, up.fetch))!;
+    expect(up.asked).toEqual([undefined, undefined]);
+    up.bodies.at(-1)!.end(bytes);
+    expect(await fill.done).toEqual({ digest, size: bytes.length });
+  });
+
   test('an upstream still down when the next fill starts: the bytes stay kept for the try after', async () => {
     const bytes = randomBytes(3 * MiB);
     const digest = sha256(bytes);
