@@ -59,9 +59,24 @@ export function ociErrors(logger: Logger) {
         lingerForBody(ctx.req, ctx.res);
       }
       ctx.body = { errors: [{ code: error.code, message: error.message, detail: error.detail ?? null }] };
+      // Docker (and Go's registry clients generally) show a 5xx as its status line alone, and a HEAD
+      // has no body: the reason phrase is the one place their users see why.
+      if (ctx.status >= 500) ctx.message = reasonPhrase(ctx.message, error.message);
       ctx.state.error = { code: error.code, ...(ctx.status >= 500 || ctx.status === 429 ? { reason: error.message } : {}) };
     }
   };
+}
+
+/** Longest reason phrase sent (a status line is no place for a long message). */
+const MAX_REASON = 200;
+
+/**
+ * `standard` (Bad Gateway), then `message`, as the reason phrase of a status line: printable ASCII
+ * only (RFC 9112's reason-phrase, and what node accepts), cut to MAX_REASON characters.
+ */
+export function reasonPhrase(standard: string, message: string): string {
+  const phrase = `${standard}: ${message}`.replace(/[^\x20-\x7e]+/g, ' ');
+  return phrase.length > MAX_REASON ? `${phrase.slice(0, MAX_REASON - 3)}...` : phrase;
 }
 
 /**

@@ -188,6 +188,9 @@ describe('docker (dockerd) against Wharf', () => {
     await up.kill();
     const again = await daemon.docker(['pull', `${host}/proxy/up/library/app:1`]);
     expect(printedDigest(again.stdout)).toBe(layout.single.manifest.digest);
+    // Never pulled: Docker shows the 502's status line, which names the cause.
+    const failed = await daemon.dockerFails(['pull', `${host}/proxy/up/library/never:1`]);
+    expect(failed.stderr).toMatch(/502 Bad Gateway: upstream up .*unreachable/);
   }, 120_000);
 
   test('after logout, a private repository is not pulled', async () => {

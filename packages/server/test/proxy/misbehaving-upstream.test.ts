@@ -121,11 +121,18 @@ describe('pull-through from a misbehaving upstream', () => {
     expect(res.headers.get('warning')).toMatch(/^299 - ".+"$/);
   });
 
-  test('500 with nothing cached: 502 UPSTREAM_ERROR', async () => {
+  test('500 with nothing cached: 502 UPSTREAM_ERROR, its message in the reason phrase too (a HEAD has no body)', async () => {
     fake.fault = '500';
     const res = await fetch(`${proxy.url}/v2/proxy/fake/${repo}/manifests/1`);
     expect(res.status).toBe(502);
-    expect(((await res.json()) as { errors: { code: string }[] }).errors[0]!.code).toBe('UPSTREAM_ERROR');
+    const [error] = ((await res.json()) as { errors: { code: string; message: string }[] }).errors;
+    expect(error!.code).toBe('UPSTREAM_ERROR');
+    expect(error!.message).toMatch(/fake/);
+    // Docker prints a 5xx as "received unexpected HTTP status: <status line>".
+    expect(res.statusText).toBe(`Bad Gateway: ${error!.message}`);
+    const head = await fetch(`${proxy.url}/v2/proxy/fake/${repo}/manifests/1`, { method: 'HEAD' });
+    expect(head.status).toBe(502);
+    expect(head.statusText).toBe(`Bad Gateway: ${error!.message}`);
   });
 
   test('429 with nothing cached: 429 TOOMANYREQUESTS with Retry-After', async () => {
@@ -144,6 +151,7 @@ describe('pull-through from a misbehaving upstream', () => {
     for (const path of [`manifests/1`, `blobs/${digest}`]) {
       const res = await fetch(`${proxy.url}/v2/proxy/fake/${repo}/${path}`);
       expect([path, res.status]).toEqual([path, 504]);
+      expect(res.statusText).toMatch(/^Gateway Timeout: .*fake/);
       expect(((await res.json()) as { errors: { code: string }[] }).errors[0]!.code).toBe('UPSTREAM_TIMEOUT');
     }
     expect(Date.now() - started).toBeLessThan(3_000);
