@@ -448,6 +448,9 @@ export class BlobFills {
   private async start(digest: Digest, fetch: FetchBlob, source: string | undefined): Promise<BlobFill | undefined> {
     const { upstream, remnant } = await this.ask(digest, fetch);
     if (!upstream) return undefined;
+    // Until the fill reads it (past opening the file, and hashing the bytes kept), a body that fails
+    // must not throw an unhandled 'error': the fill finds it failed (`errored`) when it gets there.
+    upstream.body.on('error', () => undefined);
     this.started += 1;
     if (remnant) this.resumed += 1;
     const { store, onStored } = this.options;

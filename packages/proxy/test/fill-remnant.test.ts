@@ -135,6 +135,19 @@ describe('BlobFills: a download its upstream cut leaves its bytes for the next f
     expect(await again.done).toEqual({ digest, size: bytes.length });
   });
 
+  test('a body that fails while the bytes kept are hashed again fails the fill, and keeps them, without an unhandled error', async () => {
+    const bytes = randomBytes(24 * MiB);
+    const digest = sha256(bytes);
+    const up = upstreamOf(bytes);
+    await cutFill(up, bytes, 16 * MiB, 16 * MiB);
+    const fill = (await fills.join(digest, up.fetch))!;
+    // Hashing 16 MiB takes milliseconds; the body fails before the fill reads it.
+    up.bodies.at(-1)!.destroy(new Error('read ECONNRESET'));
+    await expect(fill.done).rejects.toThrow(/ECONNRESET/);
+    await until(() => fills.running === 0);
+    expect(fills.remnantOf(digest)).toBe(16 * MiB);
+  });
+
   test('an upstream that answers the range with the whole blob: the fill starts from 0 and the bytes kept go', async () => {
     const bytes = randomBytes(3 * MiB);
     const digest = sha256(bytes);
