@@ -7,7 +7,7 @@ import { Readable } from 'node:stream';
 import { RegistryError, hashToDigest, newHash, noteReceived, parseDigest, type BlobInfo, type BlobStore, type ByteRange, type Digest, type FileRange, type HeldBytes, type TakesFile } from '@wharf/registry-core';
 import { BLOCK_SIZE } from './aligned-blocks.js';
 import { FillWriter } from './fill-writer.js';
-import type { UpstreamBlob } from './upstream.js';
+import { OUTAGES, UpstreamError, type UpstreamBlob } from './upstream.js';
 
 const READ_CHUNK = 256 * 1024;
 /**
@@ -348,6 +348,8 @@ export interface BlobFillsOptions {
   readonly directIo?: boolean;
   /** How long the bytes of a download cut short are kept for the next fill to go on from. Default 15 minutes. */
   readonly remnantTtlMs?: number;
+  /** Bytes all those kept together may hold (the oldest go first). Default 16 GiB. */
+  readonly remnantMaxBytes?: number;
 }
 
 /** Asks the upstream for the blob, or for `range` of it (a fill going on from a remnant). */
@@ -359,12 +361,15 @@ interface Remnant {
   /** Bytes kept, whole blocks (so that the next fill's blocks stay aligned). */
   readonly length: number;
   readonly size: number;
+  /** When it goes (a remnant put back after a failed try keeps its deadline). */
+  readonly expiresAt: number;
   readonly timer: NodeJS.Timeout;
 }
 
 /** Remnants kept at most (the oldest goes first). */
 const MAX_REMNANTS = 32;
 const REMNANT_TTL_MS = 15 * 60 * 1000;
+const REMNANT_MAX_BYTES = 16 * 1024 ** 3;
 
 /**
  * Fills in flight by digest: N concurrent requests for one missing blob share one upstream download.
@@ -412,7 +417,7 @@ export class BlobFills {
   /** Removes the remnants kept, and keeps no more (a shutdown). */
   async close(): Promise<void> {
     this.closing = true;
-    await Promise.all([...this.remnants.keys()].map((digest) => this.dropRemnant(digest)));
+    await Promise.allSettled([...this.remnants.keys()].map((digest) => this.dropRemnant(digest)));
   }
 
   /** The fill of `digest` in flight, if any. */
@@ -456,7 +461,7 @@ export class BlobFills {
     const { store, onStored } = this.options;
     const from = remnant?.length ?? 0;
     const temp = remnant?.path ?? join(this.options.tempRoot, `fill-${randomUUID()}`);
-    let handle: FileHandle;
+    let handle: FileHandle | undefined;
     let writer: FillWriter;
     try {
       handle = await open(temp, remnant ? 'r+' : 'w', 0o644);
@@ -466,6 +471,7 @@ export class BlobFills {
     } catch (err) {
       // Nobody will read this body: let its connection go.
       upstream.body.destroy();
+      await handle?.close().catch(() => undefined);
       await rm(temp, { force: true });
       throw err;
     }
@@ -535,8 +541,8 @@ export class BlobFills {
   /**
    * The upstream's answer for a new fill of `digest`: the rest of the blob after the remnant kept of
    * it, if any (`remnant` then says where the fill goes on from), else the whole blob. An upstream
-   * that will not answer with exactly the rest is asked for the whole; one that cannot answer at all
-   * leaves the remnant for the next try.
+   * that will not answer with exactly the rest (a 416, the whole blob, another range) is asked for
+   * the whole; one that is down leaves the remnant, with its deadline, for the next try.
    */
   private async ask(digest: Digest, fetch: FetchBlob): Promise<{ upstream: UpstreamBlob | undefined; remnant?: Remnant }> {
     const remnant = this.remnants.get(digest);
@@ -550,15 +556,23 @@ export class BlobFills {
       return { upstream: await fetch() };
     }
     const rest = { start: remnant.length, end: remnant.size - 1 };
+    const putBack = async (): Promise<void> => {
+      if (!this.keepRemnant(digest, remnant.path, remnant.length, remnant.size, remnant.expiresAt)) await rm(remnant.path, { force: true });
+    };
     let part: UpstreamBlob | undefined;
     try {
       part = await fetch(rest);
     } catch (err) {
-      this.keepRemnant(digest, remnant.path, remnant.length, remnant.size);
+      if (!isOutage(err)) {
+        // Refused, not down (a 416 to the range, say): the whole blob may well come.
+        await rm(remnant.path, { force: true });
+        return { upstream: await fetch() };
+      }
+      await putBack();
       throw err;
     }
     if (!part) {
-      this.keepRemnant(digest, remnant.path, remnant.length, remnant.size);
+      await putBack();
       return { upstream: undefined };
     }
     if (part.range?.start === rest.start && part.range.end === rest.end && (part.size === undefined || part.size === remnant.size)) return { upstream: part, remnant };
@@ -571,25 +585,45 @@ export class BlobFills {
 
   /**
    * Keeps the whole blocks a fill cut short by its upstream wrote to `path`, for the next fill of
-   * `digest`; false when there is nothing worth keeping (then the caller removes the file).
+   * `digest`, until `expiresAt` (default: REMNANT_TTL_MS from now); false when there is nothing worth
+   * keeping, or no room (then the caller removes the file). The oldest go to make room.
    */
-  private keepRemnant(digest: Digest, path: string, written: number, size: number | undefined): boolean {
+  private keepRemnant(digest: Digest, path: string, written: number, size: number | undefined, expiresAt?: number): boolean {
     const length = written - (written % BLOCK_SIZE);
-    if (this.closing || size === undefined || length === 0 || length >= size) return false;
-    if (this.remnants.size >= MAX_REMNANTS) void this.dropRemnant(this.remnants.keys().next().value!);
-    const timer = setTimeout(() => void this.dropRemnant(digest), this.options.remnantTtlMs ?? REMNANT_TTL_MS);
+    const maxBytes = this.options.remnantMaxBytes ?? REMNANT_MAX_BYTES;
+    if (this.closing || size === undefined || length === 0 || length >= size || length > maxBytes) return false;
+    let held = length;
+    for (const kept of this.remnants.values()) held += kept.length;
+    for (const [oldest, kept] of this.remnants) {
+      if (this.remnants.size < MAX_REMNANTS && held <= maxBytes) break;
+      held -= kept.length;
+      void this.dropRemnant(oldest);
+    }
+    const deadline = expiresAt ?? Date.now() + (this.options.remnantTtlMs ?? REMNANT_TTL_MS);
+    const timer = setTimeout(() => void this.dropRemnant(digest), Math.max(0, deadline - Date.now()));
     timer.unref();
-    this.remnants.set(digest, { path, length, size, timer });
+    this.remnants.set(digest, { path, length, size, expiresAt: deadline, timer });
     return true;
   }
 
+  /** Forgets the remnant of `digest` and removes its file; never rejects (a timer calls it). */
   private async dropRemnant(digest: Digest): Promise<void> {
     const remnant = this.remnants.get(digest);
     if (!remnant) return;
     this.remnants.delete(digest);
     clearTimeout(remnant.timer);
-    await rm(remnant.path, { force: true });
+    // The next start removes what is left of it anyway.
+    await rm(remnant.path, { force: true }).catch(() => undefined);
   }
+}
+
+/**
+ * The upstream is down or overloaded (not refusing this request): what was kept of a blob stays for
+ * the next try. A 4xx other than 429 is a refusal, whatever its failure was filed as.
+ */
+function isOutage(err: unknown): boolean {
+  if (!(err instanceof UpstreamError) || !OUTAGES.has(err.failure)) return false;
+  return err.status === undefined || err.status === 429 || err.status >= 500;
 }
 
 /** Feeds the first `length` bytes of the file to `hash`. */

@@ -125,8 +125,9 @@ export class MirroredUpstream implements Upstream {
    */
   private resumable(first: number, blob: UpstreamBlob, repo: string, digest: Digest, range: ByteRange | undefined, signal: AbortSignal | undefined): UpstreamBlob {
     const measured = this.measureBody(first, blob);
-    const start = range?.start ?? 0;
-    const end = range ? range.end : blob.size !== undefined ? blob.size - 1 : undefined;
+    // What the body holds, not what was asked: a mirror may answer a range with the whole blob.
+    const start = blob.range ? blob.range.start : 0;
+    const end = blob.range ? blob.range.end : blob.size !== undefined ? blob.size - 1 : undefined;
     if (this.mirrors.length < 2 || end === undefined) return measured;
     const rest = this.order().filter((k) => k !== first);
     const resume = async (from: number): Promise<UpstreamBlob | undefined> => {

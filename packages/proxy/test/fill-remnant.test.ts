@@ -1,13 +1,13 @@
 import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, open, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough, type Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FsBlobStore, type ByteRange, type Digest } from '@wharf/registry-core';
 import { BlobFills, type BlobFill } from '../src/blob-fill.js';
-import type { UpstreamBlob } from '../src/upstream.js';
+import { UpstreamError, type UpstreamBlob } from '../src/upstream.js';
 
 const MiB = 1024 * 1024;
 const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}` as Digest;
@@ -35,9 +35,12 @@ function upstreamOf(bytes: Buffer) {
   /** Answer a range request with the whole blob, as an upstream without range support does. */
   let ignoreRanges = false;
   let down = false;
+  /** Thrown at range requests, when set. */
+  let rangeError: Error | undefined;
   const fetch = async (range?: ByteRange): Promise<UpstreamBlob | undefined> => {
     asked.push(range);
-    if (down) throw new Error('connect ECONNREFUSED');
+    if (down) throw new UpstreamError('unreachable', 'upstream up is unreachable (ECONNREFUSED)');
+    if (range && rangeError) throw rangeError;
     const body = new PassThrough();
     bodies.push(body);
     if (range && !ignoreRanges) return { size: bytes.length, range, body };
@@ -49,6 +52,7 @@ function upstreamOf(bytes: Buffer) {
     fetch,
     ignoreRanges: () => void (ignoreRanges = true),
     setDown: (value: boolean) => void (down = value),
+    refuseRanges: (err: Error) => void (rangeError = err),
   };
 }
 
@@ -189,6 +193,83 @@ describe('BlobFills: a download its upstream cut leaves its bytes for the next f
     expect(fill.resumedFrom).toBe(2 * MiB);
     up.bodies.at(-1)!.end(bytes.subarray(2 * MiB));
     expect(await fill.done).toEqual({ digest, size: bytes.length });
+  });
+
+  test('an upstream that refuses the range (416) but serves the whole blob: the fill starts from 0 at once', async () => {
+    const bytes = randomBytes(3 * MiB);
+    const digest = sha256(bytes);
+    const up = upstreamOf(bytes);
+    await cutFill(up, bytes, 2 * MiB, 2 * MiB);
+    up.refuseRanges(new UpstreamError('server-error', 'upstream up answered 416 to blob GET', 416));
+    const fill = (await fills.join(digest, up.fetch))!;
+    expect(up.asked).toEqual([undefined, { start: 2 * MiB, end: bytes.length - 1 }, undefined]);
+    expect(fill.resumedFrom).toBe(0);
+    up.bodies.at(-1)!.end(bytes);
+    expect(await fill.done).toEqual({ digest, size: bytes.length });
+    expect(await tempFiles()).toEqual([]);
+  });
+
+  test('a remnant put back after a try the upstream was down for keeps its deadline', async () => {
+    fills = new BlobFills({ store, tempRoot: temp, remnantTtlMs: 400 });
+    const bytes = randomBytes(3 * MiB);
+    const digest = sha256(bytes);
+    const up = upstreamOf(bytes);
+    await cutFill(up, bytes, 2 * MiB, 2 * MiB);
+    const keptAt = Date.now();
+    await sleep(250);
+    up.setDown(true);
+    await expect(fills.join(digest, up.fetch)).rejects.toThrow(/ECONNREFUSED/);
+    expect(fills.remnantOf(digest)).toBe(2 * MiB);
+    // Gone 400 ms after it was first kept, not 400 ms after the failed try.
+    await until(() => fills.remnantOf(digest) === 0);
+    expect(Date.now() - keptAt).toBeLessThan(600);
+  });
+
+  test('remnants hold at most remnant_max_bytes together: the oldest go first, and one larger alone is not kept', async () => {
+    fills = new BlobFills({ store, tempRoot: temp, remnantMaxBytes: 3 * MiB });
+    const [a, b, c] = [randomBytes(3 * MiB), randomBytes(3 * MiB), randomBytes(5 * MiB)];
+    await cutFill(upstreamOf(a), a, 2 * MiB, 2 * MiB);
+    await cutFill(upstreamOf(b), b, 2 * MiB, 2 * MiB);
+    expect(fills.remnantOf(sha256(a))).toBe(0);
+    expect(fills.remnantOf(sha256(b))).toBe(2 * MiB);
+    await cutFill(upstreamOf(c), c, 4 * MiB, 4 * MiB);
+    expect(fills.remnantOf(sha256(c))).toBe(0);
+    expect(fills.remnantOf(sha256(b))).toBe(2 * MiB);
+    await sleep(20);
+    expect(await tempFiles()).toHaveLength(1);
+  });
+
+  test('a remnant whose file cannot be removed: no unhandled rejection when it expires, and close() resolves', async () => {
+    /** Puts a directory with something in it where the fill's file was: rm() without `recursive` fails. */
+    const jam = async (): Promise<void> => {
+      for (const file of await tempFiles()) {
+        if ((await stat(join(temp, file))).isDirectory()) continue;
+        await rm(join(temp, file));
+        await mkdir(join(temp, file, 'x'), { recursive: true });
+      }
+    };
+    const unhandled: unknown[] = [];
+    const record = (reason: unknown): void => void unhandled.push(reason);
+    process.on('unhandledRejection', record);
+    try {
+      fills = new BlobFills({ store, tempRoot: temp, remnantTtlMs: 50 });
+      const a = randomBytes(3 * MiB);
+      await cutFill(upstreamOf(a), a, 2 * MiB, 2 * MiB);
+      await jam();
+      await until(() => fills.remnantOf(sha256(a)) === 0);
+
+      fills = new BlobFills({ store, tempRoot: temp });
+      const b = randomBytes(3 * MiB);
+      await cutFill(upstreamOf(b), b, 2 * MiB, 2 * MiB);
+      await jam();
+      await expect(fills.close()).resolves.toBeUndefined();
+      expect(fills.remnantOf(sha256(b))).toBe(0);
+      await sleep(50);
+      expect(unhandled).toEqual([]);
+    } finally {
+      process.off('unhandledRejection', record);
+      for (const file of await readdir(temp)) await rm(join(temp, file), { recursive: true, force: true });
+    }
   });
 
   test('a fill of the wrong bytes, one cut before its first whole block, or one of unknown size keeps nothing', async () => {

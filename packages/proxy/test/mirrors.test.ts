@@ -336,6 +336,15 @@ describe('mirror strategies', () => {
     expect(mirrors[1]!.log.filter((l) => l.includes('bytes=')).length).toBeLessThan(4);
   });
 
+  test('failover: a range a mirror answers with the whole blob (200) comes whole, read to its end, for the caller to judge', async () => {
+    reset();
+    for (const m of mirrors) m.mode = 'ignore-range';
+    const blob = await upstream({ strategy: 'failover' }).blob('lib/app', DIGEST, { start: 1000, end: BLOB.length - 1 });
+    expect(blob?.range).toBeUndefined();
+    expect(blob?.size).toBe(BLOB.length);
+    expect((await readAll(blob!.body)).equals(BLOB)).toBe(true);
+  });
+
   test('striped passes over a mirror that ignores Range: its whole-blob answers are cut, not read', async () => {
     reset();
     mirrors[1]!.mode = 'ignore-range';
