@@ -430,6 +430,13 @@ export class BlobFills {
     return this.remnants.get(digest)?.length ?? 0;
   }
 
+  /** Bytes kept of all downloads cut short, in the temp folder (for metrics). */
+  get remnantBytes(): number {
+    let bytes = 0;
+    for (const remnant of this.remnants.values()) bytes += remnant.length;
+    return bytes;
+  }
+
   /**
    * Joins the fill of `digest`, starting it with `fetch` when none runs (then `source` is among its
    * `sources`). Resolves once the upstream has answered (undefined when it has no such blob), so the
@@ -617,13 +624,17 @@ export class BlobFills {
   }
 }
 
+/** Statuses that say the upstream (or its gateway) is down or overloaded, not that it refuses the request. */
+const OUTAGE_STATUSES = new Set([429, 502, 503, 504]);
+
 /**
- * The upstream is down or overloaded (not refusing this request): what was kept of a blob stays for
- * the next try. A 4xx other than 429 is a refusal, whatever its failure was filed as.
+ * The upstream is down or overloaded, so the whole blob would not come either: what was kept of a
+ * blob stays for the next try. Any other answer to the range (a 416, a 500 or 501 from a server that
+ * does ranges badly) is a refusal of the range, whatever its failure was filed as.
  */
 function isOutage(err: unknown): boolean {
   if (!(err instanceof UpstreamError) || !OUTAGES.has(err.failure)) return false;
-  return err.status === undefined || err.status === 429 || err.status >= 500;
+  return err.status === undefined || OUTAGE_STATUSES.has(err.status);
 }
 
 /** Feeds the first `length` bytes of the file to `hash`. */

@@ -378,7 +378,11 @@ export class PullThroughRepository implements RepositoryReader {
         },
         // Logged once, by the request that started the download, not by each client that joined it.
         (err: unknown) => {
-          if (asked) this.logger?.warn({ upstream: this.key, repo, digest, err: (err as Error).message }, 'upstream blob fill failed');
+          if (asked) {
+            // What the next fill goes on from (the whole blocks it had), when its upstream cut it.
+            const kept = this.fills.remnantOf(digest);
+            this.logger?.warn({ upstream: this.key, repo, digest, err: (err as Error).message, ...(kept > 0 ? { kept } : {}) }, 'upstream blob fill failed');
+          }
         },
       )
       // Nobody awaits this chain: a failed index write (say, the database closed at shutdown) must be

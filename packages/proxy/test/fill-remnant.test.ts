@@ -195,18 +195,30 @@ describe('BlobFills: a download its upstream cut leaves its bytes for the next f
     expect(await fill.done).toEqual({ digest, size: bytes.length });
   });
 
-  test('an upstream that refuses the range (416) but serves the whole blob: the fill starts from 0 at once', async () => {
+  test.each([416, 500, 501])('an upstream that refuses the range (%i) but serves the whole blob: the fill starts from 0 at once', async (status) => {
     const bytes = randomBytes(3 * MiB);
     const digest = sha256(bytes);
     const up = upstreamOf(bytes);
     await cutFill(up, bytes, 2 * MiB, 2 * MiB);
-    up.refuseRanges(new UpstreamError('server-error', 'upstream up answered 416 to blob GET', 416));
+    up.refuseRanges(new UpstreamError('server-error', `upstream up answered ${status} to blob GET`, status));
     const fill = (await fills.join(digest, up.fetch))!;
     expect(up.asked).toEqual([undefined, { start: 2 * MiB, end: bytes.length - 1 }, undefined]);
     expect(fill.resumedFrom).toBe(0);
     up.bodies.at(-1)!.end(bytes);
     expect(await fill.done).toEqual({ digest, size: bytes.length });
     expect(await tempFiles()).toEqual([]);
+  });
+
+  test.each([503, 429])('a range answered %i (the upstream overloaded): the bytes stay kept, and the whole blob is not asked for', async (status) => {
+    const bytes = randomBytes(3 * MiB);
+    const digest = sha256(bytes);
+    const up = upstreamOf(bytes);
+    await cutFill(up, bytes, 2 * MiB, 2 * MiB);
+    up.refuseRanges(new UpstreamError(status === 429 ? 'rate-limited' : 'server-error', `upstream up answered ${status} to blob GET`, status));
+    await expect(fills.join(digest, up.fetch)).rejects.toThrow(String(status));
+    expect(up.asked).toEqual([undefined, { start: 2 * MiB, end: bytes.length - 1 }]);
+    expect(fills.remnantOf(digest)).toBe(2 * MiB);
+    expect(fills.remnantBytes).toBe(2 * MiB);
   });
 
   test('a remnant put back after a try the upstream was down for keeps its deadline', async () => {

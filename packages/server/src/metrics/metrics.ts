@@ -138,6 +138,14 @@ export class WharfMetrics implements RequestObserver {
         this.inc(sources.fills.started);
       },
     });
+    new Gauge({
+      name: 'wharf_proxy_fill_remnant_bytes',
+      help: 'Bytes kept in the temp folder of upstream blob downloads cut short, for the next download of each blob to go on from',
+      registers,
+      collect() {
+        this.set(sources.fills.remnantBytes);
+      },
+    });
     new Counter({
       name: 'wharf_proxy_fills_resumed_total',
       help: 'Upstream blob downloads that went on from the bytes a download cut short had left',

@@ -4,6 +4,7 @@ import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { blob, pushBlob } from '../helpers/oci.js';
+import { captureLog, type LogCapture } from '../auth/helpers.js';
 import { sample, scrape } from '../ops/helpers.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
 import { CountingForwarder } from './helpers/counting-forwarder.js';
@@ -58,6 +59,7 @@ describe('a fill its upstream cut goes on from the bytes it had', () => {
   let fwd: CountingForwarder;
   let proxy: TestRegistry;
   let digest: string;
+  let log: LogCapture;
 
   beforeAll(async () => {
     up = await startRegistry();
@@ -66,7 +68,8 @@ describe('a fill its upstream cut goes on from the bytes it had', () => {
     await pushBlob(up.url, 'alice/big', big);
     fwd = await CountingForwarder.start(up.url);
     fwd.throttle = { match: /\/blobs\/sha256:/, rate: 32 * MiB };
-    proxy = await startRegistry({ settings: { proxy: { retries: 0, upstreams: { up: { url: fwd.url } } } } });
+    log = captureLog();
+    proxy = await startRegistry({ logger: log.logger, settings: { proxy: { retries: 0, upstreams: { up: { url: fwd.url } } } } });
   });
   afterAll(async () => {
     await proxy?.close();
@@ -92,6 +95,7 @@ describe('a fill its upstream cut goes on from the bytes it had', () => {
     const kept = proxy.fills.remnantOf(digest as `sha256:${string}`);
     expect(kept).toBeGreaterThanOrEqual(Math.min(...clients.map((c) => c.bytes)) - 4 * MiB);
     expect(kept % MiB).toBe(0);
+    expect(sample(await scrape(proxy.url), 'wharf_proxy_fill_remnant_bytes')).toBe(kept);
     fwd.setDown(false);
 
     await Promise.all(clients.map((c) => pull(url, c)));
@@ -106,7 +110,13 @@ describe('a fill its upstream cut goes on from the bytes it had', () => {
     // Once over the upstream link, with what the cut left in flight: not 2.5 times, as before.
     expect(fwd.bytesOut.get(path)).toBeLessThan(SIZE + 4 * MiB);
     expect(proxy.fills.resumed).toBe(1);
-    expect(sample(await scrape(proxy.url), 'wharf_proxy_fills_resumed_total')).toBe(1);
+    const metrics = await scrape(proxy.url);
+    expect(sample(metrics, 'wharf_proxy_fills_resumed_total')).toBe(1);
+    expect(sample(metrics, 'wharf_proxy_fill_remnant_bytes')).toBe(0);
+    // The log says what was kept, and where the next download went on from.
+    const lines = log.text().split('\n').filter(Boolean).map((line) => JSON.parse(line) as Record<string, unknown>);
+    expect(lines.find((l) => l.msg === 'upstream blob fill failed')).toMatchObject({ digest, kept });
+    expect(lines.find((l) => l.msg === 'blob fill goes on from the bytes of a download cut short')).toMatchObject({ digest, from: kept });
 
     // Cached whole, and the temp folder holds nothing of it.
     const cached = await fetch(url);
