@@ -1,10 +1,10 @@
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { openSync, closeSync, read } from 'node:fs';
-import { open, rm, stat, type FileHandle } from 'node:fs/promises';
+import { open, readdir, readFile, rm, stat, writeFile, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { RegistryError, hashToDigest, newHash, noteReceived, parseDigest, type BlobInfo, type BlobStore, type ByteRange, type Digest, type FileRange, type HeldBytes, type TakesFile } from '@wharf/registry-core';
+import { RegistryError, hashToDigest, newHash, noteReceived, parseDigest, tryParseDigest, type BlobInfo, type BlobStore, type ByteRange, type Digest, type FileRange, type HeldBytes, type TakesFile } from '@wharf/registry-core';
 import { BLOCK_SIZE } from './aligned-blocks.js';
 import { FillWriter } from './fill-writer.js';
 import { OUTAGES, UpstreamError, type UpstreamBlob } from './upstream.js';
@@ -368,6 +368,9 @@ interface Remnant {
 
 /** Remnants kept at most (the oldest goes first). */
 const MAX_REMNANTS = 32;
+/** Next to a remnant's file at shutdown: what it holds, for the next start to go on from. */
+const KEPT_SUFFIX = '.kept';
+const FILL_PREFIX = 'fill-';
 const REMNANT_TTL_MS = 15 * 60 * 1000;
 const REMNANT_MAX_BYTES = 16 * 1024 ** 3;
 
@@ -410,14 +413,50 @@ export class BlobFills {
    * the server stopped.
    */
   abandon(): void {
-    this.closing = true;
     for (const body of this.bodies) body.destroy(new Error('abandoned: the server is shutting down'));
   }
 
-  /** Removes the remnants kept, and keeps no more (a shutdown). */
+  /**
+   * Keeps no more remnants (a shutdown), and leaves those kept in the temp folder with a note of
+   * what each holds, for `restore` at the next start: a download abandoned at the shutdown deadline,
+   * or cut by its upstream shortly before, goes on after the restart. A remnant whose note cannot be
+   * written is removed.
+   */
   async close(): Promise<void> {
     this.closing = true;
-    await Promise.allSettled([...this.remnants.keys()].map((digest) => this.dropRemnant(digest)));
+    const kept = [...this.remnants.entries()];
+    this.remnants.clear();
+    await Promise.allSettled(
+      kept.map(async ([digest, remnant]) => {
+        clearTimeout(remnant.timer);
+        const note: KeptNote = { digest, size: remnant.size, length: remnant.length, expiresAt: remnant.expiresAt };
+        await writeFile(`${remnant.path}${KEPT_SUFFIX}`, JSON.stringify(note)).catch(() => rm(remnant.path, { force: true }));
+      }),
+    );
+  }
+
+  /**
+   * At start, before any fill: takes back the remnants a previous `close` left (those not expired,
+   * whose file still holds their bytes), and removes every other `fill-` file of the temp folder
+   * (downloads a crash interrupted: what they hold is not known). Returns how many came back.
+   */
+  async restore(): Promise<number> {
+    const entries = (await readdir(this.options.tempRoot)).filter((entry) => entry.startsWith(FILL_PREFIX));
+    const names = new Set(entries);
+    const restored = new Set<string>();
+    for (const entry of entries) {
+      if (!entry.endsWith(KEPT_SUFFIX)) continue;
+      const file = entry.slice(0, -KEPT_SUFFIX.length);
+      const path = join(this.options.tempRoot, file);
+      const note = names.has(file) ? parseKeptNote(await readFile(join(this.options.tempRoot, entry), 'utf8').catch(() => '')) : undefined;
+      if (!note || note.expiresAt <= Date.now() || this.remnants.has(note.digest)) continue;
+      if (((await stat(path).catch(() => undefined))?.size ?? 0) < note.length) continue;
+      if (this.keepRemnant(note.digest, path, note.length, note.size, note.expiresAt)) restored.add(file);
+    }
+    for (const entry of entries) {
+      if (!restored.has(entry)) await rm(join(this.options.tempRoot, entry), { force: true });
+    }
+    return restored.size;
   }
 
   /** The fill of `digest` in flight, if any. */
@@ -622,6 +661,30 @@ export class BlobFills {
     // The next start removes what is left of it anyway.
     await rm(remnant.path, { force: true }).catch(() => undefined);
   }
+}
+
+/** What `close` notes of a remnant for the next start. */
+interface KeptNote {
+  readonly digest: Digest;
+  readonly size: number;
+  readonly length: number;
+  readonly expiresAt: number;
+}
+
+/** The note, when it is one: a remnant of whole blocks, short of its blob's size. */
+function parseKeptNote(text: string): KeptNote | undefined {
+  let note: Partial<Record<keyof KeptNote, unknown>>;
+  try {
+    note = JSON.parse(text) as typeof note;
+  } catch {
+    return undefined;
+  }
+  const { digest, size, length, expiresAt } = note ?? {};
+  if (typeof digest !== 'string' || !tryParseDigest(digest)) return undefined;
+  if (![size, length, expiresAt].every((n) => typeof n === 'number' && Number.isSafeInteger(n))) return undefined;
+  const [s, l] = [size as number, length as number];
+  if (l <= 0 || l % BLOCK_SIZE !== 0 || l >= s) return undefined;
+  return { digest: digest as Digest, size: s, length: l, expiresAt: expiresAt as number };
 }
 
 /** Statuses that say the upstream (or its gateway) is down or overloaded, not that it refuses the request. */

@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, open, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough, type Readable } from 'node:stream';
@@ -309,7 +309,7 @@ describe('BlobFills: a download its upstream cut leaves its bytes for the next f
     expect(await tempFiles()).toEqual([]);
   });
 
-  test('bytes kept go after remnant_ttl, and at close; a fill cut after close keeps nothing', async () => {
+  test('bytes kept go after remnant_ttl; a fill cut after close keeps nothing', async () => {
     fills = new BlobFills({ store, tempRoot: temp, remnantTtlMs: 100 });
     const a = randomBytes(2 * MiB + 10);
     await cutFill(upstreamOf(a), a, 2 * MiB, MiB);
@@ -319,15 +319,56 @@ describe('BlobFills: a download its upstream cut leaves its bytes for the next f
     expect(await tempFiles()).toEqual([]);
 
     fills = new BlobFills({ store, tempRoot: temp });
-    const b = randomBytes(2 * MiB + 10);
-    await cutFill(upstreamOf(b), b, 2 * MiB, MiB);
-    expect(await tempFiles()).toHaveLength(1);
     await fills.close();
-    expect(fills.remnantOf(sha256(b))).toBe(0);
-    expect(await tempFiles()).toEqual([]);
     const c = randomBytes(2 * MiB + 10);
     await cutFill(upstreamOf(c), c, 2 * MiB, MiB);
     expect(fills.remnantOf(sha256(c))).toBe(0);
     expect(await tempFiles()).toEqual([]);
   });
+
+  test('close leaves the bytes kept with a note; restore at the next start takes them back, and the fill goes on from them', async () => {
+    const bytes = randomBytes(3 * MiB + 5);
+    const digest = sha256(bytes);
+    await cutFill(upstreamOf(bytes), bytes, 2 * MiB + 7, 2 * MiB);
+    await fills.close();
+    expect(fills.remnantOf(digest)).toBe(0);
+    const [file, note] = (await tempFiles()).sort();
+    expect(note).toBe(`${file}.kept`);
+
+    fills = new BlobFills({ store, tempRoot: temp });
+    expect(await fills.restore()).toBe(1);
+    expect(fills.remnantOf(digest)).toBe(2 * MiB);
+    // The note is read: the next start needs another close to find the bytes again.
+    expect(await tempFiles()).toEqual([file]);
+    const up = upstreamOf(bytes);
+    const fill = (await fills.join(digest, up.fetch))!;
+    expect(up.asked).toEqual([{ start: 2 * MiB, end: bytes.length - 1 }]);
+    up.bodies.at(-1)!.end(bytes.subarray(2 * MiB));
+    expect((await readAll(fill.reader())).equals(bytes)).toBe(true);
+    expect(await fill.done).toEqual({ digest, size: bytes.length });
+    expect(await tempFiles()).toEqual([]);
+  });
+
+  test('restore removes every other fill file: no note, an expired or broken note, a file shorter than its note says', async () => {
+    const note = (digest: string, extra: Record<string, unknown> = {}) => JSON.stringify({ digest, size: 3 * MiB, length: 2 * MiB, expiresAt: Date.now() + 60_000, ...extra });
+    const twoMiB = Buffer.alloc(2 * MiB);
+    const d = (n: number) => sha256(Buffer.from([n]));
+    await writeFile(join(temp, 'fill-crashed'), twoMiB);
+    await writeFile(join(temp, 'fill-expired'), twoMiB);
+    await writeFile(join(temp, 'fill-expired.kept'), note(d(1), { expiresAt: Date.now() - 1 }));
+    await writeFile(join(temp, 'fill-broken'), twoMiB);
+    await writeFile(join(temp, 'fill-broken.kept'), '{"digest":"sha256:nope"');
+    await writeFile(join(temp, 'fill-odd'), twoMiB);
+    await writeFile(join(temp, 'fill-odd.kept'), note(d(2), { length: MiB + 1 }));
+    await writeFile(join(temp, 'fill-short'), Buffer.alloc(MiB));
+    await writeFile(join(temp, 'fill-short.kept'), note(d(3)));
+    await writeFile(join(temp, 'fill-orphan.kept'), note(d(4)));
+    await writeFile(join(temp, 'fill-good'), twoMiB);
+    await writeFile(join(temp, 'fill-good.kept'), note(d(5)));
+    expect(await fills.restore()).toBe(1);
+    expect(fills.remnantOf(d(5))).toBe(2 * MiB);
+    for (const n of [1, 2, 3, 4]) expect(fills.remnantOf(d(n))).toBe(0);
+    expect(await tempFiles()).toEqual(['fill-good']);
+  });
+
 });

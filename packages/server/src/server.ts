@@ -96,9 +96,10 @@ async function prepareStorage(config: WharfConfig): Promise<void> {
       );
     }
   }
-  // Leftovers of writes interrupted by a crash: no ingest is running before we start.
+  // Leftovers of writes interrupted by a crash: no ingest is running before we start. Those of blob
+  // fills are BlobFills.restore's: it keeps what the last shutdown noted, and removes the rest.
   for (const entry of await readdir(config.temporaryRegistryStorage)) {
-    if (entry.startsWith('ingest-') || entry.startsWith('fill-')) await rm(join(config.temporaryRegistryStorage, entry), { force: true });
+    if (entry.startsWith('ingest-')) await rm(join(config.temporaryRegistryStorage, entry), { force: true });
   }
 }
 
@@ -116,6 +117,8 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
   const local = new LocalRegistry(registryBlobs, metadata, uploads, metadata.lifecycle());
   const proxyBlobs = new FsBlobStore(config.proxyStorage, config.temporaryRegistryStorage);
   const fills = new BlobFills({ store: proxyBlobs, tempRoot: config.temporaryRegistryStorage, directIo: config.proxy.directIo });
+  const restored = await fills.restore();
+  if (restored > 0) logger.info({ restored }, 'blob downloads cut short before the restart go on from their bytes');
   const proxies = new Map<string, PullThroughRepository>();
   const metrics = new WharfMetrics({ db, temporaryRegistryStorage: config.temporaryRegistryStorage, fills, proxies });
   const eviction = new CacheEviction(db, proxyBlobs, fills);
@@ -300,7 +303,7 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
           timeoutMs,
           logger,
         });
-        // The bytes kept of downloads cut short: the next start removes every temp file anyway.
+        // The bytes kept of downloads cut short (those abandoned at the deadline too), for the next start.
         await fills.close();
         await storage.stop();
         if (!flushDeferredWrites(db, { waitMs: 2_000 })) logger.warn('pull and access times of the last seconds not written: the database stayed locked by another process');

@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { createHash, randomBytes, type Hash } from 'node:crypto';
-import { readdir } from 'node:fs/promises';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { blob, pushBlob } from '../helpers/oci.js';
@@ -59,6 +60,7 @@ describe('a fill its upstream cut goes on from the bytes it had', () => {
   let fwd: CountingForwarder;
   let proxy: TestRegistry;
   let digest: string;
+  let second: string;
   let log: LogCapture;
 
   beforeAll(async () => {
@@ -66,6 +68,9 @@ describe('a fill its upstream cut goes on from the bytes it had', () => {
     const big = blob(randomBytes(SIZE));
     digest = big.digest;
     await pushBlob(up.url, 'alice/big', big);
+    const other = blob(randomBytes(SIZE));
+    second = other.digest;
+    await pushBlob(up.url, 'alice/big', other);
     fwd = await CountingForwarder.start(up.url);
     fwd.throttle = { match: /\/blobs\/sha256:/, rate: 32 * MiB };
     log = captureLog();
@@ -123,5 +128,41 @@ describe('a fill its upstream cut goes on from the bytes it had', () => {
     expect(`sha256:${createHash('sha256').update(new Uint8Array(await cached.arrayBuffer())).digest('hex')}`).toBe(digest);
     expect(gets.length).toBe(fwd.seen.filter((r) => r.method === 'GET' && r.path === path).length);
     expect((await readdir(join(proxy.root, '_tmp'))).filter((f) => f.startsWith('fill-'))).toEqual([]);
+  });
+
+  test('a fill abandoned at the shutdown deadline goes on after the restart from the bytes it had', async () => {
+    const path = `/v2/alice/big/blobs/${second}`;
+    const root = await mkdtemp(join(tmpdir(), 'wharf-resume-restart-'));
+    const settings = { proxy: { retries: 0, upstreams: { up: { url: fwd.url } } } };
+    const client: Pulled = { hash: createHash('sha256'), bytes: 0, status: 0, contentRange: null, whole: false };
+    let before: TestRegistry | undefined;
+    let after: TestRegistry | undefined;
+    try {
+      before = await startRegistry({ root, settings });
+      const first = pull(`${before.url}/v2/proxy/up${path.slice(3)}`, client);
+      await until(() => (fwd.bytesOut.get(path) ?? 0) >= CUT_AT, 'the first 20 MiB upstream');
+      await before.close({ timeoutMs: 200 });
+      await first;
+      expect(client.whole).toBe(false);
+      const temp = (await readdir(join(root, '_tmp'))).filter((f) => f.startsWith('fill-')).sort();
+      expect(temp).toEqual([temp[0], `${temp[0]}.kept`]);
+
+      after = await startRegistry({ root, settings });
+      const kept = after.fills.remnantOf(second as `sha256:${string}`);
+      expect(kept).toBeGreaterThanOrEqual(16 * MiB);
+      await pull(`${after.url}/v2/proxy/up${path.slice(3)}`, client);
+      expect(client.status).toBe(206);
+      expect(client.whole).toBe(true);
+      expect(client.bytes).toBe(SIZE);
+      expect(`sha256:${client.hash.digest('hex')}`).toBe(second);
+      const gets = fwd.seen.filter((r) => r.method === 'GET' && r.path === path);
+      expect(gets.map((r) => r.range)).toEqual([undefined, `bytes=${kept}-${SIZE - 1}`]);
+      expect(fwd.bytesOut.get(path)).toBeLessThan(SIZE + 4 * MiB);
+      expect(after.fills.resumed).toBe(1);
+    } finally {
+      await before?.close();
+      await after?.close();
+      await rm(root, { recursive: true, force: true });
+    }
   });
 });
