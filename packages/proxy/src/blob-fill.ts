@@ -454,7 +454,8 @@ export class BlobFills {
       if (this.keepRemnant(note.digest, path, note.length, note.size, note.expiresAt)) restored.add(file);
     }
     for (const entry of entries) {
-      if (!restored.has(entry)) await rm(join(this.options.tempRoot, entry), { force: true });
+      // Not ours to fail the start over (a directory of that name, say): left where it is.
+      if (!restored.has(entry)) await rm(join(this.options.tempRoot, entry), { force: true }).catch(() => undefined);
     }
     return restored.size;
   }

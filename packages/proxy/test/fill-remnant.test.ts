@@ -365,7 +365,10 @@ describe('BlobFills: a download its upstream cut leaves its bytes for the next f
     await writeFile(join(temp, 'fill-orphan.kept'), note(d(4)));
     await writeFile(join(temp, 'fill-good'), twoMiB);
     await writeFile(join(temp, 'fill-good.kept'), note(d(5)));
+    // Not a file: restore leaves it and goes on (the server must start).
+    await mkdir(join(temp, 'fill-dir', 'x'), { recursive: true });
     expect(await fills.restore()).toBe(1);
+    await rm(join(temp, 'fill-dir'), { recursive: true });
     expect(fills.remnantOf(d(5))).toBe(2 * MiB);
     for (const n of [1, 2, 3, 4]) expect(fills.remnantOf(d(n))).toBe(0);
     expect(await tempFiles()).toEqual(['fill-good']);
