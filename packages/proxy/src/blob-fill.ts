@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { openSync, closeSync, read } from 'node:fs';
 import { open, readdir, readFile, rm, stat, writeFile, type FileHandle } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { Readable } from 'node:stream';
 import { RegistryError, hashToDigest, newHash, noteReceived, parseDigest, tryParseDigest, type BlobInfo, type BlobStore, type ByteRange, type Digest, type FileRange, type HeldBytes, type TakesFile } from '@wharf/registry-core';
 import { BLOCK_SIZE } from './aligned-blocks.js';
@@ -387,6 +387,8 @@ export class BlobFills {
   /** The upstream bodies fills are reading (abandon). */
   private readonly bodies = new Set<Readable>();
   private readonly remnants = new Map<Digest, Remnant>();
+  /** Remnants taken by a fill that waits for the upstream's answer to its range request. */
+  private readonly lent = new Map<Digest, Remnant>();
   private closing = false;
   /** How many upstream downloads were started (for tests and metrics). */
   started = 0;
@@ -424,7 +426,8 @@ export class BlobFills {
    */
   async close(): Promise<void> {
     this.closing = true;
-    const kept = [...this.remnants.entries()];
+    // Those lent to a fill still waiting for its upstream too (a shutdown does not wait for it).
+    const kept = [...this.remnants.entries(), ...this.lent.entries()];
     this.remnants.clear();
     await Promise.allSettled(
       kept.map(async ([digest, remnant]) => {
@@ -451,8 +454,12 @@ export class BlobFills {
       const note = names.has(file) ? parseKeptNote(await readFile(join(this.options.tempRoot, entry), 'utf8').catch(() => '')) : undefined;
       if (!note || note.expiresAt <= Date.now() || this.remnants.has(note.digest)) continue;
       if (((await stat(path).catch(() => undefined))?.size ?? 0) < note.length) continue;
-      if (this.keepRemnant(note.digest, path, note.length, note.size, note.expiresAt)) restored.add(file);
+      // A deadline further than this server's own TTL (a note from elsewhere, a clock set back) is cut to it.
+      const expiresAt = Math.min(note.expiresAt, Date.now() + (this.options.remnantTtlMs ?? REMNANT_TTL_MS));
+      this.keepRemnant(note.digest, path, note.length, note.size, expiresAt);
     }
+    // Those kept to the end (more than the bounds allow: the oldest went to make room).
+    for (const remnant of this.remnants.values()) restored.add(basename(remnant.path));
     for (const entry of entries) {
       // Not ours to fail the start over (a directory of that name, say): left where it is.
       if (!restored.has(entry)) await rm(join(this.options.tempRoot, entry), { force: true }).catch(() => undefined);
@@ -538,7 +545,11 @@ export class BlobFills {
         let cut = false;
         try {
           // The bytes kept are hashed again (their readers need not wait: they are on disk already).
-          if (from > 0) await hashFile(handle, from, hash);
+          // A body let go meanwhile (the fill abandoned at shutdown) ends it as a cut: the bytes stay kept.
+          if (from > 0 && !(await hashFile(handle, from, hash, () => upstream.body.destroyed))) {
+            cut = true;
+            throw upstream.body.errored ?? new Error('the upstream body was let go while the bytes kept were hashed');
+          }
           await drainInto(upstream, writer, fill, (chunk) => {
             if (fill.size !== undefined && fill.received + chunk.length > fill.size) {
               throw new RegistryError('SIZE_INVALID', 'upstream sent more bytes than it announced', { digest, size: fill.size });
@@ -597,6 +608,16 @@ export class BlobFills {
     // Taken while asked: no other fill can start on it (this one is in flight), and no timer removes it.
     this.remnants.delete(digest);
     clearTimeout(remnant.timer);
+    this.lent.set(digest, remnant);
+    try {
+      return await this.askRest(digest, remnant, fetch);
+    } finally {
+      this.lent.delete(digest);
+    }
+  }
+
+  /** `ask` for a remnant taken from the map: the rest of the blob, or else the whole. */
+  private async askRest(digest: Digest, remnant: Remnant, fetch: FetchBlob): Promise<{ upstream: UpstreamBlob | undefined; remnant?: Remnant }> {
     // Gone from the temp folder (cleaned by hand, say): the whole blob it is.
     if (((await stat(remnant.path).catch(() => undefined))?.size ?? 0) < remnant.length) {
       await rm(remnant.path, { force: true });
@@ -604,6 +625,8 @@ export class BlobFills {
     }
     const rest = { start: remnant.length, end: remnant.size - 1 };
     const putBack = async (): Promise<void> => {
+      // Once closed, close() has noted it for the next start: it stays.
+      if (this.closing) return;
       if (!this.keepRemnant(digest, remnant.path, remnant.length, remnant.size, remnant.expiresAt)) await rm(remnant.path, { force: true });
     };
     let part: UpstreamBlob | undefined;
@@ -701,13 +724,15 @@ function isOutage(err: unknown): boolean {
   return err.status === undefined || OUTAGE_STATUSES.has(err.status);
 }
 
-/** Feeds the first `length` bytes of the file to `hash`. */
-async function hashFile(handle: FileHandle, length: number, hash: { update(bytes: Buffer): unknown }): Promise<void> {
+/** Feeds the first `length` bytes of the file to `hash`; false when `stopped` said to stop first. */
+async function hashFile(handle: FileHandle, length: number, hash: { update(bytes: Buffer): unknown }, stopped: () => boolean): Promise<boolean> {
   const buffer = Buffer.allocUnsafe(BLOCK_SIZE);
   for (let position = 0; position < length; ) {
+    if (stopped()) return false;
     const { bytesRead } = await handle.read(buffer, 0, Math.min(BLOCK_SIZE, length - position), position);
     if (bytesRead === 0) throw new Error('the bytes kept of an earlier download are gone');
     hash.update(buffer.subarray(0, bytesRead));
     position += bytesRead;
   }
+  return true;
 }

@@ -349,6 +349,30 @@ describe('BlobFills: a download its upstream cut leaves its bytes for the next f
     expect(await tempFiles()).toEqual([]);
   });
 
+  test('a remnant lent to a fill still waiting for its range answer at close is noted too, and stays when the answer fails after', async () => {
+    const bytes = randomBytes(3 * MiB);
+    const digest = sha256(bytes);
+    await cutFill(upstreamOf(bytes), bytes, 2 * MiB, 2 * MiB);
+    let fail!: (err: Error) => void;
+    let asked = false;
+    const stalled = (): Promise<UpstreamBlob | undefined> =>
+      new Promise((_resolve, reject) => {
+        asked = true;
+        fail = reject;
+      });
+    const joining = fills.join(digest, stalled);
+    await until(() => asked);
+    await fills.close();
+    fail(new UpstreamError('timeout', 'upstream up timed out'));
+    await expect(joining).rejects.toThrow(/timed out/);
+    const [file, note] = (await tempFiles()).sort();
+    expect(note).toBe(`${file}.kept`);
+
+    fills = new BlobFills({ store, tempRoot: temp });
+    expect(await fills.restore()).toBe(1);
+    expect(fills.remnantOf(digest)).toBe(2 * MiB);
+  });
+
   test('restore removes every other fill file: no note, an expired or broken note, a file shorter than its note says', async () => {
     const note = (digest: string, extra: Record<string, unknown> = {}) => JSON.stringify({ digest, size: 3 * MiB, length: 2 * MiB, expiresAt: Date.now() + 60_000, ...extra });
     const twoMiB = Buffer.alloc(2 * MiB);
@@ -365,13 +389,19 @@ describe('BlobFills: a download its upstream cut leaves its bytes for the next f
     await writeFile(join(temp, 'fill-orphan.kept'), note(d(4)));
     await writeFile(join(temp, 'fill-good'), twoMiB);
     await writeFile(join(temp, 'fill-good.kept'), note(d(5)));
+    // A deadline 30 days ahead is cut to this server's TTL (and no TimeoutOverflowWarning).
+    await writeFile(join(temp, 'fill-far'), twoMiB);
+    await writeFile(join(temp, 'fill-far.kept'), note(d(6), { expiresAt: Date.now() + 30 * 86_400_000 }));
     // Not a file: restore leaves it and goes on (the server must start).
     await mkdir(join(temp, 'fill-dir', 'x'), { recursive: true });
-    expect(await fills.restore()).toBe(1);
+    fills = new BlobFills({ store, tempRoot: temp, remnantTtlMs: 200 });
+    expect(await fills.restore()).toBe(2);
     await rm(join(temp, 'fill-dir'), { recursive: true });
     expect(fills.remnantOf(d(5))).toBe(2 * MiB);
+    expect(fills.remnantOf(d(6))).toBe(2 * MiB);
     for (const n of [1, 2, 3, 4]) expect(fills.remnantOf(d(n))).toBe(0);
-    expect(await tempFiles()).toEqual(['fill-good']);
+    expect((await tempFiles()).sort()).toEqual(['fill-far', 'fill-good']);
+    await until(() => fills.remnantOf(d(6)) === 0);
   });
 
 });

@@ -156,6 +156,8 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
   } catch (err) {
     // A first start refused (WHARF_ADMIN_PASSWORD too short, say) leaves nothing open behind it.
     db.close();
+    // The kept bytes restore() took back, noted again for the next start.
+    await fills.close();
     throw err;
   }
   let draining = false;
@@ -234,6 +236,7 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
     if (sweeper) clearInterval(sweeper);
     clearInterval(tlsRefresh);
     db.close();
+    await fills.close();
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'EADDRINUSE' || code === 'EACCES' || code === 'EADDRNOTAVAIL') {
       // Port 5000 is often taken (macOS AirPlay): say which setting moves it, not a stack trace.
@@ -257,6 +260,7 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
       if (sweeper) clearInterval(sweeper);
       clearInterval(tlsRefresh);
       db.close();
+      await fills.close();
       throw new ConfigError(`"tls.redirect_http": cannot listen on ${config.tls.redirectHttp.host}:${config.tls.redirectHttp.port}: ${(err as Error).message}`);
     }
   }

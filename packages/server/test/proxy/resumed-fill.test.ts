@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { createHash, randomBytes, type Hash } from 'node:crypto';
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -128,6 +129,28 @@ describe('a fill its upstream cut goes on from the bytes it had', () => {
     expect(`sha256:${createHash('sha256').update(new Uint8Array(await cached.arrayBuffer())).digest('hex')}`).toBe(digest);
     expect(gets.length).toBe(fwd.seen.filter((r) => r.method === 'GET' && r.path === path).length);
     expect((await readdir(join(proxy.root, '_tmp'))).filter((f) => f.startsWith('fill-'))).toEqual([]);
+  });
+
+  test('a start that fails (its port taken) after taking back kept bytes notes them again for the next start', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'wharf-resume-failed-start-'));
+    const temp = join(root, '_tmp');
+    await mkdir(temp, { recursive: true });
+    await writeFile(join(temp, 'fill-kept'), Buffer.alloc(2 * MiB));
+    await writeFile(join(temp, 'fill-kept.kept'), JSON.stringify({ digest: second, size: SIZE, length: 2 * MiB, expiresAt: Date.now() + 60_000 }));
+    const taken = createServer();
+    await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
+    const port = (taken.address() as { port: number }).port;
+    let started: TestRegistry | undefined;
+    try {
+      await expect(startRegistry({ root, settings: { listen: `127.0.0.1:${port}` } })).rejects.toThrow(/EADDRINUSE/);
+      expect((await readdir(temp)).filter((f) => f.startsWith('fill-')).sort()).toEqual(['fill-kept', 'fill-kept.kept']);
+      started = await startRegistry({ root });
+      expect(started.fills.remnantOf(second as `sha256:${string}`)).toBe(2 * MiB);
+    } finally {
+      await started?.close();
+      await new Promise((resolve) => taken.close(resolve));
+      await rm(root, { recursive: true, force: true });
+    }
   });
 
   test('a fill abandoned at the shutdown deadline goes on after the restart from the bytes it had', async () => {
