@@ -228,15 +228,19 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
     const host = a.family === 'IPv6' ? `[${a.address}]` : a.address;
     return host === '0.0.0.0' || host === '[::]' ? '127.0.0.1' : host;
   };
-  let address: AddressInfo;
-  try {
-    address = await listen(server, config.listen);
-  } catch (err) {
+  /** A start that cannot listen leaves nothing running, and the kept bytes noted for the next start. */
+  const undoStart = async (): Promise<void> => {
     clearInterval(expiry);
     if (sweeper) clearInterval(sweeper);
     clearInterval(tlsRefresh);
     db.close();
     await fills.close();
+  };
+  let address: AddressInfo;
+  try {
+    address = await listen(server, config.listen);
+  } catch (err) {
+    await undoStart();
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'EADDRINUSE' || code === 'EACCES' || code === 'EADDRNOTAVAIL') {
       // Port 5000 is often taken (macOS AirPlay): say which setting moves it, not a stack trace.
@@ -256,11 +260,7 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
       redirectUrl = `http://${hostOf(at)}:${at.port}`;
     } catch (err) {
       server.close();
-      clearInterval(expiry);
-      if (sweeper) clearInterval(sweeper);
-      clearInterval(tlsRefresh);
-      db.close();
-      await fills.close();
+      await undoStart();
       throw new ConfigError(`"tls.redirect_http": cannot listen on ${config.tls.redirectHttp.host}:${config.tls.redirectHttp.port}: ${(err as Error).message}`);
     }
   }
