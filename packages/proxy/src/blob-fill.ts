@@ -1,11 +1,12 @@
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { openSync, closeSync, read } from 'node:fs';
-import { open, readdir, readFile, rm, stat, writeFile, type FileHandle } from 'node:fs/promises';
+import { open, readdir, readFile, rm, stat, type FileHandle } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { Readable } from 'node:stream';
 import { RegistryError, hashToDigest, newHash, noteReceived, parseDigest, tryParseDigest, type BlobInfo, type BlobStore, type ByteRange, type Digest, type FileRange, type HeldBytes, type TakesFile } from '@wharf/registry-core';
 import { BLOCK_SIZE } from './aligned-blocks.js';
+import { KEPT_SUFFIX, ProgressNote, parseKeptNote, removeFill, writeKeptNote, type KeptNote } from './fill-note.js';
 import { FillWriter } from './fill-writer.js';
 import { OUTAGES, UpstreamError, type UpstreamBlob } from './upstream.js';
 
@@ -368,8 +369,6 @@ interface Remnant {
 
 /** Remnants kept at most (the oldest goes first). */
 const MAX_REMNANTS = 32;
-/** Next to a remnant's file at shutdown: what it holds, for the next start to go on from. */
-const KEPT_SUFFIX = '.kept';
 const FILL_PREFIX = 'fill-';
 const REMNANT_TTL_MS = 15 * 60 * 1000;
 const REMNANT_MAX_BYTES = 16 * 1024 ** 3;
@@ -381,6 +380,10 @@ const REMNANT_MAX_BYTES = 16 * 1024 ** 3;
  * resumes) leaves its bytes behind, for a while: the next fill of that blob asks only for the rest,
  * with a range request, and its readers (clients resuming where they were cut off, say) are served the
  * bytes before from the file at once. The digest of the whole is verified as always.
+ *
+ * Each fill's temp file has a note next to it (`<file>.kept`, see fill-note.ts) of the bytes it holds
+ * on disk, kept up as it runs, and exact once it is a remnant: a server that crashed or was killed
+ * mid-download goes on from them after its restart, as one shut down gracefully does.
  */
 export class BlobFills {
   private readonly inflight = new Map<Digest, Promise<BlobFill | undefined>>();
@@ -420,9 +423,9 @@ export class BlobFills {
 
   /**
    * Keeps no more remnants (a shutdown), and leaves those kept in the temp folder with a note of
-   * what each holds, for `restore` at the next start: a download abandoned at the shutdown deadline,
-   * or cut by its upstream shortly before, goes on after the restart. A remnant whose note cannot be
-   * written is removed.
+   * what each holds (its deadline as it is now), for `restore` at the next start: a download abandoned
+   * at the shutdown deadline, or cut by its upstream shortly before, goes on after the restart. A
+   * remnant whose note cannot be written is removed.
    */
   async close(): Promise<void> {
     this.closing = true;
@@ -432,16 +435,16 @@ export class BlobFills {
     await Promise.allSettled(
       kept.map(async ([digest, remnant]) => {
         clearTimeout(remnant.timer);
-        const note: KeptNote = { digest, size: remnant.size, length: remnant.length, expiresAt: remnant.expiresAt };
-        await writeFile(`${remnant.path}${KEPT_SUFFIX}`, JSON.stringify(note)).catch(() => rm(remnant.path, { force: true }));
+        await writeKeptNote(remnant.path, noteOf(digest, remnant)).catch(() => removeFill(remnant.path));
       }),
     );
   }
 
   /**
-   * At start, before any fill: takes back the remnants a previous `close` left (those not expired,
-   * whose file still holds their bytes), and removes every other `fill-` file of the temp folder
-   * (downloads a crash interrupted: what they hold is not known). Returns how many came back.
+   * At start, before any fill: takes back the remnants noted before (by `close`, or by a fill
+   * running when the server crashed; those not expired, whose file still holds their bytes), and
+   * removes every other `fill-` file of the temp folder (one with no sound note: what it holds is not
+   * known). Returns how many came back.
    */
   async restore(): Promise<number> {
     const entries = (await readdir(this.options.tempRoot)).filter((entry) => entry.startsWith(FILL_PREFIX));
@@ -455,16 +458,20 @@ export class BlobFills {
       if (!note || note.expiresAt <= Date.now() || this.remnants.has(note.digest)) continue;
       if (((await stat(path).catch(() => undefined))?.size ?? 0) < note.length) continue;
       // A deadline further than this server's own TTL (a note from elsewhere, a clock set back) is cut to it.
-      const expiresAt = Math.min(note.expiresAt, Date.now() + (this.options.remnantTtlMs ?? REMNANT_TTL_MS));
+      const expiresAt = Math.min(note.expiresAt, Date.now() + this.ttlMs);
       this.keepRemnant(note.digest, path, note.length, note.size, expiresAt);
     }
     // Those kept to the end (more than the bounds allow: the oldest went to make room).
-    for (const remnant of this.remnants.values()) restored.add(basename(remnant.path));
+    // Their notes stay: a crash soon after this start must not lose them.
+    for (const remnant of this.remnants.values()) {
+      restored.add(basename(remnant.path));
+      restored.add(`${basename(remnant.path)}${KEPT_SUFFIX}`);
+    }
     for (const entry of entries) {
       // Not ours to fail the start over (a directory of that name, say): left where it is.
       if (!restored.has(entry)) await rm(join(this.options.tempRoot, entry), { force: true }).catch(() => undefined);
     }
-    return restored.size;
+    return this.remnants.size;
   }
 
   /** The fill of `digest` in flight, if any. */
@@ -526,12 +533,14 @@ export class BlobFills {
       // Nobody will read this body: let its connection go.
       upstream.body.destroy();
       await handle?.close().catch(() => undefined);
-      await rm(temp, { force: true });
+      await removeFill(temp);
       throw err;
     }
     const { algorithm } = parseDigest(digest);
     this.bodies.add(upstream.body);
     const size = remnant?.size ?? upstream.size;
+    // Kept up as the bytes reach the disk, so that a crash of the server keeps them too.
+    const progress = size !== undefined ? new ProgressNote(temp, digest, size, this.ttlMs, from) : undefined;
     const started = new BlobFill(
       digest,
       size,
@@ -539,7 +548,10 @@ export class BlobFills {
       store.pathOf(digest),
       async (fill) => {
         fill.writer = writer;
-        writer.onWritten = () => fill.wrote();
+        writer.onWritten = (written) => {
+          fill.wrote();
+          progress?.update(written);
+        };
         const hash = newHash(algorithm);
         let adopted = false;
         let cut = false;
@@ -587,7 +599,10 @@ export class BlobFills {
           this.bodies.delete(upstream.body);
           await writer.close();
           await handle.close().catch(() => undefined);
-          if (!adopted && !(cut && this.keepRemnant(digest, temp, fill.written, fill.size))) await rm(temp, { force: true });
+          await progress?.stop();
+          if (adopted) await removeFill(temp);
+          else if (cut && this.keepRemnant(digest, temp, fill.written, fill.size)) await this.noteRemnant(digest);
+          else await removeFill(temp);
         }
       },
       from,
@@ -620,14 +635,14 @@ export class BlobFills {
   private async askRest(digest: Digest, remnant: Remnant, fetch: FetchBlob): Promise<{ upstream: UpstreamBlob | undefined; remnant?: Remnant }> {
     // Gone from the temp folder (cleaned by hand, say): the whole blob it is.
     if (((await stat(remnant.path).catch(() => undefined))?.size ?? 0) < remnant.length) {
-      await rm(remnant.path, { force: true });
+      await removeFill(remnant.path);
       return { upstream: await fetch() };
     }
     const rest = { start: remnant.length, end: remnant.size - 1 };
     const putBack = async (): Promise<void> => {
       // Once closed, close() has noted it for the next start: it stays.
       if (this.closing) return;
-      if (!this.keepRemnant(digest, remnant.path, remnant.length, remnant.size, remnant.expiresAt)) await rm(remnant.path, { force: true });
+      if (!this.keepRemnant(digest, remnant.path, remnant.length, remnant.size, remnant.expiresAt)) await removeFill(remnant.path);
     };
     let part: UpstreamBlob | undefined;
     try {
@@ -635,7 +650,7 @@ export class BlobFills {
     } catch (err) {
       if (!isOutage(err)) {
         // Refused, not down (a 416 to the range, say): the whole blob may well come.
-        await rm(remnant.path, { force: true });
+        await removeFill(remnant.path);
         return { upstream: await fetch() };
       }
       await putBack();
@@ -647,7 +662,7 @@ export class BlobFills {
     }
     if (part.range?.start === rest.start && part.range.end === rest.end && (part.size === undefined || part.size === remnant.size)) return { upstream: part, remnant };
     // The whole blob (a 200 to the range request), or another range: the fill starts from byte 0.
-    await rm(remnant.path, { force: true });
+    await removeFill(remnant.path);
     if (!part.range && part.size === remnant.size) return { upstream: part };
     part.body.destroy();
     return { upstream: await fetch() };
@@ -669,11 +684,24 @@ export class BlobFills {
       held -= kept.length;
       void this.dropRemnant(oldest);
     }
-    const deadline = expiresAt ?? Date.now() + (this.options.remnantTtlMs ?? REMNANT_TTL_MS);
+    const deadline = expiresAt ?? Date.now() + this.ttlMs;
     const timer = setTimeout(() => void this.dropRemnant(digest), Math.max(0, deadline - Date.now()));
     timer.unref();
     this.remnants.set(digest, { path, length, size, expiresAt: deadline, timer });
     return true;
+  }
+
+  /**
+   * Notes the remnant of `digest` just kept, exactly (its running fill's note may lag by a second):
+   * a crash before it is used keeps it too. One whose note cannot be written stays for this process.
+   */
+  private async noteRemnant(digest: Digest): Promise<void> {
+    const remnant = this.remnants.get(digest);
+    if (remnant) await writeKeptNote(remnant.path, noteOf(digest, remnant)).catch(() => undefined);
+  }
+
+  private get ttlMs(): number {
+    return this.options.remnantTtlMs ?? REMNANT_TTL_MS;
   }
 
   /** Forgets the remnant of `digest` and removes its file; never rejects (a timer calls it). */
@@ -683,32 +711,12 @@ export class BlobFills {
     this.remnants.delete(digest);
     clearTimeout(remnant.timer);
     // The next start removes what is left of it anyway.
-    await rm(remnant.path, { force: true }).catch(() => undefined);
+    await removeFill(remnant.path);
   }
 }
 
-/** What `close` notes of a remnant for the next start. */
-interface KeptNote {
-  readonly digest: Digest;
-  readonly size: number;
-  readonly length: number;
-  readonly expiresAt: number;
-}
-
-/** The note, when it is one: a remnant of whole blocks, short of its blob's size. */
-function parseKeptNote(text: string): KeptNote | undefined {
-  let note: Partial<Record<keyof KeptNote, unknown>>;
-  try {
-    note = JSON.parse(text) as typeof note;
-  } catch {
-    return undefined;
-  }
-  const { digest, size, length, expiresAt } = note ?? {};
-  if (typeof digest !== 'string' || !tryParseDigest(digest)) return undefined;
-  if (![size, length, expiresAt].every((n) => typeof n === 'number' && Number.isSafeInteger(n))) return undefined;
-  const [s, l] = [size as number, length as number];
-  if (l <= 0 || l % BLOCK_SIZE !== 0 || l >= s) return undefined;
-  return { digest: digest as Digest, size: s, length: l, expiresAt: expiresAt as number };
+function noteOf(digest: Digest, remnant: Remnant): KeptNote {
+  return { digest, size: remnant.size, length: remnant.length, expiresAt: remnant.expiresAt };
 }
 
 /** Statuses that say the upstream (or its gateway) is down or overloaded, not that it refuses the request. */

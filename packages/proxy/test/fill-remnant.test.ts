@@ -87,6 +87,12 @@ describe('BlobFills: a download its upstream cut leaves its bytes for the next f
   }
 
   const tempFiles = async () => (await readdir(temp)).filter((f) => f.startsWith('fill-'));
+  /** The notes in the temp folder, by the file they are about. */
+  const notes = async () => {
+    const found: Record<string, { digest: string; size: number; length: number; expiresAt: number }> = {};
+    for (const f of await tempFiles()) if (f.endsWith('.kept')) found[f.slice(0, -'.kept'.length)] = JSON.parse(await readFile(join(temp, f), 'utf8'));
+    return found;
+  };
 
   test('the next fill asks only for the bytes after the whole blocks kept, and its readers get the whole blob', async () => {
     const bytes = randomBytes(5 * MiB + 123);
@@ -94,7 +100,10 @@ describe('BlobFills: a download its upstream cut leaves its bytes for the next f
     const up = upstreamOf(bytes);
     await cutFill(up, bytes, 2 * MiB + 500_000, 2 * MiB);
     expect(fills.remnantOf(digest)).toBe(2 * MiB);
-    expect(await tempFiles()).toHaveLength(1);
+    // The file, and its note of exactly what was kept (a crash now keeps it too).
+    const [file] = await tempFiles();
+    expect(await tempFiles()).toEqual([file, `${file}.kept`]);
+    expect(await notes()).toEqual({ [file!]: { digest, size: bytes.length, length: 2 * MiB, expiresAt: expect.any(Number) } });
 
     const fill = (await fills.join(digest, up.fetch))!;
     expect(up.asked).toEqual([undefined, { start: 2 * MiB, end: bytes.length - 1 }]);
@@ -248,7 +257,9 @@ describe('BlobFills: a download its upstream cut leaves its bytes for the next f
     expect(fills.remnantOf(sha256(c))).toBe(0);
     expect(fills.remnantOf(sha256(b))).toBe(2 * MiB);
     await sleep(20);
-    expect(await tempFiles()).toHaveLength(1);
+    // The one kept, and its note: those that went took theirs along.
+    expect(Object.values(await notes()).map((n) => n.digest)).toEqual([sha256(b)]);
+    expect(await tempFiles()).toHaveLength(2);
   });
 
   test('a remnant whose file cannot be removed: no unhandled rejection when it expires, and close() resolves', async () => {
@@ -338,8 +349,8 @@ describe('BlobFills: a download its upstream cut leaves its bytes for the next f
     fills = new BlobFills({ store, tempRoot: temp });
     expect(await fills.restore()).toBe(1);
     expect(fills.remnantOf(digest)).toBe(2 * MiB);
-    // The note is read: the next start needs another close to find the bytes again.
-    expect(await tempFiles()).toEqual([file]);
+    // The note stays: a crash after this start keeps the bytes too.
+    expect((await tempFiles()).sort()).toEqual([file, note]);
     const up = upstreamOf(bytes);
     const fill = (await fills.join(digest, up.fetch))!;
     expect(up.asked).toEqual([{ start: 2 * MiB, end: bytes.length - 1 }]);
@@ -373,6 +384,55 @@ describe('BlobFills: a download its upstream cut leaves its bytes for the next f
     expect(fills.remnantOf(digest)).toBe(2 * MiB);
   });
 
+  test('a running fill notes the bytes it has on disk as it goes: after a crash (no close), restore takes them back and the next fill goes on from them', async () => {
+    const bytes = randomBytes(6 * MiB + 77);
+    const digest = sha256(bytes);
+    const up = upstreamOf(bytes);
+    const fill = (await fills.join(digest, up.fetch))!;
+    const body = up.bodies.at(-1)!;
+    const [file] = await tempFiles();
+    // The first whole block is noted at once; more within the second after it, once that second is over.
+    body.write(bytes.subarray(0, MiB + 10));
+    await until(() => fill.written >= MiB);
+    let noted = 0;
+    const poll = async () => {
+      await sleep(10);
+      noted = (await notes())[file!]?.length ?? 0;
+      return noted;
+    };
+    for (let i = 0; (await poll()) < MiB; i++) if (i > 400) throw new Error('no note of the first block');
+    expect(noted).toBe(MiB);
+    body.write(bytes.subarray(MiB + 10, 4 * MiB + 10));
+    await until(() => fill.written >= 4 * MiB);
+    for (let i = 0; (await poll()) < 4 * MiB; i++) if (i > 400) throw new Error('the note did not follow the fill');
+    expect((await notes())[file!]).toEqual({ digest, size: bytes.length, length: 4 * MiB, expiresAt: expect.any(Number) });
+
+    // The temp folder as a crash (kill -9) would leave it now.
+    const crashed = join(dir, 'crashed');
+    await mkdir(crashed);
+    for (const f of await tempFiles()) await writeFile(join(crashed, f), await readFile(join(temp, f)));
+    // This server's fill ends well: its note goes with its file, and none comes back after.
+    body.end(bytes.subarray(4 * MiB + 10));
+    expect(await fill.done).toEqual({ digest, size: bytes.length });
+    await sleep(1200);
+    expect(await tempFiles()).toEqual([]);
+
+    const restarted = new BlobFills({ store: new FsBlobStore(join(dir, 'blobs2'), crashed), tempRoot: crashed });
+    try {
+      expect(await restarted.restore()).toBe(1);
+      expect(restarted.remnantOf(digest)).toBe(4 * MiB);
+      const again = upstreamOf(bytes);
+      const resumed = (await restarted.join(digest, again.fetch))!;
+      expect(again.asked).toEqual([{ start: 4 * MiB, end: bytes.length - 1 }]);
+      again.bodies.at(-1)!.end(bytes.subarray(4 * MiB));
+      expect((await readAll(resumed.reader())).equals(bytes)).toBe(true);
+      expect(await resumed.done).toEqual({ digest, size: bytes.length });
+      expect((await readdir(crashed)).filter((f) => f.startsWith('fill-'))).toEqual([]);
+    } finally {
+      await restarted.close();
+    }
+  });
+
   test('restore removes every other fill file: no note, an expired or broken note, a file shorter than its note says', async () => {
     const note = (digest: string, extra: Record<string, unknown> = {}) => JSON.stringify({ digest, size: 3 * MiB, length: 2 * MiB, expiresAt: Date.now() + 60_000, ...extra });
     const twoMiB = Buffer.alloc(2 * MiB);
@@ -400,7 +460,7 @@ describe('BlobFills: a download its upstream cut leaves its bytes for the next f
     expect(fills.remnantOf(d(5))).toBe(2 * MiB);
     expect(fills.remnantOf(d(6))).toBe(2 * MiB);
     for (const n of [1, 2, 3, 4]) expect(fills.remnantOf(d(n))).toBe(0);
-    expect((await tempFiles()).sort()).toEqual(['fill-far', 'fill-good']);
+    expect((await tempFiles()).sort()).toEqual(['fill-far', 'fill-far.kept', 'fill-good', 'fill-good.kept']);
     await until(() => fills.remnantOf(d(6)) === 0);
   });
 

@@ -26,9 +26,11 @@ export interface WharfConfigOptions {
   /** Extra tables, written after the others, e.g. ['[tls]', 'self_signed = true']. */
   readonly tables?: readonly string[];
   readonly logLevel?: string;
+  /** The lines of the [proxy] table (its subtables after them); default: the proxy off. */
+  readonly proxy?: readonly string[];
 }
 
-/** Writes a configuration.toml for a local-only Wharf (proxy and auth off) with all storage under `root`. */
+/** Writes a configuration.toml for a local-only Wharf (auth off, and the proxy unless `proxy` says) with all storage under `root`. */
 export async function writeWharfConfig(root: string, port: number, options: WharfConfigOptions = {}): Promise<string> {
   const file = join(root, 'configuration.toml');
   await writeFile(
@@ -42,7 +44,7 @@ export async function writeWharfConfig(root: string, port: number, options: Whar
       `log_level = "${options.logLevel ?? 'warn'}"`,
       ...(options.top ?? []),
       '[proxy]',
-      'enabled = false',
+      ...(options.proxy ?? ['enabled = false']),
       '[auth]',
       'enabled = false   # loopback only; the auth suites turn it on',
       ...(options.tables ?? []),

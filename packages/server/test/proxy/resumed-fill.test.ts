@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { createHash, randomBytes, type Hash } from 'node:crypto';
-import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -9,6 +9,7 @@ import { blob, pushBlob } from '../helpers/oci.js';
 import { captureLog, type LogCapture } from '../auth/helpers.js';
 import { sample, scrape } from '../ops/helpers.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
+import { freePort, startWharfProcess, writeWharfConfig, type WharfProcess } from '../helpers/wharf-process.js';
 import { CountingForwarder } from './helpers/counting-forwarder.js';
 
 const MiB = 1024 * 1024;
@@ -185,6 +186,63 @@ describe('a fill its upstream cut goes on from the bytes it had', () => {
     } finally {
       await before?.close();
       await after?.close();
+      await rm(root, { recursive: true, force: true });
+    }
+  });
+  test('a download cut by a crash of the server (kill -9) goes on after the restart from the bytes its note had', async () => {
+    const third = blob(randomBytes(SIZE));
+    await pushBlob(up.url, 'alice/big', third);
+    const path = `/v2/alice/big/blobs/${third.digest}`;
+    const root = await mkdtemp(join(tmpdir(), 'wharf-resume-crash-'));
+    const temp = join(root, 'storage', '_tmp');
+    const port = await freePort();
+    const config = await writeWharfConfig(root, port, { logLevel: 'info', proxy: ['retries = 0', '[proxy.upstreams.up]', `url = "${fwd.url}"`] });
+    const client: Pulled = { hash: createHash('sha256'), bytes: 0, status: 0, contentRange: null, whole: false };
+    /** The length the fill's note gives, 0 while there is none. */
+    const noted = async (): Promise<number> => {
+      const note = (await readdir(temp)).find((f) => f.startsWith('fill-') && f.endsWith('.kept'));
+      return note ? (JSON.parse(await readFile(join(temp, note), 'utf8')) as { length: number }).length : 0;
+    };
+    const throttle = fwd.throttle;
+    fwd.throttle = { match: /\/blobs\/sha256:/, rate: 16 * MiB };
+    let server: WharfProcess | undefined;
+    try {
+      server = await startWharfProcess(config, port);
+      const first = pull(`${server.url}/v2/proxy/up${path.slice(3)}`, client);
+      // The note of the first block comes at once, the next a second later: then the server dies.
+      for (const deadline = Date.now() + 20_000; (await noted()) < 8 * MiB; await sleep(10)) {
+        if (Date.now() > deadline) throw new Error(`no note of 8 MiB came:\n${server.output()}`);
+      }
+      await server.kill('SIGKILL');
+      await first;
+      expect(client.whole).toBe(false);
+      await sleep(200);
+      const kept = await noted();
+      expect(kept % MiB).toBe(0);
+      expect(kept).toBeLessThan(SIZE);
+      const before = fwd.bytesOut.get(path) ?? 0;
+
+      server = await startWharfProcess(config, port);
+      await pull(`${server.url}/v2/proxy/up${path.slice(3)}`, client);
+      expect(client.status).toBe(206);
+      expect(client.whole).toBe(true);
+      expect(client.bytes).toBe(SIZE);
+      expect(`sha256:${client.hash.digest('hex')}`).toBe(third.digest);
+      // The upstream was asked for the rest only, and sent just that.
+      const gets = fwd.seen.filter((r) => r.method === 'GET' && r.path === path);
+      expect(gets.map((r) => r.range)).toEqual([undefined, `bytes=${kept}-${SIZE - 1}`]);
+      expect((fwd.bytesOut.get(path) ?? 0) - before).toBe(SIZE - kept);
+      expect(server.output()).toMatch(/blob downloads cut short before the restart go on from their bytes/);
+      // Once the blob is in place (the client had its last byte as soon as it was verified).
+      let left: string[] = [];
+      for (const deadline = Date.now() + 10_000; Date.now() < deadline; await sleep(20)) {
+        left = (await readdir(temp)).filter((f) => f.startsWith('fill-'));
+        if (left.length === 0) break;
+      }
+      expect(left).toEqual([]);
+    } finally {
+      fwd.throttle = throttle;
+      await server?.kill('SIGKILL');
       await rm(root, { recursive: true, force: true });
     }
   });

@@ -1,0 +1,118 @@
+import { rename, rm, writeFile } from 'node:fs/promises';
+import { tryParseDigest, type Digest } from '@wharf/registry-core';
+import { BLOCK_SIZE } from './aligned-blocks.js';
+
+/** Next to a fill's temp file: how many of its first bytes are the blob's, for the next start to go on from. */
+export const KEPT_SUFFIX = '.kept';
+/** A note being written (renamed over the note once whole). */
+const NEW_SUFFIX = '.new';
+/** A running fill's note follows its progress at most this often. */
+export const NOTE_INTERVAL_MS = 1000;
+
+/** What a note says of the temp file `<note without .kept>`. */
+export interface KeptNote {
+  readonly digest: Digest;
+  readonly size: number;
+  /** Bytes at the file's start that are the blob's: whole blocks, fewer than `size`. */
+  readonly length: number;
+  /** When they go (ms since the epoch). */
+  readonly expiresAt: number;
+}
+
+/** The note, when it is one: a remnant of whole blocks, short of its blob's size. */
+export function parseKeptNote(text: string): KeptNote | undefined {
+  let note: Partial<Record<keyof KeptNote, unknown>>;
+  try {
+    note = JSON.parse(text) as typeof note;
+  } catch {
+    return undefined;
+  }
+  const { digest, size, length, expiresAt } = note ?? {};
+  if (typeof digest !== 'string' || !tryParseDigest(digest)) return undefined;
+  if (![size, length, expiresAt].every((n) => typeof n === 'number' && Number.isSafeInteger(n))) return undefined;
+  const [s, l] = [size as number, length as number];
+  if (l <= 0 || l % BLOCK_SIZE !== 0 || l >= s) return undefined;
+  return { digest: digest as Digest, size: s, length: l, expiresAt: expiresAt as number };
+}
+
+/**
+ * Writes the note of the temp file `path`, whole or not at all: a crash while it is written leaves
+ * the previous note (or none), never half of one.
+ */
+export async function writeKeptNote(path: string, note: KeptNote): Promise<void> {
+  const fresh = `${path}${KEPT_SUFFIX}${NEW_SUFFIX}`;
+  try {
+    await writeFile(fresh, JSON.stringify(note));
+    await rename(fresh, `${path}${KEPT_SUFFIX}`);
+  } catch (err) {
+    await rm(fresh, { force: true }).catch(() => undefined);
+    throw err;
+  }
+}
+
+/** Removes the temp file `path` and its note; never rejects (what is left, the next start removes). */
+export async function removeFill(path: string): Promise<void> {
+  await Promise.all([path, `${path}${KEPT_SUFFIX}`].map((file) => rm(file, { force: true }).catch(() => undefined)));
+}
+
+/**
+ * The note of a running fill, kept up with the bytes its writer has on disk: whole blocks, at most
+ * once per NOTE_INTERVAL_MS, one write at a time. A crash of the server (kill -9, the kernel's
+ * out-of-memory killer) then loses at most the last second of the download: the next start takes
+ * the bytes noted back (BlobFills.restore), and the digest of the whole is verified as always, so
+ * bytes a machine crash lost (never synced) fail that check rather than reach a client.
+ */
+export class ProgressNote {
+  private noted: number;
+  private notedAt = 0;
+  /** Bytes on disk, as last told. */
+  private written: number;
+  private writing: Promise<void> | undefined;
+  /** Notes what came meanwhile once the interval is over (a fill that stalls after a burst). */
+  private later: NodeJS.Timeout | undefined;
+  private stopped = false;
+
+  constructor(
+    private readonly path: string,
+    private readonly digest: Digest,
+    private readonly size: number,
+    private readonly ttlMs: number,
+    /** Bytes the file holds already, noted by whoever kept them. */
+    from: number,
+  ) {
+    this.noted = from;
+    this.written = from;
+  }
+
+  /** The writer has `written` bytes on disk. */
+  update(written: number): void {
+    this.written = Math.max(this.written, written);
+    const length = this.written - (this.written % BLOCK_SIZE);
+    if (this.stopped || this.later || length <= this.noted || length >= this.size) return;
+    const wait = this.notedAt + NOTE_INTERVAL_MS - Date.now();
+    if (wait > 0 || this.writing) {
+      this.later = setTimeout(() => {
+        this.later = undefined;
+        this.update(this.written);
+      }, Math.max(wait, 10));
+      this.later.unref();
+      return;
+    }
+    this.notedAt = Date.now();
+    this.noted = length;
+    // A note that cannot be written costs only what a crash would have kept.
+    this.writing = writeKeptNote(this.path, { digest: this.digest, size: this.size, length, expiresAt: this.notedAt + this.ttlMs })
+      .catch(() => undefined)
+      .finally(() => {
+        this.writing = undefined;
+      });
+  }
+
+  /** No more notes; resolves once the one being written is (the fill then keeps or removes it). */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.later);
+    this.later = undefined;
+    await this.writing;
+  }
+}
