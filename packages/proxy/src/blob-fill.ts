@@ -1,12 +1,13 @@
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { openSync, closeSync, read } from 'node:fs';
-import { open, readdir, readFile, rm, stat, type FileHandle } from 'node:fs/promises';
+import { open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { Readable } from 'node:stream';
 import { RegistryError, hashToDigest, newHash, noteReceived, parseDigest, tryParseDigest, type BlobInfo, type BlobStore, type ByteRange, type Digest, type FileRange, type HeldBytes, type TakesFile } from '@wharf/registry-core';
 import { BLOCK_SIZE } from './aligned-blocks.js';
 import { KEPT_SUFFIX, ProgressNote, parseKeptNote, removeFill, writeKeptNote, type KeptNote } from './fill-note.js';
+import { newFillOwner, ownerOfName, ownerState, ownerTag, releaseFillOwner } from './fill-owner.js';
 import { FillWriter } from './fill-writer.js';
 import { OUTAGES, UpstreamError, type UpstreamBlob } from './upstream.js';
 
@@ -393,6 +394,8 @@ export class BlobFills {
   /** Remnants taken by a fill that waits for the upstream's answer to its range request. */
   private readonly lent = new Map<Digest, Remnant>();
   private closing = false;
+  /** Whose the temp files are: a server starting on the same storage leaves them alone while this runs. */
+  private readonly owner = newFillOwner();
   /** How many upstream downloads were started (for tests and metrics). */
   started = 0;
   /** How many of those went on from a remnant. */
@@ -438,40 +441,61 @@ export class BlobFills {
         await writeKeptNote(remnant.path, noteOf(digest, remnant)).catch(() => removeFill(remnant.path));
       }),
     );
+    // Its files are now the next start's to take back (a fill still running keeps writing its own note).
+    releaseFillOwner(this.owner);
   }
 
   /**
-   * At start, before any fill: takes back the remnants noted before (by `close`, or by a fill
-   * running when the server crashed; those not expired, whose file still holds their bytes), and
-   * removes every other `fill-` file of the temp folder (one with no sound note: what it holds is not
-   * known). Returns how many came back.
+   * At start, before any fill: takes back the remnants noted before (by `close`, or by a fill running
+   * when its server crashed; those not expired, whose file still holds their bytes), and removes
+   * every other `fill-` entry of a process that is gone (a file with no sound note: what it holds is
+   * not known). The files of a server still running on this storage are left to it; those of another
+   * host, until their note expires (a file with none: until nothing was written to it for the TTL).
+   * Each file taken back is renamed to this instance's name first, so that two servers starting at
+   * once cannot both take it. Returns how many came back.
    */
   async restore(): Promise<number> {
-    const entries = (await readdir(this.options.tempRoot)).filter((entry) => entry.startsWith(FILL_PREFIX));
-    const names = new Set(entries);
-    const restored = new Set<string>();
-    for (const entry of entries) {
-      if (!entry.endsWith(KEPT_SUFFIX)) continue;
-      const file = entry.slice(0, -KEPT_SUFFIX.length);
-      const path = join(this.options.tempRoot, file);
-      const note = names.has(file) ? parseKeptNote(await readFile(join(this.options.tempRoot, entry), 'utf8').catch(() => '')) : undefined;
-      if (!note || note.expiresAt <= Date.now() || this.remnants.has(note.digest)) continue;
-      if (((await stat(path).catch(() => undefined))?.size ?? 0) < note.length) continue;
-      // A deadline further than this server's own TTL (a note from elsewhere, a clock set back) is cut to it.
-      const expiresAt = Math.min(note.expiresAt, Date.now() + this.ttlMs);
-      this.keepRemnant(note.digest, path, note.length, note.size, expiresAt);
+    const root = this.options.tempRoot;
+    const groups = new Map<string, string[]>();
+    for (const entry of await readdir(root)) {
+      if (!entry.startsWith(FILL_PREFIX)) continue;
+      const at = entry.indexOf(KEPT_SUFFIX);
+      const file = at < 0 ? entry : entry.slice(0, at);
+      groups.set(file, [...(groups.get(file) ?? []), entry]);
     }
-    // Those kept to the end (more than the bounds allow: the oldest went to make room).
-    // Their notes stay: a crash soon after this start must not lose them.
-    for (const remnant of this.remnants.values()) {
-      restored.add(basename(remnant.path));
-      restored.add(`${basename(remnant.path)}${KEPT_SUFFIX}`);
-    }
-    for (const entry of entries) {
+    const now = Date.now();
+    for (const [file, group] of groups) {
+      const owner = ownerOfName(file.slice(FILL_PREFIX.length));
+      // An older version's name: its server is not running any more (an upgrade replaced it).
+      const state = owner ? await ownerState(owner) : 'gone';
+      if (state === 'live') continue;
+      const noted = group.includes(file) && group.includes(`${file}${KEPT_SUFFIX}`);
+      const note = noted ? parseKeptNote(await readFile(join(root, `${file}${KEPT_SUFFIX}`), 'utf8').catch(() => '')) : undefined;
+      if (state === 'elsewhere') {
+        if (note ? note.expiresAt > now : await writtenSince(root, group, now - this.ttlMs)) continue;
+      } else if (note && note.expiresAt > now && !this.remnants.has(note.digest)) {
+        await this.takeBack(join(root, file), note);
+      }
       // Not ours to fail the start over (a directory of that name, say): left where it is.
-      if (!restored.has(entry)) await rm(join(this.options.tempRoot, entry), { force: true }).catch(() => undefined);
+      for (const entry of group) await rm(join(root, entry), { force: true }).catch(() => undefined);
     }
     return this.remnants.size;
+  }
+
+  /** Makes the remnant `note` describes this instance's (restore), unless its file is short or another server took it first. */
+  private async takeBack(path: string, note: KeptNote): Promise<void> {
+    if (((await stat(path).catch(() => undefined))?.size ?? 0) < note.length) return;
+    const claimed = this.newTempPath();
+    if (!(await rename(path, claimed).then(() => true, () => false))) return;
+    // A deadline further than this server's own TTL (a note from elsewhere, a clock set back) is cut to it.
+    const expiresAt = Math.min(note.expiresAt, Date.now() + this.ttlMs);
+    if (this.keepRemnant(note.digest, claimed, note.length, note.size, expiresAt)) await this.noteRemnant(note.digest);
+    else await removeFill(claimed);
+  }
+
+  /** A new temp file's path, named after this instance (see fill-owner.ts). */
+  private newTempPath(): string {
+    return join(this.options.tempRoot, `${FILL_PREFIX}${ownerTag(this.owner)}-${randomUUID()}`);
   }
 
   /** The fill of `digest` in flight, if any. */
@@ -521,7 +545,7 @@ export class BlobFills {
     if (remnant) this.resumed += 1;
     const { store, onStored } = this.options;
     const from = remnant?.length ?? 0;
-    const temp = remnant?.path ?? join(this.options.tempRoot, `fill-${randomUUID()}`);
+    const temp = remnant?.path ?? this.newTempPath();
     let handle: FileHandle | undefined;
     let writer: FillWriter;
     try {
@@ -730,6 +754,12 @@ const OUTAGE_STATUSES = new Set([429, 502, 503, 504]);
 function isOutage(err: unknown): boolean {
   if (!(err instanceof UpstreamError) || !OUTAGES.has(err.failure)) return false;
   return err.status === undefined || OUTAGE_STATUSES.has(err.status);
+}
+
+/** Whether any of `entries` (in `root`) was modified after `since` (ms since the epoch). */
+async function writtenSince(root: string, entries: readonly string[], since: number): Promise<boolean> {
+  for (const entry of entries) if (((await stat(join(root, entry)).catch(() => undefined))?.mtimeMs ?? 0) > since) return true;
+  return false;
 }
 
 /** Feeds the first `length` bytes of the file to `hash`; false when `stopped` said to stop first. */

@@ -1,10 +1,11 @@
+import { randomUUID } from 'node:crypto';
 import { rename, rm, writeFile } from 'node:fs/promises';
 import { tryParseDigest, type Digest } from '@wharf/registry-core';
 import { BLOCK_SIZE } from './aligned-blocks.js';
 
 /** Next to a fill's temp file: how many of its first bytes are the blob's, for the next start to go on from. */
 export const KEPT_SUFFIX = '.kept';
-/** A note being written (renamed over the note once whole). */
+/** A note being written (renamed over the note once whole), each under a name of its own. */
 const NEW_SUFFIX = '.new';
 /** A running fill's note follows its progress at most this often. */
 export const NOTE_INTERVAL_MS = 1000;
@@ -40,7 +41,8 @@ export function parseKeptNote(text: string): KeptNote | undefined {
  * the previous note (or none), never half of one.
  */
 export async function writeKeptNote(path: string, note: KeptNote): Promise<void> {
-  const fresh = `${path}${KEPT_SUFFIX}${NEW_SUFFIX}`;
+  // Two writers at once (close() and a fill just cut) must not rename each other's file away.
+  const fresh = `${path}${KEPT_SUFFIX}.${randomUUID().slice(0, 8)}${NEW_SUFFIX}`;
   try {
     await writeFile(fresh, JSON.stringify(note));
     await rename(fresh, `${path}${KEPT_SUFFIX}`);
@@ -82,6 +84,8 @@ export class ProgressNote {
   ) {
     this.noted = from;
     this.written = from;
+    // The first note after a second too: a small blob, done sooner, writes none.
+    this.notedAt = performance.now();
   }
 
   /** The writer has `written` bytes on disk. */
@@ -89,7 +93,8 @@ export class ProgressNote {
     this.written = Math.max(this.written, written);
     const length = this.written - (this.written % BLOCK_SIZE);
     if (this.stopped || this.later || length <= this.noted || length >= this.size) return;
-    const wait = this.notedAt + NOTE_INTERVAL_MS - Date.now();
+    // The monotonic clock: one set back must not hold the notes for as long.
+    const wait = this.notedAt + NOTE_INTERVAL_MS - performance.now();
     if (wait > 0 || this.writing) {
       this.later = setTimeout(() => {
         this.later = undefined;
@@ -98,10 +103,10 @@ export class ProgressNote {
       this.later.unref();
       return;
     }
-    this.notedAt = Date.now();
+    this.notedAt = performance.now();
     this.noted = length;
     // A note that cannot be written costs only what a crash would have kept.
-    this.writing = writeKeptNote(this.path, { digest: this.digest, size: this.size, length, expiresAt: this.notedAt + this.ttlMs })
+    this.writing = writeKeptNote(this.path, { digest: this.digest, size: this.size, length, expiresAt: Date.now() + this.ttlMs })
       .catch(() => undefined)
       .finally(() => {
         this.writing = undefined;

@@ -1,12 +1,14 @@
 import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough, type Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FsBlobStore, type ByteRange, type Digest } from '@wharf/registry-core';
 import { BlobFills, type BlobFill } from '../src/blob-fill.js';
+import { writeKeptNote } from '../src/fill-note.js';
+import { newFillOwner, ownerOfName, ownerTag, releaseFillOwner } from '../src/fill-owner.js';
 import { UpstreamError, type UpstreamBlob } from '../src/upstream.js';
 
 const MiB = 1024 * 1024;
@@ -349,8 +351,11 @@ describe('BlobFills: a download its upstream cut leaves its bytes for the next f
     fills = new BlobFills({ store, tempRoot: temp });
     expect(await fills.restore()).toBe(1);
     expect(fills.remnantOf(digest)).toBe(2 * MiB);
-    // The note stays: a crash after this start keeps the bytes too.
-    expect((await tempFiles()).sort()).toEqual([file, note]);
+    // Renamed as this server's, with its note: a crash after this start keeps the bytes too.
+    const [taken, takenNote] = (await tempFiles()).sort();
+    expect(taken).not.toBe(file);
+    expect(takenNote).toBe(`${taken}.kept`);
+    expect((await notes())[taken!]).toMatchObject({ digest, size: bytes.length, length: 2 * MiB });
     const up = upstreamOf(bytes);
     const fill = (await fills.join(digest, up.fetch))!;
     expect(up.asked).toEqual([{ start: 2 * MiB, end: bytes.length - 1 }]);
@@ -407,10 +412,19 @@ describe('BlobFills: a download its upstream cut leaves its bytes for the next f
     for (let i = 0; (await poll()) < 4 * MiB; i++) if (i > 400) throw new Error('the note did not follow the fill');
     expect((await notes())[file!]).toEqual({ digest, size: bytes.length, length: 4 * MiB, expiresAt: expect.any(Number) });
 
-    // The temp folder as a crash (kill -9) would leave it now.
+    // A second server starting on this storage leaves the files of this one, which runs, alone.
+    const other = new BlobFills({ store, tempRoot: temp });
+    expect(await other.restore()).toBe(0);
+    expect(await notes()).toEqual({ [file!]: expect.objectContaining({ length: 4 * MiB }) });
+    await other.close();
+
+    // The temp folder as a crash (kill -9) would leave it now: the files of a process that is gone.
     const crashed = join(dir, 'crashed');
     await mkdir(crashed);
-    for (const f of await tempFiles()) await writeFile(join(crashed, f), await readFile(join(temp, f)));
+    const owner = ownerOfName(file!.slice('fill-'.length))!;
+    expect(owner.pid).toBe(process.pid);
+    const dead = `${owner.host}-4194999-${owner.start}-${owner.fills}`;
+    for (const f of await tempFiles()) await writeFile(join(crashed, f.replace(ownerTag(owner), dead)), await readFile(join(temp, f)));
     // This server's fill ends well: its note goes with its file, and none comes back after.
     body.end(bytes.subarray(4 * MiB + 10));
     expect(await fill.done).toEqual({ digest, size: bytes.length });
@@ -430,6 +444,36 @@ describe('BlobFills: a download its upstream cut leaves its bytes for the next f
       expect((await readdir(crashed)).filter((f) => f.startsWith('fill-'))).toEqual([]);
     } finally {
       await restarted.close();
+    }
+  });
+
+  test('two notes of one file written at once both land, and close() while a remnant just kept is noted keeps it', async () => {
+    // Each write has a name of its own for its new note: neither renames the other's away.
+    const path = join(temp, 'fill-x');
+    const kept = { digest: sha256(Buffer.from('x')), size: 3 * MiB, length: MiB, expiresAt: Date.now() + 60_000 };
+    for (let i = 0; i < 50; i++) {
+      const results = await Promise.allSettled([writeKeptNote(path, kept), writeKeptNote(path, kept)]);
+      expect(results.map((r) => r.status)).toEqual(['fulfilled', 'fulfilled']);
+    }
+    await rm(`${path}.kept`);
+    // The shutdown's close() while the fill its upstream just cut writes its note: the remnant stays.
+    for (let i = 0; i < 10; i++) {
+      const bytes = randomBytes(3 * MiB + 5);
+      const digest = sha256(bytes);
+      const up = upstreamOf(bytes);
+      const fill = (await fills.join(digest, up.fetch))!;
+      up.bodies.at(-1)!.write(bytes.subarray(0, 2 * MiB + 7));
+      await until(() => fill.written >= 2 * MiB);
+      up.bodies.at(-1)!.destroy(new Error('read ECONNRESET'));
+      await new Promise<void>((resolve) => {
+        const poll = (): void => void (fills.remnantOf(digest) > 0 ? resolve() : setImmediate(poll));
+        poll();
+      });
+      await fills.close();
+      await fill.done.catch(() => undefined);
+      expect(Object.values(await notes()).map((n) => n.digest)).toEqual([digest]);
+      for (const f of await tempFiles()) await rm(join(temp, f));
+      fills = new BlobFills({ store, tempRoot: temp });
     }
   });
 
@@ -454,13 +498,44 @@ describe('BlobFills: a download its upstream cut leaves its bytes for the next f
     await writeFile(join(temp, 'fill-far.kept'), note(d(6), { expiresAt: Date.now() + 30 * 86_400_000 }));
     // Not a file: restore leaves it and goes on (the server must start).
     await mkdir(join(temp, 'fill-dir', 'x'), { recursive: true });
+    await writeFile(join(temp, 'fill-crashed.kept.0a1b2c3d.new'), '{"digest"');
+    // Files named after their owner: one of this host whose process is gone (pid 4194999 > pid_max) is taken back.
+    const me = newFillOwner();
+    const deadTag = `${me.host}-4194999-${me.start}-1`;
+    await writeFile(join(temp, `fill-${deadTag}-a`), twoMiB);
+    await writeFile(join(temp, `fill-${deadTag}-a.kept`), note(d(7)));
+    // One of a server still running here (this process's instance `me`, not closed): left to it.
+    const liveTag = ownerTag(me);
+    await writeFile(join(temp, `fill-${liveTag}-b`), twoMiB);
+    await writeFile(join(temp, `fill-${liveTag}-b.kept`), note(d(8)));
+    await writeFile(join(temp, `fill-${liveTag}-c`), twoMiB);
+    // Another host's: left until its note expires, or, with none, until it was not written to for the TTL.
+    const elsewhere = `${me.host === '00000000' ? '11111111' : '00000000'}-1-5-1`;
+    await writeFile(join(temp, `fill-${elsewhere}-d`), twoMiB);
+    await writeFile(join(temp, `fill-${elsewhere}-d.kept`), note(d(9)));
+    await writeFile(join(temp, `fill-${elsewhere}-e`), twoMiB);
+    await writeFile(join(temp, `fill-${elsewhere}-e.kept`), note(d(10), { expiresAt: Date.now() - 1 }));
+    await writeFile(join(temp, `fill-${elsewhere}-f`), twoMiB);
+    await writeFile(join(temp, `fill-${elsewhere}-g`), twoMiB);
+    const dayAgo = new Date(Date.now() - 86_400_000);
+    await utimes(join(temp, `fill-${elsewhere}-g`), dayAgo, dayAgo);
     fills = new BlobFills({ store, tempRoot: temp, remnantTtlMs: 200 });
-    expect(await fills.restore()).toBe(2);
+    expect(await fills.restore()).toBe(3);
     await rm(join(temp, 'fill-dir'), { recursive: true });
     expect(fills.remnantOf(d(5))).toBe(2 * MiB);
     expect(fills.remnantOf(d(6))).toBe(2 * MiB);
-    for (const n of [1, 2, 3, 4]) expect(fills.remnantOf(d(n))).toBe(0);
-    expect((await tempFiles()).sort()).toEqual(['fill-far', 'fill-far.kept', 'fill-good', 'fill-good.kept']);
+    expect(fills.remnantOf(d(7))).toBe(2 * MiB);
+    for (const n of [1, 2, 3, 4, 8, 9, 10]) expect(fills.remnantOf(d(n))).toBe(0);
+    const left = (await tempFiles()).sort();
+    expect(left.filter((f) => f.includes(liveTag) || f.includes(elsewhere))).toEqual([
+      `fill-${elsewhere}-d`, `fill-${elsewhere}-d.kept`, `fill-${elsewhere}-f`, `fill-${liveTag}-b`, `fill-${liveTag}-b.kept`, `fill-${liveTag}-c`,
+    ].sort());
+    // The three taken back, renamed as this instance's, each with its note (the deadline cut to the TTL written down too).
+    const taken = Object.values(await notes()).filter((n) => [d(5), d(6), d(7)].includes(n.digest as Digest));
+    expect(taken).toHaveLength(3);
+    for (const n of taken) expect(n.expiresAt).toBeLessThanOrEqual(Date.now() + 200);
+    expect(left.filter((f) => !f.includes(liveTag) && !f.includes(elsewhere))).toHaveLength(6);
+    releaseFillOwner(me);
     await until(() => fills.remnantOf(d(6)) === 0);
   });
 
