@@ -6,7 +6,7 @@ import { basename, join } from 'node:path';
 import { Readable } from 'node:stream';
 import { RegistryError, hashToDigest, newHash, noteReceived, parseDigest, tryParseDigest, type BlobInfo, type BlobStore, type ByteRange, type Digest, type FileRange, type HeldBytes, type TakesFile } from '@wharf/registry-core';
 import { BLOCK_SIZE } from './aligned-blocks.js';
-import { KEPT_SUFFIX, ProgressNote, parseKeptNote, removeFill, writeKeptNote, type KeptNote } from './fill-note.js';
+import { BlockDigests, KEPT_SUFFIX, ProgressNote, parseKeptNote, removeFill, writeKeptNote, type KeptNote } from './fill-note.js';
 import { newFillOwner, ownerOfName, ownerState, ownerTag, releaseFillOwner } from './fill-owner.js';
 import { FillWriter } from './fill-writer.js';
 import { OUTAGES, UpstreamError, type UpstreamBlob } from './upstream.js';
@@ -62,6 +62,7 @@ export class BlobFill {
     readonly resumedFrom = 0,
   ) {
     this.events.setMaxListeners(0);
+    this.keptUnchecked = resumedFrom > 0;
     this.done = run(this).then(
       (blob) => {
         this.state = 'done';
@@ -77,6 +78,18 @@ export class BlobFill {
     );
     // Readers and the fills map observe failures; an unobserved one must not crash the process.
     this.done.catch(() => undefined);
+  }
+
+  /**
+   * Bytes kept of an earlier download that are not checked yet against the digest they had when
+   * received: no reader gets any byte until they are (see `keptChecked`).
+   */
+  private keptUnchecked: boolean;
+
+  /** The bytes kept match: readers may go on. */
+  keptChecked(): void {
+    this.keptUnchecked = false;
+    this.wake();
   }
 
   /** Bytes on disk in the temp file. */
@@ -132,7 +145,7 @@ export class BlobFill {
       const verified = this.verified || this.state === 'done';
       if (!verified && this.state === 'failed') throw fillFailed(this.digest, this.error);
       // Once the writer is closed (the fill ended or failed) its blocks are gone: only the file counts.
-      const have = inMemory && this.writer?.isOpen !== false ? this.received : this.written;
+      const have = this.keptUnchecked ? 0 : inMemory && this.writer?.isOpen !== false ? this.received : this.written;
       // Bytes before `limit` may go out now.
       const limit = last === undefined ? (verified ? have : Infinity) : verified ? last + 1 : last;
       if (position < limit) {
@@ -363,6 +376,8 @@ interface Remnant {
   /** Bytes kept, whole blocks (so that the next fill's blocks stay aligned). */
   readonly length: number;
   readonly size: number;
+  /** The digest of those bytes as they were received (checked when a fill goes on from them). */
+  readonly prefix: Digest;
   /** When it goes (a remnant put back after a failed try keeps its deadline). */
   readonly expiresAt: number;
   readonly timer: NodeJS.Timeout;
@@ -489,7 +504,7 @@ export class BlobFills {
     if (!(await rename(path, claimed).then(() => true, () => false))) return;
     // A deadline further than this server's own TTL (a note from elsewhere, a clock set back) is cut to it.
     const expiresAt = Math.min(note.expiresAt, Date.now() + this.ttlMs);
-    if (this.keepRemnant(note.digest, claimed, note.length, note.size, expiresAt)) await this.noteRemnant(note.digest);
+    if (this.keepRemnant(note.digest, claimed, note.length, note.size, () => note.prefix, expiresAt)) await this.noteRemnant(note.digest);
     else await removeFill(claimed);
   }
 
@@ -563,8 +578,12 @@ export class BlobFills {
     const { algorithm } = parseDigest(digest);
     this.bodies.add(upstream.body);
     const size = remnant?.size ?? upstream.size;
+    const hash = newHash(algorithm);
+    // With the size known the bytes may be kept: the digest of each block boundary's prefix goes in their note.
+    const blocks = size !== undefined ? new BlockDigests(hash, algorithm, from) : undefined;
+    const prefixOf = (length: number): Digest | undefined => (length === from ? remnant?.prefix : blocks?.take(length));
     // Kept up as the bytes reach the disk, so that a crash of the server keeps them too.
-    const progress = size !== undefined ? new ProgressNote(temp, digest, size, this.ttlMs, from) : undefined;
+    const progress = blocks ? new ProgressNote(temp, digest, size!, this.ttlMs, blocks, from) : undefined;
     const started = new BlobFill(
       digest,
       size,
@@ -576,7 +595,6 @@ export class BlobFills {
           fill.wrote();
           progress?.update(written);
         };
-        const hash = newHash(algorithm);
         let adopted = false;
         let cut = false;
         try {
@@ -586,11 +604,16 @@ export class BlobFills {
             cut = true;
             throw upstream.body.errored ?? new Error('the upstream body was let go while the bytes kept were hashed');
           }
+          if (from > 0 && hashToDigest(algorithm, hash.copy()) !== remnant!.prefix) {
+            throw new RegistryError('DIGEST_INVALID', 'the bytes kept of an earlier download of this blob are not those it received (lost in a machine crash?); the next try downloads it whole', { digest });
+          }
+          fill.keptChecked();
           await drainInto(upstream, writer, fill, (chunk) => {
             if (fill.size !== undefined && fill.received + chunk.length > fill.size) {
               throw new RegistryError('SIZE_INVALID', 'upstream sent more bytes than it announced', { digest, size: fill.size });
             }
-            hash.update(chunk);
+            if (blocks) blocks.update(chunk);
+            else hash.update(chunk);
           }).catch((err: unknown) => {
             if (!(err instanceof BodyCut)) throw err;
             cut = true;
@@ -625,7 +648,7 @@ export class BlobFills {
           await handle.close().catch(() => undefined);
           await progress?.stop();
           if (adopted) await removeFill(temp);
-          else if (cut && this.keepRemnant(digest, temp, fill.written, fill.size)) await this.noteRemnant(digest);
+          else if (cut && this.keepRemnant(digest, temp, fill.written, fill.size, prefixOf)) await this.noteRemnant(digest);
           else await removeFill(temp);
         }
       },
@@ -666,7 +689,7 @@ export class BlobFills {
     const putBack = async (): Promise<void> => {
       // Once closed, close() has noted it for the next start: it stays.
       if (this.closing) return;
-      if (!this.keepRemnant(digest, remnant.path, remnant.length, remnant.size, remnant.expiresAt)) await removeFill(remnant.path);
+      if (!this.keepRemnant(digest, remnant.path, remnant.length, remnant.size, () => remnant.prefix, remnant.expiresAt)) await removeFill(remnant.path);
     };
     let part: UpstreamBlob | undefined;
     try {
@@ -697,10 +720,12 @@ export class BlobFills {
    * `digest`, until `expiresAt` (default: REMNANT_TTL_MS from now); false when there is nothing worth
    * keeping, or no room (then the caller removes the file). The oldest go to make room.
    */
-  private keepRemnant(digest: Digest, path: string, written: number, size: number | undefined, expiresAt?: number): boolean {
+  private keepRemnant(digest: Digest, path: string, written: number, size: number | undefined, prefixOf: (length: number) => Digest | undefined, expiresAt?: number): boolean {
     const length = written - (written % BLOCK_SIZE);
     const maxBytes = this.options.remnantMaxBytes ?? REMNANT_MAX_BYTES;
     if (this.closing || size === undefined || length === 0 || length >= size || length > maxBytes) return false;
+    const prefix = prefixOf(length);
+    if (prefix === undefined) return false;
     let held = length;
     for (const kept of this.remnants.values()) held += kept.length;
     for (const [oldest, kept] of this.remnants) {
@@ -711,7 +736,7 @@ export class BlobFills {
     const deadline = expiresAt ?? Date.now() + this.ttlMs;
     const timer = setTimeout(() => void this.dropRemnant(digest), Math.max(0, deadline - Date.now()));
     timer.unref();
-    this.remnants.set(digest, { path, length, size, expiresAt: deadline, timer });
+    this.remnants.set(digest, { path, length, size, prefix, expiresAt: deadline, timer });
     return true;
   }
 
@@ -740,7 +765,7 @@ export class BlobFills {
 }
 
 function noteOf(digest: Digest, remnant: Remnant): KeptNote {
-  return { digest, size: remnant.size, length: remnant.length, expiresAt: remnant.expiresAt };
+  return { digest, size: remnant.size, length: remnant.length, expiresAt: remnant.expiresAt, prefix: remnant.prefix };
 }
 
 /** Statuses that say the upstream (or its gateway) is down or overloaded, not that it refuses the request. */

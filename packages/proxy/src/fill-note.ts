@@ -1,6 +1,6 @@
-import { randomUUID } from 'node:crypto';
+import { randomUUID, type Hash } from 'node:crypto';
 import { rename, rm, writeFile } from 'node:fs/promises';
-import { tryParseDigest, type Digest } from '@wharf/registry-core';
+import { hashToDigest, tryParseDigest, type Digest, type DigestAlgorithm } from '@wharf/registry-core';
 import { BLOCK_SIZE } from './aligned-blocks.js';
 
 /** Next to a fill's temp file: how many of its first bytes are the blob's, for the next start to go on from. */
@@ -16,6 +16,11 @@ export interface KeptNote {
   readonly size: number;
   /** Bytes at the file's start that are the blob's: whole blocks, fewer than `size`. */
   readonly length: number;
+  /**
+   * The digest of those bytes as they came from the upstream. A fill going on from them checks it
+   * before any reader gets one: after a machine crash the file may hold what never reached the disk.
+   */
+  readonly prefix: Digest;
   /** When they go (ms since the epoch). */
   readonly expiresAt: number;
 }
@@ -28,12 +33,13 @@ export function parseKeptNote(text: string): KeptNote | undefined {
   } catch {
     return undefined;
   }
-  const { digest, size, length, expiresAt } = note ?? {};
+  const { digest, size, length, expiresAt, prefix } = note ?? {};
   if (typeof digest !== 'string' || !tryParseDigest(digest)) return undefined;
+  if (typeof prefix !== 'string' || tryParseDigest(prefix)?.algorithm !== tryParseDigest(digest)!.algorithm) return undefined;
   if (![size, length, expiresAt].every((n) => typeof n === 'number' && Number.isSafeInteger(n))) return undefined;
   const [s, l] = [size as number, length as number];
   if (l <= 0 || l % BLOCK_SIZE !== 0 || l >= s) return undefined;
-  return { digest: digest as Digest, size: s, length: l, expiresAt: expiresAt as number };
+  return { digest: digest as Digest, size: s, length: l, expiresAt: expiresAt as number, prefix: prefix as Digest };
 }
 
 /**
@@ -58,6 +64,40 @@ export async function removeFill(path: string): Promise<void> {
 }
 
 /**
+ * A fill's hash, fed through here: the digest of the bytes before each block boundary is kept (a
+ * copy of the hash's state, finished) until `take` asks for it or one after it, for the notes.
+ */
+export class BlockDigests {
+  private readonly at = new Map<number, Digest>();
+
+  constructor(
+    private readonly hash: Hash,
+    private readonly algorithm: DigestAlgorithm,
+    /** Bytes the hash has had already (a block boundary). */
+    private position: number,
+  ) {}
+
+  update(chunk: Buffer): void {
+    for (let offset = 0; offset < chunk.length; ) {
+      const n = Math.min(BLOCK_SIZE - (this.position % BLOCK_SIZE), chunk.length - offset);
+      this.hash.update(n === chunk.length ? chunk : chunk.subarray(offset, offset + n));
+      offset += n;
+      this.position += n;
+      if (this.position % BLOCK_SIZE === 0) this.at.set(this.position, hashToDigest(this.algorithm, this.hash.copy()));
+    }
+  }
+
+  /** The digest of the first `length` bytes (a block boundary the hash has passed); those before it are forgotten. */
+  take(length: number): Digest | undefined {
+    for (const boundary of this.at.keys()) {
+      if (boundary >= length) break;
+      this.at.delete(boundary);
+    }
+    return this.at.get(length);
+  }
+}
+
+/**
  * The note of a running fill, kept up with the bytes its writer has on disk: whole blocks, at most
  * once per NOTE_INTERVAL_MS, one write at a time. A crash of the server (kill -9, the kernel's
  * out-of-memory killer) then loses at most the last second of the download: the next start takes
@@ -79,6 +119,7 @@ export class ProgressNote {
     private readonly digest: Digest,
     private readonly size: number,
     private readonly ttlMs: number,
+    private readonly blocks: BlockDigests,
     /** Bytes the file holds already, noted by whoever kept them. */
     from: number,
   ) {
@@ -103,10 +144,12 @@ export class ProgressNote {
       this.later.unref();
       return;
     }
+    const prefix = this.blocks.take(length);
+    if (prefix === undefined) return;
     this.notedAt = performance.now();
     this.noted = length;
     // A note that cannot be written costs only what a crash would have kept.
-    this.writing = writeKeptNote(this.path, { digest: this.digest, size: this.size, length, expiresAt: Date.now() + this.ttlMs })
+    this.writing = writeKeptNote(this.path, { digest: this.digest, size: this.size, length, expiresAt: Date.now() + this.ttlMs, prefix })
       .catch(() => undefined)
       .finally(() => {
         this.writing = undefined;

@@ -137,7 +137,7 @@ describe('a fill its upstream cut goes on from the bytes it had', () => {
     const temp = join(root, '_tmp');
     await mkdir(temp, { recursive: true });
     await writeFile(join(temp, 'fill-kept'), Buffer.alloc(2 * MiB));
-    await writeFile(join(temp, 'fill-kept.kept'), JSON.stringify({ digest: second, size: SIZE, length: 2 * MiB, expiresAt: Date.now() + 60_000 }));
+    await writeFile(join(temp, 'fill-kept.kept'), JSON.stringify({ digest: second, size: SIZE, length: 2 * MiB, expiresAt: Date.now() + 60_000, prefix: blob(Buffer.alloc(2 * MiB)).digest }));
     const taken = createServer();
     await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
     const port = (taken.address() as { port: number }).port;
