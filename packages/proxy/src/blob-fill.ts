@@ -2,12 +2,12 @@ import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { openSync, closeSync, read } from 'node:fs';
 import { open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
-import { basename, join } from 'node:path';
+import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { RegistryError, hashToDigest, newHash, noteReceived, parseDigest, tryParseDigest, type BlobInfo, type BlobStore, type ByteRange, type Digest, type FileRange, type HeldBytes, type TakesFile } from '@wharf/registry-core';
+import { RegistryError, hashToDigest, newHash, noteReceived, parseDigest, type BlobInfo, type BlobStore, type ByteRange, type Digest, type FileRange, type HeldBytes, type TakesFile } from '@wharf/registry-core';
 import { BLOCK_SIZE } from './aligned-blocks.js';
 import { BlockDigests, KEPT_SUFFIX, ProgressNote, parseKeptNote, removeFill, writeKeptNote, type KeptNote } from './fill-note.js';
-import { newFillOwner, ownerOfName, ownerState, ownerTag, releaseFillOwner } from './fill-owner.js';
+import { FillOwner, ownerState, removeGoneLocks, tagOfName } from './fill-owner.js';
 import { FillWriter } from './fill-writer.js';
 import { OUTAGES, UpstreamError, type UpstreamBlob } from './upstream.js';
 
@@ -410,13 +410,15 @@ export class BlobFills {
   private readonly lent = new Map<Digest, Remnant>();
   private closing = false;
   /** Whose the temp files are: a server starting on the same storage leaves them alone while this runs. */
-  private readonly owner = newFillOwner();
+  private readonly owner: FillOwner;
   /** How many upstream downloads were started (for tests and metrics). */
   started = 0;
   /** How many of those went on from a remnant. */
   resumed = 0;
 
-  constructor(private readonly options: BlobFillsOptions) {}
+  constructor(private readonly options: BlobFillsOptions) {
+    this.owner = FillOwner.take(options.tempRoot);
+  }
 
   get running(): number {
     return this.inflight.size;
@@ -457,43 +459,43 @@ export class BlobFills {
       }),
     );
     // Its files are now the next start's to take back (a fill still running keeps writing its own note).
-    releaseFillOwner(this.owner);
+    await this.owner.release();
   }
 
   /**
    * At start, before any fill: takes back the remnants noted before (by `close`, or by a fill running
    * when its server crashed; those not expired, whose file still holds their bytes), and removes
-   * every other `fill-` entry of a process that is gone (a file with no sound note: what it holds is
-   * not known). The files of a server still running on this storage are left to it; those of another
-   * host, until their note expires (a file with none: until nothing was written to it for the TTL).
-   * Each file taken back is renamed to this instance's name first, so that two servers starting at
-   * once cannot both take it. Returns how many came back.
+   * every other `fill-` entry of an owner that is gone (a file with no sound note: what it holds is
+   * not known). The files of a server still running on this storage (its lock held, see
+   * fill-owner.ts) are left to it. Each file taken back is renamed to this instance's name first, so
+   * that two servers starting at once cannot both take it. Returns how many came back.
    */
   async restore(): Promise<number> {
     const root = this.options.tempRoot;
+    const entries = await readdir(root);
     const groups = new Map<string, string[]>();
-    for (const entry of await readdir(root)) {
+    for (const entry of entries) {
       if (!entry.startsWith(FILL_PREFIX)) continue;
       const at = entry.indexOf(KEPT_SUFFIX);
       const file = at < 0 ? entry : entry.slice(0, at);
       groups.set(file, [...(groups.get(file) ?? []), entry]);
     }
+    const live = new Map<string, boolean>([[this.owner.tag, true]]);
     const now = Date.now();
     for (const [file, group] of groups) {
-      const owner = ownerOfName(file.slice(FILL_PREFIX.length));
-      // An older version's name: its server is not running any more (an upgrade replaced it).
-      const state = owner ? await ownerState(owner) : 'gone';
-      if (state === 'live') continue;
+      const tag = tagOfName(file.slice(FILL_PREFIX.length));
+      // A name of an older version's: its server is not running any more (an upgrade replaced it).
+      if (tag !== undefined) {
+        if (!live.has(tag)) live.set(tag, ownerState(root, tag) === 'live');
+        if (live.get(tag)) continue;
+      }
       const noted = group.includes(file) && group.includes(`${file}${KEPT_SUFFIX}`);
       const note = noted ? parseKeptNote(await readFile(join(root, `${file}${KEPT_SUFFIX}`), 'utf8').catch(() => '')) : undefined;
-      if (state === 'elsewhere') {
-        if (note ? note.expiresAt > now : await writtenSince(root, group, now - this.ttlMs)) continue;
-      } else if (note && note.expiresAt > now && !this.remnants.has(note.digest)) {
-        await this.takeBack(join(root, file), note);
-      }
+      if (note && note.expiresAt > now && !this.remnants.has(note.digest)) await this.takeBack(join(root, file), note);
       // Not ours to fail the start over (a directory of that name, say): left where it is.
       for (const entry of group) await rm(join(root, entry), { force: true }).catch(() => undefined);
     }
+    await removeGoneLocks(root, entries, this.owner.tag);
     return this.remnants.size;
   }
 
@@ -510,7 +512,7 @@ export class BlobFills {
 
   /** A new temp file's path, named after this instance (see fill-owner.ts). */
   private newTempPath(): string {
-    return join(this.options.tempRoot, `${FILL_PREFIX}${ownerTag(this.owner)}-${randomUUID()}`);
+    return join(this.options.tempRoot, `${FILL_PREFIX}${this.owner.tag}-${randomUUID()}`);
   }
 
   /** The fill of `digest` in flight, if any. */
@@ -779,12 +781,6 @@ const OUTAGE_STATUSES = new Set([429, 502, 503, 504]);
 function isOutage(err: unknown): boolean {
   if (!(err instanceof UpstreamError) || !OUTAGES.has(err.failure)) return false;
   return err.status === undefined || OUTAGE_STATUSES.has(err.status);
-}
-
-/** Whether any of `entries` (in `root`) was modified after `since` (ms since the epoch). */
-async function writtenSince(root: string, entries: readonly string[], since: number): Promise<boolean> {
-  for (const entry of entries) if (((await stat(join(root, entry)).catch(() => undefined))?.mtimeMs ?? 0) > since) return true;
-  return false;
 }
 
 /** Feeds the first `length` bytes of the file to `hash`; false when `stopped` said to stop first. */

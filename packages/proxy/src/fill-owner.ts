@@ -1,90 +1,90 @@
-import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
-import { hostname } from 'node:os';
+import { randomBytes } from 'node:crypto';
+import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { ProcessLock } from '@wharf/registry-core';
+
+/** Names of the lock files: `owner-<tag>.lock` (and SQLite's `-journal` next to it while held). */
+const LOCK_PREFIX = 'owner-';
+const LOCK_SUFFIX = '.lock';
 
 /**
- * Who a fill's temp file belongs to, written into its name: `fill-<host>-<pid>-<start>-<fills>-...`,
- * where `host` is a hash of the host's name, `start` the process's start (clock ticks since boot, from
- * /proc), and `fills` the BlobFills instance within that process. Two servers may run on one storage
- * (README, "Storage"): a server starting takes back only the files of a process that is gone, never
- * those of one still writing them.
+ * Whose a fill's temp files are. Each BlobFills instance (a server) names its files `fill-<tag>-...`
+ * after a random tag, and holds a lock on `owner-<tag>.lock` in the same folder for as long as it
+ * runs (ProcessLock: the kernel drops it when the process dies, `kill -9` included). Two servers may
+ * run on one storage (README, "Storage"): a server starting takes back only the files of an owner
+ * whose lock nobody holds, never those of a server still writing them.
  */
-export interface FillOwner {
-  readonly host: string;
-  readonly pid: number;
-  readonly start: string;
-  readonly fills: number;
-}
+export class FillOwner {
+  private constructor(
+    readonly tag: string,
+    private readonly root: string,
+    private lock: ProcessLock | undefined,
+  ) {}
 
-const HOST = createHash('sha256').update(hostname()).digest('hex').slice(0, 8);
-
-/** The start of process `pid` as /proc has it (field 22 of its stat), undefined when there is no such process or no /proc. */
-function startOf(stat: string): string | undefined {
-  // The command name (field 2) may hold spaces and parentheses: the fields after it follow the last ')'.
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return fields[19];
-}
-
-function ownStart(): string {
-  try {
-    return startOf(readFileSync('/proc/self/stat', 'utf8')) ?? fallbackStart();
-  } catch {
-    return fallbackStart();
-  }
-}
-
-/** Without /proc: when this process started, in ms since the epoch. */
-function fallbackStart(): string {
-  return `t${Math.round(performance.timeOrigin)}`;
-}
-
-const START = ownStart();
-/** BlobFills instances of this process not closed yet (tests run several servers in one process). */
-const liveFills = new Set<number>();
-let lastFills = 0;
-
-/** A new BlobFills instance of this process: its owner, live until `release`. */
-export function newFillOwner(): FillOwner {
-  lastFills += 1;
-  liveFills.add(lastFills);
-  return { host: HOST, pid: process.pid, start: START, fills: lastFills };
-}
-
-/** The instance is closed: a later start in this process may take its files back. */
-export function releaseFillOwner(owner: FillOwner): void {
-  if (owner.host === HOST && owner.pid === process.pid && owner.start === START) liveFills.delete(owner.fills);
-}
-
-/** The prefix of the names of `owner`'s temp files (after `fill-`). */
-export function ownerTag(owner: FillOwner): string {
-  return `${owner.host}-${owner.pid}-${owner.start}-${owner.fills}`;
-}
-
-/** The owner a temp file's name (after `fill-`) gives; undefined for names of another form (older versions'). */
-export function ownerOfName(name: string): FillOwner | undefined {
-  const match = /^([0-9a-f]{8})-(\d+)-(t?\d+)-(\d+)-/.exec(name);
-  if (!match) return undefined;
-  return { host: match[1]!, pid: Number(match[2]), start: match[3]!, fills: Number(match[4]) };
-}
-
-/**
- * Whether `owner` may still be using its files: 'live' (a process of this host that still runs, or
- * an instance of this process not closed), 'gone' (its process ended, or its instance closed), or
- * 'elsewhere' (another host, whose processes cannot be seen from here).
- */
-export async function ownerState(owner: FillOwner): Promise<'live' | 'gone' | 'elsewhere'> {
-  if (owner.host !== HOST) return 'elsewhere';
-  if (owner.pid === process.pid && owner.start === START) return liveFills.has(owner.fills) ? 'live' : 'gone';
-  if (owner.start.startsWith('t')) {
-    // No /proc to tell a process from a later one with the same number: alive is alive.
-    try {
-      process.kill(owner.pid, 0);
-      return 'live';
-    } catch (err) {
-      return (err as NodeJS.ErrnoException).code === 'EPERM' ? 'live' : 'gone';
+  /**
+   * A new owner of files in `root`, holding its lock. On a file system that cannot lock (where
+   * servers could not share a database either) it runs without one: another server starting there
+   * then takes its files for a gone process's.
+   */
+  static take(root: string): FillOwner {
+    for (;;) {
+      const tag = randomBytes(8).toString('hex');
+      let lock: ProcessLock | undefined;
+      try {
+        lock = ProcessLock.take(lockFile(root, tag));
+        // Held already: a tag drawn twice (not in this universe, but not a reason to share one).
+        if (!lock) continue;
+      } catch {
+        lock = undefined;
+      }
+      return new FillOwner(tag, root, lock);
     }
   }
-  const stat = await readFile(`/proc/${owner.pid}/stat`, 'utf8').catch(() => undefined);
-  return stat !== undefined && startOf(stat) === owner.start ? 'live' : 'gone';
+
+  /** This owner's files are the next start's to take back; its lock file goes. */
+  async release(): Promise<void> {
+    const lock = this.lock;
+    this.lock = undefined;
+    if (!lock) return;
+    try {
+      lock.release();
+    } catch {
+      // closed already
+    }
+    await removeLock(this.root, this.tag);
+  }
+}
+
+function lockFile(root: string, tag: string): string {
+  return join(root, `${LOCK_PREFIX}${tag}${LOCK_SUFFIX}`);
+}
+
+async function removeLock(root: string, tag: string): Promise<void> {
+  const file = lockFile(root, tag);
+  await Promise.all([file, `${file}-journal`].map((f) => rm(f, { force: true }).catch(() => undefined)));
+}
+
+/** The owner tag a temp file's name (after `fill-`) gives; undefined for names of another form (older versions'). */
+export function tagOfName(name: string): string | undefined {
+  return /^([0-9a-f]{16})-/.exec(name)?.[1];
+}
+
+/**
+ * Whether the owner tagged `tag` may still be using its files in `root`: 'live' while someone holds
+ * its lock, 'gone' otherwise (its process ended or closed it, or it left no lock file).
+ */
+export function ownerState(root: string, tag: string): 'live' | 'gone' {
+  return ProcessLock.held(lockFile(root, tag)) === true ? 'live' : 'gone';
+}
+
+/**
+ * Removes the lock files in `root` of owners that are gone (`entries` is the folder's listing), but
+ * `keep`'s: their files have been dealt with.
+ */
+export async function removeGoneLocks(root: string, entries: readonly string[], keep: string): Promise<void> {
+  for (const entry of entries) {
+    if (!entry.startsWith(LOCK_PREFIX) || !entry.endsWith(LOCK_SUFFIX)) continue;
+    const tag = entry.slice(LOCK_PREFIX.length, -LOCK_SUFFIX.length);
+    if (tag !== keep && ownerState(root, tag) === 'gone') await removeLock(root, tag);
+  }
 }

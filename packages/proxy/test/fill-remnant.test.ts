@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, open, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough, type Readable } from 'node:stream';
@@ -8,7 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { FsBlobStore, type ByteRange, type Digest } from '@wharf/registry-core';
 import { BlobFills, type BlobFill } from '../src/blob-fill.js';
 import { writeKeptNote } from '../src/fill-note.js';
-import { newFillOwner, ownerOfName, ownerTag, releaseFillOwner } from '../src/fill-owner.js';
+import { FillOwner } from '../src/fill-owner.js';
 import { UpstreamError, type UpstreamBlob } from '../src/upstream.js';
 
 const MiB = 1024 * 1024;
@@ -425,10 +425,8 @@ describe('BlobFills: a download its upstream cut leaves its bytes for the next f
     // The temp folder as a crash (kill -9) would leave it now: the files of a process that is gone.
     const crashed = join(dir, 'crashed');
     await mkdir(crashed);
-    const owner = ownerOfName(file!.slice('fill-'.length))!;
-    expect(owner.pid).toBe(process.pid);
-    const dead = `${owner.host}-4194999-${owner.start}-${owner.fills}`;
-    for (const f of await tempFiles()) await writeFile(join(crashed, f.replace(ownerTag(owner), dead)), await readFile(join(temp, f)));
+    // (Its lock went with the process: none is copied.)
+    for (const f of await tempFiles()) await writeFile(join(crashed, f), await readFile(join(temp, f)));
     // This server's fill ends well: its note goes with its file, and none comes back after.
     body.end(bytes.subarray(4 * MiB + 10));
     expect(await fill.done).toEqual({ digest, size: bytes.length });
@@ -504,43 +502,37 @@ describe('BlobFills: a download its upstream cut leaves its bytes for the next f
     // Not a file: restore leaves it and goes on (the server must start).
     await mkdir(join(temp, 'fill-dir', 'x'), { recursive: true });
     await writeFile(join(temp, 'fill-crashed.kept.0a1b2c3d.new'), '{"digest"');
-    // Files named after their owner: one of this host whose process is gone (pid 4194999 > pid_max) is taken back.
-    const me = newFillOwner();
-    const deadTag = `${me.host}-4194999-${me.start}-1`;
+    // Files named after their owner: one whose lock nobody holds (its process is gone) is taken back,
+    // and its lock file removed.
+    const deadTag = '0123456789abcdef';
+    await writeFile(join(temp, `owner-${deadTag}.lock`), '');
     await writeFile(join(temp, `fill-${deadTag}-a`), twoMiB);
     await writeFile(join(temp, `fill-${deadTag}-a.kept`), note(d(7)));
-    // One of a server still running here (this process's instance `me`, not closed): left to it.
-    const liveTag = ownerTag(me);
-    await writeFile(join(temp, `fill-${liveTag}-b`), twoMiB);
-    await writeFile(join(temp, `fill-${liveTag}-b.kept`), note(d(8)));
-    await writeFile(join(temp, `fill-${liveTag}-c`), twoMiB);
-    // Another host's: left until its note expires, or, with none, until it was not written to for the TTL.
-    const elsewhere = `${me.host === '00000000' ? '11111111' : '00000000'}-1-5-1`;
-    await writeFile(join(temp, `fill-${elsewhere}-d`), twoMiB);
-    await writeFile(join(temp, `fill-${elsewhere}-d.kept`), note(d(9)));
-    await writeFile(join(temp, `fill-${elsewhere}-e`), twoMiB);
-    await writeFile(join(temp, `fill-${elsewhere}-e.kept`), note(d(10), { expiresAt: Date.now() - 1 }));
-    await writeFile(join(temp, `fill-${elsewhere}-f`), twoMiB);
-    await writeFile(join(temp, `fill-${elsewhere}-g`), twoMiB);
-    const dayAgo = new Date(Date.now() - 86_400_000);
-    await utimes(join(temp, `fill-${elsewhere}-g`), dayAgo, dayAgo);
+    // Those of a server still running on this storage (its lock held): left to it, note or not.
+    const live = FillOwner.take(temp);
+    await writeFile(join(temp, `fill-${live.tag}-b`), twoMiB);
+    await writeFile(join(temp, `fill-${live.tag}-b.kept`), note(d(8)));
+    await writeFile(join(temp, `fill-${live.tag}-c`), twoMiB);
+    await writeFile(join(temp, `fill-${live.tag}-c.kept.0a1b2c3d.new`), note(d(9)));
     fills = new BlobFills({ store, tempRoot: temp, remnantTtlMs: 200 });
     expect(await fills.restore()).toBe(3);
     await rm(join(temp, 'fill-dir'), { recursive: true });
     expect(fills.remnantOf(d(5))).toBe(2 * MiB);
     expect(fills.remnantOf(d(6))).toBe(2 * MiB);
     expect(fills.remnantOf(d(7))).toBe(2 * MiB);
-    for (const n of [1, 2, 3, 4, 8, 9, 10]) expect(fills.remnantOf(d(n))).toBe(0);
+    for (const n of [1, 2, 3, 4, 8, 9]) expect(fills.remnantOf(d(n))).toBe(0);
     const left = (await tempFiles()).sort();
-    expect(left.filter((f) => f.includes(liveTag) || f.includes(elsewhere))).toEqual([
-      `fill-${elsewhere}-d`, `fill-${elsewhere}-d.kept`, `fill-${elsewhere}-f`, `fill-${liveTag}-b`, `fill-${liveTag}-b.kept`, `fill-${liveTag}-c`,
-    ].sort());
+    expect(left.filter((f) => f.includes(live.tag))).toEqual([`fill-${live.tag}-b`, `fill-${live.tag}-b.kept`, `fill-${live.tag}-c`, `fill-${live.tag}-c.kept.0a1b2c3d.new`]);
     // The three taken back, renamed as this instance's, each with its note (the deadline cut to the TTL written down too).
     const taken = Object.values(await notes()).filter((n) => [d(5), d(6), d(7)].includes(n.digest as Digest));
     expect(taken).toHaveLength(3);
     for (const n of taken) expect(n.expiresAt).toBeLessThanOrEqual(Date.now() + 200);
-    expect(left.filter((f) => !f.includes(liveTag) && !f.includes(elsewhere))).toHaveLength(6);
-    releaseFillOwner(me);
+    expect(left.filter((f) => !f.includes(live.tag))).toHaveLength(6);
+    const locks = (await readdir(temp)).filter((f) => f.startsWith('owner-'));
+    expect(locks).not.toContain(`owner-${deadTag}.lock`);
+    expect(locks).toContain(`owner-${live.tag}.lock`);
+    await live.release();
+    expect((await readdir(temp)).filter((f) => f.startsWith(`owner-${live.tag}`))).toEqual([]);
     await until(() => fills.remnantOf(d(6)) === 0);
   });
 

@@ -14,6 +14,7 @@ export { FsBlobStore } from './fs/fs-blob-store.js';
 export { FileBlobStream, closeFile, takeFile, type FileRange, type HeldBytes, type TakesFile } from './fs/file-blob-stream.js';
 export { FsUploadSessions } from './fs/fs-uploads.js';
 export { openDatabase, type SqliteDatabase, type SqliteStatement } from './sqlite/database.js';
+export { ProcessLock } from './sqlite/process-lock.js';
 export { DeferredWrites, deferredWrites, flushDeferredWrites } from './sqlite/deferred-writes.js';
 export { SqliteMetadataStore, MAX_PAGE } from './sqlite/sqlite-metadata-store.js';
 export * from './blob-leases.js';
