@@ -636,6 +636,9 @@ export class BlobFills {
           await writer.close();
           // For the next pull's sake only: a failure here costs speed, not the blob.
           await writer.warm(temp).catch(() => undefined);
+          // Its note goes before the file moves: a crash in between leaves a file the next start removes.
+          await progress?.stop();
+          await rm(`${temp}${KEPT_SUFFIX}`, { force: true }).catch(() => undefined);
           const blob = { digest, size: fill.written };
           await store.adopt(temp, blob);
           adopted = true;
@@ -649,9 +652,10 @@ export class BlobFills {
           await writer.close();
           await handle.close().catch(() => undefined);
           await progress?.stop();
-          if (adopted) await removeFill(temp);
-          else if (cut && this.keepRemnant(digest, temp, fill.written, fill.size, prefixOf)) await this.noteRemnant(digest);
-          else await removeFill(temp);
+          if (!adopted) {
+            if (cut && this.keepRemnant(digest, temp, fill.written, fill.size, prefixOf)) await this.noteRemnant(digest);
+            else await removeFill(temp);
+          }
         }
       },
       from,
