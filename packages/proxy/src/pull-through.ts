@@ -20,6 +20,7 @@ import {
 import { fillFailed, type BlobFill, type BlobFills } from './blob-fill.js';
 import type { CacheIndex, CachedTagList } from './cache-index.js';
 import type { ProxyObserver } from './observer.js';
+import { OfflineGuard } from './offline-guard.js';
 import { OUTAGES, UpstreamError, descriptorOf, type Upstream, type UpstreamBlob } from './upstream.js';
 
 export interface PullThroughPolicy {
@@ -35,10 +36,13 @@ export interface PullThroughPolicy {
    */
   readonly revalidateTimeout?: number;
   /**
-   * After a re-check failed because the upstream was down, for this long cached tags are served at once
-   * without asking it again (ms); a 429's Retry-After lengthens it.
+   * After a request failed because the upstream was down, for this long (ms) cached tags are served
+   * at once without asking it (a 429's Retry-After lengthens that), and, if it did not answer at all,
+   * requests that need it get outageProbeTimeout to be answered (OfflineGuard).
    */
   readonly outageBackoff?: number;
+  /** The deadline (ms) of a request to an upstream that did not answer lately, retries included. */
+  readonly outageProbeTimeout?: number;
 }
 
 export const DEFAULT_POLICY: PullThroughPolicy = {
@@ -47,6 +51,7 @@ export const DEFAULT_POLICY: PullThroughPolicy = {
   rateLimitFloor: 10,
   revalidateTimeout: 5_000,
   outageBackoff: 30_000,
+  outageProbeTimeout: 5_000,
 };
 
 export interface PullThroughLogger {
@@ -75,15 +80,20 @@ export class PullThroughRepository implements RepositoryReader {
   /** Tag list and referrers look-ups in flight (orCached). */
   private readonly listing = new Map<string, Promise<unknown>>();
 
+  /** The upstream, asked with a short deadline for a while once it did not answer (OfflineGuard). */
+  readonly upstream: OfflineGuard;
+
   constructor(
-    readonly upstream: Upstream,
+    upstream: Upstream,
     private readonly index: CacheIndex,
     private readonly store: BlobStore,
     private readonly fills: BlobFills,
     private readonly policy: PullThroughPolicy = DEFAULT_POLICY,
     private readonly logger?: PullThroughLogger,
     private readonly observer?: ProxyObserver,
-  ) {}
+  ) {
+    this.upstream = new OfflineGuard(upstream, policy.outageBackoff ?? DEFAULT_POLICY.outageBackoff!, policy.outageProbeTimeout ?? DEFAULT_POLICY.outageProbeTimeout!, logger);
+  }
 
   private get key(): string {
     return this.upstream.name;

@@ -219,6 +219,46 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     await expect(repo.manifest('alice/app', '1')).rejects.toMatchObject({ code: 'UPSTREAM_TIMEOUT' });
   });
 
+  test('an upstream that stopped answering gets a short deadline for outage_backoff: what is not cached fails sooner, the cached is served stale, and it is served again as soon as it answers', async () => {
+    const logger = { lines: [] as string[], warn: (_f: Record<string, unknown>, m: string) => void logger.lines.push(m), info: (_f: Record<string, unknown>, m: string) => void logger.lines.push(m) };
+    const store = new FsBlobStore(join(dir, 'blobs'), join(dir, 'tmp'));
+    const upstream = new HttpUpstream({ name: 'up', url: fake.url, retries: 0, timeouts: { connect: 300, firstByte: 300, idle: 300 } });
+    const guarded = new PullThroughRepository(upstream, new CacheIndex(db), store, fills, {
+      manifestTtl: 0,
+      absentTtl: 60_000,
+      rateLimitFloor: 0,
+      outageBackoff: 60_000,
+      outageProbeTimeout: 100,
+    }, logger);
+    const cached = fake.addManifest('alice/app', '1', DOC('a'));
+    fake.addManifest('alice/app', '2', DOC('b'));
+    const layer = fake.addBlob(Buffer.from('a layer'));
+    expect((await guarded.manifest('alice/app', '1'))?.digest).toBe(cached);
+    // One 429 and one 500 are answers: no short deadline after them.
+    fake.fault = '429';
+    await expect(guarded.manifest('alice/app', '2')).rejects.toMatchObject({ code: 'TOOMANYREQUESTS' });
+    fake.fault = '500';
+    await expect(guarded.manifest('alice/app', '2')).rejects.toMatchObject({ code: 'UPSTREAM_ERROR' });
+    expect(guarded.upstream.isOffline).toBe(false);
+    // A stall: this request waits out the first-byte timeout (300 ms)...
+    fake.fault = 'stall';
+    await expect(guarded.manifest('alice/app', '2')).rejects.toThrow('upstream up timed out');
+    expect(logger.lines).toContain('upstream not answering; requests to it get a short deadline for a while');
+    expect(guarded.upstream.isOffline).toBe(true);
+    // ...and the next ones get 100 ms, whatever they ask.
+    await expect(guarded.manifest('alice/app', '2')).rejects.toThrow(/upstream up timed out \(no answer within 0.1 s; not answering for \d+ s\)/);
+    await expect(guarded.blob('alice/app', layer)).rejects.toMatchObject({ code: 'UPSTREAM_TIMEOUT', message: expect.stringContaining('within 0.1 s') });
+    await expect(guarded.statBlob('alice/app', layer)).rejects.toMatchObject({ code: 'UPSTREAM_TIMEOUT', message: expect.stringContaining('within 0.1 s') });
+    // The cached tag (due for its check: manifest_ttl 0) is served, marked stale.
+    expect((await guarded.manifest('alice/app', '1'))?.warning).toMatch(/unavailable/);
+    // Each still asks: the first request once the upstream is back is served, and ends the short deadlines.
+    fake.fault = undefined;
+    expect((await guarded.manifest('alice/app', '2'))?.digest).toBeDefined();
+    expect(guarded.upstream.isOffline).toBe(false);
+    expect(logger.lines).toContain('upstream answers again');
+    expect((await guarded.blob('alice/app', layer))?.size).toBe(7);
+  });
+
   test('upstream 404: absent, and remembered for absent_ttl', async () => {
     expect(await repo.manifest('alice/app', 'missing')).toBeUndefined();
     expect(await repo.manifest('alice/app', 'missing')).toBeUndefined();

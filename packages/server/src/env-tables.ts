@@ -20,6 +20,7 @@ export const TABLE_ENV_KEYS: Readonly<Record<string, Readonly<Record<string, Env
     manifest_ttl: 'duration',
     absent_ttl: 'duration',
     rate_limit_floor: 'integer',
+    outage_backoff: 'duration',
     connect_timeout: 'duration',
     first_byte_timeout: 'duration',
     idle_timeout: 'duration',

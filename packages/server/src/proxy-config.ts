@@ -38,6 +38,8 @@ export interface ProxyConfig {
   readonly manifestTtl: number;
   readonly absentTtl: number;
   readonly rateLimitFloor: number;
+  /** After an upstream request ends in an outage, how long the upstream is not asked again (ms; 0: always asked). */
+  readonly outageBackoff: number;
   readonly connectTimeout: number;
   readonly firstByteTimeout: number;
   readonly idleTimeout: number;
@@ -83,7 +85,7 @@ export const BUILT_IN_UPSTREAMS: readonly UpstreamConfig[] = ([
 ] as const).map((u) => ({ ...NO_MIRRORS, ...u }));
 
 const PROXY_KEYS = new Set([
-  'enabled', 'anonymous', 'default_upstream', 'manifest_ttl', 'absent_ttl', 'rate_limit_floor',
+  'enabled', 'anonymous', 'default_upstream', 'manifest_ttl', 'absent_ttl', 'rate_limit_floor', 'outage_backoff',
   'connect_timeout', 'first_byte_timeout', 'idle_timeout', 'retries', 'upstreams',
   'cache_ttl', 'max_size', 'eviction_interval', 'direct_io',
 ]);
@@ -245,6 +247,7 @@ export function buildProxyConfig(raw: unknown, env: NodeJS.ProcessEnv): ProxyCon
     manifestTtl: duration(table, 'manifest_ttl', '5m'),
     absentTtl: duration(table, 'absent_ttl', '1m'),
     rateLimitFloor: integer(table, 'rate_limit_floor', 10),
+    outageBackoff: duration(table, 'outage_backoff', '30s'),
     connectTimeout: duration(table, 'connect_timeout', '10s'),
     firstByteTimeout: duration(table, 'first_byte_timeout', '30s'),
     idleTimeout: duration(table, 'idle_timeout', '60s'),

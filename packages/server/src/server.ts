@@ -11,7 +11,7 @@ import {
   openDatabase,
   type SqliteDatabase,
 } from '@wharf/registry-core';
-import { BlobFills, CacheEviction, CacheIndex, PullThroughRepository } from '@wharf/proxy';
+import { BlobFills, CacheEviction, CacheIndex, DEFAULT_POLICY, PullThroughRepository } from '@wharf/proxy';
 import type { Logger } from 'pino';
 import { createHandler } from './app.js';
 import { createLogger, settleLog } from './logger.js';
@@ -140,7 +140,14 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
         index,
         proxyBlobs,
         fills,
-        { manifestTtl: config.proxy.manifestTtl, absentTtl: config.proxy.absentTtl, rateLimitFloor: config.proxy.rateLimitFloor },
+        {
+          manifestTtl: config.proxy.manifestTtl,
+          absentTtl: config.proxy.absentTtl,
+          rateLimitFloor: config.proxy.rateLimitFloor,
+          outageBackoff: config.proxy.outageBackoff,
+          // Never longer than an ordinary request's wait for its first byte.
+          outageProbeTimeout: Math.min(DEFAULT_POLICY.outageProbeTimeout!, config.proxy.firstByteTimeout),
+        },
         proxyLog,
         metrics.proxy,
       );
