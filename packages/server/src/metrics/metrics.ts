@@ -166,6 +166,16 @@ export class WharfMetrics implements RequestObserver {
       },
     });
     new Gauge({
+      name: 'wharf_proxy_upstream_down',
+      help: '1 while an upstream is taken as not answering (its requests get a short deadline), by upstream',
+      labelNames: ['upstream'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [upstream, repository] of sources.proxies) this.set({ upstream }, repository.upstream.isOffline ? 1 : 0);
+      },
+    });
+    new Gauge({
       name: 'wharf_proxy_upstream_rate_limit_remaining',
       help: 'Last RateLimit-Remaining an upstream sent, by upstream',
       labelNames: ['upstream'],

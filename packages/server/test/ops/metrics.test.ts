@@ -120,9 +120,12 @@ describe('/metrics', () => {
 
   test('an upstream that answers 503 moves upstream requests by status and stale responses; RateLimit-Remaining is exported', async () => {
     await pushImage(up.url, 'lib/flaky', '1');
-    // Between the proxy and the upstream: adds RateLimit-Remaining, or answers 503 while `failing`.
+    await pushImage(up.url, 'lib/flaky', '2');
+    // Between the proxy and the upstream: adds RateLimit-Remaining, answers 503 while `failing`, nothing while `stalled`.
     let failing = false;
+    let stalled = false;
     const front: Server = createServer((req, res) => {
+      if (stalled) return;
       if (failing) {
         res.writeHead(503, { 'Content-Length': '0' }).end();
         return;
@@ -136,7 +139,7 @@ describe('/metrics', () => {
     });
     await new Promise<void>((r) => front.listen(0, '127.0.0.1', r));
     const flaky = await startRegistry({
-      settings: { proxy: { manifest_ttl: '0s', retries: 0, upstreams: { flaky: { url: `http://127.0.0.1:${(front.address() as AddressInfo).port}` } } } },
+      settings: { proxy: { manifest_ttl: '0s', retries: 0, first_byte_timeout: '300ms', upstreams: { flaky: { url: `http://127.0.0.1:${(front.address() as AddressInfo).port}` } } } },
     });
     try {
       const tag = `${flaky.url}/v2/proxy/flaky/lib/flaky/manifests/1`;
@@ -152,7 +155,17 @@ describe('/metrics', () => {
       expect(sample(second, 'wharf_proxy_stale_served_total', { upstream: 'flaky' })).toBe(1);
       expect(sample(second, 'wharf_proxy_upstream_requests_total', { upstream: 'flaky', status: '503' })).toBe(1);
       expect(sample(second, 'wharf_proxy_cache_hits_total', { upstream: 'flaky', kind: 'manifest' })).toBe(1);
+      // A 503 is an answer; no answer at all is what marks the upstream down, until it answers again.
+      expect(sample(second, 'wharf_proxy_upstream_down', { upstream: 'flaky' })).toBe(0);
+      stalled = true;
+      expect((await fetch(`${flaky.url}/v2/proxy/flaky/lib/flaky/manifests/2`)).status).toBe(504);
+      expect(sample(await scrape(flaky.url), 'wharf_proxy_upstream_down', { upstream: 'flaky' })).toBe(1);
+      stalled = false;
+      failing = false;
+      expect((await fetch(`${flaky.url}/v2/proxy/flaky/lib/flaky/manifests/2`)).status).toBe(200);
+      expect(sample(await scrape(flaky.url), 'wharf_proxy_upstream_down', { upstream: 'flaky' })).toBe(0);
     } finally {
+      front.closeAllConnections();
       await flaky.close();
       await new Promise((r) => front.close(r));
     }
