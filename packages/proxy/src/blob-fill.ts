@@ -183,6 +183,8 @@ export class BlobFill {
 class TailReader extends Readable implements TakesFile {
   private position: number;
   private pulling = false;
+  /** `_read` was called while a pull was in flight. */
+  private wanted = false;
   private fdTaken = false;
   /** A read of the descriptor is in flight: closing it now could hand its number to another file. */
   private reading = false;
@@ -223,12 +225,19 @@ class TailReader extends Readable implements TakesFile {
   }
 
   override _read(): void {
-    if (this.pulling || this.destroyed) return;
+    if (this.destroyed) return;
+    if (this.pulling) {
+      // Asked again while a piece is on its way (its push woke the consumer, which read it at once):
+      // the stream will not ask a third time, so this is answered once the piece is in.
+      this.wanted = true;
+      return;
+    }
     this.pulling = true;
+    this.wanted = false;
     this.pull().then(
       (more) => {
         this.pulling = false;
-        if (more) this._read();
+        if (more || this.wanted) this._read();
       },
       (err: unknown) => this.destroy(err as Error),
     );

@@ -12,6 +12,7 @@ import type { UpstreamBlob } from '../src/upstream.js';
 import { FakeUpstream, type Fault } from './helpers/fake-upstream.js';
 
 const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}` as Digest;
+const MiB = 1024 * 1024;
 
 async function readAll(body: Readable): Promise<Buffer> {
   const chunks: Buffer[] = [];
@@ -110,6 +111,19 @@ describe('BlobFills and BlobFill on an FsBlobStore', () => {
     const late = readAll(fill.reader());
     expect((await midway).equals(bytes)).toBe(true);
     expect((await late).equals(bytes)).toBe(true);
+  });
+
+  test('a reader of a range, consumed as fast as it pushes, gets every byte of it (it once stalled after its first MiB)', async () => {
+    for (const [start, chunk] of [[500, 3 * MiB], [500, 64 * 1024], [MiB + 5, MiB]] as const) {
+      const bytes = randomBytes(3 * MiB);
+      const body = new PassThrough();
+      const fill = (await fills.join(sha256(bytes), async () => ({ size: bytes.length, body })))!;
+      const tail = readAll(fill.reader({ start, end: bytes.length - 1 }));
+      for (let o = 0; o < bytes.length; o += chunk) body.write(bytes.subarray(o, o + chunk));
+      body.end();
+      expect((await tail).equals(bytes.subarray(start))).toBe(true);
+      await fill.done;
+    }
   });
 
   test('a client that stops reading neither holds up the fill nor keeps more than a few MiB queued', async () => {
