@@ -3,7 +3,7 @@ import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ProcessLock } from '@wharf/registry-core';
 
-/** Names of the lock files: `owner-<tag>.lock` (and SQLite's `-journal` next to it while held). */
+/** Names of the lock files: `owner-<tag>.lock`. */
 const LOCK_PREFIX = 'owner-';
 const LOCK_SUFFIX = '.lock';
 
@@ -27,18 +27,14 @@ export class FillOwner {
    * then takes its files for a gone process's.
    */
   static take(root: string): FillOwner {
-    for (;;) {
-      const tag = randomBytes(8).toString('hex');
-      let lock: ProcessLock | undefined;
-      try {
-        lock = ProcessLock.take(lockFile(root, tag));
-        // Held already: a tag drawn twice (not in this universe, but not a reason to share one).
-        if (!lock) continue;
-      } catch {
-        lock = undefined;
-      }
-      return new FillOwner(tag, root, lock);
+    const tag = randomBytes(8).toString('hex');
+    let lock: ProcessLock | undefined;
+    try {
+      lock = ProcessLock.create(lockFile(root, tag));
+    } catch {
+      lock = undefined;
     }
+    return new FillOwner(tag, root, lock);
   }
 
   /** This owner's files are the next start's to take back; its lock file goes. */
@@ -61,6 +57,7 @@ function lockFile(root: string, tag: string): string {
 
 async function removeLock(root: string, tag: string): Promise<void> {
   const file = lockFile(root, tag);
+  // (A -journal: from a version that kept one next to the lock.)
   await Promise.all([file, `${file}-journal`].map((f) => rm(f, { force: true }).catch(() => undefined)));
 }
 

@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
 import { spawn } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ProcessLock } from '../src/sqlite/process-lock.js';
@@ -32,24 +32,22 @@ describe('ProcessLock', () => {
   test('held while its holder runs, in this process or another, and free once it releases or is killed with SIGKILL', async () => {
     const file = join(dir, 'owner.lock');
     expect(ProcessLock.held(file)).toBeUndefined();
-    const lock = ProcessLock.take(file)!;
-    expect(lock).toBeDefined();
-    // Another connection of this process sees it held, and cannot take it.
+    const lock = ProcessLock.create(file);
+    // Created locked, under another name first: nothing else is left next to it (no journal file).
+    expect(await readdir(dir)).toEqual(['owner.lock']);
+    // Another connection of this process sees it held; it cannot be created twice.
     expect(ProcessLock.held(file)).toBe(true);
-    expect(ProcessLock.take(file)).toBeUndefined();
+    expect(() => ProcessLock.create(file)).toThrow(/exists already/);
     lock.release();
     expect(ProcessLock.held(file)).toBe(false);
 
     const child = await holder(file);
     expect(ProcessLock.held(file)).toBe(true);
-    expect(ProcessLock.take(file)).toBeUndefined();
     const exited = new Promise((resolve) => child.once('exit', resolve));
     child.kill('SIGKILL');
     await exited;
     expect(ProcessLock.held(file)).toBe(false);
-    const again = ProcessLock.take(file);
-    expect(again).toBeDefined();
-    again!.release();
+    expect((await readdir(dir)).filter((f) => f !== 'owner.lock' && f !== 'owner.lock-journal')).toEqual([]);
   });
 
   test('a file that is not a database counts as held: whatever it is, nothing is taken from its owner', async () => {

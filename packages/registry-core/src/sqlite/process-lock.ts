@@ -1,4 +1,4 @@
-import { existsSync } from 'node:fs';
+import { existsSync, renameSync, rmSync } from 'node:fs';
 import Database from 'better-sqlite3';
 
 /**
@@ -12,16 +12,22 @@ import Database from 'better-sqlite3';
 export class ProcessLock {
   private constructor(private readonly db: Database.Database) {}
 
-  /** Takes the lock on `file` (created if missing); undefined when someone holds it already. */
-  static take(file: string): ProcessLock | undefined {
-    const db = new Database(file);
+  /**
+   * Takes the lock on a new file `file`, created under another name, locked, then renamed into place,
+   * so that nobody ever finds it there unlocked (and takes its holder for gone). Throws when the file
+   * system cannot lock, or `file` exists already.
+   */
+  static create(file: string): ProcessLock {
+    if (existsSync(file)) throw new Error(`${file} exists already`);
+    const fresh = `${file}.new`;
+    const db = new Database(fresh);
     try {
-      db.pragma('busy_timeout = 0');
-      db.exec('BEGIN EXCLUSIVE');
+      lockNow(db);
+      renameSync(fresh, file);
       return new ProcessLock(db);
     } catch (err) {
       db.close();
-      if ((err as { code?: string }).code === 'SQLITE_BUSY') return undefined;
+      rmSync(fresh, { force: true });
       throw err;
     }
   }
@@ -38,8 +44,7 @@ export class ProcessLock {
       return existsSync(file) ? true : undefined;
     }
     try {
-      db.pragma('busy_timeout = 0');
-      db.exec('BEGIN EXCLUSIVE');
+      lockNow(db);
       db.exec('ROLLBACK');
       return false;
     } catch {
@@ -56,4 +61,11 @@ export class ProcessLock {
       this.db.close();
     }
   }
+}
+
+/** An exclusive transaction at once or SQLITE_BUSY; the journal in memory, so no file comes with it. */
+function lockNow(db: Database.Database): void {
+  db.pragma('busy_timeout = 0');
+  db.pragma('journal_mode = MEMORY');
+  db.exec('BEGIN EXCLUSIVE');
 }
