@@ -1,10 +1,10 @@
-import { randomUUID } from 'node:crypto';
+import { randomUUID, type Hash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { openSync, closeSync, read } from 'node:fs';
 import { open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { RegistryError, hashToDigest, newHash, noteReceived, parseDigest, type BlobInfo, type BlobStore, type ByteRange, type Digest, type FileRange, type HeldBytes, type TakesFile } from '@wharf/registry-core';
+import { RegistryError, hashToDigest, newHash, noteReceived, parseDigest, type BlobInfo, type BlobStore, type ByteRange, type Digest, type DigestAlgorithm, type FileRange, type HeldBytes, type TakesFile } from '@wharf/registry-core';
 import { BLOCK_SIZE } from './aligned-blocks.js';
 import { BlockDigests, KEPT_SUFFIX, ProgressNote, parseKeptNote, removeFill, writeKeptNote, type KeptNote } from './fill-note.js';
 import { FillOwner, ownerState, removeGoneLocks, tagOfName } from './fill-owner.js';
@@ -62,7 +62,6 @@ export class BlobFill {
     readonly resumedFrom = 0,
   ) {
     this.events.setMaxListeners(0);
-    this.keptUnchecked = resumedFrom > 0;
     this.done = run(this).then(
       (blob) => {
         this.state = 'done';
@@ -78,18 +77,6 @@ export class BlobFill {
     );
     // Readers and the fills map observe failures; an unobserved one must not crash the process.
     this.done.catch(() => undefined);
-  }
-
-  /**
-   * Bytes kept of an earlier download that are not checked yet against the digest they had when
-   * received: no reader gets any byte until they are (see `keptChecked`).
-   */
-  private keptUnchecked: boolean;
-
-  /** The bytes kept match: readers may go on. */
-  keptChecked(): void {
-    this.keptUnchecked = false;
-    this.wake();
   }
 
   /** Bytes on disk in the temp file. */
@@ -145,7 +132,7 @@ export class BlobFill {
       const verified = this.verified || this.state === 'done';
       if (!verified && this.state === 'failed') throw fillFailed(this.digest, this.error);
       // Once the writer is closed (the fill ended or failed) its blocks are gone: only the file counts.
-      const have = this.keptUnchecked ? 0 : inMemory && this.writer?.isOpen !== false ? this.received : this.written;
+      const have = inMemory && this.writer?.isOpen !== false ? this.received : this.written;
       // Bytes before `limit` may go out now.
       const limit = last === undefined ? (verified ? have : Infinity) : verified ? last + 1 : last;
       if (position < limit) {
@@ -376,6 +363,13 @@ export interface BlobFillsOptions {
   readonly remnantMaxBytes?: number;
 }
 
+/** The upstream's answer for a new fill; with `remnant`, it holds the rest after it, and `kept` is the hash of the bytes kept. */
+interface Asked {
+  readonly upstream: UpstreamBlob | undefined;
+  readonly remnant?: Remnant;
+  readonly kept?: Hash;
+}
+
 /** Asks the upstream for the blob, or for `range` of it (a fill going on from a remnant). */
 export type FetchBlob = (range?: ByteRange) => Promise<UpstreamBlob | undefined>;
 
@@ -418,6 +412,10 @@ export class BlobFills {
   /** Remnants taken by a fill that waits for the upstream's answer to its range request. */
   private readonly lent = new Map<Digest, Remnant>();
   private closing = false;
+  /** A shutdown past its deadline: downloads stop, and bytes kept are not hashed again. */
+  private abandoned = false;
+  /** Bytes kept that did not match the digest they had when received (lost in a machine crash), for tests and logs. */
+  keptMismatched = 0;
   /** Whose the temp files are: a server starting on the same storage leaves them alone while this runs. */
   private readonly owner: FillOwner;
   /** How many upstream downloads were started (for tests and metrics). */
@@ -447,6 +445,7 @@ export class BlobFills {
    * the server stopped.
    */
   abandon(): void {
+    this.abandoned = true;
     for (const body of this.bodies) body.destroy(new Error('abandoned: the server is shutting down'));
   }
 
@@ -562,7 +561,7 @@ export class BlobFills {
   }
 
   private async start(digest: Digest, fetch: FetchBlob, source: string | undefined): Promise<BlobFill | undefined> {
-    const { upstream, remnant } = await this.ask(digest, fetch);
+    const { upstream, remnant, kept } = await this.ask(digest, fetch);
     if (!upstream) return undefined;
     // Until the fill reads it (past opening the file, and hashing the bytes kept), a body that fails
     // must not throw an unhandled 'error': the fill finds it failed (`errored`) when it gets there.
@@ -589,7 +588,7 @@ export class BlobFills {
     const { algorithm } = parseDigest(digest);
     this.bodies.add(upstream.body);
     const size = remnant?.size ?? upstream.size;
-    const hash = newHash(algorithm);
+    const hash = kept ?? newHash(algorithm);
     // With the size known the bytes may be kept: the digest of each block boundary's prefix goes in their note.
     const blocks = size !== undefined ? new BlockDigests(hash, algorithm, from) : undefined;
     const prefixOf = (length: number): Digest | undefined => (length === from ? remnant?.prefix : blocks?.take(length));
@@ -609,16 +608,6 @@ export class BlobFills {
         let adopted = false;
         let cut = false;
         try {
-          // The bytes kept are hashed again (their readers need not wait: they are on disk already).
-          // A body let go meanwhile (the fill abandoned at shutdown) ends it as a cut: the bytes stay kept.
-          if (from > 0 && !(await hashFile(handle, from, hash, () => upstream.body.destroyed))) {
-            cut = true;
-            throw upstream.body.errored ?? new Error('the upstream body was let go while the bytes kept were hashed');
-          }
-          if (from > 0 && hashToDigest(algorithm, hash.copy()) !== remnant!.prefix) {
-            throw new RegistryError('DIGEST_INVALID', 'the bytes kept of an earlier download of this blob are not those it received (lost in a machine crash?); the next try downloads it whole', { digest });
-          }
-          fill.keptChecked();
           await drainInto(upstream, writer, fill, (chunk) => {
             if (fill.size !== undefined && fill.received + chunk.length > fill.size) {
               throw new RegistryError('SIZE_INVALID', 'upstream sent more bytes than it announced', { digest, size: fill.size });
@@ -679,7 +668,7 @@ export class BlobFills {
    * that will not answer with exactly the rest (a 416, the whole blob, another range) is asked for
    * the whole; one that is down leaves the remnant, with its deadline, for the next try.
    */
-  private async ask(digest: Digest, fetch: FetchBlob): Promise<{ upstream: UpstreamBlob | undefined; remnant?: Remnant }> {
+  private async ask(digest: Digest, fetch: FetchBlob): Promise<Asked> {
     const remnant = this.remnants.get(digest);
     if (!remnant) return { upstream: await fetch() };
     // Taken while asked: no other fill can start on it (this one is in flight), and no timer removes it.
@@ -694,9 +683,18 @@ export class BlobFills {
   }
 
   /** `ask` for a remnant taken from the map: the rest of the blob, or else the whole. */
-  private async askRest(digest: Digest, remnant: Remnant, fetch: FetchBlob): Promise<{ upstream: UpstreamBlob | undefined; remnant?: Remnant }> {
+  private async askRest(digest: Digest, remnant: Remnant, fetch: FetchBlob): Promise<Asked> {
     // Gone from the temp folder (cleaned by hand, say): the whole blob it is.
     if (((await stat(remnant.path).catch(() => undefined))?.size ?? 0) < remnant.length) {
+      await removeFill(remnant.path);
+      return { upstream: await fetch() };
+    }
+    // The bytes kept are checked before anything is asked: after a machine crash they may not be
+    // those received, and then the whole blob is the download to ask for.
+    const { algorithm } = parseDigest(digest);
+    const kept = await this.hashKept(remnant, algorithm);
+    if (!kept || hashToDigest(algorithm, kept.copy()) !== remnant.prefix) {
+      if (kept) this.keptMismatched += 1;
       await removeFill(remnant.path);
       return { upstream: await fetch() };
     }
@@ -722,12 +720,32 @@ export class BlobFills {
       await putBack();
       return { upstream: undefined };
     }
-    if (part.range?.start === rest.start && part.range.end === rest.end && (part.size === undefined || part.size === remnant.size)) return { upstream: part, remnant };
+    if (part.range?.start === rest.start && part.range.end === rest.end && (part.size === undefined || part.size === remnant.size)) return { upstream: part, remnant, kept };
     // The whole blob (a 200 to the range request), or another range: the fill starts from byte 0.
     await removeFill(remnant.path);
     if (!part.range && part.size === remnant.size) return { upstream: part };
     part.body.destroy();
     return { upstream: await fetch() };
+  }
+
+  /**
+   * The hash of the bytes `remnant` keeps, read from its file; undefined when they cannot be read
+   * whole. A shutdown past its deadline does not wait for a long one: it throws, and the file and its
+   * note stay for the next start.
+   */
+  private async hashKept(remnant: Remnant, algorithm: DigestAlgorithm): Promise<Hash | undefined> {
+    const hash = newHash(algorithm);
+    const handle = await open(remnant.path, 'r').catch(() => undefined);
+    if (!handle) return undefined;
+    try {
+      if (!(await hashFile(handle, remnant.length, hash, () => this.abandoned))) throw new Error('abandoned: the server is shutting down');
+      return hash;
+    } catch (err) {
+      if (this.abandoned) throw err;
+      return undefined;
+    } finally {
+      await handle.close().catch(() => undefined);
+    }
   }
 
   /**
