@@ -381,6 +381,8 @@ interface Remnant {
   readonly size: number;
   /** The digest of those bytes as they were received (checked when a fill goes on from them). */
   readonly prefix: Digest;
+  /** Their hash, once a try found them matching `prefix` (the upstream was down): the next try need not read them again. */
+  checked?: Hash;
   /** When it goes (a remnant put back after a failed try keeps its deadline). */
   readonly expiresAt: number;
   readonly timer: NodeJS.Timeout;
@@ -416,6 +418,8 @@ export class BlobFills {
   private abandoned = false;
   /** Bytes kept that did not match the digest they had when received (lost in a machine crash), for tests and logs. */
   keptMismatched = 0;
+  /** Times bytes kept were read back to be checked (for tests). */
+  keptReads = 0;
   /** Whose the temp files are: a server starting on the same storage leaves them alone while this runs. */
   private readonly owner: FillOwner;
   /** How many upstream downloads were started (for tests and metrics). */
@@ -692,7 +696,7 @@ export class BlobFills {
     // The bytes kept are checked before anything is asked: after a machine crash they may not be
     // those received, and then the whole blob is the download to ask for.
     const { algorithm } = parseDigest(digest);
-    const kept = await this.hashKept(remnant, algorithm);
+    const kept = remnant.checked?.copy() ?? (await this.hashKept(remnant, algorithm));
     if (!kept || hashToDigest(algorithm, kept.copy()) !== remnant.prefix) {
       if (kept) this.keptMismatched += 1;
       await removeFill(remnant.path);
@@ -703,6 +707,7 @@ export class BlobFills {
       // Once closed, close() has noted it for the next start: it stays.
       if (this.closing) return;
       if (!this.keepRemnant(digest, remnant.path, remnant.length, remnant.size, () => remnant.prefix, remnant.expiresAt)) await removeFill(remnant.path);
+      else this.remnants.get(digest)!.checked = kept.copy();
     };
     let part: UpstreamBlob | undefined;
     try {
@@ -734,6 +739,7 @@ export class BlobFills {
    * note stay for the next start.
    */
   private async hashKept(remnant: Remnant, algorithm: DigestAlgorithm): Promise<Hash | undefined> {
+    this.keptReads += 1;
     const hash = newHash(algorithm);
     const handle = await open(remnant.path, 'r').catch(() => undefined);
     if (!handle) return undefined;
