@@ -263,9 +263,10 @@ describe('mirror strategies', () => {
   test('adaptive: a mirror that cut a body ranks first again once the cut is old enough', async () => {
     reset();
     mirrors[0]!.mode = 'cut';
-    mirrors[1]!.delayMs = 20;
-    mirrors[2]!.delayMs = 40;
-    const up = upstream({ strategy: 'adaptive', probeRate: 0, cutMemory: 100 });
+    // Far apart, so that a busy machine's own delays do not reorder them.
+    mirrors[1]!.delayMs = 100;
+    mirrors[2]!.delayMs = 200;
+    const up = upstream({ strategy: 'adaptive', probeRate: 0, cutMemory: 600 });
     // Every mirror measured first (each answers 404 in turn): mirror 0 is the fastest.
     for (const m of mirrors) m.mode = 'missing';
     expect(await up.manifest('lib/app', '1')).toBeUndefined();
@@ -275,7 +276,7 @@ describe('mirror strategies', () => {
     expect((await readAll((await up.blob('lib/app', DIGEST))!.body)).equals(BLOB)).toBe(true);
     expect(up.order()[0]).toBe(1);
     mirrors[0]!.mode = 'ok';
-    await new Promise((r) => setTimeout(r, 150));
+    await new Promise((r) => setTimeout(r, 650));
     expect(up.order()[0]).toBe(0);
   });
 
