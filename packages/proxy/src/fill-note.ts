@@ -28,7 +28,8 @@ export interface KeptNote {
   readonly length: number;
   /**
    * The digest of those bytes as they came from the upstream. A fill going on from them checks it
-   * before any reader gets one: after a machine crash the file may hold what never reached the disk.
+   * before it asks the upstream for the rest: after a machine crash the file may hold what never
+   * reached the disk.
    */
   readonly prefix: Digest;
   /** When they go (ms since the epoch). */
