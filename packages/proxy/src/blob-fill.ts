@@ -507,7 +507,7 @@ export class BlobFills {
       // Not ours to fail the start over (a directory of that name, say): left where it is.
       for (const entry of group) await rm(join(root, entry), { force: true }).catch(() => undefined);
     }
-    await removeGoneLocks(root, entries, this.owner.tag);
+    await removeGoneLocks(root, entries, live);
     return this.remnants.size;
   }
 

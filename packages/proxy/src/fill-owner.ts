@@ -75,13 +75,14 @@ export function ownerState(root: string, tag: string): 'live' | 'gone' {
 }
 
 /**
- * Removes the lock files in `root` of owners that are gone (`entries` is the folder's listing), but
- * `keep`'s: their files have been dealt with.
+ * Removes the lock files in `root` of owners that are gone (`entries` is the folder's listing): their
+ * files have been dealt with. `live` holds the owners whose state is known already (true: live),
+ * which are not asked again.
  */
-export async function removeGoneLocks(root: string, entries: readonly string[], keep: string): Promise<void> {
+export async function removeGoneLocks(root: string, entries: readonly string[], live: ReadonlyMap<string, boolean>): Promise<void> {
   for (const entry of entries) {
     if (!entry.startsWith(LOCK_PREFIX) || !entry.endsWith(LOCK_SUFFIX)) continue;
     const tag = entry.slice(LOCK_PREFIX.length, -LOCK_SUFFIX.length);
-    if (tag !== keep && ownerState(root, tag) === 'gone') await removeLock(root, tag);
+    if (!(live.get(tag) ?? ownerState(root, tag) === 'live')) await removeLock(root, tag);
   }
 }
