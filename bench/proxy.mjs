@@ -8,12 +8,17 @@ import { pipeline } from 'node:stream/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { openLink } from './link.mjs';
 import { cpuSeconds, rssBytes, startDistribution, startWharf, stopServer } from './servers.mjs';
 import { ACCEPT, MiB, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, newAgent, pull, pushMonolithic, putManifest, request, sha256, startUpload, withDigest } from './workloads.mjs';
 
 const NAMES = ['wharf', 'distribution'];
 /** The layers of the image workload: the big blob cut into this many distinct blobs, pulled at once. */
 const LAYERS = 4;
+/** The blob of the 16 concurrent pulls across the link: this fraction of the big blob (64 MiB of 1 GiB). */
+const SMALL_PART = 16;
+/** Phases whose peak RSS is not P4's: the image (P5) and the link workloads (P6, P7) have rows of their own. */
+const NOT_P4 = /^(layers|link)/;
 const PULL_CLIENT = join(dirname(fileURLToPath(import.meta.url)), 'pull-client.mjs');
 
 /** A line of the upstream's access log (left out of the log excerpt in the report). */
@@ -43,10 +48,11 @@ async function startProxy(name, ctx, dir) {
       : await startDistribution({ bin: ctx.distBin, dir, name: 'distribution-proxy', proxyUrl: ctx.upstream.base });
   const prefix = name === 'wharf' ? 'proxy/up/' : '';
   const repo = `${prefix}lib/app`;
-  const hex = ctx.digest.slice('sha256:'.length);
-  // Where each keeps the cached blob once it is complete (both rename it there from a temp file).
-  const storedFile =
-    name === 'wharf' ? join(dir, 'proxy', 'blobs', 'sha256', hex.slice(0, 2), hex) : join(dir, 'data', 'docker', 'registry', 'v2', 'blobs', 'sha256', hex.slice(0, 2), hex, 'data');
+  // Where each keeps a cached blob once it is complete (both rename it there from a temp file).
+  const storedFileOf = (digest) => {
+    const hex = digest.slice('sha256:'.length);
+    return name === 'wharf' ? join(dir, 'proxy', 'blobs', 'sha256', hex.slice(0, 2), hex) : join(dir, 'data', 'docker', 'registry', 'v2', 'blobs', 'sha256', hex.slice(0, 2), hex, 'data');
+  };
   return {
     name,
     server,
@@ -54,11 +60,14 @@ async function startProxy(name, ctx, dir) {
     base: server.base,
     repo,
     layersRepo: `${prefix}lib/layers`,
-    storedFile,
+    smallRepo: `${prefix}lib/small`,
+    storedFile: storedFileOf(ctx.digest),
+    storedFileOf,
     blobPath: `/v2/${repo}/blobs/${ctx.digest}`,
     manifestPath: `/v2/${repo}/manifests/1`,
     gets0: ctx.upstreamGets.count,
     layerGets0: ctx.layerGets.count,
+    smallGets0: ctx.smallGets.count,
   };
 }
 
@@ -89,16 +98,30 @@ function watchStored(file) {
 const upstreamGets = (ctx, p) => ctx.upstreamGets.count - p.gets0;
 /** Upstream GETs of the image workload's layers since `p` started. */
 const layerGets = (ctx, p) => ctx.layerGets.count - p.layerGets0;
+/** Upstream GETs of the small blob since `p` started. */
+const smallGets = (ctx, p) => ctx.smallGets.count - p.smallGets0;
+
+/** Counters of the upstream's GETs of the blob, of the layers and of the small blob. */
+function countGets(ctx, upstream) {
+  ctx.upstreamGets = new UpstreamGets(upstream, `/v2/lib/app/blobs/${ctx.digest}`);
+  ctx.layerGets = new UpstreamGets(upstream, '/v2/lib/layers/blobs/');
+  ctx.smallGets = new UpstreamGets(upstream, '/v2/lib/small/blobs/');
+}
 
 /**
  * Cuts the big blob into LAYERS distinct blobs (files next to it) and pushes them to the upstream as
  * `lib/layers`: the layers of an image, which clients pull at once (Docker three at a time).
  */
 async function seedLayers(upstream, agent, ctx) {
-  const part = Math.floor(ctx.size / LAYERS);
+  return seedSlices(upstream, agent, ctx, 'lib/layers', LAYERS, LAYERS);
+}
+
+/** The first `count` of the big blob's `parts` equal slices, each a blob of its own in `repo` on the upstream. */
+async function seedSlices(upstream, agent, ctx, repo, count, parts) {
+  const part = Math.floor(ctx.size / parts);
   const layers = [];
-  for (let i = 0; i < LAYERS; i++) {
-    const file = join(ctx.tmp, `layer-${i}.bin`);
+  for (let i = 0; i < count; i++) {
+    const file = join(ctx.tmp, `${repo.replace('/', '-')}-${i}.bin`);
     const hash = createHash('sha256');
     await pipeline(createReadStream(ctx.blobFile, { start: i * part, end: (i + 1) * part - 1 }), async function* (chunks) {
       for await (const chunk of chunks) {
@@ -107,7 +130,7 @@ async function seedLayers(upstream, agent, ctx) {
       }
     }, createWriteStream(file));
     const digest = `sha256:${hash.digest('hex')}`;
-    await pushMonolithic(upstream, agent, 'lib/layers', file, part, digest);
+    await pushMonolithic(upstream, agent, repo, file, part, digest);
     layers.push({ digest, size: part });
   }
   return layers;
@@ -201,7 +224,7 @@ class PeakRss {
       const rss = rssBytes(p.pid);
       if (rss === undefined) continue;
       // P4 is the target's: the workloads of the issue (the image workload has a row of its own).
-      if (this.phase !== 'layers' && rss > this.peak[p.name]) this.peak[p.name] = rss;
+      if (!NOT_P4.test(this.phase) && rss > this.peak[p.name]) this.peak[p.name] = rss;
       const phase = (this.byPhase[this.phase] ??= {});
       if (rss > (phase[p.name] ?? 0)) phase[p.name] = rss;
     }
@@ -228,14 +251,16 @@ export async function runProxy(ctx) {
   let seq = 0;
   const freshDir = (name) => join(base, `${name}-${++seq}`);
 
-  const upstream = await startDistribution({ bin: ctx.distBin, dir: join(base, 'upstream'), name: 'upstream', accessLog: true });
-  ctx.upstreamGets = new UpstreamGets(upstream, `/v2/lib/app/blobs/${digest}`);
-  ctx.layerGets = new UpstreamGets(upstream, '/v2/lib/layers/blobs/');
+  const upstreamDir = join(base, 'upstream');
+  let upstream = await startDistribution({ bin: ctx.distBin, dir: upstreamDir, name: 'upstream', accessLog: true });
+  countGets(ctx, upstream);
   const seedAgent = newAgent();
   let layers;
+  let small;
   try {
     await seedUpstream(upstream, seedAgent, ctx.blobFile, size, digest);
     layers = await seedLayers(upstream, seedAgent, ctx);
+    [small] = await seedSlices(upstream, seedAgent, ctx, 'lib/small', 1, SMALL_PART);
   } finally {
     seedAgent.destroy();
   }
@@ -273,7 +298,7 @@ export async function runProxy(ctx) {
           p = await startProxy(name, ctx, freshDir(name));
           rss.current = [p];
           await getManifest(p, agent);
-          const watched = [p.server, upstream];
+          const watched = [p.server, ctx.upstream];
           const cpu0 = ctx.cpuSnapshot(watched);
           const t0 = performance.now();
           rss.phase = key;
@@ -366,15 +391,82 @@ export async function runProxy(ctx) {
       },
       repeat,
     );
+    // (5) the upstream at the far end of a network link of settings.linkMbit, its storage the same
+    if (settings.linkMbit > 0) {
+      const { link, reason } = openLink(settings.linkMbit);
+      if (!link) {
+        results.link = { skipped: reason };
+        log(`proxy across a link: skipped (${reason})`);
+      } else {
+        try {
+          keepUpstreamLog(upstream);
+          await stopServer(upstream);
+          upstream = await startDistribution({ bin: ctx.distBin, dir: upstreamDir, name: 'upstream-across-link', accessLog: true, link });
+          ctx.upstream = upstream;
+          countGets(ctx, upstream);
+          results.link = { rateMbit: link.rateMbit };
+          log(`proxy across a link: upstream distribution pid ${upstream.pid} at ${upstream.base}, in network namespace ${link.namespace}, ${link.rateMbit} Mbit/s each way`);
+          await runAcrossLink(link);
+        } finally {
+          link.close();
+        }
+      }
+    }
   } finally {
     rss.stop();
-    logs.upstream = { lines: upstream.logCount, warnings: upstream.warnCount, errors: upstream.errorCount, alive: upstream.alive, firstLines: upstream.logLines.filter((line) => !ACCESS_LOG_LINE.test(line)).slice(0, 20) };
+    keepUpstreamLog(upstream);
     await stopServer(upstream);
+  }
+
+  /** Waits for the proxy's stored copy of a blob of `bytes` (distribution's background fetch) at twice the link's time. */
+  function untilStoredAcross(link, stored, bytes) {
+    return stored.until(((bytes * 8) / (link.rateMbit * 1e6)) * 2000 + 2000);
+  }
+
+  async function runAcrossLink(link) {
+    // the reference: the client pulling from the upstream itself, across the same link
+    const direct = [];
+    for (let rep = 0; rep < repeat; rep++) {
+      const r = await pull(upstream, 'lib/app', digest, size, 1);
+      log(`direct pull across the link #${rep + 1}: ${r.mibPerSec.toFixed(2)} MiB/s`);
+      direct.push(r.mibPerSec);
+    }
+    results.linkDirect = { mibPerSec: ctx.median(direct), runs: direct };
+    // (6) cold pull, 1 client
+    await cold(
+      'linkPull',
+      async (p) => {
+        const stored = watchStored(p.storedFile);
+        const c = await pull(p, p.repo, digest, size, 1);
+        await untilStoredAcross(link, stored, size);
+        await sleep(500); // the upstream's access log line
+        return { coldMiBs: c.mibPerSec, coldServerCpuPerGiB: c.serverCpuPerGiB, upstreamGets: upstreamGets(ctx, p) };
+      },
+      repeat,
+    );
+    // (7) 16 concurrent cold pulls of the small blob
+    await cold(
+      'linkConcurrent16',
+      async (p) => {
+        const stored = watchStored(p.storedFileOf(small.digest));
+        const r = await pullVerified(p, Array.from({ length: 16 }, () => ({ path: `/v2/${p.smallRepo}/blobs/${small.digest}`, size: small.size, digest: small.digest })));
+        await untilStoredAcross(link, stored, small.size);
+        await sleep(500);
+        return { ...r, upstreamGets: smallGets(ctx, p) };
+      },
+      repeat,
+    );
+  }
+
+  function keepUpstreamLog(u) {
+    if (logs[u.name]) return;
+    logs[u.name] = { lines: u.logCount, warnings: u.warnCount, errors: u.errorCount, alive: u.alive, firstLines: u.logLines.filter((line) => !ACCESS_LOG_LINE.test(line)).slice(0, 20) };
   }
   results.rss = Object.fromEntries(NAMES.map((n) => [n, { peakBytes: rss.peak[n] || undefined }]));
   results.rssByPhase = rss.byPhase;
   results.localPullMiBs = ctx.localPullMiBs ?? results.pull?.wharf?.localMiBs;
   results.localPullSource = ctx.localPullMiBs !== undefined ? 'registry workload pull1 (same run)' : 'pushed to the Wharf proxy instance and pulled locally';
+  results.smallBlob = small && { sizeBytes: small.size, digest: small.digest };
   return { results, rows: buildProxyRows(results, settings), noise, failures, logs };
 }
 
@@ -421,5 +513,19 @@ function buildProxyRows(results, settings) {
   add(`    upstream GETs of the ${LAYERS} layers`, 'GETs', val('layers', 'wharf', 'upstreamGets'), val('layers', 'distribution', 'upstreamGets'), 'lower', undefined, 0);
   const layersRss = (n) => num(results.rssByPhase?.layers?.[n]) === undefined ? undefined : results.rssByPhase.layers[n] / MiB;
   add('    peak proxy RSS pulling the image', 'MiB', layersRss('wharf'), layersRss('distribution'), 'lower');
+  // Across a network link (no target of their own: P1 and P3 are the issue's, on loopback).
+  if (results.link?.rateMbit) {
+    const across = `across a ${results.link.rateMbit} Mbit/s link`;
+    add(`P6. proxy cold pull ${sz}, 1 client, ${across}`, 'MiB/s', val('linkPull', 'wharf', 'coldMiBs'), val('linkPull', 'distribution', 'coldMiBs'), 'higher');
+    add(`    upstream GETs of the blob, cold pull ${across}`, 'GETs', val('linkPull', 'wharf', 'upstreamGets'), val('linkPull', 'distribution', 'upstreamGets'), 'lower', undefined, 0);
+    const direct = num(results.linkDirect?.mibPerSec);
+    const w = val('linkPull', 'wharf', 'coldMiBs');
+    const ratio = w !== undefined && direct ? w / direct : undefined;
+    // "as fast as pulling upstream directly": the same margin as warm/local
+    rows.push({ key: 'linkPullOverDirect', label: `    Wharf cold proxy pull / pull from the upstream itself, ${across}`, unit: 'x', wharf: ratio, distribution: direct && val('linkPull', 'distribution', 'coldMiBs') / direct, ratio: undefined, target: `>= 0.9x direct (${direct === undefined ? 'n/a' : direct.toFixed(1)} MiB/s)`, pass: ratio === undefined ? false : ratio >= 0.9, decimals: 2 });
+    const smallMiB = results.smallBlob ? Math.round(results.smallBlob.sizeBytes / MiB) : '?';
+    add(`P7. proxy 16 concurrent cold pulls of a ${smallMiB} MiB blob, ${across} (aggregate)`, 'MiB/s', val('linkConcurrent16', 'wharf', 'mibPerSec'), val('linkConcurrent16', 'distribution', 'mibPerSec'), 'higher');
+    add(`    upstream GETs of the ${smallMiB} MiB blob, 16 concurrent ${across}`, 'GETs', val('linkConcurrent16', 'wharf', 'upstreamGets'), val('linkConcurrent16', 'distribution', 'upstreamGets'), 'lower', undefined, 0);
+  }
   return rows;
 }

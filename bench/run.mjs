@@ -8,7 +8,8 @@
 //
 // Other knobs (all optional): BENCH_DURATION_S (manifest load, default 5), BENCH_CONNECTIONS (64),
 // BENCH_TAGS (1000), BENCH_TAG_REPEAT (50), BENCH_SMALL_BLOBS (2000), BENCH_SMALL_PARALLEL (16),
-// BENCH_REPEAT (3: runs of each push and pull per server, median reported).
+// BENCH_REPEAT (3: runs of each push and pull per server, median reported), BENCH_LINK_MBIT (1000: the
+// proxy mode's link to an upstream in a network namespace, for P6 and P7; run as root; 0 leaves them out).
 import { execFileSync, execSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
@@ -74,6 +75,8 @@ const settings = {
   smallParallel: intEnv('BENCH_SMALL_PARALLEL', 16),
   pullStreams: [1, 8],
   repeat: intEnv('BENCH_REPEAT', 3), // push and pull runs per server; the median is reported
+  // the proxy mode's link to an upstream in a network namespace (P6, P7; root only); 0: none
+  linkMbit: intEnv('BENCH_LINK_MBIT', 1000, 0),
   rssIntervalMs: 100,
 };
 
@@ -446,6 +449,11 @@ function renderProxyNotes(proxy, machine) {
   out.push(noiseWarning(proxy.noise) + ' (CPU of the proxy, the upstream and the pull clients is not counted as "other".)');
   out.push(`Cold and 16-concurrent figures are the median of ${settings.repeat} runs per proxy, each on a fresh proxy (new storage dir); the manifest lib/app:1 is fetched through the proxy first (not timed).`);
   if (r.localPullMiBs !== undefined) out.push(`Local pull reference: ${r.localPullMiBs.toFixed(1)} MiB/s (${r.localPullSource}).`);
+  if (r.link?.rateMbit) {
+    out.push(
+      `P6, P7: the same upstream storage served from a network namespace, across a veth pair limited to ${r.link.rateMbit} Mbit/s each way by tc tbf (no added latency), as a registry's link to Docker Hub; direct pulls across it ${(r.linkDirect?.runs ?? []).map((x) => x.toFixed(1)).join(', ')} MiB/s.`,
+    );
+  } else if (r.link?.skipped) out.push(`P6, P7 (across a network link) left out: ${r.link.skipped}.`);
   const cpu = (k, f) => ['wharf', 'distribution'].map((n) => `${n} ${r[k]?.[n]?.[f]?.toFixed?.(2) ?? 'n/a'}`).join(', ');
   out.push(`Proxy CPU s/GiB: cold ${cpu('pull', 'coldServerCpuPerGiB')}; warm ${cpu('pull', 'warmServerCpuPerGiB')}. 16 concurrent, proxy CPU s: ${cpu('concurrent16', 'serverCpuSeconds')}.`);
   const phases = Object.entries(proxy.results.rssByPhase ?? {});

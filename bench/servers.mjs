@@ -244,8 +244,10 @@ export async function startWharf({ root, cli, dir, name = 'wharf', extraToml = [
   return running;
 }
 
-export async function startDistribution({ bin, dir, name = 'distribution', proxyUrl, accessLog = false }) {
+/** `link` (bench/link.mjs): run it at the far end of that link instead of on 127.0.0.1. */
+export async function startDistribution({ bin, dir, name = 'distribution', proxyUrl, accessLog = false, link }) {
   const port = await freePort();
+  const host = link ? link.address : '127.0.0.1';
   mkdirSync(join(dir, 'data'), { recursive: true });
   const yml = join(dir, 'registry.yml');
   writeFileSync(
@@ -268,7 +270,7 @@ export async function startDistribution({ bin, dir, name = 'distribution', proxy
       '    uploadpurging:',
       '      enabled: false',
       'http:',
-      `  addr: 127.0.0.1:${port}`,
+      `  addr: ${host}:${port}`,
       `  secret: ${randomBytes(16).toString('hex')}`, // else distribution warns that it made one up
       ...(proxyUrl ? ['proxy:', `  remoteurl: ${proxyUrl}`] : []),
       '',
@@ -276,7 +278,8 @@ export async function startDistribution({ bin, dir, name = 'distribution', proxy
   );
   // Keep REGISTRY_* variables of the caller from changing the configuration.
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('REGISTRY_')));
-  const running = launch(name, bin, ['serve', yml], `http://127.0.0.1:${port}`, { cwd: dir, env });
+  const [command, args] = link ? link.command(bin, ['serve', yml]) : [bin, ['serve', yml]];
+  const running = launch(name, command, args, `http://${host}:${port}`, { cwd: dir, env });
   await waitReady(running);
   return running;
 }
