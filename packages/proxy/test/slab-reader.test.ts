@@ -1,5 +1,5 @@
 import { describe, expect, test } from '@jest/globals';
-import { MIN_READ, SlabReader } from '../src/slab-reader.js';
+import { MIN_READ, SlabReader, spareSlabs } from '../src/slab-reader.js';
 
 /** One "socket read" of `n` bytes of `fill` into the reader's room. */
 function read(reader: SlabReader, n: number, fill: number): Buffer {
@@ -68,6 +68,35 @@ describe('SlabReader', () => {
     // some that came back together and allocated anew: 200 and more slabs.
     expect(seen.size).toBeLessThanOrEqual(3 * 4);
     for (const reader of readers) reader.release();
+  });
+
+  test('four readers whose reads each fill a slab (loopback) and who hold four of them while paused reuse their own', () => {
+    const readers = [new SlabReader(), new SlabReader(), new SlabReader(), new SlabReader()];
+    const seen = new Set<ArrayBufferLike>();
+    for (let round = 0; round < 50; round++) {
+      const out = readers.map((reader, i) =>
+        Array.from({ length: 4 }, () => {
+          const chunk = read(reader, reader.room().length, i);
+          seen.add(chunk.buffer);
+          return reader.lend(chunk);
+        }),
+      );
+      for (const [i, reader] of readers.entries()) for (const view of out[i]!) reader.giveBack(view);
+    }
+    // 800 slabs' worth of reads (four layers of 100 MiB). With two spares of their own, the readers
+    // dropped what came back past them, and allocated anew every round: 200 slabs and more.
+    expect(seen.size).toBeLessThanOrEqual(4 * 6);
+    for (const reader of readers) reader.release();
+  });
+
+  test('forty readers at once keep at most sixteen spare slabs of their own, and none once released', () => {
+    const readers = Array.from({ length: 40 }, () => new SlabReader());
+    const out = readers.map((reader, i) => Array.from({ length: 4 }, () => reader.lend(read(reader, reader.room().length, i))));
+    for (const [i, reader] of readers.entries()) for (const view of out[i]!) reader.giveBack(view);
+    // 160 slabs came back at once: 16 kept by readers, 4 shared, the rest left to the collector.
+    expect(spareSlabs()).toBeLessThanOrEqual(16 + 4);
+    for (const reader of readers) reader.release();
+    expect(spareSlabs()).toBeLessThanOrEqual(4);
   });
 
   test('lend refuses a view of anything but the current slab', () => {
