@@ -451,7 +451,7 @@ function renderProxyNotes(proxy, machine) {
   if (r.localPullMiBs !== undefined) out.push(`Local pull reference: ${r.localPullMiBs.toFixed(1)} MiB/s (${r.localPullSource}).`);
   if (r.link?.rateMbit) {
     out.push(
-      `P6, P7: the same upstream storage served from a network namespace, across a veth pair limited to ${r.link.rateMbit} Mbit/s each way by tc tbf (no added latency), as a registry's link to Docker Hub; direct pulls across it ${(r.linkDirect?.runs ?? []).map((x) => x.toFixed(1)).join(', ')} MiB/s.`,
+      `P6, P7: the same upstream storage served from a network namespace, across a veth pair limited to ${r.link.rateMbit} Mbit/s each way by tc tbf (no added latency), as a registry's link to Docker Hub; direct pulls across it ${(r.linkDirect?.runs ?? []).map((x) => x.toFixed(1)).join(', ')} MiB/s. The kernel's forwarding across the link counts as other processes' CPU there.`,
     );
   } else if (r.link?.skipped) out.push(`P6, P7 (across a network link) left out: ${r.link.skipped}.`);
   const cpu = (k, f) => ['wharf', 'distribution'].map((n) => `${n} ${r[k]?.[n]?.[f]?.toFixed?.(2) ?? 'n/a'}`).join(', ');
