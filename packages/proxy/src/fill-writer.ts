@@ -231,20 +231,31 @@ export class FillWriter {
     const handle = await open(path, 'r');
     // Read into blocks of the pool the fills just gave back, whose pages are already resident: two
     // fresh MiB per fill, for four layers finishing together, were 8 MiB more at the pull's peak RSS.
-    const pooled = [alignedBlocks.take(), alignedBlocks.take()];
+    // Only when plenty are free: running fills come first.
+    const pooled = alignedBlocks.available >= SCARCE + 2 && !fillBudget.spent ? [alignedBlocks.take(), alignedBlocks.take()] : [];
     try {
-      const buffers = pooled.map((block) => block ?? Buffer.allocUnsafeSlow(BLOCK_SIZE));
+      const buffers = [pooled[0] ?? Buffer.allocUnsafeSlow(BLOCK_SIZE), pooled[1] ?? Buffer.allocUnsafeSlow(BLOCK_SIZE)];
       let next = 0;
       const size = this.written;
+      let failed = false;
+      let failure: unknown;
+      // Every read settles before its block goes back to the pool: a read landing in a block that
+      // another fill took meanwhile would change bytes that fill has already hashed.
       await Promise.all(
         buffers.map(async (buffer) => {
-          while (next < size) {
+          while (next < size && !failed) {
             const position = next;
             next += BLOCK_SIZE;
-            await handle.read(buffer, 0, Math.min(BLOCK_SIZE, size - position), position);
+            try {
+              await handle.read(buffer, 0, Math.min(BLOCK_SIZE, size - position), position);
+            } catch (err) {
+              if (!failed) failure = err;
+              failed = true;
+            }
           }
         }),
       );
+      if (failed) throw failure;
     } finally {
       for (const block of pooled) if (block) alignedBlocks.give(block);
       await handle.close();

@@ -1,4 +1,4 @@
-import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
+import { afterEach, beforeAll, beforeEach, describe, expect, test } from '@jest/globals';
 import { randomBytes } from 'node:crypto';
 import { closeSync, constants, openSync, readSync } from 'node:fs';
 import { mkdtemp, open, readFile, rm, type FileHandle } from 'node:fs/promises';
@@ -353,6 +353,26 @@ describe('fills together', () => {
   });
 });
 
+type Read = (...args: unknown[]) => Promise<unknown>;
+/** The prototype of node's FileHandle, whose `read` the read-back calls. */
+let handleProto: { read: Read };
+beforeAll(async () => {
+  const handle = await open(process.execPath, 'r');
+  handleProto = Object.getPrototypeOf(handle) as { read: Read };
+  await handle.close();
+});
+
+/** Counts FileHandle reads until stop(). */
+function countReads(): { readonly count: number; stop(): void } {
+  const read = handleProto.read;
+  const counter = { count: 0, stop: () => void (handleProto.read = read) };
+  handleProto.read = function (this: unknown, ...args: unknown[]) {
+    counter.count += 1;
+    return read.apply(this, args);
+  };
+  return counter;
+}
+
 describe('FillWriter read-back', () => {
   test('after O_DIRECT writes it reads into the blocks the fills gave back, not into new memory', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'wharf-fill-writer-'));
@@ -370,17 +390,81 @@ describe('FillWriter read-back', () => {
         fresh.push(size);
         return allocUnsafeSlow(size);
       };
+      const reads = countReads();
       try {
         await writer.warm(path);
       } finally {
         Buffer.allocUnsafeSlow = allocUnsafeSlow;
+        reads.stop();
       }
-      // Two fresh MiB per fill: four layers finishing at once took 8 MiB more at the image pull's peak RSS.
+      // The read-back ran (it does after O_DIRECT writes only), in whole blocks...
+      expect(reads.count).toBe(writer.writesDirect ? 3 : 0);
+      // ...and took no fresh memory: two MiB per fill, four layers finishing at once took 8 MiB more at
+      // the image pull's peak RSS.
       expect(fresh).toEqual([]);
       expect((await readFile(path)).equals(bytes)).toBe(true);
     } finally {
       await writer.close();
       await handle.close().catch(() => undefined);
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('a failed read waits for the other before the blocks go back: a fill that takes them next keeps its bytes', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'wharf-fill-writer-'));
+    const read = handleProto.read;
+    const handles: FileHandle[] = [];
+    const writers: FillWriter[] = [];
+    const start = async (name: string): Promise<FillWriter> => {
+      const handle = await open(join(dir, name), 'w');
+      handles.push(handle);
+      const writer = await FillWriter.open(join(dir, name), handle);
+      writers.push(writer);
+      return writer;
+    };
+    try {
+      const a = await start('a');
+      await pushAll(a, Buffer.alloc(3 * BLOCK_SIZE, 0x11), BLOCK_SIZE);
+      await a.finish();
+      await a.close();
+      // The read-back's read at 0 fails at once (EIO); its read at 1 MiB lands 50 ms later.
+      handleProto.read = function (this: unknown, ...args: unknown[]) {
+        const [buffer, offset, length, position] = args as [Buffer, number, number, number];
+        if (position === 0) return Promise.reject(Object.assign(new Error('EIO: i/o error, read'), { code: 'EIO' }));
+        if (position === BLOCK_SIZE) {
+          return new Promise((resolve) =>
+            setTimeout(() => {
+              buffer.fill(0xee, offset, offset + length);
+              resolve({ bytesRead: length, buffer });
+            }, 50),
+          );
+        }
+        return read.apply(this, args);
+      };
+      const warming = a.warm(join(dir, 'a')).then(
+        () => 'read back',
+        (err: Error) => err.message,
+      );
+      // Another layer's fill goes on meanwhile, taking blocks from the pool.
+      const b = await start('b');
+      expect(await warming).toMatch(/EIO/);
+      const bytes = randomBytes(2 * BLOCK_SIZE);
+      b.push(bytes.subarray(0, BLOCK_SIZE / 2));
+      await sleep(100);
+      handleProto.read = read;
+      b.push(bytes.subarray(BLOCK_SIZE / 2));
+      for (let at = 0; at < bytes.length; at += BLOCK_SIZE) {
+        const held = b.view(at, at + BLOCK_SIZE);
+        if (held) expect(held.bytes.equals(bytes.subarray(at, at + BLOCK_SIZE))).toBe(true);
+        held?.release();
+      }
+      await b.finish();
+      // Given back while the late read was still landing, a block took 0xee over b's bytes.
+      expect((await readFile(join(dir, 'b'))).equals(bytes)).toBe(true);
+    } finally {
+      handleProto.read = read;
+      for (const writer of writers) await writer.close();
+      for (const handle of handles) await handle.close().catch(() => undefined);
       await rm(dir, { recursive: true, force: true });
     }
   });
