@@ -20,7 +20,7 @@ function run(command, args) {
  */
 export function openLink(rateMbit) {
   if (process.getuid?.() !== 0) return { reason: 'not root (a network namespace needs it)' };
-  // Names of at most 15 characters, unique to this run; the /30 is a private range, moved by pid.
+  // Names of at most 15 characters, unique to this run; the /30 is in 10.200.0.0/13, moved by pid.
   const id = process.pid % 100000;
   const namespace = `wharf-bench-${id}`;
   const hostEnd = `wbh${id}`;
@@ -31,14 +31,20 @@ export function openLink(rateMbit) {
   const close = () => {
     if (!made) return;
     made = false;
-    // Deleting the namespace deletes its veth end, and with it the pair and both qdiscs.
-    try {
-      execFileSync('ip', ['netns', 'del', namespace], { stdio: 'ignore' });
-    } catch {
-      /* already gone */
+    // Deleting the namespace deletes its veth end, and with it the pair and both qdiscs; the host's
+    // end is deleted too in case the far one never got there.
+    for (const args of [['netns', 'del', namespace], ['link', 'del', hostEnd]]) {
+      try {
+        execFileSync('ip', args, { stdio: 'ignore' });
+      } catch {
+        /* already gone */
+      }
     }
   };
   try {
+    // A run killed with SIGKILL left its namespace behind; one of the same pid would fail on it.
+    made = true;
+    close();
     run('ip', ['netns', 'add', namespace]);
     made = true;
     process.once('exit', close);

@@ -84,7 +84,7 @@ describe('SlabReader', () => {
       for (const [i, reader] of readers.entries()) for (const view of out[i]!) reader.giveBack(view);
     }
     // 800 slabs' worth of reads (four layers of 100 MiB). With two spares of their own, the readers
-    // dropped what came back past them, and allocated anew every round: 200 slabs and more.
+    // dropped what came back past them and allocated anew: 65 slabs.
     expect(seen.size).toBeLessThanOrEqual(4 * 6);
     for (const reader of readers) reader.release();
   });
