@@ -192,14 +192,22 @@ describe('a fill its upstream cut goes on from the bytes it had', () => {
       await rm(root, { recursive: true, force: true });
     }
   });
-  test('a download cut by a crash of the server (kill -9) goes on after the restart from the bytes its note had', async () => {
+  // As /v2/proxy/up/..., and as Docker's registry-mirrors pull it (a name not in the registry, served
+  // from default_upstream).
+  test.each([
+    ['under /v2/proxy/up', false],
+    ['through default_upstream (registry-mirrors)', true],
+  ])('a download cut by a crash of the server (kill -9) goes on after the restart from the bytes its note had, %s', async (_name, mirror) => {
     const third = blob(randomBytes(SIZE));
     await pushBlob(up.url, 'alice/big', third);
     const path = `/v2/alice/big/blobs/${third.digest}`;
+    const asked = mirror ? path : `/v2/proxy/up${path.slice(3)}`;
     const root = await mkdtemp(join(tmpdir(), 'wharf-resume-crash-'));
     const temp = join(root, 'storage', '_tmp');
     const port = await freePort();
-    const config = await writeWharfConfig(root, port, { logLevel: 'info', proxy: ['retries = 0', '[proxy.upstreams.up]', `url = "${fwd.url}"`] });
+    const proxy = ['retries = 0', ...(mirror ? ['default_upstream = "up"'] : []), '[proxy.upstreams.up]', `url = "${fwd.url}"`];
+    const config = await writeWharfConfig(root, port, { logLevel: 'info', proxy });
+    const gets0 = fwd.seen.filter((r) => r.method === 'GET' && r.path === path).length;
     const client: Pulled = { hash: createHash('sha256'), bytes: 0, status: 0, contentRange: null, whole: false };
     /** The length the fill's note gives, 0 while there is none. */
     const noted = async (): Promise<number> => {
@@ -212,7 +220,7 @@ describe('a fill its upstream cut goes on from the bytes it had', () => {
     let server: WharfProcess | undefined;
     try {
       server = await startWharfProcess(config, port);
-      const first = pull(`${server.url}/v2/proxy/up${path.slice(3)}`, client);
+      const first = pull(`${server.url}${asked}`, client);
       // The first note comes a second into the download: then the server dies.
       for (const deadline = Date.now() + 20_000; (await noted()) < 4 * MiB; await sleep(10)) {
         if (Date.now() > deadline) throw new Error(`no note of 4 MiB came:\n${server.output()}`);
@@ -227,13 +235,13 @@ describe('a fill its upstream cut goes on from the bytes it had', () => {
       const before = fwd.bytesOut.get(path) ?? 0;
 
       server = await startWharfProcess(config, port);
-      await pull(`${server.url}/v2/proxy/up${path.slice(3)}`, client);
+      await pull(`${server.url}${asked}`, client);
       expect(client.status).toBe(206);
       expect(client.whole).toBe(true);
       expect(client.bytes).toBe(SIZE);
       expect(`sha256:${client.hash.digest('hex')}`).toBe(third.digest);
       // The upstream was asked for the rest only, and sent just that.
-      const gets = fwd.seen.filter((r) => r.method === 'GET' && r.path === path);
+      const gets = fwd.seen.filter((r) => r.method === 'GET' && r.path === path).slice(gets0);
       expect(gets.map((r) => r.range)).toEqual([undefined, `bytes=${kept}-${SIZE - 1}`]);
       expect((fwd.bytesOut.get(path) ?? 0) - before).toBe(SIZE - kept);
       expect(server.output()).toMatch(/blob downloads cut short before the restart go on from their bytes/);
