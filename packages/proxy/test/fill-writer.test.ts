@@ -28,6 +28,25 @@ async function pushAll(writer: FillWriter, bytes: Buffer, chunk: number): Promis
   }
 }
 
+/** Fills in `dir`, each writing a file of its own; `closeAll` closes every writer and its handle. */
+function fillsIn(dir: string): { start(name: string): Promise<FillWriter>; closeAll(): Promise<void> } {
+  const writers: FillWriter[] = [];
+  const handles: FileHandle[] = [];
+  return {
+    async start(name) {
+      const handle = await open(join(dir, name), 'w');
+      handles.push(handle);
+      const writer = await FillWriter.open(join(dir, name), handle);
+      writers.push(writer);
+      return writer;
+    },
+    async closeAll() {
+      for (const writer of writers) await writer.close();
+      for (const handle of handles) await handle.close().catch(() => undefined);
+    },
+  };
+}
+
 describe.each([
   ['with O_DIRECT', true],
   ['through the page cache', false],
@@ -189,15 +208,7 @@ describe('AlignedBlocks', () => {
 describe('FillWriter, many fills at once', () => {
   test('with the aligned blocks nearly all out, written blocks leave a fill at once', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'wharf-fill-writers-'));
-    const writers: FillWriter[] = [];
-    const handles: FileHandle[] = [];
-    const start = async (name: string) => {
-      const handle = await open(join(dir, name), 'w');
-      handles.push(handle);
-      const writer = await FillWriter.open(join(dir, name), handle);
-      writers.push(writer);
-      return writer;
-    };
+    const { start, closeAll } = fillsIn(dir);
     try {
       // One fill alone keeps its written blocks: clients a little behind are sent them from memory.
       const alone = await start('alone');
@@ -223,8 +234,7 @@ describe('FillWriter, many fills at once', () => {
       expect((await readFile(join(dir, 'late'))).equals(bytes)).toBe(true);
       for (const h of held) h.release();
     } finally {
-      for (const w of writers) await w.close();
-      for (const h of handles) await h.close();
+      await closeAll();
       await rm(dir, { recursive: true, force: true });
     }
   });
@@ -413,15 +423,7 @@ describe('FillWriter read-back', () => {
   test('a failed read waits for the other before the blocks go back: a fill that takes them next keeps its bytes', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'wharf-fill-writer-'));
     const read = handleProto.read;
-    const handles: FileHandle[] = [];
-    const writers: FillWriter[] = [];
-    const start = async (name: string): Promise<FillWriter> => {
-      const handle = await open(join(dir, name), 'w');
-      handles.push(handle);
-      const writer = await FillWriter.open(join(dir, name), handle);
-      writers.push(writer);
-      return writer;
-    };
+    const { start, closeAll } = fillsIn(dir);
     try {
       const a = await start('a');
       await pushAll(a, Buffer.alloc(3 * BLOCK_SIZE, 0x11), BLOCK_SIZE);
@@ -463,8 +465,7 @@ describe('FillWriter read-back', () => {
       expect((await readFile(join(dir, 'b'))).equals(bytes)).toBe(true);
     } finally {
       handleProto.read = read;
-      for (const writer of writers) await writer.close();
-      for (const handle of handles) await handle.close().catch(() => undefined);
+      await closeAll();
       await rm(dir, { recursive: true, force: true });
     }
   });
