@@ -27,12 +27,9 @@ export function openLink(rateMbit) {
   const farEnd = `wbu${id}`;
   const net = `10.${200 + (id % 50)}.${Math.floor(id / 50) % 250}`;
   const address = `${net}.2`;
-  let made = false;
-  const close = () => {
-    if (!made) return;
-    made = false;
-    // Deleting the namespace deletes its veth end, and with it the pair and both qdiscs; the host's
-    // end is deleted too in case the far one never got there.
+  // Deleting the namespace deletes its veth end, and with it the pair and both qdiscs; the host's end
+  // is deleted too in case the far one never got there.
+  const remove = () => {
     for (const args of [['netns', 'del', namespace], ['link', 'del', hostEnd]]) {
       try {
         execFileSync('ip', args, { stdio: 'ignore' });
@@ -41,10 +38,15 @@ export function openLink(rateMbit) {
       }
     }
   };
+  let made = false;
+  const close = () => {
+    if (!made) return;
+    made = false;
+    remove();
+  };
   try {
     // A run killed with SIGKILL left its namespace behind; one of the same pid would fail on it.
-    made = true;
-    close();
+    remove();
     run('ip', ['netns', 'add', namespace]);
     made = true;
     process.once('exit', close);
