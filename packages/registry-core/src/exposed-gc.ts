@@ -26,3 +26,14 @@ export function exposedGc(): Gc | undefined {
   }
   return gc;
 }
+
+/**
+ * Runs V8's full garbage collection soon, outside the caller's stack. For the rare moment the process
+ * knows that megabytes have just become garbage: V8 would otherwise keep them in the RSS until its old
+ * generation doubles, which a manifest-only load takes long to do. A few milliseconds, at most once per
+ * idle spell.
+ */
+export function fullGcSoon(): void {
+  const collect = exposedGc();
+  if (collect) setTimeout(() => collect(), 0).unref();
+}

@@ -7,7 +7,7 @@ export * from './blob-store.js';
 export * from './metadata-store.js';
 export * from './uploads.js';
 export { noteReceived } from './young-garbage.js';
-export { exposedGc, type Gc } from './exposed-gc.js';
+export { exposedGc, fullGcSoon, type Gc } from './exposed-gc.js';
 export * from './registry.js';
 export * from './local-registry.js';
 export { FsBlobStore } from './fs/fs-blob-store.js';
