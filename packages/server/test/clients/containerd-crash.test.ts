@@ -57,7 +57,11 @@ describe('containerd (ctr) resuming a layer through a Wharf proxy killed mid-dow
     const configFile = await writeWharfConfig(root, port, { logLevel: 'info', proxy: ['retries = 0', '[proxy.upstreams.up]', `url = "${fwd.url}"`] });
     const noted = async (): Promise<number> => {
       const note = (await readdir(temp).catch(() => [] as string[])).find((f) => f.startsWith('fill-') && f.endsWith('.kept'));
-      return note ? (JSON.parse(await readFile(join(temp, note), 'utf8')) as { length: number }).length : 0;
+      try {
+        return note ? (JSON.parse(await readFile(join(temp, note), 'utf8')) as { length: number }).length : 0;
+      } catch {
+        return 0; // caught between its creation and its first write
+      }
     };
     // Slow enough that containerd is never far ahead of the note when Wharf dies.
     fwd.throttle = { match: /\/blobs\/sha256:/, rate: 8 * MiB };
@@ -89,13 +93,16 @@ describe('containerd (ctr) resuming a layer through a Wharf proxy killed mid-dow
       const gets = fwd.seen.filter((r) => r.method === 'GET' && r.path === path);
       expect(gets.map((r) => r.range)).toEqual([undefined, `bytes=${kept}-${SIZE - 1}`]);
       expect((fwd.bytesOut.get(path) ?? 0) - before).toBe(SIZE - kept);
-      // containerd's second GET was for the whole layer, and had all of it.
-      const layerGets = server
-        .output()
-        .split('\n')
-        .filter((line) => line.startsWith('{'))
-        .map((line) => JSON.parse(line) as { msg?: string; method?: string; path?: string; status?: number; bytesOut?: number })
-        .filter((r) => r.msg === 'request' && r.method === 'GET' && r.path === `/v2/proxy/up/erin/big/blobs/${layer.digest}`);
+      // containerd's second GET was for the whole layer, and had all of it (Wharf logs in batches).
+      let layerGets: { method?: string; path?: string; status?: number; bytesOut?: number; msg?: string }[] = [];
+      for (const deadline = Date.now() + 10_000; layerGets.length === 0 && Date.now() < deadline; await sleep(50)) {
+        layerGets = server
+          .output()
+          .split('\n')
+          .filter((line) => line.startsWith('{'))
+          .map((line) => JSON.parse(line) as { msg?: string; method?: string; path?: string; status?: number; bytesOut?: number })
+          .filter((r) => r.msg === 'request' && r.method === 'GET' && r.path === `/v2/proxy/up/erin/big/blobs/${layer.digest}`);
+      }
       expect(layerGets.map((r) => r.status)).toEqual([200]);
       expect(layerGets[0]!.bytesOut).toBeGreaterThan(SIZE);
     } finally {
