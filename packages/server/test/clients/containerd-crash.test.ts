@@ -120,16 +120,18 @@ describe('containerd (ctr) resuming a layer through a Wharf proxy killed mid-dow
     if (dir) await rm(dir, { recursive: true, force: true });
   }, 60_000);
 
-  test('the next fetch gets the layer, and the upstream sends only what the note did not keep', async () => {
+  /**
+   * A 48 MiB layer's image as `repo:1` on the upstream, and a Wharf configuration in a temp root that
+   * proxies it; `noted()` is the length its fill's note gives, 0 while there is none.
+   */
+  async function scene(repo: string) {
     const layer = blob(randomBytes(SIZE));
-    const config = blob('{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}');
-    await pushBlob(up.url, 'erin/big', layer);
-    await pushBlob(up.url, 'erin/big', config);
+    const config = blob(`{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"repo":"${repo}"}`);
+    await pushBlob(up.url, repo, layer);
+    await pushBlob(up.url, repo, config);
     const manifest = imageManifest(config, [layer]);
-    const put = await fetch(`${up.url}/v2/erin/big/manifests/1`, { method: 'PUT', headers: { 'Content-Type': manifest.mediaType }, body: manifest.bytes });
+    const put = await fetch(`${up.url}/v2/${repo}/manifests/1`, { method: 'PUT', headers: { 'Content-Type': manifest.mediaType }, body: manifest.bytes });
     expect(put.status).toBe(201);
-    const path = `/v2/erin/big/blobs/${layer.digest}`;
-
     const root = await mkdtemp(join(tmpdir(), 'wharf-ctr-crash-'));
     const temp = join(root, 'storage', '_tmp');
     const port = await freePort();
@@ -142,6 +144,11 @@ describe('containerd (ctr) resuming a layer through a Wharf proxy killed mid-dow
         return 0; // caught between its creation and its first write
       }
     };
+    return { layer, path: `/v2/${repo}/blobs/${layer.digest}`, root, port, configFile, noted };
+  }
+
+  test('the next fetch gets the layer, and the upstream sends only what the note did not keep', async () => {
+    const { layer, path, root, port, configFile, noted } = await scene('erin/big');
     // Slow enough that containerd is never far ahead of the note when Wharf dies.
     fwd.throttle = { match: /\/blobs\/sha256:/, rate: 8 * MiB };
     const ref = `127.0.0.1:${port}/proxy/up/erin/big:1`;
@@ -185,27 +192,7 @@ describe('containerd (ctr) resuming a layer through a Wharf proxy killed mid-dow
   }, 180_000);
 
   test('behind a relay that holds connections while Wharf restarts, one fetch resumes with a Range', async () => {
-    const layer = blob(randomBytes(SIZE));
-    const config = blob('{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["relay"]}}');
-    await pushBlob(up.url, 'erin/relayed', layer);
-    await pushBlob(up.url, 'erin/relayed', config);
-    const manifest = imageManifest(config, [layer]);
-    const put = await fetch(`${up.url}/v2/erin/relayed/manifests/1`, { method: 'PUT', headers: { 'Content-Type': manifest.mediaType }, body: manifest.bytes });
-    expect(put.status).toBe(201);
-    const path = `/v2/erin/relayed/blobs/${layer.digest}`;
-
-    const root = await mkdtemp(join(tmpdir(), 'wharf-ctr-relay-'));
-    const temp = join(root, 'storage', '_tmp');
-    const port = await freePort();
-    const configFile = await writeWharfConfig(root, port, { logLevel: 'info', proxy: ['retries = 0', '[proxy.upstreams.up]', `url = "${fwd.url}"`] });
-    const noted = async (): Promise<number> => {
-      const note = (await readdir(temp).catch(() => [] as string[])).find((f) => f.startsWith('fill-') && f.endsWith('.kept'));
-      try {
-        return note ? (JSON.parse(await readFile(join(temp, note), 'utf8')) as { length: number }).length : 0;
-      } catch {
-        return 0; // caught between its creation and its first write
-      }
-    };
+    const { layer, path, root, port, configFile, noted } = await scene('erin/relayed');
     fwd.throttle = { match: /\/blobs\/sha256:/, rate: 8 * MiB };
     const relay = await startPatientRelay(port);
     let server: WharfProcess | undefined;
