@@ -54,14 +54,14 @@ export function parseKeptNote(text: string): KeptNote | undefined {
 }
 
 /**
- * Writes the note of the temp file `path`, whole or not at all: a crash while it is written leaves
- * the previous note (or none), never half of one.
+ * Writes the note of the temp file `path` (or its record, already serialised), whole or not at all: a
+ * crash while it is written leaves the previous note (or none), never half of one.
  */
-export async function writeKeptNote(path: string, note: KeptNote): Promise<void> {
+export async function writeKeptNote(path: string, note: KeptNote | string): Promise<void> {
   // Two writers at once (close() and a fill just cut) must not rename each other's file away.
   const fresh = `${path}${KEPT_SUFFIX}.${randomUUID().slice(0, 8)}${NEW_SUFFIX}`;
   try {
-    await writeFile(fresh, JSON.stringify(note));
+    await writeFile(fresh, typeof note === 'string' ? note : JSON.stringify(note));
     await rename(fresh, `${path}${KEPT_SUFFIX}`);
   } catch (err) {
     await rm(fresh, { force: true }).catch(() => undefined);
@@ -182,9 +182,15 @@ export class ProgressNote {
    * discarded at the next start (not JSON), which loses only those bytes.
    */
   private async write(note: KeptNote): Promise<void> {
-    // Not truncated: the note of the bytes kept before this fill stays until this one replaces it.
-    this.handle ??= open(`${this.path}${KEPT_SUFFIX}`, constants.O_WRONLY | constants.O_CREAT, 0o644);
-    await (await this.handle).write(JSON.stringify(note).padEnd(RECORD_BYTES, ' '), 0, 'utf8');
+    const record = JSON.stringify(note).padEnd(RECORD_BYTES, ' ');
+    if (!this.handle) {
+      // The first note as a whole file renamed into place: created empty and written after, a crash
+      // in between left an empty note. The next ones go in place, into that file kept open.
+      await writeKeptNote(this.path, record);
+      this.handle = open(`${this.path}${KEPT_SUFFIX}`, constants.O_WRONLY);
+      return;
+    }
+    await (await this.handle).write(record, 0, 'utf8');
   }
 
   /** No more notes; resolves once the one being written is (the fill then keeps or removes it). */
