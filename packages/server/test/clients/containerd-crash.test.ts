@@ -1,14 +1,11 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import { randomBytes } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { requireTool, shortTempDir, startContainerd, type Containerd } from '../helpers/clients.js';
-import { blob, imageManifest, pushBlob } from '../helpers/oci.js';
+import { crashScene, requestsOf, untilNoted } from '../helpers/crash-scene.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
-import { freePort, startWharfProcess, writeWharfConfig, type WharfProcess } from '../helpers/wharf-process.js';
+import { startWharfProcess, type WharfProcess } from '../helpers/wharf-process.js';
 import { CountingForwarder } from '../proxy/helpers/counting-forwarder.js';
 
 const MiB = 1024 * 1024;
@@ -69,27 +66,6 @@ async function startPatientRelay(port: number): Promise<{ port: number; close():
   };
 }
 
-interface RequestLine {
-  readonly msg?: string;
-  readonly method?: string;
-  readonly path?: string;
-  readonly status?: number;
-  readonly bytesOut?: number;
-}
-
-/** The request log lines of GETs of `path`, once there is one (Wharf writes its log in batches). */
-async function requestsOf(server: WharfProcess, path: string): Promise<RequestLine[]> {
-  for (const deadline = Date.now() + 10_000; ; await sleep(50)) {
-    const lines = server
-      .output()
-      .split('\n')
-      .filter((line) => line.startsWith('{'))
-      .map((line) => JSON.parse(line) as RequestLine)
-      .filter((r) => r.msg === 'request' && r.method === 'GET' && r.path === path);
-    if (lines.length > 0 || Date.now() > deadline) return lines;
-  }
-}
-
 /**
  * containerd as the client of a proxied download that a crash of Wharf cuts. On a cut body containerd
  * asks at once for the rest with a Range. With no server there, `ctr content fetch` fails, and ctr 1.6
@@ -120,32 +96,7 @@ describe('containerd (ctr) resuming a layer through a Wharf proxy killed mid-dow
     if (dir) await rm(dir, { recursive: true, force: true });
   }, 60_000);
 
-  /**
-   * A 48 MiB layer's image as `repo:1` on the upstream, and a Wharf configuration in a temp root that
-   * proxies it; `noted()` is the length its fill's note gives, 0 while there is none.
-   */
-  async function scene(repo: string) {
-    const layer = blob(randomBytes(SIZE));
-    const config = blob(`{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"repo":"${repo}"}`);
-    await pushBlob(up.url, repo, layer);
-    await pushBlob(up.url, repo, config);
-    const manifest = imageManifest(config, [layer]);
-    const put = await fetch(`${up.url}/v2/${repo}/manifests/1`, { method: 'PUT', headers: { 'Content-Type': manifest.mediaType }, body: manifest.bytes });
-    expect(put.status).toBe(201);
-    const root = await mkdtemp(join(tmpdir(), 'wharf-ctr-crash-'));
-    const temp = join(root, 'storage', '_tmp');
-    const port = await freePort();
-    const configFile = await writeWharfConfig(root, port, { logLevel: 'info', proxy: ['retries = 0', '[proxy.upstreams.up]', `url = "${fwd.url}"`] });
-    const noted = async (): Promise<number> => {
-      const note = (await readdir(temp).catch(() => [] as string[])).find((f) => f.startsWith('fill-') && f.endsWith('.kept'));
-      try {
-        return note ? (JSON.parse(await readFile(join(temp, note), 'utf8')) as { length: number }).length : 0;
-      } catch {
-        return 0; // caught between its creation and its first write
-      }
-    };
-    return { layer, path: `/v2/${repo}/blobs/${layer.digest}`, root, port, configFile, noted };
-  }
+  const scene = (repo: string) => crashScene(up.url, fwd.url, repo, SIZE);
 
   test('the next fetch gets the layer, and the upstream sends only what the note did not keep', async () => {
     const { layer, path, root, port, configFile, noted } = await scene('erin/big');
@@ -160,9 +111,7 @@ describe('containerd (ctr) resuming a layer through a Wharf proxy killed mid-dow
         () => 'fetched',
         (err: Error) => err.message,
       );
-      for (const deadline = Date.now() + 30_000; (await noted()) < 4 * MiB; await sleep(10)) {
-        if (Date.now() > deadline) throw new Error(`no note of 4 MiB came:\n${server.output()}`);
-      }
+      await untilNoted(noted, server);
       await server.kill('SIGKILL');
       // Its own retry finds no server: the fetch fails, and containerd keeps the bytes it had.
       expect(await first).not.toBe('fetched');
@@ -199,9 +148,7 @@ describe('containerd (ctr) resuming a layer through a Wharf proxy killed mid-dow
     try {
       server = await startWharfProcess(configFile, port);
       const fetched = containerd!.ctr(['content', 'fetch', '--plain-http', `127.0.0.1:${relay.port}/proxy/up/erin/relayed:1`], 120_000);
-      for (const deadline = Date.now() + 30_000; (await noted()) < 4 * MiB; await sleep(10)) {
-        if (Date.now() > deadline) throw new Error(`no note of 4 MiB came:\n${server.output()}`);
-      }
+      await untilNoted(noted, server);
       await server.kill('SIGKILL');
       const kept = await noted();
       expect(kept % MiB).toBe(0);

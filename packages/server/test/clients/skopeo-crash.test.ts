@@ -1,0 +1,88 @@
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { containersConfig, requireTool, skopeo, type ContainersConfig } from '../helpers/clients.js';
+import { crashScene, requestsOf, untilNoted } from '../helpers/crash-scene.js';
+import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
+import { startWharfProcess, type WharfProcess } from '../helpers/wharf-process.js';
+import { CountingForwarder } from '../proxy/helpers/counting-forwarder.js';
+
+const MiB = 1024 * 1024;
+const SIZE = 48 * MiB;
+
+async function fileDigest(file: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(file)) hash.update(chunk as Buffer);
+  return `sha256:${hash.digest('hex')}`;
+}
+
+/**
+ * skopeo as the client of a proxied download that a crash of Wharf cuts. skopeo 1.9 neither resumes a
+ * blob with a Range nor counts a cut body ("unexpected EOF") among what `--retry-times` retries: the
+ * copy fails, and the next one asks for the whole layer. The restarted Wharf serves that GET from the
+ * bytes its note kept, and asks the upstream once more, for the rest only.
+ */
+describe('skopeo copying through a Wharf proxy killed mid-layer', () => {
+  let up: TestRegistry;
+  let fwd: CountingForwarder;
+  let dir: string;
+  let config: ContainersConfig;
+
+  beforeAll(async () => {
+    await requireTool('skopeo', 'skopeo');
+    up = await startRegistry();
+    fwd = await CountingForwarder.start(up.url);
+    dir = await mkdtemp(join(tmpdir(), 'wharf-skopeo-crash-'));
+    config = await containersConfig(join(dir, 'containers'));
+  }, 60_000);
+
+  afterAll(async () => {
+    await fwd?.close();
+    await up?.close();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  }, 60_000);
+
+  test('the next copy gets the right layer, and the upstream sends each byte once', async () => {
+    const scene = await crashScene(up.url, fwd.url, 'erin/skopeo', SIZE);
+    // Slow enough that skopeo is never far ahead of the note when Wharf dies.
+    fwd.throttle = { match: /\/blobs\/sha256:/, rate: 8 * MiB };
+    const out = join(dir, 'out');
+    let server: WharfProcess | undefined;
+    try {
+      server = await startWharfProcess(scene.configFile, scene.port);
+      const copy = () =>
+        skopeo(config, ['copy', '--retry-times', '2', '--src-tls-verify=false', `docker://127.0.0.1:${scene.port}/proxy/up/erin/skopeo:1`, `dir:${out}`], 120_000);
+      const first = copy().then(
+        () => 'copied',
+        (err: Error) => err.message,
+      );
+      await untilNoted(scene.noted, server);
+      await server.kill('SIGKILL');
+      const kept = await scene.noted();
+      expect(kept % MiB).toBe(0);
+      expect(kept).toBeLessThan(SIZE);
+      expect(await first).toMatch(/unexpected EOF/);
+      const before = fwd.bytesOut.get(scene.path) ?? 0;
+      server = await startWharfProcess(scene.configFile, scene.port);
+      await copy();
+
+      const layerFile = join(out, scene.layer.digest.slice('sha256:'.length));
+      expect(await fileDigest(layerFile)).toBe(scene.layer.digest);
+      // The upstream: the first GET (cut by the crash), then the rest from the kept bytes, once.
+      const gets = fwd.seen.filter((r) => r.method === 'GET' && r.path === scene.path);
+      expect(gets.map((r) => r.range)).toEqual([undefined, `bytes=${kept}-${SIZE - 1}`]);
+      expect((fwd.bytesOut.get(scene.path) ?? 0) - before).toBe(SIZE - kept);
+      // The second copy asked the restarted Wharf for the whole layer, and got all of it.
+      const layerGets = await requestsOf(server, `/v2/proxy/up/erin/skopeo/blobs/${scene.layer.digest}`);
+      expect(layerGets.map((r) => r.status)).toEqual([200]);
+      expect(layerGets[0]!.bytesOut).toBeGreaterThan(SIZE); // the body and the headers
+    } finally {
+      fwd.throttle = undefined;
+      await server?.kill('SIGKILL');
+      await rm(scene.root, { recursive: true, force: true });
+    }
+  }, 180_000);
+});
