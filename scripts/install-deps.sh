@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine with only Node and npm lacks for Wharf's test suite:
-# pnpm (from npm) and the real clients the end-to-end tests drive (Debian packages).
+# pnpm and Node 24 (from npm) and the real clients the end-to-end tests drive (Debian packages).
 # Idempotent: it installs only what is missing.
 set -euo pipefail
 
@@ -37,6 +37,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Node 24 from npm, for the tests of Wharf on it (packages/server/test/ops/node24), whatever Node
+# runs the suite: into .cache/ at the repository's root, which git ignores.
+NODE24_DIR="$(cd "$(dirname "$0")/.." && pwd)/.cache/node24"
+if ! "$NODE24_DIR/node_modules/.bin/node" --version 2>/dev/null | grep -q '^v24\.'; then
+  echo "install-deps: installing Node 24 from npm into $NODE24_DIR"
+  mkdir -p "$NODE24_DIR"
+  npm install --prefix "$NODE24_DIR" --no-save --no-audit --no-fund --silent node@24
 fi
 
 if [ "$(pnpm --version 2>/dev/null || true)" != "$PNPM_VERSION" ]; then

@@ -1,12 +1,11 @@
 import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
-import Database from 'better-sqlite3';
 import { spawn } from 'node:child_process';
-import { createRequire } from 'node:module';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { deferredWrites, flushDeferredWrites } from '../src/sqlite/deferred-writes.js';
 import { openDatabase, type SqliteDatabase } from '../src/sqlite/database.js';
+import { Database, sqliteDriverPath } from '../src/sqlite/driver.js';
 
 /**
  * Bookkeeping writes (pull times, access times) wait in memory and go to the database together, and
@@ -95,7 +94,7 @@ describe('deferred writes', () => {
   test('a closing process may wait for the lock another process holds: what waits is written once it lets go', async () => {
     // Another process: this one's wait is synchronous, so nothing in it could let go of the lock.
     const script = [
-      `const Database = require(${JSON.stringify(createRequire(import.meta.url).resolve('better-sqlite3'))});`,
+      `const Database = require(${JSON.stringify(sqliteDriverPath())});`,
       `const db = new Database(${JSON.stringify(file)});`,
       "db.exec('BEGIN IMMEDIATE');",
       "db.prepare(\"UPDATE notes SET v = 8 WHERE k = 'b'\").run();",

@@ -3,15 +3,15 @@ import { spawn } from 'node:child_process';
 import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { sqliteDriverPath } from '../src/sqlite/driver.js';
 import { ProcessLock } from '../src/sqlite/process-lock.js';
 
 /** A node process that takes the lock on `file` and holds it until killed; resolves once it holds it. */
 async function holder(file: string) {
   const child = spawn(
     process.execPath,
-    ['-e', `const D = require('better-sqlite3'); const db = new D(${JSON.stringify(file)}); db.exec('BEGIN EXCLUSIVE'); console.log('held'); setInterval(() => {}, 1000);`],
-    // From this package's folder, where better-sqlite3 resolves.
-    { cwd: join(import.meta.dirname, '..'), stdio: ['ignore', 'pipe', 'inherit'] },
+    ['-e', `const D = require(${JSON.stringify(sqliteDriverPath())}); const db = new D(${JSON.stringify(file)}); db.exec('BEGIN EXCLUSIVE'); console.log('held'); setInterval(() => {}, 1000);`],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
   );
   await new Promise<void>((resolve, reject) => {
     child.stdout!.once('data', () => resolve());

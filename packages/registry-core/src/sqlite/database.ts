@@ -1,10 +1,11 @@
-import Database from 'better-sqlite3';
+import type BetterSqlite3 from 'better-sqlite3';
 import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { Database } from './driver.js';
 import { INDEXES, MIGRATIONS } from './schema.js';
 
-export type SqliteDatabase = Database.Database;
-export type SqliteStatement = Database.Statement;
+export type SqliteDatabase = BetterSqlite3.Database;
+export type SqliteStatement = BetterSqlite3.Statement;
 
 /** Opens (creating if needed) the metadata database in WAL mode with foreign keys on, and migrates it. */
 export function openDatabase(file: string): SqliteDatabase {

@@ -1,5 +1,6 @@
 import { existsSync, renameSync, rmSync } from 'node:fs';
-import Database from 'better-sqlite3';
+import type { SqliteDatabase } from './database.js';
+import { Database } from './driver.js';
 
 /**
  * An exclusive lock on a file, held as long as its holder keeps it or its process lives: an SQLite
@@ -10,7 +11,7 @@ import Database from 'better-sqlite3';
  * the same process sees it held too (SQLite tracks its locks per file within a process).
  */
 export class ProcessLock {
-  private constructor(private readonly db: Database.Database) {}
+  private constructor(private readonly db: SqliteDatabase) {}
 
   /**
    * Takes the lock on a new file `file`, created under another name, locked, then renamed into place,
@@ -37,7 +38,7 @@ export class ProcessLock {
    * cannot be told (a file that is not SQLite's, say), so that nothing of a live holder is touched.
    */
   static held(file: string): boolean | undefined {
-    let db: Database.Database;
+    let db: SqliteDatabase;
     try {
       db = new Database(file, { fileMustExist: true });
     } catch {
@@ -64,7 +65,7 @@ export class ProcessLock {
 }
 
 /** An exclusive transaction at once or SQLITE_BUSY; the journal in memory, so no file comes with it. */
-function lockNow(db: Database.Database): void {
+function lockNow(db: SqliteDatabase): void {
   db.pragma('busy_timeout = 0');
   db.pragma('journal_mode = MEMORY');
   db.exec('BEGIN EXCLUSIVE');

@@ -63,14 +63,17 @@ export interface WharfProcess {
   kill(signal: NodeJS.Signals): Promise<void>;
 }
 
-/** Starts `node dist/cli.js serve --config <file>` and waits until GET /v2/ answers 200. */
-export async function startWharfProcess(configFile: string, port: number): Promise<WharfProcess> {
+/**
+ * Starts `node dist/cli.js serve --config <file>` and waits until GET /v2/ answers 200; `node` is the
+ * Node.js binary to run it with (default: the one running the tests).
+ */
+export async function startWharfProcess(configFile: string, port: number, node = process.execPath): Promise<WharfProcess> {
   try {
     await access(WHARF_CLI);
   } catch {
     throw new Error(`${WHARF_CLI} is missing: run "pnpm build" in /work/main first`);
   }
-  const child = spawn(process.execPath, [WHARF_CLI, 'serve', '--config', configFile], {
+  const child = spawn(node, [WHARF_CLI, 'serve', '--config', configFile], {
     cwd: dirname(configFile),
     env: { ...process.env, NODE_OPTIONS: '' },
     stdio: ['ignore', 'pipe', 'pipe'],
