@@ -1,7 +1,8 @@
 # Wharf image: build the workspace, then run it as a non-root user with storage as a volume.
 #   docker build -t wharf .   (or: docker compose up -d, see docker-compose.yml)
 FROM node:24-slim AS build
-# better-sqlite3 compiles from source when no prebuilt binary can be fetched.
+# better-sqlite3 12 (which Node 20 loads) compiles from source when no prebuilt binary can be fetched;
+# Node 24 loads 13, prebuilt (packages/registry-core/src/sqlite/driver.ts). pnpm installs both.
 RUN apt-get update && apt-get install -y --no-install-recommends python3 make g++ && rm -rf /var/lib/apt/lists/* \
  && npm install -g pnpm@10.34.9
 WORKDIR /app

@@ -39,13 +39,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Node 24 from npm, for the tests of Wharf on it (packages/server/test/ops/node24), whatever Node
-# runs the suite: into .cache/ at the repository's root, which git ignores.
+# Node 24 from npm, for the tests of Wharf on it (scripts/test.sh, packages/server/test/ops/node24),
+# whatever Node runs the suite: into .cache/ at the repository's root, which git and docker ignore.
+# Pinned: 24.19 and later are the releases whose ObjectWrap better-sqlite3 12 trips on.
+NODE24_VERSION=24.21.0
 NODE24_DIR="$(cd "$(dirname "$0")/.." && pwd)/.cache/node24"
-if ! "$NODE24_DIR/node_modules/.bin/node" --version 2>/dev/null | grep -q '^v24\.'; then
-  echo "install-deps: installing Node 24 from npm into $NODE24_DIR"
+if [ "$("$NODE24_DIR/node_modules/.bin/node" --version 2>/dev/null || true)" != "v$NODE24_VERSION" ]; then
+  echo "install-deps: installing Node $NODE24_VERSION from npm into $NODE24_DIR"
   mkdir -p "$NODE24_DIR"
-  npm install --prefix "$NODE24_DIR" --no-save --no-audit --no-fund --silent node@24
+  npm install --prefix "$NODE24_DIR" --no-save --no-audit --no-fund --silent "node@$NODE24_VERSION"
 fi
 
 if [ "$(pnpm --version 2>/dev/null || true)" != "$PNPM_VERSION" ]; then

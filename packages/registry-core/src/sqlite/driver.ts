@@ -2,16 +2,23 @@ import type BetterSqlite3 from 'better-sqlite3';
 import { createRequire } from 'node:module';
 
 /**
- * The SQLite binding for the Node.js running us. better-sqlite3 12 wraps its objects in the
- * `node::ObjectWrap` of the headers it was compiled against. From Node 24.19 that class removes an
- * environment cleanup hook in its destructor, and Node asserts that a context is entered then: the
- * first statement or database that an idle-time garbage collection finalizes aborts the process
- * (SIGABRT, nodejs/node#65446), and every Node 24 install compiles 12 against those headers.
- * better-sqlite3 13 is built on Node-API and ships prebuilt binaries, but needs Node 22 or later: on
- * Node 20 its binary crashes at the first statement. So Node 22 and later load 13 (the dependency
- * `better-sqlite3-napi`), and Node 20 keeps 12. Both have the same JavaScript API.
+ * The SQLite binding for a Node.js whose Node-API version is `napi` (`process.versions.napi`).
+ *
+ * better-sqlite3 12 wraps its objects in the `node::ObjectWrap` of the headers it was compiled
+ * against. From Node 24.19 that class removes an environment cleanup hook in its destructor, and
+ * Node asserts that a context is entered then: the first statement or database that the garbage
+ * collector finalizes outside JavaScript aborts the process (SIGABRT, nodejs/node#65446), and a
+ * Node 24 install compiles 12 against those headers. better-sqlite3 13 (the dependency
+ * `better-sqlite3-napi`) is built on Node-API and ships prebuilt binaries, but they need Node-API 10
+ * (Node 22.14, 23.6, 24): on Node 20 and 22.0-22.13 they crash at the first statement. Those keep 12,
+ * which they do not break. Both have the same JavaScript API.
  */
-export const SQLITE_DRIVER: string = Number(process.versions.node.split('.')[0]) >= 22 ? 'better-sqlite3-napi' : 'better-sqlite3';
+export function sqliteDriverFor(napi: string | undefined): 'better-sqlite3' | 'better-sqlite3-napi' {
+  return Number(napi) >= 10 ? 'better-sqlite3-napi' : 'better-sqlite3';
+}
+
+/** The SQLite binding this process loads. */
+export const SQLITE_DRIVER = sqliteDriverFor(process.versions.napi);
 
 /** better-sqlite3's `Database` constructor, from `SQLITE_DRIVER`. */
 export const Database = createRequire(import.meta.url)(SQLITE_DRIVER) as typeof BetterSqlite3;

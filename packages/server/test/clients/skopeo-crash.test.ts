@@ -54,7 +54,7 @@ describe('skopeo copying through a Wharf proxy killed mid-layer', () => {
     try {
       server = await startWharfProcess(scene.configFile, scene.port);
       const copy = () =>
-        skopeo(config, ['copy', '--retry-times', '2', '--src-tls-verify=false', `docker://127.0.0.1:${scene.port}/proxy/up/erin/skopeo:1`, `dir:${out}`], 120_000);
+        skopeo(config, ['copy', '--retry-times', '2', '--src-tls-verify=false', `docker://127.0.0.1:${scene.port}/proxy/up/erin/skopeo:1`, `dir:${out}`], 60_000);
       const first = copy().then(
         () => 'copied',
         (err: Error) => err.message,
