@@ -22,7 +22,7 @@ async function fileDigest(file: string): Promise<string> {
 /**
  * skopeo as the client of a proxied download that a crash of Wharf cuts. skopeo 1.9 neither resumes a
  * blob with a Range nor counts a cut body ("unexpected EOF") among what `--retry-times` retries: the
- * copy fails, and the next one asks for the whole layer. The restarted Wharf serves that GET from the
+ * copy fails, and the next one asks for the whole layer (a later skopeo may resume with a Range). The restarted Wharf serves that GET from the
  * bytes its note kept, and asks the upstream once more, for the rest only.
  */
 describe('skopeo copying through a Wharf proxy killed mid-layer', () => {
@@ -64,10 +64,15 @@ describe('skopeo copying through a Wharf proxy killed mid-layer', () => {
       const kept = await scene.noted();
       expect(kept % MiB).toBe(0);
       expect(kept).toBeLessThan(SIZE);
-      expect(await first).toMatch(/unexpected EOF/);
       const before = fwd.bytesOut.get(scene.path) ?? 0;
       server = await startWharfProcess(scene.configFile, scene.port);
-      await copy();
+      // skopeo 1.9 (Debian 12's) has failed by now. A later one (containers/image 5.25 and up) may
+      // resume the layer with a Range instead, and then the first copy is the one that finishes.
+      const resumed = (await first) === 'copied';
+      if (!resumed) {
+        expect(await first).toMatch(/unexpected EOF/);
+        await copy();
+      }
 
       const layerFile = join(out, scene.layer.digest.slice('sha256:'.length));
       expect(await fileDigest(layerFile)).toBe(scene.layer.digest);
@@ -75,10 +80,11 @@ describe('skopeo copying through a Wharf proxy killed mid-layer', () => {
       const gets = fwd.seen.filter((r) => r.method === 'GET' && r.path === scene.path);
       expect(gets.map((r) => r.range)).toEqual([undefined, `bytes=${kept}-${SIZE - 1}`]);
       expect((fwd.bytesOut.get(scene.path) ?? 0) - before).toBe(SIZE - kept);
-      // The second copy asked the restarted Wharf for the whole layer, and got all of it.
+      // The restarted Wharf was asked once: by the second copy for the whole layer, which it got,
+      // or by a resuming skopeo for the rest.
       const layerGets = await requestsOf(server, `/v2/proxy/up/erin/skopeo/blobs/${scene.layer.digest}`);
-      expect(layerGets.map((r) => r.status)).toEqual([200]);
-      expect(layerGets[0]!.bytesOut).toBeGreaterThan(SIZE); // the body and the headers
+      expect(layerGets.map((r) => r.status)).toEqual([resumed ? 206 : 200]);
+      if (!resumed) expect(layerGets[0]!.bytesOut).toBeGreaterThan(SIZE); // the body and the headers
     } finally {
       fwd.throttle = undefined;
       await server?.kill('SIGKILL');
