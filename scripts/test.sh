@@ -15,13 +15,16 @@ trap 'rm -f "$log"' EXIT
 set +e
 pnpm test 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
-# The registry-core and proxy suites again on Node 24 (install-deps.sh puts it in .cache/node24), the
-# image's runtime, where Wharf loads the other SQLite binding (registry-core src/sqlite/driver.ts).
+# The registry-core and proxy suites, and the server's proxy suites, again on Node 24 (install-deps.sh
+# puts it in .cache/node24), the image's runtime, where Wharf loads the other SQLite binding
+# (registry-core src/sqlite/driver.ts). About 2 minutes.
+node24() { PATH="$PWD/.cache/node24/node_modules/.bin:$PATH" "$@"; }
 echo
-echo "== registry-core and proxy on Node $(.cache/node24/node_modules/.bin/node --version)"
-PATH="$PWD/.cache/node24/node_modules/.bin:$PATH" pnpm --workspace-concurrency=1 --filter @wharf/registry-core --filter @wharf/proxy test 2>&1 | tee -a "$log"
-status24=${PIPESTATUS[0]}
-[ "$status" -ne 0 ] || status=$status24
+echo "== on Node $(node24 node --version): registry-core, proxy, and the server's test/proxy"
+node24 pnpm --workspace-concurrency=1 --filter @wharf/registry-core --filter @wharf/proxy test 2>&1 | tee -a "$log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+node24 pnpm --filter @wharf/server test test/proxy 2>&1 | tee -a "$log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 set -e
 
 # One closing line for the whole run, summed over every package's jest summary
