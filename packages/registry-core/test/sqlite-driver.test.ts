@@ -1,5 +1,5 @@
 import { describe, expect, test } from '@jest/globals';
-import { Database, SQLITE_DRIVER, sqliteDriverFor } from '../src/sqlite/driver.js';
+import { Database, SQLITE_DRIVER, sqliteDriverFor, sqliteDriverVersion } from '../src/sqlite/driver.js';
 
 describe('the SQLite binding', () => {
   test.each([
@@ -13,6 +13,7 @@ describe('the SQLite binding', () => {
 
   test("is this process's choice, and opens a database", () => {
     expect(SQLITE_DRIVER).toBe(sqliteDriverFor(process.versions.napi));
+    expect(sqliteDriverVersion()).toMatch(SQLITE_DRIVER === 'better-sqlite3-napi' ? /^better-sqlite3 13\.\d+\.\d+$/ : /^better-sqlite3 12\.\d+\.\d+$/);
     const db = new Database(':memory:');
     try {
       expect(db.prepare('SELECT 1 + 1 AS two').get()).toEqual({ two: 2 });

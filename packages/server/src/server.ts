@@ -9,6 +9,7 @@ import {
   LocalRegistry,
   SqliteMetadataStore,
   openDatabase,
+  sqliteDriverVersion,
   type SqliteDatabase,
 } from '@wharf/registry-core';
 import { BlobFills, CacheEviction, CacheIndex, DEFAULT_POLICY, PullThroughRepository } from '@wharf/proxy';
@@ -278,6 +279,8 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
       ...(redirectUrl ? { redirectHttp: redirectUrl } : {}),
       registryStorage: config.registryStorage,
       database: config.database,
+      node: process.version,
+      sqlite: `${sqliteDriverVersion()}, SQLite ${String(db.prepare('SELECT sqlite_version()').pluck().get())}`,
     },
     'wharf listening',
   );

@@ -80,6 +80,15 @@ describe('on Node 24', () => {
         expect([ready.status, metrics.status]).toEqual([200, 200]);
         await Promise.all([ready.arrayBuffer(), metrics.arrayBuffer()]);
       }
+      // It says what it runs on: Node 24 and better-sqlite3 13.
+      const listening = server
+        .output()
+        .split('\n')
+        .filter((line) => line.startsWith('{'))
+        .map((line) => JSON.parse(line) as { msg?: string; node?: string; sqlite?: string })
+        .find((line) => line.msg === 'wharf listening');
+      expect(listening?.node).toMatch(/^v24\./);
+      expect(listening?.sqlite).toMatch(/^better-sqlite3 13\.\d+\.\d+, SQLite 3\.\d+\.\d+$/);
       const child = server.child;
       const exited = new Promise<[number | null, NodeJS.Signals | null]>((r) => child.once('exit', (code, signal) => r([code, signal])));
       child.kill('SIGTERM');
