@@ -20,14 +20,16 @@ export function sqliteDriverFor(napi: string | undefined): 'better-sqlite3' | 'b
 /** The SQLite binding this process loads. */
 export const SQLITE_DRIVER = sqliteDriverFor(process.versions.napi);
 
+const require = createRequire(import.meta.url);
+
 /** better-sqlite3's `Database` constructor, from `SQLITE_DRIVER`. */
-export const Database = createRequire(import.meta.url)(SQLITE_DRIVER) as typeof BetterSqlite3;
+export const Database = require(SQLITE_DRIVER) as typeof BetterSqlite3;
 
 /** The binding this process loads, as its package names itself: "better-sqlite3 13.2.0". */
 export function sqliteDriverVersion(): string {
-  const pkg = createRequire(import.meta.url)(`${SQLITE_DRIVER}/package.json`) as { name: string; version: string };
+  const pkg = require(`${SQLITE_DRIVER}/package.json`) as { name: string; version: string };
   return `${pkg.name} ${pkg.version}`;
 }
 
 /** Where `SQLITE_DRIVER` resolves from this package, for a child process that opens a database itself. */
-export const sqliteDriverPath = (): string => createRequire(import.meta.url).resolve(SQLITE_DRIVER);
+export const sqliteDriverPath = (): string => require.resolve(SQLITE_DRIVER);

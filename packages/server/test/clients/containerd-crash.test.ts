@@ -3,7 +3,7 @@ import { rm } from 'node:fs/promises';
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { requireTool, shortTempDir, startContainerd, type Containerd } from '../helpers/clients.js';
-import { crashScene, requestsOf, untilNoted } from '../helpers/crash-scene.js';
+import { crashScene, expectRestOnly, requestsOf, untilNoted } from '../helpers/crash-scene.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
 import { startWharfProcess, type WharfProcess } from '../helpers/wharf-process.js';
 import { CountingForwarder } from '../proxy/helpers/counting-forwarder.js';
@@ -124,10 +124,7 @@ describe('containerd (ctr) resuming a layer through a Wharf proxy killed mid-dow
       await fetchContent();
       const { stdout } = await containerd!.ctr(['content', 'ls', '-q']);
       expect(stdout.split('\n').map((l) => l.trim())).toContain(layer.digest);
-      // The upstream: the first GET (cut by the crash), then the rest from the kept bytes, once.
-      const gets = fwd.seen.filter((r) => r.method === 'GET' && r.path === path);
-      expect(gets.map((r) => r.range)).toEqual([undefined, `bytes=${kept}-${SIZE - 1}`]);
-      expect((fwd.bytesOut.get(path) ?? 0) - before).toBe(SIZE - kept);
+      expectRestOnly(fwd, path, SIZE, kept, before);
       // One more GET of the layer: for all of it, or (when containerd kept its ingest) for the rest.
       const layerGets = await requestsOf(server, `/v2/proxy/up/erin/big/blobs/${layer.digest}`);
       expect(layerGets).toHaveLength(1);
@@ -157,9 +154,7 @@ describe('containerd (ctr) resuming a layer through a Wharf proxy killed mid-dow
       await fetched;
       const { stdout } = await containerd!.ctr(['content', 'ls', '-q']);
       expect(stdout.split('\n').map((l) => l.trim())).toContain(layer.digest);
-      const gets = fwd.seen.filter((r) => r.method === 'GET' && r.path === path);
-      expect(gets.map((r) => r.range)).toEqual([undefined, `bytes=${kept}-${SIZE - 1}`]);
-      expect((fwd.bytesOut.get(path) ?? 0) - before).toBe(SIZE - kept);
+      expectRestOnly(fwd, path, SIZE, kept, before);
       // containerd asked the restarted Wharf for the rest of what it had, and got it as a 206.
       const layerGets = await requestsOf(server, `/v2/proxy/up/erin/relayed/blobs/${layer.digest}`);
       expect(layerGets.map((r) => r.status)).toEqual([206]);

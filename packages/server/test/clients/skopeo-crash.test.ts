@@ -5,7 +5,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { containersConfig, requireTool, skopeo, type ContainersConfig } from '../helpers/clients.js';
-import { crashScene, requestsOf, untilNoted } from '../helpers/crash-scene.js';
+import { crashScene, expectRestOnly, requestsOf, untilNoted } from '../helpers/crash-scene.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
 import { startWharfProcess, type WharfProcess } from '../helpers/wharf-process.js';
 import { CountingForwarder } from '../proxy/helpers/counting-forwarder.js';
@@ -76,10 +76,7 @@ describe('skopeo copying through a Wharf proxy killed mid-layer', () => {
 
       const layerFile = join(out, scene.layer.digest.slice('sha256:'.length));
       expect(await fileDigest(layerFile)).toBe(scene.layer.digest);
-      // The upstream: the first GET (cut by the crash), then the rest from the kept bytes, once.
-      const gets = fwd.seen.filter((r) => r.method === 'GET' && r.path === scene.path);
-      expect(gets.map((r) => r.range)).toEqual([undefined, `bytes=${kept}-${SIZE - 1}`]);
-      expect((fwd.bytesOut.get(scene.path) ?? 0) - before).toBe(SIZE - kept);
+      expectRestOnly(fwd, scene.path, SIZE, kept, before);
       // The restarted Wharf was asked once: by the second copy for the whole layer, which it got,
       // or by a resuming skopeo for the rest.
       const layerGets = await requestsOf(server, `/v2/proxy/up/erin/skopeo/blobs/${scene.layer.digest}`);

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { blob, imageManifest, pushBlob, type Blob } from './oci.js';
+import type { CountingForwarder } from '../proxy/helpers/counting-forwarder.js';
 import { freePort, writeWharfConfig, type WharfProcess } from './wharf-process.js';
 
 const MiB = 1024 * 1024;
@@ -39,15 +40,28 @@ export async function crashScene(upstreamUrl: string, upstream: string, repo: st
   const temp = join(root, 'storage', '_tmp');
   const port = await freePort();
   const configFile = await writeWharfConfig(root, port, { logLevel: 'info', proxy: ['retries = 0', '[proxy.upstreams.up]', `url = "${upstream}"`] });
-  const noted = async (): Promise<number> => {
-    const note = (await readdir(temp).catch(() => [] as string[])).find((f) => f.startsWith('fill-') && f.endsWith('.kept'));
-    try {
-      return note ? (JSON.parse(await readFile(join(temp, note), 'utf8')) as { length: number }).length : 0;
-    } catch {
-      return 0; // gone between the listing and the read (the fill ended)
-    }
-  };
-  return { layer, path: `/v2/${repo}/blobs/${layer.digest}`, root, port, configFile, noted };
+  return { layer, path: `/v2/${repo}/blobs/${layer.digest}`, root, port, configFile, noted: () => notedLength(temp) };
+}
+
+/** The length the note of the fill running in the temp folder `temp` gives, 0 while there is none. */
+export async function notedLength(temp: string): Promise<number> {
+  const note = (await readdir(temp).catch(() => [] as string[])).find((f) => f.startsWith('fill-') && f.endsWith('.kept'));
+  try {
+    return note ? (JSON.parse(await readFile(join(temp, note), 'utf8')) as { length: number }).length : 0;
+  } catch {
+    return 0; // gone between the listing and the read (the fill ended)
+  }
+}
+
+/**
+ * The upstream (counted by `fwd`) was asked for the layer at `path` twice: the first GET, cut by the
+ * crash, then the rest after the `kept` bytes; and since `before` (its bytes sent then) it sent exactly
+ * that rest.
+ */
+export function expectRestOnly(fwd: CountingForwarder, path: string, size: number, kept: number, before: number): void {
+  const gets = fwd.seen.filter((r) => r.method === 'GET' && r.path === path);
+  expect(gets.map((r) => r.range)).toEqual([undefined, `bytes=${kept}-${size - 1}`]);
+  expect((fwd.bytesOut.get(path) ?? 0) - before).toBe(size - kept);
 }
 
 /** Waits until the running fill's note keeps at least `bytes`, or fails with the server's output. */

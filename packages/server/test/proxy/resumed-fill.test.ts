@@ -1,10 +1,11 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { createHash, randomBytes, type Hash } from 'node:crypto';
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { notedLength } from '../helpers/crash-scene.js';
 import { blob, pushBlob } from '../helpers/oci.js';
 import { captureLog, type LogCapture } from '../auth/helpers.js';
 import { sample, scrape } from '../ops/helpers.js';
@@ -209,15 +210,7 @@ describe('a fill its upstream cut goes on from the bytes it had', () => {
     const config = await writeWharfConfig(root, port, { logLevel: 'info', proxy });
     const gets0 = fwd.seen.filter((r) => r.method === 'GET' && r.path === path).length;
     const client: Pulled = { hash: createHash('sha256'), bytes: 0, status: 0, contentRange: null, whole: false };
-    /** The length the fill's note gives, 0 while there is none. */
-    const noted = async (): Promise<number> => {
-      const note = (await readdir(temp)).find((f) => f.startsWith('fill-') && f.endsWith('.kept'));
-      try {
-        return note ? (JSON.parse(await readFile(join(temp, note), 'utf8')) as { length: number }).length : 0;
-      } catch {
-        return 0; // caught between its creation and its first write
-      }
-    };
+    const noted = () => notedLength(temp);
     const throttle = fwd.throttle;
     // Slow enough that the client is never 16 MiB ahead of the note (a range that far ahead goes upstream).
     fwd.throttle = { match: /\/blobs\/sha256:/, rate: 8 * MiB };
