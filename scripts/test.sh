@@ -21,7 +21,7 @@ status=${PIPESTATUS[0]}
 node24() { PATH="$PWD/.cache/node24/node_modules/.bin:$PATH" "$@"; }
 echo
 echo "== on Node $(node24 node --version): registry-core, proxy, and the server's test/proxy"
-node24 pnpm --workspace-concurrency=1 --filter @wharf/registry-core --filter @wharf/proxy test 2>&1 | tee -a "$log"
+node24 pnpm --workspace-concurrency=1 --no-bail --filter @wharf/registry-core --filter @wharf/proxy test 2>&1 | tee -a "$log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 node24 pnpm --filter @wharf/server test test/proxy 2>&1 | tee -a "$log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1

@@ -193,4 +193,25 @@ describe('image archives', () => {
     expect(await fx.registry.tags('alice/app', {})).toBeUndefined();
     expect(await leftovers()).toEqual([]);
   });
+
+  test('a source that fails just inside an entry leaves no temp file, not even one still being opened', async () => {
+    const { entries } = dockerSave(['alice/app:1'], [6]);
+    const whole = await tarOf(entries);
+    for (let i = 0; i < 20; i++) {
+      // The first entry's header and a few bytes, then the connection breaks: its temp file is being
+      // opened as the error comes.
+      let sent = false;
+      const source = new Readable({
+        read() {
+          if (sent) this.destroy(new Error('connection reset'));
+          else this.push(whole.subarray(0, 512 + 10));
+          sent = true;
+        },
+      });
+      await expect(importArchive(source, deps())).rejects.toThrow();
+      // Not only at once: a file still being opened would appear a moment after the removal.
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      expect(await leftovers()).toEqual([]);
+    }
+  });
 });

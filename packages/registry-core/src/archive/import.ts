@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { once } from 'node:events';
 import { createWriteStream } from 'node:fs';
 import { open, readFile, rm } from 'node:fs/promises';
 import { join, posix } from 'node:path';
@@ -141,7 +142,15 @@ class SpooledArchive {
     this.files.push(file);
     const hash = newHash(algorithm);
     const counter = { bytes: 0 };
-    await pipeline(entry, hashingStage(hash, counter), createWriteStream(file, { flush: true, highWaterMark: 1024 * 1024 }));
+    const sink = createWriteStream(file, { flush: true, highWaterMark: 1024 * 1024 });
+    try {
+      await pipeline(entry, hashingStage(hash, counter), sink);
+    } catch (err) {
+      // The pipeline may reject while the file is still being opened (always, on Node 20, for an entry
+      // cut at once): its open would then create the file after `cleanup` removed it.
+      if (!sink.closed) await once(sink, 'close');
+      throw err;
+    }
     const digest = hashToDigest(algorithm, hash);
     if (expected && digest !== expected) {
       throw new RegistryError('DIGEST_INVALID', 'an archive entry does not match the digest in its name', { entry: name, expected, actual: digest });
