@@ -206,12 +206,17 @@ export async function waitReady(running, timeoutMs = 30_000) {
 function wharfStart(root) {
   const script = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')).scripts?.wharf ?? '';
   const words = script.trim().split(/\s+/);
+  // `exec env NAME=value node --flag ... cli.js`: the shell's exec and env(1) come before the assignments.
+  if (words[0] === 'exec') words.shift();
+  if (words[0] === 'env') words.shift();
   const env = {};
   while (words.length > 0 && /^[A-Z_][A-Z0-9_]*=/.test(words[0])) {
     const [name, ...value] = words.shift().split('=');
     env[name] = value.join('=');
   }
-  return { env, flags: words[0] === 'node' ? words.slice(1).filter((w) => w.startsWith('--')) : [] };
+  // Loud rather than a Wharf started without the flags users get (as happened from 4a4a43b on).
+  if (words[0] !== 'node') throw new Error(`bench: cannot tell how \`pnpm wharf\` starts node: ${script}`);
+  return { env, flags: words.slice(1).filter((w) => w.startsWith('--')) };
 }
 
 export async function startWharf({ root, cli, dir, name = 'wharf', extraToml = [] }) {
