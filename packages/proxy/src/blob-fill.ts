@@ -137,6 +137,8 @@ export class BlobFill {
       const limit = last === undefined ? (verified ? have : Infinity) : verified ? last + 1 : last;
       if (position < limit) {
         if (position < have) return Math.min(have, limit) - position;
+        // Verified, then failed storing its copy: bytes not on disk by now never will be.
+        if (this.state === 'failed') throw fillFailed(this.digest, this.error);
       } else if (verified) {
         return 0;
       }
@@ -286,8 +288,9 @@ class BodyCut extends Error {
 
 /**
  * Copies `body` into `writer`, passing every chunk to `inspect` (hash, size check) as it arrives. The
- * upstream is paused only while the writer has no room (blocks wait for the disk). A failure of the
- * body itself rejects with a BodyCut.
+ * upstream is paused only while the writer has no room (blocks wait for the disk). Resolves at the
+ * body's end, with the last blocks possibly still on their way to the disk (`writer.finish()`). A
+ * failure of the body itself rejects with a BodyCut.
  */
 function drainInto(upstream: UpstreamBlob, writer: FillWriter, fill: BlobFill, inspect: (chunk: Buffer) => void): Promise<void> {
   const { body, recycle } = upstream;
@@ -301,11 +304,6 @@ function drainInto(upstream: UpstreamBlob, writer: FillWriter, fill: BlobFill, i
       reject(err);
     };
     writer.onFailed = fail;
-    const finish = (): void => {
-      writer.finish().then(() => {
-        if (!failed) resolve();
-      }, fail);
-    };
     body.on('data', (chunk: Buffer) => {
       if (failed) return;
       let more: boolean;
@@ -331,7 +329,7 @@ function drainInto(upstream: UpstreamBlob, writer: FillWriter, fill: BlobFill, i
     });
     body.once('end', () => {
       ended = true;
-      if (!failed) finish();
+      if (!failed) resolve();
     });
     const cut = (err: unknown): void => fail(new BodyCut(err));
     // Kept for the stream's life: an error after a failure (the caller destroys the body) must not be unhandled.
@@ -623,16 +621,20 @@ export class BlobFills {
             cut = true;
             throw err.cause;
           });
-          if (fill.size !== undefined && fill.written !== fill.size) {
+          if (fill.size !== undefined && fill.received !== fill.size) {
             cut = true;
-            throw new RegistryError('SIZE_INVALID', 'upstream blob ended early', { digest, size: fill.size, received: fill.written });
+            // What came is kept for the next fill to go on from: on disk first.
+            await writer.finish().catch(() => undefined);
+            throw new RegistryError('SIZE_INVALID', 'upstream blob ended early', { digest, size: fill.size, received: fill.received });
           }
           const actual = hashToDigest(algorithm, hash);
           if (actual !== digest) {
             throw new RegistryError('DIGEST_INVALID', 'upstream blob does not match its digest', { digest, actual });
           }
-          // Clients get their last byte now; making the cache copy durable is our business, not theirs.
+          // Clients get their last byte now, from the fill's memory, while its last blocks still go to
+          // disk: making the cache copy complete and durable is our business, not theirs.
           fill.markVerified();
+          await writer.finish();
           await handle.sync();
           await handle.close();
           await writer.close();

@@ -1,6 +1,8 @@
 import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
+import { closeSync, constants, openSync } from 'node:fs';
+import { mkdir, mkdtemp, open, readdir, readFile, rm, stat, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough, type Readable } from 'node:stream';
@@ -27,6 +29,27 @@ async function feed(into: PassThrough, bytes: Buffer, chunk: number, delay: numb
     await sleep(delay);
   }
   if (end) into.end();
+}
+
+/**
+ * Occupies every thread of libuv's pool with an open(2) of a FIFO that blocks until `release` opens
+ * its other end, so no file system call (a fill's disk writes among them) can run meanwhile.
+ */
+async function blockThreadPool(dir: string): Promise<{ release(): void }> {
+  const threads = Number(process.env.UV_THREADPOOL_SIZE ?? 4);
+  const fifos = Array.from({ length: threads }, (_, i) => join(dir, `pool-${i}.fifo`));
+  for (const fifo of fifos) execFileSync('mkfifo', [fifo]);
+  const opens = fifos.map((fifo) => open(fifo, 'r'));
+  // Every thread is taken once a stat, queued behind the opens, no longer answers.
+  const probe = stat(dir);
+  expect(await outcome(probe)).toBe('pending');
+  return {
+    release() {
+      // O_NONBLOCK: the main thread opens each writing end at once, since a reader waits on it.
+      for (const fifo of fifos) closeSync(openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK));
+      void Promise.all(opens.map(async (opening) => (await opening).close()));
+    },
+  };
 }
 
 function outcome(p: Promise<unknown>): Promise<'resolved' | 'rejected' | 'pending'> {
@@ -167,6 +190,54 @@ describe('BlobFills and BlobFill on an FsBlobStore', () => {
     await fill.done;
     while (!ended) await sleep(2);
     expect(received).toBe(bytes.length);
+  });
+
+  test("a reader gets the last byte once the digest is verified, while the fill's last block still waits for the disk", async () => {
+    const bytes = randomBytes(300_000);
+    const c = controlled(bytes);
+    const fill = (await fills.join(c.digest, c.fetch))!;
+    const reader = fill.reader();
+    let received = 0;
+    let ended = false;
+    reader.on('data', (chunk: Buffer) => (received += chunk.length));
+    reader.once('end', () => (ended = true));
+    c.source.write(bytes);
+    while (received < bytes.length - 1) await sleep(2);
+    // No disk write can start now: every thread of libuv's pool waits in an open(2) of a FIFO.
+    const pool = await blockThreadPool(dir);
+    try {
+      c.source.end();
+      for (let waited = 0; !ended && waited < 5_000; waited += 5) await sleep(5);
+      expect(ended).toBe(true);
+      expect(received).toBe(bytes.length);
+      // The whole blob went out from memory, and none of it has reached the disk yet.
+      expect(fill.written).toBe(0);
+      expect(await outcome(fill.done)).toBe('pending');
+    } finally {
+      pool.release();
+    }
+    expect(await fill.done).toEqual({ digest: c.digest, size: bytes.length });
+    expect((await readFile(store.pathOf(c.digest))).equals(bytes)).toBe(true);
+  });
+
+  test('a verified fill whose copy then fails to reach the disk cuts a reader that still needs those bytes', async () => {
+    // Through the page cache only: closing the one descriptor makes every write fail.
+    fills = new BlobFills({ store, tempRoot: temp, directIo: false });
+    const bytes = randomBytes(300_000);
+    const c = controlled(bytes);
+    const fill = (await fills.join(c.digest, c.fetch))!;
+    const first = readAll(fill.reader());
+    // Not read until the fill has failed: by then its bytes are neither in memory nor on disk.
+    const late = fill.reader();
+    late.pause();
+    await (fill.writer as unknown as { handle: FileHandle }).handle.close();
+    c.source.end(bytes);
+    // The digest was verified before the write failed: the reader that kept up has the whole blob.
+    expect(sha256(await first)).toBe(c.digest);
+    await expect(fill.done).rejects.toThrow();
+    await expect(readAll(late)).rejects.toMatchObject({ code: 'UPSTREAM_ERROR' });
+    expect(await store.stat(c.digest)).toBeUndefined();
+    expect(await tempLeft()).toEqual([]);
   });
 
   test('a reader destroyed midway does not stop the fill: the blob lands in the store', async () => {
