@@ -21,7 +21,7 @@ export function createLogger(options: { level: LogLevel; format: LogFormat }, is
   const wantPretty = options.format === 'pretty' || (options.format === 'auto' && isTTY);
   if (!wantPretty) {
     const output = new StdoutLog();
-    const logger = pino({ level: options.level }, output.destination);
+    const logger = pino({ level: options.level }, output);
     output.onDropped((lines) => logger.warn({ dropped: lines }, 'log lines dropped: standard output was not read fast enough'));
     outputs.set(logger, output);
     return logger;

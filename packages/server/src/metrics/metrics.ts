@@ -34,6 +34,12 @@ function blobTotals(db: SqliteDatabase, table: 'blobs' | 'proxy_blobs'): { count
 }
 
 /**
+ * How often the event loop's delay is sampled (nodejs_eventloop_lag_* metrics). prom-client's 10 ms
+ * woke an idle server 100 times a second. Every stall of 100 ms or more still lands in a sample.
+ */
+const EVENT_LOOP_SAMPLE_MS = 100;
+
+/**
  * Wharf's Prometheus metrics, in a registry of their own (never prom-client's global one: two servers in
  * one process keep separate numbers). Labels are small fixed sets: routes (http/route-label.ts),
  * methods, statuses, upstream keys, and `store` = registry | proxy.
@@ -61,7 +67,7 @@ export class WharfMetrics implements RequestObserver {
 
   constructor(sources: MetricsSources) {
     const registers = [this.registry];
-    collectDefaultMetrics({ register: this.registry });
+    collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });
     this.requests = new Counter({ name: 'wharf_http_requests_total', help: 'HTTP requests answered, by route, method and status', labelNames: ['route', 'method', 'status'], registers });
     this.duration = new Histogram({
       name: 'wharf_http_request_duration_seconds',
