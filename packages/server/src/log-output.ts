@@ -82,11 +82,22 @@ export class StdoutLog {
   /** One log line (pino calls this). Written with the next batch, or within LOG_FLUSH_MS. */
   write(line: string): boolean {
     const taken = this.destination.write(line);
+    this.armFlush();
+    return taken;
+  }
+
+  /**
+   * Flushes in LOG_FLUSH_MS, and again after that while bytes are left: with a write in flight
+   * (a pipe whose reader lags), sonic-boom's flush does nothing, and once that write is done it
+   * writes on only while a whole batch waits. The lines after it would wait for the next line.
+   */
+  private armFlush(): void {
     this.flushTimer ??= setTimeout(() => {
       this.flushTimer = undefined;
-      if (this.unwritten() > 0) this.destination.flush();
+      if (this.unwritten() === 0) return;
+      this.destination.flush();
+      this.armFlush();
     }, LOG_FLUSH_MS).unref();
-    return taken;
   }
 
   /** Called with the number of lines dropped, once output flows again after dropping some. */

@@ -39,18 +39,25 @@ describe('an idle server', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  test('wakes a few dozen times in 3 s (it was about 315), its other threads hardly ever, and still writes a lone log line', async () => {
+  test('wakes a few dozen times in 2 s (it was about 210), its other threads hardly ever, and still writes a lone log line', async () => {
     expect((await fetch(`${wharf.url}/v2/idle/app/manifests/one`, { method: 'HEAD' })).status).toBe(404);
     // The lone request's line comes out without more lines to fill a batch.
     while (!wharf.output().includes('/v2/idle/app/manifests/one')) await sleep(20);
     await sleep(1_000);
     const pid = wharf.child.pid!;
-    const before = await threadWakeups(pid);
-    await sleep(3_000);
-    const after = await threadWakeups(pid);
-    // Ten event-loop samples a second (metrics.ts) and the storage timers now and then: 30 here.
-    expect(after.main - before.main).toBeLessThan(90);
-    // No file system call, so libuv's pool sleeps: 0 here, 24-29 with the log's periodic flush.
-    expect(after.others - before.others).toBeLessThan(10);
+    // Two windows of 2 s, the quieter counted: V8 may collect once in a while (its memory reducer,
+    // some seconds after start), and wakes its helper threads for it.
+    const windows: { main: number; others: number }[] = [];
+    for (let i = 0; i < 2; i++) {
+      const before = await threadWakeups(pid);
+      await sleep(2_000);
+      const after = await threadWakeups(pid);
+      windows.push({ main: after.main - before.main, others: after.others - before.others });
+    }
+    // Ten event-loop samples a second (metrics.ts) and the storage timers now and then: 20 here,
+    // about 210 with prom-client's 10 ms.
+    expect(Math.min(...windows.map((w) => w.main))).toBeLessThan(60);
+    // No file system call, so libuv's pool sleeps: 0 here, 16-20 with the log's periodic flush.
+    expect(Math.min(...windows.map((w) => w.others))).toBeLessThan(8);
   }, 60_000);
 });

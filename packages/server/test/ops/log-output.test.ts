@@ -3,9 +3,12 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { run } from '../helpers/clients.js';
 import { WHARF_CLI, freePort, startWharfProcess, writeWharfConfig } from '../helpers/wharf-process.js';
+
+/** The built log output module, loaded by a child process whose standard output the test holds. */
+const LOG_OUTPUT_JS = join(dirname(WHARF_CLI), 'log-output.js');
 
 /**
  * Where the request log goes: standard output, written asynchronously. A reader that stops reading
@@ -131,6 +134,53 @@ describe('log output', () => {
     child.kill('SIGTERM');
     // process.exit(1): pino's exit hook alone would retry the blocked write for ever.
     expect(await exited).toBe(1);
+  }, 60_000);
+
+  test('a line logged while a write waits on a full pipe goes out once the reader reads, with no line after it', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'wharf-log-'));
+    root = dir;
+    // A burst of about 64 KB fills the pipe and leaves a write waiting on it; 100 ms later one more
+    // line; at 200 ms the flush finds the write still waiting; at 300 ms the child lets the reader
+    // read (file `go-<lines>`); then nothing, until standard input closes. Which bursts leave that
+    // line behind the waiting write depends on how sonic-boom cut them into writes: nine sizes.
+    await writeFile(
+      join(dir, 'burst.mjs'),
+      [
+        `import { writeFileSync } from 'node:fs';`,
+        `const { StdoutLog } = await import(${JSON.stringify(LOG_OUTPUT_JS)});`,
+        'const log = new StdoutLog();',
+        'const lines = Number(process.argv[2]);',
+        'for (let i = 0; i < lines; i++) {',
+        '  const head = `{"i":${i},"pad":"`;',
+        String.raw`  log.write(head + 'x'.repeat(1092 - head.length - 3) + '"}\n');`,
+        '}',
+        String.raw`setTimeout(() => log.write('{"last":true}\n'), 100);`,
+        "setTimeout(() => writeFileSync(`go-${lines}`, ''), 300);",
+        'process.stdin.resume();',
+        '',
+      ].join('\n'),
+    );
+    const runs = Array.from({ length: 9 }, async (_, k) => {
+      const lines = 56 + k;
+      // A real pipe (not the socket node gives a child), whose reader waits for the child's word.
+      const script = 'exec "$1" burst.mjs "$2" | { while [ ! -e "go-$2" ]; do sleep 0.02; done; exec cat; }';
+      const burst = spawn('sh', ['-c', script, 'sh', process.execPath, String(lines)], {
+        cwd: dir,
+        env: { ...process.env, NODE_OPTIONS: '' },
+        stdio: ['pipe', 'pipe', 'inherit'],
+      });
+      let out = '';
+      burst.stdout!.on('data', (chunk: Buffer) => (out += chunk.toString('utf8')));
+      const deadline = Date.now() + 10_000;
+      while (!out.includes('{"last":true}') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      // Taken before standard input closes: at exit, the flush would write what was left anyway.
+      const seen = { lines, alive: burst.exitCode === null, last: out.includes('{"last":true}'), burst: out.split('\n').filter((line) => line.startsWith('{"i":')).length };
+      burst.stdin!.end();
+      await new Promise((r) => burst.once('close', r));
+      return seen;
+    });
+    // Every line arrives while the process is still up (not by its flush at exit).
+    expect(await Promise.all(runs)).toEqual(Array.from({ length: 9 }, (_, k) => ({ lines: 56 + k, alive: true, last: true, burst: 56 + k })));
   }, 60_000);
 
   test('at low traffic a line is written without waiting for more lines to fill a batch', async () => {
