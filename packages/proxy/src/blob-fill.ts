@@ -133,8 +133,9 @@ export class BlobFill {
       if (!verified && this.state === 'failed') throw fillFailed(this.digest, this.error);
       // Once the writer is closed (the fill ended or failed) its blocks are gone: only the file counts.
       const have = inMemory && this.writer?.isOpen !== false ? this.received : this.written;
-      // Bytes before `limit` may go out now.
-      const limit = last === undefined ? (verified ? have : Infinity) : verified ? last + 1 : last;
+      // Bytes before `limit` may go out now: once verified, up to the end (a blob of unknown size
+      // ends at the bytes received, whether or not they reached the disk); before, all but the last.
+      const limit = verified ? (last === undefined ? this.received : last + 1) : (last ?? Infinity);
       if (position < limit) {
         if (position < have) return Math.min(have, limit) - position;
         // Verified, then failed storing its copy: bytes not on disk by now never will be.
@@ -210,6 +211,7 @@ class TailReader extends Readable implements TakesFile {
       key: `fill:${fill.tempPath}`,
       next: (position) => fill.next(position, last, true),
       view: (position, limit) => fill.view(position, limit),
+      written: () => fill.written,
     };
   }
 
@@ -249,9 +251,13 @@ class TailReader extends Readable implements TakesFile {
       this.position += copy.length;
       return this.push(copy);
     }
+    // From the file, only what is on disk: past `written` a later block may have landed before an
+    // earlier one, and the hole between reads as zeros.
+    const onDisk = Math.min(length, this.fill.written - this.position);
+    if (onDisk <= 0) throw new Error('blob fill bytes are neither in memory nor on disk');
     this.reading = true;
     const chunk = await new Promise<Buffer>((resolve, reject) => {
-      read(this.fd, Buffer.allocUnsafe(length), 0, length, this.position, (err, n, buffer) => {
+      read(this.fd, Buffer.allocUnsafe(onDisk), 0, onDisk, this.position, (err, n, buffer) => {
         this.reading = false;
         if (this.closeAfterRead) this.closeFd();
         if (err) reject(err);

@@ -9,6 +9,7 @@ import { PassThrough, type Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FsBlobStore, RegistryError, type Digest } from '@wharf/registry-core';
 import { BlobFills, type BlobFill } from '../src/blob-fill.js';
+import { fillBudget } from '../src/fill-writer.js';
 import { HttpUpstream } from '../src/http-upstream.js';
 import type { UpstreamBlob } from '../src/upstream.js';
 import { FakeUpstream, type Fault } from './helpers/fake-upstream.js';
@@ -87,12 +88,13 @@ describe('BlobFills and BlobFill on an FsBlobStore', () => {
   });
 
   /** A fill of `bytes` fed from a PassThrough the test controls. */
-  function controlled(bytes: Buffer, digest = sha256(bytes), size: number | undefined = bytes.length) {
+  /** `size`: what the upstream announces ('unknown': no Content-Length). */
+  function controlled(bytes: Buffer, digest = sha256(bytes), size: number | 'unknown' = bytes.length) {
     const source = new PassThrough();
     let fetches = 0;
     const fetch = async (): Promise<UpstreamBlob> => {
       fetches += 1;
-      return { ...(size !== undefined ? { size } : {}), body: source };
+      return { ...(size !== 'unknown' ? { size } : {}), body: source };
     };
     return { source, fetch, digest, fetches: () => fetches };
   }
@@ -240,6 +242,56 @@ describe('BlobFills and BlobFill on an FsBlobStore', () => {
     expect(await tempLeft()).toEqual([]);
   });
 
+  test('a verified fill of unknown size whose copy then fails cuts a late reader rather than ending it short', async () => {
+    fills = new BlobFills({ store, tempRoot: temp, directIo: false });
+    const bytes = randomBytes(300_000);
+    const c = controlled(bytes, sha256(bytes), 'unknown');
+    const fill = (await fills.join(c.digest, c.fetch))!;
+    const late = fill.reader();
+    late.pause();
+    await (fill.writer as unknown as { handle: FileHandle }).handle.close();
+    c.source.end(bytes);
+    await expect(fill.done).rejects.toThrow();
+    expect(fill.verified).toBe(true);
+    // Its end is the bytes received, not those on disk: a clean end here would be a truncated blob.
+    await expect(readAll(late)).rejects.toMatchObject({ code: 'UPSTREAM_ERROR' });
+  });
+
+  test("a reader behind the fill's memory reads the file only as far as it is written (a later block can land first)", async () => {
+    fills = new BlobFills({ store, tempRoot: temp, directIo: false });
+    const bytes = randomBytes(3 * MiB + 500_000);
+    const c = controlled(bytes);
+    // Other fills hold most of the budget: each block leaves memory as soon as it is written.
+    for (let i = 0; i < 25; i++) fillBudget.take();
+    try {
+      const fill = (await fills.join(c.digest, c.fetch))!;
+      // The second block's write is held back (a slow disk request), so the third lands before it and
+      // the file has a hole, which reads as zeros, from 1 MiB to 2 MiB.
+      const handle = (fill.writer as unknown as { handle: FileHandle }).handle as unknown as { write: (...args: unknown[]) => Promise<unknown> };
+      const write = handle.write.bind(handle);
+      let letGo!: () => void;
+      const held = new Promise<void>((resolve) => (letGo = resolve));
+      handle.write = async (...args) => {
+        if (args[3] === MiB) await held;
+        return write(...args);
+      };
+      c.source.write(bytes.subarray(0, 3 * MiB + 10));
+      while (fill.written < MiB || fill.writer!.writesInFlight !== 1) await sleep(2);
+      // From 100 KiB before the hole: the first block has left memory, so those bytes come from the file.
+      const start = MiB - 100 * 1024;
+      const read = readAll(fill.reader({ start, end: bytes.length - 1 }));
+      await sleep(50);
+      letGo();
+      c.source.end(bytes.subarray(3 * MiB + 10));
+      const got = await read;
+      expect(got.findIndex((b, i) => b !== bytes[start + i])).toBe(-1);
+      expect(got.length).toBe(bytes.length - start);
+      await fill.done;
+    } finally {
+      fillBudget.give(25);
+    }
+  });
+
   test('a reader destroyed midway does not stop the fill: the blob lands in the store', async () => {
     const bytes = randomBytes(2 * 1024 * 1024);
     const c = controlled(bytes);
@@ -269,7 +321,7 @@ describe('BlobFills and BlobFill on an FsBlobStore', () => {
 
   test('a fill of unknown size is read to its verified end', async () => {
     const bytes = randomBytes(500_000);
-    const c = controlled(bytes, sha256(bytes), undefined);
+    const c = controlled(bytes, sha256(bytes), 'unknown');
     const fill = (await fills.join(c.digest, c.fetch))!;
     const reading = readAll(fill.reader());
     await feed(c.source, bytes, 50_000, 1);

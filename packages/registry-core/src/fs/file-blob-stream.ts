@@ -16,6 +16,11 @@ export interface FileRange {
   /** Bytes from `position` up to `limit` (exclusive) that are still in memory, lent; undefined when they are on disk. */
   readonly view?: (position: number, limit: number) => HeldBytes | undefined;
   /**
+   * With `view`: how many bytes from offset 0 are on disk now. Reads of the file stop there: past it
+   * a later block may be on disk before an earlier one, and the hole between reads as zeros.
+   */
+  readonly written?: () => number;
+  /**
    * Names the content: every FileRange with this key has the same byte at the same offset (one proxy
    * fill, followed by many clients at once), so a sender may share what it reads among them.
    */

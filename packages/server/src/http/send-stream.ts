@@ -167,7 +167,11 @@ async function sendChunks(file: FileRange, res: ServerResponse, buffers: SendBuf
       const next = file.next ? await untilGone.wait(file.next(position)) : file.end - position + 1;
       if (next === 0) throw new Error('blob file ended before its recorded size');
       // A fill's newest bytes, in memory (those not on disk yet are nowhere else); then shared reads of the file.
-      const shared = file.view?.(position, position + next) ?? (file.key === undefined ? undefined : await sharedReads.chunk(file.fd, file.key, position, position + next));
+      const inMemory = file.view?.(position, position + next);
+      // From the file, only what is on disk (FileRange.written): past it, a hole reads as zeros.
+      const readable = inMemory || !file.written ? next : Math.min(next, file.written() - position);
+      if (readable <= 0) throw new Error('blob fill bytes are neither in memory nor on disk');
+      const shared = inMemory ?? (file.key === undefined ? undefined : await sharedReads.chunk(file.fd, file.key, position, position + readable));
       if (shared) {
         if (res.destroyed) {
           shared.release();
@@ -185,7 +189,7 @@ async function sendChunks(file: FileRange, res: ServerResponse, buffers: SendBuf
       if (previous) await untilGone.wait(previous);
       const into = buffers.get(slot, file.end - position + 1);
       maxInFlight = 2 * into.length;
-      const length = Math.min(into.length, next, file.end - position + 1);
+      const length = Math.min(into.length, readable, file.end - position + 1);
       const bytes = await readInto(file.fd, into, length, position);
       if (bytes === 0) throw new Error('blob file is shorter than its recorded size');
       position += bytes;
