@@ -63,6 +63,19 @@ function outcome(p: Promise<unknown>): Promise<'resolved' | 'rejected' | 'pendin
   ]);
 }
 
+/** Counts what `reader` delivers, and says whether it ended. */
+function follow(reader: Readable): { readonly received: number; readonly ended: boolean } {
+  const seen = { received: 0, ended: false };
+  reader.on('data', (chunk: Buffer) => (seen.received += chunk.length));
+  reader.once('end', () => (seen.ended = true));
+  return seen;
+}
+
+/** The descriptor a fill writes its blocks through without O_DIRECT (for fault injection). */
+function fileHandleOf(fill: BlobFill): FileHandle {
+  return (fill.writer as unknown as { handle: FileHandle }).handle;
+}
+
 describe('BlobFills and BlobFill on an FsBlobStore', () => {
   let dir: string;
   let temp: string;
@@ -177,41 +190,33 @@ describe('BlobFills and BlobFill on an FsBlobStore', () => {
     const bytes = randomBytes(512 * 1024);
     const c = controlled(bytes);
     const fill = (await fills.join(c.digest, c.fetch))!;
-    const reader = fill.reader();
-    let received = 0;
-    let ended = false;
-    reader.on('data', (chunk: Buffer) => (received += chunk.length));
-    reader.once('end', () => (ended = true));
+    const seen = follow(fill.reader());
     // Everything but the end of the upstream body: the fill cannot verify yet.
     await feed(c.source, bytes, 64 * 1024, 2, false);
-    while (received < bytes.length - 1) await sleep(2);
+    while (seen.received < bytes.length - 1) await sleep(2);
     await sleep(20);
-    expect(received).toBe(bytes.length - 1);
-    expect(ended).toBe(false);
+    expect(seen.received).toBe(bytes.length - 1);
+    expect(seen.ended).toBe(false);
     c.source.end();
     await fill.done;
-    while (!ended) await sleep(2);
-    expect(received).toBe(bytes.length);
+    while (!seen.ended) await sleep(2);
+    expect(seen.received).toBe(bytes.length);
   });
 
   test("a reader gets the last byte once the digest is verified, while the fill's last block still waits for the disk", async () => {
     const bytes = randomBytes(300_000);
     const c = controlled(bytes);
     const fill = (await fills.join(c.digest, c.fetch))!;
-    const reader = fill.reader();
-    let received = 0;
-    let ended = false;
-    reader.on('data', (chunk: Buffer) => (received += chunk.length));
-    reader.once('end', () => (ended = true));
+    const seen = follow(fill.reader());
     c.source.write(bytes);
-    while (received < bytes.length - 1) await sleep(2);
+    while (seen.received < bytes.length - 1) await sleep(2);
     // No disk write can start now: every thread of libuv's pool waits in an open(2) of a FIFO.
     const pool = await blockThreadPool(dir);
     try {
       c.source.end();
-      for (let waited = 0; !ended && waited < 5_000; waited += 5) await sleep(5);
-      expect(ended).toBe(true);
-      expect(received).toBe(bytes.length);
+      for (let waited = 0; !seen.ended && waited < 5_000; waited += 5) await sleep(5);
+      expect(seen.ended).toBe(true);
+      expect(seen.received).toBe(bytes.length);
       // The whole blob went out from memory, and none of it has reached the disk yet.
       expect(fill.written).toBe(0);
       expect(await outcome(fill.done)).toBe('pending');
@@ -232,7 +237,7 @@ describe('BlobFills and BlobFill on an FsBlobStore', () => {
     // Not read until the fill has failed: by then its bytes are neither in memory nor on disk.
     const late = fill.reader();
     late.pause();
-    await (fill.writer as unknown as { handle: FileHandle }).handle.close();
+    await fileHandleOf(fill).close();
     c.source.end(bytes);
     // The digest was verified before the write failed: the reader that kept up has the whole blob.
     expect(sha256(await first)).toBe(c.digest);
@@ -249,7 +254,7 @@ describe('BlobFills and BlobFill on an FsBlobStore', () => {
     const fill = (await fills.join(c.digest, c.fetch))!;
     const late = fill.reader();
     late.pause();
-    await (fill.writer as unknown as { handle: FileHandle }).handle.close();
+    await fileHandleOf(fill).close();
     c.source.end(bytes);
     await expect(fill.done).rejects.toThrow();
     expect(fill.verified).toBe(true);
@@ -267,7 +272,7 @@ describe('BlobFills and BlobFill on an FsBlobStore', () => {
       const fill = (await fills.join(c.digest, c.fetch))!;
       // The second block's write is held back (a slow disk request), so the third lands before it and
       // the file has a hole, which reads as zeros, from 1 MiB to 2 MiB.
-      const handle = (fill.writer as unknown as { handle: FileHandle }).handle as unknown as { write: (...args: unknown[]) => Promise<unknown> };
+      const handle = fileHandleOf(fill) as unknown as { write: (...args: unknown[]) => Promise<unknown> };
       const write = handle.write.bind(handle);
       let letGo!: () => void;
       const held = new Promise<void>((resolve) => (letGo = resolve));
