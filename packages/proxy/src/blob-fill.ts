@@ -51,6 +51,11 @@ export class BlobFill {
    * has the blob for them too. A download is not a way into another upstream's (or repository's) blob.
    */
   readonly sources = new Set<string>();
+  /**
+   * Names this fill's content for the segments its clients share (FileRange.key): not its temp path
+   * alone, which a fill going on from a remnant reuses, with other bytes past the remnant's length.
+   */
+  readonly key = `fill:${randomUUID()}`;
 
   constructor(
     readonly digest: Digest,
@@ -208,7 +213,7 @@ class TailReader extends Readable implements TakesFile {
       fd: this.fd,
       start,
       end: last,
-      key: `fill:${fill.tempPath}`,
+      key: fill.key,
       next: (position) => fill.next(position, last, true),
       view: (position, limit) => fill.view(position, limit),
       written: () => fill.written,

@@ -328,14 +328,17 @@ export class PullThroughRepository implements RepositoryReader {
       const part = await this.rangeFromUpstream(repo, blob.digest, range);
       if (part) return part;
     }
-    if (fill) return fill.reader(range);
+    // The size the client is told bounds a fill's reader: with it the last byte waits for the digest,
+    // even where the upstream announced no size (a reader of unknown size sends every byte as it comes).
+    const whole = range ?? { start: 0, end: blob.size - 1 };
+    if (fill) return fill.reader(whole);
     const body = await this.store.open(blob.digest, range);
     if (body) {
       this.observer?.servedFromCache?.(this.key, range ? range.end - range.start + 1 : blob.size);
       return body;
     }
     // Evicted or purged since `blob` found it cached: fetched again, as any miss is.
-    return (await this.fill(repo, blob.digest))?.reader(range);
+    return (await this.fill(repo, blob.digest))?.reader(whole);
   }
 
   /** The upstream's answer to a range request, checked to hold exactly that range; undefined to fall back to the fill. */
