@@ -1,17 +1,14 @@
 # Wharf image: build the workspace, then run it as a non-root user with storage as a volume.
 #   docker build -t wharf .   (or: docker compose up -d, see docker-compose.yml)
 FROM node:24-slim AS build
-# better-sqlite3 12 (which Node 20 loads) compiles from source when no prebuilt binary can be fetched;
-# Node 24 loads 13, prebuilt (packages/registry-core/src/sqlite/driver.ts). pnpm installs both.
-RUN apt-get update && apt-get install -y --no-install-recommends python3 make g++ && rm -rf /var/lib/apt/lists/* \
- && npm install -g pnpm@10.34.9
+RUN npm install -g pnpm@10.34.9
 WORKDIR /app
 COPY . .
-# Full install and build (turbo and typescript are devDependencies), then drop the devDependencies.
-# --ignore-scripts on the second install: the root postinstall runs turbo, which --prod removes.
-RUN CI=true pnpm install --frozen-lockfile && pnpm build \
- && CI=true pnpm install --frozen-lockfile --prod --ignore-scripts \
- && rm -rf packages/*/src packages/*/test bench .turbo
+# Built, production dependencies only, and the one SQLite binding Node 24 loads (better-sqlite3 13,
+# prebuilt: nothing compiles, so no compiler is installed); scripts/image-tree.sh says why, and
+# packages/server/test/ops/image-tree.test.ts runs it and starts Wharf from what it leaves.
+# A base image with a Node before 22.14 would need python3, make and g++ here for better-sqlite3 12.
+RUN bash scripts/image-tree.sh
 
 FROM node:24-slim
 ENV NODE_ENV=production

@@ -65,15 +65,16 @@ export interface WharfProcess {
 
 /**
  * Starts `node dist/cli.js serve --config <file>` and waits until GET /v2/ answers 200; `node` is the
- * Node.js binary to run it with (default: the one running the tests).
+ * Node.js binary to run it with (default: the one running the tests), `cli` the entry point (default: this
+ * package's build).
  */
-export async function startWharfProcess(configFile: string, port: number, node = process.execPath): Promise<WharfProcess> {
+export async function startWharfProcess(configFile: string, port: number, node = process.execPath, cli = WHARF_CLI): Promise<WharfProcess> {
   try {
-    await access(WHARF_CLI);
+    await access(cli);
   } catch {
-    throw new Error(`${WHARF_CLI} is missing: run "pnpm build" in /work/main first`);
+    throw new Error(`${cli} is missing: run "pnpm build" in /work/main first`);
   }
-  const child = spawn(node, [WHARF_CLI, 'serve', '--config', configFile], {
+  const child = spawn(node, [cli, 'serve', '--config', configFile], {
     cwd: dirname(configFile),
     env: { ...process.env, NODE_OPTIONS: '' },
     stdio: ['ignore', 'pipe', 'pipe'],
