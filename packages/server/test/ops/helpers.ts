@@ -15,6 +15,15 @@ export function writeOpsConfig(root: string, port: number, options: OpsConfigOpt
   return writeWharfConfig(root, port, { ...options, logLevel: 'info', top: ['log_format = "json"', ...(options.top ?? [])] });
 }
 
+/** The JSON log line a Wharf process writes once it listens (what it runs on: `node`, `sqlite`), if written yet. */
+export function listeningLine(output: string): { msg: string; node?: string; sqlite?: string } | undefined {
+  return output
+    .split('\n')
+    .filter((line) => line.startsWith('{'))
+    .map((line) => JSON.parse(line) as { msg: string; node?: string; sqlite?: string })
+    .find((line) => line.msg === 'wharf listening');
+}
+
 /** One sample of a metric: its name and labels as written, e.g. `wharf_http_requests_total{route="blob",...}`. */
 export type Samples = ReadonlyMap<string, number>;
 

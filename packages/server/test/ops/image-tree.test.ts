@@ -5,9 +5,9 @@ import { tmpdir } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { blob, imageManifest, pushBlob } from '../helpers/oci.js';
+import { pushImage } from '../helpers/oci.js';
 import { freePort, startWharfProcess, type WharfProcess } from '../helpers/wharf-process.js';
-import { eventually, writeOpsConfig } from './helpers.js';
+import { eventually, listeningLine, writeOpsConfig } from './helpers.js';
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '../../../..');
 /** Node 24, the image's runtime (scripts/install-deps.sh installs it from npm). */
@@ -70,13 +70,7 @@ describe('the image tree (scripts/image-tree.sh)', () => {
       const configFile = await writeOpsConfig(root, port, { proxy: ['enabled = true', '[proxy.upstreams.self]', `url = "http://127.0.0.1:${port}"`] });
       const cli = join(tree, 'packages/server/dist/cli.js');
       server = await startWharfProcess(configFile, port, NODE24, cli);
-      const layer = blob(Buffer.alloc(300 * 1024, 3));
-      const config = blob('{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}');
-      await pushBlob(server.url, 'alice/app', layer);
-      await pushBlob(server.url, 'alice/app', config);
-      const manifest = imageManifest(config, [layer]);
-      const put = await fetch(`${server.url}/v2/alice/app/manifests/1`, { method: 'PUT', headers: { 'Content-Type': manifest.mediaType }, body: manifest.bytes });
-      expect(put.status).toBe(201);
+      const { manifest, layer } = await pushImage(server.url, 'alice/app', '1');
       for (const prefix of ['', 'proxy/self/']) {
         const got = await fetch(`${server.url}/v2/${prefix}alice/app/manifests/1`, { headers: { Accept: manifest.mediaType } });
         expect([got.status, Buffer.from(await got.arrayBuffer()).equals(manifest.bytes)]).toEqual([200, true]);
@@ -84,13 +78,8 @@ describe('the image tree (scripts/image-tree.sh)', () => {
         expect([pulled.status, Buffer.from(await pulled.arrayBuffer()).equals(layer.bytes)]).toEqual([200, true]);
       }
       // It runs on the binding that was kept (its log lines go out within 200 ms).
-      await eventually(() => server!.output().includes('"wharf listening"'), 'the listening line');
-      const listening = server
-        .output()
-        .split('\n')
-        .filter((line) => line.startsWith('{'))
-        .map((line) => JSON.parse(line) as { msg?: string; sqlite?: string })
-        .find((line) => line.msg === 'wharf listening');
+      await eventually(() => listeningLine(server!.output()) !== undefined, 'the listening line');
+      const listening = listeningLine(server.output());
       expect(listening?.sqlite).toMatch(/^better-sqlite3 13\./);
       // The Dockerfile's HEALTHCHECK command.
       const { stdout } = await promisify(execFile)(NODE24, [cli, 'healthcheck', '--config', configFile], { timeout: 30_000 });

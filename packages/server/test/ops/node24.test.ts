@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { blob, imageManifest, pushBlob } from '../helpers/oci.js';
 import { freePort, startWharfProcess, type WharfProcess } from '../helpers/wharf-process.js';
-import { writeOpsConfig } from './helpers.js';
+import { listeningLine, writeOpsConfig } from './helpers.js';
 
 const SERVER_PACKAGE = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 /** Where scripts/install-deps.sh installs Node 24 from npm (the machine's Node is older). */
@@ -81,12 +81,7 @@ describe('on Node 24', () => {
         await Promise.all([ready.arrayBuffer(), metrics.arrayBuffer()]);
       }
       // It says what it runs on: Node 24 and better-sqlite3 13.
-      const listening = server
-        .output()
-        .split('\n')
-        .filter((line) => line.startsWith('{'))
-        .map((line) => JSON.parse(line) as { msg?: string; node?: string; sqlite?: string })
-        .find((line) => line.msg === 'wharf listening');
+      const listening = listeningLine(server.output());
       expect(listening?.node).toMatch(/^v24\./);
       expect(listening?.sqlite).toMatch(/^better-sqlite3 13\.\d+\.\d+, SQLite 3\.\d+\.\d+$/);
       const child = server.child;
