@@ -1,4 +1,4 @@
-import { randomUUID, type Hash } from 'node:crypto';
+import { createHash, randomUUID, type Hash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { openSync, closeSync, read } from 'node:fs';
 import { open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
@@ -390,6 +390,12 @@ interface Remnant {
   readonly size: number;
   /** The digest of those bytes as they were received (checked when a fill goes on from them). */
   readonly prefix: Digest;
+  /**
+   * Who sent them (`originTag` of the upstream): only a fill from the same upstream goes on from them.
+   * Their prefix digest proves only that they are what was received; an upstream that sent wrong
+   * bytes and cut the download must not spoil another upstream's pull of the blob.
+   */
+  readonly origin: string | undefined;
   /** Their hash, once a try found them matching `prefix` (the upstream was down): the next try need not read them again. */
   checked?: Hash;
   /** When it goes (a remnant put back after a failed try keeps its deadline). */
@@ -527,7 +533,7 @@ export class BlobFills {
     if (!(await rename(path, claimed).then(() => true, () => false))) return;
     // A deadline further than this server's own TTL (a note from elsewhere, a clock set back) is cut to it.
     const expiresAt = Math.min(note.expiresAt, Date.now() + this.ttlMs);
-    if (this.keepRemnant(note.digest, claimed, note.length, note.size, () => note.prefix, expiresAt)) await this.noteRemnant(note.digest);
+    if (this.keepRemnant(note.digest, claimed, note.length, note.size, () => note.prefix, note.origin, expiresAt)) await this.noteRemnant(note.digest);
     else await removeFill(claimed);
   }
 
@@ -556,12 +562,13 @@ export class BlobFills {
   /**
    * Joins the fill of `digest`, starting it with `fetch` when none runs (then `source` is among its
    * `sources`). Resolves once the upstream has answered (undefined when it has no such blob), so the
-   * caller can send headers and tail the fill.
+   * caller can send headers and tail the fill. `origin` names the upstream `fetch` asks: a new fill
+   * goes on only from bytes kept of a download from that same upstream.
    */
-  join(digest: Digest, fetch: FetchBlob, source?: string): Promise<BlobFill | undefined> {
+  join(digest: Digest, fetch: FetchBlob, source?: string, origin?: string): Promise<BlobFill | undefined> {
     const existing = this.inflight.get(digest);
     if (existing) return existing;
-    const starting = this.start(digest, fetch, source);
+    const starting = this.start(digest, fetch, source, origin === undefined ? undefined : originTag(origin));
     this.inflight.set(digest, starting);
     starting.then(
       (fill) => {
@@ -573,8 +580,8 @@ export class BlobFills {
     return starting;
   }
 
-  private async start(digest: Digest, fetch: FetchBlob, source: string | undefined): Promise<BlobFill | undefined> {
-    const { upstream, remnant, kept } = await this.ask(digest, fetch);
+  private async start(digest: Digest, fetch: FetchBlob, source: string | undefined, origin: string | undefined): Promise<BlobFill | undefined> {
+    const { upstream, remnant, kept } = await this.ask(digest, fetch, origin);
     if (!upstream) return undefined;
     // Until the fill reads it (past opening the file, and hashing the bytes kept), a body that fails
     // must not throw an unhandled 'error': the fill finds it failed (`errored`) when it gets there.
@@ -606,7 +613,7 @@ export class BlobFills {
     const blocks = size !== undefined ? new BlockDigests(hash, algorithm, from) : undefined;
     const prefixOf = (length: number): Digest | undefined => (length === from ? remnant?.prefix : blocks?.take(length));
     // Kept up as the bytes reach the disk, so that a crash of the server keeps them too.
-    const progress = blocks ? new ProgressNote(temp, digest, size!, this.ttlMs, blocks, from) : undefined;
+    const progress = blocks ? new ProgressNote(temp, { digest, size: size!, origin }, this.ttlMs, blocks, from) : undefined;
     const started = new BlobFill(
       digest,
       size,
@@ -657,6 +664,8 @@ export class BlobFills {
           const blob = { digest, size: fill.written };
           await store.adopt(temp, blob);
           adopted = true;
+          // Bytes kept of another upstream's download of it have no use any more.
+          void this.dropRemnant(digest);
           await onStored?.(blob);
           return blob;
         } catch (err) {
@@ -668,7 +677,7 @@ export class BlobFills {
           await handle.close().catch(() => undefined);
           await progress?.stop();
           if (!adopted) {
-            if (cut && this.keepRemnant(digest, temp, fill.written, fill.size, prefixOf)) await this.noteRemnant(digest);
+            if (cut && this.keepRemnant(digest, temp, fill.written, fill.size, prefixOf, origin)) await this.noteRemnant(digest);
             else await removeFill(temp);
           }
         }
@@ -685,9 +694,10 @@ export class BlobFills {
    * that will not answer with exactly the rest (a 416, the whole blob, another range) is asked for
    * the whole; one that is down leaves the remnant, with its deadline, for the next try.
    */
-  private async ask(digest: Digest, fetch: FetchBlob): Promise<Asked> {
+  private async ask(digest: Digest, fetch: FetchBlob, origin: string | undefined): Promise<Asked> {
     const remnant = this.remnants.get(digest);
-    if (!remnant) return { upstream: await fetch() };
+    // Another upstream's bytes stay for that upstream's next fill (until this one's, if cut, replaces them).
+    if (!remnant || remnant.origin !== origin) return { upstream: await fetch() };
     // Taken while asked: no other fill can start on it (this one is in flight), and no timer removes it.
     this.remnants.delete(digest);
     clearTimeout(remnant.timer);
@@ -719,7 +729,7 @@ export class BlobFills {
     const putBack = async (): Promise<void> => {
       // Once closed, close() has noted it for the next start: it stays.
       if (this.closing) return;
-      if (!this.keepRemnant(digest, remnant.path, remnant.length, remnant.size, () => remnant.prefix, remnant.expiresAt)) await removeFill(remnant.path);
+      if (!this.keepRemnant(digest, remnant.path, remnant.length, remnant.size, () => remnant.prefix, remnant.origin, remnant.expiresAt)) await removeFill(remnant.path);
       else this.remnants.get(digest)!.checked = kept.copy();
     };
     let part: UpstreamBlob | undefined;
@@ -768,16 +778,27 @@ export class BlobFills {
   }
 
   /**
-   * Keeps the whole blocks a fill cut short by its upstream wrote to `path`, for the next fill of
-   * `digest`, until `expiresAt` (default: REMNANT_TTL_MS from now); false when there is nothing worth
-   * keeping, or no room (then the caller removes the file). The oldest go to make room.
+   * Keeps the whole blocks a fill cut short by its upstream (`origin`) wrote to `path`, for the next
+   * fill of `digest` from there, until `expiresAt` (default: REMNANT_TTL_MS from now); false when
+   * there is nothing worth keeping, or no room (then the caller removes the file). The oldest go to
+   * make room, and so does one kept of the blob before (from another upstream).
    */
-  private keepRemnant(digest: Digest, path: string, written: number, size: number | undefined, prefixOf: (length: number) => Digest | undefined, expiresAt?: number): boolean {
+  private keepRemnant(
+    digest: Digest,
+    path: string,
+    written: number,
+    size: number | undefined,
+    prefixOf: (length: number) => Digest | undefined,
+    origin: string | undefined,
+    expiresAt?: number,
+  ): boolean {
     const length = written - (written % BLOCK_SIZE);
     const maxBytes = this.options.remnantMaxBytes ?? REMNANT_MAX_BYTES;
     if (this.closing || size === undefined || length === 0 || length >= size || length > maxBytes) return false;
     const prefix = prefixOf(length);
     if (prefix === undefined) return false;
+    const before = this.remnants.get(digest);
+    if (before && before.path !== path) void this.dropRemnant(digest);
     let held = length;
     for (const kept of this.remnants.values()) held += kept.length;
     for (const [oldest, kept] of this.remnants) {
@@ -786,9 +807,13 @@ export class BlobFills {
       void this.dropRemnant(oldest);
     }
     const deadline = expiresAt ?? Date.now() + this.ttlMs;
-    const timer = setTimeout(() => void this.dropRemnant(digest), Math.max(0, deadline - Date.now()));
+    // Its own deadline only: a remnant kept of the blob after it has a timer of its own.
+    const timer = setTimeout(() => {
+      if (this.remnants.get(digest) === remnant) void this.dropRemnant(digest);
+    }, Math.max(0, deadline - Date.now()));
     timer.unref();
-    this.remnants.set(digest, { path, length, size, prefix, expiresAt: deadline, timer });
+    const remnant: Remnant = { path, length, size, prefix, origin, expiresAt: deadline, timer };
+    this.remnants.set(digest, remnant);
     return true;
   }
 
@@ -817,7 +842,12 @@ export class BlobFills {
 }
 
 function noteOf(digest: Digest, remnant: Remnant): KeptNote {
-  return { digest, size: remnant.size, length: remnant.length, expiresAt: remnant.expiresAt, prefix: remnant.prefix };
+  return { digest, size: remnant.size, length: remnant.length, expiresAt: remnant.expiresAt, prefix: remnant.prefix, origin: remnant.origin };
+}
+
+/** An upstream's name as remnants and their notes keep it: short and of one length, whatever the name. */
+function originTag(origin: string): string {
+  return createHash('sha256').update(origin).digest('hex').slice(0, 32);
 }
 
 /** Statuses that say the upstream (or its gateway) is down or overloaded, not that it refuses the request. */

@@ -34,6 +34,8 @@ export interface KeptNote {
   readonly prefix: Digest;
   /** When they go (ms since the epoch). */
   readonly expiresAt: number;
+  /** The upstream they came from (a tag of its name), the only one a fill goes on from them with. */
+  readonly origin?: string;
 }
 
 /** The note, when it is one: a remnant of whole blocks, short of its blob's size. */
@@ -44,13 +46,14 @@ export function parseKeptNote(text: string): KeptNote | undefined {
   } catch {
     return undefined;
   }
-  const { digest, size, length, expiresAt, prefix } = note ?? {};
+  const { digest, size, length, expiresAt, prefix, origin } = note ?? {};
   if (typeof digest !== 'string' || !tryParseDigest(digest)) return undefined;
   if (typeof prefix !== 'string' || tryParseDigest(prefix)?.algorithm !== tryParseDigest(digest)!.algorithm) return undefined;
   if (![size, length, expiresAt].every((n) => typeof n === 'number' && Number.isSafeInteger(n))) return undefined;
+  if (origin !== undefined && typeof origin !== 'string') return undefined;
   const [s, l] = [size as number, length as number];
   if (l <= 0 || l % BLOCK_SIZE !== 0 || l >= s) return undefined;
-  return { digest: digest as Digest, size: s, length: l, expiresAt: expiresAt as number, prefix: prefix as Digest };
+  return { digest: digest as Digest, size: s, length: l, expiresAt: expiresAt as number, prefix: prefix as Digest, ...(origin === undefined ? {} : { origin }) };
 }
 
 /**
@@ -130,8 +133,8 @@ export class ProgressNote {
 
   constructor(
     private readonly path: string,
-    private readonly digest: Digest,
-    private readonly size: number,
+    /** What every note says of the fill: its blob and where the bytes come from. */
+    private readonly fill: { readonly digest: Digest; readonly size: number; readonly origin: string | undefined },
     private readonly ttlMs: number,
     private readonly blocks: BlockDigests,
     /** Bytes the file holds already, noted by whoever kept them. */
@@ -147,7 +150,7 @@ export class ProgressNote {
   update(written: number): void {
     this.written = Math.max(this.written, written);
     const length = this.written - (this.written % BLOCK_SIZE);
-    if (this.stopped || length <= this.noted || length >= this.size) return;
+    if (this.stopped || length <= this.noted || length >= this.fill.size) return;
     // The monotonic clock: one set back must not hold the notes for as long.
     const wait = length - this.noted >= NOTE_BYTES ? 0 : this.notedAt + NOTE_INTERVAL_MS - performance.now();
     if (wait > 0 || this.writing) {
@@ -168,7 +171,8 @@ export class ProgressNote {
     this.notedAt = performance.now();
     this.noted = length;
     // A note that cannot be written costs only what a crash would have kept.
-    this.writing = this.write({ digest: this.digest, size: this.size, length, expiresAt: Date.now() + this.ttlMs, prefix })
+    const { digest, size, origin } = this.fill;
+    this.writing = this.write({ digest, size, length, expiresAt: Date.now() + this.ttlMs, prefix, origin })
       .catch(() => undefined)
       .finally(() => {
         this.writing = undefined;

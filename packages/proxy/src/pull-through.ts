@@ -370,10 +370,10 @@ export class PullThroughRepository implements RepositoryReader {
       asked = true;
       return this.upstream.blob(repo, digest, range);
     };
-    let fill = await this.fills.join(digest, fetch, source);
+    let fill = await this.fills.join(digest, fetch, source, this.key);
     // Joined another upstream's (or repository's) download, which came to nothing there (a 404):
     // that says nothing of this one, which is asked itself.
-    if (!fill && !asked) fill = await this.fills.join(digest, fetch, source);
+    if (!fill && !asked) fill = await this.fills.join(digest, fetch, source, this.key);
     if (asked && fill && fill.resumedFrom > 0) {
       this.logger?.info?.({ upstream: this.key, repo, digest, from: fill.resumedFrom }, 'blob fill goes on from the bytes of a download cut short');
     }

@@ -125,6 +125,78 @@ describe('BlobFills: a download its upstream cut leaves its bytes for the next f
     expect(await tempFiles()).toEqual([]);
   });
 
+  /** Cuts a fill from upstream `origin` that sent `wrong` (the blob's size, other bytes) after `sent` bytes. */
+  async function cutWrong(origin: string, digest: Digest, wrong: Buffer, sent: number): Promise<void> {
+    const hostile = upstreamOf(wrong);
+    const fill = (await fills.join(digest, hostile.fetch, undefined, origin))!;
+    hostile.bodies[0]!.write(wrong.subarray(0, sent));
+    await until(() => fill.written >= sent);
+    hostile.bodies[0]!.destroy(new Error('read ECONNRESET'));
+    await expect(fill.done).rejects.toThrow(/ECONNRESET/);
+    await until(() => fills.running === 0);
+  }
+
+  test('bytes kept of one upstream\'s download are gone on from only by a fill from that upstream: one that sent wrong bytes and cut spoils no other\'s pull', async () => {
+    const bytes = randomBytes(3 * MiB + 7);
+    const digest = sha256(bytes);
+    await cutWrong('hostile', digest, randomBytes(bytes.length), 2 * MiB);
+    expect(fills.remnantOf(digest)).toBe(2 * MiB);
+    // Whose they are is in their note (a tag of the upstream's name), for a restart.
+    expect(Object.values(await notes())).toEqual([expect.objectContaining({ digest, length: 2 * MiB, origin: expect.stringMatching(/^[0-9a-f]{32}$/) })]);
+
+    const good = upstreamOf(bytes);
+    const fill = (await fills.join(digest, good.fetch, undefined, 'good'))!;
+    // The whole blob from the other upstream, not the rest after the bytes kept.
+    expect(good.asked).toEqual([undefined]);
+    expect(fill.resumedFrom).toBe(0);
+    const whole = readAll(fill.reader());
+    good.bodies[0]!.end(bytes);
+    expect((await whole).equals(bytes)).toBe(true);
+    expect(await fill.done).toEqual({ digest, size: bytes.length });
+    // Once the blob is stored, the bytes kept of the other download go.
+    await until(() => fills.remnantOf(digest) === 0);
+    for (let i = 0; (await tempFiles()).length > 0 && i < 400; i++) await sleep(5);
+    expect(await tempFiles()).toEqual([]);
+  });
+
+  test('whose bytes kept are outlives a restart, and the same upstream still goes on from them', async () => {
+    const bytes = randomBytes(3 * MiB + 7);
+    const digest = sha256(bytes);
+    await cutWrong('a', digest, bytes, 2 * MiB);
+    await fills.close();
+    fills = new BlobFills({ store, tempRoot: temp });
+    expect(await fills.restore()).toBe(1);
+    // Another upstream downloads the whole blob, and leaves the bytes kept alone while it runs.
+    const other = upstreamOf(bytes);
+    const fromOther = (await fills.join(digest, other.fetch, undefined, 'b'))!;
+    expect(other.asked).toEqual([undefined]);
+    expect(fills.remnantOf(digest)).toBe(2 * MiB);
+    other.bodies[0]!.destroy(new Error('read ECONNRESET'));
+    await expect(fromOther.done).rejects.toThrow(/ECONNRESET/);
+    await until(() => fills.running === 0);
+    // Cut before a whole block: it kept nothing, and the first upstream's bytes are still there.
+    expect(fills.remnantOf(digest)).toBe(2 * MiB);
+    const same = upstreamOf(bytes);
+    const fill = (await fills.join(digest, same.fetch, undefined, 'a'))!;
+    expect(same.asked).toEqual([{ start: 2 * MiB, end: bytes.length - 1 }]);
+    same.bodies[0]!.end(bytes.subarray(2 * MiB));
+    expect((await readAll(fill.reader())).equals(bytes)).toBe(true);
+    expect(await fill.done).toEqual({ digest, size: bytes.length });
+  });
+
+  test('a download from another upstream cut with more kept replaces the bytes kept before, whose file goes', async () => {
+    const bytes = randomBytes(4 * MiB + 7);
+    const digest = sha256(bytes);
+    await cutWrong('a', digest, bytes, 1 * MiB);
+    const [first] = (await tempFiles()).filter((f) => !f.endsWith('.kept'));
+    await cutWrong('b', digest, bytes, 2 * MiB);
+    expect(fills.remnantOf(digest)).toBe(2 * MiB);
+    let files: string[] = [];
+    for (let i = 0; i < 400; i++, await sleep(5)) if ((files = (await tempFiles()).filter((f) => !f.endsWith('.kept'))).length === 1) break;
+    expect(files).toHaveLength(1);
+    expect(files).not.toContain(first);
+  });
+
   test('bytes kept that are not those received (a machine crash) are checked before the range is asked: the whole blob is downloaded instead, and no reader gets them', async () => {
     const bytes = randomBytes(3 * MiB);
     const digest = sha256(bytes);
