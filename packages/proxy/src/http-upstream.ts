@@ -82,6 +82,8 @@ interface Answer {
   readonly url?: URL;
   /** Set by `authorized`: the host that answered 401 still did so with the token it asked for. */
   readonly refused?: boolean;
+  /** Set by `send`: the Authorization the last hop carried, which a 401 refused (if any). */
+  readonly authorization?: string;
   /** Set when the body's chunks are lent (see UpstreamBlob.recycle). */
   readonly recycle?: (chunk: Buffer) => void;
   /** Set for plainRequest's answers: drops the body, keeping the connection when that is cheap. */
@@ -396,7 +398,7 @@ export class HttpUpstream implements Upstream {
       if (answered.size >= MAX_CHALLENGES) return res;
       answered.add(origin);
       // No way to answer the challenge: the 401 stands (its body is already gone).
-      if (!(await this.authenticate(repo, res.headers, origin, signal))) return res;
+      if (!(await this.authenticate(repo, res.headers, origin, res.authorization, signal))) return res;
     }
   }
 
@@ -426,7 +428,7 @@ export class HttpUpstream implements Upstream {
       this.options.onRequest?.(res.statusCode);
       const location = res.headers.location;
       if (!REDIRECTS.has(res.statusCode) || typeof location !== 'string' || hop >= MAX_REDIRECTS) {
-        return Object.assign(res, { url: target });
+        return Object.assign(res, { url: target, ...(hopHeaders.authorization !== undefined ? { authorization: hopHeaders.authorization } : {}) });
       }
       await discard(res);
       const next = new URL(location, target);
@@ -560,14 +562,17 @@ export class HttpUpstream implements Upstream {
    * Answers the 401 challenge `origin` sent. From the upstream: Basic → our credentials; Bearer → a
    * token for the repository's pull scope, with our credentials. From another origin (a redirect
    * target): an anonymous token for the scope its challenge names; our credentials never go there,
-   * nor to a realm it names.
+   * nor to a realm it names. `sent` is the Authorization the challenged request carried.
    */
-  private async authenticate(repo: string, headers: Headers, origin: string, signal?: AbortSignal): Promise<boolean> {
+  private async authenticate(repo: string, headers: Headers, origin: string, sent: string | undefined, signal?: AbortSignal): Promise<boolean> {
     const ours = origin === this.origin;
     const challenge = parseChallenge(String(headers['www-authenticate'] ?? ''));
     if (!challenge) return false;
     if (challenge.scheme === 'basic') {
-      if (!ours || this.options.username === undefined || this.basicOnly) return false;
+      // Only a 401 to our credentials refuses them. `basicOnly` says nothing about this request: one
+      // sent without them before another's challenge set it (parallel layer pulls, the first after a
+      // start) is answered with them, not taken for a refusal.
+      if (!ours || this.options.username === undefined || sent === this.basic()) return false;
       this.basicOnly = true;
       return true;
     }

@@ -16,6 +16,8 @@ async function readAll(body: Readable): Promise<Buffer> {
   return Buffer.concat(chunks);
 }
 
+const sha256Of = (bytes: Buffer): string => `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+
 async function failureOf(promise: Promise<unknown>): Promise<UpstreamError> {
   const err = await promise.then(
     () => undefined,
@@ -192,6 +194,41 @@ describe('HttpUpstream against a real misbehaving server', () => {
     expect(await up.statBlob('alice/app', blobDigest)).toEqual({ size: blobBytes.length });
     const auth = fake.requests.map((r) => r.authorization?.split(' ')[0]);
     expect(auth).toEqual([undefined, 'Basic', 'Basic']);
+  });
+
+  test('Basic: eight first requests in flight at once without credentials are each answered with them, none taken for refused', async () => {
+    fake.auth = 'basic';
+    fake.challengeTogether = 8;
+    const digests = Array.from({ length: 5 }, (_, i) => fake.addBlob(randomBytes(1000 + i)));
+    const up = client({ username: 'alice', password: 's3cret' });
+    // What a runtime's pull sends at once: the manifest by tag and by digest, a HEAD, and the layers.
+    const answers = await Promise.all([
+      up.manifest('alice/app', '1').then((m) => m?.digest),
+      up.manifest('alice/app', manifestDigest).then((m) => m?.digest),
+      up.statBlob('alice/app', blobDigest).then((s) => s?.size),
+      ...digests.map(async (d) => sha256Of(await readAll((await up.blob('alice/app', d))!.body))),
+    ]);
+    expect(answers).toEqual([manifestDigest, manifestDigest, blobBytes.length, ...digests]);
+    // Each went once without credentials, and once with them.
+    expect(fake.requests.map((r) => r.authorization?.split(' ')[0]).sort()).toEqual([...Array(8).fill('Basic'), ...Array(8).fill(undefined)]);
+  });
+
+  test('Bearer: eight first requests in flight at once without a token each get one and are answered', async () => {
+    fake.auth = 'bearer';
+    fake.challengeTogether = 8;
+    const digests = Array.from({ length: 8 }, (_, i) => fake.addBlob(randomBytes(1000 + i)));
+    const up = client({ username: 'alice', password: 's3cret' });
+    const got = await Promise.all(digests.map(async (d) => sha256Of(await readAll((await up.blob('alice/app', d))!.body))));
+    expect(got).toEqual(digests);
+  });
+
+  test('Basic with wrong credentials, eight requests at once: each is "unauthorized" after its credentials went', async () => {
+    fake.auth = 'basic';
+    fake.challengeTogether = 8;
+    const up = client({ username: 'alice', password: 'nope' });
+    const failures = await Promise.all(Array.from({ length: 8 }, () => failureOf(up.statBlob('alice/app', blobDigest))));
+    expect(failures.map((f) => f.failure)).toEqual(Array(8).fill('unauthorized'));
+    expect(fake.requests.filter((r) => r.authorization?.startsWith('Basic ')).length).toBe(8);
   });
 
   test('Basic with wrong credentials is an "unauthorized" failure', async () => {

@@ -50,6 +50,12 @@ export class FakeUpstream {
   readonly referrers = new Map<string, unknown[]>();
   /** Sent as `RateLimit-Remaining: <n>;w=21600` on manifest answers, when set (as Docker Hub does). */
   rateLimitRemaining: number | undefined;
+  /**
+   * Challenges to requests without credentials are held until this many have come, then sent
+   * together: first requests that were all in flight at once (a runtime pulling layers in parallel).
+   */
+  challengeTogether = 0;
+  private readonly heldChallenges: (() => void)[] = [];
   /** TCP connections accepted. */
   connections = 0;
   private readonly issued = new Set<string>();
@@ -171,6 +177,11 @@ export class FakeUpstream {
     if (this.auth === 'none') return true;
     if (this.auth === 'basic' && this.basicOk(header)) return true;
     if (this.auth === 'bearer' && header?.startsWith('Bearer ') && this.issued.has(header.slice(7))) return true;
+    if (header === undefined && this.heldChallenges.length + 1 < this.challengeTogether) {
+      this.heldChallenges.push(() => this.challenge(path, res));
+      return false;
+    }
+    for (const send of this.heldChallenges.splice(0)) send();
     this.challenge(path, res);
     return false;
   }

@@ -218,6 +218,24 @@ describe('pull-through from a misbehaving upstream', () => {
       await bearer.close();
     }
   });
+  test('a Basic upstream: eight first pulls at once through a fresh Wharf, sent before any challenge came back, all get 200', async () => {
+    const basic = await FakeUpstream.start();
+    const reg = await startRegistry({
+      settings: { proxy: { retries: 0, upstreams: { bas: { url: basic.url, username: 'alice', password: 's3cret' } } } },
+    });
+    try {
+      basic.auth = 'basic';
+      // The first eight requests are all in flight before the first challenge is answered.
+      basic.challengeTogether = 8;
+      const layers = Array.from({ length: 8 }, (_, i) => basic.addBlob(randomBytes(64 * 1024 + i)));
+      const got = await Promise.all(layers.map((d) => download(`${reg.url}/v2/proxy/bas/alice/app/blobs/${d}`)));
+      expect(got).toEqual(layers.map((d) => ({ status: 200, body: d })));
+    } finally {
+      await reg.close();
+      await basic.close();
+    }
+  });
+
   test('a kept tag list served while the upstream fails says so in a 299 Warning', async () => {
     const url = `${proxy.url}/v2/proxy/fake/${repo}/tags/list`;
     const fresh = await fetch(url);
