@@ -6,7 +6,7 @@ import type { Dispatcher } from 'undici';
 import { bypassesProxy } from './no-proxy.js';
 import { DROP_LIMIT, plainRequest } from './plain-http.js';
 import { resumingBlob } from './resuming-body.js';
-import { TokenCache, parseChallenge } from './token-auth.js';
+import { TokenCache, parseChallenge, tokenOf } from './token-auth.js';
 import { keepWasmOnBaseline } from './wasm-baseline.js';
 import { OUTAGES, UpstreamError, descriptorOf, type Upstream, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest, type UpstreamTags } from './upstream.js';
 
@@ -601,15 +601,15 @@ export class HttpUpstream implements Upstream {
       throw new UpstreamError('unauthorized', `token service of upstream ${this.name} answered ${res.statusCode}`, res.statusCode);
     }
     const raw = await readUpTo(res, MAX_TOKEN_BYTES, () => new UpstreamError('unauthorized', `token service of upstream ${this.name} sent more than ${MAX_TOKEN_BYTES} bytes`));
-    let body: { token?: unknown; access_token?: unknown; expires_in?: unknown };
+    let doc: unknown;
     try {
-      body = JSON.parse(raw.toString('utf8')) as typeof body;
+      doc = JSON.parse(raw.toString('utf8'));
     } catch {
       throw new UpstreamError('unauthorized', `token service of upstream ${this.name} sent no JSON`);
     }
-    const token = typeof body.token === 'string' && body.token ? body.token : typeof body.access_token === 'string' ? body.access_token : undefined;
-    if (!token) throw new UpstreamError('unauthorized', `token service of upstream ${this.name} sent no token`);
-    this.tokens.set(tokenKey(origin, repo), token, typeof body.expires_in === 'number' ? body.expires_in : 60);
+    const answer = tokenOf(doc);
+    if (!answer) throw new UpstreamError('unauthorized', `token service of upstream ${this.name} sent no token`);
+    this.tokens.set(tokenKey(origin, repo), answer.token, answer.expiresIn);
     return true;
   }
 

@@ -54,6 +54,24 @@ export function parseChallenge(header: string | undefined): Challenge | undefine
   return pick ? { scheme: pick.scheme as Challenge['scheme'], params: pick.params } : undefined;
 }
 
+/** What a token service's answer gives: the token, and its lifetime in seconds (60 unless it says). */
+export interface TokenAnswer {
+  readonly token: string;
+  readonly expiresIn: number;
+}
+
+/**
+ * The token in a token service's parsed JSON answer (`token`, or OAuth's `access_token`), or undefined
+ * when there is none. The answer is a third party's: anything JSON can hold may come (`null`, a number,
+ * an array), and none of it may throw here, which would pass for a network failure.
+ */
+export function tokenOf(doc: unknown): TokenAnswer | undefined {
+  if (typeof doc !== 'object' || doc === null) return undefined;
+  const { token, access_token: accessToken, expires_in: expiresIn } = doc as Record<string, unknown>;
+  const found = typeof token === 'string' && token ? token : typeof accessToken === 'string' && accessToken ? accessToken : undefined;
+  return found ? { token: found, expiresIn: typeof expiresIn === 'number' ? expiresIn : 60 } : undefined;
+}
+
 interface CachedToken {
   readonly token: string;
   readonly expiresAt: number;

@@ -1,6 +1,6 @@
 import { describe, expect, test } from '@jest/globals';
 import { parseRetryAfter } from '../src/http-upstream.js';
-import { TokenCache, parseChallenge } from '../src/token-auth.js';
+import { TokenCache, parseChallenge, tokenOf } from '../src/token-auth.js';
 
 describe('parseChallenge', () => {
   test('Bearer with quoted realm, service and a scope containing commas and a host:port', () => {
@@ -70,6 +70,18 @@ describe('parseRetryAfter', () => {
 
   test('a negative value never means waiting (Date.parse reads "-5" as a date long past)', () => {
     expect(parseRetryAfter('-5', now) ?? 0).toBe(0);
+  });
+});
+
+describe('tokenOf', () => {
+  test('token, else access_token; expires_in when a number, else 60', () => {
+    expect(tokenOf({ token: 'a', access_token: 'b', expires_in: 300 })).toEqual({ token: 'a', expiresIn: 300 });
+    expect(tokenOf({ token: '', access_token: 'b' })).toEqual({ token: 'b', expiresIn: 60 });
+    expect(tokenOf({ access_token: 'b', expires_in: '300' })).toEqual({ token: 'b', expiresIn: 60 });
+  });
+
+  test('no token in any JSON that is no object, or holds none: undefined, never a throw', () => {
+    for (const doc of [null, 5, 'token', true, [], ['t'], {}, { token: 123 }, { token: '' }, { access_token: '' }]) expect(tokenOf(doc)).toBeUndefined();
   });
 });
 

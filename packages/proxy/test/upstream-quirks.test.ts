@@ -277,6 +277,21 @@ describe('refusals and token services', () => {
     expect([err.failure, err.retryAfter]).toEqual(['rate-limited', 3600]);
   });
 
+  test('a token service answering JSON that is no object (null, a number, a string, an array) sent no token: "unauthorized", asked once', async () => {
+    for (const body of ['null', '5', '"t"', '[]', 'true']) {
+      const registry: Host = await host((req, res) => {
+        if (req.url!.startsWith('/token')) return void res.writeHead(200, { 'content-type': 'application/json' }).end(body);
+        challenge(res, `Bearer realm="${registry.url}/token",service="s"`);
+      });
+      // Retries on: an answer taken for an outage would ask the token service again.
+      const upstream = new HttpUpstream({ name: 'up', url: registry.url, retries: 2, timeouts: quick });
+      const err = (await upstream.manifest('team/app', '1').catch((e: unknown) => e)) as UpstreamError;
+      expect(err).toBeInstanceOf(UpstreamError);
+      expect([body, err.failure, err.message]).toEqual([body, 'unauthorized', 'token service of upstream up sent no token']);
+      expect(registry.seen.filter((s) => s.url.startsWith('/token'))).toHaveLength(1);
+    }
+  });
+
   test('a 403, and a 401 invalid_token after a fresh token, are our credentials\' problem ("unauthorized"), not "denied"', async () => {
     const forbidden = await host((_req, res) => json(res, 403, { errors: [{ code: 'DENIED' }] }));
     const viaForbidden = new HttpUpstream({ name: 'up', url: forbidden.url, retries: 0, timeouts: quick });
