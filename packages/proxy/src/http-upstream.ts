@@ -99,13 +99,21 @@ interface Buffered {
   readonly refused?: boolean;
 }
 
-/** Seconds from a Retry-After header (delta-seconds or an HTTP date). */
+/**
+ * The longest wait a Retry-After is taken for: an hour. The proxy holds back its checks of cached
+ * tags for as long as an upstream asks (and passes the wait on to clients with nothing cached), so one
+ * answer saying 99999999999 froze them until a restart. Docker Hub's pull window is 6 hours; an hour
+ * later the upstream is simply asked again.
+ */
+export const MAX_RETRY_AFTER_S = 3600;
+
+/** Seconds from a Retry-After header (delta-seconds or an HTTP date), at most MAX_RETRY_AFTER_S. */
 export function parseRetryAfter(value: string | string[] | undefined, now = Date.now()): number | undefined {
   const text = Array.isArray(value) ? value[0] : value;
   if (!text) return undefined;
-  if (/^\d+$/.test(text.trim())) return Number(text.trim());
+  if (/^\d+$/.test(text.trim())) return Math.min(MAX_RETRY_AFTER_S, Number(text.trim()));
   const at = Date.parse(text);
-  return Number.isNaN(at) ? undefined : Math.max(0, Math.ceil((at - now) / 1000));
+  return Number.isNaN(at) ? undefined : Math.min(MAX_RETRY_AFTER_S, Math.max(0, Math.ceil((at - now) / 1000)));
 }
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {

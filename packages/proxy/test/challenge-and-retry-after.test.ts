@@ -58,6 +58,13 @@ describe('parseRetryAfter', () => {
     expect(parseRetryAfter('Wed, 31 Dec 2025 23:59:00 GMT', now)).toBe(0);
   });
 
+  test('an hour at most, however far the upstream says', () => {
+    expect(parseRetryAfter('3600', now)).toBe(3600);
+    expect(parseRetryAfter('99999999999', now)).toBe(3600);
+    expect(parseRetryAfter('9'.repeat(400), now)).toBe(3600);
+    expect(parseRetryAfter('Fri, 01 Jan 2100 00:00:00 GMT', now)).toBe(3600);
+  });
+
   test('the first of repeated headers counts', () => {
     expect(parseRetryAfter(['5', '7'], now)).toBe(5);
   });
