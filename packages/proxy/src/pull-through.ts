@@ -207,10 +207,13 @@ export class PullThroughRepository implements RepositoryReader {
         this.forget(repo, tag);
         throw err;
       }
-      if (cached && err instanceof UpstreamError && err.failure !== 'invalid') {
+      if (cached && err instanceof UpstreamError) {
         // Only an outage holds back the next requests' checks; one repository's answer does not.
         if (OUTAGES.has(err.failure)) this.backOff(err.retryAfter);
-        return this.stale(cached, repo, tag, `upstream ${this.key} unavailable (${err.message}); serving the cached manifest`);
+        // An answer that is no manifest (a captive portal's page, a body cut short, a digest that does
+        // not match) is the upstream out of reach as much as a 503 is.
+        const what = err.failure === 'invalid' ? 'sent no valid manifest' : 'unavailable';
+        return this.stale(cached, repo, tag, `upstream ${this.key} ${what} (${err.message}); serving the cached manifest`);
       }
       if (cached && signal?.aborted) {
         this.backOff(undefined);

@@ -50,6 +50,21 @@ describe('PullThroughRepository during an upstream outage', () => {
     expect(fake.requests.length).toBe(asked);
   });
 
+  test('an answer that is no manifest (a captive portal) with the tag cached: the cached copy, with a warning, and the next request asks again', async () => {
+    fake.addManifest('alice/app', '1', DOC);
+    const first = await repo.manifest('alice/app', '1');
+    await sleep(TTL + 20);
+    fake.fault = 'portal';
+    const stale = await repo.manifest('alice/app', '1');
+    expect(stale?.digest).toBe(first?.digest);
+    expect(stale?.warning).toMatch(/sent no valid manifest/);
+    // Not an outage: no back-off, the upstream is asked again at once.
+    const asked = fake.requests.length;
+    fake.fault = undefined;
+    expect((await repo.manifest('alice/app', '1'))?.warning).toBeUndefined();
+    expect(fake.requests.length).toBeGreaterThan(asked);
+  });
+
   test('once the back-off window has passed, the upstream is asked again and a recovery is seen', async () => {
     fake.addManifest('alice/app', '1', DOC);
     await repo.manifest('alice/app', '1');

@@ -5,7 +5,8 @@ import type { Digest } from '@wharf/registry-core';
 
 /** What the next matching requests get instead of a correct answer. */
 /** hold: half a blob's body, then the rest 400 ms later. */
-export type Fault = 'wrong-bytes' | 'truncate' | 'reset' | '500' | '429' | 'stall' | 'hold' | 'deny';
+/** portal: 200 with an HTML page, as a captive portal or a misconfigured gateway answers. */
+export type Fault = 'wrong-bytes' | 'truncate' | 'reset' | '500' | '429' | 'stall' | 'hold' | 'deny' | 'portal';
 
 export interface SeenRequest {
   readonly method: string;
@@ -105,6 +106,7 @@ export class FakeUpstream {
     // Refused even with a fresh token: a repository made private, credentials that lost access.
     if (fault === 'deny') return this.challenge(path, res);
     if (fault === '500') return void res.writeHead(500, { 'content-type': 'application/json' }).end('{"errors":[{"code":"UNKNOWN"}]}');
+    if (fault === 'portal') return void res.writeHead(200, { 'content-type': 'text/html' }).end('<html><body>Sign in to the network</body></html>');
     if (fault === '429') return void res.writeHead(429, { 'retry-after': '1', 'content-type': 'application/json' }).end('{"errors":[{"code":"TOOMANYREQUESTS"}]}');
     const list = /^\/v2\/(.+)\/tags\/list$/.exec(path);
     if (list) return this.tagList(list[1]!, new URLSearchParams(query), res);
