@@ -745,6 +745,10 @@ const SCHEMA1 = 'application/vnd.docker.distribution.manifest.v1+json';
  * application/json; then a manifest Content-Type; then the document's shape (an OCI manifest's
  * `mediaType` is optional).
  */
+function isKnownManifestType(mediaType: string): boolean {
+  return (MANIFEST_MEDIA_TYPES as readonly string[]).includes(mediaType) || mediaType === SCHEMA1_SIGNED || mediaType === SCHEMA1;
+}
+
 function manifestMediaType(bytes: Buffer, contentType: string | undefined): string | undefined {
   let doc: unknown;
   try {
@@ -755,9 +759,10 @@ function manifestMediaType(bytes: Buffer, contentType: string | undefined): stri
   if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) return undefined;
   const { schemaVersion, mediaType, manifests, layers, signatures } = doc as Record<string, unknown>;
   if (schemaVersion !== 1 && schemaVersion !== 2) return undefined;
-  if (typeof mediaType === 'string' && mediaType !== '') return mediaType;
+  // A document naming a type that is no manifest's (`text/html`) is none, whatever else it holds.
+  if (typeof mediaType === 'string' && mediaType !== '') return isKnownManifestType(mediaType) ? mediaType : undefined;
   const header = bareMediaType(contentType);
-  if (header && ((MANIFEST_MEDIA_TYPES as readonly string[]).includes(header) || header === SCHEMA1_SIGNED || header === SCHEMA1)) return header;
+  if (header && isKnownManifestType(header)) return header;
   if (schemaVersion === 1) return signatures === undefined ? SCHEMA1 : SCHEMA1_SIGNED;
   if (Array.isArray(manifests)) return MediaType.OciIndex;
   if (Array.isArray(layers)) return MediaType.OciManifest;

@@ -335,6 +335,15 @@ describe('manifest answers done wrong', () => {
     await expect(upstream.manifest('a/b', '1')).rejects.toThrow(/schema 1/);
   });
 
+  test('a JSON document whose mediaType is no manifest type (a page, an error) is no manifest, whatever Content-Type came with it', async () => {
+    for (const contentType of [OCI, 'text/html']) {
+      const page = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'text/html', layers: [] }));
+      const up = await host((_req, res) => void res.writeHead(200, { 'content-type': contentType, 'content-length': page.length }).end(page));
+      const upstream = new HttpUpstream({ name: 'up', url: up.url, retries: 0 });
+      await expect(upstream.manifest('library/app', '1')).rejects.toMatchObject({ failure: 'invalid', message: expect.stringMatching(/not a manifest/) });
+    }
+  });
+
   test('asked by digest, bytes that hash to it are taken whatever digest header came with them', async () => {
     const registry = await host((req, res) => manifestAnswer(req, res, MANIFEST, sha256(Buffer.from('another manifest'))));
     const upstream = new HttpUpstream({ name: 'up', url: registry.url, retries: 0, timeouts: quick });
