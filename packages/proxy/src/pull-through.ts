@@ -334,14 +334,15 @@ export class PullThroughRepository implements RepositoryReader {
     // The size the client is told bounds a fill's reader: with it the last byte waits for the digest,
     // even where the upstream announced no size (a reader of unknown size sends every byte as it comes).
     const whole = range ?? { start: 0, end: blob.size - 1 };
-    if (fill) return fill.reader(whole);
+    if (fill) return await startedReader(fill, whole);
     const body = await this.store.open(blob.digest, range);
     if (body) {
       this.observer?.servedFromCache?.(this.key, range ? range.end - range.start + 1 : blob.size);
       return body;
     }
     // Evicted or purged since `blob` found it cached: fetched again, as any miss is.
-    return (await this.fill(repo, blob.digest))?.reader(whole);
+    const refill = await this.fill(repo, blob.digest);
+    return refill && (await startedReader(refill, whole));
   }
 
   /** The upstream's answer to a range request, checked to hold exactly that range; undefined to fall back to the fill. */
@@ -606,6 +607,17 @@ function exactly(body: Readable, length: number): Readable {
 export function referrersTag(subject: Digest): string {
   const [alg = '', hex = ''] = subject.split(':');
   return `${alg.slice(0, 32)}-${hex.slice(0, 64)}`;
+}
+
+/**
+ * A reader of `range` of a running fill, once the fill has its first byte (or is done): the status
+ * line and headers go out with the first bytes. A fill that fails before then (an upstream that
+ * stalls after its headers, a 204) is the client's error answer, a 502 with the reason, not a
+ * connection closed before any status line, which Docker can only call "unexpected EOF".
+ */
+async function startedReader(fill: BlobFill, range: ByteRange): Promise<Readable> {
+  if (range.end >= range.start) await fill.next(range.start, range.end, true);
+  return fill.reader(range);
 }
 
 function isDenied(err: unknown): boolean {

@@ -6,7 +6,8 @@ import type { Digest } from '@wharf/registry-core';
 /** What the next matching requests get instead of a correct answer. */
 /** hold: half a blob's body, then the rest 400 ms later. */
 /** portal: 200 with an HTML page, as a captive portal or a misconfigured gateway answers. */
-export type Fault = 'wrong-bytes' | 'truncate' | 'reset' | '500' | '429' | 'stall' | 'hold' | 'deny' | 'portal';
+/** mute: a blob's status and headers, then not a byte of its body. */
+export type Fault = 'wrong-bytes' | 'truncate' | 'reset' | '500' | '429' | 'stall' | 'hold' | 'deny' | 'portal' | 'mute';
 
 export interface SeenRequest {
   readonly method: string;
@@ -140,6 +141,7 @@ export class FakeUpstream {
       ...(range ? { 'content-range': `bytes ${range[1]}-${Math.min(Number(range[2]), bytes.length - 1)}/${bytes.length}` } : {}),
     });
     if (req.method === 'HEAD') return void res.end();
+    if (fault === 'mute') return void res.flushHeaders();
     if (fault === 'hold') {
       const half = Math.floor(body.length / 2);
       res.write(body.subarray(0, half), () => setTimeout(() => res.end(body.subarray(half)), 400));

@@ -89,6 +89,23 @@ describe('pull-through from a misbehaving upstream', () => {
     });
   }
 
+  test('an upstream that sends a blob\'s headers and then not a byte: every client gets a 502 with the reason, not a connection closed before any status line', async () => {
+    fake.fault = 'mute';
+    fake.faultOn = /\/blobs\//;
+    const answers = await Promise.all(
+      Array.from({ length: 4 }, async () => {
+        const res = await fetch(blobUrl());
+        return { status: res.status, body: (await res.json()) as { errors: { code: string; detail: { reason?: string } }[] } };
+      }),
+    );
+    for (const { status, body } of answers) {
+      expect(status).toBe(502);
+      expect(body.errors[0]).toMatchObject({ code: 'UPSTREAM_ERROR', detail: { reason: expect.stringMatching(/.+/) } });
+    }
+    fake.fault = undefined;
+    expect(await download(blobUrl())).toEqual({ status: 200, body: digest });
+  });
+
   for (const fault of ['truncate', 'reset'] as const) {
     test(`${fault} once mid-blob: the download goes on with a range request, and the client gets the whole blob`, async () => {
       fake.fault = fault;
