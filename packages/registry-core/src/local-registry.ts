@@ -179,8 +179,9 @@ export class LocalRegistry implements RepositoryReader, RepositoryWriter {
       if (err instanceof RegistryError && err.code === 'DIGEST_INVALID') await this.uploads.cancel(repo, id);
       throw err;
     }
+    // The session ended with the seal (a DELETE now finds nothing): the file is ours alone to adopt. Should
+    // adopting fail, the file is left to the uploads' expiry.
     await this.adoptBlob(repo, sealed.file, sealed.blob);
-    await this.uploads.cancel(repo, id);
     return sealed.blob;
   }
 

@@ -25,11 +25,17 @@ export interface UploadSessions {
   status(repo: string, id: string): Promise<UploadStatus | undefined>;
   append(repo: string, id: string, chunk: Readable, position: ChunkPosition, signal?: AbortSignal): Promise<UploadStatus>;
   /**
-   * Verifies the whole upload against `digest` and hands back the file to adopt into the blob store. Once
-   * sealed, the session takes no more chunks (BLOB_UPLOAD_UNKNOWN), so the file stays as verified; a
-   * refused seal (DIGEST_INVALID) leaves the session as it was.
+   * Verifies the whole upload against `digest` and hands back the file to adopt into the blob store. A
+   * sealed session is gone: it takes no more chunks (BLOB_UPLOAD_UNKNOWN) and a cancel finds nothing, so
+   * the file stays as verified and belongs to the caller; a refused seal (DIGEST_INVALID) leaves the
+   * session as it was.
    */
   seal(repo: string, id: string, digest: Digest): Promise<{ blob: BlobInfo; file: string }>;
+  /**
+   * Removes the session; false when there is none. Serialised with the session's chunks and seal: a
+   * chunk being written is stopped (its append fails BLOB_UPLOAD_UNKNOWN), never acknowledged into a
+   * removed session.
+   */
   cancel(repo: string, id: string): Promise<boolean>;
   /** Removes sessions not written to since `olderThan`; returns how many. */
   expire(olderThan: Date): Promise<number>;

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { FsUploadSessions } from '../src/fs/fs-uploads.js';
 import { describeUploadSessions } from './uploads.contract.js';
-import { sha256, sha512, streamOf } from './helpers.js';
+import { sha256, sha512, streamOf, streamOfSlowly } from './helpers.js';
 
 describeUploadSessions('FsUploadSessions', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'wharf-uploads-'));
@@ -39,6 +39,32 @@ describe('FsUploadSessions on disk', () => {
     expect(JSON.parse(await readFile(join(dir, 'uploads', s.id, 'info.json'), 'utf8'))).toMatchObject({ repo: 'alice/a', algorithm: 'sha256' });
     await sessions.cancel('alice/a', s.id);
     expect(await readdir(join(dir, 'uploads'))).toEqual([]);
+  });
+
+  test('cancel, append and seal racing on many sessions: only spec outcomes, and no session files left', async () => {
+    const more = Buffer.from('more');
+    const sealedFiles: string[] = [];
+    await Promise.all(
+      Array.from({ length: 40 }, async () => {
+        const s = await sessions.begin('alice/a');
+        await sessions.append('alice/a', s.id, streamOf(whole), {});
+        const results = await Promise.allSettled([
+          sessions.append('alice/a', s.id, streamOfSlowly(more, more), {}),
+          sessions.seal('alice/a', s.id, sha256(whole)),
+          sessions.cancel('alice/a', s.id),
+          sessions.cancel('alice/a', s.id),
+        ]);
+        for (const r of results) {
+          // A chunk that came first makes the seal's digest wrong; anything else lost finds no session.
+          if (r.status === 'rejected') expect(['BLOB_UPLOAD_UNKNOWN', 'DIGEST_INVALID']).toContain((r.reason as { code?: string }).code);
+        }
+        const seal = results[1];
+        if (seal.status === 'fulfilled') sealedFiles.push(seal.value.file);
+        expect(await sessions.status('alice/a', s.id)).toBeUndefined();
+      }),
+    );
+    // Every session is gone as a whole: what is left are the sealed files handed to their callers.
+    expect((await readdir(join(dir, 'uploads'))).sort()).toEqual(sealedFiles.map((f) => f.split('/').pop()).sort());
   });
 
   describe('restart survival', () => {

@@ -1,6 +1,7 @@
 import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
 import { readFile } from 'node:fs/promises';
-import { Readable } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
+import { setImmediate as tick } from 'node:timers/promises';
 import type { Digest } from '../src/digest.js';
 import type { UploadSessions } from '../src/uploads.js';
 import { bytesOf, failingStream, sha256, sha512, streamOf, streamOfSlowly } from './helpers.js';
@@ -265,12 +266,13 @@ export function describeUploadSessions(name: string, make: () => Promise<UploadS
         await expect(sessions.seal('alice/a', s.id, sha256(whole))).rejects.toMatchObject({ code: 'BLOB_UPLOAD_UNKNOWN' });
       });
 
-      test('a sealed session can still be cancelled', async () => {
+      test('a sealed session is gone: a cancel finds nothing and leaves the sealed file', async () => {
         const s = await sessions.begin('alice/a');
         await sessions.append('alice/a', s.id, streamOf(whole), {});
-        await sessions.seal('alice/a', s.id, sha256(whole));
-        expect(await sessions.cancel('alice/a', s.id)).toBe(true);
+        const sealed = await sessions.seal('alice/a', s.id, sha256(whole));
+        expect(await sessions.status('alice/a', s.id)).toBeUndefined();
         expect(await sessions.cancel('alice/a', s.id)).toBe(false);
+        expect((await readFile(sealed.file)).equals(whole)).toBe(true);
       });
 
       test('sealing an unknown session is BLOB_UPLOAD_UNKNOWN', async () => {
@@ -289,6 +291,23 @@ export function describeUploadSessions(name: string, make: () => Promise<UploadS
         await expect(sessions.append('alice/a', s.id, streamOf(part1), {})).rejects.toMatchObject({ code: 'BLOB_UPLOAD_UNKNOWN' });
         await expect(sessions.seal('alice/a', s.id, sha256(whole))).rejects.toMatchObject({ code: 'BLOB_UPLOAD_UNKNOWN' });
         expect(await sessions.cancel('alice/a', s.id)).toBe(false);
+      });
+
+      test('a cancel while a chunk arrives stops it: the append fails BLOB_UPLOAD_UNKNOWN, never succeeds', async () => {
+        const s = await sessions.begin('alice/a');
+        const body = new PassThrough();
+        const appending = sessions.append('alice/a', s.id, body, {});
+        const outcome = appending.then(
+          () => 'stored',
+          (err: { code?: string }) => err.code,
+        );
+        body.write(part1);
+        // The first bytes are in: the chunk is being written when the cancel comes.
+        for (let i = 0; i < 100 && body.readableLength > 0; i++) await tick();
+        expect(await sessions.cancel('alice/a', s.id)).toBe(true);
+        body.end(part2);
+        expect(await outcome).toBe('BLOB_UPLOAD_UNKNOWN');
+        expect(await sessions.status('alice/a', s.id)).toBeUndefined();
       });
 
       test('cancel leaves other sessions alone', async () => {

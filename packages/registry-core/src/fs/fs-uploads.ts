@@ -1,6 +1,6 @@
 import { randomUUID, type Hash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { mkdir, open, readdir, readFile, rename, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, rm, stat, truncate, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -20,6 +20,10 @@ const RUNNING_HASHES = 1024;
 
 const SESSION_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
+function uploadUnknown(id: string): RegistryError {
+  return new RegistryError('BLOB_UPLOAD_UNKNOWN', 'blob upload unknown to registry', { id });
+}
+
 interface SessionInfo {
   readonly repo: string;
   readonly algorithm: DigestAlgorithm;
@@ -35,8 +39,9 @@ interface RunningHash {
 /**
  * Upload sessions as folders under the temporary storage: `<tempRoot>/uploads/<id>/{info.json,data}`.
  * PATCHes to one session are serialised; a chunk that does not start where the data ends is refused
- * (RANGE_INVALID, 416) and the client can ask for the current offset. Sealing renames `data` to `sealed`,
- * which ends the session for PATCHes.
+ * (RANGE_INVALID, 416) and the client can ask for the current offset. Sealing moves `data` out to
+ * `<id>.sealed` and removes the session. Append, seal and cancel of one session hold its lock, so a DELETE
+ * racing a PATCH or the completing PUT finds either the whole session or none of it.
  */
 export class FsUploadSessions implements UploadSessions {
   private readonly dir: string;
@@ -44,6 +49,10 @@ export class FsUploadSessions implements UploadSessions {
   private readonly locks = new Map<string, Promise<unknown>>();
   /** Sessions with a chunk being written, and the size they had before it: what status reports. */
   private readonly committed = new Map<string, number>();
+  /** The chunk being written to each session: a cancel stops it rather than wait for a slow client. */
+  private readonly writing = new Map<string, AbortController>();
+  /** Sessions with a cancel waiting for their lock, and how many: chunks queued behind it are refused. */
+  private readonly cancelling = new Map<string, number>();
 
   constructor(tempRoot: string) {
     this.dir = join(tempRoot, 'uploads');
@@ -76,6 +85,8 @@ export class FsUploadSessions implements UploadSessions {
 
   append(repo: string, id: string, chunk: Readable, position: ChunkPosition, signal?: AbortSignal): Promise<UploadStatus> {
     return this.exclusive(id, async () => {
+      // A DELETE came while this chunk waited: the session is as good as gone.
+      if (this.cancelling.has(id)) throw uploadUnknown(id);
       const current = await this.require(repo, id);
       if (position.start !== undefined && position.start !== current.size) {
         throw new RegistryError('RANGE_INVALID', 'chunk does not start where the upload ends', {
@@ -87,9 +98,13 @@ export class FsUploadSessions implements UploadSessions {
       const running = await this.runningHash(id, current.size);
       const counter = { bytes: 0 };
       this.committed.set(id, current.size);
+      const stop = new AbortController();
+      this.writing.set(id, stop);
+      // A cancel that came while this chunk was being set up found nothing to stop yet.
+      if (this.cancelling.has(id)) stop.abort();
       try {
         const sink = createWriteStream(this.dataPath(id), { flags: 'a', highWaterMark: 1024 * 1024 });
-        await pipeline(chunk, hashingStage(running.hash, counter, expected), sink, signal ? { signal } : {});
+        await pipeline(chunk, hashingStage(running.hash, counter, expected), sink, { signal: signal ? AbortSignal.any([signal, stop.signal]) : stop.signal });
         if (expected !== undefined && counter.bytes !== expected) {
           throw new RegistryError('SIZE_INVALID', 'chunk length does not match Content-Range', { expected, actual: counter.bytes });
         }
@@ -102,9 +117,12 @@ export class FsUploadSessions implements UploadSessions {
         // last good offset, so a retry of the same chunk starts clean.
         this.running.delete(id);
         await truncate(this.dataPath(id), current.size).catch(() => undefined);
+        // Stopped by a cancel: the client is told its session is gone, never that the chunk was kept.
+        if (stop.signal.aborted && !signal?.aborted) throw uploadUnknown(id);
         throw err;
       } finally {
         this.committed.delete(id);
+        this.writing.delete(id);
       }
       return { ...current, size: current.size + counter.bytes };
     });
@@ -130,20 +148,39 @@ export class FsUploadSessions implements UploadSessions {
       } finally {
         await handle.close();
       }
-      // Still under the lock: move the verified bytes out of `data`, so that a PATCH arriving before the
-      // caller adopts the file finds no session instead of appending to what was just verified.
-      const sealed = join(this.dir, id, 'sealed');
+      // Still under the lock: move the verified bytes out of the session and end it, so that a PATCH or
+      // a DELETE arriving before the caller adopts the file finds no session, and neither appends to
+      // nor removes what was just verified.
+      const sealed = join(this.dir, `${id}.sealed`);
       await rename(this.dataPath(id), sealed);
+      // Renaming keeps the time of the last chunk: without this, `expire` could take a file that was
+      // written to long ago but is being adopted now.
+      const now = new Date();
+      await utimes(sealed, now, now);
       this.running.delete(id);
+      await rm(join(this.dir, id), { recursive: true, force: true });
       return { blob: { digest, size: current.size }, file: sealed };
     });
   }
 
   async cancel(repo: string, id: string): Promise<boolean> {
     if (!(await this.info(repo, id))) return false;
-    this.running.delete(id);
-    await rm(join(this.dir, id), { recursive: true, force: true });
-    return true;
+    this.cancelling.set(id, (this.cancelling.get(id) ?? 0) + 1);
+    try {
+      // The chunk in flight ends now (its bytes cut back), so the DELETE need not wait for its client.
+      this.writing.get(id)?.abort();
+      return await this.exclusive(id, async () => {
+        // Looked at again under the lock: a seal or another cancel may have ended the session meanwhile.
+        if (!(await this.info(repo, id))) return false;
+        this.running.delete(id);
+        await rm(join(this.dir, id), { recursive: true, force: true });
+        return true;
+      });
+    } finally {
+      const left = (this.cancelling.get(id) ?? 1) - 1;
+      if (left > 0) this.cancelling.set(id, left);
+      else this.cancelling.delete(id);
+    }
   }
 
   async expire(olderThan: Date): Promise<number> {
@@ -181,7 +218,7 @@ export class FsUploadSessions implements UploadSessions {
 
   private async require(repo: string, id: string): Promise<UploadStatus> {
     const s = await this.status(repo, id);
-    if (!s) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', 'blob upload unknown to registry', { id });
+    if (!s) throw uploadUnknown(id);
     return s;
   }
 
