@@ -13,6 +13,18 @@ function uploadUnknown(id: string): RegistryError {
   return new RegistryError('BLOB_UPLOAD_UNKNOWN', 'blob upload unknown to registry', { id });
 }
 
+/**
+ * A query parameter that must appear at most once. Given twice (`?digest=D&digest=D`) it arrives as an
+ * array, which a `typeof … === 'string'` test would take for absent: a monolithic upload would then open
+ * an empty session and drop its body. Refused instead, with the code of what the parameter names.
+ */
+function singleParam(ctx: Context, name: 'digest' | 'mount' | 'from'): string | undefined {
+  const value = ctx.query[name];
+  if (!Array.isArray(value)) return value;
+  const code = name === 'from' ? 'NAME_INVALID' : 'DIGEST_INVALID';
+  throw new RegistryError(code, `the ${name} query parameter is given more than once`, { [name]: value });
+}
+
 /** The reply headers of an open session: where to send the next chunk and how much is there. */
 function describeSession(ctx: Context, name: string, upload: UploadStatus): void {
   ctx.set('Location', `/v2/${name}/blobs/uploads/${upload.id}`);
@@ -35,7 +47,9 @@ export function registerUploads(router: Router, deps: RouteDeps): void {
     const name = capture(ctx, 0);
     const target = await repository(ctx, deps, 'upload');
     const writer = writerOf(target);
-    const { mount, from, digest } = ctx.query;
+    const mount = singleParam(ctx, 'mount');
+    const from = singleParam(ctx, 'from');
+    const digest = singleParam(ctx, 'digest');
 
     if (typeof mount === 'string' && mount !== '') {
       const wanted = tryParseDigest(mount);
@@ -95,8 +109,8 @@ export function registerUploads(router: Router, deps: RouteDeps): void {
     const target = await repository(ctx, deps, 'upload');
     const writer = writerOf(target);
     const id = capture(ctx, 1);
-    const digest = ctx.query.digest;
-    if (typeof digest !== 'string' || digest === '') {
+    const digest = singleParam(ctx, 'digest');
+    if (digest === undefined || digest === '') {
       throw new RegistryError('DIGEST_INVALID', 'the digest query parameter is required to complete an upload', undefined);
     }
     const expect = parseDigest(digest).digest;

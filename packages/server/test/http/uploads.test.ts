@@ -1,5 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { createHash } from 'node:crypto';
+import { readdir } from 'node:fs/promises';
+import { join } from 'node:path';
 import { chunksOf, expectOciError, rawRequest, startUpload, uniqueRepo, withDigest } from '../helpers/http.js';
 import { blob, pushBlob } from '../helpers/oci.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
@@ -114,6 +116,29 @@ describe('blob uploads', () => {
     test('a single POST with a malformed ?digest= answers 400 DIGEST_INVALID', async () => {
       const repo = uniqueRepo('up');
       await expectOciError(await fetch(`${reg.url}/v2/${repo}/blobs/uploads/?digest=sha256:nothex`, { method: 'POST', body: 'x' }), 400, 'DIGEST_INVALID');
+    });
+
+    test.each([
+      ['digest', (d: string) => `?digest=${d}&digest=${d}`, 'DIGEST_INVALID'],
+      ['mount', (d: string) => `?mount=${d}&mount=${d}`, 'DIGEST_INVALID'],
+      ['from', (d: string) => `?mount=${d}&from=a/b&from=a/b`, 'NAME_INVALID'],
+    ])('a POST with ?%s= given twice answers 400 and opens no session', async (_name, query, code) => {
+      const repo = uniqueRepo('up');
+      const b = blob(`repeated parameter ${query('x')}`);
+      const before = await readdir(join(reg.root, '_tmp', 'uploads'));
+      const res = await fetch(`${reg.url}/v2/${repo}/blobs/uploads/${query(b.digest)}`, { method: 'POST', body: b.bytes });
+      await expectOciError(res, 400, code);
+      expect(await readdir(join(reg.root, '_tmp', 'uploads'))).toEqual(before);
+      await expectNoBlob(repo, b.digest);
+    });
+
+    test('a completing PUT with ?digest= given twice answers 400 DIGEST_INVALID', async () => {
+      const repo = uniqueRepo('up');
+      const b = blob('repeated on put');
+      const session = await startUpload(reg.url, repo);
+      const res = await fetch(`${session.url}?digest=${b.digest}&digest=${b.digest}`, { method: 'PUT', body: b.bytes });
+      const entry = await expectOciError(res, 400, 'DIGEST_INVALID');
+      expect(entry.message).toContain('more than once');
     });
 
     test('pushing the same blob twice answers 201 both times', async () => {
