@@ -1,4 +1,4 @@
-import type { ErrorCode } from '@wharf/registry-core';
+import type { ErrorCode, RegistryError } from '@wharf/registry-core';
 
 /** The one table from registry error codes to HTTP statuses. */
 export const ERROR_STATUS: Record<ErrorCode, number> = {
@@ -16,9 +16,9 @@ export const ERROR_STATUS: Record<ErrorCode, number> = {
   DENIED: 403,
   UNSUPPORTED: 405,
   TOOMANYREQUESTS: 429,
-  // A tag outside the grammar: 404, as distribution answers (its routes do not match the reference)
-  // and as the OCI conformance suite expects of GET and HEAD /manifests/.INVALID_MANIFEST_NAME.
-  TAG_INVALID: 404,
+  // A malformed tag in a request (?tag= on a manifest PUT), as distribution answers TAG_INVALID. In the
+  // path it is a 404: see errorStatus.
+  TAG_INVALID: 400,
   RANGE_INVALID: 416,
   PAGINATION_NUMBER_INVALID: 400,
   TOO_LARGE: 413,
@@ -29,3 +29,13 @@ export const ERROR_STATUS: Record<ErrorCode, number> = {
   UNAVAILABLE: 503,
   UNKNOWN: 500,
 };
+
+/**
+ * The status of `error`. A manifest reference in the path that is neither a digest nor a tag names no
+ * resource: 404, as distribution answers (its routes do not match the reference) and as the OCI
+ * conformance suite expects of GET and HEAD /manifests/.INVALID_MANIFEST_NAME. The same code for a
+ * request parameter is a malformed request: the table's 400.
+ */
+export function errorStatus(error: RegistryError, inPath: boolean): number {
+  return inPath && error.code === 'TAG_INVALID' ? 404 : ERROR_STATUS[error.code];
+}

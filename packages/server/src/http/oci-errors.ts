@@ -2,7 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { RegistryError } from '@wharf/registry-core';
 import type { Context, Next } from 'koa';
 import type { Logger } from 'pino';
-import { ERROR_STATUS } from './error-status.js';
+import { errorStatus } from './error-status.js';
 import { continueIfBodyArrived } from './expect-continue.js';
 
 /** Headers a route may have set for the success it did not reach; an error body must not carry them. */
@@ -19,7 +19,7 @@ export function isClientStreamError(err: unknown): boolean {
 
 /**
  * First middleware: turns every failure into the OCI error body `{"errors":[{code,message,detail}]}`
- * with the status from ERROR_STATUS. Once headers are out, the only safe move is to cut the connection.
+ * with the status from ERROR_STATUS (through errorStatus). Once headers are out, the only safe move is to cut the connection.
  */
 export function ociErrors(logger: Logger) {
   return async function ociErrorMiddleware(ctx: Context, next: Next): Promise<void> {
@@ -52,7 +52,7 @@ export function ociErrors(logger: Logger) {
       for (const h of SUCCESS_ONLY_HEADERS) ctx.remove(h);
       const retryAfter = (error.detail as { retryAfter?: unknown } | undefined)?.retryAfter;
       if (typeof retryAfter === 'number') ctx.set('Retry-After', String(retryAfter));
-      ctx.status = ERROR_STATUS[error.code];
+      ctx.status = errorStatus(error, ctx.state.invalidPathReference === true);
       if (ctx.status === 405) ctx.set('Allow', allowedMethods(ctx, routerRefused));
       if (!ctx.req.complete) {
         continueIfBodyArrived(ctx.req);

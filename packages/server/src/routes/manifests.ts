@@ -1,5 +1,5 @@
 import type { Router, RouterContext } from '@koa/router';
-import { MAX_MANIFEST_BYTES, RegistryError } from '@wharf/registry-core';
+import { MAX_MANIFEST_BYTES, RegistryError, isValidTag } from '@wharf/registry-core';
 import { emptyBody, readSmallBody } from '../http/body.js';
 import { notModified } from '../http/conditional.js';
 import { warningHeader } from '../http/warning-header.js';
@@ -22,10 +22,24 @@ function manifestUnknown(reference: string, upstream: string | undefined): Regis
   );
 }
 
+/**
+ * The reference in the path. One that is neither a digest (those have a `:`, and are checked where they
+ * are parsed) nor a valid tag names no manifest: TAG_INVALID, answered 404 because it is in the path
+ * (see `errorStatus`), where a bad `?tag=` is a 400.
+ */
+function pathReference(ctx: RouterContext): string {
+  const reference = capture(ctx, 1);
+  if (!reference.includes(':') && !isValidTag(reference)) {
+    ctx.state.invalidPathReference = true;
+    throw new RegistryError('TAG_INVALID', 'invalid tag', { tag: reference });
+  }
+  return reference;
+}
+
 export function registerManifests(router: Router, deps: RouteDeps): void {
   const serve = async (ctx: RouterContext) => {
     const target = await repository(ctx, deps, 'manifest');
-    const reference = capture(ctx, 1);
+    const reference = pathReference(ctx);
     const manifest = await target.reader.manifest(target.repo, reference);
     if (!manifest) throw manifestUnknown(reference, target.namespace);
     ctx.status = 200;
@@ -50,7 +64,7 @@ export function registerManifests(router: Router, deps: RouteDeps): void {
   router.put(MANIFEST, async (ctx) => {
     const name = capture(ctx, 0);
     const target = await repository(ctx, deps, 'manifest');
-    const reference = capture(ctx, 1);
+    const reference = pathReference(ctx);
     const writer = writerOf(target);
     const bytes = await readSmallBody(ctx.req, MAX_MANIFEST_BYTES);
     const tagParams = ctx.query.tag;
@@ -67,7 +81,7 @@ export function registerManifests(router: Router, deps: RouteDeps): void {
 
   router.delete(MANIFEST, async (ctx) => {
     const target = await repository(ctx, deps, 'manifest');
-    const reference = capture(ctx, 1);
+    const reference = pathReference(ctx);
     if (!(await writerOf(target).deleteManifest(target.repo, reference))) throw manifestUnknown(reference, undefined);
     ctx.status = 202;
     emptyBody(ctx);

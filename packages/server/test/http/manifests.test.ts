@@ -154,11 +154,18 @@ describe('manifests', () => {
       expect(tags).toEqual({ name: repo, tags: ['a', 'b'] });
     });
 
-    test('PUT by digest with an invalid ?tag= answers 404 TAG_INVALID and stores nothing', async () => {
+    test('PUT by digest with an invalid ?tag= answers 400 TAG_INVALID (a malformed parameter) and stores nothing', async () => {
       const repo = uniqueRepo('m');
       const { manifest } = await preparedImage(repo, 'bad-extra-tag');
-      await expectOciError(await putManifest(reg.url, repo, manifest.digest, manifest.bytes, manifest.mediaType, '?tag=.hidden'), 404, 'TAG_INVALID');
+      await expectOciError(await putManifest(reg.url, repo, manifest.digest, manifest.bytes, manifest.mediaType, '?tag=.hidden'), 400, 'TAG_INVALID');
       await expectOciError(await fetch(`${reg.url}/v2/${repo}/manifests/${manifest.digest}`), 404, 'MANIFEST_UNKNOWN');
+    });
+
+    test('PUT by tag with an invalid ?tag= answers 400 TAG_INVALID and tags nothing', async () => {
+      const repo = uniqueRepo('m');
+      const { manifest } = await preparedImage(repo, 'bad-extra-tag-by-tag');
+      await expectOciError(await putManifest(reg.url, repo, 'good', manifest.bytes, manifest.mediaType, '?tag=.bad'), 400, 'TAG_INVALID');
+      await expectOciError(await fetch(`${reg.url}/v2/${repo}/manifests/good`), 404, 'MANIFEST_UNKNOWN');
     });
 
     test('re-PUT of a tag moves it to the new manifest', async () => {
