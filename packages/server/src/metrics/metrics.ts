@@ -86,7 +86,8 @@ export class WharfMetrics implements RequestObserver {
       registers,
       async collect() {
         const entries = await readdir(join(sources.temporaryRegistryStorage, 'uploads')).catch(() => [] as string[]);
-        this.set(entries.length);
+        // A sealed upload's file (`<id>.sealed`) is a completed upload on its way into the store.
+        this.set(entries.filter((entry) => !entry.endsWith('.sealed')).length);
       },
     });
     new Gauge({
