@@ -4,6 +4,7 @@ import type { Socket } from 'node:net';
 import type { Server as TlsServer } from 'node:tls';
 import type { TlsMaterial } from '../tls/tls-files.js';
 import { continueWhenRead } from './expect-continue.js';
+import { answerRefusedRequests, rawErrorResponse } from './raw-refusals.js';
 
 export interface ListenerTimeouts {
   /** Longest time a client may take to send a request's headers (ms). */
@@ -46,6 +47,7 @@ export function createWharfServer(handler: RequestListener, timeouts: ListenerTi
   });
   // Any other Expect: the app answers it (an OCI error, logged), not node's bare 417.
   server.on('checkExpectation', handler);
+  answerRefusedRequests(server);
   if (tls) answerPlainHttp(server, timeouts.readHeaderTimeout);
   return server;
 }
@@ -110,17 +112,7 @@ function plainHttpAnswer(first: Buffer): string {
   // process listens on behind a port mapping or a load balancer.
   const given = HOST_HEADER.exec(first.toString('latin1'))?.[1]?.trim() ?? '';
   const where = HOST.test(given) ? `https://${given}/` : 'https://';
-  const body = `${JSON.stringify({
-    errors: [{ code: 'UNSUPPORTED', message: `this port speaks HTTPS, and the request came in plain HTTP: use ${where} (and trust Wharf's certificate)`, detail: null }],
-  })}\n`;
-  return [
-    'HTTP/1.1 400 Bad Request',
-    'Content-Type: application/json; charset=utf-8',
-    `Content-Length: ${Buffer.byteLength(body)}`,
-    'Connection: close',
-    '',
-    body,
-  ].join('\r\n');
+  return rawErrorResponse(400, 'Bad Request', 'UNSUPPORTED', `this port speaks HTTPS, and the request came in plain HTTP: use ${where} (and trust Wharf's certificate)`);
 }
 
 /** Serves a renewed certificate from now on; connections already open keep theirs. */

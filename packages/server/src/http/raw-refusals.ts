@@ -1,0 +1,51 @@
+import { maxHeaderSize, type Server, type ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+
+/**
+ * An OCI error written straight to a socket, for refusals made before any request object exists:
+ * `{"errors":[{code,message,detail:null}]}` with `Connection: close`.
+ */
+export function rawErrorResponse(status: number, reason: string, code: string, message: string): string {
+  const body = `${JSON.stringify({ errors: [{ code, message, detail: null }] })}\n`;
+  return [
+    `HTTP/1.1 ${status} ${reason}`,
+    'Content-Type: application/json; charset=utf-8',
+    `Content-Length: ${Buffer.byteLength(body)}`,
+    'Docker-Distribution-API-Version: registry/2.0',
+    'Connection: close',
+    '',
+    body,
+  ].join('\r\n');
+}
+
+/** What a request node's HTTP parser refused gets, by the parser's error code. */
+function refusalOf(code: string | undefined, maxHeaderSize: number): string {
+  switch (code) {
+    case 'HPE_HEADER_OVERFLOW':
+      return rawErrorResponse(431, 'Request Header Fields Too Large', 'TOO_LARGE', `the request's head is larger than the ${maxHeaderSize} bytes this server reads`);
+    case 'HPE_CHUNK_EXTENSIONS_OVERFLOW':
+      return rawErrorResponse(413, 'Payload Too Large', 'TOO_LARGE', "the request body's chunk extensions are too large");
+    case 'ERR_HTTP_REQUEST_TIMEOUT':
+      return rawErrorResponse(408, 'Request Timeout', 'UNSUPPORTED', "the request's headers did not arrive within read_header_timeout");
+    default:
+      return rawErrorResponse(400, 'Bad Request', 'UNSUPPORTED', 'malformed HTTP request (its method, framing or headers)');
+  }
+}
+
+/**
+ * Requests node refuses before the app sees them get the OCI error body too, with node's own
+ * statuses: a head over the header size limit (431), a malformed one, an unknown method, a bad
+ * Content-Length or Transfer-Encoding (400), a head that took too long (408). Node's default answers
+ * these with a bare status line. As node does, nothing is written once an answer to the request has
+ * started going out, and the connection is closed. CONNECT, which node drops without a word, gets a 405.
+ */
+export function answerRefusedRequests(server: Server): void {
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+    const inFlight = (socket as Duplex & { _httpMessage?: ServerResponse | null })._httpMessage;
+    if (err.code !== 'ECONNRESET' && socket.writable && !inFlight?.headersSent) socket.write(refusalOf(err.code, maxHeaderSize));
+    socket.destroy();
+  });
+  server.on('connect', (_req: unknown, socket: Duplex) => {
+    socket.end(rawErrorResponse(405, 'Method Not Allowed', 'UNSUPPORTED', 'CONNECT: this is a registry, not a forward proxy'));
+  });
+}

@@ -1,0 +1,50 @@
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { connect } from 'node:net';
+import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
+
+/** Writes `request` raw and resolves with everything the server sent before it closed. */
+function exchange(port: number, request: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(port, '127.0.0.1');
+    let reply = '';
+    socket.on('data', (d: Buffer) => (reply += d.toString('latin1')));
+    socket.on('error', reject);
+    socket.on('close', () => resolve(reply));
+    socket.write(request);
+  });
+}
+
+/** The status line and the OCI error of a raw reply. */
+function parse(reply: string): { status: string; code: string | undefined; version: string | undefined } {
+  const [head = '', body = ''] = reply.split('\r\n\r\n');
+  const errors = (JSON.parse(body) as { errors: { code: string }[] }).errors;
+  return { status: head.split('\r\n')[0]!, code: errors[0]?.code, version: /^docker-distribution-api-version: (.*)$/im.exec(head)?.[1] };
+}
+
+/**
+ * Requests node's HTTP parser refuses before the app runs: node's own statuses, with the OCI error
+ * body and the API version header, as every other answer has (node alone sends a bare status line).
+ */
+describe('requests refused before the app sees them', () => {
+  let reg: TestRegistry;
+  beforeAll(async () => {
+    reg = await startRegistry();
+  });
+  afterAll(async () => {
+    await reg?.close();
+  });
+
+  test.each([
+    ['a head over the header size limit', `GET /v2/${'a'.repeat(64 * 1024)}/tags/list HTTP/1.1\r\nHost: x\r\n\r\n`, 'HTTP/1.1 431 Request Header Fields Too Large', 'TOO_LARGE'],
+    ['an unknown method', 'FOO /v2/ HTTP/1.1\r\nHost: x\r\n\r\n', 'HTTP/1.1 400 Bad Request', 'UNSUPPORTED'],
+    ['a Content-Length that is no number', 'PUT /v2/alice/app/manifests/1 HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n', 'HTTP/1.1 400 Bad Request', 'UNSUPPORTED'],
+    ['two Content-Lengths that disagree', 'PUT /v2/alice/app/manifests/1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello', 'HTTP/1.1 400 Bad Request', 'UNSUPPORTED'],
+    ['CONNECT', 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n', 'HTTP/1.1 405 Method Not Allowed', 'UNSUPPORTED'],
+  ])('%s: the OCI error body with the status', async (_what, request, status, code) => {
+    expect(parse(await exchange(reg.port, request))).toEqual({ status, code, version: 'registry/2.0' });
+  });
+
+  test('the server goes on serving', async () => {
+    expect(await exchange(reg.port, 'GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')).toMatch(/^HTTP\/1\.1 200 /);
+  });
+});
