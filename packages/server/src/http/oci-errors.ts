@@ -30,7 +30,10 @@ export function ociErrors(logger: Logger) {
       }
     } catch (err) {
       if (ctx.headerSent || !ctx.writable) {
-        logger.warn({ err, reqId: ctx.state.reqId }, 'error after response started; connection cut');
+        // A connection gone already (the client left, or node refused its request mid-body and closed
+        // it) is the client's doing: no warning with a stack for each, which would hide the cuts that are ours.
+        if (ctx.req.socket.destroyed) logger.debug({ err: err instanceof Error ? err.message : String(err), reqId: ctx.state.reqId }, 'error after the connection closed');
+        else logger.warn({ err, reqId: ctx.state.reqId }, 'error after response started; connection cut');
         ctx.req.socket.destroy();
         return;
       }
