@@ -119,13 +119,22 @@ function lingerForBody(req: IncomingMessage, res: ServerResponse): void {
   // connection is gone already.
   const socket = req.socket as IncomingMessage['socket'] | null;
   if (!socket || socket.destroyed) return;
+  // A request with `Connection: close`: node closes the socket once the answer is out, and the bytes
+  // still coming make the kernel reset the connection, the answer with it (the client sees EPIPE). So
+  // only the sending side is closed then, and the rest is read and dropped as for a kept-alive one.
+  const closing = !res.shouldKeepAlive;
+  if (closing) socket.destroySoon = () => void socket.end();
   res.once('finish', () => {
-    if (req.complete) return;
+    if (req.complete) {
+      if (closing) socket.destroy();
+      return;
+    }
     const started = Date.now();
     let seen = socket.bytesRead;
     const timer = setInterval(() => {
       if (req.complete || socket.destroyed) {
         clearInterval(timer);
+        if (closing) socket.destroy();
         return;
       }
       if (socket.bytesRead === seen || Date.now() - started >= LINGER_MAX_MS) {

@@ -18,6 +18,9 @@ export function rawErrorResponse(status: number, reason: string, code: string, m
   ].join('\r\n');
 }
 
+/** How long a refused connection's remaining bytes are read and dropped before it is closed. */
+const REFUSAL_LINGER_MS = 2_000;
+
 /** What a request node's HTTP parser refused gets, by the parser's error code. */
 function refusalOf(code: string | undefined, maxHeaderSize: number): string {
   switch (code) {
@@ -40,10 +43,28 @@ function refusalOf(code: string | undefined, maxHeaderSize: number): string {
  * started going out, and the connection is closed. CONNECT, which node drops without a word, gets a 405.
  */
 export function answerRefusedRequests(server: Server): void {
+  // The parser stays in its error state: more bytes from the client raise the error again.
+  const answered = new WeakSet<Duplex>();
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+    if (answered.has(socket)) return;
+    answered.add(socket);
     const inFlight = (socket as Duplex & { _httpMessage?: ServerResponse | null })._httpMessage;
-    if (err.code !== 'ECONNRESET' && socket.writable && !inFlight?.headersSent) socket.write(refusalOf(err.code, maxHeaderSize));
-    socket.destroy();
+    if (err.code === 'ECONNRESET' || !socket.writable || inFlight?.headersSent) {
+      socket.destroy();
+      return;
+    }
+    if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') {
+      // A client too slow with its head (slow-loris) gets no more of this connection's time.
+      socket.write(refusalOf(err.code, maxHeaderSize));
+      socket.destroy();
+      return;
+    }
+    // The answer, then our side closed; what the client still sends (the rest of a huge head) is read
+    // and dropped for a moment, or the kernel resets the connection and the answer with it.
+    socket.end(refusalOf(err.code, maxHeaderSize));
+    socket.resume();
+    socket.once('end', () => socket.destroy());
+    setTimeout(() => socket.destroy(), REFUSAL_LINGER_MS).unref();
   });
   server.on('connect', (_req: unknown, socket: Duplex) => {
     socket.end(rawErrorResponse(405, 'Method Not Allowed', 'UNSUPPORTED', 'CONNECT: this is a registry, not a forward proxy'));

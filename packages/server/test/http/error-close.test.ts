@@ -33,6 +33,28 @@ describe('an error before a request body was read to its end', () => {
     expect(closedMs).toBeLessThan(10_000);
   });
 
+  test('with Connection: close too: a client that writes its whole body before reading gets the answer, not a reset', async () => {
+    const body = Buffer.alloc(5 * 1024 * 1024, 7);
+    const socket = connect(reg.port, '127.0.0.1');
+    await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
+    let reply = '';
+    socket.on('data', (d: Buffer) => (reply += d.toString('latin1')));
+    const errors: Error[] = [];
+    socket.on('error', (err) => errors.push(err));
+    const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+    const write = (chunk: Buffer | string): Promise<void> => new Promise((resolve) => socket.write(chunk, () => resolve()));
+    await write(`PUT /v2/alice/app/manifests/latest HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: ${body.length}\r\n\r\n`);
+    for (let i = 0; i < 5; i++) {
+      await write(body.subarray(i * 1024 * 1024, (i + 1) * 1024 * 1024));
+      await new Promise((r) => setTimeout(r, 40));
+    }
+    socket.end();
+    await closed;
+    expect(errors).toEqual([]);
+    expect(reply).toMatch(/^HTTP\/1\.1 413 /);
+    expect(reply).toContain('TOO_LARGE');
+  });
+
   // 500 ms apart, the body takes 4 s: longer than the 2 s a silent connection is given, though it never falls silent.
   test.each([40, 500])('a client that writes its whole body before reading (as Go clients do), a piece every %i ms, is not reset: it reads the answer, and may go on', async (gap) => {
     const body = Buffer.alloc(8 * 1024 * 1024, 7);
