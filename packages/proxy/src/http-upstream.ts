@@ -738,17 +738,18 @@ const RESUMES = 3;
 const SCHEMA1_SIGNED = 'application/vnd.docker.distribution.manifest.v1+prettyjws';
 const SCHEMA1 = 'application/vnd.docker.distribution.manifest.v1+json';
 
-/**
- * The media type of manifest bytes from an upstream; undefined when they are no manifest (a captive
- * portal's HTML page, `{}`), which is refused and never cached: a tag has no digest to check them by.
- * The document's own `mediaType` wins over Content-Type, which some servers send as text/plain or
- * application/json; then a manifest Content-Type; then the document's shape (an OCI manifest's
- * `mediaType` is optional).
- */
+/** A manifest media type Wharf knows (OCI, Docker, and schema 1 for the refusal that follows). */
 function isKnownManifestType(mediaType: string): boolean {
   return (MANIFEST_MEDIA_TYPES as readonly string[]).includes(mediaType) || mediaType === SCHEMA1_SIGNED || mediaType === SCHEMA1;
 }
 
+/**
+ * The media type of manifest bytes from an upstream; undefined when they are no manifest (a captive
+ * portal's HTML page, `{}`), which is refused and never cached: a tag has no digest to check them by.
+ * The document's own `mediaType` wins over Content-Type, which some servers send as text/plain or
+ * application/json (one naming no manifest type makes it none); then a manifest Content-Type; then
+ * the document's shape (an OCI manifest's `mediaType` is optional).
+ */
 function manifestMediaType(bytes: Buffer, contentType: string | undefined): string | undefined {
   let doc: unknown;
   try {
