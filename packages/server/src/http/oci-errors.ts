@@ -116,8 +116,11 @@ const LINGER_MAX_MS = 30_000;
  */
 function lingerForBody(req: IncomingMessage, res: ServerResponse): void {
   // Taken now: node lets go of `req.socket` (it becomes null) once the request is over, or the
-  // connection is gone already.
-  const socket = req.socket as IncomingMessage['socket'] | null;
+  // connection is gone already. A body the route destroyed (an upload's pipeline given up on when the
+  // session was cancelled mid-chunk) has let go of it too, while its connection lives on, its socket
+  // paused: the response's socket is that one, and the timer below closes it once no byte comes,
+  // instead of idle_timeout later (a graceful shutdown waited for it until its deadline).
+  const socket = (req.socket ?? res.socket) as IncomingMessage['socket'] | null;
   if (!socket || socket.destroyed) return;
   // A request with `Connection: close`: node closes the socket once the answer is out, and the bytes
   // still coming make the kernel reset the connection, the answer with it (the client sees EPIPE). So
