@@ -53,14 +53,17 @@ export function answerRefusedRequests(server: Server): void {
       socket.destroy();
       return;
     }
-    if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') {
-      // A client too slow with its head (slow-loris) gets no more of this connection's time.
+    if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT' || inFlight) {
+      // A client too slow with its head (slow-loris) gets no more of this connection's time. A body
+      // broken mid-request has a response object whose route may still write to the socket: it must
+      // find it destroyed (a write after end() would be an 'error' event nobody listens to).
       socket.write(refusalOf(err.code, maxHeaderSize));
       socket.destroy();
       return;
     }
     // The answer, then our side closed; what the client still sends (the rest of a huge head) is read
     // and dropped for a moment, or the kernel resets the connection and the answer with it.
+    socket.on('error', () => socket.destroy());
     socket.end(refusalOf(err.code, maxHeaderSize));
     socket.resume();
     socket.once('end', () => socket.destroy());
