@@ -2,6 +2,12 @@ import type { Readable } from 'node:stream';
 import type { BlobInfo } from './blob-store.js';
 import type { Digest, DigestAlgorithm } from './digest.js';
 
+/**
+ * A sealed upload's file in the uploads folder is `<id>` followed by this: a completed upload's verified
+ * bytes on their way into the store (or, if that failed, left to the uploads' expiry).
+ */
+export const SEALED_UPLOAD_SUFFIX = '.sealed';
+
 export interface UploadStatus {
   readonly id: string;
   readonly repo: string;

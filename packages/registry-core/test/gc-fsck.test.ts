@@ -63,6 +63,8 @@ describe('fsck', () => {
     const recent = await plantFile(bytesOf(1000, 4), 0);
     const session = await fx.registry.beginUpload('dave/up');
     await fx.registry.appendUpload('dave/up', session.id, streamOf('partial'), {});
+    // A completed upload's verified file on its way into the store: no finding.
+    await writeFile(`${fx.tempRoot}/uploads/00000000-0000-4000-8000-000000000000.sealed`, 'done');
 
     const found = await run();
     const kinds = found.findings.map((f) => f.kind).sort();

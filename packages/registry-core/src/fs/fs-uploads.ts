@@ -8,7 +8,7 @@ import type { BlobInfo } from '../blob-store.js';
 import { hashToDigest, isDigestAlgorithm, newHash, parseDigest, type Digest, type DigestAlgorithm } from '../digest.js';
 import { RegistryError } from '../errors.js';
 import { hashFile, hashingStage } from '../hashing.js';
-import type { ChunkPosition, UploadSessions, UploadStatus } from '../uploads.js';
+import { SEALED_UPLOAD_SUFFIX, type ChunkPosition, type UploadSessions, type UploadStatus } from '../uploads.js';
 import { isNotFound } from './fs-blob-store.js';
 
 /**
@@ -151,7 +151,7 @@ export class FsUploadSessions implements UploadSessions {
       // Still under the lock: move the verified bytes out of the session and end it, so that a PATCH or
       // a DELETE arriving before the caller adopts the file finds no session, and neither appends to
       // nor removes what was just verified.
-      const sealed = join(this.dir, `${id}.sealed`);
+      const sealed = join(this.dir, `${id}${SEALED_UPLOAD_SUFFIX}`);
       await rename(this.dataPath(id), sealed);
       // Renaming keeps the time of the last chunk: without this, `expire` could take a file that was
       // written to long ago but is being adopted now.

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { hashToDigest, newHash, parseDigest, type Digest } from '../digest.js';
 import type { FsBlobStore } from '../fs/fs-blob-store.js';
 import type { SqliteMetadataStore } from '../sqlite/sqlite-metadata-store.js';
+import { SEALED_UPLOAD_SUFFIX } from '../uploads.js';
 import { blobFiles, type BlobFile } from './blob-files.js';
 import { removeFileSync } from './garbage-collector.js';
 
@@ -254,7 +255,8 @@ async function reportUploads(dir: string, now: number, report: (f: FsckFinding) 
   } catch {
     return;
   }
-  for (const id of ids) {
+  // A sealed upload's file is a completed upload, not an unfinished one.
+  for (const id of ids.filter((entry) => !entry.endsWith(SEALED_UPLOAD_SUFFIX))) {
     const folder = join(dir, id);
     let repo = '?';
     let startedAt: number | undefined;
@@ -265,7 +267,7 @@ async function reportUploads(dir: string, now: number, report: (f: FsckFinding) 
     } catch {
       // a session being created, or a leftover without info
     }
-    const data = (await stat(join(folder, 'data')).catch(() => undefined)) ?? (await stat(join(folder, 'sealed')).catch(() => undefined));
+    const data = await stat(join(folder, 'data')).catch(() => undefined);
     const size = data?.size ?? 0;
     const written = data ? formatAge(now - data.mtimeMs) : 'never';
     report({

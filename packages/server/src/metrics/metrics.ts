@@ -1,7 +1,7 @@
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fillMemoryBytes, type BlobFills, type ProxyObserver, type PullThroughRepository } from '@wharf/proxy';
-import type { SqliteDatabase } from '@wharf/registry-core';
+import { SEALED_UPLOAD_SUFFIX, type SqliteDatabase } from '@wharf/registry-core';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { RequestObservation, RequestObserver } from '../http/request-log.js';
 import type { RouteLabel } from '../http/route-label.js';
@@ -86,8 +86,8 @@ export class WharfMetrics implements RequestObserver {
       registers,
       async collect() {
         const entries = await readdir(join(sources.temporaryRegistryStorage, 'uploads')).catch(() => [] as string[]);
-        // A sealed upload's file (`<id>.sealed`) is a completed upload on its way into the store.
-        this.set(entries.filter((entry) => !entry.endsWith('.sealed')).length);
+        // A sealed upload's file is a completed upload on its way into the store.
+        this.set(entries.filter((entry) => !entry.endsWith(SEALED_UPLOAD_SUFFIX)).length);
       },
     });
     new Gauge({
