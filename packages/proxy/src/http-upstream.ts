@@ -131,6 +131,29 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 }
 
 /**
+ * `promise`, or the abort reason of `signal` if it aborts first: for waiting on work shared with other
+ * requests, which one request's cancellation must not cancel.
+ */
+function untilAborted<T>(promise: Promise<T>, signal?: AbortSignal): Promise<T> {
+  if (!signal) return promise;
+  if (signal.aborted) return Promise.reject(signal.reason as Error);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(signal.reason as Error);
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(value);
+      },
+      (err: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(err as Error);
+      },
+    );
+  });
+}
+
+/**
  * A remote registry over HTTP(S): anonymous, Basic, or Bearer tokens fetched from the
  * realm of the upstream's challenge for exactly the scope needed and cached until they expire.
  * Idempotent requests are retried with exponential backoff and jitter; redirects (Docker Hub's blob
@@ -152,6 +175,11 @@ export class HttpUpstream implements Upstream {
   /** Made at the first request through an egress proxy: undici is loaded then (about 9 MiB of memory). */
   private agent: Promise<Dispatcher> | undefined;
   private readonly tokens = new TokenCache();
+  /**
+   * Token fetches in flight, by token key, with the URL asked: requests that need the same token
+   * (sixteen pipelines pulling one image at once, a runtime's parallel layers) wait for one fetch.
+   */
+  private readonly fetching = new Map<string, { readonly url: string; readonly done: Promise<true> }>();
   private readonly timeouts: UpstreamTimeouts;
   private readonly retries: number;
   private readonly maxRetryWait: number;
@@ -386,6 +414,10 @@ export class HttpUpstream implements Upstream {
     const url = `${this.base}/v2/${repo}/${path}`;
     const auth = (origin: string): Record<string, string> => this.authHeader(origin, repo);
     const answered = new Set<string>();
+    // A token for this repository on its way: waiting for it spares a 401 and a second fetch. Its
+    // failure is this request's too, as if it had been challenged and joined the fetch.
+    const coming = this.fetching.get(tokenKey(this.origin, repo));
+    if (coming) await untilAborted(coming.done, signal);
     for (;;) {
       const res = await this.send(method, url, headers, signal, auth);
       if (res.statusCode !== 401) {
@@ -601,7 +633,24 @@ export class HttpUpstream implements Upstream {
     }
     if (challenge.params.service) url.searchParams.set('service', challenge.params.service);
     url.searchParams.set('scope', ours || !challenge.params.scope ? `repository:${repo}:pull` : challenge.params.scope);
-    const res = await this.send('GET', url.href, credentials ? { authorization: this.basic() } : {}, signal);
+    const key = tokenKey(origin, repo);
+    const pending = this.fetching.get(key);
+    if (pending?.url === url.href) return untilAborted(pending.done, signal);
+    // One fetch for every request that needs this token. It is no one request's: a client that goes
+    // away does not cancel it for the others (the timeouts bound it).
+    const done = this.fetchToken(url, credentials, key);
+    const entry = { url: url.href, done };
+    this.fetching.set(key, entry);
+    const settled = (): void => {
+      if (this.fetching.get(key) === entry) this.fetching.delete(key);
+    };
+    done.then(settled, settled);
+    return untilAborted(done, signal);
+  }
+
+  /** Fetches a token from the realm's `url` and caches it under `key`; fails as `authenticate` says. */
+  private async fetchToken(url: URL, credentials: boolean, key: string): Promise<true> {
+    const res = await this.send('GET', url.href, credentials ? { authorization: this.basic() } : {});
     if (res.statusCode !== 200) {
       // A token service that is down or busy is retried as the registry would be.
       if (res.statusCode === 429 || res.statusCode >= 500) return this.retryable(res, `token service of upstream ${this.name}`);
@@ -617,7 +666,7 @@ export class HttpUpstream implements Upstream {
     }
     const answer = tokenOf(doc);
     if (!answer) throw new UpstreamError('unauthorized', `token service of upstream ${this.name} sent no token`);
-    this.tokens.set(tokenKey(origin, repo), answer.token, answer.expiresIn);
+    this.tokens.set(key, answer.token, answer.expiresIn);
     return true;
   }
 

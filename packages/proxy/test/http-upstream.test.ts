@@ -16,6 +16,13 @@ async function readAll(body: Readable): Promise<Buffer> {
   return Buffer.concat(chunks);
 }
 
+/** Resolves once `done()` holds, checking every 5 ms (fails the test after 5 s). */
+async function until(done: () => boolean): Promise<void> {
+  for (const started = Date.now(); !done(); await new Promise((resolve) => setTimeout(resolve, 5))) {
+    if (Date.now() - started > 5_000) throw new Error('condition not met within 5 s');
+  }
+}
+
 const sha256Of = (bytes: Buffer): string => `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
 
 async function failureOf(promise: Promise<unknown>): Promise<UpstreamError> {
@@ -213,13 +220,62 @@ describe('HttpUpstream against a real misbehaving server', () => {
     expect(fake.requests.map((r) => r.authorization?.split(' ')[0]).sort()).toEqual([...Array(8).fill('Basic'), ...Array(8).fill(undefined)]);
   });
 
-  test('Bearer: eight first requests in flight at once without a token each get one and are answered', async () => {
+  test('Bearer: eight first requests challenged at once share one token fetch and are answered', async () => {
     fake.auth = 'bearer';
     fake.challengeTogether = 8;
     const digests = Array.from({ length: 8 }, (_, i) => fake.addBlob(randomBytes(1000 + i)));
     const up = client({ username: 'alice', password: 's3cret' });
     const got = await Promise.all(digests.map(async (d) => sha256Of(await readAll((await up.blob('alice/app', d))!.body))));
     expect(got).toEqual(digests);
+    expect(fake.count('GET', '/token')).toBe(1);
+  });
+
+  test('Bearer: requests that come while a token is being fetched wait for it, without a 401 of their own', async () => {
+    fake.auth = 'bearer';
+    fake.holdTokens = true;
+    const up = client({ username: 'alice', password: 's3cret' });
+    const first = up.manifest('alice/app', '1');
+    await until(() => fake.count('GET', '/token') === 1);
+    const later = Promise.all([up.statBlob('alice/app', blobDigest), up.head('alice/app', '1'), up.manifest('alice/app', manifestDigest)]);
+    // Give them time to reach the upstream if they were going to, before the token comes.
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(fake.requests.filter((r) => r.path !== '/token')).toHaveLength(1);
+    fake.releaseTokens();
+    expect((await first)?.digest).toBe(manifestDigest);
+    const [stat, head, byDigest] = await later;
+    expect(stat).toEqual({ size: blobBytes.length });
+    expect(head?.digest).toBe(manifestDigest);
+    expect(byDigest?.digest).toBe(manifestDigest);
+    expect(fake.count('GET', '/token')).toBe(1);
+    // The first went twice (without, then with its token); the others once each, with it.
+    expect(fake.requests.filter((r) => r.path !== '/token' && r.authorization === undefined)).toHaveLength(1);
+  });
+
+  test('Bearer: a request that gives up while waiting for a shared token does not cancel it for the others', async () => {
+    fake.auth = 'bearer';
+    fake.holdTokens = true;
+    const up = client({ username: 'alice', password: 's3cret' });
+    const abort = new AbortController();
+    const leaving = up.manifest('alice/app', '1', abort.signal).then(
+      () => 'answered',
+      () => 'aborted',
+    );
+    await until(() => fake.count('GET', '/token') === 1);
+    const staying = up.head('alice/app', '1');
+    abort.abort(new Error('client went away'));
+    expect(await leaving).toBe('aborted');
+    fake.releaseTokens();
+    expect((await staying)?.digest).toBe(manifestDigest);
+    expect(fake.count('GET', '/token')).toBe(1);
+  });
+
+  test('Bearer with wrong credentials, eight requests at once: one token fetch, and each is "unauthorized"', async () => {
+    fake.auth = 'bearer';
+    fake.challengeTogether = 8;
+    const up = client({ username: 'alice', password: 'nope', retries: 2 });
+    const failures = await Promise.all(Array.from({ length: 8 }, () => failureOf(up.statBlob('alice/app', blobDigest))));
+    expect(failures.map((f) => f.failure)).toEqual(Array(8).fill('unauthorized'));
+    expect(fake.count('GET', '/token')).toBe(1);
   });
 
   test('Basic with wrong credentials, eight requests at once: each is "unauthorized" after its credentials went', async () => {

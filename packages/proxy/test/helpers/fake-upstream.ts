@@ -57,6 +57,9 @@ export class FakeUpstream {
    * together: first requests that were all in flight at once (a runtime pulling layers in parallel).
    */
   challengeTogether = 0;
+  /** Token answers are held until `releaseTokens()` while set: a slow token service. */
+  holdTokens = false;
+  private readonly heldTokens: (() => void)[] = [];
   private readonly heldChallenges: (() => void)[] = [];
   /** TCP connections accepted. */
   connections = 0;
@@ -200,7 +203,14 @@ export class FakeUpstream {
     res.end('{"errors":[{"code":"UNAUTHORIZED"}]}');
   }
 
+  /** Sends the token answers held (see `holdTokens`), and holds no more. */
+  releaseTokens(): void {
+    this.holdTokens = false;
+    for (const send of this.heldTokens.splice(0)) send();
+  }
+
   private token(req: IncomingMessage, res: ServerResponse): void {
+    if (this.holdTokens) return void this.heldTokens.push(() => this.token(req, res));
     if (!this.basicOk(req.headers.authorization)) return void res.writeHead(401).end();
     const token = randomBytes(12).toString('hex');
     this.issued.add(token);
