@@ -1,12 +1,12 @@
-import type { IncomingHttpHeaders } from 'node:http';
-import type { Readable } from 'node:stream';
 import { rootCertificates } from 'node:tls';
 import { MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES, MediaType, bareMediaType, digestOf, isValidTag, tryParseDigest, type ByteRange, type Descriptor, type Digest, type Page } from '@wharf/registry-core';
 import type { Dispatcher } from 'undici';
 import { bypassesProxy } from './no-proxy.js';
-import { DROP_LIMIT, plainRequest } from './plain-http.js';
+import { plainRequest } from './plain-http.js';
 import { resumingBlob } from './resuming-body.js';
-import { TokenCache, parseChallenge, tokenOf } from './token-auth.js';
+import { parseChallenge } from './token-auth.js';
+import { discard, readUpTo, type Answer, type Headers } from './upstream-answer.js';
+import { UpstreamCredentials } from './upstream-credentials.js';
 import { keepWasmOnBaseline } from './wasm-baseline.js';
 import { OUTAGES, UpstreamError, descriptorOf, type Upstream, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest, type UpstreamTags } from './upstream.js';
 
@@ -64,31 +64,10 @@ const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 const MAX_REDIRECTS = 5;
 /** Challenges answered per attempt: the upstream's, and a redirect target's or two. */
 const MAX_CHALLENGES = 3;
-/** Token service answers are small JSON documents. */
-const MAX_TOKEN_BYTES = 1024 * 1024;
 /** A tag list or referrers index read whole: Docker Hub's busiest repositories list some 10,000 tags in under 1 MiB. */
 const MAX_LIST_BYTES = 8 * 1024 * 1024;
 /** Pages of an upstream's tag list followed (its Link header) to gather one page of ours. */
 const MAX_TAG_PAGES = 20;
-
-type Headers = IncomingHttpHeaders;
-
-/** A response whose body still streams. */
-interface Answer {
-  readonly statusCode: number;
-  readonly headers: Headers;
-  readonly body: Readable;
-  /** The URL that answered (the last hop of any redirects); set by `send`. */
-  readonly url?: URL;
-  /** Set by `authorized`: the host that answered 401 still did so with the token it asked for. */
-  readonly refused?: boolean;
-  /** Set by `send`: the Authorization the last hop carried, which a 401 refused (if any). */
-  readonly authorization?: string;
-  /** Set when the body's chunks are lent (see UpstreamBlob.recycle). */
-  readonly recycle?: (chunk: Buffer) => void;
-  /** Set for plainRequest's answers: drops the body, keeping the connection when that is cheap. */
-  readonly drop?: () => Promise<void>;
-}
 
 /** A response read whole. */
 interface Buffered {
@@ -131,31 +110,7 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 }
 
 /**
- * `promise`, or the abort reason of `signal` if it aborts first: for waiting on work shared with other
- * requests, which one request's cancellation must not cancel.
- */
-function untilAborted<T>(promise: Promise<T>, signal?: AbortSignal): Promise<T> {
-  if (!signal) return promise;
-  if (signal.aborted) return Promise.reject(signal.reason as Error);
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = (): void => reject(signal.reason as Error);
-    signal.addEventListener('abort', onAbort, { once: true });
-    promise.then(
-      (value) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(value);
-      },
-      (err: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(err as Error);
-      },
-    );
-  });
-}
-
-/**
- * A remote registry over HTTP(S): anonymous, Basic, or Bearer tokens fetched from the
- * realm of the upstream's challenge for exactly the scope needed and cached until they expire.
+ * A remote registry over HTTP(S): anonymous, Basic, or Bearer tokens (see UpstreamCredentials).
  * Idempotent requests are retried with exponential backoff and jitter; redirects (Docker Hub's blob
  * CDN) are followed here, and our Authorization header is dropped as soon as a hop leaves the origin.
  * The client's own credentials never reach here: only the upstream's configured ones are sent.
@@ -174,12 +129,7 @@ export class HttpUpstream implements Upstream {
   private readonly origin: string;
   /** Made at the first request through an egress proxy: undici is loaded then (about 9 MiB of memory). */
   private agent: Promise<Dispatcher> | undefined;
-  private readonly tokens = new TokenCache();
-  /**
-   * Token fetches in flight, by token key, with the URL asked: requests that need the same token
-   * (sixteen pipelines pulling one image at once, a runtime's parallel layers) wait for one fetch.
-   */
-  private readonly fetching = new Map<string, { readonly url: string; readonly done: Promise<true> }>();
+  private readonly credentials: UpstreamCredentials;
   private readonly timeouts: UpstreamTimeouts;
   private readonly retries: number;
   private readonly maxRetryWait: number;
@@ -201,6 +151,11 @@ export class HttpUpstream implements Upstream {
     this.retryBudget = options.retryBudget ?? 60_000;
     this.userAgent = options.userAgent ?? 'wharf-proxy';
     this.via = new URL(this.base).protocol === 'https:' ? options.egress?.https : options.egress?.http;
+    const identity = { name: this.name, base: this.base, origin: this.origin, username: options.username, password: options.password };
+    this.credentials = new UpstreamCredentials(identity, {
+      get: (url, headers) => this.send('GET', url, headers),
+      retryable: (res, who) => this.retryable(res, who),
+    });
   }
 
   /** undici's agent for the requests that go through the egress proxy (see `proxied`). */
@@ -412,12 +367,9 @@ export class HttpUpstream implements Upstream {
    */
   private async authorized(method: 'GET' | 'HEAD', repo: string, path: string, headers: Record<string, string>, signal?: AbortSignal): Promise<Answer> {
     const url = `${this.base}/v2/${repo}/${path}`;
-    const auth = (origin: string): Record<string, string> => this.authHeader(origin, repo);
+    const auth = (origin: string): Record<string, string> => this.credentials.header(origin, repo);
     const answered = new Set<string>();
-    // A token for this repository on its way: waiting for it spares a 401 and a second fetch. Its
-    // failure is this request's too, as if it had been challenged and joined the fetch.
-    const coming = this.fetching.get(tokenKey(this.origin, repo));
-    if (coming) await untilAborted(coming.done, signal);
+    await this.credentials.tokenUnderway(repo, signal);
     for (;;) {
       const res = await this.send(method, url, headers, signal, auth);
       if (res.statusCode !== 401) {
@@ -438,7 +390,7 @@ export class HttpUpstream implements Upstream {
       if (answered.size >= MAX_CHALLENGES) return res;
       answered.add(origin);
       // No way to answer the challenge: the 401 stands (its body is already gone).
-      if (!(await this.authenticate(repo, res.headers, origin, res.authorization, signal))) return res;
+      if (!(await this.credentials.answer(repo, res.headers, origin, res.authorization, signal))) return res;
     }
   }
 
@@ -582,157 +534,12 @@ export class HttpUpstream implements Upstream {
     }
   }
 
-
-  /** What a request to `origin` for `repo` carries: its token, or (the upstream's origin only) our Basic credentials. */
-  private authHeader(origin: string, repo: string): Record<string, string> {
-    const token = this.tokens.get(tokenKey(origin, repo));
-    if (token) return { authorization: `Bearer ${token}` };
-    if (origin === this.origin && this.basicOnly && this.options.username !== undefined) return { authorization: this.basic() };
-    return {};
-  }
-
-  /** Set once the upstream challenged with Basic: from then on credentials go with every request. */
-  private basicOnly = false;
-
-  private basic(): string {
-    return `Basic ${Buffer.from(`${this.options.username ?? ''}:${this.options.password ?? ''}`).toString('base64')}`;
-  }
-
-  /**
-   * Answers the 401 challenge `origin` sent. From the upstream: Basic → our credentials; Bearer → a
-   * token for the repository's pull scope, with our credentials. From another origin (a redirect
-   * target): an anonymous token for the scope its challenge names; our credentials never go there,
-   * nor to a realm it names. `sent` is the Authorization the challenged request carried.
-   */
-  private async authenticate(repo: string, headers: Headers, origin: string, sent: string | undefined, signal?: AbortSignal): Promise<boolean> {
-    const ours = origin === this.origin;
-    const challenge = parseChallenge(String(headers['www-authenticate'] ?? ''));
-    if (!challenge) return false;
-    if (challenge.scheme === 'basic') {
-      // Only a 401 to our credentials refuses them. `basicOnly` says nothing about this request: one
-      // sent without them before another's challenge set it (parallel layer pulls, the first after a
-      // start) is answered with them, not taken for a refusal.
-      if (!ours || this.options.username === undefined || sent === this.basic()) return false;
-      this.basicOnly = true;
-      return true;
-    }
-    const realm = challenge.params.realm;
-    if (!realm) return false;
-    const url = tokenUrl(realm, origin);
-    if (!url) throw new UpstreamError('unauthorized', `upstream ${this.name} named a token realm that is no HTTP URL`);
-    const challenger = new URL(origin);
-    if (!ours && (url.hostname !== challenger.hostname || (challenger.protocol === 'https:' && url.protocol !== 'https:'))) {
-      // A redirect target names a realm elsewhere: Wharf is not sent to fetch from any URL a third
-      // party chooses (an internal service, say) and hand back what it got.
-      return false;
-    }
-    const credentials = ours && this.options.username !== undefined;
-    if (credentials && url.protocol === 'http:' && this.base.startsWith('https:')) {
-      // Our credentials would cross the network in clear, though the upstream itself is reached over TLS.
-      throw new UpstreamError('unauthorized', `upstream ${this.name} named a plain-HTTP token realm; its credentials are not sent there`);
-    }
-    if (challenge.params.service) url.searchParams.set('service', challenge.params.service);
-    url.searchParams.set('scope', ours || !challenge.params.scope ? `repository:${repo}:pull` : challenge.params.scope);
-    const key = tokenKey(origin, repo);
-    const pending = this.fetching.get(key);
-    if (pending?.url === url.href) return untilAborted(pending.done, signal);
-    // One fetch for every request that needs this token. It is no one request's: a client that goes
-    // away does not cancel it for the others (the timeouts bound it).
-    const done = this.fetchToken(url, credentials, key);
-    const entry = { url: url.href, done };
-    this.fetching.set(key, entry);
-    const settled = (): void => {
-      if (this.fetching.get(key) === entry) this.fetching.delete(key);
-    };
-    done.then(settled, settled);
-    return untilAborted(done, signal);
-  }
-
-  /** Fetches a token from the realm's `url` and caches it under `key`; fails as `authenticate` says. */
-  private async fetchToken(url: URL, credentials: boolean, key: string): Promise<true> {
-    const res = await this.send('GET', url.href, credentials ? { authorization: this.basic() } : {});
-    if (res.statusCode !== 200) {
-      // A token service that is down or busy is retried as the registry would be.
-      if (res.statusCode === 429 || res.statusCode >= 500) return this.retryable(res, `token service of upstream ${this.name}`);
-      await discard(res);
-      throw new UpstreamError('unauthorized', `token service of upstream ${this.name} answered ${res.statusCode}`, res.statusCode);
-    }
-    const raw = await readUpTo(res, MAX_TOKEN_BYTES, () => new UpstreamError('unauthorized', `token service of upstream ${this.name} sent more than ${MAX_TOKEN_BYTES} bytes`));
-    let doc: unknown;
-    try {
-      doc = JSON.parse(raw.toString('utf8'));
-    } catch {
-      throw new UpstreamError('unauthorized', `token service of upstream ${this.name} sent no JSON`);
-    }
-    const answer = tokenOf(doc);
-    if (!answer) throw new UpstreamError('unauthorized', `token service of upstream ${this.name} sent no token`);
-    this.tokens.set(key, answer.token, answer.expiresIn);
-    return true;
-  }
-
   private noteRateLimit(headers: Headers): void {
     const raw = headers['ratelimit-remaining'];
     if (raw === undefined || !this.options.onRateLimit) return;
     const remaining = Number.parseInt(String(raw), 10);
     if (Number.isFinite(remaining)) this.options.onRateLimit(remaining);
   }
-}
-
-/**
- * Reads a body whole, failing with `tooLarge()` past `limit` bytes. Chunks come through 'data' events,
- * each as it was lent (an async iterator may hand over several joined into a copy), and are given
- * back to their slab once copied.
- */
-function readUpTo({ body, recycle }: Answer, limit: number, tooLarge: () => Error): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    // A body that failed in the read that brought its head (a broken first chunk) failed before we
-    // listen: its 'error' and 'close' are gone, and waiting would hang until someone's timeout.
-    if (body.errored) {
-      reject(body.errored);
-      return;
-    }
-    if (body.destroyed && !body.readableEnded) {
-      reject(new Error('the upstream body was closed before its end'));
-      return;
-    }
-    const chunks: Buffer[] = [];
-    let size = 0;
-    const giveBack = (): void => {
-      if (recycle) for (const chunk of chunks.splice(0)) recycle(chunk);
-    };
-    body.on('data', (chunk: Buffer) => {
-      size += chunk.length;
-      if (size > limit) {
-        body.destroy();
-        giveBack();
-        reject(tooLarge());
-        return;
-      }
-      chunks.push(chunk);
-    });
-    body.once('end', () => {
-      const whole = Buffer.concat(chunks, size);
-      giveBack();
-      resolve(whole);
-    });
-    body.once('error', (err) => {
-      giveBack();
-      reject(err);
-    });
-    // 'close' without 'end' or 'error': destroyed by someone else (an abort).
-    body.once('close', () => {
-      if (!body.readableEnded) reject(new Error('the upstream body was closed before its end'));
-    });
-  });
-}
-
-/** Drops a body we do not need (plainRequest's decides itself whether to keep its connection). */
-async function discard({ body, drop }: Answer): Promise<void> {
-  if (drop) return drop();
-  // undici's: read up to the limit (its connection kept), else cut.
-  const dump = (body as Readable & { dump?: (opts?: { limit: number }) => Promise<void> }).dump;
-  if (dump) await dump.call(body, { limit: DROP_LIMIT }).catch(() => undefined);
-  else body.destroy();
 }
 
 /** `?n=..&last=..` for a page, or '' for all. */
@@ -757,11 +564,6 @@ export function nextPageQuery(link: string | string[] | undefined): string | und
   return undefined;
 }
 
-/** Tokens are kept per origin (the upstream's, or a redirect target's that challenged) and repository. */
-function tokenKey(origin: string, repo: string): string {
-  return `${origin} repository:${repo}:pull`;
-}
-
 /** What `expectOk` needs of an answer besides its status. */
 function answeredBy(res: Answer): { url?: URL; refused?: boolean } {
   return { ...(res.url ? { url: res.url } : {}), ...(res.refused ? { refused: true } : {}) };
@@ -769,16 +571,6 @@ function answeredBy(res: Answer): { url?: URL; refused?: boolean } {
 
 /** Statuses to a manifest HEAD that say nothing about the manifest: the server does not do HEAD (right). */
 const HEAD_UNSUPPORTED = new Set([400, 403, 405, 501]);
-
-/** The token service's URL: a realm given as a path (`/token`) is the registry's own; only HTTP(S). */
-function tokenUrl(realm: string, base: string): URL | undefined {
-  try {
-    const url = new URL(realm, base);
-    return url.protocol === 'https:' || url.protocol === 'http:' ? url : undefined;
-  } catch {
-    return undefined;
-  }
-}
 
 /** Range requests a whole-blob download may make to go on after its connection failed. */
 const RESUMES = 3;
