@@ -130,6 +130,8 @@ describe('a fill its upstream cut goes on from the bytes it had', () => {
     const cached = await fetch(url);
     expect(`sha256:${createHash('sha256').update(new Uint8Array(await cached.arrayBuffer())).digest('hex')}`).toBe(digest);
     expect(gets.length).toBe(fwd.seen.filter((r) => r.method === 'GET' && r.path === path).length);
+    // The fill may still be reading its file back into the page cache, and then moves it in.
+    await until(() => proxy.fills.running === 0, 'the fill to end');
     expect((await readdir(join(proxy.root, '_tmp'))).filter((f) => f.startsWith('fill-'))).toEqual([]);
   });
 
