@@ -5,8 +5,12 @@ import type { Logger } from 'pino';
 import { errorStatus } from './error-status.js';
 import { continueIfBodyArrived } from './expect-continue.js';
 
-/** Headers a route may have set for the success it did not reach; an error body must not carry them. */
-const SUCCESS_ONLY_HEADERS = ['content-length', 'content-type', 'docker-content-digest', 'etag', 'location', 'accept-ranges'];
+/**
+ * Headers a route may have set for the success it did not reach; an error body must not carry them.
+ * A blob's year-long Cache-Control above all: a cache in front of Wharf would keep a 502 "try again"
+ * for a year. Content-Range goes too, unless the error is the 416 whose size it gives.
+ */
+const SUCCESS_ONLY_HEADERS = ['content-length', 'content-type', 'docker-content-digest', 'etag', 'location', 'accept-ranges', 'cache-control'];
 
 /** Errors a client causes by going away or sending a broken body: no stack trace, no 500 in the log. */
 const CLIENT_STREAM_ERRORS = new Set(['ECONNRESET', 'ERR_STREAM_PREMATURE_CLOSE', 'ECONNABORTED', 'EPIPE', 'ABORT_ERR']);
@@ -56,6 +60,7 @@ export function ociErrors(logger: Logger) {
       const retryAfter = (error.detail as { retryAfter?: unknown } | undefined)?.retryAfter;
       if (typeof retryAfter === 'number') ctx.set('Retry-After', String(retryAfter));
       ctx.status = errorStatus(error, ctx.state.invalidPathReference === true);
+      if (ctx.status !== 416) ctx.remove('content-range');
       if (ctx.status === 405) ctx.set('Allow', allowedMethods(ctx, routerRefused));
       if (!ctx.req.complete) {
         continueIfBodyArrived(ctx.req);
