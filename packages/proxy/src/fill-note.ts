@@ -126,7 +126,7 @@ export class ProgressNote {
   private written: number;
   private writing: Promise<void> | undefined;
   /** The note, open while the fill runs: each note is one write in place, not a new file. */
-  private handle: Promise<FileHandle> | undefined;
+  private handle: FileHandle | undefined;
   /** Notes what came meanwhile once the interval is over (a fill that stalls after a burst). */
   private later: NodeJS.Timeout | undefined;
   private stopped = false;
@@ -191,10 +191,12 @@ export class ProgressNote {
       // The first note as a whole file renamed into place: created empty and written after, a crash
       // in between left an empty note. The next ones go in place, into that file kept open.
       await writeKeptNote(this.path, record);
-      this.handle = open(`${this.path}${KEPT_SUFFIX}`, constants.O_WRONLY);
+      // Awaited here, inside the write `stop` waits for: an open that fails (no descriptor left, the
+      // note removed meanwhile) is this note's failure, not a rejection nobody holds until the next.
+      this.handle = await open(`${this.path}${KEPT_SUFFIX}`, constants.O_WRONLY);
       return;
     }
-    await (await this.handle).write(record, 0, 'utf8');
+    await this.handle.write(record, 0, 'utf8');
   }
 
   /** No more notes; resolves once the one being written is (the fill then keeps or removes it). */
@@ -205,6 +207,6 @@ export class ProgressNote {
     await this.writing;
     const handle = this.handle;
     this.handle = undefined;
-    await handle?.then((h) => h.close()).catch(() => undefined);
+    await handle?.close().catch(() => undefined);
   }
 }
