@@ -423,6 +423,8 @@ const REMNANT_MAX_BYTES = 16 * 1024 ** 3;
  */
 export class BlobFills {
   private readonly inflight = new Map<Digest, Promise<BlobFill | undefined>>();
+  /** Who started each fill in `inflight` (its `source`), while it runs. */
+  private readonly starters = new Map<Digest, string | undefined>();
   /** The upstream bodies fills are reading (abandon). */
   private readonly bodies = new Set<Readable>();
   private readonly remnants = new Map<Digest, Remnant>();
@@ -547,6 +549,11 @@ export class BlobFills {
     return this.inflight.get(digest);
   }
 
+  /** The `source` that started the fill of `digest` in flight, if one is (and it named one). */
+  startedFor(digest: Digest): string | undefined {
+    return this.starters.get(digest);
+  }
+
   /** Bytes of `digest` kept from a download cut short (for tests and logs); 0 when none. */
   remnantOf(digest: Digest): number {
     return this.remnants.get(digest)?.length ?? 0;
@@ -570,12 +577,17 @@ export class BlobFills {
     if (existing) return existing;
     const starting = this.start(digest, fetch, source, origin === undefined ? undefined : originTag(origin));
     this.inflight.set(digest, starting);
+    this.starters.set(digest, source);
+    const ended = (): void => {
+      this.inflight.delete(digest);
+      this.starters.delete(digest);
+    };
     starting.then(
       (fill) => {
-        if (!fill) this.inflight.delete(digest);
-        else void fill.done.finally(() => this.inflight.delete(digest)).catch(() => undefined);
+        if (!fill) ended();
+        else void fill.done.finally(ended).catch(() => undefined);
       },
-      () => this.inflight.delete(digest),
+      ended,
     );
     return starting;
   }

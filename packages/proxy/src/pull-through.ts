@@ -312,7 +312,8 @@ export class PullThroughRepository implements RepositoryReader {
     try {
       const cached = await this.cachedHere(repo, digest);
       if (cached) return cached;
-      const fill = await this.fills.current(digest);
+      // A fill that failed to start (for whichever upstream) says nothing here: the upstream is asked.
+      const fill = await this.fills.current(digest)?.catch(() => undefined);
       if (fill && fill.sources.has(this.source(repo)) && fill.state !== 'failed' && fill.size !== undefined) return { digest, size: fill.size };
       const remote = await this.upstream.statBlob(repo, digest);
       if (!remote) return undefined;
@@ -324,7 +325,8 @@ export class PullThroughRepository implements RepositoryReader {
   }
 
   async openBlob(repo: string, blob: BlobInfo, range?: ByteRange): Promise<Readable | undefined> {
-    const fill = await this.fills.current(blob.digest);
+    // A fill that failed to start is none: the cached copy `blob` found is read, or a fill of our own.
+    const fill = await this.fills.current(blob.digest)?.catch(() => undefined);
     if (fill?.state === 'failed') throw fillFailed(blob.digest, fill.error);
     if (fill && range && fill.state === 'running' && range.start >= fill.received + RANGE_PASS_THROUGH_LEAD) {
       // A range the fill will not reach for a while (a resumed download, say) is asked of the upstream.
@@ -374,9 +376,14 @@ export class PullThroughRepository implements RepositoryReader {
       asked = true;
       return this.upstream.blob(repo, digest, range);
     };
-    let fill = await this.fills.join(digest, fetch, source, this.key);
-    // Joined another upstream's (or repository's) download, which came to nothing there (a 404):
-    // that says nothing of this one, which is asked itself.
+    const another = this.fills.current(digest) !== undefined && this.fills.startedFor(digest) !== source;
+    let fill = await this.fills.join(digest, fetch, source, this.key).catch((err: unknown) => {
+      // Joined another upstream's (or repository's) download, which failed to start there (that
+      // upstream down, or refusing that repository): that says nothing of this one, asked below.
+      if (asked || !another) throw err;
+      return undefined;
+    });
+    // Or which came to nothing there (a 404): the same.
     if (!fill && !asked) fill = await this.fills.join(digest, fetch, source, this.key);
     if (asked && fill && fill.resumedFrom > 0) {
       this.logger?.info?.({ upstream: this.key, repo, digest, from: fill.resumedFrom }, 'blob fill goes on from the bytes of a download cut short');

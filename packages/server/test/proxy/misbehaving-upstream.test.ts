@@ -23,6 +23,8 @@ async function download(url: string): Promise<{ status: number; body: string }> 
 
 describe('pull-through from a misbehaving upstream', () => {
   let fake: FakeUpstream;
+  /** Another upstream, which behaves. */
+  let healthy: FakeUpstream;
   let proxy: TestRegistry;
   let bytes: Buffer;
   let digest: string;
@@ -33,6 +35,7 @@ describe('pull-through from a misbehaving upstream', () => {
 
   beforeAll(async () => {
     fake = await FakeUpstream.start();
+    healthy = await FakeUpstream.start();
     proxy = await startRegistry({
       settings: {
         proxy: {
@@ -41,7 +44,7 @@ describe('pull-through from a misbehaving upstream', () => {
           connect_timeout: '500ms',
           first_byte_timeout: '500ms',
           idle_timeout: '500ms',
-          upstreams: { fake: { url: fake.url } },
+          upstreams: { fake: { url: fake.url }, healthy: { url: healthy.url } },
         },
       },
     });
@@ -49,6 +52,7 @@ describe('pull-through from a misbehaving upstream', () => {
   afterAll(async () => {
     await proxy?.close();
     await fake?.close();
+    await healthy?.close();
   });
   beforeEach(() => {
     fake.fault = undefined;
@@ -109,6 +113,22 @@ describe('pull-through from a misbehaving upstream', () => {
     }
     fake.fault = undefined;
     expect(await download(blobUrl())).toEqual({ status: 200, body: digest });
+  });
+
+  test('a download that failed to start through one upstream does not fail the same blob through another', async () => {
+    healthy.addBlob(bytes);
+    const throughHealthy = `${proxy.url}/v2/proxy/healthy/${repo}/blobs/${digest}`;
+    // The first client's upstream takes the request and never answers: its download fails at the
+    // first-byte timeout. Meanwhile clients of a healthy upstream ask for the same blob.
+    fake.fault = 'stall';
+    fake.faultOn = /\/blobs\//;
+    const stalled = download(blobUrl());
+    for (let i = 0; proxy.fills.running === 0 && i < 200; i++) await sleep(5);
+    const [whole, head] = await Promise.all([download(throughHealthy), fetch(throughHealthy, { method: 'HEAD' })]);
+    expect(whole).toEqual({ status: 200, body: digest });
+    expect(head.status).toBe(200);
+    expect(head.headers.get('content-length')).toBe(String(bytes.length));
+    expect((await stalled).status).toBe(504);
   });
 
   for (const fault of ['truncate', 'reset'] as const) {
