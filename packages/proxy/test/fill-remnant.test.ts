@@ -348,9 +348,7 @@ describe('BlobFills: a download its upstream cut leaves its bytes for the next f
         await mkdir(join(temp, file, 'x'), { recursive: true });
       }
     };
-    const unhandled: unknown[] = [];
-    const record = (reason: unknown): void => void unhandled.push(reason);
-    process.on('unhandledRejection', record);
+    // The test environment (jest-environment.js) fails a test in which a rejection went unhandled.
     try {
       fills = new BlobFills({ store, tempRoot: temp, remnantTtlMs: 50 });
       const a = randomBytes(3 * MiB);
@@ -365,9 +363,7 @@ describe('BlobFills: a download its upstream cut leaves its bytes for the next f
       await expect(fills.close()).resolves.toBeUndefined();
       expect(fills.remnantOf(sha256(b))).toBe(0);
       await sleep(50);
-      expect(unhandled).toEqual([]);
     } finally {
-      process.off('unhandledRejection', record);
       for (const file of await readdir(temp)) await rm(join(temp, file), { recursive: true, force: true });
     }
   });
