@@ -5,6 +5,7 @@ import { pipeline } from 'node:stream/promises';
 import { closeFile, fullGcSoon, takeFile, type FileRange, type HeldBytes } from '@wharf/registry-core';
 import type { Context } from 'koa';
 import { ReadBufferPool, SendBuffers } from './read-buffers.js';
+import { holdIdleTimeout } from './server-wait.js';
 import { SharedReads } from './shared-reads.js';
 import { UntilGone } from './until-gone.js';
 
@@ -143,6 +144,21 @@ async function sendChunks(file: FileRange, res: ServerResponse, buffers: SendBuf
       if (failure) throw failure;
     }
   };
+  /**
+   * Waits for the fill to have bytes at `at` (or, at the range's end, to be verified). That wait is
+   * the server's, not a client that stopped reading: the socket's idle timeout is off until it ends
+   * (the fill's own upstream timeouts bound it; a client that does not read is caught by the next
+   * wait for the socket). Else a range ending before the blob's end, whose last byte waits for the
+   * whole blob's digest, was cut at `idle_timeout` on any download slower than that.
+   */
+  const fillReaches = async (at: number): Promise<number> => {
+    const release = res.socket ? holdIdleTimeout(res.socket) : undefined;
+    try {
+      return await untilGone.wait(file.next!(at));
+    } finally {
+      release?.();
+    }
+  };
   // Shared segments this send's writes point into. A write the socket never finishes (it was
   // destroyed) never calls back: what is left is let go once the socket has closed.
   const held = new Set<HeldBytes>();
@@ -164,7 +180,7 @@ async function sendChunks(file: FileRange, res: ServerResponse, buffers: SendBuf
   async function sendAll(): Promise<void> {
     for (let slot = 0; position <= file.end; ) {
       await drainTo(maxInFlight - 1);
-      const next = file.next ? await untilGone.wait(file.next(position)) : file.end - position + 1;
+      const next = file.next ? await fillReaches(position) : file.end - position + 1;
       if (next === 0) throw new Error('blob file ended before its recorded size');
       // A fill's newest bytes, in memory (those not on disk yet are nowhere else); then shared reads of the file.
       const inMemory = file.view?.(position, position + next);
@@ -197,7 +213,7 @@ async function sendChunks(file: FileRange, res: ServerResponse, buffers: SendBuf
       slot = 1 - slot;
     }
     // An empty range sent nothing above: its end, too, waits for a fill's verification.
-    if (file.next) await untilGone.wait(file.next(position));
+    if (file.next) await fillReaches(position);
     await drainTo(0);
   }
 }

@@ -16,6 +16,9 @@ const SLOW_MS = 1500;
 describe('pull-through from an upstream slower than idle_timeout', () => {
   const blob = randomBytes(64 * 1024);
   const blobDigest = sha256(blob);
+  /** Sent with its Content-Length, in pieces spread over SLOW_MS as well. */
+  const sized = randomBytes(512 * 1024);
+  const sizedDigest = sha256(sized);
   const manifest = Buffer.from(
     JSON.stringify({
       schemaVersion: 2,
@@ -34,13 +37,14 @@ describe('pull-through from an upstream slower than idle_timeout', () => {
           res.writeHead(200, { 'content-type': 'application/vnd.oci.image.manifest.v1+json', 'docker-content-digest': sha256(manifest), 'content-length': manifest.length });
           res.end(req.method === 'HEAD' ? undefined : manifest);
         }, SLOW_MS);
-      } else if (req.url === `/v2/lib/app/blobs/${blobDigest}` && req.method === 'GET') {
-        res.writeHead(200, { 'content-type': 'application/octet-stream' });
+      } else if ((req.url === `/v2/lib/app/blobs/${blobDigest}` || req.url === `/v2/lib/app/blobs/${sizedDigest}`) && req.method === 'GET') {
+        const bytes = req.url.endsWith(blobDigest) ? blob : sized;
+        res.writeHead(200, { 'content-type': 'application/octet-stream', ...(bytes === sized ? { 'content-length': sized.length } : {}) });
         const pieces = 5;
         let sent = 0;
         const next = (): void => {
-          const size = Math.ceil(blob.length / pieces);
-          res.write(blob.subarray(sent * size, (sent + 1) * size));
+          const size = Math.ceil(bytes.length / pieces);
+          res.write(bytes.subarray(sent * size, (sent + 1) * size));
           sent += 1;
           if (sent < pieces) setTimeout(next, SLOW_MS / pieces);
           else res.end();
@@ -68,6 +72,14 @@ describe('pull-through from an upstream slower than idle_timeout', () => {
     const res = await fetch(`${proxy.url}/v2/proxy/slow/lib/app/manifests/1`);
     expect(res.status).toBe(200);
     expect(Buffer.from(await res.arrayBuffer()).equals(manifest)).toBe(true);
+  });
+
+  test("a range the fill has at once, whose last byte waits for the whole blob's digest longer than idle_timeout, reaches the client whole", async () => {
+    const res = await fetch(`${proxy.url}/v2/proxy/slow/lib/app/blobs/${sizedDigest}`, { headers: { range: 'bytes=0-99' } });
+    expect(res.status).toBe(206);
+    expect(res.headers.get('content-range')).toBe(`bytes 0-99/${sized.length}`);
+    // Its 99 bytes at once, and its last once the blob is verified, SLOW_MS later: not a connection cut at 1 s.
+    expect(Buffer.from(await res.arrayBuffer()).equals(sized.subarray(0, 100))).toBe(true);
   });
 
   test('a blob without Content-Length that takes longer than idle_timeout to come reaches the client whole', async () => {
