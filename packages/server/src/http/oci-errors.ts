@@ -63,6 +63,10 @@ export function ociErrors(logger: Logger) {
       if (ctx.status !== 416) ctx.remove('content-range');
       if (ctx.status === 405) ctx.set('Allow', allowedMethods(ctx, routerRefused));
       if (!ctx.req.complete) {
+        // A body the route destroyed (its write failed: a full disk, a session cancelled mid-chunk) is
+        // read no further, and its connection ends once the client stops sending: the client is told
+        // so, or it would queue its next request on the connection (undici does) and see it reset.
+        if (ctx.req.destroyed) ctx.set('Connection', 'close');
         continueIfBodyArrived(ctx.req);
         lingerForBody(ctx.req, ctx.res);
       }
@@ -127,10 +131,11 @@ function lingerForBody(req: IncomingMessage, res: ServerResponse): void {
   // instead of idle_timeout later (a graceful shutdown waited for it until its deadline).
   const socket = (req.socket ?? res.socket) as IncomingMessage['socket'] | null;
   if (!socket || socket.destroyed) return;
-  // A request with `Connection: close`: node closes the socket once the answer is out, and the bytes
-  // still coming make the kernel reset the connection, the answer with it (the client sees EPIPE). So
-  // only the sending side is closed then, and the rest is read and dropped as for a kept-alive one.
-  const closing = !res.shouldKeepAlive;
+  // A request with `Connection: close`, or an answer that says it (a body the route destroyed): node
+  // closes the socket once the answer is out, and the bytes still coming make the kernel reset the
+  // connection, the answer with it (the client sees EPIPE). So only the sending side is closed then,
+  // and the rest is read and dropped as for a kept-alive one (or, destroyed, left until the timer below).
+  const closing = !res.shouldKeepAlive || res.getHeader('connection') === 'close';
   if (closing) socket.destroySoon = () => void socket.end();
   res.once('finish', () => {
     if (req.complete) {

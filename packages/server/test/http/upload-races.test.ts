@@ -114,6 +114,8 @@ describe('upload session races', () => {
     let reply = '';
     socket.on('data', (d: Buffer) => (reply += d.toString('latin1')));
     socket.on('error', () => undefined); // a cut connection fails on the status line below
+    // Listened for from the start: the server may close as soon as it has answered.
+    const closed = new Promise((resolve) => socket.on('close', resolve));
     // Ends with the whole reply (the connection is kept alive), or with the connection.
     const answered = new Promise((resolve) => {
       socket.on('close', resolve);
@@ -125,7 +127,6 @@ describe('upload session races', () => {
 
     // The DELETE does not wait for the rest of the body, which only comes once it is answered.
     expect((await fetch(s.url, { method: 'DELETE' })).status).toBe(204);
-    const closed = new Promise((resolve) => socket.on('close', resolve));
     socket.end(Buffer.alloc(100_000, 0x62));
     await answered;
     // The server lets the connection go soon: its request body was given up on, and nobody read the
@@ -137,6 +138,9 @@ describe('upload session races', () => {
 
     expect(reply.split('\r\n')[0]).toBe('HTTP/1.1 404 Not Found');
     expect(reply).toContain('"code":"BLOB_UPLOAD_UNKNOWN"');
+    // The rest of the body is not read: the answer says the connection ends, so no client queues
+    // its next request on it.
+    expect(reply.toLowerCase()).toContain('\r\nconnection: close\r\n');
     expect((await fetch(s.url)).status).toBe(404);
     expect(unexpected()).toEqual([]);
     expect(await readdir(uploadsDir())).toEqual([]);
