@@ -22,13 +22,14 @@ export const ERROR_CODES = [
   'RANGE_INVALID',
   'PAGINATION_NUMBER_INVALID',
   // ours: a body over a cap (413), a path that names no endpoint (404), an `Expect` other than
-  // 100-continue (417), and failures that are not the client's fault
+  // 100-continue (417), and failures that are not the client's fault (a full disk among them)
   'TOO_LARGE',
   'NOT_FOUND',
   'EXPECTATION_FAILED',
   'UPSTREAM_ERROR',
   'UPSTREAM_TIMEOUT',
   'UNAVAILABLE',
+  'INSUFFICIENT_STORAGE',
   'UNKNOWN',
 ] as const;
 
@@ -48,4 +49,15 @@ export class RegistryError extends Error {
 
 export function isRegistryError(err: unknown): err is RegistryError {
   return err instanceof RegistryError;
+}
+
+/**
+ * Error codes of a write its storage had no room for: a full file system (ENOSPC), a user's quota
+ * (EDQUOT), and SQLite's "database or disk is full". Nothing was stored; the same request succeeds
+ * once space is freed.
+ */
+const STORAGE_FULL = new Set(['ENOSPC', 'EDQUOT', 'SQLITE_FULL']);
+
+export function isStorageFull(err: unknown): boolean {
+  return typeof err === 'object' && err !== null && STORAGE_FULL.has(String((err as { code?: unknown }).code));
 }

@@ -27,6 +27,9 @@ export const ERROR_STATUS: Record<ErrorCode, number> = {
   UPSTREAM_ERROR: 502,
   UPSTREAM_TIMEOUT: 504,
   UNAVAILABLE: 503,
+  // RFC 4918's status for a request the server cannot store: clients treat it as any 5xx (a failure,
+  // retried by some), and an operator's alerting can tell a full disk from a bug.
+  INSUFFICIENT_STORAGE: 507,
   UNKNOWN: 500,
 };
 

@@ -1,5 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { RegistryError } from '@wharf/registry-core';
+import { RegistryError, isStorageFull } from '@wharf/registry-core';
 import type { Context, Next } from 'koa';
 import type { Logger } from 'pino';
 import { errorStatus } from './error-status.js';
@@ -47,6 +47,13 @@ export function ociErrors(logger: Logger) {
         error = err;
       } else if (isClientStreamError(err)) {
         error = new RegistryError('BLOB_UPLOAD_INVALID', 'request body ended early', undefined);
+      } else if (isStorageFull(err)) {
+        // A write found no room (the disk, a quota, the database's file system): nothing of the
+        // request was stored, and the same request succeeds once space is freed. The code says what
+        // happened: no stack.
+        const { code, syscall, message } = err as { code?: string; syscall?: string; message?: string };
+        logger.error({ reqId: ctx.state.reqId, code, syscall, reason: message }, 'no space left on storage');
+        error = new RegistryError('INSUFFICIENT_STORAGE', 'no space left on storage; nothing of this request was stored', undefined);
       } else if (typeof err === 'object' && err !== null && [405, 501].includes((err as { status?: number }).status ?? 0)) {
         // 405 from the router for a known path, 501 for a method it implements nowhere (PROPFIND...).
         // Both are the client asking for something we do not do, never a server failure.
