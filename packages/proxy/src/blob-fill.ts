@@ -1,7 +1,7 @@
 import { createHash, randomUUID, type Hash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { openSync, closeSync, read } from 'node:fs';
-import { open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import { open, readdir, readFile, rename, rm, stat, statfs, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { RegistryError, hashToDigest, newHash, noteReceived, parseDigest, type BlobInfo, type BlobStore, type ByteRange, type Digest, type DigestAlgorithm, type FileRange, type HeldBytes, type TakesFile } from '@wharf/registry-core';
@@ -23,12 +23,21 @@ const WAKE_MS = 5;
 
 type FillState = 'running' | 'done' | 'failed';
 
+/** One reader of a fill: the next byte it needs. */
+interface ReaderMark {
+  position: number;
+}
+
 /**
  * One download of one blob into a temp file. Any number of readers follow it, each at its own pace:
  * from the fill's memory while they keep up (each byte as soon as it arrives), from the file once
  * they fall behind. The fill never waits for a reader, and a reader going away never stops the fill. A fill whose digest or size is wrong is deleted and every
  * reader fails (its client's connection is cut), so nobody ever receives a complete-looking corrupt
  * blob.
+ *
+ * A fill whose file has no room (a full disk: see FillWriter.keepInMemory) goes on in memory: its
+ * readers still get the whole, verified blob, the fill waits for the slowest of them, and nothing is
+ * stored (`notStored`).
  */
 export class BlobFill {
   readonly events = new EventEmitter();
@@ -56,6 +65,14 @@ export class BlobFill {
    * alone, which a fill going on from a remnant reuses, with other bytes past the remnant's length.
    */
   readonly key = `fill:${randomUUID()}`;
+  /**
+   * Set when the blob was sent to its readers but not stored (its temp file had no room: see
+   * FillWriter.keepInMemory), to why; `done` then resolves once every reader has gone.
+   */
+  notStored: Error | undefined;
+  /** Where each reader is: a fill kept in memory lets a block go only once they all passed it. */
+  private readonly readers = new Set<ReaderMark>();
+  private readonly readersGoneWaiters: (() => void)[] = [];
 
   constructor(
     readonly digest: Digest,
@@ -117,6 +134,50 @@ export class BlobFill {
     return this.writer?.view(position, limit);
   }
 
+  /** A reader starts at `position` (see `moved`, `untrack`). */
+  track(position: number): ReaderMark {
+    const mark = { position };
+    this.readers.add(mark);
+    return mark;
+  }
+
+  /** The reader of `mark` needs the bytes from `position` on (no earlier one any more). */
+  moved(mark: ReaderMark, position: number): void {
+    mark.position = position;
+    this.writer?.readersMoved();
+  }
+
+  /** The reader of `mark` is gone. */
+  untrack(mark: ReaderMark): void {
+    if (!this.readers.delete(mark)) return;
+    this.writer?.readersMoved();
+    if (this.readers.size === 0) for (const wake of this.readersGoneWaiters.splice(0)) wake();
+  }
+
+  /** The position of the slowest reader; Infinity when none reads. */
+  lowestReader(): number {
+    let lowest = Infinity;
+    for (const mark of this.readers) if (mark.position < lowest) lowest = mark.position;
+    return lowest;
+  }
+
+  /** Resolves once no reader follows the fill. */
+  readersGone(): Promise<void> {
+    if (this.readers.size === 0) return Promise.resolve();
+    return new Promise((resolve) => this.readersGoneWaiters.push(resolve));
+  }
+
+  /**
+   * Whether a reader from `position` can be sent every byte from there. Always, unless the fill is
+   * kept in memory (no room on its disk) and has let go of bytes past the end of its file that such
+   * a reader would need: its other readers had all passed them.
+   */
+  canServeFrom(position: number): boolean {
+    const writer = this.writer;
+    if (!writer?.keptInMemory) return true;
+    return writer.isOpen && writer.heldFrom <= Math.max(position, writer.written);
+  }
+
   /** Every byte is in and matches the digest: readers may finish. */
   markVerified(): void {
     this.verified = true;
@@ -152,8 +213,13 @@ export class BlobFill {
     }
   }
 
-  /** A stream of the blob (or a range of it), from the bytes already in and those still to come. */
+  /**
+   * A stream of the blob (or a range of it), from the bytes already in and those still to come. Ask
+   * `canServeFrom` first: a reader the fill cannot serve fails at once.
+   */
   reader(range?: ByteRange): Readable {
+    const start = range?.start ?? 0;
+    if (!this.canServeFrom(start)) throw new RegistryError('UNAVAILABLE', 'the download of this blob went past the bytes asked for without storing them (no space left on storage); try again', { digest: this.digest });
     let fd: number;
     try {
       fd = openSync(this.tempPath, 'r');
@@ -166,7 +232,7 @@ export class BlobFill {
         throw fillFailed(this.digest, this.error);
       }
     }
-    return new TailReader(this, fd, range?.start ?? 0, range?.end);
+    return new TailReader(this, fd, start, range?.end, this.track(start));
   }
 }
 
@@ -190,6 +256,8 @@ class TailReader extends Readable implements TakesFile {
     private readonly fd: number,
     start: number,
     private readonly end: number | undefined,
+    /** Where this reader is, for the fill (handed to the sender with the descriptor by `takeFile`). */
+    private readonly mark: ReaderMark,
   ) {
     super({ highWaterMark: READ_CHUNK });
     this.position = start;
@@ -208,15 +276,20 @@ class TailReader extends Readable implements TakesFile {
     this.fdTaken = true;
     const start = this.position;
     const fill = this.fill;
+    const mark = this.mark;
     this.destroy();
     return {
       fd: this.fd,
       start,
       end: last,
       key: fill.key,
-      next: (position) => fill.next(position, last, true),
+      next: (position) => {
+        fill.moved(mark, position);
+        return fill.next(position, last, true);
+      },
       view: (position, limit) => fill.view(position, limit),
       written: () => fill.written,
+      release: () => fill.untrack(mark),
     };
   }
 
@@ -254,6 +327,7 @@ class TailReader extends Readable implements TakesFile {
       const copy = Buffer.from(held.bytes);
       held.release();
       this.position += copy.length;
+      this.fill.moved(this.mark, this.position);
       return this.push(copy);
     }
     // From the file, only what is on disk: past `written` a later block may have landed before an
@@ -272,12 +346,15 @@ class TailReader extends Readable implements TakesFile {
     });
     if (this.destroyed) return false;
     this.position += chunk.length;
+    this.fill.moved(this.mark, this.position);
     return this.push(chunk);
   }
 
   override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
     if (this.reading) this.closeAfterRead = true;
     else if (!this.fdTaken) this.closeFd();
+    // Taken with the descriptor: the sender lets go of it.
+    if (!this.fdTaken) this.fill.untrack(this.mark);
     callback(err);
   }
 
@@ -603,6 +680,7 @@ export class BlobFills {
     const { store, onStored } = this.options;
     const from = remnant?.length ?? 0;
     const temp = remnant?.path ?? this.newTempPath();
+    const size = remnant?.size ?? upstream.size;
     let handle: FileHandle | undefined;
     let writer: FillWriter;
     try {
@@ -610,6 +688,10 @@ export class BlobFills {
       // Past the whole blocks kept, the file may hold a block whose write had begun.
       if (remnant) await handle.truncate(from);
       writer = await FillWriter.open(temp, handle, { direct: this.options.directIo !== false, start: from });
+      // A blob larger than the room left is not written at all: the fill would end in ENOSPC anyway,
+      // having taken the last free bytes of the disk from pushes and the database meanwhile.
+      const free = size === undefined ? undefined : await freeBytes(this.options.tempRoot);
+      if (size !== undefined && free !== undefined && size - from > free) writer.keepInMemory(noRoomFor(size - from, free));
     } catch (err) {
       // Nobody will read this body: let its connection go.
       upstream.body.destroy();
@@ -619,7 +701,6 @@ export class BlobFills {
     }
     const { algorithm } = parseDigest(digest);
     this.bodies.add(upstream.body);
-    const size = remnant?.size ?? upstream.size;
     const hash = kept ?? newHash(algorithm);
     // With the size known the bytes may be kept: the digest of each block boundary's prefix goes in their note.
     const blocks = size !== undefined ? new BlockDigests(hash, algorithm, from) : undefined;
@@ -633,6 +714,7 @@ export class BlobFills {
       store.pathOf(digest),
       async (fill) => {
         fill.writer = writer;
+        writer.lowestReader = () => fill.lowestReader();
         writer.onWritten = (written) => {
           fill.wrote();
           progress?.update(written);
@@ -665,6 +747,13 @@ export class BlobFills {
           // disk: making the cache copy complete and durable is our business, not theirs.
           fill.markVerified();
           await writer.finish();
+          if (writer.keptInMemory) {
+            // No room for the cache copy: the readers are sent the rest from memory, and nothing is
+            // stored. The blocks they still need stay until the last of them is gone.
+            fill.notStored = writer.keptInMemory;
+            await fill.readersGone();
+            return { digest, size: fill.received };
+          }
           await handle.sync();
           await handle.close();
           await writer.close();
@@ -886,4 +975,19 @@ async function hashFile(handle: FileHandle, length: number, hash: { update(bytes
     position += bytesRead;
   }
   return true;
+}
+
+/** Bytes free for an unprivileged writer on the file system of `dir`; undefined when it cannot be told. */
+async function freeBytes(dir: string): Promise<number | undefined> {
+  try {
+    const s = await statfs(dir);
+    return s.bavail * s.bsize;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Why a fill of `bytes` is kept in memory from its start: as a write with no room fails, ENOSPC. */
+function noRoomFor(bytes: number, free: number): Error {
+  return Object.assign(new Error(`no space left on storage for the blob (${bytes} bytes to write, ${free} free)`), { code: 'ENOSPC' });
 }

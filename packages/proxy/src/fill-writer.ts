@@ -1,7 +1,7 @@
 import { constants } from 'node:fs';
 import { totalmem } from 'node:os';
 import { open, type FileHandle } from 'node:fs/promises';
-import type { HeldBytes } from '@wharf/registry-core';
+import { isStorageFull, type HeldBytes } from '@wharf/registry-core';
 import { AlignedBlocks, BLOCK_SIZE } from './aligned-blocks.js';
 import { FillBudget } from './fill-budget.js';
 
@@ -21,6 +21,11 @@ const WINDOW = 4;
  * once: many fills at a time keep only what waits for the disk (about 1-4 MiB each).
  */
 const SCARCE = 8;
+/**
+ * Blocks a fill kept in memory (its file has no room) holds at most before its upstream pauses for its
+ * slowest reader: as many as a fill on disk holds (its window and the blocks waiting for the disk).
+ */
+const MAX_HELD = WINDOW + MAX_UNWRITTEN;
 /** Plain blocks (when the aligned ones are all out) a fill keeps for reuse instead of allocating anew. */
 const PLAIN_SPARES = 2;
 /** Errors of an O_DIRECT write that mean "not here": the block goes through the page cache instead. */
@@ -90,6 +95,13 @@ export class FillWriter {
   onWritten: (written: number) => void = () => undefined;
   /** Called once, when a write fails: the fill fails at once rather than at its next chunk. */
   onFailed: (err: Error) => void = () => undefined;
+  /**
+   * Where the slowest reader of the fill is (the next byte it needs), for a fill kept in memory;
+   * Infinity when nobody reads it.
+   */
+  lowestReader: () => number = () => Infinity;
+  /** Why the file takes no more bytes (its disk or quota is full), once it does not: see `keepInMemory`. */
+  private noRoom: Error | undefined;
 
   private constructor(
     private readonly handle: FileHandle,
@@ -148,18 +160,61 @@ export class FillWriter {
       this.received += n;
       if (block.filled === BLOCK_SIZE) this.complete();
     }
-    return this.unwritten < MAX_UNWRITTEN && !this.mustPause();
+    return !this.mustWait() && !this.mustPause();
   }
 
   /**
-   * Resolves once fewer than MAX_UNWRITTEN blocks wait for the disk and the fill is within the fills'
-   * budget; rejects if a write failed.
+   * The file takes no more bytes (`reason`: its disk or quota is full): the fill goes on in memory,
+   * and its readers are sent the blob from there. No block is written any more; `written` stays where
+   * the file ends, and readers behind it read the file as before. A block past it leaves the window
+   * only once every reader has passed it (`lowestReader`, kept up through `readersMoved`), and the
+   * upstream pauses while MAX_HELD blocks wait for the slowest reader: memory stays bounded, and a
+   * slow client now slows the fill (the price of a full disk). A write failing with ENOSPC or EDQUOT
+   * calls this itself.
+   */
+  keepInMemory(reason: Error): void {
+    if (this.noRoom || this.failure) return;
+    this.noRoom = reason;
+    this.toWrite.length = 0;
+    this.readersMoved();
+  }
+
+  /** The first byte still in memory (`received` when none is). */
+  get heldFrom(): number {
+    return this.window[0]?.start ?? this.received;
+  }
+
+  /** The fill is kept in memory (see keepInMemory): why, else undefined. */
+  get keptInMemory(): Error | undefined {
+    return this.noRoom;
+  }
+
+  /**
+   * The fill's readers moved on or went away: in a fill kept in memory, the blocks they all passed
+   * leave the window, and an upstream paused for them goes on.
+   */
+  readersMoved(): void {
+    if (!this.noRoom || this.closed) return;
+    if (!this.mustWait()) for (const wake of this.roomWaiters.splice(0)) wake();
+  }
+
+  /** Too many blocks wait: for the disk, or, kept in memory, for the slowest reader. */
+  private mustWait(): boolean {
+    if (!this.noRoom) return this.unwritten >= MAX_UNWRITTEN;
+    this.trim(WINDOW);
+    return this.window.length >= MAX_HELD;
+  }
+
+  /**
+   * Resolves once fewer than MAX_UNWRITTEN blocks wait for the disk (kept in memory: fewer than
+   * MAX_HELD blocks are held for the readers) and the fill is within the fills' budget; rejects if a
+   * write failed.
    */
   async room(): Promise<void> {
     for (;;) {
       if (this.failure) throw this.failure;
       if (this.closed) throw new Error('the fill was closed while it waited for room');
-      if (this.unwritten >= MAX_UNWRITTEN) await new Promise<void>((resolve) => this.roomWaiters.push(resolve));
+      if (this.mustWait()) await new Promise<void>((resolve) => this.roomWaiters.push(resolve));
       else if (this.mustPause()) await new Promise<void>((resolve) => this.waitForBudget(resolve));
       else return;
     }
@@ -291,11 +346,19 @@ export class FillWriter {
 
   /**
    * Lets the oldest written blocks leave the window until at most `keep` blocks are left, or none
-   * written when aligned blocks are scarce; unwritten ones never leave (push pauses before).
+   * written when aligned blocks are scarce; unwritten ones never leave (push pauses before), unless
+   * the fill is kept in memory and every reader has passed them.
    */
   private trim(keep: number): void {
     if (alignedBlocks.available < SCARCE || fillBudget.blocks > fillBudget.limit - SCARCE) keep = 0;
-    while (this.window.length > keep && this.window[0]!.written) this.drop(this.window.shift()!);
+    while (this.window.length > keep && this.mayDrop(this.window[0]!)) this.drop(this.window.shift()!);
+  }
+
+  /** On disk; or, kept in memory, complete and passed by every reader. */
+  private mayDrop(block: Block): boolean {
+    if (block.written) return true;
+    if (!this.noRoom || (block.filled < BLOCK_SIZE && !this.finished)) return false;
+    return block.start + block.filled <= this.lowestReader();
   }
 
   /** The block leaves the window (and the budget: a view still lent keeps it, the client's memory then). */
@@ -316,6 +379,8 @@ export class FillWriter {
 
   /** The newest block is complete: its write starts as soon as a slot is free. */
   private complete(): void {
+    // Kept in memory: no write; the block leaves once its readers have passed it.
+    if (this.noRoom) return;
     this.unwritten += 1;
     this.toWrite.push(this.window[this.window.length - 1]!);
     this.startWrites();
@@ -329,7 +394,7 @@ export class FillWriter {
    * Disks that take requests in parallel (NVMe, network volumes) gain more.
    */
   private startWrites(): void {
-    while (this.writes.size < MAX_WRITES && this.toWrite.length > 0 && !this.failure) {
+    while (this.writes.size < MAX_WRITES && this.toWrite.length > 0 && !this.failure && !this.noRoom) {
       const block = this.toWrite.shift()!;
       const writing: Promise<void> = this.write(block)
         .then(
@@ -340,7 +405,9 @@ export class FillWriter {
             this.advanceWritten();
           },
           (err: unknown) => {
-            if (this.failure) return;
+            if (this.failure || this.noRoom) return;
+            // No room on the disk: the blob is still sent to the readers, from memory.
+            if (isStorageFull(err)) return this.keepInMemory(err as Error);
             this.failure = err instanceof Error ? err : new Error(String(err));
             this.onFailed(this.failure);
             // A room() waiting on the budget rejects at once.
@@ -350,7 +417,7 @@ export class FillWriter {
         .finally(() => {
           this.writes.delete(writing);
           this.startWrites();
-          if (this.unwritten < MAX_UNWRITTEN || this.failure) for (const wake of this.roomWaiters.splice(0)) wake();
+          if (!this.mustWait() || this.failure) for (const wake of this.roomWaiters.splice(0)) wake();
         });
       this.writes.add(writing);
     }

@@ -397,6 +397,11 @@ export class PullThroughRepository implements RepositoryReader {
     fill?.done
       .then(
         (blob) => {
+          if (fill.notStored) {
+            // Its clients got the blob, from memory; the next pull downloads it again.
+            if (asked) this.logger?.warn({ upstream: this.key, repo, digest, size: blob.size, reason: fill.notStored.message }, 'blob served without caching it: no space left on storage');
+            return;
+          }
           this.index.putBlob(blob.digest, blob.size);
           this.index.link(this.key, repo, blob.digest);
         },
@@ -623,8 +628,15 @@ export function referrersTag(subject: Digest): string {
  * connection closed before any status line, which Docker can only call "unexpected EOF".
  */
 async function startedReader(fill: BlobFill, range: ByteRange): Promise<Readable> {
-  if (range.end >= range.start) await fill.next(range.start, range.end, true);
-  return fill.reader(range);
+  // Made first: a fill kept in memory holds the bytes from range.start for its readers only.
+  const reader = fill.reader(range);
+  try {
+    if (range.end >= range.start) await fill.next(range.start, range.end, true);
+  } catch (err) {
+    reader.destroy();
+    throw err;
+  }
+  return reader;
 }
 
 function isDenied(err: unknown): boolean {

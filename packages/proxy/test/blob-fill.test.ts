@@ -247,6 +247,66 @@ describe('BlobFills and BlobFill on an FsBlobStore', () => {
     expect(await tempLeft()).toEqual([]);
   });
 
+  test('a fill whose disk fills up goes on in memory: a fast and a slow reader both get the whole blob, and nothing is stored', async () => {
+    fills = new BlobFills({ store, tempRoot: temp, directIo: false });
+    const bytes = randomBytes(12 * MiB + 1000);
+    const c = controlled(bytes);
+    const fill = (await fills.join(c.digest, c.fetch))!;
+    // The disk takes the first 2 MiB, then no more.
+    const handle = fileHandleOf(fill) as unknown as { write: (...args: unknown[]) => Promise<unknown> };
+    const write = handle.write.bind(handle);
+    handle.write = async (...args) => {
+      if ((args[3] as number) >= 2 * MiB) throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+      return write(...args);
+    };
+    fillBudget.resetPeak();
+    const fast = readAll(fill.reader());
+    const slowReader = fill.reader();
+    const slow = (async () => {
+      const chunks: Buffer[] = [];
+      for await (const chunk of slowReader as AsyncIterable<Buffer>) {
+        chunks.push(chunk);
+        await sleep(1);
+      }
+      return Buffer.concat(chunks);
+    })();
+    await feed(c.source, bytes, 256 * 1024, 0);
+    expect((await fast).equals(bytes)).toBe(true);
+    expect((await slow).equals(bytes)).toBe(true);
+    // The upstream waited for the slow reader rather than the fill holding the blob in memory.
+    expect(fillBudget.peak).toBeLessThanOrEqual(10);
+    expect(await fill.done).toEqual({ digest: c.digest, size: bytes.length });
+    expect(fill.notStored).toMatchObject({ code: 'ENOSPC' });
+    expect(fill.written).toBe(2 * MiB);
+    expect(await store.stat(c.digest)).toBeUndefined();
+    expect(await tempLeft()).toEqual([]);
+  });
+
+  test('a fill kept in memory refuses, before any byte, a reader of bytes it has let go of', async () => {
+    fills = new BlobFills({ store, tempRoot: temp, directIo: false });
+    const bytes = randomBytes(8 * MiB);
+    const c = controlled(bytes);
+    const fill = (await fills.join(c.digest, c.fetch))!;
+    fill.writer!.keepInMemory(Object.assign(new Error('no room'), { code: 'ENOSPC' }));
+    const first = readAll(fill.reader());
+    await feed(c.source, bytes.subarray(0, 6 * MiB), 256 * 1024, 0, false);
+    while (fill.writer!.heldFrom === 0) await sleep(2);
+    // Its first block is gone, and was never on disk: a reader from byte 0 cannot be served.
+    expect(fill.canServeFrom(0)).toBe(false);
+    let refused: unknown;
+    try {
+      fill.reader().destroy();
+    } catch (err) {
+      refused = err;
+    }
+    expect(refused).toMatchObject({ code: 'UNAVAILABLE' });
+    expect(fill.canServeFrom(fill.writer!.heldFrom)).toBe(true);
+    c.source.end(bytes.subarray(6 * MiB));
+    expect((await first).equals(bytes)).toBe(true);
+    await fill.done;
+    expect(fill.notStored).toBeDefined();
+  });
+
   test('a verified fill of unknown size whose copy then fails cuts a late reader rather than ending it short', async () => {
     fills = new BlobFills({ store, tempRoot: temp, directIo: false });
     const bytes = randomBytes(300_000);

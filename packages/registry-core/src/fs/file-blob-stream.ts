@@ -25,6 +25,8 @@ export interface FileRange {
    * fill, followed by many clients at once), so a sender may share what it reads among them.
    */
   readonly key?: string;
+  /** Called once when the sender is done with the range, sent or not (a proxy fill stops keeping bytes for it). */
+  readonly release?: () => void;
 }
 
 /** Bytes lent from memory: write them, then `release` them once the write has completed (or failed). */
@@ -35,7 +37,7 @@ export interface HeldBytes {
 
 /** A stream that can hand its file descriptor over to a sender that reads the file itself. */
 export interface TakesFile {
-  /** The descriptor and range, handed over once before any byte was read; the taker closes the descriptor. */
+  /** The descriptor and range, handed over once before any byte was read; the taker closes the descriptor (and calls `release`). */
   takeFile(): FileRange | undefined;
 }
 

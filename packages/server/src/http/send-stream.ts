@@ -68,9 +68,13 @@ export function sendStream(ctx: Context, body: Readable): void {
   const file = takeFile(body);
   if (file) {
     sendFile(file, res).then(
-      () => closeFile(file.fd),
       () => {
         closeFile(file.fd);
+        file.release?.();
+      },
+      () => {
+        closeFile(file.fd);
+        file.release?.();
         res.destroy();
       },
     );

@@ -1,0 +1,132 @@
+import { afterAll, beforeAll, beforeEach, describe, expect, test } from '@jest/globals';
+import { randomBytes } from 'node:crypto';
+import { readdir, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { FakeUpstream } from '../../../proxy/test/helpers/fake-upstream.js';
+import { captureLog } from '../auth/helpers.js';
+import { SmallDisk } from '../helpers/small-disk.js';
+import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
+import { sha256 } from './helpers/tools.js';
+
+const MiB = 1024 * 1024;
+
+/** What a client got: the status, and the body's sha256 or 'cut' when the connection broke. */
+async function download(url: string): Promise<{ status: number; body: string }> {
+  const res = await fetch(url).catch(() => undefined);
+  if (!res) return { status: 0, body: 'cut' };
+  const body = await res.arrayBuffer().then(
+    (b) => sha256(new Uint8Array(b)),
+    () => 'cut',
+  );
+  return { status: res.status, body };
+}
+
+/** Waits until `done()` holds, 5 s at most. */
+async function until(done: () => boolean | Promise<boolean>, what: string): Promise<void> {
+  const deadline = Date.now() + 5_000;
+  while (!(await done())) {
+    if (Date.now() > deadline) throw new Error(`waited 5 s for ${what}`);
+    await sleep(5);
+  }
+}
+
+/**
+ * Cold pulls through the proxy when its storage has no room for the blob: proxy_storage (with the
+ * registry's storage and the temp folder) on a real 24 MiB tmpfs, the database elsewhere.
+ */
+describe('pull-through onto a full disk', () => {
+  let disk: SmallDisk;
+  let fake: FakeUpstream;
+  let proxy: TestRegistry;
+  const log = captureLog();
+  let n = 0;
+  let repo: string;
+
+  beforeAll(async () => {
+    disk = await SmallDisk.mount(24);
+    fake = await FakeUpstream.start();
+    proxy = await startRegistry({
+      settings: {
+        registry_storage: join(disk.dir, 'registry'),
+        temporary_registry_storage: join(disk.dir, '_tmp'),
+        proxy_storage: join(disk.dir, 'proxy'),
+        proxy: { retries: 0, upstreams: { fake: { url: fake.url } } },
+      },
+      logger: log.logger,
+    });
+  });
+  afterAll(async () => {
+    await proxy?.close();
+    await fake?.close();
+    await disk?.unmount();
+  });
+  beforeEach(async () => {
+    await disk.release();
+    fake.fault = undefined;
+    fake.faultTimes = Infinity;
+    repo = `lib/app${++n}`;
+  });
+
+  const blobUrl = (digest: string) => `${proxy.url}/v2/proxy/fake/${repo}/blobs/${digest}`;
+  const cachedPath = (digest: string) => join(disk.dir, 'proxy', 'blobs', 'sha256', digest.slice(7, 9), digest.slice(7));
+  const isCached = (digest: string) => stat(cachedPath(digest)).then(() => true, () => false);
+  const upstreamGets = (digest: string) => fake.count('GET', `/v2/${repo}/blobs/${digest}`);
+  /** Downloads in progress or left in the temp folder: none once the fills are over. */
+  const fillFiles = async () => (await readdir(join(disk.dir, '_tmp'))).filter((name) => name.startsWith('fill-'));
+
+  test('a blob larger than the free space reaches every client whole, from one upstream download, and is not cached', async () => {
+    const bytes = randomBytes(12 * MiB);
+    const digest = fake.addBlob(bytes);
+    await disk.leave(6 * MiB);
+    const got = await Promise.all(Array.from({ length: 4 }, () => download(blobUrl(digest))));
+    expect(got).toEqual(Array.from({ length: 4 }, () => ({ status: 200, body: digest })));
+    expect(upstreamGets(digest)).toBe(1);
+    // The download ends once its last client has its last byte.
+    await proxy.fills.settled();
+    expect(await isCached(digest)).toBe(false);
+    expect(await fillFiles()).toEqual([]);
+    expect(log.text()).toContain('"msg":"blob served without caching it: no space left on storage"');
+    expect(log.text()).toContain('bytes to write');
+
+    // Space freed: the next pull is cached, and the one after it served from the cache.
+    await disk.release();
+    expect(await download(blobUrl(digest))).toEqual({ status: 200, body: digest });
+    // Moved into the store once the clients have their last byte.
+    await proxy.fills.settled();
+    expect(await isCached(digest)).toBe(true);
+    expect(await download(blobUrl(digest))).toEqual({ status: 200, body: digest });
+    expect(upstreamGets(digest)).toBe(2);
+  });
+
+  test('a download whose disk fills up mid-way goes on from memory: its clients get the whole blob, nothing is cached', async () => {
+    const bytes = randomBytes(8 * MiB);
+    const digest = fake.addBlob(bytes);
+    // Half the blob, then the rest 400 ms later: the disk fills up in between.
+    fake.fault = 'hold';
+    fake.faultTimes = 1;
+    const pulls = Promise.all(Array.from({ length: 3 }, () => download(blobUrl(digest))));
+    await until(async () => (await fillFiles()).length === 1, 'the download to start');
+    const [file] = await fillFiles();
+    await until(async () => (await stat(join(disk.dir, '_tmp', file!)).then((s) => s.size, () => 0)) >= 2 * MiB, 'the first half on disk');
+    await disk.leave(0);
+    expect(await pulls).toEqual(Array.from({ length: 3 }, () => ({ status: 200, body: digest })));
+    expect(upstreamGets(digest)).toBe(1);
+    // The download ends once its last client has its last byte.
+    await proxy.fills.settled();
+    expect(await isCached(digest)).toBe(false);
+    expect(await fillFiles()).toEqual([]);
+    expect(log.text()).toContain('"reason":"ENOSPC: no space left on device, write"');
+  });
+
+  test('the server goes on: no error logged, and it serves and caches once space is freed', async () => {
+    expect(log.text()).not.toContain('"level":50');
+    expect(log.text()).not.toContain('upstream blob fill failed');
+    const bytes = randomBytes(MiB);
+    const digest = fake.addBlob(bytes);
+    expect(await download(blobUrl(digest))).toEqual({ status: 200, body: digest });
+    await proxy.fills.settled();
+    expect(await isCached(digest)).toBe(true);
+    expect((await fetch(`${proxy.url}/ready`)).status).toBe(200);
+  });
+});
