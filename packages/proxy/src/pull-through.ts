@@ -22,6 +22,7 @@ import type { CacheIndex, CachedTagList } from './cache-index.js';
 import type { ProxyObserver } from './observer.js';
 import { OfflineGuard } from './offline-guard.js';
 import { OUTAGES, UpstreamError, descriptorOf, type Upstream, type UpstreamBlob } from './upstream.js';
+import { verifiedBody } from './verified-body.js';
 
 export interface PullThroughPolicy {
   /** Within this long of the last upstream check, a tag is served from the cache with no request (ms). */
@@ -336,6 +337,9 @@ export class PullThroughRepository implements RepositoryReader {
     // The size the client is told bounds a fill's reader: with it the last byte waits for the digest,
     // even where the upstream announced no size (a reader of unknown size sends every byte as it comes).
     const whole = range ?? { start: 0, end: blob.size - 1 };
+    // A download kept in memory (the cache had no room for it) that has let go of the bytes this
+    // client needs: the client gets them from the upstream itself.
+    if (fill && !fill.canServeFrom(whole.start)) return await this.uncached(repo, blob, range);
     if (fill) return await startedReader(fill, whole);
     const body = await this.store.open(blob.digest, range);
     if (body) {
@@ -362,6 +366,27 @@ export class PullThroughRepository implements RepositoryReader {
       return undefined;
     }
     return exactly(part.body, range.end - range.start + 1);
+  }
+
+  /**
+   * The blob, or `range` of it, straight from the upstream and stored nowhere, for a client that came
+   * to a download kept in memory after it let go of the bytes the client needs. A whole blob's last
+   * byte goes out once it matched its digest; a range must hold exactly its bytes.
+   */
+  private async uncached(repo: string, blob: BlobInfo, range?: ByteRange): Promise<Readable | undefined> {
+    let answer: UpstreamBlob | undefined;
+    try {
+      answer = await this.upstream.blob(repo, blob.digest, range);
+    } catch (err) {
+      throw toRegistryError(err);
+    }
+    if (!answer) return undefined;
+    if (!range) return verifiedBody(answer.body, blob.digest, blob.size);
+    if (answer.range?.start !== range.start || answer.range.end !== range.end) {
+      answer.body.destroy();
+      throw new RegistryError('UPSTREAM_ERROR', `upstream ${this.key} did not answer the range of the blob asked for`, { digest: blob.digest });
+    }
+    return exactly(answer.body, range.end - range.start + 1);
   }
 
   /** Who reads a fill through this upstream and repository (BlobFill.sources). */

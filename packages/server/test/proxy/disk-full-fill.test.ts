@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from '@jest/globals';
 import { randomBytes } from 'node:crypto';
+import { get } from 'node:http';
 import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -117,6 +118,34 @@ describe('pull-through onto a full disk', () => {
     expect(await isCached(digest)).toBe(false);
     expect(await fillFiles()).toEqual([]);
     expect(log.text()).toContain('"reason":"ENOSPC: no space left on device, write"');
+  });
+
+  test('a client that comes after the download let go of the bytes it needs gets the blob from the upstream itself', async () => {
+    const bytes = randomBytes(12 * MiB);
+    const digest = fake.addBlob(bytes);
+    await disk.leave(4 * MiB);
+    fake.fault = 'hold';
+    fake.faultTimes = 1;
+    // The first client reads half the blob, and the download, held by the upstream, lets its first blocks go.
+    let first = 0;
+    const firstDone = new Promise<string>((resolve, reject) => {
+      get(blobUrl(digest), (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (chunk: Buffer) => {
+          chunks.push(chunk);
+          first += chunk.length;
+        });
+        res.on('end', () => resolve(sha256(Buffer.concat(chunks))));
+        res.on('error', reject);
+      }).on('error', reject);
+    });
+    await until(() => first >= 6 * MiB - 256 * 1024, 'the first client to have the first half');
+    expect(await download(blobUrl(digest))).toEqual({ status: 200, body: digest });
+    expect(await firstDone).toBe(digest);
+    expect(upstreamGets(digest)).toBe(2);
+    await proxy.fills.settled();
+    expect(await isCached(digest)).toBe(false);
+    expect(await fillFiles()).toEqual([]);
   });
 
   test('the server goes on: no error logged, and it serves and caches once space is freed', async () => {
