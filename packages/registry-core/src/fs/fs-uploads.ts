@@ -65,11 +65,17 @@ export class FsUploadSessions implements UploadSessions {
   async begin(repo: string, algorithm: DigestAlgorithm = 'sha256'): Promise<UploadStatus> {
     const id = randomUUID();
     const folder = join(this.dir, id);
-    await mkdir(folder, { recursive: true });
     const info: SessionInfo = { repo, algorithm, startedAt: new Date().toISOString() };
-    await writeFile(join(folder, 'data'), '');
-    await writeFile(join(folder, 'info.tmp'), JSON.stringify(info));
-    await rename(join(folder, 'info.tmp'), join(folder, 'info.json'));
+    try {
+      await mkdir(folder, { recursive: true });
+      await writeFile(join(folder, 'data'), '');
+      await writeFile(join(folder, 'info.tmp'), JSON.stringify(info));
+      await rename(join(folder, 'info.tmp'), join(folder, 'info.json'));
+    } catch (err) {
+      // A session that could not be made whole (no room for its info, say) leaves nothing behind.
+      await rm(folder, { recursive: true, force: true });
+      throw err;
+    }
     return { id, repo, size: 0, startedAt: new Date(info.startedAt) };
   }
 

@@ -98,6 +98,17 @@ describe('pushing onto a full disk', () => {
     expect(await strayTempFiles()).toEqual([]);
   });
 
+  test('a session that cannot be started on a full disk is a 507 and leaves no folder behind', async () => {
+    const repo = uniqueRepo('full');
+    const uploads = join(disk.dir, '_tmp', 'uploads');
+    const before = await readdir(uploads);
+    await disk.leave(0);
+    await expectStorageFull(await fetch(`${reg.url}/v2/${repo}/blobs/uploads/`, { method: 'POST' }));
+    expect(await readdir(uploads)).toEqual(before);
+    await disk.release();
+    expect((await startUpload(reg.url, repo)).res.status).toBe(202);
+  });
+
   test('a manifest PUT the database has no room for is a 507, and is stored once space is freed', async () => {
     const repo = uniqueRepo('full');
     const config = blob('{}');
