@@ -179,7 +179,9 @@ export class AuthService {
         const principal = isToken ? this.accounts.verifyToken(password) : await this.accounts.verifyPassword(user, password);
         if (principal) {
           this.limiter.forgive(keys, attempt);
-          this.limiter.clear(`user:${user}`);
+          // Only the user's own password clears the guesses at it: with a token, the user name is
+          // anyone's to write, and anybody's token would wipe the count of guesses at another's password.
+          if (!isToken) this.limiter.clear(`user:${user}`);
         }
         return principal;
       })();

@@ -387,6 +387,7 @@ describe('failed logins are limited per address and per user', () => {
           // Cost 11: bcryptjs hashes in slices of about 100 ms, so checks sent at once overlap.
           { name: 'carol', password_hash: bcrypt.hashSync(PW.alice, 11) },
           { name: 'erin', password_hash: bcrypt.hashSync(PW.alice, 12) },
+          { name: 'hana', password_hash: bcryptHash(PW.alice) },
         ],
       },
     });
@@ -418,6 +419,21 @@ describe('failed logins are limited per address and per user', () => {
     expect(v2.retryAfter).toBeDefined();
     // Another user from that address is fine.
     expect((await getFrom('127.0.0.3', `${reg.url}/v2/`, { Authorization: basic('bob', PW.bob) })).status).toBe(200);
+  });
+
+  test("a token sent under another user's name does not clear the guesses counted against that user's password", async () => {
+    // Ten wrong passwords for hana, each from an address of its own: her limit is reached.
+    for (let i = 0; i < 10; i++) {
+      secrets.addBasic('hana', `hana-guess-${i}`);
+      expect((await getFrom(`127.0.1.${i + 1}`, `${reg.url}/v2/`, { Authorization: basic('hana', `hana-guess-${i}`) })).status).toBe(401);
+    }
+    // bob's own token, with hana's name as the user name (free text with a token): accepted, as bob.
+    const pat = reg.auth!.store.createToken({ type: 'pat', user: 'bob', scopes: ['pull'], expiresAt: Date.now() + 60_000 });
+    secrets.addBasic('hana', pat.secret);
+    expect((await getFrom('127.0.2.1', `${reg.url}/v2/`, { Authorization: basic('hana', pat.secret) })).status).toBe(200);
+    // It did not reset hana's count: the next guess at her password is still refused unchecked.
+    const next = await getFrom('127.0.2.2', `${reg.url}/v2/`, { Authorization: basic('hana', PW.alice) });
+    expect(next.status).toBe(429);
   });
 
   test('the 11th attempt from one address is 429 whatever the user name (Basic on /v2 counts too)', async () => {
