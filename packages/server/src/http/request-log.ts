@@ -3,6 +3,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Context, Next } from 'koa';
 import type { Logger } from 'pino';
+import { onConnectionClose } from './connection-close.js';
 import { classifyRoute, type ClassifiedRoute, type RouteLabel } from './route-label.js';
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
@@ -102,7 +103,12 @@ export function trackRequest(
   // Taken now: by the time the response closes, the request may have let go of its socket.
   const socket = req.socket;
   observer?.started(route);
-  res.once('close', () => {
+  let ended = false;
+  let forget: (() => void) | undefined;
+  const end = (): void => {
+    if (ended) return;
+    ended = true;
+    forget?.();
     const traffic = socket ? trafficOf(socket) : { bytesIn: 0, bytesOut: 0 };
     // 499, as nginx logs it: the client went away before a response was sent.
     const status = res.headersSent ? res.statusCode : 499;
@@ -128,7 +134,12 @@ export function trackRequest(
       logger[level](fields, 'request');
     }
     observer?.finished({ route, method, status, durationMs, bytesIn: traffic.bytesIn, bytesOut: traffic.bytesOut });
-  });
+  };
+  res.once('close', end);
+  // A response queued behind another on its connection (pipelined requests) emits no 'close' when
+  // the connection closes: without this its line never came, and a shutdown waited its whole
+  // deadline for it.
+  if (socket) forget = onConnectionClose(socket, end);
   return reqId;
 }
 

@@ -1,9 +1,11 @@
 import { read } from 'node:fs';
 import type { ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { closeFile, fullGcSoon, takeFile, type FileRange, type HeldBytes } from '@wharf/registry-core';
 import type { Context } from 'koa';
+import { onConnectionClose } from './connection-close.js';
 import { ReadBufferPool, SendBuffers } from './read-buffers.js';
 import { holdIdleTimeout } from './server-wait.js';
 import { SharedReads } from './shared-reads.js';
@@ -67,7 +69,7 @@ export function sendStream(ctx: Context, body: Readable): void {
   res.writeHead(ctx.status, ctx.response.headers as Record<string, string | string[]>);
   const file = takeFile(body);
   if (file) {
-    sendFile(file, res).then(
+    sendFile(file, res, ctx.req.socket).then(
       () => {
         closeFile(file.fd);
         file.release?.();
@@ -80,9 +82,14 @@ export function sendStream(ctx: Context, body: Readable): void {
     );
     return;
   }
-  pipeline(body, res).catch(() => {
-    // The client went away or the source failed: pipeline has destroyed the response.
-  });
+  // A response queued behind another on its connection (pipelined GETs) hears nothing when that
+  // connection closes: it is destroyed then, which ends the pipeline and lets go of its source.
+  const forget = onConnectionClose(ctx.req.socket, () => void res.destroy());
+  pipeline(body, res)
+    .catch(() => {
+      // The client went away or the source failed: pipeline has destroyed the response.
+    })
+    .finally(forget);
 }
 
 function readInto(fd: number, buffer: Buffer, length: number, position: number): Promise<number> {
@@ -96,19 +103,23 @@ function readInto(fd: number, buffer: Buffer, length: number, position: number):
  * chunks of memory. A file still being filled is sent as its `next` allows, and its end only once the
  * fill is verified.
  */
-async function sendFile(file: FileRange, res: ServerResponse): Promise<void> {
+async function sendFile(file: FileRange, res: ServerResponse, connection: Socket): Promise<void> {
   // Taken at the first read of its own: the clients of a fill mostly send from the segments they
   // share. Small blobs (configs, most layers of a slim image) get a buffer their size.
   const buffers = new SendBuffers(readBuffers, 2);
+  const untilGone = new UntilGone(res, connection);
   let finished = false;
   try {
-    await sendChunks(file, res, buffers);
+    await sendChunks(file, res, buffers, untilGone);
     finished = true;
+    // The end's callback never comes when the client is gone (an empty blob's headers, say, to a
+    // connection reset before them): the descriptor would stay open.
+    await untilGone.wait(new Promise<void>((resolve) => res.end(resolve)));
   } finally {
+    untilGone.dispose();
     // Reused only once every write from them has completed; after a failure the garbage collector gets them.
     buffers.release(finished);
   }
-  await new Promise<void>((resolve) => res.end(resolve));
 }
 
 /**
@@ -117,14 +128,13 @@ async function sendFile(file: FileRange, res: ServerResponse): Promise<void> {
  * socket (counted down as the kernel takes them), which paces reads to the client. Resolves once
  * every write has completed.
  */
-async function sendChunks(file: FileRange, res: ServerResponse, buffers: SendBuffers): Promise<void> {
+async function sendChunks(file: FileRange, res: ServerResponse, buffers: SendBuffers, untilGone: UntilGone): Promise<void> {
   // The memory a slow client holds: two segments' worth, or two of its own buffers once it uses them.
   let maxInFlight = 2 * SEGMENT;
   const bufferWrites: (Promise<void> | undefined)[] = [undefined, undefined];
   let inFlightBytes = 0;
   let failure: Error | undefined;
   let wake: (() => void) | undefined;
-  const untilGone = new UntilGone(res);
   const write = (chunk: Buffer, onDone?: () => void): Promise<void> => {
     inFlightBytes += chunk.length;
     const done = new Promise<void>((resolve, reject) => {

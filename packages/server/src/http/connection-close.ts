@@ -1,0 +1,26 @@
+import type { EventEmitter } from 'node:events';
+
+/** Callbacks waiting for each connection's close: one listener per connection, however many wait. */
+const waiting = new WeakMap<EventEmitter, Set<() => void>>();
+
+/**
+ * Calls `fn` once when `connection` closes; the returned function cancels that. Every request on a
+ * connection may wait for its close (its log line, its blob send): pipelined requests would otherwise
+ * add a listener each to the same socket, past node's warning at ten.
+ */
+export function onConnectionClose(connection: EventEmitter, fn: () => void): () => void {
+  let callbacks = waiting.get(connection);
+  if (!callbacks) {
+    const set = new Set<() => void>();
+    callbacks = set;
+    waiting.set(connection, set);
+    connection.once('close', () => {
+      waiting.delete(connection);
+      for (const callback of set) callback();
+      set.clear();
+    });
+  }
+  callbacks.add(fn);
+  const set = callbacks;
+  return () => void set.delete(fn);
+}
