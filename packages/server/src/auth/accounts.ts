@@ -1,4 +1,4 @@
-import { createHmac, randomBytes } from 'node:crypto';
+import { createHash, createHmac, randomBytes } from 'node:crypto';
 import type { AuthConfig } from '../auth-config.js';
 import { TOKEN_PREFIX, type AuthStore, type StoredToken } from './auth-store.js';
 import { hashPassword, verifyPassword } from './passwords.js';
@@ -128,7 +128,12 @@ export class Accounts {
     this.touch(token);
     if (token.parentId !== undefined) return this.principalOfToken(token.parentId);
     const account = this.find(token.user);
-    return account && { kind: 'user', name: account.name, admin: account.admin };
+    if (!account) return undefined;
+    // Got with another password than the user's now (a configuration user's changed in
+    // configuration.toml, which `wharf user passwd` cannot revoke): whoever had that one keeps nothing.
+    // Tokens from before refresh tokens noted it carry none.
+    if (token.credential !== undefined && !safeEqual(token.credential, credentialOf(account))) return undefined;
+    return { kind: 'user', name: account.name, admin: account.admin };
   }
 
   /** A refresh token for a principal that signed in with credentials. */
@@ -140,9 +145,11 @@ export class Accounts {
       if (!parent) return undefined;
       expiresAt = Math.min(expiresAt, parent.expiresAt);
     }
+    const account = principal.kind === 'user' ? this.find(principal.name) : undefined;
     return this.store.createToken({
       type: 'refresh',
       user: principal.name,
+      ...(account ? { credential: credentialOf(account) } : {}),
       scopes: principal.kind === 'token' ? principal.scopes : [],
       ...(principal.kind === 'token' ? { parentId: principal.tokenId } : {}),
       ...(principal.kind === 'token' && principal.namespace ? { namespace: principal.namespace } : {}),
@@ -186,4 +193,9 @@ export class Accounts {
       ...(token.namespace !== undefined ? { namespace: token.namespace } : {}),
     };
   }
+}
+
+/** Which password an account has now, as a refresh token notes it: a digest of its stored hash. */
+function credentialOf(account: Account): string {
+  return createHash('sha256').update(account.passwordHash).digest('base64url').slice(0, 22);
 }

@@ -102,6 +102,9 @@ export class AuthService {
       tuning,
     );
     await service.ensureAdmin(tuning);
+    // Users taken out of configuration.toml since the last start: their tokens end with them.
+    const revoked = store.revokeOrphans(config.auth.users.map((u) => u.name));
+    if (revoked > 0) logger.info({ tokens: revoked }, 'revoked the tokens of users no longer configured');
     return service;
   }
 

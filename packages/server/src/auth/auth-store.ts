@@ -22,7 +22,8 @@ const SCHEMA = `
     expires_at INTEGER NOT NULL,
     revoked INTEGER NOT NULL DEFAULT 0,
     created_at INTEGER NOT NULL,
-    last_used_at INTEGER
+    last_used_at INTEGER,
+    credential TEXT
   );
   CREATE INDEX IF NOT EXISTS auth_tokens_user ON auth_tokens (user);
   CREATE TABLE IF NOT EXISTS auth_public (
@@ -51,6 +52,8 @@ export interface StoredToken {
   readonly namespace?: string;
   /** Refresh tokens got from a PAT or CI token keep its limits and die with it. */
   readonly parentId?: number;
+  /** A refresh token got with a password: which password (see Accounts.credentialOf), so that a new one ends it. */
+  readonly credential?: string;
   readonly expiresAt: number;
   readonly revoked: boolean;
   readonly createdAt: number;
@@ -70,6 +73,7 @@ interface TokenRow {
   revoked: number;
   created_at: number;
   last_used_at: number | null;
+  credential: string | null;
 }
 
 function toToken(row: TokenRow): StoredToken {
@@ -81,6 +85,7 @@ function toToken(row: TokenRow): StoredToken {
     scopes: row.scopes === '' ? [] : (row.scopes.split(',') as Action[]),
     ...(row.namespace !== null ? { namespace: row.namespace } : {}),
     ...(row.parent_id !== null ? { parentId: row.parent_id } : {}),
+    ...(row.credential !== null ? { credential: row.credential } : {}),
     expiresAt: row.expires_at,
     revoked: row.revoked !== 0,
     createdAt: row.created_at,
@@ -95,6 +100,7 @@ export interface NewToken {
   readonly scopes: readonly Action[];
   readonly namespace?: string;
   readonly parentId?: number;
+  readonly credential?: string;
   readonly expiresAt: number;
 }
 
@@ -104,6 +110,9 @@ export class AuthStore {
 
   constructor(private readonly db: SqliteDatabase) {
     db.exec(SCHEMA);
+    // Databases made before refresh tokens noted their password.
+    const columns = db.prepare('PRAGMA table_info(auth_tokens)').all() as { name: string }[];
+    if (!columns.some((c) => c.name === 'credential')) db.exec('ALTER TABLE auth_tokens ADD COLUMN credential TEXT');
     const s = (sql: string) => db.prepare(sql);
     this.q = {
       user: s('SELECT name, password_hash, admin, created_at FROM auth_users WHERE name = ?'),
@@ -115,8 +124,9 @@ export class AuthStore {
       revokeRefresh: s("UPDATE auth_tokens SET revoked = 1 WHERE user = ? AND type = 'refresh' AND parent_id IS NULL"),
       removeUser: s('DELETE FROM auth_users WHERE name = ?'),
       removeUserTokens: s('UPDATE auth_tokens SET revoked = 1 WHERE user = ?'),
-      addToken: s(`INSERT INTO auth_tokens (type, hash, user, name, scopes, namespace, parent_id, expires_at, created_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+      addToken: s(`INSERT INTO auth_tokens (type, hash, user, name, scopes, namespace, parent_id, credential, expires_at, created_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+      tokenUsers: s('SELECT DISTINCT user FROM auth_tokens WHERE revoked = 0'),
       tokenByHash: s('SELECT * FROM auth_tokens WHERE hash = ?'),
       tokenById: s('SELECT * FROM auth_tokens WHERE id = ?'),
       tokens: s("SELECT * FROM auth_tokens WHERE type != 'refresh' ORDER BY id"),
@@ -148,8 +158,31 @@ export class AuthStore {
     return this.q.hasAdmin!.get() !== undefined;
   }
 
+  /**
+   * A new user. Tokens still held under that name were an earlier user's (removed, or a configuration
+   * user taken out of configuration.toml): they are revoked, and never become the new user's.
+   */
   addUser(name: string, passwordHash: string, admin: boolean): void {
-    this.q.addUser!.run(name, passwordHash, admin ? 1 : 0, Date.now());
+    this.db.transaction(() => {
+      this.q.removeUserTokens!.run(name);
+      this.q.addUser!.run(name, passwordHash, admin ? 1 : 0, Date.now());
+    })();
+  }
+
+  /**
+   * Revokes the tokens of every user name that is neither in the database nor among `configured`
+   * (users taken out of configuration.toml since the last start): they never come back to life for
+   * a later user of the same name. Returns how many were revoked.
+   */
+  revokeOrphans(configured: readonly string[]): number {
+    return this.db.transaction(() => {
+      let revoked = 0;
+      const live = new Set([...configured, ...this.users().map((u) => u.name)]);
+      for (const { user } of this.q.tokenUsers!.all() as { user: string }[]) {
+        if (!live.has(user)) revoked += this.q.removeUserTokens!.run(user).changes;
+      }
+      return revoked;
+    })();
   }
 
   /**
@@ -182,6 +215,7 @@ export class AuthStore {
       token.scopes.join(','),
       token.namespace ?? null,
       token.parentId ?? null,
+      token.credential ?? null,
       token.expiresAt,
       Date.now(),
     );

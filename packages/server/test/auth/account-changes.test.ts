@@ -1,0 +1,88 @@
+import { afterAll, describe, expect, test } from '@jest/globals';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { openDatabase } from '@wharf/registry-core';
+import { AuthStore } from '../../src/auth/auth-store.js';
+import type { TestRegistry } from '../helpers/start-registry.js';
+import { basic, bcryptHash, fetchToken, startAuthRegistry, type TokenReply } from './helpers.js';
+
+/**
+ * What a user's tokens do when the account changes outside `wharf user passwd` and `wharf user
+ * remove`: a configuration user's password edited in configuration.toml, the user taken out of it,
+ * and later a new user of the same name.
+ */
+describe("a configuration user's refresh tokens and PATs across changes to configuration.toml", () => {
+  let root: string;
+  /** The server running now, closed by the test or, if it fails, here. */
+  let reg: TestRegistry | undefined;
+  afterAll(async () => {
+    await reg?.close();
+    if (root) await rm(root, { recursive: true, force: true });
+  });
+  const restart = async (users: readonly object[]): Promise<TestRegistry> => {
+    await reg?.close();
+    reg = undefined;
+    reg = await startAuthRegistry({ root, authSettings: { users } });
+    return reg;
+  };
+
+  test('a new password ends the refresh tokens of the old one; a user taken out of the configuration loses every token, and a new user of that name gets none of them', async () => {
+    root = await mkdtemp(join(tmpdir(), 'wharf-accounts-'));
+    const admin = { name: 'root', password_hash: bcryptHash('root-password-1'), admin: true };
+    // dave, a configuration user, runs `docker login`: a refresh token for 30 days; and makes a PAT.
+    let server = await restart([admin, { name: 'dave', password_hash: bcryptHash('dave-old-password') }]);
+    const login = await fetchToken(`${server.url}/auth/token`, 'wharf', [], { user: 'dave', password: 'dave-old-password' }, '&offline_token=true');
+    expect(login.status).toBe(200);
+    const refreshToken = ((await login.json()) as TokenReply).refresh_token!;
+    const pat = server.auth!.store.createToken({ type: 'pat', user: 'dave', scopes: ['pull', 'push'], expiresAt: Date.now() + 86_400_000 });
+    const refresh = (url: string): Promise<Response> =>
+      fetch(`${url}/auth/token`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/x-www-form-urlencoded' },
+        body: new URLSearchParams({ grant_type: 'refresh_token', refresh_token: refreshToken, client_id: 'test', scope: 'repository:dave/app:pull,push' }).toString(),
+      });
+    expect((await refresh(server.url)).status).toBe(200);
+
+    // The same password after a restart: the refresh token still works.
+    server = await restart([admin, { name: 'dave', password_hash: bcryptHash('dave-old-password') }]);
+    expect((await refresh(server.url)).status).toBe(200);
+
+    // The operator gives dave a new password in configuration.toml: what the old one got ends with it.
+    server = await restart([admin, { name: 'dave', password_hash: bcryptHash('dave-new-password') }]);
+    expect((await fetch(`${server.url}/v2/`, { headers: { Authorization: basic('dave', 'dave-old-password') } })).status).toBe(401);
+    expect((await refresh(server.url)).status).toBe(401);
+    // A PAT is no password: it lives on.
+    expect((await fetch(`${server.url}/v2/`, { headers: { Authorization: basic('dave', pat.secret) } })).status).toBe(200);
+
+    // dave is taken out of the configuration; later someone else is made "dave" in the database.
+    server = await restart([admin]);
+    expect((await fetch(`${server.url}/v2/`, { headers: { Authorization: basic('dave', pat.secret) } })).status).toBe(401);
+    server.auth!.store.addUser('dave', bcryptHash('another-dave-password'), false);
+    expect((await refresh(server.url)).status).toBe(401);
+    expect((await fetch(`${server.url}/v2/`, { headers: { Authorization: basic('anyone', pat.secret) } })).status).toBe(401);
+  });
+});
+
+describe('a database made before refresh tokens noted their password', () => {
+  test('gets the column, and keeps its tokens', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'wharf-accounts-'));
+    try {
+      const db = openDatabase(join(dir, 'wharf.db'));
+      // The table as the twenty-fifth session's Wharf made it, with one token in it.
+      db.exec(`CREATE TABLE auth_tokens (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, type TEXT NOT NULL CHECK (type IN ('pat', 'ci', 'refresh')), hash TEXT NOT NULL UNIQUE,
+        user TEXT NOT NULL, name TEXT, scopes TEXT NOT NULL, namespace TEXT, parent_id INTEGER, expires_at INTEGER NOT NULL,
+        revoked INTEGER NOT NULL DEFAULT 0, created_at INTEGER NOT NULL, last_used_at INTEGER)`);
+      db.prepare("INSERT INTO auth_tokens (type, hash, user, scopes, expires_at, created_at) VALUES ('refresh', 'h', 'dave', '', ?, ?)").run(Date.now() + 60_000, Date.now());
+      const store = new AuthStore(db);
+      expect(store.token(1)).toMatchObject({ type: 'refresh', user: 'dave', revoked: false });
+      expect(store.token(1)?.credential).toBeUndefined();
+      const made = store.createToken({ type: 'refresh', user: 'dave', scopes: [], credential: 'abc', expiresAt: Date.now() + 60_000 });
+      expect(store.token(made.id)?.credential).toBe('abc');
+      db.close();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
