@@ -92,6 +92,15 @@ export class AuthService {
     const keyFile = config.database === ':memory:' ? undefined : join(dirname(config.database), 'auth', 'signing-key.pem');
     const key = await loadSigningKey(keyFile, logger);
     const store = new AuthStore(db);
+    // `wharf user add` refuses a group's name, but a group may be configured after the user was made:
+    // that user would own the group's namespace (delete included), and its members what it pushed there.
+    const groupNames = new Set(config.auth.groups.map((g) => g.name));
+    const clash = store.users().find((u) => groupNames.has(u.name));
+    if (clash) {
+      throw new ConfigError(
+        `[[auth.groups]] "${clash.name}" has the name of a user in the database, who would own the group's namespace "${clash.name}/*": rename the group, or remove the user ("wharf user remove ${clash.name}")`,
+      );
+    }
     const service = new AuthService(
       config.auth,
       config.proxy,

@@ -86,3 +86,24 @@ describe('a database made before refresh tokens noted their password', () => {
     }
   });
 });
+
+describe('a group configured with the name of a database user', () => {
+  test('is refused at start, naming both ways out, rather than handing the user the group\'s namespace', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'wharf-accounts-'));
+    const admin = { name: 'root', password_hash: bcryptHash('root-password-1'), admin: true };
+    let server: TestRegistry | undefined;
+    try {
+      server = await startAuthRegistry({ root: dir, authSettings: { users: [admin, { name: 'alice', password_hash: bcryptHash('alice-password-1') }] } });
+      server.auth!.store.addUser('team', bcryptHash('team-password-1'), false);
+      await server.close();
+      server = undefined;
+      const groups = [{ name: 'team', members: { alice: 'reader' } }];
+      await expect(startAuthRegistry({ root: dir, authSettings: { users: [admin, { name: 'alice', password_hash: bcryptHash('alice-password-1') }], groups } })).rejects.toThrow(
+        /\[\[auth\.groups\]\] "team" has the name of a user in the database.*wharf user remove team/,
+      );
+    } finally {
+      await server?.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
