@@ -36,7 +36,8 @@ export class Accounts {
   /** HMAC(process key, user NUL password, or the token) → the stored hash it failed against ('' for none) and until when. */
   private readonly refused = new Map<string, { hash: string; until: number }>();
   private readonly cacheKey = randomBytes(32);
-  private dummyHash: Promise<string> | undefined;
+  /** Hashes to check a missing user's password against, by bcrypt cost (see `dummyHash`). */
+  private readonly dummies = new Map<number, Promise<string>>();
 
   constructor(
     readonly store: AuthStore,
@@ -68,8 +69,7 @@ export class Accounts {
   async verifyPassword(name: string, password: string): Promise<Principal | undefined> {
     const account = this.find(name);
     if (!account) {
-      this.dummyHash ??= hashPassword('wharf-no-such-user', this.bcryptCost);
-      await verifyPassword(password, await this.dummyHash);
+      await verifyPassword(password, await this.dummyHash());
       this.remember(this.refused, this.credentialKey(name, password), '', REFUSED_TTL_MS);
       return undefined;
     }
@@ -82,6 +82,31 @@ export class Accounts {
     }
     this.remember(this.verified, key, account.passwordHash, VERIFIED_TTL_MS);
     return { kind: 'user', name: account.name, admin: account.admin };
+  }
+
+  /**
+   * The hash a missing user's password is checked against, at the cost most users' hashes have: a
+   * configuration file's hashes made at cost 10 answered a wrong password 4 times faster than the
+   * cost-12 check of a user that does not exist, which told the names that do. Made ahead by
+   * `prepare`, so that the first such check takes no longer either.
+   */
+  dummyHash(): Promise<string> {
+    const costs = new Map<number, number>();
+    for (const account of [...this.configUsers.values(), ...this.store.users()]) {
+      const cost = bcryptCostOf(account.passwordHash);
+      if (cost !== undefined) costs.set(cost, (costs.get(cost) ?? 0) + 1);
+    }
+    let cost = this.bcryptCost;
+    let most = 0;
+    for (const [c, n] of costs) {
+      if (n > most || (n === most && c === this.bcryptCost)) [cost, most] = [c, n];
+    }
+    let dummy = this.dummies.get(cost);
+    if (!dummy) {
+      dummy = hashPassword('wharf-no-such-user', cost);
+      this.dummies.set(cost, dummy);
+    }
+    return dummy;
   }
 
   /**
@@ -198,4 +223,10 @@ export class Accounts {
 /** Which password an account has now, as a refresh token notes it: a digest of its stored hash. */
 function credentialOf(account: Account): string {
   return createHash('sha256').update(account.passwordHash).digest('base64url').slice(0, 22);
+}
+
+/** The cost a bcrypt hash was made with (`$2b$12$...`), or undefined for anything else. */
+function bcryptCostOf(hash: string): number | undefined {
+  const m = /^\$2[abxy]?\$(\d{2})\$/.exec(hash);
+  return m ? Number(m[1]) : undefined;
 }

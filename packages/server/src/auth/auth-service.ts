@@ -111,6 +111,8 @@ export class AuthService {
       tuning,
     );
     await service.ensureAdmin(tuning);
+    // The hash a missing user's password is checked against, made now rather than at the first such login.
+    await service.accounts.dummyHash();
     // Users taken out of configuration.toml since the last start: their tokens end with them.
     const revoked = store.revokeOrphans(config.auth.users.map((u) => u.name));
     if (revoked > 0) logger.info({ tokens: revoked }, 'revoked the tokens of users no longer configured');
