@@ -131,6 +131,23 @@ describe('garbage collection: mark and sweep', () => {
     expect(await exists(fileOf(sha256(early)))).toBe(false);
   });
 
+  test('a manifest pushed again starts its grace period over, as a blob pushed again does', async () => {
+    // A platform manifest, untagged since its old index was deleted an hour ago.
+    const child = await pushImage(fx.registry, 'alice/multi', undefined, ['amd64 layer']);
+    const hourAgo = Date.now() - 3_600_000;
+    fx.db.prepare('UPDATE manifests SET created_at = ?').run(hourAgo);
+    fx.db.prepare('UPDATE repository_blobs SET linked_at = ?').run(hourAgo);
+    fx.db.prepare('UPDATE blobs SET created_at = ?').run(hourAgo);
+    // A client pushes a new multi-arch image: that manifest again (its blobs are there, not sent
+    // again), and the collector runs before the index comes.
+    await fx.registry.putManifest('alice/multi', child.digest, child.bytes, 'application/vnd.oci.image.manifest.v1+json');
+    const report = await fx.gc.run({ grace: 10 * 60_000, deleteUntagged: true });
+    expect(report.manifests).toEqual([]);
+    expect(report.blobs).toEqual([]);
+    const index = ociIndexBytes([{ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: child.digest, size: child.bytes.length, platform: { os: 'linux', architecture: 'amd64' } }]);
+    await expect(fx.registry.putManifest('alice/multi', 'latest', index, OCI_INDEX)).resolves.toBeDefined();
+  });
+
   test('a dry run deletes nothing and reports what a real run then deletes', async () => {
     const kept = await pushImage(fx.registry, 'alice/app', '1', ['base', 'top 1']);
     const gone = await pushImage(fx.registry, 'alice/app', '2', ['base', 'top 2']);

@@ -56,8 +56,10 @@ export class SqliteMetadataStore implements MetadataStore {
       tagged: s(`SELECT m.digest, m.media_type, m.content, m.broken FROM tags t JOIN repositories r ON r.id = t.repository_id
                  JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest
                  WHERE r.name = ? AND t.name = ?`),
+      // A manifest pushed again is as new as the push: its GC grace starts over, as a blob's link does
+      // (an untagged platform manifest put again for a new index, before the index comes).
       insertManifest: s(`INSERT INTO manifests (repository_id, digest, media_type, artifact_type, subject, annotations, size, content, created_at)
-                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET broken = 0`),
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET broken = 0, created_at = excluded.created_at`),
       insertRef: s('INSERT INTO manifest_references (repository_id, parent, child, kind) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING'),
       upsertTag: s(`INSERT INTO tags (repository_id, name, digest, updated_at) VALUES (?, ?, ?, ?)
                     ON CONFLICT(repository_id, name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at`),
