@@ -23,9 +23,10 @@ const WAKE_MS = 5;
 
 type FillState = 'running' | 'done' | 'failed';
 
-/** One reader of a fill: the next byte it needs. */
+/** One reader of a fill: the next byte it needs, and the last it will (undefined: to the blob's end). */
 interface ReaderMark {
   position: number;
+  readonly end: number | undefined;
 }
 
 /**
@@ -135,8 +136,8 @@ export class BlobFill {
   }
 
   /** A reader starts at `position` (see `moved`, `untrack`). */
-  track(position: number): ReaderMark {
-    const mark = { position };
+  track(position: number, end?: number): ReaderMark {
+    const mark = { position, end };
     this.readers.add(mark);
     return mark;
   }
@@ -154,11 +155,25 @@ export class BlobFill {
     if (this.readers.size === 0) for (const wake of this.readersGoneWaiters.splice(0)) wake();
   }
 
-  /** The position of the slowest reader; Infinity when none reads. */
+  /**
+   * The position of the slowest reader; Infinity when none reads. A reader of a range that ends before
+   * the blob's end, at its last byte, waits for the whole blob to be verified, not for bytes: it does
+   * not count, or a fill kept in memory would wait for it while it waits for the fill. Its last byte
+   * may then be let go before the blob is verified, and its client is cut (never sent a wrong byte);
+   * the next such request goes to the upstream (see PullThroughRepository.openBlob).
+   */
   lowestReader(): number {
     let lowest = Infinity;
-    for (const mark of this.readers) if (mark.position < lowest) lowest = mark.position;
+    for (const mark of this.readers) {
+      if (mark.end !== undefined && mark.position >= mark.end && (this.size === undefined || mark.end < this.size - 1)) continue;
+      if (mark.position < lowest) lowest = mark.position;
+    }
     return lowest;
+  }
+
+  /** The fill is kept in memory: its file has no room (see FillWriter.keepInMemory). */
+  get keptInMemory(): boolean {
+    return this.writer?.keptInMemory !== undefined;
   }
 
   /** Resolves once no reader follows the fill. */
@@ -232,7 +247,7 @@ export class BlobFill {
         throw fillFailed(this.digest, this.error);
       }
     }
-    return new TailReader(this, fd, start, range?.end, this.track(start));
+    return new TailReader(this, fd, start, range?.end, this.track(start, range?.end));
   }
 }
 

@@ -356,7 +356,9 @@ export class FillWriter {
 
   /** On disk; or, kept in memory, complete and passed by every reader. */
   private mayDrop(block: Block): boolean {
-    if (block.written) return true;
+    // Kept in memory, a block is on disk for its readers only within `written` (a later block's
+    // write may have landed past a gap that one with no room left).
+    if (block.written && (!this.noRoom || block.start + block.filled <= this.written)) return true;
     if (!this.noRoom || (block.filled < BLOCK_SIZE && !this.finished)) return false;
     return block.start + block.filled <= this.lowestReader();
   }

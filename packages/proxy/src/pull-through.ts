@@ -340,6 +340,9 @@ export class PullThroughRepository implements RepositoryReader {
     // A download kept in memory (the cache had no room for it) that has let go of the bytes this
     // client needs: the client gets them from the upstream itself.
     if (fill && !fill.canServeFrom(whole.start)) return await this.uncached(repo, blob, range);
+    // Nor, from such a download, a range ending before the blob's end: its last byte would wait for
+    // the whole blob's digest while the download, holding little, waits for its readers.
+    if (fill?.keptInMemory && range && range.end < blob.size - 1) return await this.uncached(repo, blob, range);
     if (fill) return await startedReader(fill, whole);
     const body = await this.store.open(blob.digest, range);
     if (body) {

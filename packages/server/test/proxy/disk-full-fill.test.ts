@@ -120,6 +120,24 @@ describe('pull-through onto a full disk', () => {
     expect(log.text()).toContain('"reason":"ENOSPC: no space left on device, write"');
   });
 
+  test('a range ending before the blob\'s end does not hold a download kept in memory: every client gets its bytes', async () => {
+    const bytes = randomBytes(12 * MiB);
+    const digest = fake.addBlob(bytes);
+    await disk.leave(2 * MiB);
+    // A whole pull, and ranges whose last byte waits for the whole blob's digest; the download holds
+    // 7 MiB at most for its slowest reader, so one waiting at such a last byte would hold it for ever.
+    const ranged = async (range: string): Promise<{ status: number; body: string }> => {
+      const res = await fetch(blobUrl(digest), { headers: { range } });
+      return { status: res.status, body: Buffer.from(await res.arrayBuffer()).toString('hex') };
+    };
+    const [whole, first, middle] = await Promise.all([download(blobUrl(digest)), ranged('bytes=0-0'), ranged(`bytes=${5 * MiB}-${5 * MiB + 9}`)]);
+    expect(whole).toEqual({ status: 200, body: digest });
+    expect(first).toEqual({ status: 206, body: bytes.subarray(0, 1).toString('hex') });
+    expect(middle).toEqual({ status: 206, body: bytes.subarray(5 * MiB, 5 * MiB + 10).toString('hex') });
+    await proxy.fills.settled();
+    expect(await isCached(digest)).toBe(false);
+  });
+
   test('a client that comes after the download let go of the bytes it needs gets the blob from the upstream itself', async () => {
     const bytes = randomBytes(12 * MiB);
     const digest = fake.addBlob(bytes);
