@@ -8,7 +8,12 @@ const waiting = new WeakMap<EventEmitter, Set<() => void>>();
  * connection may wait for its close (its log line, its blob send): pipelined requests would otherwise
  * add a listener each to the same socket, past node's warning at ten.
  */
-export function onConnectionClose(connection: EventEmitter, fn: () => void): () => void {
+export function onConnectionClose(connection: EventEmitter & { readonly destroyed?: boolean }, fn: () => void): () => void {
+  // Closed already (while the route waited for an upstream, say): no 'close' is coming.
+  if (connection.destroyed === true && !waiting.has(connection)) {
+    fn();
+    return () => undefined;
+  }
   let callbacks = waiting.get(connection);
   if (!callbacks) {
     const set = new Set<() => void>();

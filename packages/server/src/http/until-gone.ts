@@ -34,7 +34,11 @@ export class UntilGone {
   }
 
   wait<T>(work: Promise<T>): Promise<T> {
-    if (this.gone) return Promise.reject(new Error('client went away'));
+    if (this.gone) {
+      // Nobody waits for it any more: its failure (a fill failing later) must not go unhandled.
+      work.catch(() => undefined);
+      return Promise.reject(new Error('client went away'));
+    }
     return new Promise<T>((resolve, reject) => {
       this.abandon = reject;
       work.then(
