@@ -114,8 +114,8 @@ export class AuthService {
     // The hash a missing user's password is checked against, made now rather than at the first such login.
     await service.accounts.dummyHash();
     // Users taken out of configuration.toml since the last start: their tokens end with them.
-    const revoked = store.revokeOrphans(config.auth.users.map((u) => u.name));
-    if (revoked > 0) logger.info({ tokens: revoked }, 'revoked the tokens of users no longer configured');
+    const orphans = store.revokeOrphans(config.auth.users.map((u) => u.name));
+    if (orphans.tokens > 0) logger.warn({ users: orphans.users, tokens: orphans.tokens }, 'revoked the tokens of users no longer configured');
     return service;
   }
 
@@ -129,7 +129,7 @@ export class AuthService {
    */
   private async ensureAdmin(tuning: AuthTuning): Promise<void> {
     if (this.accounts.hasAdmin()) return;
-    if (this.accounts.find('admin')) {
+    if (this.accounts.find('admin') || this.groups.has('admin')) {
       this.logger.warn('no administrator is configured and the name "admin" is taken; create one with "wharf user add <name> --admin"');
       return;
     }

@@ -172,14 +172,16 @@ export class AuthStore {
   /**
    * Revokes the tokens of every user name that is neither in the database nor among `configured`
    * (users taken out of configuration.toml since the last start): they never come back to life for
-   * a later user of the same name. Returns how many were revoked.
+   * a later user of the same name. Returns whose, and how many.
    */
-  revokeOrphans(configured: readonly string[]): number {
+  revokeOrphans(configured: readonly string[]): { users: string[]; tokens: number } {
     return this.db.transaction(() => {
-      let revoked = 0;
+      const revoked = { users: [] as string[], tokens: 0 };
       const live = new Set([...configured, ...this.users().map((u) => u.name)]);
       for (const { user } of this.q.tokenUsers!.all() as { user: string }[]) {
-        if (!live.has(user)) revoked += this.q.removeUserTokens!.run(user).changes;
+        if (live.has(user)) continue;
+        revoked.users.push(user);
+        revoked.tokens += this.q.removeUserTokens!.run(user).changes;
       }
       return revoked;
     })();
