@@ -8,20 +8,9 @@ import { FakeUpstream } from '../../../proxy/test/helpers/fake-upstream.js';
 import { captureLog } from '../auth/helpers.js';
 import { SmallDisk } from '../helpers/small-disk.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
-import { sha256 } from './helpers/tools.js';
+import { download, sha256 } from './helpers/tools.js';
 
 const MiB = 1024 * 1024;
-
-/** What a client got: the status, and the body's sha256 or 'cut' when the connection broke. */
-async function download(url: string): Promise<{ status: number; body: string }> {
-  const res = await fetch(url).catch(() => undefined);
-  if (!res) return { status: 0, body: 'cut' };
-  const body = await res.arrayBuffer().then(
-    (b) => sha256(new Uint8Array(b)),
-    () => 'cut',
-  );
-  return { status: res.status, body };
-}
 
 /** Waits until `done()` holds, 5 s at most. */
 async function until(done: () => boolean | Promise<boolean>, what: string): Promise<void> {

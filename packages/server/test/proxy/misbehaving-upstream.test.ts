@@ -6,20 +6,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { FakeUpstream } from '../../../proxy/test/helpers/fake-upstream.js';
 import { captureLog } from '../auth/helpers.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
-import { run, sha256 } from './helpers/tools.js';
+import { download, run, sha256 } from './helpers/tools.js';
 
 const TTL_MS = 300;
-
-/** What a client ends up with: the status, and the body's sha256 or 'cut' when reading it failed. */
-async function download(url: string): Promise<{ status: number; body: string }> {
-  const res = await fetch(url).catch(() => undefined);
-  if (!res) return { status: 0, body: 'cut' };
-  const body = await res.arrayBuffer().then(
-    (b) => sha256(new Uint8Array(b)),
-    () => 'cut',
-  );
-  return { status: res.status, body };
-}
 
 describe('pull-through from a misbehaving upstream', () => {
   let fake: FakeUpstream;

@@ -69,6 +69,17 @@ export function run(cmd: string, args: readonly string[], options: { timeout?: n
 
 export const sha256 = (b: Uint8Array | string) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
+/** What a client got: the status, and the body's sha256 or 'cut' when the connection broke. */
+export async function download(url: string): Promise<{ status: number; body: string }> {
+  const res = await fetch(url).catch(() => undefined);
+  if (!res) return { status: 0, body: 'cut' };
+  const body = await res.arrayBuffer().then(
+    (b) => sha256(new Uint8Array(b)),
+    () => 'cut',
+  );
+  return { status: res.status, body };
+}
+
 export interface Layout {
   readonly dir: string;
   /** `single`: one linux/amd64 image; `multi`: an index of linux/amd64 and linux/arm64. */
