@@ -87,8 +87,8 @@ export class Accounts {
   /**
    * The hash a missing user's password is checked against, at the cost most users' hashes have: a
    * configuration file's hashes made at cost 10 answered a wrong password 4 times faster than the
-   * cost-12 check of a user that does not exist, which told the names that do. Made ahead by
-   * `prepare`, so that the first such check takes no longer either.
+   * cost-12 check of a user that does not exist, which told the names that do. AuthService makes it
+   * at start, so that the first such check takes no longer either.
    */
   dummyHash(): Promise<string> {
     const costs = new Map<number, number>();
