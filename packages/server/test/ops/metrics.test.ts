@@ -139,7 +139,7 @@ describe('/metrics', () => {
     });
     await new Promise<void>((r) => front.listen(0, '127.0.0.1', r));
     const flaky = await startRegistry({
-      settings: { proxy: { manifest_ttl: '0s', retries: 0, first_byte_timeout: '300ms', upstreams: { flaky: { url: `http://127.0.0.1:${(front.address() as AddressInfo).port}` } } } },
+      settings: { proxy: { manifest_ttl: '0s', retries: 0, first_byte_timeout: '1500ms', upstreams: { flaky: { url: `http://127.0.0.1:${(front.address() as AddressInfo).port}` } } } },
     });
     try {
       const tag = `${flaky.url}/v2/proxy/flaky/lib/flaky/manifests/1`;
