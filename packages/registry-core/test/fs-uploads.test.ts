@@ -229,6 +229,48 @@ describe('FsUploadSessions on disk', () => {
       await expect(sessions.append('alice/a', s.id, streamOf(part2), {})).rejects.toMatchObject({ code: 'BLOB_UPLOAD_UNKNOWN' });
     });
 
+    test('a chunk acknowledged while the sessions expire is never lost with its session', async () => {
+      // Every session is past the cutoff; each gets a chunk while one expiry walks them, the chunks
+      // started at several paces. A chunk is either refused (its session was gone) or kept: never
+      // acknowledged into a session removed next.
+      const paces: (() => Promise<unknown>)[] = [
+        () => new Promise((r) => setImmediate(r)),
+        () => new Promise((r) => setTimeout(r, 0)),
+        () => new Promise((r) => setTimeout(r, 1)),
+        () => stat(dir),
+      ];
+      for (const pace of paces) {
+        const ids: string[] = [];
+        for (let i = 0; i < 30; i += 1) {
+          const s = await sessions.begin('alice/a');
+          await sessions.append('alice/a', s.id, streamOf(part1), {});
+          await age(s.id, 120);
+          ids.push(s.id);
+        }
+        const expiry = sessions.expire(new Date(Date.now() - 60 * 60_000));
+        const appends: Promise<'kept' | 'refused'>[] = [];
+        for (const id of ids) {
+          appends.push(
+            sessions.append('alice/a', id, streamOf(part2), { start: part1.length }).then(
+              () => 'kept' as const,
+              (err: { code?: string }) => {
+                if (err.code !== 'BLOB_UPLOAD_UNKNOWN') throw err;
+                return 'refused' as const;
+              },
+            ),
+          );
+          await pace();
+        }
+        const outcomes = await Promise.all(appends);
+        await expiry;
+        for (const [i, id] of ids.entries()) {
+          const status = await sessions.status('alice/a', id);
+          expect({ outcome: outcomes[i], size: status?.size }).toEqual(outcomes[i] === 'kept' ? { outcome: 'kept', size: whole.length } : { outcome: 'refused', size: undefined });
+          if (status) await sessions.cancel('alice/a', id);
+        }
+      }
+    });
+
     test('a half-created session folder (no data file) is expired by the folder age', async () => {
       const id = '6f1c1d3e-0f4b-4f7e-9a55-2a1f7c3b9d10';
       await mkdir(join(dir, 'uploads', id));

@@ -158,11 +158,11 @@ export class FsUploadSessions implements UploadSessions {
       // a DELETE arriving before the caller adopts the file finds no session, and neither appends to
       // nor removes what was just verified.
       const sealed = join(this.dir, `${id}${SEALED_UPLOAD_SUFFIX}`);
-      await rename(this.dataPath(id), sealed);
-      // Renaming keeps the time of the last chunk: without this, `expire` could take a file that was
-      // written to long ago but is being adopted now.
+      // Renaming keeps the time of the last chunk: freshened first, or `expire` could take a file that
+      // was written to long ago but is being adopted now (even in the moment between the two).
       const now = new Date();
-      await utimes(sealed, now, now);
+      await utimes(this.dataPath(id), now, now);
+      await rename(this.dataPath(id), sealed);
       this.running.delete(id);
       await rm(join(this.dir, id), { recursive: true, force: true });
       return { blob: { digest, size: current.size }, file: sealed };
@@ -192,14 +192,20 @@ export class FsUploadSessions implements UploadSessions {
   async expire(olderThan: Date): Promise<number> {
     let removed = 0;
     for (const id of await readdir(this.dir).catch(() => [] as string[])) {
+      // A session with a chunk arriving or queued is in use, whatever the age of its file.
       if (this.locks.has(id)) continue;
-      const folder = join(this.dir, id);
-      const s = await stat(join(folder, 'data')).catch(() => stat(folder).catch(() => undefined));
-      if (s && s.mtime < olderThan) {
+      // Looked at and removed under the session's lock: a chunk arriving meanwhile waits, then finds
+      // either a session it freshened (kept) or none (BLOB_UPLOAD_UNKNOWN), never a folder going away
+      // under its write.
+      const gone = await this.exclusive(id, async () => {
+        const folder = join(this.dir, id);
+        const s = await stat(join(folder, 'data')).catch(() => stat(folder).catch(() => undefined));
+        if (!s || s.mtime >= olderThan) return false;
         this.running.delete(id);
         await rm(folder, { recursive: true, force: true });
-        removed += 1;
-      }
+        return true;
+      });
+      if (gone) removed += 1;
     }
     return removed;
   }
