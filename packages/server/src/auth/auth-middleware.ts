@@ -3,6 +3,7 @@ import type { Context, Next } from 'koa';
 import type { RepositoryResolver, ResolvedRepository, Resource } from '../repositories.js';
 import { AuthFailure, type AuthService, type Credentials } from './auth-service.js';
 import { allowedActions, mayListCatalog, type Action, type Principal, type Target } from './permissions.js';
+import { rememberResolved } from '../routes/context.js';
 import { routeAccess } from './route-access.js';
 import { grantedActions } from './scope.js';
 
@@ -80,11 +81,17 @@ export interface AuthMiddlewareOptions {
 export function authMiddleware(options: AuthMiddlewareOptions) {
   const { auth, resolver } = options;
 
-  /** Local repository, or the upstream that serves the name (as the route of `resource` will resolve it). */
-  async function targetOf(ctx: Context, name: string, resource: Resource, principal: Principal): Promise<Target> {
+  /**
+   * Local repository, or the upstream that serves the name. The request's own repository is kept for
+   * its route (`remember`): in a mirror mode, a name pushed or deleted between here and the route would
+   * otherwise be served by what was not checked.
+   */
+  async function targetOf(ctx: Context, name: string, resource: Resource, principal: Principal, remember = false): Promise<Target> {
     try {
       const request = { method: ctx.method, resource, remoteAddress: ctx.socket.remoteAddress };
-      return targetOfResolved(name, await resolver.resolve(name, new URLSearchParams(ctx.querystring), request));
+      const resolved = await resolver.resolve(name, new URLSearchParams(ctx.querystring), request);
+      if (remember) rememberResolved(ctx, name, resource, resolved);
+      return targetOfResolved(name, resolved);
     } catch (err) {
       // An invalid name or unknown upstream: anonymous callers learn nothing before signing in.
       if (principal.kind === 'anonymous') return { kind: 'repository', name };
@@ -164,7 +171,7 @@ export function authMiddleware(options: AuthMiddlewareOptions) {
         const asked = needed.includes('push') && !needed.includes('pull') ? ['pull', ...needed] : needed;
         const scope = isValidRepositoryName(name) ? `repository:${name}:${asked.join(',')}${source}` : undefined;
         const detail = needed.map((a) => ({ Type: 'repository', Name: name, Action: a }));
-        const target = await targetOf(ctx, name, resource, principal);
+        const target = await targetOf(ctx, name, resource, principal, true);
         if (target.kind === 'proxy' && principal.kind !== 'anonymous' && needed.some((a) => a !== 'pull')) {
           // A push, upload or delete on a pull-through name, by someone signed in: nobody may, and
           // the route's UNSUPPORTED says where to push instead, where DENIED would not say why.

@@ -7,15 +7,33 @@ export interface RouteDeps {
   readonly resolver: RepositoryResolver;
 }
 
-/** The repository named by the route's first capture, validated and resolved for a route of `resource`. */
+/**
+ * The repository named by the route's first capture, validated and resolved for a route of `resource`:
+ * as the auth middleware resolved it when it did (`rememberResolved`), so that the repository whose
+ * rights were checked is the one that answers, whatever was pushed or deleted since.
+ */
 export function repository(ctx: Context, deps: RouteDeps, resource: Resource): Promise<ResolvedRepository> {
   const name = decodeCapture(ctx.captures[0] ?? '');
-  return deps.resolver
-    .resolve(name, new URLSearchParams(ctx.querystring), { method: ctx.method, resource, remoteAddress: ctx.socket.remoteAddress })
-    .then((target) => {
-      if (target.namespace) ctx.set('OCI-Namespace', target.namespace);
-      return target;
-    });
+  const known = (ctx.state as { resolved?: Remembered }).resolved;
+  const resolved =
+    known && known.name === name && known.resource === resource
+      ? Promise.resolve(known.target)
+      : deps.resolver.resolve(name, new URLSearchParams(ctx.querystring), { method: ctx.method, resource, remoteAddress: ctx.socket.remoteAddress });
+  return resolved.then((target) => {
+    if (target.namespace) ctx.set('OCI-Namespace', target.namespace);
+    return target;
+  });
+}
+
+interface Remembered {
+  readonly name: string;
+  readonly resource: Resource;
+  readonly target: ResolvedRepository;
+}
+
+/** Keeps what serves the request's repository, for `repository` to answer with. */
+export function rememberResolved(ctx: Context, name: string, resource: Resource, target: ResolvedRepository): void {
+  (ctx.state as { resolved?: Remembered }).resolved = { name, resource, target };
 }
 
 /** The route's capture at `index`, URL-decoded. */
