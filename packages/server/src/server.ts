@@ -1,7 +1,7 @@
 import { mkdir, readdir, rm, stat } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import {
   flushDeferredWrites,
   FsBlobStore,
@@ -178,7 +178,7 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
     logger,
     admin: { eviction, resolveUpstream: (name) => findUpstream(config.proxy, name), authEnabled: config.auth.enabled, storage },
     ops: {
-      health: { db, temporaryRegistryStorage: config.temporaryRegistryStorage, draining: () => draining, logger: logger.child({ component: 'health' }) },
+      health: { db, temporaryRegistryStorage: config.temporaryRegistryStorage, ...(config.database === ':memory:' ? {} : { databaseFolder: dirname(config.database) }), draining: () => draining, logger: logger.child({ component: 'health' }) },
       ...(config.metrics.enabled ? { metrics: { metrics, config: config.metrics } } : {}),
       observer: requests,
       requestTimeout: config.requestTimeout,

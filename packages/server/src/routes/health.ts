@@ -9,6 +9,11 @@ export interface HealthDeps {
   readonly db: SqliteDatabase;
   /** The folder every write goes through first: if it takes no file, nothing can be pushed or cached. */
   readonly temporaryRegistryStorage: string;
+  /**
+   * The database's folder, when it has one (not `:memory:`): a file system that takes no file there
+   * leaves the database answering reads and refusing every push, token and cache entry.
+   */
+  readonly databaseFolder?: string;
   /** True once shutdown started: the load balancer should stop sending new work. */
   readonly draining: () => boolean;
   readonly logger: Logger;
@@ -24,10 +29,21 @@ function withTimeout<T>(work: Promise<T>, what: string): Promise<T> {
   return Promise.race([work, late]).finally(() => clearTimeout(timer));
 }
 
+/** Writes and removes a small file in `folder`: whether its file system takes one. */
+async function probeFolder(folder: string, what: string): Promise<void> {
+  const probe = join(folder, `.ready-${randomUUID()}`);
+  try {
+    await withTimeout(writeFile(probe, 'ready'), what);
+  } finally {
+    await rm(probe, { force: true }).catch(() => undefined);
+  }
+}
+
 /**
  * /health: the process is alive and answers (200 `{"status":"ok"}`), nothing else is checked, so a
- * slow disk never gets a live server restarted. /ready: the database answers a query and the temporary
- * storage takes a file (a probe file is written and removed); 503 otherwise, and while shutting down.
+ * slow disk never gets a live server restarted. /ready: the database answers a query, and the
+ * temporary storage and the database's folder each take a file (a probe file is written and
+ * removed); 503 otherwise, and while shutting down.
  * Neither needs credentials (auth guards /v2 and /admin only), and neither says more than ok or failed.
  */
 export function registerHealth(router: Router, deps: HealthDeps): void {
@@ -43,16 +59,14 @@ export function registerHealth(router: Router, deps: HealthDeps): void {
     const problems: Record<string, string> = {};
     try {
       deps.db.prepare('SELECT 1').get();
+      if (deps.databaseFolder !== undefined) await probeFolder(deps.databaseFolder, 'the database\'s folder');
     } catch (err) {
       problems.database = (err as Error).message;
     }
-    const probe = join(deps.temporaryRegistryStorage, `.ready-${randomUUID()}`);
     try {
-      await withTimeout(writeFile(probe, 'ready'), 'storage');
-      await rm(probe, { force: true });
+      await probeFolder(deps.temporaryRegistryStorage, 'storage');
     } catch (err) {
       problems.storage = (err as Error).message;
-      await rm(probe, { force: true }).catch(() => undefined);
     }
     if (deps.draining()) problems.server = 'shutting down';
     const ok = Object.keys(problems).length === 0;

@@ -130,6 +130,17 @@ describe('pushing onto a full disk', () => {
     expect(Buffer.from(await got.arrayBuffer()).equals(manifest.bytes)).toBe(true);
   });
 
+  test('/ready is 503 while the database\'s file system is full, and 200 again once it has room', async () => {
+    await dbDisk.leave(0);
+    const full = await fetch(`${reg.url}/ready`);
+    expect(full.status).toBe(503);
+    expect(await full.json()).toEqual({ status: 'unavailable', checks: { database: 'failed', storage: 'ok' } });
+    await dbDisk.release();
+    const again = await fetch(`${reg.url}/ready`);
+    expect(again.status).toBe(200);
+    expect(await again.json()).toEqual({ status: 'ready', checks: { database: 'ok', storage: 'ok' } });
+  });
+
   test('the log says what happened, without a stack trace, and the server goes on serving', async () => {
     const lines = log.text().split('\n').filter((line) => line.includes('no space left on storage'));
     expect(lines.length).toBeGreaterThan(0);
