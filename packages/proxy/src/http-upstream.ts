@@ -6,7 +6,7 @@ import { plainRequest } from './plain-http.js';
 import { resumingBlob } from './resuming-body.js';
 import { parseChallenge } from './token-auth.js';
 import { discard, readUpTo, type Answer, type Headers } from './upstream-answer.js';
-import { UpstreamCredentials } from './upstream-credentials.js';
+import { UpstreamCredentials, anonymousRefusal } from './upstream-credentials.js';
 import { keepWasmOnBaseline } from './wasm-baseline.js';
 import { OUTAGES, UpstreamError, descriptorOf, type Upstream, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest, type UpstreamTags } from './upstream.js';
 
@@ -401,7 +401,9 @@ export class HttpUpstream implements Upstream {
    */
   private async send(method: 'GET' | 'HEAD', url: string, headers: Record<string, string>, signal?: AbortSignal, auth?: (origin: string) => Record<string, string>): Promise<Answer> {
     let target = new URL(url);
-    let sent: Record<string, string> = { 'user-agent': this.userAgent, ...headers };
+    // Bodies are read as sent: a request without Accept-Encoding lets a server (a CDN) compress them,
+    // and a gzipped manifest or token answer then reads as no JSON, or as the wrong digest.
+    let sent: Record<string, string> = { 'user-agent': this.userAgent, 'accept-encoding': 'identity', ...headers };
     // Once a hop has left the first origin, a redirect back to it carries none of our credentials:
     // a third party does not get to choose where they are sent.
     const first = target.origin;
@@ -415,7 +417,8 @@ export class HttpUpstream implements Upstream {
           : await plainRequest(target, hopHeaders, this.timeouts, signal, { method, ...(this.options.ca !== undefined ? { ca: this.options.ca } : {}) });
       } catch (err) {
         this.options.onRequest?.('error');
-        throw err;
+        // A hop to another host (a CDN an egress allow-list forgot) is named: not the upstream.
+        throw target.origin === this.origin ? err : this.translate(err, `upstream ${this.name}'s redirect target ${target.host}`);
       }
       this.options.onRequest?.(res.statusCode);
       const location = res.headers.location;
@@ -500,16 +503,17 @@ export class HttpUpstream implements Upstream {
     throw last ?? new UpstreamError('unreachable', `upstream ${this.name} did not answer`);
   }
 
-  private translate(err: unknown): UpstreamError {
+  /** A failed request as an UpstreamError; `who` is what did not answer (the upstream, unless a redirect's host). */
+  private translate(err: unknown, who = `upstream ${this.name}`): UpstreamError {
     if (err instanceof UpstreamError) return err;
     const e = err as { code?: string; name?: string; message?: string; cause?: { code?: string } };
     const code = e.code ?? e.cause?.code;
-    if (e.name === 'TimeoutError' || (code && TIMEOUT_CODES.has(code))) return new UpstreamError('timeout', `upstream ${this.name} timed out`);
-    if (code && RETRYABLE_CODES.has(code)) return new UpstreamError('unreachable', `upstream ${this.name} is unreachable (${code})`);
+    if (e.name === 'TimeoutError' || (code && TIMEOUT_CODES.has(code))) return new UpstreamError('timeout', `${who} timed out`);
+    if (code && RETRYABLE_CODES.has(code)) return new UpstreamError('unreachable', `${who} is unreachable (${code})`);
     if (code && (CERTIFICATE_CODES.has(code) || code.startsWith('ERR_TLS_CERT'))) {
-      return new UpstreamError('unreachable', `upstream ${this.name}'s TLS certificate is not trusted (${code}); a private CA goes in the upstream's ca_file`);
+      return new UpstreamError('unreachable', `${who}'s TLS certificate is not trusted (${code}); a private CA goes in the upstream's ca_file`);
     }
-    return new UpstreamError('unreachable', `upstream ${this.name} request failed: ${e.message ?? String(err)}`);
+    return new UpstreamError('unreachable', `${who} request failed: ${e.message ?? String(err)}`);
   }
 
   /**
@@ -527,6 +531,10 @@ export class HttpUpstream implements Upstream {
       if (res.refused) {
         throw new UpstreamError('denied', `upstream ${this.name} denies access to this repository (${status}): it does not exist there, or the upstream's credentials in Wharf's configuration may not pull it`, status);
       }
+      // With no credentials of ours, a 403 is the repository's refusal, not theirs: ghcr.io answers an
+      // anonymous pull of a package that does not exist (or is private) with 403 DENIED. (A 401 after
+      // a fresh token still says the token was no good: the upstream's problem.)
+      if (status === 403 && this.options.username === undefined) throw anonymousRefusal(this.name, status);
       throw new UpstreamError('unauthorized', `upstream ${this.name} refused our credentials for ${what} (${status})`, status);
     }
     if (status < 200 || status >= 300) {

@@ -139,7 +139,7 @@ export class UpstreamCredentials {
     if (pending?.url === url.href) return untilAborted(pending.done, signal);
     // One fetch for every request that needs this token. It is no one request's: a client that goes
     // away does not cancel it for the others (the timeouts bound it).
-    const done = this.fetchToken(url, credentials, key);
+    const done = this.fetchToken(url, ours, credentials, key);
     const entry = { url: url.href, done };
     this.fetching.set(key, entry);
     const settled = (): void => {
@@ -149,13 +149,16 @@ export class UpstreamCredentials {
     return untilAborted(done, signal);
   }
 
-  /** Fetches a token from the realm's `url` and caches it under `key`; fails as `authenticate` says. */
-  private async fetchToken(url: URL, credentials: boolean, key: string): Promise<true> {
+  /** Fetches a token from the realm's `url` (for the upstream itself when `ours`) and caches it under `key`; fails as `authenticate` says. */
+  private async fetchToken(url: URL, ours: boolean, credentials: boolean, key: string): Promise<true> {
     const res = await this.transport.get(url.href, credentials ? { authorization: this.basic() } : {});
     if (res.statusCode !== 200) {
       // A token service that is down or busy is retried as the registry would be.
       if (res.statusCode === 429 || res.statusCode >= 500) return this.transport.retryable(res, `token service of upstream ${this.name}`);
       await discard(res);
+      // Asked for no one's token, a token service that refuses says the repository is not to be
+      // pulled anonymously (ghcr.io's answer for a package that does not exist, or is private).
+      if (ours && !credentials && (res.statusCode === 401 || res.statusCode === 403)) throw anonymousRefusal(this.name, res.statusCode, `token service of upstream ${this.name}`);
       throw new UpstreamError('unauthorized', `token service of upstream ${this.name} answered ${res.statusCode}`, res.statusCode);
     }
     const raw = await readUpTo(res, MAX_TOKEN_BYTES, () => new UpstreamError('unauthorized', `token service of upstream ${this.name} sent more than ${MAX_TOKEN_BYTES} bytes`));
@@ -170,6 +173,18 @@ export class UpstreamCredentials {
     this.tokens.set(key, answer.token, answer.expiresIn);
     return true;
   }
+}
+
+/**
+ * An upstream's refusal of an anonymous pull (the registry's 401 or 403, or its token service's):
+ * the repository does not exist there, or needs credentials Wharf was not given.
+ */
+export function anonymousRefusal(upstream: string, status: number, by = `upstream ${upstream}`): UpstreamError {
+  return new UpstreamError(
+    'denied',
+    `${by} refuses an anonymous pull of this repository (${status}): it does not exist there, or is private (then give the upstream a username and password in Wharf's configuration)`,
+    status,
+  );
 }
 
 /** Tokens are kept per origin (the upstream's, or a redirect target's that challenged) and repository. */

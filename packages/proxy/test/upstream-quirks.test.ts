@@ -5,6 +5,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FsBlobStore, RegistryError, openDatabase, type Digest, type SqliteDatabase } from '@wharf/registry-core';
 import { BlobFills } from '../src/blob-fill.js';
@@ -292,9 +293,9 @@ describe('refusals and token services', () => {
     }
   });
 
-  test('a 403, and a 401 invalid_token after a fresh token, are our credentials\' problem ("unauthorized"), not "denied"', async () => {
+  test('a 403 to our credentials, and a 401 invalid_token after a fresh token, are "unauthorized", not "denied"', async () => {
     const forbidden = await host((_req, res) => json(res, 403, { errors: [{ code: 'DENIED' }] }));
-    const viaForbidden = new HttpUpstream({ name: 'up', url: forbidden.url, retries: 0, timeouts: quick });
+    const viaForbidden = new HttpUpstream({ name: 'up', url: forbidden.url, username: 'u', password: 'p', retries: 0, timeouts: quick });
     expect(((await viaForbidden.manifest('a/b', '1').catch((e: unknown) => e)) as UpstreamError).failure).toBe('unauthorized');
     const rotated: Host = await host((req, res) => {
       if (req.url!.startsWith('/token')) return json(res, 200, { token: 't' });
@@ -302,6 +303,59 @@ describe('refusals and token services', () => {
     });
     const viaRotated = new HttpUpstream({ name: 'up', url: rotated.url, retries: 0, timeouts: quick });
     expect(((await viaRotated.manifest('a/b', '1').catch((e: unknown) => e)) as UpstreamError).failure).toBe('unauthorized');
+  });
+
+  test('ghcr.io\'s refusals of an anonymous pull (its token service\'s 401, its registry\'s 403 DENIED) are "denied": the repository\'s, asked once', async () => {
+    // ghcr.io: an anonymous token for a package that does not exist, or is private, is refused.
+    const noToken: Host = await host((req, res) => {
+      if (req.url!.startsWith('/token')) return json(res, 401, { errors: [{ code: 'UNAUTHORIZED', message: 'authentication required' }] });
+      challenge(res, `Bearer realm="${noToken.url}/token",service="ghcr.io"`);
+    });
+    const viaNoToken = new HttpUpstream({ name: 'ghcr.io', url: noToken.url, retries: 2, timeouts: quick });
+    const refused = (await viaNoToken.manifest('org/missing', 'latest').catch((e: unknown) => e)) as UpstreamError;
+    expect([refused.failure, refused.status, refused.message]).toEqual([
+      'denied',
+      401,
+      'token service of upstream ghcr.io refuses an anonymous pull of this repository (401): it does not exist there, or is private (then give the upstream a username and password in Wharf\'s configuration)',
+    ]);
+    expect(noToken.seen.filter((s) => s.url.startsWith('/token'))).toHaveLength(1);
+    // Or a token is given, and the manifest refused with 403 DENIED.
+    const forbidden: Host = await host((req, res) => {
+      if (req.url!.startsWith('/token')) return json(res, 200, { token: 't' });
+      if (!req.headers.authorization) return challenge(res, `Bearer realm="${forbidden.url}/token",service="ghcr.io"`);
+      json(res, 403, { errors: [{ code: 'DENIED', message: 'requested access to the resource is denied' }] });
+    });
+    const viaForbidden = new HttpUpstream({ name: 'ghcr.io', url: forbidden.url, retries: 2, timeouts: quick });
+    const denied = (await viaForbidden.manifest('org/missing', 'latest').catch((e: unknown) => e)) as UpstreamError;
+    expect([denied.failure, denied.status]).toEqual(['denied', 403]);
+    expect(denied.message).toMatch(/^upstream ghcr\.io refuses an anonymous pull of this repository \(403\)/);
+    expect(forbidden.seen.filter((s) => s.url.includes('/manifests/'))).toHaveLength(2);
+  });
+
+  test('a server free to compress (RFC 9110: no Accept-Encoding, any coding) is asked for bodies as they are', async () => {
+    // Such a server (a CDN) gzips what the request does not forbid: a token answer then read as no
+    // JSON, a manifest as the wrong digest.
+    const gzipping: Host = await host((req, res) => {
+      const plain = req.headers['accept-encoding'] === 'identity';
+      const send = (status: number, type: string, body: Buffer, headers: Record<string, string> = {}) =>
+        void res.writeHead(status, { 'content-type': type, ...headers, ...(plain ? {} : { 'content-encoding': 'gzip' }) }).end(plain ? body : gzipSync(body));
+      if (req.url!.startsWith('/token')) return send(200, 'application/json', Buffer.from(JSON.stringify({ token: 't' })));
+      if (!req.headers.authorization) return challenge(res, `Bearer realm="${gzipping.url}/token",service="s"`);
+      send(200, OCI, MANIFEST, { 'docker-content-digest': sha256(MANIFEST) });
+    });
+    const upstream = new HttpUpstream({ name: 'up', url: gzipping.url, retries: 0, timeouts: quick });
+    const got = await upstream.manifest('team/app', '1');
+    expect(got && Buffer.from(got.bytes).equals(MANIFEST)).toBe(true);
+  });
+
+  test('a redirect target that cannot be reached is named in the error, not the upstream', async () => {
+    const closed = await host();
+    const cdn = new URL(closed.url);
+    await new Promise<void>((resolve) => servers.pop()!.close(() => resolve()));
+    const registry = await host((_req, res) => void res.writeHead(307, { location: `${closed.url}/blobs/signed?x=1` }).end());
+    const upstream = new HttpUpstream({ name: 'docker.io', url: registry.url, retries: 0, timeouts: quick });
+    const err = (await upstream.blob('library/alpine', sha256(BLOB)).catch((e: unknown) => e)) as UpstreamError;
+    expect([err.failure, err.message]).toEqual(['unreachable', `upstream docker.io's redirect target ${cdn.host} is unreachable (ECONNREFUSED)`]);
   });
 
   test('Basic credentials refused on the second try are "unauthorized" (our credentials), not "denied"', async () => {
