@@ -141,7 +141,8 @@ export function parseManifest(bytes: Buffer, contentType: string | undefined, al
   const config = descriptor(doc.config, 'config');
   if (!Array.isArray(doc.layers)) throw invalid('an image manifest needs a layers array');
   const layers = doc.layers.map((l, i) => descriptor(l, `layers[${i}]`));
-  const artifactType = typeof doc.artifactType === 'string' ? doc.artifactType : config.mediaType;
+  // Empty is as missing (image spec): listed under the config's media type.
+  const artifactType = typeof doc.artifactType === 'string' && doc.artifactType !== '' ? doc.artifactType : config.mediaType;
   const blobs = [config, ...layers.filter((l) => !(isNonDistributable(l.mediaType) && l.urls && l.urls.length > 0))];
   return { ...base, artifactType, blobs, manifests: [] };
 }

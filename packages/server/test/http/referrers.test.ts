@@ -86,7 +86,9 @@ describe('referrers', () => {
     expect(body.manifests.map((m) => m.digest)).toEqual([artifact.digest]);
   });
 
-  test('an image manifest without artifactType is listed under its config media type', async () => {
+  // The spec: "If the artifactType is empty or missing in the image manifest, the value of
+  // artifactType MUST be set to the config descriptor mediaType value."
+  test.each([['without artifactType', undefined], ['with an empty artifactType', '']])('an image manifest %s is listed under its config media type', async (_case, artifactType) => {
     const repo = uniqueRepo('ref');
     const { manifest } = await pushImage(reg.url, repo, 'v1');
     const config = blob('{"signature":"config"}');
@@ -96,6 +98,7 @@ describe('referrers', () => {
       {
         schemaVersion: 2,
         mediaType: OCI_MANIFEST,
+        ...(artifactType === undefined ? {} : { artifactType }),
         config: { mediaType: 'application/vnd.example.sig.config+json', digest: config.digest, size: config.bytes.length },
         layers: [{ mediaType: 'application/octet-stream', digest: layer.digest, size: layer.bytes.length }],
         subject: { mediaType: OCI_MANIFEST, digest: manifest.digest, size: manifest.size },
@@ -103,8 +106,10 @@ describe('referrers', () => {
       OCI_MANIFEST,
     );
     await pushManifest(reg.url, repo, signature.digest, signature);
-    const body = (await (await referrers(repo, manifest.digest)).json()) as Index;
-    expect(body.manifests).toEqual([{ mediaType: OCI_MANIFEST, digest: signature.digest, size: signature.size, artifactType: 'application/vnd.example.sig.config+json' }]);
+    const listed = [{ mediaType: OCI_MANIFEST, digest: signature.digest, size: signature.size, artifactType: 'application/vnd.example.sig.config+json' }];
+    expect(((await (await referrers(repo, manifest.digest)).json()) as Index).manifests).toEqual(listed);
+    const filtered = await referrers(repo, manifest.digest, `?artifactType=${encodeURIComponent('application/vnd.example.sig.config+json')}`);
+    expect(((await filtered.json()) as Index).manifests).toEqual(listed);
   });
 
   test('a digest with no referrers answers 200 with an empty OCI index', async () => {
