@@ -3,7 +3,7 @@ import { MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES, MediaType, bareMediaType, dig
 import type { Dispatcher } from 'undici';
 import { bypassesProxy } from './no-proxy.js';
 import { plainRequest } from './plain-http.js';
-import { resumingBlob } from './resuming-body.js';
+import { resumingBlob, skipFirst } from './resuming-body.js';
 import { parseChallenge } from './token-auth.js';
 import { discard, readUpTo, type Answer, type Headers } from './upstream-answer.js';
 import { UpstreamCredentials, anonymousRefusal } from './upstream-credentials.js';
@@ -243,6 +243,9 @@ export class HttpUpstream implements Upstream {
       if (resumes-- <= 0) return undefined;
       const rest = await this.blobPart(repo, digest, { start: from, end: last }, signal).catch(() => undefined);
       if (rest?.range?.start === from && rest.range.end === last) return rest;
+      // The whole blob again (a CDN that drops a Range, as Cloudflare does for what it does not keep):
+      // the bytes we have are read past, not taken for a failure that cuts every client.
+      if (rest && !range && !rest.range && rest.size === last + 1) return skipFirst(rest, from);
       rest?.body.destroy();
       return undefined;
     });

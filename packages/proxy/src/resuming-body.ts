@@ -1,4 +1,4 @@
-import { Readable } from 'node:stream';
+import { Readable, Transform, pipeline } from 'node:stream';
 import { UpstreamError, type UpstreamBlob } from './upstream.js';
 
 /** Emitted by a resuming body (with the error) each time a part failed and the next is asked for. */
@@ -86,4 +86,32 @@ class ResumingBody extends Readable {
       (resumeErr: unknown) => this.destroy(resumeErr instanceof Error ? resumeErr : err),
     );
   }
+}
+
+/**
+ * `part`, a whole blob sent again, without its first `count` bytes: the rest of a download from a
+ * server that answered its Range with a 200 (a CDN that does not keep the blob drops the Range).
+ * Chunks dropped whole go back to the part's memory; a cut one is a view, left to the collector.
+ */
+export function skipFirst(part: UpstreamBlob, count: number): UpstreamBlob {
+  let left = count;
+  const body = new Transform({
+    // Small, as ResumingBody's: what waits here is lent memory.
+    highWaterMark: 64 * 1024,
+    transform(chunk: Buffer, _encoding, done) {
+      if (left >= chunk.length) {
+        left -= chunk.length;
+        part.recycle?.(chunk);
+        return done();
+      }
+      const rest = left > 0 ? chunk.subarray(left) : chunk;
+      left = 0;
+      done(null, rest);
+    },
+  });
+  // A failure of the part fails the body (which a resuming body then goes on from); a destroyed body
+  // closes the part.
+  pipeline(part.body, body, () => undefined);
+  const { range: _whole, ...rest } = part;
+  return { ...rest, body };
 }

@@ -476,6 +476,17 @@ describe('HttpUpstream against a real misbehaving server', () => {
     expect(gets).toHaveLength(2);
   });
 
+  test('a blob download reset mid-body goes on past the bytes it has when the resume is answered with the whole blob', async () => {
+    // A CDN that does not keep the blob drops the Range and sends all of it again.
+    fake.fault = 'reset';
+    fake.faultTimes = 1;
+    fake.ignoreRange = true;
+    const blob = await client().blob('alice/app', blobDigest);
+    expect((await readAll(blob!.body)).equals(blobBytes)).toBe(true);
+    const gets = fake.requests.filter((r) => r.method === 'GET' && r.path === `/v2/alice/app/blobs/${blobDigest}`);
+    expect(gets).toHaveLength(2);
+  });
+
   test('a range of a blob reset mid-body goes on with a range request for the rest of that range', async () => {
     fake.fault = 'reset';
     fake.faultTimes = 1;

@@ -44,6 +44,8 @@ export class FakeUpstream {
   redirectBlobsTo: string | undefined;
   /** Most tags in one tag-list page whatever n asks (Docker Hub caps its pages too); more pages are linked. */
   tagPageSize = Infinity;
+  /** Blob GETs are answered 200 with the whole blob whatever their Range (a CDN that drops it). */
+  ignoreRange = false;
   /** Tag-list pages start from the first tag whatever `last` says (a broken upstream). */
   ignoreLast = false;
   /** Sent instead of the tag list, when set. */
@@ -135,7 +137,7 @@ export class FakeUpstream {
     const bytes = this.blobs.get(ref);
     if (!bytes) return void res.writeHead(404).end();
     if (this.redirectBlobsTo && req.method === 'GET') return void res.writeHead(307, { location: `${this.redirectBlobsTo}${req.url}` }).end();
-    const range = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '');
+    const range = this.ignoreRange ? null : /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '');
     const body = fault === 'wrong-bytes' ? randomBytes(bytes.length) : range ? bytes.subarray(Number(range[1]), Number(range[2]) + 1) : bytes;
     res.writeHead(range ? 206 : 200, {
       'content-type': 'application/octet-stream',
