@@ -284,9 +284,19 @@ export class HttpUpstream implements Upstream {
   async statBlob(repo: string, digest: Digest, signal?: AbortSignal): Promise<UpstreamBlobStat | undefined> {
     const res = await this.buffered('HEAD', repo, `blobs/${digest}`, {}, signal);
     if (res.statusCode === 404) return undefined;
+    // A redirect target whose URL is signed for GET alone (S3 behind ghcr.io) refuses the HEAD: its
+    // first byte is asked for instead, whose Content-Range tells the size.
+    if ((res.statusCode === 403 || res.statusCode === 405) && res.url !== undefined && res.url.origin !== this.origin) return this.statByFirstByte(repo, digest, signal);
     this.expectOk(res, 'blob HEAD');
     const length = Number(res.headers['content-length']);
     return Number.isSafeInteger(length) && length >= 0 ? { size: length } : {};
+  }
+
+  /** A blob's size from a GET of its first byte (or from the whole blob's answer, left unread). */
+  private async statByFirstByte(repo: string, digest: Digest, signal?: AbortSignal): Promise<UpstreamBlobStat | undefined> {
+    const part = await this.blobPart(repo, digest, { start: 0, end: 0 }, signal);
+    part?.body.destroy();
+    return part && (part.size !== undefined ? { size: part.size } : {});
   }
 
   async tags(repo: string, page: Page, signal?: AbortSignal): Promise<UpstreamTags | undefined> {
@@ -344,7 +354,10 @@ export class HttpUpstream implements Upstream {
     const limit = what === 'manifest' ? MAX_MANIFEST_BYTES : MAX_LIST_BYTES;
     return this.withRetries(signal, async () => {
       const res = await this.authorized(method, repo, path, headers, signal);
-      if (this.worthRetrying(res)) return this.retryable(res);
+      // A redirect target's 403 to a HEAD is no expired URL to fetch afresh: such URLs are signed for
+      // GET alone (the caller decides).
+      const headRefused = method === 'HEAD' && res.statusCode === 403 && res.url !== undefined && res.url.origin !== this.origin;
+      if (!headRefused && this.worthRetrying(res)) return this.retryable(res);
       if (res.statusCode < 200 || res.statusCode >= 300) {
         await discard(res);
         return { statusCode: res.statusCode, headers: res.headers, bytes: Buffer.alloc(0), ...answeredBy(res) };

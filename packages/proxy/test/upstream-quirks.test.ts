@@ -348,6 +348,21 @@ describe('refusals and token services', () => {
     expect(got && Buffer.from(got.bytes).equals(MANIFEST)).toBe(true);
   });
 
+  test('a blob HEAD whose redirect target takes only GET (a URL signed for GET, as S3 behind ghcr.io) learns the size from the first byte', async () => {
+    const s3: Host = await host((req, res) => {
+      if (req.method === 'HEAD') return void res.writeHead(403, { 'content-type': 'application/xml' }).end();
+      const m = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '');
+      if (!m) return void res.writeHead(200, { 'content-length': BLOB.length }).end(BLOB);
+      const part = BLOB.subarray(Number(m[1]), Number(m[2]) + 1);
+      res.writeHead(206, { 'content-length': part.length, 'content-range': `bytes ${m[1]}-${m[2]}/${BLOB.length}` }).end(part);
+    });
+    const registry = await host((req, res) => void res.writeHead(307, { location: `${s3.url}/blob?X-Amz-Signature=x` }).end());
+    const upstream = new HttpUpstream({ name: 'ghcr.io', url: registry.url, retries: 2, timeouts: quick });
+    expect(await upstream.statBlob('org/app', sha256(BLOB))).toEqual({ size: BLOB.length });
+    // One HEAD refused (not retried as an expired URL), then one byte asked for.
+    expect(s3.seen.map((r) => r.method)).toEqual(['HEAD', 'GET']);
+  });
+
   test('a redirect target that cannot be reached is named in the error, not the upstream', async () => {
     const closed = await host();
     const cdn = new URL(closed.url);
