@@ -213,10 +213,43 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     fake.addManifest('alice/app', '1', DOC('a'));
     fake.fault = '500';
     await expect(repo.manifest('alice/app', '1')).rejects.toMatchObject({ code: 'UPSTREAM_ERROR' });
-    fake.fault = '429';
-    await expect(repo.manifest('alice/app', '1')).rejects.toMatchObject({ code: 'TOOMANYREQUESTS', detail: { retryAfter: 1 } });
     fake.fault = 'stall';
     await expect(repo.manifest('alice/app', '1')).rejects.toMatchObject({ code: 'UPSTREAM_TIMEOUT' });
+    fake.fault = '429';
+    await expect(repo.manifest('alice/app', '1')).rejects.toMatchObject({ code: 'TOOMANYREQUESTS', detail: { retryAfter: 1 } });
+  });
+
+  test('after a 429 with Retry-After, manifests not cached are not asked for until it has passed; the cached are served stale', async () => {
+    const lines: string[] = [];
+    const logger = { warn: (_f: Record<string, unknown>, m: string) => void lines.push(m) };
+    const store = new FsBlobStore(join(dir, 'blobs'), join(dir, 'tmp'));
+    const upstream = new HttpUpstream({ name: 'up', url: fake.url, retries: 0, timeouts: { connect: 300, firstByte: 300, idle: 300 } });
+    const limited = new PullThroughRepository(upstream, new CacheIndex(db), store, fills, { manifestTtl: 0, absentTtl: 60_000, rateLimitFloor: 0 }, logger);
+    fake.addManifest('alice/app', 'cached', DOC('c'));
+    expect(await limited.manifest('alice/app', 'cached')).toBeDefined();
+    fake.addManifest('alice/app', '1', DOC('a'));
+    const other = fake.addManifest('alice/other', '2', DOC('b'));
+    fake.fault = '429';
+    fake.retryAfter = '30';
+    await expect(limited.manifest('alice/app', '1')).rejects.toMatchObject({ code: 'TOOMANYREQUESTS', detail: { retryAfter: 30 } });
+    expect(lines).toEqual(['upstream rate limit: manifests not cached are not asked for until its Retry-After has passed']);
+    // The limit is lifted upstream, but Wharf was asked to wait: nothing is asked for 30 s, by tag
+    // or by digest, in any repository of that upstream.
+    fake.fault = undefined;
+    const seen = fake.requests.length;
+    const again = (await limited.manifest('alice/app', '1').catch((e: unknown) => e)) as { code: string; message: string; detail: { retryAfter: number } };
+    expect(again.code).toBe('TOOMANYREQUESTS');
+    expect(again.message).toMatch(/^upstream up answered 429, asking to retry after 30 s; not asked again for (29|30) s$/);
+    expect(again.detail.retryAfter).toBeLessThanOrEqual(30);
+    await expect(limited.manifest('alice/other', other)).rejects.toMatchObject({ code: 'TOOMANYREQUESTS' });
+    expect(fake.requests.length).toBe(seen);
+    // A cached tag due for its check is still checked with a HEAD (which Docker Hub does not count);
+    // moved upstream, it is served from the cache, marked stale, rather than fetched.
+    expect((await limited.manifest('alice/app', 'cached'))?.warning).toBeUndefined();
+    fake.addManifest('alice/app', 'cached', DOC('moved'));
+    expect((await limited.manifest('alice/app', 'cached'))?.warning).toMatch(/not asked again for/);
+    expect(fake.requests.slice(seen).map((r) => r.method)).toEqual(['HEAD', 'HEAD']);
+    expect(lines.filter((l) => l.startsWith('upstream rate limit'))).toHaveLength(1);
   });
 
   test('an upstream that stopped answering gets a short deadline for outage_backoff: what is not cached fails sooner, the cached is served stale, and it is served again as soon as it answers', async () => {
@@ -237,6 +270,7 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     // One 429 and one 500 are answers: no short deadline after them.
     fake.fault = '429';
     await expect(guarded.manifest('alice/app', '2')).rejects.toMatchObject({ code: 'TOOMANYREQUESTS' });
+    await sleep(1000); // its Retry-After
     fake.fault = '500';
     await expect(guarded.manifest('alice/app', '2')).rejects.toMatchObject({ code: 'UPSTREAM_ERROR' });
     expect(guarded.upstream.isOffline).toBe(false);

@@ -44,6 +44,8 @@ export class FakeUpstream {
   redirectBlobsTo: string | undefined;
   /** Most tags in one tag-list page whatever n asks (Docker Hub caps its pages too); more pages are linked. */
   tagPageSize = Infinity;
+  /** The Retry-After of the '429' fault. */
+  retryAfter = '1';
   /** Blob GETs are answered 200 with the whole blob whatever their Range (a CDN that drops it). */
   ignoreRange = false;
   /** Tag-list pages start from the first tag whatever `last` says (a broken upstream). */
@@ -113,7 +115,7 @@ export class FakeUpstream {
     if (fault === 'deny') return this.challenge(path, res);
     if (fault === '500') return void res.writeHead(500, { 'content-type': 'application/json' }).end('{"errors":[{"code":"UNKNOWN"}]}');
     if (fault === 'portal') return void res.writeHead(200, { 'content-type': 'text/html' }).end('<html><body>Sign in to the network</body></html>');
-    if (fault === '429') return void res.writeHead(429, { 'retry-after': '1', 'content-type': 'application/json' }).end('{"errors":[{"code":"TOOMANYREQUESTS"}]}');
+    if (fault === '429') return void res.writeHead(429, { 'retry-after': this.retryAfter, 'content-type': 'application/json' }).end('{"errors":[{"code":"TOOMANYREQUESTS"}]}');
     const list = /^\/v2\/(.+)\/tags\/list$/.exec(path);
     if (list) return this.tagList(list[1]!, new URLSearchParams(query), res);
     const referrers = /^\/v2\/(.+)\/referrers\/([^/]+)$/.exec(path);

@@ -150,6 +150,7 @@ describe('pull-through from a misbehaving upstream', () => {
     const res = await fetch(`${proxy.url}/v2/proxy/fake/${repo}/manifests/1`);
     expect(res.status).toBe(200);
     expect(res.headers.get('warning')).toMatch(/^299 - ".+"$/);
+    await sleep(1_100); // its Retry-After, before which no manifest is asked for
   });
 
   test('500 with nothing cached: 502 UPSTREAM_ERROR, its message in the reason phrase too (a HEAD has no body)', async () => {
@@ -174,6 +175,7 @@ describe('pull-through from a misbehaving upstream', () => {
       expect(res.headers.get('retry-after')).toBe('1');
       expect(((await res.json()) as { errors: { code: string }[] }).errors[0]!.code).toBe('TOOMANYREQUESTS');
     }
+    await sleep(1_100); // its Retry-After, before which no manifest is asked for
   });
 
   test('a stalled upstream with nothing cached: 504 UPSTREAM_TIMEOUT within the configured timeout', async () => {
