@@ -69,6 +69,9 @@ const MAX_LIST_BYTES = 8 * 1024 * 1024;
 /** Pages of an upstream's tag list followed (its Link header) to gather one page of ours. */
 const MAX_TAG_PAGES = 20;
 
+/** Pages of a referrers list read at most (each up to MAX_LIST_BYTES): past them, the list is cut. */
+const MAX_REFERRER_PAGES = 4;
+
 /** A response read whole. */
 interface Buffered {
   readonly statusCode: number;
@@ -323,17 +326,33 @@ export class HttpUpstream implements Upstream {
     return { tags, whole };
   }
 
+  /**
+   * The subject's referrers, every page of them: an upstream pages a list whose index would not fit
+   * in one manifest (a Link to the next, as the spec says), up to MAX_REFERRER_PAGES of them.
+   */
   async referrers(repo: string, subject: Digest, signal?: AbortSignal): Promise<Descriptor[] | undefined> {
-    const res = await this.buffered('GET', repo, `referrers/${subject}`, { accept: MediaType.OciIndex }, signal, 'referrers index');
-    // The spec's way of saying "no referrers API here": the client falls back to the tag schema.
-    if (res.statusCode === 404) return undefined;
-    this.expectOk(res, 'referrers GET');
-    const doc = this.json(res.bytes, 'referrers index') as { manifests?: unknown };
-    if (!Array.isArray(doc.manifests)) throw new UpstreamError('invalid', `upstream ${this.name} sent a referrers index without manifests`);
-    return doc.manifests.flatMap((entry) => {
-      const descriptor = descriptorOf(entry);
-      return descriptor ? [descriptor] : [];
-    });
+    const descriptors: Descriptor[] = [];
+    const seen = new Set<string>();
+    let query = '';
+    for (let page = 0; page < MAX_REFERRER_PAGES; page++) {
+      const res = await this.buffered('GET', repo, `referrers/${subject}${query}`, { accept: MediaType.OciIndex }, signal, 'referrers index');
+      // The spec's way of saying "no referrers API here": the client falls back to the tag schema.
+      if (res.statusCode === 404 && page === 0) return undefined;
+      this.expectOk(res, 'referrers GET');
+      const doc = this.json(res.bytes, 'referrers index') as { manifests?: unknown };
+      if (!Array.isArray(doc.manifests)) throw new UpstreamError('invalid', `upstream ${this.name} sent a referrers index without manifests`);
+      for (const entry of doc.manifests) {
+        const descriptor = descriptorOf(entry);
+        if (descriptor && !seen.has(descriptor.digest)) {
+          seen.add(descriptor.digest);
+          descriptors.push(descriptor);
+        }
+      }
+      const next = nextPageQuery(res.headers.link);
+      if (next === undefined || next === query) break;
+      query = next;
+    }
+    return descriptors;
   }
 
   private json(bytes: Buffer, what: string): object {

@@ -112,6 +112,38 @@ describe('referrers', () => {
     expect(((await filtered.json()) as Index).manifests).toEqual(listed);
   });
 
+  test('referrers whose index would pass 4 MiB come in pages linked by Link, each under 4 MiB, every referrer once', async () => {
+    const repo = uniqueRepo('ref');
+    const { manifest } = await pushImage(reg.url, repo, 'v1');
+    const subject = { digest: manifest.digest, size: manifest.size, mediaType: OCI_MANIFEST };
+    const pushed = new Set<string>();
+    // 44 signatures with 100 KB of annotations each: a 4.4 MB index whole.
+    for (let i = 0; i < 44; i++) {
+      const type = i % 2 === 0 ? SIGNATURE : SBOM;
+      const artifact = await artifactFor(repo, subject, type, `${i} ${'x'.repeat(100_000)}`);
+      await pushManifest(reg.url, repo, artifact.digest, artifact);
+      pushed.add(`${artifact.digest} ${type}`);
+    }
+    for (const filter of ['', `?artifactType=${encodeURIComponent(SIGNATURE)}`]) {
+      const seen: string[] = [];
+      let next: string | undefined = `/v2/${repo}/referrers/${manifest.digest}${filter}`;
+      let pages = 0;
+      while (next) {
+        const res: Response = await fetch(`${reg.url}${next}`);
+        expect(res.status).toBe(200);
+        const bytes = Buffer.from(await res.arrayBuffer());
+        expect(bytes.length).toBeLessThanOrEqual(4 * 1024 * 1024);
+        expect(res.headers.get('oci-filters-applied')).toBe(filter ? 'artifactType' : null);
+        for (const m of (JSON.parse(bytes.toString()) as Index).manifests) seen.push(`${m.digest} ${m.artifactType}`);
+        next = /^<([^>]+)>; rel="next"$/.exec(res.headers.get('link') ?? '')?.[1];
+        pages += 1;
+      }
+      const expected = [...pushed].filter((p) => !filter || p.endsWith(SIGNATURE));
+      expect(pages).toBe(filter ? 1 : 2);
+      expect(seen.sort()).toEqual(expected.sort());
+    }
+  });
+
   test('a digest with no referrers answers 200 with an empty OCI index', async () => {
     const repo = uniqueRepo('ref');
     const { manifest } = await pushImage(reg.url, repo, 'v1');

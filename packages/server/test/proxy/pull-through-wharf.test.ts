@@ -168,6 +168,42 @@ describe('pull-through from another Wharf', () => {
     expect(Buffer.from(await referrer.arrayBuffer()).equals(bytes)).toBe(true);
   });
 
+  test('referrers the upstream pages (an index past 4 MiB) are all listed, in pages of our own', async () => {
+    const { manifest } = await pushImage(up.url, 'alice/many-signed', '1');
+    const empty = blob('{}');
+    const payload = blob('a signature');
+    for (const b of [empty, payload]) await pushBlob(up.url, 'alice/many-signed', b);
+    const artifactType = 'application/vnd.example.signature.v1+json';
+    const pushed: string[] = [];
+    for (let i = 0; i < 44; i++) {
+      const bytes = Buffer.from(
+        JSON.stringify({
+          schemaVersion: 2,
+          mediaType: 'application/vnd.oci.image.manifest.v1+json',
+          artifactType,
+          config: { mediaType: 'application/vnd.oci.empty.v1+json', digest: empty.digest, size: 2 },
+          layers: [{ mediaType: artifactType, digest: payload.digest, size: payload.bytes.length }],
+          subject: { mediaType: manifest.mediaType, digest: manifest.digest, size: manifest.size },
+          annotations: { note: `${i} ${'x'.repeat(100_000)}` },
+        }),
+      );
+      const put = await fetch(`${up.url}/v2/alice/many-signed/manifests/${sha256(bytes)}`, { method: 'PUT', headers: { 'content-type': 'application/vnd.oci.image.manifest.v1+json' }, body: bytes });
+      expect(put.status).toBe(201);
+      pushed.push(sha256(bytes));
+    }
+    // The upstream itself answers in two pages.
+    expect((await fetch(`${up.url}/v2/alice/many-signed/referrers/${manifest.digest}`)).headers.get('link')).toMatch(/rel="next"$/);
+    const listed: string[] = [];
+    let next: string | undefined = `/v2/proxy/up/alice/many-signed/referrers/${manifest.digest}`;
+    while (next) {
+      const res: Response = await fetch(`${proxy.url}${next}`);
+      expect(res.status).toBe(200);
+      for (const m of ((await res.json()) as { manifests: { digest: string }[] }).manifests) listed.push(m.digest);
+      next = /^<([^>]+)>; rel="next"$/.exec(res.headers.get('link') ?? '')?.[1];
+    }
+    expect(listed.sort()).toEqual(pushed.sort());
+  });
+
   test('upstream 404: 404 MANIFEST_UNKNOWN and BLOB_UNKNOWN', async () => {
     const res = await fetch(`${proxy.url}/v2/proxy/up/alice/app/manifests/no-such-tag`);
     expect(res.status).toBe(404);
