@@ -3,6 +3,7 @@ import { MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES, MediaType, bareMediaType, dig
 import type { Dispatcher } from 'undici';
 import { bypassesProxy } from './no-proxy.js';
 import { plainRequest } from './plain-http.js';
+import { RateLimitGate, type RateLimitGateLogger } from './rate-limit-gate.js';
 import { resumingBlob, skipFirst } from './resuming-body.js';
 import { parseChallenge } from './token-auth.js';
 import { discard, readUpTo, type Answer, type Headers } from './upstream-answer.js';
@@ -44,6 +45,8 @@ export interface HttpUpstreamOptions {
   readonly onRateLimit?: (remaining: number) => void;
   /** Called once per HTTP request sent (token requests included) with its status, or "error" when none came. */
   readonly onRequest?: (status: number | 'error') => void;
+  /** Where the upstream's rate limiting is told (RateLimitGate). */
+  readonly logger?: RateLimitGateLogger;
 }
 
 const DEFAULT_TIMEOUTS: UpstreamTimeouts = { connect: 10_000, firstByte: 30_000, idle: 60_000 };
@@ -133,6 +136,8 @@ export class HttpUpstream implements Upstream {
   /** Made at the first request through an egress proxy: undici is loaded then (about 9 MiB of memory). */
   private agent: Promise<Dispatcher> | undefined;
   private readonly credentials: UpstreamCredentials;
+  /** Manifest GETs held back while a 429's Retry-After lasts. */
+  private readonly limits: RateLimitGate;
   private readonly timeouts: UpstreamTimeouts;
   private readonly retries: number;
   private readonly maxRetryWait: number;
@@ -155,6 +160,7 @@ export class HttpUpstream implements Upstream {
     this.userAgent = options.userAgent ?? 'wharf-proxy';
     this.via = new URL(this.base).protocol === 'https:' ? options.egress?.https : options.egress?.http;
     const identity = { name: this.name, base: this.base, origin: this.origin, username: options.username, password: options.password };
+    this.limits = new RateLimitGate(this.name, this.base, options.logger);
     this.credentials = new UpstreamCredentials(identity, {
       get: (url, headers) => this.send('GET', url, headers),
       retryable: (res, who) => this.retryable(res, who),
@@ -202,7 +208,13 @@ export class HttpUpstream implements Upstream {
   }
 
   async manifest(repo: string, reference: string, signal?: AbortSignal): Promise<UpstreamManifest | undefined> {
-    const res = await this.buffered('GET', repo, `manifests/${reference}`, { accept: ACCEPT_MANIFESTS }, signal);
+    // Docker Hub counts every manifest GET against its pull limit, 429s included: none goes while
+    // this upstream's last 429 says to wait (a HEAD, which it does not count, still may).
+    this.limits.check();
+    const res = await this.buffered('GET', repo, `manifests/${reference}`, { accept: ACCEPT_MANIFESTS }, signal).catch((err: unknown) => {
+      this.limits.note(err);
+      throw err;
+    });
     if (res.statusCode === 404) return undefined;
     this.expectOk(res, 'manifest GET');
     const bytes = res.bytes;

@@ -7,5 +7,6 @@ export * from './pull-through.js';
 export * from './mirrors.js';
 export * from './cache-eviction.js';
 export * from './observer.js';
+export type { RateLimitGateLogger } from './rate-limit-gate.js';
 export * from './cache-fsck.js';
 export { fillMemoryBytes } from './fill-writer.js';

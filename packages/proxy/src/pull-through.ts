@@ -21,7 +21,6 @@ import { fillFailed, type BlobFill, type BlobFills } from './blob-fill.js';
 import type { CacheIndex, CachedTagList } from './cache-index.js';
 import type { ProxyObserver } from './observer.js';
 import { OfflineGuard } from './offline-guard.js';
-import { RateLimitGate } from './rate-limit-gate.js';
 import { OUTAGES, UpstreamError, descriptorOf, type Upstream, type UpstreamBlob } from './upstream.js';
 import { verifiedBody } from './verified-body.js';
 
@@ -84,8 +83,6 @@ export class PullThroughRepository implements RepositoryReader {
 
   /** The upstream, asked with a short deadline for a while once it did not answer (OfflineGuard). */
   readonly upstream: OfflineGuard;
-  /** Manifests not cached are not asked for while the upstream's 429 says to wait. */
-  private readonly limits: RateLimitGate;
 
   constructor(
     upstream: Upstream,
@@ -97,7 +94,6 @@ export class PullThroughRepository implements RepositoryReader {
     private readonly observer?: ProxyObserver,
   ) {
     this.upstream = new OfflineGuard(upstream, policy.outageBackoff ?? DEFAULT_POLICY.outageBackoff!, policy.outageProbeTimeout ?? DEFAULT_POLICY.outageProbeTimeout!, logger);
-    this.limits = new RateLimitGate(upstream.name, logger);
   }
 
   private get key(): string {
@@ -153,9 +149,7 @@ export class PullThroughRepository implements RepositoryReader {
     if (cached) return this.hit('manifest', cached);
     if (this.index.isAbsent(this.key, repo, digest)) return undefined;
     this.observer?.cacheMiss?.(this.key, 'manifest');
-    this.limits.check();
     const fetched = await this.upstream.manifest(repo, digest).catch((err: unknown) => {
-      this.limits.note(err);
       if (isDenied(err)) this.remember(repo, digest, () => this.index.markAbsent(this.key, repo, digest, Date.now() + this.policy.absentTtl));
       throw err;
     });
@@ -198,7 +192,6 @@ export class PullThroughRepository implements RepositoryReader {
         }
       }
       this.observer?.cacheMiss?.(this.key, 'manifest');
-      this.limits.check();
       const fetched = await this.upstream.manifest(repo, tag, signal);
       if (!fetched) return this.forget(repo, tag);
       this.remember(repo, tag, () => {
@@ -208,7 +201,6 @@ export class PullThroughRepository implements RepositoryReader {
       });
       return fetched;
     } catch (err) {
-      this.limits.note(err);
       // Refused with nothing cached (Docker Hub's answer for a repository that does not exist, or is
       // private): as good as a 404. With a copy cached, it is served stale, as for any answer that
       // is not the manifest: expired credentials must not empty the cache.

@@ -11,6 +11,7 @@ import { FsBlobStore, flushDeferredWrites, openDatabase, type Digest, type Sqlit
 import { BlobFills } from '../src/blob-fill.js';
 import { CacheIndex } from '../src/cache-index.js';
 import { HttpUpstream } from '../src/http-upstream.js';
+import { MirroredUpstream } from '../src/mirrors.js';
 import { PullThroughRepository, referrersTag } from '../src/pull-through.js';
 import { FakeUpstream } from './helpers/fake-upstream.js';
 
@@ -223,8 +224,8 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     const lines: string[] = [];
     const logger = { warn: (_f: Record<string, unknown>, m: string) => void lines.push(m) };
     const store = new FsBlobStore(join(dir, 'blobs'), join(dir, 'tmp'));
-    const upstream = new HttpUpstream({ name: 'up', url: fake.url, retries: 0, timeouts: { connect: 300, firstByte: 300, idle: 300 } });
-    const limited = new PullThroughRepository(upstream, new CacheIndex(db), store, fills, { manifestTtl: 0, absentTtl: 60_000, rateLimitFloor: 0 }, logger);
+    const upstream = new HttpUpstream({ name: 'up', url: fake.url, retries: 0, timeouts: { connect: 300, firstByte: 300, idle: 300 }, logger });
+    const limited = new PullThroughRepository(upstream, new CacheIndex(db), store, fills, { manifestTtl: 0, absentTtl: 60_000, rateLimitFloor: 0 });
     fake.addManifest('alice/app', 'cached', DOC('c'));
     expect(await limited.manifest('alice/app', 'cached')).toBeDefined();
     fake.addManifest('alice/app', '1', DOC('a'));
@@ -232,7 +233,7 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     fake.fault = '429';
     fake.retryAfter = '30';
     await expect(limited.manifest('alice/app', '1')).rejects.toMatchObject({ code: 'TOOMANYREQUESTS', detail: { retryAfter: 30 } });
-    expect(lines).toEqual(['upstream rate limit: manifests not cached are not asked for until its Retry-After has passed']);
+    expect(lines).toEqual(['upstream rate limit: no manifest GET goes to it until its Retry-After has passed']);
     // The limit is lifted upstream, but Wharf was asked to wait: nothing is asked for 30 s, by tag
     // or by digest, in any repository of that upstream.
     fake.fault = undefined;
@@ -250,6 +251,31 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     expect((await limited.manifest('alice/app', 'cached'))?.warning).toMatch(/not asked again for/);
     expect(fake.requests.slice(seen).map((r) => r.method)).toEqual(['HEAD', 'HEAD']);
     expect(lines.filter((l) => l.startsWith('upstream rate limit'))).toHaveLength(1);
+  });
+
+  test('one mirror\'s 429 holds back its own manifest GETs only: the other mirrors go on serving', async () => {
+    const quick = { connect: 300, firstByte: 300, idle: 300 };
+    const mirror = await FakeUpstream.start();
+    try {
+      const upstream = new MirroredUpstream(
+        [new HttpUpstream({ name: 'docker.io', url: fake.url, retries: 0, timeouts: quick }), new HttpUpstream({ name: 'docker.io', url: mirror.url, retries: 0, timeouts: quick })],
+        { strategy: 'failover' },
+      );
+      const store = new FsBlobStore(join(dir, 'blobs'), join(dir, 'tmp'));
+      const mirrored = new PullThroughRepository(upstream, new CacheIndex(db), store, fills, { manifestTtl: 300, absentTtl: 60_000, rateLimitFloor: 0 });
+      // Docker Hub limits; the mirror has the popular images only.
+      fake.fault = '429';
+      fake.retryAfter = '600';
+      fake.addManifest('team/rare', '1', DOC('rare'));
+      await expect(mirrored.manifest('team/rare', '1')).rejects.toMatchObject({ code: 'TOOMANYREQUESTS' });
+      const busybox = mirror.addManifest('library/busybox', '1', DOC('busybox'));
+      const hubSeen = fake.requests.length;
+      expect((await mirrored.manifest('library/busybox', '1'))?.digest).toBe(busybox);
+      // Docker Hub was not asked: its wait holds.
+      expect(fake.requests.length).toBe(hubSeen);
+    } finally {
+      await mirror.close();
+    }
   });
 
   test('an upstream that stopped answering gets a short deadline for outage_backoff: what is not cached fails sooner, the cached is served stale, and it is served again as soon as it answers', async () => {

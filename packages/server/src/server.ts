@@ -137,6 +137,7 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
             repository.rateLimitRemaining = remaining;
           },
           (status) => metrics.upstreamRequest(u.key, status),
+          proxyLog,
         ),
         index,
         proxyBlobs,

@@ -1,4 +1,4 @@
-import { HttpUpstream, MirroredUpstream, type Upstream } from '@wharf/proxy';
+import { HttpUpstream, MirroredUpstream, type RateLimitGateLogger, type Upstream } from '@wharf/proxy';
 import type { ProxyConfig, UpstreamConfig } from './proxy-config.js';
 
 /** The client for one configured upstream: one URL, or its URL and mirrors behind a strategy. */
@@ -7,6 +7,7 @@ export function buildUpstream(
   proxy: ProxyConfig,
   onRateLimit: (remaining: number) => void,
   onRequest?: (status: number | 'error') => void,
+  logger?: RateLimitGateLogger,
 ): Upstream {
   const client = (url: string) =>
     new HttpUpstream({
@@ -20,6 +21,7 @@ export function buildUpstream(
       retries: proxy.retries,
       onRateLimit,
       ...(onRequest ? { onRequest } : {}),
+      ...(logger ? { logger } : {}),
     });
   if (u.mirrors.length === 0) return client(u.url);
   return new MirroredUpstream([u.url, ...u.mirrors].map(client), { strategy: u.strategy, hedgeDelay: u.hedgeDelay });
