@@ -6,7 +6,7 @@ import { plainRequest } from './plain-http.js';
 import { RateLimitGate, type RateLimitGateLogger } from './rate-limit-gate.js';
 import { resumingBlob, skipFirst } from './resuming-body.js';
 import { parseChallenge } from './token-auth.js';
-import { discard, readUpTo, type Answer, type Headers } from './upstream-answer.js';
+import { discard, isRegistryError, readRefusal, readUpTo, type Answer, type Headers } from './upstream-answer.js';
 import { UpstreamCredentials, anonymousRefusal } from './upstream-credentials.js';
 import { keepWasmOnBaseline } from './wasm-baseline.js';
 import { OUTAGES, UpstreamError, descriptorOf, type Upstream, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest, type UpstreamTags } from './upstream.js';
@@ -390,8 +390,9 @@ export class HttpUpstream implements Upstream {
       const headRefused = method === 'HEAD' && res.statusCode === 403 && res.url !== undefined && res.url.origin !== this.origin;
       if (!headRefused && this.worthRetrying(res)) return this.retryable(res);
       if (res.statusCode < 200 || res.statusCode >= 300) {
-        await discard(res);
-        return { statusCode: res.statusCode, headers: res.headers, bytes: Buffer.alloc(0), ...answeredBy(res) };
+        // A 403's body tells a registry's refusal (an error document) from a firewall's page.
+        const bytes = res.statusCode === 403 ? await readRefusal(res) : (await discard(res), Buffer.alloc(0));
+        return { statusCode: res.statusCode, headers: res.headers, bytes, ...answeredBy(res) };
       }
       const bytes = await readUpTo(res, limit, () => new UpstreamError('invalid', `upstream ${this.name} sent a ${what} larger than ${limit} bytes`));
       return { statusCode: res.statusCode, headers: res.headers, bytes, ...answeredBy(res) };
@@ -568,7 +569,7 @@ export class HttpUpstream implements Upstream {
    * is 'denied'; any other 401 or 403 is our credentials' problem ('unauthorized': expired, revoked,
    * or a firewall's).
    */
-  private expectOk(res: { statusCode: number; url?: URL; refused?: boolean }, what: string): void {
+  private expectOk(res: { statusCode: number; url?: URL; refused?: boolean; bytes?: Buffer }, what: string): void {
     const status = res.statusCode;
     const origin = res.url?.origin ?? this.origin;
     if (origin !== this.origin && (status < 200 || status >= 300)) {
@@ -578,10 +579,11 @@ export class HttpUpstream implements Upstream {
       if (res.refused) {
         throw new UpstreamError('denied', `upstream ${this.name} denies access to this repository (${status}): it does not exist there, or the upstream's credentials in Wharf's configuration may not pull it`, status);
       }
-      // With no credentials of ours, a 403 is the repository's refusal, not theirs: ghcr.io answers an
-      // anonymous pull of a package that does not exist (or is private) with 403 DENIED. (A 401 after
-      // a fresh token still says the token was no good: the upstream's problem.)
-      if (status === 403 && this.options.username === undefined) throw anonymousRefusal(this.name, status);
+      // With no credentials of ours, a registry's 403 is the repository's refusal, not theirs: ghcr.io
+      // answers an anonymous pull of a package that does not exist (or is private) with 403 DENIED.
+      // A firewall's 403 page is no registry's answer: the 502 below. (A 401 after a fresh token
+      // still says the token was no good: the upstream's problem.)
+      if (status === 403 && this.options.username === undefined && res.bytes && isRegistryError(res.bytes)) throw anonymousRefusal(this.name, status);
       throw new UpstreamError('unauthorized', `upstream ${this.name} refused our credentials for ${what} (${status})`, status);
     }
     if (status < 200 || status >= 300) {

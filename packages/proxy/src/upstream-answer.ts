@@ -77,3 +77,27 @@ export async function discard({ body, drop }: Answer): Promise<void> {
   if (dump) await dump.call(body, { limit: DROP_LIMIT }).catch(() => undefined);
   else body.destroy();
 }
+
+/** The most of a refusal's body read to learn what it says (an OCI error document is a few hundred bytes). */
+const REFUSAL_BYTES = 64 * 1024;
+
+/**
+ * Reads a refusal's body (a 401's or 403's) for the error document it may hold; an empty buffer
+ * when it is larger than REFUSAL_BYTES or cannot be read.
+ */
+export function readRefusal(res: Answer): Promise<Buffer> {
+  return readUpTo(res, REFUSAL_BYTES, () => new Error('refusal body too large')).catch(() => Buffer.alloc(0));
+}
+
+/**
+ * Whether `bytes` is a registry's error document (`{"errors":[{"code":...}]}`, the OCI distribution
+ * spec's), not a firewall's or a proxy's page: only a registry's refusal speaks for the repository.
+ */
+export function isRegistryError(bytes: Buffer): boolean {
+  try {
+    const doc = JSON.parse(bytes.toString('utf8')) as { errors?: unknown };
+    return Array.isArray(doc.errors) && doc.errors.length > 0 && doc.errors.every((e) => typeof (e as { code?: unknown } | null)?.code === 'string');
+  } catch {
+    return false;
+  }
+}

@@ -1,5 +1,5 @@
 import { UpstreamError } from './upstream.js';
-import { discard, readUpTo, type Answer, type Headers } from './upstream-answer.js';
+import { discard, isRegistryError, readRefusal, readUpTo, type Answer, type Headers } from './upstream-answer.js';
 import { TokenCache, parseChallenge, tokenOf } from './token-auth.js';
 
 /** Token service answers are small JSON documents. */
@@ -155,10 +155,14 @@ export class UpstreamCredentials {
     if (res.statusCode !== 200) {
       // A token service that is down or busy is retried as the registry would be.
       if (res.statusCode === 429 || res.statusCode >= 500) return this.transport.retryable(res, `token service of upstream ${this.name}`);
-      await discard(res);
-      // Asked for no one's token, a token service that refuses says the repository is not to be
-      // pulled anonymously (ghcr.io's answer for a package that does not exist, or is private).
-      if (ours && !credentials && (res.statusCode === 401 || res.statusCode === 403)) throw anonymousRefusal(this.name, res.statusCode, `token service of upstream ${this.name}`);
+      // Asked for no one's token, a token service that refuses with an error document says the
+      // repository is not to be pulled anonymously (ghcr.io's answer for a package that does not
+      // exist, or is private); a firewall's page in front of it says nothing of the repository.
+      if (ours && !credentials && (res.statusCode === 401 || res.statusCode === 403)) {
+        if (isRegistryError(await readRefusal(res))) throw anonymousRefusal(this.name, res.statusCode, `token service of upstream ${this.name}`);
+      } else {
+        await discard(res);
+      }
       throw new UpstreamError('unauthorized', `token service of upstream ${this.name} answered ${res.statusCode}`, res.statusCode);
     }
     const raw = await readUpTo(res, MAX_TOKEN_BYTES, () => new UpstreamError('unauthorized', `token service of upstream ${this.name} sent more than ${MAX_TOKEN_BYTES} bytes`));

@@ -332,6 +332,21 @@ describe('refusals and token services', () => {
     expect(forbidden.seen.filter((s) => s.url.includes('/manifests/'))).toHaveLength(2);
   });
 
+  test('a firewall\'s 403 page (no registry\'s error document), to the registry or its token service, stays "unauthorized", never "denied"', async () => {
+    const page = (res: ServerResponse) => void res.writeHead(403, { 'content-type': 'text/html' }).end('<html><body>Access denied by policy</body></html>');
+    const blocked = await host((_req, res) => page(res));
+    const viaBlocked = new HttpUpstream({ name: 'ghcr.io', url: blocked.url, retries: 0, timeouts: quick });
+    const err = (await viaBlocked.manifest('org/app', 'latest').catch((e: unknown) => e)) as UpstreamError;
+    expect([err.failure, err.message]).toEqual(['unauthorized', 'upstream ghcr.io refused our credentials for manifest GET (403)']);
+    const tokenBlocked: Host = await host((req, res) => {
+      if (req.url!.startsWith('/token')) return page(res);
+      challenge(res, `Bearer realm="${tokenBlocked.url}/token",service="ghcr.io"`);
+    });
+    const viaTokenBlocked = new HttpUpstream({ name: 'ghcr.io', url: tokenBlocked.url, retries: 0, timeouts: quick });
+    const tokenErr = (await viaTokenBlocked.manifest('org/app', 'latest').catch((e: unknown) => e)) as UpstreamError;
+    expect([tokenErr.failure, tokenErr.message]).toEqual(['unauthorized', 'token service of upstream ghcr.io answered 403']);
+  });
+
   test('a server free to compress (RFC 9110: no Accept-Encoding, any coding) is asked for bodies as they are', async () => {
     // Such a server (a CDN) gzips what the request does not forbid: a token answer then read as no
     // JSON, a manifest as the wrong digest.
