@@ -162,7 +162,7 @@ export class HttpUpstream implements Upstream {
     const identity = { name: this.name, base: this.base, origin: this.origin, username: options.username, password: options.password };
     this.limits = new RateLimitGate(this.name, this.base, options.logger);
     this.credentials = new UpstreamCredentials(identity, {
-      get: (url, headers) => this.send('GET', url, headers),
+      get: (url, headers) => this.send('GET', url, headers, undefined, undefined, `token service of upstream ${this.name}`),
       retryable: (res, who) => this.retryable(res, who),
     });
   }
@@ -447,7 +447,15 @@ export class HttpUpstream implements Upstream {
    * none, an Authorization in `headers` goes only to the first origin: a hop to another (a CDN) goes
    * without it, and so does every hop after that).
    */
-  private async send(method: 'GET' | 'HEAD', url: string, headers: Record<string, string>, signal?: AbortSignal, auth?: (origin: string) => Record<string, string>): Promise<Answer> {
+  private async send(
+    method: 'GET' | 'HEAD',
+    url: string,
+    headers: Record<string, string>,
+    signal?: AbortSignal,
+    auth?: (origin: string) => Record<string, string>,
+    /** What `url` is, when it is no URL of the upstream's (its token service): named when it cannot be reached. */
+    what?: string,
+  ): Promise<Answer> {
     let target = new URL(url);
     // Bodies are read as sent: a request without Accept-Encoding lets a server (a CDN) compress them,
     // and a gzipped manifest or token answer then reads as no JSON, or as the wrong digest.
@@ -465,8 +473,9 @@ export class HttpUpstream implements Upstream {
           : await plainRequest(target, hopHeaders, this.timeouts, signal, { method, ...(this.options.ca !== undefined ? { ca: this.options.ca } : {}) });
       } catch (err) {
         this.options.onRequest?.('error');
-        // A hop to another host (a CDN an egress allow-list forgot) is named: not the upstream.
-        throw target.origin === this.origin ? err : this.translate(err, `upstream ${this.name}'s redirect target ${target.host}`);
+        // Another host (a CDN, a token service an egress allow-list forgot) is named: not the upstream.
+        if (target.origin === this.origin) throw err;
+        throw this.translate(err, hop === 0 && what !== undefined ? `${what} (${target.host})` : `upstream ${this.name}'s redirect target ${target.host}`);
       }
       this.options.onRequest?.(res.statusCode);
       const location = res.headers.location;

@@ -388,6 +388,16 @@ describe('refusals and token services', () => {
     expect([err.failure, err.message]).toEqual(['unreachable', `upstream docker.io's redirect target ${cdn.host} is unreachable (ECONNREFUSED)`]);
   });
 
+  test('a token service that cannot be reached is named as such, not as a redirect target', async () => {
+    const closed = await host();
+    const realm = new URL(closed.url);
+    await new Promise<void>((resolve) => servers.pop()!.close(() => resolve()));
+    const registry = await host((_req, res) => challenge(res, `Bearer realm="${closed.url}/token",service="registry.docker.io"`));
+    const upstream = new HttpUpstream({ name: 'docker.io', url: registry.url, retries: 0, timeouts: quick });
+    const err = (await upstream.manifest('library/alpine', 'latest').catch((e: unknown) => e)) as UpstreamError;
+    expect([err.failure, err.message]).toEqual(['unreachable', `token service of upstream docker.io (${realm.host}) is unreachable (ECONNREFUSED)`]);
+  });
+
   test('Basic credentials refused on the second try are "unauthorized" (our credentials), not "denied"', async () => {
     const registry = await host((_req, res) => challenge(res, 'Basic realm="r"'));
     const upstream = new HttpUpstream({ name: 'up', url: registry.url, username: 'a', password: 'b', retries: 0, timeouts: quick });
