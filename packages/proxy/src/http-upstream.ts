@@ -563,8 +563,9 @@ export class HttpUpstream implements Upstream {
   /** A failed request as an UpstreamError; `who` is what did not answer (the upstream, unless a redirect's host). */
   private translate(err: unknown, who = `upstream ${this.name}`): UpstreamError {
     if (err instanceof UpstreamError) return err;
-    const e = err as { code?: string; name?: string; message?: string; cause?: { code?: string } };
-    const code = e.code ?? e.cause?.code;
+    const e = err as { code?: unknown; name?: string; message?: string; cause?: { code?: unknown } };
+    // Only node's codes are strings: a DOMException's (an aborted or timed-out signal's) is a number.
+    const code = [e.code, e.cause?.code].find((c): c is string => typeof c === 'string');
     if (e.name === 'TimeoutError' || (code && TIMEOUT_CODES.has(code))) return new UpstreamError('timeout', `${who} timed out`);
     if (code && RETRYABLE_CODES.has(code)) return new UpstreamError('unreachable', `${who} is unreachable (${code})`);
     if (code && (CERTIFICATE_CODES.has(code) || code.startsWith('ERR_TLS_CERT'))) {

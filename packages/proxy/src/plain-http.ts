@@ -61,7 +61,7 @@ const MAX_IDLE = 32;
  * drop it. Lent at once, those bytes would be taken for the next request's answer. Closing it instead
  * cost every tag revalidation a new connection, and a TLS handshake with real upstreams.
  */
-const AFTER_HEAD_MS = 50;
+export const AFTER_HEAD_MS = 50;
 
 /**
  * One GET or HEAD over HTTP/1.1 or HTTPS, read into reused slabs (see SlabReader). The proxy talks to
@@ -238,7 +238,10 @@ class Exchange {
   private finished = false;
   private readonly onAbort = (): void => {
     const reason: unknown = this.signal?.reason;
-    this.fail(reason instanceof Error ? reason : failure('ABORT_ERR', 'the request was aborted'));
+    // The signal's reason as it is: a DOMException (AbortSignal.timeout's TimeoutError) too, which
+    // `instanceof Error` misses where it comes from another realm.
+    const given = reason instanceof Error || (typeof reason === 'object' && reason !== null && typeof (reason as Error).message === 'string');
+    this.fail(given ? (reason as Error) : failure('ABORT_ERR', 'the request was aborted'));
   };
 
   constructor(
@@ -474,7 +477,9 @@ class Exchange {
     if (this.finished) return;
     this.finished = true;
     this.close(false);
-    const code = (err as NodeJS.ErrnoException).code ?? '';
+    // A string for node's errors; a DOMException's (an AbortSignal.timeout's reason) is a number.
+    const given: unknown = (err as { code?: unknown }).code;
+    const code = typeof given === 'string' ? given : '';
     const stale = !this.answered && STALE.has(code);
     // Bytes a server sent with a HEAD answer later than AFTER_HEAD_MS, read as this answer's head.
     const strayBody = this.afterHead && !this.body && code.startsWith('HPE_');

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { createServer as createTlsServer } from 'node:tls';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { plainRequest, type PlainAnswer } from '../src/plain-http.js';
+import { AFTER_HEAD_MS, plainRequest, type PlainAnswer } from '../src/plain-http.js';
 
 const FAST = { connect: 1000, firstByte: 300, idle: 300 };
 
@@ -211,6 +211,21 @@ describe('plainRequest', () => {
     expect((await readAll(await plainRequest(url, {}, FAST))).bytes.toString()).toBe('ok');
     expect(requests.map((r) => r.split(' ')[0])).toEqual(['HEAD', 'GET', 'HEAD', 'GET']);
     expect(connections).toBe(2);
+  });
+
+  test('a request on a connection kept after a HEAD, cut by its caller\'s deadline (AbortSignal.timeout), fails with that deadline', async () => {
+    // The deadline's reason is a DOMException, whose code is a number: taken for a string, it threw
+    // inside the abort listener and took the process down.
+    let heads = 0;
+    const { url } = await rawServer((s, request) => {
+      if (request.startsWith('HEAD') && ++heads === 1) s.write('HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n');
+      // The second HEAD, on the same connection, is never answered.
+    });
+    await readAll(await plainRequest(url, {}, { ...FAST, firstByte: 5000 }, undefined, { method: 'HEAD' }));
+    await sleep(AFTER_HEAD_MS + 100);
+    const failed = await plainRequest(url, {}, { ...FAST, firstByte: 5000 }, AbortSignal.timeout(200), { method: 'HEAD' }).catch((e: unknown) => e);
+    expect(heads).toBe(2);
+    expect(failed).toMatchObject({ name: 'TimeoutError' });
   });
 
   test('a HEAD body that comes after the connection was lent again costs the next request a new connection, not an error', async () => {
