@@ -20,6 +20,7 @@ import {
 import { fillFailed, type BlobFill, type BlobFills } from './blob-fill.js';
 import type { CacheIndex, CachedTagList } from './cache-index.js';
 import type { ProxyObserver } from './observer.js';
+import { checkedRange } from './checked-range.js';
 import { OfflineGuard } from './offline-guard.js';
 import { OUTAGES, UpstreamError, descriptorOf, type Upstream, type UpstreamBlob } from './upstream.js';
 import { verifiedBody } from './verified-body.js';
@@ -329,9 +330,9 @@ export class PullThroughRepository implements RepositoryReader {
     // A fill that failed to start is none: the cached copy `blob` found is read, or a fill of our own.
     const fill = await this.fills.current(blob.digest)?.catch(() => undefined);
     if (fill?.state === 'failed') throw fillFailed(blob.digest, fill.error);
-    if (fill && range && fill.state === 'running' && range.start >= fill.received + RANGE_PASS_THROUGH_LEAD) {
+    if (fill && range && fill.state === 'running' && !fill.keptInMemory && range.start >= fill.received + RANGE_PASS_THROUGH_LEAD) {
       // A range the fill will not reach for a while (a resumed download, say) is asked of the upstream.
-      const part = await this.rangeFromUpstream(repo, blob.digest, range);
+      const part = await this.rangeFromUpstream(repo, blob.digest, range, fill);
       if (part) return part;
     }
     // The size the client is told bounds a fill's reader: with it the last byte waits for the digest,
@@ -354,8 +355,11 @@ export class PullThroughRepository implements RepositoryReader {
     return refill && (await startedReader(refill, whole));
   }
 
-  /** The upstream's answer to a range request, checked to hold exactly that range; undefined to fall back to the fill. */
-  private async rangeFromUpstream(repo: string, digest: Digest, range: ByteRange): Promise<Readable | undefined> {
+  /**
+   * The upstream's answer to a range request, its last byte held until it matched the same range of
+   * the blob `fill` verified (checkedRange); undefined to fall back to the fill.
+   */
+  private async rangeFromUpstream(repo: string, digest: Digest, range: ByteRange, fill: BlobFill): Promise<Readable | undefined> {
     let part: UpstreamBlob | undefined;
     try {
       part = await this.upstream.blob(repo, digest, range);
@@ -368,7 +372,10 @@ export class PullThroughRepository implements RepositoryReader {
       part.body.destroy();
       return undefined;
     }
-    return exactly(part.body, range.end - range.start + 1);
+    return checkedRange(part.body, range.end - range.start + 1, async () => {
+      await fill.done;
+      return this.store.open(digest, range);
+    });
   }
 
   /**

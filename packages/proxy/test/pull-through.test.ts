@@ -319,6 +319,37 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     expect((await guarded.blob('alice/app', layer))?.size).toBe(7);
   });
 
+  test.each([
+    ['the upstream\'s bytes go whole once they matched the verified blob', false],
+    ['wrong bytes are cut before their last byte', true],
+  ])('a range far ahead of its fill is asked of the upstream: %s', async (_case, corrupt) => {
+    const MiB = 1024 * 1024;
+    const bytes = randomBytes(40 * MiB);
+    const digest = fake.addBlob(bytes);
+    // The fill gets 20 MiB at once, the rest 400 ms later (within its idle timeout: no resume); the
+    // range starts 18 MiB past it.
+    fake.fault = 'hold';
+    fake.faultTimes = 1;
+    fake.corruptRanges = corrupt;
+    const store = new FsBlobStore(join(dir, 'blobs'), join(dir, 'tmp'));
+    const upstream = new HttpUpstream({ name: 'up', url: fake.url, retries: 0, timeouts: { connect: 1000, firstByte: 1000, idle: 2000 } });
+    const repo = new PullThroughRepository(upstream, new CacheIndex(db), store, fills, { manifestTtl: TTL, absentTtl: 60_000, rateLimitFloor: 0 });
+    const info = await repo.blob('alice/app', digest);
+    const fill = await fills.current(digest)!;
+    while (fill.received < 20 * MiB) await sleep(5);
+    const range = { start: 38 * MiB, end: 38 * MiB + 4095 };
+    const body = await repo.openBlob('alice/app', info!, range);
+    // It came from the upstream: the fill is not there yet.
+    expect(fake.requests.filter((r) => r.method === 'GET' && r.path.includes('/blobs/'))).toHaveLength(2);
+    const read = await readAll(body!).then(
+      (got) => got,
+      (err: Error) => err,
+    );
+    if (corrupt) expect(read).toBeInstanceOf(Error);
+    else expect(read).toEqual(bytes.subarray(range.start, range.end + 1));
+    await fill.done;
+  });
+
   test('upstream 404: absent, and remembered for absent_ttl', async () => {
     expect(await repo.manifest('alice/app', 'missing')).toBeUndefined();
     expect(await repo.manifest('alice/app', 'missing')).toBeUndefined();

@@ -44,6 +44,8 @@ export class FakeUpstream {
   redirectBlobsTo: string | undefined;
   /** Most tags in one tag-list page whatever n asks (Docker Hub caps its pages too); more pages are linked. */
   tagPageSize = Infinity;
+  /** Range answers come with their first byte flipped (a mirror or CDN serving bad bytes). */
+  corruptRanges = false;
   /** The Retry-After of the '429' fault. */
   retryAfter = '1';
   /** Blob GETs are answered 200 with the whole blob whatever their Range (a CDN that drops it). */
@@ -140,7 +142,11 @@ export class FakeUpstream {
     if (!bytes) return void res.writeHead(404).end();
     if (this.redirectBlobsTo && req.method === 'GET') return void res.writeHead(307, { location: `${this.redirectBlobsTo}${req.url}` }).end();
     const range = this.ignoreRange ? null : /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '');
-    const body = fault === 'wrong-bytes' ? randomBytes(bytes.length) : range ? bytes.subarray(Number(range[1]), Number(range[2]) + 1) : bytes;
+    let body = fault === 'wrong-bytes' ? randomBytes(bytes.length) : range ? bytes.subarray(Number(range[1]), Number(range[2]) + 1) : bytes;
+    if (range && this.corruptRanges) {
+      body = Buffer.from(body);
+      body[0] = body[0]! ^ 0xff;
+    }
     res.writeHead(range ? 206 : 200, {
       'content-type': 'application/octet-stream',
       'content-length': body.length,

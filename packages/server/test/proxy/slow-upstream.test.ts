@@ -27,6 +27,9 @@ describe('pull-through from an upstream slower than idle_timeout', () => {
       layers: [],
     }),
   );
+  /** 20 MiB at once, the rest after SLOW_MS; its ranges answered at once. */
+  const far = randomBytes(40 * 1024 * 1024);
+  const farDigest = sha256(far);
   let upstream: Server;
   let proxy: TestRegistry;
 
@@ -37,6 +40,15 @@ describe('pull-through from an upstream slower than idle_timeout', () => {
           res.writeHead(200, { 'content-type': 'application/vnd.oci.image.manifest.v1+json', 'docker-content-digest': sha256(manifest), 'content-length': manifest.length });
           res.end(req.method === 'HEAD' ? undefined : manifest);
         }, SLOW_MS);
+      } else if (req.url === `/v2/lib/app/blobs/${farDigest}` && req.method === 'GET') {
+        const range = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '');
+        if (range) {
+          const part = far.subarray(Number(range[1]), Number(range[2]) + 1);
+          res.writeHead(206, { 'content-length': part.length, 'content-range': `bytes ${range[1]}-${range[2]}/${far.length}` }).end(part);
+          return;
+        }
+        res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': far.length });
+        res.write(far.subarray(0, 20 * 1024 * 1024), () => setTimeout(() => res.end(far.subarray(20 * 1024 * 1024)), SLOW_MS));
       } else if ((req.url === `/v2/lib/app/blobs/${blobDigest}` || req.url === `/v2/lib/app/blobs/${sizedDigest}`) && req.method === 'GET') {
         const bytes = req.url.endsWith(blobDigest) ? blob : sized;
         res.writeHead(200, { 'content-type': 'application/octet-stream', ...(bytes === sized ? { 'content-length': sized.length } : {}) });
@@ -80,6 +92,18 @@ describe('pull-through from an upstream slower than idle_timeout', () => {
     expect(res.headers.get('content-range')).toBe(`bytes 0-99/${sized.length}`);
     // Its 99 bytes at once, and its last once the blob is verified, SLOW_MS later: not a connection cut at 1 s.
     expect(Buffer.from(await res.arrayBuffer()).equals(sized.subarray(0, 100))).toBe(true);
+  });
+
+  test('a range far ahead of its fill, asked of the upstream, whose last byte waits for the whole blob longer than idle_timeout, reaches the client whole', async () => {
+    const url = `${proxy.url}/v2/proxy/slow/lib/app/blobs/${farDigest}`;
+    // A first client starts the fill and reads the 20 MiB that come at once.
+    const first = await fetch(url);
+    const reader = first.body!.getReader();
+    for (let got = 0; got < 20 * 1024 * 1024; ) got += (await reader.read()).value!.length;
+    const range = await fetch(url, { headers: { range: `bytes=${38 * 1024 * 1024}-${38 * 1024 * 1024 + 4095}` } });
+    expect(range.status).toBe(206);
+    expect(Buffer.from(await range.arrayBuffer()).equals(far.subarray(38 * 1024 * 1024, 38 * 1024 * 1024 + 4096))).toBe(true);
+    await reader.cancel();
   });
 
   test('a blob without Content-Length that takes longer than idle_timeout to come reaches the client whole', async () => {
