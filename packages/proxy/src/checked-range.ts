@@ -1,38 +1,56 @@
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
-import { markServerPaced } from '@wharf/registry-core';
+import { SERVER_WAIT } from '@wharf/registry-core';
 
 /**
  * A range of a blob as the upstream answered it, passed on as it comes but for its last byte, which
  * goes once the same range of the verified blob (`verified()`: its bytes once the whole blob matched
  * its digest) hashes alike. An answer with wrong bytes is cut, never a complete-looking 206; one
- * with more or fewer bytes than the range is cut too. Marked server-paced: the wait for the whole
- * blob is the server's, not a client that stopped reading.
+ * with more or fewer bytes than the range is cut too. The wait is announced (SERVER_WAIT): it is the
+ * server's, not a client that stopped reading.
  */
 export function checkedRange(body: Readable, length: number, verified: () => Promise<Readable | undefined>): Readable {
-  return markServerPaced(Readable.from(checked(body, length, verified), { objectMode: false, highWaterMark: 64 * 1024 }));
-}
+  const out: Readable = Readable.from(checked(), { objectMode: false, highWaterMark: 64 * 1024 });
+  return out;
 
-async function* checked(body: Readable, length: number, verified: () => Promise<Readable | undefined>): AsyncGenerator<Buffer> {
-  const sent = createHash('sha256');
-  let seen = 0;
-  let last: Buffer | undefined;
-  for await (const chunk of body as AsyncIterable<Buffer>) {
-    seen += chunk.length;
-    if (seen > length) throw new Error(`upstream sent more than the ${length} bytes of the range`);
-    sent.update(chunk);
-    if (seen < length) {
-      yield chunk;
-      continue;
+  async function* checked(): AsyncGenerator<Buffer> {
+    const sent = createHash('sha256');
+    let seen = 0;
+    let last: Buffer | undefined;
+    for await (const chunk of body as AsyncIterable<Buffer>) {
+      seen += chunk.length;
+      if (seen > length) throw new Error(`upstream sent more than the ${length} bytes of the range`);
+      sent.update(chunk);
+      if (seen < length) {
+        yield chunk;
+        continue;
+      }
+      // A copy: the chunk's memory (a slab the upstream connection reads into) is not held for the wait.
+      last = Buffer.from(chunk.subarray(chunk.length - 1));
+      if (chunk.length > 1) yield chunk.subarray(0, chunk.length - 1);
     }
-    last = chunk.subarray(chunk.length - 1);
-    if (chunk.length > 1) yield chunk.subarray(0, chunk.length - 1);
+    if (seen !== length || !last) throw new Error(`upstream sent ${seen} of the ${length} bytes of the range`);
+    out.emit(SERVER_WAIT, true);
+    try {
+      const reference = await verified();
+      // A client gone meanwhile: the range is read and hashed again for no one otherwise.
+      if (out.destroyed) {
+        reference?.destroy();
+        return;
+      }
+      if (!reference) throw new Error('the blob to check the range against is gone');
+      const expected = createHash('sha256');
+      for await (const chunk of reference as AsyncIterable<Buffer>) {
+        if (out.destroyed) {
+          reference.destroy();
+          return;
+        }
+        expected.update(chunk);
+      }
+      if (!expected.digest().equals(sent.digest())) throw new Error('upstream sent a range whose bytes are not the blob\'s');
+    } finally {
+      out.emit(SERVER_WAIT, false);
+    }
+    yield last;
   }
-  if (seen !== length || !last) throw new Error(`upstream sent ${seen} of the ${length} bytes of the range`);
-  const reference = await verified();
-  if (!reference) throw new Error('the blob to check the range against is gone');
-  const expected = createHash('sha256');
-  for await (const chunk of reference as AsyncIterable<Buffer>) expected.update(chunk);
-  if (!expected.digest().equals(sent.digest())) throw new Error('upstream sent a range whose bytes are not the blob\'s');
-  yield last;
 }

@@ -87,10 +87,7 @@ export function plainRequest(
   signal?: AbortSignal,
   options: PlainOptions = {},
 ): Promise<PlainAnswer> {
-  if (signal?.aborted) {
-    const reason: unknown = signal.reason;
-    return Promise.reject(reason instanceof Error ? reason : failure('ABORT_ERR', 'the request was aborted'));
-  }
+  if (signal?.aborted) return Promise.reject(abortReason(signal));
   return new Promise((resolve, reject) => new Exchange(url, headers, timeouts, signal, options, resolve, reject, true));
 }
 
@@ -188,6 +185,16 @@ function open(url: URL, key: string, options: PlainOptions, route: Route): Socke
   return socket;
 }
 
+/**
+ * An aborted signal's reason as it is: a DOMException (AbortSignal.timeout's TimeoutError) too, which
+ * `instanceof Error` misses where it comes from another realm; a reason that is no error, as an abort.
+ */
+function abortReason(signal: AbortSignal): Error {
+  const reason: unknown = signal.reason;
+  const isError = reason instanceof Error || (typeof reason === 'object' && reason !== null && typeof (reason as Error).message === 'string');
+  return isError ? (reason as Error) : failure('ABORT_ERR', 'the request was aborted');
+}
+
 const contexts = new Map<string, SecureContext>();
 
 /**
@@ -237,11 +244,7 @@ class Exchange {
   private timer: NodeJS.Timeout | undefined;
   private finished = false;
   private readonly onAbort = (): void => {
-    const reason: unknown = this.signal?.reason;
-    // The signal's reason as it is: a DOMException (AbortSignal.timeout's TimeoutError) too, which
-    // `instanceof Error` misses where it comes from another realm.
-    const given = reason instanceof Error || (typeof reason === 'object' && reason !== null && typeof (reason as Error).message === 'string');
-    this.fail(given ? (reason as Error) : failure('ABORT_ERR', 'the request was aborted'));
+    this.fail(abortReason(this.signal!));
   };
 
   constructor(

@@ -81,12 +81,18 @@ export async function discard({ body, drop }: Answer): Promise<void> {
 /** The most of a refusal's body read to learn what it says (an OCI error document is a few hundred bytes). */
 const REFUSAL_BYTES = 64 * 1024;
 
+/** The longest wait for a refusal's body: a page that trickles, or never ends, is no error document. */
+const REFUSAL_WAIT_MS = 1000;
+
 /**
  * Reads a refusal's body (a 401's or 403's) for the error document it may hold; an empty buffer
- * when it is larger than REFUSAL_BYTES or cannot be read.
+ * when it is larger than REFUSAL_BYTES, takes longer than REFUSAL_WAIT_MS, or cannot be read.
  */
 export function readRefusal(res: Answer): Promise<Buffer> {
-  return readUpTo(res, REFUSAL_BYTES, () => new Error('refusal body too large')).catch(() => Buffer.alloc(0));
+  const timer = setTimeout(() => res.body.destroy(), REFUSAL_WAIT_MS);
+  return readUpTo(res, REFUSAL_BYTES, () => new Error('refusal body too large'))
+    .catch(() => Buffer.alloc(0))
+    .finally(() => clearTimeout(timer));
 }
 
 /**

@@ -335,7 +335,7 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     const upstream = new HttpUpstream({ name: 'up', url: fake.url, retries: 0, timeouts: { connect: 1000, firstByte: 1000, idle: 2000 } });
     const repo = new PullThroughRepository(upstream, new CacheIndex(db), store, fills, { manifestTtl: TTL, absentTtl: 60_000, rateLimitFloor: 0 });
     const info = await repo.blob('alice/app', digest);
-    const fill = await fills.current(digest)!;
+    const fill = (await fills.current(digest))!;
     while (fill.received < 20 * MiB) await sleep(5);
     const range = { start: 38 * MiB, end: 38 * MiB + 4095 };
     const body = await repo.openBlob('alice/app', info!, range);

@@ -3,7 +3,7 @@ import type { ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { closeFile, fullGcSoon, isServerPaced, takeFile, type FileRange, type HeldBytes } from '@wharf/registry-core';
+import { SERVER_WAIT, closeFile, fullGcSoon, takeFile, type FileRange, type HeldBytes } from '@wharf/registry-core';
 import type { Context } from 'koa';
 import { onConnectionClose } from './connection-close.js';
 import { ReadBufferPool, SendBuffers } from './read-buffers.js';
@@ -85,14 +85,23 @@ export function sendStream(ctx: Context, body: Readable): void {
   // A response queued behind another on its connection (pipelined GETs) hears nothing when that
   // connection closes: it is destroyed then, which ends the pipeline and lets go of its source.
   const forget = onConnectionClose(ctx.req.socket, () => void res.destroy());
-  // A body that holds bytes back for the server's sake (a range waiting for the whole blob's digest)
-  // is no client that stopped reading: the idle timeout is off while it is sent.
-  const release = isServerPaced(body) ? holdIdleTimeout(ctx.req.socket) : undefined;
+  // While a body holds bytes back for the server's sake (a range waiting for the whole blob's
+  // digest), the pause is no client that stopped reading: the idle timeout is off for that wait only.
+  let release: (() => void) | undefined;
+  const onServerWait = (waiting: boolean): void => {
+    if (waiting) release ??= holdIdleTimeout(ctx.req.socket);
+    else {
+      release?.();
+      release = undefined;
+    }
+  };
+  body.on(SERVER_WAIT, onServerWait);
   pipeline(body, res)
     .catch(() => {
       // The client went away or the source failed: pipeline has destroyed the response.
     })
     .finally(() => {
+      body.off(SERVER_WAIT, onServerWait);
       release?.();
       forget();
     });
