@@ -135,12 +135,13 @@ describe('pull-through from another Wharf', () => {
     }
   });
 
-  test('referrers come from the upstream, filtered by ?artifactType=; the referrer pulls by digest', async () => {
-    const { manifest } = await pushImage(up.url, 'alice/signed', '1');
+  const artifactType = 'application/vnd.example.signature.v1+json';
+
+  /** Pushes to the upstream's `repo` a signature of `subject` (its blobs too), with `annotations`. */
+  async function pushSignature(repo: string, subject: { mediaType: string; digest: string; size: number }, annotations?: Record<string, string>): Promise<{ bytes: Buffer; digest: string }> {
     const empty = blob('{}');
     const payload = blob('a signature');
-    for (const b of [empty, payload]) await pushBlob(up.url, 'alice/signed', b);
-    const artifactType = 'application/vnd.example.signature.v1+json';
+    for (const b of [empty, payload]) await pushBlob(up.url, repo, b);
     const bytes = Buffer.from(
       JSON.stringify({
         schemaVersion: 2,
@@ -148,12 +149,18 @@ describe('pull-through from another Wharf', () => {
         artifactType,
         config: { mediaType: 'application/vnd.oci.empty.v1+json', digest: empty.digest, size: 2 },
         layers: [{ mediaType: artifactType, digest: payload.digest, size: payload.bytes.length }],
-        subject: { mediaType: manifest.mediaType, digest: manifest.digest, size: manifest.size },
+        subject: { mediaType: subject.mediaType, digest: subject.digest, size: subject.size },
+        ...(annotations ? { annotations } : {}),
       }),
     );
-    const artifact = sha256(bytes);
-    const put = await fetch(`${up.url}/v2/alice/signed/manifests/${artifact}`, { method: 'PUT', headers: { 'content-type': 'application/vnd.oci.image.manifest.v1+json' }, body: bytes });
+    const put = await fetch(`${up.url}/v2/${repo}/manifests/${sha256(bytes)}`, { method: 'PUT', headers: { 'content-type': 'application/vnd.oci.image.manifest.v1+json' }, body: bytes });
     expect(put.status).toBe(201);
+    return { bytes, digest: sha256(bytes) };
+  }
+
+  test('referrers come from the upstream, filtered by ?artifactType=; the referrer pulls by digest', async () => {
+    const { manifest } = await pushImage(up.url, 'alice/signed', '1');
+    const { bytes, digest: artifact } = await pushSignature('alice/signed', manifest);
 
     const res = await fetch(`${proxy.url}/v2/proxy/up/alice/signed/referrers/${manifest.digest}`);
     expect(res.status).toBe(200);
@@ -170,27 +177,8 @@ describe('pull-through from another Wharf', () => {
 
   test('referrers the upstream pages (an index past 4 MiB) are all listed, in pages of our own', async () => {
     const { manifest } = await pushImage(up.url, 'alice/many-signed', '1');
-    const empty = blob('{}');
-    const payload = blob('a signature');
-    for (const b of [empty, payload]) await pushBlob(up.url, 'alice/many-signed', b);
-    const artifactType = 'application/vnd.example.signature.v1+json';
     const pushed: string[] = [];
-    for (let i = 0; i < 44; i++) {
-      const bytes = Buffer.from(
-        JSON.stringify({
-          schemaVersion: 2,
-          mediaType: 'application/vnd.oci.image.manifest.v1+json',
-          artifactType,
-          config: { mediaType: 'application/vnd.oci.empty.v1+json', digest: empty.digest, size: 2 },
-          layers: [{ mediaType: artifactType, digest: payload.digest, size: payload.bytes.length }],
-          subject: { mediaType: manifest.mediaType, digest: manifest.digest, size: manifest.size },
-          annotations: { note: `${i} ${'x'.repeat(100_000)}` },
-        }),
-      );
-      const put = await fetch(`${up.url}/v2/alice/many-signed/manifests/${sha256(bytes)}`, { method: 'PUT', headers: { 'content-type': 'application/vnd.oci.image.manifest.v1+json' }, body: bytes });
-      expect(put.status).toBe(201);
-      pushed.push(sha256(bytes));
-    }
+    for (let i = 0; i < 44; i++) pushed.push((await pushSignature('alice/many-signed', manifest, { note: `${i} ${'x'.repeat(100_000)}` })).digest);
     // The upstream itself answers in two pages.
     expect((await fetch(`${up.url}/v2/alice/many-signed/referrers/${manifest.digest}`)).headers.get('link')).toMatch(/rel="next"$/);
     const listed: string[] = [];
