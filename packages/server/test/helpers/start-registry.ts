@@ -28,22 +28,30 @@ export interface StartRegistryOptions {
 /** A real Wharf on 127.0.0.1 port 0 with storage in a fresh temp folder. */
 export async function startRegistry(options: StartRegistryOptions = {}): Promise<TestRegistry> {
   const root = options.root ?? (await mkdtemp(join(tmpdir(), 'wharf-test-')));
-  const config = buildConfig({
-    listen: '127.0.0.1:0',
-    registry_storage: join(root, 'registry'),
-    temporary_registry_storage: join(root, '_tmp'),
-    proxy_storage: join(root, 'proxy'),
-    database: join(root, 'wharf.db'),
-    log_level: 'silent',
-    // Auth is off unless a test turns it on with settings.auth: the other suites push anonymously.
-    // A test that listens on every interface (the proxy's loopback rule) knows it runs an open registry.
-    auth: { enabled: false, allow_anonymous_push: !/^127\.|^\[?::1\]?:|^localhost:/.test(String(options.settings?.listen ?? '127.0.0.1:0')) },
-    ...options.settings,
-  }, { env: options.env ?? {} });
-  const running = await startServer(config, {
-    logger: options.logger ?? pino({ level: process.env.WHARF_TEST_LOG ?? 'silent' }),
-    ...(options.auth ? { auth: options.auth } : {}),
-  });
+  let config: WharfConfig;
+  let running: RunningServer;
+  try {
+    config = buildConfig({
+      listen: '127.0.0.1:0',
+      registry_storage: join(root, 'registry'),
+      temporary_registry_storage: join(root, '_tmp'),
+      proxy_storage: join(root, 'proxy'),
+      database: join(root, 'wharf.db'),
+      log_level: 'silent',
+      // Auth is off unless a test turns it on with settings.auth: the other suites push anonymously.
+      // A test that listens on every interface (the proxy's loopback rule) knows it runs an open registry.
+      auth: { enabled: false, allow_anonymous_push: !/^127\.|^\[?::1\]?:|^localhost:/.test(String(options.settings?.listen ?? '127.0.0.1:0')) },
+      ...options.settings,
+    }, { env: options.env ?? {} });
+    running = await startServer(config, {
+      logger: options.logger ?? pino({ level: process.env.WHARF_TEST_LOG ?? 'silent' }),
+      ...(options.auth ? { auth: options.auth } : {}),
+    });
+  } catch (err) {
+    // A configuration or a start the test expects to be refused leaves no temp folder behind.
+    if (!options.root) await rm(root, { recursive: true, force: true });
+    throw err;
+  }
   return {
     ...running,
     root,

@@ -6,7 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { FakeUpstream } from '../../../proxy/test/helpers/fake-upstream.js';
 import { captureLog } from '../auth/helpers.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
-import { download, run, sha256 } from './helpers/tools.js';
+import { download, removeTemps, run, sha256 } from './helpers/tools.js';
 
 const TTL_MS = 300;
 
@@ -42,6 +42,7 @@ describe('pull-through from a misbehaving upstream', () => {
     await proxy?.close();
     await fake?.close();
     await healthy?.close();
+    await removeTemps();
   });
   beforeEach(() => {
     fake.fault = undefined;
