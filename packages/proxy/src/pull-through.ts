@@ -1,4 +1,4 @@
-import { Transform, pipeline, type Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import {
   RegistryError,
   assertTag,
@@ -20,7 +20,7 @@ import {
 import { fillFailed, type BlobFill, type BlobFills } from './blob-fill.js';
 import type { CacheIndex, CachedTagList } from './cache-index.js';
 import type { ProxyObserver } from './observer.js';
-import { checkedRange } from './checked-range.js';
+import { checkedRange, exactRange } from './checked-range.js';
 import { OfflineGuard } from './offline-guard.js';
 import { OUTAGES, UpstreamError, descriptorOf, type Upstream, type UpstreamBlob } from './upstream.js';
 import { verifiedBody } from './verified-body.js';
@@ -396,7 +396,7 @@ export class PullThroughRepository implements RepositoryReader {
       answer.body.destroy();
       throw new RegistryError('UPSTREAM_ERROR', `upstream ${this.key} did not answer the range of the blob asked for`, { digest: blob.digest });
     }
-    return exactly(answer.body, range.end - range.start + 1);
+    return exactRange(answer.body, range.end - range.start + 1);
   }
 
   /** Who reads a fill through this upstream and repository (BlobFill.sources). */
@@ -628,24 +628,6 @@ export function pageOfTagList(kept: CachedTagList, last: string | undefined, n: 
  * fill to get there.
  */
 const RANGE_PASS_THROUGH_LEAD = 16 * 1024 * 1024;
-
-/** `body`, failing (so the client's connection is cut) unless it holds exactly `length` bytes. */
-function exactly(body: Readable, length: number): Readable {
-  let seen = 0;
-  const check = new Transform({
-    transform(chunk: Buffer, _encoding, done) {
-      seen += chunk.length;
-      if (seen > length) done(new Error(`upstream sent more than the ${length} bytes of the range`));
-      else done(null, chunk);
-    },
-    flush(done) {
-      done(seen === length ? null : new Error(`upstream sent ${seen} of the ${length} bytes of the range`));
-    },
-  });
-  // Either side failing destroys the other; the error reaches whoever reads `check`.
-  pipeline(body, check, () => undefined);
-  return check;
-}
 
 /**
  * The referrers tag schema's tag of `subject`: `<alg>-<hex>`, the algorithm cut to 32 characters and

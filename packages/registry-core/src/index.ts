@@ -12,7 +12,7 @@ export * from './registry.js';
 export * from './local-registry.js';
 export { FsBlobStore } from './fs/fs-blob-store.js';
 export { FileBlobStream, closeFile, takeFile, type FileRange, type HeldBytes, type TakesFile } from './fs/file-blob-stream.js';
-export { SERVER_WAIT } from './server-paced.js';
+export { SERVER_WAIT } from './server-wait.js';
 export { FsUploadSessions } from './fs/fs-uploads.js';
 export { openDatabase, type SqliteDatabase, type SqliteStatement } from './sqlite/database.js';
 export { ProcessLock } from './sqlite/process-lock.js';

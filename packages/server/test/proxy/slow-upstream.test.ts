@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { createHash, randomBytes } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { connect, type AddressInfo } from 'node:net';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
 
 const sha256 = (b: Uint8Array) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
@@ -30,6 +30,9 @@ describe('pull-through from an upstream slower than idle_timeout', () => {
   /** 20 MiB at once, the rest after SLOW_MS; its ranges answered at once. */
   const far = randomBytes(40 * 1024 * 1024);
   const farDigest = sha256(far);
+  /** 1 MiB at once, the rest after SLOW_MS; its ranges answered at once. */
+  const wide = randomBytes(48 * 1024 * 1024);
+  const wideDigest = sha256(wide);
   let upstream: Server;
   let proxy: TestRegistry;
 
@@ -40,15 +43,17 @@ describe('pull-through from an upstream slower than idle_timeout', () => {
           res.writeHead(200, { 'content-type': 'application/vnd.oci.image.manifest.v1+json', 'docker-content-digest': sha256(manifest), 'content-length': manifest.length });
           res.end(req.method === 'HEAD' ? undefined : manifest);
         }, SLOW_MS);
-      } else if (req.url === `/v2/lib/app/blobs/${farDigest}` && req.method === 'GET') {
+      } else if ((req.url === `/v2/lib/app/blobs/${farDigest}` || req.url === `/v2/lib/app/blobs/${wideDigest}`) && req.method === 'GET') {
+        const bytes = req.url.endsWith(farDigest) ? far : wide;
         const range = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '');
         if (range) {
-          const part = far.subarray(Number(range[1]), Number(range[2]) + 1);
-          res.writeHead(206, { 'content-length': part.length, 'content-range': `bytes ${range[1]}-${range[2]}/${far.length}` }).end(part);
+          const part = bytes.subarray(Number(range[1]), Number(range[2]) + 1);
+          res.writeHead(206, { 'content-length': part.length, 'content-range': `bytes ${range[1]}-${range[2]}/${bytes.length}` }).end(part);
           return;
         }
-        res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': far.length });
-        res.write(far.subarray(0, 20 * 1024 * 1024), () => setTimeout(() => res.end(far.subarray(20 * 1024 * 1024)), SLOW_MS));
+        const atOnce = (bytes === far ? 20 : 1) * 1024 * 1024;
+        res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': bytes.length });
+        res.write(bytes.subarray(0, atOnce), () => setTimeout(() => res.end(bytes.subarray(atOnce)), SLOW_MS));
       } else if ((req.url === `/v2/lib/app/blobs/${blobDigest}` || req.url === `/v2/lib/app/blobs/${sizedDigest}`) && req.method === 'GET') {
         const bytes = req.url.endsWith(blobDigest) ? blob : sized;
         res.writeHead(200, { 'content-type': 'application/octet-stream', ...(bytes === sized ? { 'content-length': sized.length } : {}) });
@@ -103,6 +108,31 @@ describe('pull-through from an upstream slower than idle_timeout', () => {
     const range = await fetch(url, { headers: { range: `bytes=${38 * 1024 * 1024}-${38 * 1024 * 1024 + 4095}` } });
     expect(range.status).toBe(206);
     expect(Buffer.from(await range.arrayBuffer()).equals(far.subarray(38 * 1024 * 1024, 38 * 1024 * 1024 + 4096))).toBe(true);
+    await reader.cancel();
+  });
+
+  test('a client that stops reading a range far ahead of its fill is cut at idle_timeout: the wait for the fill holds the timeout off, not the whole send', async () => {
+    const path = `/v2/proxy/slow/lib/app/blobs/${wideDigest}`;
+    // A first client starts the fill (1 MiB at once, the rest after SLOW_MS).
+    const first = await fetch(`${proxy.url}${path}`);
+    const reader = first.body!.getReader();
+    await reader.read();
+    // 24 MiB from 20 MiB on: asked of the upstream, and more than the sockets' buffers hold.
+    const start = 20 * 1024 * 1024;
+    const length = 24 * 1024 * 1024;
+    const socket = connect(Number(new URL(proxy.url).port), '127.0.0.1');
+    socket.write(`GET ${path} HTTP/1.1\r\nHost: wharf\r\nRange: bytes=${start}-${start + length - 1}\r\n\r\n`);
+    const head = await new Promise<string>((resolve) => socket.once('data', (chunk: Buffer) => resolve(chunk.toString('latin1'))));
+    expect(head.startsWith('HTTP/1.1 206')).toBe(true);
+    // The client stops reading for three times idle_timeout (and past the fill's end), then reads on.
+    socket.pause();
+    await new Promise((resolve) => setTimeout(resolve, 3000));
+    let received = head.length;
+    socket.on('data', (chunk: Buffer) => (received += chunk.length));
+    socket.resume();
+    await new Promise((resolve) => socket.once('close', resolve));
+    // Cut while it did not read: what the buffers held, never the whole range (a held timeout sent it all).
+    expect(received).toBeLessThan(length);
     await reader.cancel();
   });
 
