@@ -45,7 +45,7 @@ export interface HttpUpstreamOptions {
   readonly onRateLimit?: (remaining: number) => void;
   /** Called once per HTTP request sent (token requests included) with its status, or "error" when none came. */
   readonly onRequest?: (status: number | 'error') => void;
-  /** Where the upstream's rate limiting is told (RateLimitGate). */
+  /** Where warnings go: the upstream's rate limiting (RateLimitGate), a referrers list cut short. */
   readonly logger?: RateLimitGateLogger;
 }
 
@@ -361,9 +361,13 @@ export class HttpUpstream implements Upstream {
         }
       }
       const next = nextPageQuery(res.headers.link);
-      if (next === undefined || next === query) break;
+      if (next === undefined || next === query) return descriptors;
       query = next;
     }
+    this.options.logger?.warn(
+      { upstream: this.name, repo, subject, pages: MAX_REFERRER_PAGES, referrers: descriptors.length },
+      `upstream's referrers list has more than ${MAX_REFERRER_PAGES} pages; serving the referrers of the first ${MAX_REFERRER_PAGES}`,
+    );
     return descriptors;
   }
 

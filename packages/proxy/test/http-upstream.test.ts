@@ -1,6 +1,7 @@
 import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
 import { createHash, randomBytes } from 'node:crypto';
-import { createServer } from 'node:net';
+import { createServer as createHttpServer } from 'node:http';
+import { createServer, type AddressInfo } from 'node:net';
 import type { Readable } from 'node:stream';
 import type { Digest } from '@wharf/registry-core';
 import { HttpUpstream, nextPageQuery, type HttpUpstreamOptions } from '../src/http-upstream.js';
@@ -98,6 +99,34 @@ describe('HttpUpstream against a real misbehaving server', () => {
     const up = client();
     expect(await up.referrers('alice/app', manifestDigest)).toEqual([good]);
     expect(await up.referrers('alice/other', manifestDigest)).toBeUndefined();
+  });
+
+  test('referrers: pages followed up to four; a longer list is cut with a warning, a shorter one is not', async () => {
+    // Each page one referrer and a link to the next, for ever (or `pages` of them).
+    let pages = Infinity;
+    const asked: string[] = [];
+    const paging = createHttpServer((req, res) => {
+      asked.push(req.url ?? '');
+      const page = Number(new URL(req.url ?? '/', 'http://x').searchParams.get('last') ?? '0');
+      const entry = { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: `sha256:${String(page + 1).padStart(64, '0')}`, size: 10 };
+      const next = page + 1 < pages ? { link: `</v2/alice/app/referrers/${manifestDigest}?last=${page + 1}>; rel="next"` } : {};
+      res.writeHead(200, { 'content-type': 'application/vnd.oci.image.index.v1+json', ...next });
+      res.end(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: [entry] }));
+    });
+    await new Promise<void>((resolve) => paging.listen(0, '127.0.0.1', resolve));
+    try {
+      const warnings: string[] = [];
+      const up = new HttpUpstream({ name: 'paging', url: `http://127.0.0.1:${(paging.address() as AddressInfo).port}`, retries: 0, logger: { warn: (_fields, message) => warnings.push(message) } });
+      expect(await up.referrers('alice/app', manifestDigest)).toHaveLength(4);
+      expect(asked).toHaveLength(4);
+      expect(warnings).toEqual(["upstream's referrers list has more than 4 pages; serving the referrers of the first 4"]);
+      pages = 4;
+      expect(await up.referrers('alice/app', manifestDigest)).toHaveLength(4);
+      expect(warnings).toHaveLength(1);
+    } finally {
+      paging.closeAllConnections();
+      await new Promise((resolve) => paging.close(resolve));
+    }
   });
 
   test('nextPageQuery takes the query of the rel="next" link only', () => {
