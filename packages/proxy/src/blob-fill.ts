@@ -4,7 +4,7 @@ import { openSync, closeSync, read } from 'node:fs';
 import { open, readdir, readFile, rename, rm, stat, statfs, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { RegistryError, hashToDigest, newHash, noteReceived, parseDigest, type BlobInfo, type BlobStore, type ByteRange, type Digest, type DigestAlgorithm, type FileRange, type HeldBytes, type TakesFile } from '@wharf/registry-core';
+import { RegistryError, SERVER_WAIT, hashToDigest, newHash, noteReceived, parseDigest, type BlobInfo, type BlobStore, type ByteRange, type Digest, type DigestAlgorithm, type FileRange, type HeldBytes, type TakesFile } from '@wharf/registry-core';
 import { BLOCK_SIZE } from './aligned-blocks.js';
 import { BlockDigests, KEPT_SUFFIX, ProgressNote, parseKeptNote, removeFill, writeKeptNote, type KeptNote } from './fill-note.js';
 import { FillOwner, ownerState, removeGoneLocks, tagOfName } from './fill-owner.js';
@@ -329,7 +329,14 @@ class TailReader extends Readable implements TakesFile {
 
   /** Pushes the next piece; true when the stream wants more at once. */
   private async pull(): Promise<boolean> {
-    const next = await this.fill.next(this.position, this.last, true);
+    // Waiting for the download is the server's wait, not a client that stopped reading (SERVER_WAIT).
+    this.emit(SERVER_WAIT, true);
+    let next: number;
+    try {
+      next = await this.fill.next(this.position, this.last, true);
+    } finally {
+      this.emit(SERVER_WAIT, false);
+    }
     if (this.destroyed) return false;
     if (next === 0) {
       this.push(null);

@@ -7,6 +7,7 @@ import {
   parseDigest,
   tryParseDigest,
   type BlobInfo,
+  type UnsizedBlob,
   type BlobStore,
   type ByteRange,
   type Descriptor,
@@ -267,9 +268,9 @@ export class PullThroughRepository implements RepositoryReader {
     return undefined;
   }
 
-  async blob(repo: string, digest: Digest): Promise<BlobInfo | undefined> {
+  async blob(repo: string, digest: Digest): Promise<BlobInfo | UnsizedBlob | undefined> {
     try {
-      return await this.cachedOrFilledBlob(repo, digest);
+      return await this.cachedOrFilledBlob(repo, digest, false);
     } catch (err) {
       throw toRegistryError(err);
     }
@@ -285,7 +286,10 @@ export class PullThroughRepository implements RepositoryReader {
     return size !== undefined && (opened || (await this.store.stat(digest))) ? this.hit('blob', { digest, size }) : undefined;
   }
 
-  private async cachedOrFilledBlob(repo: string, digest: Digest): Promise<BlobInfo | undefined> {
+  /** `sized` false: a blob the upstream sends without a size is unsized, not waited for. */
+  private async cachedOrFilledBlob(repo: string, digest: Digest): Promise<BlobInfo | undefined>;
+  private async cachedOrFilledBlob(repo: string, digest: Digest, sized: false): Promise<BlobInfo | UnsizedBlob | undefined>;
+  private async cachedOrFilledBlob(repo: string, digest: Digest, sized = true): Promise<BlobInfo | UnsizedBlob | undefined> {
     const cached = await this.cachedHere(repo, digest, true);
     if (cached) return cached;
     // Cached for another repository: serve it here only if this repository has it upstream too.
@@ -297,13 +301,15 @@ export class PullThroughRepository implements RepositoryReader {
     this.observer?.cacheMiss?.(this.key, 'blob');
     const fill = await this.fill(repo, digest);
     if (!fill) return undefined;
-    if (fill.size === undefined) {
-      // The upstream did not announce a size: wait for the whole blob before answering.
-      return await fill.done.catch((err: unknown) => {
-        throw new UpstreamError('invalid', `upstream ${this.key} sent a bad blob: ${(err as Error).message}`);
-      });
-    }
+    if (fill.size === undefined) return sized ? await this.sizeOf(fill) : { digest, size: undefined };
     return { digest, size: fill.size };
+  }
+
+  /** A fill's blob once the fill knows its size: the upstream did not say it, so the whole blob is in. */
+  private sizeOf(fill: BlobFill): Promise<BlobInfo> {
+    return fill.done.catch((err: unknown) => {
+      throw new UpstreamError('invalid', `upstream ${this.key} sent a bad blob: ${(err as Error).message}`);
+    });
   }
 
   /**
@@ -316,7 +322,7 @@ export class PullThroughRepository implements RepositoryReader {
       if (cached) return cached;
       // A fill that failed to start (for whichever upstream) says nothing here: the upstream is asked.
       const fill = await this.fills.current(digest)?.catch(() => undefined);
-      if (fill && fill.sources.has(this.source(repo)) && fill.state !== 'failed' && fill.size !== undefined) return { digest, size: fill.size };
+      if (fill && fill.sources.has(this.source(repo)) && fill.state !== 'failed') return fill.size !== undefined ? { digest, size: fill.size } : await this.sizeOf(fill);
       const remote = await this.upstream.statBlob(repo, digest);
       if (!remote) return undefined;
       if (remote.size !== undefined) return { digest, size: remote.size };
@@ -326,10 +332,14 @@ export class PullThroughRepository implements RepositoryReader {
     }
   }
 
-  async openBlob(repo: string, blob: BlobInfo, range?: ByteRange): Promise<Readable | undefined> {
+  async openBlob(repo: string, blob: BlobInfo | UnsizedBlob, range?: ByteRange): Promise<Readable | undefined> {
     // A fill that failed to start is none: the cached copy `blob` found is read, or a fill of our own.
     const fill = await this.fills.current(blob.digest)?.catch(() => undefined);
     if (fill?.state === 'failed') throw fillFailed(blob.digest, fill.error);
+    if (blob.size === undefined) {
+      if (range) throw new TypeError('a range of a blob of unknown size');
+      return await this.openUnsized(repo, blob.digest, fill);
+    }
     if (fill && range && fill.state === 'running' && !fill.keptInMemory && range.start >= fill.received + RANGE_PASS_THROUGH_LEAD) {
       // A range the fill will not reach for a while (a resumed download, say) is asked of the upstream.
       const part = await this.rangeFromUpstream(repo, blob.digest, range, fill);
@@ -353,6 +363,18 @@ export class PullThroughRepository implements RepositoryReader {
     // Evicted or purged since `blob` found it cached: fetched again, as any miss is.
     const refill = await this.fill(repo, blob.digest);
     return refill && (await startedReader(refill, whole));
+  }
+
+  /**
+   * A blob the upstream sends without a size, as it comes: the reader ends once the whole blob matched
+   * its digest. Done meanwhile, the stored file; gone (evicted at once), fetched again.
+   */
+  private async openUnsized(repo: string, digest: Digest, fill: BlobFill | undefined): Promise<Readable | undefined> {
+    if (fill) return await startedReader(fill);
+    const body = await this.store.open(digest);
+    if (body) return body;
+    const refill = await this.fill(repo, digest);
+    return refill && (await startedReader(refill));
   }
 
   /**
@@ -644,11 +666,13 @@ export function referrersTag(subject: Digest): string {
  * stalls after its headers, a 204) is the client's error answer, a 502 with the reason, not a
  * connection closed before any status line, which Docker can only call "unexpected EOF".
  */
-async function startedReader(fill: BlobFill, range: ByteRange): Promise<Readable> {
+async function startedReader(fill: BlobFill, range?: ByteRange): Promise<Readable> {
   // Made first: a fill kept in memory holds the bytes from range.start for its readers only.
   const reader = fill.reader(range);
   try {
-    if (range.end >= range.start) await fill.next(range.start, range.end, true);
+    // Without a range, the whole blob, of a size known or not (then its first bytes, or its end).
+    if (!range) await fill.next(0, fill.size !== undefined ? fill.size - 1 : undefined, true);
+    else if (range.end >= range.start) await fill.next(range.start, range.end, true);
   } catch (err) {
     reader.destroy();
     throw err;

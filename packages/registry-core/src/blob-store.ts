@@ -6,6 +6,16 @@ export interface BlobInfo {
   readonly size: number;
 }
 
+/**
+ * A blob on its way whose size nobody has said yet: a proxy's upstream sent it without a
+ * Content-Length. Its bytes can go out as they come (HTTP/1.1 chunked), the end once they matched
+ * the digest.
+ */
+export interface UnsizedBlob {
+  readonly digest: Digest;
+  readonly size: undefined;
+}
+
 /** Inclusive byte range, as HTTP writes it. */
 export interface ByteRange {
   readonly start: number;

@@ -1,6 +1,6 @@
 import type { Readable } from 'node:stream';
 import type { BlobLeases } from './blob-leases.js';
-import type { BlobInfo, BlobStore, ByteRange } from './blob-store.js';
+import type { BlobInfo, BlobStore, ByteRange, UnsizedBlob } from './blob-store.js';
 import { parseDigest, tryParseDigest, type Digest, type DigestAlgorithm } from './digest.js';
 import { RegistryError } from './errors.js';
 import { parseManifest, type Descriptor } from './manifest.js';
@@ -58,7 +58,7 @@ export class LocalRegistry implements RepositoryReader, RepositoryWriter {
     return this.metadata.blob(repo, digest);
   }
 
-  openBlob(_repo: string, blob: BlobInfo, range?: ByteRange): Promise<Readable | undefined> {
+  openBlob(_repo: string, blob: BlobInfo | UnsizedBlob, range?: ByteRange): Promise<Readable | undefined> {
     return this.blobs.open(blob.digest, range);
   }
 

@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream';
-import type { BlobInfo, ByteRange } from './blob-store.js';
+import type { BlobInfo, ByteRange, UnsizedBlob } from './blob-store.js';
 import type { Digest, DigestAlgorithm } from './digest.js';
 import type { Descriptor } from './manifest.js';
 import type { Page, StoredManifest } from './metadata-store.js';
@@ -15,10 +15,15 @@ export interface RepositoryReader {
    * tag due for revalidation; `manifest()` then decides, with its errors.
    */
   peekManifest(repo: string, reference: string): Promise<StoredManifest | undefined>;
-  blob(repo: string, digest: Digest): Promise<BlobInfo | undefined>;
+  /**
+   * What a GET sends. Unsized only through the proxy, for a blob its upstream is sending without a
+   * Content-Length: `statBlob` waits for its size; `openBlob` streams it as it comes, whole only.
+   */
+  blob(repo: string, digest: Digest): Promise<BlobInfo | UnsizedBlob | undefined>;
   /** What a HEAD answers: the blob's size, without fetching its bytes (the proxy asks its upstream). */
   statBlob(repo: string, digest: Digest): Promise<BlobInfo | undefined>;
-  openBlob(repo: string, blob: BlobInfo, range?: ByteRange): Promise<Readable | undefined>;
+  /** `blob` as `blob()` or `statBlob()` found it; a range of a sized one only. */
+  openBlob(repo: string, blob: BlobInfo | UnsizedBlob, range?: ByteRange): Promise<Readable | undefined>;
   /**
    * At most `n` of the repository's tags after `last`, and whether more follow; undefined when the
    * repository is unknown.

@@ -9,6 +9,16 @@ import { capture, digestParam, repository, type RouteDeps } from './context.js';
 
 const BLOB = /^\/v2\/(.+)\/blobs\/([^/]+)$/;
 
+/**
+ * A blob of unknown size (a proxy's upstream sent it without a Content-Length) may be sent as it
+ * comes to a whole-blob GET over HTTP/1.1: chunked, so a body cut because its digest failed is seen
+ * as cut. A range needs the size (Content-Range), and an HTTP/1.0 client ends a body without a length
+ * at the connection's close, a cut one included: both wait until the whole blob is in.
+ */
+function streamsUnsized(ctx: RouterContext): boolean {
+  return !ctx.get('Range') && (ctx.req.httpVersionMajor > 1 || ctx.req.httpVersionMinor >= 1);
+}
+
 export function registerBlobs(router: Router, deps: RouteDeps): void {
   const serve = async (ctx: RouterContext) => {
     const target = await repository(ctx, deps, 'blob');
@@ -16,7 +26,9 @@ export function registerBlobs(router: Router, deps: RouteDeps): void {
     // A HEAD needs the size only, and so does a GET the client already has (its ETag is the digest):
     // through the proxy, a cold blob is asked about, not downloaded.
     const known = notModified(ctx.get('If-None-Match') || undefined, `"${digest}"`);
-    const blob = ctx.method === 'HEAD' || known ? await target.reader.statBlob(target.repo, digest) : await target.reader.blob(target.repo, digest);
+    let blob = ctx.method === 'HEAD' || known ? await target.reader.statBlob(target.repo, digest) : await target.reader.blob(target.repo, digest);
+    if (!blob) throw new RegistryError('BLOB_UNKNOWN', 'blob unknown to registry', { digest });
+    if (blob.size === undefined && !streamsUnsized(ctx)) blob = await target.reader.statBlob(target.repo, digest);
     if (!blob) throw new RegistryError('BLOB_UNKNOWN', 'blob unknown to registry', { digest });
 
     ctx.set('Docker-Content-Digest', blob.digest);
@@ -28,26 +40,29 @@ export function registerBlobs(router: Router, deps: RouteDeps): void {
       ctx.status = 304;
       return;
     }
-    const range = rangeApplies(ctx.get('If-Range') || undefined, etag) ? parseRange(ctx.get('Range') || undefined, blob.size) : undefined;
+    const size = blob.size;
+    // Unsized: only a whole-blob GET gets here (streamsUnsized).
+    const range = size !== undefined && rangeApplies(ctx.get('If-Range') || undefined, etag) ? parseRange(ctx.get('Range') || undefined, size) : undefined;
     if (range === 'unsatisfiable') {
-      ctx.set('Content-Range', `bytes */${blob.size}`);
-      throw new RegistryError('RANGE_INVALID', 'requested range not satisfiable', { size: blob.size });
+      ctx.set('Content-Range', `bytes */${size}`);
+      throw new RegistryError('RANGE_INVALID', 'requested range not satisfiable', { size });
     }
     ctx.set('Content-Type', 'application/octet-stream');
     if (range) {
       ctx.status = 206;
-      ctx.set('Content-Range', `bytes ${range.start}-${range.end}/${blob.size}`);
+      ctx.set('Content-Range', `bytes ${range.start}-${range.end}/${size}`);
     } else {
       ctx.status = 200;
     }
-    const length = range ? range.end - range.start + 1 : blob.size;
+    const length = range ? range.end - range.start + 1 : size;
     if (ctx.method === 'HEAD') {
-      ctx.length = length;
+      if (length !== undefined) ctx.length = length;
       return;
     }
     const body = await target.reader.openBlob(target.repo, blob, range);
     if (!body) throw new RegistryError('BLOB_UNKNOWN', 'blob unknown to registry', { digest });
-    ctx.length = length;
+    // Unsized (the proxy's upstream did not say it): chunked, its end once the digest matched.
+    if (length !== undefined) ctx.length = length;
     sendStream(ctx, body);
   };
 
