@@ -10,8 +10,7 @@ const SLOW_MS = 1500;
 
 /**
  * An upstream that takes its time: the manifest comes after SLOW_MS, and the blob is sent without a
- * Content-Length (chunked), its pieces spread over SLOW_MS, so Wharf must have it whole before it can
- * answer with a length.
+ * Content-Length (chunked), its second half SLOW_MS after its first.
  */
 describe('pull-through from an upstream slower than idle_timeout', () => {
   const blob = randomBytes(64 * 1024);
@@ -57,13 +56,15 @@ describe('pull-through from an upstream slower than idle_timeout', () => {
       } else if ((req.url === `/v2/lib/app/blobs/${blobDigest}` || req.url === `/v2/lib/app/blobs/${sizedDigest}`) && req.method === 'GET') {
         const bytes = req.url.endsWith(blobDigest) ? blob : sized;
         res.writeHead(200, { 'content-type': 'application/octet-stream', ...(bytes === sized ? { 'content-length': sized.length } : {}) });
-        const pieces = 5;
+        // The sized one in five pieces; the other in two, SLOW_MS apart: its GET is streamed, and the
+        // wait between them is the upstream's.
+        const pieces = bytes === sized ? 5 : 2;
         let sent = 0;
         const next = (): void => {
           const size = Math.ceil(bytes.length / pieces);
           res.write(bytes.subarray(sent * size, (sent + 1) * size));
           sent += 1;
-          if (sent < pieces) setTimeout(next, SLOW_MS / pieces);
+          if (sent < pieces) setTimeout(next, bytes === sized ? SLOW_MS / pieces : SLOW_MS);
           else res.end();
         };
         next();
