@@ -11,8 +11,8 @@ import { registerStorageCommands } from './cli-storage.js';
 import { checkTlsFiles, registerOpsCommands } from './cli-ops.js';
 import { holdYoungGeneration } from './young-generation.js';
 
-/** A SIGINT this soon after the first is the same Ctrl-C, delivered twice (see serve). */
-const SAME_CTRL_C_MS = 250;
+/** The same signal this soon after the first is one signal, delivered twice (see serve). */
+const SAME_SIGNAL_MS = 250;
 
 const program = new Command();
 program.name('wharf').description('Wharf: a container registry and pull-through dependency proxy').showHelpAfterError();
@@ -48,9 +48,10 @@ program
     let stopping: { signal: string; at: number } | undefined;
     const stop = (signal: string) => {
       if (stopping) {
-        // One Ctrl-C can arrive twice: the terminal signals the whole foreground group, and a parent
-        // that forwards SIGINT (pnpm running `pnpm wharf`) sends it on. That is not a second one.
-        if (signal === 'SIGINT' && stopping.signal === signal && Date.now() - stopping.at < SAME_CTRL_C_MS) return;
+        // One signal can arrive twice: a Ctrl-C reaches the terminal's whole foreground group, and a
+        // SIGTERM the whole process group (systemd's `stop`, `kill -- -PGID`), while a parent that
+        // forwards signals (pnpm running `pnpm wharf serve`) sends it on. That is not a second one.
+        if (stopping.signal === signal && Date.now() - stopping.at < SAME_SIGNAL_MS) return;
         // A second signal: the operator does not want to wait.
         process.stderr.write(`wharf: second ${signal}, exiting now\n`);
         process.exit(1);

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -152,15 +152,13 @@ describe('pnpm wharf serve', () => {
     await rm(root, { recursive: true, force: true });
   });
 
-  // Ctrl-C reaches the terminal's whole process group: pnpm, the shell it runs the script in, and
-  // node. A shell waiting for node died of the SIGINT itself (exit 130) even though Wharf shut down
-  // cleanly and exited 0, and pnpm then printed "ELIFECYCLE Command failed".
-  test('Ctrl-C stops Wharf cleanly and pnpm exits 0, without ELIFECYCLE', async () => {
+  /** `pnpm wharf serve` in a process group of its own, as a terminal's foreground job is, once it listens. */
+  async function pnpmServe(): Promise<{ child: ChildProcess; output: () => string; exited: Promise<number | null> }> {
     const port = await freePort();
     const file = await writeOpsConfig(root, port);
     const child = spawn('pnpm', ['wharf', 'serve', '--config', file], {
       cwd: REPO,
-      detached: true, // a process group of its own, as a terminal's foreground job is
+      detached: true,
       env: { ...process.env, NODE_OPTIONS: '', npm_config_update_notifier: 'false' },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -170,11 +168,38 @@ describe('pnpm wharf serve', () => {
     const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
     try {
       await eventually(() => output.includes('wharf listening'), `wharf listening in:\n${output}`, 30_000);
+    } catch (err) {
+      process.kill(-child.pid!, 'SIGKILL');
+      throw err;
+    }
+    return { child, output: () => output, exited };
+  }
+
+  // Ctrl-C reaches the terminal's whole process group: pnpm, the shell it runs the script in, and
+  // node. A shell waiting for node died of the SIGINT itself (exit 130) even though Wharf shut down
+  // cleanly and exited 0, and pnpm then printed "ELIFECYCLE Command failed".
+  test('Ctrl-C stops Wharf cleanly and pnpm exits 0, without ELIFECYCLE', async () => {
+    const { child, output, exited } = await pnpmServe();
+    try {
       process.kill(-child.pid!, 'SIGINT');
       const code = await exited;
-      expect(output).toContain('wharf stopped');
-      expect(output).not.toContain('ELIFECYCLE');
+      expect(output()).toContain('wharf stopped');
+      expect(output()).not.toContain('ELIFECYCLE');
       expect(code).toBe(0);
+    } finally {
+      if (child.exitCode === null) process.kill(-child.pid!, 'SIGKILL');
+    }
+  }, 60_000);
+
+  // systemd's `stop` (KillMode=control-group) and `kill -- -PGID` signal the whole group too: node
+  // gets the SIGTERM from the kernel and again from pnpm, which forwards it.
+  test('a SIGTERM to the process group is one signal: Wharf stops cleanly, not at once', async () => {
+    const { child, output, exited } = await pnpmServe();
+    try {
+      process.kill(-child.pid!, 'SIGTERM');
+      await exited;
+      expect(output()).toContain('wharf stopped');
+      expect(output()).not.toContain('second SIGTERM');
     } finally {
       if (child.exitCode === null) process.kill(-child.pid!, 'SIGKILL');
     }
