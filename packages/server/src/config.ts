@@ -146,8 +146,8 @@ export function buildConfig(
     } else if (spec.required) {
       throw new ConfigError(`${source}: missing required key "${key}" (or set ${envName(key)})`);
     } else {
+      // Next to the file, as the paths in it are: the same file names the same storage from any folder.
       raw = spec.default;
-      base = cwd;
     }
     values[key] = convert(key, spec.kind, raw, base);
   }

@@ -87,6 +87,13 @@ describe('configuration', () => {
     expect(loadConfig({ file, env: {}, cwd: '/' }).registryStorage).toBe(join(dir, 'storage/registry'));
   });
 
+  test("a default path is relative to the file too: the same file names the same database from any folder", async () => {
+    const file = join(dir, 'wharf.toml');
+    await writeFile(file, Object.entries(REQUIRED).map(([k, v]) => `${k} = "${v}"`).join('\n'));
+    expect(loadConfig({ file, env: {}, cwd: '/' }).database).toBe(join(dir, 'storage/wharf.db'));
+    expect(loadConfig({ file, env: {}, cwd: tmpdir() }).database).toBe(join(dir, 'storage/wharf.db'));
+  });
+
   test('invalid TOML is reported with the file name', async () => {
     const file = join(dir, 'broken.toml');
     await writeFile(file, 'listen = ');
