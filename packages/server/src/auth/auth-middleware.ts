@@ -30,8 +30,16 @@ function unauthorized(detail?: unknown): RegistryError {
   return new RegistryError('UNAUTHORIZED', 'authentication required', detail);
 }
 
-function denied(detail?: unknown): RegistryError {
-  return new RegistryError('DENIED', 'requested access to the resource is denied', detail);
+/** Docker prints the message as it comes: the first words are what every registry says, the rest why. */
+function denied(why: string, detail?: unknown): RegistryError {
+  return new RegistryError('DENIED', `requested access to the resource is denied: ${why}`, detail);
+}
+
+const VERBS: Record<Action, string> = { pull: 'pull from', push: 'push to', delete: 'delete from' };
+
+/** Who is asking, as a refusal names them: the user, or the user's token. */
+function nameOf(p: Principal): string {
+  return p.kind === 'user' ? p.name : p.kind === 'token' ? `${p.name}'s ${p.tokenType === 'ci' ? 'CI token' : 'access token'}` : 'anonymous';
 }
 
 function hasAll(have: ReadonlySet<string>, need: readonly string[]): boolean {
@@ -99,12 +107,12 @@ export function authMiddleware(options: AuthMiddlewareOptions) {
     }
   }
 
-  function refuse(ctx: Context, who: Credentials, scope: string | undefined, detail: unknown): never {
+  function refuse(ctx: Context, who: Credentials, scope: string | undefined, why: string, detail: unknown): never {
     if (who.principal.kind === 'anonymous') {
       challenge(ctx, auth, scope, who.via === 'bearer' ? 'insufficient_scope' : undefined);
       throw unauthorized(detail);
     }
-    throw denied(detail);
+    throw denied(why, detail);
   }
 
   return async function authorize(ctx: Context, next: Next): Promise<void> {
@@ -132,9 +140,9 @@ export function authMiddleware(options: AuthMiddlewareOptions) {
       // token of an administrator is a subset of their rights, handed to every client they pull with).
       if (principal.kind === 'anonymous' || who.via !== 'basic') {
         ctx.set('WWW-Authenticate', `Basic realm="${auth.config.service}"`);
-        throw unauthorized();
+        throw new RegistryError('UNAUTHORIZED', "authentication required: /admin endpoints take an administrator's user name and password (Basic), never a token");
       }
-      if (!isAdminUser(principal)) throw denied();
+      if (!isAdminUser(principal)) throw denied(`/admin endpoints answer administrators only, and ${nameOf(principal)} is not one`);
       ctx.state.administrator = true;
       return next();
     }
@@ -154,7 +162,7 @@ export function authMiddleware(options: AuthMiddlewareOptions) {
           challenge(ctx, auth, scope, 'insufficient_scope');
           throw unauthorized([{ Type: 'registry', Name: 'catalog', Action: '*' }]);
         }
-        if (!mayListCatalog(principal)) refuse(ctx, who, scope, [{ Type: 'registry', Name: 'catalog', Action: '*' }]);
+        if (!mayListCatalog(principal)) refuse(ctx, who, scope, `${nameOf(principal)} may not list the catalog`, [{ Type: 'registry', Name: 'catalog', Action: '*' }]);
         return next();
       }
 
@@ -183,7 +191,10 @@ export function authMiddleware(options: AuthMiddlewareOptions) {
         }
         const policy = auth.policy();
         const allowed: ReadonlySet<Action> = allowedActions(principal, target, policy);
-        if (!hasAll(allowed, needed)) refuse(ctx, who, scope, detail);
+        if (!hasAll(allowed, needed)) {
+          const missing = needed.filter((a) => !allowed.has(a)).map((a) => VERBS[a]);
+          refuse(ctx, who, scope, `${nameOf(principal)} may not ${missing.join(' or ')} ${name}`, detail);
+        }
         if (route.uploadStart) {
           // A cross-repository mount reads its source too: the upload route links only from a
           // repository this says the caller may pull, and otherwise starts a plain upload.
@@ -214,7 +225,7 @@ export function authMiddleware(options: AuthMiddlewareOptions) {
           challenge(ctx, auth);
           throw unauthorized();
         }
-        if (!principal.admin) throw denied();
+        if (!principal.admin) throw denied(`${ctx.method} ${path} is not a request of the registry's API (a mistyped path or method?)`);
         return next();
     }
   };

@@ -46,10 +46,26 @@ describe('admin endpoints with auth on', () => {
     const withToken = await fetch(`${reg.url}/admin/export?ref=alice/private:1`, { headers: { Authorization: `Bearer ${token}` } });
     expect(withToken.status).toBe(401);
     expect(withToken.headers.get('www-authenticate')).toMatch(/^Basic /);
+    expect(await messageOf(withToken)).toContain("take an administrator's user name and password (Basic), never a token");
     const withPassword = await fetch(`${reg.url}/admin/export?ref=alice/private:1`, { headers: { Authorization: basic('root', PW.root) } });
     expect(withPassword.status).toBe(200);
     expect(Buffer.from(await withPassword.arrayBuffer()).includes('secret layer')).toBe(true);
     const notAdmin = await fetch(`${reg.url}/admin/export?ref=alice/private:1`, { headers: { Authorization: basic('alice', PW.alice) } });
     expect(notAdmin.status).toBe(403);
+    expect(await messageOf(notAdmin)).toBe('requested access to the resource is denied: /admin endpoints answer administrators only, and alice is not one');
+  });
+
+  test("a refusal says why: a push outside one's namespace, a request the API does not have", async () => {
+    const alice = { Authorization: basic('alice', PW.alice) };
+    const push = await fetch(`${reg.url}/v2/root/app/blobs/uploads/`, { method: 'POST', headers: alice });
+    expect(push.status).toBe(403);
+    expect(await messageOf(push)).toMatch(/^requested access to the resource is denied: alice may not (pull from or )?push to root\/app$/);
+    const mistyped = await fetch(`${reg.url}/v2/alice/private/manifest/1`, { headers: alice });
+    expect(mistyped.status).toBe(403);
+    expect(await messageOf(mistyped)).toBe("requested access to the resource is denied: GET /v2/alice/private/manifest/1 is not a request of the registry's API (a mistyped path or method?)");
   });
 });
+
+async function messageOf(res: Response): Promise<string | undefined> {
+  return ((await res.json()) as { errors: { message: string }[] }).errors[0]?.message;
+}
