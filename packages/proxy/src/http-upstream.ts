@@ -244,32 +244,35 @@ export class HttpUpstream implements Upstream {
   async blob(repo: string, digest: Digest, range?: ByteRange, signal?: AbortSignal): Promise<UpstreamBlob | undefined> {
     const blob = await this.blobPart(repo, digest, range, signal);
     if (!blob) return undefined;
-    let last: number;
+    // The last byte; undefined for a blob whose size the upstream did not say (sent chunked).
+    let last: number | undefined;
     if (range) {
       // Not the range asked for: the caller decides what to do with what came.
       if (blob.range?.start !== range.start || blob.range.end !== range.end) return blob;
       last = range.end;
     } else {
-      if (blob.range || blob.size === undefined || blob.size === 0) return blob;
-      last = blob.size - 1;
+      if (blob.range || blob.size === 0) return blob;
+      last = blob.size !== undefined ? blob.size - 1 : undefined;
     }
     let resumes = RESUMES;
     return resumingBlob(blob, range?.start ?? 0, last, async (from) => {
       if (resumes-- <= 0) return undefined;
       const rest = await this.blobPart(repo, digest, { start: from, end: last }, signal).catch(() => undefined);
-      if (rest?.range?.start === from && rest.range.end === last) return rest;
+      // Of a blob of unknown size, the rest up to its end: an open-ended range, whose answer goes on to
+      // the blob's end when it says where that is.
+      if (rest?.range?.start === from && (last !== undefined ? rest.range.end === last : rest.size === undefined || rest.range.end === rest.size - 1)) return rest;
       // The whole blob again (a CDN that drops a Range, as Cloudflare does for what it does not keep):
       // the bytes we have are read past, not taken for a failure that cuts every client.
-      if (rest && !range && !rest.range && rest.size === last + 1) return skipFirst(rest, from);
+      if (rest && !range && !rest.range && (last === undefined || rest.size === last + 1)) return skipFirst(rest, from);
       rest?.body.destroy();
       return undefined;
     });
   }
 
-  /** One GET of the blob (or of `range`), as the upstream answers it. */
-  private async blobPart(repo: string, digest: Digest, range: ByteRange | undefined, signal: AbortSignal | undefined): Promise<UpstreamBlob | undefined> {
+  /** One GET of the blob (or of `range`, to the blob's end without its `end`), as the upstream answers it. */
+  private async blobPart(repo: string, digest: Digest, range: OpenRange | undefined, signal: AbortSignal | undefined): Promise<UpstreamBlob | undefined> {
     const headers: Record<string, string> = {};
-    if (range) headers.range = `bytes=${range.start}-${range.end}`;
+    if (range) headers.range = `bytes=${range.start}-${range.end ?? ''}`;
     const res = await this.streamed(repo, `blobs/${digest}`, headers, signal);
     // A body reports a destroy() as an error; whoever cancels a body has stopped listening.
     res.body.on('error', () => undefined);
@@ -645,6 +648,9 @@ const HEAD_UNSUPPORTED = new Set([400, 403, 405, 501]);
 
 /** Range requests a whole-blob download may make to go on after its connection failed. */
 const RESUMES = 3;
+
+/** A byte range, or without an end the bytes from `start` to the blob's end. */
+type OpenRange = ByteRange | { readonly start: number; readonly end?: undefined };
 
 /** Docker's schema 1 manifests: no longer pushed, still served by some registries for old images. */
 const SCHEMA1_SIGNED = 'application/vnd.docker.distribution.manifest.v1+prettyjws';

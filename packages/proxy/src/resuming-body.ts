@@ -9,9 +9,11 @@ export type NextPart = (from: number) => Promise<UpstreamBlob | undefined>;
 
 /**
  * `first` (the bytes `start` to `end` of a blob), whose body, should it fail before its last byte,
- * goes on with the parts `next` brings. The fill still verifies the digest of the whole.
+ * goes on with the parts `next` brings. The fill still verifies the digest of the whole. `end`
+ * undefined: a blob whose size the upstream did not say, which ends where its last part ends
+ * cleanly (a chunked body's last chunk); a part that fails is still a cut.
  */
-export function resumingBlob(first: UpstreamBlob, start: number, end: number, next: NextPart): UpstreamBlob {
+export function resumingBlob(first: UpstreamBlob, start: number, end: number | undefined, next: NextPart): UpstreamBlob {
   const body = new ResumingBody(first, start, end, next);
   return { ...first, body, ...(first.recycle ? { recycle: (chunk: Buffer) => body.recycle(chunk) } : {}) };
 }
@@ -29,7 +31,7 @@ class ResumingBody extends Readable {
   constructor(
     first: UpstreamBlob,
     start: number,
-    private readonly end: number,
+    private readonly end: number | undefined,
     private readonly next: NextPart,
   ) {
     // Small: a lent chunk held here while the fill waits for the disk keeps its slab from reuse.
@@ -63,7 +65,7 @@ class ResumingBody extends Readable {
     });
     source.once('end', () => {
       if (this.source !== source) return;
-      if (this.position === this.end + 1) this.push(null);
+      if (this.end === undefined || this.position === this.end + 1) this.push(null);
       else this.failed(source, new UpstreamError('invalid', `the upstream body ended at byte ${this.position} of ${this.end + 1}`));
     });
     source.on('error', (err) => this.failed(source, err));

@@ -516,6 +516,34 @@ describe('HttpUpstream against a real misbehaving server', () => {
     expect(gets).toHaveLength(2);
   });
 
+  test('a blob sent without a size (chunked) and reset mid-body goes on with an open-ended range for the rest', async () => {
+    fake.chunked = true;
+    fake.fault = 'reset';
+    fake.faultTimes = 1;
+    const blob = await client().blob('alice/app', blobDigest);
+    expect(blob?.size).toBeUndefined();
+    expect((await readAll(blob!.body)).equals(blobBytes)).toBe(true);
+    const gets = fake.requests.filter((r) => r.method === 'GET' && r.path === `/v2/alice/app/blobs/${blobDigest}`);
+    expect(gets.map((r) => r.range?.replace(/\d+/, 'N'))).toEqual([undefined, 'bytes=N-']);
+  });
+
+  test('a blob sent without a size, cut mid-body, goes on past its bytes when the resume is the whole blob again', async () => {
+    fake.chunked = true;
+    fake.fault = 'reset';
+    fake.faultTimes = 1;
+    fake.ignoreRange = true;
+    const blob = await client().blob('alice/app', blobDigest);
+    expect((await readAll(blob!.body)).equals(blobBytes)).toBe(true);
+  });
+
+  test.each(['reset', 'truncate'] as const)('a blob sent without a size whose every answer is cut (%s) never reads as complete', async (fault) => {
+    // A chunked body closed before its last chunk is cut, however the connection ends.
+    fake.chunked = true;
+    fake.fault = fault;
+    const blob = await client().blob('alice/app', blobDigest);
+    await expect(readAll(blob!.body)).rejects.toThrow();
+  });
+
   test('a range of a blob reset mid-body goes on with a range request for the rest of that range', async () => {
     fake.fault = 'reset';
     fake.faultTimes = 1;

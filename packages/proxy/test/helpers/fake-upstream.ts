@@ -14,6 +14,7 @@ export interface SeenRequest {
   readonly path: string;
   readonly query: string;
   readonly authorization?: string;
+  readonly range?: string;
   readonly at: number;
 }
 
@@ -50,6 +51,8 @@ export class FakeUpstream {
   retryAfter = '1';
   /** Blob GETs are answered 200 with the whole blob whatever their Range (a CDN that drops it). */
   ignoreRange = false;
+  /** Blob answers carry no Content-Length: sent chunked (a 206's Content-Range still says the size). */
+  chunked = false;
   /** Tag-list pages start from the first tag whatever `last` says (a broken upstream). */
   ignoreLast = false;
   /** Sent instead of the tag list, when set. */
@@ -107,7 +110,14 @@ export class FakeUpstream {
 
   private handle(req: IncomingMessage, res: ServerResponse): void {
     const [path = '/', query = ''] = (req.url ?? '/').split('?');
-    this.requests.push({ method: req.method!, path, query, ...(req.headers.authorization ? { authorization: req.headers.authorization } : {}), at: Date.now() });
+    this.requests.push({
+      method: req.method!,
+      path,
+      query,
+      ...(req.headers.authorization ? { authorization: req.headers.authorization } : {}),
+      ...(req.headers.range ? { range: req.headers.range } : {}),
+      at: Date.now(),
+    });
     if (path === '/token') return this.token(req, res);
     if (!this.authorized(req, path, res)) return;
     const fault = this.fault && this.faultTimes > 0 && this.faultOn.test(path) ? this.fault : undefined;
@@ -141,17 +151,19 @@ export class FakeUpstream {
     const bytes = this.blobs.get(ref);
     if (!bytes) return void res.writeHead(404).end();
     if (this.redirectBlobsTo && req.method === 'GET') return void res.writeHead(307, { location: `${this.redirectBlobsTo}${req.url}` }).end();
-    const range = this.ignoreRange ? null : /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '');
-    let body = fault === 'wrong-bytes' ? randomBytes(bytes.length) : range ? bytes.subarray(Number(range[1]), Number(range[2]) + 1) : bytes;
+    const range = this.ignoreRange ? null : /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '');
+    // An open-ended range (`bytes=<start>-`) goes to the blob's end.
+    const rangeEnd = range ? Math.min(range[2] === '' ? Infinity : Number(range[2]), bytes.length - 1) : 0;
+    let body = fault === 'wrong-bytes' ? randomBytes(bytes.length) : range ? bytes.subarray(Number(range[1]), rangeEnd + 1) : bytes;
     if (range && this.corruptRanges) {
       body = Buffer.from(body);
       body[0] = body[0]! ^ 0xff;
     }
     res.writeHead(range ? 206 : 200, {
       'content-type': 'application/octet-stream',
-      'content-length': body.length,
+      ...(this.chunked ? {} : { 'content-length': body.length }),
       'docker-content-digest': ref,
-      ...(range ? { 'content-range': `bytes ${range[1]}-${Math.min(Number(range[2]), bytes.length - 1)}/${bytes.length}` } : {}),
+      ...(range ? { 'content-range': `bytes ${range[1]}-${rangeEnd}/${bytes.length}` } : {}),
     });
     if (req.method === 'HEAD') return void res.end();
     if (fault === 'mute') return void res.flushHeaders();

@@ -22,7 +22,11 @@ describe('pull-through from an upstream that sends blobs without a size', () => 
   const wrongDigest = sha256(randomBytes(16));
   const ranged = randomBytes(2 * 1024 * 1024);
   const old = randomBytes(2 * 1024 * 1024);
+  /** Its first answer cut after 1 MiB; a range from there is answered (206). */
+  const cut = randomBytes(3 * 1024 * 1024);
+  let cutOnce = true;
   const blobs = new Map([
+    [sha256(cut), cut],
     [sha256(streamed), streamed],
     [wrongDigest, wrong],
     [sha256(ranged), ranged],
@@ -42,11 +46,23 @@ describe('pull-through from an upstream that sends blobs without a size', () => 
         res.writeHead(404).end();
         return;
       }
-      asked.push(`${req.method} ${digest}`);
+      asked.push(`${req.method} ${digest}${req.headers.range ? ` ${req.headers.range}` : ''}`);
+      const from = /^bytes=(\d+)-$/.exec(req.headers.range ?? '');
+      if (from && bytes === cut) {
+        const start = Number(from[1]);
+        res.writeHead(206, { 'content-type': 'application/octet-stream', 'content-range': `bytes ${start}-${cut.length - 1}/${cut.length}`, 'transfer-encoding': 'chunked' });
+        res.end(cut.subarray(start));
+        return;
+      }
       // Chunked: no Content-Length, to a HEAD as well.
       res.writeHead(200, { 'content-type': 'application/octet-stream', 'transfer-encoding': 'chunked' });
       if (req.method === 'HEAD') {
         res.end();
+        return;
+      }
+      if (bytes === cut && cutOnce) {
+        cutOnce = false;
+        res.write(cut.subarray(0, 1024 * 1024), () => setTimeout(() => res.socket?.destroy(), 20));
         return;
       }
       const half = bytes.length / 2;
@@ -101,6 +117,14 @@ describe('pull-through from an upstream that sends blobs without a size', () => 
       await expect(res.arrayBuffer()).rejects.toThrow();
     }
     expect(asked.filter((a) => a.endsWith(wrongDigest))).toEqual([`GET ${wrongDigest}`, `GET ${wrongDigest}`]);
+  });
+
+  test('a download cut mid-way goes on with a range for the rest: its client gets the blob whole', async () => {
+    const digest = sha256(cut);
+    const res = await fetch(url(digest));
+    expect(res.status).toBe(200);
+    expect(sha256(new Uint8Array(await res.arrayBuffer()))).toBe(digest);
+    expect(asked.filter((a) => a.includes(digest))).toEqual([`GET ${digest}`, `GET ${digest} bytes=${1024 * 1024}-`]);
   });
 
   test('a range waits for the size and is answered with it', async () => {
