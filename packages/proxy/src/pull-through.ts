@@ -305,10 +305,17 @@ export class PullThroughRepository implements RepositoryReader {
     return { digest, size: fill.size };
   }
 
-  /** A fill's blob once the fill knows its size: the upstream did not say it, so the whole blob is in. */
+  /**
+   * A fill's blob once the fill knows its size: the upstream did not say it, so the whole blob is in.
+   * An upstream that failed stays that failure (a timeout is a 504); anything else was a bad blob.
+   */
   private sizeOf(fill: BlobFill): Promise<BlobInfo> {
     return fill.done.catch((err: unknown) => {
-      throw new UpstreamError('invalid', `upstream ${this.key} sent a bad blob: ${(err as Error).message}`);
+      if (err instanceof UpstreamError) throw err;
+      const { code, name, message } = err as { code?: unknown; name?: unknown; message?: unknown };
+      // A body that stopped coming (its connection's idle timeout, the resumes' too).
+      if (code === 'ETIMEDOUT' || name === 'TimeoutError') throw new UpstreamError('timeout', `upstream ${this.key} timed out sending the blob: ${String(message)}`);
+      throw new UpstreamError('invalid', `upstream ${this.key} sent a bad blob: ${String(message)}`);
     });
   }
 
@@ -322,11 +329,14 @@ export class PullThroughRepository implements RepositoryReader {
       if (cached) return cached;
       // A fill that failed to start (for whichever upstream) says nothing here: the upstream is asked.
       const fill = await this.fills.current(digest)?.catch(() => undefined);
-      if (fill && fill.sources.has(this.source(repo)) && fill.state !== 'failed') return fill.size !== undefined ? { digest, size: fill.size } : await this.sizeOf(fill);
+      const filling = fill && fill.sources.has(this.source(repo)) && fill.state !== 'failed' ? fill : undefined;
+      if (filling?.size !== undefined) return { digest, size: filling.size };
+      // A download of unknown size in flight: the upstream's HEAD may still say the size (a registry
+      // that streams its GETs chunked often does); if not, the download's end does.
       const remote = await this.upstream.statBlob(repo, digest);
       if (!remote) return undefined;
       if (remote.size !== undefined) return { digest, size: remote.size };
-      return await this.cachedOrFilledBlob(repo, digest);
+      return await (filling ? this.sizeOf(filling) : this.cachedOrFilledBlob(repo, digest));
     } catch (err) {
       throw toRegistryError(err);
     }

@@ -436,6 +436,17 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     expect(fake.count('HEAD', `/v2/bob/other/blobs/${digest}`)).toBe(1);
   });
 
+  test('a HEAD waiting for a download of unknown size that stalls for good gets the timeout (504), not a "bad blob"', async () => {
+    const blob = randomBytes(256 * 1024);
+    const digest = fake.addBlob(blob);
+    // Chunked, and every answer (the resumes' too) stalls after half its bytes, past the 300 ms idle timeout.
+    fake.chunked = true;
+    fake.fault = 'hold';
+    const got = await repo.blob('alice/app', digest);
+    expect(got).toEqual({ digest, size: undefined });
+    await expect(repo.statBlob('alice/app', digest)).rejects.toMatchObject({ code: 'UPSTREAM_TIMEOUT', message: expect.stringContaining('timed out sending the blob') });
+  });
+
   test('referrers are the upstream ones, kept for when it fails; an upstream without the API is undefined', async () => {
     const subject = fake.addManifest('alice/app', '1', DOC('a'));
     const referrer = { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: fake.addManifest('alice/app', 'sig', DOC('s')), size: 10, artifactType: 'application/x-sig' };

@@ -15,8 +15,12 @@ describe('pull-through from an upstream that sends blobs without a size', () => 
   const streamed = randomBytes(3 * 1024 * 1024);
   let releaseStreamed!: () => void;
   const streamedReleased = new Promise<void>((resolve) => (releaseStreamed = resolve));
-  /** The test never let it go: its 5 s passed first. */
-  let streamedByTimeout = false;
+  /** Held blobs the test never let go: their 5 s passed first. */
+  const timedOut = new Set<Buffer>();
+  /** As `streamed`, but its HEAD says the size (a registry that sends only its GETs chunked). */
+  const headSized = randomBytes(3 * 1024 * 1024);
+  let releaseHeadSized!: () => void;
+  const headSizedReleased = new Promise<void>((resolve) => (releaseHeadSized = resolve));
   /** Bytes that are not the blob its digest names. */
   const wrong = randomBytes(1024 * 1024);
   const wrongDigest = sha256(randomBytes(16));
@@ -26,6 +30,7 @@ describe('pull-through from an upstream that sends blobs without a size', () => 
   const cut = randomBytes(3 * 1024 * 1024);
   let cutOnce = true;
   const blobs = new Map([
+    [sha256(headSized), headSized],
     [sha256(cut), cut],
     [sha256(streamed), streamed],
     [wrongDigest, wrong],
@@ -54,6 +59,10 @@ describe('pull-through from an upstream that sends blobs without a size', () => 
         res.end(cut.subarray(start));
         return;
       }
+      if (req.method === 'HEAD' && bytes === headSized) {
+        res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': headSized.length }).end();
+        return;
+      }
       // Chunked: no Content-Length, to a HEAD as well.
       res.writeHead(200, { 'content-type': 'application/octet-stream', 'transfer-encoding': 'chunked' });
       if (req.method === 'HEAD') {
@@ -66,11 +75,12 @@ describe('pull-through from an upstream that sends blobs without a size', () => 
         return;
       }
       const half = bytes.length / 2;
-      res.write(bytes.subarray(0, bytes === streamed ? 1024 * 1024 : half));
-      const rest = (): void => void res.end(bytes.subarray(bytes === streamed ? 1024 * 1024 : half));
-      const timeout = new Promise<void>((resolve) => setTimeout(() => resolve(void (streamedByTimeout = true)), 5000).unref());
-      if (bytes === streamed) void Promise.race([streamedReleased, timeout]).then(rest);
-      else setTimeout(rest, 50);
+      const held = bytes === streamed || bytes === headSized;
+      res.write(bytes.subarray(0, held ? 1024 * 1024 : half));
+      const rest = (): void => void res.end(bytes.subarray(held ? 1024 * 1024 : half));
+      if (!held) return void setTimeout(rest, 50);
+      const timeout = new Promise<void>((resolve) => setTimeout(() => resolve(void timedOut.add(bytes)), 5000).unref());
+      void Promise.race([bytes === streamed ? streamedReleased : headSizedReleased, timeout]).then(rest);
     });
     await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve));
     proxy = await startRegistry({
@@ -83,7 +93,7 @@ describe('pull-through from an upstream that sends blobs without a size', () => 
     await new Promise((resolve) => upstream?.close(resolve));
   });
 
-  test('a GET streams the blob as it comes, chunked, and a HEAD meanwhile waits for its size instead of asking the upstream', async () => {
+  test("a GET streams the blob as it comes, chunked, and a HEAD meanwhile, whose upstream HEAD has no size either, waits for the download's", async () => {
     const digest = sha256(streamed);
     const res = await fetch(url(digest));
     expect(res.status).toBe(200);
@@ -93,7 +103,7 @@ describe('pull-through from an upstream that sends blobs without a size', () => 
     const reader = res.body!.getReader();
     const chunks: Uint8Array[] = [(await reader.read()).value!];
     // The first bytes came while the upstream still held the rest back.
-    expect(streamedByTimeout).toBe(false);
+    expect(timedOut.has(streamed)).toBe(false);
     expect(chunks[0]!.length).toBeGreaterThan(0);
     const head = fetch(url(digest), { method: 'HEAD' });
     releaseStreamed();
@@ -102,12 +112,26 @@ describe('pull-through from an upstream that sends blobs without a size', () => 
     const headRes = await head;
     expect(headRes.status).toBe(200);
     expect(headRes.headers.get('content-length')).toBe(String(streamed.length));
-    // One download, and no HEAD of the upstream's (whose answer has no size either).
-    expect(asked.filter((a) => a.endsWith(digest))).toEqual([`GET ${digest}`]);
+    // One download; the upstream's HEAD said no size.
+    expect(asked.filter((a) => a.endsWith(digest))).toEqual([`GET ${digest}`, `HEAD ${digest}`]);
     // Cached: now with its length.
     const again = await fetch(url(digest));
     expect(again.headers.get('content-length')).toBe(String(streamed.length));
     expect(sha256(new Uint8Array(await again.arrayBuffer()))).toBe(digest);
+  });
+
+  test("a HEAD while such a download runs takes the size the upstream's HEAD says, without waiting for the download", async () => {
+    const digest = sha256(headSized);
+    const res = await fetch(url(digest));
+    expect(res.headers.get('content-length')).toBeNull();
+    const reader = res.body!.getReader();
+    await reader.read();
+    const head = await fetch(url(digest), { method: 'HEAD' });
+    expect(head.headers.get('content-length')).toBe(String(headSized.length));
+    // Answered while the upstream still held the download's rest back.
+    expect(timedOut.has(headSized)).toBe(false);
+    releaseHeadSized();
+    await reader.cancel();
   });
 
   test('wrong bytes: the chunked body is cut, never ended, and nothing is cached', async () => {
