@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { parse as parseToml } from 'smol-toml';
 import { parseDuration } from './duration.js';
@@ -148,6 +148,7 @@ export function buildConfig(
     } else {
       // Next to the file, as the paths in it are: the same file names the same storage from any folder.
       raw = spec.default;
+      if (spec.kind === 'path') refuseMovedDefault(key, raw as string, fileDir, cwd);
     }
     values[key] = convert(key, spec.kind, raw, base);
   }
@@ -180,6 +181,20 @@ export function buildConfig(
     metrics: buildMetricsConfig(doc.metrics, env),
     gc: buildGcConfig(doc.gc, doc.retention),
   };
+}
+
+/**
+ * A default path was relative to the working directory before it was relative to the file: an
+ * install that relied on that would start on a new, empty database (with a new signing key and CA)
+ * next to its file. It is refused instead, with the line that keeps the old one.
+ */
+function refuseMovedDefault(key: string, path: string, fileDir: string, cwd: string): void {
+  const before = resolve(cwd, path);
+  const now = resolve(fileDir, path);
+  if (before === now || !existsSync(before) || existsSync(now)) return;
+  throw new ConfigError(
+    `"${key}" is not set: its default, ${path}, is relative to the configuration file (${now}, which does not exist), no longer to the folder Wharf runs in (${before}, which does); set ${key} = "${before}" to keep using it`,
+  );
 }
 
 function convert(key: string, kind: Kind, raw: unknown, base: string): unknown {

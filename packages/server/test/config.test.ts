@@ -1,7 +1,7 @@
 import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
@@ -92,6 +92,24 @@ describe('configuration', () => {
     await writeFile(file, Object.entries(REQUIRED).map(([k, v]) => `${k} = "${v}"`).join('\n'));
     expect(loadConfig({ file, env: {}, cwd: '/' }).database).toBe(join(dir, 'storage/wharf.db'));
     expect(loadConfig({ file, env: {}, cwd: tmpdir() }).database).toBe(join(dir, 'storage/wharf.db'));
+  });
+
+  test('a database where the default used to be (the working folder) and none next to the file: refused, naming the line to add', async () => {
+    const file = join(dir, 'wharf.toml');
+    await writeFile(file, Object.entries(REQUIRED).map(([k, v]) => `${k} = "${v}"`).join('\n'));
+    const runFrom = await mkdtemp(join(tmpdir(), 'wharf-cwd-'));
+    try {
+      await mkdir(join(runFrom, 'storage'));
+      await writeFile(join(runFrom, 'storage/wharf.db'), '');
+      expect(() => loadConfig({ file, env: {}, cwd: runFrom })).toThrow(`set database = "${join(runFrom, 'storage/wharf.db')}" to keep using it`);
+      // Once the file's own folder has one, or the key is set, it starts.
+      expect(loadConfig({ file, env: { WHARF_DATABASE: 'storage/wharf.db' }, cwd: runFrom }).database).toBe(join(runFrom, 'storage/wharf.db'));
+      await mkdir(join(dir, 'storage'), { recursive: true });
+      await writeFile(join(dir, 'storage/wharf.db'), '');
+      expect(loadConfig({ file, env: {}, cwd: runFrom }).database).toBe(join(dir, 'storage/wharf.db'));
+    } finally {
+      await rm(runFrom, { recursive: true, force: true });
+    }
   });
 
   test('invalid TOML is reported with the file name', async () => {
