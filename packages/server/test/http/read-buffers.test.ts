@@ -108,6 +108,25 @@ describe('ReadBufferPool', () => {
     expect(released).toBe(1);
   });
 
+  test('buffers let go without being kept are collected each time they add up to half the budget', () => {
+    let released = 0;
+    const pool = new ReadBufferPool(4 * MiB, 1 * MiB, 64 * KiB, 60_000, () => (released += 1));
+    // Sends whose sockets may still read their buffers: garbage, 1 MiB each.
+    const held = [pool.take(1 * MiB), pool.take(1 * MiB), pool.take(1 * MiB)];
+    pool.give(held[0]!, false);
+    expect(released).toBe(0);
+    pool.give(held[1]!, false);
+    expect(released).toBe(1);
+    pool.give(held[2]!, false);
+    expect(released).toBe(1);
+    // A small blob's buffer (not a size the spares keep) is let go too.
+    pool.give(pool.take(1 * MiB + 1), true);
+    expect(released).toBe(2);
+    // Kept ones are no garbage.
+    for (let i = 0; i < 4; i++) pool.give(pool.take(1 * MiB), true);
+    expect(released).toBe(2);
+  });
+
   test('spares go after the idle time even when the last buffer given back was not reusable', async () => {
     let released = 0;
     const pool = new ReadBufferPool(4 * MiB, 1 * MiB, 64 * KiB, 30, () => (released += 1));
