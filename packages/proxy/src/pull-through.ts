@@ -347,8 +347,9 @@ export class PullThroughRepository implements RepositoryReader {
     const fill = await this.fills.current(blob.digest)?.catch(() => undefined);
     if (fill?.state === 'failed') throw fillFailed(blob.digest, fill.error);
     if (blob.size === undefined) {
+      // As it comes: the reader ends once the whole blob matched its digest.
       if (range) throw new TypeError('a range of a blob of unknown size');
-      return await this.openUnsized(repo, blob.digest, fill);
+      return fill ? await startedReader(fill) : await this.storedOrRefilled(repo, blob.digest);
     }
     if (fill && range && fill.state === 'running' && !fill.keptInMemory && range.start >= fill.received + RANGE_PASS_THROUGH_LEAD) {
       // A range the fill will not reach for a while (a resumed download, say) is asked of the upstream.
@@ -365,26 +366,21 @@ export class PullThroughRepository implements RepositoryReader {
     // the whole blob's digest while the download, holding little, waits for its readers.
     if (fill?.keptInMemory && range && range.end < blob.size - 1) return await this.uncached(repo, blob, range);
     if (fill) return await startedReader(fill, whole);
-    const body = await this.store.open(blob.digest, range);
-    if (body) {
-      this.observer?.servedFromCache?.(this.key, range ? range.end - range.start + 1 : blob.size);
-      return body;
-    }
-    // Evicted or purged since `blob` found it cached: fetched again, as any miss is.
-    const refill = await this.fill(repo, blob.digest);
-    return refill && (await startedReader(refill, whole));
+    return await this.storedOrRefilled(repo, blob.digest, range, whole, range ? range.end - range.start + 1 : blob.size);
   }
 
   /**
-   * A blob the upstream sends without a size, as it comes: the reader ends once the whole blob matched
-   * its digest. Done meanwhile, the stored file; gone (evicted at once), fetched again.
+   * `range` of the cached file (`bytes` long, when known), or, evicted or purged since the blob was
+   * found cached (or its fill ended meanwhile), `whole` of a new fill, as any miss is.
    */
-  private async openUnsized(repo: string, digest: Digest, fill: BlobFill | undefined): Promise<Readable | undefined> {
-    if (fill) return await startedReader(fill);
-    const body = await this.store.open(digest);
-    if (body) return body;
+  private async storedOrRefilled(repo: string, digest: Digest, range?: ByteRange, whole?: ByteRange, bytes?: number): Promise<Readable | undefined> {
+    const body = await this.store.open(digest, range);
+    if (body) {
+      if (bytes !== undefined) this.observer?.servedFromCache?.(this.key, bytes);
+      return body;
+    }
     const refill = await this.fill(repo, digest);
-    return refill && (await startedReader(refill));
+    return refill && (await startedReader(refill, whole));
   }
 
   /**
