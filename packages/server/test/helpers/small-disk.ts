@@ -45,6 +45,10 @@ export class SmallDisk {
         const n = Math.min(chunk.length, take - done);
         done += (await file.write(chunk, 0, n)).bytesWritten;
       }
+    } catch (err) {
+      // A download writing meanwhile took some of the space counted above: the disk is full, which
+      // is at most what was asked to be left.
+      if ((err as { code?: unknown }).code !== 'ENOSPC') throw err;
     } finally {
       await file.close();
     }
