@@ -9,7 +9,7 @@ import { parseChallenge } from './token-auth.js';
 import { discard, isRegistryError, readRefusal, readUpTo, type Answer, type Headers } from './upstream-answer.js';
 import { UpstreamCredentials, anonymousRefusal } from './upstream-credentials.js';
 import { keepWasmOnBaseline } from './wasm-baseline.js';
-import { OUTAGES, UpstreamError, descriptorOf, type Upstream, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest, type UpstreamTags } from './upstream.js';
+import { OUTAGES, UpstreamError, descriptorOf, isTimeout, type Upstream, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest, type UpstreamTags } from './upstream.js';
 
 export interface UpstreamTimeouts {
   /** TCP (and TLS) connection, ms. */
@@ -60,7 +60,6 @@ const CERTIFICATE_CODES = new Set([
   'DEPTH_ZERO_SELF_SIGNED_CERT', 'SELF_SIGNED_CERT_IN_CHAIN', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT',
   'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'CERT_HAS_EXPIRED', 'CERT_NOT_YET_VALID', 'CERT_UNTRUSTED', 'CERT_REVOKED',
 ]);
-const TIMEOUT_CODES = new Set(['ETIMEDOUT', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT']);
 /** Failures worth another attempt: the connection, a timeout, a 5xx or a 429 (inside an attempt, nothing else throws these). */
 const RETRIED = OUTAGES;
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
@@ -573,7 +572,7 @@ export class HttpUpstream implements Upstream {
     const e = err as { code?: unknown; name?: string; message?: string; cause?: { code?: unknown } };
     // Only node's codes are strings: a DOMException's (an aborted or timed-out signal's) is a number.
     const code = [e.code, e.cause?.code].find((c): c is string => typeof c === 'string');
-    if (e.name === 'TimeoutError' || (code && TIMEOUT_CODES.has(code))) return new UpstreamError('timeout', `${who} timed out`);
+    if (isTimeout(err)) return new UpstreamError('timeout', `${who} timed out`);
     if (code && RETRYABLE_CODES.has(code)) return new UpstreamError('unreachable', `${who} is unreachable (${code})`);
     if (code && (CERTIFICATE_CODES.has(code) || code.startsWith('ERR_TLS_CERT'))) {
       return new UpstreamError('unreachable', `${who}'s TLS certificate is not trusted (${code}); a private CA goes in the upstream's ca_file`);

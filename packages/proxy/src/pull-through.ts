@@ -23,7 +23,7 @@ import type { CacheIndex, CachedTagList } from './cache-index.js';
 import type { ProxyObserver } from './observer.js';
 import { checkedRange, exactRange } from './checked-range.js';
 import { OfflineGuard } from './offline-guard.js';
-import { OUTAGES, UpstreamError, descriptorOf, type Upstream, type UpstreamBlob } from './upstream.js';
+import { OUTAGES, UpstreamError, descriptorOf, isTimeout, type Upstream, type UpstreamBlob } from './upstream.js';
 import { verifiedBody } from './verified-body.js';
 
 export interface PullThroughPolicy {
@@ -312,10 +312,10 @@ export class PullThroughRepository implements RepositoryReader {
   private sizeOf(fill: BlobFill): Promise<BlobInfo> {
     return fill.done.catch((err: unknown) => {
       if (err instanceof UpstreamError) throw err;
-      const { code, name, message } = err as { code?: unknown; name?: unknown; message?: unknown };
+      const message = String((err as { message?: unknown } | undefined)?.message);
       // A body that stopped coming (its connection's idle timeout, the resumes' too).
-      if (code === 'ETIMEDOUT' || name === 'TimeoutError') throw new UpstreamError('timeout', `upstream ${this.key} timed out sending the blob: ${String(message)}`);
-      throw new UpstreamError('invalid', `upstream ${this.key} sent a bad blob: ${String(message)}`);
+      if (isTimeout(err)) throw new UpstreamError('timeout', `upstream ${this.key} timed out sending the blob: ${message}`);
+      throw new UpstreamError('invalid', `upstream ${this.key} sent a bad blob: ${message}`);
     });
   }
 

@@ -80,6 +80,19 @@ export class UpstreamError extends Error {
   }
 }
 
+const TIMEOUT_CODES = new Set(['ETIMEDOUT', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT']);
+
+/**
+ * Whether a failed request or body timed out: a socket's idle timeout, undici's, or an aborted
+ * signal's TimeoutError. Only node's codes are strings (a DOMException's is a number).
+ */
+export function isTimeout(err: unknown): boolean {
+  const e = err as { code?: unknown; name?: unknown; cause?: { code?: unknown } } | null | undefined;
+  if (e === null || typeof e !== 'object') return false;
+  if (e.name === 'TimeoutError') return true;
+  return [e.code, e.cause?.code].some((c) => typeof c === 'string' && TIMEOUT_CODES.has(c));
+}
+
 /** A descriptor from an upstream's index (a referrers list), or undefined when the entry is not one. */
 export function descriptorOf(entry: unknown): Descriptor | undefined {
   if (entry === null || typeof entry !== 'object') return undefined;
