@@ -1,5 +1,5 @@
 import { flushDeferredWrites, type BlobStore, type Digest, type SqliteDatabase } from '@wharf/registry-core';
-import type { BlobFills } from './blob-fill.js';
+import type { BlobFills } from './blob-fills.js';
 import { CacheIndex } from './cache-index.js';
 
 /** Blobs forgotten in one transaction (one WAL commit for many rows, short enough not to stall requests). */

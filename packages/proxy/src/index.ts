@@ -2,6 +2,7 @@ export * from './upstream.js';
 export * from './token-auth.js';
 export * from './http-upstream.js';
 export * from './blob-fill.js';
+export * from './blob-fills.js';
 export * from './cache-index.js';
 export * from './pull-through.js';
 export * from './mirrors.js';

@@ -18,7 +18,8 @@ import {
   type ReferrersPage,
   type TagPage,
 } from '@wharf/registry-core';
-import { fillFailed, type BlobFill, type BlobFills } from './blob-fill.js';
+import { fillFailed, type BlobFill } from './blob-fill.js';
+import type { BlobFills } from './blob-fills.js';
 import type { CacheIndex, CachedTagList } from './cache-index.js';
 import type { ProxyObserver } from './observer.js';
 import { checkedRange, exactRange } from './checked-range.js';

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FsBlobStore, openDatabase, type SqliteDatabase } from '@wharf/registry-core';
-import { BlobFills } from '../src/blob-fill.js';
+import { BlobFills } from '../src/blob-fills.js';
 import { CacheIndex } from '../src/cache-index.js';
 import { HttpUpstream } from '../src/http-upstream.js';
 import { PullThroughRepository } from '../src/pull-through.js';

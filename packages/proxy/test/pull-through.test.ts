@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FsBlobStore, flushDeferredWrites, openDatabase, type Digest, type SqliteDatabase } from '@wharf/registry-core';
-import { BlobFills } from '../src/blob-fill.js';
+import { BlobFills } from '../src/blob-fills.js';
 import { CacheIndex } from '../src/cache-index.js';
 import { HttpUpstream } from '../src/http-upstream.js';
 import { MirroredUpstream } from '../src/mirrors.js';
