@@ -11,6 +11,11 @@ export default class StrictNodeEnvironment extends TestEnvironment {
 
   async setup() {
     await super.setup();
+    // Node 21 and later have a global navigator, which jest copies in. node-forge's big-number code
+    // (jsbn) takes any navigator without an appName for a slow old browser and picks its slowest
+    // multiplication: under jest on Node 24, each RSA signature of the TLS tests took a second.
+    // Wharf never reads navigator.
+    delete this.global.navigator;
     process.on('unhandledRejection', this.record);
   }
 
