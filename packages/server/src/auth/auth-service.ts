@@ -7,6 +7,7 @@ import type { WharfConfig } from '../config.js';
 import { findUpstream, type ProxyConfig, type UpstreamAccess } from '../proxy-config.js';
 import { Accounts } from './accounts.js';
 import { AuthStore } from './auth-store.js';
+import { KnownAddresses } from './known-addresses.js';
 import { DEFAULT_LOGIN_LIMITS, LoginLimiter, type LoginLimits } from './login-limiter.js';
 import { ConfigError } from '../config-error.js';
 import { PRODUCTION_BCRYPT_COST, checkNewPassword, hashPassword } from './passwords.js';
@@ -69,6 +70,8 @@ export class AuthService {
   readonly accounts: Accounts;
   private readonly groups: ReadonlyMap<string, ReadonlyMap<string, Role>>;
   private readonly limiter: LoginLimiter;
+  /** Where each user signed in from lately: guesses at their password from elsewhere do not lock them out there. */
+  private readonly knownAddresses = new KnownAddresses();
   /** Logins being checked, by a hash of user name and password. */
   private readonly verifying = new Map<string, Promise<Principal | undefined>>();
 
@@ -166,13 +169,15 @@ export class AuthService {
 
   /**
    * Checks a user name and password (or a PAT/CI token as the password) with the failed-login limits
-   * per address and per user: 429 with Retry-After while over them, 401 when wrong.
+   * per address and per user: 429 with Retry-After while over them, 401 when wrong. The user's limit
+   * does not hold back an address the user signed in from lately (KnownAddresses).
    */
   async login(user: string, password: string, ip: string | undefined): Promise<Principal> {
     // With a token as the password the user name is free text ("ci" for every pipeline): only the
     // address counts, or one expired token would lock every job that says "ci" out.
     const isToken = Accounts.isTokenSecret(password);
-    const keys = isToken ? [`ip:${ip ?? 'unknown'}`] : [`ip:${ip ?? 'unknown'}`, `user:${user}`];
+    const perUser = !isToken && !this.knownAddresses.knows(user, ip);
+    const keys = perUser ? [`ip:${ip ?? 'unknown'}`, `user:${user}`] : [`ip:${ip ?? 'unknown'}`];
     // The same wrong credentials again are no new guess: Docker's daemon sends its Docker Hub login
     // to every registry mirror with each pull, and the jobs of a runner repeat an expired token.
     // Counted each time, they would lock the runner's address, or a user of the same name, out.
@@ -195,7 +200,10 @@ export class AuthService {
           this.limiter.forgive(keys, attempt);
           // Only the user's own password clears the guesses at it: with a token, the user name is
           // anyone's to write, and anybody's token would wipe the count of guesses at another's password.
-          if (!isToken) this.limiter.clear(`user:${user}`);
+          if (!isToken) {
+            this.limiter.clear(`user:${user}`);
+            this.knownAddresses.remember(user, ip);
+          }
         }
         return principal;
       })();
@@ -216,6 +224,8 @@ export class AuthService {
       this.failed(keys);
       throw new AuthFailure('invalid or expired refresh token', 'basic');
     }
+    // A refresh token is what `docker login` keeps: its client's address is the user's.
+    if (principal.kind === 'user') this.knownAddresses.remember(principal.name, ip);
     return principal;
   }
 

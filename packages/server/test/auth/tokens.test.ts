@@ -388,6 +388,7 @@ describe('failed logins are limited per address and per user', () => {
           { name: 'carol', password_hash: bcrypt.hashSync(PW.alice, 11) },
           { name: 'erin', password_hash: bcrypt.hashSync(PW.alice, 12) },
           { name: 'hana', password_hash: bcryptHash(PW.alice) },
+          { name: 'ivan', password_hash: bcryptHash(PW.alice) },
         ],
       },
     });
@@ -419,6 +420,26 @@ describe('failed logins are limited per address and per user', () => {
     expect(v2.retryAfter).toBeDefined();
     // Another user from that address is fine.
     expect((await getFrom('127.0.0.3', `${reg.url}/v2/`, { Authorization: basic('bob', PW.bob) })).status).toBe(200);
+  });
+
+  test('guesses at a password from elsewhere do not lock its owner out where they signed in before; a new address is held back', async () => {
+    secrets.addBasic('ivan', PW.alice);
+    expect((await getFrom('127.0.3.1', `${reg.url}/v2/`, { Authorization: basic('ivan', PW.alice) })).status).toBe(200);
+    // Someone with no account guesses at ivan's password, each guess from an address of its own.
+    for (let i = 0; i < 10; i++) {
+      secrets.addBasic('ivan', `ivan-guess-${i}`);
+      expect((await getFrom(`127.0.4.${i + 1}`, `${reg.url}/v2/`, { Authorization: basic('ivan', `ivan-guess-${i}`) })).status).toBe(401);
+    }
+    expect((await getFrom('127.0.4.20', `${reg.url}/v2/`, { Authorization: basic('ivan', PW.alice) })).status).toBe(429);
+    // ivan, from where he signed in before: in, on /v2 and at the token endpoint.
+    expect((await getFrom('127.0.3.1', `${reg.url}/v2/`, { Authorization: basic('ivan', PW.alice) })).status).toBe(200);
+    expect((await getFrom('127.0.3.1', tokenUrl(), { Authorization: basic('ivan', PW.alice) })).status).toBe(200);
+    // Guesses from that address still count against it.
+    for (let i = 0; i < 10; i++) {
+      secrets.addBasic('ivan', `ivan-own-guess-${i}`);
+      expect((await getFrom('127.0.3.1', `${reg.url}/v2/`, { Authorization: basic('ivan', `ivan-own-guess-${i}`) })).status).toBe(401);
+    }
+    expect((await getFrom('127.0.3.1', `${reg.url}/v2/`, { Authorization: basic('ivan', PW.alice) })).status).toBe(429);
   });
 
   test("a token sent under another user's name does not clear the guesses counted against that user's password", async () => {
