@@ -11,6 +11,8 @@ export interface Account {
   readonly passwordHash: string;
   /** Users of configuration.toml are read-only; the CLI manages the database's. */
   readonly source: 'config' | 'database';
+  /** When a database user was added (milliseconds). */
+  readonly createdAt?: number;
 }
 
 /** A verified password stays verified this long in memory (bcrypt at cost 12 takes about 0.3 s). */
@@ -51,7 +53,7 @@ export class Accounts {
     const fromConfig = this.configUsers.get(name);
     if (fromConfig) return fromConfig;
     const stored = this.store.user(name);
-    return stored && { name: stored.name, admin: stored.admin, passwordHash: stored.passwordHash, source: 'database' };
+    return stored && { name: stored.name, admin: stored.admin, passwordHash: stored.passwordHash, source: 'database', createdAt: stored.createdAt };
   }
 
   list(): Account[] {
@@ -189,9 +191,16 @@ export class Accounts {
     return this.tokenPrincipal(token, false);
   }
 
-  principalOfUser(name: string): Principal | undefined {
+  /**
+   * The user `name`, for a bearer token issued to that name at `issuedAt` (seconds): undefined when the
+   * user is gone, or was added after the token was issued (a user removed, and another added under the
+   * name, never gets the first one's tokens).
+   */
+  principalOfUser(name: string, issuedAt: number): Principal | undefined {
     const account = this.find(name);
-    return account && { kind: 'user', name: account.name, admin: account.admin };
+    // `iat` is cut to the second: only a token certainly issued before the user was added is refused.
+    if (!account || (account.createdAt !== undefined && (issuedAt + 1) * 1000 <= account.createdAt)) return undefined;
+    return { kind: 'user', name: account.name, admin: account.admin };
   }
 
   private isLive(token: StoredToken): boolean {

@@ -260,7 +260,7 @@ export class AuthService {
         principal = this.accounts.principalOfToken(verified.tokenId);
         if (principal && principal.kind !== 'anonymous' && principal.name !== verified.subject) principal = undefined;
       } else {
-        principal = verified.subject === '' ? ANONYMOUS : this.accounts.principalOfUser(verified.subject);
+        principal = verified.subject === '' ? ANONYMOUS : this.accounts.principalOfUser(verified.subject, verified.issuedAt);
       }
       if (!principal) throw new AuthFailure('the token was revoked or its user removed', 'bearer');
       return { via: 'bearer', principal, access: verified.access };

@@ -75,6 +75,8 @@ export interface VerifiedToken {
   readonly access: readonly AccessEntry[];
   /** The personal access or CI token it was issued for, re-checked on every use. */
   readonly tokenId?: number;
+  /** When it was issued, in seconds (`iat`). */
+  readonly issuedAt: number;
 }
 
 function isAccessList(value: unknown): value is AccessEntry[] {
@@ -157,7 +159,7 @@ export class TokenIssuer {
       const tid = payload.tid;
       if (tid !== undefined && (typeof tid !== 'number' || !Number.isSafeInteger(tid))) return undefined;
       return {
-        claims: { subject: payload.sub, access: payload.access, ...(tid !== undefined ? { tokenId: tid } : {}) },
+        claims: { subject: payload.sub, access: payload.access, issuedAt: payload.iat!, ...(tid !== undefined ? { tokenId: tid } : {}) },
         expiresAt: payload.exp! * 1000,
         notBefore: payload.nbf! * 1000,
       };

@@ -64,6 +64,31 @@ describe("a configuration user's refresh tokens and PATs across changes to confi
   });
 });
 
+describe('a database user removed, and another added under the same name', () => {
+  test("gets none of the first one's bearer tokens, though they have not expired", async () => {
+    const admin = { name: 'root', password_hash: bcryptHash('root-password-1'), admin: true };
+    const server = await startAuthRegistry({ authSettings: { users: [admin] } });
+    try {
+      const store = server.auth!.store;
+      store.addUser('erin', bcryptHash('first-erin-password'), false);
+      const reply = await fetchToken(`${server.url}/auth/token`, 'wharf', ['repository:erin/app:pull,push'], { user: 'erin', password: 'first-erin-password' });
+      const first = ((await reply.json()) as TokenReply).token;
+      const v2 = (token: string): Promise<number> => fetch(`${server.url}/v2/erin/app/tags/list`, { headers: { Authorization: `Bearer ${token}` } }).then((r) => r.status);
+      expect(await v2(first)).toBe(404); // signed in, allowed, and nothing there yet
+      store.removeUser('erin');
+      expect(await v2(first)).toBe(401);
+      // A token's issue time is kept to the second: the new user comes at least a second later.
+      await new Promise((r) => setTimeout(r, 1_100));
+      store.addUser('erin', bcryptHash('second-erin-password'), false);
+      expect(await v2(first)).toBe(401);
+      const again = await fetchToken(`${server.url}/auth/token`, 'wharf', ['repository:erin/app:pull,push'], { user: 'erin', password: 'second-erin-password' });
+      expect(await v2(((await again.json()) as TokenReply).token)).toBe(404);
+    } finally {
+      await server.close();
+    }
+  });
+});
+
 describe('a database made before refresh tokens noted their password', () => {
   test('gets the column, and keeps its tokens', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'wharf-accounts-'));
