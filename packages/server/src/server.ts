@@ -83,7 +83,8 @@ async function prepareStorage(config: WharfConfig): Promise<void> {
   const devices = new Map<string, number>();
   for (const [key, folder] of Object.entries(folders)) {
     try {
-      await mkdir(folder, { recursive: true });
+      // Folders Wharf makes are its user's alone: they hold private images. Existing ones keep their mode.
+      await mkdir(folder, { recursive: true, mode: 0o700 });
       devices.set(key, (await stat(folder)).dev);
     } catch (err) {
       throw new ConfigError(`"${key}" (${folder}) is not a usable folder: ${(err as Error).message}`);

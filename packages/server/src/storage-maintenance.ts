@@ -169,7 +169,7 @@ export function summary(report: StorageGcReport): Record<string, number | boolea
  * working) and folders the server uses. close() closes the database.
  */
 export async function openStorage(config: WharfConfig): Promise<{ storage: StorageMaintenance; deps: StorageDeps; close(): void }> {
-  for (const folder of [config.registryStorage, config.temporaryRegistryStorage, config.proxyStorage]) await mkdir(folder, { recursive: true });
+  for (const folder of [config.registryStorage, config.temporaryRegistryStorage, config.proxyStorage]) await mkdir(folder, { recursive: true, mode: 0o700 });
   const db = openDatabase(config.database);
   try {
     const uploads = new FsUploadSessions(config.temporaryRegistryStorage);

@@ -10,7 +10,7 @@ export type SqliteStatement = BetterSqlite3.Statement;
 /** Opens (creating if needed) the metadata database in WAL mode with foreign keys on, and migrates it. */
 export function openDatabase(file: string): SqliteDatabase {
   if (file !== ':memory:') {
-    mkdirSync(dirname(file), { recursive: true });
+    mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
     // A new database is readable by its owner only: it holds password hashes. SQLite gives its -wal
     // and -shm files the database's mode. An existing file keeps the mode its operator chose.
     closeSync(openSync(file, 'a', 0o600));
