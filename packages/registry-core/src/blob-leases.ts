@@ -1,5 +1,8 @@
 import type { Digest } from './digest.js';
 
+/** How often a lease is renewed while its holder works. */
+export const LEASE_RENEW_MS = 60_000;
+
 /**
  * Keeps a blob's file from garbage collection while a push places it in the blob store and links it:
  * taken before the file is moved into place, released once the link is committed. Garbage collection
@@ -9,4 +12,6 @@ import type { Digest } from './digest.js';
 export interface BlobLeases {
   lease(digest: Digest): number | Promise<number>;
   release(id: number): void | Promise<void>;
+  /** Renewed every LEASE_RENEW_MS while held: a lease nobody renews (its process died) runs out. */
+  renew(id: number): void | Promise<void>;
 }

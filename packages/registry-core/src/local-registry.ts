@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream';
-import type { BlobLeases } from './blob-leases.js';
+import { LEASE_RENEW_MS, type BlobLeases } from './blob-leases.js';
 import type { BlobInfo, BlobStore, ByteRange, UnsizedBlob } from './blob-store.js';
 import { parseDigest, tryParseDigest, type Digest, type DigestAlgorithm } from './digest.js';
 import { RegistryError } from './errors.js';
@@ -25,14 +25,19 @@ export class LocalRegistry implements RepositoryReader, RepositoryWriter {
     private readonly leases?: BlobLeases,
   ) {}
 
-  /** Runs `work` (which places a blob's file and links it) under a lease on the digest. */
+  /** Runs `work` (which places a blob's file and links it) under a lease on the digest, renewed while it runs. */
   private async leased<T>(digest: Digest, work: () => Promise<T>): Promise<T> {
-    if (!this.leases) return work();
-    const id = await this.leases.lease(digest);
+    const leases = this.leases;
+    if (!leases) return work();
+    const id = await leases.lease(digest);
+    // A renewal that fails (the database busy for a moment) is tried again at the next one.
+    const renewal = setInterval(() => void Promise.resolve().then(() => leases.renew(id)).catch(() => undefined), LEASE_RENEW_MS);
+    renewal.unref();
     try {
       return await work();
     } finally {
-      await this.leases.release(id);
+      clearInterval(renewal);
+      await leases.release(id);
     }
   }
 

@@ -1,7 +1,11 @@
-import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
+import { afterEach, beforeEach, describe, expect, jest, test } from '@jest/globals';
 import { mkdir, readdir, stat, utimes, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
+import { Readable } from 'node:stream';
+import { LEASE_RENEW_MS, type BlobLeases } from '../src/blob-leases.js';
 import type { BlobStore } from '../src/blob-store.js';
+import { LocalRegistry } from '../src/local-registry.js';
+import { LEASE_TTL_MS } from '../src/sqlite/sqlite-lifecycle.js';
 import { BROKEN_MANIFEST_WARNING } from '../src/sqlite/sqlite-metadata-store.js';
 import { gcFixture, pushImage, type GcFixture } from './gc-helpers.js';
 import { OCI_INDEX, EMPTY_JSON, bytesOf, ociIndexBytes, readAll, sha256, streamOf } from './helpers.js';
@@ -309,6 +313,51 @@ describe('garbage collection while pushes run', () => {
     await registry.completeUpload('alice/late', session.id, digest);
     expect(await registry.blob('alice/late', digest)).toBeDefined();
     expect(await fx.blobs.stat(digest)).toBeUndefined();
+  });
+
+  test('a lease whose holder died (kill -9 mid-push) protects its blob LEASE_TTL_MS past its last renewal, no longer', async () => {
+    const [bytes] = await garbage(1, 5);
+    const digest = sha256(bytes!);
+    const life = fx.metadata.lifecycle();
+    const t0 = Date.now();
+    const id = life.lease(digest, t0); // never released: its process is gone
+    expect((await fx.collect({ ageMs: 60_000 })).blobs).toEqual([]);
+    life.renew(id, t0 + 9 * 60_000); // its last renewal
+    expect((await fx.collect({ ageMs: 9 * 60_000 + LEASE_TTL_MS - 60_000 })).blobs).toEqual([]);
+    expect((await fx.collect({ ageMs: 9 * 60_000 + LEASE_TTL_MS + 60_000 })).blobs.map((b) => b.digest)).toEqual([digest]);
+    expect(LEASE_TTL_MS).toBeLessThanOrEqual(15 * 60_000);
+  });
+
+  test('a push renews its lease while its body streams, and releases it at the end', async () => {
+    const life = fx.metadata.lifecycle();
+    const renewed: number[] = [];
+    const leases: BlobLeases = { lease: (d) => life.lease(d), release: (id) => life.release(id), renew: (id) => (renewed.push(id), life.renew(id)) };
+    const registry = new LocalRegistry(fx.blobs, fx.metadata, fx.uploads, leases);
+    const bytes = Buffer.from('a body that takes its time');
+    const digest = sha256(bytes);
+    let finish!: () => void;
+    const body = new Readable({ read() {} });
+    body.push(bytes.subarray(0, 5));
+    const finished = new Promise<void>((resolve) => (finish = resolve));
+    void finished.then(() => {
+      body.push(bytes.subarray(5));
+      body.push(null);
+    });
+    jest.useFakeTimers({ doNotFake: ['nextTick', 'setImmediate', 'clearImmediate', 'setTimeout', 'clearTimeout', 'queueMicrotask', 'hrtime', 'performance', 'Date'] });
+    try {
+      const pushing = registry.putBlob('alice/slow', body, { digest, size: bytes.length });
+      await new Promise((r) => setTimeout(r, 50));
+      jest.advanceTimersByTime(LEASE_RENEW_MS * 3);
+      await new Promise((r) => setTimeout(r, 10));
+      expect(renewed.length).toBe(3);
+      finish();
+      await pushing;
+      jest.advanceTimersByTime(LEASE_RENEW_MS * 3);
+      expect(renewed.length).toBe(3); // no renewal after the release
+      expect(fx.db.prepare('SELECT COUNT(*) AS n FROM blob_leases').get()).toEqual({ n: 0 });
+    } finally {
+      jest.useRealTimers();
+    }
   });
 
   test('an upload in progress is never touched', async () => {

@@ -51,8 +51,12 @@ export interface DanglingReference {
   readonly kind: 'blob' | 'manifest';
 }
 
-/** How long a lease protects a blob when its holder never releases it (a crash). */
-export const LEASE_TTL_MS = 24 * 3_600_000;
+/**
+ * How long a lease protects a blob past its last renewal: its holder renews it every LEASE_RENEW_MS
+ * (blob-leases.ts) while it works (a monolithic push streams for as long as the client sends), so a
+ * lease whose holder died (kill -9, a crash) stops protecting the blob within this.
+ */
+export const LEASE_TTL_MS = 10 * 60_000;
 
 /**
  * The queries of garbage collection, retention and fsck on the registry's SQLite metadata. It belongs to
@@ -94,6 +98,7 @@ export class SqliteLifecycle {
                         AND NOT EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.digest = b.digest) ORDER BY digest`),
       lease: s('INSERT INTO blob_leases (digest, expires_at) VALUES (?, ?)'),
       release: s('DELETE FROM blob_leases WHERE id = ?'),
+      renewLease: s('UPDATE blob_leases SET expires_at = ? WHERE id = ?'),
       expireLeases: s('DELETE FROM blob_leases WHERE expires_at <= ?'),
       blobRows: s(`SELECT b.digest, b.size, (SELECT COUNT(*) FROM repository_blobs rb WHERE rb.digest = b.digest) AS links
                    FROM blobs b ORDER BY b.digest`),
@@ -232,13 +237,18 @@ export class SqliteLifecycle {
       .immediate();
   }
 
-  /** Keeps `digest`'s file from garbage collection until released (or LEASE_TTL_MS at the latest). */
+  /** Keeps `digest`'s file from garbage collection until released (or LEASE_TTL_MS past its last renewal). */
   lease(digest: Digest, now = Date.now()): number {
     return Number(this.q.lease!.run(digest, now + LEASE_TTL_MS).lastInsertRowid);
   }
 
   release(id: number): void {
     this.q.release!.run(id);
+  }
+
+  /** Keeps the lease `id` another LEASE_TTL_MS. */
+  renew(id: number, now = Date.now()): void {
+    this.q.renewLease!.run(now + LEASE_TTL_MS, id);
   }
 
   expireLeases(now = Date.now()): number {
