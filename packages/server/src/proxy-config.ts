@@ -162,6 +162,27 @@ function readCaFile(where: string, path: string): string {
   return pem;
 }
 
+/** Above this a hedge is no hedge: the first-byte timeout (30 s by default) has long ended the request. */
+const MAX_HEDGE_DELAY_MS = 10 * 60_000;
+
+/**
+ * A registry's base URL from the configuration, without trailing slashes: http(s), a valid host and
+ * port, and nothing a base URL cannot carry (a query, a fragment, credentials: those go in
+ * `username` and `password`). A path is kept (a registry served under one).
+ */
+function registryUrl(where: string, value: unknown): string {
+  if (typeof value !== 'string' || !/^https?:\/\/[^/]+/.test(value)) throw new ConfigError(`"${where}" must be an http(s) URL (got ${JSON.stringify(value)})`);
+  let parsed: URL;
+  try {
+    parsed = new URL(value);
+  } catch {
+    throw new ConfigError(`"${where}" is not a valid URL: ${value} (a host, and a port from 1 to 65535 if any)`);
+  }
+  if (parsed.username || parsed.password) throw new ConfigError(`"${where}" must not hold credentials: give them as "username" and "password" (or "password_env")`);
+  if (parsed.search || parsed.hash || value.includes('?') || value.includes('#')) throw new ConfigError(`"${where}" must be a base URL, without a query or fragment (got ${value})`);
+  return value.replace(/\/+$/, '');
+}
+
 function upstream(key: string, raw: unknown, env: NodeJS.ProcessEnv, builtIn: UpstreamConfig | undefined): UpstreamConfig {
   const where = `proxy.upstreams.${key}`;
   if (!isTable(raw)) throw new ConfigError(`"${where}" must be a table`);
@@ -169,8 +190,7 @@ function upstream(key: string, raw: unknown, env: NodeJS.ProcessEnv, builtIn: Up
   if (!/^[a-z0-9]+(?:[._-][a-z0-9]+)*$/.test(key)) {
     throw new ConfigError(`"${where}": the key must be lower case letters, digits, ".", "_" or "-" (it is a path component); give a host with a port or capitals a key like "myreg"`);
   }
-  const url = raw.url ?? builtIn?.url;
-  if (typeof url !== 'string' || !/^https?:\/\/[^/]+/.test(url)) throw new ConfigError(`"${where}.url" must be an http(s) URL`);
+  const url = registryUrl(`${where}.url`, raw.url ?? builtIn?.url);
   const aliases = raw.aliases ?? builtIn?.aliases ?? [];
   if (!Array.isArray(aliases) || aliases.some((a) => typeof a !== 'string' || !isValidRepositoryName(a) || a.includes('/'))) {
     throw new ConfigError(`"${where}.aliases" must be an array of lower-case names`);
@@ -185,9 +205,12 @@ function upstream(key: string, raw: unknown, env: NodeJS.ProcessEnv, builtIn: Up
   }
   const ca = raw.ca_file === undefined ? undefined : readCaFile(`${where}.ca_file`, raw.ca_file as string);
   const prefix = (raw.library_prefix as string | undefined) ?? builtIn?.officialPrefix;
-  const mirrors = raw.mirrors ?? [];
-  if (!Array.isArray(mirrors) || mirrors.some((m) => typeof m !== 'string' || !/^https?:\/\/[^/]+/.test(m))) {
-    throw new ConfigError(`"${where}.mirrors" must be an array of http(s) URLs`);
+  const rawMirrors = raw.mirrors ?? [];
+  if (!Array.isArray(rawMirrors)) throw new ConfigError(`"${where}.mirrors" must be an array of http(s) URLs`);
+  const mirrors = rawMirrors.map((m, i) => registryUrl(`${where}.mirrors[${i}]`, m));
+  for (const [i, m] of mirrors.entries()) {
+    const twice = m === url ? '"url"' : mirrors.indexOf(m) < i ? `mirrors[${mirrors.indexOf(m)}]` : undefined;
+    if (twice) throw new ConfigError(`"${where}.mirrors[${i}]" (${m}) is ${twice} again: each mirror is asked once`);
   }
   const strategy = raw.strategy ?? 'failover';
   if (!STRATEGIES.includes(strategy as MirrorStrategy)) {
@@ -195,6 +218,7 @@ function upstream(key: string, raw: unknown, env: NodeJS.ProcessEnv, builtIn: Up
   }
   const hedgeDelay = raw.hedge_delay === undefined ? 500 : typeof raw.hedge_delay === 'string' ? parseDuration(raw.hedge_delay) : undefined;
   if (hedgeDelay === undefined) throw new ConfigError(`"${where}.hedge_delay" must be a duration such as "300ms"`);
+  if (hedgeDelay > MAX_HEDGE_DELAY_MS) throw new ConfigError(`"${where}.hedge_delay" must be at most 10m (got ${String(raw.hedge_delay)})`);
   const access = raw.access;
   if (
     access !== undefined &&
@@ -206,13 +230,13 @@ function upstream(key: string, raw: unknown, env: NodeJS.ProcessEnv, builtIn: Up
   }
   return {
     key,
-    url: url.replace(/\/+$/, ''),
+    url,
     aliases: aliases as string[],
     ...(raw.username !== undefined ? { username: raw.username as string } : {}),
     ...(password !== undefined ? { password } : {}),
     ...(ca !== undefined ? { ca } : {}),
     ...(prefix ? { officialPrefix: prefix.endsWith('/') ? prefix : `${prefix}/` } : {}),
-    mirrors: (mirrors as string[]).map((m) => m.replace(/\/+$/, '')),
+    mirrors,
     strategy: strategy as MirrorStrategy,
     hedgeDelay,
     ...(access !== undefined ? { access: access as UpstreamAccess } : {}),
