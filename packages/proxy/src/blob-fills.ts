@@ -406,6 +406,8 @@ export class BlobFills {
           return blob;
         } catch (err) {
           upstream.body.destroy();
+          // Bytes that came whole and wrong: the mirror that sent them is asked after the others.
+          if (!cut && err instanceof RegistryError && (err.code === 'DIGEST_INVALID' || err.code === 'SIZE_INVALID')) upstream.refused?.();
           throw err;
         } finally {
           this.bodies.delete(upstream.body);

@@ -19,8 +19,18 @@ export interface MirrorOptions {
   readonly probeRate?: number;
   /** adaptive: how long a mirror that cut a body ranks last (ms; CUT_MEMORY_MS). */
   readonly cutMemory?: number;
-  /** The other strategies: how long a mirror whose request failed is asked after the others (ms; FAIL_MEMORY_MS). */
+  /** How long a mirror whose request failed is asked after the others (ms; FAIL_MEMORY_MS). */
   readonly failMemory?: number;
+  /** How long a mirror that sent a blob's bytes wrong is asked after the others (ms; BAD_MEMORY_MS). */
+  readonly badMemory?: number;
+  /**
+   * Rounds over the mirrors after the first, when every one failed with an outage (down, timed out,
+   * 5xx, 429), with backoff between them. The mirrors' own clients should not retry: the next mirror
+   * is a better retry than the same one.
+   */
+  readonly retries?: number;
+  /** No round, and no further mirror within one, starts this long after the first attempt (ms). */
+  readonly retryBudget?: number;
   readonly random?: () => number;
 }
 
@@ -40,6 +50,8 @@ interface MirrorStats {
   cutAt: number;
   /** When a request to it last failed, since when none succeeded (performance.now(); 0: not so). */
   failedAt: number;
+  /** When a blob it sent last failed its digest or size (performance.now(); 0: never). */
+  badAt: number;
 }
 
 /** A mirror that cut a body ranks last for this long, or until a body of its own comes whole. */
@@ -50,6 +62,14 @@ const CUT_MEMORY_MS = 5 * 60_000;
  * request paid the failing mirror's timeouts before reaching one that answers.
  */
 const FAIL_MEMORY_MS = 30_000;
+/**
+ * Every strategy: a mirror that sent a blob whose digest or size was wrong is asked after the others
+ * for this long. Without it, the same mirror was asked first again, and the blob could not be pulled
+ * while its mirror sent it wrong.
+ */
+const BAD_MEMORY_MS = 5 * 60_000;
+const RETRY_BUDGET_MS = 60_000;
+const MAX_RETRY_WAIT_MS = 10_000;
 
 const EWMA = 0.3;
 /** Digests whose last fetch was striped, remembered (at most this many) so that the next one is not. */
@@ -80,7 +100,7 @@ export class MirroredUpstream implements Upstream {
   ) {
     if (mirrors.length === 0) throw new Error('MirroredUpstream needs at least one mirror');
     this.name = mirrors[0]!.name;
-    this.stats = mirrors.map(() => ({ latency: 0, throughput: 0, samples: 0, failures: 0, cut: 0, cutAt: 0, failedAt: 0 }));
+    this.stats = mirrors.map(() => ({ latency: 0, throughput: 0, samples: 0, failures: 0, cut: 0, cutAt: 0, failedAt: 0, badAt: 0 }));
     this.random = options.random ?? Math.random;
   }
 
@@ -125,16 +145,24 @@ export class MirroredUpstream implements Upstream {
    */
   private resumable(first: number, blob: UpstreamBlob, repo: string, digest: Digest, range: ByteRange | undefined, signal: AbortSignal | undefined): UpstreamBlob {
     const measured = this.measureBody(first, blob);
+    /** The mirrors whose bytes it holds: one of them sent them wrong, if the fill finds them so. */
+    const sources = [first];
+    const refused = (): void => {
+      for (const i of sources) this.stats[i]!.badAt = performance.now();
+    };
     // What the body holds, not what was asked: a mirror may answer a range with the whole blob.
     const start = blob.range ? blob.range.start : 0;
     const end = blob.range ? blob.range.end : blob.size !== undefined ? blob.size - 1 : undefined;
-    if (this.mirrors.length < 2 || end === undefined) return measured;
+    if (this.mirrors.length < 2 || end === undefined) return { ...measured, refused };
     const rest = this.order().filter((k) => k !== first);
     const resume = async (from: number): Promise<UpstreamBlob | undefined> => {
       for (let k = rest.shift(); k !== undefined; k = rest.shift()) {
         try {
           const part = await this.mirrors[k]!.blob(repo, digest, { start: from, end }, signal);
-          if (part?.range?.start === from && part.range.end === end) return part;
+          if (part?.range?.start === from && part.range.end === end) {
+            sources.push(k);
+            return part;
+          }
           part?.body.destroy();
         } catch (err) {
           if (signal?.aborted) throw err;
@@ -142,36 +170,47 @@ export class MirroredUpstream implements Upstream {
       }
       return undefined;
     };
-    return resumingBlob(measured, start, end, resume);
+    return { ...resumingBlob(measured, start, end, resume), refused };
   }
 
   /** Order in which mirrors are asked, by strategy. */
   order(): number[] {
     const all = this.mirrors.map((_, i) => i);
-    if (this.options.strategy !== 'adaptive') {
-      const now = performance.now();
-      const memory = this.options.failMemory ?? FAIL_MEMORY_MS;
-      const failing = (i: number) => this.stats[i]!.failedAt > 0 && now - this.stats[i]!.failedAt < memory;
-      return lastWhen(all, failing);
-    }
-    // Mirrors that cut bodies come after every one that does not; probes still find out when they mend.
     const now = performance.now();
-    const memory = this.options.cutMemory ?? CUT_MEMORY_MS;
-    const cutting = (i: number) => (this.stats[i]!.cut > 0 && now - this.stats[i]!.cutAt < memory ? 1 : 0);
-    const ranked = [...all].sort((a, b) => cutting(a) - cutting(b) || this.score(b) - this.score(a));
+    const failMemory = this.options.failMemory ?? FAIL_MEMORY_MS;
+    const failing = (i: number) => this.stats[i]!.failedAt > 0 && now - this.stats[i]!.failedAt < failMemory;
+    const bad = (i: number) => this.isBad(i);
+    if (this.options.strategy !== 'adaptive') return lastWhen(lastWhen(all, failing), bad);
+    // Mirrors that sent wrong bytes or cut bodies come after every one that did not, and those whose
+    // last request failed after the rest; probes still find out when they mend.
+    const cutMemory = this.options.cutMemory ?? CUT_MEMORY_MS;
+    const cutting = (i: number) => this.stats[i]!.cut > 0 && now - this.stats[i]!.cutAt < cutMemory;
+    const rank = (i: number) => (bad(i) || cutting(i) ? 2 : 0) + (failing(i) ? 1 : 0);
+    const ranked = [...all].sort((a, b) => rank(a) - rank(b) || this.score(b) - this.score(a));
     const probeRate = this.options.probeRate ?? 0.1;
-    if (ranked.length > 1 && this.random() < probeRate) {
+    // A probe never goes to a mirror that sent wrong bytes lately: that would fail a client's pull.
+    const probes = ranked.slice(1).filter((i) => !bad(i));
+    if (probes.length > 0 && this.random() < probeRate) {
       // Probe: put a random other mirror first so its figures stay current.
-      const other = 1 + Math.floor(this.random() * (ranked.length - 1));
+      const other = ranked.indexOf(probes[Math.floor(this.random() * probes.length)]!);
       [ranked[0], ranked[other]] = [ranked[other]!, ranked[0]!];
     }
     return ranked;
   }
 
-  /** Higher is better; unmeasured mirrors score high so that each is tried. */
+  /** Whether mirror `i` sent a blob whose digest or size was wrong within BAD_MEMORY_MS. */
+  private isBad(i: number): boolean {
+    const at = this.stats[i]!.badAt;
+    return at > 0 && performance.now() - at < (this.options.badMemory ?? BAD_MEMORY_MS);
+  }
+
+  /**
+   * Higher is better; a mirror not asked yet scores high, so that each is tried, and one that never
+   * answered scores below every one that did.
+   */
   private score(i: number): number {
     const s = this.stats[i]!;
-    if (s.samples === 0) return Number.MAX_SAFE_INTEGER - i;
+    if (s.samples === 0) return s.failures === 0 ? Number.MAX_SAFE_INTEGER - i : 0;
     const penalty = 1 + s.failures;
     return (1 / Math.max(s.latency, 0.001) + s.throughput / 1e6) / penalty;
   }
@@ -185,7 +224,8 @@ export class MirroredUpstream implements Upstream {
       return;
     }
     s.failedAt = 0;
-    s.failures = Math.max(0, s.failures - 1);
+    // Its latest answer counts, not its past: a mirror that mended ranks by its figures again.
+    s.failures = 0;
     s.latency = s.samples === 0 ? seconds : s.latency * (1 - EWMA) + seconds * EWMA;
     s.samples += 1;
   }
@@ -230,10 +270,32 @@ export class MirroredUpstream implements Upstream {
    * not remembered). `wrap` sees a blob and the mirror it came from.
    */
   private async pick<T>(call: (m: Upstream, signal?: AbortSignal) => Promise<T | undefined>, signal?: AbortSignal, wrap?: (i: number, result: T) => T): Promise<T | undefined> {
-    const order = this.order();
-    if (this.options.strategy === 'hedged') return this.hedged(order, call, signal, wrap);
+    const started = performance.now();
+    const budget = this.options.retryBudget ?? RETRY_BUDGET_MS;
+    const retries = this.options.retries ?? 0;
+    for (let round = 0; ; round++) {
+      try {
+        return this.options.strategy === 'hedged' ? await this.hedged(this.order(), call, signal, wrap) : await this.inTurn(call, signal, wrap, started + budget);
+      } catch (err) {
+        // Another round only when every mirror was down or busy (a refusal stays one), within the budget.
+        if (signal?.aborted || round >= retries || !(err instanceof UpstreamError) || !OUTAGES.has(err.failure)) throw err;
+        const backoff = Math.min(MAX_RETRY_WAIT_MS, 200 * 2 ** round);
+        const wait = err.retryAfter !== undefined ? err.retryAfter * 1000 : backoff / 2 + this.random() * backoff;
+        if (wait > MAX_RETRY_WAIT_MS || performance.now() - started + wait > budget) throw err;
+        if (!(await sleep(wait, signal))) throw err;
+      }
+    }
+  }
+
+  /**
+   * One round of `pick` in strategy order (not hedged): a mirror that fails hands over to the next at
+   * once, and none starts past `deadline` (each stalled mirror costs its timeouts).
+   */
+  private async inTurn<T>(call: (m: Upstream, signal?: AbortSignal) => Promise<T | undefined>, signal: AbortSignal | undefined, wrap: ((i: number, result: T) => T) | undefined, deadline: number): Promise<T | undefined> {
     let lastError: unknown;
-    for (const i of order) {
+    let failed = 0;
+    for (const i of this.order()) {
+      if (lastError !== undefined && performance.now() >= deadline) break;
       const started = performance.now();
       try {
         const result = await call(this.mirrors[i]!, signal);
@@ -242,10 +304,11 @@ export class MirroredUpstream implements Upstream {
       } catch (err) {
         if (signal?.aborted) throw err;
         this.record(i, started, false);
+        failed += 1;
         lastError = worse(lastError, err);
       }
     }
-    if (lastError !== undefined) throw lastError;
+    if (lastError !== undefined) throw tried(lastError, failed);
     return undefined;
   }
 
@@ -257,16 +320,21 @@ export class MirroredUpstream implements Upstream {
       let pending = 0;
       let next = 0;
       let lastError: unknown;
+      let failed = 0;
       let timer: NodeJS.Timeout | undefined;
+      /** Attempts (by position) cancelled because another answered first. */
+      const lost = new Set<number>();
 
       const finish = (winner: number | undefined, result: T | undefined, error?: unknown) => {
         if (settled) return;
         settled = true;
         clearTimeout(timer);
         controllers.forEach((c, i) => {
-          if (i !== winner) c.abort(new Error('hedged request lost the race'));
+          if (i === winner) return;
+          if (winner !== undefined) lost.add(i);
+          c.abort(new Error('hedged request lost the race'));
         });
-        if (error !== undefined) reject(error);
+        if (error !== undefined) reject(tried(error, failed));
         else resolve(result);
       };
       const launch = () => {
@@ -297,7 +365,13 @@ export class MirroredUpstream implements Upstream {
           },
           (err: unknown) => {
             pending -= 1;
-            if (!controller.signal.aborted) this.record(i, started, false);
+            if (!controller.signal.aborted) {
+              this.record(i, started, false);
+              failed += 1;
+            } else if (lost.has(position) && performance.now() - started >= delay) {
+              // Slower than the winner by a hedge at least: the winner goes first for a while.
+              this.stats[i]!.failedAt = performance.now();
+            }
             lastError = worse(lastError, err);
             if (next < order.length) launch();
             else if (pending === 0) finish(undefined, undefined, lastError);
@@ -341,6 +415,8 @@ export class MirroredUpstream implements Upstream {
      * one stalled mirror does not cost a timeout on every range it would have had.
      */
     const failing = new Set<number>();
+    /** Mirrors that sent a blob wrong lately: asked for a range only when the others cannot serve it. */
+    const bad = new Set(this.order().filter((i) => this.isBad(i)));
     // A range's bytes as they came, not joined into one buffer: joining doubled the memory of every
     // stripe in flight.
     const fetchRange = async (index: number): Promise<Buffer[]> => {
@@ -349,7 +425,7 @@ export class MirroredUpstream implements Upstream {
       // Each range goes to the next mirror in turn; a failing mirror hands the range to the others.
       const first = index % this.mirrors.length;
       const turn = this.mirrors.map((_, k) => (first + k) % this.mirrors.length).filter((k) => !noRanges.has(k));
-      const order = lastWhen(turn, (k) => failing.has(k));
+      const order = lastWhen(lastWhen(turn, (k) => failing.has(k)), (k) => bad.has(k));
       let lastError: unknown;
       for (const i of order) {
         try {
@@ -361,6 +437,9 @@ export class MirroredUpstream implements Upstream {
             noRanges.add(i);
             throw new UpstreamError('invalid', `mirror did not answer the range ${range.start}-${range.end} it was asked for`);
           }
+          // A range cut mid-way goes to the next mirror whole, not on from the same one: a mirror that
+          // stalls would cost an idle timeout for each of its client's resumes.
+          part.body.once(RESUMING, () => part.body.destroy(new UpstreamError('unreachable', `mirror cut the range ${range.start}-${range.end}`)));
           const chunks: Buffer[] = [];
           let received = 0;
           for await (const chunk of part.body as AsyncIterable<Buffer>) {
@@ -428,6 +507,31 @@ export class MirroredUpstream implements Upstream {
 function worse(kept: unknown, err: unknown): unknown {
   const isOutage = (e: unknown): boolean => e instanceof UpstreamError && OUTAGES.has(e.failure);
   return kept !== undefined && isOutage(kept) && !isOutage(err) ? kept : err;
+}
+
+/** The error thrown after `failed` mirrors failed: an UpstreamError says how many were asked. */
+function tried(err: unknown, failed: number): unknown {
+  if (failed < 2 || !(err instanceof UpstreamError)) return err;
+  return new UpstreamError(err.failure, `${err.message}; ${failed} of its mirrors failed`, err.status, err.retryAfter);
+}
+
+/** Waits `ms`; false when `signal` aborted it first. */
+function sleep(ms: number, signal: AbortSignal | undefined): Promise<boolean> {
+  return new Promise((resolve) => {
+    if (signal?.aborted) {
+      resolve(false);
+      return;
+    }
+    const onAbort = (): void => {
+      clearTimeout(timer);
+      resolve(false);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve(true);
+    }, ms);
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
 }
 
 /** `items` in their order, those for which `late` holds moved after the others (in their order too). */

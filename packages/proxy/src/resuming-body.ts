@@ -79,6 +79,8 @@ class ResumingBody extends Readable {
     this.source = undefined;
     // The body goes on, but its source did cut it: whoever ranks sources by how they serve wants to know.
     this.emit(RESUMING, err);
+    // A listener may have given up on the body rather than let it go on (a striped fetch does).
+    if (this.destroyed) return;
     this.next(this.position).then(
       (part) => {
         if (this.destroyed) part?.body.destroy();

@@ -25,6 +25,11 @@ export interface UpstreamBlob {
    * ordinary garbage. Give back only chunks nothing reads any more.
    */
   readonly recycle?: (chunk: Buffer) => void;
+  /**
+   * Called by whoever checked the bytes and found them wrong (a digest or size that does not match):
+   * a client of several mirrors then asks the others first for a while.
+   */
+  readonly refused?: () => void;
 }
 
 export interface UpstreamBlobStat {

@@ -19,9 +19,10 @@ interface Mirror {
   delayMs: number;
   /**
    * cut: a whole-blob body stops after 1 MiB, and ranges fail (500); ignore-range: a range request gets
-   * the whole blob with 200, slowly; corrupt-range: ranges come with one byte flipped.
+   * the whole blob with 200, slowly; corrupt-range: ranges come with one byte flipped; cut-ranges: a
+   * range's body stops half-way (each time: its client's resumes too).
    */
-  mode: 'ok' | 'fail' | 'missing' | 'cut' | 'cut-resumable' | 'ignore-range' | 'corrupt-range';
+  mode: 'ok' | 'fail' | 'missing' | 'cut' | 'cut-resumable' | 'ignore-range' | 'corrupt-range' | 'cut-ranges';
   /** Blob bytes written to sockets, ranges and whole bodies alike. */
   sent: number;
 }
@@ -66,6 +67,12 @@ async function startMirror(): Promise<Mirror> {
         res.writeHead(206, { 'content-length': end - start + 1, 'content-range': `bytes ${start}-${end}/${BLOB.length}` });
         const bytes = Buffer.from(BLOB.subarray(start, end + 1));
         if (mirror.mode === 'corrupt-range') bytes[0] = bytes[0]! ^ 0xff;
+        if (mirror.mode === 'cut-ranges' && bytes.length > 1) {
+          const half = Math.floor(bytes.length / 2);
+          mirror.sent += half;
+          res.write(bytes.subarray(0, half), () => res.destroy());
+          return;
+        }
         mirror.sent += bytes.length;
         res.end(bytes);
         return;
@@ -341,6 +348,18 @@ describe('mirror strategies', () => {
     // 13 ranges, 4 of them mirror 1's turn: once one failed, the later ones go to the others first
     // (those already in flight when it failed are asked of it still).
     expect(mirrors[1]!.log.filter((l) => l.includes('bytes=')).length).toBeLessThan(4);
+  });
+
+  test('striped: a range cut mid-way goes whole to the next mirror, not on from the same one (whose client would resume it, one idle timeout each if it stalls)', async () => {
+    reset();
+    const up = upstream({ strategy: 'striped', stripeThreshold: 1024 * 1024, stripeSize: 256 * 1024 });
+    mirrors[1]!.mode = 'cut-ranges';
+    const blob = await up.blob('lib/app', DIGEST);
+    expect((await readAll(blob!.body)).equals(BLOB)).toBe(true);
+    const ranges = mirrors[1]!.log.filter((l) => l.includes('bytes=') && !l.endsWith('bytes=0-0'));
+    // Only ranges on a stripe's boundary: no resume from the middle of one.
+    for (const line of ranges) expect(Number(/bytes=(\d+)-/.exec(line)![1]) % (256 * 1024)).toBe(0);
+    expect(ranges.length).toBeLessThan(4);
   });
 
   test('failover: a range a mirror answers with the whole blob (200) comes whole, read to its end, for the caller to judge', async () => {

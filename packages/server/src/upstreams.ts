@@ -9,6 +9,10 @@ export function buildUpstream(
   onRequest?: (status: number | 'error') => void,
   logger?: RateLimitGateLogger,
 ): Upstream {
+  // With mirrors, a failed request goes to the next mirror at once, and MirroredUpstream makes the
+  // rounds that `retries` allows; a mirror's own client retrying first cost every stalled mirror its
+  // timeouts `retries` times over before the next one was asked.
+  const retries = u.mirrors.length === 0 ? proxy.retries : 0;
   const client = (url: string) =>
     new HttpUpstream({
       name: u.key,
@@ -18,11 +22,11 @@ export function buildUpstream(
       ...(u.ca !== undefined ? { ca: u.ca } : {}),
       ...(proxy.egress ? { egress: proxy.egress } : {}),
       timeouts: { connect: proxy.connectTimeout, firstByte: proxy.firstByteTimeout, idle: proxy.idleTimeout },
-      retries: proxy.retries,
+      retries,
       onRateLimit,
       ...(onRequest ? { onRequest } : {}),
       ...(logger ? { logger } : {}),
     });
   if (u.mirrors.length === 0) return client(u.url);
-  return new MirroredUpstream([u.url, ...u.mirrors].map(client), { strategy: u.strategy, hedgeDelay: u.hedgeDelay });
+  return new MirroredUpstream([u.url, ...u.mirrors].map(client), { strategy: u.strategy, hedgeDelay: u.hedgeDelay, retries: proxy.retries });
 }

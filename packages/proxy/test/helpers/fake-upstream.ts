@@ -49,6 +49,8 @@ export class FakeUpstream {
   corruptRanges = false;
   /** The Retry-After of the '429' fault. */
   retryAfter = '1';
+  /** Registry requests are answered this long after they came (a mirror farther away). */
+  delayMs = 0;
   /** Blob GETs are answered 200 with the whole blob whatever their Range (a CDN that drops it). */
   ignoreRange = false;
   /** Blob answers carry no Content-Length: sent chunked (a 206's Content-Range still says the size). */
@@ -77,7 +79,10 @@ export class FakeUpstream {
 
   static async start(): Promise<FakeUpstream> {
     const up = new FakeUpstream();
-    up.server = createServer((req, res) => up.handle(req, res));
+    up.server = createServer((req, res) => {
+      if (up.delayMs > 0 && !req.url?.startsWith('/token')) setTimeout(() => up.handle(req, res), up.delayMs);
+      else up.handle(req, res);
+    });
     up.server.on('connection', () => (up.connections += 1));
     await new Promise<void>((resolve) => up.server.listen(0, '127.0.0.1', resolve));
     up.url = `http://127.0.0.1:${(up.server.address() as AddressInfo).port}`;

@@ -340,3 +340,27 @@ describe('pull-through from a misbehaving upstream', () => {
     }
   });
 });
+
+describe('an upstream with mirrors, one of them stalled', () => {
+  test('the stalled mirror costs one timeout, not one per retry, before the next mirror answers', async () => {
+    const stalled = await FakeUpstream.start();
+    const good = await FakeUpstream.start();
+    let proxy: TestRegistry | undefined;
+    try {
+      const doc = { schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: `sha256:${'0'.repeat(64)}`, size: 2 }, layers: [] };
+      stalled.addManifest('alice/app', '1', doc);
+      const digest = good.addManifest('alice/app', '1', doc);
+      stalled.fault = 'stall';
+      // The default retries (3): before, the stalled mirror's own client took all of them first.
+      proxy = await startRegistry({ settings: { proxy: { first_byte_timeout: '400ms', upstreams: { mirrored: { url: stalled.url, mirrors: [good.url] } } } } });
+      const res = await fetch(`${proxy.url}/v2/proxy/mirrored/alice/app/manifests/1`, { headers: { accept: 'application/vnd.oci.image.manifest.v1+json' } });
+      expect(res.status).toBe(200);
+      expect(res.headers.get('docker-content-digest')).toBe(digest);
+      expect(stalled.requests.length).toBe(1);
+    } finally {
+      await proxy?.close();
+      await stalled.close();
+      await good.close();
+    }
+  });
+});
