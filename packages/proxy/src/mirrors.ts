@@ -1,7 +1,7 @@
 import { PassThrough } from 'node:stream';
 import type { ByteRange, Descriptor, Digest, Page } from '@wharf/registry-core';
 import { RESUMING, resumingBlob } from './resuming-body.js';
-import { OUTAGES, UpstreamError, type Upstream, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest, type UpstreamTags } from './upstream.js';
+import { OUTAGES, UpstreamError, isTimeout, type Upstream, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest, type UpstreamTags } from './upstream.js';
 
 export type MirrorStrategy = 'failover' | 'hedged' | 'striped' | 'adaptive';
 
@@ -302,6 +302,9 @@ export class MirroredUpstream implements Upstream {
         this.record(i, started, true);
         if (result !== undefined) return wrap ? wrap(i, result) : result;
       } catch (err) {
+        // Not answered within the caller's deadline (a cached tag's quick re-check): the next request
+        // asks the others first, rather than wait on the same mirror again.
+        if (signal?.aborted && isTimeout(signal.reason)) this.stats[i]!.failedAt = performance.now();
         if (signal?.aborted) throw err;
         this.record(i, started, false);
         failed += 1;

@@ -131,6 +131,17 @@ describe('mirrors pulled through the cache', () => {
     expect(mirrors.map((m) => m.requests.length)).toEqual([1, 1, 0]);
   });
 
+  test("failover: a mirror that did not answer within the caller's deadline (a cached tag's re-check) is asked after the others next time", async () => {
+    for (const m of mirrors) m.addManifest('alice/app', '1', DOC('a'));
+    mirrors[0]!.fault = 'stall';
+    const up = upstream({ strategy: 'failover' });
+    await expect(up.head('alice/app', '1', AbortSignal.timeout(100))).rejects.toThrow();
+    expect(mirrors[0]!.requests.length).toBe(1);
+    expect(await up.head('alice/app', '1')).toBeDefined();
+    expect(mirrors[0]!.requests.length).toBe(1);
+    expect(mirrors[1]!.requests.length).toBe(1);
+  });
+
   test('hedged: a mirror that lost a race is asked after the winner for a while, so requests stop paying its delay', async () => {
     for (const m of mirrors) m.addManifest('alice/app', '1', DOC('a'));
     mirrors[0]!.fault = 'stall';
