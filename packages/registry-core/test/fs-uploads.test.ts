@@ -306,3 +306,35 @@ describe('FsUploadSessions status during a chunk', () => {
     expect((await uploads.status('a/b', s.id))?.size).toBe(100);
   });
 });
+
+describe('FsUploadSessions: open sessions per namespace', () => {
+  let dir: string;
+  afterEach(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test('a namespace has at most so many open at once (429); ending one (completed, cancelled, expired) makes room; counted from disk after a restart', async () => {
+    dir = await mkdtemp(join(tmpdir(), 'wharf-uploads-'));
+    const uploads = new FsUploadSessions(dir, 3);
+    await uploads.init();
+    const a = await uploads.begin('alice/a');
+    const b = await uploads.begin('alice/b');
+    const c = await uploads.begin('alice/c/d');
+    await expect(uploads.begin('alice/e')).rejects.toMatchObject({ code: 'TOOMANYREQUESTS', message: expect.stringContaining('alice has 3 uploads in progress') });
+    // Another namespace is not held back.
+    const other = await uploads.begin('bob/x');
+    await uploads.cancel('alice/a', a.id);
+    const e = await uploads.begin('alice/e');
+    await uploads.append('alice/b', b.id, streamOf(Buffer.from('bytes')), {});
+    await uploads.seal('alice/b', b.id, sha256(Buffer.from('bytes')));
+    const f = await uploads.begin('alice/f');
+    await expect(uploads.begin('alice/g')).rejects.toMatchObject({ code: 'TOOMANYREQUESTS' });
+    // A restarted server counts what is on disk: alice has c, e and f open.
+    const restarted = new FsUploadSessions(dir, 3);
+    await expect(restarted.begin('alice/g')).rejects.toMatchObject({ code: 'TOOMANYREQUESTS' });
+    // c, e, f, bob's, and b's sealed file (nobody adopted it here).
+    expect(await restarted.expire(new Date(Date.now() + 60_000))).toBe(5);
+    await restarted.begin('alice/g');
+    expect([c, e, f, other].every((s) => s.id.length === 36)).toBe(true);
+  });
+});

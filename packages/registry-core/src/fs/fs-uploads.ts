@@ -20,6 +20,19 @@ const RUNNING_HASHES = 1024;
 
 const SESSION_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
+/**
+ * Upload sessions one namespace (a repository name's first component: a user's, a group's) may have
+ * open at once. Each is a folder for `upload_max_age`: without a bound, one account could fill the
+ * file system's inodes with sessions it never uses.
+ */
+export const MAX_OPEN_UPLOADS = 10_000;
+/** The count of open sessions is taken again from disk at most this often, when a namespace is at its bound. */
+const RECOUNT_MS = 10_000;
+
+function namespaceOf(repo: string): string {
+  return repo.split('/', 1)[0]!;
+}
+
 function uploadUnknown(id: string): RegistryError {
   return new RegistryError('BLOB_UPLOAD_UNKNOWN', 'blob upload unknown to registry', { id });
 }
@@ -54,7 +67,14 @@ export class FsUploadSessions implements UploadSessions {
   /** Sessions with a cancel waiting for their lock, and how many: chunks queued behind it are refused. */
   private readonly cancelling = new Map<string, number>();
 
-  constructor(tempRoot: string) {
+  /** Open sessions per namespace, counted from disk at the first begin and kept up since. */
+  private open: Map<string, number> | undefined;
+  private countedAt = 0;
+
+  constructor(
+    tempRoot: string,
+    private readonly maxOpen = MAX_OPEN_UPLOADS,
+  ) {
     this.dir = join(tempRoot, 'uploads');
   }
 
@@ -63,6 +83,12 @@ export class FsUploadSessions implements UploadSessions {
   }
 
   async begin(repo: string, algorithm: DigestAlgorithm = 'sha256'): Promise<UploadStatus> {
+    const namespace = namespaceOf(repo);
+    let open = this.open ?? (await this.count());
+    if ((open.get(namespace) ?? 0) >= this.maxOpen && performance.now() - this.countedAt >= RECOUNT_MS) open = await this.count();
+    if ((open.get(namespace) ?? 0) >= this.maxOpen) {
+      throw new RegistryError('TOOMANYREQUESTS', `${namespace} has ${this.maxOpen} uploads in progress, the most a namespace may have: finish or cancel some (unfinished ones are removed after upload_max_age)`, { namespace });
+    }
     const id = randomUUID();
     const folder = join(this.dir, id);
     const info: SessionInfo = { repo, algorithm, startedAt: new Date().toISOString() };
@@ -76,6 +102,7 @@ export class FsUploadSessions implements UploadSessions {
       await rm(folder, { recursive: true, force: true });
       throw err;
     }
+    this.opened(repo, 1);
     return { id, repo, size: 0, startedAt: new Date(info.startedAt) };
   }
 
@@ -165,6 +192,7 @@ export class FsUploadSessions implements UploadSessions {
       await rename(this.dataPath(id), sealed);
       this.running.delete(id);
       await rm(join(this.dir, id), { recursive: true, force: true });
+      this.opened(repo, -1);
       return { blob: { digest, size: current.size }, file: sealed };
     });
   }
@@ -180,6 +208,7 @@ export class FsUploadSessions implements UploadSessions {
         if (!(await this.info(repo, id))) return false;
         this.running.delete(id);
         await rm(join(this.dir, id), { recursive: true, force: true });
+        this.opened(repo, -1);
         return true;
       });
     } finally {
@@ -201,13 +230,45 @@ export class FsUploadSessions implements UploadSessions {
         const folder = join(this.dir, id);
         const s = await stat(join(folder, 'data')).catch(() => stat(folder).catch(() => undefined));
         if (!s || s.mtime >= olderThan) return false;
+        const info = await this.readInfo(id);
         this.running.delete(id);
         await rm(folder, { recursive: true, force: true });
+        if (info) this.opened(info.repo, -1);
         return true;
       });
       if (gone) removed += 1;
     }
     return removed;
+  }
+
+  /** Keeps the count of `repo`'s namespace up with a session begun (1) or ended (-1). */
+  private opened(repo: string, change: 1 | -1): void {
+    if (!this.open) return;
+    const namespace = namespaceOf(repo);
+    const n = Math.max(0, (this.open.get(namespace) ?? 0) + change);
+    if (n === 0) this.open.delete(namespace);
+    else this.open.set(namespace, n);
+  }
+
+  /** Counts the open sessions per namespace from disk (at the first begin, and to correct the count). */
+  private async count(): Promise<Map<string, number>> {
+    const open = new Map<string, number>();
+    for (const id of await readdir(this.dir).catch(() => [] as string[])) {
+      if (!SESSION_ID.test(id)) continue;
+      const info = await this.readInfo(id);
+      if (info) open.set(namespaceOf(info.repo), (open.get(namespaceOf(info.repo)) ?? 0) + 1);
+    }
+    this.open = open;
+    this.countedAt = performance.now();
+    return open;
+  }
+
+  private async readInfo(id: string): Promise<SessionInfo | undefined> {
+    try {
+      return JSON.parse(await readFile(join(this.dir, id, 'info.json'), 'utf8')) as SessionInfo;
+    } catch {
+      return undefined;
+    }
   }
 
   private dataPath(id: string): string {
