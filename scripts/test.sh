@@ -16,7 +16,7 @@ set +e
 pnpm test 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 # Every suite again on Node 24 (install-deps.sh puts it in .cache/node24), the image's runtime, where
-# Wharf loads the other SQLite binding (registry-core src/sqlite/driver.ts). About 5 minutes.
+# Wharf loads the other SQLite binding (registry-core src/sqlite/driver.ts). About 4 minutes.
 node24() { PATH="$PWD/.cache/node24/node_modules/.bin:$PATH" "$@"; }
 echo
 echo "== on Node $(node24 node --version): every suite again"
