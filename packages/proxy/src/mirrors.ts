@@ -180,13 +180,16 @@ export class MirroredUpstream implements Upstream {
     const failMemory = this.options.failMemory ?? FAIL_MEMORY_MS;
     const failing = (i: number) => this.stats[i]!.failedAt > 0 && now - this.stats[i]!.failedAt < failMemory;
     const bad = (i: number) => this.isBad(i);
-    if (this.options.strategy !== 'adaptive') return lastWhen(lastWhen(all, failing), bad);
+    // Those that failed lately after the others, the one that failed longest ago first among them: when
+    // every mirror failed, the next request tries them in turn rather than the first one again.
+    const byFailure = (items: number[]): number[] => [...items.filter((i) => !failing(i)), ...items.filter(failing).sort((a, b) => this.stats[a]!.failedAt - this.stats[b]!.failedAt)];
+    if (this.options.strategy !== 'adaptive') return lastWhen(byFailure(all), bad);
     // Mirrors that sent wrong bytes or cut bodies come after every one that did not, and those whose
     // last request failed after the rest; probes still find out when they mend.
     const cutMemory = this.options.cutMemory ?? CUT_MEMORY_MS;
     const cutting = (i: number) => this.stats[i]!.cut > 0 && now - this.stats[i]!.cutAt < cutMemory;
     const rank = (i: number) => (bad(i) || cutting(i) ? 2 : 0) + (failing(i) ? 1 : 0);
-    const ranked = [...all].sort((a, b) => rank(a) - rank(b) || this.score(b) - this.score(a));
+    const ranked = [...all].sort((a, b) => rank(a) - rank(b) || (failing(a) && failing(b) ? this.stats[a]!.failedAt - this.stats[b]!.failedAt : this.score(b) - this.score(a)));
     const probeRate = this.options.probeRate ?? 0.1;
     // A probe never goes to a mirror that sent wrong bytes lately: that would fail a client's pull.
     const probes = ranked.slice(1).filter((i) => !bad(i));
@@ -273,12 +276,15 @@ export class MirroredUpstream implements Upstream {
     const started = performance.now();
     const budget = this.options.retryBudget ?? RETRY_BUDGET_MS;
     const retries = this.options.retries ?? 0;
+    let rateLimited = 0;
     for (let round = 0; ; round++) {
       try {
         return this.options.strategy === 'hedged' ? await this.hedged(this.order(), call, signal, wrap) : await this.inTurn(call, signal, wrap, started + budget);
       } catch (err) {
-        // Another round only when every mirror was down or busy (a refusal stays one), within the budget.
-        if (signal?.aborted || round >= retries || !(err instanceof UpstreamError) || !OUTAGES.has(err.failure)) throw err;
+        // Another round only when every mirror was down or busy (a refusal stays one), within the
+        // budget; after a 429 once only, as a lone upstream's client does (Docker Hub counts each).
+        if (signal?.aborted || round >= retries || !isOutage(err)) throw err;
+        if ((err as UpstreamError).status === 429 && ++rateLimited > 1) throw err;
         const backoff = Math.min(MAX_RETRY_WAIT_MS, 200 * 2 ** round);
         const wait = err.retryAfter !== undefined ? err.retryAfter * 1000 : backoff / 2 + this.random() * backoff;
         if (wait > MAX_RETRY_WAIT_MS || performance.now() - started + wait > budget) throw err;
@@ -442,7 +448,11 @@ export class MirroredUpstream implements Upstream {
           }
           // A range cut mid-way goes to the next mirror whole, not on from the same one: a mirror that
           // stalls would cost an idle timeout for each of its client's resumes.
-          part.body.once(RESUMING, () => part.body.destroy(new UpstreamError('unreachable', `mirror cut the range ${range.start}-${range.end}`)));
+          // (When another one may serve it: with the others down, the same mirror's resume is the only way.)
+          part.body.once(RESUMING, () => {
+            failing.add(i);
+            if (order.some((k) => k !== i && !failing.has(k) && !bad.has(k))) part.body.destroy(new UpstreamError('unreachable', `mirror cut the range ${range.start}-${range.end}`));
+          });
           const chunks: Buffer[] = [];
           let received = 0;
           for await (const chunk of part.body as AsyncIterable<Buffer>) {
@@ -510,6 +520,15 @@ export class MirroredUpstream implements Upstream {
 function worse(kept: unknown, err: unknown): unknown {
   const isOutage = (e: unknown): boolean => e instanceof UpstreamError && OUTAGES.has(e.failure);
   return kept !== undefined && isOutage(kept) && !isOutage(err) ? kept : err;
+}
+
+/**
+ * Whether `err` says the upstream was down or busy (no answer, a timeout, a 429 or a 5xx but 501),
+ * not that it refused the request: only those are worth another round.
+ */
+function isOutage(err: unknown): err is UpstreamError {
+  if (!(err instanceof UpstreamError) || !OUTAGES.has(err.failure)) return false;
+  return err.status === undefined || err.status === 429 || (err.status >= 500 && err.status !== 501);
 }
 
 /** The error thrown after `failed` mirrors failed: an UpstreamError says how many were asked. */

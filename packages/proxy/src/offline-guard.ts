@@ -63,7 +63,7 @@ export class OfflineGuard implements Upstream {
   private async ask<T>(signal: AbortSignal | undefined, call: (signal: AbortSignal | undefined) => Promise<T>): Promise<T> {
     // The deadline runs until the answer's headers: a blob's body then flows for as long as it takes.
     const probe = this.isOffline ? new AbortController() : undefined;
-    const timer = probe ? setTimeout(() => probe.abort(new Error('no answer within the deadline of an upstream that is down')), this.probeMs) : undefined;
+    const timer = probe ? setTimeout(() => probe.abort(new DOMException('no answer within the deadline of an upstream that is down', 'TimeoutError')), this.probeMs) : undefined;
     try {
       const answer = await call(probe ? (signal ? AbortSignal.any([signal, probe.signal]) : probe.signal) : signal);
       if (this.offline) {

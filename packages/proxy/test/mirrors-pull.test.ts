@@ -3,13 +3,16 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Readable } from 'node:stream';
-import { FsBlobStore, openDatabase, type SqliteDatabase } from '@wharf/registry-core';
+import { Readable } from 'node:stream';
+import { FsBlobStore, openDatabase, type Digest, type SqliteDatabase } from '@wharf/registry-core';
 import { BlobFills } from '../src/blob-fills.js';
 import { CacheIndex } from '../src/cache-index.js';
 import { HttpUpstream } from '../src/http-upstream.js';
 import { MirroredUpstream, type MirrorOptions } from '../src/mirrors.js';
+import { OfflineGuard } from '../src/offline-guard.js';
 import { PullThroughRepository } from '../src/pull-through.js';
+import { resumingBlob } from '../src/resuming-body.js';
+import { UpstreamError, type Upstream, type UpstreamBlob } from '../src/upstream.js';
 import { FakeUpstream } from './helpers/fake-upstream.js';
 
 const DOC = (seed: string) => ({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: {}, layers: [], annotations: { seed } });
@@ -149,5 +152,67 @@ describe('mirrors pulled through the cache', () => {
     expect(mirrors[0]!.requests.length).toBe(1);
     for (let i = 0; i < 3; i++) expect(await repo.manifest('alice/app', '1')).toBeDefined();
     expect(mirrors[0]!.requests.length).toBe(1);
+  });
+
+  test('rounds repeat outages only: a refusal (400) is asked of each mirror once, a 429 twice at most', async () => {
+    for (const m of mirrors) {
+      m.addManifest('alice/app', '1', DOC('a'));
+      m.fault = '400';
+    }
+    await expect(upstream({ strategy: 'failover', retries: 3 }).manifest('alice/app', '1')).rejects.toBeInstanceOf(UpstreamError);
+    expect(mirrors.map((m) => m.requests.length)).toEqual([1, 1, 1]);
+    for (const m of mirrors) {
+      m.requests.length = 0;
+      m.fault = '429';
+      m.retryAfter = '0';
+    }
+    await expect(upstream({ strategy: 'failover', retries: 3 }).manifest('alice/app', '1')).rejects.toMatchObject({ status: 429 });
+    expect(mirrors.map((m) => m.requests.length)).toEqual([2, 2, 2]);
+  });
+
+  test('an upstream found down: the quick deadline of its next requests marks the stalled mirror, so the mended one answers', async () => {
+    for (const m of mirrors) m.addManifest('alice/app', '1', DOC('a'));
+    mirrors[0]!.fault = 'stall';
+    mirrors[1]!.fault = 'stall';
+    mirrors[1]!.faultTimes = 1; // down for the first request only
+    mirrors[2]!.fault = 'stall';
+    mirrors[2]!.faultTimes = 1;
+    const guard = new OfflineGuard(upstream({ strategy: 'failover' }), 5_000, 100);
+    await expect(guard.manifest('alice/app', '1')).rejects.toMatchObject({ failure: 'timeout' });
+    let answered = 0;
+    for (let i = 0; i < 5; i++) await guard.manifest('alice/app', '1').then(() => answered++, () => undefined);
+    expect(answered).toBeGreaterThanOrEqual(3);
+  });
+
+  test('striped: a stripe cut by the only mirror up goes on from that mirror (its own resume), not nowhere', async () => {
+    const size = 4 * 1024;
+    const blob = Buffer.alloc(size, 7);
+    let resumed = 0;
+    const good: Upstream = {
+      name: 'up',
+      head: async () => undefined,
+      manifest: async () => undefined,
+      statBlob: async () => ({ size }),
+      tags: async () => undefined,
+      referrers: async () => undefined,
+      async blob(_repo, _digest, range) {
+        const r = range ?? { start: 0, end: size - 1 };
+        const bytes = blob.subarray(r.start, r.end + 1);
+        if (r.start !== 0 || r.end === 0) return { size, range: r, body: Readable.from([bytes]) };
+        // The first stripe is cut half-way; the mirror's own client resumes it, as HttpUpstream does.
+        const first = new Readable({ read() {} });
+        first.push(bytes.subarray(0, bytes.length / 2));
+        setTimeout(() => first.destroy(new Error('ECONNRESET')), 10);
+        return resumingBlob({ size, range: r, body: first }, r.start, r.end, async (from) => {
+          resumed += 1;
+          return { size, range: { start: from, end: r.end }, body: Readable.from([blob.subarray(from, r.end + 1)]) };
+        });
+      },
+    };
+    const down: Upstream = { ...good, blob: async () => Promise.reject(new UpstreamError('unreachable', 'this mirror is down')) };
+    const up = new MirroredUpstream([good, down], { strategy: 'striped', stripeThreshold: 1024, stripeSize: 1024 });
+    const got = (await up.blob('alice/app', `sha256:${'b'.repeat(64)}` as Digest)) as UpstreamBlob;
+    expect((await readAll(got.body)).equals(blob)).toBe(true);
+    expect(resumed).toBe(1);
   });
 });

@@ -7,7 +7,7 @@ import type { Digest } from '@wharf/registry-core';
 /** hold: half a blob's body, then the rest 400 ms later. */
 /** portal: 200 with an HTML page, as a captive portal or a misconfigured gateway answers. */
 /** mute: a blob's status and headers, then not a byte of its body. */
-export type Fault = 'wrong-bytes' | 'truncate' | 'reset' | '500' | '429' | 'stall' | 'hold' | 'deny' | 'portal' | 'mute';
+export type Fault = 'wrong-bytes' | 'truncate' | 'reset' | '400' | '500' | '429' | 'stall' | 'hold' | 'deny' | 'portal' | 'mute';
 
 export interface SeenRequest {
   readonly method: string;
@@ -130,6 +130,7 @@ export class FakeUpstream {
     if (fault === 'stall') return; // accepted, never answered
     // Refused even with a fresh token: a repository made private, credentials that lost access.
     if (fault === 'deny') return this.challenge(path, res);
+    if (fault === '400') return void res.writeHead(400, { 'content-type': 'application/json' }).end('{"errors":[{"code":"UNSUPPORTED","message":"not here"}]}');
     if (fault === '500') return void res.writeHead(500, { 'content-type': 'application/json' }).end('{"errors":[{"code":"UNKNOWN"}]}');
     if (fault === 'portal') return void res.writeHead(200, { 'content-type': 'text/html' }).end('<html><body>Sign in to the network</body></html>');
     if (fault === '429') return void res.writeHead(429, { 'retry-after': this.retryAfter, 'content-type': 'application/json' }).end('{"errors":[{"code":"TOOMANYREQUESTS"}]}');
