@@ -337,4 +337,16 @@ describe('FsUploadSessions: open sessions per namespace', () => {
     await restarted.begin('alice/g');
     expect([c, e, f, other].every((s) => s.id.length === 36)).toBe(true);
   });
+
+  test('begins all at once share one count from disk (after a restart, or at the bound)', async () => {
+    dir = await mkdtemp(join(tmpdir(), 'wharf-uploads-'));
+    const uploads = new FsUploadSessions(dir, 2);
+    await uploads.init();
+    const results = await Promise.allSettled(Array.from({ length: 30 }, () => uploads.begin('alice/x')));
+    expect(uploads.counts).toBe(1);
+    expect(results.filter((r) => r.status === 'fulfilled').length).toBe(2);
+    // At the bound, within 10 s of that count: refused with no new count.
+    await expect(uploads.begin('alice/y')).rejects.toMatchObject({ code: 'TOOMANYREQUESTS' });
+    expect(uploads.counts).toBe(1);
+  });
 });

@@ -69,7 +69,11 @@ export class FsUploadSessions implements UploadSessions {
 
   /** Open sessions per namespace, counted from disk at the first begin and kept up since. */
   private open: Map<string, number> | undefined;
-  private countedAt = 0;
+  private countedAt = -Infinity;
+  /** The count being taken: begins at once share it (each would otherwise read every session's info). */
+  private counting: Promise<Map<string, number>> | undefined;
+  /** Times the sessions were counted from disk (for tests). */
+  counts = 0;
 
   constructor(
     tempRoot: string,
@@ -85,10 +89,14 @@ export class FsUploadSessions implements UploadSessions {
   async begin(repo: string, algorithm: DigestAlgorithm = 'sha256'): Promise<UploadStatus> {
     const namespace = namespaceOf(repo);
     let open = this.open ?? (await this.count());
-    if ((open.get(namespace) ?? 0) >= this.maxOpen && performance.now() - this.countedAt >= RECOUNT_MS) open = await this.count();
+    if ((open.get(namespace) ?? 0) >= this.maxOpen && (this.counting || performance.now() - this.countedAt >= RECOUNT_MS)) open = await this.count();
+    // The latest count, which `opened` keeps up (another begin's count may have ended meanwhile).
+    open = this.open ?? open;
     if ((open.get(namespace) ?? 0) >= this.maxOpen) {
       throw new RegistryError('TOOMANYREQUESTS', `${namespace} has ${this.maxOpen} uploads in progress, the most a namespace may have: finish or cancel some (unfinished ones are removed after upload_max_age)`, { namespace });
     }
+    // Counted now, with no wait since the check: begins at once cannot all pass it.
+    this.opened(repo, 1);
     const id = randomUUID();
     const folder = join(this.dir, id);
     const info: SessionInfo = { repo, algorithm, startedAt: new Date().toISOString() };
@@ -99,10 +107,10 @@ export class FsUploadSessions implements UploadSessions {
       await rename(join(folder, 'info.tmp'), join(folder, 'info.json'));
     } catch (err) {
       // A session that could not be made whole (no room for its info, say) leaves nothing behind.
+      this.opened(repo, -1);
       await rm(folder, { recursive: true, force: true });
       throw err;
     }
-    this.opened(repo, 1);
     return { id, repo, size: 0, startedAt: new Date(info.startedAt) };
   }
 
@@ -250,17 +258,26 @@ export class FsUploadSessions implements UploadSessions {
     else this.open.set(namespace, n);
   }
 
-  /** Counts the open sessions per namespace from disk (at the first begin, and to correct the count). */
-  private async count(): Promise<Map<string, number>> {
-    const open = new Map<string, number>();
-    for (const id of await readdir(this.dir).catch(() => [] as string[])) {
-      if (!SESSION_ID.test(id)) continue;
-      const info = await this.readInfo(id);
-      if (info) open.set(namespaceOf(info.repo), (open.get(namespaceOf(info.repo)) ?? 0) + 1);
-    }
-    this.open = open;
+  /**
+   * Counts the open sessions per namespace from disk (at the first begin, and to correct the count at
+   * a namespace's bound): one count at a time, shared by every begin that waits for it.
+   */
+  private count(): Promise<Map<string, number>> {
     this.countedAt = performance.now();
-    return open;
+    this.counting ??= (async () => {
+      this.counts += 1;
+      const open = new Map<string, number>();
+      for (const id of await readdir(this.dir).catch(() => [] as string[])) {
+        if (!SESSION_ID.test(id)) continue;
+        const info = await this.readInfo(id);
+        if (info) open.set(namespaceOf(info.repo), (open.get(namespaceOf(info.repo)) ?? 0) + 1);
+      }
+      this.open = open;
+      return open;
+    })().finally(() => {
+      this.counting = undefined;
+    });
+    return this.counting;
   }
 
   private async readInfo(id: string): Promise<SessionInfo | undefined> {
