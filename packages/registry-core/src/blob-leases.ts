@@ -12,6 +12,9 @@ export const LEASE_RENEW_MS = 60_000;
 export interface BlobLeases {
   lease(digest: Digest): number | Promise<number>;
   release(id: number): void | Promise<void>;
-  /** Renewed every LEASE_RENEW_MS while held: a lease nobody renews (its process died) runs out. */
-  renew(id: number): void | Promise<void>;
+  /**
+   * Renewed every LEASE_RENEW_MS while held: a lease nobody renews (its process died) runs out.
+   * False when the lease was gone (its holder stopped for longer than it lasts): it is taken anew.
+   */
+  renew(id: number): boolean | Promise<boolean>;
 }

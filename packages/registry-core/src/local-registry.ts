@@ -29,13 +29,22 @@ export class LocalRegistry implements RepositoryReader, RepositoryWriter {
   private async leased<T>(digest: Digest, work: () => Promise<T>): Promise<T> {
     const leases = this.leases;
     if (!leases) return work();
-    const id = await leases.lease(digest);
-    // A renewal that fails (the database busy for a moment) is tried again at the next one.
-    const renewal = setInterval(() => void Promise.resolve().then(() => leases.renew(id)).catch(() => undefined), LEASE_RENEW_MS);
+    let id = await leases.lease(digest);
+    let done = false;
+    // A renewal that fails (the database busy for a moment) is tried again at the next one; a lease
+    // found gone (the process stopped for longer than a lease lasts) is taken anew.
+    const renew = async (): Promise<void> => {
+      if ((await leases.renew(id)) || done) return;
+      const fresh = await leases.lease(digest);
+      if (done) await leases.release(fresh);
+      else id = fresh;
+    };
+    const renewal = setInterval(() => void renew().catch(() => undefined), LEASE_RENEW_MS);
     renewal.unref();
     try {
       return await work();
     } finally {
+      done = true;
       clearInterval(renewal);
       await leases.release(id);
     }

@@ -350,10 +350,18 @@ describe('garbage collection while pushes run', () => {
       jest.advanceTimersByTime(LEASE_RENEW_MS * 3);
       await new Promise((r) => setTimeout(r, 10));
       expect(renewed.length).toBe(3);
+      const leased = () => (fx.db.prepare('SELECT COUNT(*) AS n FROM blob_leases').get() as { n: number }).n;
+      expect(leased()).toBe(1);
+      // Gone meanwhile (the process was stopped for longer than a lease lasts, and a sweep took it): taken anew.
+      fx.db.prepare('DELETE FROM blob_leases').run();
+      jest.advanceTimersByTime(LEASE_RENEW_MS);
+      await new Promise((r) => setTimeout(r, 10));
+      expect(renewed.length).toBe(4);
+      expect(leased()).toBe(1);
       finish();
       await pushing;
       jest.advanceTimersByTime(LEASE_RENEW_MS * 3);
-      expect(renewed.length).toBe(3); // no renewal after the release
+      expect(renewed.length).toBe(4); // no renewal after the release
       expect(fx.db.prepare('SELECT COUNT(*) AS n FROM blob_leases').get()).toEqual({ n: 0 });
     } finally {
       jest.useRealTimers();

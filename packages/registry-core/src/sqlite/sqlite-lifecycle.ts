@@ -246,9 +246,9 @@ export class SqliteLifecycle {
     this.q.release!.run(id);
   }
 
-  /** Keeps the lease `id` another LEASE_TTL_MS. */
-  renew(id: number, now = Date.now()): void {
-    this.q.renewLease!.run(now + LEASE_TTL_MS, id);
+  /** Keeps the lease `id` another LEASE_TTL_MS; false when it is gone (expired and swept). */
+  renew(id: number, now = Date.now()): boolean {
+    return this.q.renewLease!.run(now + LEASE_TTL_MS, id).changes > 0;
   }
 
   expireLeases(now = Date.now()): number {
