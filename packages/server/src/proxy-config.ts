@@ -183,6 +183,12 @@ function registryUrl(where: string, value: unknown): string {
   return value.replace(/\/+$/, '');
 }
 
+/** One key for the URLs of one registry: the host's case and a default port do not tell them apart. */
+function sameServer(url: string): string {
+  const parsed = new URL(url);
+  return `${parsed.origin}${parsed.pathname.replace(/\/+$/, '')}`;
+}
+
 function upstream(key: string, raw: unknown, env: NodeJS.ProcessEnv, builtIn: UpstreamConfig | undefined): UpstreamConfig {
   const where = `proxy.upstreams.${key}`;
   if (!isTable(raw)) throw new ConfigError(`"${where}" must be a table`);
@@ -207,11 +213,9 @@ function upstream(key: string, raw: unknown, env: NodeJS.ProcessEnv, builtIn: Up
   const prefix = (raw.library_prefix as string | undefined) ?? builtIn?.officialPrefix;
   const rawMirrors = raw.mirrors ?? [];
   if (!Array.isArray(rawMirrors)) throw new ConfigError(`"${where}.mirrors" must be an array of http(s) URLs`);
-  const mirrors = rawMirrors.map((m, i) => registryUrl(`${where}.mirrors[${i}]`, m));
-  for (const [i, m] of mirrors.entries()) {
-    const twice = m === url ? '"url"' : mirrors.indexOf(m) < i ? `mirrors[${mirrors.indexOf(m)}]` : undefined;
-    if (twice) throw new ConfigError(`"${where}.mirrors[${i}]" (${m}) is ${twice} again: each mirror is asked once`);
-  }
+  // Each server once: a mirror that is `url` again (a built-in's, say) or an earlier mirror is dropped.
+  const seen = new Set([sameServer(url)]);
+  const mirrors = rawMirrors.map((m, i) => registryUrl(`${where}.mirrors[${i}]`, m)).filter((m) => !seen.has(sameServer(m)) && seen.add(sameServer(m)));
   const strategy = raw.strategy ?? 'failover';
   if (!STRATEGIES.includes(strategy as MirrorStrategy)) {
     throw new ConfigError(`"${where}.strategy" must be one of ${STRATEGIES.join(', ')} (got ${JSON.stringify(strategy)})`);

@@ -34,7 +34,7 @@ describe('configuration', () => {
     expect(config.uploadMaxAge).toBe(24 * 3600 * 1000);
   });
 
-  test("an upstream's url and mirrors are checked as URLs (a start would otherwise fail on them with no key named), once each", () => {
+  test("an upstream's url and mirrors are checked as URLs (a start would otherwise fail on them with no key named); a server listed twice is asked once", () => {
     const up = (fields: Record<string, unknown>) => () => buildConfig({ ...REQUIRED, proxy: { upstreams: { mine: { url: 'http://a.example:5000', ...fields } } } }, { cwd: dir });
     expect(up({ mirrors: ['http://exa mple.com'] })).toThrow('"proxy.upstreams.mine.mirrors[0]" is not a valid URL: http://exa mple.com');
     expect(up({ mirrors: ['http://b.example', 'http://127.0.0.1:99999'] })).toThrow('"proxy.upstreams.mine.mirrors[1]" is not a valid URL');
@@ -43,14 +43,15 @@ describe('configuration', () => {
     expect(up({ url: 'http://a.example:70000' })).toThrow('"proxy.upstreams.mine.url" is not a valid URL');
     expect(up({ mirrors: ['http://b.example/v2?x=1'] })).toThrow('without a query or fragment');
     expect(up({ mirrors: ['https://bot:secret@b.example'] })).toThrow('must not hold credentials');
-    expect(up({ mirrors: ['http://a.example:5000/'] })).toThrow('"proxy.upstreams.mine.mirrors[0]" (http://a.example:5000) is "url" again');
-    expect(up({ mirrors: ['http://b.example', 'http://b.example/'] })).toThrow('"proxy.upstreams.mine.mirrors[1]" (http://b.example) is mirrors[0] again');
     expect(up({ mirrors: ['ftp://b.example'] })).toThrow('"proxy.upstreams.mine.mirrors[0]" must be an http(s) URL');
     expect(up({ mirrors: ['http://b.example'], strategy: 'hedged', hedge_delay: '30d' })).toThrow('"proxy.upstreams.mine.hedge_delay" must be at most 10m');
     // A registry served under a path keeps it.
     const config = buildConfig({ ...REQUIRED, proxy: { upstreams: { mine: { url: 'https://a.example/artifactory/api/docker/hub/', mirrors: ['http://[::1]:5000'] } } } }, { cwd: dir });
     const mine = config.proxy.upstreams.find((u) => u.key === 'mine')!;
     expect([mine.url, mine.mirrors]).toEqual(['https://a.example/artifactory/api/docker/hub', ['http://[::1]:5000']]);
+    // A server listed twice (as url, or as an earlier mirror) is asked once: the repeat is dropped.
+    const twice = buildConfig({ ...REQUIRED, proxy: { upstreams: { mine: { url: 'http://a.example:5000', mirrors: ['http://A.example:5000/', 'https://b.example:443', 'https://b.example/', 'http://c.example'] } } } }, { cwd: dir });
+    expect(twice.proxy.upstreams.find((u) => u.key === 'mine')!.mirrors).toEqual(['https://b.example:443', 'http://c.example']);
   });
 
   test('defaults apply to optional keys', () => {
