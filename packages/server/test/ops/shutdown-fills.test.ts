@@ -74,7 +74,7 @@ describe('blob fills at shutdown', () => {
       await reg.close({ timeoutMs: 300 });
       const took = Date.now() - started;
       expect(took).toBeGreaterThanOrEqual(290);
-      expect(took).toBeLessThan(1_500);
+      expect(took).toBeLessThan(5_000);
     } finally {
       await reg.close();
       // Let the abandoned download end before the upstream goes away.

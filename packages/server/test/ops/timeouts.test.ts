@@ -74,7 +74,8 @@ describe('timeouts', () => {
         const t = Date.now();
         const res = await fetch(`${reg.url}/v2/`);
         expect(res.status).toBe(200);
-        expect(Date.now() - t).toBeLessThan(500);
+        // Well before the lorises' READ_HEADER_MS (margin for a loaded machine running two test files).
+        expect(Date.now() - t).toBeLessThan(800);
       }
       const deadline = READ_HEADER_MS + 2_000;
       while (lorises.some((l) => l.closedAt === undefined) && Date.now() - started < deadline) await sleep(50);
@@ -109,7 +110,7 @@ describe('timeouts', () => {
     expect(JSON.parse(answer.body).errors[0].code).toBe('UNAVAILABLE');
     const took = Date.now() - started;
     expect(took).toBeGreaterThanOrEqual(REQUEST_MS - 50);
-    expect(took).toBeLessThan(REQUEST_MS + 1_000);
+    expect(took).toBeLessThan(REQUEST_MS + 2_500);
   });
 
   test('a blob upload that takes longer than request_timeout and idle_timeout in total, with bytes flowing, completes', async () => {
@@ -156,7 +157,7 @@ describe('timeouts', () => {
     const took = Date.now() - began;
     expect(outcome).toMatch(/ECONNRESET|socket hang up/);
     expect(took).toBeGreaterThanOrEqual(IDLE_MS - 100);
-    expect(took).toBeLessThan(IDLE_MS + 2_000);
+    expect(took).toBeLessThan(IDLE_MS + 3_500);
   });
 
   test('an idle keep-alive connection is closed after idle_timeout', async () => {
@@ -170,6 +171,6 @@ describe('timeouts', () => {
     const at = await closed;
     expect(reply).toMatch(/^HTTP\/1\.1 200/);
     expect(at - answered).toBeGreaterThanOrEqual(IDLE_MS - 100);
-    expect(at - answered).toBeLessThan(IDLE_MS + 1_500);
+    expect(at - answered).toBeLessThan(IDLE_MS + 3_500);
   });
 });
