@@ -177,8 +177,7 @@ export class MirroredUpstream implements Upstream {
   order(): number[] {
     const all = this.mirrors.map((_, i) => i);
     const now = performance.now();
-    const failMemory = this.options.failMemory ?? FAIL_MEMORY_MS;
-    const failing = (i: number) => this.stats[i]!.failedAt > 0 && now - this.stats[i]!.failedAt < failMemory;
+    const failing = (i: number) => this.isFailing(i);
     const bad = (i: number) => this.isBad(i);
     // Those that failed lately after the others, the one that failed longest ago first among them: when
     // every mirror failed, the next request tries them in turn rather than the first one again.
@@ -199,6 +198,12 @@ export class MirroredUpstream implements Upstream {
       [ranked[0], ranked[other]] = [ranked[other]!, ranked[0]!];
     }
     return ranked;
+  }
+
+  /** Whether a request to mirror `i` failed within the fail memory, none succeeding since. */
+  private isFailing(i: number): boolean {
+    const at = this.stats[i]!.failedAt;
+    return at > 0 && performance.now() - at < (this.options.failMemory ?? FAIL_MEMORY_MS);
   }
 
   /** Whether mirror `i` sent a blob whose digest or size was wrong within BAD_MEMORY_MS. */
@@ -423,7 +428,7 @@ export class MirroredUpstream implements Upstream {
      * Mirrors that failed a range of this blob (down, stalled, cut): asked last for the others, so that
      * one stalled mirror does not cost a timeout on every range it would have had.
      */
-    const failing = new Set<number>();
+    const failing = new Set(this.mirrors.map((_, i) => i).filter((i) => this.isFailing(i)));
     /** Mirrors that sent a blob wrong lately: asked for a range only when the others cannot serve it. */
     const bad = new Set(this.order().filter((i) => this.isBad(i)));
     // A range's bytes as they came, not joined into one buffer: joining doubled the memory of every
@@ -451,6 +456,7 @@ export class MirroredUpstream implements Upstream {
           // (When another one may serve it: with the others down, the same mirror's resume is the only way.)
           part.body.once(RESUMING, () => {
             failing.add(i);
+            this.stats[i]!.failedAt = performance.now();
             if (order.some((k) => k !== i && !failing.has(k) && !bad.has(k))) part.body.destroy(new UpstreamError('unreachable', `mirror cut the range ${range.start}-${range.end}`));
           });
           const chunks: Buffer[] = [];
@@ -468,6 +474,8 @@ export class MirroredUpstream implements Upstream {
         } catch (err) {
           if (signal?.aborted) throw err;
           failing.add(i);
+          // And for the next blobs' stripes: a stalled mirror would cost each of them a timeout.
+          this.stats[i]!.failedAt = performance.now();
           lastError = err;
         }
       }

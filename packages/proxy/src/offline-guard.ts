@@ -1,5 +1,5 @@
 import type { ByteRange, Descriptor, Digest, Page } from '@wharf/registry-core';
-import { UpstreamError, type Upstream, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest, type UpstreamTags } from './upstream.js';
+import { UpstreamError, isTimeout, type Upstream, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest, type UpstreamTags } from './upstream.js';
 
 export interface OfflineGuardLogger {
   warn(fields: Record<string, unknown>, message: string): void;
@@ -72,8 +72,12 @@ export class OfflineGuard implements Upstream {
       }
       return answer;
     } catch (err) {
-      // A caller that gave up (its own deadline, its client gone) learnt nothing about the upstream.
-      if (signal?.aborted) throw err;
+      // A caller whose client went away learnt nothing about the upstream; one whose own deadline
+      // passed with no answer (a cached tag's quick re-check) learnt that it does not answer.
+      if (signal?.aborted) {
+        if (isTimeout(signal.reason)) this.wentDown(new UpstreamError('timeout', `upstream ${this.name} did not answer within the deadline`));
+        throw err;
+      }
       if (probe?.signal.aborted) {
         const down = Math.round((Date.now() - this.offline!.since) / 1000);
         const failure = new UpstreamError('timeout', `upstream ${this.name} timed out (no answer within ${this.probeMs / 1000} s; not answering for ${down} s)`);

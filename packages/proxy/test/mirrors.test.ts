@@ -362,6 +362,18 @@ describe('mirror strategies', () => {
     expect(ranges.length).toBeLessThan(4);
   });
 
+  test('striped: a mirror that failed a stripe is asked after the others for the next blob too, not once per blob', async () => {
+    reset();
+    const up = upstream({ strategy: 'striped', stripeThreshold: 1024 * 1024, stripeSize: 256 * 1024 });
+    mirrors[1]!.mode = 'fail';
+    expect((await readAll((await up.blob('lib/app', DIGEST))!.body)).equals(BLOB)).toBe(true);
+    mirrors[1]!.log.length = 0;
+    // Another blob (the mirrors serve the same bytes under any digest; the fill would judge them).
+    const other = `sha256:${'1'.repeat(64)}` as Digest;
+    expect((await readAll((await up.blob('lib/app', other))!.body)).equals(BLOB)).toBe(true);
+    expect(mirrors[1]!.log.filter((l) => l.includes('bytes=') && !l.endsWith('bytes=0-0'))).toEqual([]);
+  });
+
   test('failover: a range a mirror answers with the whole blob (200) comes whole, read to its end, for the caller to judge', async () => {
     reset();
     for (const m of mirrors) m.mode = 'ignore-range';

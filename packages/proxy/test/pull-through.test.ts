@@ -278,6 +278,26 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     }
   });
 
+  test("a cached tag's re-check that got no answer within its deadline counts as the upstream not answering: the next uncached request gets the short deadline", async () => {
+    const store = new FsBlobStore(join(dir, 'blobs'), join(dir, 'tmp'));
+    const upstream = new HttpUpstream({ name: 'up', url: fake.url, retries: 0, timeouts: { connect: 2_000, firstByte: 2_000, idle: 2_000 } });
+    const guarded = new PullThroughRepository(upstream, new CacheIndex(db), store, fills, {
+      manifestTtl: 0,
+      absentTtl: 60_000,
+      rateLimitFloor: 0,
+      revalidateTimeout: 100,
+      outageBackoff: 60_000,
+      outageProbeTimeout: 150,
+    });
+    const cached = fake.addManifest('alice/app', '1', DOC('a'));
+    fake.addManifest('alice/app', '2', DOC('b'));
+    expect((await guarded.manifest('alice/app', '1'))?.digest).toBe(cached);
+    fake.fault = 'stall';
+    expect((await guarded.manifest('alice/app', '1'))?.warning).toMatch(/within/);
+    expect(guarded.upstream.isOffline).toBe(true);
+    await expect(guarded.manifest('alice/app', '2')).rejects.toMatchObject({ code: 'UPSTREAM_TIMEOUT', message: expect.stringContaining('within 0.15 s') });
+  });
+
   test('an upstream that stopped answering gets a short deadline for outage_backoff: what is not cached fails sooner, the cached is served stale, and it is served again as soon as it answers', async () => {
     const logger = { lines: [] as string[], warn: (_f: Record<string, unknown>, m: string) => void logger.lines.push(m), info: (_f: Record<string, unknown>, m: string) => void logger.lines.push(m) };
     const store = new FsBlobStore(join(dir, 'blobs'), join(dir, 'tmp'));

@@ -28,5 +28,12 @@ export function buildUpstream(
       ...(logger ? { logger } : {}),
     });
   if (u.mirrors.length === 0) return client(u.url);
-  return new MirroredUpstream([u.url, ...u.mirrors].map(client), { strategy: u.strategy, hedgeDelay: u.hedgeDelay, retries: proxy.retries });
+  return new MirroredUpstream([u.url, ...u.mirrors].map(client), {
+    strategy: u.strategy,
+    hedgeDelay: u.hedgeDelay,
+    retries: proxy.retries,
+    // Longer than outage_backoff: a mirror that stalled a cached tag's re-check, which put the whole
+    // upstream in outage_backoff, is still behind the others when the next re-check goes.
+    failMemory: Math.max(30_000, 2 * proxy.outageBackoff),
+  });
 }
