@@ -155,6 +155,12 @@ export class MirroredUpstream implements Upstream {
     const end = blob.range ? blob.range.end : blob.size !== undefined ? blob.size - 1 : undefined;
     if (this.mirrors.length < 2 || end === undefined) return { ...measured, refused };
     const rest = this.order().filter((k) => k !== first);
+    // A mirror's own client resumes a body it cut (a reset is mostly the connection's fault), but one
+    // that stalled would cost an idle timeout per resume: while another mirror may serve the rest,
+    // that one is asked.
+    blob.body.on(RESUMING, (err: unknown) => {
+      if (isTimeout(err) && rest.some((k) => !this.isFailing(k) && !this.isBad(k))) blob.body.destroy(new UpstreamError('timeout', `upstream ${this.name}: a mirror stalled sending the blob`));
+    });
     const resume = async (from: number): Promise<UpstreamBlob | undefined> => {
       for (let k = rest.shift(); k !== undefined; k = rest.shift()) {
         try {

@@ -20,9 +20,10 @@ interface Mirror {
   /**
    * cut: a whole-blob body stops after 1 MiB, and ranges fail (500); ignore-range: a range request gets
    * the whole blob with 200, slowly; corrupt-range: ranges come with one byte flipped; cut-ranges: a
-   * range's body stops half-way (each time: its client's resumes too).
+   * range's body stops half-way (each time: its client's resumes too); stall-body: a whole-blob body
+   * stops after 1 MiB and the connection stays open, silent.
    */
-  mode: 'ok' | 'fail' | 'missing' | 'cut' | 'cut-resumable' | 'ignore-range' | 'corrupt-range' | 'cut-ranges';
+  mode: 'ok' | 'fail' | 'missing' | 'cut' | 'cut-resumable' | 'ignore-range' | 'corrupt-range' | 'cut-ranges' | 'stall-body';
   /** Blob bytes written to sockets, ranges and whole bodies alike. */
   sent: number;
 }
@@ -80,6 +81,9 @@ async function startMirror(): Promise<Mirror> {
       res.writeHead(200, { 'content-length': BLOB.length });
       if (req.method === 'HEAD') {
         res.end();
+      } else if (mirror.mode === 'stall-body') {
+        mirror.sent += 1024 * 1024;
+        res.write(BLOB.subarray(0, 1024 * 1024));
       } else if (mirror.mode === 'cut' || mirror.mode === 'cut-resumable' || mirror.mode === 'ignore-range') {
         // 64 KiB at a time: what a reader takes before it cuts the connection is what was sent.
         const step = 64 * 1024;
@@ -204,6 +208,21 @@ describe('mirror strategies', () => {
       await expect(upstream({ strategy, hedgeDelay: 50 }).manifest('lib/app', '1')).rejects.toMatchObject({ failure: 'server-error' });
       await expect(upstream({ strategy, hedgeDelay: 50 }).blob('lib/app', DIGEST)).rejects.toMatchObject({ failure: 'server-error' });
     }
+  });
+
+  test('a blob body that stalls mid-way goes on from the next mirror, not from the stalled one (an idle timeout per resume)', async () => {
+    reset();
+    mirrors[0]!.mode = 'stall-body';
+    const quick = { connect: 1_000, firstByte: 1_000, idle: 300 };
+    const up = new MirroredUpstream(
+      mirrors.map((m) => new HttpUpstream({ name: 'up', url: m.url, retries: 0, timeouts: quick })),
+      { strategy: 'failover' },
+    );
+    const blob = await up.blob('lib/app', DIGEST);
+    expect((await readAll(blob!.body)).equals(BLOB)).toBe(true);
+    const rest = `GET /v2/lib/app/blobs/${DIGEST} bytes=${1024 * 1024}-${BLOB.length - 1}`;
+    expect(mirrors[0]!.log).toEqual([`GET /v2/lib/app/blobs/${DIGEST}`]);
+    expect(mirrors[1]!.log).toEqual([rest]);
   });
 
   test('a blob body cut mid-way goes on from the next mirror with a range for the rest', async () => {
