@@ -278,17 +278,18 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     }
   });
 
-  test("a cached tag's re-check that got no answer within its deadline counts as the upstream not answering: the next uncached request gets the short deadline", async () => {
+  /**
+   * A repository over the fake with `timeoutMs` for each of the upstream's timeouts, checking its tags
+   * at every pull, and 60 s of outage_backoff; `policy` adds to that.
+   */
+  function downGuarded(timeoutMs: number, policy: Partial<ConstructorParameters<typeof PullThroughRepository>[4]>, logger?: ConstructorParameters<typeof PullThroughRepository>[5]): PullThroughRepository {
     const store = new FsBlobStore(join(dir, 'blobs'), join(dir, 'tmp'));
-    const upstream = new HttpUpstream({ name: 'up', url: fake.url, retries: 0, timeouts: { connect: 2_000, firstByte: 2_000, idle: 2_000 } });
-    const guarded = new PullThroughRepository(upstream, new CacheIndex(db), store, fills, {
-      manifestTtl: 0,
-      absentTtl: 60_000,
-      rateLimitFloor: 0,
-      revalidateTimeout: 100,
-      outageBackoff: 60_000,
-      outageProbeTimeout: 150,
-    });
+    const upstream = new HttpUpstream({ name: 'up', url: fake.url, retries: 0, timeouts: { connect: timeoutMs, firstByte: timeoutMs, idle: timeoutMs } });
+    return new PullThroughRepository(upstream, new CacheIndex(db), store, fills, { manifestTtl: 0, absentTtl: 60_000, rateLimitFloor: 0, outageBackoff: 60_000, ...policy }, logger);
+  }
+
+  test("a cached tag's re-check that got no answer within its deadline counts as the upstream not answering: the next uncached request gets the short deadline", async () => {
+    const guarded = downGuarded(2_000, { revalidateTimeout: 100, outageProbeTimeout: 150 });
     const cached = fake.addManifest('alice/app', '1', DOC('a'));
     fake.addManifest('alice/app', '2', DOC('b'));
     expect((await guarded.manifest('alice/app', '1'))?.digest).toBe(cached);
@@ -300,15 +301,7 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
 
   test('an upstream that stopped answering gets a short deadline for outage_backoff: what is not cached fails sooner, the cached is served stale, and it is served again as soon as it answers', async () => {
     const logger = { lines: [] as string[], warn: (_f: Record<string, unknown>, m: string) => void logger.lines.push(m), info: (_f: Record<string, unknown>, m: string) => void logger.lines.push(m) };
-    const store = new FsBlobStore(join(dir, 'blobs'), join(dir, 'tmp'));
-    const upstream = new HttpUpstream({ name: 'up', url: fake.url, retries: 0, timeouts: { connect: 300, firstByte: 300, idle: 300 } });
-    const guarded = new PullThroughRepository(upstream, new CacheIndex(db), store, fills, {
-      manifestTtl: 0,
-      absentTtl: 60_000,
-      rateLimitFloor: 0,
-      outageBackoff: 60_000,
-      outageProbeTimeout: 100,
-    }, logger);
+    const guarded = downGuarded(300, { outageProbeTimeout: 100 }, logger);
     const cached = fake.addManifest('alice/app', '1', DOC('a'));
     fake.addManifest('alice/app', '2', DOC('b'));
     const layer = fake.addBlob(Buffer.from('a layer'));
