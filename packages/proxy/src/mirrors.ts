@@ -7,6 +7,8 @@ export type MirrorStrategy = 'failover' | 'hedged' | 'striped' | 'adaptive';
 
 export interface MirrorOptions {
   readonly strategy: MirrorStrategy;
+  /** The upstream's name (its cache key); the first mirror's name when not given. */
+  readonly name?: string;
   /** hedged: start the next mirror when the current one has not answered within this (ms). */
   readonly hedgeDelay?: number;
   /** striped: blobs at least this large are fetched as ranges from several mirrors (bytes). */
@@ -99,7 +101,7 @@ export class MirroredUpstream implements Upstream {
     private readonly options: MirrorOptions,
   ) {
     if (mirrors.length === 0) throw new Error('MirroredUpstream needs at least one mirror');
-    this.name = mirrors[0]!.name;
+    this.name = options.name ?? mirrors[0]!.name;
     this.stats = mirrors.map(() => ({ latency: 0, throughput: 0, samples: 0, failures: 0, cut: 0, cutAt: 0, failedAt: 0, badAt: 0 }));
     this.random = options.random ?? Math.random;
   }

@@ -13,9 +13,11 @@ export function buildUpstream(
   // rounds that `retries` allows; a mirror's own client retrying first cost every stalled mirror its
   // timeouts `retries` times over before the next one was asked.
   const retries = u.mirrors.length === 0 ? proxy.retries : 0;
+  // Each mirror's errors name its host ("upstream docker.io (mirror.gcr.io) answered 503 ..."):
+  // with one name for all, an operator could not tell which mirror failed.
   const client = (url: string) =>
     new HttpUpstream({
-      name: u.key,
+      name: u.mirrors.length === 0 ? u.key : `${u.key} (${new URL(url).host})`,
       url,
       ...(u.username !== undefined ? { username: u.username } : {}),
       ...(u.password !== undefined ? { password: u.password } : {}),
@@ -29,6 +31,7 @@ export function buildUpstream(
     });
   if (u.mirrors.length === 0) return client(u.url);
   return new MirroredUpstream([u.url, ...u.mirrors].map(client), {
+    name: u.key,
     strategy: u.strategy,
     hedgeDelay: u.hedgeDelay,
     retries: proxy.retries,

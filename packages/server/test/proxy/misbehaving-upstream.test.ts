@@ -341,7 +341,7 @@ describe('pull-through from a misbehaving upstream', () => {
   });
 });
 
-describe('an upstream with mirrors, one of them stalled', () => {
+describe('an upstream with mirrors', () => {
   test('the stalled mirror costs one timeout, not one per retry, before the next mirror answers', async () => {
     const stalled = await FakeUpstream.start();
     const good = await FakeUpstream.start();
@@ -361,6 +361,29 @@ describe('an upstream with mirrors, one of them stalled', () => {
       await proxy?.close();
       await stalled.close();
       await good.close();
+    }
+  });
+
+  test("an error after every mirror failed names the mirror that answered it, and how many failed", async () => {
+    const first = await FakeUpstream.start();
+    const second = await FakeUpstream.start();
+    let proxy: TestRegistry | undefined;
+    try {
+      first.fault = '500';
+      second.fault = '500';
+      proxy = await startRegistry({ settings: { proxy: { retries: 0, upstreams: { mirrored: { url: first.url, mirrors: [second.url] } } } } });
+      const res = await fetch(`${proxy.url}/v2/proxy/mirrored/alice/app/manifests/1`, { headers: { accept: 'application/vnd.oci.image.manifest.v1+json' } });
+      expect(res.status).toBe(502);
+      const { errors } = (await res.json()) as { errors: { code: string; message: string }[] };
+      // One name for every mirror ("upstream mirrored answered 500") left the operator guessing which.
+      expect(errors[0]!.message).toContain(`upstream mirrored (${new URL(second.url).host}) answered 500`);
+      expect(errors[0]!.message).toContain('2 of its mirrors failed');
+      expect(first.requests.length).toBe(1);
+      expect(second.requests.length).toBe(1);
+    } finally {
+      await proxy?.close();
+      await first.close();
+      await second.close();
     }
   });
 });
