@@ -223,6 +223,14 @@ function upstream(key: string, raw: unknown, env: NodeJS.ProcessEnv, builtIn: Up
   const hedgeDelay = raw.hedge_delay === undefined ? 500 : typeof raw.hedge_delay === 'string' ? parseDuration(raw.hedge_delay) : undefined;
   if (hedgeDelay === undefined) throw new ConfigError(`"${where}.hedge_delay" must be a duration such as "300ms"`);
   if (hedgeDelay > MAX_HEDGE_DELAY_MS) throw new ConfigError(`"${where}.hedge_delay" must be at most 10m (got ${String(raw.hedge_delay)})`);
+  // A strategy or a delay that cannot apply is a slip (a forgotten mirrors list, a strategy
+  // changed without its delay) that would otherwise pass unnoticed.
+  if (strategy !== 'failover' && mirrors.length === 0) {
+    throw new ConfigError(`"${where}.strategy" is ${JSON.stringify(strategy)}, but the upstream has no mirrors besides its url: list them in "${where}.mirrors"`);
+  }
+  if (raw.hedge_delay !== undefined && strategy !== 'hedged') {
+    throw new ConfigError(`"${where}.hedge_delay" applies to strategy = "hedged" only (the strategy is ${JSON.stringify(strategy)})`);
+  }
   const access = raw.access;
   if (
     access !== undefined &&

@@ -45,6 +45,13 @@ describe('configuration', () => {
     expect(up({ mirrors: ['https://bot:secret@b.example'] })).toThrow('must not hold credentials');
     expect(up({ mirrors: ['ftp://b.example'] })).toThrow('"proxy.upstreams.mine.mirrors[0]" must be an http(s) URL');
     expect(up({ mirrors: ['http://b.example'], strategy: 'hedged', hedge_delay: '30d' })).toThrow('"proxy.upstreams.mine.hedge_delay" must be at most 10m');
+    // A strategy with nothing to choose from, or a delay the strategy does not use, is a slip.
+    expect(up({ strategy: 'hedged' })).toThrow('"proxy.upstreams.mine.strategy" is "hedged", but the upstream has no mirrors besides its url');
+    expect(up({ mirrors: ['http://A.example:5000'], strategy: 'striped' })).toThrow('has no mirrors besides its url');
+    expect(up({ mirrors: ['http://b.example'], strategy: 'adaptive', hedge_delay: '1s' })).toThrow('"proxy.upstreams.mine.hedge_delay" applies to strategy = "hedged" only (the strategy is "adaptive")');
+    expect(up({ mirrors: ['http://b.example'], hedge_delay: '1s' })).toThrow('applies to strategy = "hedged" only');
+    expect(up({ strategy: 'failover' })).not.toThrow();
+    expect(up({ mirrors: ['http://b.example'], strategy: 'hedged', hedge_delay: '1s' })).not.toThrow();
     // A registry served under a path keeps it.
     const config = buildConfig({ ...REQUIRED, proxy: { upstreams: { mine: { url: 'https://a.example/artifactory/api/docker/hub/', mirrors: ['http://[::1]:5000'] } } } }, { cwd: dir });
     const mine = config.proxy.upstreams.find((u) => u.key === 'mine')!;
