@@ -5,6 +5,7 @@ import Koa from 'koa';
 import type { Logger } from 'pino';
 import { refuseUnknownExpectation } from './http/expect-continue.js';
 import { ociErrors } from './http/oci-errors.js';
+import { ClientAddresses, stampClient } from './http/client-address.js';
 import { requestLog, type RequestObserver } from './http/request-log.js';
 import { requestTimeout } from './http/request-timeout.js';
 import { serverSideWait } from './http/server-wait.js';
@@ -37,6 +38,8 @@ export interface AppOptions {
   readonly auth?: AuthService;
   /** Operations: /health, /ready, /metrics, request metrics, request_timeout, shutdown. */
   readonly ops?: OpsOptions;
+  /** `trusted_proxies`: peers whose X-Forwarded-For names the client (http/client-address.ts). */
+  readonly trustedProxies?: readonly string[];
 }
 
 export interface OpsOptions {
@@ -107,7 +110,8 @@ export function createApp(options: AppOptions): Koa {
 export function createHandler(options: AppOptions): RequestListener {
   const app = createApp(options);
   const draining = options.ops?.health.draining;
-  return withManifestFastPath(
+  const addresses = new ClientAddresses(options.trustedProxies);
+  const listener = withManifestFastPath(
     {
       resolver: options.resolver,
       ...(options.auth ? { mayPull: pullAllowed(options.auth) } : {}),
@@ -116,4 +120,8 @@ export function createHandler(options: AppOptions): RequestListener {
     },
     app.callback(),
   );
+  return (req, res) => {
+    stampClient(req, addresses);
+    listener(req, res);
+  };
 }

@@ -4,6 +4,7 @@ import { parse as parseToml } from 'smol-toml';
 import { parseDuration } from './duration.js';
 
 import { ConfigError } from './config-error.js';
+import { invalidNetwork } from './http/client-address.js';
 import { buildProxyConfig, type ProxyConfig } from './proxy-config.js';
 import { buildAuthConfig, checkAuthConfig, type AuthConfig } from './auth-config.js';
 import { buildGcConfig, type GcConfig } from './gc-config.js';
@@ -36,6 +37,8 @@ export interface WharfConfig {
   readonly idleTimeout: number;
   /** Longest time of a request that does not move a blob (ms; 0: none). */
   readonly requestTimeout: number;
+  /** Reverse proxies (addresses, CIDR ranges) whose X-Forwarded-For names the client. */
+  readonly trustedProxies: readonly string[];
   readonly proxy: ProxyConfig;
   readonly auth: AuthConfig;
   readonly tls: TlsConfig;
@@ -44,7 +47,7 @@ export interface WharfConfig {
   readonly gc: GcConfig;
 }
 
-type Kind = 'string' | 'path' | 'listen' | 'duration' | 'log_level' | 'log_format';
+type Kind = 'string' | 'path' | 'listen' | 'duration' | 'log_level' | 'log_format' | 'networks';
 
 interface KeySpec {
   readonly kind: Kind;
@@ -70,6 +73,7 @@ export const CONFIG_KEYS = {
   read_header_timeout: { kind: 'duration', default: '20s', doc: 'longest time a client may take to send the request headers' },
   idle_timeout: { kind: 'duration', default: '2m', doc: 'idle keep-alive connections and silent sockets are closed after this long' },
   request_timeout: { kind: 'duration', default: '2m', doc: 'longest time of a request that does not move a blob (0: none)' },
+  trusted_proxies: { kind: 'networks', doc: 'reverse proxies (addresses or CIDR ranges) whose X-Forwarded-For names the client; comma-separated in the environment' },
 } as const satisfies Record<string, KeySpec>;
 
 /** Tables of settings, each validated by its own module. */
@@ -175,6 +179,7 @@ export function buildConfig(
     readHeaderTimeout: values.read_header_timeout as number,
     idleTimeout: values.idle_timeout as number,
     requestTimeout: values.request_timeout as number,
+    trustedProxies: values.trusted_proxies as string[],
     proxy,
     auth,
     tls,
@@ -198,6 +203,7 @@ function refuseMovedDefault(key: string, path: string, fileDir: string, cwd: str
 }
 
 function convert(key: string, kind: Kind, raw: unknown, base: string): unknown {
+  if (kind === 'networks') return networks(key, raw);
   if (typeof raw !== 'string' && !(kind === 'duration' && typeof raw === 'number')) {
     throw new ConfigError(`"${key}" must be a ${kind === 'duration' ? 'duration such as "24h" or a number of seconds' : 'string'} (got ${describe(raw)})`);
   }
@@ -229,6 +235,18 @@ function convert(key: string, kind: Kind, raw: unknown, base: string): unknown {
       }
       return raw;
   }
+}
+
+/** An array of addresses and CIDR ranges, or the same comma-separated (from the environment); none when unset. */
+function networks(key: string, raw: unknown): string[] {
+  if (raw === undefined) return [];
+  const list = typeof raw === 'string' ? raw.split(',').map((s) => s.trim()).filter((s) => s !== '') : raw;
+  if (!Array.isArray(list) || list.some((v) => typeof v !== 'string')) {
+    throw new ConfigError(`"${key}" must be an array of IP addresses or CIDR ranges, such as ["127.0.0.1", "10.0.0.0/8"] (got ${describe(raw)})`);
+  }
+  const wrong = invalidNetwork(list as string[]);
+  if (wrong) throw new ConfigError(`"${key}": ${wrong}`);
+  return list as string[];
 }
 
 function describe(value: unknown): string {

@@ -1,6 +1,5 @@
 import { RegistryError, assertRepositoryName, type LocalRegistry } from '@wharf/registry-core';
 import type { PullThroughRepository } from '@wharf/proxy';
-import { isLoopback } from './http/loopback.js';
 import type { ProxyConfig, UpstreamConfig } from './proxy-config.js';
 import type { RepositoryResolver, RequestInfo, ResolvedRepository } from './repositories.js';
 
@@ -52,7 +51,7 @@ export class ProxyResolver implements RepositoryResolver {
   }
 
   private pullThrough(upstream: UpstreamConfig, path: string, request: RequestInfo): ResolvedRepository {
-    if (this.options.loopbackOnly && !this.config.anonymous && !isLoopback(request.remoteAddress)) {
+    if (this.options.loopbackOnly && !this.config.anonymous && request.local !== true) {
       throw new RegistryError('DENIED', 'the dependency proxy serves only local clients until accounts are configured; set [proxy] anonymous = true to open it', {
         upstream: upstream.key,
       });

@@ -20,7 +20,8 @@ export interface RequestInfo {
   readonly method: string;
   /** Upload sessions are pushes whatever the method, and a blob HEAD is what pushes ask first. */
   readonly resource: Resource;
-  readonly remoteAddress?: string;
+  /** The client is on this machine (not forwarded for another: see http/client-address.ts). */
+  readonly local?: boolean;
 }
 
 export interface RepositoryResolver {

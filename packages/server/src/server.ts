@@ -175,6 +175,7 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
   const requests = new RequestsInFlight(metrics);
   const handler = createHandler({
     ...(auth ? { auth } : {}),
+    trustedProxies: config.trustedProxies,
     local,
     resolver,
     logger,

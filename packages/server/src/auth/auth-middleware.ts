@@ -1,5 +1,6 @@
 import { RegistryError, isValidRepositoryName } from '@wharf/registry-core';
 import type { Context, Next } from 'koa';
+import { clientOf } from '../http/client-address.js';
 import type { RepositoryResolver, ResolvedRepository, Resource } from '../repositories.js';
 import { AuthFailure, type AuthService, type Credentials } from './auth-service.js';
 import { allowedActions, mayListCatalog, type Action, type Principal, type Target } from './permissions.js';
@@ -96,7 +97,7 @@ export function authMiddleware(options: AuthMiddlewareOptions) {
    */
   async function targetOf(ctx: Context, name: string, resource: Resource, principal: Principal, remember = false): Promise<Target> {
     try {
-      const request = { method: ctx.method, resource, remoteAddress: ctx.socket.remoteAddress };
+      const request = { method: ctx.method, resource, local: clientOf(ctx.req).local };
       const resolved = await resolver.resolve(name, new URLSearchParams(ctx.querystring), request);
       if (remember) rememberResolved(ctx, name, resource, resolved);
       return targetOfResolved(name, resolved);
@@ -124,7 +125,7 @@ export function authMiddleware(options: AuthMiddlewareOptions) {
 
     let who: Credentials;
     try {
-      who = await auth.authenticate(ctx.get('Authorization') || undefined, ctx.socket.remoteAddress);
+      who = await auth.authenticate(ctx.get('Authorization') || undefined, clientOf(ctx.req).address);
     } catch (err) {
       if (err instanceof AuthFailure) {
         if (isAdmin) ctx.set('WWW-Authenticate', `Basic realm="${auth.config.service}"`);

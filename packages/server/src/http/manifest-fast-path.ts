@@ -1,6 +1,7 @@
 import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
 import type { StoredManifest } from '@wharf/registry-core';
 import type { RepositoryResolver, ResolvedRepository } from '../repositories.js';
+import { clientOf } from './client-address.js';
 import { notModified } from './conditional.js';
 import { decodeCapture } from './path-segments.js';
 import { trackRequest, type RequestTrackingDeps } from './request-log.js';
@@ -72,14 +73,14 @@ async function lookUp(
   reference: string,
   query: string,
 ): Promise<Found | undefined> {
-  const remoteAddress = req.socket.remoteAddress;
+  const client = clientOf(req);
   let target: ResolvedRepository;
   try {
-    target = await deps.resolver.resolve(name, new URLSearchParams(query), { method: req.method!, resource: 'manifest', ...(remoteAddress ? { remoteAddress } : {}) });
+    target = await deps.resolver.resolve(name, new URLSearchParams(query), { method: req.method!, resource: 'manifest', local: client.local });
   } catch {
     return undefined;
   }
-  if (deps.mayPull && !(await deps.mayPull(req.headers.authorization || undefined, remoteAddress, name, target))) return undefined;
+  if (deps.mayPull && !(await deps.mayPull(req.headers.authorization || undefined, client.address, name, target))) return undefined;
   const manifest = await target.reader.peekManifest(target.repo, reference);
   return manifest && { name, target, manifest };
 }

@@ -5,6 +5,7 @@ import type { Context, Next } from 'koa';
 import type { Logger } from 'pino';
 import { onConnectionClose } from './connection-close.js';
 import { classifyRoute, type ClassifiedRoute, type RouteLabel } from './route-label.js';
+import { clientOf } from './client-address.js';
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
@@ -102,6 +103,7 @@ export function trackRequest(
   const method = req.method ?? 'GET';
   // Taken now: by the time the response closes, the request may have let go of its socket.
   const socket = req.socket;
+  const client = clientOf(req).address;
   observer?.started(route);
   let ended = false;
   let forget: (() => void) | undefined;
@@ -121,6 +123,7 @@ export function trackRequest(
         method,
         route,
         ...(repository !== undefined ? { repository } : {}),
+        ...(client !== undefined ? { client } : {}),
         path,
         status,
         bytesIn: traffic.bytesIn,

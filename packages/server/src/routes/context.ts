@@ -1,5 +1,6 @@
 import { MAX_PAGE, RegistryError, cutToPage, parseDigest, type Digest } from '@wharf/registry-core';
 import type { Context } from 'koa';
+import { clientOf } from '../http/client-address.js';
 import { decodeCapture } from '../http/path-segments.js';
 import type { RepositoryResolver, ResolvedRepository, Resource } from '../repositories.js';
 
@@ -18,7 +19,7 @@ export function repository(ctx: Context, deps: RouteDeps, resource: Resource): P
   const resolved =
     known && known.name === name && known.resource === resource
       ? Promise.resolve(known.target)
-      : deps.resolver.resolve(name, new URLSearchParams(ctx.querystring), { method: ctx.method, resource, remoteAddress: ctx.socket.remoteAddress });
+      : deps.resolver.resolve(name, new URLSearchParams(ctx.querystring), { method: ctx.method, resource, local: clientOf(ctx.req).local });
   return resolved.then((target) => {
     if (target.namespace) ctx.set('OCI-Namespace', target.namespace);
     return target;

@@ -1,7 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { Router } from '@koa/router';
 import { RegistryError } from '@wharf/registry-core';
-import { isLoopback } from '../http/loopback.js';
+import { clientOf } from '../http/client-address.js';
 import type { MetricsConfig } from '../metrics/metrics-config.js';
 import type { WharfMetrics } from '../metrics/metrics.js';
 
@@ -16,8 +16,8 @@ function sameSecret(given: string, expected: string): boolean {
  * Who may scrape: loopback clients always; others with `Authorization: Bearer <[metrics] token>`
  * (compared in constant time); without a configured token, nobody else.
  */
-export function metricsAccess(remoteAddress: string | undefined, authorization: string | undefined, config: MetricsConfig): MetricsAccess {
-  if (isLoopback(remoteAddress)) return 'allowed';
+export function metricsAccess(local: boolean, authorization: string | undefined, config: MetricsConfig): MetricsAccess {
+  if (local) return 'allowed';
   if (config.token === undefined) return 'denied';
   const m = /^Bearer\s+(\S+)\s*$/i.exec(authorization ?? '');
   return m && sameSecret(m[1]!, config.token) ? 'allowed' : 'unauthorized';
@@ -26,7 +26,7 @@ export function metricsAccess(remoteAddress: string | undefined, authorization: 
 /** GET /metrics in the Prometheus text format. */
 export function registerMetrics(router: Router, metrics: WharfMetrics, config: MetricsConfig): void {
   router.get('/metrics', async (ctx) => {
-    const access = metricsAccess(ctx.socket.remoteAddress, ctx.get('Authorization') || undefined, config);
+    const access = metricsAccess(clientOf(ctx.req).local, ctx.get('Authorization') || undefined, config);
     if (access === 'unauthorized') {
       ctx.set('WWW-Authenticate', 'Bearer realm="wharf-metrics"');
       throw new RegistryError('UNAUTHORIZED', 'a bearer token is required for /metrics from another host', undefined);

@@ -1,6 +1,6 @@
 import type { RouterContext } from '@koa/router';
 import { RegistryError } from '@wharf/registry-core';
-import { isLoopback } from '../http/loopback.js';
+import { clientOf } from '../http/client-address.js';
 
 /**
  * Whether the caller may use an operator endpoint: with auth on, the auth middleware said it is an
@@ -8,7 +8,7 @@ import { isLoopback } from '../http/loopback.js';
  * loopback client.
  */
 export function assertOperator(ctx: RouterContext, authEnabled: boolean): void {
-  if (authEnabled ? ctx.state.administrator !== true : !isLoopback(ctx.socket.remoteAddress)) {
+  if (authEnabled ? ctx.state.administrator !== true : !clientOf(ctx.req).local) {
     throw new RegistryError('DENIED', authEnabled ? 'admin endpoints answer administrators only' : 'admin endpoints answer local clients only', undefined);
   }
 }

@@ -1,6 +1,7 @@
 import type { Router, RouterContext } from '@koa/router';
 import type { Context } from 'koa';
 import { readSmallBody } from '../http/body.js';
+import { clientOf } from '../http/client-address.js';
 import { AuthFailure, parseBasic, type AuthService } from '../auth/auth-service.js';
 import { ANONYMOUS, type Principal } from '../auth/permissions.js';
 import { formatScope, parseScopes, type AccessEntry } from '../auth/scope.js';
@@ -61,7 +62,7 @@ export function registerTokenEndpoint(router: Router, auth: AuthService): void {
         if (!basic) throw new AuthFailure('malformed Basic credentials', 'basic');
         // Docker's daemon asks a mirror with its Docker Hub login: what anyone may pull from the
         // mirror's upstream it gets, without a look at credentials that are not Wharf's.
-        if (!(await auth.anonymousMirrorPull(scopes))) principal = await auth.login(basic.user, basic.password, ctx.socket.remoteAddress);
+        if (!(await auth.anonymousMirrorPull(scopes))) principal = await auth.login(basic.user, basic.password, clientOf(ctx.req).address);
       }
       const access = await auth.grant(principal, scopes);
       await reply(ctx, principal, access, params.get('offline_token') === 'true', false);
@@ -81,11 +82,11 @@ export function registerTokenEndpoint(router: Router, auth: AuthService): void {
         const username = form.get('username');
         const password = form.get('password');
         if (!username || password === null) return oauthError(ctx, 'invalid_request', 'username and password are required');
-        principal = await auth.login(username, password, ctx.socket.remoteAddress);
+        principal = await auth.login(username, password, clientOf(ctx.req).address);
       } else if (grantType === 'refresh_token') {
         const refreshToken = form.get('refresh_token');
         if (!refreshToken) return oauthError(ctx, 'invalid_request', 'refresh_token is required');
-        principal = auth.refresh(refreshToken, ctx.socket.remoteAddress);
+        principal = auth.refresh(refreshToken, clientOf(ctx.req).address);
       } else {
         return oauthError(ctx, 'unsupported_grant_type', 'grant_type must be password or refresh_token');
       }
