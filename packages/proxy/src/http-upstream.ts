@@ -1,5 +1,5 @@
 import { rootCertificates } from 'node:tls';
-import { MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES, MediaType, bareMediaType, digestOf, isValidTag, tryParseDigest, type ByteRange, type Descriptor, type Digest, type Page } from '@wharf/registry-core';
+import { JsonShapeError, MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES, MediaType, bareMediaType, digestOf, isValidTag, jsonShapeProblem, parseBoundedJson, tryParseDigest, type ByteRange, type Descriptor, type Digest, type Page } from '@wharf/registry-core';
 import type { Dispatcher } from 'undici';
 import { bypassesProxy } from './no-proxy.js';
 import { plainRequest } from './plain-http.js';
@@ -221,6 +221,8 @@ export class HttpUpstream implements Upstream {
     const wanted = tryParseDigest(reference)?.digest;
     const algorithm = wanted ? (wanted.startsWith('sha512:') ? 'sha512' : 'sha256') : declared?.startsWith('sha512:') ? 'sha512' : 'sha256';
     const digest = digestOf(bytes, algorithm);
+    const shape = jsonShapeProblem(bytes);
+    if (shape) throw new UpstreamError('invalid', `upstream ${this.name} sent a manifest Wharf refuses: ${shape}`, res.statusCode);
     const mediaType = manifestMediaType(bytes, res.headers['content-type']);
     if (mediaType === SCHEMA1_SIGNED) {
       // Its digest is that of the payload without the signatures, which no content-addressed store
@@ -375,10 +377,10 @@ export class HttpUpstream implements Upstream {
 
   private json(bytes: Buffer, what: string): object {
     try {
-      const doc: unknown = JSON.parse(bytes.toString('utf8'));
+      const doc: unknown = parseBoundedJson(bytes);
       if (doc !== null && typeof doc === 'object') return doc;
-    } catch {
-      // reported below
+    } catch (err) {
+      if (err instanceof JsonShapeError) throw new UpstreamError('invalid', `upstream ${this.name} sent a ${what} Wharf refuses: ${err.message}`);
     }
     throw new UpstreamError('invalid', `upstream ${this.name} sent a ${what} that is not a JSON object`);
   }

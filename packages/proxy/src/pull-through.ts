@@ -5,6 +5,7 @@ import {
   compareTags,
   cutToPage,
   parseDigest,
+  parseBoundedJson,
   tryParseDigest,
   type BlobInfo,
   type UnsizedBlob,
@@ -578,7 +579,7 @@ export class PullThroughRepository implements RepositoryReader {
     if (!index) return [];
     let doc: unknown;
     try {
-      doc = JSON.parse(index.bytes.toString('utf8'));
+      doc = parseBoundedJson(index.bytes);
     } catch {
       return [];
     }

@@ -475,6 +475,8 @@ describe('HttpUpstream against a real misbehaving server', () => {
       empty: ['application/json', '{}'],
       index: ['text/plain; charset=utf-8', index],
       bare: ['application/json', bareIndex],
+      // Valid JSON under 4 MiB that would parse into a million objects: refused before it is parsed.
+      hostile: ['application/vnd.oci.image.index.v1+json', `{"schemaVersion":2,"manifests":[${Array(1_000_000).fill('{}').join(',')}]}`],
     };
     const raw = createServer((socket) => {
       socket.on('error', () => undefined);
@@ -491,6 +493,8 @@ describe('HttpUpstream against a real misbehaving server', () => {
       expect((await failureOf(up.manifest('lib/empty', 'latest'))).failure).toBe('invalid');
       expect((await up.manifest('lib/index', 'latest'))?.mediaType).toBe('application/vnd.oci.image.index.v1+json');
       expect((await up.manifest('lib/bare', 'latest'))?.mediaType).toBe('application/vnd.oci.image.index.v1+json');
+      const hostile = await failureOf(up.manifest('lib/hostile', 'latest'));
+      expect([hostile.failure, hostile.message]).toEqual(['invalid', 'upstream raw sent a manifest Wharf refuses: it holds more than 100000 objects and arrays']);
     } finally {
       await new Promise((resolve) => raw.close(resolve));
     }

@@ -1,5 +1,6 @@
 import { digestOf, tryParseDigest, type Digest, type DigestAlgorithm } from './digest.js';
 import { RegistryError } from './errors.js';
+import { JsonShapeError, parseBoundedJson } from './json-shape.js';
 import {
   MediaType,
   bareMediaType,
@@ -107,8 +108,9 @@ export function parseManifest(bytes: Buffer, contentType: string | undefined, al
   }
   let doc: unknown;
   try {
-    doc = JSON.parse(bytes.toString('utf8'));
-  } catch {
+    doc = parseBoundedJson(bytes);
+  } catch (err) {
+    if (err instanceof JsonShapeError) throw invalid(`manifest refused: ${err.message}`);
     throw invalid('manifest is not valid JSON');
   }
   if (!isObject(doc)) throw invalid('manifest must be a JSON object');

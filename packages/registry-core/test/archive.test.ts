@@ -112,6 +112,31 @@ describe('image archives', () => {
     expect(await fx.registry.tags('alice/app', {})).toBeUndefined();
   });
 
+  test('a manifest.json or image config that would parse into a huge object graph is refused before it is parsed', async () => {
+    const { entries } = dockerSave(['alice/app:1'], [6]);
+    // 8 MiB of `[` took 433 MiB of RSS to find invalid.
+    const deep = entries.map((e) => (e.name === 'manifest.json' ? { ...e, content: Buffer.from('['.repeat(8 * 1024 * 1024)) } : e));
+    await expect(importArchive(Readable.from([await tarOf(deep)]), deps())).rejects.toMatchObject({
+      code: 'MANIFEST_INVALID',
+      message: 'manifest.json in the archive is refused: it nests objects and arrays more than 64 deep',
+    });
+    const config = Buffer.from(`{"rootfs":{"diff_ids":[${Array(300_000).fill('{}').join(',')}]}}`);
+    const configName = `${sha256(config).slice('sha256:'.length)}.json`;
+    const bigConfig = entries.map((e) =>
+      e.name.endsWith('.json') && e.name !== 'manifest.json'
+        ? { name: configName, content: config }
+        : e.name === 'manifest.json'
+          ? { ...e, content: Buffer.from(e.content!.toString().replace(/[0-9a-f]{64}\.json/, configName)) }
+          : e,
+    );
+    await expect(importArchive(Readable.from([await tarOf(bigConfig)]), deps())).rejects.toMatchObject({
+      code: 'MANIFEST_INVALID',
+      message: `${configName} in the archive is refused: it holds more than 100000 objects and arrays`,
+    });
+    expect(await leftovers()).toEqual([]);
+    expect(await fx.registry.tags('alice/app', {})).toBeUndefined();
+  });
+
   test('an archive without names needs --repository', async () => {
     const { entries } = dockerSave([], [5]);
     await expect(importArchive(Readable.from([await tarOf(entries)]), deps())).rejects.toMatchObject({ code: 'NAME_INVALID' });

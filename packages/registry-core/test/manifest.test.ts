@@ -268,6 +268,25 @@ describe('parseManifest: malformed documents', () => {
     expect(parseManifest(bytes, OCI_MANIFEST).size).toBe(MAX_MANIFEST_BYTES);
   });
 
+  test('a document under 4 MiB that would parse into a huge object graph is refused before it is parsed', () => {
+    // 4 MiB of `[` took 296 MiB of RSS to find invalid; 4 MiB of `{}` 73 MiB of heap and 0.9 s.
+    const deep = Buffer.from(`{"schemaVersion":2,"x":${'['.repeat(MAX_MANIFEST_BYTES - 100)}`);
+    expect(() => parseManifest(deep, OCI_MANIFEST)).toThrow(expect.objectContaining({ code: 'MANIFEST_INVALID', message: 'manifest refused: it nests objects and arrays more than 64 deep' }));
+    const empties = Buffer.from(`{"schemaVersion":2,"x":[${Array(1_300_000).fill('{}').join(',')}]}`);
+    expect(() => parseManifest(empties, OCI_MANIFEST)).toThrow(expect.objectContaining({ code: 'MANIFEST_INVALID', message: 'manifest refused: it holds more than 100000 objects and arrays' }));
+    const numbers = Buffer.from(`{"schemaVersion":2,"x":[${Array(1_000_000).fill('1.5').join(',')}]}`);
+    expect(() => parseManifest(numbers, OCI_MANIFEST)).toThrow(expect.objectContaining({ code: 'MANIFEST_INVALID', message: 'manifest refused: it holds more than 250000 values' }));
+  });
+
+  test('brackets, braces and commas inside strings do not count; a real index of 15,000 platform manifests (3 MiB) is accepted', () => {
+    const tricky = ociManifestBytes(config, [layer], { annotations: { a: '['.repeat(100_000), b: '{},'.repeat(300_000), c: 'x\\"[[[', d: '\\' } });
+    expect(parseManifest(tricky, OCI_MANIFEST).annotations?.a).toHaveLength(100_000);
+    const children = Array.from({ length: 15_000 }, (_, i) => ({ ...descriptorOf(`manifest ${i}`, OCI_MANIFEST), platform: { architecture: 'amd64', os: 'linux', variant: `v${i}` }, annotations: { 'org.example.n': String(i) } }));
+    const index = json({ schemaVersion: 2, mediaType: OCI_INDEX, manifests: children });
+    expect(index.length).toBeGreaterThan(3 * 1024 * 1024);
+    expect(parseManifest(index, OCI_INDEX).manifests).toHaveLength(15_000);
+  });
+
   test('a descriptor with a malformed digest is MANIFEST_INVALID', () => {
     const bad = { ...layer, digest: 'sha256:ABC' };
     expect(() => parseManifest(ociManifestBytes(config, [bad as never]), OCI_MANIFEST)).toThrow(expect.objectContaining({ code: 'MANIFEST_INVALID' }));

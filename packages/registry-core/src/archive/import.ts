@@ -11,6 +11,7 @@ import type { BlobInfo } from '../blob-store.js';
 import { hashToDigest, newHash, tryParseDigest, type Digest, type DigestAlgorithm } from '../digest.js';
 import { RegistryError } from '../errors.js';
 import { hashingStage } from '../hashing.js';
+import { JsonShapeError, parseBoundedJson } from '../json-shape.js';
 import type { LocalRegistry } from '../local-registry.js';
 import { MAX_MANIFEST_BYTES, parseManifest, type Descriptor, type ParsedManifest } from '../manifest.js';
 import { MediaType } from '../media-types.js';
@@ -196,9 +197,10 @@ class SpooledArchive {
     const spooled = this.get(name);
     if (!spooled) throw invalid(`the archive has no ${name}`);
     try {
-      return JSON.parse((await this.readSmall(spooled, MAX_JSON_BYTES, name)).toString('utf8'));
+      return parseBoundedJson(await this.readSmall(spooled, MAX_JSON_BYTES, name));
     } catch (err) {
       if (err instanceof RegistryError) throw err;
+      if (err instanceof JsonShapeError) throw invalid(`${name} in the archive is refused: ${err.message}`);
       throw invalid(`${name} in the archive is not valid JSON`);
     }
   }
@@ -260,10 +262,8 @@ class Importer {
       }
       const config = this.archive.get(entry.Config);
       if (!config) throw invalid(`manifest.json names ${entry.Config}, which is not in the archive`);
-      const configDoc = JSON.parse((await this.archive.readSmall(config, MAX_JSON_BYTES, entry.Config)).toString('utf8')) as {
-        rootfs?: { diff_ids?: unknown };
-      };
-      const diffIds = Array.isArray(configDoc.rootfs?.diff_ids) ? (configDoc.rootfs.diff_ids as unknown[]) : undefined;
+      const configDoc = (await this.archive.json(entry.Config)) as { rootfs?: { diff_ids?: unknown } } | null;
+      const diffIds = Array.isArray(configDoc?.rootfs?.diff_ids) ? (configDoc.rootfs.diff_ids as unknown[]) : undefined;
       const layers: Descriptor[] = [];
       for (const [n, path] of (entry.Layers as string[]).entries()) {
         const layer = this.archive.get(path);
