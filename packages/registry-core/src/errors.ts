@@ -21,9 +21,11 @@ export const ERROR_CODES = [
   'TAG_INVALID',
   'RANGE_INVALID',
   'PAGINATION_NUMBER_INVALID',
-  // ours: a body over a cap (413), a path that names no endpoint (404), an `Expect` other than
-  // 100-continue (417), and failures that are not the client's fault (a full disk among them)
+  // ours: a body over a cap (413), a request not sent in time (408), a path that names no endpoint
+  // (404), an `Expect` other than 100-continue (417), and failures that are not the client's fault
+  // (a full disk among them)
   'TOO_LARGE',
+  'REQUEST_TIMEOUT',
   'NOT_FOUND',
   'EXPECTATION_FAILED',
   'UPSTREAM_ERROR',

@@ -29,7 +29,7 @@ function refusalOf(code: string | undefined, maxHeaderSize: number): string {
     case 'HPE_CHUNK_EXTENSIONS_OVERFLOW':
       return rawErrorResponse(413, 'Payload Too Large', 'TOO_LARGE', "the request body's chunk extensions are too large");
     case 'ERR_HTTP_REQUEST_TIMEOUT':
-      return rawErrorResponse(408, 'Request Timeout', 'UNSUPPORTED', "the request's headers did not arrive within read_header_timeout");
+      return rawErrorResponse(408, 'Request Timeout', 'REQUEST_TIMEOUT', "the request's headers did not arrive within read_header_timeout");
     default:
       return rawErrorResponse(400, 'Bad Request', 'UNSUPPORTED', 'malformed HTTP request (its method, framing or headers)');
   }

@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { createHash } from 'node:crypto';
 import { request } from 'node:http';
 import { connect, type Socket } from 'node:net';
+import { FakeUpstream } from '../../../proxy/test/helpers/fake-upstream.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
 import { sleep } from './helpers.js';
 
@@ -92,7 +93,7 @@ describe('timeouts', () => {
     }
   });
 
-  test('request_timeout: a manifest PUT whose body never completes gets 503 UNAVAILABLE', async () => {
+  test('request_timeout: a manifest PUT whose body never completes gets 408 REQUEST_TIMEOUT (the client stalled, not the server)', async () => {
     const started = Date.now();
     const answer = await new Promise<{ status: number; body: string }>((resolve, reject) => {
       const req = request(
@@ -106,8 +107,8 @@ describe('timeouts', () => {
       req.on('error', reject);
       req.write('{"schemaVersion":'); // ...and nothing more
     });
-    expect(answer.status).toBe(503);
-    expect(JSON.parse(answer.body).errors[0].code).toBe('UNAVAILABLE');
+    expect(answer.status).toBe(408);
+    expect(JSON.parse(answer.body).errors[0].code).toBe('REQUEST_TIMEOUT');
     const took = Date.now() - started;
     expect(took).toBeGreaterThanOrEqual(REQUEST_MS - 50);
     expect(took).toBeLessThan(REQUEST_MS + 2_500);
@@ -172,5 +173,22 @@ describe('timeouts', () => {
     expect(reply).toMatch(/^HTTP\/1\.1 200/);
     expect(at - answered).toBeGreaterThanOrEqual(IDLE_MS - 100);
     expect(at - answered).toBeLessThan(IDLE_MS + 3_500);
+  });
+});
+
+describe('request_timeout with the whole request received', () => {
+  test('a manifest GET whose upstream does not answer in time gets 503 UNAVAILABLE: the server, not the client, was slow', async () => {
+    const stalled = await FakeUpstream.start();
+    let reg: TestRegistry | undefined;
+    try {
+      stalled.fault = 'stall';
+      reg = await startRegistry({ settings: { request_timeout: '800ms', proxy: { first_byte_timeout: '20s', retries: 0, upstreams: { slow: { url: stalled.url } } } } });
+      const res = await fetch(`${reg.url}/v2/proxy/slow/alice/app/manifests/1`);
+      expect(res.status).toBe(503);
+      expect(((await res.json()) as { errors: { code: string }[] }).errors[0]!.code).toBe('UNAVAILABLE');
+    } finally {
+      await reg?.close({ timeoutMs: 1_000 });
+      await stalled.close();
+    }
   });
 });
