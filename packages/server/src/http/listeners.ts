@@ -35,7 +35,8 @@ function applyTimeouts(server: Server, t: ListenerTimeouts): void {
 
 /** The server on `listen`: HTTPS when TLS material is given, plain HTTP otherwise. */
 export function createWharfServer(handler: RequestListener, timeouts: ListenerTimeouts, tls?: TlsMaterial): Server {
-  const common = { connectionsCheckingInterval: checkingInterval(timeouts) };
+  // A request without Host is refused by the handler (http/framing-guard.ts), with the OCI body.
+  const common = { connectionsCheckingInterval: checkingInterval(timeouts), requireHostHeader: false };
   const server = tls
     ? createHttpsServer({ ...common, cert: tls.cert, key: tls.key, handshakeTimeout: timeouts.readHeaderTimeout }, handler)
     : createHttpServer(common, handler);

@@ -40,6 +40,12 @@ describe('requests refused before the app sees them', () => {
     ['a Content-Length that is no number', 'PUT /v2/alice/app/manifests/1 HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n', 'HTTP/1.1 400 Bad Request', 'UNSUPPORTED'],
     ['two Content-Lengths that disagree', 'PUT /v2/alice/app/manifests/1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello', 'HTTP/1.1 400 Bad Request', 'UNSUPPORTED'],
     ['CONNECT', 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n', 'HTTP/1.1 405 Method Not Allowed', 'UNSUPPORTED'],
+    // What node's parser lets through and RFC 9112 refuses (http/framing-guard.ts).
+    ['an HTTP/1.1 request without Host', 'GET /v2/ HTTP/1.1\r\n\r\n', 'HTTP/1.1 400 Bad Request', 'UNSUPPORTED'],
+    ['two Host lines', 'GET /v2/ HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n', 'HTTP/1.1 400 Bad Request', 'UNSUPPORTED'],
+    ['a transfer coding other than chunked', 'PUT /v2/alice/app/manifests/1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n', 'HTTP/1.1 501 Not Implemented', 'UNSUPPORTED'],
+    ['Transfer-Encoding in HTTP/1.0', 'PUT /v2/alice/app/manifests/1 HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n', 'HTTP/1.1 400 Bad Request', 'UNSUPPORTED'],
+    ['HTTP/2.0 on the request line', 'GET /v2/ HTTP/2.0\r\nHost: x\r\n\r\n', 'HTTP/1.1 505 HTTP Version Not Supported', 'UNSUPPORTED'],
   ])('%s: the OCI error body with the status', async (_what, request, status, code) => {
     expect(parse(await exchange(reg.port, request))).toEqual({ status, code, version: 'registry/2.0' });
   });
@@ -55,5 +61,11 @@ describe('requests refused before the app sees them', () => {
 
   test('the server goes on serving', async () => {
     expect(await exchange(reg.port, 'GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')).toMatch(/^HTTP\/1\.1 200 /);
+    // HTTP/1.0 needs no Host; chunked alone, in any case, is fine.
+    expect(await exchange(reg.port, 'GET /v2/ HTTP/1.0\r\n\r\n')).toMatch(/^HTTP\/1\.1 200 /);
+    const created = await fetch(`${reg.url}/v2/alice/app/blobs/uploads/`, { method: 'POST' });
+    const reply = await exchange(reg.port, `PATCH ${created.headers.get('location')!} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n4\r\nabcd\r\n0\r\n\r\n`);
+    expect(reply).toMatch(/^HTTP\/1\.1 202 /);
+    expect(reply).toMatch(/^range: 0-3$/im);
   });
 });
