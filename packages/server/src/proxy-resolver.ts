@@ -47,10 +47,13 @@ export class ProxyResolver implements RepositoryResolver {
     const ns = query.get('ns');
     const upstream = ns ? this.byHost.get(ns.toLowerCase()) : this.config.defaultUpstream ? this.byName.get(this.config.defaultUpstream) : undefined;
     if (!upstream || (await this.local.repositoryHasManifests(name))) return local;
-    return this.pullThrough(upstream, name, request);
+    // The spec's proxying section: `ns` SHOULD be echoed in OCI-Namespace (it matched a configured
+    // host, key or alias, so it is safe in a header).
+    return this.pullThrough(upstream, name, request, ns ?? undefined);
   }
 
-  private pullThrough(upstream: UpstreamConfig, path: string, request: RequestInfo): ResolvedRepository {
+  /** `namespace`: what OCI-Namespace says; the upstream's key unless the client named it by `ns`. */
+  private pullThrough(upstream: UpstreamConfig, path: string, request: RequestInfo, namespace = upstream.key): ResolvedRepository {
     if (this.options.loopbackOnly && !this.config.anonymous && request.local !== true) {
       throw new RegistryError('DENIED', 'the dependency proxy serves only local clients until accounts are configured; set [proxy] anonymous = true to open it', {
         upstream: upstream.key,
@@ -63,7 +66,7 @@ export class ProxyResolver implements RepositoryResolver {
       repo,
       reader,
       readOnlyReason: `proxy/${upstream.key}/... is a read-only pull-through cache of ${upstream.key}; push to a repository of your own namespace instead`,
-      namespace: upstream.key,
+      namespace,
     };
   }
 }

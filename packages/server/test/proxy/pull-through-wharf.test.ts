@@ -240,12 +240,15 @@ describe('pull-through from another Wharf', () => {
     await expect(run('skopeo', ['copy', '--dest-tls-verify=false', `oci:${layout.dir}:single`, `docker://${host}/proxy/up/alice/pushed:1`])).rejects.toThrow();
   });
 
-  test('?ns=<upstream host> routes a non-local name to that upstream and answers OCI-Namespace', async () => {
+  test('?ns=<upstream host> routes a non-local name to that upstream and echoes the ns in OCI-Namespace', async () => {
     for (const ns of [fwd.host, 'up', 'upstream-alias']) {
       const res = await fetch(`${proxy.url}/v2/alice/app/manifests/1?ns=${encodeURIComponent(ns)}`);
       expect([ns, res.status]).toEqual([ns, 200]);
       expect(res.headers.get('docker-content-digest')).toBe(layout.single);
-      expect(res.headers.get('oci-namespace')).toBe('up');
+      // The spec: a proxy SHOULD echo the ns it was sent (the upstream's key answered every one).
+      expect(res.headers.get('oci-namespace')).toBe(ns);
+      const tags = await fetch(`${proxy.url}/v2/alice/app/tags/list?ns=${encodeURIComponent(ns)}`);
+      expect(tags.headers.get('oci-namespace')).toBe(ns);
     }
     // Without ns the name is local, and there is no local alice/app.
     expect((await fetch(`${proxy.url}/v2/alice/app/manifests/1`)).status).toBe(404);
