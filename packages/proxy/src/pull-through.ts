@@ -233,6 +233,11 @@ export class PullThroughRepository implements RepositoryReader {
    * client: the answer in hand is served, and the next request asks the upstream again. (A lock held
    * by another process is no failure: the write waits for it off the event loop, see CacheIndex.)
    */
+  /** The upstream answered 404 for a blob: asked again after absentTtl, as a manifest's 404 is. */
+  private blobAbsent(repo: string, digest: Digest): void {
+    this.remember(repo, digest, () => this.index.markAbsent(this.key, repo, absentBlob(digest), Date.now() + this.policy.absentTtl));
+  }
+
   private remember(repo: string, reference: string, write: () => void): void {
     try {
       write();
@@ -294,6 +299,7 @@ export class PullThroughRepository implements RepositoryReader {
   private async cachedOrFilledBlob(repo: string, digest: Digest, sized = true): Promise<BlobInfo | UnsizedBlob | undefined> {
     const cached = await this.cachedHere(repo, digest, true);
     if (cached) return cached;
+    if (this.index.isAbsent(this.key, repo, absentBlob(digest))) return undefined;
     // Cached for another repository: serve it here only if this repository has it upstream too.
     const anySize = this.index.anyBlob(digest);
     if (anySize !== undefined && (await this.store.stat(digest)) && (await this.upstream.statBlob(repo, digest))) {
@@ -302,7 +308,10 @@ export class PullThroughRepository implements RepositoryReader {
     }
     this.observer?.cacheMiss?.(this.key, 'blob');
     const fill = await this.fill(repo, digest);
-    if (!fill) return undefined;
+    if (!fill) {
+      this.blobAbsent(repo, digest);
+      return undefined;
+    }
     if (fill.size === undefined) return sized ? await this.sizeOf(fill) : { digest, size: undefined };
     return { digest, size: fill.size };
   }
@@ -333,10 +342,14 @@ export class PullThroughRepository implements RepositoryReader {
       const fill = await this.fills.current(digest)?.catch(() => undefined);
       const filling = fill && fill.sources.has(this.source(repo)) && fill.state !== 'failed' ? fill : undefined;
       if (filling?.size !== undefined) return { digest, size: filling.size };
+      if (!filling && this.index.isAbsent(this.key, repo, absentBlob(digest))) return undefined;
       // A download of unknown size in flight: the upstream's HEAD may still say the size (a registry
       // that streams its GETs chunked often does); if not, the download's end does.
       const remote = await this.upstream.statBlob(repo, digest);
-      if (!remote) return undefined;
+      if (!remote) {
+        this.blobAbsent(repo, digest);
+        return undefined;
+      }
       if (remote.size !== undefined) return { digest, size: remote.size };
       return await (filling ? this.sizeOf(filling) : this.cachedOrFilledBlob(repo, digest));
     } catch (err) {
@@ -700,4 +713,13 @@ export function toRegistryError(err: unknown): unknown {
   if (err.failure === 'timeout') return new RegistryError('UPSTREAM_TIMEOUT', err.message, detail);
   if (err.failure === 'denied') return new RegistryError('NAME_UNKNOWN', err.message, detail);
   return new RegistryError('UPSTREAM_ERROR', err.message, detail);
+}
+
+/**
+ * The reference a blob's 404 is remembered under: apart from the same digest's as a manifest (a
+ * digest asked as a manifest, and answered 404 there, may well be a blob) and from every tag (no
+ * tag has "@").
+ */
+function absentBlob(digest: Digest): string {
+  return `blob@${digest}`;
 }

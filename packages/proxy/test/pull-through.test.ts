@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -113,6 +113,25 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     expect((await repo.listTags('alice/app', 100))?.tags ?? []).not.toContain('1');
     // Its manifest stays, by digest.
     expect((await repo.manifest('alice/app', digest))?.digest).toBe(digest);
+  });
+
+  test('a blob the upstream answered 404 for is absent for absent_ttl, GET and HEAD alike, and apart from the same digest as a manifest', async () => {
+    const bytes = Buffer.from('a blob pushed upstream later');
+    const digest = `sha256:${createHash('sha256').update(bytes).digest('hex')}` as Digest;
+    const blobPath = `/v2/alice/app/blobs/${digest}`;
+    expect(await repo.blob('alice/app', digest)).toBeUndefined();
+    expect(await repo.blob('alice/app', digest)).toBeUndefined();
+    expect(await repo.statBlob('alice/app', digest)).toBeUndefined();
+    // Asked once, not once per request.
+    expect(fake.count('GET', blobPath) + fake.count('HEAD', blobPath)).toBe(1);
+    // A HEAD's 404 counts too, for another repository.
+    expect(await repo.statBlob('alice/other', digest)).toBeUndefined();
+    expect(await repo.blob('alice/other', digest)).toBeUndefined();
+    expect(fake.count('HEAD', `/v2/alice/other/blobs/${digest}`) + fake.count('GET', `/v2/alice/other/blobs/${digest}`)).toBe(1);
+    // The same digest asked as a manifest, 404 there, says nothing of the blob.
+    fake.addBlob(bytes);
+    expect(await repo.manifest('alice/third', digest)).toBeUndefined();
+    expect((await repo.blob('alice/third', digest))?.digest).toBe(digest);
   });
 
   test('a cache index that cannot be written (a full disk) costs the cache, not the client', async () => {
@@ -397,7 +416,8 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
       // The other upstream does not have it: its clients get nothing of this download.
       expect(await viaOther.blob('bob/app', digest)).toBeUndefined();
       expect(await viaOther.statBlob('bob/app', digest)).toBeUndefined();
-      expect(other.count('HEAD', `/v2/bob/app/blobs/${digest}`)).toBe(2);
+      // Asked once: its 404 is remembered for absent_ttl.
+      expect(other.count('HEAD', `/v2/bob/app/blobs/${digest}`)).toBe(1);
       // The same upstream has it for another repository: that one joins the download.
       expect((await repo.blob('carol/app', digest))?.size).toBe(bytes.length);
       expect(fills.started).toBe(1);
