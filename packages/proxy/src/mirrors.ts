@@ -54,6 +54,8 @@ interface MirrorStats {
   failedAt: number;
   /** When a blob it sent last failed its digest or size (performance.now(); 0: never). */
   badAt: number;
+  /** striped: when it last answered a range request with the whole blob (performance.now(); 0: never). */
+  rangelessAt: number;
 }
 
 /** A mirror that cut a body ranks last for this long, or until a body of its own comes whole. */
@@ -102,7 +104,7 @@ export class MirroredUpstream implements Upstream {
   ) {
     if (mirrors.length === 0) throw new Error('MirroredUpstream needs at least one mirror');
     this.name = options.name ?? mirrors[0]!.name;
-    this.stats = mirrors.map(() => ({ latency: 0, throughput: 0, samples: 0, failures: 0, cut: 0, cutAt: 0, failedAt: 0, badAt: 0 }));
+    this.stats = mirrors.map(() => ({ latency: 0, throughput: 0, samples: 0, failures: 0, cut: 0, cutAt: 0, failedAt: 0, badAt: 0, rangelessAt: 0 }));
     this.random = options.random ?? Math.random;
   }
 
@@ -190,6 +192,9 @@ export class MirroredUpstream implements Upstream {
     // Those that failed lately after the others, the one that failed longest ago first among them: when
     // every mirror failed, the next request tries them in turn rather than the first one again.
     const byFailure = (items: number[]): number[] => [...items.filter((i) => !failing(i)), ...items.filter(failing).sort((a, b) => this.stats[a]!.failedAt - this.stats[b]!.failedAt)];
+    // striped: a mirror that ignores Range would answer the size probe with the whole blob (then
+    // served from it alone); after the others, the blob is striped over them.
+    if (this.options.strategy === 'striped') return lastWhen(lastWhen(byFailure(all), (i) => this.isRangeless(i)), bad);
     if (this.options.strategy !== 'adaptive') return lastWhen(byFailure(all), bad);
     // Mirrors that sent wrong bytes or cut bodies come after every one that did not, and those whose
     // last request failed after the rest; probes still find out when they mend.
@@ -212,6 +217,12 @@ export class MirroredUpstream implements Upstream {
   private isFailing(i: number): boolean {
     const at = this.stats[i]!.failedAt;
     return at > 0 && performance.now() - at < (this.options.failMemory ?? FAIL_MEMORY_MS);
+  }
+
+  /** Whether mirror `i` answered a range request with the whole blob within BAD_MEMORY_MS. */
+  private isRangeless(i: number): boolean {
+    const at = this.stats[i]!.rangelessAt;
+    return at > 0 && performance.now() - at < BAD_MEMORY_MS;
   }
 
   /** Whether mirror `i` sent a blob whose digest or size was wrong within BAD_MEMORY_MS. */
@@ -407,23 +418,34 @@ export class MirroredUpstream implements Upstream {
   /**
    * Fetches the blob as consecutive ranges spread over the mirrors, a bounded window in flight, and
    * emits them in order. undefined when the size cannot be learnt cheaply or the blob is small: the
-   * caller then falls back to one mirror.
+   * caller then falls back to one mirror. The whole blob from one mirror when the mirror asked for
+   * the size ignores Range.
    */
   private async striped(repo: string, digest: Digest, signal?: AbortSignal): Promise<UpstreamBlob | undefined> {
     const threshold = this.options.stripeThreshold ?? 32 * 1024 * 1024;
     const stripe = this.options.stripeSize ?? 8 * 1024 * 1024;
     const window = this.options.stripeWindow ?? Math.max(2, this.mirrors.length * 2);
     let probe: UpstreamBlob | undefined;
+    let prober = 0;
     try {
-      probe = await this.pick((m, s) => m.blob(repo, digest, { start: 0, end: 0 }, s), signal);
+      probe = await this.pick(
+        (m, s) => m.blob(repo, digest, { start: 0, end: 0 }, s),
+        signal,
+        (i, blob) => ((prober = i), blob),
+      );
     } catch {
       return undefined;
     }
     if (!probe) return undefined;
-    // One byte, when the mirror answered the range; a mirror that ignores Range sends the whole blob:
-    // that is cut, not read.
-    if (probe.range) probe.body.resume();
-    else probe.body.destroy();
+    if (!probe.range) {
+      // The whole blob (a server that ignores Range): that is the download, from this mirror alone.
+      // It comes after the others for the next blobs' probes, so they are striped over the others
+      // if they serve ranges; when none does, each blob still comes whole, in one request.
+      this.stats[prober]!.rangelessAt = performance.now();
+      return this.resumable(prober, probe, repo, digest, undefined, signal);
+    }
+    // One byte.
+    probe.body.resume();
     const size = probe.size;
     if (size === undefined || size < threshold) return undefined;
 
@@ -431,7 +453,7 @@ export class MirroredUpstream implements Upstream {
     for (let start = 0; start < size; start += stripe) ranges.push({ start, end: Math.min(size, start + stripe) - 1 });
     const out = new PassThrough({ highWaterMark: stripe });
     /** Mirrors that answered a range request with something else: they get no more ranges of this blob. */
-    const noRanges = new Set<number>();
+    const noRanges = new Set(this.mirrors.map((_, i) => i).filter((i) => this.isRangeless(i)));
     /**
      * Mirrors that failed a range of this blob (down, stalled, cut): asked last for the others, so that
      * one stalled mirror does not cost a timeout on every range it would have had.
@@ -457,6 +479,7 @@ export class MirroredUpstream implements Upstream {
             // The whole blob (a server that ignores Range) or another range: cut, not read.
             part.body.destroy();
             noRanges.add(i);
+            this.stats[i]!.rangelessAt = performance.now();
             throw new UpstreamError('invalid', `mirror did not answer the range ${range.start}-${range.end} it was asked for`);
           }
           // A range cut mid-way goes to the next mirror whole, not on from the same one: a mirror that

@@ -412,12 +412,32 @@ describe('mirror strategies', () => {
     // Once found out, it gets no more ranges of the blob.
     expect(mirrors[1]!.log.length).toBeLessThanOrEqual(2);
 
-    // The size probe goes to the first mirror: one that ignores Range sends the whole blob, which is cut.
+    // The size probe goes to the first mirror: one that ignores Range sends the whole blob, which is
+    // then the download (one request, nothing thrown away); the next blob's probe goes to another
+    // mirror, and is striped over the others.
     reset();
     mirrors[0]!.mode = 'ignore-range';
-    const probed = await upstream({ strategy: 'striped', stripeThreshold: 1024 * 1024, stripeSize: 256 * 1024, stripeWindow: 2 }).blob('lib/app', DIGEST);
+    const up = upstream({ strategy: 'striped', stripeThreshold: 1024 * 1024, stripeSize: 256 * 1024, stripeWindow: 2 });
+    const probed = await up.blob('lib/app', DIGEST);
     expect((await readAll(probed!.body)).equals(BLOB)).toBe(true);
-    expect(mirrors[0]!.sent).toBeLessThan(BLOB.length);
+    expect(mirrors[0]!.log).toHaveLength(1);
+    expect(mirrors[1]!.log.length + mirrors[2]!.log.length).toBe(0);
+    for (const m of mirrors) m.log.length = 0;
+    const other = `sha256:${'2'.repeat(64)}` as Digest;
+    expect((await readAll((await up.blob('lib/app', other))!.body)).equals(BLOB)).toBe(true);
+    expect(mirrors[0]!.log).toEqual([]);
+    for (const m of mirrors.slice(1)) expect(m.log.filter((l) => l.includes('bytes=') && !l.endsWith('bytes=0-0')).length).toBeGreaterThan(2);
+  });
+
+  test('striped over mirrors that all ignore Range: each blob comes whole from one of them (it used to fail)', async () => {
+    reset();
+    for (const m of mirrors) m.mode = 'ignore-range';
+    const up = upstream({ strategy: 'striped', stripeThreshold: 1024 * 1024, stripeSize: 256 * 1024 });
+    for (const digest of [DIGEST, `sha256:${'3'.repeat(64)}` as Digest, `sha256:${'4'.repeat(64)}` as Digest]) {
+      expect((await readAll((await up.blob('lib/app', digest))!.body)).equals(BLOB)).toBe(true);
+    }
+    // One request per blob: the probe's answer was the download.
+    expect(mirrors.flatMap((m) => m.log)).toHaveLength(3);
   });
 
   test('striped: a blob asked for again (its striped fill failed its digest) comes from one mirror', async () => {
