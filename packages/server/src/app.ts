@@ -7,6 +7,7 @@ import { refuseUnknownExpectation } from './http/expect-continue.js';
 import { ociErrors } from './http/oci-errors.js';
 import { ClientAddresses, stampClient } from './http/client-address.js';
 import { framingRefusal, refuseFraming } from './http/framing-guard.js';
+import { inPipelinedOrder } from './http/pipelined-order.js';
 import { requestLog, type RequestObserver } from './http/request-log.js';
 import { requestTimeout } from './http/request-timeout.js';
 import { serverSideWait } from './http/server-wait.js';
@@ -121,10 +122,10 @@ export function createHandler(options: AppOptions): RequestListener {
     },
     app.callback(),
   );
-  return (req, res) => {
+  return inPipelinedOrder((req, res) => {
     const refusal = framingRefusal(req);
     if (refusal) return refuseFraming(res, refusal);
     stampClient(req, addresses);
     listener(req, res);
-  };
+  });
 }
