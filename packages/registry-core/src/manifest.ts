@@ -114,7 +114,12 @@ export function parseManifest(bytes: Buffer, contentType: string | undefined, al
     throw invalid('manifest is not valid JSON');
   }
   if (!isObject(doc)) throw invalid('manifest must be a JSON object');
-  if (doc.schemaVersion !== 2) throw invalid('only schemaVersion 2 manifests are supported', { schemaVersion: doc.schemaVersion });
+  if (doc.schemaVersion !== 2) {
+    // A document with no schemaVersion at all may be no manifest: its media type, when that is none
+    // of a manifest's, is the clearer refusal.
+    if (doc.schemaVersion === undefined) effectiveMediaType(contentType, doc.mediaType);
+    throw invalid('only schemaVersion 2 manifests are supported', { schemaVersion: doc.schemaVersion });
+  }
   const mediaType = effectiveMediaType(contentType, doc.mediaType);
   if (doc.artifactType !== undefined && typeof doc.artifactType !== 'string') throw invalid('artifactType must be a string');
   const subject = doc.subject === undefined ? undefined : descriptor(doc.subject, 'subject');

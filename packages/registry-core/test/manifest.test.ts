@@ -242,6 +242,15 @@ describe('parseManifest: malformed documents', () => {
     );
   });
 
+  test('a document that is no manifest, sent as another media type, is refused for its media type', () => {
+    expect(() => parseManifest(json({ foo: 1 }), 'application/vnd.example.thing+json')).toThrow(
+      expect.objectContaining({ code: 'MANIFEST_INVALID', message: 'unsupported manifest media type' }),
+    );
+    expect(() => parseManifest(json({ mediaType: OCI_MANIFEST, config, layers: [layer] }), OCI_MANIFEST)).toThrow(
+      expect.objectContaining({ code: 'MANIFEST_INVALID', message: 'only schemaVersion 2 manifests are supported' }),
+    );
+  });
+
   test('a missing or string schemaVersion is refused', () => {
     expect(() => parseManifest(json({ mediaType: OCI_MANIFEST, config, layers: [layer] }), OCI_MANIFEST)).toThrow(
       expect.objectContaining({ code: 'MANIFEST_INVALID' }),

@@ -30,6 +30,8 @@ export function parseContentRange(header: string | undefined): ChunkPosition {
   if (!m) throw new RegistryError('RANGE_INVALID', 'Content-Range must be <start>-<end>', { contentRange: header });
   const start = Number(m[1]);
   const end = Number(m[2]);
+  // Past 2^53 a number is rounded: the range could never be the upload's, and its detail would lie.
+  if (!Number.isSafeInteger(end)) throw new RegistryError('RANGE_INVALID', 'Content-Range is beyond any blob this server stores', { contentRange: header });
   if (end < start) throw new RegistryError('RANGE_INVALID', 'Content-Range end is before its start', { contentRange: header });
   return { start, end };
 }
