@@ -265,6 +265,7 @@ export class AuthService {
       if (!principal) throw new AuthFailure('the token was revoked or its user removed', 'bearer');
       return { via: 'bearer', principal, access: verified.access };
     }
+    if (/^Bearer(\s|$)/i.test(header)) throw new AuthFailure('malformed bearer token', 'bearer');
     throw new AuthFailure('unsupported authorization scheme; use Basic or Bearer', 'basic');
   }
 

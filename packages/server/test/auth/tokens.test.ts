@@ -293,6 +293,15 @@ describe('the token endpoint and bearer tokens', () => {
       expect((await fetch(`${reg.url}${path}`, bearer(await claims().sign(serverKey)))).status).toBe(200);
     });
 
+    test('a token that is no RFC 6750 b64token (an "=" inside, or none at all) is told malformed, as a bearer token', async () => {
+      for (const header of ['Bearer W10=.e30.sig', 'Bearer ', 'Bearer']) {
+        const res = await fetch(`${reg.url}${path}`, { headers: { Authorization: header } });
+        expect(res.status).toBe(401);
+        expect(parseChallenge(res.headers.get('www-authenticate'))).toMatchObject({ realm, error: 'invalid_token' });
+        expect(((await res.json()) as { errors: { message: string }[] }).errors[0]!.message).toBe('malformed bearer token');
+      }
+    });
+
     test('signed with another key', async () => {
       await expectRejected(await claims().sign(generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey));
     });
