@@ -71,7 +71,7 @@ export class AuthService {
   private readonly groups: ReadonlyMap<string, ReadonlyMap<string, Role>>;
   private readonly limiter: LoginLimiter;
   /** Where each user signed in from lately: guesses at their password from elsewhere do not lock them out there. */
-  private readonly knownAddresses = new KnownAddresses();
+  private readonly knownAddresses: KnownAddresses;
   /** Logins being checked, by a hash of user name and password. */
   private readonly verifying = new Map<string, Promise<Principal | undefined>>();
 
@@ -85,6 +85,7 @@ export class AuthService {
     tuning: AuthTuning,
   ) {
     this.accounts = new Accounts(store, config, tuning.bcryptCost ?? PRODUCTION_BCRYPT_COST);
+    this.knownAddresses = new KnownAddresses(store.knownAddressStore());
     this.groups = new Map(config.groups.map((g) => [g.name, g.members]));
     this.limiter = new LoginLimiter(tuning.loginLimits ?? DEFAULT_LOGIN_LIMITS);
   }

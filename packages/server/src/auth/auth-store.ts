@@ -1,4 +1,5 @@
 import type { SqliteDatabase, SqliteStatement as Statement } from '@wharf/registry-core';
+import type { KnownAddressStore } from './known-addresses.js';
 import type { Action } from './permissions.js';
 import { hashSecret, newSecret, safeEqual } from './secrets.js';
 
@@ -29,6 +30,12 @@ const SCHEMA = `
   CREATE TABLE IF NOT EXISTS auth_public (
     pattern TEXT PRIMARY KEY,
     created_at INTEGER NOT NULL
+  ) WITHOUT ROWID;
+  CREATE TABLE IF NOT EXISTS auth_known_addresses (
+    user TEXT NOT NULL,
+    address TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (user, address)
   ) WITHOUT ROWID;
 `;
 
@@ -137,6 +144,12 @@ export class AuthStore {
       publics: s('SELECT pattern FROM auth_public ORDER BY pattern'),
       addPublic: s('INSERT INTO auth_public (pattern, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING'),
       removePublic: s('DELETE FROM auth_public WHERE pattern = ?'),
+      dropOldAddresses: s('DELETE FROM auth_known_addresses WHERE at < ?'),
+      addresses: s('SELECT user, address, at FROM auth_known_addresses ORDER BY at'),
+      saveAddress: s('INSERT INTO auth_known_addresses (user, address, at) VALUES (?, ?, ?) ON CONFLICT (user, address) DO UPDATE SET at = excluded.at'),
+      trimAddresses: s(`DELETE FROM auth_known_addresses WHERE user = ? AND address NOT IN
+                        (SELECT address FROM auth_known_addresses WHERE user = ? ORDER BY at DESC LIMIT ?)`),
+      removeUserAddresses: s('DELETE FROM auth_known_addresses WHERE user = ?'),
     };
   }
 
@@ -198,10 +211,11 @@ export class AuthStore {
     })();
   }
 
-  /** Removes the user and revokes every token of theirs. */
+  /** Removes the user, revokes every token of theirs and forgets where they signed in from. */
   removeUser(name: string): boolean {
     return this.db.transaction(() => {
       this.q.removeUserTokens!.run(name);
+      this.q.removeUserAddresses!.run(name);
       return this.q.removeUser!.run(name).changes > 0;
     })();
   }
@@ -264,5 +278,21 @@ export class AuthStore {
 
   removePublic(pattern: string): boolean {
     return this.q.removePublic!.run(pattern).changes > 0;
+  }
+
+  /** The store of KnownAddresses: the addresses users signed in from, in this database. */
+  knownAddressStore(): KnownAddressStore {
+    return {
+      load: (since) => {
+        this.q.dropOldAddresses!.run(since);
+        return this.q.addresses!.all() as { user: string; address: string; at: number }[];
+      },
+      save: (user, address, at, keep) => {
+        this.db.transaction(() => {
+          this.q.saveAddress!.run(user, address, at);
+          this.q.trimAddresses!.run(user, user, keep);
+        })();
+      },
+    };
   }
 }

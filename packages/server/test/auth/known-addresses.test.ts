@@ -1,0 +1,87 @@
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { request } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { openDatabase } from '@wharf/registry-core';
+import { AuthStore } from '../../src/auth/auth-store.js';
+import { KnownAddresses } from '../../src/auth/known-addresses.js';
+import { basic, bcryptHash, startAuthRegistry } from './helpers.js';
+
+/** A GET from a chosen loopback source address: its status. */
+function statusFrom(localAddress: string, url: string, authorization: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, { localAddress, headers: { Authorization: authorization, Connection: 'close' } }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode ?? 0));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+describe('the addresses a user signed in from outlive a restart', () => {
+  let root: string;
+  beforeAll(async () => {
+    root = await mkdtemp(join(tmpdir(), 'wharf-known-'));
+  });
+  afterAll(async () => {
+    await rm(root, { recursive: true, force: true });
+  });
+
+  test('after a restart, guesses from elsewhere still do not lock the owner out where they signed in before', async () => {
+    const options = {
+      root,
+      loginLimits: { maxFailures: 10, windowMs: 5 * 60_000 },
+      authSettings: { users: [{ name: 'ivan', password_hash: bcryptHash('ivan-password-1') }] },
+    };
+    let reg = await startAuthRegistry(options);
+    try {
+      expect(await statusFrom('127.0.5.1', `${reg.url}/v2/`, basic('ivan', 'ivan-password-1'))).toBe(200);
+    } finally {
+      await reg.close();
+    }
+    // Restarted: the memory of the sign-in came back from the database.
+    reg = await startAuthRegistry(options);
+    try {
+      for (let i = 0; i < 10; i++) expect(await statusFrom(`127.0.6.${i + 1}`, `${reg.url}/v2/`, basic('ivan', `guess-${i}`))).toBe(401);
+      expect(await statusFrom('127.0.6.20', `${reg.url}/v2/`, basic('ivan', 'ivan-password-1'))).toBe(429);
+      expect(await statusFrom('127.0.5.1', `${reg.url}/v2/`, basic('ivan', 'ivan-password-1'))).toBe(200);
+    } finally {
+      await reg.close();
+    }
+  });
+
+  test('a sign-in is written once an hour at most, at most 32 addresses per user are kept, and those over 30 days old are dropped', () => {
+    const db = openDatabase(':memory:');
+    try {
+      const store = new AuthStore(db).knownAddressStore();
+      let now = Date.UTC(2026, 0, 1);
+      const known = new KnownAddresses(store, () => now);
+      const rows = () => db.prepare('SELECT user, address, at FROM auth_known_addresses ORDER BY at, address').all() as { user: string; address: string; at: number }[];
+      known.remember('ivan', '10.0.0.1');
+      now += 60_000;
+      known.remember('ivan', '10.0.0.1');
+      expect(rows()).toEqual([{ user: 'ivan', address: '10.0.0.1', at: Date.UTC(2026, 0, 1) }]);
+      now += 3_600_000;
+      known.remember('ivan', '10.0.0.1');
+      expect(rows().map((r) => r.at)).toEqual([now]);
+      for (let i = 0; i < 40; i++) {
+        now += 1;
+        known.remember('ivan', `10.0.1.${i}`);
+      }
+      expect(rows()).toHaveLength(32);
+      expect(rows().map((r) => r.address)).not.toContain('10.0.0.1');
+      // Thirty days on, a new process knows none of them, and the table is emptied of them.
+      now += 31 * 86_400_000;
+      const later = new KnownAddresses(store, () => now);
+      expect(later.knows('ivan', '10.0.1.39')).toBe(false);
+      expect(rows()).toEqual([]);
+      // Within the 30 days, it does.
+      known.remember('ivan', '10.0.2.1');
+      expect(new KnownAddresses(store, () => now + 86_400_000).knows('ivan', '10.0.2.1')).toBe(true);
+    } finally {
+      db.close();
+    }
+  });
+});
