@@ -279,6 +279,22 @@ describe('FsUploadSessions on disk', () => {
       expect(await sessions.expire(new Date(Date.now() - 60 * 60_000))).toBe(1);
       await expect(stat(join(dir, 'uploads', id))).rejects.toMatchObject({ code: 'ENOENT' });
     });
+
+    test('a session folder a crash left without its info.json goes after ten minutes, not upload_max_age', async () => {
+      const orphan = '7a2c1d3e-0f4b-4f7e-9a55-2a1f7c3b9d11';
+      const young = '7a2c1d3e-0f4b-4f7e-9a55-2a1f7c3b9d12';
+      for (const [id, minutes] of [[orphan, 11], [young, 5]] as const) {
+        await mkdir(join(dir, 'uploads', id));
+        await writeFile(join(dir, 'uploads', id, 'data'), 'abc');
+        const then = new Date(Date.now() - minutes * 60_000);
+        await utimes(join(dir, 'uploads', id, 'data'), then, then);
+      }
+      // A real session as old as the orphan stays: upload_max_age (24 h here) is its limit.
+      const real = await sessions.begin('alice/a');
+      await age(real.id, 11);
+      expect(await sessions.expire(new Date(Date.now() - 24 * 3_600_000))).toBe(1);
+      expect((await readdir(join(dir, 'uploads'))).sort()).toEqual([real.id, young].sort());
+    });
   });
 });
 

@@ -28,6 +28,8 @@ const SESSION_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 export const MAX_OPEN_UPLOADS = 10_000;
 /** The count of open sessions is taken again from disk at most this often, when a namespace is at its bound. */
 const RECOUNT_MS = 10_000;
+/** A session folder without its info.json (a crash inside begin) is removed once this old. */
+const ORPHAN_FOLDER_MS = 10 * 60_000;
 
 function namespaceOf(repo: string): string {
   return repo.split('/', 1)[0]!;
@@ -237,8 +239,13 @@ export class FsUploadSessions implements UploadSessions {
       const gone = await this.exclusive(id, async () => {
         const folder = join(this.dir, id);
         const s = await stat(join(folder, 'data')).catch(() => stat(folder).catch(() => undefined));
-        if (!s || s.mtime >= olderThan) return false;
+        if (!s) return false;
         const info = await this.readInfo(id);
+        // A folder that never got its info.json (a crash inside begin, which writes it right after the
+        // folder) is no session anyone can reach: gone after a few minutes, not upload_max_age.
+        const orphan = !info && SESSION_ID.test(id);
+        const limit = orphan ? new Date(Math.max(olderThan.getTime(), Date.now() - ORPHAN_FOLDER_MS)) : olderThan;
+        if (s.mtime >= limit) return false;
         this.running.delete(id);
         await rm(folder, { recursive: true, force: true });
         if (info) this.opened(info.repo, -1);
