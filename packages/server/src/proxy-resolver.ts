@@ -47,9 +47,10 @@ export class ProxyResolver implements RepositoryResolver {
     const ns = query.get('ns');
     const upstream = ns ? this.byHost.get(ns.toLowerCase()) : this.config.defaultUpstream ? this.byName.get(this.config.defaultUpstream) : undefined;
     if (!upstream || (await this.local.repositoryHasManifests(name))) return local;
-    // The spec's proxying section: `ns` SHOULD be echoed in OCI-Namespace (it matched a configured
-    // host, key or alias, so it is safe in a header).
-    return this.pullThrough(upstream, name, request, ns ?? undefined);
+    // The spec's proxying section: `ns` SHOULD be echoed in OCI-Namespace. As it matched: lower-cased
+    // it is a configured host, key or alias, plain ASCII (the client's own spelling may not be: the
+    // Kelvin sign lower-cases to "k", and node refuses it in a header).
+    return this.pullThrough(upstream, name, request, ns ? ns.toLowerCase() : undefined);
   }
 
   /** `namespace`: what OCI-Namespace says; the upstream's key unless the client named it by `ns`. */

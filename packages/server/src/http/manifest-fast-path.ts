@@ -49,8 +49,14 @@ export function withManifestFastPath(deps: ManifestFastPathDeps, next: RequestLi
     const started = performance.now();
     lookUp(deps, req, decodeCapture(m[1]!), decodeCapture(m[2]!), q < 0 ? '' : url.slice(q + 1)).then(
       (found) => {
-        if (found) send(deps, req, res, path, started, found);
-        else next(req, res);
+        if (!found) return next(req, res);
+        try {
+          send(deps, req, res, path, started, found);
+        } catch (err) {
+          // Nothing may escape this callback: an unhandled rejection ends the process.
+          deps.tracking.logger.error({ err }, 'manifest answer failed; connection cut');
+          res.destroy();
+        }
       },
       // An unexpected failure (the database): the full path meets it too and answers it properly.
       () => next(req, res),

@@ -31,7 +31,7 @@ describe('pull-through from another Wharf', () => {
           manifest_ttl: `${TTL_MS}ms`,
           retries: 0,
           upstreams: {
-            up: { url: fwd.url, aliases: ['upstream-alias'] },
+            up: { url: fwd.url, aliases: ['upstream-alias', 'kube'] },
             hub: { url: up.url, library_prefix: 'library' },
           },
         },
@@ -249,6 +249,13 @@ describe('pull-through from another Wharf', () => {
       expect(res.headers.get('oci-namespace')).toBe(ns);
       const tags = await fetch(`${proxy.url}/v2/alice/app/tags/list?ns=${encodeURIComponent(ns)}`);
       expect(tags.headers.get('oci-namespace')).toBe(ns);
+    }
+    // A client's spelling that only lower-cases to a configured name (the Kelvin sign is "k") is
+    // echoed as the name it matched: node refuses U+212A in a header, and on the manifest fast path
+    // (a cached digest) that ended the process.
+    for (const ref of ['1', layout.single]) {
+      const res = await fetch(`${proxy.url}/v2/alice/app/manifests/${ref}?ns=${encodeURIComponent('\u212Aube')}`);
+      expect([ref, res.status, res.headers.get('oci-namespace')]).toEqual([ref, 200, 'kube']);
     }
     // Without ns the name is local, and there is no local alice/app.
     expect((await fetch(`${proxy.url}/v2/alice/app/manifests/1`)).status).toBe(404);
