@@ -45,6 +45,8 @@ export interface RunningServer {
   readonly auth?: AuthService;
   /** `https` when [tls] is on; `url` says it too. */
   readonly protocol: 'http' | 'https';
+  /** Where the server logs. */
+  readonly logger: Logger;
   /** The Prometheus metrics (served on /metrics when [metrics] enabled). */
   readonly metrics: WharfMetrics;
   /** The plain-HTTP listener of [tls] redirect_http. */
@@ -292,6 +294,7 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
   let closed: Promise<void> | undefined;
   return {
     url,
+    logger,
     port: address.port,
     server,
     local,
