@@ -191,12 +191,20 @@ export function buildConfig(
 /**
  * A default path was relative to the working directory before it was relative to the file: an
  * install that relied on that would start on a new, empty database (with a new signing key and CA)
- * next to its file. It is refused instead, with the line that keeps the old one.
+ * next to its file. It is refused instead, with the line that keeps the old one. So is a start where
+ * both exist: one command run from another folder (`wharf user list`) made an empty database next
+ * to the file, and the server then started on it with no word, its images gone from the catalog and
+ * the next garbage collection deleting their blobs (the upgrade audit).
  */
 function refuseMovedDefault(key: string, path: string, fileDir: string, cwd: string): void {
   const before = resolve(cwd, path);
   const now = resolve(fileDir, path);
-  if (before === now || !existsSync(before) || existsSync(now)) return;
+  if (before === now || !existsSync(before)) return;
+  if (existsSync(now)) {
+    throw new ConfigError(
+      `"${key}" is not set, and its default, ${path}, names two files: ${now} (relative to the configuration file, as the default now is) and ${before} (relative to the folder Wharf runs in, as it was before); set ${key} to the one that holds your registry`,
+    );
+  }
   throw new ConfigError(
     `"${key}" is not set: its default, ${path}, is relative to the configuration file (${now}, which does not exist), no longer to the folder Wharf runs in (${before}, which does); set ${key} = "${before}" to keep using it`,
   );

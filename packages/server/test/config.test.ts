@@ -129,11 +129,18 @@ describe('configuration', () => {
       await mkdir(join(runFrom, 'storage'));
       await writeFile(join(runFrom, 'storage/wharf.db'), '');
       expect(() => loadConfig({ file, env: {}, cwd: runFrom })).toThrow(`set database = "${join(runFrom, 'storage/wharf.db')}" to keep using it`);
-      // Once the file's own folder has one, or the key is set, it starts.
+      // Once the key is set, it starts.
       expect(loadConfig({ file, env: { WHARF_DATABASE: 'storage/wharf.db' }, cwd: runFrom }).database).toBe(join(runFrom, 'storage/wharf.db'));
+      // One next to the file too (a command run from elsewhere made an empty one there): which one is
+      // meant is not guessed; it used to start on the one next to the file, the registry's images gone.
       await mkdir(join(dir, 'storage'), { recursive: true });
       await writeFile(join(dir, 'storage/wharf.db'), '');
-      expect(loadConfig({ file, env: {}, cwd: runFrom }).database).toBe(join(dir, 'storage/wharf.db'));
+      expect(() => loadConfig({ file, env: {}, cwd: runFrom })).toThrow(
+        `"database" is not set, and its default, storage/wharf.db, names two files: ${join(dir, 'storage/wharf.db')} (relative to the configuration file, as the default now is) and ${join(runFrom, 'storage/wharf.db')}`,
+      );
+      expect(loadConfig({ file, env: { WHARF_DATABASE: join(dir, 'storage/wharf.db') }, cwd: runFrom }).database).toBe(join(dir, 'storage/wharf.db'));
+      // Run from the file's own folder, the default names one file: no question.
+      expect(loadConfig({ file, env: {}, cwd: dir }).database).toBe(join(dir, 'storage/wharf.db'));
     } finally {
       await rm(runFrom, { recursive: true, force: true });
     }
