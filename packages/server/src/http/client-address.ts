@@ -8,12 +8,13 @@ const FORWARDING_HEADERS = ['forwarded', 'x-forwarded-for', 'x-real-ip'] as cons
 /**
  * Who sent a request: the peer, or, when the peer is one of `trusted_proxies`, the client that its
  * `X-Forwarded-For` names (the last address in it that is not a trusted proxy itself: the addresses
- * before it are the client's own word). Login limits, the request log and every "local clients only"
- * rule go by it.
+ * before it are the client's own word). Login limits, the known addresses and the request log go by it.
  *
- * A request forwarded by a proxy that is not trusted is not a local one even when that proxy runs on
- * this machine: a TLS proxy in front of Wharf on the same host must not make every client of the
- * internet a loopback client (of /metrics, of the proxy with auth off, of `/admin` with auth off).
+ * "Local clients only" (/metrics without a token, `/admin` and the dependency proxy with auth off)
+ * goes by the peer alone: a loopback peer that is no trusted proxy and names nobody else in a
+ * forwarding header. A TLS proxy in front of Wharf on the same host must not make every client of the
+ * internet a loopback client, and what a forwarding header says of a loopback client may have been
+ * written by the client itself (a client inside a trusted range, a proxy that passes the header on).
  */
 export class ClientAddresses {
   private readonly trusted = new BlockList();
@@ -35,18 +36,15 @@ export class ClientAddresses {
   /** Whether the request comes from this machine itself, not forwarded for someone else. */
   isLocal(req: IncomingMessage): boolean {
     const peer = req.socket.remoteAddress;
-    if (!isLoopback(peer)) return false;
-    if (!FORWARDING_HEADERS.some((h) => req.headers[h] !== undefined)) return true;
-    // Forwarded: local only when a trusted proxy here says its own client was on this machine too.
-    if (!this.isTrusted(peer!)) return false;
-    const client = this.forwardedClient(req);
-    return client !== undefined && isLoopback(client);
+    if (!isLoopback(peer) || this.isTrusted(peer!)) return false;
+    return !FORWARDING_HEADERS.some((h) => req.headers[h] !== undefined);
   }
 
   /**
    * The client X-Forwarded-For names: read right to left (each proxy appends its own peer), the first
-   * address that is not a trusted proxy. Undefined without the header, or with an entry that is not
-   * an address where a proxy would have written one.
+   * address that is not a trusted proxy; when every one is, the last (what the nearest proxy saw: the
+   * ones before it may be the client's own word). Undefined without the header, or with an entry
+   * that is not an address where a proxy would have written one.
    */
   private forwardedClient(req: IncomingMessage): string | undefined {
     const header = req.headers['x-forwarded-for'];
@@ -60,7 +58,7 @@ export class ClientAddresses {
       if (isIP(hop) === 0) return undefined;
       if (!this.isTrusted(hop)) return hop;
     }
-    return hops[0];
+    return hops[hops.length - 1];
   }
 
   private isTrusted(address: string): boolean {
@@ -76,7 +74,8 @@ export class ClientAddresses {
 function addNetwork(list: BlockList, text: string): void {
   const [address, bits, extra] = text.split('/');
   const family = isIP(address ?? '');
-  if (family === 0 || extra !== undefined) throw new Error(`not an IP address or CIDR range: ${JSON.stringify(text)}`);
+  // A zone (fe80::1%eth0) never matches a peer's address as node gives it.
+  if (family === 0 || extra !== undefined || text.includes('%')) throw new Error(`not an IP address or CIDR range: ${JSON.stringify(text)}`);
   const type = family === 4 ? 'ipv4' : 'ipv6';
   if (bits === undefined) {
     list.addAddress(address!, type);
@@ -84,6 +83,8 @@ function addNetwork(list: BlockList, text: string): void {
   }
   const prefix = /^\d{1,3}$/.test(bits) ? Number(bits) : NaN;
   if (!(prefix <= (family === 4 ? 32 : 128))) throw new Error(`not an IP address or CIDR range: ${JSON.stringify(text)}`);
+  // Every address a proxy: any client could name itself anything.
+  if (prefix === 0) throw new Error(`${JSON.stringify(text)} would trust every address; list your proxies' addresses`);
   list.addSubnet(address!, prefix, type);
 }
 

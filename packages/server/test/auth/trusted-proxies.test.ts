@@ -37,17 +37,23 @@ describe('who sent a request (ClientAddresses)', () => {
     expect(addresses.isLocal(fakeRequest('::1'))).toBe(true);
   });
 
-  test('a request a proxy on this machine forwarded is not a local one, trusted or not, unless the trusted proxy names a local client', () => {
+  test('a request a proxy on this machine forwarded is never a local one, whatever it names; nor is any from a trusted proxy', () => {
     const untrusting = new ClientAddresses();
     for (const header of ['x-forwarded-for', 'forwarded', 'x-real-ip']) {
       expect(untrusting.isLocal(fakeRequest('127.0.0.1', { [header]: header === 'forwarded' ? 'for=203.0.113.9' : '203.0.113.9' }))).toBe(false);
     }
-    const trusting = new ClientAddresses(['127.0.0.1']);
+    const trusting = new ClientAddresses(['127.0.0.1', '10.0.0.0/8']);
     expect(trusting.isLocal(fakeRequest('127.0.0.1', { 'x-forwarded-for': '203.0.113.9' }))).toBe(false);
-    expect(trusting.isLocal(fakeRequest('127.0.0.1', { 'x-forwarded-for': '127.0.0.1' }))).toBe(true);
-    // Only RFC 7239's header, which Wharf does not read: not local.
+    // What a forwarding header says of a loopback client may be the client's own word: a host inside
+    // a trusted range sending "X-Forwarded-For: 127.0.0.1" (nginx appends its address after it), or
+    // a trusted proxy that passes the client's header on.
+    expect(trusting.isLocal(fakeRequest('127.0.0.1', { 'x-forwarded-for': '127.0.0.1, 10.1.2.3' }))).toBe(false);
+    expect(trusting.isLocal(fakeRequest('127.0.0.1', { 'x-forwarded-for': '127.0.0.1' }))).toBe(false);
+    expect(trusting.isLocal(fakeRequest('127.0.0.1', { 'x-real-ip': '203.0.113.9', 'x-forwarded-for': '::1' }))).toBe(false);
+    // A trusted proxy that adds no header at all (stunnel, plain proxy_pass) still forwards for others.
+    expect(trusting.isLocal(fakeRequest('127.0.0.1'))).toBe(false);
+    expect(trusting.isLocal(fakeRequest('127.0.0.2'))).toBe(true);
     expect(trusting.isLocal(fakeRequest('127.0.0.1', { forwarded: 'for=127.0.0.1' }))).toBe(false);
-    expect(trusting.isLocal(fakeRequest('127.0.0.1', { 'x-forwarded-for': 'unknown' }))).toBe(false);
     // A proxy elsewhere saying its client was "local" speaks of its own machine, not this one.
     expect(new ClientAddresses(['10.0.0.0/8']).isLocal(fakeRequest('10.1.2.3', { 'x-forwarded-for': '127.0.0.1' }))).toBe(false);
   });
@@ -60,8 +66,8 @@ describe('who sent a request (ClientAddresses)', () => {
     // Two proxies, both trusted: the first one's peer.
     expect(addresses.of(fakeRequest('::ffff:10.0.0.2', { 'x-forwarded-for': '203.0.113.9, 10.0.0.5' }))).toBe('203.0.113.9');
     expect(addresses.of(fakeRequest('fd00::1', { 'x-forwarded-for': ['2001:db8::7', '10.9.9.9'] }))).toBe('2001:db8::7');
-    // Every hop trusted: the first.
-    expect(addresses.of(fakeRequest('127.0.0.1', { 'x-forwarded-for': '10.0.0.5, 10.0.0.6' }))).toBe('10.0.0.5');
+    // Every hop trusted: the last, what the nearest proxy saw (the first may be the client's own word).
+    expect(addresses.of(fakeRequest('127.0.0.1', { 'x-forwarded-for': '10.0.0.5, 10.0.0.6' }))).toBe('10.0.0.6');
     // Not an address where a proxy writes one, or no header: the peer.
     expect(addresses.of(fakeRequest('127.0.0.1', { 'x-forwarded-for': '203.0.113.9, garbage' }))).toBe('127.0.0.1');
     expect(addresses.of(fakeRequest('127.0.0.1'))).toBe('127.0.0.1');
@@ -78,6 +84,9 @@ describe('who sent a request (ClientAddresses)', () => {
     expect(() => build(['10.0.0.0/33'])).toThrow('"trusted_proxies": not an IP address or CIDR range: "10.0.0.0/33"');
     expect(() => build(['proxy.local'])).toThrow('not an IP address or CIDR range: "proxy.local"');
     expect(() => build(['10.0.0.0/8/1'])).toThrow('not an IP address or CIDR range');
+    expect(() => build(['fe80::1%eth0'])).toThrow('not an IP address or CIDR range');
+    expect(() => build(['0.0.0.0/0'])).toThrow('"0.0.0.0/0" would trust every address');
+    expect(() => build(['::/0'])).toThrow('would trust every address');
     expect(() => build('127.0.0.1')).not.toThrow();
     expect(() => build(42)).toThrow('"trusted_proxies" must be an array of IP addresses or CIDR ranges');
   });
@@ -143,8 +152,10 @@ describe('trusted_proxies', () => {
     expect(lines.filter((l) => l.status === 200).map((l) => l.client)).toEqual(['203.0.113.10', '127.0.0.2']);
   });
 
-  test('/metrics: the trusted proxy\'s own local clients may scrape, the clients it forwards for may not', async () => {
-    expect((await get(`${reg.url}/metrics`, { 'X-Forwarded-For': '127.0.0.1' })).status).toBe(200);
+  test('/metrics: nothing a trusted proxy forwards is local, whatever its header names; the host\'s other loopback clients are', async () => {
+    expect((await get(`${reg.url}/metrics`, { 'X-Forwarded-For': '127.0.0.1' })).status).toBe(403);
     expect((await get(`${reg.url}/metrics`, { 'X-Forwarded-For': '203.0.113.9' })).status).toBe(403);
+    expect((await get(`${reg.url}/metrics`)).status).toBe(403);
+    expect((await get(`${reg.url}/metrics`, {}, '127.0.0.2')).status).toBe(200);
   });
 });
