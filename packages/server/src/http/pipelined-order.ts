@@ -8,6 +8,14 @@ interface Connection {
   readonly waiting: { readonly req: IncomingMessage; readonly res: ServerResponse }[];
 }
 
+/**
+ * Requests one connection may have waiting: node stops reading a connection whose answers pile up,
+ * but requests held back here have no answer yet, and a slow unsafe request followed by a flood of
+ * tiny pipelined ones grew the heap by hundreds of MiB. A connection past this is cut (clients that
+ * pipeline at all send a few).
+ */
+const MAX_WAITING = 32;
+
 function isSafe(method: string | undefined): boolean {
   return method === 'GET' || method === 'HEAD' || method === 'OPTIONS';
 }
@@ -31,6 +39,8 @@ export function inPipelinedOrder(listener: RequestListener): RequestListener {
       if (unsafe) c.unsafeRunning--;
       while (c.waiting.length > 0 && mayStart(c, c.waiting[0]!.req)) {
         const next = c.waiting.shift()!;
+        // Its connection gone (the client left): it is not run, so no unsafe request runs for nobody.
+        if (next.req.socket.destroyed) continue;
         start(c, next.req, next.res);
       }
     });
@@ -44,6 +54,7 @@ export function inPipelinedOrder(listener: RequestListener): RequestListener {
       connections.set(socket, c);
     }
     if (c.waiting.length === 0 && mayStart(c, req)) start(c, req, res);
-    else c.waiting.push({ req, res });
+    else if (c.waiting.length < MAX_WAITING) c.waiting.push({ req, res });
+    else socket.destroy();
   };
 }
