@@ -193,8 +193,9 @@ export class MirroredUpstream implements Upstream {
     // every mirror failed, the next request tries them in turn rather than the first one again.
     const byFailure = (items: number[]): number[] => [...items.filter((i) => !failing(i)), ...items.filter(failing).sort((a, b) => this.stats[a]!.failedAt - this.stats[b]!.failedAt)];
     // striped: a mirror that ignores Range would answer the size probe with the whole blob (then
-    // served from it alone); after the others, the blob is striped over them.
-    if (this.options.strategy === 'striped') return lastWhen(lastWhen(byFailure(all), (i) => this.isRangeless(i)), bad);
+    // served from it alone); after the others that answer, the blob is striped over them. Still
+    // before the failing ones: it serves everything else.
+    if (this.options.strategy === 'striped') return lastWhen(byFailure(lastWhen(all, (i) => this.isRangeless(i))), bad);
     if (this.options.strategy !== 'adaptive') return lastWhen(byFailure(all), bad);
     // Mirrors that sent wrong bytes or cut bodies come after every one that did not, and those whose
     // last request failed after the rest; probes still find out when they mend.

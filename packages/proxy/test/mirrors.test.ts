@@ -427,6 +427,10 @@ describe('mirror strategies', () => {
     expect((await readAll((await up.blob('lib/app', other))!.body)).equals(BLOB)).toBe(true);
     expect(mirrors[0]!.log).toEqual([]);
     for (const m of mirrors.slice(1)) expect(m.log.filter((l) => l.includes('bytes=') && !l.endsWith('bytes=0-0')).length).toBeGreaterThan(2);
+    // It still comes before a mirror that is down: it serves all but ranges.
+    mirrors[1]!.mode = 'fail';
+    expect((await up.manifest('lib/app', '1'))?.bytes.equals(MANIFEST)).toBe(true);
+    expect(up.order()).toEqual([2, 0, 1]);
   });
 
   test('striped over mirrors that all ignore Range: each blob comes whole from one of them (it used to fail)', async () => {
