@@ -1,5 +1,5 @@
 import { rootCertificates } from 'node:tls';
-import { JsonShapeError, MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES, MediaType, bareMediaType, digestOf, isValidTag, jsonShapeProblem, parseBoundedJson, tryParseDigest, type ByteRange, type Descriptor, type Digest, type Page } from '@wharf/registry-core';
+import { JSON_SHAPE_LIMITS, JsonShapeError, MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES, MediaType, bareMediaType, digestOf, isValidTag, jsonShapeProblem, parseBoundedJson, tryParseDigest, type ByteRange, type Descriptor, type Digest, type Page } from '@wharf/registry-core';
 import type { Dispatcher } from 'undici';
 import { bypassesProxy } from './no-proxy.js';
 import { plainRequest } from './plain-http.js';
@@ -326,7 +326,9 @@ export class HttpUpstream implements Upstream {
       const res = await this.buffered('GET', repo, `tags/list${query}`, { accept: 'application/json' }, signal, 'tag list');
       if (res.statusCode === 404 && i === 0) return undefined;
       this.expectOk(res, 'tag list');
-      const doc = this.json(res.bytes, 'tag list') as { tags?: unknown };
+      // A tag list is one array of strings, which cost little to parse: any number of them (a
+      // registry that does not paginate sends them all) is fine, within the byte cap.
+      const doc = this.json(res.bytes, 'tag list', { ...JSON_SHAPE_LIMITS, maxValues: Number.MAX_SAFE_INTEGER }) as { tags?: unknown };
       if (doc.tags !== null && doc.tags !== undefined && !Array.isArray(doc.tags)) throw new UpstreamError('invalid', `upstream ${this.name} sent a tag list without a tags array`);
       // A name that is no tag could not be pulled by it anyway. Past `last` also from an upstream that
       // ignores it, in the byte order upstreams page in: counted towards n, those only.
@@ -375,9 +377,9 @@ export class HttpUpstream implements Upstream {
     return descriptors;
   }
 
-  private json(bytes: Buffer, what: string): object {
+  private json(bytes: Buffer, what: string, limits = JSON_SHAPE_LIMITS): object {
     try {
-      const doc: unknown = parseBoundedJson(bytes);
+      const doc: unknown = parseBoundedJson(bytes, limits);
       if (doc !== null && typeof doc === 'object') return doc;
     } catch (err) {
       if (err instanceof JsonShapeError) throw new UpstreamError('invalid', `upstream ${this.name} sent a ${what} Wharf refuses: ${err.message}`);

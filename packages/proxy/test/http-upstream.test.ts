@@ -91,6 +91,10 @@ describe('HttpUpstream against a real misbehaving server', () => {
     expect((await failureOf(up.tags('alice/app', {}))).failure).toBe('invalid');
     fake.tagListBody = 'not json';
     expect((await failureOf(up.tags('alice/app', {}))).failure).toBe('invalid');
+    // 300,000 tags in one unpaginated answer (4.3 MiB): a long list of strings, within the byte cap.
+    const many = Array.from({ length: 300_000 }, (_, i) => `v${i}`);
+    fake.tagListBody = JSON.stringify({ name: 'alice/app', tags: many });
+    expect((await up.tags('alice/app', {}))?.tags).toHaveLength(300_000);
   });
 
   test('referrers: the well-formed descriptors of the upstream index; 404 (no referrers API) is undefined', async () => {
