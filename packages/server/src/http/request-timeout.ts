@@ -6,9 +6,10 @@ import { isArchiveTransfer } from '../routes/admin-storage.js';
 /**
  * `request_timeout`: a deadline for requests that do not move a blob (manifests, tags, catalog,
  * tokens, admin). When it passes before the response has started, the client gets 503 UNAVAILABLE, or
- * 408 REQUEST_TIMEOUT when its own request body had not all arrived (a client that stalls is no
- * server overloaded, and clients retry a 503), and the connection is closed after it; the handler's
- * late result is dropped. Blob uploads and downloads
+ * 408 REQUEST_TIMEOUT when the server was reading its request body and that had not all arrived (a
+ * client that stalls is no server overloaded, and clients retry a 503; a body the server had not
+ * begun to read, a client waiting for its 100 Continue, say, is the server's delay), and the
+ * connection is closed after it; the handler's late result is dropped. Blob uploads and downloads
  * are exempt: they are limited by idle time on the socket (idle_timeout), never by a total time.
  * Goes inside the OCI error middleware, so the 503 has the usual error body.
  */
@@ -27,7 +28,7 @@ export function requestTimeout(ms: number) {
         // The handler goes on until its own I/O ends; nobody waits for it any more.
         work.catch(() => undefined);
         ctx.set('Connection', 'close');
-        if (!ctx.req.complete) throw new RegistryError('REQUEST_TIMEOUT', 'the request body did not arrive within the time the server allows (request_timeout)', { timeoutMs: ms });
+        if (!ctx.req.complete && ctx.req.readableDidRead) throw new RegistryError('REQUEST_TIMEOUT', 'the request body did not arrive within the time the server allows (request_timeout)', { timeoutMs: ms });
         throw new RegistryError('UNAVAILABLE', 'the request took longer than the server allows (request_timeout)', { timeoutMs: ms });
       }
       await work;

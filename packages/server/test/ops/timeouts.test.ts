@@ -3,6 +3,8 @@ import { createHash } from 'node:crypto';
 import { request } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { FakeUpstream } from '../../../proxy/test/helpers/fake-upstream.js';
+import bcrypt from 'bcryptjs';
+import { basic, startAuthRegistry } from '../auth/helpers.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
 import { sleep } from './helpers.js';
 
@@ -189,6 +191,38 @@ describe('request_timeout with the whole request received', () => {
     } finally {
       await reg?.close({ timeoutMs: 1_000 });
       await stalled.close();
+    }
+  });
+});
+
+describe('request_timeout while the server, not the client, holds the body back', () => {
+  test('a PUT with Expect: 100-continue whose 100 the server had not sent yet (a login being checked) gets 503, not a 408 that blames the client', async () => {
+    // bcrypt at cost 12 (about 250 ms here) is the server's stall; request_timeout passes during it.
+    const reg = await startAuthRegistry({ settings: { request_timeout: '50ms' }, authSettings: { users: [{ name: 'alice', password_hash: bcrypt.hashSync('alice-password-1', 12) }] } });
+    try {
+      const body = Buffer.from('{"schemaVersion":2}');
+      const answer = await new Promise<{ status: number; continued: boolean }>((resolve, reject) => {
+        let continued = false;
+        const req = request(
+          `${reg.url}/v2/alice/app/manifests/1`,
+          {
+            method: 'PUT',
+            headers: { Authorization: basic('alice', 'alice-password-1'), 'Content-Type': 'application/vnd.oci.image.manifest.v1+json', 'Content-Length': body.length, Expect: '100-continue' },
+          },
+          (res) => {
+            res.resume();
+            res.on('end', () => resolve({ status: res.statusCode ?? 0, continued }));
+          },
+        );
+        req.on('continue', () => {
+          continued = true;
+          req.end(body);
+        });
+        req.on('error', reject);
+      });
+      expect(answer).toEqual({ status: 503, continued: false });
+    } finally {
+      await reg.close({ timeoutMs: 500 });
     }
   });
 });
