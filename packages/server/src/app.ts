@@ -8,7 +8,7 @@ import { ociErrors } from './http/oci-errors.js';
 import { ClientAddresses, stampClient } from './http/client-address.js';
 import { framingRefusal, refuseFraming } from './http/framing-guard.js';
 import { inPipelinedOrder } from './http/pipelined-order.js';
-import { requestLog, type RequestObserver } from './http/request-log.js';
+import { requestLog, trackRequest, type RequestObserver } from './http/request-log.js';
 import { requestTimeout } from './http/request-timeout.js';
 import { serverSideWait } from './http/server-wait.js';
 import { registerHealth, type HealthDeps } from './routes/health.js';
@@ -113,19 +113,24 @@ export function createHandler(options: AppOptions): RequestListener {
   const app = createApp(options);
   const draining = options.ops?.health.draining;
   const addresses = new ClientAddresses(options.trustedProxies);
+  const tracking = { logger: options.logger, observer: options.ops?.observer };
   const listener = withManifestFastPath(
     {
       resolver: options.resolver,
       ...(options.auth ? { mayPull: pullAllowed(options.auth) } : {}),
-      tracking: { logger: options.logger, observer: options.ops?.observer },
+      tracking,
       ...(draining ? { draining } : {}),
     },
     app.callback(),
   );
   return inPipelinedOrder((req, res) => {
-    const refusal = framingRefusal(req);
-    if (refusal) return refuseFraming(res, refusal);
     stampClient(req, addresses);
+    const refusal = framingRefusal(req);
+    if (refusal) {
+      // Logged and counted as every other answer is.
+      const reqId = trackRequest(req, res, (req.url ?? '/').split('?')[0]!, tracking, { error: () => ({ code: 'UNSUPPORTED', reason: refusal.message }) });
+      return refuseFraming(res, refusal, reqId);
+    }
     listener(req, res);
   });
 }

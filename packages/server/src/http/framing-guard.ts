@@ -35,10 +35,11 @@ export function framingRefusal(req: IncomingMessage): Refusal | undefined {
 }
 
 /** Answers `refusal` with the OCI error body and closes the connection: what follows on it cannot be framed. */
-export function refuseFraming(res: ServerResponse, refusal: Refusal): void {
+export function refuseFraming(res: ServerResponse, refusal: Refusal, reqId: string): void {
   const body = `${JSON.stringify({ errors: [{ code: 'UNSUPPORTED', message: refusal.message, detail: null }] })}\n`;
   res.shouldKeepAlive = false;
   res.writeHead(refusal.status, refusal.reason, {
+    'X-Request-Id': reqId,
     'Content-Type': 'application/json; charset=utf-8',
     'Content-Length': Buffer.byteLength(body),
     'Docker-Distribution-API-Version': 'registry/2.0',

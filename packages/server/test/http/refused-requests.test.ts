@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { createHash, randomBytes } from 'node:crypto';
 import { connect } from 'node:net';
+import { captureLog } from '../auth/helpers.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
 
 /** Writes `request` raw and resolves with everything the server sent before it closed. */
@@ -28,8 +29,9 @@ function parse(reply: string): { status: string; code: string | undefined; versi
  */
 describe('requests refused before the app sees them', () => {
   let reg: TestRegistry;
+  const log = captureLog();
   beforeAll(async () => {
-    reg = await startRegistry();
+    reg = await startRegistry({ logger: log.logger });
   });
   afterAll(async () => {
     await reg?.close();
@@ -49,6 +51,17 @@ describe('requests refused before the app sees them', () => {
     ['HTTP/2.0 on the request line', 'GET /v2/ HTTP/2.0\r\nHost: x\r\n\r\n', 'HTTP/1.1 505 HTTP Version Not Supported', 'UNSUPPORTED'],
   ])('%s: the OCI error body with the status', async (_what, request, status, code) => {
     expect(parse(await exchange(reg.port, request))).toEqual({ status, code, version: 'registry/2.0' });
+  });
+
+  test('a framing refusal is logged as any answer is, with why', async () => {
+    await exchange(reg.port, 'GET /v2/framing-logged HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n');
+    await new Promise((r) => setTimeout(r, 50));
+    const line = log
+      .text()
+      .split('\n')
+      .filter((l) => l.includes('"msg":"request"') && l.includes('framing-logged'))
+      .map((l) => JSON.parse(l) as Record<string, unknown>)[0];
+    expect(line).toMatchObject({ status: 400, error: 'UNSUPPORTED', reason: 'the request has more than one Host header', client: '127.0.0.1' });
   });
 
   test('a chunked body broken mid-request (a route reading it): the connection is closed, and nothing throws', async () => {
