@@ -228,16 +228,16 @@ export class PullThroughRepository implements RepositoryReader {
     }
   }
 
-  /**
-   * Writes what was learnt to the cache index. A failure there (a full disk) costs the cache, not the
-   * client: the answer in hand is served, and the next request asks the upstream again. (A lock held
-   * by another process is no failure: the write waits for it off the event loop, see CacheIndex.)
-   */
   /** The upstream answered 404 for a blob: asked again after absentTtl, as a manifest's 404 is. */
   private blobAbsent(repo: string, digest: Digest): void {
     this.remember(repo, digest, () => this.index.markAbsent(this.key, repo, absentBlob(digest), Date.now() + this.policy.absentTtl));
   }
 
+  /**
+   * Writes what was learnt to the cache index. A failure there (a full disk) costs the cache, not the
+   * client: the answer in hand is served, and the next request asks the upstream again. (A lock held
+   * by another process is no failure: the write waits for it off the event loop, see CacheIndex.)
+   */
   private remember(repo: string, reference: string, write: () => void): void {
     try {
       write();
