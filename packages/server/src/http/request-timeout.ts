@@ -28,7 +28,9 @@ export function requestTimeout(ms: number) {
         // The handler goes on until its own I/O ends; nobody waits for it any more.
         work.catch(() => undefined);
         ctx.set('Connection', 'close');
-        if (!ctx.req.complete && ctx.req.readableDidRead) throw new RegistryError('REQUEST_TIMEOUT', 'the request body did not arrive within the time the server allows (request_timeout)', { timeoutMs: ms });
+        // Reading began when a route attached to the body (flowing or 'readable'), whether or not a
+        // first byte has come since.
+        if (!ctx.req.complete && (ctx.req.readableFlowing !== null || ctx.req.readableDidRead)) throw new RegistryError('REQUEST_TIMEOUT', 'the request body did not arrive within the time the server allows (request_timeout)', { timeoutMs: ms });
         throw new RegistryError('UNAVAILABLE', 'the request took longer than the server allows (request_timeout)', { timeoutMs: ms });
       }
       await work;

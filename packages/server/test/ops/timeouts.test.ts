@@ -116,6 +116,24 @@ describe('timeouts', () => {
     expect(took).toBeLessThan(REQUEST_MS + 2_500);
   });
 
+  test('request_timeout: a manifest PUT whose body never starts (with or without Expect: 100-continue) is the client stalling too: 408', async () => {
+    for (const expect100 of [false, true]) {
+      const got = await new Promise<string>((resolve) => {
+        const socket = connect(port, '127.0.0.1');
+        let reply = '';
+        socket.on('data', (d: Buffer) => {
+          reply += d.toString('latin1');
+          if (/HTTP\/1\.1 [2-5]\d\d/.test(reply)) socket.destroy();
+        });
+        socket.on('close', () => resolve(reply));
+        socket.on('error', () => undefined);
+        socket.write(`PUT /v2/slow/app/manifests/1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: 1000\r\n${expect100 ? 'Expect: 100-continue\r\n' : ''}\r\n`);
+      });
+      if (expect100) expect(got).toMatch(/^HTTP\/1\.1 100 Continue/);
+      expect([expect100, /HTTP\/1\.1 (\d+)/.exec(got.replace(/^HTTP\/1\.1 100 Continue\r\n\r\n/, ''))?.[1]]).toEqual([expect100, '408']);
+    }
+  });
+
   test('a blob upload that takes longer than request_timeout and idle_timeout in total, with bytes flowing, completes', async () => {
     const start = await fetch(`${reg.url}/v2/slow/app/blobs/uploads/`, { method: 'POST' });
     const location = new URL(start.headers.get('location')!, reg.url);
