@@ -1,4 +1,4 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, realpathSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { parse as parseToml } from 'smol-toml';
 import { parseDuration } from './duration.js';
@@ -201,6 +201,8 @@ function refuseMovedDefault(key: string, path: string, fileDir: string, cwd: str
   const now = resolve(fileDir, path);
   if (before === now || !existsSync(before)) return;
   if (existsSync(now)) {
+    // The same file by two ways (a folder reached through a link): nothing to choose.
+    if (realpathSync(before) === realpathSync(now)) return;
     throw new ConfigError(
       `"${key}" is not set, and its default, ${path}, names two files: ${now} (relative to the configuration file, as the default now is) and ${before} (relative to the folder Wharf runs in, as it was before); set ${key} to the one that holds your registry`,
     );

@@ -1,7 +1,7 @@
 import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
@@ -141,6 +141,10 @@ describe('configuration', () => {
       expect(loadConfig({ file, env: { WHARF_DATABASE: join(dir, 'storage/wharf.db') }, cwd: runFrom }).database).toBe(join(dir, 'storage/wharf.db'));
       // Run from the file's own folder, the default names one file: no question.
       expect(loadConfig({ file, env: {}, cwd: dir }).database).toBe(join(dir, 'storage/wharf.db'));
+      // Nor from a link to it (systemd's WorkingDirectory through a linked /srv): the same file.
+      const link = join(runFrom, 'linked');
+      await symlink(dir, link);
+      expect(loadConfig({ file, env: {}, cwd: link }).database).toBe(join(dir, 'storage/wharf.db'));
     } finally {
       await rm(runFrom, { recursive: true, force: true });
     }
