@@ -2,8 +2,11 @@ import type { IncomingMessage } from 'node:http';
 import { BlockList, isIP } from 'node:net';
 import { isLoopback } from './loopback.js';
 
-/** Headers a reverse proxy adds to name the client it forwards for (RFC 7239, and the de facto two). */
-const FORWARDING_HEADERS = ['forwarded', 'x-forwarded-for', 'x-real-ip'] as const;
+/**
+ * Headers a proxy adds to what it forwards (RFC 7239's, RFC 9110's Via, and the de facto ones): any
+ * of them says the request was forwarded for someone else.
+ */
+const FORWARDING_HEADERS = ['forwarded', 'x-forwarded-for', 'x-real-ip', 'via', 'x-forwarded-proto', 'x-forwarded-host'] as const;
 
 /**
  * Who sent a request: the peer, or, when the peer is one of `trusted_proxies`, the client that its
@@ -54,8 +57,9 @@ export class ClientAddresses {
       .map((h) => h.trim())
       .filter((h) => h !== '');
     for (let i = hops.length - 1; i >= 0; i--) {
-      const hop = hops[i]!;
-      if (isIP(hop) === 0) return undefined;
+      const hop = bareAddress(hops[i]!);
+      if (hop === undefined) return undefined;
+      hops[i] = hop;
       if (!this.isTrusted(hop)) return hop;
     }
     return hops[hops.length - 1];
@@ -68,6 +72,13 @@ export class ClientAddresses {
     const family = isIP(address);
     return family !== 0 && this.trusted.check(address, family === 4 ? 'ipv4' : 'ipv6');
   }
+}
+
+/** The address of an X-Forwarded-For entry: bare, or with a port ("1.2.3.4:5678", "[2001:db8::1]:443"); undefined for anything else. */
+function bareAddress(entry: string): string | undefined {
+  const m = /^\[([0-9a-fA-F:.]+)\](?::\d{1,5})?$/.exec(entry) ?? /^(\d{1,3}(?:\.\d{1,3}){3}):\d{1,5}$/.exec(entry);
+  const address = m ? m[1]! : entry;
+  return isIP(address) === 0 ? undefined : address;
 }
 
 /** Adds an address ("10.0.0.7", "::1") or a CIDR range ("10.0.0.0/8") to `list`; throws on anything else. */

@@ -39,7 +39,7 @@ describe('who sent a request (ClientAddresses)', () => {
 
   test('a request a proxy on this machine forwarded is never a local one, whatever it names; nor is any from a trusted proxy', () => {
     const untrusting = new ClientAddresses();
-    for (const header of ['x-forwarded-for', 'forwarded', 'x-real-ip']) {
+    for (const header of ['x-forwarded-for', 'forwarded', 'x-real-ip', 'via', 'x-forwarded-proto', 'x-forwarded-host']) {
       expect(untrusting.isLocal(fakeRequest('127.0.0.1', { [header]: header === 'forwarded' ? 'for=203.0.113.9' : '203.0.113.9' }))).toBe(false);
     }
     const trusting = new ClientAddresses(['127.0.0.1', '10.0.0.0/8']);
@@ -68,6 +68,10 @@ describe('who sent a request (ClientAddresses)', () => {
     expect(addresses.of(fakeRequest('fd00::1', { 'x-forwarded-for': ['2001:db8::7', '10.9.9.9'] }))).toBe('2001:db8::7');
     // Every hop trusted: the last, what the nearest proxy saw (the first may be the client's own word).
     expect(addresses.of(fakeRequest('127.0.0.1', { 'x-forwarded-for': '10.0.0.5, 10.0.0.6' }))).toBe('10.0.0.6');
+    // With a port (some proxies write one), IPv6 in brackets.
+    expect(addresses.of(fakeRequest('127.0.0.1', { 'x-forwarded-for': '203.0.113.9:51234' }))).toBe('203.0.113.9');
+    expect(addresses.of(fakeRequest('127.0.0.1', { 'x-forwarded-for': '[2001:db8::7]:443, 10.0.0.5' }))).toBe('2001:db8::7');
+    expect(addresses.of(fakeRequest('127.0.0.1', { 'x-forwarded-for': '[2001:db8::8]' }))).toBe('2001:db8::8');
     // Not an address where a proxy writes one, or no header: the peer.
     expect(addresses.of(fakeRequest('127.0.0.1', { 'x-forwarded-for': '203.0.113.9, garbage' }))).toBe('127.0.0.1');
     expect(addresses.of(fakeRequest('127.0.0.1'))).toBe('127.0.0.1');
