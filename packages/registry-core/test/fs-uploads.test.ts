@@ -294,6 +294,12 @@ describe('FsUploadSessions on disk', () => {
       await age(real.id, 11);
       expect(await sessions.expire(new Date(Date.now() - 24 * 3_600_000))).toBe(1);
       expect((await readdir(join(dir, 'uploads'))).sort()).toEqual([real.id, young].sort());
+      // An info.json that is there but cannot be read now (here: a folder; EIO, EMFILE) is no orphan's.
+      const unreadable = await sessions.begin('alice/a');
+      await rm(join(dir, 'uploads', unreadable.id, 'info.json'));
+      await mkdir(join(dir, 'uploads', unreadable.id, 'info.json'));
+      await age(unreadable.id, 11);
+      expect(await sessions.expire(new Date(Date.now() - 24 * 3_600_000))).toBe(0);
     });
   });
 });

@@ -243,7 +243,8 @@ export class FsUploadSessions implements UploadSessions {
         const info = await this.readInfo(id);
         // A folder that never got its info.json (a crash inside begin, which writes it right after the
         // folder) is no session anyone can reach: gone after a few minutes, not upload_max_age.
-        const orphan = !info && SESSION_ID.test(id);
+        // Only a file that is not there: one that cannot be read now (EMFILE, EIO) is no orphan's.
+        const orphan = !info && SESSION_ID.test(id) && (await stat(join(folder, 'info.json')).then(() => false, (err: unknown) => isNotFound(err)));
         const limit = orphan ? new Date(Math.max(olderThan.getTime(), Date.now() - ORPHAN_FOLDER_MS)) : olderThan;
         if (s.mtime >= limit) return false;
         this.running.delete(id);
