@@ -47,7 +47,10 @@ program
     }
     // A promise nobody handles is a bug, and node's default ends the process with it: every pull and
     // push in flight would fail with it. Logged, loud, and the registry goes on.
-    process.on('unhandledRejection', (reason) => running.logger.error({ err: reason }, 'unhandled promise rejection (a bug; please report it): the server goes on'));
+    process.on('unhandledRejection', (reason) => {
+      running.metrics.unhandledRejection();
+      running.logger.error({ err: reason }, 'unhandled promise rejection (a bug; please report it): the server goes on');
+    });
     let stopping: { signal: string; at: number } | undefined;
     const stop = (signal: string) => {
       if (stopping) {

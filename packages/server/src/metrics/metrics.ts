@@ -64,6 +64,7 @@ export class WharfMetrics implements RequestObserver {
   private readonly hits: Counter<'upstream' | 'kind'>;
   private readonly misses: Counter<'upstream' | 'kind'>;
   private readonly saved: Counter<'upstream'>;
+  private readonly unhandled: Counter;
 
   constructor(sources: MetricsSources) {
     const registers = [this.registry];
@@ -79,6 +80,7 @@ export class WharfMetrics implements RequestObserver {
     this.received = new Counter({ name: 'wharf_http_received_bytes_total', help: 'Bytes of requests (head and body) read from clients, by route', labelNames: ['route'], registers });
     this.sent = new Counter({ name: 'wharf_http_sent_bytes_total', help: 'Bytes of responses (head and body) written to clients, by route', labelNames: ['route'], registers });
     this.inFlight = new Gauge({ name: 'wharf_http_requests_in_flight', help: 'Requests being served now, by route', labelNames: ['route'], registers });
+    this.unhandled = new Counter({ name: 'wharf_unhandled_rejections_total', help: 'Promise rejections nothing handled (bugs; each is logged at error): alert on any', registers });
 
     new Gauge({
       name: 'wharf_uploads_in_progress',
@@ -226,6 +228,11 @@ export class WharfMetrics implements RequestObserver {
       this.children.set(key, series);
     }
     return series;
+  }
+
+  /** A promise rejection nothing handled (`wharf serve` logs it and goes on). */
+  unhandledRejection(): void {
+    this.unhandled.inc();
   }
 
   started(route: RouteLabel): void {
