@@ -23,7 +23,7 @@ export class ClientAddresses {
   private readonly trusted = new BlockList();
   private readonly anyTrusted: boolean;
 
-  /** `trustedProxies`: addresses and CIDR ranges, validated by `parseNetworks`. */
+  /** `trustedProxies`: addresses and CIDR ranges (see invalidNetwork); throws on anything else. */
   constructor(trustedProxies: readonly string[] = []) {
     for (const net of trustedProxies) addNetwork(this.trusted, net);
     this.anyTrusted = trustedProxies.length > 0;
