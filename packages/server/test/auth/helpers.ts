@@ -1,5 +1,6 @@
 import { expect } from '@jest/globals';
 import { createHash } from 'node:crypto';
+import { request } from 'node:http';
 import { Writable } from 'node:stream';
 import bcrypt from 'bcryptjs';
 import { pino, type Logger } from 'pino';
@@ -207,4 +208,31 @@ export async function pushWith(client: RegistryClient, repo: string, tag: string
     }),
   );
   return client.request('PUT', `/v2/${repo}/manifests/${tag}`, { body: manifest, headers: { 'Content-Type': 'application/vnd.oci.image.manifest.v1+json' } });
+}
+
+/**
+ * A request from a chosen loopback source address (127.0.0.x), so that per-address limits can be told
+ * apart: its status, Retry-After and body.
+ */
+export function requestFrom(
+  localAddress: string,
+  url: string,
+  headers: Record<string, string> = {},
+  method = 'GET',
+): Promise<{ status: number; retryAfter?: string; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, { method, localAddress, headers: { ...headers, Connection: 'close' } }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () =>
+        resolve({
+          status: res.statusCode ?? 0,
+          ...(res.headers['retry-after'] !== undefined ? { retryAfter: res.headers['retry-after'] } : {}),
+          body: Buffer.concat(chunks).toString('utf8'),
+        }),
+      );
+    });
+    req.on('error', reject);
+    req.end();
+  });
 }

@@ -1,24 +1,13 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openDatabase } from '@wharf/registry-core';
 import { AuthStore } from '../../src/auth/auth-store.js';
 import { KnownAddresses } from '../../src/auth/known-addresses.js';
-import { basic, bcryptHash, startAuthRegistry } from './helpers.js';
+import { basic, bcryptHash, requestFrom, startAuthRegistry } from './helpers.js';
 
-/** A GET from a chosen loopback source address: its status. */
-function statusFrom(localAddress: string, url: string, authorization: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const req = request(url, { localAddress, headers: { Authorization: authorization, Connection: 'close' } }, (res) => {
-      res.resume();
-      res.on('end', () => resolve(res.statusCode ?? 0));
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
+const statusFrom = async (localAddress: string, url: string, authorization: string) => (await requestFrom(localAddress, url, { Authorization: authorization })).status;
 
 describe('the addresses a user signed in from outlive a restart', () => {
   let root: string;

@@ -1,7 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { createHmac, createPrivateKey, createPublicKey, generateKeyPairSync, randomUUID, type KeyObject } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
-import { request } from 'node:http';
 import { join } from 'node:path';
 import bcrypt from 'bcryptjs';
 import { SignJWT, calculateJwkThumbprint, exportJWK } from 'jose';
@@ -16,6 +15,7 @@ import {
   parseChallenge,
   pushWith,
   RegistryClient,
+  requestFrom,
   startAuthRegistry,
   type LogCapture,
   type TokenReply,
@@ -361,24 +361,7 @@ describe('the token endpoint and bearer tokens', () => {
   });
 });
 
-/** GET from a chosen loopback source address (127.0.0.x), so per-address limits can be told apart. */
-function getFrom(localAddress: string, url: string, headers: Record<string, string>): Promise<{ status: number; retryAfter?: string; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request(url, { localAddress, headers: { ...headers, Connection: 'close' } }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () =>
-        resolve({
-          status: res.statusCode ?? 0,
-          ...(res.headers['retry-after'] !== undefined ? { retryAfter: res.headers['retry-after'] } : {}),
-          body: Buffer.concat(chunks).toString('utf8'),
-        }),
-      );
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
+const getFrom = requestFrom;
 
 describe('failed logins are limited per address and per user', () => {
   let reg: TestRegistry;

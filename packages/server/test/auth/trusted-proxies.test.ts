@@ -1,24 +1,12 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import { request } from 'node:http';
 import { Socket } from 'node:net';
 import type { IncomingMessage } from 'node:http';
 import { buildConfig } from '../../src/config.js';
 import { ClientAddresses } from '../../src/http/client-address.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
-import { basic, bcryptHash, captureLog, startAuthRegistry } from './helpers.js';
+import { basic, bcryptHash, captureLog, requestFrom, startAuthRegistry } from './helpers.js';
 
-/** A GET from `localAddress` (a 127.0.0.x) with `headers`: status and body. */
-function get(url: string, headers: Record<string, string> = {}, localAddress = '127.0.0.1', method = 'GET'): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request(url, { method, localAddress, headers: { ...headers, Connection: 'close' } }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }));
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
+const get = (url: string, headers: Record<string, string> = {}, localAddress = '127.0.0.1', method = 'GET') => requestFrom(localAddress, url, headers, method);
 
 /** A request as a listener gets it, from `peer`, with `headers`. */
 function fakeRequest(peer: string, headers: Record<string, string | string[]> = {}): IncomingMessage {
