@@ -216,20 +216,17 @@ export class MirroredUpstream implements Upstream {
 
   /** Whether a request to mirror `i` failed within the fail memory, none succeeding since. */
   private isFailing(i: number): boolean {
-    const at = this.stats[i]!.failedAt;
-    return at > 0 && performance.now() - at < (this.options.failMemory ?? FAIL_MEMORY_MS);
+    return recent(this.stats[i]!.failedAt, this.options.failMemory ?? FAIL_MEMORY_MS);
   }
 
   /** Whether mirror `i` answered a range request with the whole blob within BAD_MEMORY_MS. */
   private isRangeless(i: number): boolean {
-    const at = this.stats[i]!.rangelessAt;
-    return at > 0 && performance.now() - at < BAD_MEMORY_MS;
+    return recent(this.stats[i]!.rangelessAt, BAD_MEMORY_MS);
   }
 
   /** Whether mirror `i` sent a blob whose digest or size was wrong within BAD_MEMORY_MS. */
   private isBad(i: number): boolean {
-    const at = this.stats[i]!.badAt;
-    return at > 0 && performance.now() - at < (this.options.badMemory ?? BAD_MEMORY_MS);
+    return recent(this.stats[i]!.badAt, this.options.badMemory ?? BAD_MEMORY_MS);
   }
 
   /**
@@ -599,4 +596,9 @@ function sleep(ms: number, signal: AbortSignal | undefined): Promise<boolean> {
 /** `items` in their order, those for which `late` holds moved after the others (in their order too). */
 function lastWhen<T>(items: readonly T[], late: (item: T) => boolean): T[] {
   return [...items.filter((item) => !late(item)), ...items.filter(late)];
+}
+
+/** Whether `at` (performance.now(); 0: never) is less than `memory` ms ago. */
+function recent(at: number, memory: number): boolean {
+  return at > 0 && performance.now() - at < memory;
 }
