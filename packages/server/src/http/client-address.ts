@@ -94,9 +94,26 @@ function addNetwork(list: BlockList, text: string): void {
   }
   const prefix = /^\d{1,3}$/.test(bits) ? Number(bits) : NaN;
   if (!(prefix <= (family === 4 ? 32 : 128))) throw new Error(`not an IP address or CIDR range: ${JSON.stringify(text)}`);
-  // Every address a proxy: any client could name itself anything.
-  if (prefix === 0) throw new Error(`${JSON.stringify(text)} would trust every address; list your proxies' addresses`);
+  const range = new BlockList();
+  range.addSubnet(address!, prefix, type);
+  // A range of most of the internet makes every client a proxy, free to name itself anything.
+  if (tooWide(range, family, prefix)) throw new Error(`${JSON.stringify(text)} would trust addresses far beyond your proxies'; list your proxies' addresses, or a private range such as "10.0.0.0/8"`);
   list.addSubnet(address!, prefix, type);
+}
+
+/** The widest IPv6 range taken: fc00::/7, every unique local address. */
+const WIDEST_IPV6_PREFIX = 7;
+
+/**
+ * Whether `range` (one subnet) spans more than one /8 of IPv4 addresses, itself or as IPv4-mapped
+ * IPv6 addresses ("::ffff:0:0/96" and "::/8" hold all of IPv4), or is an IPv6 range wider than fc00::/7.
+ * 10.0.0.0/8, the widest private range, passes.
+ */
+function tooWide(range: BlockList, family: number, prefix: number): boolean {
+  if (family === 6 && prefix < WIDEST_IPV6_PREFIX) return true;
+  let firstOctets = 0;
+  for (let octet = 0; octet < 256 && firstOctets < 2; octet++) if (range.check(`${octet}.0.0.1`, 'ipv4')) firstOctets++;
+  return firstOctets > 1;
 }
 
 /** Checks `values` are addresses or CIDR ranges; the message of the first that is not, else undefined. */

@@ -77,8 +77,11 @@ describe('who sent a request (ClientAddresses)', () => {
     expect(() => build(['proxy.local'])).toThrow('not an IP address or CIDR range: "proxy.local"');
     expect(() => build(['10.0.0.0/8/1'])).toThrow('not an IP address or CIDR range');
     expect(() => build(['fe80::1%eth0'])).toThrow('not an IP address or CIDR range');
-    expect(() => build(['0.0.0.0/0'])).toThrow('"0.0.0.0/0" would trust every address');
-    expect(() => build(['::/0'])).toThrow('would trust every address');
+    // Every address, or most of them in a few ranges (IPv4 as itself or as IPv4-mapped IPv6): refused.
+    for (const wide of ['0.0.0.0/0', '::/0', '0.0.0.0/1', '128.0.0.0/1', '8.0.0.0/7', '::ffff:0:0/96', '::ffff:0:0/100', '::/8', '2000::/3'])
+      expect(() => build(['127.0.0.1', wide])).toThrow(`${JSON.stringify(wide)} would trust addresses far beyond your proxies'`);
+    // The widest private ranges pass.
+    expect(build(['10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', 'fc00::/7', '::ffff:10.0.0.0/104'])).toHaveLength(5);
     expect(() => build('127.0.0.1')).not.toThrow();
     expect(() => build(42)).toThrow('"trusted_proxies" must be an array of IP addresses or CIDR ranges');
   });
