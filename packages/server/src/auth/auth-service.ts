@@ -85,7 +85,7 @@ export class AuthService {
     tuning: AuthTuning,
   ) {
     this.accounts = new Accounts(store, config, tuning.bcryptCost ?? PRODUCTION_BCRYPT_COST);
-    this.knownAddresses = new KnownAddresses(store.knownAddressStore());
+    this.knownAddresses = new KnownAddresses(store.knownAddressStore(), Date.now, (message, err) => logger.warn({ err }, message));
     this.groups = new Map(config.groups.map((g) => [g.name, g.members]));
     this.limiter = new LoginLimiter(tuning.loginLimits ?? DEFAULT_LOGIN_LIMITS);
   }
@@ -177,7 +177,7 @@ export class AuthService {
     // With a token as the password the user name is free text ("ci" for every pipeline): only the
     // address counts, or one expired token would lock every job that says "ci" out.
     const isToken = Accounts.isTokenSecret(password);
-    const perUser = !isToken && !this.knownAddresses.knows(user, ip);
+    const perUser = !isToken && !this.knowsAddress(user, ip);
     const keys = perUser ? [`ip:${ip ?? 'unknown'}`, `user:${user}`] : [`ip:${ip ?? 'unknown'}`];
     // The same wrong credentials again are no new guess: Docker's daemon sends its Docker Hub login
     // to every registry mirror with each pull, and the jobs of a runner repeat an expired token.
@@ -228,6 +228,13 @@ export class AuthService {
     // A refresh token is what `docker login` keeps: its client's address is the user's.
     if (principal.kind === 'user') this.knownAddresses.remember(principal.name, ip);
     return principal;
+  }
+
+  /** Whether `user` signed in from `ip` lately, as the account that now has that name. */
+  private knowsAddress(user: string, ip: string | undefined): boolean {
+    if (ip === undefined) return false;
+    const account = this.accounts.find(user);
+    return account !== undefined && this.knownAddresses.knows(user, ip, account.createdAt);
   }
 
   private checkLimits(keys: readonly string[]): void {

@@ -31,16 +31,21 @@ interface Seen {
  */
 export class KnownAddresses {
   private readonly users = new Map<string, Map<string, Seen>>();
+  /** Whether the last write to the store failed: a failure is told once, not at every sign-in after it. */
+  private saveFailing = false;
 
+  /** `warn` is told when the store cannot be read, and when writes to it start failing. */
   constructor(
     private readonly store?: KnownAddressStore,
     private readonly now: () => number = Date.now,
+    private readonly warn: (message: string, err: unknown) => void = () => undefined,
   ) {
     if (!store) return;
     try {
       for (const r of store.load(this.now() - KNOWN_FOR_MS)) this.put(r.user, r.address, { at: r.at, savedAt: r.at });
-    } catch {
+    } catch (err) {
       // An unreadable table costs the memory of earlier sign-ins, not the start.
+      this.warn('could not read the addresses users signed in from: failed logins from elsewhere may hold users back where they signed in before', err);
     }
   }
 
@@ -54,16 +59,23 @@ export class KnownAddresses {
     try {
       this.store.save(user, address, at, PER_USER);
       seen.savedAt = at;
-    } catch {
+      this.saveFailing = false;
+    } catch (err) {
       // A database that cannot be written (a full disk) costs the restart's memory, not the login.
+      if (!this.saveFailing) this.warn('could not save the address a user signed in from: a restart will forget it', err);
+      this.saveFailing = true;
     }
   }
 
-  /** Whether `user` signed in from `address` within the last 30 days. */
-  knows(user: string, address: string | undefined): boolean {
+  /**
+   * Whether `user` signed in from `address` within the last 30 days, and not before `since` (when
+   * the account of that name was added: a user removed and added again is a new person, who must
+   * not inherit the addresses the server remembers for the old one).
+   */
+  knows(user: string, address: string | undefined, since = 0): boolean {
     if (address === undefined) return false;
     const seen = this.users.get(user)?.get(address);
-    return seen !== undefined && this.now() - seen.at < KNOWN_FOR_MS;
+    return seen !== undefined && seen.at >= since && this.now() - seen.at < KNOWN_FOR_MS;
   }
 
   private put(user: string, address: string, seen: Seen): void {

@@ -41,6 +41,58 @@ describe('the addresses a user signed in from outlive a restart', () => {
     }
   });
 
+  test('a user removed and added again under the same name does not inherit the addresses the running server knew for the old one', async () => {
+    const reg = await startAuthRegistry({ loginLimits: { maxFailures: 10, windowMs: 5 * 60_000 } });
+    // The CLI's own connection to the server's database, as `wharf user add` and `remove` use.
+    const db = openDatabase(join(reg.root, 'wharf.db'));
+    try {
+      const cli = new AuthStore(db);
+      cli.addUser('judy', bcryptHash('old-judy-password'), false);
+      expect(await statusFrom('127.0.7.1', `${reg.url}/v2/`, basic('judy', 'old-judy-password'))).toBe(200);
+      // The clock must move on between the old account's sign-in and the new account.
+      await new Promise((r) => setTimeout(r, 5));
+      cli.removeUser('judy');
+      cli.addUser('judy', bcryptHash('new-judy-password'), false);
+      for (let i = 0; i < 10; i++) expect(await statusFrom(`127.0.8.${i + 1}`, `${reg.url}/v2/`, basic('judy', `guess-${i}`))).toBe(401);
+      // The old judy's address is nobody's now: held back with every other.
+      expect(await statusFrom('127.0.7.1', `${reg.url}/v2/`, basic('judy', 'new-judy-password'))).toBe(429);
+    } finally {
+      db.close();
+      await reg.close();
+    }
+  });
+
+  test('a store that cannot be read, or written, is told once to the log; sign-ins go on from memory', () => {
+    const warnings: string[] = [];
+    const warn = (message: string, err: unknown) => warnings.push(`${message} (${(err as Error).message})`);
+    let failing = true;
+    const writes: string[] = [];
+    const store = {
+      load: () => {
+        throw new Error('SQLITE_CORRUPT');
+      },
+      save: (user: string, address: string) => {
+        if (failing) throw new Error('SQLITE_FULL');
+        writes.push(`${user}@${address}`);
+      },
+    };
+    const known = new KnownAddresses(store, Date.now, warn);
+    expect(warnings).toEqual([expect.stringMatching(/^could not read the addresses users signed in from.*\(SQLITE_CORRUPT\)$/)]);
+    known.remember('ivan', '10.0.0.1');
+    known.remember('judy', '10.0.0.2');
+    known.remember('kate', '10.0.0.3');
+    expect(warnings).toHaveLength(2);
+    expect(warnings[1]).toMatch(/^could not save the address a user signed in from: a restart will forget it \(SQLITE_FULL\)$/);
+    expect(known.knows('judy', '10.0.0.2')).toBe(true);
+    // Writes work again, then fail again: told again.
+    failing = false;
+    known.remember('liam', '10.0.0.4');
+    expect(writes).toEqual(['liam@10.0.0.4']);
+    failing = true;
+    known.remember('mona', '10.0.0.5');
+    expect(warnings).toHaveLength(3);
+  });
+
   test('a sign-in is written once an hour at most, at most 32 addresses per user are kept, and those over 30 days old are dropped', () => {
     const db = openDatabase(':memory:');
     try {
