@@ -2,6 +2,7 @@ import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http
 import type { StoredManifest } from '@wharf/registry-core';
 import type { RepositoryResolver, ResolvedRepository } from '../repositories.js';
 import { clientOf } from './client-address.js';
+import { arrivedAt } from './pipelined-order.js';
 import { notModified } from './conditional.js';
 import { decodeCapture } from './path-segments.js';
 import { trackRequest, type RequestTrackingDeps } from './request-log.js';
@@ -46,7 +47,7 @@ export function withManifestFastPath(deps: ManifestFastPathDeps, next: RequestLi
       next(req, res);
       return;
     }
-    const started = performance.now();
+    const started = arrivedAt(req) ?? performance.now();
     lookUp(deps, req, decodeCapture(m[1]!), decodeCapture(m[2]!), q < 0 ? '' : url.slice(q + 1)).then(
       (found) => {
         if (!found) return next(req, res);

@@ -16,6 +16,14 @@ interface Connection {
  */
 const MAX_WAITING = 32;
 
+/** When each request held back behind another of its connection arrived (performance.now()). */
+const arrivals = new WeakMap<IncomingMessage, number>();
+
+/** When `req` arrived, if it waited behind another request of its connection; undefined if it started at once. */
+export function arrivedAt(req: IncomingMessage): number | undefined {
+  return arrivals.get(req);
+}
+
 function isSafe(method: string | undefined): boolean {
   return method === 'GET' || method === 'HEAD' || method === 'OPTIONS';
 }
@@ -54,7 +62,11 @@ export function inPipelinedOrder(listener: RequestListener): RequestListener {
       connections.set(socket, c);
     }
     if (c.waiting.length === 0 && mayStart(c, req)) start(c, req, res);
-    else if (c.waiting.length < MAX_WAITING) c.waiting.push({ req, res });
+    else if (c.waiting.length < MAX_WAITING) {
+      // Its wait is part of the time its client sees, and of its logged duration.
+      arrivals.set(req, performance.now());
+      c.waiting.push({ req, res });
+    }
     else socket.destroy();
   };
 }

@@ -6,6 +6,7 @@ import type { Logger } from 'pino';
 import { onConnectionClose } from './connection-close.js';
 import { classifyRoute, type ClassifiedRoute, type RouteLabel } from './route-label.js';
 import { clientOf } from './client-address.js';
+import { arrivedAt } from './pipelined-order.js';
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
@@ -85,7 +86,8 @@ export interface RequestTrackingDeps {
  *
  * Returns the request id, which the caller sends back as `X-Request-Id`. `error` (the error code,
  * and for a failure on our side or the upstream's, 5xx and 429, its message) is asked when the
- * response closes; `started` (performance.now()) defaults to now; `route`, when the caller already
+ * response closes; `started` (performance.now()) defaults to when the request arrived (now, unless it waited
+ * behind another of its connection: see pipelined-order.ts); `route`, when the caller already
  * knows it, saves classifying the path again.
  */
 export function trackRequest(
@@ -96,7 +98,7 @@ export function trackRequest(
   options: { readonly error?: () => { code: string; reason?: string } | undefined; readonly started?: number; readonly route?: ClassifiedRoute } = {},
 ): string {
   const { logger, observer } = deps;
-  const started = options.started ?? performance.now();
+  const started = options.started ?? arrivedAt(req) ?? performance.now();
   const given = req.headers['x-request-id'];
   const reqId = typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
   const { route, repository } = options.route ?? classifyRoute(path);

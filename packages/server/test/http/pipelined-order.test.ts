@@ -1,7 +1,9 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { createServer, type Server } from 'node:http';
 import { connect, type AddressInfo } from 'node:net';
-import { inPipelinedOrder } from '../../src/http/pipelined-order.js';
+import { arrivedAt, inPipelinedOrder } from '../../src/http/pipelined-order.js';
+import { trackRequest } from '../../src/http/request-log.js';
+import { captureLog } from '../auth/helpers.js';
 
 /** Writes `request` raw and resolves with everything the server sent before the connection closed (or was reset). */
 function exchange(port: number, request: string): Promise<string> {
@@ -19,12 +21,16 @@ describe('pipelined requests behind an unsafe one (a real node server, the order
   let server: Server;
   let port: number;
   const started: string[] = [];
+  /** How long each request waited before it started (ms; undefined: it started at once). */
+  const waited = new Map<string, number | undefined>();
 
   beforeAll(async () => {
     // A POST takes 200 ms; every request answers its own path.
     server = createServer(
       inPipelinedOrder((req, res) => {
         started.push(`${req.method} ${req.url}`);
+        const arrived = arrivedAt(req);
+        waited.set(`${req.method} ${req.url}`, arrived === undefined ? undefined : performance.now() - arrived);
         const answer = () => {
           if (req.method === 'POST') started.push('POST done');
           res.end(`${req.method} ${req.url}\n`);
@@ -48,6 +54,10 @@ describe('pipelined requests behind an unsafe one (a real node server, the order
     expect(reply.match(/^(GET|POST) \/\w+$/gm)).toEqual(['POST /p', 'GET /g0', 'GET /g1', 'GET /g2', 'GET /g3', 'GET /g4', 'GET /last']);
     // Node alone would have started every GET while the POST ran (their answers queued behind it).
     expect(started).toEqual(['POST /p', 'POST done', 'GET /g0', 'GET /g1', 'GET /g2', 'GET /g3', 'GET /g4', 'GET /last']);
+    // Their wait is known (the request log counts it in durationMs); the POST did not wait.
+    expect(waited.get('POST /p')).toBeUndefined();
+    expect(waited.get('GET /g0')).toBeGreaterThanOrEqual(150);
+    expect(waited.get('GET /last')).toBeGreaterThanOrEqual(150);
   });
 
   test('a flood of them behind a slow POST cuts the connection instead of queueing without end', async () => {
@@ -58,5 +68,35 @@ describe('pipelined requests behind an unsafe one (a real node server, the order
     expect(reply).toBe('');
     await new Promise((resolve) => setTimeout(resolve, 300));
     expect(started).toEqual(['POST /p', 'POST done']);
+  });
+});
+
+describe('the request log of a request that waited behind another of its connection', () => {
+  test('its durationMs counts the wait: what its client saw', async () => {
+    const log = captureLog();
+    const server = createServer(
+      inPipelinedOrder((req, res) => {
+        trackRequest(req, res, req.url ?? '/', { logger: log.logger });
+        if (req.method === 'POST') setTimeout(() => res.end('posted\n'), 200);
+        else res.end('got\n');
+      }),
+    );
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      const port = (server.address() as AddressInfo).port;
+      await exchange(port, 'POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\nGET /g HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      const lines = log
+        .text()
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as { msg: string; method: string; durationMs: number })
+        .filter((l) => l.msg === 'request');
+      expect(lines.map((l) => l.method)).toEqual(['POST', 'GET']);
+      expect(lines[1]!.durationMs).toBeGreaterThanOrEqual(150);
+    } finally {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    }
   });
 });
