@@ -8,7 +8,9 @@ export interface ResolvedRepository {
   readonly writer?: RepositoryWriter;
   /** Why pushes are refused here, for the UNSUPPORTED message. */
   readonly readOnlyReason?: string;
-  /** The upstream a pull-through repository comes from (echoed as OCI-Namespace). */
+  /** The key of the upstream a pull-through repository comes from: what access rules go by. */
+  readonly upstream?: string;
+  /** What OCI-Namespace echoes for a pull-through repository: the `ns` the client sent, or the upstream's key. */
   readonly namespace?: string;
 }
 

@@ -53,7 +53,8 @@ function isAdminUser(p: Principal): boolean {
 
 /** What permissions see of a resolved name: a pull-through upstream, or a local repository. */
 function targetOfResolved(name: string, resolved: ResolvedRepository): Target {
-  return resolved.namespace !== undefined && resolved.writer === undefined ? { kind: 'proxy', upstream: resolved.namespace } : { kind: 'repository', name };
+  // By the upstream's key: `ns` may name it by its host or an alias (what OCI-Namespace echoes).
+  return resolved.upstream !== undefined && resolved.writer === undefined ? { kind: 'proxy', upstream: resolved.upstream } : { kind: 'repository', name };
 }
 
 /**

@@ -17,6 +17,8 @@ type Name = keyof typeof PW;
 
 describe('proxy access with auth on: per upstream, never open unless configured', () => {
   let up: TestRegistry;
+  /** An upstream of its own host (127.0.0.1:its port), for `?ns=<host>`. */
+  let hosted: TestRegistry;
   let reg: TestRegistry;
   let digest: string;
   const log = captureLog();
@@ -28,13 +30,20 @@ describe('proxy access with auth on: per upstream, never open unless configured'
     if (!address) throw new Error('this test needs a non-loopback IPv4 interface to reach the registry from');
     up = await startRegistry();
     digest = (await pushImage(up.url, 'lib/app', '1')).manifest.digest;
+    hosted = await startRegistry();
+    await pushImage(hosted.url, 'lib/app', '1');
     reg = await startAuthRegistry({
       logger: log.logger,
       settings: {
         listen: '0.0.0.0:0',
         proxy: {
           retries: 0,
-          upstreams: { up: { url: up.url }, open: { url: up.url, access: 'anonymous' }, grp: { url: up.url, access: ['ops'] } },
+          upstreams: {
+            up: { url: up.url },
+            open: { url: up.url, access: 'anonymous' },
+            grp: { url: up.url, access: ['ops'] },
+            hosted: { url: hosted.url, aliases: ['mirror.example'], access: ['ops'] },
+          },
         },
       },
       authSettings: {
@@ -48,6 +57,7 @@ describe('proxy access with auth on: per upstream, never open unless configured'
   afterAll(async () => {
     await reg?.close();
     await up?.close();
+    await hosted?.close();
   });
 
   const get = (path: string, init?: RequestInit) => fetch(`${reg.url}${path}`, init);
@@ -121,6 +131,21 @@ describe('proxy access with auth on: per upstream, never open unless configured'
     secrets.add('jwt', jwt);
     expect(claimsOf(jwt).access).toEqual([{ type: 'repository', name: 'lib/app', actions: ['pull'] }]);
     expect((await get(`/v2/lib/app/manifests/1${ns}`, { headers: { Authorization: `Bearer ${jwt}` } })).status).toBe(200);
+  });
+
+  test('?ns= naming an upstream by its host or an alias: that upstream\'s access applies, and OCI-Namespace echoes the ns', async () => {
+    const host = new URL(hosted.url).host;
+    for (const ns of [host, 'mirror.example', 'hosted']) {
+      for (const flow of ['basic', 'token'] as const) {
+        const olga = new RegistryClient(reg.url, flow, { user: 'olga', password: PW.olga });
+        const res = await olga.request('GET', `/v2/lib/app/manifests/1?ns=${ns}`);
+        expect([ns, flow, res.status]).toEqual([ns, flow, 200]);
+        expect(res.headers.get('oci-namespace')).toBe(ns);
+        // eve is not in ops, whom the upstream is for.
+        const eve = new RegistryClient(reg.url, flow, { user: 'eve', password: PW.eve });
+        expect([ns, flow, (await eve.request('GET', `/v2/lib/app/manifests/1?ns=${ns}`)).status]).toEqual([ns, flow, 403]);
+      }
+    }
   });
 
   test('a pull granted because the proxy might serve a name never opens a local repository of that name', async () => {
