@@ -19,16 +19,34 @@ export function realmOf(ctx: Context, configured: string | undefined): string {
   return `${ctx.protocol}://${host}/auth/token`;
 }
 
-/** Sets `WWW-Authenticate: Bearer realm=...,service=...[,scope=...][,error=...]`. */
-export function challenge(ctx: Context, auth: AuthService, scope?: string, error?: 'insufficient_scope' | 'invalid_token'): void {
+/**
+ * Sets `WWW-Authenticate: Bearer realm=...,service=...[,scope=...][,error=...][,error_description=...]`.
+ * `description` (RFC 6750 3) is what skopeo, podman and buildah print of a refusal.
+ */
+export function challenge(ctx: Context, auth: AuthService, scope?: string, error?: 'insufficient_scope' | 'invalid_token', description?: string): void {
   const parts = [`realm="${realmOf(ctx, auth.config.realm)}"`, `service="${auth.config.service}"`];
   if (scope) parts.push(`scope="${scope}"`);
   if (error) parts.push(`error="${error}"`);
+  // RFC 6750 allows printable ASCII but '"' and '\\' here.
+  if (description) parts.push(`error_description="${description.replace(/[^\x20-\x7e]|["\\]/g, ' ')}"`);
   ctx.set('WWW-Authenticate', `Bearer ${parts.join(',')}`);
 }
 
 function unauthorized(detail?: unknown): RegistryError {
   return new RegistryError('UNAUTHORIZED', 'authentication required', detail);
+}
+
+/**
+ * A bearer token without the access a request needs: 401 `insufficient_scope`, for the client to ask
+ * for a token that has it. When the token service would not grant it (`why`: the policy refuses the
+ * signed-in caller), no new token can help, and the caller is told why: in the challenge's
+ * `error_description` and in the message (Docker prints it), as a refusal with Basic credentials
+ * says it in its 403. Anonymous callers are asked to sign in.
+ */
+function insufficientScope(ctx: Context, auth: AuthService, who: Credentials, scope: string | undefined, why: string | undefined, detail: unknown): never {
+  const told = who.principal.kind === 'anonymous' ? undefined : why;
+  challenge(ctx, auth, scope, 'insufficient_scope', told);
+  throw told === undefined ? unauthorized(detail) : new RegistryError('UNAUTHORIZED', `requested access to the resource is denied: ${told}`, detail);
 }
 
 /** Docker prints the message as it comes: the first words are what every registry says, the rest why. */
@@ -109,9 +127,15 @@ export function authMiddleware(options: AuthMiddlewareOptions) {
     }
   }
 
+  /**
+   * Refuses what `who` may not do. Anonymous callers are asked to sign in; with a bearer token, the
+   * token lacks the access (insufficientScope: Docker, skopeo, podman print the challenge's
+   * description); with a password, 403 DENIED saying why.
+   */
   function refuse(ctx: Context, who: Credentials, scope: string | undefined, why: string, detail: unknown): never {
+    if (who.via === 'bearer') insufficientScope(ctx, auth, who, scope, why, detail);
     if (who.principal.kind === 'anonymous') {
-      challenge(ctx, auth, scope, who.via === 'bearer' ? 'insufficient_scope' : undefined);
+      challenge(ctx, auth, scope);
       throw unauthorized(detail);
     }
     throw denied(why, detail);
@@ -160,11 +184,10 @@ export function authMiddleware(options: AuthMiddlewareOptions) {
 
       case 'catalog': {
         const scope = 'registry:catalog:*';
-        if (who.via === 'bearer' && !grantedActions(who.access, 'registry', 'catalog').has('*')) {
-          challenge(ctx, auth, scope, 'insufficient_scope');
-          throw unauthorized([{ Type: 'registry', Name: 'catalog', Action: '*' }]);
-        }
-        if (!mayListCatalog(principal)) refuse(ctx, who, scope, `${nameOf(principal)} may not list the catalog`, [{ Type: 'registry', Name: 'catalog', Action: '*' }]);
+        const detail = [{ Type: 'registry', Name: 'catalog', Action: '*' }];
+        const why = mayListCatalog(principal) ? undefined : `${nameOf(principal)} may not list the catalog`;
+        if (who.via === 'bearer' && !grantedActions(who.access, 'registry', 'catalog').has('*')) insufficientScope(ctx, auth, who, scope, why, detail);
+        if (why !== undefined) refuse(ctx, who, scope, why, detail);
         return next();
       }
 
@@ -187,16 +210,12 @@ export function authMiddleware(options: AuthMiddlewareOptions) {
           // the route's UNSUPPORTED says where to push instead, where DENIED would not say why.
           return next();
         }
-        if (who.via === 'bearer' && !hasAll(grantedActions(who.access, 'repository', name), needed)) {
-          challenge(ctx, auth, scope, 'insufficient_scope');
-          throw unauthorized(detail);
-        }
         const policy = auth.policy();
         const allowed: ReadonlySet<Action> = allowedActions(principal, target, policy);
-        if (!hasAll(allowed, needed)) {
-          const missing = needed.filter((a) => !allowed.has(a)).map((a) => VERBS[a]);
-          refuse(ctx, who, scope, `${nameOf(principal)} may not ${missing.join(' or ')} ${name}`, detail);
-        }
+        const missing = needed.filter((a) => !allowed.has(a)).map((a) => VERBS[a]);
+        const why = missing.length === 0 ? undefined : `${nameOf(principal)} may not ${missing.join(' or ')} ${name}`;
+        if (who.via === 'bearer' && !hasAll(grantedActions(who.access, 'repository', name), needed)) insufficientScope(ctx, auth, who, scope, why, detail);
+        if (why !== undefined) refuse(ctx, who, scope, why, detail);
         if (route.uploadStart) {
           // A cross-repository mount reads its source too: the upload route links only from a
           // repository this says the caller may pull, and otherwise starts a plain upload.

@@ -1,4 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { reasonPhrase } from './reason-phrase.js';
 
 /** Why a request's framing is refused before any route sees it: its status, reason phrase and message. */
 interface Refusal {
@@ -38,7 +39,7 @@ export function framingRefusal(req: IncomingMessage): Refusal | undefined {
 export function refuseFraming(res: ServerResponse, refusal: Refusal, reqId: string): void {
   const body = `${JSON.stringify({ errors: [{ code: 'UNSUPPORTED', message: refusal.message, detail: null }] })}\n`;
   res.shouldKeepAlive = false;
-  res.writeHead(refusal.status, refusal.reason, {
+  res.writeHead(refusal.status, reasonPhrase(refusal.reason, refusal.message), {
     'X-Request-Id': reqId,
     'Content-Type': 'application/json; charset=utf-8',
     'Content-Length': Buffer.byteLength(body),

@@ -4,6 +4,7 @@ import type { Context, Next } from 'koa';
 import type { Logger } from 'pino';
 import { errorStatus } from './error-status.js';
 import { continueIfBodyArrived } from './expect-continue.js';
+import { reasonPhrase } from './reason-phrase.js';
 
 /**
  * Headers a route may have set for the success it did not reach; an error body must not carry them.
@@ -78,25 +79,15 @@ export function ociErrors(logger: Logger) {
         lingerForBody(ctx.req, ctx.res);
       }
       ctx.body = { errors: [{ code: error.code, message: error.message, detail: error.detail ?? null }] };
-      // Docker (and Go's registry clients generally) show a 5xx as its status line alone, and a HEAD
-      // has no body: the reason phrase is the one place their users see why.
-      if (ctx.status >= 500) ctx.message = reasonPhrase(ctx.message, error.message);
+      // Docker shows a 5xx as its status line alone, containerd any error of a HEAD or of a push
+      // (`unexpected status: 403 Forbidden`), and a HEAD has no body: the reason phrase is the one
+      // place their users see why.
+      ctx.message = reasonPhrase(ctx.message, error.message);
       ctx.state.error = { code: error.code, ...(ctx.status >= 500 || ctx.status === 429 ? { reason: error.message } : {}) };
     }
   };
 }
 
-/** Longest reason phrase sent (a status line is no place for a long message). */
-const MAX_REASON = 200;
-
-/**
- * `standard` (Bad Gateway), then `message`, as the reason phrase of a status line: printable ASCII
- * only (RFC 9112's reason-phrase, and what node accepts), cut to MAX_REASON characters.
- */
-export function reasonPhrase(standard: string, message: string): string {
-  const phrase = `${standard}: ${message}`.replace(/[^\x20-\x7e]+/g, ' ');
-  return phrase.length > MAX_REASON ? `${phrase.slice(0, MAX_REASON - 3)}...` : phrase;
-}
 
 /**
  * The `Allow` of a 405 (RFC 9110 15.5.6 makes it a MUST): the methods of the routes the path matched;

@@ -1,5 +1,6 @@
 import { maxHeaderSize, type Server, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
+import { reasonPhrase } from './reason-phrase.js';
 
 /**
  * An OCI error written straight to a socket, for refusals made before any request object exists:
@@ -8,7 +9,7 @@ import type { Duplex } from 'node:stream';
 export function rawErrorResponse(status: number, reason: string, code: string, message: string): string {
   const body = `${JSON.stringify({ errors: [{ code, message, detail: null }] })}\n`;
   return [
-    `HTTP/1.1 ${status} ${reason}`,
+    `HTTP/1.1 ${status} ${reasonPhrase(reason, message)}`,
     'Content-Type: application/json; charset=utf-8',
     `Content-Length: ${Buffer.byteLength(body)}`,
     'Docker-Distribution-API-Version: registry/2.0',

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import { RegistryClient, basic, bcryptHash, fetchToken, pushWith, startAuthRegistry, type TokenReply } from './helpers.js';
+import { RegistryClient, basic, bcryptHash, fetchToken, parseChallenge, pushWith, startAuthRegistry, type TokenReply } from './helpers.js';
 import type { TestRegistry } from '../helpers/start-registry.js';
 
 const PW = { root: 'root-admin-pw-1', alice: 'alice-admin-pw-1' } as const;
@@ -60,6 +60,32 @@ describe('admin endpoints with auth on', () => {
     const push = await fetch(`${reg.url}/v2/root/app/blobs/uploads/`, { method: 'POST', headers: alice });
     expect(push.status).toBe(403);
     expect(await messageOf(push)).toMatch(/^requested access to the resource is denied: alice may not (pull from or )?push to root\/app$/);
+    // In the status line too: containerd prints only that, and a HEAD has no body.
+    expect(push.statusText).toMatch(/^Forbidden: requested access to the resource is denied: alice may not (pull from or )?push to root\/app$/);
+    const head = await fetch(`${reg.url}/v2/root/app/blobs/sha256:${'0'.repeat(64)}`, { method: 'HEAD', headers: alice });
+    expect(head.statusText).toBe('Forbidden: requested access to the resource is denied: alice may not pull from root/app');
+    // With a token (what docker, skopeo, podman and ctr use): 401 insufficient_scope, as no token would
+    // do, saying why in the challenge's error_description (which Docker and containers/image print) and the message.
+    const token = await fetchToken(`${reg.url}/auth/token`, 'wharf', ['repository:root/app:pull,push'], { user: 'alice', password: PW.alice });
+    const bearer = { Authorization: `Bearer ${((await token.json()) as TokenReply).token}` };
+    for (const [method, path, why] of [
+      ['POST', '/v2/root/app/blobs/uploads/', 'alice may not push to root/app'],
+      ['HEAD', `/v2/root/app/blobs/sha256:${'0'.repeat(64)}`, 'alice may not pull from root/app'],
+    ] as const) {
+      const res = await fetch(`${reg.url}${path}`, { method, headers: bearer });
+      expect([path, res.status]).toEqual([path, 401]);
+      expect(parseChallenge(res.headers.get('www-authenticate'))).toMatchObject({ error: 'insufficient_scope', error_description: why });
+      if (method !== 'HEAD') expect(await messageOf(res)).toBe(`requested access to the resource is denied: ${why}`);
+    }
+    // A token that lacks what its holder may do: only asked for a token that has it.
+    const catalog = await fetch(`${reg.url}/v2/_catalog`, { headers: bearer });
+    expect(catalog.status).toBe(401);
+    expect(parseChallenge(catalog.headers.get('www-authenticate'))).toEqual(expect.not.objectContaining({ error_description: expect.anything() }));
+    expect(await messageOf(catalog)).toBe('authentication required');
+    // Anonymous callers are asked to sign in, and told nothing more.
+    const anonymous = await fetch(`${reg.url}/v2/root/app/blobs/uploads/`, { method: 'POST' });
+    expect(parseChallenge(anonymous.headers.get('www-authenticate'))?.error_description).toBeUndefined();
+    expect(await messageOf(anonymous)).toBe('authentication required');
     const mistyped = await fetch(`${reg.url}/v2/alice/private/manifest/1`, { headers: alice });
     expect(mistyped.status).toBe(403);
     expect(await messageOf(mistyped)).toBe("requested access to the resource is denied: GET /v2/alice/private/manifest/1 is not a request of the registry's API (a mistyped path or method?)");

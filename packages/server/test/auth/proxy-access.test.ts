@@ -143,7 +143,10 @@ describe('proxy access with auth on: per upstream, never open unless configured'
         expect(res.headers.get('oci-namespace')).toBe(ns);
         // eve is not in ops, whom the upstream is for.
         const eve = new RegistryClient(reg.url, flow, { user: 'eve', password: PW.eve });
-        expect([ns, flow, (await eve.request('GET', `/v2/lib/app/manifests/1?ns=${ns}`)).status]).toEqual([ns, flow, 403]);
+        // With a password: 403 DENIED. With a token: 401 insufficient_scope (no token would do), saying why.
+        const refused = await eve.request('GET', `/v2/lib/app/manifests/1?ns=${ns}`);
+        expect([ns, flow, refused.status]).toEqual([ns, flow, flow === 'basic' ? 403 : 401]);
+        if (flow === 'token') expect(parseChallenge(refused.headers.get('www-authenticate'))?.error_description).toBe('eve may not pull from lib/app');
       }
     }
   });
@@ -156,7 +159,8 @@ describe('proxy access with auth on: per upstream, never open unless configured'
     const root = new RegistryClient(reg.url, 'basic', { user: 'root', password: PW.root });
     expect((await pushWith(root, 'root/later', '1', 'later')).status).toBe(201);
     const local = await get('/v2/root/later/manifests/1', { headers: { Authorization: `Bearer ${jwt}` } });
-    expect(local.status).toBe(403);
+    expect(local.status).toBe(401);
+    expect(parseChallenge(local.headers.get('www-authenticate'))).toMatchObject({ error: 'insufficient_scope', error_description: 'alice may not pull from root/later' });
     // And once it is local, no new grant is made for it.
     const again = await fetchToken(`${reg.url}/auth/token`, 'wharf', ['repository:root/later:pull'], { user: 'alice', password: PW.alice });
     const second = ((await again.json()) as TokenReply).token;

@@ -1,9 +1,9 @@
 import { describe, expect, test } from '@jest/globals';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { reasonPhrase } from '../../src/http/oci-errors.js';
+import { reasonPhrase } from '../../src/http/reason-phrase.js';
 
-describe('reasonPhrase: a 5xx message in the status line', () => {
+describe('reasonPhrase: an error\'s message in the status line', () => {
   test('the standard phrase, then the message', () => {
     expect(reasonPhrase('Bad Gateway', 'upstream docker.io is unreachable (ECONNREFUSED)')).toBe('Bad Gateway: upstream docker.io is unreachable (ECONNREFUSED)');
   });

@@ -17,10 +17,18 @@ function exchange(port: number, request: string | Buffer): Promise<string> {
 }
 
 /** The status line and the OCI error of a raw reply. */
-function parse(reply: string): { status: string; code: string | undefined; version: string | undefined } {
+/** The status line up to its standard reason phrase, the error code, the API version; and whether the reason phrase goes on with the body's message (what containerd prints). */
+function parse(reply: string): { status: string; code: string | undefined; version: string | undefined; messageInStatusLine: boolean } {
   const [head = '', body = ''] = reply.split('\r\n\r\n');
-  const errors = (JSON.parse(body) as { errors: { code: string }[] }).errors;
-  return { status: head.split('\r\n')[0]!, code: errors[0]?.code, version: /^docker-distribution-api-version: (.*)$/im.exec(head)?.[1] };
+  const errors = (JSON.parse(body) as { errors: { code: string; message: string }[] }).errors;
+  const line = head.split('\r\n')[0]!;
+  const colon = line.indexOf(': ');
+  return {
+    status: colon < 0 ? line : line.slice(0, colon),
+    code: errors[0]?.code,
+    version: /^docker-distribution-api-version: (.*)$/im.exec(head)?.[1],
+    messageInStatusLine: colon >= 0 && line.slice(colon + 2) === errors[0]?.message,
+  };
 }
 
 /**
@@ -50,7 +58,7 @@ describe('requests refused before the app sees them', () => {
     ['Transfer-Encoding in HTTP/1.0', 'PUT /v2/alice/app/manifests/1 HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n', 'HTTP/1.1 400 Bad Request', 'UNSUPPORTED'],
     ['HTTP/2.0 on the request line', 'GET /v2/ HTTP/2.0\r\nHost: x\r\n\r\n', 'HTTP/1.1 505 HTTP Version Not Supported', 'UNSUPPORTED'],
   ])('%s: the OCI error body with the status', async (_what, request, status, code) => {
-    expect(parse(await exchange(reg.port, request))).toEqual({ status, code, version: 'registry/2.0' });
+    expect(parse(await exchange(reg.port, request))).toEqual({ status, code, version: 'registry/2.0', messageInStatusLine: true });
   });
 
   test('a framing refusal is logged as any answer is, with why', async () => {
