@@ -95,7 +95,13 @@ export function trackRequest(
   res: ServerResponse,
   path: string,
   deps: RequestTrackingDeps,
-  options: { readonly error?: () => { code: string; reason?: string } | undefined; readonly started?: number; readonly route?: ClassifiedRoute } = {},
+  options: {
+    readonly error?: () => { code: string; reason?: string } | undefined;
+    /** Fields the route adds to the line (`mountedFrom`), asked when the response closes. */
+    readonly fields?: () => Readonly<Record<string, string | number>> | undefined;
+    readonly started?: number;
+    readonly route?: ClassifiedRoute;
+  } = {},
 ): string {
   const { logger, observer } = deps;
   const started = options.started ?? arrivedAt(req) ?? performance.now();
@@ -131,6 +137,7 @@ export function trackRequest(
         bytesIn: traffic.bytesIn,
         bytesOut: traffic.bytesOut,
         durationMs,
+        ...options.fields?.(),
         ...(error ? { error: error.code } : {}),
         // Why a pull through the proxy failed (refused, 500, TLS...): the client saw it, so should the log.
         ...(error?.reason ? { reason: error.reason } : {}),
@@ -152,7 +159,10 @@ export function trackRequest(
 export function requestLog(logger: Logger, observer?: RequestObserver) {
   const deps = { logger, observer };
   return async function requestLogMiddleware(ctx: Context, next: Next): Promise<void> {
-    const reqId = trackRequest(ctx.req, ctx.res, ctx.path, deps, { error: () => ctx.state.error as { code: string; reason?: string } | undefined });
+    const reqId = trackRequest(ctx.req, ctx.res, ctx.path, deps, {
+      error: () => ctx.state.error as { code: string; reason?: string } | undefined,
+      fields: () => ctx.state.logFields as Record<string, string | number> | undefined,
+    });
     ctx.state.reqId = reqId;
     ctx.set('X-Request-Id', reqId);
     await next();

@@ -66,7 +66,11 @@ export function registerUploads(router: Router, deps: RouteDeps): void {
         source = await writer.mountSource(wanted.digest, mayPull);
       }
       const mounted = wanted && source !== undefined ? await writer.mountBlob(target.repo, wanted.digest, source) : undefined;
-      if (mounted) return describeBlob(ctx, name, mounted.digest);
+      if (mounted) {
+        // The log line tells a mount from a one-request upload (both a POST answered 201).
+        ctx.state.logFields = { mountedFrom: source! };
+        return describeBlob(ctx, name, mounted.digest);
+      }
     } else if (typeof digest === 'string') {
       const expect = digestParam(digest);
       const size = declaredLength(ctx.req);

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { chunksOf, expectOciError, rawRequest, startUpload, uniqueRepo, withDigest } from '../helpers/http.js';
 import { blob, pushBlob } from '../helpers/oci.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
+import { captureLog } from '../auth/helpers.js';
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
@@ -25,8 +26,9 @@ function pattern(size: number, seed = 1): Buffer {
 
 describe('blob uploads', () => {
   let reg: TestRegistry;
+  const log = captureLog();
   beforeAll(async () => {
-    reg = await startRegistry();
+    reg = await startRegistry({ logger: log.logger });
   });
   afterAll(async () => {
     await reg.close();
@@ -433,6 +435,15 @@ describe('blob uploads', () => {
       expect(res.headers.get('docker-content-digest')).toBe(b.digest);
       expect(new URL(res.headers.get('location')!, reg.url).pathname).toBe(`/v2/${target}/blobs/${b.digest}`);
       await expectBlob(target, b.digest, b.bytes);
+      // Its log line says it was a mount, and from where.
+      await new Promise((r) => setTimeout(r, 20));
+      const line = log
+        .text()
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as { msg: string; method?: string; path?: string; mountedFrom?: string })
+        .find((l) => l.msg === 'request' && l.method === 'POST' && l.path === `/v2/${target}/blobs/uploads/`);
+      expect(line?.mountedFrom).toBe(from);
     });
 
     test('?mount= of a blob not linked in from answers 202 with an upload session', async () => {
