@@ -25,6 +25,8 @@ export class OfflineGuard implements Upstream {
     private readonly periodMs: number,
     private readonly probeMs: number,
     private readonly logger?: OfflineGuardLogger,
+    /** Told of every answer the upstream gives (a 404 included): it is up. */
+    private readonly onAnswer?: () => void,
   ) {}
 
   get name(): string {
@@ -66,6 +68,7 @@ export class OfflineGuard implements Upstream {
     const timer = probe ? setTimeout(() => probe.abort(new DOMException('no answer within the deadline of an upstream that is down', 'TimeoutError')), this.probeMs) : undefined;
     try {
       const answer = await call(probe ? (signal ? AbortSignal.any([signal, probe.signal]) : probe.signal) : signal);
+      this.onAnswer?.();
       if (this.offline) {
         this.offline = undefined;
         this.logger?.info?.({ upstream: this.name }, 'upstream answers again');

@@ -25,7 +25,7 @@ import type { CacheIndex, CachedTagList } from './cache-index.js';
 import type { ProxyObserver } from './observer.js';
 import { checkedRange, exactRange } from './checked-range.js';
 import { OfflineGuard } from './offline-guard.js';
-import { OUTAGES, UpstreamError, descriptorOf, isTimeout, type Upstream, type UpstreamBlob } from './upstream.js';
+import { OUTAGES, UpstreamError, descriptorOf, isTimeout, type Upstream, type UpstreamBlob, type UpstreamFailure } from './upstream.js';
 import { verifiedBody } from './verified-body.js';
 
 export interface PullThroughPolicy {
@@ -80,6 +80,8 @@ export class PullThroughRepository implements RepositoryReader {
   staleServed = 0;
   /** Until then, the upstream is taken as down: cached tags are served without asking it. */
   private unavailableUntil = 0;
+  /** Whether the window of unavailableUntil is a rate limit's (a 429, a Retry-After), which only its end lifts. */
+  private rateLimited = false;
   /** Manifest look-ups in flight, by repository and reference. */
   private readonly asking = new Map<string, Promise<StoredManifest | undefined>>();
   /** Tag list and referrers look-ups in flight (orCached). */
@@ -97,7 +99,11 @@ export class PullThroughRepository implements RepositoryReader {
     private readonly logger?: PullThroughLogger,
     private readonly observer?: ProxyObserver,
   ) {
-    this.upstream = new OfflineGuard(upstream, policy.outageBackoff ?? DEFAULT_POLICY.outageBackoff!, policy.outageProbeTimeout ?? DEFAULT_POLICY.outageProbeTimeout!, logger);
+    this.upstream = new OfflineGuard(upstream, policy.outageBackoff ?? DEFAULT_POLICY.outageBackoff!, policy.outageProbeTimeout ?? DEFAULT_POLICY.outageProbeTimeout!, logger, () => {
+      // An upstream that answers is back: tags are checked again at once, not stale until the
+      // window ends. Not a rate limit's window: one answer does not say the limit was lifted.
+      if (!this.rateLimited) this.unavailableUntil = 0;
+    });
   }
 
   private get key(): string {
@@ -214,7 +220,7 @@ export class PullThroughRepository implements RepositoryReader {
       }
       if (cached && err instanceof UpstreamError) {
         // Only an outage holds back the next requests' checks; one repository's answer does not.
-        if (OUTAGES.has(err.failure)) this.backOff(err.retryAfter);
+        if (OUTAGES.has(err.failure)) this.backOff(err.retryAfter, err.failure);
         // An answer that is no manifest (a captive portal's page, a body cut short, a digest that does
         // not match) is the upstream out of reach as much as a 503 is.
         const what = err.failure === 'invalid' ? 'sent no valid manifest' : 'unavailable';
@@ -246,9 +252,10 @@ export class PullThroughRepository implements RepositoryReader {
     }
   }
 
-  private backOff(retryAfterSeconds: number | undefined): void {
+  private backOff(retryAfterSeconds: number | undefined, failure?: UpstreamFailure): void {
     const window = Math.max(this.policy.outageBackoff ?? DEFAULT_POLICY.outageBackoff!, (retryAfterSeconds ?? 0) * 1000);
     this.unavailableUntil = Date.now() + window;
+    this.rateLimited = failure === 'rate-limited' || retryAfterSeconds !== undefined;
   }
 
   private stale(cached: StoredManifest, repo: string, tag: string, reason: string): StoredManifest {
@@ -640,7 +647,7 @@ export class PullThroughRepository implements RepositoryReader {
     } catch (err) {
       // Refused (`denied`) as well: credentials that lost access do not empty the cache, as for manifests.
       if (cached !== undefined && ((err instanceof UpstreamError && err.failure !== 'invalid') || signal?.aborted)) {
-        if (err instanceof UpstreamError && OUTAGES.has(err.failure)) this.backOff(err.retryAfter);
+        if (err instanceof UpstreamError && OUTAGES.has(err.failure)) this.backOff(err.retryAfter, err.failure);
         return stale(`upstream ${this.key} unavailable (${(err as Error).message})`);
       }
       throw toRegistryError(err);

@@ -76,4 +76,36 @@ describe('PullThroughRepository during an upstream outage', () => {
     const fresh = await repo.manifest('alice/app', '1');
     expect(fresh?.warning).toBeUndefined();
   });
+
+  test('an upstream that answers another request within the window is back: cached tags are checked again at once, and a moved tag is seen', async () => {
+    fake.addManifest('alice/app', '1', DOC);
+    await repo.manifest('alice/app', '1');
+    await sleep(TTL + 20);
+    fake.fault = '500';
+    expect((await repo.manifest('alice/app', '1'))?.warning).toMatch(/unavailable/);
+    fake.fault = undefined;
+    // Within the 400 ms window: another repository's pull is answered, and the tag moved meanwhile.
+    fake.addManifest('bob/other', '1', DOC);
+    expect((await repo.manifest('bob/other', '1'))?.warning).toBeUndefined();
+    const moved = fake.addManifest('alice/app', '1', { ...DOC, annotations: { moved: 'yes' } });
+    const fresh = await repo.manifest('alice/app', '1');
+    expect(fresh?.warning).toBeUndefined();
+    expect(fresh?.digest).toBe(moved);
+  });
+
+  test("a 429's window is not ended by an answer to another request: the limit may still hold for manifests", async () => {
+    fake.addManifest('alice/app', '1', DOC);
+    await repo.manifest('alice/app', '1');
+    await sleep(TTL + 20);
+    fake.fault = '429';
+    fake.retryAfter = '1';
+    expect((await repo.manifest('alice/app', '1'))?.warning).toBeDefined();
+    fake.fault = undefined;
+    const layer = fake.addBlob(Buffer.from('a layer'));
+    // An answer (the blob's size) from the upstream, for a request that does not count against the limit.
+    expect((await repo.statBlob('alice/app', layer))?.digest).toBe(layer);
+    const asked = fake.requests.length;
+    expect((await repo.manifest('alice/app', '1'))?.warning).toMatch(/unavailable/);
+    expect(fake.requests.length).toBe(asked);
+  });
 });
