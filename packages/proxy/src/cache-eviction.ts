@@ -1,6 +1,7 @@
 import { flushDeferredWrites, type BlobStore, type Digest, type SqliteDatabase } from '@wharf/registry-core';
 import type { BlobFills } from './blob-fills.js';
 import { CacheIndex } from './cache-index.js';
+import type { ProxyObserver } from './observer.js';
 
 /** Blobs forgotten in one transaction (one WAL commit for many rows, short enough not to stall requests). */
 const REMOVE_BATCH = 256;
@@ -16,6 +17,8 @@ export interface EvictionReport {
   readonly manifests: number;
   readonly blobs: number;
   readonly bytes: number;
+  /** Of `blobs`, those larger than max_size alone (they can never stay: max_size is too small for them). */
+  readonly larger?: number;
 }
 
 /**
@@ -30,6 +33,7 @@ export class CacheEviction {
     private readonly db: SqliteDatabase,
     private readonly store: BlobStore,
     private readonly fills?: BlobFills,
+    private readonly observer?: Pick<ProxyObserver, 'evicted'>,
   ) {
     new CacheIndex(db); // make sure the tables exist
   }
@@ -65,23 +69,37 @@ export class CacheEviction {
     })();
     const expired = this.db.prepare('SELECT digest, size FROM proxy_blobs WHERE accessed_at < ?').all(cutoff) as { digest: Digest; size: number }[];
     let { blobs, bytes } = await this.removeBlobs(expired);
+    this.tell('expired', blobs, bytes);
+    let larger = 0;
     if (policy.maxSize > 0) {
       let total = (this.db.prepare('SELECT COALESCE(SUM(size), 0) AS total FROM proxy_blobs').get() as { total: number }).total;
       if (total > policy.maxSize) {
+        // A blob larger than max_size alone goes first: evicting everything older to make room for
+        // it would empty the cache, and it would still not fit.
+        const victims = (this.db.prepare('SELECT digest, size FROM proxy_blobs WHERE size > ?').all(policy.maxSize) as { digest: Digest; size: number }[]).filter(
+          (row) => !this.fills?.current(row.digest),
+        );
+        larger = victims.length;
+        const chosen = new Set(victims.map((row) => row.digest));
+        for (const row of victims) total -= row.size;
         const lru = this.db.prepare('SELECT digest, size FROM proxy_blobs ORDER BY accessed_at ASC').iterate() as Iterable<{ digest: Digest; size: number }>;
-        const victims: { digest: Digest; size: number }[] = [];
         for (const row of lru) {
           if (total <= policy.maxSize) break;
-          if (this.fills?.current(row.digest)) continue;
+          if (chosen.has(row.digest) || this.fills?.current(row.digest)) continue;
           victims.push(row);
           total -= row.size;
         }
         const more = await this.removeBlobs(victims);
+        this.tell('size', more.blobs, more.bytes);
         blobs += more.blobs;
         bytes += more.bytes;
       }
     }
-    return { manifests, blobs, bytes };
+    return { manifests, blobs, bytes, ...(larger > 0 ? { larger } : {}) };
+  }
+
+  private tell(reason: 'expired' | 'size' | 'purge', blobs: number, bytes: number): void {
+    if (blobs > 0) this.observer?.evicted?.(reason, blobs, bytes);
   }
 
   /** Forgets everything cached from one upstream, or from one of its repositories. */
@@ -107,6 +125,7 @@ export class CacheEviction {
       if (row) orphans.push(row);
     }
     const { blobs, bytes } = await this.removeBlobs(orphans);
+    this.tell('purge', blobs, bytes);
     return { manifests, blobs, bytes };
   }
 

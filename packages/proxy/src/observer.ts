@@ -10,4 +10,9 @@ export interface ProxyObserver {
   cacheMiss?(upstream: string, kind: 'manifest' | 'blob'): void;
   /** Blob bytes sent to a client from the cache, with no upstream download. */
   servedFromCache?(upstream: string, bytes: number): void;
+  /**
+   * Cached blobs removed: `expired` (not used for cache_ttl), `size` (least recently used past
+   * max_size, or larger than max_size alone), `purge` (an operator's purge).
+   */
+  evicted?(reason: 'expired' | 'size' | 'purge', blobs: number, bytes: number): void;
 }

@@ -119,6 +119,29 @@ describe('proxy cache eviction', () => {
     expect(await store.stat(newest)).toBeDefined();
   });
 
+  test('a blob larger than max_size alone goes first, and alone: the rest of the cache stays; the observer is told each reason', async () => {
+    const now = Date.now();
+    const told: string[] = [];
+    const observed = new CacheEviction(db, store, undefined, { evicted: (reason, blobs, bytes) => told.push(`${reason} ${blobs} ${bytes}`) });
+    const older = await cacheBlob('ghcr.io', 'o/a', 300, now - 3000);
+    const old = await cacheBlob('ghcr.io', 'o/a', 300, now - 2000);
+    // The newest: pulled last, larger than the whole cache may be.
+    const huge = await cacheBlob('ghcr.io', 'o/b', 1500, now - 1000);
+    const expired = await cacheBlob('ghcr.io', 'o/c', 10, now - 100 * DAY);
+
+    const report = await observed.sweep({ cacheTtl: 90 * DAY, maxSize: 1000 }, now);
+
+    expect(report).toMatchObject({ blobs: 2, bytes: 1510, larger: 1 });
+    expect(await store.stat(huge)).toBeUndefined();
+    expect(await store.stat(expired)).toBeUndefined();
+    expect(await store.stat(older)).toBeDefined();
+    expect(await store.stat(old)).toBeDefined();
+    expect(told).toEqual(['expired 1 10', 'size 1 1500']);
+    // A purge is told as such.
+    await observed.purge('ghcr.io', 'o/a');
+    expect(told).toEqual(['expired 1 10', 'size 1 1500', 'purge 2 600']);
+  });
+
   test('an access refreshes a blob so that size eviction spares it (its time not written yet included)', async () => {
     const now = Date.now();
     const first = await cacheBlob('quay.io', 'x/y', 500, now - 5000);

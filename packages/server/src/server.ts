@@ -125,7 +125,7 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
   if (restored > 0) logger.info({ restored }, 'blob downloads cut short before the restart go on from their bytes');
   const proxies = new Map<string, PullThroughRepository>();
   const metrics = new WharfMetrics({ db, temporaryRegistryStorage: config.temporaryRegistryStorage, fills, proxies });
-  const eviction = new CacheEviction(db, proxyBlobs, fills);
+  const eviction = new CacheEviction(db, proxyBlobs, fills, metrics.proxy);
   const storage = new StorageMaintenance({ config, db, metadata, registryBlobs, proxyBlobs, local, eviction, logger: logger.child({ component: 'gc' }) });
   let resolver: RepositoryResolver = new LocalResolver(local);
   if (config.proxy.enabled) {
@@ -222,6 +222,9 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
     try {
       const report = await eviction.sweep({ cacheTtl: config.proxy.cacheTtl, maxSize: config.proxy.maxSize });
       if (report.blobs + report.manifests > 0) logger.info(report, 'proxy cache evicted');
+      if (report.larger) {
+        logger.warn({ blobs: report.larger, maxSize: config.proxy.maxSize }, 'proxy cache: blobs larger than max_size alone are not kept (each pull downloads them again); raise max_size');
+      }
     } catch (err) {
       logger.warn({ err }, 'proxy cache eviction failed');
     }

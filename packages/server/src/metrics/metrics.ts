@@ -65,6 +65,8 @@ export class WharfMetrics implements RequestObserver {
   private readonly misses: Counter<'upstream' | 'kind'>;
   private readonly saved: Counter<'upstream'>;
   private readonly unhandled: Counter;
+  private readonly evictedBlobs: Counter<'reason'>;
+  private readonly evictedBytes: Counter<'reason'>;
 
   constructor(sources: MetricsSources) {
     const registers = [this.registry];
@@ -81,6 +83,13 @@ export class WharfMetrics implements RequestObserver {
     this.sent = new Counter({ name: 'wharf_http_sent_bytes_total', help: 'Bytes of responses (head and body) written to clients, by route', labelNames: ['route'], registers });
     this.inFlight = new Gauge({ name: 'wharf_http_requests_in_flight', help: 'Requests being served now, by route', labelNames: ['route'], registers });
     this.unhandled = new Counter({ name: 'wharf_unhandled_rejections_total', help: 'Promise rejections nothing handled (bugs; each is logged at error): alert on any', registers });
+    this.evictedBlobs = new Counter({
+      name: 'wharf_proxy_cache_evicted_blobs_total',
+      help: 'Cached proxy blobs removed by this server, by reason (expired: cache_ttl; size: max_size; purge)',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.evictedBytes = new Counter({ name: 'wharf_proxy_cache_evicted_bytes_total', help: 'Bytes of cached proxy blobs removed by this server, by reason', labelNames: ['reason'], registers });
 
     new Gauge({
       name: 'wharf_uploads_in_progress',
@@ -253,6 +262,10 @@ export class WharfMetrics implements RequestObserver {
     cacheHit: (upstream, kind) => this.hits.inc({ upstream, kind }),
     cacheMiss: (upstream, kind) => this.misses.inc({ upstream, kind }),
     servedFromCache: (upstream, bytes) => this.saved.inc({ upstream }, bytes),
+    evicted: (reason, blobs, bytes) => {
+      this.evictedBlobs.inc({ reason }, blobs);
+      this.evictedBytes.inc({ reason }, bytes);
+    },
   };
 
   /** For an upstream's HTTP client: one call per request sent, with its status or "error". */

@@ -116,6 +116,12 @@ describe('/metrics', () => {
     expect(delta(first, second, 'wharf_proxy_bytes_saved_total', { upstream: 'up' })).toBe(image.layer.bytes.length);
     expect(delta(first, second, 'wharf_proxy_upstream_requests_total', { upstream: 'up', status: '200' })).toBe(0);
     expect(delta(first, second, 'wharf_proxy_fills_total')).toBe(0);
+
+    // A purge (loopback: an administrator's endpoint with auth off) is counted by reason.
+    expect((await fetch(`${reg.url}/admin/proxy/cache/up/lib/app`, { method: 'DELETE' })).status).toBe(200);
+    const purged = await scrape(reg.url);
+    expect(delta(second, purged, 'wharf_proxy_cache_evicted_blobs_total', { reason: 'purge' })).toBe(2);
+    expect(delta(second, purged, 'wharf_proxy_cache_evicted_bytes_total', { reason: 'purge' })).toBe(image.config.bytes.length + image.layer.bytes.length);
   });
 
   test('an upstream that answers 503 moves upstream requests by status and stale responses; RateLimit-Remaining is exported', async () => {
