@@ -5,6 +5,8 @@ import type { ProxyObserver } from './observer.js';
 
 /** Blobs forgotten in one transaction (one WAL commit for many rows, short enough not to stall requests). */
 const REMOVE_BATCH = 256;
+/** A cached blob no repository links is a purge's leftover once it was fetched this long ago (its link is written just after its row). */
+const UNLINKED_GRACE_MS = 10 * 60_000;
 
 export interface EvictionPolicy {
   /** Cached content not accessed for this long is removed (ms). */
@@ -124,6 +126,13 @@ export class CacheEviction {
       const row = orphan.get(digest) as { digest: Digest; size: number } | undefined;
       if (row) orphans.push(row);
     }
+    // And those an earlier purge unlinked and did not get to (it was killed, or the server stopped):
+    // run again, a purge finishes the job. Not a blob fetched lately, whose link may not be written yet.
+    const seen = new Set(unlinked);
+    const leftBefore = this.db
+      .prepare('SELECT b.digest, b.size FROM proxy_blobs b WHERE b.fetched_at < ? AND NOT EXISTS (SELECT 1 FROM proxy_repository_blobs l WHERE l.digest = b.digest)')
+      .all(Date.now() - UNLINKED_GRACE_MS) as { digest: Digest; size: number }[];
+    for (const row of leftBefore) if (!seen.has(row.digest)) orphans.push(row);
     const { blobs, bytes } = await this.removeBlobs(orphans);
     this.tell('purge', blobs, bytes);
     return { manifests, blobs, bytes };

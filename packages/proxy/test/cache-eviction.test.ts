@@ -154,6 +154,22 @@ describe('proxy cache eviction', () => {
     expect(await store.stat(second)).toBeUndefined();
   });
 
+  test('a purge cut short (its links deleted, its blobs not yet) is finished by the next purge; a blob just fetched, its link not yet written, stays', async () => {
+    const now = Date.now();
+    const left = await cacheBlob('docker.io', 'library/a', 100, now - 3_600_000);
+    const linked = await cacheBlob('docker.io', 'library/b', 100, now - 3_600_000);
+    const justFetched = await cacheBlob('docker.io', 'library/c', 100, now);
+    // What a killed purge of docker.io/library/a leaves: the links gone, the blob row and file not.
+    db.prepare("DELETE FROM proxy_repository_blobs WHERE repository IN ('library/a', 'library/c')").run();
+
+    const report = await eviction.purge('docker.io', 'library/a');
+
+    expect(report.blobs).toBe(1);
+    expect(await store.stat(left)).toBeUndefined();
+    expect(await store.stat(linked)).toBeDefined();
+    expect(await store.stat(justFetched)).toBeDefined();
+  });
+
   test('purging a repository removes its manifests, tags and the blobs no one else links', async () => {
     const now = Date.now();
     const own = await cacheBlob('docker.io', 'library/a', 10, now);
