@@ -2,6 +2,7 @@ import { flushDeferredWrites, type BlobStore, type Digest, type SqliteDatabase }
 import type { BlobFills } from './blob-fills.js';
 import { CacheIndex } from './cache-index.js';
 import type { ProxyObserver } from './observer.js';
+import { pendingBlobRows } from './pending-blob-rows.js';
 
 /** Blobs forgotten in one transaction (one WAL commit for many rows, short enough not to stall requests). */
 const REMOVE_BATCH = 256;
@@ -157,10 +158,12 @@ export class CacheEviction {
     let bytes = 0;
     const unlink = this.db.prepare('DELETE FROM proxy_repository_blobs WHERE digest = ?');
     const forget = this.db.prepare('DELETE FROM proxy_blobs WHERE digest = ?');
+    const pending = pendingBlobRows(this.db);
     const forgetBatch = this.db.transaction((batch: readonly { digest: Digest; size: number }[]) =>
       batch.filter((row) => {
         if (this.fills?.current(row.digest)) return false;
         unlink.run(row.digest);
+        pending.forget(row.digest);
         return forget.run(row.digest).changes > 0;
       }),
     );

@@ -1,3 +1,4 @@
+import { pendingBlobRows, type PendingBlobRows } from './pending-blob-rows.js';
 import { deferredWrites, type DeferredWrites, type Descriptor, type Digest, type SqliteDatabase, type SqliteStatement as Statement, type StoredManifest } from '@wharf/registry-core';
 
 const SCHEMA = `
@@ -84,10 +85,13 @@ export class CacheIndex {
    * days or by least recent use as well, and is written a few seconds later with the others.
    */
   private readonly deferred: DeferredWrites;
+  /** Blob rows and links waiting in `deferred`: lookups see them meanwhile. */
+  private readonly pending: PendingBlobRows;
 
   constructor(db: SqliteDatabase) {
     db.exec(SCHEMA);
     this.deferred = deferredWrites(db);
+    this.pending = pendingBlobRows(db);
     const s = (sql: string) => db.prepare(sql);
     this.q = {
       manifest: s('SELECT digest, media_type, content FROM proxy_manifests WHERE upstream = ? AND repository = ? AND digest = ?'),
@@ -104,6 +108,7 @@ export class CacheIndex {
       blob: s(`SELECT b.size FROM proxy_blobs b JOIN proxy_repository_blobs l ON l.digest = b.digest
                WHERE l.upstream = ? AND l.repository = ? AND b.digest = ?`),
       anyBlob: s('SELECT size FROM proxy_blobs WHERE digest = ?'),
+      linked: s('SELECT 1 FROM proxy_repository_blobs WHERE upstream = ? AND repository = ? AND digest = ?'),
       putBlob: s(`INSERT INTO proxy_blobs (digest, size, fetched_at, accessed_at) VALUES (?, ?, ?, ?)
                   ON CONFLICT DO UPDATE SET accessed_at = excluded.accessed_at`),
       touchBlob: s('UPDATE proxy_blobs SET accessed_at = ? WHERE digest = ?'),
@@ -175,19 +180,22 @@ export class CacheIndex {
   blob(upstream: string, repo: string, digest: Digest, now = Date.now()): number | undefined {
     const row = this.q.blob!.get(upstream, repo, digest) as { size: number } | undefined;
     if (row) this.deferred.note(`pb\0${digest}`, () => this.q.touchBlob!.run(now, digest), now);
-    return row?.size;
+    if (row || this.pending.empty) return row?.size;
+    // Filled while another process held the write lock: its rows are on their way.
+    const linked = this.pending.linked(upstream, repo, digest) || this.q.linked!.get(upstream, repo, digest) !== undefined;
+    return linked ? this.anyBlob(digest) : undefined;
   }
 
   anyBlob(digest: Digest): number | undefined {
-    return (this.q.anyBlob!.get(digest) as { size: number } | undefined)?.size;
+    return (this.q.anyBlob!.get(digest) as { size: number } | undefined)?.size ?? this.pending.sizeOf(digest);
   }
 
   putBlob(digest: Digest, size: number, now = Date.now()): void {
-    this.write(`b\0${digest}`, () => this.q.putBlob!.run(digest, size, now, now));
+    this.pending.blob(digest, size, this.write(`b\0${digest}`, () => this.q.putBlob!.run(digest, size, now, now)));
   }
 
   link(upstream: string, repo: string, digest: Digest): void {
-    this.write(`l\0${upstream}\0${repo}\0${digest}`, () => this.q.link!.run(upstream, repo, digest));
+    this.pending.link(upstream, repo, digest, this.write(`l\0${upstream}\0${repo}\0${digest}`, () => this.q.link!.run(upstream, repo, digest)));
   }
 
   isAbsent(upstream: string, repo: string, reference: string, now = Date.now()): boolean {
@@ -232,7 +240,7 @@ export class CacheIndex {
    * the server, not only the one that learnt something. A later write of the same row (`key`)
    * replaces a queued one.
    */
-  private write(key: string, run: () => void): void {
-    this.deferred.now(`w\0${key}`, run);
+  private write(key: string, run: () => void): boolean {
+    return this.deferred.now(`w\0${key}`, run);
   }
 }

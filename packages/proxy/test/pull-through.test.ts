@@ -731,4 +731,38 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
       other.close();
     }
   });
+
+  test('a blob filled while another process holds the lock is served from the cache meanwhile: one upstream GET, for this repository and for another', async () => {
+    const file = join(dir, 'locked-blobs.db');
+    const own = openDatabase(file);
+    const other = openDatabase(file);
+    try {
+      const store = new FsBlobStore(join(dir, 'blobs'), join(dir, 'tmp'));
+      const upstream = new HttpUpstream({ name: 'up', url: fake.url, retries: 0 });
+      const locked = new PullThroughRepository(upstream, new CacheIndex(own), store, fills, { manifestTtl: TTL, absentTtl: 60_000, rateLimitFloor: 0 });
+      const bytes = randomBytes(256 * 1024);
+      const digest = fake.addBlob(bytes);
+      other.exec('BEGIN IMMEDIATE');
+      const first = await locked.blob('alice/app', digest);
+      expect((await readAll((await locked.openBlob('alice/app', first!))!)).equals(bytes)).toBe(true);
+      await fills.settled();
+      // Still locked: the rows wait to be written, and the cache knows the blob all the same.
+      expect(new CacheIndex(other).anyBlob(digest)).toBeUndefined();
+      const again = await locked.blob('alice/app', digest);
+      expect((await readAll((await locked.openBlob('alice/app', again!))!)).equals(bytes)).toBe(true);
+      expect(fake.count('GET', `/v2/alice/app/blobs/${digest}`)).toBe(1);
+      // Another repository holding it upstream: the cached copy too (the upstream is asked whether it has it, not for it).
+      const elsewhere = await locked.blob('bob/other', digest);
+      expect((await readAll((await locked.openBlob('bob/other', elsewhere!))!)).equals(bytes)).toBe(true);
+      expect(fake.count('GET', `/v2/bob/other/blobs/${digest}`)).toBe(0);
+      other.exec('COMMIT');
+      expect(flushDeferredWrites(own)).toBe(true);
+      expect(new CacheIndex(other).blob('up', 'alice/app', digest)).toBe(bytes.length);
+      expect((await readAll((await locked.openBlob('alice/app', (await locked.blob('alice/app', digest))!))!)).equals(bytes)).toBe(true);
+      expect(fake.count('GET', `/v2/alice/app/blobs/${digest}`)).toBe(1);
+    } finally {
+      own.close();
+      other.close();
+    }
+  });
 });

@@ -101,18 +101,19 @@ export class DeferredWrites {
   /**
    * Runs `write` at once unless another process holds the write lock: then it is queued under `key`
    * (add) instead of waiting on the event loop for SQLite's busy handler. For writes a cache can
-   * afford to make a few seconds late; other failures are thrown.
+   * afford to make a few seconds late; other failures are thrown. Returns whether it was written now.
    */
-  now(key: string, write: () => void): void {
+  now(key: string, write: () => void): boolean {
     try {
       withBusyTimeout(this.db, 0, write);
     } catch (err) {
       if (!isBusy(err)) throw err;
       this.add(key, write);
-      return;
+      return false;
     }
     // An older write of the same row, queued while the lock was held, must not undo this one later.
     this.pending.delete(key);
+    return true;
   }
 }
 
