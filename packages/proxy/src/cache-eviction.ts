@@ -6,8 +6,6 @@ import { pendingBlobRows } from './pending-blob-rows.js';
 
 /** Blobs forgotten in one transaction (one WAL commit for many rows, short enough not to stall requests). */
 const REMOVE_BATCH = 256;
-/** A cached blob no repository links is a purge's leftover once it was fetched this long ago (its link is written just after its row). */
-const UNLINKED_GRACE_MS = 10 * 60_000;
 
 export interface EvictionPolicy {
   /** Cached content not accessed for this long is removed (ms). */
@@ -105,35 +103,36 @@ export class CacheEviction {
     if (blobs > 0) this.observer?.evicted?.(reason, blobs, bytes);
   }
 
-  /** Forgets everything cached from one upstream, or from one of its repositories. */
+  /**
+   * Forgets everything cached from one upstream, or from one of its repositories. The blobs it
+   * leaves linked nowhere are marked as never accessed in the same transaction as the links' removal,
+   * so that a purge cut short (killed, the server stopped) before their files went is finished by the
+   * next sweep, which takes them as expired.
+   */
   async purge(upstream: string, repository?: string): Promise<EvictionReport> {
     const where = repository === undefined ? 'upstream = ?' : 'upstream = ? AND repository = ?';
     const args = repository === undefined ? [upstream] : [upstream, repository];
-    const { manifests, unlinked } = this.db.transaction(() => {
+    // Of the blobs the purged names linked, those no repository of any upstream links any more.
+    const orphan = this.db.prepare(
+      'SELECT b.digest, b.size FROM proxy_blobs b WHERE b.digest = ? AND NOT EXISTS (SELECT 1 FROM proxy_repository_blobs l WHERE l.digest = b.digest)',
+    );
+    const doom = this.db.prepare('UPDATE proxy_blobs SET accessed_at = 0 WHERE digest = ?');
+    const { manifests, orphans } = this.db.transaction(() => {
       const removed = this.db.prepare(`DELETE FROM proxy_manifests WHERE ${where}`).run(...args).changes;
       this.db.prepare(`DELETE FROM proxy_tags WHERE ${where}`).run(...args);
       this.db.prepare(`DELETE FROM proxy_absent WHERE ${where}`).run(...args);
       this.db.prepare(`DELETE FROM proxy_referrers WHERE ${where}`).run(...args);
       this.db.prepare(`DELETE FROM proxy_tag_lists WHERE ${where}`).run(...args);
       const links = this.db.prepare(`DELETE FROM proxy_repository_blobs WHERE ${where} RETURNING digest`).all(...args) as { digest: Digest }[];
-      return { manifests: removed, unlinked: [...new Set(links.map((l) => l.digest))] };
+      const found: { digest: Digest; size: number }[] = [];
+      for (const digest of new Set(links.map((l) => l.digest))) {
+        const row = orphan.get(digest) as { digest: Digest; size: number } | undefined;
+        if (!row) continue;
+        doom.run(digest);
+        found.push(row);
+      }
+      return { manifests: removed, orphans: found };
     })();
-    // Of the blobs the purged names linked, those no repository of any upstream links any more.
-    const orphan = this.db.prepare(
-      'SELECT b.digest, b.size FROM proxy_blobs b WHERE b.digest = ? AND NOT EXISTS (SELECT 1 FROM proxy_repository_blobs l WHERE l.digest = b.digest)',
-    );
-    const orphans: { digest: Digest; size: number }[] = [];
-    for (const digest of unlinked) {
-      const row = orphan.get(digest) as { digest: Digest; size: number } | undefined;
-      if (row) orphans.push(row);
-    }
-    // And those an earlier purge unlinked and did not get to (it was killed, or the server stopped):
-    // run again, a purge finishes the job. Not a blob fetched lately, whose link may not be written yet.
-    const seen = new Set(unlinked);
-    const leftBefore = this.db
-      .prepare('SELECT b.digest, b.size FROM proxy_blobs b WHERE b.fetched_at < ? AND NOT EXISTS (SELECT 1 FROM proxy_repository_blobs l WHERE l.digest = b.digest)')
-      .all(Date.now() - UNLINKED_GRACE_MS) as { digest: Digest; size: number }[];
-    for (const row of leftBefore) if (!seen.has(row.digest)) orphans.push(row);
     const { blobs, bytes } = await this.removeBlobs(orphans);
     this.tell('purge', blobs, bytes);
     return { manifests, blobs, bytes };

@@ -191,11 +191,19 @@ export class CacheIndex {
   }
 
   putBlob(digest: Digest, size: number, now = Date.now()): void {
-    this.pending.blob(digest, size, this.write(`b\0${digest}`, () => this.q.putBlob!.run(digest, size, now, now)));
+    const written = this.write(`b\0${digest}`, () => {
+      this.q.putBlob!.run(digest, size, now, now);
+      this.pending.blobWritten(digest);
+    });
+    if (!written) this.pending.blob(digest, size);
   }
 
   link(upstream: string, repo: string, digest: Digest): void {
-    this.pending.link(upstream, repo, digest, this.write(`l\0${upstream}\0${repo}\0${digest}`, () => this.q.link!.run(upstream, repo, digest)));
+    const written = this.write(`l\0${upstream}\0${repo}\0${digest}`, () => {
+      this.q.link!.run(upstream, repo, digest);
+      this.pending.linkWritten(upstream, repo, digest);
+    });
+    if (!written) this.pending.link(upstream, repo, digest);
   }
 
   isAbsent(upstream: string, repo: string, reference: string, now = Date.now()): boolean {

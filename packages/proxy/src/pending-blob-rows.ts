@@ -9,56 +9,79 @@ const MAX_ROWS = 10_000;
  * The cached blobs, and their links to repositories, whose rows wait to be written while another
  * process holds the database's write lock (CacheIndex defers such writes a few seconds). A cache
  * lookup reads the database, and missed them meanwhile: every pull during a long `wharf gc`, a
- * backup or an operator's sqlite3 session downloaded every blob again. One per database connection.
+ * backup or an operator's sqlite3 session downloaded every blob again. An entry goes once its row is
+ * written (the database is the truth again: a purge or an eviction ends it), when its blob is
+ * evicted, or after BELIEVED_MS. One per database connection.
  */
 export class PendingBlobRows {
   private readonly blobs = new Map<Digest, { readonly size: number; readonly until: number }>();
-  private readonly links = new Map<string, number>();
+  /** By digest, then `upstream NUL repository`: until when. */
+  private readonly links = new Map<Digest, Map<string, number>>();
+  private linkCount = 0;
 
-  /** `digest` of `size` is cached, its row not written yet (`written`: it is). */
-  blob(digest: Digest, size: number, written: boolean): void {
+  /** `digest` of `size` is cached, its row not written yet. */
+  blob(digest: Digest, size: number): void {
     this.blobs.delete(digest);
-    if (!written) remember(this.blobs, digest, { size, until: Date.now() + BELIEVED_MS });
+    if (this.blobs.size >= MAX_ROWS) this.blobs.delete(this.blobs.keys().next().value!);
+    this.blobs.set(digest, { size, until: Date.now() + BELIEVED_MS });
   }
 
-  /** `repo` of `upstream` links `digest`, its row not written yet (`written`: it is). */
-  link(upstream: string, repo: string, digest: Digest, written: boolean): void {
-    const key = linkKey(upstream, repo, digest);
-    this.links.delete(key);
-    if (!written) remember(this.links, key, Date.now() + BELIEVED_MS);
+  /** The row of `digest` was written. */
+  blobWritten(digest: Digest): void {
+    this.blobs.delete(digest);
+  }
+
+  /** `repo` of `upstream` links `digest`, its row not written yet. */
+  link(upstream: string, repo: string, digest: Digest): void {
+    if (this.linkCount >= MAX_ROWS) this.forgetLinks(this.links.keys().next().value!);
+    let repos = this.links.get(digest);
+    if (!repos) this.links.set(digest, (repos = new Map()));
+    if (!repos.has(`${upstream}\0${repo}`)) this.linkCount += 1;
+    repos.set(`${upstream}\0${repo}`, Date.now() + BELIEVED_MS);
+  }
+
+  /** The link of `digest` to `repo` was written. */
+  linkWritten(upstream: string, repo: string, digest: Digest): void {
+    const repos = this.links.get(digest);
+    if (!repos?.delete(`${upstream}\0${repo}`)) return;
+    this.linkCount -= 1;
+    if (repos.size === 0) this.links.delete(digest);
   }
 
   /** The size of `digest` if its row waits to be written. */
   sizeOf(digest: Digest): number | undefined {
     const row = this.blobs.get(digest);
-    return row !== undefined && Date.now() < row.until ? row.size : undefined;
+    if (row === undefined) return undefined;
+    if (Date.now() < row.until) return row.size;
+    this.blobs.delete(digest);
+    return undefined;
   }
 
   /** Whether the link of `digest` to `repo` waits to be written. */
   linked(upstream: string, repo: string, digest: Digest): boolean {
-    const until = this.links.get(linkKey(upstream, repo, digest));
-    return until !== undefined && Date.now() < until;
+    const until = this.links.get(digest)?.get(`${upstream}\0${repo}`);
+    if (until === undefined) return false;
+    if (Date.now() < until) return true;
+    this.linkWritten(upstream, repo, digest);
+    return false;
   }
 
   /** `digest` was evicted or purged: what waited for it is not believed any more. */
   forget(digest: Digest): void {
     this.blobs.delete(digest);
-    if (this.links.size === 0) return;
-    for (const key of this.links.keys()) if (key.endsWith(`\0${digest}`)) this.links.delete(key);
+    this.forgetLinks(digest);
   }
 
   get empty(): boolean {
-    return this.blobs.size === 0 && this.links.size === 0;
+    return this.blobs.size === 0 && this.linkCount === 0;
   }
-}
 
-function linkKey(upstream: string, repo: string, digest: Digest): string {
-  return `${upstream}\0${repo}\0${digest}`;
-}
-
-function remember<K, V>(map: Map<K, V>, key: K, value: V): void {
-  if (map.size >= MAX_ROWS) map.delete(map.keys().next().value!);
-  map.set(key, value);
+  private forgetLinks(digest: Digest): void {
+    const repos = this.links.get(digest);
+    if (!repos) return;
+    this.linkCount -= repos.size;
+    this.links.delete(digest);
+  }
 }
 
 const byDatabase = new WeakMap<SqliteDatabase, PendingBlobRows>();

@@ -9,6 +9,7 @@ import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FsBlobStore, flushDeferredWrites, openDatabase, type Digest, type SqliteDatabase } from '@wharf/registry-core';
 import { BlobFills } from '../src/blob-fills.js';
+import { CacheEviction } from '../src/cache-eviction.js';
 import { CacheIndex } from '../src/cache-index.js';
 import { HttpUpstream } from '../src/http-upstream.js';
 import { MirroredUpstream } from '../src/mirrors.js';
@@ -760,6 +761,11 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
       expect(new CacheIndex(other).blob('up', 'alice/app', digest)).toBe(bytes.length);
       expect((await readAll((await locked.openBlob('alice/app', (await locked.blob('alice/app', digest))!))!)).equals(bytes)).toBe(true);
       expect(fake.count('GET', `/v2/alice/app/blobs/${digest}`)).toBe(1);
+      // Written, the rows are the truth again: a purge by another process ends them here too.
+      await new CacheEviction(other, store).purge('up', 'alice/app');
+      await new CacheEviction(other, store).purge('up', 'bob/other');
+      expect(new CacheIndex(own).blob('up', 'alice/app', digest)).toBeUndefined();
+      expect(new CacheIndex(own).anyBlob(digest)).toBeUndefined();
     } finally {
       own.close();
       other.close();
