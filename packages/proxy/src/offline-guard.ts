@@ -25,8 +25,8 @@ export class OfflineGuard implements Upstream {
     private readonly periodMs: number,
     private readonly probeMs: number,
     private readonly logger?: OfflineGuardLogger,
-    /** Told of every answer the upstream gives (a 404 included): it is up. */
-    private readonly onAnswer?: () => void,
+    /** Told of every answer the upstream gives (a 404 included), with when its request was sent: it is up. */
+    private readonly onAnswer?: (sentAt: number) => void,
   ) {}
 
   get name(): string {
@@ -65,10 +65,11 @@ export class OfflineGuard implements Upstream {
   private async ask<T>(signal: AbortSignal | undefined, call: (signal: AbortSignal | undefined) => Promise<T>): Promise<T> {
     // The deadline runs until the answer's headers: a blob's body then flows for as long as it takes.
     const probe = this.isOffline ? new AbortController() : undefined;
+    const sentAt = Date.now();
     const timer = probe ? setTimeout(() => probe.abort(new DOMException('no answer within the deadline of an upstream that is down', 'TimeoutError')), this.probeMs) : undefined;
     try {
       const answer = await call(probe ? (signal ? AbortSignal.any([signal, probe.signal]) : probe.signal) : signal);
-      this.onAnswer?.();
+      this.onAnswer?.(sentAt);
       if (this.offline) {
         this.offline = undefined;
         this.logger?.info?.({ upstream: this.name }, 'upstream answers again');

@@ -82,6 +82,8 @@ export class PullThroughRepository implements RepositoryReader {
   private unavailableUntil = 0;
   /** Whether the window of unavailableUntil is a rate limit's (a 429, a Retry-After), which only its end lifts. */
   private rateLimited = false;
+  /** When the window of unavailableUntil began. */
+  private unavailableSince = 0;
   /** Manifest look-ups in flight, by repository and reference. */
   private readonly asking = new Map<string, Promise<StoredManifest | undefined>>();
   /** Tag list and referrers look-ups in flight (orCached). */
@@ -99,10 +101,11 @@ export class PullThroughRepository implements RepositoryReader {
     private readonly logger?: PullThroughLogger,
     private readonly observer?: ProxyObserver,
   ) {
-    this.upstream = new OfflineGuard(upstream, policy.outageBackoff ?? DEFAULT_POLICY.outageBackoff!, policy.outageProbeTimeout ?? DEFAULT_POLICY.outageProbeTimeout!, logger, () => {
+    this.upstream = new OfflineGuard(upstream, policy.outageBackoff ?? DEFAULT_POLICY.outageBackoff!, policy.outageProbeTimeout ?? DEFAULT_POLICY.outageProbeTimeout!, logger, (sentAt) => {
       // An upstream that answers is back: tags are checked again at once, not stale until the
-      // window ends. Not a rate limit's window: one answer does not say the limit was lifted.
-      if (!this.rateLimited) this.unavailableUntil = 0;
+      // window ends. Not a rate limit's window: one answer does not say the limit was lifted; nor
+      // an answer to a request sent before the outage began.
+      if (!this.rateLimited && sentAt >= this.unavailableSince) this.unavailableUntil = 0;
     });
   }
 
@@ -253,9 +256,13 @@ export class PullThroughRepository implements RepositoryReader {
   }
 
   private backOff(retryAfterSeconds: number | undefined, failure?: UpstreamFailure): void {
+    const now = Date.now();
     const window = Math.max(this.policy.outageBackoff ?? DEFAULT_POLICY.outageBackoff!, (retryAfterSeconds ?? 0) * 1000);
-    this.unavailableUntil = Date.now() + window;
-    this.rateLimited = failure === 'rate-limited' || retryAfterSeconds !== undefined;
+    const ongoing = now < this.unavailableUntil;
+    if (!ongoing) this.unavailableSince = now;
+    // A window is never shortened, and a rate limit's stays one until it ends (an outage meanwhile does not make it end at the first answer).
+    this.rateLimited = (ongoing && this.rateLimited) || failure === 'rate-limited' || retryAfterSeconds !== undefined;
+    this.unavailableUntil = Math.max(this.unavailableUntil, now + window);
   }
 
   private stale(cached: StoredManifest, repo: string, tag: string, reason: string): StoredManifest {
