@@ -203,7 +203,7 @@ export class AuthService {
           // anyone's to write, and anybody's token would wipe the count of guesses at another's password.
           if (!isToken) {
             this.limiter.clear(`user:${user}`);
-            this.knownAddresses.remember(user, ip);
+            this.knownAddresses.remember(user, ip, this.accounts.find(user)?.createdAt);
           }
         }
         return principal;
@@ -226,7 +226,7 @@ export class AuthService {
       throw new AuthFailure('invalid or expired refresh token', 'basic');
     }
     // A refresh token is what `docker login` keeps: its client's address is the user's.
-    if (principal.kind === 'user') this.knownAddresses.remember(principal.name, ip);
+    if (principal.kind === 'user') this.knownAddresses.remember(principal.name, ip, this.accounts.find(principal.name)?.createdAt);
     return principal;
   }
 

@@ -49,11 +49,15 @@ export class KnownAddresses {
     }
   }
 
-  /** `user` just proved who they are from `address`. */
-  remember(user: string, address: string | undefined): void {
+  /**
+   * `user` just proved who they are from `address`. `since`: when the account of that name was added
+   * (what was remembered of an earlier account of the name is not this one's, nor is its write).
+   */
+  remember(user: string, address: string | undefined, since = 0): void {
     if (address === undefined) return;
     const at = this.now();
-    const seen = { at, savedAt: this.users.get(user)?.get(address)?.savedAt ?? 0 };
+    const prior = this.users.get(user)?.get(address);
+    const seen = { at, savedAt: prior !== undefined && prior.at >= since ? prior.savedAt : 0 };
     this.put(user, address, seen);
     if (!this.store || at - seen.savedAt < SAVE_EVERY_MS) return;
     try {

@@ -97,20 +97,23 @@ function addNetwork(list: BlockList, text: string): void {
   const range = new BlockList();
   range.addSubnet(address!, prefix, type);
   // A range of most of the internet makes every client a proxy, free to name itself anything.
-  if (tooWide(range, family, prefix)) throw new Error(`${JSON.stringify(text)} would trust addresses far beyond your proxies'; list your proxies' addresses, or a private range such as "10.0.0.0/8"`);
+  if (tooWide(range, family, address!, prefix)) throw new Error(`${JSON.stringify(text)} would trust addresses far beyond your proxies'; list your proxies' addresses, or a private range such as "10.0.0.0/8"`);
   list.addSubnet(address!, prefix, type);
 }
 
-/** The widest IPv6 range taken: fc00::/7, every unique local address. */
-const WIDEST_IPV6_PREFIX = 7;
+/** The widest IPv6 range taken outside unique local addresses: a /32, a whole provider's. */
+const WIDEST_IPV6_PREFIX = 32;
+/** fc00::/7, every unique local address (IPv6's private range), taken whole. */
+const UNIQUE_LOCAL = new BlockList();
+UNIQUE_LOCAL.addSubnet('fc00::', 7, 'ipv6');
 
 /**
- * Whether `range` (one subnet) spans more than one /8 of IPv4 addresses, itself or as IPv4-mapped
- * IPv6 addresses ("::ffff:0:0/96" and "::/8" hold all of IPv4), or is an IPv6 range wider than fc00::/7.
- * 10.0.0.0/8, the widest private range, passes.
+ * Whether `range` (one subnet of `address`) spans more than one /8 of IPv4 addresses, itself or as
+ * IPv4-mapped IPv6 addresses ("::ffff:0:0/96" and "::/8" hold all of IPv4), or is an IPv6 range
+ * wider than a /32 outside fc00::/7. 10.0.0.0/8 and fc00::/7, the widest private ranges, pass.
  */
-function tooWide(range: BlockList, family: number, prefix: number): boolean {
-  if (family === 6 && prefix < WIDEST_IPV6_PREFIX) return true;
+function tooWide(range: BlockList, family: number, address: string, prefix: number): boolean {
+  if (family === 6 && prefix < WIDEST_IPV6_PREFIX && !(prefix >= 7 && UNIQUE_LOCAL.check(address, 'ipv6'))) return true;
   let firstOctets = 0;
   for (let octet = 0; octet < 256 && firstOctets < 2; octet++) if (range.check(`${octet}.0.0.1`, 'ipv4')) firstOctets++;
   return firstOctets > 1;

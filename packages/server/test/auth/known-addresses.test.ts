@@ -62,6 +62,28 @@ describe('the addresses a user signed in from outlive a restart', () => {
     }
   });
 
+  test("a re-added user's sign-in from the old account's address is written, within the hour the old one's was: a restart keeps it", () => {
+    const db = openDatabase(':memory:');
+    try {
+      let now = Date.UTC(2026, 0, 1);
+      const store = new AuthStore(db);
+      store.addUser('judy', 'x', false);
+      const known = new KnownAddresses(store.knownAddressStore(), () => now);
+      known.remember('judy', '10.0.0.1');
+      now += 60_000;
+      store.removeUser('judy');
+      now += 60_000;
+      db.prepare('INSERT INTO auth_users (name, password_hash, admin, created_at) VALUES (?, ?, 0, ?)').run('judy', 'y', now);
+      const createdAt = now;
+      now += 60_000;
+      known.remember('judy', '10.0.0.1', createdAt);
+      expect(known.knows('judy', '10.0.0.1', createdAt)).toBe(true);
+      expect(new KnownAddresses(store.knownAddressStore(), () => now).knows('judy', '10.0.0.1', createdAt)).toBe(true);
+    } finally {
+      db.close();
+    }
+  });
+
   test('a store that cannot be read, or written, is told once to the log; sign-ins go on from memory', () => {
     const warnings: string[] = [];
     const warn = (message: string, err: unknown) => warnings.push(`${message} (${(err as Error).message})`);

@@ -78,10 +78,10 @@ describe('who sent a request (ClientAddresses)', () => {
     expect(() => build(['10.0.0.0/8/1'])).toThrow('not an IP address or CIDR range');
     expect(() => build(['fe80::1%eth0'])).toThrow('not an IP address or CIDR range');
     // Every address, or most of them in a few ranges (IPv4 as itself or as IPv4-mapped IPv6): refused.
-    for (const wide of ['0.0.0.0/0', '::/0', '0.0.0.0/1', '128.0.0.0/1', '8.0.0.0/7', '::ffff:0:0/96', '::ffff:0:0/100', '::/8', '2000::/3'])
+    for (const wide of ['0.0.0.0/0', '::/0', '0.0.0.0/1', '128.0.0.0/1', '8.0.0.0/7', '::ffff:0:0/96', '::ffff:0:0/100', '::/8', '2000::/3', '2600::/7', '2001:db8::/16'])
       expect(() => build(['127.0.0.1', wide])).toThrow(`${JSON.stringify(wide)} would trust addresses far beyond your proxies'`);
     // The widest private ranges pass.
-    expect(build(['10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', 'fc00::/7', '::ffff:10.0.0.0/104'])).toHaveLength(5);
+    expect(build(['10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', 'fc00::/7', 'fd00::/8', '::ffff:10.0.0.0/104', '2001:db8::/32'])).toHaveLength(7);
     expect(() => build('127.0.0.1')).not.toThrow();
     expect(() => build(42)).toThrow('"trusted_proxies" must be an array of IP addresses or CIDR ranges');
   });
