@@ -83,7 +83,9 @@ export function ociErrors(logger: Logger) {
       // (`unexpected status: 403 Forbidden`), and a HEAD has no body: the reason phrase is the one
       // place their users see why.
       ctx.message = reasonPhrase(ctx.message, error.message);
-      ctx.state.error = { code: error.code, ...(ctx.status >= 500 || ctx.status === 429 ? { reason: error.message } : {}) };
+      // Why, for a failure on our side or the upstream's, and for a refusal (who may not do what).
+      const logged = ctx.status >= 500 || ctx.status === 429 || ctx.status === 401 || ctx.status === 403;
+      ctx.state.error = { code: error.code, ...(logged ? { reason: error.message } : {}) };
     }
   };
 }

@@ -149,6 +149,15 @@ describe('proxy access with auth on: per upstream, never open unless configured'
         if (flow === 'token') expect(parseChallenge(refused.headers.get('www-authenticate'))?.error_description).toBe('eve may not pull from lib/app');
       }
     }
+    // The operator's log says why too (ctr prints only `insufficient_scope`).
+    await new Promise((r) => setTimeout(r, 20));
+    const refusals = log
+      .text()
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as { msg: string; status?: number; reason?: string })
+      .filter((l) => l.msg === 'request' && (l.status === 401 || l.status === 403) && l.reason?.includes('eve may not pull from lib/app'));
+    expect(refusals.map((l) => l.status).sort()).toEqual(expect.arrayContaining([401, 403]));
   });
 
   test('a pull granted because the proxy might serve a name never opens a local repository of that name', async () => {
