@@ -111,7 +111,10 @@ export class CacheIndex {
       linked: s('SELECT 1 FROM proxy_repository_blobs WHERE upstream = ? AND repository = ? AND digest = ?'),
       putBlob: s(`INSERT INTO proxy_blobs (digest, size, fetched_at, accessed_at) VALUES (?, ?, ?, ?)
                   ON CONFLICT DO UPDATE SET accessed_at = excluded.accessed_at`),
-      touchBlob: s('UPDATE proxy_blobs SET accessed_at = ? WHERE digest = ?'),
+      // Not a blob a purge marked (accessed_at 0: see CacheEviction.purge) and no repository links again.
+      touchBlob: s('UPDATE proxy_blobs SET accessed_at = ? WHERE digest = ? AND accessed_at <> 0'),
+      // Linked again, a blob a purge marked is in use: its mark goes.
+      unmark: s('UPDATE proxy_blobs SET accessed_at = ? WHERE digest = ? AND accessed_at = 0'),
       link: s('INSERT INTO proxy_repository_blobs (upstream, repository, digest) VALUES (?, ?, ?) ON CONFLICT DO NOTHING'),
       tagList: s('SELECT tags, whole, fetched_at FROM proxy_tag_lists WHERE upstream = ? AND repository = ?'),
       touchTagList: s('UPDATE proxy_tag_lists SET accessed_at = ? WHERE upstream = ? AND repository = ?'),
@@ -201,6 +204,7 @@ export class CacheIndex {
   link(upstream: string, repo: string, digest: Digest): void {
     const written = this.write(`l\0${upstream}\0${repo}\0${digest}`, () => {
       this.q.link!.run(upstream, repo, digest);
+      this.q.unmark!.run(Date.now(), digest);
       this.pending.linkWritten(upstream, repo, digest);
     });
     if (!written) this.pending.link(upstream, repo, digest);

@@ -103,17 +103,28 @@ function addNetwork(list: BlockList, text: string): void {
 
 /** The widest IPv6 range taken outside unique local addresses: a /32, a whole provider's. */
 const WIDEST_IPV6_PREFIX = 32;
-/** fc00::/7, every unique local address (IPv6's private range), taken whole. */
-const UNIQUE_LOCAL = new BlockList();
-UNIQUE_LOCAL.addSubnet('fc00::', 7, 'ipv6');
+/** IPv6's ranges that never leave a site or a link, taken whole: fc00::/7 (unique local) and fe80::/10 (link-local). */
+const PRIVATE_IPV6 = [
+  { network: 'fc00::', prefix: 7 },
+  { network: 'fe80::', prefix: 10 },
+].map(({ network, prefix }) => {
+  const list = new BlockList();
+  list.addSubnet(network, prefix, 'ipv6');
+  return { list, prefix };
+});
 
 /**
  * Whether `range` (one subnet of `address`) spans more than one /8 of IPv4 addresses, itself or as
  * IPv4-mapped IPv6 addresses ("::ffff:0:0/96" and "::/8" hold all of IPv4), or is an IPv6 range
- * wider than a /32 outside fc00::/7. 10.0.0.0/8 and fc00::/7, the widest private ranges, pass.
+ * wider than a /32 outside fc00::/7 and fe80::/10. 10.0.0.0/8, fc00::/7 and fe80::/10 pass.
  */
+/** Whether the range address/prefix lies inside fc00::/7 or fe80::/10. */
+function privateRange(address: string, prefix: number): boolean {
+  return PRIVATE_IPV6.some((p) => prefix >= p.prefix && p.list.check(address, 'ipv6'));
+}
+
 function tooWide(range: BlockList, family: number, address: string, prefix: number): boolean {
-  if (family === 6 && prefix < WIDEST_IPV6_PREFIX && !(prefix >= 7 && UNIQUE_LOCAL.check(address, 'ipv6'))) return true;
+  if (family === 6 && prefix < WIDEST_IPV6_PREFIX && !privateRange(address, prefix)) return true;
   let firstOctets = 0;
   for (let octet = 0; octet < 256 && firstOctets < 2; octet++) if (range.check(`${octet}.0.0.1`, 'ipv4')) firstOctets++;
   return firstOctets > 1;

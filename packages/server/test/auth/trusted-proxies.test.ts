@@ -81,7 +81,8 @@ describe('who sent a request (ClientAddresses)', () => {
     for (const wide of ['0.0.0.0/0', '::/0', '0.0.0.0/1', '128.0.0.0/1', '8.0.0.0/7', '::ffff:0:0/96', '::ffff:0:0/100', '::/8', '2000::/3', '2600::/7', '2001:db8::/16'])
       expect(() => build(['127.0.0.1', wide])).toThrow(`${JSON.stringify(wide)} would trust addresses far beyond your proxies'`);
     // The widest private ranges pass.
-    expect(build(['10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', 'fc00::/7', 'fd00::/8', '::ffff:10.0.0.0/104', '2001:db8::/32'])).toHaveLength(7);
+    expect(build(['10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', 'fc00::/7', 'fd00::/8', '::ffff:10.0.0.0/104', '2001:db8::/32', 'fe80::/10'])).toHaveLength(8);
+    expect(() => build(['fe80::/9'])).toThrow('would trust addresses far beyond');
     expect(() => build('127.0.0.1')).not.toThrow();
     expect(() => build(42)).toThrow('"trusted_proxies" must be an array of IP addresses or CIDR ranges');
   });
