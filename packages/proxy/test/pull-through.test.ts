@@ -700,14 +700,30 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     expect(fake.count('GET', '/v2/alice/app/tags/list')).toBe(before.tags + 1);
     expect(fake.count('GET', `/v2/alice/app/referrers/${subject}`)).toBe(before.referrers + 1);
   });
-  test('a cache write waits for no lock another process holds: it lands with the deferred writes once the lock is gone', async () => {
-    const file = join(dir, 'locked.db');
+  /**
+   * A repository over the fake on `own`, a connection to a database file that `other` (another
+   * process's, as `wharf gc` from the command line) shares; both closed after `body`.
+   */
+  async function withSharedDatabase(
+    name: string,
+    body: (c: { own: SqliteDatabase; other: SqliteDatabase; store: FsBlobStore; locked: PullThroughRepository }) => Promise<void>,
+  ): Promise<void> {
+    const file = join(dir, name);
     const own = openDatabase(file);
     const other = openDatabase(file);
     try {
       const store = new FsBlobStore(join(dir, 'blobs'), join(dir, 'tmp'));
       const upstream = new HttpUpstream({ name: 'up', url: fake.url, retries: 0 });
       const locked = new PullThroughRepository(upstream, new CacheIndex(own), store, fills, { manifestTtl: TTL, absentTtl: 60_000, rateLimitFloor: 0 });
+      await body({ own, other, store, locked });
+    } finally {
+      own.close();
+      other.close();
+    }
+  }
+
+  test('a cache write waits for no lock another process holds: it lands with the deferred writes once the lock is gone', async () => {
+    await withSharedDatabase('locked.db', async ({ own, other, locked }) => {
       const digest = fake.addManifest('alice/app', '1', DOC('a'));
       // Another writer holds the lock (a `wharf gc` from the command line): SQLite's busy handler
       // would sleep on this thread, so the holder could never let go, and the write would be lost.
@@ -727,20 +743,11 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
       ownIndex.dropTag('up', 'alice/app', 'gone');
       expect(flushDeferredWrites(own)).toBe(true);
       expect(index.tag('up', 'alice/app', 'gone')).toBeUndefined();
-    } finally {
-      own.close();
-      other.close();
-    }
+    });
   });
 
   test('a blob filled while another process holds the lock is served from the cache meanwhile: one upstream GET, for this repository and for another', async () => {
-    const file = join(dir, 'locked-blobs.db');
-    const own = openDatabase(file);
-    const other = openDatabase(file);
-    try {
-      const store = new FsBlobStore(join(dir, 'blobs'), join(dir, 'tmp'));
-      const upstream = new HttpUpstream({ name: 'up', url: fake.url, retries: 0 });
-      const locked = new PullThroughRepository(upstream, new CacheIndex(own), store, fills, { manifestTtl: TTL, absentTtl: 60_000, rateLimitFloor: 0 });
+    await withSharedDatabase('locked-blobs.db', async ({ own, other, store, locked }) => {
       const bytes = randomBytes(256 * 1024);
       const digest = fake.addBlob(bytes);
       other.exec('BEGIN IMMEDIATE');
@@ -766,9 +773,6 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
       await new CacheEviction(other, store).purge('up', 'bob/other');
       expect(new CacheIndex(own).blob('up', 'alice/app', digest)).toBeUndefined();
       expect(new CacheIndex(own).anyBlob(digest)).toBeUndefined();
-    } finally {
-      own.close();
-      other.close();
-    }
+    });
   });
 });
