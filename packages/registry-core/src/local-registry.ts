@@ -184,9 +184,18 @@ export class LocalRegistry implements RepositoryReader, RepositoryWriter {
     finalChunk?: { body: Readable; position: ChunkPosition },
     signal?: AbortSignal,
   ): Promise<BlobInfo> {
-    if (finalChunk) await this.uploads.append(repo, id, finalChunk.body, finalChunk.position, signal);
     let sealed: Awaited<ReturnType<UploadSessions['seal']>>;
     try {
+      if (finalChunk && (finalChunk.position.start ?? 0) === 0) {
+        // The whole blob in the completing PUT (a monolithic upload): stored as a one-request upload
+        // is, without going through the session's file first.
+        const { start, end } = finalChunk.position;
+        const size = start !== undefined && end !== undefined ? end - start + 1 : undefined;
+        const expect = { digest, ...(size !== undefined ? { size } : {}) };
+        const whole = await this.uploads.takeWhole(repo, id, (stop) => this.putBlob(repo, finalChunk.body, expect, stop), signal);
+        if (whole) return whole;
+      }
+      if (finalChunk) await this.uploads.append(repo, id, finalChunk.body, finalChunk.position, signal);
       sealed = await this.uploads.seal(repo, id, digest);
     } catch (err) {
       // As distribution does: a session whose content failed verification is gone.

@@ -38,6 +38,14 @@ export interface UploadSessions {
    */
   seal(repo: string, id: string, digest: Digest): Promise<{ blob: BlobInfo; file: string }>;
   /**
+   * For a whole blob brought to a session that holds no bytes yet (the completing PUT of a monolithic
+   * upload): runs `store`, which places the blob by itself, under the session's lock, and ends the
+   * session once it has succeeded, as a seal would. Undefined, and `store` not run, when the session
+   * has bytes (the caller appends and seals instead). A failed `store` leaves the session as it was;
+   * a cancel meanwhile aborts the signal `store` gets, and the call fails BLOB_UPLOAD_UNKNOWN.
+   */
+  takeWhole<T>(repo: string, id: string, store: (signal: AbortSignal) => Promise<T>, signal?: AbortSignal): Promise<T | undefined>;
+  /**
    * Removes the session; false when there is none. Serialised with the session's chunks and seal: a
    * chunk being written is stopped (its append fails BLOB_UPLOAD_UNKNOWN), never acknowledged into a
    * removed session.

@@ -152,6 +152,36 @@ describe('FsUploadSessions on disk', () => {
       expect((await sessions.seal('alice/a', slow.id, sha256(whole))).blob.size).toBe(whole.length);
     });
 
+    test('a session another instance ended (sealed, cancelled, taken whole) is gone for this one too, though it knew it', async () => {
+      const other = new FsUploadSessions(dir); // another process sharing the storage
+      const ids: string[] = [];
+      for (let i = 0; i < 3; i++) {
+        const s = await sessions.begin('alice/a');
+        // Known here: begun here, and asked about.
+        expect((await sessions.status('alice/a', s.id))?.size).toBe(0);
+        ids.push(s.id);
+      }
+      await other.append('alice/a', ids[0]!, streamOf(whole), {});
+      await other.seal('alice/a', ids[0]!, sha256(whole));
+      expect(await other.cancel('alice/a', ids[1]!)).toBe(true);
+      expect(await other.takeWhole('alice/a', ids[2]!, async () => 'placed')).toBe('placed');
+      for (const id of ids) {
+        expect(await sessions.status('alice/a', id)).toBeUndefined();
+        expect(await sessions.cancel('alice/a', id)).toBe(false);
+        await expect(sessions.append('alice/a', id, streamOf(part1), {})).rejects.toMatchObject({ code: 'BLOB_UPLOAD_UNKNOWN' });
+      }
+      expect(await readdir(join(dir, 'uploads'))).toEqual([`${ids[0]}.sealed`]);
+    });
+
+    test('a known session is still refused to another repository', async () => {
+      const s = await sessions.begin('alice/a');
+      expect(await sessions.status('alice/b', s.id)).toBeUndefined();
+      const restarted = new FsUploadSessions(dir);
+      expect(await restarted.status('alice/b', s.id)).toBeUndefined(); // read from disk, then known
+      expect(await restarted.status('alice/b', s.id)).toBeUndefined();
+      expect((await restarted.status('alice/a', s.id))?.size).toBe(0);
+    });
+
     test('a session works without init() having been called', async () => {
       const fresh = new FsUploadSessions(join(dir, 'elsewhere'));
       const s = await fresh.begin('alice/a');

@@ -16,6 +16,7 @@ import {
   OCI_LAYER,
   OCI_MANIFEST,
   descriptorOf,
+  failingStream,
   ociIndexBytes,
   ociManifestBytes,
   readAll,
@@ -158,6 +159,56 @@ describe('LocalRegistry on files and SQLite', () => {
       const info = await registry.completeUpload('alice/a', s.id, sha512(whole), { body: streamOf(whole), position: {} });
       expect(info).toEqual({ digest: sha512(whole), size: whole.length });
       expect(await blobs.stat(sha512(whole))).toEqual(info);
+    });
+
+    test('a monolithic upload (the whole blob in the completing PUT) goes straight into the store, not through the session\'s file', async () => {
+      const calls: string[] = [];
+      const counting: BlobStore = {
+        stat: (d) => blobs.stat(d),
+        open: (d, r) => blobs.open(d, r),
+        ingest: (src, e, sig) => (calls.push('ingest'), blobs.ingest(src, e, sig)),
+        remove: (d) => blobs.remove(d),
+        adopt: (file, blob) => (calls.push('adopt'), blobs.adopt(file, blob)),
+      };
+      const direct = new LocalRegistry(counting, metadata, uploads);
+      const s = await direct.beginUpload('alice/a');
+      const info = await direct.completeUpload('alice/a', s.id, sha256(whole), { body: streamOf(part1, part2), position: { start: 0, end: whole.length - 1 } });
+      expect(info).toEqual({ digest: sha256(whole), size: whole.length });
+      expect(calls).toEqual(['ingest']);
+      expect(await direct.blob('alice/a', sha256(whole))).toEqual(info);
+      expect((await readAll(await direct.openBlob('alice/a', info))).equals(whole)).toBe(true);
+      expect(await direct.uploadStatus('alice/a', s.id)).toBeUndefined();
+      expect(await readdir(join(dir, 'tmp', 'uploads'))).toEqual([]);
+      // A session that has bytes already still appends its last chunk and seals.
+      const t = await direct.beginUpload('alice/a');
+      await direct.appendUpload('alice/a', t.id, streamOf(part1), {});
+      await direct.completeUpload('alice/a', t.id, sha256(whole), { body: streamOf(part2), position: {} });
+      expect(calls).toEqual(['ingest', 'adopt']);
+    });
+
+    test('a monolithic upload with the wrong digest is DIGEST_INVALID, ends the session and leaves no file', async () => {
+      const s = await registry.beginUpload('alice/a');
+      await expect(registry.completeUpload('alice/a', s.id, sha256(part1), { body: streamOf(whole), position: {} })).rejects.toMatchObject({
+        code: 'DIGEST_INVALID',
+      });
+      expect(await registry.uploadStatus('alice/a', s.id)).toBeUndefined();
+      expect(await blobs.stat(sha256(whole))).toBeUndefined();
+      expect(await blobs.stat(sha256(part1))).toBeUndefined();
+      expect(await readdir(join(dir, 'tmp', 'uploads'))).toEqual([]);
+      expect((await readdir(join(dir, 'tmp'))).filter((f) => f !== 'uploads')).toEqual([]);
+    });
+
+    test('a monolithic upload cut short or longer than its Content-Range keeps the empty session for a retry', async () => {
+      const s = await registry.beginUpload('alice/a');
+      await expect(registry.completeUpload('alice/a', s.id, sha256(whole), { body: failingStream(part1), position: {} })).rejects.toThrow();
+      expect((await registry.uploadStatus('alice/a', s.id))?.size).toBe(0);
+      await expect(
+        registry.completeUpload('alice/a', s.id, sha256(whole), { body: streamOf(whole), position: { start: 0, end: part1.length - 1 } }),
+      ).rejects.toMatchObject({ code: 'SIZE_INVALID' });
+      expect((await registry.uploadStatus('alice/a', s.id))?.size).toBe(0);
+      expect(await blobs.stat(sha256(whole))).toBeUndefined();
+      expect(await registry.completeUpload('alice/a', s.id, sha256(whole), { body: streamOf(whole), position: {} })).toEqual({ digest: sha256(whole), size: whole.length });
+      expect((await readdir(join(dir, 'tmp'))).filter((f) => f !== 'uploads')).toEqual([]);
     });
 
     test('a PATCH racing the final PUT cannot change the verified blob', async () => {

@@ -282,6 +282,95 @@ export function describeUploadSessions(name: string, make: () => Promise<UploadS
       });
     });
 
+    describe('takeWhole (a whole blob brought to an empty session)', () => {
+      test('runs the store on an empty session and ends the session once it succeeded', async () => {
+        const s = await sessions.begin('alice/a');
+        const stored = await sessions.takeWhole('alice/a', s.id, async () => 'placed');
+        expect(stored).toBe('placed');
+        expect(await sessions.status('alice/a', s.id)).toBeUndefined();
+        await expect(sessions.append('alice/a', s.id, streamOf(part1), {})).rejects.toMatchObject({ code: 'BLOB_UPLOAD_UNKNOWN' });
+        expect(await sessions.cancel('alice/a', s.id)).toBe(false);
+      });
+
+      test('a session with bytes is left to append and seal: the store is not run', async () => {
+        const s = await sessions.begin('alice/a');
+        await sessions.append('alice/a', s.id, streamOf(part1), {});
+        let ran = false;
+        expect(
+          await sessions.takeWhole('alice/a', s.id, async () => {
+            ran = true;
+            return 'placed';
+          }),
+        ).toBeUndefined();
+        expect(ran).toBe(false);
+        expect((await sessions.status('alice/a', s.id))?.size).toBe(part1.length);
+        await sessions.append('alice/a', s.id, streamOf(part2, part3), {});
+        expect((await sessions.seal('alice/a', s.id, sha256(whole))).blob).toEqual({ digest: sha256(whole), size: whole.length });
+      });
+
+      test('a failed store leaves the session as it was, for the client to try again', async () => {
+        const s = await sessions.begin('alice/a');
+        await expect(
+          sessions.takeWhole('alice/a', s.id, async () => {
+            throw new Error('client went away');
+          }),
+        ).rejects.toThrow('client went away');
+        expect((await sessions.status('alice/a', s.id))?.size).toBe(0);
+        expect(await sessions.takeWhole('alice/a', s.id, async () => 'placed')).toBe('placed');
+      });
+
+      test('an unknown session, or one of another repository, is BLOB_UPLOAD_UNKNOWN and the store is not run', async () => {
+        const s = await sessions.begin('alice/a');
+        let ran = false;
+        const store = async () => {
+          ran = true;
+          return 'placed';
+        };
+        await expect(sessions.takeWhole('alice/b', s.id, store)).rejects.toMatchObject({ code: 'BLOB_UPLOAD_UNKNOWN' });
+        await expect(sessions.takeWhole('alice/a', '6f1c1d3e-0f4b-4f7e-9a55-2a1f7c3b9d10', store)).rejects.toMatchObject({ code: 'BLOB_UPLOAD_UNKNOWN' });
+        expect(ran).toBe(false);
+        expect((await sessions.status('alice/a', s.id))?.size).toBe(0);
+      });
+
+      test('a cancel while the store runs aborts it: the call fails BLOB_UPLOAD_UNKNOWN and the session is gone', async () => {
+        const s = await sessions.begin('alice/a');
+        let started!: () => void;
+        const running = new Promise<void>((resolve) => (started = resolve));
+        const taking = sessions.takeWhole('alice/a', s.id, (signal) => {
+          started();
+          return new Promise<string>((_resolve, reject) => signal.addEventListener('abort', () => reject(signal.reason as Error)));
+        });
+        const outcome = taking.then(
+          () => 'stored',
+          (err: { code?: string }) => err.code,
+        );
+        await running;
+        expect(await sessions.cancel('alice/a', s.id)).toBe(true);
+        expect(await outcome).toBe('BLOB_UPLOAD_UNKNOWN');
+        expect(await sessions.status('alice/a', s.id)).toBeUndefined();
+      });
+
+      test('the caller\'s own abort is passed through as it is', async () => {
+        const s = await sessions.begin('alice/a');
+        const caller = new AbortController();
+        let started!: () => void;
+        const running = new Promise<void>((resolve) => (started = resolve));
+        const taking = sessions.takeWhole(
+          'alice/a',
+          s.id,
+          (signal) => {
+            started();
+            return new Promise<string>((_resolve, reject) => signal.addEventListener('abort', () => reject(new Error('client gone'))));
+          },
+          caller.signal,
+        );
+        await running;
+        caller.abort();
+        await expect(taking).rejects.toThrow('client gone');
+        expect((await sessions.status('alice/a', s.id))?.size).toBe(0);
+      });
+    });
+
     describe('cancel', () => {
       test('cancel removes the session', async () => {
         const s = await sessions.begin('alice/a');

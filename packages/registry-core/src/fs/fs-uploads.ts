@@ -1,6 +1,6 @@
 import { randomUUID, type Hash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { mkdir, open, readdir, readFile, rename, rm, stat, truncate, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, rm, rmdir, stat, truncate, unlink, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -17,6 +17,13 @@ import { isNotFound } from './fs-blob-store.js';
  * whose hash was let go re-hashes its file at its next chunk.
  */
 const RUNNING_HASHES = 1024;
+/**
+ * Sessions whose info (repository, algorithm, start) is kept in memory, the most recently used: the
+ * info never changes, and reading `info.json` at every request of a session was three file reads per
+ * upload. Whether the session still exists is asked of the file system each time (another process
+ * sharing the storage may have ended it).
+ */
+const KNOWN_INFOS = 4096;
 
 const SESSION_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
@@ -61,6 +68,7 @@ interface RunningHash {
 export class FsUploadSessions implements UploadSessions {
   private readonly dir: string;
   private readonly running = new Map<string, RunningHash>();
+  private readonly infos = new Map<string, SessionInfo>();
   private readonly locks = new Map<string, Promise<unknown>>();
   /** Sessions with a chunk being written, and the size they had before it: what status reports. */
   private readonly committed = new Map<string, number>();
@@ -113,24 +121,34 @@ export class FsUploadSessions implements UploadSessions {
       await rm(folder, { recursive: true, force: true });
       throw err;
     }
+    this.remember(id, info);
     return { id, repo, size: 0, startedAt: new Date(info.startedAt) };
   }
 
   async status(repo: string, id: string): Promise<UploadStatus | undefined> {
-    const info = await this.info(repo, id);
+    return (await this.session(repo, id))?.status;
+  }
+
+  /** The session's status and info; its `data` file, which each ends by moving or removing, says it still exists. */
+  private async session(repo: string, id: string): Promise<{ status: UploadStatus; info: SessionInfo } | undefined> {
+    // A known session's existence is its data file's stat, taken below: no second look needed.
+    const info = await this.info(repo, id, false);
     if (!info) return undefined;
     const onDisk = (await stat(this.dataPath(id)).catch(() => undefined))?.size;
-    if (onDisk === undefined) return undefined;
+    if (onDisk === undefined) {
+      this.infos.delete(id);
+      return undefined;
+    }
     // While a chunk is arriving, its bytes are not the client's to resume from: they may yet be cut.
     const size = this.committed.get(id) ?? onDisk;
-    return { id, repo, size, startedAt: new Date(info.startedAt) };
+    return { status: { id, repo, size, startedAt: new Date(info.startedAt) }, info };
   }
 
   append(repo: string, id: string, chunk: Readable, position: ChunkPosition, signal?: AbortSignal): Promise<UploadStatus> {
     return this.exclusive(id, async () => {
       // A DELETE came while this chunk waited: the session is as good as gone.
       if (this.cancelling.has(id)) throw uploadUnknown(id);
-      const current = await this.require(repo, id);
+      const { status: current, info } = await this.require(repo, id);
       if (position.start !== undefined && position.start !== current.size) {
         throw new RegistryError('RANGE_INVALID', 'chunk does not start where the upload ends', {
           expectedStart: current.size,
@@ -138,7 +156,7 @@ export class FsUploadSessions implements UploadSessions {
         });
       }
       const expected = position.start !== undefined && position.end !== undefined ? position.end - position.start + 1 : undefined;
-      const running = await this.runningHash(id, current.size);
+      const running = await this.runningHash(id, current.size, info.algorithm);
       const counter = { bytes: 0 };
       this.committed.set(id, current.size);
       const stop = new AbortController();
@@ -173,7 +191,7 @@ export class FsUploadSessions implements UploadSessions {
 
   seal(repo: string, id: string, digest: Digest): Promise<{ blob: BlobInfo; file: string }> {
     return this.exclusive(id, async () => {
-      const current = await this.require(repo, id);
+      const { status: current } = await this.require(repo, id);
       const { algorithm } = parseDigest(digest);
       let actual: Digest;
       const running = this.running.get(id);
@@ -200,10 +218,31 @@ export class FsUploadSessions implements UploadSessions {
       const now = new Date();
       await utimes(this.dataPath(id), now, now);
       await rename(this.dataPath(id), sealed);
-      this.running.delete(id);
-      await rm(join(this.dir, id), { recursive: true, force: true });
-      this.opened(repo, -1);
+      await this.end(repo, id, true);
       return { blob: { digest, size: current.size }, file: sealed };
+    });
+  }
+
+  async takeWhole<T>(repo: string, id: string, store: (signal: AbortSignal) => Promise<T>, signal?: AbortSignal): Promise<T | undefined> {
+    return this.exclusive(id, async () => {
+      if (this.cancelling.has(id)) throw uploadUnknown(id);
+      const { status: current } = await this.require(repo, id);
+      if (current.size !== 0) return undefined;
+      const stop = new AbortController();
+      this.writing.set(id, stop);
+      let stored: T;
+      try {
+        stored = await store(signal ? AbortSignal.any([signal, stop.signal]) : stop.signal);
+      } catch (err) {
+        // Stopped by a cancel: the client is told its session is gone, never that the blob was stored.
+        if (stop.signal.aborted && !signal?.aborted) throw uploadUnknown(id);
+        throw err;
+      } finally {
+        this.writing.delete(id);
+      }
+      // The blob is in the store: the session, which never held a byte of it, ends as a seal ends it.
+      await this.end(repo, id);
+      return stored;
     });
   }
 
@@ -216,9 +255,7 @@ export class FsUploadSessions implements UploadSessions {
       return await this.exclusive(id, async () => {
         // Looked at again under the lock: a seal or another cancel may have ended the session meanwhile.
         if (!(await this.info(repo, id))) return false;
-        this.running.delete(id);
-        await rm(join(this.dir, id), { recursive: true, force: true });
-        this.opened(repo, -1);
+        await this.end(repo, id);
         return true;
       });
     } finally {
@@ -248,6 +285,7 @@ export class FsUploadSessions implements UploadSessions {
         const limit = orphan ? new Date(Math.max(olderThan.getTime(), Date.now() - ORPHAN_FOLDER_MS)) : olderThan;
         if (s.mtime >= limit) return false;
         this.running.delete(id);
+        this.infos.delete(id);
         await rm(folder, { recursive: true, force: true });
         if (info) this.opened(info.repo, -1);
         return true;
@@ -255,6 +293,31 @@ export class FsUploadSessions implements UploadSessions {
       if (gone) removed += 1;
     }
     return removed;
+  }
+
+  /**
+   * Removes an ended session's folder (under its lock), and forgets it. Its files are known: `data`
+   * (unless a seal moved it out) and `info.json`; a folder that holds anything else (or lost
+   * something) is removed the slow way.
+   */
+  private async end(repo: string, id: string, dataMoved = false): Promise<void> {
+    this.running.delete(id);
+    this.infos.delete(id);
+    const folder = join(this.dir, id);
+    try {
+      if (!dataMoved) await unlink(this.dataPath(id));
+      await unlink(join(folder, 'info.json'));
+      await rmdir(folder);
+    } catch {
+      await rm(folder, { recursive: true, force: true });
+    }
+    this.opened(repo, -1);
+  }
+
+  private remember(id: string, info: SessionInfo): void {
+    this.infos.delete(id);
+    this.infos.set(id, info);
+    if (this.infos.size > KNOWN_INFOS) this.infos.delete(this.infos.keys().next().value!);
   }
 
   /** Keeps the count of `repo`'s namespace up with a session begun (1) or ended (-1). */
@@ -300,8 +363,25 @@ export class FsUploadSessions implements UploadSessions {
     return join(this.dir, id, 'data');
   }
 
-  private async info(repo: string, id: string): Promise<SessionInfo | undefined> {
+  /**
+   * The session's info, if `id` is a session of `repo`'s. A known one is looked for on disk too unless
+   * `checked` is false (the caller stats its data file next, which tells the same).
+   */
+  private async info(repo: string, id: string, checked = true): Promise<SessionInfo | undefined> {
     if (!SESSION_ID.test(id)) return undefined;
+    const known = this.infos.get(id);
+    if (known) {
+      if (known.repo !== repo) return undefined;
+      if (!checked) return known;
+      try {
+        await stat(join(this.dir, id, 'info.json'));
+        return known;
+      } catch (err) {
+        if (!isNotFound(err)) throw err;
+        this.infos.delete(id);
+        return undefined;
+      }
+    }
     let raw: string;
     try {
       raw = await readFile(join(this.dir, id, 'info.json'), 'utf8');
@@ -310,27 +390,28 @@ export class FsUploadSessions implements UploadSessions {
       throw err;
     }
     const info = JSON.parse(raw) as SessionInfo;
-    if (info.repo !== repo || !isDigestAlgorithm(info.algorithm)) return undefined;
+    if (!isDigestAlgorithm(info.algorithm)) return undefined;
+    this.remember(id, info);
+    if (info.repo !== repo) return undefined;
     return info;
   }
 
-  private async require(repo: string, id: string): Promise<UploadStatus> {
-    const s = await this.status(repo, id);
+  private async require(repo: string, id: string): Promise<{ status: UploadStatus; info: SessionInfo }> {
+    const s = await this.session(repo, id);
     if (!s) throw uploadUnknown(id);
     return s;
   }
 
   /** The session's hash of its data so far: kept from its last chunk, or made from its file. */
-  private async runningHash(id: string, size: number): Promise<RunningHash> {
+  private async runningHash(id: string, size: number, algorithm: DigestAlgorithm): Promise<RunningHash> {
     const known = this.running.get(id);
     this.running.delete(id);
     let running: RunningHash;
     if (known && known.offset === size) {
       running = known;
     } else {
-      const info = JSON.parse(await readFile(join(this.dir, id, 'info.json'), 'utf8')) as SessionInfo;
-      const { hash, size: hashed } = size === 0 ? { hash: newHash(info.algorithm), size: 0 } : await hashFile(this.dataPath(id), info.algorithm);
-      running = { algorithm: info.algorithm, hash, offset: hashed };
+      const { hash, size: hashed } = size === 0 ? { hash: newHash(algorithm), size: 0 } : await hashFile(this.dataPath(id), algorithm);
+      running = { algorithm, hash, offset: hashed };
     }
     // Most recently used last; the least recently used goes when there are too many, unless a chunk
     // of it is arriving (its seal would re-hash the file).
