@@ -73,7 +73,10 @@ export class LocalRegistry implements RepositoryReader, RepositoryWriter {
   }
 
   openBlob(_repo: string, blob: BlobInfo | UnsizedBlob, range?: ByteRange): Promise<Readable | undefined> {
-    return this.blobs.open(blob.digest, range);
+    // The whole of a blob whose size the metadata holds is that range: the store need not stat its
+    // file to learn it (a file shorter than that fails the stream, as a cut one would).
+    const whole = blob.size !== undefined && blob.size > 0 ? { start: 0, end: blob.size - 1 } : undefined;
+    return this.blobs.open(blob.digest, range ?? whole);
   }
 
   tags(repo: string, page: Page): Promise<string[] | undefined> {
