@@ -350,6 +350,36 @@ export function describeUploadSessions(name: string, make: () => Promise<UploadS
         expect(await sessions.status('alice/a', s.id)).toBeUndefined();
       });
 
+      test('a cancel asked for at the moment the store is being set up still stops it, every time', async () => {
+        // The cancel's own look at the session and the take's may end in either order: whichever
+        // does, the take never stores past a cancel that came while it was running.
+        const rounds = await Promise.all(
+          Array.from({ length: 40 }, async () => {
+            const s = await sessions.begin('alice/a');
+            const taking = sessions.takeWhole(
+              'alice/a',
+              s.id,
+              (signal) =>
+                new Promise<string>((resolve, reject) => {
+                  if (signal.aborted) return reject(new Error('aborted'));
+                  const done = setTimeout(() => resolve('placed'), 2000);
+                  signal.addEventListener('abort', () => {
+                    clearTimeout(done);
+                    reject(new Error('aborted'));
+                  });
+                }),
+            );
+            const cancelled = sessions.cancel('alice/a', s.id);
+            const outcome = await taking.then(
+              (v) => v,
+              (err: { code?: string }) => err.code,
+            );
+            return { outcome, cancelled: await cancelled };
+          }),
+        );
+        expect(rounds.filter((r) => r.outcome !== 'BLOB_UPLOAD_UNKNOWN' || !r.cancelled)).toEqual([]);
+      });
+
       test('the caller\'s own abort is passed through as it is', async () => {
         const s = await sessions.begin('alice/a');
         const caller = new AbortController();

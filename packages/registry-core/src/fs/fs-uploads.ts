@@ -230,6 +230,8 @@ export class FsUploadSessions implements UploadSessions {
       if (current.size !== 0) return undefined;
       const stop = new AbortController();
       this.writing.set(id, stop);
+      // A cancel that came while the session was looked at found nothing to stop yet.
+      if (this.cancelling.has(id)) stop.abort();
       let stored: T;
       try {
         stored = await store(signal ? AbortSignal.any([signal, stop.signal]) : stop.signal);
