@@ -1,7 +1,7 @@
-import { mkdir, readdir, rm, stat } from 'node:fs/promises';
+import { mkdir, stat } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { dirname, join } from 'node:path';
+import { dirname } from 'node:path';
 import {
   flushDeferredWrites,
   FsBlobStore,
@@ -100,12 +100,17 @@ async function prepareStorage(config: WharfConfig): Promise<void> {
       );
     }
   }
-  // Leftovers of writes interrupted by a crash: no ingest is running before we start. Those of blob
-  // fills are BlobFills.restore's: it keeps what the last shutdown noted, and removes the rest.
-  for (const entry of await readdir(config.temporaryRegistryStorage)) {
-    if (entry.startsWith('ingest-')) await rm(join(config.temporaryRegistryStorage, entry), { force: true });
-  }
 }
+
+/**
+ * An ingest's temp file not written to for this long is a crash's leftover: a running one (here or in
+ * another process on the same storage) writes as its bytes arrive, and a client silent for longer
+ * than the idle timeout is cut.
+ */
+export function staleIngestAge(config: Pick<WharfConfig, 'idleTimeout'>): number {
+  return Math.max(STALE_INGEST_MS, 2 * config.idleTimeout);
+}
+const STALE_INGEST_MS = 10 * 60_000;
 
 export async function startServer(config: WharfConfig, options: StartOptions = {}): Promise<RunningServer> {
   const logger = options.logger ?? createLogger({ level: config.logLevel, format: config.logFormat });
@@ -216,6 +221,20 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
   await expireUploads();
   const expiry = setInterval(expireUploads, Math.max(60_000, Math.min(config.uploadMaxAge / 4, 3_600_000)));
   expiry.unref();
+  // Leftovers of pushes a crash interrupted (the registry's and the proxy's stores share the temporary
+  // folder): not all at start, where another process on this storage may be writing one, but soon
+  // after (a crash on a full disk may have left the biggest). Those of blob fills are BlobFills.restore's.
+  const removeLeftovers = async () => {
+    try {
+      const removed = await registryBlobs.removeStaleIngests(new Date(Date.now() - staleIngestAge(config)));
+      if (removed > 0) logger.info({ removed }, 'temporary files of interrupted pushes removed');
+    } catch (err) {
+      logger.warn({ err }, 'removing the temporary files of interrupted pushes failed');
+    }
+  };
+  await removeLeftovers();
+  const leftovers = setInterval(removeLeftovers, STALE_INGEST_MS / 4);
+  leftovers.unref();
   const sweep = async () => {
     // A long sweep (a lowered max_size) spans ticks: the next tick has nothing to add, nor to log.
     if (eviction.sweeping) return;
@@ -247,6 +266,7 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
   /** A start that cannot listen leaves nothing running, and the kept bytes noted for the next start. */
   const undoStart = async (): Promise<void> => {
     clearInterval(expiry);
+    clearInterval(leftovers);
     if (sweeper) clearInterval(sweeper);
     clearInterval(tlsRefresh);
     db.close();
@@ -315,6 +335,7 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
       closed ??= (async () => {
         draining = true;
         clearInterval(expiry);
+        clearInterval(leftovers);
         if (sweeper) clearInterval(sweeper);
         clearInterval(tlsRefresh);
         const timeoutMs = closeOptions.timeoutMs ?? config.shutdownTimeout;

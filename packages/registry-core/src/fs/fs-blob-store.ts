@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { createWriteStream, fstat as fstatCallback, open as openCallback } from 'node:fs';
 import { promisify } from 'node:util';
-import { mkdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import { mkdir, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -103,6 +103,25 @@ export class FsBlobStore implements BlobStore {
     await mkdir(dirname(target), { recursive: true });
     // Content addressing makes this idempotent: an existing file already holds these bytes.
     await rename(file, target);
+  }
+
+  /**
+   * Removes the temporary files of ingests (`ingest-*` under `tempRoot`: pushes, imports) not written
+   * to since `olderThan`: what a crash left. An ingest still running, in this process or in another
+   * sharing the storage, writes as its bytes arrive, so its file stays younger than that (a client
+   * silent for longer than the server's idle timeout is cut). Returns how many went.
+   */
+  async removeStaleIngests(olderThan: Date): Promise<number> {
+    let removed = 0;
+    for (const entry of await readdir(this.tempRoot).catch(() => [] as string[])) {
+      if (!entry.startsWith('ingest-')) continue;
+      const file = join(this.tempRoot, entry);
+      const s = await stat(file).catch(() => undefined);
+      if (!s?.isFile() || s.mtime >= olderThan) continue;
+      await rm(file, { force: true });
+      removed += 1;
+    }
+    return removed;
   }
 
   async remove(digest: Digest): Promise<boolean> {

@@ -1,0 +1,76 @@
+/**
+ * Two Wharf processes on one storage and database (a rolling restart starts the new one before the
+ * old one stops): a starting server must not take the temp file of a push another one is streaming,
+ * and still removes what a crash left.
+ */
+import { afterEach, describe, expect, test } from '@jest/globals';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtemp, readdir, rm, utimes, writeFile } from 'node:fs/promises';
+import { request } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
+
+const started: TestRegistry[] = [];
+let root: string | undefined;
+
+afterEach(async () => {
+  for (const server of started.splice(0)) await server.close();
+  if (root) await rm(root, { recursive: true, force: true });
+  root = undefined;
+});
+
+async function start(folder: string): Promise<TestRegistry> {
+  const server = await startRegistry({ root: folder });
+  started.push(server);
+  return server;
+}
+
+const ingests = async (folder: string) => (await readdir(join(folder, '_tmp'))).filter((f) => f.startsWith('ingest-'));
+
+describe('a server starting on the storage of a running one', () => {
+  test('leaves the temp file of a monolithic upload the other is receiving: the upload completes (201)', async () => {
+    root = await mkdtemp(join(tmpdir(), 'wharf-shared-'));
+    const a = await start(root);
+    const blob = randomBytes(4 * 1024 * 1024);
+    const digest = `sha256:${createHash('sha256').update(blob).digest('hex')}`;
+    const session = await fetch(`${a.url}/v2/alice/app/blobs/uploads/`, { method: 'POST' });
+    expect(session.status).toBe(202);
+    const location = new URL(session.headers.get('location')!, a.url);
+    location.searchParams.set('digest', digest);
+
+    // POST, then PUT with the whole body: containerd's way. Half the body goes before B starts.
+    const answer = new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const put = request(location, { method: 'PUT', headers: { 'content-length': String(blob.length), 'content-type': 'application/octet-stream' } }, (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => (body += c));
+        res.on('end', () => resolve({ status: res.statusCode!, body }));
+      });
+      put.on('error', reject);
+      put.write(blob.subarray(0, blob.length / 2));
+      void (async () => {
+        for (let i = 0; i < 200 && (await ingests(root!)).length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+        // A crash's leftover, an hour old, beside the upload's fresh temp file.
+        const leftover = join(root!, '_tmp', 'ingest-left-by-a-crash');
+        await writeFile(leftover, 'partial');
+        const hourAgo = new Date(Date.now() - 3_600_000);
+        await utimes(leftover, hourAgo, hourAgo);
+        expect(await ingests(root!)).toHaveLength(2);
+        await start(root!);
+        expect(await ingests(root!)).toHaveLength(1);
+        put.end(blob.subarray(blob.length / 2));
+      })().catch((err: unknown) => {
+        put.destroy();
+        reject(err as Error);
+      });
+    });
+
+    const { status, body } = await answer;
+    expect({ status, body }).toEqual({ status: 201, body: '' });
+    const pulled = await fetch(`${a.url}/v2/alice/app/blobs/${digest}`);
+    expect(pulled.status).toBe(200);
+    expect(Buffer.from(await pulled.arrayBuffer()).equals(blob)).toBe(true);
+    expect(await ingests(root)).toEqual([]);
+  });
+});
