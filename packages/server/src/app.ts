@@ -42,6 +42,8 @@ export interface AppOptions {
   readonly ops?: OpsOptions;
   /** `trusted_proxies`: peers whose X-Forwarded-For names the client (http/client-address.ts). */
   readonly trustedProxies?: readonly string[];
+  /** `automatic_mount`: `?mount=` without `from` looks for a source repository. */
+  readonly automaticMount?: boolean;
 }
 
 export interface OpsOptions {
@@ -63,7 +65,7 @@ export function createApp(options: AppOptions): Koa {
   // Order matters where patterns overlap: uploads before blobs, the catalog before repository routes.
   registerBase(v2);
   registerCatalog(v2, options.local, options.auth ? catalogFilter(options.auth) : undefined);
-  registerUploads(v2, deps);
+  registerUploads(v2, deps, { automaticMount: options.automaticMount ?? false });
   registerBlobs(v2, deps);
   registerManifests(v2, deps);
   registerTags(v2, deps);

@@ -39,6 +39,8 @@ export interface WharfConfig {
   readonly requestTimeout: number;
   /** Reverse proxies (addresses, CIDR ranges) whose X-Forwarded-For names the client. */
   readonly trustedProxies: readonly string[];
+  /** `?mount=` without `from` looks for a source repository (OCI 1.1 automatic content discovery). */
+  readonly automaticMount: boolean;
   readonly proxy: ProxyConfig;
   readonly auth: AuthConfig;
   readonly tls: TlsConfig;
@@ -47,7 +49,7 @@ export interface WharfConfig {
   readonly gc: GcConfig;
 }
 
-type Kind = 'string' | 'path' | 'listen' | 'duration' | 'log_level' | 'log_format' | 'networks';
+type Kind = 'string' | 'path' | 'listen' | 'duration' | 'log_level' | 'log_format' | 'networks' | 'boolean';
 
 interface KeySpec {
   readonly kind: Kind;
@@ -74,6 +76,11 @@ export const CONFIG_KEYS = {
   idle_timeout: { kind: 'duration', default: '2m', doc: 'idle keep-alive connections and silent sockets are closed after this long' },
   request_timeout: { kind: 'duration', default: '2m', doc: 'longest time of a request that does not move a blob (0: none)' },
   trusted_proxies: { kind: 'networks', doc: 'reverse proxies (addresses or CIDR ranges) whose X-Forwarded-For names the client; comma-separated in the environment' },
+  automatic_mount: {
+    kind: 'boolean',
+    default: 'false',
+    doc: 'POST ?mount= without from mounts the blob from a repository the caller may pull (OCI 1.1 automatic content discovery); off: a new upload session, as distribution answers',
+  },
 } as const satisfies Record<string, KeySpec>;
 
 /** Tables of settings, each validated by its own module. */
@@ -180,6 +187,7 @@ export function buildConfig(
     idleTimeout: values.idle_timeout as number,
     requestTimeout: values.request_timeout as number,
     trustedProxies: values.trusted_proxies as string[],
+    automaticMount: values.automatic_mount as boolean,
     proxy,
     auth,
     tls,
@@ -214,6 +222,7 @@ function refuseMovedDefault(key: string, path: string, fileDir: string, cwd: str
 
 function convert(key: string, kind: Kind, raw: unknown, base: string): unknown {
   if (kind === 'networks') return networks(key, raw);
+  if (kind === 'boolean') return flag(key, raw);
   if (typeof raw !== 'string' && !(kind === 'duration' && typeof raw === 'number')) {
     throw new ConfigError(`"${key}" must be a ${kind === 'duration' ? 'duration such as "24h" or a number of seconds' : 'string'} (got ${describe(raw)})`);
   }
@@ -245,6 +254,15 @@ function convert(key: string, kind: Kind, raw: unknown, base: string): unknown {
       }
       return raw;
   }
+}
+
+/** true or false in the file; from the environment (or the default), true/1/yes/on or false/0/no/off. */
+function flag(key: string, raw: unknown): boolean {
+  if (typeof raw === 'boolean') return raw;
+  const v = typeof raw === 'string' ? raw.trim().toLowerCase() : undefined;
+  if (v !== undefined && ['true', '1', 'yes', 'on'].includes(v)) return true;
+  if (v !== undefined && ['false', '0', 'no', 'off'].includes(v)) return false;
+  throw new ConfigError(`"${key}" must be true or false (got ${describe(raw)})`);
 }
 
 /** An array of addresses and CIDR ranges, or the same comma-separated (from the environment); none when unset. */

@@ -183,6 +183,7 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
   const handler = createHandler({
     ...(auth ? { auth } : {}),
     trustedProxies: config.trustedProxies,
+    automaticMount: config.automaticMount,
     local,
     resolver,
     logger,

@@ -66,6 +66,15 @@ describe('configuration', () => {
     expect(config.listen).toEqual({ host: '0.0.0.0', port: 5000 });
     expect(config.database).toBe(join(dir, 'storage/wharf.db'));
     expect(config.logLevel).toBe('info');
+    expect(config.automaticMount).toBe(false);
+  });
+
+  test('automatic_mount is true or false, in the file or as WHARF_AUTOMATIC_MOUNT', () => {
+    expect(buildConfig({ ...REQUIRED, automatic_mount: true }, { cwd: dir }).automaticMount).toBe(true);
+    expect(buildConfig({ ...REQUIRED, automatic_mount: true }, { cwd: dir, env: { WHARF_AUTOMATIC_MOUNT: 'off' } }).automaticMount).toBe(false);
+    expect(buildConfig(REQUIRED, { cwd: dir, env: { WHARF_AUTOMATIC_MOUNT: 'yes' } }).automaticMount).toBe(true);
+    expect(() => buildConfig({ ...REQUIRED, automatic_mount: 'sometimes' }, { cwd: dir })).toThrow('"automatic_mount" must be true or false (got string "sometimes")');
+    expect(() => buildConfig(REQUIRED, { cwd: dir, env: { WHARF_AUTOMATIC_MOUNT: '2' } })).toThrow('"automatic_mount" must be true or false');
   });
 
   test.each(Object.keys(REQUIRED))('a file without %s is refused with a message naming it', (key) => {

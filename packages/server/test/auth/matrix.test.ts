@@ -70,7 +70,8 @@ describe('the permission matrix', () => {
     await pushImage(up.url, 'lib/app', '1');
     reg = await startAuthRegistry({
       logger: log.logger,
-      settings: { proxy: { retries: 0, upstreams: { up: { url: up.url } } } },
+      // automatic_mount on: a mount without from must still not tell anyone what they cannot pull.
+      settings: { automatic_mount: true, proxy: { retries: 0, upstreams: { up: { url: up.url } } } },
       authSettings: {
         users: [
           ...['alice', 'bob', 'dev', 'rita', 'eve'].map((name) => ({ name, password_hash: bcryptHash(PASSWORDS[name]!) })),
