@@ -8,7 +8,7 @@ import { invalidNetwork } from './http/client-address.js';
 import { buildProxyConfig, type ProxyConfig } from './proxy-config.js';
 import { buildAuthConfig, checkAuthConfig, type AuthConfig } from './auth-config.js';
 import { buildGcConfig, type GcConfig } from './gc-config.js';
-import { applyTableEnv } from './env-tables.js';
+import { applyTableEnv, booleanWord } from './env-tables.js';
 import { buildTlsConfig, type TlsConfig } from './tls/tls-config.js';
 import { buildMetricsConfig, type MetricsConfig } from './metrics/metrics-config.js';
 
@@ -258,11 +258,9 @@ function convert(key: string, kind: Kind, raw: unknown, base: string): unknown {
 
 /** true or false in the file; from the environment (or the default), true/1/yes/on or false/0/no/off. */
 function flag(key: string, raw: unknown): boolean {
-  if (typeof raw === 'boolean') return raw;
-  const v = typeof raw === 'string' ? raw.trim().toLowerCase() : undefined;
-  if (v !== undefined && ['true', '1', 'yes', 'on'].includes(v)) return true;
-  if (v !== undefined && ['false', '0', 'no', 'off'].includes(v)) return false;
-  throw new ConfigError(`"${key}" must be true or false (got ${describe(raw)})`);
+  const v = typeof raw === 'boolean' ? raw : typeof raw === 'string' ? booleanWord(raw) : undefined;
+  if (v === undefined) throw new ConfigError(`"${key}" must be true or false (got ${describe(raw)})`);
+  return v;
 }
 
 /** An array of addresses and CIDR ranges, or the same comma-separated (from the environment); none when unset. */

@@ -34,6 +34,14 @@ export const TABLE_ENV_KEYS: Readonly<Record<string, Readonly<Record<string, Env
   gc: { interval: 'duration', grace: 'duration', delete_untagged: 'boolean' },
 };
 
+/** A boolean as the environment writes it: true/1/yes/on or false/0/no/off (any case); undefined for anything else. */
+export function booleanWord(text: string): boolean | undefined {
+  const v = text.trim().toLowerCase();
+  if (['true', '1', 'yes', 'on'].includes(v)) return true;
+  if (['false', '0', 'no', 'off'].includes(v)) return false;
+  return undefined;
+}
+
 export function tableEnvName(table: string, key: string): string {
   return `WHARF_${table}_${key}`.toUpperCase();
 }
@@ -41,10 +49,9 @@ export function tableEnvName(table: string, key: string): string {
 function convert(name: string, kind: EnvKind, text: string, cwd: string): unknown {
   switch (kind) {
     case 'boolean': {
-      const v = text.trim().toLowerCase();
-      if (['true', '1', 'yes', 'on'].includes(v)) return true;
-      if (['false', '0', 'no', 'off'].includes(v)) return false;
-      throw new ConfigError(`${name} must be true or false (got "${text}")`);
+      const v = booleanWord(text);
+      if (v === undefined) throw new ConfigError(`${name} must be true or false (got "${text}")`);
+      return v;
     }
     case 'integer':
       if (!/^\d+$/.test(text.trim())) throw new ConfigError(`${name} must be a non-negative integer (got "${text}")`);

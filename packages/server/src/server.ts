@@ -107,7 +107,7 @@ async function prepareStorage(config: WharfConfig): Promise<void> {
  * another process on the same storage) writes as its bytes arrive, and a client silent for longer
  * than the idle timeout is cut.
  */
-export function staleIngestAge(config: Pick<WharfConfig, 'idleTimeout'>): number {
+function staleIngestAge(config: Pick<WharfConfig, 'idleTimeout'>): number {
   return Math.max(STALE_INGEST_MS, 2 * config.idleTimeout);
 }
 const STALE_INGEST_MS = 10 * 60_000;
