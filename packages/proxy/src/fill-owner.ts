@@ -75,6 +75,14 @@ export function ownerState(root: string, tag: string): 'live' | 'gone' {
 }
 
 /**
+ * Whether some server holds an owner lock in `root` (`entries` is the folder's listing): another
+ * process writing temp files there now. Asked before a starting server takes its own.
+ */
+export function anyOwnerLive(root: string, entries: readonly string[]): boolean {
+  return entries.some((entry) => entry.startsWith(LOCK_PREFIX) && entry.endsWith(LOCK_SUFFIX) && ownerState(root, entry.slice(LOCK_PREFIX.length, -LOCK_SUFFIX.length)) === 'live');
+}
+
+/**
  * Removes the lock files in `root` of owners that are gone (`entries` is the folder's listing): their
  * files have been dealt with. `live` holds the owners whose state is known already (true: live),
  * which are not asked again.

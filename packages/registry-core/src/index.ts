@@ -11,7 +11,7 @@ export { noteReceived } from './young-garbage.js';
 export { exposedGc, fullGcSoon, type Gc } from './exposed-gc.js';
 export * from './registry.js';
 export * from './local-registry.js';
-export { FsBlobStore } from './fs/fs-blob-store.js';
+export { FsBlobStore, removeIngestLeftovers } from './fs/fs-blob-store.js';
 export { FileBlobStream, closeFile, takeFile, type FileRange, type HeldBytes, type TakesFile } from './fs/file-blob-stream.js';
 export { SERVER_WAIT } from './server-wait.js';
 export { FsUploadSessions } from './fs/fs-uploads.js';

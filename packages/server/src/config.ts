@@ -149,11 +149,13 @@ export function buildConfig(
     const fromEnv = env[envName(key)];
     let raw: unknown;
     let base = fileDir;
+    let inFile = false;
     if (fromEnv !== undefined && fromEnv !== '') {
       raw = fromEnv;
       base = cwd;
     } else if (doc[key] !== undefined) {
       raw = doc[key];
+      inFile = true;
     } else if (spec.required) {
       throw new ConfigError(`${source}: missing required key "${key}" (or set ${envName(key)})`);
     } else {
@@ -161,7 +163,7 @@ export function buildConfig(
       raw = spec.default;
       if (spec.kind === 'path') refuseMovedDefault(key, raw as string, fileDir, cwd);
     }
-    values[key] = convert(key, spec.kind, raw, base);
+    values[key] = spec.kind === 'boolean' ? flag(key, raw, !inFile) : convert(key, spec.kind, raw, base);
   }
   const proxy = buildProxyConfig(doc.proxy, env);
   const auth = buildAuthConfig(doc.auth, env);
@@ -222,7 +224,6 @@ function refuseMovedDefault(key: string, path: string, fileDir: string, cwd: str
 
 function convert(key: string, kind: Kind, raw: unknown, base: string): unknown {
   if (kind === 'networks') return networks(key, raw);
-  if (kind === 'boolean') return flag(key, raw);
   if (typeof raw !== 'string' && !(kind === 'duration' && typeof raw === 'number')) {
     throw new ConfigError(`"${key}" must be a ${kind === 'duration' ? 'duration such as "24h" or a number of seconds' : 'string'} (got ${describe(raw)})`);
   }
@@ -256,9 +257,9 @@ function convert(key: string, kind: Kind, raw: unknown, base: string): unknown {
   }
 }
 
-/** true or false in the file; from the environment (or the default), true/1/yes/on or false/0/no/off. */
-function flag(key: string, raw: unknown): boolean {
-  const v = typeof raw === 'boolean' ? raw : typeof raw === 'string' ? booleanWord(raw) : undefined;
+/** true or false in the file, as the tables' booleans; from the environment (or the default) also 1/yes/on, 0/no/off. */
+function flag(key: string, raw: unknown, words: boolean): boolean {
+  const v = typeof raw === 'boolean' ? raw : words && typeof raw === 'string' ? booleanWord(raw) : undefined;
   if (v === undefined) throw new ConfigError(`"${key}" must be true or false (got ${describe(raw)})`);
   return v;
 }

@@ -1,4 +1,4 @@
-import { mkdir, stat } from 'node:fs/promises';
+import { mkdir, readdir, stat } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { dirname } from 'node:path';
@@ -9,10 +9,11 @@ import {
   LocalRegistry,
   SqliteMetadataStore,
   openDatabase,
+  removeIngestLeftovers,
   sqliteDriverVersion,
   type SqliteDatabase,
 } from '@wharf/registry-core';
-import { BlobFills, CacheEviction, CacheIndex, DEFAULT_POLICY, PullThroughRepository } from '@wharf/proxy';
+import { anyOwnerLive, BlobFills, CacheEviction, CacheIndex, DEFAULT_POLICY, PullThroughRepository } from '@wharf/proxy';
 import type { Logger } from 'pino';
 import { createHandler } from './app.js';
 import { createLogger, settleLog } from './logger.js';
@@ -100,17 +101,25 @@ async function prepareStorage(config: WharfConfig): Promise<void> {
       );
     }
   }
+  // Leftovers of pushes and imports a crash interrupted. With no other server on this storage (none
+  // holds an owner lock in the temporary folder: proxy/fill-owner.ts), none is being received: all go
+  // now, before the database opens (a crash on a full disk may have left the file that fills it).
+  // With another one running, only those older than an abandoned upload (see staleIngestAge).
+  const temp = config.temporaryRegistryStorage;
+  const alone = !anyOwnerLive(temp, await readdir(temp));
+  await removeIngestLeftovers(temp, alone ? undefined : new Date(Date.now() - staleIngestAge(config)));
 }
 
 /**
- * An ingest's temp file not written to for this long is a crash's leftover: a running one (here or in
- * another process on the same storage) writes as its bytes arrive, and a client silent for longer
- * than the idle timeout is cut.
+ * A push's or an import's temp file not written to for this long is a crash's leftover, whatever
+ * process wrote it: as long as an abandoned upload session is kept, and an hour at least. Not less:
+ * an import leaves the entries it has read untouched until the whole archive is in (a slow archive
+ * takes long), and with `idle_timeout = 0` a push's client may be silent for as long as it likes.
  */
-function staleIngestAge(config: Pick<WharfConfig, 'idleTimeout'>): number {
-  return Math.max(STALE_INGEST_MS, 2 * config.idleTimeout);
+function staleIngestAge(config: Pick<WharfConfig, 'uploadMaxAge'>): number {
+  return Math.max(MIN_STALE_INGEST_MS, config.uploadMaxAge);
 }
-const STALE_INGEST_MS = 10 * 60_000;
+const MIN_STALE_INGEST_MS = 3_600_000;
 
 export async function startServer(config: WharfConfig, options: StartOptions = {}): Promise<RunningServer> {
   const logger = options.logger ?? createLogger({ level: config.logLevel, format: config.logFormat });
@@ -215,6 +224,9 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
     try {
       const removed = await uploads.expire(new Date(Date.now() - config.uploadMaxAge));
       if (removed > 0) logger.info({ removed }, 'abandoned upload sessions removed');
+      // What a crash of another server on this storage left (a start alone removes them all).
+      const leftovers = await registryBlobs.removeStaleIngests(new Date(Date.now() - staleIngestAge(config)));
+      if (leftovers > 0) logger.info({ removed: leftovers }, 'temporary files of interrupted pushes and imports removed');
     } catch (err) {
       logger.warn({ err }, 'upload expiry failed');
     }
@@ -222,20 +234,6 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
   await expireUploads();
   const expiry = setInterval(expireUploads, Math.max(60_000, Math.min(config.uploadMaxAge / 4, 3_600_000)));
   expiry.unref();
-  // Leftovers of pushes a crash interrupted (the registry's and the proxy's stores share the temporary
-  // folder): not all at start, where another process on this storage may be writing one, but soon
-  // after (a crash on a full disk may have left the biggest). Those of blob fills are BlobFills.restore's.
-  const removeLeftovers = async () => {
-    try {
-      const removed = await registryBlobs.removeStaleIngests(new Date(Date.now() - staleIngestAge(config)));
-      if (removed > 0) logger.info({ removed }, 'temporary files of interrupted pushes removed');
-    } catch (err) {
-      logger.warn({ err }, 'removing the temporary files of interrupted pushes failed');
-    }
-  };
-  await removeLeftovers();
-  const leftovers = setInterval(removeLeftovers, STALE_INGEST_MS / 4);
-  leftovers.unref();
   const sweep = async () => {
     // A long sweep (a lowered max_size) spans ticks: the next tick has nothing to add, nor to log.
     if (eviction.sweeping) return;
@@ -267,7 +265,6 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
   /** A start that cannot listen leaves nothing running, and the kept bytes noted for the next start. */
   const undoStart = async (): Promise<void> => {
     clearInterval(expiry);
-    clearInterval(leftovers);
     if (sweeper) clearInterval(sweeper);
     clearInterval(tlsRefresh);
     db.close();
@@ -336,8 +333,7 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
       closed ??= (async () => {
         draining = true;
         clearInterval(expiry);
-        clearInterval(leftovers);
-        if (sweeper) clearInterval(sweeper);
+            if (sweeper) clearInterval(sweeper);
         clearInterval(tlsRefresh);
         const timeoutMs = closeOptions.timeoutMs ?? config.shutdownTimeout;
         const report = await drainServers({

@@ -74,6 +74,8 @@ describe('configuration', () => {
     expect(buildConfig({ ...REQUIRED, automatic_mount: true }, { cwd: dir, env: { WHARF_AUTOMATIC_MOUNT: 'off' } }).automaticMount).toBe(false);
     expect(buildConfig(REQUIRED, { cwd: dir, env: { WHARF_AUTOMATIC_MOUNT: 'yes' } }).automaticMount).toBe(true);
     expect(() => buildConfig({ ...REQUIRED, automatic_mount: 'sometimes' }, { cwd: dir })).toThrow('"automatic_mount" must be true or false (got string "sometimes")');
+    // In the file a TOML boolean, as every table's: words are the environment's.
+    expect(() => buildConfig({ ...REQUIRED, automatic_mount: 'yes' }, { cwd: dir })).toThrow('"automatic_mount" must be true or false (got string "yes")');
     expect(() => buildConfig(REQUIRED, { cwd: dir, env: { WHARF_AUTOMATIC_MOUNT: '2' } })).toThrow('"automatic_mount" must be true or false');
   });
 

@@ -105,23 +105,9 @@ export class FsBlobStore implements BlobStore {
     await rename(file, target);
   }
 
-  /**
-   * Removes the temporary files of ingests (`ingest-*` under `tempRoot`: pushes, imports) not written
-   * to since `olderThan`: what a crash left. An ingest still running, in this process or in another
-   * sharing the storage, writes as its bytes arrive, so its file stays younger than that (a client
-   * silent for longer than the server's idle timeout is cut). Returns how many went.
-   */
-  async removeStaleIngests(olderThan: Date): Promise<number> {
-    let removed = 0;
-    for (const entry of await readdir(this.tempRoot).catch(() => [] as string[])) {
-      if (!entry.startsWith('ingest-')) continue;
-      const file = join(this.tempRoot, entry);
-      const s = await stat(file).catch(() => undefined);
-      if (!s?.isFile() || s.mtime >= olderThan) continue;
-      await rm(file, { force: true });
-      removed += 1;
-    }
-    return removed;
+  /** See removeIngestLeftovers: the leftovers in this store's temporary folder. */
+  removeStaleIngests(olderThan: Date): Promise<number> {
+    return removeIngestLeftovers(this.tempRoot, olderThan);
   }
 
   async remove(digest: Digest): Promise<boolean> {
@@ -133,6 +119,25 @@ export class FsBlobStore implements BlobStore {
       throw err;
     }
   }
+}
+
+/**
+ * Removes the temporary files of ingests (`ingest-*` under `tempRoot`: pushes, imports) not written
+ * to since `olderThan`, or all of them without it: what a crash left. The caller knows how long a
+ * running one may leave its file untouched (an import keeps the entries it has read until the whole
+ * archive is in), and whether another process may be writing some. Returns how many went.
+ */
+export async function removeIngestLeftovers(tempRoot: string, olderThan?: Date): Promise<number> {
+  let removed = 0;
+  for (const entry of await readdir(tempRoot).catch(() => [] as string[])) {
+    if (!entry.startsWith('ingest-')) continue;
+    const file = join(tempRoot, entry);
+    const s = await stat(file).catch(() => undefined);
+    if (!s?.isFile() || (olderThan && s.mtime >= olderThan)) continue;
+    await rm(file, { force: true });
+    removed += 1;
+  }
+  return removed;
 }
 
 export function isNotFound(err: unknown): boolean {

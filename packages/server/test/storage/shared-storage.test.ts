@@ -51,14 +51,20 @@ describe('a server starting on the storage of a running one', () => {
       put.write(blob.subarray(0, blob.length / 2));
       void (async () => {
         for (let i = 0; i < 200 && (await ingests(root!)).length === 0; i++) await new Promise((r) => setTimeout(r, 10));
-        // A crash's leftover, an hour old, beside the upload's fresh temp file.
+        // Beside the upload's fresh temp file: a crash's leftover older than upload_max_age (24 h), which
+        // goes, and an import's entry read 20 minutes ago and waiting for the rest of its archive, which stays.
         const leftover = join(root!, '_tmp', 'ingest-left-by-a-crash');
         await writeFile(leftover, 'partial');
-        const hourAgo = new Date(Date.now() - 3_600_000);
-        await utimes(leftover, hourAgo, hourAgo);
-        expect(await ingests(root!)).toHaveLength(2);
+        const dayAgo = new Date(Date.now() - 25 * 3_600_000);
+        await utimes(leftover, dayAgo, dayAgo);
+        const spooled = join(root!, '_tmp', 'ingest-import-0f1e2d3c-0');
+        await writeFile(spooled, 'a layer read early');
+        const minutesAgo = new Date(Date.now() - 20 * 60_000);
+        await utimes(spooled, minutesAgo, minutesAgo);
+        expect(await ingests(root!)).toHaveLength(3);
         await start(root!);
-        expect(await ingests(root!)).toHaveLength(1);
+        expect((await ingests(root!)).sort()).toEqual([expect.stringMatching(/^ingest-[0-9a-f-]{36}$/), 'ingest-import-0f1e2d3c-0']);
+        await rm(spooled);
         put.end(blob.subarray(blob.length / 2));
       })().catch((err: unknown) => {
         put.destroy();
@@ -72,5 +78,21 @@ describe('a server starting on the storage of a running one', () => {
     expect(pulled.status).toBe(200);
     expect(Buffer.from(await pulled.arrayBuffer()).equals(blob)).toBe(true);
     expect(await ingests(root)).toEqual([]);
+  });
+});
+
+describe('a server starting alone on its storage', () => {
+  test('removes every push temp file a crash left, however fresh, before it opens the database', async () => {
+    root = await mkdtemp(join(tmpdir(), 'wharf-shared-'));
+    const first = await start(root);
+    await first.close();
+    started.splice(0);
+    // What a crash leaves: a push's temp file (written a moment ago), and an older one.
+    await writeFile(join(root, '_tmp', 'ingest-fresh-from-a-crash'), randomBytes(1024));
+    await writeFile(join(root, '_tmp', 'ingest-import-old-1-x'), 'partial');
+    expect(await ingests(root)).toHaveLength(2);
+    const again = await start(root);
+    expect(await ingests(root)).toEqual([]);
+    expect((await fetch(`${again.url}/v2/`)).status).toBe(200);
   });
 });
