@@ -11,4 +11,4 @@ export * from './observer.js';
 export type { RateLimitGateLogger } from './rate-limit-gate.js';
 export * from './cache-fsck.js';
 export { fillMemoryBytes } from './fill-writer.js';
-export { anyOwnerLive } from './fill-owner.js';
+export { anyOwnerLive, FillOwner } from './fill-owner.js';

@@ -77,7 +77,7 @@ const LOG_SETTLE_MS = 5_000;
  * The three storage folders must share one filesystem: blobs are written to the temporary folder and
  * renamed into place, and only a same-filesystem rename is atomic.
  */
-async function prepareStorage(config: WharfConfig): Promise<void> {
+async function prepareStorage(config: WharfConfig, logger: Logger): Promise<void> {
   const folders = {
     registry_storage: config.registryStorage,
     temporary_registry_storage: config.temporaryRegistryStorage,
@@ -107,7 +107,12 @@ async function prepareStorage(config: WharfConfig): Promise<void> {
   // With another one running, only those older than an abandoned upload (see staleIngestAge).
   const temp = config.temporaryRegistryStorage;
   const alone = !anyOwnerLive(temp, await readdir(temp));
-  await removeIngestLeftovers(temp, alone ? undefined : new Date(Date.now() - staleIngestAge(config)));
+  // A file that cannot be removed (an immutable one, a permission) is no reason not to start.
+  const removed = await removeIngestLeftovers(temp, alone ? undefined : new Date(Date.now() - staleIngestAge(config))).catch((err: unknown) => {
+    logger.warn({ err }, 'removing the temporary files of interrupted pushes and imports failed');
+    return 0;
+  });
+  if (removed > 0) logger.info({ removed, alone }, 'temporary files of interrupted pushes and imports removed');
 }
 
 /**
@@ -123,7 +128,7 @@ const MIN_STALE_INGEST_MS = 3_600_000;
 
 export async function startServer(config: WharfConfig, options: StartOptions = {}): Promise<RunningServer> {
   const logger = options.logger ?? createLogger({ level: config.logLevel, format: config.logFormat });
-  await prepareStorage(config);
+  await prepareStorage(config, logger);
   // Certificates before the database: a bad [tls] pair stops the start with nothing opened.
   const tls = await prepareTls(config.tls, config.listen.port, logger);
   const db = openDatabase(config.database);
@@ -333,7 +338,7 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
       closed ??= (async () => {
         draining = true;
         clearInterval(expiry);
-            if (sweeper) clearInterval(sweeper);
+        if (sweeper) clearInterval(sweeper);
         clearInterval(tlsRefresh);
         const timeoutMs = closeOptions.timeoutMs ?? config.shutdownTimeout;
         const report = await drainServers({

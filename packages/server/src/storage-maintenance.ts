@@ -1,7 +1,7 @@
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { CacheEviction, proxyBlobCatalog, type EvictionReport } from '@wharf/proxy';
+import { CacheEviction, FillOwner, proxyBlobCatalog, type EvictionReport } from '@wharf/proxy';
 import {
   flushDeferredWrites,
   FsBlobStore,
@@ -171,6 +171,9 @@ export function summary(report: StorageGcReport): Record<string, number | boolea
 export async function openStorage(config: WharfConfig): Promise<{ storage: StorageMaintenance; deps: StorageDeps; close(): void }> {
   for (const folder of [config.registryStorage, config.temporaryRegistryStorage, config.proxyStorage]) await mkdir(folder, { recursive: true, mode: 0o700 });
   const db = openDatabase(config.database);
+  // Held while the command runs (an import spools its entries into the temporary folder): a server
+  // starting meanwhile sees another owner there and leaves young temp files alone (server.ts).
+  const owner = FillOwner.take(config.temporaryRegistryStorage);
   try {
     const uploads = new FsUploadSessions(config.temporaryRegistryStorage);
     await uploads.init();
@@ -184,10 +187,12 @@ export async function openStorage(config: WharfConfig): Promise<{ storage: Stora
     const close = () => {
       flushDeferredWrites(db, { waitMs: 2_000 });
       db.close();
+      void owner.release();
     };
     return { storage: new StorageMaintenance(deps), deps, close };
   } catch (err) {
     db.close();
+    void owner.release();
     throw err;
   }
 }

@@ -129,14 +129,21 @@ export class FsBlobStore implements BlobStore {
  */
 export async function removeIngestLeftovers(tempRoot: string, olderThan?: Date): Promise<number> {
   let removed = 0;
+  let failure: unknown;
   for (const entry of await readdir(tempRoot).catch(() => [] as string[])) {
     if (!entry.startsWith('ingest-')) continue;
     const file = join(tempRoot, entry);
     const s = await stat(file).catch(() => undefined);
     if (!s?.isFile() || (olderThan && s.mtime >= olderThan)) continue;
-    await rm(file, { force: true });
-    removed += 1;
+    // One that cannot go (a permission) does not keep the others: its error is thrown at the end.
+    try {
+      await rm(file, { force: true });
+      removed += 1;
+    } catch (err) {
+      failure ??= err;
+    }
   }
+  if (failure !== undefined) throw failure;
   return removed;
 }
 

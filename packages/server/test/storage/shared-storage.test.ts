@@ -10,6 +10,7 @@ import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
+import { openStorage } from '../../src/storage-maintenance.js';
 
 const started: TestRegistry[] = [];
 let root: string | undefined;
@@ -94,5 +95,30 @@ describe('a server starting alone on its storage', () => {
     const again = await start(root);
     expect(await ingests(root)).toEqual([]);
     expect((await fetch(`${again.url}/v2/`)).status).toBe(200);
+  });
+});
+
+describe('a server starting while a command-line storage command runs', () => {
+  test('leaves the young temp files of that command (an import spooling its archive), and takes them once it ended', async () => {
+    root = await mkdtemp(join(tmpdir(), 'wharf-shared-'));
+    const first = await start(root);
+    const config = first.config;
+    await first.close();
+    started.splice(0);
+    // As `wharf import` opens the storage (the server is down), and spools an entry.
+    const command = await openStorage(config);
+    const spooled = join(root, '_tmp', 'ingest-import-0a1b2c3d-0');
+    await writeFile(spooled, 'an entry read early');
+    try {
+      const server = await start(root);
+      expect(await ingests(root)).toEqual(['ingest-import-0a1b2c3d-0']);
+      await server.close();
+      started.splice(0);
+    } finally {
+      command.close();
+    }
+    await new Promise((r) => setTimeout(r, 50)); // the command's lock file goes after close()
+    await start(root);
+    expect(await ingests(root)).toEqual([]);
   });
 });
