@@ -19,7 +19,7 @@ async function withStorage<T>(file: string, work: (storage: StorageMaintenance) 
   try {
     return await work(opened.storage);
   } finally {
-    opened.close();
+    await opened.close();
   }
 }
 

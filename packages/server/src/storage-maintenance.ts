@@ -168,7 +168,7 @@ export function summary(report: StorageGcReport): Record<string, number | boolea
  * The stores of a configuration, opened for the CLI: the same database (WAL: a running server keeps
  * working) and folders the server uses. close() closes the database.
  */
-export async function openStorage(config: WharfConfig): Promise<{ storage: StorageMaintenance; deps: StorageDeps; close(): void }> {
+export async function openStorage(config: WharfConfig): Promise<{ storage: StorageMaintenance; deps: StorageDeps; close(): Promise<void> }> {
   for (const folder of [config.registryStorage, config.temporaryRegistryStorage, config.proxyStorage]) await mkdir(folder, { recursive: true, mode: 0o700 });
   const db = openDatabase(config.database);
   // Held while the command runs (an import spools its entries into the temporary folder): a server
@@ -184,10 +184,10 @@ export async function openStorage(config: WharfConfig): Promise<{ storage: Stora
     const eviction = new CacheEviction(db, proxyBlobs);
     // A server may be running on the same database: its writes get the lock between ours.
     const deps: StorageDeps = { config, db, metadata, registryBlobs, proxyBlobs, local, eviction, gcPauseMs: CLI_GC_PAUSE_MS };
-    const close = () => {
+    const close = async () => {
       flushDeferredWrites(db, { waitMs: 2_000 });
       db.close();
-      void owner.release();
+      await owner.release();
     };
     return { storage: new StorageMaintenance(deps), deps, close };
   } catch (err) {

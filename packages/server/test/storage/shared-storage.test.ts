@@ -115,9 +115,9 @@ describe('a server starting while a command-line storage command runs', () => {
       await server.close();
       started.splice(0);
     } finally {
-      command.close();
+      await command.close();
     }
-    await new Promise((r) => setTimeout(r, 50)); // the command's lock file goes after close()
+    expect((await readdir(join(root, '_tmp'))).filter((f) => f.startsWith('owner-'))).toHaveLength(0);
     await start(root);
     expect(await ingests(root)).toEqual([]);
   });
