@@ -269,8 +269,10 @@ describe('mirror strategies', () => {
     reset();
     // Whole-blob bodies cut at 1 MiB, ranges served: the mirror's own client resumes, the blob is whole.
     mirrors[0]!.mode = 'cut-resumable';
-    mirrors[1]!.delayMs = 20;
-    mirrors[2]!.delayMs = 40;
+    // Far apart, as in the test above: at 20 and 40 ms a busy machine once measured mirror 1 faster
+    // than mirror 0 (a first connection, a collection), and the first pull went there.
+    mirrors[1]!.delayMs = 150;
+    mirrors[2]!.delayMs = 300;
     const up = new MirroredUpstream(
       mirrors.map((m) => new HttpUpstream({ name: 'up', url: m.url, retries: 0 })),
       { strategy: 'adaptive', probeRate: 0 },
