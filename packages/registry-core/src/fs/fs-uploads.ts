@@ -159,32 +159,29 @@ export class FsUploadSessions implements UploadSessions {
       const running = await this.runningHash(id, current.size, info.algorithm);
       const counter = { bytes: 0 };
       this.committed.set(id, current.size);
-      const stop = new AbortController();
-      this.writing.set(id, stop);
-      // A cancel that came while this chunk was being set up found nothing to stop yet.
-      if (this.cancelling.has(id)) stop.abort();
       try {
-        const sink = createWriteStream(this.dataPath(id), { flags: 'a', highWaterMark: 1024 * 1024 });
-        await pipeline(chunk, hashingStage(running.hash, counter, expected), sink, { signal: signal ? AbortSignal.any([signal, stop.signal]) : stop.signal });
-        if (expected !== undefined && counter.bytes !== expected) {
-          throw new RegistryError('SIZE_INVALID', 'chunk length does not match Content-Range', { expected, actual: counter.bytes });
-        }
-        running.offset += counter.bytes;
-        // Used last: to the recent end again, whatever other sessions did while this chunk came.
-        this.running.delete(id);
-        this.running.set(id, running);
-      } catch (err) {
-        // The hash has seen bytes that may not all be on disk: forget it and cut the file back to the
-        // last good offset, so a retry of the same chunk starts clean.
-        this.running.delete(id);
-        await truncate(this.dataPath(id), current.size).catch(() => undefined);
-        // Stopped by a cancel: the client is told its session is gone, never that the chunk was kept.
-        if (stop.signal.aborted && !signal?.aborted) throw uploadUnknown(id);
-        throw err;
+        await this.stoppable(id, signal, async (stop) => {
+          try {
+            const sink = createWriteStream(this.dataPath(id), { flags: 'a', highWaterMark: 1024 * 1024 });
+            await pipeline(chunk, hashingStage(running.hash, counter, expected), sink, { signal: stop });
+            if (expected !== undefined && counter.bytes !== expected) {
+              throw new RegistryError('SIZE_INVALID', 'chunk length does not match Content-Range', { expected, actual: counter.bytes });
+            }
+          } catch (err) {
+            // The hash has seen bytes that may not all be on disk: forget it and cut the file back to
+            // the last good offset, so a retry of the same chunk starts clean.
+            this.running.delete(id);
+            await truncate(this.dataPath(id), current.size).catch(() => undefined);
+            throw err;
+          }
+        });
       } finally {
         this.committed.delete(id);
-        this.writing.delete(id);
       }
+      running.offset += counter.bytes;
+      // Used last: to the recent end again, whatever other sessions did while this chunk came.
+      this.running.delete(id);
+      this.running.set(id, running);
       return { ...current, size: current.size + counter.bytes };
     });
   }
@@ -228,24 +225,32 @@ export class FsUploadSessions implements UploadSessions {
       if (this.cancelling.has(id)) throw uploadUnknown(id);
       const { status: current } = await this.require(repo, id);
       if (current.size !== 0) return undefined;
-      const stop = new AbortController();
-      this.writing.set(id, stop);
-      // A cancel that came while the session was looked at found nothing to stop yet.
-      if (this.cancelling.has(id)) stop.abort();
-      let stored: T;
-      try {
-        stored = await store(signal ? AbortSignal.any([signal, stop.signal]) : stop.signal);
-      } catch (err) {
-        // Stopped by a cancel: the client is told its session is gone, never that the blob was stored.
-        if (stop.signal.aborted && !signal?.aborted) throw uploadUnknown(id);
-        throw err;
-      } finally {
-        this.writing.delete(id);
-      }
+      const stored = await this.stoppable(id, signal, store);
       // The blob is in the store: the session, which never held a byte of it, ends as a seal ends it.
       await this.end(repo, id);
       return stored;
     });
+  }
+
+  /**
+   * Runs `work` (a chunk's write, a whole blob's store) so that a cancel of session `id` stops it: its
+   * signal is aborted by a cancel (or by the caller's `signal`), and work stopped by a cancel fails
+   * BLOB_UPLOAD_UNKNOWN, never succeeding into a removed session. Under the session's lock.
+   */
+  private async stoppable<T>(id: string, signal: AbortSignal | undefined, work: (stop: AbortSignal) => Promise<T>): Promise<T> {
+    const stop = new AbortController();
+    this.writing.set(id, stop);
+    // A cancel that came while the session was being looked at found nothing to stop yet.
+    if (this.cancelling.has(id)) stop.abort();
+    try {
+      return await work(signal ? AbortSignal.any([signal, stop.signal]) : stop.signal);
+    } catch (err) {
+      // Stopped by a cancel: the client is told its session is gone, never that its bytes were kept.
+      if (stop.signal.aborted && !signal?.aborted) throw uploadUnknown(id);
+      throw err;
+    } finally {
+      this.writing.delete(id);
+    }
   }
 
   async cancel(repo: string, id: string): Promise<boolean> {
