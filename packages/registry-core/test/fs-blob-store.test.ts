@@ -3,7 +3,7 @@ import { mkdir, mkdtemp, readdir, readFile, rm, utimes, writeFile } from 'node:f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
-import { FsBlobStore } from '../src/fs/fs-blob-store.js';
+import { FsBlobStore, removeIngestLeftovers } from '../src/fs/fs-blob-store.js';
 import { describeBlobStore } from './blob-store.contract.js';
 import { sha256, sha512, streamOf } from './helpers.js';
 
@@ -67,7 +67,7 @@ describe('FsBlobStore layout', () => {
     await expect(fx.store.remove('sha256:../../../x' as never)).rejects.toMatchObject({ code: 'DIGEST_INVALID' });
   });
 
-  test('removeStaleIngests takes the ingest files not written to since the cutoff, and nothing else', async () => {
+  test('removeIngestLeftovers takes the ingest files not written to since the cutoff, and nothing else', async () => {
     const old = new Date(Date.now() - 3_600_000);
     for (const name of ['ingest-old', 'ingest-import-old-1', 'ingest-fresh', 'fill-old', 'uploads']) {
       await writeFile(join(fx.tempRoot, name), 'x');
@@ -75,16 +75,16 @@ describe('FsBlobStore layout', () => {
     }
     await mkdir(join(fx.tempRoot, 'ingest-folder'));
     await utimes(join(fx.tempRoot, 'ingest-folder'), old, old);
-    expect(await fx.store.removeStaleIngests(new Date(Date.now() - 600_000))).toBe(2);
+    expect(await removeIngestLeftovers(fx.tempRoot, new Date(Date.now() - 600_000))).toBe(2);
     expect((await readdir(fx.tempRoot)).sort()).toEqual(['fill-old', 'ingest-folder', 'ingest-fresh', 'uploads']);
   });
 
-  test('an ingest streaming slowly is no leftover: removeStaleIngests leaves it, and it completes', async () => {
+  test('an ingest streaming slowly is no leftover: removeIngestLeftovers leaves it, and it completes', async () => {
     const body = new PassThrough();
     const ingesting = fx.store.ingest(body, { digest: sha256('slow body') });
     body.write('slow ');
     for (let i = 0; i < 50 && (await readdir(fx.tempRoot)).length === 0; i++) await new Promise((r) => setTimeout(r, 10));
-    expect(await fx.store.removeStaleIngests(new Date(Date.now() - 600_000))).toBe(0);
+    expect(await removeIngestLeftovers(fx.tempRoot, new Date(Date.now() - 600_000))).toBe(0);
     body.end('body');
     expect(await ingesting).toEqual({ digest: sha256('slow body'), size: 9 });
     expect(await readdir(fx.tempRoot)).toEqual([]);

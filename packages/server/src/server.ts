@@ -230,7 +230,7 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
       const removed = await uploads.expire(new Date(Date.now() - config.uploadMaxAge));
       if (removed > 0) logger.info({ removed }, 'abandoned upload sessions removed');
       // What a crash of another server on this storage left (a start alone removes them all).
-      const leftovers = await registryBlobs.removeStaleIngests(new Date(Date.now() - staleIngestAge(config)));
+      const leftovers = await removeIngestLeftovers(config.temporaryRegistryStorage, new Date(Date.now() - staleIngestAge(config)));
       if (leftovers > 0) logger.info({ removed: leftovers }, 'temporary files of interrupted pushes and imports removed');
     } catch (err) {
       logger.warn({ err }, 'upload expiry failed');

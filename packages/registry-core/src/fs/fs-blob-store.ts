@@ -105,11 +105,6 @@ export class FsBlobStore implements BlobStore {
     await rename(file, target);
   }
 
-  /** See removeIngestLeftovers: the leftovers in this store's temporary folder. */
-  removeStaleIngests(olderThan: Date): Promise<number> {
-    return removeIngestLeftovers(this.tempRoot, olderThan);
-  }
-
   async remove(digest: Digest): Promise<boolean> {
     try {
       await unlink(this.pathOf(digest));
