@@ -29,6 +29,13 @@ export interface EvictionReport {
  */
 export class CacheEviction {
   private running: Promise<EvictionReport> | undefined;
+  /**
+   * The cached blobs' bytes, or more: what the last sweep by size left (the table's sum when first
+   * asked) plus every blob stored since (see `stored`). Undefined until asked.
+   */
+  private estimate: number | undefined;
+  /** Bytes of blobs stored while the running sweep went on: its sum may have missed them. */
+  private storedDuringSweep = 0;
 
   constructor(
     private readonly db: SqliteDatabase,
@@ -50,10 +57,38 @@ export class CacheEviction {
    * least-recently-used list, more than maxSize asks.
    */
   sweep(policy: EvictionPolicy, now = Date.now()): Promise<EvictionReport> {
-    this.running ??= this.sweepOnce(policy, now).finally(() => {
-      this.running = undefined;
-    });
+    if (!this.running) {
+      this.storedDuringSweep = 0;
+      this.running = this.sweepOnce(policy, now).finally(() => {
+        this.running = undefined;
+      });
+    }
     return this.running;
+  }
+
+  /** Resolves once no sweep runs (whatever its outcome). */
+  async idle(): Promise<void> {
+    await this.running?.catch(() => undefined);
+  }
+
+  /**
+   * A fill stored a blob of `size` bytes in the cache. Whether the cache is now past `maxSize` (0: no
+   * limit) by the upper estimate kept here: a sweep by size is due, before the timer's next.
+   */
+  stored(size: number, maxSize: number): boolean {
+    if (maxSize <= 0) return false;
+    if (this.running) this.storedDuringSweep += size;
+    this.estimate = (this.estimate ?? this.totalBytes()) + size;
+    return this.estimate > maxSize;
+  }
+
+  /** Whether the cache is past `maxSize` by the estimate of `stored` (false before any was kept). */
+  overSize(maxSize: number): boolean {
+    return maxSize > 0 && this.estimate !== undefined && this.estimate > maxSize;
+  }
+
+  private totalBytes(): number {
+    return (this.db.prepare('SELECT COALESCE(SUM(size), 0) AS total FROM proxy_blobs').get() as { total: number }).total;
   }
 
   private async sweepOnce(policy: EvictionPolicy, now: number): Promise<EvictionReport> {
@@ -73,7 +108,7 @@ export class CacheEviction {
     this.tell('expired', blobs, bytes);
     let larger = 0;
     if (policy.maxSize > 0) {
-      let total = (this.db.prepare('SELECT COALESCE(SUM(size), 0) AS total FROM proxy_blobs').get() as { total: number }).total;
+      let total = this.totalBytes();
       if (total > policy.maxSize) {
         // A blob larger than max_size alone goes first: evicting everything older to make room for
         // it would empty the cache, and it would still not fit.
@@ -94,7 +129,10 @@ export class CacheEviction {
         this.tell('size', more.blobs, more.bytes);
         blobs += more.blobs;
         bytes += more.bytes;
+        // What stays of the victims (a fill of it had started again) still counts.
+        total += victims.reduce((sum, row) => sum + row.size, 0) - more.bytes;
       }
+      this.estimate = total + this.storedDuringSweep;
     }
     return { manifests, blobs, bytes, ...(larger > 0 ? { larger } : {}) };
   }

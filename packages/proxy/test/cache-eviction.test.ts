@@ -264,4 +264,38 @@ describe('proxy cache eviction', () => {
     // Done, the next sweep is a sweep of its own.
     expect(await eviction.sweep(policy, now)).toEqual({ manifests: 0, blobs: 0, bytes: 0 });
   });
+  test('stored blobs tell when the cache has passed max_size, counted from the table the first time and from the last sweep after', async () => {
+    const now = Date.now();
+    await cacheBlob('docker.io', 'r/a', 300, now - 3000);
+    await cacheBlob('docker.io', 'r/a', 300, now - 2000);
+    expect(eviction.overSize(1000)).toBe(false); // nothing kept yet
+    expect(eviction.stored(0, 0)).toBe(false); // no max_size: no count either
+    // The table holds 600 bytes: 600 + 300 is within 1000, 600 + 300 + 300 is not.
+    expect(eviction.stored(300, 1000)).toBe(false);
+    expect(eviction.stored(300, 1000)).toBe(true);
+    expect(eviction.overSize(1000)).toBe(true);
+    // (The two stored blobs, as a fill's rows land: in the table.)
+    await cacheBlob('docker.io', 'r/a', 300, now - 1000);
+    await cacheBlob('docker.io', 'r/a', 300, now);
+
+    const report = await eviction.sweep({ cacheTtl: 90 * DAY, maxSize: 1000 }, now);
+    expect(report.bytes).toBe(300);
+    // The sweep left 900 bytes: 100 more is max_size, one more byte is past it.
+    expect(eviction.overSize(1000)).toBe(false);
+    expect(eviction.stored(100, 1000)).toBe(false);
+    expect(eviction.stored(1, 1000)).toBe(true);
+  });
+
+  test('blobs stored while a sweep runs still count once it has ended', async () => {
+    const now = Date.now();
+    for (let i = 0; i < 4; i++) await cacheBlob('docker.io', 'r/a', 300, now - 4000 + i);
+    const running = eviction.sweep({ cacheTtl: 90 * DAY, maxSize: 1000 }, now);
+    // A fill stores 500 bytes while the sweep goes on (its row after the sweep's count).
+    eviction.stored(500, 1000);
+    await running;
+    await cacheBlob('docker.io', 'r/a', 500, now);
+    // 900 left by the sweep, and the 500 it did not see.
+    expect(eviction.overSize(1000)).toBe(true);
+    await eviction.idle();
+  });
 });

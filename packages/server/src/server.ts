@@ -29,6 +29,7 @@ import { LocalResolver, type RepositoryResolver } from './repositories.js';
 import { buildUpstream } from './upstreams.js';
 import { AuthService, type AuthTuning } from './auth/auth-service.js';
 import { StorageMaintenance } from './storage-maintenance.js';
+import { CacheSweeper } from './cache-sweeper.js';
 
 export interface RunningServer {
   readonly url: string;
@@ -139,7 +140,10 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
   // Leases keep what a push is placing from a concurrent garbage collection (gc/garbage-collector.ts).
   const local = new LocalRegistry(registryBlobs, metadata, uploads, metadata.lifecycle());
   const proxyBlobs = new FsBlobStore(config.proxyStorage, config.temporaryRegistryStorage);
-  const fills = new BlobFills({ store: proxyBlobs, tempRoot: config.temporaryRegistryStorage, directIo: config.proxy.directIo });
+  // Each blob a fill stores counts toward max_size (the sweeper below, once it exists: fills restored
+  // just now may end before).
+  let cached = (_size: number): void => undefined;
+  const fills = new BlobFills({ store: proxyBlobs, tempRoot: config.temporaryRegistryStorage, directIo: config.proxy.directIo, onStored: (blob) => cached(blob.size) });
   const restored = await fills.restore();
   if (restored > 0) logger.info({ restored }, 'blob downloads cut short before the restart go on from their bytes');
   const proxies = new Map<string, PullThroughRepository>();
@@ -239,21 +243,8 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
   await expireUploads();
   const expiry = setInterval(expireUploads, Math.max(60_000, Math.min(config.uploadMaxAge / 4, 3_600_000)));
   expiry.unref();
-  const sweep = async () => {
-    // A long sweep (a lowered max_size) spans ticks: the next tick has nothing to add, nor to log.
-    if (eviction.sweeping) return;
-    try {
-      const report = await eviction.sweep({ cacheTtl: config.proxy.cacheTtl, maxSize: config.proxy.maxSize });
-      if (report.blobs + report.manifests > 0) logger.info(report, 'proxy cache evicted');
-      if (report.larger) {
-        logger.warn({ blobs: report.larger, maxSize: config.proxy.maxSize }, 'proxy cache: blobs larger than max_size alone are not kept (each pull downloads them again); raise max_size');
-      }
-    } catch (err) {
-      logger.warn({ err }, 'proxy cache eviction failed');
-    }
-  };
-  const sweeper = config.proxy.enabled ? setInterval(sweep, Math.max(1000, config.proxy.evictionInterval)) : undefined;
-  sweeper?.unref();
+  const sweeper = config.proxy.enabled ? new CacheSweeper(eviction, { cacheTtl: config.proxy.cacheTtl, maxSize: config.proxy.maxSize }, config.proxy.evictionInterval, logger) : undefined;
+  if (sweeper) cached = (size) => sweeper.stored(size);
 
   const listen = (s: Server, at: { host: string; port: number }) =>
     new Promise<AddressInfo>((resolve, reject) => {
@@ -270,7 +261,7 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
   /** A start that cannot listen leaves nothing running, and the kept bytes noted for the next start. */
   const undoStart = async (): Promise<void> => {
     clearInterval(expiry);
-    if (sweeper) clearInterval(sweeper);
+    await sweeper?.stop();
     clearInterval(tlsRefresh);
     db.close();
     await fills.close();
@@ -338,7 +329,7 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
       closed ??= (async () => {
         draining = true;
         clearInterval(expiry);
-        if (sweeper) clearInterval(sweeper);
+        const sweeping = sweeper?.stop();
         clearInterval(tlsRefresh);
         const timeoutMs = closeOptions.timeoutMs ?? config.shutdownTimeout;
         const report = await drainServers({
@@ -351,6 +342,7 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
         });
         // The bytes kept of downloads cut short (those abandoned at the deadline too), for the next start.
         await fills.close();
+        await sweeping;
         await storage.stop();
         if (!flushDeferredWrites(db, { waitMs: 2_000 })) logger.warn('pull and access times of the last seconds not written: the database stayed locked by another process');
         db.close();
