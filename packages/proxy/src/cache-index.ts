@@ -64,6 +64,9 @@ const SCHEMA = `
   ) WITHOUT ROWID;
 `;
 
+/** Remembered 404s written between two removals of those past their time (see CacheIndex.markAbsent). */
+const ABSENT_EXPIRY_EVERY = 1024;
+
 export interface CachedTag {
   readonly digest: Digest;
   readonly checkedAt: number;
@@ -87,6 +90,8 @@ export class CacheIndex {
   private readonly deferred: DeferredWrites;
   /** Blob rows and links waiting in `deferred`: lookups see them meanwhile. */
   private readonly pending: PendingBlobRows;
+  /** Remembered 404s written by this index (see markAbsent). */
+  private absentMarked = 0;
 
   constructor(db: SqliteDatabase) {
     db.exec(SCHEMA);
@@ -126,6 +131,7 @@ export class CacheIndex {
       putAbsent: s(`INSERT INTO proxy_absent (upstream, repository, reference, until) VALUES (?, ?, ?, ?)
                     ON CONFLICT DO UPDATE SET until = excluded.until`),
       clearAbsent: s('DELETE FROM proxy_absent WHERE upstream = ? AND repository = ? AND reference = ?'),
+      expireAbsent: s('DELETE FROM proxy_absent WHERE until <= ?'),
       referrers: s('SELECT descriptors, fetched_at FROM proxy_referrers WHERE upstream = ? AND repository = ? AND subject = ?'),
       touchReferrers: s('UPDATE proxy_referrers SET accessed_at = ? WHERE upstream = ? AND repository = ? AND subject = ?'),
       putReferrers: s(`INSERT INTO proxy_referrers (upstream, repository, subject, descriptors, fetched_at, accessed_at) VALUES (?, ?, ?, ?, ?, ?)
@@ -217,6 +223,14 @@ export class CacheIndex {
 
   markAbsent(upstream: string, repo: string, reference: string, until: number): void {
     this.write(`a\0${upstream}\0${repo}\0${reference}`, () => this.q.putAbsent!.run(upstream, repo, reference, until));
+    // A name asked for once (a typo, a random digest) leaves a row that nobody reads again. Those past
+    // their time go every ABSENT_EXPIRY_EVERY rows written, not only at the eviction sweep (hourly):
+    // a client asking for millions of missing names leaves at most what it asks within absent_ttl.
+    this.absentMarked += 1;
+    if (this.absentMarked % ABSENT_EXPIRY_EVERY === 0) {
+      const now = Date.now();
+      this.write('a-expired', () => this.q.expireAbsent!.run(now));
+    }
   }
 
   clearAbsent(upstream: string, repo: string, reference: string): void {

@@ -84,6 +84,19 @@ describe('proxy cache eviction', () => {
     expect(index.isAbsent('docker.io', 'library/recent', 'latest', now)).toBe(true);
   });
 
+  test('remembered 404s past their time go as more are written, without waiting for a sweep', () => {
+    const now = Date.now();
+    const rows = () => (db.prepare('SELECT COUNT(*) AS n FROM proxy_absent').get() as { n: number }).n;
+    // Names asked for once each (random digests, say), each remembered for a moment that has passed.
+    for (let i = 0; i < 1023; i++) index.markAbsent('docker.io', 'library/a', `sha256:${String(i).padStart(64, '0')}`, now - 1);
+    index.markAbsent('docker.io', 'library/a', 'recent', now + 60_000);
+    expect(rows()).toBe(1);
+    expect(index.isAbsent('docker.io', 'library/a', 'recent', now)).toBe(true);
+    // The next thousand leave their rows until the next removal.
+    for (let i = 0; i < 1000; i++) index.markAbsent('docker.io', 'library/b', `t${i}`, now - 1);
+    expect(rows()).toBe(1001);
+  });
+
   test('a cache hit writes its access time at most once a minute (a hit is a read, not a write)', async () => {
     const t0 = Date.now();
     const digest = await cacheBlob('docker.io', 'library/a', 100, t0 - DAY);
