@@ -148,7 +148,14 @@ describe('pull-through from an upstream that sends blobs without a size', () => 
     const res = await fetch(url(digest));
     expect(res.status).toBe(200);
     expect(sha256(new Uint8Array(await res.arrayBuffer()))).toBe(digest);
-    expect(asked.filter((a) => a.includes(digest))).toEqual([`GET ${digest}`, `GET ${digest} bytes=${1024 * 1024}-`]);
+    // Asked again from where the first answer stopped: all of its first MiB, or what of it had come
+    // when the upstream dropped the connection (a busy machine reads it later than the drop).
+    const asks = asked.filter((a) => a.includes(digest));
+    expect(asks).toHaveLength(2);
+    expect(asks[0]).toBe(`GET ${digest}`);
+    const from = Number(new RegExp(`^GET ${digest} bytes=(\\d+)-$`).exec(asks[1]!)?.[1]);
+    expect(from).toBeGreaterThan(0);
+    expect(from).toBeLessThanOrEqual(1024 * 1024);
   });
 
   test('a range waits for the size and is answered with it', async () => {
