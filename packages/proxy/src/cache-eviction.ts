@@ -36,6 +36,9 @@ export class CacheEviction {
   private estimate: number | undefined;
   /** Bytes of blobs stored while the running sweep went on: its sum may have missed them. */
   private storedDuringSweep = 0;
+  private readonly index: CacheIndex;
+  /** Set by `stop`: a sweep ends after the batch it is removing. */
+  private stopped = false;
 
   constructor(
     private readonly db: SqliteDatabase,
@@ -43,7 +46,15 @@ export class CacheEviction {
     private readonly fills?: BlobFills,
     private readonly observer?: Pick<ProxyObserver, 'evicted'>,
   ) {
-    new CacheIndex(db); // make sure the tables exist
+    this.index = new CacheIndex(db); // (which makes sure the tables exist)
+  }
+
+  /**
+   * No sweep or purge removes more than the batch it is at (a server closing); `idle` then resolves
+   * soon. What is left stays in the cache for the next start's sweeps.
+   */
+  stop(): void {
+    this.stopped = true;
   }
 
   /** Whether a sweep is running (a timer skips its turn rather than join it and report it twice). */
@@ -119,9 +130,22 @@ export class CacheEviction {
         const chosen = new Set(victims.map((row) => row.digest));
         for (const row of victims) total -= row.size;
         const lru = this.db.prepare('SELECT digest, size FROM proxy_blobs ORDER BY accessed_at ASC').iterate() as Iterable<{ digest: Digest; size: number }>;
+        // Blobs used in the last minute or two go last, whatever their rows say: a row's access time
+        // is written once a minute at most, and a blob in constant use would otherwise go before ones
+        // fetched after its last written use (and be fetched again, every sweep).
+        const lately: { digest: Digest; size: number }[] = [];
         for (const row of lru) {
           if (total <= policy.maxSize) break;
           if (chosen.has(row.digest) || this.fills?.current(row.digest)) continue;
+          if (this.index.blobUsedLately(row.digest, now)) {
+            lately.push(row);
+            continue;
+          }
+          victims.push(row);
+          total -= row.size;
+        }
+        for (const row of lately) {
+          if (total <= policy.maxSize) break;
           victims.push(row);
           total -= row.size;
         }
@@ -205,7 +229,7 @@ export class CacheEviction {
       }),
     );
     const cachedAgain = this.db.prepare('SELECT 1 FROM proxy_blobs WHERE digest = ?').pluck();
-    for (let i = 0; i < rows.length; i += REMOVE_BATCH) {
+    for (let i = 0; i < rows.length && !this.stopped; i += REMOVE_BATCH) {
       for (const row of forgetBatch(rows.slice(i, i + REMOVE_BATCH))) {
         // A fill of the same blob that started (or even finished) since its row went keeps its file.
         if (!this.fills?.current(row.digest) && cachedAgain.get(row.digest) === undefined) await this.store.remove(row.digest);

@@ -230,6 +230,16 @@ describe('proxy cache eviction', () => {
     for (const plan of plans) expect(plan).toMatch(/USING (COVERING )?INDEX proxy_repository_blobs_digest/);
   });
 
+  test("a sweep's scans of the blobs go through their index of access times, not a sort of the table", () => {
+    // At a million cached blobs: the least recently used first took 850 ms of sort, the expired 90 ms.
+    const plans = [
+      'SELECT digest, size FROM proxy_blobs ORDER BY accessed_at ASC',
+      'SELECT digest, size FROM proxy_blobs WHERE accessed_at < 1',
+      'SELECT COALESCE(SUM(size), 0) AS total FROM proxy_blobs',
+    ].map((sql) => (db.prepare(`EXPLAIN QUERY PLAN ${sql}`).all() as { detail: string }[]).map((r) => r.detail).join('; '));
+    for (const plan of plans) expect(plan).toMatch(/USING COVERING INDEX proxy_blobs_accessed/);
+  });
+
   test('a sweep past max_size removes hundreds of blobs in batches, every row with its file', async () => {
     const now = Date.now();
     const digests: Digest[] = [];
@@ -310,5 +320,51 @@ describe('proxy cache eviction', () => {
     // 900 left by the sweep, and the 500 it did not see.
     expect(eviction.overSize(1000)).toBe(true);
     await eviction.idle();
+  });
+  test('a blob in use goes after the others past max_size, though its row holds the time of its first use in the minute', async () => {
+    const now = Date.now();
+    const hot = await cacheBlob('docker.io', 'r/a', 400, now - 5000);
+    // Used: the time is noted and written (the sweep writes what waits first).
+    expect(index.blob('docker.io', 'r/a', hot, now - 4000)).toBe(400);
+    flushDeferredWrites(db);
+    const later = await cacheBlob('docker.io', 'r/a', 400, now - 3000);
+    const newest = await cacheBlob('docker.io', 'r/a', 400, now - 2000);
+    // Used again, within the minute: not written (once a minute is enough for days of cache_ttl).
+    expect(index.blob('docker.io', 'r/a', hot, now - 1000)).toBe(400);
+    flushDeferredWrites(db);
+    expect((db.prepare('SELECT accessed_at FROM proxy_blobs WHERE digest = ?').get(hot) as { accessed_at: number }).accessed_at).toBe(now - 4000);
+
+    const report = await eviction.sweep({ cacheTtl: 90 * DAY, maxSize: 900 }, now);
+
+    expect(report.blobs).toBe(1);
+    expect(await store.stat(hot)).toBeDefined();
+    expect(await store.stat(later)).toBeUndefined();
+    expect(await store.stat(newest)).toBeDefined();
+  });
+
+  test('blobs in use go too when nothing else is left past max_size, the least recently used first', async () => {
+    const now = Date.now();
+    const digests: Digest[] = [];
+    for (let i = 0; i < 3; i++) {
+      digests.push(await cacheBlob('docker.io', 'r/a', 400, now - 5000 + i));
+      index.blob('docker.io', 'r/a', digests[i]!, now - 4000 + i);
+    }
+    const report = await eviction.sweep({ cacheTtl: 90 * DAY, maxSize: 500 }, now);
+    expect(report.blobs).toBe(2);
+    expect(await store.stat(digests[2]!)).toBeDefined();
+  });
+
+  test('a sweep stopped (the server closing) ends after the batch it is removing: every row left has its file', async () => {
+    const now = Date.now();
+    for (let i = 0; i < 1500; i++) await cacheBlob('docker.io', 'r/many', 64 + (i % 7), now - 10_000 + i);
+    expect((db.prepare('SELECT COUNT(*) AS n FROM proxy_blobs').get() as { n: number }).n).toBe(1500);
+    const running = eviction.sweep({ cacheTtl: 90 * DAY, maxSize: 100 }, now);
+    eviction.stop();
+    await eviction.idle();
+    await running;
+    const left = db.prepare('SELECT digest FROM proxy_blobs').all() as { digest: Digest }[];
+    // One batch at most went (256 blobs), not all but a handful.
+    expect(left.length).toBeGreaterThanOrEqual(1500 - 256);
+    for (const { digest } of left) expect(await store.stat(digest)).toBeDefined();
   });
 });

@@ -18,7 +18,7 @@ export { FsUploadSessions } from './fs/fs-uploads.js';
 export { openDatabase, type SqliteDatabase, type SqliteStatement } from './sqlite/database.js';
 export { ProcessLock } from './sqlite/process-lock.js';
 export { SQLITE_DRIVER, sqliteDriverVersion } from './sqlite/driver.js';
-export { DeferredWrites, deferredWrites, flushDeferredWrites } from './sqlite/deferred-writes.js';
+export { DeferredWrites, deferredWrites, flushDeferredWrites, NOTE_INTERVAL_MS } from './sqlite/deferred-writes.js';
 export { SqliteMetadataStore, MAX_PAGE } from './sqlite/sqlite-metadata-store.js';
 export * from './blob-leases.js';
 export {

@@ -2,9 +2,10 @@ import type { CacheEviction, EvictionPolicy } from '@wharf/proxy';
 import type { Logger } from 'pino';
 
 /**
- * Sweeps started by stored blobs wait this long after the last sweep ended (and at least
- * FIRST_DELAY_MS): a burst of fills makes one sweep, and a sweep's scan of the table (tens of
- * milliseconds at a million blobs) takes a small part of the event loop however busy the cache is.
+ * Sweeps started by stored blobs start this long after the last sweep started (and at least
+ * FIRST_DELAY_MS after the blob that took the cache past max_size): a burst of fills makes one sweep,
+ * and a sweep's sum over the table (40 ms at a million blobs, with its index) takes a small part of
+ * the event loop however busy the cache is.
  */
 const GAP_MS = 10_000;
 const FIRST_DELAY_MS = 1_000;
@@ -12,12 +13,14 @@ const FIRST_DELAY_MS = 1_000;
 /**
  * Runs the proxy cache's eviction sweep: every `eviction_interval`, and soon after the blobs fills
  * store take the cache past `max_size` (CacheEviction.stored keeps the estimate), so that a busy
- * cache outgrows `max_size` by seconds' worth of downloads, not by an interval's (an hour by default).
+ * cache outgrows `max_size` by about ten seconds' worth of downloads, not by an interval's (an hour
+ * by default). An interval of 0 leaves only the sweeps downloads start (and gc's).
  */
 export class CacheSweeper {
-  private readonly timer: NodeJS.Timeout;
+  /** The sweep every `eviction_interval` (none for 0). */
+  private readonly timer: NodeJS.Timeout | undefined;
   private soon: NodeJS.Timeout | undefined;
-  private lastEnded = 0;
+  private lastStarted = 0;
   private stopped = false;
 
   constructor(
@@ -26,8 +29,10 @@ export class CacheSweeper {
     intervalMs: number,
     private readonly logger: Logger,
   ) {
-    this.timer = setInterval(() => void this.sweep(), Math.max(1000, intervalMs));
-    this.timer.unref();
+    this.timer = intervalMs > 0 ? setInterval(() => void this.sweep(), Math.max(1000, intervalMs)) : undefined;
+    this.timer?.unref();
+    // A cache already past max_size at the start (max_size lowered, say) need not wait for a download.
+    if (policy.maxSize > 0) this.sweepSoon(() => this.eviction.stored(0, policy.maxSize));
   }
 
   /** A fill stored a blob of `size` bytes in the cache. */
@@ -38,6 +43,7 @@ export class CacheSweeper {
   /** One sweep now, unless one runs (a long sweep spans ticks: the next has nothing to add, nor to log). */
   async sweep(): Promise<void> {
     if (this.stopped || this.eviction.sweeping) return;
+    this.lastStarted = Date.now();
     try {
       const report = await this.eviction.sweep(this.policy);
       if (report.blobs + report.manifests > 0) this.logger.info(report, 'proxy cache evicted');
@@ -46,27 +52,30 @@ export class CacheSweeper {
       }
     } catch (err) {
       this.logger.warn({ err }, 'proxy cache eviction failed');
-    } finally {
-      this.lastEnded = Date.now();
     }
   }
 
-  /** No sweep starts any more; resolves once the running one (if any) has ended. */
+  /**
+   * No sweep starts any more, and the running one (if any) ends after the batch of blobs it is
+   * removing; resolves then.
+   */
   async stop(): Promise<void> {
     this.stopped = true;
-    clearInterval(this.timer);
+    if (this.timer) clearInterval(this.timer);
     if (this.soon) clearTimeout(this.soon);
+    this.eviction.stop();
     await this.eviction.idle();
   }
 
-  private sweepSoon(): void {
+  /** A sweep by size soon, if `due` (asked then: the estimate) says the cache is past max_size. */
+  private sweepSoon(due = () => this.eviction.overSize(this.policy.maxSize)): void {
     if (this.soon || this.stopped) return;
-    const delay = Math.max(FIRST_DELAY_MS, this.lastEnded + GAP_MS - Date.now());
+    const delay = Math.max(FIRST_DELAY_MS, this.lastStarted + GAP_MS - Date.now());
     this.soon = setTimeout(() => {
       // A sweep running now (the timer's, a gc's) may have missed the blobs stored during it, or not.
       void this.eviction.idle().then(() => {
         this.soon = undefined;
-        if (this.eviction.overSize(this.policy.maxSize)) return this.sweep();
+        if (!this.stopped && due()) return this.sweep();
       });
     }, delay);
     this.soon.unref();

@@ -59,6 +59,16 @@ export class DeferredWrites {
     this.add(key, write);
   }
 
+  /**
+   * Whether `key` was noted at `since` or later. A key noted less than NOTE_INTERVAL_MS ago is in use
+   * now, or was very lately, whatever time its row holds: a time noted within the interval is not
+   * written (`note`).
+   */
+  notedSince(key: string, since: number): boolean {
+    const last = this.noted.get(key);
+    return last !== undefined && last >= since;
+  }
+
   get size(): number {
     return this.pending.size;
   }
