@@ -46,6 +46,12 @@ export class ProxyResolver implements RepositoryResolver {
     if (!isPull(request)) return local;
     const ns = query.get('ns');
     const upstream = ns ? this.byHost.get(ns.toLowerCase()) : this.config.defaultUpstream ? this.byName.get(this.config.defaultUpstream) : undefined;
+    if (ns && !upstream && !sameHost(ns, request.host)) {
+      // A registry no upstream is configured for (containerd with a catch-all hosts.toml names every
+      // registry it pulls from): not Wharf's to answer. Its local repository of that name is another
+      // image; a 404 sends containerd on to the registry itself.
+      throw new RegistryError('NAME_UNKNOWN', `no upstream is configured for the registry ${JSON.stringify(ns)} (?ns=): Wharf serves it neither from its cache nor from its own repositories`, { ns });
+    }
     if (!upstream || (await this.local.repositoryHasManifests(name))) return local;
     // The spec's proxying section: `ns` SHOULD be echoed in OCI-Namespace. As it matched: lower-cased
     // it is a configured host, key or alias, plain ASCII (the client's own spelling may not be: the
@@ -71,6 +77,19 @@ export class ProxyResolver implements RepositoryResolver {
       namespace,
     };
   }
+}
+
+/**
+ * Whether `ns` names the host the client reached Wharf by (`host`, its Host header): a pull of Wharf's
+ * own images through a catch-all mirror configuration. A port left out is the scheme's default.
+ */
+function sameHost(ns: string, host: string | undefined): boolean {
+  if (host === undefined) return false;
+  const a = ns.toLowerCase();
+  const b = host.toLowerCase();
+  if (a === b) return true;
+  const bare = (h: string) => h.replace(/:(80|443)$/, '');
+  return bare(a) === bare(b) && (!/:\d+$/.test(a) || !/:\d+$/.test(b));
 }
 
 /**

@@ -1,3 +1,5 @@
+import type { IncomingMessage } from 'node:http';
+import { clientOf } from './http/client-address.js';
 import { RegistryError, assertRepositoryName, type LocalRegistry, type RepositoryReader, type RepositoryWriter } from '@wharf/registry-core';
 
 /** A repository name resolved to what serves it. Pull-through repositories have no writer. */
@@ -24,6 +26,13 @@ export interface RequestInfo {
   readonly resource: Resource;
   /** The client is on this machine (not forwarded for another: see http/client-address.ts). */
   readonly local?: boolean;
+  /** The request's Host header: the name the client reached Wharf by. */
+  readonly host?: string;
+}
+
+/** What of `req` decides routing, for a request to `resource` (its method unless `method` says). */
+export function requestInfo(req: IncomingMessage, resource: Resource, method = req.method ?? 'GET'): RequestInfo {
+  return { method, resource, local: clientOf(req).local, ...(req.headers.host ? { host: req.headers.host } : {}) };
 }
 
 export interface RepositoryResolver {

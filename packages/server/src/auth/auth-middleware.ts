@@ -1,7 +1,7 @@
 import { RegistryError, isValidRepositoryName } from '@wharf/registry-core';
 import type { Context, Next } from 'koa';
 import { clientOf } from '../http/client-address.js';
-import type { RepositoryResolver, ResolvedRepository, Resource } from '../repositories.js';
+import { requestInfo, type RepositoryResolver, type ResolvedRepository, type Resource } from '../repositories.js';
 import { AuthFailure, type AuthService, type Credentials } from './auth-service.js';
 import { allowedActions, mayListCatalog, type Action, type Principal, type Target } from './permissions.js';
 import { rememberResolved } from '../routes/context.js';
@@ -116,8 +116,7 @@ export function authMiddleware(options: AuthMiddlewareOptions) {
    */
   async function targetOf(ctx: Context, name: string, resource: Resource, principal: Principal, remember = false): Promise<Target> {
     try {
-      const request = { method: ctx.method, resource, local: clientOf(ctx.req).local };
-      const resolved = await resolver.resolve(name, new URLSearchParams(ctx.querystring), request);
+      const resolved = await resolver.resolve(name, new URLSearchParams(ctx.querystring), requestInfo(ctx.req, resource, ctx.method));
       if (remember) rememberResolved(ctx, name, resource, resolved);
       return targetOfResolved(name, resolved);
     } catch (err) {

@@ -1,6 +1,6 @@
 import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
 import type { StoredManifest } from '@wharf/registry-core';
-import type { RepositoryResolver, ResolvedRepository } from '../repositories.js';
+import { requestInfo, type RepositoryResolver, type ResolvedRepository } from '../repositories.js';
 import { clientOf } from './client-address.js';
 import { arrivedAt } from './pipelined-order.js';
 import { notModified } from './conditional.js';
@@ -83,7 +83,7 @@ async function lookUp(
   const client = clientOf(req);
   let target: ResolvedRepository;
   try {
-    target = await deps.resolver.resolve(name, new URLSearchParams(query), { method: req.method!, resource: 'manifest', local: client.local });
+    target = await deps.resolver.resolve(name, new URLSearchParams(query), requestInfo(req, 'manifest'));
   } catch {
     return undefined;
   }

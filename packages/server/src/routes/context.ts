@@ -1,8 +1,7 @@
 import { MAX_PAGE, RegistryError, cutToPage, parseDigest, type Digest } from '@wharf/registry-core';
 import type { Context } from 'koa';
-import { clientOf } from '../http/client-address.js';
 import { decodeCapture } from '../http/path-segments.js';
-import type { RepositoryResolver, ResolvedRepository, Resource } from '../repositories.js';
+import { requestInfo, type RepositoryResolver, type ResolvedRepository, type Resource } from '../repositories.js';
 
 export interface RouteDeps {
   readonly resolver: RepositoryResolver;
@@ -19,7 +18,7 @@ export function repository(ctx: Context, deps: RouteDeps, resource: Resource): P
   const resolved =
     known && known.name === name && known.resource === resource
       ? Promise.resolve(known.target)
-      : deps.resolver.resolve(name, new URLSearchParams(ctx.querystring), { method: ctx.method, resource, local: clientOf(ctx.req).local });
+      : deps.resolver.resolve(name, new URLSearchParams(ctx.querystring), requestInfo(ctx.req, resource, ctx.method));
   return resolved.then((target) => {
     if (target.namespace) ctx.set('OCI-Namespace', target.namespace);
     return target;

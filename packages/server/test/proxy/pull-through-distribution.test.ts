@@ -60,6 +60,25 @@ describe('pull-through from CNCF distribution (docker-registry) with htpasswd au
     expect(body.errors[0]!.code).toBe('UPSTREAM_ERROR');
   });
 
+  test("?ns= naming a registry no upstream is configured for is not answered from Wharf's own repository of that name", async () => {
+    // A repository of Wharf's own, named as the one registry.corp.example holds (another image, there).
+    await run('skopeo', ['copy', '--all', '--dest-tls-verify=false', `oci:${layout.dir}:multi`, `docker://${host}/team/app:1`]);
+    const accept = { accept: 'application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json' };
+    // containerd with a catch-all hosts.toml, pulling registry.corp.example/team/app:1: a 404 sends it on to that registry.
+    const foreign = await fetch(`${proxy.url}/v2/team/app/manifests/1?ns=registry.corp.example`, { headers: accept });
+    expect(foreign.status).toBe(404);
+    expect(((await foreign.json()) as { errors: { code: string; message: string }[] }).errors[0]).toMatchObject({ code: 'NAME_UNKNOWN', message: expect.stringContaining('registry.corp.example') });
+    const head = await fetch(`${proxy.url}/v2/team/app/manifests/1?ns=registry.corp.example`, { method: 'HEAD', headers: accept });
+    expect(head.status).toBe(404);
+    expect((await fetch(`${proxy.url}/v2/team/app/tags/list?ns=registry.corp.example`)).status).toBe(404);
+    // Wharf's own name (its images pulled through the same catch-all) and no ns at all: its own repository.
+    for (const query of [`?ns=${host}`, `?ns=${host.toUpperCase()}`, '']) {
+      const own = await fetch(`${proxy.url}/v2/team/app/manifests/1${query}`, { headers: accept });
+      expect(own.status).toBe(200);
+      expect(own.headers.get('docker-content-digest')).toBe(layout.multi);
+    }
+  });
+
   test('skopeo list-tags lists the upstream tags, pulled through the proxy or not; ?n= and Link page through them', async () => {
     // Pushed straight to the upstream: the proxy has never seen it.
     await run('skopeo', ['copy', '--dest-tls-verify=false', '--dest-creds', 'alice:s3cret', `oci:${layout.dir}:single`, `docker://${dist.host}/alice/app:2`]);
