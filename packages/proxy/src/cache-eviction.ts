@@ -29,13 +29,6 @@ export interface EvictionReport {
  */
 export class CacheEviction {
   private running: Promise<EvictionReport> | undefined;
-  /**
-   * The cached blobs' bytes, or more: what the last sweep by size left (the table's sum when first
-   * asked) plus every blob stored since (see `stored`). Undefined until asked.
-   */
-  private estimate: number | undefined;
-  /** Bytes of blobs stored while the running sweep went on: its sum may have missed them. */
-  private storedDuringSweep = 0;
   private readonly index: CacheIndex;
   /** Set by `stop`: a sweep ends after the batch it is removing. */
   private stopped = false;
@@ -63,14 +56,14 @@ export class CacheEviction {
   }
 
   /**
-   * Removes what cacheTtl and maxSize say must go. A sweep asked for while one runs (a gc's during
-   * the timer's) gets that one's report: two at once would both evict from the same
-   * least-recently-used list, more than maxSize asks.
+   * Removes what cacheTtl and maxSize say must go; with `sizeOnly`, only what maxSize says (the
+   * sweeps downloads start when they take the cache past it: see `stored`). A sweep asked for while
+   * one runs (a gc's during the timer's) gets that one's report: two at once would both evict from
+   * the same least-recently-used list, more than maxSize asks.
    */
-  sweep(policy: EvictionPolicy, now = Date.now()): Promise<EvictionReport> {
+  sweep(policy: EvictionPolicy, now = Date.now(), options: { readonly sizeOnly?: boolean } = {}): Promise<EvictionReport> {
     if (!this.running) {
-      this.storedDuringSweep = 0;
-      this.running = this.sweepOnce(policy, now).finally(() => {
+      this.running = this.sweepOnce(policy, now, options.sizeOnly === true).finally(() => {
         this.running = undefined;
       });
     }
@@ -83,27 +76,62 @@ export class CacheEviction {
   }
 
   /**
-   * A fill stored a blob of `size` bytes in the cache. Whether the cache is now past `maxSize` (0: no
-   * limit) by the upper estimate kept here: a sweep by size is due, before the timer's next.
+   * A fill stored a blob of `size` bytes (its row may not be in the table yet). Whether the cache is
+   * now past `maxSize` (0: no limit): a sweep by size is due, before the timer's next.
    */
   stored(size: number, maxSize: number): boolean {
-    if (maxSize <= 0) return false;
-    if (this.running) this.storedDuringSweep += size;
-    this.estimate = (this.estimate ?? this.totalBytes()) + size;
-    return this.estimate > maxSize;
+    return maxSize > 0 && this.index.totals().bytes + size > maxSize;
   }
 
-  /** Whether the cache is past `maxSize` by the estimate of `stored` (false before any was kept). */
+  /** Whether the cache holds more than `maxSize` bytes (0: no limit). */
   overSize(maxSize: number): boolean {
-    return maxSize > 0 && this.estimate !== undefined && this.estimate > maxSize;
+    return maxSize > 0 && this.index.totals().bytes > maxSize;
   }
 
-  private totalBytes(): number {
-    return (this.db.prepare('SELECT COALESCE(SUM(size), 0) AS total FROM proxy_blobs').get() as { total: number }).total;
-  }
-
-  private async sweepOnce(policy: EvictionPolicy, now: number): Promise<EvictionReport> {
+  private async sweepOnce(policy: EvictionPolicy, now: number, sizeOnly: boolean): Promise<EvictionReport> {
     flushDeferredWrites(this.db); // the access times of the last seconds
+    let { manifests, blobs, bytes } = sizeOnly ? { manifests: 0, blobs: 0, bytes: 0 } : await this.expire(policy, now);
+    let larger = 0;
+    let total = this.index.totals().bytes;
+    if (policy.maxSize > 0 && total > policy.maxSize) {
+      // A blob larger than max_size alone goes first: evicting everything older to make room for
+      // it would empty the cache, and it would still not fit.
+      const victims = (this.db.prepare('SELECT digest, size FROM proxy_blobs WHERE size > ?').all(policy.maxSize) as { digest: Digest; size: number }[]).filter(
+        (row) => !this.fills?.current(row.digest),
+      );
+      larger = victims.length;
+      const chosen = new Set(victims.map((row) => row.digest));
+      for (const row of victims) total -= row.size;
+      const lru = this.db.prepare('SELECT digest, size FROM proxy_blobs ORDER BY accessed_at ASC').iterate() as Iterable<{ digest: Digest; size: number }>;
+      // Blobs used in the last minute or two go last, whatever their rows say: a row's access time
+      // is written once a minute at most, and a blob in constant use would otherwise go before ones
+      // fetched after its last written use (and be fetched again, every sweep).
+      const lately: { digest: Digest; size: number }[] = [];
+      for (const row of lru) {
+        if (total <= policy.maxSize) break;
+        if (chosen.has(row.digest) || this.fills?.current(row.digest)) continue;
+        if (this.index.blobUsedLately(row.digest, now)) {
+          lately.push(row);
+          continue;
+        }
+        victims.push(row);
+        total -= row.size;
+      }
+      for (const row of lately) {
+        if (total <= policy.maxSize) break;
+        victims.push(row);
+        total -= row.size;
+      }
+      const more = await this.removeBlobs(victims);
+      this.tell('size', more.blobs, more.bytes);
+      blobs += more.blobs;
+      bytes += more.bytes;
+    }
+    return { manifests, blobs, bytes, ...(larger > 0 ? { larger } : {}) };
+  }
+
+  /** What cacheTtl says must go, remembered 404s past their time, and tags whose manifest went. */
+  private async expire(policy: EvictionPolicy, now: number): Promise<{ manifests: number; blobs: number; bytes: number }> {
     const cutoff = now - policy.cacheTtl;
     const manifests = this.db.transaction(() => {
       const removed = this.db.prepare('DELETE FROM proxy_manifests WHERE accessed_at < ?').run(cutoff).changes;
@@ -115,50 +143,9 @@ export class CacheEviction {
       return removed;
     })();
     const expired = this.db.prepare('SELECT digest, size FROM proxy_blobs WHERE accessed_at < ?').all(cutoff) as { digest: Digest; size: number }[];
-    let { blobs, bytes } = await this.removeBlobs(expired);
+    const { blobs, bytes } = await this.removeBlobs(expired);
     this.tell('expired', blobs, bytes);
-    let larger = 0;
-    if (policy.maxSize > 0) {
-      let total = this.totalBytes();
-      if (total > policy.maxSize) {
-        // A blob larger than max_size alone goes first: evicting everything older to make room for
-        // it would empty the cache, and it would still not fit.
-        const victims = (this.db.prepare('SELECT digest, size FROM proxy_blobs WHERE size > ?').all(policy.maxSize) as { digest: Digest; size: number }[]).filter(
-          (row) => !this.fills?.current(row.digest),
-        );
-        larger = victims.length;
-        const chosen = new Set(victims.map((row) => row.digest));
-        for (const row of victims) total -= row.size;
-        const lru = this.db.prepare('SELECT digest, size FROM proxy_blobs ORDER BY accessed_at ASC').iterate() as Iterable<{ digest: Digest; size: number }>;
-        // Blobs used in the last minute or two go last, whatever their rows say: a row's access time
-        // is written once a minute at most, and a blob in constant use would otherwise go before ones
-        // fetched after its last written use (and be fetched again, every sweep).
-        const lately: { digest: Digest; size: number }[] = [];
-        for (const row of lru) {
-          if (total <= policy.maxSize) break;
-          if (chosen.has(row.digest) || this.fills?.current(row.digest)) continue;
-          if (this.index.blobUsedLately(row.digest, now)) {
-            lately.push(row);
-            continue;
-          }
-          victims.push(row);
-          total -= row.size;
-        }
-        for (const row of lately) {
-          if (total <= policy.maxSize) break;
-          victims.push(row);
-          total -= row.size;
-        }
-        const more = await this.removeBlobs(victims);
-        this.tell('size', more.blobs, more.bytes);
-        blobs += more.blobs;
-        bytes += more.bytes;
-        // What stays of the victims (a fill of it had started again) still counts.
-        total += victims.reduce((sum, row) => sum + row.size, 0) - more.bytes;
-      }
-      this.estimate = total + this.storedDuringSweep;
-    }
-    return { manifests, blobs, bytes, ...(larger > 0 ? { larger } : {}) };
+    return { manifests, blobs, bytes };
   }
 
   private tell(reason: 'expired' | 'size' | 'purge', blobs: number, bytes: number): void {

@@ -1,6 +1,6 @@
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { fillMemoryBytes, type BlobFills, type ProxyObserver, type PullThroughRepository } from '@wharf/proxy';
+import { cacheTotals, fillMemoryBytes, type BlobFills, type ProxyObserver, type PullThroughRepository } from '@wharf/proxy';
 import { SEALED_UPLOAD_SUFFIX, type SqliteDatabase } from '@wharf/registry-core';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { RequestObservation, RequestObserver } from '../http/request-log.js';
@@ -23,10 +23,17 @@ function methodLabel(method: string): string {
   return METHODS.has(method) ? method : 'other';
 }
 
-/** Count and total size of a blob table; zero when the table is not there (proxy never enabled). */
-function blobTotals(db: SqliteDatabase, table: 'blobs' | 'proxy_blobs'): { count: number; bytes: number } {
+/**
+ * Count and total size of a blob store; zero when its table is not there (proxy never enabled). The
+ * proxy cache's come from the row the database keeps up (cacheTotals), not from a scan.
+ */
+function blobTotals(db: SqliteDatabase, store: 'registry' | 'proxy'): { count: number; bytes: number } {
   try {
-    const row = db.prepare(`SELECT COUNT(*) AS count, COALESCE(SUM(size), 0) AS bytes FROM ${table}`).get() as { count: number; bytes: number };
+    if (store === 'proxy') {
+      const { blobs, bytes } = cacheTotals(db);
+      return { count: blobs, bytes };
+    }
+    const row = db.prepare('SELECT COUNT(*) AS count, COALESCE(SUM(size), 0) AS bytes FROM blobs').get() as { count: number; bytes: number };
     return { count: Number(row.count), bytes: Number(row.bytes) };
   } catch {
     return { count: 0, bytes: 0 };
@@ -107,8 +114,8 @@ export class WharfMetrics implements RequestObserver {
       labelNames: ['store'],
       registers,
       collect() {
-        this.set({ store: 'registry' }, blobTotals(sources.db, 'blobs').count);
-        this.set({ store: 'proxy' }, blobTotals(sources.db, 'proxy_blobs').count);
+        this.set({ store: 'registry' }, blobTotals(sources.db, 'registry').count);
+        this.set({ store: 'proxy' }, blobTotals(sources.db, 'proxy').count);
       },
     });
     new Gauge({
@@ -117,8 +124,8 @@ export class WharfMetrics implements RequestObserver {
       labelNames: ['store'],
       registers,
       collect() {
-        this.set({ store: 'registry' }, blobTotals(sources.db, 'blobs').bytes);
-        this.set({ store: 'proxy' }, blobTotals(sources.db, 'proxy_blobs').bytes);
+        this.set({ store: 'registry' }, blobTotals(sources.db, 'registry').bytes);
+        this.set({ store: 'proxy' }, blobTotals(sources.db, 'proxy').bytes);
       },
     });
 
