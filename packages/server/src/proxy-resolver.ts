@@ -18,8 +18,13 @@ export class ProxyResolver implements RepositoryResolver {
     private readonly local: LocalRegistry,
     private readonly config: ProxyConfig,
     private readonly repositories: ReadonlyMap<string, PullThroughRepository>,
-    /** With auth enabled, per-upstream `access` (auth middleware) replaces the loopback-only rule. */
-    private readonly options: { readonly loopbackOnly: boolean } = { loopbackOnly: true },
+    /**
+     * With auth enabled, per-upstream `access` (auth middleware) replaces the loopback-only rule.
+     * `ownHosts`: `host[:port]`s Wharf is reached by besides the one a request came by (`[auth]
+     * realm`'s: its public address behind a proxy); `ownNames`: host names it answers on whatever
+     * the port (`[tls] hosts`).
+     */
+    private readonly options: { readonly loopbackOnly: boolean; readonly ownHosts?: readonly string[]; readonly ownNames?: readonly string[] } = { loopbackOnly: true },
   ) {
     for (const u of config.upstreams) {
       for (const name of [u.key, ...u.aliases]) this.byName.set(name, u);
@@ -43,20 +48,42 @@ export class ProxyResolver implements RepositoryResolver {
       return this.pullThrough(upstream, rest.slice(slash + 1), request);
     }
     const local: ResolvedRepository = { repo: name, reader: this.local, writer: this.local };
-    if (!isPull(request)) return local;
     const ns = query.get('ns');
-    const upstream = ns ? this.byHost.get(ns.toLowerCase()) : this.config.defaultUpstream ? this.byName.get(this.config.defaultUpstream) : undefined;
-    if (ns && !upstream && !sameHost(ns, request.host)) {
+    const reads = (request.method === 'GET' || request.method === 'HEAD') && request.resource !== 'upload';
+    if (ns && reads && !this.byHost.has(ns.toLowerCase()) && !this.isOwn(ns, request)) {
       // A registry no upstream is configured for (containerd with a catch-all hosts.toml names every
       // registry it pulls from): not Wharf's to answer. Its local repository of that name is another
       // image; a 404 sends containerd on to the registry itself.
       throw new RegistryError('NAME_UNKNOWN', `no upstream is configured for the registry ${JSON.stringify(ns)} (?ns=): Wharf serves it neither from its cache nor from its own repositories`, { ns });
     }
+    if (!isPull(request)) return local;
+    const upstream = ns ? this.byHost.get(ns.toLowerCase()) : this.config.defaultUpstream ? this.byName.get(this.config.defaultUpstream) : undefined;
     if (!upstream || (await this.local.repositoryHasManifests(name))) return local;
     // The spec's proxying section: `ns` SHOULD be echoed in OCI-Namespace. As it matched: lower-cased
     // it is a configured host, key or alias, plain ASCII (the client's own spelling may not be: the
     // Kelvin sign lower-cases to "k", and node refuses it in a header).
     return this.pullThrough(upstream, name, request, ns ? ns.toLowerCase() : undefined);
+  }
+
+  /**
+   * Whether `ns` names Wharf itself: its images pulled through a catch-all mirror configuration that
+   * names Wharf otherwise than the image does (containerd sends `ns` only then). By the host the
+   * request came by or `ownHosts`; or by its address, `ownNames` or a loopback name on the port the
+   * request came by or in on (a port left out is 80 or 443).
+   */
+  private isOwn(ns: string, request: RequestInfo): boolean {
+    if (sameHost(ns, request.host) || this.options.ownHosts?.some((host) => sameHost(ns, host))) return true;
+    const named = splitHost(ns);
+    if (!named) return false;
+    const reached = request.host === undefined ? undefined : splitHost(request.host);
+    const names = new Set([...LOOPBACK_NAMES, ...(this.options.ownNames ?? []).map((n) => n.toLowerCase())]);
+    if (reached) names.add(reached.hostname);
+    if (request.ownAddress) names.add(request.ownAddress.toLowerCase());
+    if (!names.has(named.hostname)) return false;
+    // A port left out (of ns, or of the Host header) is the scheme's: 80 or 443.
+    const isDefault = (port: number | undefined) => port === undefined || port === 80 || port === 443;
+    const matches = (port: number | undefined) => (named.port === undefined || port === undefined ? isDefault(named.port) && isDefault(port) : port === named.port);
+    return (reached !== undefined && matches(reached.port)) || (request.ownPort !== undefined && matches(request.ownPort));
   }
 
   /** `namespace`: what OCI-Namespace says; the upstream's key unless the client named it by `ns`. */
@@ -77,6 +104,16 @@ export class ProxyResolver implements RepositoryResolver {
       namespace,
     };
   }
+}
+
+const LOOPBACK_NAMES = ['localhost', '127.0.0.1', '::1'];
+
+/** `host[:port]` or `[v6][:port]`, lower-cased, brackets off; undefined when it is neither. */
+function splitHost(value: string): { hostname: string; port?: number } | undefined {
+  const m = /^(?:\[([0-9a-f:.]+)\]|([^:[\]]+))(?::(\d{1,5}))?$/i.exec(value.trim());
+  if (!m) return /^[0-9a-f:]+$/i.test(value) && value.includes(':') ? { hostname: value.toLowerCase() } : undefined;
+  const hostname = (m[1] ?? m[2]!).toLowerCase();
+  return m[3] === undefined ? { hostname } : { hostname, port: Number(m[3]) };
 }
 
 /**

@@ -28,11 +28,22 @@ export interface RequestInfo {
   readonly local?: boolean;
   /** The request's Host header: the name the client reached Wharf by. */
   readonly host?: string;
+  /** The address and port the request came in on (Wharf's own, as the client reached it). */
+  readonly ownAddress?: string;
+  readonly ownPort?: number;
 }
 
 /** What of `req` decides routing, for a request to `resource` (its method unless `method` says). */
 export function requestInfo(req: IncomingMessage, resource: Resource, method = req.method ?? 'GET'): RequestInfo {
-  return { method, resource, local: clientOf(req).local, ...(req.headers.host ? { host: req.headers.host } : {}) };
+  const socket = req.socket as { localAddress?: string; localPort?: number } | undefined;
+  return {
+    method,
+    resource,
+    local: clientOf(req).local,
+    ...(req.headers.host ? { host: req.headers.host } : {}),
+    ...(socket?.localAddress ? { ownAddress: socket.localAddress.replace(/^::ffff:/i, '') } : {}),
+    ...(socket?.localPort ? { ownPort: socket.localPort } : {}),
+  };
 }
 
 export interface RepositoryResolver {

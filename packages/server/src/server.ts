@@ -181,7 +181,9 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
       );
       proxies.set(u.key, repository);
     }
-    resolver = new ProxyResolver(local, config.proxy, proxies, { loopbackOnly: !config.auth.enabled });
+    // What Wharf goes by besides what a request shows: its public address behind a proxy, its certificate's names.
+    const ownHosts = config.auth.realm ? [new URL(config.auth.realm).host] : [];
+    resolver = new ProxyResolver(local, config.proxy, proxies, { loopbackOnly: !config.auth.enabled, ownHosts, ownNames: config.tls.hosts });
   }
   let auth: AuthService | undefined;
   try {

@@ -63,4 +63,25 @@ describe('containerd (ctr images pull --hosts-dir) through the proxy', () => {
     const tags = proxy.db.prepare('SELECT repository, tag, digest FROM proxy_tags WHERE upstream = ?').all('up');
     expect(tags).toContainEqual({ repository: 'alice/multi', tag: '1', digest: layout.multi });
   });
+  test('a catch-all _default mirror: a registry with no upstream is pulled from itself, never from the proxy\'s own repository of that name; the proxy\'s images under another of its names come from it', async () => {
+    // Another registry, with no upstream configured for it, holds alice/app:1 (the two-platform
+    // index); the proxy's own alice/app:1 is the single-platform image.
+    const other = await startRegistry();
+    try {
+      await seed(layout, new URL(other.url).host, 'x/unused', 'alice/app');
+      await seed(layout, new URL(proxy.url).host, 'alice/app', 'y/unused');
+      const dir = await mkdtemp(join(tmpdir(), 'wharf-hosts-'));
+      await mkdir(join(dir, '_default'));
+      await writeFile(join(dir, '_default', 'hosts.toml'), `[host."${proxy.url}"]\n  capabilities = ["pull", "resolve"]\n`);
+      const otherRef = `${new URL(other.url).host}/alice/app:1`;
+      await ctr('images', 'pull', '--plain-http', '--hosts-dir', dir, '--snapshotter', 'native', otherRef);
+      expect(await ctr('images', 'ls', `name==${otherRef}`)).toContain(layout.multi);
+      // The proxy as "localhost" in the image, as 127.0.0.1 in hosts.toml: containerd sends ?ns=localhost:<port>.
+      const ownRef = `localhost:${new URL(proxy.url).port}/alice/app:1`;
+      await ctr('images', 'pull', '--plain-http', '--hosts-dir', dir, '--snapshotter', 'native', ownRef);
+      expect(await ctr('images', 'ls', `name==${ownRef}`)).toContain(layout.single);
+    } finally {
+      await other.close();
+    }
+  });
 });

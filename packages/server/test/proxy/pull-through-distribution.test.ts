@@ -71,8 +71,15 @@ describe('pull-through from CNCF distribution (docker-registry) with htpasswd au
     const head = await fetch(`${proxy.url}/v2/team/app/manifests/1?ns=registry.corp.example`, { method: 'HEAD', headers: accept });
     expect(head.status).toBe(404);
     expect((await fetch(`${proxy.url}/v2/team/app/tags/list?ns=registry.corp.example`)).status).toBe(404);
-    // Wharf's own name (its images pulled through the same catch-all) and no ns at all: its own repository.
-    for (const query of [`?ns=${host}`, `?ns=${host.toUpperCase()}`, '']) {
+    // A blob HEAD answers as the GET would.
+    const config = JSON.parse(await (await fetch(`${proxy.url}/v2/team/app/manifests/1`, { headers: accept })).text()) as { manifests: { digest: string }[] };
+    expect((await fetch(`${proxy.url}/v2/team/app/blobs/${config.manifests[0]!.digest}?ns=registry.corp.example`, { method: 'HEAD' })).status).toBe(404);
+    // Another registry on Wharf's host name or address, on another port: not Wharf.
+    const port = Number(new URL(proxy.url).port);
+    expect((await fetch(`${proxy.url}/v2/team/app/manifests/1?ns=localhost:${port + 1}`, { headers: accept })).status).toBe(404);
+    // Wharf's own name (its images pulled through the same catch-all, under the name the client came by
+    // or another of its names on its port) and no ns at all: its own repository.
+    for (const query of [`?ns=${host}`, `?ns=${host.toUpperCase()}`, `?ns=localhost:${port}`, `?ns=[::1]:${port}`, '']) {
       const own = await fetch(`${proxy.url}/v2/team/app/manifests/1${query}`, { headers: accept });
       expect(own.status).toBe(200);
       expect(own.headers.get('docker-content-digest')).toBe(layout.multi);
