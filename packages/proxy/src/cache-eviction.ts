@@ -29,6 +29,8 @@ export interface EvictionReport {
  */
 export class CacheEviction {
   private running: Promise<EvictionReport> | undefined;
+  /** `running` is a sweep by size alone. */
+  private runningSizeOnly = false;
   private readonly index: CacheIndex;
   /** Set by `stop`: a sweep ends after the batch it is removing. */
   private stopped = false;
@@ -55,19 +57,28 @@ export class CacheEviction {
     return this.running !== undefined;
   }
 
+  /** Whether the running sweep (or the one queued after it) is a whole one, not by size alone. */
+  get sweepingWhole(): boolean {
+    return this.running !== undefined && !this.runningSizeOnly;
+  }
+
   /**
    * Removes what cacheTtl and maxSize say must go; with `sizeOnly`, only what maxSize says (the
    * sweeps downloads start when they take the cache past it: see `stored`). A sweep asked for while
    * one runs (a gc's during the timer's) gets that one's report: two at once would both evict from
-   * the same least-recently-used list, more than maxSize asks.
+   * the same least-recently-used list, more than maxSize asks. A whole sweep asked for while one
+   * by size alone runs starts once that one has ended.
    */
   sweep(policy: EvictionPolicy, now = Date.now(), options: { readonly sizeOnly?: boolean } = {}): Promise<EvictionReport> {
-    if (!this.running) {
-      this.running = this.sweepOnce(policy, now, options.sizeOnly === true).finally(() => {
-        this.running = undefined;
-      });
-    }
-    return this.running;
+    const sizeOnly = options.sizeOnly === true;
+    if (this.running && (sizeOnly || !this.runningSizeOnly)) return this.running;
+    const before = this.running?.catch(() => undefined);
+    const run: Promise<EvictionReport> = (before ? before.then(() => this.sweepOnce(policy, now, sizeOnly)) : this.sweepOnce(policy, now, sizeOnly)).finally(() => {
+      if (this.running === run) this.running = undefined;
+    });
+    this.running = run;
+    this.runningSizeOnly = sizeOnly;
+    return run;
   }
 
   /** Resolves once no sweep runs (whatever its outcome). */

@@ -372,4 +372,20 @@ describe('proxy cache eviction', () => {
     const left = new Set((db.prepare('SELECT digest FROM proxy_blobs').all() as { digest: Digest }[]).map((r) => r.digest));
     for (const digest of digests) expect(await store.stat(digest)).toEqual(left.has(digest) ? expect.anything() : undefined);
   });
+  test('a whole sweep asked for while one by size alone runs comes after it, and does what cache_ttl says', async () => {
+    const now = Date.now();
+    const old = await cacheBlob('docker.io', 'r/a', 100, now - 100 * DAY);
+    for (let i = 0; i < 5; i++) await cacheBlob('docker.io', 'r/a', 300, now - 5000 + i);
+    const policy = { cacheTtl: 90 * DAY, maxSize: 10_000 };
+    const bySize = eviction.sweep(policy, now, { sizeOnly: true });
+    const whole = eviction.sweep(policy, now);
+    expect(whole).not.toBe(bySize);
+    expect(eviction.sweep(policy, now)).toBe(whole); // a third joins the queued whole one
+    const [first, second] = await Promise.all([bySize, whole]);
+    expect(first.manifests + second.manifests).toBe(0);
+    expect(await store.stat(old)).toBeUndefined();
+    expect(first.blobs).toBe(0);
+    expect(second).toEqual({ manifests: 0, blobs: 1, bytes: 100 });
+    expect(eviction.sweeping).toBe(false);
+  });
 });

@@ -45,7 +45,8 @@ export class CacheSweeper {
    * log); `sizeOnly`: by max_size alone.
    */
   async sweep(sizeOnly = false): Promise<void> {
-    if (this.stopped || this.eviction.sweeping) return;
+    // A whole sweep asked for during one by size alone comes after it (CacheEviction.sweep).
+    if (this.stopped || (sizeOnly ? this.eviction.sweeping : this.eviction.sweepingWhole)) return;
     this.lastStarted = Date.now();
     try {
       const report = await this.eviction.sweep(this.policy, Date.now(), { sizeOnly });

@@ -1,3 +1,4 @@
+import { networkInterfaces } from 'node:os';
 import { RegistryError, assertRepositoryName, type LocalRegistry } from '@wharf/registry-core';
 import type { PullThroughRepository } from '@wharf/proxy';
 import type { ProxyConfig, UpstreamConfig } from './proxy-config.js';
@@ -14,6 +15,9 @@ export class ProxyResolver implements RepositoryResolver {
   private readonly byName = new Map<string, UpstreamConfig>();
   private readonly byHost = new Map<string, UpstreamConfig>();
 
+  /** Host names and addresses of Wharf's own (see isOwn). */
+  private readonly ownNames: ReadonlySet<string>;
+
   constructor(
     private readonly local: LocalRegistry,
     private readonly config: ProxyConfig,
@@ -22,10 +26,17 @@ export class ProxyResolver implements RepositoryResolver {
      * With auth enabled, per-upstream `access` (auth middleware) replaces the loopback-only rule.
      * `ownHosts`: `host[:port]`s Wharf is reached by besides the one a request came by (`[auth]
      * realm`'s: its public address behind a proxy); `ownNames`: host names it answers on whatever
-     * the port (`[tls] hosts`).
+     * the port (`[tls] hosts`); `listensEverywhere`: it listens on every address of the machine.
      */
-    private readonly options: { readonly loopbackOnly: boolean; readonly ownHosts?: readonly string[]; readonly ownNames?: readonly string[] } = { loopbackOnly: true },
+    private readonly options: { readonly loopbackOnly: boolean; readonly ownHosts?: readonly string[]; readonly ownNames?: readonly string[]; readonly listensEverywhere?: boolean } = {
+      loopbackOnly: true,
+    },
   ) {
+    const names = (options.ownNames ?? []).map((n) => n.toLowerCase());
+    if (options.listensEverywhere) {
+      for (const addresses of Object.values(networkInterfaces())) for (const a of addresses ?? []) if (!a.internal) names.push(a.address.toLowerCase());
+    }
+    this.ownNames = new Set(names);
     for (const u of config.upstreams) {
       for (const name of [u.key, ...u.aliases]) this.byName.set(name, u);
       this.byHost.set(new URL(u.url).host.toLowerCase(), u);
@@ -72,11 +83,15 @@ export class ProxyResolver implements RepositoryResolver {
    * request came by or in on (a port left out is 80 or 443).
    */
   private isOwn(ns: string, request: RequestInfo): boolean {
-    if (sameHost(ns, request.host) || this.options.ownHosts?.some((host) => sameHost(ns, host))) return true;
     const named = splitHost(ns);
     if (!named) return false;
+    // A loopback name is the client's own machine: Wharf's only for a client on Wharf's machine (a
+    // node's catch-all sends `localhost:5000`, its own local registry, as ns too).
+    const loopback = LOOPBACK_NAMES.includes(named.hostname) || /^127\./.test(named.hostname);
+    if (loopback && request.local !== true) return false;
+    if (sameHost(ns, request.host) || this.options.ownHosts?.some((host) => sameHost(ns, host))) return true;
     const reached = request.host === undefined ? undefined : splitHost(request.host);
-    const names = new Set([...LOOPBACK_NAMES, ...(this.options.ownNames ?? []).map((n) => n.toLowerCase())]);
+    const names = new Set([...this.ownNames, ...LOOPBACK_NAMES]);
     if (reached) names.add(reached.hostname);
     if (request.ownAddress) names.add(request.ownAddress.toLowerCase());
     if (!names.has(named.hostname)) return false;

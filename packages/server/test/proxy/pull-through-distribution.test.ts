@@ -77,6 +77,10 @@ describe('pull-through from CNCF distribution (docker-registry) with htpasswd au
     // Another registry on Wharf's host name or address, on another port: not Wharf.
     const port = Number(new URL(proxy.url).port);
     expect((await fetch(`${proxy.url}/v2/team/app/manifests/1?ns=localhost:${port + 1}`, { headers: accept })).status).toBe(404);
+    // localhost of a client on another machine (forwarded for it): that machine's registry, not Wharf.
+    const remote = { ...accept, 'x-forwarded-for': '10.1.2.3' };
+    expect((await fetch(`${proxy.url}/v2/team/app/manifests/1?ns=localhost:${port}`, { headers: remote })).status).toBe(404);
+    expect((await fetch(`${proxy.url}/v2/team/app/manifests/1?ns=127.0.0.1:${port}`, { headers: remote })).status).toBe(404);
     // Wharf's own name (its images pulled through the same catch-all, under the name the client came by
     // or another of its names on its port) and no ns at all: its own repository.
     for (const query of [`?ns=${host}`, `?ns=${host.toUpperCase()}`, `?ns=localhost:${port}`, `?ns=[::1]:${port}`, '']) {
