@@ -1,4 +1,3 @@
-import { networkInterfaces } from 'node:os';
 import { RegistryError, assertRepositoryName, type LocalRegistry } from '@wharf/registry-core';
 import type { PullThroughRepository } from '@wharf/proxy';
 import type { ProxyConfig, UpstreamConfig } from './proxy-config.js';
@@ -26,17 +25,12 @@ export class ProxyResolver implements RepositoryResolver {
      * With auth enabled, per-upstream `access` (auth middleware) replaces the loopback-only rule.
      * `ownHosts`: `host[:port]`s Wharf is reached by besides the one a request came by (`[auth]
      * realm`'s: its public address behind a proxy); `ownNames`: host names it answers on whatever
-     * the port (`[tls] hosts`); `listensEverywhere`: it listens on every address of the machine.
+     * the port (`[tls] hosts`). Not the machine's other addresses: many of them (Docker's
+     * 172.17.0.1, say) are on every machine, a node's own as much as Wharf's.
      */
-    private readonly options: { readonly loopbackOnly: boolean; readonly ownHosts?: readonly string[]; readonly ownNames?: readonly string[]; readonly listensEverywhere?: boolean } = {
-      loopbackOnly: true,
-    },
+    private readonly options: { readonly loopbackOnly: boolean; readonly ownHosts?: readonly string[]; readonly ownNames?: readonly string[] } = { loopbackOnly: true },
   ) {
-    const names = (options.ownNames ?? []).map((n) => n.toLowerCase());
-    if (options.listensEverywhere) {
-      for (const addresses of Object.values(networkInterfaces())) for (const a of addresses ?? []) if (!a.internal) names.push(a.address.toLowerCase());
-    }
-    this.ownNames = new Set(names);
+    this.ownNames = new Set((options.ownNames ?? []).map((n) => n.toLowerCase()));
     for (const u of config.upstreams) {
       for (const name of [u.key, ...u.aliases]) this.byName.set(name, u);
       this.byHost.set(new URL(u.url).host.toLowerCase(), u);

@@ -183,8 +183,7 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
     }
     // What Wharf goes by besides what a request shows: its public address behind a proxy, its certificate's names.
     const ownHosts = config.auth.realm ? [new URL(config.auth.realm).host] : [];
-    const listensEverywhere = config.listen.host === '0.0.0.0' || config.listen.host === '::' || config.listen.host === '[::]';
-    resolver = new ProxyResolver(local, config.proxy, proxies, { loopbackOnly: !config.auth.enabled, ownHosts, ownNames: config.tls.hosts, listensEverywhere });
+    resolver = new ProxyResolver(local, config.proxy, proxies, { loopbackOnly: !config.auth.enabled, ownHosts, ownNames: config.tls.hosts });
   }
   let auth: AuthService | undefined;
   try {
