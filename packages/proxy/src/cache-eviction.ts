@@ -64,7 +64,7 @@ export class CacheEviction {
 
   /**
    * Removes what cacheTtl and maxSize say must go; with `sizeOnly`, only what maxSize says (the
-   * sweeps downloads start when they take the cache past it: see `stored`). A sweep asked for while
+   * sweeps downloads start when they take the cache past it: see `overSize`). A sweep asked for while
    * one runs (a gc's during the timer's) gets that one's report: two at once would both evict from
    * the same least-recently-used list, more than maxSize asks. A whole sweep asked for while one
    * by size alone runs starts once that one has ended.
@@ -87,16 +87,11 @@ export class CacheEviction {
   }
 
   /**
-   * A fill stored a blob of `size` bytes (its row may not be in the table yet). Whether the cache is
-   * now past `maxSize` (0: no limit): a sweep by size is due, before the timer's next.
+   * Whether the cache holds more than `maxSize` bytes (0: no limit), with `adding` bytes more (a blob
+   * a fill just stored, whose row may not be in the table yet): a sweep by size is due.
    */
-  stored(size: number, maxSize: number): boolean {
-    return maxSize > 0 && this.index.totals().bytes + size > maxSize;
-  }
-
-  /** Whether the cache holds more than `maxSize` bytes (0: no limit). */
-  overSize(maxSize: number): boolean {
-    return maxSize > 0 && this.index.totals().bytes > maxSize;
+  overSize(maxSize: number, adding = 0): boolean {
+    return maxSize > 0 && this.index.totals().bytes + adding > maxSize;
   }
 
   private async sweepOnce(policy: EvictionPolicy, now: number, sizeOnly: boolean): Promise<EvictionReport> {

@@ -313,9 +313,9 @@ describe('proxy cache eviction', () => {
     await cacheBlob('docker.io', 'r/a', 300, now - 100 * DAY);
     await cacheBlob('docker.io', 'r/a', 300, now - 2000);
     flushDeferredWrites(db);
-    expect(eviction.stored(0, 0)).toBe(false); // no max_size
-    expect(eviction.stored(400, 1000)).toBe(false); // 600 + 400
-    expect(eviction.stored(401, 1000)).toBe(true);
+    expect(eviction.overSize(0, 0)).toBe(false); // no max_size
+    expect(eviction.overSize(1000, 400)).toBe(false); // 600 + 400
+    expect(eviction.overSize(1000, 401)).toBe(true);
     expect(eviction.overSize(600)).toBe(false);
     expect(eviction.overSize(599)).toBe(true);
     // Within max_size, a size-only sweep takes nothing, not even what cache_ttl would.

@@ -12,7 +12,7 @@ const FIRST_DELAY_MS = 1_000;
 
 /**
  * Runs the proxy cache's eviction sweep: every `eviction_interval`, and soon after the blobs fills
- * store take the cache past `max_size` (CacheEviction.stored), so that a busy
+ * store take the cache past `max_size` (CacheEviction.overSize), so that a busy
  * cache outgrows `max_size` by about ten seconds' worth of downloads, not by an interval's (an hour
  * by default). An interval of 0 leaves only the sweeps downloads start (and gc's).
  */
@@ -37,7 +37,7 @@ export class CacheSweeper {
 
   /** A fill stored a blob of `size` bytes in the cache. */
   stored(size: number): void {
-    if (!this.stopped && this.eviction.stored(size, this.policy.maxSize)) this.sweepSoon();
+    if (!this.stopped && this.eviction.overSize(this.policy.maxSize, size)) this.sweepSoon();
   }
 
   /**

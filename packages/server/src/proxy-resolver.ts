@@ -89,10 +89,7 @@ export class ProxyResolver implements RepositoryResolver {
     if (reached) names.add(reached.hostname);
     if (request.ownAddress) names.add(request.ownAddress.toLowerCase());
     if (!names.has(named.hostname)) return false;
-    // A port left out (of ns, or of the Host header) is the scheme's: 80 or 443.
-    const isDefault = (port: number | undefined) => port === undefined || port === 80 || port === 443;
-    const matches = (port: number | undefined) => (named.port === undefined || port === undefined ? isDefault(named.port) && isDefault(port) : port === named.port);
-    return (reached !== undefined && matches(reached.port)) || (request.ownPort !== undefined && matches(request.ownPort));
+    return (reached !== undefined && samePort(named.port, reached.port)) || (request.ownPort !== undefined && samePort(named.port, request.ownPort));
   }
 
   /** `namespace`: what OCI-Namespace says; the upstream's key unless the client named it by `ns`. */
@@ -125,17 +122,17 @@ function splitHost(value: string): { hostname: string; port?: number } | undefin
   return m[3] === undefined ? { hostname } : { hostname, port: Number(m[3]) };
 }
 
-/**
- * Whether `ns` names the host the client reached Wharf by (`host`, its Host header): a pull of Wharf's
- * own images through a catch-all mirror configuration. A port left out is the scheme's default.
- */
+/** Whether two ports are the same; a port left out is the scheme's, 80 or 443. */
+function samePort(a: number | undefined, b: number | undefined): boolean {
+  const isDefault = (port: number | undefined) => port === undefined || port === 80 || port === 443;
+  return a === undefined || b === undefined ? isDefault(a) && isDefault(b) : a === b;
+}
+
+/** Whether `ns` and `host` (a Host header, `[auth] realm`'s host) name the same host and port. */
 function sameHost(ns: string, host: string | undefined): boolean {
-  if (host === undefined) return false;
-  const a = ns.toLowerCase();
-  const b = host.toLowerCase();
-  if (a === b) return true;
-  const bare = (h: string) => h.replace(/:(80|443)$/, '');
-  return bare(a) === bare(b) && (!/:\d+$/.test(a) || !/:\d+$/.test(b));
+  const a = splitHost(ns);
+  const b = host === undefined ? undefined : splitHost(host);
+  return a !== undefined && b !== undefined && a.hostname === b.hostname && samePort(a.port, b.port);
 }
 
 /**
