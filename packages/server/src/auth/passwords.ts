@@ -1,5 +1,6 @@
 import bcrypt from 'bcryptjs';
 import { MIN_BCRYPT_COST } from '../auth-config.js';
+import { BcryptThread } from './bcrypt-thread.js';
 import { safeEqual } from './secrets.js';
 
 /** The cost of new password hashes in production (about 0.3 s per hash in pure JS). */
@@ -15,20 +16,23 @@ export function checkNewPassword(password: string): string | undefined {
   return undefined;
 }
 
+/** Where password checks run: off the event loop (see BcryptThread). */
+const checks = new BcryptThread();
+
 /** `cost` below 10 only through the internal test option (never configuration). */
 export function hashPassword(password: string, cost: number): Promise<string> {
   return bcrypt.hash(password, cost);
 }
 
 /**
- * Recomputes the hash with the stored salt and cost, and compares the two in constant time.
- * A malformed stored hash never matches.
+ * Recomputes the hash with the stored salt and cost on the password thread, and compares the two in
+ * constant time. A malformed stored hash never matches, nor does any password when the thread fails.
  */
 export async function verifyPassword(password: string, stored: string): Promise<boolean> {
   if (!/^\$2[aby]\$\d{2}\$[./A-Za-z0-9]{53}$/.test(stored)) return false;
   let computed: string;
   try {
-    computed = await bcrypt.hash(password, stored.slice(0, 29));
+    computed = await checks.hash(password, stored.slice(0, 29));
   } catch {
     return false;
   }
