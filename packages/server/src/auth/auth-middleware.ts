@@ -212,6 +212,9 @@ export function authMiddleware(options: AuthMiddlewareOptions) {
         const policy = auth.policy();
         const allowed: ReadonlySet<Action> = allowedActions(principal, target, policy);
         const missing = needed.filter((a) => !allowed.has(a)).map((a) => VERBS[a]);
+        // A blob HEAD is how docker, skopeo and podman start each layer of a push: refused, it is the
+        // first refusal a push meets, and "may not pull from" alone read as a wrong answer to a push.
+        if (resource === 'blob' && ctx.method === 'HEAD' && missing.length > 0 && !allowed.has('push')) missing.push(VERBS.push);
         const why = missing.length === 0 ? undefined : `${nameOf(principal)} may not ${missing.join(' or ')} ${name}`;
         if (who.via === 'bearer' && !hasAll(grantedActions(who.access, 'repository', name), needed)) insufficientScope(ctx, auth, who, scope, why, detail);
         if (why !== undefined) refuse(ctx, who, scope, why, detail);

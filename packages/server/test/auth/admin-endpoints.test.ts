@@ -63,14 +63,14 @@ describe('admin endpoints with auth on', () => {
     // In the status line too: containerd prints only that, and a HEAD has no body.
     expect(push.statusText).toMatch(/^Forbidden: requested access to the resource is denied: alice may not (pull from or )?push to root\/app$/);
     const head = await fetch(`${reg.url}/v2/root/app/blobs/sha256:${'0'.repeat(64)}`, { method: 'HEAD', headers: alice });
-    expect(head.statusText).toBe('Forbidden: requested access to the resource is denied: alice may not pull from root/app');
+    expect(head.statusText).toBe('Forbidden: requested access to the resource is denied: alice may not pull from or push to root/app');
     // With a token (what docker, skopeo, podman and ctr use): 401 insufficient_scope, as no token would
     // do, saying why in the challenge's error_description (which Docker and containers/image print) and the message.
     const token = await fetchToken(`${reg.url}/auth/token`, 'wharf', ['repository:root/app:pull,push'], { user: 'alice', password: PW.alice });
     const bearer = { Authorization: `Bearer ${((await token.json()) as TokenReply).token}` };
     for (const [method, path, why] of [
       ['POST', '/v2/root/app/blobs/uploads/', 'alice may not push to root/app'],
-      ['HEAD', `/v2/root/app/blobs/sha256:${'0'.repeat(64)}`, 'alice may not pull from root/app'],
+      ['HEAD', `/v2/root/app/blobs/sha256:${'0'.repeat(64)}`, 'alice may not pull from or push to root/app'],
     ] as const) {
       const res = await fetch(`${reg.url}${path}`, { method, headers: bearer });
       expect([path, res.status]).toEqual([path, 401]);
