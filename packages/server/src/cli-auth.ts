@@ -25,7 +25,7 @@ interface ConfigOption {
 
 /** Runs `work` with the configuration and the accounts of its database, closed afterwards. */
 async function withAccounts<T>(file: string, work: (accounts: Accounts, config: WharfConfig) => Promise<T> | T): Promise<T> {
-  const config = loadConfig({ file });
+  const config = loadConfig({ file, secrets: false });
   const db = openDatabase(config.database);
   try {
     return await work(new Accounts(new AuthStore(db), config.auth, PRODUCTION_BCRYPT_COST), config);

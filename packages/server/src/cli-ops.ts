@@ -47,7 +47,7 @@ export function registerOpsCommands(program: Command, fail: (err: unknown) => ne
     .action(async (opts: { config: string; url?: string; timeout: string }) => {
       let base: string;
       try {
-        base = opts.url ?? localBaseUrl(loadConfig({ file: opts.config }));
+        base = opts.url ?? localBaseUrl(loadConfig({ file: opts.config, secrets: false }));
       } catch (err) {
         fail(err);
       }

@@ -15,7 +15,7 @@ interface ConfigOption {
 
 /** Opens the configuration's stores, runs `work`, closes the database. */
 async function withStorage<T>(file: string, work: (storage: StorageMaintenance) => Promise<T>): Promise<T> {
-  const opened = await openStorage(loadConfig({ file }));
+  const opened = await openStorage(loadConfig({ file, secrets: false }));
   try {
     return await work(opened.storage);
   } finally {

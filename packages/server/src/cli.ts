@@ -97,7 +97,7 @@ proxy
   .option('-c, --config <file>', 'configuration file', 'configuration.toml')
   .action(async (name: string, repository: string | undefined, opts: { config: string }) => {
     try {
-      const c = loadConfig({ file: opts.config });
+      const c = loadConfig({ file: opts.config, secrets: false });
       const upstream = findUpstream(c.proxy, name);
       if (!upstream) throw new ConfigError(`no upstream "${name}" in the configuration`);
       const repo = repository && upstream.officialPrefix && !repository.includes('/') ? `${upstream.officialPrefix}${repository}` : repository;

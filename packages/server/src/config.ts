@@ -109,6 +109,13 @@ export interface LoadOptions {
   readonly file?: string;
   readonly env?: NodeJS.ProcessEnv;
   readonly cwd?: string;
+  /**
+   * Whether an upstream's `password_env` must name a variable that is set (default true). The server
+   * and `config check` need the passwords; commands that work on the database or the files alone
+   * (`user`, `token`, `repo`, `gc`, `fsck`, `proxy purge`, `healthcheck`) do not, and an operator
+   * should not have to put Docker Hub's token into a shell to add a user.
+   */
+  readonly secrets?: boolean;
 }
 
 /** Reads the file and the environment, validates everything, and resolves relative paths. */
@@ -128,13 +135,13 @@ export function loadConfig(options: LoadOptions = {}): WharfConfig {
   } catch (err) {
     throw new ConfigError(`${file} is not valid TOML: ${(err as Error).message}`);
   }
-  return buildConfig(doc, { env, fileDir: dirname(file), cwd, source: file });
+  return buildConfig(doc, { env, fileDir: dirname(file), cwd, source: file, secrets: options.secrets ?? true });
 }
 
 /** Builds a configuration from a parsed document (tests build theirs in code with this). */
 export function buildConfig(
   doc: Record<string, unknown>,
-  options: { env?: NodeJS.ProcessEnv; fileDir?: string; cwd?: string; source?: string } = {},
+  options: { env?: NodeJS.ProcessEnv; fileDir?: string; cwd?: string; source?: string; secrets?: boolean } = {},
 ): WharfConfig {
   const env = options.env ?? {};
   const cwd = options.cwd ?? process.cwd();
@@ -165,7 +172,7 @@ export function buildConfig(
     }
     values[key] = spec.kind === 'boolean' ? flag(key, raw, !inFile) : convert(key, spec.kind, raw, base);
   }
-  const proxy = buildProxyConfig(doc.proxy, env);
+  const proxy = buildProxyConfig(doc.proxy, env, options.secrets ?? true);
   const auth = buildAuthConfig(doc.auth, env);
   checkAuthConfig(auth, values.listen as WharfConfig['listen'], proxy);
   if (values.read_header_timeout === 0) throw new ConfigError('"read_header_timeout" must be more than 0: it is what cuts slow-loris clients');

@@ -189,7 +189,7 @@ function sameServer(url: string): string {
   return `${parsed.origin}${parsed.pathname.replace(/\/+$/, '')}`;
 }
 
-function upstream(key: string, raw: unknown, env: NodeJS.ProcessEnv, builtIn: UpstreamConfig | undefined): UpstreamConfig {
+function upstream(key: string, raw: unknown, env: NodeJS.ProcessEnv, builtIn: UpstreamConfig | undefined, secrets: boolean): UpstreamConfig {
   const where = `proxy.upstreams.${key}`;
   if (!isTable(raw)) throw new ConfigError(`"${where}" must be a table`);
   for (const k of Object.keys(raw)) if (!UPSTREAM_KEYS.has(k)) throw new ConfigError(`unknown key "${where}.${k}"`);
@@ -207,7 +207,7 @@ function upstream(key: string, raw: unknown, env: NodeJS.ProcessEnv, builtIn: Up
   let password = raw.password as string | undefined;
   if (raw.password_env !== undefined) {
     password = env[raw.password_env as string];
-    if (password === undefined) throw new ConfigError(`"${where}.password_env" names ${String(raw.password_env)}, which is not set`);
+    if (password === undefined && secrets) throw new ConfigError(`"${where}.password_env" names ${String(raw.password_env)}, which is not set`);
   }
   const ca = raw.ca_file === undefined ? undefined : readCaFile(`${where}.ca_file`, raw.ca_file as string);
   const prefix = (raw.library_prefix as string | undefined) ?? builtIn?.officialPrefix;
@@ -255,14 +255,15 @@ function upstream(key: string, raw: unknown, env: NodeJS.ProcessEnv, builtIn: Up
   };
 }
 
-export function buildProxyConfig(raw: unknown, env: NodeJS.ProcessEnv): ProxyConfig {
+/** `secrets` false: an upstream whose `password_env` is unset is read without its password (see LoadOptions). */
+export function buildProxyConfig(raw: unknown, env: NodeJS.ProcessEnv, secrets = true): ProxyConfig {
   const table = raw === undefined ? {} : raw;
   if (!isTable(table)) throw new ConfigError('"proxy" must be a table');
   for (const k of Object.keys(table)) if (!PROXY_KEYS.has(k)) throw new ConfigError(`unknown key "proxy.${k}"`);
   const configured = table.upstreams ?? {};
   if (!isTable(configured)) throw new ConfigError('"proxy.upstreams" must be a table of upstreams');
   const byKey = new Map(BUILT_IN_UPSTREAMS.map((u) => [u.key, u]));
-  for (const [key, value] of Object.entries(configured)) byKey.set(key, upstream(key, value, env, byKey.get(key)));
+  for (const [key, value] of Object.entries(configured)) byKey.set(key, upstream(key, value, env, byKey.get(key), secrets));
   const upstreams = [...byKey.values()];
   const names = new Map<string, string>();
   for (const u of upstreams) {

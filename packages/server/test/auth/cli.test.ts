@@ -60,6 +60,12 @@ describe('wharf user, token and repo commands', () => {
         '[[auth.groups]]',
         'name = "team"',
         'members = { carol = "developer", alice = "reader" }',
+        // An upstream whose password is in a variable the commands' environment does not have: only
+        // the server and `config check` need it (every command here runs without it).
+        '[proxy.upstreams.corp]',
+        'url = "https://registry.corp.example"',
+        'username = "robot"',
+        'password_env = "WHARF_TEST_CORP_PASSWORD"',
         '',
       ].join('\n'),
     );
@@ -83,6 +89,15 @@ describe('wharf user, token and repo commands', () => {
     expect(bob.stderr).toContain('shown only this once');
     expect(await status('alice', 'alice-cli-pw1')).toBe(200);
     expect(await status('bob', generated)).toBe(200);
+  });
+
+  test("the upstream's password is needed by `config check` (and the server), not by the other commands", async () => {
+    const check = await cli(['config', 'check']);
+    expect(check.code).not.toBe(0);
+    expect(check.stderr).toContain('"proxy.upstreams.corp.password_env" names WHARF_TEST_CORP_PASSWORD, which is not set');
+    const purge = await cli(['proxy', 'purge', 'corp']);
+    expect(purge).toMatchObject({ code: 0, stdout: 'purged corp: 0 manifests, 0 blobs, 0 bytes\n' });
+    expect((await cli(['user', 'list'])).code).toBe(0);
   });
 
   test('user add refuses taken names, groups, bad names and weak passwords', async () => {
