@@ -191,15 +191,24 @@ export class Accounts {
     return this.tokenPrincipal(token, false);
   }
 
+  /** What a user's bearer and refresh tokens carry of the password they were got with (undefined: no such user). */
+  credentialOf(name: string): string | undefined {
+    const account = this.find(name);
+    return account && credentialOf(account);
+  }
+
   /**
-   * The user `name`, for a bearer token issued to that name at `issuedAt` (seconds): undefined when the
-   * user is gone, or was added after the token was issued (a user removed, and another added under the
-   * name, never gets the first one's tokens).
+   * The user `name`, for a bearer token issued to that name at `issuedAt` (seconds) with the password
+   * `credential` names: undefined when the user is gone, was added after the token was issued (a user
+   * removed, and another added under the name, never gets the first one's tokens), or has another
+   * password now (whoever had the old one keeps none of its tokens). Tokens issued before they carried
+   * the credential have none, and live out their `token_ttl`.
    */
-  principalOfUser(name: string, issuedAt: number): Principal | undefined {
+  principalOfUser(name: string, issuedAt: number, credential?: string): Principal | undefined {
     const account = this.find(name);
     // `iat` is cut to the second: only a token certainly issued before the user was added is refused.
     if (!account || (account.createdAt !== undefined && (issuedAt + 1) * 1000 <= account.createdAt)) return undefined;
+    if (credential !== undefined && !safeEqual(credential, credentialOf(account))) return undefined;
     return { kind: 'user', name: account.name, admin: account.admin };
   }
 

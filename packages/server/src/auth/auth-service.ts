@@ -268,9 +268,9 @@ export class AuthService {
         principal = this.accounts.principalOfToken(verified.tokenId);
         if (principal && principal.kind !== 'anonymous' && principal.name !== verified.subject) principal = undefined;
       } else {
-        principal = verified.subject === '' ? ANONYMOUS : this.accounts.principalOfUser(verified.subject, verified.issuedAt);
+        principal = verified.subject === '' ? ANONYMOUS : this.accounts.principalOfUser(verified.subject, verified.issuedAt, verified.credential);
       }
-      if (!principal) throw new AuthFailure('the token was revoked or its user removed', 'bearer');
+      if (!principal) throw new AuthFailure("the token was revoked, its user removed, or the user's password changed", 'bearer');
       return { via: 'bearer', principal, access: verified.access };
     }
     if (/^Bearer(\s|$)/i.test(header)) throw new AuthFailure('malformed bearer token', 'bearer');
@@ -342,7 +342,8 @@ export class AuthService {
 
   issue(principal: Principal, access: readonly AccessEntry[]): Promise<IssuedToken> {
     const subject = principal.kind === 'anonymous' ? '' : principal.name;
-    return this.issuer.issue(subject, access, principal.kind === 'token' ? principal.tokenId : undefined);
+    const credential = principal.kind === 'user' ? this.accounts.credentialOf(principal.name) : undefined;
+    return this.issuer.issue(subject, access, principal.kind === 'token' ? principal.tokenId : undefined, credential);
   }
 
   createRefreshToken(principal: Principal): string | undefined {

@@ -77,6 +77,8 @@ export interface VerifiedToken {
   readonly tokenId?: number;
   /** When it was issued, in seconds (`iat`). */
   readonly issuedAt: number;
+  /** Of a user's token: which password it was got with (`cred`, see Accounts.credentialOf). */
+  readonly credential?: string;
 }
 
 function isAccessList(value: unknown): value is AccessEntry[] {
@@ -107,10 +109,15 @@ export class TokenIssuer {
     return this.key.kid;
   }
 
-  async issue(subject: string, access: readonly AccessEntry[], tokenId?: number): Promise<IssuedToken> {
+  async issue(subject: string, access: readonly AccessEntry[], tokenId?: number, credential?: string): Promise<IssuedToken> {
     const now = Math.floor(Date.now() / 1000);
     const expiresIn = Math.max(60, Math.floor(this.ttl / 1000));
-    const token = await new SignJWT({ access: access.map((a) => ({ type: a.type, name: a.name, actions: [...a.actions] })), ...(tokenId !== undefined ? { tid: tokenId } : {}) })
+    const claims = {
+      access: access.map((a) => ({ type: a.type, name: a.name, actions: [...a.actions] })),
+      ...(tokenId !== undefined ? { tid: tokenId } : {}),
+      ...(credential !== undefined ? { cred: credential } : {}),
+    };
+    const token = await new SignJWT(claims)
       .setProtectedHeader({ alg: ALGORITHM, typ: 'JWT', kid: this.key.kid })
       .setIssuer(this.service)
       .setAudience(this.service)
@@ -158,8 +165,16 @@ export class TokenIssuer {
       if (typeof payload.sub !== 'string' || !isAccessList(payload.access)) return undefined;
       const tid = payload.tid;
       if (tid !== undefined && (typeof tid !== 'number' || !Number.isSafeInteger(tid))) return undefined;
+      const cred = payload.cred;
+      if (cred !== undefined && typeof cred !== 'string') return undefined;
       return {
-        claims: { subject: payload.sub, access: payload.access, issuedAt: payload.iat!, ...(tid !== undefined ? { tokenId: tid } : {}) },
+        claims: {
+          subject: payload.sub,
+          access: payload.access,
+          issuedAt: payload.iat!,
+          ...(tid !== undefined ? { tokenId: tid } : {}),
+          ...(cred !== undefined ? { credential: cred } : {}),
+        },
         expiresAt: payload.exp! * 1000,
         notBefore: payload.nbf! * 1000,
       };

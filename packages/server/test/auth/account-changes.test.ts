@@ -89,6 +89,36 @@ describe('a database user removed, and another added under the same name', () =>
   });
 });
 
+describe("a user's new password", () => {
+  test('ends the bearer tokens got with the old one at once; a PAT and its tokens live on', async () => {
+    const admin = { name: 'root', password_hash: bcryptHash('root-password-1'), admin: true };
+    const server = await startAuthRegistry({ authSettings: { users: [admin] } });
+    try {
+      const store = server.auth!.store;
+      store.addUser('fred', bcryptHash('fred-old-password'), false);
+      const tokenOf = async (password: string): Promise<string> => {
+        const reply = await fetchToken(`${server.url}/auth/token`, 'wharf', ['repository:fred/app:pull,push'], { user: 'fred', password });
+        expect(reply.status).toBe(200);
+        return ((await reply.json()) as TokenReply).token;
+      };
+      const v2 = (token: string): Promise<number> => fetch(`${server.url}/v2/fred/app/tags/list`, { headers: { Authorization: `Bearer ${token}` } }).then((r) => r.status);
+      const old = await tokenOf('fred-old-password');
+      const pat = store.createToken({ type: 'pat', user: 'fred', scopes: ['pull', 'push'], expiresAt: Date.now() + 86_400_000 });
+      const fromPat = await tokenOf(pat.secret);
+      expect([await v2(old), await v2(fromPat)]).toEqual([404, 404]); // signed in, allowed, nothing there yet
+      // `wharf user passwd fred` (the CLI writes the same row), the token's issue second not yet over.
+      store.setPassword('fred', bcryptHash('fred-new-password'));
+      const refused = await fetch(`${server.url}/v2/fred/app/tags/list`, { headers: { Authorization: `Bearer ${old}` } });
+      expect(refused.status).toBe(401);
+      expect(await refused.text()).toContain("the user's password changed");
+      expect(await v2(await tokenOf('fred-new-password'))).toBe(404);
+      expect(await v2(fromPat)).toBe(404);
+    } finally {
+      await server.close();
+    }
+  });
+});
+
 describe('a database made before refresh tokens noted their password', () => {
   test('gets the column, and keeps its tokens', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'wharf-accounts-'));
