@@ -68,8 +68,9 @@ export class LocalRegistry implements RepositoryReader, RepositoryWriter {
     return this.metadata.blob(repo, digest);
   }
 
+  /** A HEAD's (or a conditional GET's) look at a blob: its link renewed, see MetadataWriter.renewBlobLink. */
   statBlob(repo: string, digest: Digest): Promise<BlobInfo | undefined> {
-    return this.metadata.blob(repo, digest);
+    return this.metadata.renewBlobLink(repo, digest);
   }
 
   openBlob(_repo: string, blob: BlobInfo | UnsizedBlob, range?: ByteRange): Promise<Readable | undefined> {

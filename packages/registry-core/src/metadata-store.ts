@@ -48,6 +48,12 @@ export interface MetadataReader {
 
 export interface MetadataWriter {
   linkBlob(repo: string, blob: BlobInfo): Promise<void>;
+  /**
+   * `blob(repo, digest)`, with the link's age started over first when it is over a second old. A blob
+   * HEAD is how a push asks whether it may skip a layer: renewed, the link is as safe from garbage
+   * collection (its grace) as one the push had uploaded, until the manifest that references it comes.
+   */
+  renewBlobLink(repo: string, digest: Digest): Promise<BlobInfo | undefined>;
   unlinkBlob(repo: string, digest: Digest): Promise<boolean>;
   /**
    * Stores a manifest and its tags in one transaction, after checking in the same transaction that every

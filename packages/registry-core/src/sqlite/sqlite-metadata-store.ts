@@ -29,6 +29,9 @@ function limitOf(page: Page): number {
  * Metadata in SQLite: repositories, repository→blob links, manifests kept byte for byte, their
  * references, and tags. Statements are prepared once; every multi-row change is one transaction.
  */
+/** A link HEAD-ed again within this long (ms) is not written again. */
+const LINK_RENEW_MS = 1000;
+
 export class SqliteMetadataStore implements MetadataStore {
   private readonly q: Record<string, Statement>;
 
@@ -47,6 +50,8 @@ export class SqliteMetadataStore implements MetadataStore {
                    WHERE rb.repository_id = ? AND rb.digest = ?`),
       insertBlob: s('INSERT INTO blobs (digest, size, created_at) VALUES (?, ?, ?) ON CONFLICT(digest) DO NOTHING'),
       link: s('INSERT INTO repository_blobs (repository_id, digest, linked_at) VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET linked_at = excluded.linked_at'),
+      renewLink: s(`UPDATE repository_blobs SET linked_at = ?
+                    WHERE repository_id = (SELECT id FROM repositories WHERE name = ?) AND digest = ? AND linked_at < ?`),
       holders: s(`SELECT r.name AS name FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id
                   WHERE rb.digest = ? ORDER BY r.name LIMIT ?`),
       unlink: s(`DELETE FROM repository_blobs WHERE digest = ? AND repository_id = (SELECT id FROM repositories WHERE name = ?)`),
@@ -149,6 +154,19 @@ export class SqliteMetadataStore implements MetadataStore {
       this.q.insertBlob!.run(blob.digest, blob.size, now);
       this.q.link!.run(id, blob.digest, now);
     })();
+  }
+
+  async renewBlobLink(repo: string, digest: Digest): Promise<BlobInfo | undefined> {
+    const now = Date.now();
+    try {
+      // Before the read, in its own statement: a collection that took the link first leaves nothing to
+      // renew, and the read then answers absent (the client uploads the layer); one that comes after
+      // finds the link young (SqliteLifecycle.collectRepository reads the ages in its transaction).
+      this.q.renewLink!.run(now, repo, digest, now - LINK_RENEW_MS);
+    } catch {
+      // A database that cannot be written now (full, busy past its timeout): answered as before.
+    }
+    return this.blob(repo, digest);
   }
 
   async repositoriesWithBlob(digest: Digest, limit: number): Promise<string[]> {

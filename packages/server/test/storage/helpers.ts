@@ -77,7 +77,7 @@ export interface PushedImage {
   readonly blobs: readonly { readonly digest: string; readonly bytes: Buffer }[];
 }
 
-async function pushBlob(url: string, repo: string, bytes: Buffer): Promise<string> {
+export async function pushBlob(url: string, repo: string, bytes: Buffer): Promise<string> {
   const digest = sha256(bytes);
   const res = await fetch(`${url}/v2/${repo}/blobs/uploads/?digest=${digest}`, {
     method: 'POST',

@@ -1,0 +1,68 @@
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
+import { exists, blobFile, pushBlob, pushLayers, sha256, storageConfig, wharf } from './helpers.js';
+
+const GRACE_MS = 1_000;
+
+/**
+ * Every real client's push asks with a HEAD whether each layer is there and skips the ones that are.
+ * A layer no image has referenced for longer than gc's grace (its image deleted) was collected between
+ * that HEAD and the push's manifest, which was then refused MANIFEST_BLOB_UNKNOWN (the crash audit:
+ * skopeo, 3 runs of 3). The HEAD now starts the link's grace over.
+ */
+describe('a layer a push skipped after its HEAD outlives a collection until the manifest comes', () => {
+  let reg: TestRegistry;
+  beforeAll(async () => {
+    reg = await startRegistry();
+  });
+  afterAll(async () => reg?.close());
+
+  /** An image in `repo` whose manifest is deleted: its layers stay linked, referenced by nothing. */
+  async function orphanedLayer(repo: string): Promise<{ layer: Buffer; digest: string; gone: string }> {
+    const [layer, other] = [randomBytes(30_000), randomBytes(20_000)];
+    const image = await pushLayers(reg.url, repo, '1', [layer, other]);
+    expect((await fetch(`${reg.url}/v2/${repo}/manifests/${image.digest}`, { method: 'DELETE' })).status).toBe(202);
+    await sleep(GRACE_MS + 200); // older than the grace period: garbage
+    return { layer, digest: sha256(layer), gone: sha256(other) };
+  }
+
+  /** The rest of the push: a new layer uploaded, and a manifest that references the skipped one too. */
+  async function finishPush(repo: string, skipped: { layer: Buffer; digest: string }): Promise<Response> {
+    const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', n: randomBytes(4).toString('hex') }));
+    const fresh = randomBytes(10_000);
+    await pushBlob(reg.url, repo, config);
+    await pushBlob(reg.url, repo, fresh);
+    const manifest = JSON.stringify({
+      schemaVersion: 2,
+      mediaType: 'application/vnd.oci.image.manifest.v1+json',
+      config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: sha256(config), size: config.length },
+      layers: [skipped, { layer: fresh, digest: sha256(fresh) }].map((l) => ({ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: l.digest, size: l.layer.length })),
+    });
+    return fetch(`${reg.url}/v2/${repo}/manifests/2`, { method: 'PUT', headers: { 'Content-Type': 'application/vnd.oci.image.manifest.v1+json' }, body: manifest });
+  }
+
+  test('a collection in the server between the HEAD and the manifest', async () => {
+    const old = await orphanedLayer('skip/app');
+    expect((await fetch(`${reg.url}/v2/skip/app/blobs/${old.digest}`, { method: 'HEAD' })).status).toBe(200);
+    const { gc } = await reg.storage.gc({ grace: GRACE_MS, deleteUntagged: false });
+    // The collection ran and took what was garbage; not the layer just asked about.
+    expect(gc.blobs.map((b) => b.digest)).toContain(old.gone);
+    expect(gc.blobs.map((b) => b.digest)).not.toContain(old.digest);
+    const put = await finishPush('skip/app', old);
+    expect([put.status, put.status === 201 ? '' : await put.text()]).toEqual([201, '']);
+    const pulled = await fetch(`${reg.url}/v2/skip/app/blobs/${old.digest}`);
+    expect(sha256(Buffer.from(await pulled.arrayBuffer()))).toBe(old.digest);
+  });
+
+  test('`wharf gc` from the command line between the HEAD and the manifest', async () => {
+    const old = await orphanedLayer('skip/cli');
+    expect((await fetch(`${reg.url}/v2/skip/cli/blobs/${old.digest}`, { method: 'HEAD' })).status).toBe(200);
+    const run = await wharf(['gc', '--grace', '1s', '--config', await storageConfig(reg.root)]);
+    expect(run.code).toBe(0);
+    expect(await exists(blobFile(reg.root, old.gone))).toBe(false);
+    expect(await exists(blobFile(reg.root, old.digest))).toBe(true);
+    expect((await finishPush('skip/cli', old)).status).toBe(201);
+  });
+});
