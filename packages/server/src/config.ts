@@ -1,7 +1,7 @@
 import { existsSync, readFileSync, realpathSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { parse as parseToml } from 'smol-toml';
-import { parseDuration } from './duration.js';
+import { parseDuration, timerProblem } from './duration.js';
 
 import { ConfigError } from './config-error.js';
 import { invalidNetwork } from './http/client-address.js';
@@ -53,6 +53,8 @@ type Kind = 'string' | 'path' | 'listen' | 'duration' | 'log_level' | 'log_forma
 
 interface KeySpec {
   readonly kind: Kind;
+  /** A duration that sets a timer: at most MAX_TIMER_MS. */
+  readonly timer?: boolean;
   readonly required?: boolean;
   readonly default?: string;
   readonly doc: string;
@@ -71,10 +73,10 @@ export const CONFIG_KEYS = {
   upload_max_age: { kind: 'duration', default: '24h', doc: 'abandoned upload sessions are removed after this long' },
   log_level: { kind: 'log_level', default: 'info', doc: 'fatal, error, warn, info, debug, trace or silent' },
   log_format: { kind: 'log_format', default: 'auto', doc: 'json, pretty, or auto (pretty on a terminal)' },
-  shutdown_timeout: { kind: 'duration', default: '30s', doc: 'on SIGTERM/SIGINT, how long requests in flight may take to finish' },
-  read_header_timeout: { kind: 'duration', default: '20s', doc: 'longest time a client may take to send the request headers' },
-  idle_timeout: { kind: 'duration', default: '2m', doc: 'idle keep-alive connections and silent sockets are closed after this long' },
-  request_timeout: { kind: 'duration', default: '2m', doc: 'longest time of a request that does not move a blob (0: none)' },
+  shutdown_timeout: { kind: 'duration', timer: true, default: '30s', doc: 'on SIGTERM/SIGINT, how long requests in flight may take to finish' },
+  read_header_timeout: { kind: 'duration', timer: true, default: '20s', doc: 'longest time a client may take to send the request headers' },
+  idle_timeout: { kind: 'duration', timer: true, default: '2m', doc: 'idle keep-alive connections and silent sockets are closed after this long' },
+  request_timeout: { kind: 'duration', timer: true, default: '2m', doc: 'longest time of a request that does not move a blob (0: none)' },
   trusted_proxies: { kind: 'networks', doc: 'reverse proxies (addresses or CIDR ranges) whose X-Forwarded-For names the client; comma-separated in the environment' },
   automatic_mount: {
     kind: 'boolean',
@@ -171,7 +173,11 @@ export function buildConfig(
       if (spec.kind === 'path') refuseMovedDefault(key, raw as string, fileDir, cwd);
     }
     values[key] = spec.kind === 'boolean' ? flag(key, raw, !inFile) : convert(key, spec.kind, raw, base);
+    const tooLong = spec.timer ? timerProblem(values[key] as number) : undefined;
+    if (tooLong) throw new ConfigError(`"${key}" ${tooLong} (got "${String(raw)}")`);
   }
+  // Sessions are swept every minute: a shorter age ended every upload between two chunks of a client.
+  if ((values.upload_max_age as number) < 60_000) throw new ConfigError('"upload_max_age" must be at least "1m" (idle sessions are looked for every minute)');
   const proxy = buildProxyConfig(doc.proxy, env, options.secrets ?? true);
   const auth = buildAuthConfig(doc.auth, env);
   checkAuthConfig(auth, values.listen as WharfConfig['listen'], proxy);

@@ -8,3 +8,15 @@ export function parseDuration(value: string): number | undefined {
   for (const m of text.matchAll(/(\d+(?:\.\d+)?)(ms|s|m|h|d|w)/g)) total += Number(m[1]) * UNITS[m[2]!]!;
   return total;
 }
+
+/**
+ * The longest delay Node.js's timers keep (2^31 - 1 ms, 24.8 days): a longer one fires after 1 ms, so a
+ * `gc.interval` of "30d" ran about 660 collections a second and a `request_timeout` of "30d" cut every
+ * request. Durations that set a timer are refused above it.
+ */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** `ms` when a timer can keep it; otherwise a message for the key's ConfigError. */
+export function timerProblem(ms: number): string | undefined {
+  return ms > MAX_TIMER_MS ? 'must be at most "24d" (the longest timer Node.js keeps)' : undefined;
+}

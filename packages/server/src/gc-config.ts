@@ -1,6 +1,6 @@
 import type { RetentionRule } from '@wharf/registry-core';
 import { ConfigError } from './config-error.js';
-import { parseDuration } from './duration.js';
+import { parseDuration, timerProblem } from './duration.js';
 
 /** `[gc]` and `[[retention]]`: the scheduled garbage collection and what it removes. */
 export interface GcConfig {
@@ -19,6 +19,13 @@ const RETENTION_KEYS = new Set(['repositories', 'keep_last', 'keep_tags', 'delet
 
 function isTable(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value) && !(value instanceof Date);
+}
+
+/** `ms`, refused when no timer can wait that long (see MAX_TIMER_MS). */
+function timer(where: string, ms: number): number {
+  const problem = timerProblem(ms);
+  if (problem) throw new ConfigError(`"${where}" ${problem}`);
+  return ms;
 }
 
 function duration(where: string, raw: unknown): number {
@@ -76,7 +83,7 @@ export function buildGcConfig(gcRaw: unknown, retentionRaw: unknown): GcConfig {
   const rules = retentionRaw === undefined ? [] : retentionRaw;
   if (!Array.isArray(rules)) throw new ConfigError('"retention" must be an array of tables: write each rule as [[retention]]');
   return {
-    interval: duration('gc.interval', table.interval ?? '24h'),
+    interval: timer('gc.interval', duration('gc.interval', table.interval ?? '24h')),
     grace: duration('gc.grace', table.grace ?? '1h'),
     deleteUntagged,
     retention: rules.map(rule),

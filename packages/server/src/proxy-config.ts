@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import type { MirrorStrategy } from '@wharf/proxy';
 import { isValidRepositoryName } from '@wharf/registry-core';
 import { ConfigError } from './config-error.js';
-import { parseDuration } from './duration.js';
+import { parseDuration, timerProblem } from './duration.js';
 
 export interface UpstreamConfig {
   /** The path component under /v2/proxy/ that names it. */
@@ -109,12 +109,15 @@ function isTable(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value) && !(value instanceof Date);
 }
 
-function duration(table: Record<string, unknown>, key: string, fallback: string): number {
+/** `timer`: the duration sets a timer, and is refused past what one keeps (see MAX_TIMER_MS). */
+function duration(table: Record<string, unknown>, key: string, fallback: string, timer = false): number {
   const raw = table[key] ?? fallback;
   const ms = typeof raw === 'number' ? raw * 1000 : typeof raw === 'string' ? (/^\d+$/.test(raw) ? Number(raw) * 1000 : parseDuration(raw)) : undefined;
   if (ms === undefined || !Number.isFinite(ms) || ms < 0) {
     throw new ConfigError(`"proxy.${key}" must be a duration such as "5m" or "30s" (got ${JSON.stringify(raw)})`);
   }
+  const tooLong = timer ? timerProblem(ms) : undefined;
+  if (tooLong) throw new ConfigError(`"proxy.${key}" ${tooLong} (got ${JSON.stringify(raw)})`);
   return ms;
 }
 
@@ -284,14 +287,14 @@ export function buildProxyConfig(raw: unknown, env: NodeJS.ProcessEnv, secrets =
     manifestTtl: duration(table, 'manifest_ttl', '5m'),
     absentTtl: duration(table, 'absent_ttl', '1m'),
     rateLimitFloor: integer(table, 'rate_limit_floor', 10),
-    outageBackoff: duration(table, 'outage_backoff', '30s'),
-    connectTimeout: duration(table, 'connect_timeout', '10s'),
-    firstByteTimeout: duration(table, 'first_byte_timeout', '30s'),
-    idleTimeout: duration(table, 'idle_timeout', '60s'),
+    outageBackoff: duration(table, 'outage_backoff', '30s', true),
+    connectTimeout: duration(table, 'connect_timeout', '10s', true),
+    firstByteTimeout: duration(table, 'first_byte_timeout', '30s', true),
+    idleTimeout: duration(table, 'idle_timeout', '60s', true),
     retries: integer(table, 'retries', 3),
     cacheTtl: cacheTtl(table),
     maxSize: size(table, 'max_size'),
-    evictionInterval: duration(table, 'eviction_interval', '1h'),
+    evictionInterval: duration(table, 'eviction_interval', '1h', true),
     directIo: boolean(table, 'direct_io', true),
     upstreams,
     ...egressFrom(env),

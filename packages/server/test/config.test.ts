@@ -97,6 +97,27 @@ describe('configuration', () => {
     expect(() => buildConfig({ ...REQUIRED, log_level: 'loud' })).toThrow('"log_level" must be one of');
   });
 
+  test('a duration that sets a timer is refused past 24.8 days, which Node.js would run as 1 ms', () => {
+    for (const key of ['shutdown_timeout', 'read_header_timeout', 'idle_timeout', 'request_timeout']) {
+      expect(() => buildConfig({ ...REQUIRED, [key]: '30d' })).toThrow(`"${key}" must be at most "24d" (the longest timer Node.js keeps) (got "30d")`);
+      expect(() => buildConfig(REQUIRED, { env: { [`WHARF_${key.toUpperCase()}`]: '25d' } })).toThrow(`"${key}" must be at most "24d"`);
+      expect(buildConfig({ ...REQUIRED, [key]: '24d' })).toBeDefined();
+    }
+    for (const key of ['outage_backoff', 'connect_timeout', 'first_byte_timeout', 'idle_timeout', 'eviction_interval']) {
+      expect(() => buildConfig({ ...REQUIRED, proxy: { [key]: '30d' } })).toThrow(`"proxy.${key}" must be at most "24d"`);
+      expect(buildConfig({ ...REQUIRED, proxy: { [key]: '24d' } })).toBeDefined();
+    }
+    expect(() => buildConfig({ ...REQUIRED, gc: { interval: '30d' } })).toThrow('"gc.interval" must be at most "24d"');
+    // Ages compared with a clock, not waited for, may be as long as one likes.
+    expect(buildConfig({ ...REQUIRED, upload_max_age: '90d', proxy: { cache_ttl: '365d', manifest_ttl: '30d' }, gc: { grace: '30d' } }).proxy.cacheTtl).toBe(365 * 86_400_000);
+  });
+
+  test('upload_max_age of less than a minute is refused: every idle session would end at the next sweep', () => {
+    expect(() => buildConfig({ ...REQUIRED, upload_max_age: '0' })).toThrow('"upload_max_age" must be at least "1m"');
+    expect(() => buildConfig({ ...REQUIRED, upload_max_age: '30s' })).toThrow('"upload_max_age" must be at least "1m"');
+    expect(buildConfig({ ...REQUIRED, upload_max_age: '1m' }).uploadMaxAge).toBe(60_000);
+  });
+
   test('every key can be overridden from the environment as WHARF_<KEY>', () => {
     const config = buildConfig(REQUIRED, {
       cwd: dir,
