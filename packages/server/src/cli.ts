@@ -71,6 +71,9 @@ program
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
+    // The terminal Wharf was started from went away (an ssh session closed): node's default ends the
+    // process at once, cutting every transfer without its log line. Stopped as SIGTERM stops it.
+    process.on('SIGHUP', () => stop('SIGHUP'));
   });
 
 const config = program.command('config').description('configuration tools');

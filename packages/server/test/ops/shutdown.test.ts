@@ -127,6 +127,15 @@ describe('graceful shutdown of wharf serve', () => {
     expect(p.output()).toContain('"msg":"wharf stopped"');
   }, 60_000);
 
+  test('SIGHUP (the terminal closed) stops as SIGTERM does, not at once: exit code 0 after "wharf stopped"', async () => {
+    const p = await start();
+    const exited = exitOf(p);
+    p.child.kill('SIGHUP');
+    expect(await exited).toMatchObject({ code: 0, signal: null });
+    expect(p.output()).toContain('SIGHUP received');
+    expect(p.output()).toContain('"msg":"wharf stopped"');
+  });
+
   test('SIGTERM with an idle keep-alive client exits within 2 s', async () => {
     const p = await start();
     const exited = exitOf(p);
