@@ -1,7 +1,8 @@
-import { mkdir, readdir, stat } from 'node:fs/promises';
+import { randomUUID } from 'node:crypto';
+import { mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { dirname } from 'node:path';
+import { dirname, join } from 'node:path';
 import {
   flushDeferredWrites,
   FsBlobStore,
@@ -93,6 +94,7 @@ async function prepareStorage(config: WharfConfig, logger: Logger): Promise<void
     } catch (err) {
       throw new ConfigError(`"${key}" (${folder}) is not a usable folder: ${(err as Error).message}`);
     }
+    await probeWrite(key, folder);
   }
   const tempDevice = devices.get('temporary_registry_storage');
   for (const key of ['registry_storage', 'proxy_storage']) {
@@ -114,6 +116,27 @@ async function prepareStorage(config: WharfConfig, logger: Logger): Promise<void
     return 0;
   });
   if (removed > 0) logger.info({ removed, alone }, 'temporary files of interrupted pushes and imports removed');
+}
+
+/**
+ * Refuses to start on a storage folder this user cannot write: a root-owned bind mount under a server
+ * that runs as another user passed the start and /ready, then failed every push with a bare 500 and
+ * downloaded every proxied blob again at every pull (nothing could be cached). A full disk is no
+ * reason (Wharf serves on, see "When the disk fills up"), nor any other passing failure.
+ */
+async function probeWrite(key: string, folder: string): Promise<void> {
+  const probe = join(folder, `.wharf-start-${randomUUID()}`);
+  try {
+    await writeFile(probe, '');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') {
+      const who = typeof process.getuid === 'function' ? ` (uid ${process.getuid()})` : '';
+      throw new ConfigError(`"${key}" (${folder}) cannot be written by the user Wharf runs as${who}: ${(err as Error).message}`);
+    }
+    return;
+  }
+  await rm(probe, { force: true }).catch(() => undefined);
 }
 
 /**
