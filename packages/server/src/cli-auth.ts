@@ -1,7 +1,7 @@
 import { Writable } from 'node:stream';
+import { openConfiguredDatabase } from './configured-database.js';
 import { createInterface } from 'node:readline/promises';
 import type { Command } from 'commander';
-import { openDatabase } from '@wharf/registry-core';
 import { isValidAccountName, isValidPublicPattern } from './auth-config.js';
 import { UsageError } from './config-error.js';
 import { loadConfig, type WharfConfig } from './config.js';
@@ -26,7 +26,7 @@ interface ConfigOption {
 /** Runs `work` with the configuration and the accounts of its database, closed afterwards. */
 async function withAccounts<T>(file: string, work: (accounts: Accounts, config: WharfConfig) => Promise<T> | T): Promise<T> {
   const config = loadConfig({ file, secrets: false });
-  const db = openDatabase(config.database);
+  const db = openConfiguredDatabase(config.database);
   try {
     return await work(new Accounts(new AuthStore(db), config.auth, PRODUCTION_BCRYPT_COST), config);
   } finally {

@@ -1,7 +1,8 @@
 #!/usr/bin/env node
+import { openConfiguredDatabase } from './configured-database.js';
 import { Command } from 'commander';
 import { CacheEviction } from '@wharf/proxy';
-import { FsBlobStore, openDatabase } from '@wharf/registry-core';
+import { FsBlobStore } from '@wharf/registry-core';
 import { ConfigError, loadConfig } from './config.js';
 import { UsageError } from './config-error.js';
 import { findUpstream } from './proxy-config.js';
@@ -104,7 +105,7 @@ proxy
       const upstream = findUpstream(c.proxy, name);
       if (!upstream) throw new ConfigError(`no upstream "${name}" in the configuration`);
       const repo = repository && upstream.officialPrefix && !repository.includes('/') ? `${upstream.officialPrefix}${repository}` : repository;
-      const db = openDatabase(c.database);
+      const db = openConfiguredDatabase(c.database);
       try {
         const report = await new CacheEviction(db, new FsBlobStore(c.proxyStorage, c.temporaryRegistryStorage)).purge(upstream.key, repo);
         process.stdout.write(`purged ${upstream.key}${repo ? `/${repo}` : ''}: ${report.manifests} manifests, ${report.blobs} blobs, ${report.bytes} bytes\n`);

@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { openConfiguredDatabase } from './configured-database.js';
 import { mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -9,7 +10,6 @@ import {
   FsUploadSessions,
   LocalRegistry,
   SqliteMetadataStore,
-  openDatabase,
   removeIngestLeftovers,
   sqliteDriverVersion,
   type SqliteDatabase,
@@ -155,7 +155,7 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
   await prepareStorage(config, logger);
   // Certificates before the database: a bad [tls] pair stops the start with nothing opened.
   const tls = await prepareTls(config.tls, config.listen.port, logger);
-  const db = openDatabase(config.database);
+  const db = openConfiguredDatabase(config.database);
   const uploads = new FsUploadSessions(config.temporaryRegistryStorage);
   await uploads.init();
   const metadata = new SqliteMetadataStore(db);
@@ -297,7 +297,9 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
   } catch (err) {
     await undoStart();
     const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'EADDRINUSE' || code === 'EACCES' || code === 'EADDRNOTAVAIL') {
+    // ENOTFOUND: a host name that does not resolve; EINVAL: an address no interface can take (fe80::1
+    // without its zone).
+    if (code === 'EADDRINUSE' || code === 'EACCES' || code === 'EADDRNOTAVAIL' || code === 'ENOTFOUND' || code === 'EAI_AGAIN' || code === 'EINVAL' || code === 'EAFNOSUPPORT') {
       // Port 5000 is often taken (macOS AirPlay): say which setting moves it, not a stack trace.
       throw new ConfigError(`cannot listen on ${config.listen.host}:${config.listen.port} (${code}): set "listen" in the configuration, or WHARF_LISTEN=127.0.0.1:5001`);
     }

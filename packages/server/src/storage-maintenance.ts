@@ -1,4 +1,5 @@
 import { mkdir } from 'node:fs/promises';
+import { openConfiguredDatabase } from './configured-database.js';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { CacheEviction, FillOwner, proxyBlobCatalog, type EvictionReport } from '@wharf/proxy';
@@ -12,7 +13,6 @@ import {
   exportArchive,
   fsck,
   importArchive,
-  openDatabase,
   registryCatalog,
   type ExportPlan,
   type FsckOptions,
@@ -170,7 +170,7 @@ export function summary(report: StorageGcReport): Record<string, number | boolea
  */
 export async function openStorage(config: WharfConfig): Promise<{ storage: StorageMaintenance; deps: StorageDeps; close(): Promise<void> }> {
   for (const folder of [config.registryStorage, config.temporaryRegistryStorage, config.proxyStorage]) await mkdir(folder, { recursive: true, mode: 0o700 });
-  const db = openDatabase(config.database);
+  const db = openConfiguredDatabase(config.database);
   // Held while the command runs (an import spools its entries into the temporary folder): a server
   // starting meanwhile sees another owner there and leaves young temp files alone (server.ts).
   const owner = FillOwner.take(config.temporaryRegistryStorage);

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import { chmod, mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runFails } from '../helpers/clients.js';
@@ -59,5 +59,36 @@ describe('a storage folder Wharf cannot write stops the start, naming its key', 
     expect((await fetch(`${p.url}/v2/`)).status).toBe(200);
     await p.kill('SIGTERM');
     for (const f of ['registry', 'proxy', '_tmp']) expect((await readdir(join(root, 'storage', f))).filter((n) => n.startsWith('.wharf-start-'))).toEqual([]);
+  });
+});
+
+/** A `database` or `listen` that cannot be used: one line naming the key (exit 2), not a stack trace. */
+describe('an unusable database or listen address stops the start with one line naming the key', () => {
+  let root: string;
+  beforeAll(async () => {
+    root = await mkdtemp(join(tmpdir(), 'wharf-refusals-'));
+  });
+  afterAll(async () => rm(root, { recursive: true, force: true }));
+
+  /** `wharf serve`'s one line of refusal, with `env` over the configuration's keys. */
+  const refused = async (env: NodeJS.ProcessEnv, tables: readonly string[] = []): Promise<string> => {
+    const port = await freePort();
+    const config = await writeOpsConfig(root, port, { tables });
+    const run = await runFails(process.execPath, [WHARF_CLI, 'serve', '--config', config], { timeoutMs: 30_000, env: { ...process.env, ...env } });
+    expect(run.exitCode).toBe(2);
+    expect(run.stderr.trim().split('\n')).toHaveLength(1);
+    return run.stderr.trim();
+  };
+
+  test('database: a folder, a file that is not SQLite', async () => {
+    await mkdir(join(root, 'a-folder.db'), { recursive: true });
+    expect(await refused({ WHARF_DATABASE: join(root, 'a-folder.db') })).toMatch(/^wharf: configuration error: "database" \(.*a-folder\.db\) cannot be opened: /);
+    await writeFile(join(root, 'not-sqlite.db'), 'this is not a database, only text long enough to be read as a header '.repeat(20));
+    expect(await refused({ WHARF_DATABASE: join(root, 'not-sqlite.db') })).toMatch(/^wharf: configuration error: "database" \(.*not-sqlite\.db\) cannot be opened: file is not a database$/);
+  });
+
+  test('listen: a host name that does not resolve', async () => {
+    // (auth off is for loopback only, unless an open registry is meant: this test means it)
+    expect(await refused({ WHARF_LISTEN: `no-such-host.invalid:${await freePort()}` }, ['allow_anonymous_push = true'])).toMatch(/^wharf: configuration error: cannot listen on no-such-host\.invalid:\d+ \((ENOTFOUND|EAI_AGAIN)\): set "listen"/);
   });
 });
