@@ -206,9 +206,16 @@ export class LocalRegistry implements RepositoryReader, RepositoryWriter {
       if (err instanceof RegistryError && err.code === 'DIGEST_INVALID') await this.uploads.cancel(repo, id);
       throw err;
     }
-    // The session ended with the seal (a DELETE now finds nothing): the file is ours alone to adopt. Should
-    // adopting fail, the file is left to the uploads' expiry.
-    await this.adoptBlob(repo, sealed.file, sealed.blob);
+    // The session ended with the seal (a DELETE now finds nothing): the file is ours alone to adopt.
+    // Should adopting fail (a full disk: the lease's or the link's row refused), the session comes back
+    // as it was, and the client may complete it again once there is room.
+    try {
+      await this.adoptBlob(repo, sealed.file, sealed.blob);
+    } catch (err) {
+      await this.uploads.settle(repo, id, false).catch(() => undefined);
+      throw err;
+    }
+    await this.uploads.settle(repo, id, true).catch(() => undefined);
     return sealed.blob;
   }
 

@@ -3,8 +3,9 @@ import type { BlobInfo } from './blob-store.js';
 import type { Digest, DigestAlgorithm } from './digest.js';
 
 /**
- * A sealed upload's file in the uploads folder is `<id>` followed by this: a completed upload's verified
- * bytes on their way into the store (or, if that failed, left to the uploads' expiry).
+ * A sealed upload's folder in the uploads folder is `<id>` followed by this: a completed upload's
+ * session, moved aside whole while its verified bytes go into the store. (Older versions left a file
+ * of that name, the bytes alone, to the uploads' expiry.)
  */
 export const SEALED_UPLOAD_SUFFIX = '.sealed';
 
@@ -37,6 +38,13 @@ export interface UploadSessions {
    * session as it was.
    */
   seal(repo: string, id: string, digest: Digest): Promise<{ blob: BlobInfo; file: string }>;
+  /**
+   * Ends what `seal` began. `stored`: the caller moved the file into the store, and what is left of the
+   * session goes. Not stored (a full disk, a database that refused the link): the session comes back as
+   * it was before the seal, so that the client can complete it again, and its bytes are not left behind
+   * for the uploads' expiry with no session to reach them.
+   */
+  settle(repo: string, id: string, stored: boolean): Promise<void>;
   /**
    * For a whole blob brought to a session that holds no bytes yet (the completing PUT of a monolithic
    * upload): runs `store`, which places the blob by itself, under the session's lock, and ends the

@@ -41,6 +41,41 @@ describe('FsUploadSessions on disk', () => {
     expect(await readdir(join(dir, 'uploads'))).toEqual([]);
   });
 
+  test('a seal not stored comes back as the session it was: resumable, and sealed again; a stored one leaves nothing', async () => {
+    const s = await sessions.begin('alice/a');
+    await sessions.append('alice/a', s.id, streamOf(part1), { start: 0, end: part1.length - 1 });
+    const sealed = await sessions.seal('alice/a', s.id, sha256(part1));
+    expect(await sessions.status('alice/a', s.id)).toBeUndefined();
+    // The caller could not store the file (a full disk): the session is back, with its bytes.
+    await sessions.settle('alice/a', s.id, false);
+    expect(await sessions.status('alice/a', s.id)).toEqual({ id: s.id, repo: 'alice/a', size: part1.length, startedAt: s.startedAt });
+    await sessions.append('alice/a', s.id, streamOf(part2), { start: part1.length, end: whole.length - 1 });
+    const again = await sessions.seal('alice/a', s.id, sha256(whole));
+    expect(again.file).toBe(sealed.file);
+    expect((await readFile(again.file)).equals(whole)).toBe(true);
+    // Stored this time (the caller moved the file away): nothing of the session is left.
+    await rm(again.file);
+    await sessions.settle('alice/a', s.id, true);
+    expect(await readdir(join(dir, 'uploads'))).toEqual([]);
+    expect(await sessions.status('alice/a', s.id)).toBeUndefined();
+  });
+
+  test('a sealed session no adoption settled (a killed process) comes back at expiry once older than an adoption takes', async () => {
+    const s = await sessions.begin('alice/a');
+    await sessions.append('alice/a', s.id, streamOf(whole), { start: 0, end: whole.length - 1 });
+    const sealed = await sessions.seal('alice/a', s.id, sha256(whole));
+    const restarted = new FsUploadSessions(dir);
+    await restarted.init();
+    // Young: maybe being adopted by another process on the storage; left alone.
+    expect(await restarted.expire(new Date(Date.now() - 86_400_000))).toBe(0);
+    expect(await restarted.status('alice/a', s.id)).toBeUndefined();
+    const old = new Date(Date.now() - 11 * 60_000);
+    await utimes(sealed.file, old, old);
+    expect(await restarted.expire(new Date(Date.now() - 86_400_000))).toBe(0);
+    expect(await restarted.status('alice/a', s.id)).toMatchObject({ id: s.id, size: whole.length });
+    expect((await restarted.seal('alice/a', s.id, sha256(whole))).blob.size).toBe(whole.length);
+  });
+
   test('cancel, append and seal racing on many sessions: only spec outcomes, and no session files left', async () => {
     const more = Buffer.from('more');
     const sealedFiles: string[] = [];
@@ -63,8 +98,8 @@ describe('FsUploadSessions on disk', () => {
         expect(await sessions.status('alice/a', s.id)).toBeUndefined();
       }),
     );
-    // Every session is gone as a whole: what is left are the sealed files handed to their callers.
-    expect((await readdir(join(dir, 'uploads'))).sort()).toEqual(sealedFiles.map((f) => f.split('/').pop()).sort());
+    // Every session is gone as a whole: what is left are the sealed sessions whose files were handed to their callers.
+    expect((await readdir(join(dir, 'uploads'))).sort()).toEqual(sealedFiles.map((f) => f.split('/').slice(-2)[0]).sort());
   });
 
   describe('restart survival', () => {

@@ -206,18 +206,61 @@ export class FsUploadSessions implements UploadSessions {
       } finally {
         await handle.close();
       }
-      // Still under the lock: move the verified bytes out of the session and end it, so that a PATCH or
-      // a DELETE arriving before the caller adopts the file finds no session, and neither appends to
-      // nor removes what was just verified.
-      const sealed = join(this.dir, `${id}${SEALED_UPLOAD_SUFFIX}`);
-      // Renaming keeps the time of the last chunk: freshened first, or `expire` could take a file that
-      // was written to long ago but is being adopted now (even in the moment between the two).
+      // Still under the lock: move the whole session aside (one rename, which needs no room on a full
+      // disk), so that a PATCH or a DELETE arriving before the caller adopts the file, in this process
+      // or another one on the storage, finds no session, and neither appends to nor removes what was
+      // just verified. `settle` then removes it, or puts it back if the bytes could not be stored.
+      const sealed = this.sealedPath(id);
+      // Renaming keeps the time of the last chunk: freshened first, or `expire` could take a folder
+      // that was written to long ago but is being adopted now (even in the moment between the two).
       const now = new Date();
       await utimes(this.dataPath(id), now, now);
-      await rename(this.dataPath(id), sealed);
-      await this.end(repo, id, true);
-      return { blob: { digest, size: current.size }, file: sealed };
+      await rename(join(this.dir, id), sealed);
+      this.running.delete(id);
+      this.opened(repo, -1);
+      return { blob: { digest, size: current.size }, file: join(sealed, 'data') };
     });
+  }
+
+  settle(repo: string, id: string, stored: boolean): Promise<void> {
+    return this.exclusive(id, async () => {
+      const sealed = this.sealedPath(id);
+      // The bytes are still there to come back as the session (they did not reach the store): back under
+      // the session's name, with its info, as it was before the seal.
+      if (!stored && (await stat(join(sealed, 'data')).then(() => true, () => false))) {
+        try {
+          await rename(sealed, join(this.dir, id));
+          this.opened(repo, 1);
+          return;
+        } catch {
+          // (a session of that name again: impossible with random ids) left to the uploads' expiry
+        }
+      }
+      this.infos.delete(id);
+      await rm(sealed, { recursive: true, force: true });
+    });
+  }
+
+  /** Puts back a sealed session left for longer than an adoption takes; false when there is none such. */
+  private restoreSealed(id: string): Promise<boolean> {
+    if (!SESSION_ID.test(id) || this.locks.has(id)) return Promise.resolve(false);
+    return this.exclusive(id, async () => {
+      const sealed = this.sealedPath(id);
+      const data = await stat(join(sealed, 'data')).catch(() => undefined);
+      const info = data && (await this.readInfo(`${id}${SEALED_UPLOAD_SUFFIX}`));
+      if (!data || !info || data.mtime.getTime() >= Date.now() - ORPHAN_FOLDER_MS) return false;
+      try {
+        await rename(sealed, join(this.dir, id));
+      } catch {
+        return false;
+      }
+      this.opened(info.repo, 1);
+      return true;
+    });
+  }
+
+  private sealedPath(id: string): string {
+    return join(this.dir, `${id}${SEALED_UPLOAD_SUFFIX}`);
   }
 
   async takeWhole<T>(repo: string, id: string, store: (signal: AbortSignal) => Promise<T>, signal?: AbortSignal): Promise<T | undefined> {
@@ -277,6 +320,9 @@ export class FsUploadSessions implements UploadSessions {
     for (const id of await readdir(this.dir).catch(() => [] as string[])) {
       // A session with a chunk arriving or queued is in use, whatever the age of its file.
       if (this.locks.has(id)) continue;
+      // A sealed session that no adoption settled (the process was killed between the two) comes back
+      // as the session it was: resumable, and listed by fsck, until its age ends it as any other.
+      if (id.endsWith(SEALED_UPLOAD_SUFFIX) && (await this.restoreSealed(id.slice(0, -SEALED_UPLOAD_SUFFIX.length)))) continue;
       // Looked at and removed under the session's lock: a chunk arriving meanwhile waits, then finds
       // either a session it freshened (kept) or none (BLOB_UPLOAD_UNKNOWN), never a folder going away
       // under its write.
