@@ -43,6 +43,22 @@ describe('fsck', () => {
     return digest;
   }
 
+  test("an orphan file a push still holds (a killed push's lease) is a notice saying until when; once the lease runs out, --repair removes it", async () => {
+    const orphan = await plantFile(bytesOf(1000, 5), 2 * 3_600_000);
+    const life = fx.metadata.lifecycle();
+    const lease = life.lease(orphan);
+    const held = await run({ repair: true });
+    expect(held.problems).toBe(0);
+    expect(held.findings).toHaveLength(1);
+    expect(held.findings[0]).toMatchObject({ kind: 'recent-file', severity: 'notice', repaired: false });
+    expect(held.findings[0]!.message).toMatch(new RegExp(`blob ${orphan} has no metadata yet: a push holds it until \\d{4}-\\d\\d-\\d\\dT`));
+    expect(await fx.blobs.stat(orphan)).toBeDefined();
+    life.release(lease);
+    const freed = await run({ repair: true });
+    expect(freed.findings.map((f) => [f.kind, f.repaired])).toEqual([['orphan', true]]);
+    expect(await fx.blobs.stat(orphan)).toBeUndefined();
+  });
+
   test('a clean store has no findings', async () => {
     await pushImage(fx.registry, 'alice/app', '1', ['a', bytesOf(300_000, 1)]);
     const progress: number[] = [];

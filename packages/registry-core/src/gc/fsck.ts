@@ -26,6 +26,8 @@ export interface BlobCatalog {
   drop(digest: Digest, stillBad: () => boolean, removeFile: () => void): boolean;
   /** Removes a file that has no row, if there is still none (and no push is placing it). */
   removeOrphan(digest: Digest, removeFile: () => boolean): boolean;
+  /** Until when (ms) a push holds the blob (a lease); undefined when none does, or the store has no leases. */
+  leasedUntil?(digest: Digest): number | undefined;
 }
 
 export type FindingKind =
@@ -95,6 +97,7 @@ export function registryCatalog(metadata: SqliteMetadataStore, blobs: FsBlobStor
     rows: () => [...life.blobRows()],
     drop: (digest, stillBad, removeFile) => life.dropBlob(digest, stillBad, removeFile) !== undefined,
     removeOrphan: (digest, removeFile) => life.removeOrphanFile(digest, removeFile),
+    leasedUntil: (digest) => life.leaseUntil(digest),
   };
 }
 
@@ -172,6 +175,13 @@ export async function fsck(targets: FsckTargets, options: FsckOptions): Promise<
       if (!row) {
         if (file.mtimeMs >= now - grace) {
           report({ store, kind: 'recent-file', severity: 'notice', message: `${store}: blob ${digest} has no metadata yet (written less than ${Math.round(grace / 60_000)} min ago: a push in progress?)`, repaired: false });
+          continue;
+        }
+        // A push placing it, or one killed before its link (its lease runs out 10 minutes after its
+        // last renewal): no error, and nothing --repair may remove yet; said so, with until when.
+        const held = catalog.leasedUntil?.(digest);
+        if (held !== undefined) {
+          report({ store, kind: 'recent-file', severity: 'notice', message: `${store}: blob ${digest} has no metadata yet: a push holds it until ${new Date(held).toISOString()} (one in progress, or one stopped; then gc or fsck --repair removes it)`, repaired: false });
           continue;
         }
         const repaired = options.repair && catalog.removeOrphan(digest, () => removeIfSameFile(file));

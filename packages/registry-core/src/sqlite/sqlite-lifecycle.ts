@@ -92,6 +92,7 @@ export class SqliteLifecycle {
       hasLink: s('SELECT 1 FROM repository_blobs WHERE digest = ? LIMIT 1'),
       linkCount: s('SELECT COUNT(*) AS n FROM repository_blobs WHERE digest = ?'),
       hasLease: s('SELECT 1 FROM blob_leases WHERE digest = ? AND expires_at > ? LIMIT 1'),
+      leaseUntil: s('SELECT MAX(expires_at) AS until FROM blob_leases WHERE digest = ? AND expires_at > ?'),
       deleteBlob: s('DELETE FROM blobs WHERE digest = ?'),
       deleteLinksOf: s('DELETE FROM repository_blobs WHERE digest = ?'),
       unlinkedBlobs: s(`SELECT digest, size FROM blobs b WHERE created_at < ?
@@ -205,6 +206,11 @@ export class SqliteLifecycle {
         return { size: row.size, fileRemoved: removeFile() };
       })
       .immediate();
+  }
+
+  /** Until when (ms) a push holds a lease on the blob; undefined when none does. */
+  leaseUntil(digest: Digest, now = Date.now()): number | undefined {
+    return (this.q.leaseUntil!.get(digest, now) as { until: number | null } | undefined)?.until ?? undefined;
   }
 
   /** Runs `removeFile` for a file without a blob row, if there is still no row and no lease (one transaction). */
