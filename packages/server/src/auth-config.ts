@@ -55,10 +55,14 @@ export function isValidAccountName(name: string): boolean {
   return name.length <= 64 && ACCOUNT_NAME.test(name) && !RESERVED_NAMES.has(name);
 }
 
-/** `team/*` (a namespace) or `alice/site` (one repository). */
+/** `team/*` (a namespace) or `alice/site` (one repository); never the proxy's (see PROXY_NOT_PUBLIC). */
 export function isValidPublicPattern(pattern: string): boolean {
+  if (pattern === 'proxy' || pattern.startsWith('proxy/')) return false;
   return pattern.endsWith('/*') ? isValidRepositoryName(pattern.slice(0, -2)) : isValidRepositoryName(pattern);
 }
+
+/** Why `proxy/...` cannot be made public: it was accepted, listed, and did nothing. */
+export const PROXY_NOT_PUBLIC = 'the proxy\'s repositories are opened by their upstream\'s "access" (access = "anonymous" in [proxy.upstreams.<key>]), not by being public';
 
 /** The cost of a bcrypt hash, or undefined when it is not one. */
 export function bcryptCost(hash: string): number | undefined {
@@ -157,6 +161,9 @@ export function buildAuthConfig(raw: unknown, env: NodeJS.ProcessEnv): AuthConfi
   }
   const configUsers = users(table.users);
   const publicPatterns = table.public ?? [];
+  if (Array.isArray(publicPatterns) && publicPatterns.some((p) => typeof p === 'string' && (p === 'proxy' || p.startsWith('proxy/')))) {
+    throw new ConfigError(`"auth.public": ${PROXY_NOT_PUBLIC}`);
+  }
   if (!Array.isArray(publicPatterns) || publicPatterns.some((p) => typeof p !== 'string' || !isValidPublicPattern(p))) {
     throw new ConfigError('"auth.public" must be an array of repository names ("alice/site") or namespaces ("team/*")');
   }

@@ -50,6 +50,7 @@ describe('[auth] configuration', () => {
     [{ groups: [{ name: 'team', members: { alice: 'owner' } }] }, '"auth.groups[0].members.alice" must be one of reader, developer, maintainer'],
     [{ groups: [{ name: 'alice', members: {} }], users: [{ name: 'alice', password_hash: HASH }] }, 'is also a user'],
     [{ public: ['*'] }, '"auth.public"'],
+    [{ public: ['proxy/*'] }, '"auth.public": the proxy\'s repositories are opened by their upstream\'s "access"'],
   ])('%j is refused naming the key', (auth, message) => {
     expect(() => build(auth)).toThrow(ConfigError);
     expect(() => build(auth)).toThrow(message);

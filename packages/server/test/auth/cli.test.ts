@@ -169,6 +169,13 @@ describe('wharf user, token and repo commands', () => {
     expect((await cli(['repo', 'private', 'web/*'])).code).toBe(0);
     expect((await fetch(`${reg.url}/v2/web/site/manifests/1`)).status).toBe(401);
     expect((await cli(['repo', 'public', 'Not A Name'])).code).toBe(2);
+    // The proxy's names: opened by their upstream's access, never by this (it was accepted, and did nothing).
+    for (const pattern of ['proxy/*', 'proxy/docker.io/library/alpine']) {
+      const refused = await cli(['repo', 'public', pattern]);
+      expect(refused.code).toBe(2);
+      expect(refused.stderr).toContain('opened by their upstream\'s "access"');
+    }
+    expect((await cli(['repo', 'public'])).stdout).toBe('');
   });
 
   test('user passwd and user remove take effect on the running server', async () => {
