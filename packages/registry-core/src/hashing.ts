@@ -4,21 +4,48 @@ import { newHash, type DigestAlgorithm } from './digest.js';
 import { RegistryError } from './errors.js';
 import { noteReceived } from './young-garbage.js';
 
+/** Chunks shorter than this are gathered (copied) into batches of BATCH_BYTES before they go on. */
+const SMALL_CHUNK = 16 * 1024;
+const BATCH_BYTES = 64 * 1024;
+
 /**
  * A pipeline stage that hashes and counts what passes through it, and stops the stream as soon as it
- * grows past `maxSize` (so an oversized body never fills the disk).
+ * grows past `maxSize` (so an oversized body never fills the disk). Small chunks go on gathered into
+ * batches: a body sent in 1-byte chunks (chunked encoding) cost a hash update and a file write per
+ * byte, 4.5-5 CPU s per MiB on the event loop against distribution's 60 ms (the abuse audit), and each
+ * chunk a slice kept alive until written. A chunk of SMALL_CHUNK or more goes on as it came.
  */
 export function hashingStage(hash: Hash, counter: { bytes: number }, maxSize?: number) {
   return async function* hashing(source: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+    let batch: Buffer | undefined;
+    let used = 0;
+    const pass = (chunk: Buffer): Buffer => {
+      hash.update(chunk);
+      noteReceived(chunk.length);
+      return chunk;
+    };
+    const gathered = (): Buffer => {
+      const out = batch!.subarray(0, used);
+      batch = undefined;
+      used = 0;
+      return pass(out);
+    };
     for await (const chunk of source) {
       counter.bytes += chunk.length;
       if (maxSize !== undefined && counter.bytes > maxSize) {
         throw new RegistryError('SIZE_INVALID', 'content is larger than its declared size', { expected: maxSize });
       }
-      hash.update(chunk);
-      noteReceived(chunk.length);
-      yield chunk;
+      if (chunk.length >= SMALL_CHUNK) {
+        if (used > 0) yield gathered();
+        yield pass(chunk);
+        continue;
+      }
+      if (used + chunk.length > BATCH_BYTES) yield gathered();
+      batch ??= Buffer.allocUnsafe(BATCH_BYTES);
+      chunk.copy(batch, used);
+      used += chunk.length;
     }
+    if (used > 0) yield gathered();
   };
 }
 
