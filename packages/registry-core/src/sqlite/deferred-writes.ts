@@ -1,4 +1,5 @@
 import type { SqliteDatabase } from './database.js';
+import { isBusy, withBusyTimeout } from './busy.js';
 
 /** How long a deferred write waits for others to join it. */
 const DELAY_MS = 5_000;
@@ -127,21 +128,6 @@ export class DeferredWrites {
   }
 }
 
-/** Runs `fn` with SQLite's busy timeout (how long a statement waits for a lock) set to `ms`. */
-function withBusyTimeout<T>(db: SqliteDatabase, ms: number, fn: () => T): T {
-  const previous = db.pragma('busy_timeout', { simple: true }) as number;
-  db.pragma(`busy_timeout = ${Math.max(0, Math.floor(ms))}`);
-  try {
-    return fn();
-  } finally {
-    db.pragma(`busy_timeout = ${previous}`);
-  }
-}
-
-function isBusy(err: unknown): boolean {
-  const code = (err as { code?: unknown }).code;
-  return code === 'SQLITE_BUSY' || code === 'SQLITE_LOCKED' || (typeof code === 'string' && code.startsWith('SQLITE_BUSY_'));
-}
 
 const byDatabase = new WeakMap<SqliteDatabase, DeferredWrites>();
 

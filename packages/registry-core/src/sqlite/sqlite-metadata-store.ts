@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Statement } from 'better-sqlite3';
 import type { BlobInfo } from '../blob-store.js';
 import type { Digest } from '../digest.js';
@@ -5,6 +6,7 @@ import { RegistryError } from '../errors.js';
 import type { Descriptor, ParsedManifest } from '../manifest.js';
 import type { MetadataStore, Page, StoredManifest } from '../metadata-store.js';
 import type { SqliteDatabase } from './database.js';
+import { isBusy, withBusyTimeout } from './busy.js';
 import { ManifestCache } from './manifest-cache.js';
 import { SqliteLifecycle } from './sqlite-lifecycle.js';
 
@@ -31,6 +33,8 @@ function limitOf(page: Page): number {
  */
 /** A link HEAD-ed again within this long (ms) is not written again. */
 const LINK_RENEW_MS = 1000;
+/** How long a renewal asks for a lock another process holds (see renewLink). */
+const RENEW_WAIT_MS = 2000;
 
 export class SqliteMetadataStore implements MetadataStore {
   private readonly q: Record<string, Statement>;
@@ -50,6 +54,7 @@ export class SqliteMetadataStore implements MetadataStore {
                    WHERE rb.repository_id = ? AND rb.digest = ?`),
       insertBlob: s('INSERT INTO blobs (digest, size, created_at) VALUES (?, ?, ?) ON CONFLICT(digest) DO NOTHING'),
       link: s('INSERT INTO repository_blobs (repository_id, digest, linked_at) VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET linked_at = excluded.linked_at'),
+      linkAge: s(`SELECT rb.linked_at FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id WHERE r.name = ? AND rb.digest = ?`),
       renewLink: s(`UPDATE repository_blobs SET linked_at = ?
                     WHERE repository_id = (SELECT id FROM repositories WHERE name = ?) AND digest = ? AND linked_at < ?`),
       holders: s(`SELECT r.name AS name FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id
@@ -158,15 +163,32 @@ export class SqliteMetadataStore implements MetadataStore {
 
   async renewBlobLink(repo: string, digest: Digest): Promise<BlobInfo | undefined> {
     const now = Date.now();
-    try {
-      // Before the read, in its own statement: a collection that took the link first leaves nothing to
-      // renew, and the read then answers absent (the client uploads the layer); one that comes after
-      // finds the link young (SqliteLifecycle.collectRepository reads the ages in its transaction).
-      this.q.renewLink!.run(now, repo, digest, now - LINK_RENEW_MS);
-    } catch {
-      // A database that cannot be written now (full, busy past its timeout): answered as before.
-    }
+    const link = this.q.linkAge!.get(repo, digest) as { linked_at: number } | undefined;
+    if (!link) return undefined;
+    // Before the read, in its own statement: a collection that took the link first leaves nothing to
+    // renew, and the read then answers absent (the client uploads the layer); one that comes after
+    // finds the link young (SqliteLifecycle.collectRepository reads the ages in its transaction).
+    if (link.linked_at < now - LINK_RENEW_MS) await this.renewLink(repo, digest, now);
     return this.blob(repo, digest);
+  }
+
+  /**
+   * The write of a renewal, never waiting for the lock inside SQLite: better-sqlite3 waits there with
+   * the event loop held, and a blob HEAD made every request wait with it while another process wrote
+   * (2.5 s behind a `wharf` command's transaction, the diff review). Asked again every 10 ms instead,
+   * for up to RENEW_WAIT_MS; then answered as before, unrenewed, as on a database that refuses writes.
+   */
+  private async renewLink(repo: string, digest: Digest, now: number): Promise<void> {
+    const until = Date.now() + RENEW_WAIT_MS;
+    for (;;) {
+      try {
+        withBusyTimeout(this.db, 0, () => this.q.renewLink!.run(now, repo, digest, now - LINK_RENEW_MS));
+        return;
+      } catch (err) {
+        if (!isBusy(err) || Date.now() >= until) return;
+      }
+      await sleep(10);
+    }
   }
 
   async repositoriesWithBlob(digest: Digest, limit: number): Promise<string[]> {

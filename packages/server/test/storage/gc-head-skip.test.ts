@@ -65,6 +65,28 @@ describe('a layer a push skipped after its HEAD outlives a collection until the 
     expect(sha256(Buffer.from(await pulled.arrayBuffer()))).toBe(old.digest);
   });
 
+  test('a HEAD while another process holds the write lock renews the link once the lock is let go, never holding the event loop meanwhile', async () => {
+    const old = await orphanedLayer('skip/locked');
+    const other = openDatabase(join(reg.root, 'wharf.db'));
+    try {
+      other.exec('BEGIN IMMEDIATE'); // another process's write transaction (a `wharf` command)
+      const head = fetch(`${reg.url}/v2/skip/locked/blobs/${old.digest}`, { method: 'HEAD' });
+      // Served while the lock is held: the renewal waits off the event loop (SQLite's own wait held
+      // it, and this test's own COMMIT below with it, until the busy timeout gave up unrenewed).
+      await new Promise((r) => setTimeout(r, 200));
+      expect((await fetch(`${reg.url}/v2/`)).status).toBe(200);
+      other.exec('COMMIT');
+      expect((await head).status).toBe(200);
+      const { linked_at } = other
+        .prepare('SELECT rb.linked_at FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id WHERE r.name = ? AND rb.digest = ?')
+        .get('skip/locked', old.digest) as { linked_at: number };
+      expect(Date.now() - linked_at).toBeLessThan(60_000);
+    } finally {
+      if (other.inTransaction) other.exec('ROLLBACK');
+      other.close();
+    }
+  });
+
   test('`wharf gc` from the command line between the HEAD and the manifest', async () => {
     const old = await orphanedLayer('skip/cli');
     expect((await fetch(`${reg.url}/v2/skip/cli/blobs/${old.digest}`, { method: 'HEAD' })).status).toBe(200);
