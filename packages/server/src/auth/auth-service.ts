@@ -196,7 +196,13 @@ export class AuthService {
       // guesses sent at once would otherwise all pass the limit before the first one had failed.
       const attempt = this.failed(keys);
       verification = (async () => {
-        const principal = isToken ? this.accounts.verifyToken(password) : await this.accounts.verifyPassword(user, password);
+        let principal: Principal | undefined;
+        try {
+          principal = isToken ? this.accounts.verifyToken(password) : await this.accounts.verifyPassword(user, password);
+        } catch (err) {
+          this.limiter.forgive(keys, attempt); // no check was made: no guess to count
+          throw err;
+        }
         if (principal) {
           this.limiter.forgive(keys, attempt);
           // Only the user's own password clears the guesses at it: with a token, the user name is

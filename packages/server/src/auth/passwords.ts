@@ -1,4 +1,5 @@
 import bcrypt from 'bcryptjs';
+import { RegistryError } from '@wharf/registry-core';
 import { MIN_BCRYPT_COST } from '../auth-config.js';
 import { BcryptThread } from './bcrypt-thread.js';
 import { safeEqual } from './secrets.js';
@@ -16,8 +17,9 @@ export function checkNewPassword(password: string): string | undefined {
   return undefined;
 }
 
-/** Where password checks run: off the event loop (see BcryptThread). */
-const checks = new BcryptThread();
+/** Where password checks run: off the event loop (see BcryptThread). Exported for tests that stop it. */
+export const passwordThread = new BcryptThread();
+const checks = passwordThread;
 
 /** `cost` below 10 only through the internal test option (never configuration). */
 export function hashPassword(password: string, cost: number): Promise<string> {
@@ -26,15 +28,18 @@ export function hashPassword(password: string, cost: number): Promise<string> {
 
 /**
  * Recomputes the hash with the stored salt and cost on the password thread, and compares the two in
- * constant time. A malformed stored hash never matches, nor does any password when the thread fails.
+ * constant time. A malformed stored hash never matches; a check the thread could not make fails
+ * UNAVAILABLE (503), neither match nor mismatch.
  */
 export async function verifyPassword(password: string, stored: string): Promise<boolean> {
   if (!/^\$2[aby]\$\d{2}\$[./A-Za-z0-9]{53}$/.test(stored)) return false;
   let computed: string;
   try {
     computed = await checks.hash(password, stored.slice(0, 29));
-  } catch {
-    return false;
+  } catch (err) {
+    // No answer (the thread failed or stopped) is no wrong password: refused as one, it would be
+    // remembered, and the right password refused at once for minutes after.
+    throw new RegistryError('UNAVAILABLE', 'the password could not be checked now; try again', { reason: (err as Error).message });
   }
   // bcryptjs writes $2b$ whatever the stored variant; the variants hash alike.
   return safeEqual(computed.slice(4), stored.slice(4));

@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import bcrypt from 'bcryptjs';
 import { readFileSync } from 'node:fs';
 import { BcryptThread } from '../../src/auth/bcrypt-thread.js';
+import { passwordThread } from '../../src/auth/passwords.js';
 import type { TestRegistry } from '../helpers/start-registry.js';
 import { basic, startAuthRegistry } from './helpers.js';
 
@@ -52,6 +53,17 @@ describe('password checks off the event loop', () => {
     // Hashed on the event loop, the main thread took nearly all of it (0.95 and more of the total).
     expect(cpu.total).toBeGreaterThan(0.3);
     expect(cpu.main).toBeLessThan(cpu.total * 0.4);
+  });
+
+  test('a check the thread could not finish is a 503, not a wrong password: the right one is taken right after', async () => {
+    const pending = fetch(`${reg.url}/v2/`, { headers: { Authorization: basic('ann', PASSWORD) } });
+    await new Promise((r) => setTimeout(r, 50)); // the check is on the thread (cost 12: far longer than this)
+    await passwordThread.close();
+    const res = await pending;
+    expect(res.status).toBe(503);
+    expect(await res.text()).toContain('the password could not be checked now');
+    // Not remembered as refused, not counted as a guess: the same password, checked again, signs in.
+    expect(await login('ann', PASSWORD)).toBe(200);
   });
 
   test('a wrong and a right password at once each get their own answer', async () => {
