@@ -1,6 +1,6 @@
 import { isValidRepositoryName } from '@wharf/registry-core';
 import { ConfigError } from './config-error.js';
-import { parseDuration } from './duration.js';
+import { configDuration } from './duration.js';
 import { isLoopback } from './http/loopback.js';
 import type { ProxyConfig } from './proxy-config.js';
 
@@ -155,7 +155,7 @@ export function buildAuthConfig(raw: unknown, env: NodeJS.ProcessEnv): AuthConfi
     if (!ok) throw new ConfigError(`"auth.realm" must be an absolute http(s) URL of /auth/token, such as "https://wharf.example.com/auth/token"`);
   }
   const ttlRaw = table.token_ttl ?? '5m';
-  const tokenTtl = typeof ttlRaw === 'number' ? ttlRaw * 1000 : typeof ttlRaw === 'string' ? (/^\d+$/.test(ttlRaw) ? Number(ttlRaw) * 1000 : parseDuration(ttlRaw)) : undefined;
+  const tokenTtl = configDuration(ttlRaw);
   if (tokenTtl === undefined || !Number.isFinite(tokenTtl) || tokenTtl < 60_000 || tokenTtl > 86_400_000) {
     throw new ConfigError(`"auth.token_ttl" must be a duration from "60s" to "24h" (got ${JSON.stringify(ttlRaw)})`);
   }

@@ -1,7 +1,7 @@
 import { existsSync, readFileSync, realpathSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { parse as parseToml } from 'smol-toml';
-import { parseDuration, timerProblem } from './duration.js';
+import { configDuration, timerProblem } from './duration.js';
 
 import { ConfigError } from './config-error.js';
 import { invalidNetwork } from './http/client-address.js';
@@ -251,7 +251,7 @@ function convert(key: string, kind: Kind, raw: unknown, base: string): unknown {
     case 'listen':
       return parseListen(raw as string, key);
     case 'duration': {
-      const ms = typeof raw === 'number' ? raw * 1000 : /^\d+$/.test(raw as string) ? Number(raw) * 1000 : parseDuration(raw as string);
+      const ms = configDuration(raw);
       if (ms === undefined || !Number.isFinite(ms) || ms < 0) {
         throw new ConfigError(`"${key}" must be a duration such as "90d", "24h", "5m" or "30s" (got "${String(raw)}")`);
       }

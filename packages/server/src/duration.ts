@@ -10,6 +10,16 @@ export function parseDuration(value: string): number | undefined {
 }
 
 /**
+ * A duration as configuration gives it: a string such as "24h" (parseDuration), or a number of seconds
+ * (a TOML number, or a string of digits from the environment); undefined for anything else.
+ */
+export function configDuration(raw: unknown): number | undefined {
+  if (typeof raw === 'number') return raw * 1000;
+  if (typeof raw !== 'string') return undefined;
+  return /^\d+$/.test(raw) ? Number(raw) * 1000 : parseDuration(raw);
+}
+
+/**
  * The longest delay Node.js's timers keep (2^31 - 1 ms, 24.8 days): a longer one fires after 1 ms, so a
  * `gc.interval` of "30d" ran about 660 collections a second and a `request_timeout` of "30d" cut every
  * request. Durations that set a timer are refused above it.

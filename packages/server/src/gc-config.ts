@@ -1,6 +1,6 @@
 import type { RetentionRule } from '@wharf/registry-core';
 import { ConfigError } from './config-error.js';
-import { parseDuration, timerProblem } from './duration.js';
+import { configDuration, timerProblem } from './duration.js';
 
 /** `[gc]` and `[[retention]]`: the scheduled garbage collection and what it removes. */
 export interface GcConfig {
@@ -29,7 +29,7 @@ function timer(where: string, ms: number): number {
 }
 
 function duration(where: string, raw: unknown): number {
-  const ms = typeof raw === 'number' ? raw * 1000 : typeof raw === 'string' ? (/^\d+$/.test(raw) ? Number(raw) * 1000 : parseDuration(raw)) : undefined;
+  const ms = configDuration(raw);
   if (ms === undefined || !Number.isFinite(ms) || ms < 0) {
     throw new ConfigError(`"${where}" must be a duration such as "90d", "24h" or "30m" (got ${JSON.stringify(raw)})`);
   }

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import type { MirrorStrategy } from '@wharf/proxy';
 import { isValidRepositoryName } from '@wharf/registry-core';
 import { ConfigError } from './config-error.js';
-import { parseDuration, timerProblem } from './duration.js';
+import { configDuration, parseDuration, timerProblem } from './duration.js';
 
 export interface UpstreamConfig {
   /** The path component under /v2/proxy/ that names it. */
@@ -112,7 +112,7 @@ function isTable(value: unknown): value is Record<string, unknown> {
 /** `timer`: the duration sets a timer, and is refused past what one keeps (see MAX_TIMER_MS). */
 function duration(table: Record<string, unknown>, key: string, fallback: string, timer = false): number {
   const raw = table[key] ?? fallback;
-  const ms = typeof raw === 'number' ? raw * 1000 : typeof raw === 'string' ? (/^\d+$/.test(raw) ? Number(raw) * 1000 : parseDuration(raw)) : undefined;
+  const ms = configDuration(raw);
   if (ms === undefined || !Number.isFinite(ms) || ms < 0) {
     throw new ConfigError(`"proxy.${key}" must be a duration such as "5m" or "30s" (got ${JSON.stringify(raw)})`);
   }
