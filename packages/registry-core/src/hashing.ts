@@ -30,12 +30,19 @@ export function hashingStage(hash: Hash, counter: { bytes: number }, maxSize?: n
       used = 0;
       return pass(out);
     };
+    // Whether the chunk before was small: only a run of small chunks is gathered. A small one after a
+    // large one (the last read of an ordinary body) goes on at once, so that a client that pauses
+    // there has every byte it sent on disk, as a session's offset after a crash says.
+    let afterSmall = false;
     for await (const chunk of source) {
       counter.bytes += chunk.length;
       if (maxSize !== undefined && counter.bytes > maxSize) {
         throw new RegistryError('SIZE_INVALID', 'content is larger than its declared size', { expected: maxSize });
       }
-      if (chunk.length >= SMALL_CHUNK) {
+      const small = chunk.length < SMALL_CHUNK;
+      const runOfSmall = small && afterSmall;
+      afterSmall = small;
+      if (!runOfSmall) {
         if (used > 0) yield gathered();
         yield pass(chunk);
         continue;

@@ -24,13 +24,14 @@ describe('hashingStage', () => {
 
   test('a body in 1-byte chunks goes on in a few batches of 64 KiB, hashed and counted as sent', async () => {
     const { out, digest, bytes } = await through(Array.from(body, (b) => Buffer.of(b)));
-    expect(out.map((c) => c.length)).toEqual([65536, 65536, 65536, 200_000 - 3 * 65536]);
+    // The first goes on alone (nothing before it was small); the run after it is gathered.
+    expect(out.map((c) => c.length)).toEqual([1, 65536, 65536, 65536, 200_000 - 1 - 3 * 65536]);
     expect(Buffer.concat(out).equals(body)).toBe(true);
     expect([digest, bytes]).toEqual([expected, body.length]);
   });
 
-  test('large chunks go on as they came, the small ones between them gathered, in order', async () => {
-    const cuts = [10, 20, 70_000, 5, 5, 30_000, 1, 99_959];
+  test('large chunks go on as they came, a run of small ones between them gathered, in order; a small one right after a large one goes on at once', async () => {
+    const cuts = [10, 20, 7, 70_000, 5, 5, 6, 30_000, 1, 99_946];
     const chunks: Buffer[] = [];
     let at = 0;
     for (const n of cuts) {
@@ -38,7 +39,7 @@ describe('hashingStage', () => {
       at += n;
     }
     const { out, digest } = await through(chunks);
-    expect(out.map((c) => c.length)).toEqual([30, 70_000, 10, 30_000, 1, 99_959]);
+    expect(out.map((c) => c.length)).toEqual([10, 27, 70_000, 5, 11, 30_000, 1, 99_946]);
     expect(Buffer.concat(out).equals(body)).toBe(true);
     expect(digest).toBe(expected);
   });
