@@ -1,17 +1,60 @@
 import { pendingBlobRows, type PendingBlobRows } from './pending-blob-rows.js';
-import { deferredWrites, NOTE_INTERVAL_MS, type DeferredWrites, type Descriptor, type Digest, type SqliteDatabase, type SqliteStatement as Statement, type StoredManifest } from '@wharf/registry-core';
+import { createRowidTable, deferredWrites, ensureRowidTable, NOTE_INTERVAL_MS, type RowidTable, type DeferredWrites, type Descriptor, type Digest, type SqliteDatabase, type SqliteStatement as Statement, type StoredManifest } from '@wharf/registry-core';
+
+/**
+ * The tables that hold large values (manifest bytes up to 4 MiB, an upstream's whole tag list, a
+ * subject's referrers): rowid tables, large column last, their keys in unique indexes. An earlier
+ * Wharf made them `WITHOUT ROWID`, where each key comparison reads the whole row (rowid-tables.ts).
+ */
+const LARGE_ROW_TABLES: readonly RowidTable[] = [
+  {
+    name: 'proxy_manifests',
+    columns: `(
+      id INTEGER PRIMARY KEY,
+      upstream TEXT NOT NULL,
+      repository TEXT NOT NULL,
+      digest TEXT NOT NULL,
+      media_type TEXT NOT NULL,
+      fetched_at INTEGER NOT NULL,
+      accessed_at INTEGER NOT NULL,
+      content BLOB NOT NULL,
+      UNIQUE (upstream, repository, digest)
+    )`,
+    indexes: '',
+  },
+  {
+    name: 'proxy_referrers',
+    columns: `(
+      id INTEGER PRIMARY KEY,
+      upstream TEXT NOT NULL,
+      repository TEXT NOT NULL,
+      subject TEXT NOT NULL,
+      fetched_at INTEGER NOT NULL,
+      accessed_at INTEGER NOT NULL,
+      descriptors TEXT NOT NULL,
+      UNIQUE (upstream, repository, subject)
+    )`,
+    indexes: '',
+  },
+  // The upstream's tag list of a repository as its first page last came (sorted as served), and
+  // whether it is the whole list (the upstream's last page was read).
+  {
+    name: 'proxy_tag_lists',
+    columns: `(
+      id INTEGER PRIMARY KEY,
+      upstream TEXT NOT NULL,
+      repository TEXT NOT NULL,
+      whole INTEGER NOT NULL,
+      fetched_at INTEGER NOT NULL,
+      accessed_at INTEGER NOT NULL,
+      tags TEXT NOT NULL,
+      UNIQUE (upstream, repository)
+    )`,
+    indexes: '',
+  },
+];
 
 const SCHEMA = `
-  CREATE TABLE IF NOT EXISTS proxy_manifests (
-    upstream TEXT NOT NULL,
-    repository TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    media_type TEXT NOT NULL,
-    content BLOB NOT NULL,
-    fetched_at INTEGER NOT NULL,
-    accessed_at INTEGER NOT NULL,
-    PRIMARY KEY (upstream, repository, digest)
-  ) WITHOUT ROWID;
   CREATE TABLE IF NOT EXISTS proxy_tags (
     upstream TEXT NOT NULL,
     repository TEXT NOT NULL,
@@ -58,26 +101,6 @@ const SCHEMA = `
   -- Who still links a blob, asked by eviction, purge and fsck once per blob: without it each asks
   -- with a scan of every link (a one-repository purge of a year's cache blocked for minutes).
   CREATE INDEX IF NOT EXISTS proxy_repository_blobs_digest ON proxy_repository_blobs(digest);
-  CREATE TABLE IF NOT EXISTS proxy_referrers (
-    upstream TEXT NOT NULL,
-    repository TEXT NOT NULL,
-    subject TEXT NOT NULL,
-    descriptors TEXT NOT NULL,
-    fetched_at INTEGER NOT NULL,
-    accessed_at INTEGER NOT NULL,
-    PRIMARY KEY (upstream, repository, subject)
-  ) WITHOUT ROWID;
-  -- The upstream's tag list of a repository as its first page last came (sorted as served), and
-  -- whether it is the whole list (the upstream's last page was read).
-  CREATE TABLE IF NOT EXISTS proxy_tag_lists (
-    upstream TEXT NOT NULL,
-    repository TEXT NOT NULL,
-    tags TEXT NOT NULL,
-    whole INTEGER NOT NULL,
-    fetched_at INTEGER NOT NULL,
-    accessed_at INTEGER NOT NULL,
-    PRIMARY KEY (upstream, repository)
-  ) WITHOUT ROWID;
   CREATE TABLE IF NOT EXISTS proxy_absent (
     upstream TEXT NOT NULL,
     repository TEXT NOT NULL,
@@ -122,6 +145,10 @@ export class CacheIndex {
   private absentMarked = 0;
 
   constructor(private readonly db: SqliteDatabase) {
+    for (const table of LARGE_ROW_TABLES) {
+      ensureRowidTable(db, table);
+      db.exec(createRowidTable(table));
+    }
     db.exec(SCHEMA);
     // A database from before the totals (or a new one): counted once, in a write transaction, so that
     // no change of proxy_blobs falls between the count and the first trigger.

@@ -16,6 +16,7 @@ export { FileBlobStream, closeFile, takeFile, type FileRange, type HeldBytes, ty
 export { SERVER_WAIT } from './server-wait.js';
 export { FsUploadSessions } from './fs/fs-uploads.js';
 export { openDatabase, type SqliteDatabase, type SqliteStatement } from './sqlite/database.js';
+export { createRowidTable, ensureRowidTable, type RowidTable } from './sqlite/rowid-tables.js';
 export { ProcessLock } from './sqlite/process-lock.js';
 export { SQLITE_DRIVER, sqliteDriverVersion } from './sqlite/driver.js';
 export { DeferredWrites, deferredWrites, flushDeferredWrites, NOTE_INTERVAL_MS } from './sqlite/deferred-writes.js';

@@ -2,7 +2,8 @@ import type BetterSqlite3 from 'better-sqlite3';
 import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { Database } from './driver.js';
-import { INDEXES, MIGRATIONS } from './schema.js';
+import { ensureRowidTable } from './rowid-tables.js';
+import { INDEXES, MANIFESTS, MIGRATIONS } from './schema.js';
 
 export type SqliteDatabase = BetterSqlite3.Database;
 export type SqliteStatement = BetterSqlite3.Statement;
@@ -31,6 +32,7 @@ export function openDatabase(file: string): SqliteDatabase {
       db.pragma(`user_version = ${v + 1}`);
     })();
   }
+  ensureRowidTable(db, MANIFESTS);
   db.exec(INDEXES);
   return db;
 }

@@ -1,3 +1,5 @@
+import type { RowidTable } from './rowid-tables.js';
+
 /** Schema migrations, applied in order; `user_version` records how many ran. */
 export const MIGRATIONS: readonly string[] = [
   `
@@ -63,6 +65,30 @@ export const MIGRATIONS: readonly string[] = [
   CREATE INDEX blob_leases_digest ON blob_leases(digest);
   `,
 ];
+
+/**
+ * The manifests table as it is after the migrations: a rowid table, its bytes last (see
+ * rowid-tables.ts; the first migration made it `WITHOUT ROWID`). Rebuilt outside the numbered
+ * migrations, with the same columns, so that an older Wharf still opens the database.
+ */
+export const MANIFESTS: RowidTable = {
+  name: 'manifests',
+  columns: `(
+    id INTEGER PRIMARY KEY,
+    repository_id INTEGER NOT NULL REFERENCES repositories(id) ON DELETE CASCADE,
+    digest TEXT NOT NULL,
+    media_type TEXT NOT NULL,
+    artifact_type TEXT,
+    subject TEXT,
+    size INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    broken INTEGER NOT NULL DEFAULT 0,
+    annotations TEXT,
+    content BLOB NOT NULL,
+    UNIQUE (repository_id, digest)
+  )`,
+  indexes: 'CREATE INDEX IF NOT EXISTS manifests_subject ON manifests(repository_id, subject) WHERE subject IS NOT NULL;',
+};
 
 /**
  * Indexes that change no table: created when missing, outside the numbered migrations, so that an
