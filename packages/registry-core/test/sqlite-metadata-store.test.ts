@@ -95,6 +95,26 @@ describe('SqliteMetadataStore on a database file', () => {
     expect(await store.tags('ghost/repo', {})).toBeUndefined();
   });
 
+  test("a manifest's delete finds its tags through an index, not by reading every tag of the repository", () => {
+    // The foreign key's check and cascade, as SQLite compiles them (the statement, then its trigger
+    // programs: each starts again at address 0). 2,000 untagged manifests collected beside 20,000 tags
+    // took 5.8 s of the event loop while these loops stepped through all the repository's tags.
+    const db = openDb();
+    const root = (name: string) => (db.prepare('SELECT rootpage FROM sqlite_master WHERE name = ?').get(name) as { rootpage: number }).rootpage;
+    const ops = db.prepare("EXPLAIN DELETE FROM manifests WHERE repository_id = 1 AND digest = 'x'").all() as { addr: number; opcode: string; p1: number; p2: number }[];
+    const loopsOver: number[] = [];
+    let cursors = new Map<number, number>();
+    let last = -1;
+    for (const op of ops) {
+      if (op.addr <= last) cursors = new Map(); // the next program
+      last = op.addr;
+      if (op.opcode === 'OpenRead' || op.opcode === 'OpenWrite') cursors.set(op.p1, op.p2);
+      if (op.opcode === 'Next' || op.opcode === 'Prev') loopsOver.push(cursors.get(op.p1) ?? -1);
+    }
+    expect(loopsOver).toContain(root('tags_digest'));
+    expect(loopsOver).not.toContain(root('tags'));
+  });
+
   test('pages without n are capped at MAX_PAGE', async () => {
     const db = openDb();
     const store = new SqliteMetadataStore(db);

@@ -97,4 +97,9 @@ export const MANIFESTS: RowidTable = {
 export const INDEXES = `
   -- Tag lists in the spec's lexical, case-insensitive order, a page at a time.
   CREATE INDEX IF NOT EXISTS tags_listing ON tags(repository_id, name COLLATE NOCASE, name);
+  -- The tags of a manifest, which its delete (gc, retention, DELETE) looks for through the foreign
+  -- key: without it each delete read every tag of the repository (2,000 untagged manifests beside
+  -- 20,000 tags: 5.8 s of the event loop). On the digest alone: SQLite's foreign-key scan did not
+  -- take an index on (repository_id, digest) over the primary key's repository_id.
+  CREATE INDEX IF NOT EXISTS tags_digest ON tags(digest);
 `;
