@@ -54,7 +54,8 @@ export class SqliteMetadataStore implements MetadataStore {
                    WHERE rb.repository_id = ? AND rb.digest = ?`),
       insertBlob: s('INSERT INTO blobs (digest, size, created_at) VALUES (?, ?, ?) ON CONFLICT(digest) DO NOTHING'),
       link: s('INSERT INTO repository_blobs (repository_id, digest, linked_at) VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET linked_at = excluded.linked_at'),
-      linkAge: s(`SELECT rb.linked_at FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id WHERE r.name = ? AND rb.digest = ?`),
+      linkAge: s(`SELECT rb.linked_at, b.size FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id
+                  JOIN blobs b ON b.digest = rb.digest WHERE r.name = ? AND rb.digest = ?`),
       renewLink: s(`UPDATE repository_blobs SET linked_at = ?
                     WHERE repository_id = (SELECT id FROM repositories WHERE name = ?) AND digest = ? AND linked_at < ?`),
       holders: s(`SELECT r.name AS name FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id
@@ -163,12 +164,15 @@ export class SqliteMetadataStore implements MetadataStore {
 
   async renewBlobLink(repo: string, digest: Digest): Promise<BlobInfo | undefined> {
     const now = Date.now();
-    const link = this.q.linkAge!.get(repo, digest) as { linked_at: number } | undefined;
+    const link = this.q.linkAge!.get(repo, digest) as { linked_at: number; size: number } | undefined;
     if (!link) return undefined;
-    // Before the read, in its own statement: a collection that took the link first leaves nothing to
-    // renew, and the read then answers absent (the client uploads the layer); one that comes after
-    // finds the link young (SqliteLifecycle.collectRepository reads the ages in its transaction).
-    if (link.linked_at < now - LINK_RENEW_MS) await this.renewLink(repo, digest, now);
+    // One query for a link renewed in the last second (a HEAD had three: the cost of a layer check).
+    if (link.linked_at >= now - LINK_RENEW_MS) return { digest, size: link.size };
+    // A renewal that changed the row renewed a link that is still there: a collection that comes
+    // after finds it young (SqliteLifecycle.collectRepository reads the ages in its transaction).
+    // Otherwise a collection may have taken it first (or another request renewed it, or the lock
+    // stayed taken): read again, and a link gone is absent (the client uploads the layer).
+    if (await this.renewLink(repo, digest, now)) return { digest, size: link.size };
     return this.blob(repo, digest);
   }
 
@@ -178,14 +182,13 @@ export class SqliteMetadataStore implements MetadataStore {
    * (2.5 s behind a `wharf` command's transaction, the diff review). Asked again every 10 ms instead,
    * for up to RENEW_WAIT_MS; then answered as before, unrenewed, as on a database that refuses writes.
    */
-  private async renewLink(repo: string, digest: Digest, now: number): Promise<void> {
+  private async renewLink(repo: string, digest: Digest, now: number): Promise<boolean> {
     const until = Date.now() + RENEW_WAIT_MS;
     for (;;) {
       try {
-        withBusyTimeout(this.db, 0, () => this.q.renewLink!.run(now, repo, digest, now - LINK_RENEW_MS));
-        return;
+        return withBusyTimeout(this.db, 0, () => this.q.renewLink!.run(now, repo, digest, now - LINK_RENEW_MS)).changes > 0;
       } catch (err) {
-        if (!isBusy(err) || Date.now() >= until) return;
+        if (!isBusy(err) || Date.now() >= until) return false;
       }
       await sleep(10);
     }
