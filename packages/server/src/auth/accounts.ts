@@ -77,13 +77,16 @@ export class Accounts {
     }
     const key = this.credentialKey(name, password);
     const hit = this.verified.get(key);
-    if (hit && hit.until > Date.now() && safeEqual(hit.hash, account.passwordHash)) return { kind: 'user', name: account.name, admin: account.admin };
+    const principal = { kind: 'user', name: account.name, admin: account.admin, credential: credentialOf(account) } as const;
+    if (hit && hit.until > Date.now() && safeEqual(hit.hash, account.passwordHash)) return principal;
+    // The principal names the hash checked here, not the account's hash when its tokens are issued:
+    // a password changed during the check (`wharf user passwd`) ends what the old one gets.
     if (!(await verifyPassword(password, account.passwordHash))) {
       this.remember(this.refused, key, account.passwordHash, REFUSED_TTL_MS);
       return undefined;
     }
     this.remember(this.verified, key, account.passwordHash, VERIFIED_TTL_MS);
-    return { kind: 'user', name: account.name, admin: account.admin };
+    return principal;
   }
 
   /**
@@ -159,8 +162,9 @@ export class Accounts {
     // Got with another password than the user's now (a configuration user's changed in
     // configuration.toml, which `wharf user passwd` cannot revoke): whoever had that one keeps nothing.
     // Tokens from before refresh tokens noted it carry none.
-    if (token.credential !== undefined && !safeEqual(token.credential, credentialOf(account))) return undefined;
-    return { kind: 'user', name: account.name, admin: account.admin };
+    const credential = credentialOf(account);
+    if (token.credential !== undefined && !safeEqual(token.credential, credential)) return undefined;
+    return { kind: 'user', name: account.name, admin: account.admin, credential: token.credential ?? credential };
   }
 
   /** A refresh token for a principal that signed in with credentials. */
@@ -172,11 +176,11 @@ export class Accounts {
       if (!parent) return undefined;
       expiresAt = Math.min(expiresAt, parent.expiresAt);
     }
-    const account = principal.kind === 'user' ? this.find(principal.name) : undefined;
+    const credential = principal.kind === 'user' ? (principal.credential ?? this.credentialOf(principal.name)) : undefined;
     return this.store.createToken({
       type: 'refresh',
       user: principal.name,
-      ...(account ? { credential: credentialOf(account) } : {}),
+      ...(credential !== undefined ? { credential } : {}),
       scopes: principal.kind === 'token' ? principal.scopes : [],
       ...(principal.kind === 'token' ? { parentId: principal.tokenId } : {}),
       ...(principal.kind === 'token' && principal.namespace ? { namespace: principal.namespace } : {}),
@@ -208,8 +212,9 @@ export class Accounts {
     const account = this.find(name);
     // `iat` is cut to the second: only a token certainly issued before the user was added is refused.
     if (!account || (account.createdAt !== undefined && (issuedAt + 1) * 1000 <= account.createdAt)) return undefined;
-    if (credential !== undefined && !safeEqual(credential, credentialOf(account))) return undefined;
-    return { kind: 'user', name: account.name, admin: account.admin };
+    const now = credentialOf(account);
+    if (credential !== undefined && !safeEqual(credential, now)) return undefined;
+    return { kind: 'user', name: account.name, admin: account.admin, credential: credential ?? now };
   }
 
   private isLive(token: StoredToken): boolean {

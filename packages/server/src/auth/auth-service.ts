@@ -348,7 +348,7 @@ export class AuthService {
 
   issue(principal: Principal, access: readonly AccessEntry[]): Promise<IssuedToken> {
     const subject = principal.kind === 'anonymous' ? '' : principal.name;
-    const credential = principal.kind === 'user' ? this.accounts.credentialOf(principal.name) : undefined;
+    const credential = principal.kind === 'user' ? (principal.credential ?? this.accounts.credentialOf(principal.name)) : undefined;
     return this.issuer.issue(subject, access, principal.kind === 'token' ? principal.tokenId : undefined, credential);
   }
 

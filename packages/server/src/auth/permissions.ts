@@ -21,7 +21,16 @@ const CI_ACTIONS: readonly Action[] = ['pull', 'push'];
 export type Principal =
   | { readonly kind: 'anonymous' }
   /** Signed in with the user's password (or a token issued for that). */
-  | { readonly kind: 'user'; readonly name: string; readonly admin: boolean }
+  | {
+      readonly kind: 'user';
+      readonly name: string;
+      readonly admin: boolean;
+      /**
+       * Which password the user signed in with (Accounts.credentialOf of the hash it was checked
+       * against), for the tokens issued to this sign-in: a new password ends them.
+       */
+      readonly credential?: string;
+    }
   /** A personal access token (`pat`: a subset of the user's actions) or a CI token (`ci`: one namespace). */
   | {
       readonly kind: 'token';

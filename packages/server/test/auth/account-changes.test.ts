@@ -3,7 +3,9 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openDatabase } from '@wharf/registry-core';
+import bcrypt from 'bcryptjs';
 import { AuthStore } from '../../src/auth/auth-store.js';
+import { sleep } from '../helpers/http.js';
 import type { TestRegistry } from '../helpers/start-registry.js';
 import { basic, bcryptHash, fetchToken, startAuthRegistry, type TokenReply } from './helpers.js';
 
@@ -159,6 +161,39 @@ describe('a group configured with the name of a database user', () => {
     } finally {
       await server?.close();
       await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('a password changed while a sign-in with the old one is being checked', () => {
+  test('the tokens that sign-in gets end with the old password, as those got before the change do', async () => {
+    const admin = { name: 'root', password_hash: bcryptHash('root-password-1'), admin: true };
+    const server = await startAuthRegistry({ authSettings: { users: [admin] } });
+    try {
+      const store = server.auth!.store;
+      // A slow hash (cost 14: about a second on the password thread), so that the change comes
+      // while the check of the old password runs, as `wharf user passwd` from another process can.
+      store.addUser('fay', bcrypt.hashSync('fay-old-password', 14), false);
+      const signIn = fetchToken(`${server.url}/auth/token`, 'wharf', ['repository:fay/app:pull,push'], { user: 'fay', password: 'fay-old-password' }, '&offline_token=true');
+      await sleep(300);
+      store.setPassword('fay', bcryptHash('fay-new-password'));
+      const reply = await signIn;
+      expect(reply.status).toBe(200); // the old password was right when it was checked
+      const { token, refresh_token: refreshToken } = (await reply.json()) as TokenReply;
+      const tags = await fetch(`${server.url}/v2/fay/app/tags/list`, { headers: { Authorization: `Bearer ${token}` } });
+      expect(tags.status).toBe(401);
+      const refreshed = await fetch(`${server.url}/auth/token`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/x-www-form-urlencoded' },
+        body: new URLSearchParams({ grant_type: 'refresh_token', refresh_token: refreshToken!, client_id: 'test', scope: 'repository:fay/app:pull' }).toString(),
+      });
+      expect(refreshed.status).toBe(401);
+      // The new password signs in, and its token works.
+      const again = await fetchToken(`${server.url}/auth/token`, 'wharf', ['repository:fay/app:pull,push'], { user: 'fay', password: 'fay-new-password' });
+      const fresh = ((await again.json()) as TokenReply).token;
+      expect((await fetch(`${server.url}/v2/fay/app/tags/list`, { headers: { Authorization: `Bearer ${fresh}` } })).status).toBe(404);
+    } finally {
+      await server.close();
     }
   });
 });
