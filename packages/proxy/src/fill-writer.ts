@@ -4,6 +4,7 @@ import { open, type FileHandle } from 'node:fs/promises';
 import { isStorageFull, type HeldBytes } from '@wharf/registry-core';
 import { AlignedBlocks, BLOCK_SIZE } from './aligned-blocks.js';
 import { FillBudget } from './fill-budget.js';
+import { BODY_HIGH_WATER } from './plain-http.js';
 
 /** Offsets and lengths of O_DIRECT writes are multiples of this (the largest logical block size in use). */
 const DIRECT_ALIGN = 4096;
@@ -37,6 +38,14 @@ const alignedBlocks = new AlignedBlocks();
  * as one aligned memory has, so that one fill, or a few (the layers of one image), never wait on it.
  */
 export const fillBudget = new FillBudget(32);
+
+/**
+ * Bytes of an upstream body read ahead of its fill (plain-http's buffer): 1 MiB, and 64 KiB while
+ * the fills hold their budget.
+ */
+export function upstreamBodyBuffer(): number {
+  return fillBudget.spent ? 64 * 1024 : BODY_HIGH_WATER;
+}
 
 /** Bytes of memory the running fills hold (their blocks and spares), for metrics. */
 export function fillMemoryBytes(): number {

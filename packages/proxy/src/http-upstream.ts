@@ -2,6 +2,7 @@ import { rootCertificates } from 'node:tls';
 import { JSON_SHAPE_LIMITS, JsonShapeError, MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES, MediaType, bareMediaType, digestOf, isValidTag, jsonShapeProblem, parseBoundedJson, tryParseDigest, type ByteRange, type Descriptor, type Digest, type Page } from '@wharf/registry-core';
 import type { Dispatcher } from 'undici';
 import { bypassesProxy } from './no-proxy.js';
+import { upstreamBodyBuffer } from './fill-writer.js';
 import { plainRequest } from './plain-http.js';
 import { RateLimitGate, type RateLimitGateLogger } from './rate-limit-gate.js';
 import { resumingBlob, skipFirst } from './resuming-body.js';
@@ -480,7 +481,7 @@ export class HttpUpstream implements Upstream {
       try {
         res = this.proxied(target)
           ? await (await this.dispatcher(this.via!)).request({ origin: target.origin, path: `${target.pathname}${target.search}`, method, headers: hopHeaders, ...(signal ? { signal } : {}) })
-          : await plainRequest(target, hopHeaders, this.timeouts, signal, { method, ...(this.options.ca !== undefined ? { ca: this.options.ca } : {}) });
+          : await plainRequest(target, hopHeaders, this.timeouts, signal, { method, bodyBuffer: upstreamBodyBuffer, ...(this.options.ca !== undefined ? { ca: this.options.ca } : {}) });
       } catch (err) {
         this.options.onRequest?.('error');
         // Another host (a CDN, a token service an egress allow-list forgot) is named: not the upstream.

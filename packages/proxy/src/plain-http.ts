@@ -39,13 +39,18 @@ export interface PlainOptions {
   readonly method?: 'GET' | 'HEAD';
   /** PEM certificates trusted for https:// besides the system's (an upstream behind a private CA). */
   readonly ca?: string;
+  /**
+   * Body bytes buffered before the socket stops being read, asked as bytes arrive (at most
+   * BODY_HIGH_WATER): less when memory is short.
+   */
+  readonly bodyBuffer?: () => number;
 }
 
 /** A response head is a few KiB; more is not a registry talking. */
 const MAX_HEAD = 64 * 1024;
 const MAX_CHUNK_LINE = 4 * 1024;
-/** Body bytes buffered in the stream before the socket stops being read. */
-const BODY_HIGH_WATER = 1024 * 1024;
+/** Body bytes buffered in the stream before the socket stops being read (see PlainOptions.bodyBuffer). */
+export const BODY_HIGH_WATER = 1024 * 1024;
 /** An idle kept-alive connection is closed after this long (undici's default). */
 const IDLE_MS = 4000;
 /**
@@ -445,7 +450,12 @@ class Exchange {
 
   private deliver(view: Buffer): void {
     if (view.length === 0 || !this.body) return;
-    if (!this.body.push(this.slabs.lend(view))) this.pause();
+    if (!this.body.push(this.slabs.lend(view)) || this.body.readableLength >= this.bodyBuffer()) this.pause();
+  }
+
+  /** Body bytes buffered before the socket pauses. */
+  bodyBuffer(): number {
+    return this.options.bodyBuffer?.() ?? BODY_HIGH_WATER;
   }
 
   pause(): void {
@@ -561,7 +571,21 @@ class Body extends Readable {
   }
 
   override _read(): void {
-    this.exchange.resume();
+    this.more();
+  }
+
+  /**
+   * Readable asks for more (`_read`) whenever it holds less than BODY_HIGH_WATER, and not again until
+   * a push: the exchange may want less buffered, so each read that takes bytes asks too.
+   */
+  override read(size?: number): Buffer | null {
+    const chunk = super.read(size) as Buffer | null;
+    this.more();
+    return chunk;
+  }
+
+  private more(): void {
+    if (this.readableLength < this.exchange.bodyBuffer()) this.exchange.resume();
   }
 
   override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {

@@ -89,6 +89,57 @@ describe('plainRequest', () => {
     expect(requests[0]).toBe(`GET /v2/a/blobs/x?y=1 HTTP/1.1\r\nHost: ${url.host}\r\nuser-agent: wharf-test\r\nauthorization: Bearer t\r\n\r\n`);
   });
 
+  test('bodyBuffer: a paused reader holds that much, not 1 MiB, whatever it says meanwhile; nothing stalls', async () => {
+    // Many fills at once each held a paused MiB (and the slabs it pinned): 80 cold fills, 188 MiB of
+    // slabs. Readable asks `_read` only while below its own mark, and once until the next push.
+    const body = randomBytes(8 * 1024 * 1024);
+    const { url } = await rawServer((s) => {
+      s.write(`HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n\r\n`);
+      s.end(body);
+    });
+    let limit = 64 * 1024;
+    const answer = await plainRequest(url, {}, { ...FAST, idle: 2000 }, undefined, { bodyBuffer: () => limit });
+    const copies: Buffer[] = [];
+    let most = 0;
+    await new Promise<void>((resolve, reject) => {
+      answer.body.on('error', reject);
+      answer.body.on('end', resolve);
+      answer.body.on('data', (chunk: Buffer) => {
+        copies.push(Buffer.from(chunk));
+        answer.recycle(chunk);
+        // A reader that stops now and then (a fill waiting for the disk), while the limit changes.
+        if (copies.length % 8 === 0) {
+          answer.body.pause();
+          setTimeout(() => {
+            most = Math.max(most, answer.body.readableLength);
+            limit = limit === 64 * 1024 ? 256 * 1024 : 64 * 1024;
+            answer.body.resume();
+          }, 20);
+        }
+      });
+    });
+    expect(Buffer.concat(copies).equals(body)).toBe(true);
+    // The limit, and at most the one socket read that passed it (a slab's room: 512 KiB).
+    expect(most).toBeGreaterThan(0);
+    expect(most).toBeLessThan(256 * 1024 + 512 * 1024);
+  });
+
+  test('bodyBuffer, read by async iteration with pauses: every byte, no stall', async () => {
+    const body = randomBytes(4 * 1024 * 1024 + 5);
+    const { url } = await rawServer((s) => {
+      s.write(`HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n\r\n`);
+      s.end(body);
+    });
+    const answer = await plainRequest(url, {}, { ...FAST, idle: 2000 }, undefined, { bodyBuffer: () => 16 * 1024 });
+    const copies: Buffer[] = [];
+    for await (const chunk of answer.body as AsyncIterable<Buffer>) {
+      copies.push(Buffer.from(chunk));
+      answer.recycle(chunk);
+      if (copies.length % 16 === 0) await sleep(5);
+    }
+    expect(Buffer.concat(copies).equals(body)).toBe(true);
+  });
+
   test('a connection is kept alive and reused for the next GET to the same origin, until it says close', async () => {
     let connections = 0;
     const { url, server } = await rawServer((s, request) => {
