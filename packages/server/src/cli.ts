@@ -86,6 +86,7 @@ config
     try {
       const c = loadConfig({ file: opts.config });
       const tls = checkTlsFiles(c);
+      for (const warning of c.warnings ?? []) process.stderr.write(`warning: ${warning}\n`);
       process.stdout.write(`configuration OK: listen ${c.listen.host}:${c.listen.port}, registry_storage ${c.registryStorage}, database ${c.database}, ${tls}\n`);
     } catch (err) {
       fail(err);

@@ -4,6 +4,7 @@ import { parse as parseToml } from 'smol-toml';
 import { configDuration, timerProblem } from './duration.js';
 
 import { ConfigError } from './config-error.js';
+import { namedVariables, unknownWharfVariables } from './unknown-env.js';
 import { invalidNetwork } from './http/client-address.js';
 import { buildProxyConfig, type ProxyConfig } from './proxy-config.js';
 import { buildAuthConfig, checkAuthConfig, type AuthConfig } from './auth-config.js';
@@ -47,6 +48,8 @@ export interface WharfConfig {
   readonly metrics: MetricsConfig;
   /** `[gc]` and `[[retention]]`. */
   readonly gc: GcConfig;
+  /** What reading the configuration found suspicious without refusing it, one sentence each (logged at start). */
+  readonly warnings?: readonly string[];
 }
 
 type Kind = 'string' | 'path' | 'listen' | 'duration' | 'log_level' | 'log_format' | 'networks' | 'boolean';
@@ -152,6 +155,8 @@ export function buildConfig(
   for (const key of Object.keys(doc)) {
     if (!(key in CONFIG_KEYS) && !(key in TABLES)) throw new ConfigError(`${source}: unknown key "${key}"`);
   }
+  const unknown = unknownWharfVariables(env, Object.keys(CONFIG_KEYS), namedVariables(doc));
+  const warnings = unknown.map((name) => `the environment variable ${name} configures nothing (misspelled?); the variables are WHARF_<KEY> and WHARF_<TABLE>_<KEY>, such as WHARF_LISTEN and WHARF_PROXY_MANIFEST_TTL`);
   doc = applyTableEnv(doc, env, cwd);
   const values = {} as Record<Key, unknown>;
   for (const [key, spec] of Object.entries(CONFIG_KEYS) as [Key, KeySpec][]) {
@@ -189,6 +194,7 @@ export function buildConfig(
     parseListen,
   });
   return {
+    ...(warnings.length > 0 ? { warnings } : {}),
     listen: values.listen as WharfConfig['listen'],
     registryStorage: values.registry_storage as string,
     temporaryRegistryStorage: values.temporary_registry_storage as string,

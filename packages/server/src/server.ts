@@ -152,6 +152,7 @@ const MIN_STALE_INGEST_MS = 3_600_000;
 
 export async function startServer(config: WharfConfig, options: StartOptions = {}): Promise<RunningServer> {
   const logger = options.logger ?? createLogger({ level: config.logLevel, format: config.logFormat });
+  for (const warning of config.warnings ?? []) logger.warn(warning);
   await prepareStorage(config, logger);
   // Certificates before the database: a bad [tls] pair stops the start with nothing opened.
   const tls = await prepareTls(config.tls, config.listen.port, logger);

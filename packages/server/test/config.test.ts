@@ -129,6 +129,21 @@ describe('configuration', () => {
     expect(config.registryStorage).toBe(join(dir, 'elsewhere'));
   });
 
+  test('a WHARF_ variable that configures nothing (misspelled) is a warning naming it; those the configuration names are not', () => {
+    const config = buildConfig(
+      { ...REQUIRED, proxy: { upstreams: { hub: { url: 'https://registry.example.com', username: 'u', password_env: 'WHARF_HUB_TOKEN' } } } },
+      {
+        cwd: dir,
+        env: { WHARF_LISTEN: '127.0.0.1:5001', WHARF_PROXY_MANIFESTTTL: '1h', WHARF_LISTEN_ADDR: 'x', WHARF_HUB_TOKEN: 's', WHARF_ADMIN_PASSWORD: 'p', WHARF_PROXY_MANIFEST_TTL: '1m', HOME: '/root' },
+      },
+    );
+    expect(config.warnings).toEqual([
+      expect.stringMatching(/^the environment variable WHARF_LISTEN_ADDR configures nothing \(misspelled\?\)/),
+      expect.stringMatching(/^the environment variable WHARF_PROXY_MANIFESTTTL configures nothing/),
+    ]);
+    expect(buildConfig(REQUIRED, { cwd: dir, env: { WHARF_LISTEN: '127.0.0.1:5001' } }).warnings).toBeUndefined();
+  });
+
   test('the environment can supply a required key the file lacks', () => {
     const doc: Record<string, string> = { ...REQUIRED };
     delete doc.proxy_storage;
@@ -218,6 +233,12 @@ describe('wharf CLI', () => {
   test('config check accepts the shipped configuration', async () => {
     const { stdout } = await exec(process.execPath, [CLI, 'config', 'check', '--config', SHIPPED]);
     expect(stdout).toContain('configuration OK');
+  });
+
+  test('config check prints a warning for a WHARF_ variable that configures nothing', async () => {
+    const { stdout, stderr } = await exec(process.execPath, [CLI, 'config', 'check', '--config', SHIPPED], { env: { PATH: process.env.PATH, WHARF_PROXY_MANIFESTTTL: '1h' } });
+    expect(stdout).toContain('configuration OK');
+    expect(stderr).toContain('warning: the environment variable WHARF_PROXY_MANIFESTTTL configures nothing');
   });
 
   test('config check and serve refuse a file without a storage key, naming it', async () => {
