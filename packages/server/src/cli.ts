@@ -11,6 +11,7 @@ import { registerAuthCommands } from './cli-auth.js';
 import { registerStorageCommands } from './cli-storage.js';
 import { checkTlsFiles, registerOpsCommands } from './cli-ops.js';
 import { holdYoungGeneration } from './young-generation.js';
+import { detachLostStreams, lostTerminalStreams } from './lost-terminal.js';
 
 /** The same signal this soon after the first is one signal, delivered twice (see serve). */
 const SAME_SIGNAL_MS = 250;
@@ -53,6 +54,15 @@ program
       running.logger.error({ err: reason }, 'unhandled promise rejection (a bug; please report it): the server goes on');
     });
     let stopping: { signal: string; at: number } | undefined;
+    /** Standard streams whose terminal hung up: nothing more is written to them. */
+    let lost: number[] = [];
+    const say = (line: string): void => {
+      if (!lost.includes(2)) process.stderr.write(line);
+    };
+    const exit = (code: number): never => {
+      detachLostStreams(lost);
+      process.exit(code);
+    };
     const stop = (signal: string) => {
       if (stopping) {
         // One signal can arrive twice: a Ctrl-C reaches the terminal's whole foreground group, and a
@@ -60,13 +70,13 @@ program
         // forwards signals (pnpm running `pnpm wharf serve`) sends it on. That is not a second one.
         if (stopping.signal === signal && Date.now() - stopping.at < SAME_SIGNAL_MS) return;
         // A second signal: the operator does not want to wait.
-        process.stderr.write(`wharf: second ${signal}, exiting now\n`);
-        process.exit(1);
+        say(`wharf: second ${signal}, exiting now\n`);
+        exit(1);
       }
       stopping = { signal, at: Date.now() };
-      process.stderr.write(`wharf: ${signal} received; finishing requests in flight (up to ${shutdownTimeout / 1000} s), then exiting\n`);
+      say(`wharf: ${signal} received; finishing requests in flight (up to ${shutdownTimeout / 1000} s), then exiting\n`);
       running.close().then(
-        () => process.exit(0),
+        () => exit(0),
         (err: unknown) => fail(err),
       );
     };
@@ -74,7 +84,11 @@ program
     process.on('SIGINT', () => stop('SIGINT'));
     // The terminal Wharf was started from went away (an ssh session closed): node's default ends the
     // process at once, cutting every transfer without its log line. Stopped as SIGTERM stops it.
-    process.on('SIGHUP', () => stop('SIGHUP'));
+    // Its terminal gone, nothing can be shown on it, and node's exit would abort on it (lost-terminal.ts).
+    process.on('SIGHUP', () => {
+      lost = lostTerminalStreams();
+      stop('SIGHUP');
+    });
   });
 
 const config = program.command('config').description('configuration tools');

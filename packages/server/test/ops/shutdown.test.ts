@@ -1,11 +1,13 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { Agent, get, request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { spawn } from 'node:child_process';
+import { requireTool } from '../helpers/clients.js';
 import { openDownload } from '../helpers/http.js';
-import { freePort, startWharfProcess, type WharfProcess } from '../helpers/wharf-process.js';
+import { WHARF_CLI, freePort, startWharfProcess, writeWharfConfig, type WharfProcess } from '../helpers/wharf-process.js';
 import { sleep, writeOpsConfig } from './helpers.js';
 
 /**
@@ -58,6 +60,15 @@ function exitOf(proc: WharfProcess): Promise<{ code: number | null; signal: Node
   const child = proc.child;
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve({ code: child.exitCode, signal: child.signalCode, at: Date.now() });
   return new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal, at: Date.now() })));
+}
+
+/** Resolves once `check` answers true (every 50 ms, for up to 30 s). */
+async function until(check: () => Promise<boolean>): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error('timed out');
+    await sleep(50);
+  }
 }
 
 /** Whether a new TCP connection to the server is refused now. */
@@ -135,6 +146,48 @@ describe('graceful shutdown of wharf serve', () => {
     expect(p.output()).toContain('SIGHUP received');
     expect(p.output()).toContain('"msg":"wharf stopped"');
   });
+
+  test('SIGHUP after its terminal really hung up (logs on it): exit code 0, not node aborting at exit', async () => {
+    // `script` gives the server a terminal; killing `script` hangs it up, as a closed ssh session
+    // does. Bash in between ignores the hangup and writes the server's exit code. Before: 134 (an
+    // assertion restoring the terminal's settings at exit) or 139.
+    await requireTool('script', 'bsdutils');
+    const dir = await mkdtemp(join(tmpdir(), 'wharf-hangup-'));
+    const hupPort = await freePort();
+    const file = await writeWharfConfig(dir, hupPort, { logLevel: 'info' });
+    const [pidFile, exitFile] = [join(dir, 'pid'), join(dir, 'exit')];
+    const line = `trap "" HUP; "${process.execPath}" "${WHARF_CLI}" serve --config "${file}" & echo $! > "${pidFile}"; wait $!; echo $? > "${exitFile}"`;
+    const terminal = spawn('script', ['-qfc', `bash -c '${line}'`, '/dev/null'], { stdio: 'ignore', env: { PATH: process.env.PATH ?? '', HOME: dir } });
+    let pid = 0;
+    try {
+      const url = `http://127.0.0.1:${hupPort}`;
+      await until(async () => (await fetch(`${url}/v2/`).catch(() => undefined))?.status === 200);
+      pid = Number((await readFile(pidFile, 'utf8')).trim());
+      terminal.kill('SIGKILL');
+      await new Promise((resolve) => terminal.once('exit', resolve));
+      // A request after the hangup (its log line goes to the terminal that is gone), unless the hangup
+      // itself reached the server (the kernel signals the terminal's foreground group, depending on
+      // who is where): then it is stopping already, and the SIGHUP below finds it stopping or gone.
+      await fetch(`${url}/v2/`).catch(() => undefined);
+      try {
+        process.kill(pid, 'SIGHUP');
+      } catch {
+        // exited already: its exit code is what counts
+      }
+      await until(async () => (await readFile(exitFile, 'utf8').catch(() => '')).trim() !== '');
+      expect((await readFile(exitFile, 'utf8')).trim()).toBe('0');
+    } finally {
+      terminal.kill('SIGKILL');
+      if (pid > 0) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          // exited
+        }
+      }
+      await rm(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });
+    }
+  }, 60_000);
 
   test('SIGTERM with an idle keep-alive client exits within 2 s', async () => {
     const p = await start();
