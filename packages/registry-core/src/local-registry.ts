@@ -69,8 +69,8 @@ export class LocalRegistry implements RepositoryReader, RepositoryWriter {
   }
 
   /** A HEAD's (or a conditional GET's) look at a blob: its link renewed, see MetadataWriter.renewBlobLink. */
-  statBlob(repo: string, digest: Digest): Promise<BlobInfo | undefined> {
-    return this.metadata.renewBlobLink(repo, digest);
+  statBlob(repo: string, digest: Digest, options: { readonly renew?: boolean } = {}): Promise<BlobInfo | undefined> {
+    return options.renew === false ? this.metadata.blob(repo, digest) : this.metadata.renewBlobLink(repo, digest);
   }
 
   openBlob(_repo: string, blob: BlobInfo | UnsizedBlob, range?: ByteRange): Promise<Readable | undefined> {

@@ -20,8 +20,12 @@ export interface RepositoryReader {
    * Content-Length: `statBlob` waits for its size; `openBlob` streams it as it comes, whole only.
    */
   blob(repo: string, digest: Digest): Promise<BlobInfo | UnsizedBlob | undefined>;
-  /** What a HEAD answers: the blob's size, without fetching its bytes (the proxy asks its upstream). */
-  statBlob(repo: string, digest: Digest): Promise<BlobInfo | undefined>;
+  /**
+   * What a HEAD answers: the blob's size, without fetching its bytes (the proxy asks its upstream).
+   * A local blob's link starts its gc grace over (a push skipping the layer: see
+   * MetadataWriter.renewBlobLink), unless `renew` is false: asked by someone who may not push.
+   */
+  statBlob(repo: string, digest: Digest, options?: { readonly renew?: boolean }): Promise<BlobInfo | undefined>;
   /** `blob` as `blob()` or `statBlob()` found it; a range of a sized one only. */
   openBlob(repo: string, blob: BlobInfo | UnsizedBlob, range?: ByteRange): Promise<Readable | undefined>;
   /**

@@ -218,6 +218,10 @@ export function authMiddleware(options: AuthMiddlewareOptions) {
         const why = missing.length === 0 ? undefined : `${nameOf(principal)} may not ${missing.join(' or ')} ${name}`;
         if (who.via === 'bearer' && !hasAll(grantedActions(who.access, 'repository', name), needed)) insufficientScope(ctx, auth, who, scope, why, detail);
         if (why !== undefined) refuse(ctx, who, scope, why, detail);
+        // Whether a blob HEAD is a push's (its link's grace starts over) or a pull's (it does not).
+        if (resource === 'blob') {
+          ctx.state.mayPush = allowed.has('push') && (who.via !== 'bearer' || grantedActions(who.access, 'repository', name).has('push'));
+        }
         if (route.uploadStart) {
           // A cross-repository mount reads its source too: the upload route links only from a
           // repository this says the caller may pull, and otherwise starts a plain upload.

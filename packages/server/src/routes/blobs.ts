@@ -26,9 +26,12 @@ export function registerBlobs(router: Router, deps: RouteDeps): void {
     // A HEAD needs the size only, and so does a GET the client already has (its ETag is the digest):
     // through the proxy, a cold blob is asked about, not downloaded.
     const known = notModified(ctx.get('If-None-Match') || undefined, `"${digest}"`);
-    let blob = ctx.method === 'HEAD' || known ? await target.reader.statBlob(target.repo, digest) : await target.reader.blob(target.repo, digest);
+    // Only a push needs the link's grace started over (set by the auth middleware; with auth off,
+    // anyone may push): one who may only pull must not keep an unreferenced layer from gc by asking.
+    const stat = { renew: ctx.state.mayPush !== false };
+    let blob = ctx.method === 'HEAD' || known ? await target.reader.statBlob(target.repo, digest, stat) : await target.reader.blob(target.repo, digest);
     if (!blob) throw new RegistryError('BLOB_UNKNOWN', 'blob unknown to registry', { digest });
-    if (blob.size === undefined && !streamsUnsized(ctx)) blob = await target.reader.statBlob(target.repo, digest);
+    if (blob.size === undefined && !streamsUnsized(ctx)) blob = await target.reader.statBlob(target.repo, digest, stat);
     if (!blob) throw new RegistryError('BLOB_UNKNOWN', 'blob unknown to registry', { digest });
 
     ctx.set('Docker-Content-Digest', blob.digest);

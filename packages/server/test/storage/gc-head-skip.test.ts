@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { openDatabase } from '@wharf/registry-core';
+import { basic, bcryptHash, fetchToken, startAuthRegistry, type TokenReply } from '../auth/helpers.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
 import { exists, blobFile, pushBlob, pushLayers, sha256, storageConfig, wharf } from './helpers.js';
 
@@ -95,5 +96,52 @@ describe('a layer a push skipped after its HEAD outlives a collection until the 
     expect(await exists(blobFile(reg.root, old.gone))).toBe(false);
     expect(await exists(blobFile(reg.root, old.digest))).toBe(true);
     expect((await finishPush('skip/cli', old)).status).toBe(201);
+  });
+});
+
+describe("a HEAD by one who may only pull does not keep an unreferenced layer from gc", () => {
+  let reg: TestRegistry;
+  const ROOT = 'root-password-1';
+  const ALICE = 'alice-password-1';
+  beforeAll(async () => {
+    reg = await startAuthRegistry({
+      authSettings: {
+        users: [
+          { name: 'root', password_hash: bcryptHash(ROOT), admin: true },
+          { name: 'alice', password_hash: bcryptHash(ALICE) },
+        ],
+        public: ['pub/*'],
+      },
+    });
+  });
+  afterAll(async () => reg?.close());
+
+  test('anonymous on a public repository, and a user whose token grants pull: the layer goes; the pusher\'s HEAD keeps it', async () => {
+    const asRoot = { Authorization: basic('root', ROOT) };
+    const [layer, kept, config] = [randomBytes(30_000), randomBytes(20_000), Buffer.from('{"architecture":"amd64","os":"linux"}')];
+    for (const bytes of [layer, kept, config]) {
+      const res = await fetch(`${reg.url}/v2/pub/app/blobs/uploads/?digest=${sha256(bytes)}`, { method: 'POST', headers: { ...asRoot, 'Content-Type': 'application/octet-stream' }, body: bytes });
+      expect(res.status).toBe(201);
+    }
+    // Linked, referenced by nothing, an hour old as far as gc can tell.
+    const db = openDatabase(join(reg.root, 'wharf.db'));
+    try {
+      db.prepare('UPDATE blobs SET created_at = created_at - 3600000').run();
+      db.prepare('UPDATE repository_blobs SET linked_at = linked_at - 3600000').run();
+    } finally {
+      db.close();
+    }
+    const head = (digest: string, headers: Record<string, string> = {}) => fetch(`${reg.url}/v2/pub/app/blobs/${digest}`, { method: 'HEAD', headers }).then((r) => r.status);
+    expect(await head(sha256(layer))).toBe(200);
+    const reply = await fetchToken(`${reg.url}/auth/token`, 'wharf', ['repository:pub/app:pull'], { user: 'alice', password: ALICE });
+    const pullToken = ((await reply.json()) as TokenReply).token;
+    expect(await head(sha256(layer), { Authorization: `Bearer ${pullToken}` })).toBe(200);
+    // A push's HEAD, with push granted.
+    expect(await head(sha256(kept), asRoot)).toBe(200);
+    const { gc } = await reg.storage.gc({ grace: GRACE_MS, deleteUntagged: false });
+    const collected = gc.blobs.map((b) => b.digest);
+    expect(collected).toContain(sha256(layer));
+    expect(collected).toContain(sha256(config));
+    expect(collected).not.toContain(sha256(kept));
   });
 });
