@@ -6,6 +6,7 @@ import {
   cutToPage,
   parseDigest,
   parseBoundedJson,
+  referrersPageOf,
   tryParseDigest,
   type BlobInfo,
   type UnsizedBlob,
@@ -17,6 +18,7 @@ import {
   type RepositoryReader,
   type StoredManifest,
   type ReferrersPage,
+  type ReferrersQuery,
   type TagPage,
 } from '@wharf/registry-core';
 import { fillFailed, type BlobFill } from './blob-fill.js';
@@ -581,7 +583,13 @@ export class PullThroughRepository implements RepositoryReader {
    * schema holds). Each answer is kept: when the upstream cannot answer, the last one is served, so
    * that a signature check in CI still passes while the upstream is down.
    */
-  async listReferrers(repo: string, subject: Digest): Promise<ReferrersPage> {
+  async listReferrers(repo: string, subject: Digest, query: ReferrersQuery = {}): Promise<ReferrersPage> {
+    const all = await this.allReferrers(repo, subject);
+    return { ...all, ...referrersPageOf(all.descriptors, query) };
+  }
+
+  /** The whole list listReferrers pages. */
+  private async allReferrers(repo: string, subject: Digest): Promise<ReferrersPage> {
     const entry = this.index.referrersEntry(this.key, repo, subject);
     const kept = entry && { descriptors: entry.descriptors };
     // Within manifestTtl of the last answer, no upstream request (a signature check per pull in CI).
@@ -597,7 +605,7 @@ export class PullThroughRepository implements RepositoryReader {
 
   /** listReferrers, the descriptors alone. */
   async referrers(repo: string, subject: Digest): Promise<Descriptor[]> {
-    return (await this.listReferrers(repo, subject)).descriptors;
+    return (await this.allReferrers(repo, subject)).descriptors;
   }
 
   /** The manifests of the upstream's index tagged `<alg>-<hex>` of `subject`; none without that tag. */

@@ -491,6 +491,7 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     fake.fault = '500';
     expect(await repo.listReferrers('alice/app', subject)).toEqual({
       descriptors: [referrer],
+      more: false,
       warning: 'upstream up unavailable (upstream up answered 500); serving the referrers of its last answer',
     });
     // Never listed before: the upstream's failure.

@@ -3,6 +3,7 @@ export * from './digest.js';
 export * from './reference.js';
 export * from './media-types.js';
 export * from './manifest.js';
+export { referrersPage, referrersPageOf, type ReferrersQuery, type ReferrersSlice } from './referrers-page.js';
 export { JSON_SHAPE_LIMITS, JsonShapeError, jsonShapeProblem, parseBoundedJson, type JsonShapeLimits } from './json-shape.js';
 export * from './blob-store.js';
 export * from './metadata-store.js';

@@ -7,6 +7,7 @@ import { parseManifest, type Descriptor } from './manifest.js';
 import { cutToPage, type MetadataStore, type Page, type StoredManifest } from './metadata-store.js';
 import { assertTag, isValidRepositoryName, isValidTag } from './reference.js';
 import type { PutManifestResult, ReferrersPage, RepositoryReader, RepositoryWriter, TagPage } from './registry.js';
+import type { ReferrersQuery } from './referrers-page.js';
 import type { ChunkPosition, UploadSessions, UploadStatus } from './uploads.js';
 
 /** Repositories looked at for the source of a mount that names no `from`. */
@@ -95,8 +96,8 @@ export class LocalRegistry implements RepositoryReader, RepositoryWriter {
     return this.metadata.referrers(repo, subject);
   }
 
-  async listReferrers(repo: string, subject: Digest): Promise<ReferrersPage> {
-    return { descriptors: await this.metadata.referrers(repo, subject) };
+  async listReferrers(repo: string, subject: Digest, query: ReferrersQuery = {}): Promise<ReferrersPage> {
+    return this.metadata.referrersPage(repo, subject, query);
   }
 
   repositories(page: Page): Promise<string[]> {

@@ -1,6 +1,7 @@
 import type { BlobInfo } from './blob-store.js';
 import type { Digest } from './digest.js';
 import type { Descriptor, ParsedManifest } from './manifest.js';
+import type { ReferrersQuery, ReferrersSlice } from './referrers-page.js';
 
 export interface StoredManifest {
   readonly digest: Digest;
@@ -35,6 +36,8 @@ export interface MetadataReader {
   tags(repo: string, page: Page): Promise<string[] | undefined>;
   repositories(page: Page): Promise<string[]>;
   referrers(repo: string, subject: Digest): Promise<Descriptor[]>;
+  /** One page of `subject`'s referrers (see referrersPage), reading no more of them than it needs. */
+  referrersPage(repo: string, subject: Digest, query: ReferrersQuery): Promise<ReferrersSlice>;
   repositoryExists(repo: string): Promise<boolean>;
   /**
    * Whether the repository holds a manifest: what makes a name local to those who pull it. Blobs

@@ -2,6 +2,7 @@ import type { Readable } from 'node:stream';
 import type { BlobInfo, ByteRange, UnsizedBlob } from './blob-store.js';
 import type { Digest, DigestAlgorithm } from './digest.js';
 import type { Descriptor } from './manifest.js';
+import type { ReferrersQuery } from './referrers-page.js';
 import type { Page, StoredManifest } from './metadata-store.js';
 import type { ChunkPosition, UploadStatus } from './uploads.js';
 
@@ -37,7 +38,8 @@ export interface RepositoryReader {
    * The manifests whose subject is `subject` (none: an empty list, never absence, as the spec has
    * it), with a warning when they come from a kept copy because the upstream could not be asked.
    */
-  listReferrers(repo: string, subject: Digest): Promise<ReferrersPage>;
+  /** One page of `subject`'s referrers (see referrersPage): `artifactType` filtered, after `last`. */
+  listReferrers(repo: string, subject: Digest, query?: ReferrersQuery): Promise<ReferrersPage>;
 }
 
 /** One page of a tag list. */
@@ -49,9 +51,11 @@ export interface TagPage {
   readonly warning?: string;
 }
 
-/** The referrers of a subject. */
+/** The referrers of a subject, a page of them. */
 export interface ReferrersPage {
   readonly descriptors: Descriptor[];
+  /** More follow, after the last of these (a `Link` to them). */
+  readonly more?: boolean;
   /** Served from a kept copy because the upstream could not be asked, and why (a `Warning` header). */
   readonly warning?: string;
 }

@@ -87,7 +87,8 @@ export const MANIFESTS: RowidTable = {
     content BLOB NOT NULL,
     UNIQUE (repository_id, digest)
   )`,
-  indexes: 'CREATE INDEX IF NOT EXISTS manifests_subject ON manifests(repository_id, subject) WHERE subject IS NOT NULL;',
+  // A subject's referrers in digest order, a page of them at a time (referrers-page.ts).
+  indexes: 'CREATE INDEX IF NOT EXISTS manifests_referrers ON manifests(repository_id, subject, digest) WHERE subject IS NOT NULL;',
 };
 
 /**

@@ -5,6 +5,7 @@ import type { Digest } from '../digest.js';
 import { RegistryError } from '../errors.js';
 import type { Descriptor, ParsedManifest } from '../manifest.js';
 import type { MetadataStore, Page, StoredManifest } from '../metadata-store.js';
+import { referrersPage, type ReferrersQuery, type ReferrersSlice } from '../referrers-page.js';
 import type { SqliteDatabase } from './database.js';
 import { isBusy, withBusyTimeout } from './busy.js';
 import { ManifestCache } from './manifest-cache.js';
@@ -85,6 +86,14 @@ export class SqliteMetadataStore implements MetadataStore {
                        AND EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = r.id) ORDER BY r.name LIMIT ?`),
       referrers: s(`SELECT m.digest, m.media_type, m.artifact_type, m.annotations, m.size FROM manifests m
                     JOIN repositories r ON r.id = m.repository_id WHERE r.name = ? AND m.subject = ? ORDER BY m.created_at, m.digest`),
+      // A page's two orders (referrersPage): as pushed, and by digest after the last page's end, which
+      // the manifests_referrers index gives without a sort. `@type IS NULL`: no artifactType asked.
+      referrersByAge: s(`SELECT m.digest, m.media_type, m.artifact_type, m.annotations, m.size FROM manifests m
+                         JOIN repositories r ON r.id = m.repository_id WHERE r.name = @repo AND m.subject = @subject
+                         AND (@type IS NULL OR m.artifact_type = @type) ORDER BY m.created_at, m.digest`),
+      referrersByDigest: s(`SELECT m.digest, m.media_type, m.artifact_type, m.annotations, m.size FROM manifests m
+                            JOIN repositories r ON r.id = m.repository_id WHERE r.name = @repo AND m.subject = @subject
+                            AND (@type IS NULL OR m.artifact_type = @type) AND m.digest > @after ORDER BY m.digest`),
     };
   }
 
@@ -137,20 +146,20 @@ export class SqliteMetadataStore implements MetadataStore {
   }
 
   async referrers(repo: string, subject: Digest): Promise<Descriptor[]> {
-    const rows = this.q.referrers!.all(repo, subject) as {
-      digest: Digest;
-      media_type: string;
-      artifact_type: string | null;
-      annotations: string | null;
-      size: number;
-    }[];
-    return rows.map((r) => ({
-      mediaType: r.media_type,
-      digest: r.digest,
-      size: r.size,
-      ...(r.artifact_type ? { artifactType: r.artifact_type } : {}),
-      ...(r.annotations ? { annotations: JSON.parse(r.annotations) as Record<string, string> } : {}),
-    }));
+    return (this.q.referrers!.all(repo, subject) as ReferrerRow[]).map(toDescriptor);
+  }
+
+  async referrersPage(repo: string, subject: Digest, query: ReferrersQuery): Promise<ReferrersSlice> {
+    const type = query.artifactType ?? null;
+    // Rows as they are stepped through: a page stops reading at its end (the loop's break ends the query).
+    const rows = function* (statement: Statement, params: Record<string, unknown>): Generator<Descriptor> {
+      for (const row of statement.iterate(params) as IterableIterator<ReferrerRow>) yield toDescriptor(row);
+    };
+    return referrersPage(
+      () => rows(this.q.referrersByAge!, { repo, subject, type }),
+      (after) => rows(this.q.referrersByDigest!, { repo, subject, type, after: after ?? '' }),
+      query,
+    );
   }
 
   async linkBlob(repo: string, blob: BlobInfo): Promise<void> {
@@ -254,6 +263,24 @@ export class SqliteMetadataStore implements MetadataStore {
     this.q.insertRepo!.run(repo, now);
     return (this.q.repoId!.get(repo) as { id: number }).id;
   }
+}
+
+interface ReferrerRow {
+  digest: Digest;
+  media_type: string;
+  artifact_type: string | null;
+  annotations: string | null;
+  size: number;
+}
+
+function toDescriptor(r: ReferrerRow): Descriptor {
+  return {
+    mediaType: r.media_type,
+    digest: r.digest,
+    size: r.size,
+    ...(r.artifact_type ? { artifactType: r.artifact_type } : {}),
+    ...(r.annotations ? { annotations: JSON.parse(r.annotations) as Record<string, string> } : {}),
+  };
 }
 
 function toStored(row: ManifestRow | undefined): StoredManifest | undefined {
