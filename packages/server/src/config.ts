@@ -155,9 +155,10 @@ export function buildConfig(
   for (const key of Object.keys(doc)) {
     if (!(key in CONFIG_KEYS) && !(key in TABLES)) throw new ConfigError(`${source}: unknown key "${key}"`);
   }
+  doc = applyTableEnv(doc, env, cwd);
+  // After the environment's overrides: WHARF_METRICS_TOKEN_ENV may name the variable that holds the token.
   const unknown = unknownWharfVariables(env, Object.keys(CONFIG_KEYS), namedVariables(doc));
   const warnings = unknown.map((name) => `the environment variable ${name} configures nothing (misspelled?); the variables are WHARF_<KEY> and WHARF_<TABLE>_<KEY>, such as WHARF_LISTEN and WHARF_PROXY_MANIFEST_TTL`);
-  doc = applyTableEnv(doc, env, cwd);
   const values = {} as Record<Key, unknown>;
   for (const [key, spec] of Object.entries(CONFIG_KEYS) as [Key, KeySpec][]) {
     const fromEnv = env[envName(key)];

@@ -142,6 +142,9 @@ describe('configuration', () => {
       expect.stringMatching(/^the environment variable WHARF_PROXY_MANIFESTTTL configures nothing/),
     ]);
     expect(buildConfig(REQUIRED, { cwd: dir, env: { WHARF_LISTEN: '127.0.0.1:5001' } }).warnings).toBeUndefined();
+    // A variable an environment override names (README: the metrics token's variable) is read too.
+    const named = buildConfig({ ...REQUIRED, metrics: { enabled: true } }, { cwd: dir, env: { WHARF_METRICS_TOKEN_ENV: 'WHARF_METRICS_SCRAPE_TOKEN', WHARF_METRICS_SCRAPE_TOKEN: 'a-long-enough-scrape-token-0123456789' } });
+    expect(named.warnings).toBeUndefined();
   });
 
   test('the environment can supply a required key the file lacks', () => {
