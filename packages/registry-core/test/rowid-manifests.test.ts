@@ -114,6 +114,20 @@ describe('the manifests table', () => {
     expect(ensureRowidTable(db, MANIFESTS)).toBe(false);
   });
 
+  test('a rebuild asked inside a transaction is refused, and nothing is lost (the drop would cascade there)', async () => {
+    const before = openAsBefore();
+    const old = new SqliteMetadataStore(before);
+    const img = testImage('in-transaction');
+    await old.linkBlob('alice/app', { digest: sha256(img.config), size: img.config.length });
+    await old.linkBlob('alice/app', { digest: sha256(img.layer), size: img.layer.length });
+    await old.putManifest('alice/app', img.manifest, img.bytes, ['1']);
+    before.exec('BEGIN');
+    expect(() => ensureRowidTable(before, MANIFESTS)).toThrow(/inside a transaction/);
+    before.exec('COMMIT');
+    expect(before.prepare('SELECT COUNT(*) FROM tags').pluck().get()).toBe(1);
+    expect(withoutRowid(before, 'manifests')).toBe(true);
+  });
+
   test('an earlier Wharf can still write the rebuilt table: the column names are the same', () => {
     reopen().close();
     const db = new Database(file);

@@ -31,8 +31,12 @@ export function createRowidTable(table: RowidTable): string {
  */
 export function ensureRowidTable(db: SqliteDatabase, table: RowidTable): boolean {
   if (!isWithoutRowid(db, table.name)) return false;
+  // Inside a transaction the pragma below does nothing, and dropping the old table would delete every
+  // row that points at it (tags, references): refused rather than risked.
+  if (db.inTransaction) throw new Error(`the table ${table.name} cannot be rebuilt inside a transaction`);
   const foreignKeys = db.pragma('foreign_keys', { simple: true }) as number;
   db.pragma('foreign_keys = OFF');
+  if (db.pragma('foreign_keys', { simple: true }) !== 0) throw new Error(`foreign keys stayed on: the table ${table.name} is not rebuilt`);
   try {
     return db
       .transaction(() => {
