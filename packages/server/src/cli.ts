@@ -64,6 +64,9 @@ program
       process.exit(code);
     };
     const stop = (signal: string) => {
+      // Whatever the signal: a terminal can hang up without a SIGHUP reaching the server (one started
+      // in the background of a shell that then exits), and its SIGTERM stop met the same abort.
+      if (lost.length === 0) lost = lostTerminalStreams();
       if (stopping) {
         // One signal can arrive twice: a Ctrl-C reaches the terminal's whole foreground group, and a
         // SIGTERM the whole process group (systemd's `stop`, `kill -- -PGID`), while a parent that
@@ -85,10 +88,7 @@ program
     // The terminal Wharf was started from went away (an ssh session closed): node's default ends the
     // process at once, cutting every transfer without its log line. Stopped as SIGTERM stops it.
     // Its terminal gone, nothing can be shown on it, and node's exit would abort on it (lost-terminal.ts).
-    process.on('SIGHUP', () => {
-      lost = lostTerminalStreams();
-      stop('SIGHUP');
-    });
+    process.on('SIGHUP', () => stop('SIGHUP'));
   });
 
 const config = program.command('config').description('configuration tools');
