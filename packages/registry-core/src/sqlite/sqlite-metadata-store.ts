@@ -84,10 +84,9 @@ export class SqliteMetadataStore implements MetadataStore {
                ORDER BY t.name COLLATE NOCASE, t.name LIMIT ?`),
       repositories: s(`SELECT r.name FROM repositories r WHERE r.name > ?
                        AND EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = r.id) ORDER BY r.name LIMIT ?`),
-      referrers: s(`SELECT m.digest, m.media_type, m.artifact_type, m.annotations, m.size FROM manifests m
-                    JOIN repositories r ON r.id = m.repository_id WHERE r.name = ? AND m.subject = ? ORDER BY m.created_at, m.digest`),
-      // A page's two orders (referrersPage): as pushed, and by digest after the last page's end, which
-      // the manifests_referrers index gives without a sort. `@type IS NULL`: no artifactType asked.
+      // A subject's referrers in two orders (referrersPage): as pushed (all of them, for `referrers`),
+      // and by digest after a page's end, which the manifests_referrers index gives without a sort.
+      // `@type IS NULL`: no artifactType asked.
       referrersByAge: s(`SELECT m.digest, m.media_type, m.artifact_type, m.annotations, m.size FROM manifests m
                          JOIN repositories r ON r.id = m.repository_id WHERE r.name = @repo AND m.subject = @subject
                          AND (@type IS NULL OR m.artifact_type = @type) ORDER BY m.created_at, m.digest`),
@@ -146,7 +145,7 @@ export class SqliteMetadataStore implements MetadataStore {
   }
 
   async referrers(repo: string, subject: Digest): Promise<Descriptor[]> {
-    return (this.q.referrers!.all(repo, subject) as ReferrerRow[]).map(toDescriptor);
+    return (this.q.referrersByAge!.all({ repo, subject, type: null }) as ReferrerRow[]).map(toDescriptor);
   }
 
   async referrersPage(repo: string, subject: Digest, query: ReferrersQuery): Promise<ReferrersSlice> {
