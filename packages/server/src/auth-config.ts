@@ -57,8 +57,13 @@ export function isValidAccountName(name: string): boolean {
 
 /** `team/*` (a namespace) or `alice/site` (one repository); never the proxy's (see PROXY_NOT_PUBLIC). */
 export function isValidPublicPattern(pattern: string): boolean {
-  if (pattern === 'proxy' || pattern.startsWith('proxy/')) return false;
+  if (isProxyPattern(pattern)) return false;
   return pattern.endsWith('/*') ? isValidRepositoryName(pattern.slice(0, -2)) : isValidRepositoryName(pattern);
+}
+
+/** A public pattern that names the proxy's repositories (`proxy`, `proxy/*`, `proxy/...`). */
+export function isProxyPattern(pattern: string): boolean {
+  return pattern === 'proxy' || pattern.startsWith('proxy/');
 }
 
 /** Why `proxy/...` cannot be made public: it was accepted, listed, and did nothing. */
@@ -161,7 +166,7 @@ export function buildAuthConfig(raw: unknown, env: NodeJS.ProcessEnv): AuthConfi
   }
   const configUsers = users(table.users);
   const publicPatterns = table.public ?? [];
-  if (Array.isArray(publicPatterns) && publicPatterns.some((p) => typeof p === 'string' && (p === 'proxy' || p.startsWith('proxy/')))) {
+  if (Array.isArray(publicPatterns) && publicPatterns.some((p) => typeof p === 'string' && isProxyPattern(p))) {
     throw new ConfigError(`"auth.public": ${PROXY_NOT_PUBLIC}`);
   }
   if (!Array.isArray(publicPatterns) || publicPatterns.some((p) => typeof p !== 'string' || !isValidPublicPattern(p))) {

@@ -2,7 +2,7 @@ import { Writable } from 'node:stream';
 import { openConfiguredDatabase } from './configured-database.js';
 import { createInterface } from 'node:readline/promises';
 import type { Command } from 'commander';
-import { PROXY_NOT_PUBLIC, isValidAccountName, isValidPublicPattern } from './auth-config.js';
+import { PROXY_NOT_PUBLIC, isProxyPattern, isValidAccountName, isValidPublicPattern } from './auth-config.js';
 import { UsageError } from './config-error.js';
 import { loadConfig, type WharfConfig } from './config.js';
 import { parseDuration } from './duration.js';
@@ -274,7 +274,7 @@ export function registerAuthCommands(program: Command, fail: (err: unknown) => n
             for (const p of accounts.store.publicPatterns()) process.stdout.write(`${p}\n`);
             return;
           }
-          if (pattern === 'proxy' || pattern.startsWith('proxy/')) throw new UsageError(PROXY_NOT_PUBLIC);
+          if (isProxyPattern(pattern)) throw new UsageError(PROXY_NOT_PUBLIC);
           if (!isValidPublicPattern(pattern)) throw new UsageError(`"${pattern}" is neither a repository name nor a namespace such as "team/*"`);
           accounts.store.addPublic(pattern);
           process.stderr.write(`${pattern} is public\n`);

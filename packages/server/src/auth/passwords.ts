@@ -19,7 +19,6 @@ export function checkNewPassword(password: string): string | undefined {
 
 /** Where password checks run: off the event loop (see BcryptThread). Exported for tests that stop it. */
 export const passwordThread = new BcryptThread();
-const checks = passwordThread;
 
 /** `cost` below 10 only through the internal test option (never configuration). */
 export function hashPassword(password: string, cost: number): Promise<string> {
@@ -35,7 +34,7 @@ export async function verifyPassword(password: string, stored: string): Promise<
   if (!/^\$2[aby]\$\d{2}\$[./A-Za-z0-9]{53}$/.test(stored)) return false;
   let computed: string;
   try {
-    computed = await checks.hash(password, stored.slice(0, 29));
+    computed = await passwordThread.hash(password, stored.slice(0, 29));
   } catch (err) {
     // No answer (the thread failed or stopped) is no wrong password: refused as one, it would be
     // remembered, and the right password refused at once for minutes after.
