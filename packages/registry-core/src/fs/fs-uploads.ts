@@ -227,15 +227,8 @@ export class FsUploadSessions implements UploadSessions {
       const sealed = this.sealedPath(id);
       // The bytes are still there to come back as the session (they did not reach the store): back under
       // the session's name, with its info, as it was before the seal.
-      if (!stored && (await stat(join(sealed, 'data')).then(() => true, () => false))) {
-        try {
-          await rename(sealed, join(this.dir, id));
-          this.opened(repo, 1);
-          return;
-        } catch {
-          // (a session of that name again: impossible with random ids) left to the uploads' expiry
-        }
-      }
+      // (Not put back only if a session of that name came meanwhile: impossible with random ids.)
+      if (!stored && (await stat(join(sealed, 'data')).then(() => true, () => false)) && (await this.unseal(id, repo))) return;
       this.infos.delete(id);
       await rm(sealed, { recursive: true, force: true });
     });
@@ -249,14 +242,19 @@ export class FsUploadSessions implements UploadSessions {
       const data = await stat(join(sealed, 'data')).catch(() => undefined);
       const info = data && (await this.readInfo(`${id}${SEALED_UPLOAD_SUFFIX}`));
       if (!data || !info || data.mtime.getTime() >= Date.now() - ORPHAN_FOLDER_MS) return false;
-      try {
-        await rename(sealed, join(this.dir, id));
-      } catch {
-        return false;
-      }
-      this.opened(info.repo, 1);
-      return true;
+      return this.unseal(id, info.repo);
     });
+  }
+
+  /** A sealed session back under its own name, open again; false when it cannot be renamed back. */
+  private async unseal(id: string, repo: string): Promise<boolean> {
+    try {
+      await rename(this.sealedPath(id), join(this.dir, id));
+    } catch {
+      return false;
+    }
+    this.opened(repo, 1);
+    return true;
   }
 
   private sealedPath(id: string): string {

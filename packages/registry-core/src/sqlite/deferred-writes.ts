@@ -128,7 +128,6 @@ export class DeferredWrites {
   }
 }
 
-
 const byDatabase = new WeakMap<SqliteDatabase, DeferredWrites>();
 
 /** The deferred writes of this connection. */
