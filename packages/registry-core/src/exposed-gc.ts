@@ -35,5 +35,13 @@ export function exposedGc(): Gc | undefined {
  */
 export function fullGcSoon(): void {
   const collect = exposedGc();
-  if (collect) setTimeout(() => collect(), 0).unref();
+  // Asked again before it ran (buffers let go by several sends at once): one collection does for all.
+  if (!collect || gcPending) return;
+  gcPending = true;
+  setTimeout(() => {
+    gcPending = false;
+    collect();
+  }, 0).unref();
 }
+
+let gcPending = false;

@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { readdir, readlink } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { heldSendBufferBytes } from '../../src/http/send-stream.js';
+import { heldSendBufferBytes, spareSendBufferBytes } from '../../src/http/send-stream.js';
 import { blob, pushBlob } from '../helpers/oci.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
 
@@ -54,6 +54,28 @@ describe('blob GETs whose client went away', () => {
     for (let i = 0; i < 40; i++) await hitAndRun(`/v2/gone/test/blobs/${empty.digest}`);
     for (let i = 0; i < 40; i++) await hitAndRun(`/v2/gone/test/blobs/${small.digest}`);
     expect(await noBlobFdsLeft()).toBe(0);
+  });
+
+  test('a pull cut after its first bytes gives its read buffers back for the next pulls, not to the garbage collector', async () => {
+    // Spares left by the pushes are let go after a second without sends.
+    for (let i = 0; i < 60 && spareSendBufferBytes() > 0; i++) await sleep(50);
+    expect(spareSendBufferBytes()).toBe(0);
+    await new Promise<void>((resolve) => {
+      const s = connect(port(), '127.0.0.1', () => s.write(`GET /v2/gone/test/blobs/${big.digest} HTTP/1.1\r\nHost: x\r\n\r\n`));
+      let got = 0;
+      s.on('data', (d: Buffer) => {
+        got += d.length;
+        if (got >= 256 * 1024) {
+          s.resetAndDestroy();
+          resolve();
+        }
+      });
+      s.on('error', () => resolve());
+    });
+    for (let i = 0; i < 100 && heldSendBufferBytes() > 0; i++) await sleep(5);
+    expect(heldSendBufferBytes()).toBe(0);
+    // Before, they were dropped (a full collection for every 8 MiB of them): none came back.
+    expect(spareSendBufferBytes()).toBeGreaterThanOrEqual(2 * 1024 * 1024);
   });
 
   test('GETs pipelined behind an answer the client never reads, then the client goes: nothing held, and the server stops at once', async () => {
