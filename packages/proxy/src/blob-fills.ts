@@ -45,17 +45,25 @@ function drainInto(upstream: UpstreamBlob, writer: FillWriter, fill: BlobFill, i
         fail(err);
         return;
       }
-      // Copied: the chunk's memory may take the next socket read.
-      if (recycle) recycle(chunk);
-      else noteReceived(chunk.length);
+      // Copied: the chunk's memory may take the next socket read (once none of it is held, see push).
+      const held = writer.holding;
+      if (!recycle) noteReceived(chunk.length);
+      else if (!held) recycle(chunk);
       fill.got();
       if (!more && !waiting) {
         waiting = true;
         body.pause();
-        writer.room().then(() => {
-          waiting = false;
-          if (!failed) body.resume();
-        }, fail);
+        writer.room().then(
+          () => {
+            waiting = false;
+            if (held) recycle?.(chunk);
+            if (!failed) body.resume();
+          },
+          (err: unknown) => {
+            if (held) recycle?.(chunk);
+            fail(err);
+          },
+        );
       }
     });
     body.once('end', () => {

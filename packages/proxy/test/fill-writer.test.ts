@@ -274,6 +274,79 @@ describe('fills together', () => {
     }
   });
 
+  test('past the budget, a chunk across a block boundary waits for the write: one block per fill, and the caller reuses its memory only after room()', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'wharf-fill-budget-'));
+    const limit = fillBudget.limit;
+    fillBudget.limit = 4;
+    try {
+      fillBudget.resetPeak();
+      const count = 24;
+      let heldAny = false;
+      const fills = await Promise.all(
+        Array.from({ length: count }, async (_, i) => {
+          const path = join(dir, `fill-${i}`);
+          const handle = await open(path, 'w');
+          return { path, handle, bytes: randomBytes(4 * BLOCK_SIZE + 1000 * i), writer: await FillWriter.open(path, handle) };
+        }),
+      );
+      await Promise.all(
+        fills.map(async ({ writer, bytes }) => {
+          // As a socket reader does: every chunk read into the same memory, 100,000 bytes at a time
+          // (across a block boundary now and then), overwritten once the writer lets go of it.
+          const scratch = Buffer.alloc(100_000);
+          for (let at = 0; at < bytes.length; at += scratch.length) {
+            const n = bytes.copy(scratch, 0, at, at + scratch.length);
+            const more = writer.push(scratch.subarray(0, n));
+            if (writer.holding) heldAny = true;
+            if (!more) await writer.room();
+            scratch.fill(0xee);
+          }
+          await writer.finish();
+        }),
+      );
+      expect(heldAny).toBe(true);
+      // Two blocks each before (a chunk across a boundary took the next block while the full one was
+      // written): 48 here.
+      expect(fillBudget.peak).toBeLessThanOrEqual(4 + count);
+      for (const { path, bytes } of fills) expect((await readFile(path)).equals(bytes)).toBe(true);
+      for (const { writer, handle } of fills) {
+        await writer.close();
+        await handle.close();
+      }
+      expect(fillBudget.blocks).toBe(0);
+    } finally {
+      fillBudget.limit = limit;
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("a chunk held past the budget is the blob's end when the body ends before room() settles", async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'wharf-fill-budget-'));
+    const limit = fillBudget.limit;
+    fillBudget.limit = 1;
+    try {
+      const path = join(dir, 'fill');
+      const handle = await open(path, 'w');
+      const writer = await FillWriter.open(path, handle);
+      const bytes = randomBytes(BLOCK_SIZE + 5000);
+      // One block: the budget is spent, and a fill may always hold one.
+      expect(writer.push(bytes.subarray(0, BLOCK_SIZE - 5000))).toBe(true);
+      // The next chunk crosses the block's end: its rest is held until the block is written.
+      expect(writer.push(bytes.subarray(BLOCK_SIZE - 5000))).toBe(false);
+      expect(writer.holding).toBe(true);
+      const room = writer.room();
+      await writer.finish();
+      await room;
+      expect((await readFile(path)).equals(bytes)).toBe(true);
+      await writer.close();
+      await handle.close();
+      expect(fillBudget.blocks).toBe(0);
+    } finally {
+      fillBudget.limit = limit;
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   test('at the budget, a fill lets its written blocks go rather than wait on other fills; paused, its own writes wake it', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'wharf-fill-budget-'));
     const opened: { writer: FillWriter; handle: FileHandle }[] = [];

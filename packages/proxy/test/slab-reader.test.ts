@@ -1,5 +1,5 @@
 import { describe, expect, test } from '@jest/globals';
-import { MIN_READ, SlabReader, spareSlabs } from '../src/slab-reader.js';
+import { MIN_READ, SlabReader, readingNow, spareSlabs } from '../src/slab-reader.js';
 
 /** One "socket read" of `n` bytes of `fill` into the reader's room. */
 function read(reader: SlabReader, n: number, fill: number): Buffer {
@@ -97,6 +97,32 @@ describe('SlabReader', () => {
     expect(spareSlabs()).toBeLessThanOrEqual(16 + 4);
     for (const reader of readers) reader.release();
     expect(spareSlabs()).toBeLessThanOrEqual(4);
+  });
+
+  test('past sixteen readers at once, new slabs are small; a reader alone again reads into large ones', () => {
+    // Readers of the tests before that were never released still count.
+    const base = readingNow();
+    expect(base).toBeLessThan(16);
+    const alone = new SlabReader();
+    expect(alone.room().length).toBe(512 * 1024);
+    alone.release();
+    // Eighty downloads at once: each holds its slab and the one its paused body points into.
+    const crowd = Array.from({ length: 80 }, () => new SlabReader());
+    const rooms = crowd.map((reader) => reader.room().length);
+    expect(readingNow()).toBe(base + 80);
+    // The first sixteen may have taken large spares; the rest read into 128 KiB.
+    expect(rooms.slice(17).every((n) => n === 2 * MIN_READ)).toBe(true);
+    expect(rooms.reduce((a, b) => a + b, 0)).toBeLessThan(80 * 512 * 1024 * 0.4);
+    for (const reader of crowd) {
+      reader.take(reader.room().length);
+      reader.release();
+    }
+    expect(readingNow()).toBe(base);
+    // Small spares left by the crowd are not handed to a lone download.
+    const after = new SlabReader();
+    expect(after.room().length).toBe(512 * 1024);
+    after.release();
+    expect(readingNow()).toBe(base);
   });
 
   test('lend refuses a view of anything but the current slab', () => {
