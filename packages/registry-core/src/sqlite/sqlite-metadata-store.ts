@@ -24,8 +24,9 @@ export const BROKEN_MANIFEST_WARNING = 'this manifest references content that is
 /** Unbounded pages are still bounded: a client that asks for everything gets this many at a time. */
 export const MAX_PAGE = 10_000;
 
+/** Rows a listing reads at most: a page of MAX_PAGE, and one more to learn that another page follows. */
 function limitOf(page: Page): number {
-  return page.n === undefined ? MAX_PAGE : Math.max(0, Math.min(page.n, MAX_PAGE));
+  return page.n === undefined ? MAX_PAGE : Math.max(0, Math.min(page.n, MAX_PAGE + 1));
 }
 
 /**

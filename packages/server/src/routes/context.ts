@@ -62,7 +62,7 @@ export function pageParams(ctx: Context): { n?: number; last?: string } {
 }
 
 /** The largest page we answer; a listing without `n`, or with a larger one, is paginated with `Link`. */
-export const MAX_PAGE_SIZE = MAX_PAGE - 1;
+export const MAX_PAGE_SIZE = MAX_PAGE;
 
 /** One page of a listing, and whether entries follow it. */
 export interface Listing {

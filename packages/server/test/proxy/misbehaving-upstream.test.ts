@@ -310,7 +310,7 @@ describe('pull-through from a misbehaving upstream', () => {
       const first = await fetch(`${proxy.url}/v2/proxy/fake/${repo}/tags/list`);
       const firstTags = ((await first.json()) as { tags: string[] }).tags;
       expect(firstTags.length).toBeLessThan(all.length);
-      expect(first.headers.get('link')).toBe(`</v2/proxy/fake/${repo}/tags/list?n=9999&last=${firstTags.at(-1)}>; rel="next"`);
+      expect(first.headers.get('link')).toBe(`</v2/proxy/fake/${repo}/tags/list?n=10000&last=${firstTags.at(-1)}>; rel="next"`);
       const { stdout } = await run('skopeo', ['list-tags', '--tls-verify=false', `docker://${new URL(proxy.url).host}/proxy/fake/${repo}`]);
       expect((JSON.parse(stdout) as { Tags: string[] }).Tags).toEqual([...all].sort());
     } finally {
