@@ -57,6 +57,13 @@ export class RequestsInFlight implements RequestObserver {
   }
 }
 
+/**
+ * 5xx answers that say what the client sent is not supported (a transfer coding, HTTP/2 on an
+ * HTTP/1.1 line, an unknown method): anyone can send them, so they are logged as the 4xx are, not as
+ * the server's own errors that alerting watches.
+ */
+const CLIENTS_FAULT = new Set([501, 505]);
+
 /** Probes and scrapes are logged at debug: a load balancer asking every few seconds is not news. */
 const QUIET_ROUTES: ReadonlySet<RouteLabel> = new Set(['health', 'metrics']);
 
@@ -123,7 +130,7 @@ export function trackRequest(
     // 499, as nginx logs it: the client went away before a response was sent.
     const status = res.headersSent ? res.statusCode : 499;
     const durationMs = Math.round((performance.now() - started) * 10) / 10;
-    const level = res.statusCode >= 500 ? 'error' : QUIET_ROUTES.has(route) ? 'debug' : 'info';
+    const level = res.statusCode >= 500 && !CLIENTS_FAULT.has(res.statusCode) ? 'error' : QUIET_ROUTES.has(route) ? 'debug' : 'info';
     if (logger.isLevelEnabled(level)) {
       const error = options.error?.();
       const fields = {

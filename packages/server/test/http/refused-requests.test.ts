@@ -72,6 +72,20 @@ describe('requests refused before the app sees them', () => {
     expect(line).toMatchObject({ status: 400, error: 'UNSUPPORTED', reason: 'the request has more than one Host header', client: '127.0.0.1' });
   });
 
+  test('refusals of what a client sent (501, 505) are logged as 4xx answers are, not as server errors', async () => {
+    await exchange(reg.port, 'GET /v2/not-mine-505 HTTP/2.0\r\nHost: x\r\n\r\n');
+    await exchange(reg.port, 'PUT /v2/alice/not-mine-501/manifests/1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n');
+    await new Promise((r) => setTimeout(r, 50));
+    const lines = log
+      .text()
+      .split('\n')
+      .filter((l) => l.includes('"msg":"request"') && l.includes('not-mine-'))
+      .map((l) => JSON.parse(l) as { status: number; level: number });
+    expect(lines.map((l) => l.status).sort()).toEqual([501, 505]);
+    // pino's info; error (50) before.
+    expect(lines.map((l) => l.level)).toEqual([30, 30]);
+  });
+
   test('a chunked body broken mid-request (a route reading it): the connection is closed, and nothing throws', async () => {
     const created = await fetch(`${reg.url}/v2/alice/app/blobs/uploads/`, { method: 'POST' });
     const path = created.headers.get('location')!;
