@@ -3,7 +3,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { Agent, get, request } from 'node:http';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { requireTool } from '../helpers/clients.js';
 import { openDownload } from '../helpers/http.js';
@@ -178,6 +178,51 @@ describe('graceful shutdown of wharf serve', () => {
       if (pid > 0) {
         try {
           process.kill(pid, 'SIGKILL');
+        } catch {
+          // exited
+        }
+      }
+      await rm(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });
+    }
+  }, 60_000);
+
+  test("README's start command (`npm start`): a SIGTERM to npm alone stops Wharf gracefully, and nothing is left running", async () => {
+    // What a supervisor that signals only the process it started does. `npx pnpm wharf serve`, the
+    // command before, left pnpm and Wharf running: npx's shell dies without passing the signal on.
+    const dir = await mkdtemp(join(tmpdir(), 'wharf-npm-start-'));
+    const npmPort = await freePort();
+    const repoRoot = join(dirname(WHARF_CLI), '..', '..', '..');
+    const env: NodeJS.ProcessEnv = {
+      ...process.env,
+      NODE_OPTIONS: '',
+      WHARF_LISTEN: `127.0.0.1:${npmPort}`,
+      WHARF_REGISTRY_STORAGE: join(dir, 'registry'),
+      WHARF_TEMPORARY_REGISTRY_STORAGE: join(dir, 'tmp'),
+      WHARF_PROXY_STORAGE: join(dir, 'proxy'),
+      WHARF_DATABASE: join(dir, 'wharf.db'),
+      WHARF_ADMIN_PASSWORD: 'npm-start-test-password',
+      WHARF_LOG_FORMAT: 'json',
+    };
+    const npm = spawn('npm', ['start'], { cwd: repoRoot, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    npm.stdout.on('data', (d: Buffer) => (output += d.toString()));
+    npm.stderr.on('data', (d: Buffer) => (output += d.toString()));
+    const npmExit = new Promise<number | null>((resolve) => npm.once('exit', (code) => resolve(code)));
+    let wharfPid = 0;
+    try {
+      await until(async () => (await fetch(`http://127.0.0.1:${npmPort}/v2/`).catch(() => undefined))?.status === 401);
+      wharfPid = Number(/"pid":(\d+)[^\n]*"msg":"wharf listening"/.exec(output)?.[1] ?? 0);
+      expect(wharfPid).toBeGreaterThan(0);
+      expect(wharfPid).not.toBe(npm.pid);
+      npm.kill('SIGTERM');
+      expect(await npmExit).toBe(0);
+      expect(output).toContain('"msg":"wharf stopped"');
+      expect(() => process.kill(wharfPid, 0)).toThrow();
+    } finally {
+      npm.kill('SIGKILL');
+      if (wharfPid > 0) {
+        try {
+          process.kill(wharfPid, 'SIGKILL');
         } catch {
           // exited
         }
