@@ -38,6 +38,8 @@ export interface WharfConfig {
   readonly idleTimeout: number;
   /** Longest time of a request that does not move a blob (ms; 0: none). */
   readonly requestTimeout: number;
+  /** Client connections open at once, at most (http/connection-cap.ts). */
+  readonly maxConnections: number;
   /** Reverse proxies (addresses, CIDR ranges) whose X-Forwarded-For names the client. */
   readonly trustedProxies: readonly string[];
   /** `?mount=` without `from` looks for a source repository (OCI 1.1 automatic content discovery). */
@@ -52,7 +54,7 @@ export interface WharfConfig {
   readonly warnings?: readonly string[];
 }
 
-type Kind = 'string' | 'path' | 'listen' | 'duration' | 'log_level' | 'log_format' | 'networks' | 'boolean';
+type Kind = 'string' | 'path' | 'listen' | 'duration' | 'log_level' | 'log_format' | 'networks' | 'boolean' | 'count';
 
 interface KeySpec {
   readonly kind: Kind;
@@ -80,6 +82,11 @@ export const CONFIG_KEYS = {
   read_header_timeout: { kind: 'duration', timer: true, default: '20s', doc: 'longest time a client may take to send the request headers' },
   idle_timeout: { kind: 'duration', timer: true, default: '2m', doc: 'idle keep-alive connections and silent sockets are closed after this long' },
   request_timeout: { kind: 'duration', timer: true, default: '2m', doc: 'longest time of a request that does not move a blob (0: none)' },
+  max_connections: {
+    kind: 'count',
+    default: '4096',
+    doc: 'client connections open at once, at most (idle keep-alive ones make room first); lowered to fit the open files limit',
+  },
   trusted_proxies: { kind: 'networks', doc: 'reverse proxies (addresses or CIDR ranges) whose X-Forwarded-For names the client; comma-separated in the environment' },
   automatic_mount: {
     kind: 'boolean',
@@ -208,6 +215,7 @@ export function buildConfig(
     readHeaderTimeout: values.read_header_timeout as number,
     idleTimeout: values.idle_timeout as number,
     requestTimeout: values.request_timeout as number,
+    maxConnections: values.max_connections as number,
     trustedProxies: values.trusted_proxies as string[],
     automaticMount: values.automatic_mount as boolean,
     proxy,
@@ -244,6 +252,7 @@ function refuseMovedDefault(key: string, path: string, fileDir: string, cwd: str
 
 function convert(key: string, kind: Kind, raw: unknown, base: string): unknown {
   if (kind === 'networks') return networks(key, raw);
+  if (kind === 'count') return count(key, raw);
   if (typeof raw !== 'string' && !(kind === 'duration' && typeof raw === 'number')) {
     throw new ConfigError(`"${key}" must be a ${kind === 'duration' ? 'duration such as "24h" or a number of seconds' : 'string'} (got ${describe(raw)})`);
   }
@@ -275,6 +284,13 @@ function convert(key: string, kind: Kind, raw: unknown, base: string): unknown {
       }
       return raw;
   }
+}
+
+/** A whole number of at least 1, in the file or as the environment writes it. */
+function count(key: string, raw: unknown): number {
+  const n = typeof raw === 'number' ? raw : typeof raw === 'string' && /^\s*\d{1,9}\s*$/.test(raw) ? Number(raw) : NaN;
+  if (!Number.isSafeInteger(n) || n < 1) throw new ConfigError(`"${key}" must be a whole number of at least 1 (got ${describe(raw)})`);
+  return n;
 }
 
 /** true or false in the file, as the tables' booleans; from the environment (or the default) also 1/yes/on, 0/no/off. */

@@ -18,6 +18,7 @@ import { anyOwnerLive, BlobFills, CacheEviction, CacheIndex, DEFAULT_POLICY, Pul
 import type { Logger } from 'pino';
 import { createHandler } from './app.js';
 import { createLogger, settleLog } from './logger.js';
+import { capConnections, connectionLimit } from './http/connection-cap.js';
 import { createRedirectServer, createWharfServer, updateCertificate } from './http/listeners.js';
 import { RequestsInFlight } from './http/request-log.js';
 import { drainServers } from './lifecycle.js';
@@ -243,6 +244,15 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
   // HTTPS on `listen` with [tls]; header, idle and keep-alive timeouts (http/listeners.ts).
   const timeouts = { readHeaderTimeout: config.readHeaderTimeout, idleTimeout: config.idleTimeout };
   const server = createWharfServer(handler, timeouts, tls?.material);
+  const maxConnections = connectionLimit(config.maxConnections);
+  if (maxConnections < config.maxConnections) logger.warn({ maxConnections, configured: config.maxConnections }, 'max_connections lowered to fit the limit of open files');
+  let lastRefusal = 0;
+  capConnections(server, maxConnections, (open) => {
+    // One line a minute: a flood of refusals would otherwise flood the log too.
+    if (Date.now() - lastRefusal < 60_000) return;
+    lastRefusal = Date.now();
+    logger.warn({ open, maxConnections }, 'new connections refused: max_connections are open and none is idle');
+  });
   const tlsRefresh = tls
     ? setInterval(() => {
         tls.refresh().then(

@@ -103,6 +103,14 @@ describe('operations configuration', () => {
     expect(() => build({}, { WHARF_PROXY_RETRIES: 'three' })).toThrow('WHARF_PROXY_RETRIES must be a non-negative integer');
   });
 
+  test('max_connections: 4096 by default, a whole number of at least 1 from the file or WHARF_MAX_CONNECTIONS', () => {
+    expect(build({}).maxConnections).toBe(4096);
+    expect(build({ max_connections: 100 }).maxConnections).toBe(100);
+    expect(build({}, { WHARF_MAX_CONNECTIONS: '250' }).maxConnections).toBe(250);
+    for (const bad of [0, -1, 1.5, 'many', true]) expect(() => build({ max_connections: bad })).toThrow('"max_connections" must be a whole number of at least 1');
+    expect(() => build({}, { WHARF_MAX_CONNECTIONS: '10k' })).toThrow('"max_connections" must be a whole number of at least 1 (got string "10k")');
+  });
+
   test('[proxy] cache_ttl: 90 days by default, at least 2 minutes (access times are written about once a minute)', () => {
     expect(build({}).proxy.cacheTtl).toBe(90 * 24 * 3600_000);
     expect(build({ proxy: { cache_ttl: '2m' } }).proxy.cacheTtl).toBe(120_000);

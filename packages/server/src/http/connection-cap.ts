@@ -1,0 +1,96 @@
+import { readFileSync } from 'node:fs';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+
+/** Descriptors kept out of the cap: blob files, the database, upstream sockets, log output. */
+const RESERVED_FDS = 512;
+
+/**
+ * How many client connections may be open at once: `configured`, lowered to fit the process's limit
+ * of open files (`limit`, read from /proc where undefined) less RESERVED_FDS. Past that limit every
+ * open(2) fails: the pulls of every client, not only the new connections.
+ */
+export function connectionLimit(configured: number, limit = openFilesLimit()): number {
+  if (limit === undefined) return configured;
+  return Math.max(1, Math.min(configured, limit - RESERVED_FDS));
+}
+
+/** The soft limit on open files (node raises it to the hard limit at start); undefined where unknown. */
+function openFilesLimit(): number | undefined {
+  try {
+    const line = /^Max open files\s+(\d+|unlimited)/m.exec(readFileSync('/proc/self/limits', 'utf8'))?.[1];
+    return line === undefined || line === 'unlimited' ? undefined : Number(line);
+  } catch {
+    return undefined;
+  }
+}
+
+export interface ConnectionCap {
+  /** Connections open now. */
+  readonly open: number;
+  /** Connections idle between two requests now (for tests). */
+  readonly idle: number;
+}
+
+/**
+ * At most `max` client connections at once. Each idle keep-alive connection holds about 12 KiB of
+ * memory and a descriptor until `idle_timeout`: without a bound, a client that opened 12,000 took
+ * the server from 84 to 220 MiB (173 with the default bound), and at the open files limit every
+ * pull failed. Past seven eighths
+ * of `max`, each new connection closes the one idle longest between two requests (its client
+ * connects again when it next needs one, as after `idle_timeout`); a connection that has not sent
+ * its first request, or is serving one, is never closed here. Past `max`, with none idle, the new
+ * connection is closed at once and `refused` is called.
+ */
+export function capConnections(server: Server, max: number, refused: (open: number) => void): ConnectionCap {
+  const soft = max - Math.floor(max / 8);
+  let open = 0;
+  /** Sockets between two requests, longest idle first (a Map keeps insertion order). */
+  const idle = new Map<Socket, true>();
+  const inFlight = new WeakMap<Socket, number>();
+  const watched = new WeakSet<Socket>();
+
+  server.on('connection', (socket: Socket) => {
+    open += 1;
+    socket.once('close', () => (open -= 1));
+    if (open <= soft) return;
+    const longest = idle.keys().next();
+    if (!longest.done) {
+      idle.delete(longest.value);
+      longest.value.destroy();
+    } else if (open > max) {
+      // Here rather than node's maxConnections, which refuses a connection even when one is idle.
+      socket.destroy();
+      refused(open);
+    }
+  });
+
+  // Requests reach the handler through these three events (http/listeners.ts); each one is counted.
+  const started = (req: IncomingMessage, res: ServerResponse): void => {
+    // req.socket: the TLS socket over an HTTPS connection, the one a destroy must close.
+    const socket = req.socket;
+    idle.delete(socket);
+    inFlight.set(socket, (inFlight.get(socket) ?? 0) + 1);
+    if (!watched.has(socket)) {
+      watched.add(socket);
+      socket.once('close', () => idle.delete(socket));
+    }
+    res.once('close', () => {
+      const left = (inFlight.get(socket) ?? 1) - 1;
+      inFlight.set(socket, left);
+      if (left === 0 && !socket.destroyed) idle.set(socket, true);
+    });
+  };
+  server.on('request', started);
+  server.on('checkContinue', started);
+  server.on('checkExpectation', started);
+
+  return {
+    get open() {
+      return open;
+    },
+    get idle() {
+      return idle.size;
+    },
+  };
+}

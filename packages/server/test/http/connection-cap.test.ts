@@ -1,0 +1,105 @@
+import { afterEach, describe, expect, test } from '@jest/globals';
+import { connect, type Socket } from 'node:net';
+import { connect as connectTls } from 'node:tls';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { captureLog } from '../auth/helpers.js';
+import { connectionLimit } from '../../src/http/connection-cap.js';
+import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
+
+/** A client connection that records what it got and whether the server closed it. */
+interface Client {
+  readonly socket: Socket;
+  received: string;
+  closed: boolean;
+}
+
+function open(port: number, tls = false): Promise<Client> {
+  return new Promise((resolve, reject) => {
+    const socket = tls ? connectTls({ port, host: '127.0.0.1', rejectUnauthorized: false }) : connect(port, '127.0.0.1');
+    const client: Client = { socket, received: '', closed: false };
+    socket.on('data', (d: Buffer) => (client.received += d.toString('latin1')));
+    socket.on('close', () => (client.closed = true));
+    socket.on('error', () => undefined);
+    socket.once(tls ? 'secureConnect' : 'connect', () => resolve(client));
+    socket.once('error', reject);
+  });
+}
+
+/** Sends `request` on the client's connection and waits for `expect` in what comes back. */
+async function exchange(client: Client, request: string, expect: RegExp): Promise<void> {
+  const before = client.received.length;
+  client.socket.write(request);
+  for (let i = 0; i < 200 && !expect.test(client.received.slice(before)); i++) await sleep(10);
+}
+
+/** max_connections: idle keep-alive connections make room; busy ones never close; past the cap, refusal. */
+describe('max_connections', () => {
+  let reg: TestRegistry | undefined;
+  const clients: Client[] = [];
+  afterEach(async () => {
+    for (const c of clients.splice(0)) c.socket.destroy();
+    await reg?.close();
+    reg = undefined;
+  });
+
+  test.each([
+    ['HTTP', false],
+    ['HTTPS', true],
+  ])('%s: past seven eighths of it, each new connection closes the one idle longest, and is served', async (_what, tls) => {
+    reg = await startRegistry({ settings: { max_connections: 8, ...(tls ? { tls: { self_signed: true, hosts: ['cap.test'] } } : {}) } });
+    for (let i = 0; i < 12; i++) {
+      const c = await open(reg.port, tls);
+      clients.push(c);
+      await exchange(c, 'GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n', /^HTTP\/1\.1 200 [^]*\r\n\r\n\{\}/);
+      expect(c.received).toMatch(/^HTTP\/1\.1 200 /);
+    }
+    await sleep(100);
+    // Before: all twelve kept open until idle_timeout (2 minutes), whatever the number.
+    expect(clients.map((c) => c.closed)).toEqual([true, true, true, true, true, false, false, false, false, false, false, false]);
+  });
+
+  test('connections serving a request are never closed; past the cap a new one is refused and logged, until one is idle again', async () => {
+    const log = captureLog();
+    reg = await startRegistry({ settings: { max_connections: 8 }, logger: log.logger });
+    const port = reg.port;
+    // Eight uploads whose chunked bodies have not ended: eight requests in flight.
+    const locations: string[] = [];
+    for (let i = 0; i < 8; i++) {
+      const c = await open(port);
+      await exchange(c, 'POST /v2/cap/test/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n', /\r\n\r\n/);
+      locations.push(/^location: (\S+)/im.exec(c.received)![1]!);
+      c.socket.destroy();
+    }
+    await sleep(100);
+    const busy: Client[] = [];
+    for (const location of locations) {
+      const c = await open(port);
+      busy.push(c);
+      c.socket.write(`PATCH ${location} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n`);
+    }
+    clients.push(...busy);
+    await sleep(200);
+    const refused = await open(port);
+    clients.push(refused);
+    refused.socket.write('GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n');
+    for (let i = 0; i < 100 && !refused.closed; i++) await sleep(10);
+    expect(refused.closed).toBe(true);
+    expect(refused.received).toBe('');
+    expect(busy.every((c) => !c.closed)).toBe(true);
+    expect(log.text()).toContain('"msg":"new connections refused: max_connections are open and none is idle"');
+    // The uploads end: their connections are idle, and the next new connection closes one of them.
+    for (const c of busy) await exchange(c, '0\r\n\r\n', /^HTTP\/1\.1 202 /);
+    expect(busy.every((c) => /^HTTP\/1\.1 202 /.test(c.received))).toBe(true);
+    const next = await open(port);
+    clients.push(next);
+    await exchange(next, 'GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n', /^HTTP\/1\.1 200 /);
+    expect(next.received).toMatch(/^HTTP\/1\.1 200 /);
+  });
+
+  test('lowered to fit the open files limit, less what the server needs for itself', () => {
+    expect(connectionLimit(4096, 1024)).toBe(512);
+    expect(connectionLimit(4096, 65536)).toBe(4096);
+    expect(connectionLimit(4096, undefined)).toBe(4096);
+    expect(connectionLimit(4096, 100)).toBe(1);
+  });
+});
