@@ -1,4 +1,4 @@
-import { flushDeferredWrites, type BlobStore, type Digest, type SqliteDatabase } from '@wharf/registry-core';
+import { deferredWrites, flushDeferredWrites, type BlobStore, type Digest, type SqliteDatabase } from '@wharf/registry-core';
 import type { BlobFills } from './blob-fills.js';
 import { CacheIndex } from './cache-index.js';
 import type { ProxyObserver } from './observer.js';
@@ -173,6 +173,10 @@ export class CacheEviction {
     );
     const doom = this.db.prepare('UPDATE proxy_blobs SET accessed_at = 0 WHERE digest = ?');
     const { manifests, orphans } = this.db.transaction(() => {
+      // The write lock is ours (immediate): rows that waited for it (pulls while another process held
+      // it) are written first, in this transaction, so that the purge removes them too. Written after
+      // it, they brought the purged blobs back (this session's cache audit).
+      deferredWrites(this.db).flush();
       const removed = this.db.prepare(`DELETE FROM proxy_manifests WHERE ${where}`).run(...args).changes;
       this.db.prepare(`DELETE FROM proxy_tags WHERE ${where}`).run(...args);
       this.db.prepare(`DELETE FROM proxy_absent WHERE ${where}`).run(...args);
@@ -187,7 +191,7 @@ export class CacheEviction {
         found.push(row);
       }
       return { manifests: removed, orphans: found };
-    })();
+    }).immediate();
     const { blobs, bytes } = await this.removeBlobs(orphans);
     this.tell('purge', blobs, bytes);
     return { manifests, blobs, bytes };

@@ -168,6 +168,24 @@ describe('proxy cache eviction', () => {
     expect(await store.stat(second)).toBeUndefined();
   });
 
+  test('a purge takes the rows still waiting for the write lock another process held: the purged blob does not come back', async () => {
+    const now = Date.now();
+    // A `wharf gc` or a backup holds the write lock while a pull caches a blob: its rows wait in memory.
+    const other = openDatabase(join(dir, 'db'));
+    other.exec('BEGIN IMMEDIATE');
+    const digest = await cacheBlob('docker.io', 'library/held', 100, now);
+    expect(deferredWrites(db).size).toBeGreaterThan(0);
+    expect(index.blob('docker.io', 'library/held', digest, now)).toBe(100);
+    other.exec('ROLLBACK');
+    other.close();
+    // Before: the purge saw no row (blobs 0), and the rows written seconds later brought the blob back.
+    expect(await eviction.purge('docker.io', 'library/held')).toMatchObject({ blobs: 1, bytes: 100 });
+    expect(flushDeferredWrites(db)).toBe(true);
+    expect(index.anyBlob(digest)).toBeUndefined();
+    expect(index.blob('docker.io', 'library/held', digest, now)).toBeUndefined();
+    expect(await store.stat(digest)).toBeUndefined();
+  });
+
   test('a purge cut short after its links went (the process stopped before the files) is finished by the next sweep', async () => {
     const now = Date.now();
     const left = await cacheBlob('docker.io', 'library/a', 100, now);
