@@ -68,7 +68,17 @@ function drainInto(upstream: UpstreamBlob, writer: FillWriter, fill: BlobFill, i
     });
     body.once('end', () => {
       ended = true;
-      if (!failed) resolve();
+      // Node emits 'end' even while the body is paused: its last chunk may still be held (push).
+      if (!failed) {
+        try {
+          writer.takeHeld();
+        } catch (err) {
+          fail(err);
+          return;
+        }
+        fill.got();
+        resolve();
+      }
     });
     const cut = (err: unknown): void => fail(new BodyCut(err));
     // Kept for the stream's life: an error after a failure (the caller destroys the body) must not be unhandled.

@@ -298,10 +298,14 @@ export class FillWriter {
     return fillBudget.spent && this.window.length > 1;
   }
 
+  /** The body ended while part of its last chunk was held (see push): it goes into blocks now. */
+  takeHeld(): void {
+    if (this.pending && !this.finished && !this.closed && !this.failure) this.copyIn(this.pending, false);
+  }
+
   /** Writes the last, partial block and waits for every write. */
   async finish(): Promise<void> {
-    // The body may end while room() waits: what it held is the blob's end.
-    if (this.pending && !this.finished && !this.closed && !this.failure) this.copyIn(this.pending, false);
+    this.takeHeld();
     const last = this.window[this.window.length - 1];
     if (!this.finished && last && !last.written && last.filled < BLOCK_SIZE && last.filled > 0) this.complete();
     this.finished = true;
