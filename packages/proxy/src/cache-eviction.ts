@@ -22,6 +22,9 @@ export interface EvictionReport {
   readonly larger?: number;
 }
 
+/** How long a purge waits for another process's write lock (the database's busy timeout). */
+const PURGE_LOCK_WAIT_MS = 5_000;
+
 /**
  * Removes cached proxy content: by last access (cacheTtl), by total size (least recently used first),
  * and on demand for one upstream or one repository. Expiry is data, not timers: every row carries its
@@ -172,11 +175,13 @@ export class CacheEviction {
       'SELECT b.digest, b.size FROM proxy_blobs b WHERE b.digest = ? AND NOT EXISTS (SELECT 1 FROM proxy_repository_blobs l WHERE l.digest = b.digest)',
     );
     const doom = this.db.prepare('UPDATE proxy_blobs SET accessed_at = 0 WHERE digest = ?');
+    // Rows that waited for the write lock (pulls while another process held it) are written first,
+    // waiting for the lock as the purge does, so that the purge removes them too: written after it,
+    // they brought the purged blobs back. In a transaction of their own: one rolled back with a
+    // failed purge would lose rows no longer kept in memory. Nothing runs in between (both are
+    // synchronous), so no pull of this process queues another.
+    deferredWrites(this.db).flush({ waitMs: PURGE_LOCK_WAIT_MS });
     const { manifests, orphans } = this.db.transaction(() => {
-      // The write lock is ours (immediate): rows that waited for it (pulls while another process held
-      // it) are written first, in this transaction, so that the purge removes them too. Written after
-      // it, they brought the purged blobs back (this session's cache audit).
-      deferredWrites(this.db).flush();
       const removed = this.db.prepare(`DELETE FROM proxy_manifests WHERE ${where}`).run(...args).changes;
       this.db.prepare(`DELETE FROM proxy_tags WHERE ${where}`).run(...args);
       this.db.prepare(`DELETE FROM proxy_absent WHERE ${where}`).run(...args);
@@ -191,7 +196,7 @@ export class CacheEviction {
         found.push(row);
       }
       return { manifests: removed, orphans: found };
-    }).immediate();
+    })();
     const { blobs, bytes } = await this.removeBlobs(orphans);
     this.tell('purge', blobs, bytes);
     return { manifests, blobs, bytes };
