@@ -247,12 +247,13 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
   const maxConnections = connectionLimit(config.maxConnections);
   if (maxConnections < config.maxConnections) logger.warn({ maxConnections, configured: config.maxConnections }, 'max_connections lowered to fit the limit of open files');
   let lastRefusal = 0;
-  capConnections(server, maxConnections, (open) => {
+  const refused = (open: number): void => {
     // One line a minute: a flood of refusals would otherwise flood the log too.
     if (Date.now() - lastRefusal < 60_000) return;
     lastRefusal = Date.now();
     logger.warn({ open, maxConnections }, 'new connections refused: max_connections are open and none is idle');
-  });
+  };
+  capConnections(server, maxConnections, refused);
   const tlsRefresh = tls
     ? setInterval(() => {
         tls.refresh().then(
@@ -327,6 +328,8 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
   let redirectUrl: string | undefined;
   if (config.tls.redirectHttp) {
     redirect = createRedirectServer(() => address.port, timeouts);
+    // Its own share: a flood of plain-HTTP connections must not take the descriptors HTTPS needs.
+    capConnections(redirect, Math.max(1, Math.floor(maxConnections / 8)), refused);
     try {
       const at = await listen(redirect, config.tls.redirectHttp);
       redirectUrl = `http://${hostOf(at)}:${at.port}`;

@@ -7,12 +7,13 @@ const RESERVED_FDS = 512;
 
 /**
  * How many client connections may be open at once: `configured`, lowered to fit the process's limit
- * of open files (`limit`, read from /proc where undefined) less RESERVED_FDS. Past that limit every
- * open(2) fails: the pulls of every client, not only the new connections.
+ * of open files (`limit`, read from /proc where undefined): less RESERVED_FDS, halved, since a
+ * connection sending a blob holds the blob's file too. Past that limit every open(2) fails: the
+ * pulls of every client, not only the new connections.
  */
 export function connectionLimit(configured: number, limit = openFilesLimit()): number {
   if (limit === undefined) return configured;
-  return Math.max(1, Math.min(configured, limit - RESERVED_FDS));
+  return Math.max(1, Math.min(configured, Math.floor((limit - RESERVED_FDS) / 2)));
 }
 
 /** The soft limit on open files (node raises it to the hard limit at start); undefined where unknown. */
