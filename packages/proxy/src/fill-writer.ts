@@ -210,8 +210,17 @@ export class FillWriter {
   private mustHold(): boolean {
     if (this.noRoom || !fillBudget.spent) return false;
     this.trim(0);
-    fillBudget.give(this.plainSpares.splice(0).length);
+    this.dropSpares();
     return fillBudget.spent && this.window.length > 0;
+  }
+
+  /**
+   * Past the budget, a fill holds one block: its window's, or with an empty window, one spare (the
+   * block it just wrote, taken again for its next bytes instead of a fresh MiB while the written one
+   * waits for the garbage collector: 80 fills at once left 30 MiB of them). Other spares go.
+   */
+  private dropSpares(): void {
+    fillBudget.give(this.plainSpares.splice(this.window.length === 0 ? 1 : 0).length);
   }
 
   /**
@@ -294,7 +303,7 @@ export class FillWriter {
   private mustPause(): boolean {
     if (!fillBudget.spent) return false;
     this.trim(0);
-    fillBudget.give(this.plainSpares.splice(0).length);
+    this.dropSpares();
     return fillBudget.spent && this.window.length > 1;
   }
 
@@ -440,7 +449,7 @@ export class FillWriter {
 
   private recycle(block: Block): void {
     if (block.aligned) alignedBlocks.give(block.buffer);
-    else if (!this.closed && this.plainSpares.length < PLAIN_SPARES && !fillBudget.spent) {
+    else if (!this.closed && this.plainSpares.length < (fillBudget.spent ? (this.window.length === 0 ? 1 : 0) : PLAIN_SPARES)) {
       this.plainSpares.push(block.buffer);
       fillBudget.take();
     }

@@ -144,7 +144,10 @@ export class SlabReader {
 
   private reuse(slab: Slab): void {
     this.slabs.delete(slab.buffer.buffer);
-    if (!this.closed && this.own.length < OWN_SPARES && ownHeld < OWN_TOTAL) {
+    // In a crowd, each reader keeps one of its own past OWN_TOTAL: with 80 downloads at once, those
+    // that could keep none allocated a fresh slab for every 128 KiB read (46 MiB of them alive, most
+    // of it garbage, at the peak).
+    if (!this.closed && this.own.length < OWN_SPARES && (ownHeld < OWN_TOTAL || (readers > CROWD && this.own.length === 0))) {
       this.own.push(slab.buffer);
       ownHeld += 1;
     } else if (spares.length < SPARES) spares.push(slab.buffer);
