@@ -283,6 +283,8 @@ export class HttpUpstream implements Upstream {
       return undefined;
     }
     if (res.statusCode !== 200 && res.statusCode !== 206) {
+      // A 403's body tells a registry's refusal (an error document) from a firewall's page.
+      if (res.statusCode === 403) this.expectOk({ statusCode: res.statusCode, ...answeredBy(res), bytes: await readRefusal(res) }, 'blob GET');
       await discard(res);
       this.expectOk(res, 'blob GET');
     }
@@ -307,6 +309,9 @@ export class HttpUpstream implements Upstream {
     // A redirect target whose URL is signed for GET alone (S3 behind ghcr.io) refuses the HEAD: its
     // first byte is asked for instead, whose Content-Range tells the size.
     if ((res.statusCode === 403 || res.statusCode === 405) && res.url !== undefined && res.url.origin !== this.origin) return this.statByFirstByte(repo, digest, signal);
+    // A 403 to an anonymous HEAD has no body to tell a registry's refusal of the repository (ghcr.io's
+    // DENIED: "denied") from a firewall's page ("unauthorized", a 502): a GET's has.
+    if (res.statusCode === 403 && this.options.username === undefined) return this.statByFirstByte(repo, digest, signal);
     this.expectOk(res, 'blob HEAD');
     const length = Number(res.headers['content-length']);
     return Number.isSafeInteger(length) && length >= 0 ? { size: length } : {};

@@ -332,6 +332,27 @@ describe('refusals and token services', () => {
     expect(forbidden.seen.filter((s) => s.url.includes('/manifests/'))).toHaveLength(2);
   });
 
+  test('an anonymous blob HEAD refused with a bare 403 asks the first byte, and a blob GET reads its 403: a registry\'s DENIED is "denied", a firewall\'s page stays "unauthorized"', async () => {
+    const refusing = (page: boolean) =>
+      host((req, res) => {
+        if (req.method === 'HEAD') return void res.writeHead(403).end();
+        if (page) return void res.writeHead(403, { 'content-type': 'text/html' }).end('<html>Access denied by policy</html>');
+        json(res, 403, { errors: [{ code: 'DENIED', message: 'requested access to the resource is denied' }] });
+      });
+    const digest = `sha256:${'a'.repeat(64)}` as Digest;
+    const registry = await refusing(false);
+    const viaRegistry = new HttpUpstream({ name: 'ghcr.io', url: registry.url, retries: 0, timeouts: quick });
+    const denied = (await viaRegistry.statBlob('org/private', digest).catch((e: unknown) => e)) as UpstreamError;
+    // Before: "unauthorized" (a 502 to the client) from the HEAD alone.
+    expect([denied.failure, denied.status]).toEqual(['denied', 403]);
+    expect(registry.seen.map((s) => s.method)).toEqual(['HEAD', 'GET']);
+    // The GET of the blob itself, refused alike: its body was dropped unread, and the refusal a 502.
+    expect(((await viaRegistry.blob('org/private', digest).catch((e: unknown) => e)) as UpstreamError).failure).toBe('denied');
+    const firewall = await refusing(true);
+    const viaFirewall = new HttpUpstream({ name: 'ghcr.io', url: firewall.url, retries: 0, timeouts: quick });
+    expect(((await viaFirewall.statBlob('org/app', digest).catch((e: unknown) => e)) as UpstreamError).failure).toBe('unauthorized');
+  });
+
   test('a firewall\'s 403 page (no registry\'s error document), to the registry or its token service, stays "unauthorized", never "denied"', async () => {
     const page = (res: ServerResponse) => void res.writeHead(403, { 'content-type': 'text/html' }).end('<html><body>Access denied by policy</body></html>');
     const blocked = await host((_req, res) => page(res));
