@@ -431,7 +431,11 @@ export class MirroredUpstream implements Upstream {
         signal,
         (i, blob) => ((prober = i), blob),
       );
-    } catch {
+    } catch (err) {
+      // Every mirror down or rate-limited: asking them all again for the whole blob would double the
+      // rounds (and the time before the client's 504, and a rate-limited upstream's GETs). An answer
+      // to the range itself (a 416 for an empty blob, an odd 4xx) leaves the blob to one mirror.
+      if (!(err instanceof UpstreamError) || (OUTAGES.has(err.failure) && (err.status === undefined || err.status >= 500 || err.status === 429))) throw err;
       return undefined;
     }
     if (!probe) return undefined;
@@ -442,10 +446,14 @@ export class MirroredUpstream implements Upstream {
       this.stats[prober]!.rangelessAt = performance.now();
       return this.resumable(prober, probe, repo, digest, undefined, signal);
     }
-    // One byte.
+    // One byte, read for the connection's sake; a body cut before it must not be an unhandled error
+    // (it crashed the server).
+    probe.body.on('error', () => undefined);
     probe.body.resume();
     const size = probe.size;
     if (size === undefined || size < threshold) return undefined;
+    // No mirror served a range lately (each answered one with the whole blob): one mirror, whole.
+    if (this.mirrors.every((_, i) => this.isRangeless(i))) return undefined;
 
     const ranges: ByteRange[] = [];
     for (let start = 0; start < size; start += stripe) ranges.push({ start, end: Math.min(size, start + stripe) - 1 });
@@ -474,10 +482,14 @@ export class MirroredUpstream implements Upstream {
           const part = await this.mirrors[i]!.blob(repo, digest, range, signal);
           if (!part) continue;
           if (part.range?.start !== range.start || part.range.end !== range.end) {
-            // The whole blob (a server that ignores Range) or another range: cut, not read.
+            // The whole blob (a server that ignores Range) or another range: cut, not read. Only the
+            // whole blob marks the mirror as one that ignores Range: a shorter range is what an honest
+            // mirror answers past the blob's end when another's probe answer gave a wrong size.
             part.body.destroy();
-            noRanges.add(i);
-            this.stats[i]!.rangelessAt = performance.now();
+            if (!part.range) {
+              noRanges.add(i);
+              this.stats[i]!.rangelessAt = performance.now();
+            }
             throw new UpstreamError('invalid', `mirror did not answer the range ${range.start}-${range.end} it was asked for`);
           }
           // A range cut mid-way goes to the next mirror whole, not on from the same one: a mirror that

@@ -5,6 +5,7 @@ import type { AddressInfo } from 'node:net';
 import type { Digest } from '@wharf/registry-core';
 import { HttpUpstream } from '../src/http-upstream.js';
 import { MirroredUpstream, type MirrorOptions } from '../src/mirrors.js';
+import { UpstreamError } from '../src/upstream.js';
 
 const BLOB = randomBytes(3 * 1024 * 1024 + 123);
 const DIGEST = `sha256:${createHash('sha256').update(BLOB).digest('hex')}` as Digest;
@@ -23,7 +24,7 @@ interface Mirror {
    * range's body stops half-way (each time: its client's resumes too); stall-body: a whole-blob body
    * stops after 1 MiB and the connection stays open, silent.
    */
-  mode: 'ok' | 'fail' | 'missing' | 'cut' | 'cut-resumable' | 'ignore-range' | 'corrupt-range' | 'cut-ranges' | 'stall-body';
+  mode: 'ok' | 'fail' | 'missing' | 'cut' | 'cut-resumable' | 'ignore-range' | 'corrupt-range' | 'cut-ranges' | 'stall-body' | 'cut-probe' | 'ignore-stripes' | 'wrong-total';
   /** Blob bytes written to sockets, ranges and whole bodies alike. */
   sent: number;
 }
@@ -62,10 +63,19 @@ async function startMirror(): Promise<Mirror> {
         res.writeHead(500).end();
         return;
       }
-      if (m && mirror.mode !== 'ignore-range') {
+      const probe = req.headers.range === 'bytes=0-0';
+      if (m && probe && mirror.mode === 'cut-probe') {
+        // The size probe's head, then the connection closed before its byte (each resume too).
+        res.writeHead(206, { 'content-length': 1, 'content-range': `bytes 0-0/${BLOB.length}` });
+        res.flushHeaders();
+        setTimeout(() => res.destroy(), 5);
+        return;
+      }
+      if (m && (mirror.mode !== 'ignore-range' && (mirror.mode !== 'ignore-stripes' || probe))) {
         const start = Number(m[1]);
         const end = Math.min(Number(m[2]), BLOB.length - 1);
-        res.writeHead(206, { 'content-length': end - start + 1, 'content-range': `bytes ${start}-${end}/${BLOB.length}` });
+        const total = mirror.mode === 'wrong-total' && probe ? BLOB.length + 7 : BLOB.length;
+        res.writeHead(206, { 'content-length': end - start + 1, 'content-range': `bytes ${start}-${end}/${total}` });
         const bytes = Buffer.from(BLOB.subarray(start, end + 1));
         if (mirror.mode === 'corrupt-range') bytes[0] = bytes[0]! ^ 0xff;
         if (mirror.mode === 'cut-ranges' && bytes.length > 1) {
@@ -84,15 +94,15 @@ async function startMirror(): Promise<Mirror> {
       } else if (mirror.mode === 'stall-body') {
         mirror.sent += 1024 * 1024;
         res.write(BLOB.subarray(0, 1024 * 1024));
-      } else if (mirror.mode === 'cut' || mirror.mode === 'cut-resumable' || mirror.mode === 'ignore-range') {
+      } else if (mirror.mode === 'cut' || mirror.mode === 'cut-resumable' || mirror.mode === 'ignore-range' || mirror.mode === 'ignore-stripes') {
         // 64 KiB at a time: what a reader takes before it cuts the connection is what was sent.
         const step = 64 * 1024;
-        const limit = mirror.mode === 'ignore-range' ? BLOB.length : 1024 * 1024;
+        const limit = mirror.mode === 'ignore-range' || mirror.mode === 'ignore-stripes' ? BLOB.length : 1024 * 1024;
         let at = 0;
         const next = (): void => {
           if (res.destroyed) return;
           if (at >= limit) {
-            if (mirror.mode !== 'ignore-range') res.destroy();
+            if (mirror.mode !== 'ignore-range' && mirror.mode !== 'ignore-stripes') res.destroy();
             else res.end();
             return;
           }
@@ -428,7 +438,8 @@ describe('mirror strategies', () => {
     const other = `sha256:${'2'.repeat(64)}` as Digest;
     expect((await readAll((await up.blob('lib/app', other))!.body)).equals(BLOB)).toBe(true);
     expect(mirrors[0]!.log).toEqual([]);
-    for (const m of mirrors.slice(1)) expect(m.log.filter((l) => l.includes('bytes=') && !l.endsWith('bytes=0-0')).length).toBeGreaterThan(2);
+    const stripes = (m: Mirror) => m.log.filter((l) => l.includes('bytes=') && !l.endsWith('bytes=0-0')).length;
+    expect(stripes(mirrors[1]!) + stripes(mirrors[2]!)).toBeGreaterThanOrEqual(12);
     // It still comes before a mirror that is down: it serves all but ranges.
     mirrors[1]!.mode = 'fail';
     expect((await up.manifest('lib/app', '1'))?.bytes.equals(MANIFEST)).toBe(true);
@@ -456,6 +467,60 @@ describe('mirror strategies', () => {
     const second = await readAll((await up.blob('lib/app', DIGEST))!.body);
     expect(second.equals(BLOB)).toBe(true);
     expect(mirrors.flatMap((m) => m.log)).toEqual([`GET /v2/lib/app/blobs/${DIGEST}`]);
+  });
+
+  test('striped: a size probe whose body is cut (its head came) is no unhandled error: the blob is striped all the same', async () => {
+    reset();
+    mirrors[0]!.mode = 'cut-probe';
+    const errors: unknown[] = [];
+    const onUncaught = (err: unknown): void => void errors.push(err);
+    process.on('uncaughtException', onUncaught);
+    try {
+      const up = upstream({ strategy: 'striped', stripeThreshold: 1024 * 1024, stripeSize: 256 * 1024 });
+      expect((await readAll((await up.blob('lib/app', DIGEST))!.body)).equals(BLOB)).toBe(true);
+      // The probe body's resumes fail after the download's start: give them the time to.
+      await new Promise((r) => setTimeout(r, 300));
+    } finally {
+      process.off('uncaughtException', onUncaught);
+    }
+    // Before: "Unhandled 'error' event" from the probe's body, and the server's process exited.
+    expect(errors).toEqual([]);
+  });
+
+  test('striped over mirrors that answer the probe but no stripe: once all are found out, each blob comes whole from one', async () => {
+    reset();
+    for (const m of mirrors) m.mode = 'ignore-stripes';
+    const up = upstream({ strategy: 'striped', stripeThreshold: 1024 * 1024, stripeSize: 256 * 1024 });
+    // The first blob is how they are found out: its stripes fail.
+    await readAll((await up.blob('lib/app', DIGEST))!.body).catch(() => undefined);
+    // Before: every blob failed ("no mirror has this blob range") until the marks wore off (5 minutes).
+    for (const digest of [`sha256:${'5'.repeat(64)}` as Digest, `sha256:${'6'.repeat(64)}` as Digest]) {
+      expect((await readAll((await up.blob('lib/app', digest))!.body)).equals(BLOB)).toBe(true);
+    }
+  });
+
+  test('striped: a probe answer with a wrong total fails that blob, and the honest mirrors that answered the ranges past its end short still serve ranges', async () => {
+    reset();
+    mirrors[0]!.mode = 'wrong-total';
+    const up = upstream({ strategy: 'striped', stripeThreshold: 1024 * 1024, stripeSize: 256 * 1024 });
+    await readAll((await up.blob('lib/app', DIGEST))!.body).catch(() => undefined);
+    reset();
+    // The next blob, with the mirror that lied down: the honest two serve its stripes. Before, they had
+    // been taken for mirrors that ignore Range, and the blob failed ("no mirror has this blob range").
+    mirrors[0]!.mode = 'fail';
+    const other = `sha256:${'7'.repeat(64)}` as Digest;
+    expect((await readAll((await up.blob('lib/app', other))!.body)).equals(BLOB)).toBe(true);
+    const stripes = (m: Mirror) => m.log.filter((l) => l.includes('bytes=') && !l.endsWith('bytes=0-0')).length;
+    expect(stripes(mirrors[1]!) + stripes(mirrors[2]!)).toBeGreaterThanOrEqual(12);
+  });
+
+  test('striped with every mirror down asks each once, not once for the size probe and again for the whole blob', async () => {
+    reset();
+    for (const m of mirrors) m.mode = 'fail';
+    const up = upstream({ strategy: 'striped', stripeThreshold: 1024 * 1024, stripeSize: 256 * 1024 });
+    await expect(up.blob('lib/app', DIGEST)).rejects.toBeInstanceOf(UpstreamError);
+    // Before: two rounds (the probe's, then the whole blob's), twice the time to the client's 504.
+    for (const m of mirrors) expect(m.log).toHaveLength(1);
   });
 
   test('striped leaves small blobs to a single mirror', async () => {
