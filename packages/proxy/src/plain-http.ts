@@ -51,6 +51,8 @@ const MAX_HEAD = 64 * 1024;
 const MAX_CHUNK_LINE = 4 * 1024;
 /** Body bytes buffered in the stream before the socket stops being read (see PlainOptions.bodyBuffer). */
 export const BODY_HIGH_WATER = 1024 * 1024;
+/** A body this small (or none) does not count among the downloads that make slabs small (SlabReader). */
+const SMALL_BODY = 1024 * 1024;
 /** An idle kept-alive connection is closed after this long (undici's default). */
 const IDLE_MS = 4000;
 /**
@@ -371,6 +373,8 @@ class Exchange {
       return;
     }
     this.framing = framing;
+    // A small answer (a manifest, a token, a refusal) is no download crowding the slabs.
+    if (framing.kind === 'none' || (framing.kind === 'length' && framing.remaining <= SMALL_BODY)) this.slabs.notADownload();
     this.body = new Body(this);
     this.arm(this.timeouts.idle, 'receiving the body from');
     this.resolve({

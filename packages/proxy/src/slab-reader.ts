@@ -72,6 +72,8 @@ export class SlabReader {
   private closed = false;
   /** Counted among the readers reading now (from its first read to `release`). */
   private counted = false;
+  /** Reads a small answer only (notADownload): never counted. */
+  private small = false;
   private readonly own: Buffer[] = [];
   private readonly slabs = new WeakMap<ArrayBufferLike, Slab>();
   private readonly lentViews = new WeakSet<Buffer>();
@@ -79,7 +81,7 @@ export class SlabReader {
   /** Room for the next read: at least MIN_READ bytes at the end of the current slab. */
   room(): Buffer {
     if (this.closed) return CLOSED_ROOM;
-    if (!this.counted) {
+    if (!this.counted && !this.small) {
       this.counted = true;
       readers += 1;
     }
@@ -124,6 +126,16 @@ export class SlabReader {
     if (!slab) return;
     slab.lent -= 1;
     if (slab.retired && slab.lent === 0) this.reuse(slab);
+  }
+
+  /**
+   * What this reader reads is small (a manifest, a token, a head alone): it stops counting among
+   * the readers that make slabs small, so that 17 manifests at once do not shrink a lone download's.
+   */
+  notADownload(): void {
+    if (this.counted) readers -= 1;
+    this.counted = false;
+    this.small = true;
   }
 
   /** The reader is done: its slab takes no more reads, and it takes no other. */

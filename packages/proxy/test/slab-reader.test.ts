@@ -127,6 +127,24 @@ describe('SlabReader', () => {
     expect(readingNow()).toBe(base);
   });
 
+  test('readers of small answers (manifests, tokens) do not count among the downloads that make slabs small', () => {
+    const base = readingNow();
+    const manifests = Array.from({ length: 20 }, () => new SlabReader());
+    for (const reader of manifests) {
+      reader.room();
+      // Its head said a body of a few KiB (plain-http).
+      reader.notADownload();
+      reader.room();
+    }
+    expect(readingNow()).toBe(base);
+    // A lone download beside them reads into large slabs.
+    const download = new SlabReader();
+    expect(download.room().length).toBe(512 * 1024);
+    download.release();
+    for (const reader of manifests) reader.release();
+    expect(readingNow()).toBe(base);
+  });
+
   test('lend refuses a view of anything but the current slab', () => {
     const reader = new SlabReader();
     read(reader, 10, 1);
