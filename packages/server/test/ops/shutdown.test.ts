@@ -211,6 +211,8 @@ describe('graceful shutdown of wharf serve', () => {
     let wharfPid = 0;
     try {
       await until(async () => (await fetch(`http://127.0.0.1:${npmPort}/v2/`).catch(() => undefined))?.status === 401);
+      // The log line may come a moment after the port answers (lines are written off the event loop).
+      await until(async () => /"msg":"wharf listening"/.test(output));
       wharfPid = Number(/"pid":(\d+)[^\n]*"msg":"wharf listening"/.exec(output)?.[1] ?? 0);
       expect(wharfPid).toBeGreaterThan(0);
       expect(wharfPid).not.toBe(npm.pid);
@@ -220,6 +222,8 @@ describe('graceful shutdown of wharf serve', () => {
       expect(() => process.kill(wharfPid, 0)).toThrow();
     } finally {
       npm.kill('SIGKILL');
+      // Found from its log line, or else from the port it listens on: never left running.
+      wharfPid ||= Number(/"pid":(\d+)/.exec(output)?.[1] ?? 0);
       if (wharfPid > 0) {
         try {
           process.kill(wharfPid, 'SIGKILL');
