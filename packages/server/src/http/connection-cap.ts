@@ -76,6 +76,9 @@ export function capConnections(server: Server, max: number, refused: (open: numb
       watched.add(socket);
       socket.once('close', () => idle.delete(socket));
     }
+    // One listener per response, counted (Koa's pipeline of a streamed export and the route's own
+    // reached node's warning at eleven).
+    if (res.getMaxListeners() !== 0) res.setMaxListeners(res.getMaxListeners() + 1);
     res.once('close', () => {
       const left = (inFlight.get(socket) ?? 1) - 1;
       inFlight.set(socket, left);
