@@ -241,13 +241,16 @@ describe('FillWriter, many fills at once', () => {
 });
 
 describe('fills together', () => {
-  test('many fills at once hold at most two blocks each past their budget, write every byte, and give every block back', async () => {
+  /**
+   * `count` fills at once, the fills' budget at `limit` blocks, each fill's bytes pushed by `drive`:
+   * every file holds its bytes, and every block comes back once they are closed.
+   */
+  async function manyFills(count: number, limit: number, drive: (writer: FillWriter, bytes: Buffer) => Promise<void>): Promise<void> {
     const dir = await mkdtemp(join(tmpdir(), 'wharf-fill-budget-'));
-    const limit = fillBudget.limit;
-    fillBudget.limit = 4;
+    const saved = fillBudget.limit;
+    fillBudget.limit = limit;
     try {
       fillBudget.resetPeak();
-      const count = 24;
       const fills = await Promise.all(
         Array.from({ length: count }, async (_, i) => {
           const path = join(dir, `fill-${i}`);
@@ -255,13 +258,7 @@ describe('fills together', () => {
           return { path, handle, bytes: randomBytes(4 * BLOCK_SIZE + 1000 * i), writer: await FillWriter.open(path, handle) };
         }),
       );
-      await Promise.all(fills.map(async ({ writer, bytes }) => {
-        await pushAll(writer, bytes, 65_536);
-        await writer.finish();
-      }));
-      // Unbounded, each fill held its unwritten blocks and the one it was filling: 72 in all here.
-      expect(fillBudget.peak).toBeGreaterThanOrEqual(4);
-      expect(fillBudget.peak).toBeLessThanOrEqual(4 + 2 * count);
+      await Promise.all(fills.map(({ writer, bytes }) => drive(writer, bytes)));
       for (const { path, bytes } of fills) expect((await readFile(path)).equals(bytes)).toBe(true);
       for (const { writer, handle } of fills) {
         await writer.close();
@@ -269,55 +266,40 @@ describe('fills together', () => {
       }
       expect(fillBudget.blocks).toBe(0);
     } finally {
-      fillBudget.limit = limit;
+      fillBudget.limit = saved;
       await rm(dir, { recursive: true, force: true });
     }
+  }
+
+  test('many fills at once hold at most two blocks each past their budget, write every byte, and give every block back', async () => {
+    await manyFills(24, 4, async (writer, bytes) => {
+      await pushAll(writer, bytes, 65_536);
+      await writer.finish();
+    });
+    // Unbounded, each fill held its unwritten blocks and the one it was filling: 72 in all here.
+    expect(fillBudget.peak).toBeGreaterThanOrEqual(4);
+    expect(fillBudget.peak).toBeLessThanOrEqual(4 + 2 * 24);
   });
 
   test('past the budget, a chunk across a block boundary waits for the write: one block per fill, and the caller reuses its memory only after room()', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'wharf-fill-budget-'));
-    const limit = fillBudget.limit;
-    fillBudget.limit = 4;
-    try {
-      fillBudget.resetPeak();
-      const count = 24;
-      let heldAny = false;
-      const fills = await Promise.all(
-        Array.from({ length: count }, async (_, i) => {
-          const path = join(dir, `fill-${i}`);
-          const handle = await open(path, 'w');
-          return { path, handle, bytes: randomBytes(4 * BLOCK_SIZE + 1000 * i), writer: await FillWriter.open(path, handle) };
-        }),
-      );
-      await Promise.all(
-        fills.map(async ({ writer, bytes }) => {
-          // As a socket reader does: every chunk read into the same memory, 100,000 bytes at a time
-          // (across a block boundary now and then), overwritten once the writer lets go of it.
-          const scratch = Buffer.alloc(100_000);
-          for (let at = 0; at < bytes.length; at += scratch.length) {
-            const n = bytes.copy(scratch, 0, at, at + scratch.length);
-            const more = writer.push(scratch.subarray(0, n));
-            if (writer.holding) heldAny = true;
-            if (!more) await writer.room();
-            scratch.fill(0xee);
-          }
-          await writer.finish();
-        }),
-      );
-      expect(heldAny).toBe(true);
-      // Two blocks each before (a chunk across a boundary took the next block while the full one was
-      // written): 48 here.
-      expect(fillBudget.peak).toBeLessThanOrEqual(4 + count);
-      for (const { path, bytes } of fills) expect((await readFile(path)).equals(bytes)).toBe(true);
-      for (const { writer, handle } of fills) {
-        await writer.close();
-        await handle.close();
+    let heldAny = false;
+    await manyFills(24, 4, async (writer, bytes) => {
+      // As a socket reader does: every chunk read into the same memory, 100,000 bytes at a time
+      // (across a block boundary now and then), overwritten once the writer lets go of it.
+      const scratch = Buffer.alloc(100_000);
+      for (let at = 0; at < bytes.length; at += scratch.length) {
+        const n = bytes.copy(scratch, 0, at, at + scratch.length);
+        const more = writer.push(scratch.subarray(0, n));
+        if (writer.holding) heldAny = true;
+        if (!more) await writer.room();
+        scratch.fill(0xee);
       }
-      expect(fillBudget.blocks).toBe(0);
-    } finally {
-      fillBudget.limit = limit;
-      await rm(dir, { recursive: true, force: true });
-    }
+      await writer.finish();
+    });
+    expect(heldAny).toBe(true);
+    // Two blocks each before (a chunk across a boundary took the next block while the full one was
+    // written): 48 here.
+    expect(fillBudget.peak).toBeLessThanOrEqual(4 + 24);
   });
 
   test("a chunk held past the budget is the blob's end when the body ends before room() settles", async () => {
