@@ -22,9 +22,6 @@ export interface EvictionReport {
   readonly larger?: number;
 }
 
-/** How long a purge waits for another process's write lock (the database's busy timeout). */
-const PURGE_LOCK_WAIT_MS = 5_000;
-
 /**
  * Removes cached proxy content: by last access (cacheTtl), by total size (least recently used first),
  * and on demand for one upstream or one repository. Expiry is data, not timers: every row carries its
@@ -180,7 +177,7 @@ export class CacheEviction {
     // they brought the purged blobs back. In a transaction of their own: one rolled back with a
     // failed purge would lose rows no longer kept in memory. Nothing runs in between (both are
     // synchronous), so no pull of this process queues another.
-    deferredWrites(this.db).flush({ waitMs: PURGE_LOCK_WAIT_MS });
+    deferredWrites(this.db).flush({ waitMs: this.db.pragma('busy_timeout', { simple: true }) as number });
     const { manifests, orphans } = this.db.transaction(() => {
       const removed = this.db.prepare(`DELETE FROM proxy_manifests WHERE ${where}`).run(...args).changes;
       this.db.prepare(`DELETE FROM proxy_tags WHERE ${where}`).run(...args);

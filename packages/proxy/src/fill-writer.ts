@@ -171,7 +171,7 @@ export class FillWriter {
     if (this.failure) throw this.failure;
     if (this.finished || this.closed) throw new Error('push() after finish() or close()');
     // Only after room(), which copies what is held first: bytes stay in order whatever the caller does.
-    if (this.pending) this.copyIn(this.pending.splice(0), false);
+    this.takeHeld();
     this.copyIn([chunk], true);
     return this.pending === undefined && !this.mustWait() && !this.mustPause();
   }
@@ -208,19 +208,29 @@ export class FillWriter {
 
   /** The fills hold their budget and this one still holds a block once written ones are let go. */
   private mustHold(): boolean {
-    if (this.noRoom || !fillBudget.spent) return false;
-    this.trim(0);
-    this.dropSpares();
-    return fillBudget.spent && this.window.length > 0;
+    return !this.noRoom && this.holdsPastBudget(0);
   }
 
   /**
-   * Past the budget, a fill holds one block: its window's, or with an empty window, one spare (the
-   * block it just wrote, taken again for its next bytes instead of a fresh MiB while the written one
-   * waits for the garbage collector: 80 fills at once left 30 MiB of them). Other spares go.
+   * Whether the fills hold their budget and this one, once it has let go of its written blocks and
+   * the spares it may not keep, still holds more than `blocks`.
    */
-  private dropSpares(): void {
-    fillBudget.give(this.plainSpares.splice(this.window.length === 0 ? 1 : 0).length);
+  private holdsPastBudget(blocks: number): boolean {
+    if (!fillBudget.spent) return false;
+    this.trim(0);
+    fillBudget.give(this.plainSpares.splice(this.sparesAllowed()).length);
+    return fillBudget.spent && this.window.length > blocks;
+  }
+
+  /**
+   * Plain blocks a fill keeps for reuse: PLAIN_SPARES; past the budget, where a fill holds one block,
+   * none beside its window's, or with an empty window one (the block it just wrote, taken again for
+   * its next bytes instead of a fresh MiB while the written one waits for the garbage collector: 80
+   * fills at once left 30 MiB of them).
+   */
+  private sparesAllowed(): number {
+    if (!fillBudget.spent) return PLAIN_SPARES;
+    return this.window.length === 0 ? 1 : 0;
   }
 
   /**
@@ -301,10 +311,7 @@ export class FillWriter {
    * only blocks that wait for its own disk writes, and those writes alone wake it.
    */
   private mustPause(): boolean {
-    if (!fillBudget.spent) return false;
-    this.trim(0);
-    this.dropSpares();
-    return fillBudget.spent && this.window.length > 1;
+    return this.holdsPastBudget(1);
   }
 
   /** The body ended while part of its last chunk was held (see push): it goes into blocks now. */
@@ -449,7 +456,7 @@ export class FillWriter {
 
   private recycle(block: Block): void {
     if (block.aligned) alignedBlocks.give(block.buffer);
-    else if (!this.closed && this.plainSpares.length < (fillBudget.spent ? (this.window.length === 0 ? 1 : 0) : PLAIN_SPARES)) {
+    else if (!this.closed && this.plainSpares.length < this.sparesAllowed()) {
       this.plainSpares.push(block.buffer);
       fillBudget.take();
     }
