@@ -1,4 +1,4 @@
-import { describe, expect, test } from '@jest/globals';
+import { describe, expect, jest, test } from '@jest/globals';
 import { ReadBufferPool, SendBuffers } from '../../src/http/read-buffers.js';
 
 const KiB = 1024;
@@ -85,27 +85,36 @@ describe('ReadBufferPool', () => {
     expect(shrunk.buffer).toBe(large.buffer);
   });
 
-  test('spares go (and are reported released) once no send has held a buffer for the idle time, and stay while sends come', async () => {
-    let released = 0;
-    const pool = new ReadBufferPool(4 * MiB, 1 * MiB, 64 * KiB, 50, () => (released += 1));
-    const a = pool.take(1 * MiB);
-    pool.give(a, true);
-    expect(pool.spareBytes).toBe(1 * MiB);
-    await new Promise((resolve) => setTimeout(resolve, 30));
-    // A send in between starts the wait again.
-    pool.give(pool.take(1 * MiB), true);
-    await new Promise((resolve) => setTimeout(resolve, 30));
-    expect(pool.spareBytes).toBe(1 * MiB);
-    // Held buffers keep the spares too.
-    const held = pool.take(64 * KiB);
-    await new Promise((resolve) => setTimeout(resolve, 80));
-    // (the 64 KiB were carved out of the spare)
-    expect(pool.spareBytes).toBe(1 * MiB - 64 * KiB);
-    expect(released).toBe(0);
-    pool.give(held, true);
-    await new Promise((resolve) => setTimeout(resolve, 80));
-    expect(pool.spareBytes).toBe(0);
-    expect(released).toBe(1);
+  test('spares go (and are reported released) once no send has held a buffer for the idle time, and stay while sends come', () => {
+    // Fake timers: the idle time is exact, whatever else the machine runs (with real ones, a loaded
+    // CI machine's late timer dropped the spares between two steps).
+    jest.useFakeTimers();
+    try {
+      let released = 0;
+      const pool = new ReadBufferPool(4 * MiB, 1 * MiB, 64 * KiB, 50, () => (released += 1));
+      const a = pool.take(1 * MiB);
+      pool.give(a, true);
+      expect(pool.spareBytes).toBe(1 * MiB);
+      jest.advanceTimersByTime(30);
+      // A send in between starts the wait again.
+      pool.give(pool.take(1 * MiB), true);
+      jest.advanceTimersByTime(49);
+      expect(pool.spareBytes).toBe(1 * MiB);
+      // Held buffers keep the spares too.
+      const held = pool.take(64 * KiB);
+      jest.advanceTimersByTime(500);
+      // (the 64 KiB were carved out of the spare)
+      expect(pool.spareBytes).toBe(1 * MiB - 64 * KiB);
+      expect(released).toBe(0);
+      pool.give(held, true);
+      jest.advanceTimersByTime(49);
+      expect(pool.spareBytes).toBe(1 * MiB);
+      jest.advanceTimersByTime(1);
+      expect(pool.spareBytes).toBe(0);
+      expect(released).toBe(1);
+    } finally {
+      jest.useRealTimers();
+    }
   });
 
   test('buffers let go without being kept are collected each time they add up to half the budget', () => {
