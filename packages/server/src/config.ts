@@ -6,7 +6,7 @@ import { configDuration, timerProblem } from './duration.js';
 import { ConfigError } from './config-error.js';
 import { namedVariables, unknownWharfVariables } from './unknown-env.js';
 import { invalidNetwork } from './http/client-address.js';
-import { buildProxyConfig, type ProxyConfig } from './proxy-config.js';
+import { buildProxyConfig, nsHostWarnings, type ProxyConfig } from './proxy-config.js';
 import { buildAuthConfig, checkAuthConfig, type AuthConfig } from './auth-config.js';
 import { buildGcConfig, type GcConfig } from './gc-config.js';
 import { applyTableEnv, booleanWord } from './env-tables.js';
@@ -192,6 +192,7 @@ export function buildConfig(
   // Sessions are swept every minute: a shorter age ended every upload between two chunks of a client.
   if ((values.upload_max_age as number) < 60_000) throw new ConfigError('"upload_max_age" must be at least "1m" (idle sessions are looked for every minute)');
   const proxy = buildProxyConfig(doc.proxy, env, options.secrets ?? true);
+  warnings.push(...nsHostWarnings(proxy.upstreams));
   const auth = buildAuthConfig(doc.auth, env);
   checkAuthConfig(auth, values.listen as WharfConfig['listen'], proxy);
   if (values.read_header_timeout === 0) throw new ConfigError('"read_header_timeout" must be more than 0: it is what cuts slow-loris clients');

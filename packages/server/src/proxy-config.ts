@@ -328,6 +328,44 @@ function egressFrom(env: NodeJS.ProcessEnv): { egress?: EgressProxy } {
   return { egress: { ...(http ? { http } : {}), ...(https ? { https } : {}), ...(noProxy ? { noProxy } : {}) } };
 }
 
+/**
+ * What `?ns=<registry>` names: each upstream's key and aliases, then each upstream's host (with its
+ * port) that no key or alias already names. Two upstreams of one host (the built-in `docker.io` and
+ * an added one with credentials, say) cannot both have it: the first configured does (built-ins come
+ * first), and `nsHostWarnings` says so; an alias equal to the host (one without a port) sends it to
+ * another.
+ */
+export function nsTargets(upstreams: readonly UpstreamConfig[]): Map<string, UpstreamConfig> {
+  const targets = new Map<string, UpstreamConfig>();
+  for (const u of upstreams) for (const name of [u.key, ...u.aliases]) targets.set(name.toLowerCase(), u);
+  for (const u of upstreams) {
+    const host = new URL(u.url).host.toLowerCase();
+    if (!targets.has(host)) targets.set(host, u);
+  }
+  return targets;
+}
+
+/** A warning for each host two or more upstreams reach while no key or alias says which `?ns=` means. */
+export function nsHostWarnings(upstreams: readonly UpstreamConfig[]): string[] {
+  const named = new Set(upstreams.flatMap((u) => [u.key, ...u.aliases].map((n) => n.toLowerCase())));
+  const byHost = new Map<string, string[]>();
+  for (const u of upstreams) {
+    const host = new URL(u.url).host.toLowerCase();
+    byHost.set(host, [...(byHost.get(host) ?? []), u.key]);
+  }
+  const warnings: string[] = [];
+  for (const [host, keys] of byHost) {
+    if (keys.length < 2 || named.has(host)) continue;
+    const [first, ...others] = keys as [string, ...string[]];
+    // An alias is a name without a port: a host with one is chosen by the order of the tables.
+    const how = host.includes(':') ? `configure it before "${first}"` : `add "${host}" to its aliases`;
+    warnings.push(
+      `proxy upstreams ${keys.map((k) => JSON.stringify(k)).join(' and ')} all reach ${host}: a containerd pull with ?ns=${host} goes to "${first}", the first configured; to send it to ${others.map((k) => JSON.stringify(k)).join(' or ')}, ${how}`,
+    );
+  }
+  return warnings;
+}
+
 /** The upstream a key or alias names. */
 export function findUpstream(proxy: ProxyConfig, name: string): UpstreamConfig | undefined {
   return proxy.upstreams.find((u) => u.key === name || u.aliases.includes(name));

@@ -1,6 +1,6 @@
 import { RegistryError, assertRepositoryName, type LocalRegistry } from '@wharf/registry-core';
 import type { PullThroughRepository } from '@wharf/proxy';
-import type { ProxyConfig, UpstreamConfig } from './proxy-config.js';
+import { nsTargets, type ProxyConfig, type UpstreamConfig } from './proxy-config.js';
 import type { RepositoryResolver, RequestInfo, ResolvedRepository } from './repositories.js';
 
 const PREFIX = 'proxy/';
@@ -12,7 +12,8 @@ const PREFIX = 'proxy/';
  */
 export class ProxyResolver implements RepositoryResolver {
   private readonly byName = new Map<string, UpstreamConfig>();
-  private readonly byHost = new Map<string, UpstreamConfig>();
+  /** What `?ns=` may name (see nsTargets). */
+  private readonly byHost: ReadonlyMap<string, UpstreamConfig>;
 
   /** Host names and addresses of Wharf's own (see isOwn). */
   private readonly ownNames: ReadonlySet<string>;
@@ -31,12 +32,8 @@ export class ProxyResolver implements RepositoryResolver {
     private readonly options: { readonly loopbackOnly: boolean; readonly ownHosts?: readonly string[]; readonly ownNames?: readonly string[] } = { loopbackOnly: true },
   ) {
     this.ownNames = new Set((options.ownNames ?? []).map((n) => n.toLowerCase()));
-    for (const u of config.upstreams) {
-      for (const name of [u.key, ...u.aliases]) this.byName.set(name, u);
-      this.byHost.set(new URL(u.url).host.toLowerCase(), u);
-      this.byHost.set(u.key, u);
-      for (const alias of u.aliases) this.byHost.set(alias, u);
-    }
+    for (const u of config.upstreams) for (const name of [u.key, ...u.aliases]) this.byName.set(name, u);
+    this.byHost = nsTargets(config.upstreams);
   }
 
   async resolve(name: string, query: URLSearchParams, request: RequestInfo): Promise<ResolvedRepository> {

@@ -147,6 +147,21 @@ describe('configuration', () => {
     expect(named.warnings).toBeUndefined();
   });
 
+  test('two upstreams reaching one host: a warning says which one ?ns=<host> goes to, and none once an alias says it', () => {
+    const mirror = { url: 'https://registry.example.com', username: 'u', password: 'p' };
+    const config = buildConfig({ ...REQUIRED, proxy: { upstreams: { anon: { url: 'https://registry.example.com' }, mine: mirror } } }, { cwd: dir });
+    expect(config.warnings).toEqual([
+      'proxy upstreams "anon" and "mine" all reach registry.example.com: a containerd pull with ?ns=registry.example.com goes to "anon", the first configured; to send it to "mine", add "registry.example.com" to its aliases',
+    ]);
+    const aliased = { anon: { url: 'https://registry.example.com' }, mine: { ...mirror, aliases: ['registry.example.com'] } };
+    expect(buildConfig({ ...REQUIRED, proxy: { upstreams: aliased } }, { cwd: dir }).warnings).toBeUndefined();
+    // A host with a port cannot be an alias: the order of the tables decides.
+    const ported = { a: { url: 'http://registry.local:5000' }, b: { url: 'http://registry.local:5000/' } };
+    expect(buildConfig({ ...REQUIRED, proxy: { upstreams: ported } }, { cwd: dir }).warnings).toEqual([expect.stringMatching(/goes to "a", the first configured; to send it to "b", configure it before "a"$/)]);
+    // The built-in upstreams (whose keys are their hosts), and one added with a built-in's host.
+    expect(buildConfig({ ...REQUIRED, proxy: { upstreams: { hub: { url: 'https://registry-1.docker.io' } } } }, { cwd: dir }).warnings).toBeUndefined();
+  });
+
   test('the environment can supply a required key the file lacks', () => {
     const doc: Record<string, string> = { ...REQUIRED };
     delete doc.proxy_storage;

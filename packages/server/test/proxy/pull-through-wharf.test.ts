@@ -261,6 +261,29 @@ describe('pull-through from another Wharf', () => {
     expect((await fetch(`${proxy.url}/v2/alice/app/manifests/1`)).status).toBe(404);
   });
 
+  test('?ns=<host> of two upstreams goes to the first configured, not the last', async () => {
+    await pushImage(up.url, 'library/zed', '1');
+    const upHost = new URL(up.url).host;
+    // "plain" reads zed as zed (404 upstream), "hub" as library/zed (200): which one answered shows.
+    const upstreams = (first: 'plain' | 'hub') => {
+      const plain = { url: up.url };
+      const hub = { url: up.url, library_prefix: 'library' };
+      return first === 'plain' ? { plain, hub } : { hub, plain };
+    };
+    for (const [first, status] of [['plain', 404], ['hub', 200]] as const) {
+      const proxied = await startRegistry({ settings: { proxy: { retries: 0, upstreams: upstreams(first) } } });
+      try {
+        const res = await fetch(`${proxied.url}/v2/zed/manifests/1?ns=${encodeURIComponent(upHost)}`);
+        expect([first, res.status]).toEqual([first, status]);
+        // The other is still reached by its key.
+        const other = first === 'plain' ? ['hub', 200] : ['plain', 404];
+        expect([other[0], (await fetch(`${proxied.url}/v2/zed/manifests/1?ns=${other[0]}`)).status]).toEqual(other);
+      } finally {
+        await proxied.close();
+      }
+    }
+  });
+
   test('?ns= naming no configured upstream is served locally', async () => {
     const res = await fetch(`${proxy.url}/v2/alice/app/manifests/1?ns=registry.unknown.example`);
     expect(res.status).toBe(404);
