@@ -40,7 +40,8 @@ export interface ConnectionCap {
  * pull failed. Past seven eighths
  * of `max`, each new connection closes the one idle longest between two requests (its client
  * connects again when it next needs one, as after `idle_timeout`); a connection that has not sent
- * its first request, or is serving one, is never closed here. Past `max`, with none idle, the new
+ * its first request, or is serving one, or still sends the body of one already answered, is never
+ * closed here. Past `max`, with none idle, the new
  * connection is closed at once and `refused` is called.
  */
 export function capConnections(server: Server, max: number, refused: (open: number) => void): ConnectionCap {
@@ -79,11 +80,29 @@ export function capConnections(server: Server, max: number, refused: (open: numb
     // One listener per response, counted (Koa's pipeline of a streamed export and the route's own
     // reached node's warning at eleven).
     if (res.getMaxListeners() !== 0) res.setMaxListeners(res.getMaxListeners() + 1);
-    res.once('close', () => {
+    // Done once both the response and the request's body are: an answer sent before the body ended
+    // (a 401 or 404 to an upload) leaves node reading the rest, and the client still sending it.
+    let waiting = 2;
+    const done = (): void => {
+      if (--waiting !== 0) return;
       const left = (inFlight.get(socket) ?? 1) - 1;
       inFlight.set(socket, left);
       if (left === 0 && !socket.destroyed) idle.set(socket, true);
-    });
+    };
+    res.once('close', done);
+    if (req.complete) done();
+    else {
+      let once = false;
+      const bodyDone = (): void => {
+        if (once) return;
+        once = true;
+        req.off('end', bodyDone);
+        req.off('close', bodyDone);
+        done();
+      };
+      req.once('end', bodyDone);
+      req.once('close', bodyDone);
+    }
   };
   server.on('request', started);
   server.on('checkContinue', started);

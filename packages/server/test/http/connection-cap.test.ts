@@ -96,6 +96,46 @@ describe('max_connections', () => {
     expect(next.received).toMatch(/^HTTP\/1\.1 200 /);
   });
 
+  test('a connection still sending the body of a request already answered is not idle, until the body ends', async () => {
+    reg = await startRegistry({ settings: { max_connections: 8 } });
+    const port = reg.port;
+    // Answered 404 at once (no such upload), while its chunked body goes on arriving.
+    const sending = await open(port);
+    clients.push(sending);
+    await exchange(
+      sending,
+      'PATCH /v2/cap/test/blobs/uploads/no-such-upload HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n',
+      /^HTTP\/1\.1 404 [^]*BLOB_UPLOAD_UNKNOWN/,
+    );
+    expect(sending.received).toMatch(/^HTTP\/1\.1 404 /);
+    sending.socket.write('5\r\nworld\r\n');
+    // Eight more, each idle after its answer: past seven open, each new one closes the one idle longest.
+    const others: Client[] = [];
+    for (let i = 0; i < 8; i++) {
+      const c = await open(port);
+      others.push(c);
+      await exchange(c, 'GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n', /^HTTP\/1\.1 200 [^]*\r\n\r\n\{\}/);
+    }
+    clients.push(...others);
+    await sleep(100);
+    // Before: the sender was the one idle longest, and was cut mid-body.
+    expect(sending.closed).toBe(false);
+    expect(others[0]!.closed).toBe(true);
+    // Its body ends: the connection serves its next request, and is idle from then on.
+    await exchange(sending, '0\r\n\r\nGET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n', /HTTP\/1\.1 200 /);
+    expect(sending.received).toMatch(/HTTP\/1\.1 200 /);
+    // Idle now, and the newest: it goes after the six others still open.
+    expect(others.map((c) => c.closed)).toEqual([true, true, false, false, false, false, false, false]);
+    for (let i = 0; i < 7; i++) {
+      const c = await open(port);
+      clients.push(c);
+      await exchange(c, 'GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n', /^HTTP\/1\.1 200 /);
+      // The closing FIN left before this answer; the last one closes the sender (waited for, not slept).
+      for (let j = 0; i === 6 && j < 200 && !sending.closed; j++) await sleep(10);
+      expect([i, sending.closed]).toEqual([i, i === 6]);
+    }
+  });
+
   test('lowered to fit the open files limit, less what the server needs for itself', () => {
     // Half of what is left past 512: a connection sending a blob holds its file too.
     expect(connectionLimit(4096, 1024)).toBe(256);
