@@ -163,6 +163,8 @@ export class CacheIndex {
     const s = (sql: string) => db.prepare(sql);
     this.q = {
       manifest: s('SELECT digest, media_type, content FROM proxy_manifests WHERE upstream = ? AND repository = ? AND digest = ?'),
+      // The few manifests of a repository whose bytes name a digest (a byte search: only asked while its upstream is down).
+      mentioning: s('SELECT content FROM proxy_manifests WHERE upstream = ? AND repository = ? AND instr(content, ?) > 0 LIMIT 16'),
       touchManifest: s('UPDATE proxy_manifests SET accessed_at = ? WHERE upstream = ? AND repository = ? AND digest = ?'),
       putManifest: s(`INSERT INTO proxy_manifests (upstream, repository, digest, media_type, content, fetched_at, accessed_at)
                       VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET accessed_at = excluded.accessed_at`),
@@ -208,6 +210,11 @@ export class CacheIndex {
     if (!row) return undefined;
     this.deferred.note(`pm\0${upstream}\0${repo}\0${digest}`, () => this.q.touchManifest!.run(now, upstream, repo, digest), now);
     return { digest: row.digest, mediaType: row.media_type, bytes: row.content };
+  }
+
+  /** The bytes of this repository's cached manifests that name `digest` anywhere (16 at most), to be read for their descriptors. */
+  manifestsNaming(upstream: string, repo: string, digest: Digest): Buffer[] {
+    return (this.q.mentioning!.all(upstream, repo, Buffer.from(digest)) as { content: Buffer }[]).map((row) => row.content);
   }
 
   putManifest(upstream: string, repo: string, manifest: StoredManifest, now = Date.now()): void {

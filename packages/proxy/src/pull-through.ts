@@ -309,6 +309,47 @@ export class PullThroughRepository implements RepositoryReader {
     return size !== undefined && (opened || (await this.store.stat(digest))) ? this.hit('blob', { digest, size }) : undefined;
   }
 
+  /**
+   * The blob when it is cached for another repository and this one has it too: served here only if
+   * the upstream's HEAD finds it in this repository. When the upstream cannot answer, a cached
+   * manifest of this repository that lists it says so instead: an image whose manifest was cached
+   * (by a client that had the layers already) still pulls during an outage from layers another
+   * repository cached.
+   */
+  private async cachedForAnother(repo: string, digest: Digest): Promise<BlobInfo | undefined> {
+    const size = this.index.anyBlob(digest);
+    if (size === undefined || !(await this.store.stat(digest))) return undefined;
+    try {
+      return (await this.upstream.statBlob(repo, digest)) ? { digest, size } : undefined;
+    } catch (err) {
+      if (!this.listedHere(repo, digest, err)) throw err;
+      return { digest, size };
+    }
+  }
+
+  /** The upstream's HEAD of a blob failed with `err`: whether a cached manifest of this repository lists it (logged when it does). */
+  private listedHere(repo: string, digest: Digest, err: unknown): boolean {
+    if (!(err instanceof UpstreamError) || !this.listsBlob(repo, digest)) return false;
+    if (OUTAGES.has(err.failure)) this.backOff(err.retryAfter, err.failure);
+    this.logger?.warn({ upstream: this.key, repo, digest, reason: err.message }, 'upstream unavailable; serving a blob cached for another repository, which a cached manifest of this one lists');
+    return true;
+  }
+
+  /** Whether a cached manifest of this repository lists `digest` as its config or one of its layers. */
+  private listsBlob(repo: string, digest: Digest): boolean {
+    return this.index.manifestsNaming(this.key, repo, digest).some((bytes) => {
+      let doc: unknown;
+      try {
+        doc = parseBoundedJson(bytes);
+      } catch {
+        return false;
+      }
+      const m = doc as { config?: unknown; layers?: unknown; blobs?: unknown } | null;
+      const listed = [m?.config, ...(Array.isArray(m?.layers) ? m.layers : []), ...(Array.isArray(m?.blobs) ? m.blobs : [])];
+      return listed.some((entry) => descriptorOf(entry)?.digest === digest);
+    });
+  }
+
   /** `sized` false: a blob the upstream sends without a size is unsized, not waited for. */
   private async cachedOrFilledBlob(repo: string, digest: Digest): Promise<BlobInfo | undefined>;
   private async cachedOrFilledBlob(repo: string, digest: Digest, sized: false): Promise<BlobInfo | UnsizedBlob | undefined>;
@@ -316,11 +357,10 @@ export class PullThroughRepository implements RepositoryReader {
     const cached = await this.cachedHere(repo, digest, true);
     if (cached) return cached;
     if (this.index.isAbsent(this.key, repo, absentBlob(digest))) return undefined;
-    // Cached for another repository: serve it here only if this repository has it upstream too.
-    const anySize = this.index.anyBlob(digest);
-    if (anySize !== undefined && (await this.store.stat(digest)) && (await this.upstream.statBlob(repo, digest))) {
+    const shared = await this.cachedForAnother(repo, digest);
+    if (shared) {
       this.remember(repo, digest, () => this.index.link(this.key, repo, digest));
-      return this.hit('blob', { digest, size: anySize });
+      return this.hit('blob', shared);
     }
     this.observer?.cacheMiss?.(this.key, 'blob');
     const fill = await this.fill(repo, digest);
@@ -361,7 +401,12 @@ export class PullThroughRepository implements RepositoryReader {
       if (!filling && this.index.isAbsent(this.key, repo, absentBlob(digest))) return undefined;
       // A download of unknown size in flight: the upstream's HEAD may still say the size (a registry
       // that streams its GETs chunked often does); if not, the download's end does.
-      const remote = await this.upstream.statBlob(repo, digest);
+      // Down, with the blob cached for another repository that this one's cached manifest lists.
+      const remote = await this.upstream.statBlob(repo, digest).catch(async (err: unknown) => {
+        const size = filling ? undefined : this.index.anyBlob(digest);
+        if (size === undefined || !(await this.store.stat(digest)) || !this.listedHere(repo, digest, err)) throw err;
+        return { digest, size };
+      });
       if (!remote) {
         this.blobAbsent(repo, digest);
         return undefined;

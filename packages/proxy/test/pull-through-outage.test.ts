@@ -2,6 +2,7 @@ import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FsBlobStore, openDatabase, type SqliteDatabase } from '@wharf/registry-core';
 import { BlobFills } from '../src/blob-fills.js';
@@ -18,6 +19,7 @@ describe('PullThroughRepository during an upstream outage', () => {
   let dir: string;
   let db: SqliteDatabase;
   let repo: PullThroughRepository;
+  let fills: BlobFills;
 
   beforeEach(async () => {
     fake = await FakeUpstream.start();
@@ -26,7 +28,8 @@ describe('PullThroughRepository during an upstream outage', () => {
     db = openDatabase(':memory:');
     const store = new FsBlobStore(join(dir, 'blobs'), join(dir, 'tmp'));
     const upstream = new HttpUpstream({ name: 'up', url: fake.url, retries: 0, timeouts: { connect: 300, firstByte: 300, idle: 300 } });
-    repo = new PullThroughRepository(upstream, new CacheIndex(db), store, new BlobFills({ store, tempRoot: join(dir, 'tmp') }), {
+    fills = new BlobFills({ store, tempRoot: join(dir, 'tmp') });
+    repo = new PullThroughRepository(upstream, new CacheIndex(db), store, fills, {
       manifestTtl: TTL,
       absentTtl: 60_000,
       rateLimitFloor: 0,
@@ -37,6 +40,44 @@ describe('PullThroughRepository during an upstream outage', () => {
     await fake.close();
     db.close();
     await rm(dir, { recursive: true, force: true });
+  });
+
+  test('a layer cached for another repository is served, while the upstream is down, to a repository whose cached manifest lists it, and to no other', async () => {
+    const layer = Buffer.from('a layer two images share');
+    const digest = fake.addBlob(layer);
+    const config = fake.addBlob(Buffer.from('{}'));
+    const image = (seed: string, layers: string[]) => ({
+      ...DOC,
+      config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: config, size: 2 },
+      layers: layers.map((d) => ({ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: d, size: layer.length })),
+      annotations: { seed },
+    });
+    fake.addManifest('alice/app', '1', image('a', [digest]));
+    fake.addManifest('bob/tool', '1', image('b', [digest]));
+    // A digest in an annotation is no layer.
+    fake.addManifest('carol/other', '1', { ...image('c', []), annotations: { note: digest } });
+    // alice/app pulled whole; bob/tool's manifest only (its client had the layer); carol's manifest.
+    await repo.manifest('alice/app', '1');
+    const body = (await repo.openBlob('alice/app', (await repo.blob('alice/app', digest))!))!;
+    const chunks: Buffer[] = [];
+    for await (const chunk of body as AsyncIterable<Buffer>) chunks.push(chunk);
+    expect(Buffer.concat(chunks).equals(layer)).toBe(true);
+    await fills.settled();
+    await repo.manifest('bob/tool', '1');
+    await repo.manifest('carol/other', '1');
+    fake.fault = '500';
+    fake.faultTimes = Infinity;
+    // Before: 502 for bob/tool, whose image then failed to pull although every byte of it was cached.
+    expect(await repo.statBlob('bob/tool', digest)).toEqual({ digest, size: layer.length });
+    expect(await repo.blob('bob/tool', digest)).toEqual({ digest, size: layer.length });
+    const served = (await repo.openBlob('bob/tool', { digest, size: layer.length })) as Readable;
+    const again: Buffer[] = [];
+    for await (const chunk of served as AsyncIterable<Buffer>) again.push(chunk);
+    expect(Buffer.concat(again).equals(layer)).toBe(true);
+    for (const other of ['carol/other', 'dave/none']) {
+      await expect(repo.blob(other, digest)).rejects.toMatchObject({ code: 'UPSTREAM_ERROR' });
+      await expect(repo.statBlob(other, digest)).rejects.toMatchObject({ code: 'UPSTREAM_ERROR' });
+    }
   });
 
   test('after one failed re-check, cached tags are served at once without asking the upstream again', async () => {
