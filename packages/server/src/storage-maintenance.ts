@@ -107,7 +107,12 @@ export class StorageMaintenance {
   }
 
   importArchive(source: Readable, options: ImportOptions = {}): Promise<ImportResult> {
-    return importArchive(source, { registry: this.deps.local, tempRoot: this.deps.config.temporaryRegistryStorage }, options);
+    // Names under proxy/ are the dependency proxy's: an image saved from a pull through it is named so.
+    const refusal = (repo: string): string | undefined =>
+      this.deps.config.proxy.enabled && repo.startsWith('proxy/')
+        ? `${repo} is under proxy/, the dependency proxy's read-only names: import it into a repository of your own (--repository NAME, or ?repository= on /admin/import)`
+        : undefined;
+    return importArchive(source, { registry: this.deps.local, tempRoot: this.deps.config.temporaryRegistryStorage, refusal }, options);
   }
 
   exportArchive(refs: readonly string[], signal?: AbortSignal): Promise<{ plan: ExportPlan; stream: Readable }> {

@@ -30,6 +30,8 @@ export interface ImportDeps {
   readonly registry: LocalRegistry;
   /** temporary_registry_storage: entries are spooled there (same filesystem as the blob store). */
   readonly tempRoot: string;
+  /** Why nothing may be imported into `repo` (a name a push is refused too), or undefined. */
+  readonly refusal?: (repo: string) => string | undefined;
 }
 
 export interface ImportedImage {
@@ -79,18 +81,32 @@ export async function importArchive(source: Readable, deps: ImportDeps, options:
   if (options.tag !== undefined && options.repository === undefined) {
     throw new RegistryError('NAME_INVALID', 'a tag needs a repository (--repository with --tag)', { tag: options.tag });
   }
-  if (options.repository !== undefined) assertRepositoryName(options.repository);
+  if (options.repository !== undefined) {
+    assertRepositoryName(options.repository);
+    refuseName(deps, options.repository);
+  }
   if (options.tag !== undefined) assertTag(options.tag);
   const archive = new SpooledArchive(deps.tempRoot);
   try {
     await archive.read(source, options.signal);
-    const importer = new Importer(archive, deps.registry, options);
+    const importer = new Importer(archive, deps, options);
     if (archive.has('index.json') && archive.has('oci-layout')) return await importer.ociLayout();
     if (archive.has('manifest.json')) return await importer.dockerArchive();
     throw invalid('not an image archive: no manifest.json (docker save) and no oci-layout and index.json (OCI image layout)');
   } finally {
     await archive.cleanup();
   }
+}
+
+/** The names a `docker save` manifest.json entry gives its image. */
+function repoTagsOf(entry: unknown): string[] {
+  const tags = (entry as { RepoTags?: unknown } | null)?.RepoTags;
+  return Array.isArray(tags) ? tags.filter((t): t is string => typeof t === 'string') : [];
+}
+
+function refuseName(deps: ImportDeps, repo: string): void {
+  const reason = deps.refusal?.(repo);
+  if (reason !== undefined) throw new RegistryError('UNSUPPORTED', reason, { repository: repo });
 }
 
 /** Entries of a tar stream, each in its own temp file, by name and by digest. */
@@ -219,11 +235,21 @@ class Importer {
   private blobCount = 0;
   private bytes = 0;
 
+  private readonly registry: LocalRegistry;
+
   constructor(
     private readonly archive: SpooledArchive,
-    private readonly registry: LocalRegistry,
+    private readonly deps: ImportDeps,
     private readonly options: ImportOptions,
-  ) {}
+  ) {
+    this.registry = deps.registry;
+  }
+
+  /** Refuses the archive before anything is stored when a name it gives an image may not be imported into. */
+  private checkNames(names: readonly { repo?: string }[]): void {
+    if (this.options.repository !== undefined) return;
+    for (const n of names) if (n.repo) refuseName(this.deps, n.repo);
+  }
 
   async ociLayout(): Promise<ImportResult> {
     const index = (await this.archive.json('index.json')) as { manifests?: unknown };
@@ -239,6 +265,7 @@ class Importer {
       entry.names.push(ociName(raw.annotations));
     }
     this.checkSingle(byDigest.size);
+    this.checkNames([...byDigest.values()].flatMap((e) => e.names));
     const images: ImportedImage[] = [];
     for (const { descriptor, names } of byDigest.values()) {
       for (const target of this.targets(names, descriptor.digest)) {
@@ -254,6 +281,7 @@ class Importer {
     const entries = (await this.archive.json('manifest.json')) as unknown;
     if (!Array.isArray(entries) || entries.length === 0) throw invalid('manifest.json lists no images');
     this.checkSingle(entries.length);
+    this.checkNames(entries.flatMap((raw) => repoTagsOf(raw).map((t) => parseImageName(t) ?? {})));
     const images: ImportedImage[] = [];
     for (const [i, raw] of entries.entries()) {
       const entry = raw as { Config?: unknown; RepoTags?: unknown; Layers?: unknown };
@@ -282,8 +310,7 @@ class Importer {
       };
       const bytes = Buffer.from(JSON.stringify(doc, null, 3));
       const manifest = parseManifest(bytes, MediaType.DockerManifest);
-      const repoTags = Array.isArray(entry.RepoTags) ? (entry.RepoTags as unknown[]).filter((t): t is string => typeof t === 'string') : [];
-      const names = repoTags.map((t) => parseImageName(t) ?? {});
+      const names = repoTagsOf(entry).map((t) => parseImageName(t) ?? {});
       for (const target of this.targets(names, manifest.digest)) {
         for (const blob of manifest.blobs) await this.ensureBlob(target.repo, blob);
         await this.putTop(target, bytes, manifest);

@@ -158,6 +158,28 @@ describe('wharf import and export with podman and skopeo', () => {
     expect(savedLayers.Layers).toEqual(servedLayers.Layers);
   }, 180_000);
 
+  test('an image saved from a pull through the proxy (named proxy/...) is refused, not imported where no pull reaches it', async () => {
+    const file = join(dir, 'proxied.tar');
+    await skopeo(config, ['copy', `oci:${layout.dir}:single`, `docker-archive:${file}:wharf.example.com/proxy/docker.io/library/alpine:3.20`]);
+    // The server's configuration has the proxy on (the CLI's other tests' has it off).
+    const proxyOn = join(reg.root, 'proxy-on.toml');
+    await writeFile(proxyOn, (await readFile(configFile, 'utf8')).replace('[proxy]\nenabled = false', '[proxy]\nenabled = true'));
+    const result = await wharf(['import', file, '--config', proxyOn]);
+    expect(result.code).not.toBe(0);
+    expect(result.text()).toContain('proxy/docker.io/library/alpine is under proxy/, the dependency proxy\'s read-only names: import it into a repository of your own (--repository NAME');
+    const named = await wharf(['import', file, '--repository', 'proxy/docker.io/library/alpine', '--config', proxyOn]);
+    expect(named.code).not.toBe(0);
+    const res = await fetch(`${reg.url}/admin/import?repository=proxy/x/y&tag=1`, { method: 'POST', body: await readFile(file) });
+    expect(res.status).toBe(405);
+    expect(((await res.json()) as { errors: { code: string }[] }).errors[0]!.code).toBe('UNSUPPORTED');
+    // Nothing stored under those names; the same tarball goes where it is told.
+    const catalog = (await (await fetch(`${reg.url}/v2/_catalog`)).json()) as { repositories: string[] };
+    expect(catalog.repositories.filter((r) => r.startsWith('proxy/'))).toEqual([]);
+    const renamed = await wharf(['import', file, '--repository', 'alice/alpine', '--tag', '3.20', '--config', configFile]);
+    expect(renamed.code).toBe(0);
+    expect(await pulledConfig('alice/alpine:3.20')).toBe(layout.single.config.digest);
+  }, 120_000);
+
   test('an unknown image is a 404 before any byte; a broken tarball a 400 and nothing stored', async () => {
     const missing = await fetch(`${reg.url}/admin/export?ref=nobody/here:1`);
     expect(missing.status).toBe(404);
