@@ -122,8 +122,8 @@ export interface LoadOptions {
   readonly env?: NodeJS.ProcessEnv;
   readonly cwd?: string;
   /**
-   * Whether an upstream's `password_env` must name a variable that is set (default true). The server
-   * and `config check` need the passwords; commands that work on the database or the files alone
+   * Whether an upstream's `password_env` must name a variable that is set, and its `ca_file` be read
+   * (default true). The server and `config check` need them; commands that work on the database or the files alone
    * (`user`, `token`, `repo`, `gc`, `fsck`, `proxy purge`, `healthcheck`) do not, and an operator
    * should not have to put Docker Hub's token into a shell to add a user.
    */

@@ -212,7 +212,8 @@ function upstream(key: string, raw: unknown, env: NodeJS.ProcessEnv, builtIn: Up
     password = env[raw.password_env as string];
     if (password === undefined && secrets) throw new ConfigError(`"${where}.password_env" names ${String(raw.password_env)}, which is not set`);
   }
-  const ca = raw.ca_file === undefined ? undefined : readCaFile(`${where}.ca_file`, raw.ca_file as string);
+  // Like the password, read only by what talks to the upstream (the file may be the service's alone).
+  const ca = raw.ca_file === undefined || !secrets ? undefined : readCaFile(`${where}.ca_file`, raw.ca_file as string);
   const prefix = (raw.library_prefix as string | undefined) ?? builtIn?.officialPrefix;
   const rawMirrors = raw.mirrors ?? [];
   if (!Array.isArray(rawMirrors)) throw new ConfigError(`"${where}.mirrors" must be an array of http(s) URLs`);
@@ -258,7 +259,7 @@ function upstream(key: string, raw: unknown, env: NodeJS.ProcessEnv, builtIn: Up
   };
 }
 
-/** `secrets` false: an upstream whose `password_env` is unset is read without its password (see LoadOptions). */
+/** `secrets` false: an upstream whose `password_env` is unset is read without its password, and `ca_file` is not read (see LoadOptions). */
 export function buildProxyConfig(raw: unknown, env: NodeJS.ProcessEnv, secrets = true): ProxyConfig {
   const table = raw === undefined ? {} : raw;
   if (!isTable(table)) throw new ConfigError('"proxy" must be a table');

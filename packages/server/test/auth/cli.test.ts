@@ -66,6 +66,8 @@ describe('wharf user, token and repo commands', () => {
         'url = "https://registry.corp.example"',
         'username = "robot"',
         'password_env = "WHARF_TEST_CORP_PASSWORD"',
+        // And a CA file the commands cannot read (the service's alone): only the server reads it.
+        `ca_file = ${q(join(dir, 'only-the-service-reads-this.pem'))}`,
         '',
       ].join('\n'),
     );
@@ -91,7 +93,7 @@ describe('wharf user, token and repo commands', () => {
     expect(await status('bob', generated)).toBe(200);
   });
 
-  test("the upstream's password is needed by `config check` (and the server), not by the other commands", async () => {
+  test("the upstream's password and CA file are needed by `config check` (and the server), not by the other commands", async () => {
     const check = await cli(['config', 'check']);
     expect(check.code).not.toBe(0);
     expect(check.stderr).toContain('"proxy.upstreams.corp.password_env" names WHARF_TEST_CORP_PASSWORD, which is not set');

@@ -55,6 +55,9 @@ describe('an HTTPS upstream whose certificate comes from a private CA', () => {
     expect(withCa(join(dir, 'missing.pem'))).toThrow(/proxy\.upstreams\.up\.ca_file.*ENOENT/);
     await writeFile(join(dir, 'not-a-cert.pem'), 'hello');
     expect(withCa(join(dir, 'not-a-cert.pem'))).toThrow(/proxy\.upstreams\.up\.ca_file.*no PEM certificate/);
+    // Commands that never reach the upstream (user, gc, proxy purge) do not read it.
+    const offline = buildConfig({ ...base, proxy: { upstreams: { up: { url: 'https://example.test', ca_file: join(dir, 'missing.pem') } } } }, { env: {}, secrets: false });
+    expect(offline.proxy.upstreams.find((u) => u.key === 'up')?.url).toBe('https://example.test');
   });
 });
 
