@@ -61,12 +61,14 @@ describe('fsck', () => {
 
   test('a clean store has no findings', async () => {
     await pushImage(fx.registry, 'alice/app', '1', ['a', bytesOf(300_000, 1)]);
-    const progress: number[] = [];
-    const report = await run({ onProgress: (p) => progress.push(p.files) });
+    const progress: { files: number; bytes: number; totalBytes: number }[] = [];
+    const report = await run({ onProgress: (p) => progress.push({ ...p }) });
     expect(report.findings).toEqual([]);
     expect(report.problems).toBe(0);
     expect(report.files).toBe(3);
-    expect(progress.at(-1)).toBe(3);
+    expect(progress.at(-1)!.files).toBe(3);
+    // All the bytes are told with all the files (a progress line read "100% 2/3 files").
+    expect(progress.filter((p) => p.bytes === p.totalBytes).map((p) => p.files)).toEqual([3]);
   });
 
   test('finds a flipped byte, a missing file and an orphan file; --repair removes and drops them and marks the manifests', async () => {

@@ -152,7 +152,8 @@ export async function fsck(targets: FsckTargets, options: FsckOptions): Promise<
       const digest = file.digest;
       const actual = await hashFileWithProgress(file.path, digest, (n) => {
         progress.bytes += n;
-        options.onProgress?.({ ...progress });
+        // The last file's last bytes are told with its count, below: not "100%, 3/4 files" first.
+        if (progress.bytes < totalBytes) options.onProgress?.({ ...progress });
       });
       progress.files += 1;
       options.onProgress?.({ ...progress });
