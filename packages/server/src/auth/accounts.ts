@@ -1,6 +1,7 @@
 import { createHash, createHmac, randomBytes } from 'node:crypto';
 import type { AuthConfig } from '../auth-config.js';
 import { TOKEN_PREFIX, type AuthStore, type StoredToken } from './auth-store.js';
+import type { HashOptions } from './bcrypt-thread.js';
 import { hashPassword, verifyPassword } from './passwords.js';
 import type { Principal } from './permissions.js';
 import { safeEqual } from './secrets.js';
@@ -68,10 +69,10 @@ export class Accounts {
   }
 
   /** The user's principal when the password is right; a missing user costs the same bcrypt time. */
-  async verifyPassword(name: string, password: string): Promise<Principal | undefined> {
+  async verifyPassword(name: string, password: string, options: HashOptions = {}): Promise<Principal | undefined> {
     const account = this.find(name);
     if (!account) {
-      await verifyPassword(password, await this.dummyHash());
+      await verifyPassword(password, await this.dummyHash(), options);
       this.remember(this.refused, this.credentialKey(name, password), '', REFUSED_TTL_MS);
       return undefined;
     }
@@ -81,7 +82,7 @@ export class Accounts {
     if (hit && hit.until > Date.now() && safeEqual(hit.hash, account.passwordHash)) return principal;
     // The principal names the hash checked here, not the account's hash when its tokens are issued:
     // a password changed during the check (`wharf user passwd`) ends what the old one gets.
-    if (!(await verifyPassword(password, account.passwordHash))) {
+    if (!(await verifyPassword(password, account.passwordHash, options))) {
       this.remember(this.refused, key, account.passwordHash, REFUSED_TTL_MS);
       return undefined;
     }

@@ -1,4 +1,5 @@
 import { RegistryError, isValidRepositoryName } from '@wharf/registry-core';
+import { goneSignal } from '../http/gone-signal.js';
 import type { Context, Next } from 'koa';
 import { clientOf } from '../http/client-address.js';
 import { requestInfo, type RepositoryResolver, type ResolvedRepository, type Resource } from '../repositories.js';
@@ -149,7 +150,9 @@ export function authMiddleware(options: AuthMiddlewareOptions) {
 
     let who: Credentials;
     try {
-      who = await auth.authenticate(ctx.get('Authorization') || undefined, clientOf(ctx.req).address);
+      const authorization = ctx.get('Authorization') || undefined;
+      const gone = authorization !== undefined && /^Basic\s/i.test(authorization) ? goneSignal(ctx.res) : undefined;
+      who = await auth.authenticate(authorization, clientOf(ctx.req).address, gone);
     } catch (err) {
       if (err instanceof AuthFailure) {
         if (isAdmin) ctx.set('WWW-Authenticate', `Basic realm="${auth.config.service}"`);

@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import { createHash } from 'node:crypto';
 import { dirname, join } from 'node:path';
 import { RegistryError, isValidRepositoryName, type SqliteDatabase } from '@wharf/registry-core';
@@ -8,6 +9,7 @@ import { findUpstream, type ProxyConfig, type UpstreamAccess } from '../proxy-co
 import { Accounts } from './accounts.js';
 import { AuthStore } from './auth-store.js';
 import { KnownAddresses } from './known-addresses.js';
+import { clientWentAway } from './bcrypt-thread.js';
 import { DEFAULT_LOGIN_LIMITS, LoginLimiter, type LoginLimits } from './login-limiter.js';
 import { ConfigError } from '../config-error.js';
 import { PRODUCTION_BCRYPT_COST, checkNewPassword, hashPassword } from './passwords.js';
@@ -62,6 +64,65 @@ export function parseBasic(header: string): { user: string; password: string } |
   return { user: text.slice(0, colon), password: text.slice(colon + 1) };
 }
 
+/** One password check, shared by the clients that sent the same credentials at once. */
+interface Verification {
+  readonly check: Promise<Principal | undefined>;
+  /** Aborted once no client waits on it any more. */
+  readonly abandoned: AbortController;
+  waiting: number;
+}
+
+/** The check's answer, unless the client goes first (`gone`); the last client to go abandons the check. */
+async function waitFor(verification: Verification, gone: AbortSignal | undefined): Promise<Principal | undefined> {
+  if (!gone) {
+    verification.waiting += 1;
+    try {
+      return await verification.check;
+    } finally {
+      verification.waiting -= 1;
+    }
+  }
+  if (gone.aborted) throw clientWentAway();
+  verification.waiting += 1;
+  let leave: (() => void) | undefined;
+  try {
+    return await Promise.race([
+      verification.check,
+      new Promise<never>((_, reject) => {
+        leave = () => {
+          verification.waiting -= 1;
+          leave = undefined;
+          if (verification.waiting === 0) verification.abandoned.abort();
+          reject(clientWentAway());
+        };
+        gone.addEventListener('abort', leave, { once: true });
+      }),
+    ]);
+  } finally {
+    if (leave) {
+      gone.removeEventListener('abort', leave);
+      verification.waiting -= 1;
+    }
+  }
+}
+
+/**
+ * What the failed-login limits (and the password checks' turns) count a client by: its address, and
+ * for IPv6 its /64, which one host or site holds whole (an attacker with one has 2^64 addresses).
+ */
+export function addressGroup(ip: string | undefined): string {
+  if (ip === undefined || ip === '') return 'unknown';
+  const mapped = /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})$/i.exec(ip);
+  if (mapped) return mapped[1]!;
+  if (isIP(ip) !== 6) return ip;
+  const bare = ip.replace(/%.*$/, '').toLowerCase();
+  const [head = '', tail] = bare.split('::');
+  const part = (text: string): string[] => (text === '' ? [] : text.split(':').flatMap((g) => (g.includes('.') ? ['0', '0'] : [g])));
+  const front = part(head);
+  const groups = tail === undefined ? front : [...front, ...Array<string>(Math.max(0, 8 - front.length - part(tail).length)).fill('0'), ...part(tail)];
+  return `${groups.slice(0, 4).map((g) => Number.parseInt(g, 16).toString(16)).join(':')}::/64`;
+}
+
 /**
  * Accounts, credentials, grants and tokens: the one object the middleware and the token endpoint
  * ask. Decisions themselves are the pure functions of permissions.ts.
@@ -72,8 +133,8 @@ export class AuthService {
   private readonly limiter: LoginLimiter;
   /** Where each user signed in from lately: guesses at their password from elsewhere do not lock them out there. */
   private readonly knownAddresses: KnownAddresses;
-  /** Logins being checked, by a hash of user name and password. */
-  private readonly verifying = new Map<string, Promise<Principal | undefined>>();
+  /** Logins being checked, by a hash of user name and password, with the clients waiting on each. */
+  private readonly verifying = new Map<string, Verification>();
 
   private constructor(
     readonly config: AuthConfig,
@@ -173,12 +234,13 @@ export class AuthService {
    * per address and per user: 429 with Retry-After while over them, 401 when wrong. The user's limit
    * does not hold back an address the user signed in from lately (KnownAddresses).
    */
-  async login(user: string, password: string, ip: string | undefined): Promise<Principal> {
+  async login(user: string, password: string, ip: string | undefined, gone?: AbortSignal): Promise<Principal> {
     // With a token as the password the user name is free text ("ci" for every pipeline): only the
     // address counts, or one expired token would lock every job that says "ci" out.
     const isToken = Accounts.isTokenSecret(password);
     const perUser = !isToken && !this.knowsAddress(user, ip);
-    const keys = perUser ? [`ip:${ip ?? 'unknown'}`, `user:${user}`] : [`ip:${ip ?? 'unknown'}`];
+    const address = addressGroup(ip);
+    const keys = perUser ? [`ip:${address}`, `user:${user}`] : [`ip:${address}`];
     // The same wrong credentials again are no new guess: Docker's daemon sends its Docker Hub login
     // to every registry mirror with each pull, and the jobs of a runner repeat an expired token.
     // Counted each time, they would lock the runner's address, or a user of the same name, out.
@@ -190,15 +252,17 @@ export class AuthService {
     // pulling with one image pull secret must not use up the user's limit between them.
     const same = createHash('sha256').update(`${user}\0${password}`).digest('base64');
     let verification = this.verifying.get(same);
-    if (!verification) {
+    if (!verification || verification.abandoned.signal.aborted) {
       this.checkLimits(keys);
       // Counted as failed until it passes: a password check takes bcrypt's time, and a burst of
       // guesses sent at once would otherwise all pass the limit before the first one had failed.
       const attempt = this.failed(keys);
-      verification = (async () => {
+      // Dropped before it runs when every client waiting on it has gone (a flood that hangs up).
+      const abandoned = new AbortController();
+      const check = (async () => {
         let principal: Principal | undefined;
         try {
-          principal = isToken ? this.accounts.verifyToken(password) : await this.accounts.verifyPassword(user, password);
+          principal = isToken ? this.accounts.verifyToken(password) : await this.accounts.verifyPassword(user, password, { owner: address, signal: abandoned.signal });
         } catch (err) {
           this.limiter.forgive(keys, attempt); // no check was made: no guess to count
           throw err;
@@ -214,17 +278,19 @@ export class AuthService {
         }
         return principal;
       })();
-      this.verifying.set(same, verification);
-      void verification.finally(() => this.verifying.delete(same)).catch(() => undefined);
+      const entry: Verification = { check, abandoned, waiting: 0 };
+      verification = entry;
+      this.verifying.set(same, entry);
+      void check.finally(() => this.verifying.get(same) === entry && this.verifying.delete(same)).catch(() => undefined);
     }
-    const principal = await verification;
+    const principal = await waitFor(verification, gone);
     if (!principal) throw new AuthFailure('invalid user name, password or token', 'basic');
     return principal;
   }
 
   /** The principal of a refresh token (limited per address like a login). */
   refresh(secret: string, ip: string | undefined): Principal {
-    const keys = [`ip:${ip ?? 'unknown'}`];
+    const keys = [`ip:${addressGroup(ip)}`];
     this.checkLimits(keys);
     const principal = this.accounts.verifyRefreshToken(secret);
     if (!principal) {
@@ -258,12 +324,12 @@ export class AuthService {
   }
 
   /** What the Authorization header proves; throws AuthFailure (401) or TOOMANYREQUESTS (429). */
-  async authenticate(header: string | undefined, ip: string | undefined): Promise<Credentials> {
+  async authenticate(header: string | undefined, ip: string | undefined, gone?: AbortSignal): Promise<Credentials> {
     if (!header) return { via: 'none', principal: ANONYMOUS };
     if (/^Basic\s/i.test(header)) {
       const basic = parseBasic(header);
       if (!basic) throw new AuthFailure('malformed Basic credentials', 'basic');
-      return { via: 'basic', principal: await this.login(basic.user, basic.password, ip) };
+      return { via: 'basic', principal: await this.login(basic.user, basic.password, ip, gone) };
     }
     const bearer = /^Bearer\s+([A-Za-z0-9._~+/-]+=*)\s*$/i.exec(header);
     if (bearer) {

@@ -34,23 +34,127 @@ interface Pending {
   readonly reject: (err: Error) => void;
 }
 
+interface Job extends Pending {
+  readonly id: number;
+  readonly password: string;
+  readonly salt: string;
+  readonly owner: string;
+  readonly forget: () => void;
+}
+
+/** Checks one owner (a client address) may have waiting at once; past them its next is refused. */
+const PER_OWNER = 4;
+/** Checks waiting in all; past them every new one is refused until the queue drains. */
+const MAX_WAITING = 256;
+
+/** Too many checks waiting: refused at once (`ownerLimit`: those of its owner), not queued behind them. */
+export class BcryptBusy extends Error {
+  override name = 'BcryptBusy';
+  constructor(
+    readonly ownerLimit: boolean,
+    /** Seconds the waiting checks take, about. */
+    readonly retryAfter: number,
+  ) {
+    super(ownerLimit ? 'too many password checks from this address at once' : 'too many password checks waiting');
+  }
+}
+
+export interface HashOptions {
+  /** Whose check it is (a client address): owners take turns, so that one sending many holds up only itself. */
+  readonly owner?: string;
+  /** Aborted: a check still waiting is dropped (its client went away), and rejects. */
+  readonly signal?: AbortSignal;
+}
+
+/**
+ * Checks are queued here, one on the thread at a time, and the owners' queues take turns: one at
+ * a time to the thread kept a single queue, where forty addresses sending ten wrong logins each held
+ * a right password for the full two minutes of `request_timeout`; taking turns, a check waits for
+ * one of each other owner's at most. A check whose clients all went away is dropped before it runs.
+ */
+/** The error a check gets when its clients went away first (an AbortError: a client's doing, logged quietly). */
+export function clientWentAway(): Error {
+  return Object.assign(new Error('client went away'), { name: 'AbortError' });
+}
+
 export class BcryptThread {
   private worker: Worker | undefined;
+  /** Sent to the thread, not answered yet (one at a time). */
   private readonly pending = new Map<number, Pending>();
+  /** Waiting owners, in turn order, each with its checks in arrival order. */
+  private readonly waiting = new Map<string, Job[]>();
+  private waitingCount = 0;
   private nextId = 0;
   private idleTimer: NodeJS.Timeout | undefined;
+  /** Time of the last check the thread made, for Retry-After. */
+  private lastCheckMs = 300;
 
-  constructor(private readonly idleMs = IDLE_MS) {}
+  constructor(
+    private readonly idleMs = IDLE_MS,
+    private readonly limits: { readonly perOwner: number; readonly total: number } = { perOwner: PER_OWNER, total: MAX_WAITING },
+  ) {}
 
   /** bcrypt of `password` with `salt` (a `$2b$NN$...` prefix or a whole hash, as bcryptjs takes). */
-  hash(password: string, salt: string): Promise<string> {
-    const worker = this.started();
-    const id = this.nextId++;
+  hash(password: string, salt: string, options: HashOptions = {}): Promise<string> {
+    const owner = options.owner ?? '';
+    const signal = options.signal;
+    if (signal?.aborted) return Promise.reject(clientWentAway());
+    const queue = this.waiting.get(owner);
+    if ((queue?.length ?? 0) >= this.limits.perOwner || this.waitingCount >= this.limits.total) {
+      const seconds = Math.max(1, Math.ceil(((this.waitingCount + 1) * this.lastCheckMs) / 1000));
+      return Promise.reject(new BcryptBusy((queue?.length ?? 0) >= this.limits.perOwner, seconds));
+    }
     return new Promise<string>((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      if (this.pending.size === 1) worker.ref();
-      worker.postMessage({ id, password, salt });
+      const onAbort = (): void => this.drop(job, clientWentAway());
+      const forget = (): void => signal?.removeEventListener('abort', onAbort);
+      const job: Job = { id: this.nextId++, password, salt, owner, resolve, reject, forget };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      if (queue) queue.push(job);
+      else this.waiting.set(owner, [job]);
+      this.waitingCount += 1;
+      this.next();
     });
+  }
+
+  /** Checks waiting for the thread now (for tests and metrics). */
+  get queued(): number {
+    return this.waitingCount;
+  }
+
+  /** Sends the next owner's first check to the thread, if none is there. */
+  private next(): void {
+    if (this.pending.size > 0) return;
+    const first = this.waiting.entries().next();
+    if (first.done) return;
+    const [owner, queue] = first.value;
+    const job = queue.shift()!;
+    this.waitingCount -= 1;
+    // Its turn taken: the owner goes to the back of the line (or out of it).
+    this.waiting.delete(owner);
+    if (queue.length > 0) this.waiting.set(owner, queue);
+    job.forget();
+    const worker = this.started();
+    const started = Date.now();
+    this.pending.set(job.id, {
+      resolve: (hash) => {
+        this.lastCheckMs = Math.max(50, Date.now() - started);
+        job.resolve(hash);
+      },
+      reject: job.reject,
+    });
+    worker.ref();
+    worker.postMessage({ id: job.id, password: job.password, salt: job.salt });
+  }
+
+  /** A waiting check leaves the queue (its client went away). */
+  private drop(job: Job, err: Error): void {
+    const queue = this.waiting.get(job.owner);
+    const at = queue?.indexOf(job) ?? -1;
+    if (!queue || at < 0) return;
+    queue.splice(at, 1);
+    if (queue.length === 0) this.waiting.delete(job.owner);
+    this.waitingCount -= 1;
+    job.reject(err);
   }
 
   /** Ends the thread (pending hashes fail). */
@@ -89,7 +193,9 @@ export class BcryptThread {
     this.pending.delete(reply.id);
     if (reply.hash !== undefined) waiting.resolve(reply.hash);
     else waiting.reject(new Error(reply.error ?? 'bcrypt failed'));
-    if (this.pending.size > 0 || this.worker !== worker) return;
+    if (this.worker !== worker) return;
+    this.next();
+    if (this.pending.size > 0) return;
     worker.unref();
     this.idleTimer = setTimeout(() => {
       if (this.worker !== worker || this.pending.size > 0) return;
@@ -99,13 +205,16 @@ export class BcryptThread {
     this.idleTimer.unref();
   }
 
-  /** Fails every pending hash and forgets the thread (the next hash starts another). */
+  /** Fails every pending and waiting hash and forgets the thread (the next hash starts another). */
   private stopped(err: Error): void {
     clearTimeout(this.idleTimer);
     this.idleTimer = undefined;
     this.worker = undefined;
-    const waiting = [...this.pending.values()];
+    const failed: Pending[] = [...this.pending.values()];
     this.pending.clear();
-    for (const p of waiting) p.reject(err);
+    for (const queue of this.waiting.values()) for (const job of queue) (job.forget(), failed.push(job));
+    this.waiting.clear();
+    this.waitingCount = 0;
+    for (const p of failed) p.reject(err);
   }
 }

@@ -1,7 +1,7 @@
 import bcrypt from 'bcryptjs';
 import { RegistryError } from '@wharf/registry-core';
 import { MIN_BCRYPT_COST } from '../auth-config.js';
-import { BcryptThread } from './bcrypt-thread.js';
+import { BcryptBusy, BcryptThread, type HashOptions } from './bcrypt-thread.js';
 import { safeEqual } from './secrets.js';
 
 /** The cost of new password hashes in production (about 0.3 s per hash in pure JS). */
@@ -28,14 +28,20 @@ export function hashPassword(password: string, cost: number): Promise<string> {
 /**
  * Recomputes the hash with the stored salt and cost on the password thread, and compares the two in
  * constant time. A malformed stored hash never matches; a check the thread could not make fails
- * UNAVAILABLE (503), neither match nor mismatch.
+ * UNAVAILABLE (503), neither match nor mismatch; one refused for the checks already waiting fails
+ * TOOMANYREQUESTS (429, the client's own) or UNAVAILABLE (503, everyone's), with Retry-After.
  */
-export async function verifyPassword(password: string, stored: string): Promise<boolean> {
+export async function verifyPassword(password: string, stored: string, options: HashOptions = {}): Promise<boolean> {
   if (!/^\$2[aby]\$\d{2}\$[./A-Za-z0-9]{53}$/.test(stored)) return false;
   let computed: string;
   try {
-    computed = await passwordThread.hash(password, stored.slice(0, 29));
+    computed = await passwordThread.hash(password, stored.slice(0, 29), options);
   } catch (err) {
+    // Refused at once rather than queued behind a flood of them: the client tries again later.
+    if (err instanceof BcryptBusy) {
+      const code = err.ownerLimit ? 'TOOMANYREQUESTS' : 'UNAVAILABLE';
+      throw new RegistryError(code, `${err.message}; try again later`, { retryAfter: err.retryAfter });
+    }
     // No answer (the thread failed or stopped) is no wrong password: refused as one, it would be
     // remembered, and the right password refused at once for minutes after.
     throw new RegistryError('UNAVAILABLE', 'the password could not be checked now; try again', { reason: (err as Error).message });

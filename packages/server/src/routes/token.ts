@@ -1,4 +1,5 @@
 import type { Router, RouterContext } from '@koa/router';
+import { goneSignal } from '../http/gone-signal.js';
 import type { Context } from 'koa';
 import { readSmallBody } from '../http/body.js';
 import { clientOf } from '../http/client-address.js';
@@ -62,7 +63,7 @@ export function registerTokenEndpoint(router: Router, auth: AuthService): void {
         if (!basic) throw new AuthFailure('malformed Basic credentials', 'basic');
         // Docker's daemon asks a mirror with its Docker Hub login: what anyone may pull from the
         // mirror's upstream it gets, without a look at credentials that are not Wharf's.
-        if (!(await auth.anonymousMirrorPull(scopes))) principal = await auth.login(basic.user, basic.password, clientOf(ctx.req).address);
+        if (!(await auth.anonymousMirrorPull(scopes))) principal = await auth.login(basic.user, basic.password, clientOf(ctx.req).address, goneSignal(ctx.res));
       }
       const access = await auth.grant(principal, scopes);
       await reply(ctx, principal, access, params.get('offline_token') === 'true', false);
@@ -82,7 +83,7 @@ export function registerTokenEndpoint(router: Router, auth: AuthService): void {
         const username = form.get('username');
         const password = form.get('password');
         if (!username || password === null) return oauthError(ctx, 'invalid_request', 'username and password are required');
-        principal = await auth.login(username, password, clientOf(ctx.req).address);
+        principal = await auth.login(username, password, clientOf(ctx.req).address, goneSignal(ctx.res));
       } else if (grantType === 'refresh_token') {
         const refreshToken = form.get('refresh_token');
         if (!refreshToken) return oauthError(ctx, 'invalid_request', 'refresh_token is required');

@@ -1,10 +1,11 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import bcrypt from 'bcryptjs';
 import { readFileSync } from 'node:fs';
-import { BcryptThread } from '../../src/auth/bcrypt-thread.js';
+import { BcryptBusy, BcryptThread } from '../../src/auth/bcrypt-thread.js';
+import { addressGroup } from '../../src/auth/auth-service.js';
 import { passwordThread } from '../../src/auth/passwords.js';
 import type { TestRegistry } from '../helpers/start-registry.js';
-import { basic, startAuthRegistry } from './helpers.js';
+import { basic, requestFrom, startAuthRegistry } from './helpers.js';
 
 /** CPU seconds the process's main thread (the event loop) has used: /proc's utime + stime, in ticks of 10 ms. */
 function mainThreadCpu(): number {
@@ -66,6 +67,22 @@ describe('password checks off the event loop', () => {
     expect(await login('ann', PASSWORD)).toBe(200);
   });
 
+  test("one address's burst of checks waits its own turns: past four waiting it is refused at once (429), and another address signs in meanwhile", async () => {
+    // Ten wrong passwords at once from one address (the failed-login limit lets ten through).
+    const burst = Promise.all(Array.from({ length: 10 }, (_, i) => requestFrom('127.0.7.1', `${reg.url}/v2/`, { Authorization: basic('ann', `burst-guess-${i}`) })));
+    const other = await requestFrom('127.0.7.2', `${reg.url}/v2/`, { Authorization: basic('ben', PASSWORD) });
+    expect(other.status).toBe(200);
+    const answers = await burst;
+    const refused = answers.filter((a) => a.status === 429);
+    // Before: all ten queued in one line (401 each, the last after ten checks), ahead of ben's.
+    expect(refused.length).toBeGreaterThanOrEqual(1);
+    expect(answers.filter((a) => a.status === 401).length + refused.length).toBe(10);
+    for (const r of refused) {
+      expect(r.body).toContain('too many password checks from this address at once');
+      expect(Number(r.retryAfter)).toBeGreaterThanOrEqual(1);
+    }
+  });
+
   test('a wrong and a right password at once each get their own answer', async () => {
     const [wrong, right] = await Promise.all([login('ben', 'not-the-password-9'), login('ben', PASSWORD)]);
     expect([wrong, right]).toEqual([401, 200]);
@@ -94,5 +111,49 @@ describe('BcryptThread', () => {
     const pending = expect(thread.hash('a-password-2', bcrypt.genSaltSync(14))).rejects.toThrow('password hashing stopped');
     await thread.close();
     await pending;
+  });
+
+  test("owners take turns: one sending many holds up another's check by one of its own, not all of them", async () => {
+    const thread = new BcryptThread(30_000, { perOwner: 8, total: 64 });
+    const salt = bcrypt.genSaltSync(4);
+    const done: string[] = [];
+    const check = (owner: string, n: number) => thread.hash(`${owner}-${n}`, salt, { owner }).then(() => done.push(`${owner}${n}`));
+    // Before: one line, first come first served: a1 a2 a3 a4 a5 b1.
+    await Promise.all([...[1, 2, 3, 4, 5].map((n) => check('a', n)), check('b', 1)]);
+    expect(done).toEqual(['a1', 'a2', 'b1', 'a3', 'a4', 'a5']);
+    await thread.close();
+  });
+
+  test('past its owner\'s limit or the total a check is refused at once (BcryptBusy, with a wait); one whose client went away is dropped unchecked', async () => {
+    const thread = new BcryptThread(30_000, { perOwner: 2, total: 3 });
+    const salt = bcrypt.genSaltSync(4);
+    const running = thread.hash('first', salt, { owner: 'a' }); // on the thread: not waiting
+    const waiting = [thread.hash('a-1', salt, { owner: 'a' }), thread.hash('a-2', salt, { owner: 'a' })];
+    const own = thread.hash('a-3', salt, { owner: 'a' });
+    await expect(own).rejects.toBeInstanceOf(BcryptBusy);
+    await expect(own).rejects.toMatchObject({ ownerLimit: true, message: 'too many password checks from this address at once' });
+    const gone = new AbortController();
+    const abandoned = thread.hash('b-1', salt, { owner: 'b', signal: gone.signal });
+    // Three waiting: a fourth from anyone is refused.
+    await expect(thread.hash('c-1', salt, { owner: 'c' })).rejects.toMatchObject({ ownerLimit: false });
+    expect(thread.queued).toBe(3);
+    gone.abort();
+    await expect(abandoned).rejects.toMatchObject({ name: 'AbortError' });
+    expect(thread.queued).toBe(2);
+    await Promise.all([running, ...waiting]);
+    const busy = (await thread.hash('c-2', salt, { owner: 'c' }).then(() => undefined, (err: unknown) => err)) as BcryptBusy | undefined;
+    expect(busy).toBeUndefined();
+    await thread.close();
+  });
+
+  test('IPv6 clients count by their /64, IPv4 (and IPv4-mapped) by their address', () => {
+    expect(addressGroup('2001:db8:1:2:3:4:5:6')).toBe('2001:db8:1:2::/64');
+    expect(addressGroup('2001:db8:1:2::9')).toBe('2001:db8:1:2::/64');
+    expect(addressGroup('2001:DB8:0001:0002:ffff::1%eth0')).toBe('2001:db8:1:2::/64');
+    expect(addressGroup('2001:db8::1')).toBe('2001:db8:0:0::/64');
+    expect(addressGroup('::1')).toBe('0:0:0:0::/64');
+    expect(addressGroup('::ffff:192.0.2.7')).toBe('192.0.2.7');
+    expect(addressGroup('192.0.2.7')).toBe('192.0.2.7');
+    expect(addressGroup(undefined)).toBe('unknown');
   });
 });

@@ -469,12 +469,22 @@ describe('failed logins are limited per address and per user', () => {
     expect((await getFrom('127.0.0.6', `${reg.url}/v2/`, { Authorization: basic('ci', good.secret) })).status).toBe(429);
   });
 
-  test('a burst of guesses sent at once gets 10 checked, not more; the right password after them is 429', async () => {
+  test('a burst of guesses sent at once, and more after it, get 10 checked, not more; the right password after them is 429', async () => {
     const guesses = Array.from({ length: 16 }, (_, i) => `burst-guess-${i}`);
     for (const g of guesses) secrets.addBasic('carol', g);
     const statuses = await Promise.all(guesses.map((g) => getFrom('127.0.0.8', `${reg.url}/v2/`, { Authorization: basic('carol', g) }).then((r) => r.status)));
     expect(statuses.filter((st) => st === 401).length).toBeLessThanOrEqual(10);
     expect(statuses.filter((st) => st === 429).length).toBeGreaterThanOrEqual(6);
+    // Those refused for the address's checks already waiting were not checked, nor counted: more
+    // guesses after the burst are, up to ten checked in all.
+    for (let i = 0; i < 12; i++) {
+      const guess = `after-burst-${i}`;
+      secrets.addBasic('carol', guess);
+      const status = (await getFrom('127.0.0.8', `${reg.url}/v2/`, { Authorization: basic('carol', guess) })).status;
+      statuses.push(status);
+      if (status === 429) break;
+    }
+    expect(statuses.filter((st) => st === 401).length).toBe(10);
     expect((await getFrom('127.0.0.8', `${reg.url}/v2/`, { Authorization: basic('carol', PW.alice) })).status).toBe(429);
   });
 
