@@ -1,9 +1,11 @@
+import { isIP } from 'node:net';
 import { rootCertificates } from 'node:tls';
 import { JSON_SHAPE_LIMITS, JsonShapeError, MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES, MediaType, bareMediaType, digestOf, isValidTag, jsonShapeProblem, parseBoundedJson, tryParseDigest, type ByteRange, type Descriptor, type Digest, type Page } from '@wharf/registry-core';
 import type { Dispatcher } from 'undici';
 import { bypassesProxy } from './no-proxy.js';
 import { upstreamBodyBuffer } from './fill-writer.js';
 import { plainRequest } from './plain-http.js';
+import { AddressRefused, isPublicAddress, isPublicHost } from './public-address.js';
 import { RateLimitGate, type RateLimitGateLogger } from './rate-limit-gate.js';
 import { resumingBlob, skipFirst } from './resuming-body.js';
 import { parseChallenge } from './token-auth.js';
@@ -48,6 +50,11 @@ export interface HttpUpstreamOptions {
   readonly onRequest?: (status: number | 'error') => void;
   /** Where warnings go: the upstream's rate limiting (RateLimitGate), a referrers list cut short. */
   readonly logger?: RateLimitGateLogger;
+  /**
+   * Whether a host is on the internet (isPublicHost; tests stand in for one): a redirect from a
+   * public server goes to public addresses only.
+   */
+  readonly isPublicHost?: (host: string) => Promise<boolean>;
 }
 
 const DEFAULT_TIMEOUTS: UpstreamTimeouts = { connect: 10_000, firstByte: 30_000, idle: 60_000 };
@@ -479,16 +486,29 @@ export class HttpUpstream implements Upstream {
     // Once a hop has left the first origin, a redirect back to it carries none of our credentials:
     // a third party does not get to choose where they are sent.
     const first = target.origin;
+    const firstHost = target.hostname;
     let left = false;
     for (let hop = 0; ; hop++) {
       let res: Answer;
       const hopHeaders = auth && !(left && target.origin === first) ? { ...sent, ...auth(target.origin) } : sent;
+      // Redirected off a public server's host: to public addresses only (an internal upstream, one
+      // the operator put inside the network, may send Wharf anywhere inside it).
+      const outward = target.hostname !== firstHost && (await this.publicHost(firstHost));
       try {
+        if (outward && this.proxied(target)) refuseInternalLiteral(target);
         res = this.proxied(target)
           ? await (await this.dispatcher(this.via!)).request({ origin: target.origin, path: `${target.pathname}${target.search}`, method, headers: hopHeaders, ...(signal ? { signal } : {}) })
-          : await plainRequest(target, hopHeaders, this.timeouts, signal, { method, bodyBuffer: upstreamBodyBuffer, ...(this.options.ca !== undefined ? { ca: this.options.ca } : {}) });
+          : await plainRequest(target, hopHeaders, this.timeouts, signal, {
+              method,
+              bodyBuffer: upstreamBodyBuffer,
+              ...(this.options.ca !== undefined ? { ca: this.options.ca } : {}),
+              ...(outward ? { allowAddress: isPublicAddress } : {}),
+            });
       } catch (err) {
         this.options.onRequest?.('error');
+        if (err instanceof AddressRefused) {
+          throw new UpstreamError('invalid', `upstream ${this.name} redirected to ${err.host}, an address inside the network: refused (a redirect from ${firstHost}, on the internet, goes to public addresses only)`);
+        }
         // Another host (a CDN, a token service an egress allow-list forgot) is named: not the upstream.
         if (target.origin === this.origin) throw err;
         throw this.translate(err, hop === 0 && what !== undefined ? `${what} (${target.host})` : `upstream ${this.name}'s redirect target ${target.host}`);
@@ -510,6 +530,18 @@ export class HttpUpstream implements Upstream {
       }
       target = next;
     }
+  }
+
+  private readonly publicHosts = new Map<string, Promise<boolean>>();
+
+  /** Whether `host` is on the internet, looked up once per host. */
+  private publicHost(host: string): Promise<boolean> {
+    let known = this.publicHosts.get(host);
+    if (!known) {
+      known = (this.options.isPublicHost ?? isPublicHost)(host);
+      this.publicHosts.set(host, known);
+    }
+    return known;
   }
 
   /**
@@ -695,4 +727,10 @@ function manifestMediaType(bytes: Buffer, contentType: string | undefined): stri
   if (Array.isArray(manifests)) return MediaType.OciIndex;
   if (Array.isArray(layers)) return MediaType.OciManifest;
   return undefined;
+}
+
+/** Through an egress proxy the proxy resolves names; an address in the URL is checked here. */
+function refuseInternalLiteral(target: URL): void {
+  const literal = target.hostname.replace(/^\[(.*)\]$/, '$1');
+  if (isIP(literal) && !isPublicAddress(literal)) throw new AddressRefused(target.host, literal);
 }

@@ -1,7 +1,9 @@
+import { lookup as dnsLookup, type LookupAddress } from 'node:dns';
 import type { IncomingHttpHeaders } from 'node:http';
-import { connect, isIP, type Socket } from 'node:net';
+import { connect, isIP, type LookupFunction, type Socket } from 'node:net';
 import { Readable } from 'node:stream';
 import { connect as connectTls, createSecureContext, rootCertificates, type SecureContext } from 'node:tls';
+import { AddressRefused } from './public-address.js';
 import { SlabReader } from './slab-reader.js';
 
 export interface PlainTimeouts {
@@ -44,6 +46,12 @@ export interface PlainOptions {
    * BODY_HIGH_WATER): less when memory is short.
    */
   readonly bodyBuffer?: () => number;
+  /**
+   * Whether a connection may go to this address (checked on the address the host resolves to, the one
+   * connected to, so a name cannot resolve otherwise between a check and the connection); refused
+   * with AddressRefused. Unset: any.
+   */
+  readonly allowAddress?: (address: string) => boolean;
 }
 
 /** A response head is a few KiB; more is not a registry talking. */
@@ -95,6 +103,9 @@ export function plainRequest(
   options: PlainOptions = {},
 ): Promise<PlainAnswer> {
   if (signal?.aborted) return Promise.reject(abortReason(signal));
+  // An address in the URL is never looked up: checked here.
+  const literal = url.hostname.replace(/^\[(.*)\]$/, '$1');
+  if (options.allowAddress && isIP(literal) && !options.allowAddress(literal)) return Promise.reject(new AddressRefused(url.host, literal));
   return new Promise((resolve, reject) => new Exchange(url, headers, timeouts, signal, options, resolve, reject, true));
 }
 
@@ -184,12 +195,26 @@ function open(url: URL, key: string, options: PlainOptions, route: Route): Socke
     ALPNProtocols: ['http/1.1'],
     onread,
   };
-  const socket = url.protocol === 'https:' ? connectTls(secure) : connect({ host, port: Number(url.port || 80), onread });
+  const checked = options.allowAddress ? { lookup: checkedLookup(url.host, options.allowAddress) } : {};
+  const socket = url.protocol === 'https:' ? connectTls({ ...secure, ...checked }) : connect({ host, port: Number(url.port || 80), onread, ...checked });
   socket.setNoDelay(true);
   socket.on('error', (err) => (route.owner ? route.owner.fail(err) : idleConnections.drop(key, socket)));
   socket.on('end', () => (route.owner ? route.owner.ended() : idleConnections.drop(key, socket)));
   socket.on('close', () => (route.owner ? route.owner.ended() : idleConnections.drop(key, socket)));
   return socket;
+}
+
+/** node's lookup, answering only the addresses `allow` takes (AddressRefused when none). */
+function checkedLookup(host: string, allow: (address: string) => boolean): LookupFunction {
+  return (hostname, options, callback) => {
+    dnsLookup(hostname, { ...options, all: true }, (err, addresses) => {
+      if (err) return callback(err, '', 0);
+      const allowed = addresses.filter((a) => allow(a.address));
+      if (allowed.length === 0) return callback(new AddressRefused(host, addresses[0]?.address ?? hostname), '', 0);
+      if (options.all) return (callback as unknown as (e: null, a: LookupAddress[]) => void)(null, allowed);
+      callback(null, allowed[0]!.address, allowed[0]!.family);
+    });
+  };
 }
 
 /**
@@ -266,7 +291,8 @@ class Exchange {
   ) {
     // Validated before a connection is taken or made.
     const request = requestHead(options.method ?? 'GET', url, headers);
-    this.key = `${url.protocol}//${url.host}\n${options.ca ?? ''}`;
+    // A connection opened without the address check is not reused for a request that needs it.
+    this.key = `${url.protocol}//${url.host}\n${options.ca ?? ''}${options.allowAddress ? '\nchecked' : ''}`;
     const kept = mayReuse ? idleConnections.take(this.key) : undefined;
     this.reused = kept !== undefined;
     this.afterHead = kept !== undefined && routes.get(kept)?.afterHead === true;

@@ -623,6 +623,31 @@ describe('HttpUpstream against a real misbehaving server', () => {
     expect(cdn.requests[0]!.authorization).toBeUndefined();
   });
 
+  test('a public upstream that redirects to an address inside the network is refused before any connection; an internal one may', async () => {
+    const inside = await FakeUpstream.start();
+    others.push(inside);
+    inside.addBlob(blobBytes);
+    const port = new URL(inside.url).port;
+    // The upstream (127.0.0.1 here) taken to be on the internet, as registry-1.docker.io is.
+    const publicOne = client({ isPublicHost: async (host) => host === '127.0.0.1' });
+    fake.redirectBlobHeads = true;
+    for (const target of [`http://127.0.0.2:${port}`, `http://localhost:${port}`, `http://[::ffff:127.0.0.1]:${port}`]) {
+      fake.redirectBlobsTo = target;
+      for (const ask of [() => publicOne.blob('alice/app', blobDigest), () => publicOne.statBlob('alice/app', blobDigest)]) {
+        const err = await failureOf(ask());
+        expect([target, err.failure]).toEqual([target, 'invalid']);
+        expect(err.message).toMatch(/redirected to .*, an address inside the network: refused/);
+      }
+    }
+    // Before: fetched, and its bytes (or its size, for a HEAD) passed on to whoever pulled.
+    expect(inside.requests).toHaveLength(0);
+    // An upstream inside the network itself (the default check: 127.0.0.1 is not public) is followed there.
+    fake.redirectBlobsTo = `http://localhost:${port}`;
+    const blob = await client().blob('alice/app', blobDigest);
+    expect((await readAll(blob!.body)).equals(blobBytes)).toBe(true);
+    expect(inside.requests).toHaveLength(1);
+  });
+
   test('a manifest larger than the 4 MiB cap is refused as invalid, not read to the end', async () => {
     fake.addManifest('alice/app', 'huge', { ...MANIFEST, annotations: { pad: 'x'.repeat(5 * 1024 * 1024) } });
     const err = await failureOf(client().manifest('alice/app', 'huge'));

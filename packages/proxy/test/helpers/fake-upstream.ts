@@ -43,6 +43,8 @@ export class FakeUpstream {
   relativeRealm = false;
   /** Base URL blob GETs are redirected to (307), same path. */
   redirectBlobsTo: string | undefined;
+  /** Blob HEADs are redirected too (as registries that answer HEAD from their storage do). */
+  redirectBlobHeads = false;
   /** Most tags in one tag-list page whatever n asks (Docker Hub caps its pages too); more pages are linked. */
   tagPageSize = Infinity;
   /** Range answers come with their first byte flipped (a mirror or CDN serving bad bytes). */
@@ -156,7 +158,7 @@ export class FakeUpstream {
     }
     const bytes = this.blobs.get(ref);
     if (!bytes) return void res.writeHead(404).end();
-    if (this.redirectBlobsTo && req.method === 'GET') return void res.writeHead(307, { location: `${this.redirectBlobsTo}${req.url}` }).end();
+    if (this.redirectBlobsTo && (req.method === 'GET' || this.redirectBlobHeads)) return void res.writeHead(307, { location: `${this.redirectBlobsTo}${req.url}` }).end();
     const range = this.ignoreRange ? null : /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '');
     // An open-ended range (`bytes=<start>-`) goes to the blob's end.
     const rangeEnd = range ? Math.min(range[2] === '' ? Infinity : Number(range[2]), bytes.length - 1) : 0;
