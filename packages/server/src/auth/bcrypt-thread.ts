@@ -42,8 +42,12 @@ interface Job extends Pending {
   readonly forget: () => void;
 }
 
-/** Checks one owner (a client address) may have waiting at once; past them its next is refused. */
-const PER_OWNER = 4;
+/**
+ * Checks one owner (a client address) may have waiting at once; past them its next is refused. Turns
+ * keep one owner's depth from holding up the others, so this only keeps one from filling MAX_WAITING:
+ * it is generous for the many users one NAT address may stand for (CI tokens need no check at all).
+ */
+const PER_OWNER = 16;
 /** Checks waiting in all; past them every new one is refused until the queue drains. */
 const MAX_WAITING = 256;
 
