@@ -179,6 +179,7 @@ export class CacheIndex {
                WHERE l.upstream = ? AND l.repository = ? AND b.digest = ?`),
       anyBlob: s('SELECT size FROM proxy_blobs WHERE digest = ?'),
       linked: s('SELECT 1 FROM proxy_repository_blobs WHERE upstream = ? AND repository = ? AND digest = ?'),
+      linkedThrough: s('SELECT 1 FROM proxy_repository_blobs WHERE digest = ? AND upstream = ? LIMIT 1'),
       putBlob: s(`INSERT INTO proxy_blobs (digest, size, fetched_at, accessed_at) VALUES (?, ?, ?, ?)
                   ON CONFLICT DO UPDATE SET accessed_at = excluded.accessed_at`),
       // Not a blob a purge marked (accessed_at 0: see CacheEviction.purge) and no repository links again.
@@ -277,6 +278,11 @@ export class CacheIndex {
     // Filled while another process held the write lock: its rows are on their way.
     const linked = this.pending.linked(upstream, repo, digest) || this.q.linked!.get(upstream, repo, digest) !== undefined;
     return linked ? this.anyBlob(digest) : undefined;
+  }
+
+  /** Whether some repository of `upstream` links the blob (it came through that upstream). */
+  linkedThrough(upstream: string, digest: Digest): boolean {
+    return this.q.linkedThrough!.get(digest, upstream) !== undefined;
   }
 
   anyBlob(digest: Digest): number | undefined {

@@ -311,31 +311,41 @@ export class PullThroughRepository implements RepositoryReader {
 
   /**
    * The blob when it is cached for another repository and this one has it too: served here only if
-   * the upstream's HEAD finds it in this repository. When the upstream cannot answer, a cached
-   * manifest of this repository that lists it says so instead: an image whose manifest was cached
-   * (by a client that had the layers already) still pulls during an outage from layers another
-   * repository cached.
+   * the upstream's HEAD finds it in this repository (`confirmed`, and linked to it from then on).
+   * When the upstream is down (an outage, not a refusal), a cached manifest of this repository that
+   * lists it as a layer of its own stands for that answer, for a blob that came through this same
+   * upstream: an image whose manifest was cached (by a client that had the layers already) still
+   * pulls during an outage from layers another image brought in. That answer is for the outage only:
+   * nothing is linked.
    */
-  private async cachedForAnother(repo: string, digest: Digest): Promise<BlobInfo | undefined> {
+  private async cachedForAnother(repo: string, digest: Digest): Promise<(BlobInfo & { confirmed: boolean }) | undefined> {
     const size = this.index.anyBlob(digest);
     if (size === undefined || !(await this.store.stat(digest))) return undefined;
     try {
-      return (await this.upstream.statBlob(repo, digest)) ? { digest, size } : undefined;
+      return (await this.upstream.statBlob(repo, digest)) ? { digest, size, confirmed: true } : undefined;
     } catch (err) {
       if (!this.listedHere(repo, digest, err)) throw err;
-      return { digest, size };
+      return { digest, size, confirmed: false };
     }
   }
 
-  /** The upstream's HEAD of a blob failed with `err`: whether a cached manifest of this repository lists it (logged when it does). */
+  /**
+   * The upstream's HEAD of a blob failed with `err`: whether this is an outage, the blob came through
+   * this upstream, and a cached manifest of this repository lists it (logged when all hold).
+   */
   private listedHere(repo: string, digest: Digest, err: unknown): boolean {
-    if (!(err instanceof UpstreamError) || !this.listsBlob(repo, digest)) return false;
-    if (OUTAGES.has(err.failure)) this.backOff(err.retryAfter, err.failure);
+    if (!(err instanceof UpstreamError) || !OUTAGES.has(err.failure)) return false;
+    if (!this.index.linkedThrough(this.key, digest) || !this.listsBlob(repo, digest)) return false;
+    this.backOff(err.retryAfter, err.failure);
     this.logger?.warn({ upstream: this.key, repo, digest, reason: err.message }, 'upstream unavailable; serving a blob cached for another repository, which a cached manifest of this one lists');
     return true;
   }
 
-  /** Whether a cached manifest of this repository lists `digest` as its config or one of its layers. */
+  /**
+   * Whether a cached manifest of this repository lists `digest` as its config or one of its layers.
+   * Not a layer kept elsewhere (`urls`, a foreign or non-distributable one): a registry takes a
+   * manifest listing one without holding it, so it says nothing of what the repository holds.
+   */
   private listsBlob(repo: string, digest: Digest): boolean {
     return this.index.manifestsNaming(this.key, repo, digest).some((bytes) => {
       let doc: unknown;
@@ -346,7 +356,12 @@ export class PullThroughRepository implements RepositoryReader {
       }
       const m = doc as { config?: unknown; layers?: unknown; blobs?: unknown } | null;
       const listed = [m?.config, ...(Array.isArray(m?.layers) ? m.layers : []), ...(Array.isArray(m?.blobs) ? m.blobs : [])];
-      return listed.some((entry) => descriptorOf(entry)?.digest === digest);
+      return listed.some((entry) => {
+        const descriptor = descriptorOf(entry);
+        if (descriptor?.digest !== digest) return false;
+        const urls = (entry as { urls?: unknown }).urls;
+        return !(Array.isArray(urls) && urls.length > 0) && !/nondistributable|foreign/i.test(descriptor.mediaType);
+      });
     });
   }
 
@@ -359,8 +374,8 @@ export class PullThroughRepository implements RepositoryReader {
     if (this.index.isAbsent(this.key, repo, absentBlob(digest))) return undefined;
     const shared = await this.cachedForAnother(repo, digest);
     if (shared) {
-      this.remember(repo, digest, () => this.index.link(this.key, repo, digest));
-      return this.hit('blob', shared);
+      if (shared.confirmed) this.remember(repo, digest, () => this.index.link(this.key, repo, digest));
+      return this.hit('blob', { digest, size: shared.size });
     }
     this.observer?.cacheMiss?.(this.key, 'blob');
     const fill = await this.fill(repo, digest);

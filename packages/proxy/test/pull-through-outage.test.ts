@@ -46,27 +46,33 @@ describe('PullThroughRepository during an upstream outage', () => {
     const layer = Buffer.from('a layer two images share');
     const digest = fake.addBlob(layer);
     const config = fake.addBlob(Buffer.from('{}'));
-    const image = (seed: string, layers: string[]) => ({
+    const layerOf = (d: string, extra: Record<string, unknown> = {}) => ({ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: d, size: layer.length, ...extra });
+    const image = (seed: string, layers: unknown[]) => ({
       ...DOC,
       config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: config, size: 2 },
-      layers: layers.map((d) => ({ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: d, size: layer.length })),
+      layers,
       annotations: { seed },
     });
-    fake.addManifest('alice/app', '1', image('a', [digest]));
-    fake.addManifest('bob/tool', '1', image('b', [digest]));
-    // A digest in an annotation is no layer.
+    fake.addManifest('alice/app', '1', image('a', [layerOf(digest)]));
+    fake.addManifest('bob/tool', '1', image('b', [layerOf(digest)]));
+    // A digest in an annotation is no layer; nor is a layer kept elsewhere (`urls`, foreign), which a
+    // registry takes in a manifest without holding it: anyone could list a private layer so.
     fake.addManifest('carol/other', '1', { ...image('c', []), annotations: { note: digest } });
-    // alice/app pulled whole; bob/tool's manifest only (its client had the layer); carol's manifest.
+    fake.addManifest('erin/foreign', '1', image('e', [layerOf(digest, { urls: ['https://example.com/layer'] })]));
+    fake.addManifest('frank/foreign', '1', image('f', [layerOf(digest, { mediaType: 'application/vnd.docker.image.rootfs.foreign.diff.tar.gzip' })]));
+    // alice/app pulled whole; the others' manifests only (bob's client had the layer).
     await repo.manifest('alice/app', '1');
     const body = (await repo.openBlob('alice/app', (await repo.blob('alice/app', digest))!))!;
     const chunks: Buffer[] = [];
     for await (const chunk of body as AsyncIterable<Buffer>) chunks.push(chunk);
     expect(Buffer.concat(chunks).equals(layer)).toBe(true);
     await fills.settled();
-    await repo.manifest('bob/tool', '1');
-    await repo.manifest('carol/other', '1');
-    fake.fault = '500';
+    for (const name of ['bob/tool', 'carol/other', 'erin/foreign', 'frank/foreign']) await repo.manifest(name, '1');
+    // A refusal is no outage: the repository may be gone, or private, upstream.
+    fake.fault = 'deny';
     fake.faultTimes = Infinity;
+    await expect(repo.blob('bob/tool', digest)).rejects.toBeDefined();
+    fake.fault = '500';
     // Before: 502 for bob/tool, whose image then failed to pull although every byte of it was cached.
     expect(await repo.statBlob('bob/tool', digest)).toEqual({ digest, size: layer.length });
     expect(await repo.blob('bob/tool', digest)).toEqual({ digest, size: layer.length });
@@ -74,9 +80,35 @@ describe('PullThroughRepository during an upstream outage', () => {
     const again: Buffer[] = [];
     for await (const chunk of served as AsyncIterable<Buffer>) again.push(chunk);
     expect(Buffer.concat(again).equals(layer)).toBe(true);
-    for (const other of ['carol/other', 'dave/none']) {
+    for (const other of ['carol/other', 'erin/foreign', 'frank/foreign', 'dave/none']) {
       await expect(repo.blob(other, digest)).rejects.toMatchObject({ code: 'UPSTREAM_ERROR' });
       await expect(repo.statBlob(other, digest)).rejects.toMatchObject({ code: 'UPSTREAM_ERROR' });
+    }
+    // Served for the outage only, not linked: back up, an upstream that says bob/tool lacks it is believed.
+    fake.fault = undefined;
+    await sleep(450);
+    fake.blobs.delete(digest);
+    expect(await repo.blob('bob/tool', digest)).toBeUndefined();
+  });
+
+  test('during an outage a layer that came through another upstream is not served, whatever this one\'s manifests list', async () => {
+    const other = await FakeUpstream.start();
+    try {
+      const layer = Buffer.from('a private layer of another upstream');
+      const digest = other.addBlob(layer);
+      fake.addBlob(layer);
+      const store = new FsBlobStore(join(dir, 'blobs'), join(dir, 'tmp'));
+      const otherRepo = new PullThroughRepository(new HttpUpstream({ name: 'corp', url: other.url, retries: 0 }), new CacheIndex(db), store, fills, { manifestTtl: TTL, absentTtl: 60_000, rateLimitFloor: 0 });
+      const body = (await otherRepo.openBlob('team/secret', (await otherRepo.blob('team/secret', digest))!))!;
+      for await (const _ of body as AsyncIterable<Buffer>) void _;
+      await fills.settled();
+      fake.addManifest('mallory/x', '1', { ...DOC, layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest, size: layer.length }] });
+      await repo.manifest('mallory/x', '1');
+      fake.fault = '500';
+      fake.faultTimes = Infinity;
+      await expect(repo.blob('mallory/x', digest)).rejects.toMatchObject({ code: 'UPSTREAM_ERROR' });
+    } finally {
+      await other.close();
     }
   });
 
