@@ -51,10 +51,10 @@ export interface HttpUpstreamOptions {
   /** Where warnings go: the upstream's rate limiting (RateLimitGate), a referrers list cut short. */
   readonly logger?: RateLimitGateLogger;
   /**
-   * Whether a host is on the internet (isPublicHost; tests stand in for one): a redirect from a
-   * public server goes to public addresses only.
+   * Where the internet is (isPublicHost, isPublicAddress; tests stand a loopback address in for a
+   * host on the internet): once on it, an upstream's requests go to public addresses only (see send).
    */
-  readonly isPublicHost?: (host: string) => Promise<boolean>;
+  readonly internet?: { readonly isPublicHost: (host: string) => Promise<boolean>; readonly isPublicAddress: (address: string) => boolean };
 }
 
 const DEFAULT_TIMEOUTS: UpstreamTimeouts = { connect: 10_000, firstByte: 30_000, idle: 60_000 };
@@ -140,6 +140,8 @@ export class HttpUpstream implements Upstream {
   private readonly base: string;
   /** The upstream's own origin: the only one our credentials go to. */
   private readonly origin: string;
+  /** The upstream's host name (or address), whose place decides where its requests may go (see send). */
+  private readonly hostname: string;
   /** Made at the first request through an egress proxy: undici is loaded then (about 9 MiB of memory). */
   private agent: Promise<Dispatcher> | undefined;
   private readonly credentials: UpstreamCredentials;
@@ -160,6 +162,7 @@ export class HttpUpstream implements Upstream {
     this.name = options.name;
     this.base = options.url.replace(/\/+$/, '');
     this.origin = new URL(this.base).origin;
+    this.hostname = new URL(this.base).hostname;
     this.timeouts = { ...DEFAULT_TIMEOUTS, ...options.timeouts };
     this.retries = options.retries ?? 3;
     this.maxRetryWait = options.maxRetryWait ?? 10_000;
@@ -486,28 +489,35 @@ export class HttpUpstream implements Upstream {
     // Once a hop has left the first origin, a redirect back to it carries none of our credentials:
     // a third party does not get to choose where they are sent.
     const first = target.origin;
-    const firstHost = target.hostname;
     let left = false;
+    // Once the chain is on the internet (the upstream itself, or a hop it sent Wharf to), every
+    // connection goes to public addresses only, its own included (a name that resolves inside the
+    // network later): a third party does not get to send Wharf inside the network. An upstream the
+    // operator put inside the network may send Wharf anywhere inside it, until a hop leaves it.
+    let outward = await this.publicHost(this.hostname);
     for (let hop = 0; ; hop++) {
       let res: Answer;
       const hopHeaders = auth && !(left && target.origin === first) ? { ...sent, ...auth(target.origin) } : sent;
-      // Redirected off a public server's host: to public addresses only (an internal upstream, one
-      // the operator put inside the network, may send Wharf anywhere inside it).
-      const outward = target.hostname !== firstHost && (await this.publicHost(firstHost));
       try {
-        if (outward && this.proxied(target)) refuseInternalLiteral(target);
+        if (outward && this.proxied(target)) refuseInternalLiteral(target, this.isPublicAddress);
         res = this.proxied(target)
           ? await (await this.dispatcher(this.via!)).request({ origin: target.origin, path: `${target.pathname}${target.search}`, method, headers: hopHeaders, ...(signal ? { signal } : {}) })
           : await plainRequest(target, hopHeaders, this.timeouts, signal, {
               method,
               bodyBuffer: upstreamBodyBuffer,
               ...(this.options.ca !== undefined ? { ca: this.options.ca } : {}),
-              ...(outward ? { allowAddress: isPublicAddress } : {}),
+              ...(outward ? { allowAddress: this.isPublicAddress } : {}),
             });
       } catch (err) {
         this.options.onRequest?.('error');
         if (err instanceof AddressRefused) {
-          throw new UpstreamError('invalid', `upstream ${this.name} redirected to ${err.host}, an address inside the network: refused (a redirect from ${firstHost}, on the internet, goes to public addresses only)`);
+          const how = hop === 0 ? (target.origin === this.origin ? 'resolves' : 'sent Wharf') : 'redirected';
+          throw new UpstreamError(
+            'invalid',
+            how === 'resolves'
+              ? `upstream ${this.name} (${err.host}) now resolves to an address inside the network (${err.address}): refused, as it was on the internet`
+              : `upstream ${this.name} ${how} to ${err.host}, an address inside the network: refused (once on the internet, its requests go to public addresses only)`,
+          );
         }
         // Another host (a CDN, a token service an egress allow-list forgot) is named: not the upstream.
         if (target.origin === this.origin) throw err;
@@ -528,20 +538,33 @@ export class HttpUpstream implements Upstream {
         sent = rest;
         left = true;
       }
+      // A hop off the upstream's host that is on the internet takes the chain there for good.
+      if (!outward && target.hostname !== this.hostname) outward = await this.publicHost(target.hostname);
       target = next;
     }
   }
 
-  private readonly publicHosts = new Map<string, Promise<boolean>>();
+  private readonly publicHosts = new Map<string, { readonly answer: Promise<boolean>; readonly until: number }>();
 
-  /** Whether `host` is on the internet, looked up once per host. */
+  private get isPublicAddress(): (address: string) => boolean {
+    return this.options.internet?.isPublicAddress ?? isPublicAddress;
+  }
+
+  /**
+   * Whether `host` is on the internet, looked up again after PUBLIC_HOST_TTL_MS. A name that does not
+   * resolve now counts as public (the strict answer), and is looked up again at the next request.
+   */
   private publicHost(host: string): Promise<boolean> {
-    let known = this.publicHosts.get(host);
-    if (!known) {
-      known = (this.options.isPublicHost ?? isPublicHost)(host);
-      this.publicHosts.set(host, known);
-    }
-    return known;
+    const now = Date.now();
+    const known = this.publicHosts.get(host);
+    if (known && known.until > now) return known.answer;
+    const answer = (this.options.internet?.isPublicHost ?? isPublicHost)(host).catch(() => {
+      this.publicHosts.delete(host);
+      return true;
+    });
+    if (this.publicHosts.size >= 256) this.publicHosts.clear();
+    this.publicHosts.set(host, { answer, until: now + PUBLIC_HOST_TTL_MS });
+    return answer;
   }
 
   /**
@@ -729,8 +752,11 @@ function manifestMediaType(bytes: Buffer, contentType: string | undefined): stri
   return undefined;
 }
 
+/** How long whether a host is on the internet is believed (a lookup that failed counts as public). */
+const PUBLIC_HOST_TTL_MS = 5 * 60_000;
+
 /** Through an egress proxy the proxy resolves names; an address in the URL is checked here. */
-function refuseInternalLiteral(target: URL): void {
+function refuseInternalLiteral(target: URL, isPublic: (address: string) => boolean): void {
   const literal = target.hostname.replace(/^\[(.*)\]$/, '$1');
-  if (isIP(literal) && !isPublicAddress(literal)) throw new AddressRefused(target.host, literal);
+  if (isIP(literal) && !isPublic(literal)) throw new AddressRefused(target.host, literal);
 }

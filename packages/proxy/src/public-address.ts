@@ -27,34 +27,61 @@ for (const [net, prefix] of [
   ['::1', 128],
   ['fc00::', 7],
   ['fe80::', 10],
+  ['fec0::', 10],
   ['ff00::', 8],
 ] as const) {
   INTERNAL.addSubnet(net, prefix, 'ipv6');
 }
 
-/** Whether `address` (an IPv4 or IPv6 address) is on the internet. An IPv4-mapped IPv6 address is its IPv4 one. */
+/**
+ * Whether `address` (an IPv4 or IPv6 address) is on the internet. An IPv6 address that carries an
+ * IPv4 one (IPv4-mapped `::ffff:0:0/96`, NAT64 `64:ff9b::/96`, 6to4 `2002::/16`) is that IPv4 one.
+ */
 export function isPublicAddress(address: string): boolean {
-  const bare = address.replace(/^\[(.*)\]$/, '$1').replace(/%.*$/, '');
-  const mapped = /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})$/i.exec(bare);
-  const ip = mapped ? mapped[1]! : bare;
+  const ip = address.replace(/^\[(.*)\]$/, '$1').replace(/%.*$/, '');
   const family = isIP(ip);
   if (family === 0) return false;
-  return !INTERNAL.check(ip, family === 4 ? 'ipv4' : 'ipv6');
+  if (family === 4) return !INTERNAL.check(ip, 'ipv4');
+  const groups = ipv6Groups(ip);
+  const prefix = groups.slice(0, 6).map((g) => g.toString(16)).join(':');
+  const carried =
+    prefix === '0:0:0:0:0:ffff' || prefix === '64:ff9b:0:0:0:0'
+      ? [groups[6]!, groups[7]!]
+      : groups[0] === 0x2002
+        ? [groups[1]!, groups[2]!]
+        : undefined;
+  if (carried) return !INTERNAL.check(`${carried[0] >> 8}.${carried[0] & 255}.${carried[1] >> 8}.${carried[1] & 255}`, 'ipv4');
+  return !INTERNAL.check(ip, 'ipv6');
+}
+
+/** The eight 16-bit groups of an IPv6 address (one isIP takes), an embedded IPv4 tail included. */
+function ipv6Groups(ip: string): number[] {
+  const parse = (text: string): number[] =>
+    text === ''
+      ? []
+      : text.split(':').flatMap((g) => {
+          if (!g.includes('.')) return [Number.parseInt(g, 16)];
+          const [a, b, c, d] = g.split('.').map(Number) as [number, number, number, number];
+          return [(a << 8) | b, (c << 8) | d];
+        });
+  const [head = '', tail] = ip.split('::');
+  const front = parse(head);
+  if (tail === undefined) return front;
+  const back = parse(tail);
+  return [...front, ...Array<number>(8 - front.length - back.length).fill(0), ...back];
 }
 
 /**
- * Whether the host (a name or an address) is public: every address it resolves to is. A name that
- * does not resolve counts as public (it is reached by nothing either way).
+ * Whether the host (a name or an address) is on the internet: some address it resolves to is. A
+ * name with one public address is taken as public even if it has private ones too, so that a
+ * server cannot pass itself off as internal with one private record. Rejects when the name does
+ * not resolve.
  */
 export async function isPublicHost(host: string): Promise<boolean> {
   const bare = host.replace(/^\[(.*)\]$/, '$1');
   if (isIP(bare)) return isPublicAddress(bare);
-  try {
-    const addresses = await lookup(bare, { all: true });
-    return addresses.every((a) => isPublicAddress(a.address));
-  } catch {
-    return true;
-  }
+  const addresses = await lookup(bare, { all: true });
+  return addresses.some((a) => isPublicAddress(a.address));
 }
 
 /** The error of a connection refused for its address (see PlainOptions.allowAddress). */

@@ -4,6 +4,7 @@ import { createServer as createHttpServer } from 'node:http';
 import { createServer, type AddressInfo } from 'node:net';
 import type { Readable } from 'node:stream';
 import type { Digest } from '@wharf/registry-core';
+import { isPublicAddress, isPublicHost } from '../src/public-address.js';
 import { HttpUpstream, nextPageQuery, type HttpUpstreamOptions } from '../src/http-upstream.js';
 import { UpstreamError } from '../src/upstream.js';
 import { FakeUpstream } from './helpers/fake-upstream.js';
@@ -623,29 +624,66 @@ describe('HttpUpstream against a real misbehaving server', () => {
     expect(cdn.requests[0]!.authorization).toBeUndefined();
   });
 
-  test('a public upstream that redirects to an address inside the network is refused before any connection; an internal one may', async () => {
-    const inside = await FakeUpstream.start();
-    others.push(inside);
-    inside.addBlob(blobBytes);
-    const port = new URL(inside.url).port;
-    // The upstream (127.0.0.1 here) taken to be on the internet, as registry-1.docker.io is.
-    const publicOne = client({ isPublicHost: async (host) => host === '127.0.0.1' });
-    fake.redirectBlobHeads = true;
-    for (const target of [`http://127.0.0.2:${port}`, `http://localhost:${port}`, `http://[::ffff:127.0.0.1]:${port}`]) {
-      fake.redirectBlobsTo = target;
-      for (const ask of [() => publicOne.blob('alice/app', blobDigest), () => publicOne.statBlob('alice/app', blobDigest)]) {
-        const err = await failureOf(ask());
-        expect([target, err.failure]).toEqual([target, 'invalid']);
-        expect(err.message).toMatch(/redirected to .*, an address inside the network: refused/);
+  describe('an upstream on the internet cannot send Wharf inside the network', () => {
+    // 127.0.0.2 stands for a host on the internet; 127.0.0.1 (and every other internal address) is inside.
+    const internet = {
+      isPublicAddress: (address: string) => address === '127.0.0.2' || isPublicAddress(address),
+      isPublicHost: async (host: string) => host === '127.0.0.2' || isPublicHost(host),
+    };
+    let inside: FakeUpstream;
+    beforeEach(async () => {
+      inside = await FakeUpstream.start();
+      others.push(inside);
+      inside.addBlob(blobBytes);
+    });
+
+    test('a redirect to an address inside is refused before any connection (an address, a name, an IPv4-mapped one), GET and HEAD', async () => {
+      const outside = await FakeUpstream.start('127.0.0.2');
+      others.push(outside);
+      outside.addBlob(blobBytes);
+      outside.redirectBlobHeads = true;
+      const up = new HttpUpstream({ name: 'hub', url: outside.url, retries: 0, internet });
+      const port = new URL(inside.url).port;
+      for (const target of [`http://127.0.0.1:${port}`, `http://localhost:${port}`, `http://[::ffff:127.0.0.1]:${port}`]) {
+        outside.redirectBlobsTo = target;
+        for (const ask of [() => up.blob('alice/app', blobDigest), () => up.statBlob('alice/app', blobDigest)]) {
+          const err = await failureOf(ask());
+          expect([target, err.failure]).toEqual([target, 'invalid']);
+          expect(err.message).toMatch(/redirected to .*, an address inside the network: refused/);
+        }
       }
-    }
-    // Before: fetched, and its bytes (or its size, for a HEAD) passed on to whoever pulled.
-    expect(inside.requests).toHaveLength(0);
-    // An upstream inside the network itself (the default check: 127.0.0.1 is not public) is followed there.
-    fake.redirectBlobsTo = `http://localhost:${port}`;
-    const blob = await client().blob('alice/app', blobDigest);
-    expect((await readAll(blob!.body)).equals(blobBytes)).toBe(true);
-    expect(inside.requests).toHaveLength(1);
+      // Before: fetched, and its bytes (or its size, for a HEAD) passed on to whoever pulled.
+      expect(inside.requests).toHaveLength(0);
+    });
+
+    test("its challenge's token realm inside is not fetched (its answer would have gone back to the upstream as a token)", async () => {
+      const outside = await FakeUpstream.start('127.0.0.2');
+      others.push(outside);
+      outside.auth = 'bearer';
+      outside.realmBase = `http://localhost:${new URL(inside.url).port}`;
+      outside.addManifest('alice/app', '1', MANIFEST);
+      const err = await failureOf(new HttpUpstream({ name: 'hub', url: outside.url, retries: 0, username: 'alice', password: 's3cret', internet }).manifest('alice/app', '1'));
+      expect(err.message).toMatch(/sent Wharf to localhost:\d+, an address inside the network: refused/);
+      expect(inside.requests).toHaveLength(0);
+    });
+
+    test('an upstream inside may redirect inside; once a hop is on the internet, the next may not come back inside', async () => {
+      // Inside, to inside: an internal registry sending pulls to its object store.
+      fake.redirectBlobsTo = inside.url;
+      const blob = await client({ internet }).blob('alice/app', blobDigest);
+      expect((await readAll(blob!.body)).equals(blobBytes)).toBe(true);
+      expect(inside.requests).toHaveLength(1);
+      // Inside, to the internet (a CDN), which sends Wharf back inside: refused there.
+      const cdn = await FakeUpstream.start('127.0.0.2');
+      others.push(cdn);
+      cdn.addBlob(blobBytes);
+      cdn.redirectBlobsTo = inside.url;
+      fake.redirectBlobsTo = cdn.url;
+      const err = await failureOf(client({ internet }).blob('alice/app', blobDigest));
+      expect(err.message).toMatch(/redirected to 127\.0\.0\.1:\d+, an address inside the network: refused/);
+      expect(cdn.requests).toHaveLength(1);
+      expect(inside.requests).toHaveLength(1);
+    });
   });
 
   test('a manifest larger than the 4 MiB cap is refused as invalid, not read to the end', async () => {

@@ -39,6 +39,8 @@ export class FakeUpstream {
   auth: 'none' | 'bearer' | 'basic' = 'none';
   credentials = { username: 'alice', password: 's3cret' };
   tokenExpiresIn = 300;
+  /** The Bearer challenge names this base URL's `/token` as its realm, instead of its own. */
+  realmBase: string | undefined;
   /** The Bearer challenge names its realm as a path (`/token`), relative to the registry. */
   relativeRealm = false;
   /** Base URL blob GETs are redirected to (307), same path. */
@@ -79,15 +81,16 @@ export class FakeUpstream {
   private readonly issued = new Set<string>();
   private server!: Server;
 
-  static async start(): Promise<FakeUpstream> {
+  /** `host`: the loopback address it listens on (another than 127.0.0.1 stands for a host elsewhere). */
+  static async start(host = '127.0.0.1'): Promise<FakeUpstream> {
     const up = new FakeUpstream();
     up.server = createServer((req, res) => {
       if (up.delayMs > 0 && !req.url?.startsWith('/token')) setTimeout(() => up.handle(req, res), up.delayMs);
       else up.handle(req, res);
     });
     up.server.on('connection', () => (up.connections += 1));
-    await new Promise<void>((resolve) => up.server.listen(0, '127.0.0.1', resolve));
-    up.url = `http://127.0.0.1:${(up.server.address() as AddressInfo).port}`;
+    await new Promise<void>((resolve) => up.server.listen(0, host, resolve));
+    up.url = `http://${host}:${(up.server.address() as AddressInfo).port}`;
     return up;
   }
 
@@ -228,7 +231,7 @@ export class FakeUpstream {
     res.writeHead(401, {
       'content-type': 'application/json',
       'www-authenticate':
-        this.auth === 'basic' ? 'Basic realm="fake"' : `Bearer realm="${this.relativeRealm ? '' : this.url}/token",service="fake-registry"${repo ? `,scope="repository:${repo}:pull"` : ''}`,
+        this.auth === 'basic' ? 'Basic realm="fake"' : `Bearer realm="${this.relativeRealm ? '' : (this.realmBase ?? this.url)}/token",service="fake-registry"${repo ? `,scope="repository:${repo}:pull"` : ''}`,
     });
     res.end('{"errors":[{"code":"UNAUTHORIZED"}]}');
   }
