@@ -55,7 +55,7 @@ export function isPublicAddress(address: string): boolean {
 }
 
 /** The eight 16-bit groups of an IPv6 address (one isIP takes), an embedded IPv4 tail included. */
-function ipv6Groups(ip: string): number[] {
+export function ipv6Groups(ip: string): number[] {
   const parse = (text: string): number[] =>
     text === ''
       ? []

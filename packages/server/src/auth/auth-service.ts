@@ -1,6 +1,7 @@
 import { isIP } from 'node:net';
 import { createHash } from 'node:crypto';
 import { dirname, join } from 'node:path';
+import { ipv6Groups } from '@wharf/proxy';
 import { RegistryError, isValidRepositoryName, type SqliteDatabase } from '@wharf/registry-core';
 import type { Logger } from 'pino';
 import type { AuthConfig, Role } from '../auth-config.js';
@@ -107,20 +108,34 @@ async function waitFor(verification: Verification, gone: AbortSignal | undefined
 }
 
 /**
- * What the failed-login limits (and the password checks' turns) count a client by: its address, and
- * for IPv6 its /64, which one host or site holds whole (an attacker with one has 2^64 addresses).
+ * The client an address stands for: an IPv4 address carried in IPv6 (IPv4-mapped, NAT64's
+ * `64:ff9b::/96`, whose gateway puts every IPv4 client under one prefix) is that IPv4 address.
+ */
+export function clientAddress(ip: string | undefined): string {
+  if (ip === undefined || ip === '') return 'unknown';
+  if (isIP(ip) !== 6) return ip;
+  const groups = ipv6Groups(ip.replace(/%.*$/, ''));
+  const prefix = groups.slice(0, 6).map((g) => g.toString(16)).join(':');
+  if (prefix === '0:0:0:0:0:ffff' || prefix === '64:ff9b:0:0:0:0') return `${groups[6]! >> 8}.${groups[6]! & 255}.${groups[7]! >> 8}.${groups[7]! & 255}`;
+  return ip.toLowerCase();
+}
+
+/**
+ * The network an address is in, for the password checks' turns and a looser failed-login limit: an
+ * IPv6 client's /64, which one host or site holds whole (an attacker with one has 2^64 addresses);
+ * an IPv4 client's address itself.
  */
 export function addressGroup(ip: string | undefined): string {
-  if (ip === undefined || ip === '') return 'unknown';
-  const mapped = /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})$/i.exec(ip);
-  if (mapped) return mapped[1]!;
-  if (isIP(ip) !== 6) return ip;
-  const bare = ip.replace(/%.*$/, '').toLowerCase();
-  const [head = '', tail] = bare.split('::');
-  const part = (text: string): string[] => (text === '' ? [] : text.split(':').flatMap((g) => (g.includes('.') ? ['0', '0'] : [g])));
-  const front = part(head);
-  const groups = tail === undefined ? front : [...front, ...Array<string>(Math.max(0, 8 - front.length - part(tail).length)).fill('0'), ...part(tail)];
-  return `${groups.slice(0, 4).map((g) => Number.parseInt(g, 16).toString(16)).join(':')}::/64`;
+  const client = clientAddress(ip);
+  if (isIP(client) !== 6) return client;
+  return `${ipv6Groups(client.replace(/%.*$/, '')).slice(0, 4).map((g) => g.toString(16)).join(':')}::/64`;
+}
+
+/** The failed-login keys of an address: the address, and for IPv6 its /64 too (NETWORK_FACTOR times looser). */
+function addressKeys(ip: string | undefined): string[] {
+  const client = clientAddress(ip);
+  const group = addressGroup(ip);
+  return group === client ? [`ip:${client}`] : [`ip:${client}`, `net:${group}`];
 }
 
 /**
@@ -240,7 +255,7 @@ export class AuthService {
     const isToken = Accounts.isTokenSecret(password);
     const perUser = !isToken && !this.knowsAddress(user, ip);
     const address = addressGroup(ip);
-    const keys = perUser ? [`ip:${address}`, `user:${user}`] : [`ip:${address}`];
+    const keys = perUser ? [...addressKeys(ip), `user:${user}`] : addressKeys(ip);
     // The same wrong credentials again are no new guess: Docker's daemon sends its Docker Hub login
     // to every registry mirror with each pull, and the jobs of a runner repeat an expired token.
     // Counted each time, they would lock the runner's address, or a user of the same name, out.
@@ -290,7 +305,7 @@ export class AuthService {
 
   /** The principal of a refresh token (limited per address like a login). */
   refresh(secret: string, ip: string | undefined): Principal {
-    const keys = [`ip:${addressGroup(ip)}`];
+    const keys = addressKeys(ip);
     this.checkLimits(keys);
     const principal = this.accounts.verifyRefreshToken(secret);
     if (!principal) {

@@ -10,8 +10,16 @@ export const DEFAULT_LOGIN_LIMITS: LoginLimits = { maxFailures: 10, windowMs: 5 
 const MAX_KEYS = 100_000;
 
 /**
- * Failed logins per key (`ip:<address>`, `user:<name>`), a sliding window in memory. While a key is
- * over the limit every attempt is refused, right password or not: that is what stops guessing.
+ * Keys of a network (`net:<IPv6 /64>`) allow this many times the failures of one address: a cloud
+ * subnet is one /64 for all its machines, and one machine's wrong logins must not lock the others
+ * out, while an attacker with the whole /64's addresses is still held to a number.
+ */
+export const NETWORK_FACTOR = 10;
+
+/**
+ * Failed logins per key (`ip:<address>`, `net:<IPv6 /64>`, `user:<name>`), a sliding window in
+ * memory. While a key is over the limit every attempt is refused, right password or not: that is
+ * what stops guessing.
  */
 export class LoginLimiter {
   private readonly failures = new Map<string, number[]>();
@@ -36,8 +44,9 @@ export class LoginLimiter {
     let wait: number | undefined;
     for (const key of keys) {
       const list = this.recent(key, now);
-      if (list.length >= this.limits.maxFailures) {
-        const until = list[list.length - this.limits.maxFailures]! + this.limits.windowMs;
+      const max = this.maxFor(key);
+      if (list.length >= max) {
+        const until = list[list.length - max]! + this.limits.windowMs;
         const seconds = Math.max(1, Math.ceil((until - now) / 1000));
         wait = Math.max(wait ?? 0, seconds);
       }
@@ -52,7 +61,7 @@ export class LoginLimiter {
       const list = this.recent(key, now);
       list.push(now);
       this.failures.delete(key);
-      this.failures.set(key, list.slice(-this.limits.maxFailures));
+      this.failures.set(key, list.slice(-this.maxFor(key)));
     }
     while (this.failures.size > MAX_KEYS) this.failures.delete(this.failures.keys().next().value!);
     return now;
@@ -65,6 +74,10 @@ export class LoginLimiter {
       const i = list?.lastIndexOf(at) ?? -1;
       if (i >= 0) list!.splice(i, 1);
     }
+  }
+
+  private maxFor(key: string): number {
+    return key.startsWith('net:') ? this.limits.maxFailures * NETWORK_FACTOR : this.limits.maxFailures;
   }
 
   /** A success clears the key's failures (used for the user, never for the address). */

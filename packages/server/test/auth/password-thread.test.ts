@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import bcrypt from 'bcryptjs';
 import { readFileSync } from 'node:fs';
 import { BcryptBusy, BcryptThread } from '../../src/auth/bcrypt-thread.js';
-import { addressGroup } from '../../src/auth/auth-service.js';
+import { addressGroup, clientAddress } from '../../src/auth/auth-service.js';
 import { passwordThread } from '../../src/auth/passwords.js';
 import type { TestRegistry } from '../helpers/start-registry.js';
 import { basic, requestFrom, startAuthRegistry } from './helpers.js';
@@ -155,5 +155,9 @@ describe('BcryptThread', () => {
     expect(addressGroup('::ffff:192.0.2.7')).toBe('192.0.2.7');
     expect(addressGroup('192.0.2.7')).toBe('192.0.2.7');
     expect(addressGroup(undefined)).toBe('unknown');
+    // NAT64 puts every IPv4 client under one prefix: each is its IPv4 address, not one /64 for all.
+    expect(addressGroup('64:ff9b::c000:207')).toBe('192.0.2.7');
+    expect(clientAddress('64:ff9b::192.0.2.8')).toBe('192.0.2.8');
+    expect(clientAddress('2001:DB8::1')).toBe('2001:db8::1');
   });
 });

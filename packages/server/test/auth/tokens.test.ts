@@ -488,6 +488,27 @@ describe('failed logins are limited per address and per user', () => {
     expect((await getFrom('127.0.0.8', `${reg.url}/v2/`, { Authorization: basic('carol', PW.alice) })).status).toBe(429);
   });
 
+  test('IPv6: each address has its own limit, and its /64 one ten times looser (a cloud subnet is one /64; an attacker holds all of it)', async () => {
+    const auth = reg.auth!;
+    // Tokens as the password: only the address counts (no user's limit in the way).
+    const good = auth.store.createToken({ type: 'pat', user: 'alice', scopes: ['pull'], expiresAt: Date.now() + 60_000 }).secret;
+    let n = 0;
+    const status = (ip: string, right = false) =>
+      auth.login('ci', right ? good : `wharf_pat_v6guess${n++}`, ip).then(
+        () => 200,
+        (err: unknown) => ((err as { code?: string }).code === 'TOOMANYREQUESTS' ? 429 : 401),
+      );
+    // One machine of the subnet guesses ten times: it is held; its neighbour is not, right token or wrong.
+    for (let i = 0; i < 10; i++) expect(await status('2001:db8:5:6::1')).toBe(401);
+    expect(await status('2001:db8:5:6::1', true)).toBe(429);
+    expect(await status('2001:db8:5:6::2')).toBe(401);
+    expect(await status('2001:db8:5:6::3', true)).toBe(200);
+    // Ninety more from other addresses of the /64 (an attacker's): the whole /64 is held, another is not.
+    for (let a = 1; a <= 9; a++) for (let i = 0; i < 10; i++) await status(`2001:db8:5:6::${a}:${i}`);
+    expect(await status('2001:db8:5:6::ffff', true)).toBe(429);
+    expect(await status('2001:db8:5:7::1', true)).toBe(200);
+  });
+
   test('the same right credentials sent at once (parallel CI jobs, nodes with one pull secret) share one check: none is refused', async () => {
     secrets.addBasic('erin', PW.alice);
     // From thirty addresses, then from one (the first burst finds no verified password in memory).
