@@ -104,10 +104,13 @@ export class BcryptThread {
     const signal = options.signal;
     if (signal?.aborted) return Promise.reject(clientWentAway());
     const queue = this.waiting.get(owner);
-    if ((queue?.length ?? 0) >= this.limits.perOwner || this.waitingCount >= this.limits.total) {
-      const seconds = Math.max(1, Math.ceil(((this.waitingCount + 1) * this.lastCheckMs) / 1000));
-      return Promise.reject(new BcryptBusy((queue?.length ?? 0) >= this.limits.perOwner, seconds));
-    }
+    const own = queue?.length ?? 0;
+    const seconds = (): number => Math.max(1, Math.ceil(((this.waitingCount + 1) * this.lastCheckMs) / 1000));
+    if (own >= this.limits.perOwner) return Promise.reject(new BcryptBusy(true, seconds()));
+    // Full: the owner with the most waiting gives up its newest, so that addresses enough to fill the
+    // line (each within its own limit) cannot keep everyone else's logins out; unless none has more
+    // than this owner would.
+    if (this.waitingCount >= this.limits.total && !this.makeRoom(own + 1, seconds())) return Promise.reject(new BcryptBusy(false, seconds()));
     return new Promise<string>((resolve, reject) => {
       const onAbort = (): void => this.drop(job, clientWentAway());
       const forget = (): void => signal?.removeEventListener('abort', onAbort);
@@ -148,6 +151,17 @@ export class BcryptThread {
     });
     worker.ref();
     worker.postMessage({ id: job.id, password: job.password, salt: job.salt });
+  }
+
+  /** Drops the newest check of the owner with the most waiting, if it has more than `than`; whether it did. */
+  private makeRoom(than: number, retryAfter: number): boolean {
+    let largest: Job[] | undefined;
+    for (const queue of this.waiting.values()) if (!largest || queue.length > largest.length) largest = queue;
+    if (!largest || largest.length <= than) return false;
+    const job = largest[largest.length - 1]!;
+    this.drop(job, new BcryptBusy(true, retryAfter));
+    job.forget();
+    return true;
   }
 
   /** A waiting check leaves the queue (its client went away). */
