@@ -27,10 +27,10 @@ const SCHEMA = `
     credential TEXT
   );
   CREATE INDEX IF NOT EXISTS auth_tokens_user ON auth_tokens (user);
-  -- The expired refresh tokens each new one sweeps, and a user's newest ones (the cap): found without
-  -- a scan of the table, which a flood of logins made grow (20 ms a login at 76,000 rows).
+  -- The expired refresh tokens each new one sweeps, and a user's most recently used ones (the cap):
+  -- found without a scan of the table, which a flood of logins made grow (8 ms a login at 80,000 rows).
   CREATE INDEX IF NOT EXISTS auth_tokens_expiry ON auth_tokens (type, expires_at);
-  CREATE INDEX IF NOT EXISTS auth_tokens_user_type ON auth_tokens (user, type, id);
+  CREATE INDEX IF NOT EXISTS auth_tokens_user_used ON auth_tokens (user, type, COALESCE(last_used_at, created_at));
   CREATE TABLE IF NOT EXISTS auth_public (
     pattern TEXT PRIMARY KEY,
     created_at INTEGER NOT NULL
@@ -116,9 +116,10 @@ export interface NewToken {
 }
 
 /**
- * Refresh tokens a user keeps at most (each `docker login` makes one, which lives 30 days): a shared
- * CI account logging in for every job stays well within it, while one account minting them in a loop
- * cannot grow the table without bound. Past it the oldest go (their clients sign in again).
+ * Refresh tokens a user keeps at most (each `docker login` makes one, which lives 30 days): one
+ * account minting them in a loop cannot grow the table without bound. Past it those unused longest
+ * go (a token a client still uses is touched at least once an hour), so a shared CI account logging in
+ * for every job ends its jobs' old logins, not the build agent's or laptop's it uses every day.
  */
 export const MAX_REFRESH_PER_USER = 10_000;
 
@@ -152,9 +153,10 @@ export class AuthStore {
       revoke: s('UPDATE auth_tokens SET revoked = 1 WHERE id = ? OR parent_id = ?'),
       touch: s('UPDATE auth_tokens SET last_used_at = ? WHERE id = ?'),
       dropExpiredRefresh: s("DELETE FROM auth_tokens WHERE type = 'refresh' AND expires_at < ?"),
-      // Past the newest MAX_REFRESH_PER_USER of a user's refresh tokens, the oldest go.
-      dropOldestRefresh: s(`DELETE FROM auth_tokens WHERE user = ? AND type = 'refresh' AND id <= (
-                              SELECT id FROM auth_tokens WHERE user = ? AND type = 'refresh' ORDER BY id DESC LIMIT 1 OFFSET ${MAX_REFRESH_PER_USER})`),
+      // Past the MAX_REFRESH_PER_USER of a user's refresh tokens used (or made) last, the others go.
+      dropOldestRefresh: s(`DELETE FROM auth_tokens WHERE id IN (
+                              SELECT id FROM auth_tokens WHERE user = ? AND type = 'refresh'
+                              ORDER BY COALESCE(last_used_at, created_at) DESC LIMIT -1 OFFSET ${MAX_REFRESH_PER_USER})`),
       publics: s('SELECT pattern FROM auth_public ORDER BY pattern'),
       addPublic: s('INSERT INTO auth_public (pattern, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING'),
       removePublic: s('DELETE FROM auth_public WHERE pattern = ?'),
@@ -251,7 +253,7 @@ export class AuthStore {
     );
     if (token.type === 'refresh') {
       this.q.dropExpiredRefresh!.run(Date.now());
-      this.q.dropOldestRefresh!.run(token.user, token.user);
+      this.q.dropOldestRefresh!.run(token.user);
     }
     return { id: Number(result.lastInsertRowid), secret };
   }
