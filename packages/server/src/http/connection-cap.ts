@@ -40,8 +40,8 @@ export interface ConnectionCap {
  * pull failed. Past seven eighths
  * of `max`, each new connection closes the one idle longest between two requests (its client
  * connects again when it next needs one, as after `idle_timeout`); a connection that has not sent
- * its first request, or is serving one, or still sends the body of one already answered, is never
- * closed here. Past `max`, with none idle, the new
+ * its first request, or is serving one, is never closed here; one that still sends the body of a
+ * request already answered only at `max`, oldest first, when none is idle. Past `max`, with none idle, the new
  * connection is closed at once and `refused` is called.
  */
 export function capConnections(server: Server, max: number, refused: (open: number) => void): ConnectionCap {
@@ -49,6 +49,13 @@ export function capConnections(server: Server, max: number, refused: (open: numb
   let open = 0;
   /** Sockets between two requests, longest idle first (a Map keeps insertion order). */
   const idle = new Map<Socket, true>();
+  /**
+   * Sockets whose request was answered while its body still arrives (node reads the rest), oldest
+   * first: not idle, since closing one cuts a client reading its answer, but not served either, so
+   * at the cap one goes rather than a new connection being refused (a client could otherwise hold
+   * its place for good, a chunk now and then, without signing in).
+   */
+  const draining = new Map<Socket, true>();
   const inFlight = new WeakMap<Socket, number>();
   const watched = new WeakSet<Socket>();
 
@@ -57,9 +64,13 @@ export function capConnections(server: Server, max: number, refused: (open: numb
     socket.once('close', () => (open -= 1));
     if (open <= soft) return;
     const longest = idle.keys().next();
+    const oldestDraining = draining.keys().next();
     if (!longest.done) {
       idle.delete(longest.value);
       longest.value.destroy();
+    } else if (open > max && !oldestDraining.done) {
+      draining.delete(oldestDraining.value);
+      oldestDraining.value.destroy();
     } else if (open > max) {
       // Here rather than node's maxConnections, which refuses a connection even when one is idle.
       socket.destroy();
@@ -75,7 +86,10 @@ export function capConnections(server: Server, max: number, refused: (open: numb
     inFlight.set(socket, (inFlight.get(socket) ?? 0) + 1);
     if (!watched.has(socket)) {
       watched.add(socket);
-      socket.once('close', () => idle.delete(socket));
+      socket.once('close', () => {
+        idle.delete(socket);
+        draining.delete(socket);
+      });
     }
     // One listener per response, counted (Koa's pipeline of a streamed export and the route's own
     // reached node's warning at eleven).
@@ -85,17 +99,22 @@ export function capConnections(server: Server, max: number, refused: (open: numb
     let waiting = 2;
     const done = (): void => {
       if (--waiting !== 0) return;
+      draining.delete(socket);
       const left = (inFlight.get(socket) ?? 1) - 1;
       inFlight.set(socket, left);
       if (left === 0 && !socket.destroyed) idle.set(socket, true);
     };
-    res.once('close', done);
-    if (req.complete) done();
+    let bodyEnded = req.complete;
+    res.once('close', () => {
+      // Answered before its body ended: draining until it does (unless other requests are in flight).
+      if (!bodyEnded && (inFlight.get(socket) ?? 0) <= 1 && !socket.destroyed) draining.set(socket, true);
+      done();
+    });
+    if (bodyEnded) done();
     else {
-      let once = false;
       const bodyDone = (): void => {
-        if (once) return;
-        once = true;
+        if (bodyEnded) return;
+        bodyEnded = true;
         req.off('end', bodyDone);
         req.off('close', bodyDone);
         done();

@@ -136,6 +136,36 @@ describe('max_connections', () => {
     }
   });
 
+  test('at the cap with none idle, a connection still sending an answered body goes rather than the new one being refused', async () => {
+    reg = await startRegistry({ settings: { max_connections: 8 } });
+    const port = reg.port;
+    const sending = await open(port);
+    clients.push(sending);
+    await exchange(
+      sending,
+      'PATCH /v2/cap/test/blobs/uploads/no-such-upload HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n',
+      /^HTTP\/1\.1 404 /,
+    );
+    // Seven uploads in flight: with the sender, eight open, none idle.
+    const busy: Client[] = [];
+    for (let i = 0; i < 7; i++) {
+      const c = await open(port);
+      busy.push(c);
+      await exchange(c, 'POST /v2/cap/test/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n', /\r\n\r\n/);
+      const location = /^location: (\S+)/im.exec(c.received)![1]!;
+      c.socket.write(`PATCH ${location} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n`);
+    }
+    clients.push(...busy);
+    const fresh = await open(port);
+    clients.push(fresh);
+    await exchange(fresh, 'GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n', /^HTTP\/1\.1 200 /);
+    // Before: refused (closed with nothing), the sender kept for as long as it trickles its body.
+    expect(fresh.received).toMatch(/^HTTP\/1\.1 200 /);
+    for (let i = 0; i < 200 && !sending.closed; i++) await sleep(10);
+    expect(sending.closed).toBe(true);
+    expect(busy.some((c) => c.closed)).toBe(false);
+  });
+
   test('lowered to fit the open files limit, less what the server needs for itself', () => {
     // Half of what is left past 512: a connection sending a blob holds its file too.
     expect(connectionLimit(4096, 1024)).toBe(256);
