@@ -1,4 +1,4 @@
-import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
+import { afterEach, beforeEach, describe, expect, jest, test } from '@jest/globals';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -19,6 +19,15 @@ async function readAll(body: Readable): Promise<Buffer> {
   const chunks: Buffer[] = [];
   for await (const chunk of body as AsyncIterable<Buffer>) chunks.push(chunk);
   return Buffer.concat(chunks);
+}
+
+/**
+ * Fakes the wall clock and its timeouts only (a remnant's deadline is a Date and a setTimeout): the
+ * test moves time to a deadline instead of waiting for it, while the fills' I/O, their streams and
+ * the test's own sleeps (node:timers/promises) run as usual.
+ */
+function fakeClock(): void {
+  jest.useFakeTimers({ doNotFake: ['hrtime', 'nextTick', 'performance', 'queueMicrotask', 'setImmediate', 'clearImmediate', 'setInterval', 'clearInterval'] });
 }
 
 async function until(check: () => boolean): Promise<void> {
@@ -75,6 +84,7 @@ describe('BlobFills: a download its upstream cut leaves its bytes for the next f
   afterEach(async () => {
     await fills.settled();
     await fills.close();
+    jest.useRealTimers();
     await rm(dir, { recursive: true, force: true });
   });
 
@@ -309,19 +319,24 @@ describe('BlobFills: a download its upstream cut leaves its bytes for the next f
   });
 
   test('a remnant put back after a try the upstream was down for keeps its deadline', async () => {
-    fills = new BlobFills({ store, tempRoot: temp, remnantTtlMs: 400 });
+    // The clock stands still unless the test moves it: the remnant is kept at `keptAt` exactly.
+    fakeClock();
+    fills = new BlobFills({ store, tempRoot: temp, remnantTtlMs: 60_000 });
     const bytes = randomBytes(3 * MiB);
     const digest = sha256(bytes);
     const up = upstreamOf(bytes);
     await cutFill(up, bytes, 2 * MiB, 2 * MiB);
     const keptAt = Date.now();
-    await sleep(250);
+    await jest.advanceTimersByTimeAsync(40_000);
+    expect(fills.remnantOf(digest)).toBe(2 * MiB);
     up.setDown(true);
     await expect(fills.join(digest, up.fetch)).rejects.toThrow(/ECONNREFUSED/);
     expect(fills.remnantOf(digest)).toBe(2 * MiB);
-    // Gone 400 ms after it was first kept, not 400 ms after the failed try.
-    await until(() => fills.remnantOf(digest) === 0);
-    expect(Date.now() - keptAt).toBeLessThan(600);
+    // Gone 60 s after it was first kept, not 60 s after the failed try (that would be at keptAt + 100 s).
+    await jest.advanceTimersByTimeAsync(keptAt + 60_000 - 1 - Date.now());
+    expect(fills.remnantOf(digest)).toBe(2 * MiB);
+    await jest.advanceTimersByTimeAsync(1);
+    expect(fills.remnantOf(digest)).toBe(0);
   });
 
   test('remnants hold at most remnant_max_bytes together: the oldest go first, and one larger alone is not kept', async () => {
@@ -351,11 +366,16 @@ describe('BlobFills: a download its upstream cut leaves its bytes for the next f
     };
     // The test environment (jest-environment.js) fails a test in which a rejection went unhandled.
     try {
-      fills = new BlobFills({ store, tempRoot: temp, remnantTtlMs: 50 });
+      // The remnant expires when the test moves the clock past its deadline, after its file is jammed.
+      fakeClock();
+      fills = new BlobFills({ store, tempRoot: temp, remnantTtlMs: 60_000 });
       const a = randomBytes(3 * MiB);
       await cutFill(upstreamOf(a), a, 2 * MiB, 2 * MiB);
       await jam();
-      await until(() => fills.remnantOf(sha256(a)) === 0);
+      expect(fills.remnantOf(sha256(a))).toBe(2 * MiB);
+      await jest.advanceTimersByTimeAsync(60_000);
+      expect(fills.remnantOf(sha256(a))).toBe(0);
+      jest.useRealTimers();
 
       fills = new BlobFills({ store, tempRoot: temp });
       const b = randomBytes(3 * MiB);
@@ -566,6 +586,9 @@ describe('BlobFills: a download its upstream cut leaves its bytes for the next f
   });
 
   test('restore removes every other fill file: no note, an expired or broken note, a file shorter than its note says', async () => {
+    // The clock stands still unless the test moves it: no remnant taken back expires meanwhile.
+    fakeClock();
+    const ttl = 30_000;
     const zeros = sha256(Buffer.alloc(2 * MiB));
     const note = (digest: string, extra: Record<string, unknown> = {}) => JSON.stringify({ digest, size: 3 * MiB, length: 2 * MiB, expiresAt: Date.now() + 60_000, prefix: zeros, ...extra });
     const twoMiB = Buffer.alloc(2 * MiB);
@@ -600,7 +623,7 @@ describe('BlobFills: a download its upstream cut leaves its bytes for the next f
     await writeFile(join(temp, `fill-${live.tag}-b.kept`), note(d(8)));
     await writeFile(join(temp, `fill-${live.tag}-c`), twoMiB);
     await writeFile(join(temp, `fill-${live.tag}-c.kept.0a1b2c3d.new`), note(d(9)));
-    fills = new BlobFills({ store, tempRoot: temp, remnantTtlMs: 200 });
+    fills = new BlobFills({ store, tempRoot: temp, remnantTtlMs: ttl });
     expect(await fills.restore()).toBe(3);
     await rm(join(temp, 'fill-dir'), { recursive: true });
     expect(fills.remnantOf(d(5))).toBe(2 * MiB);
@@ -612,14 +635,18 @@ describe('BlobFills: a download its upstream cut leaves its bytes for the next f
     // The three taken back, renamed as this instance's, each with its note (the deadline cut to the TTL written down too).
     const taken = Object.values(await notes()).filter((n) => [d(5), d(6), d(7)].includes(n.digest as Digest));
     expect(taken).toHaveLength(3);
-    for (const n of taken) expect(n.expiresAt).toBeLessThanOrEqual(Date.now() + 200);
+    for (const n of taken) expect(n.expiresAt).toBeLessThanOrEqual(Date.now() + ttl);
     expect(left.filter((f) => !f.includes(live.tag))).toHaveLength(6);
     const locks = (await readdir(temp)).filter((f) => f.startsWith('owner-'));
     expect(locks).not.toContain(`owner-${deadTag}.lock`);
     expect(locks).toContain(`owner-${live.tag}.lock`);
     await live.release();
     expect((await readdir(temp)).filter((f) => f.startsWith(`owner-${live.tag}`))).toEqual([]);
-    await until(() => fills.remnantOf(d(6)) === 0);
+    // The one noted to go in 30 days goes at the TTL.
+    await jest.advanceTimersByTimeAsync(ttl - 1);
+    expect(fills.remnantOf(d(6))).toBe(2 * MiB);
+    await jest.advanceTimersByTimeAsync(1);
+    expect(fills.remnantOf(d(6))).toBe(0);
   });
 
 });
