@@ -1,4 +1,4 @@
-import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
+import { afterEach, beforeEach, describe, expect, jest, test } from '@jest/globals';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:http';
@@ -18,6 +18,19 @@ import { FakeUpstream } from './helpers/fake-upstream.js';
 
 const DOC = (seed: string) => ({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: {}, layers: [], annotations: { seed } });
 const TTL = 300;
+
+/**
+ * Fakes the wall clock only, which stands still until the test moves it: manifest_ttl is measured with
+ * Date.now(), so "within manifest_ttl" holds however slow the machine is. Timers, sockets and I/O stay real.
+ */
+function freezeClock(): void {
+  jest.useFakeTimers({ doNotFake: ['hrtime', 'nextTick', 'performance', 'queueMicrotask', 'setImmediate', 'clearImmediate', 'setInterval', 'clearInterval', 'setTimeout', 'clearTimeout'] });
+}
+
+/** Moves the frozen clock past manifest_ttl. */
+function pastTtl(): void {
+  jest.setSystemTime(Date.now() + TTL + 50);
+}
 
 async function readAll(body: Readable): Promise<Buffer> {
   const chunks: Buffer[] = [];
@@ -44,6 +57,7 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     repo = new PullThroughRepository(upstream, new CacheIndex(db), store, fills, { manifestTtl: TTL, absentTtl: 60_000, rateLimitFloor: 0 });
   });
   afterEach(async () => {
+    jest.useRealTimers();
     // A fill still syncing, reading back or storing its file must end before its folder goes.
     await fills.settled();
     await fake.close();
@@ -52,6 +66,7 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
   });
 
   test('by tag within manifest_ttl: served from the cache with no upstream request', async () => {
+    freezeClock();
     const digest = fake.addManifest('alice/app', '1', DOC('a'));
     expect((await repo.manifest('alice/app', '1'))?.digest).toBe(digest);
     const seen = fake.requests.length;
@@ -157,6 +172,7 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
   });
 
   test('peekManifest answers only what the cache holds fresh, and never asks the upstream', async () => {
+    freezeClock();
     const digest = fake.addManifest('alice/app', '1', DOC('a'));
     expect(await repo.peekManifest('alice/app', '1')).toBeUndefined();
     expect(await repo.peekManifest('alice/app', digest)).toBeUndefined();
@@ -166,7 +182,7 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     expect((await repo.peekManifest('alice/app', '1'))?.digest).toBe(digest);
     expect((await repo.peekManifest('alice/app', digest))?.digest).toBe(digest);
     expect(await repo.peekManifest('alice/app', 'bad tag!')).toBeUndefined();
-    await sleep(TTL + 50);
+    pastTtl();
     // A tag due for its check is not answered; a digest stays answered (immutable).
     expect(await repo.peekManifest('alice/app', '1')).toBeUndefined();
     expect((await repo.peekManifest('alice/app', digest))?.digest).toBe(digest);
@@ -503,6 +519,7 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
   });
 
   test('referrers listed within manifest_ttl are served with no upstream request; past it, asked again', async () => {
+    freezeClock();
     const subject = fake.addManifest('alice/ref', '1', DOC('a'));
     const sig = (n: string) => ({ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: fake.addManifest('alice/ref', n, DOC(n)), size: 10, artifactType: 'application/x-sig' });
     const first = sig('s1');
@@ -514,7 +531,7 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
 
     const second = sig('s2');
     fake.referrers.set(`alice/ref@${subject}`, [first, second]);
-    await new Promise((r) => setTimeout(r, TTL + 50));
+    pastTtl();
     expect(await repo.referrers('alice/ref', subject)).toEqual([first, second]);
     expect(fake.count('GET', path)).toBe(2);
   });
@@ -575,6 +592,7 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
   });
 
   test('a tag list too long to read whole: pages in the upstream\'s order, a Link past what was read, every tag once', async () => {
+    freezeClock();
     // Upper and lower case: the upstream's byte order is not the registry's, and it applies `last` in its own.
     const all = Array.from({ length: 70 }, (_, i) => `${i % 2 ? 'T' : 't'}${String(i).padStart(2, '0')}`);
     for (const tag of all) fake.addManifest('alice/long', tag, DOC(tag));
@@ -595,7 +613,7 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     // Upstream down: the kept 60, marked. Past them, not the tags pulled through the cache, which
     // are in the registry's order and would repeat or skip tags of this walk: the upstream's error.
     for (const tag of all.slice(0, 4)) await repo.manifest('alice/long', tag);
-    await sleep(TTL + 50);
+    pastTtl();
     fake.faultOn = /\/tags\/list$/;
     fake.fault = '500';
     expect(await repo.listTags('alice/long', 9999)).toMatchObject({ ...first, warning: expect.stringContaining('serving the tags of its last answer') });
@@ -612,6 +630,7 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
   });
 
   test('a whole tag list is kept: within manifest_ttl no upstream request, every page from it, and served while the upstream fails', async () => {
+    freezeClock();
     for (const tag of ['a', 'b', 'c', 'd', 'e']) fake.addManifest('alice/kept', tag, DOC(tag));
     const listPath = '/v2/alice/kept/tags/list';
     expect(await repo.listTags('alice/kept', 100)).toEqual({ tags: ['a', 'b', 'c', 'd', 'e'], more: false });
@@ -622,13 +641,13 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     expect(fake.count('GET', listPath)).toBe(asked);
 
     // Past manifest_ttl: asked again, and a new tag shows.
-    await sleep(TTL + 50);
+    pastTtl();
     fake.addManifest('alice/kept', 'f', DOC('f'));
     expect((await repo.listTags('alice/kept', 100))?.tags).toEqual(['a', 'b', 'c', 'd', 'e', 'f']);
     expect(fake.count('GET', listPath)).toBe(asked + 1);
 
     // Past it again, the upstream failing: the kept list (none of these tags was ever pulled).
-    await sleep(TTL + 50);
+    pastTtl();
     fake.faultOn = /\/tags\/list$/;
     fake.fault = '500';
     expect(await repo.listTags('alice/kept', 3, 'c')).toEqual({
