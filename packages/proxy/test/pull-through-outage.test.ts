@@ -1,4 +1,4 @@
-import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
+import { afterEach, beforeEach, describe, expect, jest, test } from '@jest/globals';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,6 +13,15 @@ import { FakeUpstream } from './helpers/fake-upstream.js';
 
 const DOC = { schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: {}, layers: [] };
 const TTL = 100;
+
+/**
+ * Fakes the wall clock only, which stands still until the test moves it: manifest_ttl and the back-off
+ * windows are measured with Date.now(), so "within the window" holds however slow the machine is.
+ * Timers, sockets and I/O stay real.
+ */
+function freezeClock(): void {
+  jest.useFakeTimers({ doNotFake: ['hrtime', 'nextTick', 'performance', 'queueMicrotask', 'setImmediate', 'clearImmediate', 'setInterval', 'clearInterval', 'setTimeout', 'clearTimeout'] });
+}
 
 describe('PullThroughRepository during an upstream outage', () => {
   let fake: FakeUpstream;
@@ -37,6 +46,7 @@ describe('PullThroughRepository during an upstream outage', () => {
     });
   });
   afterEach(async () => {
+    jest.useRealTimers();
     await fake.close();
     db.close();
     await rm(dir, { recursive: true, force: true });
@@ -113,13 +123,18 @@ describe('PullThroughRepository during an upstream outage', () => {
   });
 
   test('after one failed re-check, cached tags are served at once without asking the upstream again', async () => {
+    freezeClock();
     fake.addManifest('alice/app', '1', DOC);
     await repo.manifest('alice/app', '1');
-    await sleep(TTL + 20);
+    jest.setSystemTime(Date.now() + TTL + 20);
     fake.fault = '500';
     expect((await repo.manifest('alice/app', '1'))?.warning).toBeDefined();
     const asked = fake.requests.length;
-    for (let i = 0; i < 5; i++) expect((await repo.manifest('alice/app', '1'))?.warning).toMatch(/unavailable/);
+    // Inside the 400 ms back-off (the last read 399 ms after the failed re-check).
+    for (let i = 0; i < 5; i++) {
+      expect((await repo.manifest('alice/app', '1'))?.warning).toMatch(/unavailable/);
+      jest.setSystemTime(Date.now() + (i < 3 ? 100 : 99));
+    }
     expect(fake.requests.length).toBe(asked);
   });
 
@@ -167,13 +182,15 @@ describe('PullThroughRepository during an upstream outage', () => {
   });
 
   test("a 429's window is not ended by an answer to another request: the limit may still hold for manifests", async () => {
+    freezeClock();
     fake.addManifest('alice/app', '1', DOC);
     await repo.manifest('alice/app', '1');
-    await sleep(TTL + 20);
+    jest.setSystemTime(Date.now() + TTL + 20);
     fake.fault = '429';
     fake.retryAfter = '1';
     expect((await repo.manifest('alice/app', '1'))?.warning).toBeDefined();
     fake.fault = undefined;
+    jest.setSystemTime(Date.now() + 10);
     const layer = fake.addBlob(Buffer.from('a layer'));
     // An answer (the blob's size) from the upstream, for a request that does not count against the limit.
     expect((await repo.statBlob('alice/app', layer))?.digest).toBe(layer);
