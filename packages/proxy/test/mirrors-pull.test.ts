@@ -31,6 +31,8 @@ describe('mirrors pulled through the cache', () => {
   let store: FsBlobStore;
   let fills: BlobFills;
   const quick = { connect: 300, firstByte: 300, idle: 300 };
+  /** For tests in which no mirror should time out: a slow machine must not turn a delay into a failure. */
+  const patient = { connect: 5_000, firstByte: 5_000, idle: 5_000 };
 
   beforeEach(async () => {
     mirrors = [await FakeUpstream.start(), await FakeUpstream.start(), await FakeUpstream.start()];
@@ -48,9 +50,9 @@ describe('mirrors pulled through the cache', () => {
   });
 
   /** As the server builds a mirrored upstream: the mirrors' own clients do not retry, the mirrors do. */
-  function upstream(options: MirrorOptions): MirroredUpstream {
+  function upstream(options: MirrorOptions, timeouts = quick): MirroredUpstream {
     return new MirroredUpstream(
-      mirrors.map((m) => new HttpUpstream({ name: 'up', url: m.url, retries: 0, timeouts: quick })),
+      mirrors.map((m) => new HttpUpstream({ name: 'up', url: m.url, retries: 0, timeouts })),
       { random: () => 0.99, ...options },
     );
   }
@@ -65,11 +67,12 @@ describe('mirrors pulled through the cache', () => {
     const path = `/v2/alice/app/blobs/${digest}`;
     mirrors[0]!.fault = 'wrong-bytes';
     mirrors[0]!.faultOn = /\/blobs\//;
-    const repo = through(upstream({ strategy, hedgeDelay: 200 }));
+    // No hedge and no timeout while a mirror answers: each pull asks exactly one mirror (unless it fails).
+    const repo = through(upstream({ strategy, hedgeDelay: 2_000 }, patient));
     // Every mirror measured, mirror 0 the fastest (adaptive's first choice too).
     for (const m of mirrors) m.addManifest('alice/app', '1', DOC('a'));
-    mirrors[1]!.delayMs = 150;
-    mirrors[2]!.delayMs = 150;
+    mirrors[1]!.delayMs = 250;
+    mirrors[2]!.delayMs = 250;
     for (let i = 0; i < 3; i++) await repo.manifest('alice/app', '1');
     const pull = async (): Promise<Buffer> => readAll((await repo.openBlob('alice/app', (await repo.blob('alice/app', digest))!))!);
     await expect(pull()).rejects.toThrow();
@@ -94,7 +97,8 @@ describe('mirrors pulled through the cache', () => {
     // Mirror 0 answers far faster than the others.
     mirrors[1]!.delayMs = 150;
     mirrors[2]!.delayMs = 150;
-    const repo = through(upstream({ strategy: 'adaptive' }));
+    // Mirrors 1 and 2 slow, not failing: no timeout however slow the machine.
+    const repo = through(upstream({ strategy: 'adaptive' }, patient));
     // Every mirror measured (one pull each), then mirror 0 is the one asked, until it fails.
     for (let i = 0; i < 3; i++) await repo.manifest('alice/app', '1');
     for (let i = 0; i < 3; i++) await repo.manifest('alice/app', '1');
@@ -147,7 +151,8 @@ describe('mirrors pulled through the cache', () => {
   test('hedged: a mirror that lost a race is asked after the winner for a while, so requests stop paying its delay', async () => {
     for (const m of mirrors) m.addManifest('alice/app', '1', DOC('a'));
     mirrors[0]!.fault = 'stall';
-    const repo = through(upstream({ strategy: 'hedged', hedgeDelay: 100 }));
+    // Mirror 0 loses the race (it is not timed out), and mirror 1, which answers at once, well within the hedge.
+    const repo = through(upstream({ strategy: 'hedged', hedgeDelay: 1_000 }, patient));
     expect(await repo.manifest('alice/app', '1')).toBeDefined();
     expect(mirrors[0]!.requests.length).toBe(1);
     for (let i = 0; i < 3; i++) expect(await repo.manifest('alice/app', '1')).toBeDefined();
