@@ -128,6 +128,11 @@ export class BcryptThread {
     return this.waitingCount;
   }
 
+  /** Checks on the thread now, sent to it and not answered yet: 0 or 1 (for tests). */
+  get running(): number {
+    return this.pending.size;
+  }
+
   /** Sends the next owner's first check to the thread, if none is there. */
   private next(): void {
     if (this.pending.size > 0) return;

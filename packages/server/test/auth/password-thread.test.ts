@@ -58,7 +58,12 @@ describe('password checks off the event loop', () => {
 
   test('a check the thread could not finish is a 503, not a wrong password: the right one is taken right after', async () => {
     const pending = fetch(`${reg.url}/v2/`, { headers: { Authorization: basic('ann', PASSWORD) } });
-    await new Promise((r) => setTimeout(r, 50)); // the check is on the thread (cost 12: far longer than this)
+    // Closed while the check is on the thread: nothing else runs one now, and close() fails it at once
+    // (an answer the thread may post meanwhile finds no check to settle).
+    for (const deadline = Date.now() + 30_000; passwordThread.running === 0; ) {
+      if (Date.now() > deadline) throw new Error('the password check never reached the thread');
+      await new Promise((r) => setTimeout(r, 1));
+    }
     await passwordThread.close();
     const res = await pending;
     expect(res.status).toBe(503);
