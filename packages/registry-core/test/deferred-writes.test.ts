@@ -99,18 +99,25 @@ describe('deferred writes', () => {
       "db.exec('BEGIN IMMEDIATE');",
       "db.prepare(\"UPDATE notes SET v = 8 WHERE k = 'b'\").run();",
       "process.stdout.write('locked\\n');",
-      "setTimeout(() => { db.exec('COMMIT'); db.close(); }, 300);",
+      // It lets go only when told, a little after: by then this process waits for the lock.
+      "process.stdin.once('data', () => { process.stdin.destroy(); setTimeout(() => { db.exec('COMMIT'); db.close(); }, 100); });",
     ].join('\n');
-    const holder = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const holder = spawn(process.execPath, ['-e', script], { stdio: ['pipe', 'pipe', 'inherit'] });
     const exited = new Promise<number | null>((r) => holder.once('exit', (code) => r(code)));
-    await new Promise<void>((r) => holder.stdout!.once('data', () => r()));
-    note('a', 3);
+    try {
+      await new Promise<void>((r) => holder.stdout!.once('data', () => r()));
+      note('a', 3);
 
-    expect(flushDeferredWrites(db)).toBe(false);
-    expect(flushDeferredWrites(db, { waitMs: 10_000 })).toBe(true);
+      // The lock is held until the test says so, however slow the machine.
+      expect(flushDeferredWrites(db)).toBe(false);
+      await new Promise<void>((r) => holder.stdin!.end('let go\n', () => r()));
+      expect(flushDeferredWrites(db, { waitMs: 10_000 })).toBe(true);
 
-    expect([value('a'), value('b')]).toEqual([3, 8]);
-    expect(await exited).toBe(0);
+      expect([value('a'), value('b')]).toEqual([3, 8]);
+      expect(await exited).toBe(0);
+    } finally {
+      if (holder.exitCode === null && holder.signalCode === null) holder.kill();
+    }
   });
 
   test('a write that fails for another reason is dropped without failing the others', () => {
