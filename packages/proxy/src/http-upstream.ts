@@ -4,8 +4,8 @@ import { JSON_SHAPE_LIMITS, JsonShapeError, MANIFEST_MEDIA_TYPES, MAX_MANIFEST_B
 import type { Dispatcher } from 'undici';
 import { bypassesProxy } from './no-proxy.js';
 import { upstreamBodyBuffer } from './fill-writer.js';
-import { plainRequest } from './plain-http.js';
-import { AddressRefused, isPublicAddress, isPublicHost } from './public-address.js';
+import { plainRequest, type AddressPolicy } from './plain-http.js';
+import { AddressRefused, isPublicAddress } from './public-address.js';
 import { RateLimitGate, type RateLimitGateLogger } from './rate-limit-gate.js';
 import { resumingBlob, skipFirst } from './resuming-body.js';
 import { parseChallenge } from './token-auth.js';
@@ -51,10 +51,10 @@ export interface HttpUpstreamOptions {
   /** Where warnings go: the upstream's rate limiting (RateLimitGate), a referrers list cut short. */
   readonly logger?: RateLimitGateLogger;
   /**
-   * Where the internet is (isPublicHost, isPublicAddress; tests stand a loopback address in for a
-   * host on the internet): once on it, an upstream's requests go to public addresses only (see send).
+   * Where the internet is (isPublicAddress; tests stand a loopback address in for a host on the
+   * internet): once on it, an upstream's requests go to public addresses only (see send).
    */
-  readonly internet?: { readonly isPublicHost: (host: string) => Promise<boolean>; readonly isPublicAddress: (address: string) => boolean };
+  readonly internet?: { readonly isPublicAddress: (address: string) => boolean };
 }
 
 const DEFAULT_TIMEOUTS: UpstreamTimeouts = { connect: 10_000, firstByte: 30_000, idle: 60_000 };
@@ -490,23 +490,26 @@ export class HttpUpstream implements Upstream {
     // a third party does not get to choose where they are sent.
     const first = target.origin;
     let left = false;
-    // Once the chain is on the internet (the upstream itself, or a hop it sent Wharf to), every
-    // connection goes to public addresses only, its own included (a name that resolves inside the
-    // network later): a third party does not get to send Wharf inside the network. An upstream the
-    // operator put inside the network may send Wharf anywhere inside it, until a hop leaves it.
-    let outward = await this.publicHost(this.hostname);
+    // Once the chain is on the internet (a connection of it went to a public address, or the
+    // upstream's own host ever resolved to one), every connection goes to public addresses only: a
+    // third party does not get to send Wharf inside the network. Decided on the lookups the
+    // connections themselves make. An upstream the operator put inside the network may send Wharf
+    // anywhere inside it, until a hop leaves it.
+    const chain = { outward: this.seenPublic };
     for (let hop = 0; ; hop++) {
+      const place = this.placeOf(target, chain);
       let res: Answer;
       const hopHeaders = auth && !(left && target.origin === first) ? { ...sent, ...auth(target.origin) } : sent;
       try {
-        if (outward && this.proxied(target)) refuseInternalLiteral(target, this.isPublicAddress);
+        // Through an egress proxy, which resolves names itself, only an address in the URL is known.
+        if (this.proxied(target) && isIP(target.hostname.replace(/^\[(.*)\]$/, '$1'))) place.filter([target.hostname.replace(/^\[(.*)\]$/, '$1')]);
         res = this.proxied(target)
           ? await (await this.dispatcher(this.via!)).request({ origin: target.origin, path: `${target.pathname}${target.search}`, method, headers: hopHeaders, ...(signal ? { signal } : {}) })
           : await plainRequest(target, hopHeaders, this.timeouts, signal, {
               method,
               bodyBuffer: upstreamBodyBuffer,
               ...(this.options.ca !== undefined ? { ca: this.options.ca } : {}),
-              ...(outward ? { allowAddress: this.isPublicAddress } : {}),
+              addresses: place,
             });
       } catch (err) {
         this.options.onRequest?.('error');
@@ -538,33 +541,33 @@ export class HttpUpstream implements Upstream {
         sent = rest;
         left = true;
       }
-      // A hop off the upstream's host that is on the internet takes the chain there for good.
-      if (!outward && target.hostname !== this.hostname) outward = await this.publicHost(target.hostname);
       target = next;
     }
   }
 
-  private readonly publicHosts = new Map<string, { readonly answer: Promise<boolean>; readonly until: number }>();
-
-  private get isPublicAddress(): (address: string) => boolean {
-    return this.options.internet?.isPublicAddress ?? isPublicAddress;
-  }
+  /** The upstream's own host resolved to a public address once: from then on it is on the internet for good. */
+  private seenPublic = false;
 
   /**
-   * Whether `host` is on the internet, looked up again after PUBLIC_HOST_TTL_MS. A name that does not
-   * resolve now counts as public (the strict answer), and is looked up again at the next request.
+   * Where a connection to `target` may go, for a request chain (see send): any public address, which
+   * takes the chain onto the internet; an address inside the network only while it is not there.
    */
-  private publicHost(host: string): Promise<boolean> {
-    const now = Date.now();
-    const known = this.publicHosts.get(host);
-    if (known && known.until > now) return known.answer;
-    const answer = (this.options.internet?.isPublicHost ?? isPublicHost)(host).catch(() => {
-      this.publicHosts.delete(host);
-      return true;
-    });
-    if (this.publicHosts.size >= 256) this.publicHosts.clear();
-    this.publicHosts.set(host, { answer, until: now + PUBLIC_HOST_TTL_MS });
-    return answer;
+  private placeOf(target: URL, chain: { outward: boolean }): AddressPolicy {
+    const isPublic = this.options.internet?.isPublicAddress ?? isPublicAddress;
+    const own = target.hostname === this.hostname;
+    return {
+      tag: chain.outward ? 'outward' : 'inside',
+      filter: (resolved) => {
+        const open = resolved.filter((address) => isPublic(address));
+        if (open.length > 0) {
+          chain.outward = true;
+          if (own) this.seenPublic = true;
+          return open;
+        }
+        if (chain.outward) throw new AddressRefused(target.host, resolved[0] ?? target.hostname);
+        return [...resolved];
+      },
+    };
   }
 
   /**
@@ -752,11 +755,4 @@ function manifestMediaType(bytes: Buffer, contentType: string | undefined): stri
   return undefined;
 }
 
-/** How long whether a host is on the internet is believed (a lookup that failed counts as public). */
-const PUBLIC_HOST_TTL_MS = 5 * 60_000;
 
-/** Through an egress proxy the proxy resolves names; an address in the URL is checked here. */
-function refuseInternalLiteral(target: URL, isPublic: (address: string) => boolean): void {
-  const literal = target.hostname.replace(/^\[(.*)\]$/, '$1');
-  if (isIP(literal) && !isPublic(literal)) throw new AddressRefused(target.host, literal);
-}

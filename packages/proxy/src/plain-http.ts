@@ -47,11 +47,18 @@ export interface PlainOptions {
    */
   readonly bodyBuffer?: () => number;
   /**
-   * Whether a connection may go to this address (checked on the address the host resolves to, the one
-   * connected to, so a name cannot resolve otherwise between a check and the connection); refused
-   * with AddressRefused. Unset: any.
+   * Where a connection may go: `filter` gets the addresses the host resolves to (or the address in
+   * the URL) and answers those it may connect to, or throws AddressRefused; checked on the lookup the
+   * connection itself makes, so a name cannot resolve otherwise between a check and the connection.
+   * Kept-alive connections are reused only by requests of the same `tag`, and `filter` sees a reused
+   * one's address too. Unset: anywhere.
    */
-  readonly allowAddress?: (address: string) => boolean;
+  readonly addresses?: AddressPolicy;}
+
+/** See PlainOptions.addresses. */
+export interface AddressPolicy {
+  readonly tag: string;
+  readonly filter: (resolved: readonly string[]) => string[];
 }
 
 /** A response head is a few KiB; more is not a registry talking. */
@@ -105,7 +112,13 @@ export function plainRequest(
   if (signal?.aborted) return Promise.reject(abortReason(signal));
   // An address in the URL is never looked up: checked here.
   const literal = url.hostname.replace(/^\[(.*)\]$/, '$1');
-  if (options.allowAddress && isIP(literal) && !options.allowAddress(literal)) return Promise.reject(new AddressRefused(url.host, literal));
+  if (options.addresses && isIP(literal)) {
+    try {
+      options.addresses.filter([literal]);
+    } catch (err) {
+      return Promise.reject(err as Error);
+    }
+  }
   return new Promise((resolve, reject) => new Exchange(url, headers, timeouts, signal, options, resolve, reject, true));
 }
 
@@ -195,7 +208,7 @@ function open(url: URL, key: string, options: PlainOptions, route: Route): Socke
     ALPNProtocols: ['http/1.1'],
     onread,
   };
-  const checked = options.allowAddress ? { lookup: checkedLookup(url.host, options.allowAddress) } : {};
+  const checked = options.addresses ? { lookup: checkedLookup(options.addresses.filter) } : {};
   const socket = url.protocol === 'https:' ? connectTls({ ...secure, ...checked }) : connect({ host, port: Number(url.port || 80), onread, ...checked });
   socket.setNoDelay(true);
   socket.on('error', (err) => (route.owner ? route.owner.fail(err) : idleConnections.drop(key, socket)));
@@ -204,13 +217,19 @@ function open(url: URL, key: string, options: PlainOptions, route: Route): Socke
   return socket;
 }
 
-/** node's lookup, answering only the addresses `allow` takes (AddressRefused when none). */
-function checkedLookup(host: string, allow: (address: string) => boolean): LookupFunction {
+/** node's lookup, answering only the addresses `filter` keeps (its AddressRefused when none). */
+function checkedLookup(filter: AddressPolicy['filter']): LookupFunction {
   return (hostname, options, callback) => {
-    dnsLookup(hostname, { ...options, all: true }, (err, addresses) => {
+    dnsLookup(hostname, { ...options, all: true }, (err, resolved) => {
       if (err) return callback(err, '', 0);
-      const allowed = addresses.filter((a) => allow(a.address));
-      if (allowed.length === 0) return callback(new AddressRefused(host, addresses[0]?.address ?? hostname), '', 0);
+      let kept: string[];
+      try {
+        kept = filter(resolved.map((a) => a.address));
+      } catch (refusal) {
+        return callback(refusal as Error, '', 0);
+      }
+      const allowed = resolved.filter((a) => kept.includes(a.address));
+      if (allowed.length === 0) return callback(new AddressRefused(hostname, resolved[0]?.address ?? hostname), '', 0);
       if (options.all) return (callback as unknown as (e: null, a: LookupAddress[]) => void)(null, allowed);
       callback(null, allowed[0]!.address, allowed[0]!.family);
     });
@@ -292,8 +311,17 @@ class Exchange {
     // Validated before a connection is taken or made.
     const request = requestHead(options.method ?? 'GET', url, headers);
     // A connection opened without the address check is not reused for a request that needs it.
-    this.key = `${url.protocol}//${url.host}\n${options.ca ?? ''}${options.allowAddress ? '\nchecked' : ''}`;
+    this.key = `${url.protocol}//${url.host}\n${options.ca ?? ''}${options.addresses ? `\n${options.addresses.tag}` : ''}`;
     const kept = mayReuse ? idleConnections.take(this.key) : undefined;
+    // A reused connection is seen by the policy too (it may take the request's chain onto the internet).
+    if (kept?.remoteAddress !== undefined && options.addresses) {
+      try {
+        options.addresses.filter([kept.remoteAddress]);
+      } catch (err) {
+        kept.destroy();
+        throw err;
+      }
+    }
     this.reused = kept !== undefined;
     this.afterHead = kept !== undefined && routes.get(kept)?.afterHead === true;
     if (kept) {

@@ -1,4 +1,3 @@
-import { lookup } from 'node:dns/promises';
 import { BlockList, isIP } from 'node:net';
 
 /**
@@ -35,7 +34,8 @@ for (const [net, prefix] of [
 
 /**
  * Whether `address` (an IPv4 or IPv6 address) is on the internet. An IPv6 address that carries an
- * IPv4 one (IPv4-mapped `::ffff:0:0/96`, NAT64 `64:ff9b::/96`, 6to4 `2002::/16`) is that IPv4 one.
+ * IPv4 one (IPv4-mapped `::ffff:0:0/96`, NAT64 `64:ff9b::/96` and the local-use `64:ff9b:1::/48`,
+ * 6to4 `2002::/16`) is that IPv4 one.
  */
 export function isPublicAddress(address: string): boolean {
   const ip = address.replace(/^\[(.*)\]$/, '$1').replace(/%.*$/, '');
@@ -45,7 +45,7 @@ export function isPublicAddress(address: string): boolean {
   const groups = ipv6Groups(ip);
   const prefix = groups.slice(0, 6).map((g) => g.toString(16)).join(':');
   const carried =
-    prefix === '0:0:0:0:0:ffff' || prefix === '64:ff9b:0:0:0:0'
+    prefix === '0:0:0:0:0:ffff' || prefix === '64:ff9b:0:0:0:0' || prefix.startsWith('64:ff9b:1:')
       ? [groups[6]!, groups[7]!]
       : groups[0] === 0x2002
         ? [groups[1]!, groups[2]!]
@@ -69,19 +69,6 @@ export function ipv6Groups(ip: string): number[] {
   if (tail === undefined) return front;
   const back = parse(tail);
   return [...front, ...Array<number>(8 - front.length - back.length).fill(0), ...back];
-}
-
-/**
- * Whether the host (a name or an address) is on the internet: some address it resolves to is. A
- * name with one public address is taken as public even if it has private ones too, so that a
- * server cannot pass itself off as internal with one private record. Rejects when the name does
- * not resolve.
- */
-export async function isPublicHost(host: string): Promise<boolean> {
-  const bare = host.replace(/^\[(.*)\]$/, '$1');
-  if (isIP(bare)) return isPublicAddress(bare);
-  const addresses = await lookup(bare, { all: true });
-  return addresses.some((a) => isPublicAddress(a.address));
 }
 
 /** The error of a connection refused for its address (see PlainOptions.allowAddress). */

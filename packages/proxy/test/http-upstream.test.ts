@@ -4,7 +4,7 @@ import { createServer as createHttpServer } from 'node:http';
 import { createServer, type AddressInfo } from 'node:net';
 import type { Readable } from 'node:stream';
 import type { Digest } from '@wharf/registry-core';
-import { isPublicAddress, isPublicHost } from '../src/public-address.js';
+import { isPublicAddress } from '../src/public-address.js';
 import { HttpUpstream, nextPageQuery, type HttpUpstreamOptions } from '../src/http-upstream.js';
 import { UpstreamError } from '../src/upstream.js';
 import { FakeUpstream } from './helpers/fake-upstream.js';
@@ -626,10 +626,7 @@ describe('HttpUpstream against a real misbehaving server', () => {
 
   describe('an upstream on the internet cannot send Wharf inside the network', () => {
     // 127.0.0.2 stands for a host on the internet; 127.0.0.1 (and every other internal address) is inside.
-    const internet = {
-      isPublicAddress: (address: string) => address === '127.0.0.2' || isPublicAddress(address),
-      isPublicHost: async (host: string) => host === '127.0.0.2' || isPublicHost(host),
-    };
+    const internet = { isPublicAddress: (address: string) => address === '127.0.0.2' || isPublicAddress(address) };
     let inside: FakeUpstream;
     beforeEach(async () => {
       inside = await FakeUpstream.start();
@@ -665,6 +662,19 @@ describe('HttpUpstream against a real misbehaving server', () => {
       const err = await failureOf(new HttpUpstream({ name: 'hub', url: outside.url, retries: 0, username: 'alice', password: 's3cret', internet }).manifest('alice/app', '1'));
       expect(err.message).toMatch(/sent Wharf to localhost:\d+, an address inside the network: refused/);
       expect(inside.requests).toHaveLength(0);
+    });
+
+    test('an upstream whose host was on the internet stays there: its name resolving inside later (rebinding) is refused', async () => {
+      let rebound = false;
+      // 127.0.0.1 plays the upstream's public address until its name "resolves inside".
+      const shifting = { isPublicAddress: (address: string) => (!rebound && address === '127.0.0.1') || isPublicAddress(address) };
+      const up = new HttpUpstream({ name: 'hub', url: `http://localhost:${new URL(fake.url).port}`, retries: 0, internet: shifting });
+      expect((await up.manifest('alice/app', '1'))?.digest).toBe(manifestDigest);
+      rebound = true;
+      const asked = fake.requests.length;
+      const err = await failureOf(up.manifest('alice/app', '1'));
+      expect(err.message).toMatch(/now resolves to an address inside the network \(127\.0\.0\.1\)/);
+      expect(fake.requests.length).toBe(asked);
     });
 
     test('an upstream inside may redirect inside; once a hop is on the internet, the next may not come back inside', async () => {
