@@ -253,7 +253,8 @@ export class AuthService {
     // With a token as the password the user name is free text ("ci" for every pipeline): only the
     // address counts, or one expired token would lock every job that says "ci" out.
     const isToken = Accounts.isTokenSecret(password);
-    const perUser = !isToken && !this.knowsAddress(user, ip);
+    const known = !isToken && this.knowsAddress(user, ip);
+    const perUser = !isToken && !known;
     const address = addressGroup(ip);
     const keys = perUser ? [...addressKeys(ip), `user:${user}`] : addressKeys(ip);
     // The same wrong credentials again are no new guess: Docker's daemon sends its Docker Hub login
@@ -277,7 +278,7 @@ export class AuthService {
       const check = (async () => {
         let principal: Principal | undefined;
         try {
-          principal = isToken ? this.accounts.verifyToken(password) : await this.accounts.verifyPassword(user, password, { owner: address, signal: abandoned.signal });
+          principal = isToken ? this.accounts.verifyToken(password) : await this.accounts.verifyPassword(user, password, { owner: address, signal: abandoned.signal, known });
         } catch (err) {
           this.limiter.forgive(keys, attempt); // no check was made: no guess to count
           throw err;

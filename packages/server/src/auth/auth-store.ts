@@ -31,6 +31,7 @@ const SCHEMA = `
   -- found without a scan of the table, which a flood of logins made grow (8 ms a login at 80,000 rows).
   CREATE INDEX IF NOT EXISTS auth_tokens_expiry ON auth_tokens (type, expires_at);
   CREATE INDEX IF NOT EXISTS auth_tokens_user_used ON auth_tokens (user, type, COALESCE(last_used_at, created_at));
+  DROP INDEX IF EXISTS auth_tokens_user_type;
   CREATE TABLE IF NOT EXISTS auth_public (
     pattern TEXT PRIMARY KEY,
     created_at INTEGER NOT NULL
@@ -118,8 +119,8 @@ export interface NewToken {
 /**
  * Refresh tokens a user keeps at most (each `docker login` makes one, which lives 30 days): one
  * account minting them in a loop cannot grow the table without bound. Past it those unused longest
- * go (a token a client still uses is touched at least once an hour), so a shared CI account logging in
- * for every job ends its jobs' old logins, not the build agent's or laptop's it uses every day.
+ * go (a token's use is noted, at most a minute late), so a shared CI account logging in for every job
+ * ends its jobs' old logins before the build agent's or laptop's it uses between them.
  */
 export const MAX_REFRESH_PER_USER = 10_000;
 
@@ -154,7 +155,8 @@ export class AuthStore {
       touch: s('UPDATE auth_tokens SET last_used_at = ? WHERE id = ?'),
       dropExpiredRefresh: s("DELETE FROM auth_tokens WHERE type = 'refresh' AND expires_at < ?"),
       // Past the MAX_REFRESH_PER_USER of a user's refresh tokens used (or made) last, the others go.
-      dropOldestRefresh: s(`DELETE FROM auth_tokens WHERE id IN (
+      // (Never the one just made: a clock stepped back would put it last.)
+      dropOldestRefresh: s(`DELETE FROM auth_tokens WHERE id != ? AND id IN (
                               SELECT id FROM auth_tokens WHERE user = ? AND type = 'refresh'
                               ORDER BY COALESCE(last_used_at, created_at) DESC LIMIT -1 OFFSET ${MAX_REFRESH_PER_USER})`),
       publics: s('SELECT pattern FROM auth_public ORDER BY pattern'),
@@ -253,7 +255,7 @@ export class AuthStore {
     );
     if (token.type === 'refresh') {
       this.q.dropExpiredRefresh!.run(Date.now());
-      this.q.dropOldestRefresh!.run(token.user);
+      this.q.dropOldestRefresh!.run(result.lastInsertRowid, token.user);
     }
     return { id: Number(result.lastInsertRowid), secret };
   }

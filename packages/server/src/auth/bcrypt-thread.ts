@@ -68,6 +68,11 @@ export interface HashOptions {
   readonly owner?: string;
   /** Aborted: a check still waiting is dropped (its client went away), and rejects. */
   readonly signal?: AbortSignal;
+  /**
+   * A login from where its user signed in before (KnownAddresses), which no attacker can claim: when
+   * the line is full it takes the place of another owner's newest check, however few that one has.
+   */
+  readonly known?: boolean;
 }
 
 /**
@@ -109,8 +114,10 @@ export class BcryptThread {
     if (own >= this.limits.perOwner) return Promise.reject(new BcryptBusy(true, seconds()));
     // Full: the owner with the most waiting gives up its newest, so that addresses enough to fill the
     // line (each within its own limit) cannot keep everyone else's logins out; unless none has more
-    // than this owner would.
-    if (this.waitingCount >= this.limits.total && !this.makeRoom(own + 1, seconds())) return Promise.reject(new BcryptBusy(false, seconds()));
+    // than this owner would, or, for a login from a known address, none has any.
+    if (this.waitingCount >= this.limits.total && !this.makeRoom(options.known ? 0 : own + 1, owner, seconds())) {
+      return Promise.reject(new BcryptBusy(false, seconds()));
+    }
     return new Promise<string>((resolve, reject) => {
       const onAbort = (): void => this.drop(job, clientWentAway());
       const forget = (): void => signal?.removeEventListener('abort', onAbort);
@@ -158,10 +165,11 @@ export class BcryptThread {
     worker.postMessage({ id: job.id, password: job.password, salt: job.salt });
   }
 
-  /** Drops the newest check of the owner with the most waiting, if it has more than `than`; whether it did. */
-  private makeRoom(than: number, retryAfter: number): boolean {
+  /** Drops the newest check of the other owner with the most waiting, if it has more than `than`; whether it did. */
+  private makeRoom(than: number, owner: string, retryAfter: number): boolean {
     let largest: Job[] | undefined;
-    for (const queue of this.waiting.values()) if (!largest || queue.length > largest.length) largest = queue;
+    // Among equals, the one last in the turns: its check would have waited longest.
+    for (const [who, queue] of this.waiting) if (who !== owner && (!largest || queue.length >= largest.length)) largest = queue;
     if (!largest || largest.length <= than) return false;
     const job = largest[largest.length - 1]!;
     this.drop(job, new BcryptBusy(true, retryAfter));

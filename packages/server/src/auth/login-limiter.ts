@@ -22,7 +22,17 @@ export const NETWORK_FACTOR = 10;
  * what stops guessing.
  */
 export class LoginLimiter {
-  private readonly failures = new Map<string, number[]>();
+  /**
+   * Address keys and user keys apart, each map bounded on its own: addresses are cheap to come by
+   * (an IPv6 /48 holds 65,536 /64s), and their keys crowding a user's out would wipe the count of
+   * guesses at that user's password.
+   */
+  private readonly addresses = new Map<string, number[]>();
+  private readonly users = new Map<string, number[]>();
+
+  private mapOf(key: string): Map<string, number[]> {
+    return key.startsWith('user:') ? this.users : this.addresses;
+  }
 
   constructor(
     private readonly limits: LoginLimits = DEFAULT_LOGIN_LIMITS,
@@ -30,11 +40,12 @@ export class LoginLimiter {
   ) {}
 
   private recent(key: string, now: number): number[] {
-    const list = this.failures.get(key);
+    const failures = this.mapOf(key);
+    const list = failures.get(key);
     if (!list) return [];
     const kept = list.filter((t) => t > now - this.limits.windowMs);
-    if (kept.length === 0) this.failures.delete(key);
-    else this.failures.set(key, kept);
+    if (kept.length === 0) failures.delete(key);
+    else failures.set(key, kept);
     return kept;
   }
 
@@ -60,17 +71,18 @@ export class LoginLimiter {
     for (const key of keys) {
       const list = this.recent(key, now);
       list.push(now);
-      this.failures.delete(key);
-      this.failures.set(key, list.slice(-this.maxFor(key)));
+      const failures = this.mapOf(key);
+      failures.delete(key);
+      failures.set(key, list.slice(-this.maxFor(key)));
+      while (failures.size > MAX_KEYS) failures.delete(failures.keys().next().value!);
     }
-    while (this.failures.size > MAX_KEYS) this.failures.delete(this.failures.keys().next().value!);
     return now;
   }
 
   /** Takes back the failure counted at `at` (an attempt counted before it was checked, that passed). */
   forgive(keys: readonly string[], at: number): void {
     for (const key of keys) {
-      const list = this.failures.get(key);
+      const list = this.mapOf(key).get(key);
       const i = list?.lastIndexOf(at) ?? -1;
       if (i >= 0) list!.splice(i, 1);
     }
@@ -82,6 +94,6 @@ export class LoginLimiter {
 
   /** A success clears the key's failures (used for the user, never for the address). */
   clear(key: string): void {
-    this.failures.delete(key);
+    this.mapOf(key).delete(key);
   }
 }

@@ -161,6 +161,20 @@ describe('BcryptThread', () => {
     await thread.close();
   });
 
+  test('a full line of one check per owner still takes a login from a known address, in the place of another owner\'s newest', async () => {
+    const thread = new BcryptThread(30_000, { perOwner: 8, total: 3 });
+    const salt = bcrypt.genSaltSync(4);
+    const settled = (p: Promise<string>) => p.then(() => 'hashed', (err: unknown) => (err instanceof BcryptBusy ? 'busy' : 'failed'));
+    const running = settled(thread.hash('first', salt, { owner: 'a' }));
+    // Three owners, one waiting each (an attacker's three addresses): a stranger finds no room.
+    const fillers = ['b', 'c', 'd'].map((owner) => settled(thread.hash(`${owner}-1`, salt, { owner })));
+    const stranger = settled(thread.hash('e-1', salt, { owner: 'e' }));
+    const known = settled(thread.hash('f-1', salt, { owner: 'f', known: true }));
+    // d, last in the turns, gives up its place.
+    expect(await Promise.all([running, ...fillers, stranger, known])).toEqual(['hashed', 'hashed', 'hashed', 'busy', 'busy', 'hashed']);
+    await thread.close();
+  });
+
   test('IPv6 clients count by their /64, IPv4 (and IPv4-mapped) by their address', () => {
     expect(addressGroup('2001:db8:1:2:3:4:5:6')).toBe('2001:db8:1:2::/64');
     expect(addressGroup('2001:db8:1:2::9')).toBe('2001:db8:1:2::/64');

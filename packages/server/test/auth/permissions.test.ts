@@ -204,4 +204,14 @@ describe('failed-login limiter', () => {
     limiter.clear('user:alice');
     expect(limiter.retryAfter(['user:alice'])).toBeUndefined();
   });
+
+  test("a flood of addresses does not crowd out the count of guesses at a user's password", () => {
+    const limiter = new LoginLimiter({ maxFailures: 10, windowMs: 300_000 });
+    for (let i = 0; i < 10; i++) limiter.fail([`ip:203.0.113.${i}`, 'user:admin']);
+    expect(limiter.retryAfter(['user:admin'])).toBeDefined();
+    // Cheap failures (a made-up token counts against addresses alone) from 100,001 addresses.
+    for (let i = 0; i <= 100_000; i++) limiter.fail([`ip:2001:db8:${(i >> 16).toString(16)}:${(i & 0xffff).toString(16)}::1`]);
+    // Before: one map of 100,000 keys at most, the oldest dropped first: admin's count went with them.
+    expect(limiter.retryAfter(['user:admin'])).toBeDefined();
+  });
 });
