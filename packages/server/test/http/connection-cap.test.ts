@@ -36,6 +36,17 @@ async function exchange(client: Client, request: string, expect: RegExp): Promis
 describe('max_connections', () => {
   let reg: TestRegistry | undefined;
   const clients: Client[] = [];
+  /** A connection answered 404 at once (no such upload) while its chunked body goes on arriving. */
+  const answeredWhileSending = async (port: number): Promise<Client> => {
+    const sending = await open(port);
+    clients.push(sending);
+    await exchange(
+      sending,
+      'PATCH /v2/cap/test/blobs/uploads/no-such-upload HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n',
+      /^HTTP\/1\.1 404 [^]*BLOB_UPLOAD_UNKNOWN/,
+    );
+    return sending;
+  };
   afterEach(async () => {
     for (const c of clients.splice(0)) c.socket.destroy();
     await reg?.close();
@@ -99,15 +110,8 @@ describe('max_connections', () => {
   test('a connection still sending the body of a request already answered is not idle, until the body ends', async () => {
     reg = await startRegistry({ settings: { max_connections: 8 } });
     const port = reg.port;
-    // Answered 404 at once (no such upload), while its chunked body goes on arriving.
-    const sending = await open(port);
-    clients.push(sending);
-    await exchange(
-      sending,
-      'PATCH /v2/cap/test/blobs/uploads/no-such-upload HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n',
-      /^HTTP\/1\.1 404 [^]*BLOB_UPLOAD_UNKNOWN/,
-    );
-    expect(sending.received).toMatch(/^HTTP\/1\.1 404 /);
+    const sending = await answeredWhileSending(port);
+    expect(sending.received).toMatch(/^HTTP\/1\.1 404 [^]*BLOB_UPLOAD_UNKNOWN/);
     sending.socket.write('5\r\nworld\r\n');
     // Eight more, each idle after its answer: past seven open, each new one closes the one idle longest.
     const others: Client[] = [];
@@ -139,13 +143,7 @@ describe('max_connections', () => {
   test('at the cap with none idle, a connection still sending an answered body goes rather than the new one being refused', async () => {
     reg = await startRegistry({ settings: { max_connections: 8 } });
     const port = reg.port;
-    const sending = await open(port);
-    clients.push(sending);
-    await exchange(
-      sending,
-      'PATCH /v2/cap/test/blobs/uploads/no-such-upload HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n',
-      /^HTTP\/1\.1 404 /,
-    );
+    const sending = await answeredWhileSending(port);
     // Seven uploads in flight: with the sender, eight open, none idle.
     const busy: Client[] = [];
     for (let i = 0; i < 7; i++) {
