@@ -214,8 +214,10 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     const started = Date.now();
     const manifest = await slow.manifest('alice/app', '1');
     expect(manifest?.digest).toBe(digest);
+    // The warning names the 400 ms deadline: waited out, the stall would have ended in the upstream's
+    // own timeouts and retries (8 s), with another message.
     expect(manifest?.warning).toMatch(/did not answer within 400 ms/);
-    expect(Date.now() - started).toBeLessThan(1_500);
+    expect(fake.requests.filter((r) => r.at >= started).length).toBe(1);
   });
 
   test('with a cached copy, a 429 with Retry-After is not waited out', async () => {
@@ -233,7 +235,8 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     const started = Date.now();
     // The Warning names the upstream's answer, not the wait for its Retry-After.
     expect((await slow.manifest('alice/app', '1'))?.warning).toBe('upstream up unavailable (upstream up answered 429, asking to retry after 1 s); serving the cached manifest');
-    expect(Date.now() - started).toBeLessThan(900);
+    // Not waited out: asked once (waiting for the Retry-After, the retries would have asked again).
+    expect(fake.requests.filter((r) => r.at >= started).length).toBe(1);
   });
 
   test('upstream closed after the TTL with a cached copy: the copy, marked stale', async () => {
