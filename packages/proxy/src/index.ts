@@ -12,4 +12,4 @@ export type { RateLimitGateLogger } from './rate-limit-gate.js';
 export * from './cache-fsck.js';
 export { fillMemoryBytes } from './fill-writer.js';
 export { anyOwnerLive, FillOwner } from './fill-owner.js';
-export { ipv6Groups, isPublicAddress } from './public-address.js';
+export { carriedIPv4, ipv6Groups, isPublicAddress } from './public-address.js';

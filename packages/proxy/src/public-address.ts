@@ -42,16 +42,25 @@ export function isPublicAddress(address: string): boolean {
   const family = isIP(ip);
   if (family === 0) return false;
   if (family === 4) return !INTERNAL.check(ip, 'ipv4');
+  const carried = carriedIPv4(ip);
+  if (carried) return !INTERNAL.check(carried, 'ipv4');
+  return !INTERNAL.check(ip, 'ipv6');
+}
+
+/**
+ * The IPv4 address an IPv6 one carries (IPv4-mapped `::ffff:0:0/96`, NAT64 `64:ff9b::/96` and the
+ * local-use `64:ff9b:1::/48`, 6to4 `2002::/16`), or undefined. `ip`: an IPv6 address without a zone.
+ */
+export function carriedIPv4(ip: string): string | undefined {
   const groups = ipv6Groups(ip);
   const prefix = groups.slice(0, 6).map((g) => g.toString(16)).join(':');
-  const carried =
+  const pair =
     prefix === '0:0:0:0:0:ffff' || prefix === '64:ff9b:0:0:0:0' || prefix.startsWith('64:ff9b:1:')
       ? [groups[6]!, groups[7]!]
       : groups[0] === 0x2002
         ? [groups[1]!, groups[2]!]
         : undefined;
-  if (carried) return !INTERNAL.check(`${carried[0] >> 8}.${carried[0] & 255}.${carried[1] >> 8}.${carried[1] & 255}`, 'ipv4');
-  return !INTERNAL.check(ip, 'ipv6');
+  return pair && `${pair[0]! >> 8}.${pair[0]! & 255}.${pair[1]! >> 8}.${pair[1]! & 255}`;
 }
 
 /** The eight 16-bit groups of an IPv6 address (one isIP takes), an embedded IPv4 tail included. */

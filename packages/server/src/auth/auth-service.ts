@@ -1,7 +1,7 @@
 import { isIP } from 'node:net';
 import { createHash } from 'node:crypto';
 import { dirname, join } from 'node:path';
-import { ipv6Groups } from '@wharf/proxy';
+import { carriedIPv4, ipv6Groups } from '@wharf/proxy';
 import { RegistryError, isValidRepositoryName, type SqliteDatabase } from '@wharf/registry-core';
 import type { Logger } from 'pino';
 import type { AuthConfig, Role } from '../auth-config.js';
@@ -114,10 +114,7 @@ async function waitFor(verification: Verification, gone: AbortSignal | undefined
 export function clientAddress(ip: string | undefined): string {
   if (ip === undefined || ip === '') return 'unknown';
   if (isIP(ip) !== 6) return ip;
-  const groups = ipv6Groups(ip.replace(/%.*$/, ''));
-  const prefix = groups.slice(0, 6).map((g) => g.toString(16)).join(':');
-  if (prefix === '0:0:0:0:0:ffff' || prefix === '64:ff9b:0:0:0:0') return `${groups[6]! >> 8}.${groups[6]! & 255}.${groups[7]! >> 8}.${groups[7]! & 255}`;
-  return ip.toLowerCase();
+  return carriedIPv4(ip.replace(/%.*$/, '')) ?? ip.toLowerCase();
 }
 
 /**
