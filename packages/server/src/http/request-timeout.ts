@@ -2,6 +2,7 @@ import { RegistryError } from '@wharf/registry-core';
 import type { Context, Next } from 'koa';
 import { classifyRoute, isBlobTransfer } from './route-label.js';
 import { isArchiveTransfer } from '../routes/admin-storage.js';
+import { abandon } from './gone-signal.js';
 
 /**
  * `request_timeout`: a deadline for requests that do not move a blob (manifests, tags, catalog,
@@ -9,7 +10,8 @@ import { isArchiveTransfer } from '../routes/admin-storage.js';
  * 408 REQUEST_TIMEOUT when the server was reading its request body and that had not all arrived (a
  * client that stalls is no server overloaded, and clients retry a 503; a body the server had not
  * begun to read, a client waiting for its 100 Continue, say, is the server's delay), and the
- * connection is closed after it; the handler's late result is dropped. Blob uploads and downloads
+ * connection is closed after it; the handler's late result is dropped, and its turn in the password
+ * check line given up (goneSignal). Blob uploads and downloads
  * are exempt: they are limited by idle time on the socket (idle_timeout), never by a total time.
  * Goes inside the OCI error middleware, so the 503 has the usual error body.
  */
@@ -25,8 +27,10 @@ export function requestTimeout(ms: number) {
     try {
       const first = await Promise.race([work.then(() => 'done' as const), expired]);
       if (first === 'expired' && !ctx.headerSent) {
-        // The handler goes on until its own I/O ends; nobody waits for it any more.
+        // The handler goes on until its own I/O ends; nobody waits for it any more, and what it waits
+        // for in a line (a password check) leaves the line.
         work.catch(() => undefined);
+        abandon(ctx.res);
         ctx.set('Connection', 'close');
         // Reading began when a route attached to the body (flowing or 'readable'), whether or not a
         // first byte has come since.

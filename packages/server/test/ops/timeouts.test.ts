@@ -5,7 +5,8 @@ import { once } from 'node:events';
 import { connect, type Socket } from 'node:net';
 import { FakeUpstream } from '../../../proxy/test/helpers/fake-upstream.js';
 import bcrypt from 'bcryptjs';
-import { basic, startAuthRegistry } from '../auth/helpers.js';
+import { basic, requestFrom, startAuthRegistry } from '../auth/helpers.js';
+import { passwordThread } from '../../src/auth/passwords.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
 import { sleep } from './helpers.js';
 
@@ -246,6 +247,23 @@ describe('request_timeout while the server, not the client, holds the body back'
         req.on('error', reject);
       });
       expect(answer).toEqual({ status: 503, continued: false });
+    } finally {
+      await reg.close({ timeoutMs: 500 });
+    }
+  });
+});
+
+describe('request_timeout during password checks', () => {
+  test('logins answered 503 while they waited for the password thread leave its line: no check runs for an answered request', async () => {
+    // Cost 12 (about 250 ms a check): six logins from one address wait their turns, and 50 ms in
+    // every one of them has had its 503.
+    const reg = await startAuthRegistry({ settings: { request_timeout: '50ms' }, authSettings: { users: [{ name: 'alice', password_hash: bcrypt.hashSync('alice-password-1', 12) }] } });
+    try {
+      const answers = await Promise.all(Array.from({ length: 6 }, (_, i) => requestFrom('127.0.8.1', `${reg.url}/v2/`, { Authorization: basic('alice', `wrong-guess-${i}`) })));
+      expect(answers.map((a) => a.status)).toEqual([503, 503, 503, 503, 503, 503]);
+      // Before: the five behind the first stayed in the line, each costing its check (1.25 s of
+      // the thread) for an answer nobody would read, ahead of later logins.
+      expect(passwordThread.queued).toBe(0);
     } finally {
       await reg.close({ timeoutMs: 500 });
     }
