@@ -173,6 +173,20 @@ export function registerAuthCommands(program: Command, fail: (err: unknown) => n
       ),
     );
   user
+    .command('logout')
+    .description("end every login of a user (`docker login` and other clients sign in again); their password and tokens stay")
+    .argument('<name>')
+    .option(...configOption)
+    .action((name: string, opts: ConfigOption) =>
+      run(() =>
+        withAccounts(opts.config, (accounts) => {
+          if (!accounts.find(name)) throw new UsageError(`no user "${name}"`);
+          const ended = accounts.store.endLogins(name);
+          process.stderr.write(`user "${name}": ${ended} login${ended === 1 ? '' : 's'} ended\n`);
+        }),
+      ),
+    );
+  user
     .command('list')
     .description('list users')
     .option(...configOption)
@@ -232,12 +246,20 @@ export function registerAuthCommands(program: Command, fail: (err: unknown) => n
     .command('list')
     .description('list tokens (never their secrets)')
     .option('--user <name>', 'only this user')
+    .option('--logins', 'also the logins in use (what `docker login` and other clients keep)', false)
     .option(...configOption)
-    .action((opts: ConfigOption & { user?: string }) =>
+    .action((opts: ConfigOption & { user?: string; logins: boolean }) =>
       run(() =>
         withAccounts(opts.config, (accounts) => {
           const rows = [['ID', 'TYPE', 'USER', 'SCOPES', 'NAMESPACE', 'EXPIRES', 'LAST USED', 'STATE', 'NAME']];
-          for (const t of accounts.store.tokens(opts.user)) {
+          const tokens = [...accounts.store.tokens(opts.user), ...(opts.logins ? accounts.store.logins(opts.user) : [])].sort((a, b) => a.id - b.id);
+          for (const t of tokens) {
+            if (t.type === 'refresh') {
+              // A login holds its user's rights, or those of the token it was got with.
+              const via = t.parentId === undefined ? 'password' : `token ${t.parentId}`;
+              rows.push([String(t.id), 'login', t.user, t.parentId === undefined ? '-' : t.scopes.join(','), t.namespace ?? '-', date(t.expiresAt), date(t.lastUsedAt ?? t.createdAt), tokenState(t), `login with ${via}`]);
+              continue;
+            }
             rows.push([String(t.id), t.type, t.user, t.scopes.join(','), t.namespace ?? '-', date(t.expiresAt), date(t.lastUsedAt), tokenState(t), t.name ?? '-']);
           }
           process.stdout.write(table(rows));
@@ -246,16 +268,16 @@ export function registerAuthCommands(program: Command, fail: (err: unknown) => n
     );
   token
     .command('revoke')
-    .description('revoke a token (and the logins made with it) at once')
+    .description('revoke a token (and the logins made with it), or a login (`token list --logins`), at once')
     .argument('<id>')
     .option(...configOption)
     .action((id: string, opts: ConfigOption) =>
       run(() =>
         withAccounts(opts.config, (accounts) => {
           const found = /^\d+$/.test(id) ? accounts.store.token(Number(id)) : undefined;
-          if (!found || found.type === 'refresh') throw new UsageError(`no token ${id}`);
+          if (!found) throw new UsageError(`no token ${id}`);
           accounts.store.revoke(found.id);
-          process.stderr.write(`token ${found.id} of ${found.user} revoked\n`);
+          process.stderr.write(`${found.type === 'refresh' ? 'login' : 'token'} ${found.id} of ${found.user} revoked\n`);
         }),
       ),
     );

@@ -157,7 +157,17 @@ export class Accounts {
     const token = this.store.findToken(secret);
     if (!token || token.type !== 'refresh' || !this.isLive(token)) return undefined;
     this.touch(token);
-    if (token.parentId !== undefined) return this.principalOfToken(token.parentId);
+    return this.loginPrincipal(token);
+  }
+
+  /** Who a live login (refresh token) signs in as; the login noted, so that its bearer tokens end with it. */
+  private loginPrincipal(token: StoredToken): Principal | undefined {
+    if (token.parentId !== undefined) {
+      // Got with a personal access or CI token: lives as long as that token does.
+      const parentToken = this.store.token(token.parentId);
+      const parent = parentToken && parentToken.type !== 'refresh' ? this.tokenPrincipal(parentToken, false) : undefined;
+      return parent && { ...parent, login: token.id };
+    }
     const account = this.find(token.user);
     if (!account) return undefined;
     // Got with another password than the user's now (a configuration user's changed in
@@ -165,11 +175,14 @@ export class Accounts {
     // Tokens from before refresh tokens noted it carry none.
     const credential = credentialOf(account);
     if (token.credential !== undefined && !safeEqual(token.credential, credential)) return undefined;
-    return { kind: 'user', name: account.name, admin: account.admin, credential: token.credential ?? credential };
+    return { kind: 'user', name: account.name, admin: account.admin, credential: token.credential ?? credential, login: token.id };
   }
 
-  /** A refresh token for a principal that signed in with credentials. */
-  createRefreshToken(principal: Principal, ttlMs: number): string | undefined {
+  /**
+   * A refresh token (a login) for a principal that signed in with credentials: its secret, and the
+   * principal noting the login (the bearer tokens issued with it end with the login).
+   */
+  createRefreshToken(principal: Principal, ttlMs: number): { secret: string; principal: Principal } | undefined {
     if (principal.kind === 'anonymous') return undefined;
     let expiresAt = Date.now() + ttlMs;
     if (principal.kind === 'token') {
@@ -178,7 +191,7 @@ export class Accounts {
       expiresAt = Math.min(expiresAt, parent.expiresAt);
     }
     const credential = principal.kind === 'user' ? (principal.credential ?? this.credentialOf(principal.name)) : undefined;
-    return this.store.createToken({
+    const created = this.store.createToken({
       type: 'refresh',
       user: principal.name,
       ...(credential !== undefined ? { credential } : {}),
@@ -186,13 +199,18 @@ export class Accounts {
       ...(principal.kind === 'token' ? { parentId: principal.tokenId } : {}),
       ...(principal.kind === 'token' && principal.namespace ? { namespace: principal.namespace } : {}),
       expiresAt,
-    }).secret;
+    });
+    return { secret: created.secret, principal: { ...principal, login: created.id } };
   }
 
-  /** The principal a bearer token's `tid` names, re-checked: revoked or expired tokens stop at once. */
+  /**
+   * The principal a bearer token's `tid` names, re-checked: revoked or expired tokens (and logins, the
+   * parent token of a login, a password changed since a login) stop at once.
+   */
   principalOfToken(id: number): Principal | undefined {
     const token = this.store.token(id);
-    if (!token || token.type === 'refresh') return undefined;
+    if (!token) return undefined;
+    if (token.type === 'refresh') return this.isLive(token) ? this.loginPrincipal(token) : undefined;
     return this.tokenPrincipal(token, false);
   }
 
@@ -227,7 +245,7 @@ export class Accounts {
     if (token.lastUsedAt === undefined || now - token.lastUsedAt > TOUCH_INTERVAL_MS) this.store.touch(token.id, now);
   }
 
-  private tokenPrincipal(token: StoredToken, touch: boolean): Principal | undefined {
+  private tokenPrincipal(token: StoredToken, touch: boolean): Extract<Principal, { kind: 'token' }> | undefined {
     if (!this.isLive(token)) return undefined;
     const account = this.find(token.user);
     if (!account) return undefined;

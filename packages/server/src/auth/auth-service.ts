@@ -428,10 +428,13 @@ export class AuthService {
   issue(principal: Principal, access: readonly AccessEntry[]): Promise<IssuedToken> {
     const subject = principal.kind === 'anonymous' ? '' : principal.name;
     const credential = principal.kind === 'user' ? (principal.credential ?? this.accounts.credentialOf(principal.name)) : undefined;
-    return this.issuer.issue(subject, access, principal.kind === 'token' ? principal.tokenId : undefined, credential);
+    // A sign-in through a login (refresh token) names the login, a token's the token: revoking either
+    // ends the bearer tokens at once.
+    const tokenId = principal.kind === 'anonymous' ? undefined : (principal.login ?? (principal.kind === 'token' ? principal.tokenId : undefined));
+    return this.issuer.issue(subject, access, tokenId, credential);
   }
 
-  createRefreshToken(principal: Principal): string | undefined {
+  createRefreshToken(principal: Principal): { secret: string; principal: Principal } | undefined {
     return this.accounts.createRefreshToken(principal, REFRESH_TOKEN_TTL_MS);
   }
 }

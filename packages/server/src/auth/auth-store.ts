@@ -151,6 +151,9 @@ export class AuthStore {
       tokenById: s('SELECT * FROM auth_tokens WHERE id = ?'),
       tokens: s("SELECT * FROM auth_tokens WHERE type != 'refresh' ORDER BY id"),
       tokensOf: s("SELECT * FROM auth_tokens WHERE type != 'refresh' AND user = ? ORDER BY id"),
+      logins: s("SELECT * FROM auth_tokens WHERE type = 'refresh' AND revoked = 0 AND expires_at > ? ORDER BY id"),
+      loginsOf: s("SELECT * FROM auth_tokens WHERE type = 'refresh' AND revoked = 0 AND expires_at > ? AND user = ? ORDER BY id"),
+      endLogins: s("UPDATE auth_tokens SET revoked = 1 WHERE type = 'refresh' AND revoked = 0 AND expires_at > ? AND user = ?"),
       revoke: s('UPDATE auth_tokens SET revoked = 1 WHERE id = ? OR parent_id = ?'),
       touch: s('UPDATE auth_tokens SET last_used_at = ? WHERE id = ?'),
       dropExpiredRefresh: s("DELETE FROM auth_tokens WHERE type = 'refresh' AND expires_at < ?"),
@@ -278,6 +281,20 @@ export class AuthStore {
   tokens(user?: string): StoredToken[] {
     const rows = (user === undefined ? this.q.tokens!.all() : this.q.tokensOf!.all(user)) as TokenRow[];
     return rows.map(toToken);
+  }
+
+  /**
+   * The logins in use: refresh tokens (what `docker login` keeps) neither revoked nor expired, of
+   * every user or of `user`.
+   */
+  logins(user?: string): StoredToken[] {
+    const rows = (user === undefined ? this.q.logins!.all(Date.now()) : this.q.loginsOf!.all(Date.now(), user)) as TokenRow[];
+    return rows.map(toToken);
+  }
+
+  /** Ends every login of `user` (their refresh tokens, however obtained); how many were in use. */
+  endLogins(user: string): number {
+    return this.q.endLogins!.run(Date.now(), user).changes;
   }
 
   /** Revokes a token and the refresh tokens obtained with it. */

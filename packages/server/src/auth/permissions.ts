@@ -30,6 +30,8 @@ export type Principal =
        * against), for the tokens issued to this sign-in: a new password ends them.
        */
       readonly credential?: string;
+      /** The login (refresh token) this sign-in came through: its bearer tokens end with it. */
+      readonly login?: number;
     }
   /** A personal access token (`pat`: a subset of the user's actions) or a CI token (`ci`: one namespace). */
   | {
@@ -41,6 +43,8 @@ export type Principal =
       readonly scopes: readonly Action[];
       /** CI tokens: push and pull only `<namespace>/*`. */
       readonly namespace?: string;
+      /** The login (refresh token got with this token) this sign-in came through: its bearer tokens end with it. */
+      readonly login?: number;
     };
 
 /** A local repository, or a pull-through repository of an upstream (by upstream key). */

@@ -30,8 +30,10 @@ function noStore(ctx: Context): void {
  */
 export function registerTokenEndpoint(router: Router, auth: AuthService): void {
   const reply = async (ctx: Context, principal: Principal, access: AccessEntry[], refresh: boolean, oauth: boolean) => {
-    const issued = await auth.issue(principal, access);
-    const refreshToken = refresh ? auth.createRefreshToken(principal) : undefined;
+    // The login first: the bearer token of the sign-in that makes it ends with it too.
+    const login = refresh ? auth.createRefreshToken(principal) : undefined;
+    const issued = await auth.issue(login?.principal ?? principal, access);
+    const refreshToken = login?.secret;
     noStore(ctx);
     ctx.body = {
       token: issued.token,

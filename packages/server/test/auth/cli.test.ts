@@ -4,7 +4,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { TestRegistry } from '../helpers/start-registry.js';
-import { RegistryClient, basic, bcryptHash, pushWith, startAuthRegistry } from './helpers.js';
+import { RegistryClient, basic, bcryptHash, fetchToken, pushWith, startAuthRegistry, type TokenReply } from './helpers.js';
 
 const CLI = resolve(import.meta.dirname, '../../dist/cli.js');
 
@@ -143,6 +143,58 @@ describe('wharf user, token and repo commands', () => {
     expect((await cli(['token', 'revoke', id])).code).toBe(0);
     expect(await status('anything', secret)).toBe(401);
     expect((await cli(['token', 'list'])).stdout).toMatch(new RegExp(`^${id}\\s.*revoked\\s+laptop$`, 'm'));
+  });
+
+  test("logins: `token list --logins` shows a user's, `token revoke` ends one and the bearer tokens got through it at once, `user logout` ends the rest", async () => {
+    // Two `docker login`s of alice: each keeps a refresh token (the login), and gets bearer tokens with it.
+    const signIn = async (): Promise<TokenReply> => {
+      const res = await fetchToken(`${reg.url}/auth/token`, 'wharf', [], { user: 'alice', password: 'alice-cli-pw1' }, '&offline_token=true');
+      expect(res.status).toBe(200);
+      return (await res.json()) as TokenReply;
+    };
+    const [laptopSignIn, desktopSignIn] = [await signIn(), await signIn()];
+    const [laptop, desktop] = [laptopSignIn.refresh_token!, desktopSignIn.refresh_token!];
+    const refresh = async (login: string): Promise<{ status: number; bearer?: string }> => {
+      const res = await fetch(`${reg.url}/auth/token`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/x-www-form-urlencoded' },
+        body: new URLSearchParams({ grant_type: 'refresh_token', refresh_token: login, client_id: 'docker', service: 'wharf', scope: 'repository:alice/app:pull' }).toString(),
+      });
+      return res.status === 200 ? { status: 200, bearer: ((await res.json()) as TokenReply).access_token } : { status: res.status };
+    };
+    const withBearer = async (bearer: string) => (await fetch(`${reg.url}/v2/`, { headers: { Authorization: `Bearer ${bearer}` } })).status;
+    const [laptopBearer, desktopBearer] = [(await refresh(laptop)).bearer!, (await refresh(desktop)).bearer!];
+    expect([await withBearer(laptopBearer), await withBearer(desktopBearer)]).toEqual([200, 200]);
+
+    const [laptopId, desktopId] = [laptop, desktop].map((secret) => reg.auth!.store.findToken(secret)!.id);
+    const list = await cli(['token', 'list', '--user', 'alice', '--logins']);
+    expect(list.code).toBe(0);
+    for (const id of [laptopId, desktopId]) expect(list.stdout).toMatch(new RegExp(`^${id}\\s+login\\s+alice\\s+-\\s+-\\s+\\S+\\s+\\S+\\s+active\\s+login with password$`, 'm'));
+    expect(list.stdout).not.toContain(laptop);
+    // Without --logins, tokens alone, as before.
+    expect((await cli(['token', 'list', '--user', 'alice'])).stdout).not.toMatch(/\slogin\s/);
+
+    // The laptop is lost: its login ends, and the bearer token it got stops at once (before: it
+    // worked on until token_ttl, and the login could not be named at all).
+    const revoked = await cli(['token', 'revoke', String(laptopId)]);
+    expect(revoked.code).toBe(0);
+    expect(revoked.stderr).toContain(`login ${laptopId} of alice revoked`);
+    expect(await withBearer(laptopBearer)).toBe(401);
+    expect(await withBearer(laptopSignIn.token)).toBe(401);
+    expect((await refresh(laptop)).status).toBe(401);
+    expect(await withBearer(desktopBearer)).toBe(200);
+    expect((await refresh(desktop)).status).toBe(200);
+
+    // Signed out everywhere, the password unchanged.
+    const logout = await cli(['user', 'logout', 'alice']);
+    expect(logout.code).toBe(0);
+    expect(logout.stderr).toContain('user "alice": 1 login ended');
+    expect(await withBearer(desktopBearer)).toBe(401);
+    expect(await withBearer(desktopSignIn.token)).toBe(401);
+    expect((await refresh(desktop)).status).toBe(401);
+    expect(await status('alice', 'alice-cli-pw1')).toBe(200);
+    expect((await cli(['token', 'list', '--user', 'alice', '--logins'])).stdout).not.toMatch(/\slogin\s/);
+    expect((await cli(['user', 'logout', 'nobody'])).code).toBe(2);
   });
 
   test('a CI token needs developer on its namespace, pushes there only, and pulls through the proxy', async () => {
