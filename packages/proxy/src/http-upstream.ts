@@ -12,6 +12,7 @@ import { parseChallenge } from './token-auth.js';
 import { discard, isRegistryError, readRefusal, readUpTo, type Answer, type Headers } from './upstream-answer.js';
 import { UpstreamCredentials, anonymousRefusal } from './upstream-credentials.js';
 import { keepWasmOnBaseline } from './wasm-baseline.js';
+import { egressFailure, type EgressProxy } from './egress-failure.js';
 import { OUTAGES, UpstreamError, descriptorOf, isTimeout, type Upstream, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest, type UpstreamTags } from './upstream.js';
 
 export interface UpstreamTimeouts {
@@ -157,6 +158,8 @@ export class HttpUpstream implements Upstream {
    * Go and Docker have it); its redirect hops, to a CDN say, go the same way.
    */
   private readonly via: string | undefined;
+  /** `via` as its failures name it. */
+  private readonly egress: EgressProxy | undefined;
 
   constructor(private readonly options: HttpUpstreamOptions) {
     this.name = options.name;
@@ -168,7 +171,9 @@ export class HttpUpstream implements Upstream {
     this.maxRetryWait = options.maxRetryWait ?? 10_000;
     this.retryBudget = options.retryBudget ?? 60_000;
     this.userAgent = options.userAgent ?? 'wharf-proxy';
-    this.via = new URL(this.base).protocol === 'https:' ? options.egress?.https : options.egress?.http;
+    const https = new URL(this.base).protocol === 'https:';
+    this.via = https ? options.egress?.https : options.egress?.http;
+    this.egress = this.via !== undefined ? { url: this.via, variable: https ? 'HTTPS_PROXY' : 'HTTP_PROXY' } : undefined;
     const identity = { name: this.name, base: this.base, origin: this.origin, username: options.username, password: options.password };
     this.limits = new RateLimitGate(this.name, this.base, options.logger);
     this.credentials = new UpstreamCredentials(identity, {
@@ -522,6 +527,9 @@ export class HttpUpstream implements Upstream {
               : `upstream ${this.name} ${how} to ${err.host}, an address inside the network: refused (once on the internet, its requests go to public addresses only)`,
           );
         }
+        // The egress proxy's own failure is named as such, not as the upstream's outage.
+        const atProxy = this.egress && this.proxied(target) ? egressFailure(err, this.egress, target, this.name) : undefined;
+        if (atProxy) throw atProxy;
         // Another host (a CDN, a token service an egress allow-list forgot) is named: not the upstream.
         if (target.origin === this.origin) throw err;
         throw this.translate(err, hop === 0 && what !== undefined ? `${what} (${target.host})` : `upstream ${this.name}'s redirect target ${target.host}`);

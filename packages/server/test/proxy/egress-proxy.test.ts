@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
-import { connect as netConnect, type AddressInfo, type Socket } from 'node:net';
+import net, { connect as netConnect, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildConfig } from '../../src/config.js';
@@ -119,6 +119,42 @@ describe('upstream requests through an egress proxy (HTTP_PROXY, HTTPS_PROXY, NO
     await pullThrough(await proxyWith({ HTTP_PROXY: tunnel.url, NO_PROXY: 'localhost,127.0.0.1' }, { url: httpUp.url }));
     await pullThrough(await proxyWith({ HTTPS_PROXY: tunnel.url }, { url: httpUp.url }));
     expect(tunnel.tunnels.slice(before)).toEqual([]);
+  });
+
+  test("the egress proxy's own failures are named as its, never with its credentials: unreachable, 407, 403", async () => {
+    const answer = async (reg: TestRegistry): Promise<{ status: number; message: string }> => {
+      const res = await fetch(`${reg.url}/v2/proxy/up/alice/app/manifests/1`);
+      return { status: res.status, message: ((await res.json()) as { errors: { message: string }[] }).errors[0]!.message };
+    };
+    // Nothing listens where HTTP_PROXY points. Before: "upstream up is unreachable (ECONNREFUSED)",
+    // sending the operator after an upstream that was never asked.
+    const closed = net.createServer();
+    await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
+    const closedPort = (closed.address() as AddressInfo).port;
+    await new Promise<void>((resolve) => closed.close(() => resolve()));
+    const down = await answer(await proxyWith({ HTTP_PROXY: `http://bob:pr0xy-secret@127.0.0.1:${closedPort}` }, { url: httpUp.url }));
+    expect(down.status).toBe(502);
+    expect(down.message).toContain(`the egress proxy 127.0.0.1:${closedPort} (HTTP_PROXY) is unreachable (ECONNREFUSED) for upstream up`);
+    expect(down.message).not.toContain('pr0xy-secret');
+
+    // A proxy that opens no tunnel: without credentials (407), or not to this host (403).
+    for (const [status, words] of [
+      [407, "wants credentials (407): put them in HTTP_PROXY's URL"],
+      [403, 'refused it (403): its allow-list may lack that host'],
+    ] as const) {
+      const refusing = createServer((_req, res) => res.writeHead(405).end());
+      refusing.on('connect', (_req, socket: Socket) => socket.end(`HTTP/1.1 ${status} No\r\nProxy-Authenticate: Basic realm="corp"\r\nContent-Length: 0\r\n\r\n`));
+      await new Promise<void>((resolve) => refusing.listen(0, '127.0.0.1', resolve));
+      const at = `127.0.0.1:${(refusing.address() as AddressInfo).port}`;
+      try {
+        const refused = await answer(await proxyWith({ HTTP_PROXY: `http://${at}` }, { url: httpUp.url }));
+        expect(refused.status).toBe(502);
+        expect(refused.message).toContain(`the egress proxy ${at} (HTTP_PROXY) did not open a tunnel to ${new URL(httpUp.url).host} for upstream up: it ${words}`);
+      } finally {
+        refusing.closeAllConnections();
+        await new Promise<void>((resolve) => refusing.close(() => resolve()));
+      }
+    }
   });
 
   test('a proxy variable that is not an http(s) URL stops the configuration, naming the variable; a bare host:port is http', () => {

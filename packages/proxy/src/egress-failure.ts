@@ -1,0 +1,38 @@
+import { UpstreamError } from './upstream.js';
+
+/** Errors of the one connection Wharf opens itself on a request through the egress proxy: the proxy's. */
+const PROXY_CONNECT_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH']);
+/** undici's words for a tunnel the egress proxy did not open (CONNECT answered with another status). */
+const TUNNEL_REFUSED = /^Proxy response \((\d{3})\) !== 200 when HTTP Tunneling/;
+
+/** The egress proxy an upstream's requests go through, as failures name it. */
+export interface EgressProxy {
+  /** Its URL, credentials and all (never shown). */
+  readonly url: string;
+  /** The variable it came from: HTTPS_PROXY or HTTP_PROXY. */
+  readonly variable: string;
+}
+
+/**
+ * A request through the egress proxy that failed at the proxy, not at the upstream: the proxy could
+ * not be reached, or it did not open the tunnel (407: it wants credentials; 403: its allow-list). Said
+ * as the proxy's failure, naming its host and variable (never its credentials), so that an operator
+ * does not go looking for an upstream outage. Undefined for any other failure.
+ */
+export function egressFailure(err: unknown, proxy: EgressProxy, target: URL, upstream: string): UpstreamError | undefined {
+  const e = err as { code?: unknown; message?: unknown; cause?: { code?: unknown } } | null | undefined;
+  const code = [e?.code, e?.cause?.code].find((c): c is string => typeof c === 'string');
+  const where = `the egress proxy ${new URL(proxy.url).host} (${proxy.variable})`;
+  const forWhom = `for upstream ${upstream}`;
+  if (code !== undefined && PROXY_CONNECT_CODES.has(code)) return new UpstreamError('unreachable', `${where} is unreachable (${code}) ${forWhom}`);
+  const refused = typeof e?.message === 'string' ? TUNNEL_REFUSED.exec(e.message) : null;
+  if (!refused) return undefined;
+  const status = Number(refused[1]);
+  const why =
+    status === 407
+      ? `wants credentials (407): put them in ${proxy.variable}'s URL, http://user:password@host:port`
+      : status === 403
+        ? 'refused it (403): its allow-list may lack that host'
+        : `answered ${status}`;
+  return new UpstreamError('unreachable', `${where} did not open a tunnel to ${target.host} ${forWhom}: it ${why}`);
+}
