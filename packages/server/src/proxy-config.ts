@@ -25,16 +25,15 @@ export interface UpstreamConfig {
    * with `[proxy] anonymous = true`.
    */
   readonly access?: UpstreamAccess;
+  /** Its cache and request policies: `[proxy]`'s, or its own where its table sets them. */
+  readonly policy?: UpstreamPolicy;
 }
 
-export type UpstreamAccess = 'authenticated' | 'anonymous' | readonly string[];
-
-export interface ProxyConfig {
-  readonly enabled: boolean;
-  /** Serve anonymous clients from any address (otherwise only loopback clients may use the proxy). */
-  readonly anonymous: boolean;
-  /** Docker `registry-mirrors` mode: a pull of a name that is not local goes to this upstream. */
-  readonly defaultUpstream?: string;
+/**
+ * What `[proxy]` sets for every upstream and `[proxy.upstreams.<key>]` may set for its own: how long
+ * a tag's check and a 404 stand, the rate-limit floor, the outage back-off, timeouts and retries.
+ */
+export interface UpstreamPolicy {
   readonly manifestTtl: number;
   readonly absentTtl: number;
   readonly rateLimitFloor: number;
@@ -44,6 +43,20 @@ export interface ProxyConfig {
   readonly firstByteTimeout: number;
   readonly idleTimeout: number;
   readonly retries: number;
+}
+
+/** The keys of UpstreamPolicy in the configuration file. */
+const POLICY_KEYS = ['manifest_ttl', 'absent_ttl', 'rate_limit_floor', 'outage_backoff', 'connect_timeout', 'first_byte_timeout', 'idle_timeout', 'retries'] as const;
+
+export type UpstreamAccess = 'authenticated' | 'anonymous' | readonly string[];
+
+/** `[proxy]`; its UpstreamPolicy is every upstream's that does not set its own. */
+export interface ProxyConfig extends UpstreamPolicy {
+  readonly enabled: boolean;
+  /** Serve anonymous clients from any address (otherwise only loopback clients may use the proxy). */
+  readonly anonymous: boolean;
+  /** Docker `registry-mirrors` mode: a pull of a name that is not local goes to this upstream. */
+  readonly defaultUpstream?: string;
   /** Cached content not accessed for this long is evicted (ms). */
   readonly cacheTtl: number;
   /** Upper bound of cached blob bytes, least recently used evicted first (0: none). */
@@ -102,7 +115,7 @@ export function parseSize(value: unknown): number | undefined {
   const unit = m ? SIZE_UNITS[m[2]!.toLowerCase()] : undefined;
   return m && unit !== undefined ? Math.floor(Number(m[1]) * unit) : undefined;
 }
-const UPSTREAM_KEYS = new Set(['url', 'aliases', 'username', 'password', 'password_env', 'library_prefix', 'mirrors', 'strategy', 'hedge_delay', 'access', 'ca_file']);
+const UPSTREAM_KEYS = new Set<string>(['url', 'aliases', 'username', 'password', 'password_env', 'library_prefix', 'mirrors', 'strategy', 'hedge_delay', 'access', 'ca_file', ...POLICY_KEYS]);
 const STRATEGIES: readonly MirrorStrategy[] = ['failover', 'hedged', 'striped', 'adaptive'];
 
 function isTable(value: unknown): value is Record<string, unknown> {
@@ -110,14 +123,14 @@ function isTable(value: unknown): value is Record<string, unknown> {
 }
 
 /** `timer`: the duration sets a timer, and is refused past what one keeps (see MAX_TIMER_MS). */
-function duration(table: Record<string, unknown>, key: string, fallback: string, timer = false): number {
+function duration(table: Record<string, unknown>, key: string, fallback: string, timer = false, where = 'proxy'): number {
   const raw = table[key] ?? fallback;
   const ms = configDuration(raw);
   if (ms === undefined || !Number.isFinite(ms) || ms < 0) {
-    throw new ConfigError(`"proxy.${key}" must be a duration such as "5m" or "30s" (got ${JSON.stringify(raw)})`);
+    throw new ConfigError(`"${where}.${key}" must be a duration such as "5m" or "30s" (got ${JSON.stringify(raw)})`);
   }
   const tooLong = timer ? timerProblem(ms) : undefined;
-  if (tooLong) throw new ConfigError(`"proxy.${key}" ${tooLong} (got ${JSON.stringify(raw)})`);
+  if (tooLong) throw new ConfigError(`"${where}.${key}" ${tooLong} (got ${JSON.stringify(raw)})`);
   return ms;
 }
 
@@ -135,10 +148,28 @@ function cacheTtl(table: Record<string, unknown>): number {
   return ms;
 }
 
-function integer(table: Record<string, unknown>, key: string, fallback: number): number {
+function integer(table: Record<string, unknown>, key: string, fallback: number, where = 'proxy'): number {
   const raw = table[key] ?? fallback;
-  if (typeof raw !== 'number' || !Number.isInteger(raw) || raw < 0) throw new ConfigError(`"proxy.${key}" must be a non-negative integer`);
+  if (typeof raw !== 'number' || !Number.isInteger(raw) || raw < 0) throw new ConfigError(`"${where}.${key}" must be a non-negative integer`);
   return raw;
+}
+
+/**
+ * The policy of the table at `where`: `[proxy]`'s (with the defaults), or an upstream's, each key it
+ * does not set taken from `inherited` (`[proxy]`'s).
+ */
+function policyFrom(table: Record<string, unknown>, where: string, inherited?: UpstreamPolicy): UpstreamPolicy {
+  const pick = (key: (typeof POLICY_KEYS)[number], parse: () => number, from: number | undefined): number => (table[key] === undefined && from !== undefined ? from : parse());
+  return {
+    manifestTtl: pick('manifest_ttl', () => duration(table, 'manifest_ttl', '5m', false, where), inherited?.manifestTtl),
+    absentTtl: pick('absent_ttl', () => duration(table, 'absent_ttl', '1m', false, where), inherited?.absentTtl),
+    rateLimitFloor: pick('rate_limit_floor', () => integer(table, 'rate_limit_floor', 10, where), inherited?.rateLimitFloor),
+    outageBackoff: pick('outage_backoff', () => duration(table, 'outage_backoff', '30s', true, where), inherited?.outageBackoff),
+    connectTimeout: pick('connect_timeout', () => duration(table, 'connect_timeout', '10s', true, where), inherited?.connectTimeout),
+    firstByteTimeout: pick('first_byte_timeout', () => duration(table, 'first_byte_timeout', '30s', true, where), inherited?.firstByteTimeout),
+    idleTimeout: pick('idle_timeout', () => duration(table, 'idle_timeout', '60s', true, where), inherited?.idleTimeout),
+    retries: pick('retries', () => integer(table, 'retries', 3, where), inherited?.retries),
+  };
 }
 
 function size(table: Record<string, unknown>, key: string): number {
@@ -192,7 +223,7 @@ function sameServer(url: string): string {
   return `${parsed.origin}${parsed.pathname.replace(/\/+$/, '')}`;
 }
 
-function upstream(key: string, raw: unknown, env: NodeJS.ProcessEnv, builtIn: UpstreamConfig | undefined, secrets: boolean): UpstreamConfig {
+function upstream(key: string, raw: unknown, env: NodeJS.ProcessEnv, builtIn: UpstreamConfig | undefined, secrets: boolean, shared: UpstreamPolicy): UpstreamConfig {
   const where = `proxy.upstreams.${key}`;
   if (!isTable(raw)) throw new ConfigError(`"${where}" must be a table`);
   for (const k of Object.keys(raw)) if (!UPSTREAM_KEYS.has(k)) throw new ConfigError(`unknown key "${where}.${k}"`);
@@ -256,6 +287,7 @@ function upstream(key: string, raw: unknown, env: NodeJS.ProcessEnv, builtIn: Up
     strategy: strategy as MirrorStrategy,
     hedgeDelay,
     ...(access !== undefined ? { access: access as UpstreamAccess } : {}),
+    policy: policyFrom(raw, where, shared),
   };
 }
 
@@ -266,8 +298,9 @@ export function buildProxyConfig(raw: unknown, env: NodeJS.ProcessEnv, secrets =
   for (const k of Object.keys(table)) if (!PROXY_KEYS.has(k)) throw new ConfigError(`unknown key "proxy.${k}"`);
   const configured = table.upstreams ?? {};
   if (!isTable(configured)) throw new ConfigError('"proxy.upstreams" must be a table of upstreams');
-  const byKey = new Map(BUILT_IN_UPSTREAMS.map((u) => [u.key, u]));
-  for (const [key, value] of Object.entries(configured)) byKey.set(key, upstream(key, value, env, byKey.get(key), secrets));
+  const shared = policyFrom(table, 'proxy');
+  const byKey = new Map<string, UpstreamConfig>(BUILT_IN_UPSTREAMS.map((u) => [u.key, { ...u, policy: shared }]));
+  for (const [key, value] of Object.entries(configured)) byKey.set(key, upstream(key, value, env, byKey.get(key), secrets, shared));
   const upstreams = [...byKey.values()];
   const names = new Map<string, string>();
   for (const u of upstreams) {
@@ -285,14 +318,7 @@ export function buildProxyConfig(raw: unknown, env: NodeJS.ProcessEnv, secrets =
     enabled: boolean(table, 'enabled', true),
     anonymous: boolean(table, 'anonymous', false),
     ...(typeof defaultUpstream === 'string' && defaultUpstream !== '' ? { defaultUpstream: names.get(defaultUpstream)! } : {}),
-    manifestTtl: duration(table, 'manifest_ttl', '5m'),
-    absentTtl: duration(table, 'absent_ttl', '1m'),
-    rateLimitFloor: integer(table, 'rate_limit_floor', 10),
-    outageBackoff: duration(table, 'outage_backoff', '30s', true),
-    connectTimeout: duration(table, 'connect_timeout', '10s', true),
-    firstByteTimeout: duration(table, 'first_byte_timeout', '30s', true),
-    idleTimeout: duration(table, 'idle_timeout', '60s', true),
-    retries: integer(table, 'retries', 3),
+    ...shared,
     cacheTtl: cacheTtl(table),
     maxSize: size(table, 'max_size'),
     evictionInterval: duration(table, 'eviction_interval', '1h', true),

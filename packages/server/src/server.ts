@@ -180,6 +180,7 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
     const index = new CacheIndex(db);
     const proxyLog = logger.child({ component: 'proxy' });
     for (const u of config.proxy.upstreams) {
+      const policy = u.policy ?? config.proxy;
       const repository: PullThroughRepository = new PullThroughRepository(
         buildUpstream(
           u,
@@ -194,12 +195,12 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
         proxyBlobs,
         fills,
         {
-          manifestTtl: config.proxy.manifestTtl,
-          absentTtl: config.proxy.absentTtl,
-          rateLimitFloor: config.proxy.rateLimitFloor,
-          outageBackoff: config.proxy.outageBackoff,
+          manifestTtl: policy.manifestTtl,
+          absentTtl: policy.absentTtl,
+          rateLimitFloor: policy.rateLimitFloor,
+          outageBackoff: policy.outageBackoff,
           // Never longer than an ordinary request's wait for its first byte.
-          outageProbeTimeout: Math.min(DEFAULT_POLICY.outageProbeTimeout!, config.proxy.firstByteTimeout),
+          outageProbeTimeout: Math.min(DEFAULT_POLICY.outageProbeTimeout!, policy.firstByteTimeout),
         },
         proxyLog,
         metrics.proxy,

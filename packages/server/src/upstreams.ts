@@ -12,7 +12,8 @@ export function buildUpstream(
   // With mirrors, a failed request goes to the next mirror at once, and MirroredUpstream makes the
   // rounds that `retries` allows; a mirror's own client retrying first cost every stalled mirror its
   // timeouts `retries` times over before the next one was asked.
-  const retries = u.mirrors.length === 0 ? proxy.retries : 0;
+  const policy = u.policy ?? proxy;
+  const retries = u.mirrors.length === 0 ? policy.retries : 0;
   // Each mirror's errors name its host ("upstream docker.io (mirror.gcr.io) answered 503 ..."):
   // with one name for all, an operator could not tell which mirror failed.
   const client = (url: string) =>
@@ -23,7 +24,7 @@ export function buildUpstream(
       ...(u.password !== undefined ? { password: u.password } : {}),
       ...(u.ca !== undefined ? { ca: u.ca } : {}),
       ...(proxy.egress ? { egress: proxy.egress } : {}),
-      timeouts: { connect: proxy.connectTimeout, firstByte: proxy.firstByteTimeout, idle: proxy.idleTimeout },
+      timeouts: { connect: policy.connectTimeout, firstByte: policy.firstByteTimeout, idle: policy.idleTimeout },
       retries,
       onRateLimit,
       ...(onRequest ? { onRequest } : {}),
@@ -34,9 +35,9 @@ export function buildUpstream(
     name: u.key,
     strategy: u.strategy,
     hedgeDelay: u.hedgeDelay,
-    retries: proxy.retries,
+    retries: policy.retries,
     // Longer than outage_backoff: a mirror that stalled a cached tag's re-check, which put the whole
     // upstream in outage_backoff, is still behind the others when the next re-check goes.
-    failMemory: Math.max(30_000, 2 * proxy.outageBackoff),
+    failMemory: Math.max(30_000, 2 * policy.outageBackoff),
   });
 }

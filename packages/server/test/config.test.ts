@@ -147,6 +147,24 @@ describe('configuration', () => {
     expect(named.warnings).toBeUndefined();
   });
 
+  test("an upstream's table sets [proxy]'s policies for it alone; what it does not set, and the built-ins, take [proxy]'s", () => {
+    const config = buildConfig({
+      ...REQUIRED,
+      proxy: { manifest_ttl: '2m', retries: 1, upstreams: { slow: { url: 'https://slow.example', manifest_ttl: '10s', first_byte_timeout: '2m', rate_limit_floor: 0 }, plain: { url: 'https://plain.example' } } },
+    }).proxy;
+    const policy = (key: string) => config.upstreams.find((u) => u.key === key)!.policy;
+    const shared = { manifestTtl: 120_000, absentTtl: 60_000, rateLimitFloor: 10, outageBackoff: 30_000, connectTimeout: 10_000, firstByteTimeout: 30_000, idleTimeout: 60_000, retries: 1 };
+    expect(policy('slow')).toEqual({ ...shared, manifestTtl: 10_000, firstByteTimeout: 120_000, rateLimitFloor: 0 });
+    expect(policy('plain')).toEqual(shared);
+    expect(policy('docker.io')).toEqual(shared);
+    expect(config).toMatchObject(shared);
+    // Checked as [proxy]'s are, the upstream's table named.
+    expect(() => buildConfig({ ...REQUIRED, proxy: { upstreams: { slow: { url: 'https://slow.example', retries: -1 } } } })).toThrow('"proxy.upstreams.slow.retries" must be a non-negative integer');
+    expect(() => buildConfig({ ...REQUIRED, proxy: { upstreams: { slow: { url: 'https://slow.example', idle_timeout: '30d' } } } })).toThrow('"proxy.upstreams.slow.idle_timeout" must be at most "24d"');
+    // The cache's settings are for all upstreams.
+    expect(() => buildConfig({ ...REQUIRED, proxy: { upstreams: { slow: { url: 'https://slow.example', max_size: '1GB' } } } })).toThrow('unknown key "proxy.upstreams.slow.max_size"');
+  });
+
   test('two upstreams reaching one host: a warning says which one ?ns=<host> goes to, and none once an alias says it', () => {
     const mirror = { url: 'https://registry.example.com', username: 'u', password: 'p' };
     const config = buildConfig({ ...REQUIRED, proxy: { upstreams: { anon: { url: 'https://registry.example.com' }, mine: mirror } } }, { cwd: dir });
