@@ -76,8 +76,10 @@ export interface PullThroughLogger {
  * - blobs: one fill per digest whatever the number of clients (BlobFills).
  */
 export class PullThroughRepository implements RepositoryReader {
-  /** Last RateLimit-Remaining the upstream sent. */
+  /** Last RateLimit-Remaining the upstream sent (see noteRateLimit). */
   rateLimitRemaining: number | undefined;
+  /** When rateLimitRemaining came (Date.now()). */
+  private rateLimitAt = 0;
   /** Manifests served from the cache while the upstream could not be asked. */
   staleServed = 0;
   /** Until then, the upstream is taken as down: cached tags are served without asking it. */
@@ -113,6 +115,12 @@ export class PullThroughRepository implements RepositoryReader {
 
   private get key(): string {
     return this.upstream.name;
+  }
+
+  /** An answer of the upstream carried RateLimit-Remaining (Docker Hub's manifest requests do). */
+  noteRateLimit(remaining: number): void {
+    this.rateLimitRemaining = remaining;
+    this.rateLimitAt = Date.now();
   }
 
   async manifest(repo: string, reference: string): Promise<StoredManifest | undefined> {
@@ -199,10 +207,13 @@ export class PullThroughRepository implements RepositoryReader {
           return this.hit('manifest', cached);
         }
         // Low on pulls: the cached copy rather than a GET, which Docker Hub counts. The HEAD went
-        // (it does not count), and its answer brought the reading up to date, so this lasts only
-        // as long as the upstream's window.
-        // (A HEAD that told nothing brought no reading either: then the GET goes, or the floor would hold for good.)
-        if (head?.digest && this.rateLimitRemaining !== undefined && this.rateLimitRemaining < this.policy.rateLimitFloor) {
+        // (it does not count), and only a reading its answer brought holds the GET back, so this
+        // lasts only as long as the upstream's window. A HEAD that told nothing (no digest), or
+        // brought no reading (a mirror answered it, or the upstream stopped sending the header),
+        // leaves the GET to go: an older reading would hold the tag for good. Checked now, the tag
+        // is not asked about again within manifest_ttl, as any other.
+        if (head?.digest && this.rateLimitAt >= now && this.rateLimitRemaining !== undefined && this.rateLimitRemaining < this.policy.rateLimitFloor) {
+          this.remember(repo, tag, () => this.index.putTag(this.key, repo, tag, cached.digest, now));
           return this.stale(cached, repo, tag, `upstream rate limit nearly exhausted (${this.rateLimitRemaining} left); serving the cached manifest`);
         }
       }

@@ -95,7 +95,7 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
 
   test('below rate_limit_floor a moved tag is served from the cache, not fetched; the HEAD still goes, so the reading recovers', async () => {
     const store = new FsBlobStore(join(dir, 'blobs'), join(dir, 'tmp'));
-    const upstream = new HttpUpstream({ name: 'up', url: fake.url, retries: 0, onRateLimit: (remaining) => (limited.rateLimitRemaining = remaining) });
+    const upstream = new HttpUpstream({ name: 'up', url: fake.url, retries: 0, onRateLimit: (remaining) => limited.noteRateLimit(remaining) });
     const limited: PullThroughRepository = new PullThroughRepository(upstream, new CacheIndex(db), store, fills, { manifestTtl: TTL, absentTtl: 60_000, rateLimitFloor: 10 });
     const first = fake.addManifest('alice/app', '1', DOC('a'));
     expect((await limited.manifest('alice/app', '1'))?.digest).toBe(first);
@@ -109,11 +109,35 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     expect(fake.count('HEAD', tagPath)).toBe(1);
     expect(fake.count('GET', tagPath)).toBe(1);
 
+    // Checked, the tag is not asked about again within manifest_ttl (before: a HEAD at every pull).
+    expect((await limited.manifest('alice/app', '1'))?.digest).toBe(first);
+    expect(fake.count('HEAD', tagPath)).toBe(1);
+
     // The window reset upstream: the next check's HEAD says so, and the moved tag is fetched.
     fake.rateLimitRemaining = 100;
     await sleep(TTL + 50);
     expect((await limited.manifest('alice/app', '1'))?.digest).toBe(moved);
     expect(limited.rateLimitRemaining).toBe(100);
+  });
+
+  test('below rate_limit_floor, a HEAD that brings no reading (a mirror answered, the header stopped) does not freeze the tag: the GET goes', async () => {
+    const store = new FsBlobStore(join(dir, 'blobs'), join(dir, 'tmp'));
+    const upstream = new HttpUpstream({ name: 'up', url: fake.url, retries: 0, onRateLimit: (remaining) => limited.noteRateLimit(remaining) });
+    const limited: PullThroughRepository = new PullThroughRepository(upstream, new CacheIndex(db), store, fills, { manifestTtl: TTL, absentTtl: 60_000, rateLimitFloor: 10 });
+    fake.rateLimitRemaining = 5;
+    const first = fake.addManifest('alice/app', '1', DOC('a'));
+    expect((await limited.manifest('alice/app', '1'))?.digest).toBe(first);
+    expect(limited.rateLimitRemaining).toBe(5);
+
+    // The answers carry the header no more. Before: the last reading (5) held every later check to
+    // the cached copy, for as long as no answer carried the header again.
+    fake.rateLimitRemaining = undefined;
+    const moved = fake.addManifest('alice/app', '1', DOC('b'));
+    await sleep(TTL + 50);
+    const checked = await limited.manifest('alice/app', '1');
+    expect(checked?.digest).toBe(moved);
+    expect(checked?.warning).toBeUndefined();
+    expect(fake.count('GET', tagPath)).toBe(2);
   });
 
   test('a cached tag the upstream deleted: absent for absent_ttl, and not served stale in a later outage', async () => {

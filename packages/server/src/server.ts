@@ -185,9 +185,7 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
         buildUpstream(
           u,
           config.proxy,
-          (remaining) => {
-            repository.rateLimitRemaining = remaining;
-          },
+          (remaining) => repository.noteRateLimit(remaining),
           (status) => metrics.upstreamRequest(u.key, status),
           proxyLog,
         ),
