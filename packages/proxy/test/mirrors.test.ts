@@ -367,6 +367,24 @@ describe('mirror strategies', () => {
     for (const m of mirrors) expect(m.log.filter((l) => l.includes('bytes=') && !l.endsWith('bytes=0-0')).length).toBeGreaterThan(2);
   });
 
+  test('striped, by default, fetches ranges small enough that those held stay near 16 MiB: 2 MiB with three mirrors', async () => {
+    reset();
+    expect(mirrors).toHaveLength(3);
+    const blob = await upstream({ strategy: 'striped', stripeThreshold: 1024 * 1024 }).blob('lib/app', DIGEST);
+    expect((await readAll(blob!.body)).equals(BLOB)).toBe(true);
+    const ranges = mirrors
+      .flatMap((m) => m.log)
+      .map((l) => /bytes=(\d+)-(\d+)$/.exec(l))
+      .filter((m): m is RegExpExecArray => m !== null && m[2] !== '0') // not the size probe (bytes=0-0)
+      .map((m) => [Number(m[1]), Number(m[2])])
+      .sort((a, b) => a[0]! - b[0]!);
+    // Before: one 8 MiB stripe each, six in flight (56 MiB held with the stream's buffer): here the whole blob in one range.
+    expect(ranges).toEqual([
+      [0, 2 * 1024 * 1024 - 1],
+      [2 * 1024 * 1024, BLOB.length - 1],
+    ]);
+  });
+
   test('striped hands the ranges of a failing mirror to the others', async () => {
     reset();
     const up = upstream({ strategy: 'striped', stripeThreshold: 1024 * 1024, stripeSize: 256 * 1024 });
