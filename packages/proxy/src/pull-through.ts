@@ -805,6 +805,9 @@ export function toRegistryError(err: unknown): unknown {
   if (err.failure === 'rate-limited') return new RegistryError('TOOMANYREQUESTS', err.message, detail);
   if (err.failure === 'timeout') return new RegistryError('UPSTREAM_TIMEOUT', err.message, detail);
   if (err.failure === 'denied') return new RegistryError('NAME_UNKNOWN', err.message, detail);
+  // The upstream said it is down for now (maintenance, overload): so is what it serves, for as long
+  // as its Retry-After says; clients take a 503 as worth another try, as they do from it.
+  if (err.failure === 'server-error' && err.status === 503) return new RegistryError('UNAVAILABLE', err.message, detail);
   return new RegistryError('UPSTREAM_ERROR', err.message, detail);
 }
 

@@ -7,7 +7,7 @@ import type { Digest } from '@wharf/registry-core';
 /** hold: half a blob's body, then the rest 400 ms later. */
 /** portal: 200 with an HTML page, as a captive portal or a misconfigured gateway answers. */
 /** mute: a blob's status and headers, then not a byte of its body. */
-export type Fault = 'wrong-bytes' | 'truncate' | 'reset' | '400' | '500' | '429' | 'stall' | 'hold' | 'deny' | 'portal' | 'mute';
+export type Fault = 'wrong-bytes' | 'truncate' | 'reset' | '400' | '500' | '503' | '429' | 'stall' | 'hold' | 'deny' | 'portal' | 'mute';
 
 export interface SeenRequest {
   readonly method: string;
@@ -51,7 +51,7 @@ export class FakeUpstream {
   tagPageSize = Infinity;
   /** Range answers come with their first byte flipped (a mirror or CDN serving bad bytes). */
   corruptRanges = false;
-  /** The Retry-After of the '429' fault. */
+  /** The Retry-After of the '429' and '503' faults. */
   retryAfter = '1';
   /** Registry requests are answered this long after they came (a mirror farther away). */
   delayMs = 0;
@@ -139,6 +139,7 @@ export class FakeUpstream {
     if (fault === '500') return void res.writeHead(500, { 'content-type': 'application/json' }).end('{"errors":[{"code":"UNKNOWN"}]}');
     if (fault === 'portal') return void res.writeHead(200, { 'content-type': 'text/html' }).end('<html><body>Sign in to the network</body></html>');
     if (fault === '429') return void res.writeHead(429, { 'retry-after': this.retryAfter, 'content-type': 'application/json' }).end('{"errors":[{"code":"TOOMANYREQUESTS"}]}');
+    if (fault === '503') return void res.writeHead(503, { 'retry-after': this.retryAfter, 'content-type': 'application/json' }).end('{"errors":[{"code":"UNAVAILABLE"}]}');
     const list = /^\/v2\/(.+)\/tags\/list$/.exec(path);
     if (list) return this.tagList(list[1]!, new URLSearchParams(query), res);
     const referrers = /^\/v2\/(.+)\/referrers\/([^/]+)$/.exec(path);

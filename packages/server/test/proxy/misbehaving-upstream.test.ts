@@ -168,6 +168,24 @@ describe('pull-through from a misbehaving upstream', () => {
     expect(head.statusText).toBe(`Bad Gateway: ${error!.message}`);
   });
 
+  test("503 with nothing cached (the upstream down for maintenance): 503 UNAVAILABLE with the upstream's Retry-After, not a 502", async () => {
+    fake.fault = '503';
+    fake.retryAfter = '2';
+    try {
+      for (const path of [`manifests/1`, `blobs/${digest}`]) {
+        const res = await fetch(`${proxy.url}/v2/proxy/fake/${repo}/${path}`);
+        expect([path, res.status]).toEqual([path, 503]);
+        expect(res.headers.get('retry-after')).toBe('2');
+        const [error] = ((await res.json()) as { errors: { code: string; message: string }[] }).errors;
+        expect(error!.code).toBe('UNAVAILABLE');
+        expect(error!.message).toContain('upstream fake answered 503');
+      }
+    } finally {
+      fake.retryAfter = '1';
+    }
+    await sleep(2_100); // its Retry-After, before which no manifest is asked for
+  });
+
   test('429 with nothing cached: 429 TOOMANYREQUESTS with Retry-After', async () => {
     fake.fault = '429';
     for (const path of [`manifests/1`, `blobs/${digest}`]) {
