@@ -1,7 +1,23 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { pushImage } from '../helpers/oci.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
+import { WHARF_CLI } from '../helpers/wharf-process.js';
 import { CountingForwarder } from './helpers/counting-forwarder.js';
+
+type Image = Awaited<ReturnType<typeof pushImage>>;
+
+/** Runs the built `wharf` CLI; its exit code and output. */
+function wharf(args: readonly string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [WHARF_CLI, ...args], { env: { PATH: process.env.PATH } }, (err, stdout, stderr) => {
+      resolve({ code: err ? Number((err as { code?: unknown }).code ?? 1) : 0, stdout, stderr });
+    });
+  });
+}
 
 /**
  * The built-in `docker.io` upstream, its url pointed at a local Wharf (through a forwarder that counts
@@ -25,7 +41,7 @@ describe('the built-in docker.io upstream: one-component names are official imag
   });
 
   /** GETs of `path` (on the proxy) and the bytes, checked against what was pushed. */
-  async function pull(path: string, image: Awaited<ReturnType<typeof pushImage>>): Promise<void> {
+  async function pull(path: string, image: Image): Promise<void> {
     const manifest = await fetch(`${proxy.url}/v2/proxy/${path}/manifests/1`);
     expect([path, manifest.status]).toEqual([path, 200]);
     expect(manifest.headers.get('docker-content-digest')).toBe(image.manifest.digest);
@@ -69,5 +85,81 @@ describe('the built-in docker.io upstream: one-component names are official imag
     expect(askedFor('team/sub/app')).toEqual(['GET /v2/team/sub/app/manifests/1', `GET /v2/team/sub/app/blobs/${deep.layer.digest}`]);
     expect(askedFor('library/bitnami')).toEqual([]);
     expect(askedFor('library/team')).toEqual([]);
+  });
+
+  /** The cached file of a blob in proxy_storage. */
+  const cachedFile = (digest: string) => join(proxy.config.proxyStorage, 'blobs', 'sha256', digest.slice(7, 9), digest.slice(7));
+
+  /**
+   * Pulls the image's manifest, config and layer through `path`, waits for the blob fills to be in
+   * the cache (files and rows), and checks that a second pull asks the upstream nothing.
+   */
+  async function pullAndCache(path: string, repo: string, image: Image): Promise<void> {
+    await pull(path, image);
+    const config = await fetch(`${proxy.url}/v2/proxy/${path}/blobs/${image.config.digest}`);
+    expect(Buffer.from(await config.arrayBuffer()).equals(image.config.bytes)).toBe(true);
+    await proxy.fills.settled();
+    expect([existsSync(cachedFile(image.config.digest)), existsSync(cachedFile(image.layer.digest))]).toEqual([true, true]);
+    const before = askedFor(repo).length;
+    await pull(path, image);
+    expect(askedFor(repo).length).toBe(before);
+  }
+
+  /** After a purge: the blob files are gone, and the next pull fetches the manifest and the layer upstream again. */
+  async function expectPurged(path: string, repo: string, image: Image): Promise<void> {
+    expect([existsSync(cachedFile(image.config.digest)), existsSync(cachedFile(image.layer.digest))]).toEqual([false, false]);
+    const manifestPath = `/v2/${repo}/manifests/1`;
+    const layerPath = `/v2/${repo}/blobs/${image.layer.digest}`;
+    const before = [fwd.count('GET', manifestPath), fwd.count('GET', layerPath)];
+    await pull(path, image);
+    expect([fwd.count('GET', manifestPath), fwd.count('GET', layerPath)]).toEqual([before[0]! + 1, before[1]! + 1]);
+    await proxy.fills.settled();
+    expect(existsSync(cachedFile(image.layer.digest))).toBe(true);
+  }
+
+  test('`wharf proxy purge docker <one-component name>`, run while the server runs, forgets library/<name>: files gone, the next pull asks the upstream', async () => {
+    const image = await pushImage(up.url, 'library/cli-purged', '1', 'cli-purged');
+    const kept = await pushImage(up.url, 'library/cli-kept', '1', 'cli-kept');
+    await pullAndCache('docker/cli-purged', 'library/cli-purged', image);
+    await pullAndCache('docker/cli-kept', 'library/cli-kept', kept);
+
+    // The command reads the same database and proxy_storage as the running server.
+    const file = join(proxy.root, 'purge.toml');
+    const q = JSON.stringify;
+    await writeFile(
+      file,
+      [
+        'listen = "127.0.0.1:0"',
+        `registry_storage = ${q(proxy.config.registryStorage)}`,
+        `temporary_registry_storage = ${q(proxy.config.temporaryRegistryStorage)}`,
+        `proxy_storage = ${q(proxy.config.proxyStorage)}`,
+        `database = ${q(proxy.config.database)}`,
+        '[auth]',
+        'enabled = false',
+        '[proxy.upstreams."docker.io"]',
+        `url = ${q(fwd.url)}`,
+        '',
+      ].join('\n'),
+    );
+    const run = await wharf(['proxy', 'purge', 'docker', 'cli-purged', '--config', file]);
+    const bytes = image.config.bytes.length + image.layer.bytes.length;
+    expect(run).toEqual({ code: 0, stdout: `purged docker.io/library/cli-purged: 1 manifests, 2 blobs, ${bytes} bytes\n`, stderr: '' });
+
+    await expectPurged('docker/cli-purged', 'library/cli-purged', image);
+    // Another repository of the same upstream is still cached.
+    const before = askedFor('library/cli-kept').length;
+    await pull('docker/cli-kept', kept);
+    expect(askedFor('library/cli-kept').length).toBe(before);
+    expect(existsSync(cachedFile(kept.layer.digest))).toBe(true);
+  });
+
+  test('DELETE /admin/proxy/cache/docker/<one-component name> purges library/<name>: files gone, the next pull asks the upstream', async () => {
+    const image = await pushImage(up.url, 'library/admin-purged', '1', 'admin-purged');
+    await pullAndCache('docker.io/admin-purged', 'library/admin-purged', image);
+    const res = await fetch(`${proxy.url}/admin/proxy/cache/docker/admin-purged`, { method: 'DELETE' });
+    expect(res.status).toBe(200);
+    const bytes = image.config.bytes.length + image.layer.bytes.length;
+    expect(await res.json()).toEqual({ upstream: 'docker.io', repository: 'library/admin-purged', purged: { manifests: 1, blobs: 2, bytes } });
+    await expectPurged('docker.io/admin-purged', 'library/admin-purged', image);
   });
 });
