@@ -1,4 +1,4 @@
-import { afterEach, describe, expect, test } from '@jest/globals';
+import { afterEach, describe, expect, jest, test } from '@jest/globals';
 import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -490,6 +490,45 @@ describe('the proxy with HEADs done wrong, and many clients at once', () => {
       expect((await proxy.manifest('team/other', 'latest'))?.warning).toBeUndefined();
       expect(registry.seen.slice(before).map((s) => s.method)).toContain('GET');
     });
+  });
+
+  test('a manifest HEAD answering 200 without Docker-Content-Digest: past manifest_ttl the tag is checked with HEAD, then GET; a moved tag is served with its new digest', async () => {
+    let current = MANIFEST;
+    const registry = await host((req, res) => {
+      // Its type and length, no digest: the HEAD tells nothing of whether the tag moved.
+      if (req.method === 'HEAD') return void res.writeHead(200, { 'content-type': OCI, 'content-length': current.length }).end();
+      manifestAnswer(req, res, current);
+    });
+    const methods = () => registry.seen.map((s) => s.method);
+    // The wall clock alone (manifest_ttl is measured with Date.now()) moves only when the test moves it.
+    jest.useFakeTimers({ doNotFake: ['hrtime', 'nextTick', 'performance', 'queueMicrotask', 'setImmediate', 'clearImmediate', 'setInterval', 'clearInterval', 'setTimeout', 'clearTimeout'] });
+    try {
+      await withProxy(new HttpUpstream({ name: 'up', url: registry.url, retries: 0, timeouts: quick }), async (proxy) => {
+        expect((await proxy.manifest('team/app', 'latest'))?.digest).toBe(sha256(MANIFEST));
+        jest.setSystemTime(Date.now() + TTL - 1);
+        expect((await proxy.manifest('team/app', 'latest'))?.digest).toBe(sha256(MANIFEST));
+        expect(methods()).toEqual(['GET']);
+
+        // Past the TTL, the tag unmoved: the HEAD, then the GET it could not spare.
+        jest.setSystemTime(Date.now() + 1);
+        const same = await proxy.manifest('team/app', 'latest');
+        expect([same?.digest, same?.warning]).toEqual([sha256(MANIFEST), undefined]);
+        expect(methods()).toEqual(['GET', 'HEAD', 'GET']);
+
+        // Moved: the GET after the HEAD brings the new manifest, served fresh (no Warning).
+        current = V2;
+        jest.setSystemTime(Date.now() + TTL);
+        const moved = await proxy.manifest('team/app', 'latest');
+        expect([moved?.digest, moved?.warning]).toEqual([sha256(V2), undefined]);
+        expect(moved?.bytes.equals(V2)).toBe(true);
+        expect(methods()).toEqual(['GET', 'HEAD', 'GET', 'HEAD', 'GET']);
+        // And the tag now names it from the cache, within the TTL of that check.
+        expect((await proxy.manifest('team/app', 'latest'))?.digest).toBe(sha256(V2));
+        expect(methods()).toHaveLength(5);
+      });
+    } finally {
+      jest.useRealTimers();
+    }
   });
 
   test('below the rate-limit floor, a HEAD that tells nothing does not freeze the tag: the GET goes', async () => {
