@@ -1,4 +1,4 @@
-import { afterAll, afterEach, beforeAll, describe, expect, test } from '@jest/globals';
+import { afterAll, afterEach, beforeAll, describe, expect, jest, test } from '@jest/globals';
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -532,5 +532,48 @@ describe('plainRequest over TLS', () => {
       (e: unknown) => e as NodeJS.ErrnoException,
     );
     expect(err?.code).toMatch(/SELF_SIGNED|UNABLE_TO_VERIFY/);
+  });
+});
+
+describe('the connect timeout', () => {
+  /**
+   * An https:// upstream whose TCP server accepts the connection and never answers the TLS handshake
+   * (a firewall or a dead TLS terminator that holds connections open): the connect timer runs until
+   * the handshake is done (secureConnect), so it, not the first-byte timer, ends the request. Timers
+   * are fake: the request is seen still waiting 1 ms before `connect`, and failed at it.
+   */
+  test('covers the TLS handshake: a server that never answers it fails the request at `connect` with ETIMEDOUT "connecting"', async () => {
+    let hello: () => void = () => undefined;
+    const helloSent = new Promise<void>((resolve) => (hello = resolve));
+    const server = createServer((socket) => {
+      sockets.add(socket);
+      socket.on('error', () => undefined);
+      // The ClientHello comes; nothing goes back.
+      socket.once('data', () => hello());
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    servers.push(server);
+    const url = new URL(`https://127.0.0.1:${(server.address() as AddressInfo).port}/v2/a/manifests/1`);
+    const connect = 5_000;
+    // setTimeout alone is fake; I/O, immediates and the rest are real.
+    jest.useFakeTimers({ doNotFake: ['Date', 'hrtime', 'nextTick', 'performance', 'queueMicrotask', 'setImmediate', 'clearImmediate', 'setInterval', 'clearInterval'] });
+    try {
+      let outcome: unknown;
+      void plainRequest(url, {}, { connect, firstByte: 600_000, idle: 600_000 }).then(
+        () => (outcome = 'answered'),
+        (err: unknown) => (outcome = err),
+      );
+      // The TCP connection is up and the handshake begun: only its answer is awaited.
+      await helloSent;
+      const settle = () => new Promise((resolve) => setImmediate(resolve));
+      jest.advanceTimersByTime(connect - 1);
+      await settle();
+      expect(outcome).toBeUndefined();
+      jest.advanceTimersByTime(1);
+      await settle();
+      expect(outcome).toMatchObject({ code: 'ETIMEDOUT', message: 'timed out connecting to the upstream' });
+    } finally {
+      jest.useRealTimers();
+    }
   });
 });
