@@ -332,6 +332,29 @@ describe('pull-through from a misbehaving upstream', () => {
       fake.tagPageSize = Infinity;
     }
   });
+  test('a cached manifest served stale writes a warning line naming the upstream, repository, tag and why', async () => {
+    const log = captureLog();
+    const reg = await startRegistry({ logger: log.logger, settings: { proxy: { manifest_ttl: '0s', retries: 0, upstreams: { fake: { url: fake.url } } } } });
+    try {
+      expect((await fetch(`${reg.url}/v2/proxy/fake/${repo}/manifests/1`)).status).toBe(200);
+      fake.fault = '500';
+      fake.faultOn = /\/manifests\//;
+      const res = await fetch(`${reg.url}/v2/proxy/fake/${repo}/manifests/1`);
+      expect(res.status).toBe(200);
+      expect(res.headers.get('warning')).toMatch(/upstream fake answered 500/);
+      // Logged before the answer is sent: an operator sees it whether or not a client shows Warning.
+      const lines = log
+        .text()
+        .split('\n')
+        .filter((l) => l.includes('"msg":"serving stale manifest"'))
+        .map((l) => JSON.parse(l) as { level: number; upstream: string; repo: string; tag: string; reason: string });
+      expect(lines).toHaveLength(1);
+      expect(lines[0]).toMatchObject({ level: 40, upstream: 'fake', repo, tag: '1' });
+      expect(lines[0]!.reason).toContain('upstream fake answered 500');
+    } finally {
+      await reg.close();
+    }
+  });
   test('a pull the upstream fails with nothing cached: the request log line says why, as the client is told', async () => {
     const log = captureLog();
     const reg = await startRegistry({ logger: log.logger, settings: { proxy: { retries: 0, upstreams: { fake: { url: fake.url } } } } });
