@@ -65,6 +65,8 @@ export class OfflineGuard implements Upstream {
   private async ask<T>(signal: AbortSignal | undefined, call: (signal: AbortSignal | undefined) => Promise<T>): Promise<T> {
     // The deadline runs until the answer's headers: a blob's body then flows for as long as it takes.
     const probe = this.isOffline ? new AbortController() : undefined;
+    // Read now: an answer to another request may end the period before this one's deadline passes.
+    const downSince = this.offline?.since;
     const sentAt = Date.now();
     const timer = probe ? setTimeout(() => probe.abort(new DOMException('no answer within the deadline of an upstream that is down', 'TimeoutError')), this.probeMs) : undefined;
     try {
@@ -83,7 +85,7 @@ export class OfflineGuard implements Upstream {
         throw err;
       }
       if (probe?.signal.aborted) {
-        const down = Math.round((Date.now() - this.offline!.since) / 1000);
+        const down = Math.round((Date.now() - (downSince ?? sentAt)) / 1000);
         const failure = new UpstreamError('timeout', `upstream ${this.name} timed out (no answer within ${this.probeMs / 1000} s; not answering for ${down} s)`);
         this.stillDown();
         throw failure;
