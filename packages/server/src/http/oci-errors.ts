@@ -11,7 +11,8 @@ import { reasonPhrase } from './reason-phrase.js';
  * A blob's year-long Cache-Control above all: a cache in front of Wharf would keep a 502 "try again"
  * for a year. Content-Range goes too, unless the error is the 416 whose size it gives.
  */
-const SUCCESS_ONLY_HEADERS = ['content-length', 'content-type', 'docker-content-digest', 'etag', 'location', 'accept-ranges', 'cache-control'];
+/** Headers of a success that an error answer must not carry (a blob's year-long Cache-Control, say). */
+export const SUCCESS_ONLY_HEADERS = ['content-length', 'content-type', 'docker-content-digest', 'etag', 'location', 'accept-ranges', 'cache-control'];
 
 /** Errors a client causes by going away or sending a broken body: no stack trace, no 500 in the log. */
 const CLIENT_STREAM_ERRORS = new Set(['ECONNRESET', 'ERR_STREAM_PREMATURE_CLOSE', 'ECONNABORTED', 'EPIPE', 'ABORT_ERR']);

@@ -1,11 +1,15 @@
 import { read } from 'node:fs';
+import { STATUS_CODES } from 'node:http';
 import type { ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { SERVER_WAIT, closeFile, fullGcSoon, takeFile, type FileRange, type HeldBytes } from '@wharf/registry-core';
+import { RegistryError, SERVER_WAIT, closeFile, fullGcSoon, takeFile, type FileRange, type HeldBytes } from '@wharf/registry-core';
 import type { Context } from 'koa';
 import { onConnectionClose } from './connection-close.js';
+import { errorStatus } from './error-status.js';
+import { SUCCESS_ONLY_HEADERS } from './oci-errors.js';
+import { reasonPhrase } from './reason-phrase.js';
 import { ReadBufferPool, SendBuffers } from './read-buffers.js';
 import { holdIdleTimeout } from './server-wait.js';
 import { SharedReads } from './shared-reads.js';
@@ -61,27 +65,34 @@ export function heldSendBufferBytes(): number {
  * still being filled by the proxy, is sent from its descriptor through two reused buffers, so a pull
  * allocates nothing per chunk and the garbage collector stays quiet (with 16 clients on one cold fill,
  * per-chunk buffers kept V8 in major collections a quarter of the time); any other stream is piped.
- * Headers are complete at this point: an error mid-body can only cut the connection.
+ * Headers are complete at this point; a blob file's go out with its first bytes, so that a fill that
+ * fails before any is answered with its error (a 502), and an error mid-body cuts the connection.
  */
 export function sendStream(ctx: Context, body: Readable): void {
   ctx.respond = false;
   const res = ctx.res;
-  res.writeHead(ctx.status, ctx.response.headers as Record<string, string | string[]>);
+  const head = (): void => {
+    if (!res.headersSent) res.writeHead(ctx.status, ctx.response.headers as Record<string, string | string[]>);
+  };
   const file = takeFile(body);
   if (file) {
-    sendFile(file, res, ctx.req.socket).then(
+    // The head goes with the first bytes: a fill that fails before any (a blob whose every byte
+    // waited for its digest, which did not match) is answered with its error, not a connection
+    // closed before any status line.
+    sendFile(file, res, ctx.req.socket, head).then(
       () => {
         closeFile(file.fd);
         file.release?.();
       },
-      () => {
+      (err: unknown) => {
         closeFile(file.fd);
         file.release?.();
-        res.destroy();
+        if (!answeredError(ctx, err)) res.destroy();
       },
     );
     return;
   }
+  head();
   // A response queued behind another on its connection (pipelined GETs) hears nothing when that
   // connection closes: it is destroyed then, which ends the pipeline and lets go of its source.
   const forget = onConnectionClose(ctx.req.socket, () => void res.destroy());
@@ -118,15 +129,33 @@ function readInto(fd: number, buffer: Buffer, length: number, position: number):
  * chunks of memory. A file still being filled is sent as its `next` allows, and its end only once the
  * fill is verified.
  */
-async function sendFile(file: FileRange, res: ServerResponse, connection: Socket): Promise<void> {
+/**
+ * Answers `err` in place of the body when none of it was sent (nor its head): the OCI error a route
+ * would have thrown, without the blob's headers. False when that is too late, or `err` says nothing
+ * to tell the client (the client went away).
+ */
+function answeredError(ctx: Context, err: unknown): boolean {
+  const res = ctx.res;
+  if (res.headersSent || res.destroyed || !(err instanceof RegistryError)) return false;
+  const status = errorStatus(err, false);
+  const body = JSON.stringify({ errors: [{ code: err.code, message: err.message, detail: err.detail ?? null }] });
+  for (const h of [...SUCCESS_ONLY_HEADERS, 'content-range']) res.removeHeader(h);
+  ctx.state.error = { code: err.code, reason: err.message };
+  res.writeHead(status, reasonPhrase(STATUS_CODES[status] ?? 'Error', err.message), { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) });
+  res.end(body);
+  return true;
+}
+
+async function sendFile(file: FileRange, res: ServerResponse, connection: Socket, head: () => void): Promise<void> {
   // Taken at the first read of its own: the clients of a fill mostly send from the segments they
   // share. Small blobs (configs, most layers of a slim image) get a buffer their size.
   const buffers = new SendBuffers(readBuffers, 2);
   const untilGone = new UntilGone(res, connection);
   let finished = false;
   try {
-    await sendChunks(file, res, buffers, untilGone);
+    await sendChunks(file, res, buffers, untilGone, head);
     finished = true;
+    head();
     // The end's callback never comes when the client is gone (an empty blob's headers, say, to a
     // connection reset before them): the descriptor would stay open.
     await untilGone.wait(new Promise<void>((resolve) => res.end(resolve)));
@@ -147,7 +176,7 @@ async function sendFile(file: FileRange, res: ServerResponse, connection: Socket
  * socket (counted down as the kernel takes them), which paces reads to the client. Resolves once
  * every write has completed.
  */
-async function sendChunks(file: FileRange, res: ServerResponse, buffers: SendBuffers, untilGone: UntilGone): Promise<void> {
+async function sendChunks(file: FileRange, res: ServerResponse, buffers: SendBuffers, untilGone: UntilGone, head: () => void): Promise<void> {
   // The memory a slow client holds: two segments' worth, or two of its own buffers once it uses them.
   let maxInFlight = 2 * SEGMENT;
   const bufferWrites: (Promise<void> | undefined)[] = [undefined, undefined];
@@ -155,6 +184,7 @@ async function sendChunks(file: FileRange, res: ServerResponse, buffers: SendBuf
   let failure: Error | undefined;
   let wake: (() => void) | undefined;
   const write = (chunk: Buffer, onDone?: () => void): Promise<void> => {
+    head();
     inFlightBytes += chunk.length;
     const done = new Promise<void>((resolve, reject) => {
       res.write(chunk, (err) => {

@@ -1,6 +1,8 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from '@jest/globals';
 import { randomBytes } from 'node:crypto';
 import { stat } from 'node:fs/promises';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FakeUpstream } from '../../../proxy/test/helpers/fake-upstream.js';
@@ -375,6 +377,38 @@ describe('pull-through from a misbehaving upstream', () => {
       expect(line).toMatchObject({ status: 502, error: 'UPSTREAM_ERROR', reason: told });
     } finally {
       await reg.close();
+    }
+  });
+});
+
+describe('a blob whose every byte waits for its digest', () => {
+  test('fails it: the client gets the 502 with its reason and none of the blob\'s headers, not a connection closed before any status line', async () => {
+    // A 1-byte blob: no byte of it may go out before the digest matched (all but the last may), so
+    // the answer waits for the digest, which fails. The upstream sends its head at once and the
+    // wrong byte a moment later: the client's request is in when the fill fails. (The race of a
+    // fill failing between its first bytes and the send's first read: http/send-stream-failure.test.ts.)
+    const upstream = createServer((req, res) => {
+      if (!req.url?.includes('/blobs/')) return void res.writeHead(404, { 'content-type': 'application/json' }).end('{"errors":[{"code":"NAME_UNKNOWN"}]}');
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': '1' });
+      res.flushHeaders();
+      if (req.method === 'HEAD') return void res.end();
+      setTimeout(() => res.end(Buffer.from('x')), 300);
+    });
+    await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve));
+    const reg = await startRegistry({ settings: { proxy: { retries: 0, upstreams: { tiny: { url: `http://127.0.0.1:${(upstream.address() as AddressInfo).port}` } } } } });
+    try {
+      const digest = sha256(Buffer.from('y'));
+      const res = await fetch(`${reg.url}/v2/proxy/tiny/alice/app/blobs/${digest}`);
+      expect(res.status).toBe(502);
+      expect(res.headers.get('content-type')).toMatch(/^application\/json/);
+      for (const h of ['docker-content-digest', 'cache-control', 'etag', 'accept-ranges']) expect([h, res.headers.get(h)]).toEqual([h, null]);
+      const [error] = ((await res.json()) as { errors: { code: string; message: string }[] }).errors;
+      expect(error).toMatchObject({ code: 'UPSTREAM_ERROR', message: 'the upstream download of this blob failed; try again' });
+      expect(res.statusText).toBe(`Bad Gateway: ${error!.message}`);
+    } finally {
+      await reg.close();
+      upstream.closeAllConnections();
+      await new Promise<void>((resolve) => upstream.close(() => resolve()));
     }
   });
 });
