@@ -12,6 +12,10 @@ function controllerOf(res: ServerResponse): AbortController {
   if (res.closed) {
     if (!res.writableFinished) created.abort();
   } else {
+    // One more 'close' listener than the response had room for: a streamed answer (an export's
+    // pipeline) adds its own up to node's limit, and an administrator's export printed a warning of a
+    // memory leak at every request.
+    res.setMaxListeners(res.getMaxListeners() + 1);
     res.once('close', () => {
       if (!res.writableFinished) created.abort();
     });
