@@ -160,6 +160,15 @@ export class Accounts {
     return this.loginPrincipal(token);
   }
 
+  /**
+   * Whether `secret` is a login of ours that ended (revoked, expired, its password or token gone): a
+   * client that kept it (docker keeps its identity token until the next `docker login`) is no guesser.
+   */
+  isEndedLogin(secret: string): boolean {
+    if (!secret.startsWith(TOKEN_PREFIX.refresh)) return false;
+    return this.store.findToken(secret)?.type === 'refresh';
+  }
+
   /** Who a live login (refresh token) signs in as; the login noted, so that its bearer tokens end with it. */
   private loginPrincipal(token: StoredToken): Principal | undefined {
     if (token.parentId !== undefined) {

@@ -307,6 +307,10 @@ export class AuthService {
     this.checkLimits(keys);
     const principal = this.accounts.verifyRefreshToken(secret);
     if (!principal) {
+      // A login that ended (`wharf token revoke`, `user logout`, a new password, its 30 days) is
+      // presented again at every pull until its client signs in again: that is no guess, and counted
+      // as one it locked the address out (a CI runner, an office's NAT) after ten pulls.
+      if (this.accounts.isEndedLogin(secret)) throw new AuthFailure('this login has ended (revoked, expired, or its password changed); sign in again', 'basic');
       this.failed(keys);
       throw new AuthFailure('invalid or expired refresh token', 'basic');
     }
