@@ -219,7 +219,8 @@ export class HttpUpstream implements Upstream {
     this.expectOk(res, 'manifest HEAD');
     const digest = tryParseDigest(String(res.headers['docker-content-digest'] ?? ''))?.digest;
     const mediaType = bareMediaType(res.headers['content-type']);
-    return { ...(digest ? { digest } : {}), ...(mediaType ? { mediaType } : {}) };
+    const remaining = rateLimitOf(res.headers);
+    return { ...(digest ? { digest } : {}), ...(mediaType ? { mediaType } : {}), ...(remaining !== undefined ? { rateLimitRemaining: remaining } : {}) };
   }
 
   async manifest(repo: string, reference: string, signal?: AbortSignal): Promise<UpstreamManifest | undefined> {
@@ -684,11 +685,17 @@ export class HttpUpstream implements Upstream {
   }
 
   private noteRateLimit(headers: Headers): void {
-    const raw = headers['ratelimit-remaining'];
-    if (raw === undefined || !this.options.onRateLimit) return;
-    const remaining = Number.parseInt(String(raw), 10);
-    if (Number.isFinite(remaining)) this.options.onRateLimit(remaining);
+    const remaining = rateLimitOf(headers);
+    if (remaining !== undefined) this.options.onRateLimit?.(remaining);
   }
+}
+
+/** RateLimit-Remaining ("76;w=21600"), as a number. */
+function rateLimitOf(headers: Headers): number | undefined {
+  const raw = headers['ratelimit-remaining'];
+  if (raw === undefined) return undefined;
+  const remaining = Number.parseInt(String(raw), 10);
+  return Number.isFinite(remaining) ? remaining : undefined;
 }
 
 /** `?n=..&last=..` for a page, or '' for all. */

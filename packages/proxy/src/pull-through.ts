@@ -76,10 +76,8 @@ export interface PullThroughLogger {
  * - blobs: one fill per digest whatever the number of clients (BlobFills).
  */
 export class PullThroughRepository implements RepositoryReader {
-  /** Last RateLimit-Remaining the upstream sent (see noteRateLimit). */
+  /** Last RateLimit-Remaining the upstream sent (for the metric). */
   rateLimitRemaining: number | undefined;
-  /** When rateLimitRemaining came (Date.now()). */
-  private rateLimitAt = 0;
   /** Manifests served from the cache while the upstream could not be asked. */
   staleServed = 0;
   /** Until then, the upstream is taken as down: cached tags are served without asking it. */
@@ -120,7 +118,6 @@ export class PullThroughRepository implements RepositoryReader {
   /** An answer of the upstream carried RateLimit-Remaining (Docker Hub's manifest requests do). */
   noteRateLimit(remaining: number): void {
     this.rateLimitRemaining = remaining;
-    this.rateLimitAt = Date.now();
   }
 
   async manifest(repo: string, reference: string): Promise<StoredManifest | undefined> {
@@ -207,14 +204,15 @@ export class PullThroughRepository implements RepositoryReader {
           return this.hit('manifest', cached);
         }
         // Low on pulls: the cached copy rather than a GET, which Docker Hub counts. The HEAD went
-        // (it does not count), and only a reading its answer brought holds the GET back, so this
-        // lasts only as long as the upstream's window. A HEAD that told nothing (no digest), or
-        // brought no reading (a mirror answered it, or the upstream stopped sending the header),
-        // leaves the GET to go: an older reading would hold the tag for good. Checked now, the tag
-        // is not asked about again within manifest_ttl, as any other.
-        if (head?.digest && this.rateLimitAt >= now && this.rateLimitRemaining !== undefined && this.rateLimitRemaining < this.policy.rateLimitFloor) {
+        // (it does not count), and only the reading its own answer carried holds the GET back, so
+        // this lasts only as long as the upstream's window. A HEAD that told nothing (no digest), or
+        // carried no reading (a mirror answered it, or the upstream stopped sending the header),
+        // leaves the GET to go: an older reading, or another request's, could hold the tag for
+        // good. Checked now, the tag is not asked about again within manifest_ttl, as any other.
+        const remaining = head?.rateLimitRemaining;
+        if (head?.digest && remaining !== undefined && remaining < this.policy.rateLimitFloor) {
           this.remember(repo, tag, () => this.index.putTag(this.key, repo, tag, cached.digest, now));
-          return this.stale(cached, repo, tag, `upstream rate limit nearly exhausted (${this.rateLimitRemaining} left); serving the cached manifest`);
+          return this.stale(cached, repo, tag, `upstream rate limit nearly exhausted (${remaining} left); serving the cached manifest`);
         }
       }
       this.observer?.cacheMiss?.(this.key, 'manifest');

@@ -11,6 +11,8 @@ export interface UpstreamHead {
   /** Absent when the upstream did not send Docker-Content-Digest (then a GET is needed). */
   readonly digest?: Digest;
   readonly mediaType?: string;
+  /** The RateLimit-Remaining this answer carried (Docker Hub's manifest answers do). */
+  readonly rateLimitRemaining?: number;
 }
 
 export interface UpstreamBlob {

@@ -14,6 +14,7 @@ import { CacheIndex } from '../src/cache-index.js';
 import { HttpUpstream } from '../src/http-upstream.js';
 import { MirroredUpstream } from '../src/mirrors.js';
 import { PullThroughRepository, referrersTag } from '../src/pull-through.js';
+import type { Upstream } from '../src/upstream.js';
 import { FakeUpstream } from './helpers/fake-upstream.js';
 
 const DOC = (seed: string) => ({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: {}, layers: [], annotations: { seed } });
@@ -138,6 +139,34 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     expect(checked?.digest).toBe(moved);
     expect(checked?.warning).toBeUndefined();
     expect(fake.count('GET', tagPath)).toBe(2);
+  });
+
+  test("below rate_limit_floor, another request's low reading arriving during a tag's HEAD does not hold that tag's GET back", async () => {
+    const store = new FsBlobStore(join(dir, 'blobs'), join(dir, 'tmp'));
+    const http = new HttpUpstream({ name: 'up', url: fake.url, retries: 0, onRateLimit: (remaining) => limited.noteRateLimit(remaining) });
+    // Another tag's answer (or a hedged request's loser) brings "3 left" while this tag's HEAD, which
+    // a mirror answered, carries none.
+    const racing: Upstream = {
+      name: 'up',
+      head: async (r, t, sig) => {
+        limited.noteRateLimit(3);
+        return http.head(r, t, sig);
+      },
+      manifest: (r, t, sig) => http.manifest(r, t, sig),
+      blob: (r, d, range, sig) => http.blob(r, d, range, sig),
+      statBlob: (r, d, sig) => http.statBlob(r, d, sig),
+      tags: (r, page, sig) => http.tags(r, page, sig),
+      referrers: (r, d, sig) => http.referrers(r, d, sig),
+    };
+    const limited: PullThroughRepository = new PullThroughRepository(racing, new CacheIndex(db), store, fills, { manifestTtl: TTL, absentTtl: 60_000, rateLimitFloor: 10 });
+    const first = fake.addManifest('alice/app', '1', DOC('a'));
+    expect((await limited.manifest('alice/app', '1'))?.digest).toBe(first);
+    const moved = fake.addManifest('alice/app', '1', DOC('b'));
+    await sleep(TTL + 50);
+    const checked = await limited.manifest('alice/app', '1');
+    expect(checked?.digest).toBe(moved);
+    expect(checked?.warning).toBeUndefined();
+    expect(limited.rateLimitRemaining).toBe(3);
   });
 
   test('a cached tag the upstream deleted: absent for absent_ttl, and not served stale in a later outage', async () => {
