@@ -79,14 +79,16 @@ const EWMA = 0.3;
 const MiB = 1024 * 1024;
 /**
  * striped: bytes of stripes held at once, those in flight and the one being handed on (each range is
- * read whole before it is emitted in order). With 8 MiB stripes, two per mirror, three mirrors held
- * 56 MiB: a 512 MiB pull peaked at 176-178 MiB of RSS, against 96-101 from one mirror; with 2 MiB
- * stripes (this, for three mirrors) at 124-134 (24 MiB: 132-145).
+ * read whole before it is emitted in order), unless `stripeSize` is given. With 8 MiB stripes, two
+ * per mirror, three mirrors held 56 MiB: a 512 MiB pull peaked at 176-178 MiB of RSS, against 96-101
+ * from one mirror; 2 MiB stripes, 124-134, but each mirror then has 4 MiB in flight, which a far
+ * mirror's latency starves (three mirrors of 40 MiB/s each 200 ms away: 43 MiB/s, against 83 with
+ * 8 MiB stripes). 4 MiB for three mirrors: 8 MiB in flight each, what 40 MiB/s over 100 ms needs.
  */
-const STRIPED_BYTES = 16 * MiB;
+const STRIPED_BYTES = 32 * MiB;
 
 /** The stripe size that keeps `window` stripes in flight, and one handed on, within STRIPED_BYTES: 2 to 8 MiB. */
-function stripeSizeFor(window: number): number {
+export function stripeSizeFor(window: number): number {
   return Math.min(8 * MiB, Math.max(2 * MiB, Math.floor(STRIPED_BYTES / (window + 1) / MiB) * MiB));
 }
 

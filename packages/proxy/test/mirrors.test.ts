@@ -4,7 +4,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Digest } from '@wharf/registry-core';
 import { HttpUpstream } from '../src/http-upstream.js';
-import { MirroredUpstream, type MirrorOptions } from '../src/mirrors.js';
+import { MirroredUpstream, stripeSizeFor, type MirrorOptions } from '../src/mirrors.js';
 import { UpstreamError } from '../src/upstream.js';
 
 const BLOB = randomBytes(3 * 1024 * 1024 + 123);
@@ -367,22 +367,21 @@ describe('mirror strategies', () => {
     for (const m of mirrors) expect(m.log.filter((l) => l.includes('bytes=') && !l.endsWith('bytes=0-0')).length).toBeGreaterThan(2);
   });
 
-  test('striped, by default, fetches ranges small enough that those held stay near 16 MiB: 2 MiB with three mirrors', async () => {
+  test('striped, by default, sizes its ranges so that those in flight (two per mirror) and the one handed on hold about 32 MiB', async () => {
+    const MiB = 1024 * 1024;
+    // Two mirrors (window 4): 6 MiB; three (6): 4 MiB; four (8): 3 MiB; eight: 2 MiB at least; never above 8 MiB.
+    expect([2, 4, 6, 8, 16].map((window) => stripeSizeFor(window) / MiB)).toEqual([8, 6, 4, 3, 2]);
+    // Before: 8 MiB whatever the number of mirrors, 56 MiB held with three.
     reset();
-    expect(mirrors).toHaveLength(3);
     const blob = await upstream({ strategy: 'striped', stripeThreshold: 1024 * 1024 }).blob('lib/app', DIGEST);
     expect((await readAll(blob!.body)).equals(BLOB)).toBe(true);
     const ranges = mirrors
       .flatMap((m) => m.log)
       .map((l) => /bytes=(\d+)-(\d+)$/.exec(l))
       .filter((m): m is RegExpExecArray => m !== null && m[2] !== '0') // not the size probe (bytes=0-0)
-      .map((m) => [Number(m[1]), Number(m[2])])
-      .sort((a, b) => a[0]! - b[0]!);
-    // Before: one 8 MiB stripe each, six in flight (56 MiB held with the stream's buffer): here the whole blob in one range.
-    expect(ranges).toEqual([
-      [0, 2 * 1024 * 1024 - 1],
-      [2 * 1024 * 1024, BLOB.length - 1],
-    ]);
+      .map((m) => [Number(m[1]), Number(m[2])]);
+    // Three mirrors here: 4 MiB ranges, the 3 MiB blob in one.
+    expect(ranges).toEqual([[0, BLOB.length - 1]]);
   });
 
   test('striped hands the ranges of a failing mirror to the others', async () => {

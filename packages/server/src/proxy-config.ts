@@ -19,6 +19,8 @@ export interface UpstreamConfig {
   readonly mirrors: readonly string[];
   readonly strategy: MirrorStrategy;
   readonly hedgeDelay: number;
+  /** striped: bytes per range request (unset: from the number of mirrors, see MirroredUpstream). */
+  readonly stripeSize?: number;
   /**
    * Who may pull through this upstream when auth is enabled: any signed-in user ("authenticated"),
    * everyone ("anonymous"), or members of the named groups. Unset: "authenticated", or "anonymous"
@@ -115,7 +117,7 @@ export function parseSize(value: unknown): number | undefined {
   const unit = m ? SIZE_UNITS[m[2]!.toLowerCase()] : undefined;
   return m && unit !== undefined ? Math.floor(Number(m[1]) * unit) : undefined;
 }
-const UPSTREAM_KEYS = new Set<string>(['url', 'aliases', 'username', 'password', 'password_env', 'library_prefix', 'mirrors', 'strategy', 'hedge_delay', 'access', 'ca_file', ...POLICY_KEYS]);
+const UPSTREAM_KEYS = new Set<string>(['url', 'aliases', 'username', 'password', 'password_env', 'library_prefix', 'mirrors', 'strategy', 'hedge_delay', 'access', 'ca_file', 'stripe_size', ...POLICY_KEYS]);
 const STRATEGIES: readonly MirrorStrategy[] = ['failover', 'hedged', 'striped', 'adaptive'];
 
 function isTable(value: unknown): value is Record<string, unknown> {
@@ -196,6 +198,10 @@ function readCaFile(where: string, path: string): string {
   return pem;
 }
 
+/** stripe_size's bounds: below, a range request's overhead outweighs its bytes; above, memory (two per mirror in flight). */
+const MIN_STRIPE = 256 * 1024;
+const MAX_STRIPE = 64 * 1024 * 1024;
+
 /** Above this a hedge is no hedge: the first-byte timeout (30 s by default) has long ended the request. */
 const MAX_HEDGE_DELAY_MS = 10 * 60_000;
 
@@ -266,6 +272,13 @@ function upstream(key: string, raw: unknown, env: NodeJS.ProcessEnv, builtIn: Up
   if (raw.hedge_delay !== undefined && strategy !== 'hedged') {
     throw new ConfigError(`"${where}.hedge_delay" applies to strategy = "hedged" only (the strategy is ${JSON.stringify(strategy)})`);
   }
+  const stripeSize = raw.stripe_size === undefined ? undefined : parseSize(raw.stripe_size);
+  if (raw.stripe_size !== undefined) {
+    if (strategy !== 'striped') throw new ConfigError(`"${where}.stripe_size" applies to strategy = "striped" only (the strategy is ${JSON.stringify(strategy)})`);
+    if (stripeSize === undefined || stripeSize < MIN_STRIPE || stripeSize > MAX_STRIPE) {
+      throw new ConfigError(`"${where}.stripe_size" must be a size from "256KiB" to "64MiB" (got ${JSON.stringify(raw.stripe_size)})`);
+    }
+  }
   const access = raw.access;
   if (
     access !== undefined &&
@@ -286,6 +299,7 @@ function upstream(key: string, raw: unknown, env: NodeJS.ProcessEnv, builtIn: Up
     mirrors,
     strategy: strategy as MirrorStrategy,
     hedgeDelay,
+    ...(stripeSize !== undefined ? { stripeSize } : {}),
     ...(access !== undefined ? { access: access as UpstreamAccess } : {}),
     policy: policyFrom(raw, where, shared),
   };

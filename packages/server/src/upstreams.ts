@@ -35,6 +35,7 @@ export function buildUpstream(
     name: u.key,
     strategy: u.strategy,
     hedgeDelay: u.hedgeDelay,
+    ...(u.stripeSize !== undefined ? { stripeSize: u.stripeSize } : {}),
     retries: policy.retries,
     // Longer than outage_backoff: a mirror that stalled a cached tag's re-check, which put the whole
     // upstream in outage_backoff, is still behind the others when the next re-check goes.

@@ -165,6 +165,16 @@ describe('configuration', () => {
     expect(() => buildConfig({ ...REQUIRED, proxy: { upstreams: { slow: { url: 'https://slow.example', max_size: '1GB' } } } })).toThrow('unknown key "proxy.upstreams.slow.max_size"');
   });
 
+  test('stripe_size sets a striped upstream\'s ranges (far mirrors want larger ones); refused with another strategy or out of bounds', () => {
+    const striped = { url: 'https://a.example', mirrors: ['https://b.example'], strategy: 'striped' };
+    const find = (upstream: Record<string, unknown>) => buildConfig({ ...REQUIRED, proxy: { upstreams: { far: upstream } } }).proxy.upstreams.find((u) => u.key === 'far')!;
+    expect(find({ ...striped, stripe_size: '16MiB' }).stripeSize).toBe(16 * 1024 * 1024);
+    expect(find(striped).stripeSize).toBeUndefined();
+    expect(() => find({ ...striped, strategy: 'hedged', stripe_size: '8MiB' })).toThrow('"proxy.upstreams.far.stripe_size" applies to strategy = "striped" only');
+    expect(() => find({ ...striped, stripe_size: '100MiB' })).toThrow('"proxy.upstreams.far.stripe_size" must be a size from "256KiB" to "64MiB"');
+    expect(() => find({ ...striped, stripe_size: 'big' })).toThrow('"proxy.upstreams.far.stripe_size" must be a size');
+  });
+
   test('two upstreams reaching one host: a warning says which one ?ns=<host> goes to, and none once an alias says it', () => {
     const mirror = { url: 'https://registry.example.com', username: 'u', password: 'p' };
     const config = buildConfig({ ...REQUIRED, proxy: { upstreams: { anon: { url: 'https://registry.example.com' }, mine: mirror } } }, { cwd: dir });
