@@ -28,9 +28,12 @@ export function egressFailure(err: unknown, proxy: EgressProxy, target: URL, ups
   const refused = typeof e?.message === 'string' ? TUNNEL_REFUSED.exec(e.message) : null;
   if (!refused) return undefined;
   const status = Number(refused[1]);
+  const hasCredentials = new URL(proxy.url).username !== '';
   const why =
     status === 407
-      ? `wants credentials (407): put them in ${proxy.variable}'s URL, http://user:password@host:port`
+      ? hasCredentials
+        ? `refused the credentials in ${proxy.variable}'s URL (407)`
+        : `wants credentials (407): put them in ${proxy.variable}'s URL, http://user:password@host:port`
       : status === 403
         ? 'refused it (403): its allow-list may lack that host'
         : `answered ${status}`;

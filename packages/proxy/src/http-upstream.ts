@@ -185,7 +185,7 @@ export class HttpUpstream implements Upstream {
   /** undici's agent for the requests that go through the egress proxy (see `proxied`). */
   private dispatcher(via: string): Promise<Dispatcher> {
     if (!this.agent) keepWasmOnBaseline();
-    this.agent ??= import('undici').then(({ ProxyAgent }) => {
+    this.agent ??= import('undici').then(({ Pool, ProxyAgent }) => {
       const options = this.options;
       // connect covers TCP and TLS; headersTimeout runs from the request sent to the response head;
       // bodyTimeout is the longest silence between body chunks, so a multi-GB blob has no total limit.
@@ -200,6 +200,10 @@ export class HttpUpstream implements Upstream {
         connect,
         requestTls: connect,
         proxyTls: { timeout: this.timeouts.connect },
+        // The proxy's answer to CONNECT within the same time as an upstream's first byte: undici's
+        // own default is 300 s, and a request's signal does not reach that wait, so a proxy that took
+        // the connection and never answered held a blob's client for minutes.
+        clientFactory: (origin, opts) => new Pool(origin, { ...opts, headersTimeout: this.timeouts.connect + this.timeouts.firstByte }),
       });
     });
     return this.agent;

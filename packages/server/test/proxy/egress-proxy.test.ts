@@ -150,10 +150,39 @@ describe('upstream requests through an egress proxy (HTTP_PROXY, HTTPS_PROXY, NO
         const refused = await answer(await proxyWith({ HTTP_PROXY: `http://${at}` }, { url: httpUp.url }));
         expect(refused.status).toBe(502);
         expect(refused.message).toContain(`the egress proxy ${at} (HTTP_PROXY) did not open a tunnel to ${new URL(httpUp.url).host} for upstream up: it ${words}`);
+        if (status === 407) {
+          // With credentials in the URL already: they were refused (never shown).
+          const wrong = await answer(await proxyWith({ HTTP_PROXY: `http://bob:pr0xy-secret@${at}` }, { url: httpUp.url }));
+          expect(wrong.message).toContain(`the egress proxy ${at} (HTTP_PROXY) did not open a tunnel to ${new URL(httpUp.url).host} for upstream up: it refused the credentials in HTTP_PROXY's URL (407)`);
+          expect(wrong.message).not.toContain('pr0xy-secret');
+        }
       } finally {
         refusing.closeAllConnections();
         await new Promise<void>((resolve) => refusing.close(() => resolve()));
       }
+    }
+  });
+
+  test('an egress proxy that takes the connection and never answers its CONNECT: a 504 within the timeouts, not a client held for minutes', async () => {
+    // Before: the CONNECT waited undici's default of 300 s, whatever the timeouts (a blob GET 100 s and more in the fuzzing).
+    const silent = createServer();
+    const held: Socket[] = [];
+    silent.on('connect', (_req, socket: Socket) => void held.push(socket));
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    try {
+      const reg = await startRegistry({
+        env: { HTTP_PROXY: `http://127.0.0.1:${(silent.address() as AddressInfo).port}` },
+        settings: { proxy: { retries: 0, connect_timeout: '300ms', first_byte_timeout: '300ms', upstreams: { up: { url: httpUp.url } } } },
+      });
+      started.push(reg);
+      for (const path of ['manifests/1', `blobs/${image.layer.digest}`]) {
+        const res = await fetch(`${reg.url}/v2/proxy/up/alice/app/${path}`);
+        expect([path, res.status]).toEqual([path, 504]);
+        expect(((await res.json()) as { errors: { code: string }[] }).errors[0]!.code).toBe('UPSTREAM_TIMEOUT');
+      }
+    } finally {
+      for (const s of held) s.destroy();
+      await new Promise<void>((resolve) => silent.close(() => resolve()));
     }
   });
 
