@@ -4,6 +4,7 @@ import { openSync } from 'node:fs';
 import type { Readable } from 'node:stream';
 import { RegistryError, type BlobInfo, type ByteRange, type Digest, type HeldBytes } from '@wharf/registry-core';
 import { TailReader } from './fill-reader.js';
+import { UpstreamError } from './upstream.js';
 import type { FillWriter } from './fill-writer.js';
 /**
  * Readers waiting for bytes in memory are woken once this many more came in (or a block went to
@@ -244,10 +245,15 @@ export class BlobFill {
   }
 }
 
-/** What a client is told when the download it waited on failed: the upstream's fault, a 502. */
+/**
+ * What a client is told when the download it waited on failed: the upstream's fault, a 502; a 503
+ * with its Retry-After when the upstream said it is down for now, as the client that started the
+ * download is told (toRegistryError).
+ */
 export function fillFailed(digest: Digest, cause: Error | undefined): RegistryError {
-  return new RegistryError('UPSTREAM_ERROR', 'the upstream download of this blob failed; try again', {
-    digest,
-    ...(cause ? { reason: cause.message } : {}),
-  });
+  const detail = { digest, ...(cause ? { reason: cause.message } : {}) };
+  if (cause instanceof UpstreamError && cause.failure === 'server-error' && cause.status === 503) {
+    return new RegistryError('UNAVAILABLE', 'the upstream is down for now (503); try again', { ...detail, ...(cause.retryAfter !== undefined ? { retryAfter: cause.retryAfter } : {}) });
+  }
+  return new RegistryError('UPSTREAM_ERROR', 'the upstream download of this blob failed; try again', detail);
 }

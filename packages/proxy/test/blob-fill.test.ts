@@ -8,11 +8,11 @@ import { join } from 'node:path';
 import { PassThrough, type Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FsBlobStore, RegistryError, type Digest } from '@wharf/registry-core';
-import type { BlobFill } from '../src/blob-fill.js';
+import { fillFailed, type BlobFill } from '../src/blob-fill.js';
 import { BlobFills } from '../src/blob-fills.js';
 import { fillBudget } from '../src/fill-writer.js';
 import { HttpUpstream } from '../src/http-upstream.js';
-import type { UpstreamBlob } from '../src/upstream.js';
+import { UpstreamError, type UpstreamBlob } from '../src/upstream.js';
 import { FakeUpstream, type Fault } from './helpers/fake-upstream.js';
 
 const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}` as Digest;
@@ -86,6 +86,19 @@ function follow(reader: Readable): { readonly received: number; readonly ended: 
 function fileHandleOf(fill: BlobFill): FileHandle {
   return (fill.writer as unknown as { handle: FileHandle }).handle;
 }
+
+describe('fillFailed: what the clients of a failed download are told', () => {
+  const digest = `sha256:${'c'.repeat(64)}` as Digest;
+  test("the upstream's 503 (down for now) is a 503 UNAVAILABLE with its Retry-After, as the client that started the download is told; the rest a 502", () => {
+    expect(fillFailed(digest, new UpstreamError('server-error', 'upstream up answered 503, asking to retry after 7 s', 503, 7))).toMatchObject({
+      code: 'UNAVAILABLE',
+      detail: { digest, reason: 'upstream up answered 503, asking to retry after 7 s', retryAfter: 7 },
+    });
+    expect(fillFailed(digest, new UpstreamError('server-error', 'upstream up answered 500', 500))).toMatchObject({ code: 'UPSTREAM_ERROR', detail: { digest, reason: 'upstream up answered 500' } });
+    expect(fillFailed(digest, new Error('digest mismatch'))).toMatchObject({ code: 'UPSTREAM_ERROR' });
+    expect(fillFailed(digest, undefined)).toBeInstanceOf(RegistryError);
+  });
+});
 
 describe('BlobFills and BlobFill on an FsBlobStore', () => {
   let dir: string;

@@ -182,8 +182,16 @@ describe('pull-through from a misbehaving upstream', () => {
         expect(error!.code).toBe('UNAVAILABLE');
         expect(error!.message).toContain('upstream fake answered 503');
       }
+      // Two clients of one blob at once, the upstream slow to say 503: the one that joined the
+      // download is told as the first is.
+      fake.delayMs = 300;
+      const blobPath = `${proxy.url}/v2/proxy/fake/${repo}/blobs/${fake.addBlob(randomBytes(1024))}`;
+      const both = await Promise.all([fetch(blobPath), fetch(blobPath)]);
+      expect(both.map((r) => r.status)).toEqual([503, 503]);
+      for (const r of both) expect(((await r.json()) as { errors: { code: string }[] }).errors[0]!.code).toBe('UNAVAILABLE');
     } finally {
       fake.retryAfter = '1';
+      fake.delayMs = 0;
     }
     await sleep(2_100); // its Retry-After, before which no manifest is asked for
   });
