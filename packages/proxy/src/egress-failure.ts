@@ -2,6 +2,11 @@ import { UpstreamError } from './upstream.js';
 
 /** Errors of the one connection Wharf opens itself on a request through the egress proxy: the proxy's. */
 const PROXY_CONNECT_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH']);
+/**
+ * Connections cut before an answer: through the proxy, the proxy's doing or the upstream's behind it
+ * (the proxy closes the tunnel then), which Wharf cannot tell apart; said as the path's.
+ */
+const CUT_CODES = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED']);
 /** undici's words for a tunnel the egress proxy did not open (CONNECT answered with another status). */
 const TUNNEL_REFUSED = /^Proxy response \((\d{3})\) !== 200 when HTTP Tunneling/;
 
@@ -25,6 +30,7 @@ export function egressFailure(err: unknown, proxy: EgressProxy, target: URL, ups
   const where = `the egress proxy ${new URL(proxy.url).host} (${proxy.variable})`;
   const forWhom = `for upstream ${upstream}`;
   if (code !== undefined && PROXY_CONNECT_CODES.has(code)) return new UpstreamError('unreachable', `${where} is unreachable (${code}) ${forWhom}`);
+  if (code !== undefined && CUT_CODES.has(code)) return new UpstreamError('unreachable', `upstream ${upstream} is unreachable through ${where}: the connection was cut (${code}), by the proxy or by the upstream behind it`);
   const refused = typeof e?.message === 'string' ? TUNNEL_REFUSED.exec(e.message) : null;
   if (!refused) return undefined;
   const status = Number(refused[1]);

@@ -203,7 +203,7 @@ export class HttpUpstream implements Upstream {
         // The proxy's answer to CONNECT within the same time as an upstream's first byte: undici's
         // own default is 300 s, and a request's signal does not reach that wait, so a proxy that took
         // the connection and never answered held a blob's client for minutes.
-        clientFactory: (origin, opts) => new Pool(origin, { ...opts, headersTimeout: this.timeouts.connect + this.timeouts.firstByte }),
+        clientFactory: (origin, opts) => tunnelPool(new Pool(origin, { ...opts, headersTimeout: this.timeouts.connect + this.timeouts.firstByte })),
       });
     });
     return this.agent;
@@ -692,6 +692,22 @@ export class HttpUpstream implements Upstream {
     const remaining = rateLimitOf(headers);
     if (remaining !== undefined) this.options.onRateLimit?.(remaining);
   }
+}
+
+/**
+ * `pool` (the egress proxy's), its CONNECTs cut before an answer failing as ECONNRESET. undici takes
+ * its own code for that (UND_ERR_SOCKET) as a socket error to recover from: the request stays queued
+ * and the tunnel is asked for again at once, for good (a proxy that closed every CONNECT got 2,000 a
+ * second, and the client never an answer).
+ */
+function tunnelPool(pool: Dispatcher): Dispatcher {
+  const connect = pool.connect.bind(pool) as (options: Dispatcher.ConnectOptions) => Promise<Dispatcher.ConnectData>;
+  const wrapped = (options: Dispatcher.ConnectOptions): Promise<Dispatcher.ConnectData> =>
+    connect(options).catch((err: unknown) => {
+      if ((err as { code?: unknown }).code !== 'UND_ERR_SOCKET') throw err;
+      throw Object.assign(new Error(`the egress proxy closed the connection before answering CONNECT (${(err as Error).message})`), { code: 'ECONNRESET' });
+    });
+  return Object.assign(pool, { connect: wrapped });
 }
 
 /** RateLimit-Remaining ("76;w=21600"), as a number. */

@@ -163,6 +163,31 @@ describe('upstream requests through an egress proxy (HTTP_PROXY, HTTPS_PROXY, NO
     }
   });
 
+  test('an egress proxy that takes the connection and closes it: one CONNECT, and a 502 naming the path through the proxy', async () => {
+    const closing = createServer();
+    let connects = 0;
+    closing.on('connect', (_req, socket: Socket) => {
+      connects += 1;
+      socket.destroy();
+    });
+    await new Promise<void>((resolve) => closing.listen(0, '127.0.0.1', resolve));
+    const at = `127.0.0.1:${(closing.address() as AddressInfo).port}`;
+    try {
+      const reg = await proxyWith({ HTTP_PROXY: `http://${at}` }, { url: httpUp.url });
+      const res = await fetch(`${reg.url}/v2/proxy/up/alice/app/manifests/1`);
+      expect(res.status).toBe(502);
+      // Before: no answer at all, while the tunnel was asked for again thousands of times a second
+      // (undici takes a CONNECT cut short for a socket error to recover from).
+      expect(((await res.json()) as { errors: { message: string }[] }).errors[0]!.message).toMatch(
+        new RegExp(`^upstream up is unreachable through the egress proxy ${at.replace(/\./g, '\\.')} \\(HTTP_PROXY\\): the connection was cut \\((ECONNRESET|EPIPE|UND_ERR_SOCKET|UND_ERR_CLOSED)\\), by the proxy or by the upstream behind it$`),
+      );
+      expect(connects).toBe(1); // retries = 0
+    } finally {
+      closing.closeAllConnections();
+      await new Promise<void>((resolve) => closing.close(() => resolve()));
+    }
+  });
+
   test('an egress proxy that takes the connection and never answers its CONNECT: a 504 within the timeouts, not a client held for minutes', async () => {
     // Before: the CONNECT waited undici's default of 300 s, whatever the timeouts (a blob GET 100 s and more in the fuzzing).
     const silent = createServer();
