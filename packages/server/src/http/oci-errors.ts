@@ -12,6 +12,11 @@ import { reasonPhrase } from './reason-phrase.js';
  * for a year. Content-Range goes too, unless the error is the 416 whose size it gives.
  */
 /** Headers of a success that an error answer must not carry (a blob's year-long Cache-Control, say). */
+/** The OCI error body of `error`. */
+export function errorBody(error: RegistryError): { errors: { code: string; message: string; detail: unknown }[] } {
+  return { errors: [{ code: error.code, message: error.message, detail: error.detail ?? null }] };
+}
+
 export const SUCCESS_ONLY_HEADERS = ['content-length', 'content-type', 'docker-content-digest', 'etag', 'location', 'accept-ranges', 'cache-control'];
 
 /** Errors a client causes by going away or sending a broken body: no stack trace, no 500 in the log. */
@@ -79,7 +84,7 @@ export function ociErrors(logger: Logger) {
         continueIfBodyArrived(ctx.req);
         lingerForBody(ctx.req, ctx.res);
       }
-      ctx.body = { errors: [{ code: error.code, message: error.message, detail: error.detail ?? null }] };
+      ctx.body = errorBody(error);
       // Docker shows a 5xx as its status line alone, containerd any error of a HEAD or of a push
       // (`unexpected status: 403 Forbidden`), and a HEAD has no body: the reason phrase is the one
       // place their users see why.

@@ -8,7 +8,7 @@ import { RegistryError, SERVER_WAIT, closeFile, fullGcSoon, takeFile, type FileR
 import type { Context } from 'koa';
 import { onConnectionClose } from './connection-close.js';
 import { errorStatus } from './error-status.js';
-import { SUCCESS_ONLY_HEADERS } from './oci-errors.js';
+import { SUCCESS_ONLY_HEADERS, errorBody } from './oci-errors.js';
 import { reasonPhrase } from './reason-phrase.js';
 import { ReadBufferPool, SendBuffers } from './read-buffers.js';
 import { holdIdleTimeout } from './server-wait.js';
@@ -138,7 +138,7 @@ function answeredError(ctx: Context, err: unknown): boolean {
   const res = ctx.res;
   if (res.headersSent || res.destroyed || !(err instanceof RegistryError)) return false;
   const status = errorStatus(err, false);
-  const body = JSON.stringify({ errors: [{ code: err.code, message: err.message, detail: err.detail ?? null }] });
+  const body = JSON.stringify(errorBody(err));
   for (const h of [...SUCCESS_ONLY_HEADERS, 'content-range']) res.removeHeader(h);
   ctx.state.error = { code: err.code, reason: err.message };
   res.writeHead(status, reasonPhrase(STATUS_CODES[status] ?? 'Error', err.message), { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) });
