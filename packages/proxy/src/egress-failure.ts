@@ -1,4 +1,8 @@
+import { isCertificateFailure } from './tls-failure.js';
 import { UpstreamError } from './upstream.js';
+
+/** The code of a failed TLS connection to an https:// egress proxy itself (its own code in `tlsCode`). */
+export const EGRESS_PROXY_TLS = 'WHARF_EGRESS_PROXY_TLS';
 
 /** Errors of the one connection Wharf opens itself on a request through the egress proxy: the proxy's. */
 const PROXY_CONNECT_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH']);
@@ -14,15 +18,16 @@ const TUNNEL_REFUSED = /^Proxy response \((\d{3})\) !== 200 when HTTP Tunneling/
 export interface EgressProxy {
   /** Its URL, credentials and all (never shown). */
   readonly url: string;
-  /** The variable it came from: HTTPS_PROXY or HTTP_PROXY. */
+  /** The variable it came from: HTTPS_PROXY or HTTP_PROXY (or the lower-case one, when that was read). */
   readonly variable: string;
 }
 
 /**
  * A request through the egress proxy that failed at the proxy, not at the upstream: the proxy could
- * not be reached, or it did not open the tunnel (407: it wants credentials; 403: its allow-list). Said
- * as the proxy's failure, naming its host and variable (never its credentials), so that an operator
- * does not go looking for an upstream outage. Undefined for any other failure.
+ * not be reached, its TLS failed (an https:// proxy), or it did not open the tunnel (407: it wants
+ * credentials; 403: its allow-list). Said as the proxy's failure, naming its host and variable (never
+ * its credentials), so that an operator does not go looking for an upstream outage. Undefined for
+ * any other failure.
  */
 export function egressFailure(err: unknown, proxy: EgressProxy, target: URL, upstream: string): UpstreamError | undefined {
   const e = err as { code?: unknown; message?: unknown; cause?: { code?: unknown } } | null | undefined;
@@ -30,6 +35,15 @@ export function egressFailure(err: unknown, proxy: EgressProxy, target: URL, ups
   const where = `the egress proxy ${new URL(proxy.url).host} (${proxy.variable})`;
   const forWhom = `for upstream ${upstream}`;
   if (code !== undefined && PROXY_CONNECT_CODES.has(code)) return new UpstreamError('unreachable', `${where} is unreachable (${code}) ${forWhom}`);
+  if (code === EGRESS_PROXY_TLS) {
+    const tls = String((e as { tlsCode?: unknown }).tlsCode);
+    return new UpstreamError(
+      'unreachable',
+      isCertificateFailure(tls)
+        ? `${where} has a TLS certificate Wharf does not trust (${tls}) ${forWhom}: give Wharf its CA in NODE_EXTRA_CA_CERTS (a PEM file, read at start)`
+        : `the TLS handshake with ${where} failed (${tls}) ${forWhom}: a proxy that speaks plain HTTP is written http://`,
+    );
+  }
   if (code !== undefined && CUT_CODES.has(code)) return new UpstreamError('unreachable', `upstream ${upstream} is unreachable through ${where}: the connection was cut (${code}), by the proxy or by the upstream behind it`);
   const refused = typeof e?.message === 'string' ? TUNNEL_REFUSED.exec(e.message) : null;
   if (!refused) return undefined;

@@ -12,7 +12,8 @@ import { parseChallenge } from './token-auth.js';
 import { discard, isRegistryError, readRefusal, readUpTo, type Answer, type Headers } from './upstream-answer.js';
 import { UpstreamCredentials, anonymousRefusal } from './upstream-credentials.js';
 import { keepWasmOnBaseline } from './wasm-baseline.js';
-import { egressFailure, type EgressProxy } from './egress-failure.js';
+import { EGRESS_PROXY_TLS, egressFailure, type EgressProxy } from './egress-failure.js';
+import { isCertificateFailure, isHandshakeFailure } from './tls-failure.js';
 import { OUTAGES, UpstreamError, descriptorOf, isTimeout, type Upstream, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest, type UpstreamTags } from './upstream.js';
 
 export interface UpstreamTimeouts {
@@ -33,7 +34,13 @@ export interface HttpUpstreamOptions {
   /** PEM certificates to trust for HTTPS besides the system's (an upstream behind a private CA). */
   readonly ca?: string;
   /** A forward proxy to reach the upstream through (CONNECT tunnels), per scheme, and the hosts that skip it. */
-  readonly egress?: { readonly http?: string; readonly https?: string; readonly noProxy?: string };
+  readonly egress?: {
+    readonly http?: string;
+    readonly https?: string;
+    readonly noProxy?: string;
+    /** The variables the two were read from, as messages name them (default HTTP_PROXY and HTTPS_PROXY). */
+    readonly variables?: { readonly http?: string; readonly https?: string };
+  };
   readonly timeouts?: Partial<UpstreamTimeouts>;
   /** Attempts for idempotent requests on connection errors, 5xx and 429. */
   readonly retries?: number;
@@ -65,10 +72,6 @@ const RETRYABLE_CODES = new Set([
   'UND_ERR_SOCKET', 'UND_ERR_CLOSED',
 ]);
 /** Certificate verification failures (OpenSSL's codes as Node reports them). */
-const CERTIFICATE_CODES = new Set([
-  'DEPTH_ZERO_SELF_SIGNED_CERT', 'SELF_SIGNED_CERT_IN_CHAIN', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT',
-  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'CERT_HAS_EXPIRED', 'CERT_NOT_YET_VALID', 'CERT_UNTRUSTED', 'CERT_REVOKED',
-]);
 /** Failures worth another attempt: the connection, a timeout, a 5xx or a 429 (inside an attempt, nothing else throws these). */
 const RETRIED = OUTAGES;
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
@@ -173,7 +176,8 @@ export class HttpUpstream implements Upstream {
     this.userAgent = options.userAgent ?? 'wharf-proxy';
     const https = new URL(this.base).protocol === 'https:';
     this.via = https ? options.egress?.https : options.egress?.http;
-    this.egress = this.via !== undefined ? { url: this.via, variable: https ? 'HTTPS_PROXY' : 'HTTP_PROXY' } : undefined;
+    const variable = https ? (options.egress?.variables?.https ?? 'HTTPS_PROXY') : (options.egress?.variables?.http ?? 'HTTP_PROXY');
+    this.egress = this.via !== undefined ? { url: this.via, variable } : undefined;
     const identity = { name: this.name, base: this.base, origin: this.origin, username: options.username, password: options.password };
     this.limits = new RateLimitGate(this.name, this.base, options.logger);
     this.credentials = new UpstreamCredentials(identity, {
@@ -655,7 +659,7 @@ export class HttpUpstream implements Upstream {
     const code = [e.code, e.cause?.code].find((c): c is string => typeof c === 'string');
     if (isTimeout(err)) return new UpstreamError('timeout', `${who} timed out`);
     if (code && RETRYABLE_CODES.has(code)) return new UpstreamError('unreachable', `${who} is unreachable (${code})`);
-    if (code && (CERTIFICATE_CODES.has(code) || code.startsWith('ERR_TLS_CERT'))) {
+    if (code && isCertificateFailure(code)) {
       return new UpstreamError('unreachable', `${who}'s TLS certificate is not trusted (${code}); a private CA goes in the upstream's ca_file`);
     }
     return new UpstreamError('unreachable', `${who} request failed: ${e.message ?? String(err)}`);
@@ -704,8 +708,16 @@ function tunnelPool(pool: Dispatcher): Dispatcher {
   const connect = pool.connect.bind(pool) as (options: Dispatcher.ConnectOptions) => Promise<Dispatcher.ConnectData>;
   const wrapped = (options: Dispatcher.ConnectOptions): Promise<Dispatcher.ConnectData> =>
     connect(options).catch((err: unknown) => {
-      if ((err as { code?: unknown }).code !== 'UND_ERR_SOCKET') throw err;
-      throw Object.assign(new Error(`the egress proxy closed the connection before answering CONNECT (${(err as Error).message})`), { code: 'ECONNRESET' });
+      const code = (err as { code?: unknown }).code;
+      if (code === 'UND_ERR_SOCKET') {
+        throw Object.assign(new Error(`the egress proxy closed the connection before answering CONNECT (${(err as Error).message})`), { code: 'ECONNRESET' });
+      }
+      // TLS with an https:// proxy itself (the tunnelled TLS to the upstream fails elsewhere): the
+      // proxy's certificate or handshake, which the upstream's ca_file has nothing to do with.
+      if (typeof code === 'string' && (isCertificateFailure(code) || isHandshakeFailure(code))) {
+        throw Object.assign(new Error(`TLS with the egress proxy failed (${code})`), { code: EGRESS_PROXY_TLS, tlsCode: code, cause: err });
+      }
+      throw err;
     });
   return Object.assign(pool, { connect: wrapped });
 }

@@ -80,6 +80,8 @@ export interface EgressProxy {
   readonly https?: string;
   /** Hosts reached directly: comma-separated names, domain suffixes, host:port, or "*". */
   readonly noProxy?: string;
+  /** The variables `http` and `https` were read from (`https_proxy` or `HTTPS_PROXY`, say), for messages. */
+  readonly variables?: { readonly http?: string; readonly https?: string };
 }
 
 /** Upstreams every Wharf knows; `[proxy.upstreams.<key>]` overrides or adds. */
@@ -344,29 +346,41 @@ export function buildProxyConfig(raw: unknown, env: NodeJS.ProcessEnv, secrets =
 
 /** HTTP_PROXY, HTTPS_PROXY and NO_PROXY (or their lower-case forms, which win, as curl has it). */
 function egressFrom(env: NodeJS.ProcessEnv): { egress?: EgressProxy } {
-  const pick = (name: string): string | undefined => {
-    const value = env[name.toLowerCase()] ?? env[name];
-    return value === undefined || value.trim() === '' ? undefined : value.trim();
+  /** The variable's value and the name it was read under. */
+  const pick = (name: string): { value: string; from: string } | undefined => {
+    for (const from of [name.toLowerCase(), name]) {
+      const value = env[from];
+      if (value !== undefined) return value.trim() === '' ? undefined : { value: value.trim(), from };
+    }
+    return undefined;
   };
-  const proxyUrl = (name: string): string | undefined => {
-    const value = pick(name);
-    if (value === undefined) return undefined;
+  const proxyUrl = (name: string): { url: string; from: string } | undefined => {
+    const picked = pick(name);
+    if (picked === undefined) return undefined;
+    const { value, from } = picked;
     // As curl: a proxy without a scheme is an http:// one.
     const full = /^[a-z][a-z0-9+.-]*:\/\//i.test(value) ? value : `http://${value}`;
     let url: URL;
     try {
       url = new URL(full);
     } catch {
-      throw new ConfigError(`${name} must be a URL such as http://proxy.example:3128`);
+      throw new ConfigError(`${from} must be a URL such as http://proxy.example:3128`);
     }
-    if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new ConfigError(`${name} must be an http:// or https:// URL (got ${url.protocol})`);
-    return full;
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new ConfigError(`${from} must be an http:// or https:// URL (got ${url.protocol})`);
+    return { url: full, from };
   };
   const http = proxyUrl('HTTP_PROXY');
   const https = proxyUrl('HTTPS_PROXY');
-  const noProxy = pick('NO_PROXY');
+  const noProxy = pick('NO_PROXY')?.value;
   if (http === undefined && https === undefined) return {};
-  return { egress: { ...(http ? { http } : {}), ...(https ? { https } : {}), ...(noProxy ? { noProxy } : {}) } };
+  return {
+    egress: {
+      ...(http ? { http: http.url } : {}),
+      ...(https ? { https: https.url } : {}),
+      ...(noProxy ? { noProxy } : {}),
+      variables: { ...(http ? { http: http.from } : {}), ...(https ? { https: https.from } : {}) },
+    },
+  };
 }
 
 /**

@@ -66,9 +66,9 @@ export interface WharfProcess {
 /**
  * Starts `node dist/cli.js serve --config <file>` and waits until GET /v2/ answers 200; `node` is the
  * Node.js binary to run it with (default: the one running the tests), `cli` the entry point (default: this
- * package's build).
+ * package's build), `env` variables set for it on top of the tests' own.
  */
-export async function startWharfProcess(configFile: string, port: number, node = process.execPath, cli = WHARF_CLI): Promise<WharfProcess> {
+export async function startWharfProcess(configFile: string, port: number, node = process.execPath, cli = WHARF_CLI, env: NodeJS.ProcessEnv = {}): Promise<WharfProcess> {
   try {
     await access(cli);
   } catch {
@@ -76,7 +76,7 @@ export async function startWharfProcess(configFile: string, port: number, node =
   }
   const child = spawn(node, [cli, 'serve', '--config', configFile], {
     cwd: dirname(configFile),
-    env: { ...process.env, NODE_OPTIONS: '' },
+    env: { ...process.env, NODE_OPTIONS: '', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let output = '';

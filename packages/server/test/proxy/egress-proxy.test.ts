@@ -1,12 +1,15 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
+import { createServer as createTlsServer } from 'node:https';
 import net, { connect as netConnect, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildConfig } from '../../src/config.js';
 import { pushImage } from '../helpers/oci.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
+import { forgeCa, forgeServer, writePem } from '../ops/tls-certs.js';
+import { freePort, startWharfProcess, writeWharfConfig } from '../helpers/wharf-process.js';
 import { expectImageThrough, type PushedImage } from './helpers/image-through.js';
 
 /** A forward proxy that only tunnels (CONNECT), as egress proxies do, and remembers where to. */
@@ -18,12 +21,14 @@ class TunnelProxy {
   private server!: Server;
   private readonly sockets = new Set<Socket>();
 
-  static async start(): Promise<TunnelProxy> {
+  /** With `tls`, an https:// proxy: the connection to the proxy itself is TLS. */
+  static async start(tls?: { cert: string; key: string }): Promise<TunnelProxy> {
     const proxy = new TunnelProxy();
-    proxy.server = createServer((_req, res) => {
+    const refuse = (_req: unknown, res: { statusCode: number; end(): void }): void => {
       res.statusCode = 405;
       res.end();
-    });
+    };
+    proxy.server = tls ? createTlsServer(tls, refuse) : createServer(refuse);
     proxy.server.on('connect', (req, client: Socket, head: Buffer) => {
       proxy.tunnels.push(req.url ?? '');
       proxy.credentials.push(req.headers['proxy-authorization']);
@@ -43,7 +48,7 @@ class TunnelProxy {
       client.on('close', () => target.destroy());
     });
     await new Promise<void>((resolve) => proxy.server.listen(0, '127.0.0.1', resolve));
-    proxy.url = `http://127.0.0.1:${(proxy.server.address() as AddressInfo).port}`;
+    proxy.url = `${tls ? 'https' : 'http'}://127.0.0.1:${(proxy.server.address() as AddressInfo).port}`;
     return proxy;
   }
 
@@ -211,11 +216,71 @@ describe('upstream requests through an egress proxy (HTTP_PROXY, HTTPS_PROXY, NO
     }
   });
 
+  test("an https:// egress proxy whose certificate is not trusted: named as the proxy's, with the variable read (lower-case too), and no ca_file advice", async () => {
+    // Before: "upstream up's TLS certificate is not trusted (...); a private CA goes in the upstream's
+    // ca_file", which sent the operator to the upstream's settings, which the proxy's TLS never reads.
+    const ca = forgeCa('Corp proxy CA');
+    const tlsProxy = createTlsServer(forgeServer(ca, 'pkcs8'), (_req, res) => res.writeHead(405).end());
+    let connects = 0;
+    tlsProxy.on('connect', (_req, socket: Socket) => {
+      connects += 1;
+      socket.destroy();
+    });
+    tlsProxy.on('tlsClientError', () => undefined);
+    await new Promise<void>((resolve) => tlsProxy.listen(0, '127.0.0.1', resolve));
+    const at = `127.0.0.1:${(tlsProxy.address() as AddressInfo).port}`;
+    try {
+      for (const variable of ['HTTP_PROXY', 'http_proxy']) {
+        const reg = await proxyWith({ [variable]: `https://bob:pr0xy-secret@${at}` }, { url: httpUp.url });
+        const res = await fetch(`${reg.url}/v2/proxy/up/alice/app/manifests/1`);
+        expect(res.status).toBe(502);
+        const message = ((await res.json()) as { errors: { message: string }[] }).errors[0]!.message;
+        expect(message).toMatch(new RegExp(`^the egress proxy ${at.replace(/\./g, '\\.')} \\(${variable}\\) has a TLS certificate Wharf does not trust \\([A-Z_]+\\) for upstream up: `));
+        expect(message).toContain('NODE_EXTRA_CA_CERTS');
+        expect(message).not.toContain('ca_file');
+        expect(message).not.toContain('pr0xy-secret');
+      }
+      expect(connects).toBe(0); // no tunnel through a proxy that was not trusted
+
+      // https:// written for a proxy that speaks plain HTTP: the handshake fails, and the message says why.
+      const plain = await proxyWith({ HTTP_PROXY: tunnel.url.replace('http://', 'https://') }, { url: httpUp.url });
+      const res = await fetch(`${plain.url}/v2/proxy/up/alice/app/manifests/1`);
+      expect(res.status).toBe(502);
+      expect(((await res.json()) as { errors: { message: string }[] }).errors[0]!.message).toMatch(
+        new RegExp(`^the TLS handshake with the egress proxy ${new URL(tunnel.url).host.replace(/\./g, '\\.')} \\(HTTP_PROXY\\) failed \\([A-Z_]+\\) for upstream up: a proxy that speaks plain HTTP is written http://$`),
+      );
+    } finally {
+      tlsProxy.closeAllConnections();
+      await new Promise<void>((resolve) => tlsProxy.close(() => resolve()));
+    }
+  });
+
+  test("an https:// egress proxy whose CA is in NODE_EXTRA_CA_CERTS, as the failure's message advises: the tunnel goes through it", async () => {
+    const ca = forgeCa('Corp proxy CA');
+    const tlsTunnel = await TunnelProxy.start(forgeServer(ca, 'pkcs8'));
+    const root = await mkdtemp(join(dir, 'tls-proxy-'));
+    const { cert } = await writePem(root, 'proxy-ca', ca);
+    const port = await freePort();
+    const config = await writeWharfConfig(root, port, { proxy: ['retries = 0', '[proxy.upstreams.up]', `url = "${httpUp.url}"`] });
+    const wharf = await startWharfProcess(config, port, process.execPath, undefined, { HTTP_PROXY: tlsTunnel.url, NODE_EXTRA_CA_CERTS: cert, NO_PROXY: '', no_proxy: '' });
+    try {
+      await expectImageThrough(wharf.url, image);
+      expect(tlsTunnel.tunnels).toContain(new URL(httpUp.url).host);
+    } finally {
+      await wharf.kill('SIGTERM');
+      await tlsTunnel.close();
+    }
+  });
+
   test('a proxy variable that is not an http(s) URL stops the configuration, naming the variable; a bare host:port is http', () => {
     const base = { listen: '127.0.0.1:0', registry_storage: join(dir, 'r'), temporary_registry_storage: join(dir, 't'), proxy_storage: join(dir, 'p') };
     expect(() => buildConfig(base, { env: { HTTPS_PROXY: 'http://[proxy' } })).toThrow(/HTTPS_PROXY must be a URL/);
     // As curl has it, a proxy without a scheme is an http:// one.
-    expect(buildConfig(base, { env: { HTTPS_PROXY: 'proxy.corp:3128' } }).proxy.egress).toEqual({ https: 'http://proxy.corp:3128' });
+    expect(buildConfig(base, { env: { HTTPS_PROXY: 'proxy.corp:3128' } }).proxy.egress).toEqual({ https: 'http://proxy.corp:3128', variables: { https: 'HTTPS_PROXY' } });
     expect(() => buildConfig(base, { env: { HTTP_PROXY: 'socks5://proxy.corp:1080' } })).toThrow(/HTTP_PROXY must be an http/);
+    // The lower-case form wins, as curl has it, and is the one named. Before: "HTTP_PROXY must be ..."
+    // for a value only http_proxy held.
+    expect(() => buildConfig(base, { env: { HTTP_PROXY: 'http://good:3128', http_proxy: 'socks5://proxy.corp:1080' } })).toThrow(/^http_proxy must be an http/);
+    expect(buildConfig(base, { env: { HTTP_PROXY: 'http://upper:3128', http_proxy: 'http://lower:3128' } }).proxy.egress).toEqual({ http: 'http://lower:3128', variables: { http: 'http_proxy' } });
   });
 });
