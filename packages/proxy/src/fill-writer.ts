@@ -1,7 +1,7 @@
 import { constants } from 'node:fs';
 import { totalmem } from 'node:os';
 import { open, type FileHandle } from 'node:fs/promises';
-import { isStorageFull, type HeldBytes } from '@wharf/registry-core';
+import { isStorageFull, pageAligned, type HeldBytes } from '@wharf/registry-core';
 import { AlignedBlocks, BLOCK_SIZE } from './aligned-blocks.js';
 import { FillBudget } from './fill-budget.js';
 import { BODY_HIGH_WATER } from './plain-http.js';
@@ -370,7 +370,7 @@ export class FillWriter {
     const size = warming < CROWDED_WARMS ? BLOCK_SIZE : CROWDED_WARM_READ;
     warming += 1;
     try {
-      const buffers = [pooled[0] ?? Buffer.allocUnsafeSlow(size), pooled[1] ?? Buffer.allocUnsafeSlow(size)];
+      const buffers = [pooled[0] ?? pageAligned(size), pooled[1] ?? pageAligned(size)];
       let next = 0;
       const end = this.written;
       let failed = false;

@@ -1,3 +1,5 @@
+import { pageAligned } from '@wharf/registry-core';
+
 /** Bytes per slab: socket reads land one after another in a slab until less than MIN_READ is left. */
 const SLAB_SIZE = 512 * 1024;
 /** The least room a read is given; what a slab has left below this is not used. */
@@ -93,7 +95,7 @@ export class SlabReader {
       if (buffer) ownHeld -= 1;
       else buffer = spares.pop();
       // A small spare left by a crowd would make a lone download read in small pieces.
-      if (!buffer || buffer.length < size) buffer = Buffer.allocUnsafeSlow(size);
+      if (!buffer || buffer.length < size) buffer = pageAligned(size);
       slab = { buffer, used: 0, lent: 0, retired: false };
       this.slabs.set(buffer.buffer, slab);
       this.current = slab;

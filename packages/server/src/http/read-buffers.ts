@@ -1,3 +1,5 @@
+import { pageAligned } from '@wharf/registry-core';
+
 /**
  * Read buffers of blob sends, under one budget: the sends running together split it evenly (see
  * SendBuffers), so sixteen at once share it instead of the first few taking it and the rest getting
@@ -65,7 +67,7 @@ export class ReadBufferPool {
     if (reused) return reused;
     // Spares of other sizes sit next to the new buffer: they go once they would overrun the budget.
     if (this.spareTotal > 0 && this.held + this.spareTotal > this.budget) this.drop(this.dropSpares());
-    return Buffer.allocUnsafe(size);
+    return pageAligned(size);
   }
 
   /**

@@ -1,4 +1,4 @@
-import type { HeldBytes } from '@wharf/registry-core';
+import { pageAligned, type HeldBytes } from '@wharf/registry-core';
 import { read } from 'node:fs';
 
 /** A piece of a file in memory: bytes [start, start + valid) of one content. */
@@ -83,7 +83,7 @@ export class SharedReads {
   private claim(id: string, start: number): Segment | undefined {
     if (this.allocated + this.segmentSize <= this.budget) {
       this.allocated += this.segmentSize;
-      const segment: Segment = { start, buffer: Buffer.allocUnsafe(this.segmentSize), valid: 0, refs: 0, loading: undefined, lastUse: 0 };
+      const segment: Segment = { start, buffer: pageAligned(this.segmentSize), valid: 0, refs: 0, loading: undefined, lastUse: 0 };
       this.segments.set(id, segment);
       return segment;
     }
