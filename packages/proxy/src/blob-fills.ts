@@ -2,7 +2,7 @@ import { createHash, randomUUID, type Hash } from 'node:crypto';
 import { open, readdir, readFile, rename, rm, stat, statfs, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { RegistryError, hashToDigest, newHash, noteReceived, parseDigest, type BlobInfo, type BlobStore, type ByteRange, type Digest, type DigestAlgorithm } from '@wharf/registry-core';
+import { RegistryError, hashToDigest, newHash, noteReceived, pageAligned, parseDigest, type BlobInfo, type BlobStore, type ByteRange, type Digest, type DigestAlgorithm } from '@wharf/registry-core';
 import { BLOCK_SIZE } from './aligned-blocks.js';
 import { BlobFill } from './blob-fill.js';
 import { BlockDigests, KEPT_SUFFIX, ProgressNote, parseKeptNote, removeFill, writeKeptNote, type KeptNote } from './fill-note.js';
@@ -621,7 +621,7 @@ function isOutage(err: unknown): boolean {
 
 /** Feeds the first `length` bytes of the file to `hash`; false when `stopped` said to stop first. */
 async function hashFile(handle: FileHandle, length: number, hash: { update(bytes: Buffer): unknown }, stopped: () => boolean): Promise<boolean> {
-  const buffer = Buffer.allocUnsafe(BLOCK_SIZE);
+  const buffer = pageAligned(BLOCK_SIZE);
   for (let position = 0; position < length; ) {
     if (stopped()) return false;
     const { bytesRead } = await handle.read(buffer, 0, Math.min(BLOCK_SIZE, length - position), position);

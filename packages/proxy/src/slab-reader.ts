@@ -58,7 +58,8 @@ interface Slab {
  * Reused memory for socket reads. Node reads a socket into a fresh 64 KiB buffer per read; on a VM
  * where a fresh page costs a fault to the host, receiving a 1 GiB blob that way took 1.2-3.0 CPU
  * seconds, most of it page faults, against 0.33 s for the same reads into reused memory (measured
- * here, see docs/MEASURED.md).
+ * here, see docs/MEASURED.md). Slabs are page-aligned (`pageAligned`), where the kernel's copy into
+ * them never meets the penalty a malloc'd buffer's alignment can.
  *
  * One SlabReader per socket: the socket reads into `room()`, `take(n)` returns the bytes read, and
  * `lend` hands parts of them on. Whoever holds a lent view may `giveBack` it once done with it
