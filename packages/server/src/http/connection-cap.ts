@@ -44,6 +44,9 @@ export interface ConnectionCap {
  * request already answered only at `max`, oldest first, when none is idle. Past `max`, with none idle, the new
  * connection is closed at once and `refused` is called.
  */
+/** The connection a response answers on, as its request started (a property: no closure per request). */
+const SOCKET = Symbol('wharf.connection');
+
 export function capConnections(server: Server, max: number, refused: (open: number) => void): ConnectionCap {
   const soft = max - Math.floor(max / 8);
   let open = 0;
@@ -90,9 +93,11 @@ export function capConnections(server: Server, max: number, refused: (open: numb
    * when its body had not ended: a closure and three listeners per request took 17% of the
    * manifest GETs a second (13,700 against 16,600).
    */
-  function answered(this: ServerResponse): void {
+  function answered(this: ServerResponse & { [SOCKET]?: Socket }): void {
     const req = this.req;
-    const socket = req.socket;
+    // Its own, as the request started: node may have let go of req.socket by now.
+    const socket = this[SOCKET];
+    if (socket === undefined) return;
     if (req.complete || req.readableEnded || req.destroyed || socket.destroyed) {
       finished(socket);
       return;
@@ -128,6 +133,7 @@ export function capConnections(server: Server, max: number, refused: (open: numb
     // One listener per response, counted (Koa's pipeline of a streamed export and the route's own
     // reached node's warning at eleven).
     if (res.getMaxListeners() !== 0) res.setMaxListeners(res.getMaxListeners() + 1);
+    (res as ServerResponse & { [SOCKET]?: Socket })[SOCKET] = socket;
     res.on('close', answered);
   };
   server.on('request', started);
