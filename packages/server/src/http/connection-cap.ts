@@ -33,6 +33,9 @@ export interface ConnectionCap {
   readonly idle: number;
 }
 
+/** The connection a response answers on, as its request started (a property: no closure per request). */
+const SOCKET = Symbol('wharf.connection');
+
 /**
  * At most `max` client connections at once. Each idle keep-alive connection holds about 12 KiB of
  * memory and a descriptor until `idle_timeout`: without a bound, a client that opened 12,000 took
@@ -44,9 +47,6 @@ export interface ConnectionCap {
  * request already answered only at `max`, oldest first, when none is idle. Past `max`, with none idle, the new
  * connection is closed at once and `refused` is called.
  */
-/** The connection a response answers on, as its request started (a property: no closure per request). */
-const SOCKET = Symbol('wharf.connection');
-
 export function capConnections(server: Server, max: number, refused: (open: number) => void): ConnectionCap {
   const soft = max - Math.floor(max / 8);
   let open = 0;
