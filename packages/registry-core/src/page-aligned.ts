@@ -1,3 +1,5 @@
+import { readFileSync } from 'node:fs';
+
 /** The part of the WebAssembly global used here (the ES2023 and Node typings of this build lack it). */
 declare const WebAssembly: { Memory: new (descriptor: { initial: number; maximum: number }) => { readonly buffer: ArrayBuffer } };
 
@@ -8,6 +10,20 @@ const WASM_PAGE = 64 * 1024;
  * memory: 512 of them are 5 TiB of the 128 TiB a process has. Past this, plain buffers.
  */
 const MAX_LIVE = 512;
+
+/**
+ * Whether the process may take memories at all: not under a limit of its address space (`ulimit -v`),
+ * where each one's 10 GiB of reservation would leave the rest of the process (V8's heap, undici's
+ * WebAssembly parser, the fills' O_DIRECT blocks) without room.
+ */
+const addressSpaceUnlimited = ((): boolean => {
+  try {
+    const limit = /^Max address space\s+(\S+)/m.exec(readFileSync('/proc/self/limits', 'utf8'))?.[1];
+    return limit === undefined || limit === 'unlimited';
+  } catch {
+    return true; // no /proc (not Linux): no such limit known
+  }
+})();
 
 let live = 0;
 /** `live` when making a memory last failed (no WebAssembly, `ulimit -v`): none is tried again until fewer live. */
@@ -30,10 +46,11 @@ const collected = new FinalizationRegistry<undefined>(() => {
  * a WebAssembly memory starts on a page boundary (V8 maps it on its own). Socket reads gain as well:
  * a cold pull's reads into such buffers ran at 2.1-2.3 CPU s per GiB where half the runs took 3.5-4.8.
  *
- * Memory past MAX_LIVE, or when WebAssembly memories cannot be had, is a plain buffer.
+ * Memory past MAX_LIVE, under a limit of the address space, or when WebAssembly memories cannot be
+ * had, is a plain buffer.
  */
 export function pageAligned(size: number): Buffer {
-  if (size > 0 && live < MAX_LIVE && (failedAt === undefined || live < failedAt)) {
+  if (size > 0 && addressSpaceUnlimited && live < MAX_LIVE && (failedAt === undefined || live < failedAt)) {
     const pages = Math.ceil(size / WASM_PAGE);
     try {
       const memory = new WebAssembly.Memory({ initial: pages, maximum: pages }).buffer;

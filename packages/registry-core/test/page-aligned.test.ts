@@ -5,6 +5,8 @@ import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { exposedGc } from '../src/exposed-gc.js';
 import { pageAligned, pageAlignedLive } from '../src/page-aligned.js';
 
@@ -34,6 +36,23 @@ describe('pageAligned', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  test('under a limit of the address space (ulimit -v), plain buffers: a memory reserves about 10 GiB of it, which would leave the process without room', () => {
+    // The built module, in a process of its own started under the limit (turbo builds before the tests run).
+    const built = fileURLToPath(new URL('../dist/page-aligned.js', import.meta.url));
+    const script = `import { pageAligned, pageAlignedLive } from ${JSON.stringify(built)};
+      const b = pageAligned(100000);
+      console.log(JSON.stringify({ length: b.length, backing: b.buffer.byteLength, live: pageAlignedLive(), big: Buffer.allocUnsafeSlow(256 * 1024 * 1024).length }));`;
+    const run = (limit: string): { length: number; backing: number; live: number; big: number } => {
+      const r = spawnSync('bash', ['-c', `ulimit -v ${limit} && exec "$0" --input-type=module -e "$1"`, process.execPath, script], { encoding: 'utf8' });
+      expect([r.status, r.stderr]).toEqual([0, '']);
+      return JSON.parse(r.stdout) as { length: number; backing: number; live: number; big: number };
+    };
+    // Before: one memory took 10 GiB of the 12, and the next large buffer failed ("Array buffer allocation failed").
+    expect(run('12000000')).toEqual({ length: 100000, backing: 100000, live: 0, big: 256 * 1024 * 1024 });
+    // Without a limit: a memory of its own, two WebAssembly pages.
+    expect(run('unlimited')).toEqual({ length: 100000, backing: 131072, live: 1, big: 256 * 1024 * 1024 });
   });
 
   test('memories that nobody holds any more stop counting once collected, so the cap on them is never used up for good', async () => {
