@@ -60,6 +60,8 @@ export function capConnections(server: Server, max: number, refused: (open: numb
    */
   const draining = new Map<Socket, true>();
   const inFlight = new WeakMap<Socket, number>();
+  /** The request answered before its body ended, per socket, until the body does (see `answered`). */
+  const bodyPending = new WeakMap<Socket, () => void>();
   const watched = new WeakSet<Socket>();
 
   server.on('connection', (socket: Socket) => {
@@ -111,16 +113,21 @@ export function capConnections(server: Server, max: number, refused: (open: numb
       ended = true;
       req.off('end', bodyDone);
       req.off('close', bodyDone);
+      if (bodyPending.get(socket) === bodyDone) bodyPending.delete(socket);
       finished(socket);
     };
     req.once('end', bodyDone);
     req.once('close', bodyDone);
+    bodyPending.set(socket, bodyDone);
   }
 
   // Requests reach the handler through these three events (http/listeners.ts); each one is counted.
   const started = (req: IncomingMessage, res: ServerResponse): void => {
     // req.socket: the TLS socket over an HTTPS connection, the one a destroy must close.
     const socket = req.socket;
+    // node parses a connection's next request only once the one before has all come in: a body a
+    // handler paused and never read on ended without its 'end', and its request is done.
+    bodyPending.get(socket)?.();
     idle.delete(socket);
     inFlight.set(socket, (inFlight.get(socket) ?? 0) + 1);
     if (!watched.has(socket)) {

@@ -3,7 +3,9 @@ import { connect, type Socket } from 'node:net';
 import { connect as connectTls } from 'node:tls';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { captureLog } from '../auth/helpers.js';
-import { connectionLimit } from '../../src/http/connection-cap.js';
+import { capConnections, connectionLimit } from '../../src/http/connection-cap.js';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
 
 /** A client connection that records what it got and whether the server closed it. */
@@ -162,6 +164,39 @@ describe('max_connections', () => {
     for (let i = 0; i < 200 && !sending.closed; i++) await sleep(10);
     expect(sending.closed).toBe(true);
     expect(busy.some((c) => c.closed)).toBe(false);
+  });
+
+  test('a body its handler paused and never read on: the connection is idle once its next request is answered', async () => {
+    // node emits no 'end' for a request body nobody reads to its end, but parses the connection's next
+    // request once that body has all come in. Before: the connection was counted busy for good, and
+    // the cap could never close it.
+    const server = createServer((req, res) => {
+      if (req.url === '/partial') {
+        req.once('data', () => {
+          req.pause();
+          res.end('partial');
+        });
+        return;
+      }
+      req.resume();
+      req.on('end', () => res.end('ok'));
+    });
+    const cap = capConnections(server, 100, () => undefined);
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      const client = await open((server.address() as AddressInfo).port);
+      clients.push(client);
+      await exchange(client, 'POST /partial HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\nabc', /partial$/);
+      client.socket.write('def');
+      await sleep(50);
+      expect(cap.idle).toBe(0);
+      await exchange(client, 'GET /x HTTP/1.1\r\nHost: x\r\n\r\n', /ok$/);
+      for (let i = 0; i < 100 && cap.idle === 0; i++) await sleep(10);
+      expect(cap.idle).toBe(1);
+    } finally {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
   });
 
   test('lowered to fit the open files limit, less what the server needs for itself', () => {
