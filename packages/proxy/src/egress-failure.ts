@@ -37,12 +37,7 @@ export function egressFailure(err: unknown, proxy: EgressProxy, target: URL, ups
   if (code !== undefined && PROXY_CONNECT_CODES.has(code)) return new UpstreamError('unreachable', `${where} is unreachable (${code}) ${forWhom}`);
   if (code === EGRESS_PROXY_TLS) {
     const tls = String((e as { tlsCode?: unknown }).tlsCode);
-    return new UpstreamError(
-      'unreachable',
-      isCertificateFailure(tls)
-        ? `${where} has a TLS certificate Wharf does not trust (${tls}) ${forWhom}: give Wharf its CA in NODE_EXTRA_CA_CERTS (a PEM file, read at start)`
-        : `the TLS handshake with ${where} failed (${tls}) ${forWhom}: a proxy that speaks plain HTTP is written http://`,
-    );
+    return new UpstreamError('unreachable', `${proxyTlsFailure(tls, where)} ${forWhom}${proxyTlsAdvice(tls)}`);
   }
   if (code !== undefined && CUT_CODES.has(code)) return new UpstreamError('unreachable', `upstream ${upstream} is unreachable through ${where}: the connection was cut (${code}), by the proxy or by the upstream behind it`);
   const refused = typeof e?.message === 'string' ? TUNNEL_REFUSED.exec(e.message) : null;
@@ -58,4 +53,21 @@ export function egressFailure(err: unknown, proxy: EgressProxy, target: URL, ups
         ? 'refused it (403): its allow-list may lack that host'
         : `answered ${status}`;
   return new UpstreamError('unreachable', `${where} did not open a tunnel to ${target.host} ${forWhom}: it ${why}`);
+}
+
+/** What failed in the TLS with an https:// egress proxy. */
+function proxyTlsFailure(tls: string, where: string): string {
+  if (tls === 'ERR_TLS_CERT_ALTNAME_INVALID') return `${where} has a TLS certificate for another name (${tls})`;
+  if (tls === 'CERT_HAS_EXPIRED' || tls === 'CERT_NOT_YET_VALID') return `${where} has a TLS certificate out of its dates (${tls})`;
+  if (isCertificateFailure(tls)) return `${where} has a TLS certificate Wharf does not trust (${tls})`;
+  return `the TLS handshake with ${where} failed (${tls})`;
+}
+
+/** What to do about it, where one thing is the likely fix. */
+function proxyTlsAdvice(tls: string): string {
+  if (tls === 'ERR_TLS_CERT_ALTNAME_INVALID' || tls === 'CERT_HAS_EXPIRED' || tls === 'CERT_NOT_YET_VALID') return '';
+  if (isCertificateFailure(tls)) return ': give Wharf its CA in NODE_EXTRA_CA_CERTS (a PEM file, read at start)';
+  // OpenSSL's "wrong version number": TLS spoken to a server that answered in plain HTTP.
+  if (tls === 'EPROTO' || tls === 'ERR_SSL_WRONG_VERSION_NUMBER') return ': a proxy that speaks plain HTTP is written http://';
+  return '';
 }
