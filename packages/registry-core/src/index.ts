@@ -11,6 +11,7 @@ export * from './uploads.js';
 export { noteReceived } from './young-garbage.js';
 export { exposedGc, fullGcSoon, type Gc } from './exposed-gc.js';
 export { pageAligned, pageAlignedLive } from './page-aligned.js';
+export { processLimit } from './process-limits.js';
 export * from './registry.js';
 export * from './local-registry.js';
 export { FsBlobStore, removeIngestLeftovers } from './fs/fs-blob-store.js';

@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { processLimit } from './process-limits.js';
 
 /** The part of the WebAssembly global used here (the ES2023 and Node typings of this build lack it). */
 declare const WebAssembly: { Memory: new (descriptor: { initial: number; maximum: number }) => { readonly buffer: ArrayBuffer } };
@@ -14,16 +14,9 @@ const MAX_LIVE = 512;
 /**
  * Whether the process may take memories at all: not under a limit of its address space (`ulimit -v`),
  * where each one's 10 GiB of reservation would leave the rest of the process (V8's heap, undici's
- * WebAssembly parser, the fills' O_DIRECT blocks) without room.
+ * WebAssembly parser, the fills' O_DIRECT blocks) without room. Read at the first buffer asked for.
  */
-const addressSpaceUnlimited = ((): boolean => {
-  try {
-    const limit = /^Max address space\s+(\S+)/m.exec(readFileSync('/proc/self/limits', 'utf8'))?.[1];
-    return limit === undefined || limit === 'unlimited';
-  } catch {
-    return true; // no /proc (not Linux): no such limit known
-  }
-})();
+let addressSpaceUnlimited: boolean | undefined;
 
 let live = 0;
 /** `live` when making a memory last failed (no WebAssembly, `ulimit -v`): none is tried again until fewer live. */
@@ -50,6 +43,7 @@ const collected = new FinalizationRegistry<undefined>(() => {
  * had, is a plain buffer.
  */
 export function pageAligned(size: number): Buffer {
+  addressSpaceUnlimited ??= processLimit('Max address space') === undefined;
   if (size > 0 && addressSpaceUnlimited && live < MAX_LIVE && (failedAt === undefined || live < failedAt)) {
     const pages = Math.ceil(size / WASM_PAGE);
     try {

@@ -1,6 +1,7 @@
-import { readFileSync } from 'node:fs';
+import { processLimit } from '@wharf/registry-core';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
+import { roomForOneMoreListener } from './listener-room.js';
 
 /** Descriptors kept out of the cap: blob files, the database, upstream sockets, log output. */
 const RESERVED_FDS = 512;
@@ -18,12 +19,7 @@ export function connectionLimit(configured: number, limit = openFilesLimit()): n
 
 /** The soft limit on open files (node raises it to the hard limit at start); undefined where unknown. */
 function openFilesLimit(): number | undefined {
-  try {
-    const line = /^Max open files\s+(\d+|unlimited)/m.exec(readFileSync('/proc/self/limits', 'utf8'))?.[1];
-    return line === undefined || line === 'unlimited' ? undefined : Number(line);
-  } catch {
-    return undefined;
-  }
+  return processLimit('Max open files');
 }
 
 export interface ConnectionCap {
@@ -137,9 +133,7 @@ export function capConnections(server: Server, max: number, refused: (open: numb
         draining.delete(socket);
       });
     }
-    // One listener per response, counted (Koa's pipeline of a streamed export and the route's own
-    // reached node's warning at eleven).
-    if (res.getMaxListeners() !== 0) res.setMaxListeners(res.getMaxListeners() + 1);
+    roomForOneMoreListener(res);
     (res as ServerResponse & { [SOCKET]?: Socket })[SOCKET] = socket;
     res.on('close', answered);
   };
