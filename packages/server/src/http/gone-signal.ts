@@ -1,4 +1,5 @@
 import type { ServerResponse } from 'node:http';
+import { roomForOneMoreListener } from './listener-room.js';
 
 /** One controller per response, shared by every caller of goneSignal and abandon. */
 const controllers = new WeakMap<ServerResponse, AbortController>();
@@ -12,10 +13,7 @@ function controllerOf(res: ServerResponse): AbortController {
   if (res.closed) {
     if (!res.writableFinished) created.abort();
   } else {
-    // One more 'close' listener than the response had room for: a streamed answer (an export's
-    // pipeline) adds its own up to node's limit, and an administrator's export printed a warning of a
-    // memory leak at every request.
-    res.setMaxListeners(res.getMaxListeners() + 1);
+    roomForOneMoreListener(res);
     res.once('close', () => {
       if (!res.writableFinished) created.abort();
     });

@@ -125,11 +125,6 @@ function readInto(fd: number, buffer: Buffer, length: number, position: number):
 }
 
 /**
- * Sends a file's range through two buffers sized from the shared budget: a slow client holds two
- * chunks of memory. A file still being filled is sent as its `next` allows, and its end only once the
- * fill is verified.
- */
-/**
  * Answers `err` in place of the body when none of it was sent (nor its head): the OCI error a route
  * would have thrown, without the blob's headers. False when that is too late, or `err` says nothing
  * to tell the client (the client went away).
@@ -146,6 +141,11 @@ function answeredError(ctx: Context, err: unknown): boolean {
   return true;
 }
 
+/**
+ * Sends a file's range through two buffers sized from the shared budget: a slow client holds two
+ * chunks of memory. A file still being filled is sent as its `next` allows, and its end only once the
+ * fill is verified.
+ */
 async function sendFile(file: FileRange, res: ServerResponse, connection: Socket, head: () => void): Promise<void> {
   // Taken at the first read of its own: the clients of a fill mostly send from the segments they
   // share. Small blobs (configs, most layers of a slim image) get a buffer their size.
