@@ -705,9 +705,14 @@ export class HttpUpstream implements Upstream {
  * second, and the client never an answer).
  */
 function tunnelPool(pool: Dispatcher): Dispatcher {
-  const connect = pool.connect.bind(pool) as (options: Dispatcher.ConnectOptions) => Promise<Dispatcher.ConnectData>;
-  const wrapped = (options: Dispatcher.ConnectOptions): Promise<Dispatcher.ConnectData> =>
-    connect(options).catch((err: unknown) => {
+  // ProxyAgent's CONNECT carries the proxy's TLS server name, which undici's typings leave out.
+  type TunnelConnect = Dispatcher.ConnectOptions & { servername?: string };
+  const connect = pool.connect.bind(pool) as (options: TunnelConnect) => Promise<Dispatcher.ConnectData>;
+  const wrapped = (options: TunnelConnect): Promise<Dispatcher.ConnectData> =>
+    // An https:// proxy written as an IP address: undici names it as the TLS server name, which TLS
+    // does not allow (RFC 6066) and node warns of (DEP0123). Without it, the certificate is still
+    // checked against the address.
+    connect(options.servername !== undefined && isIP(options.servername) ? { ...options, servername: undefined } : options).catch((err: unknown) => {
       const code = (err as { code?: unknown }).code;
       if (code === 'UND_ERR_SOCKET') {
         throw Object.assign(new Error(`the egress proxy closed the connection before answering CONNECT (${(err as Error).message})`), { code: 'ECONNRESET' });
