@@ -4,7 +4,7 @@ import type { Action } from './permissions.js';
 
 /**
  * What a /v2 request needs, from its method and path. The patterns and their order are those of the
- * route modules (routes/*.ts), so the name checked here is the name the route serves; a request this
+ * route modules (routes/*.ts), so the name checked here is the name the route serves; a path this
  * table does not know needs an administrator (deny by default: a new route must be added here).
  */
 export type RouteAccess =
@@ -61,5 +61,12 @@ export function routeAccess(method: string, path: string): RouteAccess {
     if (!m) continue;
     return { kind: 'repository', name: decodeCapture(m[1]!), resource, actions: needs, uploadStart };
   }
+  // A path of the API asked with a method it does not take: the router answers 405 with what it
+  // takes (`Allow`), to whoever may see the repository; the rest are refused as before it.
+  for (const { pattern, resource } of ROUTES) {
+    const m = pattern.exec(path);
+    if (m) return { kind: 'repository', name: decodeCapture(m[1]!), resource, actions: ['pull'], uploadStart: false };
+  }
+  if (BASE.test(path) || CATALOG.test(path)) return { kind: 'base' };
   return { kind: 'unknown' };
 }

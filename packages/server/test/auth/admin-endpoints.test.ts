@@ -90,6 +90,32 @@ describe('admin endpoints with auth on', () => {
     expect(mistyped.status).toBe(403);
     expect(await messageOf(mistyped)).toBe("requested access to the resource is denied: GET /v2/alice/private/manifest/1 is not a request of the registry's API (a mistyped path or method?)");
   });
+
+  test('a method the path does not take: 405 with Allow to whoever may pull the repository, as to an administrator; refused to others', async () => {
+    const alice = { Authorization: basic('alice', PW.alice) };
+    const root = { Authorization: basic('root', PW.root) };
+    for (const [method, path, allow] of [
+      ['PATCH', '/v2/alice/private/manifests/1', 'DELETE, GET, HEAD, PUT'],
+      ['POST', `/v2/alice/private/blobs/${digest}`, 'DELETE, GET, HEAD'],
+      ['PUT', '/v2/alice/private/tags/list', 'GET, HEAD'],
+      ['DELETE', '/v2/_catalog', 'GET, HEAD'],
+      ['POST', '/v2/', 'GET, HEAD'],
+    ] as const) {
+      for (const headers of [alice, root]) {
+        const res = await fetch(`${reg.url}${path}`, { method, headers });
+        expect([method, path, res.status, res.headers.get('allow')]).toEqual([method, path, 405, allow]);
+        expect(((await res.json()) as { errors: { code: string }[] }).errors[0]?.code).toBe('UNSUPPORTED');
+      }
+    }
+    // A repository alice may not see tells her nothing of its paths; an anonymous caller is asked to sign in.
+    const others = await fetch(`${reg.url}/v2/root/app/manifests/1`, { method: 'PATCH', headers: alice });
+    expect(others.status).toBe(403);
+    expect(others.headers.get('allow')).toBeNull();
+    expect(await messageOf(others)).toBe('requested access to the resource is denied: alice may not pull from root/app');
+    const anonymous = await fetch(`${reg.url}/v2/alice/private/manifests/1`, { method: 'PATCH' });
+    expect(anonymous.status).toBe(401);
+    expect(anonymous.headers.get('allow')).toBeNull();
+  });
 });
 
 async function messageOf(res: Response): Promise<string | undefined> {

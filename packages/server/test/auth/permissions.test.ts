@@ -183,8 +183,14 @@ describe('route access', () => {
     expect(routeAccess('GET', '/v2/')).toEqual({ kind: 'base' });
     expect(routeAccess('GET', '/v2')).toEqual({ kind: 'base' });
     expect(routeAccess('GET', '/v2/_catalog')).toEqual({ kind: 'catalog' });
-    expect(routeAccess('POST', '/v2/a/b/manifests/1')).toEqual({ kind: 'unknown' });
     expect(routeAccess('GET', '/v2/a/b/whatever')).toEqual({ kind: 'unknown' });
+  });
+
+  test("a method the path does not take needs what seeing the path's repository needs (the router answers 405)", () => {
+    expect(routeAccess('POST', '/v2/a/b/manifests/1')).toEqual({ kind: 'repository', name: 'a/b', resource: 'manifest', actions: ['pull'], uploadStart: false });
+    expect(routeAccess('POST', '/v2/a/blobs/uploads/s1')).toMatchObject({ name: 'a', resource: 'upload', actions: ['pull'] });
+    expect(routeAccess('DELETE', '/v2/_catalog')).toEqual({ kind: 'base' });
+    expect(routeAccess('PUT', '/v2/')).toEqual({ kind: 'base' });
   });
 });
 
