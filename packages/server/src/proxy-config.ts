@@ -29,6 +29,8 @@ export interface UpstreamConfig {
   readonly access?: UpstreamAccess;
   /** Its cache and request policies: `[proxy]`'s, or its own where its table sets them. */
   readonly policy?: UpstreamPolicy;
+  /** Where its table stands among `[proxy.upstreams.*]` (0 first); unset for a built-in left alone. */
+  readonly configuredAt?: number;
 }
 
 /**
@@ -316,7 +318,9 @@ export function buildProxyConfig(raw: unknown, env: NodeJS.ProcessEnv, secrets =
   if (!isTable(configured)) throw new ConfigError('"proxy.upstreams" must be a table of upstreams');
   const shared = policyFrom(table, 'proxy');
   const byKey = new Map<string, UpstreamConfig>(BUILT_IN_UPSTREAMS.map((u) => [u.key, { ...u, policy: shared }]));
-  for (const [key, value] of Object.entries(configured)) byKey.set(key, upstream(key, value, env, byKey.get(key), secrets, shared));
+  for (const [at, [key, value]] of Object.entries(configured).entries()) {
+    byKey.set(key, { ...upstream(key, value, env, byKey.get(key), secrets, shared), configuredAt: at });
+  }
   const upstreams = [...byKey.values()];
   const names = new Map<string, string>();
   for (const u of upstreams) {
@@ -385,15 +389,15 @@ function egressFrom(env: NodeJS.ProcessEnv): { egress?: EgressProxy } {
 
 /**
  * What `?ns=<registry>` names: each upstream's key and aliases, then each upstream's host (with its
- * port) that no key or alias already names. Two upstreams of one host (the built-in `docker.io` and
- * an added one with credentials, say) cannot both have it: the first configured does (built-ins come
- * first), and `nsHostWarnings` says so; an alias equal to the host (one without a port) sends it to
- * another.
+ * port) that no key or alias already names. Two upstreams of one host (a built-in and an added one
+ * with credentials, say) cannot both have it: the first configured does (in the order of the
+ * `[proxy.upstreams.*]` tables, a built-in they leave alone after them), and `nsHostWarnings` says
+ * so; an alias equal to the host (one without a port) sends it to another.
  */
 export function nsTargets(upstreams: readonly UpstreamConfig[]): Map<string, UpstreamConfig> {
   const targets = new Map<string, UpstreamConfig>();
   for (const u of upstreams) for (const name of [u.key, ...u.aliases]) targets.set(name.toLowerCase(), u);
-  for (const u of upstreams) {
+  for (const u of inConfiguredOrder(upstreams)) {
     const host = new URL(u.url).host.toLowerCase();
     if (!targets.has(host)) targets.set(host, u);
   }
@@ -404,7 +408,7 @@ export function nsTargets(upstreams: readonly UpstreamConfig[]): Map<string, Ups
 export function nsHostWarnings(upstreams: readonly UpstreamConfig[]): string[] {
   const named = new Set(upstreams.flatMap((u) => [u.key, ...u.aliases].map((n) => n.toLowerCase())));
   const byHost = new Map<string, string[]>();
-  for (const u of upstreams) {
+  for (const u of inConfiguredOrder(upstreams)) {
     const host = new URL(u.url).host.toLowerCase();
     byHost.set(host, [...(byHost.get(host) ?? []), u.key]);
   }
@@ -419,6 +423,11 @@ export function nsHostWarnings(upstreams: readonly UpstreamConfig[]): string[] {
     );
   }
   return warnings;
+}
+
+/** The configured upstreams in the order of their tables, then the built-ins left alone. */
+function inConfiguredOrder(upstreams: readonly UpstreamConfig[]): UpstreamConfig[] {
+  return [...upstreams].sort((a, b) => (a.configuredAt ?? Number.MAX_SAFE_INTEGER) - (b.configuredAt ?? Number.MAX_SAFE_INTEGER));
 }
 
 /** The upstream a key or alias names. */

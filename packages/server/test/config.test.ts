@@ -7,6 +7,7 @@ import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { ConfigError, buildConfig, loadConfig } from '../src/config.js';
 import { startServer } from '../src/server.js';
+import { nsTargets } from '../src/proxy-config.js';
 
 const exec = promisify(execFile);
 const CLI = resolve(import.meta.dirname, '../dist/cli.js');
@@ -188,6 +189,17 @@ describe('configuration', () => {
     expect(buildConfig({ ...REQUIRED, proxy: { upstreams: ported } }, { cwd: dir }).warnings).toEqual([expect.stringMatching(/goes to "a", the first configured; to send it to "b", configure it before "a"$/)]);
     // The built-in upstreams (whose keys are their hosts), and one added with a built-in's host.
     expect(buildConfig({ ...REQUIRED, proxy: { upstreams: { hub: { url: 'https://registry-1.docker.io' } } } }, { cwd: dir }).warnings).toBeUndefined();
+  });
+
+  test('?ns=<host:port> of an added upstream and an overridden built-in goes to the one whose table comes first, as the warning says', () => {
+    for (const [upstreams, first, other] of [
+      [{ internal: { url: 'http://registry.local:5000' }, 'docker.io': { url: 'http://registry.local:5000' } }, 'internal', 'docker.io'],
+      [{ 'docker.io': { url: 'http://registry.local:5000' }, internal: { url: 'http://registry.local:5000' } }, 'docker.io', 'internal'],
+    ] as const) {
+      const config = buildConfig({ ...REQUIRED, proxy: { upstreams } }, { cwd: dir });
+      expect(nsTargets(config.proxy.upstreams).get('registry.local:5000')?.key).toBe(first);
+      expect(config.warnings).toEqual([expect.stringContaining(`goes to "${first}", the first configured; to send it to "${other}", configure it before "${first}"`)]);
+    }
   });
 
   test('the environment can supply a required key the file lacks', () => {
