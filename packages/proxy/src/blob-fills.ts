@@ -8,7 +8,7 @@ import { BlobFill } from './blob-fill.js';
 import { BlockDigests, KEPT_SUFFIX, ProgressNote, parseKeptNote, removeFill, writeKeptNote, type KeptNote } from './fill-note.js';
 import { FillOwner, ownerState, removeGoneLocks, tagOfName } from './fill-owner.js';
 import { FillWriter } from './fill-writer.js';
-import { OUTAGES, UpstreamError, type UpstreamBlob } from './upstream.js';
+import { isUpstreamDown, type UpstreamBlob } from './upstream.js';
 
 /** A failure of the upstream's body itself (not of our disk or checks). */
 class BodyCut extends Error {
@@ -492,7 +492,10 @@ export class BlobFills {
     try {
       part = await fetch(rest);
     } catch (err) {
-      if (!isOutage(err)) {
+      // The upstream is down or overloaded, so the whole blob would not come either: what was kept of a
+      // blob stays for the next try. Any other answer to the range (a 416, a 500 or 501 from a server
+      // that does ranges badly) is a refusal of the range, whatever its failure was filed as.
+      if (!isUpstreamDown(err)) {
         // Refused, not down (a 416 to the range, say): the whole blob may well come.
         await removeFill(remnant.path);
         return { upstream: await fetch() };
@@ -606,18 +609,6 @@ function originTag(origin: string): string {
   return createHash('sha256').update(origin).digest('hex').slice(0, 32);
 }
 
-/** Statuses that say the upstream (or its gateway) is down or overloaded, not that it refuses the request. */
-const OUTAGE_STATUSES = new Set([429, 502, 503, 504]);
-
-/**
- * The upstream is down or overloaded, so the whole blob would not come either: what was kept of a
- * blob stays for the next try. Any other answer to the range (a 416, a 500 or 501 from a server that
- * does ranges badly) is a refusal of the range, whatever its failure was filed as.
- */
-function isOutage(err: unknown): boolean {
-  if (!(err instanceof UpstreamError) || !OUTAGES.has(err.failure)) return false;
-  return err.status === undefined || OUTAGE_STATUSES.has(err.status);
-}
 
 /** Feeds the first `length` bytes of the file to `hash`; false when `stopped` said to stop first. */
 async function hashFile(handle: FileHandle, length: number, hash: { update(bytes: Buffer): unknown }, stopped: () => boolean): Promise<boolean> {

@@ -27,7 +27,7 @@ import type { CacheIndex, CachedTagList } from './cache-index.js';
 import type { ProxyObserver } from './observer.js';
 import { checkedRange, exactRange } from './checked-range.js';
 import { OfflineGuard } from './offline-guard.js';
-import { OUTAGES, UpstreamError, descriptorOf, isTimeout, type Upstream, type UpstreamBlob, type UpstreamFailure } from './upstream.js';
+import { OUTAGES, UpstreamError, descriptorOf, isTimeout, isUpstreamDown, type Upstream, type UpstreamBlob, type UpstreamFailure } from './upstream.js';
 import { verifiedBody } from './verified-body.js';
 
 export interface PullThroughPolicy {
@@ -233,8 +233,9 @@ export class PullThroughRepository implements RepositoryReader {
         throw err;
       }
       if (cached && err instanceof UpstreamError) {
-        // Only an outage holds back the next requests' checks; one repository's answer does not.
-        if (OUTAGES.has(err.failure)) this.backOff(err.retryAfter, err.failure);
+        // Only the upstream down holds back the next requests' checks; one repository's answer (a
+        // refusal, a 500) does not, though it is served stale as an outage is.
+        if (isUpstreamDown(err)) this.backOff(err.retryAfter, err.failure);
         // An answer that is no manifest (a captive portal's page, a body cut short, a digest that does
         // not match) is the upstream out of reach as much as a 503 is.
         const what = err.failure === 'invalid' ? 'sent no valid manifest' : 'unavailable';
@@ -345,7 +346,7 @@ export class PullThroughRepository implements RepositoryReader {
   private listedHere(repo: string, digest: Digest, err: unknown): boolean {
     if (!(err instanceof UpstreamError) || !OUTAGES.has(err.failure)) return false;
     if (!this.index.linkedThrough(this.key, digest) || !this.listsBlob(repo, digest)) return false;
-    this.backOff(err.retryAfter, err.failure);
+    if (isUpstreamDown(err)) this.backOff(err.retryAfter, err.failure);
     this.logger?.warn({ upstream: this.key, repo, digest, reason: err.message }, 'upstream unavailable; serving a blob cached for another repository, which a cached manifest of this one lists');
     return true;
   }
@@ -731,7 +732,7 @@ export class PullThroughRepository implements RepositoryReader {
     } catch (err) {
       // Refused (`denied`) as well: credentials that lost access do not empty the cache, as for manifests.
       if (cached !== undefined && ((err instanceof UpstreamError && err.failure !== 'invalid') || signal?.aborted)) {
-        if (err instanceof UpstreamError && OUTAGES.has(err.failure)) this.backOff(err.retryAfter, err.failure);
+        if (isUpstreamDown(err)) this.backOff(err.retryAfter, err.failure);
         return stale(`upstream ${this.key} unavailable (${(err as Error).message})`);
       }
       throw toRegistryError(err);

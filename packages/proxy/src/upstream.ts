@@ -73,6 +73,19 @@ export type UpstreamFailure = 'unreachable' | 'timeout' | 'server-error' | 'rate
 /** Failures that say the upstream is down or overloaded, not that it answered "no". */
 export const OUTAGES: ReadonlySet<UpstreamFailure> = new Set(['unreachable', 'timeout', 'server-error', 'rate-limited']);
 
+/** Statuses that say the upstream (or its gateway) is down or overloaded, not that one request failed. */
+const DOWN_STATUSES: ReadonlySet<number> = new Set([429, 502, 503, 504]);
+
+/**
+ * Whether `err` says the upstream as a whole is down or overloaded: no answer, a timeout, a 429 or a
+ * 502-504. A 500 (or 501) is an outage of the request that got it, served stale and retried like
+ * one, but says nothing of the upstream's other repositories: it starts no back-off of them all.
+ */
+export function isUpstreamDown(err: unknown): err is UpstreamError {
+  if (!(err instanceof UpstreamError) || !OUTAGES.has(err.failure)) return false;
+  return err.status === undefined || DOWN_STATUSES.has(err.status);
+}
+
 /** The upstream could not answer. The proxy serves a stale copy when it has one. */
 export class UpstreamError extends Error {
   override name = 'UpstreamError';

@@ -122,12 +122,13 @@ describe('PullThroughRepository during an upstream outage', () => {
     }
   });
 
-  test('after one failed re-check, cached tags are served at once without asking the upstream again', async () => {
+  test('after one re-check failed with the upstream down (503), cached tags are served at once without asking it again', async () => {
     freezeClock();
     fake.addManifest('alice/app', '1', DOC);
     await repo.manifest('alice/app', '1');
     jest.setSystemTime(Date.now() + TTL + 20);
-    fake.fault = '500';
+    fake.retryAfter = '';
+    fake.fault = '503';
     expect((await repo.manifest('alice/app', '1'))?.warning).toBeDefined();
     const asked = fake.requests.length;
     // Inside the 400 ms back-off (the last read 399 ms after the failed re-check).
