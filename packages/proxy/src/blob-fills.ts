@@ -609,7 +609,6 @@ function originTag(origin: string): string {
   return createHash('sha256').update(origin).digest('hex').slice(0, 32);
 }
 
-
 /** Feeds the first `length` bytes of the file to `hash`; false when `stopped` said to stop first. */
 async function hashFile(handle: FileHandle, length: number, hash: { update(bytes: Buffer): unknown }, stopped: () => boolean): Promise<boolean> {
   const buffer = pageAligned(BLOCK_SIZE);
