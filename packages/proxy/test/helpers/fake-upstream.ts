@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net';
 import type { Digest } from '@wharf/registry-core';
 
 /** What the next matching requests get instead of a correct answer. */
-/** hold: half a blob's body, then the rest 400 ms later. */
+/** hold: half a blob's body, then the rest once `holdGate` resolves (400 ms later without one). */
 /** portal: 200 with an HTML page, as a captive portal or a misconfigured gateway answers. */
 /** mute: a blob's status and headers, then not a byte of its body. */
 export type Fault = 'wrong-bytes' | 'truncate' | 'reset' | '400' | '500' | '503' | '429' | 'stall' | 'hold' | 'deny' | 'portal' | 'mute';
@@ -74,6 +74,8 @@ export class FakeUpstream {
   challengeTogether = 0;
   /** Token answers are held until `releaseTokens()` while set: a slow token service. */
   holdTokens = false;
+  /** With the 'hold' fault: the rest of the body waits for this (a test's own moment, not a delay). */
+  holdGate: Promise<void> | undefined;
   private readonly heldTokens: (() => void)[] = [];
   private readonly heldChallenges: (() => void)[] = [];
   /** TCP connections accepted. */
@@ -181,7 +183,11 @@ export class FakeUpstream {
     if (fault === 'mute') return void res.flushHeaders();
     if (fault === 'hold') {
       const half = Math.floor(body.length / 2);
-      res.write(body.subarray(0, half), () => setTimeout(() => res.end(body.subarray(half)), 400));
+      const gate = this.holdGate;
+      res.write(body.subarray(0, half), () => {
+        if (gate) void gate.then(() => res.end(body.subarray(half)));
+        else setTimeout(() => res.end(body.subarray(half)), 400);
+      });
       return;
     }
     if (fault === 'truncate' || fault === 'reset') {

@@ -55,6 +55,7 @@ describe('pull-through onto a full disk', () => {
     await disk.release();
     fake.fault = undefined;
     fake.faultTimes = Infinity;
+    fake.holdGate = undefined;
     repo = `lib/app${++n}`;
   });
 
@@ -92,7 +93,9 @@ describe('pull-through onto a full disk', () => {
   test('a download whose disk fills up mid-way goes on from memory: its clients get the whole blob, nothing is cached', async () => {
     const bytes = randomBytes(8 * MiB);
     const digest = fake.addBlob(bytes);
-    // Half the blob, then the rest 400 ms later: the disk fills up in between.
+    // Half the blob, then the rest once the disk is full.
+    let rest!: () => void;
+    fake.holdGate = new Promise<void>((resolve) => (rest = resolve));
     fake.fault = 'hold';
     fake.faultTimes = 1;
     const pulls = Promise.all(Array.from({ length: 3 }, () => download(blobUrl(digest))));
@@ -100,6 +103,7 @@ describe('pull-through onto a full disk', () => {
     const [file] = await fillFiles();
     await until(async () => (await stat(join(disk.dir, '_tmp', file!)).then((s) => s.size, () => 0)) >= 2 * MiB, 'the first half on disk');
     await disk.leave(0);
+    rest();
     expect(await pulls).toEqual(Array.from({ length: 3 }, () => ({ status: 200, body: digest })));
     expect(upstreamGets(digest)).toBe(1);
     // The download ends once its last client has its last byte.
@@ -131,6 +135,8 @@ describe('pull-through onto a full disk', () => {
     const bytes = randomBytes(12 * MiB);
     const digest = fake.addBlob(bytes);
     await disk.leave(4 * MiB);
+    let rest!: () => void;
+    fake.holdGate = new Promise<void>((resolve) => (rest = resolve));
     fake.fault = 'hold';
     fake.faultTimes = 1;
     // The first client reads half the blob, and the download, held by the upstream, lets its first blocks go.
@@ -147,7 +153,9 @@ describe('pull-through onto a full disk', () => {
       }).on('error', reject);
     });
     await until(() => first >= 6 * MiB - 256 * 1024, 'the first client to have the first half');
+    // Still held: the second client comes while the download runs.
     expect(await download(blobUrl(digest))).toEqual({ status: 200, body: digest });
+    rest();
     expect(await firstDone).toBe(digest);
     expect(upstreamGets(digest)).toBe(2);
     await proxy.fills.settled();
