@@ -431,8 +431,10 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     const MiB = 1024 * 1024;
     const bytes = randomBytes(40 * MiB);
     const digest = fake.addBlob(bytes);
-    // The fill gets 20 MiB at once, the rest 400 ms later (within its idle timeout: no resume); the
-    // range starts 18 MiB past it.
+    // The fill gets 20 MiB at once, the rest once the range was asked (within its idle timeout: no
+    // resume); the range starts 18 MiB past it.
+    let rest!: () => void;
+    fake.holdGate = new Promise<void>((resolve) => (rest = resolve));
     fake.fault = 'hold';
     fake.faultTimes = 1;
     fake.corruptRanges = corrupt;
@@ -446,6 +448,8 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     const body = await repo.openBlob('alice/app', info!, range);
     // It came from the upstream: the fill is not there yet.
     expect(fake.requests.filter((r) => r.method === 'GET' && r.path.includes('/blobs/'))).toHaveLength(2);
+    // Its last byte waits for the whole blob's digest: the fill goes on.
+    rest();
     const read = await readAll(body!).then(
       (got) => got,
       (err: Error) => err,
@@ -478,11 +482,14 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
 
   test('a download in flight is read through another upstream only if that upstream has the blob', async () => {
     const other = await FakeUpstream.start();
+    let rest: (() => void) | undefined;
     try {
       const store = new FsBlobStore(join(dir, 'blobs'), join(dir, 'tmp'));
       const viaOther = new PullThroughRepository(new HttpUpstream({ name: 'other', url: other.url, retries: 0 }), new CacheIndex(db), store, fills, { manifestTtl: TTL, absentTtl: 60_000, rateLimitFloor: 0 });
       const bytes = randomBytes(1024 * 1024);
       const digest = fake.addBlob(bytes);
+      // The download runs until the end of the test.
+      fake.holdGate = new Promise<void>((resolve) => (rest = resolve));
       fake.fault = 'hold';
       expect((await repo.blob('alice/app', digest))?.size).toBe(bytes.length);
       expect(fills.running).toBe(1);
@@ -495,6 +502,7 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
       expect((await repo.blob('carol/app', digest))?.size).toBe(bytes.length);
       expect(fills.started).toBe(1);
     } finally {
+      rest?.();
       await other.close();
     }
   });
