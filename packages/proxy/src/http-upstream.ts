@@ -670,9 +670,14 @@ export class HttpUpstream implements Upstream {
    * is 'denied'; any other 401 or 403 is our credentials' problem ('unauthorized': expired, revoked,
    * or a firewall's).
    */
-  private expectOk(res: { statusCode: number; url?: URL; refused?: boolean; bytes?: Buffer }, what: string): void {
+  private expectOk(res: { statusCode: number; headers?: Headers; url?: URL; refused?: boolean; bytes?: Buffer }, what: string): void {
     const status = res.statusCode;
     const origin = res.url?.origin ?? this.origin;
+    // `send` follows MAX_REDIRECTS hops: one more is a loop (or a chain too long to be a registry's).
+    if (REDIRECTS.has(status) && typeof res.headers?.location === 'string') {
+      const last = origin !== this.origin ? ` (the last hop at ${res.url!.host})` : '';
+      throw new UpstreamError('server-error', `upstream ${this.name} redirected the ${what} more than ${MAX_REDIRECTS} times${last}: a redirect loop`, status);
+    }
     if (origin !== this.origin && (status < 200 || status >= 300)) {
       throw new UpstreamError(status === 401 || status === 403 ? 'unauthorized' : 'server-error', `upstream ${this.name} redirected the ${what} to ${res.url!.host}, which answered ${status}`, status);
     }

@@ -620,6 +620,13 @@ describe('HttpUpstream against a real misbehaving server', () => {
     expect(cdn.requests[0]!.authorization).toBeUndefined();
   });
 
+  test('a redirect loop is named as one, after MAX_REDIRECTS hops, not as "answered 307"', async () => {
+    fake.redirectBlobsTo = fake.url;
+    const err = await failureOf(client().blob('alice/app', blobDigest));
+    expect(err.message).toBe('upstream fake redirected the blob GET more than 5 times: a redirect loop');
+    expect(fake.requests.filter((r) => r.path === `/v2/alice/app/blobs/${blobDigest}`)).toHaveLength(6);
+  });
+
   describe('an upstream on the internet cannot send Wharf inside the network', () => {
     // 127.0.0.2 stands for a host on the internet; 127.0.0.1 (and every other internal address) is inside.
     const internet = { isPublicAddress: (address: string) => address === '127.0.0.2' || isPublicAddress(address) };
