@@ -1,6 +1,6 @@
 import { isIP } from 'node:net';
 import { rootCertificates } from 'node:tls';
-import { JSON_SHAPE_LIMITS, JsonShapeError, MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES, MediaType, bareMediaType, digestOf, isValidTag, jsonShapeProblem, parseBoundedJson, tryParseDigest, type ByteRange, type Descriptor, type Digest, type Page } from '@wharf/registry-core';
+import { JSON_SHAPE_LIMITS, JsonShapeError, MANIFEST_MEDIA_TYPES, compareTags, MAX_MANIFEST_BYTES, MediaType, bareMediaType, digestOf, isValidTag, jsonShapeProblem, parseBoundedJson, tryParseDigest, type ByteRange, type Descriptor, type Digest, type Page } from '@wharf/registry-core';
 import type { Dispatcher } from 'undici';
 import { bypassesProxy } from './no-proxy.js';
 import { upstreamBodyBuffer } from './fill-writer.js';
@@ -360,11 +360,9 @@ export class HttpUpstream implements Upstream {
       // registry that does not paginate sends them all) is fine, within the byte cap.
       const doc = this.json(res.bytes, 'tag list', { ...JSON_SHAPE_LIMITS, maxValues: Number.MAX_SAFE_INTEGER }) as { tags?: unknown };
       if (doc.tags !== null && doc.tags !== undefined && !Array.isArray(doc.tags)) throw new UpstreamError('invalid', `upstream ${this.name} sent a tag list without a tags array`);
-      // A name that is no tag could not be pulled by it anyway. Past `last` also from an upstream that
-      // ignores it, in the byte order upstreams page in: counted towards n, those only.
-      for (const tag of (doc.tags ?? []) as unknown[]) {
-        if (typeof tag === 'string' && isValidTag(tag) && (page.last === undefined || tag > page.last)) tags.push(tag);
-      }
+      // A name that is no tag could not be pulled by it anyway. Only tags past `last`, also from an
+      // upstream that ignores it (and lists from its start again), counted towards n.
+      for (const tag of pastLast(doc.tags ?? [], page.last)) if (typeof tag === 'string' && isValidTag(tag)) tags.push(tag);
       // Only the query of the next page's link is taken: the request stays on this upstream and repository.
       const next = nextPageQuery(res.headers.link);
       whole = next === undefined;
@@ -730,6 +728,20 @@ function tunnelPool(pool: Dispatcher): Dispatcher {
       throw err;
     });
   return Object.assign(pool, { connect: wrapped });
+}
+
+/**
+ * The tags of an upstream's page that come after `last`. Where the page holds `last` (an upstream
+ * that ignores it, listing from its start), those after it there. Otherwise those after it in either
+ * order upstreams page in: bytes (distribution, Docker Hub) or the spec's case-insensitive order
+ * (Wharf's, and others'); an upstream of the one order that ignores `last` still gets no tag
+ * before it, and one of the other order that honours it, such as `B1` after `a20`, loses none.
+ */
+function pastLast(tags: readonly unknown[], last: string | undefined): readonly unknown[] {
+  if (last === undefined) return tags;
+  const at = tags.indexOf(last);
+  if (at >= 0) return tags.slice(at + 1);
+  return tags.filter((tag) => typeof tag === 'string' && (tag > last || compareTags(tag, last) > 0));
 }
 
 /** RateLimit-Remaining ("76;w=21600"), as a number. */

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { FsBlobStore, flushDeferredWrites, openDatabase, type Digest, type SqliteDatabase } from '@wharf/registry-core';
+import { FsBlobStore, compareTags, flushDeferredWrites, openDatabase, type Digest, type SqliteDatabase } from '@wharf/registry-core';
 import { BlobFills } from '../src/blob-fills.js';
 import { CacheEviction } from '../src/cache-eviction.js';
 import { CacheIndex } from '../src/cache-index.js';
@@ -682,6 +682,16 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     fake.fault = '500';
     expect(await repo.listTags('alice/long', 9999)).toMatchObject({ ...first, warning: expect.stringContaining('serving the tags of its last answer') });
     await expect(repo.listTags('alice/long', 9999, first!.tags.at(-1))).rejects.toMatchObject({ code: 'UPSTREAM_ERROR' });
+  });
+
+  test("a tag list too long to read whole from an upstream in the spec's case-insensitive order (a Wharf): every tag once", async () => {
+    // In its order B1 and B2 come after a20, where in bytes they come before: none may be lost.
+    const all = [...Array.from({ length: 68 }, (_, i) => `a${String(i).padStart(2, '0')}`), 'B1', 'B2'];
+    for (const tag of all) fake.addManifest('alice/folded', tag, DOC(tag));
+    fake.tagOrder = compareTags;
+    fake.tagPageSize = 3;
+    expect(await walk('alice/folded', 5)).toEqual(all);
+    expect(await walk('alice/folded', 9999)).toEqual(all);
   });
 
   test('an upstream that ignores last: a later page is an error, never an empty page that ends the walk', async () => {

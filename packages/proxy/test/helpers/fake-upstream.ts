@@ -61,6 +61,8 @@ export class FakeUpstream {
   chunked = false;
   /** Tag-list pages start from the first tag whatever `last` says (a broken upstream). */
   ignoreLast = false;
+  /** The order tags are listed and paged in (`last` included): bytes (distribution's, Docker Hub's) by default. */
+  tagOrder: (a: string, b: string) => number = (a, b) => (a < b ? -1 : a > b ? 1 : 0);
   /** Sent instead of the tag list, when set. */
   tagListBody: string | undefined;
   /** Referrers index entries by "repo@subject"; repositories without any answer 404 (no referrers API). */
@@ -203,11 +205,11 @@ export class FakeUpstream {
   /** The repository's tags, lexically, from `last`, at most min(n, tagPageSize), with a Link to the rest. */
   private tagList(repo: string, params: URLSearchParams, res: ServerResponse): void {
     if (this.tagListBody !== undefined) return void res.writeHead(200, { 'content-type': 'application/json' }).end(this.tagListBody);
-    const all = [...this.manifests.keys()].filter((k) => k.startsWith(`${repo}:`)).map((k) => k.slice(repo.length + 1)).sort();
+    const all = [...this.manifests.keys()].filter((k) => k.startsWith(`${repo}:`)).map((k) => k.slice(repo.length + 1)).sort(this.tagOrder);
     if (all.length === 0) return void res.writeHead(404, { 'content-type': 'application/json' }).end('{"errors":[{"code":"NAME_UNKNOWN"}]}');
     const last = this.ignoreLast ? null : params.get('last');
     const n = Math.min(params.has('n') ? Number(params.get('n')) : Infinity, this.tagPageSize);
-    const after = last === null ? all : all.filter((t) => t > last);
+    const after = last === null ? all : all.filter((t) => this.tagOrder(t, last) > 0);
     const tags = after.slice(0, n);
     const headers: Record<string, string> = { 'content-type': 'application/json' };
     if (tags.length < after.length) headers.link = `</v2/${repo}/tags/list?n=${n}&last=${encodeURIComponent(tags.at(-1)!)}>; rel="next"`;
