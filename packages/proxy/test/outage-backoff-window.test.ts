@@ -52,23 +52,22 @@ describe('the outage back-off window', () => {
   test("one repository's 500 is served stale but holds back no other repository's check; a 503 holds back all", async () => {
     await repo.manifest('a/app', '1');
     await repo.manifest('b/app', '1');
-    await sleep(TTL + 10);
-    up.onHead = async (r) => {
-      if (r === 'a/app') throw new UpstreamError('server-error', 'upstream up answered 500', 500);
-      return { digest: DIGEST, mediaType: 'application/vnd.oci.image.manifest.v1+json' };
+    /** Past the tags' TTL, a/app's re-check fails with `status`; b/app's is answered. */
+    const failing = async (status: number): Promise<void> => {
+      await sleep(TTL + 10);
+      up.onHead = async (r) => {
+        if (r === 'a/app') throw new UpstreamError('server-error', `upstream up answered ${status}`, status);
+        return { digest: DIGEST, mediaType: 'application/vnd.oci.image.manifest.v1+json' };
+      };
+      expect((await repo.manifest('a/app', '1'))?.warning).toMatch(new RegExp(`answered ${status}`));
     };
-    expect((await repo.manifest('a/app', '1'))?.warning).toMatch(/answered 500/);
+    await failing(500);
     const before = up.calls.length;
     // b/app's tag is checked, and served as the upstream has it: no warning.
     expect((await repo.manifest('b/app', '1'))?.warning).toBeUndefined();
     expect(up.calls.slice(before)).toEqual(['HEAD b/app:1']);
     // A 503 is the upstream down: every other cached tag is then served stale without asking.
-    await sleep(TTL + 10);
-    up.onHead = async (r) => {
-      if (r === 'a/app') throw new UpstreamError('server-error', 'upstream up answered 503', 503);
-      return { digest: DIGEST, mediaType: 'application/vnd.oci.image.manifest.v1+json' };
-    };
-    expect((await repo.manifest('a/app', '1'))?.warning).toMatch(/answered 503/);
+    await failing(503);
     const after = up.calls.length;
     expect((await repo.manifest('b/app', '1'))?.warning).toMatch(/unavailable/);
     expect(up.calls.slice(after)).toEqual([]);
