@@ -1,7 +1,7 @@
 import { isIP } from 'node:net';
 import { rootCertificates } from 'node:tls';
 import { JSON_SHAPE_LIMITS, JsonShapeError, MANIFEST_MEDIA_TYPES, compareTags, MAX_MANIFEST_BYTES, MediaType, bareMediaType, digestOf, isValidTag, jsonShapeProblem, parseBoundedJson, tryParseDigest, type ByteRange, type Descriptor, type Digest, type Page } from '@wharf/registry-core';
-import type { Dispatcher } from 'undici';
+import type { Dispatcher, buildConnector } from 'undici';
 import { bypassesProxy } from './no-proxy.js';
 import { upstreamBodyBuffer } from './fill-writer.js';
 import { plainRequest, type AddressPolicy } from './plain-http.js';
@@ -207,7 +207,7 @@ export class HttpUpstream implements Upstream {
         // The proxy's answer to CONNECT within the same time as an upstream's first byte: undici's
         // own default is 300 s, and a request's signal does not reach that wait, so a proxy that took
         // the connection and never answered held a blob's client for minutes.
-        clientFactory: (origin, opts) => tunnelPool(new Pool(origin, { ...opts, headersTimeout: this.timeouts.connect + this.timeouts.firstByte })),
+        clientFactory: (origin, opts) => tunnelPool(new Pool(origin, { ...opts, ...withoutAddressName((opts as { connect?: unknown }).connect), headersTimeout: this.timeouts.connect + this.timeouts.firstByte })),
       });
     });
     return this.agent;
@@ -702,20 +702,30 @@ export class HttpUpstream implements Upstream {
 }
 
 /**
+ * The egress proxy's connector, never naming an https:// proxy written as an IP address as the TLS
+ * server name: undici does, which TLS does not allow (RFC 6066) and node warns of (DEP0123). The
+ * certificate is still checked against the address. (Where the name is dropped matters: a CONNECT
+ * asked without one gets the upstream's host from undici, and the proxy's certificate was then
+ * checked against that.)
+ */
+function withoutAddressName(connect: unknown): { connect?: buildConnector.connector } {
+  if (typeof connect !== 'function') return {};
+  const connector = connect as buildConnector.connector;
+  return {
+    connect: (options, callback) => connector({ ...options, ...(isIP(options.hostname) ? { servername: null } : {}) } as buildConnector.Options, callback),
+  };
+}
+
+/**
  * `pool` (the egress proxy's), its CONNECTs cut before an answer failing as ECONNRESET. undici takes
  * its own code for that (UND_ERR_SOCKET) as a socket error to recover from: the request stays queued
  * and the tunnel is asked for again at once, for good (a proxy that closed every CONNECT got 2,000 a
  * second, and the client never an answer).
  */
 function tunnelPool(pool: Dispatcher): Dispatcher {
-  // ProxyAgent's CONNECT carries the proxy's TLS server name, which undici's typings leave out.
-  type TunnelConnect = Dispatcher.ConnectOptions & { servername?: string };
-  const connect = pool.connect.bind(pool) as (options: TunnelConnect) => Promise<Dispatcher.ConnectData>;
-  const wrapped = (options: TunnelConnect): Promise<Dispatcher.ConnectData> =>
-    // An https:// proxy written as an IP address: undici names it as the TLS server name, which TLS
-    // does not allow (RFC 6066) and node warns of (DEP0123). Without it, the certificate is still
-    // checked against the address.
-    connect(options.servername !== undefined && isIP(options.servername) ? { ...options, servername: undefined } : options).catch((err: unknown) => {
+  const connect = pool.connect.bind(pool) as (options: Dispatcher.ConnectOptions) => Promise<Dispatcher.ConnectData>;
+  const wrapped = (options: Dispatcher.ConnectOptions): Promise<Dispatcher.ConnectData> =>
+    connect(options).catch((err: unknown) => {
       const code = (err as { code?: unknown }).code;
       if (code === 'UND_ERR_SOCKET') {
         throw Object.assign(new Error(`the egress proxy closed the connection before answering CONNECT (${(err as Error).message})`), { code: 'ECONNRESET' });

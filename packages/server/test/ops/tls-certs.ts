@@ -44,18 +44,19 @@ export function forgeCa(name = 'Test CA'): Pem & { forgeCert: forge.pki.Certific
 }
 
 /**
- * An RSA server certificate for localhost/127.0.0.1 signed by `ca`, with its key in the traditional
- * PKCS#1 form (BEGIN RSA PRIVATE KEY) or PKCS#8 (BEGIN PRIVATE KEY).
+ * An RSA server certificate for localhost/127.0.0.1 (`ipOnly`: for 127.0.0.1 alone, its common name
+ * too) signed by `ca`, with its key in the traditional PKCS#1 form (BEGIN RSA PRIVATE KEY) or PKCS#8
+ * (BEGIN PRIVATE KEY).
  */
-export function forgeServer(ca: ReturnType<typeof forgeCa>, format: 'pkcs1' | 'pkcs8'): Pem {
+export function forgeServer(ca: ReturnType<typeof forgeCa>, format: 'pkcs1' | 'pkcs8', ipOnly = false): Pem {
   const { keys, cert } = freshRsaCertificate();
-  cert.setSubject([{ name: 'commonName', value: 'localhost' }]);
+  cert.setSubject([{ name: 'commonName', value: ipOnly ? '127.0.0.1' : 'localhost' }]);
   cert.setIssuer(ca.forgeCert.subject.attributes);
   cert.setExtensions([
     { name: 'basicConstraints', cA: false },
     { name: 'keyUsage', digitalSignature: true, keyEncipherment: true, critical: true },
     { name: 'extKeyUsage', serverAuth: true },
-    { name: 'subjectAltName', altNames: [{ type: 2, value: 'localhost' }, { type: 7, ip: '127.0.0.1' }] },
+    { name: 'subjectAltName', altNames: [...(ipOnly ? [] : [{ type: 2, value: 'localhost' }]), { type: 7, ip: '127.0.0.1' }] },
   ]);
   cert.sign(ca.forgeKey, forge.md.sha256.create());
   const key =
