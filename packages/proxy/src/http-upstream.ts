@@ -749,7 +749,7 @@ function tunnelPool(pool: Dispatcher): Dispatcher {
  */
 function pastLast(tags: readonly unknown[], last: string | undefined): readonly unknown[] {
   if (last === undefined) return tags;
-  const at = tags.indexOf(last);
+  const at = tags.lastIndexOf(last);
   if (at >= 0) return tags.slice(at + 1);
   return tags.filter((tag) => typeof tag === 'string' && (tag > last || compareTags(tag, last) > 0));
 }

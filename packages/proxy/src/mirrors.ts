@@ -1,7 +1,7 @@
 import { PassThrough } from 'node:stream';
 import type { ByteRange, Descriptor, Digest, Page } from '@wharf/registry-core';
 import { RESUMING, resumingBlob } from './resuming-body.js';
-import { OUTAGES, UpstreamError, isTimeout, type Upstream, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest, type UpstreamTags } from './upstream.js';
+import { OUTAGES, UpstreamError, isTimeout, isUpstreamDown, type Upstream, type UpstreamBlob, type UpstreamBlobStat, type UpstreamHead, type UpstreamManifest, type UpstreamTags } from './upstream.js';
 
 export type MirrorStrategy = 'failover' | 'hedged' | 'striped' | 'adaptive';
 
@@ -580,11 +580,13 @@ export class MirroredUpstream implements Upstream {
 
 /**
  * The error to report of two mirrors' failures: an outage over anything else, so that one mirror down
- * while another refuses (expired credentials, say) still serves the cached copy.
+ * while another refuses (expired credentials, say) still serves the cached copy; and of outages, one
+ * that says the mirror is down (no answer, 429, 502-504) over a 500, so that the back-off it starts
+ * is not lost to the other mirror's answer.
  */
 function worse(kept: unknown, err: unknown): unknown {
-  const isOutage = (e: unknown): boolean => e instanceof UpstreamError && OUTAGES.has(e.failure);
-  return kept !== undefined && isOutage(kept) && !isOutage(err) ? kept : err;
+  const rank = (e: unknown): number => (isUpstreamDown(e) ? 2 : e instanceof UpstreamError && OUTAGES.has(e.failure) ? 1 : 0);
+  return kept !== undefined && rank(kept) > rank(err) ? kept : err;
 }
 
 /**

@@ -175,6 +175,16 @@ describe('mirrors pulled through the cache', () => {
     expect(mirrors.map((m) => m.requests.length)).toEqual([2, 2, 2]);
   });
 
+  test("every mirror failing: a mirror down (503) is what is reported, not another's 500, so the cached tags' back-off starts", async () => {
+    for (const [i, m] of mirrors.entries()) {
+      m.addManifest('alice/app', '1', DOC('a'));
+      m.fault = i === 0 ? '503' : '500';
+      m.retryAfter = '0';
+    }
+    await expect(upstream({ strategy: 'failover' }).manifest('alice/app', '1')).rejects.toMatchObject({ status: 503 });
+    expect(mirrors.map((m) => m.requests.length)).toEqual([1, 1, 1]);
+  });
+
   test('an upstream found down: the quick deadline of its next requests marks the stalled mirror, so the mended one answers', async () => {
     for (const m of mirrors) m.addManifest('alice/app', '1', DOC('a'));
     mirrors[0]!.fault = 'stall';

@@ -433,8 +433,7 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     const digest = fake.addBlob(bytes);
     // The fill gets 20 MiB at once, the rest once the range was asked (within its idle timeout: no
     // resume); the range starts 18 MiB past it.
-    let rest!: () => void;
-    fake.holdGate = new Promise<void>((resolve) => (rest = resolve));
+    const rest = fake.holdUntilOpened();
     fake.fault = 'hold';
     fake.faultTimes = 1;
     fake.corruptRanges = corrupt;
@@ -489,7 +488,7 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
       const bytes = randomBytes(1024 * 1024);
       const digest = fake.addBlob(bytes);
       // The download runs until the end of the test.
-      fake.holdGate = new Promise<void>((resolve) => (rest = resolve));
+      rest = fake.holdUntilOpened();
       fake.fault = 'hold';
       expect((await repo.blob('alice/app', digest))?.size).toBe(bytes.length);
       expect(fills.running).toBe(1);

@@ -29,7 +29,10 @@ export interface UpstreamConfig {
   readonly access?: UpstreamAccess;
   /** Its cache and request policies: `[proxy]`'s, or its own where its table sets them. */
   readonly policy?: UpstreamPolicy;
-  /** Where its table stands among `[proxy.upstreams.*]` (0 first); unset for a built-in left alone. */
+  /**
+   * Where its table stands among `[proxy.upstreams.*]` (0 first); unset for a built-in left alone.
+   * (Keys that are whole numbers come first whatever their place: JavaScript orders an object so.)
+   */
   readonly configuredAt?: number;
 }
 

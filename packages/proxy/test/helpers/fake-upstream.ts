@@ -77,7 +77,24 @@ export class FakeUpstream {
   /** Token answers are held until `releaseTokens()` while set: a slow token service. */
   holdTokens = false;
   /** With the 'hold' fault: the rest of the body waits for this (a test's own moment, not a delay). */
-  holdGate: Promise<void> | undefined;
+  private holdGate: Promise<void> | undefined;
+  private openHoldGate: (() => void) | undefined;
+
+  /** From now on 'hold' answers send their second half when the returned function is called (or `openHold`, or `close`). */
+  holdUntilOpened(): () => void {
+    this.openHold();
+    let open!: () => void;
+    this.holdGate = new Promise<void>((resolve) => (open = resolve));
+    this.openHoldGate = open;
+    return open;
+  }
+
+  /** Sends the second halves held by `holdUntilOpened`'s gate; later 'hold' answers wait 400 ms again. */
+  openHold(): void {
+    this.openHoldGate?.();
+    this.openHoldGate = undefined;
+    this.holdGate = undefined;
+  }
   private readonly heldTokens: (() => void)[] = [];
   private readonly heldChallenges: (() => void)[] = [];
   /** TCP connections accepted. */
@@ -118,6 +135,7 @@ export class FakeUpstream {
   }
 
   async close(): Promise<void> {
+    this.openHold();
     this.server.closeAllConnections();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }

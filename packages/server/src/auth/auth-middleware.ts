@@ -255,7 +255,7 @@ export function authMiddleware(options: AuthMiddlewareOptions) {
           challenge(ctx, auth);
           throw unauthorized();
         }
-        if (!principal.admin) throw denied(`${ctx.method} ${path} is not a request of the registry's API (a mistyped path or method?)`);
+        if (!principal.admin) throw denied(`${ctx.method} ${path} is not a request of the registry's API (a mistyped path?)`);
         return next();
     }
   };

@@ -88,7 +88,7 @@ describe('admin endpoints with auth on', () => {
     expect(await messageOf(anonymous)).toBe('authentication required');
     const mistyped = await fetch(`${reg.url}/v2/alice/private/manifest/1`, { headers: alice });
     expect(mistyped.status).toBe(403);
-    expect(await messageOf(mistyped)).toBe("requested access to the resource is denied: GET /v2/alice/private/manifest/1 is not a request of the registry's API (a mistyped path or method?)");
+    expect(await messageOf(mistyped)).toBe("requested access to the resource is denied: GET /v2/alice/private/manifest/1 is not a request of the registry's API (a mistyped path?)");
   });
 
   test('a method the path does not take: 405 with Allow to whoever may pull the repository, as to an administrator; refused to others', async () => {

@@ -55,7 +55,7 @@ describe('pull-through onto a full disk', () => {
     await disk.release();
     fake.fault = undefined;
     fake.faultTimes = Infinity;
-    fake.holdGate = undefined;
+    fake.openHold();
     repo = `lib/app${++n}`;
   });
 
@@ -94,8 +94,7 @@ describe('pull-through onto a full disk', () => {
     const bytes = randomBytes(8 * MiB);
     const digest = fake.addBlob(bytes);
     // Half the blob, then the rest once the disk is full.
-    let rest!: () => void;
-    fake.holdGate = new Promise<void>((resolve) => (rest = resolve));
+    const rest = fake.holdUntilOpened();
     fake.fault = 'hold';
     fake.faultTimes = 1;
     const pulls = Promise.all(Array.from({ length: 3 }, () => download(blobUrl(digest))));
@@ -135,8 +134,7 @@ describe('pull-through onto a full disk', () => {
     const bytes = randomBytes(12 * MiB);
     const digest = fake.addBlob(bytes);
     await disk.leave(4 * MiB);
-    let rest!: () => void;
-    fake.holdGate = new Promise<void>((resolve) => (rest = resolve));
+    const rest = fake.holdUntilOpened();
     fake.fault = 'hold';
     fake.faultTimes = 1;
     // The first client reads half the blob, and the download, held by the upstream, lets its first blocks go.
