@@ -98,6 +98,8 @@ export class OfflineGuard implements Upstream {
   }
 
   private wentDown(cause: UpstreamError): void {
+    // outage_backoff = 0s: no period, and no word of one.
+    if (this.periodMs <= 0) return;
     if (this.isOffline) return this.stillDown();
     this.offline = { since: Date.now(), until: Date.now() + this.periodMs };
     this.logger?.warn({ upstream: this.name, reason: cause.message, probeSeconds: this.probeMs / 1000 }, 'upstream not answering; requests to it get a short deadline for a while');

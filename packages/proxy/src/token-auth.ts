@@ -68,8 +68,17 @@ export interface TokenAnswer {
 export function tokenOf(doc: unknown): TokenAnswer | undefined {
   if (typeof doc !== 'object' || doc === null) return undefined;
   const { token, access_token: accessToken, expires_in: expiresIn } = doc as Record<string, unknown>;
-  const found = typeof token === 'string' && token ? token : typeof accessToken === 'string' && accessToken ? accessToken : undefined;
+  const found = usable(token) ? token : usable(accessToken) ? accessToken : undefined;
   return found ? { token: found, expiresIn: typeof expiresIn === 'number' ? expiresIn : 60 } : undefined;
+}
+
+/**
+ * A token that can go in an Authorization header: visible ASCII only (a bearer token has no space
+ * either). One with a line break or a NUL could not be sent, and node's refusal to send the header
+ * read as the upstream unreachable.
+ */
+function usable(token: unknown): token is string {
+  return typeof token === 'string' && /^[\x21-\x7e]+$/.test(token);
 }
 
 interface CachedToken {

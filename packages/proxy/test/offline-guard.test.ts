@@ -21,6 +21,18 @@ class Scripted implements Upstream {
 const hang = (signal: AbortSignal | undefined): Promise<never> => new Promise((_, reject) => signal?.addEventListener('abort', () => reject(signal.reason as Error), { once: true }));
 
 describe('OfflineGuard', () => {
+  test('outage_backoff = 0s: an upstream that did not answer starts no period, and no log line says one did', async () => {
+    const up = new Scripted();
+    const warnings: string[] = [];
+    const guard = new OfflineGuard(up, 0, 5_000, { warn: (_fields, message) => void warnings.push(message) });
+    up.answers.set('down', async () => {
+      throw new UpstreamError('unreachable', 'upstream up is unreachable (ECONNRESET)');
+    });
+    await expect(guard.head('a/app', 'down')).rejects.toMatchObject({ failure: 'unreachable' });
+    expect(guard.isOffline).toBe(false);
+    expect(warnings).toEqual([]);
+  });
+
   test("a request whose short deadline passes after another request's answer ended the outage gets its 504, not a TypeError (500)", async () => {
     jest.useFakeTimers({ doNotFake: ['nextTick', 'queueMicrotask', 'setImmediate'] });
     try {

@@ -278,8 +278,8 @@ describe('refusals and token services', () => {
     expect([err.failure, err.retryAfter]).toEqual(['rate-limited', 3600]);
   });
 
-  test('a token service answering JSON that is no object (null, a number, a string, an array) sent no token: "unauthorized", asked once', async () => {
-    for (const body of ['null', '5', '"t"', '[]', 'true']) {
+  test('a token service answering JSON that is no object (null, a number, a string, an array), or a token no header can carry, sent no token: "unauthorized", asked once', async () => {
+    for (const body of ['null', '5', '"t"', '[]', 'true', '{"token":"a\\r\\nX-Evil: 1"}', '{"token":"a\\u0000b"}', '{"access_token":"a b"}']) {
       const registry: Host = await host((req, res) => {
         if (req.url!.startsWith('/token')) return void res.writeHead(200, { 'content-type': 'application/json' }).end(body);
         challenge(res, `Bearer realm="${registry.url}/token",service="s"`);
