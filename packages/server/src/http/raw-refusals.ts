@@ -4,9 +4,10 @@ import { reasonPhrase } from './reason-phrase.js';
 
 /**
  * An OCI error written straight to a socket, for refusals made before any request object exists:
- * `{"errors":[{code,message,detail:null}]}` with `Connection: close`.
+ * `{"errors":[{code,message,detail:null}]}` with `Connection: close`; to a HEAD (`head`), its
+ * headers alone (RFC 9110 9.3.2: no content), the message still in the status line.
  */
-export function rawErrorResponse(status: number, reason: string, code: string, message: string): string {
+export function rawErrorResponse(status: number, reason: string, code: string, message: string, head = false): string {
   const body = `${JSON.stringify({ errors: [{ code, message, detail: null }] })}\n`;
   return [
     `HTTP/1.1 ${status} ${reasonPhrase(reason, message)}`,
@@ -15,24 +16,33 @@ export function rawErrorResponse(status: number, reason: string, code: string, m
     'Docker-Distribution-API-Version: registry/2.0',
     'Connection: close',
     '',
-    body,
+    head ? '' : body,
   ].join('\r\n');
+}
+
+/**
+ * Whether a request node's parser refused was a HEAD, as far as the bytes it hands over with the
+ * error show (the packet it was parsing, which starts the request unless its head came in pieces).
+ */
+function refusedHead(err: NodeJS.ErrnoException): boolean {
+  const raw = (err as { rawPacket?: unknown }).rawPacket;
+  return Buffer.isBuffer(raw) && raw.subarray(0, 5).toString('latin1') === 'HEAD ';
 }
 
 /** How long a refused connection's remaining bytes are read and dropped before it is closed. */
 const REFUSAL_LINGER_MS = 2_000;
 
 /** What a request node's HTTP parser refused gets, by the parser's error code. */
-function refusalOf(code: string | undefined, maxHeaderSize: number): string {
+function refusalOf(code: string | undefined, maxHeaderSize: number, head: boolean): string {
   switch (code) {
     case 'HPE_HEADER_OVERFLOW':
-      return rawErrorResponse(431, 'Request Header Fields Too Large', 'TOO_LARGE', `the request's head is larger than the ${maxHeaderSize} bytes this server reads`);
+      return rawErrorResponse(431, 'Request Header Fields Too Large', 'TOO_LARGE', `the request's head is larger than the ${maxHeaderSize} bytes this server reads`, head);
     case 'HPE_CHUNK_EXTENSIONS_OVERFLOW':
-      return rawErrorResponse(413, 'Payload Too Large', 'TOO_LARGE', "the request body's chunk extensions are too large");
+      return rawErrorResponse(413, 'Payload Too Large', 'TOO_LARGE', "the request body's chunk extensions are too large", head);
     case 'ERR_HTTP_REQUEST_TIMEOUT':
-      return rawErrorResponse(408, 'Request Timeout', 'REQUEST_TIMEOUT', "the request's headers did not arrive within read_header_timeout");
+      return rawErrorResponse(408, 'Request Timeout', 'REQUEST_TIMEOUT', "the request's headers did not arrive within read_header_timeout", head);
     default:
-      return rawErrorResponse(400, 'Bad Request', 'UNSUPPORTED', 'malformed HTTP request (its method, framing or headers)');
+      return rawErrorResponse(400, 'Bad Request', 'UNSUPPORTED', 'malformed HTTP request (its method, framing or headers)', head);
   }
 }
 
@@ -58,14 +68,14 @@ export function answerRefusedRequests(server: Server): void {
       // A client too slow with its head (slow-loris) gets no more of this connection's time. A body
       // broken mid-request has a response object whose route may still write to the socket: it must
       // find it destroyed (a write after end() would be an 'error' event nobody listens to).
-      socket.write(refusalOf(err.code, maxHeaderSize));
+      socket.write(refusalOf(err.code, maxHeaderSize, refusedHead(err)));
       socket.destroy();
       return;
     }
     // The answer, then our side closed; what the client still sends (the rest of a huge head) is read
     // and dropped for a moment, or the kernel resets the connection and the answer with it.
     socket.on('error', () => socket.destroy());
-    socket.end(refusalOf(err.code, maxHeaderSize));
+    socket.end(refusalOf(err.code, maxHeaderSize, refusedHead(err)));
     socket.resume();
     socket.once('end', () => socket.destroy());
     setTimeout(() => socket.destroy(), REFUSAL_LINGER_MS).unref();
