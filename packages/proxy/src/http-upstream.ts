@@ -352,7 +352,10 @@ export class HttpUpstream implements Upstream {
     const tags: string[] = [];
     let query = pageQuery(page);
     let whole = false;
-    for (let i = 0; i < MAX_TAG_PAGES; i++) {
+    // A Link back to a page already read (an upstream that ignores `last`) is not followed again.
+    const asked = new Set<string>();
+    for (let i = 0; i < MAX_TAG_PAGES && !asked.has(query); i++) {
+      asked.add(query);
       const res = await this.buffered('GET', repo, `tags/list${query}`, { accept: 'application/json' }, signal, 'tag list');
       if (res.statusCode === 404 && i === 0) return undefined;
       this.expectOk(res, 'tag list');

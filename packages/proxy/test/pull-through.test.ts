@@ -699,6 +699,8 @@ describe('PullThroughRepository over a real misbehaving upstream', () => {
     fake.ignoreLast = true;
     const first = await repo.listTags('alice/deaf', 9999);
     expect(first).toEqual({ tags: ['t00', 't01', 't02'], more: true });
+    // Its Link leads back to the page just read: followed once, not MAX_TAG_PAGES times.
+    expect(fake.count('GET', '/v2/alice/deaf/tags/list')).toBe(2);
     await expect(repo.listTags('alice/deaf', 9999, 't02')).rejects.toMatchObject({ code: 'UPSTREAM_ERROR' });
   });
 
