@@ -7,7 +7,7 @@ import { upstreamBodyBuffer } from './fill-writer.js';
 import { plainRequest, type AddressPolicy } from './plain-http.js';
 import { AddressRefused, isPublicAddress } from './public-address.js';
 import { RateLimitGate, type RateLimitGateLogger } from './rate-limit-gate.js';
-import { resumingBlob, skipFirst } from './resuming-body.js';
+import { resumingBlob, skipFirst, type MinimumPace } from './resuming-body.js';
 import { parseChallenge } from './token-auth.js';
 import { discard, isRegistryError, readRefusal, readUpTo, type Answer, type Headers } from './upstream-answer.js';
 import { UpstreamCredentials, anonymousRefusal } from './upstream-credentials.js';
@@ -23,6 +23,12 @@ export interface UpstreamTimeouts {
   readonly firstByte: number;
   /** Longest silence while a body streams, ms. There is no total-time limit. */
   readonly idle: number;
+  /**
+   * The slowest a blob's body may come, bytes per second, averaged over each `idle` window: a body
+   * that trickles (a byte now and then, never silent for `idle`) is cut and gone on from with a
+   * range request, as a stalled one is. 0: no such limit.
+   */
+  readonly minSpeed: number;
 }
 
 export interface HttpUpstreamOptions {
@@ -65,7 +71,7 @@ export interface HttpUpstreamOptions {
   readonly internet?: { readonly isPublicAddress: (address: string) => boolean };
 }
 
-const DEFAULT_TIMEOUTS: UpstreamTimeouts = { connect: 10_000, firstByte: 30_000, idle: 60_000 };
+const DEFAULT_TIMEOUTS: UpstreamTimeouts = { connect: 10_000, firstByte: 30_000, idle: 60_000, minSpeed: 1024 };
 const ACCEPT_MANIFESTS = MANIFEST_MEDIA_TYPES.join(', ');
 const RETRYABLE_CODES = new Set([
   'ECONNRESET', 'ECONNREFUSED', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN', 'ENETUNREACH', 'EHOSTUNREACH', 'ECONNABORTED',
@@ -281,6 +287,7 @@ export class HttpUpstream implements Upstream {
       last = blob.size !== undefined ? blob.size - 1 : undefined;
     }
     let resumes = RESUMES;
+    const pace = this.minimumPace();
     return resumingBlob(blob, range?.start ?? 0, last, async (from) => {
       if (resumes-- <= 0) return undefined;
       const rest = await this.blobPart(repo, digest, { start: from, end: last }, signal).catch(() => undefined);
@@ -292,7 +299,19 @@ export class HttpUpstream implements Upstream {
       if (rest && !range && !rest.range && (last === undefined || rest.size === last + 1)) return skipFirst(rest, from);
       rest?.body.destroy();
       return undefined;
-    });
+    }, pace);
+  }
+
+  /** What `minSpeed` asks of a blob's body, watched over each `idle` window (see resumingBlob). */
+  private minimumPace(): MinimumPace | undefined {
+    const { idle, minSpeed } = this.timeouts;
+    if (!(idle > 0 && minSpeed > 0)) return undefined;
+    const minBytes = Math.ceil((minSpeed * idle) / 1000);
+    return {
+      windowMs: idle,
+      minBytes,
+      slow: (bytes) => new UpstreamError('timeout', `upstream ${this.name} sent ${bytes} bytes of the blob in ${idle / 1000} s, slower than min_speed (${minSpeed} bytes/s)`),
+    };
   }
 
   /** One GET of the blob (or of `range`, to the blob's end without its `end`), as the upstream answers it. */

@@ -26,6 +26,7 @@ import type { BlobFills } from './blob-fills.js';
 import type { CacheIndex, CachedTagList } from './cache-index.js';
 import type { ProxyObserver } from './observer.js';
 import { checkedRange, exactRange } from './checked-range.js';
+import { RESUMING } from './resuming-body.js';
 import { OfflineGuard } from './offline-guard.js';
 import { OUTAGES, UpstreamError, descriptorOf, isTimeout, isUpstreamDown, type Upstream, type UpstreamBlob, type UpstreamFailure } from './upstream.js';
 import { verifiedBody } from './verified-body.js';
@@ -536,9 +537,14 @@ export class PullThroughRepository implements RepositoryReader {
   private async fill(repo: string, digest: Digest): Promise<BlobFill | undefined> {
     const source = this.source(repo);
     let asked = false;
-    const fetch = (range?: ByteRange): Promise<UpstreamBlob | undefined> => {
+    const fetch = async (range?: ByteRange): Promise<UpstreamBlob | undefined> => {
       asked = true;
-      return this.upstream.blob(repo, digest, range);
+      const blob = await this.upstream.blob(repo, digest, range);
+      // Its clients do not notice; whoever runs Wharf wants to know the upstream's link is bad.
+      blob?.body.on(RESUMING, (err: unknown, from: number) => {
+        this.logger?.warn({ upstream: this.key, repo, digest, from, reason: (err as Error).message }, 'blob download cut by the upstream; asking it for the rest with a range request');
+      });
+      return blob;
     };
     const another = this.fills.current(digest) !== undefined && this.fills.startedFor(digest) !== source;
     let fill = await this.fills.join(digest, fetch, source, this.key).catch((err: unknown) => {

@@ -1,11 +1,22 @@
 import { Readable, Transform, pipeline } from 'node:stream';
 import { UpstreamError, type UpstreamBlob } from './upstream.js';
 
-/** Emitted by a resuming body (with the error) each time a part failed and the next is asked for. */
+/** Emitted by a resuming body (with the error, and the byte it goes on from) each time a part failed and the next is asked for. */
 export const RESUMING = 'resuming';
 
 /** Gives the parts of a body that bring the bytes from `from` on; undefined when there is none. */
 export type NextPart = (from: number) => Promise<UpstreamBlob | undefined>;
+
+/**
+ * The slowest a part may send: fewer than `minBytes` in any `windowMs` while the body is read is a
+ * stall (a trickle, which the transport's idle timeout never sees), cut with `slow(bytes)`'s error
+ * and gone on from as any other cut. Windows in which the reader held the body back do not count.
+ */
+export interface MinimumPace {
+  readonly windowMs: number;
+  readonly minBytes: number;
+  readonly slow: (bytes: number) => Error;
+}
 
 /**
  * `first` (the bytes `start` to `end` of a blob), whose body, should it fail before its last byte,
@@ -13,8 +24,8 @@ export type NextPart = (from: number) => Promise<UpstreamBlob | undefined>;
  * undefined: a blob whose size the upstream did not say, which ends where its last part ends
  * cleanly (a chunked body's last chunk); a part that fails is still a cut.
  */
-export function resumingBlob(first: UpstreamBlob, start: number, end: number | undefined, next: NextPart): UpstreamBlob {
-  const body = new ResumingBody(first, start, end, next);
+export function resumingBlob(first: UpstreamBlob, start: number, end: number | undefined, next: NextPart, pace?: MinimumPace): UpstreamBlob {
+  const body = new ResumingBody(first, start, end, next, pace);
   return { ...first, body, ...(first.recycle ? { recycle: (chunk: Buffer) => body.recycle(chunk) } : {}) };
 }
 
@@ -27,12 +38,17 @@ class ResumingBody extends Readable {
   private source: Readable | undefined;
   private position: number;
   private readonly recycles: ((chunk: Buffer) => void)[] = [];
+  /** Where the current window of the pace's watch began, and whether the reader held the body back in it. */
+  private windowFrom = 0;
+  private heldBack = false;
+  private paceTimer: NodeJS.Timeout | undefined;
 
   constructor(
     first: UpstreamBlob,
     start: number,
     private readonly end: number | undefined,
     private readonly next: NextPart,
+    private readonly pace: MinimumPace | undefined,
   ) {
     // Small: a lent chunk held here while the fill waits for the disk keeps its slab from reuse.
     super({ highWaterMark: 64 * 1024 });
@@ -49,7 +65,30 @@ class ResumingBody extends Readable {
     this.source?.resume();
   }
 
+  /** Starts a window of the pace's watch, from the bytes received so far. */
+  private watchPace(): void {
+    const pace = this.pace;
+    if (!pace || pace.windowMs <= 0 || pace.minBytes <= 0) return;
+    clearTimeout(this.paceTimer);
+    this.windowFrom = this.position;
+    this.heldBack = false;
+    this.paceTimer = setTimeout(() => this.checkPace(pace), pace.windowMs);
+    this.paceTimer.unref();
+  }
+
+  /** The end of a window: a source that sent too little in it, while the body was read, is cut. */
+  private checkPace(pace: MinimumPace): void {
+    const source = this.source;
+    if (!source || this.destroyed) return;
+    const moved = this.position - this.windowFrom;
+    const heldBack = this.heldBack || this.readableLength >= this.readableHighWaterMark;
+    if (heldBack || moved >= pace.minBytes) return this.watchPace();
+    source.destroy();
+    this.failed(source, pace.slow(moved));
+  }
+
   override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
+    clearTimeout(this.paceTimer);
     this.source?.destroy();
     this.source = undefined;
     callback(err);
@@ -58,13 +97,19 @@ class ResumingBody extends Readable {
   private follow(part: UpstreamBlob): void {
     const source = part.body;
     this.source = source;
+    // A new part (a new connection) gets a whole window of its own.
+    this.watchPace();
     if (part.recycle) this.recycles.push(part.recycle);
     source.on('data', (chunk: Buffer) => {
       this.position += chunk.length;
-      if (!this.push(chunk)) source.pause();
+      if (!this.push(chunk)) {
+        source.pause();
+        this.heldBack = true;
+      }
     });
     source.once('end', () => {
       if (this.source !== source) return;
+      clearTimeout(this.paceTimer);
       if (this.end === undefined || this.position === this.end + 1) this.push(null);
       else this.failed(source, new UpstreamError('invalid', `the upstream body ended at byte ${this.position} of ${this.end + 1}`));
     });
@@ -78,7 +123,7 @@ class ResumingBody extends Readable {
     if (this.source !== source || this.destroyed) return;
     this.source = undefined;
     // The body goes on, but its source did cut it: whoever ranks sources by how they serve wants to know.
-    this.emit(RESUMING, err);
+    this.emit(RESUMING, err, this.position);
     // A listener may have given up on the body rather than let it go on (a striped fetch does).
     if (this.destroyed) return;
     this.next(this.position).then(

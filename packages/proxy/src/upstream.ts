@@ -107,6 +107,7 @@ const TIMEOUT_CODES = new Set(['ETIMEDOUT', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_
  * signal's TimeoutError. Only node's codes are strings (a DOMException's is a number).
  */
 export function isTimeout(err: unknown): boolean {
+  if (err instanceof UpstreamError) return err.failure === 'timeout';
   const e = err as { code?: unknown; name?: unknown; cause?: { code?: unknown } } | null | undefined;
   if (e === null || typeof e !== 'object') return false;
   if (e.name === 'TimeoutError') return true;

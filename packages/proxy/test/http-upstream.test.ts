@@ -7,6 +7,7 @@ import type { Digest } from '@wharf/registry-core';
 import { isPublicAddress } from '../src/public-address.js';
 import { HttpUpstream, nextPageQuery, type HttpUpstreamOptions } from '../src/http-upstream.js';
 import { UpstreamError } from '../src/upstream.js';
+import { RESUMING } from '../src/resuming-body.js';
 import { FakeUpstream } from './helpers/fake-upstream.js';
 
 const MANIFEST = { schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: {}, layers: [] };
@@ -508,6 +509,41 @@ describe('HttpUpstream against a real misbehaving server', () => {
     expect((await readAll(blob!.body)).equals(blobBytes)).toBe(true);
     const gets = fake.requests.filter((r) => r.method === 'GET' && r.path === `/v2/alice/app/blobs/${blobDigest}`);
     expect(gets).toHaveLength(2);
+  });
+
+  test('a blob body that trickles (never silent for the idle timeout) is cut at min_speed and goes on with a range for the rest', async () => {
+    fake.fault = 'trickle';
+    fake.faultTimes = 1;
+    // 300 ms windows of at least 19,661 bytes; the trickle sends about 1 KiB in each.
+    const up = client({ timeouts: { ...FAST, minSpeed: 64 * 1024 } });
+    const resumedWith: unknown[] = [];
+    const blob = await up.blob('alice/app', blobDigest);
+    blob!.body.on(RESUMING, (err: unknown) => resumedWith.push(err));
+    expect((await readAll(blob!.body)).equals(blobBytes)).toBe(true);
+    const gets = fake.requests.filter((r) => r.method === 'GET' && r.path === `/v2/alice/app/blobs/${blobDigest}`);
+    expect(gets.map((r) => r.range)).toEqual([undefined, expect.stringMatching(/^bytes=1\d{5}-199999$/)]);
+    expect(resumedWith).toHaveLength(1);
+    expect(resumedWith[0]).toMatchObject({ failure: 'timeout', message: expect.stringMatching(/^upstream fake sent \d+ bytes of the blob in 0.3 s, slower than min_speed \(65536 bytes\/s\)$/) });
+  });
+
+  test('a blob body that trickles on every answer fails as a timeout once the resumes are spent', async () => {
+    fake.fault = 'trickle';
+    const blob = await client({ timeouts: { ...FAST, minSpeed: 64 * 1024 } }).blob('alice/app', blobDigest);
+    await expect(readAll(blob!.body)).rejects.toMatchObject({ failure: 'timeout' });
+    // The first answer and its three resumes.
+    expect(fake.count('GET', `/v2/alice/app/blobs/${blobDigest}`)).toBe(4);
+  });
+
+  test('a body its reader holds back is not cut for the bytes it was not asked for', async () => {
+    const up = client({ timeouts: { ...FAST, minSpeed: 64 * 1024 } });
+    const blob = await up.blob('alice/app', blobDigest);
+    const resumed: unknown[] = [];
+    blob!.body.on(RESUMING, (err: unknown) => resumed.push(err));
+    // Three windows without a read: the upstream sent all it could, Wharf did not ask for more.
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    expect((await readAll(blob!.body)).equals(blobBytes)).toBe(true);
+    expect(resumed).toEqual([]);
+    expect(fake.count('GET', `/v2/alice/app/blobs/${blobDigest}`)).toBe(1);
   });
 
   test('a blob download reset mid-body goes on past the bytes it has when the resume is answered with the whole blob', async () => {

@@ -22,9 +22,10 @@ interface Mirror {
    * cut: a whole-blob body stops after 1 MiB, and ranges fail (500); ignore-range: a range request gets
    * the whole blob with 200, slowly; corrupt-range: ranges come with one byte flipped; cut-ranges: a
    * range's body stops half-way (each time: its client's resumes too); stall-body: a whole-blob body
-   * stops after 1 MiB and the connection stays open, silent.
+   * stops after 1 MiB and the connection stays open, silent; trickle-body: a whole-blob body sends
+   * 1 MiB, then 16 bytes every 20 ms (never silent for long), ranges too.
    */
-  mode: 'ok' | 'fail' | 'missing' | 'cut' | 'cut-resumable' | 'ignore-range' | 'corrupt-range' | 'cut-ranges' | 'stall-body' | 'cut-probe' | 'ignore-stripes' | 'wrong-total';
+  mode: 'ok' | 'fail' | 'missing' | 'cut' | 'cut-resumable' | 'ignore-range' | 'corrupt-range' | 'cut-ranges' | 'stall-body' | 'trickle-body' | 'cut-probe' | 'ignore-stripes' | 'wrong-total';
   /** Blob bytes written to sockets, ranges and whole bodies alike. */
   sent: number;
 }
@@ -59,6 +60,22 @@ async function startMirror(): Promise<Mirror> {
         return;
       }
       const m = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '');
+      if (mirror.mode === 'trickle-body' && req.method === 'GET' && req.url?.includes('/blobs/')) {
+        const start = m ? Number(m[1]) : 0;
+        const end = m ? Math.min(Number(m[2]), BLOB.length - 1) : BLOB.length - 1;
+        res.writeHead(m ? 206 : 200, { 'content-length': end - start + 1, ...(m ? { 'content-range': `bytes ${start}-${end}/${BLOB.length}` } : {}) });
+        let at = Math.min(end + 1, start + (m ? 0 : 1024 * 1024));
+        mirror.sent += at - start;
+        res.write(BLOB.subarray(start, at));
+        const timer = setInterval(() => {
+          if (res.destroyed || at > end) return void clearInterval(timer);
+          res.write(BLOB.subarray(at, Math.min(end + 1, at + 16)));
+          mirror.sent += Math.min(end + 1, at + 16) - at;
+          at += 16;
+        }, 20);
+        res.on('close', () => clearInterval(timer));
+        return;
+      }
       if (m && mirror.mode === 'cut') {
         res.writeHead(500).end();
         return;
@@ -233,6 +250,20 @@ describe('mirror strategies', () => {
     const rest = `GET /v2/lib/app/blobs/${DIGEST} bytes=${1024 * 1024}-${BLOB.length - 1}`;
     expect(mirrors[0]!.log).toEqual([`GET /v2/lib/app/blobs/${DIGEST}`]);
     expect(mirrors[1]!.log).toEqual([rest]);
+  });
+
+  test('a blob body that trickles mid-way (slower than min_speed, never silent) goes on from the next mirror', async () => {
+    reset();
+    mirrors[0]!.mode = 'trickle-body';
+    const quick = { connect: 1_000, firstByte: 1_000, idle: 300, minSpeed: 64 * 1024 };
+    const up = new MirroredUpstream(
+      mirrors.map((m) => new HttpUpstream({ name: 'up', url: m.url, retries: 0, timeouts: quick })),
+      { strategy: 'failover' },
+    );
+    const blob = await up.blob('lib/app', DIGEST);
+    expect((await readAll(blob!.body)).equals(BLOB)).toBe(true);
+    expect(mirrors[0]!.log).toEqual([`GET /v2/lib/app/blobs/${DIGEST}`]);
+    expect(mirrors[1]!.log).toEqual([expect.stringMatching(new RegExp(`^GET /v2/lib/app/blobs/${DIGEST} bytes=10\\d{5}-${BLOB.length - 1}$`))]);
   });
 
   test('a blob body cut mid-way goes on from the next mirror with a range for the rest', async () => {

@@ -24,6 +24,7 @@ export const TABLE_ENV_KEYS: Readonly<Record<string, Readonly<Record<string, Env
     connect_timeout: 'duration',
     first_byte_timeout: 'duration',
     idle_timeout: 'duration',
+    min_speed: 'string',
     retries: 'integer',
     cache_ttl: 'duration',
     max_size: 'size',

@@ -49,11 +49,13 @@ export interface UpstreamPolicy {
   readonly connectTimeout: number;
   readonly firstByteTimeout: number;
   readonly idleTimeout: number;
+  /** The slowest a blob's body may come, bytes per second over each `idleTimeout` (0: no limit). */
+  readonly minSpeed: number;
   readonly retries: number;
 }
 
 /** The keys of UpstreamPolicy in the configuration file. */
-const POLICY_KEYS = ['manifest_ttl', 'absent_ttl', 'rate_limit_floor', 'outage_backoff', 'connect_timeout', 'first_byte_timeout', 'idle_timeout', 'retries'] as const;
+const POLICY_KEYS = ['manifest_ttl', 'absent_ttl', 'rate_limit_floor', 'outage_backoff', 'connect_timeout', 'first_byte_timeout', 'idle_timeout', 'min_speed', 'retries'] as const;
 
 export type UpstreamAccess = 'authenticated' | 'anonymous' | readonly string[];
 
@@ -108,7 +110,7 @@ export const BUILT_IN_UPSTREAMS: readonly UpstreamConfig[] = ([
 
 const PROXY_KEYS = new Set([
   'enabled', 'anonymous', 'default_upstream', 'manifest_ttl', 'absent_ttl', 'rate_limit_floor', 'outage_backoff',
-  'connect_timeout', 'first_byte_timeout', 'idle_timeout', 'retries', 'upstreams',
+  'connect_timeout', 'first_byte_timeout', 'idle_timeout', 'min_speed', 'retries', 'upstreams',
   'cache_ttl', 'max_size', 'eviction_interval', 'direct_io',
 ]);
 
@@ -177,8 +179,17 @@ function policyFrom(table: Record<string, unknown>, where: string, inherited?: U
     connectTimeout: pick('connect_timeout', () => duration(table, 'connect_timeout', '10s', true, where), inherited?.connectTimeout),
     firstByteTimeout: pick('first_byte_timeout', () => duration(table, 'first_byte_timeout', '30s', true, where), inherited?.firstByteTimeout),
     idleTimeout: pick('idle_timeout', () => duration(table, 'idle_timeout', '60s', true, where), inherited?.idleTimeout),
+    minSpeed: pick('min_speed', () => speed(table, 'min_speed', '1KiB/s', where), inherited?.minSpeed),
     retries: pick('retries', () => integer(table, 'retries', 3, where), inherited?.retries),
   };
+}
+
+/** Bytes per second: "1KiB/s", "100KB/s", "0", or a number of bytes per second. */
+function speed(table: Record<string, unknown>, key: string, fallback: string, where: string): number {
+  const raw = table[key] ?? fallback;
+  const bytes = parseSize(typeof raw === 'string' ? raw.replace(/\/\s*s\s*$/i, '') : raw);
+  if (bytes === undefined) throw new ConfigError(`"${where}.${key}" must be a speed such as "1KiB/s" or "0" (got ${JSON.stringify(raw)})`);
+  return bytes;
 }
 
 function size(table: Record<string, unknown>, key: string): number {

@@ -24,7 +24,7 @@ export function buildUpstream(
       ...(u.password !== undefined ? { password: u.password } : {}),
       ...(u.ca !== undefined ? { ca: u.ca } : {}),
       ...(proxy.egress ? { egress: proxy.egress } : {}),
-      timeouts: { connect: policy.connectTimeout, firstByte: policy.firstByteTimeout, idle: policy.idleTimeout },
+      timeouts: { connect: policy.connectTimeout, firstByte: policy.firstByteTimeout, idle: policy.idleTimeout, minSpeed: policy.minSpeed },
       retries,
       onRateLimit,
       ...(onRequest ? { onRequest } : {}),

@@ -154,7 +154,7 @@ describe('configuration', () => {
       proxy: { manifest_ttl: '2m', retries: 1, upstreams: { slow: { url: 'https://slow.example', manifest_ttl: '10s', first_byte_timeout: '2m', rate_limit_floor: 0 }, plain: { url: 'https://plain.example' } } },
     }).proxy;
     const policy = (key: string) => config.upstreams.find((u) => u.key === key)!.policy;
-    const shared = { manifestTtl: 120_000, absentTtl: 60_000, rateLimitFloor: 10, outageBackoff: 30_000, connectTimeout: 10_000, firstByteTimeout: 30_000, idleTimeout: 60_000, retries: 1 };
+    const shared = { manifestTtl: 120_000, absentTtl: 60_000, rateLimitFloor: 10, outageBackoff: 30_000, connectTimeout: 10_000, firstByteTimeout: 30_000, idleTimeout: 60_000, minSpeed: 1024, retries: 1 };
     expect(policy('slow')).toEqual({ ...shared, manifestTtl: 10_000, firstByteTimeout: 120_000, rateLimitFloor: 0 });
     expect(policy('plain')).toEqual(shared);
     expect(policy('docker.io')).toEqual(shared);
@@ -164,6 +164,21 @@ describe('configuration', () => {
     expect(() => buildConfig({ ...REQUIRED, proxy: { upstreams: { slow: { url: 'https://slow.example', idle_timeout: '30d' } } } })).toThrow('"proxy.upstreams.slow.idle_timeout" must be at most "24d"');
     // The cache's settings are for all upstreams.
     expect(() => buildConfig({ ...REQUIRED, proxy: { upstreams: { slow: { url: 'https://slow.example', max_size: '1GB' } } } })).toThrow('unknown key "proxy.upstreams.slow.max_size"');
+  });
+
+  test('min_speed is bytes per second ("1KiB/s" by default, "0" for none), for [proxy] and each upstream, from the environment too', () => {
+    const of = (proxy: Record<string, unknown>, env: NodeJS.ProcessEnv = {}) => buildConfig({ ...REQUIRED, proxy }, { cwd: dir, env }).proxy;
+    expect(of({}).minSpeed).toBe(1024);
+    expect(of({ min_speed: '100KB/s' }).minSpeed).toBe(100_000);
+    expect(of({ min_speed: '2 MiB / s' }).minSpeed).toBe(2 * 1024 * 1024);
+    expect(of({ min_speed: '0' }).minSpeed).toBe(0);
+    expect(of({ min_speed: 0 }).minSpeed).toBe(0);
+    expect(of({}, { WHARF_PROXY_MIN_SPEED: '16KiB/s' }).minSpeed).toBe(16 * 1024);
+    const far = of({ min_speed: '10KiB/s', upstreams: { far: { url: 'https://far.example', min_speed: '0' } } });
+    expect(far.upstreams.find((u) => u.key === 'far')!.policy!.minSpeed).toBe(0);
+    expect(far.upstreams.find((u) => u.key === 'docker.io')!.policy!.minSpeed).toBe(10 * 1024);
+    expect(() => of({ min_speed: 'fast' })).toThrow('"proxy.min_speed" must be a speed such as "1KiB/s" or "0" (got "fast")');
+    expect(() => of({ upstreams: { far: { url: 'https://far.example', min_speed: -1 } } })).toThrow('"proxy.upstreams.far.min_speed" must be a speed');
   });
 
   test('stripe_size sets a striped upstream\'s ranges (far mirrors want larger ones); refused with another strategy or out of bounds', () => {

@@ -7,7 +7,8 @@ import type { Digest } from '@wharf/registry-core';
 /** hold: half a blob's body, then the rest once `holdGate` resolves (400 ms later without one). */
 /** portal: 200 with an HTML page, as a captive portal or a misconfigured gateway answers. */
 /** mute: a blob's status and headers, then not a byte of its body. */
-export type Fault = 'wrong-bytes' | 'truncate' | 'reset' | '400' | '500' | '503' | '429' | 'stall' | 'hold' | 'deny' | 'portal' | 'mute';
+/** trickle: half a blob's body, then 64 bytes every 20 ms (never silent, never done) until the connection goes. */
+export type Fault = 'wrong-bytes' | 'truncate' | 'reset' | '400' | '500' | '503' | '429' | 'stall' | 'hold' | 'deny' | 'portal' | 'mute' | 'trickle';
 
 export interface SeenRequest {
   readonly method: string;
@@ -208,6 +209,17 @@ export class FakeUpstream {
         if (gate) void gate.then(() => res.end(body.subarray(half)));
         else setTimeout(() => res.end(body.subarray(half)), 400);
       });
+      return;
+    }
+    if (fault === 'trickle') {
+      let at = Math.floor(body.length / 2);
+      res.write(body.subarray(0, at));
+      const timer = setInterval(() => {
+        if (res.destroyed || at >= body.length - 64) return void clearInterval(timer);
+        res.write(body.subarray(at, at + 64));
+        at += 64;
+      }, 20);
+      res.on('close', () => clearInterval(timer));
       return;
     }
     if (fault === 'truncate' || fault === 'reset') {

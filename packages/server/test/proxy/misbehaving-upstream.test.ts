@@ -136,6 +136,28 @@ describe('pull-through from a misbehaving upstream', () => {
     });
   }
 
+  test('a blob body that trickles (never silent for idle_timeout) is cut at min_speed: the download goes on with a range, the client gets the whole blob, the log says why', async () => {
+    fake.fault = 'trickle';
+    fake.faultOn = /\/blobs\//;
+    fake.faultTimes = 1;
+    const log = captureLog();
+    // The fake upstream under a min_speed its trickle (64 bytes every 20 ms, 3.2 KB/s) is below.
+    const picky = { url: fake.url, idle_timeout: '500ms', min_speed: '64KiB/s' };
+    const reg = await startRegistry({ logger: log.logger, settings: { proxy: { retries: 0, upstreams: { picky } } } });
+    try {
+      expect(await download(`${reg.url}/v2/proxy/picky/${repo}/blobs/${digest}`)).toEqual({ status: 200, body: digest });
+      const gets = fake.requests.filter((r) => r.method === 'GET' && r.path === `/v2/${repo}/blobs/${digest}`);
+      expect(gets.map((r) => r.range)).toEqual([undefined, expect.stringMatching(/^bytes=2\d{6}-4194303$/)]);
+      await reg.fills.settled();
+      const cut = log.text().split('\n').filter((line) => line.includes('blob download cut by the upstream')).map((line) => JSON.parse(line) as Record<string, unknown>);
+      expect(cut).toEqual([
+        expect.objectContaining({ upstream: 'picky', repo, digest, from: expect.any(Number), reason: expect.stringMatching(/^upstream picky sent \d+ bytes of the blob in 0\.5 s, slower than min_speed \(65536 bytes\/s\)$/) }),
+      ]);
+    } finally {
+      await reg.close();
+    }
+  });
+
   test('500 after the TTL with a cached manifest: 200 with a 299 Warning', async () => {
     expect((await fetch(`${proxy.url}/v2/proxy/fake/${repo}/manifests/1`)).status).toBe(200);
     await sleep(TTL_MS + 50);
