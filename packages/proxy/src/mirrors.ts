@@ -179,7 +179,7 @@ export class MirroredUpstream implements Upstream {
     // that stalled would cost an idle timeout per resume: while another mirror may serve the rest,
     // that one is asked.
     blob.body.on(RESUMING, (err: unknown) => {
-      if (isTimeout(err) && rest.some((k) => !this.isFailing(k) && !this.isBad(k))) blob.body.destroy(new UpstreamError('timeout', `upstream ${this.name}: a mirror stalled sending the blob`));
+      if (isTimeout(err) && rest.some((k) => !this.isFailing(k) && !this.isBad(k))) blob.body.destroy(new UpstreamError('timeout', `upstream ${this.name}: a mirror stalled sending the blob (${(err as Error).message})`));
     });
     const resume = async (from: number): Promise<UpstreamBlob | undefined> => {
       for (let k = rest.shift(); k !== undefined; k = rest.shift()) {

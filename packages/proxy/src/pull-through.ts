@@ -541,8 +541,9 @@ export class PullThroughRepository implements RepositoryReader {
       asked = true;
       const blob = await this.upstream.blob(repo, digest, range);
       // Its clients do not notice; whoever runs Wharf wants to know the upstream's link is bad.
-      blob?.body.on(RESUMING, (err: unknown, from: number) => {
-        this.logger?.warn({ upstream: this.key, repo, digest, from, reason: (err as Error).message }, 'blob download cut by the upstream; asking it for the rest with a range request');
+      // (A cut its resumes cannot mend fails the download, logged as 'upstream blob fill failed'.)
+      blob?.body.on(RESUMING, (err: unknown, at: number) => {
+        this.logger?.warn({ upstream: this.key, repo, digest, at, reason: (err as Error).message }, 'blob download cut by the upstream');
       });
       return blob;
     };

@@ -1,8 +1,14 @@
 import { Readable, Transform, pipeline } from 'node:stream';
 import { UpstreamError, type UpstreamBlob } from './upstream.js';
 
-/** Emitted by a resuming body (with the error, and the byte it goes on from) each time a part failed and the next is asked for. */
+/** Emitted by a resuming body (with the error, and the byte it was cut at) each time a part failed and the next is asked for. */
 export const RESUMING = 'resuming';
+
+/**
+ * Emitted by a part's body (skipFirst's) with a count of bytes it received and did not pass on: they
+ * came from the upstream all the same, and count for its pace.
+ */
+const SKIPPED = 'skipped';
 
 /** Gives the parts of a body that bring the bytes from `from` on; undefined when there is none. */
 export type NextPart = (from: number) => Promise<UpstreamBlob | undefined>;
@@ -41,6 +47,10 @@ class ResumingBody extends Readable {
   /** Where the current window of the pace's watch began, and whether the reader held the body back in it. */
   private windowFrom = 0;
   private heldBack = false;
+  /** Bytes the current part received in the window and did not pass on (see SKIPPED). */
+  private skipped = 0;
+  /** Whether the current part is paused because the reader has not asked for more. */
+  private sourcePaused = false;
   private paceTimer: NodeJS.Timeout | undefined;
 
   constructor(
@@ -62,6 +72,7 @@ class ResumingBody extends Readable {
   }
 
   override _read(): void {
+    this.sourcePaused = false;
     this.source?.resume();
   }
 
@@ -71,7 +82,9 @@ class ResumingBody extends Readable {
     if (!pace || pace.windowMs <= 0 || pace.minBytes <= 0) return;
     clearTimeout(this.paceTimer);
     this.windowFrom = this.position;
-    this.heldBack = false;
+    this.skipped = 0;
+    // A window that starts with the body held back has been held back in it.
+    this.heldBack = this.sourcePaused;
     this.paceTimer = setTimeout(() => this.checkPace(pace), pace.windowMs);
     this.paceTimer.unref();
   }
@@ -80,7 +93,7 @@ class ResumingBody extends Readable {
   private checkPace(pace: MinimumPace): void {
     const source = this.source;
     if (!source || this.destroyed) return;
-    const moved = this.position - this.windowFrom;
+    const moved = this.position - this.windowFrom + this.skipped;
     const heldBack = this.heldBack || this.readableLength >= this.readableHighWaterMark;
     if (heldBack || moved >= pace.minBytes) return this.watchPace();
     source.destroy();
@@ -97,13 +110,18 @@ class ResumingBody extends Readable {
   private follow(part: UpstreamBlob): void {
     const source = part.body;
     this.source = source;
+    this.sourcePaused = false;
     // A new part (a new connection) gets a whole window of its own.
     this.watchPace();
+    source.on(SKIPPED, (bytes: number) => {
+      if (this.source === source) this.skipped += bytes;
+    });
     if (part.recycle) this.recycles.push(part.recycle);
     source.on('data', (chunk: Buffer) => {
       this.position += chunk.length;
       if (!this.push(chunk)) {
         source.pause();
+        this.sourcePaused = true;
         this.heldBack = true;
       }
     });
@@ -151,8 +169,10 @@ export function skipFirst(part: UpstreamBlob, count: number): UpstreamBlob {
       if (left >= chunk.length) {
         left -= chunk.length;
         part.recycle?.(chunk);
+        body.emit(SKIPPED, chunk.length);
         return done();
       }
+      if (left > 0) body.emit(SKIPPED, left);
       const rest = left > 0 ? chunk.subarray(left) : chunk;
       left = 0;
       done(null, rest);

@@ -151,7 +151,7 @@ describe('pull-through from a misbehaving upstream', () => {
       await reg.fills.settled();
       const cut = log.text().split('\n').filter((line) => line.includes('blob download cut by the upstream')).map((line) => JSON.parse(line) as Record<string, unknown>);
       expect(cut).toEqual([
-        expect.objectContaining({ upstream: 'picky', repo, digest, from: expect.any(Number), reason: expect.stringMatching(/^upstream picky sent \d+ bytes of the blob in 0\.5 s, slower than min_speed \(65536 bytes\/s\)$/) }),
+        expect.objectContaining({ upstream: 'picky', repo, digest, at: expect.any(Number), reason: expect.stringMatching(/^upstream picky sent \d+ bytes of the blob in 0\.5 s, slower than min_speed \(65536 bytes\/s\)$/) }),
       ]);
     } finally {
       await reg.close();
