@@ -1,12 +1,14 @@
 import { afterEach, beforeEach, describe, expect, jest, test } from '@jest/globals';
 import { mkdir, readdir, stat, utimes, writeFile } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
 import { LEASE_RENEW_MS, type BlobLeases } from '../src/blob-leases.js';
 import type { BlobStore } from '../src/blob-store.js';
+import { GarbageCollector } from '../src/gc/garbage-collector.js';
 import { LocalRegistry } from '../src/local-registry.js';
+import { openDatabase } from '../src/sqlite/database.js';
 import { LEASE_TTL_MS } from '../src/sqlite/sqlite-lifecycle.js';
-import { BROKEN_MANIFEST_WARNING } from '../src/sqlite/sqlite-metadata-store.js';
+import { BROKEN_MANIFEST_WARNING, SqliteMetadataStore } from '../src/sqlite/sqlite-metadata-store.js';
 import { gcFixture, pushImage, type GcFixture } from './gc-helpers.js';
 import { OCI_INDEX, EMPTY_JSON, bytesOf, ociIndexBytes, readAll, sha256, streamOf } from './helpers.js';
 
@@ -207,6 +209,38 @@ describe('garbage collection: mark and sweep', () => {
     await fx.registry.deleteManifest('alice/app', 'temp');
     await fx.collect({ deleteUntagged: true });
     expect(await fx.registry.manifest('alice/app', image.digest)).toBeUndefined();
+  });
+
+  test('a gc in another process (wharf gc beside the server): the server stops serving a manifest it removed before its blobs go', async () => {
+    const image = await pushImage(fx.registry, 'alice/app', 'temp', ['only here']);
+    const layer = fileOf(image.layers[0]!.digest);
+    // The server has both reads cached.
+    expect(await fx.metadata.taggedManifest('alice/app', 'temp')).toBeDefined();
+    expect(await fx.metadata.manifest('alice/app', image.digest)).toBeDefined();
+    // The other process: its own connection to the same database, gc as `wharf gc` runs it.
+    const otherDb = openDatabase(join(fx.dir, 'metadata.db'));
+    try {
+      const other = new SqliteMetadataStore(otherDb);
+      expect(await other.deleteTag('alice/app', 'temp')).toBe(true);
+      const gc = new GarbageCollector({ metadata: other, blobs: fx.blobs, pauseMs: 2 });
+      let done = false;
+      const run = gc.run({ grace: 0, deleteUntagged: true, now: Date.now() + 1000 }).finally(() => (done = true));
+      // Meanwhile the server is asked for the image, as clients pull it.
+      const servedWithoutLayer: string[] = [];
+      while (!done) {
+        const byTag = await fx.metadata.taggedManifest('alice/app', 'temp');
+        const byDigest = await fx.metadata.manifest('alice/app', image.digest);
+        if ((byTag || byDigest) && !(await exists(layer))) servedWithoutLayer.push(byTag ? 'by tag' : 'by digest');
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+      const report = await run;
+      expect(report.manifests).toEqual([{ repo: 'alice/app', digest: image.digest }]);
+      expect(await exists(layer)).toBe(false);
+      expect(servedWithoutLayer).toEqual([]);
+      expect(await fx.metadata.manifest('alice/app', image.digest)).toBeUndefined();
+    } finally {
+      otherDb.close();
+    }
   });
 });
 

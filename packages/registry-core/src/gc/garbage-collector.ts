@@ -7,6 +7,7 @@ import type { LinkRecord } from '../sqlite/sqlite-lifecycle.js';
 import { blobFiles } from './blob-files.js';
 import { markRepository } from './mark.js';
 import { matchingRule, planRetention, type RetentionRule, type RetiredTag } from './retention.js';
+import { OUTSIDE_WRITES_SEEN_MS } from '../sqlite/manifest-cache.js';
 
 /**
  * Online garbage collection of the registry store.
@@ -153,6 +154,10 @@ export class GarbageCollector {
       await letGo();
       check();
     }
+
+    // A server sharing the database (this is `wharf gc`) may serve the manifests just removed from its
+    // cache until it sees this process's writes (OUTSIDE_WRITES_SEEN_MS): their blobs go once it has.
+    if (!dryRun && pauseMs > 0 && manifests.length > 0) await sleep(2 * OUTSIDE_WRITES_SEEN_MS);
 
     // Blobs that nothing links.
     const blobs: { digest: Digest; size: number }[] = [];

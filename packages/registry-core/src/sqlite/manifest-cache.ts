@@ -1,10 +1,16 @@
 import type { StoredManifest } from '../metadata-store.js';
 
 /**
+ * How often (ms) the store asks SQLite whether another process wrote to the database (`wharf gc`,
+ * another command), clearing its whole manifest cache when one did: the longest a manifest another
+ * process deleted is still served from the cache.
+ */
+export const OUTSIDE_WRITES_SEEN_MS = 100;
+
+/**
  * Recently served manifests by repository and reference, so a hot tag costs a map lookup instead of a
- * three-table SQLite read and a BLOB copy. The store clears a repository's entries on every write to it
- * (this process is the registry's only metadata writer); the TTL bounds what another process's write
- * could leave stale.
+ * three-table SQLite read and a BLOB copy. The store clears a repository's entries on every write to it,
+ * and every entry once another process wrote (see OUTSIDE_WRITES_SEEN_MS); the TTL is a backstop.
  */
 export class ManifestCache {
   private readonly entries = new Map<string, { manifest: StoredManifest | undefined; until: number }>();
@@ -36,6 +42,10 @@ export class ManifestCache {
       if (oldest !== undefined) this.entries.delete(oldest);
     }
     this.entries.set(ManifestCache.key(repo, reference), { manifest, until: now + this.ttlMs });
+  }
+
+  clear(): void {
+    this.entries.clear();
   }
 
   forgetRepository(repo: string): void {
