@@ -111,6 +111,24 @@ describe('retention with garbage collection', () => {
     void other;
   });
 
+  test('a tag retention planned to retire is kept if it was pushed again, to the same digest too, or pulled before the delete', async () => {
+    const image = await pushImage(fx.registry, 'team/app', 'build-1', ['layer']);
+    const life = fx.metadata.lifecycle();
+    const [seen] = life.tags('team/app');
+    await new Promise((r) => setTimeout(r, 5)); // a later updated_at
+    await fx.registry.putManifest('team/app', 'build-1', image.bytes, 'application/vnd.oci.image.manifest.v1+json');
+    expect(life.retireTag('team/app', seen!)).toBe(false);
+    const [pushedAgain] = life.tags('team/app');
+    expect(pushedAgain!.updatedAt).toBeGreaterThan(seen!.updatedAt);
+    life.notePull('team/app', 'build-1', Date.now());
+    life.tags('team/app'); // writes the note (another process's pull, written)
+    expect(life.retireTag('team/app', pushedAgain!)).toBe(false);
+    expect((await fx.registry.tags('team/app', {}))).toEqual(['build-1']);
+    // As seen last, it goes.
+    expect(life.retireTag('team/app', life.tags('team/app')[0]!)).toBe(true);
+    expect((await fx.registry.tags('team/app', {}))).toEqual([]);
+  });
+
   test('delete_unpulled_for keeps what was pulled recently', async () => {
     await pushImage(fx.registry, 'team/web', 'pulled', ['a']);
     await pushImage(fx.registry, 'team/web', 'idle', ['b']);

@@ -115,8 +115,10 @@ export class GarbageCollector {
       for (const repo of repositories) {
         const rule = matchingRule(options.retention, repo);
         if (!rule) continue;
-        for (const t of planRetention(repo, life.tags(repo), rule, now)) {
-          if (!dryRun && !life.retireTag(repo, t.tag, t.digest)) continue;
+        const seen = life.tags(repo);
+        const byName = new Map(seen.map((t) => [t.name, t]));
+        for (const t of planRetention(repo, seen, rule, now)) {
+          if (!dryRun && !life.retireTag(repo, byName.get(t.tag)!)) continue;
           tags.push(t);
           setOf(retired, repo).add(t.digest);
           setOf(ignoredTags, repo).add(t.tag);

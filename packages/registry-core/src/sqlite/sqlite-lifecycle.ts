@@ -86,7 +86,8 @@ export class SqliteLifecycle {
       deleteLink: s('DELETE FROM repository_blobs WHERE repository_id = ? AND digest = ?'),
       deleteEmptyRepo: s(`DELETE FROM repositories WHERE id = ? AND NOT EXISTS (SELECT 1 FROM manifests WHERE repository_id = ?)
                           AND NOT EXISTS (SELECT 1 FROM repository_blobs WHERE repository_id = ?)`),
-      retireTag: s('DELETE FROM tags WHERE repository_id = (SELECT id FROM repositories WHERE name = ?) AND name = ? AND digest = ?'),
+      retireTag: s(`DELETE FROM tags WHERE repository_id = (SELECT id FROM repositories WHERE name = ?) AND name = ? AND digest = ?
+                    AND updated_at = ? AND last_pulled_at IS ?`),
       notePull: s('UPDATE tags SET last_pulled_at = ? WHERE repository_id = (SELECT id FROM repositories WHERE name = ?) AND name = ?'),
       blobRow: s('SELECT size, created_at FROM blobs WHERE digest = ?'),
       hasLink: s('SELECT 1 FROM repository_blobs WHERE digest = ? LIMIT 1'),
@@ -161,9 +162,12 @@ export class SqliteLifecycle {
     return id === undefined ? [] : this.loadTags(id);
   }
 
-  /** Deletes a tag, only if it still points at `digest` (a tag pushed again meanwhile stays). */
-  retireTag(repo: string, tag: string, digest: Digest): boolean {
-    const removed = this.q.retireTag!.run(repo, tag, digest).changes > 0;
+  /**
+   * Deletes a tag, only if it is still as `seen` (read by `tags`): a tag pushed again meanwhile, even
+   * to the same digest, or pulled (as written), stays.
+   */
+  retireTag(repo: string, seen: Pick<TagRecord, 'name' | 'digest' | 'updatedAt' | 'lastPulledAt'>): boolean {
+    const removed = this.q.retireTag!.run(repo, seen.name, seen.digest, seen.updatedAt, seen.lastPulledAt ?? null).changes > 0;
     if (removed) this.forget(repo);
     return removed;
   }
