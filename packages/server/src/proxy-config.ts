@@ -17,6 +17,11 @@ export interface UpstreamConfig {
   readonly officialPrefix?: string;
   /** Further URLs serving the same content; with `url` first, used by `strategy`. */
   readonly mirrors: readonly string[];
+  /**
+   * The mirrors are replicas of the same registry, sharing its accounts: `username` and `password`
+   * go to them (and the token realms they name) too. Unset: mirrors are asked anonymously.
+   */
+  readonly mirrorCredentials?: boolean;
   readonly strategy: MirrorStrategy;
   readonly hedgeDelay: number;
   /** striped: bytes per range request (unset: from the number of mirrors, see MirroredUpstream). */
@@ -126,7 +131,7 @@ export function parseSize(value: unknown): number | undefined {
   const unit = m ? SIZE_UNITS[m[2]!.toLowerCase()] : undefined;
   return m && unit !== undefined ? Math.floor(Number(m[1]) * unit) : undefined;
 }
-const UPSTREAM_KEYS = new Set<string>(['url', 'aliases', 'username', 'password', 'password_env', 'library_prefix', 'mirrors', 'strategy', 'hedge_delay', 'access', 'ca_file', 'stripe_size', ...POLICY_KEYS]);
+const UPSTREAM_KEYS = new Set<string>(['url', 'aliases', 'username', 'password', 'password_env', 'library_prefix', 'mirrors', 'mirror_credentials', 'strategy', 'hedge_delay', 'access', 'ca_file', 'stripe_size', ...POLICY_KEYS]);
 const STRATEGIES: readonly MirrorStrategy[] = ['failover', 'hedged', 'striped', 'adaptive'];
 
 function isTable(value: unknown): value is Record<string, unknown> {
@@ -290,6 +295,11 @@ function upstream(key: string, raw: unknown, env: NodeJS.ProcessEnv, builtIn: Up
   if (raw.hedge_delay !== undefined && strategy !== 'hedged') {
     throw new ConfigError(`"${where}.hedge_delay" applies to strategy = "hedged" only (the strategy is ${JSON.stringify(strategy)})`);
   }
+  const mirrorCredentials = raw.mirror_credentials;
+  if (mirrorCredentials !== undefined) {
+    if (typeof mirrorCredentials !== 'boolean') throw new ConfigError(`"${where}.mirror_credentials" must be true or false`);
+    if (mirrors.length === 0) throw new ConfigError(`"${where}.mirror_credentials" applies to an upstream with mirrors only: list them in "${where}.mirrors"`);
+  }
   const stripeSize = raw.stripe_size === undefined ? undefined : parseSize(raw.stripe_size);
   if (raw.stripe_size !== undefined) {
     if (strategy !== 'striped') throw new ConfigError(`"${where}.stripe_size" applies to strategy = "striped" only (the strategy is ${JSON.stringify(strategy)})`);
@@ -315,6 +325,7 @@ function upstream(key: string, raw: unknown, env: NodeJS.ProcessEnv, builtIn: Up
     ...(ca !== undefined ? { ca } : {}),
     ...(prefix ? { officialPrefix: prefix.endsWith('/') ? prefix : `${prefix}/` } : {}),
     mirrors,
+    ...(mirrorCredentials === true ? { mirrorCredentials } : {}),
     strategy: strategy as MirrorStrategy,
     hedgeDelay,
     ...(stripeSize !== undefined ? { stripeSize } : {}),

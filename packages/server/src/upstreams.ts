@@ -16,12 +16,15 @@ export function buildUpstream(
   const retries = u.mirrors.length === 0 ? policy.retries : 0;
   // Each mirror's errors name its host ("upstream docker.io (mirror.gcr.io) answered 503 ..."):
   // with one name for all, an operator could not tell which mirror failed.
-  const client = (url: string) =>
-    new HttpUpstream({
+  // The credentials are the registry's at `url`: a mirror (mirror.gcr.io for Docker Hub) that
+  // challenged would otherwise get a Docker Hub token, as would any token realm it names.
+  const client = (url: string) => {
+    const credentials = url === u.url || u.mirrorCredentials === true;
+    return new HttpUpstream({
       name: u.mirrors.length === 0 ? u.key : `${u.key} (${new URL(url).host})`,
       url,
-      ...(u.username !== undefined ? { username: u.username } : {}),
-      ...(u.password !== undefined ? { password: u.password } : {}),
+      ...(credentials && u.username !== undefined ? { username: u.username } : {}),
+      ...(credentials && u.password !== undefined ? { password: u.password } : {}),
       ...(u.ca !== undefined ? { ca: u.ca } : {}),
       ...(proxy.egress ? { egress: proxy.egress } : {}),
       timeouts: { connect: policy.connectTimeout, firstByte: policy.firstByteTimeout, idle: policy.idleTimeout, minSpeed: policy.minSpeed },
@@ -30,6 +33,7 @@ export function buildUpstream(
       ...(onRequest ? { onRequest } : {}),
       ...(logger ? { logger } : {}),
     });
+  };
   if (u.mirrors.length === 0) return client(u.url);
   return new MirroredUpstream([u.url, ...u.mirrors].map(client), {
     name: u.key,

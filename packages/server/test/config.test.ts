@@ -181,6 +181,16 @@ describe('configuration', () => {
     expect(() => of({ upstreams: { far: { url: 'https://far.example', min_speed: -1 } } })).toThrow('"proxy.upstreams.far.min_speed" must be a speed');
   });
 
+  test('mirror_credentials (send the upstream\'s credentials to its mirrors too) is a boolean, for an upstream with mirrors only', () => {
+    const find = (upstream: Record<string, unknown>) => buildConfig({ ...REQUIRED, proxy: { upstreams: { far: upstream } } }).proxy.upstreams.find((u) => u.key === 'far')!;
+    const mirrored = { url: 'https://a.example', mirrors: ['https://b.example'], username: 'u', password: 'p' };
+    expect(find(mirrored).mirrorCredentials).toBeUndefined();
+    expect(find({ ...mirrored, mirror_credentials: true }).mirrorCredentials).toBe(true);
+    expect(find({ ...mirrored, mirror_credentials: false }).mirrorCredentials).toBeUndefined();
+    expect(() => find({ ...mirrored, mirror_credentials: 'yes' })).toThrow('"proxy.upstreams.far.mirror_credentials" must be true or false');
+    expect(() => find({ url: 'https://a.example', mirror_credentials: true })).toThrow('"proxy.upstreams.far.mirror_credentials" applies to an upstream with mirrors only');
+  });
+
   test('stripe_size sets a striped upstream\'s ranges (far mirrors want larger ones); refused with another strategy or out of bounds', () => {
     const striped = { url: 'https://a.example', mirrors: ['https://b.example'], strategy: 'striped' };
     const find = (upstream: Record<string, unknown>) => buildConfig({ ...REQUIRED, proxy: { upstreams: { far: upstream } } }).proxy.upstreams.find((u) => u.key === 'far')!;

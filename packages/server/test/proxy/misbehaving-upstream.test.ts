@@ -466,6 +466,35 @@ describe('an upstream with mirrors', () => {
     }
   });
 
+  test("an upstream's credentials do not go to its mirrors, unless mirror_credentials says they are replicas sharing its accounts", async () => {
+    const origin = await FakeUpstream.start();
+    const mirror = await FakeUpstream.start();
+    let proxy: TestRegistry | undefined;
+    try {
+      const doc = { schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: `sha256:${'0'.repeat(64)}`, size: 2 }, layers: [] };
+      const digest = mirror.addManifest('alice/app', '1', doc);
+      origin.fault = '500';
+      mirror.auth = 'basic';
+      const mirrored = { url: origin.url, mirrors: [mirror.url], username: 'alice', password: 's3cret' };
+      const pull = () => fetch(`${proxy!.url}/v2/proxy/mirrored/alice/app/manifests/1`, { headers: { accept: 'application/vnd.oci.image.manifest.v1+json' } });
+      proxy = await startRegistry({ settings: { proxy: { retries: 0, upstreams: { mirrored } } } });
+      expect((await pull()).status).not.toBe(200);
+      expect(mirror.requests.length).toBeGreaterThan(0);
+      expect(mirror.requests.filter((r) => r.authorization !== undefined)).toEqual([]);
+      await proxy.close();
+      mirror.requests.length = 0;
+      proxy = await startRegistry({ settings: { proxy: { retries: 0, upstreams: { mirrored: { ...mirrored, mirror_credentials: true } } } } });
+      const res = await pull();
+      expect(res.status).toBe(200);
+      expect(res.headers.get('docker-content-digest')).toBe(digest);
+      expect(mirror.requests.some((r) => r.authorization === `Basic ${Buffer.from('alice:s3cret').toString('base64')}`)).toBe(true);
+    } finally {
+      await proxy?.close();
+      await origin.close();
+      await mirror.close();
+    }
+  });
+
   test("an error after every mirror failed names the mirror that answered it, and how many failed", async () => {
     const first = await FakeUpstream.start();
     const second = await FakeUpstream.start();
