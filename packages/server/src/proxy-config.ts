@@ -234,16 +234,24 @@ const MAX_HEDGE_DELAY_MS = 10 * 60_000;
  * `username` and `password`). A path is kept (a registry served under one).
  */
 function registryUrl(where: string, value: unknown): string {
-  if (typeof value !== 'string' || !/^https?:\/\/[^/]+/.test(value)) throw new ConfigError(`"${where}" must be an http(s) URL (got ${JSON.stringify(value)})`);
+  if (typeof value !== 'string' || !/^https?:\/\/[^/]+/.test(value)) throw new ConfigError(`"${where}" must be an http(s) URL (got ${typeof value === 'string' ? JSON.stringify(withoutSecrets(value)) : JSON.stringify(value)})`);
   let parsed: URL;
   try {
     parsed = new URL(value);
   } catch {
-    throw new ConfigError(`"${where}" is not a valid URL: ${value} (a host, and a port from 1 to 65535 if any)`);
+    throw new ConfigError(`"${where}" is not a valid URL: ${withoutSecrets(value)} (a host, and a port from 1 to 65535 if any)`);
   }
   if (parsed.username || parsed.password) throw new ConfigError(`"${where}" must not hold credentials: give them as "username" and "password" (or "password_env")`);
-  if (parsed.search || parsed.hash || value.includes('?') || value.includes('#')) throw new ConfigError(`"${where}" must be a base URL, without a query or fragment (got ${value})`);
+  if (parsed.search || parsed.hash || value.includes('?') || value.includes('#')) throw new ConfigError(`"${where}" must be a base URL, without a query or fragment (got ${withoutSecrets(value)})`);
   return value.replace(/\/+$/, '');
+}
+
+/**
+ * A URL as an error message may show it (messages go to standard error and the service's log): its
+ * user information and its query or fragment, where credentials and tokens ride, hidden.
+ */
+function withoutSecrets(url: string): string {
+  return url.replace(/^([^/]*\/\/)[^/?#]*@/, '$1***@').replace(/([?#]).*$/s, '$1***');
 }
 
 /** One key for the URLs of one registry: the host's case and a default port do not tell them apart. */

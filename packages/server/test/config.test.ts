@@ -35,6 +35,23 @@ describe('configuration', () => {
     expect(config.uploadMaxAge).toBe(24 * 3600 * 1000);
   });
 
+  test("a bad upstream URL's error message hides the credentials and tokens it holds (stderr, a service's log)", () => {
+    const messageOf = (url: string): string => {
+      try {
+        buildConfig({ ...REQUIRED, proxy: { upstreams: { mine: { url } } } }, { cwd: dir });
+      } catch (err) {
+        return (err as Error).message;
+      }
+      throw new Error('accepted');
+    };
+    for (const url of ['https://bot:S3cretHubTok@myreg.example:99999', 'htps://bot:S3cretHubTok@myreg.example', 'https://myreg.example/?access_token=S3cretHubTok', 'https://myreg.example/#S3cretHubTok']) {
+      const message = messageOf(url);
+      expect(message).toMatch(/^"proxy\.upstreams\.mine\.url" /);
+      expect(message).not.toContain('S3cretHubTok');
+    }
+    expect(messageOf('https://bot:S3cretHubTok@myreg.example:99999')).toContain('https://***@myreg.example:99999');
+  });
+
   test("an upstream's url and mirrors are checked as URLs (a start would otherwise fail on them with no key named); a server listed twice is asked once", () => {
     const up = (fields: Record<string, unknown>) => () => buildConfig({ ...REQUIRED, proxy: { upstreams: { mine: { url: 'http://a.example:5000', ...fields } } } }, { cwd: dir });
     expect(up({ mirrors: ['http://exa mple.com'] })).toThrow('"proxy.upstreams.mine.mirrors[0]" is not a valid URL: http://exa mple.com');
