@@ -122,8 +122,8 @@ export interface LoadOptions {
   readonly env?: NodeJS.ProcessEnv;
   readonly cwd?: string;
   /**
-   * Whether an upstream's `password_env` must name a variable that is set, and its `ca_file` be read
-   * (default true). The server and `config check` need them; commands that work on the database or the files alone
+   * Whether an upstream's `password_env` and the metrics' `token_env` must name a variable that is
+   * set, an upstream's `ca_file` be read, and the egress proxy's variables be checked (default true). The server and `config check` need them; commands that work on the database or the files alone
    * (`user`, `token`, `repo`, `gc`, `fsck`, `proxy purge`, `healthcheck`) do not, and an operator
    * should not have to put Docker Hub's token into a shell to add a user.
    */
@@ -222,7 +222,7 @@ export function buildConfig(
     proxy,
     auth,
     tls,
-    metrics: buildMetricsConfig(doc.metrics, env),
+    metrics: buildMetricsConfig(doc.metrics, env, options.secrets ?? true),
     gc: buildGcConfig(doc.gc, doc.retention),
   };
 }

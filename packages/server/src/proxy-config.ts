@@ -377,7 +377,8 @@ export function buildProxyConfig(raw: unknown, env: NodeJS.ProcessEnv, secrets =
     evictionInterval: duration(table, 'eviction_interval', '1h', true),
     directIo: boolean(table, 'direct_io', true),
     upstreams,
-    ...egressFrom(env),
+    // Upstream requests only: commands that send none do not stop on a variable meant for other programs.
+    ...(secrets ? egressFrom(env) : {}),
   };
 }
 

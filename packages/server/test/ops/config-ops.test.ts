@@ -67,6 +67,17 @@ describe('operations configuration', () => {
     expect(() => build({ metrics: { enabled: 'no' } })).toThrow('"metrics.enabled" must be true or false');
   });
 
+  test('commands that send no upstream request and serve no metrics (user, gc, fsck...) are not stopped by token_env or an egress proxy variable', () => {
+    const base = { registry_storage: '/r', temporary_registry_storage: '/t', proxy_storage: '/p', database: '/d.db' };
+    const env = { HTTPS_PROXY: 'socks5://127.0.0.1:1080' };
+    const forCommands = buildConfig({ ...base, metrics: { token_env: 'MISSING' } }, { env, secrets: false });
+    expect(forCommands.metrics.token).toBeUndefined();
+    expect(forCommands.proxy.egress).toBeUndefined();
+    // The server and `config check` still refuse both.
+    expect(() => buildConfig({ ...base, metrics: { token_env: 'MISSING' } }, { env: {} })).toThrow('"metrics.token_env" names MISSING, which is not set');
+    expect(() => buildConfig(base, { env })).toThrow('HTTPS_PROXY must be an http:// or https:// URL');
+  });
+
   test('environment: WHARF_<KEY> for top-level keys, WHARF_<TABLE>_<KEY> for table keys', () => {
     const c = build(
       { tls: { cert: 'file.crt', key: 'file.key' }, proxy: { manifest_ttl: '5m' } },
