@@ -18,7 +18,7 @@ export { FsBlobStore, removeIngestLeftovers } from './fs/fs-blob-store.js';
 export { FileBlobStream, closeFile, takeFile, type FileRange, type HeldBytes, type TakesFile } from './fs/file-blob-stream.js';
 export { SERVER_WAIT } from './server-wait.js';
 export { FsUploadSessions } from './fs/fs-uploads.js';
-export { openDatabase, type SqliteDatabase, type SqliteStatement } from './sqlite/database.js';
+export { openDatabase, openDatabaseReadOnly, type SqliteDatabase, type SqliteStatement } from './sqlite/database.js';
 export { createRowidTable, ensureRowidTable, type RowidTable } from './sqlite/rowid-tables.js';
 export { ProcessLock } from './sqlite/process-lock.js';
 export { SQLITE_DRIVER, sqliteDriverVersion } from './sqlite/driver.js';

@@ -12,6 +12,8 @@ import { registerStorageCommands } from './cli-storage.js';
 import { checkTlsFiles, registerOpsCommands } from './cli-ops.js';
 import { holdYoungGeneration } from './young-generation.js';
 import { detachLostStreams, lostTerminalStreams } from './lost-terminal.js';
+import { checkStorage, groupNamedLikeUser } from './storage-check.js';
+import { groupClashMessage } from './auth-config.js';
 
 /** The same signal this soon after the first is one signal, delivered twice (see serve). */
 const SAME_SIGNAL_MS = 250;
@@ -96,10 +98,14 @@ config
   .command('check')
   .description('validate the configuration without starting')
   .option('-c, --config <file>', 'configuration file', 'configuration.toml')
-  .action((opts: { config: string }) => {
+  .action(async (opts: { config: string }) => {
     try {
       const c = loadConfig({ file: opts.config });
       const tls = checkTlsFiles(c);
+      // What a start refuses besides the file itself: storage it cannot use, a group named like a user.
+      await checkStorage(c, false);
+      const clash = groupNamedLikeUser(c);
+      if (clash) throw new ConfigError(groupClashMessage(clash));
       for (const warning of c.warnings ?? []) process.stderr.write(`warning: ${warning}\n`);
       process.stdout.write(`configuration OK: listen ${c.listen.host}:${c.listen.port}, registry_storage ${c.registryStorage}, database ${c.database}, ${tls}\n`);
     } catch (err) {

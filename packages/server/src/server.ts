@@ -31,6 +31,7 @@ import { LocalResolver, type RepositoryResolver } from './repositories.js';
 import { buildUpstream } from './upstreams.js';
 import { AuthService, type AuthTuning } from './auth/auth-service.js';
 import { StorageMaintenance } from './storage-maintenance.js';
+import { checkStorage } from './storage-check.js';
 import { CacheSweeper } from './cache-sweeper.js';
 
 export interface RunningServer {
@@ -77,34 +78,11 @@ export interface StartOptions {
 const LOG_SETTLE_MS = 5_000;
 
 /**
- * The three storage folders must share one filesystem: blobs are written to the temporary folder and
- * renamed into place, and only a same-filesystem rename is atomic.
+ * The storage folders made and checked (storage-check.ts), and what crashes left in the temporary one
+ * cleared.
  */
 async function prepareStorage(config: WharfConfig, logger: Logger): Promise<void> {
-  const folders = {
-    registry_storage: config.registryStorage,
-    temporary_registry_storage: config.temporaryRegistryStorage,
-    proxy_storage: config.proxyStorage,
-  };
-  const devices = new Map<string, number>();
-  for (const [key, folder] of Object.entries(folders)) {
-    try {
-      // Folders Wharf makes are its user's alone: they hold private images. Existing ones keep their mode.
-      await mkdir(folder, { recursive: true, mode: 0o700 });
-      devices.set(key, (await stat(folder)).dev);
-    } catch (err) {
-      throw new ConfigError(`"${key}" (${folder}) is not a usable folder: ${(err as Error).message}`);
-    }
-    await probeWrite(key, folder);
-  }
-  const tempDevice = devices.get('temporary_registry_storage');
-  for (const key of ['registry_storage', 'proxy_storage']) {
-    if (devices.get(key) !== tempDevice) {
-      throw new ConfigError(
-        `"temporary_registry_storage" (${config.temporaryRegistryStorage}) must be on the same filesystem as "${key}" (${folders[key as keyof typeof folders]}), so that finished blobs are moved into place atomically`,
-      );
-    }
-  }
+  await checkStorage(config, true);
   // Leftovers of pushes and imports a crash interrupted. With no other server on this storage (none
   // holds an owner lock in the temporary folder: proxy/fill-owner.ts), none is being received: all go
   // now, before the database opens (a crash on a full disk may have left the file that fills it).
@@ -117,27 +95,6 @@ async function prepareStorage(config: WharfConfig, logger: Logger): Promise<void
     return 0;
   });
   if (removed > 0) logger.info({ removed, alone }, 'temporary files of interrupted pushes and imports removed');
-}
-
-/**
- * Refuses to start on a storage folder this user cannot write: a root-owned bind mount under a server
- * that runs as another user passed the start and /ready, then failed every push with a bare 500 and
- * downloaded every proxied blob again at every pull (nothing could be cached). A full disk is no
- * reason (Wharf serves on, see "When the disk fills up"), nor any other passing failure.
- */
-async function probeWrite(key: string, folder: string): Promise<void> {
-  const probe = join(folder, `.wharf-start-${randomUUID()}`);
-  try {
-    await writeFile(probe, '');
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') {
-      const who = typeof process.getuid === 'function' ? ` (uid ${process.getuid()})` : '';
-      throw new ConfigError(`"${key}" (${folder}) cannot be written by the user Wharf runs as${who}: ${(err as Error).message}`);
-    }
-    return;
-  }
-  await rm(probe, { force: true }).catch(() => undefined);
 }
 
 /**

@@ -350,6 +350,28 @@ describe('wharf CLI', () => {
     }
   });
 
+  test('config check refuses what a start refuses besides the file: a temp folder on another filesystem, a group named like a user; and makes no folder', async () => {
+    if (!existsSync('/dev/shm')) throw new Error('this test needs /dev/shm (a tmpfs) to put the temp folder on another filesystem');
+    const file = join(dir, 'c.toml');
+    const lines = ['registry_storage = "store/r"', 'temporary_registry_storage = "store/t"', 'proxy_storage = "store/p"', 'database = "store/w.db"'];
+    await writeFile(file, lines.join('\n') + '\n');
+    const env = { PATH: process.env.PATH };
+    expect((await exec(process.execPath, [CLI, 'config', 'check', '--config', file], { env })).stdout).toContain('configuration OK');
+    // A check only: the folders a start would make are not made.
+    expect(existsSync(join(dir, 'store'))).toBe(false);
+    const shm = await mkdtemp('/dev/shm/wharf-');
+    try {
+      const elsewhere = exec(process.execPath, [CLI, 'config', 'check', '--config', file], { env: { ...env, WHARF_TEMPORARY_REGISTRY_STORAGE: join(shm, 't') } });
+      await expect(elsewhere).rejects.toMatchObject({ code: 2, stderr: expect.stringContaining('must be on the same filesystem') });
+    } finally {
+      await rm(shm, { recursive: true, force: true });
+    }
+    await exec(process.execPath, [CLI, 'user', 'add', 'bob', '--config', file], { env });
+    await writeFile(file, lines.join('\n') + '\n[[auth.groups]]\nname = "bob"\nmembers = { }\n');
+    const clash = exec(process.execPath, [CLI, 'config', 'check', '--config', file], { env });
+    await expect(clash).rejects.toMatchObject({ code: 2, stderr: expect.stringContaining('[[auth.groups]] "bob" has the name of a user in the database') });
+  });
+
   test('serve starts with a configuration file and the environment override of listen', async () => {
     const file = join(dir, 'ok.toml');
     await writeFile(file, Object.entries(REQUIRED).map(([k, v]) => `${k} = "${v}"`).join('\n') + '\ndatabase = "storage/w.db"\n');

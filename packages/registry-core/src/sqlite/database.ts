@@ -36,3 +36,13 @@ export function openDatabase(file: string): SqliteDatabase {
   db.exec(INDEXES);
   return db;
 }
+
+/**
+ * An existing database opened to read only, migrating nothing (a check of the database of a server
+ * that may be running, `wharf config check`). Throws if it does not exist or cannot be read.
+ */
+export function openDatabaseReadOnly(file: string): SqliteDatabase {
+  const db = new Database(file, { readonly: true, fileMustExist: true });
+  db.pragma('busy_timeout = 5000');
+  return db;
+}

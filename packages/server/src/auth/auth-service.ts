@@ -4,7 +4,7 @@ import { dirname, join } from 'node:path';
 import { carriedIPv4, ipv6Groups } from '@wharf/proxy';
 import { RegistryError, isValidRepositoryName, type SqliteDatabase } from '@wharf/registry-core';
 import type { Logger } from 'pino';
-import type { AuthConfig, Role } from '../auth-config.js';
+import { groupClashMessage, type AuthConfig, type Role } from '../auth-config.js';
 import type { WharfConfig } from '../config.js';
 import { findUpstream, type ProxyConfig, type UpstreamAccess } from '../proxy-config.js';
 import { Accounts } from './accounts.js';
@@ -174,9 +174,7 @@ export class AuthService {
     const groupNames = new Set(config.auth.groups.map((g) => g.name));
     const clash = store.users().find((u) => groupNames.has(u.name));
     if (clash) {
-      throw new ConfigError(
-        `[[auth.groups]] "${clash.name}" has the name of a user in the database, who would own the group's namespace "${clash.name}/*": rename the group, or remove the user ("wharf user remove ${clash.name}")`,
-      );
+      throw new ConfigError(groupClashMessage(clash.name));
     }
     const service = new AuthService(
       config.auth,
