@@ -135,6 +135,10 @@ export class UpstreamCredentials {
     if (challenge.params.service) url.searchParams.set('service', challenge.params.service);
     url.searchParams.set('scope', ours || !challenge.params.scope ? `repository:${repo}:pull` : challenge.params.scope);
     const key = tokenKey(origin, repo);
+    // A token came since this request was sent (another request's challenge fetched it): it is the
+    // answer. Only the token the request carried is refused by this 401.
+    const cached = this.tokens.get(key);
+    if (cached !== undefined && sent !== `Bearer ${cached}`) return true;
     const pending = this.fetching.get(key);
     if (pending?.url === url.href) return untilAborted(pending.done, signal);
     // One fetch for every request that needs this token. It is no one request's: a client that goes

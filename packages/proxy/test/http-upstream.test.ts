@@ -265,6 +265,16 @@ describe('HttpUpstream against a real misbehaving server', () => {
     expect(fake.count('GET', '/token')).toBe(1);
   });
 
+  test('Bearer: a 401 that comes after the token it needs was fetched is answered with that token, not a second fetch', async () => {
+    fake.auth = 'bearer';
+    fake.challengeLateMs = 150;
+    const digests = Array.from({ length: 8 }, (_, i) => fake.addBlob(randomBytes(1000 + i)));
+    const up = client({ username: 'alice', password: 's3cret' });
+    const got = await Promise.all(digests.map(async (d) => sha256Of(await readAll((await up.blob('alice/app', d))!.body))));
+    expect(got).toEqual(digests);
+    expect(fake.count('GET', '/token')).toBe(1);
+  });
+
   test('Bearer: requests that come while a token is being fetched wait for it, without a 401 of their own', async () => {
     fake.auth = 'bearer';
     fake.holdTokens = true;

@@ -75,6 +75,12 @@ export class FakeUpstream {
    * together: first requests that were all in flight at once (a runtime pulling layers in parallel).
    */
   challengeTogether = 0;
+  /**
+   * Challenges to requests without credentials, but the first, are sent this much later: requests
+   * challenged after the token that answers them has come (ms; 0: at once).
+   */
+  challengeLateMs = 0;
+  private challenged = 0;
   /** Token answers are held until `releaseTokens()` while set: a slow token service. */
   holdTokens = false;
   /** With the 'hold' fault: the rest of the body waits for this (a test's own moment, not a delay). */
@@ -261,7 +267,8 @@ export class FakeUpstream {
       return false;
     }
     for (const send of this.heldChallenges.splice(0)) send();
-    this.challenge(path, res);
+    if (header === undefined && this.challengeLateMs > 0 && this.challenged++ > 0) setTimeout(() => this.challenge(path, res), this.challengeLateMs);
+    else this.challenge(path, res);
     return false;
   }
 
