@@ -710,6 +710,10 @@ export class HttpUpstream implements Upstream {
       // A firewall's 403 page is no registry's answer: the 502 below. (A 401 after a fresh token
       // still says the token was no good: the upstream's problem.)
       if (status === 403 && this.options.username === undefined && res.bytes && isRegistryError(res.bytes)) throw anonymousRefusal(this.name, status);
+      // A 401 without credentials of ours refused none: it wants some.
+      if (status === 401 && this.options.username === undefined) {
+        throw new UpstreamError('unauthorized', `upstream ${this.name} wants credentials for ${what} (${status}): give it a username and password in Wharf's configuration`, status);
+      }
       throw new UpstreamError('unauthorized', `upstream ${this.name} refused our credentials for ${what} (${status})`, status);
     }
     if (status < 200 || status >= 300) {

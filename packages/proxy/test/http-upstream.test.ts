@@ -275,6 +275,14 @@ describe('HttpUpstream against a real misbehaving server', () => {
     expect(fake.count('GET', '/token')).toBe(1);
   });
 
+  test('Basic, with no credentials configured: the error says the upstream wants some, not that it refused ours', async () => {
+    fake.auth = 'basic';
+    const err = await failureOf(client().manifest('alice/app', '1'));
+    expect([err.failure, err.status, err.message]).toEqual(['unauthorized', 401, "upstream fake wants credentials for manifest GET (401): give it a username and password in Wharf's configuration"]);
+    const wrong = await failureOf(client({ username: 'alice', password: 'wrong' }).manifest('alice/app', '1'));
+    expect(wrong.message).toBe('upstream fake refused our credentials for manifest GET (401)');
+  });
+
   test('Bearer: requests that come while a token is being fetched wait for it, without a 401 of their own', async () => {
     fake.auth = 'bearer';
     fake.holdTokens = true;
