@@ -205,7 +205,10 @@ export class AuthService {
   private async ensureAdmin(tuning: AuthTuning): Promise<void> {
     if (this.accounts.hasAdmin()) return;
     if (this.accounts.find('admin') || this.groups.has('admin')) {
-      this.logger.warn('no administrator is configured and the name "admin" is taken; create one with "wharf user add <name> --admin"');
+      const advice = 'no administrator is configured and the name "admin" is taken; create one with "wharf user add <name> --admin"';
+      this.logger.warn(advice);
+      // Where the first start's password would have been: an operator watching for it learns why there is none.
+      (tuning.announce ?? ((text: string) => process.stderr.write(text)))(`\nwharf: ${advice}\n\n`);
       return;
     }
     const given = this.config.initialAdminPassword;

@@ -123,6 +123,16 @@ describe('the first administrator', () => {
     await expect(startAuthRegistry({ env: { WHARF_ADMIN_PASSWORD: 'short' } })).rejects.toThrow('WHARF_ADMIN_PASSWORD: a password needs 8 characters or more');
   });
 
+  test('with no administrator and the name "admin" taken by a user, the start says so where the password would have been', async () => {
+    const shown: string[] = [];
+    const reg = await startAuthRegistry({ authSettings: { users: [{ name: 'admin', password_hash: HASH, admin: false }] }, announce: (t) => shown.push(t) });
+    try {
+      expect(shown).toEqual(['\nwharf: no administrator is configured and the name "admin" is taken; create one with "wharf user add <name> --admin"\n\n']);
+    } finally {
+      await reg.close();
+    }
+  });
+
   test('an administrator in the configuration means no generated one', async () => {
     const shown: string[] = [];
     const reg = await startAuthRegistry({ authSettings: { users: [{ name: 'root', password_hash: HASH, admin: true }] }, announce: (t) => shown.push(t) });
