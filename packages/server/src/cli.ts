@@ -30,7 +30,12 @@ function fail(err: unknown): never {
     process.stderr.write(`wharf: configuration error: ${err.message}\n`);
     process.exit(2);
   }
-  process.stderr.write(`wharf: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  // A system's refusal (a permission, a full disk, a missing folder, another filesystem, a database
+  // another process holds locked) is the operator's to act on, said in its own words: a stack trace
+  // only for what Wharf did not expect.
+  const code = (err as { code?: unknown } | null)?.code;
+  const said = err instanceof Error && typeof code === 'string' && /^(E[A-Z]+|SQLITE_[A-Z_]+)$/.test(code);
+  process.stderr.write(`wharf: ${err instanceof Error ? (said ? err.message : (err.stack ?? err.message)) : String(err)}\n`);
   process.exit(1);
 }
 

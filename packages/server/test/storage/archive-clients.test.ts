@@ -180,6 +180,13 @@ describe('wharf import and export with podman and skopeo', () => {
     expect(await pulledConfig('alice/alpine:3.20')).toBe(layout.single.config.digest);
   }, 120_000);
 
+  test('wharf export to a folder that does not exist says so in one line, exit 1, no stack trace', async () => {
+    // carol/layout:single was imported by a test above.
+    const out = await wharf(['export', 'carol/layout:single', '-o', join(dir, 'no-such-folder', 'x.tar'), '--config', configFile]);
+    expect(out.code).toBe(1);
+    expect(out.stderr).toMatch(/^wharf: ENOENT: no such file or directory, open '.*no-such-folder\/x\.tar'\n$/);
+  });
+
   test('an unknown image is a 404 before any byte; a broken tarball a 400 and nothing stored', async () => {
     const missing = await fetch(`${reg.url}/admin/export?ref=nobody/here:1`);
     expect(missing.status).toBe(404);
