@@ -69,6 +69,11 @@ export interface HttpUpstreamOptions {
    * internet): once on it, an upstream's requests go to public addresses only (see send).
    */
   readonly internet?: { readonly isPublicAddress: (address: string) => boolean };
+  /**
+   * What to tell an operator whose upstream wants credentials this client was not given, instead of
+   * "give it a username and password" (a mirror, to which the upstream's are not sent).
+   */
+  readonly credentialsAdvice?: string;
 }
 
 const DEFAULT_TIMEOUTS: UpstreamTimeouts = { connect: 10_000, firstByte: 30_000, idle: 60_000, minSpeed: 1024 };
@@ -560,7 +565,8 @@ export class HttpUpstream implements Upstream {
         const atProxy = this.egress && this.proxied(target) ? egressFailure(err, this.egress, target, this.name) : undefined;
         if (atProxy) throw atProxy;
         // Another host (a CDN, a token service an egress allow-list forgot) is named: not the upstream.
-        if (target.origin === this.origin) throw err;
+        // So is the token service on the upstream's own host: it, not the registry, did not answer.
+        if (target.origin === this.origin && (hop > 0 || what === undefined)) throw err;
         throw this.translate(err, hop === 0 && what !== undefined ? `${what} (${target.host})` : `upstream ${this.name}'s redirect target ${target.host}`);
       }
       this.options.onRequest?.(res.statusCode);
@@ -712,7 +718,7 @@ export class HttpUpstream implements Upstream {
       if (status === 403 && this.options.username === undefined && res.bytes && isRegistryError(res.bytes)) throw anonymousRefusal(this.name, status);
       // A 401 without credentials of ours refused none: it wants some.
       if (status === 401 && this.options.username === undefined) {
-        throw new UpstreamError('unauthorized', `upstream ${this.name} wants credentials for ${what} (${status}): give it a username and password in Wharf's configuration`, status);
+        throw new UpstreamError('unauthorized', `upstream ${this.name} wants credentials for ${what} (${status}): ${this.options.credentialsAdvice ?? "give it a username and password in Wharf's configuration"}`, status);
       }
       throw new UpstreamError('unauthorized', `upstream ${this.name} refused our credentials for ${what} (${status})`, status);
     }

@@ -279,6 +279,9 @@ describe('HttpUpstream against a real misbehaving server', () => {
     fake.auth = 'basic';
     const err = await failureOf(client().manifest('alice/app', '1'));
     expect([err.failure, err.status, err.message]).toEqual(['unauthorized', 401, "upstream fake wants credentials for manifest GET (401): give it a username and password in Wharf's configuration"]);
+    // A mirror, to which its upstream's credentials are not sent, names the way out instead.
+    const mirror = await failureOf(client({ credentialsAdvice: 'set mirror_credentials = true' }).manifest('alice/app', '1'));
+    expect(mirror.message).toBe('upstream fake wants credentials for manifest GET (401): set mirror_credentials = true');
     const wrong = await failureOf(client({ username: 'alice', password: 'wrong' }).manifest('alice/app', '1'));
     expect(wrong.message).toBe('upstream fake refused our credentials for manifest GET (401)');
   });

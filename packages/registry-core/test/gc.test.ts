@@ -211,6 +211,34 @@ describe('garbage collection: mark and sweep', () => {
     expect(await fx.registry.manifest('alice/app', image.digest)).toBeUndefined();
   });
 
+  test("a second server on the same storage stops serving a manifest this server's gc removed before its blobs go", async () => {
+    const image = await pushImage(fx.registry, 'alice/app', 'temp', ['only here too']);
+    const layer = fileOf(image.layers[0]!.digest);
+    const otherDb = openDatabase(join(fx.dir, 'metadata.db'));
+    try {
+      // The other server has the image cached.
+      const other = new SqliteMetadataStore(otherDb);
+      expect(await other.taggedManifest('alice/app', 'temp')).toBeDefined();
+      expect(await other.manifest('alice/app', image.digest)).toBeDefined();
+      expect(await fx.metadata.deleteTag('alice/app', 'temp')).toBe(true);
+      let done = false;
+      // This server's own gc, as its timer runs it (no pause between transactions).
+      const run = fx.gc.run({ grace: 0, deleteUntagged: true, now: Date.now() + 1000 }).finally(() => (done = true));
+      const servedWithoutLayer: string[] = [];
+      while (!done) {
+        const byDigest = await other.manifest('alice/app', image.digest);
+        if (byDigest && !(await exists(layer))) servedWithoutLayer.push('by digest');
+        // As often as the gc lets go of the event loop: its steps are short without a pause.
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+      expect((await run).manifests).toEqual([{ repo: 'alice/app', digest: image.digest }]);
+      expect(await exists(layer)).toBe(false);
+      expect(servedWithoutLayer).toEqual([]);
+    } finally {
+      otherDb.close();
+    }
+  });
+
   test('a gc in another process (wharf gc beside the server): the server stops serving a manifest it removed before its blobs go', async () => {
     const image = await pushImage(fx.registry, 'alice/app', 'temp', ['only here']);
     const layer = fileOf(image.layers[0]!.digest);

@@ -21,6 +21,9 @@ const SAME_SIGNAL_MS = 250;
 const program = new Command();
 program.name('wharf').description('Wharf: a container registry and pull-through dependency proxy').showHelpAfterError();
 
+/** SQLite's codes for what the system refused (a lock, a read-only or full disk), not for a query Wharf got wrong. */
+const SYSTEM_SQLITE_CODES = /^SQLITE_(BUSY|LOCKED|READONLY|CANTOPEN|FULL|IOERR|PERM|AUTH)(_[A-Z_]+)?$/;
+
 function fail(err: unknown): never {
   if (err instanceof UsageError) {
     process.stderr.write(`wharf: ${err.message}\n`);
@@ -34,7 +37,7 @@ function fail(err: unknown): never {
   // another process holds locked) is the operator's to act on, said in its own words: a stack trace
   // only for what Wharf did not expect.
   const code = (err as { code?: unknown } | null)?.code;
-  const said = err instanceof Error && typeof code === 'string' && /^(E[A-Z]+|SQLITE_[A-Z_]+)$/.test(code);
+  const said = err instanceof Error && typeof code === 'string' && (/^E[A-Z]+$/.test(code) || SYSTEM_SQLITE_CODES.test(code));
   process.stderr.write(`wharf: ${err instanceof Error ? (said ? err.message : (err.stack ?? err.message)) : String(err)}\n`);
   process.exit(1);
 }

@@ -251,7 +251,9 @@ function registryUrl(where: string, value: unknown): string {
  * user information and its query or fragment, where credentials and tokens ride, hidden.
  */
 function withoutSecrets(url: string): string {
-  return url.replace(/^([^/]*\/\/)[^/?#]*@/, '$1***@').replace(/([?#]).*$/s, '$1***');
+  // Up to the last '@': a password may hold '/', '?' or '#' (a base64 token does), which end no user information.
+  const hidden = url.replace(/^([^/]*\/\/).*@/s, '$1***@');
+  return hidden.replace(/([?#]).*$/s, '$1***');
 }
 
 /** One key for the URLs of one registry: the host's case and a default port do not tell them apart. */

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, lstatSync } from 'node:fs';
 import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { openDatabaseReadOnly, type SqliteDatabase } from '@wharf/registry-core';
@@ -46,11 +46,20 @@ export async function checkStorage(config: WharfConfig, create: boolean): Promis
   }
 }
 
-/** `path`, or the nearest folder above it that exists. */
+/** `path`, or the nearest folder above it that exists (a link counts, even one to nothing: the start would fail on it). */
 function nearestExisting(path: string): string {
   let at = path;
-  while (!existsSync(at) && dirname(at) !== at) at = dirname(at);
+  while (!isThere(at) && dirname(at) !== at) at = dirname(at);
   return at;
+}
+
+function isThere(path: string): boolean {
+  try {
+    lstatSync(path);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /**

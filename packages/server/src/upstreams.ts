@@ -25,6 +25,9 @@ export function buildUpstream(
       url,
       ...(credentials && u.username !== undefined ? { username: u.username } : {}),
       ...(credentials && u.password !== undefined ? { password: u.password } : {}),
+      ...(!credentials && u.username !== undefined
+        ? { credentialsAdvice: `upstream ${u.key}'s credentials go to its url alone: set mirror_credentials = true if its mirrors share its accounts` }
+        : {}),
       ...(u.ca !== undefined ? { ca: u.ca } : {}),
       ...(proxy.egress ? { egress: proxy.egress } : {}),
       timeouts: { connect: policy.connectTimeout, firstByte: policy.firstByteTimeout, idle: policy.idleTimeout, minSpeed: policy.minSpeed },

@@ -157,9 +157,10 @@ export class GarbageCollector {
       check();
     }
 
-    // A server sharing the database (this is `wharf gc`) may serve the manifests just removed from its
-    // cache until it sees this process's writes (OUTSIDE_WRITES_SEEN_MS): their blobs go once it has.
-    if (!dryRun && pauseMs > 0 && manifests.length > 0) await sleep(2 * OUTSIDE_WRITES_SEEN_MS);
+    // Another process sharing the database (a server beside `wharf gc`, or a second server on the same
+    // storage) may serve the manifests just removed from its cache until it sees this process's
+    // writes (OUTSIDE_WRITES_SEEN_MS): their blobs go once it has.
+    if (!dryRun && manifests.length > 0) await sleep(2 * OUTSIDE_WRITES_SEEN_MS);
 
     // Blobs that nothing links.
     const blobs: { digest: Digest; size: number }[] = [];

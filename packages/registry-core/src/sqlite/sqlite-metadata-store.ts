@@ -124,9 +124,11 @@ export class SqliteMetadataStore implements MetadataStore {
 
   private cached(repo: string, reference: string, read: () => StoredManifest | undefined): StoredManifest | undefined {
     const now = Date.now();
-    // Asked at most every OUTSIDE_WRITES_SEEN_MS: the pragma costs about 3 µs, a cache hit less than 1.
-    if (now - this.dataVersionAt >= OUTSIDE_WRITES_SEEN_MS) {
-      this.dataVersionAt = now;
+    // Asked at most every OUTSIDE_WRITES_SEEN_MS (a monotonic clock: a wall clock set back would pause
+    // the checks): the pragma costs about 3 µs, a cache hit less than 1.
+    const at = performance.now();
+    if (at - this.dataVersionAt >= OUTSIDE_WRITES_SEEN_MS) {
+      this.dataVersionAt = at;
       const version = this.q.dataVersion!.get();
       if (version !== this.dataVersion) this.cache.clear();
       this.dataVersion = version;
