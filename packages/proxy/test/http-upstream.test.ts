@@ -275,6 +275,17 @@ describe('HttpUpstream against a real misbehaving server', () => {
     expect(fake.count('GET', '/token')).toBe(1);
   });
 
+  test('a token service on the upstream\'s own host that does not answer is named, not the registry', async () => {
+    fake.auth = 'bearer';
+    fake.holdTokens = true;
+    try {
+      const err = await failureOf(client({ timeouts: FAST }).manifest('alice/app', '1'));
+      expect([err.failure, err.message]).toEqual(['timeout', `token service of upstream fake (${new URL(fake.url).host}) timed out`]);
+    } finally {
+      fake.releaseTokens();
+    }
+  });
+
   test('Basic, with no credentials configured: the error says the upstream wants some, not that it refused ours', async () => {
     fake.auth = 'basic';
     const err = await failureOf(client().manifest('alice/app', '1'));
