@@ -255,19 +255,13 @@ describe('HttpUpstream against a real misbehaving server', () => {
     expect(fake.requests.map((r) => r.authorization?.split(' ')[0]).sort()).toEqual([...Array(8).fill('Basic'), ...Array(8).fill(undefined)]);
   });
 
-  test('Bearer: eight first requests challenged at once share one token fetch and are answered', async () => {
+  test.each([
+    ['eight first requests challenged at once share one token fetch and are answered', { challengeTogether: 8 }],
+    // A 401 that comes after the token it needs was fetched is answered with that token, not a second fetch.
+    ['eight first requests challenged one by one, the later after the token came, share one token fetch too', { challengeLateMs: 150 }],
+  ] as const)('Bearer: %s', async (_name, timing) => {
     fake.auth = 'bearer';
-    fake.challengeTogether = 8;
-    const digests = Array.from({ length: 8 }, (_, i) => fake.addBlob(randomBytes(1000 + i)));
-    const up = client({ username: 'alice', password: 's3cret' });
-    const got = await Promise.all(digests.map(async (d) => sha256Of(await readAll((await up.blob('alice/app', d))!.body))));
-    expect(got).toEqual(digests);
-    expect(fake.count('GET', '/token')).toBe(1);
-  });
-
-  test('Bearer: a 401 that comes after the token it needs was fetched is answered with that token, not a second fetch', async () => {
-    fake.auth = 'bearer';
-    fake.challengeLateMs = 150;
+    Object.assign(fake, timing);
     const digests = Array.from({ length: 8 }, (_, i) => fake.addBlob(randomBytes(1000 + i)));
     const up = client({ username: 'alice', password: 's3cret' });
     const got = await Promise.all(digests.map(async (d) => sha256Of(await readAll((await up.blob('alice/app', d))!.body))));

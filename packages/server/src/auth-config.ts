@@ -206,8 +206,3 @@ export function checkAuthConfig(auth: AuthConfig, listen: { readonly host: strin
     }
   }
 }
-
-/** Why a start is refused with a configured group named like a user of the database (see storage-check's groupNamedLikeUser). */
-export function groupClashMessage(name: string): string {
-  return `[[auth.groups]] "${name}" has the name of a user in the database, who would own the group's namespace "${name}/*": rename the group, or remove the user ("wharf user remove ${name}")`;
-}

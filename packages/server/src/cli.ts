@@ -12,8 +12,8 @@ import { registerStorageCommands } from './cli-storage.js';
 import { checkTlsFiles, registerOpsCommands } from './cli-ops.js';
 import { holdYoungGeneration } from './young-generation.js';
 import { detachLostStreams, lostTerminalStreams } from './lost-terminal.js';
-import { checkStorage, groupNamedLikeUser } from './storage-check.js';
-import { groupClashMessage } from './auth-config.js';
+import { checkStorage } from './storage-check.js';
+import { refuseGroupNamedLikeUser, userNamesIn } from './auth/group-clash.js';
 
 /** The same signal this soon after the first is one signal, delivered twice (see serve). */
 const SAME_SIGNAL_MS = 250;
@@ -112,8 +112,7 @@ config
       const tls = checkTlsFiles(c);
       // What a start refuses besides the file itself: storage it cannot use, a group named like a user.
       await checkStorage(c, false);
-      const clash = groupNamedLikeUser(c);
-      if (clash) throw new ConfigError(groupClashMessage(clash));
+      refuseGroupNamedLikeUser(c.auth.groups, userNamesIn(c.database));
       for (const warning of c.warnings ?? []) process.stderr.write(`warning: ${warning}\n`);
       process.stdout.write(`configuration OK: listen ${c.listen.host}:${c.listen.port}, registry_storage ${c.registryStorage}, database ${c.database}, ${tls}\n`);
     } catch (err) {

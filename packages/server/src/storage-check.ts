@@ -1,8 +1,7 @@
 import { randomUUID } from 'node:crypto';
-import { existsSync, lstatSync } from 'node:fs';
+import { lstatSync } from 'node:fs';
 import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { openDatabaseReadOnly, type SqliteDatabase } from '@wharf/registry-core';
 import { ConfigError } from './config-error.js';
 import type { WharfConfig } from './config.js';
 
@@ -82,26 +81,4 @@ async function probeWrite(key: StorageKey, folder: string, into: string): Promis
     return;
   }
   await rm(probe, { force: true }).catch(() => undefined);
-}
-
-/**
- * A configured group named like a user of the database: that user would own the group's namespace
- * (delete included), and its members what it pushed there. `wharf user add` refuses a group's name,
- * but a group may be configured after the user was made. Read without writing (`wharf config check`
- * reads the database of a server that may be running): undefined when there is no database yet or it
- * cannot be read so.
- */
-export function groupNamedLikeUser(config: WharfConfig): string | undefined {
-  const groups = new Set(config.auth.groups.map((g) => g.name));
-  if (groups.size === 0 || !existsSync(config.database)) return undefined;
-  let own: SqliteDatabase | undefined;
-  try {
-    own = openDatabaseReadOnly(config.database);
-    const names = own.prepare('SELECT name FROM auth_users').pluck().all() as string[];
-    return names.find((name) => groups.has(name));
-  } catch {
-    return undefined;
-  } finally {
-    own?.close();
-  }
 }

@@ -4,10 +4,11 @@ import { dirname, join } from 'node:path';
 import { carriedIPv4, ipv6Groups } from '@wharf/proxy';
 import { RegistryError, isValidRepositoryName, type SqliteDatabase } from '@wharf/registry-core';
 import type { Logger } from 'pino';
-import { groupClashMessage, type AuthConfig, type Role } from '../auth-config.js';
+import type { AuthConfig, Role } from '../auth-config.js';
 import type { WharfConfig } from '../config.js';
 import { findUpstream, type ProxyConfig, type UpstreamAccess } from '../proxy-config.js';
 import { Accounts } from './accounts.js';
+import { refuseGroupNamedLikeUser } from './group-clash.js';
 import { AuthStore } from './auth-store.js';
 import { KnownAddresses } from './known-addresses.js';
 import { clientWentAway } from './bcrypt-thread.js';
@@ -169,13 +170,7 @@ export class AuthService {
     const keyFile = config.database === ':memory:' ? undefined : join(dirname(config.database), 'auth', 'signing-key.pem');
     const key = await loadSigningKey(keyFile, logger);
     const store = new AuthStore(db);
-    // `wharf user add` refuses a group's name, but a group may be configured after the user was made:
-    // that user would own the group's namespace (delete included), and its members what it pushed there.
-    const groupNames = new Set(config.auth.groups.map((g) => g.name));
-    const clash = store.users().find((u) => groupNames.has(u.name));
-    if (clash) {
-      throw new ConfigError(groupClashMessage(clash.name));
-    }
+    refuseGroupNamedLikeUser(config.auth.groups, store.users().map((u) => u.name));
     const service = new AuthService(
       config.auth,
       config.proxy,
