@@ -102,7 +102,12 @@ function effectiveMediaType(contentType: string | undefined, declared: unknown):
  * Parses and validates manifest bytes as received. Throws MANIFEST_INVALID for anything a client must
  * fix, TOO_LARGE over the cap. Never re-serialises: the digest is of exactly these bytes.
  */
-export function parseManifest(bytes: Buffer, contentType: string | undefined, algorithm: DigestAlgorithm = 'sha256'): ParsedManifest {
+export function parseManifest(
+  bytes: Buffer,
+  contentType: string | undefined,
+  algorithm: DigestAlgorithm = 'sha256',
+  { stored = false }: { /** Bytes kept before (read back, not received): what was accepted then is read as it was. */ stored?: boolean } = {},
+): ParsedManifest {
   if (bytes.length > MAX_MANIFEST_BYTES) {
     throw new RegistryError('TOO_LARGE', `manifest is larger than ${MAX_MANIFEST_BYTES} bytes`, { size: bytes.length });
   }
@@ -121,6 +126,12 @@ export function parseManifest(bytes: Buffer, contentType: string | undefined, al
     throw invalid('only schemaVersion 2 manifests are supported', { schemaVersion: doc.schemaVersion });
   }
   const mediaType = effectiveMediaType(contentType, doc.mediaType);
+  if (!stored && doc.mediaType === undefined && (mediaType === MediaType.DockerManifest || mediaType === MediaType.DockerManifestList)) {
+    // Docker's schema 2 makes the field part of the format (the OCI manifest's is optional): Docker's
+    // own parser, and distribution, refuse a document without it, so it would be stored and then fail
+    // every pull of a Docker engine that reads it itself.
+    throw invalid(`a Docker manifest needs its mediaType field ("mediaType": "${mediaType}")`, { contentType: mediaType });
+  }
   if (doc.artifactType !== undefined && typeof doc.artifactType !== 'string') throw invalid('artifactType must be a string');
   const subject = doc.subject === undefined ? undefined : descriptor(doc.subject, 'subject');
   const annotations = stringMap(doc.annotations, 'annotations');

@@ -214,6 +214,19 @@ describe('parseManifest: media type from Content-Type and body', () => {
     );
   });
 
+  test('a Docker manifest or list without its mediaType field is MANIFEST_INVALID (the OCI ones may leave it out)', () => {
+    const image = json({ schemaVersion: 2, config: descriptorOf('{}', DOCKER_CONFIG), layers: [descriptorOf('l', DOCKER_LAYER)] });
+    const list = json({ schemaVersion: 2, manifests: [descriptorOf('m', DOCKER_MANIFEST)] });
+    expect(() => parseManifest(image, DOCKER_MANIFEST)).toThrow(
+      expect.objectContaining({ code: 'MANIFEST_INVALID', message: expect.stringContaining(`"mediaType": "${DOCKER_MANIFEST}"`) }),
+    );
+    expect(() => parseManifest(list, DOCKER_LIST)).toThrow(expect.objectContaining({ code: 'MANIFEST_INVALID' }));
+    expect(parseManifest(json({ schemaVersion: 2, config, layers: [layer] }), OCI_MANIFEST).mediaType).toBe(OCI_MANIFEST);
+    expect(parseManifest(json({ schemaVersion: 2, manifests: [] }), OCI_INDEX).mediaType).toBe(OCI_INDEX);
+    // One kept before this rule is still read (an export of it works).
+    expect(parseManifest(image, DOCKER_MANIFEST, 'sha256', { stored: true }).mediaType).toBe(DOCKER_MANIFEST);
+  });
+
   test('an unknown body mediaType is MANIFEST_INVALID', () => {
     const bytes = json({ schemaVersion: 2, mediaType: 'application/vnd.example.manifest', config, layers: [layer] });
     expect(() => parseManifest(bytes, undefined)).toThrow(expect.objectContaining({ code: 'MANIFEST_INVALID' }));

@@ -45,7 +45,7 @@ export async function planExport(registry: LocalRegistry, refs: readonly string[
   const blobs = new Map<Digest, { repo: string; size: number }>();
   const visit = async (repo: string, manifest: StoredManifest, depth: number): Promise<{ written: StoredManifest; image: ExportedImage['image'] }> => {
     if (depth > 8) throw new RegistryError('MANIFEST_INVALID', 'manifests nest too deep', { digest: manifest.digest });
-    const parsed = parseManifest(manifest.bytes, manifest.mediaType, parseDigest(manifest.digest).algorithm);
+    const parsed = parseManifest(manifest.bytes, manifest.mediaType, parseDigest(manifest.digest).algorithm, { stored: true });
     const children = new Map<Digest, StoredManifest>();
     for (const child of parsed.manifests) {
       const stored = await registry.manifest(repo, child.digest);
