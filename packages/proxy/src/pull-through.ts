@@ -51,6 +51,11 @@ export interface PullThroughPolicy {
   readonly outageBackoff?: number;
   /** The deadline (ms) of a request to an upstream that did not answer lately, retries included. */
   readonly outageProbeTimeout?: number;
+  /**
+   * Within an outage's window (not a rate limit's), a cached tag's re-check goes in the background at
+   * most this often (ms), its client served stale meanwhile: the first answer ends the window.
+   */
+  readonly outageRecheckInterval?: number;
 }
 
 export const DEFAULT_POLICY: PullThroughPolicy = {
@@ -60,6 +65,7 @@ export const DEFAULT_POLICY: PullThroughPolicy = {
   revalidateTimeout: 5_000,
   outageBackoff: 30_000,
   outageProbeTimeout: 5_000,
+  outageRecheckInterval: 5_000,
 };
 
 export interface PullThroughLogger {
@@ -87,6 +93,9 @@ export class PullThroughRepository implements RepositoryReader {
   private rateLimited = false;
   /** When the window of unavailableUntil began. */
   private unavailableSince = 0;
+  /** When the upstream was last asked about a tag within that window (its start counts: a failure). */
+  private lastRecheckAt = 0;
+  private rechecking = false;
   /** Manifest look-ups in flight, by repository and reference. */
   private readonly asking = new Map<string, Promise<StoredManifest | undefined>>();
   /** Tag list and referrers look-ups in flight (orCached). */
@@ -190,6 +199,7 @@ export class PullThroughRepository implements RepositoryReader {
     if (cached && known && this.checkedRecently(known, now)) return this.hit('manifest', cached);
     if (!cached && this.index.isAbsent(this.key, repo, tag)) return undefined;
     if (cached && now < this.unavailableUntil) {
+      this.recheckInBackground(repo, tag, now);
       return this.stale(cached, repo, tag, `upstream ${this.key} is unavailable; serving the cached manifest`);
     }
     // A client with a cached copy waiting on it must not sit out the upstream's full timeouts and retries.
@@ -273,9 +283,33 @@ export class PullThroughRepository implements RepositoryReader {
     const window = Math.max(this.policy.outageBackoff ?? DEFAULT_POLICY.outageBackoff!, (retryAfterSeconds ?? 0) * 1000);
     const ongoing = now < this.unavailableUntil;
     if (!ongoing) this.unavailableSince = now;
+    this.lastRecheckAt = now;
     // A window is never shortened, and a rate limit's stays one until it ends (an outage meanwhile does not make it end at the first answer).
     this.rateLimited = (ongoing && this.rateLimited) || failure === 'rate-limited' || retryAfterSeconds !== undefined;
     this.unavailableUntil = Math.max(this.unavailableUntil, now + window);
+  }
+
+  /**
+   * Within an outage's window, cached tags are served without asking the upstream, so nothing but its
+   * end would learn that the upstream is back: a tag pushed there meanwhile stayed stale, every answer
+   * saying the upstream was unavailable, for up to 30 s after it answered again. So one request in
+   * outageRecheckInterval asks about its tag in the background, its client not waiting for it: any
+   * answer ends the window (OfflineGuard's onAnswer), and the next requests check their tags as usual.
+   * A failure changes nothing (the guard lengthens its own period). Never within a rate limit's
+   * window: that one is the upstream's to end.
+   */
+  private recheckInBackground(repo: string, tag: string, now: number): void {
+    const interval = this.policy.outageRecheckInterval ?? DEFAULT_POLICY.outageRecheckInterval!;
+    if (this.rateLimited || this.rechecking || now - this.lastRecheckAt < interval) return;
+    this.rechecking = true;
+    this.lastRecheckAt = now;
+    const deadline = this.policy.revalidateTimeout ?? DEFAULT_POLICY.revalidateTimeout!;
+    this.upstream
+      .head(repo, tag, AbortSignal.timeout(deadline))
+      .catch(() => undefined)
+      .finally(() => {
+        this.rechecking = false;
+      });
   }
 
   private stale(cached: StoredManifest, repo: string, tag: string, reason: string): StoredManifest {

@@ -12,6 +12,7 @@ import { PullThroughRepository } from '../src/pull-through.js';
 import { UpstreamError, type Upstream, type UpstreamHead, type UpstreamManifest } from '../src/upstream.js';
 
 const TTL = 50;
+const RECHECK = 500;
 const DOC = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: {}, layers: [] }));
 const DIGEST = `sha256:${createHash('sha256').update(DOC).digest('hex')}` as Digest;
 
@@ -38,12 +39,16 @@ describe('the outage back-off window', () => {
     dir = await mkdtemp(join(tmpdir(), 'wharf-backoff-'));
     await mkdir(join(dir, 'tmp'));
     db = openDatabase(':memory:');
-    const store = new FsBlobStore(join(dir, 'blobs'), join(dir, 'tmp'));
     up = new Scripted();
-    repo = new PullThroughRepository(up, new CacheIndex(db), store, new BlobFills({ store, tempRoot: join(dir, 'tmp') }), {
-      manifestTtl: TTL, absentTtl: 60_000, rateLimitFloor: 0, outageBackoff: 30_000, revalidateTimeout: 2_000,
-    });
+    repo = newRepository();
   });
+  /** A proxy of `up` on the test's database: a second one sees what the first cached, with windows of its own. */
+  function newRepository(): PullThroughRepository {
+    const store = new FsBlobStore(join(dir, 'blobs'), join(dir, 'tmp'));
+    return new PullThroughRepository(up, new CacheIndex(db), store, new BlobFills({ store, tempRoot: join(dir, 'tmp') }), {
+      manifestTtl: TTL, absentTtl: 60_000, rateLimitFloor: 0, outageBackoff: 30_000, revalidateTimeout: 2_000, outageRecheckInterval: RECHECK,
+    });
+  }
   afterEach(async () => {
     db.close();
     await rm(dir, { recursive: true, force: true });
@@ -117,5 +122,51 @@ describe('the outage back-off window', () => {
     // ...and a's tag is still not asked for: the Retry-After's 3600 s hold.
     expect((await repo.manifest('a/app', '1'))?.warning).toMatch(/unavailable/);
     expect(up.calls.slice(before)).toEqual([]);
+  });
+  test('an upstream back within the window is found by a re-check in the background, not when the 30 s end', async () => {
+    await repo.manifest('a/app', '1');
+    await repo.manifest('b/app', '1');
+    await sleep(TTL + 10);
+    up.onHead = async () => { throw new UpstreamError('server-error', 'upstream up answered 503', 503); };
+    expect((await repo.manifest('a/app', '1'))?.warning).toMatch(/unavailable/);
+    // The upstream is back at once; within the re-check interval nobody asks it.
+    up.onHead = async () => ({ digest: DIGEST, mediaType: 'application/vnd.oci.image.manifest.v1+json' });
+    const before = up.calls.length;
+    expect((await repo.manifest('b/app', '1'))?.warning).toMatch(/unavailable/);
+    expect(up.calls.slice(before)).toEqual([]);
+    await sleep(RECHECK + 20);
+    // This client is served stale at once; its tag's HEAD goes in the background, and its answer ends the window.
+    expect((await repo.manifest('b/app', '1'))?.warning).toMatch(/unavailable/);
+    expect(up.calls.slice(before)).toEqual(['HEAD b/app:1']);
+    await sleep(10);
+    expect((await repo.manifest('a/app', '1'))?.warning).toBeUndefined();
+    expect(up.calls.slice(before)).toEqual(['HEAD b/app:1', 'HEAD a/app:1']);
+  });
+
+  test('a re-check that fails in the background keeps the window, and the next goes an interval later; none within a 429\'s', async () => {
+    await repo.manifest('a/app', '1');
+    await sleep(TTL + 10);
+    up.onHead = async () => { throw new UpstreamError('server-error', 'upstream up answered 503', 503); };
+    expect((await repo.manifest('a/app', '1'))?.warning).toMatch(/unavailable/);
+    await sleep(RECHECK + 20);
+    const before = up.calls.length;
+    expect((await repo.manifest('a/app', '1'))?.warning).toMatch(/unavailable/);
+    await sleep(10);
+    expect((await repo.manifest('a/app', '1'))?.warning).toMatch(/unavailable/);
+    expect(up.calls.slice(before)).toEqual(['HEAD a/app:1']);
+    await sleep(RECHECK + 20);
+    expect((await repo.manifest('a/app', '1'))?.warning).toMatch(/unavailable/);
+    expect(up.calls.slice(before)).toEqual(['HEAD a/app:1', 'HEAD a/app:1']);
+
+    // A rate limit's window is the upstream's to end: no re-check within it.
+    const limited = newRepository();
+    await sleep(TTL + 10);
+    up.onHead = async () => { throw new UpstreamError('rate-limited', 'upstream up answered 429', 429, 3600); };
+    expect((await limited.manifest('a/app', '1'))?.warning).toMatch(/unavailable/);
+    await sleep(RECHECK + 20);
+    const after = up.calls.length;
+    expect((await limited.manifest('a/app', '1'))?.warning).toMatch(/unavailable/);
+    await sleep(10);
+    expect(up.calls.slice(after)).toEqual([]);
   });
 });
