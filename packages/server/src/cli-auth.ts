@@ -223,7 +223,12 @@ export function registerAuthCommands(program: Command, fail: (err: unknown) => n
           if (opts.ci) {
             const ns = opts.namespace;
             if (!ns || !isValidAccountName(ns)) throw new UsageError('--ci needs --namespace <ns>, a user or group namespace');
-            if (!mayCreateCiToken(account, ns, policyOf(config))) {
+            const policy = policyOf(config);
+            if (!mayCreateCiToken(account, ns, policy)) {
+              // A namespace nobody has (a group not yet in the configuration) is told as such, not as a missing right.
+              if (!accounts.find(ns) && !policy.groups.has(ns)) {
+                throw new UsageError(`no user or group "${ns}": a group namespace is an [[auth.groups]] entry of the configuration (a running server knows it once restarted)`);
+              }
               throw new UsageError(`"${account.name}" may not push to ${ns}/* (developer or more is needed there), so cannot create a CI token for it`);
             }
             const ttl = duration(opts.expires ?? '1h', MAX_CI_TTL_MS, 'CI tokens');
@@ -251,6 +256,8 @@ export function registerAuthCommands(program: Command, fail: (err: unknown) => n
     .action((opts: ConfigOption & { user?: string; logins: boolean }) =>
       run(() =>
         withAccounts(opts.config, (accounts) => {
+          // As `token create` does: a misspelt name is not "no tokens".
+          if (opts.user !== undefined && !accounts.find(opts.user)) throw new UsageError(`no user "${opts.user}"`);
           const rows = [['ID', 'TYPE', 'USER', 'SCOPES', 'NAMESPACE', 'EXPIRES', 'LAST USED', 'STATE', 'NAME']];
           const tokens = [...accounts.store.tokens(opts.user), ...(opts.logins ? accounts.store.logins(opts.user) : [])].sort((a, b) => a.id - b.id);
           for (const t of tokens) {
@@ -292,8 +299,11 @@ export function registerAuthCommands(program: Command, fail: (err: unknown) => n
       run(() =>
         withAccounts(opts.config, (accounts, config) => {
           if (pattern === undefined) {
+            const added = accounts.store.publicPatterns();
             for (const p of config.auth.public) process.stdout.write(`${p}\t(configuration)\n`);
-            for (const p of accounts.store.publicPatterns()) process.stdout.write(`${p}\n`);
+            for (const p of added) process.stdout.write(`${p}\n`);
+            // On standard error: a script reading the list gets none, a person a word rather than silence.
+            if (config.auth.public.length === 0 && added.length === 0) process.stderr.write('no public repositories\n');
             return;
           }
           if (isProxyPattern(pattern)) throw new UsageError(PROXY_NOT_PUBLIC);

@@ -33,6 +33,11 @@ function fail(err: unknown): never {
     process.stderr.write(`wharf: configuration error: ${err.message}\n`);
     process.exit(2);
   }
+  // Ctrl+C (or Ctrl+D) at a password prompt: the user's choice, not a failure to explain with a stack.
+  if (err instanceof Error && err.name === 'AbortError' && /Ctrl\+[CD]/.test(err.message)) {
+    process.stderr.write('wharf: cancelled\n');
+    process.exit(err.message.includes('Ctrl+C') ? 130 : 1);
+  }
   // A system's refusal (a permission, a full disk, a missing folder, another filesystem, a database
   // another process holds locked) is the operator's to act on, said in its own words: a stack trace
   // only for what Wharf did not expect.

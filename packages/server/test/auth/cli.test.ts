@@ -102,6 +102,26 @@ describe('wharf user, token and repo commands', () => {
     expect((await cli(['user', 'list'])).code).toBe(0);
   });
 
+  test('Ctrl+C at the password prompt of a terminal: "cancelled", exit 130, no stack trace, no user', async () => {
+    // `script` gives the command a terminal, so that it asks for the password; Ctrl+C is its byte on that terminal.
+    const line = `${JSON.stringify(process.execPath)} ${JSON.stringify(CLI)} user add quitter --config ${JSON.stringify(file)}`;
+    const terminal = spawn('script', ['-qfec', line, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'], env: { PATH: process.env.PATH ?? '', HOME: dir } });
+    let out = '';
+    const asked = new Promise<void>((resolveAsked) =>
+      terminal.stdout.on('data', (d: Buffer) => {
+        out += d.toString();
+        if (out.includes('Password')) resolveAsked();
+      }),
+    );
+    const exited = new Promise<number | null>((resolveExit) => terminal.once('close', resolveExit));
+    await asked;
+    terminal.stdin.write('\u0003');
+    expect(await exited).toBe(130);
+    expect(out).toContain('wharf: cancelled');
+    expect(out).not.toMatch(/AbortError|\n\s+at /);
+    expect((await cli(['user', 'list'])).stdout).not.toContain('quitter');
+  });
+
   test('user add refuses taken names, groups, bad names and weak passwords', async () => {
     for (const [args, stdin, message] of [
       [['user', 'add', 'carol'], '', 'exists already'],
@@ -143,6 +163,8 @@ describe('wharf user, token and repo commands', () => {
     expect((await cli(['token', 'revoke', id])).code).toBe(0);
     expect(await status('anything', secret)).toBe(401);
     expect((await cli(['token', 'list'])).stdout).toMatch(new RegExp(`^${id}\\s.*revoked\\s+laptop$`, 'm'));
+    const nobody = await cli(['token', 'list', '--user', 'nobody']);
+    expect([nobody.code, nobody.stderr]).toEqual([2, 'wharf: no user "nobody"\n']);
   });
 
   test("logins: `token list --logins` shows a user's, `token revoke` ends one and the bearer tokens got through it at once, `user logout` ends the rest", async () => {
@@ -201,6 +223,10 @@ describe('wharf user, token and repo commands', () => {
     const refused = await cli(['token', 'create', '--ci', '--user', 'alice', '--namespace', 'team', '--expires', '2h']);
     expect(refused.code).toBe(2);
     expect(refused.stderr).toContain('developer or more is needed');
+    // A namespace that is no user and no configured group is named as such.
+    const nowhere = await cli(['token', 'create', '--ci', '--user', 'carol', '--namespace', 'nosuchteam', '--expires', '2h']);
+    expect(nowhere.code).toBe(2);
+    expect(nowhere.stderr).toContain('no user or group "nosuchteam": a group namespace is an [[auth.groups]] entry');
     const tooLong = await cli(['token', 'create', '--ci', '--user', 'carol', '--namespace', 'team', '--expires', '91d']);
     expect(tooLong.code).toBe(2);
 
@@ -229,7 +255,9 @@ describe('wharf user, token and repo commands', () => {
       expect(refused.code).toBe(2);
       expect(refused.stderr).toContain('opened by their upstream\'s "access"');
     }
-    expect((await cli(['repo', 'public'])).stdout).toBe('');
+    const none = await cli(['repo', 'public']);
+    expect(none.stdout).toBe('');
+    expect(none.stderr).toBe('no public repositories\n');
   });
 
   test('user passwd and user remove take effect on the running server', async () => {
