@@ -76,6 +76,9 @@ export function ociErrors(logger: Logger) {
       ctx.status = errorStatus(error, ctx.state.invalidPathReference === true);
       if (ctx.status !== 416) ctx.remove('content-range');
       if (ctx.status === 405) ctx.set('Allow', allowedMethods(ctx, routerRefused));
+      // What a route said a client needs to go on after this error (an upload's 416: where it resumes).
+      const errorHeaders = ctx.state.errorHeaders as Record<string, string> | undefined;
+      if (errorHeaders) ctx.set(errorHeaders);
       if (!ctx.req.complete) {
         // A body the route destroyed (its write failed: a full disk, a session cancelled mid-chunk) is
         // read no further, and its connection ends once the client stops sending: the client is told

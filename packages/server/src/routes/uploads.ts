@@ -33,6 +33,19 @@ function describeSession(ctx: Context, name: string, upload: UploadStatus): void
   emptyBody(ctx);
 }
 
+/**
+ * A chunk that does not start where the upload ends (416) is answered with where it does, as the
+ * Docker registry API (and the OCI spec's first drafts) have it: Location, Range and the session's
+ * id, so that a client resumes without asking first. Rethrows `err` in every case.
+ */
+function resumeAfter(ctx: Context, name: string, id: string, err: unknown): never {
+  const expectedStart = err instanceof RegistryError && err.code === 'RANGE_INVALID' ? (err.detail as { expectedStart?: unknown } | undefined)?.expectedStart : undefined;
+  if (typeof expectedStart === 'number') {
+    ctx.state.errorHeaders = { Location: `/v2/${name}/blobs/uploads/${id}`, Range: uploadRange(expectedStart), 'Docker-Upload-UUID': id };
+  }
+  throw err;
+}
+
 function describeBlob(ctx: Context, name: string, digest: string): void {
   ctx.status = 201;
   ctx.set('Location', `/v2/${name}/blobs/${digest}`);
@@ -106,7 +119,7 @@ export function registerUploads(router: Router, deps: RouteDeps, options: { read
     const position = parseContentRange(ctx.get('Content-Range') || undefined);
     const writer = writerOf(target);
     if (!(await writer.uploadStatus(target.repo, id))) throw uploadUnknown(id);
-    const upload = await writer.appendUpload(target.repo, id, ctx.req, position);
+    const upload = await writer.appendUpload(target.repo, id, ctx.req, position).catch((err: unknown) => resumeAfter(ctx, capture(ctx, 0), id, err));
     ctx.status = 202;
     describeSession(ctx, capture(ctx, 0), upload);
   });
@@ -125,7 +138,7 @@ export function registerUploads(router: Router, deps: RouteDeps, options: { read
     const finalChunk = hasBody(ctx.req)
       ? { body: ctx.req, position: parseContentRange(ctx.get('Content-Range') || undefined) }
       : undefined;
-    const blob = await writer.completeUpload(target.repo, id, expect, finalChunk);
+    const blob = await writer.completeUpload(target.repo, id, expect, finalChunk).catch((err: unknown) => resumeAfter(ctx, capture(ctx, 0), id, err));
     describeBlob(ctx, capture(ctx, 0), blob.digest);
   });
 

@@ -197,6 +197,10 @@ describe('blob uploads', () => {
       await patch(session.url, Buffer.from('0123456789'), '0-9');
       const res = await patch(session.url, Buffer.from('abcde'), '20-24');
       await expectOciError(res, 416, 'RANGE_INVALID');
+      // Where to resume, as the Docker registry API has it: no GET needed first.
+      expect(new URL(res.headers.get('location') ?? '', reg.url).href).toBe(new URL(session.url).href);
+      expect(res.headers.get('range')).toBe('0-9');
+      expect(res.headers.get('docker-upload-uuid')).toBe(session.id);
     });
 
     test('after an out-of-order chunk the session still reports what it had', async () => {
@@ -307,6 +311,8 @@ describe('blob uploads', () => {
         body: '4567',
       });
       await expectOciError(res, 416);
+      expect(res.headers.get('range')).toBe('0-3');
+      expect(res.headers.get('location')).toBe(new URL(session.url).pathname);
     });
   });
 
