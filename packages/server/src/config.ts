@@ -30,7 +30,7 @@ export interface WharfConfig {
   readonly uploadMaxAge: number;
   readonly logLevel: LogLevel;
   readonly logFormat: LogFormat;
-  /** On SIGTERM/SIGINT, how long requests (and blob fills) in flight may take to finish (ms). */
+  /** On SIGTERM/SIGINT/SIGHUP, how long requests (and blob fills) in flight may take to finish (ms). */
   readonly shutdownTimeout: number;
   /** Longest time a client may take to send a request's headers (ms). */
   readonly readHeaderTimeout: number;
@@ -78,7 +78,7 @@ export const CONFIG_KEYS = {
   upload_max_age: { kind: 'duration', default: '24h', doc: 'abandoned upload sessions are removed after this long' },
   log_level: { kind: 'log_level', default: 'info', doc: 'fatal, error, warn, info, debug, trace or silent' },
   log_format: { kind: 'log_format', default: 'auto', doc: 'json, pretty, or auto (pretty on a terminal)' },
-  shutdown_timeout: { kind: 'duration', timer: true, default: '30s', doc: 'on SIGTERM/SIGINT, how long requests in flight may take to finish' },
+  shutdown_timeout: { kind: 'duration', timer: true, default: '30s', doc: 'on SIGTERM/SIGINT/SIGHUP, how long requests in flight may take to finish' },
   read_header_timeout: { kind: 'duration', timer: true, default: '20s', doc: 'longest time a client may take to send the request headers' },
   idle_timeout: { kind: 'duration', timer: true, default: '2m', doc: 'idle keep-alive connections and silent sockets are closed after this long' },
   request_timeout: { kind: 'duration', timer: true, default: '2m', doc: 'longest time of a request that does not move a blob (0: none)' },
