@@ -3,13 +3,13 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import { parse as parseToml } from 'smol-toml';
 import { configDuration, timerProblem } from './duration.js';
 
-import { ConfigError } from './config-error.js';
+import { ConfigError, UsageError } from './config-error.js';
 import { namedVariables, unknownWharfVariables } from './unknown-env.js';
 import { invalidNetwork } from './http/client-address.js';
 import { buildProxyConfig, nsHostWarnings, type ProxyConfig } from './proxy-config.js';
 import { buildAuthConfig, checkAuthConfig, type AuthConfig } from './auth-config.js';
 import { buildGcConfig, type GcConfig } from './gc-config.js';
-import { applyTableEnv, booleanWord } from './env-tables.js';
+import { TABLE_ENV_KEYS, applyTableEnv, booleanWord, tableEnvName } from './env-tables.js';
 import { buildTlsConfig, type TlsConfig } from './tls/tls-config.js';
 import { buildMetricsConfig, type MetricsConfig } from './metrics/metrics-config.js';
 
@@ -150,11 +150,35 @@ export function loadConfig(options: LoadOptions = {}): WharfConfig {
   return buildConfig(doc, { env, fileDir: dirname(file), cwd, source: file, secrets: options.secrets ?? true });
 }
 
+type BuildOptions = { env?: NodeJS.ProcessEnv; fileDir?: string; cwd?: string; source?: string; secrets?: boolean };
+
 /** Builds a configuration from a parsed document (tests build theirs in code with this). */
-export function buildConfig(
-  doc: Record<string, unknown>,
-  options: { env?: NodeJS.ProcessEnv; fileDir?: string; cwd?: string; source?: string; secrets?: boolean } = {},
-): WharfConfig {
+export function buildConfig(doc: Record<string, unknown>, options: BuildOptions = {}): WharfConfig {
+  try {
+    return assemble(doc, options);
+  } catch (err) {
+    throw namingTheVariable(err, options.env ?? {});
+  }
+}
+
+/**
+ * A refused value the environment set is named by its variable: the user set WHARF_PROXY_MAX_SIZE,
+ * and a message about "proxy.max_size" alone sent them looking in the file.
+ */
+function namingTheVariable(err: unknown, env: NodeJS.ProcessEnv): unknown {
+  if (!(err instanceof ConfigError) || err instanceof UsageError) return err;
+  const variables = [
+    ...Object.keys(CONFIG_KEYS).map((key) => [key, envName(key)] as const),
+    ...Object.entries(TABLE_ENV_KEYS).flatMap(([table, keys]) => Object.keys(keys).map((key) => [`${table}.${key}`, tableEnvName(table, key)] as const)),
+  ];
+  for (const [key, name] of variables) {
+    const quoted = `"${key}"`;
+    if (env[name] !== undefined && env[name] !== '' && err.message.includes(quoted)) return new ConfigError(err.message.replace(quoted, `${name} (for ${quoted})`));
+  }
+  return err;
+}
+
+function assemble(doc: Record<string, unknown>, options: BuildOptions): WharfConfig {
   const env = options.env ?? {};
   const cwd = options.cwd ?? process.cwd();
   const fileDir = options.fileDir ?? cwd;

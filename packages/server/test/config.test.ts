@@ -35,6 +35,24 @@ describe('configuration', () => {
     expect(config.uploadMaxAge).toBe(24 * 3600 * 1000);
   });
 
+  test('a value the environment set that is refused is named by its variable; one from the file by its key', () => {
+    const messageOf = (doc: Record<string, unknown>, env: NodeJS.ProcessEnv): string => {
+      try {
+        buildConfig({ ...REQUIRED, ...doc }, { cwd: dir, env });
+      } catch (err) {
+        expect(err).toBeInstanceOf(ConfigError);
+        return (err as Error).message;
+      }
+      throw new Error('accepted');
+    };
+    expect(messageOf({}, { WHARF_PROXY_MAX_SIZE: 'bogus' })).toMatch(/^WHARF_PROXY_MAX_SIZE \(for "proxy\.max_size"\) must be a size/);
+    expect(messageOf({}, { WHARF_UPLOAD_MAX_AGE: 'zz' })).toMatch(/^WHARF_UPLOAD_MAX_AGE \(for "upload_max_age"\) must be a duration/);
+    expect(messageOf({}, { WHARF_AUTH_TOKEN_TTL: '1s' })).toMatch(/^WHARF_AUTH_TOKEN_TTL \(for "auth\.token_ttl"\)/);
+    expect(messageOf({ proxy: { max_size: 'bogus' } }, {})).toMatch(/^"proxy\.max_size" must be a size/);
+    // The file's bad value, while the variable of another key is set: the key, as before.
+    expect(messageOf({ proxy: { max_size: 'bogus' } }, { WHARF_UPLOAD_MAX_AGE: '1h' })).toMatch(/^"proxy\.max_size"/);
+  });
+
   test("a bad upstream URL's error message hides the credentials and tokens it holds (stderr, a service's log)", () => {
     const messageOf = (url: string): string => {
       try {
@@ -103,7 +121,7 @@ describe('configuration', () => {
     expect(() => buildConfig({ ...REQUIRED, automatic_mount: 'sometimes' }, { cwd: dir })).toThrow('"automatic_mount" must be true or false (got string "sometimes")');
     // In the file a TOML boolean, as every table's: words are the environment's.
     expect(() => buildConfig({ ...REQUIRED, automatic_mount: 'yes' }, { cwd: dir })).toThrow('"automatic_mount" must be true or false (got string "yes")');
-    expect(() => buildConfig(REQUIRED, { cwd: dir, env: { WHARF_AUTOMATIC_MOUNT: '2' } })).toThrow('"automatic_mount" must be true or false');
+    expect(() => buildConfig(REQUIRED, { cwd: dir, env: { WHARF_AUTOMATIC_MOUNT: '2' } })).toThrow('WHARF_AUTOMATIC_MOUNT (for "automatic_mount") must be true or false');
   });
 
   test.each(Object.keys(REQUIRED))('a file without %s is refused with a message naming it', (key) => {
@@ -127,7 +145,7 @@ describe('configuration', () => {
   test('a duration that sets a timer is refused past 24.8 days, which Node.js would run as 1 ms', () => {
     for (const key of ['shutdown_timeout', 'read_header_timeout', 'idle_timeout', 'request_timeout']) {
       expect(() => buildConfig({ ...REQUIRED, [key]: '30d' })).toThrow(`"${key}" must be at most "24d" (the longest timer Node.js keeps) (got "30d")`);
-      expect(() => buildConfig(REQUIRED, { env: { [`WHARF_${key.toUpperCase()}`]: '25d' } })).toThrow(`"${key}" must be at most "24d"`);
+      expect(() => buildConfig(REQUIRED, { env: { [`WHARF_${key.toUpperCase()}`]: '25d' } })).toThrow(`WHARF_${key.toUpperCase()} (for "${key}") must be at most "24d"`);
       expect(buildConfig({ ...REQUIRED, [key]: '24d' })).toBeDefined();
     }
     for (const key of ['outage_backoff', 'connect_timeout', 'first_byte_timeout', 'idle_timeout', 'eviction_interval']) {

@@ -119,7 +119,7 @@ describe('operations configuration', () => {
     expect(build({ max_connections: 100 }).maxConnections).toBe(100);
     expect(build({}, { WHARF_MAX_CONNECTIONS: '250' }).maxConnections).toBe(250);
     for (const bad of [0, -1, 1.5, 'many', true]) expect(() => build({ max_connections: bad })).toThrow('"max_connections" must be a whole number of at least 1');
-    expect(() => build({}, { WHARF_MAX_CONNECTIONS: '10k' })).toThrow('"max_connections" must be a whole number of at least 1 (got string "10k")');
+    expect(() => build({}, { WHARF_MAX_CONNECTIONS: '10k' })).toThrow('WHARF_MAX_CONNECTIONS (for "max_connections") must be a whole number of at least 1 (got string "10k")');
   });
 
   test('[proxy] cache_ttl: 90 days by default, at least 2 minutes (access times are written about once a minute)', () => {
