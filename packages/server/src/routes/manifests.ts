@@ -15,11 +15,9 @@ const MANIFEST = /^\/v2\/(.+)\/manifests\/([^/]+)$/;
  */
 function manifestUnknown(reference: string, upstream: string | undefined): RegistryError {
   if (upstream === undefined) return new RegistryError('MANIFEST_UNKNOWN', 'manifest unknown to registry', { reference });
-  return new RegistryError(
-    'MANIFEST_UNKNOWN',
-    `manifest unknown to upstream ${upstream} (its 404 is remembered for [proxy] absent_ttl, so a tag pushed there a moment ago may take that long to show)`,
-    { reference, upstream },
-  );
+  // A digest names content that never changes: only a tag can appear upstream a moment later.
+  const remembered = reference.includes(':') ? 'remembered for [proxy] absent_ttl' : 'remembered for [proxy] absent_ttl, so a tag pushed there a moment ago may take that long to show';
+  return new RegistryError('MANIFEST_UNKNOWN', `manifest unknown to upstream ${upstream} (its 404 is ${remembered})`, { reference, upstream });
 }
 
 /**

@@ -45,8 +45,13 @@ describe('[proxy] default_upstream (Docker registry-mirrors mode)', () => {
       expect(res.status).toBe(404);
       const error = ((await res.json()) as { errors: { code: string; message: string }[] }).errors[0]!;
       expect(error.code).toBe('MANIFEST_UNKNOWN');
-      expect(error.message).toMatch(/^manifest unknown to upstream up \(its 404 is remembered for \[proxy\] absent_ttl/);
+      expect(error.message).toMatch(/^manifest unknown to upstream up \(its 404 is remembered for \[proxy\] absent_ttl, so a tag pushed there/);
     }
+    // A digest's content never changes: no word of a tag that may show up later.
+    const byDigest = await fetch(`${proxy.url}/v2/library/nothing/manifests/sha256:${'5'.repeat(64)}`);
+    expect(byDigest.status).toBe(404);
+    const error = ((await byDigest.json()) as { errors: { code: string; message: string }[] }).errors[0]!;
+    expect(error.message).toBe('manifest unknown to upstream up (its 404 is remembered for [proxy] absent_ttl)');
   });
 
   test('a local repository of the same name wins', async () => {
