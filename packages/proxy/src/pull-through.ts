@@ -89,8 +89,11 @@ export class PullThroughRepository implements RepositoryReader {
   staleServed = 0;
   /** Until then, the upstream is taken as down: cached tags are served without asking it. */
   private unavailableUntil = 0;
-  /** Whether the window of unavailableUntil is a rate limit's (a 429, a Retry-After), which only its end lifts. */
-  private rateLimited = false;
+  /**
+   * Until then the upstream asked not to be asked (its Retry-After; a 429 without one, the whole
+   * window): no answer to another request ends the window before, and no re-check goes.
+   */
+  private heldUntil = 0;
   /** When the window of unavailableUntil began. */
   private unavailableSince = 0;
   /** When the upstream was last asked about a tag within that window (its start counts: a failure). */
@@ -117,7 +120,7 @@ export class PullThroughRepository implements RepositoryReader {
       // An upstream that answers is back: tags are checked again at once, not stale until the
       // window ends. Not a rate limit's window: one answer does not say the limit was lifted; nor
       // an answer to a request sent before the outage began.
-      if (!this.rateLimited && sentAt >= this.unavailableSince) this.unavailableUntil = 0;
+      if (Date.now() >= this.heldUntil && sentAt >= this.unavailableSince) this.unavailableUntil = 0;
     });
   }
 
@@ -284,8 +287,9 @@ export class PullThroughRepository implements RepositoryReader {
     const ongoing = now < this.unavailableUntil;
     if (!ongoing) this.unavailableSince = now;
     this.lastRecheckAt = now;
-    // A window is never shortened, and a rate limit's stays one until it ends (an outage meanwhile does not make it end at the first answer).
-    this.rateLimited = (ongoing && this.rateLimited) || failure === 'rate-limited' || retryAfterSeconds !== undefined;
+    // A window is never shortened, nor the upstream's hold within it (an outage meanwhile does not make it end at the first answer).
+    if (retryAfterSeconds !== undefined) this.heldUntil = Math.max(this.heldUntil, now + retryAfterSeconds * 1000);
+    else if (failure === 'rate-limited') this.heldUntil = Math.max(this.heldUntil, now + window);
     this.unavailableUntil = Math.max(this.unavailableUntil, now + window);
   }
 
@@ -295,12 +299,12 @@ export class PullThroughRepository implements RepositoryReader {
    * saying the upstream was unavailable, for up to 30 s after it answered again. So one request in
    * outageRecheckInterval asks about its tag in the background, its client not waiting for it: any
    * answer ends the window (OfflineGuard's onAnswer), and the next requests check their tags as usual.
-   * A failure changes nothing (the guard lengthens its own period). Never within a rate limit's
-   * window: that one is the upstream's to end.
+   * A failure changes nothing (the guard lengthens its own period). Never while the upstream's own
+   * hold lasts (a Retry-After, a 429's window).
    */
   private recheckInBackground(repo: string, tag: string, now: number): void {
     const interval = this.policy.outageRecheckInterval ?? DEFAULT_POLICY.outageRecheckInterval!;
-    if (this.rateLimited || this.rechecking || now - this.lastRecheckAt < interval) return;
+    if (now < this.heldUntil || this.rechecking || now - this.lastRecheckAt < interval) return;
     this.rechecking = true;
     this.lastRecheckAt = now;
     const deadline = this.policy.revalidateTimeout ?? DEFAULT_POLICY.revalidateTimeout!;

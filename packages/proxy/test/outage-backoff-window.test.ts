@@ -169,4 +169,23 @@ describe('the outage back-off window', () => {
     await sleep(10);
     expect(up.calls.slice(after)).toEqual([]);
   });
+  test("a 503's Retry-After holds the re-checks until it passes; then the first answer ends the window", async () => {
+    await repo.manifest('a/app', '1');
+    await sleep(TTL + 10);
+    up.onHead = async () => { throw new UpstreamError('server-error', 'upstream up answered 503', 503, 2); };
+    expect((await repo.manifest('a/app', '1'))?.warning).toMatch(/unavailable/);
+    up.onHead = async () => ({ digest: DIGEST, mediaType: 'application/vnd.oci.image.manifest.v1+json' });
+    const before = up.calls.length;
+    // Past the re-check interval, within the Retry-After's 2 s: nobody asks.
+    await sleep(RECHECK + 20);
+    expect((await repo.manifest('a/app', '1'))?.warning).toMatch(/unavailable/);
+    await sleep(10);
+    expect(up.calls.slice(before)).toEqual([]);
+    // Past it: a re-check goes, and its answer ends the window (30 s).
+    await sleep(2000 - RECHECK);
+    expect((await repo.manifest('a/app', '1'))?.warning).toMatch(/unavailable/);
+    await sleep(10);
+    expect(up.calls.slice(before)).toEqual(['HEAD a/app:1']);
+    expect((await repo.manifest('a/app', '1'))?.warning).toBeUndefined();
+  });
 });
