@@ -299,8 +299,9 @@ export class PullThroughRepository implements RepositoryReader {
    * saying the upstream was unavailable, for up to 30 s after it answered again. So one request in
    * outageRecheckInterval asks about its tag in the background, its client not waiting for it: any
    * answer ends the window (OfflineGuard's onAnswer), and the next requests check their tags as usual.
-   * A failure changes nothing (the guard lengthens its own period). Never while the upstream's own
-   * hold lasts (a Retry-After, a 429's window).
+   * A failure is taken as a foreground re-check's is: the upstream down lengthens the window (and a
+   * Retry-After holds the next re-check), no answer lengthens the guard's period. Never while the
+   * upstream's own hold lasts (a Retry-After, a 429's window).
    */
   private recheckInBackground(repo: string, tag: string, now: number): void {
     const interval = this.policy.outageRecheckInterval ?? DEFAULT_POLICY.outageRecheckInterval!;
@@ -310,7 +311,10 @@ export class PullThroughRepository implements RepositoryReader {
     const deadline = this.policy.revalidateTimeout ?? DEFAULT_POLICY.revalidateTimeout!;
     this.upstream
       .head(repo, tag, AbortSignal.timeout(deadline))
-      .catch(() => undefined)
+      .catch((err: unknown) => {
+        // Down still: the window goes on from now, and a Retry-After it sent holds the next re-check.
+        if (err instanceof UpstreamError && isUpstreamDown(err)) this.backOff(err.retryAfter, err.failure);
+      })
       .finally(() => {
         this.rechecking = false;
       });

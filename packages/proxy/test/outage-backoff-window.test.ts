@@ -188,4 +188,20 @@ describe('the outage back-off window', () => {
     expect(up.calls.slice(before)).toEqual(['HEAD a/app:1']);
     expect((await repo.manifest('a/app', '1'))?.warning).toBeUndefined();
   });
+  test("a background re-check answered 429 with a Retry-After holds the next ones for as long", async () => {
+    await repo.manifest('a/app', '1');
+    await sleep(TTL + 10);
+    up.onHead = async () => { throw new UpstreamError('server-error', 'upstream up answered 503', 503); };
+    expect((await repo.manifest('a/app', '1'))?.warning).toMatch(/unavailable/);
+    up.onHead = async () => { throw new UpstreamError('rate-limited', 'upstream up answered 429', 429, 3600); };
+    await sleep(RECHECK + 20);
+    const before = up.calls.length;
+    expect((await repo.manifest('a/app', '1'))?.warning).toMatch(/unavailable/);
+    await sleep(10);
+    expect(up.calls.slice(before)).toEqual(['HEAD a/app:1']);
+    await sleep(RECHECK + 20);
+    expect((await repo.manifest('a/app', '1'))?.warning).toMatch(/unavailable/);
+    await sleep(10);
+    expect(up.calls.slice(before)).toEqual(['HEAD a/app:1']);
+  });
 });
