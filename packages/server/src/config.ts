@@ -163,7 +163,9 @@ export function buildConfig(doc: Record<string, unknown>, options: BuildOptions 
 
 /**
  * A refused value the environment set is named by its variable: the user set WHARF_PROXY_MAX_SIZE,
- * and a message about "proxy.max_size" alone sent them looking in the file.
+ * and a message about "proxy.max_size" alone sent them looking in the file. Only a key whose
+ * variable's value the message quotes too: a key's value may come from elsewhere (the metrics token
+ * from the variable `token_env` names), and a message may quote a key only to say what it depends on.
  */
 function namingTheVariable(err: unknown, env: NodeJS.ProcessEnv): unknown {
   if (!(err instanceof ConfigError) || err instanceof UsageError) return err;
@@ -171,11 +173,13 @@ function namingTheVariable(err: unknown, env: NodeJS.ProcessEnv): unknown {
     ...Object.keys(CONFIG_KEYS).map((key) => [key, envName(key)] as const),
     ...Object.entries(TABLE_ENV_KEYS).flatMap(([table, keys]) => Object.keys(keys).map((key) => [`${table}.${key}`, tableEnvName(table, key)] as const)),
   ];
+  let message = err.message;
   for (const [key, name] of variables) {
     const quoted = `"${key}"`;
-    if (env[name] !== undefined && env[name] !== '' && err.message.includes(quoted)) return new ConfigError(err.message.replace(quoted, `${name} (for ${quoted})`));
+    const value = env[name]?.trim();
+    if (value && message.includes(quoted) && message.includes(value)) message = message.replace(quoted, `${name} (for ${quoted})`);
   }
-  return err;
+  return message === err.message ? err : new ConfigError(message);
 }
 
 function assemble(doc: Record<string, unknown>, options: BuildOptions): WharfConfig {

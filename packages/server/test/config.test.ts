@@ -51,6 +51,11 @@ describe('configuration', () => {
     expect(messageOf({ proxy: { max_size: 'bogus' } }, {})).toMatch(/^"proxy\.max_size" must be a size/);
     // The file's bad value, while the variable of another key is set: the key, as before.
     expect(messageOf({ proxy: { max_size: 'bogus' } }, { WHARF_UPLOAD_MAX_AGE: '1h' })).toMatch(/^"proxy\.max_size"/);
+    // A value that came from elsewhere: the metrics token from the variable token_env names, not WHARF_METRICS_TOKEN.
+    const token = messageOf({ metrics: { token_env: 'MY_SCRAPE_TOKEN' } }, { MY_SCRAPE_TOKEN: 'short', WHARF_METRICS_TOKEN: 'a-long-enough-scrape-token-0123456789' });
+    expect(token).toMatch(/^"metrics\.token" must be at least 16 characters/);
+    // Not only the first key the message quotes: the one whose value it quotes.
+    expect(messageOf({}, { WHARF_AUTH_ENABLED: 'false', WHARF_LISTEN: '0.0.0.0:5000' })).toMatch(/^WHARF_AUTH_ENABLED \(for "auth\.enabled"\) = false is allowed only when "listen"/);
   });
 
   test("a bad upstream URL's error message hides the credentials and tokens it holds (stderr, a service's log)", () => {
