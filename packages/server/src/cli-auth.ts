@@ -256,10 +256,10 @@ export function registerAuthCommands(program: Command, fail: (err: unknown) => n
     .action((opts: ConfigOption & { user?: string; logins: boolean }) =>
       run(() =>
         withAccounts(opts.config, (accounts) => {
-          // As `token create` does: a misspelt name is not "no tokens".
-          if (opts.user !== undefined && !accounts.find(opts.user)) throw new UsageError(`no user "${opts.user}"`);
           const rows = [['ID', 'TYPE', 'USER', 'SCOPES', 'NAMESPACE', 'EXPIRES', 'LAST USED', 'STATE', 'NAME']];
           const tokens = [...accounts.store.tokens(opts.user), ...(opts.logins ? accounts.store.logins(opts.user) : [])].sort((a, b) => a.id - b.id);
+          // As `token create` does: a misspelt name is not "no tokens" (a removed user's, kept revoked, are still listed).
+          if (opts.user !== undefined && tokens.length === 0 && !accounts.find(opts.user)) throw new UsageError(`no user "${opts.user}"`);
           for (const t of tokens) {
             if (t.type === 'refresh') {
               // A login holds its user's rights, or those of the token it was got with.

@@ -269,5 +269,9 @@ describe('wharf user, token and repo commands', () => {
     expect(configUser.stderr).toContain('defined in the configuration file');
     expect((await cli(['user', 'remove', 'alice'])).code).toBe(0);
     expect(await status('alice', 'alice-cli-pw2')).toBe(401);
+    // Her tokens stay on record, revoked: still listed by her name.
+    const kept = await cli(['token', 'list', '--user', 'alice']);
+    expect(kept.code).toBe(0);
+    expect(kept.stdout).toMatch(/\salice\s.*revoked/);
   });
 });
