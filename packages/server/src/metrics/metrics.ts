@@ -47,11 +47,6 @@ function blobTotals(db: SqliteDatabase, store: 'registry' | 'proxy'): { count: n
 const EVENT_LOOP_SAMPLE_MS = 100;
 
 /**
- * Wharf's Prometheus metrics, in a registry of their own (never prom-client's global one: two servers in
- * one process keep separate numbers). Labels are small fixed sets: routes (http/route-label.ts),
- * methods, statuses, upstream keys, and `store` = registry | proxy.
- */
-/**
  * One route's request numbers, kept as plain numbers and handed to prom-client when it is scraped:
  * prom-client validates and hashes a label set on every inc, children included, which was 4% of a
  * cached manifest GET's CPU. Only the duration histogram is observed per request (it has no other API).
@@ -66,6 +61,11 @@ interface RouteNumbers {
   readonly duration: Map<string, ReturnType<Histogram<'route' | 'method'>['labels']>>;
 }
 
+/**
+ * Wharf's Prometheus metrics, in a registry of their own (never prom-client's global one: two servers in
+ * one process keep separate numbers). Labels are small fixed sets: routes (http/route-label.ts),
+ * methods, statuses, upstream keys, and `store` = registry | proxy.
+ */
 export class WharfMetrics implements RequestObserver {
   readonly registry = new Registry();
   private readonly duration: Histogram<'route' | 'method'>;
@@ -100,26 +100,19 @@ export class WharfMetrics implements RequestObserver {
       buckets: DURATION_BUCKETS,
       registers,
     });
-    new Counter({
-      name: 'wharf_http_received_bytes_total',
-      help: 'Bytes of requests (head and body) read from clients, by route',
-      labelNames: ['route'],
-      registers,
-      collect() {
-        this.reset();
-        for (const [route, numbers] of routes) if (numbers.received > 0) this.inc({ route }, numbers.received);
-      },
-    });
-    new Counter({
-      name: 'wharf_http_sent_bytes_total',
-      help: 'Bytes of responses (head and body) written to clients, by route',
-      labelNames: ['route'],
-      registers,
-      collect() {
-        this.reset();
-        for (const [route, numbers] of routes) if (numbers.sent > 0) this.inc({ route }, numbers.sent);
-      },
-    });
+    const bytesByRoute = (name: string, help: string, bytes: (numbers: RouteNumbers) => number) =>
+      new Counter({
+        name,
+        help,
+        labelNames: ['route'],
+        registers,
+        collect() {
+          this.reset();
+          for (const [route, numbers] of routes) if (bytes(numbers) > 0) this.inc({ route }, bytes(numbers));
+        },
+      });
+    bytesByRoute('wharf_http_received_bytes_total', 'Bytes of requests (head and body) read from clients, by route', (n) => n.received);
+    bytesByRoute('wharf_http_sent_bytes_total', 'Bytes of responses (head and body) written to clients, by route', (n) => n.sent);
     new Gauge({
       name: 'wharf_http_requests_in_flight',
       help: 'Requests being served now, by route',
