@@ -39,6 +39,9 @@ function refusalOf(code: string | undefined, maxHeaderSize: number, head: boolea
       return rawErrorResponse(431, 'Request Header Fields Too Large', 'TOO_LARGE', `the request's head is larger than the ${maxHeaderSize} bytes this server reads`, head);
     case 'HPE_CHUNK_EXTENSIONS_OVERFLOW':
       return rawErrorResponse(413, 'Payload Too Large', 'TOO_LARGE', "the request body's chunk extensions are too large", head);
+    case 'HPE_INVALID_METHOD':
+      // RFC 9110 15.6.2: a method the server does not recognize is a 501, not the client's malformed request.
+      return rawErrorResponse(501, 'Not Implemented', 'UNSUPPORTED', 'the request method is not one this server knows (a registry takes GET, HEAD, POST, PUT, PATCH, DELETE and OPTIONS)', head);
     case 'ERR_HTTP_REQUEST_TIMEOUT':
       return rawErrorResponse(408, 'Request Timeout', 'REQUEST_TIMEOUT', "the request's headers did not arrive within read_header_timeout", head);
     default:
@@ -48,8 +51,8 @@ function refusalOf(code: string | undefined, maxHeaderSize: number, head: boolea
 
 /**
  * Requests node refuses before the app sees them get the OCI error body too, with node's own
- * statuses: a head over the header size limit (431), a malformed one, an unknown method, a bad
- * Content-Length or Transfer-Encoding (400), a head that took too long (408). Node's default answers
+ * statuses: a head over the header size limit (431), a malformed one, a bad Content-Length or
+ * Transfer-Encoding (400), a head that took too long (408); an unknown method gets 501. Node's default answers
  * these with a bare status line. As node does, nothing is written once an answer to the request has
  * started going out, and the connection is closed. CONNECT, which node drops without a word, gets a 405.
  */

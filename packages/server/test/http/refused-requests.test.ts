@@ -47,7 +47,7 @@ describe('requests refused before the app sees them', () => {
 
   test.each([
     ['a head over the header size limit', `GET /v2/${'a'.repeat(64 * 1024)}/tags/list HTTP/1.1\r\nHost: x\r\n\r\n`, 'HTTP/1.1 431 Request Header Fields Too Large', 'TOO_LARGE'],
-    ['an unknown method', 'FOO /v2/ HTTP/1.1\r\nHost: x\r\n\r\n', 'HTTP/1.1 400 Bad Request', 'UNSUPPORTED'],
+    ['an unknown method', 'FOO /v2/ HTTP/1.1\r\nHost: x\r\n\r\n', 'HTTP/1.1 501 Not Implemented', 'UNSUPPORTED'],
     ['a Content-Length that is no number', 'PUT /v2/alice/app/manifests/1 HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n', 'HTTP/1.1 400 Bad Request', 'UNSUPPORTED'],
     ['two Content-Lengths that disagree', 'PUT /v2/alice/app/manifests/1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello', 'HTTP/1.1 400 Bad Request', 'UNSUPPORTED'],
     ['CONNECT', 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n', 'HTTP/1.1 405 Method Not Allowed', 'UNSUPPORTED'],
