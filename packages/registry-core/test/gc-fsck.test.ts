@@ -117,6 +117,47 @@ describe('fsck', () => {
     expect(after.findings.map((f) => f.kind).sort()).toEqual(['recent-file', 'upload']);
   });
 
+  test('a layer several repositories share, lost and repaired: pushed again to one of them, every manifest that lacked only it is whole again', async () => {
+    const shared = 'base layer of three images';
+    const alice = await pushImage(fx.registry, 'alice/app', '1', [shared, 'alice layer']);
+    const team = await pushImage(fx.registry, 'team/app', '2', [shared, 'team layer']);
+    const carol = await pushImage(fx.registry, 'carol/x', '1', [shared, 'carol layer']);
+    const sharedDigest = alice.layers[0]!.digest;
+    await rm(fx.blobs.pathOf(sharedDigest));
+    await rm(fx.blobs.pathOf(carol.layers[1]!.digest)); // carol's image lost a second layer
+    const repaired = await run({ repair: true });
+    expect(repaired.findings.filter((f) => f.kind === 'broken-manifest')).toHaveLength(3);
+    expect((await fx.registry.manifest('team/app', '2'))?.warning).toBe(BROKEN_MANIFEST_WARNING);
+    expect(await fx.registry.blob('team/app', sharedDigest)).toBeUndefined();
+
+    // The shared layer pushed again, to alice/app only (the blob, not yet the manifest).
+    await fx.registry.putBlob('alice/app', streamOf(shared), { digest: sharedDigest, size: Buffer.byteLength(shared) });
+    for (const [repo, tag] of [['alice/app', '1'], ['team/app', '2']] as const) {
+      expect((await fx.registry.manifest(repo, tag))?.warning).toBeUndefined();
+      expect(await fx.registry.blob(repo, sharedDigest)).toEqual({ digest: sharedDigest, size: Buffer.byteLength(shared) });
+    }
+    // carol's image still lacks its own layer: linked to the shared one again, still broken.
+    expect(await fx.registry.blob('carol/x', sharedDigest)).toBeDefined();
+    expect((await fx.registry.manifest('carol/x', '1'))?.warning).toBe(BROKEN_MANIFEST_WARNING);
+    const between = await run();
+    expect(between.findings.map((f) => f.message)).toEqual([expect.stringContaining(`carol/x@${carol.digest} (tags: 1) references missing content: blob ${carol.layers[1]!.digest}`)]);
+
+    await fx.registry.putBlob('someone/else', streamOf('carol layer'), { digest: carol.layers[1]!.digest, size: carol.layers[1]!.size });
+    expect((await fx.registry.manifest('carol/x', '1'))?.warning).toBeUndefined();
+    expect((await run()).findings).toEqual([]);
+    void team;
+  });
+
+  test('a blob deleted from a repository on purpose is not linked back when the same bytes are pushed elsewhere', async () => {
+    const image = await pushImage(fx.registry, 'alice/app', '1', ['leaked layer']);
+    const digest = image.layers[0]!.digest;
+    expect(await fx.registry.deleteBlob('alice/app', digest)).toBe(true);
+    await fx.collect(); // no link left: its row and file go, so the push below makes a new row
+    expect(await fx.blobs.stat(digest)).toBeUndefined();
+    await fx.registry.putBlob('bob/app', streamOf('leaked layer'), { digest, size: image.layers[0]!.size });
+    expect(await fx.registry.blob('alice/app', digest)).toBeUndefined();
+  });
+
   test('files where the store has folders (blobs/sha256/x, blobs/md5) are reported, and removed by --repair', async () => {
     await mkdir(`${fx.blobs.root}/blobs/sha256`, { recursive: true });
     await writeFile(`${fx.blobs.root}/blobs/sha256/strayfile`, 'junk');

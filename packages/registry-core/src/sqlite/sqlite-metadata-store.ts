@@ -60,6 +60,26 @@ export class SqliteMetadataStore implements MetadataStore {
                    WHERE rb.repository_id = ? AND rb.digest = ?`),
       insertBlob: s('INSERT INTO blobs (digest, size, created_at) VALUES (?, ?, ?) ON CONFLICT(digest) DO NOTHING'),
       link: s('INSERT INTO repository_blobs (repository_id, digest, linked_at) VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET linked_at = excluded.linked_at'),
+      // A blob back after fsck --repair dropped it: the links the manifests it marked broken lost with
+      // it (healBroken). Only broken manifests: a link a DELETE removed on purpose stays removed.
+      relinkBroken: s(`INSERT INTO repository_blobs (repository_id, digest, linked_at)
+                       SELECT DISTINCT ref.repository_id, ref.child, ? FROM manifest_references ref
+                       JOIN manifests m ON m.repository_id = ref.repository_id AND m.digest = ref.parent
+                       WHERE ref.child = ? AND ref.kind = 'blob' AND m.broken = 1
+                       ON CONFLICT DO NOTHING`),
+      // The broken manifests referencing the blob, and whether each still lacks anything (a blob not
+      // linked, a child manifest not there: what fsck calls a dangling reference).
+      brokenReferencing: s(`SELECT DISTINCT r.name AS repo, m.digest AS digest, NOT EXISTS (
+                              SELECT 1 FROM manifest_references d WHERE d.repository_id = m.repository_id AND d.parent = m.digest
+                              AND ((d.kind = 'blob' AND NOT EXISTS (SELECT 1 FROM repository_blobs rb
+                                      WHERE rb.repository_id = d.repository_id AND rb.digest = d.child))
+                                OR (d.kind = 'manifest' AND NOT EXISTS (SELECT 1 FROM manifests c
+                                      WHERE c.repository_id = d.repository_id AND c.digest = d.child)))) AS whole
+                            FROM manifest_references ref
+                            JOIN manifests m ON m.repository_id = ref.repository_id AND m.digest = ref.parent
+                            JOIN repositories r ON r.id = m.repository_id
+                            WHERE ref.child = ? AND ref.kind = 'blob' AND m.broken = 1`),
+      clearBroken: s('UPDATE manifests SET broken = 0 WHERE repository_id = (SELECT id FROM repositories WHERE name = ?) AND digest = ?'),
       linkAge: s(`SELECT rb.linked_at, b.size FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id
                   JOIN blobs b ON b.digest = rb.digest WHERE r.name = ? AND rb.digest = ?`),
       renewLink: s(`UPDATE repository_blobs SET linked_at = ?
@@ -180,9 +200,26 @@ export class SqliteMetadataStore implements MetadataStore {
     const now = Date.now();
     this.db.transaction(() => {
       const id = this.ensureRepository(repo, now);
-      this.q.insertBlob!.run(blob.digest, blob.size, now);
+      const added = this.q.insertBlob!.run(blob.digest, blob.size, now).changes > 0;
       this.q.link!.run(id, blob.digest, now);
+      if (added) this.healBroken(blob.digest, now);
     })();
+  }
+
+  /**
+   * A blob whose row is new may be one fsck --repair dropped (its file was lost or corrupt), with
+   * the links of every repository that had it: a layer shared by several images. Pushed again to any
+   * repository, it is linked again in each repository whose manifests fsck marked broken for it, and
+   * a manifest with nothing missing any more is whole again (no Warning): before, each repository
+   * had to push the image again, and fsck kept reporting "missing content" once the file was back.
+   * Two index lookups for a blob nothing references (every new layer).
+   */
+  private healBroken(digest: Digest, now: number): void {
+    this.q.relinkBroken!.run(now, digest);
+    for (const row of this.q.brokenReferencing!.all(digest) as { repo: string; digest: Digest; whole: number }[]) {
+      if (row.whole) this.q.clearBroken!.run(row.repo, row.digest);
+      this.cache.forgetRepository(row.repo);
+    }
   }
 
   async renewBlobLink(repo: string, digest: Digest): Promise<BlobInfo | undefined> {
