@@ -10,6 +10,11 @@ export function formatBytes(n: number): string {
   return unit === 0 ? `${n} B` : `${value.toFixed(1)} ${units[unit]}`;
 }
 
+/** A count for people: `1 blob`, `2 blobs`, `0 blobs` (`plural` where adding an s is wrong). */
+export function counted(n: number, noun: string, plural = `${noun}s`): string {
+  return `${n} ${n === 1 ? noun : plural}`;
+}
+
 /**
  * A progress bar on standard error when it is a terminal (redrawn at most ten times a second); when it
  * is not, a plain line at every tenth of the way, so logs stay readable.

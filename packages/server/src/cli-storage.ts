@@ -3,7 +3,7 @@ import { access } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import type { Command } from 'commander';
 import { RegistryError, type FsckFinding } from '@wharf/registry-core';
-import { formatBytes, ProgressBar } from './cli-progress.js';
+import { counted, formatBytes, ProgressBar } from './cli-progress.js';
 import { UsageError } from './config-error.js';
 import { loadConfig } from './config.js';
 import { parseDuration } from './duration.js';
@@ -45,6 +45,14 @@ function durationOption(name: string, value: string | undefined): number | undef
   return ms;
 }
 
+/** A RegistryError's detail for people: ` (ref: x:1, digest: sha256:…)`, JSON only for what is no plain value. */
+function detailText(detail: unknown): string {
+  if (detail === undefined || detail === null) return '';
+  if (typeof detail !== 'object' || Array.isArray(detail)) return ` (${JSON.stringify(detail)})`;
+  const parts = Object.entries(detail).map(([key, value]) => `${key}: ${typeof value === 'string' || typeof value === 'number' ? value : JSON.stringify(value)}`);
+  return parts.length > 0 ? ` (${parts.join(', ')})` : '';
+}
+
 function findingLine(f: FsckFinding): string {
   const prefix = f.severity === 'notice' ? 'notice' : f.repaired ? 'repaired' : 'error';
   return `${prefix}: ${f.message}\n`;
@@ -59,7 +67,7 @@ export function registerStorageCommands(program: Command, fail: (err: unknown) =
   /** Registry errors (a bad archive, an unknown image) are the user's to fix: one line, no stack. */
   const failClearly = (err: unknown): never => {
     if (err instanceof RegistryError) {
-      process.stderr.write(`wharf: ${err.message}${err.detail !== undefined ? ` ${JSON.stringify(err.detail)}` : ''}\n`);
+      process.stderr.write(`wharf: ${err.message}${detailText(err.detail)}\n`);
       process.exit(1);
     }
     return fail(err);
@@ -91,9 +99,9 @@ export function registerStorageCommands(program: Command, fail: (err: unknown) =
           for (const e of gc.errors) out.push(`error: ${e}`);
           const freed = gc.bytes + gc.orphans.bytes;
           out.push(
-            `gc${gc.dryRun ? ' --dry-run' : ''}: ${gc.tags.length} tags (retention), ${gc.manifests.length} manifests, ${gc.links} blob links, ` +
-              `${gc.blobs.length} blobs and ${gc.orphans.files} orphan files ${gc.dryRun ? 'would go' : 'deleted'}: ${formatBytes(freed)} ${gc.dryRun ? 'to free' : 'freed'}` +
-              (proxy ? `; proxy cache: ${proxy.manifests} manifests, ${proxy.blobs} blobs, ${formatBytes(proxy.bytes)} evicted` : '') +
+            `gc${gc.dryRun ? ' --dry-run' : ''}: ${counted(gc.tags.length, 'tag')} (retention), ${counted(gc.manifests.length, 'manifest')}, ${counted(gc.links, 'blob link')}, ` +
+              `${counted(gc.blobs.length, 'blob')} and ${counted(gc.orphans.files, 'orphan file')} ${gc.dryRun ? 'would go' : 'deleted'}: ${formatBytes(freed)} ${gc.dryRun ? 'to free' : 'freed'}` +
+              (proxy ? `; proxy cache: ${counted(proxy.manifests, 'manifest')}, ${counted(proxy.blobs, 'blob')}, ${formatBytes(proxy.bytes)} evicted` : '') +
               ` (${(gc.durationMs / 1000).toFixed(1)} s)`,
           );
           process.stdout.write(`${out.join('\n')}\n`);
@@ -128,7 +136,7 @@ export function registerStorageCommands(program: Command, fail: (err: unknown) =
           bar.clear();
           const notices = report.findings.filter((f) => f.severity === 'notice').length;
           process.stdout.write(
-            `fsck: ${report.files} files (${formatBytes(report.bytes)}) checked: ${report.problems} problems${opts.repair ? ` remaining, ${report.repaired} repaired` : ''}, ${notices} notices\n`,
+            `fsck: ${counted(report.files, 'file')} (${formatBytes(report.bytes)}) checked: ${counted(report.problems, 'problem')}${opts.repair ? ` remaining, ${report.repaired} repaired` : ''}, ${counted(notices, 'notice')}\n`,
           );
           process.exitCode = report.problems > 0 ? 1 : 0;
         });
@@ -162,7 +170,7 @@ export function registerStorageCommands(program: Command, fail: (err: unknown) =
           const lines = result.images.map(
             (i) => `imported ${i.repository}${i.tags.length ? `:${i.tags.join(',')}` : ''} ${i.digest}`,
           );
-          lines.push(`${result.format}: ${result.images.length} images, ${result.blobs} blobs stored (${formatBytes(result.bytes)})`);
+          lines.push(`${result.format}: ${counted(result.images.length, 'image')}, ${counted(result.blobs, 'blob')} stored (${formatBytes(result.bytes)})`);
           process.stdout.write(`${lines.join('\n')}\n`);
         });
       } catch (err) {
@@ -192,7 +200,7 @@ export function registerStorageCommands(program: Command, fail: (err: unknown) =
             }
           }
           process.stderr.write(
-            `exported ${plan.images.map((i) => i.ref).join(', ')}: ${plan.manifests.size} manifests, ${plan.blobs.size} blobs (${formatBytes(bytes)})\n`,
+            `exported ${plan.images.map((i) => i.ref).join(', ')}: ${counted(plan.manifests.size, 'manifest')}, ${counted(plan.blobs.size, 'blob')} (${formatBytes(bytes)})\n`,
           );
         });
       } catch (err) {

@@ -14,6 +14,7 @@ import { holdYoungGeneration } from './young-generation.js';
 import { detachLostStreams, lostTerminalStreams } from './lost-terminal.js';
 import { checkStorage } from './storage-check.js';
 import { refuseGroupNamedLikeUser, userNamesIn } from './auth/group-clash.js';
+import { counted } from './cli-progress.js';
 
 /** The same signal this soon after the first is one signal, delivered twice (see serve). */
 const SAME_SIGNAL_MS = 250;
@@ -141,7 +142,7 @@ proxy
       const db = openConfiguredDatabase(c.database);
       try {
         const report = await new CacheEviction(db, new FsBlobStore(c.proxyStorage, c.temporaryRegistryStorage)).purge(upstream.key, repo);
-        process.stdout.write(`purged ${upstream.key}${repo ? `/${repo}` : ''}: ${report.manifests} manifests, ${report.blobs} blobs, ${report.bytes} bytes\n`);
+        process.stdout.write(`purged ${upstream.key}${repo ? `/${repo}` : ''}: ${counted(report.manifests, 'manifest')}, ${counted(report.blobs, 'blob')}, ${counted(report.bytes, 'byte')}\n`);
       } finally {
         db.close();
       }

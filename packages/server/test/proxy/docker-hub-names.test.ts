@@ -143,7 +143,7 @@ describe('the built-in docker.io upstream: one-component names are official imag
     );
     const run = await wharf(['proxy', 'purge', 'docker', 'cli-purged', '--config', file]);
     const bytes = image.config.bytes.length + image.layer.bytes.length;
-    expect(run).toEqual({ code: 0, stdout: `purged docker.io/library/cli-purged: 1 manifests, 2 blobs, ${bytes} bytes\n`, stderr: '' });
+    expect(run).toEqual({ code: 0, stdout: `purged docker.io/library/cli-purged: 1 manifest, 2 blobs, ${bytes} bytes\n`, stderr: '' });
 
     await expectPurged('docker/cli-purged', 'library/cli-purged', image);
     // Another repository of the same upstream is still cached.

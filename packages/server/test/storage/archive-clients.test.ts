@@ -64,7 +64,7 @@ describe('wharf import and export with podman and skopeo', () => {
     const result = await wharf(['import', file, '--config', configFile]);
     expect(result.code).toBe(0);
     expect(result.stdout.toString()).toMatch(/^imported alice\/saved:1 sha256:[0-9a-f]{64}$/m);
-    expect(result.stdout.toString()).toMatch(/^docker-archive: 1 images, 3 blobs stored/m);
+    expect(result.stdout.toString()).toMatch(/^docker-archive: 1 image, 3 blobs stored/m);
     expect(await pulledConfig('alice/saved:1')).toBe(layout.single.config.digest);
     const out = join(dir, 'pulled-saved');
     await skopeo(config, ['copy', '--src-tls-verify=false', `docker://${host}/alice/saved:1`, `oci:${out}:x`]);
@@ -112,7 +112,7 @@ describe('wharf import and export with podman and skopeo', () => {
   test('wharf export > out.tar: podman load takes it (image ID = config digest), skopeo oci-archive: reads the same manifest digest', async () => {
     const exported = await wharf(['export', 'carol/layout:single', '--config', configFile]);
     expect(exported.code).toBe(0);
-    expect(exported.stderr).toMatch(/exported carol\/layout:single: 1 manifests, 3 blobs/);
+    expect(exported.stderr).toMatch(/exported carol\/layout:single: 1 manifest, 3 blobs/);
     const file = join(dir, 'export-single.tar');
     await writeFile(file, exported.stdout);
 
@@ -185,6 +185,11 @@ describe('wharf import and export with podman and skopeo', () => {
     const out = await wharf(['export', 'carol/layout:single', '-o', join(dir, 'no-such-folder', 'x.tar'), '--config', configFile]);
     expect(out.code).toBe(1);
     expect(out.stderr).toMatch(/^wharf: ENOENT: no such file or directory, open '.*no-such-folder\/x\.tar'\n$/);
+  });
+
+  test('wharf export of an image that is not there names it in words, not JSON', async () => {
+    const out = await wharf(['export', 'nosuch/x:1', '--config', configFile]);
+    expect(out).toMatchObject({ code: 1, stderr: 'wharf: no such image (ref: nosuch/x:1)\n' });
   });
 
   test('an unknown image is a 404 before any byte; a broken tarball a 400 and nothing stored', async () => {
