@@ -15,6 +15,7 @@ import { detachLostStreams, lostTerminalStreams } from './lost-terminal.js';
 import { checkStorage } from './storage-check.js';
 import { refuseGroupNamedLikeUser, userNamesIn } from './auth/group-clash.js';
 import { counted } from './cli-progress.js';
+import { resolveTypedPaths } from './cli-paths.js';
 
 /** The same signal this soon after the first is one signal, delivered twice (see serve). */
 const SAME_SIGNAL_MS = 250;
@@ -155,4 +156,5 @@ registerAuthCommands(program, fail);
 registerStorageCommands(program, fail);
 registerOpsCommands(program, fail);
 
+resolveTypedPaths(program);
 await program.parseAsync(process.argv);
