@@ -487,7 +487,7 @@ export class FillWriter {
             if (this.failure) return;
             block.written = true;
             this.unwritten -= 1;
-            this.advanceWritten();
+            this.advanceWritten(block);
           },
           (err: unknown) => {
             if (this.failure || this.noRoom) return;
@@ -508,11 +508,18 @@ export class FillWriter {
     }
   }
 
-  /** `written` moves to the end of the blocks on disk that have no unwritten block before them. */
-  private advanceWritten(): void {
+  /**
+   * `written` moves to the end of the blocks on disk that have no unwritten block before them. `done`,
+   * the block just written, counts even when it has left the window: kept in memory (no room on the
+   * disk), a block still being written leaves once every reader has passed it, and the file holds it
+   * all the same.
+   */
+  private advanceWritten(done: Block): void {
     let end = this.written;
+    if (done.start <= end) end = Math.max(end, done.start + done.filled);
     for (const block of this.window) {
-      if (!block.written) break;
+      if (block.start + block.filled <= end) continue;
+      if (!block.written || block.start > end) break;
       end = block.start + block.filled;
     }
     if (end <= this.written) return;

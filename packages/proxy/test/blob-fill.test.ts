@@ -271,6 +271,32 @@ describe('BlobFills and BlobFill on an FsBlobStore', () => {
     expect(await tempLeft()).toEqual([]);
   });
 
+  test('a block still being written when the disk fills up counts as written once it lands, though its readers had all passed it', async () => {
+    fills = new BlobFills({ store, tempRoot: temp, directIo: false });
+    const bytes = randomBytes(6 * MiB + 1000);
+    const c = controlled(bytes);
+    const fill = (await fills.join(c.digest, c.fetch))!;
+    // The second MiB lands only after both readers have the whole blob; the third finds the disk full.
+    const handle = fileHandleOf(fill) as unknown as { write: (...args: unknown[]) => Promise<unknown> };
+    const write = handle.write.bind(handle);
+    let land!: () => void;
+    const landed = new Promise<void>((resolve) => (land = resolve));
+    handle.write = async (...args) => {
+      const position = args[3] as number;
+      if (position >= 2 * MiB) throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+      if (position >= MiB) await landed;
+      return write(...args);
+    };
+    const readers = [readAll(fill.reader()), readAll(fill.reader())];
+    await feed(c.source, bytes, 256 * 1024, 0);
+    for (const read of readers) expect((await read).equals(bytes)).toBe(true);
+    land();
+    expect(await fill.done).toEqual({ digest: c.digest, size: bytes.length });
+    expect(fill.notStored).toMatchObject({ code: 'ENOSPC' });
+    expect(fill.written).toBe(2 * MiB);
+    expect(await tempLeft()).toEqual([]);
+  });
+
   test('a fill whose disk fills up goes on in memory: a fast and a slow reader both get the whole blob, and nothing is stored', async () => {
     fills = new BlobFills({ store, tempRoot: temp, directIo: false });
     const bytes = randomBytes(12 * MiB + 1000);
