@@ -11,6 +11,7 @@ import { AuthStore, type StoredToken } from './auth/auth-store.js';
 import { PRODUCTION_BCRYPT_COST, checkNewPassword, hashPassword } from './auth/passwords.js';
 import { mayCreateCiToken, parseActions, type Policy } from './auth/permissions.js';
 import { generatePassword } from './auth/secrets.js';
+import { counted } from './cli-progress.js';
 
 /**
  * Longest lifetimes. A CI token kept in a pipeline's secret variable has to be rotated by hand, so it
@@ -182,7 +183,7 @@ export function registerAuthCommands(program: Command, fail: (err: unknown) => n
         withAccounts(opts.config, (accounts) => {
           if (!accounts.find(name)) throw new UsageError(`no user "${name}"`);
           const ended = accounts.store.endLogins(name);
-          process.stderr.write(`user "${name}": ${ended} login${ended === 1 ? '' : 's'} ended\n`);
+          process.stderr.write(`user "${name}": ${counted(ended, 'login')} ended\n`);
         }),
       ),
     );
