@@ -4,6 +4,7 @@ import type { Context, Next } from 'koa';
 import type { Logger } from 'pino';
 import { errorStatus } from './error-status.js';
 import { continueIfBodyArrived } from './expect-continue.js';
+import { matchedLayers, readOnlyAllow } from './read-only-allow.js';
 import { reasonPhrase } from './reason-phrase.js';
 
 /**
@@ -107,13 +108,8 @@ export function ociErrors(logger: Logger) {
  * nothing is allowed, as the RFC has it.
  */
 function allowedMethods(ctx: Context, routerRefused: boolean): string {
-  const matched = (ctx as { matched?: ReadonlyArray<{ readonly methods: readonly string[]; readonly path?: unknown }> }).matched ?? [];
-  // Route paths are strings or regular expressions (`\/blobs\/uploads`): compared with slashes unescaped.
-  const uploadPath = (layer: { readonly path?: unknown }) => String(layer.path).replaceAll('\\/', '/').includes('/blobs/uploads');
-  const layers = routerRefused ? matched : matched.filter((layer) => !uploadPath(layer));
-  const methods = new Set(layers.flatMap((layer) => layer.methods));
-  const allowed = [...methods].filter((m) => routerRefused || m === 'GET' || m === 'HEAD').sort();
-  return allowed.join(', ');
+  const matched = matchedLayers(ctx);
+  return routerRefused ? [...new Set(matched.flatMap((layer) => layer.methods))].sort().join(', ') : readOnlyAllow(matched);
 }
 
 /**

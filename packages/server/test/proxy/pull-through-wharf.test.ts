@@ -245,6 +245,22 @@ describe('pull-through from another Wharf', () => {
     expect((await fetch(`${base}/manifests/1`)).status).toBe(200);
   });
 
+  test('OPTIONS on a proxy name lists what its 405s allow, not the writes a local name takes', async () => {
+    const base = `${proxy.url}/v2/proxy/up/alice/app`;
+    const allowOf = async (url: string) => {
+      const res = await fetch(url, { method: 'OPTIONS' });
+      expect([url, res.status]).toEqual([url, 200]);
+      return res.headers.get('allow');
+    };
+    expect(await allowOf(`${base}/blobs/uploads/`)).toBe('');
+    expect(await allowOf(`${base}/blobs/uploads/0b8a2c54-3f3c-4f8e-9d55-0f2b1d3c4e5f`)).toBe('');
+    expect(await allowOf(`${base}/manifests/1`)).toBe('GET, HEAD');
+    expect(await allowOf(`${base}/blobs/${layout.single}`)).toBe('GET, HEAD');
+    // A name of the server's own takes its writes.
+    expect((await allowOf(`${proxy.url}/v2/alice/mine/blobs/uploads/`))?.split(', ')).toContain('POST');
+    expect((await allowOf(`${proxy.url}/v2/alice/mine/manifests/1`))?.split(', ').sort()).toEqual(['DELETE', 'GET', 'HEAD', 'PUT']);
+  });
+
   test('skopeo cannot push to a proxy name', async () => {
     await expect(run('skopeo', ['copy', '--dest-tls-verify=false', `oci:${layout.dir}:single`, `docker://${host}/proxy/up/alice/pushed:1`])).rejects.toThrow();
   });
