@@ -219,6 +219,49 @@ describe('image archives', () => {
     expect(await leftovers()).toEqual([]);
   });
 
+  test('many small entries beside a large layer: the layer streams to its file, the rest are written behind the reading', async () => {
+    const big = bytesOf(300_000, 7);
+    const { entries } = dockerSave(['alice/mixed:1'], [8]);
+    const hex = sha256(big).slice('sha256:'.length);
+    const manifestEntry = entries.find((e) => e.name === 'manifest.json')!;
+    const manifestJson = JSON.parse(manifestEntry.content!.toString()) as [{ Layers: string[] }];
+    manifestJson[0].Layers.push(`${hex}.tar`);
+    // The config's diff_ids are not checked by the import: the layer list is manifest.json's.
+    const junk = Array.from({ length: 40 }, (_, i) => ({ name: `notes/${i}.txt`, content: Buffer.from(`note ${i}`) }));
+    const archive: Entry[] = [
+      ...junk.slice(0, 20),
+      { name: `${hex}.tar`, content: big },
+      ...junk.slice(20),
+      ...entries.filter((e) => e !== manifestEntry),
+      { name: 'manifest.json', content: Buffer.from(JSON.stringify(manifestJson)) },
+    ];
+    const result = await importArchive(Readable.from([await tarOf(archive)]), deps());
+    expect(result.images[0]).toMatchObject({ repository: 'alice/mixed', tags: ['1'] });
+    const doc = JSON.parse((await fx.registry.manifest('alice/mixed', '1'))!.bytes.toString()) as { layers: { digest: string }[] };
+    expect(doc.layers.map((l) => l.digest)).toContain(sha256(big));
+    for (const l of doc.layers) expect(sha256(await readAll((await fx.blobs.open(l.digest as never))!))).toBe(l.digest);
+    expect(await leftovers()).toEqual([]);
+  });
+
+  test('a source that fails after many small entries leaves no temp file, however many writes were still under way', async () => {
+    const junk = Array.from({ length: 200 }, (_, i) => ({ name: `junk/${i}`, content: bytesOf(2_000 + i, i) }));
+    const whole = await tarOf(junk);
+    for (let i = 0; i < 5; i++) {
+      let sent = false;
+      const source = new Readable({
+        read() {
+          if (sent) this.destroy(new Error('connection reset'));
+          // Entries of about 2.5 KiB in the tar: about 150 of them, then the break.
+          else this.push(whole.subarray(0, 150 * 3_072 + 700));
+          sent = true;
+        },
+      });
+      await expect(importArchive(source, deps())).rejects.toThrow();
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      expect(await leftovers()).toEqual([]);
+    }
+  });
+
   test('a source that fails just inside an entry leaves no temp file, not even one still being opened', async () => {
     const { entries } = dockerSave(['alice/app:1'], [6]);
     const whole = await tarOf(entries);

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import { createWriteStream } from 'node:fs';
-import { open, readFile, rm } from 'node:fs/promises';
+import { open, readFile, unlink, writeFile } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -53,6 +53,9 @@ const REF_NAME = 'org.opencontainers.image.ref.name';
 const CONTAINERD_NAME = 'io.containerd.image.name';
 /** index.json, manifest.json, repositories and configs are read whole; nothing else is. */
 const MAX_JSON_BYTES = 16 * 1024 * 1024;
+/** Entries up to this size are read whole and written behind the reading, WRITES_BEHIND at once at most. */
+const SMALL_ENTRY_BYTES = 256 * 1024;
+const WRITES_BEHIND = 8;
 const DOCKER_LAYER_TAR = 'application/vnd.docker.image.rootfs.diff.tar';
 const DOCKER_LAYER_GZIP = 'application/vnd.docker.image.rootfs.diff.tar.gzip';
 
@@ -115,6 +118,8 @@ class SpooledArchive {
   private readonly byDigest = new Map<Digest, Spooled>();
   private readonly aliases = new Map<string, string>();
   private readonly files: string[] = [];
+  private readonly writes = new Set<Promise<void>>();
+  private writeFailure: unknown;
   private readonly prefix = `ingest-import-${randomUUID()}-`;
 
   constructor(private readonly tempRoot: string) {}
@@ -132,7 +137,7 @@ class SpooledArchive {
         const name = normalizeName(entry.header.name);
         const type = entry.header.type ?? 'file';
         if ((type === 'file' || type === 'contiguous-file') && name !== '') {
-          await this.spool(name, entry as unknown as AsyncIterable<Buffer>);
+          await this.spool(name, entry as unknown as AsyncIterable<Buffer>, entry.header.size ?? Infinity);
           continue;
         }
         if (type === 'symlink' && entry.header.linkname) {
@@ -150,23 +155,38 @@ class SpooledArchive {
     }
     const failed = await feeding;
     if (failed) throw asArchiveError(failed);
+    await this.writesDone();
   }
 
-  private async spool(name: string, entry: AsyncIterable<Buffer>): Promise<void> {
+  /**
+   * One entry into a temp file of its own, hashed on the way. Not fsynced: most entries of an archive
+   * are never stored (a docker save's `json` and `VERSION` files, or whatever else a tar holds), so
+   * only what is adopted into the blob store is, then (`durable`).
+   */
+  private async spool(name: string, entry: AsyncIterable<Buffer>, size: number): Promise<void> {
     const expected = digestNamed(name);
     const algorithm: DigestAlgorithm = expected ? (expected.split(':')[0] as DigestAlgorithm) : 'sha256';
     const file = join(this.tempRoot, `${this.prefix}${this.files.length}`);
     this.files.push(file);
     const hash = newHash(algorithm);
     const counter = { bytes: 0 };
-    const sink = createWriteStream(file, { flush: true, highWaterMark: 1024 * 1024 });
-    try {
-      await pipeline(entry, hashingStage(hash, counter), sink);
-    } catch (err) {
-      // The pipeline may reject while the file is still being opened (always, on Node 20, for an entry
-      // cut at once): its open would then create the file after `cleanup` removed it.
-      if (!sink.closed) await once(sink, 'close');
-      throw err;
+    // A small entry is read whole and written while the next ones are read: one at a time, an
+    // archive of many small entries waited on a file's open, write and close for each of them.
+    let small: Buffer | undefined;
+    if (size <= SMALL_ENTRY_BYTES) {
+      const chunks: Buffer[] = [];
+      for await (const chunk of hashingStage(hash, counter)(entry)) chunks.push(chunk);
+      small = Buffer.concat(chunks);
+    } else {
+      const sink = createWriteStream(file, { highWaterMark: 1024 * 1024 });
+      try {
+        await pipeline(entry, hashingStage(hash, counter), sink);
+      } catch (err) {
+        // The pipeline may reject while the file is still being opened (always, on Node 20, for an entry
+        // cut at once): its open would then create the file after `cleanup` removed it.
+        if (!sink.closed) await once(sink, 'close');
+        throw err;
+      }
     }
     const digest = hashToDigest(algorithm, hash);
     if (expected && digest !== expected) {
@@ -176,12 +196,33 @@ class SpooledArchive {
     if (known) {
       // The same content twice: keep the first copy.
       this.byName.set(name, known);
-      await rm(file, { force: true });
+      if (!small) await unlinkIfThere(file);
       return;
     }
+    if (small) await this.writeBehind(file, small);
     const spooled: Spooled = { file, digest, size: counter.bytes };
     this.byName.set(name, spooled);
     this.byDigest.set(digest, spooled);
+  }
+
+  /** Writes `bytes` to `file` with at most WRITES_BEHIND others under way; a failure is thrown by a later call or `writesDone`. */
+  private async writeBehind(file: string, bytes: Buffer): Promise<void> {
+    if (this.writeFailure !== undefined) throw this.writeFailure;
+    while (this.writes.size >= WRITES_BEHIND) await Promise.race(this.writes);
+    if (this.writeFailure !== undefined) throw this.writeFailure;
+    const write: Promise<void> = writeFile(file, bytes).then(
+      () => void this.writes.delete(write),
+      (err: unknown) => {
+        this.writeFailure ??= err;
+        this.writes.delete(write);
+      },
+    );
+    this.writes.add(write);
+  }
+
+  private async writesDone(): Promise<void> {
+    await Promise.all(this.writes);
+    if (this.writeFailure !== undefined) throw this.writeFailure;
   }
 
   has(name: string): boolean {
@@ -222,7 +263,9 @@ class SpooledArchive {
   }
 
   async cleanup(): Promise<void> {
-    await Promise.all(this.files.map((f) => rm(f, { force: true })));
+    // A write still under way (the read failed meanwhile) would create its file after the unlink.
+    await Promise.all(this.writes);
+    await Promise.all(this.files.map(unlinkIfThere));
   }
 }
 
@@ -376,6 +419,7 @@ class Importer {
       }
       return;
     }
+    await durable(spooled.file);
     await this.registry.adoptBlob(repo, spooled.file, blob);
     spooled.adoptedTo = repo;
     this.blobCount += 1;
@@ -442,6 +486,22 @@ async function decompressed(source: Readable): Promise<(Readable | NodeJS.ReadWr
     { objectMode: false },
   );
   return isGzip ? [rest, createGunzip()] : [rest];
+}
+
+/** fsync: a spooled file's bytes are on disk before the blob store takes it in. */
+async function durable(file: string): Promise<void> {
+  const handle = await open(file, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+async function unlinkIfThere(file: string): Promise<void> {
+  await unlink(file).catch((err: unknown) => {
+    if ((err as { code?: unknown }).code !== 'ENOENT') throw err;
+  });
 }
 
 async function layerMediaType(file: string): Promise<string> {
