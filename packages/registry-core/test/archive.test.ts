@@ -54,6 +54,18 @@ function dockerSave(repoTags: string[], layerSeeds: number[]) {
   return { entries, layers, config };
 }
 
+/** A source that sends `sent` in one piece, then fails as a connection reset would. */
+function breakingAfter(sent: Buffer): Readable {
+  let done = false;
+  return new Readable({
+    read() {
+      if (done) this.destroy(new Error('connection reset'));
+      else this.push(sent);
+      done = true;
+    },
+  });
+}
+
 describe('image archives', () => {
   let fx: GcFixture;
 
@@ -247,16 +259,8 @@ describe('image archives', () => {
     const junk = Array.from({ length: 200 }, (_, i) => ({ name: `junk/${i}`, content: bytesOf(2_000 + i, i) }));
     const whole = await tarOf(junk);
     for (let i = 0; i < 5; i++) {
-      let sent = false;
-      const source = new Readable({
-        read() {
-          if (sent) this.destroy(new Error('connection reset'));
-          // Entries of about 2.5 KiB in the tar: about 150 of them, then the break.
-          else this.push(whole.subarray(0, 150 * 3_072 + 700));
-          sent = true;
-        },
-      });
-      await expect(importArchive(source, deps())).rejects.toThrow();
+      // Entries of about 2.5 KiB in the tar: about 150 of them, then the break.
+      await expect(importArchive(breakingAfter(whole.subarray(0, 150 * 3_072 + 700)), deps())).rejects.toThrow();
       await new Promise((resolve) => setTimeout(resolve, 20));
       expect(await leftovers()).toEqual([]);
     }
@@ -268,15 +272,7 @@ describe('image archives', () => {
     for (let i = 0; i < 20; i++) {
       // The first entry's header and a few bytes, then the connection breaks: its temp file is being
       // opened as the error comes.
-      let sent = false;
-      const source = new Readable({
-        read() {
-          if (sent) this.destroy(new Error('connection reset'));
-          else this.push(whole.subarray(0, 512 + 10));
-          sent = true;
-        },
-      });
-      await expect(importArchive(source, deps())).rejects.toThrow();
+      await expect(importArchive(breakingAfter(whole.subarray(0, 512 + 10)), deps())).rejects.toThrow();
       // Not only at once: a file still being opened would appear a moment after the removal.
       await new Promise((resolve) => setTimeout(resolve, 20));
       expect(await leftovers()).toEqual([]);
