@@ -1,5 +1,5 @@
 import type { Router, RouterContext } from '@koa/router';
-import { RegistryError, isDigestAlgorithm, parseDigest, tryParseDigest, type UploadStatus } from '@wharf/registry-core';
+import { RegistryError, isDigestAlgorithm, parseDigest, tryParseDigest, type ChunkPosition, type UploadStatus } from '@wharf/registry-core';
 import type { Context } from 'koa';
 import { declaredLength, emptyBody, hasBody } from '../http/body.js';
 import { parseContentRange, uploadRange } from '../http/range.js';
@@ -34,16 +34,27 @@ function describeSession(ctx: Context, name: string, upload: UploadStatus): void
 }
 
 /**
- * A chunk that does not start where the upload ends (416) is answered with where it does, as the
- * Docker registry API (and the OCI spec's first drafts) have it: Location, Range and the session's
- * id, so that a client resumes without asking first. Rethrows `err` in every case.
+ * A chunk that does not start where the upload ends, or whose Content-Range does not parse (416), is
+ * answered with where the upload stands, as the Docker registry API (and the OCI spec's first drafts)
+ * have it for every 416 of a PATCH: Location, Range and the session's id, so that a client resumes
+ * without asking first. `size` is the session's as the request found it. Rethrows `err` in every case.
  */
-function resumeAfter(ctx: Context, name: string, id: string, err: unknown): never {
-  const expectedStart = err instanceof RegistryError && err.code === 'RANGE_INVALID' ? (err.detail as { expectedStart?: unknown } | undefined)?.expectedStart : undefined;
-  if (typeof expectedStart === 'number') {
-    ctx.state.errorHeaders = { Location: `/v2/${name}/blobs/uploads/${id}`, Range: uploadRange(expectedStart), 'Docker-Upload-UUID': id };
+function resumeAfter(ctx: Context, name: string, id: string, err: unknown, size?: number): never {
+  if (err instanceof RegistryError && err.code === 'RANGE_INVALID') {
+    const expectedStart = (err.detail as { expectedStart?: unknown } | undefined)?.expectedStart;
+    const end = typeof expectedStart === 'number' ? expectedStart : size;
+    if (end !== undefined) ctx.state.errorHeaders = { Location: `/v2/${name}/blobs/uploads/${id}`, Range: uploadRange(end), 'Docker-Upload-UUID': id };
   }
   throw err;
+}
+
+/** The request's Content-Range, if any; one that does not parse is a 416 saying where the session stands. */
+function chunkPosition(ctx: Context, name: string, id: string, session: UploadStatus): ChunkPosition {
+  try {
+    return parseContentRange(ctx.get('Content-Range') || undefined);
+  } catch (err) {
+    return resumeAfter(ctx, name, id, err, session.size);
+  }
 }
 
 function describeBlob(ctx: Context, name: string, digest: string): void {
@@ -116,9 +127,10 @@ export function registerUploads(router: Router, deps: RouteDeps, options: { read
   router.patch(SESSION, async (ctx) => {
     const target = await repository(ctx, deps, 'upload');
     const id = capture(ctx, 1);
-    const position = parseContentRange(ctx.get('Content-Range') || undefined);
     const writer = writerOf(target);
-    if (!(await writer.uploadStatus(target.repo, id))) throw uploadUnknown(id);
+    const session = await writer.uploadStatus(target.repo, id);
+    if (!session) throw uploadUnknown(id);
+    const position = chunkPosition(ctx, capture(ctx, 0), id, session);
     const upload = await writer.appendUpload(target.repo, id, ctx.req, position).catch((err: unknown) => resumeAfter(ctx, capture(ctx, 0), id, err));
     ctx.status = 202;
     describeSession(ctx, capture(ctx, 0), upload);
@@ -134,10 +146,9 @@ export function registerUploads(router: Router, deps: RouteDeps, options: { read
       throw new RegistryError('DIGEST_INVALID', 'the digest query parameter is required to complete an upload', undefined);
     }
     const expect = parseDigest(digest).digest;
-    if (!(await writer.uploadStatus(target.repo, id))) throw uploadUnknown(id);
-    const finalChunk = hasBody(ctx.req)
-      ? { body: ctx.req, position: parseContentRange(ctx.get('Content-Range') || undefined) }
-      : undefined;
+    const session = await writer.uploadStatus(target.repo, id);
+    if (!session) throw uploadUnknown(id);
+    const finalChunk = hasBody(ctx.req) ? { body: ctx.req, position: chunkPosition(ctx, capture(ctx, 0), id, session) } : undefined;
     const blob = await writer.completeUpload(target.repo, id, expect, finalChunk).catch((err: unknown) => resumeAfter(ctx, capture(ctx, 0), id, err));
     describeBlob(ctx, capture(ctx, 0), blob.digest);
   });

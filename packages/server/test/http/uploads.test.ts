@@ -225,10 +225,17 @@ describe('blob uploads', () => {
       await expectOciError(await patch(session.url, Buffer.from('abc'), '0-9'), 400, 'SIZE_INVALID');
     });
 
-    test('a malformed Content-Range answers 416 RANGE_INVALID', async () => {
+    test('a malformed Content-Range answers 416 RANGE_INVALID, with where the upload stands', async () => {
       const repo = uniqueRepo('up');
       const session = await startUpload(reg.url, repo);
-      await expectOciError(await patch(session.url, Buffer.from('abc'), 'zero-two'), 416, 'RANGE_INVALID');
+      await patch(session.url, Buffer.from('0123456789'), '0-9');
+      for (const [method, range] of [['PATCH', 'zero-two'], ['PATCH', '10-'], ['PUT', '10-']] as const) {
+        const url = method === 'PUT' ? withDigest(session.url, blob('0123456789abc').digest) : session.url;
+        const res = await fetch(url, { method, headers: { 'content-range': range, 'content-type': 'application/octet-stream' }, body: Buffer.from('abc') });
+        await expectOciError(res, 416, 'RANGE_INVALID');
+        expect([method, range, new URL(res.headers.get('location') ?? '', reg.url).href]).toEqual([method, range, new URL(session.url).href]);
+        expect([method, range, res.headers.get('range'), res.headers.get('docker-upload-uuid')]).toEqual([method, range, '0-9', session.id]);
+      }
       // Past 2^53 the numbers were rounded: the body was read, then a 400 named a size never sent.
       const huge = await patch(session.url, Buffer.from('abc'), '0-18446744073709551616');
       const error = await expectOciError(huge, 416, 'RANGE_INVALID');
