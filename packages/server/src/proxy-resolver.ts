@@ -60,7 +60,8 @@ export class ProxyResolver implements RepositoryResolver {
     }
     if (!isPull(request)) return local;
     const upstream = ns ? this.byHost.get(ns.toLowerCase()) : this.config.defaultUpstream ? this.byName.get(this.config.defaultUpstream) : undefined;
-    if (!upstream || (await this.local.repositoryHasManifests(name))) return local;
+    if (!upstream) return local;
+    if (await this.local.repositoryHasManifests(name)) return { ...local, shadows: upstream.key };
     // The spec's proxying section: `ns` SHOULD be echoed in OCI-Namespace. As it matched: lower-cased
     // it is a configured host, key or alias, plain ASCII (the client's own spelling may not be: the
     // Kelvin sign lower-cases to "k", and node refuses it in a header).

@@ -14,6 +14,11 @@ export interface ResolvedRepository {
   readonly upstream?: string;
   /** What OCI-Namespace echoes for a pull-through repository: the `ns` the client sent, or the upstream's key. */
   readonly namespace?: string;
+  /**
+   * A local repository that a pull would otherwise have read from this upstream (`default_upstream`
+   * or `?ns=`): its key, so that a 404 can say why the upstream was not asked.
+   */
+  readonly shadows?: string;
 }
 
 /** The family of the route a request goes to. */

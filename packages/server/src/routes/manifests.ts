@@ -3,7 +3,7 @@ import { MAX_MANIFEST_BYTES, RegistryError, isValidTag } from '@wharf/registry-c
 import { emptyBody, readSmallBody } from '../http/body.js';
 import { notModified } from '../http/conditional.js';
 import { warningHeader } from '../http/warning-header.js';
-import { writerOf } from '../repositories.js';
+import { writerOf, type ResolvedRepository } from '../repositories.js';
 import { capture, repository, type RouteDeps } from './context.js';
 
 const MANIFEST = /^\/v2\/(.+)\/manifests\/([^/]+)$/;
@@ -11,10 +11,19 @@ const MANIFEST = /^\/v2\/(.+)\/manifests\/([^/]+)$/;
 
 /**
  * A proxied name says whose answer it is, and that it may be a remembered one: a pipeline racing a
- * push to the upstream otherwise sees a plain 404 for up to absent_ttl with nothing saying why.
+ * push to the upstream otherwise sees a plain 404 for up to absent_ttl with nothing saying why. A
+ * local repository that a pull would otherwise have read from an upstream (`default_upstream`,
+ * `?ns=`) says that it is local, and where the upstream's images of that name are: one push to it
+ * hides every upstream tag it does not have.
  */
-function manifestUnknown(reference: string, upstream: string | undefined): RegistryError {
-  if (upstream === undefined) return new RegistryError('MANIFEST_UNKNOWN', 'manifest unknown to registry', { reference });
+function manifestUnknown(reference: string, target: ResolvedRepository | undefined): RegistryError {
+  const upstream = target?.namespace;
+  if (upstream === undefined) {
+    const shadows = target?.shadows;
+    if (shadows === undefined) return new RegistryError('MANIFEST_UNKNOWN', 'manifest unknown to registry', { reference });
+    const message = `manifest unknown to registry: ${target!.repo} is a repository of this server, so its pulls are not read from ${shadows}; that upstream's images of this name are under proxy/${shadows}/${target!.repo}`;
+    return new RegistryError('MANIFEST_UNKNOWN', message, { reference, repository: target!.repo, upstream: shadows });
+  }
   // A digest names content that never changes: only a tag can appear upstream a moment later.
   const remembered = reference.includes(':') ? 'remembered for [proxy] absent_ttl' : 'remembered for [proxy] absent_ttl, so a tag pushed there a moment ago may take that long to show';
   return new RegistryError('MANIFEST_UNKNOWN', `manifest unknown to upstream ${upstream} (its 404 is ${remembered})`, { reference, upstream });
@@ -39,7 +48,7 @@ export function registerManifests(router: Router, deps: RouteDeps): void {
     const target = await repository(ctx, deps, 'manifest');
     const reference = pathReference(ctx);
     const manifest = await target.reader.manifest(target.repo, reference);
-    if (!manifest) throw manifestUnknown(reference, target.namespace);
+    if (!manifest) throw manifestUnknown(reference, target);
     ctx.status = 200;
     ctx.set('Content-Type', manifest.mediaType);
     ctx.set('Docker-Content-Digest', manifest.digest);

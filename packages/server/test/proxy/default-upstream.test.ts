@@ -69,8 +69,19 @@ describe('[proxy] default_upstream (Docker registry-mirrors mode)', () => {
     expect((await fetch(`${up.url}/v2/team/pushed/manifests/2`)).status).toBe(404);
     const res = await fetch(`${proxy.url}/v2/team/pushed/manifests/2`);
     expect(res.headers.get('docker-content-digest')).toBe(pushed.manifest.digest);
-    // The local repository now hides the upstream one, tag 1 included.
-    expect((await fetch(`${proxy.url}/v2/team/pushed/manifests/1`)).status).toBe(404);
+    // The local repository now hides the upstream one, tag 1 included; the 404 says so, and where the
+    // upstream's tag is still read.
+    const hidden = await fetch(`${proxy.url}/v2/team/pushed/manifests/1`);
+    expect(hidden.status).toBe(404);
+    const error = ((await hidden.json()) as { errors: { code: string; message: string }[] }).errors[0]!;
+    expect(error.code).toBe('MANIFEST_UNKNOWN');
+    expect(error.message).toBe(
+      'manifest unknown to registry: team/pushed is a repository of this server, so its pulls are not read from up; that upstream\'s images of this name are under proxy/up/team/pushed',
+    );
+    expect((await fetch(`${proxy.url}/v2/proxy/up/team/pushed/manifests/1`)).status).toBe(200);
+    // A registry without an upstream for the name says nothing of one.
+    const plain = await fetch(`${up.url}/v2/team/pushed/manifests/9`);
+    expect(((await plain.json()) as { errors: { message: string }[] }).errors[0]!.message).toBe('manifest unknown to registry');
   });
 
   test("a client's push of an image whose layers the upstream has under that name uploads them, and lands locally", async () => {
