@@ -4,6 +4,7 @@ import { requestInfo, type RepositoryResolver, type ResolvedRepository } from '.
 import { clientOf } from './client-address.js';
 import { arrivedAt } from './pipelined-order.js';
 import { notModified } from './conditional.js';
+import { wantsListImage } from './legacy-accept.js';
 import { decodeCapture } from './path-segments.js';
 import { trackRequest, type RequestTrackingDeps } from './request-log.js';
 import { warningHeader } from './warning-header.js';
@@ -89,6 +90,8 @@ async function lookUp(
   }
   if (deps.mayPull && !(await deps.mayPull(req.headers.authorization || undefined, client.address, name, target))) return undefined;
   const manifest = await target.reader.peekManifest(target.repo, reference);
+  // A list asked for as its image (http/legacy-accept.ts) takes the full path.
+  if (manifest && wantsListImage(req.headers.accept, manifest.mediaType, reference)) return undefined;
   return manifest && { name, target, manifest };
 }
 

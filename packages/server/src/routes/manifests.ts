@@ -2,6 +2,7 @@ import type { Router, RouterContext } from '@koa/router';
 import { MAX_MANIFEST_BYTES, RegistryError, isValidTag } from '@wharf/registry-core';
 import { emptyBody, readSmallBody } from '../http/body.js';
 import { notModified } from '../http/conditional.js';
+import { listImage, wantsListImage } from '../http/legacy-accept.js';
 import { warningHeader } from '../http/warning-header.js';
 import { writerOf, type ResolvedRepository } from '../repositories.js';
 import { capture, repository, type RouteDeps } from './context.js';
@@ -47,8 +48,11 @@ export function registerManifests(router: Router, deps: RouteDeps): void {
   const serve = async (ctx: RouterContext) => {
     const target = await repository(ctx, deps, 'manifest');
     const reference = pathReference(ctx);
-    const manifest = await target.reader.manifest(target.repo, reference);
+    let manifest = await target.reader.manifest(target.repo, reference);
     if (!manifest) throw manifestUnknown(reference, target);
+    if (wantsListImage(ctx.get('Accept') || undefined, manifest.mediaType, reference)) {
+      manifest = await listImage(manifest, reference, (digest) => target.reader.manifest(target.repo, digest));
+    }
     ctx.status = 200;
     ctx.set('Content-Type', manifest.mediaType);
     ctx.set('Docker-Content-Digest', manifest.digest);

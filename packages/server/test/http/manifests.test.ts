@@ -247,6 +247,52 @@ describe('manifests', () => {
       expect(Buffer.from(await res.arrayBuffer()).equals(list.bytes)).toBe(true);
     });
 
+    test("a Docker manifest list asked for by tag as a schema 2 image is its linux/amd64 image (Docker's backward compatibility)", async () => {
+      const repo = uniqueRepo('m');
+      const arm = await preparedImage(repo, 'arm64', DOCKER_MANIFEST);
+      const amd = await preparedImage(repo, 'amd64', DOCKER_MANIFEST);
+      const other = await preparedImage(repo, 'windows', DOCKER_MANIFEST);
+      for (const image of [arm, amd, other]) await pushManifest(reg.url, repo, image.manifest.digest, image.manifest);
+      const entry = (m: { digest: string; size: number }, platform: Record<string, string>) => ({ mediaType: DOCKER_MANIFEST, digest: m.digest, size: m.size, platform });
+      const list = manifestOf(
+        {
+          schemaVersion: 2,
+          mediaType: DOCKER_LIST,
+          manifests: [entry(arm.manifest, { architecture: 'arm64', os: 'linux', variant: 'v8' }), entry(other.manifest, { architecture: 'amd64', os: 'windows' }), entry(amd.manifest, { architecture: 'amd64', os: 'linux' })],
+        },
+        DOCKER_LIST,
+      );
+      await pushManifest(reg.url, repo, 'multi', list);
+      const ask = (reference: string, accept: string | undefined, method = 'GET') =>
+        fetch(`${reg.url}/v2/${repo}/manifests/${reference}`, { method, headers: accept === undefined ? {} : { accept } });
+      for (const method of ['GET', 'HEAD']) {
+        // Twice: the second answer may come from the manifest cache, whose fast path must not answer it.
+        for (let i = 0; i < 2; i++) {
+          const res = await ask('multi', DOCKER_MANIFEST, method);
+          expect([method, res.status, res.headers.get('content-type'), res.headers.get('docker-content-digest')]).toEqual([method, 200, DOCKER_MANIFEST, amd.manifest.digest]);
+          expect(res.headers.get('content-length')).toBe(String(amd.manifest.size));
+          if (method === 'GET') expect(Buffer.from(await res.arrayBuffer()).equals(amd.manifest.bytes)).toBe(true);
+        }
+      }
+      // With the list's type, a wildcard or no Accept at all, by digest, or asking OCI types only: the list.
+      for (const [reference, accept] of [
+        ['multi', `${DOCKER_MANIFEST}, ${DOCKER_LIST}`],
+        ['multi', `${DOCKER_MANIFEST}, */*`],
+        ['multi', undefined],
+        ['multi', OCI_MANIFEST],
+        [list.digest, DOCKER_MANIFEST],
+      ] as const) {
+        const res = await ask(reference, accept);
+        expect([reference, accept, res.headers.get('docker-content-digest')]).toEqual([reference, accept, list.digest]);
+        expect(Buffer.from(await res.arrayBuffer()).equals(list.bytes)).toBe(true);
+      }
+      // A list with no linux/amd64 image: MANIFEST_UNKNOWN, saying why.
+      const armOnly = manifestOf({ schemaVersion: 2, mediaType: DOCKER_LIST, manifests: [entry(arm.manifest, { architecture: 'arm64', os: 'linux' })] }, DOCKER_LIST);
+      await pushManifest(reg.url, repo, 'arm-only', armOnly);
+      const error = await expectOciError(await ask('arm-only', DOCKER_MANIFEST), 404, 'MANIFEST_UNKNOWN');
+      expect(error.message).toBe("arm-only is a manifest list that lists no linux/amd64 image, and the request's Accept does not take a manifest list");
+    });
+
     test('an OCI image manifest round-trips with its media type', async () => {
       const repo = uniqueRepo('m');
       const { manifest } = await preparedImage(repo, 'oci');

@@ -99,7 +99,7 @@ describe('Docker schema 2 manifests and manifest lists through the proxy', () =>
     list = { bytes: listBytes, digest: sha256(listBytes), mediaType: DOCKER_LIST, size: listBytes.length };
     expect(manifestOf(listDoc, DOCKER_LIST).digest).not.toBe(list.digest); // not the compact form
 
-    for (const repo of ['docker/app', 'docker/pinned']) {
+    for (const repo of ['docker/app', 'docker/pinned', 'docker/legacy']) {
       await pushBlobs(up.url, repo, [config, layer]);
       await pushManifest(up.url, repo, image.digest, image);
       await pushManifest(up.url, repo, 'single', image);
@@ -160,6 +160,21 @@ describe('Docker schema 2 manifests and manifest lists through the proxy', () =>
       'GET /v2/docker/app/manifests/single 200',
     ]);
     expectDockerAccept('docker/app');
+  });
+
+  test("a script asking Docker Hub's way (schema 2 only, by tag) gets the list's linux/amd64 image, fetched upstream with the full Accept", async () => {
+    for (const method of ['GET', 'HEAD'] as const) {
+      const res = await fetch(`${proxy.url}/v2/proxy/up/docker/legacy/manifests/multi`, { method, headers: { accept: DOCKER_MANIFEST } });
+      expect([method, res.status, res.headers.get('content-type'), res.headers.get('docker-content-digest')]).toEqual([method, 200, DOCKER_MANIFEST, image.digest]);
+      if (method === 'GET') expect(Buffer.from(await res.arrayBuffer()).equals(image.bytes)).toBe(true);
+    }
+    // The cache holds the list as the upstream has it: a client that takes lists gets the list.
+    await expectManifest('docker/legacy', 'multi', list);
+    expect(front.manifests().filter((m) => m.includes('/docker/legacy/'))).toEqual([
+      'GET /v2/docker/legacy/manifests/multi 200',
+      `GET /v2/docker/legacy/manifests/${image.digest} 200`,
+    ]);
+    expectDockerAccept('docker/legacy');
   });
 
   test('a pull by digest (a pinned image): the manifest list and its image fetched by digest', async () => {

@@ -1,0 +1,49 @@
+import { MediaType, RegistryError, type Digest, type StoredManifest } from '@wharf/registry-core';
+
+/**
+ * Docker's backward compatibility for manifest lists (Image Manifest V2 Schema 2, "Backward
+ * compatibility"), as distribution and Docker Hub keep it: a manifest list asked for by tag with an
+ * `Accept` that names the schema 2 image manifest but not the list is answered with the list's
+ * linux/amd64 image, its own bytes, type and digest. Scripts and tools written against Docker Hub
+ * (`curl -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' …`, reg, dependabot's
+ * Docker updater) read a config and layers there, and got a list from Wharf. By digest, the list
+ * itself (a digest names those bytes); with no `Accept`, a wildcard, or the list named, the list too,
+ * as every current client asks. OCI indexes are served as they are, whatever the `Accept`.
+ */
+export function wantsListImage(accept: string | undefined, mediaType: string, reference: string): boolean {
+  if (mediaType !== MediaType.DockerManifestList || reference.includes(':') || accept === undefined) return false;
+  const types = new Set(accept.split(',').map((t) => t.split(';')[0]!.trim().toLowerCase()));
+  if (types.has('*/*') || types.has('application/*')) return false;
+  return types.has(MediaType.DockerManifest) && !types.has(MediaType.DockerManifestList);
+}
+
+/** The digest of a manifest list's linux/amd64 image, if it lists one. */
+export function linuxAmd64Image(list: Buffer): Digest | undefined {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(list.toString('utf8'));
+  } catch {
+    return undefined;
+  }
+  const manifests = (doc as { manifests?: unknown } | null)?.manifests;
+  if (!Array.isArray(manifests)) return undefined;
+  for (const entry of manifests as { digest?: unknown; platform?: { architecture?: unknown; os?: unknown } }[]) {
+    if (entry?.platform?.architecture === 'amd64' && entry.platform.os === 'linux' && typeof entry.digest === 'string') return entry.digest as Digest;
+  }
+  return undefined;
+}
+
+/**
+ * The image `wantsListImage` asks for, read as any manifest of the repository is (`read`: from the
+ * store, or through the proxy), with the list's Warning when only the list was a stale copy. A list
+ * without one, or whose image cannot be read, is MANIFEST_UNKNOWN, as distribution answers.
+ */
+export async function listImage(list: StoredManifest, reference: string, read: (digest: Digest) => Promise<StoredManifest | undefined>): Promise<StoredManifest> {
+  const digest = linuxAmd64Image(list.bytes);
+  const image = digest === undefined ? undefined : await read(digest);
+  if (!image) {
+    const why = digest === undefined ? 'lists no linux/amd64 image' : `lists ${digest} for linux/amd64, which is not here`;
+    throw new RegistryError('MANIFEST_UNKNOWN', `${reference} is a manifest list that ${why}, and the request's Accept does not take a manifest list`, { reference });
+  }
+  return list.warning !== undefined && image.warning === undefined ? { ...image, warning: list.warning } : image;
+}
