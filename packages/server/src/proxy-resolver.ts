@@ -61,7 +61,7 @@ export class ProxyResolver implements RepositoryResolver {
     if (!isPull(request)) return local;
     const upstream = ns ? this.byHost.get(ns.toLowerCase()) : this.config.defaultUpstream ? this.byName.get(this.config.defaultUpstream) : undefined;
     if (!upstream) return local;
-    if (await this.local.repositoryHasManifests(name)) return { ...local, shadows: upstream.key };
+    if (await this.local.repositoryHasManifests(name)) return this.mayPullThrough(request) ? { ...local, shadows: upstream.key } : local;
     // The spec's proxying section: `ns` SHOULD be echoed in OCI-Namespace. As it matched: lower-cased
     // it is a configured host, key or alias, plain ASCII (the client's own spelling may not be: the
     // Kelvin sign lower-cases to "k", and node refuses it in a header).
@@ -91,8 +91,13 @@ export class ProxyResolver implements RepositoryResolver {
   }
 
   /** `namespace`: what OCI-Namespace says; the upstream's key unless the client named it by `ns`. */
+  /** Whether this request may be served through an upstream at all (without auth: loopback only, unless `anonymous`). */
+  private mayPullThrough(request: RequestInfo): boolean {
+    return !this.options.loopbackOnly || this.config.anonymous || request.local === true;
+  }
+
   private pullThrough(upstream: UpstreamConfig, path: string, request: RequestInfo, namespace = upstream.key): ResolvedRepository {
-    if (this.options.loopbackOnly && !this.config.anonymous && request.local !== true) {
+    if (!this.mayPullThrough(request)) {
       throw new RegistryError('DENIED', 'the dependency proxy serves only local clients until accounts are configured; set [proxy] anonymous = true to open it', {
         upstream: upstream.key,
       });

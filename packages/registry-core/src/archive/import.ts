@@ -164,6 +164,8 @@ class SpooledArchive {
    * only what is adopted into the blob store is, then (`durable`).
    */
   private async spool(name: string, entry: AsyncIterable<Buffer>, size: number): Promise<void> {
+    // A small entry's write failed (a full disk): nothing more is read, however large.
+    if (this.writeFailure !== undefined) throw this.writeFailure;
     const expected = digestNamed(name);
     const algorithm: DigestAlgorithm = expected ? (expected.split(':')[0] as DigestAlgorithm) : 'sha256';
     const file = join(this.tempRoot, `${this.prefix}${this.files.length}`);

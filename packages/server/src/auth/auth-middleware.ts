@@ -4,7 +4,7 @@ import type { Context, Next } from 'koa';
 import { clientOf } from '../http/client-address.js';
 import { requestInfo, type RepositoryResolver, type ResolvedRepository, type Resource } from '../repositories.js';
 import { AuthFailure, type AuthService, type Credentials } from './auth-service.js';
-import { allowedActions, mayListCatalog, type Action, type Principal, type Target } from './permissions.js';
+import { allowedActions, mayListCatalog, mayUseUpstream, type Action, type Principal, type Target } from './permissions.js';
 import { rememberResolved } from '../routes/context.js';
 import { routeAccess } from './route-access.js';
 import { grantedActions } from './scope.js';
@@ -221,6 +221,9 @@ export function authMiddleware(options: AuthMiddlewareOptions) {
         const why = missing.length === 0 ? undefined : `${nameOf(principal)} may not ${missing.join(' or ')} ${name}`;
         if (who.via === 'bearer' && !hasAll(grantedActions(who.access, 'repository', name), needed)) insufficientScope(ctx, auth, who, scope, why, detail);
         if (why !== undefined) refuse(ctx, who, scope, why, detail);
+        // Whether the caller may pull through an upstream: a manifest's 404 in a local repository
+        // that hides one names it only then (routes/manifests.ts).
+        if (resource === 'manifest') ctx.state.mayUseUpstream = (upstream: string): boolean => mayUseUpstream(principal, upstream, policy);
         // Whether a blob HEAD is a push's (its link's grace starts over) or a pull's (it does not).
         if (resource === 'blob') {
           ctx.state.mayPush = allowed.has('push') && (who.via !== 'bearer' || grantedActions(who.access, 'repository', name).has('push'));

@@ -25,6 +25,8 @@ export function readOnlyAllow(matched: MatchedLayers): string {
  * OPTIONS on a read-only repository's path answers the `Allow` its 405s send, not every method the
  * router has for the path (`Allow: POST` on a proxy name's upload path, whose POST is a 405).
  * Wraps the router: its `allowedMethods` sets `Allow` after the routes found none for OPTIONS.
+ * Resolved as a write is: a name that pulls read from an upstream (`default_upstream`, `?ns=`)
+ * still takes pushes, which stay local, so only `proxy/...` names are read-only.
  */
 export function readOnlyOptions(resolver: RepositoryResolver): Middleware {
   return async (ctx, next) => {
@@ -34,7 +36,7 @@ export function readOnlyOptions(resolver: RepositoryResolver): Middleware {
     const { route, repository } = classifyRoute(ctx.path);
     if (!repository || !isResource(route)) return;
     const target = await resolver
-      .resolve(repository, new URLSearchParams(ctx.querystring), requestInfo(ctx.req, route, 'GET'))
+      .resolve(repository, new URLSearchParams(ctx.querystring), requestInfo(ctx.req, route, 'PUT'))
       .catch(() => undefined);
     if (!target || target.writer) return;
     ctx.set('Allow', readOnlyAllow(matchedLayers(ctx)));

@@ -17,10 +17,11 @@ const MANIFEST = /^\/v2\/(.+)\/manifests\/([^/]+)$/;
  * `?ns=`) says that it is local, and where the upstream's images of that name are: one push to it
  * hides every upstream tag it does not have.
  */
-function manifestUnknown(reference: string, target: ResolvedRepository | undefined): RegistryError {
+function manifestUnknown(reference: string, target: ResolvedRepository | undefined, mayUseUpstream: (upstream: string) => boolean = () => true): RegistryError {
   const upstream = target?.namespace;
   if (upstream === undefined) {
-    const shadows = target?.shadows;
+    // Named only to a caller who may pull through it (auth's per-upstream access).
+    const shadows = target?.shadows !== undefined && mayUseUpstream(target.shadows) ? target.shadows : undefined;
     if (shadows === undefined) return new RegistryError('MANIFEST_UNKNOWN', 'manifest unknown to registry', { reference });
     const message = `manifest unknown to registry: ${target!.repo} is a repository of this server, so its pulls are not read from ${shadows}; that upstream's images of this name are under proxy/${shadows}/${target!.repo}`;
     return new RegistryError('MANIFEST_UNKNOWN', message, { reference, repository: target!.repo, upstream: shadows });
@@ -49,7 +50,7 @@ export function registerManifests(router: Router, deps: RouteDeps): void {
     const target = await repository(ctx, deps, 'manifest');
     const reference = pathReference(ctx);
     let manifest = await target.reader.manifest(target.repo, reference);
-    if (!manifest) throw manifestUnknown(reference, target);
+    if (!manifest) throw manifestUnknown(reference, target, ctx.state.mayUseUpstream as ((upstream: string) => boolean) | undefined);
     if (wantsListImage(ctx.get('Accept') || undefined, manifest.mediaType, reference)) {
       manifest = await listImage(manifest, reference, (digest) => target.reader.manifest(target.repo, digest));
     }

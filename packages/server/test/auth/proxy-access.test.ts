@@ -253,6 +253,35 @@ describe('proxy access with auth on: per upstream, never open unless configured'
     }
   });
 
+  test('a local repository hiding the default upstream: its 404 names that upstream only to those who may pull through it', async () => {
+    const mirror = await startAuthRegistry({
+      logger: log.logger,
+      settings: { proxy: { default_upstream: 'grp', retries: 0, upstreams: { grp: { url: up.url, access: ['ops'] } } } },
+      authSettings: {
+        users: (['alice', 'root'] as const).map((name) => ({ name, password_hash: bcryptHash(PW[name]), admin: name === 'root' })),
+        groups: [{ name: 'ops', members: { olga: 'reader' } }],
+      },
+    });
+    try {
+      const alice = new RegistryClient(mirror.url, 'basic', { user: 'alice', password: PW.alice });
+      expect((await pushWith(alice, 'alice/local', '1', 'local')).status).toBe(201);
+      const missing = async (name: Name) => {
+        const res = await fetch(`${mirror.url}/v2/alice/local/manifests/2`, { headers: { Authorization: basic(name, PW[name]) } });
+        expect([name, res.status]).toEqual([name, 404]);
+        return ((await res.json()) as { errors: { message: string; detail?: { upstream?: string } }[] }).errors[0]!;
+      };
+      // alice may pull her repository but not through grp: nothing of the upstream.
+      expect(await missing('alice')).toMatchObject({ message: 'manifest unknown to registry', detail: { reference: '2' } });
+      expect((await missing('alice')).detail?.upstream).toBeUndefined();
+      // An administrator may use every upstream.
+      expect((await missing('root')).message).toBe(
+        "manifest unknown to registry: alice/local is a repository of this server, so its pulls are not read from grp; that upstream's images of this name are under proxy/grp/alice/local",
+      );
+    } finally {
+      await mirror.close();
+    }
+  });
+
   test('after the suite, no password or token is in the log', () => {
     secrets.assertNotIn(log.text());
   });

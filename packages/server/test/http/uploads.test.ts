@@ -242,6 +242,13 @@ describe('blob uploads', () => {
       expect(error.message).toBe('Content-Range is beyond any blob this server stores');
     });
 
+    test('a malformed Content-Range on a session that does not exist is 404 BLOB_UPLOAD_UNKNOWN, as any chunk there is', async () => {
+      const repo = uniqueRepo('up');
+      const session = await startUpload(reg.url, repo);
+      const gone = session.url.replace(session.id, '0b8a2c54-3f3c-4f8e-9d55-0f2b1d3c4e5f');
+      await expectOciError(await patch(gone, Buffer.from('abc'), 'zero-two'), 404, 'BLOB_UPLOAD_UNKNOWN');
+    });
+
     test('GET on a session answers 204 with the Range received so far', async () => {
       const repo = uniqueRepo('up');
       const session = await startUpload(reg.url, repo);

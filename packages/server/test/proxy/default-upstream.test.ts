@@ -79,6 +79,11 @@ describe('[proxy] default_upstream (Docker registry-mirrors mode)', () => {
       'manifest unknown to registry: team/pushed is a repository of this server, so its pulls are not read from up; that upstream\'s images of this name are under proxy/up/team/pushed',
     );
     expect((await fetch(`${proxy.url}/v2/proxy/up/team/pushed/manifests/1`)).status).toBe(200);
+    // OPTIONS on a name that is not local yet: what a push may do there, as pushes stay local.
+    const options = await fetch(`${proxy.url}/v2/team/not-yet/manifests/1`, { method: 'OPTIONS' });
+    expect(options.headers.get('allow')?.split(', ').sort()).toEqual(['DELETE', 'GET', 'HEAD', 'PUT']);
+    const uploads = await fetch(`${proxy.url}/v2/team/not-yet/blobs/uploads/`, { method: 'OPTIONS' });
+    expect(uploads.headers.get('allow')?.split(', ')).toContain('POST');
     // A registry without an upstream for the name says nothing of one.
     const plain = await fetch(`${up.url}/v2/team/pushed/manifests/9`);
     expect(((await plain.json()) as { errors: { message: string }[] }).errors[0]!.message).toBe('manifest unknown to registry');

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { captureLog } from '../auth/helpers.js';
 import { expectOciError, startUpload, uniqueRepo, withDigest } from '../helpers/http.js';
 import { blob, imageManifest, OCI_MANIFEST, pushBlob, sha256 } from '../helpers/oci.js';
+import { tar } from '../helpers/oci-layout.js';
 import { SmallDisk } from '../helpers/small-disk.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
 
@@ -139,6 +140,21 @@ describe('pushing onto a full disk', () => {
     const again = await fetch(`${reg.url}/ready`);
     expect(again.status).toBe(200);
     expect(await again.json()).toEqual({ status: 'ready', checks: { database: 'ok', storage: 'ok' } });
+  });
+
+  test('an archive import that fills the disk with its small entries is a 507 that leaves no temp file', async () => {
+    // Entries of 64 KiB: each is written behind the reading (a few at once), so the full disk is met
+    // by a write under way, not by the entry being read. 20 MiB of them against 1 MiB free.
+    const entries = Array.from({ length: 320 }, (_, i) => ({ path: `junk/${i}`, content: randomBytes(64 * 1024) }));
+    await disk.leave(1 * MiB);
+    const res = await fetch(`${reg.url}/admin/import?repository=ops/junk`, { method: 'POST', headers: { 'Content-Type': 'application/x-tar' }, body: tar(entries) });
+    await expectStorageFull(res);
+    expect(await strayTempFiles()).toEqual([]);
+    await disk.release();
+    // The server goes on: the same junk is now refused for what it is.
+    const again = await fetch(`${reg.url}/admin/import?repository=ops/junk`, { method: 'POST', headers: { 'Content-Type': 'application/x-tar' }, body: tar(entries.slice(0, 8)) });
+    expect((await expectOciError(again, 400, 'MANIFEST_INVALID')).message).toMatch(/^not an image archive/);
+    expect(await strayTempFiles()).toEqual([]);
   });
 
   test('the log says what happened, without a stack trace, and the server goes on serving', async () => {
