@@ -3,18 +3,20 @@ import { MediaType, RegistryError, type Digest, type StoredManifest } from '@wha
 /**
  * Docker's backward compatibility for manifest lists (Image Manifest V2 Schema 2, "Backward
  * compatibility"), as distribution and Docker Hub keep it: a manifest list asked for by tag with an
- * `Accept` that names the schema 2 image manifest but not the list is answered with the list's
+ * `Accept` that names the schema 2 image manifest and no index type is answered with the list's
  * linux/amd64 image, its own bytes, type and digest. Scripts and tools written against Docker Hub
  * (`curl -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' …`, reg, dependabot's
  * Docker updater) read a config and layers there, and got a list from Wharf. By digest, the list
- * itself (a digest names those bytes); with no `Accept`, a wildcard, or the list named, the list too,
- * as every current client asks. OCI indexes are served as they are, whatever the `Accept`.
+ * itself (a digest names those bytes); with no `Accept`, a wildcard, or an index type named (the
+ * list's, or the OCI index's: a client that reads one reads the other, where distribution would
+ * still rewrite), the list too, as every current client asks. OCI indexes are served as they are,
+ * whatever the `Accept`.
  */
 export function wantsListImage(accept: string | undefined, mediaType: string, reference: string): boolean {
   if (mediaType !== MediaType.DockerManifestList || reference.includes(':') || accept === undefined) return false;
   const types = new Set(accept.split(',').map((t) => t.split(';')[0]!.trim().toLowerCase()));
   if (types.has('*/*') || types.has('application/*')) return false;
-  return types.has(MediaType.DockerManifest) && !types.has(MediaType.DockerManifestList);
+  return types.has(MediaType.DockerManifest) && !types.has(MediaType.DockerManifestList) && !types.has(MediaType.OciIndex);
 }
 
 /** The digest of a manifest list's linux/amd64 image, if it lists one. */

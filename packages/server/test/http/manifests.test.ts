@@ -278,6 +278,7 @@ describe('manifests', () => {
       for (const [reference, accept] of [
         ['multi', `${DOCKER_MANIFEST}, ${DOCKER_LIST}`],
         ['multi', `${DOCKER_MANIFEST}, */*`],
+        ['multi', `${DOCKER_MANIFEST}, ${OCI_MANIFEST}, ${OCI_INDEX}`],
         ['multi', undefined],
         ['multi', OCI_MANIFEST],
         [list.digest, DOCKER_MANIFEST],
