@@ -3,7 +3,7 @@ import { once } from 'node:events';
 import { createWriteStream } from 'node:fs';
 import { open, readFile, unlink, writeFile } from 'node:fs/promises';
 import { join, posix } from 'node:path';
-import { Readable } from 'node:stream';
+import { PassThrough, Readable, finished } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import { tarStream } from './tar.js';
@@ -462,31 +462,49 @@ function normalizeName(name: string): string {
   return normal === '.' ? '' : normal.replace(/^\/+/, '');
 }
 
-/** The source, gunzipped when it starts with gzip's magic bytes. */
+/**
+ * The source, gunzipped when it starts with gzip's magic bytes. The source is read through a pipe
+ * into a stream of our own, which is what the pipeline destroys when the import fails: never the
+ * source, which stays its owner's. An HTTP request's body is then read to its end and dropped by
+ * the server after the error's answer (node resumes it then, which a `readable` listener left on it
+ * would prevent: the client, still sending, was cut 2 s later instead of seeing its answer).
+ */
 async function decompressed(source: Readable): Promise<(Readable | NodeJS.ReadWriteStream)[]> {
-  const iterator = (source as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
   const head: Buffer[] = [];
   let length = 0;
-  while (length < 2) {
-    const next = await iterator.next();
-    if (next.done) break;
-    const chunk = Buffer.isBuffer(next.value) ? next.value : Buffer.from(next.value as Uint8Array);
-    head.push(chunk);
-    length += chunk.length;
+  let ended = false;
+  const iterator = source.iterator({ destroyOnReturn: false }) as AsyncIterableIterator<Buffer | Uint8Array>;
+  try {
+    while (length < 2) {
+      const next = await iterator.next();
+      if (next.done) {
+        ended = true;
+        break;
+      }
+      const chunk = Buffer.isBuffer(next.value) ? next.value : Buffer.from(next.value);
+      head.push(chunk);
+      length += chunk.length;
+    }
+  } finally {
+    // Stops listening without destroying the source.
+    await iterator.return?.();
   }
   const first = head[0];
   const isGzip = first !== undefined && (first.length >= 2 ? first[0] === 0x1f && first[1] === 0x8b : first[0] === 0x1f && head[1]?.[0] === 0x8b);
-  const rest = Readable.from(
-    (async function* () {
-      yield* head;
-      for (;;) {
-        const next = await iterator.next();
-        if (next.done) return;
-        yield next.value;
-      }
-    })(),
-    { objectMode: false },
-  );
+  let rest: Readable;
+  if (ended) {
+    rest = Readable.from(head, { objectMode: false });
+  } else {
+    const pass = new PassThrough();
+    rest = pass;
+    for (const chunk of head) pass.write(chunk);
+    // A pipe does not pass on its source's end by error or premature close: told here, the import
+    // fails instead of waiting for the rest for ever.
+    finished(source, (err) => {
+      if (err) pass.destroy(err);
+    });
+    source.pipe(pass);
+  }
   return isGzip ? [rest, createGunzip()] : [rest];
 }
 

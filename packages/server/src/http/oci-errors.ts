@@ -147,6 +147,13 @@ function lingerForBody(req: IncomingMessage, res: ServerResponse): void {
       if (closing) socket.destroy();
       return;
     }
+    // Node drops the rest only of a body nobody began to read; one a route read part of (an import
+    // that failed mid-archive) is resumed here, with nothing listening, or the client, still
+    // sending, would stall until the timer below cut it.
+    if (!req.destroyed) {
+      req.unpipe();
+      req.resume();
+    }
     const started = Date.now();
     let seen = socket.bytesRead;
     const timer = setInterval(() => {

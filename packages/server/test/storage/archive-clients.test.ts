@@ -1,5 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
+import { request } from 'node:http';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
@@ -14,7 +16,7 @@ import {
   type ContainersConfig,
   type Podman,
 } from '../helpers/clients.js';
-import { buildOciLayout, layoutRef, type OciLayout } from '../helpers/oci-layout.js';
+import { buildOciLayout, layoutRef, tar, type OciLayout } from '../helpers/oci-layout.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
 import { sha256, storageConfig, wharf } from './helpers.js';
 
@@ -200,5 +202,40 @@ describe('wharf import and export with podman and skopeo', () => {
     expect(bad.status).toBeGreaterThanOrEqual(400);
     expect(bad.status).toBeLessThan(500);
     expect((await fetch(`${reg.url}/v2/eve/bad/tags/list`)).status).toBe(404);
+  });
+
+  test('an import refused at its first entry reads the rest of the body and drops it: the client, still sending, gets its answer', async () => {
+    // An entry under blobs/ whose content is not its digest, then 24 MiB more: far more than the
+    // socket buffers hold, so the client finishes sending only if the server reads on.
+    const body = tar([
+      { path: `blobs/sha256/${'a'.repeat(64)}`, content: Buffer.from('not what the name says') },
+      { path: 'junk/big', content: randomBytes(24 * 1024 * 1024) },
+    ]);
+    const url = new URL(`${reg.url}/admin/import?repository=eve/early`);
+    const outcome = await new Promise<{ status?: number; code?: string; sent: boolean }>((resolve) => {
+      let sent = false;
+      let closed = false;
+      let answer: { status: number; code: string } | undefined;
+      // The answer comes as soon as the entry is refused; the body goes on being read meanwhile.
+      const settle = () => {
+        if (closed && answer) resolve({ ...answer, sent });
+      };
+      const req = request({ host: url.hostname, port: url.port, path: `${url.pathname}${url.search}`, method: 'POST', headers: { 'content-length': body.length } }, (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          answer = { status: res.statusCode!, code: (JSON.parse(Buffer.concat(chunks).toString()) as { errors: { code: string }[] }).errors[0]!.code };
+          settle();
+        });
+      });
+      req.on('finish', () => (sent = true));
+      req.on('close', () => {
+        closed = true;
+        settle();
+      });
+      req.on('error', (err: NodeJS.ErrnoException) => resolve({ code: err.code ?? err.message, sent }));
+      req.end(body);
+    });
+    expect(outcome).toEqual({ status: 400, code: 'DIGEST_INVALID', sent: true });
   });
 });
