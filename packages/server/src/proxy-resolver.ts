@@ -90,12 +90,12 @@ export class ProxyResolver implements RepositoryResolver {
     return (reached !== undefined && samePort(named.port, reached.port)) || (request.ownPort !== undefined && samePort(named.port, request.ownPort));
   }
 
-  /** `namespace`: what OCI-Namespace says; the upstream's key unless the client named it by `ns`. */
   /** Whether this request may be served through an upstream at all (without auth: loopback only, unless `anonymous`). */
   private mayPullThrough(request: RequestInfo): boolean {
     return !this.options.loopbackOnly || this.config.anonymous || request.local === true;
   }
 
+  /** `namespace`: what OCI-Namespace says; the upstream's key unless the client named it by `ns`. */
   private pullThrough(upstream: UpstreamConfig, path: string, request: RequestInfo, namespace = upstream.key): ResolvedRepository {
     if (!this.mayPullThrough(request)) {
       throw new RegistryError('DENIED', 'the dependency proxy serves only local clients until accounts are configured; set [proxy] anonymous = true to open it', {

@@ -53,7 +53,11 @@ const REF_NAME = 'org.opencontainers.image.ref.name';
 const CONTAINERD_NAME = 'io.containerd.image.name';
 /** index.json, manifest.json, repositories and configs are read whole; nothing else is. */
 const MAX_JSON_BYTES = 16 * 1024 * 1024;
-/** Entries up to this size are read whole and written behind the reading, WRITES_BEHIND at once at most. */
+/**
+ * Entries up to this size are read whole and written behind the reading, WRITES_BEHIND at once at
+ * most: 2.25 MiB of memory at worst, less than one larger entry's write stream may hold (1 MiB each).
+ * Every other entry streams to its file.
+ */
 const SMALL_ENTRY_BYTES = 256 * 1024;
 const WRITES_BEHIND = 8;
 const DOCKER_LAYER_TAR = 'application/vnd.docker.image.rootfs.diff.tar';

@@ -1,4 +1,4 @@
-import { MediaType, RegistryError, type Digest, type StoredManifest } from '@wharf/registry-core';
+import { MediaType, RegistryError, parseManifest, tryParseDigest, type Descriptor, type Digest, type StoredManifest } from '@wharf/registry-core';
 
 /**
  * Docker's backward compatibility for manifest lists (Image Manifest V2 Schema 2, "Backward
@@ -19,20 +19,19 @@ export function wantsListImage(accept: string | undefined, mediaType: string, re
   return types.has(MediaType.DockerManifest) && !types.has(MediaType.DockerManifestList) && !types.has(MediaType.OciIndex);
 }
 
-/** The digest of a manifest list's linux/amd64 image, if it lists one. */
-export function linuxAmd64Image(list: Buffer): Digest | undefined {
-  let doc: unknown;
+/** The digest of a manifest list's linux/amd64 image, if it lists one (the list as the store read it back). */
+export function linuxAmd64Image(list: StoredManifest): Digest | undefined {
+  let children: readonly Descriptor[];
   try {
-    doc = JSON.parse(list.toString('utf8'));
+    children = parseManifest(list.bytes, list.mediaType, tryParseDigest(list.digest)?.algorithm, { stored: true }).manifests;
   } catch {
     return undefined;
   }
-  const manifests = (doc as { manifests?: unknown } | null)?.manifests;
-  if (!Array.isArray(manifests)) return undefined;
-  for (const entry of manifests as { digest?: unknown; platform?: { architecture?: unknown; os?: unknown } }[]) {
-    if (entry?.platform?.architecture === 'amd64' && entry.platform.os === 'linux' && typeof entry.digest === 'string') return entry.digest as Digest;
-  }
-  return undefined;
+  const amd64 = children.find((child) => {
+    const platform = child.platform as { architecture?: unknown; os?: unknown } | undefined;
+    return platform?.architecture === 'amd64' && platform.os === 'linux';
+  });
+  return amd64?.digest;
 }
 
 /**
@@ -41,7 +40,7 @@ export function linuxAmd64Image(list: Buffer): Digest | undefined {
  * without one, or whose image cannot be read, is MANIFEST_UNKNOWN, as distribution answers.
  */
 export async function listImage(list: StoredManifest, reference: string, read: (digest: Digest) => Promise<StoredManifest | undefined>): Promise<StoredManifest> {
-  const digest = linuxAmd64Image(list.bytes);
+  const digest = linuxAmd64Image(list);
   const image = digest === undefined ? undefined : await read(digest);
   if (!image) {
     const why = digest === undefined ? 'lists no linux/amd64 image' : `lists ${digest} for linux/amd64, which is not here`;
