@@ -6,9 +6,8 @@ import { PROXY_NOT_PUBLIC, isProxyPattern, isValidAccountName, isValidPublicPatt
 import { UsageError } from './config-error.js';
 import { loadConfig, type WharfConfig } from './config.js';
 import { parseDuration } from './duration.js';
-import { Accounts } from './auth/accounts.js';
+import type { Accounts } from './auth/accounts.js';
 import { AuthStore, type StoredToken } from './auth/auth-store.js';
-import { PRODUCTION_BCRYPT_COST, checkNewPassword, hashPassword } from './auth/passwords.js';
 import { mayCreateCiToken, parseActions, type Policy } from './auth/permissions.js';
 import { generatePassword } from './auth/secrets.js';
 import { counted } from './cli-progress.js';
@@ -20,6 +19,18 @@ import { counted } from './cli-progress.js';
 const MAX_CI_TTL_MS = 90 * 86_400_000;
 const MAX_PAT_TTL_MS = 366 * 86_400_000;
 
+/**
+ * bcryptjs, through passwords.ts and accounts.ts, loaded by the commands that use it: every other
+ * command, `wharf serve` with auth off among them, starts without it.
+ */
+const passwords = () => import('./auth/passwords.js');
+
+/** The hash of a new password, at the production cost. */
+async function hashNew(password: string): Promise<string> {
+  const { PRODUCTION_BCRYPT_COST, hashPassword } = await passwords();
+  return hashPassword(password, PRODUCTION_BCRYPT_COST);
+}
+
 interface ConfigOption {
   readonly config: string;
 }
@@ -27,6 +38,7 @@ interface ConfigOption {
 /** Runs `work` with the configuration and the accounts of its database, closed afterwards. */
 async function withAccounts<T>(file: string, work: (accounts: Accounts, config: WharfConfig) => Promise<T> | T): Promise<T> {
   const config = loadConfig({ file, secrets: false });
+  const [{ Accounts }, { PRODUCTION_BCRYPT_COST }] = await Promise.all([import('./auth/accounts.js'), passwords()]);
   const db = openConfiguredDatabase(config.database);
   try {
     return await work(new Accounts(new AuthStore(db), config.auth, PRODUCTION_BCRYPT_COST), config);
@@ -80,7 +92,7 @@ async function newPassword(fromStdin: boolean): Promise<{ password: string; gene
   } else {
     return { password: generatePassword(), generated: true };
   }
-  const problem = checkNewPassword(password);
+  const problem = (await passwords()).checkNewPassword(password);
   if (problem) throw new UsageError(problem);
   return { password, generated: false };
 }
@@ -126,7 +138,7 @@ export function registerAuthCommands(program: Command, fail: (err: unknown) => n
           if (accounts.find(name)) throw new UsageError(`user "${name}" exists already`);
           if (config.auth.groups.some((g) => g.name === name)) throw new UsageError(`"${name}" is a group; a namespace has one owner`);
           const { password, generated } = await newPassword(opts.passwordStdin);
-          accounts.store.addUser(name, await hashPassword(password, PRODUCTION_BCRYPT_COST), opts.admin);
+          accounts.store.addUser(name, await hashNew(password), opts.admin);
           process.stderr.write(`user "${name}" added${opts.admin ? ' (administrator)' : ''}\n`);
           if (generated) {
             process.stderr.write('its generated password, shown only this once:\n');
@@ -148,7 +160,7 @@ export function registerAuthCommands(program: Command, fail: (err: unknown) => n
           if (!account) throw new UsageError(`no user "${name}"`);
           if (account.source === 'config') throw new UsageError(`user "${name}" is defined in the configuration file; change its password_hash there`);
           const { password, generated } = await newPassword(opts.passwordStdin);
-          accounts.store.setPassword(name, await hashPassword(password, PRODUCTION_BCRYPT_COST));
+          accounts.store.setPassword(name, await hashNew(password));
           process.stderr.write(`password of "${name}" changed\n`);
           if (generated) {
             process.stderr.write('the generated password, shown only this once:\n');

@@ -29,7 +29,7 @@ import { findUpstream } from './proxy-config.js';
 import { ProxyResolver } from './proxy-resolver.js';
 import { LocalResolver, type RepositoryResolver } from './repositories.js';
 import { buildUpstream } from './upstreams.js';
-import { AuthService, type AuthTuning } from './auth/auth-service.js';
+import type { AuthService, AuthTuning } from './auth/auth-service.js';
 import { StorageMaintenance } from './storage-maintenance.js';
 import { checkStorage } from './storage-check.js';
 import { CacheSweeper } from './cache-sweeper.js';
@@ -168,8 +168,9 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
   }
   let auth: AuthService | undefined;
   try {
+    // Loaded only when auth is on: it brings bcryptjs and jose (about 3 MiB of RSS).
     auth = config.auth.enabled
-      ? await AuthService.create({ config, db, isLocalRepository: (name) => local.repositoryHasManifests(name), logger, ...(options.auth ? { tuning: options.auth } : {}) })
+      ? await (await import('./auth/auth-service.js')).AuthService.create({ config, db, isLocalRepository: (name) => local.repositoryHasManifests(name), logger, ...(options.auth ? { tuning: options.auth } : {}) })
       : undefined;
   } catch (err) {
     // A first start refused (WHARF_ADMIN_PASSWORD too short, say) leaves nothing open behind it.

@@ -19,6 +19,7 @@ import { ACTIONS, ANONYMOUS, allowedActions, mayListCatalog, mayUseUpstream, typ
 import { CATALOG_SCOPE, type AccessEntry, type ResourceScope } from './scope.js';
 import { generatePassword } from './secrets.js';
 import { TokenIssuer, loadSigningKey, type IssuedToken } from './token-issuer.js';
+import { AuthFailure, parseBasic, type Credentials } from './credentials.js';
 
 /** Refresh tokens (offline_token=true, access_type=offline) live this long, or as long as their PAT. */
 export const REFRESH_TOKEN_TTL_MS = 30 * 86_400_000;
@@ -32,22 +33,6 @@ export interface AuthTuning {
   readonly announce?: (text: string) => void;
 }
 
-/** What the Authorization header of a request proved. */
-export type Credentials =
-  | { readonly via: 'none'; readonly principal: Principal }
-  | { readonly via: 'basic'; readonly principal: Principal }
-  | { readonly via: 'bearer'; readonly principal: Principal; readonly access: readonly AccessEntry[] };
-
-/** A refused credential: 401 with a challenge (`invalid_token` for a bearer token). */
-export class AuthFailure extends RegistryError {
-  constructor(
-    message: string,
-    readonly scheme: 'basic' | 'bearer',
-  ) {
-    super('UNAUTHORIZED', message, undefined);
-  }
-}
-
 export interface AuthServiceOptions {
   readonly config: WharfConfig;
   readonly db: SqliteDatabase;
@@ -57,14 +42,6 @@ export interface AuthServiceOptions {
   readonly tuning?: AuthTuning;
 }
 
-export function parseBasic(header: string): { user: string; password: string } | undefined {
-  const m = /^Basic\s+([A-Za-z0-9+/=]+)\s*$/i.exec(header);
-  if (!m) return undefined;
-  const text = Buffer.from(m[1]!, 'base64').toString('utf8');
-  const colon = text.indexOf(':');
-  if (colon < 0) return undefined;
-  return { user: text.slice(0, colon), password: text.slice(colon + 1) };
-}
 
 /** One password check, shared by the clients that sent the same credentials at once. */
 interface Verification {

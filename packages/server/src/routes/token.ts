@@ -3,7 +3,8 @@ import { goneSignal } from '../http/gone-signal.js';
 import type { Context } from 'koa';
 import { readSmallBody } from '../http/body.js';
 import { clientOf } from '../http/client-address.js';
-import { AuthFailure, parseBasic, type AuthService } from '../auth/auth-service.js';
+import type { AuthService } from '../auth/auth-service.js';
+import { AuthFailure, parseBasic } from '../auth/credentials.js';
 import { ANONYMOUS, type Principal } from '../auth/permissions.js';
 import { formatScope, parseScopes, type AccessEntry } from '../auth/scope.js';
 
