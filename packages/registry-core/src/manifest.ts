@@ -31,9 +31,12 @@ export interface ParsedManifest {
   readonly artifactType?: string;
   readonly subject?: Descriptor;
   readonly annotations?: Record<string, string>;
-  /** Blobs the manifest needs present in the repository (config and distributable layers). */
+  /**
+   * Blobs the manifest needs present in the repository: an image's config and distributable layers,
+   * an index's entries that are not manifests.
+   */
   readonly blobs: readonly Descriptor[];
-  /** Child manifests (index entries). */
+  /** Child manifests (an index's entries of a manifest media type). */
   readonly manifests: readonly Descriptor[];
 }
 
@@ -146,12 +149,16 @@ export function parseManifest(
   if (isIndexMediaType(mediaType)) {
     if (!Array.isArray(doc.manifests)) throw invalid('an index needs a manifests array');
     if (doc.config !== undefined || doc.layers !== undefined) throw invalid('an index has no config or layers');
-    const manifests = doc.manifests.map((m, i) => descriptor(m, `manifests[${i}]`));
+    const entries = doc.manifests.map((m, i) => descriptor(m, `manifests[${i}]`));
+    // An entry of a manifest's media type is a child manifest; any other is a blob of the repository.
+    // BuildKit's registry cache (`--cache-to type=registry`) is an index of its layers and of a
+    // `application/vnd.buildkit.cacheconfig.v0` config: distribution, Docker Hub and GHCR store it,
+    // since they look an entry up among the repository's blobs, manifests among them.
     return {
       ...base,
       ...(typeof doc.artifactType === 'string' ? { artifactType: doc.artifactType } : {}),
-      blobs: [],
-      manifests,
+      blobs: entries.filter((e) => !isManifestMediaType(e.mediaType)),
+      manifests: entries.filter((e) => isManifestMediaType(e.mediaType)),
     };
   }
 

@@ -7,7 +7,8 @@ import { exportArchive } from '../src/archive/export.js';
 import { parseImageName } from '../src/archive/image-name.js';
 import { importArchive } from '../src/archive/import.js';
 import { gcFixture, pushImage, type GcFixture } from './gc-helpers.js';
-import { OCI_INDEX, OCI_MANIFEST, bytesOf, ociIndexBytes, readAll, sha256 } from './helpers.js';
+import type { Digest } from '../src/digest.js';
+import { OCI_INDEX, OCI_MANIFEST, bytesOf, descriptorOf, ociIndexBytes, readAll, sha256, streamOf } from './helpers.js';
 
 interface Entry {
   readonly name: string;
@@ -196,6 +197,27 @@ describe('image archives', () => {
     // and with the names the archive gives
     const named = await importArchive(Readable.from([tarball]), { registry: fx.registry, tempRoot: fx.tempRoot });
     expect(named.images.map((i) => `${i.repository}:${i.tags.join(',')}`)).toEqual(['alice/app:1', 'alice/multi:2']);
+  });
+
+  test("BuildKit's registry cache, an index of blobs, exports with its blobs and imports back byte for byte", async () => {
+    const layer = bytesOf(30_000, 21);
+    const config = Buffer.from('{"layers":[],"records":[]}');
+    const entries = [descriptorOf(layer, 'application/vnd.oci.image.layer.v1.tar+gzip'), descriptorOf(config, 'application/vnd.buildkit.cacheconfig.v0')];
+    for (const [bytes, d] of [[layer, entries[0]!], [config, entries[1]!]] as const) await fx.registry.putBlob('alice/cache', streamOf(bytes), { digest: d.digest, size: d.size });
+    const indexBytes = ociIndexBytes(entries);
+    await fx.registry.putManifest('alice/cache', 'buildcache', indexBytes, OCI_INDEX);
+
+    const { plan, stream } = await exportArchive(fx.registry, ['alice/cache:buildcache']);
+    expect(plan.images[0]!.image).toBeUndefined(); // no docker manifest.json entry: it is no image
+    const tarball = await readAll(stream);
+    const files = await untar(tarball);
+    expect(files.get(`blobs/sha256/${sha256(layer).slice(7)}`)).toEqual(layer);
+    expect(files.get(`blobs/sha256/${sha256(config).slice(7)}`)).toEqual(config);
+
+    const again = await importArchive(Readable.from([tarball]), deps(), { repository: 'copy/cache' });
+    expect(again.images.map((i) => [i.digest, i.tags])).toEqual([[sha256(indexBytes), ['buildcache']]]);
+    expect((await fx.registry.manifest('copy/cache', 'buildcache'))!.bytes).toEqual(indexBytes);
+    expect(await fx.registry.blob('copy/cache', sha256(config) as Digest)).toMatchObject({ size: config.length });
   });
 
   test('a Docker manifest is exported as OCI (what skopeo and podman find in index.json); config and layers unchanged', async () => {

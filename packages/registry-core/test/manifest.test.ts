@@ -93,6 +93,16 @@ describe('parseManifest: the four manifest kinds', () => {
     expect(m.artifactType).toBeUndefined();
   });
 
+  test("an index's entries of a manifest media type are its child manifests, the others blobs (BuildKit's cache)", () => {
+    const child = descriptorOf('child manifest', OCI_MANIFEST);
+    const docker = descriptorOf('docker child', 'application/vnd.docker.distribution.manifest.v2+json');
+    const layer = descriptorOf('cached layer', 'application/vnd.oci.image.layer.v1.tar+gzip');
+    const cacheConfig = descriptorOf('{"records":[]}', 'application/vnd.buildkit.cacheconfig.v0');
+    const m = parseManifest(ociIndexBytes([layer, child, cacheConfig, docker]), OCI_INDEX);
+    expect(m.manifests).toEqual([child, docker]);
+    expect(m.blobs).toEqual([layer, cacheConfig]);
+  });
+
   test('an OCI index with an artifactType keeps it', () => {
     const bytes = ociIndexBytes([descriptorOf('child', OCI_MANIFEST)], { artifactType: 'application/vnd.example.bundle' });
     expect(parseManifest(bytes, OCI_INDEX).artifactType).toBe('application/vnd.example.bundle');

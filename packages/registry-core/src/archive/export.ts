@@ -5,7 +5,7 @@ import { digestOf, parseDigest, type Digest } from '../digest.js';
 import { RegistryError } from '../errors.js';
 import type { LocalRegistry } from '../local-registry.js';
 import { parseManifest } from '../manifest.js';
-import { MediaType } from '../media-types.js';
+import { MediaType, isIndexMediaType } from '../media-types.js';
 import type { StoredManifest } from '../metadata-store.js';
 import { parseImageName } from './image-name.js';
 
@@ -60,7 +60,7 @@ export async function planExport(registry: LocalRegistry, refs: readonly string[
       if (!info) throw new RegistryError('BLOB_UNKNOWN', 'a manifest references a blob that is not in the repository', { repo, digest: b.digest });
       blobs.set(b.digest, { repo, size: info.size });
     }
-    if (parsed.manifests.length > 0 || parsed.blobs.length === 0) return { written, image: undefined };
+    if (isIndexMediaType(manifest.mediaType) || parsed.blobs.length === 0) return { written, image: undefined };
     return { written, image: { config: parsed.blobs[0]!.digest, layers: parsed.blobs.slice(1).map((b) => b.digest) } };
   };
   for (const ref of refs) {
@@ -117,7 +117,7 @@ function asOci(manifest: StoredManifest, children: ReadonlyMap<Digest, StoredMan
       mediaType,
       manifests: source.manifests.map((m) => {
         const child = children.get(m.digest);
-        return child ? { ...m, mediaType: child.mediaType, digest: child.digest, size: child.bytes.length } : m;
+        return child ? { ...m, mediaType: child.mediaType, digest: child.digest, size: child.bytes.length } : { ...m, mediaType: OCI_LAYER_TYPES[m.mediaType] ?? m.mediaType };
       }),
     };
   } else {

@@ -115,6 +115,34 @@ describe('pull-through from another Wharf', () => {
     expect(fwd.count('GET', path) + fwd.count('HEAD', path)).toBe(before);
   });
 
+  test("BuildKit's registry cache (an index of layers and a cache config, all blobs) comes through whole", async () => {
+    // `docker buildx build --cache-from type=registry,ref=<wharf>/proxy/up/alice/cache:buildcache`
+    const layer = blob('a cached layer');
+    const config = blob('{"layers":[],"records":[]}');
+    for (const b of [layer, config]) await pushBlob(up.url, 'alice/cache', b);
+    const bytes = Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: 'application/vnd.oci.image.index.v1+json',
+        manifests: [
+          { mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: layer.digest, size: layer.bytes.length },
+          { mediaType: 'application/vnd.buildkit.cacheconfig.v0', digest: config.digest, size: config.bytes.length },
+        ],
+      }),
+    );
+    const put = await fetch(`${up.url}/v2/alice/cache/manifests/buildcache`, { method: 'PUT', body: bytes, headers: { 'content-type': 'application/vnd.oci.image.index.v1+json' } });
+    expect(put.status).toBe(201);
+    const res = await fetch(`${proxy.url}/v2/proxy/up/alice/cache/manifests/buildcache`, { headers: { accept: 'application/vnd.oci.image.index.v1+json' } });
+    expect(res.status).toBe(200);
+    expect(res.headers.get('docker-content-digest')).toBe(sha256(bytes));
+    expect(Buffer.from(await res.arrayBuffer()).equals(bytes)).toBe(true);
+    for (const b of [layer, config]) {
+      const got = await fetch(`${proxy.url}/v2/proxy/up/alice/cache/blobs/${b.digest}`);
+      expect(got.status).toBe(200);
+      expect(Buffer.from(await got.arrayBuffer()).equals(b.bytes)).toBe(true);
+    }
+  });
+
   test('upstream down: a cached image still pulls with skopeo, and the manifest carries a 299 Warning', async () => {
     expect(await pull(`${host}/proxy/up/alice/app:1`)).toBe(layout.single);
     fwd.setDown(true);
