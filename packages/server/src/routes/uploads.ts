@@ -1,5 +1,5 @@
 import type { Router, RouterContext } from '@koa/router';
-import { RegistryError, isDigestAlgorithm, parseDigest, tryParseDigest, type ChunkPosition, type UploadStatus } from '@wharf/registry-core';
+import { RegistryError, digestOf, isDigestAlgorithm, parseDigest, tryParseDigest, type ChunkPosition, type UploadStatus } from '@wharf/registry-core';
 import type { Context } from 'koa';
 import { declaredLength, emptyBody, hasBody } from '../http/body.js';
 import { parseContentRange, uploadRange } from '../http/range.js';
@@ -101,8 +101,14 @@ export function registerUploads(router: Router, deps: RouteDeps, options: { read
     } else if (typeof digest === 'string') {
       const expect = digestParam(digest);
       const size = declaredLength(ctx.req);
-      const blob = await writer.putBlob(target.repo, ctx.req, { digest: expect, ...(size !== undefined ? { size } : {}) });
-      return describeBlob(ctx, name, blob.digest);
+      // No body, and the digest of a blob that is not empty: a client opening a session with the digest
+      // it will send (ollama), not a one-request upload of 0 bytes. It gets the session distribution
+      // opens for any POST with ?digest=; the empty blob itself is still pushed in this one request.
+      const opensSession = !hasBody(ctx.req) && expect !== digestOf(Buffer.alloc(0), parseDigest(expect).algorithm);
+      if (!opensSession) {
+        const blob = await writer.putBlob(target.repo, ctx.req, { digest: expect, ...(size !== undefined ? { size } : {}) });
+        return describeBlob(ctx, name, blob.digest);
+      }
     }
 
     const algorithm = ctx.query['digest-algorithm'];

@@ -115,6 +115,31 @@ describe('blob uploads', () => {
       await expectNoBlob(repo, claimed.digest);
     });
 
+    test('a POST ?digest= with no body opens a session (ollama announces its blob so), which then takes the blob', async () => {
+      const b = blob('announced, sent later');
+      for (const headers of [{ 'content-length': '0', 'x-content-length': String(b.bytes.length) }, {}] as Record<string, string>[]) {
+        const repo = uniqueRepo('up');
+        const res = await rawRequest(reg.url, 'POST', `/v2/${repo}/blobs/uploads/?digest=${b.digest}`, { headers });
+        expect(res.status).toBe(202);
+        const location = res.headers['location'] as string;
+        expect(location).toMatch(new RegExp(`^/v2/${repo}/blobs/uploads/[^/?]+`));
+        expect(res.headers['docker-upload-uuid']).toBeDefined();
+        await expectNoBlob(repo, b.digest);
+        const put = await fetch(withDigest(new URL(location, reg.url).href, b.digest), { method: 'PUT', body: b.bytes });
+        expect(put.status).toBe(201);
+        await expectBlob(repo, b.digest, b.bytes);
+      }
+    });
+
+    test('a POST ?digest= of the empty blob with no body is that blob, pushed in one request', async () => {
+      const repo = uniqueRepo('up');
+      const empty = blob('');
+      const res = await rawRequest(reg.url, 'POST', `/v2/${repo}/blobs/uploads/?digest=${empty.digest}`, { headers: { 'content-length': '0' } });
+      expect(res.status).toBe(201);
+      expect(res.headers['docker-content-digest']).toBe(empty.digest);
+      await expectBlob(repo, empty.digest, Buffer.alloc(0));
+    });
+
     test('a single POST with a malformed ?digest= answers 400 DIGEST_INVALID', async () => {
       const repo = uniqueRepo('up');
       await expectOciError(await fetch(`${reg.url}/v2/${repo}/blobs/uploads/?digest=sha256:nothex`, { method: 'POST', body: 'x' }), 400, 'DIGEST_INVALID');
