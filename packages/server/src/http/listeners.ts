@@ -33,10 +33,19 @@ function applyTimeouts(server: Server, t: ListenerTimeouts): void {
   server.timeout = t.idleTimeout;
 }
 
+/**
+ * The largest request head read (node's default is 16 KiB). containers/image (podman, buildah, skopeo,
+ * CRI-O) fetches the missing chunks of a zstd:chunked or eStargz layer with one GET of up to 1024
+ * ranges: a Range header of 18-22 KB, more with a bearer token. Over the limit the answer is a 431,
+ * which that client does not retry with fewer ranges (it does after a 400), so the pull failed.
+ * distribution (Go) reads 1 MiB.
+ */
+export const MAX_HEADER_BYTES = 32 * 1024;
+
 /** The server on `listen`: HTTPS when TLS material is given, plain HTTP otherwise. */
 export function createWharfServer(handler: RequestListener, timeouts: ListenerTimeouts, tls?: TlsMaterial): Server {
   // A request without Host is refused by the handler (http/framing-guard.ts), with the OCI body.
-  const common = { connectionsCheckingInterval: checkingInterval(timeouts), requireHostHeader: false };
+  const common = { connectionsCheckingInterval: checkingInterval(timeouts), requireHostHeader: false, maxHeaderSize: MAX_HEADER_BYTES };
   const server = tls
     ? createHttpsServer({ ...common, cert: tls.cert, key: tls.key, handshakeTimeout: timeouts.readHeaderTimeout }, handler)
     : createHttpServer(common, handler);

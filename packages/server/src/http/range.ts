@@ -1,23 +1,35 @@
 import { RegistryError, type ByteRange, type ChunkPosition } from '@wharf/registry-core';
 
 /**
- * Parses a request `Range` header against a blob of `size` bytes (RFC 9110): `bytes=a-b`, `bytes=a-`,
- * `bytes=-n`. undefined means "serve the whole blob" (no header, another unit, several ranges);
- * 'unsatisfiable' means 416.
+ * Parses a request `Range` header against a blob of `size` bytes (RFC 9110 14.1.2): one or more of
+ * `a-b`, `a-`, `-n` after `bytes=`, each clamped to the blob. undefined means "serve the whole blob"
+ * (no header, another unit, a malformed set); 'unsatisfiable' (416) that no range of the set overlaps
+ * the blob; otherwise the satisfiable ranges, in the order asked.
  */
-export function parseRange(header: string | undefined, size: number): ByteRange | 'unsatisfiable' | undefined {
+export function parseRanges(header: string | undefined, size: number): ByteRange[] | 'unsatisfiable' | undefined {
   if (!header) return undefined;
-  const m = /^bytes=(\d*)-(\d*)$/.exec(header.trim());
-  if (!m || (m[1] === '' && m[2] === '')) return undefined;
-  if (m[1] === '') {
-    const suffix = Number(m[2]);
-    if (suffix === 0 || size === 0) return 'unsatisfiable';
-    return { start: Math.max(0, size - suffix), end: size - 1 };
+  const m = /^\s*bytes\s*=(.*)$/i.exec(header);
+  if (!m) return undefined;
+  const ranges: ByteRange[] = [];
+  let specs = 0;
+  for (const raw of m[1]!.split(',')) {
+    const spec = raw.trim();
+    if (spec === '') continue; // RFC 9110 5.6.1: empty list elements are ignored
+    specs += 1;
+    const r = /^(\d*)-(\d*)$/.exec(spec);
+    if (!r || (r[1] === '' && r[2] === '')) return undefined;
+    if (r[1] === '') {
+      const suffix = Number(r[2]);
+      if (suffix > 0 && size > 0) ranges.push({ start: Math.max(0, size - suffix), end: size - 1 });
+      continue;
+    }
+    const start = Number(r[1]);
+    // An end before its start makes the set invalid; answered 416, as Go's net/http (distribution) does.
+    if (r[2] !== '' && Number(r[2]) < start) return 'unsatisfiable';
+    if (start < size) ranges.push({ start, end: r[2] === '' ? size - 1 : Math.min(Number(r[2]), size - 1) });
   }
-  const start = Number(m[1]);
-  const end = m[2] === '' ? size - 1 : Math.min(Number(m[2]), size - 1);
-  if (start >= size || (m[2] !== '' && Number(m[2]) < start)) return 'unsatisfiable';
-  return { start, end };
+  if (specs === 0) return undefined;
+  return ranges.length > 0 ? ranges : 'unsatisfiable';
 }
 
 /**

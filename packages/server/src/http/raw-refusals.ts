@@ -59,6 +59,7 @@ function refusalOf(code: string | undefined, maxHeaderSize: number, head: boolea
 export function answerRefusedRequests(server: Server): void {
   // The parser stays in its error state: more bytes from the client raise the error again.
   const answered = new WeakSet<Duplex>();
+  const headLimit = (server as Server & { maxHeaderSize?: number }).maxHeaderSize ?? maxHeaderSize;
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
     if (answered.has(socket)) return;
     answered.add(socket);
@@ -71,14 +72,14 @@ export function answerRefusedRequests(server: Server): void {
       // A client too slow with its head (slow-loris) gets no more of this connection's time. A body
       // broken mid-request has a response object whose route may still write to the socket: it must
       // find it destroyed (a write after end() would be an 'error' event nobody listens to).
-      socket.write(refusalOf(err.code, maxHeaderSize, refusedHead(err)));
+      socket.write(refusalOf(err.code, headLimit, refusedHead(err)));
       socket.destroy();
       return;
     }
     // The answer, then our side closed; what the client still sends (the rest of a huge head) is read
     // and dropped for a moment, or the kernel resets the connection and the answer with it.
     socket.on('error', () => socket.destroy());
-    socket.end(refusalOf(err.code, maxHeaderSize, refusedHead(err)));
+    socket.end(refusalOf(err.code, headLimit, refusedHead(err)));
     socket.resume();
     socket.once('end', () => socket.destroy());
     setTimeout(() => socket.destroy(), REFUSAL_LINGER_MS).unref();

@@ -3,7 +3,8 @@ import { RegistryError } from '@wharf/registry-core';
 import { emptyBody } from '../http/body.js';
 import { notModified, rangeApplies } from '../http/conditional.js';
 import { sendStream } from '../http/send-stream.js';
-import { parseRange } from '../http/range.js';
+import { planMultipart } from '../http/multipart-ranges.js';
+import { parseRanges } from '../http/range.js';
 import { writerOf } from '../repositories.js';
 import { capture, digestParam, repository, type RouteDeps } from './context.js';
 
@@ -45,11 +46,24 @@ export function registerBlobs(router: Router, deps: RouteDeps): void {
     }
     const size = blob.size;
     // Unsized: only a whole-blob GET gets here (streamsUnsized).
-    const range = size !== undefined && rangeApplies(ctx.get('If-Range') || undefined, etag) ? parseRange(ctx.get('Range') || undefined, size) : undefined;
-    if (range === 'unsatisfiable') {
+    const ranges = size !== undefined && rangeApplies(ctx.get('If-Range') || undefined, etag) ? parseRanges(ctx.get('Range') || undefined, size) : undefined;
+    if (ranges === 'unsatisfiable') {
       ctx.set('Content-Range', `bytes */${size}`);
       throw new RegistryError('RANGE_INVALID', 'requested range not satisfiable', { size });
     }
+    const multipart = ranges && ranges.length > 1 ? planMultipart(ranges, size!) : undefined;
+    if (multipart) {
+      ctx.status = 206;
+      ctx.set('Content-Type', multipart.contentType);
+      ctx.length = multipart.length;
+      if (ctx.method === 'HEAD') return;
+      const span = await target.reader.openBlob(target.repo, blob, multipart.span);
+      if (!span) throw new RegistryError('BLOB_UNKNOWN', 'blob unknown to registry', { digest });
+      sendStream(ctx, multipart.body(span));
+      return;
+    }
+    // Several ranges that are not in order, overlap, or ask for the whole blob or more: the whole blob.
+    const range = ranges?.length === 1 ? ranges[0] : undefined;
     ctx.set('Content-Type', 'application/octet-stream');
     if (range) {
       ctx.status = 206;

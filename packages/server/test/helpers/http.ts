@@ -203,3 +203,26 @@ export function openDownload(url: string): Promise<IncomingMessage> {
     req.on('error', reject);
   });
 }
+
+/** The parts of a `multipart/byteranges` body: each part's Content-Range and bytes, in order. */
+export function byteranges(contentType: string | null, body: Buffer): { contentRange: string; bytes: Buffer }[] {
+  const m = /^multipart\/byteranges;\s*boundary=(\S+)$/.exec(contentType ?? '');
+  if (!m) throw new Error(`not multipart/byteranges: ${contentType}`);
+  const delimiter = Buffer.from(`--${m[1]}`);
+  const parts: { contentRange: string; bytes: Buffer }[] = [];
+  let at = body.indexOf(delimiter);
+  if (at !== 0) throw new Error('the body does not begin with the boundary');
+  for (;;) {
+    at += delimiter.length;
+    if (body.subarray(at, at + 4).toString('latin1') === '--\r\n') {
+      if (at + 4 !== body.length) throw new Error('bytes after the closing boundary');
+      return parts;
+    }
+    const headEnd = body.indexOf('\r\n\r\n', at);
+    const head = body.subarray(at + 2, headEnd).toString('latin1');
+    const next = body.indexOf(Buffer.concat([Buffer.from('\r\n'), delimiter]), headEnd + 4);
+    if (headEnd < 0 || next < 0) throw new Error('a part is cut');
+    parts.push({ contentRange: /^content-range:\s*(.*)$/im.exec(head)![1]!, bytes: body.subarray(headEnd + 4, next) });
+    at = next + 2;
+  }
+}

@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, jest, test } from '@jest/globals';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { byteranges } from '../helpers/http.js';
 import { blob, pushBlob, pushImage, sha256 } from '../helpers/oci.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
 import { CountingForwarder } from './helpers/counting-forwarder.js';
@@ -140,6 +141,21 @@ describe('pull-through from another Wharf', () => {
       const got = await fetch(`${proxy.url}/v2/proxy/up/alice/cache/blobs/${b.digest}`);
       expect(got.status).toBe(200);
       expect(Buffer.from(await got.arrayBuffer()).equals(b.bytes)).toBe(true);
+    }
+  });
+
+  test('several ranges of a proxied blob, cold then cached, answer 206 multipart/byteranges with the right bytes', async () => {
+    const bytes = Buffer.alloc(256 * 1024);
+    for (let i = 0; i < bytes.length; i++) bytes[i] = (i * 7 + (i >> 10)) & 0xff;
+    const layer = blob(bytes);
+    await pushBlob(up.url, 'alice/chunked', layer);
+    const ranges = [{ start: 5, end: 1004 }, { start: 100_000, end: 100_099 }, { start: 262_000, end: 262_143 }];
+    for (const when of ['cold', 'cached']) {
+      const res = await fetch(`${proxy.url}/v2/proxy/up/alice/chunked/blobs/${layer.digest}`, { headers: { Range: `bytes=${ranges.map((r) => `${r.start}-${r.end}`).join(',')}` } });
+      expect([when, res.status]).toEqual([when, 206]);
+      const parts = byteranges(res.headers.get('content-type'), Buffer.from(await res.arrayBuffer()));
+      expect(parts.map((p) => p.contentRange)).toEqual(ranges.map((r) => `bytes ${r.start}-${r.end}/${bytes.length}`));
+      parts.forEach((p, i) => expect(p.bytes.equals(bytes.subarray(ranges[i]!.start, ranges[i]!.end + 1))).toBe(true));
     }
   });
 
