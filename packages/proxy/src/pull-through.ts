@@ -353,6 +353,22 @@ export class PullThroughRepository implements RepositoryReader {
   }
 
   /**
+   * The blob as the cache holds it for `repo`, complete, with no upstream request and no fill: a
+   * mount's source, when an image built on a proxied one is pushed to a local repository. undefined
+   * when it is not cached for this repository (or was evicted meanwhile).
+   */
+  async openCached(repo: string, digest: Digest): Promise<{ readonly blob: BlobInfo; readonly body: Readable } | undefined> {
+    // A download that has every byte, checked, is being stored: its rows come in a moment (its
+    // clients had their last byte before: a push right after the pull comes here).
+    const fill = await this.fills.current(digest)?.catch(() => undefined);
+    if (fill?.verified) await fill.done.catch(() => undefined);
+    const size = this.index.blob(this.key, repo, digest);
+    if (size === undefined) return undefined;
+    const body = await this.store.open(digest);
+    return body ? { blob: { digest, size }, body } : undefined;
+  }
+
+  /**
    * The blob when it is cached for this repository (a cache hit), else undefined. `opened`: the
    * caller opens the file next, and openBlob fills again when it is gone (evicted meanwhile), so the
    * file need not be looked at here too.

@@ -232,21 +232,22 @@ export function authMiddleware(options: AuthMiddlewareOptions) {
         if (route.uploadStart) {
           // A cross-repository mount reads its source too: the upload route links only from a
           // repository this says the caller may pull, and otherwise starts a plain upload.
-          ctx.state.mayPull = (repo: string): boolean =>
-            allowedActions(principal, { kind: 'repository', name: repo }, policy).has('pull') &&
+          // `resolved`: what serves the name, when it was resolved (a pull-through source goes by
+          // its upstream's access rule); a local repository otherwise.
+          ctx.state.mayPull = (repo: string, resolved?: ResolvedRepository): boolean =>
+            allowedActions(principal, resolved ? targetOfResolved(repo, resolved) : { kind: 'repository', name: repo }, policy).has('pull') &&
             (who.via !== 'bearer' || grantedActions(who.access, 'repository', repo).has('pull'));
           // The caller may pull the source but its token does not say so (one kept from the push's
           // first request, for that repository alone): challenged for the source too, as
           // distribution does, so the client comes back with a token that mounts rather than
           // uploading the blob again. Not when it may not: that stays a plain upload, telling
           // nothing of the source.
-          if (
-            mountFrom !== undefined &&
-            who.via === 'bearer' &&
-            !grantedActions(who.access, 'repository', mountFrom).has('pull') &&
-            (await targetOf(ctx, mountFrom, 'blob', principal).catch(() => undefined))?.kind === 'repository' &&
-            allowedActions(principal, { kind: 'repository', name: mountFrom }, policy).has('pull')
-          ) {
+          // A pull-through source as well: its cached blobs are copied (routes/uploads.ts).
+          const sourceTarget =
+            mountFrom !== undefined && who.via === 'bearer' && !grantedActions(who.access, 'repository', mountFrom).has('pull')
+              ? await targetOf(ctx, mountFrom, 'blob', principal).catch(() => undefined)
+              : undefined;
+          if (sourceTarget !== undefined && allowedActions(principal, sourceTarget, policy).has('pull')) {
             challenge(ctx, auth, scope, 'insufficient_scope');
             throw unauthorized([...detail, { Type: 'repository', Name: mountFrom, Action: 'pull' }]);
           }

@@ -1,9 +1,11 @@
 import type { Router, RouterContext } from '@koa/router';
-import { RegistryError, digestOf, isDigestAlgorithm, parseDigest, tryParseDigest, type ChunkPosition, type UploadStatus } from '@wharf/registry-core';
+import { PullThroughRepository } from '@wharf/proxy';
+import { RegistryError, digestOf, isDigestAlgorithm, parseDigest, tryParseDigest, type BlobInfo, type ChunkPosition, type Digest, type RepositoryWriter, type UploadStatus } from '@wharf/registry-core';
 import type { Context } from 'koa';
 import { declaredLength, emptyBody, hasBody } from '../http/body.js';
 import { parseContentRange, uploadRange } from '../http/range.js';
-import { writerOf } from '../repositories.js';
+import { goneSignal } from '../http/gone-signal.js';
+import { requestInfo, writerOf, type ResolvedRepository } from '../repositories.js';
 import { capture, digestParam, repository, type RouteDeps } from './context.js';
 
 const START = /^\/v2\/(.+)\/blobs\/uploads\/?$/;
@@ -64,6 +66,28 @@ function describeBlob(ctx: Context, name: string, digest: string): void {
   emptyBody(ctx);
 }
 
+/**
+ * A mount from a pull-through repository: the blob as the proxy's cache holds it for that repository,
+ * copied into the local store (verified again as it is written). An image built `FROM` a proxied one
+ * and pushed to a local repository names the proxied one as the source of its base layers (Docker's
+ * and BuildKit's pushes do), which then need not be uploaded. undefined (a plain upload follows) when
+ * the cache does not hold it, or holds bytes that no longer match their digest.
+ */
+async function copyFromCache(ctx: Context, writer: RepositoryWriter, repo: string, cache: PullThroughRepository, cachedRepo: string, digest: Digest): Promise<BlobInfo | undefined> {
+  const cached = await cache.openCached(cachedRepo, digest);
+  if (!cached) return undefined;
+  try {
+    return await writer.putBlob(repo, cached.body, cached.blob, goneSignal(ctx.res));
+  } catch (err) {
+    if (!(err instanceof RegistryError) || (err.code !== 'DIGEST_INVALID' && err.code !== 'SIZE_INVALID')) throw err;
+    // In the request's log line; `wharf fsck --repair` drops the cached file.
+    ctx.state.logFields = { mountFromCacheFailed: err.message };
+    return undefined;
+  } finally {
+    cached.body.destroy();
+  }
+}
+
 export function registerUploads(router: Router, deps: RouteDeps, options: { readonly automaticMount: boolean }): void {
   // POST: a new session, a monolithic upload (?digest=), or a cross-repository mount (?mount=&from=,
   // or ?mount= alone).
@@ -78,12 +102,20 @@ export function registerUploads(router: Router, deps: RouteDeps, options: { read
     if (typeof mount === 'string' && mount !== '') {
       const wanted = tryParseDigest(mount);
       // Set by the auth middleware; with auth off anyone may read any repository.
-      const mayPull = (ctx.state.mayPull as ((repo: string) => boolean) | undefined) ?? (() => true);
+      const mayPull = (ctx.state.mayPull as ((repo: string, resolved?: ResolvedRepository) => boolean) | undefined) ?? (() => true);
       let source: string | undefined;
       if (wanted && typeof from === 'string' && from !== '') {
-        const fromTarget = await deps.resolver.resolve(from, new URLSearchParams(), { method: 'POST', resource: 'upload' }).catch(() => undefined);
-        // Only a blob of a local repository can be linked; anything else falls back to an upload.
-        source = fromTarget?.writer === writer && mayPull(fromTarget.repo) ? fromTarget.repo : undefined;
+        const fromTarget = await deps.resolver.resolve(from, new URLSearchParams(), requestInfo(ctx.req, 'upload', 'POST')).catch(() => undefined);
+        if (fromTarget?.writer === writer && mayPull(fromTarget.repo)) {
+          source = fromTarget.repo;
+        } else if (fromTarget?.reader instanceof PullThroughRepository && mayPull(from, fromTarget)) {
+          const copied = await copyFromCache(ctx, writer, target.repo, fromTarget.reader, fromTarget.repo, wanted.digest);
+          if (copied) {
+            ctx.state.logFields = { mountedFrom: from };
+            return describeBlob(ctx, name, copied.digest);
+          }
+        }
+        // Anything else falls back to an upload.
       } else if (wanted && from === undefined && options.automaticMount) {
         // No `from` (OCI 1.1's automatic content discovery, when `automatic_mount` is on): the first
         // repository holding the blob that the caller may pull, so a 201 never tells anyone a blob

@@ -282,6 +282,40 @@ describe('proxy access with auth on: per upstream, never open unless configured'
     }
   });
 
+  test('a mount from a proxied repository copies its cached blob for those who may use that upstream; others upload', async () => {
+    // The README's CI recipe: FROM $WHARF/proxy/..., pushed to the caller's namespace. Docker and
+    // BuildKit name the proxied repository as the base layers' source.
+    const image = await pushImage(up.url, 'lib/base', '1');
+    const layer = image.layer;
+    const pulled = await get(`/v2/proxy/grp/lib/base/blobs/${layer.digest}`, as('olga'));
+    expect(pulled.status).toBe(200);
+    await pulled.arrayBuffer();
+    const mount = (user: Name, to: string, init: RequestInit = as(user)) => get(`/v2/${to}/blobs/uploads/?mount=${layer.digest}&from=proxy/grp/lib/base`, { method: 'POST', ...init });
+
+    // eve may not use the upstream: a plain upload, nothing said of the cache.
+    const refused = await mount('eve', 'eve/app');
+    expect(refused.status).toBe(202);
+    expect((await get(`/v2/eve/app/blobs/${layer.digest}`, { method: 'HEAD', ...as('eve') })).status).toBe(404);
+
+    const mounted = await mount('olga', 'olga/app');
+    expect(mounted.status).toBe(201);
+    expect(mounted.headers.get('docker-content-digest')).toBe(layer.digest);
+    const copy = await get(`/v2/olga/app/blobs/${layer.digest}`, as('olga'));
+    expect(Buffer.from(await copy.arrayBuffer()).equals(layer.bytes)).toBe(true);
+
+    // With a token for the target alone: challenged for the source too, and its token mounts.
+    const grant = async (scope: string) => {
+      const res = await get(`/auth/token?service=wharf&scope=${encodeURIComponent(scope)}`, as('olga'));
+      return ((await res.json()) as { token: string }).token;
+    };
+    const targetOnly = await mount('olga', 'olga/other', { headers: { Authorization: `Bearer ${await grant('repository:olga/other:pull,push')}` } });
+    expect(targetOnly.status).toBe(401);
+    const scope = parseChallenge(targetOnly.headers.get('www-authenticate'))!.scope!;
+    expect(scope).toBe('repository:olga/other:pull,push repository:proxy/grp/lib/base:pull');
+    const withSource = await mount('olga', 'olga/other', { headers: { Authorization: `Bearer ${await grant(scope)}` } });
+    expect(withSource.status).toBe(201);
+  });
+
   test('after the suite, no password or token is in the log', () => {
     secrets.assertNotIn(log.text());
   });

@@ -159,6 +159,35 @@ describe('pull-through from another Wharf', () => {
     }
   });
 
+  test('a mount from a proxied repository into a local one copies the cached blob; not cached, or cached for another repository, it is an upload', async () => {
+    const image = await pushImage(up.url, 'alice/base', '1');
+    const other = blob('a layer cached for another repository only');
+    await pushBlob(up.url, 'alice/elsewhere', other);
+    for (const [repo, b] of [['alice/base', image.layer], ['alice/elsewhere', other]] as const) {
+      const res = await fetch(`${proxy.url}/v2/proxy/up/${repo}/blobs/${b.digest}`);
+      expect(res.status).toBe(200);
+      await res.arrayBuffer();
+    }
+    const path = `/v2/alice/base/blobs/${image.layer.digest}`;
+    const gets = fwd.count('GET', path);
+    const mount = (digest: string, from: string) => fetch(`${proxy.url}/v2/team/app/blobs/uploads/?mount=${digest}&from=${from}`, { method: 'POST' });
+
+    const mounted = await mount(image.layer.digest, 'proxy/up/alice/base');
+    expect(mounted.status).toBe(201);
+    expect(mounted.headers.get('docker-content-digest')).toBe(image.layer.digest);
+    expect(new URL(mounted.headers.get('location')!, proxy.url).pathname).toBe(`/v2/team/app/blobs/${image.layer.digest}`);
+    const copy = await fetch(`${proxy.url}/v2/team/app/blobs/${image.layer.digest}`);
+    expect(Buffer.from(await copy.arrayBuffer()).equals(image.layer.bytes)).toBe(true);
+    expect(fwd.count('GET', path)).toBe(gets); // from the cache, not the upstream
+
+    // The config was never pulled through: a plain upload, and no fill started for it.
+    const configPath = `/v2/alice/base/blobs/${image.config.digest}`;
+    expect((await mount(image.config.digest, 'proxy/up/alice/base')).status).toBe(202);
+    expect(fwd.count('GET', configPath) + fwd.count('HEAD', configPath)).toBe(0);
+    // Cached, but for another repository of the upstream: not this one's to give.
+    expect((await mount(other.digest, 'proxy/up/alice/base')).status).toBe(202);
+  });
+
   test('upstream down: a cached image still pulls with skopeo, and the manifest carries a 299 Warning', async () => {
     expect(await pull(`${host}/proxy/up/alice/app:1`)).toBe(layout.single);
     fwd.setDown(true);
