@@ -9,15 +9,15 @@ import { allowedActions, mayListCatalog, mayUseUpstream, type Action, type Princ
 import { rememberResolved } from '../routes/context.js';
 import { routeAccess } from './route-access.js';
 import { grantedActions } from './scope.js';
+import { PLAIN_HOST } from '../http/plain-host.js';
 
-const HOST = /^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$/;
 
 /** `http(s)://<Host>/auth/token`, or the configured realm. A Host that is not a plain host[:port] is not echoed. */
 export function realmOf(ctx: Context, configured: string | undefined): string {
   if (configured) return configured;
   const given = ctx.get('Host');
   const local = ctx.socket.localAddress ?? '127.0.0.1';
-  const host = HOST.test(given) ? given : `${local.includes(':') ? `[${local}]` : local}:${ctx.socket.localPort ?? ''}`;
+  const host = PLAIN_HOST.test(given) ? given : `${local.includes(':') ? `[${local}]` : local}:${ctx.socket.localPort ?? ''}`;
   return `${ctx.protocol}://${host}/auth/token`;
 }
 

@@ -5,6 +5,7 @@ import type { Server as TlsServer } from 'node:tls';
 import type { TlsMaterial } from '../tls/tls-files.js';
 import { continueWhenRead } from './expect-continue.js';
 import { answerRefusedRequests, rawErrorResponse } from './raw-refusals.js';
+import { PLAIN_HOST } from './plain-host.js';
 
 export interface ListenerTimeouts {
   /** Longest time a client may take to send a request's headers (ms). */
@@ -61,8 +62,6 @@ export function createWharfServer(handler: RequestListener, timeouts: ListenerTi
   if (tls) answerPlainHttp(server, timeouts.readHeaderTimeout);
   return server;
 }
-
-const HOST = /^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$/;
 
 /** Every TLS connection starts with a handshake record (content type 22). */
 const TLS_HANDSHAKE = 0x16;
@@ -121,7 +120,7 @@ function plainHttpAnswer(first: Buffer): string {
   // The Host the client used, port included: the port it reached is this one, whatever this
   // process listens on behind a port mapping or a load balancer.
   const given = HOST_HEADER.exec(first.toString('latin1'))?.[1]?.trim() ?? '';
-  const where = HOST.test(given) ? `https://${given}/` : 'https://';
+  const where = PLAIN_HOST.test(given) ? `https://${given}/` : 'https://';
   return rawErrorResponse(400, 'Bad Request', 'UNSUPPORTED', `this port speaks HTTPS, and the request came in plain HTTP: use ${where} (and trust Wharf's certificate)`);
 }
 
@@ -134,7 +133,7 @@ export function updateCertificate(server: Server, tls: TlsMaterial): void {
 export function httpsLocation(req: IncomingMessage, httpsPort: number): string {
   const given = req.headers.host ?? '';
   let host: string;
-  if (HOST.test(given)) {
+  if (PLAIN_HOST.test(given)) {
     host = given.replace(/:\d+$/, '');
   } else {
     const local = req.socket.localAddress ?? '127.0.0.1';

@@ -4,6 +4,7 @@ import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import bcrypt from 'bcryptjs';
 import { SignJWT, calculateJwkThumbprint, exportJWK } from 'jose';
+import { rawRequest } from '../helpers/http.js';
 import type { TestRegistry } from '../helpers/start-registry.js';
 import {
   Secrets,
@@ -68,6 +69,22 @@ describe('the token endpoint and bearer tokens', () => {
 
   afterAll(async () => {
     await reg?.close();
+  });
+
+  test("the challenge's realm is the Host the client came by: a Compose name with an underscore too, never a Host that is no plain host", async () => {
+    const port = new URL(reg.url).port;
+    const realmFor = async (host: string) => {
+      const res = await rawRequest(reg.url, 'GET', '/v2/', { headers: { Host: host } });
+      expect(res.status).toBe(401);
+      return parseChallenge(res.headers['www-authenticate'] as string)!.realm;
+    };
+    // Clients that check a realm against the registry's host (go-containerregistry, the .NET SDK)
+    // refused the socket's address the realm fell back to.
+    expect(await realmFor('ci_wharf:5000')).toBe('http://ci_wharf:5000/auth/token');
+    expect(await realmFor('wharf.example.com')).toBe('http://wharf.example.com/auth/token');
+    for (const hostile of ['evil.example/x', 'a@evil.example', 'evil.example:5000"', 'evil.example:80:80']) {
+      expect(await realmFor(hostile)).toBe(`http://127.0.0.1:${port}/auth/token`);
+    }
   });
 
   test('GET answers token, access_token, expires_in and issued_at, never cached', async () => {
