@@ -57,12 +57,19 @@ export function registerBlobs(router: Router, deps: RouteDeps): void {
       ctx.set('Content-Type', multipart.contentType);
       ctx.length = multipart.length;
       if (ctx.method === 'HEAD') return;
+      const found = blob;
+      if (target.writer) {
+        // A stored blob: each part read on its own, nothing between them.
+        sendStream(ctx, multipart.body({ kind: 'parts', open: (range) => target.reader.openBlob(target.repo, found, range) }));
+        return;
+      }
+      // Through the proxy: one reader of the span, which follows a download still running.
       const span = await target.reader.openBlob(target.repo, blob, multipart.span);
       if (!span) throw new RegistryError('BLOB_UNKNOWN', 'blob unknown to registry', { digest });
-      sendStream(ctx, multipart.body(span));
+      sendStream(ctx, multipart.body({ kind: 'span', stream: span }));
       return;
     }
-    // Several ranges that are not in order, overlap, or ask for the whole blob or more: the whole blob.
+    // Several ranges out of order, overlapping, asking for every byte, or too many: the whole blob.
     const range = ranges?.length === 1 ? ranges[0] : undefined;
     ctx.set('Content-Type', 'application/octet-stream');
     if (range) {

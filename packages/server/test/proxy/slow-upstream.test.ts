@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { createHash, randomBytes } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import { connect, type AddressInfo } from 'node:net';
+import { byteranges } from '../helpers/http.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
 
 const sha256 = (b: Uint8Array) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
@@ -18,6 +19,9 @@ describe('pull-through from an upstream slower than idle_timeout', () => {
   /** Sent with its Content-Length, in pieces spread over SLOW_MS as well. */
   const sized = randomBytes(512 * 1024);
   const sizedDigest = sha256(sized);
+  /** The same, for several ranges in one request (a zstd:chunked layer's chunks). */
+  const chunked = randomBytes(512 * 1024);
+  const chunkedDigest = sha256(chunked);
   const manifest = Buffer.from(
     JSON.stringify({
       schemaVersion: 2,
@@ -53,18 +57,19 @@ describe('pull-through from an upstream slower than idle_timeout', () => {
         const atOnce = (bytes === far ? 20 : 1) * 1024 * 1024;
         res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': bytes.length });
         res.write(bytes.subarray(0, atOnce), () => setTimeout(() => res.end(bytes.subarray(atOnce)), SLOW_MS));
-      } else if ((req.url === `/v2/lib/app/blobs/${blobDigest}` || req.url === `/v2/lib/app/blobs/${sizedDigest}`) && req.method === 'GET') {
-        const bytes = req.url.endsWith(blobDigest) ? blob : sized;
-        res.writeHead(200, { 'content-type': 'application/octet-stream', ...(bytes === sized ? { 'content-length': sized.length } : {}) });
+      } else if ([blobDigest, sizedDigest, chunkedDigest].some((d) => req.url === `/v2/lib/app/blobs/${d}`) && req.method === 'GET') {
+        const bytes = req.url!.endsWith(blobDigest) ? blob : req.url!.endsWith(sizedDigest) ? sized : chunked;
+        const spread = bytes !== blob;
+        res.writeHead(200, { 'content-type': 'application/octet-stream', ...(spread ? { 'content-length': bytes.length } : {}) });
         // The sized one in five pieces; the other in two, SLOW_MS apart: its GET is streamed, and the
         // wait between them is the upstream's.
-        const pieces = bytes === sized ? 5 : 2;
+        const pieces = spread ? 5 : 2;
         let sent = 0;
         const next = (): void => {
           const size = Math.ceil(bytes.length / pieces);
           res.write(bytes.subarray(sent * size, (sent + 1) * size));
           sent += 1;
-          if (sent < pieces) setTimeout(next, bytes === sized ? SLOW_MS / pieces : SLOW_MS);
+          if (sent < pieces) setTimeout(next, spread ? SLOW_MS / pieces : SLOW_MS);
           else res.end();
         };
         next();
@@ -98,6 +103,14 @@ describe('pull-through from an upstream slower than idle_timeout', () => {
     expect(res.headers.get('content-range')).toBe(`bytes 0-99/${sized.length}`);
     // Its 99 bytes at once, and its last once the blob is verified, SLOW_MS later: not a connection cut at 1 s.
     expect(Buffer.from(await res.arrayBuffer()).equals(sized.subarray(0, 100))).toBe(true);
+  });
+
+  test("several ranges of a download, whose last part waits for the whole blob's digest longer than idle_timeout, reach the client whole", async () => {
+    const res = await fetch(`${proxy.url}/v2/proxy/slow/lib/app/blobs/${chunkedDigest}`, { headers: { range: 'bytes=0-9,50-99' } });
+    expect(res.status).toBe(206);
+    // The span's reader waits for the download: that wait holds the idle timeout off, as for one range.
+    const parts = byteranges(res.headers.get('content-type'), Buffer.from(await res.arrayBuffer()));
+    expect(parts.map((p) => p.bytes)).toEqual([chunked.subarray(0, 10), chunked.subarray(50, 100)]);
   });
 
   test('a range far ahead of its fill, asked of the upstream, whose last byte waits for the whole blob longer than idle_timeout, reaches the client whole', async () => {
