@@ -157,8 +157,8 @@ export function parseManifest(
     return {
       ...base,
       ...(typeof doc.artifactType === 'string' ? { artifactType: doc.artifactType } : {}),
-      blobs: entries.filter((e) => !isManifestMediaType(e.mediaType)),
-      manifests: entries.filter((e) => isManifestMediaType(e.mediaType)),
+      blobs: entries.filter((e) => !isManifestMediaType(bareMediaType(e.mediaType))),
+      manifests: entries.filter((e) => isManifestMediaType(bareMediaType(e.mediaType))),
     };
   }
 

@@ -103,6 +103,11 @@ describe('parseManifest: the four manifest kinds', () => {
     expect(m.blobs).toEqual([layer, cacheConfig]);
   });
 
+  test('an index entry whose manifest media type has parameters or capitals is still a child manifest', () => {
+    const entries = [descriptorOf('a', `${OCI_MANIFEST}; charset=utf-8`), descriptorOf('b', OCI_MANIFEST.toUpperCase())];
+    expect(parseManifest(ociIndexBytes(entries), OCI_INDEX).manifests).toEqual(entries);
+  });
+
   test('an OCI index with an artifactType keeps it', () => {
     const bytes = ociIndexBytes([descriptorOf('child', OCI_MANIFEST)], { artifactType: 'application/vnd.example.bundle' });
     expect(parseManifest(bytes, OCI_INDEX).artifactType).toBe('application/vnd.example.bundle');

@@ -111,6 +111,7 @@ export class ProxyResolver implements RepositoryResolver {
       readOnlyReason: `proxy/${upstream.key}/... is a read-only pull-through cache of ${upstream.key}; push to a repository of your own namespace instead`,
       upstream: upstream.key,
       namespace,
+      cache: reader,
     };
   }
 }

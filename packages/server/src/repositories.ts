@@ -1,6 +1,7 @@
 import type { IncomingMessage } from 'node:http';
 import { clientOf } from './http/client-address.js';
-import { RegistryError, assertRepositoryName, type LocalRegistry, type RepositoryReader, type RepositoryWriter } from '@wharf/registry-core';
+import type { Readable } from 'node:stream';
+import { RegistryError, assertRepositoryName, type BlobInfo, type Digest, type LocalRegistry, type RepositoryReader, type RepositoryWriter } from '@wharf/registry-core';
 
 /** A repository name resolved to what serves it. Pull-through repositories have no writer. */
 export interface ResolvedRepository {
@@ -19,6 +20,14 @@ export interface ResolvedRepository {
    * or `?ns=`): its key, so that a 404 can say why the upstream was not asked.
    */
   readonly shadows?: string;
+  /** A pull-through repository's cache: what a mount into a local repository may copy from. */
+  readonly cache?: CachedBlobs;
+}
+
+/** Blobs a cache holds, complete, read with no request to anyone (the proxy's PullThroughRepository). */
+export interface CachedBlobs {
+  /** The blob as held for `repo`; undefined when it is not. */
+  openCached(repo: string, digest: Digest): Promise<{ readonly blob: BlobInfo; readonly body: Readable } | undefined>;
 }
 
 /** The family of the route a request goes to. */

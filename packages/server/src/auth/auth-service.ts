@@ -42,7 +42,6 @@ export interface AuthServiceOptions {
   readonly tuning?: AuthTuning;
 }
 
-
 /** One password check, shared by the clients that sent the same credentials at once. */
 interface Verification {
   readonly check: Promise<Principal | undefined>;

@@ -1,11 +1,10 @@
 import type { Router, RouterContext } from '@koa/router';
-import { PullThroughRepository } from '@wharf/proxy';
-import { RegistryError, digestOf, isDigestAlgorithm, parseDigest, tryParseDigest, type BlobInfo, type ChunkPosition, type Digest, type RepositoryWriter, type UploadStatus } from '@wharf/registry-core';
+import { RegistryError, digestOf, isDigestAlgorithm, parseDigest, tryParseDigest, type ChunkPosition, type UploadStatus } from '@wharf/registry-core';
 import type { Context } from 'koa';
 import { declaredLength, emptyBody, hasBody } from '../http/body.js';
 import { parseContentRange, uploadRange } from '../http/range.js';
-import { goneSignal } from '../http/gone-signal.js';
 import { requestInfo, writerOf, type ResolvedRepository } from '../repositories.js';
+import { mountFromCache } from './cache-mount.js';
 import { capture, digestParam, repository, type RouteDeps } from './context.js';
 
 const START = /^\/v2\/(.+)\/blobs\/uploads\/?$/;
@@ -66,28 +65,6 @@ function describeBlob(ctx: Context, name: string, digest: string): void {
   emptyBody(ctx);
 }
 
-/**
- * A mount from a pull-through repository: the blob as the proxy's cache holds it for that repository,
- * copied into the local store (verified again as it is written). An image built `FROM` a proxied one
- * and pushed to a local repository names the proxied one as the source of its base layers (Docker's
- * and BuildKit's pushes do), which then need not be uploaded. undefined (a plain upload follows) when
- * the cache does not hold it, or holds bytes that no longer match their digest.
- */
-async function copyFromCache(ctx: Context, writer: RepositoryWriter, repo: string, cache: PullThroughRepository, cachedRepo: string, digest: Digest): Promise<BlobInfo | undefined> {
-  const cached = await cache.openCached(cachedRepo, digest);
-  if (!cached) return undefined;
-  try {
-    return await writer.putBlob(repo, cached.body, cached.blob, goneSignal(ctx.res));
-  } catch (err) {
-    if (!(err instanceof RegistryError) || (err.code !== 'DIGEST_INVALID' && err.code !== 'SIZE_INVALID')) throw err;
-    // In the request's log line; `wharf fsck --repair` drops the cached file.
-    ctx.state.logFields = { mountFromCacheFailed: err.message };
-    return undefined;
-  } finally {
-    cached.body.destroy();
-  }
-}
-
 export function registerUploads(router: Router, deps: RouteDeps, options: { readonly automaticMount: boolean }): void {
   // POST: a new session, a monolithic upload (?digest=), or a cross-repository mount (?mount=&from=,
   // or ?mount= alone).
@@ -108,8 +85,8 @@ export function registerUploads(router: Router, deps: RouteDeps, options: { read
         const fromTarget = await deps.resolver.resolve(from, new URLSearchParams(), requestInfo(ctx.req, 'upload', 'POST')).catch(() => undefined);
         if (fromTarget?.writer === writer && mayPull(fromTarget.repo)) {
           source = fromTarget.repo;
-        } else if (fromTarget?.reader instanceof PullThroughRepository && mayPull(from, fromTarget)) {
-          const copied = await copyFromCache(ctx, writer, target.repo, fromTarget.reader, fromTarget.repo, wanted.digest);
+        } else if (fromTarget?.cache && mayPull(from, fromTarget)) {
+          const copied = await mountFromCache(ctx, { reader: target.reader, writer }, target.repo, fromTarget.cache, fromTarget.repo, wanted.digest);
           if (copied) {
             ctx.state.logFields = { mountedFrom: from };
             return describeBlob(ctx, name, copied.digest);
@@ -135,12 +112,23 @@ export function registerUploads(router: Router, deps: RouteDeps, options: { read
       const size = declaredLength(ctx.req);
       // No body, and the digest of a blob that is not empty: a client opening a session with the digest
       // it will send (ollama), not a one-request upload of 0 bytes. It gets the session distribution
-      // opens for any POST with ?digest=; the empty blob itself is still pushed in this one request.
-      const opensSession = !hasBody(ctx.req) && expect !== digestOf(Buffer.alloc(0), parseDigest(expect).algorithm);
-      if (!opensSession) {
-        const blob = await writer.putBlob(target.repo, ctx.req, { digest: expect, ...(size !== undefined ? { size } : {}) });
-        return describeBlob(ctx, name, blob.digest);
+      // opens for any POST with ?digest=, hashing with that digest's algorithm; the empty blob itself
+      // is still pushed in this one request.
+      const { algorithm } = parseDigest(expect);
+      const empty = digestOf(Buffer.alloc(0), algorithm);
+      if (hasBody(ctx.req) || expect === empty) {
+        try {
+          const blob = await writer.putBlob(target.repo, ctx.req, { digest: expect, ...(size !== undefined ? { size } : {}) });
+          return describeBlob(ctx, name, blob.digest);
+        } catch (err) {
+          // The same announcement with chunked framing: a body that turned out empty.
+          const emptyChunked = size === undefined && err instanceof RegistryError && err.code === 'DIGEST_INVALID' && (err.detail as { actual?: string } | undefined)?.actual === empty;
+          if (!emptyChunked) throw err;
+        }
       }
+      const upload = await writer.beginUpload(target.repo, algorithm);
+      ctx.status = 202;
+      return describeSession(ctx, name, upload);
     }
 
     const algorithm = ctx.query['digest-algorithm'];
