@@ -153,6 +153,8 @@ const REMNANT_MAX_BYTES = 16 * 1024 ** 3;
  */
 export class BlobFills {
   private readonly inflight = new Map<Digest, Promise<BlobFill | undefined>>();
+  /** Each fill of `inflight` once its upstream answered, while it runs. */
+  private readonly answered = new Map<Digest, BlobFill>();
   /** Who started each fill in `inflight` (its `source`), while it runs. */
   private readonly starters = new Map<Digest, string | undefined>();
   /** The upstream bodies fills are reading (abandon). */
@@ -279,6 +281,11 @@ export class BlobFills {
     return this.inflight.get(digest);
   }
 
+  /** The fill of `digest` in flight once its upstream has answered; undefined while it is starting, or when none runs. */
+  answeredFill(digest: Digest): BlobFill | undefined {
+    return this.answered.get(digest);
+  }
+
   /** The `source` that started the fill of `digest` in flight, if one is (and it named one). */
   startedFor(digest: Digest): string | undefined {
     return this.starters.get(digest);
@@ -311,11 +318,13 @@ export class BlobFills {
     const ended = (): void => {
       this.inflight.delete(digest);
       this.starters.delete(digest);
+      this.answered.delete(digest);
     };
     starting.then(
       (fill) => {
-        if (!fill) ended();
-        else void fill.done.finally(ended).catch(() => undefined);
+        if (!fill) return ended();
+        this.answered.set(digest, fill);
+        void fill.done.finally(ended).catch(() => undefined);
       },
       ended,
     );
