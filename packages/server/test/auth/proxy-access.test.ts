@@ -314,6 +314,13 @@ describe('proxy access with auth on: per upstream, never open unless configured'
     expect(scope).toBe('repository:olga/other:pull,push repository:proxy/grp/lib/base:pull');
     const withSource = await mount('olga', 'olga/other', { headers: { Authorization: `Bearer ${await grant(scope)}` } });
     expect(withSource.status).toBe(201);
+
+    // eve's token for her target alone: she may not use that upstream, so no challenge for the
+    // source either (it would tell her of it), only the plain upload.
+    const eveToken = ((await (await get(`/auth/token?service=wharf&scope=${encodeURIComponent('repository:eve/other:pull,push')}`, as('eve'))).json()) as { token: string }).token;
+    const eveMount = await mount('eve', 'eve/other', { headers: { Authorization: `Bearer ${eveToken}` } });
+    expect(eveMount.status).toBe(202);
+    expect((await get(`/v2/eve/other/blobs/${layer.digest}`, { method: 'HEAD', headers: { Authorization: `Bearer ${eveToken}` } })).status).toBe(404);
   });
 
   test('after the suite, no password or token is in the log', () => {
