@@ -360,7 +360,7 @@ export class PullThroughRepository implements RepositoryReader {
   async openCached(repo: string, digest: Digest): Promise<{ readonly blob: BlobInfo; readonly body: Readable } | undefined> {
     // A download that has every byte, checked, is being stored: its rows come in a moment (its
     // clients had their last byte before: a push right after the pull comes here).
-    const fill = await this.fills.current(digest)?.catch(() => undefined);
+    const fill = this.fills.answeredFill(digest);
     if (fill?.verified) await fill.done.catch(() => undefined);
     const size = this.index.blob(this.key, repo, digest);
     if (size === undefined) return undefined;
@@ -490,7 +490,8 @@ export class PullThroughRepository implements RepositoryReader {
       const cached = await this.cachedHere(repo, digest);
       if (cached) return cached;
       // A fill that failed to start (for whichever upstream) says nothing here: the upstream is asked.
-      const fill = await this.fills.current(digest)?.catch(() => undefined);
+      // So does another upstream's download not joined, not even waited for to start (fillOfAnother).
+      const fill = this.fillOfAnother(digest) && !this.joined(digest, repo) ? undefined : await this.fills.current(digest)?.catch(() => undefined);
       const filling = fill && fill.sources.has(this.source(repo)) && fill.state !== 'failed' ? fill : undefined;
       if (filling?.size !== undefined) return { digest, size: filling.size };
       if (!filling && this.index.isAbsent(this.key, repo, absentBlob(digest))) return undefined;

@@ -54,6 +54,9 @@ describe("a download through one upstream does not hold another upstream's clien
     );
     while (held.length === 0) await sleep(10);
 
+    // Its HEAD (what a client that has the layer asks) is answered too.
+    const head = await Promise.race([fetch(`${proxy.url}/v2/proxy/good/lib/app/blobs/${layer.digest}`, { method: 'HEAD' }), sleep(20_000).then(() => undefined)]);
+    expect([head?.status, head?.headers.get('content-length')]).toEqual([200, String(layer.bytes.length)]);
     // Joined to the stalled download, it would wait as long as that stalls: here, until released below.
     const pull = fetch(`${proxy.url}/v2/proxy/good/lib/app/blobs/${layer.digest}`).then(async (res) => ({ status: res.status, bytes: Buffer.from(await res.arrayBuffer()) }));
     const answer = await Promise.race([pull, sleep(20_000).then(() => 'still waiting on the other upstream' as const)]);
