@@ -353,6 +353,14 @@ export class PullThroughRepository implements RepositoryReader {
   }
 
   /**
+   * Whether the cache holds the blob for `repo`, whole, with no download of it running: its ranges
+   * are then read from the file one by one (a multipart answer), nothing between them.
+   */
+  holds(repo: string, digest: Digest): boolean {
+    return this.fills.current(digest) === undefined && this.index.blob(this.key, repo, digest) !== undefined;
+  }
+
+  /**
    * The blob as the cache holds it for `repo`, complete, with no upstream request and no fill: a
    * mount's source, when an image built on a proxied one is pushed to a local repository. undefined
    * when it is not cached for this repository (or was evicted meanwhile).

@@ -26,6 +26,8 @@ export interface ResolvedRepository {
 
 /** Blobs a cache holds, complete, read with no request to anyone (the proxy's PullThroughRepository). */
 export interface CachedBlobs {
+  /** Whether the blob is held for `repo`, whole, and no download of it runs. */
+  holds(repo: string, digest: Digest): boolean;
   /** The blob as held for `repo`; undefined when it is not. */
   openCached(repo: string, digest: Digest): Promise<{ readonly blob: BlobInfo; readonly body: Readable } | undefined>;
 }

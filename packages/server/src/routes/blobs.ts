@@ -58,12 +58,13 @@ export function registerBlobs(router: Router, deps: RouteDeps): void {
       ctx.length = multipart.length;
       if (ctx.method === 'HEAD') return;
       const found = blob;
-      if (target.writer) {
-        // A stored blob: each part read on its own, nothing between them.
+      if (target.writer || target.cache?.holds(target.repo, digest)) {
+        // A stored blob, or one the proxy's cache holds whole: each part read on its own, nothing
+        // between them (two bytes at the ends of a 4 GiB layer are not 4 GiB read).
         sendStream(ctx, multipart.body({ kind: 'parts', open: (range) => target.reader.openBlob(target.repo, found, range) }));
         return;
       }
-      // Through the proxy: one reader of the span, which follows a download still running.
+      // Through the proxy, a blob being downloaded: one reader of the span, which follows the download.
       const span = await target.reader.openBlob(target.repo, blob, multipart.span);
       if (!span) throw new RegistryError('BLOB_UNKNOWN', 'blob unknown to registry', { digest });
       sendStream(ctx, multipart.body({ kind: 'span', stream: span }));
