@@ -617,7 +617,8 @@ export class PullThroughRepository implements RepositoryReader {
    */
   private fillOfAnother(digest: Digest): boolean {
     const started = this.fills.startedFor(digest);
-    return this.fills.current(digest) !== undefined && started !== undefined && !started.startsWith(`${this.key}\u0000`);
+    // A source of this upstream begins as source() does, whatever its repository.
+    return this.fills.current(digest) !== undefined && started !== undefined && !started.startsWith(this.source(''));
   }
 
   /** Whether this upstream's `repo` reads the download of `digest` in flight (it has started, and it joined it). */

@@ -11,7 +11,6 @@ import { routeAccess } from './route-access.js';
 import { grantedActions } from './scope.js';
 import { PLAIN_HOST } from '../http/plain-host.js';
 
-
 /** `http(s)://<Host>/auth/token`, or the configured realm. A Host that is not a plain host[:port] is not echoed. */
 export function realmOf(ctx: Context, configured: string | undefined): string {
   if (configured) return configured;
