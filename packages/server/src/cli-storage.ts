@@ -156,6 +156,8 @@ export function registerStorageCommands(program: Command, fail: (err: unknown) =
     .option('--tag <tag>', 'tag the image (an archive of one image; needs --repository)')
     .action(async (file: string, opts: ConfigOption & { repository?: string; tag?: string }) => {
       try {
+        // A slip in the command line, told as one (exit 2) before the archive or the storage is opened.
+        if (opts.tag !== undefined && opts.repository === undefined) throw new UsageError('--tag needs --repository: the repository the tagged image goes to');
         if (file !== '-') {
           await access(file).catch((err: Error) => {
             throw new UsageError(`cannot read ${file}: ${err.message}`);

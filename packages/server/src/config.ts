@@ -219,7 +219,7 @@ function assemble(doc: Record<string, unknown>, options: BuildOptions): WharfCon
   }
   // Sessions are swept every minute: a shorter age ended every upload between two chunks of a client.
   if ((values.upload_max_age as number) < 60_000) throw new ConfigError('"upload_max_age" must be at least "1m" (idle sessions are looked for every minute)');
-  const proxy = buildProxyConfig(doc.proxy, env, options.secrets ?? true);
+  const proxy = buildProxyConfig(doc.proxy, env, options.secrets ?? true, fileDir);
   warnings.push(...nsHostWarnings(proxy.upstreams));
   const auth = buildAuthConfig(doc.auth, env);
   checkAuthConfig(auth, values.listen as WharfConfig['listen'], proxy);

@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import type { MirrorStrategy } from '@wharf/proxy';
 import { isValidRepositoryName } from '@wharf/registry-core';
 import { ConfigError } from './config-error.js';
@@ -262,7 +263,7 @@ function sameServer(url: string): string {
   return `${parsed.origin}${parsed.pathname.replace(/\/+$/, '')}`;
 }
 
-function upstream(key: string, raw: unknown, env: NodeJS.ProcessEnv, builtIn: UpstreamConfig | undefined, secrets: boolean, shared: UpstreamPolicy): UpstreamConfig {
+function upstream(key: string, raw: unknown, env: NodeJS.ProcessEnv, builtIn: UpstreamConfig | undefined, secrets: boolean, shared: UpstreamPolicy, fileDir: string): UpstreamConfig {
   const where = `proxy.upstreams.${key}`;
   if (!isTable(raw)) throw new ConfigError(`"${where}" must be a table`);
   for (const k of Object.keys(raw)) if (!UPSTREAM_KEYS.has(k)) throw new ConfigError(`unknown key "${where}.${k}"`);
@@ -283,7 +284,8 @@ function upstream(key: string, raw: unknown, env: NodeJS.ProcessEnv, builtIn: Up
     if (password === undefined && secrets) throw new ConfigError(`"${where}.password_env" names ${String(raw.password_env)}, which is not set`);
   }
   // Like the password, read only by what talks to the upstream (the file may be the service's alone).
-  const ca = raw.ca_file === undefined || !secrets ? undefined : readCaFile(`${where}.ca_file`, raw.ca_file as string);
+  // A relative path is the configuration file's neighbour, as every other path in it is.
+  const ca = raw.ca_file === undefined || !secrets ? undefined : readCaFile(`${where}.ca_file`, resolve(fileDir, raw.ca_file as string));
   const prefix = (raw.library_prefix as string | undefined) ?? builtIn?.officialPrefix;
   const rawMirrors = raw.mirrors ?? [];
   if (!Array.isArray(rawMirrors)) throw new ConfigError(`"${where}.mirrors" must be an array of http(s) URLs`);
@@ -344,8 +346,11 @@ function upstream(key: string, raw: unknown, env: NodeJS.ProcessEnv, builtIn: Up
   };
 }
 
-/** `secrets` false: an upstream whose `password_env` is unset is read without its password, and `ca_file` is not read (see LoadOptions). */
-export function buildProxyConfig(raw: unknown, env: NodeJS.ProcessEnv, secrets = true): ProxyConfig {
+/**
+ * `secrets` false: an upstream whose `password_env` is unset is read without its password, and `ca_file` is not read (see LoadOptions).
+ * `fileDir`: the configuration file's folder, which a relative `ca_file` is taken from.
+ */
+export function buildProxyConfig(raw: unknown, env: NodeJS.ProcessEnv, secrets = true, fileDir = process.cwd()): ProxyConfig {
   const table = raw === undefined ? {} : raw;
   if (!isTable(table)) throw new ConfigError('"proxy" must be a table');
   for (const k of Object.keys(table)) if (!PROXY_KEYS.has(k)) throw new ConfigError(`unknown key "proxy.${k}"`);
@@ -354,7 +359,7 @@ export function buildProxyConfig(raw: unknown, env: NodeJS.ProcessEnv, secrets =
   const shared = policyFrom(table, 'proxy');
   const byKey = new Map<string, UpstreamConfig>(BUILT_IN_UPSTREAMS.map((u) => [u.key, { ...u, policy: shared }]));
   for (const [at, [key, value]] of Object.entries(configured).entries()) {
-    byKey.set(key, { ...upstream(key, value, env, byKey.get(key), secrets, shared), configuredAt: at });
+    byKey.set(key, { ...upstream(key, value, env, byKey.get(key), secrets, shared, fileDir), configuredAt: at });
   }
   const upstreams = [...byKey.values()];
   const names = new Map<string, string>();

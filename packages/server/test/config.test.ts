@@ -408,6 +408,14 @@ describe('wharf CLI', () => {
     await expect(clash).rejects.toMatchObject({ code: 2, stderr: expect.stringContaining('[[auth.groups]] "bob" has the name of a user in the database') });
   });
 
+  test('import --tag without --repository is a usage error (exit 2), told before the archive is read', async () => {
+    const file = join(dir, 'ok.toml');
+    await writeFile(file, Object.entries(REQUIRED).map(([k, v]) => `${k} = "${v}"`).join('\n') + '\ndatabase = "storage/w.db"\n');
+    const run = exec(process.execPath, [CLI, 'import', join(dir, 'nowhere.tar'), '--tag', '5', '--config', file], { env: { PATH: process.env.PATH } });
+    await expect(run).rejects.toMatchObject({ code: 2, stderr: expect.stringContaining('--tag needs --repository') });
+    expect(existsSync(join(dir, 'storage'))).toBe(false);
+  });
+
   test('serve starts with a configuration file and the environment override of listen', async () => {
     const file = join(dir, 'ok.toml');
     await writeFile(file, Object.entries(REQUIRED).map(([k, v]) => `${k} = "${v}"`).join('\n') + '\ndatabase = "storage/w.db"\n');

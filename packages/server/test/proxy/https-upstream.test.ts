@@ -1,10 +1,10 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { buildConfig } from '../../src/config.js';
+import { buildConfig, loadConfig } from '../../src/config.js';
 import { bcryptHash, startAuthRegistry } from '../auth/helpers.js';
 import { expectOciError } from '../helpers/http.js';
 import { pushImage } from '../helpers/oci.js';
@@ -58,6 +58,21 @@ describe('an HTTPS upstream whose certificate comes from a private CA', () => {
     // Commands that never reach the upstream (user, gc, proxy purge) do not read it.
     const offline = buildConfig({ ...base, proxy: { upstreams: { up: { url: 'https://example.test', ca_file: join(dir, 'missing.pem') } } } }, { env: {}, secrets: false });
     expect(offline.proxy.upstreams.find((u) => u.key === 'up')?.url).toBe('https://example.test');
+  });
+
+  test("a relative ca_file is the configuration file's neighbour, from whatever folder Wharf starts in", async () => {
+    // pnpm runs `wharf` in the clone's root: `--config /etc/wharf/configuration.toml` with
+    // `ca_file = "corp-ca.pem"` was read as the root's corp-ca.pem, and the start stopped on ENOENT.
+    const etc = join(dir, 'etc');
+    await mkdir(etc, { recursive: true });
+    const pem = await readFile(up.caFile!, 'utf8');
+    await writeFile(join(etc, 'corp-ca.pem'), pem);
+    await writeFile(join(etc, 'configuration.toml'), ['listen = "127.0.0.1:0"', 'registry_storage = "r"', 'temporary_registry_storage = "t"', 'proxy_storage = "p"', '[proxy.upstreams.up]', 'url = "https://example.test"', 'ca_file = "corp-ca.pem"', ''].join('\n'));
+    const config = loadConfig({ file: join(etc, 'configuration.toml'), cwd: dir, env: {} });
+    expect(config.proxy.upstreams.find((u) => u.key === 'up')?.ca).toBe(pem);
+    // An absolute path is taken as it is.
+    const absolute = buildConfig({ listen: '127.0.0.1:0', registry_storage: join(etc, 'r'), temporary_registry_storage: join(etc, 't'), proxy_storage: join(etc, 'p'), proxy: { upstreams: { up: { url: 'https://example.test', ca_file: join(etc, 'corp-ca.pem') } } } }, { env: {}, fileDir: tmpdir(), cwd: tmpdir() });
+    expect(absolute.proxy.upstreams.find((u) => u.key === 'up')?.ca).toBe(pem);
   });
 });
 
