@@ -720,6 +720,10 @@ export class HttpUpstream implements Upstream {
       if (status === 401 && this.options.username === undefined) {
         throw new UpstreamError('unauthorized', `upstream ${this.name} wants credentials for ${what} (${status}): ${this.options.credentialsAdvice ?? "give it a username and password in Wharf's configuration"}`, status);
       }
+      // No credentials of ours, and no registry's error: something between (a firewall, a corporate proxy) refused it.
+      if (this.options.username === undefined) {
+        throw new UpstreamError('unauthorized', `upstream ${this.name} answered ${status} to ${what}, and no registry error with it: something in between (a firewall, a proxy) may have refused it`, status);
+      }
       throw new UpstreamError('unauthorized', `upstream ${this.name} refused our credentials for ${what} (${status})`, status);
     }
     if (status < 200 || status >= 300) {

@@ -358,7 +358,8 @@ describe('refusals and token services', () => {
     const blocked = await host((_req, res) => page(res));
     const viaBlocked = new HttpUpstream({ name: 'ghcr.io', url: blocked.url, retries: 0, timeouts: quick });
     const err = (await viaBlocked.manifest('org/app', 'latest').catch((e: unknown) => e)) as UpstreamError;
-    expect([err.failure, err.message]).toEqual(['unauthorized', 'upstream ghcr.io refused our credentials for manifest GET (403)']);
+    // Named as what it is: Wharf sent no credentials for the upstream to refuse.
+    expect([err.failure, err.message]).toEqual(['unauthorized', 'upstream ghcr.io answered 403 to manifest GET, and no registry error with it: something in between (a firewall, a proxy) may have refused it']);
     const tokenBlocked: Host = await host((req, res) => {
       if (req.url!.startsWith('/token')) return page(res);
       challenge(res, `Bearer realm="${tokenBlocked.url}/token",service="ghcr.io"`);

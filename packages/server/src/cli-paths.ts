@@ -8,7 +8,8 @@ const PATH_ARGUMENTS = new Set(['file']);
 
 /**
  * The folder that relative paths typed on the command line are relative to. `pnpm wharf …` (and
- * `npm run wharf`) runs the script in the repository's root, whatever folder it was typed in, and
+ * `npm run wharf`) runs the script in the repository's root, from whatever folder of it without a
+ * package.json of its own it was typed in (in packages/*: `pnpm -w wharf`), and
  * names that folder in INIT_CWD: `cd backups && pnpm -s wharf import app.tar` means backups/app.tar.
  * Outside a package script, the working directory.
  */
