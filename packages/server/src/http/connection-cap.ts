@@ -32,6 +32,11 @@ export interface ConnectionCap {
 /** The connection a response answers on, as its request started (a property: no closure per request). */
 const SOCKET = Symbol('wharf.connection');
 
+/** The TCP connection under a request's socket: itself, or the one a TLS socket wraps (node's `_parent`). */
+function tcpOf(socket: Socket): Socket {
+  return (socket as Socket & { _parent?: Socket | null })._parent ?? socket;
+}
+
 /**
  * At most `max` client connections at once. Each idle keep-alive connection holds about 12 KiB of
  * memory and a descriptor until `idle_timeout`: without a bound, a client that opened 12,000 took
@@ -40,7 +45,11 @@ const SOCKET = Symbol('wharf.connection');
  * of `max`, each new connection closes the one idle longest between two requests (its client
  * connects again when it next needs one, as after `idle_timeout`); a connection that has not sent
  * its first request, or is serving one, is never closed here; one that still sends the body of a
- * request already answered only at `max`, oldest first, when none is idle. Past `max`, with none idle, the new
+ * request already answered only at `max`, oldest first, when none is idle. Then, at `max`, the
+ * connection that has waited longest without a whole first request (slow-loris clients: a header line
+ * now and then, or a TLS handshake never finished) goes, rather than the new one: before, one client
+ * holding `max` such connections open kept every other client out for as long as it cared to
+ * (`read_header_timeout` ends each, and it connects again). Past `max`, with none of those, the new
  * connection is closed at once and `refused` is called.
  */
 export function capConnections(server: Server, max: number, refused: (open: number) => void): ConnectionCap {
@@ -55,6 +64,8 @@ export function capConnections(server: Server, max: number, refused: (open: numb
    * its place for good, a chunk now and then, without signing in).
    */
   const draining = new Map<Socket, true>();
+  /** TCP connections that have not started a request yet, oldest first. */
+  const waiting = new Map<Socket, true>();
   const inFlight = new WeakMap<Socket, number>();
   /** The request answered before its body ended, per socket, until the body does (see `answered`). */
   const bodyPending = new WeakMap<Socket, () => void>();
@@ -62,21 +73,31 @@ export function capConnections(server: Server, max: number, refused: (open: numb
 
   server.on('connection', (socket: Socket) => {
     open += 1;
-    socket.once('close', () => (open -= 1));
-    if (open <= soft) return;
-    const longest = idle.keys().next();
-    const oldestDraining = draining.keys().next();
-    if (!longest.done) {
-      idle.delete(longest.value);
-      longest.value.destroy();
-    } else if (open > max && !oldestDraining.done) {
-      draining.delete(oldestDraining.value);
-      oldestDraining.value.destroy();
-    } else if (open > max) {
-      // Here rather than node's maxConnections, which refuses a connection even when one is idle.
-      socket.destroy();
-      refused(open);
+    socket.once('close', () => {
+      open -= 1;
+      waiting.delete(socket);
+    });
+    if (open > soft) {
+      const longest = idle.keys().next();
+      const oldestDraining = draining.keys().next();
+      const oldestWaiting = waiting.keys().next();
+      if (!longest.done) {
+        idle.delete(longest.value);
+        longest.value.destroy();
+      } else if (open > max && !oldestDraining.done) {
+        draining.delete(oldestDraining.value);
+        oldestDraining.value.destroy();
+      } else if (open > max && !oldestWaiting.done) {
+        waiting.delete(oldestWaiting.value);
+        oldestWaiting.value.destroy();
+      } else if (open > max) {
+        // Here rather than node's maxConnections, which refuses a connection even when one is idle.
+        socket.destroy();
+        refused(open);
+        return;
+      }
     }
+    waiting.set(socket, true);
   });
 
   /** A request's answer and body are both done: its socket is idle once no other request is in flight. */
@@ -124,6 +145,7 @@ export function capConnections(server: Server, max: number, refused: (open: numb
     // node parses a connection's next request only once the one before has all come in: a body a
     // handler paused and never read on ended without its 'end', and its request is done.
     bodyPending.get(socket)?.();
+    waiting.delete(tcpOf(socket));
     idle.delete(socket);
     inFlight.set(socket, (inFlight.get(socket) ?? 0) + 1);
     if (!watched.has(socket)) {

@@ -166,6 +166,47 @@ describe('max_connections', () => {
     expect(busy.some((c) => c.closed)).toBe(false);
   });
 
+  test.each([
+    ['HTTP', false],
+    ['HTTPS', true],
+  ])('%s: at the cap, a slow-loris connection (no whole request yet) goes, oldest first, rather than the new one being refused', async (_what, tls) => {
+    const log = captureLog();
+    reg = await startRegistry({ settings: { max_connections: 8, ...(tls ? { tls: { self_signed: true, hosts: ['cap.test'] } } : {}) }, logger: log.logger });
+    const port = reg.port;
+    // One upload in flight, never closed; seven connections trickling a request head that never ends.
+    const busy = await open(port, tls);
+    clients.push(busy);
+    await exchange(busy, 'POST /v2/cap/test/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n', /\r\n\r\n/);
+    const location = /^location: (\S+)/im.exec(busy.received)![1]!;
+    busy.socket.write(`PATCH ${location} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n`);
+    const slow: Client[] = [];
+    const trickle = async (): Promise<void> => {
+      const c = await open(port, tls);
+      slow.push(c);
+      clients.push(c);
+      c.socket.write('GET /v2/ HTTP/1.1\r\nHost: x\r\n');
+    };
+    for (let i = 0; i < 7; i++) await trickle();
+    await sleep(100);
+    for (let round = 0; round < 3; round++) {
+      // The attacker takes the place left again, so that every new client finds all eight taken.
+      if (round > 0) await trickle();
+      await sleep(50);
+      const next = await open(port, tls);
+      clients.push(next);
+      // Connection: close, so that no idle connection is there to make room instead.
+      await exchange(next, 'GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n', /^HTTP\/1\.1 200 /);
+      // Before: refused (closed with nothing) until read_header_timeout ended the trickling ones.
+      expect(next.received).toMatch(/^HTTP\/1\.1 200 /);
+      for (let i = 0; i < 100 && !next.closed; i++) await sleep(10);
+    }
+    await sleep(100);
+    // The three trickling longest went; the upload in flight is never closed.
+    expect(slow.map((c) => c.closed)).toEqual([true, true, true, false, false, false, false, false, false]);
+    expect(busy.closed).toBe(false);
+    expect(log.text()).not.toContain('new connections refused');
+  });
+
   test('a body its handler paused and never read on: the connection is idle once its next request is answered', async () => {
     // node emits no 'end' for a request body nobody reads to its end, but parses the connection's next
     // request once that body has all come in. Before: the connection was counted busy for good, and
