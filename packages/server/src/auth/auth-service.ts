@@ -4,7 +4,7 @@ import { dirname, join } from 'node:path';
 import { carriedIPv4, ipv6Groups } from '@wharf/proxy';
 import { RegistryError, isValidRepositoryName, type SqliteDatabase } from '@wharf/registry-core';
 import type { Logger } from 'pino';
-import type { AuthConfig, Role } from '../auth-config.js';
+import { isValidAccountName, type AuthConfig, type Role } from '../auth-config.js';
 import type { WharfConfig } from '../config.js';
 import { findUpstream, type ProxyConfig, type UpstreamAccess } from '../proxy-config.js';
 import { Accounts } from './accounts.js';
@@ -222,6 +222,13 @@ export class AuthService {
     // With a token as the password the user name is free text ("ci" for every pipeline): only the
     // address counts, or one expired token would lock every job that says "ci" out.
     const isToken = Accounts.isTokenSecret(password);
+    // A name no account can have (upper case, an e-mail address, 60 KB of anything) is no guess at
+    // anyone's password: refused before anything is counted or kept. Before, each such name left a
+    // key of its own size in the limiter: a flood of 60 KB names took the server to its heap limit.
+    if (!isToken && !isValidAccountName(user)) {
+      this.checkLimits(addressKeys(ip));
+      throw new AuthFailure('invalid user name, password or token', 'basic');
+    }
     const known = !isToken && this.knowsAddress(user, ip);
     const perUser = !isToken && !known;
     const address = addressGroup(ip);

@@ -82,10 +82,18 @@ export class LoginLimiter {
   /** Takes back the failure counted at `at` (an attempt counted before it was checked, that passed). */
   forgive(keys: readonly string[], at: number): void {
     for (const key of keys) {
-      const list = this.mapOf(key).get(key);
+      const failures = this.mapOf(key);
+      const list = failures.get(key);
       const i = list?.lastIndexOf(at) ?? -1;
       if (i >= 0) list!.splice(i, 1);
+      // Nothing left to count: not kept (a check refused at once, busy, left one key per name).
+      if (list?.length === 0) failures.delete(key);
     }
+  }
+
+  /** Keys with failures counted now (for tests). */
+  get tracked(): number {
+    return this.addresses.size + this.users.size;
   }
 
   private maxFor(key: string): number {

@@ -4,6 +4,7 @@ import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import bcrypt from 'bcryptjs';
 import { SignJWT, calculateJwkThumbprint, exportJWK } from 'jose';
+import type { LoginLimiter } from '../../src/auth/login-limiter.js';
 import { rawRequest } from '../helpers/http.js';
 import type { TestRegistry } from '../helpers/start-registry.js';
 import {
@@ -474,6 +475,24 @@ describe('failed logins are limited per address and per user', () => {
     expect((await getFrom('127.0.0.4', `${reg.url}/v2/`, { Authorization: basic('bob', PW.bob) })).status).toBe(429);
     expect((await getFrom('127.0.0.4', tokenUrl(), { Authorization: basic('bob', PW.bob) })).status).toBe(429);
     expect((await getFrom('127.0.0.5', `${reg.url}/v2/`, { Authorization: basic('bob', PW.bob) })).status).toBe(200);
+  });
+
+  test('a user name no account can have is refused at once, counted nowhere and kept nowhere (a flood of 60 KB names ran the heap out)', async () => {
+    const limiter = (reg.auth as unknown as { limiter: LoginLimiter }).limiter;
+    const before = limiter.tracked;
+    const names = ['Alice', 'dev@example.com', 'a b', `x${'a'.repeat(20_000)}`];
+    for (let i = 0; i < 12; i++) {
+      const user = `${names[i % names.length]!}${i}`;
+      secrets.addBasic(user, `no-account-guess-${i}`);
+      // On /v2 and at the token endpoint, Basic and the OAuth2 form alike: 401, never 429.
+      const v2 = await getFrom('127.0.0.8', `${reg.url}/v2/`, { Authorization: basic(user, `no-account-guess-${i}`) });
+      expect(v2.status).toBe(401);
+      const posted = await fetch(`${reg.url}/auth/token`, form({ grant_type: 'password', client_id: 'x', service: 'wharf', username: `${user}z`, password: `no-account-guess-${i}` }));
+      expect(posted.status).toBe(401);
+    }
+    // Before: one key per name in the limiter, each as long as the name, and the address locked at the 11th.
+    expect(limiter.tracked).toBe(before);
+    expect((await getFrom('127.0.0.8', `${reg.url}/v2/`, { Authorization: basic('bob', PW.bob) })).status).toBe(200);
   });
 
   test('with a token as the password only the address counts: bad tokens under "ci" do not lock other jobs out', async () => {
