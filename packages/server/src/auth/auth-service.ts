@@ -348,18 +348,19 @@ export class AuthService {
   /**
    * What a repository scope may grant. `proxy/<upstream>/...` is the upstream's access; another name is
    * what the principal may do locally, plus pull when the proxy could serve it in a mirror mode (the
-   * request itself is checked again against the repository that actually serves it).
+   * request itself is checked again against the repository that actually serves it, so a pull granted
+   * on a local repository the principal may not read reads nothing). Granted whether or not the name
+   * is a local repository: granted only when it was not, the token told anyone who may use an upstream
+   * which private repositories exist, where the API answers 403 alike.
    */
-  private async repositoryGrant(principal: Principal, name: string, policy: Policy): Promise<Set<Action>> {
+  private repositoryGrant(principal: Principal, name: string, policy: Policy): Set<Action> {
     if (!isValidRepositoryName(name)) return new Set();
     if (this.proxy.enabled && name.startsWith('proxy/')) {
       const upstream = findUpstream(this.proxy, name.split('/')[1]!);
       return upstream ? allowedActions(principal, { kind: 'proxy', upstream: upstream.key }, policy) : new Set();
     }
     const actions = allowedActions(principal, { kind: 'repository', name }, policy);
-    if (!actions.has('pull') && this.proxy.enabled && this.proxy.upstreams.some((u) => mayUseUpstream(principal, u.key, policy))) {
-      if (!(await this.isLocalRepository(name))) actions.add('pull');
-    }
+    if (!actions.has('pull') && this.proxy.enabled && this.proxy.upstreams.some((u) => mayUseUpstream(principal, u.key, policy))) actions.add('pull');
     return actions;
   }
 
@@ -400,7 +401,7 @@ export class AuthService {
     }
     const out: AccessEntry[] = [];
     for (const [name, wanted] of asked) {
-      const allowed = await this.repositoryGrant(principal, name, policy);
+      const allowed = this.repositoryGrant(principal, name, policy);
       const actions = ACTIONS.filter((a) => wanted.has(a) && allowed.has(a));
       if (actions.length > 0) out.push({ type: 'repository', name, actions });
     }

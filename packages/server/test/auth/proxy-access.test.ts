@@ -160,7 +160,7 @@ describe('proxy access with auth on: per upstream, never open unless configured'
     expect(refusals.map((l) => l.status).sort()).toEqual(expect.arrayContaining([401, 403]));
   });
 
-  test('a pull granted because the proxy might serve a name never opens a local repository of that name', async () => {
+  test('a pull granted because the proxy might serve a name never opens a local repository of that name, and tells nothing of which exist', async () => {
     const res = await fetchToken(`${reg.url}/auth/token`, 'wharf', ['repository:root/later:pull'], { user: 'alice', password: PW.alice });
     const jwt = ((await res.json()) as TokenReply).token;
     secrets.add('jwt', jwt);
@@ -170,11 +170,18 @@ describe('proxy access with auth on: per upstream, never open unless configured'
     const local = await get('/v2/root/later/manifests/1', { headers: { Authorization: `Bearer ${jwt}` } });
     expect(local.status).toBe(401);
     expect(parseChallenge(local.headers.get('www-authenticate'))).toMatchObject({ error: 'insufficient_scope', error_description: 'alice may not pull from root/later' });
-    // And once it is local, no new grant is made for it.
-    const again = await fetchToken(`${reg.url}/auth/token`, 'wharf', ['repository:root/later:pull'], { user: 'alice', password: PW.alice });
+    // Once it is local, the grant is the same as for a name that exists nowhere: before, it was made
+    // only for names not local, and so told anyone who may use an upstream which private repositories
+    // exist, where the API answers alike. The pull it grants still opens nothing local.
+    const again = await fetchToken(`${reg.url}/auth/token`, 'wharf', ['repository:root/later:pull', 'repository:root/never-pushed:pull'], { user: 'alice', password: PW.alice });
     const second = ((await again.json()) as TokenReply).token;
     secrets.add('jwt', second);
-    expect(claimsOf(second).access).toEqual([]);
+    expect(claimsOf(second).access).toEqual([
+      { type: 'repository', name: 'root/later', actions: ['pull'] },
+      { type: 'repository', name: 'root/never-pushed', actions: ['pull'] },
+    ]);
+    expect((await get('/v2/root/later/manifests/1', { headers: { Authorization: `Bearer ${second}` } })).status).toBe(401);
+    expect((await get('/v2/root/later/tags/list', { headers: { Authorization: `Bearer ${second}` } })).status).toBe(401);
   });
 
   test('[proxy] anonymous = true makes "anonymous" the default access', async () => {

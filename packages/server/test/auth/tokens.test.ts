@@ -125,6 +125,9 @@ describe('the token endpoint and bearer tokens', () => {
     ]);
     expect(claimsOf(jwt).access).toEqual([
       { type: 'repository', name: 'alice/app', actions: ['pull', 'push', 'delete'] },
+      // Pull on any other name: the proxy might serve it (?ns=, default_upstream); the request is
+      // checked again against what serves it, so bob's own repository stays closed to alice.
+      { type: 'repository', name: 'bob/secret', actions: ['pull'] },
       { type: 'repository', name: 'pub/app', actions: ['pull'] },
       { type: 'registry', name: 'catalog', actions: ['*'] },
     ]);
