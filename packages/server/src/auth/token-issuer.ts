@@ -7,8 +7,13 @@ import type { AccessEntry } from './scope.js';
 
 const ALGORITHM = 'ES256';
 
-/** Verified tokens remembered at most (a few KiB each at worst). */
+/** Verified tokens remembered at most. */
 const VERIFIED_CACHE_SIZE = 4096;
+/**
+ * Longer tokens are verified at each use, not remembered: a token of a few scopes is about 1 KiB, and
+ * 4,096 of the longest a request may ask for (100 scopes) would hold over 100 MiB.
+ */
+const MAX_REMEMBERED_TOKEN = 8 * 1024;
 
 /** The registry's signing key: ES256 (P-256), a PKCS#8 PEM file with mode 0600, made on first start. */
 export interface SigningKey {
@@ -145,7 +150,7 @@ export class TokenIssuer {
       this.verified.delete(token);
     }
     const claims = await this.verifySignature(token);
-    if (claims) {
+    if (claims && token.length <= MAX_REMEMBERED_TOKEN) {
       if (this.verified.size >= VERIFIED_CACHE_SIZE) this.verified.delete(this.verified.keys().next().value!);
       this.verified.set(token, claims);
     }

@@ -133,6 +133,25 @@ describe('the token endpoint and bearer tokens', () => {
     ]);
   });
 
+  test('a token request asks for 100 scopes at most (400 invalid_scope past that, GET and POST alike); a long token still works, verified at each use', async () => {
+    const many = (n: number) => Array.from({ length: n }, (_, i) => `repository:alice/app-${i}-${'n'.repeat(60)}:pull`);
+    const refused = await fetchToken(realm, 'wharf', many(101), alice);
+    expect(refused.status).toBe(400);
+    expect(await refused.json()).toEqual({ error: 'invalid_scope', error_description: 'at most 100 scopes in one token request (got 101)' });
+    const posted = await fetch(`${realm}`, form({ grant_type: 'password', client_id: 'x', service: 'wharf', username: 'alice', password: PW.alice, scope: many(101).join(' ') }));
+    expect(posted.status).toBe(400);
+    // Before: any number, each granted, all in the token, which was then kept among the verified ones.
+    const long = await token([...many(99), 'repository:alice/app:pull']);
+    expect(long.length).toBeGreaterThan(8 * 1024);
+    const verified = (reg.auth as unknown as { issuer: { verified: Map<string, unknown> } }).issuer.verified;
+    const before = verified.size;
+    for (let i = 0; i < 2; i++) expect((await fetch(`${reg.url}/v2/alice/app/tags/list`, bearer(long))).status).not.toBe(401);
+    expect(verified.size).toBe(before);
+    const short = await token(['repository:alice/app:pull']);
+    expect((await fetch(`${reg.url}/v2/alice/app/tags/list`, bearer(short))).status).not.toBe(401);
+    expect(verified.size).toBe(before + 1);
+  });
+
   test('anonymous gets a token limited to public pulls', async () => {
     const jwt = await token(['repository:pub/app:pull,push', 'repository:alice/app:pull', 'registry:catalog:*'], null);
     expect(claimsOf(jwt)).toMatchObject({ sub: '', access: [{ type: 'repository', name: 'pub/app', actions: ['pull'] }] });
