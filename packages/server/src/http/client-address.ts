@@ -3,10 +3,25 @@ import { BlockList, isIP } from 'node:net';
 import { isLoopback } from './loopback.js';
 
 /**
- * Headers a proxy adds to what it forwards (RFC 7239's, RFC 9110's Via, and the de facto ones): any
+ * Headers a proxy adds to what it forwards (RFC 7239's, RFC 9110's Via, and the de facto ones, those
+ * of CDNs and tunnels among them: a Cloudflare Tunnel on this host sends only CF-Connecting-IP): any
  * of them says the request was forwarded for someone else.
  */
-const FORWARDING_HEADERS = ['forwarded', 'x-forwarded-for', 'x-real-ip', 'via', 'x-forwarded-proto', 'x-forwarded-host'] as const;
+const FORWARDING_HEADERS = [
+  'forwarded',
+  'x-forwarded-for',
+  'x-real-ip',
+  'via',
+  'x-forwarded-proto',
+  'x-forwarded-host',
+  'x-forwarded',
+  'forwarded-for',
+  'x-client-ip',
+  'x-cluster-client-ip',
+  'cf-connecting-ip',
+  'true-client-ip',
+  'fastly-client-ip',
+] as const;
 
 /**
  * Who sent a request: the peer, or, when the peer is one of `trusted_proxies`, the client that its

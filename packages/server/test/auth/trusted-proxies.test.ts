@@ -27,7 +27,11 @@ describe('who sent a request (ClientAddresses)', () => {
 
   test('a request a proxy on this machine forwarded is never a local one, whatever it names; nor is any from a trusted proxy', () => {
     const untrusting = new ClientAddresses();
-    for (const header of ['x-forwarded-for', 'forwarded', 'x-real-ip', 'via', 'x-forwarded-proto', 'x-forwarded-host']) {
+    // The CDNs' and tunnels' headers too: a Cloudflare Tunnel on this host sends only CF-Connecting-IP,
+    // and its clients were local (the proxy with auth off, /admin, /metrics) before.
+    const headers = ['x-forwarded-for', 'forwarded', 'x-real-ip', 'via', 'x-forwarded-proto', 'x-forwarded-host'];
+    headers.push('x-forwarded', 'forwarded-for', 'x-client-ip', 'x-cluster-client-ip', 'cf-connecting-ip', 'true-client-ip', 'fastly-client-ip');
+    for (const header of headers) {
       expect(untrusting.isLocal(fakeRequest('127.0.0.1', { [header]: header === 'forwarded' ? 'for=203.0.113.9' : '203.0.113.9' }))).toBe(false);
     }
     const trusting = new ClientAddresses(['127.0.0.1', '10.0.0.0/8']);
