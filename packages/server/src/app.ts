@@ -30,6 +30,7 @@ import { registerManifests } from './routes/manifests.js';
 import { registerReferrers } from './routes/referrers.js';
 import { registerTags } from './routes/tags.js';
 import { registerUploads } from './routes/uploads.js';
+import { localWritesOnly } from './http/local-writes.js';
 
 export interface AppOptions {
   readonly local: LocalRegistry;
@@ -39,6 +40,8 @@ export interface AppOptions {
   readonly admin?: AdminDeps;
   /** Accounts and token auth; undefined when `[auth] enabled = false`. */
   readonly auth?: AuthService;
+  /** Without auth: writes only from this machine's own clients, not forwarded ones (no `allow_anonymous_push`). */
+  readonly localWritesOnly?: boolean;
   /** Operations: /health, /ready, /metrics, request metrics, request_timeout, shutdown. */
   readonly ops?: OpsOptions;
   /** `trusted_proxies`: peers whose X-Forwarded-For names the client (http/client-address.ts). */
@@ -96,6 +99,8 @@ export function createApp(options: AppOptions): Koa {
     registerTokenEndpoint(token, options.auth);
     app.use(token.routes());
     app.use(authMiddleware({ auth: options.auth, resolver: options.resolver }));
+  } else if (options.localWritesOnly) {
+    app.use(localWritesOnly);
   }
   if (options.admin) {
     // Case-sensitive: /ADMIN/import is not /admin/import.

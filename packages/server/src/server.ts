@@ -184,6 +184,7 @@ export async function startServer(config: WharfConfig, options: StartOptions = {
   const requests = new RequestsInFlight(metrics);
   const handler = createHandler({
     ...(auth ? { auth } : {}),
+    localWritesOnly: !config.auth.enabled && !config.auth.allowAnonymousPush,
     trustedProxies: config.trustedProxies,
     automaticMount: config.automaticMount,
     local,
