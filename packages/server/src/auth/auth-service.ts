@@ -351,7 +351,8 @@ export class AuthService {
    * request itself is checked again against the repository that actually serves it, so a pull granted
    * on a local repository the principal may not read reads nothing). Granted whether or not the name
    * is a local repository: granted only when it was not, the token told anyone who may use an upstream
-   * which private repositories exist, where the API answers 403 alike.
+   * which private repositories exist. (A pull with `?ns=`, or in mirror mode, still does, by what
+   * serves it: the README says so.)
    */
   private repositoryGrant(principal: Principal, name: string, policy: Policy): Set<Action> {
     if (!isValidRepositoryName(name)) return new Set();

@@ -160,7 +160,7 @@ describe('proxy access with auth on: per upstream, never open unless configured'
     expect(refusals.map((l) => l.status).sort()).toEqual(expect.arrayContaining([401, 403]));
   });
 
-  test('a pull granted because the proxy might serve a name never opens a local repository of that name, and tells nothing of which exist', async () => {
+  test('a pull granted because the proxy might serve a name never opens a local repository of that name, and the token tells nothing of which exist', async () => {
     const res = await fetchToken(`${reg.url}/auth/token`, 'wharf', ['repository:root/later:pull'], { user: 'alice', password: PW.alice });
     const jwt = ((await res.json()) as TokenReply).token;
     secrets.add('jwt', jwt);
