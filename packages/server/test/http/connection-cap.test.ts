@@ -207,6 +207,28 @@ describe('max_connections', () => {
     expect(log.text()).not.toContain('new connections refused');
   });
 
+  test('HTTPS: at the cap, a connection that never began its TLS handshake goes, oldest first, rather than the new one being refused', async () => {
+    reg = await startRegistry({ settings: { max_connections: 8, tls: { self_signed: true, hosts: ['cap.test'] } } });
+    const port = reg.port;
+    const busy = await open(port, true);
+    clients.push(busy);
+    await exchange(busy, 'POST /v2/cap/test/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n', /\r\n\r\n/);
+    const location = /^location: (\S+)/im.exec(busy.received)![1]!;
+    busy.socket.write(`PATCH ${location} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n`);
+    // Seven plain TCP connections to the TLS port that never send a ClientHello.
+    const silent: Client[] = [];
+    for (let i = 0; i < 7; i++) silent.push(await open(port));
+    clients.push(...silent);
+    await sleep(100);
+    const next = await open(port, true);
+    clients.push(next);
+    await exchange(next, 'GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n', /^HTTP\/1\.1 200 /);
+    expect(next.received).toMatch(/^HTTP\/1\.1 200 /);
+    for (let i = 0; i < 100 && !silent[0]!.closed; i++) await sleep(10);
+    expect(silent.map((c) => c.closed)).toEqual([true, false, false, false, false, false, false]);
+    expect(busy.closed).toBe(false);
+  });
+
   test('a body its handler paused and never read on: the connection is idle once its next request is answered', async () => {
     // node emits no 'end' for a request body nobody reads to its end, but parses the connection's next
     // request once that body has all come in. Before: the connection was counted busy for good, and
