@@ -498,8 +498,8 @@ export class PullThroughRepository implements RepositoryReader {
       const cached = await this.cachedHere(repo, digest);
       if (cached) return cached;
       // A fill that failed to start (for whichever upstream) says nothing here: the upstream is asked.
-      // So does another upstream's download not joined, not even waited for to start (fillOfAnother).
-      const fill = this.fillOfAnother(digest) && !this.joined(digest, repo) ? undefined : await this.fills.current(digest)?.catch(() => undefined);
+      // So does another upstream's download not joined, not even waited for to start (apartFromFill).
+      const fill = this.apartFromFill(digest, repo) ? undefined : await this.fills.current(digest)?.catch(() => undefined);
       const filling = fill && fill.sources.has(this.source(repo)) && fill.state !== 'failed' ? fill : undefined;
       if (filling?.size !== undefined) return { digest, size: filling.size };
       if (!filling && this.index.isAbsent(this.key, repo, absentBlob(digest))) return undefined;
@@ -525,7 +525,7 @@ export class PullThroughRepository implements RepositoryReader {
   async openBlob(repo: string, blob: BlobInfo | UnsizedBlob, range?: ByteRange): Promise<Readable | undefined> {
     // A fill that failed to start is none: the cached copy `blob` found is read, or a fill of our own.
     // Another upstream's download, not joined (cachedOrFilledBlob): not even waited for to start.
-    if (blob.size !== undefined && this.fillOfAnother(blob.digest) && !this.joined(blob.digest, repo)) return await this.uncached(repo, blob, range);
+    if (blob.size !== undefined && this.apartFromFill(blob.digest, repo)) return await this.uncached(repo, blob, range);
     const fill = await this.fills.current(blob.digest)?.catch(() => undefined);
     if (fill?.state === 'failed') throw fillFailed(blob.digest, fill.error);
     if (blob.size === undefined) {
@@ -616,14 +616,17 @@ export class PullThroughRepository implements RepositoryReader {
    * Another repository of this upstream shares the download, as it shares the upstream's outages.
    */
   private fillOfAnother(digest: Digest): boolean {
+    // Known only while the download is in flight; a source of this upstream begins as source() does.
     const started = this.fills.startedFor(digest);
-    // A source of this upstream begins as source() does, whatever its repository.
-    return this.fills.current(digest) !== undefined && started !== undefined && !started.startsWith(this.source(''));
+    return started !== undefined && !started.startsWith(this.source(''));
   }
 
-  /** Whether this upstream's `repo` reads the download of `digest` in flight (it has started, and it joined it). */
-  private joined(digest: Digest, repo: string): boolean {
-    return this.fills.answeredFill(digest)?.sources.has(this.source(repo)) === true;
+  /**
+   * Whether `repo`'s client must neither join nor wait for the download of `digest` in flight: another
+   * upstream's, which this repository has not joined (once it has, it reads it as any other of its own).
+   */
+  private apartFromFill(digest: Digest, repo: string): boolean {
+    return this.fillOfAnother(digest) && this.fills.answeredFill(digest)?.sources.has(this.source(repo)) !== true;
   }
 
   /** Who reads a fill through this upstream and repository (BlobFill.sources). */
