@@ -387,7 +387,7 @@ export class AuthService {
    * The intersection of what was asked and what is allowed, one entry per resource (scopes asking
    * for the same repository add up); a partial grant is not an error.
    */
-  async grant(principal: Principal, scopes: readonly ResourceScope[]): Promise<AccessEntry[]> {
+  grant(principal: Principal, scopes: readonly ResourceScope[]): AccessEntry[] {
     const policy = this.policy();
     const asked = new Map<string, Set<string>>();
     let catalog = false;

@@ -83,7 +83,7 @@ export function registerTokenEndpoint(router: Router, auth: AuthService): void {
         // mirror's upstream it gets, without a look at credentials that are not Wharf's.
         if (!(await auth.anonymousMirrorPull(scopes))) principal = await auth.login(basic.user, basic.password, clientOf(ctx.req).address, goneSignal(ctx.res));
       }
-      const access = await auth.grant(principal, scopes);
+      const access = auth.grant(principal, scopes);
       await reply(ctx, principal, access, params.get('offline_token') === 'true', false);
     });
   });
@@ -111,7 +111,7 @@ export function registerTokenEndpoint(router: Router, auth: AuthService): void {
       } else {
         return oauthError(ctx, 'unsupported_grant_type', 'grant_type must be password or refresh_token');
       }
-      const access = await auth.grant(principal, scopes);
+      const access = auth.grant(principal, scopes);
       // A refresh token only when asked for (access_type=offline), as the OAuth2 form of the spec says:
       // containerd posts a password grant for every pull and would otherwise pile up long-lived secrets.
       await reply(ctx, principal, access, grantType === 'password' && form.get('access_type') === 'offline', true);
