@@ -49,6 +49,15 @@ describe('max_connections', () => {
     );
     return sending;
   };
+  /** A connection serving a request: an upload whose chunked PATCH body has not ended. */
+  const uploadInFlight = async (port: number, tls = false): Promise<Client> => {
+    const busy = await open(port, tls);
+    clients.push(busy);
+    await exchange(busy, 'POST /v2/cap/test/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n', /\r\n\r\n/);
+    const location = /^location: (\S+)/im.exec(busy.received)![1]!;
+    busy.socket.write(`PATCH ${location} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n`);
+    return busy;
+  };
   afterEach(async () => {
     for (const c of clients.splice(0)) c.socket.destroy();
     await reg?.close();
@@ -148,14 +157,7 @@ describe('max_connections', () => {
     const sending = await answeredWhileSending(port);
     // Seven uploads in flight: with the sender, eight open, none idle.
     const busy: Client[] = [];
-    for (let i = 0; i < 7; i++) {
-      const c = await open(port);
-      busy.push(c);
-      await exchange(c, 'POST /v2/cap/test/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n', /\r\n\r\n/);
-      const location = /^location: (\S+)/im.exec(c.received)![1]!;
-      c.socket.write(`PATCH ${location} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n`);
-    }
-    clients.push(...busy);
+    for (let i = 0; i < 7; i++) busy.push(await uploadInFlight(port));
     const fresh = await open(port);
     clients.push(fresh);
     await exchange(fresh, 'GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n', /^HTTP\/1\.1 200 /);
@@ -174,11 +176,7 @@ describe('max_connections', () => {
     reg = await startRegistry({ settings: { max_connections: 8, ...(tls ? { tls: { self_signed: true, hosts: ['cap.test'] } } : {}) }, logger: log.logger });
     const port = reg.port;
     // One upload in flight, never closed; seven connections trickling a request head that never ends.
-    const busy = await open(port, tls);
-    clients.push(busy);
-    await exchange(busy, 'POST /v2/cap/test/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n', /\r\n\r\n/);
-    const location = /^location: (\S+)/im.exec(busy.received)![1]!;
-    busy.socket.write(`PATCH ${location} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n`);
+    const busy = await uploadInFlight(port, tls);
     const slow: Client[] = [];
     const trickle = async (): Promise<void> => {
       const c = await open(port, tls);
@@ -210,11 +208,7 @@ describe('max_connections', () => {
   test('HTTPS: at the cap, a connection that never began its TLS handshake goes, oldest first, rather than the new one being refused', async () => {
     reg = await startRegistry({ settings: { max_connections: 8, tls: { self_signed: true, hosts: ['cap.test'] } } });
     const port = reg.port;
-    const busy = await open(port, true);
-    clients.push(busy);
-    await exchange(busy, 'POST /v2/cap/test/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n', /\r\n\r\n/);
-    const location = /^location: (\S+)/im.exec(busy.received)![1]!;
-    busy.socket.write(`PATCH ${location} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n`);
+    const busy = await uploadInFlight(port, true);
     // Seven plain TCP connections to the TLS port that never send a ClientHello.
     const silent: Client[] = [];
     for (let i = 0; i < 7; i++) silent.push(await open(port));
