@@ -147,9 +147,10 @@ export function parseManifest(
   };
 
   if (isIndexMediaType(mediaType)) {
-    if (!Array.isArray(doc.manifests)) throw invalid('an index needs a manifests array');
+    const manifests = listField(doc.manifests);
+    if (!manifests) throw invalid('an index needs a manifests array');
     if (doc.config !== undefined || doc.layers !== undefined) throw invalid('an index has no config or layers');
-    const entries = doc.manifests.map((m, i) => descriptor(m, `manifests[${i}]`));
+    const entries = manifests.map((m, i) => descriptor(m, `manifests[${i}]`));
     // An entry of a manifest's media type is a child manifest; any other is a blob of the repository.
     // BuildKit's registry cache (`--cache-to type=registry`) is an index of its layers and of a
     // `application/vnd.buildkit.cacheconfig.v0` config: distribution, Docker Hub and GHCR store it,
@@ -164,10 +165,22 @@ export function parseManifest(
 
   if (doc.manifests !== undefined) throw invalid('an image manifest has no manifests array');
   const config = descriptor(doc.config, 'config');
-  if (!Array.isArray(doc.layers)) throw invalid('an image manifest needs a layers array');
-  const layers = doc.layers.map((l, i) => descriptor(l, `layers[${i}]`));
+  const listed = listField(doc.layers);
+  if (!listed) throw invalid('an image manifest needs a layers array');
+  const layers = listed.map((l, i) => descriptor(l, `layers[${i}]`));
   // Empty is as missing (image spec): listed under the config's media type.
   const artifactType = typeof doc.artifactType === 'string' && doc.artifactType !== '' ? doc.artifactType : config.mediaType;
   const blobs = [config, ...layers.filter((l) => !(isNonDistributable(l.mediaType) && l.urls && l.urls.length > 0))];
   return { ...base, artifactType, blobs, manifests: [] };
+}
+
+/**
+ * A manifest's list field. An explicit `null` is an empty list: Go's image-spec and Docker types have no
+ * `omitempty` on `layers` and `manifests`, so a Go client encodes an empty slice left nil as `null`
+ * (oras-go before 2.0, and the tools built on it, sent artifacts so), and distribution reads it as empty.
+ * A missing field stays refused, as the image spec requires it.
+ */
+function listField(value: unknown): readonly unknown[] | undefined {
+  if (value === null) return [];
+  return Array.isArray(value) ? value : undefined;
 }

@@ -241,6 +241,28 @@ describe('image archives', () => {
     expect(files.get(`blobs/sha256/${sha256(config).slice(7)}`)).toEqual(config);
   });
 
+  test('a Docker manifest whose layers are null (a Go client\'s empty list) exports as an OCI manifest with no layers', async () => {
+    const config = Buffer.from('{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}');
+    const configDigest = sha256(config);
+    await fx.registry.putBlob('alice/empty', streamOf(config), { digest: configDigest, size: config.length });
+    const bytes = Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: 'application/vnd.docker.distribution.manifest.v2+json',
+        config: { mediaType: 'application/vnd.docker.container.image.v1+json', digest: configDigest, size: config.length },
+        layers: null,
+      }),
+    );
+    await fx.registry.putManifest('alice/empty', '1', bytes, 'application/vnd.docker.distribution.manifest.v2+json');
+    const { plan, stream } = await exportArchive(fx.registry, ['alice/empty:1']);
+    expect(plan.images[0]!.convertedFrom).toBe(sha256(bytes));
+    const files = await untar(await readAll(stream));
+    const index = JSON.parse(files.get('index.json')!.toString()) as { manifests: { digest: string }[] };
+    const oci = JSON.parse(files.get(`blobs/sha256/${index.manifests[0]!.digest.slice(7)}`)!.toString()) as { mediaType: string; layers: unknown };
+    expect(oci).toMatchObject({ mediaType: OCI_MANIFEST, layers: [] });
+    expect(files.get(`blobs/sha256/${configDigest.slice(7)}`)).toEqual(config);
+  });
+
   test('export of an unknown image fails before any byte is written', async () => {
     await expect(exportArchive(fx.registry, ['alice/nothing:1'])).rejects.toMatchObject({ code: 'MANIFEST_UNKNOWN' });
   });

@@ -129,6 +129,26 @@ describe('parseManifest: the four manifest kinds', () => {
     expect(() => parseManifest(bytes, OCI_MANIFEST)).toThrow(expect.objectContaining({ code: 'MANIFEST_INVALID' }));
   });
 
+  test("Go's encoding of an empty list, `null`, is an empty list: an image of its config alone, an index of nothing", () => {
+    // distribution reads these as empty; Go's image-spec and Docker types send them for a nil slice.
+    const image = json({ schemaVersion: 2, mediaType: OCI_MANIFEST, config, layers: null });
+    const m = parseManifest(image, OCI_MANIFEST);
+    expect(m.blobs).toEqual([config]);
+    expect(m.digest).toBe(sha256(image));
+    const dConfig = descriptorOf('{}', DOCKER_CONFIG);
+    expect(parseManifest(json({ schemaVersion: 2, mediaType: DOCKER_MANIFEST, config: dConfig, layers: null }), DOCKER_MANIFEST).blobs).toEqual([dConfig]);
+    const index = parseManifest(json({ schemaVersion: 2, mediaType: OCI_INDEX, manifests: null }), OCI_INDEX);
+    expect(index.manifests).toEqual([]);
+    expect(index.blobs).toEqual([]);
+    expect(parseManifest(json({ schemaVersion: 2, mediaType: DOCKER_LIST, manifests: null }), DOCKER_LIST).manifests).toEqual([]);
+    // Anything else in their place is still refused.
+    for (const layers of [{}, 'none', 0, false]) {
+      expect(() => parseManifest(json({ schemaVersion: 2, mediaType: OCI_MANIFEST, config, layers }), OCI_MANIFEST)).toThrow(
+        expect.objectContaining({ code: 'MANIFEST_INVALID' }),
+      );
+    }
+  });
+
   test('an image manifest without config or layers is invalid', () => {
     expect(() => parseManifest(json({ schemaVersion: 2, mediaType: OCI_MANIFEST, layers: [layer] }), OCI_MANIFEST)).toThrow(
       expect.objectContaining({ code: 'MANIFEST_INVALID' }),

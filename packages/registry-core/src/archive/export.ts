@@ -101,21 +101,21 @@ function asOci(manifest: StoredManifest, children: ReadonlyMap<Digest, StoredMan
   let doc: Record<string, unknown>;
   let mediaType: string;
   if (manifest.mediaType === MediaType.DockerManifest) {
-    const source = JSON.parse(manifest.bytes.toString('utf8')) as { config: { mediaType: string }; layers: { mediaType: string }[] };
+    const source = JSON.parse(manifest.bytes.toString('utf8')) as { config: { mediaType: string }; layers: { mediaType: string }[] | null };
     mediaType = MediaType.OciManifest;
     doc = {
       ...source,
       mediaType,
       config: { ...source.config, mediaType: OCI_LAYER_TYPES[source.config.mediaType] ?? source.config.mediaType },
-      layers: source.layers.map((l) => ({ ...l, mediaType: OCI_LAYER_TYPES[l.mediaType] ?? l.mediaType })),
+      layers: (source.layers ?? []).map((l) => ({ ...l, mediaType: OCI_LAYER_TYPES[l.mediaType] ?? l.mediaType })),
     };
   } else if (manifest.mediaType === MediaType.DockerManifestList) {
-    const source = JSON.parse(manifest.bytes.toString('utf8')) as { manifests: { digest: Digest; mediaType: string; size: number }[] };
+    const source = JSON.parse(manifest.bytes.toString('utf8')) as { manifests: { digest: Digest; mediaType: string; size: number }[] | null };
     mediaType = MediaType.OciIndex;
     doc = {
       ...source,
       mediaType,
-      manifests: source.manifests.map((m) => {
+      manifests: (source.manifests ?? []).map((m) => {
         const child = children.get(m.digest);
         return child ? { ...m, mediaType: child.mediaType, digest: child.digest, size: child.bytes.length } : { ...m, mediaType: OCI_LAYER_TYPES[m.mediaType] ?? m.mediaType };
       }),

@@ -223,6 +223,24 @@ describe('manifests', () => {
       expect(Buffer.from(await res.arrayBuffer()).equals(manifest.bytes)).toBe(true);
     });
 
+    test('`"layers": null` and `"manifests": null`, what Go clients send for an empty list, are stored and served byte for byte', async () => {
+      const repo = uniqueRepo('m');
+      const config = blob('{"architecture":"amd64","os":"linux"}');
+      await pushBlobs(reg.url, repo, [config]);
+      const image = manifestOf(
+        { schemaVersion: 2, mediaType: DOCKER_MANIFEST, config: { mediaType: 'application/vnd.docker.container.image.v1+json', digest: config.digest, size: config.bytes.length }, layers: null },
+        DOCKER_MANIFEST,
+      );
+      const index = manifestOf({ schemaVersion: 2, mediaType: OCI_INDEX, manifests: null }, OCI_INDEX);
+      for (const [tag, manifest] of [['nil-layers', image], ['nil-manifests', index]] as const) {
+        await pushManifest(reg.url, repo, tag, manifest);
+        const res = await fetch(`${reg.url}/v2/${repo}/manifests/${tag}`, { headers: { accept: manifest.mediaType } });
+        expect(res.status).toBe(200);
+        expect(res.headers.get('docker-content-digest')).toBe(manifest.digest);
+        expect(Buffer.from(await res.arrayBuffer()).equals(manifest.bytes)).toBe(true);
+      }
+    });
+
     test('a Docker manifest list round-trips with its media type', async () => {
       const repo = uniqueRepo('m');
       const amd = await preparedImage(repo, 'amd64', DOCKER_MANIFEST);
