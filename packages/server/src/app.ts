@@ -8,7 +8,7 @@ import { ociErrors } from './http/oci-errors.js';
 import { ClientAddresses, stampClient } from './http/client-address.js';
 import { framingRefusal, refuseFraming } from './http/framing-guard.js';
 import { inPipelinedOrder } from './http/pipelined-order.js';
-import { readOnlyOptions } from './http/read-only-allow.js';
+import { readOnlyMethods } from './http/read-only-allow.js';
 import { requestLog, trackRequest, type RequestObserver } from './http/request-log.js';
 import { requestTimeout } from './http/request-timeout.js';
 import { serverSideWait } from './http/server-wait.js';
@@ -108,7 +108,7 @@ export function createApp(options: AppOptions): Koa {
     registerAdmin(admin, options.admin);
     app.use(admin.routes());
   }
-  app.use(readOnlyOptions(options.resolver));
+  app.use(readOnlyMethods(options.resolver));
   app.use(v2.routes());
   app.use(v2.allowedMethods({ throw: true }));
   return app;

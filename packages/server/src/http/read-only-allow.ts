@@ -1,5 +1,6 @@
 import type { Context, Middleware } from 'koa';
-import type { RepositoryResolver, Resource } from '../repositories.js';
+import { RegistryError } from '@wharf/registry-core';
+import type { RepositoryResolver, ResolvedRepository, Resource } from '../repositories.js';
 import { requestInfo } from '../repositories.js';
 import { classifyRoute } from './route-label.js';
 
@@ -22,25 +23,40 @@ export function readOnlyAllow(matched: MatchedLayers): string {
 }
 
 /**
- * OPTIONS on a read-only repository's path answers the `Allow` its 405s send, not every method the
- * router has for the path (`Allow: POST` on a proxy name's upload path, whose POST is a 405).
- * Wraps the router: its `allowedMethods` sets `Allow` after the routes found none for OPTIONS.
+ * A read-only repository's (the pull-through proxy's) answers about methods, wrapping the router:
+ * - OPTIONS answers the `Allow` its 405s send, not every method the router has for the path
+ *   (`Allow: POST` on a proxy name's upload path, whose POST is a 405); the router's `allowedMethods`
+ *   sets `Allow` after the routes found none for OPTIONS.
+ * - A method no route of the path takes (`PUT …/blobs/uploads/`, `POST …/blobs/<digest>`) is refused
+ *   as the routes refuse writes there, with the name's reason (where to push instead) and the reads
+ *   it does take, not the router's "method not allowed" with a local name's `Allow`.
  * Resolved as a write is: a name that pulls read from an upstream (`default_upstream`, `?ns=`)
  * still takes pushes, which stay local, so only `proxy/...` names are read-only.
  */
-export function readOnlyOptions(resolver: RepositoryResolver): Middleware {
+export function readOnlyMethods(resolver: RepositoryResolver): Middleware {
   return async (ctx, next) => {
-    await next();
+    try {
+      await next();
+    } catch (err) {
+      if ((err as { status?: unknown } | null)?.status !== 405) throw err;
+      const target = await readOnlyTarget(ctx, resolver);
+      if (!target) throw err;
+      throw new RegistryError('UNSUPPORTED', target.readOnlyReason ?? 'this repository is read-only', { repository: target.repo, method: ctx.method });
+    }
     if (ctx.method !== 'OPTIONS' || ctx.status !== 200) return;
     if (!ctx.response.get('Allow')) return;
-    const { route, repository } = classifyRoute(ctx.path);
-    if (!repository || !isResource(route)) return;
-    const target = await resolver
-      .resolve(repository, new URLSearchParams(ctx.querystring), requestInfo(ctx.req, route, 'PUT'))
-      .catch(() => undefined);
-    if (!target || target.writer) return;
-    ctx.set('Allow', readOnlyAllow(matchedLayers(ctx)));
+    if (await readOnlyTarget(ctx, resolver)) ctx.set('Allow', readOnlyAllow(matchedLayers(ctx)));
   };
+}
+
+/** The repository a request's path names, when it takes no writes; undefined for any other path. */
+async function readOnlyTarget(ctx: Context, resolver: RepositoryResolver): Promise<ResolvedRepository | undefined> {
+  const { route, repository } = classifyRoute(ctx.path);
+  if (!repository || !isResource(route)) return undefined;
+  const target = await resolver
+    .resolve(repository, new URLSearchParams(ctx.querystring), requestInfo(ctx.req, route, 'PUT'))
+    .catch(() => undefined);
+  return target && !target.writer ? target : undefined;
 }
 
 function isResource(route: string): route is Resource {

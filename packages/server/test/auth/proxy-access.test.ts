@@ -100,6 +100,12 @@ describe('proxy access with auth on: per upstream, never open unless configured'
         }
       }
     }
+    // A method no route of the path takes is refused alike to whoever may see the path.
+    for (const flow of ['basic', 'token'] as const) {
+      const client = new RegistryClient(reg.url, flow, { user: 'root', password: PW.root });
+      await unsupported(await client.request('PUT', '/v2/proxy/grp/lib/app/blobs/uploads/'));
+      await unsupported(await client.request('POST', '/v2/proxy/up/lib/app/manifests/1'));
+    }
     // Anonymous callers are asked to sign in first, as for any push.
     const anonymous = await get('/v2/proxy/up/lib/app/blobs/uploads/', { method: 'POST' });
     expect(anonymous.status).toBe(401);

@@ -304,6 +304,15 @@ describe('pull-through from another Wharf', () => {
       [`${base}/manifests/2`, { method: 'PUT', headers: { 'content-type': 'application/vnd.oci.image.manifest.v1+json' }, body: '{}' }],
       [`${base}/manifests/1`, { method: 'DELETE' }],
       [`${base}/blobs/${layout.single}`, { method: 'DELETE' }],
+      // Methods no route of the path takes on any name: refused for the same reason, not as a local
+      // name's "method not allowed" whose Allow would list the writes this name refuses.
+      [`${base}/blobs/uploads/`, { method: 'PUT', body: b.bytes }],
+      [`${base}/blobs/uploads/`, { method: 'PATCH', body: b.bytes }],
+      [`${base}/blobs/uploads/`, { method: 'DELETE' }],
+      [`${base}/blobs/uploads/0b8a2c54-3f3c-4f8e-9d55-0f2b1d3c4e5f`, { method: 'POST' }],
+      [`${base}/blobs/${layout.single}`, { method: 'PUT', body: b.bytes }],
+      [`${base}/blobs/${layout.single}`, { method: 'POST' }],
+      [`${base}/manifests/2`, { method: 'POST', body: '{}' }],
     ];
     for (const [url, init] of attempts) {
       const res = await fetch(url, init);
@@ -316,6 +325,11 @@ describe('pull-through from another Wharf', () => {
     }
     // The manifest is still there.
     expect((await fetch(`${base}/manifests/1`)).status).toBe(200);
+    // A name of the server's own keeps the router's answer, with the methods its path takes.
+    const local = await fetch(`${proxy.url}/v2/alice/mine/blobs/uploads/`, { method: 'PUT', body: b.bytes });
+    expect(local.status).toBe(405);
+    expect((await errorOf(local)).message).toBe('method not allowed on this endpoint');
+    expect(local.headers.get('allow')).toBe('POST');
   });
 
   test('OPTIONS on a proxy name lists what its 405s allow, not the writes a local name takes', async () => {
