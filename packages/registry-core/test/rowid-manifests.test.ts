@@ -114,6 +114,23 @@ describe('the manifests table', () => {
     expect(ensureRowidTable(db, MANIFESTS)).toBe(false);
   });
 
+  test('a table a Wharf of 6 December rebuilt with the earlier subject index gets the referrers index at the next open', () => {
+    const indexes = (db: SqliteDatabase) =>
+      (db.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'manifests' AND sql IS NOT NULL ORDER BY name").pluck().all() as string[]);
+    const before = openAsBefore();
+    // What that build's rebuild left: a rowid table with manifests_subject, and no manifests_referrers.
+    ensureRowidTable(before, { ...MANIFESTS, indexes: 'CREATE INDEX IF NOT EXISTS manifests_subject ON manifests(repository_id, subject) WHERE subject IS NOT NULL;' });
+    expect(withoutRowid(before, 'manifests')).toBe(false);
+    expect(indexes(before)).toEqual(['manifests_subject']);
+    before.close();
+    const db = reopen();
+    expect(indexes(db)).toEqual(['manifests_referrers']);
+    const plan = db
+      .prepare("EXPLAIN QUERY PLAN SELECT digest FROM manifests WHERE repository_id = 1 AND subject = 'x' AND digest > '' ORDER BY digest")
+      .all() as { detail: string }[];
+    expect(plan.map((row) => row.detail).join('\n')).toContain('manifests_referrers');
+  });
+
   test('a rebuild asked inside a transaction is refused, and nothing is lost (the drop would cascade there)', async () => {
     const before = openAsBefore();
     const old = new SqliteMetadataStore(before);

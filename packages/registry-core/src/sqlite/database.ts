@@ -33,6 +33,10 @@ export function openDatabase(file: string): SqliteDatabase {
     })();
   }
   ensureRowidTable(db, MANIFESTS);
+  // The table's indexes at every open, not only when it is rebuilt: a Wharf of 6 December (da45dc6,
+  // before d57267a) rebuilt it with the index manifests_referrers later replaced, and the rebuild
+  // runs once. The replaced one, whose columns lead the new one's, goes as a rebuild drops it.
+  db.exec(`${MANIFESTS.indexes}\nDROP INDEX IF EXISTS manifests_subject;`);
   db.exec(INDEXES);
   return db;
 }
