@@ -1,5 +1,6 @@
 import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
 import { mkdir, open, rm, utimes, writeFile } from 'node:fs/promises';
+import { unlinkSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Digest } from '../src/digest.js';
 import { fsck, registryCatalog, type FsckOptions } from '../src/gc/fsck.js';
@@ -57,6 +58,17 @@ describe('fsck', () => {
     const freed = await run({ repair: true });
     expect(freed.findings.map((f) => [f.kind, f.repaired])).toEqual([['orphan', true]]);
     expect(await fx.blobs.stat(orphan)).toBeUndefined();
+  });
+
+  test('a blob a gc removes while fsck reads it (row gone, then its file) is no orphan', async () => {
+    const image = await pushImage(fx.registry, 'alice/app', '1', ['collected meanwhile']);
+    const layer = image.layers[0]!.digest;
+    const base = registryCatalog(fx.metadata, fx.blobs);
+    // What fsck sees when another process's gc commits between its hash of the file and its row lookup.
+    const collecting = { ...base, row: (digest: Digest) => (digest === layer ? (unlinkSync(fx.blobs.pathOf(digest)), undefined) : base.row(digest)) };
+    const result = await fsck({ metadata: fx.metadata, catalogs: [collecting], uploadsDir: `${fx.tempRoot}/uploads` }, { repair: true, grace: 0 });
+    expect(result.findings.filter((f) => f.kind === 'orphan')).toEqual([]);
+    expect(result.problems).toBe(0);
   });
 
   test('a clean store has no findings', async () => {

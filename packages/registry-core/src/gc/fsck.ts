@@ -174,6 +174,9 @@ export async function fsck(targets: FsckTargets, options: FsckOptions): Promise<
       present.add(digest);
       const row = catalog.row(digest);
       if (!row) {
+        // A gc deletes the row, then the file, then commits: a row gone since the file was hashed has
+        // taken its file along (or a push has placed it again since). Not an orphan; nothing to repair.
+        if (!isSameFile(file)) continue;
         if (file.mtimeMs >= now - grace) {
           report({ store, kind: 'recent-file', severity: 'notice', message: `${store}: blob ${digest} has no metadata yet (written less than ${Math.round(grace / 60_000)} min ago: a push in progress?)`, repaired: false });
           continue;
