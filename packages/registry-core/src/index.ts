@@ -21,6 +21,7 @@ export { FsUploadSessions } from './fs/fs-uploads.js';
 export { openDatabase, openDatabaseReadOnly, type SqliteDatabase, type SqliteStatement } from './sqlite/database.js';
 export { createRowidTable, ensureRowidTable, type RowidTable } from './sqlite/rowid-tables.js';
 export { ProcessLock } from './sqlite/process-lock.js';
+export { isBusy } from './sqlite/busy.js';
 export { SQLITE_DRIVER, sqliteDriverVersion } from './sqlite/driver.js';
 export { DeferredWrites, deferredWrites, flushDeferredWrites, NOTE_INTERVAL_MS } from './sqlite/deferred-writes.js';
 export { SqliteMetadataStore, MAX_PAGE } from './sqlite/sqlite-metadata-store.js';

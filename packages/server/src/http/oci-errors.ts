@@ -1,5 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { RegistryError, isStorageFull } from '@wharf/registry-core';
+import { RegistryError, isBusy, isStorageFull } from '@wharf/registry-core';
 import type { Context, Next } from 'koa';
 import type { Logger } from 'pino';
 import { errorStatus } from './error-status.js';
@@ -62,6 +62,12 @@ export function ociErrors(logger: Logger) {
         const { code, syscall, message } = err as { code?: string; syscall?: string; message?: string };
         logger.error({ reqId: ctx.state.reqId, code, syscall, reason: message }, 'no space left on storage');
         error = new RegistryError('INSUFFICIENT_STORAGE', 'no space left on storage; nothing of this request was stored', undefined);
+      } else if (isBusy(err)) {
+        // Another process (a `wharf` command, a backup through the sqlite3 shell) held the database's
+        // write lock past its busy timeout: nothing of the request was written, and the same request
+        // succeeds once the lock is free. A 503 with Retry-After is what clients retry, not a 500.
+        logger.warn({ reqId: ctx.state.reqId, code: (err as { code?: string }).code }, 'database busy: another process holds its write lock');
+        error = new RegistryError('UNAVAILABLE', 'the metadata database is busy (another process holds its write lock); try again', { retryAfter: 1 });
       } else if (typeof err === 'object' && err !== null && [405, 501].includes((err as { status?: number }).status ?? 0)) {
         // 405 from the router for a known path, 501 for a method it implements nowhere (PROPFIND...).
         // Both are the client asking for something we do not do, never a server failure.
