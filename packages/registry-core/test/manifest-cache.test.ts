@@ -57,6 +57,25 @@ describe('manifest reads are cached without ever serving a stale answer to this 
     expect(await store.manifest('a/b', digest)).toBeUndefined();
   });
 
+  test("a manifest another process removed with its links is not served once its layer answered 404, within the 0.1 s of outside writes", async () => {
+    const digest = await push('1', 'x');
+    const config = manifestBytes('1').config.digest;
+    expect(await store.manifest('a/b', digest)).toBeDefined();
+    // Another process (`wharf gc`) on the same file: the manifest and its link go in one transaction.
+    const other = openDatabase(join(dir, 'db'));
+    try {
+      const gc = new SqliteMetadataStore(other);
+      await gc.deleteTag('a/b', 'x');
+      await gc.deleteManifest('a/b', digest);
+      await gc.unlinkBlob('a/b', config);
+    } finally {
+      other.close();
+    }
+    // A layer's HEAD (the renewing look) answers 404, then its GET would too: the manifest is gone with it.
+    expect(await store.renewBlobLink('a/b', config)).toBeUndefined();
+    expect(await store.manifest('a/b', digest)).toBeUndefined();
+  });
+
   test('entries expire after the TTL and the oldest go first past the size limit', () => {
     const cache = new ManifestCache(2, 1000);
     const m = { digest: 'sha256:x' as const, mediaType: OCI_MANIFEST, bytes: Buffer.from('{}') };

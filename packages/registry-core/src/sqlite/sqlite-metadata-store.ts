@@ -123,7 +123,12 @@ export class SqliteMetadataStore implements MetadataStore {
 
   async blob(repo: string, digest: Digest): Promise<BlobInfo | undefined> {
     const row = this.q.blob!.get(repo, digest) as { size: number } | undefined;
-    return row ? { digest, size: row.size } : undefined;
+    if (row) return { digest, size: row.size };
+    // A link gone may be another process's gc, which removes a manifest with its links: the cached
+    // manifests are checked now, not up to OUTSIDE_WRITES_SEEN_MS later, so that the manifest is not
+    // served after its layer has answered 404.
+    this.noticeOutsideWrites(true);
+    return undefined;
   }
 
   async manifest(repo: string, digest: Digest): Promise<StoredManifest | undefined> {
@@ -144,20 +149,26 @@ export class SqliteMetadataStore implements MetadataStore {
 
   private cached(repo: string, reference: string, read: () => StoredManifest | undefined): StoredManifest | undefined {
     const now = Date.now();
-    // Asked at most every OUTSIDE_WRITES_SEEN_MS (a monotonic clock: a wall clock set back would pause
-    // the checks): the pragma costs about 3 µs, a cache hit less than 1.
-    const at = performance.now();
-    if (at - this.dataVersionAt >= OUTSIDE_WRITES_SEEN_MS) {
-      this.dataVersionAt = at;
-      const version = this.q.dataVersion!.get();
-      if (version !== this.dataVersion) this.cache.clear();
-      this.dataVersion = version;
-    }
+    this.noticeOutsideWrites();
     const hit = this.cache.get(repo, reference, now);
     if (hit) return hit.manifest;
     const manifest = read();
     this.cache.set(repo, reference, manifest, now);
     return manifest;
+  }
+
+  /**
+   * Empties the manifest cache if another connection has committed since the last look. Asked at most
+   * every OUTSIDE_WRITES_SEEN_MS unless `now` (a monotonic clock: a wall clock set back would pause the
+   * checks): the pragma costs about 3 µs, a cache hit less than 1.
+   */
+  private noticeOutsideWrites(now = false): void {
+    const at = performance.now();
+    if (!now && at - this.dataVersionAt < OUTSIDE_WRITES_SEEN_MS) return;
+    this.dataVersionAt = at;
+    const version = this.q.dataVersion!.get();
+    if (version !== this.dataVersion) this.cache.clear();
+    this.dataVersion = version;
   }
 
   async repositoryExists(repo: string): Promise<boolean> {
@@ -225,7 +236,7 @@ export class SqliteMetadataStore implements MetadataStore {
   async renewBlobLink(repo: string, digest: Digest): Promise<BlobInfo | undefined> {
     const now = Date.now();
     const link = this.q.linkAge!.get(repo, digest) as { linked_at: number; size: number } | undefined;
-    if (!link) return undefined;
+    if (!link) return this.blob(repo, digest); // absent, with blob()'s look at outside writes
     // One query for a link renewed in the last second (a HEAD had three: the cost of a layer check).
     if (link.linked_at >= now - LINK_RENEW_MS) return { digest, size: link.size };
     // A renewal that changed the row renewed a link that is still there: a collection that comes
