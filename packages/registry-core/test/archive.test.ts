@@ -199,6 +199,23 @@ describe('image archives', () => {
     expect(named.images.map((i) => `${i.repository}:${i.tags.join(',')}`)).toEqual(['alice/app:1', 'alice/multi:2']);
   });
 
+  test('an import over what the repository holds renews its blob links and child manifests, as a push does (a collection meanwhile takes none)', async () => {
+    const amd = await pushImage(fx.registry, 'alice/multi', undefined, ['amd layer']);
+    const indexBytes = ociIndexBytes([{ mediaType: OCI_MANIFEST, digest: amd.digest, size: amd.bytes.length }]);
+    await fx.registry.putManifest('alice/multi', '1', indexBytes, OCI_INDEX);
+    const tarball = await readAll((await exportArchive(fx.registry, ['alice/multi:1'])).stream);
+    // Long untagged and long linked: what a collection with delete_untagged may take.
+    await fx.registry.deleteManifest('alice/multi', '1');
+    const hourAgo = Date.now() - 3_600_000;
+    fx.db.prepare('UPDATE repository_blobs SET linked_at = ?').run(hourAgo);
+    fx.db.prepare('UPDATE manifests SET created_at = ?').run(hourAgo);
+    const before = Date.now();
+    await importArchive(Readable.from([tarball]), deps(), { repository: 'alice/multi', tag: '2' });
+    const oldest = (table: string, column: string) => fx.db.prepare(`SELECT MIN(${column}) FROM ${table}`).pluck().get() as number;
+    expect(oldest('repository_blobs', 'linked_at')).toBeGreaterThanOrEqual(before - 1000);
+    expect(fx.db.prepare('SELECT created_at FROM manifests WHERE digest = ?').pluck().get(amd.digest) as number).toBeGreaterThanOrEqual(before - 1000);
+  });
+
   test("BuildKit's registry cache, an index of blobs, exports with its blobs and imports back byte for byte", async () => {
     const layer = bytesOf(30_000, 21);
     const config = Buffer.from('{"layers":[],"records":[]}');

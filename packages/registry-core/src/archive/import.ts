@@ -402,7 +402,10 @@ class Importer {
     const bytes = await this.archive.readSmall(spooled, MAX_MANIFEST_BYTES, `manifest ${digest}`);
     const manifest = parseManifest(bytes, mediaType, tryParseDigest(digest)!.algorithm);
     for (const child of manifest.manifests) {
-      if (await this.registry.manifest(repo, child.digest)) continue;
+      // A child the archive holds is put again, as a push would: that restarts its age, so a collection
+      // running meanwhile does not take it (untagged and old) before its index is in. One the archive
+      // lacks may already be in the repository.
+      if (!this.archive.blob(child.digest) && (await this.registry.manifest(repo, child.digest))) continue;
       const stored = await this.storeTree(repo, child.digest, child.mediaType, depth + 1);
       await this.registry.putManifest(repo, child.digest, stored.bytes, child.mediaType);
     }
@@ -411,7 +414,9 @@ class Importer {
   }
 
   private async ensureBlob(repo: string, descriptor: Descriptor): Promise<void> {
-    const linked = await this.registry.blob(repo, descriptor.digest);
+    // Found linked, the link is renewed as a push's HEAD renews it: a link older than the grace would
+    // otherwise be a collection's to take before the manifest that needs it is in.
+    const linked = await this.registry.statBlob(repo, descriptor.digest);
     if (linked) return;
     const spooled = this.archive.blob(descriptor.digest);
     if (!spooled) throw new RegistryError('MANIFEST_BLOB_UNKNOWN', 'a blob is missing from the archive', { digest: descriptor.digest });
