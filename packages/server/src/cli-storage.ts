@@ -1,8 +1,9 @@
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createReadStream } from 'node:fs';
 import { access } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import type { Command } from 'commander';
 import { RegistryError, type FsckFinding } from '@wharf/registry-core';
+import { writeFileWhole } from './cli-output.js';
 import { counted, formatBytes, ProgressBar } from './cli-progress.js';
 import { UsageError } from './config-error.js';
 import { loadConfig } from './config.js';
@@ -193,7 +194,8 @@ export function registerStorageCommands(program: Command, fail: (err: unknown) =
         }
         await withStorage(opts.config, async (storage) => {
           const { plan, stream } = await storage.exportArchive(refs);
-          await pipeline(stream, opts.output !== undefined ? createWriteStream(opts.output) : process.stdout);
+          if (opts.output !== undefined) await writeFileWhole(opts.output, stream);
+          else await pipeline(stream, process.stdout);
           let bytes = 0;
           for (const b of plan.blobs.values()) bytes += b.size;
           for (const i of plan.images) {

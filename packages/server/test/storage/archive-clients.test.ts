@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { request } from 'node:http';
-import { readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import {
@@ -16,6 +16,7 @@ import {
   type ContainersConfig,
   type Podman,
 } from '../helpers/clients.js';
+import { pushImage } from '../helpers/oci.js';
 import { buildOciLayout, layoutRef, tar, type OciLayout } from '../helpers/oci-layout.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
 import { sha256, storageConfig, wharf } from './helpers.js';
@@ -187,6 +188,17 @@ describe('wharf import and export with podman and skopeo', () => {
     const out = await wharf(['export', 'carol/layout:single', '-o', join(dir, 'no-such-folder', 'x.tar'), '--config', configFile]);
     expect(out.code).toBe(1);
     expect(out.stderr).toMatch(/^wharf: ENOENT: no such file or directory, open '.*no-such-folder\/x\.tar'\n$/);
+  });
+
+  test('wharf export -o FILE cut short (a blob file gone) exits 1 and leaves no truncated tarball at FILE', async () => {
+    const { layer } = await pushImage(reg.url, 'dave/cut', '1');
+    const hex = layer.digest.slice('sha256:'.length);
+    await rm(join(reg.root, 'registry', 'blobs', 'sha256', hex.slice(0, 2), hex));
+    const folder = join(dir, 'cut-export');
+    await mkdir(folder);
+    const out = await wharf(['export', 'dave/cut:1', '-o', join(folder, 'cut.tar'), '--config', configFile]);
+    expect(out.code).toBe(1);
+    expect(await readdir(folder)).toEqual([]);
   });
 
   test('wharf export of an image that is not there names it in words, not JSON', async () => {
