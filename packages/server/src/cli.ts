@@ -2,7 +2,7 @@
 import { openConfiguredDatabase } from './configured-database.js';
 import { Command } from 'commander';
 import { CacheEviction } from '@wharf/proxy';
-import { FsBlobStore } from '@wharf/registry-core';
+import { FsBlobStore, isValidRepositoryName } from '@wharf/registry-core';
 import { ConfigError, loadConfig } from './config.js';
 import { UsageError } from './config-error.js';
 import { findUpstream } from './proxy-config.js';
@@ -139,6 +139,10 @@ proxy
       const c = loadConfig({ file: opts.config, secrets: false });
       const upstream = findUpstream(c.proxy, name);
       if (!upstream) throw new ConfigError(`no upstream "${name}" in the configuration`);
+      // As the admin endpoint: a name no repository can have is a mistake to say, not "0 purged".
+      if (repository !== undefined && !isValidRepositoryName(repository)) {
+        throw new UsageError(`"${repository}" is not a repository name (lower-case path components such as library/alpine)`);
+      }
       const repo = repository && upstream.officialPrefix && !repository.includes('/') ? `${upstream.officialPrefix}${repository}` : repository;
       const db = openConfiguredDatabase(c.database);
       try {

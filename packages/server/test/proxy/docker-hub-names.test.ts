@@ -141,6 +141,12 @@ describe('the built-in docker.io upstream: one-component names are official imag
         '',
       ].join('\n'),
     );
+    // A name no repository can have is a usage error (exit 2), not "0 purged".
+    for (const bad of ['BAD NAME', 'library/Cli-Purged', '../x']) {
+      const refused = await wharf(['proxy', 'purge', 'docker', bad, '--config', file]);
+      expect([bad, refused.code, refused.stdout]).toEqual([bad, 2, '']);
+      expect(refused.stderr).toContain('is not a repository name');
+    }
     const run = await wharf(['proxy', 'purge', 'docker', 'cli-purged', '--config', file]);
     const bytes = image.config.bytes.length + image.layer.bytes.length;
     expect(run).toEqual({ code: 0, stdout: `purged docker.io/library/cli-purged: 1 manifest, 2 blobs, ${bytes} bytes\n`, stderr: '' });
