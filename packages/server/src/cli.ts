@@ -2,7 +2,7 @@
 import { openConfiguredDatabase } from './configured-database.js';
 import { Command } from 'commander';
 import { CacheEviction } from '@wharf/proxy';
-import { FsBlobStore, isValidRepositoryName } from '@wharf/registry-core';
+import { FsBlobStore, isBusy, isValidRepositoryName } from '@wharf/registry-core';
 import { ConfigError, loadConfig } from './config.js';
 import { UsageError } from './config-error.js';
 import { findUpstream } from './proxy-config.js';
@@ -44,6 +44,12 @@ function fail(err: unknown): never {
   // another process holds locked) is the operator's to act on, said in its own words: a stack trace
   // only for what Wharf did not expect.
   const code = (err as { code?: unknown } | null)?.code;
+  if (isBusy(err)) {
+    // A write transaction is all or nothing: what it was to change is unchanged, and running the
+    // command again is safe.
+    process.stderr.write('wharf: the database is locked: another process (the server, another wharf command) held its write lock for 5 s; the write that waited changed nothing, and the command can be run again\n');
+    process.exit(1);
+  }
   const said = err instanceof Error && typeof code === 'string' && (/^E[A-Z]+$/.test(code) || SYSTEM_SQLITE_CODES.test(code));
   process.stderr.write(`wharf: ${err instanceof Error ? (said ? err.message : (err.stack ?? err.message)) : String(err)}\n`);
   process.exit(1);

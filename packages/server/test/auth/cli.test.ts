@@ -3,6 +3,7 @@ import { spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { openDatabase } from '@wharf/registry-core';
 import type { TestRegistry } from '../helpers/start-registry.js';
 import { RegistryClient, basic, bcryptHash, fetchToken, pushWith, startAuthRegistry, type TokenReply } from './helpers.js';
 
@@ -92,6 +93,25 @@ describe('wharf user, token and repo commands', () => {
     expect(await status('alice', 'alice-cli-pw1')).toBe(200);
     expect(await status('bob', generated)).toBe(200);
   });
+
+  test('a command whose write waited past the lock another process held says so in one line: nothing changed, run it again', async () => {
+    const other = openDatabase(join(dir, 'wharf.db'));
+    try {
+      other.exec('BEGIN IMMEDIATE');
+      const locked = await cli(['user', 'add', 'dave', '--password-stdin'], 'dave-cli-pw12\n');
+      other.exec('COMMIT');
+      expect(locked.code).toBe(1);
+      expect(locked.stderr).toBe(
+        'wharf: the database is locked: another process (the server, another wharf command) held its write lock for 5 s; the write that waited changed nothing, and the command can be run again\n',
+      );
+    } finally {
+      if (other.inTransaction) other.exec('ROLLBACK');
+      other.close();
+    }
+    expect(await status('dave', 'dave-cli-pw12')).toBe(401);
+    expect((await cli(['user', 'add', 'dave', '--password-stdin'], 'dave-cli-pw12\n')).code).toBe(0);
+    expect(await status('dave', 'dave-cli-pw12')).toBe(200);
+  }, 30_000);
 
   test("the upstream's password and CA file are needed by `config check` (and the server), not by the other commands", async () => {
     const check = await cli(['config', 'check']);
