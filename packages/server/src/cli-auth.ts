@@ -253,6 +253,9 @@ export function registerAuthCommands(program: Command, fail: (err: unknown) => n
           if (opts.namespace) throw new UsageError('--namespace is for CI tokens (--ci)');
           const scopes = parseActions(opts.scope);
           if (!scopes) throw new UsageError(`--scope must be actions among pull,push,delete (got "${opts.scope}")`);
+          // Every client reads before it writes (a push asks for pull,push; a delete finds the manifest
+          // first): a token without pull would be refused at its first request.
+          if (!scopes.includes('pull')) throw new UsageError(`--scope needs pull with ${scopes.join(',')}: pull,${scopes.join(',')}`);
           const ttl = duration(opts.expires ?? '90d', MAX_PAT_TTL_MS, 'personal tokens');
           const created = accounts.store.createToken({ type: 'pat', user: account.name, scopes, expiresAt: Date.now() + ttl, ...(name ? { name } : {}) });
           process.stderr.write(`token ${created.id} for ${account.name} (${scopes.join(',')}); expires ${date(Date.now() + ttl)}. Shown only this once:\n`);

@@ -166,6 +166,14 @@ describe('wharf user, token and repo commands', () => {
     expect(stdout).toMatch(/root\s+yes\s+config\s+-/);
   });
 
+  test('a personal access token without pull is refused at creation, with the scope to give instead', async () => {
+    for (const [scope, instead] of [['push', 'pull,push'], ['push,delete', 'pull,push,delete'], ['delete', 'pull,delete']]) {
+      const refused = await cli(['token', 'create', '--user', 'alice', '--scope', scope!]);
+      expect([scope, refused.code, refused.stdout]).toEqual([scope, 2, '']);
+      expect(refused.stderr).toBe(`wharf: --scope needs pull with ${scope}: ${instead}\n`);
+    }
+  });
+
   test('a personal access token: printed once, works as the password with any name, revoked at once', async () => {
     const created = await cli(['token', 'create', '--user', 'alice', '--scope', 'pull,push', '--expires', '30d', '--name', 'laptop']);
     expect(created.code).toBe(0);
