@@ -23,8 +23,8 @@ const SAME_SIGNAL_MS = 250;
 const program = new Command();
 program.name('wharf').description('Wharf: a container registry and pull-through dependency proxy').showHelpAfterError();
 
-/** SQLite's codes for what the system refused (a lock, a read-only or full disk), not for a query Wharf got wrong. */
-const SYSTEM_SQLITE_CODES = /^SQLITE_(BUSY|LOCKED|READONLY|CANTOPEN|FULL|IOERR|PERM|AUTH)(_[A-Z_]+)?$/;
+/** SQLite's codes for what the system refused (a read-only or full disk; a lock: isBusy, first), not for a query Wharf got wrong. */
+const SYSTEM_SQLITE_CODES = /^SQLITE_(LOCKED|READONLY|CANTOPEN|FULL|IOERR|PERM|AUTH)(_[A-Z_]+)?$/;
 
 function fail(err: unknown): never {
   if (err instanceof UsageError) {

@@ -123,10 +123,15 @@ export class SqliteMetadataStore implements MetadataStore {
 
   async blob(repo: string, digest: Digest): Promise<BlobInfo | undefined> {
     const row = this.q.blob!.get(repo, digest) as { size: number } | undefined;
-    if (row) return { digest, size: row.size };
-    // A link gone may be another process's gc, which removes a manifest with its links: the cached
-    // manifests are checked now, not up to OUTSIDE_WRITES_SEEN_MS later, so that the manifest is not
-    // served after its layer has answered 404.
+    return row ? { digest, size: row.size } : this.linkAbsent();
+  }
+
+  /**
+   * A link gone may be another process's gc, which removes a manifest with its links: the cached
+   * manifests are checked now, not up to OUTSIDE_WRITES_SEEN_MS later, so that the manifest is not
+   * served after its layer has answered 404.
+   */
+  private linkAbsent(): undefined {
     this.noticeOutsideWrites(true);
     return undefined;
   }
@@ -236,7 +241,7 @@ export class SqliteMetadataStore implements MetadataStore {
   async renewBlobLink(repo: string, digest: Digest): Promise<BlobInfo | undefined> {
     const now = Date.now();
     const link = this.q.linkAge!.get(repo, digest) as { linked_at: number; size: number } | undefined;
-    if (!link) return this.blob(repo, digest); // absent, with blob()'s look at outside writes
+    if (!link) return this.linkAbsent();
     // One query for a link renewed in the last second (a HEAD had three: the cost of a layer check).
     if (link.linked_at >= now - LINK_RENEW_MS) return { digest, size: link.size };
     // A renewal that changed the row renewed a link that is still there: a collection that comes

@@ -1,7 +1,6 @@
 import type { Context, Middleware } from 'koa';
-import { RegistryError } from '@wharf/registry-core';
 import type { RepositoryResolver, ResolvedRepository, Resource } from '../repositories.js';
-import { requestInfo } from '../repositories.js';
+import { requestInfo, writerOf } from '../repositories.js';
 import { classifyRoute } from './route-label.js';
 
 /** The routes `@koa/router` found for a request's path, whatever their methods. */
@@ -41,7 +40,8 @@ export function readOnlyMethods(resolver: RepositoryResolver): Middleware {
       if ((err as { status?: unknown } | null)?.status !== 405) throw err;
       const target = await readOnlyTarget(ctx, resolver);
       if (!target) throw err;
-      throw new RegistryError('UNSUPPORTED', target.readOnlyReason ?? 'this repository is read-only', { repository: target.repo, method: ctx.method });
+      writerOf(target); // a name without a writer: throws its UNSUPPORTED, as its routes' writes do
+      throw err;
     }
     if (ctx.method !== 'OPTIONS' || ctx.status !== 200) return;
     if (!ctx.response.get('Allow')) return;
