@@ -180,6 +180,11 @@ export function registerAuthCommands(program: Command, fail: (err: unknown) => n
           const account = accounts.find(name);
           if (!account) throw new UsageError(`no user "${name}"`);
           if (account.source === 'config') throw new UsageError(`user "${name}" is defined in the configuration file; remove it there`);
+          // Without an administrator nobody can purge the proxy cache or manage others' tokens until a
+          // restart makes a new `admin` with a password printed into the log: say so rather than do it.
+          if (account.admin && !accounts.list().some((other) => other.admin && other.name !== name)) {
+            throw new UsageError(`user "${name}" is the last administrator; add another first ("wharf user add NAME --admin"), then remove this one`);
+          }
           accounts.store.removeUser(name);
           process.stderr.write(`user "${name}" removed; their tokens are revoked\n`);
         }),

@@ -303,3 +303,32 @@ describe('wharf user, token and repo commands', () => {
     expect(kept.stdout).toMatch(/\salice\s.*revoked/);
   });
 });
+
+describe('wharf user remove and the last administrator', () => {
+  let dir: string;
+  let file: string;
+  const cli = (args: string[], stdin = '') => wharf([...args, '--config', file], stdin);
+
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'wharf-last-admin-'));
+    file = join(dir, 'wharf.toml');
+    const q = JSON.stringify;
+    await writeFile(file, [`registry_storage = ${q(join(dir, 'registry'))}`, `temporary_registry_storage = ${q(join(dir, '_tmp'))}`, `proxy_storage = ${q(join(dir, 'proxy'))}`, `database = ${q(join(dir, 'wharf.db'))}`, ''].join('\n'));
+  });
+
+  afterAll(async () => {
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  test('is refused while no other administrator is left, and works once there is one', async () => {
+    for (const name of ['boss', 'deputy']) expect((await cli(['user', 'add', name, '--admin'])).code).toBe(0);
+    expect((await cli(['user', 'add', 'dev'])).code).toBe(0);
+    expect((await cli(['user', 'remove', 'boss'])).code).toBe(0);
+    const last = await cli(['user', 'remove', 'deputy']);
+    expect(last.code).toBe(2);
+    expect(last.stderr).toBe('wharf: user "deputy" is the last administrator; add another first ("wharf user add NAME --admin"), then remove this one\n');
+    // Nothing was removed, and a user who is no administrator is removed as before.
+    expect((await cli(['user', 'list'])).stdout).toMatch(/deputy\s+yes\s+database/);
+    expect((await cli(['user', 'remove', 'dev'])).code).toBe(0);
+  });
+});
