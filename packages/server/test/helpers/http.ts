@@ -183,6 +183,16 @@ export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
+/** `promise`'s value, or `late` if it has not settled within `ms`; the timer does not outlive the race (a test file's worker exits at once). */
+export async function within<T, L>(promise: Promise<T>, ms: number, late: L): Promise<T | L> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([promise, new Promise<L>((resolve) => (timer = setTimeout(() => resolve(late), ms)))]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /**
  * Opens a download (its own connection) and resolves once its first bytes are in, paused: the client
  * reads no further, so the server's send waits on it. A later cut of the response is no error here.

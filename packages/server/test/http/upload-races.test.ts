@@ -5,7 +5,7 @@ import { connect } from 'node:net';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
-import { checkErrorEnvelope, sleep, startUpload, uniqueRepo, withDigest } from '../helpers/http.js';
+import { checkErrorEnvelope, sleep, startUpload, uniqueRepo, within, withDigest } from '../helpers/http.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
 
 /** How many sessions each race runs at once. */
@@ -132,7 +132,7 @@ describe('upload session races', () => {
     // The server lets the connection go soon: its request body was given up on, and nobody read the
     // rest (it stayed open until idle_timeout, and a graceful shutdown waited for it).
     const started = Date.now();
-    await Promise.race([closed, sleep(10_000)]);
+    await within(closed, 10_000, undefined);
     expect(Date.now() - started).toBeLessThan(10_000);
     socket.destroy();
 

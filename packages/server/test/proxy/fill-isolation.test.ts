@@ -3,6 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { createServer, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { within } from '../helpers/http.js';
 import { blob, pushBlob } from '../helpers/oci.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
 
@@ -55,11 +56,11 @@ describe("a download through one upstream does not hold another upstream's clien
     while (held.length === 0) await sleep(10);
 
     // Its HEAD (what a client that has the layer asks) is answered too.
-    const head = await Promise.race([fetch(`${proxy.url}/v2/proxy/good/lib/app/blobs/${layer.digest}`, { method: 'HEAD' }), sleep(20_000).then(() => undefined)]);
+    const head = await within(fetch(`${proxy.url}/v2/proxy/good/lib/app/blobs/${layer.digest}`, { method: 'HEAD' }), 20_000, undefined);
     expect([head?.status, head?.headers.get('content-length')]).toEqual([200, String(layer.bytes.length)]);
     // Joined to the stalled download, it would wait as long as that stalls: here, until released below.
     const pull = fetch(`${proxy.url}/v2/proxy/good/lib/app/blobs/${layer.digest}`).then(async (res) => ({ status: res.status, bytes: Buffer.from(await res.arrayBuffer()) }));
-    const answer = await Promise.race([pull, sleep(20_000).then(() => 'still waiting on the other upstream' as const)]);
+    const answer = await within(pull, 20_000, 'still waiting on the other upstream' as const);
     expect(answer).not.toBe('still waiting on the other upstream');
     const { status, bytes } = answer as Awaited<typeof pull>;
     expect(status).toBe(200);
