@@ -154,6 +154,43 @@ describe('garbage collection: mark and sweep', () => {
     await expect(fx.registry.putManifest('alice/multi', 'latest', index, OCI_INDEX)).resolves.toBeDefined();
   });
 
+  test('with deleteUntagged, a manifest a tag moved off or left keeps its grace from then, not from its push', async () => {
+    // Pushed two hours ago; a pull resolves `latest` (or `stable`) to it just before the tag moves.
+    const old = await pushImage(fx.registry, 'alice/app', 'latest', ['base', 'old top']);
+    const stable = await pushImage(fx.registry, 'alice/app', 'stable', ['base', 'stable top']);
+    const twoHoursAgo = Date.now() - 7_200_000;
+    fx.db.prepare('UPDATE manifests SET created_at = ?').run(twoHoursAgo);
+    fx.db.prepare('UPDATE repository_blobs SET linked_at = ?').run(twoHoursAgo);
+    fx.db.prepare('UPDATE blobs SET created_at = ?').run(twoHoursAgo);
+    // A push moves `latest` to a new image, a DELETE by tag removes `stable`, a gc runs at once.
+    const fresh = await pushImage(fx.registry, 'alice/app', 'latest', ['base', 'new top']);
+    expect(await fx.registry.deleteManifest('alice/app', 'stable')).toBe(true);
+    const now = await fx.gc.run({ grace: 10 * 60_000, deleteUntagged: true });
+    expect(now.manifests).toEqual([]);
+    expect(now.blobs).toEqual([]);
+    // The pull that got the old manifest still gets every layer of it.
+    for (const layer of [...old.layers, ...stable.layers]) expect(await fx.registry.blob('alice/app', layer.digest)).toBeDefined();
+
+    // Once the grace has passed since they lost their tags, they go; their records go with them.
+    const later = await fx.collect({ ageMs: 10 * 60_000 + 1, grace: 10 * 60_000, deleteUntagged: true });
+    expect(later.manifests.map((m) => m.digest).sort()).toEqual([old.digest, stable.digest].sort());
+    expect(await exists(fileOf(old.layers[1]!.digest))).toBe(false);
+    expect(await fx.registry.manifest('alice/app', 'latest')).toMatchObject({ digest: fresh.digest });
+    expect(fx.db.prepare('SELECT COUNT(*) FROM untagged_manifests').pluck().get()).toBe(0);
+  });
+
+  test('without deleteUntagged, a manifest a tag moved off stays, and the same tag put again on it records nothing', async () => {
+    const image = await pushImage(fx.registry, 'alice/app', 'latest', ['only top']);
+    await fx.registry.putManifest('alice/app', 'latest', image.bytes, 'application/vnd.oci.image.manifest.v1+json');
+    expect(fx.db.prepare('SELECT COUNT(*) FROM untagged_manifests').pluck().get()).toBe(0);
+    await pushImage(fx.registry, 'alice/app', 'latest', ['other top']);
+    expect(fx.db.prepare('SELECT digest FROM untagged_manifests').pluck().all()).toEqual([image.digest]);
+    expect((await fx.collect({ ageMs: 86_400_000 })).manifests).toEqual([]);
+    // A DELETE by digest takes the record with the manifest.
+    expect(await fx.registry.deleteManifest('alice/app', image.digest)).toBe(true);
+    expect(fx.db.prepare('SELECT COUNT(*) FROM untagged_manifests').pluck().get()).toBe(0);
+  });
+
   test('a dry run deletes nothing and reports what a real run then deletes', async () => {
     const kept = await pushImage(fx.registry, 'alice/app', '1', ['base', 'top 1']);
     const gone = await pushImage(fx.registry, 'alice/app', '2', ['base', 'top 2']);

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { openDatabase, type SqliteDatabase } from '../src/sqlite/database.js';
 import { Database } from '../src/sqlite/driver.js';
 import { ensureRowidTable } from '../src/sqlite/rowid-tables.js';
-import { MANIFESTS, MIGRATIONS } from '../src/sqlite/schema.js';
+import { MANIFESTS, MIGRATIONS, UNTAGGED_MANIFESTS } from '../src/sqlite/schema.js';
 import { BROKEN_MANIFEST_WARNING, SqliteMetadataStore } from '../src/sqlite/sqlite-metadata-store.js';
 import { parseManifest } from '../src/manifest.js';
 import { testImage } from './metadata-store.contract.js';
@@ -45,6 +45,8 @@ describe('the manifests table', () => {
       db.exec(sql);
       db.pragma(`user_version = ${v + 1}`);
     }
+    // What this build's store writes beside them (its foreign key then points at the table rebuilt).
+    db.exec(UNTAGGED_MANIFESTS);
     return db;
   }
 
@@ -85,6 +87,11 @@ describe('the manifests table', () => {
     );
     const index = parseManifest(indexBytes, OCI_INDEX);
     await old.putManifest('alice/app', index, indexBytes, ['index']);
+    // Tags deleted from both: the records of when they were untagged (gc's grace) point at the table too.
+    for (const [image, tag] of [[img, 'gone-1'], [other, 'gone-2']] as const) {
+      await old.putManifest('alice/app', image.manifest, image.bytes, [tag]);
+      expect(await old.deleteTag('alice/app', tag)).toBe(true);
+    }
     before.prepare('UPDATE manifests SET broken = 1 WHERE digest = ?').run(other.digest);
     before.close();
 
@@ -107,6 +114,7 @@ describe('the manifests table', () => {
     expect(await store.tags('alice/app', {})).toEqual(['index', 'other']);
     expect(store.lifecycle().manifestsReferencing(sha256(img.layer))).toEqual([]);
     expect(db.prepare('SELECT COUNT(*) FROM manifest_references WHERE parent = ?').pluck().get(img.digest)).toBe(0);
+    expect(db.prepare('SELECT digest FROM untagged_manifests').pluck().all()).toEqual([other.digest]);
 
     // And a push after the rebuild, and a second open, which has nothing left to do.
     await store.putManifest('alice/app', img.manifest, img.bytes, ['again']);

@@ -104,3 +104,20 @@ export const INDEXES = `
   -- take an index on (repository_id, digest) over the primary key's repository_id.
   CREATE INDEX IF NOT EXISTS tags_digest ON tags(digest);
 `;
+
+/**
+ * When a manifest last lost a tag (the tag moved to another manifest, or was deleted): with
+ * `delete_untagged`, gc's grace counts from then as well as from the push, so that a pull that
+ * resolved the tag just before it moved does not lose the layers under it to a gc at that moment.
+ * A row goes with its manifest. Created when missing, outside the numbered migrations: an older Wharf
+ * ignores it (its tag moves are not recorded, as before) and still opens the database.
+ */
+export const UNTAGGED_MANIFESTS = `
+  CREATE TABLE IF NOT EXISTS untagged_manifests (
+    repository_id INTEGER NOT NULL,
+    digest TEXT NOT NULL,
+    untagged_at INTEGER NOT NULL,
+    PRIMARY KEY (repository_id, digest),
+    FOREIGN KEY (repository_id, digest) REFERENCES manifests(repository_id, digest) ON DELETE CASCADE
+  ) WITHOUT ROWID;
+`;

@@ -100,8 +100,12 @@ export class SqliteMetadataStore implements MetadataStore {
       insertRef: s('INSERT INTO manifest_references (repository_id, parent, child, kind) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING'),
       upsertTag: s(`INSERT INTO tags (repository_id, name, digest, updated_at) VALUES (?, ?, ?, ?)
                     ON CONFLICT(repository_id, name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at`),
+      tagDigest: s('SELECT digest FROM tags WHERE repository_id = ? AND name = ?'),
       deleteManifest: s('DELETE FROM manifests WHERE digest = ? AND repository_id = (SELECT id FROM repositories WHERE name = ?)'),
-      deleteTag: s('DELETE FROM tags WHERE name = ? AND repository_id = (SELECT id FROM repositories WHERE name = ?)'),
+      deleteTag: s('DELETE FROM tags WHERE name = ? AND repository_id = (SELECT id FROM repositories WHERE name = ?) RETURNING repository_id, digest'),
+      // The manifest a tag left: gc's grace for an untagged manifest counts from then too (schema.ts).
+      noteUntagged: s(`INSERT INTO untagged_manifests (repository_id, digest, untagged_at) VALUES (?, ?, ?)
+                       ON CONFLICT DO UPDATE SET untagged_at = excluded.untagged_at`),
       // The spec's order: lexical, case-insensitive ("A" and "a" by bytes between themselves). The
       // first condition on the name lets a page start with a seek into tags_listing, not a scan.
       tags: s(`SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repository_id
@@ -312,7 +316,11 @@ export class SqliteMetadataStore implements MetadataStore {
       );
       for (const blob of manifest.blobs) this.q.insertRef!.run(id, manifest.digest, blob.digest, 'blob');
       for (const child of manifest.manifests) this.q.insertRef!.run(id, manifest.digest, child.digest, 'manifest');
-      for (const tag of tags) this.q.upsertTag!.run(id, tag, manifest.digest, now);
+      for (const tag of tags) {
+        const left = this.q.tagDigest!.pluck().get(id, tag) as Digest | undefined;
+        if (left !== undefined && left !== manifest.digest) this.q.noteUntagged!.run(id, left, now);
+        this.q.upsertTag!.run(id, tag, manifest.digest, now);
+      }
     })();
   }
 
@@ -323,7 +331,11 @@ export class SqliteMetadataStore implements MetadataStore {
 
   async deleteTag(repo: string, tag: string): Promise<boolean> {
     this.cache.forgetRepository(repo);
-    return this.q.deleteTag!.run(tag, repo).changes > 0;
+    return this.db.transaction(() => {
+      const left = this.q.deleteTag!.get(tag, repo) as { repository_id: number; digest: Digest } | undefined;
+      if (left) this.q.noteUntagged!.run(left.repository_id, left.digest, Date.now());
+      return left !== undefined;
+    })();
   }
 
   private ensureRepository(repo: string, now: number): number {
