@@ -51,18 +51,23 @@ export class LocalRegistry implements RepositoryReader, RepositoryWriter {
     }
   }
 
-  async manifest(repo: string, reference: string): Promise<StoredManifest | undefined> {
+  async manifest(repo: string, reference: string, options: { readonly renew?: boolean } = {}): Promise<StoredManifest | undefined> {
     const digest = tryParseDigest(reference);
-    if (digest) return this.metadata.manifest(repo, digest.digest);
+    if (digest) return this.manifestByDigest(repo, digest.digest, options.renew === true);
     if (reference.includes(':')) parseDigest(reference); // throws DIGEST_INVALID for a malformed digest
     assertTag(reference);
     return this.metadata.taggedManifest(repo, reference);
   }
 
-  peekManifest(repo: string, reference: string): Promise<StoredManifest | undefined> {
+  peekManifest(repo: string, reference: string, options: { readonly renew?: boolean } = {}): Promise<StoredManifest | undefined> {
     const digest = tryParseDigest(reference);
-    if (digest) return this.metadata.manifest(repo, digest.digest);
+    if (digest) return this.manifestByDigest(repo, digest.digest, options.renew === true);
     return isValidTag(reference) ? this.metadata.taggedManifest(repo, reference) : Promise.resolve(undefined);
+  }
+
+  /** With `renew` (a push's HEAD), an untagged manifest's gc grace starts over (MetadataWriter.renewedManifest). */
+  private manifestByDigest(repo: string, digest: Digest, renew: boolean): Promise<StoredManifest | undefined> {
+    return renew ? this.metadata.renewedManifest(repo, digest) : this.metadata.manifest(repo, digest);
   }
 
   blob(repo: string, digest: Digest): Promise<BlobInfo | undefined> {

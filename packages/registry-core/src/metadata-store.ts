@@ -57,6 +57,12 @@ export interface MetadataWriter {
    * collection (its grace) as one the push had uploaded, until the manifest that references it comes.
    */
   renewBlobLink(repo: string, digest: Digest): Promise<BlobInfo | undefined>;
+  /**
+   * `manifest(repo, digest)`, with its gc grace started over first when it is untagged and its grace
+   * is over a second old. A manifest HEAD by digest is how a push asks whether it may skip a child of
+   * the index it pushes next: renewed, the child is as safe from `delete_untagged` as one just pushed.
+   */
+  renewedManifest(repo: string, digest: Digest): Promise<StoredManifest | undefined>;
   unlinkBlob(repo: string, digest: Digest): Promise<boolean>;
   /**
    * Stores a manifest and its tags in one transaction, after checking in the same transaction that every

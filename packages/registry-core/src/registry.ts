@@ -8,14 +8,17 @@ import type { ChunkPosition, UploadStatus } from './uploads.js';
 
 /** What pull routes need of a repository. The local registry and the pull-through proxy both provide it. */
 export interface RepositoryReader {
-  /** `reference` is a tag or a digest. */
-  manifest(repo: string, reference: string): Promise<StoredManifest | undefined>;
+  /**
+   * `reference` is a tag or a digest. With `renew` (a HEAD by someone who may push), a local untagged
+   * manifest's gc grace starts over (see MetadataWriter.renewedManifest).
+   */
+  manifest(repo: string, reference: string, options?: { readonly renew?: boolean }): Promise<StoredManifest | undefined>;
   /**
    * The manifest when this reader's own storage answers alone: no upstream is asked and nothing is
    * refused. undefined means "not answerable here": absent, an invalid reference, or (pull-through) a
-   * tag due for revalidation; `manifest()` then decides, with its errors.
+   * tag due for revalidation; `manifest()` then decides, with its errors. `renew` as for `manifest()`.
    */
-  peekManifest(repo: string, reference: string): Promise<StoredManifest | undefined>;
+  peekManifest(repo: string, reference: string, options?: { readonly renew?: boolean }): Promise<StoredManifest | undefined>;
   /**
    * What a GET sends. Unsized only through the proxy, for a blob its upstream is sending without a
    * Content-Length: `statBlob` waits for its size; `openBlob` streams it as it comes, whole only.

@@ -176,19 +176,40 @@ describe('garbage collection: mark and sweep', () => {
     expect(later.manifests.map((m) => m.digest).sort()).toEqual([old.digest, stable.digest].sort());
     expect(await exists(fileOf(old.layers[1]!.digest))).toBe(false);
     expect(await fx.registry.manifest('alice/app', 'latest')).toMatchObject({ digest: fresh.digest });
-    expect(fx.db.prepare('SELECT COUNT(*) FROM untagged_manifests').pluck().get()).toBe(0);
+    expect(fx.db.prepare('SELECT COUNT(*) FROM manifest_grace').pluck().get()).toBe(0);
   });
 
   test('without deleteUntagged, a manifest a tag moved off stays, and the same tag put again on it records nothing', async () => {
     const image = await pushImage(fx.registry, 'alice/app', 'latest', ['only top']);
     await fx.registry.putManifest('alice/app', 'latest', image.bytes, 'application/vnd.oci.image.manifest.v1+json');
-    expect(fx.db.prepare('SELECT COUNT(*) FROM untagged_manifests').pluck().get()).toBe(0);
+    expect(fx.db.prepare('SELECT COUNT(*) FROM manifest_grace').pluck().get()).toBe(0);
     await pushImage(fx.registry, 'alice/app', 'latest', ['other top']);
-    expect(fx.db.prepare('SELECT digest FROM untagged_manifests').pluck().all()).toEqual([image.digest]);
+    expect(fx.db.prepare('SELECT digest FROM manifest_grace').pluck().all()).toEqual([image.digest]);
     expect((await fx.collect({ ageMs: 86_400_000 })).manifests).toEqual([]);
     // A DELETE by digest takes the record with the manifest.
     expect(await fx.registry.deleteManifest('alice/app', image.digest)).toBe(true);
-    expect(fx.db.prepare('SELECT COUNT(*) FROM untagged_manifests').pluck().get()).toBe(0);
+    expect(fx.db.prepare('SELECT COUNT(*) FROM manifest_grace').pluck().get()).toBe(0);
+  });
+
+  test("with deleteUntagged, a push's HEAD by digest starts an untagged child's grace over, so its index is taken", async () => {
+    // Two platform manifests, untagged since their old index was deleted two hours ago.
+    const skipped = await pushImage(fx.registry, 'alice/multi', undefined, ['amd64 layer']);
+    const other = await pushImage(fx.registry, 'alice/multi', undefined, ['arm64 layer']);
+    const twoHoursAgo = Date.now() - 7_200_000;
+    fx.db.prepare('UPDATE manifests SET created_at = ?').run(twoHoursAgo);
+    fx.db.prepare('UPDATE repository_blobs SET linked_at = ?').run(twoHoursAgo);
+    fx.db.prepare('UPDATE blobs SET created_at = ?').run(twoHoursAgo);
+    // A push of a new index asks for the one child by digest (HEAD, by someone who may push) and
+    // skips it; a pull's GET of the other renews nothing. A collection runs before the index comes.
+    expect((await fx.registry.manifest('alice/multi', skipped.digest, { renew: true }))?.digest).toBe(skipped.digest);
+    expect((await fx.registry.manifest('alice/multi', other.digest))?.digest).toBe(other.digest);
+    const report = await fx.gc.run({ grace: 10 * 60_000, deleteUntagged: true });
+    expect(report.manifests).toEqual([{ repo: 'alice/multi', digest: other.digest }]);
+    const index = ociIndexBytes([{ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: skipped.digest, size: skipped.bytes.length, platform: { os: 'linux', architecture: 'amd64' } }]);
+    await expect(fx.registry.putManifest('alice/multi', 'latest', index, OCI_INDEX)).resolves.toBeDefined();
+    // A renewal of a manifest a collection took finds it absent, and records nothing.
+    expect(await fx.registry.manifest('alice/multi', other.digest, { renew: true })).toBeUndefined();
+    expect(fx.db.prepare('SELECT digest FROM manifest_grace').pluck().all()).toEqual([skipped.digest]);
   });
 
   test('a dry run deletes nothing and reports what a real run then deletes', async () => {

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { openDatabase, type SqliteDatabase } from '../src/sqlite/database.js';
 import { Database } from '../src/sqlite/driver.js';
 import { ensureRowidTable } from '../src/sqlite/rowid-tables.js';
-import { MANIFESTS, MIGRATIONS, UNTAGGED_MANIFESTS } from '../src/sqlite/schema.js';
+import { MANIFESTS, MIGRATIONS, MANIFEST_GRACE } from '../src/sqlite/schema.js';
 import { BROKEN_MANIFEST_WARNING, SqliteMetadataStore } from '../src/sqlite/sqlite-metadata-store.js';
 import { parseManifest } from '../src/manifest.js';
 import { testImage } from './metadata-store.contract.js';
@@ -46,7 +46,7 @@ describe('the manifests table', () => {
       db.pragma(`user_version = ${v + 1}`);
     }
     // What this build's store writes beside them (its foreign key then points at the table rebuilt).
-    db.exec(UNTAGGED_MANIFESTS);
+    db.exec(MANIFEST_GRACE);
     return db;
   }
 
@@ -114,7 +114,7 @@ describe('the manifests table', () => {
     expect(await store.tags('alice/app', {})).toEqual(['index', 'other']);
     expect(store.lifecycle().manifestsReferencing(sha256(img.layer))).toEqual([]);
     expect(db.prepare('SELECT COUNT(*) FROM manifest_references WHERE parent = ?').pluck().get(img.digest)).toBe(0);
-    expect(db.prepare('SELECT digest FROM untagged_manifests').pluck().all()).toEqual([other.digest]);
+    expect(db.prepare('SELECT digest FROM manifest_grace').pluck().all()).toEqual([other.digest]);
 
     // And a push after the rebuild, and a second open, which has nothing left to do.
     await store.putManifest('alice/app', img.manifest, img.bytes, ['again']);

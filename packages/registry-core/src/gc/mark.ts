@@ -4,7 +4,7 @@ import type { RepositoryGarbage, RepositoryGraph } from '../sqlite/sqlite-lifecy
 export interface MarkOptions {
   /** Untagged manifests that nothing reachable references go (otherwise every manifest is a root). */
   readonly deleteUntagged: boolean;
-  /** Manifests created or untagged, and links made, at or after this time (ms) are kept whatever the graph says. */
+  /** Manifests created or whose grace started over (manifest_grace), and links made, at or after this time (ms) are kept whatever the graph says. */
   readonly cutoff: number;
   /** Manifests whose tags retention removed in this run: not roots, even without deleteUntagged or within the grace period. */
   readonly retired?: ReadonlySet<Digest>;
@@ -14,8 +14,8 @@ export interface MarkOptions {
 
 /**
  * The mark phase for one repository, as a pure function of its graph. Roots: every tag; every
- * manifest without deleteUntagged; with it, untagged manifests pushed or untagged (a tag moved off
- * them, or deleted) at or after the cutoff. From the roots,
+ * manifest without deleteUntagged; with it, untagged manifests pushed, or whose grace started over (a
+ * tag left them, a push's HEAD asked for them), at or after the cutoff. From the roots,
  * every manifest an index references (kind 'manifest') and every manifest whose `subject` is kept (a
  * referrer of a kept image stays). Garbage: the manifests not reached, and the links to blobs that no
  * kept manifest references and that were made before the cutoff (a blob pushed before its manifest
@@ -34,7 +34,7 @@ export function markRepository(graph: RepositoryGraph, options: MarkOptions): Re
   for (const tag of graph.tags) if (!options.ignoredTags?.has(tag.name)) keep(tag.digest);
   for (const m of graph.manifests) {
     if (retired.has(m.digest)) continue;
-    if (!options.deleteUntagged || m.createdAt >= options.cutoff || (m.untaggedAt ?? -Infinity) >= options.cutoff) keep(m.digest);
+    if (!options.deleteUntagged || m.createdAt >= options.cutoff || (m.graceFrom ?? -Infinity) >= options.cutoff) keep(m.digest);
   }
   const children = new Map<Digest, Digest[]>();
   const blobsOf = new Map<Digest, Digest[]>();

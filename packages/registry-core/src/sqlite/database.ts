@@ -3,7 +3,7 @@ import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { Database } from './driver.js';
 import { ensureRowidTable } from './rowid-tables.js';
-import { INDEXES, MANIFESTS, MIGRATIONS, UNTAGGED_MANIFESTS } from './schema.js';
+import { INDEXES, MANIFESTS, MIGRATIONS, MANIFEST_GRACE } from './schema.js';
 
 export type SqliteDatabase = BetterSqlite3.Database;
 export type SqliteStatement = BetterSqlite3.Statement;
@@ -39,7 +39,7 @@ export function openDatabase(file: string): SqliteDatabase {
   db.exec(`${MANIFESTS.indexes}\nDROP INDEX IF EXISTS manifests_subject;`);
   db.exec(INDEXES);
   // After the rebuild above: the table's foreign key names the manifests table as it is now.
-  db.exec(UNTAGGED_MANIFESTS);
+  db.exec(MANIFEST_GRACE);
   return db;
 }
 

@@ -106,17 +106,19 @@ export const INDEXES = `
 `;
 
 /**
- * When a manifest last lost a tag (the tag moved to another manifest, or was deleted): with
- * `delete_untagged`, gc's grace counts from then as well as from the push, so that a pull that
- * resolved the tag just before it moved does not lose the layers under it to a gc at that moment.
- * A row goes with its manifest. Created when missing, outside the numbered migrations: an older Wharf
- * ignores it (its tag moves are not recorded, as before) and still opens the database.
+ * When a manifest's gc grace last started over other than by its push: a tag left it (moved to another
+ * manifest, or deleted), or a push's HEAD asked for it by digest (a client that will reference it from
+ * an index without sending it again). With `delete_untagged`, an untagged manifest stays while either
+ * this or its push is within the grace: a pull that resolved the tag just before it moved keeps the
+ * layers under it, as an index keeps the children its push skipped. A row goes with its manifest.
+ * Created when missing, outside the numbered migrations: an older Wharf ignores it (it does not start
+ * graces over, as before) and still opens the database.
  */
-export const UNTAGGED_MANIFESTS = `
-  CREATE TABLE IF NOT EXISTS untagged_manifests (
+export const MANIFEST_GRACE = `
+  CREATE TABLE IF NOT EXISTS manifest_grace (
     repository_id INTEGER NOT NULL,
     digest TEXT NOT NULL,
-    untagged_at INTEGER NOT NULL,
+    started_at INTEGER NOT NULL,
     PRIMARY KEY (repository_id, digest),
     FOREIGN KEY (repository_id, digest) REFERENCES manifests(repository_id, digest) ON DELETE CASCADE
   ) WITHOUT ROWID;

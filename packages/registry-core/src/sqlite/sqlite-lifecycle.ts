@@ -7,8 +7,8 @@ import { deferredWrites, flushDeferredWrites } from './deferred-writes.js';
 export interface GraphManifest {
   readonly digest: Digest;
   readonly createdAt: number;
-  /** When a tag last left it (moved or deleted), if one did since the table that records it came. */
-  readonly untaggedAt?: number;
+  /** When its grace last started over other than by a push (a tag left it, a push's HEAD asked for it). */
+  readonly graceFrom?: number;
   readonly subject?: Digest;
 }
 
@@ -79,8 +79,8 @@ export class SqliteLifecycle {
     this.q = {
       repoId: s('SELECT id FROM repositories WHERE name = ?'),
       repositories: s('SELECT name FROM repositories ORDER BY name'),
-      graphManifests: s(`SELECT m.digest, m.created_at, m.subject, u.untagged_at FROM manifests m
-                         LEFT JOIN untagged_manifests u ON u.repository_id = m.repository_id AND u.digest = m.digest
+      graphManifests: s(`SELECT m.digest, m.created_at, m.subject, g.started_at FROM manifests m
+                         LEFT JOIN manifest_grace g ON g.repository_id = m.repository_id AND g.digest = m.digest
                          WHERE m.repository_id = ?`),
       graphRefs: s('SELECT parent, child, kind FROM manifest_references WHERE repository_id = ?'),
       graphTags: s('SELECT name, digest, updated_at, last_pulled_at FROM tags WHERE repository_id = ?'),
@@ -317,10 +317,10 @@ export class SqliteLifecycle {
   }
 
   private loadGraph(id: number): RepositoryGraph {
-    const manifests = (this.q.graphManifests!.all(id) as { digest: Digest; created_at: number; subject: Digest | null; untagged_at: number | null }[]).map((m) => ({
+    const manifests = (this.q.graphManifests!.all(id) as { digest: Digest; created_at: number; subject: Digest | null; started_at: number | null }[]).map((m) => ({
       digest: m.digest,
       createdAt: m.created_at,
-      ...(m.untagged_at !== null ? { untaggedAt: m.untagged_at } : {}),
+      ...(m.started_at !== null ? { graceFrom: m.started_at } : {}),
       ...(m.subject ? { subject: m.subject } : {}),
     }));
     const references = this.q.graphRefs!.all(id) as GraphReference[];

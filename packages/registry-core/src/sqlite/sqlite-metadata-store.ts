@@ -33,9 +33,9 @@ function limitOf(page: Page): number {
  * Metadata in SQLite: repositories, repository→blob links, manifests kept byte for byte, their
  * references, and tags. Statements are prepared once; every multi-row change is one transaction.
  */
-/** A link HEAD-ed again within this long (ms) is not written again. */
-const LINK_RENEW_MS = 1000;
-/** How long a renewal asks for a lock another process holds (see renewLink). */
+/** A link or an untagged manifest HEAD-ed again within this long (ms) is not written again. */
+const RENEW_MS = 1000;
+/** How long a renewal asks for a lock another process holds (see writeUnheld). */
 const RENEW_WAIT_MS = 2000;
 
 export class SqliteMetadataStore implements MetadataStore {
@@ -104,8 +104,18 @@ export class SqliteMetadataStore implements MetadataStore {
       deleteManifest: s('DELETE FROM manifests WHERE digest = ? AND repository_id = (SELECT id FROM repositories WHERE name = ?)'),
       deleteTag: s('DELETE FROM tags WHERE name = ? AND repository_id = (SELECT id FROM repositories WHERE name = ?) RETURNING repository_id, digest'),
       // The manifest a tag left: gc's grace for an untagged manifest counts from then too (schema.ts).
-      noteUntagged: s(`INSERT INTO untagged_manifests (repository_id, digest, untagged_at) VALUES (?, ?, ?)
-                       ON CONFLICT DO UPDATE SET untagged_at = excluded.untagged_at`),
+      startGrace: s(`INSERT INTO manifest_grace (repository_id, digest, started_at) VALUES (?, ?, ?)
+                     ON CONFLICT DO UPDATE SET started_at = excluded.started_at`),
+      graceOf: s(`SELECT MAX(m.created_at, COALESCE(g.started_at, 0)) AS since,
+                    EXISTS (SELECT 1 FROM tags t WHERE t.digest = m.digest AND t.repository_id = m.repository_id) AS tagged
+                  FROM manifests m JOIN repositories r ON r.id = m.repository_id
+                  LEFT JOIN manifest_grace g ON g.repository_id = m.repository_id AND g.digest = m.digest
+                  WHERE r.name = ? AND m.digest = ?`),
+      // Changes nothing (0 changes) if the manifest is gone: a collection took it first.
+      renewGrace: s(`INSERT INTO manifest_grace (repository_id, digest, started_at)
+                     SELECT m.repository_id, m.digest, ? FROM manifests m JOIN repositories r ON r.id = m.repository_id
+                     WHERE r.name = ? AND m.digest = ?
+                     ON CONFLICT DO UPDATE SET started_at = excluded.started_at`),
       // The spec's order: lexical, case-insensitive ("A" and "a" by bytes between themselves). The
       // first condition on the name lets a page start with a seek into tags_listing, not a scan.
       tags: s(`SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repository_id
@@ -247,26 +257,40 @@ export class SqliteMetadataStore implements MetadataStore {
     const link = this.q.linkAge!.get(repo, digest) as { linked_at: number; size: number } | undefined;
     if (!link) return this.linkAbsent();
     // One query for a link renewed in the last second (a HEAD had three: the cost of a layer check).
-    if (link.linked_at >= now - LINK_RENEW_MS) return { digest, size: link.size };
+    if (link.linked_at >= now - RENEW_MS) return { digest, size: link.size };
     // A renewal that changed the row renewed a link that is still there: a collection that comes
     // after finds it young (SqliteLifecycle.collectRepository reads the ages in its transaction).
     // Otherwise a collection may have taken it first (or another request renewed it, or the lock
     // stayed taken): read again, and a link gone is absent (the client uploads the layer).
-    if (await this.renewLink(repo, digest, now)) return { digest, size: link.size };
+    if (await this.writeUnheld(() => this.q.renewLink!.run(now, repo, digest, now - RENEW_MS).changes > 0)) return { digest, size: link.size };
     return this.blob(repo, digest);
+  }
+
+  async renewedManifest(repo: string, digest: Digest): Promise<StoredManifest | undefined> {
+    const now = Date.now();
+    const grace = this.q.graceOf!.get(repo, digest) as { since: number; tagged: number } | undefined;
+    // Tagged, it is kept anyway; started in the last second, the question is answered by one query.
+    if (grace && (grace.tagged || grace.since >= now - RENEW_MS)) return this.manifest(repo, digest);
+    // Renewed, it is a manifest still there: a collection that comes after finds its grace started.
+    // Otherwise a collection may have taken it (or the lock stayed taken): read again, not from the
+    // cache of the last 0.1 s, and a manifest gone is absent (the client pushes it again).
+    if (grace && (await this.writeUnheld(() => this.q.renewGrace!.run(now, repo, digest).changes > 0))) return this.manifest(repo, digest);
+    this.noticeOutsideWrites(true);
+    return this.manifest(repo, digest);
   }
 
   /**
    * The write of a renewal, never waiting for the lock inside SQLite: better-sqlite3 waits there with
    * the event loop held, and a blob HEAD made every request wait with it while another process wrote
    * (2.5 s behind a `wharf` command's transaction, the diff review). Asked again every 10 ms instead,
-   * for up to RENEW_WAIT_MS; then answered as before, unrenewed, as on a database that refuses writes.
+   * for up to RENEW_WAIT_MS; then false, as for a write that changed nothing, and answered as before,
+   * unrenewed, as on a database that refuses writes.
    */
-  private async renewLink(repo: string, digest: Digest, now: number): Promise<boolean> {
+  private async writeUnheld(write: () => boolean): Promise<boolean> {
     const until = Date.now() + RENEW_WAIT_MS;
     for (;;) {
       try {
-        return withBusyTimeout(this.db, 0, () => this.q.renewLink!.run(now, repo, digest, now - LINK_RENEW_MS)).changes > 0;
+        return withBusyTimeout(this.db, 0, write);
       } catch (err) {
         if (!isBusy(err) || Date.now() >= until) return false;
       }
@@ -318,7 +342,7 @@ export class SqliteMetadataStore implements MetadataStore {
       for (const child of manifest.manifests) this.q.insertRef!.run(id, manifest.digest, child.digest, 'manifest');
       for (const tag of tags) {
         const left = this.q.tagDigest!.pluck().get(id, tag) as Digest | undefined;
-        if (left !== undefined && left !== manifest.digest) this.q.noteUntagged!.run(id, left, now);
+        if (left !== undefined && left !== manifest.digest) this.q.startGrace!.run(id, left, now);
         this.q.upsertTag!.run(id, tag, manifest.digest, now);
       }
     })();
@@ -333,7 +357,7 @@ export class SqliteMetadataStore implements MetadataStore {
     this.cache.forgetRepository(repo);
     return this.db.transaction(() => {
       const left = this.q.deleteTag!.get(tag, repo) as { repository_id: number; digest: Digest } | undefined;
-      if (left) this.q.noteUntagged!.run(left.repository_id, left.digest, Date.now());
+      if (left) this.q.startGrace!.run(left.repository_id, left.digest, Date.now());
       return left !== undefined;
     })();
   }

@@ -224,8 +224,9 @@ export function authMiddleware(options: AuthMiddlewareOptions) {
         // Whether the caller may pull through an upstream: a manifest's 404 in a local repository
         // that hides one names it only then (routes/manifests.ts).
         if (resource === 'manifest') ctx.state.mayUseUpstream = (upstream: string): boolean => mayUseUpstream(principal, upstream, policy);
-        // Whether a blob HEAD is a push's (its link's grace starts over) or a pull's (it does not).
-        if (resource === 'blob') {
+        // Whether a blob or manifest HEAD is a push's (its link's, or an untagged manifest's, gc grace
+        // starts over) or a pull's (it does not).
+        if (resource === 'blob' || resource === 'manifest') {
           ctx.state.mayPush = allowed.has('push') && (who.via !== 'bearer' || grantedActions(who.access, 'repository', name).has('push'));
         }
         if (route.uploadStart) {

@@ -88,8 +88,12 @@ async function lookUp(
   } catch {
     return undefined;
   }
+  // A HEAD by digest starts an untagged manifest's gc grace over when it is a push's (routes/manifests.ts):
+  // with auth, whether it is depends on the push right, which the auth middleware decides.
+  const head = req.method === 'HEAD';
+  if (deps.mayPull && head && reference.includes(':')) return undefined;
   if (deps.mayPull && !(await deps.mayPull(req.headers.authorization || undefined, client.address, name, target))) return undefined;
-  const manifest = await target.reader.peekManifest(target.repo, reference);
+  const manifest = await target.reader.peekManifest(target.repo, reference, { renew: head });
   // A list asked for as its image (http/legacy-accept.ts) takes the full path.
   if (manifest && wantsListImage(req.headers.accept, manifest.mediaType, reference)) return undefined;
   return manifest && { name, target, manifest };

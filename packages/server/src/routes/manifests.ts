@@ -49,7 +49,10 @@ export function registerManifests(router: Router, deps: RouteDeps): void {
   const serve = async (ctx: RouterContext) => {
     const target = await repository(ctx, deps, 'manifest');
     const reference = pathReference(ctx);
-    let manifest = await target.reader.manifest(target.repo, reference);
+    // A push's HEAD by digest (a child its index will reference, not sent again) starts an untagged
+    // manifest's gc grace over, as a blob HEAD does a layer's; one who may only pull renews nothing.
+    const renew = ctx.method === 'HEAD' && ctx.state.mayPush !== false;
+    let manifest = await target.reader.manifest(target.repo, reference, { renew });
     if (!manifest) throw manifestUnknown(reference, target, ctx.state.mayUseUpstream as ((upstream: string) => boolean) | undefined);
     if (wantsListImage(ctx.get('Accept') || undefined, manifest.mediaType, reference)) {
       manifest = await listImage(manifest, reference, (digest) => target.reader.manifest(target.repo, digest));

@@ -2,11 +2,23 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { openDatabase } from '@wharf/registry-core';
-import { basic, bcryptHash, fetchToken, startAuthRegistry, type TokenReply } from '../auth/helpers.js';
+import { basic, bcryptHash, fetchToken, pushWith, RegistryClient, startAuthRegistry, type TokenReply } from '../auth/helpers.js';
 import { startRegistry, type TestRegistry } from '../helpers/start-registry.js';
 import { exists, blobFile, pushBlob, pushLayers, sha256, storageConfig, wharf } from './helpers.js';
 
 const GRACE_MS = 10 * 60_000;
+
+/** Everything in the registry at `root` made, linked and renewed `ms` earlier, as far as gc can tell. */
+function backdate(root: string, ms: number): void {
+  const db = openDatabase(join(root, 'wharf.db'));
+  try {
+    for (const [table, column] of [['manifests', 'created_at'], ['manifest_grace', 'started_at'], ['repository_blobs', 'linked_at'], ['blobs', 'created_at']]) {
+      db.prepare(`UPDATE ${table} SET ${column} = ${column} - ?`).run(ms);
+    }
+  } finally {
+    db.close();
+  }
+}
 
 /**
  * Every real client's push asks with a HEAD whether each layer is there and skips the ones that are.
@@ -88,6 +100,24 @@ describe('a layer a push skipped after its HEAD outlives a collection until the 
     }
   });
 
+  test("with delete_untagged, a child manifest an index push's HEAD skipped outlives a collection until the index comes", async () => {
+    // Two platform images, untagged (their tags deleted) two hours ago as far as gc can tell.
+    const [skipped, other] = [await pushLayers(reg.url, 'skip/multi', 'amd64', [randomBytes(9_000)]), await pushLayers(reg.url, 'skip/multi', 'arm64', [randomBytes(9_000)])];
+    for (const tag of ['amd64', 'arm64']) expect((await fetch(`${reg.url}/v2/skip/multi/manifests/${tag}`, { method: 'DELETE' })).status).toBe(202);
+    backdate(reg.root, 7_200_000);
+    // The push of a new index asks for one child by digest and skips it; nobody asks for the other.
+    expect((await fetch(`${reg.url}/v2/skip/multi/manifests/${skipped.digest}`, { method: 'HEAD' })).status).toBe(200);
+    const { gc } = await reg.storage.gc({ grace: GRACE_MS, deleteUntagged: true });
+    expect(gc.manifests.filter((m) => m.repo === 'skip/multi').map((m) => m.digest)).toEqual([other.digest]);
+    const index = JSON.stringify({
+      schemaVersion: 2,
+      mediaType: 'application/vnd.oci.image.index.v1+json',
+      manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: skipped.digest, size: skipped.manifest.length, platform: { os: 'linux', architecture: 'amd64' } }],
+    });
+    const put = await fetch(`${reg.url}/v2/skip/multi/manifests/latest`, { method: 'PUT', headers: { 'Content-Type': 'application/vnd.oci.image.index.v1+json' }, body: index });
+    expect([put.status, put.status === 201 ? '' : await put.text()]).toEqual([201, '']);
+  });
+
   test('`wharf gc` from the command line between the HEAD and the manifest', async () => {
     const old = await orphanedLayer('skip/cli');
     expect((await fetch(`${reg.url}/v2/skip/cli/blobs/${old.digest}`, { method: 'HEAD' })).status).toBe(200);
@@ -115,6 +145,28 @@ describe("a HEAD by one who may only pull does not keep an unreferenced layer fr
     });
   });
   afterAll(async () => reg?.close());
+
+  test("with delete_untagged, a HEAD by digest of an untagged manifest keeps it only when it is a pusher's", async () => {
+    const asRoot = { Authorization: basic('root', ROOT) };
+    const client = new RegistryClient(reg.url, 'basic', { user: 'root', password: ROOT });
+    const digests: string[] = [];
+    for (const tag of ['pulled', 'pushed']) {
+      expect((await pushWith(client, 'pub/multi', tag, tag)).status).toBe(201);
+      const head = await fetch(`${reg.url}/v2/pub/multi/manifests/${tag}`, { method: 'HEAD', headers: asRoot });
+      digests.push(head.headers.get('docker-content-digest')!);
+      expect((await fetch(`${reg.url}/v2/pub/multi/manifests/${tag}`, { method: 'DELETE', headers: asRoot })).status).toBe(202);
+    }
+    const [pulled, pushed] = digests as [string, string];
+    backdate(reg.root, 7_200_000);
+    const head = (digest: string, headers: Record<string, string> = {}) => fetch(`${reg.url}/v2/pub/multi/manifests/${digest}`, { method: 'HEAD', headers }).then((r) => r.status);
+    // Anonymous on a public repository, and a token that grants pull only: nothing renewed.
+    expect(await head(pulled)).toBe(200);
+    const reply = await fetchToken(`${reg.url}/auth/token`, 'wharf', ['repository:pub/multi:pull'], { user: 'root', password: ROOT });
+    expect(await head(pulled, { Authorization: `Bearer ${((await reply.json()) as TokenReply).token}` })).toBe(200);
+    expect(await head(pushed, asRoot)).toBe(200);
+    const { gc } = await reg.storage.gc({ grace: GRACE_MS, deleteUntagged: true });
+    expect(gc.manifests.filter((m) => m.repo === 'pub/multi').map((m) => m.digest)).toEqual([pulled]);
+  });
 
   test('anonymous on a public repository, and a user whose token grants pull: the layer goes; the pusher\'s HEAD keeps it', async () => {
     const asRoot = { Authorization: basic('root', ROOT) };
