@@ -35,6 +35,8 @@ function limitOf(page: Page): number {
  */
 /** A link or an untagged manifest HEAD-ed again within this long (ms) is not written again. */
 const RENEW_MS = 1000;
+/** Manifests whose grace a store remembers as needing no renewal (see graceSeen). */
+const GRACE_SEEN_MAX = 10_000;
 /** How long a renewal asks for a lock another process holds (see writeUnheld). */
 const RENEW_WAIT_MS = 2000;
 
@@ -42,6 +44,12 @@ export class SqliteMetadataStore implements MetadataStore {
   private readonly q: Record<string, Statement>;
 
   private readonly cache = new ManifestCache();
+  /**
+   * `repo@digest` → since when a manifest HEAD-ed by a push is known to need no renewal (tagged, or its
+   * grace started): asked again within RENEW_MS, no query (one per HEAD cost a quarter of the HEADs a
+   * second). A tag removed meanwhile starts the grace itself. Cleared whole when it grows past GRACE_SEEN_MAX.
+   */
+  private readonly graceSeen = new Map<string, number>();
   private life: SqliteLifecycle | undefined;
   /** SQLite's data_version as last read, and when: it changes when another connection commits. */
   private dataVersion: unknown;
@@ -268,14 +276,22 @@ export class SqliteMetadataStore implements MetadataStore {
 
   async renewedManifest(repo: string, digest: Digest): Promise<StoredManifest | undefined> {
     const now = Date.now();
+    const key = `${repo}@${digest}`;
+    if ((this.graceSeen.get(key) ?? -Infinity) >= now - RENEW_MS) return this.manifest(repo, digest);
     const grace = this.q.graceOf!.get(repo, digest) as { since: number; tagged: number } | undefined;
-    // Tagged, it is kept anyway; started in the last second, the question is answered by one query.
-    if (grace && (grace.tagged || grace.since >= now - RENEW_MS)) return this.manifest(repo, digest);
+    // Tagged, it is kept anyway; started in the last second, it needs nothing written.
+    if (grace && (grace.tagged || grace.since >= now - RENEW_MS)) return this.seenGrace(key, grace.tagged ? now : grace.since, repo, digest);
     // Renewed, it is a manifest still there: a collection that comes after finds its grace started.
     // Otherwise a collection may have taken it (or the lock stayed taken): read again, not from the
     // cache of the last 0.1 s, and a manifest gone is absent (the client pushes it again).
-    if (grace && (await this.writeUnheld(() => this.q.renewGrace!.run(now, repo, digest).changes > 0))) return this.manifest(repo, digest);
+    if (grace && (await this.writeUnheld(() => this.q.renewGrace!.run(now, repo, digest).changes > 0))) return this.seenGrace(key, now, repo, digest);
     this.noticeOutsideWrites(true);
+    return this.manifest(repo, digest);
+  }
+
+  private seenGrace(key: string, since: number, repo: string, digest: Digest): Promise<StoredManifest | undefined> {
+    if (this.graceSeen.size >= GRACE_SEEN_MAX) this.graceSeen.clear();
+    this.graceSeen.set(key, since);
     return this.manifest(repo, digest);
   }
 
