@@ -17,7 +17,7 @@ import { registerMetrics } from './routes/metrics.js';
 import type { MetricsConfig } from './metrics/metrics-config.js';
 import type { WharfMetrics } from './metrics/metrics.js';
 import type { RepositoryResolver } from './repositories.js';
-import { authMiddleware, pullAllowed } from './auth/auth-middleware.js';
+import { authMiddleware, readAccess } from './auth/auth-middleware.js';
 import { withManifestFastPath } from './http/manifest-fast-path.js';
 import type { AuthService } from './auth/auth-service.js';
 import { catalogFilter } from './auth/catalog-visibility.js';
@@ -126,7 +126,7 @@ export function createHandler(options: AppOptions): RequestListener {
   const listener = withManifestFastPath(
     {
       resolver: options.resolver,
-      ...(options.auth ? { mayPull: pullAllowed(options.auth) } : {}),
+      ...(options.auth ? { access: readAccess(options.auth) } : {}),
       tracking,
       ...(draining ? { draining } : {}),
     },

@@ -77,21 +77,37 @@ function targetOfResolved(name: string, resolved: ResolvedRepository): Target {
 }
 
 /**
- * Whether a request with this Authorization header may pull `name`, served by `resolved`: the rules of
- * the middleware below for a read. false also when the answer needs the middleware's side effects (a
- * Basic login counts against the failed-login limits, so it is checked there once) or its refusal.
+ * Whether what the caller may do on `name` (`allowed`) and what its token grants (a bearer token's
+ * scope) include a push: a HEAD by one who may push starts a link's or untagged manifest's gc grace over.
  */
-export function pullAllowed(auth: AuthService) {
-  return async function mayPull(authorization: string | undefined, ip: string | undefined, name: string, resolved: ResolvedRepository): Promise<boolean> {
-    if (authorization !== undefined && !/^Bearer\s/i.test(authorization)) return false;
+function mayPushWith(who: Credentials, allowed: ReadonlySet<Action>, name: string): boolean {
+  return allowed.has('push') && (who.via !== 'bearer' || grantedActions(who.access, 'repository', name).has('push'));
+}
+
+/** What a read that the manifest fast path may answer can do besides pulling. */
+export interface ReadAccess {
+  /** A HEAD by digest starts an untagged manifest's gc grace over (routes/manifests.ts). */
+  readonly mayPush: boolean;
+}
+
+/**
+ * Whether a request with this Authorization header may pull `name`, served by `resolved`, by the rules
+ * of the middleware below for a read; undefined when not, and also when the answer needs the
+ * middleware's side effects (a Basic login counts against the failed-login limits, so it is checked
+ * there once) or its refusal.
+ */
+export function readAccess(auth: AuthService) {
+  return async function access(authorization: string | undefined, ip: string | undefined, name: string, resolved: ResolvedRepository): Promise<ReadAccess | undefined> {
+    if (authorization !== undefined && !/^Bearer\s/i.test(authorization)) return undefined;
     let who: Credentials;
     try {
       who = await auth.authenticate(authorization, ip);
     } catch {
-      return false;
+      return undefined;
     }
-    if (who.via === 'bearer' && !grantedActions(who.access, 'repository', name).has('pull')) return false;
-    return allowedActions(who.principal, targetOfResolved(name, resolved), auth.policy()).has('pull');
+    if (who.via === 'bearer' && !grantedActions(who.access, 'repository', name).has('pull')) return undefined;
+    const allowed = allowedActions(who.principal, targetOfResolved(name, resolved), auth.policy());
+    return allowed.has('pull') ? { mayPush: mayPushWith(who, allowed, name) } : undefined;
   };
 }
 
@@ -227,7 +243,7 @@ export function authMiddleware(options: AuthMiddlewareOptions) {
         // Whether a blob or manifest HEAD is a push's (its link's, or an untagged manifest's, gc grace
         // starts over) or a pull's (it does not).
         if (resource === 'blob' || resource === 'manifest') {
-          ctx.state.mayPush = allowed.has('push') && (who.via !== 'bearer' || grantedActions(who.access, 'repository', name).has('push'));
+          ctx.state.mayPush = mayPushWith(who, allowed, name);
         }
         if (route.uploadStart) {
           // A cross-repository mount reads its source too: the upload route links only from a

@@ -1,5 +1,6 @@
 import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
 import type { StoredManifest } from '@wharf/registry-core';
+import type { ReadAccess } from '../auth/auth-middleware.js';
 import { requestInfo, type RepositoryResolver, type ResolvedRepository } from '../repositories.js';
 import { clientOf } from './client-address.js';
 import { arrivedAt } from './pipelined-order.js';
@@ -13,8 +14,11 @@ const MANIFEST = /^\/v2\/(.+)\/manifests\/([^/]+)$/;
 
 export interface ManifestFastPathDeps {
   readonly resolver: RepositoryResolver;
-  /** With auth: whether the request may pull the name as resolved (auth/auth-middleware.ts pullAllowed). */
-  readonly mayPull?: (authorization: string | undefined, ip: string | undefined, name: string, resolved: ResolvedRepository) => Promise<boolean>;
+  /**
+   * With auth: whether the request may pull the name as resolved, and push it (undefined: it may not
+   * pull, or the auth middleware must answer it; auth/auth-middleware.ts readAccess).
+   */
+  readonly access?: (authorization: string | undefined, ip: string | undefined, name: string, resolved: ResolvedRepository) => Promise<ReadAccess | undefined>;
   readonly tracking: RequestTrackingDeps;
   /** While shutting down, responses close their connection (as app.ts does for every other request). */
   readonly draining?: () => boolean;
@@ -88,12 +92,11 @@ async function lookUp(
   } catch {
     return undefined;
   }
-  // A HEAD by digest starts an untagged manifest's gc grace over when it is a push's (routes/manifests.ts):
-  // with auth, whether it is depends on the push right, which the auth middleware decides.
-  const head = req.method === 'HEAD';
-  if (deps.mayPull && head && reference.includes(':')) return undefined;
-  if (deps.mayPull && !(await deps.mayPull(req.headers.authorization || undefined, client.address, name, target))) return undefined;
-  const manifest = await target.reader.peekManifest(target.repo, reference, { renew: head });
+  // Without auth, anyone may push.
+  const access = deps.access ? await deps.access(req.headers.authorization || undefined, client.address, name, target) : { mayPush: true };
+  if (!access) return undefined;
+  // A push's HEAD by digest starts an untagged manifest's gc grace over, as the full path's does.
+  const manifest = await target.reader.peekManifest(target.repo, reference, { renew: req.method === 'HEAD' && access.mayPush });
   // A list asked for as its image (http/legacy-accept.ts) takes the full path.
   if (manifest && wantsListImage(req.headers.accept, manifest.mediaType, reference)) return undefined;
   return manifest && { name, target, manifest };

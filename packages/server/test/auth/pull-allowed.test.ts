@@ -1,18 +1,18 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import { pullAllowed } from '../../src/auth/auth-middleware.js';
+import { readAccess } from '../../src/auth/auth-middleware.js';
 import type { TestRegistry } from '../helpers/start-registry.js';
 import { basic, bcryptHash, fetchToken, pushWith, RegistryClient, startAuthRegistry, type TokenReply } from './helpers.js';
 
 const PW = { alice: 'alice-fast-pw1', root: 'root-fast-pw123' } as const;
 
 /**
- * The manifest fast path asks pullAllowed whether a read may be answered without the auth middleware.
+ * The manifest fast path asks readAccess whether a read may be answered without the auth middleware.
  * It must say yes only where the middleware lets the read through, and no wherever the middleware
  * has something to do (a refusal with its challenge, a Basic login that counts against the limits).
  */
-describe('pullAllowed (the manifest fast path\'s auth check)', () => {
+describe('readAccess (the manifest fast path\'s auth check)', () => {
   let reg: TestRegistry;
-  let mayPull: ReturnType<typeof pullAllowed>;
+  let access: ReturnType<typeof readAccess>;
 
   async function token(scopes: string[], cred: { user: string; password: string } | undefined): Promise<string> {
     const res = await fetchToken(`${reg.url}/auth/token`, 'wharf', scopes, cred);
@@ -21,7 +21,7 @@ describe('pullAllowed (the manifest fast path\'s auth check)', () => {
   }
 
   const local = (name: string) => ({ repo: name, reader: reg.local, writer: reg.local });
-  const ask = (authorization: string | undefined, name: string) => mayPull(authorization, '127.0.0.1', name, local(name));
+  const ask = async (authorization: string | undefined, name: string) => (await access(authorization, '127.0.0.1', name, local(name))) !== undefined;
 
   beforeAll(async () => {
     reg = await startAuthRegistry({
@@ -33,7 +33,7 @@ describe('pullAllowed (the manifest fast path\'s auth check)', () => {
         public: ['pub/*'],
       },
     });
-    mayPull = pullAllowed(reg.auth!);
+    access = readAccess(reg.auth!);
     const root = new RegistryClient(reg.url, 'basic', { user: 'root', password: PW.root });
     for (const repo of ['alice/app', 'pub/app', 'bob/secret']) expect((await pushWith(root, repo, '1', repo)).status).toBe(201);
   });
@@ -53,6 +53,20 @@ describe('pullAllowed (the manifest fast path\'s auth check)', () => {
     expect(await ask(`Bearer ${jwt}`, 'pub/app')).toBe(false);
     const anonymous = await token(['repository:pub/app:pull'], undefined);
     expect(await ask(`Bearer ${anonymous}`, 'pub/app')).toBe(true);
+  });
+
+  test('whether the read may push too: only where the user may and the token grants it', async () => {
+    const pushOf = async (authorization: string | undefined, name: string) => (await access(authorization, '127.0.0.1', name, local(name)))?.mayPush;
+    const both = await token(['repository:alice/app:pull,push'], { user: 'alice', password: PW.alice });
+    const pullOnly = await token(['repository:alice/app:pull'], { user: 'alice', password: PW.alice });
+    const admin = await token(['repository:pub/app:pull,push'], { user: 'root', password: PW.root });
+    const reader = await token(['repository:pub/app:pull,push'], { user: 'alice', password: PW.alice });
+    expect(await pushOf(`Bearer ${both}`, 'alice/app')).toBe(true);
+    expect(await pushOf(`Bearer ${pullOnly}`, 'alice/app')).toBe(false);
+    expect(await pushOf(`Bearer ${admin}`, 'pub/app')).toBe(true);
+    // A token that asked for push where its user may only pull was granted pull alone.
+    expect(await pushOf(`Bearer ${reader}`, 'pub/app')).toBe(false);
+    expect(await pushOf(undefined, 'pub/app')).toBe(false);
   });
 
   test('a forged or malformed token: no (the middleware answers invalid_token)', async () => {

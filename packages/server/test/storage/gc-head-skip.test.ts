@@ -150,20 +150,24 @@ describe("a HEAD by one who may only pull does not keep an unreferenced layer fr
     const asRoot = { Authorization: basic('root', ROOT) };
     const client = new RegistryClient(reg.url, 'basic', { user: 'root', password: ROOT });
     const digests: string[] = [];
-    for (const tag of ['pulled', 'pushed']) {
+    for (const tag of ['pulled', 'pushed', 'token']) {
       expect((await pushWith(client, 'pub/multi', tag, tag)).status).toBe(201);
       const head = await fetch(`${reg.url}/v2/pub/multi/manifests/${tag}`, { method: 'HEAD', headers: asRoot });
       digests.push(head.headers.get('docker-content-digest')!);
       expect((await fetch(`${reg.url}/v2/pub/multi/manifests/${tag}`, { method: 'DELETE', headers: asRoot })).status).toBe(202);
     }
-    const [pulled, pushed] = digests as [string, string];
+    const [pulled, pushed, byToken] = digests as [string, string, string];
     backdate(reg.root, 7_200_000);
     const head = (digest: string, headers: Record<string, string> = {}) => fetch(`${reg.url}/v2/pub/multi/manifests/${digest}`, { method: 'HEAD', headers }).then((r) => r.status);
     // Anonymous on a public repository, and a token that grants pull only: nothing renewed.
     expect(await head(pulled)).toBe(200);
     const reply = await fetchToken(`${reg.url}/auth/token`, 'wharf', ['repository:pub/multi:pull'], { user: 'root', password: ROOT });
     expect(await head(pulled, { Authorization: `Bearer ${((await reply.json()) as TokenReply).token}` })).toBe(200);
+    // A pusher's: with Basic credentials (the auth middleware's path), and with a token that grants
+    // push (the manifest fast path's).
     expect(await head(pushed, asRoot)).toBe(200);
+    const pusher = await fetchToken(`${reg.url}/auth/token`, 'wharf', ['repository:pub/multi:pull,push'], { user: 'root', password: ROOT });
+    expect(await head(byToken, { Authorization: `Bearer ${((await pusher.json()) as TokenReply).token}` })).toBe(200);
     const { gc } = await reg.storage.gc({ grace: GRACE_MS, deleteUntagged: true });
     expect(gc.manifests.filter((m) => m.repo === 'pub/multi').map((m) => m.digest)).toEqual([pulled]);
   });
