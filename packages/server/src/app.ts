@@ -127,6 +127,7 @@ export function createHandler(options: AppOptions): RequestListener {
     {
       resolver: options.resolver,
       ...(options.auth ? { access: readAccess(options.auth) } : {}),
+      ...(!options.auth && options.localWritesOnly ? { localWritesOnly: true } : {}),
       tracking,
       ...(draining ? { draining } : {}),
     },

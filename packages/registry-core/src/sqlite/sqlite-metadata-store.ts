@@ -47,7 +47,8 @@ export class SqliteMetadataStore implements MetadataStore {
   /**
    * `repo@digest` → since when a manifest HEAD-ed by a push is known to need no renewal (tagged, or its
    * grace started): asked again within RENEW_MS, no query (one per HEAD cost a quarter of the HEADs a
-   * second). A tag removed meanwhile starts the grace itself. Cleared whole when it grows past GRACE_SEEN_MAX.
+   * second). A tag removed meanwhile starts the grace itself; another process's writes clear it, as they do
+   * the manifest cache. Cleared whole too when it grows past GRACE_SEEN_MAX.
    */
   private readonly graceSeen = new Map<string, number>();
   private life: SqliteLifecycle | undefined;
@@ -112,8 +113,9 @@ export class SqliteMetadataStore implements MetadataStore {
       deleteManifest: s('DELETE FROM manifests WHERE digest = ? AND repository_id = (SELECT id FROM repositories WHERE name = ?)'),
       deleteTag: s('DELETE FROM tags WHERE name = ? AND repository_id = (SELECT id FROM repositories WHERE name = ?) RETURNING repository_id, digest'),
       // The manifest a tag left: gc's grace for an untagged manifest counts from then too (schema.ts).
+      // Never moved back: a renewal's time is taken before it waits for the lock.
       startGrace: s(`INSERT INTO manifest_grace (repository_id, digest, started_at) VALUES (?, ?, ?)
-                     ON CONFLICT DO UPDATE SET started_at = excluded.started_at`),
+                     ON CONFLICT DO UPDATE SET started_at = MAX(started_at, excluded.started_at)`),
       graceOf: s(`SELECT MAX(m.created_at, COALESCE(g.started_at, 0)) AS since,
                     EXISTS (SELECT 1 FROM tags t WHERE t.digest = m.digest AND t.repository_id = m.repository_id) AS tagged
                   FROM manifests m JOIN repositories r ON r.id = m.repository_id
@@ -123,7 +125,7 @@ export class SqliteMetadataStore implements MetadataStore {
       renewGrace: s(`INSERT INTO manifest_grace (repository_id, digest, started_at)
                      SELECT m.repository_id, m.digest, ? FROM manifests m JOIN repositories r ON r.id = m.repository_id
                      WHERE r.name = ? AND m.digest = ?
-                     ON CONFLICT DO UPDATE SET started_at = excluded.started_at`),
+                     ON CONFLICT DO UPDATE SET started_at = MAX(started_at, excluded.started_at)`),
       // The spec's order: lexical, case-insensitive ("A" and "a" by bytes between themselves). The
       // first condition on the name lets a page start with a seek into tags_listing, not a scan.
       tags: s(`SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repository_id
@@ -194,7 +196,11 @@ export class SqliteMetadataStore implements MetadataStore {
     if (!now && at - this.dataVersionAt < OUTSIDE_WRITES_SEEN_MS) return;
     this.dataVersionAt = at;
     const version = this.q.dataVersion!.get();
-    if (version !== this.dataVersion) this.cache.clear();
+    if (version !== this.dataVersion) {
+      this.cache.clear();
+      // Another process may have moved a tag without starting its manifest's grace (an older Wharf).
+      this.graceSeen.clear();
+    }
     this.dataVersion = version;
   }
 
@@ -277,6 +283,7 @@ export class SqliteMetadataStore implements MetadataStore {
   async renewedManifest(repo: string, digest: Digest): Promise<StoredManifest | undefined> {
     const now = Date.now();
     const key = `${repo}@${digest}`;
+    this.noticeOutsideWrites();
     if ((this.graceSeen.get(key) ?? -Infinity) >= now - RENEW_MS) return this.manifest(repo, digest);
     const grace = this.q.graceOf!.get(repo, digest) as { since: number; tagged: number } | undefined;
     // Tagged, it is kept anyway; started in the last second, it needs nothing written.

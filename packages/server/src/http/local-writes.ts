@@ -12,7 +12,10 @@ const WRITES = new Set(['PUT', 'POST', 'PATCH', 'DELETE']);
  * write. `allow_anonymous_push = true` runs an open registry on purpose, and this is not used.
  */
 export const localWritesOnly: Middleware = async (ctx, next) => {
-  if (WRITES.has(ctx.method) && ctx.path.startsWith('/v2/') && !clientOf(ctx.req).local) {
+  const local = clientOf(ctx.req).local;
+  // A read it forwarded is a pull's: its HEAD starts no gc grace over (routes/blobs.ts, manifests.ts).
+  if (!local) ctx.state.mayPush = false;
+  if (WRITES.has(ctx.method) && ctx.path.startsWith('/v2/') && !local) {
     throw new RegistryError(
       'DENIED',
       'with [auth] enabled = false, only clients on this machine may push or delete, and this request was forwarded (a proxy or tunnel): turn auth on, or set [auth] allow_anonymous_push = true to run an open registry on purpose',

@@ -20,6 +20,8 @@ export interface ManifestFastPathDeps {
    */
   readonly access?: (authorization: string | undefined, ip: string | undefined, name: string, resolved: ResolvedRepository) => Promise<ReadAccess | undefined>;
   readonly tracking: RequestTrackingDeps;
+  /** Without auth: only this machine's clients may push (http/local-writes.ts), not a request forwarded to it. */
+  readonly localWritesOnly?: boolean;
   /** While shutting down, responses close their connection (as app.ts does for every other request). */
   readonly draining?: () => boolean;
 }
@@ -92,8 +94,8 @@ async function lookUp(
   } catch {
     return undefined;
   }
-  // Without auth, anyone may push.
-  const access = deps.access ? await deps.access(req.headers.authorization || undefined, client.address, name, target) : { mayPush: true };
+  // Without auth, anyone may push, or with localWritesOnly this machine's clients alone.
+  const access = deps.access ? await deps.access(req.headers.authorization || undefined, client.address, name, target) : { mayPush: !deps.localWritesOnly || client.local };
   if (!access) return undefined;
   // A push's HEAD by digest starts an untagged manifest's gc grace over, as the full path's does.
   const manifest = await target.reader.peekManifest(target.repo, reference, { renew: req.method === 'HEAD' && access.mayPush });

@@ -118,6 +118,21 @@ describe('a layer a push skipped after its HEAD outlives a collection until the 
     expect([put.status, put.status === 201 ? '' : await put.text()]).toEqual([201, '']);
   });
 
+  test('auth off: a HEAD a proxy or tunnel forwarded is a pull\'s, and keeps neither a manifest nor a layer', async () => {
+    const forwarded = { 'X-Forwarded-For': '203.0.113.9' };
+    const image = await pushLayers(reg.url, 'skip/forwarded', 'x', [randomBytes(9_000)]);
+    const loose = randomBytes(7_000);
+    await pushBlob(reg.url, 'skip/forwarded', loose);
+    expect((await fetch(`${reg.url}/v2/skip/forwarded/manifests/x`, { method: 'DELETE' })).status).toBe(202);
+    backdate(reg.root, 7_200_000);
+    // Forwarded for someone else (who may not push here): through the fast path, and through Koa.
+    expect((await fetch(`${reg.url}/v2/skip/forwarded/manifests/${image.digest}`, { method: 'HEAD', headers: forwarded })).status).toBe(200);
+    expect((await fetch(`${reg.url}/v2/skip/forwarded/blobs/${sha256(loose)}`, { method: 'HEAD', headers: forwarded })).status).toBe(200);
+    const { gc } = await reg.storage.gc({ grace: GRACE_MS, deleteUntagged: true });
+    expect(gc.manifests.filter((m) => m.repo === 'skip/forwarded').map((m) => m.digest)).toEqual([image.digest]);
+    expect(gc.blobs.map((b) => b.digest)).toContain(sha256(loose));
+  });
+
   test('`wharf gc` from the command line between the HEAD and the manifest', async () => {
     const old = await orphanedLayer('skip/cli');
     expect((await fetch(`${reg.url}/v2/skip/cli/blobs/${old.digest}`, { method: 'HEAD' })).status).toBe(200);
