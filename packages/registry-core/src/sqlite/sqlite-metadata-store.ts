@@ -109,13 +109,16 @@ export class SqliteMetadataStore implements MetadataStore {
       insertRef: s('INSERT INTO manifest_references (repository_id, parent, child, kind) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING'),
       upsertTag: s(`INSERT INTO tags (repository_id, name, digest, updated_at) VALUES (?, ?, ?, ?)
                     ON CONFLICT(repository_id, name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at`),
-      tagDigest: s('SELECT digest FROM tags WHERE repository_id = ? AND name = ?'),
       deleteManifest: s('DELETE FROM manifests WHERE digest = ? AND repository_id = (SELECT id FROM repositories WHERE name = ?)'),
       deleteTag: s('DELETE FROM tags WHERE name = ? AND repository_id = (SELECT id FROM repositories WHERE name = ?) RETURNING repository_id, digest'),
       // The manifest a tag left: gc's grace for an untagged manifest counts from then too (schema.ts).
       // Never moved back: a renewal's time is taken before it waits for the lock.
       startGrace: s(`INSERT INTO manifest_grace (repository_id, digest, started_at) VALUES (?, ?, ?)
                      ON CONFLICT DO UPDATE SET started_at = MAX(started_at, excluded.started_at)`),
+      // The manifest a tag leaves when a push moves it to another one, in the same step.
+      tagLeaves: s(`INSERT INTO manifest_grace (repository_id, digest, started_at)
+                    SELECT repository_id, digest, ? FROM tags WHERE repository_id = ? AND name = ? AND digest <> ?
+                    ON CONFLICT DO UPDATE SET started_at = MAX(started_at, excluded.started_at)`),
       graceOf: s(`SELECT MAX(m.created_at, COALESCE(g.started_at, 0)) AS since,
                     EXISTS (SELECT 1 FROM tags t WHERE t.digest = m.digest AND t.repository_id = m.repository_id) AS tagged
                   FROM manifests m JOIN repositories r ON r.id = m.repository_id
@@ -364,8 +367,7 @@ export class SqliteMetadataStore implements MetadataStore {
       for (const blob of manifest.blobs) this.q.insertRef!.run(id, manifest.digest, blob.digest, 'blob');
       for (const child of manifest.manifests) this.q.insertRef!.run(id, manifest.digest, child.digest, 'manifest');
       for (const tag of tags) {
-        const left = this.q.tagDigest!.pluck().get(id, tag) as Digest | undefined;
-        if (left !== undefined && left !== manifest.digest) this.q.startGrace!.run(id, left, now);
+        this.q.tagLeaves!.run(now, id, tag, manifest.digest);
         this.q.upsertTag!.run(id, tag, manifest.digest, now);
       }
     })();
